@@ -1,0 +1,192 @@
+//! The admin HTTP server every node runs on its admin port: `/livez` and `/readyz` for process
+//! supervisors, Kubernetes and load balancers (HAProxy routes on `/readyz`), `/status` for
+//! operators and the controller, `/metrics` for Prometheus. Every response, errors included, is
+//! JSON except `/metrics`, so scripts never have to parse an HTML error page.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{Health, Readiness};
+use crate::metrics::Metrics;
+
+/// Content type of `/metrics`: the OpenMetrics text format that `prometheus_client` writes.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// After shutdown is requested, in-flight requests get this long before the server stops
+/// anyway, so a stuck client cannot hold up a node's exit.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+
+/// Longest request path echoed back in a 404 or 405 body.
+const MAX_ECHOED_PATH_CHARS: usize = 256;
+
+/// What a node reports at `/status`: role, epoch, lag and so on, as a JSON object whose keys
+/// appear at the top level of the response.
+///
+/// Called on every `/status` request on a runtime worker thread, so it must be cheap and must
+/// not block: read a snapshot the node keeps up to date rather than querying a database.
+pub trait StatusSource: Send + Sync {
+    fn status(&self) -> Value;
+}
+
+impl<F> StatusSource for F
+where
+    F: Fn() -> Value + Send + Sync,
+{
+    fn status(&self) -> Value {
+        self()
+    }
+}
+
+/// Everything the admin server reads.
+#[derive(Clone)]
+pub struct AdminState {
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<dyn StatusSource>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("health", &self.health)
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds the admin HTTP listener, with an error that names the address.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    // The io error is part of the message (not only the source chain) so it shows however the
+    // caller prints the error.
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot bind admin HTTP on {addr}: {err}"))
+}
+
+/// The admin routes, for serving on a listener or for testing without one.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        // Must come after the routes: it only applies to routes already added.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves the admin routes on `listener` until `shutdown` is cancelled, then lets in-flight
+/// requests finish for up to [`SHUTDOWN_GRACE_MS`].
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("admin HTTP listener has no local address")?;
+    tracing::info!(%addr, "admin HTTP listening");
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
+    };
+    tokio::select! {
+        served = server => served.with_context(|| format!("admin HTTP server on {addr} failed"))?,
+        () = deadline => {
+            tracing::warn!(%addr, grace_ms = SHUTDOWN_GRACE_MS, "admin HTTP requests still open at shutdown; dropping them");
+        }
+    }
+    tracing::info!(%addr, "admin HTTP stopped");
+    Ok(())
+}
+
+async fn livez(State(state): State<AdminState>) -> Response {
+    match state.health.readiness() {
+        failed @ Readiness::Failed { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(failed)).into_response()
+        }
+        Readiness::Ready | Readiness::NotReady { .. } => {
+            Json(json!({"status": "alive"})).into_response()
+        }
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let readiness = state.health.readiness();
+    let code = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness)).into_response()
+}
+
+async fn status(State(state): State<AdminState>) -> Response {
+    let mut body = match state.status.status() {
+        Value::Object(map) => map,
+        Value::Null => Map::new(),
+        other => Map::from_iter([("status".to_owned(), other)]),
+    };
+    // Readiness is the node's own verdict, so it overrides a source key of the same name.
+    let health = state.health.snapshot();
+    body.insert("readiness".to_owned(), json!(health.readiness));
+    body.insert(
+        "readiness_since_unix_ms".to_owned(),
+        json!(health.since_unix_ms()),
+    );
+    body.insert("readiness_age_ms".to_owned(), json!(health.age_ms()));
+    Json(Value::Object(body)).into_response()
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    match state.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot encode metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": err.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn not_found(uri: Uri) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not found", "path": echoed_path(&uri)})),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({
+            "error": "method not allowed",
+            "method": method.as_str(),
+            "path": echoed_path(&uri),
+        })),
+    )
+        .into_response()
+}
+
+fn echoed_path(uri: &Uri) -> String {
+    uri.path().chars().take(MAX_ECHOED_PATH_CHARS).collect()
+}

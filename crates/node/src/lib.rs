@@ -1,0 +1,18 @@
+//! The runtime every Meridian node (sequencer now; mediator and participant later) shares: its
+//! TOML config loading, logging setup, stop-signal handling, readiness state, metrics registry
+//! and the admin HTTP server that exposes health, status and metrics (DESIGN.md §6). Role
+//! crates build on these so every node behaves the same to operators and orchestrators.
+
+pub mod admin;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use admin::{bind, router, serve_admin, AdminState, StatusSource};
+pub use config::{load_toml, parse_toml, ConfigError};
+pub use health::{Health, HealthSnapshot, Readiness};
+pub use metrics::{Metrics, MetricsError};
+pub use shutdown::shutdown_token;
+pub use telemetry::{init_tracing, LogFormat};

@@ -1,0 +1,197 @@
+//! The node's one Prometheus registry, shared between the role crates that register their
+//! metric families at startup and the admin server that encodes them on every scrape. It stays
+//! thin on purpose: each role defines its own metrics with `prometheus_client` types and keeps
+//! its own handles to update them.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use prometheus_client::registry::{Metric, Registry, Unit};
+
+/// Why a metric could not be registered or the registry could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetricsError {
+    /// Two families with one name make the whole exposition invalid, and `prometheus_client`
+    /// does not check for it.
+    #[error("metric `{name}` is already registered")]
+    Duplicate { name: String },
+    /// Not `[a-zA-Z_][a-zA-Z0-9_]*`.
+    #[error(
+        "invalid metric name `{name}`: use letters, digits and `_`, not starting with a digit"
+    )]
+    InvalidName { name: String },
+    /// A metric or collector failed to encode itself.
+    #[error("cannot encode metrics")]
+    Encode,
+}
+
+/// A registry every metric name of which starts with a fixed prefix (`meridian` gives
+/// `meridian_…`).
+#[derive(Debug)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    /// Names registered through [`Metrics::register`], with unit suffixes, without prefix.
+    names: HashSet<String>,
+}
+
+impl Metrics {
+    /// An empty registry; `prefix` and `_` are prepended to every name. An empty prefix adds
+    /// nothing.
+    pub fn new(prefix: &str) -> Self {
+        let registry = if prefix.is_empty() {
+            Registry::default()
+        } else {
+            Registry::with_prefix(prefix)
+        };
+        Metrics {
+            inner: Mutex::new(Inner {
+                registry,
+                names: HashSet::new(),
+            }),
+        }
+    }
+
+    /// Registers `metric` (keep a clone to update it: `prometheus_client` metrics share state
+    /// between clones). Do not add type suffixes: a `Counter` named `submissions` is exposed as
+    /// `<prefix>_submissions_total`.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl Metric,
+    ) -> Result<(), MetricsError> {
+        let mut inner = self.lock();
+        inner.claim(name, name)?;
+        inner.registry.register(name, help, metric);
+        Ok(())
+    }
+
+    /// Like [`register`](Self::register) with a unit, which `prometheus_client` appends to the
+    /// name: `latency` with [`Unit::Seconds`] is exposed as `<prefix>_latency_seconds`.
+    pub fn register_with_unit(
+        &self,
+        name: &str,
+        help: &str,
+        unit: Unit,
+        metric: impl Metric,
+    ) -> Result<(), MetricsError> {
+        let mut inner = self.lock();
+        inner.claim(name, &format!("{name}_{}", unit.as_str()))?;
+        inner.registry.register_with_unit(name, help, unit, metric);
+        Ok(())
+    }
+
+    /// Runs `f` with the underlying registry, for what [`register`](Self::register) does not
+    /// cover (collectors, sub-registries with labels). Names registered this way are not checked
+    /// for duplicates. A closure rather than a guard, so the lock cannot be held across an
+    /// `.await` and stall scrapes.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        f(&mut self.lock().registry)
+    }
+
+    /// The whole registry in the OpenMetrics text format, ending with `# EOF`.
+    pub fn encode(&self) -> Result<String, MetricsError> {
+        let inner = self.lock();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &inner.registry)
+            .map_err(|_| MetricsError::Encode)?;
+        Ok(text)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while registering leaves at worst one metric missing; scrapes must go on.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn claim(&mut self, name: &str, exposed: &str) -> Result<(), MetricsError> {
+        let mut chars = name.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(MetricsError::InvalidName {
+                name: name.to_owned(),
+            });
+        }
+        if !self.names.insert(exposed.to_owned()) {
+            return Err(MetricsError::Duplicate {
+                name: exposed.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    #[test]
+    fn encodes_registered_metrics_with_prefix() {
+        let metrics = Metrics::new("meridian");
+        let counter: Counter = Counter::default();
+        metrics
+            .register("submissions", "Submissions accepted", counter.clone())
+            .unwrap();
+        let lag: Gauge = Gauge::default();
+        metrics
+            .register_with_unit("lag", "Reader lag", Unit::Seconds, lag.clone())
+            .unwrap();
+        counter.inc_by(3);
+        lag.set(7);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("# TYPE meridian_submissions counter"),
+            "{text}"
+        );
+        assert!(text.contains("meridian_submissions_total 3"), "{text}");
+        assert!(text.contains("meridian_lag_seconds 7"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn rejects_duplicates_and_bad_names() {
+        let metrics = Metrics::new("");
+        metrics
+            .register("a", "A", Counter::<u64>::default())
+            .unwrap();
+        assert_eq!(
+            metrics.register("a", "A again", Gauge::<i64>::default()),
+            Err(MetricsError::Duplicate { name: "a".into() })
+        );
+        for bad in ["", "1a", "a-b", "a.b", "é"] {
+            assert!(
+                matches!(
+                    metrics.register(bad, "bad", Counter::<u64>::default()),
+                    Err(MetricsError::InvalidName { .. })
+                ),
+                "{bad:?} accepted"
+            );
+        }
+        let text = metrics.encode().unwrap();
+        assert_eq!(text.matches("# TYPE").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn with_registry_reaches_the_registry() {
+        let metrics = Metrics::new("m");
+        metrics.with_registry(|registry| {
+            registry.sub_registry_with_prefix("store").register(
+                "ops",
+                "Ops",
+                Counter::<u64>::default(),
+            );
+        });
+        assert!(metrics.encode().unwrap().contains("m_store_ops_total 0"));
+    }
+}

@@ -1,0 +1,125 @@
+//! Conversions between wire messages and domain types. Decoding validates every field, so a
+//! malformed message becomes a [`WireError`] naming the field, never a panic.
+
+use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
+use meridian_core::{IdError, MemberId, MessageId, Timestamp};
+
+use crate::v1;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("invalid `{field}`: {source}")]
+    InvalidId {
+        field: &'static str,
+        #[source]
+        source: IdError,
+    },
+}
+
+fn id<T>(
+    field: &'static str,
+    value: String,
+    parse: impl FnOnce(String) -> Result<T, IdError>,
+) -> Result<T, WireError> {
+    parse(value).map_err(|source| WireError::InvalidId { field, source })
+}
+
+pub fn member_id(field: &'static str, value: String) -> Result<MemberId, WireError> {
+    id(field, value, MemberId::new)
+}
+
+pub fn envelope_from_wire(wire: v1::Envelope) -> Result<Envelope, WireError> {
+    let recipients = wire
+        .recipients
+        .into_iter()
+        .map(|r| member_id("envelopes.recipients", r))
+        .collect::<Result<_, _>>()?;
+    Ok(Envelope {
+        recipients,
+        payload: wire.payload,
+    })
+}
+
+pub fn envelope_to_wire(envelope: Envelope) -> v1::Envelope {
+    v1::Envelope {
+        recipients: envelope.recipients.into_iter().map(String::from).collect(),
+        payload: envelope.payload,
+    }
+}
+
+pub fn submission_from_wire(wire: v1::SubmissionRequest) -> Result<Submission, WireError> {
+    Ok(Submission {
+        sender: member_id("sender", wire.sender)?,
+        message_id: id("message_id", wire.message_id, MessageId::new)?,
+        envelopes: wire
+            .envelopes
+            .into_iter()
+            .map(envelope_from_wire)
+            .collect::<Result<_, _>>()?,
+        max_sequencing_time: Timestamp::from_micros(wire.max_sequencing_time_us),
+    })
+}
+
+pub fn submission_to_wire(submission: Submission) -> v1::SubmissionRequest {
+    v1::SubmissionRequest {
+        sender: submission.sender.into(),
+        message_id: submission.message_id.into(),
+        envelopes: submission.envelopes.into_iter().map(envelope_to_wire).collect(),
+        max_sequencing_time_us: submission.max_sequencing_time.as_micros(),
+    }
+}
+
+pub fn event_from_wire(wire: v1::SequencedEvent) -> Result<SequencedEvent, WireError> {
+    Ok(SequencedEvent {
+        timestamp: Timestamp::from_micros(wire.timestamp_us),
+        previous_timestamp: wire.previous_timestamp_us.map(Timestamp::from_micros),
+        sender: member_id("sender", wire.sender)?,
+        message_id: if wire.message_id.is_empty() {
+            None
+        } else {
+            Some(id("message_id", wire.message_id, MessageId::new)?)
+        },
+        envelopes: wire
+            .envelopes
+            .into_iter()
+            .map(envelope_from_wire)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+pub fn event_to_wire(event: SequencedEvent) -> v1::SequencedEvent {
+    v1::SequencedEvent {
+        timestamp_us: event.timestamp.as_micros(),
+        previous_timestamp_us: event.previous_timestamp.map(Timestamp::as_micros),
+        sender: event.sender.into(),
+        message_id: event.message_id.map(String::from).unwrap_or_default(),
+        envelopes: event.envelopes.into_iter().map(envelope_to_wire).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_names_bad_fields() {
+        let submission = Submission {
+            sender: MemberId::new("p1").unwrap(),
+            message_id: MessageId::new("m1").unwrap(),
+            envelopes: vec![Envelope {
+                recipients: vec![MemberId::new("p2").unwrap()],
+                payload: b"hi".to_vec(),
+            }],
+            max_sequencing_time: Timestamp::from_micros(42),
+        };
+        let wire = submission_to_wire(submission.clone());
+        assert_eq!(submission_from_wire(wire.clone()), Ok(submission));
+
+        let mut bad = wire;
+        bad.envelopes[0].recipients[0] = "no spaces".into();
+        let err = submission_from_wire(bad).unwrap_err();
+        assert!(err.to_string().contains("envelopes.recipients"), "{err}");
+    }
+}
