@@ -1,0 +1,45 @@
+//! The one error type of the sequencer client. Its variants separate what a caller must
+//! handle differently: a definite answer from the sequencer (do not retry), an outage the
+//! client already retried (the outcome of a send is unknown; resending the same message id is
+//! safe), a refused identity (configuration problem), and a fork (stop processing, raise an
+//! alarm).
+
+use meridian_core::sequencing::ForkError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The sequencer could not be reached, or kept answering with transient errors, for
+    /// `attempts` consecutive attempts spaced by the configured backoff. For a send the outcome
+    /// is unknown: resend with the same message id to learn it (the sequencer deduplicates).
+    #[error("sequencer at {endpoint} unavailable after {attempts} attempts: {last_error}")]
+    Unavailable {
+        endpoint: String,
+        attempts: u32,
+        last_error: String,
+    },
+    /// The sequencer's definite answer, for example `InvalidArgument` for a malformed
+    /// submission or `NotFound` for an unknown recipient. Retrying the same request is
+    /// pointless.
+    #[error("sequencer rejected the request ({code:?}): {message}")]
+    Rejected { code: tonic::Code, message: String },
+    /// The sequencer refused to authenticate this member: it is not registered, or the key
+    /// does not match the registered one, or a freshly issued token was refused at once.
+    #[error("authentication refused: {0}")]
+    Unauthenticated(String),
+    /// The delivered history is inconsistent with what was delivered before. The subscription
+    /// has ended; the member must stop processing and raise an alarm.
+    #[error(transparent)]
+    Fork(#[from] ForkError),
+    /// The sequencer sent something that does not follow the protocol (a malformed event,
+    /// an empty token, a send response without timestamp).
+    #[error("protocol violation by the sequencer: {0}")]
+    Protocol(String),
+    /// A send's `max_sequencing_time` passed while retrying transient errors, before any
+    /// definite answer. The submission can no longer be sequenced if it was not already; its
+    /// outcome is unknown to the client.
+    #[error("gave up sending: max sequencing time passed without a definite answer (last error: {last_error})")]
+    Timeout { last_error: String },
+    /// The client configuration cannot work, e.g. an endpoint that is not an `http://` URI.
+    #[error("invalid sequencer client configuration: {0}")]
+    InvalidConfig(String),
+}

@@ -1,0 +1,14 @@
+//! Clients of Meridian's APIs. The main one is [`SequencerClient`], which every synchronizer
+//! member uses to authenticate to a sequencer, send submissions, and subscribe to its events
+//! with fork detection and transparent reconnects. All retrying is bounded by a [`Backoff`].
+
+pub mod backoff;
+pub mod error;
+pub mod sequencer;
+
+pub use backoff::{Backoff, Delays};
+pub use error::ClientError;
+pub use sequencer::{
+    register_member, SendReceipt, SequencerClient, SequencerClientConfig, Subscription,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, SUBSCRIPTION_BUFFER,
+};

@@ -1,0 +1,786 @@
+//! The sequencer client every member uses: challenge-response authentication, sends that are
+//! retried safely, and subscriptions that check the event chain and survive sequencer restarts.
+//!
+//! Retrying a send reuses the submission's message id, which the sequencer deduplicates on, so
+//! a retry after an ambiguous failure can never sequence the submission twice. A subscription
+//! resumes after the last event it handed to the consumer, and every event passes through
+//! [`EventChain`], so neither a reconnect nor a sequencer that lost history can make the member
+//! skip or repeat an event unnoticed: a fork ends the subscription with an error.
+//!
+//! Session tokens live only in the sequencer's memory. When the sequencer answers
+//! `UNAUTHENTICATED` (token expired, or the sequencer restarted) the client signs a fresh
+//! challenge and repeats the call once; concurrent callers share one re-authentication.
+//!
+//! Transient failures are transport errors, local request timeouts and `UNAVAILABLE`; every
+//! other status from the sequencer is its definite answer and is never retried.
+
+use std::error::Error as _;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use meridian_core::crypto::{authentication_challenge, PublicKey, SigningKey, SigningPurpose};
+use meridian_core::sequencing::{EventChain, SequencedEvent, Submission};
+use meridian_core::{MemberId, Timestamp};
+use meridian_proto::convert;
+use meridian_proto::v1;
+use meridian_proto::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
+use meridian_proto::v1::sequencer_service_client::SequencerServiceClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::{Backoff, Delays};
+use crate::error::ClientError;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Events buffered between a subscription's background task and its consumer. When the
+/// consumer falls behind, the task stops reading and gRPC flow control pushes back on the
+/// sequencer instead of memory growing without bound.
+pub const SUBSCRIPTION_BUFFER: usize = 1024;
+
+/// HTTP/2 pings detect a dead connection under an idle subscription (a member may receive
+/// nothing for minutes); without them a half-open TCP connection would stall it forever.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A subscription stream that stayed open this long counts as healthy when it breaks, even if
+/// it delivered nothing: an idle member's stream breaking once an hour must not use up the
+/// reconnect attempts meant for a sequencer that is really down.
+const STABLE_SUBSCRIPTION: Duration = Duration::from_secs(10);
+
+const AUTHORIZATION: &str = "authorization";
+
+#[derive(Debug, Clone)]
+pub struct SequencerClientConfig {
+    /// The sequencer's gRPC endpoint, e.g. `http://127.0.0.1:4401`.
+    pub endpoint: String,
+    pub member: MemberId,
+    /// Must match the public key the member was registered with.
+    pub key: SigningKey,
+    /// Limit for establishing a TCP/HTTP2 connection.
+    pub connect_timeout: Duration,
+    /// Limit for one unary call, and for a subscription to be accepted (not for the stream).
+    pub request_timeout: Duration,
+    /// Spacing and number of attempts for every retried operation.
+    pub backoff: Backoff,
+}
+
+impl SequencerClientConfig {
+    /// A configuration with the default timeouts and backoff.
+    pub fn new(endpoint: impl Into<String>, member: MemberId, key: SigningKey) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            member,
+            key,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// The sequencer's acknowledgement of a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The submission's sequencing timestamp.
+    pub timestamp: Timestamp,
+    /// True when the sequencer had already sequenced this (sender, message id), e.g. because an
+    /// earlier attempt succeeded but its answer was lost; `timestamp` is then that earlier one.
+    pub deduplicated: bool,
+}
+
+/// A connection to one sequencer, authenticated as one member. Cheap to clone; clones share
+/// the connection and the session.
+#[derive(Clone)]
+pub struct SequencerClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SequencerClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SequencerClient")
+            .field("endpoint", &self.inner.endpoint)
+            .field("member", &self.inner.member)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SequencerClient {
+    /// Prepares the connection and authenticates. A sequencer that is not up yet is retried
+    /// with the configured backoff, so members may start before their sequencer.
+    pub async fn connect(config: SequencerClientConfig) -> Result<Self, ClientError> {
+        let channel = channel(&config.endpoint, config.connect_timeout)?;
+        let inner = Inner {
+            grpc: SequencerServiceClient::new(channel),
+            endpoint: config.endpoint,
+            member: config.member,
+            key: config.key,
+            request_timeout: config.request_timeout,
+            backoff: config.backoff,
+            session: Mutex::new(None),
+            auth_lock: tokio::sync::Mutex::new(()),
+        };
+        let authenticate = || inner.refresh_session(None);
+        retry(&inner.endpoint, inner.backoff, None, authenticate).await?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn member(&self) -> &MemberId {
+        &self.inner.member
+    }
+
+    /// Sequences a submission. Transient failures are retried with the same message id until
+    /// the backoff's attempts are used up ([`ClientError::Unavailable`]) or the submission's
+    /// `max_sequencing_time` has passed ([`ClientError::Timeout`]); in both cases the outcome is
+    /// unknown. A definite refusal is returned at once as [`ClientError::Rejected`].
+    pub async fn send(&self, submission: Submission) -> Result<SendReceipt, ClientError> {
+        let deadline = submission.max_sequencing_time;
+        let request = v1::SendRequest {
+            submission: Some(convert::submission_to_wire(submission)),
+        };
+        let response = self
+            .inner
+            .call_with_retries(Some(deadline), |mut grpc, authorization| {
+                let request = authorized(request.clone(), authorization);
+                async move { grpc.send(request).await }
+            })
+            .await?;
+        // proto3 decodes a missing field as 0, which is never a real sequencing time.
+        if response.timestamp_us == 0 {
+            return Err(ClientError::Protocol(
+                "send response carries no timestamp".to_owned(),
+            ));
+        }
+        Ok(SendReceipt {
+            timestamp: Timestamp::from_micros(response.timestamp_us),
+            deduplicated: response.deduplicated,
+        })
+    }
+
+    /// Streams this member's events after `after`, which must be the timestamp of the last
+    /// event the member processed (`None` if none): it is where the chain check starts, so an
+    /// arbitrary time there makes the first event look like a fork.
+    ///
+    /// The stream yields events in order, exactly once, across reconnects. It ends after
+    /// yielding one error: a fork, a malformed event, a definite refusal, or
+    /// [`ClientError::Unavailable`] once the backoff's attempts are used up. Dropping the
+    /// subscription stops its background task. Must be called inside a tokio runtime.
+    pub fn subscribe(&self, after: Option<Timestamp>) -> Subscription {
+        let (sender, events) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let task = tokio::spawn(run_subscription(Arc::clone(&self.inner), after, sender));
+        Subscription { events, task }
+    }
+
+    /// Tells the sequencer that every event up to `timestamp` has been processed, so it may
+    /// prune them. Idempotent, hence retried like a send.
+    pub async fn acknowledge(&self, timestamp: Timestamp) -> Result<(), ClientError> {
+        let request = v1::AcknowledgeRequest {
+            member: self.inner.member.to_string(),
+            timestamp_us: timestamp.as_micros(),
+        };
+        self.inner
+            .call_with_retries(None, |mut grpc, authorization| {
+                let request = authorized(request.clone(), authorization);
+                async move { grpc.acknowledge(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Registers a member with the sequencer's admin service. Returns `true` if it was created and
+/// `false` if it was already registered with the same key (so setup scripts can rerun).
+/// Transient failures are retried with [`Backoff::default`].
+pub async fn register_member(
+    endpoint: &str,
+    member: &MemberId,
+    public_key: &PublicKey,
+) -> Result<bool, ClientError> {
+    let admin = SequencerAdminServiceClient::new(channel(endpoint, DEFAULT_CONNECT_TIMEOUT)?);
+    let request = v1::RegisterMemberRequest {
+        member: member.to_string(),
+        public_key: public_key.to_bytes().to_vec(),
+    };
+    let attempt = || {
+        let mut admin = admin.clone();
+        let request = request.clone();
+        async move {
+            timed(DEFAULT_REQUEST_TIMEOUT, admin.register_member(request))
+                .await
+                .map_err(classify)
+        }
+    };
+    let response = retry(endpoint, Backoff::default(), None, attempt).await?;
+    Ok(response.created)
+}
+
+/// A member's event stream; see [`SequencerClient::subscribe`].
+#[derive(Debug)]
+pub struct Subscription {
+    events: mpsc::Receiver<Result<SequencedEvent, ClientError>>,
+    task: JoinHandle<()>,
+}
+
+impl Stream for Subscription {
+    type Item = Result<SequencedEvent, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Stops the task even while it waits on the network or in a backoff sleep, where it
+        // would not notice the closed channel.
+        self.task.abort();
+    }
+}
+
+fn channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
+    let parsed = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| {
+        ClientError::InvalidConfig(format!("sequencer endpoint {endpoint:?} is not a URI: {e}"))
+    })?;
+    if parsed.uri().scheme_str() != Some("http") {
+        return Err(ClientError::InvalidConfig(format!(
+            "sequencer endpoint {endpoint:?} must start with http://"
+        )));
+    }
+    // Lazy: nothing is dialled until the first call, and a lost connection is re-dialled on
+    // the next call, which is what the retry loops rely on.
+    Ok(parsed
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// How one attempt failed.
+#[derive(Debug)]
+enum Failure {
+    /// Worth another attempt after a backoff delay.
+    Transient(String),
+    /// Final; returned to the caller as is.
+    Fatal(ClientError),
+}
+
+/// Splits a status into transient and definite. A status that carries a source error was
+/// synthesized locally from a transport failure (connection refused or reset, h2 error) or a
+/// request timeout; one decoded from the sequencer's answer has none. So a `DEADLINE_EXCEEDED`
+/// from the sequencer itself (say, for an expired submission) stays a definite answer.
+fn classify(status: Status) -> Failure {
+    if status.code() == Code::Unavailable || status.source().is_some() {
+        Failure::Transient(describe(&status))
+    } else {
+        Failure::Fatal(ClientError::Rejected {
+            code: status.code(),
+            message: status.message().to_owned(),
+        })
+    }
+}
+
+/// Statuses of the authentication calls: a refusal there means the identity is wrong.
+fn classify_authentication(status: Status) -> Failure {
+    match classify(status) {
+        Failure::Fatal(ClientError::Rejected {
+            code: Code::Unauthenticated | Code::PermissionDenied | Code::NotFound,
+            message,
+        }) => Failure::Fatal(ClientError::Unauthenticated(message)),
+        other => other,
+    }
+}
+
+fn describe(status: &Status) -> String {
+    match status.source() {
+        Some(source) => format!("{:?}: {} ({source})", status.code(), status.message()),
+        None => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+/// Awaits a call for at most `limit`. Running out of time becomes `DEADLINE_EXCEEDED` with the
+/// timer's error as source, which [`classify`] treats as transient.
+async fn timed<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map(Response::into_inner),
+        Err(elapsed) => {
+            let mut status =
+                Status::deadline_exceeded(format!("no answer within {} ms", limit.as_millis()));
+            status.set_source(Arc::new(elapsed));
+            Err(status)
+        }
+    }
+}
+
+fn authorized<T>(message: T, authorization: AsciiMetadataValue) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(AUTHORIZATION, authorization);
+    request
+}
+
+/// Counts consecutive failed attempts and hands out the delays between them.
+struct Attempts {
+    backoff: Backoff,
+    delays: Delays,
+    failed: u32,
+}
+
+impl Attempts {
+    fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            delays: backoff.delays(),
+            failed: 0,
+        }
+    }
+
+    /// Records a failure; returns the delay before the next attempt, or `None` when the
+    /// attempts are used up.
+    fn failed(&mut self) -> Option<Duration> {
+        self.failed = self.failed.saturating_add(1);
+        self.delays.next()
+    }
+
+    fn reset(&mut self) {
+        self.delays = self.backoff.delays();
+        self.failed = 0;
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails definitely, the backoff is used up, or the next
+/// attempt would start after `deadline`.
+async fn retry<T, F, Fut>(
+    endpoint: &str,
+    backoff: Backoff,
+    deadline: Option<Timestamp>,
+    mut attempt: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let mut attempts = Attempts::new(backoff);
+    loop {
+        let last_error = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(Failure::Fatal(error)) => return Err(error),
+            Err(Failure::Transient(error)) => error,
+        };
+        let Some(delay) = attempts.failed() else {
+            return Err(ClientError::Unavailable {
+                endpoint: endpoint.to_owned(),
+                attempts: attempts.failed,
+                last_error,
+            });
+        };
+        if deadline.is_some_and(|deadline| Timestamp::now().saturating_add(delay) > deadline) {
+            return Err(ClientError::Timeout { last_error });
+        }
+        debug!(
+            endpoint,
+            attempt = attempts.failed,
+            delay_ms = delay.as_millis(),
+            error = %last_error,
+            "sequencer call failed; retrying"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// A session token, ready to be sent as metadata.
+#[derive(Clone)]
+struct Session {
+    authorization: AsciiMetadataValue,
+    /// Increases with each authentication, so that callers that saw the same stale token
+    /// trigger one re-authentication, not one each.
+    generation: u64,
+}
+
+struct Inner {
+    endpoint: String,
+    member: MemberId,
+    key: SigningKey,
+    request_timeout: Duration,
+    backoff: Backoff,
+    grpc: SequencerServiceClient<Channel>,
+    /// The current token; never held across an await.
+    session: Mutex<Option<Session>>,
+    /// Serializes authentications.
+    auth_lock: tokio::sync::Mutex<()>,
+}
+
+impl Inner {
+    fn current_session(&self) -> Option<Session> {
+        self.session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn session(&self) -> Result<Session, Failure> {
+        match self.current_session() {
+            Some(session) => Ok(session),
+            None => self.refresh_session(None).await,
+        }
+    }
+
+    /// Authenticates unless someone already replaced the token of generation `stale`
+    /// (or, with `None`, unless there is a token at all).
+    async fn refresh_session(&self, stale: Option<u64>) -> Result<Session, Failure> {
+        let _serialized = self.auth_lock.lock().await;
+        let current = self.current_session();
+        if let Some(session) = &current {
+            if stale.is_none_or(|stale| session.generation != stale) {
+                return Ok(session.clone());
+            }
+        }
+        let authorization = self.authenticate().await?;
+        let session = Session {
+            authorization,
+            generation: current.map_or(1, |session| session.generation.wrapping_add(1)),
+        };
+        *self.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(session.clone());
+        debug!(member = %self.member, generation = session.generation, "authenticated");
+        Ok(session)
+    }
+
+    /// One challenge-response exchange: the member signs the sequencer's nonce bound to its id.
+    async fn authenticate(&self) -> Result<AsciiMetadataValue, Failure> {
+        let mut grpc = self.grpc.clone();
+        let challenge = v1::GetChallengeRequest {
+            member: self.member.to_string(),
+        };
+        let nonce = timed(self.request_timeout, grpc.get_challenge(challenge))
+            .await
+            .map_err(classify_authentication)?
+            .nonce;
+        if nonce.is_empty() {
+            return Err(Failure::Fatal(ClientError::Protocol(
+                "authentication challenge with an empty nonce".to_owned(),
+            )));
+        }
+        let signature = self.key.sign(
+            SigningPurpose::SequencerAuthentication,
+            &authentication_challenge(&self.member, &nonce),
+        );
+        let request = v1::AuthenticateRequest {
+            member: self.member.to_string(),
+            nonce,
+            signature: signature.to_bytes().to_vec(),
+        };
+        let token = timed(self.request_timeout, grpc.authenticate(request))
+            .await
+            .map_err(classify_authentication)?
+            .token;
+        if token.is_empty() {
+            return Err(Failure::Fatal(ClientError::Protocol(
+                "authentication returned an empty token".to_owned(),
+            )));
+        }
+        AsciiMetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            Failure::Fatal(ClientError::Protocol(
+                "session token is not printable ASCII".to_owned(),
+            ))
+        })
+    }
+
+    /// One attempt of an authenticated call. If the sequencer no longer knows the token, it
+    /// re-authenticates and repeats the call once, within the same attempt.
+    async fn authorized_call<T, F, Fut>(&self, call: &F) -> Result<T, Failure>
+    where
+        F: Fn(SequencerServiceClient<Channel>, AsciiMetadataValue) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let session = self.session().await?;
+        let first = call(self.grpc.clone(), session.authorization.clone());
+        match timed(self.request_timeout, first).await {
+            Err(status) if status.code() == Code::Unauthenticated => {
+                info!(
+                    member = %self.member,
+                    endpoint = %self.endpoint,
+                    reason = status.message(),
+                    "sequencer refused the session token; re-authenticating"
+                );
+                let session = self.refresh_session(Some(session.generation)).await?;
+                let second = call(self.grpc.clone(), session.authorization);
+                timed(self.request_timeout, second)
+                    .await
+                    .map_err(|status| match status.code() {
+                        Code::Unauthenticated => Failure::Fatal(ClientError::Unauthenticated(
+                            format!("fresh session token refused: {}", status.message()),
+                        )),
+                        _ => classify(status),
+                    })
+            }
+            other => other.map_err(classify),
+        }
+    }
+
+    async fn call_with_retries<T, F, Fut>(
+        &self,
+        deadline: Option<Timestamp>,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(SequencerServiceClient<Channel>, AsciiMetadataValue) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let call = &call;
+        retry(&self.endpoint, self.backoff, deadline, move || {
+            self.authorized_call(call)
+        })
+        .await
+    }
+}
+
+/// How reading one subscription stream ended.
+enum StreamEnd {
+    /// The consumer dropped the subscription.
+    ConsumerGone,
+    /// Reconnect and resume.
+    Broken { error: String, delivered: u64 },
+    /// End the subscription with this error.
+    Fatal(ClientError),
+}
+
+async fn run_subscription(
+    inner: Arc<Inner>,
+    after: Option<Timestamp>,
+    sender: mpsc::Sender<Result<SequencedEvent, ClientError>>,
+) {
+    if let Err(error) = subscription_loop(&inner, after, &sender).await {
+        match &error {
+            ClientError::Fork(_) => error!(member = %inner.member, %error, "subscription stopped"),
+            _ => warn!(member = %inner.member, %error, "subscription stopped"),
+        }
+        // The consumer may be gone already; then nobody needs the error.
+        let _ = sender.send(Err(error)).await;
+    }
+}
+
+/// Returns `Ok` when the consumer went away, `Err` with the error that ends the subscription.
+async fn subscription_loop(
+    inner: &Inner,
+    after: Option<Timestamp>,
+    sender: &mpsc::Sender<Result<SequencedEvent, ClientError>>,
+) -> Result<(), ClientError> {
+    let mut chain = EventChain::new(after);
+    let mut attempts = Attempts::new(inner.backoff);
+    loop {
+        // Resume strictly after the last event handed to the consumer: no gap, no duplicate.
+        let resume_after = chain.last_processed();
+        let request = v1::SubscribeRequest {
+            member: inner.member.to_string(),
+            after_timestamp_us: resume_after.map(Timestamp::as_micros),
+        };
+        let opened = inner
+            .authorized_call(
+                &|mut grpc: SequencerServiceClient<Channel>, authorization| {
+                    let request = authorized(request.clone(), authorization);
+                    async move { grpc.subscribe(request).await }
+                },
+            )
+            .await;
+        let error = match opened {
+            Err(Failure::Fatal(error)) => return Err(error),
+            Err(Failure::Transient(error)) => error,
+            Ok(mut stream) => {
+                if attempts.failed > 0 {
+                    info!(
+                        member = %inner.member,
+                        endpoint = %inner.endpoint,
+                        after = ?resume_after,
+                        failed_attempts = attempts.failed,
+                        "subscription re-established"
+                    );
+                }
+                let opened_at = Instant::now();
+                match read_stream(&mut stream, &mut chain, sender).await {
+                    StreamEnd::ConsumerGone => return Ok(()),
+                    StreamEnd::Fatal(error) => return Err(error),
+                    StreamEnd::Broken { error, delivered } => {
+                        if delivered > 0 || opened_at.elapsed() >= STABLE_SUBSCRIPTION {
+                            attempts.reset();
+                        }
+                        error
+                    }
+                }
+            }
+        };
+        let Some(delay) = attempts.failed() else {
+            return Err(ClientError::Unavailable {
+                endpoint: inner.endpoint.clone(),
+                attempts: attempts.failed,
+                last_error: error,
+            });
+        };
+        // One warning per outage; the individual attempts of a reconnect are debug noise.
+        if attempts.failed == 1 {
+            warn!(
+                member = %inner.member,
+                endpoint = %inner.endpoint,
+                after = ?chain.last_processed(),
+                %error,
+                "subscription interrupted; reconnecting"
+            );
+        } else {
+            debug!(
+                member = %inner.member,
+                attempt = attempts.failed,
+                delay_ms = delay.as_millis(),
+                %error,
+                "subscription reconnect failed"
+            );
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn read_stream(
+    stream: &mut tonic::Streaming<v1::SequencedEvent>,
+    chain: &mut EventChain,
+    sender: &mpsc::Sender<Result<SequencedEvent, ClientError>>,
+) -> StreamEnd {
+    let mut delivered = 0;
+    loop {
+        let wire = match stream.message().await {
+            Ok(Some(wire)) => wire,
+            Ok(None) => {
+                return StreamEnd::Broken {
+                    error: "the sequencer ended the stream".to_owned(),
+                    delivered,
+                }
+            }
+            // A token that expires mid-stream: the reconnect re-authenticates if needed.
+            Err(status) if status.code() == Code::Unauthenticated => {
+                return StreamEnd::Broken {
+                    error: describe(&status),
+                    delivered,
+                }
+            }
+            Err(status) => {
+                return match classify(status) {
+                    Failure::Transient(error) => StreamEnd::Broken { error, delivered },
+                    Failure::Fatal(error) => StreamEnd::Fatal(error),
+                }
+            }
+        };
+        let event = match convert::event_from_wire(wire) {
+            Ok(event) => event,
+            Err(error) => {
+                return StreamEnd::Fatal(ClientError::Protocol(format!(
+                    "malformed event after {:?}: {error}",
+                    chain.last_processed()
+                )))
+            }
+        };
+        // A fork leaves the chain where it was; the member must stop, never skip the event.
+        if let Err(fork) = chain.accept(event.timestamp, event.previous_timestamp) {
+            return StreamEnd::Fatal(ClientError::Fork(fork));
+        }
+        if sender.send(Ok(event)).await.is_err() {
+            return StreamEnd::ConsumerGone;
+        }
+        delivered += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_failures_are_transient_and_answers_are_not() {
+        assert!(matches!(
+            classify(Status::unavailable("restarting")),
+            Failure::Transient(_)
+        ));
+        // The sequencer's own DEADLINE_EXCEEDED is an answer, not a timeout of ours.
+        assert!(matches!(
+            classify(Status::deadline_exceeded("submission expired")),
+            Failure::Fatal(ClientError::Rejected {
+                code: Code::DeadlineExceeded,
+                ..
+            })
+        ));
+        // Synthesized locally from an I/O error: the sequencer never answered.
+        let reset = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert!(matches!(classify(reset), Failure::Transient(_)));
+
+        match classify(Status::invalid_argument("bad recipient")) {
+            Failure::Fatal(ClientError::Rejected { code, message }) => {
+                assert_eq!(code, Code::InvalidArgument);
+                assert_eq!(message, "bad recipient");
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        assert!(matches!(
+            classify(Status::internal("bug")),
+            Failure::Fatal(ClientError::Rejected { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_local_timeout_is_transient() {
+        let never = futures::future::pending::<Result<Response<()>, Status>>();
+        let status = timed(Duration::from_millis(5), never).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        match classify(status) {
+            Failure::Transient(error) => {
+                assert!(error.contains("no answer within 5 ms"), "{error}")
+            }
+            other => panic!("expected a transient failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn authentication_refusals_name_the_identity_problem() {
+        assert!(matches!(
+            classify_authentication(Status::unauthenticated("bad signature")),
+            Failure::Fatal(ClientError::Unauthenticated(m)) if m == "bad signature"
+        ));
+        assert!(matches!(
+            classify_authentication(Status::not_found("unknown member")),
+            Failure::Fatal(ClientError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            classify_authentication(Status::unavailable("down")),
+            Failure::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn endpoints_are_validated() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert!(channel("http://127.0.0.1:1", DEFAULT_CONNECT_TIMEOUT).is_ok());
+            assert!(matches!(
+                channel("127.0.0.1:1", DEFAULT_CONNECT_TIMEOUT),
+                Err(ClientError::InvalidConfig(_))
+            ));
+            assert!(matches!(
+                channel("not a uri", DEFAULT_CONNECT_TIMEOUT),
+                Err(ClientError::InvalidConfig(_))
+            ));
+        });
+    }
+}
