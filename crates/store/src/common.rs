@@ -1,0 +1,244 @@
+//! Logic both sequencer store backends share and that needs no database: deduplication within
+//! one `write_events` call, assembling its results, and turning raw column values into domain
+//! types. Rows are decoded here so that bad data becomes [`StoreError::Corrupt`] in exactly the
+//! same way on SQLite and PostgreSQL, never a panic.
+
+use std::collections::HashMap;
+
+use meridian_core::crypto::PublicKey;
+use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
+
+use crate::sequencer::{
+    InstanceState, MemberRecord, MemberSeq, NewEvent, StoredEvent, WriteResult,
+};
+use crate::StoreError;
+
+/// How one `write_events` call splits into first occurrences of each (sender, message_id) and
+/// repeats of an earlier event in the same call.
+pub(crate) struct WritePlan {
+    /// Indexes of the events whose (sender, message_id) is the first of its kind in the call, in
+    /// input order. Only these are checked against the table.
+    pub firsts: Vec<usize>,
+    /// For every event, the position in `firsts` of the first event with its key.
+    first_of: Vec<usize>,
+}
+
+impl WritePlan {
+    pub fn new(events: &[NewEvent]) -> Self {
+        let mut seen: HashMap<(i64, &str), usize> = HashMap::with_capacity(events.len());
+        let mut firsts = Vec::with_capacity(events.len());
+        let first_of = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| {
+                *seen
+                    .entry((event.sender.0, event.message_id.as_str()))
+                    .or_insert_with(|| {
+                        firsts.push(i);
+                        firsts.len() - 1
+                    })
+            })
+            .collect();
+        Self { firsts, first_of }
+    }
+
+    /// Results in input order, given the table's verdict on each first occurrence (parallel to
+    /// `firsts`). A repeat of a sequenced event is a duplicate of that event; a repeat of a
+    /// duplicate is a duplicate of the same original.
+    pub fn results(&self, events: &[NewEvent], verdicts: &[WriteResult]) -> Vec<WriteResult> {
+        self.first_of
+            .iter()
+            .enumerate()
+            .map(|(i, &position)| {
+                let first = self.firsts[position];
+                match verdicts[position] {
+                    WriteResult::Sequenced if first != i => WriteResult::Duplicate {
+                        original: events[first].timestamp,
+                    },
+                    verdict => verdict,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The watermark to store: the caller's, but never below an event it writes, so that the
+/// invariant "no committed event above its writer's watermark" holds even for a careless caller.
+pub(crate) fn effective_watermark(events: &[NewEvent], watermark: Timestamp) -> Timestamp {
+    events
+        .iter()
+        .map(|event| event.timestamp)
+        .fold(watermark, Timestamp::max)
+}
+
+/// Placeholder for "no lower bound": every stored timestamp is at least zero.
+pub(crate) fn after_bound(after: Option<Timestamp>) -> i64 {
+    after.map_or(-1, Timestamp::as_i64)
+}
+
+pub(crate) fn member_record(
+    seq: i64,
+    id: String,
+    public_key: &[u8],
+    registered_at: i64,
+) -> Result<MemberRecord, StoreError> {
+    let public_key = PublicKey::from_bytes(public_key).map_err(|error| StoreError::Corrupt {
+        table: "members",
+        detail: format!("public key of member seq {seq}: {error}"),
+    })?;
+    let id = MemberId::new(id).map_err(|error| StoreError::Corrupt {
+        table: "members",
+        detail: format!("id of member seq {seq}: {error}"),
+    })?;
+    Ok(MemberRecord {
+        seq: MemberSeq(seq),
+        id,
+        public_key,
+        registered_at: Timestamp::from_i64(registered_at),
+    })
+}
+
+pub(crate) fn instance_state(
+    idx: i64,
+    watermark: i64,
+    online: bool,
+) -> Result<InstanceState, StoreError> {
+    let index = u32::try_from(idx).map_err(|_| StoreError::Corrupt {
+        table: "sequencer_instances",
+        detail: format!("instance index {idx} out of range"),
+    })?;
+    Ok(InstanceState {
+        index: InstanceIndex(index),
+        watermark: Timestamp::from_i64(watermark),
+        online,
+    })
+}
+
+/// One row of the read query: the recipient entry, the member's previous timestamp and the
+/// event's columns, which are NULL if the event row is missing.
+pub(crate) type EventRow = (
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<Vec<u8>>,
+);
+
+pub(crate) fn stored_event(row: EventRow) -> Result<StoredEvent, StoreError> {
+    let (ts, previous, sender, message_id, batch) = row;
+    let (Some(sender), Some(message_id), Some(batch)) = (sender, message_id, batch) else {
+        return Err(StoreError::Corrupt {
+            table: "event_recipients",
+            detail: format!("recipient entry at ts {ts} has no event"),
+        });
+    };
+    let message_id = MessageId::new(message_id).map_err(|error| StoreError::Corrupt {
+        table: "events",
+        detail: format!("message id of the event at ts {ts}: {error}"),
+    })?;
+    Ok(StoredEvent {
+        timestamp: Timestamp::from_i64(ts),
+        previous_timestamp: previous.map(Timestamp::from_i64),
+        sender: MemberSeq(sender),
+        message_id,
+        batch,
+    })
+}
+
+/// The instance index as stored: an `INTEGER` column on both backends.
+pub(crate) fn instance_column(index: InstanceIndex) -> Result<i32, StoreError> {
+    i32::try_from(index.0).map_err(|error| {
+        StoreError::Database(sqlx::Error::Encode(
+            format!("instance index {index} does not fit the INTEGER column: {error}").into(),
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ts: u64, sender: i64, message_id: &str) -> NewEvent {
+        NewEvent {
+            timestamp: Timestamp::from_micros(ts),
+            sender: MemberSeq(sender),
+            message_id: MessageId::new(message_id).expect("valid id"),
+            max_sequencing_time: Timestamp::from_micros(ts + 1_000),
+            recipients: vec![MemberSeq(sender)],
+            batch: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn repeats_within_a_call_follow_their_first_occurrence() {
+        let events = [
+            event(10, 1, "a"),
+            event(11, 2, "a"),
+            event(12, 1, "a"),
+            event(13, 1, "b"),
+            event(14, 1, "b"),
+        ];
+        let plan = WritePlan::new(&events);
+        assert_eq!(plan.firsts, vec![0, 1, 3]);
+
+        // (1, "b") was already in the table at 5.
+        let original = Timestamp::from_micros(5);
+        let verdicts = [
+            WriteResult::Sequenced,
+            WriteResult::Sequenced,
+            WriteResult::Duplicate { original },
+        ];
+        let at = |ts| WriteResult::Duplicate {
+            original: Timestamp::from_micros(ts),
+        };
+        assert_eq!(
+            plan.results(&events, &verdicts),
+            vec![
+                WriteResult::Sequenced,
+                WriteResult::Sequenced,
+                at(10),
+                at(5),
+                at(5)
+            ]
+        );
+    }
+
+    #[test]
+    fn watermark_covers_every_event() {
+        let events = [event(10, 1, "a"), event(30, 1, "b")];
+        assert_eq!(
+            effective_watermark(&events, Timestamp::from_micros(20)),
+            Timestamp::from_micros(30)
+        );
+        assert_eq!(
+            effective_watermark(&events, Timestamp::from_micros(40)),
+            Timestamp::from_micros(40)
+        );
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors() {
+        assert!(matches!(
+            member_record(1, "m1".into(), &[1, 2, 3], 0),
+            Err(StoreError::Corrupt {
+                table: "members",
+                ..
+            })
+        ));
+        assert!(matches!(
+            stored_event((5, None, Some(1), Some("bad id".into()), Some(vec![]))),
+            Err(StoreError::Corrupt {
+                table: "events",
+                ..
+            })
+        ));
+        assert!(matches!(
+            stored_event((5, None, None, None, None)),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            instance_state(-1, 0, true),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

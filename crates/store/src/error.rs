@@ -1,0 +1,49 @@
+//! Errors of every store. Callers must tell apart a fenced writer (demote, stop writing), a
+//! database that is away (report not-ready, retry with backoff) and a genuine conflict.
+
+use meridian_core::{InstanceIndex, MemberId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sequencer instance {0} is marked offline; its writes are fenced")]
+    Fenced(InstanceIndex),
+    #[error("member {member} is already registered with a different public key")]
+    MemberKeyConflict { member: MemberId },
+    #[error("the database is read-only (a standby?)")]
+    ReadOnly,
+    #[error("the database is unreachable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    #[error("migrating the database failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (the database was away), as opposed to a definite
+    /// answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // read_only_sql_transaction
+                Some("25006") => StoreError::ReadOnly,
+                // admin_shutdown, crash_shutdown, cannot_connect_now
+                Some("57P01") | Some("57P02") | Some("57P03") => StoreError::Unavailable(error),
+                _ => StoreError::Database(error),
+            },
+            _ => StoreError::Database(error),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Meridian's database layer. Each component has one store trait (here: [`SequencerStore`]);
+//! SQLite (the embedded default) and PostgreSQL implement it, and one conformance suite
+//! (`tests/conformance.rs`) holds both to the same contract. Migrations are plain SQL files
+//! under `migrations/<backend>/`, embedded at compile time.
+
+mod common;
+mod error;
+pub mod postgres;
+pub mod sequencer;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+pub use error::StoreError;
+pub use sequencer::{
+    BackendStatus, InstanceState, MemberRecord, MemberSeq, NewEvent, SequencerStore, StoredEvent,
+    WriteResult,
+};
+
+/// Where a component keeps its state. Deserialized from the `[storage]` table of node configs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StorageConfig {
+    /// An SQLite database file (created if missing), opened in WAL mode with `synchronous=FULL`.
+    Sqlite { path: std::path::PathBuf },
+    /// A PostgreSQL connection URL, e.g. `postgres://meridian@127.0.0.1:5432/sequencer`.
+    Postgres {
+        url: String,
+        /// Connections in the pool; one of them is the writer.
+        #[serde(default = "default_pool_size")]
+        max_connections: u32,
+    },
+}
+
+fn default_pool_size() -> u32 {
+    8
+}
+
+/// Opens (and migrates) the sequencer store the config names.
+pub async fn open_sequencer_store(
+    config: &StorageConfig,
+) -> Result<Arc<dyn SequencerStore>, StoreError> {
+    Ok(match config {
+        StorageConfig::Sqlite { path } => Arc::new(sqlite::SqliteSequencerStore::open(path).await?),
+        StorageConfig::Postgres {
+            url,
+            max_connections,
+        } => Arc::new(postgres::PgSequencerStore::connect(url, *max_connections).await?),
+    })
+}

@@ -1,0 +1,167 @@
+//! The sequencer's store contract.
+//!
+//! Data model (the same on both backends):
+//! - `members`: registered members with a dense numeric id ([`MemberSeq`]) used in the other tables.
+//! - `events`: one row per sequenced submission: timestamp, writing instance, sender, message id
+//!   and the encoded `meridian.v1.Batch`.
+//! - `event_recipients(member, ts)`: the delivery index; a member's stream is this index in
+//!   timestamp order, and `previous_timestamp` is computed from it at read time (so several
+//!   instances writing interleaved events need no shared "last event per member" row).
+//! - `message_ids(sender, message_id)`: deduplication until the submission's max sequencing time.
+//! - `sequencer_instances(index, watermark, online)`: one row per instance.
+//!
+//! Invariant the sequencer relies on: events and the writer's watermark are committed in the
+//! same transaction, and only while the writer is marked online. So no committed event is ever
+//! above its writer's watermark, and a fenced (offline) instance writes nothing at all.
+
+use async_trait::async_trait;
+use meridian_core::crypto::PublicKey;
+use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
+
+use crate::StoreError;
+
+/// Dense numeric id of a registered member, assigned by the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberSeq(pub i64);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub seq: MemberSeq,
+    pub id: MemberId,
+    pub public_key: PublicKey,
+    pub registered_at: Timestamp,
+}
+
+/// A submission the sequencer has validated and stamped, ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub timestamp: Timestamp,
+    pub sender: MemberSeq,
+    pub message_id: MessageId,
+    /// Deduplication of (sender, message_id) lasts at least until this time.
+    pub max_sequencing_time: Timestamp,
+    /// Distinct recipients, sorted.
+    pub recipients: Vec<MemberSeq>,
+    /// The encoded `meridian.v1.Batch`.
+    pub batch: Vec<u8>,
+}
+
+/// Outcome of one [`NewEvent`] of a [`SequencerStore::write_events`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteResult {
+    Sequenced,
+    /// (sender, message_id) was already sequenced at `original`; nothing was written for it.
+    Duplicate {
+        original: Timestamp,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceState {
+    pub index: InstanceIndex,
+    pub watermark: Timestamp,
+    pub online: bool,
+}
+
+/// One event of a member's stream, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub timestamp: Timestamp,
+    /// The member's previous event (at any time, not just within this read); `None` if first.
+    pub previous_timestamp: Option<Timestamp>,
+    pub sender: MemberSeq,
+    pub message_id: MessageId,
+    pub batch: Vec<u8>,
+}
+
+/// Facts about the database that decide whether a sequencer may serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    pub backend: &'static str,
+    /// A PostgreSQL standby, or a database opened read-only.
+    pub read_only: bool,
+    /// PostgreSQL's `synchronous_commit` setting; `None` on SQLite (always `synchronous=FULL`).
+    pub synchronous_commit: Option<String>,
+}
+
+#[async_trait]
+pub trait SequencerStore: Send + Sync + 'static {
+    /// Registers a member. Idempotent for the same key (`created == false`); a different key
+    /// for an existing member is [`StoreError::MemberKeyConflict`] and changes nothing.
+    async fn register_member(
+        &self,
+        id: &MemberId,
+        public_key: &PublicKey,
+        now: Timestamp,
+    ) -> Result<(MemberRecord, bool), StoreError>;
+
+    async fn members(&self) -> Result<Vec<MemberRecord>, StoreError>;
+
+    async fn member(&self, id: &MemberId) -> Result<Option<MemberRecord>, StoreError>;
+
+    /// Brings instance `index` online, in one transaction that excludes concurrent watermark
+    /// updates: deletes any of its events above its last watermark (writes a zombie left
+    /// behind), sets its watermark to the maximum of all instances' watermarks and `not_before`,
+    /// and marks it online. Returns that watermark; the instance must only issue timestamps
+    /// strictly above it.
+    async fn start_instance(
+        &self,
+        index: InstanceIndex,
+        not_before: Timestamp,
+    ) -> Result<Timestamp, StoreError>;
+
+    /// Stores a batch of events and advances the instance's watermark to `watermark` (which is
+    /// at least every event's timestamp; a lower value is raised to the highest one, so the
+    /// invariant above holds regardless), atomically: either everything is committed or
+    /// nothing. Fails with [`StoreError::Fenced`] if the instance is not online. Results are in
+    /// input order; a (sender, message_id) already present — in the table or earlier in the same
+    /// call — is a [`WriteResult::Duplicate`] and is not written.
+    async fn write_events(
+        &self,
+        index: InstanceIndex,
+        events: &[NewEvent],
+        watermark: Timestamp,
+    ) -> Result<Vec<WriteResult>, StoreError>;
+
+    /// Advances an idle instance's watermark (never backwards). [`StoreError::Fenced`] if offline.
+    async fn advance_watermark(
+        &self,
+        index: InstanceIndex,
+        watermark: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    async fn instances(&self) -> Result<Vec<InstanceState>, StoreError>;
+
+    /// The minimum watermark of the online instances, read fresh from the database (`None`
+    /// when no instance is online). Readers deliver only events at or below it. Any fresh read
+    /// is safe because a joining instance starts above every watermark it can see, whereas
+    /// combining a cached value for other instances with a fresh own watermark is not.
+    async fn safe_point(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Marks instance `index` offline if it is online with a watermark older than
+    /// `stale_before`. Returns whether it did.
+    async fn mark_offline(
+        &self,
+        index: InstanceIndex,
+        stale_before: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Up to `limit` events of `member` with `after < ts <= up_to`, in timestamp order.
+    async fn read_events(
+        &self,
+        member: MemberSeq,
+        after: Option<Timestamp>,
+        up_to: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Records the member's acknowledgement; never moves backwards. Unknown members are ignored.
+    async fn acknowledge(&self, member: MemberSeq, timestamp: Timestamp) -> Result<(), StoreError>;
+
+    async fn acknowledged(&self, member: MemberSeq) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Forgets deduplication entries whose max sequencing time is before `expired_before`.
+    async fn prune_message_ids(&self, expired_before: Timestamp) -> Result<u64, StoreError>;
+
+    async fn backend_status(&self) -> Result<BackendStatus, StoreError>;
+}

@@ -1,0 +1,992 @@
+//! The sequencer store conformance suite: one set of checks of the `SequencerStore` contract,
+//! run against SQLite (a temp file) and PostgreSQL (a fresh database on the test binary's shared
+//! throwaway server). A behaviour the sequencer relies on belongs here, so that both backends
+//! are held to it; backend-specific facts (PostgreSQL's read-only and `synchronous_commit`
+//! reporting) are tested at the end.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use meridian_core::crypto::{PublicKey, SigningKey};
+use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
+use meridian_store::postgres::PgSequencerStore;
+use meridian_store::sqlite::SqliteSequencerStore;
+use meridian_store::{
+    InstanceState, MemberSeq, NewEvent, SequencerStore, StoreError, StoredEvent, WriteResult,
+};
+use meridian_testkit::PostgresServer;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+
+/// A store under test plus a side door into its database, for the few checks that must plant
+/// or inspect rows the trait cannot (a zombie's leftovers, the watermark invariant).
+struct Harness {
+    store: Arc<dyn SequencerStore>,
+    location: Location,
+}
+
+enum Location {
+    Sqlite {
+        path: PathBuf,
+        raw: SqlitePool,
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        url: String,
+        raw: PgPool,
+    },
+}
+
+async fn sqlite() -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("sequencer.db");
+    let store = SqliteSequencerStore::open(&path).await.expect("open");
+    let raw = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
+        .await
+        .expect("raw connection");
+    Harness {
+        store: Arc::new(store),
+        location: Location::Sqlite {
+            path,
+            raw,
+            _dir: dir,
+        },
+    }
+}
+
+async fn postgres() -> Harness {
+    let url = PostgresServer::shared()
+        .create_database("conformance")
+        .expect("create database");
+    let store = PgSequencerStore::connect(&url, 4).await.expect("connect");
+    let raw = PgPool::connect(&url).await.expect("raw connection");
+    Harness {
+        store: Arc::new(store),
+        location: Location::Postgres { url, raw },
+    }
+}
+
+impl Harness {
+    /// A second, independent store on the same database: another process, as far as the
+    /// store can tell.
+    async fn reopen(&self) -> Arc<dyn SequencerStore> {
+        match &self.location {
+            Location::Sqlite { path, .. } => {
+                Arc::new(SqliteSequencerStore::open(path).await.expect("reopen"))
+            }
+            Location::Postgres { url, .. } => {
+                Arc::new(PgSequencerStore::connect(url, 4).await.expect("reconnect"))
+            }
+        }
+    }
+
+    fn is_postgres(&self) -> bool {
+        matches!(self.location, Location::Postgres { .. })
+    }
+
+    /// Plants what a zombie instance would leave behind: an event above its watermark, its
+    /// recipient entries and its deduplication entry.
+    async fn plant_event(
+        &self,
+        ts: u64,
+        instance: u32,
+        sender: MemberSeq,
+        message_id: &str,
+        recipients: &[MemberSeq],
+    ) {
+        let ts = ts as i64;
+        let instance = instance as i32;
+        macro_rules! plant {
+            ($pool:expr) => {{
+                sqlx::query(
+                    "INSERT INTO events (ts, instance, sender, message_id, batch) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(ts)
+                .bind(instance)
+                .bind(sender.0)
+                .bind(message_id)
+                .bind(vec![0u8])
+                .execute($pool)
+                .await
+                .expect("plant event");
+                sqlx::query(
+                    "INSERT INTO message_ids (sender, message_id, ts, expires_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(sender.0)
+                .bind(message_id)
+                .bind(ts)
+                .bind(i64::MAX)
+                .execute($pool)
+                .await
+                .expect("plant message id");
+                for member in recipients {
+                    sqlx::query("INSERT INTO event_recipients (member, ts) VALUES ($1, $2)")
+                        .bind(member.0)
+                        .bind(ts)
+                        .execute($pool)
+                        .await
+                        .expect("plant recipient");
+                }
+            }};
+        }
+        match &self.location {
+            Location::Sqlite { raw, .. } => plant!(raw),
+            Location::Postgres { raw, .. } => plant!(raw),
+        }
+    }
+
+    /// Events stored above their writer's watermark; the store's central invariant says none.
+    async fn events_above_watermark(&self) -> i64 {
+        let sql = "SELECT count(*) FROM events e JOIN sequencer_instances i \
+                   ON i.idx = e.instance WHERE e.ts > i.watermark";
+        match &self.location {
+            Location::Sqlite { raw, .. } => sqlx::query_scalar(sql).fetch_one(raw).await,
+            Location::Postgres { raw, .. } => sqlx::query_scalar(sql).fetch_one(raw).await,
+        }
+        .expect("count")
+    }
+
+    async fn event_count(&self) -> i64 {
+        let sql = "SELECT count(*) FROM events";
+        match &self.location {
+            Location::Sqlite { raw, .. } => sqlx::query_scalar(sql).fetch_one(raw).await,
+            Location::Postgres { raw, .. } => sqlx::query_scalar(sql).fetch_one(raw).await,
+        }
+        .expect("count")
+    }
+}
+
+fn t(micros: u64) -> Timestamp {
+    Timestamp::from_micros(micros)
+}
+
+const I0: InstanceIndex = InstanceIndex(0);
+const I1: InstanceIndex = InstanceIndex(1);
+const I2: InstanceIndex = InstanceIndex(2);
+
+fn key(seed: u8) -> PublicKey {
+    SigningKey::from_seed([seed; 32]).public_key()
+}
+
+fn member_id(name: &str) -> MemberId {
+    MemberId::new(name).expect("member id")
+}
+
+async fn register(store: &dyn SequencerStore, name: &str) -> MemberSeq {
+    let (record, _) = store
+        .register_member(&member_id(name), &key(name.len() as u8), t(1))
+        .await
+        .expect("register");
+    record.seq
+}
+
+fn event(ts: u64, sender: MemberSeq, message_id: &str, recipients: &[MemberSeq]) -> NewEvent {
+    let mut recipients = recipients.to_vec();
+    recipients.sort();
+    NewEvent {
+        timestamp: t(ts),
+        sender,
+        message_id: MessageId::new(message_id).expect("message id"),
+        max_sequencing_time: t(ts + 1_000_000),
+        recipients,
+        batch: format!("batch at {ts}").into_bytes(),
+    }
+}
+
+/// (timestamp, previous timestamp) of each event read.
+fn chain(events: &[StoredEvent]) -> Vec<(u64, Option<u64>)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.timestamp.as_micros(),
+                e.previous_timestamp.map(Timestamp::as_micros),
+            )
+        })
+        .collect()
+}
+
+async fn read(
+    store: &dyn SequencerStore,
+    member: MemberSeq,
+    after: Option<u64>,
+    up_to: u64,
+    limit: u32,
+) -> Vec<(u64, Option<u64>)> {
+    chain(
+        &store
+            .read_events(member, after.map(t), t(up_to), limit)
+            .await
+            .expect("read"),
+    )
+}
+
+async fn instance(store: &dyn SequencerStore, index: InstanceIndex) -> Option<InstanceState> {
+    store
+        .instances()
+        .await
+        .expect("instances")
+        .into_iter()
+        .find(|state| state.index == index)
+}
+
+fn dup(original: u64) -> WriteResult {
+    WriteResult::Duplicate {
+        original: t(original),
+    }
+}
+
+const SEQ: WriteResult = WriteResult::Sequenced;
+
+// ---------------------------------------------------------------------------------------------
+// The contract, once for both backends.
+
+async fn register_is_idempotent_and_key_conflicts_change_nothing(h: Harness) {
+    let store = &*h.store;
+    let alice = member_id("alice");
+    let (first, created) = store
+        .register_member(&alice, &key(1), t(100))
+        .await
+        .expect("register");
+    assert!(created);
+    assert_eq!(first.id, alice);
+    assert_eq!(first.public_key, key(1));
+    assert_eq!(first.registered_at, t(100));
+
+    let (again, created) = store
+        .register_member(&alice, &key(1), t(200))
+        .await
+        .expect("register again");
+    assert!(!created);
+    assert_eq!(again, first, "re-registering keeps the original record");
+
+    let conflict = store.register_member(&alice, &key(2), t(300)).await;
+    assert!(
+        matches!(&conflict, Err(StoreError::MemberKeyConflict { member }) if *member == alice),
+        "{conflict:?}"
+    );
+    assert_eq!(
+        store.member(&alice).await.expect("member"),
+        Some(first.clone())
+    );
+
+    let (bob, created) = store
+        .register_member(&member_id("bob"), &key(3), t(400))
+        .await
+        .expect("register bob");
+    assert!(created);
+    assert_ne!(bob.seq, first.seq);
+    assert_eq!(
+        store.members().await.expect("members"),
+        vec![first, bob.clone()],
+        "members in registration order"
+    );
+    assert_eq!(
+        store.member(&member_id("bob")).await.expect("member"),
+        Some(bob)
+    );
+    assert_eq!(
+        store.member(&member_id("carol")).await.expect("member"),
+        None
+    );
+}
+
+async fn start_instance_joins_above_every_watermark(h: Harness) {
+    let store = &*h.store;
+    assert_eq!(store.instances().await.expect("instances"), vec![]);
+    assert_eq!(store.safe_point().await.expect("safe point"), None);
+
+    assert_eq!(
+        store.start_instance(I0, t(1_000)).await.expect("start"),
+        t(1_000)
+    );
+    store
+        .advance_watermark(I0, t(5_000))
+        .await
+        .expect("advance");
+    assert_eq!(
+        store.start_instance(I1, t(10)).await.expect("start"),
+        t(5_000)
+    );
+    assert_eq!(
+        store.start_instance(I2, t(9_000)).await.expect("start"),
+        t(9_000)
+    );
+    assert_eq!(
+        store.instances().await.expect("instances"),
+        vec![
+            InstanceState {
+                index: I0,
+                watermark: t(5_000),
+                online: true
+            },
+            InstanceState {
+                index: I1,
+                watermark: t(5_000),
+                online: true
+            },
+            InstanceState {
+                index: I2,
+                watermark: t(9_000),
+                online: true
+            },
+        ]
+    );
+    assert_eq!(
+        store.safe_point().await.expect("safe point"),
+        Some(t(5_000))
+    );
+
+    // Restarting an instance that is still marked online also moves it above everyone.
+    assert_eq!(
+        store.start_instance(I0, t(0)).await.expect("restart"),
+        t(9_000)
+    );
+    assert_eq!(
+        store.safe_point().await.expect("safe point"),
+        Some(t(5_000))
+    );
+
+    // Offline instances do not hold the safe point back.
+    assert!(store.mark_offline(I1, t(6_000)).await.expect("mark"));
+    assert_eq!(
+        store.safe_point().await.expect("safe point"),
+        Some(t(9_000))
+    );
+}
+
+async fn events_round_trip_with_recipients_and_previous_timestamps(h: Harness) {
+    let store = &*h.store;
+    let a = register(store, "a").await;
+    let b = register(store, "bb").await;
+    let c = register(store, "ccc").await;
+    let idle = register(store, "dddd").await;
+    assert_eq!(store.start_instance(I0, t(0)).await.expect("start"), t(0));
+
+    let events = vec![
+        event(10, a, "m10", &[a, b]),
+        event(20, b, "m20", &[b]),
+        event(30, a, "m30", &[a, c]),
+        event(40, c, "m40", &[b, c]),
+    ];
+    let results = store.write_events(I0, &events, t(50)).await.expect("write");
+    assert_eq!(results, vec![SEQ; 4]);
+    assert_eq!(instance(store, I0).await.expect("row").watermark, t(50));
+
+    let read_a = store.read_events(a, None, t(100), 100).await.expect("read");
+    assert_eq!(chain(&read_a), vec![(10, None), (30, Some(10))]);
+    assert_eq!(read_a[0].sender, a);
+    assert_eq!(read_a[0].message_id.as_str(), "m10");
+    assert_eq!(read_a[0].batch, b"batch at 10");
+    assert_eq!(read_a[1].batch, b"batch at 30");
+
+    let all_b = vec![(10, None), (20, Some(10)), (40, Some(20))];
+    assert_eq!(read(store, b, None, 100, 100).await, all_b);
+    assert_eq!(
+        read(store, c, None, 100, 100).await,
+        vec![(30, None), (40, Some(30))]
+    );
+    assert_eq!(read(store, idle, None, 100, 100).await, vec![]);
+
+    // Starting mid-stream still links the first event to the member's previous one.
+    assert_eq!(read(store, b, Some(10), 100, 100).await, all_b[1..]);
+    assert_eq!(read(store, b, Some(15), 100, 100).await, all_b[1..]);
+    assert_eq!(
+        read(store, c, Some(30), 100, 100).await,
+        vec![(40, Some(30))]
+    );
+
+    // Paging one event at a time yields the same chain.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = read(store, b, after, 100, 1).await;
+        assert!(page.len() <= 1);
+        let Some(&last) = page.last() else { break };
+        paged.extend(page);
+        after = Some(last.0);
+    }
+    assert_eq!(paged, all_b);
+    assert_eq!(read(store, b, None, 100, 2).await, all_b[..2]);
+    assert_eq!(read(store, b, None, 100, 0).await, vec![]);
+
+    // up_to is inclusive and respected.
+    assert_eq!(read(store, b, None, 20, 100).await, all_b[..2]);
+    assert_eq!(read(store, b, None, 39, 100).await, all_b[..2]);
+    assert_eq!(read(store, b, None, 40, 100).await, all_b);
+    assert_eq!(read(store, b, Some(20), 39, 100).await, vec![]);
+    assert_eq!(read(store, b, None, 9, 100).await, vec![]);
+
+    // A second instance's events interleave into the same streams.
+    assert_eq!(store.start_instance(I1, t(0)).await.expect("start"), t(50));
+    store
+        .write_events(I1, &[event(61, b, "m61", &[a])], t(61))
+        .await
+        .expect("write on I1");
+    store
+        .write_events(I0, &[event(70, c, "m70", &[a])], t(70))
+        .await
+        .expect("write on I0");
+    assert_eq!(
+        read(store, a, Some(10), 100, 100).await,
+        vec![(30, Some(10)), (61, Some(30)), (70, Some(61))]
+    );
+}
+
+async fn duplicates_return_the_original_and_write_nothing(h: Harness) {
+    let store = &*h.store;
+    let a = register(store, "a").await;
+    let b = register(store, "bb").await;
+    store.start_instance(I0, t(0)).await.expect("start");
+
+    let first = vec![event(10, a, "m1", &[a]), event(20, a, "m2", &[a])];
+    assert_eq!(
+        store.write_events(I0, &first, t(20)).await.expect("write"),
+        vec![SEQ, SEQ]
+    );
+
+    let second = vec![
+        event(30, a, "m1", &[a]), // already in the table at 10
+        event(40, b, "m1", &[a]), // same message id, other sender: new
+        event(50, a, "m3", &[a]), // new
+        event(60, a, "m3", &[a]), // repeat of 50 within the call
+        event(70, a, "m1", &[a]), // repeat within the call of a table duplicate
+    ];
+    assert_eq!(
+        store.write_events(I0, &second, t(70)).await.expect("write"),
+        vec![dup(10), SEQ, SEQ, dup(50), dup(10)]
+    );
+    assert_eq!(
+        read(store, a, None, 100, 100).await,
+        vec![(10, None), (20, Some(10)), (40, Some(20)), (50, Some(40))],
+        "duplicates are not delivered"
+    );
+    // Even a call of nothing but duplicates advances the watermark.
+    assert_eq!(
+        store
+            .write_events(I0, &[event(80, a, "m2", &[b])], t(80))
+            .await
+            .expect("write"),
+        vec![dup(20)]
+    );
+    assert_eq!(read(store, b, None, 100, 100).await, vec![]);
+    assert_eq!(instance(store, I0).await.expect("row").watermark, t(80));
+    assert_eq!(h.event_count().await, 4);
+}
+
+async fn offline_instances_are_fenced(h: Harness) {
+    let store = &*h.store;
+    let a = register(store, "a").await;
+    store.start_instance(I0, t(0)).await.expect("start");
+    store
+        .write_events(I0, &[event(10, a, "m10", &[a])], t(10))
+        .await
+        .expect("write");
+
+    assert!(
+        !store.mark_offline(I0, t(10)).await.expect("mark"),
+        "not stale yet"
+    );
+    assert!(store.mark_offline(I0, t(11)).await.expect("mark"));
+    assert!(
+        !store.mark_offline(I0, t(11)).await.expect("mark"),
+        "already offline"
+    );
+    assert!(
+        !store.mark_offline(I1, t(11)).await.expect("mark"),
+        "unknown instance"
+    );
+    assert_eq!(store.safe_point().await.expect("safe point"), None);
+
+    let fenced = store
+        .write_events(I0, &[event(20, a, "m20", &[a])], t(20))
+        .await;
+    assert!(matches!(fenced, Err(StoreError::Fenced(I0))), "{fenced:?}");
+    let fenced = store.write_events(I0, &[], t(20)).await;
+    assert!(matches!(fenced, Err(StoreError::Fenced(I0))), "{fenced:?}");
+    let fenced = store.advance_watermark(I0, t(25)).await;
+    assert!(matches!(fenced, Err(StoreError::Fenced(I0))), "{fenced:?}");
+    let unknown = store.advance_watermark(I1, t(25)).await;
+    assert!(
+        matches!(unknown, Err(StoreError::Fenced(I1))),
+        "{unknown:?}"
+    );
+    let unknown = store
+        .write_events(I1, &[event(21, a, "m21", &[a])], t(21))
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::Fenced(I1))),
+        "{unknown:?}"
+    );
+
+    assert_eq!(
+        instance(store, I0).await,
+        Some(InstanceState {
+            index: I0,
+            watermark: t(10),
+            online: false
+        }),
+        "a fenced write leaves the watermark alone"
+    );
+    assert_eq!(read(store, a, None, 100, 100).await, vec![(10, None)]);
+    assert_eq!(h.event_count().await, 1);
+
+    // Back online above everyone; the fenced submission's message id was never recorded.
+    assert_eq!(
+        store.start_instance(I0, t(0)).await.expect("restart"),
+        t(10)
+    );
+    assert_eq!(
+        store
+            .write_events(I0, &[event(30, a, "m20", &[a])], t(30))
+            .await
+            .expect("write"),
+        vec![SEQ]
+    );
+    assert_eq!(
+        read(store, a, None, 100, 100).await,
+        vec![(10, None), (30, Some(10))]
+    );
+}
+
+async fn watermarks_never_move_backwards(h: Harness) {
+    let store = &*h.store;
+    let a = register(store, "a").await;
+    assert_eq!(
+        store.start_instance(I0, t(100)).await.expect("start"),
+        t(100)
+    );
+    store.advance_watermark(I0, t(200)).await.expect("advance");
+    store
+        .advance_watermark(I0, t(150))
+        .await
+        .expect("advance backwards is a no-op");
+    assert_eq!(instance(store, I0).await.expect("row").watermark, t(200));
+    store
+        .write_events(I0, &[], t(120))
+        .await
+        .expect("empty write");
+    assert_eq!(instance(store, I0).await.expect("row").watermark, t(200));
+    store
+        .write_events(I0, &[], t(220))
+        .await
+        .expect("empty write");
+    assert_eq!(instance(store, I0).await.expect("row").watermark, t(220));
+    // A watermark below an event's timestamp is raised to it: no event above its watermark.
+    store
+        .write_events(I0, &[event(300, a, "m300", &[a])], t(250))
+        .await
+        .expect("write");
+    assert_eq!(instance(store, I0).await.expect("row").watermark, t(300));
+    assert_eq!(h.events_above_watermark().await, 0);
+}
+
+async fn restart_deletes_what_a_zombie_wrote_above_its_watermark(h: Harness) {
+    let store = &*h.store;
+    let a = register(store, "a").await;
+    let b = register(store, "bb").await;
+    store.start_instance(I0, t(0)).await.expect("start");
+    store
+        .write_events(I0, &[event(10, a, "m10", &[a, b])], t(10))
+        .await
+        .expect("write");
+    assert!(store.mark_offline(I0, t(11)).await.expect("mark"));
+    assert_eq!(store.start_instance(I1, t(0)).await.expect("start"), t(10));
+    store
+        .write_events(I1, &[event(17, b, "m17", &[a])], t(17))
+        .await
+        .expect("write on I1");
+
+    // The trait cannot produce this (that is the point of the invariant), so plant it.
+    h.plant_event(15, 0, a, "zombie", &[a, b]).await;
+    assert_eq!(h.events_above_watermark().await, 1);
+
+    assert_eq!(
+        store.start_instance(I0, t(0)).await.expect("restart"),
+        t(17)
+    );
+    assert_eq!(h.events_above_watermark().await, 0);
+    assert_eq!(
+        read(store, a, None, 100, 100).await,
+        vec![(10, None), (17, Some(10))]
+    );
+    assert_eq!(read(store, b, None, 100, 100).await, vec![(10, None)]);
+    // The zombie's message id is forgotten with its event, so a retry gets sequenced.
+    assert_eq!(
+        store
+            .write_events(I0, &[event(20, a, "zombie", &[a])], t(20))
+            .await
+            .expect("write"),
+        vec![SEQ]
+    );
+    // Another instance's events above the restarted one's old watermark are untouched.
+    assert_eq!(
+        read(store, a, None, 100, 100).await,
+        vec![(10, None), (17, Some(10)), (20, Some(17))]
+    );
+}
+
+async fn acknowledgements_never_move_backwards(h: Harness) {
+    let store = &*h.store;
+    let a = register(store, "a").await;
+    assert_eq!(store.acknowledged(a).await.expect("ack"), None);
+    store.acknowledge(a, t(50)).await.expect("ack");
+    assert_eq!(store.acknowledged(a).await.expect("ack"), Some(t(50)));
+    store.acknowledge(a, t(30)).await.expect("ack");
+    assert_eq!(store.acknowledged(a).await.expect("ack"), Some(t(50)));
+    store.acknowledge(a, t(70)).await.expect("ack");
+    assert_eq!(store.acknowledged(a).await.expect("ack"), Some(t(70)));
+    let unknown = MemberSeq(a.0 + 1_000);
+    store
+        .acknowledge(unknown, t(1))
+        .await
+        .expect("ack of an unknown member is a no-op");
+    assert_eq!(store.acknowledged(unknown).await.expect("ack"), None);
+}
+
+async fn pruned_message_ids_can_be_sequenced_again(h: Harness) {
+    let store = &*h.store;
+    let a = register(store, "a").await;
+    store.start_instance(I0, t(0)).await.expect("start");
+    let mut events = vec![event(10, a, "m1", &[a]), event(20, a, "m2", &[a])];
+    events[0].max_sequencing_time = t(100);
+    events[1].max_sequencing_time = t(200);
+    store.write_events(I0, &events, t(20)).await.expect("write");
+
+    assert_eq!(
+        store.prune_message_ids(t(100)).await.expect("prune"),
+        0,
+        "strictly before"
+    );
+    assert_eq!(store.prune_message_ids(t(200)).await.expect("prune"), 1);
+    assert_eq!(store.prune_message_ids(t(200)).await.expect("prune"), 0);
+    assert_eq!(
+        store
+            .write_events(
+                I0,
+                &[event(30, a, "m1", &[a]), event(40, a, "m2", &[a])],
+                t(40)
+            )
+            .await
+            .expect("write"),
+        vec![SEQ, dup(20)]
+    );
+}
+
+async fn backend_status_reports_a_writable_durable_database(h: Harness) {
+    let status = h.store.backend_status().await.expect("status");
+    assert!(!status.read_only);
+    if h.is_postgres() {
+        assert_eq!(status.backend, "postgres");
+        assert_eq!(status.synchronous_commit.as_deref(), Some("on"));
+    } else {
+        assert_eq!(status.backend, "sqlite");
+        assert_eq!(status.synchronous_commit, None);
+    }
+}
+
+async fn reopening_keeps_everything(h: Harness) {
+    let a = register(&*h.store, "a").await;
+    h.store.start_instance(I0, t(0)).await.expect("start");
+    h.store
+        .write_events(I0, &[event(10, a, "m10", &[a])], t(10))
+        .await
+        .expect("write");
+    let reopened = h.reopen().await;
+    assert_eq!(reopened.members().await.expect("members").len(), 1);
+    assert_eq!(read(&*reopened, a, None, 100, 100).await, vec![(10, None)]);
+    assert_eq!(
+        reopened.instances().await.expect("instances"),
+        vec![InstanceState {
+            index: I0,
+            watermark: t(10),
+            online: true
+        }]
+    );
+}
+
+/// Another process marks a busy writer offline at an arbitrary moment: every batch is then
+/// either entirely committed (and below the watermark) or fenced with nothing written.
+async fn mark_offline_races_cleanly_with_writes(h: Harness) {
+    let writer = h.store.clone();
+    let monitor = h.reopen().await;
+    let members: Vec<MemberSeq> = {
+        let mut members = Vec::new();
+        for name in ["a", "bb", "ccc"] {
+            members.push(register(&*writer, name).await);
+        }
+        members
+    };
+    writer.start_instance(I0, t(0)).await.expect("start");
+
+    let writing = tokio::spawn({
+        let members = members.clone();
+        async move {
+            let mut committed = Vec::new();
+            // Until fenced; the bound only keeps a broken store from looping forever.
+            for round in 0..100_000u64 {
+                let batch: Vec<NewEvent> = (0..10)
+                    .map(|i| {
+                        let ts = 1_000 + round * 10 + i;
+                        let m = members[(ts % 3) as usize];
+                        event(ts, m, &format!("r{round}-{i}"), &[m])
+                    })
+                    .collect();
+                let watermark = batch.last().map(|e| e.timestamp).expect("non-empty");
+                match writer.write_events(I0, &batch, watermark).await {
+                    Ok(results) => {
+                        assert_eq!(results, vec![SEQ; 10]);
+                        committed.extend(batch.iter().map(|e| e.timestamp));
+                    }
+                    Err(StoreError::Fenced(I0)) => return (committed, round),
+                    Err(error) => panic!("unexpected error: {error}"),
+                }
+            }
+            (committed, 100_000)
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(monitor
+        .mark_offline(I0, Timestamp::MAX)
+        .await
+        .expect("mark"));
+    let (committed, fenced_at) = writing.await.expect("writer task");
+    assert!(fenced_at < 100_000, "the writer was never fenced");
+
+    let mut stored = HashSet::new();
+    for &m in &members {
+        for e in monitor
+            .read_events(m, None, Timestamp::MAX, 10_000)
+            .await
+            .expect("read")
+        {
+            stored.insert(e.timestamp);
+        }
+    }
+    assert_eq!(stored, committed.iter().copied().collect::<HashSet<_>>());
+    assert_eq!(h.events_above_watermark().await, 0);
+    let state = instance(&*monitor, I0).await.expect("row");
+    assert!(!state.online);
+    assert_eq!(
+        state.watermark,
+        committed.iter().copied().max().unwrap_or(t(0))
+    );
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    register_is_idempotent_and_key_conflicts_change_nothing,
+    start_instance_joins_above_every_watermark,
+    events_round_trip_with_recipients_and_previous_timestamps,
+    duplicates_return_the_original_and_write_nothing,
+    offline_instances_are_fenced,
+    watermarks_never_move_backwards,
+    restart_deletes_what_a_zombie_wrote_above_its_watermark,
+    acknowledgements_never_move_backwards,
+    pruned_message_ids_can_be_sequenced_again,
+    backend_status_reports_a_writable_durable_database,
+    reopening_keeps_everything,
+    mark_offline_races_cleanly_with_writes,
+);
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only.
+
+fn database_name(url: &str) -> &str {
+    url.rsplit('/').next().expect("database in url")
+}
+
+#[tokio::test]
+async fn postgres_read_only_database_is_reported_and_refuses_writes() {
+    let server = PostgresServer::shared();
+    let url = server
+        .create_database("read_only")
+        .expect("create database");
+    let store = PgSequencerStore::connect(&url, 2).await.expect("connect");
+    let a = register(&store, "a").await;
+    store.start_instance(I0, t(0)).await.expect("start");
+    server
+        .psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                database_name(&url)
+            ),
+        )
+        .expect("alter database");
+
+    // Settings apply to new sessions, hence a new store; connecting must not try to migrate.
+    let read_only = PgSequencerStore::connect(&url, 2)
+        .await
+        .expect("connect read-only");
+    let status = read_only.backend_status().await.expect("status");
+    assert!(status.read_only, "{status:?}");
+    assert_eq!(status.synchronous_commit.as_deref(), Some("on"));
+    let write = read_only
+        .write_events(I0, &[event(10, a, "m10", &[a])], t(10))
+        .await;
+    assert!(matches!(write, Err(StoreError::ReadOnly)), "{write:?}");
+    let register = read_only
+        .register_member(&member_id("zed"), &key(9), t(1))
+        .await;
+    assert!(
+        matches!(register, Err(StoreError::ReadOnly)),
+        "{register:?}"
+    );
+    // Reads still work on a read-only database.
+    assert_eq!(read_only.members().await.expect("members").len(), 1);
+}
+
+#[tokio::test]
+async fn postgres_reports_asynchronous_commit() {
+    let server = PostgresServer::shared();
+    let url = server
+        .create_database("async_commit")
+        .expect("create database");
+    PgSequencerStore::connect(&url, 2).await.expect("connect");
+    server
+        .psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {} SET synchronous_commit = off",
+                database_name(&url)
+            ),
+        )
+        .expect("alter database");
+    let store = PgSequencerStore::connect(&url, 2).await.expect("connect");
+    let status = store.backend_status().await.expect("status");
+    assert_eq!(status.synchronous_commit.as_deref(), Some("off"));
+    assert!(!status.read_only);
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_transient() {
+    let url = format!(
+        "postgres://meridian@127.0.0.1:{}/nowhere",
+        meridian_testkit::free_port()
+    );
+    let error = PgSequencerStore::connect(&url, 2)
+        .await
+        .expect_err("nothing listens there");
+    assert!(error.is_transient(), "{error:?}");
+}
+
+/// A database restart (as in a failover) breaks every pooled connection; the store must not
+/// need reopening. A call caught mid-restart may fail, but only with a transient error.
+#[tokio::test]
+async fn postgres_store_survives_a_server_restart() {
+    let server = PostgresServer::start().expect("own server, restarted below");
+    let url = server.create_database("restart").expect("create database");
+    let store = PgSequencerStore::connect(&url, 2).await.expect("connect");
+    let a = register(&store, "a").await;
+    store.start_instance(I0, t(0)).await.expect("start");
+    store
+        .write_events(I0, &[event(10, a, "m10", &[a])], t(10))
+        .await
+        .expect("write");
+
+    server.restart().expect("restart");
+
+    let mut written = false;
+    for attempt in 0..20u64 {
+        match store
+            .write_events(
+                I0,
+                &[event(20 + attempt, a, &format!("m{attempt}"), &[a])],
+                t(40),
+            )
+            .await
+        {
+            Ok(_) => {
+                written = true;
+                break;
+            }
+            Err(error) if error.is_transient() => {
+                eprintln!("attempt {attempt}: {error:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("non-transient error after a restart: {error:?}"),
+        }
+    }
+    assert!(written, "the store never recovered");
+    assert_eq!(read(&store, a, None, 100, 100).await.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput, measured by hand: `cargo test --release -p meridian-store -- --ignored --nocapture`.
+
+async fn measure_throughput(name: &str, store: &dyn SequencerStore) {
+    const EVENTS: u64 = 20_000;
+    const BATCH: u64 = 200;
+    let mut members = Vec::new();
+    for i in 0..20 {
+        members.push(register(store, &format!("member-{i}")).await);
+    }
+    store.start_instance(I0, t(0)).await.expect("start");
+    let payload = vec![7u8; 256];
+    let started = Instant::now();
+    for batch_no in 0..EVENTS / BATCH {
+        let batch: Vec<NewEvent> = (0..BATCH)
+            .map(|i| {
+                let ts = 1 + batch_no * BATCH + i;
+                let sender = members[(ts % 20) as usize];
+                let mut recipients = vec![sender];
+                // Every other event also goes to a second member.
+                if ts & 1 == 0 {
+                    recipients.push(members[((ts + 7) % 20) as usize]);
+                }
+                let mut e = event(ts, sender, &format!("msg-{ts}"), &recipients);
+                e.batch = payload.clone();
+                e
+            })
+            .collect();
+        let watermark = batch.last().map(|e| e.timestamp).expect("non-empty");
+        store
+            .write_events(I0, &batch, watermark)
+            .await
+            .expect("write");
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{name}: {EVENTS} events in batches of {BATCH}: {:.0} events/s ({elapsed:?})",
+        EVENTS as f64 / elapsed.as_secs_f64()
+    );
+}
+
+#[tokio::test]
+#[ignore = "measurement, run by hand in release mode"]
+async fn throughput_sqlite() {
+    let h = sqlite().await;
+    measure_throughput("sqlite", &*h.store).await;
+}
+
+#[tokio::test]
+#[ignore = "measurement, run by hand in release mode"]
+async fn throughput_postgres() {
+    let h = postgres().await;
+    measure_throughput("postgres", &*h.store).await;
+}
