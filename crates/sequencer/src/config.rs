@@ -1,0 +1,193 @@
+//! The sequencer's TOML configuration. Unknown keys are errors (`deny_unknown_fields`), so a
+//! typo never silently falls back to a default.
+//!
+//! ```toml
+//! listen_address = "127.0.0.1:4001"   # gRPC: sequencer API, admin API, health, reflection
+//! admin_address = "127.0.0.1:4101"    # HTTP: /livez /readyz /status /metrics
+//!
+//! [instance]
+//! index = 0          # this instance's index, below `count`
+//! count = 32         # fixed for the deployment: timestamps t with t % count == index
+//!
+//! [storage]
+//! backend = "sqlite"
+//! path = "data/sequencer.db"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use meridian_core::InstanceIndex;
+use meridian_store::StorageConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequencerConfig {
+    pub listen_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    #[serde(default)]
+    pub instance: InstanceConfig,
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub timing: TimingConfig,
+    /// If set, SequencerAdminService calls must carry `authorization: Bearer <admin_token>`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self {
+            index: 0,
+            count: 32,
+        }
+    }
+}
+
+impl InstanceConfig {
+    pub fn index(&self) -> InstanceIndex {
+        InstanceIndex(self.index)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest submission accepted (payload and recipient bytes).
+    pub max_request_bytes: usize,
+    pub max_envelopes: usize,
+    /// Events written per database transaction at most.
+    pub max_batch_events: usize,
+    /// Submissions waiting for the writer before sends are refused as overloaded.
+    pub queue_capacity: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 4 * 1024 * 1024,
+            max_envelopes: 1_000,
+            max_batch_events: 1_000,
+            queue_capacity: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimingConfig {
+    /// How often an idle instance advances its watermark.
+    pub watermark_interval_ms: u64,
+    /// How often the safe point is re-read to see other instances' progress.
+    pub safe_point_poll_ms: u64,
+    /// A peer whose watermark is older than this is marked offline.
+    pub offline_after_ms: u64,
+    pub token_ttl_s: u64,
+    /// Deduplication entries are kept this long past their max sequencing time.
+    pub dedup_retention_s: u64,
+    /// How often a node that may not serve yet (standby, synchronous_commit off) re-checks.
+    pub backend_check_ms: u64,
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        Self {
+            watermark_interval_ms: 50,
+            safe_point_poll_ms: 20,
+            offline_after_ms: 500,
+            token_ttl_s: 3_600,
+            dedup_retention_s: 60,
+            backend_check_ms: 1_000,
+        }
+    }
+}
+
+impl TimingConfig {
+    pub fn watermark_interval(&self) -> Duration {
+        Duration::from_millis(self.watermark_interval_ms.max(1))
+    }
+    pub fn safe_point_poll(&self) -> Duration {
+        Duration::from_millis(self.safe_point_poll_ms.max(1))
+    }
+    pub fn offline_after(&self) -> Duration {
+        Duration::from_millis(self.offline_after_ms)
+    }
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_s)
+    }
+    pub fn dedup_retention(&self) -> Duration {
+        Duration::from_secs(self.dedup_retention_s)
+    }
+    pub fn backend_check(&self) -> Duration {
+        Duration::from_millis(self.backend_check_ms.max(10))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigCheckError {
+    #[error(transparent)]
+    Load(#[from] meridian_node::config::ConfigError),
+    #[error("{path}: [instance] index {index} must be below count {count}")]
+    InstanceIndex {
+        path: String,
+        index: u32,
+        count: u32,
+    },
+    #[error("{path}: {field} must be at least 1")]
+    Zero { path: String, field: &'static str },
+    #[error("{path}: timing.offline_after_ms ({offline_ms}) must exceed timing.watermark_interval_ms ({interval_ms}), or healthy idle instances get marked offline")]
+    OfflineTooShort {
+        path: String,
+        offline_ms: u64,
+        interval_ms: u64,
+    },
+}
+
+impl SequencerConfig {
+    /// Loads and checks a config file; every error names the file and the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigCheckError> {
+        let config: SequencerConfig = meridian_node::config::load_toml(path)?;
+        config.check(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
+        let path = path.to_owned();
+        if self.instance.count == 0 || self.instance.index >= self.instance.count {
+            return Err(ConfigCheckError::InstanceIndex {
+                path,
+                index: self.instance.index,
+                count: self.instance.count,
+            });
+        }
+        for (field, value) in [
+            ("limits.max_request_bytes", self.limits.max_request_bytes),
+            ("limits.max_envelopes", self.limits.max_envelopes),
+            ("limits.max_batch_events", self.limits.max_batch_events),
+            ("limits.queue_capacity", self.limits.queue_capacity),
+        ] {
+            if value == 0 {
+                return Err(ConfigCheckError::Zero { path, field });
+            }
+        }
+        if self.timing.offline_after_ms <= self.timing.watermark_interval_ms {
+            return Err(ConfigCheckError::OfflineTooShort {
+                path,
+                offline_ms: self.timing.offline_after_ms,
+                interval_ms: self.timing.watermark_interval_ms,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! The sequencer: total-order multicast for synchronizer members.
+//!
+//! Layout, from pure to effectful:
+//! - [`engine`]: timestamp issuing and deadline checks (sans-I/O),
+//! - [`validate`]: submission checks against limits and the member directory (sans-I/O),
+//! - [`writer`]: batches queued submissions into one durable transaction each,
+//! - [`reader`]: streams each subscriber's events up to the safe point,
+//! - [`service`]: the gRPC handlers, [`node`]: wiring and start-up checks.
+//!
+//! Several instances may share one database (active-active): each issues timestamps from its
+//! own residue class, commits events together with its watermark, and readers deliver only up
+//! to the minimum watermark of online instances (the safe point).
+
+pub mod auth;
+pub mod config;
+pub mod directory;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod reader;
+pub mod readiness;
+pub mod service;
+pub mod validate;
+pub mod writer;
+
+pub use config::SequencerConfig;
+pub use node::run;

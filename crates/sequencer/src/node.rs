@@ -1,0 +1,363 @@
+//! The sequencer node: wires store, engine, writer, readers and the gRPC and admin servers
+//! together, and owns the start-up checks.
+//!
+//! Start-up order matters for operators: the admin HTTP server comes up first so `/readyz`
+//! can say *why* the node is not serving (database unreachable, a read-only standby,
+//! `synchronous_commit` off); the gRPC port opens only once the instance holds its place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use meridian_core::Timestamp;
+use meridian_node::admin::{self, AdminState, StatusSource};
+use meridian_node::health::Health;
+use meridian_node::metrics::Metrics;
+use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
+use meridian_proto::v1::sequencer_service_server::SequencerServiceServer;
+use meridian_store::{BackendStatus, SequencerStore};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::config::SequencerConfig;
+use crate::directory::MemberDirectory;
+use crate::engine::{OrderingEngine, Partition};
+use crate::metrics::SequencerMetrics;
+use crate::readiness::Readiness;
+use crate::service::{SequencerAdminApi, SequencerApi, Shared};
+use crate::validate::SubmissionLimits;
+use crate::writer::{Writer, WriterSettings};
+
+/// gRPC framing and field overhead allowed on top of `max_request_bytes`, so that our own
+/// size check (with its precise message) fires before tonic's generic one.
+const WIRE_OVERHEAD_BYTES: usize = 64 * 1024;
+/// Upper bound on the wait between attempts to reach the database at start-up.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Why the backend may not be used for sequencing, if it may not.
+pub fn backend_refusal(status: &BackendStatus) -> Option<String> {
+    if status.read_only {
+        return Some(format!(
+            "the {} database is read-only (a standby?); a sequencer only serves from a writable primary",
+            status.backend
+        ));
+    }
+    match status.synchronous_commit.as_deref() {
+        None | Some("on") | Some("remote_apply") | Some("remote_write") => None,
+        Some(other) => Some(format!(
+            "PostgreSQL synchronous_commit is '{other}'; acknowledged sends could be lost on a crash or failover. Set it to on, remote_apply or remote_write"
+        )),
+    }
+}
+
+struct SequencerStatus {
+    config: SequencerConfig,
+    backend: &'static str,
+    watermark: watch::Receiver<Timestamp>,
+    directory: Arc<MemberDirectory>,
+}
+
+impl StatusSource for SequencerStatus {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "role": "sequencer",
+            "instance_index": self.config.instance.index,
+            "instance_count": self.config.instance.count,
+            "listen_address": self.config.listen_address.to_string(),
+            "backend": self.backend,
+            "safe_point_us": self.watermark.borrow().as_micros(),
+            "members": self.directory.len(),
+        })
+    }
+}
+
+/// Runs a sequencer until `shutdown` is cancelled.
+pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let health = Health::new();
+    let readiness = Readiness::new(health.clone());
+    readiness.fail("startup", "starting");
+    let metrics = Arc::new(Metrics::new("meridian"));
+    let sequencer_metrics = metrics.with_registry(SequencerMetrics::register);
+
+    let (safe_point_tx, safe_point_rx) = watch::channel(Timestamp::MIN);
+    let status_slot: Arc<std::sync::OnceLock<SequencerStatus>> = Arc::default();
+
+    let admin_listener = admin::bind(config.admin_address).await?;
+    let admin_state = AdminState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+        status: Arc::new(LateStatus(status_slot.clone())),
+    };
+    let admin_task = tokio::spawn(admin::serve_admin(
+        admin_listener,
+        admin_state,
+        shutdown.clone(),
+    ));
+    tracing::info!(address = %config.admin_address, "admin HTTP listening");
+
+    let Some(store) = connect_store(&config, &readiness, &shutdown).await else {
+        return Ok(());
+    };
+    if !wait_for_usable_backend(store.as_ref(), &config, &readiness, &shutdown).await {
+        return Ok(());
+    }
+
+    let index = config.instance.index();
+    let partition = Partition::new(index, config.instance.count)?;
+    let start_watermark = store
+        .start_instance(index, Timestamp::now())
+        .await
+        .context("taking this instance's place in the database")?;
+    tracing::info!(instance = %index, watermark = %start_watermark, "instance online");
+    let directory = Arc::new(MemberDirectory::load(store.clone()).await?);
+
+    let (writer, writer_handle) = Writer::new(
+        store.clone(),
+        OrderingEngine::new(partition, start_watermark),
+        WriterSettings {
+            index,
+            max_batch_events: config.limits.max_batch_events,
+            queue_capacity: config.limits.queue_capacity,
+            watermark_interval: config.timing.watermark_interval(),
+            dedup_retention: config.timing.dedup_retention(),
+        },
+        safe_point_tx.clone(),
+        sequencer_metrics.clone(),
+        readiness.clone(),
+    );
+    writer.refresh_safe_point().await;
+    let writer_task = tokio::spawn(writer.run(shutdown.clone()));
+    tokio::spawn(poll_peers(
+        store.clone(),
+        config.clone(),
+        safe_point_tx,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
+    let _ = status_slot.set(SequencerStatus {
+        config: config.clone(),
+        backend: store
+            .backend_status()
+            .await
+            .map(|s| s.backend)
+            .unwrap_or("unknown"),
+        watermark: safe_point_rx.clone(),
+        directory: directory.clone(),
+    });
+
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        directory,
+        auth: Authenticator::new(config.timing.token_ttl()),
+        writer: writer_handle,
+        safe_point: safe_point_rx,
+        limits: SubmissionLimits {
+            max_request_bytes: config.limits.max_request_bytes,
+            max_envelopes: config.limits.max_envelopes,
+        },
+        metrics: sequencer_metrics,
+        readiness: readiness.clone(),
+        shutdown: shutdown.clone(),
+        admin_token: config.admin_token.clone(),
+    });
+
+    let max_message_bytes = config.limits.max_request_bytes + WIRE_OVERHEAD_BYTES;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    tokio::spawn(follow_health(
+        health.clone(),
+        health_reporter,
+        shutdown.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.listen_address)
+        .await
+        .with_context(|| format!("cannot bind gRPC on {}", config.listen_address))?;
+    readiness.clear("startup");
+    tracing::info!(address = %config.listen_address, "sequencer gRPC listening");
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            SequencerServiceServer::new(SequencerApi(shared.clone()))
+                .max_decoding_message_size(max_message_bytes),
+        )
+        .add_service(
+            SequencerAdminServiceServer::new(SequencerAdminApi(shared))
+                .max_decoding_message_size(max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY, small replies wait on Nagle + delayed ACK (~10-40 ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        );
+    let served = server.await;
+    readiness.fail("shutdown", "shutting down");
+    let _ = writer_task.await;
+    let _ = admin_task.await;
+    served.context("gRPC server failed")?;
+    tracing::info!("sequencer stopped");
+    Ok(())
+}
+
+/// Serves `/status` only once the node knows its parts; before that, a minimal object.
+struct LateStatus(Arc<std::sync::OnceLock<SequencerStatus>>);
+
+impl StatusSource for LateStatus {
+    fn status(&self) -> serde_json::Value {
+        match self.0.get() {
+            Some(status) => status.status(),
+            None => serde_json::json!({ "role": "sequencer", "phase": "starting" }),
+        }
+    }
+}
+
+async fn connect_store(
+    config: &SequencerConfig,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Option<Arc<dyn SequencerStore>> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match meridian_store::open_sequencer_store(&config.storage).await {
+            Ok(store) => {
+                readiness.clear("database");
+                return Some(store);
+            }
+            Err(error) => {
+                if readiness.fail("database", format!("cannot open the database: {error}")) {
+                    tracing::error!(%error, "cannot open the database; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_CONNECT_BACKOFF);
+    }
+}
+
+/// Waits until the database may be used for sequencing. Returns false on shutdown.
+async fn wait_for_usable_backend(
+    store: &dyn SequencerStore,
+    config: &SequencerConfig,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        match store.backend_status().await {
+            Ok(status) => match backend_refusal(&status) {
+                None => {
+                    readiness.clear("backend");
+                    return true;
+                }
+                Some(reason) => {
+                    if readiness.fail("backend", reason.clone()) {
+                        tracing::error!("refusing to serve: {reason}");
+                    }
+                }
+            },
+            Err(error) => {
+                if readiness.fail("backend", format!("cannot inspect the database: {error}")) {
+                    tracing::error!(%error, "cannot inspect the database");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(config.timing.backend_check()) => {}
+        }
+    }
+}
+
+/// Follows other instances: re-reads the safe point so their events become deliverable,
+/// marks peers whose watermark went stale offline so they stop holding readers back, and
+/// keeps re-checking that the backend is still usable (a failover may leave us on a standby).
+async fn poll_peers(
+    store: Arc<dyn SequencerStore>,
+    config: SequencerConfig,
+    safe_point: watch::Sender<Timestamp>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let own = config.instance.index();
+    let mut poll = tokio::time::interval(config.timing.safe_point_poll());
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peers_check = tokio::time::interval(config.timing.offline_after() / 2);
+    let mut backend_check = tokio::time::interval(config.timing.backend_check());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = poll.tick() => {
+                if let Ok(Some(point)) = store.safe_point().await {
+                    safe_point.send_if_modified(|current| {
+                        let advanced = point > *current;
+                        if advanced { *current = point; }
+                        advanced
+                    });
+                }
+            }
+            _ = peers_check.tick() => {
+                let stale_before = Timestamp::now().saturating_sub(config.timing.offline_after());
+                match store.instances().await {
+                    Ok(instances) => {
+                        for peer in instances.iter().filter(|i| i.online && i.index != own && i.watermark < stale_before) {
+                            match store.mark_offline(peer.index, stale_before).await {
+                                Ok(true) => tracing::warn!(peer = %peer.index, watermark = %peer.watermark, "marked a stale sequencer instance offline"),
+                                Ok(false) => {}
+                                Err(error) => tracing::warn!(%error, "marking a peer offline failed"),
+                            }
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "reading instances failed"),
+                }
+            }
+            _ = backend_check.tick() => {
+                match store.backend_status().await {
+                    Ok(status) => match backend_refusal(&status) {
+                        None => readiness.clear("backend"),
+                        Some(reason) => {
+                            if readiness.fail("backend", reason.clone()) {
+                                tracing::error!("refusing to serve: {reason}");
+                            }
+                        }
+                    },
+                    Err(error) => {
+                        readiness.fail("backend", format!("cannot inspect the database: {error}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Mirrors readiness into `grpc.health.v1.Health` for the sequencer service.
+async fn follow_health(
+    health: Health,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut changes = health.subscribe();
+    loop {
+        if health.is_ready() {
+            reporter
+                .set_serving::<SequencerServiceServer<SequencerApi>>()
+                .await;
+        } else {
+            reporter
+                .set_not_serving::<SequencerServiceServer<SequencerApi>>()
+                .await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+    }
+}
