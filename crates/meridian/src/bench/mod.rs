@@ -1,0 +1,26 @@
+//! `meridian bench ...`: benchmarks against real processes. Each prints a human summary, or
+//! one JSON object with `--json`, and shows progress on stderr while it runs.
+
+pub mod sequencer;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// N senders and M subscribers against a real sequencer process.
+    Sequencer(sequencer::SequencerBenchArgs),
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Sequencer(args) => sequencer::run(args).await,
+    }
+}
+
+/// Latency in milliseconds from a histogram of microseconds.
+pub(crate) fn quantile_ms(histogram: &hdrhistogram::Histogram<u64>, quantile: f64) -> f64 {
+    if histogram.is_empty() {
+        return 0.0;
+    }
+    histogram.value_at_quantile(quantile) as f64 / 1_000.0
+}

@@ -1,0 +1,204 @@
+//! Starting Meridian nodes as real child processes, for the benchmarks and the black-box
+//! tests: write a config, spawn `meridian <role>`, wait for `/readyz`, and kill (SIGKILL or
+//! SIGTERM) on demand or when dropped, so no test leaves a stray process behind.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Where a sequencer keeps its state, as written into its config.
+#[derive(Debug, Clone)]
+pub enum StorageSpec {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StorageSpec {
+    fn to_toml(&self) -> String {
+        match self {
+            StorageSpec::Sqlite(path) => format!(
+                "[storage]\nbackend = \"sqlite\"\npath = {}\n",
+                toml_string(&path.display().to_string())
+            ),
+            StorageSpec::Postgres(url) => format!(
+                "[storage]\nbackend = \"postgres\"\nurl = {}\n",
+                toml_string(url)
+            ),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StorageSpec::Sqlite(_) => "sqlite",
+            StorageSpec::Postgres(_) => "postgres",
+        }
+    }
+}
+
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_owned()).to_string()
+}
+
+/// Picks a port that is free right now (the OS may reuse it later; good enough for tests).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A `meridian sequencer` child process.
+pub struct SequencerProcess {
+    child: Option<Child>,
+    pub grpc_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl SequencerProcess {
+    /// Writes `dir/<name>.toml` and starts the process with output in `dir/<name>.log`.
+    /// `extra_toml` is appended to the config (e.g. `[timing]` overrides).
+    pub fn spawn(
+        exe: &Path,
+        dir: &Path,
+        name: &str,
+        storage: &StorageSpec,
+        extra_toml: &str,
+    ) -> anyhow::Result<Self> {
+        let grpc_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let config_path = dir.join(format!("{name}.toml"));
+        let config = format!(
+            "listen_address = \"{grpc_address}\"\nadmin_address = \"{admin_address}\"\n{extra_toml}\n{}",
+            storage.to_toml()
+        );
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut process = Self {
+            child: None,
+            grpc_address,
+            admin_address,
+            config_path,
+            log_path: dir.join(format!("{name}.log")),
+        };
+        process.start(exe)?;
+        Ok(process)
+    }
+
+    /// (Re)starts the process with the same config and ports, appending to the same log.
+    pub fn start(&mut self, exe: &Path) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("the process is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening {}", self.log_path.display()))?;
+        let child = Command::new(exe)
+            .arg("sequencer")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_address)
+    }
+
+    /// Polls `/readyz` until 200, failing early (with the log's tail) if the process exits.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()?;
+        let url = format!("http://{}/readyz", self.admin_address);
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!(
+                        "the sequencer exited ({status}) before becoming ready; log tail:\n{}",
+                        self.log_tail(20)
+                    );
+                }
+            }
+            match client.get(&url).send().await {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) => last = response.text().await.unwrap_or_default(),
+                Err(error) => last = error.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "the sequencer was not ready within {timeout:?} (last /readyz: {last}); log tail:\n{}",
+            self.log_tail(20)
+        )
+    }
+
+    /// Peak resident set size of the process so far (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// SIGKILL: the crash a failover test needs.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("SIGKILL")?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id())?);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill()?;
+        child.wait()?;
+        bail!("the sequencer did not stop within {grace:?} of SIGTERM")
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for SequencerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! `meridian`: the one binary. Each role is a subcommand; the roles themselves live in their
+//! crates, so this file only parses arguments, sets up logging and shutdown, and dispatches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use meridian::bench;
+use meridian_node::telemetry::{init_tracing, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "meridian",
+    version,
+    about = "A highly available multi-party ledger synchronizer"
+)]
+struct Cli {
+    /// Log format on stderr: text or json. Filter with RUST_LOG (default info).
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "MERIDIAN_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a sequencer instance.
+    Sequencer {
+        /// TOML config file (see docs/configuration.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Measure throughput and latency against real processes.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Sequencer { config } => run_sequencer(config).await,
+            Command::Bench(command) => bench::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_sequencer(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = meridian_sequencer::SequencerConfig::load(&config_path)?;
+    let shutdown = meridian_node::shutdown::shutdown_token();
+    meridian_sequencer::run(config, shutdown).await
+}

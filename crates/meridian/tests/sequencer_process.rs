@@ -1,0 +1,696 @@
+//! Black-box tests of `meridian sequencer` as a real process: bad input, configuration errors,
+//! deduplication, health endpoints, kill -9 under load on both backends, refusing to serve
+//! from an unsafe PostgreSQL, and fork detection after lost history.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use meridian::launch::{SequencerProcess, StorageSpec};
+use meridian_client::{register_member, ClientError, SequencerClient, SequencerClientConfig};
+use meridian_core::crypto::{authentication_challenge, SigningKey, SigningPurpose};
+use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
+use meridian_core::{MemberId, MessageId, Timestamp};
+use meridian_proto::v1;
+use meridian_proto::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
+use meridian_proto::v1::sequencer_service_client::SequencerServiceClient;
+use meridian_testkit::PostgresServer;
+use tempfile::TempDir;
+
+const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Harness {
+    dir: TempDir,
+    sequencer: SequencerProcess,
+}
+
+impl Harness {
+    async fn start(storage: impl FnOnce(&Path) -> StorageSpec) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path());
+        let mut sequencer =
+            SequencerProcess::spawn(Path::new(EXE), dir.path(), "sequencer", &storage, "").unwrap();
+        sequencer.wait_ready(READY_TIMEOUT).await.unwrap();
+        Harness { dir, sequencer }
+    }
+
+    async fn sqlite() -> Harness {
+        Self::start(|dir| StorageSpec::Sqlite(dir.join("sequencer.db"))).await
+    }
+
+    async fn postgres() -> Harness {
+        let url = PostgresServer::shared().create_database("seq").unwrap();
+        Self::start(|_| StorageSpec::Postgres(url)).await
+    }
+
+    fn endpoint(&self) -> String {
+        self.sequencer.grpc_endpoint()
+    }
+
+    async fn member(&self, name: &str) -> (SequencerClient, SigningKey) {
+        let id = MemberId::new(name).unwrap();
+        let key = SigningKey::generate();
+        assert!(register_member(&self.endpoint(), &id, &key.public_key())
+            .await
+            .unwrap());
+        let client =
+            SequencerClient::connect(SequencerClientConfig::new(self.endpoint(), id, key.clone()))
+                .await
+                .unwrap();
+        (client, key)
+    }
+
+    async fn restart(&mut self) {
+        self.sequencer.start(Path::new(EXE)).unwrap();
+        self.sequencer.wait_ready(READY_TIMEOUT).await.unwrap();
+    }
+}
+
+fn id(name: &str) -> MemberId {
+    MemberId::new(name).unwrap()
+}
+
+fn submission(sender: &str, message_id: &str, recipients: &[&str], payload: &[u8]) -> Submission {
+    Submission {
+        sender: id(sender),
+        message_id: MessageId::new(message_id).unwrap(),
+        envelopes: vec![Envelope {
+            recipients: recipients.iter().map(|r| id(r)).collect(),
+            payload: payload.to_vec(),
+        }],
+        max_sequencing_time: Timestamp::now().saturating_add(Duration::from_secs(60)),
+    }
+}
+
+fn rejected(result: Result<impl std::fmt::Debug, ClientError>) -> (tonic::Code, String) {
+    match result {
+        Err(ClientError::Rejected { code, message }) => (code, message),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+async fn next_event(
+    events: &mut (impl futures::Stream<Item = Result<SequencedEvent, ClientError>> + Unpin),
+) -> SequencedEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream is open")
+        .expect("no subscription error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let harness = Harness::sqlite().await;
+    let (alice, _) = harness.member("alice").await;
+    let (bob, _) = harness.member("bob").await;
+    let mut bob_events = bob.subscribe(None);
+
+    // Empty batch.
+    let mut empty = submission("alice", "m1", &["bob"], b"x");
+    empty.envelopes.clear();
+    let (code, message) = rejected(alice.send(empty).await);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("empty"), "{message}");
+
+    // Unknown recipient.
+    let (code, message) = rejected(
+        alice
+            .send(submission("alice", "m2", &["carol"], b"x"))
+            .await,
+    );
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("unknown recipient carol"), "{message}");
+
+    // Envelope without recipients.
+    let (code, message) = rejected(alice.send(submission("alice", "m3", &[], b"x")).await);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("no recipients"), "{message}");
+
+    // Over the 4 MiB default limit.
+    let big = vec![0u8; 4 * 1024 * 1024 + 1];
+    let (code, message) = rejected(alice.send(submission("alice", "m4", &["bob"], &big)).await);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("limit"), "{message}");
+
+    // Max sequencing time already past.
+    let mut late = submission("alice", "m5", &["bob"], b"x");
+    late.max_sequencing_time = Timestamp::now().saturating_sub(Duration::from_secs(1));
+    let (code, message) = rejected(alice.send(late).await);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("already past"), "{message}");
+
+    // Sending in someone else's name.
+    let (code, message) = rejected(alice.send(submission("bob", "m6", &["bob"], b"x")).await);
+    assert_eq!(code, tonic::Code::PermissionDenied);
+    assert!(message.contains("alice"), "{message}");
+
+    // Raw gRPC: what the client library would never send.
+    let mut raw = SequencerServiceClient::connect(harness.endpoint())
+        .await
+        .unwrap();
+    let status = raw
+        .send(v1::SendRequest {
+            submission: Some(meridian_proto::convert::submission_to_wire(submission(
+                "alice",
+                "m7",
+                &["bob"],
+                b"x",
+            ))),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "no token");
+    let mut with_bad_token = tonic::Request::new(v1::SendRequest { submission: None });
+    with_bad_token
+        .metadata_mut()
+        .insert("authorization", "Bearer 00ff".parse().unwrap());
+    let status = raw.send(with_bad_token).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "bad token");
+    assert!(
+        status.message().contains("authenticate again"),
+        "{status:?}"
+    );
+
+    // Unregistered member and bad signature at authentication.
+    let nonce = raw
+        .get_challenge(v1::GetChallengeRequest {
+            member: "mallory".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nonce;
+    let mallory_key = SigningKey::generate();
+    let signature = mallory_key.sign(
+        SigningPurpose::SequencerAuthentication,
+        &authentication_challenge(&id("mallory"), &nonce),
+    );
+    let status = raw
+        .authenticate(v1::AuthenticateRequest {
+            member: "mallory".into(),
+            nonce,
+            signature: signature.to_bytes().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("not registered"), "{status:?}");
+    let nonce = raw
+        .get_challenge(v1::GetChallengeRequest {
+            member: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nonce;
+    let forged = mallory_key.sign(
+        SigningPurpose::SequencerAuthentication,
+        &authentication_challenge(&id("alice"), &nonce),
+    );
+    let status = raw
+        .authenticate(v1::AuthenticateRequest {
+            member: "alice".into(),
+            nonce,
+            signature: forged.to_bytes().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("does not verify"), "{status:?}");
+    let status = raw
+        .get_challenge(v1::GetChallengeRequest {
+            member: "bad id".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // Admin: bad key, and re-registering with a different key.
+    let mut admin = SequencerAdminServiceClient::connect(harness.endpoint())
+        .await
+        .unwrap();
+    let status = admin
+        .register_member(v1::RegisterMemberRequest {
+            member: "carol".into(),
+            public_key: vec![1, 2, 3],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("public_key"), "{status:?}");
+    let status = admin
+        .register_member(v1::RegisterMemberRequest {
+            member: "alice".into(),
+            public_key: SigningKey::generate().public_key().to_bytes().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists);
+    let members = admin
+        .list_members(v1::ListMembersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    let names: Vec<&str> = members.iter().map(|m| m.member.as_str()).collect();
+    let impostor = SequencerClient::connect(SequencerClientConfig::new(
+        harness.endpoint(),
+        id("alice"),
+        SigningKey::generate(),
+    ))
+    .await;
+    assert!(
+        matches!(impostor, Err(ClientError::Unauthenticated(_))),
+        "a wrong key cannot authenticate: {impostor:?}"
+    );
+    assert_eq!(
+        names,
+        vec!["alice", "bob"],
+        "no failed call registered anyone"
+    );
+
+    // Nothing above was sequenced: the first event bob ever sees is this one.
+    let receipt = alice
+        .send(submission("alice", "good", &["bob"], b"hello"))
+        .await
+        .unwrap();
+    let first = next_event(&mut bob_events).await;
+    assert_eq!(first.timestamp, receipt.timestamp);
+    assert_eq!(first.previous_timestamp, None);
+    assert_eq!(first.envelopes[0].payload, b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deduplicates_filters_envelopes_and_serves_health() {
+    let harness = Harness::sqlite().await;
+    let (alice, _) = harness.member("alice").await;
+    let (bob, _) = harness.member("bob").await;
+    let (carol, _) = harness.member("carol").await;
+
+    let mut both = submission("alice", "dup", &["bob"], b"for bob");
+    both.envelopes.push(Envelope {
+        recipients: vec![id("carol")],
+        payload: b"for carol".to_vec(),
+    });
+    let first = alice.send(both.clone()).await.unwrap();
+    let again = alice.send(both).await.unwrap();
+    assert!(!first.deduplicated);
+    assert!(again.deduplicated);
+    assert_eq!(again.timestamp, first.timestamp);
+    let second = alice
+        .send(submission("alice", "next", &["bob"], b"second"))
+        .await
+        .unwrap();
+
+    let mut bob_events = bob.subscribe(None);
+    let e1 = next_event(&mut bob_events).await;
+    let e2 = next_event(&mut bob_events).await;
+    assert_eq!(e1.timestamp, first.timestamp);
+    assert_eq!(e1.envelopes.len(), 1, "only bob's envelope");
+    assert_eq!(e1.envelopes[0].payload, b"for bob");
+    assert_eq!(e1.message_id, None, "message ids go only to the sender");
+    assert_eq!(e2.timestamp, second.timestamp);
+    assert_eq!(e2.previous_timestamp, Some(first.timestamp));
+    let mut carol_events = carol.subscribe(None);
+    let c1 = next_event(&mut carol_events).await;
+    assert_eq!(c1.envelopes[0].payload, b"for carol");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), carol_events.next())
+            .await
+            .is_err(),
+        "carol gets nothing else"
+    );
+
+    // Resuming after the first event yields exactly the second.
+    let mut resumed = bob.subscribe(Some(first.timestamp));
+    assert_eq!(next_event(&mut resumed).await.timestamp, second.timestamp);
+
+    // gRPC health, and the admin HTTP endpoints.
+    let channel = tonic::transport::Endpoint::from_shared(harness.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "meridian.v1.SequencerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let admin = format!("http://{}", harness.sequencer.admin_address);
+    let http = reqwest::Client::new();
+    let status: serde_json::Value = http
+        .get(format!("{admin}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["role"], "sequencer");
+    assert_eq!(status["members"], 3);
+    let metrics = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meridian_sequencer_submissions_total{outcome=\"deduplicated\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        http.get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[test]
+fn malformed_config_is_refused_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "listen_adress = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(EXE)
+        .args(["sequencer", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("listen_adress"), "{stderr}");
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+    assert!(!dir.path().join("x.db").exists(), "nothing was created");
+
+    std::fs::write(
+        &path,
+        "listen_address = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[instance]\nindex = 4\ncount = 4\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(EXE)
+        .args(["sequencer", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("index 4 must be below count 4"), "{stderr}");
+
+    let output = std::process::Command::new(EXE)
+        .args(["sequencer", "--config", "/nonexistent/seq.toml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/seq.toml"), "{stderr}");
+}
+
+/// Sends continuously, kills the sequencer with SIGKILL mid-load, restarts it, and checks
+/// that the subscriber saw every acknowledged submission exactly once, in order, with an
+/// unbroken chain (the client would report a fork otherwise).
+async fn kill9_under_load(mut harness: Harness) {
+    let (alice, _) = harness.member("alice").await;
+    let (bob, _) = harness.member("bob").await;
+
+    let delivered: Arc<Mutex<Vec<(Timestamp, String)>>> = Arc::default();
+    let subscription_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let reader = {
+        let delivered = delivered.clone();
+        let subscription_error = subscription_error.clone();
+        let mut events = bob.subscribe(None);
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        let text = String::from_utf8(event.envelopes[0].payload.clone()).unwrap();
+                        delivered.lock().unwrap().push((event.timestamp, text));
+                    }
+                    Err(error) => {
+                        *subscription_error.lock().unwrap() = Some(error.to_string());
+                        return;
+                    }
+                }
+            }
+        })
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
+    let mut senders = Vec::new();
+    for lane in 0..8 {
+        let alice = alice.clone();
+        let stop = stop.clone();
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let message = format!("lane{lane}-{i}");
+                let submission = submission("alice", &message, &["bob"], message.as_bytes());
+                // Retry the same message id until it lands: deduplication makes this safe.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    match alice.send(submission.clone()).await {
+                        Ok(receipt) => {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert(message.clone(), receipt.timestamp);
+                            break;
+                        }
+                        Err(error) if Instant::now() < deadline => {
+                            tracing_free_sleep(&error).await;
+                        }
+                        Err(error) => panic!("send {message} never succeeded: {error}"),
+                    }
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before_kill = acked.lock().unwrap().len();
+    assert!(before_kill > 0, "load was running before the kill");
+    harness.sequencer.kill9().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    harness.restart().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > before_kill,
+        "sends succeeded after the restart"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered.lock().unwrap().len() < acked.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader.abort();
+    assert_eq!(*subscription_error.lock().unwrap(), None);
+    let delivered = delivered.lock().unwrap().clone();
+    let mut seen = HashMap::new();
+    for window in delivered.windows(2) {
+        assert!(window[0].0 < window[1].0, "timestamps strictly increase");
+    }
+    for (timestamp, message) in &delivered {
+        assert!(
+            seen.insert(message.clone(), *timestamp).is_none(),
+            "{message} delivered twice"
+        );
+    }
+    for (message, timestamp) in &acked {
+        assert_eq!(
+            seen.get(message),
+            Some(timestamp),
+            "acknowledged {message} delivered at its timestamp"
+        );
+    }
+    // Submissions in flight at the kill were retried until acknowledged, so every delivered
+    // event is an acknowledged one too.
+    assert_eq!(delivered.len(), acked.len());
+    drop(harness.dir);
+}
+
+async fn tracing_free_sleep(_error: &ClientError) {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_under_load_sqlite() {
+    kill9_under_load(Harness::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_under_load_postgres() {
+    kill9_under_load(Harness::postgres().await).await;
+}
+
+async fn readyz_reason(sequencer: &SequencerProcess) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("http://{}/readyz", sequencer.admin_address))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Waits until `/readyz` reports not-ready with a reason containing `needle`.
+async fn wait_for_refusal(sequencer: &SequencerProcess, needle: &str) -> serde_json::Value {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(response) =
+            reqwest::get(format!("http://{}/readyz", sequencer.admin_address)).await
+        {
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if status == 503 && body["reason"].as_str().unwrap_or("").contains(needle) {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "no refusal mentioning {needle}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_serve_from_unsafe_postgres() {
+    let server = PostgresServer::shared();
+    for (setting, needle) in [
+        ("synchronous_commit = off", "synchronous_commit"),
+        ("default_transaction_read_only = on", "read-only"),
+    ] {
+        let url = server.create_database("unsafe").unwrap();
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        if setting.starts_with("default_transaction_read_only") {
+            // Create the schema first, as a demoted primary would have it.
+            let mut harness = Harness::start(|_| StorageSpec::Postgres(url.clone())).await;
+            harness
+                .sequencer
+                .terminate(Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        server
+            .psql(
+                "postgres",
+                &format!("ALTER DATABASE \"{db}\" SET {setting}"),
+            )
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sequencer = SequencerProcess::spawn(
+            Path::new(EXE),
+            dir.path(),
+            "sequencer",
+            &StorageSpec::Postgres(url),
+            "",
+        )
+        .unwrap();
+        let body = wait_for_refusal(&sequencer, needle).await;
+        assert_eq!(body["status"], "not_ready");
+        let (status, _) = readyz_reason(&sequencer).await;
+        assert_eq!(status, 503);
+        // The gRPC port stays closed: nothing can be sequenced.
+        assert!(SequencerServiceClient::connect(sequencer.grpc_endpoint())
+            .await
+            .is_err());
+        let log = sequencer.log_tail(50);
+        assert!(log.contains(needle), "the log says why: {log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_history_is_reported_as_a_fork() {
+    let mut harness = Harness::sqlite().await;
+    let (alice, _) = harness.member("alice").await;
+    let (bob, bob_key) = harness.member("bob").await;
+    let mut stamps = Vec::new();
+    for i in 0..3 {
+        let receipt = alice
+            .send(submission("alice", &format!("m{i}"), &["bob"], b"x"))
+            .await
+            .unwrap();
+        stamps.push(receipt.timestamp);
+    }
+    let mut events = bob.subscribe(None);
+    for stamp in &stamps {
+        assert_eq!(next_event(&mut events).await.timestamp, *stamp);
+    }
+    drop(events);
+
+    // Lose the last event, as an asynchronously replicated database might in a failover.
+    harness
+        .sequencer
+        .terminate(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let db = harness.dir.path().join("sequencer.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    for table in ["events", "event_recipients"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE ts = ?"))
+            .bind(stamps[2].as_i64())
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    harness.restart().await;
+
+    // A new event after the loss: its predecessor for bob is now the second event.
+    let (dave, _) = harness.member("dave").await;
+    dave.send(submission("dave", "after-loss", &["bob"], b"y"))
+        .await
+        .unwrap();
+    // Bob reconnects and resumes after the last event it processed (now lost).
+    let bob = SequencerClient::connect(SequencerClientConfig::new(
+        harness.endpoint(),
+        id("bob"),
+        bob_key,
+    ))
+    .await
+    .unwrap();
+    let mut resumed = bob.subscribe(Some(stamps[2]));
+    let outcome = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+        .await
+        .expect("an answer within 10 s")
+        .expect("the stream yields the fork");
+    match outcome {
+        Err(ClientError::Fork(fork)) => {
+            assert!(fork.to_string().starts_with("fork detected"), "{fork}")
+        }
+        other => panic!("expected a fork, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), resumed.next())
+            .await
+            .map(|next| next.is_none())
+            .unwrap_or(true),
+        "the stream ends after a fork"
+    );
+}
