@@ -71,7 +71,9 @@ pub struct SigningKey(ed25519_dalek::SigningKey);
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SigningKey").field(&self.public_key()).finish()
+        f.debug_tuple("SigningKey")
+            .field(&self.public_key())
+            .finish()
     }
 }
 
@@ -86,7 +88,8 @@ impl SigningKey {
 
     /// Parses the 64-hex-digit seed format used in key files and configs.
     pub fn from_hex(hex_seed: &str) -> Result<Self, CryptoError> {
-        let bytes = hex::decode(hex_seed.trim()).map_err(|e| CryptoError::BadSecretKey(e.to_string()))?;
+        let bytes =
+            hex::decode(hex_seed.trim()).map_err(|e| CryptoError::BadSecretKey(e.to_string()))?;
         let seed: [u8; KEY_LEN] = bytes
             .try_into()
             .map_err(|b: Vec<u8>| CryptoError::BadSecretKey(format!("got {} bytes", b.len())))?;
@@ -174,7 +177,10 @@ mod tests {
         let msg = authentication_challenge(&member, b"nonce");
         let sig = key.sign(SigningPurpose::SequencerAuthentication, &msg);
         let public = PublicKey::from_bytes(&key.public_key().to_bytes()).unwrap();
-        assert_eq!(public.verify(SigningPurpose::SequencerAuthentication, &msg, &sig), Ok(()));
+        assert_eq!(
+            public.verify(SigningPurpose::SequencerAuthentication, &msg, &sig),
+            Ok(())
+        );
         let other = authentication_challenge(&member, b"other nonce");
         assert_eq!(
             public.verify(SigningPurpose::SequencerAuthentication, &other, &sig),
@@ -189,8 +195,14 @@ mod tests {
         assert_eq!(again.public_key(), key.public_key());
         assert!(SigningKey::from_hex("abcd").is_err());
         assert!(SigningKey::from_hex("zz").is_err());
-        assert_eq!(PublicKey::from_bytes(&[1, 2]), Err(CryptoError::PublicKeyLength(2)));
-        assert_eq!(Signature::from_bytes(&[0; 3]), Err(CryptoError::SignatureLength(3)));
+        assert_eq!(
+            PublicKey::from_bytes(&[1, 2]),
+            Err(CryptoError::PublicKeyLength(2))
+        );
+        assert_eq!(
+            Signature::from_bytes(&[0; 3]),
+            Err(CryptoError::SignatureLength(3))
+        );
     }
 
     #[test]

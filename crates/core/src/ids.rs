@@ -120,7 +120,10 @@ mod tests {
 
     #[test]
     fn accepts_typical_ids() {
-        assert_eq!(MemberId::new("participant::p1").unwrap().as_str(), "participant::p1");
+        assert_eq!(
+            MemberId::new("participant::p1").unwrap().as_str(),
+            "participant::p1"
+        );
         assert!(MessageId::new("cmd-00001/retry.2").is_ok());
     }
 

@@ -56,7 +56,9 @@ pub enum ForkError {
         claimed_previous: Option<Timestamp>,
         last_processed: Option<Timestamp>,
     },
-    #[error("fork detected: event {timestamp} is not after the last processed event {last_processed}")]
+    #[error(
+        "fork detected: event {timestamp} is not after the last processed event {last_processed}"
+    )]
     NotIncreasing {
         timestamp: Timestamp,
         last_processed: Timestamp,
@@ -131,7 +133,11 @@ mod tests {
         let err = chain.accept(ts(30), Some(ts(20))).unwrap_err();
         assert!(matches!(err, ForkError::PreviousMismatch { .. }));
         assert!(err.to_string().starts_with("fork detected"));
-        assert_eq!(chain.last_processed(), Some(ts(10)), "a fork must not advance the chain");
+        assert_eq!(
+            chain.last_processed(),
+            Some(ts(10)),
+            "a fork must not advance the chain"
+        );
     }
 
     #[test]

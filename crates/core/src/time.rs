@@ -75,7 +75,10 @@ mod tests {
     fn arithmetic_saturates() {
         let t = Timestamp::from_micros(10);
         assert_eq!(t.saturating_sub(Duration::from_secs(1)), Timestamp::MIN);
-        assert_eq!(Timestamp::MAX.saturating_add(Duration::from_secs(1)), Timestamp::MAX);
+        assert_eq!(
+            Timestamp::MAX.saturating_add(Duration::from_secs(1)),
+            Timestamp::MAX
+        );
         assert_eq!(
             Timestamp::from_micros(1_500).duration_since(t),
             Duration::from_micros(1_490)

@@ -66,7 +66,11 @@ pub fn submission_to_wire(submission: Submission) -> v1::SubmissionRequest {
     v1::SubmissionRequest {
         sender: submission.sender.into(),
         message_id: submission.message_id.into(),
-        envelopes: submission.envelopes.into_iter().map(envelope_to_wire).collect(),
+        envelopes: submission
+            .envelopes
+            .into_iter()
+            .map(envelope_to_wire)
+            .collect(),
         max_sequencing_time_us: submission.max_sequencing_time.as_micros(),
     }
 }
