@@ -4,7 +4,11 @@ use prost::Message;
 
 fn main() -> anyhow::Result<()> {
     let proto_root = "../../proto";
-    let files = ["../../proto/meridian/v1/sequencer.proto"];
+    let files = [
+        "../../proto/meridian/v1/sequencer.proto",
+        "../../proto/meridian/v1/ledger.proto",
+        "../../proto/meridian/v1/topology.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

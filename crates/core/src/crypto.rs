@@ -34,12 +34,21 @@ pub enum CryptoError {
 pub enum SigningPurpose {
     /// A member proving its identity to a sequencer by signing a challenge nonce.
     SequencerAuthentication,
+    /// The synchronizer owner authorising a topology transaction.
+    TopologyTransaction,
+    /// A participant's confirmation response to the mediator.
+    ConfirmationResponse,
+    /// The mediator's verdict on a request.
+    Verdict,
 }
 
 impl SigningPurpose {
     fn tag(self) -> &'static [u8] {
         match self {
             SigningPurpose::SequencerAuthentication => b"meridian/v1/sequencer-authentication",
+            SigningPurpose::TopologyTransaction => b"meridian/v1/topology-transaction",
+            SigningPurpose::ConfirmationResponse => b"meridian/v1/confirmation-response",
+            SigningPurpose::Verdict => b"meridian/v1/verdict",
         }
     }
 }
@@ -138,6 +147,11 @@ impl PublicKey {
         self.0.to_bytes()
     }
 
+    pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
+        let bytes = hex::decode(text.trim()).map_err(|_| CryptoError::InvalidPublicKey)?;
+        Self::from_bytes(&bytes)
+    }
+
     pub fn verify(
         &self,
         purpose: SigningPurpose,
@@ -163,6 +177,15 @@ impl Signature {
 
     pub fn to_bytes(&self) -> [u8; SIGNATURE_LEN] {
         self.0.to_bytes()
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0.to_bytes())
+    }
+
+    pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
+        let bytes = hex::decode(text.trim()).map_err(|_| CryptoError::SignatureLength(0))?;
+        Self::from_bytes(&bytes)
     }
 }
 

@@ -103,6 +103,66 @@ string_id!(
     "message id"
 );
 
+string_id!(
+    /// A party: the ledger identity on whose behalf contracts are signed and observed.
+    PartyId,
+    "party id"
+);
+string_id!(
+    /// A participant node. Its sequencer member id is the same string.
+    ParticipantId,
+    "participant id"
+);
+string_id!(
+    /// An application user submitting commands; part of the deduplication key.
+    UserId,
+    "user id"
+);
+string_id!(
+    /// An application-chosen command id; with user and act-as parties the deduplication key.
+    CommandId,
+    "command id"
+);
+string_id!(
+    /// A contract, derived deterministically from the transaction seed and node position.
+    ContractId,
+    "contract id"
+);
+string_id!(
+    /// A template name, e.g. `Iou`.
+    TemplateId,
+    "template id"
+);
+string_id!(
+    /// A committed transaction: derived from its request id, identical on every participant.
+    TransactionId,
+    "transaction id"
+);
+
+impl ParticipantId {
+    /// The participant's identity as a sequencer member.
+    pub fn as_member(&self) -> MemberId {
+        MemberId(self.0.clone())
+    }
+
+    pub fn from_member(member: &MemberId) -> Self {
+        ParticipantId(member.0.clone())
+    }
+}
+
+/// A position in one participant's ledger: strictly increasing per committed transaction,
+/// local to that participant.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub struct LedgerOffset(pub u64);
+
+impl fmt::Display for LedgerOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// The index `i` of a sequencer instance among `n`: it only issues timestamps `t` with
 /// `t % n == i`, which makes timestamps unique across instances without coordination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

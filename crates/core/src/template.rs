@@ -1,0 +1,646 @@
+//! Templates (Rust implementations standing in for Daml templates), command interpretation,
+//! and the authorization check.
+//!
+//! Interpretation is deterministic: given the same commands, acting parties, input contracts
+//! and 32-byte seed, every participant builds the same transaction with the same contract ids.
+//! That is what lets informee participants check *model conformance* by re-interpreting a
+//! request instead of trusting the submitter.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{ContractId, IdError, PartyId, TemplateId};
+use crate::ledger::{Action, Command, Contract, Transaction};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown template {0}")]
+    UnknownTemplate(String),
+    #[error("invalid {template} payload: {reason}")]
+    BadPayload { template: String, reason: String },
+    #[error("template {template} has no choice {choice}")]
+    UnknownChoice { template: String, choice: String },
+    #[error("invalid argument to {choice}: {reason}")]
+    BadArgument { choice: String, reason: String },
+    #[error("contract {0} is unknown or not active")]
+    UnknownContract(ContractId),
+    #[error("{action} needs the authority of {missing:?}, which the submission does not have")]
+    MissingAuthorization {
+        action: String,
+        missing: BTreeSet<PartyId>,
+    },
+    #[error("a command needs at least one acting party")]
+    NoActingParty,
+    #[error("a submission needs at least one command")]
+    NoCommands,
+}
+
+/// What exercising a choice does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChoiceOutcome {
+    pub consuming: bool,
+    /// Who must act to exercise it.
+    pub controllers: BTreeSet<PartyId>,
+    /// Other contracts archived as part of the choice (e.g. `Merge`'s other IOU).
+    pub archives: Vec<Contract>,
+    /// Contracts created, in order.
+    pub creates: Vec<(TemplateId, Value)>,
+}
+
+/// A contract template: who signs and observes a payload, and what its choices do.
+pub trait Template: Send + Sync {
+    fn id(&self) -> TemplateId;
+
+    /// Validates a payload and returns (signatories, observers).
+    fn parties(&self, payload: &Value) -> Result<(BTreeSet<PartyId>, BTreeSet<PartyId>), ModelError>;
+
+    /// Evaluates `choice` on `contract`. `lookup` finds other active contracts by id.
+    fn exercise(
+        &self,
+        contract: &Contract,
+        choice: &str,
+        argument: &Value,
+        lookup: &dyn Fn(&ContractId) -> Option<Contract>,
+    ) -> Result<ChoiceOutcome, ModelError>;
+}
+
+/// The templates a participant knows.
+pub struct TemplateRegistry {
+    templates: BTreeMap<String, Box<dyn Template>>,
+}
+
+impl std::fmt::Debug for TemplateRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.templates.keys()).finish()
+    }
+}
+
+impl TemplateRegistry {
+    /// The built-in templates (today: [`Iou`]).
+    pub fn standard() -> Self {
+        let mut templates: BTreeMap<String, Box<dyn Template>> = BTreeMap::new();
+        templates.insert(Iou.id().to_string(), Box::new(Iou));
+        Self { templates }
+    }
+
+    pub fn get(&self, id: &TemplateId) -> Result<&dyn Template, ModelError> {
+        self.templates
+            .get(id.as_str())
+            .map(|t| t.as_ref())
+            .ok_or_else(|| ModelError::UnknownTemplate(id.to_string()))
+    }
+
+    /// Builds the transaction `commands` produce when submitted by `act_as`.
+    ///
+    /// `lookup` must return only contracts active for the interpreting participant (or, on
+    /// validation, the contracts disclosed in the request). The transaction is authorized by
+    /// construction only if [`authorize`] passes; interpretation itself checks controllers.
+    pub fn interpret(
+        &self,
+        commands: &[Command],
+        act_as: &BTreeSet<PartyId>,
+        seed: &[u8; 32],
+        lookup: &dyn Fn(&ContractId) -> Option<Contract>,
+    ) -> Result<Transaction, ModelError> {
+        if act_as.is_empty() {
+            return Err(ModelError::NoActingParty);
+        }
+        if commands.is_empty() {
+            return Err(ModelError::NoCommands);
+        }
+        let mut ids = ContractIdSource { seed, next: 0 };
+        // Contracts archived earlier in this transaction must not be used again.
+        let mut archived: BTreeSet<ContractId> = BTreeSet::new();
+        let mut created: BTreeMap<ContractId, Contract> = BTreeMap::new();
+        let mut roots = Vec::new();
+        for command in commands {
+            let action = match command {
+                Command::Create { template, payload } => {
+                    let contract =
+                        self.new_contract(&mut ids, template.clone(), payload.clone())?;
+                    created.insert(contract.id.clone(), contract.clone());
+                    Action::Create { contract }
+                }
+                Command::Exercise {
+                    contract_id,
+                    choice,
+                    argument,
+                } => {
+                    let find = |id: &ContractId| -> Option<Contract> {
+                        if archived.contains(id) {
+                            return None;
+                        }
+                        created.get(id).cloned().or_else(|| lookup(id))
+                    };
+                    let contract = find(contract_id)
+                        .ok_or_else(|| ModelError::UnknownContract(contract_id.clone()))?;
+                    let template = self.get(&contract.template)?;
+                    let outcome = template.exercise(&contract, choice, argument, &find)?;
+                    if !outcome.controllers.is_subset(act_as) {
+                        return Err(ModelError::MissingAuthorization {
+                            action: format!("{} on {}", choice, contract.id),
+                            missing: outcome.controllers.difference(act_as).cloned().collect(),
+                        });
+                    }
+                    let mut children = Vec::new();
+                    for other in &outcome.archives {
+                        children.push(Action::Exercise {
+                            contract_id: other.id.clone(),
+                            template: other.template.clone(),
+                            choice: "Archive".into(),
+                            argument: Value::Null,
+                            actors: outcome.controllers.clone(),
+                            consuming: true,
+                            signatories: other.signatories.clone(),
+                            stakeholders: other.stakeholders(),
+                            children: Vec::new(),
+                        });
+                    }
+                    for (template, payload) in outcome.creates {
+                        let contract = self.new_contract(&mut ids, template, payload)?;
+                        created.insert(contract.id.clone(), contract.clone());
+                        children.push(Action::Create { contract });
+                    }
+                    if outcome.consuming {
+                        archived.insert(contract.id.clone());
+                    }
+                    for other in &outcome.archives {
+                        archived.insert(other.id.clone());
+                    }
+                    Action::Exercise {
+                        contract_id: contract.id.clone(),
+                        template: contract.template.clone(),
+                        choice: choice.clone(),
+                        argument: argument.clone(),
+                        actors: outcome.controllers,
+                        consuming: outcome.consuming,
+                        signatories: contract.signatories.clone(),
+                        stakeholders: contract.stakeholders(),
+                        children,
+                    }
+                }
+            };
+            roots.push(action);
+        }
+        Ok(Transaction { roots })
+    }
+
+    fn new_contract(
+        &self,
+        ids: &mut ContractIdSource<'_>,
+        template: TemplateId,
+        payload: Value,
+    ) -> Result<Contract, ModelError> {
+        let (signatories, observers) = self.get(&template)?.parties(&payload)?;
+        Ok(Contract {
+            id: ids.next(),
+            template,
+            payload,
+            signatories,
+            observers,
+        })
+    }
+}
+
+/// Contract ids are `blake3(seed || counter)`: unique per transaction seed, identical on
+/// every participant that re-interprets the same request.
+struct ContractIdSource<'a> {
+    seed: &'a [u8; 32],
+    next: u32,
+}
+
+impl ContractIdSource<'_> {
+    fn next(&mut self) -> ContractId {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"meridian/v1/contract-id");
+        hasher.update(self.seed);
+        hasher.update(&self.next.to_be_bytes());
+        self.next += 1;
+        ContractId::new(hasher.finalize().to_hex().to_string())
+            .expect("a hex digest is a valid contract id")
+    }
+}
+
+/// Checks that every action is authorized: roots by the acting parties, children of an
+/// exercise by the exercised contract's signatories plus its actors.
+pub fn authorize(transaction: &Transaction, act_as: &BTreeSet<PartyId>) -> Result<(), ModelError> {
+    fn check(action: &Action, authorizers: &BTreeSet<PartyId>) -> Result<(), ModelError> {
+        let (required, label) = match action {
+            Action::Create { contract } => (
+                contract.signatories.clone(),
+                format!("create of {}", contract.id),
+            ),
+            Action::Exercise {
+                actors,
+                choice,
+                contract_id,
+                ..
+            } => (actors.clone(), format!("{choice} on {contract_id}")),
+            Action::Fetch {
+                actors,
+                contract_id,
+                ..
+            } => (actors.clone(), format!("fetch of {contract_id}")),
+        };
+        let missing: BTreeSet<PartyId> = required.difference(authorizers).cloned().collect();
+        if !missing.is_empty() {
+            return Err(ModelError::MissingAuthorization {
+                action: label,
+                missing,
+            });
+        }
+        if let Action::Exercise {
+            actors,
+            signatories,
+            children,
+            ..
+        } = action
+        {
+            let inner: BTreeSet<PartyId> = signatories.union(actors).cloned().collect();
+            for child in children {
+                check(child, &inner)?;
+            }
+        }
+        Ok(())
+    }
+    for root in &transaction.roots {
+        check(root, act_as)?;
+    }
+    Ok(())
+}
+
+/// The demo asset: an I-owe-you. The issuer signs; the owner observes and controls.
+/// Amounts are integers in minor units so that conservation checks are exact.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Iou;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IouPayload {
+    pub issuer: PartyId,
+    pub owner: PartyId,
+    pub amount: u64,
+    pub currency: String,
+}
+
+impl IouPayload {
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).expect("an IouPayload always serializes")
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(
+    value: &Value,
+    bad: impl Fn(String) -> ModelError,
+) -> Result<T, ModelError> {
+    serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))
+}
+
+fn party_arg(choice: &str, value: &Value, field: &str) -> Result<PartyId, ModelError> {
+    let bad = |reason: String| ModelError::BadArgument {
+        choice: choice.into(),
+        reason,
+    };
+    let text = value
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("missing string field `{field}`")))?;
+    PartyId::new(text).map_err(|e: IdError| bad(e.to_string()))
+}
+
+impl Iou {
+    pub fn payload(contract: &Contract) -> Result<IouPayload, ModelError> {
+        Self::check(&contract.payload)
+    }
+
+    fn check(payload: &Value) -> Result<IouPayload, ModelError> {
+        let bad = |reason: String| ModelError::BadPayload {
+            template: "Iou".into(),
+            reason,
+        };
+        let iou: IouPayload = parse(payload, bad)?;
+        if iou.amount == 0 {
+            return Err(bad("amount must be positive".into()));
+        }
+        if iou.currency.is_empty()
+            || iou.currency.len() > 16
+            || !iou.currency.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(bad(format!(
+                "currency {:?} must be 1-16 ASCII letters or digits",
+                iou.currency
+            )));
+        }
+        Ok(iou)
+    }
+}
+
+impl Template for Iou {
+    fn id(&self) -> TemplateId {
+        TemplateId::new("Iou").expect("static template id is valid")
+    }
+
+    fn parties(&self, payload: &Value) -> Result<(BTreeSet<PartyId>, BTreeSet<PartyId>), ModelError> {
+        let iou = Self::check(payload)?;
+        let mut observers = BTreeSet::new();
+        if iou.owner != iou.issuer {
+            observers.insert(iou.owner.clone());
+        }
+        Ok((BTreeSet::from([iou.issuer]), observers))
+    }
+
+    fn exercise(
+        &self,
+        contract: &Contract,
+        choice: &str,
+        argument: &Value,
+        lookup: &dyn Fn(&ContractId) -> Option<Contract>,
+    ) -> Result<ChoiceOutcome, ModelError> {
+        let iou = Self::check(&contract.payload)?;
+        let controllers = BTreeSet::from([iou.owner.clone()]);
+        let bad = |reason: String| ModelError::BadArgument {
+            choice: choice.into(),
+            reason,
+        };
+        let with = |owner: PartyId, amount: u64| {
+            (
+                self.id(),
+                IouPayload {
+                    issuer: iou.issuer.clone(),
+                    owner,
+                    amount,
+                    currency: iou.currency.clone(),
+                }
+                .to_value(),
+            )
+        };
+        match choice {
+            "Transfer" => {
+                let new_owner = party_arg(choice, argument, "new_owner")?;
+                Ok(ChoiceOutcome {
+                    consuming: true,
+                    controllers,
+                    archives: Vec::new(),
+                    creates: vec![with(new_owner, iou.amount)],
+                })
+            }
+            "Split" => {
+                let amount = argument
+                    .get("amount")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| bad("missing unsigned integer field `amount`".into()))?;
+                if amount == 0 || amount >= iou.amount {
+                    return Err(bad(format!(
+                        "amount {amount} must be between 1 and {} (exclusive)",
+                        iou.amount
+                    )));
+                }
+                Ok(ChoiceOutcome {
+                    consuming: true,
+                    controllers,
+                    archives: Vec::new(),
+                    creates: vec![
+                        with(iou.owner.clone(), amount),
+                        with(iou.owner.clone(), iou.amount - amount),
+                    ],
+                })
+            }
+            "Merge" => {
+                let other_id = argument
+                    .get("other")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("missing string field `other`".into()))
+                    .and_then(|s| ContractId::new(s).map_err(|e| bad(e.to_string())))?;
+                if other_id == contract.id {
+                    return Err(bad("cannot merge an IOU with itself".into()));
+                }
+                let other = lookup(&other_id).ok_or(ModelError::UnknownContract(other_id))?;
+                if other.template != contract.template {
+                    return Err(bad("the other contract is not an Iou".into()));
+                }
+                let theirs = Self::check(&other.payload)?;
+                if theirs.issuer != iou.issuer
+                    || theirs.owner != iou.owner
+                    || theirs.currency != iou.currency
+                {
+                    return Err(bad(
+                        "the other IOU must have the same issuer, owner and currency".into(),
+                    ));
+                }
+                let total = iou
+                    .amount
+                    .checked_add(theirs.amount)
+                    .ok_or_else(|| bad("merged amount overflows".into()))?;
+                Ok(ChoiceOutcome {
+                    consuming: true,
+                    controllers,
+                    archives: vec![other],
+                    creates: vec![with(iou.owner.clone(), total)],
+                })
+            }
+            other => Err(ModelError::UnknownChoice {
+                template: "Iou".into(),
+                choice: other.into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn party(name: &str) -> PartyId {
+        PartyId::new(name).unwrap()
+    }
+
+    fn iou_id() -> TemplateId {
+        TemplateId::new("Iou").unwrap()
+    }
+
+    fn issue(registry: &TemplateRegistry, owner: &str, amount: u64, seed: u8) -> Contract {
+        let tx = registry
+            .interpret(
+                &[Command::Create {
+                    template: iou_id(),
+                    payload: json!({"issuer": "bank", "owner": owner, "amount": amount, "currency": "USD"}),
+                }],
+                &BTreeSet::from([party("bank")]),
+                &[seed; 32],
+                &|_| None,
+            )
+            .unwrap();
+        let contract = tx.created().next().unwrap().clone();
+        contract
+    }
+
+    #[test]
+    fn transfer_is_deterministic_and_authorized() {
+        let registry = TemplateRegistry::standard();
+        let iou = issue(&registry, "alice", 100, 1);
+        let lookup = |id: &ContractId| (id == &iou.id).then(|| iou.clone());
+        let commands = [Command::Exercise {
+            contract_id: iou.id.clone(),
+            choice: "Transfer".into(),
+            argument: json!({"new_owner": "bob"}),
+        }];
+        let act_as = BTreeSet::from([party("alice")]);
+        let a = registry.interpret(&commands, &act_as, &[7; 32], &lookup).unwrap();
+        let b = registry.interpret(&commands, &act_as, &[7; 32], &lookup).unwrap();
+        assert_eq!(a, b, "same inputs, same transaction and contract ids");
+        authorize(&a, &act_as).unwrap();
+        assert_eq!(a.consumed(), vec![iou.id.clone()]);
+        assert_eq!(a.inputs(), BTreeSet::from([iou.id.clone()]));
+        let created: Vec<_> = a.created().collect();
+        assert_eq!(Iou::payload(created[0]).unwrap().owner, party("bob"));
+        assert_eq!(
+            a.informees(),
+            BTreeSet::from([party("alice"), party("bank"), party("bob")])
+        );
+        assert_eq!(a.confirming_parties(), BTreeSet::from([party("alice"), party("bank")]));
+    }
+
+    #[test]
+    fn only_the_owner_controls_and_bad_arguments_are_named() {
+        let registry = TemplateRegistry::standard();
+        let iou = issue(&registry, "alice", 100, 1);
+        let lookup = |id: &ContractId| (id == &iou.id).then(|| iou.clone());
+        let transfer = |argument| {
+            vec![Command::Exercise {
+                contract_id: iou.id.clone(),
+                choice: "Transfer".into(),
+                argument,
+            }]
+        };
+        let err = registry
+            .interpret(&transfer(json!({"new_owner": "bob"})), &BTreeSet::from([party("bob")]), &[0; 32], &lookup)
+            .unwrap_err();
+        assert!(matches!(err, ModelError::MissingAuthorization { .. }), "{err}");
+        let err = registry
+            .interpret(&transfer(json!({"owner": "bob"})), &BTreeSet::from([party("alice")]), &[0; 32], &lookup)
+            .unwrap_err();
+        assert!(err.to_string().contains("new_owner"), "{err}");
+        let err = registry
+            .interpret(
+                &[Command::Exercise {
+                    contract_id: iou.id.clone(),
+                    choice: "Split".into(),
+                    argument: json!({"amount": 100}),
+                }],
+                &BTreeSet::from([party("alice")]),
+                &[0; 32],
+                &lookup,
+            )
+            .unwrap_err();
+        assert!(matches!(err, ModelError::BadArgument { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_contract_cannot_be_consumed_twice_in_one_transaction() {
+        let registry = TemplateRegistry::standard();
+        let iou = issue(&registry, "alice", 100, 1);
+        let lookup = |id: &ContractId| (id == &iou.id).then(|| iou.clone());
+        let transfer = Command::Exercise {
+            contract_id: iou.id.clone(),
+            choice: "Transfer".into(),
+            argument: json!({"new_owner": "bob"}),
+        };
+        let err = registry
+            .interpret(&[transfer.clone(), transfer], &BTreeSet::from([party("alice")]), &[0; 32], &lookup)
+            .unwrap_err();
+        assert_eq!(err, ModelError::UnknownContract(iou.id.clone()));
+    }
+
+    #[test]
+    fn split_and_merge_conserve_the_amount() {
+        let registry = TemplateRegistry::standard();
+        let a = issue(&registry, "alice", 70, 1);
+        let b = issue(&registry, "alice", 30, 2);
+        let contracts = [a.clone(), b.clone()];
+        let lookup = |id: &ContractId| contracts.iter().find(|c| &c.id == id).cloned();
+        let act_as = BTreeSet::from([party("alice")]);
+        let merged = registry
+            .interpret(
+                &[Command::Exercise {
+                    contract_id: a.id.clone(),
+                    choice: "Merge".into(),
+                    argument: json!({"other": b.id.to_string()}),
+                }],
+                &act_as,
+                &[3; 32],
+                &lookup,
+            )
+            .unwrap();
+        authorize(&merged, &act_as).unwrap();
+        assert_eq!(merged.consumed(), vec![a.id.clone(), b.id.clone()]);
+        let total: u64 = merged.created().map(|c| Iou::payload(c).unwrap().amount).sum();
+        assert_eq!(total, 100);
+
+        let split = registry
+            .interpret(
+                &[Command::Exercise {
+                    contract_id: a.id.clone(),
+                    choice: "Split".into(),
+                    argument: json!({"amount": 20}),
+                }],
+                &act_as,
+                &[4; 32],
+                &lookup,
+            )
+            .unwrap();
+        let amounts: Vec<u64> = split.created().map(|c| Iou::payload(c).unwrap().amount).collect();
+        assert_eq!(amounts, vec![20, 50]);
+    }
+
+    #[test]
+    fn authorization_rejects_a_forged_tree() {
+        let registry = TemplateRegistry::standard();
+        let tx = registry
+            .interpret(
+                &[Command::Create {
+                    template: iou_id(),
+                    payload: json!({"issuer": "bank", "owner": "alice", "amount": 5, "currency": "USD"}),
+                }],
+                &BTreeSet::from([party("bank")]),
+                &[0; 32],
+                &|_| None,
+            )
+            .unwrap();
+        // Alice cannot create an IOU that the bank signs.
+        assert!(authorize(&tx, &BTreeSet::from([party("alice")])).is_err());
+        assert!(authorize(&tx, &BTreeSet::from([party("bank")])).is_ok());
+    }
+
+    #[test]
+    fn payload_validation() {
+        let registry = TemplateRegistry::standard();
+        let err = registry
+            .interpret(
+                &[Command::Create {
+                    template: iou_id(),
+                    payload: json!({"issuer": "bank", "owner": "alice", "amount": 0, "currency": "USD"}),
+                }],
+                &BTreeSet::from([party("bank")]),
+                &[0; 32],
+                &|_| None,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("positive"), "{err}");
+        let err = registry
+            .interpret(
+                &[Command::Create {
+                    template: TemplateId::new("Nope").unwrap(),
+                    payload: json!({}),
+                }],
+                &BTreeSet::from([party("bank")]),
+                &[0; 32],
+                &|_| None,
+            )
+            .unwrap_err();
+        assert_eq!(err, ModelError::UnknownTemplate("Nope".into()));
+    }
+}
