@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod error;
 pub mod sequencer;
+pub mod topology;
 
 pub use backoff::{Backoff, Delays};
 pub use error::ClientError;

@@ -88,12 +88,11 @@ impl Signed {
         key: &PublicKey,
         purpose: SigningPurpose,
     ) -> Result<T, ProtocolError> {
-        let signature = Signature::from_hex(&self.signature).map_err(|source| {
-            ProtocolError::Signature {
+        let signature =
+            Signature::from_hex(&self.signature).map_err(|source| ProtocolError::Signature {
                 signer: self.signer.clone(),
                 source,
-            }
-        })?;
+            })?;
         key.verify(purpose, self.payload_json.as_bytes(), &signature)
             .map_err(|source| ProtocolError::Signature {
                 signer: self.signer.clone(),
@@ -104,7 +103,8 @@ impl Signed {
 
     /// Decodes without checking the signature: only for routing, never for decisions.
     pub fn decode_unverified<T: DeserializeOwned>(&self) -> Result<T, ProtocolError> {
-        serde_json::from_str(&self.payload_json).map_err(|e| ProtocolError::Malformed(e.to_string()))
+        serde_json::from_str(&self.payload_json)
+            .map_err(|e| ProtocolError::Malformed(e.to_string()))
     }
 }
 
@@ -204,7 +204,10 @@ pub enum RejectionCode {
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum LocalVerdict {
     Approve,
-    Reject { code: RejectionCode, message: String },
+    Reject {
+        code: RejectionCode,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +225,10 @@ pub struct ConfirmationResponse {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum VerdictOutcome {
     Approved,
-    Rejected { code: RejectionCode, message: String },
+    Rejected {
+        code: RejectionCode,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,13 +257,18 @@ mod tests {
             &key,
             SigningPurpose::Verdict,
         );
-        let back: Verdict = signed.verify(&key.public_key(), SigningPurpose::Verdict).unwrap();
+        let back: Verdict = signed
+            .verify(&key.public_key(), SigningPurpose::Verdict)
+            .unwrap();
         assert_eq!(back, verdict);
         assert!(signed
             .verify::<Verdict>(&key.public_key(), SigningPurpose::ConfirmationResponse)
             .is_err());
         assert!(signed
-            .verify::<Verdict>(&SigningKey::generate().public_key(), SigningPurpose::Verdict)
+            .verify::<Verdict>(
+                &SigningKey::generate().public_key(),
+                SigningPurpose::Verdict
+            )
             .is_err());
         let mut tampered = signed.clone();
         tampered.payload_json = tampered.payload_json.replace("approved", "rejected");

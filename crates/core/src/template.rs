@@ -54,7 +54,10 @@ pub trait Template: Send + Sync {
     fn id(&self) -> TemplateId;
 
     /// Validates a payload and returns (signatories, observers).
-    fn parties(&self, payload: &Value) -> Result<(BTreeSet<PartyId>, BTreeSet<PartyId>), ModelError>;
+    fn parties(
+        &self,
+        payload: &Value,
+    ) -> Result<(BTreeSet<PartyId>, BTreeSet<PartyId>), ModelError>;
 
     /// Evaluates `choice` on `contract`. `lookup` finds other active contracts by id.
     fn exercise(
@@ -342,7 +345,10 @@ impl Template for Iou {
         TemplateId::new("Iou").expect("static template id is valid")
     }
 
-    fn parties(&self, payload: &Value) -> Result<(BTreeSet<PartyId>, BTreeSet<PartyId>), ModelError> {
+    fn parties(
+        &self,
+        payload: &Value,
+    ) -> Result<(BTreeSet<PartyId>, BTreeSet<PartyId>), ModelError> {
         let iou = Self::check(payload)?;
         let mut observers = BTreeSet::new();
         if iou.owner != iou.issuer {
@@ -489,8 +495,12 @@ mod tests {
             argument: json!({"new_owner": "bob"}),
         }];
         let act_as = BTreeSet::from([party("alice")]);
-        let a = registry.interpret(&commands, &act_as, &[7; 32], &lookup).unwrap();
-        let b = registry.interpret(&commands, &act_as, &[7; 32], &lookup).unwrap();
+        let a = registry
+            .interpret(&commands, &act_as, &[7; 32], &lookup)
+            .unwrap();
+        let b = registry
+            .interpret(&commands, &act_as, &[7; 32], &lookup)
+            .unwrap();
         assert_eq!(a, b, "same inputs, same transaction and contract ids");
         authorize(&a, &act_as).unwrap();
         assert_eq!(a.consumed(), vec![iou.id.clone()]);
@@ -501,7 +511,10 @@ mod tests {
             a.informees(),
             BTreeSet::from([party("alice"), party("bank"), party("bob")])
         );
-        assert_eq!(a.confirming_parties(), BTreeSet::from([party("alice"), party("bank")]));
+        assert_eq!(
+            a.confirming_parties(),
+            BTreeSet::from([party("alice"), party("bank")])
+        );
     }
 
     #[test]
@@ -517,11 +530,24 @@ mod tests {
             }]
         };
         let err = registry
-            .interpret(&transfer(json!({"new_owner": "bob"})), &BTreeSet::from([party("bob")]), &[0; 32], &lookup)
+            .interpret(
+                &transfer(json!({"new_owner": "bob"})),
+                &BTreeSet::from([party("bob")]),
+                &[0; 32],
+                &lookup,
+            )
             .unwrap_err();
-        assert!(matches!(err, ModelError::MissingAuthorization { .. }), "{err}");
+        assert!(
+            matches!(err, ModelError::MissingAuthorization { .. }),
+            "{err}"
+        );
         let err = registry
-            .interpret(&transfer(json!({"owner": "bob"})), &BTreeSet::from([party("alice")]), &[0; 32], &lookup)
+            .interpret(
+                &transfer(json!({"owner": "bob"})),
+                &BTreeSet::from([party("alice")]),
+                &[0; 32],
+                &lookup,
+            )
             .unwrap_err();
         assert!(err.to_string().contains("new_owner"), "{err}");
         let err = registry
@@ -550,7 +576,12 @@ mod tests {
             argument: json!({"new_owner": "bob"}),
         };
         let err = registry
-            .interpret(&[transfer.clone(), transfer], &BTreeSet::from([party("alice")]), &[0; 32], &lookup)
+            .interpret(
+                &[transfer.clone(), transfer],
+                &BTreeSet::from([party("alice")]),
+                &[0; 32],
+                &lookup,
+            )
             .unwrap_err();
         assert_eq!(err, ModelError::UnknownContract(iou.id.clone()));
     }
@@ -577,7 +608,10 @@ mod tests {
             .unwrap();
         authorize(&merged, &act_as).unwrap();
         assert_eq!(merged.consumed(), vec![a.id.clone(), b.id.clone()]);
-        let total: u64 = merged.created().map(|c| Iou::payload(c).unwrap().amount).sum();
+        let total: u64 = merged
+            .created()
+            .map(|c| Iou::payload(c).unwrap().amount)
+            .sum();
         assert_eq!(total, 100);
 
         let split = registry
@@ -592,7 +626,10 @@ mod tests {
                 &lookup,
             )
             .unwrap();
-        let amounts: Vec<u64> = split.created().map(|c| Iou::payload(c).unwrap().amount).collect();
+        let amounts: Vec<u64> = split
+            .created()
+            .map(|c| Iou::payload(c).unwrap().amount)
+            .collect();
         assert_eq!(amounts, vec![20, 50]);
     }
 

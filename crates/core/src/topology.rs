@@ -60,7 +60,9 @@ pub enum TopologyError {
     Signature(#[from] CryptoError),
     #[error("malformed topology transaction: {0}")]
     Malformed(String),
-    #[error("topology transaction {serial} conflicts with the one already applied under that serial")]
+    #[error(
+        "topology transaction {serial} conflicts with the one already applied under that serial"
+    )]
     SerialConflict { serial: u64 },
     #[error("party {party} is hosted on {participant}, which is not a registered participant")]
     UnknownParticipant {
@@ -95,7 +97,10 @@ impl SignedTopologyTransaction {
         let transaction_json =
             serde_json::to_string(transaction).expect("topology transactions always serialize");
         let signature = owner
-            .sign(SigningPurpose::TopologyTransaction, transaction_json.as_bytes())
+            .sign(
+                SigningPurpose::TopologyTransaction,
+                transaction_json.as_bytes(),
+            )
             .to_hex();
         Self {
             transaction_json,
@@ -195,7 +200,9 @@ impl TopologySnapshot {
         self.mediators.keys()
     }
 
-    pub fn parties(&self) -> impl Iterator<Item = (&PartyId, &BTreeMap<ParticipantId, Permission>)> {
+    pub fn parties(
+        &self,
+    ) -> impl Iterator<Item = (&PartyId, &BTreeMap<ParticipantId, Permission>)> {
         self.hosting.iter()
     }
 
@@ -277,7 +284,8 @@ impl TopologyState {
             });
         }
         // Check it applies cleanly on top of everything before it.
-        let mut check = self.snapshot_at(effective.saturating_add(std::time::Duration::from_micros(1)));
+        let mut check =
+            self.snapshot_at(effective.saturating_add(std::time::Duration::from_micros(1)));
         check.apply(&transaction.mapping)?;
         self.by_serial
             .insert(transaction.serial, (effective, signed.clone()));
@@ -352,14 +360,20 @@ mod tests {
             &owner,
         );
         assert!(state.add(ts(10), &add_p1).unwrap());
-        assert!(!state.add(ts(10), &add_p1).unwrap(), "duplicates are ignored");
+        assert!(
+            !state.add(ts(10), &add_p1).unwrap(),
+            "duplicates are ignored"
+        );
         assert!(state.add(ts(20), &host_alice).unwrap());
         assert_eq!(state.snapshot_at(ts(20)).permission(&alice, &p1), None);
         assert_eq!(
             state.snapshot_at(ts(21)).permission(&alice, &p1),
             Some(Permission::Submission)
         );
-        assert_eq!(state.latest().confirmers(&alice), BTreeSet::from([p1.clone()]));
+        assert_eq!(
+            state.latest().confirmers(&alice),
+            BTreeSet::from([p1.clone()])
+        );
 
         let forged = SignedTopologyTransaction::sign(
             &TopologyTransaction {
@@ -371,7 +385,10 @@ mod tests {
             },
             &SigningKey::generate(),
         );
-        assert!(matches!(state.add(ts(30), &forged), Err(TopologyError::Signature(_))));
+        assert!(matches!(
+            state.add(ts(30), &forged),
+            Err(TopologyError::Signature(_))
+        ));
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! crates build on these so every node behaves the same to operators and orchestrators.
 
 pub mod admin;
+pub mod conditions;
 pub mod config;
 pub mod health;
+pub mod keys;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use admin::{bind, router, serve_admin, AdminState, StatusSource};
+pub use conditions::Conditions;
 pub use config::{load_toml, parse_toml, ConfigError};
 pub use health::{Health, HealthSnapshot, Readiness};
 pub use metrics::{Metrics, MetricsError};

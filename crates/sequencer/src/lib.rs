@@ -19,7 +19,6 @@ pub mod error;
 pub mod metrics;
 pub mod node;
 pub mod reader;
-pub mod readiness;
 pub mod service;
 pub mod validate;
 pub mod writer;

@@ -24,10 +24,10 @@ use crate::config::SequencerConfig;
 use crate::directory::MemberDirectory;
 use crate::engine::{OrderingEngine, Partition};
 use crate::metrics::SequencerMetrics;
-use crate::readiness::Readiness;
 use crate::service::{SequencerAdminApi, SequencerApi, Shared};
 use crate::validate::SubmissionLimits;
 use crate::writer::{Writer, WriterSettings};
+use meridian_node::conditions::Conditions;
 
 /// gRPC framing and field overhead allowed on top of `max_request_bytes`, so that our own
 /// size check (with its precise message) fires before tonic's generic one.
@@ -75,7 +75,7 @@ impl StatusSource for SequencerStatus {
 /// Runs a sequencer until `shutdown` is cancelled.
 pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let health = Health::new();
-    let readiness = Readiness::new(health.clone());
+    let readiness = Conditions::new(health.clone());
     readiness.fail("startup", "starting");
     let metrics = Arc::new(Metrics::new("meridian"));
     let sequencer_metrics = metrics.with_registry(SequencerMetrics::register);
@@ -220,7 +220,7 @@ impl StatusSource for LateStatus {
 
 async fn connect_store(
     config: &SequencerConfig,
-    readiness: &Readiness,
+    readiness: &Conditions,
     shutdown: &CancellationToken,
 ) -> Option<Arc<dyn SequencerStore>> {
     let mut delay = Duration::from_millis(100);
@@ -248,7 +248,7 @@ async fn connect_store(
 async fn wait_for_usable_backend(
     store: &dyn SequencerStore,
     config: &SequencerConfig,
-    readiness: &Readiness,
+    readiness: &Conditions,
     shutdown: &CancellationToken,
 ) -> bool {
     loop {
@@ -284,7 +284,7 @@ async fn poll_peers(
     store: Arc<dyn SequencerStore>,
     config: SequencerConfig,
     safe_point: watch::Sender<Timestamp>,
-    readiness: Readiness,
+    readiness: Conditions,
     shutdown: CancellationToken,
 ) {
     let own = config.instance.index();

@@ -23,9 +23,9 @@ use crate::directory::MemberDirectory;
 use crate::error::SendError;
 use crate::metrics::SequencerMetrics;
 use crate::reader::{spawn_subscription, Subscription};
-use crate::readiness::Readiness;
 use crate::validate::{validate_submission, SubmissionLimits};
 use crate::writer::WriterHandle;
+use meridian_node::conditions::Conditions;
 
 /// State shared by both services.
 pub struct Shared {
@@ -36,7 +36,7 @@ pub struct Shared {
     pub safe_point: watch::Receiver<Timestamp>,
     pub limits: SubmissionLimits,
     pub metrics: SequencerMetrics,
-    pub readiness: Readiness,
+    pub readiness: Conditions,
     pub shutdown: CancellationToken,
     pub admin_token: Option<String>,
 }

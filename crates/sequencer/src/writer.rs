@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{OrderingEngine, Refusal, ValidatedSubmission};
 use crate::error::SendError;
 use crate::metrics::SequencerMetrics;
-use crate::readiness::Readiness;
+use meridian_node::conditions::Conditions;
 
 /// The answer to a successful send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub struct Writer {
     queue: mpsc::Receiver<WriteRequest>,
     safe_point: watch::Sender<Timestamp>,
     metrics: SequencerMetrics,
-    readiness: Readiness,
+    readiness: Conditions,
     last_commit: Instant,
     last_prune: Instant,
 }
@@ -103,7 +103,7 @@ impl Writer {
         settings: WriterSettings,
         safe_point: watch::Sender<Timestamp>,
         metrics: SequencerMetrics,
-        readiness: Readiness,
+        readiness: Conditions,
     ) -> (Self, WriterHandle) {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let handle = WriterHandle {

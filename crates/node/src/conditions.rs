@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use meridian_node::health::Health;
+use crate::health::Health;
 
 #[derive(Clone)]
-pub struct Readiness {
+pub struct Conditions {
     health: Health,
     failing: Arc<Mutex<BTreeMap<&'static str, String>>>,
 }
 
-impl Readiness {
+impl Conditions {
     pub fn new(health: Health) -> Self {
         Self {
             health,

@@ -1,0 +1,90 @@
+//! Node signing keys on disk: a file holding the 32-byte ed25519 seed as hex. A missing file
+//! is created with a fresh key (mode 0600), so a new node needs no separate key ceremony; an
+//! unreadable or malformed one is an error naming the file, never a silently new identity.
+
+use std::io::Write;
+use std::path::Path;
+
+use meridian_core::crypto::SigningKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write key file {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key file {path} does not hold a 64-hex-digit ed25519 seed: {reason}")]
+    Malformed { path: String, reason: String },
+}
+
+/// Loads the key at `path`, creating it if the file does not exist.
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, KeyFileError> {
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => SigningKey::from_hex(&text).map_err(|e| KeyFileError::Malformed {
+            path: shown,
+            reason: e.to_string(),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate();
+            write_key(path, &key)?;
+            Ok(key)
+        }
+        Err(source) => Err(KeyFileError::Read {
+            path: shown,
+            source,
+        }),
+    }
+}
+
+/// Writes `key` to `path` (mode 0600), replacing nothing: an existing file is an error.
+pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display().to_string();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| KeyFileError::Write {
+            path: shown.clone(),
+            source,
+        })?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| KeyFileError::Write {
+            path: shown.clone(),
+            source,
+        })?;
+    file.write_all(key.to_hex().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|source| KeyFileError::Write {
+            path: shown,
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_then_reloads_the_same_key_and_rejects_garbage() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("keys/node.key");
+        let first = load_or_create_key(&path).expect("created");
+        let again = load_or_create_key(&path).expect("loaded");
+        assert_eq!(first.public_key(), again.public_key());
+        std::fs::write(dir.path().join("bad.key"), "not hex").expect("write");
+        let err = load_or_create_key(&dir.path().join("bad.key")).unwrap_err();
+        assert!(err.to_string().contains("bad.key"), "{err}");
+    }
+}
