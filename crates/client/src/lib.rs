@@ -4,12 +4,14 @@
 
 pub mod backoff;
 pub mod error;
+pub mod ledger;
 pub mod sequencer;
 pub mod topology;
 
 pub use backoff::{Backoff, Delays};
 pub use error::ClientError;
+pub use ledger::{Committed, LedgerClient, SubmitOutcome};
 pub use sequencer::{
-    register_member, SendReceipt, SequencerClient, SequencerClientConfig, Subscription,
+    register_member, register_member_with_topology, SendReceipt, SequencerClient, SequencerClientConfig, Subscription,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, SUBSCRIPTION_BUFFER,
 };

@@ -19,7 +19,7 @@ pub enum StorageSpec {
 }
 
 impl StorageSpec {
-    fn to_toml(&self) -> String {
+    pub fn to_toml(&self) -> String {
         match self {
             StorageSpec::Sqlite(path) => format!(
                 "[storage]\nbackend = \"sqlite\"\npath = {}\n",
@@ -50,8 +50,18 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// A `meridian sequencer` child process.
-pub struct SequencerProcess {
+/// Two free loopback addresses: (gRPC, admin HTTP).
+pub fn free_addresses() -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    Ok((
+        format!("127.0.0.1:{}", free_port()?).parse()?,
+        format!("127.0.0.1:{}", free_port()?).parse()?,
+    ))
+}
+
+/// A `meridian <role> --config FILE` child process.
+pub struct NodeProcess {
+    role: &'static str,
+    name: String,
     child: Option<Child>,
     pub grpc_address: SocketAddr,
     pub admin_address: SocketAddr,
@@ -59,9 +69,13 @@ pub struct SequencerProcess {
     pub log_path: PathBuf,
 }
 
-impl SequencerProcess {
-    /// Writes `dir/<name>.toml` and starts the process with output in `dir/<name>.log`.
-    /// `extra_toml` is appended to the config (e.g. `[timing]` overrides).
+/// The sequencer is the node most tests start on its own.
+pub type SequencerProcess = NodeProcess;
+
+impl NodeProcess {
+    /// Writes `dir/<name>.toml` for a sequencer and starts it with output in `dir/<name>.log`.
+    /// `extra_toml` goes into the config's top level (e.g. `owner_public_key = ...`, or a
+    /// `[timing]` table).
     pub fn spawn(
         exe: &Path,
         dir: &Path,
@@ -69,16 +83,31 @@ impl SequencerProcess {
         storage: &StorageSpec,
         extra_toml: &str,
     ) -> anyhow::Result<Self> {
-        let grpc_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let config_path = dir.join(format!("{name}.toml"));
+        let (grpc_address, admin_address) = free_addresses()?;
         let config = format!(
             "listen_address = \"{grpc_address}\"\nadmin_address = \"{admin_address}\"\n{extra_toml}\n{}",
             storage.to_toml()
         );
-        std::fs::write(&config_path, config)
+        Self::spawn_role(exe, "sequencer", dir, name, &config, grpc_address, admin_address)
+    }
+
+    /// Writes `config_toml` to `dir/<name>.toml` and starts `meridian <role>` with it.
+    pub fn spawn_role(
+        exe: &Path,
+        role: &'static str,
+        dir: &Path,
+        name: &str,
+        config_toml: &str,
+        grpc_address: SocketAddr,
+        admin_address: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config_toml)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let mut process = Self {
+            role,
+            name: name.to_owned(),
             child: None,
             grpc_address,
             admin_address,
@@ -87,6 +116,10 @@ impl SequencerProcess {
         };
         process.start(exe)?;
         Ok(process)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// (Re)starts the process with the same config and ports, appending to the same log.
@@ -100,7 +133,7 @@ impl SequencerProcess {
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
         let child = Command::new(exe)
-            .arg("sequencer")
+            .arg(self.role)
             .arg("--config")
             .arg(&self.config_path)
             .stdin(Stdio::null())
@@ -133,7 +166,8 @@ impl SequencerProcess {
                 if let Some(status) = child.try_wait()? {
                     self.child = None;
                     bail!(
-                        "the sequencer exited ({status}) before becoming ready; log tail:\n{}",
+                        "{} exited ({status}) before becoming ready; log tail:\n{}",
+                        self.name,
                         self.log_tail(20)
                     );
                 }
@@ -146,7 +180,8 @@ impl SequencerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!(
-            "the sequencer was not ready within {timeout:?} (last /readyz: {last}); log tail:\n{}",
+            "{} was not ready within {timeout:?} (last /readyz: {last}); log tail:\n{}",
+            self.name,
             self.log_tail(20)
         )
     }
@@ -157,6 +192,13 @@ impl SequencerProcess {
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     /// SIGKILL: the crash a failover test needs.
@@ -184,7 +226,7 @@ impl SequencerProcess {
         }
         child.kill()?;
         child.wait()?;
-        bail!("the sequencer did not stop within {grace:?} of SIGTERM")
+        bail!("{} did not stop within {grace:?} of SIGTERM", self.name)
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -194,7 +236,7 @@ impl SequencerProcess {
     }
 }
 
-impl Drop for SequencerProcess {
+impl Drop for NodeProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -1,5 +1,9 @@
 //! Library half of the `meridian` binary: the pieces that integration tests drive too —
-//! launching node processes and the benchmarks. `main.rs` only parses arguments and dispatches.
+//! launching node processes, whole deployments, the IOU workload with its audit, and the
+//! benchmarks. `main.rs` only parses arguments and dispatches.
 
 pub mod bench;
+pub mod demo;
+pub mod deployment;
 pub mod launch;
+pub mod workload;

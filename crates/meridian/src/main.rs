@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meridian::bench;
+use meridian::{bench, demo};
 use meridian_node::telemetry::{init_tracing, LogFormat};
 
 #[derive(Parser)]
@@ -35,6 +35,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Start a whole synchronizer (sequencer, topology manager, mediator, 3 participants),
+    /// run an IOU transfer workload, audit the ledgers and print the results.
+    Demo(demo::DemoArgs),
+    /// Start the same deployment as `demo` without a workload; print endpoints; run until Ctrl-C.
+    Up(demo::UpArgs),
     /// Measure throughput and latency against real processes.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -56,7 +61,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Sequencer { config } => run_sequencer(config).await,
-            Command::Bench(command) => bench::run(command).await,
+            Command::Demo(args) => demo::demo(args, meridian_node::shutdown::shutdown_token()).await,
+            Command::Up(args) => demo::up(args, meridian_node::shutdown::shutdown_token()).await,
+            Command::Bench(command) => {
+                bench::run(command, meridian_node::shutdown::shutdown_token()).await
+            }
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! `meridian bench ...`: benchmarks against real processes. Each prints a human summary, or
 //! one JSON object with `--json`, and shows progress on stderr while it runs.
 
+pub mod ledger;
 pub mod sequencer;
 
 use clap::Subcommand;
@@ -9,11 +10,17 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// N senders and M subscribers against a real sequencer process.
     Sequencer(sequencer::SequencerBenchArgs),
+    /// Three-participant IOU transfers against a whole deployment of real processes.
+    Ledger(ledger::LedgerBenchArgs),
 }
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(
+    command: BenchCommand,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     match command {
         BenchCommand::Sequencer(args) => sequencer::run(args).await,
+        BenchCommand::Ledger(args) => ledger::run(args, shutdown).await,
     }
 }
 

@@ -1,0 +1,340 @@
+//! `LedgerClient`: what applications use to talk to a participant's Ledger API.
+//!
+//! Its one promise beyond the generated stub is **dedup-safe retries**: a `submit_and_wait`
+//! whose outcome is unknown (transport failure, UNAVAILABLE, DEADLINE_EXCEEDED) is retried
+//! with the *same* command id, so the participant's command deduplication guarantees at most
+//! one transaction. An ALREADY_EXISTS answer to a retry therefore means "your earlier attempt
+//! committed", and is reported as such rather than as a failure. Endpoints are tried in turn,
+//! so the same client fails over between participant replicas.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_core::ledger::{Command, Contract};
+use meridian_core::{CommandId, ContractId, PartyId, TemplateId, UserId};
+use meridian_proto::v1;
+use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::{Backoff, ClientError};
+
+/// A committed submission, as the client learned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub transaction_id: String,
+    pub offset: u64,
+    /// Contracts the transaction created (visible to the acting parties).
+    pub created: Vec<Contract>,
+    /// How many attempts it took (1 = no retry).
+    pub attempts: u32,
+}
+
+/// The outcome of [`LedgerClient::submit_and_wait`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    Committed(Committed),
+    /// A retry found the command already processed: an earlier attempt's outcome (usually a
+    /// commit) stands. The participant's message says which.
+    AlreadyProcessed { message: String, attempts: u32 },
+}
+
+#[derive(Clone)]
+pub struct LedgerClient {
+    channels: Arc<Vec<(String, Channel)>>,
+    current: Arc<AtomicUsize>,
+    user_id: UserId,
+    backoff: Backoff,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for LedgerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoints: Vec<&str> = self.channels.iter().map(|(e, _)| e.as_str()).collect();
+        f.debug_struct("LedgerClient")
+            .field("endpoints", &endpoints)
+            .field("user_id", &self.user_id)
+            .finish()
+    }
+}
+
+impl LedgerClient {
+    /// A client for one or more replica endpoints (`http://host:port`). Connections are lazy.
+    pub fn new(endpoints: &[String], user_id: UserId) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "a ledger client needs at least one endpoint".into(),
+            ));
+        }
+        let channels = endpoints
+            .iter()
+            .map(|endpoint| {
+                let channel = Endpoint::from_shared(endpoint.clone())
+                    .map_err(|e| {
+                        ClientError::InvalidConfig(format!("endpoint {endpoint:?} is not a URI: {e}"))
+                    })?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                Ok((endpoint.clone(), channel))
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(Self {
+            channels: Arc::new(channels),
+            current: Arc::new(AtomicUsize::new(0)),
+            user_id,
+            backoff: Backoff::default(),
+            request_timeout: Duration::from_secs(40),
+        })
+    }
+
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    fn stub(&self) -> (String, LedgerServiceClient<Channel>) {
+        let index = self.current.load(Ordering::Relaxed) % self.channels.len();
+        let (endpoint, channel) = &self.channels[index];
+        (endpoint.clone(), LedgerServiceClient::new(channel.clone()))
+    }
+
+    /// After a failure that may be the endpoint's fault, move on to the next replica.
+    fn rotate(&self, failed_index_endpoint: &str) {
+        if self.channels.len() > 1 {
+            let index = self.current.load(Ordering::Relaxed) % self.channels.len();
+            if self.channels[index].0 == failed_index_endpoint {
+                self.current.store(index + 1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Runs `call` against the current endpoint, retrying outcome-unknown failures with
+    /// bounded backoff and rotating endpoints.
+    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<(T, u32), (tonic::Status, u32)>
+    where
+        F: FnMut(LedgerServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut delays = self.backoff.delays();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (endpoint, stub) = self.stub();
+            let result = tokio::time::timeout(self.request_timeout, call(stub))
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("client request timeout")));
+            match result {
+                Ok(value) => return Ok((value, attempts)),
+                Err(status) if retryable(&status) => {
+                    self.rotate(&endpoint);
+                    match delays.next() {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => return Err((status, attempts)),
+                    }
+                }
+                Err(status) => return Err((status, attempts)),
+            }
+        }
+    }
+
+    pub async fn allocate_party(&self, party: &PartyId) -> Result<PartyId, ClientError> {
+        let request = v1::AllocatePartyRequest {
+            party: party.to_string(),
+        };
+        let (response, _) = self
+            .with_retries(|mut stub| {
+                let request = request.clone();
+                async move { stub.allocate_party(request).await }
+            })
+            .await
+            .map_err(|(status, attempts)| status_error(&self.channels[0].0, status, attempts))?;
+        PartyId::new(response.into_inner().party)
+            .map_err(|e| ClientError::Protocol(format!("allocated party: {e}")))
+    }
+
+    /// Submits `commands` as `act_as` and waits for the outcome, retrying with the same
+    /// command id whenever the outcome is unknown.
+    pub async fn submit_and_wait(
+        &self,
+        command_id: &CommandId,
+        act_as: &BTreeSet<PartyId>,
+        commands: &[Command],
+    ) -> Result<SubmitOutcome, ClientError> {
+        let request = v1::SubmitAndWaitRequest {
+            user_id: self.user_id.to_string(),
+            command_id: command_id.to_string(),
+            act_as: act_as.iter().map(ToString::to_string).collect(),
+            commands: commands.iter().map(command_to_wire).collect(),
+            deduplication_period_s: None,
+        };
+        match self
+            .with_retries(|mut stub| {
+                let request = request.clone();
+                async move { stub.submit_and_wait(request).await }
+            })
+            .await
+        {
+            Ok((response, attempts)) => {
+                let response = response.into_inner();
+                let created = response
+                    .transaction
+                    .map(|t| created_contracts(&t.events))
+                    .transpose()?
+                    .unwrap_or_default();
+                Ok(SubmitOutcome::Committed(Committed {
+                    transaction_id: response.transaction_id,
+                    offset: response.offset,
+                    created,
+                    attempts,
+                }))
+            }
+            Err((status, attempts)) if status.code() == Code::AlreadyExists && attempts > 1 => {
+                Ok(SubmitOutcome::AlreadyProcessed {
+                    message: status.message().to_owned(),
+                    attempts,
+                })
+            }
+            Err((status, attempts)) => Err(status_error(&self.channels[0].0, status, attempts)),
+        }
+    }
+
+    /// Active contracts visible to `parties`, and the offset they are valid at.
+    pub async fn active_contracts(
+        &self,
+        parties: &BTreeSet<PartyId>,
+    ) -> Result<(u64, Vec<Contract>), ClientError> {
+        let request = v1::GetActiveContractsRequest {
+            parties: parties.iter().map(ToString::to_string).collect(),
+        };
+        let (response, _) = self
+            .with_retries(|mut stub| {
+                let request = request.clone();
+                async move { stub.get_active_contracts(request).await }
+            })
+            .await
+            .map_err(|(status, attempts)| status_error(&self.channels[0].0, status, attempts))?;
+        let response = response.into_inner();
+        let contracts = response
+            .contracts
+            .iter()
+            .map(contract_from_wire)
+            .collect::<Result<_, _>>()?;
+        Ok((response.offset, contracts))
+    }
+
+    /// Every transaction visible to `parties` after `begin_offset`, up to the ledger end at the
+    /// time of the call (`up_to_offset`): reads the stream until it reaches that offset.
+    pub async fn transactions(
+        &self,
+        parties: &BTreeSet<PartyId>,
+        begin_offset: u64,
+        up_to_offset: u64,
+    ) -> Result<Vec<v1::Transaction>, ClientError> {
+        use futures::StreamExt;
+        let (endpoint, mut stub) = self.stub();
+        let mut stream = stub
+            .get_transactions(v1::GetTransactionsRequest {
+                begin_offset,
+                parties: parties.iter().map(ToString::to_string).collect(),
+            })
+            .await
+            .map_err(|status| status_error(&endpoint, status, 1))?
+            .into_inner();
+        let mut out = Vec::new();
+        if up_to_offset <= begin_offset {
+            return Ok(out);
+        }
+        while let Some(item) =
+            tokio::time::timeout(self.request_timeout, stream.next())
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    last_error: format!("transaction stream from {endpoint} stalled"),
+                })?
+        {
+            let transaction = item.map_err(|status| status_error(&endpoint, status, 1))?;
+            let offset = transaction.offset;
+            out.push(transaction);
+            if offset >= up_to_offset {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Failures after which the command may or may not have been processed.
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}
+
+fn status_error(endpoint: &str, status: tonic::Status, attempts: u32) -> ClientError {
+    if retryable(&status) {
+        ClientError::Unavailable {
+            endpoint: endpoint.to_owned(),
+            attempts,
+            last_error: status.message().to_owned(),
+        }
+    } else {
+        ClientError::Rejected {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+pub fn command_to_wire(command: &Command) -> v1::Command {
+    v1::Command {
+        command: Some(match command {
+            Command::Create { template, payload } => {
+                v1::command::Command::Create(v1::CreateCommand {
+                    template: template.to_string(),
+                    payload_json: payload.to_string(),
+                })
+            }
+            Command::Exercise {
+                contract_id,
+                choice,
+                argument,
+            } => v1::command::Command::Exercise(v1::ExerciseCommand {
+                contract_id: contract_id.to_string(),
+                choice: choice.clone(),
+                argument_json: argument.to_string(),
+            }),
+        }),
+    }
+}
+
+fn parties(field: &str, names: &[String]) -> Result<BTreeSet<PartyId>, ClientError> {
+    names
+        .iter()
+        .map(|n| PartyId::new(n.clone()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ClientError::Protocol(format!("{field}: {e}")))
+}
+
+pub fn contract_from_wire(event: &v1::CreatedEvent) -> Result<Contract, ClientError> {
+    let bad = |what: String| ClientError::Protocol(format!("created event: {what}"));
+    Ok(Contract {
+        id: ContractId::new(event.contract_id.clone()).map_err(|e| bad(e.to_string()))?,
+        template: TemplateId::new(event.template.clone()).map_err(|e| bad(e.to_string()))?,
+        payload: serde_json::from_str(&event.payload_json).map_err(|e| bad(e.to_string()))?,
+        signatories: parties("signatories", &event.signatories)?,
+        observers: parties("observers", &event.observers)?,
+    })
+}
+
+fn created_contracts(events: &[v1::Event]) -> Result<Vec<Contract>, ClientError> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(v1::event::Event::Created(created)) => Some(contract_from_wire(created)),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,303 @@
+//! A whole synchronizer on one machine, as child processes: one sequencer, the topology
+//! manager, one mediator and N participants, with keys and configs in a data directory.
+//!
+//! Used by `meridian demo`, `meridian up`, `meridian bench ledger` and the black-box tests.
+//! Configs are rewritten with fresh ports on every start while keys and databases persist, so
+//! a second start on the same directory resumes the same ledger.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use meridian_core::crypto::SigningKey;
+use meridian_core::{MemberId, ParticipantId};
+use meridian_node::keys::load_or_create_key;
+use meridian_proto::v1;
+use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
+
+use crate::launch::{free_addresses, NodeProcess, StorageSpec};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const MEDIATOR_ID: &str = "mediator";
+
+/// Where the nodes keep their state.
+#[derive(Debug, Clone)]
+pub enum DeploymentBackend {
+    /// One SQLite file per node under the data directory.
+    Sqlite,
+    /// One database per node on this PostgreSQL server (admin URL without a database name,
+    /// e.g. `postgres://meridian@127.0.0.1:5432`); databases are created if missing.
+    Postgres { server_url: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploymentSpec {
+    pub data_dir: PathBuf,
+    pub participants: usize,
+    pub backend: DeploymentBackend,
+    /// Extra TOML for the mediator (e.g. `response_timeout_ms = 3000`).
+    pub mediator_toml: String,
+}
+
+pub struct Deployment {
+    exe: PathBuf,
+    pub data_dir: PathBuf,
+    pub sequencer: NodeProcess,
+    pub topology: NodeProcess,
+    pub mediator: NodeProcess,
+    pub participants: Vec<NodeProcess>,
+    pub participant_ids: Vec<ParticipantId>,
+}
+
+fn participant_name(index: usize) -> String {
+    format!("participant{}", index + 1)
+}
+
+fn toml_str(value: &str) -> String {
+    toml::Value::String(value.to_owned()).to_string()
+}
+
+impl DeploymentBackend {
+    async fn storage(&self, data_dir: &Path, node: &str) -> anyhow::Result<StorageSpec> {
+        Ok(match self {
+            DeploymentBackend::Sqlite => {
+                StorageSpec::Sqlite(data_dir.join(node).join(format!("{node}.db")))
+            }
+            DeploymentBackend::Postgres { server_url } => {
+                let database = node.replace('-', "_");
+                create_database_if_missing(server_url, &database).await?;
+                StorageSpec::Postgres(format!("{server_url}/{database}"))
+            }
+        })
+    }
+}
+
+async fn create_database_if_missing(server_url: &str, database: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(&format!("{server_url}/postgres"))
+        .await
+        .with_context(|| format!("connecting to {server_url}"))?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(database)
+        .fetch_optional(&mut connection)
+        .await?;
+    if exists.is_none() {
+        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+            .execute(&mut connection)
+            .await
+            .with_context(|| format!("creating database {database}"))?;
+    }
+    Ok(())
+}
+
+impl Deployment {
+    /// Starts every node, registers the mediator and participants in the topology, and waits
+    /// until all are ready. `progress` receives one line per step.
+    pub async fn start(
+        spec: &DeploymentSpec,
+        progress: &mut dyn FnMut(String),
+    ) -> anyhow::Result<Deployment> {
+        let exe = std::env::current_exe().context("locating the meridian binary")?;
+        let data_dir = &spec.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let keys = data_dir.join("keys");
+        let owner = load_or_create_key(&keys.join("owner.key"))?;
+        let owner_hex = owner.public_key().to_string();
+        let mediator_key = load_or_create_key(&keys.join("mediator.key"))?;
+        let participant_ids: Vec<ParticipantId> = (0..spec.participants)
+            .map(|i| ParticipantId::new(participant_name(i)))
+            .collect::<Result<_, _>>()?;
+        let participant_keys: Vec<SigningKey> = participant_ids
+            .iter()
+            .map(|id| load_or_create_key(&keys.join(format!("{id}.key"))))
+            .collect::<Result<_, _>>()?;
+
+        let started = Instant::now();
+        let (grpc, admin) = free_addresses()?;
+        let storage = spec.backend.storage(data_dir, "sequencer").await?;
+        let sequencer_config = format!(
+            "listen_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nowner_public_key = \"{owner_hex}\"\n{}",
+            storage.to_toml()
+        );
+        let mut sequencer = NodeProcess::spawn_role(
+            &exe,
+            "sequencer",
+            &data_dir.join("sequencer"),
+            "sequencer",
+            &sequencer_config,
+            grpc,
+            admin,
+        )?;
+        sequencer.wait_ready(READY_TIMEOUT).await?;
+        progress(format!("sequencer ready at {}", sequencer.grpc_endpoint()));
+
+        let (grpc, admin) = free_addresses()?;
+        let storage = spec.backend.storage(data_dir, "topology-manager").await?;
+        let topology_config = format!(
+            "listen_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nowner_key_file = {}\nkey_file = {}\nsequencer_endpoint = \"{}\"\n{}",
+            toml_str(&keys.join("owner.key").display().to_string()),
+            toml_str(&keys.join("topology-manager.key").display().to_string()),
+            sequencer.grpc_endpoint(),
+            storage.to_toml()
+        );
+        let mut topology = NodeProcess::spawn_role(
+            &exe,
+            "topology",
+            &data_dir.join("topology-manager"),
+            "topology-manager",
+            &topology_config,
+            grpc,
+            admin,
+        )?;
+        topology.wait_ready(READY_TIMEOUT).await?;
+        progress(format!("topology manager ready at {}", topology.grpc_endpoint()));
+
+        let mut admin_client = TopologyAdminServiceClient::connect(topology.grpc_endpoint())
+            .await
+            .context("connecting to the topology manager")?;
+        admin_client
+            .add_mediator(v1::AddMediatorRequest {
+                mediator: MEDIATOR_ID.into(),
+                public_key: mediator_key.public_key().to_bytes().to_vec(),
+            })
+            .await
+            .context("adding the mediator to the topology")?;
+        for (id, key) in participant_ids.iter().zip(&participant_keys) {
+            admin_client
+                .add_participant(v1::AddParticipantRequest {
+                    participant: id.to_string(),
+                    public_key: key.public_key().to_bytes().to_vec(),
+                })
+                .await
+                .with_context(|| format!("adding {id} to the topology"))?;
+        }
+
+        let common = format!(
+            "owner_public_key = \"{owner_hex}\"\nsequencer_endpoint = \"{}\"\ntopology_endpoint = \"{}\"\n",
+            sequencer.grpc_endpoint(),
+            topology.grpc_endpoint()
+        );
+        let (_, admin) = free_addresses()?;
+        let storage = spec.backend.storage(data_dir, MEDIATOR_ID).await?;
+        let mediator_config = format!(
+            "member_id = \"{MEDIATOR_ID}\"\nkey_file = {}\nadmin_address = \"{admin}\"\n{common}{}\n{}",
+            toml_str(&keys.join("mediator.key").display().to_string()),
+            spec.mediator_toml,
+            storage.to_toml()
+        );
+        let mut mediator = NodeProcess::spawn_role(
+            &exe,
+            "mediator",
+            &data_dir.join(MEDIATOR_ID),
+            MEDIATOR_ID,
+            &mediator_config,
+            admin,
+            admin,
+        )?;
+
+        let mut participants = Vec::new();
+        for id in &participant_ids {
+            let (grpc, admin) = free_addresses()?;
+            let storage = spec.backend.storage(data_dir, id.as_str()).await?;
+            let config = format!(
+                "participant_id = \"{id}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nmediator_id = \"{MEDIATOR_ID}\"\n{common}{}",
+                toml_str(&keys.join(format!("{id}.key")).display().to_string()),
+                storage.to_toml()
+            );
+            participants.push(NodeProcess::spawn_role(
+                &exe,
+                "participant",
+                &data_dir.join(id.as_str()),
+                id.as_str(),
+                &config,
+                grpc,
+                admin,
+            )?);
+        }
+        mediator.wait_ready(READY_TIMEOUT).await?;
+        progress("mediator ready".into());
+        for participant in &mut participants {
+            participant.wait_ready(READY_TIMEOUT).await?;
+            progress(format!(
+                "{} ready, Ledger API at {}",
+                participant.name(),
+                participant.grpc_endpoint()
+            ));
+        }
+        progress(format!(
+            "synchronizer up in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(Deployment {
+            exe,
+            data_dir: data_dir.clone(),
+            sequencer,
+            topology,
+            mediator,
+            participants,
+            participant_ids,
+        })
+    }
+
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    pub fn mediator_id() -> MemberId {
+        MemberId::new(MEDIATOR_ID).expect("static member id is valid")
+    }
+
+    pub fn ledger_endpoint(&self, index: usize) -> String {
+        self.participants[index].grpc_endpoint()
+    }
+
+    /// One line per node: name, role, endpoints, log file.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!(
+                "sequencer         gRPC {}  admin http://{}  log {}",
+                self.sequencer.grpc_endpoint(),
+                self.sequencer.admin_address,
+                self.sequencer.log_path.display()
+            ),
+            format!(
+                "topology-manager  gRPC {}  admin http://{}  log {}",
+                self.topology.grpc_endpoint(),
+                self.topology.admin_address,
+                self.topology.log_path.display()
+            ),
+            format!(
+                "mediator          admin http://{}  log {}",
+                self.mediator.admin_address,
+                self.mediator.log_path.display()
+            ),
+        ];
+        for participant in &self.participants {
+            lines.push(format!(
+                "{:<17} Ledger API {}  admin http://{}  log {}",
+                participant.name(),
+                participant.grpc_endpoint(),
+                participant.admin_address,
+                participant.log_path.display()
+            ));
+        }
+        lines
+    }
+
+    /// Stops every node with SIGTERM (participants first, sequencer last).
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let grace = Duration::from_secs(10);
+        let mut first_error = None;
+        let nodes = self
+            .participants
+            .iter_mut()
+            .chain([&mut self.mediator, &mut self.topology, &mut self.sequencer]);
+        for node in nodes {
+            if let Err(error) = node.terminate(grace).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

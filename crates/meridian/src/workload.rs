@@ -1,0 +1,427 @@
+//! The IOU transfer workload and the ledger audit, shared by `meridian demo`, `meridian bench
+//! ledger` and the black-box tests.
+//!
+//! Parties: `bank` on participant 1 issues IOUs; `alice` on participant 2 and `bob` on
+//! participant 3 own them. Each *lane* owns one IOU and transfers it back and forth between
+//! alice and bob, so every transfer involves all three participants (bank signs, the owner
+//! acts, the new owner observes). Lanes never share a contract, so a rejection is a real
+//! failure, not contention. Each lane's IOU has a unique amount, which lets a lane whose
+//! outcome was unknown find its IOU again from the ACS instead of guessing.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use meridian_client::{ClientError, LedgerClient, SubmitOutcome};
+use meridian_core::ledger::{Command, Contract};
+use meridian_core::template::{Iou, IouPayload};
+use meridian_core::{CommandId, PartyId, TemplateId, UserId};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::bench::quantile_ms;
+use crate::deployment::Deployment;
+
+pub const CURRENCY: &str = "USD";
+
+/// Clients and parties of a deployment with at least three participants.
+#[derive(Clone)]
+pub struct Parties {
+    pub bank: PartyId,
+    /// alice, bob.
+    pub owners: [PartyId; 2],
+    /// Ledger clients for participants 1, 2, 3.
+    pub clients: [LedgerClient; 3],
+}
+
+fn party(name: &str) -> PartyId {
+    PartyId::new(name).expect("static party names are valid")
+}
+
+impl Parties {
+    /// Allocates (idempotently) bank on participant 1, alice on 2 and bob on 3.
+    pub async fn allocate(deployment: &Deployment, user: &UserId) -> anyhow::Result<Parties> {
+        if deployment.participants.len() < 3 {
+            bail!("the workload needs three participants");
+        }
+        let client = |i: usize| LedgerClient::new(&[deployment.ledger_endpoint(i)], user.clone());
+        let clients = [client(0)?, client(1)?, client(2)?];
+        let parties = Parties {
+            bank: party("bank"),
+            owners: [party("alice"), party("bob")],
+            clients,
+        };
+        parties.clients[0].allocate_party(&parties.bank).await?;
+        parties.clients[1].allocate_party(&parties.owners[0]).await?;
+        parties.clients[2].allocate_party(&parties.owners[1]).await?;
+        Ok(parties)
+    }
+
+    fn owner_client(&self, owner: usize) -> &LedgerClient {
+        &self.clients[owner + 1]
+    }
+}
+
+/// One lane's IOU and who owns it now (0 = alice, 1 = bob).
+#[derive(Debug, Clone)]
+pub struct Lane {
+    pub index: usize,
+    pub amount: u64,
+    pub contract: Contract,
+    pub owner: usize,
+}
+
+/// Issues one IOU per lane to alice. Amounts are unique per lane and run.
+pub async fn issue_lanes(parties: &Parties, lanes: usize, run: &str) -> anyhow::Result<Vec<Lane>> {
+    let base = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        % 1_000_000)
+        * 100_000;
+    let mut out = Vec::with_capacity(lanes);
+    let template = TemplateId::new("Iou").expect("static template id");
+    let issue_tasks: Vec<_> = (0..lanes)
+        .map(|index| {
+            let parties = parties.clone();
+            let template = template.clone();
+            let run = run.to_owned();
+            tokio::spawn(async move {
+                let amount = base + index as u64 + 1;
+                let payload = IouPayload {
+                    issuer: parties.bank.clone(),
+                    owner: parties.owners[0].clone(),
+                    amount,
+                    currency: CURRENCY.into(),
+                };
+                let command_id = CommandId::new(format!("{run}-issue-{index}"))?;
+                let outcome = parties.clients[0]
+                    .submit_and_wait(
+                        &command_id,
+                        &BTreeSet::from([parties.bank.clone()]),
+                        &[Command::Create {
+                            template,
+                            payload: payload.to_value(),
+                        }],
+                    )
+                    .await
+                    .with_context(|| format!("issuing the IOU of lane {index}"))?;
+                let contract = match outcome {
+                    SubmitOutcome::Committed(committed) => committed.created.into_iter().next(),
+                    SubmitOutcome::AlreadyProcessed { .. } => None,
+                };
+                let contract = match contract {
+                    Some(contract) => contract,
+                    None => find_lane_iou(&parties, amount)
+                        .await?
+                        .context("an issued IOU is not in the bank's active contracts")?
+                        .0,
+                };
+                anyhow::Ok(Lane {
+                    index,
+                    amount,
+                    contract,
+                    owner: 0,
+                })
+            })
+        })
+        .collect();
+    for task in issue_tasks {
+        out.push(task.await??);
+    }
+    Ok(out)
+}
+
+/// Finds the lane's IOU in the bank's ACS on participant 1: (contract, owner index).
+async fn find_lane_iou(parties: &Parties, amount: u64) -> anyhow::Result<Option<(Contract, usize)>> {
+    let (_, contracts) = parties.clients[0]
+        .active_contracts(&BTreeSet::from([parties.bank.clone()]))
+        .await?;
+    for contract in contracts {
+        if let Ok(iou) = Iou::payload(&contract) {
+            if iou.amount == amount {
+                let owner = usize::from(iou.owner == parties.owners[1]);
+                return Ok(Some((contract, owner)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    pub duration: Duration,
+    /// Target transfers per second in total; `None` = as fast as the lanes go.
+    pub rate: Option<u64>,
+    pub run: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WorkloadReport {
+    pub committed: u64,
+    pub tx_per_s: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    /// Failed attempts by status code name, e.g. `Aborted`.
+    pub rejections: BTreeMap<String, u64>,
+    /// Attempts retried by the client with the same command id (outcome was unknown).
+    pub retried_submissions: u64,
+    /// Transaction ids the application was told are committed.
+    #[serde(skip)]
+    pub committed_transactions: Vec<String>,
+}
+
+/// Shared live counters, also read by the progress display.
+#[derive(Default)]
+pub struct Live {
+    pub committed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Runs the transfer workload until `duration` passes or `stop` is cancelled.
+pub async fn run_transfers(
+    parties: &Parties,
+    lanes: Vec<Lane>,
+    spec: &WorkloadSpec,
+    live: Arc<Live>,
+    stop: CancellationToken,
+) -> anyhow::Result<WorkloadReport> {
+    let started = Instant::now();
+    let deadline = started + spec.duration;
+    let latencies = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds"),
+    ));
+    let rejections: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let committed_ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let retried = Arc::new(AtomicU64::new(0));
+    let lane_count = lanes.len().max(1) as u64;
+    let interval = spec
+        .rate
+        .filter(|r| *r > 0)
+        .map(|rate| Duration::from_secs_f64(lane_count as f64 / rate as f64));
+    let mut tasks = Vec::new();
+    for mut lane in lanes {
+        let parties = parties.clone();
+        let live = live.clone();
+        let stop = stop.clone();
+        let latencies = latencies.clone();
+        let rejections = rejections.clone();
+        let committed_ids = committed_ids.clone();
+        let retried = retried.clone();
+        let run = spec.run.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ticker = interval.map(|every| {
+                let offset = every.mul_f64(lane.index as f64 / lane_count as f64);
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            let mut sequence = 0u64;
+            while Instant::now() < deadline && !stop.is_cancelled() {
+                if let Some(ticker) = ticker.as_mut() {
+                    tokio::select! {
+                        _ = ticker.tick() => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+                sequence += 1;
+                let from = lane.owner;
+                let to = 1 - from;
+                let command_id = CommandId::new(format!("{run}-lane{}-{sequence}", lane.index))
+                    .expect("generated command ids are valid");
+                let command = Command::Exercise {
+                    contract_id: lane.contract.id.clone(),
+                    choice: "Transfer".into(),
+                    argument: serde_json::json!({ "new_owner": parties.owners[to].as_str() }),
+                };
+                let sent = Instant::now();
+                let result = parties
+                    .owner_client(from)
+                    .submit_and_wait(
+                        &command_id,
+                        &BTreeSet::from([parties.owners[from].clone()]),
+                        std::slice::from_ref(&command),
+                    )
+                    .await;
+                match result {
+                    Ok(SubmitOutcome::Committed(committed)) => {
+                        let micros = sent.elapsed().as_micros().max(1) as u64;
+                        let _ = lock(&latencies).record(micros);
+                        if committed.attempts > 1 {
+                            retried.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
+                        }
+                        live.committed.fetch_add(1, Ordering::Relaxed);
+                        lock(&committed_ids).push(committed.transaction_id);
+                        match committed.created.into_iter().next() {
+                            Some(next) => {
+                                lane.contract = next;
+                                lane.owner = to;
+                            }
+                            None => resync(&parties, &mut lane).await,
+                        }
+                    }
+                    Ok(SubmitOutcome::AlreadyProcessed { attempts, .. }) => {
+                        retried.fetch_add(u64::from(attempts - 1), Ordering::Relaxed);
+                        live.committed.fetch_add(1, Ordering::Relaxed);
+                        resync(&parties, &mut lane).await;
+                    }
+                    Err(error) => {
+                        live.failed.fetch_add(1, Ordering::Relaxed);
+                        *lock(&rejections).entry(error_label(&error)).or_default() += 1;
+                        // The outcome may be unknown: find the IOU where it really is.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        resync(&parties, &mut lane).await;
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.context("a workload lane panicked")?;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+    let latencies = lock(&latencies).clone();
+    let committed = live.committed.load(Ordering::Relaxed);
+    let rejections = lock(&rejections).clone();
+    let committed_transactions = lock(&committed_ids).clone();
+    Ok(WorkloadReport {
+        committed,
+        tx_per_s: committed as f64 / elapsed,
+        latency_p50_ms: quantile_ms(&latencies, 0.5),
+        latency_p99_ms: quantile_ms(&latencies, 0.99),
+        latency_max_ms: latencies.max() as f64 / 1_000.0,
+        rejections,
+        retried_submissions: retried.load(Ordering::Relaxed),
+        committed_transactions,
+    })
+}
+
+async fn resync(parties: &Parties, lane: &mut Lane) {
+    match find_lane_iou(parties, lane.amount).await {
+        Ok(Some((contract, owner))) => {
+            lane.contract = contract;
+            lane.owner = owner;
+        }
+        Ok(None) => tracing::warn!(lane = lane.index, "lane IOU not found; keeping the last known one"),
+        Err(error) => tracing::warn!(lane = lane.index, %error, "cannot look the lane IOU up"),
+    }
+}
+
+fn error_label(error: &ClientError) -> String {
+    match error {
+        ClientError::Rejected { code, .. } => format!("{code:?}"),
+        ClientError::Unavailable { .. } => "Unavailable".into(),
+        ClientError::Timeout { .. } => "Timeout".into(),
+        other => format!("{other}"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The ledger audit after a workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Audit {
+    /// Sum of all IOU amounts in the bank's view before and after the workload.
+    pub total_before: u128,
+    pub total_after: u128,
+    pub amounts_conserved: bool,
+    /// The same set of IOUs on the issuer's participant as on the owners' participants.
+    pub views_agree: bool,
+    /// Acknowledged transactions checked on each of the three informee participants.
+    pub acknowledged_checked: usize,
+    /// Acknowledged transactions missing on some informee participant (must be 0).
+    pub acknowledged_missing: usize,
+    pub audit_ok: bool,
+}
+
+/// The bank's total and each participant's ledger end, taken before the workload.
+#[derive(Debug, Clone)]
+pub struct AuditBaseline {
+    pub total: u128,
+    pub offsets: [u64; 3],
+}
+
+async fn iou_view(client: &LedgerClient, parties: BTreeSet<PartyId>) -> anyhow::Result<(u64, BTreeMap<String, u64>)> {
+    let (offset, contracts) = client.active_contracts(&parties).await?;
+    let ious = contracts
+        .iter()
+        .filter_map(|c| Iou::payload(c).ok().map(|iou| (c.id.to_string(), iou.amount)))
+        .collect();
+    Ok((offset, ious))
+}
+
+pub async fn baseline(parties: &Parties) -> anyhow::Result<AuditBaseline> {
+    let (o1, bank) = iou_view(&parties.clients[0], BTreeSet::from([parties.bank.clone()])).await?;
+    let (o2, _) = iou_view(&parties.clients[1], BTreeSet::from([parties.owners[0].clone()])).await?;
+    let (o3, _) = iou_view(&parties.clients[2], BTreeSet::from([parties.owners[1].clone()])).await?;
+    Ok(AuditBaseline {
+        total: bank.values().map(|a| u128::from(*a)).sum(),
+        offsets: [o1, o2, o3],
+    })
+}
+
+/// Checks conservation, agreement between the participants' views, and that every
+/// acknowledged transaction is on every informee participant.
+pub async fn audit(
+    parties: &Parties,
+    baseline: &AuditBaseline,
+    acknowledged: &[String],
+) -> anyhow::Result<Audit> {
+    // Participants commit a verdict independently; give the slowest a moment to catch up.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (end1, bank) = iou_view(&parties.clients[0], BTreeSet::from([parties.bank.clone()])).await?;
+        let (end2, alice) = iou_view(&parties.clients[1], BTreeSet::from([parties.owners[0].clone()])).await?;
+        let (end3, bob) = iou_view(&parties.clients[2], BTreeSet::from([parties.owners[1].clone()])).await?;
+        let total_after: u128 = bank.values().map(|a| u128::from(*a)).sum();
+        let owned: BTreeMap<String, u64> = alice.into_iter().chain(bob).collect();
+        let bank_owned: BTreeMap<String, u64> = bank.into_iter().collect();
+        let views_agree = owned == bank_owned;
+
+        let mut present = Vec::new();
+        for (index, (client, party, begin, end)) in [
+            (&parties.clients[0], &parties.bank, baseline.offsets[0], end1),
+            (&parties.clients[1], &parties.owners[0], baseline.offsets[1], end2),
+            (&parties.clients[2], &parties.owners[1], baseline.offsets[2], end3),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let transactions = client
+                .transactions(&BTreeSet::from([party.clone()]), begin, end)
+                .await
+                .with_context(|| format!("reading participant {}'s transactions", index + 1))?;
+            present.push(
+                transactions
+                    .into_iter()
+                    .map(|t| t.transaction_id)
+                    .collect::<HashSet<String>>(),
+            );
+        }
+        let missing = acknowledged
+            .iter()
+            .filter(|id| !present.iter().all(|set| set.contains(*id)))
+            .count();
+        let amounts_conserved = total_after == baseline.total;
+        let audit = Audit {
+            total_before: baseline.total,
+            total_after,
+            amounts_conserved,
+            views_agree,
+            acknowledged_checked: acknowledged.len(),
+            acknowledged_missing: missing,
+            audit_ok: amounts_conserved && views_agree && missing == 0,
+        };
+        if audit.audit_ok || attempt >= 10 {
+            return Ok(audit);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
