@@ -5,19 +5,30 @@
 
 mod common;
 mod error;
+pub mod mediator;
+pub mod participant;
+mod participant_rows;
+mod participant_sql;
 pub mod postgres;
 pub mod sequencer;
 pub mod sqlite;
+pub mod topology;
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 pub use error::StoreError;
+pub use participant::{
+    CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantSnapshot,
+    ParticipantStore, PendingRecord, StoredContract, TransactionRecord,
+};
+pub use participant_sql::{PgParticipantStore, SqliteParticipantStore};
 pub use sequencer::{
     BackendStatus, InstanceState, MemberRecord, MemberSeq, NewEvent, SequencerStore, StoredEvent,
     WriteResult,
 };
+pub use topology::{open_topology_store, TopologyRecord, TopologyStore, TopologyStoreError};
 
 /// Where a component keeps its state. Deserialized from the `[storage]` table of node configs.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -48,5 +59,33 @@ pub async fn open_sequencer_store(
             url,
             max_connections,
         } => Arc::new(postgres::PgSequencerStore::connect(url, *max_connections).await?),
+    })
+}
+
+/// Opens (and migrates) the mediator store the config names.
+pub async fn open_mediator_store(
+    config: &StorageConfig,
+) -> Result<Arc<dyn mediator::MediatorStore>, StoreError> {
+    Ok(match config {
+        StorageConfig::Sqlite { path } => {
+            Arc::new(mediator::sqlite::SqliteMediatorStore::open(path).await?)
+        }
+        StorageConfig::Postgres {
+            url,
+            max_connections,
+        } => Arc::new(mediator::postgres::PgMediatorStore::connect(url, *max_connections).await?),
+    })
+}
+
+/// Opens (and migrates) the participant store the config names.
+pub async fn open_participant_store(
+    config: &StorageConfig,
+) -> Result<Arc<dyn ParticipantStore>, StoreError> {
+    Ok(match config {
+        StorageConfig::Sqlite { path } => Arc::new(SqliteParticipantStore::open(path).await?),
+        StorageConfig::Postgres {
+            url,
+            max_connections,
+        } => Arc::new(PgParticipantStore::connect(url, *max_connections).await?),
     })
 }

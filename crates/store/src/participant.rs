@@ -1,0 +1,177 @@
+//! The participant's store contract.
+//!
+//! Data model (the same on both backends, every table prefixed `participant_`):
+//! - `state`: one row with the checkpoint (timestamp of the last processed sequencer event)
+//!   and the ledger end (the last assigned ledger offset).
+//! - `contracts`: every contract with a stakeholder hosted here, with the offset that created
+//!   it and, once archived, the offset that archived it. The active contract set is the rows
+//!   without `archived_offset`.
+//! - `transactions`: committed transactions by ledger offset, with the full tree as JSON.
+//! - `completions`: outcomes of this participant's own submissions by ledger offset (committed
+//!   ones share the transaction's offset; rejections get an offset of their own).
+//! - `dedup`: command deduplication by change key: an in-flight marker, written *before* the
+//!   submission is sent, or the committed outcome with its expiry.
+//! - `pending`: requests validated but not yet decided, as opaque JSON records of the engine.
+//!
+//! Invariant the participant relies on: everything one batch of sequencer events changes,
+//! including the checkpoint, is written by one [`ParticipantStore::apply`] call, in one
+//! database transaction. A crash therefore leaves the store at a batch boundary, and replaying
+//! the sequencer stream from the checkpoint reproduces exactly the lost work.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use meridian_core::ledger::{Contract, Transaction};
+use meridian_core::{
+    CommandId, ContractId, LedgerOffset, PartyId, Timestamp, TransactionId, UserId,
+};
+
+use crate::StoreError;
+
+/// A contract row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredContract {
+    pub contract: Contract,
+    pub created_offset: LedgerOffset,
+    /// `None` while active.
+    pub archived_offset: Option<LedgerOffset>,
+}
+
+/// A committed transaction as this participant saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionRecord {
+    pub offset: LedgerOffset,
+    pub transaction_id: TransactionId,
+    /// The request's sequencing timestamp, which is also the record time.
+    pub request_id: Timestamp,
+    /// Set when this participant submitted it.
+    pub user_id: Option<UserId>,
+    pub command_id: Option<CommandId>,
+    pub informees: BTreeSet<PartyId>,
+    pub transaction: Transaction,
+}
+
+/// The outcome of one of this participant's submissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletionRecord {
+    pub offset: LedgerOffset,
+    pub user_id: UserId,
+    pub command_id: CommandId,
+    pub act_as: BTreeSet<PartyId>,
+    pub submission_id: String,
+    /// A gRPC status code: 0 for committed.
+    pub status_code: i32,
+    pub message: String,
+    pub transaction_id: Option<TransactionId>,
+    pub record_time: Timestamp,
+}
+
+/// What the dedup table knows about a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DedupState {
+    /// Sent (or about to be) and not yet decided.
+    InFlight,
+    /// Committed; a resubmission before `expires_at` is a duplicate.
+    Committed {
+        transaction_id: TransactionId,
+        offset: LedgerOffset,
+        expires_at: Timestamp,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupRecord {
+    /// [`meridian_core::protocol::ChangeId::key`].
+    pub change_key: String,
+    pub user_id: UserId,
+    pub command_id: CommandId,
+    pub act_as: BTreeSet<PartyId>,
+    pub submission_id: String,
+    pub max_sequencing_time: Timestamp,
+    pub dedup_period_us: u64,
+    pub state: DedupState,
+}
+
+/// A request awaiting its verdict; `record` is the engine's own JSON encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecord {
+    pub request_id: Timestamp,
+    pub record: String,
+}
+
+/// Everything one batch of work changes, written atomically by [`ParticipantStore::apply`].
+/// Changes apply in this order: dedup deletes, dedup upserts, contract inserts, archivals,
+/// transactions, completions, pending deletes, pending upserts, then the state row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParticipantBatch {
+    /// The last processed sequencer event, if the batch processed any.
+    pub checkpoint: Option<Timestamp>,
+    /// The last assigned offset, if the batch assigned any.
+    pub ledger_end: Option<LedgerOffset>,
+    pub created: Vec<StoredContract>,
+    pub archived: Vec<(ContractId, LedgerOffset)>,
+    pub transactions: Vec<TransactionRecord>,
+    pub completions: Vec<CompletionRecord>,
+    pub dedup_upserts: Vec<DedupRecord>,
+    pub dedup_deletes: Vec<String>,
+    pub pending_upserts: Vec<PendingRecord>,
+    pub pending_deletes: Vec<Timestamp>,
+}
+
+impl ParticipantBatch {
+    pub fn is_empty(&self) -> bool {
+        *self == ParticipantBatch::default()
+    }
+}
+
+/// What a participant reloads at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParticipantSnapshot {
+    pub checkpoint: Option<Timestamp>,
+    pub ledger_end: LedgerOffset,
+    pub active_contracts: Vec<StoredContract>,
+    pub pending: Vec<PendingRecord>,
+    /// In-flight markers and committed entries not yet expired.
+    pub dedup: Vec<DedupRecord>,
+}
+
+#[async_trait]
+pub trait ParticipantStore: Send + Sync + 'static {
+    /// Writes a batch atomically: all of it or nothing. The checkpoint and ledger end never move
+    /// backwards (a lower value is ignored).
+    async fn apply(&self, batch: &ParticipantBatch) -> Result<(), StoreError>;
+
+    /// Everything needed to restart: checkpoint, ledger end, the active contracts, pending
+    /// requests and dedup entries that have not expired by `now`.
+    async fn load(&self, now: Timestamp) -> Result<ParticipantSnapshot, StoreError>;
+
+    /// The ledger end and the active contracts at that offset, read consistently.
+    async fn active_contracts(&self) -> Result<(LedgerOffset, Vec<StoredContract>), StoreError>;
+
+    /// A contract whether active or archived; `None` if never stored.
+    async fn contract(&self, id: &ContractId) -> Result<Option<StoredContract>, StoreError>;
+
+    /// Up to `limit` transactions with `offset > after`, in offset order.
+    async fn transactions_after(
+        &self,
+        after: LedgerOffset,
+        limit: u32,
+    ) -> Result<Vec<TransactionRecord>, StoreError>;
+
+    /// Up to `limit` completions of `user` with `offset > after`, in offset order.
+    async fn completions_after(
+        &self,
+        user: &UserId,
+        after: LedgerOffset,
+        limit: u32,
+    ) -> Result<Vec<CompletionRecord>, StoreError>;
+
+    async fn dedup_entry(&self, change_key: &str) -> Result<Option<DedupRecord>, StoreError>;
+
+    /// Forgets committed dedup entries that expired before `expired_before`. In-flight markers
+    /// are never pruned here: only their resolution removes them.
+    async fn prune_dedup(&self, expired_before: Timestamp) -> Result<u64, StoreError>;
+
+    /// The ledger end as stored.
+    async fn ledger_end(&self) -> Result<LedgerOffset, StoreError>;
+}

@@ -1,0 +1,266 @@
+//! The topology manager's store contract: the owner-signed topology history, one row per serial.
+//!
+//! Data model (the same on both backends): `topology_transactions(serial, transaction_json,
+//! signature, max_sequencing_time_us, effective_us)`. A row is written as an *intent* before
+//! the transaction is sent through the sequencer (`effective_us` NULL) and *completed* with the
+//! sequencing timestamp afterwards. Persisting first is what makes a crash between send and
+//! persist recoverable: on restart the manager finds the incomplete intent and re-sends it
+//! under the same message id, which the sequencer answers with the original timestamp.
+//!
+//! Invariants the store enforces, so that not even two managers racing on one database can
+//! break them:
+//! - serials are gap-free and strictly increasing: an intent must be `highest + 1` (1 first);
+//! - at most one intent is incomplete, and it is the highest serial (a new intent is refused
+//!   while one is open), so effective times follow serial order;
+//! - a completed row never changes: completing again with another time is refused.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use meridian_core::topology::SignedTopologyTransaction;
+use meridian_core::Timestamp;
+
+pub use postgres::PgTopologyStore;
+pub use sqlite::SqliteTopologyStore;
+
+use crate::{StorageConfig, StoreError};
+
+/// One serial of the topology history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyRecord {
+    pub serial: u64,
+    pub signed: SignedTopologyTransaction,
+    /// Deadline of the latest send attempt.
+    pub max_sequencing_time: Timestamp,
+    /// The sequencing timestamp of the topology message; `None` while unpublished.
+    pub effective: Option<Timestamp>,
+}
+
+impl TopologyRecord {
+    pub fn is_complete(&self) -> bool {
+        self.effective.is_some()
+    }
+}
+
+/// Errors of the topology store. The manager tells a refused write (a bug, or a second
+/// manager on the same database) apart from a database that is away.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyStoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("topology serial {serial} is already recorded with a different transaction")]
+    SerialTaken { serial: u64 },
+    #[error("topology serial {serial} does not follow the highest recorded serial ({highest})")]
+    SerialGap { serial: u64, highest: u64 },
+    #[error("topology serial {pending} is still unpublished; it must complete before serial {serial} is recorded")]
+    Pending { pending: u64, serial: u64 },
+    #[error("topology serial {serial} is not recorded")]
+    UnknownSerial { serial: u64 },
+    #[error("topology serial {serial} already took effect at {effective}")]
+    AlreadyComplete { serial: u64, effective: Timestamp },
+    #[error("topology serial {serial} does not fit a BIGINT column")]
+    SerialOutOfRange { serial: u64 },
+}
+
+impl From<sqlx::Error> for TopologyStoreError {
+    fn from(error: sqlx::Error) -> Self {
+        TopologyStoreError::Store(StoreError::from(error))
+    }
+}
+
+impl TopologyStoreError {
+    /// Whether retrying later may succeed (the database was away).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TopologyStoreError::Store(error) if error.is_transient())
+    }
+}
+
+#[async_trait]
+pub trait TopologyStore: Send + Sync + 'static {
+    /// Every record, in serial order.
+    async fn records(&self) -> Result<Vec<TopologyRecord>, TopologyStoreError>;
+
+    /// Records the intent to publish `signed` as `serial` with a send deadline, before sending.
+    /// `serial` must be the highest recorded serial + 1 (1 on an empty store), and no other
+    /// intent may be incomplete. Recording the identical transaction again is a no-op that
+    /// returns `false` (a retry after an ambiguous commit); a different transaction under a
+    /// recorded serial is [`TopologyStoreError::SerialTaken`].
+    async fn record_intent(
+        &self,
+        serial: u64,
+        signed: &SignedTopologyTransaction,
+        max_sequencing_time: Timestamp,
+    ) -> Result<bool, TopologyStoreError>;
+
+    /// Moves an incomplete intent's deadline, for a new send attempt once the previous one is
+    /// known not to have been sequenced.
+    async fn renew_intent(
+        &self,
+        serial: u64,
+        max_sequencing_time: Timestamp,
+    ) -> Result<(), TopologyStoreError>;
+
+    /// Records the effective time of an intent. Idempotent for the same time; another time for
+    /// a completed serial is [`TopologyStoreError::AlreadyComplete`] and changes nothing.
+    async fn complete(&self, serial: u64, effective: Timestamp) -> Result<(), TopologyStoreError>;
+}
+
+/// Opens (and migrates) the topology store the config names.
+pub async fn open_topology_store(
+    config: &StorageConfig,
+) -> Result<Arc<dyn TopologyStore>, StoreError> {
+    Ok(match config {
+        StorageConfig::Sqlite { path } => Arc::new(SqliteTopologyStore::open(path).await?),
+        StorageConfig::Postgres {
+            url,
+            max_connections,
+        } => Arc::new(PgTopologyStore::connect(url, *max_connections).await?),
+    })
+}
+
+/// A row as both backends read it: serial, transaction, signature, deadline, effective time.
+type Row = (i64, String, String, i64, Option<i64>);
+
+const COLUMNS: &str = "serial, transaction_json, signature, max_sequencing_time_us, effective_us";
+
+fn serial_column(serial: u64) -> Result<i64, TopologyStoreError> {
+    i64::try_from(serial).map_err(|_| TopologyStoreError::SerialOutOfRange { serial })
+}
+
+fn record(row: Row) -> Result<TopologyRecord, TopologyStoreError> {
+    let (serial, transaction_json, signature, deadline, effective) = row;
+    let serial = u64::try_from(serial).map_err(|_| StoreError::Corrupt {
+        table: "topology_transactions",
+        detail: format!("negative serial {serial}"),
+    })?;
+    Ok(TopologyRecord {
+        serial,
+        signed: SignedTopologyTransaction {
+            transaction_json,
+            signature,
+        },
+        max_sequencing_time: Timestamp::from_i64(deadline),
+        effective: effective.map(Timestamp::from_i64),
+    })
+}
+
+/// The decision on a new intent, given the row already under that serial (if any) and the
+/// highest row: shared by both backends so they refuse in exactly the same way.
+fn admit_intent(
+    serial: u64,
+    signed: &SignedTopologyTransaction,
+    existing: Option<TopologyRecord>,
+    highest: Option<TopologyRecord>,
+) -> Result<bool, TopologyStoreError> {
+    if let Some(existing) = existing {
+        if existing.signed == *signed {
+            return Ok(false);
+        }
+        return Err(TopologyStoreError::SerialTaken { serial });
+    }
+    let top = highest.as_ref().map_or(0, |h| h.serial);
+    if serial != top.saturating_add(1) {
+        return Err(TopologyStoreError::SerialGap {
+            serial,
+            highest: top,
+        });
+    }
+    if let Some(open) = highest.filter(|h| !h.is_complete()) {
+        return Err(TopologyStoreError::Pending {
+            pending: open.serial,
+            serial,
+        });
+    }
+    Ok(true)
+}
+
+/// Why an `UPDATE ... WHERE serial = ? AND effective_us IS NULL` changed nothing, given the
+/// row as it is now. `Ok` when completing again with the time already recorded.
+fn unchanged_update(
+    serial: u64,
+    row: Option<TopologyRecord>,
+    completing_with: Option<Timestamp>,
+) -> Result<(), TopologyStoreError> {
+    match row {
+        None => Err(TopologyStoreError::UnknownSerial { serial }),
+        Some(TopologyRecord {
+            effective: Some(effective),
+            ..
+        }) => {
+            if completing_with == Some(effective) {
+                Ok(())
+            } else {
+                Err(TopologyStoreError::AlreadyComplete { serial, effective })
+            }
+        }
+        Some(_) => Err(TopologyStoreError::Store(StoreError::Corrupt {
+            table: "topology_transactions",
+            detail: format!("serial {serial} is incomplete yet the update matched no row"),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(text: &str) -> SignedTopologyTransaction {
+        SignedTopologyTransaction {
+            transaction_json: text.into(),
+            signature: "sig".into(),
+        }
+    }
+
+    fn row(serial: u64, effective: Option<u64>) -> TopologyRecord {
+        TopologyRecord {
+            serial,
+            signed: signed(&format!("tx{serial}")),
+            max_sequencing_time: Timestamp::from_micros(1),
+            effective: effective.map(Timestamp::from_micros),
+        }
+    }
+
+    #[test]
+    fn intents_must_be_next_and_alone() {
+        assert!(admit_intent(1, &signed("a"), None, None).unwrap());
+        assert!(matches!(
+            admit_intent(2, &signed("a"), None, None),
+            Err(TopologyStoreError::SerialGap {
+                serial: 2,
+                highest: 0
+            })
+        ));
+        assert!(matches!(
+            admit_intent(3, &signed("a"), None, Some(row(2, None))),
+            Err(TopologyStoreError::Pending {
+                pending: 2,
+                serial: 3
+            })
+        ));
+        assert!(!admit_intent(2, &signed("tx2"), Some(row(2, None)), Some(row(2, None))).unwrap());
+        assert!(matches!(
+            admit_intent(
+                2,
+                &signed("b"),
+                Some(row(2, Some(5))),
+                Some(row(2, Some(5)))
+            ),
+            Err(TopologyStoreError::SerialTaken { serial: 2 })
+        ));
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors() {
+        assert!(matches!(
+            record((-1, "x".into(), "y".into(), 0, None)),
+            Err(TopologyStoreError::Store(StoreError::Corrupt { .. }))
+        ));
+        assert!(matches!(
+            serial_column(u64::MAX),
+            Err(TopologyStoreError::SerialOutOfRange { .. })
+        ));
+    }
+}

@@ -1,0 +1,408 @@
+//! The participant store conformance suite: one set of checks of the `ParticipantStore`
+//! contract, run against SQLite (a temp file) and PostgreSQL (a fresh database on the test
+//! binary's shared throwaway server).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use meridian_core::ledger::{Action, Contract, Transaction};
+use meridian_core::{
+    CommandId, ContractId, LedgerOffset, PartyId, TemplateId, Timestamp, TransactionId, UserId,
+};
+use meridian_store::{
+    CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantStore, PendingRecord,
+    PgParticipantStore, SqliteParticipantStore, StoredContract, TransactionRecord,
+};
+use meridian_testkit::PostgresServer;
+use serde_json::json;
+
+struct Harness {
+    store: Arc<dyn ParticipantStore>,
+    reopen: Box<dyn Fn() -> futures_lite::Reopen + Send + Sync>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A tiny boxed-future alias so the harness can reopen either backend.
+mod futures_lite {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+
+    use meridian_store::ParticipantStore;
+
+    pub type Reopen = Pin<Box<dyn Future<Output = Arc<dyn ParticipantStore>> + Send>>;
+}
+
+async fn sqlite() -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("participant.db");
+    let store = SqliteParticipantStore::open(&path).await.expect("open");
+    let reopen_path = path.clone();
+    Harness {
+        store: Arc::new(store),
+        reopen: Box::new(move || {
+            let path = reopen_path.clone();
+            Box::pin(async move {
+                Arc::new(SqliteParticipantStore::open(&path).await.expect("reopen"))
+                    as Arc<dyn ParticipantStore>
+            })
+        }),
+        _dir: Some(dir),
+    }
+}
+
+async fn postgres() -> Harness {
+    let url = PostgresServer::shared()
+        .create_database("participant")
+        .expect("create database");
+    let store = PgParticipantStore::connect(&url, 4).await.expect("connect");
+    Harness {
+        store: Arc::new(store),
+        reopen: Box::new(move || {
+            let url = url.clone();
+            Box::pin(async move {
+                Arc::new(
+                    PgParticipantStore::connect(&url, 4)
+                        .await
+                        .expect("reconnect"),
+                ) as Arc<dyn ParticipantStore>
+            })
+        }),
+        _dir: None,
+    }
+}
+
+fn t(micros: u64) -> Timestamp {
+    Timestamp::from_micros(micros)
+}
+fn party(name: &str) -> PartyId {
+    PartyId::new(name).expect("party")
+}
+
+fn contract(id: &str, owner: &str, amount: u64) -> Contract {
+    Contract {
+        id: ContractId::new(id).expect("id"),
+        template: TemplateId::new("Iou").expect("template"),
+        payload: json!({"issuer": "bank", "owner": owner, "amount": amount, "currency": "USD"}),
+        signatories: BTreeSet::from([party("bank")]),
+        observers: BTreeSet::from([party(owner)]),
+    }
+}
+
+fn transaction(created: &Contract) -> Transaction {
+    Transaction {
+        roots: vec![Action::Create {
+            contract: created.clone(),
+        }],
+    }
+}
+
+fn tx_record(offset: u64, created: &Contract, local: bool) -> TransactionRecord {
+    TransactionRecord {
+        offset: LedgerOffset(offset),
+        transaction_id: TransactionId::new(format!("tx-{offset}")).expect("tx id"),
+        request_id: t(offset * 100),
+        user_id: local.then(|| UserId::new("app").expect("user")),
+        command_id: local.then(|| CommandId::new(format!("cmd-{offset}")).expect("cmd")),
+        informees: created.stakeholders(),
+        transaction: transaction(created),
+    }
+}
+
+fn completion(offset: u64, user: &str, code: i32) -> CompletionRecord {
+    CompletionRecord {
+        offset: LedgerOffset(offset),
+        user_id: UserId::new(user).expect("user"),
+        command_id: CommandId::new(format!("cmd-{offset}")).expect("cmd"),
+        act_as: BTreeSet::from([party("alice")]),
+        submission_id: format!("sub-{offset}"),
+        status_code: code,
+        message: if code == 0 {
+            String::new()
+        } else {
+            "lost a race".into()
+        },
+        transaction_id: (code == 0)
+            .then(|| TransactionId::new(format!("tx-{offset}")).expect("tx")),
+        record_time: t(offset * 100),
+    }
+}
+
+fn dedup(key: &str, state: DedupState) -> DedupRecord {
+    DedupRecord {
+        change_key: key.into(),
+        user_id: UserId::new("app").expect("user"),
+        command_id: CommandId::new(format!("cmd-{key}")).expect("cmd"),
+        act_as: BTreeSet::from([party("alice")]),
+        submission_id: format!("sub-{key}"),
+        max_sequencing_time: t(9_000),
+        dedup_period_us: 600_000_000,
+        state,
+    }
+}
+
+async fn batches_round_trip(h: Harness) {
+    let store = &h.store;
+    let empty = store.load(t(0)).await.expect("load");
+    assert_eq!(empty.checkpoint, None);
+    assert_eq!(empty.ledger_end, LedgerOffset(0));
+    assert!(empty.active_contracts.is_empty());
+
+    let a = contract("c-a", "alice", 100);
+    let b = contract("c-b", "bob", 100);
+    let first = ParticipantBatch {
+        checkpoint: Some(t(100)),
+        ledger_end: Some(LedgerOffset(2)),
+        created: vec![StoredContract {
+            contract: a.clone(),
+            created_offset: LedgerOffset(1),
+            archived_offset: None,
+        }],
+        transactions: vec![tx_record(1, &a, true)],
+        completions: vec![completion(1, "app", 0), completion(2, "app", 10)],
+        dedup_upserts: vec![
+            dedup("k1", DedupState::InFlight),
+            dedup(
+                "k2",
+                DedupState::Committed {
+                    transaction_id: TransactionId::new("tx-1").expect("tx"),
+                    offset: LedgerOffset(1),
+                    expires_at: t(10_000),
+                },
+            ),
+        ],
+        pending_upserts: vec![PendingRecord {
+            request_id: t(150),
+            record: "{\"pending\":1}".into(),
+        }],
+        ..ParticipantBatch::default()
+    };
+    store.apply(&first).await.expect("first batch");
+    let second = ParticipantBatch {
+        checkpoint: Some(t(200)),
+        ledger_end: Some(LedgerOffset(3)),
+        created: vec![StoredContract {
+            contract: b.clone(),
+            created_offset: LedgerOffset(3),
+            archived_offset: None,
+        }],
+        archived: vec![(a.id.clone(), LedgerOffset(3))],
+        transactions: vec![tx_record(3, &b, false)],
+        dedup_deletes: vec!["k1".into()],
+        pending_deletes: vec![t(150)],
+        pending_upserts: vec![PendingRecord {
+            request_id: t(180),
+            record: "{\"pending\":2}".into(),
+        }],
+        ..ParticipantBatch::default()
+    };
+    store.apply(&second).await.expect("second batch");
+
+    // An older checkpoint or ledger end never moves them back.
+    store
+        .apply(&ParticipantBatch {
+            checkpoint: Some(t(150)),
+            ledger_end: Some(LedgerOffset(1)),
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("stale batch");
+
+    let reopened = (h.reopen)().await;
+    for store in [store.clone(), reopened] {
+        let snapshot = store.load(t(5_000)).await.expect("load");
+        assert_eq!(snapshot.checkpoint, Some(t(200)));
+        assert_eq!(snapshot.ledger_end, LedgerOffset(3));
+        assert_eq!(
+            snapshot
+                .active_contracts
+                .iter()
+                .map(|c| c.contract.clone())
+                .collect::<Vec<_>>(),
+            vec![b.clone()]
+        );
+        assert_eq!(snapshot.pending.len(), 1);
+        assert_eq!(snapshot.pending[0].request_id, t(180));
+        assert_eq!(snapshot.dedup.len(), 1);
+        assert_eq!(snapshot.dedup[0].change_key, "k2");
+        assert!(matches!(
+            snapshot.dedup[0].state,
+            DedupState::Committed { .. }
+        ));
+        // Expired committed entries are not loaded.
+        assert!(store.load(t(20_000)).await.expect("load").dedup.is_empty());
+
+        let (offset, active) = store.active_contracts().await.expect("acs");
+        assert_eq!(offset, LedgerOffset(3));
+        assert_eq!(active.len(), 1);
+        let archived = store
+            .contract(&a.id)
+            .await
+            .expect("contract")
+            .expect("stored");
+        assert_eq!(archived.archived_offset, Some(LedgerOffset(3)));
+        assert_eq!(archived.contract, a);
+        assert!(store
+            .contract(&ContractId::new("nope").expect("id"))
+            .await
+            .expect("contract")
+            .is_none());
+
+        let transactions = store
+            .transactions_after(LedgerOffset(0), 10)
+            .await
+            .expect("transactions");
+        assert_eq!(
+            transactions,
+            vec![tx_record(1, &a, true), tx_record(3, &b, false)]
+        );
+        let later = store
+            .transactions_after(LedgerOffset(1), 1)
+            .await
+            .expect("transactions");
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].offset, LedgerOffset(3));
+
+        let completions = store
+            .completions_after(&UserId::new("app").expect("user"), LedgerOffset(0), 10)
+            .await
+            .expect("completions");
+        assert_eq!(
+            completions,
+            vec![completion(1, "app", 0), completion(2, "app", 10)]
+        );
+        assert!(store
+            .completions_after(&UserId::new("other").expect("user"), LedgerOffset(0), 10)
+            .await
+            .expect("completions")
+            .is_empty());
+        assert_eq!(store.ledger_end().await.expect("end"), LedgerOffset(3));
+        assert!(store.dedup_entry("k1").await.expect("dedup").is_none());
+        assert!(store.dedup_entry("k2").await.expect("dedup").is_some());
+    }
+
+    // Upserting a dedup entry replaces it (a change submitted again after expiry).
+    store
+        .apply(&ParticipantBatch {
+            dedup_upserts: vec![dedup("k2", DedupState::InFlight)],
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("upsert");
+    assert_eq!(
+        store
+            .dedup_entry("k2")
+            .await
+            .expect("dedup")
+            .map(|d| d.state),
+        Some(DedupState::InFlight)
+    );
+    // In-flight markers are never pruned; expired committed ones are.
+    store
+        .apply(&ParticipantBatch {
+            dedup_upserts: vec![dedup(
+                "k3",
+                DedupState::Committed {
+                    transaction_id: TransactionId::new("tx-3").expect("tx"),
+                    offset: LedgerOffset(3),
+                    expires_at: t(1_000),
+                },
+            )],
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("upsert");
+    assert_eq!(store.prune_dedup(t(2_000)).await.expect("prune"), 1);
+    assert!(store.dedup_entry("k2").await.expect("dedup").is_some());
+}
+
+async fn a_failing_batch_changes_nothing(h: Harness) {
+    let store = &h.store;
+    let a = contract("c-a", "alice", 100);
+    let created = StoredContract {
+        contract: a.clone(),
+        created_offset: LedgerOffset(1),
+        archived_offset: None,
+    };
+    store
+        .apply(&ParticipantBatch {
+            checkpoint: Some(t(100)),
+            ledger_end: Some(LedgerOffset(1)),
+            created: vec![created.clone()],
+            transactions: vec![tx_record(1, &a, false)],
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("first");
+    // The same offset again violates the transactions' primary key: all or nothing.
+    let err = store
+        .apply(&ParticipantBatch {
+            checkpoint: Some(t(200)),
+            ledger_end: Some(LedgerOffset(2)),
+            created: vec![StoredContract {
+                contract: contract("c-b", "bob", 5),
+                created_offset: LedgerOffset(2),
+                archived_offset: None,
+            }],
+            archived: vec![(a.id.clone(), LedgerOffset(2))],
+            transactions: vec![tx_record(1, &a, false)],
+            ..ParticipantBatch::default()
+        })
+        .await;
+    assert!(err.is_err());
+    let snapshot = store.load(t(0)).await.expect("load");
+    assert_eq!(snapshot.checkpoint, Some(t(100)));
+    assert_eq!(snapshot.ledger_end, LedgerOffset(1));
+    assert_eq!(snapshot.active_contracts, vec![created]);
+}
+
+async fn many_rows_in_one_batch(h: Harness) {
+    let store = &h.store;
+    let contracts: Vec<StoredContract> = (0..1_000)
+        .map(|i| StoredContract {
+            contract: contract(&format!("c-{i}"), "alice", i + 1),
+            created_offset: LedgerOffset(i + 1),
+            archived_offset: None,
+        })
+        .collect();
+    let transactions: Vec<TransactionRecord> = contracts
+        .iter()
+        .map(|c| tx_record(c.created_offset.0, &c.contract, false))
+        .collect();
+    store
+        .apply(&ParticipantBatch {
+            checkpoint: Some(t(1)),
+            ledger_end: Some(LedgerOffset(1_000)),
+            created: contracts,
+            transactions,
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("big batch");
+    let (end, active) = store.active_contracts().await.expect("acs");
+    assert_eq!(end, LedgerOffset(1_000));
+    assert_eq!(active.len(), 1_000);
+    let page = store
+        .transactions_after(LedgerOffset(500), 1_000)
+        .await
+        .expect("page");
+    assert_eq!(page.len(), 500);
+    assert_eq!(page[0].offset, LedgerOffset(501));
+}
+
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod sqlite_backend {
+            $(#[tokio::test] async fn $name() { super::$name(super::sqlite().await).await })*
+        }
+        mod postgres_backend {
+            $(#[tokio::test] async fn $name() { super::$name(super::postgres().await).await })*
+        }
+    };
+}
+
+on_both!(
+    batches_round_trip,
+    a_failing_batch_changes_nothing,
+    many_rows_in_one_batch
+);
