@@ -1,0 +1,210 @@
+//! The mediator's TOML configuration. Unknown keys are errors (`deny_unknown_fields`), so a
+//! typo never silently falls back to a default.
+//!
+//! ```toml
+//! member_id = "mediator"                       # its sequencer member id (default "mediator")
+//! key_file = "data/mediator.key"               # ed25519 seed as hex; created if missing
+//! owner_public_key = "5f1c…"                   # the synchronizer owner's key, hex
+//! sequencer_endpoint = "http://127.0.0.1:4001"
+//! topology_endpoint = "http://127.0.0.1:4301"
+//! admin_address = "127.0.0.1:4201"             # HTTP: /livez /readyz /status /metrics
+//! response_timeout_ms = 10000                  # a request's deadline after its sequencing
+//! time_proof_interval_ms = 500                 # quiet time before asking for a time proof
+//!
+//! [storage]
+//! backend = "sqlite"
+//! path = "data/mediator.db"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meridian_core::crypto::PublicKey;
+use meridian_core::MemberId;
+use meridian_store::StorageConfig;
+use serde::Deserialize;
+
+/// Longest response timeout accepted: a day. Longer ones are almost certainly a unit mistake,
+/// and every pending request holds contract locks on the participants until it is decided.
+pub const MAX_RESPONSE_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediatorConfig {
+    #[serde(default = "default_member_id")]
+    pub member_id: MemberId,
+    pub key_file: PathBuf,
+    /// Hex of the synchronizer owner's ed25519 public key; topology is verified against it.
+    pub owner_public_key: String,
+    pub sequencer_endpoint: String,
+    pub topology_endpoint: String,
+    pub admin_address: SocketAddr,
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    #[serde(default = "default_time_proof_interval_ms")]
+    pub time_proof_interval_ms: u64,
+    pub storage: StorageConfig,
+}
+
+fn default_member_id() -> MemberId {
+    MemberId::new("mediator").expect("a valid literal id")
+}
+
+fn default_response_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_time_proof_interval_ms() -> u64 {
+    500
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigCheckError {
+    #[error(transparent)]
+    Load(#[from] meridian_node::config::ConfigError),
+    #[error("{path}: owner_public_key is not a hex ed25519 public key: {detail}")]
+    OwnerKey { path: String, detail: String },
+    #[error("{path}: {field} {value:?} must be an http:// URL like \"http://127.0.0.1:4001\"")]
+    Endpoint {
+        path: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error(
+        "{path}: response_timeout_ms must be between 1 and {MAX_RESPONSE_TIMEOUT_MS}, got {value}"
+    )]
+    ResponseTimeout { path: String, value: u64 },
+    #[error("{path}: time_proof_interval_ms must be at least 1 and below response_timeout_ms ({timeout_ms}), got {value}; otherwise deadlines pass unnoticed")]
+    TimeProofInterval {
+        path: String,
+        value: u64,
+        timeout_ms: u64,
+    },
+}
+
+impl MediatorConfig {
+    /// Loads and checks a config file; every error names the file and the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigCheckError> {
+        let config: MediatorConfig = meridian_node::config::load_toml(path)?;
+        config.check(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Refuses values that cannot work, naming the key; `path` names the file in messages.
+    pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
+        let path = path.to_owned();
+        if let Err(error) = self.owner_key() {
+            return Err(ConfigCheckError::OwnerKey {
+                path,
+                detail: error.to_string(),
+            });
+        }
+        for (field, value) in [
+            ("sequencer_endpoint", &self.sequencer_endpoint),
+            ("topology_endpoint", &self.topology_endpoint),
+        ] {
+            let host = value.strip_prefix("http://").unwrap_or_default();
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                return Err(ConfigCheckError::Endpoint {
+                    path,
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        if self.response_timeout_ms == 0 || self.response_timeout_ms > MAX_RESPONSE_TIMEOUT_MS {
+            return Err(ConfigCheckError::ResponseTimeout {
+                path,
+                value: self.response_timeout_ms,
+            });
+        }
+        if self.time_proof_interval_ms == 0
+            || self.time_proof_interval_ms >= self.response_timeout_ms
+        {
+            return Err(ConfigCheckError::TimeProofInterval {
+                path,
+                value: self.time_proof_interval_ms,
+                timeout_ms: self.response_timeout_ms,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn owner_key(&self) -> Result<PublicKey, meridian_core::crypto::CryptoError> {
+        PublicKey::from_hex(&self.owner_public_key)
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
+    }
+
+    pub fn time_proof_interval(&self) -> Duration {
+        Duration::from_millis(self.time_proof_interval_ms.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_core::crypto::SigningKey;
+
+    fn text(extra: &str) -> String {
+        format!(
+            "key_file = \"m.key\"\n\
+             owner_public_key = \"{}\"\n\
+             sequencer_endpoint = \"http://127.0.0.1:4001\"\n\
+             topology_endpoint = \"http://127.0.0.1:4301\"\n\
+             admin_address = \"127.0.0.1:4201\"\n\
+             {extra}\n\
+             [storage]\nbackend = \"sqlite\"\npath = \"m.db\"\n",
+            SigningKey::from_seed([7; 32]).public_key()
+        )
+    }
+
+    fn parse(extra: &str) -> Result<MediatorConfig, ConfigCheckError> {
+        let config: MediatorConfig = meridian_node::config::parse_toml(&text(extra), "m.toml")?;
+        config.check("m.toml")?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = parse("").expect("valid");
+        assert_eq!(config.member_id.as_str(), "mediator");
+        assert_eq!(config.response_timeout(), Duration::from_secs(10));
+        assert_eq!(config.time_proof_interval(), Duration::from_millis(500));
+        assert!(matches!(config.storage, StorageConfig::Sqlite { .. }));
+    }
+
+    #[test]
+    fn unknown_keys_and_impossible_values_are_refused_by_name() {
+        let message = parse("response_timeout = 5").expect_err("typo").to_string();
+        assert!(
+            message.contains("unknown field `response_timeout`"),
+            "{message}"
+        );
+        let message = parse("response_timeout_ms = 0")
+            .expect_err("zero")
+            .to_string();
+        assert!(message.contains("response_timeout_ms"), "{message}");
+        let message = parse("response_timeout_ms = 400")
+            .expect_err("interval above timeout")
+            .to_string();
+        assert!(message.contains("time_proof_interval_ms"), "{message}");
+        let message = parse("member_id = \"bad id\"").expect_err("id").to_string();
+        assert!(message.contains("member_id"), "{message}");
+
+        let bad_key = text("").replace("owner_public_key = \"", "owner_public_key = \"zz");
+        let config: MediatorConfig =
+            meridian_node::config::parse_toml(&bad_key, "m.toml").expect("parses");
+        let message = config.check("m.toml").expect_err("bad key").to_string();
+        assert!(message.contains("owner_public_key"), "{message}");
+
+        let bad_endpoint = text("").replace("http://127.0.0.1:4001", "127.0.0.1:4001");
+        let config: MediatorConfig =
+            meridian_node::config::parse_toml(&bad_endpoint, "m.toml").expect("parses");
+        let message = config.check("m.toml").expect_err("endpoint").to_string();
+        assert!(message.contains("sequencer_endpoint"), "{message}");
+    }
+}

@@ -1,0 +1,19 @@
+//! The mediator (DESIGN.md §4, steps 3–4): it collects the confirmation responses to each
+//! request and sends a signed verdict to all informee participants — approve when every
+//! confirming party approved, reject on any rejection, reject with TIMEOUT once sequencer time
+//! passes the request's deadline.
+//!
+//! From pure to effectful: `engine` (the verdict state machine, sans I/O), `persist` (engine
+//! state changes to and from store rows), `config`, `metrics`, and `node` (the runtime:
+//! subscription, batched persistence, verdict sending, time proofs, admin HTTP). Its state is
+//! persisted with a checkpoint, so a restarted mediator finishes its in-flight requests.
+
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod node;
+pub mod persist;
+
+pub use config::{ConfigCheckError, MediatorConfig};
+pub use engine::{Effect, Ignored, MediatorEngine, RestoredRequest, StateChange};
+pub use node::run;
