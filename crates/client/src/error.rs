@@ -20,7 +20,7 @@ pub enum ClientError {
     /// The sequencer's definite answer, for example `InvalidArgument` for a malformed
     /// submission or `NotFound` for an unknown recipient. Retrying the same request is
     /// pointless.
-    #[error("sequencer rejected the request ({code:?}): {message}")]
+    #[error("request rejected ({code:?}): {message}")]
     Rejected { code: tonic::Code, message: String },
     /// The sequencer refused to authenticate this member: it is not registered, or the key
     /// does not match the registered one, or a freshly issued token was refused at once.

@@ -38,7 +38,10 @@ pub enum SubmitOutcome {
     Committed(Committed),
     /// A retry found the command already processed: an earlier attempt's outcome (usually a
     /// commit) stands. The participant's message says which.
-    AlreadyProcessed { message: String, attempts: u32 },
+    AlreadyProcessed {
+        message: String,
+        attempts: u32,
+    },
 }
 
 #[derive(Clone)]
@@ -73,7 +76,9 @@ impl LedgerClient {
             .map(|endpoint| {
                 let channel = Endpoint::from_shared(endpoint.clone())
                     .map_err(|e| {
-                        ClientError::InvalidConfig(format!("endpoint {endpoint:?} is not a URI: {e}"))
+                        ClientError::InvalidConfig(format!(
+                            "endpoint {endpoint:?} is not a URI: {e}"
+                        ))
                     })?
                     .connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true)
@@ -125,7 +130,9 @@ impl LedgerClient {
             let (endpoint, stub) = self.stub();
             let result = tokio::time::timeout(self.request_timeout, call(stub))
                 .await
-                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("client request timeout")));
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded("client request timeout"))
+                });
             match result {
                 Ok(value) => return Ok((value, attempts)),
                 Err(status) if retryable(&status) => {
@@ -247,12 +254,11 @@ impl LedgerClient {
         if up_to_offset <= begin_offset {
             return Ok(out);
         }
-        while let Some(item) =
-            tokio::time::timeout(self.request_timeout, stream.next())
-                .await
-                .map_err(|_| ClientError::Timeout {
-                    last_error: format!("transaction stream from {endpoint} stalled"),
-                })?
+        while let Some(item) = tokio::time::timeout(self.request_timeout, stream.next())
+            .await
+            .map_err(|_| ClientError::Timeout {
+                last_error: format!("transaction stream from {endpoint} stalled"),
+            })?
         {
             let transaction = item.map_err(|status| status_error(&endpoint, status, 1))?;
             let offset = transaction.offset;

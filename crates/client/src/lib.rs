@@ -12,6 +12,7 @@ pub use backoff::{Backoff, Delays};
 pub use error::ClientError;
 pub use ledger::{Committed, LedgerClient, SubmitOutcome};
 pub use sequencer::{
-    register_member, register_member_with_topology, SendReceipt, SequencerClient, SequencerClientConfig, Subscription,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, SUBSCRIPTION_BUFFER,
+    register_member, register_member_with_topology, SendReceipt, SequencerClient,
+    SequencerClientConfig, Subscription, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    SUBSCRIPTION_BUFFER,
 };

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use meridian_core::crypto::{authentication_challenge, PublicKey, SigningKey, SigningPurpose};
 use meridian_core::sequencing::{EventChain, SequencedEvent, Submission};
+use meridian_core::topology::{SignedTopologyTransaction, TopologyTransaction};
 use meridian_core::{MemberId, Timestamp};
 use meridian_proto::convert;
 use meridian_proto::v1;
@@ -212,6 +213,52 @@ pub async fn register_member(
     let request = v1::RegisterMemberRequest {
         member: member.to_string(),
         public_key: public_key.to_bytes().to_vec(),
+        ..Default::default()
+    };
+    let attempt = || {
+        let mut admin = admin.clone();
+        let request = request.clone();
+        async move {
+            timed(DEFAULT_REQUEST_TIMEOUT, admin.register_member(request))
+                .await
+                .map_err(classify)
+        }
+    };
+    let response = retry(endpoint, Backoff::default(), None, attempt).await?;
+    Ok(response.created)
+}
+
+/// Registers the member that an owner-signed topology transaction admits (a participant,
+/// mediator or topology manager mapping), sending the transaction along so that a sequencer
+/// configured with `owner_public_key` can check the owner's signature. Returns `true` if the
+/// member was created, `false` if it was already registered with the same key. The member and
+/// key are taken from the transaction itself, so they cannot disagree with it. Transient
+/// failures are retried with [`Backoff::default`].
+pub async fn register_member_with_topology(
+    endpoint: &str,
+    signed: &SignedTopologyTransaction,
+) -> Result<bool, ClientError> {
+    // Decoded without verifying: the sequencer verifies; here we only need the fields.
+    let transaction: TopologyTransaction = serde_json::from_str(&signed.transaction_json)
+        .map_err(|e| ClientError::InvalidConfig(format!("malformed topology transaction: {e}")))?;
+    let (member, key_hex) = transaction.mapping.member_key().ok_or_else(|| {
+        ClientError::InvalidConfig(format!(
+            "topology transaction {} maps a party; it registers no member",
+            transaction.serial
+        ))
+    })?;
+    let public_key = PublicKey::from_hex(key_hex).map_err(|e| {
+        ClientError::InvalidConfig(format!(
+            "topology transaction {} names an invalid key for {member}: {e}",
+            transaction.serial
+        ))
+    })?;
+    let admin = SequencerAdminServiceClient::new(channel(endpoint, DEFAULT_CONNECT_TIMEOUT)?);
+    let request = v1::RegisterMemberRequest {
+        member: member.to_string(),
+        public_key: public_key.to_bytes().to_vec(),
+        topology_transaction_json: signed.transaction_json.clone(),
+        owner_signature: signed.signature.clone(),
     };
     let attempt = || {
         let mut admin = admin.clone();

@@ -9,6 +9,8 @@
 //! index = 0          # this instance's index, below `count`
 //! count = 32         # fixed for the deployment: timestamps t with t % count == index
 //!
+//! owner_public_key = "…64 hex digits…"  # optional: admit only owner-signed topology members
+//!
 //! [storage]
 //! backend = "sqlite"
 //! path = "data/sequencer.db"
@@ -18,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use meridian_core::crypto::{CryptoError, PublicKey};
 use meridian_core::InstanceIndex;
 use meridian_store::StorageConfig;
 use serde::Deserialize;
@@ -37,6 +40,11 @@ pub struct SequencerConfig {
     /// If set, SequencerAdminService calls must carry `authorization: Bearer <admin_token>`.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// The synchronizer owner's ed25519 public key (64 hex digits). If set, RegisterMember
+    /// admits only members named by a topology transaction this key signed; if not,
+    /// registration is open (guarded by `admin_token` only), as benchmarks use it.
+    #[serde(default)]
+    pub owner_public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -144,6 +152,8 @@ pub enum ConfigCheckError {
         index: u32,
         count: u32,
     },
+    #[error("{path}: owner_public_key: {reason}")]
+    OwnerKey { path: String, reason: String },
     #[error("{path}: {field} must be at least 1")]
     Zero { path: String, field: &'static str },
     #[error("{path}: timing.offline_after_ms ({offline_ms}) must exceed timing.watermark_interval_ms ({interval_ms}), or healthy idle instances get marked offline")]
@@ -160,6 +170,14 @@ impl SequencerConfig {
         let config: SequencerConfig = meridian_node::config::load_toml(path)?;
         config.check(&path.display().to_string())?;
         Ok(config)
+    }
+
+    /// The configured owner key, parsed; `None` when registration is open.
+    pub fn owner_key(&self) -> Result<Option<PublicKey>, CryptoError> {
+        self.owner_public_key
+            .as_deref()
+            .map(PublicKey::from_hex)
+            .transpose()
     }
 
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
@@ -181,6 +199,12 @@ impl SequencerConfig {
                 return Err(ConfigCheckError::Zero { path, field });
             }
         }
+        if let Err(error) = self.owner_key() {
+            return Err(ConfigCheckError::OwnerKey {
+                path,
+                reason: error.to_string(),
+            });
+        }
         if self.timing.offline_after_ms <= self.timing.watermark_interval_ms {
             return Err(ConfigCheckError::OfflineTooShort {
                 path,
@@ -189,5 +213,33 @@ impl SequencerConfig {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen_address = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n\
+                        [storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n";
+
+    fn parse(extra: &str) -> SequencerConfig {
+        meridian_node::config::parse_toml(&format!("{extra}{BASE}"), "<test>").expect("parses")
+    }
+
+    #[test]
+    fn owner_public_key_is_optional_and_checked() {
+        let open = parse("");
+        assert_eq!(open.owner_key().expect("no key"), None);
+        assert!(open.check("<test>").is_ok());
+
+        let key = meridian_core::crypto::SigningKey::generate().public_key();
+        let owned = parse(&format!("owner_public_key = \"{key}\"\n"));
+        assert_eq!(owned.owner_key().expect("valid key"), Some(key));
+        assert!(owned.check("<test>").is_ok());
+
+        let bad = parse("owner_public_key = \"abcd\"\n");
+        let err = bad.check("seq.toml").unwrap_err().to_string();
+        assert!(err.starts_with("seq.toml: owner_public_key: "), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 //! - [`validate`]: submission checks against limits and the member directory (sans-I/O),
 //! - [`writer`]: batches queued submissions into one durable transaction each,
 //! - [`reader`]: streams each subscriber's events up to the safe point,
+//! - [`registration`]: who may register a member (owner-signed topology, or open),
 //! - [`service`]: the gRPC handlers, [`node`]: wiring and start-up checks.
 //!
 //! Several instances may share one database (active-active): each issues timestamps from its
@@ -19,6 +20,7 @@ pub mod error;
 pub mod metrics;
 pub mod node;
 pub mod reader;
+pub mod registration;
 pub mod service;
 pub mod validate;
 pub mod writer;

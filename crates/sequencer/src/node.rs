@@ -74,6 +74,10 @@ impl StatusSource for SequencerStatus {
 
 /// Runs a sequencer until `shutdown` is cancelled.
 pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Checked again here because `run` may be handed a config that never went through `load`.
+    let owner_key = config
+        .owner_key()
+        .context("owner_public_key is not a valid ed25519 public key")?;
     let health = Health::new();
     let readiness = Conditions::new(health.clone());
     readiness.fail("startup", "starting");
@@ -161,6 +165,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         readiness: readiness.clone(),
         shutdown: shutdown.clone(),
         admin_token: config.admin_token.clone(),
+        owner_key,
     });
 
     let max_message_bytes = config.limits.max_request_bytes + WIRE_OVERHEAD_BYTES;

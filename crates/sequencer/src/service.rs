@@ -23,6 +23,7 @@ use crate::directory::MemberDirectory;
 use crate::error::SendError;
 use crate::metrics::SequencerMetrics;
 use crate::reader::{spawn_subscription, Subscription};
+use crate::registration::authorize_registration;
 use crate::validate::{validate_submission, SubmissionLimits};
 use crate::writer::WriterHandle;
 use meridian_node::conditions::Conditions;
@@ -39,6 +40,9 @@ pub struct Shared {
     pub readiness: Conditions,
     pub shutdown: CancellationToken,
     pub admin_token: Option<String>,
+    /// The synchronizer owner's key; when set, registrations need an owner-signed topology
+    /// transaction naming the member (see [`crate::registration`]).
+    pub owner_key: Option<PublicKey>,
 }
 
 fn store_status(error: StoreError) -> Status {
@@ -268,11 +272,23 @@ impl SequencerAdminService for SequencerAdminApi {
         &self,
         request: Request<v1::RegisterMemberRequest>,
     ) -> Result<Response<v1::RegisterMemberResponse>, Status> {
-        self.authorize(&request)?;
+        // With an owner key, the owner's signature on the topology transaction is the
+        // authorisation: the topology manager that carries it holds no admin token. Without
+        // one, the admin token (if configured) guards open registration as before.
+        if self.0.owner_key.is_none() {
+            self.authorize(&request)?;
+        }
         let request = request.into_inner();
         let member = parse_member("member", request.member)?;
         let public_key = PublicKey::from_bytes(&request.public_key)
             .map_err(|e| Status::invalid_argument(format!("invalid `public_key`: {e}")))?;
+        authorize_registration(
+            self.0.owner_key.as_ref(),
+            &member,
+            &public_key,
+            &request.topology_transaction_json,
+            &request.owner_signature,
+        )?;
         let (record, created) = tokio::time::timeout(
             ADMIN_TIMEOUT,
             self.0

@@ -1,0 +1,159 @@
+//! The topology manager's TOML configuration. Unknown keys are errors (`deny_unknown_fields`),
+//! so a typo never silently falls back to a default.
+//!
+//! ```toml
+//! member_id = "topology-manager"          # its sequencer identity (default shown)
+//! owner_key_file = "keys/owner.key"       # synchronizer owner signing key; created if missing
+//! key_file = "keys/topology-manager.key"  # its own member key; created if missing
+//! sequencer_endpoint = "http://127.0.0.1:4001"
+//! listen_address = "127.0.0.1:4201"       # gRPC: TopologyAdminService, health, reflection
+//! admin_address = "127.0.0.1:4301"        # HTTP: /livez /readyz /status /metrics
+//! admin_token = "secret"                  # optional: required on mutating calls
+//!
+//! [storage]
+//! backend = "sqlite"
+//! path = "data/topology.db"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use meridian_core::MemberId;
+use meridian_store::StorageConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyManagerConfig {
+    /// The manager's own sequencer member id.
+    #[serde(default = "default_member_id")]
+    pub member_id: String,
+    /// The synchronizer owner's signing key (64 hex digits), created if missing. Whoever holds
+    /// it decides who joins the synchronizer: keep it as private as a CA key.
+    pub owner_key_file: PathBuf,
+    /// The manager's member key for authenticating to the sequencer, created if missing.
+    pub key_file: PathBuf,
+    /// gRPC endpoint of a sequencer, e.g. `http://127.0.0.1:4001`.
+    pub sequencer_endpoint: String,
+    pub listen_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    /// If set, AddParticipant, AddMediator and AllocateParty need
+    /// `authorization: Bearer <admin_token>`; GetTopology stays open for members catching up.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    pub storage: StorageConfig,
+}
+
+fn default_member_id() -> String {
+    "topology-manager".to_owned()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigCheckError {
+    #[error(transparent)]
+    Load(#[from] meridian_node::config::ConfigError),
+    #[error("{path}: {field}: {reason}")]
+    Invalid {
+        path: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+impl TopologyManagerConfig {
+    /// Loads and checks a config file; every error names the file and the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigCheckError> {
+        let config: TopologyManagerConfig = meridian_node::config::load_toml(path)?;
+        config.check(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone do not: ids, the endpoint, distinct key files.
+    pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
+        let invalid = |field, reason: String| ConfigCheckError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason,
+        };
+        self.member()
+            .map_err(|e| invalid("member_id", e.to_string()))?;
+        if !self.sequencer_endpoint.starts_with("http://") {
+            return Err(invalid(
+                "sequencer_endpoint",
+                format!("{:?} must start with http://", self.sequencer_endpoint),
+            ));
+        }
+        // One file for both keys would make the manager's member key the owner key: anyone who
+        // obtains its (less guarded) member key could then sign topology.
+        if self.owner_key_file == self.key_file {
+            return Err(invalid(
+                "key_file",
+                "must differ from owner_key_file: the member key must not be the owner key"
+                    .to_owned(),
+            ));
+        }
+        if self.admin_token.as_deref() == Some("") {
+            return Err(invalid(
+                "admin_token",
+                "must not be empty; remove the key to disable the check".to_owned(),
+            ));
+        }
+        if self.listen_address == self.admin_address {
+            return Err(invalid(
+                "admin_address",
+                format!("must differ from listen_address ({})", self.listen_address),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn member(&self) -> Result<MemberId, meridian_core::IdError> {
+        MemberId::new(self.member_id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "owner_key_file = \"owner.key\"\nkey_file = \"tm.key\"\n\
+        sequencer_endpoint = \"http://127.0.0.1:4001\"\n\
+        listen_address = \"127.0.0.1:4201\"\nadmin_address = \"127.0.0.1:4301\"\n";
+    const STORAGE: &str = "[storage]\nbackend = \"sqlite\"\npath = \"t.db\"\n";
+
+    fn parse(text: &str) -> Result<TopologyManagerConfig, meridian_node::ConfigError> {
+        meridian_node::config::parse_toml(text, "tm.toml")
+    }
+
+    #[test]
+    fn defaults_and_checks() {
+        let config = parse(&format!("{BASE}{STORAGE}")).expect("parses");
+        assert_eq!(config.member_id, "topology-manager");
+        assert_eq!(config.admin_token, None);
+        config.check("tm.toml").expect("valid");
+
+        let bad_id = parse(&format!("member_id = \"a b\"\n{BASE}{STORAGE}")).expect("parses");
+        let err = bad_id.check("tm.toml").unwrap_err().to_string();
+        assert!(err.starts_with("tm.toml: member_id: "), "{err}");
+
+        let same_keys =
+            parse(&format!("{BASE}{STORAGE}").replace("tm.key", "owner.key")).expect("parses");
+        let err = same_keys.check("tm.toml").unwrap_err().to_string();
+        assert!(err.contains("key_file"), "{err}");
+
+        let bad_endpoint =
+            parse(&format!("{BASE}{STORAGE}").replace("http://", "grpc://")).expect("parses");
+        let err = bad_endpoint.check("tm.toml").unwrap_err().to_string();
+        assert!(err.contains("sequencer_endpoint"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_are_named() {
+        let err = parse(&format!("{BASE}owner_key = \"x\"\n{STORAGE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `owner_key`"), "{err}");
+        let err = parse(BASE).unwrap_err().to_string();
+        assert!(err.contains("missing field `storage`"), "{err}");
+    }
+}

@@ -1,0 +1,195 @@
+//! The gRPC surface: `TopologyAdminService`. Mutating calls check the admin token (when
+//! configured), validate every field before anything is signed ([`crate::request`]), and hand
+//! the mapping to the [`Manager`], whose refusals map one-to-one onto statuses. GetTopology is
+//! open: members call it to catch up, and every entry carries the owner's signature anyway.
+
+use std::sync::Arc;
+
+use meridian_core::topology::TopologyMapping;
+use meridian_proto::v1::topology_admin_service_server::TopologyAdminService;
+use meridian_proto::v1::{self};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::manager::{ChangeError, ChangeOutcome, Manager};
+use crate::metrics::TopologyMetrics;
+use crate::request::{self, FieldError};
+
+#[derive(Clone)]
+pub struct TopologyAdminApi {
+    pub manager: Arc<Manager>,
+    pub admin_token: Option<String>,
+    pub metrics: TopologyMetrics,
+}
+
+impl From<ChangeError> for Status {
+    fn from(error: ChangeError) -> Status {
+        match error {
+            ChangeError::AlreadyExists(m) => Status::already_exists(m),
+            ChangeError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ChangeError::Unavailable(m) => Status::unavailable(m),
+            ChangeError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+fn invalid(error: FieldError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+/// Whether the metadata carries `authorization: Bearer <expected>`.
+pub fn has_bearer(metadata: &MetadataMap, expected: &str) -> bool {
+    metadata
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|token| token.trim() == expected)
+}
+
+impl TopologyAdminApi {
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match &self.admin_token {
+            Some(expected) if !has_bearer(request.metadata(), expected) => {
+                Err(Status::unauthenticated(
+                    "topology changes need `authorization: Bearer <admin_token>` from the topology manager's config",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn change(
+        &self,
+        call: &'static str,
+        mapping: Result<TopologyMapping, FieldError>,
+    ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
+        let mapping = match mapping {
+            Ok(mapping) => mapping,
+            Err(error) => {
+                self.metrics.count("invalid");
+                return Err(invalid(error));
+            }
+        };
+        // In a task of its own: tonic drops a handler's future when the client goes away,
+        // and a change cut off between its store write and its in-memory update would leave
+        // the two disagreeing until the next re-read.
+        let manager = self.manager.clone();
+        let outcome = tokio::spawn(async move { manager.change(mapping).await })
+            .await
+            .map_err(|e| Status::internal(format!("the change task failed: {e}")))?;
+        match outcome {
+            Ok(ChangeOutcome {
+                serial,
+                effective,
+                changed,
+            }) => {
+                self.metrics
+                    .count(if changed { "changed" } else { "unchanged" });
+                Ok(Response::new(v1::TopologyChangeResponse {
+                    serial,
+                    effective_us: effective.as_micros(),
+                    changed,
+                }))
+            }
+            Err(error) => {
+                self.metrics.count(match error {
+                    ChangeError::Unavailable(_) | ChangeError::Internal(_) => "failed",
+                    _ => "refused",
+                });
+                tracing::warn!(call, %error, "topology change not made");
+                Err(error.into())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TopologyAdminService for TopologyAdminApi {
+    async fn add_participant(
+        &self,
+        request: Request<v1::AddParticipantRequest>,
+    ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let mapping = request::add_participant(request.participant, &request.public_key);
+        self.change("AddParticipant", mapping).await
+    }
+
+    async fn add_mediator(
+        &self,
+        request: Request<v1::AddMediatorRequest>,
+    ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let mapping = request::add_mediator(request.mediator, &request.public_key);
+        self.change("AddMediator", mapping).await
+    }
+
+    async fn allocate_party(
+        &self,
+        request: Request<v1::TopologyAllocatePartyRequest>,
+    ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let mapping =
+            request::allocate_party(request.party, request.participant, &request.permission);
+        self.change("AllocateParty", mapping).await
+    }
+
+    async fn get_topology(
+        &self,
+        _request: Request<v1::GetTopologyRequest>,
+    ) -> Result<Response<v1::GetTopologyResponse>, Status> {
+        let entries = self
+            .manager
+            .signed_history()
+            .into_iter()
+            .map(|(effective, signed)| v1::SignedTopologyEntry {
+                effective_us: effective.as_micros(),
+                transaction_json: signed.transaction_json,
+                signature: signed.signature,
+            })
+            .collect();
+        Ok(Response::new(v1::GetTopologyResponse {
+            owner_public_key: self.manager.owner_public_key().to_string(),
+            entries,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_must_match_exactly() {
+        let mut metadata = MetadataMap::new();
+        assert!(!has_bearer(&metadata, "s3cret"));
+        metadata.insert("authorization", "Bearer s3cret".parse().expect("ascii"));
+        assert!(has_bearer(&metadata, "s3cret"));
+        assert!(!has_bearer(&metadata, "other"));
+        metadata.insert("authorization", "s3cret".parse().expect("ascii"));
+        assert!(!has_bearer(&metadata, "s3cret"));
+    }
+
+    #[test]
+    fn change_errors_map_to_their_statuses() {
+        for (error, code) in [
+            (
+                ChangeError::AlreadyExists("x".into()),
+                tonic::Code::AlreadyExists,
+            ),
+            (
+                ChangeError::FailedPrecondition("x".into()),
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                ChangeError::Unavailable("x".into()),
+                tonic::Code::Unavailable,
+            ),
+            (ChangeError::Internal("x".into()), tonic::Code::Internal),
+        ] {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+}

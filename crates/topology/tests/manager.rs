@@ -1,0 +1,675 @@
+//! The topology manager against a real sequencer, both running in this process on SQLite temp
+//! files: changes are registered and published to the members they concern, retries are
+//! idempotent, bad input gets a precise status and changes nothing, the sequencer admits only
+//! owner-signed members, and a restart finishes a change that was recorded but not confirmed.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use meridian_client::{ClientError, SequencerClient, SequencerClientConfig};
+use meridian_core::crypto::{PublicKey, SigningKey};
+use meridian_core::ledger::Permission;
+use meridian_core::protocol::ProtocolMessage;
+use meridian_core::sequencing::{Envelope, Submission};
+use meridian_core::topology::{
+    SignedTopologyTransaction, TopologyMapping, TopologyState, TopologyTransaction,
+};
+use meridian_core::{MemberId, MessageId, ParticipantId, PartyId, Timestamp};
+use meridian_proto::v1;
+use meridian_proto::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
+use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
+use meridian_store::sqlite::SqliteSequencerStore;
+use meridian_store::topology::SqliteTopologyStore;
+use meridian_store::{SequencerStore, TopologyStore};
+use meridian_testkit::free_port;
+use meridian_topology::TopologyManagerConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const TOKEN: &str = "test-admin-token";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Node {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Node {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The sequencer runs on a runtime of its own: its `run` future is not `Send` (an sqlx
+/// higher-ranked lifetime in its PostgreSQL migration), so it cannot be `tokio::spawn`ed.
+struct ThreadNode {
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ThreadNode {
+    fn spawn(config: meridian_sequencer::SequencerConfig) -> ThreadNode {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(meridian_sequencer::run(config, token))
+        });
+        ThreadNode { stop, thread }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    owner: SigningKey,
+    sequencer: ThreadNode,
+    sequencer_endpoint: String,
+    manager: Option<Node>,
+    manager_config: TopologyManagerConfig,
+}
+
+async fn wait_ready(admin: &str) {
+    let url = format!("http://{admin}/readyz");
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = reqwest::get(&url).await {
+            if response.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < READY_TIMEOUT,
+            "{url} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let owner_key_file = dir.path().join("owner.key");
+        let owner = SigningKey::generate();
+        meridian_node::keys::write_key(&owner_key_file, &owner).unwrap();
+
+        let (grpc, admin) = (free_port(), free_port());
+        let sequencer_config: meridian_sequencer::SequencerConfig = meridian_node::parse_toml(
+            &format!(
+                "listen_address = \"127.0.0.1:{grpc}\"\nadmin_address = \"127.0.0.1:{admin}\"\n\
+                 owner_public_key = \"{}\"\n[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n",
+                owner.public_key(),
+                dir.path().join("sequencer.db").display()
+            ),
+            "<test sequencer>",
+        )
+        .unwrap();
+        let sequencer = ThreadNode::spawn(sequencer_config);
+        wait_ready(&format!("127.0.0.1:{admin}")).await;
+        let sequencer_endpoint = format!("http://127.0.0.1:{grpc}");
+
+        let manager_config: TopologyManagerConfig = meridian_node::parse_toml(
+            &format!(
+                "owner_key_file = \"{}\"\nkey_file = \"{}\"\nsequencer_endpoint = \"{sequencer_endpoint}\"\n\
+                 listen_address = \"127.0.0.1:{}\"\nadmin_address = \"127.0.0.1:{}\"\n\
+                 admin_token = \"{TOKEN}\"\n[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n",
+                owner_key_file.display(),
+                dir.path().join("manager.key").display(),
+                free_port(),
+                free_port(),
+                dir.path().join("topology.db").display()
+            ),
+            "<test manager>",
+        )
+        .unwrap();
+        let mut cluster = Cluster {
+            dir,
+            owner,
+            sequencer,
+            sequencer_endpoint,
+            manager: None,
+            manager_config,
+        };
+        cluster.start_manager().await;
+        cluster
+    }
+
+    async fn start_manager(&mut self) {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(meridian_topology::run(
+            self.manager_config.clone(),
+            stop.clone(),
+        ));
+        wait_ready(&self.manager_config.admin_address.to_string()).await;
+        self.manager = Some(Node { stop, task });
+    }
+
+    async fn stop_manager(&mut self) {
+        if let Some(manager) = self.manager.take() {
+            manager.stop().await;
+        }
+    }
+
+    async fn admin(&self) -> TopologyAdminServiceClient<Channel> {
+        TopologyAdminServiceClient::connect(format!(
+            "http://{}",
+            self.manager_config.listen_address
+        ))
+        .await
+        .unwrap()
+    }
+
+    fn manager_key(&self) -> SigningKey {
+        meridian_node::keys::load_or_create_key(&self.dir.path().join("manager.key")).unwrap()
+    }
+
+    fn topology_db(&self) -> PathBuf {
+        self.dir.path().join("topology.db")
+    }
+
+    async fn shutdown(mut self) {
+        self.stop_manager().await;
+        self.sequencer.stop().await;
+    }
+
+    async fn topology(&self) -> Vec<(u64, TopologyTransaction)> {
+        let response = self
+            .admin()
+            .await
+            .get_topology(v1::GetTopologyRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            response.owner_public_key,
+            self.owner.public_key().to_string()
+        );
+        response
+            .entries
+            .into_iter()
+            .map(|entry| {
+                let signed = SignedTopologyTransaction {
+                    transaction_json: entry.transaction_json,
+                    signature: entry.signature,
+                };
+                (
+                    entry.effective_us,
+                    signed.verify(&self.owner.public_key()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    async fn sequencer_members(&self) -> Vec<String> {
+        SequencerAdminServiceClient::connect(self.sequencer_endpoint.clone())
+            .await
+            .unwrap()
+            .list_members(v1::ListMembersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .members
+            .into_iter()
+            .map(|m| m.member)
+            .collect()
+    }
+}
+
+fn authorized<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request
+}
+
+fn add_participant(name: &str, key: &PublicKey) -> Request<v1::AddParticipantRequest> {
+    authorized(v1::AddParticipantRequest {
+        participant: name.into(),
+        public_key: key.to_bytes().to_vec(),
+    })
+}
+
+fn allocate(
+    party: &str,
+    participant: &str,
+    permission: &str,
+) -> Request<v1::TopologyAllocatePartyRequest> {
+    authorized(v1::TopologyAllocatePartyRequest {
+        party: party.into(),
+        participant: participant.into(),
+        permission: permission.into(),
+    })
+}
+
+fn id(name: &str) -> MemberId {
+    MemberId::new(name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_registered_published_and_idempotent() {
+    let cluster = Cluster::start().await;
+    let mut admin = cluster.admin().await;
+
+    // Serial 1 is the manager's own registration, published at start-up.
+    let history = cluster.topology().await;
+    assert_eq!(history.len(), 1);
+    assert!(matches!(
+        history[0].1.mapping,
+        TopologyMapping::TopologyManager { .. }
+    ));
+
+    let p1 = SigningKey::generate();
+    let added = admin
+        .add_participant(add_participant("p1", &p1.public_key()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(added.changed);
+    assert_eq!(added.serial, 2);
+    assert!(added.effective_us > history[0].0);
+
+    // Registered at the sequencer: p1 can authenticate, and its stream starts with its own
+    // admission, sequenced at the effective time.
+    let client = SequencerClient::connect(SequencerClientConfig::new(
+        cluster.sequencer_endpoint.clone(),
+        id("p1"),
+        p1.clone(),
+    ))
+    .await
+    .unwrap();
+    let mut events = client.subscribe(None);
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.timestamp.as_micros(), added.effective_us);
+    assert_eq!(first.sender, id("topology-manager"));
+    let ProtocolMessage::Topology(signed) =
+        ProtocolMessage::decode(&first.envelopes[0].payload).unwrap()
+    else {
+        panic!("expected a topology message");
+    };
+    assert_eq!(
+        signed.verify(&cluster.owner.public_key()).unwrap().serial,
+        2
+    );
+
+    let hosted = admin
+        .allocate_party(allocate("alice", "p1", "submission"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((hosted.serial, hosted.changed), (3, true));
+    let second = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.timestamp.as_micros(), hosted.effective_us);
+
+    // Retries answer with the original serial and effective time.
+    let again = admin
+        .allocate_party(allocate("alice", "p1", "submission"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again,
+        v1::TopologyChangeResponse {
+            changed: false,
+            ..hosted
+        }
+    );
+    let again = admin
+        .add_participant(add_participant("p1", &p1.public_key()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again,
+        v1::TopologyChangeResponse {
+            changed: false,
+            ..added
+        }
+    );
+
+    // A different permission is an update.
+    let updated = admin
+        .allocate_party(allocate("alice", "p1", "observation"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((updated.serial, updated.changed), (4, true));
+
+    // GetTopology: everything, ordered by effective time, and a member catching up ends with
+    // the same topology.
+    let history = cluster.topology().await;
+    let serials: Vec<u64> = history.iter().map(|(_, t)| t.serial).collect();
+    assert_eq!(serials, vec![1, 2, 3, 4]);
+    assert!(history.windows(2).all(|w| w[0].0 < w[1].0));
+    let mut state = TopologyState::new(cluster.owner.public_key());
+    let endpoint = format!("http://{}", cluster.manager_config.listen_address);
+    assert_eq!(
+        meridian_client::topology::sync_topology(&endpoint, &mut state)
+            .await
+            .unwrap(),
+        4
+    );
+    let alice = PartyId::new("alice").unwrap();
+    let p1_id = ParticipantId::new("p1").unwrap();
+    assert_eq!(
+        state.latest().permission(&alice, &p1_id),
+        Some(Permission::Observation)
+    );
+    assert_eq!(
+        state
+            .snapshot_at(Timestamp::from_micros(updated.effective_us))
+            .permission(&alice, &p1_id),
+        Some(Permission::Submission),
+        "the update takes effect only after its effective time"
+    );
+
+    drop(events);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_clear_statuses_and_change_nothing() {
+    let cluster = Cluster::start().await;
+    let mut admin = cluster.admin().await;
+    let p1 = SigningKey::generate();
+    admin
+        .add_participant(add_participant("p1", &p1.public_key()))
+        .await
+        .unwrap();
+    let before = cluster.topology().await;
+    let members_before = cluster.sequencer_members().await;
+
+    let fresh = SigningKey::generate().public_key();
+    let unauthenticated = admin
+        .add_participant(v1::AddParticipantRequest {
+            participant: "p2".into(),
+            public_key: fresh.to_bytes().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+    let mut wrong = add_participant("p2", &fresh);
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        admin.add_participant(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    let cases: Vec<(tonic::Status, Code, &str)> = vec![
+        (
+            admin
+                .add_participant(add_participant("", &fresh))
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            "invalid `participant`",
+        ),
+        (
+            admin
+                .add_participant(authorized(v1::AddParticipantRequest {
+                    participant: "p2".into(),
+                    public_key: vec![1, 2, 3],
+                }))
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            "invalid `public_key`",
+        ),
+        (
+            admin
+                .add_mediator(authorized(v1::AddMediatorRequest {
+                    mediator: "m 1".into(),
+                    public_key: fresh.to_bytes().to_vec(),
+                }))
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            "invalid `mediator`",
+        ),
+        (
+            admin
+                .allocate_party(allocate("alice", "p1", "owner"))
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            "invalid `permission`",
+        ),
+        (
+            admin
+                .allocate_party(allocate("", "p1", "submission"))
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            "invalid `party`",
+        ),
+        (
+            admin
+                .allocate_party(allocate("alice", "nowhere", "submission"))
+                .await
+                .unwrap_err(),
+            Code::FailedPrecondition,
+            "participant nowhere is not registered",
+        ),
+        (
+            admin
+                .add_participant(add_participant("p1", &fresh))
+                .await
+                .unwrap_err(),
+            Code::AlreadyExists,
+            "already registered with a different key",
+        ),
+        (
+            admin
+                .add_mediator(authorized(v1::AddMediatorRequest {
+                    mediator: "p1".into(),
+                    public_key: fresh.to_bytes().to_vec(),
+                }))
+                .await
+                .unwrap_err(),
+            Code::AlreadyExists,
+            "already taken by the participant",
+        ),
+        (
+            admin
+                .add_participant(add_participant("topology-manager", &fresh))
+                .await
+                .unwrap_err(),
+            Code::AlreadyExists,
+            "already taken by the topology manager",
+        ),
+    ];
+    for (status, code, needle) in cases {
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{needle:?} in {status:?}"
+        );
+    }
+
+    // The sequencer itself admits only owner-signed members.
+    let refused =
+        meridian_client::register_member(&cluster.sequencer_endpoint, &id("intruder"), &fresh)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Rejected { code: Code::Unauthenticated, message } if message.contains("owner-signed")),
+        "{refused:?}"
+    );
+    let forged = SignedTopologyTransaction::sign(
+        &TopologyTransaction {
+            serial: 99,
+            mapping: TopologyMapping::Participant {
+                participant: ParticipantId::new("intruder").unwrap(),
+                public_key: fresh.to_string(),
+            },
+        },
+        &SigningKey::generate(),
+    );
+    let refused =
+        meridian_client::register_member_with_topology(&cluster.sequencer_endpoint, &forged)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ClientError::Rejected {
+                code: Code::Unauthenticated,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    assert_eq!(
+        cluster.topology().await,
+        before,
+        "bad input changes nothing"
+    );
+    assert_eq!(cluster.sequencer_members().await, members_before);
+    cluster.shutdown().await;
+}
+
+/// Plays the manager's part up to a crash: signs `mapping` as `serial`, registers the member,
+/// records the intent with `deadline`, and sends it only if `send` — then "crashes" (the
+/// effective time is never recorded). Returns the send's timestamp, if sent.
+async fn crash_midway(
+    cluster: &Cluster,
+    serial: u64,
+    mapping: TopologyMapping,
+    deadline: Timestamp,
+    send: bool,
+) -> Option<Timestamp> {
+    let signed =
+        SignedTopologyTransaction::sign(&TopologyTransaction { serial, mapping }, &cluster.owner);
+    meridian_client::register_member_with_topology(&cluster.sequencer_endpoint, &signed)
+        .await
+        .unwrap();
+    let store = SqliteTopologyStore::open(&cluster.topology_db())
+        .await
+        .unwrap();
+    assert!(store
+        .record_intent(serial, &signed, deadline)
+        .await
+        .unwrap());
+    if !send {
+        return None;
+    }
+    let manager = SequencerClient::connect(SequencerClientConfig::new(
+        cluster.sequencer_endpoint.clone(),
+        id("topology-manager"),
+        cluster.manager_key(),
+    ))
+    .await
+    .unwrap();
+    let receipt = manager
+        .send(Submission {
+            sender: id("topology-manager"),
+            message_id: MessageId::new(format!("topology-{serial}")).unwrap(),
+            envelopes: vec![Envelope {
+                recipients: vec![id("topology-manager")],
+                payload: ProtocolMessage::Topology(signed).encode(),
+            }],
+            max_sequencing_time: deadline,
+        })
+        .await
+        .unwrap();
+    Some(receipt.timestamp)
+}
+
+fn mediator(name: &str) -> TopologyMapping {
+    TopologyMapping::Mediator {
+        mediator: id(name),
+        public_key: SigningKey::generate().public_key().to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_finishes_changes_recorded_but_not_confirmed() {
+    let mut cluster = Cluster::start().await;
+    cluster.stop_manager().await;
+
+    // Sent, answer lost, deadline still ahead: the re-send is deduplicated.
+    let deadline = Timestamp::now().saturating_add(Duration::from_secs(30));
+    let sent_at = crash_midway(&cluster, 2, mediator("m1"), deadline, true)
+        .await
+        .unwrap();
+    cluster.start_manager().await;
+    let history = cluster.topology().await;
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1].0, sent_at.as_micros(), "original timestamp kept");
+    cluster.stop_manager().await;
+
+    // Sent, deadline passed before the restart: found in the manager's own stream.
+    let deadline = Timestamp::now().saturating_add(Duration::from_millis(1_500));
+    let sent_at = crash_midway(&cluster, 3, mediator("m2"), deadline, true)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // Forget the sequencer's deduplication entry (as its pruning does eventually), so that only
+    // the stream search, not a deduplicated re-send, can yield the original timestamp.
+    let sequencer_store = SqliteSequencerStore::open(&cluster.dir.path().join("sequencer.db"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sequencer_store
+            .prune_message_ids(Timestamp::now())
+            .await
+            .unwrap(),
+        1
+    );
+    cluster.start_manager().await;
+    let history = cluster.topology().await;
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[2].0, sent_at.as_micros(), "found, not sent twice");
+    cluster.stop_manager().await;
+
+    // Never sent, deadline passed: provably not sequenced, so sent now with a new deadline.
+    let deadline = Timestamp::now().saturating_sub(Duration::from_secs(1));
+    assert!(crash_midway(&cluster, 4, mediator("m3"), deadline, false)
+        .await
+        .is_none());
+    cluster.start_manager().await;
+    let history = cluster.topology().await;
+    let serials: Vec<u64> = history.iter().map(|(_, t)| t.serial).collect();
+    assert_eq!(serials, vec![1, 2, 3, 4]);
+    assert!(history[3].0 > history[2].0);
+
+    // And the manager goes on with the next serial.
+    let added = cluster
+        .admin()
+        .await
+        .add_participant(add_participant("p1", &SigningKey::generate().public_key()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((added.serial, added.changed), (5, true));
+    cluster.shutdown().await;
+}
