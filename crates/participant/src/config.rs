@@ -1,0 +1,228 @@
+//! The participant's TOML configuration. Unknown keys are errors (`deny_unknown_fields`), so a
+//! typo never silently falls back to a default.
+//!
+//! ```toml
+//! participant_id = "participant1"
+//! key_file = "data/participant1.key"          # created (mode 0600) if missing
+//! owner_public_key = "<64 hex digits>"        # the synchronizer owner's topology key
+//! sequencer_endpoint = "http://127.0.0.1:4001"
+//! topology_endpoint = "http://127.0.0.1:4201" # the topology manager's admin gRPC
+//! mediator_id = "mediator"                    # default "mediator"
+//! listen_address = "127.0.0.1:4501"           # gRPC: LedgerService, health, reflection
+//! admin_address = "127.0.0.1:4601"            # HTTP: /livez /readyz /status /metrics
+//! max_sequencing_delay_ms = 10000
+//! dedup_period_s = 600                        # default deduplication period
+//! max_dedup_period_s = 86400                  # longest period a command may ask for
+//! submit_timeout_ms = 30000                   # SubmitAndWait gives up waiting after this
+//!
+//! [limits]
+//! max_commands = 100                          # commands per submission
+//! max_in_flight = 5000                        # submissions awaiting their outcome
+//! max_payload_bytes = 65536                   # JSON text per payload / argument
+//!
+//! [storage]
+//! backend = "sqlite"
+//! path = "data/participant1.db"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meridian_core::crypto::PublicKey;
+use meridian_core::{MemberId, ParticipantId};
+use meridian_store::StorageConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantConfig {
+    pub participant_id: ParticipantId,
+    pub key_file: PathBuf,
+    /// Hex of the synchronizer owner's ed25519 public key; every topology transaction must be
+    /// signed by it.
+    pub owner_public_key: String,
+    pub sequencer_endpoint: String,
+    pub topology_endpoint: String,
+    #[serde(default = "default_mediator")]
+    pub mediator_id: MemberId,
+    pub listen_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    pub storage: StorageConfig,
+    #[serde(default = "default_max_sequencing_delay_ms")]
+    pub max_sequencing_delay_ms: u64,
+    #[serde(default = "default_dedup_period_s")]
+    pub dedup_period_s: u64,
+    #[serde(default = "default_max_dedup_period_s")]
+    pub max_dedup_period_s: u64,
+    #[serde(default = "default_submit_timeout_ms")]
+    pub submit_timeout_ms: u64,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_commands: usize,
+    /// Submissions accepted but not yet completed; beyond it SubmitAndWait is
+    /// RESOURCE_EXHAUSTED.
+    pub max_in_flight: usize,
+    /// Longest JSON text of a payload or choice argument.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_commands: 100,
+            max_in_flight: 5_000,
+            max_payload_bytes: 64 * 1024,
+        }
+    }
+}
+
+fn default_mediator() -> MemberId {
+    MemberId::new("mediator").expect("static member id is valid")
+}
+fn default_max_sequencing_delay_ms() -> u64 {
+    10_000
+}
+fn default_dedup_period_s() -> u64 {
+    600
+}
+fn default_max_dedup_period_s() -> u64 {
+    86_400
+}
+fn default_submit_timeout_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigCheckError {
+    #[error(transparent)]
+    Load(#[from] meridian_node::config::ConfigError),
+    #[error("{path}: owner_public_key: {reason}")]
+    OwnerKey { path: String, reason: String },
+    #[error("{path}: {field} must be at least 1")]
+    Zero { path: String, field: &'static str },
+    #[error("{path}: {field} {value:?} must start with http://")]
+    Endpoint {
+        path: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("{path}: dedup_period_s ({period}) must not exceed max_dedup_period_s ({max})")]
+    DedupPeriod { path: String, period: u64, max: u64 },
+}
+
+impl ParticipantConfig {
+    /// Loads and checks a config file; every error names the file and the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigCheckError> {
+        let config: ParticipantConfig = meridian_node::config::load_toml(path)?;
+        config.check(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
+        let path = path.to_owned();
+        self.owner_key()
+            .map_err(|reason| ConfigCheckError::OwnerKey {
+                path: path.clone(),
+                reason,
+            })?;
+        for (field, value) in [
+            ("sequencer_endpoint", &self.sequencer_endpoint),
+            ("topology_endpoint", &self.topology_endpoint),
+        ] {
+            if !value.starts_with("http://") {
+                return Err(ConfigCheckError::Endpoint {
+                    path,
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        for (field, value) in [
+            ("max_sequencing_delay_ms", self.max_sequencing_delay_ms),
+            ("dedup_period_s", self.dedup_period_s),
+            ("submit_timeout_ms", self.submit_timeout_ms),
+            ("limits.max_commands", self.limits.max_commands as u64),
+            ("limits.max_in_flight", self.limits.max_in_flight as u64),
+            (
+                "limits.max_payload_bytes",
+                self.limits.max_payload_bytes as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigCheckError::Zero { path, field });
+            }
+        }
+        if self.dedup_period_s > self.max_dedup_period_s {
+            return Err(ConfigCheckError::DedupPeriod {
+                path,
+                period: self.dedup_period_s,
+                max: self.max_dedup_period_s,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn owner_key(&self) -> Result<PublicKey, String> {
+        PublicKey::from_hex(&self.owner_public_key).map_err(|e| e.to_string())
+    }
+
+    pub fn max_sequencing_delay(&self) -> Duration {
+        Duration::from_millis(self.max_sequencing_delay_ms)
+    }
+
+    pub fn submit_timeout(&self) -> Duration {
+        Duration::from_millis(self.submit_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+participant_id = "p1"
+key_file = "p1.key"
+owner_public_key = "OWNER"
+sequencer_endpoint = "http://127.0.0.1:4001"
+topology_endpoint = "http://127.0.0.1:4201"
+listen_address = "127.0.0.1:4501"
+admin_address = "127.0.0.1:4601"
+[storage]
+backend = "sqlite"
+path = "p1.db"
+"#;
+
+    fn with_owner(text: &str) -> String {
+        let key = meridian_core::crypto::SigningKey::from_seed([1; 32]).public_key();
+        text.replace("OWNER", &key.to_string())
+    }
+
+    #[test]
+    fn defaults_and_checks() {
+        let config: ParticipantConfig =
+            meridian_node::config::parse_toml(&with_owner(VALID), "p1.toml").unwrap();
+        config.check("p1.toml").unwrap();
+        assert_eq!(config.mediator_id.as_str(), "mediator");
+        assert_eq!(config.dedup_period_s, 600);
+        assert_eq!(config.max_sequencing_delay_ms, 10_000);
+
+        let bad: ParticipantConfig = meridian_node::config::parse_toml(VALID, "p1.toml").unwrap();
+        let err = bad.check("p1.toml").unwrap_err().to_string();
+        assert!(err.contains("owner_public_key"), "{err}");
+
+        let err = meridian_node::config::parse_toml::<ParticipantConfig>(
+            &format!("{}\nbogus = 1\n", with_owner(VALID))
+                .replace("[storage]", "bogus2 = 2\n[storage]"),
+            "p1.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `bogus2`"), "{err}");
+    }
+}

@@ -1,0 +1,1139 @@
+//! The participant's protocol logic, sans I/O: [`ParticipantEngine`] consumes sequenced events
+//! and local submission steps and returns [`Effect`]s (messages to send, rows to persist,
+//! completions to report); the runtime performs them.
+//!
+//! The engine is deterministic: the same restored state and the same inputs give the same
+//! effects, byte for byte (ed25519 signatures are deterministic too). Randomness (seeds,
+//! submission ids) and wall-clock time are arguments. That is what makes crash recovery a
+//! replay from the checkpoint, and what lets a simulation drive whole clusters of engines.
+//!
+//! State: the active contract set of contracts with a stakeholder hosted here, locks held by
+//! requests awaiting their verdict, those pending requests, this participant's in-flight
+//! submissions, the deduplication table, the ledger end, and the topology history.
+//!
+//! Safety rules enforced here:
+//! - a consumed contract is locked by the first request that passes activeness and stays locked
+//!   until that request's verdict; a second request on it is rejected (`LockedContracts`), and
+//!   one on an archived contract is rejected (`InactiveContracts`);
+//! - a commit happens only on a mediator verdict whose signature verifies against the topology
+//!   and whose request hash matches what this participant validated;
+//! - an own request whose submission is not in flight (it was abandoned after a definite send
+//!   failure) is rejected, so an application that was told "failed" never sees it commit.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use meridian_core::crypto::{SigningKey, SigningPurpose};
+use meridian_core::ledger::{Action, Command, Contract, Transaction};
+use meridian_core::protocol::{
+    self, ChangeId, ConfirmationRequest, ConfirmationResponse, InformeeMessage, LocalVerdict,
+    ProtocolMessage, RejectionCode, Signed, Verdict, VerdictOutcome,
+};
+use meridian_core::sequencing::{Envelope, Submission};
+use meridian_core::template::{authorize, ModelError, TemplateRegistry};
+use meridian_core::topology::{SignedTopologyTransaction, TopologySnapshot, TopologyState};
+use meridian_core::{
+    ContractId, LedgerOffset, MemberId, MessageId, ParticipantId, PartyId, Timestamp, TransactionId,
+};
+use serde::{Deserialize, Serialize};
+
+/// gRPC status codes the engine reports in completions (numeric values of `google.rpc.Code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusCode {
+    Ok,
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    FailedPrecondition,
+    Aborted,
+    Unavailable,
+    Internal,
+}
+
+impl StatusCode {
+    pub fn as_i32(self) -> i32 {
+        match self {
+            StatusCode::Ok => 0,
+            StatusCode::InvalidArgument => 3,
+            StatusCode::NotFound => 5,
+            StatusCode::AlreadyExists => 6,
+            StatusCode::PermissionDenied => 7,
+            StatusCode::FailedPrecondition => 9,
+            StatusCode::Aborted => 10,
+            StatusCode::Internal => 13,
+            StatusCode::Unavailable => 14,
+        }
+    }
+
+    /// How a mediator rejection reaches the application. Races and timeouts are ABORTED
+    /// (retrying with a fresh command may succeed); a refused authority is PERMISSION_DENIED;
+    /// anything that means the request itself was wrong is FAILED_PRECONDITION.
+    pub fn for_rejection(code: RejectionCode) -> Self {
+        match code {
+            RejectionCode::Timeout
+            | RejectionCode::LockedContracts
+            | RejectionCode::InactiveContracts
+            | RejectionCode::Topology => StatusCode::Aborted,
+            RejectionCode::NotAuthorized => StatusCode::PermissionDenied,
+            RejectionCode::ModelConformance | RejectionCode::Malformed => {
+                StatusCode::FailedPrecondition
+            }
+        }
+    }
+}
+
+/// One of this participant's own submissions, from the moment it is recorded (before it is
+/// sent) until its completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalSubmission {
+    pub change: ChangeId,
+    pub submission_id: String,
+    pub max_sequencing_time: Timestamp,
+    pub dedup_period_us: u64,
+}
+
+impl LocalSubmission {
+    pub fn change_key(&self) -> String {
+        self.change.key()
+    }
+}
+
+/// What the deduplication table says about a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DedupStatus {
+    InFlight {
+        submission_id: String,
+    },
+    Committed {
+        transaction_id: TransactionId,
+        offset: LedgerOffset,
+        expires_at: Timestamp,
+    },
+}
+
+/// Result of [`ParticipantEngine::begin_submission`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// Recorded as in flight; persist the marker ([`Effect::InFlight`]) before sending.
+    Started,
+    /// The same change is already in flight under another submission.
+    InFlight { submission_id: String },
+    /// The same change committed within its deduplication period.
+    Duplicate {
+        transaction_id: TransactionId,
+        offset: LedgerOffset,
+    },
+}
+
+/// A message to send through the sequencer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingMessage {
+    pub message_id: String,
+    pub recipients: Vec<MemberId>,
+    /// An encoded [`ProtocolMessage`] (JSON text).
+    pub payload: String,
+}
+
+/// A validated request awaiting its verdict. Persisted (as JSON) so a restart can finish it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub request_id: Timestamp,
+    pub request_hash: String,
+    pub mediator: MemberId,
+    pub submitter: ParticipantId,
+    pub transaction: Transaction,
+    pub informees: BTreeSet<PartyId>,
+    /// Consumed contracts this request locked here.
+    pub locks: Vec<ContractId>,
+    /// Created contracts with a stakeholder hosted here (not consumed in the same transaction).
+    pub created_here: Vec<Contract>,
+    /// Set when this participant submitted it and the submission was in flight.
+    pub local: Option<LocalSubmission>,
+    /// The confirmation response sent, resent after a restart.
+    pub response: Option<OutgoingMessage>,
+}
+
+/// A commit to persist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRecord {
+    pub offset: LedgerOffset,
+    pub transaction_id: TransactionId,
+    pub request_id: Timestamp,
+    pub transaction: Transaction,
+    pub informees: BTreeSet<PartyId>,
+    pub local: Option<LocalSubmission>,
+    /// Contracts removed from the active set here.
+    pub archived: Vec<ContractId>,
+    /// Contracts added to the active set here.
+    pub created: Vec<Contract>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Committed {
+        transaction_id: TransactionId,
+        offset: LedgerOffset,
+    },
+    Rejected {
+        code: StatusCode,
+        message: String,
+    },
+}
+
+/// The outcome of an own submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub submission: LocalSubmission,
+    /// Committed ones share the transaction's offset; rejections get their own.
+    pub offset: LedgerOffset,
+    pub record_time: Timestamp,
+    pub outcome: Outcome,
+    /// The committed transaction, for answering the submitter.
+    pub transaction: Option<Box<Transaction>>,
+}
+
+impl Completion {
+    /// Expiry of the deduplication entry of a committed change.
+    pub fn dedup_expires_at(&self) -> Timestamp {
+        self.record_time
+            .saturating_add(std::time::Duration::from_micros(
+                self.submission.dedup_period_us,
+            ))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Persist the in-flight marker of a submission (before it is sent).
+    InFlight(LocalSubmission),
+    /// Send a message (confirmation responses). Safe to send before the batch is persisted:
+    /// a replay produces the identical message with the same message id.
+    Send(OutgoingMessage),
+    /// Store (or replace) a pending request.
+    Pending(Box<PendingRequest>),
+    /// The pending request got its verdict: forget it.
+    Decided {
+        request_id: Timestamp,
+    },
+    Commit(Box<CommitRecord>),
+    Complete(Box<Completion>),
+    /// The topology changed (parties or permissions may differ).
+    TopologyChanged,
+}
+
+/// Why a submission was refused before anything was sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("party {0} is not known to the synchronizer (hosted on no participant)")]
+    UnknownParty(PartyId),
+    #[error("party {party} is not hosted on participant {participant} with submission permission")]
+    NotHosted {
+        party: PartyId,
+        participant: ParticipantId,
+    },
+    #[error("contract {0} is not active or not visible to the acting parties")]
+    UnknownContract(ContractId),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    InvalidCommand(String),
+    #[error("mediator {0} is not in the topology")]
+    UnknownMediator(MemberId),
+}
+
+impl SubmitError {
+    fn from_model(error: ModelError) -> Self {
+        match error {
+            ModelError::UnknownContract(id) => SubmitError::UnknownContract(id),
+            ModelError::MissingAuthorization { .. } => SubmitError::Unauthorized(error.to_string()),
+            ModelError::UnknownTemplate(_)
+            | ModelError::BadPayload { .. }
+            | ModelError::UnknownChoice { .. }
+            | ModelError::BadArgument { .. }
+            | ModelError::NoActingParty
+            | ModelError::NoCommands => SubmitError::InvalidCommand(error.to_string()),
+        }
+    }
+}
+
+/// A sequenced event as the engine needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequencedInput {
+    pub timestamp: Timestamp,
+    pub sender: MemberId,
+    /// Payloads of the envelopes addressed to this participant.
+    pub payloads: Vec<Vec<u8>>,
+}
+
+/// What the engine is restored from.
+#[derive(Debug, Clone, Default)]
+pub struct RestoredState {
+    pub checkpoint: Option<Timestamp>,
+    pub ledger_end: LedgerOffset,
+    pub active_contracts: Vec<Contract>,
+    pub pending: Vec<PendingRequest>,
+    /// In-flight submissions (markers) that have no completion yet.
+    pub in_flight: Vec<LocalSubmission>,
+    /// Committed dedup entries: (change key, status).
+    pub committed: Vec<(String, DedupStatus)>,
+}
+
+/// The participant's sans-I/O protocol engine. See the module documentation.
+pub struct ParticipantEngine {
+    participant: ParticipantId,
+    key: SigningKey,
+    registry: TemplateRegistry,
+    topology: TopologyState,
+    /// Latest effective time in the topology history: snapshots after it are `latest()`.
+    topology_last_effective: Timestamp,
+    acs: HashMap<ContractId, Contract>,
+    locks: HashMap<ContractId, Timestamp>,
+    pending: BTreeMap<Timestamp, PendingRequest>,
+    in_flight: HashMap<String, LocalSubmission>,
+    /// (max sequencing time, submission id) of in-flight submissions not yet seen sequenced.
+    expiry: BTreeSet<(Timestamp, String)>,
+    dedup: HashMap<String, DedupStatus>,
+    ledger_end: LedgerOffset,
+    last_event: Option<Timestamp>,
+    effects: Vec<Effect>,
+}
+
+impl std::fmt::Debug for ParticipantEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParticipantEngine")
+            .field("participant", &self.participant)
+            .field("active_contracts", &self.acs.len())
+            .field("pending", &self.pending.len())
+            .field("in_flight", &self.in_flight.len())
+            .field("ledger_end", &self.ledger_end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ParticipantEngine {
+    pub fn new(
+        participant: ParticipantId,
+        key: SigningKey,
+        topology: TopologyState,
+        restored: RestoredState,
+    ) -> Self {
+        let topology_last_effective = topology
+            .signed_history()
+            .last()
+            .map(|(t, _)| *t)
+            .unwrap_or(Timestamp::MIN);
+        let mut engine = Self {
+            participant,
+            key,
+            registry: TemplateRegistry::standard(),
+            topology,
+            topology_last_effective,
+            acs: restored
+                .active_contracts
+                .into_iter()
+                .map(|c| (c.id.clone(), c))
+                .collect(),
+            locks: HashMap::new(),
+            pending: BTreeMap::new(),
+            in_flight: HashMap::new(),
+            expiry: BTreeSet::new(),
+            dedup: restored.committed.into_iter().collect(),
+            ledger_end: restored.ledger_end,
+            last_event: restored.checkpoint,
+            effects: Vec::new(),
+        };
+        let sequenced: BTreeSet<String> = restored
+            .pending
+            .iter()
+            .filter_map(|p| p.local.as_ref().map(|l| l.submission_id.clone()))
+            .collect();
+        for request in restored.pending {
+            for id in &request.locks {
+                engine.locks.insert(id.clone(), request.request_id);
+            }
+            if let Some(local) = &request.local {
+                engine.dedup.insert(
+                    local.change_key(),
+                    DedupStatus::InFlight {
+                        submission_id: local.submission_id.clone(),
+                    },
+                );
+            }
+            engine.pending.insert(request.request_id, request);
+        }
+        for submission in restored.in_flight {
+            engine.dedup.insert(
+                submission.change_key(),
+                DedupStatus::InFlight {
+                    submission_id: submission.submission_id.clone(),
+                },
+            );
+            // Already sequenced ones belong to their pending request; the marker only keeps
+            // the change deduplicated until the verdict.
+            if !sequenced.contains(&submission.submission_id) {
+                engine.track_in_flight(submission);
+            }
+        }
+        engine
+    }
+
+    pub fn participant(&self) -> &ParticipantId {
+        &self.participant
+    }
+
+    pub fn ledger_end(&self) -> LedgerOffset {
+        self.ledger_end
+    }
+
+    pub fn last_event(&self) -> Option<Timestamp> {
+        self.last_event
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &PendingRequest> {
+        self.pending.values()
+    }
+
+    pub fn topology(&self) -> &TopologyState {
+        &self.topology
+    }
+
+    pub fn active_contract(&self, id: &ContractId) -> Option<&Contract> {
+        self.acs.get(id)
+    }
+
+    pub fn active_contracts(&self) -> impl Iterator<Item = &Contract> {
+        self.acs.values()
+    }
+
+    pub fn is_locked(&self, id: &ContractId) -> bool {
+        self.locks.contains_key(id)
+    }
+
+    /// The earliest max sequencing time of a submission not yet seen sequenced: once the
+    /// sequencer's time passes it, that submission can be completed as not sequenced. The
+    /// runtime requests a time proof when wall-clock time is past it.
+    pub fn earliest_unsequenced_deadline(&self) -> Option<Timestamp> {
+        self.expiry.iter().next().map(|(t, _)| *t)
+    }
+
+    /// Takes the effects produced since the last call.
+    pub fn drain_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The deduplication status of a change, ignoring committed entries expired by `now`.
+    pub fn dedup_status(&self, change_key: &str, now: Timestamp) -> Option<DedupStatus> {
+        match self.dedup.get(change_key)? {
+            DedupStatus::Committed { expires_at, .. } if *expires_at <= now => None,
+            status => Some(status.clone()),
+        }
+    }
+
+    /// Forgets committed dedup entries that expired by `now`. Returns how many.
+    pub fn prune_dedup(&mut self, now: Timestamp) -> usize {
+        let before = self.dedup.len();
+        self.dedup.retain(|_, status| match status {
+            DedupStatus::Committed { expires_at, .. } => *expires_at > now,
+            DedupStatus::InFlight { .. } => true,
+        });
+        before - self.dedup.len()
+    }
+
+    /// Adds topology transactions learnt out of band (from the topology manager). Returns how
+    /// many were new. Invalid ones are skipped with a warning.
+    pub fn add_topology(&mut self, entries: &[(Timestamp, SignedTopologyTransaction)]) -> usize {
+        let mut added = 0;
+        for (effective, signed) in entries {
+            match self.topology.add(*effective, signed) {
+                Ok(true) => {
+                    added += 1;
+                    self.topology_last_effective = self.topology_last_effective.max(*effective);
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "ignoring a topology transaction"),
+            }
+        }
+        if added > 0 {
+            self.effects.push(Effect::TopologyChanged);
+        }
+        added
+    }
+
+    fn snapshot_at(&self, at: Timestamp) -> Cow<'_, TopologySnapshot> {
+        if at > self.topology_last_effective {
+            Cow::Borrowed(self.topology.latest())
+        } else {
+            Cow::Owned(self.topology.snapshot_at(at))
+        }
+    }
+
+    fn next_offset(&mut self) -> LedgerOffset {
+        self.ledger_end = LedgerOffset(self.ledger_end.0 + 1);
+        self.ledger_end
+    }
+
+    fn track_in_flight(&mut self, submission: LocalSubmission) {
+        self.expiry.insert((
+            submission.max_sequencing_time,
+            submission.submission_id.clone(),
+        ));
+        self.in_flight
+            .insert(submission.submission_id.clone(), submission);
+    }
+
+    fn untrack_in_flight(&mut self, submission_id: &str) -> Option<LocalSubmission> {
+        let submission = self.in_flight.remove(submission_id)?;
+        self.expiry.remove(&(
+            submission.max_sequencing_time,
+            submission.submission_id.clone(),
+        ));
+        Some(submission)
+    }
+
+    // ---- Submission side -------------------------------------------------------------
+
+    /// Interprets `commands` for `change.act_as` against this participant's active contracts
+    /// and the latest topology, and builds the one sequencer submission of the protocol: the
+    /// confirmation request for every informee participant and the informee message for the
+    /// mediator. Changes nothing.
+    pub fn prepare_submission(
+        &self,
+        change: &ChangeId,
+        commands: &[Command],
+        seed: [u8; 32],
+        submission_id: &MessageId,
+        mediator: &MemberId,
+        max_sequencing_time: Timestamp,
+    ) -> Result<Submission, SubmitError> {
+        let snapshot = self.topology.latest();
+        let known = |party: &PartyId| snapshot.parties().any(|(p, _)| p == party);
+        for party in &change.act_as {
+            match snapshot.permission(party, &self.participant) {
+                Some(permission) if permission.can_submit() => {}
+                Some(_) => {
+                    return Err(SubmitError::NotHosted {
+                        party: party.clone(),
+                        participant: self.participant.clone(),
+                    })
+                }
+                None if known(party) => {
+                    return Err(SubmitError::NotHosted {
+                        party: party.clone(),
+                        participant: self.participant.clone(),
+                    })
+                }
+                None => return Err(SubmitError::UnknownParty(party.clone())),
+            }
+        }
+        if snapshot.mediator_key(mediator).is_none() {
+            return Err(SubmitError::UnknownMediator(mediator.clone()));
+        }
+        // Only contracts the acting parties can see: nobody learns from an error message
+        // that a contract of someone else exists.
+        let act_as = &change.act_as;
+        let lookup = |id: &ContractId| -> Option<Contract> {
+            self.acs
+                .get(id)
+                .filter(|c| c.stakeholders().iter().any(|p| act_as.contains(p)))
+                .cloned()
+        };
+        let transaction = self
+            .registry
+            .interpret(commands, act_as, &seed, &lookup)
+            .map_err(SubmitError::from_model)?;
+        authorize(&transaction, act_as).map_err(SubmitError::from_model)?;
+        let informees = transaction.informees();
+        for party in &informees {
+            if !known(party) {
+                return Err(SubmitError::UnknownParty(party.clone()));
+            }
+        }
+        let informee_participants = snapshot.hosting_participants(&informees);
+        let inputs: Vec<Contract> = transaction
+            .inputs()
+            .iter()
+            .filter_map(|id| self.acs.get(id).cloned())
+            .collect();
+        let request = ConfirmationRequest {
+            submitter: self.participant.clone(),
+            change_id: change.clone(),
+            submission_id: submission_id.to_string(),
+            commands: commands.to_vec(),
+            seed: hex::encode(seed),
+            transaction: transaction.clone(),
+            inputs,
+            mediator: mediator.clone(),
+            informee_participants: informee_participants.clone(),
+        };
+        let request_bytes = ProtocolMessage::ConfirmationRequest(Box::new(request)).encode();
+        let informee_message = ProtocolMessage::InformeeMessage(InformeeMessage {
+            submitter: self.participant.clone(),
+            informees,
+            confirming_parties: transaction.confirming_parties(),
+            informee_participants: informee_participants.clone(),
+            request_hash: protocol::request_hash(&request_bytes),
+        });
+        Ok(Submission {
+            sender: self.participant.as_member(),
+            message_id: submission_id.clone(),
+            envelopes: vec![
+                Envelope {
+                    recipients: informee_participants
+                        .iter()
+                        .map(ParticipantId::as_member)
+                        .collect(),
+                    payload: request_bytes,
+                },
+                Envelope {
+                    recipients: vec![mediator.clone()],
+                    payload: informee_message.encode(),
+                },
+            ],
+            max_sequencing_time,
+        })
+    }
+
+    /// Records a submission as in flight unless its change is already in flight or committed
+    /// within its deduplication period. On [`Begin::Started`] the caller must persist the
+    /// [`Effect::InFlight`] marker before sending.
+    pub fn begin_submission(&mut self, submission: LocalSubmission, now: Timestamp) -> Begin {
+        let key = submission.change_key();
+        match self.dedup_status(&key, now) {
+            Some(DedupStatus::InFlight { submission_id }) => Begin::InFlight { submission_id },
+            Some(DedupStatus::Committed {
+                transaction_id,
+                offset,
+                ..
+            }) => Begin::Duplicate {
+                transaction_id,
+                offset,
+            },
+            None => {
+                self.dedup.insert(
+                    key,
+                    DedupStatus::InFlight {
+                        submission_id: submission.submission_id.clone(),
+                    },
+                );
+                self.effects.push(Effect::InFlight(submission.clone()));
+                self.track_in_flight(submission);
+                Begin::Started
+            }
+        }
+    }
+
+    /// Gives up a submission that definitely was not sequenced (the sequencer refused it):
+    /// completes it with `code` and frees its change id. If it was sequenced after all, its
+    /// request is rejected when it arrives (see the module documentation).
+    pub fn abandon_submission(
+        &mut self,
+        submission_id: &str,
+        code: StatusCode,
+        message: String,
+        now: Timestamp,
+    ) {
+        if let Some(submission) = self.untrack_in_flight(submission_id) {
+            self.complete_rejected(submission, now, code, message);
+        }
+    }
+
+    fn complete_rejected(
+        &mut self,
+        submission: LocalSubmission,
+        record_time: Timestamp,
+        code: StatusCode,
+        message: String,
+    ) {
+        let key = submission.change_key();
+        if matches!(self.dedup.get(&key), Some(DedupStatus::InFlight { submission_id }) if *submission_id == submission.submission_id)
+        {
+            self.dedup.remove(&key);
+        }
+        let offset = self.next_offset();
+        self.effects.push(Effect::Complete(Box::new(Completion {
+            submission,
+            offset,
+            record_time,
+            outcome: Outcome::Rejected { code, message },
+            transaction: None,
+        })));
+    }
+
+    // ---- Sequenced events ---------------------------------------------------------------
+
+    /// Processes one sequenced event. Events must come in timestamp order, each once.
+    pub fn handle_event(&mut self, event: &SequencedInput) {
+        if self.last_event.is_some_and(|last| event.timestamp <= last) {
+            tracing::warn!(ts = %event.timestamp, "ignoring an event at or before the checkpoint");
+            return;
+        }
+        for payload in &event.payloads {
+            match ProtocolMessage::decode(payload) {
+                Ok(ProtocolMessage::ConfirmationRequest(request)) => {
+                    self.on_request(event.timestamp, &event.sender, payload, *request)
+                }
+                Ok(ProtocolMessage::Verdict(signed)) => {
+                    self.on_verdict(event.timestamp, &event.sender, &signed)
+                }
+                Ok(ProtocolMessage::Topology(signed)) => {
+                    self.add_topology(&[(event.timestamp, signed)]);
+                }
+                Ok(ProtocolMessage::TimeProof) => {}
+                Ok(other) => tracing::warn!(
+                    ts = %event.timestamp,
+                    sender = %event.sender,
+                    kind = message_kind(&other),
+                    "ignoring a message not meant for participants"
+                ),
+                Err(error) => tracing::warn!(
+                    ts = %event.timestamp,
+                    sender = %event.sender,
+                    %error,
+                    "ignoring a malformed envelope"
+                ),
+            }
+        }
+        self.last_event = Some(event.timestamp);
+        self.expire_unsequenced(event.timestamp);
+    }
+
+    /// Submissions whose max sequencing time is before the sequencer's time `now` and that were
+    /// not seen sequenced never will be: they complete as ABORTED and free their change id.
+    fn expire_unsequenced(&mut self, now: Timestamp) {
+        while let Some((deadline, submission_id)) = self.expiry.iter().next().cloned() {
+            if deadline >= now {
+                break;
+            }
+            if let Some(submission) = self.untrack_in_flight(&submission_id) {
+                self.complete_rejected(
+                    submission,
+                    now,
+                    StatusCode::Aborted,
+                    format!(
+                        "the submission was not sequenced before its max sequencing time \
+                         {deadline}; nothing was committed, resubmit"
+                    ),
+                );
+            } else {
+                self.expiry.remove(&(deadline, submission_id));
+            }
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        ts: Timestamp,
+        sender: &MemberId,
+        bytes: &[u8],
+        request: ConfirmationRequest,
+    ) {
+        if self.pending.contains_key(&ts) {
+            tracing::warn!(%ts, "ignoring a second confirmation request in one event");
+            return;
+        }
+        let request_hash = protocol::request_hash(bytes);
+        let local = if request.submitter == self.participant {
+            self.untrack_in_flight(&request.submission_id)
+        } else {
+            None
+        };
+        let snapshot = self.snapshot_at(ts);
+        let hosted = snapshot.hosted_by(&self.participant);
+        let check = self.validate(ts, sender, &request, &snapshot, &hosted, local.is_some());
+        let transaction = request.transaction;
+        let informees = transaction.informees();
+        let consumed: BTreeSet<ContractId> = transaction.consumed().into_iter().collect();
+        let hosts_any =
+            |parties: &BTreeSet<PartyId>| parties.iter().any(|p| hosted.contains_key(p));
+        let created_here: Vec<Contract> = transaction
+            .created()
+            .filter(|c| !consumed.contains(&c.id) && hosts_any(&c.stakeholders()))
+            .cloned()
+            .collect();
+        let confirming: BTreeSet<PartyId> = transaction
+            .confirming_parties()
+            .into_iter()
+            .filter(|p| hosted.get(p).is_some_and(|perm| perm.can_confirm()))
+            .collect();
+        drop(snapshot);
+
+        let locks: Vec<ContractId> = match &check {
+            Ok(()) => consumed
+                .iter()
+                .filter(|id| self.acs.contains_key(*id))
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for id in &locks {
+            self.locks.insert(id.clone(), ts);
+        }
+        let response = (!confirming.is_empty()).then(|| {
+            let verdict = match &check {
+                Ok(()) => LocalVerdict::Approve,
+                Err((code, message)) => LocalVerdict::Reject {
+                    code: *code,
+                    message: message.clone(),
+                },
+            };
+            let signed = Signed::sign(
+                &ConfirmationResponse {
+                    request_id: ts,
+                    request_hash: request_hash.clone(),
+                    participant: self.participant.clone(),
+                    parties: confirming,
+                    verdict,
+                },
+                self.participant.as_member(),
+                &self.key,
+                SigningPurpose::ConfirmationResponse,
+            );
+            OutgoingMessage {
+                message_id: format!("resp-{}-{}", ts.as_micros(), self.participant),
+                recipients: vec![request.mediator.clone()],
+                payload: String::from_utf8_lossy(
+                    &ProtocolMessage::ConfirmationResponse(signed).encode(),
+                )
+                .into_owned(),
+            }
+        });
+        if let Err((code, message)) = &check {
+            tracing::info!(request_id = %ts, ?code, %message, "rejecting a request locally");
+        }
+        let pending = PendingRequest {
+            request_id: ts,
+            request_hash,
+            mediator: request.mediator,
+            submitter: request.submitter,
+            transaction,
+            informees,
+            locks,
+            created_here,
+            local,
+            response: response.clone(),
+        };
+        if let Some(message) = response {
+            self.effects.push(Effect::Send(message));
+        }
+        self.effects
+            .push(Effect::Pending(Box::new(pending.clone())));
+        self.pending.insert(ts, pending);
+    }
+
+    /// The deterministic checks every informee participant runs on a request.
+    fn validate(
+        &self,
+        ts: Timestamp,
+        sender: &MemberId,
+        request: &ConfirmationRequest,
+        snapshot: &TopologySnapshot,
+        hosted: &BTreeMap<PartyId, meridian_core::ledger::Permission>,
+        local_in_flight: bool,
+    ) -> Result<(), (RejectionCode, String)> {
+        use RejectionCode::*;
+        if *sender != request.submitter.as_member() {
+            return Err((
+                Malformed,
+                format!(
+                    "request names submitter {} but was sent by {sender}",
+                    request.submitter
+                ),
+            ));
+        }
+        if request.submitter == self.participant && !local_in_flight {
+            return Err((
+                Malformed,
+                format!(
+                    "submission {} is not in flight at its submitter (abandoned or unknown)",
+                    request.submission_id
+                ),
+            ));
+        }
+        if snapshot.mediator_key(&request.mediator).is_none() {
+            return Err((
+                Topology,
+                format!(
+                    "mediator {} is not in the topology at {ts}",
+                    request.mediator
+                ),
+            ));
+        }
+        let act_as = &request.change_id.act_as;
+        if act_as.is_empty() {
+            return Err((NotAuthorized, "no acting party".into()));
+        }
+        for party in act_as {
+            let allowed = snapshot
+                .permission(party, &request.submitter)
+                .is_some_and(|p| p.can_submit());
+            if !allowed {
+                return Err((
+                    NotAuthorized,
+                    format!(
+                        "participant {} may not submit for party {party}",
+                        request.submitter
+                    ),
+                ));
+            }
+        }
+        let seed: [u8; 32] = hex::decode(&request.seed)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| (Malformed, "the seed is not 32 bytes of hex".to_owned()))?;
+        let disclosed: HashMap<&ContractId, &Contract> =
+            request.inputs.iter().map(|c| (&c.id, c)).collect();
+        let lookup = |id: &ContractId| disclosed.get(id).map(|c| (*c).clone());
+        let reinterpreted = self
+            .registry
+            .interpret(&request.commands, act_as, &seed, &lookup)
+            .map_err(|e| {
+                (
+                    ModelConformance,
+                    format!("re-interpreting the commands failed: {e}"),
+                )
+            })?;
+        if reinterpreted != request.transaction {
+            return Err((
+                ModelConformance,
+                "re-interpreting the commands gives a different transaction".into(),
+            ));
+        }
+        authorize(&request.transaction, act_as).map_err(|e| (NotAuthorized, e.to_string()))?;
+        let expected = snapshot.hosting_participants(&request.transaction.informees());
+        if expected != request.informee_participants {
+            return Err((
+                Topology,
+                format!(
+                    "informee participants {:?} differ from the topology's {:?}",
+                    request.informee_participants, expected
+                ),
+            ));
+        }
+        // Disclosed copies of contracts we hold must be exactly ours.
+        for contract in &request.inputs {
+            if let Some(ours) = self.acs.get(&contract.id) {
+                if ours != contract {
+                    return Err((
+                        ModelConformance,
+                        format!(
+                            "disclosed contract {} differs from the stored one",
+                            contract.id
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut locked = Vec::new();
+        let mut inactive = Vec::new();
+        for (id, stakeholders) in input_stakeholders(&request.transaction) {
+            if !stakeholders.iter().any(|p| hosted.contains_key(p)) {
+                continue;
+            }
+            if self.locks.contains_key(&id) {
+                locked.push(id);
+            } else if !self.acs.contains_key(&id) {
+                inactive.push(id);
+            }
+        }
+        if !inactive.is_empty() {
+            return Err((
+                InactiveContracts,
+                format!("contracts {} are not active", join(&inactive)),
+            ));
+        }
+        if !locked.is_empty() {
+            return Err((
+                LockedContracts,
+                format!(
+                    "contracts {} are locked by a concurrent request",
+                    join(&locked)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_verdict(&mut self, ts: Timestamp, sender: &MemberId, signed: &Signed) {
+        let claimed: Verdict = match signed.decode_unverified() {
+            Ok(v) => v,
+            Err(error) => {
+                tracing::warn!(%ts, %error, "ignoring a malformed verdict");
+                return;
+            }
+        };
+        let Some(pending) = self.pending.get(&claimed.request_id) else {
+            tracing::debug!(request_id = %claimed.request_id, "ignoring a verdict for an unknown request");
+            return;
+        };
+        if signed.signer != pending.mediator || *sender != pending.mediator {
+            tracing::warn!(request_id = %claimed.request_id, signer = %signed.signer, %sender,
+                "ignoring a verdict not from the request's mediator");
+            return;
+        }
+        let snapshot = self.snapshot_at(ts);
+        let Some(key) = snapshot.mediator_key(&signed.signer).copied() else {
+            tracing::warn!(request_id = %claimed.request_id, "ignoring a verdict from a mediator not in the topology");
+            return;
+        };
+        drop(snapshot);
+        let verdict: Verdict = match signed.verify(&key, SigningPurpose::Verdict) {
+            Ok(v) => v,
+            Err(error) => {
+                tracing::warn!(request_id = %claimed.request_id, %error, "ignoring a verdict with a bad signature");
+                return;
+            }
+        };
+        if verdict.request_hash != pending.request_hash {
+            tracing::warn!(request_id = %verdict.request_id, "ignoring a verdict for different request bytes");
+            return;
+        }
+        let Some(pending) = self.pending.remove(&verdict.request_id) else {
+            return;
+        };
+        for id in &pending.locks {
+            if self.locks.get(id) == Some(&pending.request_id) {
+                self.locks.remove(id);
+            }
+        }
+        self.effects.push(Effect::Decided {
+            request_id: pending.request_id,
+        });
+        match verdict.outcome {
+            VerdictOutcome::Approved => self.commit(pending),
+            VerdictOutcome::Rejected { code, message } => {
+                tracing::debug!(request_id = %pending.request_id, ?code, %message, "request rejected");
+                if let Some(local) = pending.local {
+                    self.complete_rejected(
+                        local,
+                        pending.request_id,
+                        StatusCode::for_rejection(code),
+                        format!("rejected by the mediator ({}): {message}", code_name(code)),
+                    );
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, pending: PendingRequest) {
+        let offset = self.next_offset();
+        let transaction_id = protocol::transaction_id(pending.request_id, &pending.request_hash);
+        let archived: Vec<ContractId> = pending
+            .transaction
+            .consumed()
+            .into_iter()
+            .filter(|id| self.acs.remove(id).is_some())
+            .collect();
+        for contract in &pending.created_here {
+            self.acs.insert(contract.id.clone(), contract.clone());
+        }
+        if let Some(local) = &pending.local {
+            let completion = Completion {
+                submission: local.clone(),
+                offset,
+                record_time: pending.request_id,
+                outcome: Outcome::Committed {
+                    transaction_id: transaction_id.clone(),
+                    offset,
+                },
+                transaction: Some(Box::new(pending.transaction.clone())),
+            };
+            self.dedup.insert(
+                local.change_key(),
+                DedupStatus::Committed {
+                    transaction_id: transaction_id.clone(),
+                    offset,
+                    expires_at: completion.dedup_expires_at(),
+                },
+            );
+            self.effects.push(Effect::Commit(Box::new(CommitRecord {
+                offset,
+                transaction_id,
+                request_id: pending.request_id,
+                transaction: pending.transaction,
+                informees: pending.informees,
+                local: pending.local.clone(),
+                archived,
+                created: pending.created_here,
+            })));
+            self.effects.push(Effect::Complete(Box::new(completion)));
+        } else {
+            self.effects.push(Effect::Commit(Box::new(CommitRecord {
+                offset,
+                transaction_id,
+                request_id: pending.request_id,
+                transaction: pending.transaction,
+                informees: pending.informees,
+                local: None,
+                archived,
+                created: pending.created_here,
+            })));
+        }
+    }
+}
+
+/// Every input contract (exercised or fetched, not created in the transaction) with the
+/// stakeholders the tree states for it.
+fn input_stakeholders(transaction: &Transaction) -> Vec<(ContractId, BTreeSet<PartyId>)> {
+    let inputs = transaction.inputs();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for action in transaction.actions() {
+        let (id, stakeholders) = match action {
+            Action::Exercise {
+                contract_id,
+                stakeholders,
+                ..
+            }
+            | Action::Fetch {
+                contract_id,
+                stakeholders,
+                ..
+            } => (contract_id, stakeholders),
+            Action::Create { .. } => continue,
+        };
+        if inputs.contains(id) && seen.insert(id.clone()) {
+            out.push((id.clone(), stakeholders.clone()));
+        }
+    }
+    out
+}
+
+fn join(ids: &[ContractId]) -> String {
+    ids.iter()
+        .map(ContractId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn message_kind(message: &ProtocolMessage) -> &'static str {
+    match message {
+        ProtocolMessage::ConfirmationRequest(_) => "confirmation_request",
+        ProtocolMessage::InformeeMessage(_) => "informee_message",
+        ProtocolMessage::ConfirmationResponse(_) => "confirmation_response",
+        ProtocolMessage::Verdict(_) => "verdict",
+        ProtocolMessage::Topology(_) => "topology",
+        ProtocolMessage::TimeProof => "time_proof",
+    }
+}
+
+pub fn code_name(code: RejectionCode) -> &'static str {
+    match code {
+        RejectionCode::Timeout => "TIMEOUT",
+        RejectionCode::InactiveContracts => "INACTIVE_CONTRACTS",
+        RejectionCode::LockedContracts => "LOCKED_CONTRACTS",
+        RejectionCode::NotAuthorized => "NOT_AUTHORIZED",
+        RejectionCode::ModelConformance => "MODEL_CONFORMANCE",
+        RejectionCode::Topology => "TOPOLOGY",
+        RejectionCode::Malformed => "MALFORMED",
+    }
+}

@@ -1,0 +1,23 @@
+//! The participant node (DESIGN.md §4): it hosts parties, serves the Ledger API to
+//! applications, and runs the participant's side of the transaction protocol — interpreting
+//! commands against its active contract set, submitting confirmation requests, validating and
+//! confirming requests of others (authorization, model conformance, activeness with locks),
+//! committing or rolling back on the mediator's verdict, and deduplicating commands.
+//!
+//! From pure to effectful: [`engine`] (all protocol decisions, sans I/O, deterministic),
+//! `runtime` (the single writer task that feeds the engine and persists its effects one batch
+//! per database transaction, plus time proofs and dedup pruning), `service` (the gRPC Ledger
+//! API), [`node`] (wiring and start-up order), [`config`].
+
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod node;
+mod runtime;
+mod service;
+
+#[cfg(test)]
+mod engine_tests;
+
+pub use config::{ConfigCheckError, LimitsConfig, ParticipantConfig};
+pub use node::run;

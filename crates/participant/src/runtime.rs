@@ -1,0 +1,503 @@
+//! The participant's effectful half: one writer task that owns every state change, feeding the
+//! [`ParticipantEngine`] with sequencer events and local submission steps and persisting the
+//! resulting effects, plus the background chores (time proofs, dedup pruning).
+//!
+//! Batching is where throughput comes from: the writer takes everything already available
+//! (events from the subscription, queued commands), runs the engine over all of it, and writes
+//! the effects *and the new checkpoint* in one database transaction — one fsync per batch.
+//! Confirmation responses go out before that commit (a replay would produce the identical
+//! message, and the sequencer deduplicates on its message id); waiters and streams are woken
+//! only after it, so nothing reported to an application can be lost by a crash.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use meridian_client::{ClientError, SequencerClient, Subscription};
+use meridian_core::protocol::ProtocolMessage;
+use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
+use meridian_core::topology::SignedTopologyTransaction;
+use meridian_core::{LedgerOffset, MessageId, ParticipantId, Timestamp};
+use meridian_node::Conditions;
+use meridian_store::{
+    CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantStore, PendingRecord,
+    StoredContract, TransactionRecord,
+};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ParticipantConfig;
+use crate::engine::{
+    Begin, Completion, Effect, LocalSubmission, Outcome, OutgoingMessage, ParticipantEngine,
+    SequencedInput, StatusCode,
+};
+use crate::metrics::ParticipantMetrics;
+
+/// Events and commands handled per database transaction at most.
+const MAX_BATCH: usize = 2_000;
+/// Commands queued for the writer before submitters wait.
+pub(crate) const COMMAND_QUEUE: usize = 10_000;
+/// Confirmation responses and time proofs being sent concurrently.
+pub(crate) const MAX_CONCURRENT_SENDS: usize = 512;
+/// Attempts at persisting one batch before the node gives up (and restarts from its
+/// checkpoint, which is safe: the batch's effects were not reported to anyone yet).
+const PERSIST_ATTEMPTS: u32 = 20;
+const TIME_PROOF_INTERVAL: Duration = Duration::from_millis(500);
+const DEDUP_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// A step of a local submission that must go through the writer.
+pub(crate) enum WriterCommand {
+    /// Record a submission as in flight (persisted before the reply).
+    Begin {
+        submission: LocalSubmission,
+        now: Timestamp,
+        reply: oneshot::Sender<(Begin, Option<oneshot::Receiver<Completion>>)>,
+    },
+    /// The sequencer definitely refused the submission.
+    Abandon {
+        submission_id: String,
+        code: StatusCode,
+        message: String,
+    },
+    /// Topology learnt from the topology manager out of band.
+    Topology(Vec<(Timestamp, SignedTopologyTransaction)>),
+}
+
+/// What the writer, the Ledger API and the chores share once the node is running.
+pub(crate) struct Core {
+    pub config: ParticipantConfig,
+    pub participant: ParticipantId,
+    pub engine: Mutex<ParticipantEngine>,
+    pub store: Arc<dyn ParticipantStore>,
+    pub client: SequencerClient,
+    pub commands: mpsc::Sender<WriterCommand>,
+    /// Waiters for the completion of a change, by change key.
+    pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Completion>>>>,
+    pub ledger_end: watch::Sender<LedgerOffset>,
+    /// Bumped whenever the topology changes.
+    pub topology_version: watch::Sender<u64>,
+    pub in_flight: Arc<Semaphore>,
+    pub sends: Arc<Semaphore>,
+    pub metrics: ParticipantMetrics,
+    pub readiness: Conditions,
+    pub shutdown: CancellationToken,
+}
+
+impl Core {
+    pub fn engine(&self) -> MutexGuard<'_, ParticipantEngine> {
+        // A panic inside the engine leaves it mid-update; the writer then fails the node, so
+        // reads through a poisoned lock only serve the last requests before the restart.
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<Completion>>>> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a waiter for `change_key`. Call with the engine lock held, after seeing the
+    /// change in flight, so the completion cannot slip in between.
+    pub fn wait_for(&self, change_key: &str) -> oneshot::Receiver<Completion> {
+        let (sender, receiver) = oneshot::channel();
+        self.waiters()
+            .entry(change_key.to_owned())
+            .or_default()
+            .push(sender);
+        receiver
+    }
+
+    fn notify(&self, completion: &Completion) {
+        let waiters = self.waiters().remove(&completion.submission.change_key());
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(completion.clone());
+        }
+    }
+
+    /// Sends one message through the sequencer in the background, bounded by `sends`.
+    pub async fn send_in_background(self: &Arc<Self>, message: OutgoingMessage) {
+        let Ok(permit) = self.sends.clone().acquire_owned().await else {
+            return;
+        };
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let message_id = message.message_id.clone();
+            if let Err(error) = core.send_message(message).await {
+                tracing::warn!(%message_id, %error, "sending a protocol message failed");
+            }
+        });
+    }
+
+    async fn send_message(&self, message: OutgoingMessage) -> anyhow::Result<()> {
+        let submission = Submission {
+            sender: self.participant.as_member(),
+            message_id: MessageId::new(message.message_id)?,
+            envelopes: vec![Envelope {
+                recipients: message.recipients,
+                payload: message.payload.into_bytes(),
+            }],
+            max_sequencing_time: Timestamp::now()
+                .saturating_add(self.config.max_sequencing_delay()),
+        };
+        self.client.send(submission).await?;
+        Ok(())
+    }
+
+    /// Asks the sequencer for an event addressed to ourselves, so that sequencer time passes
+    /// the deadline of a submission whose fate is otherwise unknown.
+    async fn request_time_proof(self: &Arc<Self>) {
+        let now = Timestamp::now();
+        let message = OutgoingMessage {
+            message_id: format!("tp-{}-{}", self.participant, now.as_micros()),
+            recipients: vec![self.participant.as_member()],
+            payload: String::from_utf8_lossy(&ProtocolMessage::TimeProof.encode()).into_owned(),
+        };
+        self.send_in_background(message).await;
+    }
+}
+
+/// Turns a delivered event into the engine's input.
+fn input(event: SequencedEvent) -> SequencedInput {
+    SequencedInput {
+        timestamp: event.timestamp,
+        sender: event.sender,
+        payloads: event.envelopes.into_iter().map(|e| e.payload).collect(),
+    }
+}
+
+/// Runs the writer until shutdown or a fatal error (a fork, a database that stays away).
+pub(crate) async fn run_writer(
+    core: Arc<Core>,
+    mut commands: mpsc::Receiver<WriterCommand>,
+) -> anyhow::Result<()> {
+    let mut subscription: Subscription = core.client.subscribe(core.engine().last_event());
+    core.readiness.clear("sequencer");
+    loop {
+        let mut events: Vec<SequencedEvent> = Vec::new();
+        let mut batch_commands: Vec<WriterCommand> = Vec::new();
+        let mut stream_error: Option<ClientError> = None;
+        tokio::select! {
+            _ = core.shutdown.cancelled() => return Ok(()),
+            command = commands.recv() => match command {
+                Some(command) => batch_commands.push(command),
+                None => return Ok(()),
+            },
+            item = subscription.next() => match item {
+                Some(Ok(event)) => events.push(event),
+                Some(Err(error)) => stream_error = Some(error),
+                None => stream_error = Some(ClientError::Protocol("the subscription ended".into())),
+            },
+        }
+        while stream_error.is_none() && events.len() + batch_commands.len() < MAX_BATCH {
+            if let Ok(command) = commands.try_recv() {
+                batch_commands.push(command);
+                continue;
+            }
+            match subscription.next().now_or_never() {
+                Some(Some(Ok(event))) => events.push(event),
+                Some(Some(Err(error))) => stream_error = Some(error),
+                Some(None) => {
+                    stream_error = Some(ClientError::Protocol("the subscription ended".into()))
+                }
+                None => break,
+            }
+        }
+        if !events.is_empty() || !batch_commands.is_empty() {
+            process(&core, events, batch_commands).await?;
+        }
+        if let Some(error) = stream_error {
+            if let ClientError::Fork(fork) = &error {
+                core.readiness.fail("sequencer", fork.to_string());
+                anyhow::bail!("stopping: {fork}");
+            }
+            core.readiness
+                .fail("sequencer", format!("subscription broke: {error}"));
+            tracing::warn!(%error, "sequencer subscription broke; resubscribing");
+            tokio::select! {
+                _ = core.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
+            }
+            subscription = core.client.subscribe(core.engine().last_event());
+            core.readiness.clear("sequencer");
+        }
+    }
+}
+
+type BeginReply = (
+    oneshot::Sender<(Begin, Option<oneshot::Receiver<Completion>>)>,
+    Begin,
+    Option<oneshot::Receiver<Completion>>,
+);
+
+async fn process(
+    core: &Arc<Core>,
+    events: Vec<SequencedEvent>,
+    commands: Vec<WriterCommand>,
+) -> anyhow::Result<()> {
+    let event_count = events.len();
+    let size = event_count + commands.len();
+    let mut replies: Vec<BeginReply> = Vec::new();
+    let (effects, checkpoint, ledger_end, pending, in_flight) = {
+        let mut engine = core.engine();
+        for command in commands {
+            match command {
+                WriterCommand::Begin {
+                    submission,
+                    now,
+                    reply,
+                } => {
+                    let key = submission.change_key();
+                    let begin = engine.begin_submission(submission, now);
+                    let waiter = match &begin {
+                        Begin::Started | Begin::InFlight { .. } => Some(core.wait_for(&key)),
+                        Begin::Duplicate { .. } => None,
+                    };
+                    replies.push((reply, begin, waiter));
+                }
+                WriterCommand::Abandon {
+                    submission_id,
+                    code,
+                    message,
+                } => engine.abandon_submission(&submission_id, code, message, Timestamp::now()),
+                WriterCommand::Topology(entries) => {
+                    engine.add_topology(&entries);
+                }
+            }
+        }
+        for event in events {
+            engine.handle_event(&input(event));
+        }
+        (
+            engine.drain_effects(),
+            engine.last_event(),
+            engine.ledger_end(),
+            engine.pending_count(),
+            engine.in_flight_count(),
+        )
+    };
+
+    for effect in &effects {
+        if let Effect::Send(message) = effect {
+            core.send_in_background(message.clone()).await;
+        }
+    }
+    let mut batch = batch_of(&effects);
+    if event_count > 0 {
+        batch.checkpoint = checkpoint;
+    }
+    if !batch.completions.is_empty() || !batch.transactions.is_empty() {
+        batch.ledger_end = Some(ledger_end);
+    }
+    persist(core, &batch).await?;
+
+    for (reply, begin, waiter) in replies {
+        let _ = reply.send((begin, waiter));
+    }
+    let mut topology_changed = false;
+    for effect in &effects {
+        match effect {
+            Effect::Complete(completion) => core.notify(completion),
+            Effect::Commit(_) => {
+                core.metrics.transactions_committed.inc();
+            }
+            Effect::TopologyChanged => topology_changed = true,
+            _ => {}
+        }
+    }
+    if topology_changed {
+        core.topology_version.send_modify(|v| *v += 1);
+    }
+    core.ledger_end.send_if_modified(|current| {
+        let advanced = ledger_end > *current;
+        if advanced {
+            *current = ledger_end;
+        }
+        advanced
+    });
+    let m = &core.metrics;
+    m.events_processed.inc_by(event_count as u64);
+    m.batch_size.observe(size as f64);
+    m.pending_requests
+        .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    m.in_flight_submissions
+        .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+    m.ledger_end
+        .set(i64::try_from(ledger_end.0).unwrap_or(i64::MAX));
+    Ok(())
+}
+
+async fn persist(core: &Core, batch: &ParticipantBatch) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match core.store.apply(batch).await {
+            Ok(()) => {
+                core.readiness.clear("database");
+                return Ok(());
+            }
+            Err(error) if error.is_transient() && attempt < PERSIST_ATTEMPTS => {
+                if core
+                    .readiness
+                    .fail("database", format!("cannot write: {error}"))
+                {
+                    tracing::error!(%error, "writing a batch failed; retrying");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                attempt += 1;
+            }
+            Err(error) => {
+                core.readiness
+                    .fail("database", format!("cannot write: {error}"));
+                return Err(anyhow::Error::new(error).context(
+                    "persisting processed events failed; restart to replay from the checkpoint",
+                ));
+            }
+        }
+    }
+}
+
+/// The store rows for a list of effects.
+pub(crate) fn batch_of(effects: &[Effect]) -> ParticipantBatch {
+    let mut batch = ParticipantBatch::default();
+    for effect in effects {
+        match effect {
+            Effect::InFlight(submission) => batch.dedup_upserts.push(DedupRecord {
+                change_key: submission.change_key(),
+                user_id: submission.change.user_id.clone(),
+                command_id: submission.change.command_id.clone(),
+                act_as: submission.change.act_as.clone(),
+                submission_id: submission.submission_id.clone(),
+                max_sequencing_time: submission.max_sequencing_time,
+                dedup_period_us: submission.dedup_period_us,
+                state: DedupState::InFlight,
+            }),
+            Effect::Send(_) | Effect::TopologyChanged => {}
+            Effect::Pending(pending) => {
+                // The engine's own types always serialize.
+                if let Ok(record) = serde_json::to_string(pending) {
+                    batch.pending_upserts.push(PendingRecord {
+                        request_id: pending.request_id,
+                        record,
+                    });
+                }
+            }
+            Effect::Decided { request_id } => {
+                batch
+                    .pending_upserts
+                    .retain(|p| p.request_id != *request_id);
+                batch.pending_deletes.push(*request_id);
+            }
+            Effect::Commit(commit) => {
+                let archived: std::collections::BTreeSet<_> = commit.archived.iter().collect();
+                // A contract created and archived within one batch never needs an update.
+                batch.archived.extend(
+                    commit
+                        .archived
+                        .iter()
+                        .filter(|id| !batch.created.iter().any(|c| &c.contract.id == *id))
+                        .map(|id| (id.clone(), commit.offset)),
+                );
+                for stored in batch.created.iter_mut() {
+                    if archived.contains(&stored.contract.id) {
+                        stored.archived_offset = Some(commit.offset);
+                    }
+                }
+                batch
+                    .created
+                    .extend(commit.created.iter().map(|contract| StoredContract {
+                        contract: contract.clone(),
+                        created_offset: commit.offset,
+                        archived_offset: None,
+                    }));
+                batch.transactions.push(TransactionRecord {
+                    offset: commit.offset,
+                    transaction_id: commit.transaction_id.clone(),
+                    request_id: commit.request_id,
+                    user_id: commit.local.as_ref().map(|l| l.change.user_id.clone()),
+                    command_id: commit.local.as_ref().map(|l| l.change.command_id.clone()),
+                    informees: commit.informees.clone(),
+                    transaction: commit.transaction.clone(),
+                });
+            }
+            Effect::Complete(completion) => {
+                let submission = &completion.submission;
+                let key = submission.change_key();
+                let (status_code, message, transaction_id) = match &completion.outcome {
+                    Outcome::Committed { transaction_id, .. } => {
+                        batch.dedup_deletes.retain(|k| k != &key);
+                        batch.dedup_upserts.retain(|d| d.change_key != key);
+                        batch.dedup_upserts.push(DedupRecord {
+                            change_key: key,
+                            user_id: submission.change.user_id.clone(),
+                            command_id: submission.change.command_id.clone(),
+                            act_as: submission.change.act_as.clone(),
+                            submission_id: submission.submission_id.clone(),
+                            max_sequencing_time: submission.max_sequencing_time,
+                            dedup_period_us: submission.dedup_period_us,
+                            state: DedupState::Committed {
+                                transaction_id: transaction_id.clone(),
+                                offset: completion.offset,
+                                expires_at: completion.dedup_expires_at(),
+                            },
+                        });
+                        (0, String::new(), Some(transaction_id.clone()))
+                    }
+                    Outcome::Rejected { code, message } => {
+                        // Only this submission's marker goes: a newer submission of the same
+                        // change may have started since (after an abandon).
+                        let same = |d: &DedupRecord| {
+                            d.change_key == key && d.submission_id == submission.submission_id
+                        };
+                        let queued = batch.dedup_upserts.iter().any(same);
+                        batch.dedup_upserts.retain(|d| !same(d));
+                        if !queued {
+                            batch.dedup_deletes.push(key);
+                        }
+                        (code.as_i32(), message.clone(), None)
+                    }
+                };
+                batch.completions.push(CompletionRecord {
+                    offset: completion.offset,
+                    user_id: submission.change.user_id.clone(),
+                    command_id: submission.change.command_id.clone(),
+                    act_as: submission.change.act_as.clone(),
+                    submission_id: submission.submission_id.clone(),
+                    status_code,
+                    message,
+                    transaction_id,
+                    record_time: completion.record_time,
+                });
+            }
+        }
+    }
+    batch
+}
+
+/// Background chores: time proofs for submissions of unknown fate, dedup pruning.
+pub(crate) async fn run_chores(core: Arc<Core>) {
+    let mut proofs = tokio::time::interval(TIME_PROOF_INTERVAL);
+    proofs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune = tokio::time::interval(DEDUP_PRUNE_INTERVAL);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            _ = proofs.tick() => {
+                let deadline = core.engine().earliest_unsequenced_deadline();
+                if deadline.is_some_and(|d| d < Timestamp::now()) {
+                    core.request_time_proof().await;
+                }
+            }
+            _ = prune.tick() => {
+                let now = Timestamp::now();
+                let pruned = core.engine().prune_dedup(now);
+                match core.store.prune_dedup(now).await {
+                    Ok(rows) => tracing::debug!(pruned, rows, "pruned expired deduplication entries"),
+                    Err(error) => tracing::warn!(%error, "pruning deduplication entries failed"),
+                }
+            }
+        }
+    }
+}

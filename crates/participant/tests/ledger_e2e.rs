@@ -1,0 +1,478 @@
+//! End to end through the Ledger API, in one process: a real sequencer, topology manager,
+//! mediator and three participants (SQLite), talking gRPC over loopback. Covers the happy path
+//! and the documented errors (docs/ledger-api.md); process-level crash tests live with the
+//! binary.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use meridian_core::{ContractId, PartyId};
+use meridian_proto::v1;
+use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
+use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
+use meridian_testkit::free_port;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+fn toml_path(path: &std::path::Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
+struct Cluster {
+    ledgers: Vec<LedgerServiceClient<Channel>>,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn retry<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(what, %error, "retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{what}: {error}"),
+        }
+    }
+}
+
+async fn start() -> Cluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let shutdown = CancellationToken::new();
+    let owner = meridian_node::keys::load_or_create_key(&d.join("owner.key")).expect("owner");
+    let owner_hex = owner.public_key().to_string();
+
+    let (seq_grpc, seq_admin) = (addr(), addr());
+    let sequencer: meridian_sequencer::SequencerConfig = meridian_node::config::parse_toml(
+        &format!(
+            "listen_address = \"{seq_grpc}\"\nadmin_address = \"{seq_admin}\"\nowner_public_key = \"{owner_hex}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
+            toml_path(&d.join("sequencer.db"))
+        ),
+        "sequencer.toml",
+    )
+    .expect("sequencer config");
+    // The sequencer's future is not `Send` (a rustc limitation with higher-ranked lifetimes),
+    // so it gets a runtime of its own on a thread.
+    let sequencer_shutdown = shutdown.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("sequencer runtime");
+        let _ = runtime.block_on(meridian_sequencer::run(sequencer, sequencer_shutdown));
+    });
+    let sequencer_endpoint = format!("http://{seq_grpc}");
+
+    let (top_grpc, top_admin) = (addr(), addr());
+    let topology: meridian_topology::TopologyManagerConfig = meridian_node::config::parse_toml(
+        &format!(
+            "listen_address = \"{top_grpc}\"\nadmin_address = \"{top_admin}\"\nowner_key_file = {}\nkey_file = {}\nsequencer_endpoint = \"{sequencer_endpoint}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
+            toml_path(&d.join("owner.key")),
+            toml_path(&d.join("topology.key")),
+            toml_path(&d.join("topology.db"))
+        ),
+        "topology.toml",
+    )
+    .expect("topology config");
+    tokio::spawn(meridian_topology::run(topology, shutdown.clone()));
+    let topology_endpoint = format!("http://{top_grpc}");
+
+    let mut admin = retry("topology manager", || {
+        let endpoint = topology_endpoint.clone();
+        async move {
+            TopologyAdminServiceClient::connect(endpoint)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let mediator_key =
+        meridian_node::keys::load_or_create_key(&d.join("mediator.key")).expect("mediator key");
+    retry("add mediator", || {
+        let mut admin = admin.clone();
+        let key = mediator_key.public_key().to_bytes().to_vec();
+        async move {
+            admin
+                .add_mediator(v1::AddMediatorRequest {
+                    mediator: "mediator".into(),
+                    public_key: key,
+                })
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let common = format!(
+        "owner_public_key = \"{owner_hex}\"\nsequencer_endpoint = \"{sequencer_endpoint}\"\ntopology_endpoint = \"{topology_endpoint}\"\n"
+    );
+    let mediator: meridian_mediator::MediatorConfig = meridian_node::config::parse_toml(
+        &format!(
+            "key_file = {}\nadmin_address = \"{}\"\nresponse_timeout_ms = 3000\n{common}[storage]\nbackend = \"sqlite\"\npath = {}\n",
+            toml_path(&d.join("mediator.key")),
+            addr(),
+            toml_path(&d.join("mediator.db"))
+        ),
+        "mediator.toml",
+    )
+    .expect("mediator config");
+    tokio::spawn(meridian_mediator::run(mediator, shutdown.clone()));
+
+    let mut ledgers = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let key_file = d.join(format!("{name}.key"));
+        let key = meridian_node::keys::load_or_create_key(&key_file).expect("key");
+        admin
+            .add_participant(v1::AddParticipantRequest {
+                participant: name.into(),
+                public_key: key.public_key().to_bytes().to_vec(),
+            })
+            .await
+            .expect("add participant");
+        let grpc = addr();
+        let config: meridian_participant::ParticipantConfig = meridian_node::config::parse_toml(
+            &format!(
+                "participant_id = \"{name}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{}\"\nsubmit_timeout_ms = 15000\n{common}[storage]\nbackend = \"sqlite\"\npath = {}\n",
+                toml_path(&key_file),
+                addr(),
+                toml_path(&d.join(format!("{name}.db")))
+            ),
+            "participant.toml",
+        )
+        .expect("participant config");
+        config.check("participant.toml").expect("valid config");
+        tokio::spawn(meridian_participant::run(config, shutdown.clone()));
+        let endpoint = format!("http://{grpc}");
+        let ledger = retry("participant ready", || {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut client = LedgerServiceClient::connect(endpoint)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                client
+                    .list_parties(v1::ListPartiesRequest {})
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(client)
+            }
+        })
+        .await;
+        ledgers.push(ledger);
+    }
+    Cluster {
+        ledgers,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+fn submit(
+    user: &str,
+    command_id: &str,
+    act_as: &[&str],
+    commands: Vec<v1::Command>,
+) -> v1::SubmitAndWaitRequest {
+    v1::SubmitAndWaitRequest {
+        user_id: user.into(),
+        command_id: command_id.into(),
+        act_as: act_as.iter().map(|p| p.to_string()).collect(),
+        commands,
+        deduplication_period_s: None,
+    }
+}
+
+fn create_iou(owner: &str, amount: u64) -> v1::Command {
+    v1::Command {
+        command: Some(v1::command::Command::Create(v1::CreateCommand {
+            template: "Iou".into(),
+            payload_json: format!(
+                r#"{{"issuer":"bank","owner":"{owner}","amount":{amount},"currency":"USD"}}"#
+            ),
+        })),
+    }
+}
+
+fn exercise(contract: &str, choice: &str, argument: &str) -> v1::Command {
+    v1::Command {
+        command: Some(v1::command::Command::Exercise(v1::ExerciseCommand {
+            contract_id: contract.into(),
+            choice: choice.into(),
+            argument_json: argument.into(),
+        })),
+    }
+}
+
+fn created_id(response: &v1::SubmitAndWaitResponse) -> String {
+    let transaction = response.transaction.as_ref().expect("transaction view");
+    transaction
+        .events
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(v1::event::Event::Created(c)) => Some(c.contract_id.clone()),
+            _ => None,
+        })
+        .expect("a created event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_api_end_to_end() {
+    let cluster = start().await;
+    let [p1, p2, p3] = [0, 1, 2].map(|i| cluster.ledgers[i].clone());
+
+    for (ledger, party) in [(&p1, "alice"), (&p2, "bob"), (&p3, "bank")] {
+        let allocated = ledger
+            .clone()
+            .allocate_party(v1::AllocatePartyRequest {
+                party: party.into(),
+            })
+            .await
+            .expect("allocate")
+            .into_inner();
+        assert_eq!(allocated.party, party);
+    }
+    // Every participant learns every party (through the sequencer).
+    for ledger in [&p1, &p2, &p3] {
+        retry("parties visible", || {
+            let mut ledger = ledger.clone();
+            async move {
+                let parties = ledger
+                    .list_parties(v1::ListPartiesRequest {})
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .parties;
+                (parties.len() == 3)
+                    .then_some(())
+                    .ok_or_else(|| format!("{} parties", parties.len()))
+            }
+        })
+        .await;
+    }
+
+    // Issue and transfer.
+    let issued = p3
+        .clone()
+        .submit_and_wait(submit(
+            "bank-app",
+            "issue-1",
+            &["bank"],
+            vec![create_iou("alice", 100)],
+        ))
+        .await
+        .expect("issue")
+        .into_inner();
+    let iou = created_id(&issued);
+    let transfer = submit(
+        "alice-app",
+        "transfer-1",
+        &["alice"],
+        vec![exercise(&iou, "Transfer", r#"{"new_owner":"bob"}"#)],
+    );
+    let transferred = p1
+        .clone()
+        .submit_and_wait(transfer.clone())
+        .await
+        .expect("transfer")
+        .into_inner();
+    assert!(transferred.offset > 0);
+    let bobs = retry("bob sees the IOU", || {
+        let mut p2 = p2.clone();
+        async move {
+            let acs = p2
+                .get_active_contracts(v1::GetActiveContractsRequest {
+                    parties: vec!["bob".into()],
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            (!acs.contracts.is_empty())
+                .then_some(acs.contracts)
+                .ok_or_else(|| "no contract yet".to_owned())
+        }
+    })
+    .await;
+    assert_eq!(bobs.len(), 1);
+    assert!(bobs[0].payload_json.contains("\"amount\":100"));
+
+    // A retry of the same command: the original outcome, never a second transaction.
+    let duplicate = p1.clone().submit_and_wait(transfer).await.unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate:?}");
+    assert!(
+        duplicate.message().contains(&transferred.transaction_id),
+        "{duplicate:?}"
+    );
+
+    // Errors, each with its documented code.
+    let mut p1c = p1.clone();
+    let err = p1c
+        .submit_and_wait(submit("", "c", &["alice"], vec![create_iou("alice", 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("user_id"), "{err:?}");
+    let err = p1c
+        .submit_and_wait(submit(
+            "u",
+            "c",
+            &["alice"],
+            vec![v1::Command {
+                command: Some(v1::command::Command::Create(v1::CreateCommand {
+                    template: "Iou".into(),
+                    payload_json: "{not json".into(),
+                })),
+            }],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("commands[0].create.payload_json"),
+        "{err:?}"
+    );
+    let err = p1c
+        .submit_and_wait(submit("u", "c", &["bob"], vec![create_iou("bob", 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = p1c
+        .submit_and_wait(submit("u", "c", &["mallory"], vec![create_iou("alice", 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = p1c
+        .submit_and_wait(submit(
+            "u",
+            "c",
+            &["alice"],
+            vec![exercise(&iou, "Transfer", r#"{"new_owner":"bob"}"#)],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "archived: {err:?}");
+    let err = p1c
+        .submit_and_wait(submit(
+            "u",
+            "c",
+            &["alice"],
+            vec![exercise(
+                "no-such-contract",
+                "Transfer",
+                r#"{"new_owner":"bob"}"#,
+            )],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // A double spend: exactly one of two concurrent transfers commits.
+    let issued = p3
+        .clone()
+        .submit_and_wait(submit(
+            "bank-app",
+            "issue-2",
+            &["bank"],
+            vec![create_iou("alice", 50)],
+        ))
+        .await
+        .expect("issue")
+        .into_inner();
+    let second = created_id(&issued);
+    let err = p1c
+        .submit_and_wait(submit(
+            "u",
+            "c",
+            &["alice"],
+            vec![exercise(&second, "Split", r#"{"amount":500}"#)],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "bad argument: {err:?}");
+    let a = tokio::spawn({
+        let mut p1 = p1.clone();
+        let request = submit(
+            "alice-app",
+            "race-a",
+            &["alice"],
+            vec![exercise(&second, "Transfer", r#"{"new_owner":"bob"}"#)],
+        );
+        async move { p1.submit_and_wait(request).await }
+    });
+    let b = tokio::spawn({
+        let mut p1 = p1.clone();
+        let request = submit(
+            "alice-app",
+            "race-b",
+            &["alice"],
+            vec![exercise(&second, "Transfer", r#"{"new_owner":"bank"}"#)],
+        );
+        async move { p1.submit_and_wait(request).await }
+    });
+    let results = [a.await.expect("join"), b.await.expect("join")];
+    let committed = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(committed, 1, "{results:?}");
+    for result in &results {
+        if let Err(status) = result {
+            assert!(
+                matches!(status.code(), Code::Aborted | Code::FailedPrecondition),
+                "{status:?}"
+            );
+        }
+    }
+
+    // Streams: bob's transactions at p2, alice-app's completions at p1.
+    let mut stream = p2
+        .clone()
+        .get_transactions(v1::GetTransactionsRequest {
+            begin_offset: 0,
+            parties: vec!["bob".into()],
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a transaction")
+        .expect("item")
+        .expect("ok");
+    assert!(first
+        .events
+        .iter()
+        .any(|e| matches!(&e.event, Some(v1::event::Event::Created(c)) if c.contract_id != iou)));
+    let mut completions = p1
+        .clone()
+        .completion_stream(v1::CompletionStreamRequest {
+            user_id: "alice-app".into(),
+            begin_offset: 0,
+        })
+        .await
+        .expect("completions")
+        .into_inner();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 3 {
+        let completion = tokio::time::timeout(Duration::from_secs(10), completions.next())
+            .await
+            .expect("a completion")
+            .expect("item")
+            .expect("ok");
+        seen.insert(completion.command_id);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["transfer-1".into(), "race-a".into(), "race-b".into()])
+    );
+    let _ = (PartyId::new("x"), ContractId::new("y"));
+    cluster.shutdown.cancel();
+}
