@@ -16,7 +16,7 @@ use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use crate::deployment::{Deployment, DeploymentSpec};
 use crate::workload::{self, Audit, Live, Parties, WorkloadReport, WorkloadSpec};
 
 #[derive(Debug, Clone, Args)]
@@ -64,12 +64,7 @@ fn say(json: bool) -> impl FnMut(String) {
 }
 
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = DeploymentSpec {
-        data_dir: args.data_dir,
-        participants: 3,
-        backend: DeploymentBackend::Sqlite,
-        mediator_toml: String::new(),
-    };
+    let spec = DeploymentSpec::local(args.data_dir, 3)?;
     eprintln!("starting a synchronizer in {}", spec.data_dir.display());
     let mut deployment = Deployment::start(&spec, &mut say(false)).await?;
     println!("Meridian is up:");
@@ -83,12 +78,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
 }
 
 pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = DeploymentSpec {
-        data_dir: args.data_dir.clone(),
-        participants: 3,
-        backend: DeploymentBackend::Sqlite,
-        mediator_toml: String::new(),
-    };
+    let spec = DeploymentSpec::local(args.data_dir.clone(), 3)?;
     let report = run_ledger_workload(
         &spec,
         args.lanes,
@@ -162,7 +152,8 @@ async fn drive(
         run,
     };
     let started = Instant::now();
-    let report = workload::run_transfers(&parties, lane_states, &spec, live, shutdown.clone()).await;
+    let report =
+        workload::run_transfers(&parties, lane_states, &spec, live, shutdown.clone()).await;
     progress.abort();
     if !json {
         eprintln!();
@@ -209,8 +200,16 @@ fn progress_line(live: Arc<Live>, duration: Duration, json: bool) -> tokio::task
 fn print_summary(report: &DemoReport) {
     let w = &report.workload;
     let a = &report.audit;
-    println!("Meridian demo: {} lanes, {:.1} s{}", report.lanes, report.duration_s,
-        if report.interrupted { " (interrupted)" } else { "" });
+    println!(
+        "Meridian demo: {} lanes, {:.1} s{}",
+        report.lanes,
+        report.duration_s,
+        if report.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
     println!("  committed transfers       {:>10}", w.committed);
     println!("  throughput                {:>10.0} tx/s", w.tx_per_s);
     println!(
@@ -225,6 +224,7 @@ fn print_summary(report: &DemoReport) {
         }
     }
     println!("  client retries            {:>10}", w.retried_submissions);
+    println!("  waits for visibility      {:>10}", w.visibility_waits);
     println!(
         "  audit: amounts conserved  {:>10}  ({} before, {} after)",
         yes(a.amounts_conserved),
@@ -238,7 +238,10 @@ fn print_summary(report: &DemoReport) {
         a.acknowledged_checked,
         a.acknowledged_missing
     );
-    println!("  audit                     {:>10}", if a.audit_ok { "OK" } else { "FAILED" });
+    println!(
+        "  audit                     {:>10}",
+        if a.audit_ok { "OK" } else { "FAILED" }
+    );
 }
 
 fn yes(value: bool) -> &'static str {

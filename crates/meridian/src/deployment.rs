@@ -32,11 +32,15 @@ pub enum DeploymentBackend {
 
 #[derive(Debug, Clone)]
 pub struct DeploymentSpec {
+    /// The `meridian` binary to run the nodes with.
+    pub exe: PathBuf,
     pub data_dir: PathBuf,
     pub participants: usize,
     pub backend: DeploymentBackend,
     /// Extra TOML for the mediator (e.g. `response_timeout_ms = 3000`).
     pub mediator_toml: String,
+    /// Extra TOML for every participant (e.g. `max_sequencing_delay_ms = 3000`).
+    pub participant_toml: String,
 }
 
 pub struct Deployment {
@@ -55,6 +59,20 @@ fn participant_name(index: usize) -> String {
 
 fn toml_str(value: &str) -> String {
     toml::Value::String(value.to_owned()).to_string()
+}
+
+impl DeploymentSpec {
+    /// A deployment of this very binary with `participants` participants on SQLite.
+    pub fn local(data_dir: PathBuf, participants: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            exe: std::env::current_exe().context("locating the meridian binary")?,
+            data_dir,
+            participants,
+            backend: DeploymentBackend::Sqlite,
+            mediator_toml: String::new(),
+            participant_toml: String::new(),
+        })
+    }
 }
 
 impl DeploymentBackend {
@@ -97,7 +115,7 @@ impl Deployment {
         spec: &DeploymentSpec,
         progress: &mut dyn FnMut(String),
     ) -> anyhow::Result<Deployment> {
-        let exe = std::env::current_exe().context("locating the meridian binary")?;
+        let exe = spec.exe.clone();
         let data_dir = &spec.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -151,7 +169,10 @@ impl Deployment {
             admin,
         )?;
         topology.wait_ready(READY_TIMEOUT).await?;
-        progress(format!("topology manager ready at {}", topology.grpc_endpoint()));
+        progress(format!(
+            "topology manager ready at {}",
+            topology.grpc_endpoint()
+        ));
 
         let mut admin_client = TopologyAdminServiceClient::connect(topology.grpc_endpoint())
             .await
@@ -201,8 +222,9 @@ impl Deployment {
             let (grpc, admin) = free_addresses()?;
             let storage = spec.backend.storage(data_dir, id.as_str()).await?;
             let config = format!(
-                "participant_id = \"{id}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nmediator_id = \"{MEDIATOR_ID}\"\n{common}{}",
+                "participant_id = \"{id}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nmediator_id = \"{MEDIATOR_ID}\"\n{common}{}\n{}",
                 toml_str(&keys.join(format!("{id}.key")).display().to_string()),
+                spec.participant_toml,
                 storage.to_toml()
             );
             participants.push(NodeProcess::spawn_role(
@@ -289,10 +311,11 @@ impl Deployment {
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         let grace = Duration::from_secs(10);
         let mut first_error = None;
-        let nodes = self
-            .participants
-            .iter_mut()
-            .chain([&mut self.mediator, &mut self.topology, &mut self.sequencer]);
+        let nodes = self.participants.iter_mut().chain([
+            &mut self.mediator,
+            &mut self.topology,
+            &mut self.sequencer,
+        ]);
         for node in nodes {
             if let Err(error) = node.terminate(grace).await {
                 first_error.get_or_insert(error);

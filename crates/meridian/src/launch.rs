@@ -88,7 +88,15 @@ impl NodeProcess {
             "listen_address = \"{grpc_address}\"\nadmin_address = \"{admin_address}\"\n{extra_toml}\n{}",
             storage.to_toml()
         );
-        Self::spawn_role(exe, "sequencer", dir, name, &config, grpc_address, admin_address)
+        Self::spawn_role(
+            exe,
+            "sequencer",
+            dir,
+            name,
+            &config,
+            grpc_address,
+            admin_address,
+        )
     }
 
     /// Writes `config_toml` to `dir/<name>.toml` and starts `meridian <role>` with it.

@@ -35,6 +35,21 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the topology manager: owns the synchronizer's signed topology.
+    Topology {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the mediator: collects confirmations and sends verdicts.
+    Mediator {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a participant node: hosts parties and serves the Ledger API.
+    Participant {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Start a whole synchronizer (sequencer, topology manager, mediator, 3 participants),
     /// run an IOU transfer workload, audit the ledgers and print the results.
     Demo(demo::DemoArgs),
@@ -61,7 +76,21 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Sequencer { config } => run_sequencer(config).await,
-            Command::Demo(args) => demo::demo(args, meridian_node::shutdown::shutdown_token()).await,
+            Command::Topology { config } => {
+                let config = meridian_topology::TopologyManagerConfig::load(&config)?;
+                meridian_topology::run(config, meridian_node::shutdown::shutdown_token()).await
+            }
+            Command::Mediator { config } => {
+                let config = meridian_mediator::MediatorConfig::load(&config)?;
+                meridian_mediator::run(config, meridian_node::shutdown::shutdown_token()).await
+            }
+            Command::Participant { config } => {
+                let config = meridian_participant::ParticipantConfig::load(&config)?;
+                meridian_participant::run(config, meridian_node::shutdown::shutdown_token()).await
+            }
+            Command::Demo(args) => {
+                demo::demo(args, meridian_node::shutdown::shutdown_token()).await
+            }
             Command::Up(args) => demo::up(args, meridian_node::shutdown::shutdown_token()).await,
             Command::Bench(command) => {
                 bench::run(command, meridian_node::shutdown::shutdown_token()).await

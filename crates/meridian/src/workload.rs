@@ -26,6 +26,9 @@ use crate::bench::quantile_ms;
 use crate::deployment::Deployment;
 
 pub const CURRENCY: &str = "USD";
+/// How long and how often a lane waits for its IOU to appear on the new owner's participant.
+const VISIBILITY_RETRY_DELAY: Duration = Duration::from_millis(10);
+const MAX_VISIBILITY_RETRIES: u32 = 200;
 
 /// Clients and parties of a deployment with at least three participants.
 #[derive(Clone)]
@@ -55,8 +58,12 @@ impl Parties {
             clients,
         };
         parties.clients[0].allocate_party(&parties.bank).await?;
-        parties.clients[1].allocate_party(&parties.owners[0]).await?;
-        parties.clients[2].allocate_party(&parties.owners[1]).await?;
+        parties.clients[1]
+            .allocate_party(&parties.owners[0])
+            .await?;
+        parties.clients[2]
+            .allocate_party(&parties.owners[1])
+            .await?;
         Ok(parties)
     }
 
@@ -115,10 +122,12 @@ pub async fn issue_lanes(parties: &Parties, lanes: usize, run: &str) -> anyhow::
                 };
                 let contract = match contract {
                     Some(contract) => contract,
-                    None => find_lane_iou(&parties, amount)
-                        .await?
-                        .context("an issued IOU is not in the bank's active contracts")?
-                        .0,
+                    None => {
+                        find_lane_iou(&parties, amount)
+                            .await?
+                            .context("an issued IOU is not in the bank's active contracts")?
+                            .0
+                    }
                 };
                 anyhow::Ok(Lane {
                     index,
@@ -136,7 +145,10 @@ pub async fn issue_lanes(parties: &Parties, lanes: usize, run: &str) -> anyhow::
 }
 
 /// Finds the lane's IOU in the bank's ACS on participant 1: (contract, owner index).
-async fn find_lane_iou(parties: &Parties, amount: u64) -> anyhow::Result<Option<(Contract, usize)>> {
+async fn find_lane_iou(
+    parties: &Parties,
+    amount: u64,
+) -> anyhow::Result<Option<(Contract, usize)>> {
     let (_, contracts) = parties.clients[0]
         .active_contracts(&BTreeSet::from([parties.bank.clone()]))
         .await?;
@@ -170,6 +182,9 @@ pub struct WorkloadReport {
     pub rejections: BTreeMap<String, u64>,
     /// Attempts retried by the client with the same command id (outcome was unknown).
     pub retried_submissions: u64,
+    /// Transfers re-tried because the new owner's participant had not yet committed the
+    /// previous transfer (NOT_FOUND right after a commit elsewhere).
+    pub visibility_waits: u64,
     /// Transaction ids the application was told are committed.
     #[serde(skip)]
     pub committed_transactions: Vec<String>,
@@ -198,6 +213,7 @@ pub async fn run_transfers(
     let rejections: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let committed_ids: Arc<Mutex<Vec<String>>> = Arc::default();
     let retried = Arc::new(AtomicU64::new(0));
+    let visibility_waits = Arc::new(AtomicU64::new(0));
     let lane_count = lanes.len().max(1) as u64;
     let interval = spec
         .rate
@@ -212,6 +228,7 @@ pub async fn run_transfers(
         let rejections = rejections.clone();
         let committed_ids = committed_ids.clone();
         let retried = retried.clone();
+        let visibility_waits = visibility_waits.clone();
         let run = spec.run.clone();
         tasks.push(tokio::spawn(async move {
             let mut ticker = interval.map(|every| {
@@ -221,6 +238,7 @@ pub async fn run_transfers(
                 t
             });
             let mut sequence = 0u64;
+            let mut not_yet_visible = 0u32;
             while Instant::now() < deadline && !stop.is_cancelled() {
                 if let Some(ticker) = ticker.as_mut() {
                     tokio::select! {
@@ -254,6 +272,7 @@ pub async fn run_transfers(
                         if committed.attempts > 1 {
                             retried.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
                         }
+                        not_yet_visible = 0;
                         live.committed.fetch_add(1, Ordering::Relaxed);
                         lock(&committed_ids).push(committed.transaction_id);
                         match committed.created.into_iter().next() {
@@ -269,7 +288,20 @@ pub async fn run_transfers(
                         live.committed.fetch_add(1, Ordering::Relaxed);
                         resync(&parties, &mut lane).await;
                     }
+                    // The new owner's participant commits the previous transfer a moment
+                    // after the submitter's did: until then the IOU is unknown there. An
+                    // application waits for it, as this lane does (bounded).
+                    Err(ClientError::Rejected {
+                        code: tonic::Code::NotFound,
+                        ..
+                    }) if not_yet_visible < MAX_VISIBILITY_RETRIES => {
+                        not_yet_visible += 1;
+                        visibility_waits.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(VISIBILITY_RETRY_DELAY).await;
+                        continue;
+                    }
                     Err(error) => {
+                        tracing::debug!(lane = lane.index, %error, "transfer failed");
                         live.failed.fetch_add(1, Ordering::Relaxed);
                         *lock(&rejections).entry(error_label(&error)).or_default() += 1;
                         // The outcome may be unknown: find the IOU where it really is.
@@ -296,6 +328,7 @@ pub async fn run_transfers(
         latency_max_ms: latencies.max() as f64 / 1_000.0,
         rejections,
         retried_submissions: retried.load(Ordering::Relaxed),
+        visibility_waits: visibility_waits.load(Ordering::Relaxed),
         committed_transactions,
     })
 }
@@ -306,7 +339,10 @@ async fn resync(parties: &Parties, lane: &mut Lane) {
             lane.contract = contract;
             lane.owner = owner;
         }
-        Ok(None) => tracing::warn!(lane = lane.index, "lane IOU not found; keeping the last known one"),
+        Ok(None) => tracing::warn!(
+            lane = lane.index,
+            "lane IOU not found; keeping the last known one"
+        ),
         Err(error) => tracing::warn!(lane = lane.index, %error, "cannot look the lane IOU up"),
     }
 }
@@ -347,19 +383,34 @@ pub struct AuditBaseline {
     pub offsets: [u64; 3],
 }
 
-async fn iou_view(client: &LedgerClient, parties: BTreeSet<PartyId>) -> anyhow::Result<(u64, BTreeMap<String, u64>)> {
+async fn iou_view(
+    client: &LedgerClient,
+    parties: BTreeSet<PartyId>,
+) -> anyhow::Result<(u64, BTreeMap<String, u64>)> {
     let (offset, contracts) = client.active_contracts(&parties).await?;
     let ious = contracts
         .iter()
-        .filter_map(|c| Iou::payload(c).ok().map(|iou| (c.id.to_string(), iou.amount)))
+        .filter_map(|c| {
+            Iou::payload(c)
+                .ok()
+                .map(|iou| (c.id.to_string(), iou.amount))
+        })
         .collect();
     Ok((offset, ious))
 }
 
 pub async fn baseline(parties: &Parties) -> anyhow::Result<AuditBaseline> {
     let (o1, bank) = iou_view(&parties.clients[0], BTreeSet::from([parties.bank.clone()])).await?;
-    let (o2, _) = iou_view(&parties.clients[1], BTreeSet::from([parties.owners[0].clone()])).await?;
-    let (o3, _) = iou_view(&parties.clients[2], BTreeSet::from([parties.owners[1].clone()])).await?;
+    let (o2, _) = iou_view(
+        &parties.clients[1],
+        BTreeSet::from([parties.owners[0].clone()]),
+    )
+    .await?;
+    let (o3, _) = iou_view(
+        &parties.clients[2],
+        BTreeSet::from([parties.owners[1].clone()]),
+    )
+    .await?;
     Ok(AuditBaseline {
         total: bank.values().map(|a| u128::from(*a)).sum(),
         offsets: [o1, o2, o3],
@@ -377,9 +428,18 @@ pub async fn audit(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (end1, bank) = iou_view(&parties.clients[0], BTreeSet::from([parties.bank.clone()])).await?;
-        let (end2, alice) = iou_view(&parties.clients[1], BTreeSet::from([parties.owners[0].clone()])).await?;
-        let (end3, bob) = iou_view(&parties.clients[2], BTreeSet::from([parties.owners[1].clone()])).await?;
+        let (end1, bank) =
+            iou_view(&parties.clients[0], BTreeSet::from([parties.bank.clone()])).await?;
+        let (end2, alice) = iou_view(
+            &parties.clients[1],
+            BTreeSet::from([parties.owners[0].clone()]),
+        )
+        .await?;
+        let (end3, bob) = iou_view(
+            &parties.clients[2],
+            BTreeSet::from([parties.owners[1].clone()]),
+        )
+        .await?;
         let total_after: u128 = bank.values().map(|a| u128::from(*a)).sum();
         let owned: BTreeMap<String, u64> = alice.into_iter().chain(bob).collect();
         let bank_owned: BTreeMap<String, u64> = bank.into_iter().collect();
@@ -387,9 +447,24 @@ pub async fn audit(
 
         let mut present = Vec::new();
         for (index, (client, party, begin, end)) in [
-            (&parties.clients[0], &parties.bank, baseline.offsets[0], end1),
-            (&parties.clients[1], &parties.owners[0], baseline.offsets[1], end2),
-            (&parties.clients[2], &parties.owners[1], baseline.offsets[2], end3),
+            (
+                &parties.clients[0],
+                &parties.bank,
+                baseline.offsets[0],
+                end1,
+            ),
+            (
+                &parties.clients[1],
+                &parties.owners[0],
+                baseline.offsets[1],
+                end2,
+            ),
+            (
+                &parties.clients[2],
+                &parties.owners[1],
+                baseline.offsets[2],
+                end3,
+            ),
         ]
         .into_iter()
         .enumerate()

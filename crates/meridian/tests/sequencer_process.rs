@@ -240,6 +240,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         .register_member(v1::RegisterMemberRequest {
             member: "carol".into(),
             public_key: vec![1, 2, 3],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -249,6 +250,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         .register_member(v1::RegisterMemberRequest {
             member: "alice".into(),
             public_key: SigningKey::generate().public_key().to_bytes().to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

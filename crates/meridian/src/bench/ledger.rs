@@ -9,8 +9,8 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::sequencer::Backend;
-use crate::deployment::{DeploymentBackend, DeploymentSpec};
 use crate::demo::{run_ledger_workload, DemoReport};
+use crate::deployment::{DeploymentBackend, DeploymentSpec};
 
 #[derive(Debug, Clone, Args)]
 pub struct LedgerBenchArgs {
@@ -43,10 +43,8 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
         }
     };
     let spec = DeploymentSpec {
-        data_dir: dir.path().to_path_buf(),
-        participants: 3,
         backend,
-        mediator_toml: String::new(),
+        ..DeploymentSpec::local(dir.path().to_path_buf(), 3)?
     };
     let report = run_ledger_workload(
         &spec,
@@ -58,16 +56,24 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
     )
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string(&LedgerBenchReport::new(&args, &report))?);
+        println!(
+            "{}",
+            serde_json::to_string(&LedgerBenchReport::new(&args, &report))?
+        );
     } else {
         println!(
             "meridian bench ledger: {:?}, {} lanes, {} s, {}",
             args.backend,
             args.lanes,
             args.duration_s,
-            args.rate.map(|r| format!("target {r}/s")).unwrap_or_else(|| "saturation".into())
+            args.rate
+                .map(|r| format!("target {r}/s"))
+                .unwrap_or_else(|| "saturation".into())
         );
-        println!("  committed transfers/s   {:>10.0}", report.workload.tx_per_s);
+        println!(
+            "  committed transfers/s   {:>10.0}",
+            report.workload.tx_per_s
+        );
         println!(
             "  SubmitAndWait latency   p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
             report.workload.latency_p50_ms,
@@ -75,7 +81,14 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
             report.workload.latency_max_ms
         );
         println!("  rejections              {:?}", report.workload.rejections);
-        println!("  audit                   {}", if report.audit.audit_ok { "OK" } else { "FAILED" });
+        println!(
+            "  audit                   {}",
+            if report.audit.audit_ok {
+                "OK"
+            } else {
+                "FAILED"
+            }
+        );
     }
     Ok(())
 }

@@ -1,0 +1,481 @@
+//! Black-box tests of the transaction protocol with every node a real process: the demo
+//! workload and its audit (twice on one data directory), bad commands, double spends,
+//! deduplication, a confirming participant down during a request, and a command retried
+//! after the submitting participant crashed.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use meridian::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use meridian::workload::{self, Live, Parties, WorkloadSpec};
+use meridian_client::{ClientError, LedgerClient, SubmitOutcome};
+use meridian_core::ledger::{Command, Contract};
+use meridian_core::template::{Iou, IouPayload};
+use meridian_core::{CommandId, PartyId, TemplateId, UserId};
+use meridian_proto::v1;
+use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
+use tokio_util::sync::CancellationToken;
+
+fn spec(dir: &std::path::Path, mediator_toml: &str) -> DeploymentSpec {
+    spec_with(dir, mediator_toml, "")
+}
+
+fn spec_with(dir: &std::path::Path, mediator_toml: &str, participant_toml: &str) -> DeploymentSpec {
+    DeploymentSpec {
+        exe: env!("CARGO_BIN_EXE_meridian").into(),
+        data_dir: dir.to_path_buf(),
+        participants: 3,
+        backend: DeploymentBackend::Sqlite,
+        mediator_toml: mediator_toml.to_owned(),
+        participant_toml: participant_toml.to_owned(),
+    }
+}
+
+async fn start(spec: &DeploymentSpec) -> Deployment {
+    Deployment::start(spec, &mut |line| eprintln!("{line}"))
+        .await
+        .unwrap()
+}
+
+fn party(name: &str) -> PartyId {
+    PartyId::new(name).unwrap()
+}
+
+fn command_id(name: &str) -> CommandId {
+    CommandId::new(name).unwrap()
+}
+
+fn iou_create(owner: &str, amount: u64) -> Command {
+    Command::Create {
+        template: TemplateId::new("Iou").unwrap(),
+        payload: IouPayload {
+            issuer: party("bank"),
+            owner: party(owner),
+            amount,
+            currency: "USD".into(),
+        }
+        .to_value(),
+    }
+}
+
+fn transfer(contract: &Contract, new_owner: &str) -> Command {
+    Command::Exercise {
+        contract_id: contract.id.clone(),
+        choice: "Transfer".into(),
+        argument: serde_json::json!({ "new_owner": new_owner }),
+    }
+}
+
+async fn issue(parties: &Parties, id: &str, amount: u64) -> Contract {
+    match parties.clients[0]
+        .submit_and_wait(
+            &command_id(id),
+            &BTreeSet::from([party("bank")]),
+            &[iou_create("alice", amount)],
+        )
+        .await
+        .unwrap()
+    {
+        SubmitOutcome::Committed(c) => c.created.into_iter().next().unwrap(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn code(result: Result<SubmitOutcome, ClientError>) -> (tonic::Code, String) {
+    match result {
+        Err(ClientError::Rejected { code, message }) => (code, message),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+async fn ious(client: &LedgerClient, owner: &str) -> Vec<(Contract, u64)> {
+    let (_, contracts) = client
+        .active_contracts(&BTreeSet::from([party(owner)]))
+        .await
+        .unwrap();
+    contracts
+        .into_iter()
+        .filter_map(|c| Iou::payload(&c).ok().map(|p| (c.clone(), p.amount)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_workload_audits_clean_and_a_second_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    for round in 0..2 {
+        let mut deployment = start(&spec).await;
+        let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
+            .await
+            .unwrap();
+        let lanes = workload::issue_lanes(&parties, 8, &format!("round{round}"))
+            .await
+            .unwrap();
+        let baseline = workload::baseline(&parties).await.unwrap();
+        let report = workload::run_transfers(
+            &parties,
+            lanes,
+            &WorkloadSpec {
+                duration: Duration::from_secs(3),
+                rate: None,
+                run: format!("round{round}"),
+            },
+            std::sync::Arc::new(Live::default()),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(report.committed > 8, "round {round}: {report:?}");
+        assert!(report.rejections.is_empty(), "round {round}: {report:?}");
+        let audit = workload::audit(&parties, &baseline, &report.committed_transactions)
+            .await
+            .unwrap();
+        assert!(audit.audit_ok, "round {round}: {audit:?}");
+        assert_eq!(audit.acknowledged_checked as u64, report.committed);
+        deployment.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_get_documented_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut deployment = start(&spec(dir.path(), "")).await;
+    let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
+        .await
+        .unwrap();
+    let bank = BTreeSet::from([party("bank")]);
+    let alice = BTreeSet::from([party("alice")]);
+    let p1 = &parties.clients[0];
+    let p2 = &parties.clients[1];
+
+    // Malformed payload JSON and unknown template: raw gRPC, as a sloppy client would send.
+    let mut raw = LedgerServiceClient::connect(deployment.ledger_endpoint(0))
+        .await
+        .unwrap();
+    let status = raw
+        .submit_and_wait(v1::SubmitAndWaitRequest {
+            user_id: "test".into(),
+            command_id: "malformed".into(),
+            act_as: vec!["bank".into()],
+            commands: vec![v1::Command {
+                command: Some(v1::command::Command::Create(v1::CreateCommand {
+                    template: "Iou".into(),
+                    payload_json: "{not json".into(),
+                })),
+            }],
+            deduplication_period_s: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = raw
+        .submit_and_wait(v1::SubmitAndWaitRequest {
+            user_id: "test".into(),
+            command_id: "no-commands".into(),
+            act_as: vec!["bank".into()],
+            commands: vec![],
+            deduplication_period_s: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let (code_, message) = code(
+        p1.submit_and_wait(
+            &command_id("unknown-template"),
+            &bank,
+            &[Command::Create {
+                template: TemplateId::new("Nope").unwrap(),
+                payload: serde_json::json!({}),
+            }],
+        )
+        .await,
+    );
+    assert_eq!(code_, tonic::Code::InvalidArgument, "{message}");
+    let (code_, message) = code(
+        p1.submit_and_wait(&command_id("zero"), &bank, &[iou_create("alice", 0)])
+            .await,
+    );
+    assert_eq!(code_, tonic::Code::InvalidArgument, "{message}");
+    assert!(message.contains("positive"), "{message}");
+
+    // Unknown party, and a party hosted elsewhere.
+    let (code_, message) = code(
+        p1.submit_and_wait(
+            &command_id("ghost"),
+            &BTreeSet::from([party("ghost")]),
+            &[iou_create("alice", 1)],
+        )
+        .await,
+    );
+    assert!(
+        matches!(code_, tonic::Code::NotFound | tonic::Code::PermissionDenied),
+        "{code_:?} {message}"
+    );
+    let (code_, message) = code(
+        p1.submit_and_wait(&command_id("not-here"), &alice, &[iou_create("alice", 1)])
+            .await,
+    );
+    assert_eq!(code_, tonic::Code::PermissionDenied, "{message}");
+
+    // Bad choice argument, unknown choice.
+    let iou = issue(&parties, "bad-args-iou", 50).await;
+    let (code_, message) = code(
+        p2.submit_and_wait(
+            &command_id("bad-arg"),
+            &alice,
+            &[Command::Exercise {
+                contract_id: iou.id.clone(),
+                choice: "Transfer".into(),
+                argument: serde_json::json!({ "owner": "bob" }),
+            }],
+        )
+        .await,
+    );
+    assert_eq!(code_, tonic::Code::InvalidArgument, "{message}");
+    let (code_, _) = code(
+        p2.submit_and_wait(
+            &command_id("bad-choice"),
+            &alice,
+            &[Command::Exercise {
+                contract_id: iou.id.clone(),
+                choice: "Steal".into(),
+                argument: serde_json::json!({}),
+            }],
+        )
+        .await,
+    );
+    assert_eq!(code_, tonic::Code::InvalidArgument);
+
+    // A transfer, then the same command again (duplicate), then the archived contract again.
+    let first = p2
+        .submit_and_wait(&command_id("move-1"), &alice, &[transfer(&iou, "bob")])
+        .await
+        .unwrap();
+    let SubmitOutcome::Committed(first) = first else {
+        panic!("{first:?}")
+    };
+    let (code_, message) = code(
+        p2.submit_and_wait(&command_id("move-1"), &alice, &[transfer(&iou, "bob")])
+            .await,
+    );
+    assert_eq!(code_, tonic::Code::AlreadyExists, "{message}");
+    assert!(
+        message.contains(&first.transaction_id),
+        "the original outcome: {message}"
+    );
+    let (code_, message) = code(
+        p2.submit_and_wait(&command_id("move-again"), &alice, &[transfer(&iou, "bob")])
+            .await,
+    );
+    assert!(
+        matches!(
+            code_,
+            tonic::Code::NotFound | tonic::Code::FailedPrecondition
+        ),
+        "{code_:?} {message}"
+    );
+
+    // Nothing above changed the ledger except the one transfer.
+    let bob = ious(&parties.clients[2], "bob").await;
+    assert_eq!(bob.iter().filter(|(_, a)| *a == 50).count(), 1);
+    assert!(ious(p2, "alice").await.iter().all(|(_, a)| *a != 50));
+    deployment.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_spend_commits_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut deployment = start(&spec(dir.path(), "")).await;
+    let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
+        .await
+        .unwrap();
+    let alice = BTreeSet::from([party("alice")]);
+    for round in 0..5 {
+        let iou = issue(&parties, &format!("ds-iou-{round}"), 77 + round).await;
+        let p2a = parties.clients[1].clone();
+        let p2b = parties.clients[1].clone();
+        let (a, b) = {
+            let (ia, ib) = (iou.clone(), iou.clone());
+            let (alice_a, alice_b) = (alice.clone(), alice.clone());
+            tokio::join!(
+                async move {
+                    p2a.submit_and_wait(
+                        &command_id(&format!("ds-a-{round}")),
+                        &alice_a,
+                        &[transfer(&ia, "bob")],
+                    )
+                    .await
+                },
+                async move {
+                    p2b.submit_and_wait(
+                        &command_id(&format!("ds-b-{round}")),
+                        &alice_b,
+                        &[transfer(&ib, "bank")],
+                    )
+                    .await
+                }
+            )
+        };
+        let successes = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Ok(SubmitOutcome::Committed(_))))
+            .count();
+        assert_eq!(successes, 1, "round {round}: {a:?} / {b:?}");
+        for result in [a, b] {
+            if let Err(error) = result {
+                let ClientError::Rejected { code, .. } = &error else {
+                    panic!("{error:?}")
+                };
+                assert!(
+                    matches!(
+                        code,
+                        tonic::Code::Aborted
+                            | tonic::Code::NotFound
+                            | tonic::Code::FailedPrecondition
+                    ),
+                    "{error:?}"
+                );
+            }
+        }
+        // Exactly one IOU of that amount exists anywhere, on every participant's view.
+        let (_, bank_view) = parties.clients[0]
+            .active_contracts(&BTreeSet::from([party("bank")]))
+            .await
+            .unwrap();
+        let copies = bank_view
+            .iter()
+            .filter(|c| {
+                Iou::payload(c)
+                    .map(|p| p.amount == 77 + round)
+                    .unwrap_or(false)
+            })
+            .count();
+        assert_eq!(copies, 1, "round {round}");
+    }
+    deployment.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirming_participant_down_times_out_and_nobody_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut deployment = start(&spec(dir.path(), "response_timeout_ms = 2000")).await;
+    let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
+        .await
+        .unwrap();
+    let iou = issue(&parties, "timeout-iou", 99).await;
+    // The bank (participant 1) must confirm every transfer; it is gone.
+    deployment.participants[0].kill9().unwrap();
+    let result = parties.clients[1]
+        .submit_and_wait(
+            &command_id("during-outage"),
+            &BTreeSet::from([party("alice")]),
+            &[transfer(&iou, "bob")],
+        )
+        .await;
+    let (code_, message) = code(result);
+    assert_eq!(code_, tonic::Code::Aborted, "{message}");
+    assert!(message.to_lowercase().contains("timeout"), "{message}");
+    // Participant 1 comes back, replays the request and the TIMEOUT verdict.
+    let exe = deployment.exe().to_path_buf();
+    deployment.participants[0].start(&exe).unwrap();
+    deployment.participants[0]
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (client, owner) in [
+        (&parties.clients[0], "bank"),
+        (&parties.clients[1], "alice"),
+    ] {
+        let view = ious(client, owner).await;
+        assert!(
+            view.iter().any(|(c, _)| c.id == iou.id),
+            "{owner}'s participant still has the original IOU"
+        );
+    }
+    assert!(ious(&parties.clients[2], "bob")
+        .await
+        .iter()
+        .all(|(_, a)| *a != 99));
+    // And the IOU is still usable.
+    let retry = parties.clients[1]
+        .submit_and_wait(
+            &command_id("after-outage"),
+            &BTreeSet::from([party("alice")]),
+            &[transfer(&iou, "bob")],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(retry, SubmitOutcome::Committed(_)), "{retry:?}");
+    deployment.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_retried_after_a_crash_commits_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A short max sequencing time bounds how long an in-flight submission's fate stays open.
+    let mut deployment = start(&spec_with(dir.path(), "", "max_sequencing_delay_ms = 2000")).await;
+    let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
+        .await
+        .unwrap();
+    let exe = deployment.exe().to_path_buf();
+    let alice = BTreeSet::from([party("alice")]);
+    for round in 0..3u64 {
+        let amount = 500 + round;
+        let iou = issue(&parties, &format!("crash-iou-{round}"), amount).await;
+        let id = command_id(&format!("crash-move-{round}"));
+        // Submit, and kill the submitting participant while the request is in flight.
+        let client = parties.clients[1].clone();
+        let (iou2, alice2, id2) = (iou.clone(), alice.clone(), id.clone());
+        let pending = tokio::spawn(async move {
+            client
+                .submit_and_wait(&id2, &alice2, &[transfer(&iou2, "bob")])
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(5 * round)).await;
+        deployment.participants[1].kill9().unwrap();
+        deployment.participants[1].start(&exe).unwrap();
+        deployment.participants[1]
+            .wait_ready(Duration::from_secs(60))
+            .await
+            .unwrap();
+        // The client library retried the interrupted call with the same command id against
+        // the restarted participant; it ends in one definite outcome.
+        let first = pending.await.unwrap();
+        match &first {
+            Ok(_) => {}
+            Err(ClientError::Rejected { code, .. }) if *code == tonic::Code::Aborted => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+        // The application retries once more with the same command id: the original outcome.
+        let outcome = parties.clients[1]
+            .submit_and_wait(&id, &alice, &[transfer(&iou, "bob")])
+            .await;
+        match (&first, &outcome) {
+            (Ok(_), Err(ClientError::Rejected { code, .. })) => {
+                assert_eq!(
+                    *code,
+                    tonic::Code::AlreadyExists,
+                    "round {round}: {outcome:?}"
+                )
+            }
+            // Only commits deduplicate: after a definite rejection a resubmission may commit.
+            (Err(_), Ok(_)) => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Never two transactions: exactly one IOU of this amount, wherever it is.
+        let (_, bank_view) = parties.clients[0]
+            .active_contracts(&BTreeSet::from([party("bank")]))
+            .await
+            .unwrap();
+        let copies = bank_view
+            .iter()
+            .filter(|c| Iou::payload(c).map(|p| p.amount == amount).unwrap_or(false))
+            .count();
+        assert_eq!(copies, 1, "round {round}: {first:?} then {outcome:?}");
+    }
+    deployment.stop().await.unwrap();
+}
