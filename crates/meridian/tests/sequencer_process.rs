@@ -696,3 +696,67 @@ async fn lost_history_is_reported_as_a_fork() {
         "the stream ends after a fork"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_owner_key_only_owner_signed_members_are_registered() {
+    use meridian_client::register_member_with_topology;
+    use meridian_core::topology::{
+        SignedTopologyTransaction, TopologyMapping, TopologyTransaction,
+    };
+
+    let owner = SigningKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sequencer = SequencerProcess::spawn(
+        Path::new(EXE),
+        dir.path(),
+        "sequencer",
+        &StorageSpec::Sqlite(dir.path().join("sequencer.db")),
+        &format!("owner_public_key = \"{}\"", owner.public_key()),
+    )
+    .unwrap();
+    sequencer.wait_ready(READY_TIMEOUT).await.unwrap();
+    let endpoint = sequencer.grpc_endpoint();
+    let key = SigningKey::generate();
+
+    // The open admin registration is refused.
+    let refused = register_member(&endpoint, &id("p1"), &key.public_key()).await;
+    assert!(
+        matches!(&refused, Err(ClientError::Rejected { code: tonic::Code::Unauthenticated, message }) if message.contains("owner")),
+        "{refused:?}"
+    );
+    let mapping = TopologyMapping::Participant {
+        participant: meridian_core::ParticipantId::new("p1").unwrap(),
+        public_key: key.public_key().to_string(),
+    };
+    // Signed by someone else: refused.
+    let forged = SignedTopologyTransaction::sign(
+        &TopologyTransaction {
+            serial: 1,
+            mapping: mapping.clone(),
+        },
+        &SigningKey::generate(),
+    );
+    let refused = register_member_with_topology(&endpoint, &forged).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(ClientError::Rejected {
+                code: tonic::Code::Unauthenticated,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // Signed by the owner: registered once, idempotent after, and the member can authenticate.
+    let signed =
+        SignedTopologyTransaction::sign(&TopologyTransaction { serial: 1, mapping }, &owner);
+    assert!(register_member_with_topology(&endpoint, &signed)
+        .await
+        .unwrap());
+    assert!(!register_member_with_topology(&endpoint, &signed)
+        .await
+        .unwrap());
+    SequencerClient::connect(SequencerClientConfig::new(endpoint, id("p1"), key))
+        .await
+        .unwrap();
+}
