@@ -135,6 +135,7 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
             backend,
             state: status_state.clone(),
         }),
+        step_down: None,
     };
     let admin_task = tokio::spawn(admin::serve_admin(
         admin_listener,

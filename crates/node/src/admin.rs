@@ -55,6 +55,9 @@ pub struct AdminState {
     pub health: Health,
     pub metrics: Arc<Metrics>,
     pub status: Arc<dyn StatusSource>,
+    /// For replicated nodes: asks the active replica to hand over (manual switchover).
+    /// Returns false when this replica is not the active one.
+    pub step_down: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -82,6 +85,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/admin/step-down", axum::routing::post(step_down))
         // Must come after the routes: it only applies to routes already added.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -189,4 +193,26 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 
 fn echoed_path(uri: &Uri) -> String {
     uri.path().chars().take(MAX_ECHOED_PATH_CHARS).collect()
+}
+
+/// `POST /admin/step-down`: the switchover hook. 202 when the active replica starts handing
+/// over, 409 on a passive replica, 404 on a node that is not replicated.
+async fn step_down(State(state): State<AdminState>) -> Response {
+    match &state.step_down {
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "this node is not replicated; there is nothing to switch over"})),
+        )
+            .into_response(),
+        Some(hook) if hook() => (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "stepping down; a passive replica takes over"})),
+        )
+            .into_response(),
+        Some(_) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "this replica is not the active one"})),
+        )
+            .into_response(),
+    }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod replica;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -32,6 +32,7 @@ impl Server {
             health: health.clone(),
             metrics: Arc::new(metrics),
             status: Arc::new(|| json!({"role": "sequencer", "epoch": 7, "readiness": "bogus"})),
+            step_down: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve_admin(listener, state, shutdown.clone()));

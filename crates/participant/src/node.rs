@@ -133,6 +133,7 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
                 participant: participant.to_string(),
                 core: core_slot.clone(),
             }),
+            step_down: None,
         },
         shutdown.clone(),
     ));

@@ -92,6 +92,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         health: health.clone(),
         metrics: metrics.clone(),
         status: Arc::new(LateStatus(status_slot.clone())),
+        step_down: None,
     };
     let admin_task = tokio::spawn(admin::serve_admin(
         admin_listener,

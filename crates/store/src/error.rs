@@ -7,6 +7,10 @@ use meridian_core::{InstanceIndex, MemberId};
 pub enum StoreError {
     #[error("sequencer instance {0} is marked offline; its writes are fenced")]
     Fenced(InstanceIndex),
+    #[error("the replica lease of {node} is no longer held at epoch {epoch}: another replica took over; this one must stop writing")]
+    LeaseLost { node: String, epoch: i64 },
+    #[error("this replica of {node} is passive: it holds no lease and may not write")]
+    Passive { node: String },
     #[error("member {member} is already registered with a different public key")]
     MemberKeyConflict { member: MemberId },
     #[error("the database is read-only (a standby?)")]

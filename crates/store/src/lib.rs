@@ -5,6 +5,7 @@
 
 mod common;
 mod error;
+pub mod lease;
 pub mod mediator;
 pub mod participant;
 mod participant_rows;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use error::StoreError;
+pub use lease::{Epoch, FenceSlot, LeaseState, LeaseStore};
 pub use participant::{
     CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantSnapshot,
     ParticipantStore, PendingRecord, StoredContract, TransactionRecord,

@@ -83,6 +83,7 @@ async fn run_manager(
                 listen_address: config.listen_address.to_string(),
                 manager: manager_slot.clone(),
             }),
+            step_down: None,
         },
         shutdown.clone(),
     ));

@@ -1,0 +1,117 @@
+//! The replica lease: which replica of a replicated node (participant, mediator, topology
+//! manager) is active, and the fencing epoch that makes a deposed active harmless.
+//!
+//! Contract (DESIGN.md §5):
+//! - One row per node: `replica_lease(node, epoch, holder, holder_endpoint, renewed_at_us)`.
+//! - **Acquire**: a replica becomes active only if no other live holder exists; taking the lease
+//!   bumps `epoch` in the same transaction. PostgreSQL: the active holds a *session advisory
+//!   lock* (keyed by the node name) on a dedicated connection, so the lock is released the
+//!   moment its session dies (kill -9 of the process); if the holder is alive but stuck (not
+//!   renewed for `lease_timeout`), a passive may terminate the holder's backend
+//!   (`pg_terminate_backend`) and take over. SQLite: the row's `renewed_at_us` decides (expired
+//!   after `lease_timeout`), plus an exclusive `flock` on a sidecar file `<db>.lease-<node>` held
+//!   by the active process, so the lease frees at once when that process dies.
+//! - **Renew**: the active renews every `lease_timeout / 4` or so; a renewal that finds another
+//!   epoch fails with [`StoreError::LeaseLost`].
+//! - **Fencing**: every write transaction of the node's store runs [`FenceSlot`]'s check first,
+//!   inside the transaction: `SELECT epoch FROM replica_lease WHERE node = ?` (PostgreSQL:
+//!   `FOR SHARE`, so a concurrent epoch bump waits for in-flight writes to finish) must equal the
+//!   epoch this replica holds, else the transaction fails with [`StoreError::LeaseLost`] and
+//!   writes nothing. A resumed zombie therefore cannot write after a takeover.
+//! - **Release** (switchover): the active clears `holder` and drops its lock/flock so a passive
+//!   can take over at its next poll without waiting for `lease_timeout`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meridian_core::Timestamp;
+
+use crate::StoreError;
+
+/// A fencing epoch: strictly increasing per node, bumped on every takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(pub i64);
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Who holds a node's lease, as last written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    pub epoch: Epoch,
+    /// `None` after a release.
+    pub holder: Option<String>,
+    /// The holder's advertised endpoint (for "UNAVAILABLE: the active replica is X").
+    pub holder_endpoint: Option<String>,
+    pub renewed_at: Timestamp,
+}
+
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Tries to become the active replica. Returns the new epoch on success, `None` if another
+    /// live replica holds the lease.
+    async fn try_acquire(
+        &self,
+        holder: &str,
+        holder_endpoint: &str,
+        lease_timeout: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Epoch>, StoreError>;
+
+    /// Renews the lease; [`StoreError::LeaseLost`] if `epoch` is no longer current.
+    async fn renew(&self, holder: &str, epoch: Epoch, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Steps down: frees the lease for a passive replica right away.
+    async fn release(&self, holder: &str, epoch: Epoch) -> Result<(), StoreError>;
+
+    async fn current(&self) -> Result<Option<LeaseState>, StoreError>;
+}
+
+/// The epoch this process writes under, shared between the replica manager (which sets it on
+/// promotion and clears it on demotion) and the node's store (which checks it inside every
+/// write transaction). Unset means the node is not replicated and no check runs.
+#[derive(Debug, Clone, Default)]
+pub struct FenceSlot {
+    inner: Arc<RwLock<Fence>>,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Fence {
+    /// Not replicated: writes are not fenced.
+    #[default]
+    Unfenced,
+    /// Active under this epoch.
+    Active { node: String, epoch: Epoch },
+    /// Replicated but not active: every write is refused.
+    Passive { node: String },
+}
+
+impl FenceSlot {
+    pub fn activate(&self, node: &str, epoch: Epoch) {
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Fence::Active {
+            node: node.to_owned(),
+            epoch,
+        };
+    }
+
+    pub fn deactivate(&self, node: &str) {
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Fence::Passive {
+            node: node.to_owned(),
+        };
+    }
+
+    /// What a write transaction must verify: `None` = nothing (unreplicated node),
+    /// `Some((node, Some(epoch)))` = the lease row must still carry `epoch`,
+    /// `Some((node, None))` = refuse (this replica is passive).
+    pub fn expected(&self) -> Option<(String, Option<Epoch>)> {
+        match &*self.inner.read().unwrap_or_else(|p| p.into_inner()) {
+            Fence::Unfenced => None,
+            Fence::Active { node, epoch } => Some((node.clone(), Some(*epoch))),
+            Fence::Passive { node } => Some((node.clone(), None)),
+        }
+    }
+}
