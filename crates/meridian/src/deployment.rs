@@ -41,6 +41,11 @@ pub struct DeploymentSpec {
     pub mediator_toml: String,
     /// Extra TOML for every participant (e.g. `max_sequencing_delay_ms = 3000`).
     pub participant_toml: String,
+    /// Replicas of each participant and of the mediator (1 = unreplicated). Replicas share
+    /// the node's key and database; the first is started first and becomes active.
+    pub replicas: usize,
+    /// Lease timeout of replicated nodes: how long a stuck active keeps its lease.
+    pub lease_timeout_ms: u64,
 }
 
 pub struct Deployment {
@@ -48,9 +53,36 @@ pub struct Deployment {
     pub data_dir: PathBuf,
     pub sequencer: NodeProcess,
     pub topology: NodeProcess,
+    /// The mediator's first replica (active after start).
     pub mediator: NodeProcess,
+    /// Further mediator replicas (passive after start).
+    pub mediator_standbys: Vec<NodeProcess>,
+    /// Each participant's first replica (active after start).
     pub participants: Vec<NodeProcess>,
+    /// Each participant's further replicas (passive after start), by participant index.
+    pub participant_standbys: Vec<Vec<NodeProcess>>,
     pub participant_ids: Vec<ParticipantId>,
+}
+
+/// Process names of a node's replicas: `node` alone, or `node-a`, `node-b`, ...
+fn replica_names(node: &str, replicas: usize) -> Vec<String> {
+    if replicas <= 1 {
+        return vec![node.to_owned()];
+    }
+    (0..replicas)
+        .map(|i| format!("{node}-{}", char::from(b'a' + (i % 26) as u8)))
+        .collect()
+}
+
+/// The `[replication]` table of one replica, empty when unreplicated.
+fn replication_toml(spec: &DeploymentSpec, replica: &str, endpoint: &str) -> String {
+    if spec.replicas <= 1 {
+        return String::new();
+    }
+    format!(
+        "\n[replication]\nreplica_id = \"{replica}\"\nadvertised_endpoint = \"{endpoint}\"\nlease_timeout_ms = {}\npoll_interval_ms = 50\n",
+        spec.lease_timeout_ms
+    )
 }
 
 fn participant_name(index: usize) -> String {
@@ -71,6 +103,8 @@ impl DeploymentSpec {
             backend: DeploymentBackend::Sqlite,
             mediator_toml: String::new(),
             participant_toml: String::new(),
+            replicas: 1,
+            lease_timeout_ms: 1_000,
         })
     }
 }
@@ -199,52 +233,88 @@ impl Deployment {
             sequencer.grpc_endpoint(),
             topology.grpc_endpoint()
         );
-        let (_, admin) = free_addresses()?;
         let storage = spec.backend.storage(data_dir, MEDIATOR_ID).await?;
-        let mediator_config = format!(
-            "member_id = \"{MEDIATOR_ID}\"\nkey_file = {}\nadmin_address = \"{admin}\"\n{common}{}\n{}",
-            toml_str(&keys.join("mediator.key").display().to_string()),
-            spec.mediator_toml,
-            storage.to_toml()
-        );
-        let mut mediator = NodeProcess::spawn_role(
-            &exe,
-            "mediator",
-            &data_dir.join(MEDIATOR_ID),
-            MEDIATOR_ID,
-            &mediator_config,
-            admin,
-            admin,
-        )?;
-
-        let mut participants = Vec::new();
-        for id in &participant_ids {
-            let (grpc, admin) = free_addresses()?;
-            let storage = spec.backend.storage(data_dir, id.as_str()).await?;
+        let mut mediators = Vec::new();
+        for replica in replica_names(MEDIATOR_ID, spec.replicas) {
+            let (_, admin) = free_addresses()?;
             let config = format!(
-                "participant_id = \"{id}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nmediator_id = \"{MEDIATOR_ID}\"\n{common}{}\n{}",
-                toml_str(&keys.join(format!("{id}.key")).display().to_string()),
-                spec.participant_toml,
-                storage.to_toml()
+                "member_id = \"{MEDIATOR_ID}\"\nkey_file = {}\nadmin_address = \"{admin}\"\n{common}{}\n{}{}",
+                toml_str(&keys.join("mediator.key").display().to_string()),
+                spec.mediator_toml,
+                storage.to_toml(),
+                replication_toml(spec, &replica, &format!("http://{admin}")),
             );
-            participants.push(NodeProcess::spawn_role(
+            mediators.push(NodeProcess::spawn_role(
                 &exe,
-                "participant",
-                &data_dir.join(id.as_str()),
-                id.as_str(),
+                "mediator",
+                &data_dir.join(MEDIATOR_ID),
+                &replica,
                 &config,
-                grpc,
+                admin,
                 admin,
             )?);
         }
+
+        let mut participants = Vec::new();
+        for id in &participant_ids {
+            let storage = spec.backend.storage(data_dir, id.as_str()).await?;
+            let mut replicas = Vec::new();
+            for replica in replica_names(id.as_str(), spec.replicas) {
+                let (grpc, admin) = free_addresses()?;
+                let config = format!(
+                    "participant_id = \"{id}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nmediator_id = \"{MEDIATOR_ID}\"\n{common}{}\n{}{}",
+                    toml_str(&keys.join(format!("{id}.key")).display().to_string()),
+                    spec.participant_toml,
+                    storage.to_toml(),
+                    replication_toml(spec, &replica, &format!("http://{grpc}")),
+                );
+                replicas.push(NodeProcess::spawn_role(
+                    &exe,
+                    "participant",
+                    &data_dir.join(id.as_str()),
+                    &replica,
+                    &config,
+                    grpc,
+                    admin,
+                )?);
+            }
+            participants.push(replicas);
+        }
+        // The first replica of each node was started first; wait for it to be active before
+        // the others count as (passive) standbys.
+        let mut mediators = mediators.into_iter();
+        let mut mediator = mediators.next().context("at least one mediator replica")?;
         mediator.wait_ready(READY_TIMEOUT).await?;
         progress("mediator ready".into());
+        let mut mediator_standbys: Vec<NodeProcess> = mediators.collect();
+        for standby in &mut mediator_standbys {
+            standby.wait_alive(READY_TIMEOUT).await?;
+            progress(format!("{} standing by", standby.name()));
+        }
+        let mut participant_standbys = Vec::new();
+        let participants: Vec<NodeProcess> = participants
+            .into_iter()
+            .map(|mut replicas| {
+                let first = replicas.remove(0);
+                participant_standbys.push(replicas);
+                first
+            })
+            .collect();
+        let mut participants = participants;
         for participant in &mut participants {
             participant.wait_ready(READY_TIMEOUT).await?;
             progress(format!(
                 "{} ready, Ledger API at {}",
                 participant.name(),
                 participant.grpc_endpoint()
+            ));
+        }
+        for standby in participant_standbys.iter_mut().flatten() {
+            standby.wait_alive(READY_TIMEOUT).await?;
+            progress(format!(
+                "{} standing by at {}",
+                standby.name(),
+                standby.grpc_endpoint()
             ));
         }
         progress(format!(
@@ -257,7 +327,9 @@ impl Deployment {
             sequencer,
             topology,
             mediator,
+            mediator_standbys,
             participants,
+            participant_standbys,
             participant_ids,
         })
     }
@@ -272,6 +344,28 @@ impl Deployment {
 
     pub fn ledger_endpoint(&self, index: usize) -> String {
         self.participants[index].grpc_endpoint()
+    }
+
+    /// Every replica's Ledger API endpoint of participant `index`, first replica first.
+    pub fn ledger_endpoints(&self, index: usize) -> Vec<String> {
+        std::iter::once(&self.participants[index])
+            .chain(&self.participant_standbys[index])
+            .map(NodeProcess::grpc_endpoint)
+            .collect()
+    }
+
+    /// All replicas of participant `index`, mutable (for kill -9 and restarts).
+    pub fn participant_replicas_mut(&mut self, index: usize) -> Vec<&mut NodeProcess> {
+        std::iter::once(&mut self.participants[index])
+            .chain(self.participant_standbys[index].iter_mut())
+            .collect()
+    }
+
+    /// All mediator replicas, mutable.
+    pub fn mediator_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
+        std::iter::once(&mut self.mediator)
+            .chain(self.mediator_standbys.iter_mut())
+            .collect()
     }
 
     /// One line per node: name, role, endpoints, log file.
@@ -289,13 +383,20 @@ impl Deployment {
                 self.topology.admin_address,
                 self.topology.log_path.display()
             ),
-            format!(
-                "mediator          admin http://{}  log {}",
-                self.mediator.admin_address,
-                self.mediator.log_path.display()
-            ),
         ];
-        for participant in &self.participants {
+        for mediator in std::iter::once(&self.mediator).chain(&self.mediator_standbys) {
+            lines.push(format!(
+                "{:<17} admin http://{}  log {}",
+                mediator.name(),
+                mediator.admin_address,
+                mediator.log_path.display()
+            ));
+        }
+        for participant in self
+            .participants
+            .iter()
+            .chain(self.participant_standbys.iter().flatten())
+        {
             lines.push(format!(
                 "{:<17} Ledger API {}  admin http://{}  log {}",
                 participant.name(),

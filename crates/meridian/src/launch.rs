@@ -194,6 +194,41 @@ impl NodeProcess {
         )
     }
 
+    /// Polls `/livez` until 200 (a passive replica is alive but not ready).
+    pub async fn wait_alive(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()?;
+        let url = format!("http://{}/livez", self.admin_address);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!(
+                        "{} exited ({status}); log tail:\n{}",
+                        self.name,
+                        self.log_tail(20)
+                    );
+                }
+            }
+            if let Ok(response) = client.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("{} was not alive within {timeout:?}", self.name)
+    }
+
+    /// SIGSTOP / SIGCONT: an alive-but-stuck process, for failover tests.
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        let pid = self.pid().context("the process is not running")?;
+        kill(Pid::from_raw(i32::try_from(pid)?), signal).with_context(|| format!("{signal}"))?;
+        Ok(())
+    }
+
     /// Peak resident set size of the process so far (`VmHWM`), in bytes.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;

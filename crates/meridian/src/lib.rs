@@ -2,6 +2,7 @@
 //! launching node processes, whole deployments, the IOU workload with its audit, and the
 //! benchmarks. `main.rs` only parses arguments and dispatches.
 
+pub mod admin;
 pub mod bench;
 pub mod demo;
 pub mod deployment;

@@ -50,7 +50,7 @@ impl Parties {
         if deployment.participants.len() < 3 {
             bail!("the workload needs three participants");
         }
-        let client = |i: usize| LedgerClient::new(&[deployment.ledger_endpoint(i)], user.clone());
+        let client = |i: usize| LedgerClient::new(&deployment.ledger_endpoints(i), user.clone());
         let clients = [client(0)?, client(1)?, client(2)?];
         let parties = Parties {
             bank: party("bank"),

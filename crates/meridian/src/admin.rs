@@ -1,0 +1,210 @@
+//! `meridian admin ...`: operator commands against running nodes.
+//!
+//! `status` shows every replica of every node under a data directory (role, epoch, readiness);
+//! `switchover` makes the active replica of one node step down and waits until another replica
+//! is active. Replicas are found from the configs `meridian up`/`demo` write under
+//! `<data-dir>/<node>/*.toml`, so no address needs typing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Show each replica's role and readiness.
+    Status(StatusArgs),
+    /// Hand a node over from its active replica to a passive one.
+    Switchover(SwitchoverArgs),
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[arg(long, default_value = "meridian-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct SwitchoverArgs {
+    /// The node, e.g. `participant1` or `mediator`.
+    #[arg(long)]
+    pub node: String,
+    #[arg(long, default_value = "meridian-data")]
+    pub data_dir: PathBuf,
+    /// How long to wait for a passive replica to take over.
+    #[arg(long = "timeout", default_value_t = 10)]
+    pub timeout_s: u64,
+}
+
+pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Status(args) => status(&args.data_dir).await,
+        AdminCommand::Switchover(args) => switchover(&args).await,
+    }
+}
+
+/// A replica as found on disk: its name and admin HTTP address.
+#[derive(Debug, Clone)]
+pub struct ReplicaAddress {
+    pub name: String,
+    pub admin_address: String,
+}
+
+/// Replicas of `node`: every config under `<data_dir>/<node>/` with an `admin_address`.
+pub fn replicas(data_dir: &Path, node: &str) -> anyhow::Result<Vec<ReplicaAddress>> {
+    let dir = data_dir.join(node);
+    let entries = std::fs::read_dir(&dir)
+        .with_context(|| format!("no node {node} under {}", data_dir.display()))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let value: toml::Value =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if let Some(address) = value.get("admin_address").and_then(|v| v.as_str()) {
+            out.push(ReplicaAddress {
+                name: path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or(node)
+                    .to_owned(),
+                admin_address: address.to_owned(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+async fn get_status(
+    client: &reqwest::Client,
+    replica: &ReplicaAddress,
+) -> Option<serde_json::Value> {
+    let url = format!("http://{}/status", replica.admin_address);
+    client.get(url).send().await.ok()?.json().await.ok()
+}
+
+fn is_active(status: &serde_json::Value) -> bool {
+    status
+        .get("replication")
+        .and_then(|r| r.get("role"))
+        .or_else(|| status.get("role"))
+        .and_then(|r| r.as_str())
+        == Some("active")
+}
+
+async fn status(data_dir: &Path) -> anyhow::Result<()> {
+    let client = http()?;
+    let mut nodes: Vec<String> = std::fs::read_dir(data_dir)
+        .with_context(|| format!("reading {}", data_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir() && e.file_name() != "keys")
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    nodes.sort();
+    for node in nodes {
+        for replica in replicas(data_dir, &node)? {
+            let line = match get_status(&client, &replica).await {
+                Some(status) => format!(
+                    "{:<22} {:<8} readiness {}",
+                    replica.name,
+                    if is_active(&status) {
+                        "active"
+                    } else if status.get("replication").is_some() {
+                        "passive"
+                    } else {
+                        "-"
+                    },
+                    status
+                        .get("readiness")
+                        .and_then(|r| r.get("status"))
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("?")
+                ),
+                None => format!(
+                    "{:<22} unreachable at {}",
+                    replica.name, replica.admin_address
+                ),
+            };
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?)
+}
+
+/// Asks the active replica to step down and waits for another to become active. Returns the
+/// time the handover took.
+pub async fn switch_over(
+    data_dir: &Path,
+    node: &str,
+    timeout: Duration,
+) -> anyhow::Result<(String, String, Duration)> {
+    let client = http()?;
+    let replicas = replicas(data_dir, node)?;
+    if replicas.len() < 2 {
+        bail!(
+            "{node} has {} replica(s); a switchover needs at least two",
+            replicas.len()
+        );
+    }
+    let mut active = None;
+    for replica in &replicas {
+        if let Some(status) = get_status(&client, replica).await {
+            if is_active(&status) {
+                active = Some(replica.clone());
+            }
+        }
+    }
+    let active = active.with_context(|| format!("no replica of {node} reports itself active"))?;
+    let started = Instant::now();
+    let response = client
+        .post(format!("http://{}/admin/step-down", active.admin_address))
+        .send()
+        .await
+        .with_context(|| format!("asking {} to step down", active.name))?;
+    if !response.status().is_success() {
+        bail!(
+            "{} refused to step down ({}): {}",
+            active.name,
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
+    }
+    while started.elapsed() < timeout {
+        for replica in replicas.iter().filter(|r| r.name != active.name) {
+            if let Some(status) = get_status(&client, replica).await {
+                if is_active(&status) {
+                    return Ok((active.name.clone(), replica.name.clone(), started.elapsed()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("no passive replica of {node} took over within {timeout:?}")
+}
+
+async fn switchover(args: &SwitchoverArgs) -> anyhow::Result<()> {
+    let (from, to, took) = switch_over(
+        &args.data_dir,
+        &args.node,
+        Duration::from_secs(args.timeout_s),
+    )
+    .await?;
+    println!(
+        "{}: {from} stepped down, {to} is active ({:.0} ms)",
+        args.node,
+        took.as_secs_f64() * 1_000.0
+    );
+    Ok(())
+}
