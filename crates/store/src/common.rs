@@ -9,7 +9,8 @@ use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 
 use crate::sequencer::{
-    InstanceState, MemberRecord, MemberSeq, NewEvent, StoredEvent, WriteResult,
+    Incarnation, InstanceClaim, InstanceState, MemberRecord, MemberSeq, NewEvent, StoredEvent,
+    WriteResult,
 };
 use crate::StoreError;
 
@@ -102,6 +103,7 @@ pub(crate) fn instance_state(
     idx: i64,
     watermark: i64,
     online: bool,
+    incarnation: i64,
 ) -> Result<InstanceState, StoreError> {
     let index = u32::try_from(idx).map_err(|_| StoreError::Corrupt {
         table: "sequencer_instances",
@@ -111,7 +113,62 @@ pub(crate) fn instance_state(
         index: InstanceIndex(index),
         watermark: Timestamp::from_i64(watermark),
         online,
+        incarnation: Incarnation(incarnation),
     })
+}
+
+/// The row of an instance as `start_instance` finds it (after inserting it if missing).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimedRow {
+    pub watermark: i64,
+    pub online: bool,
+    pub incarnation: i64,
+}
+
+/// Whether `claim` may take the row; the same decision on both backends. Run inside the
+/// transaction that holds the claim lock, so the row cannot change between check and claim.
+pub(crate) fn check_claim(
+    index: InstanceIndex,
+    row: ClaimedRow,
+    claim: InstanceClaim,
+) -> Result<(), StoreError> {
+    match claim {
+        InstanceClaim::Start { live_after } => {
+            if row.online && row.watermark >= live_after.as_i64() {
+                return Err(StoreError::InstanceInUse {
+                    index,
+                    watermark_us: row.watermark,
+                });
+            }
+        }
+        InstanceClaim::Rejoin(incarnation) => {
+            if incarnation.0 != row.incarnation {
+                return Err(StoreError::Superseded {
+                    index,
+                    incarnation,
+                    current: Incarnation(row.incarnation),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a write of (`index`, `incarnation`) found no online row to advance: the row's current
+/// incarnation (`None` if there is no row) decides between superseded and merely fenced.
+pub(crate) fn refused_write(
+    index: InstanceIndex,
+    incarnation: Incarnation,
+    current: Option<i64>,
+) -> StoreError {
+    match current {
+        Some(current) if current != incarnation.0 => StoreError::Superseded {
+            index,
+            incarnation,
+            current: Incarnation(current),
+        },
+        _ => StoreError::Fenced(index),
+    }
 }
 
 /// One row of the read query: the recipient entry, the member's previous timestamp and the
@@ -237,8 +294,55 @@ mod tests {
             Err(StoreError::Corrupt { .. })
         ));
         assert!(matches!(
-            instance_state(-1, 0, true),
+            instance_state(-1, 0, true, 1),
             Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn claims_respect_live_holders_and_newer_incarnations() {
+        let index = InstanceIndex(3);
+        let live = ClaimedRow {
+            watermark: 1_000,
+            online: true,
+            incarnation: 7,
+        };
+        let start = |live_after| InstanceClaim::Start {
+            live_after: Timestamp::from_micros(live_after),
+        };
+        assert!(matches!(
+            check_claim(index, live, start(1_000)),
+            Err(StoreError::InstanceInUse {
+                watermark_us: 1_000,
+                ..
+            })
+        ));
+        assert!(check_claim(index, live, start(1_001)).is_ok(), "stale");
+        let offline = ClaimedRow {
+            online: false,
+            ..live
+        };
+        assert!(check_claim(index, offline, start(0)).is_ok(), "offline");
+        assert!(check_claim(index, live, InstanceClaim::Rejoin(Incarnation(7))).is_ok());
+        assert!(matches!(
+            check_claim(index, live, InstanceClaim::Rejoin(Incarnation(6))),
+            Err(StoreError::Superseded {
+                incarnation: Incarnation(6),
+                current: Incarnation(7),
+                ..
+            })
+        ));
+        assert!(matches!(
+            refused_write(index, Incarnation(7), Some(7)),
+            StoreError::Fenced(_)
+        ));
+        assert!(matches!(
+            refused_write(index, Incarnation(7), None),
+            StoreError::Fenced(_)
+        ));
+        assert!(matches!(
+            refused_write(index, Incarnation(7), Some(8)),
+            StoreError::Superseded { .. }
         ));
     }
 }

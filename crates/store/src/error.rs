@@ -3,10 +3,23 @@
 
 use meridian_core::{InstanceIndex, MemberId};
 
+use crate::sequencer::Incarnation;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sequencer instance {0} is marked offline; its writes are fenced")]
     Fenced(InstanceIndex),
+    #[error("sequencer instance {index} was claimed by incarnation {current}; this process (incarnation {incarnation}) must stop writing")]
+    Superseded {
+        index: InstanceIndex,
+        incarnation: Incarnation,
+        current: Incarnation,
+    },
+    #[error("sequencer instance {index} is held by a live process (online, watermark {watermark_us} µs is recent); is another process configured with the same instance index?")]
+    InstanceInUse {
+        index: InstanceIndex,
+        watermark_us: i64,
+    },
     #[error("the replica lease of {node} is no longer held at epoch {epoch}: another replica took over; this one must stop writing")]
     LeaseLost { node: String, epoch: i64 },
     #[error("this replica of {node} is passive: it holds no lease and may not write")]

@@ -21,11 +21,17 @@
 //! - **Release** (switchover): the active clears `holder` and drops its lock/flock so a passive
 //!   can take over at its next poll without waiting for `lease_timeout`.
 
+pub mod postgres;
+pub mod sqlite;
+
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_core::Timestamp;
+
+pub use postgres::PgLeaseStore;
+pub use sqlite::SqliteLeaseStore;
 
 use crate::StoreError;
 

@@ -5,6 +5,7 @@
 
 mod common;
 mod error;
+mod fencing;
 pub mod lease;
 pub mod mediator;
 pub mod participant;
@@ -20,15 +21,15 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use error::StoreError;
-pub use lease::{Epoch, FenceSlot, LeaseState, LeaseStore};
+pub use lease::{Epoch, FenceSlot, LeaseState, LeaseStore, PgLeaseStore, SqliteLeaseStore};
 pub use participant::{
     CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantSnapshot,
     ParticipantStore, PendingRecord, StoredContract, TransactionRecord,
 };
 pub use participant_sql::{PgParticipantStore, SqliteParticipantStore};
 pub use sequencer::{
-    BackendStatus, InstanceState, MemberRecord, MemberSeq, NewEvent, SequencerStore, StoredEvent,
-    WriteResult,
+    BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberRecord,
+    MemberSeq, NewEvent, SequencerStore, StoredEvent, WriteResult,
 };
 pub use topology::{open_topology_store, TopologyRecord, TopologyStore, TopologyStoreError};
 
@@ -89,5 +90,19 @@ pub async fn open_participant_store(
             url,
             max_connections,
         } => Arc::new(PgParticipantStore::connect(url, *max_connections).await?),
+    })
+}
+
+/// Opens (and migrates) the replica lease of `node` in the database the config names: the
+/// node's own database, shared by its replicas. One lease store per node and process; it keeps
+/// its own connection (PostgreSQL: a dedicated session for the advisory lock, plus one for
+/// status reads; SQLite: one connection and the sidecar lock file `<path>.lease-<node>`).
+pub async fn open_lease_store(
+    config: &StorageConfig,
+    node: &str,
+) -> Result<Arc<dyn LeaseStore>, StoreError> {
+    Ok(match config {
+        StorageConfig::Sqlite { path } => Arc::new(SqliteLeaseStore::open(path, node).await?),
+        StorageConfig::Postgres { url, .. } => Arc::new(PgLeaseStore::connect(url, node).await?),
     })
 }

@@ -16,6 +16,10 @@
 //! run of events *and* the checkpoint in one transaction. A crash therefore leaves the state of
 //! exactly some prefix of the event stream, and resuming the subscription after the checkpoint
 //! neither loses nor re-applies an event.
+//!
+//! Replication: every write transaction (`apply`, `mark_verdicts_sent`, `prune_verdicts`) first
+//! runs the fencing check of [`MediatorStore::fence`] inside the transaction, so a deposed
+//! replica writes nothing.
 
 pub mod postgres;
 pub mod sqlite;
@@ -26,7 +30,7 @@ use async_trait::async_trait;
 use meridian_core::{MemberId, ParticipantId, Timestamp};
 
 use crate::sequencer::BackendStatus;
-use crate::StoreError;
+use crate::{FenceSlot, StoreError};
 
 /// A request the mediator has not decided yet, with the responses it accepted so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +93,11 @@ pub enum MediatorChange {
 
 #[async_trait]
 pub trait MediatorStore: Send + Sync + 'static {
+    /// This store's fencing slot (see [`crate::lease`]): the replica manager sets it, and every
+    /// write transaction checks it first. Unset (the default), writes are not fenced. Clones
+    /// share the slot.
+    fn fence(&self) -> FenceSlot;
+
     async fn load(&self) -> Result<MediatorSnapshot, StoreError>;
 
     /// Applies `changes` in order and advances the checkpoint to `checkpoint` (never

@@ -17,6 +17,9 @@
 //! including the checkpoint, is written by one [`ParticipantStore::apply`] call, in one
 //! database transaction. A crash therefore leaves the store at a batch boundary, and replaying
 //! the sequencer stream from the checkpoint reproduces exactly the lost work.
+//!
+//! Replication: every write transaction (`apply`, `prune_dedup`) first runs the fencing check
+//! of [`ParticipantStore::fence`] inside the transaction, so a deposed replica writes nothing.
 
 use std::collections::BTreeSet;
 
@@ -26,7 +29,7 @@ use meridian_core::{
     CommandId, ContractId, LedgerOffset, PartyId, Timestamp, TransactionId, UserId,
 };
 
-use crate::StoreError;
+use crate::{FenceSlot, StoreError};
 
 /// A contract row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +140,11 @@ pub struct ParticipantSnapshot {
 
 #[async_trait]
 pub trait ParticipantStore: Send + Sync + 'static {
+    /// This store's fencing slot (see [`crate::lease`]): the replica manager sets it, and every
+    /// write transaction checks it first. Unset (the default), writes are not fenced. Clones
+    /// share the slot.
+    fn fence(&self) -> FenceSlot;
+
     /// Writes a batch atomically: all of it or nothing. The checkpoint and ledger end never move
     /// backwards (a lower value is ignored).
     async fn apply(&self, batch: &ParticipantBatch) -> Result<(), StoreError>;

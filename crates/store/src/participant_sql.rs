@@ -25,7 +25,7 @@ use crate::participant::{
     StoredContract, TransactionRecord,
 };
 use crate::participant_rows::{self as rows, ContractRow, DedupRow, TransactionRow};
-use crate::StoreError;
+use crate::{fencing, FenceSlot, StoreError};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -41,6 +41,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteParticipantStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Checked at the start of every write transaction; shared by clones of this store.
+    fence: FenceSlot,
 }
 
 impl SqliteParticipantStore {
@@ -65,7 +67,11 @@ impl SqliteParticipantStore {
             .max_connections(READER_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        let store = Self { writer, readers };
+        let store = Self {
+            writer,
+            readers,
+            fence: FenceSlot::default(),
+        };
         store.ensure_state_row().await?;
         Ok(store)
     }
@@ -85,6 +91,8 @@ impl SqliteParticipantStore {
 pub struct PgParticipantStore {
     writer: PgPool,
     readers: PgPool,
+    /// Checked at the start of every write transaction; shared by clones of this store.
+    fence: FenceSlot,
 }
 
 impl PgParticipantStore {
@@ -101,7 +109,11 @@ impl PgParticipantStore {
             .max_connections(max_connections.saturating_sub(1).max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
-        let store = Self { writer, readers };
+        let store = Self {
+            writer,
+            readers,
+            fence: FenceSlot::default(),
+        };
         store.ensure_state_row().await?;
         Ok(store)
     }
@@ -127,14 +139,19 @@ const DEDUP_COLUMNS: &str = "change_key, user_id, command_id, act_as, submission
      max_sequencing_time, dedup_period_us, transaction_id, ledger_offset, expires_at";
 
 macro_rules! participant_store_impl {
-    ($store:ty, $db:ty, $write_begin:literal, $read_begin:literal) => {
+    ($store:ty, $db:ty, $write_begin:literal, $read_begin:literal, $fence_check:path) => {
         #[async_trait]
         impl ParticipantStore for $store {
+            fn fence(&self) -> FenceSlot {
+                self.fence.clone()
+            }
+
             async fn apply(&self, batch: &ParticipantBatch) -> Result<(), StoreError> {
                 if batch.is_empty() {
                     return Ok(());
                 }
                 let mut tx = self.writer.begin_with($write_begin).await?;
+                $fence_check(&mut *tx, &self.fence).await?;
                 for key in &batch.dedup_deletes {
                     sqlx::query("DELETE FROM participant_dedup WHERE change_key = $1")
                         .bind(key)
@@ -416,14 +433,17 @@ macro_rules! participant_store_impl {
             }
 
             async fn prune_dedup(&self, expired_before: Timestamp) -> Result<u64, StoreError> {
+                let mut tx = self.writer.begin_with($write_begin).await?;
+                $fence_check(&mut *tx, &self.fence).await?;
                 let pruned = sqlx::query(
                     "DELETE FROM participant_dedup \
                      WHERE expires_at IS NOT NULL AND expires_at < $1",
                 )
                 .bind(expired_before.as_i64())
-                .execute(&self.writer)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                tx.commit().await?;
                 Ok(pruned)
             }
 
@@ -440,11 +460,18 @@ macro_rules! participant_store_impl {
 
 // IMMEDIATE takes SQLite's write lock up front, so a second process on the same file waits
 // at BEGIN instead of failing at its first write.
-participant_store_impl!(SqliteParticipantStore, Sqlite, "BEGIN IMMEDIATE", "BEGIN");
+participant_store_impl!(
+    SqliteParticipantStore,
+    Sqlite,
+    "BEGIN IMMEDIATE",
+    "BEGIN",
+    fencing::check_sqlite
+);
 // REPEATABLE READ: the ledger end and the contracts of one read come from one snapshot.
 participant_store_impl!(
     PgParticipantStore,
     Postgres,
     "BEGIN",
-    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    fencing::check_postgres
 );

@@ -1,7 +1,9 @@
 //! The sequencer store on PostgreSQL, the production backend, where several sequencer
 //! instances (processes) share one database. Correctness between instances rests on row locks:
-//! `write_events` updates its own watermark row first, so a concurrent `mark_offline` or
-//! `start_instance` either waits for the whole batch to commit or makes it fail as fenced.
+//! `write_events` updates its own watermark row first (checking the row's incarnation), so a
+//! concurrent `mark_offline` or `start_instance` either waits for the whole batch to commit or
+//! makes it fail as fenced or superseded. A paused writer cannot hold those locks for long: its
+//! session is ended by the server after `WRITER_IDLE_IN_TRANSACTION_TIMEOUT_MS`.
 //! Each call's rows go in with one `INSERT ... SELECT FROM UNNEST(arrays)` per table, so a
 //! batch of a thousand events costs a handful of round trips. One connection is reserved for
 //! writes so reads never queue behind a batch and vice versa.
@@ -16,10 +18,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 
-use crate::common::{self, WritePlan};
+use crate::common::{self, ClaimedRow, WritePlan};
 use crate::sequencer::{
-    BackendStatus, InstanceState, MemberRecord, MemberSeq, NewEvent, SequencerStore, StoredEvent,
-    WriteResult,
+    BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberRecord,
+    MemberSeq, NewEvent, SequencerStore, StoredEvent, WriteResult,
 };
 use crate::StoreError;
 
@@ -29,6 +31,22 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// because callers retry transient errors themselves and must report not-ready meanwhile.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The server ends a writer session that sits inside a transaction without sending anything
+/// for this long. A healthy writer sends its statements back to back, so only a paused process
+/// (SIGSTOP, a frozen VM) trips it; without it, such a zombie would keep its watermark row
+/// locked (and any message ids it inserted) until it resumed, so no peer could mark it offline
+/// and every reader would stall with it. Kept well below the default `offline_after` (500 ms)
+/// plus the peers' polling, so a paused instance costs readers about `offline_after`.
+const WRITER_IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 300;
+
+/// How long `mark_offline` waits for the row lock of the instance it inspects: long enough for
+/// a healthy batch to commit, short enough that a zombie holding the lock cannot stall the
+/// caller's polling.
+const MARK_OFFLINE_LOCK_TIMEOUT_MS: u64 = 100;
+
+/// `lock_not_available`: a `lock_timeout` expired.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 #[derive(Debug, Clone)]
 pub struct PgSequencerStore {
     writer: PgPool,
@@ -36,6 +54,19 @@ pub struct PgSequencerStore {
 }
 
 type MemberRow = (i64, String, Vec<u8>, i64);
+
+/// The row's incarnation, `None` if the instance has no row.
+async fn current_incarnation(
+    connection: &mut PgConnection,
+    idx: i32,
+) -> Result<Option<i64>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT incarnation FROM sequencer_instances WHERE idx = $1")
+            .bind(idx)
+            .fetch_optional(connection)
+            .await?,
+    )
+}
 
 impl PgSequencerStore {
     /// Connects with `max_connections` in total (one of them the writer, at least one reader)
@@ -73,7 +104,10 @@ impl PgSequencerStore {
         let writer = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.clone());
+            .connect_lazy_with(options.clone().options([(
+                "idle_in_transaction_session_timeout",
+                WRITER_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+            )]));
         let readers = PgPoolOptions::new()
             .max_connections(max_connections.saturating_sub(1).max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -151,11 +185,13 @@ impl SequencerStore for PgSequencerStore {
         &self,
         index: InstanceIndex,
         not_before: Timestamp,
-    ) -> Result<Timestamp, StoreError> {
+        claim: InstanceClaim,
+    ) -> Result<InstanceStart, StoreError> {
         let idx = common::instance_column(index)?;
         let mut tx = self.writer.begin().await?;
         // EXCLUSIVE conflicts with the row locks every watermark UPDATE takes, so no instance
-        // advances between reading the maximum and joining above it; plain reads go on.
+        // advances between reading the maximum and joining above it, and two claims of the
+        // same index run one after the other; plain reads go on.
         sqlx::query("LOCK TABLE sequencer_instances IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
@@ -166,11 +202,21 @@ impl SequencerStore for PgSequencerStore {
         .bind(idx)
         .execute(&mut *tx)
         .await?;
-        let own: i64 =
-            sqlx::query_scalar("SELECT watermark FROM sequencer_instances WHERE idx = $1")
-                .bind(idx)
-                .fetch_one(&mut *tx)
-                .await?;
+        let (own, online, incarnation): (i64, bool, i64) = sqlx::query_as(
+            "SELECT watermark, online, incarnation FROM sequencer_instances WHERE idx = $1",
+        )
+        .bind(idx)
+        .fetch_one(&mut *tx)
+        .await?;
+        let row = ClaimedRow {
+            watermark: own,
+            online,
+            incarnation,
+        };
+        if let Err(refusal) = common::check_claim(index, row, claim) {
+            tx.rollback().await?;
+            return Err(refusal);
+        }
 
         let zombie: Vec<i64> =
             sqlx::query_scalar("SELECT ts FROM events WHERE instance = $1 AND ts > $2")
@@ -207,18 +253,27 @@ impl SequencerStore for PgSequencerStore {
             .fetch_one(&mut *tx)
             .await?;
         let watermark = Timestamp::from_i64(highest).max(not_before);
-        sqlx::query("UPDATE sequencer_instances SET watermark = $2, online = true WHERE idx = $1")
-            .bind(idx)
-            .bind(watermark.as_i64())
-            .execute(&mut *tx)
-            .await?;
+        let incarnation = Incarnation(incarnation.saturating_add(1));
+        sqlx::query(
+            "UPDATE sequencer_instances SET watermark = $2, online = true, incarnation = $3 \
+             WHERE idx = $1",
+        )
+        .bind(idx)
+        .bind(watermark.as_i64())
+        .bind(incarnation.0)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(watermark)
+        Ok(InstanceStart {
+            incarnation,
+            watermark,
+        })
     }
 
     async fn write_events(
         &self,
         index: InstanceIndex,
+        incarnation: Incarnation,
         events: &[NewEvent],
         watermark: Timestamp,
     ) -> Result<Vec<WriteResult>, StoreError> {
@@ -228,19 +283,22 @@ impl SequencerStore for PgSequencerStore {
 
         let mut tx = self.writer.begin().await?;
         // First, so that this transaction holds the row lock that mark_offline and
-        // start_instance need: they wait for the batch, or the batch is fenced.
+        // start_instance need: they wait for the batch, or the batch is fenced. The
+        // incarnation check makes a newer claim of the index fence it as well.
         let advanced = sqlx::query(
             "UPDATE sequencer_instances SET watermark = GREATEST(watermark, $1) \
-             WHERE idx = $2 AND online",
+             WHERE idx = $2 AND online AND incarnation = $3",
         )
         .bind(watermark.as_i64())
         .bind(idx)
+        .bind(incarnation.0)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if advanced == 0 {
+            let current = current_incarnation(&mut tx, idx).await?;
             tx.rollback().await?;
-            return Err(StoreError::Fenced(index));
+            return Err(common::refused_write(index, incarnation, current));
         }
 
         let mut verdicts = vec![WriteResult::Sequenced; plan.firsts.len()];
@@ -353,31 +411,39 @@ impl SequencerStore for PgSequencerStore {
     async fn advance_watermark(
         &self,
         index: InstanceIndex,
+        incarnation: Incarnation,
         watermark: Timestamp,
     ) -> Result<(), StoreError> {
+        let idx = common::instance_column(index)?;
         let advanced = sqlx::query(
             "UPDATE sequencer_instances SET watermark = GREATEST(watermark, $1) \
-             WHERE idx = $2 AND online",
+             WHERE idx = $2 AND online AND incarnation = $3",
         )
         .bind(watermark.as_i64())
-        .bind(common::instance_column(index)?)
+        .bind(idx)
+        .bind(incarnation.0)
         .execute(&self.writer)
         .await?
         .rows_affected();
         if advanced == 0 {
-            return Err(StoreError::Fenced(index));
+            // Read after the refusal, outside its statement: a claim in between can only turn
+            // "fenced" into "superseded", and both mean nothing was written.
+            let mut connection = self.writer.acquire().await?;
+            let current = current_incarnation(&mut connection, idx).await?;
+            return Err(common::refused_write(index, incarnation, current));
         }
         Ok(())
     }
 
     async fn instances(&self) -> Result<Vec<InstanceState>, StoreError> {
-        let rows: Vec<(i32, i64, bool)> =
-            sqlx::query_as("SELECT idx, watermark, online FROM sequencer_instances ORDER BY idx")
-                .fetch_all(&self.readers)
-                .await?;
+        let rows: Vec<(i32, i64, bool, i64)> = sqlx::query_as(
+            "SELECT idx, watermark, online, incarnation FROM sequencer_instances ORDER BY idx",
+        )
+        .fetch_all(&self.readers)
+        .await?;
         rows.into_iter()
-            .map(|(idx, watermark, online)| {
-                common::instance_state(i64::from(idx), watermark, online)
+            .map(|(idx, watermark, online, incarnation)| {
+                common::instance_state(i64::from(idx), watermark, online, incarnation)
             })
             .collect()
     }
@@ -396,16 +462,36 @@ impl SequencerStore for PgSequencerStore {
         stale_before: Timestamp,
     ) -> Result<bool, StoreError> {
         // Waits for a batch of that instance in flight (it holds the row lock) and then
-        // re-checks the condition against the watermark that batch committed.
+        // re-checks the condition against the watermark that batch committed; but only
+        // briefly, since the holder may be a paused zombie (its session is ended by
+        // idle_in_transaction_session_timeout, and the next poll succeeds). On a reader
+        // connection, so our own writer never queues behind that wait.
+        let idx = common::instance_column(index)?;
+        let mut tx = self.readers.begin().await?;
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = '{MARK_OFFLINE_LOCK_TIMEOUT_MS}ms'"
+        ))
+        .execute(&mut *tx)
+        .await?;
         let marked = sqlx::query(
             "UPDATE sequencer_instances SET online = false \
              WHERE idx = $1 AND online AND watermark < $2",
         )
-        .bind(common::instance_column(index)?)
+        .bind(idx)
         .bind(stale_before.as_i64())
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
+        .execute(&mut *tx)
+        .await;
+        let marked = match marked {
+            Ok(result) => result.rows_affected(),
+            Err(sqlx::Error::Database(error))
+                if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+            {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        tx.commit().await?;
         Ok(marked > 0)
     }
 

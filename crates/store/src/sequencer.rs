@@ -8,11 +8,20 @@
 //!   timestamp order, and `previous_timestamp` is computed from it at read time (so several
 //!   instances writing interleaved events need no shared "last event per member" row).
 //! - `message_ids(sender, message_id)`: deduplication until the submission's max sequencing time.
-//! - `sequencer_instances(index, watermark, online)`: one row per instance.
+//! - `sequencer_instances(index, watermark, online, incarnation)`: one row per instance.
 //!
 //! Invariant the sequencer relies on: events and the writer's watermark are committed in the
-//! same transaction, and only while the writer is marked online. So no committed event is ever
-//! above its writer's watermark, and a fenced (offline) instance writes nothing at all.
+//! same transaction, and only while the writer is marked online *and* still holds the row's
+//! current incarnation. So no committed event is ever above its writer's watermark, a fenced
+//! (offline) instance writes nothing at all, and neither does a process of an earlier
+//! incarnation: a zombie that was paused (SIGSTOP, a long GC-like stall, a VM freeze) or a
+//! second process configured with the same index.
+//!
+//! Incarnations: every [`SequencerStore::start_instance`] bumps the row's incarnation and hands
+//! the new value to its caller, which passes it to every write. The check runs in the same
+//! transaction as the write (the watermark `UPDATE ... WHERE online AND incarnation = $n` comes
+//! first and takes the row lock), so "claimed by someone else" and "wrote something" exclude
+//! each other.
 
 use async_trait::async_trait;
 use meridian_core::crypto::PublicKey;
@@ -56,11 +65,48 @@ pub enum WriteResult {
     },
 }
 
+/// The number of times an instance's row has been claimed by [`SequencerStore::start_instance`].
+/// Only the holder of the current incarnation may write for the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Incarnation(pub i64);
+
+impl std::fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How [`SequencerStore::start_instance`] claims an instance's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceClaim {
+    /// A process starting up. Refused with [`StoreError::InstanceInUse`] while the row is
+    /// online with a watermark at or after `live_after` (typically now minus `offline_after`):
+    /// that is a live process configured with the same index, and taking its row over would
+    /// only make the two fence each other in turn. A row that is offline, or whose watermark is
+    /// older (its process crashed or is paused), is taken over; a paused holder then finds
+    /// itself [`StoreError::Superseded`] when it resumes. `Timestamp::MAX` takes over
+    /// unconditionally.
+    Start { live_after: Timestamp },
+    /// The running incarnation coming back after its peers marked it offline. Refused with
+    /// [`StoreError::Superseded`] if another incarnation claimed the row in the meantime.
+    Rejoin(Incarnation),
+}
+
+/// What [`SequencerStore::start_instance`] granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceStart {
+    /// To pass to every write of this instance.
+    pub incarnation: Incarnation,
+    /// The instance must only issue timestamps strictly above it.
+    pub watermark: Timestamp,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InstanceState {
     pub index: InstanceIndex,
     pub watermark: Timestamp,
     pub online: bool,
+    pub incarnation: Incarnation,
 }
 
 /// One event of a member's stream, as read back.
@@ -99,34 +145,40 @@ pub trait SequencerStore: Send + Sync + 'static {
 
     async fn member(&self, id: &MemberId) -> Result<Option<MemberRecord>, StoreError>;
 
-    /// Brings instance `index` online, in one transaction that excludes concurrent watermark
-    /// updates: deletes any of its events above its last watermark (writes a zombie left
-    /// behind), sets its watermark to the maximum of all instances' watermarks and `not_before`,
-    /// and marks it online. Returns that watermark; the instance must only issue timestamps
-    /// strictly above it.
+    /// Claims instance `index` (see [`InstanceClaim`]) and brings it online, in one
+    /// transaction that excludes every other instance's watermark updates and claims: bumps the
+    /// row's incarnation, deletes any of its events above its last watermark (writes a zombie
+    /// left behind), sets its watermark to the maximum of all instances' watermarks and
+    /// `not_before`, and marks it online. Returns the new incarnation and that watermark.
     async fn start_instance(
         &self,
         index: InstanceIndex,
         not_before: Timestamp,
-    ) -> Result<Timestamp, StoreError>;
+        claim: InstanceClaim,
+    ) -> Result<InstanceStart, StoreError>;
 
     /// Stores a batch of events and advances the instance's watermark to `watermark` (which is
     /// at least every event's timestamp; a lower value is raised to the highest one, so the
     /// invariant above holds regardless), atomically: either everything is committed or
-    /// nothing. Fails with [`StoreError::Fenced`] if the instance is not online. Results are in
-    /// input order; a (sender, message_id) already present — in the table or earlier in the same
-    /// call — is a [`WriteResult::Duplicate`] and is not written.
+    /// nothing. Fails with [`StoreError::Superseded`] if `incarnation` is no longer the row's
+    /// (a newer process claimed the index) and with [`StoreError::Fenced`] if the instance is
+    /// not online; either way nothing is written. Results are in input order; a
+    /// (sender, message_id) already present — in the table or earlier in the same call — is a
+    /// [`WriteResult::Duplicate`] and is not written.
     async fn write_events(
         &self,
         index: InstanceIndex,
+        incarnation: Incarnation,
         events: &[NewEvent],
         watermark: Timestamp,
     ) -> Result<Vec<WriteResult>, StoreError>;
 
-    /// Advances an idle instance's watermark (never backwards). [`StoreError::Fenced`] if offline.
+    /// Advances an idle instance's watermark (never backwards). [`StoreError::Superseded`] or
+    /// [`StoreError::Fenced`] as for [`SequencerStore::write_events`].
     async fn advance_watermark(
         &self,
         index: InstanceIndex,
+        incarnation: Incarnation,
         watermark: Timestamp,
     ) -> Result<(), StoreError>;
 
@@ -139,7 +191,9 @@ pub trait SequencerStore: Send + Sync + 'static {
     async fn safe_point(&self) -> Result<Option<Timestamp>, StoreError>;
 
     /// Marks instance `index` offline if it is online with a watermark older than
-    /// `stale_before`. Returns whether it did.
+    /// `stale_before`. Returns whether it did. On PostgreSQL it waits only briefly for a batch
+    /// of that instance in flight and otherwise returns `false` (the caller polls again), so
+    /// that a paused process holding its row lock cannot block the caller.
     async fn mark_offline(
         &self,
         index: InstanceIndex,

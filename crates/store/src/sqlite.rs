@@ -4,6 +4,12 @@
 //! process shares the file), while reads use a separate pool and, thanks to WAL, never wait
 //! behind a write. Throughput comes from multi-row inserts: one `write_events` call is a handful
 //! of statements whatever its size.
+//!
+//! Several sequencer processes on one machine may share the file (active-active on SQLite):
+//! the write lock serializes their transactions, the same way the row locks do on PostgreSQL.
+//! One limit has no SQLite remedy: a process *paused* (SIGSTOP) inside a write transaction
+//! keeps the file's write lock, so every other instance waits (up to `BUSY_TIMEOUT`, then
+//! errors) until it resumes or dies. A crash releases the lock at once.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -18,10 +24,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite};
 
-use crate::common::{self, WritePlan};
+use crate::common::{self, ClaimedRow, WritePlan};
 use crate::sequencer::{
-    BackendStatus, InstanceState, MemberRecord, MemberSeq, NewEvent, SequencerStore, StoredEvent,
-    WriteResult,
+    BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberRecord,
+    MemberSeq, NewEvent, SequencerStore, StoredEvent, WriteResult,
 };
 use crate::StoreError;
 
@@ -60,12 +66,33 @@ impl SqliteSequencerStore {
             .max_lifetime(None)
             .connect_with(options.clone().create_if_missing(true))
             .await?;
-        MIGRATOR.run(&writer).await?;
+        migrate(&writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READER_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
         Ok(Self { writer, readers })
+    }
+}
+
+/// Migrating attempts before giving up. Several sequencer processes may open a fresh shared
+/// file at the same moment; SQLite has no migration lock, so all but one fail on "table
+/// already exists" and, on a retry, find the schema complete (each migration is one
+/// transaction, so a failed one leaves nothing behind).
+const MIGRATE_ATTEMPTS: u32 = 5;
+
+async fn migrate(writer: &SqlitePool) -> Result<(), StoreError> {
+    let mut attempt = 1;
+    loop {
+        match MIGRATOR.run(writer).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt < MIGRATE_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "migrating the database failed; retrying (another process migrating it?)");
+                tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 
@@ -81,6 +108,19 @@ async fn member_on(pool: &SqlitePool, id: &MemberId) -> Result<Option<MemberReco
 }
 
 type MemberRow = (i64, String, Vec<u8>, i64);
+
+/// The row's incarnation, `None` if the instance has no row.
+async fn current_incarnation(
+    connection: &mut sqlx::SqliteConnection,
+    idx: i32,
+) -> Result<Option<i64>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT incarnation FROM sequencer_instances WHERE idx = ?1")
+            .bind(idx)
+            .fetch_optional(connection)
+            .await?,
+    )
+}
 
 #[async_trait]
 impl SequencerStore for SqliteSequencerStore {
@@ -139,9 +179,11 @@ impl SequencerStore for SqliteSequencerStore {
         &self,
         index: InstanceIndex,
         not_before: Timestamp,
-    ) -> Result<Timestamp, StoreError> {
+        claim: InstanceClaim,
+    ) -> Result<InstanceStart, StoreError> {
         let idx = common::instance_column(index)?;
-        // IMMEDIATE: no other writer, in this process or another, runs until we commit.
+        // IMMEDIATE: no other writer, in this process or another, runs until we commit. That
+        // is the lock that makes claiming an index (check, bump the incarnation) atomic.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO sequencer_instances (idx, watermark, online) VALUES (?1, 0, 0) \
@@ -150,11 +192,21 @@ impl SequencerStore for SqliteSequencerStore {
         .bind(idx)
         .execute(&mut *tx)
         .await?;
-        let own: i64 =
-            sqlx::query_scalar("SELECT watermark FROM sequencer_instances WHERE idx = ?1")
-                .bind(idx)
-                .fetch_one(&mut *tx)
-                .await?;
+        let (own, online, incarnation): (i64, bool, i64) = sqlx::query_as(
+            "SELECT watermark, online, incarnation FROM sequencer_instances WHERE idx = ?1",
+        )
+        .bind(idx)
+        .fetch_one(&mut *tx)
+        .await?;
+        let row = ClaimedRow {
+            watermark: own,
+            online,
+            incarnation,
+        };
+        if let Err(refusal) = common::check_claim(index, row, claim) {
+            tx.rollback().await?;
+            return Err(refusal);
+        }
 
         // The zombie's message ids must go too, or a retry of its submissions would be
         // reported as a duplicate of an event that no longer exists.
@@ -189,18 +241,27 @@ impl SequencerStore for SqliteSequencerStore {
             .fetch_one(&mut *tx)
             .await?;
         let watermark = Timestamp::from_i64(highest).max(not_before);
-        sqlx::query("UPDATE sequencer_instances SET watermark = ?2, online = 1 WHERE idx = ?1")
-            .bind(idx)
-            .bind(watermark.as_i64())
-            .execute(&mut *tx)
-            .await?;
+        let incarnation = Incarnation(incarnation.saturating_add(1));
+        sqlx::query(
+            "UPDATE sequencer_instances SET watermark = ?2, online = 1, incarnation = ?3 \
+             WHERE idx = ?1",
+        )
+        .bind(idx)
+        .bind(watermark.as_i64())
+        .bind(incarnation.0)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(watermark)
+        Ok(InstanceStart {
+            incarnation,
+            watermark,
+        })
     }
 
     async fn write_events(
         &self,
         index: InstanceIndex,
+        incarnation: Incarnation,
         events: &[NewEvent],
         watermark: Timestamp,
     ) -> Result<Vec<WriteResult>, StoreError> {
@@ -211,16 +272,18 @@ impl SequencerStore for SqliteSequencerStore {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let advanced = sqlx::query(
             "UPDATE sequencer_instances SET watermark = max(watermark, ?1) \
-             WHERE idx = ?2 AND online",
+             WHERE idx = ?2 AND online AND incarnation = ?3",
         )
         .bind(watermark.as_i64())
         .bind(idx)
+        .bind(incarnation.0)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if advanced == 0 {
+            let current = current_incarnation(&mut tx, idx).await?;
             tx.rollback().await?;
-            return Err(StoreError::Fenced(index));
+            return Err(common::refused_write(index, incarnation, current));
         }
 
         let mut verdicts = vec![WriteResult::Sequenced; plan.firsts.len()];
@@ -310,30 +373,40 @@ impl SequencerStore for SqliteSequencerStore {
     async fn advance_watermark(
         &self,
         index: InstanceIndex,
+        incarnation: Incarnation,
         watermark: Timestamp,
     ) -> Result<(), StoreError> {
+        let idx = common::instance_column(index)?;
         let advanced = sqlx::query(
             "UPDATE sequencer_instances SET watermark = max(watermark, ?1) \
-             WHERE idx = ?2 AND online",
+             WHERE idx = ?2 AND online AND incarnation = ?3",
         )
         .bind(watermark.as_i64())
-        .bind(common::instance_column(index)?)
+        .bind(idx)
+        .bind(incarnation.0)
         .execute(&self.writer)
         .await?
         .rows_affected();
         if advanced == 0 {
-            return Err(StoreError::Fenced(index));
+            // Read after the refusal, outside its statement: a claim in between can only turn
+            // "fenced" into "superseded", and both mean nothing was written.
+            let mut connection = self.writer.acquire().await?;
+            let current = current_incarnation(&mut connection, idx).await?;
+            return Err(common::refused_write(index, incarnation, current));
         }
         Ok(())
     }
 
     async fn instances(&self) -> Result<Vec<InstanceState>, StoreError> {
-        let rows: Vec<(i64, i64, bool)> =
-            sqlx::query_as("SELECT idx, watermark, online FROM sequencer_instances ORDER BY idx")
-                .fetch_all(&self.readers)
-                .await?;
+        let rows: Vec<(i64, i64, bool, i64)> = sqlx::query_as(
+            "SELECT idx, watermark, online, incarnation FROM sequencer_instances ORDER BY idx",
+        )
+        .fetch_all(&self.readers)
+        .await?;
         rows.into_iter()
-            .map(|(idx, watermark, online)| common::instance_state(idx, watermark, online))
+            .map(|(idx, watermark, online, incarnation)| {
+                common::instance_state(idx, watermark, online, incarnation)
+            })
             .collect()
     }
 

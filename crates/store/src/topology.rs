@@ -13,6 +13,10 @@
 //! - at most one intent is incomplete, and it is the highest serial (a new intent is refused
 //!   while one is open), so effective times follow serial order;
 //! - a completed row never changes: completing again with another time is refused.
+//!
+//! Replication: every write transaction first runs the fencing check of
+//! [`TopologyStore::fence`] inside the transaction; a deposed or passive replica gets
+//! [`TopologyStoreError::Store`] with [`StoreError::LeaseLost`] / [`StoreError::Passive`].
 
 mod postgres;
 mod sqlite;
@@ -26,7 +30,7 @@ use meridian_core::Timestamp;
 pub use postgres::PgTopologyStore;
 pub use sqlite::SqliteTopologyStore;
 
-use crate::{StorageConfig, StoreError};
+use crate::{FenceSlot, StorageConfig, StoreError};
 
 /// One serial of the topology history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +84,11 @@ impl TopologyStoreError {
 
 #[async_trait]
 pub trait TopologyStore: Send + Sync + 'static {
+    /// This store's fencing slot (see [`crate::lease`]): the replica manager sets it, and every
+    /// write transaction checks it first. Unset (the default), writes are not fenced. Clones
+    /// share the slot.
+    fn fence(&self) -> FenceSlot;
+
     /// Every record, in serial order.
     async fn records(&self) -> Result<Vec<TopologyRecord>, TopologyStoreError>;
 

@@ -14,7 +14,8 @@ use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 use meridian_store::postgres::PgSequencerStore;
 use meridian_store::sqlite::SqliteSequencerStore;
 use meridian_store::{
-    InstanceState, MemberSeq, NewEvent, SequencerStore, StoreError, StoredEvent, WriteResult,
+    Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberSeq, NewEvent, SequencerStore,
+    StoreError, StoredEvent, WriteResult,
 };
 use meridian_testkit::PostgresServer;
 use sqlx::postgres::PgPool;
@@ -160,6 +161,71 @@ impl Harness {
     }
 }
 
+/// The contract's calls the way most checks use them: claim an index unconditionally, and
+/// write with whatever incarnation currently holds it. The incarnation checks themselves are
+/// exercised with the real calls.
+#[async_trait::async_trait]
+trait StoreExt {
+    async fn start_at(
+        &self,
+        index: InstanceIndex,
+        not_before: Timestamp,
+    ) -> Result<Timestamp, StoreError>;
+    async fn current_incarnation(&self, index: InstanceIndex) -> Result<Incarnation, StoreError>;
+    async fn write(
+        &self,
+        index: InstanceIndex,
+        events: &[NewEvent],
+        watermark: Timestamp,
+    ) -> Result<Vec<WriteResult>, StoreError>;
+    async fn advance(&self, index: InstanceIndex, watermark: Timestamp) -> Result<(), StoreError>;
+}
+
+#[async_trait::async_trait]
+impl<S: SequencerStore + ?Sized> StoreExt for S {
+    async fn start_at(
+        &self,
+        index: InstanceIndex,
+        not_before: Timestamp,
+    ) -> Result<Timestamp, StoreError> {
+        Ok(self
+            .start_instance(index, not_before, TAKE_OVER)
+            .await?
+            .watermark)
+    }
+
+    /// `Incarnation(0)` (never issued) for an instance without a row.
+    async fn current_incarnation(&self, index: InstanceIndex) -> Result<Incarnation, StoreError> {
+        Ok(self
+            .instances()
+            .await?
+            .into_iter()
+            .find(|state| state.index == index)
+            .map_or(Incarnation(0), |state| state.incarnation))
+    }
+
+    async fn write(
+        &self,
+        index: InstanceIndex,
+        events: &[NewEvent],
+        watermark: Timestamp,
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        let incarnation = self.current_incarnation(index).await?;
+        self.write_events(index, incarnation, events, watermark)
+            .await
+    }
+
+    async fn advance(&self, index: InstanceIndex, watermark: Timestamp) -> Result<(), StoreError> {
+        let incarnation = self.current_incarnation(index).await?;
+        self.advance_watermark(index, incarnation, watermark).await
+    }
+}
+
+/// Claims an index whatever state its row is in.
+const TAKE_OVER: InstanceClaim = InstanceClaim::Start {
+    live_after: Timestamp::MAX,
+};
+
 fn t(micros: u64) -> Timestamp {
     Timestamp::from_micros(micros)
 }
@@ -300,39 +366,30 @@ async fn start_instance_joins_above_every_watermark(h: Harness) {
     assert_eq!(store.instances().await.expect("instances"), vec![]);
     assert_eq!(store.safe_point().await.expect("safe point"), None);
 
-    assert_eq!(
-        store.start_instance(I0, t(1_000)).await.expect("start"),
-        t(1_000)
-    );
-    store
-        .advance_watermark(I0, t(5_000))
-        .await
-        .expect("advance");
-    assert_eq!(
-        store.start_instance(I1, t(10)).await.expect("start"),
-        t(5_000)
-    );
-    assert_eq!(
-        store.start_instance(I2, t(9_000)).await.expect("start"),
-        t(9_000)
-    );
+    assert_eq!(store.start_at(I0, t(1_000)).await.expect("start"), t(1_000));
+    store.advance(I0, t(5_000)).await.expect("advance");
+    assert_eq!(store.start_at(I1, t(10)).await.expect("start"), t(5_000));
+    assert_eq!(store.start_at(I2, t(9_000)).await.expect("start"), t(9_000));
     assert_eq!(
         store.instances().await.expect("instances"),
         vec![
             InstanceState {
                 index: I0,
                 watermark: t(5_000),
-                online: true
+                online: true,
+                incarnation: Incarnation(1)
             },
             InstanceState {
                 index: I1,
                 watermark: t(5_000),
-                online: true
+                online: true,
+                incarnation: Incarnation(1)
             },
             InstanceState {
                 index: I2,
                 watermark: t(9_000),
-                online: true
+                online: true,
+                incarnation: Incarnation(1)
             },
         ]
     );
@@ -342,10 +399,7 @@ async fn start_instance_joins_above_every_watermark(h: Harness) {
     );
 
     // Restarting an instance that is still marked online also moves it above everyone.
-    assert_eq!(
-        store.start_instance(I0, t(0)).await.expect("restart"),
-        t(9_000)
-    );
+    assert_eq!(store.start_at(I0, t(0)).await.expect("restart"), t(9_000));
     assert_eq!(
         store.safe_point().await.expect("safe point"),
         Some(t(5_000))
@@ -365,7 +419,7 @@ async fn events_round_trip_with_recipients_and_previous_timestamps(h: Harness) {
     let b = register(store, "bb").await;
     let c = register(store, "ccc").await;
     let idle = register(store, "dddd").await;
-    assert_eq!(store.start_instance(I0, t(0)).await.expect("start"), t(0));
+    assert_eq!(store.start_at(I0, t(0)).await.expect("start"), t(0));
 
     let events = vec![
         event(10, a, "m10", &[a, b]),
@@ -373,7 +427,7 @@ async fn events_round_trip_with_recipients_and_previous_timestamps(h: Harness) {
         event(30, a, "m30", &[a, c]),
         event(40, c, "m40", &[b, c]),
     ];
-    let results = store.write_events(I0, &events, t(50)).await.expect("write");
+    let results = store.write(I0, &events, t(50)).await.expect("write");
     assert_eq!(results, vec![SEQ; 4]);
     assert_eq!(instance(store, I0).await.expect("row").watermark, t(50));
 
@@ -422,13 +476,13 @@ async fn events_round_trip_with_recipients_and_previous_timestamps(h: Harness) {
     assert_eq!(read(store, b, None, 9, 100).await, vec![]);
 
     // A second instance's events interleave into the same streams.
-    assert_eq!(store.start_instance(I1, t(0)).await.expect("start"), t(50));
+    assert_eq!(store.start_at(I1, t(0)).await.expect("start"), t(50));
     store
-        .write_events(I1, &[event(61, b, "m61", &[a])], t(61))
+        .write(I1, &[event(61, b, "m61", &[a])], t(61))
         .await
         .expect("write on I1");
     store
-        .write_events(I0, &[event(70, c, "m70", &[a])], t(70))
+        .write(I0, &[event(70, c, "m70", &[a])], t(70))
         .await
         .expect("write on I0");
     assert_eq!(
@@ -441,11 +495,11 @@ async fn duplicates_return_the_original_and_write_nothing(h: Harness) {
     let store = &*h.store;
     let a = register(store, "a").await;
     let b = register(store, "bb").await;
-    store.start_instance(I0, t(0)).await.expect("start");
+    store.start_at(I0, t(0)).await.expect("start");
 
     let first = vec![event(10, a, "m1", &[a]), event(20, a, "m2", &[a])];
     assert_eq!(
-        store.write_events(I0, &first, t(20)).await.expect("write"),
+        store.write(I0, &first, t(20)).await.expect("write"),
         vec![SEQ, SEQ]
     );
 
@@ -457,7 +511,7 @@ async fn duplicates_return_the_original_and_write_nothing(h: Harness) {
         event(70, a, "m1", &[a]), // repeat within the call of a table duplicate
     ];
     assert_eq!(
-        store.write_events(I0, &second, t(70)).await.expect("write"),
+        store.write(I0, &second, t(70)).await.expect("write"),
         vec![dup(10), SEQ, SEQ, dup(50), dup(10)]
     );
     assert_eq!(
@@ -468,7 +522,7 @@ async fn duplicates_return_the_original_and_write_nothing(h: Harness) {
     // Even a call of nothing but duplicates advances the watermark.
     assert_eq!(
         store
-            .write_events(I0, &[event(80, a, "m2", &[b])], t(80))
+            .write(I0, &[event(80, a, "m2", &[b])], t(80))
             .await
             .expect("write"),
         vec![dup(20)]
@@ -481,9 +535,9 @@ async fn duplicates_return_the_original_and_write_nothing(h: Harness) {
 async fn offline_instances_are_fenced(h: Harness) {
     let store = &*h.store;
     let a = register(store, "a").await;
-    store.start_instance(I0, t(0)).await.expect("start");
+    store.start_at(I0, t(0)).await.expect("start");
     store
-        .write_events(I0, &[event(10, a, "m10", &[a])], t(10))
+        .write(I0, &[event(10, a, "m10", &[a])], t(10))
         .await
         .expect("write");
 
@@ -502,22 +556,18 @@ async fn offline_instances_are_fenced(h: Harness) {
     );
     assert_eq!(store.safe_point().await.expect("safe point"), None);
 
-    let fenced = store
-        .write_events(I0, &[event(20, a, "m20", &[a])], t(20))
-        .await;
+    let fenced = store.write(I0, &[event(20, a, "m20", &[a])], t(20)).await;
     assert!(matches!(fenced, Err(StoreError::Fenced(I0))), "{fenced:?}");
-    let fenced = store.write_events(I0, &[], t(20)).await;
+    let fenced = store.write(I0, &[], t(20)).await;
     assert!(matches!(fenced, Err(StoreError::Fenced(I0))), "{fenced:?}");
-    let fenced = store.advance_watermark(I0, t(25)).await;
+    let fenced = store.advance(I0, t(25)).await;
     assert!(matches!(fenced, Err(StoreError::Fenced(I0))), "{fenced:?}");
-    let unknown = store.advance_watermark(I1, t(25)).await;
+    let unknown = store.advance(I1, t(25)).await;
     assert!(
         matches!(unknown, Err(StoreError::Fenced(I1))),
         "{unknown:?}"
     );
-    let unknown = store
-        .write_events(I1, &[event(21, a, "m21", &[a])], t(21))
-        .await;
+    let unknown = store.write(I1, &[event(21, a, "m21", &[a])], t(21)).await;
     assert!(
         matches!(unknown, Err(StoreError::Fenced(I1))),
         "{unknown:?}"
@@ -528,7 +578,8 @@ async fn offline_instances_are_fenced(h: Harness) {
         Some(InstanceState {
             index: I0,
             watermark: t(10),
-            online: false
+            online: false,
+            incarnation: Incarnation(1)
         }),
         "a fenced write leaves the watermark alone"
     );
@@ -536,13 +587,10 @@ async fn offline_instances_are_fenced(h: Harness) {
     assert_eq!(h.event_count().await, 1);
 
     // Back online above everyone; the fenced submission's message id was never recorded.
-    assert_eq!(
-        store.start_instance(I0, t(0)).await.expect("restart"),
-        t(10)
-    );
+    assert_eq!(store.start_at(I0, t(0)).await.expect("restart"), t(10));
     assert_eq!(
         store
-            .write_events(I0, &[event(30, a, "m20", &[a])], t(30))
+            .write(I0, &[event(30, a, "m20", &[a])], t(30))
             .await
             .expect("write"),
         vec![SEQ]
@@ -556,29 +604,20 @@ async fn offline_instances_are_fenced(h: Harness) {
 async fn watermarks_never_move_backwards(h: Harness) {
     let store = &*h.store;
     let a = register(store, "a").await;
-    assert_eq!(
-        store.start_instance(I0, t(100)).await.expect("start"),
-        t(100)
-    );
-    store.advance_watermark(I0, t(200)).await.expect("advance");
+    assert_eq!(store.start_at(I0, t(100)).await.expect("start"), t(100));
+    store.advance(I0, t(200)).await.expect("advance");
     store
-        .advance_watermark(I0, t(150))
+        .advance(I0, t(150))
         .await
         .expect("advance backwards is a no-op");
     assert_eq!(instance(store, I0).await.expect("row").watermark, t(200));
-    store
-        .write_events(I0, &[], t(120))
-        .await
-        .expect("empty write");
+    store.write(I0, &[], t(120)).await.expect("empty write");
     assert_eq!(instance(store, I0).await.expect("row").watermark, t(200));
-    store
-        .write_events(I0, &[], t(220))
-        .await
-        .expect("empty write");
+    store.write(I0, &[], t(220)).await.expect("empty write");
     assert_eq!(instance(store, I0).await.expect("row").watermark, t(220));
     // A watermark below an event's timestamp is raised to it: no event above its watermark.
     store
-        .write_events(I0, &[event(300, a, "m300", &[a])], t(250))
+        .write(I0, &[event(300, a, "m300", &[a])], t(250))
         .await
         .expect("write");
     assert_eq!(instance(store, I0).await.expect("row").watermark, t(300));
@@ -589,15 +628,15 @@ async fn restart_deletes_what_a_zombie_wrote_above_its_watermark(h: Harness) {
     let store = &*h.store;
     let a = register(store, "a").await;
     let b = register(store, "bb").await;
-    store.start_instance(I0, t(0)).await.expect("start");
+    store.start_at(I0, t(0)).await.expect("start");
     store
-        .write_events(I0, &[event(10, a, "m10", &[a, b])], t(10))
+        .write(I0, &[event(10, a, "m10", &[a, b])], t(10))
         .await
         .expect("write");
     assert!(store.mark_offline(I0, t(11)).await.expect("mark"));
-    assert_eq!(store.start_instance(I1, t(0)).await.expect("start"), t(10));
+    assert_eq!(store.start_at(I1, t(0)).await.expect("start"), t(10));
     store
-        .write_events(I1, &[event(17, b, "m17", &[a])], t(17))
+        .write(I1, &[event(17, b, "m17", &[a])], t(17))
         .await
         .expect("write on I1");
 
@@ -605,10 +644,7 @@ async fn restart_deletes_what_a_zombie_wrote_above_its_watermark(h: Harness) {
     h.plant_event(15, 0, a, "zombie", &[a, b]).await;
     assert_eq!(h.events_above_watermark().await, 1);
 
-    assert_eq!(
-        store.start_instance(I0, t(0)).await.expect("restart"),
-        t(17)
-    );
+    assert_eq!(store.start_at(I0, t(0)).await.expect("restart"), t(17));
     assert_eq!(h.events_above_watermark().await, 0);
     assert_eq!(
         read(store, a, None, 100, 100).await,
@@ -618,7 +654,7 @@ async fn restart_deletes_what_a_zombie_wrote_above_its_watermark(h: Harness) {
     // The zombie's message id is forgotten with its event, so a retry gets sequenced.
     assert_eq!(
         store
-            .write_events(I0, &[event(20, a, "zombie", &[a])], t(20))
+            .write(I0, &[event(20, a, "zombie", &[a])], t(20))
             .await
             .expect("write"),
         vec![SEQ]
@@ -628,6 +664,141 @@ async fn restart_deletes_what_a_zombie_wrote_above_its_watermark(h: Harness) {
         read(store, a, None, 100, 100).await,
         vec![(10, None), (17, Some(10)), (20, Some(17))]
     );
+}
+
+/// Every claim bumps the incarnation; only the current one writes. A second process cannot
+/// claim an index whose holder is live, takes over a stale one, and the old holder then writes
+/// nothing (superseded); a holder fenced by its peers rejoins with a new incarnation.
+async fn incarnations_fence_earlier_processes(h: Harness) {
+    let first = h.store.clone();
+    let second = h.reopen().await;
+    let a = register(&*first, "a").await;
+    let one = first
+        .start_instance(I0, t(100), TAKE_OVER)
+        .await
+        .expect("start");
+    assert_eq!(
+        one,
+        InstanceStart {
+            incarnation: Incarnation(1),
+            watermark: t(100)
+        }
+    );
+    first
+        .write_events(I0, one.incarnation, &[event(110, a, "m110", &[a])], t(110))
+        .await
+        .expect("write");
+
+    // A live holder (online, watermark at or after live_after) keeps the index.
+    let refused = second
+        .start_instance(I0, t(0), InstanceClaim::Start { live_after: t(110) })
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::InstanceInUse {
+                index: I0,
+                watermark_us: 110
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        instance(&*first, I0).await.expect("row").incarnation,
+        Incarnation(1),
+        "a refused claim changes nothing"
+    );
+
+    // Stale: taken over, above everything the old holder wrote.
+    let two = second
+        .start_instance(I0, t(0), InstanceClaim::Start { live_after: t(111) })
+        .await
+        .expect("take over");
+    assert_eq!(
+        two,
+        InstanceStart {
+            incarnation: Incarnation(2),
+            watermark: t(110)
+        }
+    );
+    let superseded = first
+        .write_events(I0, one.incarnation, &[event(120, a, "m120", &[a])], t(120))
+        .await;
+    assert!(
+        matches!(
+            superseded,
+            Err(StoreError::Superseded {
+                index: I0,
+                incarnation: Incarnation(1),
+                current: Incarnation(2)
+            })
+        ),
+        "{superseded:?}"
+    );
+    let superseded = first.advance_watermark(I0, one.incarnation, t(130)).await;
+    assert!(
+        matches!(superseded, Err(StoreError::Superseded { .. })),
+        "{superseded:?}"
+    );
+    let superseded = first
+        .start_instance(I0, t(0), InstanceClaim::Rejoin(one.incarnation))
+        .await;
+    assert!(
+        matches!(superseded, Err(StoreError::Superseded { .. })),
+        "an old incarnation cannot rejoin: {superseded:?}"
+    );
+    assert_eq!(
+        h.event_count().await,
+        1,
+        "the old incarnation wrote nothing"
+    );
+    assert_eq!(instance(&*first, I0).await.expect("row").watermark, t(110));
+    second
+        .write_events(I0, two.incarnation, &[event(140, a, "m120", &[a])], t(140))
+        .await
+        .expect("the new incarnation writes");
+
+    // Fenced by the peers: the same incarnation rejoins with a new one.
+    assert!(second.mark_offline(I0, t(141)).await.expect("mark"));
+    let fenced = second
+        .write_events(I0, two.incarnation, &[event(150, a, "m150", &[a])], t(150))
+        .await;
+    assert!(matches!(fenced, Err(StoreError::Fenced(I0))), "{fenced:?}");
+    let three = second
+        .start_instance(I0, t(0), InstanceClaim::Rejoin(two.incarnation))
+        .await
+        .expect("rejoin");
+    assert_eq!(three.incarnation, Incarnation(3));
+    assert_eq!(three.watermark, t(140));
+    let superseded = second
+        .write_events(I0, two.incarnation, &[event(150, a, "m150", &[a])], t(150))
+        .await;
+    assert!(
+        matches!(superseded, Err(StoreError::Superseded { .. })),
+        "{superseded:?}"
+    );
+    second
+        .write_events(
+            I0,
+            three.incarnation,
+            &[event(160, a, "m160", &[a])],
+            t(160),
+        )
+        .await
+        .expect("write");
+
+    // An offline row is free to claim whatever its watermark.
+    assert!(second.mark_offline(I0, t(161)).await.expect("mark"));
+    let four = first
+        .start_instance(I0, t(0), InstanceClaim::Start { live_after: t(0) })
+        .await
+        .expect("claim an offline row");
+    assert_eq!(four.incarnation, Incarnation(4));
+    assert_eq!(
+        read(&*first, a, None, 1_000, 100).await,
+        vec![(110, None), (140, Some(110)), (160, Some(140))]
+    );
+    assert_eq!(h.events_above_watermark().await, 0);
 }
 
 async fn acknowledgements_never_move_backwards(h: Harness) {
@@ -651,11 +822,11 @@ async fn acknowledgements_never_move_backwards(h: Harness) {
 async fn pruned_message_ids_can_be_sequenced_again(h: Harness) {
     let store = &*h.store;
     let a = register(store, "a").await;
-    store.start_instance(I0, t(0)).await.expect("start");
+    store.start_at(I0, t(0)).await.expect("start");
     let mut events = vec![event(10, a, "m1", &[a]), event(20, a, "m2", &[a])];
     events[0].max_sequencing_time = t(100);
     events[1].max_sequencing_time = t(200);
-    store.write_events(I0, &events, t(20)).await.expect("write");
+    store.write(I0, &events, t(20)).await.expect("write");
 
     assert_eq!(
         store.prune_message_ids(t(100)).await.expect("prune"),
@@ -666,7 +837,7 @@ async fn pruned_message_ids_can_be_sequenced_again(h: Harness) {
     assert_eq!(store.prune_message_ids(t(200)).await.expect("prune"), 0);
     assert_eq!(
         store
-            .write_events(
+            .write(
                 I0,
                 &[event(30, a, "m1", &[a]), event(40, a, "m2", &[a])],
                 t(40)
@@ -691,9 +862,9 @@ async fn backend_status_reports_a_writable_durable_database(h: Harness) {
 
 async fn reopening_keeps_everything(h: Harness) {
     let a = register(&*h.store, "a").await;
-    h.store.start_instance(I0, t(0)).await.expect("start");
+    h.store.start_at(I0, t(0)).await.expect("start");
     h.store
-        .write_events(I0, &[event(10, a, "m10", &[a])], t(10))
+        .write(I0, &[event(10, a, "m10", &[a])], t(10))
         .await
         .expect("write");
     let reopened = h.reopen().await;
@@ -704,7 +875,8 @@ async fn reopening_keeps_everything(h: Harness) {
         vec![InstanceState {
             index: I0,
             watermark: t(10),
-            online: true
+            online: true,
+            incarnation: Incarnation(1)
         }]
     );
 }
@@ -721,7 +893,7 @@ async fn mark_offline_races_cleanly_with_writes(h: Harness) {
         }
         members
     };
-    writer.start_instance(I0, t(0)).await.expect("start");
+    writer.start_at(I0, t(0)).await.expect("start");
 
     let writing = tokio::spawn({
         let members = members.clone();
@@ -737,7 +909,7 @@ async fn mark_offline_races_cleanly_with_writes(h: Harness) {
                     })
                     .collect();
                 let watermark = batch.last().map(|e| e.timestamp).expect("non-empty");
-                match writer.write_events(I0, &batch, watermark).await {
+                match writer.write(I0, &batch, watermark).await {
                     Ok(results) => {
                         assert_eq!(results, vec![SEQ; 10]);
                         committed.extend(batch.iter().map(|e| e.timestamp));
@@ -750,10 +922,16 @@ async fn mark_offline_races_cleanly_with_writes(h: Harness) {
         }
     });
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    assert!(monitor
+    // A batch in flight holds the row; PostgreSQL's mark_offline waits for it only briefly
+    // and then reports "not marked" for the caller to poll again.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !monitor
         .mark_offline(I0, Timestamp::MAX)
         .await
-        .expect("mark"));
+        .expect("mark")
+    {
+        assert!(Instant::now() < deadline, "never marked offline");
+    }
     let (committed, fenced_at) = writing.await.expect("writer task");
     assert!(fenced_at < 100_000, "the writer was never fenced");
 
@@ -806,6 +984,7 @@ conformance!(
     offline_instances_are_fenced,
     watermarks_never_move_backwards,
     restart_deletes_what_a_zombie_wrote_above_its_watermark,
+    incarnations_fence_earlier_processes,
     acknowledgements_never_move_backwards,
     pruned_message_ids_can_be_sequenced_again,
     backend_status_reports_a_writable_durable_database,
@@ -828,7 +1007,7 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
         .expect("create database");
     let store = PgSequencerStore::connect(&url, 2).await.expect("connect");
     let a = register(&store, "a").await;
-    store.start_instance(I0, t(0)).await.expect("start");
+    store.start_at(I0, t(0)).await.expect("start");
     server
         .psql(
             "postgres",
@@ -847,7 +1026,7 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
     assert!(status.read_only, "{status:?}");
     assert_eq!(status.synchronous_commit.as_deref(), Some("on"));
     let write = read_only
-        .write_events(I0, &[event(10, a, "m10", &[a])], t(10))
+        .write(I0, &[event(10, a, "m10", &[a])], t(10))
         .await;
     assert!(matches!(write, Err(StoreError::ReadOnly)), "{write:?}");
     let register = read_only
@@ -859,6 +1038,41 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
     );
     // Reads still work on a read-only database.
     assert_eq!(read_only.members().await.expect("members").len(), 1);
+}
+
+/// A writer paused inside its transaction holds its watermark row lock; a peer's
+/// `mark_offline` must give up quickly instead of hanging with it (it polls again), and succeed
+/// once the lock is gone.
+#[tokio::test]
+async fn postgres_mark_offline_does_not_wait_for_a_paused_writer() {
+    let h = postgres().await;
+    h.store.start_at(I0, t(0)).await.expect("start");
+    let Location::Postgres { raw, .. } = &h.location else {
+        unreachable!("a postgres harness")
+    };
+    let mut paused = raw.begin().await.expect("begin");
+    sqlx::query("UPDATE sequencer_instances SET watermark = watermark WHERE idx = 0")
+        .execute(&mut *paused)
+        .await
+        .expect("lock the row");
+    let started = Instant::now();
+    let marked = h
+        .store
+        .mark_offline(I0, Timestamp::MAX)
+        .await
+        .expect("mark_offline answers");
+    assert!(!marked, "the row is locked; nothing marked");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "mark_offline waited {:?}",
+        started.elapsed()
+    );
+    paused.rollback().await.expect("rollback");
+    assert!(h
+        .store
+        .mark_offline(I0, Timestamp::MAX)
+        .await
+        .expect("mark"));
 }
 
 #[tokio::test]
@@ -903,9 +1117,9 @@ async fn postgres_store_survives_a_server_restart() {
     let url = server.create_database("restart").expect("create database");
     let store = PgSequencerStore::connect(&url, 2).await.expect("connect");
     let a = register(&store, "a").await;
-    store.start_instance(I0, t(0)).await.expect("start");
+    store.start_at(I0, t(0)).await.expect("start");
     store
-        .write_events(I0, &[event(10, a, "m10", &[a])], t(10))
+        .write(I0, &[event(10, a, "m10", &[a])], t(10))
         .await
         .expect("write");
 
@@ -914,7 +1128,7 @@ async fn postgres_store_survives_a_server_restart() {
     let mut written = false;
     for attempt in 0..20u64 {
         match store
-            .write_events(
+            .write(
                 I0,
                 &[event(20 + attempt, a, &format!("m{attempt}"), &[a])],
                 t(40),
@@ -946,7 +1160,7 @@ async fn measure_throughput(name: &str, store: &dyn SequencerStore) {
     for i in 0..20 {
         members.push(register(store, &format!("member-{i}")).await);
     }
-    store.start_instance(I0, t(0)).await.expect("start");
+    store.start_at(I0, t(0)).await.expect("start");
     let payload = vec![7u8; 256];
     let started = Instant::now();
     for batch_no in 0..EVENTS / BATCH {
@@ -965,10 +1179,7 @@ async fn measure_throughput(name: &str, store: &dyn SequencerStore) {
             })
             .collect();
         let watermark = batch.last().map(|e| e.timestamp).expect("non-empty");
-        store
-            .write_events(I0, &batch, watermark)
-            .await
-            .expect("write");
+        store.write(I0, &batch, watermark).await.expect("write");
     }
     let elapsed = started.elapsed();
     println!(

@@ -15,7 +15,7 @@ use crate::mediator::{
     self, ApplyPlan, MediatorChange, MediatorSnapshot, MediatorStore, VerdictRecord,
 };
 use crate::sequencer::BackendStatus;
-use crate::StoreError;
+use crate::{fencing, FenceSlot, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -27,6 +27,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PgMediatorStore {
     writer: PgPool,
     readers: PgPool,
+    /// Checked at the start of every write transaction; shared by clones of this store.
+    fence: FenceSlot,
 }
 
 impl PgMediatorStore {
@@ -72,7 +74,11 @@ impl PgMediatorStore {
             .max_connections(max_connections.saturating_sub(1).max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            fence: FenceSlot::default(),
+        })
     }
 }
 
@@ -80,6 +86,10 @@ const VERDICT_COLUMNS: &str = "request_id, recipients, verdict, sent";
 
 #[async_trait]
 impl MediatorStore for PgMediatorStore {
+    fn fence(&self) -> FenceSlot {
+        self.fence.clone()
+    }
+
     async fn load(&self) -> Result<MediatorSnapshot, StoreError> {
         // REPEATABLE READ: the three reads see one snapshot, even while the writer commits.
         let mut tx = self.readers.begin().await?;
@@ -124,6 +134,7 @@ impl MediatorStore for PgMediatorStore {
     ) -> Result<(), StoreError> {
         let plan = ApplyPlan::new(changes);
         let mut tx = self.writer.begin().await?;
+        fencing::check_postgres(&mut tx, &self.fence).await?;
         if !plan.deletes.is_empty() {
             let ids: Vec<i64> = plan.deletes.iter().map(|id| id.as_i64()).collect();
             for table in ["mediator_responses", "mediator_requests"] {
@@ -193,10 +204,13 @@ impl MediatorStore for PgMediatorStore {
             return Ok(());
         }
         let ids: Vec<i64> = request_ids.iter().map(|id| id.as_i64()).collect();
+        let mut tx = self.writer.begin().await?;
+        fencing::check_postgres(&mut tx, &self.fence).await?;
         sqlx::query("UPDATE mediator_verdicts SET sent = true WHERE request_id = ANY($1)")
             .bind(&ids)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -211,11 +225,14 @@ impl MediatorStore for PgMediatorStore {
     }
 
     async fn prune_verdicts(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        fencing::check_postgres(&mut tx, &self.fence).await?;
         let pruned = sqlx::query("DELETE FROM mediator_verdicts WHERE sent AND request_id < $1")
             .bind(before.as_i64())
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        tx.commit().await?;
         Ok(pruned)
     }
 

@@ -18,7 +18,7 @@ use crate::mediator::{
     self, ApplyPlan, MediatorChange, MediatorSnapshot, MediatorStore, VerdictRecord,
 };
 use crate::sequencer::BackendStatus;
-use crate::StoreError;
+use crate::{fencing, FenceSlot, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -33,6 +33,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteMediatorStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Checked at the start of every write transaction; shared by clones of this store.
+    fence: FenceSlot,
 }
 
 impl SqliteMediatorStore {
@@ -57,7 +59,11 @@ impl SqliteMediatorStore {
             .max_connections(READER_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            fence: FenceSlot::default(),
+        })
     }
 }
 
@@ -65,6 +71,10 @@ const VERDICT_COLUMNS: &str = "request_id, recipients, verdict, sent";
 
 #[async_trait]
 impl MediatorStore for SqliteMediatorStore {
+    fn fence(&self) -> FenceSlot {
+        self.fence.clone()
+    }
+
     async fn load(&self) -> Result<MediatorSnapshot, StoreError> {
         // One read transaction, so the parts are consistent with each other even if a writer
         // in another process were active.
@@ -107,6 +117,7 @@ impl MediatorStore for SqliteMediatorStore {
     ) -> Result<(), StoreError> {
         let plan = ApplyPlan::new(changes);
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        fencing::check_sqlite(&mut tx, &self.fence).await?;
         for chunk in plan.deletes.chunks(ROWS_PER_STATEMENT) {
             for table in ["mediator_responses", "mediator_requests"] {
                 let mut delete = QueryBuilder::<Sqlite>::new(format!(
@@ -170,6 +181,7 @@ impl MediatorStore for SqliteMediatorStore {
             return Ok(());
         }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        fencing::check_sqlite(&mut tx, &self.fence).await?;
         for chunk in request_ids.chunks(ROWS_PER_STATEMENT) {
             let mut update = QueryBuilder::<Sqlite>::new(
                 "UPDATE mediator_verdicts SET sent = 1 WHERE request_id IN (",
@@ -196,11 +208,14 @@ impl MediatorStore for SqliteMediatorStore {
     }
 
     async fn prune_verdicts(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        fencing::check_sqlite(&mut tx, &self.fence).await?;
         let pruned = sqlx::query("DELETE FROM mediator_verdicts WHERE sent AND request_id < ?1")
             .bind(before.as_i64())
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        tx.commit().await?;
         Ok(pruned)
     }
 

@@ -15,7 +15,7 @@ use super::{
     admit_intent, record, serial_column, unchanged_update, Row, TopologyRecord, TopologyStore,
     TopologyStoreError, COLUMNS,
 };
-use crate::StoreError;
+use crate::{fencing, FenceSlot, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -27,6 +27,8 @@ const LOCK: &str = "LOCK TABLE topology_transactions IN EXCLUSIVE MODE";
 #[derive(Debug, Clone)]
 pub struct PgTopologyStore {
     pool: PgPool,
+    /// Checked at the start of every write transaction; shared by clones of this store.
+    fence: FenceSlot,
 }
 
 impl PgTopologyStore {
@@ -49,7 +51,10 @@ impl PgTopologyStore {
             .max_connections(max_connections.clamp(1, 4))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            fence: FenceSlot::default(),
+        })
     }
 }
 
@@ -68,6 +73,10 @@ async fn row_at(
 
 #[async_trait]
 impl TopologyStore for PgTopologyStore {
+    fn fence(&self) -> FenceSlot {
+        self.fence.clone()
+    }
+
     async fn records(&self) -> Result<Vec<TopologyRecord>, TopologyStoreError> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM topology_transactions ORDER BY serial"
@@ -85,6 +94,7 @@ impl TopologyStore for PgTopologyStore {
     ) -> Result<bool, TopologyStoreError> {
         let column = serial_column(serial)?;
         let mut tx = self.pool.begin().await?;
+        fencing::check_postgres(&mut tx, &self.fence).await?;
         sqlx::query(LOCK).execute(&mut *tx).await?;
         let existing = row_at(&mut tx, column).await?;
         let highest: Option<Row> = sqlx::query_as(&format!(
@@ -119,6 +129,7 @@ impl TopologyStore for PgTopologyStore {
     ) -> Result<(), TopologyStoreError> {
         let column = serial_column(serial)?;
         let mut tx = self.pool.begin().await?;
+        fencing::check_postgres(&mut tx, &self.fence).await?;
         sqlx::query(LOCK).execute(&mut *tx).await?;
         let updated = sqlx::query(
             "UPDATE topology_transactions SET max_sequencing_time_us = $2 \
@@ -141,6 +152,7 @@ impl TopologyStore for PgTopologyStore {
     async fn complete(&self, serial: u64, effective: Timestamp) -> Result<(), TopologyStoreError> {
         let column = serial_column(serial)?;
         let mut tx = self.pool.begin().await?;
+        fencing::check_postgres(&mut tx, &self.fence).await?;
         sqlx::query(LOCK).execute(&mut *tx).await?;
         let updated = sqlx::query(
             "UPDATE topology_transactions SET effective_us = $2 \

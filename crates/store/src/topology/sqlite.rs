@@ -19,7 +19,7 @@ use super::{
     admit_intent, record, serial_column, unchanged_update, Row, TopologyRecord, TopologyStore,
     TopologyStoreError, COLUMNS,
 };
-use crate::StoreError;
+use crate::{fencing, FenceSlot, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -28,6 +28,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct SqliteTopologyStore {
     pool: SqlitePool,
+    /// Checked at the start of every write transaction; shared by clones of this store.
+    fence: FenceSlot,
 }
 
 impl SqliteTopologyStore {
@@ -48,7 +50,10 @@ impl SqliteTopologyStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            fence: FenceSlot::default(),
+        })
     }
 }
 
@@ -67,6 +72,10 @@ async fn row_at(
 
 #[async_trait]
 impl TopologyStore for SqliteTopologyStore {
+    fn fence(&self) -> FenceSlot {
+        self.fence.clone()
+    }
+
     async fn records(&self) -> Result<Vec<TopologyRecord>, TopologyStoreError> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM topology_transactions ORDER BY serial"
@@ -84,6 +93,7 @@ impl TopologyStore for SqliteTopologyStore {
     ) -> Result<bool, TopologyStoreError> {
         let column = serial_column(serial)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        fencing::check_sqlite(&mut tx, &self.fence).await?;
         let existing = row_at(&mut tx, column).await?;
         let highest: Option<Row> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM topology_transactions ORDER BY serial DESC LIMIT 1"
@@ -117,6 +127,7 @@ impl TopologyStore for SqliteTopologyStore {
     ) -> Result<(), TopologyStoreError> {
         let column = serial_column(serial)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        fencing::check_sqlite(&mut tx, &self.fence).await?;
         let updated = sqlx::query(
             "UPDATE topology_transactions SET max_sequencing_time_us = ?2 \
              WHERE serial = ?1 AND effective_us IS NULL",
@@ -138,6 +149,7 @@ impl TopologyStore for SqliteTopologyStore {
     async fn complete(&self, serial: u64, effective: Timestamp) -> Result<(), TopologyStoreError> {
         let column = serial_column(serial)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        fencing::check_sqlite(&mut tx, &self.fence).await?;
         let updated = sqlx::query(
             "UPDATE topology_transactions SET effective_us = ?2 \
              WHERE serial = ?1 AND effective_us IS NULL",

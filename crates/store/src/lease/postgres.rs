@@ -1,0 +1,462 @@
+//! The replica lease on PostgreSQL: a session advisory lock decides who is active, the row
+//! carries the fencing epoch.
+//!
+//! Each store instance keeps one *dedicated* connection (a `PgConnection`, never a pool's, so no
+//! one else can run statements in its session). While active, that session holds
+//! `pg_try_advisory_lock(hashtext('meridian-lease:' || node))`; the server releases it the moment
+//! the session ends, so a killed process frees the lease at once. Every lease statement of an
+//! instance runs on its session, so a renewal can only succeed on the session that holds the
+//! lock: if the connection broke, the lock went with it, and the renewal re-takes the lock on a
+//! fresh connection (if it is still free and the row still names this epoch, nothing happened
+//! in between) or fails with [`StoreError::LeaseLost`]. Any error on the session discards it,
+//! because its lock state is then unknown; closing it releases whatever it held.
+//!
+//! A holder that is alive but stuck keeps its lock; once its row has gone `lease_timeout`
+//! without renewal, a passive looks up the holder's backend in `pg_locks`, terminates it
+//! (`pg_terminate_backend`, waiting up to `TERMINATE_WAIT` (2 s) for it to exit; PostgreSQL ≥ 14)
+//! and tries the lock once more.
+//!
+//! The epoch bump is an `UPDATE` of the lease row, which conflicts with the `FOR SHARE` of the
+//! fencing check (`crate::fencing`), so a takeover waits for the deposed active's in-flight
+//! write transactions to end, up to the session's `lock_timeout`; except that once the lease
+//! is stale, the sessions blocking the bump (a stopped holder's open write transaction) are
+//! terminated as well.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use meridian_core::Timestamp;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use tokio::sync::Mutex;
+
+use super::{Epoch, LeaseState, LeaseStore};
+use crate::StoreError;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connecting (the session, the read pool) gives up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a terminated holder's backend is given to exit (and release its lock).
+const TERMINATE_WAIT: Duration = Duration::from_secs(2);
+/// While an epoch bump waits, how often to look at what blocks it.
+const BLOCKED_CHECK: Duration = Duration::from_millis(250);
+/// A bound on one whole lease call: connect, a few statements, and a termination wait. Past it
+/// the session is discarded (its lock released) and the call fails as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Session settings of the dedicated connection: the epoch bump waits for in-flight fenced
+/// writes (their `FOR SHARE`), but not forever.
+const LOCK_TIMEOUT: &str = "5s";
+const STATEMENT_TIMEOUT: &str = "10s";
+
+/// The advisory lock key of a node (`$1`); an `int4` widened to the one-`bigint` lock form.
+const KEY: &str = "hashtext('meridian-lease:' || $1)::bigint";
+
+#[derive(Debug)]
+pub struct PgLeaseStore {
+    node: String,
+    options: PgConnectOptions,
+    /// The dedicated session; `None` until first used and after it failed.
+    session: Mutex<Option<Session>>,
+    /// For [`LeaseStore::current`] only, so a status read never disturbs the lock's session.
+    readers: PgPool,
+}
+
+#[derive(Debug)]
+struct Session {
+    connection: PgConnection,
+    /// The session's backend process id, to find what blocks it.
+    pid: i32,
+    /// Whether this session holds the node's advisory lock (at most once: it is never taken
+    /// again while held, so one unlock frees it).
+    locked: bool,
+}
+
+impl PgLeaseStore {
+    /// Connects, migrates, and prepares the dedicated session for `node`'s lease.
+    pub async fn connect(url: &str, node: &str) -> Result<Self, StoreError> {
+        let base: PgConnectOptions = url.parse()?;
+        // Migrating through a one-connection pool rather than a bare connection, as the
+        // topology store does, keeps callers' futures `Send`.
+        let migrator = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(base.clone())
+            .await?;
+        MIGRATOR.run(&migrator).await?;
+        migrator.close().await;
+        let options = base.clone().options([
+            ("lock_timeout", LOCK_TIMEOUT),
+            ("statement_timeout", STATEMENT_TIMEOUT),
+        ]);
+        let readers = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        let store = Self {
+            node: node.to_owned(),
+            options,
+            session: Mutex::new(None),
+            readers,
+        };
+        // Connect the session now, so a passive is warm and a bad URL fails at start-up.
+        let mut session = store.session.lock().await;
+        store.open(&mut session).await?;
+        drop(session);
+        Ok(store)
+    }
+
+    /// The session, connecting it if there is none.
+    async fn open<'s>(&self, slot: &'s mut Option<Session>) -> Result<&'s mut Session, StoreError> {
+        let session = match slot.take() {
+            Some(session) => session,
+            None => {
+                let mut connection = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    PgConnection::connect_with(&self.options),
+                )
+                .await
+                .map_err(|_| timed_out("connecting the lease session"))??;
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut connection)
+                    .await?;
+                Session {
+                    connection,
+                    pid,
+                    locked: false,
+                }
+            }
+        };
+        Ok(slot.insert(session))
+    }
+
+    async fn acquire_in(
+        &self,
+        slot: &mut Option<Session>,
+        holder: &str,
+        holder_endpoint: &str,
+        lease_timeout: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Epoch>, StoreError> {
+        let session = self.open(slot).await?;
+        if !session.locked {
+            session.locked = try_lock(&mut session.connection, &self.node).await?;
+        }
+        if !session.locked {
+            // A plain read first: this is every passive's poll, and it should cost nothing.
+            if stale_for(&mut session.connection, &self.node, "", lease_timeout, now)
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            // Confirm under `FOR SHARE`, which waits for an epoch bump or renewal in flight, so
+            // a replica that has just taken the lock is not mistaken for a stale holder.
+            let Some(stale_for) = stale_for(
+                &mut session.connection,
+                &self.node,
+                "FOR SHARE",
+                lease_timeout,
+                now,
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            self.depose(&mut session.connection, stale_for).await?;
+            session.locked = try_lock(&mut session.connection, &self.node).await?;
+            if !session.locked {
+                return Ok(None);
+            }
+        }
+        // The lock is ours: bump the epoch. On an error the caller discards the session, which
+        // releases the lock.
+        let pid = session.pid;
+        let bump = sqlx::query_scalar(
+            "INSERT INTO replica_lease (node, epoch, holder, holder_endpoint, renewed_at_us) \
+             VALUES ($1, 1, $2, $3, $4) \
+             ON CONFLICT (node) DO UPDATE SET epoch = replica_lease.epoch + 1, \
+             holder = excluded.holder, holder_endpoint = excluded.holder_endpoint, \
+             renewed_at_us = excluded.renewed_at_us \
+             RETURNING epoch",
+        )
+        .bind(&self.node)
+        .bind(holder)
+        .bind(holder_endpoint)
+        .bind(now.as_i64())
+        .fetch_one(&mut session.connection);
+        let epoch: i64 = self
+            .clearing_stale_blockers(bump, pid, lease_timeout, now)
+            .await?;
+        Ok(Some(Epoch(epoch)))
+    }
+
+    /// Runs the epoch bump while watching, from the read pool, what it waits for. It waits for
+    /// the fencing check's `FOR SHARE` of in-flight writes, which is the point; but a holder
+    /// stopped in the middle of a write transaction (SIGSTOP) would make it wait forever, and
+    /// terminating its lease session does not end its writer's. So once the lease is stale,
+    /// whoever blocks the bump is the deposed holder's, and is terminated too.
+    async fn clearing_stale_blockers<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+        pid: i32,
+        lease_timeout: Duration,
+        now: Timestamp,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => return Ok(result?),
+                () = tokio::time::sleep(BLOCKED_CHECK) => {
+                    let now = now.saturating_add(started.elapsed());
+                    let stale_before = now.saturating_sub(lease_timeout).as_i64();
+                    let terminated: Result<Vec<i32>, sqlx::Error> = sqlx::query_scalar(
+                        "SELECT blocker FROM unnest(pg_blocking_pids($1)) AS blocker \
+                         WHERE EXISTS (SELECT 1 FROM replica_lease \
+                                       WHERE node = $2 AND renewed_at_us <= $3) \
+                         AND pg_terminate_backend(blocker)",
+                    )
+                    .bind(pid)
+                    .bind(&self.node)
+                    .bind(stale_before)
+                    .fetch_all(&self.readers)
+                    .await;
+                    match terminated {
+                        Ok(pids) if !pids.is_empty() => tracing::warn!(
+                            node = %self.node, ?pids,
+                            "terminated the deposed lease holder's sessions that blocked the takeover"
+                        ),
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(
+                            node = %self.node, %error, "cannot look for sessions blocking the takeover"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Terminates the backend holding the node's lock (a stuck active's session).
+    async fn depose(
+        &self,
+        connection: &mut PgConnection,
+        stale_for: Duration,
+    ) -> Result<(), StoreError> {
+        let holders: Vec<i32> = sqlx::query_scalar(&format!(
+            "SELECT pid FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND ((classid::bigint << 32) | objid::bigint) = {KEY}"
+        ))
+        .bind(&self.node)
+        .fetch_all(&mut *connection)
+        .await?;
+        let wait_ms = i64::try_from(TERMINATE_WAIT.as_millis()).unwrap_or(i64::MAX);
+        for pid in holders {
+            tracing::warn!(
+                node = %self.node, pid, ?stale_for,
+                "the replica lease holder stopped renewing; terminating its database session"
+            );
+            let gone: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, $2)")
+                .bind(pid)
+                .bind(wait_ms)
+                .fetch_one(&mut *connection)
+                .await?;
+            if !gone {
+                tracing::warn!(node = %self.node, pid, "the lease holder's session did not exit in time");
+            }
+        }
+        Ok(())
+    }
+
+    async fn renew_in(
+        &self,
+        slot: &mut Option<Session>,
+        holder: &str,
+        epoch: Epoch,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let reused = slot.is_some();
+        match self.renew_once(slot, holder, epoch, now).await {
+            Err(lost @ StoreError::LeaseLost { .. }) => Err(lost),
+            Err(error) if reused => {
+                // The session broke (a passive terminated it, the server restarted, ...): its
+                // lock is gone. Try once on a fresh session; `renew_once` re-takes the lock only
+                // if nobody else has it and the row still carries our epoch.
+                tracing::warn!(node = %self.node, %error, "lease session failed; renewing on a new one");
+                *slot = None;
+                self.renew_once(slot, holder, epoch, now).await
+            }
+            other => other,
+        }
+    }
+
+    async fn renew_once(
+        &self,
+        slot: &mut Option<Session>,
+        holder: &str,
+        epoch: Epoch,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let lost = || StoreError::LeaseLost {
+            node: self.node.clone(),
+            epoch: epoch.0,
+        };
+        let session = self.open(slot).await?;
+        if !session.locked {
+            session.locked = try_lock(&mut session.connection, &self.node).await?;
+            if !session.locked {
+                // Another session holds the lock: a passive is taking over.
+                return Err(lost());
+            }
+        }
+        let renewed = sqlx::query(
+            "UPDATE replica_lease SET renewed_at_us = $1 \
+             WHERE node = $2 AND epoch = $3 AND holder = $4",
+        )
+        .bind(now.as_i64())
+        .bind(&self.node)
+        .bind(epoch.0)
+        .bind(holder)
+        .execute(&mut session.connection)
+        .await?
+        .rows_affected();
+        if renewed == 0 {
+            unlock(session, &self.node).await?;
+            return Err(lost());
+        }
+        Ok(())
+    }
+
+    async fn release_in(
+        &self,
+        slot: &mut Option<Session>,
+        holder: &str,
+        epoch: Epoch,
+    ) -> Result<(), StoreError> {
+        let session = self.open(slot).await?;
+        sqlx::query(
+            "UPDATE replica_lease SET holder = NULL, holder_endpoint = NULL \
+             WHERE node = $1 AND epoch = $2 AND holder = $3",
+        )
+        .bind(&self.node)
+        .bind(epoch.0)
+        .bind(holder)
+        .execute(&mut session.connection)
+        .await?;
+        unlock(session, &self.node).await
+    }
+}
+
+/// How long the row has gone without renewal, if at least `lease_timeout` (`None`: fresh, or no
+/// row yet, which means someone is taking the lease for the first time right now).
+async fn stale_for(
+    connection: &mut PgConnection,
+    node: &str,
+    lock_clause: &str,
+    lease_timeout: Duration,
+    now: Timestamp,
+) -> Result<Option<Duration>, StoreError> {
+    let renewed_at: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT renewed_at_us FROM replica_lease WHERE node = $1 {lock_clause}"
+    ))
+    .bind(node)
+    .fetch_optional(connection)
+    .await?;
+    Ok(renewed_at
+        .map(|renewed_at| now.duration_since(Timestamp::from_i64(renewed_at)))
+        .filter(|stale_for| *stale_for >= lease_timeout))
+}
+
+async fn try_lock(connection: &mut PgConnection, node: &str) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({KEY})"))
+            .bind(node)
+            .fetch_one(connection)
+            .await?,
+    )
+}
+
+async fn unlock(session: &mut Session, node: &str) -> Result<(), StoreError> {
+    if session.locked {
+        let _held: bool = sqlx::query_scalar(&format!("SELECT pg_advisory_unlock({KEY})"))
+            .bind(node)
+            .fetch_one(&mut session.connection)
+            .await?;
+        session.locked = false;
+    }
+    Ok(())
+}
+
+fn timed_out(what: &str) -> StoreError {
+    StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} timed out"),
+    )))
+}
+
+/// Runs one lease call on the session under [`CALL_TIMEOUT`]; on any failure but a definite
+/// answer the session is discarded, releasing whatever lock it held.
+macro_rules! on_session {
+    ($store:expr, $what:literal, |$slot:ident| $call:expr) => {{
+        let mut guard = $store.session.lock().await;
+        let $slot: &mut Option<Session> = &mut guard;
+        let result = match tokio::time::timeout(CALL_TIMEOUT, $call).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out($what)),
+        };
+        if matches!(result, Err(ref error) if !matches!(error, StoreError::LeaseLost { .. })) {
+            *guard = None;
+        }
+        result
+    }};
+}
+
+#[async_trait]
+impl LeaseStore for PgLeaseStore {
+    async fn try_acquire(
+        &self,
+        holder: &str,
+        holder_endpoint: &str,
+        lease_timeout: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Epoch>, StoreError> {
+        on_session!(self, "taking the lease", |slot| self.acquire_in(
+            slot,
+            holder,
+            holder_endpoint,
+            lease_timeout,
+            now
+        ))
+    }
+
+    async fn renew(&self, holder: &str, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
+        on_session!(self, "renewing the lease", |slot| self
+            .renew_in(slot, holder, epoch, now))
+    }
+
+    async fn release(&self, holder: &str, epoch: Epoch) -> Result<(), StoreError> {
+        on_session!(self, "releasing the lease", |slot| self
+            .release_in(slot, holder, epoch))
+    }
+
+    async fn current(&self) -> Result<Option<LeaseState>, StoreError> {
+        let row: Option<(i64, Option<String>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT epoch, holder, holder_endpoint, renewed_at_us FROM replica_lease \
+             WHERE node = $1",
+        )
+        .bind(&self.node)
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(
+            row.map(|(epoch, holder, holder_endpoint, renewed_at)| LeaseState {
+                epoch: Epoch(epoch),
+                holder,
+                holder_endpoint,
+                renewed_at: Timestamp::from_i64(renewed_at),
+            }),
+        )
+    }
+}
