@@ -10,6 +10,7 @@ pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod replica;
+pub mod replication;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -127,6 +127,18 @@ impl ReplicaManager {
         self.step_down.notify_one();
     }
 
+    /// The admin step-down hook: asks this replica to hand over if it is active. False on a
+    /// passive one, without arming anything: a stored request would make it step down the
+    /// moment it is promoted later.
+    pub fn step_down_if_active(&self) -> bool {
+        if self.role().is_active() {
+            self.request_step_down();
+            true
+        } else {
+            false
+        }
+    }
+
     /// Polls until this replica holds the lease. Returns `None` on shutdown.
     pub async fn acquire(&self, shutdown: &CancellationToken) -> Option<Epoch> {
         let mut logged_holder: Option<String> = None;
