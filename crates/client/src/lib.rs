@@ -1,6 +1,7 @@
 //! Clients of Meridian's APIs. The main one is [`SequencerClient`], which every synchronizer
-//! member uses to authenticate to a sequencer, send submissions, and subscribe to its events
-//! with fork detection and transparent reconnects. All retrying is bounded by a [`Backoff`].
+//! member uses to authenticate to a sequencer (one or several active-active instances), send
+//! submissions, and subscribe to its events with fork detection and transparent reconnects and
+//! failover. All retrying is bounded by a [`Backoff`].
 
 pub mod backoff;
 pub mod error;
@@ -14,5 +15,5 @@ pub use ledger::{Committed, LedgerClient, SubmitOutcome};
 pub use sequencer::{
     register_member, register_member_with_topology, SendReceipt, SequencerClient,
     SequencerClientConfig, Subscription, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
-    SUBSCRIPTION_BUFFER,
+    DEFAULT_STALL_TIMEOUT, ENDPOINT_COOLDOWN, SUBSCRIPTION_BUFFER,
 };

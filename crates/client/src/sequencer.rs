@@ -1,15 +1,30 @@
 //! The sequencer client every member uses: challenge-response authentication, sends that are
-//! retried safely, and subscriptions that check the event chain and survive sequencer restarts.
+//! retried safely, and subscriptions that check the event chain and survive sequencer restarts
+//! and the loss of a sequencer instance.
 //!
-//! Retrying a send reuses the submission's message id, which the sequencer deduplicates on, so
-//! a retry after an ambiguous failure can never sequence the submission twice. A subscription
-//! resumes after the last event it handed to the consumer, and every event passes through
-//! [`EventChain`], so neither a reconnect nor a sequencer that lost history can make the member
-//! skip or repeat an event unnoticed: a fork ends the subscription with an error.
+//! A client may know several endpoints: instances of one active-active sequencer sharing one
+//! database. Sends go to them in turn (round robin) and fail over to the next on a transient
+//! failure; a subscription stays on one instance and moves to another when its stream breaks or
+//! stalls. An endpoint that just failed is passed over for [`ENDPOINT_COOLDOWN`] while others
+//! are healthy.
 //!
-//! Session tokens live only in the sequencer's memory. When the sequencer answers
-//! `UNAUTHENTICATED` (token expired, or the sequencer restarted) the client signs a fresh
-//! challenge and repeats the call once; concurrent callers share one re-authentication.
+//! Retrying a send reuses the submission's message id, which the sequencer deduplicates on in
+//! the shared database, so a retry after an ambiguous failure — on the same instance or another
+//! — can never sequence the submission twice. A subscription resumes after the last event it
+//! handed to the consumer, and every event passes through [`EventChain`], so neither a
+//! reconnect, a switch of instance, nor a sequencer that lost history can make the member skip
+//! or repeat an event unnoticed: a fork ends the subscription with an error.
+//!
+//! Stalls: a paused instance (SIGSTOP, a frozen VM) keeps its TCP connections open and sends
+//! nothing. A subscription therefore asks the sequencer for keep-alives every half
+//! `stall_timeout` and treats a stream that delivers neither an event nor a keep-alive for
+//! `stall_timeout` as broken. HTTP/2 pings at the same pace break connections under sends in
+//! flight to such an instance, so they fail over too.
+//!
+//! Session tokens live only in one sequencer instance's memory, so each endpoint has its own.
+//! When an instance answers `UNAUTHENTICATED` (token expired, or the instance restarted) the
+//! client signs a fresh challenge for that endpoint and repeats the call once; concurrent
+//! callers share one re-authentication.
 //!
 //! Transient failures are transport errors, local request timeouts and `UNAVAILABLE`; every
 //! other status from the sequencer is its definite answer and is never retried.
@@ -18,6 +33,7 @@ use std::error::Error as _;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -43,6 +59,13 @@ use crate::error::ClientError;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// See [`SequencerClientConfig::stall_timeout`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long an endpoint that just failed is passed over while other endpoints are healthy.
+/// Long enough not to hammer an instance that is restarting, short enough that load spreads
+/// again soon after it is back.
+pub const ENDPOINT_COOLDOWN: Duration = Duration::from_secs(2);
 
 /// Events buffered between a subscription's background task and its consumer. When the
 /// consumer falls behind, the task stops reading and gRPC flow control pushes back on the
@@ -50,9 +73,14 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SUBSCRIPTION_BUFFER: usize = 1024;
 
 /// HTTP/2 pings detect a dead connection under an idle subscription (a member may receive
-/// nothing for minutes); without them a half-open TCP connection would stall it forever.
+/// nothing for minutes); without them a half-open TCP connection would stall it forever. Used
+/// when stall detection is off; with it, pings follow `stall_timeout`.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Floors of the ping pace derived from `stall_timeout`: pings are cheap, but a CPU-starved
+/// (not paused) server must not lose its connections to a tight ping deadline.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(250);
+const MIN_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A subscription stream that stayed open this long counts as healthy when it breaks, even if
 /// it delivered nothing: an idle member's stream breaking once an hour must not use up the
@@ -63,30 +91,55 @@ const AUTHORIZATION: &str = "authorization";
 
 #[derive(Debug, Clone)]
 pub struct SequencerClientConfig {
-    /// The sequencer's gRPC endpoint, e.g. `http://127.0.0.1:4401`.
-    pub endpoint: String,
+    /// The gRPC endpoints of the sequencer's instances, e.g. `http://127.0.0.1:4401`; at least
+    /// one. All must be instances of the same sequencer (one shared database): a send retried
+    /// on another instance is deduplicated there, and every instance serves the same stream.
+    pub endpoints: Vec<String>,
     pub member: MemberId,
     /// Must match the public key the member was registered with.
     pub key: SigningKey,
     /// Limit for establishing a TCP/HTTP2 connection.
     pub connect_timeout: Duration,
     /// Limit for one unary call, and for a subscription to be accepted (not for the stream).
+    /// With several endpoints, a lower value (a few seconds) fails a send over sooner when an
+    /// instance hangs.
     pub request_timeout: Duration,
-    /// Spacing and number of attempts for every retried operation.
+    /// Spacing and number of attempts for every retried operation. With several endpoints one
+    /// attempt tries each of them once (at once, one after the other); the backoff delays
+    /// come between such rounds.
     pub backoff: Backoff,
+    /// A subscription that receives neither an event nor a keep-alive for this long treats its
+    /// endpoint as stalled and resumes on another one (or the same, if it is the only one).
+    /// The client asks the sequencer for a keep-alive every half of it, and sends HTTP/2 pings
+    /// at about this pace. `None` turns stall detection off (then only 10 s pings detect a
+    /// dead connection), e.g. for a sequencer that does not send keep-alives.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl SequencerClientConfig {
-    /// A configuration with the default timeouts and backoff.
+    /// A configuration for one endpoint with the default timeouts and backoff.
     pub fn new(endpoint: impl Into<String>, member: MemberId, key: SigningKey) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoints: vec![endpoint.into()],
             member,
             key,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             backoff: Backoff::default(),
+            stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
         }
+    }
+
+    /// Replaces the endpoints (the one given to [`SequencerClientConfig::new`] included).
+    /// Subscriptions start on the first endpoint of the list that is not cooling down, so
+    /// members that list the instances in different orders spread their subscriptions.
+    pub fn with_endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
     }
 }
 
@@ -100,8 +153,8 @@ pub struct SendReceipt {
     pub deduplicated: bool,
 }
 
-/// A connection to one sequencer, authenticated as one member. Cheap to clone; clones share
-/// the connection and the session.
+/// Connections to the instances of one sequencer, authenticated as one member. Cheap to clone;
+/// clones share the connections and the sessions.
 #[derive(Clone)]
 pub struct SequencerClient {
     inner: Arc<Inner>,
@@ -110,29 +163,56 @@ pub struct SequencerClient {
 impl fmt::Debug for SequencerClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SequencerClient")
-            .field("endpoint", &self.inner.endpoint)
+            .field("endpoints", &self.inner.endpoint_list())
             .field("member", &self.inner.member)
             .finish_non_exhaustive()
     }
 }
 
 impl SequencerClient {
-    /// Prepares the connection and authenticates. A sequencer that is not up yet is retried
-    /// with the configured backoff, so members may start before their sequencer.
+    /// Prepares the connections and authenticates with one of the endpoints (the others
+    /// authenticate on first use). A sequencer that is not up yet is retried with the
+    /// configured backoff, so members may start before their sequencer.
     pub async fn connect(config: SequencerClientConfig) -> Result<Self, ClientError> {
-        let channel = channel(&config.endpoint, config.connect_timeout)?;
+        if config.endpoints.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "no sequencer endpoint configured".to_owned(),
+            ));
+        }
+        let (ping_interval, ping_timeout) = match config.stall_timeout {
+            Some(stall) => (
+                stall.max(MIN_PING_INTERVAL),
+                (stall * 2).max(MIN_PING_TIMEOUT),
+            ),
+            None => (KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT),
+        };
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|url| {
+                let channel =
+                    channel_with_pings(url, config.connect_timeout, ping_interval, ping_timeout)?;
+                Ok(EndpointState {
+                    url: url.clone(),
+                    grpc: SequencerServiceClient::new(channel),
+                    session: Mutex::new(None),
+                    auth_lock: tokio::sync::Mutex::new(()),
+                    avoid_until: Mutex::new(None),
+                })
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
         let inner = Inner {
-            grpc: SequencerServiceClient::new(channel),
-            endpoint: config.endpoint,
+            endpoints,
+            next_send: AtomicUsize::new(0),
             member: config.member,
             key: config.key,
             request_timeout: config.request_timeout,
             backoff: config.backoff,
-            session: Mutex::new(None),
-            auth_lock: tokio::sync::Mutex::new(()),
+            stall_timeout: config.stall_timeout,
         };
-        let authenticate = || inner.refresh_session(None);
-        retry(&inner.endpoint, inner.backoff, None, authenticate).await?;
+        inner
+            .retry_across(None, 0, |endpoint| inner.refresh_session(endpoint, None))
+            .await?;
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -142,10 +222,21 @@ impl SequencerClient {
         &self.inner.member
     }
 
-    /// Sequences a submission. Transient failures are retried with the same message id until
-    /// the backoff's attempts are used up ([`ClientError::Unavailable`]) or the submission's
-    /// `max_sequencing_time` has passed ([`ClientError::Timeout`]); in both cases the outcome is
-    /// unknown. A definite refusal is returned at once as [`ClientError::Rejected`].
+    /// The configured endpoints, in configuration order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner
+            .endpoints
+            .iter()
+            .map(|endpoint| endpoint.url.clone())
+            .collect()
+    }
+
+    /// Sequences a submission. Each send starts at the next endpoint in turn; transient
+    /// failures fail over to the other endpoints and are retried with the same message id
+    /// until the backoff's attempts are used up ([`ClientError::Unavailable`]) or the
+    /// submission's `max_sequencing_time` has passed ([`ClientError::Timeout`]); in both cases
+    /// the outcome is unknown. A definite refusal is returned at once as
+    /// [`ClientError::Rejected`].
     pub async fn send(&self, submission: Submission) -> Result<SendReceipt, ClientError> {
         let deadline = submission.max_sequencing_time;
         let request = v1::SendRequest {
@@ -174,10 +265,11 @@ impl SequencerClient {
     /// event the member processed (`None` if none): it is where the chain check starts, so an
     /// arbitrary time there makes the first event look like a fork.
     ///
-    /// The stream yields events in order, exactly once, across reconnects. It ends after
-    /// yielding one error: a fork, a malformed event, a definite refusal, or
-    /// [`ClientError::Unavailable`] once the backoff's attempts are used up. Dropping the
-    /// subscription stops its background task. Must be called inside a tokio runtime.
+    /// The stream yields events in order, exactly once, across reconnects and switches of
+    /// endpoint. It ends after yielding one error: a fork, a malformed event, a definite
+    /// refusal, or [`ClientError::Unavailable`] once the backoff's attempts are used up.
+    /// Dropping the subscription stops its background task. Must be called inside a tokio
+    /// runtime.
     pub fn subscribe(&self, after: Option<Timestamp>) -> Subscription {
         let (sender, events) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let task = tokio::spawn(run_subscription(Arc::clone(&self.inner), after, sender));
@@ -203,7 +295,8 @@ impl SequencerClient {
 
 /// Registers a member with the sequencer's admin service. Returns `true` if it was created and
 /// `false` if it was already registered with the same key (so setup scripts can rerun).
-/// Transient failures are retried with [`Backoff::default`].
+/// Transient failures are retried with [`Backoff::default`]. One endpoint suffices: instances
+/// share the member table.
 pub async fn register_member(
     endpoint: &str,
     member: &MemberId,
@@ -297,6 +390,20 @@ impl Drop for Subscription {
 }
 
 fn channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
+    channel_with_pings(
+        endpoint,
+        connect_timeout,
+        KEEP_ALIVE_INTERVAL,
+        KEEP_ALIVE_TIMEOUT,
+    )
+}
+
+fn channel_with_pings(
+    endpoint: &str,
+    connect_timeout: Duration,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+) -> Result<Channel, ClientError> {
     let parsed = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| {
         ClientError::InvalidConfig(format!("sequencer endpoint {endpoint:?} is not a URI: {e}"))
     })?;
@@ -310,12 +417,11 @@ fn channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ClientE
     Ok(parsed
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .http2_keep_alive_interval(ping_interval)
+        .keep_alive_timeout(ping_timeout)
         .keep_alive_while_idle(true)
         .connect_lazy())
 }
-
 /// How one attempt failed.
 #[derive(Debug)]
 enum Failure {
@@ -459,20 +565,20 @@ struct Session {
     generation: u64,
 }
 
-struct Inner {
-    endpoint: String,
-    member: MemberId,
-    key: SigningKey,
-    request_timeout: Duration,
-    backoff: Backoff,
+/// One sequencer instance as the client sees it: its connection, its session (tokens are per
+/// instance) and whether it recently failed.
+struct EndpointState {
+    url: String,
     grpc: SequencerServiceClient<Channel>,
     /// The current token; never held across an await.
     session: Mutex<Option<Session>>,
     /// Serializes authentications.
     auth_lock: tokio::sync::Mutex<()>,
+    /// Passed over until then (if other endpoints are healthy) after a transient failure.
+    avoid_until: Mutex<Option<Instant>>,
 }
 
-impl Inner {
+impl EndpointState {
     fn current_session(&self) -> Option<Session> {
         self.session
             .lock()
@@ -480,36 +586,96 @@ impl Inner {
             .clone()
     }
 
-    async fn session(&self) -> Result<Session, Failure> {
-        match self.current_session() {
+    fn avoid(&self) {
+        *self
+            .avoid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + ENDPOINT_COOLDOWN);
+    }
+
+    fn mark_healthy(&self) {
+        *self
+            .avoid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn is_avoided(&self, now: Instant) -> bool {
+        self.avoid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| now < until)
+    }
+}
+
+struct Inner {
+    endpoints: Vec<EndpointState>,
+    /// Where the next send starts (round robin).
+    next_send: AtomicUsize,
+    member: MemberId,
+    key: SigningKey,
+    request_timeout: Duration,
+    backoff: Backoff,
+    stall_timeout: Option<Duration>,
+}
+
+impl Inner {
+    /// The endpoints for reporting: the one URL, or all of them.
+    fn endpoint_list(&self) -> String {
+        self.endpoints
+            .iter()
+            .map(|endpoint| endpoint.url.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Every endpoint once, starting at `first` and going round; those cooling down after a
+    /// failure go last, so they are tried only when the healthy ones fail too.
+    fn order(&self, first: usize) -> Vec<usize> {
+        let count = self.endpoints.len();
+        let now = Instant::now();
+        let (mut healthy, avoided): (Vec<usize>, Vec<usize>) = (0..count)
+            .map(|offset| (first + offset) % count)
+            .partition(|&i| !self.endpoints[i].is_avoided(now));
+        healthy.extend(avoided);
+        healthy
+    }
+
+    async fn session(&self, endpoint: usize) -> Result<Session, Failure> {
+        match self.endpoints[endpoint].current_session() {
             Some(session) => Ok(session),
-            None => self.refresh_session(None).await,
+            None => self.refresh_session(endpoint, None).await,
         }
     }
 
-    /// Authenticates unless someone already replaced the token of generation `stale`
-    /// (or, with `None`, unless there is a token at all).
-    async fn refresh_session(&self, stale: Option<u64>) -> Result<Session, Failure> {
-        let _serialized = self.auth_lock.lock().await;
-        let current = self.current_session();
+    /// Authenticates with `endpoint` unless someone already replaced its token of generation
+    /// `stale` (or, with `None`, unless there is a token at all).
+    async fn refresh_session(
+        &self,
+        endpoint: usize,
+        stale: Option<u64>,
+    ) -> Result<Session, Failure> {
+        let state = &self.endpoints[endpoint];
+        let _serialized = state.auth_lock.lock().await;
+        let current = state.current_session();
         if let Some(session) = &current {
             if stale.is_none_or(|stale| session.generation != stale) {
                 return Ok(session.clone());
             }
         }
-        let authorization = self.authenticate().await?;
+        let authorization = self.authenticate(state).await?;
         let session = Session {
             authorization,
             generation: current.map_or(1, |session| session.generation.wrapping_add(1)),
         };
-        *self.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(session.clone());
-        debug!(member = %self.member, generation = session.generation, "authenticated");
+        *state.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(session.clone());
+        debug!(member = %self.member, endpoint = %state.url, generation = session.generation, "authenticated");
         Ok(session)
     }
 
-    /// One challenge-response exchange: the member signs the sequencer's nonce bound to its id.
-    async fn authenticate(&self) -> Result<AsciiMetadataValue, Failure> {
-        let mut grpc = self.grpc.clone();
+    /// One challenge-response exchange: the member signs the instance's nonce bound to its id.
+    async fn authenticate(&self, state: &EndpointState) -> Result<AsciiMetadataValue, Failure> {
+        let mut grpc = state.grpc.clone();
         let challenge = v1::GetChallengeRequest {
             member: self.member.to_string(),
         };
@@ -547,25 +713,28 @@ impl Inner {
         })
     }
 
-    /// One attempt of an authenticated call. If the sequencer no longer knows the token, it
-    /// re-authenticates and repeats the call once, within the same attempt.
-    async fn authorized_call<T, F, Fut>(&self, call: &F) -> Result<T, Failure>
+    /// One attempt of an authenticated call on `endpoint`. If the instance no longer knows the
+    /// token, it re-authenticates and repeats the call once, within the same attempt.
+    async fn authorized_call<T, F, Fut>(&self, endpoint: usize, call: &F) -> Result<T, Failure>
     where
         F: Fn(SequencerServiceClient<Channel>, AsciiMetadataValue) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let session = self.session().await?;
-        let first = call(self.grpc.clone(), session.authorization.clone());
+        let state = &self.endpoints[endpoint];
+        let session = self.session(endpoint).await?;
+        let first = call(state.grpc.clone(), session.authorization.clone());
         match timed(self.request_timeout, first).await {
             Err(status) if status.code() == Code::Unauthenticated => {
                 info!(
                     member = %self.member,
-                    endpoint = %self.endpoint,
+                    endpoint = %state.url,
                     reason = status.message(),
                     "sequencer refused the session token; re-authenticating"
                 );
-                let session = self.refresh_session(Some(session.generation)).await?;
-                let second = call(self.grpc.clone(), session.authorization);
+                let session = self
+                    .refresh_session(endpoint, Some(session.generation))
+                    .await?;
+                let second = call(state.grpc.clone(), session.authorization);
                 timed(self.request_timeout, second)
                     .await
                     .map_err(|status| match status.code() {
@@ -579,6 +748,64 @@ impl Inner {
         }
     }
 
+    /// Runs `attempt` on the endpoints, starting at `first`: one round tries each endpoint
+    /// once, without waiting in between; the backoff delays separate rounds, and its attempt
+    /// count bounds the rounds. Ends on success, a definite failure, the attempts used up, or
+    /// the next round would start after `deadline`.
+    async fn retry_across<T, F, Fut>(
+        &self,
+        deadline: Option<Timestamp>,
+        first: usize,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut attempts = Attempts::new(self.backoff);
+        let several = self.endpoints.len() > 1;
+        loop {
+            let mut last_error = String::new();
+            for endpoint in self.order(first) {
+                let state = &self.endpoints[endpoint];
+                match attempt(endpoint).await {
+                    Ok(value) => {
+                        state.mark_healthy();
+                        return Ok(value);
+                    }
+                    Err(Failure::Fatal(error)) => return Err(error),
+                    Err(Failure::Transient(error)) => {
+                        state.avoid();
+                        if several {
+                            debug!(endpoint = %state.url, %error, "sequencer call failed; trying the next endpoint");
+                            last_error = format!("{}: {error}", state.url);
+                        } else {
+                            last_error = error;
+                        }
+                    }
+                }
+            }
+            let Some(delay) = attempts.failed() else {
+                return Err(ClientError::Unavailable {
+                    endpoint: self.endpoint_list(),
+                    attempts: attempts.failed,
+                    last_error,
+                });
+            };
+            if deadline.is_some_and(|deadline| Timestamp::now().saturating_add(delay) > deadline) {
+                return Err(ClientError::Timeout { last_error });
+            }
+            debug!(
+                endpoints = %self.endpoint_list(),
+                attempt = attempts.failed,
+                delay_ms = delay.as_millis(),
+                error = %last_error,
+                "sequencer call failed on every endpoint; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     async fn call_with_retries<T, F, Fut>(
         &self,
         deadline: Option<Timestamp>,
@@ -589,10 +816,21 @@ impl Inner {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let call = &call;
-        retry(&self.endpoint, self.backoff, deadline, move || {
-            self.authorized_call(call)
+        let first = self.next_send.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        self.retry_across(deadline, first, move |endpoint| {
+            self.authorized_call(endpoint, call)
         })
         .await
+    }
+
+    /// What a subscription asks for: keep-alives at half the stall timeout, so one lost to
+    /// scheduling jitter does not yet count as a stall.
+    fn keep_alive_interval_ms(&self) -> Option<u32> {
+        self.stall_timeout.map(|stall| {
+            u32::try_from((stall / 2).as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1)
+        })
     }
 }
 
@@ -600,7 +838,7 @@ impl Inner {
 enum StreamEnd {
     /// The consumer dropped the subscription.
     ConsumerGone,
-    /// Reconnect and resume.
+    /// Reconnect (on another endpoint if there is one) and resume.
     Broken { error: String, delivered: u64 },
     /// End the subscription with this error.
     Fatal(ClientError),
@@ -622,6 +860,11 @@ async fn run_subscription(
 }
 
 /// Returns `Ok` when the consumer went away, `Err` with the error that ends the subscription.
+///
+/// The subscription stays on one endpoint while it works. When its stream breaks, stalls or
+/// cannot be opened, it moves at once to the next endpoint (healthy ones first) until every
+/// endpoint has failed since the last pause; then it waits the next backoff delay. A stream
+/// that delivers events resets the backoff.
 async fn subscription_loop(
     inner: &Inner,
     after: Option<Timestamp>,
@@ -629,15 +872,23 @@ async fn subscription_loop(
 ) -> Result<(), ClientError> {
     let mut chain = EventChain::new(after);
     let mut attempts = Attempts::new(inner.backoff);
+    let endpoint_count = inner.endpoints.len();
+    let mut current = inner.order(0)[0];
+    // Endpoints that failed since the last backoff pause (or the last healthy stream).
+    let mut failed_in_round = 0;
+    let mut interrupted_at: Option<Instant> = None;
     loop {
+        let url = &inner.endpoints[current].url;
         // Resume strictly after the last event handed to the consumer: no gap, no duplicate.
         let resume_after = chain.last_processed();
         let request = v1::SubscribeRequest {
             member: inner.member.to_string(),
             after_timestamp_us: resume_after.map(Timestamp::as_micros),
+            keep_alive_interval_ms: inner.keep_alive_interval_ms(),
         };
         let opened = inner
             .authorized_call(
+                current,
                 &|mut grpc: SequencerServiceClient<Channel>, authorization| {
                     let request = authorized(request.clone(), authorization);
                     async move { grpc.subscribe(request).await }
@@ -648,53 +899,71 @@ async fn subscription_loop(
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Transient(error)) => error,
             Ok(mut stream) => {
-                if attempts.failed > 0 {
+                if let Some(since) = interrupted_at.take() {
                     info!(
                         member = %inner.member,
-                        endpoint = %inner.endpoint,
+                        endpoint = %url,
                         after = ?resume_after,
-                        failed_attempts = attempts.failed,
+                        interrupted_ms = since.elapsed().as_millis(),
                         "subscription re-established"
                     );
                 }
                 let opened_at = Instant::now();
-                match read_stream(&mut stream, &mut chain, sender).await {
+                match read_stream(&mut stream, &mut chain, sender, inner.stall_timeout).await {
                     StreamEnd::ConsumerGone => return Ok(()),
                     StreamEnd::Fatal(error) => return Err(error),
                     StreamEnd::Broken { error, delivered } => {
                         if delivered > 0 || opened_at.elapsed() >= STABLE_SUBSCRIPTION {
+                            inner.endpoints[current].mark_healthy();
                             attempts.reset();
+                            failed_in_round = 0;
                         }
                         error
                     }
                 }
             }
         };
+        inner.endpoints[current].avoid();
+        failed_in_round += 1;
+        let previous = current;
+        current = inner.order((current + 1) % endpoint_count)[0];
+        if interrupted_at.is_none() {
+            interrupted_at = Some(Instant::now());
+            // One warning per outage; the individual attempts of a reconnect are debug noise.
+            warn!(
+                member = %inner.member,
+                endpoint = %inner.endpoints[previous].url,
+                next_endpoint = %inner.endpoints[current].url,
+                after = ?chain.last_processed(),
+                %error,
+                "subscription interrupted; resuming"
+            );
+        }
+        if failed_in_round < endpoint_count {
+            debug!(
+                member = %inner.member,
+                failed = %inner.endpoints[previous].url,
+                next = %inner.endpoints[current].url,
+                %error,
+                "subscription switching endpoint"
+            );
+            continue;
+        }
+        failed_in_round = 0;
         let Some(delay) = attempts.failed() else {
             return Err(ClientError::Unavailable {
-                endpoint: inner.endpoint.clone(),
+                endpoint: inner.endpoint_list(),
                 attempts: attempts.failed,
                 last_error: error,
             });
         };
-        // One warning per outage; the individual attempts of a reconnect are debug noise.
-        if attempts.failed == 1 {
-            warn!(
-                member = %inner.member,
-                endpoint = %inner.endpoint,
-                after = ?chain.last_processed(),
-                %error,
-                "subscription interrupted; reconnecting"
-            );
-        } else {
-            debug!(
-                member = %inner.member,
-                attempt = attempts.failed,
-                delay_ms = delay.as_millis(),
-                %error,
-                "subscription reconnect failed"
-            );
-        }
+        debug!(
+            member = %inner.member,
+            attempt = attempts.failed,
+            delay_ms = delay.as_millis(),
+            %error,
+            "subscription reconnect failed on every endpoint"
+        );
         tokio::time::sleep(delay).await;
     }
 }
@@ -703,10 +972,27 @@ async fn read_stream(
     stream: &mut tonic::Streaming<v1::SequencedEvent>,
     chain: &mut EventChain,
     sender: &mpsc::Sender<Result<SequencedEvent, ClientError>>,
+    stall_timeout: Option<Duration>,
 ) -> StreamEnd {
     let mut delivered = 0;
     loop {
-        let wire = match stream.message().await {
+        // Only the wait for the network counts towards a stall, never a slow consumer.
+        let received = match stall_timeout {
+            Some(limit) => match tokio::time::timeout(limit, stream.message()).await {
+                Ok(received) => received,
+                Err(_) => {
+                    return StreamEnd::Broken {
+                        error: format!(
+                            "no event or keep-alive within {} ms: the sequencer stalled",
+                            limit.as_millis()
+                        ),
+                        delivered,
+                    }
+                }
+            },
+            None => stream.message().await,
+        };
+        let wire = match received {
             Ok(Some(wire)) => wire,
             Ok(None) => {
                 return StreamEnd::Broken {
@@ -728,6 +1014,9 @@ async fn read_stream(
                 }
             }
         };
+        if wire.keep_alive {
+            continue;
+        }
         let event = match convert::event_from_wire(wire) {
             Ok(event) => event,
             Err(error) => {

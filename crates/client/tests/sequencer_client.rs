@@ -46,6 +46,8 @@ enum Then {
     Fail(Status),
     /// Keeps the stream open without sending anything more.
     Hang,
+    /// Keeps the stream open, sending a keep-alive at this interval (a live, idle sequencer).
+    KeepAlive(Duration),
 }
 
 enum SubscribeReply {
@@ -68,6 +70,8 @@ struct Recorded {
     send_calls: Vec<v1::SendRequest>,
     /// Every Subscribe's `after_timestamp_us`, including refused ones.
     subscribe_afters: Vec<Option<u64>>,
+    /// Every Subscribe's `keep_alive_interval_ms`.
+    keep_alive_asked: Vec<Option<u32>>,
     acknowledged: Vec<u64>,
     registered: HashSet<String>,
 }
@@ -192,6 +196,9 @@ impl SequencerService for Service {
         let index = {
             let mut recorded = self.0.recorded.lock().unwrap();
             recorded.subscribe_afters.push(after);
+            recorded
+                .keep_alive_asked
+                .push(request.get_ref().keep_alive_interval_ms);
             recorded.subscribe_afters.len() - 1
         };
         self.0.check_token(&request)?;
@@ -207,6 +214,16 @@ impl SequencerService for Service {
             }
             Then::Fail(status) => Box::pin(futures::stream::iter([Err(status)])),
             Then::Hang => Box::pin(futures::stream::pending()),
+            Then::KeepAlive(interval) => {
+                Box::pin(futures::stream::unfold((), move |()| async move {
+                    tokio::time::sleep(interval).await;
+                    let keep_alive = v1::SequencedEvent {
+                        keep_alive: true,
+                        ..Default::default()
+                    };
+                    Some((Ok(keep_alive), ()))
+                }))
+            }
         };
         let guard = DropFlag(Arc::clone(&self.0.stream_dropped));
         let stream = futures::stream::iter(events.into_iter().map(Ok))
@@ -325,6 +342,7 @@ fn event(timestamp_us: u64, previous_timestamp_us: Option<u64>) -> v1::Sequenced
             recipients: vec![member().to_string()],
             payload: timestamp_us.to_be_bytes().to_vec(),
         }],
+        keep_alive: false,
     }
 }
 
@@ -337,12 +355,27 @@ fn fast_backoff(max_attempts: u32) -> Backoff {
     }
 }
 
+/// One endpoint; stall detection off, since most fakes send no keep-alives.
 fn config(endpoint: &str, key: &SigningKey, max_attempts: u32) -> SequencerClientConfig {
     SequencerClientConfig {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_secs(5),
         backoff: fast_backoff(max_attempts),
+        stall_timeout: None,
         ..SequencerClientConfig::new(endpoint, member(), key.clone())
+    }
+}
+
+/// Several endpoints, with stall detection.
+fn multi_config(
+    endpoints: &[&str],
+    key: &SigningKey,
+    max_attempts: u32,
+    stall_timeout: Duration,
+) -> SequencerClientConfig {
+    SequencerClientConfig {
+        stall_timeout: Some(stall_timeout),
+        ..config(endpoints[0], key, max_attempts).with_endpoints(endpoints.iter().copied())
     }
 }
 
@@ -1023,5 +1056,283 @@ async fn register_member_reports_whether_it_created() {
     assert!(!register_member(&server.endpoint, &p1, &key.public_key())
         .await
         .unwrap());
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) Several endpoints: round robin, failover, stall detection.
+
+fn answer_with(timestamp_us: u64) -> SendScript {
+    Box::new(move |index, _| {
+        Ok(v1::SendResponse {
+            timestamp_us: timestamp_us + index as u64,
+            deduplicated: false,
+        })
+    })
+}
+
+fn message_ids(fake: &FakeSequencer) -> Vec<String> {
+    fake.recorded(|r| {
+        r.send_calls
+            .iter()
+            .map(|call| call.submission.as_ref().unwrap().message_id.clone())
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn sends_rotate_over_healthy_endpoints() {
+    let key = SigningKey::generate();
+    let a = FakeSequencer::new(key.public_key(), answer_with(1_000), no_subscriptions());
+    let b = FakeSequencer::new(key.public_key(), answer_with(2_000), no_subscriptions());
+    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
+    let client = SequencerClient::connect(multi_config(
+        &[&server_a.endpoint, &server_b.endpoint],
+        &key,
+        3,
+        Duration::from_secs(1),
+    ))
+    .await
+    .unwrap();
+    for i in 0..4 {
+        client
+            .send(submission(&format!("m{i}"), in_a_minute()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(message_ids(&a), vec!["m0", "m2"]);
+    assert_eq!(message_ids(&b), vec!["m1", "m3"]);
+    // Tokens are per instance: each one authenticated the member once.
+    assert_eq!(a.recorded(|r| r.authentications), 1);
+    assert_eq!(b.recorded(|r| r.authentications), 1);
+    assert_eq!(
+        client.endpoints(),
+        vec![server_a.endpoint.clone(), server_b.endpoint.clone()]
+    );
+    server_a.stop().await;
+    server_b.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_send_moves_to_the_next_endpoint_with_the_same_message_id() {
+    let key = SigningKey::generate();
+    let a = FakeSequencer::new(
+        key.public_key(),
+        Box::new(|_, _| Err(Status::unavailable("instance going down"))),
+        no_subscriptions(),
+    );
+    let b = FakeSequencer::new(key.public_key(), answer_with(2_000), no_subscriptions());
+    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
+    let client = SequencerClient::connect(multi_config(
+        &[&server_a.endpoint, &server_b.endpoint],
+        &key,
+        1,
+        Duration::from_secs(1),
+    ))
+    .await
+    .unwrap();
+    // One attempt (a round over both endpoints) is enough: the failover needs no backoff.
+    let started = Instant::now();
+    let receipt = client.send(submission("m0", in_a_minute())).await.unwrap();
+    assert_eq!(receipt.timestamp.as_micros(), 2_000);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(message_ids(&a), vec!["m0"]);
+    assert_eq!(
+        message_ids(&b),
+        vec!["m0"],
+        "retried with the same message id"
+    );
+    // A is cooling down now: the following sends go to B first, whoever's turn it is.
+    for i in 1..4 {
+        client
+            .send(submission(&format!("m{i}"), in_a_minute()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(message_ids(&a), vec!["m0"]);
+    assert_eq!(message_ids(&b), vec!["m0", "m1", "m2", "m3"]);
+    let endpoints = (server_a.endpoint.clone(), server_b.endpoint.clone());
+    server_a.stop().await;
+
+    // With every endpoint failing, the error names them all.
+    server_b.stop().await;
+    match client.send(submission("m4", in_a_minute())).await {
+        Err(ClientError::Unavailable {
+            endpoint, attempts, ..
+        }) => {
+            assert_eq!(attempts, 1);
+            assert!(
+                endpoint.contains(&endpoints.0) && endpoint.contains(&endpoints.1),
+                "{endpoint}"
+            );
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+/// Ten events 100..1000 as every instance would serve them, from `after`.
+fn history_after(after: Option<u64>) -> Vec<v1::SequencedEvent> {
+    (1..=10u64)
+        .map(|k| event(100 * k, (k > 1).then(|| 100 * (k - 1))))
+        .filter(|e| after.is_none_or(|after| e.timestamp_us > after))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_broken_stream_resumes_on_the_next_endpoint_without_gap_or_duplicate() {
+    let key = SigningKey::generate();
+    // A serves three events and fails; B serves the rest and stays open with keep-alives.
+    let a = FakeSequencer::new(
+        key.public_key(),
+        no_sends(),
+        Box::new(|_, after| {
+            let events = history_after(after).into_iter().take(3).collect();
+            SubscribeReply::Serve(events, Then::Fail(Status::unavailable("instance killed")))
+        }),
+    );
+    let b = FakeSequencer::new(
+        key.public_key(),
+        no_sends(),
+        Box::new(|_, after| {
+            SubscribeReply::Serve(
+                history_after(after),
+                Then::KeepAlive(Duration::from_millis(50)),
+            )
+        }),
+    );
+    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
+    let client = SequencerClient::connect(multi_config(
+        &[&server_a.endpoint, &server_b.endpoint],
+        &key,
+        2,
+        Duration::from_millis(500),
+    ))
+    .await
+    .unwrap();
+    let mut subscription = client.subscribe(None);
+    let mut delivered = Vec::new();
+    while delivered.len() < 10 {
+        let event = next(&mut subscription).await.unwrap().unwrap();
+        delivered.push(event.timestamp.as_micros());
+    }
+    assert_eq!(delivered, (1..=10).map(|k| 100 * k).collect::<Vec<u64>>());
+    assert_eq!(a.recorded(|r| r.subscribe_afters.clone()), vec![None]);
+    assert_eq!(b.recorded(|r| r.subscribe_afters.clone()), vec![Some(300)]);
+    // B's keep-alives keep the subscription there, and nothing more arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1_200), subscription.next())
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        b.recorded(|r| r.subscribe_afters.len()),
+        1,
+        "no resubscribe"
+    );
+    server_a.stop().await;
+    server_b.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_endpoint_is_detected_within_the_stall_timeout() {
+    let key = SigningKey::generate();
+    // A serves two events and then sends nothing at all, as a paused (SIGSTOPped) process
+    // would; B is healthy.
+    let a = FakeSequencer::new(
+        key.public_key(),
+        no_sends(),
+        Box::new(|_, after| {
+            let events = history_after(after).into_iter().take(2).collect();
+            SubscribeReply::Serve(events, Then::Hang)
+        }),
+    );
+    let b = FakeSequencer::new(
+        key.public_key(),
+        no_sends(),
+        Box::new(|_, after| {
+            SubscribeReply::Serve(
+                history_after(after),
+                Then::KeepAlive(Duration::from_millis(100)),
+            )
+        }),
+    );
+    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
+    let stall = Duration::from_millis(400);
+    let client = SequencerClient::connect(multi_config(
+        &[&server_a.endpoint, &server_b.endpoint],
+        &key,
+        2,
+        stall,
+    ))
+    .await
+    .unwrap();
+    let mut subscription = client.subscribe(None);
+    for expected in [100, 200] {
+        assert_eq!(
+            next(&mut subscription)
+                .await
+                .unwrap()
+                .unwrap()
+                .timestamp
+                .as_micros(),
+            expected
+        );
+    }
+    let stalled_at = Instant::now();
+    assert_eq!(
+        next(&mut subscription)
+            .await
+            .unwrap()
+            .unwrap()
+            .timestamp
+            .as_micros(),
+        300
+    );
+    let resumed_after = stalled_at.elapsed();
+    assert!(
+        resumed_after >= stall,
+        "switched before the stall timeout: {resumed_after:?}"
+    );
+    assert!(
+        resumed_after < stall * 3,
+        "stall detected late: {resumed_after:?}"
+    );
+    assert_eq!(b.recorded(|r| r.subscribe_afters.clone()), vec![Some(200)]);
+    for _ in 3..10 {
+        next(&mut subscription).await.unwrap().unwrap();
+    }
+    server_a.stop().await;
+    server_b.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_ask_for_keep_alives_at_half_the_stall_timeout() {
+    let key = SigningKey::generate();
+    let fake = FakeSequencer::new(
+        key.public_key(),
+        no_sends(),
+        Box::new(|_, _| SubscribeReply::Serve(vec![], Then::KeepAlive(Duration::from_millis(50)))),
+    );
+    let server = serve(&fake).await;
+    let client = SequencerClient::connect(multi_config(
+        &[&server.endpoint],
+        &key,
+        2,
+        Duration::from_millis(600),
+    ))
+    .await
+    .unwrap();
+    let mut subscription = client.subscribe(None);
+    // Keep-alives are not events: nothing is yielded, and the stream is not seen as stalled.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1_500), subscription.next())
+            .await
+            .is_err()
+    );
+    assert_eq!(fake.recorded(|r| r.subscribe_afters.len()), 1);
+    assert_eq!(
+        fake.recorded(|r| r.keep_alive_asked.clone()),
+        vec![Some(300)]
+    );
     server.stop().await;
 }

@@ -10,7 +10,9 @@
 //!
 //! Several instances may share one database (active-active): each issues timestamps from its
 //! own residue class, commits events together with its watermark, and readers deliver only up
-//! to the minimum watermark of online instances (the safe point).
+//! to the minimum watermark of online instances (the safe point). Each process claims its
+//! instance's row with a new incarnation and writes only while it still holds it, so a paused
+//! zombie or a second process with the same index writes nothing (see [`writer`] and [`node`]).
 
 pub mod auth;
 pub mod config;

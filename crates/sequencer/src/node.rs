@@ -4,6 +4,15 @@
 //! Start-up order matters for operators: the admin HTTP server comes up first so `/readyz`
 //! can say *why* the node is not serving (database unreachable, a read-only standby,
 //! `synchronous_commit` off); the gRPC port opens only once the instance holds its place.
+//!
+//! Claiming the instance index: a starting process claims its row with
+//! [`InstanceClaim::Start`], which is refused while the row is online with a watermark younger
+//! than `offline_after` — another live process is configured with the same index. A restart
+//! after a crash sees the old watermark go stale within `offline_after` and proceeds; a second
+//! live process never does, and after [`claim_patience`] gives up and exits with an error
+//! naming the index, leaving the running process undisturbed. A paused process (SIGSTOP) whose
+//! watermark went stale is taken over; when it resumes, its writes are refused as superseded
+//! and it stops (see [`crate::writer`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +24,7 @@ use meridian_node::health::Health;
 use meridian_node::metrics::Metrics;
 use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use meridian_proto::v1::sequencer_service_server::SequencerServiceServer;
-use meridian_store::{BackendStatus, SequencerStore};
+use meridian_store::{BackendStatus, InstanceClaim, InstanceStart, SequencerStore, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +35,7 @@ use crate::engine::{OrderingEngine, Partition};
 use crate::metrics::SequencerMetrics;
 use crate::service::{SequencerAdminApi, SequencerApi, Shared};
 use crate::validate::SubmissionLimits;
-use crate::writer::{Writer, WriterSettings};
+use crate::writer::{IncarnationGauge, Writer, WriterExit, WriterSettings};
 use meridian_node::conditions::Conditions;
 
 /// gRPC framing and field overhead allowed on top of `max_request_bytes`, so that our own
@@ -56,6 +65,7 @@ struct SequencerStatus {
     backend: &'static str,
     watermark: watch::Receiver<Timestamp>,
     directory: Arc<MemberDirectory>,
+    incarnation: IncarnationGauge,
 }
 
 impl StatusSource for SequencerStatus {
@@ -64,6 +74,7 @@ impl StatusSource for SequencerStatus {
             "role": "sequencer",
             "instance_index": self.config.instance.index,
             "instance_count": self.config.instance.count,
+            "incarnation": self.incarnation.get(),
             "listen_address": self.config.listen_address.to_string(),
             "backend": self.backend,
             "safe_point_us": self.watermark.borrow().as_micros(),
@@ -72,8 +83,12 @@ impl StatusSource for SequencerStatus {
     }
 }
 
-/// Runs a sequencer until `shutdown` is cancelled.
+/// Runs a sequencer until `shutdown` is cancelled. Returns an error if the instance could not
+/// claim its index, or stopped because another process claimed it.
 pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // The node also stops by itself when superseded; a child token keeps that from cancelling
+    // the caller's token.
+    let shutdown = shutdown.child_token();
     // Checked again here because `run` may be handed a config that never went through `load`.
     let owner_key = config
         .owner_key()
@@ -110,16 +125,18 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
 
     let index = config.instance.index();
     let partition = Partition::new(index, config.instance.count)?;
-    let start_watermark = store
-        .start_instance(index, Timestamp::now())
-        .await
-        .context("taking this instance's place in the database")?;
-    tracing::info!(instance = %index, watermark = %start_watermark, "instance online");
+    let Some(start) = claim_instance(store.as_ref(), &config, &readiness, &shutdown).await? else {
+        return Ok(());
+    };
+    tracing::info!(instance = %index, watermark = %start.watermark, incarnation = %start.incarnation, "instance online");
     let directory = Arc::new(MemberDirectory::load(store.clone()).await?);
 
+    let incarnation = IncarnationGauge::default();
     let (writer, writer_handle) = Writer::new(
         store.clone(),
-        OrderingEngine::new(partition, start_watermark),
+        OrderingEngine::new(partition, start.watermark),
+        start.incarnation,
+        incarnation.clone(),
         WriterSettings {
             index,
             max_batch_events: config.limits.max_batch_events,
@@ -130,9 +147,10 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         safe_point_tx.clone(),
         sequencer_metrics.clone(),
         readiness.clone(),
+        shutdown.clone(),
     );
     writer.refresh_safe_point().await;
-    let writer_task = tokio::spawn(writer.run(shutdown.clone()));
+    let writer_task = tokio::spawn(writer.run());
     tokio::spawn(poll_peers(
         store.clone(),
         config.clone(),
@@ -150,6 +168,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
             .unwrap_or("unknown"),
         watermark: safe_point_rx.clone(),
         directory: directory.clone(),
+        incarnation,
     });
 
     let shared = Arc::new(Shared {
@@ -205,11 +224,69 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         );
     let served = server.await;
     readiness.fail("shutdown", "shutting down");
-    let _ = writer_task.await;
+    // The writer may be what stopped the node; make sure everything else stops too.
+    shutdown.cancel();
+    let exit = writer_task.await;
     let _ = admin_task.await;
     served.context("gRPC server failed")?;
+    if let Ok(WriterExit::Superseded(reason)) = exit {
+        anyhow::bail!("sequencer instance {index} stopped: {reason}");
+    }
     tracing::info!("sequencer stopped");
     Ok(())
+}
+
+/// How long a starting process waits for its index to be released by a previous holder whose
+/// watermark is still fresh: a crashed predecessor goes stale after `offline_after`; one still
+/// fresh after twice that (plus slack for a slow start) is alive.
+pub fn claim_patience(offline_after: Duration) -> Duration {
+    offline_after * 2 + Duration::from_secs(1)
+}
+
+/// Claims this instance's row; `None` on shutdown. Refuses (an error) when a live process holds
+/// the same index.
+async fn claim_instance(
+    store: &dyn SequencerStore,
+    config: &SequencerConfig,
+    readiness: &Conditions,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<InstanceStart>> {
+    let index = config.instance.index();
+    let offline_after = config.timing.offline_after();
+    let deadline = tokio::time::Instant::now() + claim_patience(offline_after);
+    let pause = (offline_after / 4).max(Duration::from_millis(10));
+    loop {
+        let now = Timestamp::now();
+        let claim = InstanceClaim::Start {
+            live_after: now.saturating_sub(offline_after),
+        };
+        match store.start_instance(index, now, claim).await {
+            Ok(start) => {
+                readiness.clear("instance");
+                return Ok(Some(start));
+            }
+            Err(in_use @ StoreError::InstanceInUse { .. }) => {
+                if tokio::time::Instant::now() >= deadline {
+                    readiness.fail("instance", in_use.to_string());
+                    tracing::error!(%in_use, "refusing to start");
+                    return Err(anyhow::Error::new(in_use).context(format!(
+                        "instance index {index} is taken; give each sequencer process its own [instance] index"
+                    )));
+                }
+                if readiness.fail("instance", format!("waiting for the index: {in_use}")) {
+                    tracing::warn!(%in_use, "waiting for the previous holder's watermark to go stale");
+                }
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context("taking this instance's place in the database"))
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }
 
 /// Serves `/status` only once the node knows its parts; before that, a minimal object.

@@ -6,8 +6,14 @@
 //! in-memory fan-out) makes every instance deliver the same history and lets a subscriber
 //! resume from any timestamp. Only the envelopes addressed to the member are delivered; the
 //! message id only to the sender itself.
+//!
+//! A subscriber may ask for keep-alives: after `keep_alive` without sending anything, the task
+//! sends an empty `keep_alive` message. That lets a client with several sequencer endpoints
+//! tell an idle stream from a paused or wedged instance (which sends nothing at all) within a
+//! bound and resume on another instance.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use meridian_core::{MemberId, Timestamp};
 use meridian_proto::v1;
@@ -23,10 +29,24 @@ use crate::metrics::SequencerMetrics;
 pub const READ_PAGE_EVENTS: u32 = 500;
 /// Events buffered towards a slow client before the reader waits for it.
 pub const STREAM_BUFFER_EVENTS: usize = 1_024;
+/// Bounds on the keep-alive interval a subscriber may ask for: more often would be a load of
+/// its own, less often is no better than none.
+pub const MIN_KEEP_ALIVE: Duration = Duration::from_millis(50);
+pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(60);
 
 pub struct Subscription {
     pub member: MemberRecord,
     pub after: Option<Timestamp>,
+    /// Send a keep-alive after this long without sending anything; `None` sends none.
+    pub keep_alive: Option<Duration>,
+}
+
+/// The wire keep-alive: no event, just proof that this instance is alive and streaming.
+fn keep_alive_message() -> v1::SequencedEvent {
+    v1::SequencedEvent {
+        keep_alive: true,
+        ..Default::default()
+    }
 }
 
 /// Starts streaming; the returned receiver ends when the client goes away, the node shuts
@@ -43,8 +63,12 @@ pub fn spawn_subscription(
     tokio::spawn(async move {
         let _counted = SubscriberGauge::enter(&metrics);
         let member = subscription.member;
+        let keep_alive = subscription
+            .keep_alive
+            .map(|interval| interval.clamp(MIN_KEEP_ALIVE, MAX_KEEP_ALIVE));
         // `read_until`: everything up to here has been read (whether or not it was ours).
         let mut read_until = subscription.after;
+        let mut last_sent = tokio::time::Instant::now();
         loop {
             let up_to = *safe_point.borrow_and_update();
             if read_until.is_none_or(|r| r < up_to) {
@@ -67,6 +91,7 @@ pub fn spawn_subscription(
                             if tx.send(Ok(wire)).await.is_err() {
                                 return;
                             }
+                            last_sent = tokio::time::Instant::now();
                             metrics.events_delivered.inc();
                             metrics.delivery_lag_seconds.observe(lag.as_secs_f64());
                         }
@@ -86,8 +111,15 @@ pub fn spawn_subscription(
                     }
                 }
             }
+            let keep_alive_due = last_sent + keep_alive.unwrap_or(MAX_KEEP_ALIVE);
             tokio::select! {
                 changed = safe_point.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(keep_alive_due), if keep_alive.is_some() => {
+                    if tx.send(Ok(keep_alive_message())).await.is_err() {
+                        break;
+                    }
+                    last_sent = tokio::time::Instant::now();
+                }
                 _ = tx.closed() => break,
                 _ = shutdown.cancelled() => {
                     let _ = tx.send(Err(tonic::Status::unavailable("the sequencer is shutting down"))).await;
@@ -154,5 +186,6 @@ async fn to_wire(
         },
         sender: sender.to_string(),
         envelopes,
+        keep_alive: false,
     })
 }

@@ -47,9 +47,10 @@ pub struct Shared {
 
 fn store_status(error: StoreError) -> Status {
     match error {
-        StoreError::Unavailable(_) | StoreError::ReadOnly | StoreError::Fenced(_) => {
-            Status::unavailable(error.to_string())
-        }
+        StoreError::Unavailable(_)
+        | StoreError::ReadOnly
+        | StoreError::Fenced(_)
+        | StoreError::Superseded { .. } => Status::unavailable(error.to_string()),
         StoreError::MemberKeyConflict { .. } => Status::already_exists(error.to_string()),
         other => {
             tracing::error!(error = %other, "store failure");
@@ -211,6 +212,9 @@ impl SequencerService for SequencerApi {
             Subscription {
                 member: record,
                 after: request.after_timestamp_us.map(Timestamp::from_micros),
+                keep_alive: request
+                    .keep_alive_interval_ms
+                    .map(|ms| Duration::from_millis(u64::from(ms))),
             },
             self.0.safe_point.clone(),
             self.0.metrics.clone(),

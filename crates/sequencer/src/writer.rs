@@ -6,12 +6,24 @@
 //! When idle, the writer still advances its watermark so the readers' safe point keeps moving.
 //! After every commit it reads the safe point fresh from the database and publishes it to the
 //! readers through a watch channel.
+//!
+//! Every write carries this process's incarnation of the instance. When the store refuses one:
+//! - [`StoreError::Fenced`] (the peers marked the instance offline, e.g. after a pause longer
+//!   than `offline_after`): the writer **rejoins** — it claims the row again with
+//!   [`InstanceClaim::Rejoin`], which bumps the incarnation and restarts timestamps above every
+//!   watermark. Nothing of the old incarnation is ever written; the refused batch's senders get
+//!   UNAVAILABLE and retry (on any instance) with the same message id.
+//! - [`StoreError::Superseded`] (another process claimed the index — a restart of this instance
+//!   while this process was paused, or a second process configured with the same index): the
+//!   writer **stops the instance** (the process exits with an error). Rejoining would take the
+//!   index back from a live process, and the two would fence each other in turn.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_core::{InstanceIndex, Timestamp};
-use meridian_store::{SequencerStore, StoreError, WriteResult};
+use meridian_store::{Incarnation, InstanceClaim, SequencerStore, StoreError, WriteResult};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -84,9 +96,40 @@ pub struct WriterSettings {
 /// How often expired deduplication entries are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Why the writer stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterExit {
+    /// The node is shutting down.
+    Shutdown,
+    /// Another process claimed this instance's index; this one must not write again. The node
+    /// stops and reports this as an error.
+    Superseded(String),
+}
+
+/// This process's incarnation of its instance, readable by `/status` while the writer owns
+/// the authoritative copy.
+#[derive(Debug, Clone, Default)]
+pub struct IncarnationGauge(Arc<AtomicI64>);
+
+impl IncarnationGauge {
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, incarnation: Incarnation) {
+        self.0.store(incarnation.0, Ordering::Relaxed);
+    }
+}
+
 pub struct Writer {
     store: Arc<dyn SequencerStore>,
     engine: OrderingEngine,
+    incarnation: Incarnation,
+    incarnation_gauge: IncarnationGauge,
+    /// Set once another process claimed the index; the run loop then ends.
+    superseded: Option<String>,
+    /// Cancelled when this instance must stop (superseded): ends the whole node.
+    stop: CancellationToken,
     settings: WriterSettings,
     queue: mpsc::Receiver<WriteRequest>,
     safe_point: watch::Sender<Timestamp>,
@@ -97,22 +140,31 @@ pub struct Writer {
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)] // wiring: each is a distinct collaborator
     pub fn new(
         store: Arc<dyn SequencerStore>,
         engine: OrderingEngine,
+        incarnation: Incarnation,
+        incarnation_gauge: IncarnationGauge,
         settings: WriterSettings,
         safe_point: watch::Sender<Timestamp>,
         metrics: SequencerMetrics,
         readiness: Conditions,
+        stop: CancellationToken,
     ) -> (Self, WriterHandle) {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let handle = WriterHandle {
             queue: tx,
             capacity: settings.queue_capacity,
         };
+        incarnation_gauge.set(incarnation);
         let writer = Self {
             store,
             engine,
+            incarnation,
+            incarnation_gauge,
+            superseded: None,
+            stop,
             settings,
             queue: rx,
             safe_point,
@@ -124,14 +176,16 @@ impl Writer {
         (writer, handle)
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Runs until the stop token is cancelled (shutdown) or another process claims the index.
+    pub async fn run(mut self) -> WriterExit {
         let mut tick = tokio::time::interval(self.settings.watermark_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(self.settings.max_batch_events);
-        loop {
+        let stop = self.stop.clone();
+        while self.superseded.is_none() {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 received = self.queue.recv_many(&mut batch, self.settings.max_batch_events) => {
                     if received == 0 {
                         break;
@@ -153,6 +207,10 @@ impl Writer {
             )));
         }
         tracing::info!("sequencer writer stopped");
+        match self.superseded {
+            Some(reason) => WriterExit::Superseded(reason),
+            None => WriterExit::Shutdown,
+        }
     }
 
     async fn write(&mut self, requests: Vec<WriteRequest>) {
@@ -172,7 +230,12 @@ impl Writer {
         if !plan.events.is_empty() {
             match self
                 .store
-                .write_events(self.settings.index, &plan.events, plan.watermark)
+                .write_events(
+                    self.settings.index,
+                    self.incarnation,
+                    &plan.events,
+                    plan.watermark,
+                )
                 .await
             {
                 Ok(results) => {
@@ -226,7 +289,7 @@ impl Writer {
         let watermark = self.engine.idle_watermark(Timestamp::now());
         match self
             .store
-            .advance_watermark(self.settings.index, watermark)
+            .advance_watermark(self.settings.index, self.incarnation, watermark)
             .await
         {
             Ok(()) => self.committed(watermark).await,
@@ -271,30 +334,45 @@ impl Writer {
         }
     }
 
-    /// Reports a failed write and, if this instance was fenced, rejoins. Returns the reason
-    /// given to the clients of the failed batch.
+    /// Reports a failed write and, if this instance was fenced, rejoins (or stops, if another
+    /// process has claimed the index). Returns the reason given to the clients of the failed
+    /// batch.
     async fn handle_store_error(&mut self, error: &StoreError) -> String {
         match error {
             StoreError::Fenced(index) => {
                 tracing::error!(
                     instance = %index,
-                    "this instance was marked offline by its peers; rejoining above the safe point"
+                    incarnation = %self.incarnation,
+                    "this instance was marked offline by its peers; rejoining above the safe point with a new incarnation"
                 );
                 self.readiness
                     .fail("instance", "marked offline by peers; rejoining");
                 match self
                     .store
-                    .start_instance(self.settings.index, self.engine.watermark())
+                    .start_instance(
+                        self.settings.index,
+                        self.engine.watermark(),
+                        InstanceClaim::Rejoin(self.incarnation),
+                    )
                     .await
                 {
-                    Ok(watermark) => {
-                        self.engine = OrderingEngine::new(self.engine.partition(), watermark);
+                    Ok(start) => {
+                        self.engine = OrderingEngine::new(self.engine.partition(), start.watermark);
+                        self.incarnation = start.incarnation;
+                        self.incarnation_gauge.set(start.incarnation);
                         self.readiness.clear("instance");
-                        tracing::info!(%watermark, "rejoined");
+                        tracing::info!(watermark = %start.watermark, incarnation = %start.incarnation, "rejoined");
+                    }
+                    Err(superseded @ StoreError::Superseded { .. }) => {
+                        self.superseded_by(&superseded);
                     }
                     Err(error) => tracing::warn!(%error, "rejoining failed; will retry"),
                 }
                 "this sequencer instance was fenced and is rejoining".into()
+            }
+            StoreError::Superseded { .. } => {
+                self.superseded_by(error);
+                "this sequencer instance was superseded by another process and is stopping".into()
             }
             StoreError::ReadOnly => {
                 if self
@@ -314,5 +392,15 @@ impl Writer {
                 reason
             }
         }
+    }
+
+    /// Another process holds the index now: never write again, and stop the node. Rejoining
+    /// would take the index back from a live process and the two would fence each other.
+    fn superseded_by(&mut self, error: &StoreError) {
+        let reason = error.to_string();
+        tracing::error!(%reason, "stopping: another process claimed this sequencer instance");
+        self.readiness.fail("instance", reason.clone());
+        self.superseded = Some(reason);
+        self.stop.cancel();
     }
 }

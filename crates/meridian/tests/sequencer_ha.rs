@@ -1,0 +1,616 @@
+//! Black-box tests of active-active sequencers: several `meridian sequencer` processes on one
+//! database (a shared SQLite file, or PostgreSQL), clients that know every instance, and the
+//! failures a deployment must ride out — an instance killed with SIGKILL under load, an
+//! instance paused with SIGSTOP and resumed (a zombie of its old incarnation), and a second
+//! process configured with an index that is already in use.
+//!
+//! What every scenario checks: each subscriber sees every acknowledged send exactly once, at its
+//! acknowledged timestamp, in timestamp order, with an unbroken chain (the client would report a
+//! fork otherwise); and subscribers resume within a bound after the failure. The measured
+//! interruption is printed (`--nocapture`).
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use meridian::launch::{SequencerProcess, StorageSpec};
+use meridian_client::{register_member, SequencerClient, SequencerClientConfig};
+use meridian_core::crypto::SigningKey;
+use meridian_core::sequencing::{Envelope, Submission};
+use meridian_core::{MemberId, MessageId, Timestamp};
+use meridian_testkit::PostgresServer;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Instances per deployment in these tests (timestamps t with t % 4 == index).
+const INSTANCE_COUNT: u32 = 4;
+/// The generous bound asserted on a subscriber's interruption; the target is about 1 s.
+const RESUME_BOUND: Duration = Duration::from_secs(5);
+const SENDER_LANES: usize = 6;
+
+fn id(name: &str) -> MemberId {
+    MemberId::new(name).unwrap()
+}
+
+fn instance_toml(index: u32) -> String {
+    format!("[instance]\nindex = {index}\ncount = {INSTANCE_COUNT}\n")
+}
+
+/// Several sequencer processes on one database.
+struct Cluster {
+    dir: TempDir,
+    storage: StorageSpec,
+    instances: Vec<SequencerProcess>,
+    keys: HashMap<String, SigningKey>,
+}
+
+impl Cluster {
+    /// Starts `count` instances (indexes 0..count) one after the other.
+    async fn start(backend: &str, count: u32) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = match backend {
+            "sqlite" => StorageSpec::Sqlite(dir.path().join("shared.db")),
+            _ => StorageSpec::Postgres(PostgresServer::shared().create_database("ha").unwrap()),
+        };
+        let mut instances = Vec::new();
+        for index in 0..count {
+            let mut process = SequencerProcess::spawn(
+                Path::new(EXE),
+                dir.path(),
+                &format!("sequencer{index}"),
+                &storage,
+                &instance_toml(index),
+            )
+            .unwrap();
+            process.wait_ready(READY_TIMEOUT).await.unwrap();
+            instances.push(process);
+        }
+        Cluster {
+            dir,
+            storage,
+            instances,
+            keys: HashMap::new(),
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .map(SequencerProcess::grpc_endpoint)
+            .collect()
+    }
+
+    async fn register(&mut self, name: &str) {
+        let key = SigningKey::generate();
+        assert!(register_member(
+            &self.instances[0].grpc_endpoint(),
+            &id(name),
+            &key.public_key()
+        )
+        .await
+        .unwrap());
+        self.keys.insert(name.to_owned(), key);
+    }
+
+    /// A client of `name` knowing `endpoints`, in that order (subscriptions start on the first).
+    async fn client(&self, name: &str, endpoints: Vec<String>) -> SequencerClient {
+        let config = SequencerClientConfig {
+            // A hung instance fails a send over after this long at the latest.
+            request_timeout: Duration::from_secs(2),
+            ..SequencerClientConfig::new(endpoints[0].clone(), id(name), self.keys[name].clone())
+                .with_endpoints(endpoints)
+        };
+        SequencerClient::connect(config).await.unwrap()
+    }
+
+    async fn status(&self, instance: usize) -> serde_json::Value {
+        reqwest::get(format!(
+            "http://{}/status",
+            self.instances[instance].admin_address
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    }
+
+    fn signal(&self, instance: usize, signal: Signal) {
+        let pid = self.instances[instance].pid().expect("running");
+        kill(Pid::from_raw(i32::try_from(pid).unwrap()), signal).unwrap();
+    }
+
+    fn log(&self, instance: usize) -> String {
+        std::fs::read_to_string(&self.instances[instance].log_path).unwrap_or_default()
+    }
+}
+
+fn submission(sender: &str, message_id: &str, recipients: &[&str]) -> Submission {
+    Submission {
+        sender: id(sender),
+        message_id: MessageId::new(message_id).unwrap(),
+        envelopes: vec![Envelope {
+            recipients: recipients.iter().map(|r| id(r)).collect(),
+            payload: message_id.as_bytes().to_vec(),
+        }],
+        max_sequencing_time: Timestamp::now().saturating_add(Duration::from_secs(60)),
+    }
+}
+
+/// What one subscriber received: (timestamp, payload, when it arrived).
+type Received = Arc<Mutex<Vec<(Timestamp, String, Instant)>>>;
+
+struct Subscriber {
+    name: String,
+    received: Received,
+    error: Arc<Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn subscribe(name: &str, client: &SequencerClient) -> Subscriber {
+    let received: Received = Arc::default();
+    let error: Arc<Mutex<Option<String>>> = Arc::default();
+    let mut events = client.subscribe(None);
+    let task = tokio::spawn({
+        let received = received.clone();
+        let error = error.clone();
+        async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        let text = String::from_utf8(event.envelopes[0].payload.clone()).unwrap();
+                        received
+                            .lock()
+                            .unwrap()
+                            .push((event.timestamp, text, Instant::now()));
+                    }
+                    Err(failure) => {
+                        *error.lock().unwrap() = Some(failure.to_string());
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Subscriber {
+        name: name.to_owned(),
+        received,
+        error,
+        task,
+    }
+}
+
+/// Senders on `SENDER_LANES` lanes, each retrying a message with the same id until it is
+/// acknowledged (the client already fails over between instances; this outer loop only rides
+/// out the rare case where every instance was unreachable for the client's whole backoff).
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<HashMap<String, Timestamp>>>,
+    deduplicated: Arc<Mutex<u64>>,
+    lanes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn start_load(sender: &SequencerClient, recipients: &'static [&'static str]) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
+    let deduplicated: Arc<Mutex<u64>> = Arc::default();
+    let lanes = (0..SENDER_LANES)
+        .map(|lane| {
+            let sender = sender.clone();
+            let stop = stop.clone();
+            let acked = acked.clone();
+            let deduplicated = deduplicated.clone();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let message = format!("lane{lane}-{i}");
+                    let submission = submission("alice", &message, recipients);
+                    let deadline = Instant::now() + Duration::from_secs(45);
+                    loop {
+                        match sender.send(submission.clone()).await {
+                            Ok(receipt) => {
+                                if receipt.deduplicated {
+                                    *deduplicated.lock().unwrap() += 1;
+                                }
+                                acked
+                                    .lock()
+                                    .unwrap()
+                                    .insert(message.clone(), receipt.timestamp);
+                                break;
+                            }
+                            Err(error) if Instant::now() < deadline => {
+                                eprintln!("send {message} failed, retrying: {error}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            Err(error) => panic!("send {message} never succeeded: {error}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        acked,
+        deduplicated,
+        lanes,
+    }
+}
+
+impl Load {
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn stop(self) -> (HashMap<String, Timestamp>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for lane in self.lanes {
+            lane.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let deduplicated = *self.deduplicated.lock().unwrap();
+        (acked, deduplicated)
+    }
+}
+
+/// Waits until `subscriber` has everything acknowledged, then checks: strictly increasing
+/// timestamps, no payload twice, every acknowledged send at its timestamp, nothing else.
+/// Returns the longest pause between two deliveries in `[failure, failure + window]`.
+async fn check_delivery(
+    subscriber: &Subscriber,
+    acked: &HashMap<String, Timestamp>,
+    failure: Instant,
+) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while subscriber.received.lock().unwrap().len() < acked.len() && Instant::now() < deadline {
+        if subscriber.error.lock().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        *subscriber.error.lock().unwrap(),
+        None,
+        "{}'s subscription ended",
+        subscriber.name
+    );
+    let received = subscriber.received.lock().unwrap().clone();
+    for pair in received.windows(2) {
+        assert!(
+            pair[0].0 < pair[1].0,
+            "{}: timestamps strictly increase",
+            subscriber.name
+        );
+    }
+    let mut seen = HashMap::new();
+    for (timestamp, message, _) in &received {
+        assert!(
+            seen.insert(message.clone(), *timestamp).is_none(),
+            "{}: {message} delivered twice",
+            subscriber.name
+        );
+    }
+    for (message, timestamp) in acked {
+        assert_eq!(
+            seen.get(message),
+            Some(timestamp),
+            "{}: acknowledged {message} delivered at its timestamp",
+            subscriber.name
+        );
+    }
+    assert_eq!(
+        received.len(),
+        acked.len(),
+        "{}: nothing but acknowledged sends",
+        subscriber.name
+    );
+    // The interruption: the longest gap between deliveries from just before the failure on.
+    let mut longest = Duration::ZERO;
+    let mut previous: Option<Instant> = None;
+    for (_, _, arrived) in &received {
+        if *arrived + Duration::from_millis(200) < failure {
+            previous = Some(*arrived);
+            continue;
+        }
+        if let Some(previous) = previous {
+            longest = longest.max(arrived.saturating_duration_since(previous.max(failure)));
+        }
+        previous = Some(*arrived);
+    }
+    longest
+}
+
+/// The full stream of `member` as served by each endpoint alone: identical everywhere.
+async fn assert_same_stream_everywhere(cluster: &Cluster, member: &str, expected: usize) {
+    let mut streams = Vec::new();
+    for endpoint in cluster.endpoints() {
+        let client = cluster.client(member, vec![endpoint.clone()]).await;
+        let mut events = client.subscribe(None);
+        let mut stream = Vec::new();
+        while stream.len() < expected {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .unwrap_or_else(|_| panic!("{endpoint} stopped after {} events", stream.len()))
+                .expect("open")
+                .expect("no error");
+            stream.push((event.timestamp, event.previous_timestamp, event.envelopes));
+        }
+        streams.push(stream);
+    }
+    for stream in &streams[1..] {
+        assert!(
+            *stream == streams[0],
+            "every instance serves {member} the same stream"
+        );
+    }
+}
+
+/// Two instances, load spread over both, a subscriber starting on each; `failure` hits
+/// instance 0 under load. Returns the cluster for scenario-specific checks.
+async fn under_load(backend: &str, failure: Failure) -> Cluster {
+    let mut cluster = Cluster::start(backend, 2).await;
+    for name in ["alice", "bob", "carol"] {
+        cluster.register(name).await;
+    }
+    let [a, b] = [0, 1].map(|i| cluster.instances[i].grpc_endpoint());
+
+    // A send retried through the other instance is deduplicated there, not sequenced twice.
+    let only_a = cluster.client("alice", vec![a.clone()]).await;
+    let only_b = cluster.client("alice", vec![b.clone()]).await;
+    let first = only_a
+        .send(submission("alice", "probe", &["alice"]))
+        .await
+        .unwrap();
+    let again = only_b
+        .send(submission("alice", "probe", &["alice"]))
+        .await
+        .unwrap();
+    assert!(!first.deduplicated);
+    assert!(again.deduplicated, "deduplicated across instances");
+    assert_eq!(again.timestamp, first.timestamp);
+
+    let alice = cluster.client("alice", vec![a.clone(), b.clone()]).await;
+    // bob starts on the instance that fails, carol on the survivor.
+    let bob = subscribe(
+        "bob",
+        &cluster.client("bob", vec![a.clone(), b.clone()]).await,
+    );
+    let carol = subscribe(
+        "carol",
+        &cluster.client("carol", vec![b.clone(), a.clone()]).await,
+    );
+    let load = start_load(&alice, &["bob", "carol"]);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before = load.acked_count();
+    assert!(before > 0, "load was running before the failure");
+
+    let failed_at = Instant::now();
+    match failure {
+        Failure::Kill => cluster.instances[0].kill9().unwrap(),
+        Failure::Pause(pause) => {
+            cluster.signal(0, Signal::SIGSTOP);
+            tokio::time::sleep(pause).await;
+            cluster.signal(0, Signal::SIGCONT);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let (acked, deduplicated) = load.stop().await;
+    assert!(
+        acked.len() > before,
+        "sends went on after the failure ({before} before, {} in all)",
+        acked.len()
+    );
+    for subscriber in [&bob, &carol] {
+        let interruption = check_delivery(subscriber, &acked, failed_at).await;
+        println!(
+            "{backend} {failure:?}: {} ({}) resumed after {} ms; {} sends acknowledged, {deduplicated} of them as duplicates of an earlier attempt",
+            subscriber.name,
+            if subscriber.name == "bob" { "on the failed instance" } else { "on the survivor" },
+            interruption.as_millis(),
+            acked.len(),
+        );
+        assert!(
+            interruption < RESUME_BOUND,
+            "{} was interrupted for {interruption:?}",
+            subscriber.name
+        );
+    }
+    bob.task.abort();
+    carol.task.abort();
+    cluster
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Kill,
+    Pause(Duration),
+}
+
+async fn kill9_one_instance(backend: &str) {
+    let mut cluster = under_load(backend, Failure::Kill).await;
+    // The killed instance comes back: its row was marked offline, so it claims it at once and
+    // joins above the survivor; then both serve the same history.
+    cluster.instances[0].start(Path::new(EXE)).unwrap();
+    cluster.instances[0]
+        .wait_ready(READY_TIMEOUT)
+        .await
+        .unwrap();
+    let incarnation = cluster.status(0).await["incarnation"].as_i64().unwrap();
+    assert!(incarnation >= 2, "a new incarnation: {incarnation}");
+    let probes = cluster.client("alice", cluster.endpoints()).await;
+    let receipt = probes
+        .send(submission("alice", "after-restart", &["bob"]))
+        .await
+        .unwrap();
+    assert!(!receipt.deduplicated);
+    let expected = count_events_of(&cluster, "bob").await;
+    assert_same_stream_everywhere(&cluster, "bob", expected).await;
+}
+
+/// How many events `member` has, read through instance 1.
+async fn count_events_of(cluster: &Cluster, member: &str) -> usize {
+    let client = cluster
+        .client(member, vec![cluster.instances[1].grpc_endpoint()])
+        .await;
+    let mut events = client.subscribe(None);
+    let mut count = 0;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(2), events.next()).await {
+        count += 1;
+    }
+    count
+}
+
+async fn sigstop_one_instance(backend: &str) {
+    let mut cluster = under_load(backend, Failure::Pause(Duration::from_secs(2))).await;
+    assert!(
+        cluster.instances[0].is_running(),
+        "the resumed instance rejoins, it does not exit"
+    );
+    cluster.instances[0]
+        .wait_ready(READY_TIMEOUT)
+        .await
+        .unwrap();
+    let incarnation = cluster.status(0).await["incarnation"].as_i64().unwrap();
+    let log = cluster.log(0);
+    let fenced = log.contains("marked offline by its peers");
+    println!("{backend}: the paused instance is at incarnation {incarnation}; fenced on resume: {fenced}");
+    if backend == "postgres" {
+        // Its peers always mark it offline (the server ends a transaction it was paused in),
+        // so its first write after resuming is refused and it rejoins with a new incarnation.
+        assert!(fenced, "log of the paused instance:\n{log}");
+        assert!(incarnation >= 2, "rejoined with a new incarnation");
+    } else {
+        // On SQLite a pause inside a write transaction holds the file lock: nobody progressed
+        // meanwhile and the instance may carry on with its incarnation. Otherwise it rejoins.
+        assert_eq!(
+            fenced,
+            incarnation >= 2,
+            "log of the paused instance:\n{log}"
+        );
+    }
+    // It serves again, and the same history as its peer.
+    let only_a = cluster
+        .client("alice", vec![cluster.instances[0].grpc_endpoint()])
+        .await;
+    only_a
+        .send(submission("alice", "after-resume", &["bob"]))
+        .await
+        .unwrap();
+    let expected = count_events_of(&cluster, "bob").await;
+    assert_same_stream_everywhere(&cluster, "bob", expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_one_of_two_instances_sqlite() {
+    kill9_one_instance("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_one_of_two_instances_postgres() {
+    kill9_one_instance("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_one_of_two_instances_sqlite() {
+    sigstop_one_instance("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_one_of_two_instances_postgres() {
+    sigstop_one_instance("postgres").await;
+}
+
+/// A second process configured with an index a live process holds refuses to start and leaves
+/// the running one alone.
+async fn same_index_twice(backend: &str) {
+    let mut cluster = Cluster::start(backend, 1).await;
+    cluster.register("alice").await;
+    let mut twin = SequencerProcess::spawn(
+        Path::new(EXE),
+        cluster.dir.path(),
+        "twin",
+        &cluster.storage,
+        &instance_toml(0),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while twin.is_running() {
+        assert!(Instant::now() < deadline, "the twin is still running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = twin.log_tail(20);
+    assert!(log.contains("instance index 0 is taken"), "{log}");
+    assert_eq!(cluster.status(0).await["incarnation"], 1);
+    let alice = cluster.client("alice", cluster.endpoints()).await;
+    alice
+        .send(submission("alice", "still-serving", &["alice"]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_taken_index_refuses_to_start_sqlite() {
+    same_index_twice("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_taken_index_refuses_to_start_postgres() {
+    same_index_twice("postgres").await;
+}
+
+/// A process paused long enough for its watermark to go stale is taken over by a new process
+/// with the same index; when the old one resumes, its writes are refused as superseded and it
+/// stops, and the new one goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_zombie_of_a_replaced_process_stops() {
+    let mut cluster = Cluster::start("postgres", 1).await;
+    cluster.register("alice").await;
+    cluster.signal(0, Signal::SIGSTOP);
+    let mut replacement = SequencerProcess::spawn(
+        Path::new(EXE),
+        cluster.dir.path(),
+        "replacement",
+        &cluster.storage,
+        &instance_toml(0),
+    )
+    .unwrap();
+    replacement.wait_ready(READY_TIMEOUT).await.unwrap();
+    cluster.signal(0, Signal::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.instances[0].is_running() {
+        assert!(Instant::now() < deadline, "the zombie is still running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = cluster.log(0);
+    assert!(
+        log.contains("another process claimed this sequencer instance"),
+        "{log}"
+    );
+    let alice = SequencerClient::connect(SequencerClientConfig::new(
+        replacement.grpc_endpoint(),
+        id("alice"),
+        cluster.keys["alice"].clone(),
+    ))
+    .await
+    .unwrap();
+    let receipt = alice
+        .send(submission("alice", "after-takeover", &["alice"]))
+        .await
+        .unwrap();
+    let mut events = alice.subscribe(None);
+    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.timestamp, receipt.timestamp);
+}
