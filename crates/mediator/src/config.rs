@@ -14,7 +14,16 @@
 //! [storage]
 //! backend = "sqlite"
 //! path = "data/mediator.db"
+//!
+//! [replication]                                # optional: active/passive replicas
+//! replica_id = "mediator-a"                    # this replica; unique among the replicas
+//! advertised_endpoint = "http://10.0.0.5:4201" # default: http://<admin_address>
+//! lease_timeout_ms = 1000                      # an active not renewing this long is deposed
+//! poll_interval_ms = 100                       # how often a passive tries to take over
 //! ```
+//!
+//! Replicas of one mediator share `member_id`, the key file's contents and the database; the
+//! lease row is keyed by `member_id`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +31,9 @@ use std::time::Duration;
 
 use meridian_core::crypto::PublicKey;
 use meridian_core::MemberId;
+use meridian_node::replica::ReplicaSettings;
+// The `[replication]` table is the same on every role; re-exported so it is still named here.
+pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
 use meridian_store::StorageConfig;
 use serde::Deserialize;
 
@@ -45,6 +57,9 @@ pub struct MediatorConfig {
     #[serde(default = "default_time_proof_interval_ms")]
     pub time_proof_interval_ms: u64,
     pub storage: StorageConfig,
+    /// Absent: a single mediator, active from the start (no lease, no fencing).
+    #[serde(default)]
+    pub replication: Option<ReplicationConfig>,
 }
 
 fn default_member_id() -> MemberId {
@@ -80,6 +95,13 @@ pub enum ConfigCheckError {
         path: String,
         value: u64,
         timeout_ms: u64,
+    },
+    /// `field` is the full key, `replication.<key>`.
+    #[error("{path}: {field}: {reason}")]
+    Replication {
+        path: String,
+        field: &'static str,
+        reason: String,
     },
 }
 
@@ -128,7 +150,25 @@ impl MediatorConfig {
                 timeout_ms: self.response_timeout_ms,
             });
         }
+        if let Some(replication) = &self.replication {
+            replication
+                .check()
+                .map_err(|(field, reason)| ConfigCheckError::Replication {
+                    path: path.clone(),
+                    field,
+                    reason,
+                })?;
+        }
         Ok(())
+    }
+
+    /// The replica manager's settings, for a replicated mediator. The lease is keyed by the
+    /// member id: all replicas of this mediator are the same sequencer member.
+    pub fn replica_settings(&self) -> Option<ReplicaSettings> {
+        let replication = self.replication.as_ref()?;
+        Some(replication.settings(self.member_id.to_string(), || {
+            format!("http://{}", self.admin_address)
+        }))
     }
 
     pub fn owner_key(&self) -> Result<PublicKey, meridian_core::crypto::CryptoError> {
@@ -175,6 +215,52 @@ mod tests {
         assert_eq!(config.response_timeout(), Duration::from_secs(10));
         assert_eq!(config.time_proof_interval(), Duration::from_millis(500));
         assert!(matches!(config.storage, StorageConfig::Sqlite { .. }));
+        assert_eq!(config.replication, None);
+        assert!(config.replica_settings().is_none());
+    }
+
+    #[test]
+    fn replication_defaults_and_checks() {
+        let replicated = format!("{}[replication]\nreplica_id = \"mediator-b\"\n", text(""));
+        let config: MediatorConfig =
+            meridian_node::config::parse_toml(&replicated, "m.toml").unwrap();
+        config.check("m.toml").expect("valid");
+        let settings = config.replica_settings().expect("replicated");
+        assert_eq!(settings.node, "mediator");
+        assert_eq!(settings.replica_id, "mediator-b");
+        assert_eq!(settings.advertised_endpoint, "http://127.0.0.1:4201");
+        assert_eq!(settings.lease_timeout, Duration::from_secs(1));
+        assert_eq!(settings.poll_interval, Duration::from_millis(100));
+
+        for (extra, field) in [
+            ("replica_id = \"a b\"", "replica_id"),
+            (
+                "replica_id = \"a\"\nlease_timeout_ms = 0",
+                "lease_timeout_ms",
+            ),
+            (
+                "replica_id = \"a\"\npoll_interval_ms = 1000",
+                "poll_interval_ms",
+            ),
+            (
+                "replica_id = \"a\"\nadvertised_endpoint = \"10.0.0.5:1\"",
+                "advertised_endpoint",
+            ),
+        ] {
+            let replicated = format!("{}[replication]\n{extra}\n", text(""));
+            let config: MediatorConfig =
+                meridian_node::config::parse_toml(&replicated, "m.toml").unwrap();
+            let message = config.check("m.toml").expect_err(extra).to_string();
+            assert!(
+                message.contains(&format!("replication.{field}")),
+                "{message}"
+            );
+        }
+        let unknown = format!("{}[replication]\nreplica = \"a\"\n", text(""));
+        let message = meridian_node::config::parse_toml::<MediatorConfig>(&unknown, "m.toml")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(message.contains("unknown field `replica`"), "{message}");
     }
 
     #[test]

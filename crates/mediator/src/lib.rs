@@ -7,6 +7,9 @@
 //! state changes to and from store rows), `config`, `metrics`, and `node` (the runtime:
 //! subscription, batched persistence, verdict sending, time proofs, admin HTTP). Its state is
 //! persisted with a checkpoint, so a restarted mediator finishes its in-flight requests.
+//! `node` runs the same start as a promotion of a passive replica under the shared role loop
+//! of [`meridian_node::replication`] (DESIGN.md §5), so a promoted mediator finishes the
+//! in-flight requests of the one it replaces.
 
 pub mod config;
 pub mod engine;

@@ -18,13 +18,13 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::{FutureExt as _, StreamExt as _};
 use meridian_client::{ClientError, SequencerClient, SequencerClientConfig};
-use meridian_core::crypto::{SigningKey, SigningPurpose};
+use meridian_core::crypto::{PublicKey, SigningKey, SigningPurpose};
 use meridian_core::protocol::{ProtocolMessage, Signed, Verdict};
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
 use meridian_core::topology::TopologyState;
@@ -33,6 +33,8 @@ use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::conditions::Conditions;
 use meridian_node::health::Health;
 use meridian_node::metrics::Metrics;
+use meridian_node::replica::ReplicaManager;
+use meridian_node::replication::{self, Replication};
 use meridian_store::mediator::{MediatorChange, MediatorStore};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -82,12 +84,17 @@ struct MediatorStatus {
     member: MemberId,
     backend: &'static str,
     state: Arc<StatusState>,
+    /// Set once a replicated mediator has its lease store.
+    replication: ReplicationSlot,
 }
+
+/// The replica role of a replicated mediator, once known; empty for an unreplicated one.
+type ReplicationSlot = Arc<OnceLock<Arc<Replication>>>;
 
 impl StatusSource for MediatorStatus {
     fn status(&self) -> serde_json::Value {
         let last = self.state.last_event_us.load(Ordering::Relaxed);
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "role": "mediator",
             "member_id": self.member.as_str(),
             "backend": self.backend,
@@ -95,7 +102,11 @@ impl StatusSource for MediatorStatus {
             "last_processed_us": (last > 0).then_some(last),
             "verdicts_decided": self.state.verdicts_decided.load(Ordering::Relaxed),
             "verdicts_sent": self.state.verdicts_sent.load(Ordering::Relaxed),
-        })
+        });
+        if let Some(replication) = self.replication.get() {
+            status["replication"] = replication.status();
+        }
+        status
     }
 }
 
@@ -127,6 +138,12 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
         meridian_store::StorageConfig::Sqlite { .. } => "sqlite",
         meridian_store::StorageConfig::Postgres { .. } => "postgres",
     };
+    let replication = ReplicationSlot::default();
+    let step_down = config.replication.is_some().then(|| {
+        let replication = replication.clone();
+        Arc::new(move || replication.get().is_some_and(|r| r.step_down()))
+            as Arc<dyn Fn() -> bool + Send + Sync>
+    });
     let admin_state = AdminState {
         health: health.clone(),
         metrics: metrics.clone(),
@@ -134,8 +151,9 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
             member: config.member_id.clone(),
             backend,
             state: status_state.clone(),
+            replication: replication.clone(),
         }),
-        step_down: None,
+        step_down,
     };
     let admin_task = tokio::spawn(admin::serve_admin(
         admin_listener,
@@ -144,11 +162,12 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
     ));
 
     let result = serve(
-        &config,
-        &health,
-        &readiness,
+        Arc::new(config),
+        health.clone(),
+        readiness.clone(),
         mediator_metrics,
         status_state,
+        replication,
         &shutdown,
     )
     .await;
@@ -163,12 +182,32 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
     result
 }
 
-async fn serve(
-    config: &MediatorConfig,
-    health: &Health,
-    readiness: &Conditions,
+/// What the active work needs; shared by every promotion of a replicated mediator.
+#[derive(Clone)]
+struct Active {
+    config: Arc<MediatorConfig>,
+    key: SigningKey,
+    owner: PublicKey,
+    store: Arc<dyn MediatorStore>,
+    health: Health,
+    readiness: Conditions,
     metrics: MediatorMetrics,
     status: Arc<StatusState>,
+    /// `None` for an unreplicated mediator, which is active from the start.
+    replication: Option<Arc<Replication>>,
+}
+
+/// Readiness conditions only the active work sets. A replica that stops being active clears
+/// them, so its `/readyz` reason says "passive", not what the old work last saw.
+const ACTIVE_CONDITIONS: [&str; 3] = ["topology", "subscription", "sequencer"];
+
+async fn serve(
+    config: Arc<MediatorConfig>,
+    health: Health,
+    readiness: Conditions,
+    metrics: MediatorMetrics,
+    status: Arc<StatusState>,
+    replication_slot: ReplicationSlot,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let key = meridian_node::keys::load_or_create_key(&config.key_file)?;
@@ -177,15 +216,97 @@ async fn serve(
         .context("owner_public_key is not a hex ed25519 public key")?;
     tracing::info!(member = %config.member_id, public_key = %key.public_key(), "mediator key loaded");
 
-    let Some(store) = connect_store(config, readiness, shutdown).await else {
+    let Some(store) = connect_store(&config, &readiness, shutdown).await else {
         return Ok(());
     };
+    let mut active = Active {
+        config: config.clone(),
+        key,
+        owner,
+        store,
+        health,
+        readiness: readiness.clone(),
+        metrics,
+        status,
+        replication: None,
+    };
+    let Some(settings) = config.replica_settings() else {
+        return serve_active(active, shutdown.clone()).await;
+    };
+
+    // Replicated: warm (admin HTTP up, database open) but passive until the lease is ours.
+    let node = settings.node.clone();
+    let lease = retry_store("opening the replica lease", &readiness, shutdown, || {
+        let (storage, node) = (config.storage.clone(), node.clone());
+        Box::pin(async move { meridian_store::open_lease_store(&storage, &node).await })
+    })
+    .await;
+    let Some(lease) = lease else {
+        return Ok(());
+    };
+    tracing::info!(replica = %settings.replica_id, endpoint = %settings.advertised_endpoint, "mediator replica starting passive");
+    let replication = Arc::new(Replication::new(
+        ReplicaManager::new(settings, lease, active.store.fence()),
+        readiness.clone(),
+    ));
+    let _ = replication_slot.set(replication.clone());
+    let follower = tokio::spawn(replication.clone().follow(shutdown.clone()));
+    active.replication = Some(replication.clone());
+    readiness.clear("startup");
+    let result = replication
+        .run(shutdown, |token| {
+            let active = active.clone();
+            async move {
+                let readiness = active.readiness.clone();
+                let result = serve_active(active, token).await;
+                for condition in ACTIVE_CONDITIONS {
+                    readiness.clear(condition);
+                }
+                result
+            }
+        })
+        .await;
+    follower.abort();
+    result
+}
+
+/// The active mediator: everything a start from the database does, then the event loop until
+/// `shutdown` (for a replica: until it stops being active). Restoring from the store is the
+/// whole of a promotion's catch-up: the pending requests and the checkpoint, the verdicts
+/// decided but not known to be sent, then the stream replayed from the checkpoint.
+///
+/// Why a failover does not time requests out: the TIMEOUT decision is a function of the
+/// sequenced stream alone — a request times out when an event stamped after its deadline is
+/// processed before the approvals. Confirmation responses are sent to the sequencer, not to
+/// the mediator, so they are sequenced (and their order against the deadline is fixed) whether
+/// or not any mediator replica is up. The promoted replica replays every event after the
+/// checkpoint in sequencer order, so a response sequenced before the deadline is processed
+/// before any later event and the request is approved, however long the takeover took. The
+/// takeover time (about `poll_interval_ms` after a crash or a step-down, `lease_timeout_ms`
+/// for a stuck active) against `response_timeout_ms` (10 s by default) therefore bounds only
+/// how late the verdict arrives, never which verdict it is; and time proofs, the one thing a
+/// missing mediator does not send, only move time forward for requests whose responses are
+/// genuinely missing. Verdicts the old active had decided are re-sent under the same message
+/// id, which the sequencer deduplicates (its window is 30 s, far beyond a takeover).
+async fn serve_active(active: Active, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Active {
+        config,
+        key,
+        owner,
+        store,
+        health,
+        readiness,
+        metrics,
+        status,
+        replication,
+    } = active;
+    let shutdown = &shutdown;
     let Some(topology) =
-        sync_topology(config, TopologyState::new(owner), readiness, shutdown).await
+        sync_topology(&config, TopologyState::new(owner), &readiness, shutdown).await
     else {
         return Ok(());
     };
-    let Some(snapshot) = retry_store("loading the mediator state", readiness, shutdown, || {
+    let Some(snapshot) = retry_store("loading the mediator state", &readiness, shutdown, || {
         store.load()
     })
     .await
@@ -220,7 +341,7 @@ async fn serve(
             .store(checkpoint.as_micros(), Ordering::Relaxed);
     }
 
-    let Some(client) = connect_sequencer(config, key.clone(), readiness, shutdown).await else {
+    let Some(client) = connect_sequencer(&config, key.clone(), &readiness, shutdown).await else {
         return Ok(());
     };
 
@@ -260,8 +381,11 @@ async fn serve(
         status,
         time_proof_interval: config.time_proof_interval(),
     };
-    readiness.clear("startup");
-    let result = event_loop.run(health, shutdown).await;
+    match &replication {
+        Some(replication) => replication.serving(),
+        None => readiness.clear("startup"),
+    }
+    let result = event_loop.run(&health, shutdown).await;
     shutdown.cancel();
     let _ = sender_task.await;
     result
@@ -638,6 +762,12 @@ impl Sender {
         }
         match self.store.mark_verdicts_sent(unmarked).await {
             Ok(()) => unmarked.clear(),
+            // Demoted: the new active re-sends these (deduplicated) and marks them itself.
+            Err(error) if replication::is_fenced(&error) => {
+                tracing::debug!(%error, "not marking verdicts sent: this replica is fenced");
+                unmarked.clear();
+                self.shutdown.cancel();
+            }
             // Kept for the next tick; the event loop reports the database's state.
             Err(error) => tracing::debug!(%error, "marking verdicts sent failed"),
         }
@@ -652,6 +782,7 @@ impl Sender {
         match self.store.prune_verdicts(before).await {
             Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned sent verdicts"),
             Ok(_) => {}
+            Err(error) if replication::is_fenced(&error) => self.shutdown.cancel(),
             Err(error) => tracing::debug!(%error, "pruning verdicts failed"),
         }
     }
@@ -710,8 +841,10 @@ type StoreCall<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, meridian_store::StoreError>> + Send + 'a>>;
 
 /// Runs a store call until it succeeds, reporting the database not ready meanwhile. `None` on
-/// shutdown. Every error is retried: the mediator cannot go on without its state, and a
-/// database failing over (even to a read-only standby for a while) comes back.
+/// shutdown. Every error is retried — the mediator cannot go on without its state, and a
+/// database failing over (even to a read-only standby for a while) comes back — except a
+/// fenced write: then this replica is no longer the active one, so `shutdown` (the active
+/// work's token) is cancelled and `None` returned.
 async fn retry_store<'a, T>(
     what: &'static str,
     readiness: &Conditions,
@@ -724,6 +857,12 @@ async fn retry_store<'a, T>(
             Ok(value) => {
                 readiness.clear("database");
                 return Some(value);
+            }
+            Err(error) if replication::is_fenced(&error) => {
+                // Another replica is active: stop this one's work; the role loop demotes it.
+                tracing::warn!(%error, "{what}: this replica may no longer write; stopping");
+                shutdown.cancel();
+                return None;
             }
             Err(error) => {
                 if readiness.fail("database", format!("{what}: {error}")) {

@@ -23,6 +23,14 @@
 //! [storage]
 //! backend = "sqlite"
 //! path = "data/participant1.db"
+//!
+//! # Optional: active/passive replicas sharing this participant's database (DESIGN.md §5).
+//! # Every replica has the same participant_id, key_file contents and [storage].
+//! [replication]
+//! replica_id = "participant1-a"               # this replica, unique among the replicas
+//! advertised_endpoint = "http://10.0.0.5:4501" # default http://<listen_address>
+//! lease_timeout_ms = 1000                     # an active not renewed this long is deposed
+//! poll_interval_ms = 100                      # how often a passive tries to take the lease
 //! ```
 
 use std::net::SocketAddr;
@@ -31,6 +39,8 @@ use std::time::Duration;
 
 use meridian_core::crypto::PublicKey;
 use meridian_core::{MemberId, ParticipantId};
+use meridian_node::replica::ReplicaSettings;
+pub use meridian_node::replication::ReplicationConfig;
 use meridian_store::StorageConfig;
 use serde::Deserialize;
 
@@ -59,6 +69,9 @@ pub struct ParticipantConfig {
     pub submit_timeout_ms: u64,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Absent: a single, unreplicated node (writes are not fenced).
+    #[serde(default)]
+    pub replication: Option<ReplicationConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -114,6 +127,14 @@ pub enum ConfigCheckError {
     },
     #[error("{path}: dedup_period_s ({period}) must not exceed max_dedup_period_s ({max})")]
     DedupPeriod { path: String, period: u64, max: u64 },
+    #[error("{path}: replication.replica_id {value:?} must be 1 to 128 characters of letters, digits, '-', '_' or '.'")]
+    ReplicaId { path: String, value: String },
+    #[error("{path}: replication.poll_interval_ms ({poll}) must be below replication.lease_timeout_ms ({timeout}), or a passive replica could not notice an expired lease in time")]
+    PollInterval {
+        path: String,
+        poll: u64,
+        timeout: u64,
+    },
 }
 
 impl ParticipantConfig {
@@ -131,15 +152,52 @@ impl ParticipantConfig {
                 path: path.clone(),
                 reason,
             })?;
+        let advertised = self
+            .replication
+            .as_ref()
+            .map(|_| self.advertised_endpoint());
         for (field, value) in [
-            ("sequencer_endpoint", &self.sequencer_endpoint),
-            ("topology_endpoint", &self.topology_endpoint),
+            ("sequencer_endpoint", Some(&self.sequencer_endpoint)),
+            ("topology_endpoint", Some(&self.topology_endpoint)),
+            ("replication.advertised_endpoint", advertised.as_ref()),
         ] {
-            if !value.starts_with("http://") {
+            if let Some(value) = value.filter(|v| !v.starts_with("http://")) {
                 return Err(ConfigCheckError::Endpoint {
                     path,
                     field,
                     value: value.clone(),
+                });
+            }
+        }
+        // Not the shared `ReplicationConfig::check`: the participant's checks are its own —
+        // stricter replica ids, the advertised endpoint checked with the other endpoints, and
+        // messages operators and tests already rely on — and sharing would change them.
+        if let Some(replication) = &self.replication {
+            let id = &replication.replica_id;
+            let valid = !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err(ConfigCheckError::ReplicaId {
+                    path,
+                    value: id.clone(),
+                });
+            }
+            for (field, value) in [
+                ("replication.lease_timeout_ms", replication.lease_timeout_ms),
+                ("replication.poll_interval_ms", replication.poll_interval_ms),
+            ] {
+                if value == 0 {
+                    return Err(ConfigCheckError::Zero { path, field });
+                }
+            }
+            if replication.poll_interval_ms >= replication.lease_timeout_ms {
+                return Err(ConfigCheckError::PollInterval {
+                    path,
+                    poll: replication.poll_interval_ms,
+                    timeout: replication.lease_timeout_ms,
                 });
             }
         }
@@ -178,6 +236,23 @@ impl ParticipantConfig {
 
     pub fn submit_timeout(&self) -> Duration {
         Duration::from_millis(self.submit_timeout_ms)
+    }
+
+    /// Where clients reach this replica: the configured endpoint or `http://<listen_address>`.
+    pub fn advertised_endpoint(&self) -> String {
+        self.replication
+            .as_ref()
+            .and_then(|r| r.advertised_endpoint.clone())
+            .unwrap_or_else(|| format!("http://{}", self.listen_address))
+    }
+
+    /// The replica manager's settings; `None` when the participant is not replicated. All
+    /// replicas share the lease of `participant_id`.
+    pub fn replica_settings(&self) -> Option<ReplicaSettings> {
+        let replication = self.replication.as_ref()?;
+        Some(replication.settings(self.participant_id.to_string(), || {
+            format!("http://{}", self.listen_address)
+        }))
     }
 }
 
@@ -224,5 +299,49 @@ path = "p1.db"
         .unwrap_err()
         .to_string();
         assert!(err.contains("unknown field `bogus2`"), "{err}");
+        assert!(config.replica_settings().is_none());
+    }
+
+    #[test]
+    fn replication_table() {
+        let text = format!(
+            "{}\n[replication]\nreplica_id = \"p1-b\"\n",
+            with_owner(VALID)
+        );
+        let config: ParticipantConfig =
+            meridian_node::config::parse_toml(&text, "p1.toml").unwrap();
+        config.check("p1.toml").unwrap();
+        let settings = config.replica_settings().unwrap();
+        assert_eq!(settings.node, "p1");
+        assert_eq!(settings.replica_id, "p1-b");
+        assert_eq!(settings.advertised_endpoint, "http://127.0.0.1:4501");
+        assert_eq!(settings.lease_timeout, Duration::from_millis(1_000));
+        assert_eq!(settings.poll_interval, Duration::from_millis(100));
+
+        let err = meridian_node::config::parse_toml::<ParticipantConfig>(
+            &format!("{text}lease_timeout = 5\n"),
+            "p1.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `lease_timeout`"), "{err}");
+
+        for (extra, expected) in [
+            (
+                "advertised_endpoint = \"10.0.0.1:1\"\n",
+                "advertised_endpoint",
+            ),
+            ("poll_interval_ms = 2000\n", "poll_interval_ms"),
+            ("lease_timeout_ms = 0\n", "lease_timeout_ms"),
+        ] {
+            let config: ParticipantConfig =
+                meridian_node::config::parse_toml(&format!("{text}{extra}"), "p1.toml").unwrap();
+            let err = config.check("p1.toml").unwrap_err().to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let config: ParticipantConfig =
+            meridian_node::config::parse_toml(&text.replace("p1-b", "p1 b"), "p1.toml").unwrap();
+        let err = config.check("p1.toml").unwrap_err().to_string();
+        assert!(err.contains("replica_id"), "{err}");
     }
 }

@@ -632,9 +632,13 @@ impl ParticipantEngine {
         }
     }
 
-    /// Gives up a submission that definitely was not sequenced (the sequencer refused it):
-    /// completes it with `code` and frees its change id. If it was sequenced after all, its
-    /// request is rejected when it arrives (see the module documentation).
+    /// Gives up a submission that definitely was not sequenced: completes it with `code` and
+    /// frees its change id. If it was sequenced after all, its request is rejected here when it
+    /// arrives — but that only prevents a commit when this participant is the sole confirmer
+    /// of the acting parties (the `abandoned_submission_of_a_multi_hosted_party_commits`
+    /// simulation shows the other case). The runtime therefore never calls this on a sequencer
+    /// refusal, which can answer a retry of an attempt that was sequenced; it lets the stream
+    /// (or the max sequencing time) decide. Callers must *know* the request was not sequenced.
     pub fn abandon_submission(
         &mut self,
         submission_id: &str,

@@ -7,17 +7,19 @@
 //! From pure to effectful: [`engine`] (all protocol decisions, sans I/O, deterministic),
 //! `runtime` (the single writer task that feeds the engine and persists its effects one batch
 //! per database transaction, plus time proofs and dedup pruning), `service` (the gRPC Ledger
-//! API), [`node`] (wiring and start-up order), [`config`].
+//! API), `replication` (active/passive replicas: what a passive replica
+//! answers and reports), [`node`] (wiring, start-up order, promotion and demotion), [`config`].
 
 pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod node;
+mod replication;
 mod runtime;
 mod service;
 
 #[cfg(test)]
 mod engine_tests;
 
-pub use config::{ConfigCheckError, LimitsConfig, ParticipantConfig};
+pub use config::{ConfigCheckError, LimitsConfig, ParticipantConfig, ReplicationConfig};
 pub use node::run;

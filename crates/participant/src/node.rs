@@ -5,21 +5,33 @@
 //! call (UNAVAILABLE) can say *why* the node is not serving yet: database, topology manager
 //! or sequencer unreachable, or this participant not yet registered. The node turns ready only
 //! once its topology is synced and its sequencer subscription runs.
+//!
+//! With a `[replication]` table the process is one of several replicas (DESIGN.md §5). It
+//! starts warm but passive — store open, topology synced, sequencer session authenticated —
+//! and polls for the lease. Promotion is then only: load the state from the store (replay
+//! from the checkpoint exactly as a restart does), subscribe from the checkpoint, serve. While
+//! active the lease is renewed next to the work; losing it (or a write the store's fence
+//! refuses, or a step-down) ends the *term*: the Ledger API refuses at once, waiting
+//! SubmitAndWait callers get UNAVAILABLE (outcome unknown; retrying with the same command id
+//! on the new active is deduplicated), nothing more is sent, and the replica is passive again.
 
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use meridian_client::{SequencerClient, SequencerClientConfig};
+use meridian_core::crypto::SigningKey;
 use meridian_core::topology::TopologyState;
 use meridian_core::{LedgerOffset, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::health::Health;
 use meridian_node::metrics::Metrics;
+use meridian_node::replica::{HoldEnd, ReplicaManager};
 use meridian_node::Conditions;
 use meridian_proto::v1::ledger_service_server::LedgerServiceServer;
-use meridian_store::{DedupState, ParticipantStore};
+use meridian_store::{DedupState, LeaseStore, ParticipantStore};
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ParticipantConfig;
@@ -27,49 +39,73 @@ use crate::engine::{
     DedupStatus, LocalSubmission, ParticipantEngine, PendingRequest, RestoredState,
 };
 use crate::metrics::ParticipantMetrics;
-use crate::runtime::{self, Core, COMMAND_QUEUE, MAX_CONCURRENT_SENDS};
+use crate::replication::{Serving, TermPhase};
+use crate::runtime::{self, Core, WriterError, COMMAND_QUEUE, MAX_CONCURRENT_SENDS};
 use crate::service::{permission_name, LedgerApi};
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// How often a passive replica refreshes its topology from the manager, so a promotion finds
+/// it (nearly) current.
+const PASSIVE_TOPOLOGY_REFRESH: Duration = Duration::from_secs(2);
+/// At promotion, how long the topology manager may take to supply what changed since the
+/// last refresh; it runs next to loading the store, and a slow manager does not hold up the
+/// takeover (the sequencer stream brings every change after the checkpoint anyway).
+const PROMOTION_TOPOLOGY_BUDGET: Duration = Duration::from_millis(300);
+/// How long a term's writer gets to stop after its term ended before it is aborted (its
+/// writes are fenced off anyway).
+const TERM_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `/status` from the running core, or a minimal object while starting.
+/// Serves `/status` from the running core, or a minimal object while starting or passive.
 struct ParticipantStatus {
     participant: String,
-    core: Arc<OnceLock<Arc<Core>>>,
+    serving: Arc<Serving>,
 }
 
 impl StatusSource for ParticipantStatus {
     fn status(&self) -> serde_json::Value {
-        let Some(core) = self.core.get() else {
-            return serde_json::json!({
+        let mut status = match self.serving.core() {
+            None => serde_json::json!({
                 "role": "participant",
                 "participant_id": self.participant,
-                "phase": "starting",
-            });
+                "phase": match self.serving.manager().map(|m| m.role()) {
+                    None => "starting",
+                    Some(role) if role.is_active() => "promoting",
+                    Some(_) => "passive",
+                },
+            }),
+            Some(core) => {
+                let engine = core.engine();
+                let hosted: serde_json::Map<String, serde_json::Value> = engine
+                    .topology()
+                    .latest()
+                    .hosted_by(&core.participant)
+                    .into_iter()
+                    .map(|(party, permission)| {
+                        (party.to_string(), permission_name(permission).into())
+                    })
+                    .collect();
+                serde_json::json!({
+                    "role": "participant",
+                    "participant_id": self.participant,
+                    "phase": "running",
+                    "ledger_end": engine.ledger_end().0,
+                    "last_processed_ts_us": engine.last_event().map(Timestamp::as_micros),
+                    "pending_requests": engine.pending_count(),
+                    "in_flight_submissions": engine.in_flight_count(),
+                    "active_contracts": engine.active_contracts().count(),
+                    "hosted_parties": hosted,
+                    "mediator_id": core.config.mediator_id.to_string(),
+                })
+            }
         };
-        let engine = core.engine();
-        let hosted: serde_json::Map<String, serde_json::Value> = engine
-            .topology()
-            .latest()
-            .hosted_by(&core.participant)
-            .into_iter()
-            .map(|(party, permission)| (party.to_string(), permission_name(permission).into()))
-            .collect();
-        serde_json::json!({
-            "role": "participant",
-            "participant_id": self.participant,
-            "phase": "running",
-            "ledger_end": engine.ledger_end().0,
-            "last_processed_ts_us": engine.last_event().map(Timestamp::as_micros),
-            "pending_requests": engine.pending_count(),
-            "in_flight_submissions": engine.in_flight_count(),
-            "active_contracts": engine.active_contracts().count(),
-            "hosted_parties": hosted,
-            "mediator_id": core.config.mediator_id.to_string(),
-        })
+        if let (Some(replication), serde_json::Value::Object(map)) =
+            (self.serving.status(), &mut status)
+        {
+            map.insert("replication".into(), replication);
+        }
+        status
     }
 }
-
 /// Retries `attempt` with capped exponential backoff until it succeeds or shutdown; while it
 /// fails, readiness condition `condition` carries the error. `None` on shutdown.
 async fn retry_until<T, E: std::fmt::Display, F, Fut>(
@@ -120,9 +156,16 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
     let owner = config
         .owner_key()
         .map_err(|e| anyhow::anyhow!("owner_public_key: {e}"))?;
-    tracing::info!(%participant, public_key = %key.public_key(), "participant identity");
+    tracing::info!(%participant, public_key = %key.public_key(), replica = ?config.replication.as_ref().map(|r| &r.replica_id), "participant identity");
 
-    let core_slot: Arc<OnceLock<Arc<Core>>> = Arc::default();
+    let serving = Arc::new(Serving::new(
+        config.replication.as_ref().map(|r| r.replica_id.clone()),
+    ));
+    let step_down: Option<Arc<dyn Fn() -> bool + Send + Sync>> =
+        serving.replica_id().is_some().then(|| {
+            let serving = serving.clone();
+            Arc::new(move || serving.step_down()) as Arc<dyn Fn() -> bool + Send + Sync>
+        });
     let admin_listener = admin::bind(config.admin_address).await?;
     let admin_task = tokio::spawn(admin::serve_admin(
         admin_listener,
@@ -131,16 +174,17 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
             metrics: metrics.clone(),
             status: Arc::new(ParticipantStatus {
                 participant: participant.to_string(),
-                core: core_slot.clone(),
+                serving: serving.clone(),
             }),
-            step_down: None,
+            step_down,
         },
         shutdown.clone(),
     ));
 
-    // The Ledger API answers UNAVAILABLE (with the reason) until the core is ready.
+    // The Ledger API answers UNAVAILABLE (with the reason) until the core is ready, and on a
+    // passive replica.
     let api = LedgerApi {
-        core: core_slot.clone(),
+        serving: serving.clone(),
         health: health.clone(),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -175,7 +219,7 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
         owner,
         &readiness,
         participant_metrics,
-        core_slot,
+        serving,
         shutdown.clone(),
     )
     .await;
@@ -187,13 +231,49 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
     outcome
 }
 
+/// What every term of this process shares, kept warm across terms so that a promotion only
+/// loads the store and subscribes.
+struct Warm {
+    config: ParticipantConfig,
+    key: SigningKey,
+    store: Arc<dyn ParticipantStore>,
+    client: SequencerClient,
+    /// The topology as known outside a term: synced from the manager at start, refreshed
+    /// while passive, and taken over from the engine when a term ends.
+    topology: Arc<Mutex<TopologyState>>,
+    readiness: Conditions,
+    metrics: ParticipantMetrics,
+    serving: Arc<Serving>,
+}
+
+impl Warm {
+    fn topology(&self) -> std::sync::MutexGuard<'_, TopologyState> {
+        self.topology.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A term that serves: its core and its tasks.
+struct Term {
+    core: Arc<Core>,
+    writer: JoinHandle<Result<(), WriterError>>,
+    chores: JoinHandle<()>,
+}
+
+/// Why a replica's term ended.
+enum TermEnd {
+    /// The lease manager stopped renewing: lost, stepped down, or shutdown.
+    Lease(HoldEnd),
+    /// The writer stopped first (fenced, fatal, or at shutdown).
+    Writer(Result<Result<(), WriterError>, tokio::task::JoinError>),
+}
+
 async fn start_and_serve(
     config: ParticipantConfig,
-    key: meridian_core::crypto::SigningKey,
+    key: SigningKey,
     owner: meridian_core::crypto::PublicKey,
     readiness: &Conditions,
     metrics: ParticipantMetrics,
-    core_slot: Arc<OnceLock<Arc<Core>>>,
+    serving: Arc<Serving>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let participant = config.participant_id.clone();
@@ -204,12 +284,29 @@ async fn start_and_serve(
     else {
         return Ok(());
     };
-    let Some(snapshot) = retry_until("database", readiness, &shutdown, || {
-        store.load(Timestamp::now())
-    })
-    .await
-    else {
-        return Ok(());
+
+    // A replica fences its store before anything else: until it wins the lease, every write
+    // is refused.
+    let manager = match config.replica_settings() {
+        None => None,
+        Some(settings) => {
+            let node = settings.node.clone();
+            let Some(lease) = retry_until("database", readiness, &shutdown, || {
+                meridian_store::open_lease_store(&config.storage, &node)
+            })
+            .await
+            else {
+                return Ok(());
+            };
+            let manager = Arc::new(ReplicaManager::new(settings, lease.clone(), store.fence()));
+            serving.set_manager(manager.clone());
+            tokio::spawn(
+                serving
+                    .clone()
+                    .follow_role(readiness.clone(), shutdown.clone()),
+            );
+            Some((manager, lease))
+        }
     };
 
     let mut topology = TopologyState::new(owner);
@@ -233,21 +330,10 @@ async fn start_and_serve(
     };
     tracing::info!(added, "topology synced from the topology manager");
 
-    let restored = restore(&snapshot)?;
-    tracing::info!(
-        checkpoint = ?restored.checkpoint,
-        ledger_end = %restored.ledger_end,
-        active_contracts = restored.active_contracts.len(),
-        pending = restored.pending.len(),
-        in_flight = restored.in_flight.len(),
-        "participant state loaded"
-    );
-    let engine = ParticipantEngine::new(participant.clone(), key.clone(), topology, restored);
-
     let client_config = SequencerClientConfig::new(
         config.sequencer_endpoint.clone(),
         participant.as_member(),
-        key,
+        key.clone(),
     );
     let Some(client) = retry_until("sequencer", readiness, &shutdown, || {
         let client_config = client_config.clone();
@@ -265,23 +351,299 @@ async fn start_and_serve(
         return Ok(());
     };
 
+    let warm = Warm {
+        config,
+        key,
+        store,
+        client,
+        topology: Arc::new(Mutex::new(topology)),
+        readiness: readiness.clone(),
+        metrics,
+        serving,
+    };
+    match manager {
+        None => serve_unreplicated(&warm, &shutdown).await,
+        Some((manager, lease)) => {
+            tokio::spawn(refresh_topology_while_passive(
+                warm.topology.clone(),
+                warm.config.topology_endpoint.clone(),
+                manager.clone(),
+                shutdown.clone(),
+            ));
+            // Warm and competing for the lease: the `replica` condition now says why this
+            // replica is not ready.
+            readiness.clear("startup");
+            run_replica(&warm, &manager, lease.as_ref(), &shutdown).await
+        }
+    }
+}
+
+/// The node as it always was: one term, from start-up to shutdown or a fatal error.
+async fn serve_unreplicated(warm: &Warm, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let Some(mut term) = start_term(warm, shutdown.clone(), false).await? else {
+        return Ok(());
+    };
+    let result = (&mut term.writer).await;
+    shutdown.cancel();
+    let _ = term.chores.await;
+    match result {
+        Ok(Ok(()) | Err(WriterError::Interrupted)) => Ok(()),
+        Ok(Err(WriterError::Fatal(error))) => Err(error),
+        Ok(Err(error @ WriterError::Fenced(_))) => Err(error.into()),
+        Err(join_error) => Err(anyhow::anyhow!("the writer task panicked: {join_error}")),
+    }
+}
+
+/// A replica's life: passive until it wins the lease, then one term of serving, then passive
+/// again — until shutdown or a fatal error.
+async fn run_replica(
+    warm: &Warm,
+    manager: &ReplicaManager,
+    lease: &dyn LeaseStore,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let Some(epoch) = manager.acquire(shutdown).await else {
+            return Ok(());
+        };
+        let promoted_at = Instant::now();
+        // Its own token, so that a fatal error can release the lease before the process
+        // exits (a passive takes over at its next poll instead of after the lease timeout).
+        let hold_token = shutdown.child_token();
+        let hold = manager.hold(epoch, &hold_token);
+        tokio::pin!(hold);
+        let term_token = shutdown.child_token();
+        // The lease is renewed from the first moment, promotion included.
+        let started = tokio::select! {
+            end = &mut hold => Err(end),
+            started = start_term(warm, term_token.clone(), true) => Ok(started),
+        };
+        let end = match started {
+            Err(end) => {
+                term_token.cancel();
+                TermEnd::Lease(end)
+            }
+            Ok(Err(error)) => {
+                // The stored state is unreadable: no replica can do better, stop loudly.
+                term_token.cancel();
+                hold_token.cancel();
+                let _ = tokio::time::timeout(TERM_STOP_TIMEOUT, &mut hold).await;
+                return Err(error);
+            }
+            Ok(Ok(None)) => {
+                // Shutdown during promotion; the hold releases the lease on the same token.
+                let _ = tokio::time::timeout(TERM_STOP_TIMEOUT, &mut hold).await;
+                return Ok(());
+            }
+            Ok(Ok(Some(mut term))) => {
+                tracing::info!(
+                    %epoch,
+                    promotion_ms = promoted_at.elapsed().as_millis(),
+                    "promoted: replayed from the checkpoint, subscribed, serving"
+                );
+                let end = tokio::select! {
+                    end = &mut hold => TermEnd::Lease(end),
+                    result = &mut term.writer => TermEnd::Writer(result),
+                };
+                let demoted = !shutdown.is_cancelled();
+                stop_term(warm, term, demoted, matches!(end, TermEnd::Writer(_))).await;
+                end
+            }
+        };
+        // The hold still runs when the writer ended first: stop it (which releases the lease
+        // if this replica still holds it; a lost lease is not touched by a stale epoch).
+        if matches!(end, TermEnd::Writer(_)) {
+            hold_token.cancel();
+            let _ = tokio::time::timeout(TERM_STOP_TIMEOUT, &mut hold).await;
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        warm.readiness.clear("sequencer");
+        // Each arm below reports the replica passive (or stops the process) first.
+        let _demote_then_idle = IdleOnDrop(&warm.serving);
+        match end {
+            TermEnd::Lease(HoldEnd::Shutdown) => return Ok(()),
+            TermEnd::Lease(HoldEnd::Lost) => {
+                tracing::warn!(%epoch, "lease lost; this replica is passive again");
+                manager.demoted();
+            }
+            TermEnd::Lease(HoldEnd::SteppedDown) => {
+                manager.demoted();
+                if !yield_lease(manager, lease, shutdown).await {
+                    return Ok(());
+                }
+            }
+            TermEnd::Writer(Ok(Err(WriterError::Fenced(error)))) => {
+                tracing::warn!(%epoch, %error, "the store refused a write; this replica is passive again");
+                manager.demoted();
+            }
+            TermEnd::Writer(Ok(Ok(()) | Err(WriterError::Interrupted))) => {
+                manager.demoted();
+                return Err(anyhow::anyhow!(
+                    "the writer stopped although this replica was active and not shutting down"
+                ));
+            }
+            TermEnd::Writer(Ok(Err(WriterError::Fatal(error)))) => {
+                manager.demoted();
+                return Err(error);
+            }
+            TermEnd::Writer(Err(join_error)) => {
+                manager.demoted();
+                return Err(anyhow::anyhow!("the writer task panicked: {join_error}"));
+            }
+        }
+    }
+}
+
+/// Marks the term phase idle once the replica reports passive (at the end of the scope that
+/// called `manager.demoted()`).
+struct IdleOnDrop<'a>(&'a Serving);
+
+impl Drop for IdleOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.withdraw(TermPhase::Idle);
+    }
+}
+
+/// After a step-down, gives the other replicas the first go at the released lease (competing
+/// at once would often win it straight back): waits until another replica holds it, or for
+/// at most the lease timeout when none does. False on shutdown.
+async fn yield_lease(
+    manager: &ReplicaManager,
+    lease: &dyn LeaseStore,
+    shutdown: &CancellationToken,
+) -> bool {
+    let settings = manager.settings();
+    let deadline = Instant::now() + settings.lease_timeout;
+    while Instant::now() < deadline {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(settings.poll_interval) => {}
+        }
+        match lease.current().await {
+            Ok(Some(state))
+                if state
+                    .holder
+                    .as_ref()
+                    .is_some_and(|holder| *holder != settings.replica_id) =>
+            {
+                return true;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "reading the lease after a step-down failed"),
+        }
+    }
+    true
+}
+
+/// Ends a term: the Ledger API refuses at once, waiters learn the outcome is unknown, nothing
+/// more is sent, and the tasks stop. The engine's topology becomes the warm topology.
+async fn stop_term(warm: &Warm, mut term: Term, demoted: bool, writer_done: bool) {
+    warm.serving.withdraw(if demoted {
+        TermPhase::Stopping
+    } else {
+        TermPhase::Idle
+    });
+    term.core.end_term(demoted);
+    if !writer_done
+        && tokio::time::timeout(TERM_STOP_TIMEOUT, &mut term.writer)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the writer did not stop in time; aborting it (its writes are fenced)");
+        term.writer.abort();
+    }
+    if tokio::time::timeout(TERM_STOP_TIMEOUT, &mut term.chores)
+        .await
+        .is_err()
+    {
+        term.chores.abort();
+    }
+    *warm.topology() = term.core.engine().topology().clone();
+}
+
+/// Loads the state from the store (the checkpoint and everything derived up to it, exactly as
+/// a restart does), builds the engine and starts the writer, which subscribes from the
+/// checkpoint. `None` when `term` ended first. With `refresh_topology` the topology manager
+/// is asked, within a small budget, for changes since the warm copy.
+async fn start_term(
+    warm: &Warm,
+    term: CancellationToken,
+    refresh_topology: bool,
+) -> anyhow::Result<Option<Term>> {
+    let load = retry_until("database", &warm.readiness, &term, || {
+        warm.store.load(Timestamp::now())
+    });
+    let endpoint = &warm.config.topology_endpoint;
+    let fetch = async {
+        if !refresh_topology {
+            return None;
+        }
+        match tokio::time::timeout(
+            PROMOTION_TOPOLOGY_BUDGET,
+            meridian_client::topology::fetch_topology(endpoint),
+        )
+        .await
+        {
+            Ok(Ok(entries)) => Some(entries),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "promotion: cannot refresh the topology; using the warm copy");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    budget_ms = PROMOTION_TOPOLOGY_BUDGET.as_millis(),
+                    "promotion: the topology manager is slow; using the warm copy"
+                );
+                None
+            }
+        }
+    };
+    let (snapshot, fetched) = tokio::join!(load, fetch);
+    let Some(snapshot) = snapshot else {
+        return Ok(None);
+    };
+    let mut topology = warm.topology().clone();
+    if let Some(entries) = fetched {
+        let added = add_topology(&mut topology, &entries);
+        if added > 0 {
+            tracing::info!(
+                added,
+                "promotion: topology refreshed from the topology manager"
+            );
+        }
+    }
+
+    let restored = restore(&snapshot)?;
+    tracing::info!(
+        checkpoint = ?restored.checkpoint,
+        ledger_end = %restored.ledger_end,
+        active_contracts = restored.active_contracts.len(),
+        pending = restored.pending.len(),
+        in_flight = restored.in_flight.len(),
+        "participant state loaded"
+    );
+    let participant = warm.config.participant_id.clone();
+    let engine = ParticipantEngine::new(participant.clone(), warm.key.clone(), topology, restored);
     let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
     let ledger_end = engine.ledger_end();
     let core = Arc::new(Core {
-        participant: participant.clone(),
+        participant,
         engine: Mutex::new(engine),
-        store: store.clone() as Arc<dyn ParticipantStore>,
-        client,
+        store: warm.store.clone(),
+        client: warm.client.clone(),
         commands,
         waiters: Mutex::default(),
         ledger_end: watch::channel(ledger_end).0,
         topology_version: watch::channel(0).0,
-        in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
+        in_flight: Arc::new(Semaphore::new(warm.config.limits.max_in_flight)),
         sends: Arc::new(Semaphore::new(MAX_CONCURRENT_SENDS)),
-        metrics,
-        readiness: readiness.clone(),
-        shutdown: shutdown.clone(),
-        config,
+        metrics: warm.metrics.clone(),
+        readiness: warm.readiness.clone(),
+        shutdown: term,
+        demoted: std::sync::atomic::AtomicBool::new(false),
+        config: warm.config.clone(),
     });
 
     // Responses of requests still pending were maybe never sent (crash right after the
@@ -295,16 +657,72 @@ async fn start_and_serve(
         core.send_in_background(response).await;
     }
 
-    let _ = core_slot.set(core.clone());
     let chores = tokio::spawn(runtime::run_chores(core.clone()));
     let writer = tokio::spawn(runtime::run_writer(core.clone(), command_queue));
-    readiness.clear("startup");
-    let result = writer.await;
-    shutdown.cancel();
-    let _ = chores.await;
-    match result {
-        Ok(result) => result,
-        Err(join_error) => Err(anyhow::anyhow!("the writer task panicked: {join_error}")),
+    warm.serving.serve(core.clone());
+    warm.readiness.clear("startup");
+    Ok(Some(Term {
+        core,
+        writer,
+        chores,
+    }))
+}
+
+/// Adds verified topology entries; invalid ones are skipped (the engine does the same).
+fn add_topology(
+    state: &mut TopologyState,
+    entries: &[(
+        Timestamp,
+        meridian_core::topology::SignedTopologyTransaction,
+    )],
+) -> usize {
+    let mut added = 0;
+    for (effective, signed) in entries {
+        match state.add(*effective, signed) {
+            Ok(true) => added += 1,
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "ignoring a topology transaction"),
+        }
+    }
+    added
+}
+
+/// While passive, keeps the warm topology close to the manager's, so that a promotion does not
+/// depend on the manager being reachable right then.
+async fn refresh_topology_while_passive(
+    topology: Arc<Mutex<TopologyState>>,
+    endpoint: String,
+    manager: Arc<ReplicaManager>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(PASSIVE_TOPOLOGY_REFRESH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if manager.role().is_active() {
+            continue;
+        }
+        let fetched = tokio::time::timeout(
+            PASSIVE_TOPOLOGY_REFRESH,
+            meridian_client::topology::fetch_topology(&endpoint),
+        )
+        .await;
+        match fetched {
+            Ok(Ok(entries)) => {
+                let added = add_topology(
+                    &mut topology.lock().unwrap_or_else(PoisonError::into_inner),
+                    &entries,
+                );
+                if added > 0 {
+                    tracing::debug!(added, "passive: topology refreshed");
+                }
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "passive: topology refresh failed"),
+            Err(_) => tracing::debug!("passive: topology refresh timed out"),
+        }
     }
 }
 

@@ -8,8 +8,13 @@
 //! Confirmation responses go out before that commit (a replay would produce the identical
 //! message, and the sequencer deduplicates on its message id); waiters and streams are woken
 //! only after it, so nothing reported to an application can be lost by a crash.
+//!
+//! A [`Core`] lives for one *term*: from start-up (or promotion of a replica) until shutdown
+//! (or demotion). Its `shutdown` token ends the term; after that it sends nothing more, so a
+//! demoted replica cannot act on the sequencer, and the fenced store refuses its writes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -19,10 +24,11 @@ use meridian_core::protocol::ProtocolMessage;
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::{LedgerOffset, MessageId, ParticipantId, Timestamp};
+use meridian_node::replication::is_fenced;
 use meridian_node::Conditions;
 use meridian_store::{
     CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantStore, PendingRecord,
-    StoredContract, TransactionRecord,
+    StoreError, StoredContract, TransactionRecord,
 };
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ParticipantConfig;
 use crate::engine::{
     Begin, Completion, Effect, LocalSubmission, Outcome, OutgoingMessage, ParticipantEngine,
-    SequencedInput, StatusCode,
+    SequencedInput,
 };
 use crate::metrics::ParticipantMetrics;
 
@@ -55,12 +61,6 @@ pub(crate) enum WriterCommand {
         now: Timestamp,
         reply: oneshot::Sender<(Begin, Option<oneshot::Receiver<Completion>>)>,
     },
-    /// The sequencer definitely refused the submission.
-    Abandon {
-        submission_id: String,
-        code: StatusCode,
-        message: String,
-    },
     /// Topology learnt from the topology manager out of band.
     Topology(Vec<(Timestamp, SignedTopologyTransaction)>),
 }
@@ -82,7 +82,27 @@ pub(crate) struct Core {
     pub sends: Arc<Semaphore>,
     pub metrics: ParticipantMetrics,
     pub readiness: Conditions,
+    /// Ends this term: process shutdown, or this replica stopped being active.
     pub shutdown: CancellationToken,
+    /// Set when the term ended because this replica was demoted (lease lost, step-down), so
+    /// answers can say "retry on the active replica" rather than "shutting down".
+    pub demoted: AtomicBool,
+}
+
+/// Why the writer stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriterError {
+    /// The store refused a write because this replica no longer holds the lease (or was
+    /// already marked passive): it must demote itself, not stop the process.
+    #[error("this replica may no longer write: {0}")]
+    Fenced(#[source] StoreError),
+    /// The term ended while a batch was still being retried; it was not written, and nothing
+    /// of it was reported, so a replay from the checkpoint redoes it.
+    #[error("the term ended before a batch could be written")]
+    Interrupted,
+    /// A fork in the sequencer stream, or a database that stays unwritable.
+    #[error(transparent)]
+    Fatal(#[from] anyhow::Error),
 }
 
 impl Core {
@@ -107,6 +127,22 @@ impl Core {
         receiver
     }
 
+    /// Ends the term's waiters: every SubmitAndWait still waiting gets UNAVAILABLE with the
+    /// outcome unknown (dropping the sender wakes it), and retries with the same command id on
+    /// whichever replica is active, whose deduplication answers with the original outcome.
+    pub fn end_term(&self, demoted: bool) {
+        if demoted {
+            self.demoted.store(true, Ordering::SeqCst);
+        }
+        self.shutdown.cancel();
+        self.waiters().clear();
+    }
+
+    /// Whether the term ended by demotion (rather than by process shutdown).
+    pub fn is_demoted(&self) -> bool {
+        self.demoted.load(Ordering::SeqCst)
+    }
+
     fn notify(&self, completion: &Completion) {
         let waiters = self.waiters().remove(&completion.submission.change_key());
         for waiter in waiters.into_iter().flatten() {
@@ -114,17 +150,29 @@ impl Core {
         }
     }
 
-    /// Sends one message through the sequencer in the background, bounded by `sends`.
+    /// Sends one message through the sequencer in the background, bounded by `sends`. Once
+    /// the term ended nothing more goes out (a retrying send is abandoned too): a demoted
+    /// replica must not act for the participant. Whatever it did not send, the new active
+    /// replica sends after replaying from the checkpoint (same message id, deduplicated).
     pub async fn send_in_background(self: &Arc<Self>, message: OutgoingMessage) {
-        let Ok(permit) = self.sends.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            permit = self.sends.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
         };
         let core = Arc::clone(self);
         tokio::spawn(async move {
             let _permit = permit;
             let message_id = message.message_id.clone();
-            if let Err(error) = core.send_message(message).await {
-                tracing::warn!(%message_id, %error, "sending a protocol message failed");
+            tokio::select! {
+                _ = core.shutdown.cancelled() => {
+                    tracing::debug!(%message_id, "term ended; not sending");
+                }
+                sent = core.send_message(message) => if let Err(error) = sent {
+                    tracing::warn!(%message_id, %error, "sending a protocol message failed");
+                },
             }
         });
     }
@@ -166,11 +214,12 @@ fn input(event: SequencedEvent) -> SequencedInput {
     }
 }
 
-/// Runs the writer until shutdown or a fatal error (a fork, a database that stays away).
+/// Runs the writer until the term ends, the store fences it off, or a fatal error (a fork, a
+/// database that stays away).
 pub(crate) async fn run_writer(
     core: Arc<Core>,
     mut commands: mpsc::Receiver<WriterCommand>,
-) -> anyhow::Result<()> {
+) -> Result<(), WriterError> {
     let mut subscription: Subscription = core.client.subscribe(core.engine().last_event());
     core.readiness.clear("sequencer");
     loop {
@@ -209,7 +258,7 @@ pub(crate) async fn run_writer(
         if let Some(error) = stream_error {
             if let ClientError::Fork(fork) = &error {
                 core.readiness.fail("sequencer", fork.to_string());
-                anyhow::bail!("stopping: {fork}");
+                return Err(anyhow::anyhow!("stopping: {fork}").into());
             }
             core.readiness
                 .fail("sequencer", format!("subscription broke: {error}"));
@@ -234,7 +283,7 @@ async fn process(
     core: &Arc<Core>,
     events: Vec<SequencedEvent>,
     commands: Vec<WriterCommand>,
-) -> anyhow::Result<()> {
+) -> Result<(), WriterError> {
     let event_count = events.len();
     let size = event_count + commands.len();
     let mut replies: Vec<BeginReply> = Vec::new();
@@ -255,11 +304,6 @@ async fn process(
                     };
                     replies.push((reply, begin, waiter));
                 }
-                WriterCommand::Abandon {
-                    submission_id,
-                    code,
-                    message,
-                } => engine.abandon_submission(&submission_id, code, message, Timestamp::now()),
                 WriterCommand::Topology(entries) => {
                     engine.add_topology(&entries);
                 }
@@ -327,7 +371,7 @@ async fn process(
     Ok(())
 }
 
-async fn persist(core: &Core, batch: &ParticipantBatch) -> anyhow::Result<()> {
+async fn persist(core: &Core, batch: &ParticipantBatch) -> Result<(), WriterError> {
     let mut delay = Duration::from_millis(50);
     let mut attempt = 1;
     loop {
@@ -336,6 +380,8 @@ async fn persist(core: &Core, batch: &ParticipantBatch) -> anyhow::Result<()> {
                 core.readiness.clear("database");
                 return Ok(());
             }
+            // The one definition of "fenced" every role shares, so they all demote alike.
+            Err(error) if is_fenced(&error) => return Err(WriterError::Fenced(error)),
             Err(error) if error.is_transient() && attempt < PERSIST_ATTEMPTS => {
                 if core
                     .readiness
@@ -343,16 +389,24 @@ async fn persist(core: &Core, batch: &ParticipantBatch) -> anyhow::Result<()> {
                 {
                     tracing::error!(%error, "writing a batch failed; retrying");
                 }
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    // A term that ended (demotion) stops retrying: nothing was reported yet.
+                    _ = core.shutdown.cancelled() => {
+                        return Err(WriterError::Interrupted);
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
                 delay = (delay * 2).min(Duration::from_secs(2));
                 attempt += 1;
             }
             Err(error) => {
                 core.readiness
                     .fail("database", format!("cannot write: {error}"));
-                return Err(anyhow::Error::new(error).context(
-                    "persisting processed events failed; restart to replay from the checkpoint",
-                ));
+                return Err(anyhow::Error::new(error)
+                    .context(
+                        "persisting processed events failed; restart to replay from the checkpoint",
+                    )
+                    .into());
             }
         }
     }

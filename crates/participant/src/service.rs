@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -34,6 +34,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::engine::{
     Begin, Completion, DedupStatus, LocalSubmission, Outcome, StatusCode, SubmitError,
 };
+use crate::replication::Serving;
 use crate::runtime::{Core, WriterCommand};
 
 /// Rows read per page by the streams.
@@ -46,10 +47,11 @@ const ALLOCATE_WAIT: Duration = Duration::from_secs(15);
 const ALLOCATE_FETCH_AFTER: Duration = Duration::from_secs(2);
 const TOPOLOGY_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The gRPC service. Before the node is ready every call is UNAVAILABLE with the reason.
+/// The gRPC service. Before the node is ready, and on a passive replica, every call is
+/// UNAVAILABLE with the reason (naming the active replica when known).
 #[derive(Clone)]
 pub struct LedgerApi {
-    pub(crate) core: Arc<OnceLock<Arc<Core>>>,
+    pub(crate) serving: Arc<Serving>,
     pub(crate) health: Health,
 }
 
@@ -72,6 +74,21 @@ fn code_label(code: Code) -> &'static str {
         Code::ResourceExhausted => "resource_exhausted",
         Code::Unavailable => "unavailable",
         _ => "other",
+    }
+}
+
+/// UNAVAILABLE for a call whose term ended under it: the process shuts down, or this replica
+/// stopped being the active one. Either way the outcome of a submission is unknown and a retry
+/// with the same command id (on the active replica) learns it.
+fn term_ended(core: &Core) -> Status {
+    match core.config.replication.as_ref() {
+        Some(replication) if core.is_demoted() => Status::unavailable(format!(
+            "this replica ({}) stopped being the active one; the outcome is unknown, retry with the same command id on the active replica",
+            replication.replica_id
+        )),
+        _ => Status::unavailable(
+            "the participant is shutting down; the outcome is unknown, retry with the same command id",
+        ),
     }
 }
 
@@ -311,6 +328,9 @@ fn completion_message(record: &CompletionRecord) -> v1::Completion {
 
 impl LedgerApi {
     fn core(&self) -> Result<Arc<Core>, Status> {
+        if let Some(refusal) = self.serving.passive_refusal() {
+            return Err(Status::unavailable(refusal));
+        }
         let reason = || {
             self.health
                 .readiness()
@@ -319,8 +339,8 @@ impl LedgerApi {
                 .to_owned()
         };
         let core = self
-            .core
-            .get()
+            .serving
+            .core()
             .ok_or_else(|| Status::unavailable(format!("participant not ready: {}", reason())))?;
         if !self.health.is_ready() {
             return Err(Status::unavailable(format!(
@@ -328,7 +348,7 @@ impl LedgerApi {
                 reason()
             )));
         }
-        Ok(Arc::clone(core))
+        Ok(core)
     }
 
     /// Maps an interpretation failure; an unknown contract is looked up to tell archived
@@ -367,13 +387,15 @@ impl LedgerApi {
         own: Option<&str>,
     ) -> Result<v1::SubmitAndWaitResponse, Status> {
         let timeout = core.config.submit_timeout();
-        let completion = match tokio::time::timeout(timeout, waiter).await {
+        let waited = tokio::select! {
+            // The term's waiters are dropped when it ends; this also covers a waiter that was
+            // registered just after that.
+            _ = core.shutdown.cancelled() => return Err(term_ended(core)),
+            waited = tokio::time::timeout(timeout, waiter) => waited,
+        };
+        let completion = match waited {
             Ok(Ok(completion)) => completion,
-            Ok(Err(_)) => {
-                return Err(Status::unavailable(
-                    "the participant is shutting down; the outcome is unknown, retry with the same command id",
-                ))
-            }
+            Ok(Err(_)) => return Err(term_ended(core)),
             Err(_) => {
                 return Err(Status::deadline_exceeded(format!(
                     "no outcome within {} ms; the outcome is unknown, retry with the same command id to learn it",
@@ -525,10 +547,8 @@ impl LedgerApi {
                 reply,
             })
             .await
-            .map_err(|_| Status::unavailable("the participant is shutting down"))?;
-        let (begin, waiter) = answer
-            .await
-            .map_err(|_| Status::unavailable("the participant is shutting down"))?;
+            .map_err(|_| term_ended(&core))?;
+        let (begin, waiter) = answer.await.map_err(|_| term_ended(&core))?;
         let waiter = match (begin, waiter) {
             (
                 Begin::Duplicate {
@@ -544,28 +564,26 @@ impl LedgerApi {
             (_, None) => return Err(Status::internal("no completion waiter was registered")),
         };
 
-        match core.client.send(submission).await {
+        // The in-flight marker is persisted (under this replica's epoch), so the send may go
+        // out; but not once the term ended: the new active replica owns the participant then,
+        // and learns the marker's fate from the stream or its max sequencing time.
+        let sent = tokio::select! {
+            _ = core.shutdown.cancelled() => return Err(term_ended(&core)),
+            sent = core.client.send(submission) => sent,
+        };
+        match sent {
             Ok(receipt) => {
                 tracing::debug!(%submission_id, ts = %receipt.timestamp, "submission sequenced")
             }
             Err(ClientError::Rejected { code, message }) => {
-                // A definite refusal: it was not sequenced (and should it have been after all,
-                // the engine rejects it), so the command completes now and may be resubmitted.
-                let status = match code {
-                    Code::ResourceExhausted => StatusCode::Unavailable,
-                    Code::FailedPrecondition | Code::DeadlineExceeded => StatusCode::Aborted,
-                    _ => StatusCode::Unavailable,
-                };
-                let _ = core
-                    .commands
-                    .send(WriterCommand::Abandon {
-                        submission_id: submission_id.to_string(),
-                        code: status,
-                        message: format!(
-                            "the sequencer refused the submission ({code:?}): {message}; nothing was committed"
-                        ),
-                    })
-                    .await;
+                // Not a definite "never sequenced": the client retries lost answers with the
+                // same message id, so a refusal (say, max sequencing time passed) can answer a
+                // retry of an attempt that *was* sequenced. Completing the command now could
+                // tell the application ABORTED for a transaction that then commits (see the
+                // `abandoned_submission_of_a_multi_hosted_party_commits` simulation). So the
+                // stream decides, as for any unknown outcome: the request shows up, or
+                // sequencer time passes its max sequencing time and the engine aborts it.
+                tracing::warn!(%submission_id, ?code, %message, "the sequencer refused the submission; waiting for the stream to settle its fate");
             }
             Err(error) => {
                 // Outcome unknown: the stream tells. Once sequencer time passes the max
@@ -681,7 +699,7 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<v1::SubmitAndWaitResponse>, Status> {
         let started = Instant::now();
         let result = self.submit(request.into_inner()).await;
-        if let Some(core) = self.core.get() {
+        if let Some(core) = self.serving.core() {
             match &result {
                 Ok(_) => {
                     core.metrics.count("committed");
@@ -823,8 +841,8 @@ impl LedgerService for LedgerApi {
     }
 }
 
-/// Waits until the ledger end passes `cursor`. False when the stream should end (shutdown,
-/// client gone).
+/// Waits until the ledger end passes `cursor`. False when the stream should end (client gone,
+/// or the term ended: then the client is told to resume elsewhere).
 async fn wait_past<T>(
     core: &Core,
     end: &mut tokio::sync::watch::Receiver<LedgerOffset>,
@@ -836,7 +854,16 @@ async fn wait_past<T>(
             return true;
         }
         tokio::select! {
-            _ = core.shutdown.cancelled() => return false,
+            _ = core.shutdown.cancelled() => {
+                let status = term_ended(core);
+                let _ = sender
+                    .send(Err(Status::unavailable(format!(
+                        "{}; resume the stream after offset {cursor}",
+                        status.message()
+                    ))))
+                    .await;
+                return false;
+            }
             _ = sender.closed() => return false,
             changed = end.changed() => if changed.is_err() { return false },
         }

@@ -13,12 +13,24 @@
 //! [storage]
 //! backend = "sqlite"
 //! path = "data/topology.db"
+//!
+//! [replication]                           # optional: active/passive replicas
+//! replica_id = "topology-manager-a"       # this replica; unique among the replicas
+//! advertised_endpoint = "http://10.0.0.5:4201"  # default: http://<listen_address>
+//! lease_timeout_ms = 1000                 # an active not renewing this long is deposed
+//! poll_interval_ms = 100                  # how often a passive tries to take over
 //! ```
+//!
+//! Replicas of one manager share `member_id`, the contents of both key files and the database;
+//! the lease row is keyed by `member_id`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use meridian_core::MemberId;
+use meridian_node::replica::ReplicaSettings;
+// The `[replication]` table is the same on every role; re-exported so it is still named here.
+pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
 use meridian_store::StorageConfig;
 use serde::Deserialize;
 
@@ -42,6 +54,9 @@ pub struct TopologyManagerConfig {
     #[serde(default)]
     pub admin_token: Option<String>,
     pub storage: StorageConfig,
+    /// Absent: a single manager, active from the start (no lease, no fencing).
+    #[serde(default)]
+    pub replication: Option<ReplicationConfig>,
 }
 
 fn default_member_id() -> String {
@@ -104,7 +119,25 @@ impl TopologyManagerConfig {
                 format!("must differ from listen_address ({})", self.listen_address),
             ));
         }
+        if let Some(replication) = &self.replication {
+            replication
+                .check()
+                .map_err(|(field, reason)| ConfigCheckError::Invalid {
+                    path: path.to_owned(),
+                    field,
+                    reason,
+                })?;
+        }
         Ok(())
+    }
+
+    /// The replica manager's settings, for a replicated manager. The lease is keyed by the
+    /// member id: all replicas are the same sequencer member.
+    pub fn replica_settings(&self) -> Option<ReplicaSettings> {
+        let replication = self.replication.as_ref()?;
+        Some(replication.settings(self.member_id.clone(), || {
+            format!("http://{}", self.listen_address)
+        }))
     }
 
     pub fn member(&self) -> Result<MemberId, meridian_core::IdError> {
@@ -114,6 +147,8 @@ impl TopologyManagerConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const BASE: &str = "owner_key_file = \"owner.key\"\nkey_file = \"tm.key\"\n\
@@ -145,6 +180,46 @@ mod tests {
             parse(&format!("{BASE}{STORAGE}").replace("http://", "grpc://")).expect("parses");
         let err = bad_endpoint.check("tm.toml").unwrap_err().to_string();
         assert!(err.contains("sequencer_endpoint"), "{err}");
+        assert!(config.replica_settings().is_none());
+    }
+
+    #[test]
+    fn replication_defaults_and_checks() {
+        let config = parse(&format!(
+            "{BASE}{STORAGE}[replication]\nreplica_id = \"tm-b\"\n"
+        ))
+        .expect("parses");
+        config.check("tm.toml").expect("valid");
+        let settings = config.replica_settings().expect("replicated");
+        assert_eq!(settings.node, "topology-manager");
+        assert_eq!(settings.replica_id, "tm-b");
+        assert_eq!(settings.advertised_endpoint, "http://127.0.0.1:4201");
+        assert_eq!(settings.lease_timeout, Duration::from_secs(1));
+        assert_eq!(settings.poll_interval, Duration::from_millis(100));
+
+        for (extra, field) in [
+            ("replica_id = \"\"", "replica_id"),
+            (
+                "replica_id = \"a\"\nlease_timeout_ms = 5",
+                "lease_timeout_ms",
+            ),
+            (
+                "replica_id = \"a\"\npoll_interval_ms = 0",
+                "poll_interval_ms",
+            ),
+            (
+                "replica_id = \"a\"\nadvertised_endpoint = \"x\"",
+                "advertised_endpoint",
+            ),
+        ] {
+            let config = parse(&format!("{BASE}{STORAGE}[replication]\n{extra}\n")).unwrap();
+            let err = config.check("tm.toml").unwrap_err().to_string();
+            assert!(err.contains(&format!("replication.{field}")), "{err}");
+        }
+        let err = parse(&format!("{BASE}{STORAGE}[replication]\nreplica = \"a\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `replica`"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! - [`history`]: what is in force and whether a request changes it (sans-I/O),
 //! - [`publisher`]: registration, sends and send-outcome recovery at the sequencer,
 //! - [`manager`]: the serialized change path with intent-before-send crash recovery,
-//! - [`service`]: the gRPC handlers, [`node`]: wiring and start-up.
+//! - [`service`]: the gRPC handlers, [`node`]: wiring and start-up,
+//! - [`meridian_node::replication`]: the shared role loop of active/passive replicas sharing
+//!   one database (lease and fencing); [`node`] supplies what this role does when active.
 
 pub mod config;
 pub mod history;

@@ -24,6 +24,7 @@ use meridian_core::topology::{
 use meridian_core::{MemberId, Timestamp};
 use meridian_store::{TopologyRecord, TopologyStore, TopologyStoreError};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::history::{History, InForce, Plan, Refusal};
 use crate::publisher::{PublishError, Publisher, SEND_WINDOW};
@@ -64,8 +65,18 @@ impl From<Refusal> for ChangeError {
     }
 }
 
+/// Whether a store error means this replica may no longer write: another replica of the
+/// manager took over, or this one is passive (DESIGN.md §5).
+pub fn is_fenced(error: &TopologyStoreError) -> bool {
+    matches!(error, TopologyStoreError::Store(error) if meridian_node::replication::is_fenced(error))
+}
+
 fn store_error(context: &str, error: TopologyStoreError) -> ChangeError {
-    if error.is_transient() {
+    if is_fenced(&error) {
+        ChangeError::Unavailable(format!(
+            "{context}: {error}; this replica is no longer the active topology manager, retry at the active one"
+        ))
+    } else if error.is_transient() {
         ChangeError::Unavailable(format!("{context}: {error}"))
     } else {
         ChangeError::Internal(format!("{context}: {error}"))
@@ -198,6 +209,9 @@ pub struct Manager {
     view: RwLock<View>,
     /// Mirrors `writer.pending.is_some()` for the status page, which must not wait on the lock.
     pending_serial: RwLock<Option<u64>>,
+    /// Cancelled when a write finds this replica fenced, so the replica demotes itself at once
+    /// instead of at the next lease renewal. Nobody listens on an unreplicated manager.
+    fenced: CancellationToken,
 }
 
 impl std::fmt::Debug for Manager {
@@ -243,7 +257,23 @@ impl Manager {
                 history: loaded.history,
             }),
             pending_serial: RwLock::new(pending_serial),
+            fenced: CancellationToken::new(),
         }
+    }
+
+    /// Cancels `alarm` when a store write finds this replica fenced.
+    pub fn with_fence_alarm(mut self, alarm: CancellationToken) -> Self {
+        self.fenced = alarm;
+        self
+    }
+
+    /// Raises the fence alarm for a fenced write; passes every error through.
+    fn check_fence(&self, error: TopologyStoreError) -> TopologyStoreError {
+        if is_fenced(&error) {
+            tracing::warn!(%error, "a topology write found this replica fenced; demoting");
+            self.fenced.cancel();
+        }
+        error
     }
 
     pub fn owner_public_key(&self) -> PublicKey {
@@ -328,6 +358,7 @@ impl Manager {
         }
         let deadline = Timestamp::now().saturating_add(SEND_WINDOW);
         if let Err(error) = self.store.record_intent(serial, &signed, deadline).await {
+            let error = self.check_fence(error);
             // The commit may or may not have happened; the store is the truth.
             writer.resync = true;
             return Err(store_error(
@@ -423,7 +454,9 @@ impl Manager {
                     self.store
                         .renew_intent(intent.serial, deadline)
                         .await
-                        .map_err(|e| format!("renewing the send deadline: {e}"))?;
+                        .map_err(|e| {
+                            format!("renewing the send deadline: {}", self.check_fence(e))
+                        })?;
                     let mut renewed = intent.clone();
                     renewed.max_sequencing_time = deadline;
                     self.set_pending(writer, Some(renewed));
@@ -452,7 +485,12 @@ impl Manager {
         self.store
             .complete(intent.serial, effective)
             .await
-            .map_err(|e| format!("recording the effective time {effective}: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "recording the effective time {effective}: {}",
+                    self.check_fence(e)
+                )
+            })?;
         {
             let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
             if let Err(error) = view.state.add(effective, &intent.signed) {

@@ -2,22 +2,103 @@
 //! configured), validate every field before anything is signed ([`crate::request`]), and hand
 //! the mapping to the [`Manager`], whose refusals map one-to-one onto statuses. GetTopology is
 //! open: members call it to catch up, and every entry carries the owner's signature anyway.
+//!
+//! A passive replica (DESIGN.md §5) has no manager: mutating calls get UNAVAILABLE naming the
+//! active replica, and GetTopology is answered from the shared database — the completed
+//! entries there are exactly what the active replica serves, so members can catch up from any
+//! replica.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 
-use meridian_core::topology::TopologyMapping;
+use meridian_core::crypto::PublicKey;
+use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping};
+use meridian_core::Timestamp;
+use meridian_node::replication::Replication;
 use meridian_proto::v1::topology_admin_service_server::TopologyAdminService;
 use meridian_proto::v1::{self};
+use meridian_store::TopologyStore;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::manager::{ChangeError, ChangeOutcome, Manager};
+use crate::manager::{ChangeError, ChangeOutcome, Loaded, Manager};
 use crate::metrics::TopologyMetrics;
 use crate::request::{self, FieldError};
 
+/// Who answers admin calls: the manager while this node is active, nobody otherwise.
+#[derive(Default)]
+pub struct Serving {
+    manager: RwLock<Option<Arc<Manager>>>,
+    /// Set for a replicated manager: names the active replica in refusals.
+    replication: OnceLock<Arc<Replication>>,
+    /// Set for a replicated manager: what a passive replica answers GetTopology from.
+    store: OnceLock<(Arc<dyn TopologyStore>, PublicKey)>,
+}
+
+impl Serving {
+    pub fn set(&self, manager: Option<Arc<Manager>>) {
+        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = manager;
+    }
+
+    pub fn manager(&self) -> Option<Arc<Manager>> {
+        self.manager
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_replication(
+        &self,
+        replication: Arc<Replication>,
+        store: Arc<dyn TopologyStore>,
+        owner: PublicKey,
+    ) {
+        let _ = self.replication.set(replication);
+        let _ = self.store.set((store, owner));
+    }
+
+    pub fn replication(&self) -> Option<&Arc<Replication>> {
+        self.replication.get()
+    }
+
+    /// The serving manager, or UNAVAILABLE saying why there is none.
+    fn active(&self) -> Result<Arc<Manager>, Status> {
+        if let Some(manager) = self.manager() {
+            return Ok(manager);
+        }
+        Err(Status::unavailable(match self.replication.get() {
+            Some(replication) => format!(
+                "this topology manager replica ({}) does not serve: {}; retry at the active replica",
+                replication.manager().settings().replica_id,
+                Replication::passive_reason(&replication.role())
+            ),
+            None => "the topology manager is starting".to_owned(),
+        }))
+    }
+
+    /// The completed, owner-verified history with effective times.
+    async fn history(
+        &self,
+    ) -> Result<(PublicKey, Vec<(Timestamp, SignedTopologyTransaction)>), Status> {
+        let refusal = match self.active() {
+            Ok(manager) => return Ok((manager.owner_public_key(), manager.signed_history())),
+            Err(refusal) => refusal,
+        };
+        let Some((store, owner)) = self.store.get() else {
+            return Err(refusal);
+        };
+        let records = store
+            .records()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read the topology history: {e}")))?;
+        let loaded = Loaded::from_records(*owner, records)
+            .map_err(|e| Status::internal(format!("the stored topology history: {e}")))?;
+        Ok((*owner, loaded.state.signed_history()))
+    }
+}
+
 #[derive(Clone)]
 pub struct TopologyAdminApi {
-    pub manager: Arc<Manager>,
+    pub serving: Arc<Serving>,
     pub admin_token: Option<String>,
     pub metrics: TopologyMetrics,
 }
@@ -70,10 +151,16 @@ impl TopologyAdminApi {
                 return Err(invalid(error));
             }
         };
+        let manager = match self.serving.active() {
+            Ok(manager) => manager,
+            Err(refusal) => {
+                self.metrics.count("failed");
+                return Err(refusal);
+            }
+        };
         // In a task of its own: tonic drops a handler's future when the client goes away,
         // and a change cut off between its store write and its in-memory update would leave
         // the two disagreeing until the next re-read.
-        let manager = self.manager.clone();
         let outcome = tokio::spawn(async move { manager.change(mapping).await })
             .await
             .map_err(|e| Status::internal(format!("the change task failed: {e}")))?;
@@ -140,9 +227,8 @@ impl TopologyAdminService for TopologyAdminApi {
         &self,
         _request: Request<v1::GetTopologyRequest>,
     ) -> Result<Response<v1::GetTopologyResponse>, Status> {
-        let entries = self
-            .manager
-            .signed_history()
+        let (owner, history) = self.serving.history().await?;
+        let entries = history
             .into_iter()
             .map(|(effective, signed)| v1::SignedTopologyEntry {
                 effective_us: effective.as_micros(),
@@ -151,7 +237,7 @@ impl TopologyAdminService for TopologyAdminApi {
             })
             .collect();
         Ok(Response::new(v1::GetTopologyResponse {
-            owner_public_key: self.manager.owner_public_key().to_string(),
+            owner_public_key: owner.to_string(),
             entries,
         }))
     }

@@ -1,0 +1,211 @@
+//! Active/passive replicas of the participant (DESIGN.md §5): what the rest of the node needs
+//! to know about this replica's role. Several processes with the same `participant_id`, key
+//! and database run as replicas; only the one holding the lease ([`ReplicaManager`]) serves.
+//! The others stay warm — store open, topology synced, sequencer session authenticated — and
+//! answer every Ledger API call with UNAVAILABLE naming the active replica, so a client (or
+//! load balancer, through `/readyz`) goes there instead.
+//!
+//! [`Serving`] is the one place the Ledger API, `/status`, `/readyz` and the admin step-down
+//! hook read: the current term's [`Core`] (none while passive), and the replica manager.
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+
+use meridian_core::Timestamp;
+use meridian_node::replica::{ReplicaManager, Role};
+use meridian_node::Conditions;
+use meridian_store::LeaseState;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::Core;
+
+/// The readiness condition that carries this replica's role.
+const CONDITION: &str = "replica";
+
+pub(crate) struct Serving {
+    /// The running term's core; `None` while starting, passive or promoting.
+    core: RwLock<Option<Arc<Core>>>,
+    /// This replica's id; `None` when the participant is not replicated.
+    replica_id: Option<String>,
+    /// Set once the store is open (the lease lives in it).
+    manager: OnceLock<Arc<ReplicaManager>>,
+    /// Where the current term is.
+    phase: watch::Sender<TermPhase>,
+    /// When this replica last became passive, for `/status`.
+    passive_since: Mutex<Timestamp>,
+}
+
+impl Serving {
+    pub fn new(replica_id: Option<String>) -> Self {
+        Self {
+            core: RwLock::new(None),
+            replica_id,
+            manager: OnceLock::new(),
+            phase: watch::channel(TermPhase::Idle).0,
+            passive_since: Mutex::new(Timestamp::now()),
+        }
+    }
+
+    pub fn core(&self) -> Option<Arc<Core>> {
+        self.core
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Installs the term's core: this replica serves from now on.
+    pub fn serve(&self, core: Arc<Core>) {
+        *self.core.write().unwrap_or_else(PoisonError::into_inner) = Some(core);
+        self.phase.send_replace(TermPhase::Serving);
+    }
+
+    /// Withdraws the term's core: no new call reaches it. `Stopping` while the term winds
+    /// down (until the manager reports the replica passive), `Idle` after.
+    pub fn withdraw(&self, phase: TermPhase) {
+        *self.core.write().unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .passive_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Timestamp::now();
+        self.phase.send_replace(phase);
+    }
+
+    pub fn replica_id(&self) -> Option<&str> {
+        self.replica_id.as_deref()
+    }
+
+    pub fn set_manager(&self, manager: Arc<ReplicaManager>) {
+        let _ = self.manager.set(manager);
+    }
+
+    pub fn manager(&self) -> Option<&Arc<ReplicaManager>> {
+        self.manager.get()
+    }
+
+    /// The admin step-down hook: asks the active replica to hand over. False on a passive
+    /// replica (without arming anything: a stored request would make this replica step down
+    /// the moment it is promoted later).
+    pub fn step_down(&self) -> bool {
+        self.manager()
+            .is_some_and(|manager| manager.step_down_if_active())
+    }
+
+    /// Why the Ledger API must refuse calls on this replica: `Some` when it is replicated and
+    /// passive, naming the active replica when the lease says who that is.
+    pub fn passive_refusal(&self) -> Option<String> {
+        let replica = self.replica_id.as_deref()?;
+        let Some(manager) = self.manager() else {
+            return Some(format!(
+                "this replica ({replica}) is passive: it is still starting and has not yet competed for the lease"
+            ));
+        };
+        match manager.role() {
+            Role::Active { .. } => None,
+            Role::Passive { active } => Some(passive_message(replica, manager, active.as_ref())),
+        }
+    }
+
+    /// The `replication` object of `/status`; `None` when not replicated.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let replica = self.replica_id.as_deref()?;
+        let mut status = match self.manager().map(|m| m.role()) {
+            Some(role) => role.to_json(),
+            None => serde_json::json!({"role": "passive", "active_replica": null}),
+        };
+        if let serde_json::Value::Object(map) = &mut status {
+            map.insert("replica_id".into(), replica.into());
+            map.insert(
+                "serving".into(),
+                (*self.phase.borrow() == TermPhase::Serving).into(),
+            );
+            if !map.contains_key("since_us") {
+                let since = *self
+                    .passive_since
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                map.insert("since_us".into(), since.as_micros().into());
+            }
+        }
+        Some(status)
+    }
+
+    /// Keeps the `replica` readiness condition in step with the role and the term's phase:
+    /// passive (naming the active replica) → not ready; active but still replaying, or winding
+    /// down → not ready; active and serving → ready. Reading both latest values on every change
+    /// means the two writers (manager, node loop) can never leave a stale verdict behind.
+    pub async fn follow_role(self: Arc<Self>, readiness: Conditions, shutdown: CancellationToken) {
+        let (Some(replica), Some(manager)) = (self.replica_id.clone(), self.manager().cloned())
+        else {
+            return;
+        };
+        let mut roles = manager.subscribe();
+        let mut phases = self.phase.subscribe();
+        loop {
+            let role = roles.borrow_and_update().clone();
+            let phase = *phases.borrow_and_update();
+            match role {
+                Role::Passive { active } => {
+                    readiness.fail(
+                        CONDITION,
+                        passive_message(&replica, &manager, active.as_ref()),
+                    );
+                }
+                Role::Active { .. } if phase == TermPhase::Serving => readiness.clear(CONDITION),
+                Role::Active { epoch, .. } if phase == TermPhase::Stopping => {
+                    readiness.fail(
+                        CONDITION,
+                        format!("this replica ({replica}) is stepping down from epoch {epoch} (lease lost or handed over); retry shortly on the active replica"),
+                    );
+                }
+                Role::Active { epoch, .. } => {
+                    readiness.fail(
+                        CONDITION,
+                        format!("this replica ({replica}) is being promoted at epoch {epoch}: replaying from the checkpoint"),
+                    );
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = roles.changed() => if changed.is_err() { return },
+                changed = phases.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+/// Where this replica's current term is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TermPhase {
+    /// No term: starting, passive, or promoting (loading the state).
+    Idle,
+    /// Active and serving.
+    Serving,
+    /// The term ended and is winding down; the replica is about to report passive.
+    Stopping,
+}
+
+/// "this replica (b) is passive; the active replica is a at http://…".
+fn passive_message(replica: &str, manager: &ReplicaManager, active: Option<&LeaseState>) -> String {
+    let Some(lease) = active else {
+        return format!(
+            "this replica ({replica}) is passive; the active replica is not known yet, retry shortly"
+        );
+    };
+    let Some(holder) = lease.holder.as_deref() else {
+        return format!(
+            "this replica ({replica}) is passive; no replica holds the lease right now (a switchover is under way), retry shortly"
+        );
+    };
+    let endpoint = lease
+        .holder_endpoint
+        .as_deref()
+        .unwrap_or("an unknown endpoint");
+    let age = Timestamp::now().duration_since(lease.renewed_at);
+    if age > manager.settings().lease_timeout {
+        return format!(
+            "this replica ({replica}) is passive; the active replica was {holder} at {endpoint}, but its lease was last renewed {} ms ago: a takeover is under way, retry shortly",
+            age.as_millis()
+        );
+    }
+    format!("this replica ({replica}) is passive; the active replica is {holder} at {endpoint}")
+}

@@ -1,0 +1,558 @@
+//! Active/passive replicas of one participant sharing one database (DESIGN.md §5), in one
+//! process with a real sequencer, topology manager and mediator over loopback gRPC.
+//!
+//! Replica `p1-a` runs on a tokio runtime of its own on its own thread, so "killing" it drops
+//! that runtime: every task, socket, database connection and lease lock of the replica goes at
+//! once, with no graceful release — the in-process stand-in for `kill -9`. The test shows that
+//! only one replica is active, that the passive one refuses Ledger API calls naming the active
+//! replica, that the passive takes over within the RTO budget, and that a step-down through
+//! the admin hook hands over to the other replica.
+
+use std::time::{Duration, Instant};
+
+use meridian_proto::v1;
+use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
+use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
+use meridian_testkit::free_port;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// The takeover budget the test holds the replicas to (the target is p50 ≤ 1 s, max ≤ 2 s;
+/// a little slack for a loaded CI machine).
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
+
+fn addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+fn toml_path(path: &std::path::Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
+async fn retry<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(what, %error, "retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("{what}: {error}"),
+        }
+    }
+}
+
+/// The synchronizer without participants: sequencer, topology manager and mediator.
+struct Synchronizer {
+    common: String,
+    admin: TopologyAdminServiceClient<Channel>,
+    shutdown: CancellationToken,
+    dir: tempfile::TempDir,
+}
+
+async fn synchronizer() -> Synchronizer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let shutdown = CancellationToken::new();
+    let owner = meridian_node::keys::load_or_create_key(&d.join("owner.key")).expect("owner");
+    let owner_hex = owner.public_key().to_string();
+
+    let (seq_grpc, seq_admin) = (addr(), addr());
+    let sequencer: meridian_sequencer::SequencerConfig = meridian_node::config::parse_toml(
+        &format!(
+            "listen_address = \"{seq_grpc}\"\nadmin_address = \"{seq_admin}\"\nowner_public_key = \"{owner_hex}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
+            toml_path(&d.join("sequencer.db"))
+        ),
+        "sequencer.toml",
+    )
+    .expect("sequencer config");
+    // The sequencer's future is not `Send`, so it gets a runtime of its own on a thread.
+    let sequencer_shutdown = shutdown.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("sequencer runtime");
+        let _ = runtime.block_on(meridian_sequencer::run(sequencer, sequencer_shutdown));
+    });
+    let sequencer_endpoint = format!("http://{seq_grpc}");
+
+    let (top_grpc, top_admin) = (addr(), addr());
+    let topology: meridian_topology::TopologyManagerConfig = meridian_node::config::parse_toml(
+        &format!(
+            "listen_address = \"{top_grpc}\"\nadmin_address = \"{top_admin}\"\nowner_key_file = {}\nkey_file = {}\nsequencer_endpoint = \"{sequencer_endpoint}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
+            toml_path(&d.join("owner.key")),
+            toml_path(&d.join("topology.key")),
+            toml_path(&d.join("topology.db"))
+        ),
+        "topology.toml",
+    )
+    .expect("topology config");
+    tokio::spawn(meridian_topology::run(topology, shutdown.clone()));
+    let topology_endpoint = format!("http://{top_grpc}");
+
+    let admin = retry("topology manager", || {
+        let endpoint = topology_endpoint.clone();
+        async move {
+            TopologyAdminServiceClient::connect(endpoint)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let mediator_key =
+        meridian_node::keys::load_or_create_key(&d.join("mediator.key")).expect("mediator key");
+    retry("add mediator", || {
+        let mut admin = admin.clone();
+        let key = mediator_key.public_key().to_bytes().to_vec();
+        async move {
+            admin
+                .add_mediator(v1::AddMediatorRequest {
+                    mediator: "mediator".into(),
+                    public_key: key,
+                })
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let common = format!(
+        "owner_public_key = \"{owner_hex}\"\nsequencer_endpoint = \"{sequencer_endpoint}\"\ntopology_endpoint = \"{topology_endpoint}\"\n"
+    );
+    let mediator: meridian_mediator::MediatorConfig = meridian_node::config::parse_toml(
+        &format!(
+            "key_file = {}\nadmin_address = \"{}\"\nresponse_timeout_ms = 3000\n{common}[storage]\nbackend = \"sqlite\"\npath = {}\n",
+            toml_path(&d.join("mediator.key")),
+            addr(),
+            toml_path(&d.join("mediator.db"))
+        ),
+        "mediator.toml",
+    )
+    .expect("mediator config");
+    tokio::spawn(meridian_mediator::run(mediator, shutdown.clone()));
+    Synchronizer {
+        common,
+        admin,
+        shutdown,
+        dir,
+    }
+}
+
+/// One replica's addresses and config.
+struct Replica {
+    name: &'static str,
+    grpc: String,
+    admin: String,
+    config: meridian_participant::ParticipantConfig,
+}
+
+impl Replica {
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    async fn ledger(&self) -> LedgerServiceClient<Channel> {
+        let endpoint = self.endpoint();
+        retry("ledger connection", || {
+            let endpoint = endpoint.clone();
+            async move {
+                LedgerServiceClient::connect(endpoint)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, Value)> {
+        let response = reqwest::get(format!("http://{}{path}", self.admin))
+            .await
+            .ok()?;
+        let code = response.status().as_u16();
+        Some((code, response.json().await.ok()?))
+    }
+
+    async fn step_down(&self) -> u16 {
+        reqwest::Client::new()
+            .post(format!("http://{}/admin/step-down", self.admin))
+            .send()
+            .await
+            .expect("step-down request")
+            .status()
+            .as_u16()
+    }
+
+    /// Waits until this replica is active and serving.
+    async fn wait_active(&self) -> Value {
+        self.wait_for("active", None).await
+    }
+
+    /// Waits until this replica is passive and names `active` as the active replica.
+    async fn wait_passive(&self, active: &str) -> Value {
+        self.wait_for("passive", Some(active)).await
+    }
+
+    async fn wait_for(&self, role: &str, active: Option<&str>) -> Value {
+        retry(&format!("{} becomes {role}", self.name), || async {
+            let (code, ready) = self.get("/readyz").await.ok_or("admin not up")?;
+            let (_, status) = self.get("/status").await.ok_or("admin not up")?;
+            let replication = &status["replication"];
+            let expected = match active {
+                // Active: it also serves.
+                None => code == 200,
+                Some(active) => code == 503 && replication["active_replica"] == active,
+            };
+            if replication["role"] == role && expected {
+                Ok(status)
+            } else {
+                Err(format!("status {replication}, readyz {code} {ready}"))
+            }
+        })
+        .await
+    }
+}
+
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The replicas of participant `p1`, all sharing its key and its database.
+fn replica(sync: &Synchronizer, name: &'static str, storage: &str) -> Replica {
+    let (grpc, admin) = (addr(), addr());
+    let text = format!(
+        "participant_id = \"p1\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nsubmit_timeout_ms = 15000\n{}{storage}\n[replication]\nreplica_id = \"{name}\"\nlease_timeout_ms = 1000\npoll_interval_ms = 100\n",
+        toml_path(&sync.dir.path().join("p1.key")),
+        sync.common,
+    );
+    let config: meridian_participant::ParticipantConfig =
+        meridian_node::config::parse_toml(&text, "participant.toml").expect("participant config");
+    config.check("participant.toml").expect("valid config");
+    Replica {
+        name,
+        grpc,
+        admin,
+        config,
+    }
+}
+
+/// Runs a replica on a runtime of its own. Dropping the returned handle kills it the hard
+/// way, by dropping the runtime with everything in it; sending a duration freezes it (every
+/// worker thread blocked, like SIGSTOP) for that long.
+fn spawn_killable(replica: &Replica) -> std::sync::mpsc::Sender<Duration> {
+    const WORKERS: usize = 2;
+    let (control, controls) = std::sync::mpsc::channel::<Duration>();
+    let config = replica.config.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(WORKERS)
+            .enable_all()
+            .build()
+            .expect("replica runtime");
+        runtime.spawn(meridian_participant::run(config, CancellationToken::new()));
+        while let Ok(freeze) = controls.recv() {
+            // The barrier makes every worker hold one of the blocking tasks at the same time.
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(WORKERS + 1));
+            for _ in 0..WORKERS {
+                let barrier = barrier.clone();
+                runtime.spawn(async move {
+                    barrier.wait();
+                    std::thread::sleep(freeze);
+                });
+            }
+            barrier.wait();
+        }
+        runtime.shutdown_background();
+    });
+    control
+}
+
+fn submit(command_id: &str, act_as: &str, command: v1::Command) -> v1::SubmitAndWaitRequest {
+    v1::SubmitAndWaitRequest {
+        user_id: "app".into(),
+        command_id: command_id.into(),
+        act_as: vec![act_as.into()],
+        commands: vec![command],
+        deduplication_period_s: None,
+    }
+}
+
+fn create_iou(amount: u64) -> v1::Command {
+    v1::Command {
+        command: Some(v1::command::Command::Create(v1::CreateCommand {
+            template: "Iou".into(),
+            payload_json: format!(
+                r#"{{"issuer":"bank","owner":"alice","amount":{amount},"currency":"USD"}}"#
+            ),
+        })),
+    }
+}
+
+/// Submits through `replica` until it commits; returns how long that took.
+async fn submit_until_committed(replica: &Replica, command_id: &str, amount: u64) -> Duration {
+    let started = Instant::now();
+    let mut ledger = replica.ledger().await;
+    loop {
+        match ledger
+            .submit_and_wait(submit(command_id, "bank", create_iou(amount)))
+            .await
+        {
+            Ok(_) => return started.elapsed(),
+            // A retry of an attempt that committed before it answered.
+            Err(status) if status.code() == Code::AlreadyExists => return started.elapsed(),
+            Err(status) if started.elapsed() < Duration::from_secs(30) => {
+                tracing::debug!(%status, "submission not accepted yet");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("{} never committed {command_id}: {status}", replica.name),
+        }
+    }
+}
+
+async fn grpc_health(replica: &Replica) -> i32 {
+    let channel = tonic::transport::Endpoint::from_shared(replica.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("health connection");
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "meridian.v1.LedgerService".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+}
+
+/// The synchronizer with participant `p1` registered, and the `[storage]` its replicas share.
+async fn setup(backend: Backend) -> (Synchronizer, String) {
+    let sync = synchronizer().await;
+    let key = meridian_node::keys::load_or_create_key(&sync.dir.path().join("p1.key"))
+        .expect("participant key");
+    sync.admin
+        .clone()
+        .add_participant(v1::AddParticipantRequest {
+            participant: "p1".into(),
+            public_key: key.public_key().to_bytes().to_vec(),
+        })
+        .await
+        .expect("add participant");
+    let storage = match backend {
+        Backend::Sqlite => format!(
+            "[storage]\nbackend = \"sqlite\"\npath = {}\n",
+            toml_path(&sync.dir.path().join("p1.db"))
+        ),
+        Backend::Postgres => {
+            let url = meridian_testkit::PostgresServer::shared()
+                .create_database("replicas")
+                .expect("database");
+            format!("[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n")
+        }
+    };
+    (sync, storage)
+}
+
+/// Starts replica a (active) and then b (passive behind it), with parties allocated.
+async fn start_pair(
+    sync: &Synchronizer,
+    storage: &str,
+) -> (Replica, Replica, std::sync::mpsc::Sender<Duration>, i64) {
+    let a = replica(sync, "p1-a", storage);
+    let b = replica(sync, "p1-b", storage);
+    let control_a = spawn_killable(&a);
+    let a_status = a.wait_active().await;
+    tokio::spawn(meridian_participant::run(
+        b.config.clone(),
+        sync.shutdown.clone(),
+    ));
+    b.wait_passive("p1-a").await;
+    let epoch = a_status["replication"]["epoch"].as_i64().expect("epoch");
+    let mut ledger_a = a.ledger().await;
+    for party in ["bank", "alice"] {
+        ledger_a
+            .allocate_party(v1::AllocatePartyRequest {
+                party: party.into(),
+            })
+            .await
+            .expect("allocate");
+    }
+    (a, b, control_a, epoch)
+}
+
+async fn replicas_take_over(backend: Backend) {
+    let (sync, storage) = setup(backend).await;
+    let (a, b, kill_a, first_epoch) = start_pair(&sync, &storage).await;
+
+    // Exactly one is ready; the passive one says why, on every surface.
+    let (code, ready) = b.get("/readyz").await.expect("readyz");
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready.to_string().contains("passive"), "{ready}");
+    assert_eq!(a.get("/readyz").await.expect("readyz").0, 200);
+    assert_eq!(grpc_health(&b).await, 2, "passive must be NOT_SERVING");
+    assert_eq!(grpc_health(&a).await, 1, "active must be SERVING");
+    let refusal = b
+        .ledger()
+        .await
+        .list_parties(v1::ListPartiesRequest {})
+        .await
+        .expect_err("a passive replica serves nothing");
+    assert_eq!(refusal.code(), Code::Unavailable);
+    let message = refusal.message();
+    assert!(
+        message.contains("(p1-b) is passive")
+            && message.contains("p1-a")
+            && message.contains(&a.endpoint()),
+        "{message}"
+    );
+    assert_eq!(
+        b.step_down().await,
+        409,
+        "a passive replica cannot step down"
+    );
+
+    submit_until_committed(&a, "before-kill", 1).await;
+
+    // kill -9 of the active: the passive takes over and serves within the budget.
+    let killed_at = Instant::now();
+    drop(kill_a);
+    let takeover = submit_until_committed(&b, "after-kill", 2).await;
+    let b_status = b.wait_active().await;
+    println!(
+        "takeover: kill of the active to the first committed SubmitAndWait through the new active: {} ms",
+        takeover.as_millis()
+    );
+    assert!(
+        killed_at.elapsed() >= takeover && takeover <= TAKEOVER_LIMIT,
+        "takeover took {takeover:?}"
+    );
+    let second_epoch = b_status["replication"]["epoch"].as_i64().expect("epoch");
+    assert!(second_epoch > first_epoch, "{b_status}");
+    // The new active replayed the old one's work: both IOUs are there.
+    let acs = b
+        .ledger()
+        .await
+        .get_active_contracts(v1::GetActiveContractsRequest {
+            parties: vec!["bank".into()],
+        })
+        .await
+        .expect("active contracts")
+        .into_inner();
+    assert_eq!(acs.contracts.len(), 2, "{acs:?}");
+    // A retry of the command committed before the kill is deduplicated by the new active.
+    let duplicate = b
+        .ledger()
+        .await
+        .submit_and_wait(submit("before-kill", "bank", create_iou(1)))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate}");
+
+    // Replica a comes back (as a fresh process would) and is passive behind b.
+    let a = replica(&sync, "p1-a", &storage);
+    tokio::spawn(meridian_participant::run(
+        a.config.clone(),
+        sync.shutdown.clone(),
+    ));
+    a.wait_passive("p1-b").await;
+
+    // Switchover: b steps down through the admin hook and a takes over.
+    let switched_at = Instant::now();
+    assert_eq!(b.step_down().await, 202);
+    let switchover = submit_until_committed(&a, "after-switchover", 3).await;
+    let a_status = a.wait_active().await;
+    println!(
+        "switchover: step-down to the first committed SubmitAndWait: {} ms",
+        switchover.as_millis()
+    );
+    assert!(switched_at.elapsed() <= TAKEOVER_LIMIT + Duration::from_secs(1));
+    assert!(a_status["replication"]["epoch"].as_i64().expect("epoch") > second_epoch);
+    // Right after its step-down b may not know the new active yet; within a poll it does.
+    b.wait_passive("p1-a").await;
+    let refusal = b
+        .ledger()
+        .await
+        .submit_and_wait(submit("on-passive", "bank", create_iou(4)))
+        .await
+        .expect_err("passive");
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal}");
+    assert!(refusal.message().contains("p1-a"), "{refusal}");
+
+    sync.shutdown.cancel();
+}
+
+/// An alive-but-stuck active (every thread frozen) is deposed once its lease expires; when it
+/// wakes up it finds itself fenced, writes nothing, and turns passive behind the new active.
+async fn stuck_active_is_deposed(backend: Backend) {
+    let (sync, storage) = setup(backend).await;
+    let (a, b, freeze_a, first_epoch) = start_pair(&sync, &storage).await;
+    submit_until_committed(&a, "before-freeze", 1).await;
+
+    let freeze = Duration::from_millis(2_500);
+    let frozen_at = Instant::now();
+    freeze_a.send(freeze).expect("freeze a");
+    let takeover = submit_until_committed(&b, "while-frozen", 2).await;
+    println!(
+        "stuck active: freeze to the first committed SubmitAndWait through the new active: {} ms (lease timeout 1000 ms)",
+        takeover.as_millis()
+    );
+    assert!(takeover <= TAKEOVER_LIMIT, "takeover took {takeover:?}");
+    let b_status = b.wait_active().await;
+    let epoch = b_status["replication"]["epoch"].as_i64().expect("epoch");
+    assert!(epoch > first_epoch, "{b_status}");
+
+    // a wakes up as a zombie: it must notice, demote itself, and name b.
+    tokio::time::sleep(freeze.saturating_sub(frozen_at.elapsed())).await;
+    a.wait_passive("p1-b").await;
+    let refusal = a
+        .ledger()
+        .await
+        .submit_and_wait(submit("on-zombie", "bank", create_iou(3)))
+        .await
+        .expect_err("a deposed replica serves nothing");
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal}");
+    assert!(refusal.message().contains("p1-b"), "{refusal}");
+    // b still serves, and exactly the two commands committed.
+    submit_until_committed(&b, "after-zombie", 4).await;
+    let acs = b
+        .ledger()
+        .await
+        .get_active_contracts(v1::GetActiveContractsRequest {
+            parties: vec!["bank".into()],
+        })
+        .await
+        .expect("active contracts")
+        .into_inner();
+    assert_eq!(acs.contracts.len(), 3, "{acs:?}");
+    drop(freeze_a);
+    sync.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_stuck_active_is_deposed() {
+    stuck_active_is_deposed(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stuck_active_is_deposed() {
+    stuck_active_is_deposed(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_replicas_take_over() {
+    replicas_take_over(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_take_over() {
+    replicas_take_over(Backend::Postgres).await;
+}
