@@ -143,6 +143,19 @@ fn http() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// The name of the replica of `node` that reports itself active, if any answers so.
+pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Option<String>> {
+    let client = http()?;
+    for replica in replicas(data_dir, node)? {
+        if let Some(status) = get_status(&client, &replica).await {
+            if is_active(&status) {
+                return Ok(Some(replica.name));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Asks the active replica to step down and waits for another to become active. Returns the
 /// time the handover took.
 pub async fn switch_over(

@@ -64,6 +64,30 @@ pub struct Deployment {
     pub participant_ids: Vec<ParticipantId>,
 }
 
+/// A node process whose config is ready but which is not started yet.
+struct PendingProcess {
+    role: &'static str,
+    dir: PathBuf,
+    name: String,
+    config: String,
+    grpc: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+impl PendingProcess {
+    fn spawn(self, exe: &Path) -> anyhow::Result<NodeProcess> {
+        NodeProcess::spawn_role(
+            exe,
+            self.role,
+            &self.dir,
+            &self.name,
+            &self.config,
+            self.grpc,
+            self.admin,
+        )
+    }
+}
+
 /// Process names of a node's replicas: `node` alone, or `node-a`, `node-b`, ...
 fn replica_names(node: &str, replicas: usize) -> Vec<String> {
     if replicas <= 1 {
@@ -244,15 +268,14 @@ impl Deployment {
                 storage.to_toml(),
                 replication_toml(spec, &replica, &format!("http://{admin}")),
             );
-            mediators.push(NodeProcess::spawn_role(
-                &exe,
-                "mediator",
-                &data_dir.join(MEDIATOR_ID),
-                &replica,
-                &config,
+            mediators.push(PendingProcess {
+                role: "mediator",
+                dir: data_dir.join(MEDIATOR_ID),
+                name: replica,
+                config,
+                grpc: admin,
                 admin,
-                admin,
-            )?);
+            });
         }
 
         let mut participants = Vec::new();
@@ -268,39 +291,41 @@ impl Deployment {
                     storage.to_toml(),
                     replication_toml(spec, &replica, &format!("http://{grpc}")),
                 );
-                replicas.push(NodeProcess::spawn_role(
-                    &exe,
-                    "participant",
-                    &data_dir.join(id.as_str()),
-                    &replica,
-                    &config,
+                replicas.push(PendingProcess {
+                    role: "participant",
+                    dir: data_dir.join(id.as_str()),
+                    name: replica,
+                    config,
                     grpc,
                     admin,
-                )?);
+                });
             }
             participants.push(replicas);
         }
-        // The first replica of each node was started first; wait for it to be active before
-        // the others count as (passive) standbys.
+        // Only the first replica of each node starts now, so that it is the one that becomes
+        // active; the others join once it is, as passive standbys.
         let mut mediators = mediators.into_iter();
-        let mut mediator = mediators.next().context("at least one mediator replica")?;
+        let mut mediator = mediators
+            .next()
+            .context("at least one mediator replica")?
+            .spawn(&exe)?;
+        let mut participant_pending = Vec::new();
+        let mut participants_started = Vec::new();
+        for mut replicas in participants {
+            let first = replicas.remove(0);
+            participants_started.push(first.spawn(&exe)?);
+            participant_pending.push(replicas);
+        }
         mediator.wait_ready(READY_TIMEOUT).await?;
         progress("mediator ready".into());
-        let mut mediator_standbys: Vec<NodeProcess> = mediators.collect();
-        for standby in &mut mediator_standbys {
+        let mut mediator_standbys = Vec::new();
+        for pending in mediators {
+            let mut standby = pending.spawn(&exe)?;
             standby.wait_alive(READY_TIMEOUT).await?;
             progress(format!("{} standing by", standby.name()));
+            mediator_standbys.push(standby);
         }
-        let mut participant_standbys = Vec::new();
-        let participants: Vec<NodeProcess> = participants
-            .into_iter()
-            .map(|mut replicas| {
-                let first = replicas.remove(0);
-                participant_standbys.push(replicas);
-                first
-            })
-            .collect();
-        let mut participants = participants;
+        let mut participants = participants_started;
         for participant in &mut participants {
             participant.wait_ready(READY_TIMEOUT).await?;
             progress(format!(
@@ -309,13 +334,20 @@ impl Deployment {
                 participant.grpc_endpoint()
             ));
         }
-        for standby in participant_standbys.iter_mut().flatten() {
-            standby.wait_alive(READY_TIMEOUT).await?;
-            progress(format!(
-                "{} standing by at {}",
-                standby.name(),
-                standby.grpc_endpoint()
-            ));
+        let mut participant_standbys = Vec::new();
+        for pending in participant_pending {
+            let mut standbys = Vec::new();
+            for process in pending {
+                let mut standby = process.spawn(&exe)?;
+                standby.wait_alive(READY_TIMEOUT).await?;
+                progress(format!(
+                    "{} standing by at {}",
+                    standby.name(),
+                    standby.grpc_endpoint()
+                ));
+                standbys.push(standby);
+            }
+            participant_standbys.push(standbys);
         }
         progress(format!(
             "synchronizer up in {:.1} s",

@@ -47,10 +47,23 @@ fn party(name: &str) -> PartyId {
 impl Parties {
     /// Allocates (idempotently) bank on participant 1, alice on 2 and bob on 3.
     pub async fn allocate(deployment: &Deployment, user: &UserId) -> anyhow::Result<Parties> {
+        Self::allocate_with(deployment, user, meridian_client::Backoff::default()).await
+    }
+
+    /// As [`Parties::allocate`], with the clients' retry backoff (failover measurements use a
+    /// short one so that backoff sleeps do not inflate the recovery time).
+    pub async fn allocate_with(
+        deployment: &Deployment,
+        user: &UserId,
+        backoff: meridian_client::Backoff,
+    ) -> anyhow::Result<Parties> {
         if deployment.participants.len() < 3 {
             bail!("the workload needs three participants");
         }
-        let client = |i: usize| LedgerClient::new(&deployment.ledger_endpoints(i), user.clone());
+        let client = |i: usize| {
+            LedgerClient::new(&deployment.ledger_endpoints(i), user.clone())
+                .map(|c| c.with_backoff(backoff))
+        };
         let clients = [client(0)?, client(1)?, client(2)?];
         let parties = Parties {
             bank: party("bank"),
@@ -195,6 +208,32 @@ pub struct WorkloadReport {
 pub struct Live {
     pub committed: AtomicU64,
     pub failed: AtomicU64,
+    /// Per submitting participant (index 0..3): when its last commit was acknowledged, in
+    /// microseconds since [`Live::epoch`]. Failover measurements read it.
+    pub last_commit_us: [AtomicU64; 3],
+    /// Failed attempts whose message mentions a timeout (mediator TIMEOUT verdicts).
+    pub timeouts: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl Live {
+    /// The reference instant of `last_commit_us`.
+    pub fn epoch(&self) -> Instant {
+        *self.epoch.get_or_init(Instant::now)
+    }
+
+    fn record_commit(&self, participant: usize) {
+        let micros = u64::try_from(self.epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(slot) = self.last_commit_us.get(participant) {
+            slot.fetch_max(micros, Ordering::Relaxed);
+        }
+    }
+
+    /// When participant `index` last acknowledged a commit, if ever.
+    pub fn last_commit(&self, index: usize) -> Option<Instant> {
+        let micros = self.last_commit_us.get(index)?.load(Ordering::Relaxed);
+        (micros > 0).then(|| self.epoch() + Duration::from_micros(micros))
+    }
 }
 
 /// Runs the transfer workload until `duration` passes or `stop` is cancelled.
@@ -273,6 +312,7 @@ pub async fn run_transfers(
                             retried.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
                         }
                         not_yet_visible = 0;
+                        live.record_commit(from + 1);
                         live.committed.fetch_add(1, Ordering::Relaxed);
                         lock(&committed_ids).push(committed.transaction_id);
                         match committed.created.into_iter().next() {
@@ -303,6 +343,9 @@ pub async fn run_transfers(
                     Err(error) => {
                         tracing::debug!(lane = lane.index, %error, "transfer failed");
                         live.failed.fetch_add(1, Ordering::Relaxed);
+                        if error.to_string().to_lowercase().contains("timeout") {
+                            live.timeouts.fetch_add(1, Ordering::Relaxed);
+                        }
                         *lock(&rejections).entry(error_label(&error)).or_default() += 1;
                         // The outcome may be unknown: find the IOU where it really is.
                         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -100,6 +100,7 @@ pub fn event_to_wire(event: SequencedEvent) -> v1::SequencedEvent {
         sender: event.sender.into(),
         message_id: event.message_id.map(String::from).unwrap_or_default(),
         envelopes: event.envelopes.into_iter().map(envelope_to_wire).collect(),
+        keep_alive: false,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `meridian bench ...`: benchmarks against real processes. Each prints a human summary, or
 //! one JSON object with `--json`, and shows progress on stderr while it runs.
 
+pub mod failover;
 pub mod ledger;
 pub mod sequencer;
 
@@ -12,6 +13,8 @@ pub enum BenchCommand {
     Sequencer(sequencer::SequencerBenchArgs),
     /// Three-participant IOU transfers against a whole deployment of real processes.
     Ledger(ledger::LedgerBenchArgs),
+    /// Kill -9 the active replica of a node under load, N times: RTO, failed requests, audit.
+    Failover(failover::FailoverBenchArgs),
 }
 
 pub async fn run(
@@ -21,6 +24,7 @@ pub async fn run(
     match command {
         BenchCommand::Sequencer(args) => sequencer::run(args).await,
         BenchCommand::Ledger(args) => ledger::run(args, shutdown).await,
+        BenchCommand::Failover(args) => failover::run(args, shutdown).await,
     }
 }
 

@@ -1,0 +1,343 @@
+//! `meridian bench failover`: kill -9 the active replica of a node under load, N times, and
+//! measure what applications see.
+//!
+//! The deployment runs two replicas of every participant and of the mediator. The transfer
+//! workload runs throughout with dedup-safe retrying clients that know both replicas. Each trial
+//! finds the active replica of the target node, SIGKILLs it, and measures the time from the
+//! kill to the first successful `SubmitAndWait` that needed the node (for a participant: one
+//! submitted through it; for the mediator: any). The killed replica is restarted (it comes back
+//! passive) before the next trial. At the end the ledgers are audited: acknowledged transactions
+//! missing on an informee participant are *lost*, an IOU that exists twice is a *duplicate*.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use meridian_client::Backoff;
+use meridian_core::template::Iou;
+use meridian_core::UserId;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::replicas;
+use crate::bench::sequencer::Backend;
+use crate::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use crate::launch::NodeProcess;
+use crate::workload::{self, Live, Parties, WorkloadSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetNode {
+    Participant,
+    Mediator,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FailoverBenchArgs {
+    /// Which node's active replica to kill.
+    #[arg(long, value_enum, default_value = "participant")]
+    pub node: TargetNode,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub trials: u64,
+    /// Storage of every node. PostgreSQL starts a throwaway server.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub backend: Backend,
+    /// Concurrent transfer lanes.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub lanes: u64,
+    /// Lease timeout of the replicated nodes.
+    #[arg(long, default_value_t = 1_000)]
+    pub lease_timeout_ms: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub killed: String,
+    pub rto_ms: f64,
+    /// Application requests that failed (after the client's own retries) during the trial.
+    pub failed_requests: u64,
+    /// Of those, rejected with a mediator TIMEOUT.
+    pub timed_out_requests: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailoverReport {
+    pub node: TargetNode,
+    pub backend: Backend,
+    pub trials: Vec<Trial>,
+    pub rto_ms_p50: f64,
+    pub rto_ms_max: f64,
+    pub failed_requests: u64,
+    pub timed_out_requests: u64,
+    pub committed: u64,
+    pub lost_transactions: usize,
+    pub duplicate_transactions: usize,
+    pub amounts_conserved: bool,
+    pub audit_ok: bool,
+}
+
+/// Backoff of the bench's clients: short, so that a retry sleep does not hide the real RTO.
+const CLIENT_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(10),
+    max: Duration::from_millis(50),
+    max_attempts: 400,
+};
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(args: FailoverBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let report = measure(&args, shutdown).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "meridian bench failover: kill -9 the active {:?} replica, {} trials, {:?}",
+            report.node,
+            report.trials.len(),
+            report.backend
+        );
+        for (i, trial) in report.trials.iter().enumerate() {
+            println!(
+                "  trial {:>2}: killed {:<16} RTO {:>7.0} ms   failed requests {}   timeouts {}",
+                i + 1,
+                trial.killed,
+                trial.rto_ms,
+                trial.failed_requests,
+                trial.timed_out_requests
+            );
+        }
+        println!(
+            "  RTO p50 {:.0} ms, max {:.0} ms; {} committed; lost {}, duplicates {}; audit {}",
+            report.rto_ms_p50,
+            report.rto_ms_max,
+            report.committed,
+            report.lost_transactions,
+            report.duplicate_transactions,
+            if report.audit_ok { "OK" } else { "FAILED" }
+        );
+    }
+    if !report.audit_ok {
+        bail!("the audit after the failovers failed");
+    }
+    Ok(())
+}
+
+pub async fn measure(
+    args: &FailoverBenchArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<FailoverReport> {
+    let exe = std::env::current_exe().context("locating the meridian binary")?;
+    measure_with(args, exe, shutdown).await
+}
+
+/// [`measure`] running the nodes with the `meridian` binary at `exe` (tests pass theirs).
+pub async fn measure_with(
+    args: &FailoverBenchArgs,
+    exe: std::path::PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<FailoverReport> {
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
+    let mut _postgres = None;
+    let backend = match args.backend {
+        Backend::Sqlite => DeploymentBackend::Sqlite,
+        Backend::Postgres => {
+            let server = meridian_testkit::PostgresServer::start()
+                .context("starting a throwaway PostgreSQL")?;
+            let server_url = format!("postgres://meridian@127.0.0.1:{}", server.port());
+            _postgres = Some(server);
+            DeploymentBackend::Postgres { server_url }
+        }
+    };
+    let spec = DeploymentSpec {
+        exe,
+        backend,
+        replicas: 2,
+        lease_timeout_ms: args.lease_timeout_ms,
+        ..DeploymentSpec::local(dir.path().to_path_buf(), 3)?
+    };
+    let quiet = args.json;
+    let mut deployment = Deployment::start(&spec, &mut |line| {
+        if !quiet {
+            eprintln!("  {line}");
+        }
+    })
+    .await?;
+    let result = trials(&mut deployment, args, shutdown).await;
+    let stopped = deployment.stop().await;
+    let report = result?;
+    stopped.context("stopping the nodes")?;
+    Ok(report)
+}
+
+async fn trials(
+    deployment: &mut Deployment,
+    args: &FailoverBenchArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<FailoverReport> {
+    let user = UserId::new("failover-bench")?;
+    let parties = Parties::allocate_with(deployment, &user, CLIENT_BACKOFF).await?;
+    let run = format!("failover{}", std::process::id());
+    let lanes = workload::issue_lanes(&parties, args.lanes as usize, &run).await?;
+    let baseline = workload::baseline(&parties).await?;
+    let live = Arc::new(Live::default());
+    live.epoch();
+    let stop = shutdown.child_token();
+    let workload_task = {
+        let parties = parties.clone();
+        let live = live.clone();
+        let stop = stop.clone();
+        let spec = WorkloadSpec {
+            duration: Duration::from_secs(3_600),
+            rate: None,
+            run,
+        };
+        tokio::spawn(
+            async move { workload::run_transfers(&parties, lanes, &spec, live, stop).await },
+        )
+    };
+    // Let the workload reach a steady state first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (node_name, measured_participant) = match args.node {
+        TargetNode::Participant => (deployment.participant_ids[1].to_string(), Some(1)),
+        TargetNode::Mediator => (Deployment::mediator_id().to_string(), None),
+    };
+    let mut trials = Vec::new();
+    for trial in 0..args.trials {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let failed_before = live.failed.load(Ordering::Relaxed);
+        let timeouts_before = live.timeouts.load(Ordering::Relaxed);
+        let killed = kill_active(deployment, args.node, &node_name).await?;
+        let killed_at = Instant::now();
+        let rto = loop {
+            let last = match measured_participant {
+                Some(index) => live.last_commit(index),
+                None => (0..3).filter_map(|i| live.last_commit(i)).max(),
+            };
+            if let Some(last) = last {
+                if last > killed_at {
+                    break last.duration_since(killed_at);
+                }
+            }
+            if killed_at.elapsed() > TRIAL_TIMEOUT {
+                bail!(
+                    "trial {}: no commit within {TRIAL_TIMEOUT:?} of killing {killed}",
+                    trial + 1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        // Let the failed-request counters settle, then bring the killed replica back.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        restart(deployment, &killed).await?;
+        trials.push(Trial {
+            killed,
+            rto_ms: rto.as_secs_f64() * 1_000.0,
+            failed_requests: live.failed.load(Ordering::Relaxed) - failed_before,
+            timed_out_requests: live.timeouts.load(Ordering::Relaxed) - timeouts_before,
+        });
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+    stop.cancel();
+    let report = workload_task
+        .await
+        .context("the workload task panicked")??;
+    let audit = workload::audit(&parties, &baseline, &report.committed_transactions).await?;
+    let duplicates = duplicate_ious(&parties).await?;
+
+    let mut rtos: Vec<f64> = trials.iter().map(|t| t.rto_ms).collect();
+    rtos.sort_by(|a, b| a.total_cmp(b));
+    let p50 = rtos
+        .get(rtos.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0.0);
+    let max = rtos.last().copied().unwrap_or(0.0);
+    let backend = args.backend;
+    Ok(FailoverReport {
+        node: args.node,
+        backend,
+        rto_ms_p50: p50,
+        rto_ms_max: max,
+        failed_requests: trials.iter().map(|t| t.failed_requests).sum(),
+        timed_out_requests: trials.iter().map(|t| t.timed_out_requests).sum(),
+        trials,
+        committed: report.committed,
+        lost_transactions: audit.acknowledged_missing,
+        duplicate_transactions: duplicates,
+        amounts_conserved: audit.amounts_conserved,
+        audit_ok: audit.audit_ok && duplicates == 0,
+    })
+}
+
+/// IOUs whose (lane-unique) amount exists more than once: a transfer committed twice.
+async fn duplicate_ious(parties: &Parties) -> anyhow::Result<usize> {
+    let (_, contracts) = parties.clients[0]
+        .active_contracts(&std::collections::BTreeSet::from([parties.bank.clone()]))
+        .await?;
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for contract in &contracts {
+        if let Ok(iou) = Iou::payload(contract) {
+            *counts.entry(iou.amount).or_default() += 1;
+        }
+    }
+    Ok(counts.values().filter(|&&n| n > 1).map(|n| n - 1).sum())
+}
+
+fn replicas_of(deployment: &mut Deployment, node: TargetNode) -> Vec<&mut NodeProcess> {
+    match node {
+        TargetNode::Participant => deployment.participant_replicas_mut(1),
+        TargetNode::Mediator => deployment.mediator_replicas_mut(),
+    }
+}
+
+/// SIGKILLs the replica of `node_name` that reports itself active. Returns its name.
+async fn kill_active(
+    deployment: &mut Deployment,
+    node: TargetNode,
+    node_name: &str,
+) -> anyhow::Result<String> {
+    let data_dir = deployment.data_dir.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let active = crate::admin::active_replica(&data_dir, node_name).await?;
+        if let Some(active) = active {
+            for replica in replicas_of(deployment, node) {
+                if replica.name() == active {
+                    replica.kill9()?;
+                    return Ok(active);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no active replica of {node_name} among {:?}",
+                replicas(&data_dir, node_name)?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn restart(deployment: &mut Deployment, name: &str) -> anyhow::Result<()> {
+    let exe = deployment.exe().to_path_buf();
+    for node in deployment
+        .participant_standbys
+        .iter_mut()
+        .flatten()
+        .chain(deployment.participants.iter_mut())
+        .chain(deployment.mediator_standbys.iter_mut())
+        .chain(std::iter::once(&mut deployment.mediator))
+    {
+        if node.name() == name {
+            node.start(&exe)?;
+            return node.wait_alive(Duration::from_secs(30)).await;
+        }
+    }
+    bail!("no replica named {name}")
+}

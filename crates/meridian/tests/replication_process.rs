@@ -1,0 +1,274 @@
+//! Black-box tests of active/passive replicas with every node a real process: kill -9 of the
+//! active participant and mediator under load (nothing acknowledged lost, nothing duplicated,
+//! no request failed or timed out), the same on PostgreSQL, SIGSTOP of the active participant
+//! until the passive took over and then SIGCONT (the old active stays passive and writes
+//! nothing), and a manual switchover under load.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian::admin;
+use meridian::bench::failover::{measure_with, FailoverBenchArgs, TargetNode};
+use meridian::bench::sequencer::Backend;
+use meridian::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use meridian::workload::{self, Live, Parties, WorkloadSpec};
+use meridian_client::Backoff;
+use meridian_core::UserId;
+use meridian_testkit::PostgresServer;
+use nix::sys::signal::Signal;
+use tokio_util::sync::CancellationToken;
+
+const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+
+fn args(node: TargetNode, backend: Backend, trials: u64) -> FailoverBenchArgs {
+    FailoverBenchArgs {
+        node,
+        trials,
+        backend,
+        lanes: 8,
+        lease_timeout_ms: 1_000,
+        json: true,
+    }
+}
+
+async fn failover(node: TargetNode, backend: Backend, trials: u64) {
+    let report = measure_with(
+        &args(node, backend, trials),
+        EXE.into(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    eprintln!("{report:#?}");
+    assert_eq!(report.trials.len() as u64, trials);
+    assert_eq!(report.lost_transactions, 0, "nothing acknowledged is lost");
+    assert_eq!(
+        report.duplicate_transactions, 0,
+        "nothing is committed twice"
+    );
+    assert!(report.amounts_conserved);
+    assert!(report.audit_ok);
+    assert_eq!(
+        report.timed_out_requests, 0,
+        "no request times out because of a failover"
+    );
+    assert_eq!(report.failed_requests, 0, "retrying clients see no failure");
+    // Generous bound for a shared two-core machine; the benchmark records the real figures.
+    assert!(report.rto_ms_max < 5_000.0, "{report:?}");
+    assert!(report.committed > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_participant_loses_nothing() {
+    failover(TargetNode::Participant, Backend::Sqlite, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_mediator_times_nothing_out() {
+    failover(TargetNode::Mediator, Backend::Sqlite, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_failover_on_postgres() {
+    failover(TargetNode::Participant, Backend::Postgres, 2).await;
+}
+
+struct Running {
+    deployment: Deployment,
+    parties: Parties,
+    live: Arc<Live>,
+    stop: CancellationToken,
+    workload: tokio::task::JoinHandle<anyhow::Result<workload::WorkloadReport>>,
+    baseline: workload::AuditBaseline,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_with_load(backend: DeploymentBackend) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DeploymentSpec {
+        exe: EXE.into(),
+        replicas: 2,
+        backend,
+        ..DeploymentSpec::local(dir.path().to_path_buf(), 3).unwrap()
+    };
+    let deployment = Deployment::start(&spec, &mut |line| eprintln!("{line}"))
+        .await
+        .unwrap();
+    let backoff = Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        max_attempts: 400,
+    };
+    let parties = Parties::allocate_with(&deployment, &UserId::new("ha-test").unwrap(), backoff)
+        .await
+        .unwrap();
+    let lanes = workload::issue_lanes(&parties, 8, "ha").await.unwrap();
+    let baseline = workload::baseline(&parties).await.unwrap();
+    let live = Arc::new(Live::default());
+    let stop = CancellationToken::new();
+    let workload = {
+        let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
+        tokio::spawn(async move {
+            let spec = WorkloadSpec {
+                duration: Duration::from_secs(600),
+                rate: None,
+                run: "ha".into(),
+            };
+            workload::run_transfers(&parties, lanes, &spec, live, stop).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    Running {
+        deployment,
+        parties,
+        live,
+        stop,
+        workload,
+        baseline,
+        _dir: dir,
+    }
+}
+
+impl Running {
+    /// Stops the load and checks the ledgers; returns the workload report.
+    async fn finish(mut self) -> workload::WorkloadReport {
+        self.stop.cancel();
+        let report = self.workload.await.unwrap().unwrap();
+        let audit = workload::audit(
+            &self.parties,
+            &self.baseline,
+            &report.committed_transactions,
+        )
+        .await
+        .unwrap();
+        assert!(audit.audit_ok, "{audit:?}");
+        self.deployment.stop().await.unwrap();
+        report
+    }
+
+    async fn committed_since(&self, since: Instant, participant: usize) -> bool {
+        self.live
+            .last_commit(participant)
+            .is_some_and(|t| t > since)
+    }
+}
+
+/// On PostgreSQL only: a process frozen inside an SQLite write transaction holds the file's
+/// write lock, which no other process can break (docs/high-availability.md), whereas on
+/// PostgreSQL the taker terminates the frozen holder's backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
+    let server = PostgresServer::shared();
+    let mut running = start_with_load(DeploymentBackend::Postgres {
+        server_url: format!("postgres://meridian@127.0.0.1:{}", server.port()),
+    })
+    .await;
+    let data_dir = running.deployment.data_dir.clone();
+    let active = admin::active_replica(&data_dir, "participant2")
+        .await
+        .unwrap()
+        .unwrap();
+    let frozen_at = Instant::now();
+    let frozen = running
+        .deployment
+        .participant_replicas_mut(1)
+        .into_iter()
+        .find(|r| r.name() == active)
+        .unwrap();
+    frozen.signal(Signal::SIGSTOP).unwrap();
+    // The passive takes over once the frozen active's lease expires.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now_active = admin::active_replica(&data_dir, "participant2")
+            .await
+            .unwrap();
+        if now_active.as_deref().is_some_and(|a| a != active)
+            && running.committed_since(frozen_at, 2).await
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no takeover from the frozen {active}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("taken over after {:?}", frozen_at.elapsed());
+    let frozen = running
+        .deployment
+        .participant_replicas_mut(1)
+        .into_iter()
+        .find(|r| r.name() == active)
+        .unwrap();
+    frozen.signal(Signal::SIGCONT).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The resumed replica noticed it lost the lease and is passive; only one is active.
+    let replicas = admin::replicas(&data_dir, "participant2").unwrap();
+    let client = reqwest::Client::new();
+    let mut active_count = 0;
+    for replica in replicas {
+        let status: serde_json::Value = client
+            .get(format!("http://{}/status", replica.admin_address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let role = status["replication"]["role"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if replica.name == active {
+            assert_eq!(role, "passive", "{status}");
+        }
+        active_count += usize::from(role == "active");
+    }
+    assert_eq!(active_count, 1);
+    let failed_before_finish = running.live.failed.load(Ordering::Relaxed);
+    let report = running.finish().await;
+    assert_eq!(failed_before_finish, 0, "{report:?}");
+}
+
+/// Switches participant2, the mediator and participant3 over under load; returns the
+/// application-visible failures. The ledger audit (nothing lost, nothing twice) always holds.
+async fn switchover_under_load() -> u64 {
+    let running = start_with_load(DeploymentBackend::Sqlite).await;
+    let data_dir = running.deployment.data_dir.clone();
+    for node in ["participant2", "mediator", "participant3"] {
+        let (from, to, took) = admin::switch_over(&data_dir, node, Duration::from_secs(10))
+            .await
+            .unwrap();
+        eprintln!("{node}: {from} -> {to} in {took:?}");
+        assert_ne!(from, to);
+        let since = Instant::now();
+        let deadline = since + Duration::from_secs(10);
+        while !(running.committed_since(since, 1).await && running.committed_since(since, 2).await)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no commits after switching {node}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let failed = running.live.failed.load(Ordering::Relaxed);
+    let report = running.finish().await;
+    eprintln!("failed requests: {failed}; {} committed", report.committed);
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_under_load_loses_nothing() {
+    switchover_under_load().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 4 still open: a step-down does not drain in-flight submissions yet, so now \
+            and then one request fails (a retry meets the contract its first attempt archived)"]
+async fn a_switchover_under_load_fails_no_request() {
+    assert_eq!(switchover_under_load().await, 0);
+}
