@@ -232,8 +232,11 @@ impl LedgerClient {
         Ok((response.offset, contracts))
     }
 
-    /// Every transaction visible to `parties` after `begin_offset`, up to the ledger end at the
-    /// time of the call (`up_to_offset`): reads the stream until it reaches that offset.
+    /// Every transaction visible to `parties` after `begin_offset`, up to `up_to_offset`
+    /// (typically the ledger end at the time of the call). Offsets also count entries the
+    /// parties do not see (rejections, others' transactions), so the stream may never reach
+    /// `up_to_offset`: it is read until it does or until it stays idle for
+    /// [`STREAM_IDLE_END`], whichever comes first.
     pub async fn transactions(
         &self,
         parties: &BTreeSet<PartyId>,
@@ -241,25 +244,26 @@ impl LedgerClient {
         up_to_offset: u64,
     ) -> Result<Vec<v1::Transaction>, ClientError> {
         use futures::StreamExt;
-        let (endpoint, mut stub) = self.stub();
-        let mut stream = stub
-            .get_transactions(v1::GetTransactionsRequest {
-                begin_offset,
-                parties: parties.iter().map(ToString::to_string).collect(),
-            })
-            .await
-            .map_err(|status| status_error(&endpoint, status, 1))?
-            .into_inner();
         let mut out = Vec::new();
         if up_to_offset <= begin_offset {
             return Ok(out);
         }
-        while let Some(item) = tokio::time::timeout(self.request_timeout, stream.next())
+        let request = v1::GetTransactionsRequest {
+            begin_offset,
+            parties: parties.iter().map(ToString::to_string).collect(),
+        };
+        // Opening goes through the retries, so a passive or dead replica is skipped.
+        let (response, _) = self
+            .with_retries(|mut stub| {
+                let request = request.clone();
+                async move { stub.get_transactions(request).await }
+            })
             .await
-            .map_err(|_| ClientError::Timeout {
-                last_error: format!("transaction stream from {endpoint} stalled"),
-            })?
-        {
+            .map_err(|(status, attempts)| status_error(&self.channels[0].0, status, attempts))?;
+        let endpoint = self.stub().0;
+        let mut stream = response.into_inner();
+        // An idle stream means everything up to now has been delivered.
+        while let Ok(Some(item)) = tokio::time::timeout(STREAM_IDLE_END, stream.next()).await {
             let transaction = item.map_err(|status| status_error(&endpoint, status, 1))?;
             let offset = transaction.offset;
             out.push(transaction);
@@ -270,6 +274,10 @@ impl LedgerClient {
         Ok(out)
     }
 }
+
+/// How long [`LedgerClient::transactions`] waits for a next transaction before concluding
+/// that the stream has delivered everything there is.
+pub const STREAM_IDLE_END: Duration = Duration::from_secs(2);
 
 /// Failures after which the command may or may not have been processed.
 fn retryable(status: &tonic::Status) -> bool {

@@ -28,7 +28,7 @@ use crate::deployment::Deployment;
 pub const CURRENCY: &str = "USD";
 /// How long and how often a lane waits for its IOU to appear on the new owner's participant.
 const VISIBILITY_RETRY_DELAY: Duration = Duration::from_millis(10);
-const MAX_VISIBILITY_RETRIES: u32 = 200;
+const MAX_VISIBILITY_RETRIES: u32 = 1_000;
 
 /// Clients and parties of a deployment with at least three participants.
 #[derive(Clone)]

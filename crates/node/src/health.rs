@@ -1,12 +1,16 @@
 //! A node's own verdict on whether it can serve: one shared, cheaply cloned handle that the
 //! node's tasks update (ready, not ready with a reason, fatally failed) and that every outward
 //! face reads — `/readyz` and `/livez` for load balancers and Kubernetes, `/status` for
-//! operators, and gRPC health through [`Health::subscribe`].
+//! operators, and gRPC health through [`follow_grpc_health`] (built on [`Health::subscribe`]).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 /// Longest reason kept, in bytes. Reasons often carry an error's text, which can be long (a
 /// whole error chain, a SQL statement); they end up in every probe response and log line.
@@ -161,6 +165,52 @@ impl Health {
                 Readiness::NotReady { reason } => tracing::info!(%reason, "node is not ready"),
                 Readiness::Failed { reason } => tracing::error!(%reason, "node has failed"),
             }
+        }
+    }
+}
+
+/// A node's `grpc.health.v1.Health` service, kept in step with `health` for `services` by a
+/// spawned [`follow_grpc_health`] task until `shutdown`. Call it inside a Tokio runtime.
+pub fn grpc_health_service(
+    health: &Health,
+    services: Vec<&'static str>,
+    shutdown: &CancellationToken,
+) -> HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    tokio::spawn(follow_grpc_health(
+        health.clone(),
+        reporter,
+        services,
+        shutdown.clone(),
+    ));
+    service
+}
+
+/// Mirrors readiness into `grpc.health.v1.Health` until `shutdown` (or until `health` is gone):
+/// each name in `services` (a gRPC service's `NamedService::NAME`, or `""` for the server as a
+/// whole) reports SERVING exactly while the node is ready. Every node runs this so a gRPC
+/// health probe and `/readyz` can never disagree.
+pub async fn follow_grpc_health(
+    health: Health,
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    shutdown: CancellationToken,
+) {
+    let mut changes = health.subscribe();
+    loop {
+        // Read the state afresh rather than from `changes`: it is the latest, so a burst of
+        // changes ends with the right status even if some were not seen one by one.
+        let status = if health.is_ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in &services {
+            reporter.set_service_status(service, status).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -24,7 +24,7 @@ use meridian_core::crypto::SigningKey;
 use meridian_core::topology::TopologyState;
 use meridian_core::{LedgerOffset, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
-use meridian_node::health::Health;
+use meridian_node::health::{grpc_health_service, Health};
 use meridian_node::metrics::Metrics;
 use meridian_node::replica::{HoldEnd, ReplicaManager};
 use meridian_node::Conditions;
@@ -187,17 +187,16 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
         serving: serving.clone(),
         health: health.clone(),
     };
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building gRPC reflection")?;
-    tokio::spawn(follow_health(
-        health.clone(),
-        health_reporter,
-        shutdown.clone(),
-    ));
+    let health_service = grpc_health_service(
+        &health,
+        vec![<LedgerServiceServer<LedgerApi> as tonic::server::NamedService>::NAME],
+        &shutdown,
+    );
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
         .with_context(|| format!("cannot bind gRPC on {}", config.listen_address))?;
@@ -477,6 +476,12 @@ async fn run_replica(
             TermEnd::Writer(Ok(Err(WriterError::Fenced(error)))) => {
                 tracing::warn!(%epoch, %error, "the store refused a write; this replica is passive again");
                 manager.demoted();
+                // A step-down deactivates the fence before the hold reports it, so the writer
+                // can be the first to notice: yield here too, or this replica would win the
+                // released lease straight back.
+                if !yield_lease(manager, lease, shutdown).await {
+                    return Ok(());
+                }
             }
             TermEnd::Writer(Ok(Ok(()) | Err(WriterError::Interrupted))) => {
                 manager.demoted();
@@ -780,28 +785,4 @@ fn restore(snapshot: &meridian_store::ParticipantSnapshot) -> anyhow::Result<Res
         in_flight,
         committed,
     })
-}
-
-/// Mirrors readiness into `grpc.health.v1.Health` for the Ledger service.
-async fn follow_health(
-    health: Health,
-    reporter: tonic_health::server::HealthReporter,
-    shutdown: CancellationToken,
-) {
-    let mut changes = health.subscribe();
-    loop {
-        if health.is_ready() {
-            reporter
-                .set_serving::<LedgerServiceServer<LedgerApi>>()
-                .await;
-        } else {
-            reporter
-                .set_not_serving::<LedgerServiceServer<LedgerApi>>()
-                .await;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-        }
-    }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use meridian_core::Timestamp;
 use meridian_node::admin::{self, AdminState, StatusSource};
-use meridian_node::health::Health;
+use meridian_node::health::{grpc_health_service, Health};
 use meridian_node::metrics::Metrics;
 use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use meridian_proto::v1::sequencer_service_server::SequencerServiceServer;
@@ -189,17 +189,16 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     });
 
     let max_message_bytes = config.limits.max_request_bytes + WIRE_OVERHEAD_BYTES;
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building gRPC reflection")?;
-    tokio::spawn(follow_health(
-        health.clone(),
-        health_reporter,
-        shutdown.clone(),
-    ));
+    let health_service = grpc_health_service(
+        &health,
+        vec![<SequencerServiceServer<SequencerApi> as tonic::server::NamedService>::NAME],
+        &shutdown,
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
@@ -417,30 +416,6 @@ async fn poll_peers(
                     }
                 }
             }
-        }
-    }
-}
-
-/// Mirrors readiness into `grpc.health.v1.Health` for the sequencer service.
-async fn follow_health(
-    health: Health,
-    reporter: tonic_health::server::HealthReporter,
-    shutdown: CancellationToken,
-) {
-    let mut changes = health.subscribe();
-    loop {
-        if health.is_ready() {
-            reporter
-                .set_serving::<SequencerServiceServer<SequencerApi>>()
-                .await;
-        } else {
-            reporter
-                .set_not_serving::<SequencerServiceServer<SequencerApi>>()
-                .await;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod mediator;
 pub mod participant;
 mod participant_rows;
 mod participant_sql;
+mod pools;
 pub mod postgres;
 pub mod sequencer;
 pub mod sqlite;

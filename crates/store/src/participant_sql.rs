@@ -13,11 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_core::{ContractId, LedgerOffset, Timestamp, UserId};
-use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 
 use crate::participant::{
@@ -25,16 +22,12 @@ use crate::participant::{
     StoredContract, TransactionRecord,
 };
 use crate::participant_rows::{self as rows, ContractRow, DedupRow, TransactionRow};
-use crate::{fencing, FenceSlot, StoreError};
-
-static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+use crate::{fencing, pools, FenceSlot, StoreError};
 
 /// Rows per multi-row `INSERT`: at up to eleven columns well below both backends' limits on
 /// bound parameters.
 const ROWS_PER_INSERT: usize = 400;
 const READER_CONNECTIONS: u32 = 4;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
@@ -48,25 +41,9 @@ pub struct SqliteParticipantStore {
 impl SqliteParticipantStore {
     /// Opens the database file, creating and migrating it if needed.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            // A committed transaction (and the completion an application saw) must survive a
-            // power loss, not just a process crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone().create_if_missing(true))
-            .await?;
-        SQLITE_MIGRATOR.run(&writer).await?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(READER_CONNECTIONS)
-            .connect_with(options.read_only(true))
-            .await?;
+        let options = pools::sqlite_options(path);
+        let writer = pools::open_sqlite_writer(&options, pools::MIGRATE_ONCE).await?;
+        let readers = pools::open_sqlite_readers(options, READER_CONNECTIONS).await?;
         let store = Self {
             writer,
             readers,
@@ -99,16 +76,13 @@ impl PgParticipantStore {
     /// Connects with `max_connections` in total (one of them the writer) and migrates.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
-        let writer = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
-            .await?;
-        POSTGRES_MIGRATOR.run(&writer).await?;
-        let readers = PgPoolOptions::new()
-            .max_connections(max_connections.saturating_sub(1).max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
+        // The migrating connection stays on as the writer.
+        let writer = pools::connect_postgres_migrated(options.clone(), ACQUIRE_TIMEOUT).await?;
+        let readers = pools::lazy_postgres_pool(
+            options,
+            pools::postgres_reader_connections(max_connections),
+            ACQUIRE_TIMEOUT,
+        );
         let store = Self {
             writer,
             readers,

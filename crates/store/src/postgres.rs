@@ -14,18 +14,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, Timestamp};
-use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 
 use crate::common::{self, ClaimedRow, WritePlan};
 use crate::sequencer::{
     BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberRecord,
     MemberSeq, NewEvent, SequencerStore, StoredEvent, WriteResult,
 };
-use crate::StoreError;
-
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+use crate::{pools, StoreError};
 
 /// How long a call waits for a connection before reporting the database unavailable. Short,
 /// because callers retry transient errors themselves and must report not-ready meanwhile.
@@ -75,43 +71,20 @@ impl PgSequencerStore {
     /// [`SequencerStore::backend_status`] can still report why this sequencer must not serve.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
-        // One plain connection first: a pool would keep retrying an unreachable server until
-        // its acquire timeout, and the caller wants to hear "unavailable" at once.
-        let mut connection =
-            tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
-                .await
-                .map_err(|_| {
-                    StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connecting to PostgreSQL timed out",
-                    )))
-                })??;
-        let (in_recovery, read_only): (bool, String) =
-            sqlx::query_as("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
-                .fetch_one(&mut connection)
-                .await?;
-        if in_recovery || read_only == "on" {
-            tracing::warn!(
-                in_recovery,
-                "the sequencer database is read-only; not migrating it"
-            );
-        } else {
-            MIGRATOR.run(&mut connection).await?;
-        }
-        // Closing politely is a courtesy; the pools below do not depend on it.
-        let _ = connection.close().await;
-
-        let writer = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.clone().options([(
+        pools::migrate_postgres_unless_read_only(&options, ACQUIRE_TIMEOUT, "sequencer").await?;
+        let writer = pools::lazy_postgres_pool(
+            options.clone().options([(
                 "idle_in_transaction_session_timeout",
                 WRITER_IDLE_IN_TRANSACTION_TIMEOUT_MS,
-            )]));
-        let readers = PgPoolOptions::new()
-            .max_connections(max_connections.saturating_sub(1).max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
+            )]),
+            1,
+            ACQUIRE_TIMEOUT,
+        );
+        let readers = pools::lazy_postgres_pool(
+            options,
+            pools::postgres_reader_connections(max_connections),
+            ACQUIRE_TIMEOUT,
+        );
         Ok(Self { writer, readers })
     }
 }

@@ -8,20 +8,17 @@
 //! Several sequencer processes on one machine may share the file (active-active on SQLite):
 //! the write lock serializes their transactions, the same way the row locks do on PostgreSQL.
 //! One limit has no SQLite remedy: a process *paused* (SIGSTOP) inside a write transaction
-//! keeps the file's write lock, so every other instance waits (up to `BUSY_TIMEOUT`, then
-//! errors) until it resumes or dies. A crash releases the lock at once.
+//! keeps the file's write lock, so every other instance waits (up to the busy timeout,
+//! `pools::SQLITE_BUSY_TIMEOUT`, then errors) until it resumes or dies. A crash releases the
+//! lock at once.
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, Timestamp};
-use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Sqlite};
 
 use crate::common::{self, ClaimedRow, WritePlan};
@@ -29,9 +26,7 @@ use crate::sequencer::{
     BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberRecord,
     MemberSeq, NewEvent, SequencerStore, StoredEvent, WriteResult,
 };
-use crate::StoreError;
-
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+use crate::{pools, StoreError};
 
 /// Rows per multi-row `INSERT`. At five columns that is 2,500 bound parameters, far below
 /// SQLite's limit, and large enough that per-statement overhead no longer matters.
@@ -39,8 +34,6 @@ const ROWS_PER_INSERT: usize = 500;
 
 /// Reads run in parallel with the writer and with each other.
 const READER_CONNECTIONS: u32 = 4;
-
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct SqliteSequencerStore {
@@ -51,50 +44,16 @@ pub struct SqliteSequencerStore {
 impl SqliteSequencerStore {
     /// Opens the database file, creating and migrating it if needed.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Acknowledged sends must survive a power loss, not just a process crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            // Keeping the one connection open keeps the WAL index alive for the readers.
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone().create_if_missing(true))
-            .await?;
-        migrate(&writer).await?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(READER_CONNECTIONS)
-            .connect_with(options.read_only(true))
-            .await?;
+        let options = pools::sqlite_options(path).foreign_keys(true);
+        let writer = pools::open_sqlite_writer(&options, MIGRATE_ATTEMPTS).await?;
+        let readers = pools::open_sqlite_readers(options, READER_CONNECTIONS).await?;
         Ok(Self { writer, readers })
     }
 }
 
 /// Migrating attempts before giving up. Several sequencer processes may open a fresh shared
-/// file at the same moment; SQLite has no migration lock, so all but one fail on "table
-/// already exists" and, on a retry, find the schema complete (each migration is one
-/// transaction, so a failed one leaves nothing behind).
+/// file at the same moment (active-active on SQLite), and SQLite has no migration lock.
 const MIGRATE_ATTEMPTS: u32 = 5;
-
-async fn migrate(writer: &SqlitePool) -> Result<(), StoreError> {
-    let mut attempt = 1;
-    loop {
-        match MIGRATOR.run(writer).await {
-            Ok(()) => return Ok(()),
-            Err(error) if attempt < MIGRATE_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "migrating the database failed; retrying (another process migrating it?)");
-                tokio::time::sleep(Duration::from_millis(100) * attempt).await;
-                attempt += 1;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
-}
 
 /// Reads a member on `pool`: the writer when the read must see that connection's own writes.
 async fn member_on(pool: &SqlitePool, id: &MemberId) -> Result<Option<MemberRecord>, StoreError> {

@@ -26,7 +26,7 @@ use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, Topolo
 use meridian_core::{MemberId, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::conditions::Conditions;
-use meridian_node::health::Health;
+use meridian_node::health::{grpc_health_service, Health};
 use meridian_node::keys::load_or_create_key;
 use meridian_node::metrics::Metrics;
 use meridian_node::replica::{ReplicaManager, ReplicaSettings};
@@ -263,18 +263,19 @@ async fn grpc_server(
     overall: bool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(tonic::transport::server::Router, tokio::net::TcpListener)> {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building gRPC reflection")?;
-    tokio::spawn(follow_health(
-        health.clone(),
-        health_reporter,
-        overall,
-        shutdown.clone(),
-    ));
+    let admin = <TopologyAdminServiceServer<TopologyAdminApi> as tonic::server::NamedService>::NAME;
+    // With `overall`, the whole server (the empty service name) mirrors readiness too.
+    let services = if overall {
+        vec![admin, ""]
+    } else {
+        vec![admin]
+    };
+    let health_service = grpc_health_service(health, services, shutdown);
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
         .with_context(|| format!("cannot bind gRPC on {}", config.listen_address))?;
@@ -561,37 +562,5 @@ impl StatusSource for ManagerStatus {
             }
         }
         status
-    }
-}
-
-/// Mirrors readiness into `grpc.health.v1.Health` for the topology admin service, and with
-/// `overall` for the server as a whole (the empty service name) too.
-async fn follow_health(
-    health: Health,
-    reporter: tonic_health::server::HealthReporter,
-    overall: bool,
-    shutdown: CancellationToken,
-) {
-    use tonic_health::ServingStatus;
-    let mut changes = health.subscribe();
-    loop {
-        let status = if health.is_ready() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        reporter
-            .set_service_status(
-                <TopologyAdminServiceServer<TopologyAdminApi> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
-        if overall {
-            reporter.set_service_status("", status).await;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-        }
     }
 }

@@ -74,6 +74,8 @@ pub struct FailoverReport {
     pub rto_ms_max: f64,
     pub failed_requests: u64,
     pub timed_out_requests: u64,
+    /// Failed attempts by status, over the whole run.
+    pub rejections: BTreeMap<String, u64>,
     pub committed: u64,
     pub lost_transactions: usize,
     pub duplicate_transactions: usize,
@@ -267,6 +269,7 @@ async fn trials(
         failed_requests: trials.iter().map(|t| t.failed_requests).sum(),
         timed_out_requests: trials.iter().map(|t| t.timed_out_requests).sum(),
         trials,
+        rejections: report.rejections.clone(),
         committed: report.committed,
         lost_transactions: audit.acknowledged_missing,
         duplicate_transactions: duplicates,

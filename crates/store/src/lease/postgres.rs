@@ -26,15 +26,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use meridian_core::Timestamp;
-use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sqlx::Connection;
 use tokio::sync::Mutex;
 
 use super::{Epoch, LeaseState, LeaseStore};
-use crate::StoreError;
-
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+use crate::{pools, StoreError};
 
 /// Connecting (the session, the read pool) gives up after this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,23 +74,15 @@ impl PgLeaseStore {
     /// Connects, migrates, and prepares the dedicated session for `node`'s lease.
     pub async fn connect(url: &str, node: &str) -> Result<Self, StoreError> {
         let base: PgConnectOptions = url.parse()?;
-        // Migrating through a one-connection pool rather than a bare connection, as the
-        // topology store does, keeps callers' futures `Send`.
-        let migrator = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_with(base.clone())
-            .await?;
-        MIGRATOR.run(&migrator).await?;
+        // The migrating connection is not kept: the session and the read pool carry the
+        // session settings below, and the read pool connects lazily.
+        let migrator = pools::connect_postgres_migrated(base.clone(), CONNECT_TIMEOUT).await?;
         migrator.close().await;
         let options = base.clone().options([
             ("lock_timeout", LOCK_TIMEOUT),
             ("statement_timeout", STATEMENT_TIMEOUT),
         ]);
-        let readers = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_lazy_with(options.clone());
+        let readers = pools::lazy_postgres_pool(options.clone(), 1, CONNECT_TIMEOUT);
         let store = Self {
             node: node.to_owned(),
             options,

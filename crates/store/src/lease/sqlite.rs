@@ -17,9 +17,10 @@
 //!
 //! Limitation: a holder stopped *inside* a write transaction keeps SQLite's write lock, which no
 //! other process can break, so nobody (not even a taker) can write until it resumes or dies; the
-//! takeover's `BEGIN IMMEDIATE` fails after `BUSY_TIMEOUT` (5 s) and the passive keeps polling. A
-//! supervisor that kills stuck processes (kill -9 frees the write lock and the flock at once)
-//! is the remedy; PostgreSQL terminates such sessions itself.
+//! takeover's `BEGIN IMMEDIATE` fails after the busy timeout (`pools::SQLITE_BUSY_TIMEOUT`,
+//! 5 s) and the passive keeps polling. A supervisor that kills stuck processes (kill -9 frees
+//! the write lock and the flock at once) is the remedy; PostgreSQL terminates such sessions
+//! itself.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -31,19 +32,10 @@ use async_trait::async_trait;
 use meridian_core::Timestamp;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 
 use super::{Epoch, LeaseState, LeaseStore};
-use crate::StoreError;
-
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
-
-/// How long a lease statement waits for the node's writer to finish its transaction. A renewal
-/// must not give up sooner than the writer's own transactions may take.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::{pools, StoreError};
 
 #[derive(Debug)]
 pub struct SqliteLeaseStore {
@@ -58,21 +50,8 @@ impl SqliteLeaseStore {
     /// Opens (creating and migrating if needed) the database file that holds `node`'s lease
     /// row; the sidecar lock file is `<path>.lease-<node>`.
     pub async fn open(path: &Path, node: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            // An epoch bump must survive a power loss: a replica may already write under it.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .create_if_missing(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
+        let pool =
+            pools::open_sqlite_writer(&pools::sqlite_options(path), pools::MIGRATE_ONCE).await?;
         Ok(Self {
             node: node.to_owned(),
             pool,

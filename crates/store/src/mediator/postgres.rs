@@ -7,17 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_core::Timestamp;
-use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use crate::mediator::{
     self, ApplyPlan, MediatorChange, MediatorSnapshot, MediatorStore, VerdictRecord,
 };
 use crate::sequencer::BackendStatus;
-use crate::{fencing, FenceSlot, StoreError};
-
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+use crate::{fencing, pools, FenceSlot, StoreError};
 
 /// How long a call waits for a connection before reporting the database unavailable. Short,
 /// because the mediator retries transient errors itself and reports not-ready meanwhile.
@@ -37,43 +33,13 @@ impl PgMediatorStore {
     /// [`MediatorStore::backend_status`] reports why the mediator cannot work.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
-        // One plain connection first: a pool would keep retrying an unreachable server until
-        // its acquire timeout, and the caller wants to hear "unavailable" at once.
-        let mut connection =
-            tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
-                .await
-                .map_err(|_| {
-                    StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connecting to PostgreSQL timed out",
-                    )))
-                })??;
-        let (in_recovery, read_only): (bool, String) =
-            sqlx::query_as("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
-                .fetch_one(&mut connection)
-                .await?;
-        if in_recovery || read_only == "on" {
-            tracing::warn!(
-                in_recovery,
-                "the mediator database is read-only; not migrating it"
-            );
-        } else {
-            // `run_direct`, not `run`: awaiting `run(&mut connection)` makes every enclosing
-            // future's `Send` proof fail ("Acquire is not general enough"), so callers could not
-            // spawn the mediator; sqlx offers `run_direct` for exactly this.
-            MIGRATOR.run_direct(&mut connection).await?;
-        }
-        // Closing politely is a courtesy; the pools below do not depend on it.
-        let _ = connection.close().await;
-
-        let writer = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.clone());
-        let readers = PgPoolOptions::new()
-            .max_connections(max_connections.saturating_sub(1).max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
+        pools::migrate_postgres_unless_read_only(&options, ACQUIRE_TIMEOUT, "mediator").await?;
+        let writer = pools::lazy_postgres_pool(options.clone(), 1, ACQUIRE_TIMEOUT);
+        let readers = pools::lazy_postgres_pool(
+            options,
+            pools::postgres_reader_connections(max_connections),
+            ACQUIRE_TIMEOUT,
+        );
         Ok(Self {
             writer,
             readers,

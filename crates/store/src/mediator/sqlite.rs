@@ -4,30 +4,22 @@
 //! multi-row statements whatever the number of events it covers.
 
 use std::path::Path;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_core::Timestamp;
-use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Sqlite};
 
 use crate::mediator::{
     self, ApplyPlan, MediatorChange, MediatorSnapshot, MediatorStore, VerdictRecord,
 };
 use crate::sequencer::BackendStatus;
-use crate::{fencing, FenceSlot, StoreError};
-
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+use crate::{fencing, pools, FenceSlot, StoreError};
 
 /// Rows per multi-row statement: at most four bound parameters each, far below SQLite's limit.
 const ROWS_PER_STATEMENT: usize = 500;
 
 const READER_CONNECTIONS: u32 = 2;
-
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct SqliteMediatorStore {
@@ -40,25 +32,9 @@ pub struct SqliteMediatorStore {
 impl SqliteMediatorStore {
     /// Opens the database file, creating and migrating it if needed.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            // A decided verdict must survive a power loss: it may already be on its way.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            // Keeping the one connection open keeps the WAL index alive for the readers.
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone().create_if_missing(true))
-            .await?;
-        MIGRATOR.run(&writer).await?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(READER_CONNECTIONS)
-            .connect_with(options.read_only(true))
-            .await?;
+        let options = pools::sqlite_options(path);
+        let writer = pools::open_sqlite_writer(&options, pools::MIGRATE_ONCE).await?;
+        let readers = pools::open_sqlite_readers(options, READER_CONNECTIONS).await?;
         Ok(Self {
             writer,
             readers,

@@ -8,16 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::Timestamp;
-use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 
 use super::{
     admit_intent, record, serial_column, unchanged_update, Row, TopologyRecord, TopologyStore,
     TopologyStoreError, COLUMNS,
 };
-use crate::{fencing, FenceSlot, StoreError};
-
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+use crate::{fencing, pools, FenceSlot, StoreError};
 
 /// How long a call waits for a connection before reporting the database unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,21 +33,9 @@ impl PgTopologyStore {
     /// time) and migrates the schema.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
-        // Migrating through a one-connection pool rather than a bare `PgConnection`: the
-        // latter's future is not provably `Send` (an sqlx higher-ranked lifetime), which would
-        // stop callers from spawning the node. The pool's acquire timeout bounds the wait for
-        // an unreachable server.
-        let migrator = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
-            .await?;
-        MIGRATOR.run(&migrator).await?;
+        let migrator = pools::connect_postgres_migrated(options.clone(), ACQUIRE_TIMEOUT).await?;
         migrator.close().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.clamp(1, 4))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
+        let pool = pools::lazy_postgres_pool(options, max_connections.clamp(1, 4), ACQUIRE_TIMEOUT);
         Ok(Self {
             pool,
             fence: FenceSlot::default(),

@@ -4,26 +4,17 @@
 //! same file between the check of the highest serial and the insert.
 
 use std::path::Path;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::Timestamp;
-use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 
 use super::{
     admit_intent, record, serial_column, unchanged_update, Row, TopologyRecord, TopologyStore,
     TopologyStoreError, COLUMNS,
 };
-use crate::{fencing, FenceSlot, StoreError};
-
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
-
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::{fencing, pools, FenceSlot, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct SqliteTopologyStore {
@@ -35,21 +26,9 @@ pub struct SqliteTopologyStore {
 impl SqliteTopologyStore {
     /// Opens the database file, creating and migrating it if needed.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            // A published topology transaction must survive a power loss: members act on it.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .create_if_missing(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
+        // One connection serves reads and writes (see the module docs).
+        let pool =
+            pools::open_sqlite_writer(&pools::sqlite_options(path), pools::MIGRATE_ONCE).await?;
         Ok(Self {
             pool,
             fence: FenceSlot::default(),
