@@ -229,6 +229,33 @@ impl ReplicaManager {
         }
     }
 
+    /// After stepping down (or finding its own writes refused, which a step-down can cause
+    /// before the hold reports it), gives the other replicas the first go at the lease:
+    /// waits until another replica holds it, or for at most the lease timeout when none does.
+    /// Competing at once would mostly win the released lease straight back. False on shutdown.
+    pub async fn yield_to_others(&self, shutdown: &CancellationToken) -> bool {
+        let deadline = Instant::now() + self.settings.lease_timeout;
+        while Instant::now() < deadline {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+            match self.lease.current().await {
+                Ok(Some(state))
+                    if state
+                        .holder
+                        .as_ref()
+                        .is_some_and(|holder| *holder != self.settings.replica_id) =>
+                {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "reading the lease while yielding failed"),
+            }
+        }
+        true
+    }
+
     /// After the active work stopped: no more writes, and report passive.
     pub fn demoted(&self) {
         self.fence.deactivate(&self.settings.node);

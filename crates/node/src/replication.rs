@@ -329,18 +329,15 @@ impl Replication {
             result?;
             match end {
                 HoldEnd::Shutdown => return Ok(()),
-                HoldEnd::Lost => {}
-                HoldEnd::SteppedDown => {
-                    // Give the other replicas the free lease: competing for it at once would
-                    // mostly win it straight back. If nobody takes it, take it back after this.
-                    let pause = self.manager.settings().lease_timeout;
-                    self.set_condition(format!(
-                        "stepped down; waiting {} ms for another replica to take over",
-                        pause.as_millis()
-                    ));
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(pause) => {}
+                // A refused write ends up here as `Lost` even when this replica's own
+                // step-down caused it, so yield in both cases; after a real loss another
+                // replica holds the lease and this returns at the first poll.
+                HoldEnd::Lost | HoldEnd::SteppedDown => {
+                    self.set_condition(
+                        "demoted; giving the other replicas the first go at the lease".to_owned(),
+                    );
+                    if !self.manager.yield_to_others(shutdown).await {
+                        return Ok(());
                     }
                 }
             }

@@ -29,7 +29,7 @@ use meridian_node::metrics::Metrics;
 use meridian_node::replica::{HoldEnd, ReplicaManager};
 use meridian_node::Conditions;
 use meridian_proto::v1::ledger_service_server::LedgerServiceServer;
-use meridian_store::{DedupState, LeaseStore, ParticipantStore};
+use meridian_store::{DedupState, ParticipantStore};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -297,14 +297,14 @@ async fn start_and_serve(
             else {
                 return Ok(());
             };
-            let manager = Arc::new(ReplicaManager::new(settings, lease.clone(), store.fence()));
+            let manager = Arc::new(ReplicaManager::new(settings, lease, store.fence()));
             serving.set_manager(manager.clone());
             tokio::spawn(
                 serving
                     .clone()
                     .follow_role(readiness.clone(), shutdown.clone()),
             );
-            Some((manager, lease))
+            Some(manager)
         }
     };
 
@@ -362,7 +362,7 @@ async fn start_and_serve(
     };
     match manager {
         None => serve_unreplicated(&warm, &shutdown).await,
-        Some((manager, lease)) => {
+        Some(manager) => {
             tokio::spawn(refresh_topology_while_passive(
                 warm.topology.clone(),
                 warm.config.topology_endpoint.clone(),
@@ -372,7 +372,7 @@ async fn start_and_serve(
             // Warm and competing for the lease: the `replica` condition now says why this
             // replica is not ready.
             readiness.clear("startup");
-            run_replica(&warm, &manager, lease.as_ref(), &shutdown).await
+            run_replica(&warm, &manager, &shutdown).await
         }
     }
 }
@@ -398,7 +398,6 @@ async fn serve_unreplicated(warm: &Warm, shutdown: &CancellationToken) -> anyhow
 async fn run_replica(
     warm: &Warm,
     manager: &ReplicaManager,
-    lease: &dyn LeaseStore,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
@@ -469,7 +468,7 @@ async fn run_replica(
             }
             TermEnd::Lease(HoldEnd::SteppedDown) => {
                 manager.demoted();
-                if !yield_lease(manager, lease, shutdown).await {
+                if !manager.yield_to_others(shutdown).await {
                     return Ok(());
                 }
             }
@@ -479,7 +478,7 @@ async fn run_replica(
                 // A step-down deactivates the fence before the hold reports it, so the writer
                 // can be the first to notice: yield here too, or this replica would win the
                 // released lease straight back.
-                if !yield_lease(manager, lease, shutdown).await {
+                if !manager.yield_to_others(shutdown).await {
                     return Ok(());
                 }
             }
@@ -509,37 +508,6 @@ impl Drop for IdleOnDrop<'_> {
     fn drop(&mut self) {
         self.0.withdraw(TermPhase::Idle);
     }
-}
-
-/// After a step-down, gives the other replicas the first go at the released lease (competing
-/// at once would often win it straight back): waits until another replica holds it, or for
-/// at most the lease timeout when none does. False on shutdown.
-async fn yield_lease(
-    manager: &ReplicaManager,
-    lease: &dyn LeaseStore,
-    shutdown: &CancellationToken,
-) -> bool {
-    let settings = manager.settings();
-    let deadline = Instant::now() + settings.lease_timeout;
-    while Instant::now() < deadline {
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(settings.poll_interval) => {}
-        }
-        match lease.current().await {
-            Ok(Some(state))
-                if state
-                    .holder
-                    .as_ref()
-                    .is_some_and(|holder| *holder != settings.replica_id) =>
-            {
-                return true;
-            }
-            Ok(_) => {}
-            Err(error) => tracing::debug!(%error, "reading the lease after a step-down failed"),
-        }
-    }
-    true
 }
 
 /// Ends a term: the Ledger API refuses at once, waiters learn the outcome is unknown, nothing
