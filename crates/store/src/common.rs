@@ -99,6 +99,35 @@ pub(crate) fn member_record(
     })
 }
 
+/// The outcome of a registration once the insert has run: a new member when the insert
+/// returned its `seq`, otherwise the member already stored under that id (`existing`), which
+/// must carry the same key. Shared so both backends answer a conflict identically.
+pub(crate) fn registration_outcome(
+    id: &MemberId,
+    public_key: &PublicKey,
+    now: Timestamp,
+    inserted: Option<i64>,
+    existing: Option<MemberRecord>,
+) -> Result<(MemberRecord, bool), StoreError> {
+    if let Some(seq) = inserted {
+        let record = MemberRecord {
+            seq: MemberSeq(seq),
+            id: id.clone(),
+            public_key: *public_key,
+            registered_at: now,
+        };
+        return Ok((record, true));
+    }
+    let existing = existing.ok_or_else(|| StoreError::Corrupt {
+        table: "members",
+        detail: format!("member {id} conflicted on insert but cannot be read"),
+    })?;
+    if existing.public_key != *public_key {
+        return Err(StoreError::MemberKeyConflict { member: id.clone() });
+    }
+    Ok((existing, false))
+}
+
 pub(crate) fn instance_state(
     idx: i64,
     watermark: i64,

@@ -119,25 +119,11 @@ impl SequencerStore for PgSequencerStore {
         .bind(now.as_i64())
         .fetch_optional(&self.writer)
         .await?;
-        if let Some(seq) = inserted {
-            let record = MemberRecord {
-                seq: MemberSeq(seq),
-                id: id.clone(),
-                public_key: *public_key,
-                registered_at: now,
-            };
-            return Ok((record, true));
-        }
-        let existing = member_on(&self.writer, id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt {
-                table: "members",
-                detail: format!("member {id} conflicted on insert but cannot be read"),
-            })?;
-        if existing.public_key != *public_key {
-            return Err(StoreError::MemberKeyConflict { member: id.clone() });
-        }
-        Ok((existing, false))
+        let existing = match inserted {
+            Some(_) => None,
+            None => member_on(&self.writer, id).await?,
+        };
+        common::registration_outcome(id, public_key, now, inserted, existing)
     }
 
     async fn members(&self) -> Result<Vec<MemberRecord>, StoreError> {
