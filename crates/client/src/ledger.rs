@@ -21,6 +21,12 @@ use tonic::Code;
 
 use crate::{Backoff, ClientError};
 
+/// How often an open connection to a replica is pinged, and how long a ping may go unanswered
+/// before the connection counts as dead: together they bound how long a request can hang on
+/// a frozen replica (about 1.5 s) before it is retried elsewhere.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(1_000);
+
 /// A committed submission, as the client learned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -82,6 +88,12 @@ impl LedgerClient {
                     })?
                     .connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true)
+                    // A frozen replica (SIGSTOP, a stuck VM) keeps its TCP connections open
+                    // and answers nothing: without pings a SubmitAndWait sent to it would wait
+                    // for the whole request timeout instead of failing over to the new active.
+                    .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
                     .connect_lazy();
                 Ok((endpoint.clone(), channel))
             })

@@ -1,0 +1,126 @@
+//! Failover behaviour of the ledger client between participant replica endpoints, against a
+//! minimal fake Ledger API (a real tonic server on 127.0.0.1) and a "frozen" endpoint: a
+//! socket that the kernel accepts but no process ever answers, which is what a SIGSTOPped
+//! replica looks like from the network.
+
+// The fake server and helpers are test code too: a failed unwrap there is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use meridian_client::{Backoff, LedgerClient};
+use meridian_core::{PartyId, UserId};
+use meridian_proto::v1;
+use meridian_proto::v1::ledger_service_server::{LedgerService, LedgerServiceServer};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Answers AllocateParty by echoing the party; counts the calls. Nothing else is needed here.
+#[derive(Clone, Default)]
+struct FakeParticipant {
+    allocations: Arc<AtomicU32>,
+}
+
+#[tonic::async_trait]
+impl LedgerService for FakeParticipant {
+    async fn allocate_party(
+        &self,
+        request: Request<v1::AllocatePartyRequest>,
+    ) -> Result<Response<v1::AllocatePartyResponse>, Status> {
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(v1::AllocatePartyResponse {
+            party: request.into_inner().party,
+        }))
+    }
+
+    async fn list_parties(
+        &self,
+        _: Request<v1::ListPartiesRequest>,
+    ) -> Result<Response<v1::ListPartiesResponse>, Status> {
+        Err(Status::unimplemented("not needed by these tests"))
+    }
+
+    async fn submit_and_wait(
+        &self,
+        _: Request<v1::SubmitAndWaitRequest>,
+    ) -> Result<Response<v1::SubmitAndWaitResponse>, Status> {
+        Err(Status::unimplemented("not needed by these tests"))
+    }
+
+    type GetTransactionsStream = Streamed<v1::Transaction>;
+
+    async fn get_transactions(
+        &self,
+        _: Request<v1::GetTransactionsRequest>,
+    ) -> Result<Response<Self::GetTransactionsStream>, Status> {
+        Err(Status::unimplemented("not needed by these tests"))
+    }
+
+    async fn get_active_contracts(
+        &self,
+        _: Request<v1::GetActiveContractsRequest>,
+    ) -> Result<Response<v1::GetActiveContractsResponse>, Status> {
+        Err(Status::unimplemented("not needed by these tests"))
+    }
+
+    type CompletionStreamStream = Streamed<v1::Completion>;
+
+    async fn completion_stream(
+        &self,
+        _: Request<v1::CompletionStreamRequest>,
+    ) -> Result<Response<Self::CompletionStreamStream>, Status> {
+        Err(Status::unimplemented("not needed by these tests"))
+    }
+}
+
+async fn serve(fake: FakeParticipant) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(LedgerServiceServer::new(fake))
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    endpoint
+}
+
+#[tokio::test]
+async fn a_request_stuck_on_a_frozen_replica_fails_over_within_the_keep_alive_bound() {
+    // Bound but never accepted: connections complete in the kernel backlog and then hang,
+    // exactly like a stopped process's listening socket.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let frozen_endpoint = format!("http://{}", frozen.local_addr().unwrap());
+    let fake = FakeParticipant::default();
+    let live_endpoint = serve(fake.clone()).await;
+    let client = LedgerClient::new(
+        &[frozen_endpoint, live_endpoint],
+        UserId::new("failover-test").unwrap(),
+    )
+    .unwrap()
+    .with_backoff(Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        max_attempts: 5,
+    });
+    let started = Instant::now();
+    let party = PartyId::new("alice").unwrap();
+    // The client's own request timeout is 40 s; only the keep-alive can end this sooner.
+    let allocated = tokio::time::timeout(Duration::from_secs(10), client.allocate_party(&party))
+        .await
+        .expect("the request stayed stuck on the frozen endpoint")
+        .unwrap();
+    assert_eq!(allocated, party);
+    assert_eq!(fake.allocations.load(Ordering::Relaxed), 1);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "failing over took {took:?}");
+    drop(frozen);
+}
