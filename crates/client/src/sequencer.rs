@@ -326,9 +326,10 @@ pub async fn register_member(
 /// configured with `owner_public_key` can check the owner's signature. Returns `true` if the
 /// member was created, `false` if it was already registered with the same key. The member and
 /// key are taken from the transaction itself, so they cannot disagree with it. Transient
-/// failures are retried with [`Backoff::default`].
+/// failures are retried with [`Backoff::default`], each attempt at the next of `endpoints`
+/// (instances share the member table, so any live one will do).
 pub async fn register_member_with_topology(
-    endpoint: &str,
+    endpoints: &[String],
     signed: &SignedTopologyTransaction,
 ) -> Result<bool, ClientError> {
     // Decoded without verifying: the sequencer verifies; here we only need the fields.
@@ -346,15 +347,30 @@ pub async fn register_member_with_topology(
             transaction.serial
         ))
     })?;
-    let admin = SequencerAdminServiceClient::new(channel(endpoint, DEFAULT_CONNECT_TIMEOUT)?);
+    if endpoints.is_empty() {
+        return Err(ClientError::InvalidConfig(
+            "registering a member needs at least one sequencer endpoint".into(),
+        ));
+    }
+    let admins = endpoints
+        .iter()
+        .map(|endpoint| {
+            Ok(SequencerAdminServiceClient::new(channel(
+                endpoint,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?))
+        })
+        .collect::<Result<Vec<_>, ClientError>>()?;
     let request = v1::RegisterMemberRequest {
         member: member.to_string(),
         public_key: public_key.to_bytes().to_vec(),
         topology_transaction_json: signed.transaction_json.clone(),
         owner_signature: signed.signature.clone(),
     };
+    let mut attempt_index = 0usize;
     let attempt = || {
-        let mut admin = admin.clone();
+        let mut admin = admins[attempt_index % admins.len()].clone();
+        attempt_index += 1;
         let request = request.clone();
         async move {
             timed(DEFAULT_REQUEST_TIMEOUT, admin.register_member(request))
@@ -362,7 +378,7 @@ pub async fn register_member_with_topology(
                 .map_err(classify)
         }
     };
-    let response = retry(endpoint, Backoff::default(), None, attempt).await?;
+    let response = retry(&endpoints.join(", "), Backoff::default(), None, attempt).await?;
     Ok(response.created)
 }
 

@@ -10,8 +10,24 @@ use meridian_proto::v1::GetTopologyRequest;
 
 use crate::ClientError;
 
-/// Fetches the signed topology history (effective time, transaction).
+/// Fetches the signed topology history (effective time, transaction) from the first of the
+/// topology manager's replicas that answers. Every replica, passive ones included, serves the
+/// history from the shared database, and the entries are verified by the caller either way.
 pub async fn fetch_topology(
+    endpoints: &[String],
+) -> Result<Vec<(Timestamp, SignedTopologyTransaction)>, ClientError> {
+    let mut last_error = ClientError::InvalidConfig("no topology manager endpoint given".into());
+    for endpoint in endpoints {
+        match fetch_topology_from(endpoint).await {
+            Ok(entries) => return Ok(entries),
+            Err(error @ ClientError::Unavailable { .. }) => last_error = error,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error)
+}
+
+async fn fetch_topology_from(
     endpoint: &str,
 ) -> Result<Vec<(Timestamp, SignedTopologyTransaction)>, ClientError> {
     let mut client = TopologyAdminServiceClient::connect(endpoint.to_owned())
@@ -54,14 +70,14 @@ pub async fn fetch_topology(
 /// Fetches the history and adds it to `state`, verifying every signature with the state's
 /// owner key. Returns how many entries were new.
 pub async fn sync_topology(
-    endpoint: &str,
+    endpoints: &[String],
     state: &mut TopologyState,
 ) -> Result<usize, ClientError> {
     let mut added = 0;
-    for (effective, signed) in fetch_topology(endpoint).await? {
+    for (effective, signed) in fetch_topology(endpoints).await? {
         if state
             .add(effective, &signed)
-            .map_err(|e| ClientError::Protocol(format!("topology from {endpoint}: {e}")))?
+            .map_err(|e| ClientError::Protocol(format!("topology from the manager: {e}")))?
         {
             added += 1;
         }

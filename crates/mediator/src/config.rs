@@ -5,8 +5,8 @@
 //! member_id = "mediator"                       # its sequencer member id (default "mediator")
 //! key_file = "data/mediator.key"               # ed25519 seed as hex; created if missing
 //! owner_public_key = "5f1c…"                   # the synchronizer owner's key, hex
-//! sequencer_endpoint = "http://127.0.0.1:4001"
-//! topology_endpoint = "http://127.0.0.1:4301"
+//! sequencer_endpoints = ["http://127.0.0.1:4001"] # every instance; one string also works
+//! topology_endpoints = ["http://127.0.0.1:4301"] # the topology manager's replicas
 //! admin_address = "127.0.0.1:4201"             # HTTP: /livez /readyz /status /metrics
 //! response_timeout_ms = 10000                  # a request's deadline after its sequencing
 //! time_proof_interval_ms = 500                 # quiet time before asking for a time proof
@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use meridian_core::crypto::PublicKey;
 use meridian_core::MemberId;
+use meridian_node::config::Endpoints;
 use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
@@ -49,8 +50,12 @@ pub struct MediatorConfig {
     pub key_file: PathBuf,
     /// Hex of the synchronizer owner's ed25519 public key; topology is verified against it.
     pub owner_public_key: String,
-    pub sequencer_endpoint: String,
-    pub topology_endpoint: String,
+    /// The sequencer's instances (`sequencer_endpoint = "..."`, one, is accepted too).
+    #[serde(alias = "sequencer_endpoint")]
+    pub sequencer_endpoints: Endpoints,
+    /// The topology manager's replicas (`topology_endpoint = "..."`, one, is accepted too).
+    #[serde(alias = "topology_endpoint")]
+    pub topology_endpoints: Endpoints,
     pub admin_address: SocketAddr,
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
@@ -80,11 +85,12 @@ pub enum ConfigCheckError {
     Load(#[from] meridian_node::config::ConfigError),
     #[error("{path}: owner_public_key is not a hex ed25519 public key: {detail}")]
     OwnerKey { path: String, detail: String },
-    #[error("{path}: {field} {value:?} must be an http:// URL like \"http://127.0.0.1:4001\"")]
-    Endpoint {
+    /// `field` is `sequencer_endpoints` or `topology_endpoints`.
+    #[error("{path}: {field}: {reason}")]
+    Endpoints {
         path: String,
         field: &'static str,
-        value: String,
+        reason: String,
     },
     #[error(
         "{path}: response_timeout_ms must be between 1 and {MAX_RESPONSE_TIMEOUT_MS}, got {value}"
@@ -96,7 +102,7 @@ pub enum ConfigCheckError {
         value: u64,
         timeout_ms: u64,
     },
-    /// `field` is the full key, `replication.<key>`.
+    /// `field` is the full key (`replication.<key>`, `sequencer_endpoints`).
     #[error("{path}: {field}: {reason}")]
     Replication {
         path: String,
@@ -122,18 +128,17 @@ impl MediatorConfig {
                 detail: error.to_string(),
             });
         }
-        for (field, value) in [
-            ("sequencer_endpoint", &self.sequencer_endpoint),
-            ("topology_endpoint", &self.topology_endpoint),
+        for (field, endpoints) in [
+            ("sequencer_endpoints", &self.sequencer_endpoints),
+            ("topology_endpoints", &self.topology_endpoints),
         ] {
-            let host = value.strip_prefix("http://").unwrap_or_default();
-            if host.is_empty() || host.contains(char::is_whitespace) {
-                return Err(ConfigCheckError::Endpoint {
-                    path,
+            endpoints
+                .check()
+                .map_err(|reason| ConfigCheckError::Endpoints {
+                    path: path.clone(),
                     field,
-                    value: value.clone(),
-                });
-            }
+                    reason,
+                })?;
         }
         if self.response_timeout_ms == 0 || self.response_timeout_ms > MAX_RESPONSE_TIMEOUT_MS {
             return Err(ConfigCheckError::ResponseTimeout {

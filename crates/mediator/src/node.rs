@@ -887,10 +887,14 @@ async fn sync_topology(
     readiness.fail("topology", "not synced with the topology manager yet");
     let mut delay = RETRY_INITIAL;
     loop {
-        match meridian_client::topology::sync_topology(&config.topology_endpoint, &mut state).await
+        match meridian_client::topology::sync_topology(
+            config.topology_endpoints.as_slice(),
+            &mut state,
+        )
+        .await
         {
             Ok(added) => {
-                tracing::info!(added, endpoint = %config.topology_endpoint, "topology synced");
+                tracing::info!(added, endpoints = %config.topology_endpoints, "topology synced");
                 readiness.clear("topology");
                 return Some(state);
             }
@@ -899,7 +903,7 @@ async fn sync_topology(
                     "topology",
                     format!(
                         "cannot sync with the topology manager at {}: {error}",
-                        config.topology_endpoint
+                        config.topology_endpoints
                     ),
                 ) {
                     tracing::warn!(%error, "topology sync failed; retrying");
@@ -924,10 +928,11 @@ async fn connect_sequencer(
     let mut delay = RETRY_INITIAL;
     loop {
         let client_config = SequencerClientConfig::new(
-            config.sequencer_endpoint.clone(),
+            config.sequencer_endpoints.first(),
             config.member_id.clone(),
             key.clone(),
-        );
+        )
+        .with_endpoints(config.sequencer_endpoints.as_slice().to_vec());
         let connected = tokio::select! {
             () = shutdown.cancelled() => return None,
             connected = SequencerClient::connect(client_config) => connected,
@@ -942,7 +947,7 @@ async fn connect_sequencer(
                     "sequencer",
                     format!(
                         "cannot connect to the sequencer at {}: {error}",
-                        config.sequencer_endpoint
+                        config.sequencer_endpoints
                     ),
                 ) {
                     tracing::warn!(%error, "connecting to the sequencer failed; retrying");

@@ -1,5 +1,7 @@
-//! A whole synchronizer on one machine, as child processes: one sequencer, the topology
-//! manager, one mediator and N participants, with keys and configs in a data directory.
+//! A whole synchronizer on one machine, as child processes: one or more sequencer instances
+//! (all active, one shared database), the topology manager, the mediator and N participants —
+//! each of the last three optionally as active/passive replicas — with keys and configs in a
+//! data directory.
 //!
 //! Used by `meridian demo`, `meridian up`, `meridian bench ledger` and the black-box tests.
 //! Configs are rewritten with fresh ports on every start while keys and databases persist, so
@@ -8,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use meridian_core::crypto::SigningKey;
 use meridian_core::{MemberId, ParticipantId};
 use meridian_node::keys::load_or_create_key;
@@ -18,6 +20,12 @@ use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClien
 use crate::launch::{free_addresses, NodeProcess, StorageSpec};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Limits of what one machine's deployment runs.
+const MAX_SEQUENCERS: usize = 8;
+const MAX_REPLICAS: usize = 8;
+/// `[instance] count` of every sequencer: fixed for the life of the database, and above any
+/// number of instances a deployment runs.
+const SEQUENCER_INSTANCE_COUNT: usize = 32;
 const MEDIATOR_ID: &str = "mediator";
 
 /// Where the nodes keep their state.
@@ -41,9 +49,12 @@ pub struct DeploymentSpec {
     pub mediator_toml: String,
     /// Extra TOML for every participant (e.g. `max_sequencing_delay_ms = 3000`).
     pub participant_toml: String,
-    /// Replicas of each participant and of the mediator (1 = unreplicated). Replicas share
-    /// the node's key and database; the first is started first and becomes active.
+    /// Replicas of each participant, of the mediator and of the topology manager
+    /// (1 = unreplicated). Replicas share the node's key and database; the first is started
+    /// first and becomes active.
     pub replicas: usize,
+    /// Sequencer instances, all active on the sequencer's one database (1 = a single one).
+    pub sequencers: usize,
     /// Lease timeout of replicated nodes: how long a stuck active keeps its lease.
     pub lease_timeout_ms: u64,
 }
@@ -51,8 +62,12 @@ pub struct DeploymentSpec {
 pub struct Deployment {
     exe: PathBuf,
     pub data_dir: PathBuf,
-    pub sequencer: NodeProcess,
+    /// Every sequencer instance, by instance index.
+    pub sequencers: Vec<NodeProcess>,
+    /// The topology manager's first replica (active after start).
     pub topology: NodeProcess,
+    /// Further topology manager replicas (passive after start).
+    pub topology_standbys: Vec<NodeProcess>,
     /// The mediator's first replica (active after start).
     pub mediator: NodeProcess,
     /// Further mediator replicas (passive after start).
@@ -117,6 +132,16 @@ fn toml_str(value: &str) -> String {
     toml::Value::String(value.to_owned()).to_string()
 }
 
+/// A TOML array of `endpoints`, rotated left by `start` so that members spread their
+/// subscriptions and sends over the sequencer instances.
+fn toml_endpoints(endpoints: &[String], start: usize) -> String {
+    let mut rotated = endpoints.to_vec();
+    if !rotated.is_empty() {
+        rotated.rotate_left(start % endpoints.len());
+    }
+    toml::Value::Array(rotated.into_iter().map(toml::Value::String).collect()).to_string()
+}
+
 impl DeploymentSpec {
     /// A deployment of this very binary with `participants` participants on SQLite.
     pub fn local(data_dir: PathBuf, participants: usize) -> anyhow::Result<Self> {
@@ -128,6 +153,7 @@ impl DeploymentSpec {
             mediator_toml: String::new(),
             participant_toml: String::new(),
             replicas: 1,
+            sequencers: 1,
             lease_timeout_ms: 1_000,
         })
     }
@@ -190,47 +216,90 @@ impl Deployment {
             .collect::<Result<_, _>>()?;
 
         let started = Instant::now();
-        let (grpc, admin) = free_addresses()?;
+        if spec.sequencers == 0 || spec.sequencers > MAX_SEQUENCERS {
+            bail!(
+                "a deployment runs 1 to {MAX_SEQUENCERS} sequencer instances, not {}",
+                spec.sequencers
+            );
+        }
+        if spec.replicas == 0 || spec.replicas > MAX_REPLICAS {
+            bail!(
+                "a deployment runs 1 to {MAX_REPLICAS} replicas per node, not {}",
+                spec.replicas
+            );
+        }
+        // Instances share the sequencer's database (the same SQLite file, or one PostgreSQL
+        // database) and differ in their instance index.
         let storage = spec.backend.storage(data_dir, "sequencer").await?;
-        let sequencer_config = format!(
-            "listen_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nowner_public_key = \"{owner_hex}\"\n{}",
-            storage.to_toml()
-        );
-        let mut sequencer = NodeProcess::spawn_role(
-            &exe,
-            "sequencer",
-            &data_dir.join("sequencer"),
-            "sequencer",
-            &sequencer_config,
-            grpc,
-            admin,
-        )?;
-        sequencer.wait_ready(READY_TIMEOUT).await?;
-        progress(format!("sequencer ready at {}", sequencer.grpc_endpoint()));
+        let mut sequencers = Vec::new();
+        for (index, name) in replica_names("sequencer", spec.sequencers)
+            .into_iter()
+            .enumerate()
+        {
+            let (grpc, admin) = free_addresses()?;
+            let config = format!(
+                "listen_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nowner_public_key = \"{owner_hex}\"\n\n[instance]\nindex = {index}\ncount = {SEQUENCER_INSTANCE_COUNT}\n\n{}",
+                storage.to_toml()
+            );
+            let mut sequencer = NodeProcess::spawn_role(
+                &exe,
+                "sequencer",
+                &data_dir.join("sequencer"),
+                &name,
+                &config,
+                grpc,
+                admin,
+            )?;
+            sequencer.wait_ready(READY_TIMEOUT).await?;
+            progress(format!("{name} ready at {}", sequencer.grpc_endpoint()));
+            sequencers.push(sequencer);
+        }
+        let sequencer_endpoints: Vec<String> =
+            sequencers.iter().map(NodeProcess::grpc_endpoint).collect();
 
-        let (grpc, admin) = free_addresses()?;
         let storage = spec.backend.storage(data_dir, "topology-manager").await?;
-        let topology_config = format!(
-            "listen_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nowner_key_file = {}\nkey_file = {}\nsequencer_endpoint = \"{}\"\n{}",
-            toml_str(&keys.join("owner.key").display().to_string()),
-            toml_str(&keys.join("topology-manager.key").display().to_string()),
-            sequencer.grpc_endpoint(),
-            storage.to_toml()
-        );
-        let mut topology = NodeProcess::spawn_role(
-            &exe,
-            "topology",
-            &data_dir.join("topology-manager"),
-            "topology-manager",
-            &topology_config,
-            grpc,
-            admin,
-        )?;
+        let mut topology_replicas = Vec::new();
+        for replica in replica_names("topology-manager", spec.replicas) {
+            let (grpc, admin) = free_addresses()?;
+            let config = format!(
+                "listen_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nowner_key_file = {}\nkey_file = {}\nsequencer_endpoints = {}\n{}{}",
+                toml_str(&keys.join("owner.key").display().to_string()),
+                toml_str(&keys.join("topology-manager.key").display().to_string()),
+                toml_endpoints(&sequencer_endpoints, topology_replicas.len()),
+                storage.to_toml(),
+                replication_toml(spec, &replica, &format!("http://{grpc}")),
+            );
+            topology_replicas.push(PendingProcess {
+                role: "topology",
+                dir: data_dir.join("topology-manager"),
+                name: replica,
+                config,
+                grpc,
+                admin,
+            });
+        }
+        let mut topology_replicas = topology_replicas.into_iter();
+        let mut topology = topology_replicas
+            .next()
+            .context("at least one topology manager replica")?
+            .spawn(&exe)?;
         topology.wait_ready(READY_TIMEOUT).await?;
         progress(format!(
-            "topology manager ready at {}",
+            "{} ready at {}",
+            topology.name(),
             topology.grpc_endpoint()
         ));
+        let mut topology_standbys = Vec::new();
+        for pending in topology_replicas {
+            let mut standby = pending.spawn(&exe)?;
+            standby.wait_alive(READY_TIMEOUT).await?;
+            progress(format!("{} standing by", standby.name()));
+            topology_standbys.push(standby);
+        }
+        let topology_endpoints: Vec<String> = std::iter::once(&topology)
+            .chain(&topology_standbys)
+            .map(NodeProcess::grpc_endpoint)
+            .collect();
 
         let mut admin_client = TopologyAdminServiceClient::connect(topology.grpc_endpoint())
             .await
@@ -252,18 +321,24 @@ impl Deployment {
                 .with_context(|| format!("adding {id} to the topology"))?;
         }
 
-        let common = format!(
-            "owner_public_key = \"{owner_hex}\"\nsequencer_endpoint = \"{}\"\ntopology_endpoint = \"{}\"\n",
-            sequencer.grpc_endpoint(),
-            topology.grpc_endpoint()
-        );
+        // Each member lists every sequencer instance, starting at a different one.
+        let mut member_index = 0;
+        let mut common = || {
+            member_index += 1;
+            format!(
+                "owner_public_key = \"{owner_hex}\"\nsequencer_endpoints = {}\ntopology_endpoints = {}\n",
+                toml_endpoints(&sequencer_endpoints, member_index),
+                toml_endpoints(&topology_endpoints, 0),
+            )
+        };
         let storage = spec.backend.storage(data_dir, MEDIATOR_ID).await?;
         let mut mediators = Vec::new();
         for replica in replica_names(MEDIATOR_ID, spec.replicas) {
             let (_, admin) = free_addresses()?;
             let config = format!(
-                "member_id = \"{MEDIATOR_ID}\"\nkey_file = {}\nadmin_address = \"{admin}\"\n{common}{}\n{}{}",
+                "member_id = \"{MEDIATOR_ID}\"\nkey_file = {}\nadmin_address = \"{admin}\"\n{}{}\n{}{}",
                 toml_str(&keys.join("mediator.key").display().to_string()),
+                common(),
                 spec.mediator_toml,
                 storage.to_toml(),
                 replication_toml(spec, &replica, &format!("http://{admin}")),
@@ -285,8 +360,9 @@ impl Deployment {
             for replica in replica_names(id.as_str(), spec.replicas) {
                 let (grpc, admin) = free_addresses()?;
                 let config = format!(
-                    "participant_id = \"{id}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nmediator_id = \"{MEDIATOR_ID}\"\n{common}{}\n{}{}",
+                    "participant_id = \"{id}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nmediator_id = \"{MEDIATOR_ID}\"\n{}{}\n{}{}",
                     toml_str(&keys.join(format!("{id}.key")).display().to_string()),
+                    common(),
                     spec.participant_toml,
                     storage.to_toml(),
                     replication_toml(spec, &replica, &format!("http://{grpc}")),
@@ -356,8 +432,9 @@ impl Deployment {
         Ok(Deployment {
             exe,
             data_dir: data_dir.clone(),
-            sequencer,
+            sequencers,
             topology,
+            topology_standbys,
             mediator,
             mediator_standbys,
             participants,
@@ -393,6 +470,35 @@ impl Deployment {
             .collect()
     }
 
+    /// All topology manager replicas, mutable.
+    pub fn topology_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
+        std::iter::once(&mut self.topology)
+            .chain(self.topology_standbys.iter_mut())
+            .collect()
+    }
+
+    /// Every sequencer instance's gRPC endpoint, by instance index.
+    pub fn sequencer_endpoints(&self) -> Vec<String> {
+        self.sequencers
+            .iter()
+            .map(NodeProcess::grpc_endpoint)
+            .collect()
+    }
+
+    /// Every node process of the deployment, mutable: sequencer instances, then every replica
+    /// of the topology manager, the mediator and the participants.
+    pub fn processes_mut(&mut self) -> Vec<&mut NodeProcess> {
+        self.sequencers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.topology))
+            .chain(self.topology_standbys.iter_mut())
+            .chain(std::iter::once(&mut self.mediator))
+            .chain(self.mediator_standbys.iter_mut())
+            .chain(self.participants.iter_mut())
+            .chain(self.participant_standbys.iter_mut().flatten())
+            .collect()
+    }
+
     /// All mediator replicas, mutable.
     pub fn mediator_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
         std::iter::once(&mut self.mediator)
@@ -400,25 +506,30 @@ impl Deployment {
             .collect()
     }
 
-    /// One line per node: name, role, endpoints, log file.
+    /// One line per process: name, endpoints, log file.
     pub fn endpoints(&self) -> Vec<String> {
-        let mut lines = vec![
-            format!(
-                "sequencer         gRPC {}  admin http://{}  log {}",
-                self.sequencer.grpc_endpoint(),
-                self.sequencer.admin_address,
-                self.sequencer.log_path.display()
-            ),
-            format!(
-                "topology-manager  gRPC {}  admin http://{}  log {}",
-                self.topology.grpc_endpoint(),
-                self.topology.admin_address,
-                self.topology.log_path.display()
-            ),
-        ];
+        let mut lines = Vec::new();
+        for sequencer in &self.sequencers {
+            lines.push(format!(
+                "{:<19} gRPC {}  admin http://{}  log {}",
+                sequencer.name(),
+                sequencer.grpc_endpoint(),
+                sequencer.admin_address,
+                sequencer.log_path.display()
+            ));
+        }
+        for topology in std::iter::once(&self.topology).chain(&self.topology_standbys) {
+            lines.push(format!(
+                "{:<19} gRPC {}  admin http://{}  log {}",
+                topology.name(),
+                topology.grpc_endpoint(),
+                topology.admin_address,
+                topology.log_path.display()
+            ));
+        }
         for mediator in std::iter::once(&self.mediator).chain(&self.mediator_standbys) {
             lines.push(format!(
-                "{:<17} admin http://{}  log {}",
+                "{:<19} admin http://{}  log {}",
                 mediator.name(),
                 mediator.admin_address,
                 mediator.log_path.display()
@@ -430,7 +541,7 @@ impl Deployment {
             .chain(self.participant_standbys.iter().flatten())
         {
             lines.push(format!(
-                "{:<17} Ledger API {}  admin http://{}  log {}",
+                "{:<19} Ledger API {}  admin http://{}  log {}",
                 participant.name(),
                 participant.grpc_endpoint(),
                 participant.admin_address,
@@ -440,15 +551,13 @@ impl Deployment {
         lines
     }
 
-    /// Stops every node with SIGTERM (participants first, sequencer last).
+    /// Stops every node with SIGTERM: participants first, the sequencer instances last, so
+    /// that no node loses its sequencer while it shuts down.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         let grace = Duration::from_secs(10);
         let mut first_error = None;
-        let nodes = self.participants.iter_mut().chain([
-            &mut self.mediator,
-            &mut self.topology,
-            &mut self.sequencer,
-        ]);
+        let mut nodes = self.processes_mut();
+        nodes.reverse();
         for node in nodes {
             if let Err(error) = node.terminate(grace).await {
                 first_error.get_or_insert(error);

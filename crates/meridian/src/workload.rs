@@ -198,10 +198,15 @@ pub struct WorkloadReport {
     /// Transfers re-tried because the new owner's participant had not yet committed the
     /// previous transfer (NOT_FOUND right after a commit elsewhere).
     pub visibility_waits: u64,
+    /// The first few failures' messages (at most [`MAX_FAILURE_SAMPLES`]), to say why.
+    pub failure_samples: Vec<String>,
     /// Transaction ids the application was told are committed.
     #[serde(skip)]
     pub committed_transactions: Vec<String>,
 }
+
+/// Bound on [`WorkloadReport::failure_samples`].
+pub const MAX_FAILURE_SAMPLES: usize = 10;
 
 /// Shared live counters, also read by the progress display.
 #[derive(Default)]
@@ -211,6 +216,10 @@ pub struct Live {
     /// Per submitting participant (index 0..3): when its last commit was acknowledged, in
     /// microseconds since [`Live::epoch`]. Failover measurements read it.
     pub last_commit_us: [AtomicU64; 3],
+    /// Per submitting participant: the latest submission start among its acknowledged
+    /// commits, in microseconds since [`Live::epoch`]. Past a fault, it says that a request
+    /// *sent after* the fault has committed, which a request merely finishing late does not.
+    pub last_committed_send_us: [AtomicU64; 3],
     /// Failed attempts whose message mentions a timeout (mediator TIMEOUT verdicts).
     pub timeouts: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
@@ -222,11 +231,27 @@ impl Live {
         *self.epoch.get_or_init(Instant::now)
     }
 
-    fn record_commit(&self, participant: usize) {
-        let micros = u64::try_from(self.epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
+    fn micros_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch()).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn record_commit(&self, participant: usize, sent: Instant) {
+        let now = self.micros_since_epoch(Instant::now());
+        let sent = self.micros_since_epoch(sent).max(1);
         if let Some(slot) = self.last_commit_us.get(participant) {
-            slot.fetch_max(micros, Ordering::Relaxed);
+            slot.fetch_max(now, Ordering::Relaxed);
         }
+        if let Some(slot) = self.last_committed_send_us.get(participant) {
+            slot.fetch_max(sent, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a request submitted through participant `index` after `since` has committed.
+    pub fn committed_a_request_sent_after(&self, index: usize, since: Instant) -> bool {
+        self.last_committed_send_us
+            .get(index)
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .is_some_and(|sent| sent > 0 && self.epoch() + Duration::from_micros(sent) > since)
     }
 
     /// When participant `index` last acknowledged a commit, if ever.
@@ -253,6 +278,7 @@ pub async fn run_transfers(
     let committed_ids: Arc<Mutex<Vec<String>>> = Arc::default();
     let retried = Arc::new(AtomicU64::new(0));
     let visibility_waits = Arc::new(AtomicU64::new(0));
+    let failure_samples: Arc<Mutex<Vec<String>>> = Arc::default();
     let lane_count = lanes.len().max(1) as u64;
     let interval = spec
         .rate
@@ -268,6 +294,7 @@ pub async fn run_transfers(
         let committed_ids = committed_ids.clone();
         let retried = retried.clone();
         let visibility_waits = visibility_waits.clone();
+        let failure_samples = failure_samples.clone();
         let run = spec.run.clone();
         tasks.push(tokio::spawn(async move {
             let mut ticker = interval.map(|every| {
@@ -312,7 +339,7 @@ pub async fn run_transfers(
                             retried.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
                         }
                         not_yet_visible = 0;
-                        live.record_commit(from + 1);
+                        live.record_commit(from + 1, sent);
                         live.committed.fetch_add(1, Ordering::Relaxed);
                         lock(&committed_ids).push(committed.transaction_id);
                         match committed.created.into_iter().next() {
@@ -347,6 +374,12 @@ pub async fn run_transfers(
                             live.timeouts.fetch_add(1, Ordering::Relaxed);
                         }
                         *lock(&rejections).entry(error_label(&error)).or_default() += 1;
+                        {
+                            let mut samples = lock(&failure_samples);
+                            if samples.len() < MAX_FAILURE_SAMPLES {
+                                samples.push(format!("lane {}: {error}", lane.index));
+                            }
+                        }
                         // The outcome may be unknown: find the IOU where it really is.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         resync(&parties, &mut lane).await;
@@ -363,6 +396,7 @@ pub async fn run_transfers(
     let committed = live.committed.load(Ordering::Relaxed);
     let rejections = lock(&rejections).clone();
     let committed_transactions = lock(&committed_ids).clone();
+    let failure_samples = lock(&failure_samples).clone();
     Ok(WorkloadReport {
         committed,
         tx_per_s: committed as f64 / elapsed,
@@ -372,6 +406,7 @@ pub async fn run_transfers(
         rejections,
         retried_submissions: retried.load(Ordering::Relaxed),
         visibility_waits: visibility_waits.load(Ordering::Relaxed),
+        failure_samples,
         committed_transactions,
     })
 }

@@ -31,6 +31,7 @@ fn spec_with(dir: &std::path::Path, mediator_toml: &str, participant_toml: &str)
         mediator_toml: mediator_toml.to_owned(),
         participant_toml: participant_toml.to_owned(),
         replicas: 1,
+        sequencers: 1,
         lease_timeout_ms: 1_000,
     }
 }

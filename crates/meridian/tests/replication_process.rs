@@ -1,6 +1,7 @@
 //! Black-box tests of active/passive replicas with every node a real process: kill -9 of the
-//! active participant and mediator under load (nothing acknowledged lost, nothing duplicated,
-//! no request failed or timed out), the same on PostgreSQL, SIGSTOP of the active participant
+//! active participant, mediator and topology manager and of one of two sequencer instances
+//! under load (nothing acknowledged lost, nothing duplicated, no request timed out), the same
+//! for a participant on PostgreSQL, SIGSTOP of the active participant
 //! until the passive took over and then SIGCONT (the old active stays passive and writes
 //! nothing), and a manual switchover under load.
 
@@ -78,6 +79,16 @@ async fn killing_the_active_mediator_times_nothing_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_sequencer_instance_loses_nothing() {
+    failover(TargetNode::Sequencer, Backend::Sqlite, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_topology_manager_loses_nothing() {
+    failover(TargetNode::Topology, Backend::Sqlite, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_failover_on_postgres() {
     failover(TargetNode::Participant, Backend::Postgres, 2).await;
 }
@@ -97,6 +108,7 @@ async fn start_with_load(backend: DeploymentBackend) -> Running {
     let spec = DeploymentSpec {
         exe: EXE.into(),
         replicas: 2,
+        sequencers: 2,
         backend,
         ..DeploymentSpec::local(dir.path().to_path_buf(), 3).unwrap()
     };
@@ -252,7 +264,11 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
     assert_eq!(active_count, 1);
     let failed_before_finish = running.live.failed.load(Ordering::Relaxed);
     let report = running.finish().await;
-    assert_eq!(failed_before_finish, 0, "{report:?}");
+    assert_eq!(
+        failed_before_finish, 0,
+        "{} committed; failures: {:?}",
+        report.committed, report.failure_samples
+    );
 }
 
 /// Switches participant2, the mediator and participant3 over under load; returns the

@@ -736,7 +736,7 @@ async fn with_an_owner_key_only_owner_signed_members_are_registered() {
         },
         &SigningKey::generate(),
     );
-    let refused = register_member_with_topology(&endpoint, &forged).await;
+    let refused = register_member_with_topology(std::slice::from_ref(&endpoint), &forged).await;
     assert!(
         matches!(
             &refused,
@@ -750,12 +750,16 @@ async fn with_an_owner_key_only_owner_signed_members_are_registered() {
     // Signed by the owner: registered once, idempotent after, and the member can authenticate.
     let signed =
         SignedTopologyTransaction::sign(&TopologyTransaction { serial: 1, mapping }, &owner);
-    assert!(register_member_with_topology(&endpoint, &signed)
-        .await
-        .unwrap());
-    assert!(!register_member_with_topology(&endpoint, &signed)
-        .await
-        .unwrap());
+    assert!(
+        register_member_with_topology(std::slice::from_ref(&endpoint), &signed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !register_member_with_topology(std::slice::from_ref(&endpoint), &signed)
+            .await
+            .unwrap()
+    );
     SequencerClient::connect(SequencerClientConfig::new(endpoint, id("p1"), key))
         .await
         .unwrap();

@@ -75,6 +75,80 @@ fn read_bounded(path: &Path) -> Result<String, ConfigError> {
     Ok(text)
 }
 
+/// Most endpoints one service may list; a synchronizer runs a handful of instances.
+pub const MAX_ENDPOINTS: usize = 16;
+
+/// The gRPC endpoints of one service that has several processes: the instances of the
+/// sequencer (all active, one shared database) or the replicas of the topology manager (one
+/// active). Clients spread over them or find the active one, and fail over between them. In
+/// TOML either `"http://host:port"` or `["http://a:port", "http://b:port"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Endpoints {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(
+            untagged,
+            expecting = "an endpoint string or a list of endpoint strings"
+        )]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(deserializer)? {
+            OneOrMany::One(endpoint) => Self(vec![endpoint]),
+            OneOrMany::Many(endpoints) => Self(endpoints),
+        })
+    }
+}
+
+impl Endpoints {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self(endpoints)
+    }
+
+    /// Refuses an empty or overlong list, an endpoint that is not `http://host...`, and
+    /// repeats (which would double one instance's share of the load). The reason is one line.
+    pub fn check(&self) -> Result<(), String> {
+        if self.0.is_empty() {
+            return Err("needs at least one endpoint".into());
+        }
+        if self.0.len() > MAX_ENDPOINTS {
+            return Err(format!(
+                "lists {} endpoints; at most {MAX_ENDPOINTS} are allowed",
+                self.0.len()
+            ));
+        }
+        for (index, endpoint) in self.0.iter().enumerate() {
+            let host = endpoint.strip_prefix("http://").unwrap_or_default();
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                return Err(format!("{endpoint:?} must be http://host:port"));
+            }
+            if self.0[..index].contains(endpoint) {
+                return Err(format!("{endpoint:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoints in the configured order (at least one once checked).
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The first endpoint, where the client starts.
+    pub fn first(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+}
+
+impl std::fmt::Display for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
 /// One line naming the key (as a full path such as `store.url` or `peers[1].url`, which toml's
 /// own message lacks for wrong types and nested tables) and its line and column. toml's
 /// multi-line rendering is not used: it quotes the offending line, which may hold a password or
@@ -192,6 +266,47 @@ mod tests {
             msg.contains("in table `store`: missing field `url` at line 2"),
             "{msg}"
         );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Member {
+        #[serde(alias = "sequencer_endpoint")]
+        sequencer_endpoints: Endpoints,
+    }
+
+    #[test]
+    fn sequencer_endpoints_take_one_or_many_and_are_checked() {
+        let one: Member = parse_toml("sequencer_endpoint = \"http://a:1\"\n", "<test>").unwrap();
+        assert_eq!(one.sequencer_endpoints.as_slice(), ["http://a:1"]);
+        assert!(one.sequencer_endpoints.check().is_ok());
+        let many: Member = parse_toml(
+            "sequencer_endpoints = [\"http://a:1\", \"http://b:2\"]\n",
+            "<test>",
+        )
+        .unwrap();
+        assert_eq!(many.sequencer_endpoints.first(), "http://a:1");
+        assert_eq!(
+            many.sequencer_endpoints.to_string(),
+            "http://a:1, http://b:2"
+        );
+        let wrong = parse_toml::<Member>("sequencer_endpoints = 3\n", "<test>")
+            .unwrap_err()
+            .to_string();
+        assert!(wrong.contains("an endpoint string or a list"), "{wrong}");
+        for (endpoints, reason) in [
+            (vec![], "at least one"),
+            (vec!["a:1".to_owned()], "http://host:port"),
+            (vec!["http://".to_owned()], "http://host:port"),
+            (
+                vec!["http://a:1".to_owned(), "http://a:1".to_owned()],
+                "twice",
+            ),
+            (vec!["http://a:1".to_owned(); 17], "at most 16"),
+        ] {
+            let error = Endpoints::new(endpoints).check().unwrap_err();
+            assert!(error.contains(reason), "{error}");
+        }
     }
 
     #[test]

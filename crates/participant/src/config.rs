@@ -5,8 +5,8 @@
 //! participant_id = "participant1"
 //! key_file = "data/participant1.key"          # created (mode 0600) if missing
 //! owner_public_key = "<64 hex digits>"        # the synchronizer owner's topology key
-//! sequencer_endpoint = "http://127.0.0.1:4001"
-//! topology_endpoint = "http://127.0.0.1:4201" # the topology manager's admin gRPC
+//! sequencer_endpoints = ["http://127.0.0.1:4001"] # every instance; one string also works
+//! topology_endpoints = ["http://127.0.0.1:4201"] # the topology manager's replicas (admin gRPC)
 //! mediator_id = "mediator"                    # default "mediator"
 //! listen_address = "127.0.0.1:4501"           # gRPC: LedgerService, health, reflection
 //! admin_address = "127.0.0.1:4601"            # HTTP: /livez /readyz /status /metrics
@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use meridian_core::crypto::PublicKey;
 use meridian_core::{MemberId, ParticipantId};
+use meridian_node::config::Endpoints;
 use meridian_node::replica::ReplicaSettings;
 pub use meridian_node::replication::ReplicationConfig;
 use meridian_store::StorageConfig;
@@ -52,8 +53,12 @@ pub struct ParticipantConfig {
     /// Hex of the synchronizer owner's ed25519 public key; every topology transaction must be
     /// signed by it.
     pub owner_public_key: String,
-    pub sequencer_endpoint: String,
-    pub topology_endpoint: String,
+    /// The sequencer's instances (`sequencer_endpoint = "..."`, one, is accepted too).
+    #[serde(alias = "sequencer_endpoint")]
+    pub sequencer_endpoints: Endpoints,
+    /// The topology manager's replicas (`topology_endpoint = "..."`, one, is accepted too).
+    #[serde(alias = "topology_endpoint")]
+    pub topology_endpoints: Endpoints,
     #[serde(default = "default_mediator")]
     pub mediator_id: MemberId,
     pub listen_address: SocketAddr,
@@ -125,6 +130,13 @@ pub enum ConfigCheckError {
         field: &'static str,
         value: String,
     },
+    /// `field` is `sequencer_endpoints` or `topology_endpoints`.
+    #[error("{path}: {field}: {reason}")]
+    Endpoints {
+        path: String,
+        field: &'static str,
+        reason: String,
+    },
     #[error("{path}: dedup_period_s ({period}) must not exceed max_dedup_period_s ({max})")]
     DedupPeriod { path: String, period: u64, max: u64 },
     #[error("{path}: replication.replica_id {value:?} must be 1 to 128 characters of letters, digits, '-', '_' or '.'")]
@@ -156,11 +168,19 @@ impl ParticipantConfig {
             .replication
             .as_ref()
             .map(|_| self.advertised_endpoint());
-        for (field, value) in [
-            ("sequencer_endpoint", Some(&self.sequencer_endpoint)),
-            ("topology_endpoint", Some(&self.topology_endpoint)),
-            ("replication.advertised_endpoint", advertised.as_ref()),
+        for (field, endpoints) in [
+            ("sequencer_endpoints", &self.sequencer_endpoints),
+            ("topology_endpoints", &self.topology_endpoints),
         ] {
+            endpoints
+                .check()
+                .map_err(|reason| ConfigCheckError::Endpoints {
+                    path: path.clone(),
+                    field,
+                    reason,
+                })?;
+        }
+        for (field, value) in [("replication.advertised_endpoint", advertised.as_ref())] {
             if let Some(value) = value.filter(|v| !v.starts_with("http://")) {
                 return Err(ConfigCheckError::Endpoint {
                     path,

@@ -309,15 +309,15 @@ async fn start_and_serve(
     };
 
     let mut topology = TopologyState::new(owner);
-    let endpoint = config.topology_endpoint.clone();
+    let endpoints = config.topology_endpoints.clone();
     let Some(added) = retry_until("topology", readiness, &shutdown, || {
-        let endpoint = endpoint.clone();
+        let endpoints = endpoints.clone();
         let mut state = topology.clone();
         async move {
-            meridian_client::topology::sync_topology(&endpoint, &mut state)
+            meridian_client::topology::sync_topology(endpoints.as_slice(), &mut state)
                 .await
                 .map(|added| (added, state))
-                .map_err(|e| format!("cannot sync from the topology manager at {endpoint}: {e}"))
+                .map_err(|e| format!("cannot sync from the topology manager at {endpoints}: {e}"))
         }
     })
     .await
@@ -330,10 +330,11 @@ async fn start_and_serve(
     tracing::info!(added, "topology synced from the topology manager");
 
     let client_config = SequencerClientConfig::new(
-        config.sequencer_endpoint.clone(),
+        config.sequencer_endpoints.first(),
         participant.as_member(),
         key.clone(),
-    );
+    )
+    .with_endpoints(config.sequencer_endpoints.as_slice().to_vec());
     let Some(client) = retry_until("sequencer", readiness, &shutdown, || {
         let client_config = client_config.clone();
         let member = client_config.member.clone();
@@ -365,7 +366,7 @@ async fn start_and_serve(
         Some(manager) => {
             tokio::spawn(refresh_topology_while_passive(
                 warm.topology.clone(),
-                warm.config.topology_endpoint.clone(),
+                warm.config.topology_endpoints.clone(),
                 manager.clone(),
                 shutdown.clone(),
             ));
@@ -548,14 +549,14 @@ async fn start_term(
     let load = retry_until("database", &warm.readiness, &term, || {
         warm.store.load(Timestamp::now())
     });
-    let endpoint = &warm.config.topology_endpoint;
+    let endpoints = warm.config.topology_endpoints.as_slice();
     let fetch = async {
         if !refresh_topology {
             return None;
         }
         match tokio::time::timeout(
             PROMOTION_TOPOLOGY_BUDGET,
-            meridian_client::topology::fetch_topology(endpoint),
+            meridian_client::topology::fetch_topology(endpoints),
         )
         .await
         {
@@ -664,7 +665,7 @@ fn add_topology(
 /// depend on the manager being reachable right then.
 async fn refresh_topology_while_passive(
     topology: Arc<Mutex<TopologyState>>,
-    endpoint: String,
+    endpoints: meridian_node::config::Endpoints,
     manager: Arc<ReplicaManager>,
     shutdown: CancellationToken,
 ) {
@@ -680,7 +681,7 @@ async fn refresh_topology_while_passive(
         }
         let fetched = tokio::time::timeout(
             PASSIVE_TOPOLOGY_REFRESH,
-            meridian_client::topology::fetch_topology(&endpoint),
+            meridian_client::topology::fetch_topology(endpoints.as_slice()),
         )
         .await;
         match fetched {

@@ -607,30 +607,15 @@ impl LedgerApi {
         if hosted(&core) {
             return Ok(());
         }
-        let endpoint = core.config.topology_endpoint.clone();
-        let mut client = tokio::time::timeout(
-            TOPOLOGY_CALL_TIMEOUT,
-            TopologyAdminServiceClient::connect(endpoint.clone()),
+        allocate_at_topology_manager(
+            core.config.topology_endpoints.as_slice(),
+            v1::TopologyAllocatePartyRequest {
+                party: party.to_string(),
+                participant: participant.to_string(),
+                permission: "submission".into(),
+            },
         )
-        .await
-        .map_err(|_| {
-            Status::unavailable(format!("topology manager at {endpoint}: connect timed out"))
-        })?
-        .map_err(|e| Status::unavailable(format!("topology manager at {endpoint}: {e}")))?;
-        let call = client.allocate_party(v1::TopologyAllocatePartyRequest {
-            party: party.to_string(),
-            participant: participant.to_string(),
-            permission: "submission".into(),
-        });
-        tokio::time::timeout(TOPOLOGY_CALL_TIMEOUT, call)
-            .await
-            .map_err(|_| Status::unavailable("the topology manager did not answer in time"))?
-            .map_err(|status| {
-                Status::new(
-                    status.code(),
-                    format!("topology manager: {}", status.message()),
-                )
-            })?;
+        .await?;
 
         let started = Instant::now();
         let mut fetched = false;
@@ -645,7 +630,11 @@ impl LedgerApi {
             }
             if !fetched && elapsed >= ALLOCATE_FETCH_AFTER {
                 fetched = true;
-                match meridian_client::topology::fetch_topology(&endpoint).await {
+                match meridian_client::topology::fetch_topology(
+                    core.config.topology_endpoints.as_slice(),
+                )
+                .await
+                {
                     Ok(entries) => {
                         let _ = core.commands.send(WriterCommand::Topology(entries)).await;
                     }
@@ -876,4 +865,59 @@ pub(crate) fn permission_name(permission: Permission) -> &'static str {
         Permission::Confirmation => "confirmation",
         Permission::Observation => "observation",
     }
+}
+
+/// Asks the topology manager to allocate a party, trying its replicas in turn: only the active
+/// one accepts changes, the passive ones answer UNAVAILABLE (as does one that is down).
+async fn allocate_at_topology_manager(
+    endpoints: &[String],
+    request: v1::TopologyAllocatePartyRequest,
+) -> Result<(), Status> {
+    let mut last = Status::unavailable("no topology manager endpoint is configured");
+    for endpoint in endpoints {
+        let connected = tokio::time::timeout(
+            TOPOLOGY_CALL_TIMEOUT,
+            TopologyAdminServiceClient::connect(endpoint.clone()),
+        )
+        .await;
+        let mut client = match connected {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => {
+                last = Status::unavailable(format!("topology manager at {endpoint}: {error}"));
+                continue;
+            }
+            Err(_) => {
+                last = Status::unavailable(format!(
+                    "topology manager at {endpoint}: connect timed out"
+                ));
+                continue;
+            }
+        };
+        let answer = tokio::time::timeout(
+            TOPOLOGY_CALL_TIMEOUT,
+            client.allocate_party(request.clone()),
+        )
+        .await;
+        match answer {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                last = Status::unavailable(format!(
+                    "topology manager at {endpoint}: {}",
+                    status.message()
+                ));
+            }
+            Ok(Err(status)) => {
+                return Err(Status::new(
+                    status.code(),
+                    format!("topology manager: {}", status.message()),
+                ))
+            }
+            Err(_) => {
+                last = Status::unavailable(format!(
+                    "the topology manager at {endpoint} did not answer in time"
+                ));
+            }
+        }
+    }
+    Err(last)
 }

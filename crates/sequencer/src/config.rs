@@ -5,11 +5,12 @@
 //! listen_address = "127.0.0.1:4001"   # gRPC: sequencer API, admin API, health, reflection
 //! admin_address = "127.0.0.1:4101"    # HTTP: /livez /readyz /status /metrics
 //!
+//! owner_public_key = "…64 hex digits…"  # optional: admit only owner-signed topology members
+//!
+//! # Several instances share one database; each has its own index.
 //! [instance]
 //! index = 0          # this instance's index, below `count`
 //! count = 32         # fixed for the deployment: timestamps t with t % count == index
-//!
-//! owner_public_key = "…64 hex digits…"  # optional: admit only owner-signed topology members
 //!
 //! [storage]
 //! backend = "sqlite"

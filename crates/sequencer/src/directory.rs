@@ -10,8 +10,8 @@ use meridian_core::MemberId;
 use meridian_store::{MemberRecord, MemberSeq, SequencerStore, StoreError};
 use tokio::sync::Mutex;
 
-/// Misses within this interval share one reload, so a flood of sends naming an unknown
-/// recipient cannot turn into a flood of queries.
+/// Reloads start at most this often, so a flood of sends naming an unknown recipient cannot
+/// turn into a flood of queries; misses in between share the next reload.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
@@ -48,15 +48,25 @@ impl MemberDirectory {
         Ok(())
     }
 
-    /// Reloads unless another reload finished less than [`MIN_RELOAD_INTERVAL`] ago.
+    /// Makes sure the view includes every member registered before this call: reloads, unless
+    /// a reload that started after this call began already did. Reloads start at most once per
+    /// [`MIN_RELOAD_INTERVAL`]; a miss in between waits for the next one rather than skipping
+    /// it, because another instance may have registered the member a moment ago (a topology
+    /// manager registers at one instance and sends through another).
     pub async fn reload(&self) -> Result<(), StoreError> {
-        let mut last = self.last_reload.lock().await;
-        if last.is_some_and(|at| at.elapsed() < MIN_RELOAD_INTERVAL) {
+        let missed_at = Instant::now();
+        let mut last_started = self.last_reload.lock().await;
+        if last_started.is_some_and(|started| started >= missed_at) {
             return Ok(());
         }
-        self.reload_now().await?;
-        *last = Some(Instant::now());
-        Ok(())
+        if let Some(started) = *last_started {
+            let next_allowed = started + MIN_RELOAD_INTERVAL;
+            if next_allowed > Instant::now() {
+                tokio::time::sleep_until(next_allowed.into()).await;
+            }
+        }
+        *last_started = Some(Instant::now());
+        self.reload_now().await
     }
 
     pub fn insert(&self, record: MemberRecord) {
@@ -99,5 +109,47 @@ impl MemberDirectory {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_core::crypto::SigningKey;
+    use meridian_core::Timestamp;
+    use meridian_store::StorageConfig;
+
+    #[tokio::test]
+    async fn a_member_registered_at_another_instance_is_found_even_right_after_a_reload() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = StorageConfig::Sqlite {
+            path: dir.path().join("sequencer.db"),
+        };
+        let other_instance = meridian_store::open_sequencer_store(&storage)
+            .await
+            .expect("store");
+        let store = meridian_store::open_sequencer_store(&storage)
+            .await
+            .expect("store");
+        let directory = MemberDirectory::load(store).await.expect("directory");
+        let key = SigningKey::generate().public_key();
+        for name in ["mediator", "participant1", "participant2"] {
+            // Registered elsewhere, then named in a send here: back to back, well within the
+            // reload interval of the previous miss.
+            let id = MemberId::new(name).expect("id");
+            other_instance
+                .register_member(&id, &key, Timestamp::now())
+                .await
+                .expect("registered");
+            assert!(
+                directory
+                    .get_or_reload(&id)
+                    .await
+                    .expect("reload")
+                    .is_some(),
+                "{name} registered at another instance was not found"
+            );
+        }
+        assert_eq!(directory.len(), 3);
     }
 }

@@ -5,7 +5,7 @@
 //! member_id = "topology-manager"          # its sequencer identity (default shown)
 //! owner_key_file = "keys/owner.key"       # synchronizer owner signing key; created if missing
 //! key_file = "keys/topology-manager.key"  # its own member key; created if missing
-//! sequencer_endpoint = "http://127.0.0.1:4001"
+//! sequencer_endpoints = ["http://127.0.0.1:4001"] # every instance; one string also works
 //! listen_address = "127.0.0.1:4201"       # gRPC: TopologyAdminService, health, reflection
 //! admin_address = "127.0.0.1:4301"        # HTTP: /livez /readyz /status /metrics
 //! admin_token = "secret"                  # optional: required on mutating calls
@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use meridian_core::MemberId;
+use meridian_node::config::Endpoints;
 use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
@@ -45,8 +46,10 @@ pub struct TopologyManagerConfig {
     pub owner_key_file: PathBuf,
     /// The manager's member key for authenticating to the sequencer, created if missing.
     pub key_file: PathBuf,
-    /// gRPC endpoint of a sequencer, e.g. `http://127.0.0.1:4001`.
-    pub sequencer_endpoint: String,
+    /// gRPC endpoints of the sequencer's instances, e.g. `["http://127.0.0.1:4001"]`
+    /// (`sequencer_endpoint = "..."`, one, is accepted too).
+    #[serde(alias = "sequencer_endpoint")]
+    pub sequencer_endpoints: Endpoints,
     pub listen_address: SocketAddr,
     pub admin_address: SocketAddr,
     /// If set, AddParticipant, AddMediator and AllocateParty need
@@ -92,12 +95,9 @@ impl TopologyManagerConfig {
         };
         self.member()
             .map_err(|e| invalid("member_id", e.to_string()))?;
-        if !self.sequencer_endpoint.starts_with("http://") {
-            return Err(invalid(
-                "sequencer_endpoint",
-                format!("{:?} must start with http://", self.sequencer_endpoint),
-            ));
-        }
+        self.sequencer_endpoints
+            .check()
+            .map_err(|reason| invalid("sequencer_endpoints", reason))?;
         // One file for both keys would make the manager's member key the owner key: anyone who
         // obtains its (less guarded) member key could then sign topology.
         if self.owner_key_file == self.key_file {

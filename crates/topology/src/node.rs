@@ -348,7 +348,7 @@ impl Activation {
             "topology history loaded"
         );
 
-        let endpoint = config.sequencer_endpoint.clone();
+        let endpoints = config.sequencer_endpoints.as_slice().to_vec();
         let own = loaded.own_registration(member, &key.public_key(), &owner.public_key())?;
         let (own_signed, new_intent) = match own {
             Some(signed) => (signed, false),
@@ -366,9 +366,9 @@ impl Activation {
         // Registered before its intent is recorded, like every member (see `manager`).
         if waiter
             .retry("sequencer", "cannot register at the sequencer", || {
-                let (endpoint, signed) = (endpoint.clone(), own_signed.clone());
+                let (endpoints, signed) = (endpoints.clone(), own_signed.clone());
                 async move {
-                    meridian_client::register_member_with_topology(&endpoint, &signed).await
+                    meridian_client::register_member_with_topology(&endpoints, &signed).await
                 }
             })
             .await
@@ -412,7 +412,8 @@ impl Activation {
         }
 
         let client_config =
-            SequencerClientConfig::new(endpoint.clone(), member.clone(), key.clone());
+            SequencerClientConfig::new(endpoints[0].clone(), member.clone(), key.clone())
+                .with_endpoints(endpoints.clone());
         let Some(client) = waiter
             .retry("sequencer", "cannot authenticate at the sequencer", || {
                 SequencerClient::connect(client_config.clone())
@@ -426,7 +427,7 @@ impl Activation {
                 member.clone(),
                 owner.clone(),
                 store.clone(),
-                Publisher::new(endpoint, client),
+                Publisher::new(endpoints, client),
                 loaded,
             )
             .with_fence_alarm(stop.clone()),

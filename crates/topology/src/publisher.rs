@@ -42,13 +42,13 @@ pub fn message_id(serial: u64) -> MessageId {
 
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    endpoint: String,
+    endpoints: Vec<String>,
     client: SequencerClient,
 }
 
 impl Publisher {
-    pub fn new(endpoint: String, client: SequencerClient) -> Self {
-        Self { endpoint, client }
+    pub fn new(endpoints: Vec<String>, client: SequencerClient) -> Self {
+        Self { endpoints, client }
     }
 
     fn member(&self) -> &MemberId {
@@ -57,7 +57,7 @@ impl Publisher {
 
     /// Registers the member a transaction admits (idempotent at the sequencer).
     pub async fn register(&self, signed: &SignedTopologyTransaction) -> Result<bool, ClientError> {
-        meridian_client::register_member_with_topology(&self.endpoint, signed).await
+        meridian_client::register_member_with_topology(&self.endpoints, signed).await
     }
 
     /// Sends serial `serial` to `recipients` in one envelope.

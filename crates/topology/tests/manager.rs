@@ -370,7 +370,7 @@ async fn changes_are_registered_published_and_idempotent() {
     let mut state = TopologyState::new(cluster.owner.public_key());
     let endpoint = format!("http://{}", cluster.manager_config.listen_address);
     assert_eq!(
-        meridian_client::topology::sync_topology(&endpoint, &mut state)
+        meridian_client::topology::sync_topology(std::slice::from_ref(&endpoint), &mut state)
             .await
             .unwrap(),
         4
@@ -533,10 +533,12 @@ async fn bad_inputs_get_clear_statuses_and_change_nothing() {
         },
         &SigningKey::generate(),
     );
-    let refused =
-        meridian_client::register_member_with_topology(&cluster.sequencer_endpoint, &forged)
-            .await
-            .unwrap_err();
+    let refused = meridian_client::register_member_with_topology(
+        std::slice::from_ref(&cluster.sequencer_endpoint),
+        &forged,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(
             refused,
@@ -569,9 +571,12 @@ async fn crash_midway(
 ) -> Option<Timestamp> {
     let signed =
         SignedTopologyTransaction::sign(&TopologyTransaction { serial, mapping }, &cluster.owner);
-    meridian_client::register_member_with_topology(&cluster.sequencer_endpoint, &signed)
-        .await
-        .unwrap();
+    meridian_client::register_member_with_topology(
+        std::slice::from_ref(&cluster.sequencer_endpoint),
+        &signed,
+    )
+    .await
+    .unwrap();
     let store = SqliteTopologyStore::open(&cluster.topology_db())
         .await
         .unwrap();

@@ -1,13 +1,23 @@
 //! `meridian bench failover`: kill -9 the active replica of a node under load, N times, and
 //! measure what applications see.
 //!
-//! The deployment runs two replicas of every participant and of the mediator. The transfer
-//! workload runs throughout with dedup-safe retrying clients that know both replicas. Each trial
-//! finds the active replica of the target node, SIGKILLs it, and measures the time from the
-//! kill to the first successful `SubmitAndWait` that needed the node (for a participant: one
-//! submitted through it; for the mediator: any). The killed replica is restarted (it comes back
-//! passive) before the next trial. At the end the ledgers are audited: acknowledged transactions
-//! missing on an informee participant are *lost*, an IOU that exists twice is a *duplicate*.
+//! The deployment runs two sequencer instances and two replicas of every participant, of the
+//! mediator and of the topology manager. The transfer workload runs throughout with dedup-safe
+//! retrying clients that know both replicas. Each trial SIGKILLs the target — the active
+//! replica of a node, or one sequencer instance (in turn) — and measures the time from the kill
+//! until the service the target provided is back, judged by requests *sent after* the kill:
+//!
+//! - participant: the first successful `SubmitAndWait` submitted through it;
+//! - mediator: the first successful `SubmitAndWait` anywhere (every one needs a verdict);
+//! - sequencer: every submitting participant has had a `SubmitAndWait` succeed (members
+//!   subscribe to different instances, so the slowest to resume sets the figure; every
+//!   transfer also needs the bank's participant and the mediator to have resumed);
+//! - topology: the first party allocation that succeeds (transactions do not need the
+//!   topology manager, so they keep flowing throughout).
+//!
+//! The killed process is restarted (a replica comes back passive) before the next trial. At
+//! the end the ledgers are audited: acknowledged transactions missing on an informee
+//! participant are *lost*, an IOU that exists twice is a *duplicate*.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -33,11 +43,13 @@ use crate::workload::{self, Live, Parties, WorkloadSpec};
 pub enum TargetNode {
     Participant,
     Mediator,
+    Sequencer,
+    Topology,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct FailoverBenchArgs {
-    /// Which node's active replica to kill.
+    /// Which node's active replica (or, for the sequencer, which instance) to kill.
     #[arg(long, value_enum, default_value = "participant")]
     pub node: TargetNode,
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
@@ -96,9 +108,12 @@ pub async fn run(args: FailoverBenchArgs, shutdown: CancellationToken) -> anyhow
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        let target = match report.node {
+            TargetNode::Sequencer => "one sequencer instance (in turn)".to_owned(),
+            node => format!("the active {} replica", node_label(node)),
+        };
         println!(
-            "meridian bench failover: kill -9 the active {:?} replica, {} trials, {:?}",
-            report.node,
+            "meridian bench failover: kill -9 {target}, {} trials, {:?}",
             report.trials.len(),
             report.backend
         );
@@ -158,6 +173,7 @@ pub async fn measure_with(
         exe,
         backend,
         replicas: 2,
+        sequencers: 2,
         lease_timeout_ms: args.lease_timeout_ms,
         ..DeploymentSpec::local(dir.path().to_path_buf(), 3)?
     };
@@ -204,10 +220,6 @@ async fn trials(
     // Let the workload reach a steady state first.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let (node_name, measured_participant) = match args.node {
-        TargetNode::Participant => (deployment.participant_ids[1].to_string(), Some(1)),
-        TargetNode::Mediator => (Deployment::mediator_id().to_string(), None),
-    };
     let mut trials = Vec::new();
     for trial in 0..args.trials {
         if shutdown.is_cancelled() {
@@ -215,25 +227,20 @@ async fn trials(
         }
         let failed_before = live.failed.load(Ordering::Relaxed);
         let timeouts_before = live.timeouts.load(Ordering::Relaxed);
-        let killed = kill_active(deployment, args.node, &node_name).await?;
+        let killed = kill_target(deployment, args.node, trial).await?;
         let killed_at = Instant::now();
-        let rto = loop {
-            let last = match measured_participant {
-                Some(index) => live.last_commit(index),
-                None => (0..3).filter_map(|i| live.last_commit(i)).max(),
-            };
-            if let Some(last) = last {
-                if last > killed_at {
-                    break last.duration_since(killed_at);
-                }
-            }
-            if killed_at.elapsed() > TRIAL_TIMEOUT {
-                bail!(
-                    "trial {}: no commit within {TRIAL_TIMEOUT:?} of killing {killed}",
-                    trial + 1
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        let rto = match tokio::time::timeout(
+            TRIAL_TIMEOUT,
+            recovered(args.node, &live, &parties, killed_at, trial),
+        )
+        .await
+        {
+            Ok(rto) => rto?,
+            Err(_) => bail!(
+                "trial {}: {:?} not back within {TRIAL_TIMEOUT:?} of killing {killed}",
+                trial + 1,
+                args.node
+            ),
         };
         // Let the failed-request counters settle, then bring the killed replica back.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -292,11 +299,95 @@ async fn duplicate_ious(parties: &Parties) -> anyhow::Result<usize> {
     Ok(counts.values().filter(|&&n| n > 1).map(|n| n - 1).sum())
 }
 
+/// How long after `killed_at` the service of the killed `node` was back (see the module doc).
+async fn recovered(
+    node: TargetNode,
+    live: &Live,
+    parties: &Parties,
+    killed_at: Instant,
+    trial: u64,
+) -> anyhow::Result<Duration> {
+    // A request that was already under way when the node died and finishes later proves
+    // little (its verdict may have been sent before the kill); one sent after the kill
+    // proves the service is back.
+    let fresh_commit = |index: usize| {
+        live.committed_a_request_sent_after(index, killed_at)
+            .then(Instant::now)
+    };
+    loop {
+        let back = match node {
+            TargetNode::Participant => fresh_commit(1),
+            TargetNode::Mediator => (1..3).find_map(fresh_commit),
+            // Transfers are submitted through participants 2 and 3 (participant 1 hosts the
+            // bank, which confirms every one of them).
+            TargetNode::Sequencer => (1..3)
+                .map(fresh_commit)
+                .collect::<Option<Vec<_>>>()
+                .map(|_| Instant::now()),
+            TargetNode::Topology => {
+                let party = meridian_core::PartyId::new(format!(
+                    "failover-party-{}-{trial}",
+                    std::process::id()
+                ))?;
+                // The client retries UNAVAILABLE itself, with the bench's short backoff.
+                parties.clients[0].allocate_party(&party).await?;
+                Some(Instant::now())
+            }
+        };
+        if let Some(back) = back {
+            return Ok(back.duration_since(killed_at));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn node_label(node: TargetNode) -> &'static str {
+    match node {
+        TargetNode::Participant => "participant",
+        TargetNode::Mediator => "mediator",
+        TargetNode::Sequencer => "sequencer",
+        TargetNode::Topology => "topology manager",
+    }
+}
+
+/// The node name under the data directory that `node` targets.
+fn node_name(deployment: &Deployment, node: TargetNode) -> String {
+    match node {
+        TargetNode::Participant => deployment.participant_ids[1].to_string(),
+        TargetNode::Mediator => Deployment::mediator_id().to_string(),
+        TargetNode::Sequencer => "sequencer".into(),
+        TargetNode::Topology => "topology-manager".into(),
+    }
+}
+
 fn replicas_of(deployment: &mut Deployment, node: TargetNode) -> Vec<&mut NodeProcess> {
     match node {
         TargetNode::Participant => deployment.participant_replicas_mut(1),
         TargetNode::Mediator => deployment.mediator_replicas_mut(),
+        TargetNode::Sequencer => deployment.sequencers.iter_mut().collect(),
+        TargetNode::Topology => deployment.topology_replicas_mut(),
     }
+}
+
+/// SIGKILLs the target of trial `trial`: the active replica of a replicated node, or the
+/// sequencer instances in turn. Returns the killed process's name.
+async fn kill_target(
+    deployment: &mut Deployment,
+    node: TargetNode,
+    trial: u64,
+) -> anyhow::Result<String> {
+    if node == TargetNode::Sequencer {
+        let mut instances = replicas_of(deployment, node);
+        let count = instances.len() as u64;
+        let index = usize::try_from(trial % count.max(1))?;
+        let instance = instances
+            .get_mut(index)
+            .context("the deployment runs no sequencer")?;
+        instance.kill9()?;
+        return Ok(instance.name().to_owned());
+    }
+    let node_name = node_name(deployment, node);
+    kill_active(deployment, node, &node_name).await
 }
 
 /// SIGKILLs the replica of `node_name` that reports itself active. Returns its name.
@@ -329,14 +420,7 @@ async fn kill_active(
 
 async fn restart(deployment: &mut Deployment, name: &str) -> anyhow::Result<()> {
     let exe = deployment.exe().to_path_buf();
-    for node in deployment
-        .participant_standbys
-        .iter_mut()
-        .flatten()
-        .chain(deployment.participants.iter_mut())
-        .chain(deployment.mediator_standbys.iter_mut())
-        .chain(std::iter::once(&mut deployment.mediator))
-    {
+    for node in deployment.processes_mut() {
         if node.name() == name {
             node.start(&exe)?;
             return node.wait_alive(Duration::from_secs(30)).await;
