@@ -853,12 +853,15 @@ async fn retry_store<'a, T>(
 ) -> Option<T> {
     let mut delay = RETRY_INITIAL;
     loop {
-        match call().await {
+        // Verdicts wait on this call: while it stalls, /readyz says so.
+        match readiness.watch_database_call(call()).await {
             Ok(value) => {
                 readiness.clear("database");
                 return Some(value);
             }
             Err(error) if replication::is_fenced(&error) => {
+                // The database answered: a stall reported meanwhile is over.
+                readiness.clear("database");
                 // Another replica is active: stop this one's work; the role loop demotes it.
                 tracing::warn!(%error, "{what}: this replica may no longer write; stopping");
                 shutdown.cancel();

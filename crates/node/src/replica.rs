@@ -15,13 +15,18 @@
 //!     cancel the active work and wait for it; manager.demoted();
 //! }
 //! ```
+//!
+//! [`ReplicaManager::hold_draining`] is the graceful variant of `hold` for a switchover: on a
+//! step-down request it first lets the active work finish what it accepted (still holding and
+//! renewing the lease, so its writes still pass the fence), and releases the lease after.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_core::Timestamp;
 use meridian_store::{Epoch, FenceSlot, LeaseState, LeaseStore, StoreError};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -94,7 +99,10 @@ pub struct ReplicaManager {
     lease: Arc<dyn LeaseStore>,
     fence: FenceSlot,
     role: watch::Sender<Role>,
-    step_down: Notify,
+    /// A step-down was asked for during the current term. Cleared when a term starts and when
+    /// the replica is demoted, so a request can never outlive its term and make a later
+    /// promotion step down at once.
+    step_down: watch::Sender<bool>,
 }
 
 impl ReplicaManager {
@@ -106,7 +114,7 @@ impl ReplicaManager {
             lease,
             fence,
             role,
-            step_down: Notify::new(),
+            step_down: watch::channel(false).0,
         }
     }
 
@@ -122,9 +130,14 @@ impl ReplicaManager {
         self.role.subscribe()
     }
 
-    /// Asks the active replica to hand over (manual switchover).
+    /// Asks the active replica to hand over (manual switchover). Asking twice is asking once.
     pub fn request_step_down(&self) {
-        self.step_down.notify_one();
+        self.step_down.send_replace(true);
+    }
+
+    /// Whether a step-down was asked for in the current term (it may be draining).
+    pub fn step_down_requested(&self) -> bool {
+        *self.step_down.borrow()
     }
 
     /// The admin step-down hook: asks this replica to hand over if it is active. False on a
@@ -154,6 +167,7 @@ impl ReplicaManager {
                 .await
             {
                 Ok(Some(epoch)) => {
+                    self.step_down.send_replace(false);
                     self.fence.activate(&self.settings.node, epoch);
                     self.role.send_replace(Role::Active {
                         epoch,
@@ -185,41 +199,104 @@ impl ReplicaManager {
     /// Renews the lease while active. Returns when it is lost, handed over, or on shutdown
     /// (then the lease is released so a passive replica takes over at once).
     pub async fn hold(&self, epoch: Epoch, shutdown: &CancellationToken) -> HoldEnd {
+        self.hold_then(epoch, shutdown, None::<fn() -> std::future::Ready<()>>)
+            .await
+    }
+
+    /// As [`hold`](Self::hold), but a step-down first runs `drain` and releases the lease only
+    /// once it completes. Meanwhile the lease stays held and renewed and the fence active, so
+    /// the active work can finish — and persist — what it accepted before the request; `drain`
+    /// is where it stops accepting more and waits for that, and it must bound its own wait.
+    /// A lost lease or shutdown during the drain ends the hold as it would without one.
+    pub async fn hold_draining<D, F>(
+        &self,
+        epoch: Epoch,
+        shutdown: &CancellationToken,
+        drain: D,
+    ) -> HoldEnd
+    where
+        D: FnOnce() -> F,
+        F: Future<Output = ()>,
+    {
+        self.hold_then(epoch, shutdown, Some(drain)).await
+    }
+
+    async fn hold_then<D, F>(
+        &self,
+        epoch: Epoch,
+        shutdown: &CancellationToken,
+        drain: Option<D>,
+    ) -> HoldEnd
+    where
+        D: FnOnce() -> F,
+        F: Future<Output = ()>,
+    {
         let renew_every = (self.settings.lease_timeout / 4).max(Duration::from_millis(10));
         let mut last_renewed = Instant::now();
+        let mut requests = self.step_down.subscribe();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.release(epoch).await;
                     return HoldEnd::Shutdown;
                 }
-                _ = self.step_down.notified() => {
-                    self.release(epoch).await;
-                    tracing::info!(node = %self.settings.node, %epoch, "stepped down for a switchover");
-                    return HoldEnd::SteppedDown;
-                }
+                // Not the `Ref` itself: it must not be held (or sent) past this point.
+                () = async { drop(requests.wait_for(|requested| *requested).await) } => break,
                 _ = tokio::time::sleep(renew_every) => {}
             }
-            match self
-                .lease
-                .renew(&self.settings.replica_id, epoch, Timestamp::now())
-                .await
-            {
-                Ok(()) => last_renewed = Instant::now(),
-                Err(StoreError::LeaseLost { .. }) => {
-                    tracing::error!(node = %self.settings.node, %epoch, "lease lost: another replica took over; demoting");
-                    return HoldEnd::Lost;
-                }
-                Err(error) => {
-                    // Past the timeout a passive may already have taken over: stop writing.
-                    if last_renewed.elapsed() >= self.settings.lease_timeout {
-                        tracing::error!(node = %self.settings.node, %error, "could not renew the lease within its timeout; demoting");
-                        return HoldEnd::Lost;
-                    }
-                    tracing::warn!(node = %self.settings.node, %error, "lease renewal failed; retrying");
-                }
+            if let Some(end) = self.renew(epoch, &mut last_renewed).await {
+                return end;
             }
         }
+        let Some(drain) = drain else {
+            self.release(epoch).await;
+            tracing::info!(node = %self.settings.node, %epoch, "stepped down for a switchover");
+            return HoldEnd::SteppedDown;
+        };
+        tracing::info!(node = %self.settings.node, %epoch, "stepping down for a switchover: finishing the work in flight before releasing the lease");
+        let drained_from = Instant::now();
+        let drain = drain();
+        tokio::pin!(drain);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.release(epoch).await;
+                    return HoldEnd::Shutdown;
+                }
+                () = &mut drain => break,
+                _ = tokio::time::sleep(renew_every) => {}
+            }
+            if let Some(end) = self.renew(epoch, &mut last_renewed).await {
+                return end;
+            }
+        }
+        self.release(epoch).await;
+        tracing::info!(node = %self.settings.node, %epoch, drain_ms = drained_from.elapsed().as_millis() as u64, "stepped down for a switchover");
+        HoldEnd::SteppedDown
+    }
+
+    /// One renewal. `Some` when the hold must end: the lease is lost, or could not be renewed
+    /// within its timeout (a passive may already have taken over: stop writing).
+    async fn renew(&self, epoch: Epoch, last_renewed: &mut Instant) -> Option<HoldEnd> {
+        match self
+            .lease
+            .renew(&self.settings.replica_id, epoch, Timestamp::now())
+            .await
+        {
+            Ok(()) => *last_renewed = Instant::now(),
+            Err(StoreError::LeaseLost { .. }) => {
+                tracing::error!(node = %self.settings.node, %epoch, "lease lost: another replica took over; demoting");
+                return Some(HoldEnd::Lost);
+            }
+            Err(error) => {
+                if last_renewed.elapsed() >= self.settings.lease_timeout {
+                    tracing::error!(node = %self.settings.node, %error, "could not renew the lease within its timeout; demoting");
+                    return Some(HoldEnd::Lost);
+                }
+                tracing::warn!(node = %self.settings.node, %error, "lease renewal failed; retrying");
+            }
+        }
+        None
     }
 
     async fn release(&self, epoch: Epoch) {
@@ -259,6 +336,121 @@ impl ReplicaManager {
     /// After the active work stopped: no more writes, and report passive.
     pub fn demoted(&self) {
         self.fence.deactivate(&self.settings.node);
+        self.step_down.send_replace(false);
         self.role.send_replace(Role::Passive { active: None });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_store::SqliteLeaseStore;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    const LEASE_TIMEOUT: Duration = Duration::from_millis(300);
+
+    async fn manager(dir: &std::path::Path, replica: &str) -> ReplicaManager {
+        let lease = SqliteLeaseStore::open(&dir.join("node.db"), "node1")
+            .await
+            .expect("lease store");
+        let settings = ReplicaSettings {
+            node: "node1".into(),
+            replica_id: replica.into(),
+            advertised_endpoint: format!("http://{replica}"),
+            lease_timeout: LEASE_TIMEOUT,
+            poll_interval: Duration::from_millis(20),
+        };
+        ReplicaManager::new(settings, Arc::new(lease), FenceSlot::default())
+    }
+
+    /// The drain of a step-down runs with the lease held and renewed — here for several lease
+    /// timeouts, during which no other replica can take over — and the lease is released
+    /// right after it. The request does not outlive the term.
+    #[tokio::test]
+    async fn a_step_down_keeps_the_lease_until_the_drain_is_done() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = manager(dir.path(), "a").await;
+        let b = manager(dir.path(), "b").await;
+        let shutdown = CancellationToken::new();
+        let epoch = a.acquire(&shutdown).await.expect("a takes the free lease");
+        assert!(
+            !b.step_down_if_active(),
+            "a passive replica cannot step down"
+        );
+
+        let (drained, drain_done) = oneshot::channel::<()>();
+        let (drain_started, started) = oneshot::channel::<()>();
+        let hold = a.hold_draining(epoch, &shutdown, move || async move {
+            let _ = drain_started.send(());
+            let _ = drain_done.await;
+        });
+        let check = async {
+            assert!(a.step_down_if_active());
+            started.await.expect("the drain starts on the request");
+            // Without renewals the lease would have expired twice over by now.
+            tokio::time::sleep(LEASE_TIMEOUT * 3).await;
+            let taken = b
+                .lease
+                .try_acquire("b", "http://b", LEASE_TIMEOUT, Timestamp::now())
+                .await
+                .expect("lease readable");
+            assert_eq!(taken, None, "the draining replica still holds the lease");
+            assert!(a.role().is_active() && a.step_down_requested());
+            drained.send(()).expect("drain waiting");
+        };
+        let (end, ()) = tokio::join!(hold, check);
+        assert_eq!(end, HoldEnd::SteppedDown);
+        a.demoted();
+        assert!(!a.step_down_requested(), "the request ends with the term");
+
+        // Released: b takes over at its first poll, at a higher epoch.
+        let taken = tokio::time::timeout(Duration::from_secs(2), b.acquire(&shutdown))
+            .await
+            .expect("b takes over at once")
+            .expect("not shut down");
+        assert!(taken > epoch);
+    }
+
+    /// A hold without a drain releases at once on a step-down, and a lost lease during a drain
+    /// ends the hold as `Lost` (the drain is abandoned; the new holder owns the node).
+    #[tokio::test]
+    async fn a_plain_hold_releases_at_once_and_a_lost_lease_ends_a_drain() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = manager(dir.path(), "a").await;
+        let b = manager(dir.path(), "b").await;
+        let shutdown = CancellationToken::new();
+        let epoch = a.acquire(&shutdown).await.expect("a takes the free lease");
+        assert!(a.step_down_if_active());
+        let end = tokio::time::timeout(Duration::from_secs(2), a.hold(epoch, &shutdown))
+            .await
+            .expect("released at once");
+        assert_eq!(end, HoldEnd::SteppedDown);
+        a.demoted();
+
+        let epoch = b
+            .acquire(&shutdown)
+            .await
+            .expect("b takes the released lease");
+        assert!(b.step_down_if_active());
+        // b's drain never finishes, and b's renewals are refused once a took the lease by
+        // timeout (as from a stuck holder).
+        let hold = b.hold_draining(epoch, &shutdown, std::future::pending::<()>);
+        let depose = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut taken = None;
+            while taken.is_none() {
+                taken = a
+                    .lease
+                    .try_acquire("a", "http://a", Duration::ZERO, Timestamp::now())
+                    .await
+                    .expect("lease readable");
+            }
+        };
+        let (end, ()) =
+            tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(hold, depose) })
+                .await
+                .expect("the hold notices the lost lease");
+        assert_eq!(end, HoldEnd::Lost);
     }
 }

@@ -14,7 +14,11 @@
 //! refuses, or a step-down) ends the *term*: the Ledger API refuses at once, waiting
 //! SubmitAndWait callers get UNAVAILABLE (outcome unknown; retrying with the same command id
 //! on the new active is deduplicated), nothing more is sent, and the replica is passive again.
+//! A step-down drains first: with the lease still held, new calls are refused and the
+//! submissions in flight are answered with their outcome (bounded, see
+//! [`crate::replication::STEP_DOWN_DRAIN_TIMEOUT`]); then the lease goes and the term ends.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,7 +53,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 const PASSIVE_TOPOLOGY_REFRESH: Duration = Duration::from_secs(2);
 /// At promotion, how long the topology manager may take to supply what changed since the
 /// last refresh; it runs next to loading the store, and a slow manager does not hold up the
-/// takeover (the sequencer stream brings every change after the checkpoint anyway).
+/// takeover when the warm copy is complete up to the checkpoint (the sequencer stream brings
+/// every change after it). When it may not be, the promotion waits for the manager (see
+/// [`TopologyAsOf`]).
 const PROMOTION_TOPOLOGY_BUDGET: Duration = Duration::from_millis(300);
 /// How long a term's writer gets to stop after its term ended before it is aborted (its
 /// writes are fenced off anyway).
@@ -240,9 +246,33 @@ struct Warm {
     /// The topology as known outside a term: synced from the manager at start, refreshed
     /// while passive, and taken over from the engine when a term ends.
     topology: Arc<Mutex<TopologyState>>,
+    /// Up to when `topology` is known complete.
+    topology_as_of: TopologyAsOf,
     readiness: Conditions,
     metrics: ParticipantMetrics,
     serving: Arc<Serving>,
+}
+
+/// Up to which (sequencer) time the warm topology is known to hold every change: when its last
+/// successful fetch from the manager began, or the last event of the term it was taken over
+/// from. Topology changes reach the participant as sequenced events, and a promotion replays
+/// only the events after the store's checkpoint: a warm copy that is not complete up to the
+/// checkpoint would miss the changes before it for good (say, a party allocated just before
+/// an outage that also takes the manager away), and the new active would reject every request
+/// of that party as not authorized.
+#[derive(Clone, Default)]
+struct TopologyAsOf(Arc<AtomicU64>);
+
+impl TopologyAsOf {
+    fn advance(&self, to: Timestamp) {
+        self.0.fetch_max(to.as_micros(), Ordering::Relaxed);
+    }
+
+    /// Whether the warm topology holds every change a term resuming after `checkpoint` does
+    /// not replay (none, without a checkpoint: the stream is replayed from its start).
+    fn covers(&self, checkpoint: Option<Timestamp>) -> bool {
+        checkpoint.is_none_or(|c| c.as_micros() < self.0.load(Ordering::Relaxed))
+    }
 }
 
 impl Warm {
@@ -309,20 +339,23 @@ async fn start_and_serve(
     };
 
     let mut topology = TopologyState::new(owner);
+    let topology_as_of = TopologyAsOf::default();
     let endpoints = config.topology_endpoints.clone();
     let Some(added) = retry_until("topology", readiness, &shutdown, || {
         let endpoints = endpoints.clone();
         let mut state = topology.clone();
         async move {
+            let started = Timestamp::now();
             meridian_client::topology::sync_topology(endpoints.as_slice(), &mut state)
                 .await
-                .map(|added| (added, state))
+                .map(|added| (added, state, started))
                 .map_err(|e| format!("cannot sync from the topology manager at {endpoints}: {e}"))
         }
     })
     .await
-    .map(|(added, state)| {
+    .map(|(added, state, started)| {
         topology = state;
+        topology_as_of.advance(started);
         added
     }) else {
         return Ok(());
@@ -357,6 +390,7 @@ async fn start_and_serve(
         store,
         client,
         topology: Arc::new(Mutex::new(topology)),
+        topology_as_of,
         readiness: readiness.clone(),
         metrics,
         serving,
@@ -366,6 +400,7 @@ async fn start_and_serve(
         Some(manager) => {
             tokio::spawn(refresh_topology_while_passive(
                 warm.topology.clone(),
+                warm.topology_as_of.clone(),
                 warm.config.topology_endpoints.clone(),
                 manager.clone(),
                 shutdown.clone(),
@@ -409,7 +444,9 @@ async fn run_replica(
         // Its own token, so that a fatal error can release the lease before the process
         // exits (a passive takes over at its next poll instead of after the lease timeout).
         let hold_token = shutdown.child_token();
-        let hold = manager.hold(epoch, &hold_token);
+        // A step-down drains the term (refuse new calls, answer the ones in flight) before the
+        // lease goes.
+        let hold = manager.hold_draining(epoch, &hold_token, || warm.serving.drain());
         tokio::pin!(hold);
         let term_token = shutdown.child_token();
         // The lease is renewed from the first moment, promotion included.
@@ -534,7 +571,11 @@ async fn stop_term(warm: &Warm, mut term: Term, demoted: bool, writer_done: bool
     {
         term.chores.abort();
     }
-    *warm.topology() = term.core.engine().topology().clone();
+    let engine = term.core.engine();
+    *warm.topology() = engine.topology().clone();
+    if let Some(last_event) = engine.last_event() {
+        warm.topology_as_of.advance(last_event);
+    }
 }
 
 /// Loads the state from the store (the checkpoint and everything derived up to it, exactly as
@@ -578,6 +619,37 @@ async fn start_term(
     let Some(snapshot) = snapshot else {
         return Ok(None);
     };
+    let fetched = match fetched {
+        // The warm copy may lack changes the previous active processed before the checkpoint,
+        // which the stream does not bring again (see `TopologyAsOf`): serving with it could
+        // reject valid requests for good, so wait for the manager instead (not ready meanwhile).
+        None if refresh_topology && !warm.topology_as_of.covers(snapshot.checkpoint) => {
+            tracing::warn!(
+                checkpoint = ?snapshot.checkpoint,
+                "promotion: the warm topology may predate the checkpoint; waiting for the topology manager"
+            );
+            let fetched = retry_until("topology", &warm.readiness, &term, || async {
+                match tokio::time::timeout(
+                    PASSIVE_TOPOLOGY_REFRESH,
+                    meridian_client::topology::fetch_topology(endpoints),
+                )
+                .await
+                {
+                    Ok(Ok(entries)) => Ok(entries),
+                    Ok(Err(error)) => Err(format!(
+                        "promotion: cannot refresh the topology from the manager: {error}"
+                    )),
+                    Err(_) => Err("promotion: the topology manager does not answer".to_owned()),
+                }
+            })
+            .await;
+            let Some(fetched) = fetched else {
+                return Ok(None);
+            };
+            Some(fetched)
+        }
+        fetched => fetched,
+    };
     let mut topology = warm.topology().clone();
     if let Some(entries) = fetched {
         let added = add_topology(&mut topology, &entries);
@@ -617,6 +689,7 @@ async fn start_term(
         readiness: warm.readiness.clone(),
         shutdown: term,
         demoted: std::sync::atomic::AtomicBool::new(false),
+        submissions: runtime::SubmissionGate::default(),
         config: warm.config.clone(),
     });
 
@@ -665,6 +738,7 @@ fn add_topology(
 /// depend on the manager being reachable right then.
 async fn refresh_topology_while_passive(
     topology: Arc<Mutex<TopologyState>>,
+    as_of: TopologyAsOf,
     endpoints: meridian_node::config::Endpoints,
     manager: Arc<ReplicaManager>,
     shutdown: CancellationToken,
@@ -679,6 +753,7 @@ async fn refresh_topology_while_passive(
         if manager.role().is_active() {
             continue;
         }
+        let started = Timestamp::now();
         let fetched = tokio::time::timeout(
             PASSIVE_TOPOLOGY_REFRESH,
             meridian_client::topology::fetch_topology(endpoints.as_slice()),
@@ -690,6 +765,7 @@ async fn refresh_topology_while_passive(
                     &mut topology.lock().unwrap_or_else(PoisonError::into_inner),
                     &entries,
                 );
+                as_of.advance(started);
                 if added > 0 {
                     tracing::debug!(added, "passive: topology refreshed");
                 }

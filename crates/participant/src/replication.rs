@@ -7,8 +7,16 @@
 //!
 //! [`Serving`] is the one place the Ledger API, `/status`, `/readyz` and the admin step-down
 //! hook read: the current term's [`Core`] (none while passive), and the replica manager.
+//!
+//! A step-down (manual switchover) is graceful: [`Serving::drain`] runs while the lease is
+//! still held (see [`ReplicaManager::hold_draining`]). It closes the term's submission gate —
+//! every new call is refused UNAVAILABLE, "stepping down", so clients move to the other
+//! replica — and waits, at most [`STEP_DOWN_DRAIN_TIMEOUT`] (or the submit timeout when
+//! shorter), for the SubmitAndWait calls already accepted to get their outcome, which they
+//! are answered normally. Only then is the lease released and the term ended.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use meridian_core::Timestamp;
 use meridian_node::replica::{ReplicaManager, Role};
@@ -21,6 +29,13 @@ use crate::runtime::Core;
 
 /// The readiness condition that carries this replica's role.
 const CONDITION: &str = "replica";
+/// How long a stepping-down replica waits, at most, for the SubmitAndWait calls it accepted
+/// to complete before it releases the lease anyway (bounded further by the submit timeout).
+/// Calls still waiting then get UNAVAILABLE, outcome unknown, and their retry on the new
+/// active learns the outcome. A submission normally completes within a few hundred ms; this
+/// covers a slow mediator or a sequencer failover, and stays well inside the 10 s that
+/// `meridian admin switchover` waits by default.
+pub(crate) const STEP_DOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Serving {
     /// The running term's core; `None` while starting, passive or promoting.
@@ -90,6 +105,36 @@ impl Serving {
             .is_some_and(|manager| manager.step_down_if_active())
     }
 
+    /// The drain of a step-down, run by the lease manager while it still holds the lease:
+    /// refuse new calls, then wait (bounded) for the submissions in flight to be answered.
+    /// Returns at once when no term serves (say, a step-down during the promotion).
+    pub async fn drain(&self) {
+        let Some(core) = self.core() else {
+            return;
+        };
+        self.phase.send_replace(TermPhase::SteppingDown);
+        let running = core.submissions.close();
+        let bound = STEP_DOWN_DRAIN_TIMEOUT.min(core.config.submit_timeout());
+        let started = Instant::now();
+        tracing::info!(
+            running,
+            bound_ms = bound.as_millis() as u64,
+            "stepping down: refusing new calls; waiting for the submissions in flight"
+        );
+        match tokio::time::timeout(bound, core.submissions.drained()).await {
+            Ok(()) => tracing::info!(
+                drained = running,
+                drain_ms = started.elapsed().as_millis() as u64,
+                "stepping down: every submission in flight was answered"
+            ),
+            Err(_) => tracing::warn!(
+                left = core.submissions.running(),
+                bound_ms = bound.as_millis() as u64,
+                "stepping down: submissions still waiting after the drain bound get UNAVAILABLE (outcome unknown; a retry learns it on the new active)"
+            ),
+        }
+    }
+
     /// Why the Ledger API must refuse calls on this replica: `Some` when it is replicated and
     /// passive, naming the active replica when the lease says who that is.
     pub fn passive_refusal(&self) -> Option<String> {
@@ -114,9 +159,11 @@ impl Serving {
         };
         if let serde_json::Value::Object(map) = &mut status {
             map.insert("replica_id".into(), replica.into());
+            let phase = *self.phase.borrow();
+            map.insert("serving".into(), (phase == TermPhase::Serving).into());
             map.insert(
-                "serving".into(),
-                (*self.phase.borrow() == TermPhase::Serving).into(),
+                "stepping_down".into(),
+                (phase == TermPhase::SteppingDown).into(),
             );
             if !map.contains_key("since_us") {
                 let since = *self
@@ -151,6 +198,9 @@ impl Serving {
                     );
                 }
                 Role::Active { .. } if phase == TermPhase::Serving => readiness.clear(CONDITION),
+                Role::Active { epoch, .. } if phase == TermPhase::SteppingDown => {
+                    readiness.fail(CONDITION, stepping_down_message(&replica, Some(epoch)));
+                }
                 Role::Active { epoch, .. } if phase == TermPhase::Stopping => {
                     readiness.fail(
                         CONDITION,
@@ -180,8 +230,19 @@ pub(crate) enum TermPhase {
     Idle,
     /// Active and serving.
     Serving,
+    /// Active, stepping down: refusing new calls while the ones in flight finish; the lease
+    /// is released after.
+    SteppingDown,
     /// The term ended and is winding down; the replica is about to report passive.
     Stopping,
+}
+
+/// Why a stepping-down replica refuses a call (and is not ready).
+pub(crate) fn stepping_down_message(replica: &str, epoch: Option<meridian_store::Epoch>) -> String {
+    let epoch = epoch
+        .map(|e| format!(" from epoch {e}"))
+        .unwrap_or_default();
+    format!("this replica ({replica}) is stepping down{epoch} for a switchover: it accepts no new calls while it finishes the submissions in flight; retry on the other replica")
 }
 
 /// "this replica (b) is passive; the active replica is a at http://…".

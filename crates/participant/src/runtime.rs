@@ -87,6 +87,88 @@ pub(crate) struct Core {
     /// Set when the term ended because this replica was demoted (lease lost, step-down), so
     /// answers can say "retry on the active replica" rather than "shutting down".
     pub demoted: AtomicBool,
+    /// The SubmitAndWait calls this term accepted and has not answered yet; a step-down closes
+    /// it and waits for them before the lease goes (see [`SubmissionGate`]).
+    pub submissions: SubmissionGate,
+}
+
+/// Admits SubmitAndWait calls into a term until it is closed, and counts the admitted ones
+/// still running, so that a step-down can let them finish: close the gate (every later call
+/// is refused, UNAVAILABLE), then [`drained`](Self::drained) resolves once the last admitted
+/// call has been answered.
+#[derive(Debug)]
+pub(crate) struct SubmissionGate {
+    /// (closed, admitted calls not yet answered)
+    state: Arc<watch::Sender<(bool, usize)>>,
+}
+
+impl Default for SubmissionGate {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(watch::channel((false, 0)).0),
+        }
+    }
+}
+
+impl SubmissionGate {
+    /// Admits one call, or `None` once the gate is closed. The call counts as running until
+    /// the returned guard is dropped.
+    pub fn enter(&self) -> Option<Admitted> {
+        let mut admitted = false;
+        // Admitting never wakes anyone: only leaving a closed gate can complete a drain.
+        self.state.send_if_modified(|(closed, running)| {
+            if !*closed {
+                *running += 1;
+                admitted = true;
+            }
+            false
+        });
+        admitted.then(|| Admitted {
+            state: self.state.clone(),
+        })
+    }
+
+    /// Refuses every later call. Returns how many admitted calls are still running.
+    pub fn close(&self) -> usize {
+        let mut running = 0;
+        self.state.send_modify(|state| {
+            state.0 = true;
+            running = state.1;
+        });
+        running
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.borrow().0
+    }
+
+    /// Admitted calls not answered yet.
+    pub fn running(&self) -> usize {
+        self.state.borrow().1
+    }
+
+    /// Resolves once the gate is closed and every admitted call has been answered.
+    pub async fn drained(&self) {
+        let mut state = self.state.subscribe();
+        let _ = state
+            .wait_for(|(closed, running)| *closed && *running == 0)
+            .await;
+    }
+}
+
+/// One admitted SubmitAndWait call; dropping it (the call answered) lets a drain complete.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    state: Arc<watch::Sender<(bool, usize)>>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.state.send_if_modified(|(closed, running)| {
+            *running = running.saturating_sub(1);
+            *closed && *running == 0
+        });
+    }
 }
 
 /// Why the writer stopped with an error.
@@ -375,13 +457,19 @@ async fn persist(core: &Core, batch: &ParticipantBatch) -> Result<(), WriterErro
     let mut delay = Duration::from_millis(50);
     let mut attempt = 1;
     loop {
-        match core.store.apply(batch).await {
+        // Waiters are answered only after this commit; while it stalls, say so at /readyz.
+        let apply = core.readiness.watch_database_call(core.store.apply(batch));
+        match apply.await {
             Ok(()) => {
                 core.readiness.clear("database");
                 return Ok(());
             }
             // The one definition of "fenced" every role shares, so they all demote alike.
-            Err(error) if is_fenced(&error) => return Err(WriterError::Fenced(error)),
+            Err(error) if is_fenced(&error) => {
+                // The database answered: a stall reported meanwhile is over.
+                core.readiness.clear("database");
+                return Err(WriterError::Fenced(error));
+            }
             Err(error) if error.is_transient() && attempt < PERSIST_ATTEMPTS => {
                 if core
                     .readiness
@@ -553,5 +641,48 @@ pub(crate) async fn run_chores(core: Arc<Core>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::FutureExt;
+
+    use super::SubmissionGate;
+
+    #[tokio::test]
+    async fn a_closed_gate_refuses_and_drains_once_the_admitted_calls_are_answered() {
+        let gate = SubmissionGate::default();
+        let first = gate.enter().expect("open gate admits");
+        let second = gate.enter().expect("open gate admits");
+        assert_eq!(gate.running(), 2);
+        // Not closed: never drained, however few calls run.
+        drop(second);
+        assert!(gate.drained().now_or_never().is_none());
+
+        assert_eq!(gate.close(), 1);
+        assert!(gate.is_closed());
+        assert!(gate.enter().is_none(), "a closed gate admits nothing");
+        let drained = tokio::spawn({
+            let state = gate.state.clone();
+            async move { SubmissionGate { state }.drained().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!drained.is_finished(), "one admitted call still runs");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(1), drained)
+            .await
+            .expect("drained once the last call was answered")
+            .expect("no panic");
+        assert_eq!(gate.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_an_idle_gate_is_drained_at_once() {
+        let gate = SubmissionGate::default();
+        assert_eq!(gate.close(), 0);
+        assert!(gate.drained().now_or_never().is_some());
     }
 }

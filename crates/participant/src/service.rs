@@ -34,7 +34,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::engine::{
     Begin, Completion, DedupStatus, LocalSubmission, Outcome, StatusCode, SubmitError,
 };
-use crate::replication::Serving;
+use crate::replication::{stepping_down_message, Serving};
 use crate::runtime::{Core, WriterCommand};
 
 /// Rows read per page by the streams.
@@ -90,6 +90,17 @@ fn term_ended(core: &Core) -> Status {
             "the participant is shutting down; the outcome is unknown, retry with the same command id",
         ),
     }
+}
+
+/// UNAVAILABLE for a call that reaches a replica stepping down: it was not accepted, so the
+/// client simply goes to the other replica (which takes over once the drain is done).
+fn stepping_down(core: &Core) -> Status {
+    let replica = core
+        .config
+        .replication
+        .as_ref()
+        .map_or("unreplicated", |r| r.replica_id.as_str());
+    Status::unavailable(stepping_down_message(replica, None))
 }
 
 fn status_of(code: StatusCode, message: String) -> Status {
@@ -342,6 +353,10 @@ impl LedgerApi {
             .serving
             .core()
             .ok_or_else(|| Status::unavailable(format!("participant not ready: {}", reason())))?;
+        // Before readiness, which turns false a moment later (and says less).
+        if core.submissions.is_closed() {
+            return Err(stepping_down(&core));
+        }
         if !self.health.is_ready() {
             return Err(Status::unavailable(format!(
                 "participant not ready: {}",
@@ -443,6 +458,11 @@ impl LedgerApi {
         request: v1::SubmitAndWaitRequest,
     ) -> Result<v1::SubmitAndWaitResponse, Status> {
         let core = self.core()?;
+        // Admitted calls are answered before a step-down releases the lease; once it began,
+        // the gate refuses (the check in `core` can race with its start, this cannot).
+        let Some(_admitted) = core.submissions.enter() else {
+            return Err(stepping_down(&core));
+        };
         let config = &core.config;
         let user_id = UserId::new(request.user_id).map_err(|e| invalid("user_id", e))?;
         let command_id =

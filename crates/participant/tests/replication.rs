@@ -6,7 +6,8 @@
 //! once, with no graceful release — the in-process stand-in for `kill -9`. The test shows that
 //! only one replica is active, that the passive one refuses Ledger API calls naming the active
 //! replica, that the passive takes over within the RTO budget, and that a step-down through
-//! the admin hook hands over to the other replica.
+//! the admin hook hands over to the other replica — after answering the submissions it had
+//! in flight (the mediator, on a runtime of its own too, is frozen to hold them in flight).
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,8 @@ where
 struct Synchronizer {
     common: String,
     admin: TopologyAdminServiceClient<Channel>,
+    /// Sending a duration freezes the mediator for that long (see [`spawn_freezable`]).
+    freeze_mediator: std::sync::mpsc::Sender<Duration>,
     shutdown: CancellationToken,
     dir: tempfile::TempDir,
 }
@@ -137,10 +140,11 @@ async fn synchronizer() -> Synchronizer {
         "mediator.toml",
     )
     .expect("mediator config");
-    tokio::spawn(meridian_mediator::run(mediator, shutdown.clone()));
+    let freeze_mediator = spawn_freezable(meridian_mediator::run(mediator, shutdown.clone()));
     Synchronizer {
         common,
         admin,
+        freeze_mediator,
         shutdown,
         dir,
     }
@@ -248,16 +252,27 @@ fn replica(sync: &Synchronizer, name: &'static str, storage: &str) -> Replica {
 /// way, by dropping the runtime with everything in it; sending a duration freezes it (every
 /// worker thread blocked, like SIGSTOP) for that long.
 fn spawn_killable(replica: &Replica) -> std::sync::mpsc::Sender<Duration> {
+    spawn_freezable(meridian_participant::run(
+        replica.config.clone(),
+        CancellationToken::new(),
+    ))
+}
+
+/// Runs `node` on a runtime of its own; see [`spawn_killable`].
+fn spawn_freezable<F>(node: F) -> std::sync::mpsc::Sender<Duration>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     const WORKERS: usize = 2;
     let (control, controls) = std::sync::mpsc::channel::<Duration>();
-    let config = replica.config.clone();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(WORKERS)
             .enable_all()
             .build()
-            .expect("replica runtime");
-        runtime.spawn(meridian_participant::run(config, CancellationToken::new()));
+            .expect("node runtime");
+        runtime.spawn(node);
         while let Ok(freeze) = controls.recv() {
             // The barrier makes every worker hold one of the blocking tasks at the same time.
             let barrier = std::sync::Arc::new(std::sync::Barrier::new(WORKERS + 1));
@@ -535,6 +550,132 @@ async fn stuck_active_is_deposed(backend: Backend) {
     assert_eq!(acs.contracts.len(), 3, "{acs:?}");
     drop(freeze_a);
     sync.shutdown.cancel();
+}
+
+/// A step-down while submissions are in flight answers them with their outcome instead of
+/// failing them: the mediator is frozen so that requests stay pending at the active replica,
+/// the step-down arrives, new calls are refused ("stepping down", UNAVAILABLE) while the lease
+/// is still held, and once the mediator resumes the submissions commit and are answered by the
+/// old active; only then does the passive take over.
+async fn a_step_down_answers_the_submissions_in_flight(backend: Backend) {
+    const IN_FLIGHT: usize = 4;
+    let (sync, storage) = setup(backend).await;
+    let (a, b, _a_alive, first_epoch) = start_pair(&sync, &storage).await;
+    submit_until_committed(&a, "before-freeze", 1).await;
+
+    // The mediator stops deciding: what is submitted now stays pending at p1-a.
+    // Long enough for the submissions to reach p1-a and the step-down to begin, short of the
+    // drain bound (5 s) so that they complete within it.
+    let freeze = Duration::from_millis(2_500);
+    sync.freeze_mediator
+        .send(freeze)
+        .expect("freeze the mediator");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut calls = Vec::new();
+    for i in 0..IN_FLIGHT {
+        let mut ledger = a.ledger().await;
+        calls.push(tokio::spawn(async move {
+            let answer = ledger
+                .submit_and_wait(submit(
+                    &format!("in-flight-{i}"),
+                    "bank",
+                    create_iou(10 + i as u64),
+                ))
+                .await;
+            (answer, Instant::now())
+        }));
+    }
+    retry(
+        "the submissions are sequenced and pending at p1-a",
+        || async {
+            let (_, status) = a.get("/status").await.ok_or("admin not up")?;
+            match status["pending_requests"].as_u64() {
+                Some(pending) if pending >= IN_FLIGHT as u64 => Ok(()),
+                _ => Err(format!("status {status}")),
+            }
+        },
+    )
+    .await;
+
+    let stepped_down_at = Instant::now();
+    assert_eq!(a.step_down().await, 202);
+    // Draining: still active and holding the lease, but refusing new calls (and not ready).
+    let (code, ready) = a.get("/readyz").await.expect("readyz");
+    let (_, status) = a.get("/status").await.expect("status");
+    assert!(
+        stepped_down_at.elapsed() < freeze,
+        "the drain cannot have ended before the mediator resumed"
+    );
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready.to_string().contains("stepping down"), "{ready}");
+    assert_eq!(status["replication"]["role"], "active", "{status}");
+    assert_eq!(status["replication"]["stepping_down"], true, "{status}");
+    let refusal = a
+        .ledger()
+        .await
+        .submit_and_wait(submit("during-drain", "bank", create_iou(5)))
+        .await
+        .expect_err("a stepping-down replica accepts no new submission");
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal}");
+    assert!(
+        refusal.message().contains("(p1-a) is stepping down"),
+        "{refusal}"
+    );
+    // Asking again while it drains changes nothing.
+    assert_eq!(a.step_down().await, 202);
+    assert_eq!(
+        b.get("/status").await.expect("status").1["replication"]["role"],
+        "passive"
+    );
+
+    // The mediator resumes: every submission in flight commits and is answered by p1-a.
+    for call in calls {
+        let (answer, answered_at) = call.await.expect("call task");
+        let response = answer
+            .expect("a submission in flight at the step-down is answered")
+            .into_inner();
+        assert!(!response.transaction_id.is_empty(), "{response:?}");
+        assert!(answered_at > stepped_down_at);
+    }
+    let b_status = b.wait_active().await;
+    assert!(b_status["replication"]["epoch"].as_i64().expect("epoch") > first_epoch);
+    a.wait_passive("p1-b").await;
+    println!(
+        "drained step-down: step-down to p1-b active: {} ms (mediator frozen for {} ms)",
+        stepped_down_at.elapsed().as_millis(),
+        freeze.as_millis()
+    );
+
+    // The new active has them all, exactly once; the refused call never started.
+    let acs = b
+        .ledger()
+        .await
+        .get_active_contracts(v1::GetActiveContractsRequest {
+            parties: vec!["bank".into()],
+        })
+        .await
+        .expect("active contracts")
+        .into_inner();
+    assert_eq!(acs.contracts.len(), 1 + IN_FLIGHT, "{acs:?}");
+    let duplicate = b
+        .ledger()
+        .await
+        .submit_and_wait(submit("in-flight-0", "bank", create_iou(10)))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate}");
+    // p1-b serves on (and p1-a's second request ended with its term).
+    submit_until_committed(&b, "after-switchover", 6).await;
+    assert_eq!(
+        b.get("/status").await.expect("status").1["replication"]["role"],
+        "active"
+    );
+    sync.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_step_down_answers_the_submissions_in_flight() {
+    a_step_down_answers_the_submissions_in_flight(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

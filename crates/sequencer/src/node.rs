@@ -14,6 +14,7 @@
 //! watermark went stale is taken over; when it resumes, its writes are refused as superseded
 //! and it stops (see [`crate::writer`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ struct SequencerStatus {
     watermark: watch::Receiver<Timestamp>,
     directory: Arc<MemberDirectory>,
     incarnation: IncarnationGauge,
+    peers_marked_offline: Arc<AtomicU64>,
 }
 
 impl StatusSource for SequencerStatus {
@@ -79,6 +81,8 @@ impl StatusSource for SequencerStatus {
             "backend": self.backend,
             "safe_point_us": self.watermark.borrow().as_micros(),
             "members": self.directory.len(),
+            // Operators and drills see from it that this instance noticed a dead peer.
+            "peers_marked_offline": self.peers_marked_offline.load(Ordering::Relaxed),
         })
     }
 }
@@ -151,11 +155,13 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     );
     writer.refresh_safe_point().await;
     let writer_task = tokio::spawn(writer.run());
+    let peers_marked_offline = Arc::new(AtomicU64::new(0));
     tokio::spawn(poll_peers(
         store.clone(),
         config.clone(),
         safe_point_tx,
         readiness.clone(),
+        peers_marked_offline.clone(),
         shutdown.clone(),
     ));
 
@@ -169,6 +175,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         watermark: safe_point_rx.clone(),
         directory: directory.clone(),
         incarnation,
+        peers_marked_offline: peers_marked_offline.clone(),
     });
 
     let shared = Arc::new(Shared {
@@ -367,6 +374,7 @@ async fn poll_peers(
     config: SequencerConfig,
     safe_point: watch::Sender<Timestamp>,
     readiness: Conditions,
+    peers_marked_offline: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
     let own = config.instance.index();
@@ -392,7 +400,10 @@ async fn poll_peers(
                     Ok(instances) => {
                         for peer in instances.iter().filter(|i| i.online && i.index != own && i.watermark < stale_before) {
                             match store.mark_offline(peer.index, stale_before).await {
-                                Ok(true) => tracing::warn!(peer = %peer.index, watermark = %peer.watermark, "marked a stale sequencer instance offline"),
+                                Ok(true) => {
+                                    peers_marked_offline.fetch_add(1, Ordering::Relaxed);
+                                    tracing::warn!(peer = %peer.index, watermark = %peer.watermark, "marked a stale sequencer instance offline");
+                                }
                                 Ok(false) => {}
                                 Err(error) => tracing::warn!(%error, "marking a peer offline failed"),
                             }

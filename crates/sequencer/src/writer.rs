@@ -228,16 +228,14 @@ impl Writer {
             }));
         }
         if !plan.events.is_empty() {
-            match self
-                .store
-                .write_events(
-                    self.settings.index,
-                    self.incarnation,
-                    &plan.events,
-                    plan.watermark,
-                )
-                .await
-            {
+            let write = self.store.write_events(
+                self.settings.index,
+                self.incarnation,
+                &plan.events,
+                plan.watermark,
+            );
+            // The batch's senders wait on this write: while it stalls, /readyz says so.
+            match self.readiness.watch_database_call(write).await {
                 Ok(results) => {
                     self.metrics.batch_size.observe(plan.events.len() as f64);
                     for ((event, slot), result) in plan.events.iter().zip(&plan.slots).zip(results)
@@ -287,11 +285,11 @@ impl Writer {
 
     async fn heartbeat(&mut self) {
         let watermark = self.engine.idle_watermark(Timestamp::now());
-        match self
-            .store
-            .advance_watermark(self.settings.index, self.incarnation, watermark)
-            .await
-        {
+        let advance =
+            self.store
+                .advance_watermark(self.settings.index, self.incarnation, watermark);
+        // An idle instance's only database access: it notices an outage first.
+        match self.readiness.watch_database_call(advance).await {
             Ok(()) => self.committed(watermark).await,
             Err(error) => {
                 self.handle_store_error(&error).await;
@@ -300,7 +298,8 @@ impl Writer {
         if self.last_prune.elapsed() >= PRUNE_INTERVAL {
             self.last_prune = Instant::now();
             let expired_before = Timestamp::now().saturating_sub(self.settings.dedup_retention);
-            match self.store.prune_message_ids(expired_before).await {
+            let prune = self.store.prune_message_ids(expired_before);
+            match self.readiness.watch_database_call(prune).await {
                 Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned message ids"),
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "pruning message ids failed; will retry"),
@@ -317,7 +316,12 @@ impl Writer {
     }
 
     pub async fn refresh_safe_point(&self) {
-        match self.store.safe_point().await {
+        // The writer waits for this too (after every commit): a stall must show as well.
+        match self
+            .readiness
+            .watch_database_call(self.store.safe_point())
+            .await
+        {
             Ok(Some(safe_point)) => {
                 self.metrics.safe_point_us.set(safe_point.as_i64());
                 self.safe_point.send_if_modified(|current| {
