@@ -156,6 +156,21 @@ pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Optio
     Ok(None)
 }
 
+/// The role (`active`, `passive`) replica `replica` of `node` reports, if it answers.
+pub async fn replica_role(data_dir: &Path, node: &str, replica: &str) -> Option<String> {
+    let client = http().ok()?;
+    let address = replicas(data_dir, node)
+        .ok()?
+        .into_iter()
+        .find(|r| r.name == replica)?;
+    let status = get_status(&client, &address).await?;
+    status
+        .get("replication")
+        .and_then(|r| r.get("role"))
+        .and_then(|r| r.as_str())
+        .map(str::to_owned)
+}
+
 /// Asks the active replica to step down and waits for another to become active. Returns the
 /// time the handover took.
 pub async fn switch_over(

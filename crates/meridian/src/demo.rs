@@ -1,8 +1,11 @@
 //! `meridian demo` and `meridian up`: a whole synchronizer on this machine.
 //!
-//! `demo` starts the deployment (SQLite under `--data-dir`), allocates parties, issues one IOU
-//! per lane, runs three-participant transfers for `--duration` with a live progress line, then
-//! audits the ledgers and prints throughput, latency, rejections and the audit. `up` starts the
+//! `demo` starts a replicated deployment (SQLite under `--data-dir`: two sequencer instances,
+//! two replicas of the topology manager, the mediator and each participant), allocates
+//! parties, issues one IOU per lane, runs three-participant transfers for `--duration` with a
+//! live progress line and, halfway through, kill -9s the active replica of participant2 to
+//! show a failover. Then it audits the ledgers and prints throughput, latency, rejections, the
+//! failover (detection, RTO, RPO, failed and retried requests) and the audit. `up` starts the
 //! same deployment, prints its endpoints and runs until Ctrl-C.
 
 use std::path::PathBuf;
@@ -17,6 +20,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::deployment::{Deployment, DeploymentSpec};
+use crate::drill::plan::{PlannedFault, Scenario};
+use crate::drill::FaultReport;
 use crate::workload::{self, Audit, Live, Parties, WorkloadReport, WorkloadSpec};
 
 #[derive(Debug, Clone, Args)]
@@ -36,12 +41,27 @@ pub struct DemoArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Do not kill a participant replica halfway through.
+    #[arg(long)]
+    pub no_failover: bool,
+    /// Replicas of each participant, the mediator and the topology manager.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub replicas: u64,
+    /// Sequencer instances.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub sequencers: u64,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     #[arg(long, default_value = "meridian-data")]
     pub data_dir: PathBuf,
+    /// Replicas of each participant, the mediator and the topology manager.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub replicas: u64,
+    /// Sequencer instances.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub sequencers: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +72,8 @@ pub struct DemoReport {
     pub workload: WorkloadReport,
     #[serde(flatten)]
     pub audit: Audit,
+    /// The failover halfway through, if one was run.
+    pub failover: Option<FaultReport>,
     pub interrupted: bool,
 }
 
@@ -63,8 +85,21 @@ fn say(json: bool) -> impl FnMut(String) {
     }
 }
 
+/// The demo's deployment: `replicas` of every replicated node, `sequencers` instances.
+fn replicated_spec(
+    data_dir: PathBuf,
+    replicas: u64,
+    sequencers: u64,
+) -> anyhow::Result<DeploymentSpec> {
+    Ok(DeploymentSpec {
+        replicas: usize::try_from(replicas)?,
+        sequencers: usize::try_from(sequencers)?,
+        ..DeploymentSpec::local(data_dir, 3)?
+    })
+}
+
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = DeploymentSpec::local(args.data_dir, 3)?;
+    let spec = replicated_spec(args.data_dir, args.replicas, args.sequencers)?;
     eprintln!("starting a synchronizer in {}", spec.data_dir.display());
     let mut deployment = Deployment::start(&spec, &mut say(false)).await?;
     println!("Meridian is up:");
@@ -78,13 +113,15 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
 }
 
 pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = DeploymentSpec::local(args.data_dir.clone(), 3)?;
+    let spec = replicated_spec(args.data_dir.clone(), args.replicas, args.sequencers)?;
+    let failover = !args.no_failover && spec.replicas >= 2;
     let report = run_ledger_workload(
         &spec,
         args.lanes,
         Duration::from_secs(args.duration_s),
         args.rate,
         args.json,
+        failover,
         shutdown,
     )
     .await?;
@@ -96,23 +133,37 @@ pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result
     if !report.audit.audit_ok {
         anyhow::bail!("the ledger audit failed");
     }
+    if let Some(problem) = report.failover.as_ref().and_then(|f| f.problem.as_ref()) {
+        anyhow::bail!("the failover did not recover: {problem}");
+    }
     Ok(())
 }
 
-/// Starts a deployment, runs the transfer workload, audits, and stops every node.
+/// Starts a deployment, runs the transfer workload (with a participant failover halfway when
+/// `failover`), audits, and stops every node.
 pub async fn run_ledger_workload(
     spec: &DeploymentSpec,
     lanes: u64,
     duration: Duration,
     rate: Option<u64>,
     json: bool,
+    failover: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<DemoReport> {
     if !json {
         eprintln!("starting a synchronizer in {}", spec.data_dir.display());
     }
     let mut deployment = Deployment::start(spec, &mut say(json)).await?;
-    let result = drive(&deployment, lanes, duration, rate, json, shutdown).await;
+    let result = drive(
+        &mut deployment,
+        lanes,
+        duration,
+        rate,
+        json,
+        failover,
+        shutdown,
+    )
+    .await;
     let stopped = deployment.stop().await;
     let report = result?;
     stopped.context("stopping the nodes")?;
@@ -120,11 +171,12 @@ pub async fn run_ledger_workload(
 }
 
 async fn drive(
-    deployment: &Deployment,
+    deployment: &mut Deployment,
     lanes: u64,
     duration: Duration,
     rate: Option<u64>,
     json: bool,
+    failover: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<DemoReport> {
     let run = format!(
@@ -152,8 +204,40 @@ async fn drive(
         run,
     };
     let started = Instant::now();
-    let report =
-        workload::run_transfers(&parties, lane_states, &spec, live, shutdown.clone()).await;
+    let workload = {
+        let (parties, live, stop) = (parties.clone(), live.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            workload::run_transfers(&parties, lane_states, &spec, live, stop).await
+        })
+    };
+    let mut fault = None;
+    if failover {
+        let halfway = duration / 2;
+        tokio::select! {
+            () = tokio::time::sleep(halfway) => {
+                let planned = PlannedFault {
+                    scenario: Scenario::ParticipantCrash,
+                    target: "participant2".into(),
+                };
+                let measured =
+                    crate::drill::run_fault(deployment, &live, &planned, halfway.as_secs(), None)
+                        .await;
+                match measured {
+                    Ok(report) => {
+                        say(json)(format!(
+                            "failover: {}; first success after {} ms",
+                            report.action,
+                            report.rto_first_success_ms.map_or_else(|| "-".into(), |ms| format!("{ms:.0}"))
+                        ));
+                        fault = Some(report);
+                    }
+                    Err(error) => tracing::warn!(%error, "the demo's failover could not be run"),
+                }
+            }
+            () = shutdown.cancelled() => {}
+        }
+    }
+    let report = workload.await.context("the workload task panicked")?;
     progress.abort();
     if !json {
         eprintln!();
@@ -165,6 +249,7 @@ async fn drive(
         lanes,
         workload: report,
         audit,
+        failover: fault,
         interrupted: shutdown.is_cancelled(),
     })
 }
@@ -223,7 +308,24 @@ fn print_summary(report: &DemoReport) {
             println!("  rejections: {reason:<13} {count:>10}");
         }
     }
+    for sample in w.failure_samples.iter().take(3) {
+        println!("    e.g. {sample}");
+    }
     println!("  client retries            {:>10}", w.retried_submissions);
+    if let Some(f) = &report.failover {
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0} ms"));
+        println!("  failover: {}", f.action);
+        println!(
+            "    detected after {}; first successful transaction after {} (RTO); throughput back to 90 % after {}",
+            ms(f.detection_ms),
+            ms(f.rto_first_success_ms),
+            ms(f.rto_throughput_90_ms)
+        );
+        println!(
+            "    RPO {} lost transactions; {} failed and {} retried requests around it",
+            report.audit.acknowledged_missing, f.failed_requests, f.retried_requests
+        );
+    }
     println!("  waits for visibility      {:>10}", w.visibility_waits);
     println!(
         "  audit: amounts conserved  {:>10}  ({} before, {} after)",

@@ -7,6 +7,8 @@
 //! Configs are rewritten with fresh ports on every start while keys and databases persist, so
 //! a second start on the same directory resumes the same ledger.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,19 @@ pub struct DeploymentSpec {
     pub sequencers: usize,
     /// Lease timeout of replicated nodes: how long a stuck active keeps its lease.
     pub lease_timeout_ms: u64,
+    /// Fixed ports by process name (`sequencer-a`, `participant1-b`, ...); every other
+    /// process gets free ports.
+    pub ports: BTreeMap<String, NodePorts>,
+}
+
+/// The ports one process listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePorts {
+    /// gRPC (the mediator has none and ignores it).
+    pub grpc: u16,
+    /// Admin HTTP: /livez /readyz /status /metrics.
+    pub admin: u16,
 }
 
 pub struct Deployment {
@@ -155,7 +170,30 @@ impl DeploymentSpec {
             replicas: 1,
             sequencers: 1,
             lease_timeout_ms: 1_000,
+            ports: BTreeMap::new(),
         })
+    }
+
+    /// The (gRPC, admin) addresses of process `name`: its fixed ports, or free ones.
+    fn addresses(&self, name: &str) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+        match self.ports.get(name) {
+            Some(ports) => Ok((
+                SocketAddr::from(([127, 0, 0, 1], ports.grpc)),
+                SocketAddr::from(([127, 0, 0, 1], ports.admin)),
+            )),
+            None => free_addresses(),
+        }
+    }
+
+    /// Every process name this spec starts, in start order.
+    pub fn process_names(&self) -> Vec<String> {
+        let mut names = replica_names("sequencer", self.sequencers);
+        names.extend(replica_names("topology-manager", self.replicas));
+        names.extend(replica_names(MEDIATOR_ID, self.replicas));
+        for index in 0..self.participants {
+            names.extend(replica_names(&participant_name(index), self.replicas));
+        }
+        names
     }
 }
 
@@ -236,7 +274,7 @@ impl Deployment {
             .into_iter()
             .enumerate()
         {
-            let (grpc, admin) = free_addresses()?;
+            let (grpc, admin) = spec.addresses(&name)?;
             let config = format!(
                 "listen_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nowner_public_key = \"{owner_hex}\"\n\n[instance]\nindex = {index}\ncount = {SEQUENCER_INSTANCE_COUNT}\n\n{}",
                 storage.to_toml()
@@ -260,7 +298,7 @@ impl Deployment {
         let storage = spec.backend.storage(data_dir, "topology-manager").await?;
         let mut topology_replicas = Vec::new();
         for replica in replica_names("topology-manager", spec.replicas) {
-            let (grpc, admin) = free_addresses()?;
+            let (grpc, admin) = spec.addresses(&replica)?;
             let config = format!(
                 "listen_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nowner_key_file = {}\nkey_file = {}\nsequencer_endpoints = {}\n{}{}",
                 toml_str(&keys.join("owner.key").display().to_string()),
@@ -334,7 +372,7 @@ impl Deployment {
         let storage = spec.backend.storage(data_dir, MEDIATOR_ID).await?;
         let mut mediators = Vec::new();
         for replica in replica_names(MEDIATOR_ID, spec.replicas) {
-            let (_, admin) = free_addresses()?;
+            let (_, admin) = spec.addresses(&replica)?;
             let config = format!(
                 "member_id = \"{MEDIATOR_ID}\"\nkey_file = {}\nadmin_address = \"{admin}\"\n{}{}\n{}{}",
                 toml_str(&keys.join("mediator.key").display().to_string()),
@@ -358,7 +396,7 @@ impl Deployment {
             let storage = spec.backend.storage(data_dir, id.as_str()).await?;
             let mut replicas = Vec::new();
             for replica in replica_names(id.as_str(), spec.replicas) {
-                let (grpc, admin) = free_addresses()?;
+                let (grpc, admin) = spec.addresses(&replica)?;
                 let config = format!(
                     "participant_id = \"{id}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nmediator_id = \"{MEDIATOR_ID}\"\n{}{}\n{}{}",
                     toml_str(&keys.join(format!("{id}.key")).display().to_string()),

@@ -6,5 +6,6 @@ pub mod admin;
 pub mod bench;
 pub mod demo;
 pub mod deployment;
+pub mod drill;
 pub mod launch;
 pub mod workload;

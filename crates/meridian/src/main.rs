@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meridian::{admin, bench, demo};
+use meridian::{admin, bench, demo, drill};
 use meridian_node::telemetry::{init_tracing, LogFormat};
 
 #[derive(Parser)]
@@ -61,6 +61,9 @@ enum Command {
     /// Measure throughput and latency against real processes.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Break a replicated deployment on purpose under load and measure detection, RTO, RPO,
+    /// failed requests and duplicates for every fault (see docs/drills.md).
+    Drill(drill::DrillArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +101,9 @@ fn main() -> ExitCode {
             Command::Admin(command) => admin::run(command).await,
             Command::Bench(command) => {
                 bench::run(command, meridian_node::shutdown::shutdown_token()).await
+            }
+            Command::Drill(args) => {
+                drill::run(args, meridian_node::shutdown::shutdown_token()).await
             }
         }
     });

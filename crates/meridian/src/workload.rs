@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use meridian_client::{ClientError, LedgerClient, SubmitOutcome};
 use meridian_core::ledger::{Command, Contract};
 use meridian_core::template::{Iou, IouPayload};
-use meridian_core::{CommandId, PartyId, TemplateId, UserId};
+use meridian_core::{CommandId, ContractId, PartyId, TemplateId, UserId};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -203,16 +203,115 @@ pub struct WorkloadReport {
     /// Transaction ids the application was told are committed.
     #[serde(skip)]
     pub committed_transactions: Vec<String>,
+    /// When each of `committed_transactions` was acknowledged, in µs since [`Live::epoch`].
+    #[serde(skip)]
+    pub committed_at_us: Vec<u64>,
 }
 
 /// Bound on [`WorkloadReport::failure_samples`].
 pub const MAX_FAILURE_SAMPLES: usize = 10;
+
+/// Width of one [`Timeline`] bucket.
+pub const TIMELINE_BUCKET_MS: u64 = 100;
+/// Buckets a timeline keeps: one hour. Later events are counted in the totals but not charted.
+const TIMELINE_BUCKETS: usize = 36_000;
+/// Latency samples kept per bucket; at the workload's rates a bucket holds far fewer.
+const LATENCY_SAMPLES_PER_BUCKET: usize = 4_096;
+
+/// What happened in each 100 ms since [`Live::epoch`]: commits, failures and the latencies of
+/// the commits, so drills can show throughput around a fault and find when it recovered.
+pub struct Timeline {
+    committed: Box<[AtomicU64]>,
+    failed: Box<[AtomicU64]>,
+    latencies_us: Mutex<Vec<Vec<u32>>>,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        let counters = || (0..TIMELINE_BUCKETS).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            committed: counters(),
+            failed: counters(),
+            latencies_us: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// One bucket of a [`Timeline`] snapshot.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TimelineBucket {
+    pub committed: u64,
+    pub failed: u64,
+    /// p99 latency of the commits acknowledged in this bucket; `None` if there were none.
+    pub latency_p99_ms: Option<f64>,
+}
+
+impl Timeline {
+    fn bucket(elapsed: Duration) -> Option<usize> {
+        usize::try_from(elapsed.as_millis() / u128::from(TIMELINE_BUCKET_MS))
+            .ok()
+            .filter(|b| *b < TIMELINE_BUCKETS)
+    }
+
+    fn record_commit(&self, elapsed: Duration, latency: Duration) {
+        let Some(bucket) = Self::bucket(elapsed) else {
+            return;
+        };
+        self.committed[bucket].fetch_add(1, Ordering::Relaxed);
+        let latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        let mut latencies = lock(&self.latencies_us);
+        if latencies.len() <= bucket {
+            latencies.resize_with(bucket + 1, Vec::new);
+        }
+        if latencies[bucket].len() < LATENCY_SAMPLES_PER_BUCKET {
+            latencies[bucket].push(latency_us);
+        }
+    }
+
+    fn record_failure(&self, elapsed: Duration) {
+        if let Some(bucket) = Self::bucket(elapsed) {
+            self.failed[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Commits in buckets `from..to` (clamped to the timeline).
+    pub fn committed_between(&self, from: usize, to: usize) -> u64 {
+        let to = to.min(TIMELINE_BUCKETS);
+        (from.min(to)..to)
+            .map(|b| self.committed[b].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Buckets `0..up_to` (clamped), with each bucket's latency p99.
+    pub fn snapshot(&self, up_to: usize) -> Vec<TimelineBucket> {
+        let up_to = up_to.min(TIMELINE_BUCKETS);
+        let latencies = lock(&self.latencies_us);
+        (0..up_to)
+            .map(|b| {
+                let latency_p99_ms = latencies.get(b).filter(|l| !l.is_empty()).map(|l| {
+                    let mut sorted = l.clone();
+                    sorted.sort_unstable();
+                    let rank = (sorted.len() * 99).div_ceil(100).saturating_sub(1);
+                    f64::from(sorted[rank.min(sorted.len() - 1)]) / 1_000.0
+                });
+                TimelineBucket {
+                    committed: self.committed[b].load(Ordering::Relaxed),
+                    failed: self.failed[b].load(Ordering::Relaxed),
+                    latency_p99_ms,
+                }
+            })
+            .collect()
+    }
+}
 
 /// Shared live counters, also read by the progress display.
 #[derive(Default)]
 pub struct Live {
     pub committed: AtomicU64,
     pub failed: AtomicU64,
+    /// Attempts the client retried with the same command id (outcome was unknown).
+    pub retried: AtomicU64,
+    pub timeline: Timeline,
     /// Per submitting participant (index 0..3): when its last commit was acknowledged, in
     /// microseconds since [`Live::epoch`]. Failover measurements read it.
     pub last_commit_us: [AtomicU64; 3],
@@ -235,7 +334,22 @@ impl Live {
         u64::try_from(at.saturating_duration_since(self.epoch()).as_micros()).unwrap_or(u64::MAX)
     }
 
+    /// Which timeline bucket `at` falls in.
+    pub fn bucket_of(&self, at: Instant) -> usize {
+        usize::try_from(
+            at.saturating_duration_since(self.epoch()).as_millis() / u128::from(TIMELINE_BUCKET_MS),
+        )
+        .unwrap_or(usize::MAX)
+    }
+
+    fn record_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.timeline.record_failure(self.epoch().elapsed());
+    }
+
     fn record_commit(&self, participant: usize, sent: Instant) {
+        self.timeline
+            .record_commit(self.epoch().elapsed(), sent.elapsed());
         let now = self.micros_since_epoch(Instant::now());
         let sent = self.micros_since_epoch(sent).max(1);
         if let Some(slot) = self.last_commit_us.get(participant) {
@@ -275,7 +389,7 @@ pub async fn run_transfers(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds"),
     ));
     let rejections: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let committed_ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let committed_ids: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let retried = Arc::new(AtomicU64::new(0));
     let visibility_waits = Arc::new(AtomicU64::new(0));
     let failure_samples: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -337,11 +451,16 @@ pub async fn run_transfers(
                         let _ = lock(&latencies).record(micros);
                         if committed.attempts > 1 {
                             retried.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
+                            live.retried
+                                .fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
                         }
                         not_yet_visible = 0;
                         live.record_commit(from + 1, sent);
                         live.committed.fetch_add(1, Ordering::Relaxed);
-                        lock(&committed_ids).push(committed.transaction_id);
+                        lock(&committed_ids).push((
+                            committed.transaction_id,
+                            live.micros_since_epoch(Instant::now()),
+                        ));
                         match committed.created.into_iter().next() {
                             Some(next) => {
                                 lane.contract = next;
@@ -352,8 +471,14 @@ pub async fn run_transfers(
                     }
                     Ok(SubmitOutcome::AlreadyProcessed { attempts, .. }) => {
                         retried.fetch_add(u64::from(attempts - 1), Ordering::Relaxed);
+                        live.retried
+                            .fetch_add(u64::from(attempts - 1), Ordering::Relaxed);
                         live.committed.fetch_add(1, Ordering::Relaxed);
-                        resync(&parties, &mut lane).await;
+                        // The earlier attempt consumed the lane's IOU; the bank's participant
+                        // may not have applied that commit yet, so wait until it shows the
+                        // successor rather than transferring the archived one again.
+                        let consumed = lane.contract.id.clone();
+                        resync_past(&parties, &mut lane, &consumed).await;
                     }
                     // The new owner's participant commits the previous transfer a moment
                     // after the submitter's did: until then the IOU is unknown there. An
@@ -369,7 +494,7 @@ pub async fn run_transfers(
                     }
                     Err(error) => {
                         tracing::debug!(lane = lane.index, %error, "transfer failed");
-                        live.failed.fetch_add(1, Ordering::Relaxed);
+                        live.record_failure();
                         if error.to_string().to_lowercase().contains("timeout") {
                             live.timeouts.fetch_add(1, Ordering::Relaxed);
                         }
@@ -395,7 +520,7 @@ pub async fn run_transfers(
     let latencies = lock(&latencies).clone();
     let committed = live.committed.load(Ordering::Relaxed);
     let rejections = lock(&rejections).clone();
-    let committed_transactions = lock(&committed_ids).clone();
+    let (committed_transactions, committed_at_us) = lock(&committed_ids).iter().cloned().unzip();
     let failure_samples = lock(&failure_samples).clone();
     Ok(WorkloadReport {
         committed,
@@ -408,7 +533,34 @@ pub async fn run_transfers(
         visibility_waits: visibility_waits.load(Ordering::Relaxed),
         failure_samples,
         committed_transactions,
+        committed_at_us,
     })
+}
+
+/// How long [`resync_past`] waits for the bank's participant to show a lane's new IOU.
+const RESYNC_ATTEMPTS: u32 = 100;
+const RESYNC_DELAY: Duration = Duration::from_millis(50);
+
+/// Like [`resync`], but only accepts an IOU other than `consumed` (bounded wait).
+async fn resync_past(parties: &Parties, lane: &mut Lane, consumed: &ContractId) {
+    for _ in 0..RESYNC_ATTEMPTS {
+        match find_lane_iou(parties, lane.amount).await {
+            Ok(Some((contract, owner))) if contract.id != *consumed => {
+                lane.contract = contract;
+                lane.owner = owner;
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(lane = lane.index, %error, "cannot look the lane IOU up yet")
+            }
+        }
+        tokio::time::sleep(RESYNC_DELAY).await;
+    }
+    tracing::warn!(
+        lane = lane.index,
+        "the lane's new IOU did not appear; keeping the last known one"
+    );
 }
 
 async fn resync(parties: &Parties, lane: &mut Lane) {
@@ -451,6 +603,8 @@ pub struct Audit {
     pub acknowledged_checked: usize,
     /// Acknowledged transactions missing on some informee participant (must be 0).
     pub acknowledged_missing: usize,
+    /// Their ids.
+    pub missing_transactions: Vec<String>,
     pub audit_ok: bool,
 }
 
@@ -558,10 +712,12 @@ pub async fn audit(
                     .collect::<HashSet<String>>(),
             );
         }
-        let missing = acknowledged
+        let missing_transactions: Vec<String> = acknowledged
             .iter()
             .filter(|id| !present.iter().all(|set| set.contains(*id)))
-            .count();
+            .cloned()
+            .collect();
+        let missing = missing_transactions.len();
         let amounts_conserved = total_after == baseline.total;
         let audit = Audit {
             total_before: baseline.total,
@@ -570,6 +726,7 @@ pub async fn audit(
             views_agree,
             acknowledged_checked: acknowledged.len(),
             acknowledged_missing: missing,
+            missing_transactions,
             audit_ok: amounts_conserved && views_agree && missing == 0,
         };
         if audit.audit_ok || attempt >= 10 {
@@ -577,4 +734,18 @@ pub async fn audit(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// IOUs whose (lane-unique) amount exists more than once: a transfer committed twice.
+pub async fn duplicate_ious(parties: &Parties) -> anyhow::Result<usize> {
+    let (_, contracts) = parties.clients[0]
+        .active_contracts(&BTreeSet::from([parties.bank.clone()]))
+        .await?;
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for contract in &contracts {
+        if let Ok(iou) = Iou::payload(contract) {
+            *counts.entry(iou.amount).or_default() += 1;
+        }
+    }
+    Ok(counts.values().filter(|&&n| n > 1).map(|n| n - 1).sum())
 }

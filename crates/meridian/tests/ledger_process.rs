@@ -33,6 +33,7 @@ fn spec_with(dir: &std::path::Path, mediator_toml: &str, participant_toml: &str)
         replicas: 1,
         sequencers: 1,
         lease_timeout_ms: 1_000,
+        ports: Default::default(),
     }
 }
 

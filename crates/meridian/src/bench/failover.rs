@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use meridian_client::Backoff;
-use meridian_core::template::Iou;
 use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -258,7 +257,7 @@ async fn trials(
         .await
         .context("the workload task panicked")??;
     let audit = workload::audit(&parties, &baseline, &report.committed_transactions).await?;
-    let duplicates = duplicate_ious(&parties).await?;
+    let duplicates = workload::duplicate_ious(&parties).await?;
 
     let mut rtos: Vec<f64> = trials.iter().map(|t| t.rto_ms).collect();
     rtos.sort_by(|a, b| a.total_cmp(b));
@@ -283,20 +282,6 @@ async fn trials(
         amounts_conserved: audit.amounts_conserved,
         audit_ok: audit.audit_ok && duplicates == 0,
     })
-}
-
-/// IOUs whose (lane-unique) amount exists more than once: a transfer committed twice.
-async fn duplicate_ious(parties: &Parties) -> anyhow::Result<usize> {
-    let (_, contracts) = parties.clients[0]
-        .active_contracts(&std::collections::BTreeSet::from([parties.bank.clone()]))
-        .await?;
-    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
-    for contract in &contracts {
-        if let Ok(iou) = Iou::payload(contract) {
-            *counts.entry(iou.amount).or_default() += 1;
-        }
-    }
-    Ok(counts.values().filter(|&&n| n > 1).map(|n| n - 1).sum())
 }
 
 /// How long after `killed_at` the service of the killed `node` was back (see the module doc).

@@ -52,6 +52,7 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
         Duration::from_secs(args.duration_s),
         args.rate,
         args.json,
+        false,
         shutdown,
     )
     .await?;

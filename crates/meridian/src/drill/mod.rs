@@ -1,0 +1,809 @@
+//! `meridian drill`: proves a deployment meets its recovery objectives by breaking it on
+//! purpose under load and measuring what applications saw.
+//!
+//! A drill starts a replicated deployment (the embedded default, or one described by a
+//! deployment file), runs the IOU transfer workload with dedup-safe retrying clients, and
+//! injects the planned faults one after another: kill -9, SIGSTOP/SIGCONT, a switchover, a
+//! database server outage. Around each fault it measures detection (the deployment noticed:
+//! another replica is active, or a node reports not-ready), RTO (fault to the first commit of
+//! a request *sent after* the fault, and to throughput back at 90 % of before), failed and
+//! retried requests, and keeps the throughput per 100 ms. After the last fault the ledgers are
+//! audited: an acknowledged transaction missing on any informee participant counts against the
+//! RPO of the fault it followed, and an IOU that exists twice is a duplicate.
+//!
+//! The drill's own instruments are cheap on purpose — atomic counters per 100 ms bucket, and
+//! HTTP polling of a handful of `/status` endpoints only while a fault is being measured — so
+//! they do not lower the throughput they measure.
+
+pub mod plan;
+pub mod svg;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use meridian_client::Backoff;
+use meridian_core::UserId;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::bench::sequencer::Backend;
+use crate::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use crate::launch::NodeProcess;
+use crate::workload::{self, Live, Parties, TimelineBucket, WorkloadSpec, TIMELINE_BUCKET_MS};
+use plan::{DeploymentFile, PlannedFault, Scenario};
+
+#[derive(Debug, Clone, Args)]
+pub struct DrillArgs {
+    /// The scenario to run (see docs/drills.md); `all` runs each in turn.
+    #[arg(long, value_enum, default_value = "all")]
+    pub scenario: Scenario,
+    /// Storage of the embedded default deployment (ignored with --deployment).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub backend: Backend,
+    /// A deployment file (TOML) describing the deployment to start instead of the default.
+    #[arg(long)]
+    pub deployment: Option<PathBuf>,
+    /// The node to aim a single scenario's fault at (default: participant2, mediator, ...).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Steady load before each fault, in seconds: the "before" throughput.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub settle_s: u64,
+    /// How long to keep watching after a fault recovered, in seconds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub observe_s: u64,
+    /// Concurrent transfer lanes (application clients).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub lanes: u64,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a timeline chart (SVG) to this file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Keep the deployment's data and logs here (default: a temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// What one fault did, as the application saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    pub scenario: Scenario,
+    pub target: String,
+    /// What was done, e.g. "kill -9 participant2-a".
+    pub action: String,
+    /// When the fault was injected, ms since the workload started.
+    pub injected_at_ms: f64,
+    /// Fault to the deployment noticing (another replica active, a node not ready).
+    pub detection_ms: Option<f64>,
+    /// Fault to the first commit of a request sent after the fault.
+    pub rto_first_success_ms: Option<f64>,
+    /// Fault to throughput back at 90 % of the steady state before it.
+    pub rto_throughput_90_ms: Option<f64>,
+    /// Acknowledged transactions (since the previous fault) missing afterwards on an informee.
+    pub rpo_transactions: usize,
+    pub failed_requests: u64,
+    pub retried_requests: u64,
+    /// Mean throughput over the settle period before the fault.
+    pub throughput_before_tx_per_s: f64,
+    /// Commits per 100 ms from 2 s before the fault to the end of its observation.
+    pub throughput_per_100ms: Vec<u64>,
+    /// For a freeze: whether the resumed replica came back passive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_replica_passive: Option<bool>,
+    /// Set when the deployment did not recover within the drill's bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrillReport {
+    pub backend: Backend,
+    pub faults: Vec<FaultReport>,
+    /// Scenarios of `all` that do not apply to this deployment, with the reason.
+    pub skipped: Vec<String>,
+    pub committed: u64,
+    pub failed_requests: u64,
+    pub retried_requests: u64,
+    /// The first failures' messages, to say why requests failed.
+    pub failure_samples: Vec<String>,
+    pub rpo_transactions: usize,
+    pub duplicate_transactions: usize,
+    pub amounts_conserved: bool,
+    pub audit_ok: bool,
+    pub rto_first_success_ms_p50: f64,
+    pub rto_first_success_ms_max: f64,
+    pub bucket_ms: u64,
+    /// The whole run, per 100 ms.
+    pub timeline: Vec<TimelineBucket>,
+}
+
+impl DrillReport {
+    /// RPO 0, no duplicates, a clean audit and every fault recovered.
+    pub fn passed(&self) -> bool {
+        self.rpo_transactions == 0
+            && self.duplicate_transactions == 0
+            && self.audit_ok
+            && self.faults.iter().all(|f| f.problem.is_none())
+    }
+}
+
+/// Bounds of one fault's measurement.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(45);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Throughput counts as back when a window this many buckets wide averages 90 % of before.
+const RECOVERY_WINDOW_BUCKETS: usize = 5;
+/// How long the database stays down in `database-restart`.
+const DATABASE_OUTAGE: Duration = Duration::from_secs(3);
+/// Buckets of context kept before each fault in its report.
+const BUCKETS_BEFORE_FAULT: usize = 20;
+
+const CLIENT_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(10),
+    max: Duration::from_millis(100),
+    max_attempts: 600,
+};
+
+pub async fn run(args: DrillArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Everything that can be wrong with the request is found before anything starts.
+    let file = match &args.deployment {
+        Some(path) => DeploymentFile::load(path)?,
+        None => DeploymentFile::embedded(args.backend),
+    };
+    let (faults, skipped) = plan::plan(args.scenario, args.target.as_deref(), &file)?;
+    for path in [&args.json, &args.svg].into_iter().flatten() {
+        check_writable(path)?;
+    }
+    let report = execute(&args, &file, faults, skipped, shutdown).await?;
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("JSON report written to {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, svg::render(&chart(&report)))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("timeline chart written to {}", path.display());
+    }
+    if !report.passed() {
+        bail!("the drill failed: RPO, duplicates, audit or recovery not as required (see above)");
+    }
+    Ok(())
+}
+
+/// Fails early on an output path whose directory does not exist, rather than after the drill.
+fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+/// Starts the deployment and the workload, runs `faults`, audits. Public for the tests.
+pub async fn execute(
+    args: &DrillArgs,
+    file: &DeploymentFile,
+    faults: Vec<PlannedFault>,
+    skipped: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<DrillReport> {
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::tempdir().context("creating a temp dir")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let mut postgres = None;
+    let backend = match file.backend() {
+        Backend::Sqlite => DeploymentBackend::Sqlite,
+        Backend::Postgres => {
+            let server = meridian_testkit::PostgresServer::start()
+                .context("starting a throwaway PostgreSQL")?;
+            let server_url = format!("postgres://meridian@127.0.0.1:{}", server.port());
+            postgres = Some(server);
+            DeploymentBackend::Postgres { server_url }
+        }
+    };
+    let spec = DeploymentSpec {
+        backend,
+        replicas: file.replicas,
+        sequencers: file.sequencers,
+        lease_timeout_ms: file.lease_timeout_ms,
+        ports: file.ports.clone(),
+        ..DeploymentSpec::local(data_dir, file.participants)?
+    };
+    eprintln!("meridian drill: starting the deployment");
+    let mut deployment = Deployment::start(&spec, &mut |line| eprintln!("  {line}")).await?;
+    let result = drill(
+        &mut deployment,
+        args,
+        faults,
+        skipped,
+        postgres.as_ref(),
+        file.backend(),
+        shutdown,
+    )
+    .await;
+    let stopped = deployment.stop().await;
+    let report = result?;
+    if let Err(error) = stopped {
+        tracing::warn!(%error, "stopping the deployment after the drill");
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drill(
+    deployment: &mut Deployment,
+    args: &DrillArgs,
+    faults: Vec<PlannedFault>,
+    skipped: Vec<String>,
+    postgres: Option<&meridian_testkit::PostgresServer>,
+    backend: Backend,
+    shutdown: CancellationToken,
+) -> anyhow::Result<DrillReport> {
+    let user = UserId::new("drill")?;
+    let parties = Parties::allocate_with(deployment, &user, CLIENT_BACKOFF).await?;
+    let run = format!("drill{}", std::process::id());
+    let lanes = workload::issue_lanes(&parties, args.lanes as usize, &run).await?;
+    let audit_baseline = workload::baseline(&parties).await?;
+    let live = Arc::new(Live::default());
+    live.epoch();
+    let stop = shutdown.child_token();
+    let workload_task = {
+        let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
+        let spec = WorkloadSpec {
+            duration: Duration::from_secs(24 * 3_600),
+            rate: None,
+            run,
+        };
+        tokio::spawn(
+            async move { workload::run_transfers(&parties, lanes, &spec, live, stop).await },
+        )
+    };
+    let progress = Progress::start(live.clone(), faults.len());
+
+    let mut reports = Vec::new();
+    for (index, fault) in faults.iter().enumerate() {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        progress.phase(index, fault.scenario, "steady load");
+        tokio::time::sleep(Duration::from_secs(args.settle_s)).await;
+        progress.phase(index, fault.scenario, "fault injected, measuring");
+        let report = run_fault(deployment, &live, fault, args.settle_s, postgres).await?;
+        progress.phase(index, fault.scenario, "recovered, observing");
+        tokio::time::sleep(Duration::from_secs(args.observe_s)).await;
+        reports.push(report);
+    }
+    progress.finish();
+    stop.cancel();
+    let workload = workload_task
+        .await
+        .context("the workload task panicked")??;
+    eprintln!("auditing the ledgers");
+    let audit =
+        workload::audit(&parties, &audit_baseline, &workload.committed_transactions).await?;
+    let duplicates = workload::duplicate_ious(&parties).await?;
+
+    // Each missing transaction counts against the last fault injected before it was
+    // acknowledged: that is the fault that could have lost it.
+    for (id, acknowledged_us) in workload
+        .committed_transactions
+        .iter()
+        .zip(&workload.committed_at_us)
+    {
+        if audit.missing_transactions.contains(id) {
+            let acknowledged_ms = *acknowledged_us as f64 / 1_000.0;
+            if let Some(report) = reports
+                .iter_mut()
+                .rev()
+                .find(|r| r.injected_at_ms <= acknowledged_ms)
+                .or(None)
+            {
+                report.rpo_transactions += 1;
+            }
+        }
+    }
+    let end_bucket = live.bucket_of(Instant::now()) + 1;
+    for report in &mut reports {
+        let start = live
+            .bucket_of(live.epoch() + Duration::from_secs_f64(report.injected_at_ms / 1_000.0))
+            .saturating_sub(BUCKETS_BEFORE_FAULT);
+        let end = start
+            + BUCKETS_BEFORE_FAULT
+            + usize::try_from((args.settle_s + args.observe_s) * 1_000 / TIMELINE_BUCKET_MS)
+                .unwrap_or(usize::MAX)
+                .min(end_bucket);
+        report.throughput_per_100ms = live
+            .timeline
+            .snapshot(end.min(end_bucket))
+            .into_iter()
+            .skip(start)
+            .map(|b| b.committed)
+            .collect();
+    }
+    let mut rtos: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| r.rto_first_success_ms)
+        .collect();
+    rtos.sort_by(f64::total_cmp);
+    Ok(DrillReport {
+        backend,
+        skipped,
+        committed: workload.committed,
+        failed_requests: live.failed.load(Ordering::Relaxed),
+        retried_requests: live.retried.load(Ordering::Relaxed),
+        failure_samples: workload.failure_samples.clone(),
+        rpo_transactions: audit.acknowledged_missing,
+        duplicate_transactions: duplicates,
+        amounts_conserved: audit.amounts_conserved,
+        audit_ok: audit.audit_ok && duplicates == 0,
+        rto_first_success_ms_p50: rtos
+            .get(rtos.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0.0),
+        rto_first_success_ms_max: rtos.last().copied().unwrap_or(0.0),
+        bucket_ms: TIMELINE_BUCKET_MS,
+        timeline: live.timeline.snapshot(end_bucket),
+        faults: reports,
+    })
+}
+
+/// What the drill is waiting for after a fault, and when each thing happened.
+struct Watch {
+    injected_at: Instant,
+    detected: Option<Instant>,
+    first_success: Option<Instant>,
+    throughput_back: Option<Instant>,
+}
+
+impl Watch {
+    fn ms(&self, at: Option<Instant>) -> Option<f64> {
+        at.map(|t| t.saturating_duration_since(self.injected_at).as_secs_f64() * 1_000.0)
+    }
+}
+
+/// Injects `fault` into the running deployment while `live` load runs, measures until it
+/// recovered, and restores full redundancy. `settle_s` is how long the load ran steadily
+/// before: the "before" throughput is taken from it. The demo uses this too.
+pub(crate) async fn run_fault(
+    deployment: &mut Deployment,
+    live: &Live,
+    fault: &PlannedFault,
+    settle_s: u64,
+    postgres: Option<&meridian_testkit::PostgresServer>,
+) -> anyhow::Result<FaultReport> {
+    let data_dir = deployment.data_dir.clone();
+    let now_bucket = live.bucket_of(Instant::now());
+    let settle_buckets =
+        usize::try_from(settle_s * 1_000 / TIMELINE_BUCKET_MS).unwrap_or(usize::MAX);
+    let before_from = now_bucket.saturating_sub(settle_buckets.saturating_sub(5).max(5));
+    let before_buckets = now_bucket.saturating_sub(before_from).max(1);
+    let before_per_bucket =
+        live.timeline.committed_between(before_from, now_bucket) as f64 / before_buckets as f64;
+    let failed_before = live.failed.load(Ordering::Relaxed);
+    let retried_before = live.retried.load(Ordering::Relaxed);
+
+    // The replica that is active before the fault: detection means another one is.
+    let active_before = if fault.scenario == Scenario::SequencerCrash
+        || fault.scenario == Scenario::DatabaseRestart
+    {
+        None
+    } else {
+        admin::active_replica(&data_dir, &fault.target).await?
+    };
+    let mut killed: Option<String> = None;
+    let mut frozen: Option<String> = None;
+    let mut switchover: Option<
+        tokio::task::JoinHandle<anyhow::Result<(String, String, Duration)>>,
+    > = None;
+    let mut database: Option<tokio::task::JoinHandle<()>> = None;
+    let offline_marks_before = if fault.scenario == Scenario::SequencerCrash {
+        peers_marked_offline(deployment).await
+    } else {
+        0
+    };
+    let injected_at = Instant::now();
+    let action = match fault.scenario {
+        Scenario::ParticipantCrash | Scenario::MediatorCrash | Scenario::TopologyCrash => {
+            let name = active_before
+                .clone()
+                .with_context(|| format!("no active replica of {}", fault.target))?;
+            process_named(deployment, &name)?.kill9()?;
+            killed = Some(name.clone());
+            format!("kill -9 {name}")
+        }
+        Scenario::ParticipantFreeze => {
+            let name = active_before
+                .clone()
+                .with_context(|| format!("no active replica of {}", fault.target))?;
+            process_named(deployment, &name)?.signal(Signal::SIGSTOP)?;
+            frozen = Some(name.clone());
+            format!("SIGSTOP {name} until a passive took over, then SIGCONT")
+        }
+        Scenario::SequencerCrash => {
+            let sequencer = deployment
+                .sequencers
+                .first_mut()
+                .context("the deployment runs no sequencer")?;
+            sequencer.kill9()?;
+            let name = sequencer.name().to_owned();
+            killed = Some(name.clone());
+            format!("kill -9 {name}")
+        }
+        Scenario::Switchover => {
+            let (dir, node) = (data_dir.clone(), fault.target.clone());
+            switchover = Some(tokio::spawn(async move {
+                admin::switch_over(&dir, &node, Duration::from_secs(15)).await
+            }));
+            format!("meridian admin switchover --node {}", fault.target)
+        }
+        Scenario::DatabaseRestart => {
+            let server = postgres.context("database-restart needs the PostgreSQL backend")?;
+            // pg_ctl blocks for a moment; keep the runtime's other tasks (the load) running.
+            tokio::task::block_in_place(|| server.stop_fast()).context("stopping PostgreSQL")?;
+            database = Some(tokio::spawn(tokio::time::sleep(DATABASE_OUTAGE)));
+            format!(
+                "stop PostgreSQL for {} s, then start it",
+                DATABASE_OUTAGE.as_secs()
+            )
+        }
+        Scenario::All => bail!("`all` is expanded into its scenarios before running"),
+    };
+
+    let mut watch = Watch {
+        injected_at,
+        detected: None,
+        first_success: None,
+        throughput_back: None,
+    };
+    let mut problem = None;
+    let mut database_back = false;
+    let fault_bucket = live.bucket_of(injected_at);
+    loop {
+        let now = Instant::now();
+        if now.duration_since(injected_at) > RECOVERY_TIMEOUT {
+            problem = Some(format!(
+                "not recovered within {} s (detected: {}, first success: {}, throughput back: {})",
+                RECOVERY_TIMEOUT.as_secs(),
+                watch.detected.is_some(),
+                watch.first_success.is_some(),
+                watch.throughput_back.is_some()
+            ));
+            break;
+        }
+        if let Some(task) = database.as_ref() {
+            if task.is_finished() && !database_back {
+                if let Some(server) = postgres {
+                    tokio::task::block_in_place(|| server.resume())
+                        .context("starting PostgreSQL again")?;
+                }
+                database_back = true;
+            }
+        }
+        if watch.detected.is_none() {
+            let detected = match fault.scenario {
+                Scenario::SequencerCrash => {
+                    peers_marked_offline(deployment).await > offline_marks_before
+                }
+                Scenario::DatabaseRestart => any_not_ready(deployment).await,
+                Scenario::Switchover => switchover.as_ref().is_some_and(|t| t.is_finished()),
+                _ => admin::active_replica(&data_dir, &fault.target)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|a| Some(&a) != active_before.as_ref()),
+            };
+            if detected {
+                watch.detected = Some(Instant::now());
+            }
+        }
+        if watch.first_success.is_none() {
+            let fresh = |index: usize| live.committed_a_request_sent_after(index, injected_at);
+            let back = match fault.target.as_str() {
+                "participant2" => fresh(1),
+                "participant3" => fresh(2),
+                _ => fresh(1) || fresh(2),
+            };
+            if back {
+                watch.first_success = Some(Instant::now());
+            }
+        }
+        if watch.first_success.is_some() && watch.throughput_back.is_none() {
+            let current = live.bucket_of(Instant::now());
+            // Only complete windows after the fault count: the fault's own bucket still holds
+            // commits from before it, and the current bucket is still filling.
+            // Nor can throughput be "back" before the first success after the fault.
+            let first_success_bucket = watch.first_success.map_or(0, |t| live.bucket_of(t));
+            let mut start = (fault_bucket + 1).max(first_success_bucket);
+            while start + RECOVERY_WINDOW_BUCKETS <= current {
+                let window = live
+                    .timeline
+                    .committed_between(start, start + RECOVERY_WINDOW_BUCKETS)
+                    as f64
+                    / RECOVERY_WINDOW_BUCKETS as f64;
+                if window >= 0.9 * before_per_bucket {
+                    let at = live.epoch()
+                        + Duration::from_millis(
+                            u64::try_from(start).unwrap_or(u64::MAX) * TIMELINE_BUCKET_MS,
+                        );
+                    watch.throughput_back =
+                        Some(at.max(watch.first_success.unwrap_or(injected_at)));
+                    break;
+                }
+                start += 1;
+            }
+        }
+        if let Some(name) = &frozen {
+            // Resume the frozen replica once the passive took over and serves.
+            if watch.detected.is_some() && watch.first_success.is_some() {
+                process_named(deployment, name)?.signal(Signal::SIGCONT)?;
+            }
+        }
+        if watch.detected.is_some()
+            && watch.first_success.is_some()
+            && watch.throughput_back.is_some()
+            && (database.is_none() || database_back)
+        {
+            break;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+
+    let mut resumed_replica_passive = None;
+    if let Some(name) = &frozen {
+        process_named(deployment, name)?.signal(Signal::SIGCONT)?;
+        resumed_replica_passive = Some(became_passive(&data_dir, &fault.target, name).await);
+        if resumed_replica_passive == Some(false) && problem.is_none() {
+            problem = Some(format!("{name} did not come back passive after SIGCONT"));
+        }
+    }
+    if let Some(task) = switchover {
+        if let Err(error) = task.await.context("switchover task")? {
+            problem.get_or_insert(format!("switchover failed: {error:#}"));
+        }
+    }
+    if database.is_some() && !database_back {
+        if let Some(server) = postgres {
+            tokio::task::block_in_place(|| server.resume()).context("starting PostgreSQL again")?;
+        }
+    }
+    // Restore full redundancy before the next fault.
+    if let Some(name) = &killed {
+        let exe = deployment.exe().to_path_buf();
+        let process = process_named(deployment, name)?;
+        process.start(&exe)?;
+        process.wait_alive(Duration::from_secs(30)).await?;
+    }
+    Ok(FaultReport {
+        scenario: fault.scenario,
+        target: fault.target.clone(),
+        action,
+        injected_at_ms: injected_at
+            .saturating_duration_since(live.epoch())
+            .as_secs_f64()
+            * 1_000.0,
+        detection_ms: watch.ms(watch.detected),
+        rto_first_success_ms: watch.ms(watch.first_success),
+        rto_throughput_90_ms: watch.ms(watch.throughput_back),
+        rpo_transactions: 0,
+        failed_requests: live.failed.load(Ordering::Relaxed) - failed_before,
+        retried_requests: live.retried.load(Ordering::Relaxed) - retried_before,
+        throughput_before_tx_per_s: before_per_bucket * 1_000.0 / TIMELINE_BUCKET_MS as f64,
+        throughput_per_100ms: Vec::new(),
+        resumed_replica_passive,
+        problem,
+    })
+}
+
+/// How many times the sequencer instances that answer have marked a peer offline: a killed
+/// instance is detected when a survivor does.
+async fn peers_marked_offline(deployment: &Deployment) -> u64 {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+    else {
+        return 0;
+    };
+    let mut total = 0;
+    for sequencer in &deployment.sequencers {
+        let url = format!("http://{}/status", sequencer.admin_address);
+        if let Ok(response) = client.get(url).send().await {
+            if let Ok(status) = response.json::<serde_json::Value>().await {
+                total += status["peers_marked_offline"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+async fn any_not_ready(deployment: &Deployment) -> bool {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+    {
+        Ok(client) => client,
+        Err(_) => return false,
+    };
+    for process in deployment.sequencers.iter().chain(&deployment.participants) {
+        let url = format!("http://{}/readyz", process.admin_address);
+        match client.get(url).send().await {
+            Ok(response) if response.status().is_success() => {}
+            _ => return true,
+        }
+    }
+    false
+}
+
+async fn became_passive(data_dir: &std::path::Path, node: &str, replica: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(active)) = admin::active_replica(data_dir, node).await {
+            if active != replica
+                && admin::replica_role(data_dir, node, replica)
+                    .await
+                    .as_deref()
+                    == Some("passive")
+            {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn process_named<'a>(
+    deployment: &'a mut Deployment,
+    name: &str,
+) -> anyhow::Result<&'a mut NodeProcess> {
+    deployment
+        .processes_mut()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .with_context(|| format!("the deployment runs no process named {name}"))
+}
+
+/// The live progress line: scenario, phase and current throughput.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(live: Arc<Live>, faults: usize) -> Self {
+        let bar = indicatif::ProgressBar::new(faults as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  {spinner} fault {pos}/{len} {elapsed:>4} {wide_msg}",
+            )
+            .expect("static progress template is valid"),
+        );
+        let task = {
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                let mut last = live.committed.load(Ordering::Relaxed);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let now = live.committed.load(Ordering::Relaxed);
+                    bar.set_prefix(format!("{} tx/s", (now - last) * 2));
+                    last = now;
+                    bar.tick();
+                }
+            })
+        };
+        Self { bar, task }
+    }
+
+    fn phase(&self, index: usize, scenario: Scenario, phase: &str) {
+        self.bar.set_position(index as u64 + 1);
+        self.bar.set_message(format!(
+            "{}: {phase}  ({})",
+            scenario.name(),
+            self.bar.prefix()
+        ));
+    }
+
+    fn finish(self) {
+        self.task.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+fn fmt_ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+}
+
+fn print_table(report: &DrillReport) {
+    println!(
+        "\nmeridian drill ({:?}): {} fault(s), {} committed",
+        report.backend,
+        report.faults.len(),
+        report.committed
+    );
+    println!(
+        "  {:<19} {:<28} {:>9} {:>9} {:>9} {:>4} {:>7} {:>8}",
+        "scenario", "action", "detect ms", "RTO ms", "RTO90 ms", "RPO", "failed", "retried"
+    );
+    for fault in &report.faults {
+        let mut action = fault.action.clone();
+        action.truncate(28);
+        println!(
+            "  {:<19} {:<28} {:>9} {:>9} {:>9} {:>4} {:>7} {:>8}",
+            fault.scenario.name(),
+            action,
+            fmt_ms(fault.detection_ms),
+            fmt_ms(fault.rto_first_success_ms),
+            fmt_ms(fault.rto_throughput_90_ms),
+            fault.rpo_transactions,
+            fault.failed_requests,
+            fault.retried_requests
+        );
+        if let Some(problem) = &fault.problem {
+            println!("      problem: {problem}");
+        }
+    }
+    for skipped in &report.skipped {
+        println!("  skipped {skipped}");
+    }
+    for sample in &report.failure_samples {
+        println!("  failed: {sample}");
+    }
+    println!(
+        "  RTO p50 {:.0} ms, max {:.0} ms; RPO {}; duplicates {}; failed requests {}; retried {}; audit {}",
+        report.rto_first_success_ms_p50,
+        report.rto_first_success_ms_max,
+        report.rpo_transactions,
+        report.duplicate_transactions,
+        report.failed_requests,
+        report.retried_requests,
+        if report.audit_ok { "OK" } else { "FAILED" }
+    );
+}
+
+fn chart(report: &DrillReport) -> svg::TimelineChart {
+    let ms = |at: Option<f64>, fault: &FaultReport| at.map(|v| fault.injected_at_ms + v);
+    svg::TimelineChart {
+        title: format!(
+            "meridian drill — {} fault(s), {:?}, RPO {}, duplicates {}",
+            report.faults.len(),
+            report.backend,
+            report.rpo_transactions,
+            report.duplicate_transactions
+        ),
+        bucket_ms: report.bucket_ms,
+        committed_per_bucket: report.timeline.iter().map(|b| b.committed).collect(),
+        failed_per_bucket: report.timeline.iter().map(|b| b.failed).collect(),
+        latency_p99_ms: report.timeline.iter().map(|b| b.latency_p99_ms).collect(),
+        faults: report
+            .faults
+            .iter()
+            .map(|fault| svg::FaultMark {
+                label: format!("{}: {}", fault.scenario.name(), fault.action),
+                injected_at_ms: fault.injected_at_ms,
+                detected_at_ms: ms(fault.detection_ms, fault),
+                recovered_at_ms: ms(fault.rto_first_success_ms, fault),
+                throughput_back_at_ms: ms(fault.rto_throughput_90_ms, fault),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,181 @@
+//! `meridian drill` as an operator runs it: the real binary against deployments it starts
+//! itself. The scenario runs assert what CI gates on — RPO 0, no duplicate, a clean audit and
+//! every fault recovered — and the bad-input tests assert that a wrong request is refused
+//! with a clear message before anything starts.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+
+fn drill(args: &[&str]) -> Output {
+    Command::new(EXE).arg("drill").args(args).output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `args` plus JSON and SVG output; returns the parsed JSON report.
+fn run_drill(args: &[&str], dir: &Path) -> serde_json::Value {
+    let json = dir.join("drill.json");
+    let svg = dir.join("drill.svg");
+    let mut all = args.to_vec();
+    let (json_arg, svg_arg) = (json.display().to_string(), svg.display().to_string());
+    all.extend(["--json", &json_arg, "--svg", &svg_arg]);
+    let output = drill(&all);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        output.status.success(),
+        "drill failed: {}\n{}",
+        stdout,
+        stderr(&output)
+    );
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+fn assert_objectives(report: &serde_json::Value, scenarios: &[&str]) {
+    assert_eq!(report["rpo_transactions"], 0, "{report}");
+    assert_eq!(report["duplicate_transactions"], 0, "{report}");
+    assert_eq!(report["audit_ok"], true, "{report}");
+    let faults = report["faults"].as_array().unwrap();
+    let ran: Vec<&str> = faults
+        .iter()
+        .map(|f| f["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, scenarios);
+    for fault in faults {
+        assert!(fault.get("problem").is_none(), "{fault}");
+        assert_eq!(fault["rpo_transactions"], 0, "{fault}");
+        assert!(fault["detection_ms"].as_f64().is_some(), "{fault}");
+        assert!(fault["rto_first_success_ms"].as_f64().is_some(), "{fault}");
+        assert!(fault["rto_throughput_90_ms"].as_f64().is_some(), "{fault}");
+        assert!(
+            !fault["throughput_per_100ms"].as_array().unwrap().is_empty(),
+            "{fault}"
+        );
+    }
+    assert!(report["committed"].as_u64().unwrap() > 0);
+    assert!(!report["timeline"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn every_scenario_on_the_embedded_default_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_drill(
+        &[
+            "--scenario",
+            "all",
+            "--settle-s",
+            "2",
+            "--observe-s",
+            "1",
+            "--lanes",
+            "8",
+        ],
+        dir.path(),
+    );
+    assert_objectives(
+        &report,
+        &[
+            "participant-crash",
+            "mediator-crash",
+            "topology-crash",
+            "sequencer-crash",
+            "switchover",
+        ],
+    );
+    let skipped = report["skipped"].to_string();
+    assert!(skipped.contains("participant-freeze") && skipped.contains("database-restart"));
+}
+
+#[test]
+fn freeze_and_database_restart_on_postgres_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for scenario in ["participant-freeze", "database-restart"] {
+        let report = run_drill(
+            &[
+                "--scenario",
+                scenario,
+                "--backend",
+                "postgres",
+                "--settle-s",
+                "2",
+                "--observe-s",
+                "1",
+                "--lanes",
+                "8",
+            ],
+            dir.path(),
+        );
+        assert_objectives(&report, &[scenario]);
+        if scenario == "participant-freeze" {
+            assert_eq!(report["faults"][0]["resumed_replica_passive"], true);
+        }
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("never-created");
+    let data_arg = data_dir.display().to_string();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let unknown_key = write("unknown.toml", "replicaz = 2\n");
+    let no_active = write("no-active.toml", "replicas = 0\n");
+    let same_port = write(
+        "same-port.toml",
+        "[ports]\nparticipant1-a = { grpc = 24501, admin = 24601 }\nsequencer-a = { grpc = 24601, admin = 24701 }\n",
+    );
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--scenario", "meteor-strike"],
+            "invalid value 'meteor-strike'",
+        ),
+        (
+            vec!["--deployment", &unknown_key],
+            "unknown field `replicaz`",
+        ),
+        (
+            vec!["--deployment", &no_active],
+            "passives alone cannot serve",
+        ),
+        (
+            vec!["--deployment", &same_port],
+            "port 24601 is already taken",
+        ),
+        (
+            vec![
+                "--scenario",
+                "participant-crash",
+                "--target",
+                "participant7",
+            ],
+            "no \"participant7\"",
+        ),
+        (vec!["--scenario", "database-restart"], "--backend postgres"),
+        (vec!["--json", "/no/such/dir/drill.json"], "does not exist"),
+    ];
+    for (args, expected) in cases {
+        let mut all = args.clone();
+        all.extend(["--data-dir", &data_arg]);
+        let output = drill(&all);
+        let message = stderr(&output);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(message.contains(expected), "{args:?}: {message}");
+        assert!(
+            !message.contains("starting the deployment"),
+            "{args:?} started something: {message}"
+        );
+        assert!(!data_dir.exists(), "{args:?} created the data directory");
+    }
+}
