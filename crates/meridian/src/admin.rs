@@ -143,17 +143,18 @@ fn http() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// The name of the replica of `node` that reports itself active, if any answers so.
+/// The name of the replica of `node` that reports itself active, if any answers so. The
+/// replicas are asked at once: a frozen one would otherwise hold the answer up by the whole
+/// HTTP timeout, which matters to a drill timing how fast a takeover is noticed.
 pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Option<String>> {
     let client = http()?;
-    for replica in replicas(data_dir, node)? {
-        if let Some(status) = get_status(&client, &replica).await {
-            if is_active(&status) {
-                return Ok(Some(replica.name));
-            }
-        }
-    }
-    Ok(None)
+    let replicas = replicas(data_dir, node)?;
+    let statuses = futures::future::join_all(replicas.iter().map(|r| get_status(&client, r))).await;
+    Ok(replicas
+        .into_iter()
+        .zip(statuses)
+        .find(|(_, status)| status.as_ref().is_some_and(is_active))
+        .map(|(replica, _)| replica.name))
 }
 
 /// The role (`active`, `passive`) replica `replica` of `node` reports, if it answers.
