@@ -5,6 +5,7 @@
 //! is active. Replicas are found from the configs `meridian up`/`demo` write under
 //! `<data-dir>/<node>/*.toml`, so no address needs typing.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,8 @@ async fn status(data_dir: &Path) -> anyhow::Result<()> {
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
         .collect();
     nodes.sort();
+    // Piped into `head` and the like: stop quietly once the reader is gone.
+    let mut out = std::io::stdout().lock();
     for node in nodes {
         for replica in replicas(data_dir, &node)? {
             let line = match get_status(&client, &replica).await {
@@ -131,7 +134,9 @@ async fn status(data_dir: &Path) -> anyhow::Result<()> {
                     replica.name, replica.admin_address
                 ),
             };
-            println!("{line}");
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
         }
     }
     Ok(())
@@ -179,6 +184,12 @@ pub async fn switch_over(
     node: &str,
     timeout: Duration,
 ) -> anyhow::Result<(String, String, Duration)> {
+    if node == "sequencer" {
+        bail!(
+            "sequencer instances are all active (active-active), so there is nothing to switch \
+             over; stop an instance with SIGTERM and members move to the others"
+        );
+    }
     let client = http()?;
     let replicas = replicas(data_dir, node)?;
     if replicas.len() < 2 {
@@ -236,4 +247,32 @@ async fn switchover(args: &SwitchoverArgs) -> anyhow::Result<()> {
         took.as_secs_f64() * 1_000.0
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_switchover_of_the_active_active_sequencer_is_refused_with_the_reason() {
+        let error = switch_over(
+            Path::new("/nonexistent"),
+            "sequencer",
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("the sequencer has no passive to switch to");
+        assert!(error.to_string().contains("active-active"), "{error}");
+        let error = switch_over(
+            Path::new("/nonexistent"),
+            "participant1",
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("no such data directory");
+        assert!(
+            error.to_string().contains("no node participant1"),
+            "{error}"
+        );
+    }
 }
