@@ -4,8 +4,9 @@
 //! whose outcome is unknown (transport failure, UNAVAILABLE, DEADLINE_EXCEEDED) is retried
 //! with the *same* command id, so the participant's command deduplication guarantees at most
 //! one transaction. An ALREADY_EXISTS answer to a retry therefore means "your earlier attempt
-//! committed", and is reported as such rather than as a failure. Endpoints are tried in turn,
-//! so the same client fails over between participant replicas.
+//! committed": the client fetches that transaction from the replica that answered and returns
+//! it as the commit (`AlreadyProcessed` only if it cannot be read), never as a failure.
+//! Endpoints are tried in turn, so the same client fails over between participant replicas.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -213,13 +214,50 @@ impl LedgerClient {
                 }))
             }
             Err((status, attempts)) if status.code() == Code::AlreadyExists && attempts > 1 => {
-                Ok(SubmitOutcome::AlreadyProcessed {
-                    message: status.message().to_owned(),
-                    attempts,
-                })
+                // A retry found its earlier attempt committed. Fetch that transaction, so the
+                // caller gets the answer the first attempt would have had — with the created
+                // contracts — instead of having to look them up on a possibly lagging view.
+                match self.original_commit(&status, act_as, attempts).await {
+                    Some(committed) => Ok(SubmitOutcome::Committed(committed)),
+                    None => Ok(SubmitOutcome::AlreadyProcessed {
+                        message: status.message().to_owned(),
+                        attempts,
+                    }),
+                }
             }
             Err((status, attempts)) => Err(status_error(&self.channels[0].0, status, attempts)),
         }
+    }
+
+    /// The transaction an ALREADY_EXISTS answer names (metadata `meridian-transaction-id` and
+    /// `meridian-offset`), read from the replica that answered, which has committed it.
+    async fn original_commit(
+        &self,
+        status: &tonic::Status,
+        act_as: &BTreeSet<PartyId>,
+        attempts: u32,
+    ) -> Option<Committed> {
+        let metadata = status.metadata();
+        let transaction_id = metadata.get("meridian-transaction-id")?.to_str().ok()?;
+        let offset: u64 = metadata
+            .get("meridian-offset")?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        let transactions = self
+            .transactions(act_as, offset.checked_sub(1)?, offset)
+            .await
+            .ok()?;
+        let transaction = transactions
+            .into_iter()
+            .find(|t| t.transaction_id == transaction_id)?;
+        Some(Committed {
+            transaction_id: transaction.transaction_id.clone(),
+            offset,
+            created: created_contracts(&transaction.events).ok()?,
+            attempts,
+        })
     }
 
     /// Active contracts visible to `parties`, and the offset they are valid at.

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use meridian_client::{Backoff, LedgerClient};
-use meridian_core::{PartyId, UserId};
+use std::collections::BTreeSet;
+
+use meridian_client::{Backoff, LedgerClient, SubmitOutcome};
+use meridian_core::{CommandId, PartyId, UserId};
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_server::{LedgerService, LedgerServiceServer};
 use tokio::net::TcpListener;
@@ -23,9 +25,30 @@ use tonic::{Request, Response, Status};
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Answers AllocateParty by echoing the party; counts the calls. Nothing else is needed here.
+/// Answers AllocateParty by echoing the party and counts the calls. SubmitAndWait fails with
+/// UNAVAILABLE once (the outcome is unknown to the client), then answers the retry with
+/// ALREADY_EXISTS naming transaction `tx-1` at offset 7, which GetTransactions serves.
 #[derive(Clone, Default)]
 struct FakeParticipant {
     allocations: Arc<AtomicU32>,
+    submissions: Arc<AtomicU32>,
+}
+
+fn created_iou() -> v1::Transaction {
+    v1::Transaction {
+        transaction_id: "tx-1".into(),
+        offset: 7,
+        events: vec![v1::Event {
+            event: Some(v1::event::Event::Created(v1::CreatedEvent {
+                contract_id: "c-2".into(),
+                template: "Iou".into(),
+                payload_json: r#"{"issuer":"bank","owner":"bob","amount":5}"#.into(),
+                signatories: vec!["bank".into()],
+                observers: vec!["bob".into()],
+            })),
+        }],
+        ..Default::default()
+    }
 }
 
 #[tonic::async_trait]
@@ -51,16 +74,31 @@ impl LedgerService for FakeParticipant {
         &self,
         _: Request<v1::SubmitAndWaitRequest>,
     ) -> Result<Response<v1::SubmitAndWaitResponse>, Status> {
-        Err(Status::unimplemented("not needed by these tests"))
+        if self.submissions.fetch_add(1, Ordering::Relaxed) == 0 {
+            return Err(Status::unavailable("connection lost; outcome unknown"));
+        }
+        let mut status = Status::already_exists("already committed as transaction tx-1");
+        status
+            .metadata_mut()
+            .insert("meridian-transaction-id", "tx-1".parse().unwrap());
+        status
+            .metadata_mut()
+            .insert("meridian-offset", "7".parse().unwrap());
+        Err(status)
     }
 
     type GetTransactionsStream = Streamed<v1::Transaction>;
 
     async fn get_transactions(
         &self,
-        _: Request<v1::GetTransactionsRequest>,
+        request: Request<v1::GetTransactionsRequest>,
     ) -> Result<Response<Self::GetTransactionsStream>, Status> {
-        Err(Status::unimplemented("not needed by these tests"))
+        let served = if request.into_inner().begin_offset < 7 {
+            vec![Ok(created_iou())]
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter(served))))
     }
 
     async fn get_active_contracts(
@@ -123,4 +161,35 @@ async fn a_request_stuck_on_a_frozen_replica_fails_over_within_the_keep_alive_bo
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "failing over took {took:?}");
     drop(frozen);
+}
+
+#[tokio::test]
+async fn a_retry_answered_already_exists_returns_the_original_transaction() {
+    let fake = FakeParticipant::default();
+    let endpoint = serve(fake.clone()).await;
+    let client = LedgerClient::new(&[endpoint], UserId::new("retry-test").unwrap())
+        .unwrap()
+        .with_backoff(Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+            max_attempts: 5,
+        });
+    let outcome = client
+        .submit_and_wait(
+            &CommandId::new("cmd-1").unwrap(),
+            &BTreeSet::from([PartyId::new("alice").unwrap()]),
+            &[],
+        )
+        .await
+        .unwrap();
+    // The caller learns what its first attempt created, as if it had been answered.
+    let SubmitOutcome::Committed(committed) = outcome else {
+        panic!("expected the original commit, got {outcome:?}");
+    };
+    assert_eq!(committed.transaction_id, "tx-1");
+    assert_eq!(committed.offset, 7);
+    assert_eq!(committed.attempts, 2);
+    assert_eq!(committed.created.len(), 1);
+    assert_eq!(committed.created[0].id.as_str(), "c-2");
+    assert_eq!(fake.submissions.load(Ordering::Relaxed), 2);
 }
