@@ -84,6 +84,7 @@ fn every_scenario_on_the_embedded_default_loses_and_duplicates_nothing() {
         &report,
         &[
             "participant-crash",
+            "participant-stop",
             "mediator-crash",
             "topology-crash",
             "sequencer-crash",

@@ -432,6 +432,17 @@ pub(crate) async fn run_fault(
             killed = Some(name.clone());
             format!("kill -9 {name}")
         }
+        Scenario::ParticipantStop => {
+            let name = active_before
+                .clone()
+                .with_context(|| format!("no active replica of {}", fault.target))?;
+            // SIGTERM: the replica drains, releases its lease and exits; the passive takes
+            // over without waiting for the lease to expire.
+            let process = process_named(deployment, &name)?;
+            process.signal(Signal::SIGTERM)?;
+            killed = Some(name.clone());
+            format!("SIGTERM {name} (graceful stop)")
+        }
         Scenario::ParticipantFreeze => {
             let name = active_before
                 .clone()
@@ -589,6 +600,8 @@ pub(crate) async fn run_fault(
     if let Some(name) = &killed {
         let exe = deployment.exe().to_path_buf();
         let process = process_named(deployment, name)?;
+        // Reaps a gracefully stopped process (a killed one is already reaped).
+        process.terminate(Duration::from_secs(15)).await?;
         process.start(&exe)?;
         process.wait_alive(Duration::from_secs(30)).await?;
     }

@@ -26,6 +26,8 @@ pub enum Scenario {
     ParticipantCrash,
     /// SIGSTOP the active participant replica until a passive took over, then SIGCONT.
     ParticipantFreeze,
+    /// Graceful stop (SIGTERM) of the active participant replica, as in a rolling upgrade.
+    ParticipantStop,
     /// kill -9 the active mediator replica.
     MediatorCrash,
     /// kill -9 the active topology manager replica.
@@ -41,9 +43,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const EACH: [Scenario; 7] = [
+    pub const EACH: [Scenario; 8] = [
         Scenario::ParticipantCrash,
         Scenario::ParticipantFreeze,
+        Scenario::ParticipantStop,
         Scenario::MediatorCrash,
         Scenario::TopologyCrash,
         Scenario::SequencerCrash,
@@ -55,6 +58,7 @@ impl Scenario {
         match self {
             Scenario::ParticipantCrash => "participant-crash",
             Scenario::ParticipantFreeze => "participant-freeze",
+            Scenario::ParticipantStop => "participant-stop",
             Scenario::MediatorCrash => "mediator-crash",
             Scenario::TopologyCrash => "topology-crash",
             Scenario::SequencerCrash => "sequencer-crash",
@@ -214,9 +218,10 @@ impl DeploymentFile {
 /// `topology-manager`, `sequencer`).
 pub fn default_target(scenario: Scenario) -> &'static str {
     match scenario {
-        Scenario::ParticipantCrash | Scenario::ParticipantFreeze | Scenario::Switchover => {
-            "participant2"
-        }
+        Scenario::ParticipantCrash
+        | Scenario::ParticipantFreeze
+        | Scenario::ParticipantStop
+        | Scenario::Switchover => "participant2",
         Scenario::MediatorCrash => "mediator",
         Scenario::TopologyCrash => "topology-manager",
         Scenario::SequencerCrash | Scenario::DatabaseRestart => "sequencer",
@@ -291,9 +296,10 @@ fn check_target(
         .map(|i| format!("participant{i}"))
         .collect();
     let valid: Vec<String> = match scenario {
-        Scenario::ParticipantCrash | Scenario::ParticipantFreeze | Scenario::Switchover => {
-            participants
-        }
+        Scenario::ParticipantCrash
+        | Scenario::ParticipantFreeze
+        | Scenario::ParticipantStop
+        | Scenario::Switchover => participants,
         Scenario::MediatorCrash => vec!["mediator".into()],
         Scenario::TopologyCrash => vec!["topology-manager".into()],
         Scenario::SequencerCrash | Scenario::DatabaseRestart => vec!["sequencer".into()],
@@ -343,12 +349,12 @@ mod tests {
     fn the_default_deployment_plans_every_scenario_but_freeze_and_restart_on_sqlite() {
         let file = parse("").expect("empty file is the default");
         let (faults, skipped) = plan(Scenario::All, None, &file).expect("plan");
-        assert_eq!(faults.len(), 5);
+        assert_eq!(faults.len(), 6);
         assert!(skipped[0].contains("participant-freeze"), "{skipped:?}");
         assert!(skipped[1].contains("database-restart"), "{skipped:?}");
         let postgres = parse("backend = \"postgres\"").expect("postgres");
         let (faults, skipped) = plan(Scenario::All, None, &postgres).expect("plan");
-        assert_eq!(faults.len(), 7);
+        assert_eq!(faults.len(), 8);
         assert!(skipped.is_empty());
     }
 
