@@ -90,13 +90,18 @@ async fn get_status(
     client.get(url).send().await.ok()?.json().await.ok()
 }
 
-fn is_active(status: &serde_json::Value) -> bool {
+/// The replication role (`active`, `passive`) a `/status` document reports; for an
+/// unreplicated node, its top-level role.
+fn role(status: &serde_json::Value) -> Option<&str> {
     status
         .get("replication")
         .and_then(|r| r.get("role"))
         .or_else(|| status.get("role"))
         .and_then(|r| r.as_str())
-        == Some("active")
+}
+
+fn is_active(status: &serde_json::Value) -> bool {
+    role(status) == Some("active")
 }
 
 async fn status(data_dir: &Path) -> anyhow::Result<()> {
@@ -112,7 +117,7 @@ async fn status(data_dir: &Path) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for node in nodes {
         for replica in replicas(data_dir, &node)? {
-            let line = match get_status(&client, &replica).await {
+            let line = match get_status(client, &replica).await {
                 Some(status) => format!(
                     "{:<22} {:<8} readiness {}",
                     replica.name,
@@ -142,39 +147,53 @@ async fn status(data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?)
+/// One HTTP client for every admin call of this process: drills poll every few
+/// milliseconds, and a client per call would build a connection pool per call.
+pub(crate) fn http() -> anyhow::Result<&'static reqwest::Client> {
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("cannot build an HTTP client: {e}"))
 }
 
-/// The name of the replica of `node` that reports itself active, if any answers so. The
-/// replicas are asked at once: a frozen one would otherwise hold the answer up by the whole
-/// HTTP timeout, which matters to a drill timing how fast a takeover is noticed.
-pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Option<String>> {
+/// Each replica of `node` except `skip`, with the role its `/status` reports (`None` if it
+/// does not answer). The replicas are asked at once, so a frozen one holds the answer up by
+/// at most one HTTP timeout; a caller that knows which one is frozen skips it altogether.
+pub async fn replica_roles(
+    data_dir: &Path,
+    node: &str,
+    skip: Option<&str>,
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
     let client = http()?;
-    let replicas = replicas(data_dir, node)?;
-    let statuses = futures::future::join_all(replicas.iter().map(|r| get_status(&client, r))).await;
+    let replicas: Vec<ReplicaAddress> = replicas(data_dir, node)?
+        .into_iter()
+        .filter(|r| Some(r.name.as_str()) != skip)
+        .collect();
+    let statuses = futures::future::join_all(replicas.iter().map(|r| get_status(client, r))).await;
     Ok(replicas
         .into_iter()
         .zip(statuses)
-        .find(|(_, status)| status.as_ref().is_some_and(is_active))
-        .map(|(replica, _)| replica.name))
+        .map(|(replica, status)| {
+            let role = status.as_ref().and_then(role).map(str::to_owned);
+            (replica.name, role)
+        })
+        .collect())
 }
 
-/// The role (`active`, `passive`) replica `replica` of `node` reports, if it answers.
-pub async fn replica_role(data_dir: &Path, node: &str, replica: &str) -> Option<String> {
-    let client = http().ok()?;
-    let address = replicas(data_dir, node)
-        .ok()?
+/// The name of the replica of `node` that reports itself active, if any answers so.
+pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Option<String>> {
+    Ok(replica_roles(data_dir, node, None)
+        .await?
         .into_iter()
-        .find(|r| r.name == replica)?;
-    let status = get_status(&client, &address).await?;
-    status
-        .get("replication")
-        .and_then(|r| r.get("role"))
-        .and_then(|r| r.as_str())
-        .map(str::to_owned)
+        .find(|(_, role)| role.as_deref() == Some("active"))
+        .map(|(name, _)| name))
 }
 
 /// Asks the active replica to step down and waits for another to become active. Returns the
@@ -200,7 +219,7 @@ pub async fn switch_over(
     }
     let mut active = None;
     for replica in &replicas {
-        if let Some(status) = get_status(&client, replica).await {
+        if let Some(status) = get_status(client, replica).await {
             if is_active(&status) {
                 active = Some(replica.clone());
             }
@@ -223,7 +242,7 @@ pub async fn switch_over(
     }
     while started.elapsed() < timeout {
         for replica in replicas.iter().filter(|r| r.name != active.name) {
-            if let Some(status) = get_status(&client, replica).await {
+            if let Some(status) = get_status(client, replica).await {
                 if is_active(&status) {
                     return Ok((active.name.clone(), replica.name.clone(), started.elapsed()));
                 }

@@ -184,17 +184,18 @@ impl DeploymentSpec {
             None => free_addresses(),
         }
     }
+}
 
-    /// Every process name this spec starts, in start order.
-    pub fn process_names(&self) -> Vec<String> {
-        let mut names = replica_names("sequencer", self.sequencers);
-        names.extend(replica_names("topology-manager", self.replicas));
-        names.extend(replica_names(MEDIATOR_ID, self.replicas));
-        for index in 0..self.participants {
-            names.extend(replica_names(&participant_name(index), self.replicas));
-        }
-        names
+/// Every process a deployment of `sequencers` instances and `replicas` of each other node
+/// with `participants` participants runs, by name, in start order.
+pub fn process_names(sequencers: usize, replicas: usize, participants: usize) -> Vec<String> {
+    let mut names = replica_names("sequencer", sequencers);
+    names.extend(replica_names("topology-manager", replicas));
+    names.extend(replica_names(MEDIATOR_ID, replicas));
+    for index in 0..participants {
+        names.extend(replica_names(&participant_name(index), replicas));
     }
+    names
 }
 
 impl DeploymentBackend {

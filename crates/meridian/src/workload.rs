@@ -237,6 +237,11 @@ impl Default for Timeline {
     }
 }
 
+/// The index of the 100 ms bucket `elapsed` falls in.
+fn bucket_index(elapsed: Duration) -> usize {
+    usize::try_from(elapsed.as_millis() / u128::from(TIMELINE_BUCKET_MS)).unwrap_or(usize::MAX)
+}
+
 /// One bucket of a [`Timeline`] snapshot.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TimelineBucket {
@@ -247,10 +252,9 @@ pub struct TimelineBucket {
 }
 
 impl Timeline {
+    /// The bucket `elapsed` (since [`Live::epoch`]) falls in, if the timeline still has it.
     fn bucket(elapsed: Duration) -> Option<usize> {
-        usize::try_from(elapsed.as_millis() / u128::from(TIMELINE_BUCKET_MS))
-            .ok()
-            .filter(|b| *b < TIMELINE_BUCKETS)
+        Some(bucket_index(elapsed)).filter(|b| *b < TIMELINE_BUCKETS)
     }
 
     fn record_commit(&self, elapsed: Duration, latency: Duration) {
@@ -274,12 +278,22 @@ impl Timeline {
         }
     }
 
+    /// The commit counters of buckets `from..to`, clamped to the timeline.
+    fn committed_range(&self, from: usize, to: usize) -> impl Iterator<Item = u64> + '_ {
+        let to = to.min(TIMELINE_BUCKETS);
+        self.committed[from.min(to)..to]
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+    }
+
+    /// Commits in each of buckets `from..to` (clamped to the timeline).
+    pub fn committed_per_bucket(&self, from: usize, to: usize) -> Vec<u64> {
+        self.committed_range(from, to).collect()
+    }
+
     /// Commits in buckets `from..to` (clamped to the timeline).
     pub fn committed_between(&self, from: usize, to: usize) -> u64 {
-        let to = to.min(TIMELINE_BUCKETS);
-        (from.min(to)..to)
-            .map(|b| self.committed[b].load(Ordering::Relaxed))
-            .sum()
+        self.committed_range(from, to).sum()
     }
 
     /// Buckets `0..up_to` (clamped), with each bucket's latency p99.
@@ -334,12 +348,9 @@ impl Live {
         u64::try_from(at.saturating_duration_since(self.epoch()).as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Which timeline bucket `at` falls in.
+    /// Which timeline bucket `at` falls in (possibly past the timeline's end).
     pub fn bucket_of(&self, at: Instant) -> usize {
-        usize::try_from(
-            at.saturating_duration_since(self.epoch()).as_millis() / u128::from(TIMELINE_BUCKET_MS),
-        )
-        .unwrap_or(usize::MAX)
+        bucket_index(at.saturating_duration_since(self.epoch()))
     }
 
     fn record_failure(&self) {

@@ -259,13 +259,7 @@ async fn trials(
     let audit = workload::audit(&parties, &baseline, &report.committed_transactions).await?;
     let duplicates = workload::duplicate_ious(&parties).await?;
 
-    let mut rtos: Vec<f64> = trials.iter().map(|t| t.rto_ms).collect();
-    rtos.sort_by(|a, b| a.total_cmp(b));
-    let p50 = rtos
-        .get(rtos.len().saturating_sub(1) / 2)
-        .copied()
-        .unwrap_or(0.0);
-    let max = rtos.last().copied().unwrap_or(0.0);
+    let (p50, max) = super::median_and_max(trials.iter().map(|t| t.rto_ms).collect());
     let backend = args.backend;
     Ok(FailoverReport {
         node: args.node,

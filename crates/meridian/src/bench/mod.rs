@@ -35,3 +35,14 @@ pub(crate) fn quantile_ms(histogram: &hdrhistogram::Histogram<u64>, quantile: f6
     }
     histogram.value_at_quantile(quantile) as f64 / 1_000.0
 }
+
+/// The median (the lower one of an even count) and the maximum of `values`, 0 when empty:
+/// how failover benchmarks and drills summarise their recovery times.
+pub(crate) fn median_and_max(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let median = values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0.0);
+    (median, values.last().copied().unwrap_or(0.0))
+}

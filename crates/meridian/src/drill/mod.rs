@@ -306,18 +306,22 @@ async fn drill(
 
     // Each missing transaction counts against the last fault injected before it was
     // acknowledged: that is the fault that could have lost it.
+    let missing: std::collections::HashSet<&str> = audit
+        .missing_transactions
+        .iter()
+        .map(String::as_str)
+        .collect();
     for (id, acknowledged_us) in workload
         .committed_transactions
         .iter()
         .zip(&workload.committed_at_us)
     {
-        if audit.missing_transactions.contains(id) {
+        if missing.contains(id.as_str()) {
             let acknowledged_ms = *acknowledged_us as f64 / 1_000.0;
             if let Some(report) = reports
                 .iter_mut()
                 .rev()
                 .find(|r| r.injected_at_ms <= acknowledged_ms)
-                .or(None)
             {
                 report.rpo_transactions += 1;
             }
@@ -328,24 +332,21 @@ async fn drill(
         let start = live
             .bucket_of(live.epoch() + Duration::from_secs_f64(report.injected_at_ms / 1_000.0))
             .saturating_sub(BUCKETS_BEFORE_FAULT);
+        let after_buckets =
+            usize::try_from((args.settle_s + args.observe_s) * 1_000 / TIMELINE_BUCKET_MS)
+                .unwrap_or(usize::MAX);
         let end = start
-            + BUCKETS_BEFORE_FAULT
-            + usize::try_from((args.settle_s + args.observe_s) * 1_000 / TIMELINE_BUCKET_MS)
-                .unwrap_or(usize::MAX)
-                .min(end_bucket);
-        report.throughput_per_100ms = live
-            .timeline
-            .snapshot(end.min(end_bucket))
-            .into_iter()
-            .skip(start)
-            .map(|b| b.committed)
-            .collect();
+            .saturating_add(BUCKETS_BEFORE_FAULT)
+            .saturating_add(after_buckets)
+            .min(end_bucket);
+        report.throughput_per_100ms = live.timeline.committed_per_bucket(start, end);
     }
-    let mut rtos: Vec<f64> = reports
-        .iter()
-        .filter_map(|r| r.rto_first_success_ms)
-        .collect();
-    rtos.sort_by(f64::total_cmp);
+    let (rto_p50, rto_max) = crate::bench::median_and_max(
+        reports
+            .iter()
+            .filter_map(|r| r.rto_first_success_ms)
+            .collect(),
+    );
     Ok(DrillReport {
         backend,
         skipped,
@@ -357,11 +358,8 @@ async fn drill(
         duplicate_transactions: duplicates,
         amounts_conserved: audit.amounts_conserved,
         audit_ok: audit.audit_ok && duplicates == 0,
-        rto_first_success_ms_p50: rtos
-            .get(rtos.len().saturating_sub(1) / 2)
-            .copied()
-            .unwrap_or(0.0),
-        rto_first_success_ms_max: rtos.last().copied().unwrap_or(0.0),
+        rto_first_success_ms_p50: rto_p50,
+        rto_first_success_ms_max: rto_max,
         bucket_ms: TIMELINE_BUCKET_MS,
         timeline: live.timeline.snapshot(end_bucket),
         faults: reports,
@@ -489,6 +487,7 @@ pub(crate) async fn run_fault(
     };
     let mut problem = None;
     let mut database_back = false;
+    let mut resumed = false;
     let fault_bucket = live.bucket_of(injected_at);
     loop {
         let now = Instant::now();
@@ -564,8 +563,9 @@ pub(crate) async fn run_fault(
         }
         if let Some(name) = &frozen {
             // Resume the frozen replica once the passive took over and serves.
-            if watch.detected.is_some() && watch.first_success.is_some() {
+            if !resumed && watch.detected.is_some() && watch.first_success.is_some() {
                 process_named(deployment, name)?.signal(Signal::SIGCONT)?;
+                resumed = true;
             }
         }
         if watch.detected.is_some()
@@ -580,7 +580,10 @@ pub(crate) async fn run_fault(
 
     let mut resumed_replica_passive = None;
     if let Some(name) = &frozen {
-        process_named(deployment, name)?.signal(Signal::SIGCONT)?;
+        // Not resumed yet if the deployment never recovered: resume it now either way.
+        if !resumed {
+            process_named(deployment, name)?.signal(Signal::SIGCONT)?;
+        }
         resumed_replica_passive = Some(became_passive(&data_dir, &fault.target, name).await);
         if resumed_replica_passive == Some(false) && problem.is_none() {
             problem = Some(format!("{name} did not come back passive after SIGCONT"));
@@ -633,34 +636,32 @@ async fn another_replica_active(
     node: &str,
     faulted: Option<&str>,
 ) -> anyhow::Result<bool> {
-    for replica in admin::replicas(data_dir, node)? {
-        if Some(replica.name.as_str()) == faulted {
-            continue;
-        }
-        if admin::replica_role(data_dir, node, &replica.name)
-            .await
-            .as_deref()
-            == Some("active")
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(admin::replica_roles(data_dir, node, faulted)
+        .await?
+        .iter()
+        .any(|(_, role)| role.as_deref() == Some("active")))
+}
+
+/// A poll of one admin endpoint may take this long; a node that answers slower counts as not
+/// answering this time.
+const POLL_HTTP_TIMEOUT: Duration = Duration::from_millis(500);
+
+async fn get_admin(address: std::net::SocketAddr, path: &str) -> Option<reqwest::Response> {
+    admin::http()
+        .ok()?
+        .get(format!("http://{address}{path}"))
+        .timeout(POLL_HTTP_TIMEOUT)
+        .send()
+        .await
+        .ok()
 }
 
 /// How many times the sequencer instances that answer have marked a peer offline: a killed
 /// instance is detected when a survivor does.
 async fn peers_marked_offline(deployment: &Deployment) -> u64 {
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-    else {
-        return 0;
-    };
     let mut total = 0;
     for sequencer in &deployment.sequencers {
-        let url = format!("http://{}/status", sequencer.admin_address);
-        if let Ok(response) = client.get(url).send().await {
+        if let Some(response) = get_admin(sequencer.admin_address, "/status").await {
             if let Ok(status) = response.json::<serde_json::Value>().await {
                 total += status["peers_marked_offline"].as_u64().unwrap_or(0);
             }
@@ -670,33 +671,30 @@ async fn peers_marked_offline(deployment: &Deployment) -> u64 {
 }
 
 async fn any_not_ready(deployment: &Deployment) -> bool {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-    {
-        Ok(client) => client,
-        Err(_) => return false,
-    };
     for process in deployment.sequencers.iter().chain(&deployment.participants) {
-        let url = format!("http://{}/readyz", process.admin_address);
-        match client.get(url).send().await {
-            Ok(response) if response.status().is_success() => {}
+        match get_admin(process.admin_address, "/readyz").await {
+            Some(response) if response.status().is_success() => {}
             _ => return true,
         }
     }
     false
 }
 
+/// Whether the resumed `replica` of `node` reports itself passive while another is active.
 async fn became_passive(data_dir: &std::path::Path, node: &str, replica: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Ok(Some(active)) = admin::active_replica(data_dir, node).await {
-            if active != replica
-                && admin::replica_role(data_dir, node, replica)
-                    .await
-                    .as_deref()
-                    == Some("passive")
-            {
+        if let Ok(roles) = admin::replica_roles(data_dir, node, None).await {
+            let role_of = |name: &str| {
+                roles
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, role)| role.as_deref())
+            };
+            let other_active = roles
+                .iter()
+                .any(|(n, role)| n != replica && role.as_deref() == Some("active"));
+            if other_active && role_of(replica) == Some("passive") {
                 return true;
             }
         }

@@ -193,24 +193,9 @@ impl DeploymentFile {
         Ok(())
     }
 
-    fn spec(&self) -> crate::deployment::DeploymentSpec {
-        crate::deployment::DeploymentSpec {
-            exe: std::path::PathBuf::new(),
-            data_dir: std::path::PathBuf::new(),
-            participants: self.participants,
-            backend: crate::deployment::DeploymentBackend::Sqlite,
-            mediator_toml: String::new(),
-            participant_toml: String::new(),
-            replicas: self.replicas,
-            sequencers: self.sequencers,
-            lease_timeout_ms: self.lease_timeout_ms,
-            ports: self.ports.clone(),
-        }
-    }
-
     /// Every process the deployment runs.
     pub fn process_names(&self) -> Vec<String> {
-        self.spec().process_names()
+        crate::deployment::process_names(self.sequencers, self.replicas, self.participants)
     }
 }
 
