@@ -44,36 +44,13 @@ fn toml_string(value: &str) -> String {
     toml::Value::String(value.to_owned()).to_string()
 }
 
-/// Ports handed out by [`free_port`] come from below the kernel's ephemeral range (which
-/// starts at 32768 on Linux), so no outgoing connection can grab one between our pick and the
-/// node's bind; each process starts at its own pid-derived offset, so concurrent test
-/// processes do not pick the same ports.
-const PORT_RANGE_START: u32 = 10_000;
-const PORT_RANGE_LEN: u32 = 22_000;
-const PORTS_PER_PROCESS: u32 = 256;
-
-static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// Picks a loopback port that is free right now and that no other call in this process (or,
-/// very likely, in a concurrently running test process) hands out.
-pub fn free_port() -> anyhow::Result<u16> {
-    let base = std::process::id().wrapping_mul(PORTS_PER_PROCESS);
-    for _ in 0..PORT_RANGE_LEN {
-        let offset = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = PORT_RANGE_START + base.wrapping_add(offset) % PORT_RANGE_LEN;
-        let port = u16::try_from(port).context("port out of range")?;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no free port in 127.0.0.1:{PORT_RANGE_START}..")
-}
-
-/// Two free loopback addresses: (gRPC, admin HTTP).
+/// Two loopback addresses reserved for this process (see [`meridian_node::ports`]): (gRPC,
+/// admin HTTP).
 pub fn free_addresses() -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    let port = || meridian_node::ports::free_loopback_port();
     Ok((
-        format!("127.0.0.1:{}", free_port()?).parse()?,
-        format!("127.0.0.1:{}", free_port()?).parse()?,
+        SocketAddr::from(([127, 0, 0, 1], port()?)),
+        SocketAddr::from(([127, 0, 0, 1], port()?)),
     ))
 }
 

@@ -1,7 +1,9 @@
-//! The runtime every Meridian node (sequencer now; mediator and participant later) shares: its
-//! TOML config loading, logging setup, stop-signal handling, readiness state, metrics registry
-//! and the admin HTTP server that exposes health, status and metrics (DESIGN.md §6). Role
-//! crates build on these so every node behaves the same to operators and orchestrators.
+//! The runtime every Meridian node (sequencer, topology manager, mediator, participant) shares:
+//! its TOML config loading, logging setup, stop-signal handling, readiness state, metrics
+//! registry, replica lease handling, and the admin HTTP server that exposes health, status and
+//! metrics (DESIGN.md §6). Role crates build on these so every node behaves the same to
+//! operators and orchestrators. [`ports`] picks loopback ports for deployments launched on one
+//! machine.
 
 pub mod admin;
 pub mod conditions;
@@ -9,6 +11,7 @@ pub mod config;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod ports;
 pub mod replica;
 pub mod replication;
 pub mod shutdown;

@@ -172,7 +172,11 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
             let serving = serving.clone();
             Arc::new(move || serving.step_down()) as Arc<dyn Fn() -> bool + Send + Sync>
         });
+    // Both ports are bound before anything runs: a port conflict fails the start-up whole.
     let admin_listener = admin::bind(config.admin_address).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen_address)
+        .await
+        .with_context(|| format!("cannot bind gRPC on {}", config.listen_address))?;
     let admin_task = tokio::spawn(admin::serve_admin(
         admin_listener,
         AdminState {
@@ -186,6 +190,8 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
         },
         shutdown.clone(),
     ));
+    // Whichever way this function returns, the admin server stops with it.
+    let _stop_on_return = shutdown.clone().drop_guard();
 
     // The Ledger API answers UNAVAILABLE (with the reason) until the core is ready, and on a
     // passive replica.
@@ -203,9 +209,6 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
         vec![<LedgerServiceServer<LedgerApi> as tonic::server::NamedService>::NAME],
         &shutdown,
     );
-    let listener = tokio::net::TcpListener::bind(config.listen_address)
-        .await
-        .with_context(|| format!("cannot bind gRPC on {}", config.listen_address))?;
     tracing::info!(address = %config.listen_address, "participant gRPC listening");
     let server = tokio::spawn(
         tonic::transport::Server::builder()

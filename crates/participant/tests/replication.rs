@@ -50,6 +50,14 @@ where
     }
 }
 
+/// Runs a node to its end and logs why it stopped early: in these tests nodes are tasks, and
+/// an error nobody reads would otherwise surface only as a refused connection much later.
+async fn logged(node: &'static str, run: impl std::future::Future<Output = anyhow::Result<()>>) {
+    if let Err(error) = run.await {
+        tracing::error!(node, "node stopped with an error: {error:#}");
+    }
+}
+
 /// The synchronizer without participants: sequencer, topology manager and mediator.
 struct Synchronizer {
     common: String,
@@ -84,7 +92,10 @@ async fn synchronizer() -> Synchronizer {
             .enable_all()
             .build()
             .expect("sequencer runtime");
-        let _ = runtime.block_on(meridian_sequencer::run(sequencer, sequencer_shutdown));
+        runtime.block_on(logged(
+            "sequencer",
+            meridian_sequencer::run(sequencer, sequencer_shutdown),
+        ));
     });
     let sequencer_endpoint = format!("http://{seq_grpc}");
 
@@ -99,7 +110,10 @@ async fn synchronizer() -> Synchronizer {
         "topology.toml",
     )
     .expect("topology config");
-    tokio::spawn(meridian_topology::run(topology, shutdown.clone()));
+    tokio::spawn(logged(
+        "topology manager",
+        meridian_topology::run(topology, shutdown.clone()),
+    ));
     let topology_endpoint = format!("http://{top_grpc}");
 
     let admin = retry("topology manager", || {
@@ -140,7 +154,10 @@ async fn synchronizer() -> Synchronizer {
         "mediator.toml",
     )
     .expect("mediator config");
-    let freeze_mediator = spawn_freezable(meridian_mediator::run(mediator, shutdown.clone()));
+    let freeze_mediator = spawn_freezable(logged(
+        "mediator",
+        meridian_mediator::run(mediator, shutdown.clone()),
+    ));
     Synchronizer {
         common,
         admin,
@@ -252,17 +269,16 @@ fn replica(sync: &Synchronizer, name: &'static str, storage: &str) -> Replica {
 /// way, by dropping the runtime with everything in it; sending a duration freezes it (every
 /// worker thread blocked, like SIGSTOP) for that long.
 fn spawn_killable(replica: &Replica) -> std::sync::mpsc::Sender<Duration> {
-    spawn_freezable(meridian_participant::run(
-        replica.config.clone(),
-        CancellationToken::new(),
+    spawn_freezable(logged(
+        replica.name,
+        meridian_participant::run(replica.config.clone(), CancellationToken::new()),
     ))
 }
 
 /// Runs `node` on a runtime of its own; see [`spawn_killable`].
 fn spawn_freezable<F>(node: F) -> std::sync::mpsc::Sender<Duration>
 where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
 {
     const WORKERS: usize = 2;
     let (control, controls) = std::sync::mpsc::channel::<Duration>();
@@ -351,6 +367,7 @@ async fn grpc_health(replica: &Replica) -> i32 {
 
 /// The synchronizer with participant `p1` registered, and the `[storage]` its replicas share.
 async fn setup(backend: Backend) -> (Synchronizer, String) {
+    meridian_testkit::init_logging();
     let sync = synchronizer().await;
     let key = meridian_node::keys::load_or_create_key(&sync.dir.path().join("p1.key"))
         .expect("participant key");
@@ -386,9 +403,9 @@ async fn start_pair(
     let b = replica(sync, "p1-b", storage);
     let control_a = spawn_killable(&a);
     let a_status = a.wait_active().await;
-    tokio::spawn(meridian_participant::run(
-        b.config.clone(),
-        sync.shutdown.clone(),
+    tokio::spawn(logged(
+        b.name,
+        meridian_participant::run(b.config.clone(), sync.shutdown.clone()),
     ));
     b.wait_passive("p1-a").await;
     let epoch = a_status["replication"]["epoch"].as_i64().expect("epoch");
@@ -474,9 +491,9 @@ async fn replicas_take_over(backend: Backend) {
 
     // Replica a comes back (as a fresh process would) and is passive behind b.
     let a = replica(&sync, "p1-a", &storage);
-    tokio::spawn(meridian_participant::run(
-        a.config.clone(),
-        sync.shutdown.clone(),
+    tokio::spawn(logged(
+        a.name,
+        meridian_participant::run(a.config.clone(), sync.shutdown.clone()),
     ));
     a.wait_passive("p1-b").await;
 

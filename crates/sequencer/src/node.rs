@@ -119,6 +119,9 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         shutdown.clone(),
     ));
     tracing::info!(address = %config.admin_address, "admin HTTP listening");
+    // Whichever way this function returns, the admin server (and anything else on the token)
+    // stops with it; `?` below would otherwise leave it answering for a node that is gone.
+    let _stop_on_return = shutdown.clone().drop_guard();
 
     let Some(store) = connect_store(&config, &readiness, &shutdown).await else {
         return Ok(());

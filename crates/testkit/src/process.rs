@@ -2,7 +2,6 @@
 //! server behind or hold a port the next test wants, so children are owned by a guard that kills
 //! them on drop, including during a panic's unwinding.
 
-use std::net::TcpListener;
 use std::ops::{Deref, DerefMut};
 use std::process::Child;
 
@@ -49,11 +48,8 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago. Another process may take it before the
-/// caller binds it, so callers that can retry on "address in use" should.
+/// A TCP port on 127.0.0.1 that is free now and reserved for this test process (see
+/// [`meridian_node::ports`]): no other test, in this process or another, is given it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or_else(|error| panic!("cannot bind an ephemeral port on 127.0.0.1: {error}"))
+    meridian_node::ports::free_loopback_port().unwrap_or_else(|error| panic!("{error}"))
 }
