@@ -169,8 +169,8 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
     ));
     let step_down: Option<Arc<dyn Fn() -> bool + Send + Sync>> =
         serving.replica_id().is_some().then(|| {
-            let serving = serving.clone();
-            Arc::new(move || serving.step_down()) as Arc<dyn Fn() -> bool + Send + Sync>
+            let (serving, readiness) = (serving.clone(), readiness.clone());
+            Arc::new(move || serving.step_down(&readiness)) as Arc<dyn Fn() -> bool + Send + Sync>
         });
     // Both ports are bound before anything runs: a port conflict fails the start-up whole.
     let admin_listener = admin::bind(config.admin_address).await?;

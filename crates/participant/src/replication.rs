@@ -100,9 +100,24 @@ impl Serving {
     /// The admin step-down hook: asks the active replica to hand over. False on a passive
     /// replica (without arming anything: a stored request would make this replica step down
     /// the moment it is promoted later).
-    pub fn step_down(&self) -> bool {
-        self.manager()
-            .is_some_and(|manager| manager.step_down_if_active())
+    ///
+    /// A serving term stops accepting calls, and `/readyz` says so, before this returns: a
+    /// switchover tool or load balancer that looks right after the answer must not find the
+    /// replica still ready. The lease manager's drain then waits for the calls in flight.
+    pub fn step_down(&self, readiness: &Conditions) -> bool {
+        let Some(manager) = self.manager() else {
+            return false;
+        };
+        if !manager.step_down_if_active() {
+            return false;
+        }
+        if let (Some(core), Role::Active { epoch, .. }) = (self.core(), manager.role()) {
+            self.phase.send_replace(TermPhase::SteppingDown);
+            core.submissions.close();
+            let replica = self.replica_id.as_deref().unwrap_or_default();
+            readiness.fail(CONDITION, stepping_down_message(replica, Some(epoch)));
+        }
+        true
     }
 
     /// The drain of a step-down, run by the lease manager while it still holds the lease:
