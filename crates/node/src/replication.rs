@@ -185,8 +185,16 @@ impl Replication {
 
     /// The admin step-down hook: asks the active replica to hand over. False on a passive one
     /// (its request would otherwise linger and make it step down right after a promotion).
+    /// The replica is not ready from the moment this returns true, so whoever looks at
+    /// `/readyz` right after the answer does not still find it ready.
     pub fn step_down(&self) -> bool {
-        self.manager.step_down_if_active()
+        let accepted = self.manager.step_down_if_active();
+        if accepted {
+            self.set_condition(
+                "stepping down for a switchover: handing the lease to another replica".to_owned(),
+            );
+        }
+        accepted
     }
 
     /// Why a passive replica does not serve, naming the active one when known.
