@@ -3,6 +3,8 @@
 //! and the documented errors (docs/ledger-api.md); process-level crash tests live with the
 //! binary.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -10,127 +12,19 @@ use futures::StreamExt;
 use meridian_core::{ContractId, PartyId};
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
-use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
-use meridian_testkit::free_port;
-use tokio_util::sync::CancellationToken;
+use support::{addr, logged, retry, synchronizer, toml_path, Synchronizer};
 use tonic::transport::Channel;
 use tonic::Code;
 
-fn addr() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
-
-fn toml_path(path: &std::path::Path) -> String {
-    format!("{:?}", path.display().to_string())
-}
-
 struct Cluster {
     ledgers: Vec<LedgerServiceClient<Channel>>,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-async fn retry<T, F, Fut>(what: &str, mut attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(what, %error, "retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("{what}: {error}"),
-        }
-    }
+    /// Owns the synchronizer's nodes (dropping it stops the mediator) and its directory.
+    sync: Synchronizer,
 }
 
 async fn start() -> Cluster {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let d = dir.path();
-    let shutdown = CancellationToken::new();
-    let owner = meridian_node::keys::load_or_create_key(&d.join("owner.key")).expect("owner");
-    let owner_hex = owner.public_key().to_string();
-
-    let (seq_grpc, seq_admin) = (addr(), addr());
-    let sequencer: meridian_sequencer::SequencerConfig = meridian_node::config::parse_toml(
-        &format!(
-            "listen_address = \"{seq_grpc}\"\nadmin_address = \"{seq_admin}\"\nowner_public_key = \"{owner_hex}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&d.join("sequencer.db"))
-        ),
-        "sequencer.toml",
-    )
-    .expect("sequencer config");
-    // The sequencer's future is not `Send` (a rustc limitation with higher-ranked lifetimes),
-    // so it gets a runtime of its own on a thread.
-    let sequencer_shutdown = shutdown.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("sequencer runtime");
-        let _ = runtime.block_on(meridian_sequencer::run(sequencer, sequencer_shutdown));
-    });
-    let sequencer_endpoint = format!("http://{seq_grpc}");
-
-    let (top_grpc, top_admin) = (addr(), addr());
-    let topology: meridian_topology::TopologyManagerConfig = meridian_node::config::parse_toml(
-        &format!(
-            "listen_address = \"{top_grpc}\"\nadmin_address = \"{top_admin}\"\nowner_key_file = {}\nkey_file = {}\nsequencer_endpoint = \"{sequencer_endpoint}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&d.join("owner.key")),
-            toml_path(&d.join("topology.key")),
-            toml_path(&d.join("topology.db"))
-        ),
-        "topology.toml",
-    )
-    .expect("topology config");
-    tokio::spawn(meridian_topology::run(topology, shutdown.clone()));
-    let topology_endpoint = format!("http://{top_grpc}");
-
-    let mut admin = retry("topology manager", || {
-        let endpoint = topology_endpoint.clone();
-        async move {
-            TopologyAdminServiceClient::connect(endpoint)
-                .await
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
-    let mediator_key =
-        meridian_node::keys::load_or_create_key(&d.join("mediator.key")).expect("mediator key");
-    retry("add mediator", || {
-        let mut admin = admin.clone();
-        let key = mediator_key.public_key().to_bytes().to_vec();
-        async move {
-            admin
-                .add_mediator(v1::AddMediatorRequest {
-                    mediator: "mediator".into(),
-                    public_key: key,
-                })
-                .await
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
-    let common = format!(
-        "owner_public_key = \"{owner_hex}\"\nsequencer_endpoint = \"{sequencer_endpoint}\"\ntopology_endpoint = \"{topology_endpoint}\"\n"
-    );
-    let mediator: meridian_mediator::MediatorConfig = meridian_node::config::parse_toml(
-        &format!(
-            "key_file = {}\nadmin_address = \"{}\"\nresponse_timeout_ms = 3000\n{common}[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&d.join("mediator.key")),
-            addr(),
-            toml_path(&d.join("mediator.db"))
-        ),
-        "mediator.toml",
-    )
-    .expect("mediator config");
-    tokio::spawn(meridian_mediator::run(mediator, shutdown.clone()));
-
+    let sync = synchronizer().await;
+    let (d, common, mut admin) = (sync.dir.path(), &sync.common, sync.admin.clone());
     let mut ledgers = Vec::new();
     for name in ["p1", "p2", "p3"] {
         let key_file = d.join(format!("{name}.key"));
@@ -154,7 +48,10 @@ async fn start() -> Cluster {
         )
         .expect("participant config");
         config.check("participant.toml").expect("valid config");
-        tokio::spawn(meridian_participant::run(config, shutdown.clone()));
+        tokio::spawn(logged(
+            "participant",
+            meridian_participant::run(config, sync.shutdown.clone()),
+        ));
         let endpoint = format!("http://{grpc}");
         let ledger = retry("participant ready", || {
             let endpoint = endpoint.clone();
@@ -172,11 +69,7 @@ async fn start() -> Cluster {
         .await;
         ledgers.push(ledger);
     }
-    Cluster {
-        ledgers,
-        shutdown,
-        _dir: dir,
-    }
+    Cluster { ledgers, sync }
 }
 
 fn submit(
@@ -474,5 +367,5 @@ async fn ledger_api_end_to_end() {
         BTreeSet::from(["transfer-1".into(), "race-a".into(), "race-b".into()])
     );
     let _ = (PartyId::new("x"), ContractId::new("y"));
-    cluster.shutdown.cancel();
+    cluster.sync.shutdown.cancel();
 }

@@ -9,13 +9,14 @@
 //! the admin hook hands over to the other replica — after answering the submissions it had
 //! in flight (the mediator, on a runtime of its own too, is frozen to hold them in flight).
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
-use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
-use meridian_testkit::free_port;
 use serde_json::Value;
+use support::{addr, logged, retry, spawn_freezable, synchronizer, toml_path, Synchronizer};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -23,149 +24,6 @@ use tonic::Code;
 /// The takeover budget the test holds the replicas to (the target is p50 ≤ 1 s, max ≤ 2 s;
 /// a little slack for a loaded CI machine).
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
-
-fn addr() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
-
-fn toml_path(path: &std::path::Path) -> String {
-    format!("{:?}", path.display().to_string())
-}
-
-async fn retry<T, F, Fut>(what: &str, mut attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(what, %error, "retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("{what}: {error}"),
-        }
-    }
-}
-
-/// Runs a node to its end and logs why it stopped early: in these tests nodes are tasks, and
-/// an error nobody reads would otherwise surface only as a refused connection much later.
-async fn logged(node: &'static str, run: impl std::future::Future<Output = anyhow::Result<()>>) {
-    if let Err(error) = run.await {
-        tracing::error!(node, "node stopped with an error: {error:#}");
-    }
-}
-
-/// The synchronizer without participants: sequencer, topology manager and mediator.
-struct Synchronizer {
-    common: String,
-    admin: TopologyAdminServiceClient<Channel>,
-    /// Sending a duration freezes the mediator for that long (see [`spawn_freezable`]).
-    freeze_mediator: std::sync::mpsc::Sender<Duration>,
-    shutdown: CancellationToken,
-    dir: tempfile::TempDir,
-}
-
-async fn synchronizer() -> Synchronizer {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let d = dir.path();
-    let shutdown = CancellationToken::new();
-    let owner = meridian_node::keys::load_or_create_key(&d.join("owner.key")).expect("owner");
-    let owner_hex = owner.public_key().to_string();
-
-    let (seq_grpc, seq_admin) = (addr(), addr());
-    let sequencer: meridian_sequencer::SequencerConfig = meridian_node::config::parse_toml(
-        &format!(
-            "listen_address = \"{seq_grpc}\"\nadmin_address = \"{seq_admin}\"\nowner_public_key = \"{owner_hex}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&d.join("sequencer.db"))
-        ),
-        "sequencer.toml",
-    )
-    .expect("sequencer config");
-    // The sequencer's future is not `Send`, so it gets a runtime of its own on a thread.
-    let sequencer_shutdown = shutdown.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("sequencer runtime");
-        runtime.block_on(logged(
-            "sequencer",
-            meridian_sequencer::run(sequencer, sequencer_shutdown),
-        ));
-    });
-    let sequencer_endpoint = format!("http://{seq_grpc}");
-
-    let (top_grpc, top_admin) = (addr(), addr());
-    let topology: meridian_topology::TopologyManagerConfig = meridian_node::config::parse_toml(
-        &format!(
-            "listen_address = \"{top_grpc}\"\nadmin_address = \"{top_admin}\"\nowner_key_file = {}\nkey_file = {}\nsequencer_endpoint = \"{sequencer_endpoint}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&d.join("owner.key")),
-            toml_path(&d.join("topology.key")),
-            toml_path(&d.join("topology.db"))
-        ),
-        "topology.toml",
-    )
-    .expect("topology config");
-    tokio::spawn(logged(
-        "topology manager",
-        meridian_topology::run(topology, shutdown.clone()),
-    ));
-    let topology_endpoint = format!("http://{top_grpc}");
-
-    let admin = retry("topology manager", || {
-        let endpoint = topology_endpoint.clone();
-        async move {
-            TopologyAdminServiceClient::connect(endpoint)
-                .await
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
-    let mediator_key =
-        meridian_node::keys::load_or_create_key(&d.join("mediator.key")).expect("mediator key");
-    retry("add mediator", || {
-        let mut admin = admin.clone();
-        let key = mediator_key.public_key().to_bytes().to_vec();
-        async move {
-            admin
-                .add_mediator(v1::AddMediatorRequest {
-                    mediator: "mediator".into(),
-                    public_key: key,
-                })
-                .await
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
-    let common = format!(
-        "owner_public_key = \"{owner_hex}\"\nsequencer_endpoint = \"{sequencer_endpoint}\"\ntopology_endpoint = \"{topology_endpoint}\"\n"
-    );
-    let mediator: meridian_mediator::MediatorConfig = meridian_node::config::parse_toml(
-        &format!(
-            "key_file = {}\nadmin_address = \"{}\"\nresponse_timeout_ms = 3000\n{common}[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&d.join("mediator.key")),
-            addr(),
-            toml_path(&d.join("mediator.db"))
-        ),
-        "mediator.toml",
-    )
-    .expect("mediator config");
-    let freeze_mediator = spawn_freezable(logged(
-        "mediator",
-        meridian_mediator::run(mediator, shutdown.clone()),
-    ));
-    Synchronizer {
-        common,
-        admin,
-        freeze_mediator,
-        shutdown,
-        dir,
-    }
-}
 
 /// One replica's addresses and config.
 struct Replica {
@@ -265,45 +123,12 @@ fn replica(sync: &Synchronizer, name: &'static str, storage: &str) -> Replica {
     }
 }
 
-/// Runs a replica on a runtime of its own. Dropping the returned handle kills it the hard
-/// way, by dropping the runtime with everything in it; sending a duration freezes it (every
-/// worker thread blocked, like SIGSTOP) for that long.
+/// Runs a replica on a runtime of its own, killable and freezable (see [`spawn_freezable`]).
 fn spawn_killable(replica: &Replica) -> std::sync::mpsc::Sender<Duration> {
     spawn_freezable(logged(
         replica.name,
         meridian_participant::run(replica.config.clone(), CancellationToken::new()),
     ))
-}
-
-/// Runs `node` on a runtime of its own; see [`spawn_killable`].
-fn spawn_freezable<F>(node: F) -> std::sync::mpsc::Sender<Duration>
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    const WORKERS: usize = 2;
-    let (control, controls) = std::sync::mpsc::channel::<Duration>();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(WORKERS)
-            .enable_all()
-            .build()
-            .expect("node runtime");
-        runtime.spawn(node);
-        while let Ok(freeze) = controls.recv() {
-            // The barrier makes every worker hold one of the blocking tasks at the same time.
-            let barrier = std::sync::Arc::new(std::sync::Barrier::new(WORKERS + 1));
-            for _ in 0..WORKERS {
-                let barrier = barrier.clone();
-                runtime.spawn(async move {
-                    barrier.wait();
-                    std::thread::sleep(freeze);
-                });
-            }
-            barrier.wait();
-        }
-        runtime.shutdown_background();
-    });
-    control
 }
 
 fn submit(command_id: &str, act_as: &str, command: v1::Command) -> v1::SubmitAndWaitRequest {
@@ -367,7 +192,6 @@ async fn grpc_health(replica: &Replica) -> i32 {
 
 /// The synchronizer with participant `p1` registered, and the `[storage]` its replicas share.
 async fn setup(backend: Backend) -> (Synchronizer, String) {
-    meridian_testkit::init_logging();
     let sync = synchronizer().await;
     let key = meridian_node::keys::load_or_create_key(&sync.dir.path().join("p1.key"))
         .expect("participant key");
