@@ -386,6 +386,85 @@ impl Live {
     }
 }
 
+/// How long a [`BackgroundLoad`] runs if nobody stops it: a bound, not a plan.
+const BACKGROUND_LOAD_LIMIT: Duration = Duration::from_secs(24 * 3_600);
+
+/// The transfer workload running in the background while faults are injected — by the
+/// drills, the failover benchmark and the HA tests — and what its audit needs afterwards.
+pub struct BackgroundLoad {
+    pub parties: Parties,
+    /// Commits, failures and latencies as they happen, from [`Live::epoch`] (set at start).
+    pub live: Arc<Live>,
+    baseline: AuditBaseline,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<WorkloadReport>>,
+}
+
+/// A stopped [`BackgroundLoad`]: its report, and the ledgers' audit against it.
+pub struct FinishedLoad {
+    pub report: WorkloadReport,
+    pub audit: Audit,
+    pub parties: Parties,
+}
+
+impl BackgroundLoad {
+    /// Allocates the parties (their clients retrying with `backoff`), issues `lanes` IOUs
+    /// tagged `run`, takes the audit baseline and starts transferring, until [`finish`] or
+    /// `shutdown`.
+    ///
+    /// [`finish`]: BackgroundLoad::finish
+    pub async fn start(
+        deployment: &Deployment,
+        user: &UserId,
+        backoff: meridian_client::Backoff,
+        lanes: usize,
+        run: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let parties = Parties::allocate_with(deployment, user, backoff).await?;
+        let lane_states = issue_lanes(&parties, lanes, run).await?;
+        let baseline = baseline(&parties).await?;
+        let live = Arc::new(Live::default());
+        live.epoch();
+        let stop = shutdown.child_token();
+        let spec = WorkloadSpec {
+            duration: BACKGROUND_LOAD_LIMIT,
+            rate: None,
+            run: run.to_owned(),
+        };
+        let task = {
+            let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
+            tokio::spawn(
+                async move { run_transfers(&parties, lane_states, &spec, live, stop).await },
+            )
+        };
+        Ok(Self {
+            parties,
+            live,
+            baseline,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops the transfers and audits the ledgers against what the application was told.
+    pub async fn finish(self) -> anyhow::Result<FinishedLoad> {
+        self.stop.cancel();
+        let report = self.task.await.context("the workload task panicked")??;
+        let audit = audit(
+            &self.parties,
+            &self.baseline,
+            &report.committed_transactions,
+        )
+        .await?;
+        Ok(FinishedLoad {
+            report,
+            audit,
+            parties: self.parties,
+        })
+    }
+}
+
 /// Runs the transfer workload until `duration` passes or `stop` is cancelled.
 pub async fn run_transfers(
     parties: &Parties,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use meridian::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
 use meridian::launch::NodeProcess;
-use meridian::workload::{self, Live, Parties, WorkloadSpec};
+use meridian::workload::{self, BackgroundLoad, FinishedLoad};
 use meridian_client::{Backoff, SubmitOutcome};
 use meridian_core::ledger::Command;
 use meridian_core::template::IouPayload;
@@ -180,24 +180,17 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
         max: Duration::from_millis(50),
         max_attempts: 400,
     };
-    let parties = Parties::allocate_with(&deployment, &UserId::new("db-test").unwrap(), backoff)
-        .await
-        .unwrap();
-    let lanes = workload::issue_lanes(&parties, 8, "db").await.unwrap();
-    let baseline = workload::baseline(&parties).await.unwrap();
-    let live = Arc::new(Live::default());
-    let stop = CancellationToken::new();
-    let load = {
-        let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
-        tokio::spawn(async move {
-            let spec = WorkloadSpec {
-                duration: Duration::from_secs(600),
-                rate: None,
-                run: "db".into(),
-            };
-            workload::run_transfers(&parties, lanes, &spec, live, stop).await
-        })
-    };
+    let load = BackgroundLoad::start(
+        &deployment,
+        &UserId::new("db-test").unwrap(),
+        backoff,
+        8,
+        "db",
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let (live, parties) = (load.live.clone(), load.parties.clone());
     // Load flowing through both submitting participants before the fault, so that the
     // "commits again" check below means something.
     let warm = Instant::now();
@@ -422,8 +415,7 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
     // Keep the load on a little longer, then check the ledgers.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_all_running(&mut deployment);
-    stop.cancel();
-    let report = load.await.unwrap().unwrap();
+    let FinishedLoad { report, audit, .. } = load.finish().await.unwrap();
     let failed = live.failed.load(Ordering::Relaxed);
     eprintln!(
         "{} transfers committed ({} before the outage); {} failed ({} before the outage): \
@@ -433,9 +425,6 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
     for sample in &report.failure_samples {
         eprintln!("  failure: {sample}");
     }
-    let audit = workload::audit(&parties, &baseline, &report.committed_transactions)
-        .await
-        .unwrap();
     eprintln!("{audit:?}");
     assert!(report.committed > committed_before);
     assert_eq!(

@@ -8,14 +8,13 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian::admin;
 use meridian::bench::failover::{measure_with, FailoverBenchArgs, TargetNode};
 use meridian::bench::sequencer::Backend;
 use meridian::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
-use meridian::workload::{self, Live, Parties, WorkloadSpec};
+use meridian::workload::{self, BackgroundLoad, FinishedLoad};
 use meridian_client::Backoff;
 use meridian_core::UserId;
 use meridian_testkit::PostgresServer;
@@ -95,11 +94,7 @@ async fn participant_failover_on_postgres() {
 
 struct Running {
     deployment: Deployment,
-    parties: Parties,
-    live: Arc<Live>,
-    stop: CancellationToken,
-    workload: tokio::task::JoinHandle<anyhow::Result<workload::WorkloadReport>>,
-    baseline: workload::AuditBaseline,
+    load: BackgroundLoad,
     _dir: tempfile::TempDir,
 }
 
@@ -120,32 +115,20 @@ async fn start_with_load(backend: DeploymentBackend) -> Running {
         max: Duration::from_millis(50),
         max_attempts: 400,
     };
-    let parties = Parties::allocate_with(&deployment, &UserId::new("ha-test").unwrap(), backoff)
-        .await
-        .unwrap();
-    let lanes = workload::issue_lanes(&parties, 8, "ha").await.unwrap();
-    let baseline = workload::baseline(&parties).await.unwrap();
-    let live = Arc::new(Live::default());
-    let stop = CancellationToken::new();
-    let workload = {
-        let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
-        tokio::spawn(async move {
-            let spec = WorkloadSpec {
-                duration: Duration::from_secs(600),
-                rate: None,
-                run: "ha".into(),
-            };
-            workload::run_transfers(&parties, lanes, &spec, live, stop).await
-        })
-    };
+    let load = BackgroundLoad::start(
+        &deployment,
+        &UserId::new("ha-test").unwrap(),
+        backoff,
+        8,
+        "ha",
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     Running {
         deployment,
-        parties,
-        live,
-        stop,
-        workload,
-        baseline,
+        load,
         _dir: dir,
     }
 }
@@ -153,22 +136,15 @@ async fn start_with_load(backend: DeploymentBackend) -> Running {
 impl Running {
     /// Stops the load and checks the ledgers; returns the workload report.
     async fn finish(mut self) -> workload::WorkloadReport {
-        self.stop.cancel();
-        let report = self.workload.await.unwrap().unwrap();
-        let audit = workload::audit(
-            &self.parties,
-            &self.baseline,
-            &report.committed_transactions,
-        )
-        .await
-        .unwrap();
+        let FinishedLoad { report, audit, .. } = self.load.finish().await.unwrap();
         assert!(audit.audit_ok, "{audit:?}");
         self.deployment.stop().await.unwrap();
         report
     }
 
     async fn committed_since(&self, since: Instant, participant: usize) -> bool {
-        self.live
+        self.load
+            .live
             .last_commit(participant)
             .is_some_and(|t| t > since)
     }
@@ -262,7 +238,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
         active_count += usize::from(role == "active");
     }
     assert_eq!(active_count, 1);
-    let failed_before_finish = running.live.failed.load(Ordering::Relaxed);
+    let failed_before_finish = running.load.live.failed.load(Ordering::Relaxed);
     let report = running.finish().await;
     assert_eq!(
         failed_before_finish, 0,
@@ -298,7 +274,7 @@ async fn switchover_under_load() -> u64 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let failed = running.live.failed.load(Ordering::Relaxed);
+    let failed = running.load.live.failed.load(Ordering::Relaxed);
     let report = running.finish().await;
     eprintln!(
         "failed requests: {failed}; {} committed, {} retried; failures: {:?} {:?}",

@@ -21,7 +21,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -35,7 +34,7 @@ use crate::admin::replicas;
 use crate::bench::sequencer::Backend;
 use crate::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
 use crate::launch::NodeProcess;
-use crate::workload::{self, Live, Parties, WorkloadSpec};
+use crate::workload::{self, BackgroundLoad, FinishedLoad, Live, Parties};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -196,26 +195,17 @@ async fn trials(
     shutdown: CancellationToken,
 ) -> anyhow::Result<FailoverReport> {
     let user = UserId::new("failover-bench")?;
-    let parties = Parties::allocate_with(deployment, &user, CLIENT_BACKOFF).await?;
     let run = format!("failover{}", std::process::id());
-    let lanes = workload::issue_lanes(&parties, args.lanes as usize, &run).await?;
-    let baseline = workload::baseline(&parties).await?;
-    let live = Arc::new(Live::default());
-    live.epoch();
-    let stop = shutdown.child_token();
-    let workload_task = {
-        let parties = parties.clone();
-        let live = live.clone();
-        let stop = stop.clone();
-        let spec = WorkloadSpec {
-            duration: Duration::from_secs(3_600),
-            rate: None,
-            run,
-        };
-        tokio::spawn(
-            async move { workload::run_transfers(&parties, lanes, &spec, live, stop).await },
-        )
-    };
+    let load = BackgroundLoad::start(
+        deployment,
+        &user,
+        CLIENT_BACKOFF,
+        args.lanes as usize,
+        &run,
+        &shutdown,
+    )
+    .await?;
+    let (live, parties) = (load.live.clone(), load.parties.clone());
     // Let the workload reach a steady state first.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -252,11 +242,7 @@ async fn trials(
         });
         tokio::time::sleep(Duration::from_millis(1_000)).await;
     }
-    stop.cancel();
-    let report = workload_task
-        .await
-        .context("the workload task panicked")??;
-    let audit = workload::audit(&parties, &baseline, &report.committed_transactions).await?;
+    let FinishedLoad { report, audit, .. } = load.finish().await?;
     let duplicates = workload::duplicate_ious(&parties).await?;
 
     let (p50, max) = super::median_and_max(trials.iter().map(|t| t.rto_ms).collect());

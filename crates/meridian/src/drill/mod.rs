@@ -35,7 +35,9 @@ use crate::admin;
 use crate::bench::sequencer::Backend;
 use crate::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
 use crate::launch::NodeProcess;
-use crate::workload::{self, Live, Parties, TimelineBucket, WorkloadSpec, TIMELINE_BUCKET_MS};
+use crate::workload::{
+    self, BackgroundLoad, FinishedLoad, Live, TimelineBucket, TIMELINE_BUCKET_MS,
+};
 use plan::{DeploymentFile, PlannedFault, Scenario};
 
 #[derive(Debug, Clone, Args)]
@@ -261,24 +263,17 @@ async fn drill(
     shutdown: CancellationToken,
 ) -> anyhow::Result<DrillReport> {
     let user = UserId::new("drill")?;
-    let parties = Parties::allocate_with(deployment, &user, CLIENT_BACKOFF).await?;
     let run = format!("drill{}", std::process::id());
-    let lanes = workload::issue_lanes(&parties, args.lanes as usize, &run).await?;
-    let audit_baseline = workload::baseline(&parties).await?;
-    let live = Arc::new(Live::default());
-    live.epoch();
-    let stop = shutdown.child_token();
-    let workload_task = {
-        let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
-        let spec = WorkloadSpec {
-            duration: Duration::from_secs(24 * 3_600),
-            rate: None,
-            run,
-        };
-        tokio::spawn(
-            async move { workload::run_transfers(&parties, lanes, &spec, live, stop).await },
-        )
-    };
+    let load = BackgroundLoad::start(
+        deployment,
+        &user,
+        CLIENT_BACKOFF,
+        args.lanes as usize,
+        &run,
+        &shutdown,
+    )
+    .await?;
+    let live = load.live.clone();
     let progress = Progress::start(live.clone(), faults.len());
 
     let mut reports = Vec::new();
@@ -295,13 +290,12 @@ async fn drill(
         reports.push(report);
     }
     progress.finish();
-    stop.cancel();
-    let workload = workload_task
-        .await
-        .context("the workload task panicked")??;
     eprintln!("auditing the ledgers");
-    let audit =
-        workload::audit(&parties, &audit_baseline, &workload.committed_transactions).await?;
+    let FinishedLoad {
+        report: workload,
+        audit,
+        parties,
+    } = load.finish().await?;
     let duplicates = workload::duplicate_ious(&parties).await?;
 
     // Each missing transaction counts against the last fault injected before it was
