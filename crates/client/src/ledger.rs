@@ -35,7 +35,10 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(750);
 pub struct Committed {
     pub transaction_id: String,
     pub offset: u64,
-    /// Contracts the transaction created (visible to the acting parties).
+    /// Contracts the transaction created, as the acting parties see them: the submitter's
+    /// view of a fresh commit; for a retry answered ALREADY_EXISTS, the transaction stream's
+    /// view, which holds only contracts the acting parties are stakeholders of (a transfer's
+    /// new IOU, owned by someone else, is then absent).
     pub created: Vec<Contract>,
     /// How many attempts it took (1 = no retry).
     pub attempts: u32,
@@ -245,13 +248,27 @@ impl LedgerClient {
             .ok()?
             .parse()
             .ok()?;
-        let transactions = self
+        let transactions = match self
             .transactions(act_as, offset.checked_sub(1)?, offset)
             .await
-            .ok()?;
-        let transaction = transactions
+        {
+            Ok(transactions) => transactions,
+            Err(error) => {
+                tracing::debug!(transaction_id, offset, %error, "cannot read the original transaction of a duplicate");
+                return None;
+            }
+        };
+        let Some(transaction) = transactions
             .into_iter()
-            .find(|t| t.transaction_id == transaction_id)?;
+            .find(|t| t.transaction_id == transaction_id)
+        else {
+            tracing::debug!(
+                transaction_id,
+                offset,
+                "the original transaction of a duplicate is not in the stream"
+            );
+            return None;
+        };
         Some(Committed {
             transaction_id: transaction.transaction_id.clone(),
             offset,

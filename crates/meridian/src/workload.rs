@@ -556,7 +556,13 @@ pub async fn run_transfers(
                                 lane.contract = next;
                                 lane.owner = to;
                             }
-                            None => resync(&parties, &mut lane).await,
+                            // Not in the acting party's view (a retry's answer read from
+                            // the transaction stream): the IOU was consumed all the same, so
+                            // wait for its successor as for `AlreadyProcessed`.
+                            None => {
+                                let consumed = lane.contract.id.clone();
+                                resync_past(&parties, &mut lane, &consumed).await;
+                            }
                         }
                     }
                     Ok(SubmitOutcome::AlreadyProcessed { attempts, .. }) => {

@@ -417,6 +417,16 @@ async fn process(
     }
     persist(core, &batch).await?;
 
+    // Published before anyone is answered: a caller told "committed at offset N" (or
+    // ALREADY_EXISTS naming N) must find N readable through GetTransactions right away.
+    core.ledger_end.send_if_modified(|current| {
+        let advanced = ledger_end > *current;
+        if advanced {
+            *current = ledger_end;
+        }
+        advanced
+    });
+
     for (reply, begin, waiter) in replies {
         let _ = reply.send((begin, waiter));
     }
@@ -434,13 +444,6 @@ async fn process(
     if topology_changed {
         core.topology_version.send_modify(|v| *v += 1);
     }
-    core.ledger_end.send_if_modified(|current| {
-        let advanced = ledger_end > *current;
-        if advanced {
-            *current = ledger_end;
-        }
-        advanced
-    });
     let m = &core.metrics;
     m.events_processed.inc_by(event_count as u64);
     m.batch_size.observe(size as f64);

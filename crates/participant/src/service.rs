@@ -393,6 +393,32 @@ impl LedgerApi {
         }
     }
 
+    /// The ALREADY_EXISTS answer to a command that committed at `offset`, given once that
+    /// commit is durable and published. The engine learns of a commit before the writer has
+    /// persisted it; answering then would name an offset beyond the ledger end (GetTransactions
+    /// refuses it) and one a crash right now could still take back from this replica's view.
+    async fn duplicate(
+        core: &Core,
+        change: &ChangeId,
+        transaction_id: &meridian_core::TransactionId,
+        offset: LedgerOffset,
+    ) -> Status {
+        let mut published = core.ledger_end.subscribe();
+        let timeout = core.config.submit_timeout();
+        tokio::select! {
+            _ = core.shutdown.cancelled() => term_ended(core),
+            waited = tokio::time::timeout(timeout, published.wait_for(|end| *end >= offset)) => match waited {
+                Ok(Ok(_)) => already_exists(change, transaction_id, offset),
+                Ok(Err(_)) => term_ended(core),
+                Err(_) => Status::deadline_exceeded(format!(
+                    "command {} was committed at offset {offset}, which is not yet written after {} ms; retry with the same command id",
+                    change.command_id,
+                    timeout.as_millis()
+                )),
+            },
+        }
+    }
+
     /// Waits for a completion and turns it into the answer. `own` is our submission id: a
     /// completion of another submission of the same change answers a duplicate.
     async fn await_completion(
@@ -524,6 +550,7 @@ impl LedgerApi {
         enum First {
             Prepared(Result<meridian_core::sequencing::Submission, SubmitError>),
             Wait(oneshot::Receiver<Completion>),
+            Duplicate(meridian_core::TransactionId, LedgerOffset),
         }
         let first = {
             let engine = core.engine();
@@ -532,7 +559,7 @@ impl LedgerApi {
                     transaction_id,
                     offset,
                     ..
-                }) => return Err(already_exists(&change, &transaction_id, offset)),
+                }) => First::Duplicate(transaction_id, offset),
                 // Registered under the engine lock, so the completion cannot slip in between.
                 Some(DedupStatus::InFlight { .. }) => First::Wait(core.wait_for(&change_key)),
                 None => First::Prepared(engine.prepare_submission(
@@ -548,6 +575,9 @@ impl LedgerApi {
         let submission = match first {
             First::Wait(waiter) => {
                 return Self::await_completion(&core, &change, waiter, None).await
+            }
+            First::Duplicate(transaction_id, offset) => {
+                return Err(Self::duplicate(&core, &change, &transaction_id, offset).await)
             }
             First::Prepared(Ok(submission)) => submission,
             First::Prepared(Err(error)) => return Err(Self::submit_error(&core, error).await),
