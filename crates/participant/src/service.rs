@@ -394,9 +394,9 @@ impl LedgerApi {
     }
 
     /// The ALREADY_EXISTS answer to a command that committed at `offset`, given once that
-    /// commit is durable and published. The engine learns of a commit before the writer has
-    /// persisted it; answering then would name an offset beyond the ledger end (GetTransactions
-    /// refuses it) and one a crash right now could still take back from this replica's view.
+    /// commit is persisted and published. The engine learns of a commit before the writer has
+    /// persisted it; answering then would name an offset beyond the ledger end, which
+    /// GetTransactions refuses, so the caller could not read the transaction it was told of.
     async fn duplicate(
         core: &Core,
         change: &ChangeId,
