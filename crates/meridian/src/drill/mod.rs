@@ -19,14 +19,14 @@ pub mod plan;
 pub mod svg;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use meridian_client::Backoff;
-use meridian_core::UserId;
+use meridian_client::{Backoff, LedgerClient};
+use meridian_core::{PartyId, UserId};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ use crate::bench::sequencer::Backend;
 use crate::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
 use crate::launch::NodeProcess;
 use crate::workload::{
-    self, BackgroundLoad, FinishedLoad, Live, TimelineBucket, TIMELINE_BUCKET_MS,
+    self, BackgroundLoad, FinishedLoad, Live, Parties, TimelineBucket, TIMELINE_BUCKET_MS,
 };
 use plan::{DeploymentFile, PlannedFault, Scenario};
 
@@ -284,7 +284,15 @@ async fn drill(
         progress.phase(index, fault.scenario, "steady load");
         tokio::time::sleep(Duration::from_secs(args.settle_s)).await;
         progress.phase(index, fault.scenario, "fault injected, measuring");
-        let report = run_fault(deployment, &live, fault, args.settle_s, postgres).await?;
+        let report = run_fault(
+            deployment,
+            &live,
+            &load.parties,
+            fault,
+            args.settle_s,
+            postgres,
+        )
+        .await?;
         progress.phase(index, fault.scenario, "recovered, observing");
         tokio::time::sleep(Duration::from_secs(args.observe_s)).await;
         reports.push(report);
@@ -377,9 +385,15 @@ impl Watch {
 /// Injects `fault` into the running deployment while `live` load runs, measures until it
 /// recovered, and restores full redundancy. `settle_s` is how long the load ran steadily
 /// before: the "before" throughput is taken from it. The demo uses this too.
+///
+/// The first success is what proves the faulted node serves again: a transfer *sent after*
+/// the fault committing through the participant it hit; for a sequencer instance, through
+/// both submitting participants (every subscriber resumed); for the topology manager, which
+/// transfers do not use, a party allocated through participant 1.
 pub(crate) async fn run_fault(
     deployment: &mut Deployment,
     live: &Live,
+    parties: &Parties,
     fault: &PlannedFault,
     settle_s: u64,
     postgres: Option<&meridian_testkit::PostgresServer>,
@@ -473,6 +487,9 @@ pub(crate) async fn run_fault(
         Scenario::All => bail!("`all` is expanded into its scenarios before running"),
     };
 
+    let mut topology_probe = (fault.target == plan::TOPOLOGY_NODE)
+        .then(|| tokio::spawn(allocate_probe_party(parties.clients[0].clone())));
+
     let mut watch = Watch {
         injected_at,
         detected: None,
@@ -521,14 +538,28 @@ pub(crate) async fn run_fault(
         }
         if watch.first_success.is_none() {
             let fresh = |index: usize| live.committed_a_request_sent_after(index, injected_at);
-            let back = match fault.target.as_str() {
-                "participant2" => fresh(1),
-                "participant3" => fresh(2),
-                _ => fresh(1) || fresh(2),
+            let back = match (&mut topology_probe, fault.scenario) {
+                (Some(probe), _) if probe.is_finished() => {
+                    let allocated = probe.await.context("the topology probe task")?;
+                    topology_probe = None;
+                    match allocated {
+                        Ok(at) => Some(at),
+                        Err(error) => {
+                            problem = Some(format!("allocating a party failed: {error:#}"));
+                            break;
+                        }
+                    }
+                }
+                (Some(_), _) => None,
+                (None, Scenario::SequencerCrash) => (fresh(1) && fresh(2)).then(Instant::now),
+                (None, _) => match fault.target.as_str() {
+                    "participant2" => fresh(1),
+                    "participant3" => fresh(2),
+                    _ => fresh(1) || fresh(2),
+                }
+                .then(Instant::now),
             };
-            if back {
-                watch.first_success = Some(Instant::now());
-            }
+            watch.first_success = back;
         }
         if watch.first_success.is_some() && watch.throughput_back.is_none() {
             let current = live.bucket_of(Instant::now());
@@ -621,6 +652,19 @@ pub(crate) async fn run_fault(
         resumed_replica_passive,
         problem,
     })
+}
+
+/// Allocates a fresh party through `client` (which retries UNAVAILABLE while no topology
+/// manager replica serves) and says when that succeeded.
+async fn allocate_probe_party(client: LedgerClient) -> anyhow::Result<Instant> {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let party = PartyId::new(format!(
+        "drill-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    ))?;
+    client.allocate_party(&party).await?;
+    Ok(Instant::now())
 }
 
 /// Whether a replica of `node` other than `faulted` reports itself active. The faulted one

@@ -15,6 +15,8 @@ use crate::bench::sequencer::Backend;
 use crate::deployment::NodePorts;
 
 /// Most participants and replicas a one-machine drill deployment runs.
+/// The topology manager's node name in a deployment (its replicas are `<name>-a`, ...).
+pub const TOPOLOGY_NODE: &str = "topology-manager";
 const MAX_PARTICIPANTS: usize = 16;
 const MAX_REPLICAS: usize = 8;
 const MAX_SEQUENCERS: usize = 8;
@@ -208,7 +210,7 @@ pub fn default_target(scenario: Scenario) -> &'static str {
         | Scenario::ParticipantStop
         | Scenario::Switchover => "participant2",
         Scenario::MediatorCrash => "mediator",
-        Scenario::TopologyCrash => "topology-manager",
+        Scenario::TopologyCrash => TOPOLOGY_NODE,
         Scenario::SequencerCrash | Scenario::DatabaseRestart => "sequencer",
         Scenario::All => "",
     }
@@ -286,7 +288,7 @@ fn check_target(
         | Scenario::ParticipantStop
         | Scenario::Switchover => participants,
         Scenario::MediatorCrash => vec!["mediator".into()],
-        Scenario::TopologyCrash => vec!["topology-manager".into()],
+        Scenario::TopologyCrash => vec![TOPOLOGY_NODE.into()],
         Scenario::SequencerCrash | Scenario::DatabaseRestart => vec!["sequencer".into()],
         Scenario::All => Vec::new(),
     };
