@@ -220,7 +220,15 @@ async fn drive(
                     target: "participant2".into(),
                 };
                 let measured =
-                    crate::drill::run_fault(deployment, &live, &parties, &planned, halfway.as_secs(), None)
+                    crate::drill::run_fault(
+                        deployment,
+                        &live,
+                        &parties,
+                        &planned,
+                        halfway.as_secs(),
+                        None,
+                        crate::drill::Recovered::Throughput,
+                    )
                         .await;
                 match measured {
                     Ok(report) => {

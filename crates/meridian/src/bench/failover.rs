@@ -15,13 +15,14 @@
 //! - topology: the first party allocation that succeeds (transactions do not need the
 //!   topology manager, so they keep flowing throughout).
 //!
-//! The killed process is restarted (a replica comes back passive) before the next trial. At
-//! the end the ledgers are audited: acknowledged transactions missing on an informee
-//! participant are *lost*, an IOU that exists twice is a *duplicate*.
+//! Each trial is a drill fault (`crate::drill::run_fault`, the same code as `meridian drill`
+//! and the demo's failover), so the two tools cannot disagree on what recovery means. The
+//! killed process is restarted (a replica comes back passive) before the next trial. At the end the ledgers are audited: acknowledged
+//! transactions missing on an informee participant are *lost*, an IOU that exists twice is a
+//! *duplicate*.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -30,11 +31,11 @@ use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::replicas;
 use crate::bench::sequencer::Backend;
 use crate::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
-use crate::launch::NodeProcess;
-use crate::workload::{self, BackgroundLoad, FinishedLoad, Live, Parties};
+use crate::drill::plan::{PlannedFault, Scenario, TOPOLOGY_NODE};
+use crate::drill::{run_fault, Recovered};
+use crate::workload::{self, BackgroundLoad, FinishedLoad};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,7 +100,9 @@ const CLIENT_BACKOFF: Backoff = Backoff {
     max: Duration::from_millis(50),
     max_attempts: 400,
 };
-const TRIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Steady load before the first trial and between trials; the throughput a trial's recovery
+/// is judged against is taken over it.
+const SETTLE_S: u64 = 2;
 
 pub async fn run(args: FailoverBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let report = measure(&args, shutdown).await?;
@@ -207,40 +210,44 @@ async fn trials(
     .await?;
     let (live, parties) = (load.live.clone(), load.parties.clone());
     // Let the workload reach a steady state first.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(SETTLE_S)).await;
 
     let mut trials = Vec::new();
     for trial in 0..args.trials {
         if shutdown.is_cancelled() {
             break;
         }
-        let failed_before = live.failed.load(Ordering::Relaxed);
-        let timeouts_before = live.timeouts.load(Ordering::Relaxed);
-        let killed = kill_target(deployment, args.node, trial).await?;
-        let killed_at = Instant::now();
-        let rto = match tokio::time::timeout(
-            TRIAL_TIMEOUT,
-            recovered(args.node, &live, &parties, killed_at, trial),
+        let fault = planned_fault(deployment, args.node, trial);
+        let report = run_fault(
+            deployment,
+            &live,
+            &parties,
+            &fault,
+            SETTLE_S,
+            None,
+            Recovered::FirstSuccess,
         )
-        .await
-        {
-            Ok(rto) => rto?,
-            Err(_) => bail!(
-                "trial {}: {:?} not back within {TRIAL_TIMEOUT:?} of killing {killed}",
+        .await?;
+        let killed = report
+            .faulted
+            .clone()
+            .unwrap_or_else(|| fault.target.clone());
+        let rto_ms = match (&report.problem, report.rto_first_success_ms) {
+            (None, Some(rto_ms)) => rto_ms,
+            (problem, _) => bail!(
+                "trial {}: {} not back after killing {killed}: {}",
                 trial + 1,
-                args.node
+                node_label(args.node),
+                problem.as_deref().unwrap_or("no first success")
             ),
         };
-        // Let the failed-request counters settle, then bring the killed replica back.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        restart(deployment, &killed).await?;
         trials.push(Trial {
             killed,
-            rto_ms: rto.as_secs_f64() * 1_000.0,
-            failed_requests: live.failed.load(Ordering::Relaxed) - failed_before,
-            timed_out_requests: live.timeouts.load(Ordering::Relaxed) - timeouts_before,
+            rto_ms,
+            failed_requests: report.failed_requests,
+            timed_out_requests: report.timed_out_requests,
         });
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        tokio::time::sleep(Duration::from_secs(SETTLE_S)).await;
     }
     let FinishedLoad { report, audit, .. } = load.finish().await?;
     let duplicates = workload::duplicate_ious(&parties).await?;
@@ -264,48 +271,6 @@ async fn trials(
     })
 }
 
-/// How long after `killed_at` the service of the killed `node` was back (see the module doc).
-async fn recovered(
-    node: TargetNode,
-    live: &Live,
-    parties: &Parties,
-    killed_at: Instant,
-    trial: u64,
-) -> anyhow::Result<Duration> {
-    // A request that was already under way when the node died and finishes later proves
-    // little (its verdict may have been sent before the kill); one sent after the kill
-    // proves the service is back.
-    let fresh_commit = |index: usize| {
-        live.committed_a_request_sent_after(index, killed_at)
-            .then(Instant::now)
-    };
-    loop {
-        let back = match node {
-            TargetNode::Participant => fresh_commit(1),
-            TargetNode::Mediator => (1..3).find_map(fresh_commit),
-            // Transfers are submitted through participants 2 and 3 (participant 1 hosts the
-            // bank, which confirms every one of them).
-            TargetNode::Sequencer => (1..3)
-                .map(fresh_commit)
-                .collect::<Option<Vec<_>>>()
-                .map(|_| Instant::now()),
-            TargetNode::Topology => {
-                let party = meridian_core::PartyId::new(format!(
-                    "failover-party-{}-{trial}",
-                    std::process::id()
-                ))?;
-                // The client retries UNAVAILABLE itself, with the bench's short backoff.
-                parties.clients[0].allocate_party(&party).await?;
-                Some(Instant::now())
-            }
-        };
-        if let Some(back) = back {
-            return Ok(back.duration_since(killed_at));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 fn node_label(node: TargetNode) -> &'static str {
     match node {
         TargetNode::Participant => "participant",
@@ -315,81 +280,27 @@ fn node_label(node: TargetNode) -> &'static str {
     }
 }
 
-/// The node name under the data directory that `node` targets.
-fn node_name(deployment: &Deployment, node: TargetNode) -> String {
-    match node {
-        TargetNode::Participant => deployment.participant_ids[1].to_string(),
-        TargetNode::Mediator => Deployment::mediator_id().to_string(),
-        TargetNode::Sequencer => "sequencer".into(),
-        TargetNode::Topology => "topology-manager".into(),
-    }
-}
-
-fn replicas_of(deployment: &mut Deployment, node: TargetNode) -> Vec<&mut NodeProcess> {
-    match node {
-        TargetNode::Participant => deployment.participant_replicas_mut(1),
-        TargetNode::Mediator => deployment.mediator_replicas_mut(),
-        TargetNode::Sequencer => deployment.sequencers.iter_mut().collect(),
-        TargetNode::Topology => deployment.topology_replicas_mut(),
-    }
-}
-
-/// SIGKILLs the target of trial `trial`: the active replica of a replicated node, or the
-/// sequencer instances in turn. Returns the killed process's name.
-async fn kill_target(
-    deployment: &mut Deployment,
-    node: TargetNode,
-    trial: u64,
-) -> anyhow::Result<String> {
-    if node == TargetNode::Sequencer {
-        let mut instances = replicas_of(deployment, node);
-        let count = instances.len() as u64;
-        let index = usize::try_from(trial % count.max(1))?;
-        let instance = instances
-            .get_mut(index)
-            .context("the deployment runs no sequencer")?;
-        instance.kill9()?;
-        return Ok(instance.name().to_owned());
-    }
-    let node_name = node_name(deployment, node);
-    kill_active(deployment, node, &node_name).await
-}
-
-/// SIGKILLs the replica of `node_name` that reports itself active. Returns its name.
-async fn kill_active(
-    deployment: &mut Deployment,
-    node: TargetNode,
-    node_name: &str,
-) -> anyhow::Result<String> {
-    let data_dir = deployment.data_dir.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let active = crate::admin::active_replica(&data_dir, node_name).await?;
-        if let Some(active) = active {
-            for replica in replicas_of(deployment, node) {
-                if replica.name() == active {
-                    replica.kill9()?;
-                    return Ok(active);
-                }
-            }
+/// The drill fault a trial injects: the active replica of the node, or the sequencer
+/// instances in turn.
+fn planned_fault(deployment: &Deployment, node: TargetNode, trial: u64) -> PlannedFault {
+    let (scenario, target) = match node {
+        TargetNode::Participant => (
+            Scenario::ParticipantCrash,
+            deployment.participant_ids[1].to_string(),
+        ),
+        TargetNode::Mediator => (
+            Scenario::MediatorCrash,
+            Deployment::mediator_id().to_string(),
+        ),
+        TargetNode::Topology => (Scenario::TopologyCrash, TOPOLOGY_NODE.to_owned()),
+        TargetNode::Sequencer => {
+            let instances = &deployment.sequencers;
+            let index = usize::try_from(trial).unwrap_or(0) % instances.len().max(1);
+            let target = instances
+                .get(index)
+                .map_or_else(|| "sequencer".to_owned(), |i| i.name().to_owned());
+            (Scenario::SequencerCrash, target)
         }
-        if Instant::now() > deadline {
-            bail!(
-                "no active replica of {node_name} among {:?}",
-                replicas(&data_dir, node_name)?
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn restart(deployment: &mut Deployment, name: &str) -> anyhow::Result<()> {
-    let exe = deployment.exe().to_path_buf();
-    for node in deployment.processes_mut() {
-        if node.name() == name {
-            node.start(&exe)?;
-            return node.wait_alive(Duration::from_secs(30)).await;
-        }
-    }
-    bail!("no replica named {name}")
+    };
+    PlannedFault { scenario, target }
 }
