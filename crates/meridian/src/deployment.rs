@@ -18,7 +18,9 @@ use meridian_core::{MemberId, ParticipantId};
 use meridian_node::keys::load_or_create_key;
 use meridian_proto::v1;
 use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
+use meridian_testkit::PostgresServer;
 
+use crate::bench::sequencer::Backend;
 use crate::launch::{free_addresses, NodeProcess, StorageSpec};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -199,6 +201,26 @@ pub fn process_names(sequencers: usize, replicas: usize, participants: usize) ->
 }
 
 impl DeploymentBackend {
+    /// The backend `backend` names: SQLite files, or databases on a throwaway PostgreSQL server
+    /// started now and returned with it (the server stops when it is dropped, so keep it for
+    /// as long as the deployment runs).
+    pub fn start(backend: Backend) -> anyhow::Result<(Self, Option<PostgresServer>)> {
+        Ok(match backend {
+            Backend::Sqlite => (DeploymentBackend::Sqlite, None),
+            Backend::Postgres => {
+                let server = PostgresServer::start().context("starting a throwaway PostgreSQL")?;
+                (Self::on_server(&server), Some(server))
+            }
+        })
+    }
+
+    /// Databases on `server`.
+    pub fn on_server(server: &PostgresServer) -> Self {
+        DeploymentBackend::Postgres {
+            server_url: format!("postgres://meridian@127.0.0.1:{}", server.port()),
+        }
+    }
+
     async fn storage(&self, data_dir: &Path, node: &str) -> anyhow::Result<StorageSpec> {
         Ok(match self {
             DeploymentBackend::Sqlite => {

@@ -166,9 +166,7 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
         exe: EXE.into(),
         replicas: 2,
         sequencers: 2,
-        backend: DeploymentBackend::Postgres {
-            server_url: format!("postgres://meridian@127.0.0.1:{}", server.port()),
-        },
+        backend: DeploymentBackend::on_server(&server),
         ..DeploymentSpec::local(dir.path().to_path_buf(), 3).unwrap()
     };
     let started = Instant::now();

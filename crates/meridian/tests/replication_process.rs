@@ -169,10 +169,7 @@ fn print_log_tails(data_dir: &std::path::Path, node: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
     let server = PostgresServer::shared();
-    let mut running = start_with_load(DeploymentBackend::Postgres {
-        server_url: format!("postgres://meridian@127.0.0.1:{}", server.port()),
-    })
-    .await;
+    let mut running = start_with_load(DeploymentBackend::on_server(server)).await;
     let data_dir = running.deployment.data_dir.clone();
     let active = admin::active_replica(&data_dir, "participant2")
         .await

@@ -159,17 +159,8 @@ pub async fn measure_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<FailoverReport> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
-    let mut _postgres = None;
-    let backend = match args.backend {
-        Backend::Sqlite => DeploymentBackend::Sqlite,
-        Backend::Postgres => {
-            let server = meridian_testkit::PostgresServer::start()
-                .context("starting a throwaway PostgreSQL")?;
-            let server_url = format!("postgres://meridian@127.0.0.1:{}", server.port());
-            _postgres = Some(server);
-            DeploymentBackend::Postgres { server_url }
-        }
-    };
+    // The server (if any) runs for as long as the deployment.
+    let (backend, _postgres) = DeploymentBackend::start(args.backend)?;
     let spec = DeploymentSpec {
         exe,
         backend,

@@ -31,17 +31,8 @@ pub struct LedgerBenchArgs {
 
 pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
-    let mut _postgres = None;
-    let backend = match args.backend {
-        Backend::Sqlite => DeploymentBackend::Sqlite,
-        Backend::Postgres => {
-            let server = meridian_testkit::PostgresServer::start()
-                .context("starting a throwaway PostgreSQL")?;
-            let server_url = format!("postgres://meridian@127.0.0.1:{}", server.port());
-            _postgres = Some(server);
-            DeploymentBackend::Postgres { server_url }
-        }
-    };
+    // The server (if any) runs for as long as the deployment.
+    let (backend, _postgres) = DeploymentBackend::start(args.backend)?;
     let spec = DeploymentSpec {
         backend,
         ..DeploymentSpec::local(dir.path().to_path_buf(), 3)?

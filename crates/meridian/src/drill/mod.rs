@@ -219,17 +219,7 @@ pub async fn execute(
             temp.path().to_path_buf()
         }
     };
-    let mut postgres = None;
-    let backend = match file.backend() {
-        Backend::Sqlite => DeploymentBackend::Sqlite,
-        Backend::Postgres => {
-            let server = meridian_testkit::PostgresServer::start()
-                .context("starting a throwaway PostgreSQL")?;
-            let server_url = format!("postgres://meridian@127.0.0.1:{}", server.port());
-            postgres = Some(server);
-            DeploymentBackend::Postgres { server_url }
-        }
-    };
+    let (backend, postgres) = DeploymentBackend::start(file.backend())?;
     let spec = DeploymentSpec {
         backend,
         replicas: file.replicas,
