@@ -100,10 +100,6 @@ fn role(status: &serde_json::Value) -> Option<&str> {
         .and_then(|r| r.as_str())
 }
 
-fn is_active(status: &serde_json::Value) -> bool {
-    role(status) == Some("active")
-}
-
 async fn status(data_dir: &Path) -> anyhow::Result<()> {
     let client = http()?;
     let mut nodes: Vec<String> = std::fs::read_dir(data_dir)
@@ -121,7 +117,7 @@ async fn status(data_dir: &Path) -> anyhow::Result<()> {
                 Some(status) => format!(
                     "{:<22} {:<8} readiness {}",
                     replica.name,
-                    if is_active(&status) {
+                    if role(&status) == Some("active") {
                         "active"
                     } else if status.get("replication").is_some() {
                         "passive"
@@ -171,29 +167,46 @@ pub async fn replica_roles(
     node: &str,
     skip: Option<&str>,
 ) -> anyhow::Result<Vec<(String, Option<String>)>> {
-    let client = http()?;
     let replicas: Vec<ReplicaAddress> = replicas(data_dir, node)?
         .into_iter()
         .filter(|r| Some(r.name.as_str()) != skip)
         .collect();
-    let statuses = futures::future::join_all(replicas.iter().map(|r| get_status(client, r))).await;
+    let roles = roles(http()?, &replicas).await;
     Ok(replicas
         .into_iter()
-        .zip(statuses)
-        .map(|(replica, status)| {
-            let role = status.as_ref().and_then(role).map(str::to_owned);
-            (replica.name, role)
-        })
+        .zip(roles)
+        .map(|(replica, role)| (replica.name, role))
         .collect())
+}
+
+/// The role each of `replicas` reports (`None` if it does not answer), asked at once.
+async fn roles(client: &reqwest::Client, replicas: &[ReplicaAddress]) -> Vec<Option<String>> {
+    let statuses = futures::future::join_all(replicas.iter().map(|r| get_status(client, r))).await;
+    statuses
+        .iter()
+        .map(|status| status.as_ref().and_then(role).map(str::to_owned))
+        .collect()
+}
+
+/// The first of `replicas` that reports itself active.
+async fn first_active<'r>(
+    client: &reqwest::Client,
+    replicas: &'r [ReplicaAddress],
+) -> Option<&'r ReplicaAddress> {
+    let roles = roles(client, replicas).await;
+    replicas
+        .iter()
+        .zip(roles)
+        .find(|(_, role)| role.as_deref() == Some("active"))
+        .map(|(replica, _)| replica)
 }
 
 /// The name of the replica of `node` that reports itself active, if any answers so.
 pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Option<String>> {
-    Ok(replica_roles(data_dir, node, None)
-        .await?
-        .into_iter()
-        .find(|(_, role)| role.as_deref() == Some("active"))
-        .map(|(name, _)| name))
+    let replicas = replicas(data_dir, node)?;
+    Ok(first_active(http()?, &replicas)
+        .await
+        .map(|replica| replica.name.clone()))
 }
 
 /// Asks the active replica to step down and waits for another to become active. Returns the
@@ -217,15 +230,14 @@ pub async fn switch_over(
             replicas.len()
         );
     }
-    let mut active = None;
-    for replica in &replicas {
-        if let Some(status) = get_status(client, replica).await {
-            if is_active(&status) {
-                active = Some(replica.clone());
-            }
-        }
-    }
-    let active = active.with_context(|| format!("no replica of {node} reports itself active"))?;
+    let active = first_active(client, &replicas)
+        .await
+        .with_context(|| format!("no replica of {node} reports itself active"))?
+        .clone();
+    let others: Vec<ReplicaAddress> = replicas
+        .into_iter()
+        .filter(|r| r.name != active.name)
+        .collect();
     let started = Instant::now();
     let response = client
         .post(format!("http://{}/admin/step-down", active.admin_address))
@@ -241,12 +253,8 @@ pub async fn switch_over(
         );
     }
     while started.elapsed() < timeout {
-        for replica in replicas.iter().filter(|r| r.name != active.name) {
-            if let Some(status) = get_status(client, replica).await {
-                if is_active(&status) {
-                    return Ok((active.name.clone(), replica.name.clone(), started.elapsed()));
-                }
-            }
+        if let Some(successor) = first_active(client, &others).await {
+            return Ok((active.name, successor.name.clone(), started.elapsed()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
