@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
-use meridian_core::topology::TopologyState;
+use meridian_core::topology::{SignedTopologyTransaction, TopologyState};
 use meridian_core::{LedgerOffset, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::health::{grpc_health_service, Health};
@@ -598,25 +598,10 @@ async fn start_term(
         if !refresh_topology {
             return None;
         }
-        match tokio::time::timeout(
-            PROMOTION_TOPOLOGY_BUDGET,
-            meridian_client::topology::fetch_topology(endpoints),
-        )
-        .await
-        {
-            Ok(Ok(entries)) => Some(entries),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "promotion: cannot refresh the topology; using the warm copy");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(
-                    budget_ms = PROMOTION_TOPOLOGY_BUDGET.as_millis(),
-                    "promotion: the topology manager is slow; using the warm copy"
-                );
-                None
-            }
-        }
+        fetch_topology_within(endpoints, PROMOTION_TOPOLOGY_BUDGET)
+            .await
+            .map_err(|error| tracing::warn!("promotion: {error}; using the warm copy"))
+            .ok()
     };
     let (snapshot, fetched) = tokio::join!(load, fetch);
     let Some(snapshot) = snapshot else {
@@ -632,18 +617,9 @@ async fn start_term(
                 "promotion: the warm topology may predate the checkpoint; waiting for the topology manager"
             );
             let fetched = retry_until("topology", &warm.readiness, &term, || async {
-                match tokio::time::timeout(
-                    PASSIVE_TOPOLOGY_REFRESH,
-                    meridian_client::topology::fetch_topology(endpoints),
-                )
-                .await
-                {
-                    Ok(Ok(entries)) => Ok(entries),
-                    Ok(Err(error)) => Err(format!(
-                        "promotion: cannot refresh the topology from the manager: {error}"
-                    )),
-                    Err(_) => Err("promotion: the topology manager does not answer".to_owned()),
-                }
+                fetch_topology_within(endpoints, PASSIVE_TOPOLOGY_REFRESH)
+                    .await
+                    .map_err(|error| format!("promotion: {error}"))
             })
             .await;
             let Some(fetched) = fetched else {
@@ -718,13 +694,27 @@ async fn start_term(
     }))
 }
 
+/// Every topology transaction the manager has, or why not within `budget`.
+async fn fetch_topology_within(
+    endpoints: &[String],
+    budget: Duration,
+) -> Result<Vec<(Timestamp, SignedTopologyTransaction)>, String> {
+    match tokio::time::timeout(budget, meridian_client::topology::fetch_topology(endpoints)).await {
+        Ok(Ok(entries)) => Ok(entries),
+        Ok(Err(error)) => Err(format!(
+            "cannot fetch the topology from the manager: {error}"
+        )),
+        Err(_) => Err(format!(
+            "the topology manager did not answer within {} ms",
+            budget.as_millis()
+        )),
+    }
+}
+
 /// Adds verified topology entries; invalid ones are skipped (the engine does the same).
 fn add_topology(
     state: &mut TopologyState,
-    entries: &[(
-        Timestamp,
-        meridian_core::topology::SignedTopologyTransaction,
-    )],
+    entries: &[(Timestamp, SignedTopologyTransaction)],
 ) -> usize {
     let mut added = 0;
     for (effective, signed) in entries {
@@ -757,13 +747,8 @@ async fn refresh_topology_while_passive(
             continue;
         }
         let started = Timestamp::now();
-        let fetched = tokio::time::timeout(
-            PASSIVE_TOPOLOGY_REFRESH,
-            meridian_client::topology::fetch_topology(endpoints.as_slice()),
-        )
-        .await;
-        match fetched {
-            Ok(Ok(entries)) => {
+        match fetch_topology_within(endpoints.as_slice(), PASSIVE_TOPOLOGY_REFRESH).await {
+            Ok(entries) => {
                 let added = add_topology(
                     &mut topology.lock().unwrap_or_else(PoisonError::into_inner),
                     &entries,
@@ -773,8 +758,7 @@ async fn refresh_topology_while_passive(
                     tracing::debug!(added, "passive: topology refreshed");
                 }
             }
-            Ok(Err(error)) => tracing::debug!(%error, "passive: topology refresh failed"),
-            Err(_) => tracing::debug!("passive: topology refresh timed out"),
+            Err(error) => tracing::debug!("passive: topology refresh: {error}"),
         }
     }
 }
