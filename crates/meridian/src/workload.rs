@@ -358,6 +358,12 @@ impl Live {
         self.timeline.record_failure(self.epoch().elapsed());
     }
 
+    /// An outcome that took `attempts` attempts: all but the first were retries.
+    fn record_retries(&self, attempts: u32) {
+        self.retried
+            .fetch_add(u64::from(attempts.saturating_sub(1)), Ordering::Relaxed);
+    }
+
     fn record_commit(&self, participant: usize, sent: Instant) {
         self.timeline
             .record_commit(self.epoch().elapsed(), sent.elapsed());
@@ -480,7 +486,6 @@ pub async fn run_transfers(
     ));
     let rejections: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let committed_ids: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let retried = Arc::new(AtomicU64::new(0));
     let visibility_waits = Arc::new(AtomicU64::new(0));
     let failure_samples: Arc<Mutex<Vec<String>>> = Arc::default();
     let lane_count = lanes.len().max(1) as u64;
@@ -496,7 +501,6 @@ pub async fn run_transfers(
         let latencies = latencies.clone();
         let rejections = rejections.clone();
         let committed_ids = committed_ids.clone();
-        let retried = retried.clone();
         let visibility_waits = visibility_waits.clone();
         let failure_samples = failure_samples.clone();
         let run = spec.run.clone();
@@ -539,11 +543,7 @@ pub async fn run_transfers(
                     Ok(SubmitOutcome::Committed(committed)) => {
                         let micros = sent.elapsed().as_micros().max(1) as u64;
                         let _ = lock(&latencies).record(micros);
-                        if committed.attempts > 1 {
-                            retried.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
-                            live.retried
-                                .fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
-                        }
+                        live.record_retries(committed.attempts);
                         not_yet_visible = 0;
                         live.record_commit(from + 1, sent);
                         live.committed.fetch_add(1, Ordering::Relaxed);
@@ -566,9 +566,7 @@ pub async fn run_transfers(
                         }
                     }
                     Ok(SubmitOutcome::AlreadyProcessed { attempts, .. }) => {
-                        retried.fetch_add(u64::from(attempts - 1), Ordering::Relaxed);
-                        live.retried
-                            .fetch_add(u64::from(attempts - 1), Ordering::Relaxed);
+                        live.record_retries(attempts);
                         live.committed.fetch_add(1, Ordering::Relaxed);
                         // The earlier attempt consumed the lane's IOU; the bank's participant
                         // may not have applied that commit yet, so wait until it shows the
@@ -625,7 +623,7 @@ pub async fn run_transfers(
         latency_p99_ms: quantile_ms(&latencies, 0.99),
         latency_max_ms: latencies.max() as f64 / 1_000.0,
         rejections,
-        retried_submissions: retried.load(Ordering::Relaxed),
+        retried_submissions: live.retried.load(Ordering::Relaxed),
         visibility_waits: visibility_waits.load(Ordering::Relaxed),
         failure_samples,
         committed_transactions,
