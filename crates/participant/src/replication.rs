@@ -112,8 +112,7 @@ impl Serving {
             return false;
         }
         if let (Some(core), Role::Active { epoch, .. }) = (self.core(), manager.role()) {
-            self.phase.send_replace(TermPhase::SteppingDown);
-            core.submissions.close();
+            self.stop_admitting(&core);
             let replica = self.replica_id.as_deref().unwrap_or_default();
             readiness.fail(CONDITION, stepping_down_message(replica, Some(epoch)));
         }
@@ -127,8 +126,7 @@ impl Serving {
         let Some(core) = self.core() else {
             return;
         };
-        self.phase.send_replace(TermPhase::SteppingDown);
-        let running = core.submissions.close();
+        let running = self.stop_admitting(&core);
         let bound = STEP_DOWN_DRAIN_TIMEOUT.min(core.config.submit_timeout());
         let started = Instant::now();
         tracing::info!(
@@ -148,6 +146,13 @@ impl Serving {
                 "stepping down: submissions still waiting after the drain bound get UNAVAILABLE (outcome unknown; a retry learns it on the new active)"
             ),
         }
+    }
+
+    /// The first step of a step-down, idempotent: the term admits no more SubmitAndWait calls.
+    /// Returns how many admitted ones are still running.
+    fn stop_admitting(&self, core: &Core) -> usize {
+        self.phase.send_replace(TermPhase::SteppingDown);
+        core.submissions.close()
     }
 
     /// Why the Ledger API must refuse calls on this replica: `Some` when it is replicated and
