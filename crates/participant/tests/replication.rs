@@ -51,6 +51,20 @@ impl Replica {
         .await
     }
 
+    /// How many active contracts the bank has, as this replica serves them.
+    async fn bank_contracts(&self) -> usize {
+        self.ledger()
+            .await
+            .get_active_contracts(v1::GetActiveContractsRequest {
+                parties: vec!["bank".into()],
+            })
+            .await
+            .expect("active contracts")
+            .into_inner()
+            .contracts
+            .len()
+    }
+
     async fn get(&self, path: &str) -> Option<(u16, Value)> {
         let response = reqwest::get(format!("http://{}{path}", self.admin))
             .await
@@ -294,16 +308,7 @@ async fn replicas_take_over(backend: Backend) {
     let second_epoch = b_status["replication"]["epoch"].as_i64().expect("epoch");
     assert!(second_epoch > first_epoch, "{b_status}");
     // The new active replayed the old one's work: both IOUs are there.
-    let acs = b
-        .ledger()
-        .await
-        .get_active_contracts(v1::GetActiveContractsRequest {
-            parties: vec!["bank".into()],
-        })
-        .await
-        .expect("active contracts")
-        .into_inner();
-    assert_eq!(acs.contracts.len(), 2, "{acs:?}");
+    assert_eq!(b.bank_contracts().await, 2);
     // A retry of the command committed before the kill is deduplicated by the new active.
     let duplicate = b
         .ledger()
@@ -379,16 +384,7 @@ async fn stuck_active_is_deposed(backend: Backend) {
     assert!(refusal.message().contains("p1-b"), "{refusal}");
     // b still serves, and exactly the two commands committed.
     submit_until_committed(&b, "after-zombie", 4).await;
-    let acs = b
-        .ledger()
-        .await
-        .get_active_contracts(v1::GetActiveContractsRequest {
-            parties: vec!["bank".into()],
-        })
-        .await
-        .expect("active contracts")
-        .into_inner();
-    assert_eq!(acs.contracts.len(), 3, "{acs:?}");
+    assert_eq!(b.bank_contracts().await, 3);
     drop(freeze_a);
     sync.shutdown.cancel();
 }
@@ -488,16 +484,7 @@ async fn a_step_down_answers_the_submissions_in_flight(backend: Backend) {
     );
 
     // The new active has them all, exactly once; the refused call never started.
-    let acs = b
-        .ledger()
-        .await
-        .get_active_contracts(v1::GetActiveContractsRequest {
-            parties: vec!["bank".into()],
-        })
-        .await
-        .expect("active contracts")
-        .into_inner();
-    assert_eq!(acs.contracts.len(), 1 + IN_FLIGHT, "{acs:?}");
+    assert_eq!(b.bank_contracts().await, 1 + IN_FLIGHT);
     let duplicate = b
         .ledger()
         .await
