@@ -12,10 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meridian::bench::failover;
 use meridian::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
 use meridian::launch::NodeProcess;
 use meridian::workload::{self, BackgroundLoad, FinishedLoad};
-use meridian_client::{Backoff, SubmitOutcome};
+use meridian_client::SubmitOutcome;
 use meridian_core::ledger::Command;
 use meridian_core::template::IouPayload;
 use meridian_core::{CommandId, PartyId, TemplateId, UserId};
@@ -173,15 +174,10 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
     let mut deployment = Deployment::start(&spec, &mut |line| eprintln!("{line}"))
         .await
         .unwrap();
-    let backoff = Backoff {
-        initial: Duration::from_millis(10),
-        max: Duration::from_millis(50),
-        max_attempts: 400,
-    };
     let load = BackgroundLoad::start(
         &deployment,
         &UserId::new("db-test").unwrap(),
-        backoff,
+        failover::CLIENT_BACKOFF,
         8,
         "db",
         &CancellationToken::new(),

@@ -11,11 +11,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use meridian::admin;
-use meridian::bench::failover::{measure_with, FailoverBenchArgs, TargetNode};
+use meridian::bench::failover::{self, measure_with, FailoverBenchArgs, TargetNode};
 use meridian::bench::sequencer::Backend;
 use meridian::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
 use meridian::workload::{self, BackgroundLoad, FinishedLoad};
-use meridian_client::Backoff;
 use meridian_core::UserId;
 use meridian_testkit::PostgresServer;
 use nix::sys::signal::Signal;
@@ -110,15 +109,10 @@ async fn start_with_load(backend: DeploymentBackend) -> Running {
     let deployment = Deployment::start(&spec, &mut |line| eprintln!("{line}"))
         .await
         .unwrap();
-    let backoff = Backoff {
-        initial: Duration::from_millis(10),
-        max: Duration::from_millis(50),
-        max_attempts: 400,
-    };
     let load = BackgroundLoad::start(
         &deployment,
         &UserId::new("ha-test").unwrap(),
-        backoff,
+        failover::CLIENT_BACKOFF,
         8,
         "ha",
         &CancellationToken::new(),

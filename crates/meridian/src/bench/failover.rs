@@ -94,8 +94,9 @@ pub struct FailoverReport {
     pub audit_ok: bool,
 }
 
-/// Backoff of the bench's clients: short, so that a retry sleep does not hide the real RTO.
-const CLIENT_BACKOFF: Backoff = Backoff {
+/// Backoff of the bench's clients (and of the HA tests'): short, so that a retry sleep does
+/// not hide the real RTO.
+pub const CLIENT_BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(10),
     max: Duration::from_millis(50),
     max_attempts: 400,
