@@ -437,20 +437,22 @@ pub(crate) async fn run_fault(
     } else {
         BTreeMap::new()
     };
+    // The replica a kill, stop or freeze is aimed at.
+    let active_name = || {
+        active_before
+            .clone()
+            .with_context(|| format!("no active replica of {}", fault.target))
+    };
     let injected_at = Instant::now();
     let action = match fault.scenario {
         Scenario::ParticipantCrash | Scenario::MediatorCrash | Scenario::TopologyCrash => {
-            let name = active_before
-                .clone()
-                .with_context(|| format!("no active replica of {}", fault.target))?;
+            let name = active_name()?;
             process_named(deployment, &name)?.kill9()?;
             killed = Some(name.clone());
             format!("kill -9 {name}")
         }
         Scenario::ParticipantStop => {
-            let name = active_before
-                .clone()
-                .with_context(|| format!("no active replica of {}", fault.target))?;
+            let name = active_name()?;
             // SIGTERM: the replica drains, releases its lease and exits; the passive takes
             // over without waiting for the lease to expire.
             let process = process_named(deployment, &name)?;
@@ -459,9 +461,7 @@ pub(crate) async fn run_fault(
             format!("SIGTERM {name} (graceful stop)")
         }
         Scenario::ParticipantFreeze => {
-            let name = active_before
-                .clone()
-                .with_context(|| format!("no active replica of {}", fault.target))?;
+            let name = active_name()?;
             process_named(deployment, &name)?.signal(Signal::SIGSTOP)?;
             frozen = Some(name.clone());
             format!("SIGSTOP {name} until a passive took over, then SIGCONT")
