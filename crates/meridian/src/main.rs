@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meridian::{admin, bench, demo, drill};
+use meridian_lab::{admin, bench, demo, drill};
 use meridian_node::telemetry::{init_tracing, LogFormat};
 
 #[derive(Parser)]

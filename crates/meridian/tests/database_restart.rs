@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian::bench::failover;
-use meridian::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
-use meridian::launch::NodeProcess;
-use meridian::workload::{self, BackgroundLoad, FinishedLoad};
+use meridian_lab::bench::failover;
+use meridian_lab::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use meridian_lab::launch::NodeProcess;
+use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad};
 use meridian_client::SubmitOutcome;
 use meridian_core::ledger::Command;
 use meridian_core::template::IouPayload;

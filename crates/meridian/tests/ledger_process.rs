@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use meridian::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
-use meridian::workload::{self, Live, Parties, WorkloadSpec};
+use meridian_lab::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use meridian_lab::workload::{self, Live, Parties, WorkloadSpec};
 use meridian_client::{ClientError, LedgerClient, SubmitOutcome};
 use meridian_core::ledger::{Command, Contract};
 use meridian_core::template::{Iou, IouPayload};

@@ -10,11 +10,11 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use meridian::admin;
-use meridian::bench::failover::{self, measure_with, FailoverBenchArgs, TargetNode};
-use meridian::bench::sequencer::Backend;
-use meridian::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
-use meridian::workload::{self, BackgroundLoad, FinishedLoad};
+use meridian_lab::admin;
+use meridian_lab::bench::failover::{self, measure_with, FailoverBenchArgs, TargetNode};
+use meridian_lab::bench::sequencer::Backend;
+use meridian_lab::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad};
 use meridian_core::UserId;
 use meridian_testkit::PostgresServer;
 use nix::sys::signal::Signal;

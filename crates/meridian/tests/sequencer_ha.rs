@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use meridian::launch::{SequencerProcess, StorageSpec};
+use meridian_lab::launch::{SequencerProcess, StorageSpec};
 use meridian_client::{register_member, SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::sequencing::{Envelope, Submission};

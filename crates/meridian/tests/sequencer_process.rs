@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use meridian::launch::{SequencerProcess, StorageSpec};
+use meridian_lab::launch::{SequencerProcess, StorageSpec};
 use meridian_client::{register_member, ClientError, SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::{authentication_challenge, SigningKey, SigningPurpose};
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};

@@ -5,9 +5,8 @@
 //! code.
 
 mod logging;
-mod postgres;
 mod process;
 
 pub use logging::init_logging;
-pub use postgres::PostgresServer;
+pub use meridian_pgserver::PostgresServer;
 pub use process::{free_port, ChildGuard};

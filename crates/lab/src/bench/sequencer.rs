@@ -119,7 +119,7 @@ pub async fn measure(args: &SequencerBenchArgs) -> anyhow::Result<SequencerBench
         (Backend::Sqlite, _) => StorageSpec::Sqlite(dir.path().join("sequencer.db")),
         (Backend::Postgres, Some(url)) => StorageSpec::Postgres(url.clone()),
         (Backend::Postgres, None) => {
-            let server = meridian_testkit::PostgresServer::start()
+            let server = meridian_pgserver::PostgresServer::start()
                 .context("starting a throwaway PostgreSQL (or pass --postgres-url)")?;
             let url = server.create_database("bench")?;
             _postgres = Some(server);

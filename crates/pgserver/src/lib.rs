@@ -1,5 +1,5 @@
-//! A throwaway PostgreSQL server for tests, run from the distribution's binaries in a temporary
-//! directory. PostgreSQL refuses to run as root and tests usually run as root, so the server runs
+//! `meridian-pgserver`: a throwaway PostgreSQL server for the lab (demo, drills, benchmarks) and
+//! the tests, run from the distribution's binaries in a temporary directory. PostgreSQL refuses to run as root and tests usually run as root, so the server runs
 //! as the `postgres` system user (through `runuser`) when we are root. initdb costs about a
 //! second, so a test binary normally shares one server ([`PostgresServer::shared`]) and gives
 //! each test its own database ([`PostgresServer::create_database`]). A watchdog shell process
@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context};
 const INSTALL_HINT: &str =
     "PostgreSQL binaries not found; install with apt-get install -y postgresql";
 
-/// Ports picked by [`crate::free_port`] can be taken by someone else before the server binds.
+/// Ports picked by [`meridian_node::ports::free_loopback_port`] can be taken by someone else before the server binds.
 const START_ATTEMPTS: usize = 5;
 
 /// A running PostgreSQL server with a superuser `meridian` that trusts every local connection.
@@ -121,7 +121,8 @@ impl PostgresServer {
 
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            self.port = crate::free_port();
+            self.port = meridian_node::ports::free_loopback_port()
+                .context("picking a port for PostgreSQL")?;
             self.options = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
                 self.port,

@@ -18,7 +18,7 @@ use meridian_core::{MemberId, ParticipantId};
 use meridian_node::keys::load_or_create_key;
 use meridian_proto::v1;
 use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
-use meridian_testkit::PostgresServer;
+use meridian_pgserver::PostgresServer;
 
 use crate::bench::sequencer::Backend;
 use crate::launch::{free_addresses, NodeProcess, StorageSpec};

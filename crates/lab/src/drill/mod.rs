@@ -254,7 +254,7 @@ async fn drill(
     args: &DrillArgs,
     faults: Vec<PlannedFault>,
     skipped: Vec<String>,
-    postgres: Option<&meridian_testkit::PostgresServer>,
+    postgres: Option<&meridian_pgserver::PostgresServer>,
     backend: Backend,
     shutdown: CancellationToken,
 ) -> anyhow::Result<DrillReport> {
@@ -403,7 +403,7 @@ pub(crate) async fn run_fault(
     parties: &Parties,
     fault: &PlannedFault,
     settle_s: u64,
-    postgres: Option<&meridian_testkit::PostgresServer>,
+    postgres: Option<&meridian_pgserver::PostgresServer>,
     until: Recovered,
 ) -> anyhow::Result<FaultReport> {
     let data_dir = deployment.data_dir.clone();

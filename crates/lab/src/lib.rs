@@ -1,0 +1,12 @@
+//! `meridian-lab`: what runs whole deployments on one machine — launching node processes,
+//! whole deployments, the IOU workload with its audit, the demo, the benchmarks and the drills.
+//! The `meridian` binary's lab subcommands call into it, and the black-box tests drive it too.
+//! Nothing here runs inside a node.
+
+pub mod admin;
+pub mod bench;
+pub mod demo;
+pub mod deployment;
+pub mod drill;
+pub mod launch;
+pub mod workload;
