@@ -36,13 +36,13 @@ use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
 use meridian_store::StorageConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Longest response timeout accepted: a day. Longer ones are almost certainly a unit mistake,
 /// and every pending request holds contract locks on the participants until it is decided.
 pub const MAX_RESPONSE_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediatorConfig {
     #[serde(default = "default_member_id")]

@@ -103,6 +103,13 @@ impl<'de> serde::Deserialize<'de> for Endpoints {
     }
 }
 
+impl serde::Serialize for Endpoints {
+    /// Always a list, the form that round-trips whatever the count.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
 impl Endpoints {
     pub fn new(endpoints: Vec<String>) -> Self {
         Self(endpoints)

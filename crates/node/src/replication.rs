@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use meridian_core::Timestamp;
 use meridian_store::StoreError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::conditions::Conditions;
@@ -38,7 +38,7 @@ use crate::replica::{HoldEnd, ReplicaManager, ReplicaSettings, Role};
 
 /// The `[replication]` table: this process is one of several replicas sharing the database,
 /// and only the one holding the lease works.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationConfig {
     pub replica_id: String,

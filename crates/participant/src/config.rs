@@ -43,9 +43,9 @@ use meridian_node::config::Endpoints;
 use meridian_node::replica::ReplicaSettings;
 pub use meridian_node::replication::ReplicationConfig;
 use meridian_store::StorageConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantConfig {
     pub participant_id: ParticipantId,
@@ -79,7 +79,7 @@ pub struct ParticipantConfig {
     pub replication: Option<ReplicationConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_commands: usize,

@@ -24,9 +24,9 @@ use std::time::Duration;
 use meridian_core::crypto::{CryptoError, PublicKey};
 use meridian_core::InstanceIndex;
 use meridian_store::StorageConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequencerConfig {
     pub listen_address: SocketAddr,
@@ -48,7 +48,7 @@ pub struct SequencerConfig {
     pub owner_public_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     pub index: u32,
@@ -70,7 +70,7 @@ impl InstanceConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest submission accepted (payload and recipient bytes).
@@ -93,7 +93,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimingConfig {
     /// How often an idle instance advances its watermark.

@@ -19,7 +19,7 @@ pub mod topology;
 
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
 pub use lease::{Epoch, FenceSlot, LeaseState, LeaseStore, PgLeaseStore, SqliteLeaseStore};
@@ -35,7 +35,7 @@ pub use sequencer::{
 pub use topology::{open_topology_store, TopologyRecord, TopologyStore, TopologyStoreError};
 
 /// Where a component keeps its state. Deserialized from the `[storage]` table of node configs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StorageConfig {
     /// An SQLite database file (created if missing), opened in WAL mode with `synchronous=FULL`.
