@@ -1,34 +1,10 @@
-//! Conversions between wire messages and domain types. Decoding validates every field, so a
-//! malformed message becomes a [`WireError`] naming the field, never a panic.
+//! The sequencer API's submissions and sequenced events, to and from their wire messages.
 
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
-use meridian_core::{IdError, MemberId, MessageId, Timestamp};
+use meridian_core::{MessageId, Timestamp};
 
+use super::{id, member_id, WireError};
 use crate::v1;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    #[error("missing field `{0}`")]
-    Missing(&'static str),
-    #[error("invalid `{field}`: {source}")]
-    InvalidId {
-        field: &'static str,
-        #[source]
-        source: IdError,
-    },
-}
-
-fn id<T>(
-    field: &'static str,
-    value: String,
-    parse: impl FnOnce(String) -> Result<T, IdError>,
-) -> Result<T, WireError> {
-    parse(value).map_err(|source| WireError::InvalidId { field, source })
-}
-
-pub fn member_id(field: &'static str, value: String) -> Result<MemberId, WireError> {
-    id(field, value, MemberId::new)
-}
 
 pub fn envelope_from_wire(wire: v1::Envelope) -> Result<Envelope, WireError> {
     let recipients = wire
@@ -106,6 +82,8 @@ pub fn event_to_wire(event: SequencedEvent) -> v1::SequencedEvent {
 
 #[cfg(test)]
 mod tests {
+    use meridian_core::MemberId;
+
     use super::*;
 
     #[test]
