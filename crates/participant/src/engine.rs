@@ -113,11 +113,26 @@ pub enum DedupStatus {
     },
 }
 
-/// Result of [`ParticipantEngine::begin_submission`].
+/// A validated command submission, with what the engine must not pick itself: randomness
+/// (the seed contract ids derive from, the submission id) and times.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Begin {
+pub struct SubmitRequest {
+    pub change: ChangeId,
+    pub commands: Vec<Command>,
+    pub dedup_period_us: u64,
+    pub seed: [u8; 32],
+    pub submission_id: MessageId,
+    pub mediator: MemberId,
+    pub max_sequencing_time: Timestamp,
+}
+
+/// The deduplication decision on a submission: [`ParticipantEngine::submit`] starts one with
+/// the sequencer submission to send (`T`), [`ParticipantEngine::begin_submission`] one
+/// prepared elsewhere (`T = ()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin<T = ()> {
     /// Recorded as in flight; persist the marker ([`Effect::InFlight`]) before sending.
-    Started,
+    Started(T),
     /// The same change is already in flight under another submission.
     InFlight { submission_id: String },
     /// The same change committed within its deduplication period.
@@ -603,33 +618,73 @@ impl ParticipantEngine {
         })
     }
 
-    /// Records a submission as in flight unless its change is already in flight or committed
-    /// within its deduplication period. On [`Begin::Started`] the caller must persist the
-    /// [`Effect::InFlight`] marker before sending.
+    /// The one door of a local submission: the deduplication decision, then interpretation
+    /// ([`prepare_submission`](Self::prepare_submission)), then recording it as in flight, in
+    /// one step so nothing can change in between. Deduplication comes first: a retry of a
+    /// committed command is a duplicate even though its input contracts are archived by now.
+    /// On [`Begin::Started`] the caller must persist the [`Effect::InFlight`] marker before
+    /// sending the returned submission.
+    pub fn submit(
+        &mut self,
+        request: SubmitRequest,
+        now: Timestamp,
+    ) -> Result<Begin<Box<Submission>>, SubmitError> {
+        if let Some(decided) = self.deduplicate(&request.change.key(), now) {
+            return Ok(decided);
+        }
+        let submission = self.prepare_submission(
+            &request.change,
+            &request.commands,
+            request.seed,
+            &request.submission_id,
+            &request.mediator,
+            request.max_sequencing_time,
+        )?;
+        self.start(LocalSubmission {
+            change: request.change,
+            submission_id: request.submission_id.to_string(),
+            max_sequencing_time: request.max_sequencing_time,
+            dedup_period_us: request.dedup_period_us,
+        });
+        Ok(Begin::Started(Box::new(submission)))
+    }
+
+    /// Records a submission prepared elsewhere (a harness's stale view, say) as in flight
+    /// unless its change is already in flight or committed within its deduplication period.
+    /// The runtime uses [`submit`](Self::submit). On [`Begin::Started`] the caller must persist
+    /// the [`Effect::InFlight`] marker before sending.
     pub fn begin_submission(&mut self, submission: LocalSubmission, now: Timestamp) -> Begin {
-        let key = submission.change_key();
-        match self.dedup_status(&key, now) {
-            Some(DedupStatus::InFlight { submission_id }) => Begin::InFlight { submission_id },
-            Some(DedupStatus::Committed {
+        if let Some(decided) = self.deduplicate(&submission.change_key(), now) {
+            return decided;
+        }
+        self.start(submission);
+        Begin::Started(())
+    }
+
+    /// The decision for a change that is in flight or committed within its period.
+    fn deduplicate<T>(&self, change_key: &str, now: Timestamp) -> Option<Begin<T>> {
+        Some(match self.dedup_status(change_key, now)? {
+            DedupStatus::InFlight { submission_id } => Begin::InFlight { submission_id },
+            DedupStatus::Committed {
                 transaction_id,
                 offset,
                 ..
-            }) => Begin::Duplicate {
+            } => Begin::Duplicate {
                 transaction_id,
                 offset,
             },
-            None => {
-                self.dedup.insert(
-                    key,
-                    DedupStatus::InFlight {
-                        submission_id: submission.submission_id.clone(),
-                    },
-                );
-                self.effects.push(Effect::InFlight(submission.clone()));
-                self.track_in_flight(submission);
-                Begin::Started
-            }
-        }
+        })
+    }
+
+    fn start(&mut self, submission: LocalSubmission) {
+        self.dedup.insert(
+            submission.change_key(),
+            DedupStatus::InFlight {
+                submission_id: submission.submission_id.clone(),
+            },
+        );
+        self.effects.push(Effect::InFlight(submission.clone()));
+        self.track_in_flight(submission);
     }
 
     /// Gives up a submission that definitely was not sequenced: completes it with `code` and

@@ -119,39 +119,39 @@ impl World {
         }
     }
 
-    /// Prepares and begins a submission at `submitter`; returns the sequencer submission.
+    /// The one-door decision on a submission at `submitter`, with fresh randomness.
+    fn decide(
+        &mut self,
+        submitter: &str,
+        change: ChangeId,
+        commands: Vec<Command>,
+    ) -> Result<Begin<Box<Submission>>, SubmitError> {
+        self.seed += 1;
+        self.submission += 1;
+        let request = SubmitRequest {
+            change,
+            commands,
+            dedup_period_us: 600_000_000,
+            seed: [self.seed; 32],
+            submission_id: MessageId::new(format!("sub-{}", self.submission)).unwrap(),
+            mediator: mediator(),
+            max_sequencing_time: ts(self.now + 1_000_000),
+        };
+        let now = ts(self.now);
+        self.engine(submitter).submit(request, now)
+    }
+
+    /// Starts a fresh submission at `submitter`; returns the sequencer submission.
     fn submit(
         &mut self,
         submitter: &str,
         change: ChangeId,
         commands: Vec<Command>,
     ) -> Result<Submission, SubmitError> {
-        self.seed += 1;
-        self.submission += 1;
-        let seed = [self.seed; 32];
-        let submission_id = MessageId::new(format!("sub-{}", self.submission)).unwrap();
-        let deadline = ts(self.now + 1_000_000);
-        let now = ts(self.now);
-        let engine = self.engine(submitter);
-        let submission = engine.prepare_submission(
-            &change,
-            &commands,
-            seed,
-            &submission_id,
-            &mediator(),
-            deadline,
-        )?;
-        let begin = engine.begin_submission(
-            LocalSubmission {
-                change,
-                submission_id: submission_id.to_string(),
-                max_sequencing_time: deadline,
-                dedup_period_us: 600_000_000,
-            },
-            now,
-        );
-        assert_eq!(begin, Begin::Started);
-        Ok(submission)
+        match self.decide(submitter, change, commands)? {
+            Begin::Started(submission) => Ok(*submission),
+            other => panic!("expected a fresh submission, got {other:?}"),
+        }
     }
 
     /// Sequences a submission at a fresh timestamp and delivers it; returns (request id,
@@ -358,6 +358,13 @@ fn happy_path_issue_and_transfer_commit_everywhere() {
         world.engine("p1").dedup_status(&change.key(), ts(2_000)),
         Some(DedupStatus::Committed { .. })
     ));
+    // The deduplication decision comes before interpretation: the retry is a duplicate, not
+    // a command on a contract archived by now.
+    let retry = world.decide("p1", change, vec![transfer_command(&iou.id, "bob")]);
+    let Ok(Begin::Duplicate { transaction_id, .. }) = retry else {
+        panic!("a retry of a committed change is a duplicate: {retry:?}");
+    };
+    assert!(tx_ids.contains(&transaction_id));
 }
 
 #[test]
@@ -544,7 +551,7 @@ fn dedup_in_flight_and_unsequenced_expiry() {
     };
     assert_eq!(
         engine.begin_submission(local.clone(), ts(1_000)),
-        Begin::Started
+        Begin::Started(())
     );
     let mut other = local.clone();
     other.submission_id = "sub-b".into();
@@ -554,6 +561,13 @@ fn dedup_in_flight_and_unsequenced_expiry() {
             submission_id: "sub-a".into()
         }
     );
+    // The one door says the same, before interpreting (or recording) anything.
+    let retry = world.decide("p1", change.clone(), vec![transfer_command(&iou.id, "bob")]);
+    assert!(
+        matches!(&retry, Ok(Begin::InFlight { submission_id }) if submission_id == "sub-a"),
+        "{retry:?}"
+    );
+    let engine = world.engine("p1");
     engine.drain_effects();
     // Sequencer time passes the deadline without the request: ABORTED, change freed.
     engine.handle_event(&SequencedInput {
@@ -571,7 +585,10 @@ fn dedup_in_flight_and_unsequenced_expiry() {
             ..
         }
     ));
-    assert_eq!(engine.begin_submission(other, ts(6_000)), Begin::Started);
+    assert_eq!(
+        engine.begin_submission(other, ts(6_000)),
+        Begin::Started(())
+    );
     assert!(world.engine("p1").active_contract(&iou.id).is_some());
 }
 

@@ -9,6 +9,11 @@
 //! message, and the sequencer deduplicates on its message id); waiters and streams are woken
 //! only after it, so nothing reported to an application can be lost by a crash.
 //!
+//! A local submission has one door, [`Core::submit`]: the writer takes the deduplication
+//! decision, interprets the commands and records the submission as in flight in one step
+//! ([`ParticipantEngine::submit`]), and answers once that is persisted; the caller then sends
+//! it and waits for its completion.
+//!
 //! A [`Core`] lives for one *term*: from start-up (or promotion of a replica) until shutdown
 //! (or demotion). Its `shutdown` token ends the term; after that it sends nothing more, so a
 //! demoted replica cannot act on the sequencer, and the fenced store refuses its writes.
@@ -20,23 +25,25 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use meridian_client::{ClientError, SequencerClient, Subscription};
-use meridian_core::protocol::ProtocolMessage;
+use meridian_core::protocol::{ChangeId, ProtocolMessage};
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
 use meridian_core::topology::SignedTopologyTransaction;
-use meridian_core::{LedgerOffset, MessageId, ParticipantId, Timestamp};
+use meridian_core::{LedgerOffset, MessageId, ParticipantId, Timestamp, TransactionId};
 use meridian_node::replication::is_fenced;
 use meridian_node::Conditions;
+use meridian_proto::convert::ledger::CommandSubmission;
 use meridian_store::{
     CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantStore, PendingRecord,
     StoreError, StoredContract, TransactionRecord,
 };
+use rand::RngCore;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ParticipantConfig;
 use crate::engine::{
-    Begin, Completion, Effect, LocalSubmission, Outcome, OutgoingMessage, ParticipantEngine,
-    SequencedInput,
+    Begin, Completion, Effect, Outcome, OutgoingMessage, ParticipantEngine, SequencedInput,
+    SubmitError, SubmitRequest,
 };
 use crate::metrics::ParticipantMetrics;
 
@@ -53,16 +60,69 @@ const TIME_PROOF_INTERVAL: Duration = Duration::from_millis(500);
 const DEDUP_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
-/// A step of a local submission that must go through the writer.
+/// Work for the writer besides the sequencer stream.
 pub(crate) enum WriterCommand {
-    /// Record a submission as in flight (persisted before the reply).
-    Begin {
-        submission: LocalSubmission,
+    /// Decide on a local submission ([`ParticipantEngine::submit`]); answered once the batch
+    /// that took the decision is persisted and its ledger end published.
+    Submit {
+        request: SubmitRequest,
         now: Timestamp,
-        reply: oneshot::Sender<(Begin, Option<oneshot::Receiver<Completion>>)>,
+        reply: oneshot::Sender<Admission>,
     },
     /// Topology learnt from the topology manager out of band.
     Topology(Vec<(Timestamp, SignedTopologyTransaction)>),
+}
+
+/// The writer's decision on a submission.
+pub(crate) enum Admission {
+    /// Recorded (and persisted) as in flight: send it, then wait for the completion.
+    Started {
+        submission: Box<Submission>,
+        completion: oneshot::Receiver<Completion>,
+    },
+    /// The change is in flight under another submission, whose completion answers this one.
+    InFlight(oneshot::Receiver<Completion>),
+    /// The change committed within its deduplication period.
+    Duplicate {
+        transaction_id: TransactionId,
+        offset: LedgerOffset,
+    },
+    /// Refused before anything was recorded.
+    Refused(SubmitError),
+}
+
+/// The one answer to a submission, from [`Core::submit`].
+#[derive(Debug)]
+pub(crate) enum SubmitAnswer {
+    /// This call's submission completed: committed or rejected.
+    Completed(Box<Completion>),
+    /// The change was in flight under an earlier submission, which completed so.
+    CompletedEarlier(Box<Completion>),
+    /// The change committed within its deduplication period; that commit is published (the
+    /// ledger end reached its offset), so the caller can read it.
+    Duplicate {
+        transaction_id: TransactionId,
+        offset: LedgerOffset,
+    },
+    /// Refused before anything was recorded or sent: nothing happened.
+    Refused(SubmitError),
+}
+
+/// Why a submission got no answer; in every case the outcome is unknown to the caller and a
+/// retry with the same command id learns it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubmitFailure {
+    /// The term ended (shutdown, or this replica stopped being the active one).
+    #[error("the term ended while the submission waited")]
+    TermEnded,
+    #[error("no outcome within {waited_ms} ms; the outcome is unknown, retry with the same command id to learn it")]
+    NoOutcome { waited_ms: u128 },
+    #[error("command {} was committed at offset {offset}, which is not yet written after {waited_ms} ms; retry with the same command id", .change.command_id)]
+    NotYetWritten {
+        change: Box<ChangeId>,
+        offset: LedgerOffset,
+        waited_ms: u128,
+    },
 }
 
 /// What the writer, the Ledger API and the chores share once the node is running.
@@ -232,6 +292,147 @@ impl Core {
         }
     }
 
+    /// The one door of a local submission: the writer decides (deduplication, interpretation,
+    /// in-flight marker, persisted), then the submission goes to the sequencer, then the
+    /// completion answers. Each wait is bounded by the submit timeout and ends with the term.
+    pub async fn submit(&self, command: CommandSubmission) -> Result<SubmitAnswer, SubmitFailure> {
+        let now = Timestamp::now();
+        let mut seed = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut seed);
+        let mut nonce = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let submission_id = MessageId::new(format!("sub-{}", hex::encode(nonce)))
+            .expect("`sub-` and hex digits form a valid id");
+        let request = SubmitRequest {
+            change: command.change,
+            commands: command.commands,
+            dedup_period_us: command.dedup_period_s.saturating_mul(1_000_000),
+            seed,
+            submission_id: submission_id.clone(),
+            mediator: self.config.mediator_id.clone(),
+            max_sequencing_time: now.saturating_add(self.config.max_sequencing_delay()),
+        };
+        let change = request.change.clone();
+        let (reply, admission) = oneshot::channel();
+        self.commands
+            .send(WriterCommand::Submit {
+                request,
+                now,
+                reply,
+            })
+            .await
+            .map_err(|_| SubmitFailure::TermEnded)?;
+        match admission.await.map_err(|_| SubmitFailure::TermEnded)? {
+            Admission::Refused(error) => Ok(SubmitAnswer::Refused(error)),
+            Admission::Duplicate {
+                transaction_id,
+                offset,
+            } => {
+                self.published(&change, offset).await?;
+                Ok(SubmitAnswer::Duplicate {
+                    transaction_id,
+                    offset,
+                })
+            }
+            Admission::InFlight(completion) => self.completion(completion, None).await,
+            Admission::Started {
+                submission,
+                completion,
+            } => {
+                self.send_submission(*submission).await?;
+                self.completion(completion, Some(submission_id.as_str()))
+                    .await
+            }
+        }
+    }
+
+    /// Resolves once the ledger end reached `offset`. The writer answers a duplicate after
+    /// publishing its batch, so this holds at once; it is the guard that a caller told
+    /// "committed at offset N" can read N through GetTransactions right away.
+    async fn published(
+        &self,
+        change: &ChangeId,
+        offset: LedgerOffset,
+    ) -> Result<(), SubmitFailure> {
+        let mut published = self.ledger_end.subscribe();
+        let timeout = self.config.submit_timeout();
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(SubmitFailure::TermEnded),
+            waited = tokio::time::timeout(timeout, published.wait_for(|end| *end >= offset)) => match waited {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(SubmitFailure::TermEnded),
+                Err(_) => Err(SubmitFailure::NotYetWritten {
+                    change: Box::new(change.clone()),
+                    offset,
+                    waited_ms: timeout.as_millis(),
+                }),
+            },
+        }
+    }
+
+    /// Sends a submission whose in-flight marker is persisted (under this replica's epoch);
+    /// but not once the term ended: the new active replica owns the participant then, and
+    /// learns the marker's fate from the stream or its max sequencing time. A failed send
+    /// leaves the outcome to the stream as well.
+    async fn send_submission(&self, submission: Submission) -> Result<(), SubmitFailure> {
+        let submission_id = submission.message_id.clone();
+        let sent = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(SubmitFailure::TermEnded),
+            sent = self.client.send(submission) => sent,
+        };
+        match sent {
+            Ok(receipt) => {
+                tracing::debug!(%submission_id, ts = %receipt.timestamp, "submission sequenced")
+            }
+            Err(ClientError::Rejected { code, message }) => {
+                // Not a definite "never sequenced": the client retries lost answers with the
+                // same message id, so a refusal (say, max sequencing time passed) can answer a
+                // retry of an attempt that *was* sequenced. Completing the command now could
+                // tell the application ABORTED for a transaction that then commits (see the
+                // `abandoned_submission_of_a_multi_hosted_party_commits` simulation). So the
+                // stream decides, as for any unknown outcome: the request shows up, or
+                // sequencer time passes its max sequencing time and the engine aborts it.
+                tracing::warn!(%submission_id, ?code, %message, "the sequencer refused the submission; waiting for the stream to settle its fate");
+            }
+            Err(error) => {
+                // Outcome unknown: the stream tells. Once sequencer time passes the max
+                // sequencing time without the request, the engine completes it as ABORTED.
+                tracing::warn!(%submission_id, %error, "sending a submission failed; waiting for the sequencer stream to tell its fate");
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for a change's completion. `own` is this call's submission id: a completion of
+    /// another submission of the same change answers a duplicate.
+    async fn completion(
+        &self,
+        waiter: oneshot::Receiver<Completion>,
+        own: Option<&str>,
+    ) -> Result<SubmitAnswer, SubmitFailure> {
+        let timeout = self.config.submit_timeout();
+        let waited = tokio::select! {
+            // The term's waiters are dropped when it ends; this also covers a waiter that was
+            // registered just after that.
+            _ = self.shutdown.cancelled() => return Err(SubmitFailure::TermEnded),
+            waited = tokio::time::timeout(timeout, waiter) => waited,
+        };
+        let completion = match waited {
+            Ok(Ok(completion)) => Box::new(completion),
+            Ok(Err(_)) => return Err(SubmitFailure::TermEnded),
+            Err(_) => {
+                return Err(SubmitFailure::NoOutcome {
+                    waited_ms: timeout.as_millis(),
+                })
+            }
+        };
+        if own.is_some_and(|id| id == completion.submission.submission_id) {
+            Ok(SubmitAnswer::Completed(completion))
+        } else {
+            Ok(SubmitAnswer::CompletedEarlier(completion))
+        }
+    }
+
     /// Sends one message through the sequencer in the background, bounded by `sends`. Once
     /// the term ended nothing more goes out (a retrying send is abandoned too): a demoted
     /// replica must not act for the participant. Whatever it did not send, the new active
@@ -355,11 +556,71 @@ pub(crate) async fn run_writer(
     }
 }
 
-type BeginReply = (
-    oneshot::Sender<(Begin, Option<oneshot::Receiver<Completion>>)>,
-    Begin,
-    Option<oneshot::Receiver<Completion>>,
-);
+/// The engine's decision on a submission, with the waiter its caller needs. Runs under the
+/// engine lock, so a completion cannot slip in before the waiter is registered.
+fn admit(
+    core: &Core,
+    engine: &mut ParticipantEngine,
+    request: SubmitRequest,
+    now: Timestamp,
+) -> Admission {
+    let key = request.change.key();
+    match engine.submit(request, now) {
+        Ok(Begin::Started(submission)) => Admission::Started {
+            submission,
+            completion: core.wait_for(&key),
+        },
+        Ok(Begin::InFlight { .. }) => Admission::InFlight(core.wait_for(&key)),
+        Ok(Begin::Duplicate {
+            transaction_id,
+            offset,
+        }) => Admission::Duplicate {
+            transaction_id,
+            offset,
+        },
+        Err(error) => Admission::Refused(error),
+    }
+}
+
+/// What one batch changed, taken from the engine under its lock.
+struct Processed {
+    effects: Vec<Effect>,
+    checkpoint: Option<Timestamp>,
+    ledger_end: LedgerOffset,
+    pending: usize,
+    in_flight: usize,
+    admissions: Vec<(oneshot::Sender<Admission>, Admission)>,
+}
+
+/// Runs the engine over a batch: commands first (so a submission decides against what earlier
+/// batches persisted and published), then the events.
+fn run_engine(core: &Core, events: Vec<SequencedEvent>, commands: Vec<WriterCommand>) -> Processed {
+    let mut admissions = Vec::new();
+    let mut engine = core.engine();
+    for command in commands {
+        match command {
+            WriterCommand::Submit {
+                request,
+                now,
+                reply,
+            } => admissions.push((reply, admit(core, &mut engine, request, now))),
+            WriterCommand::Topology(entries) => {
+                engine.add_topology(&entries);
+            }
+        }
+    }
+    for event in events {
+        engine.handle_event(&input(event));
+    }
+    Processed {
+        effects: engine.drain_effects(),
+        checkpoint: engine.last_event(),
+        ledger_end: engine.ledger_end(),
+        pending: engine.pending_count(),
+        in_flight: engine.in_flight_count(),
+        admissions,
+    }
+}
 
 async fn process(
     core: &Arc<Core>,
@@ -368,40 +629,14 @@ async fn process(
 ) -> Result<(), WriterError> {
     let event_count = events.len();
     let size = event_count + commands.len();
-    let mut replies: Vec<BeginReply> = Vec::new();
-    let (effects, checkpoint, ledger_end, pending, in_flight) = {
-        let mut engine = core.engine();
-        for command in commands {
-            match command {
-                WriterCommand::Begin {
-                    submission,
-                    now,
-                    reply,
-                } => {
-                    let key = submission.change_key();
-                    let begin = engine.begin_submission(submission, now);
-                    let waiter = match &begin {
-                        Begin::Started | Begin::InFlight { .. } => Some(core.wait_for(&key)),
-                        Begin::Duplicate { .. } => None,
-                    };
-                    replies.push((reply, begin, waiter));
-                }
-                WriterCommand::Topology(entries) => {
-                    engine.add_topology(&entries);
-                }
-            }
-        }
-        for event in events {
-            engine.handle_event(&input(event));
-        }
-        (
-            engine.drain_effects(),
-            engine.last_event(),
-            engine.ledger_end(),
-            engine.pending_count(),
-            engine.in_flight_count(),
-        )
-    };
+    let Processed {
+        effects,
+        checkpoint,
+        ledger_end,
+        pending,
+        in_flight,
+        admissions,
+    } = run_engine(core, events, commands);
 
     for effect in &effects {
         if let Effect::Send(message) = effect {
@@ -427,8 +662,8 @@ async fn process(
         advanced
     });
 
-    for (reply, begin, waiter) in replies {
-        let _ = reply.send((begin, waiter));
+    for (reply, admission) in admissions {
+        let _ = reply.send(admission);
     }
     let mut topology_changed = false;
     for effect in &effects {

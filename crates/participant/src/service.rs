@@ -1,41 +1,42 @@
-//! The Ledger API (`meridian.v1.LedgerService`): wire validation, the submission path
-//! (deduplication, interpretation, the one sequencer send, waiting for the outcome), and the
-//! read streams. Every call and error is documented in `docs/ledger-api.md`; keep the two in
-//! step.
+//! The Ledger API (`meridian.v1.LedgerService`): admission (readiness, the step-down gate, the
+//! in-flight limit), wire conversion (`meridian_proto::convert::ledger`), one call into the
+//! runtime, and the answer as a gRPC status; plus the read streams. Every call and error is
+//! documented in `docs/ledger-api.md`; keep the two in step.
 //!
-//! Submission path, in order: validate fields (INVALID_ARGUMENT naming the field) → check
-//! deduplication (ALREADY_EXISTS, or wait for the same change in flight) → interpret against
-//! the active contracts (errors mapped to codes) → record the submission as in flight through
-//! the writer (persisted) → send → wait (bounded) for the completion.
+//! A submission: convert the request (INVALID_ARGUMENT naming the field) → take an in-flight
+//! slot (RESOURCE_EXHAUSTED) → [`Core::submit`], whose one answer (committed, rejected,
+//! duplicate with the original, refused, or unknown) maps to the status.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use meridian_client::ClientError;
-use meridian_core::ledger::{Action, Command, Permission};
+use meridian_core::ledger::Permission;
 use meridian_core::protocol::ChangeId;
-use meridian_core::{
-    CommandId, ContractId, LedgerOffset, MessageId, PartyId, TemplateId, Timestamp, UserId,
-};
+use meridian_core::{LedgerOffset, PartyId, TransactionId};
 use meridian_node::Health;
+use meridian_proto::convert::ledger::{
+    completions_query_from_wire, created_event_to_wire, parties_from_wire, party_id,
+    submit_and_wait_from_wire, transactions_query_from_wire, visible, CommittedTransaction,
+    SubmitLimits,
+};
+use meridian_proto::convert::WireError;
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_server::LedgerService;
 use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
-use meridian_store::{CompletionRecord, StoredContract, TransactionRecord};
-use rand::RngCore;
-use tokio::sync::{mpsc, oneshot};
+use meridian_store::{CompletionRecord, StoreError, StoredContract, TransactionRecord};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 
-use crate::engine::{
-    Begin, Completion, DedupStatus, LocalSubmission, Outcome, StatusCode, SubmitError,
-};
+use crate::config::ParticipantConfig;
+use crate::engine::{Completion, Outcome, StatusCode, SubmitError};
 use crate::replication::{stepping_down_message, Serving};
-use crate::runtime::{Core, WriterCommand};
+use crate::runtime::{Core, SubmitAnswer, SubmitFailure, WriterCommand};
 
 /// Rows read per page by the streams.
 const PAGE_ROWS: u32 = 500;
@@ -57,8 +58,9 @@ pub struct LedgerApi {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-fn invalid(field: &str, error: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {error}"))
+/// A request field the conversion refused; the message names the field.
+fn invalid(error: WireError) -> Status {
+    Status::invalid_argument(error.to_string())
 }
 
 fn code_label(code: Code) -> &'static str {
@@ -110,7 +112,7 @@ fn status_of(code: StatusCode, message: String) -> Status {
 /// ALREADY_EXISTS carrying the original outcome in the message and in metadata.
 fn already_exists(
     change: &ChangeId,
-    transaction_id: &meridian_core::TransactionId,
+    transaction_id: &TransactionId,
     offset: LedgerOffset,
 ) -> Status {
     let mut status = Status::already_exists(format!(
@@ -140,187 +142,24 @@ fn join(parties: &BTreeSet<PartyId>) -> String {
         .join(",")
 }
 
-fn parse_parties(field: &str, raw: Vec<String>) -> Result<BTreeSet<PartyId>, Status> {
-    if raw.is_empty() {
-        return Err(invalid(field, "at least one party is required"));
-    }
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, p)| PartyId::new(p).map_err(|e| invalid(&format!("{field}[{i}]"), e)))
-        .collect()
-}
-
-fn parse_json(field: &str, text: &str, limit_bytes: usize) -> Result<serde_json::Value, Status> {
-    if text.len() > limit_bytes {
-        return Err(invalid(
-            field,
-            format!("{} bytes exceed the limit of {limit_bytes}", text.len()),
-        ));
-    }
-    serde_json::from_str(text).map_err(|e| invalid(field, format!("not valid JSON: {e}")))
-}
-
-fn parse_command(
-    index: usize,
-    command: v1::Command,
-    limit_bytes: usize,
-) -> Result<Command, Status> {
-    let field = format!("commands[{index}]");
-    match command.command {
-        Some(v1::command::Command::Create(create)) => Ok(Command::Create {
-            template: TemplateId::new(create.template)
-                .map_err(|e| invalid(&format!("{field}.create.template"), e))?,
-            payload: parse_json(
-                &format!("{field}.create.payload_json"),
-                &create.payload_json,
-                limit_bytes,
-            )?,
-        }),
-        Some(v1::command::Command::Exercise(exercise)) => {
-            if exercise.choice.is_empty() {
-                return Err(invalid(
-                    &format!("{field}.exercise.choice"),
-                    "must not be empty",
-                ));
-            }
-            let argument = if exercise.argument_json.trim().is_empty() {
-                serde_json::Value::Object(Default::default())
-            } else {
-                parse_json(
-                    &format!("{field}.exercise.argument_json"),
-                    &exercise.argument_json,
-                    limit_bytes,
-                )?
-            };
-            Ok(Command::Exercise {
-                contract_id: ContractId::new(exercise.contract_id)
-                    .map_err(|e| invalid(&format!("{field}.exercise.contract_id"), e))?,
-                choice: exercise.choice,
-                argument,
-            })
-        }
-        None => Err(invalid(&field, "neither create nor exercise is set")),
+fn submit_limits(config: &ParticipantConfig) -> SubmitLimits {
+    SubmitLimits {
+        max_commands: config.limits.max_commands,
+        max_payload_bytes: config.limits.max_payload_bytes,
+        default_dedup_period_s: config.dedup_period_s,
+        max_dedup_period_s: config.max_dedup_period_s,
     }
 }
 
-fn created_event(contract: &meridian_core::ledger::Contract) -> v1::CreatedEvent {
-    v1::CreatedEvent {
-        contract_id: contract.id.to_string(),
-        template: contract.template.to_string(),
-        payload_json: contract.payload.to_string(),
-        signatories: contract
-            .signatories
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        observers: contract.observers.iter().map(ToString::to_string).collect(),
+fn committed(record: &TransactionRecord) -> CommittedTransaction<'_> {
+    CommittedTransaction {
+        offset: record.offset,
+        transaction_id: &record.transaction_id,
+        record_time: record.request_id,
+        command_id: record.command_id.as_ref(),
+        informees: &record.informees,
+        transaction: &record.transaction,
     }
-}
-
-fn visible(stakeholders: &BTreeSet<PartyId>, parties: &BTreeSet<PartyId>) -> bool {
-    stakeholders.iter().any(|p| parties.contains(p))
-}
-
-/// The transaction as its submitters see it in the `SubmitAndWait` answer: as in Daml, the
-/// informees of an exercise witness its whole subtree (a transfer's actor sees the IOU it
-/// creates for the new owner), so applications can continue with the new contract ids.
-fn submitter_view(
-    record: &TransactionRecord,
-    parties: &BTreeSet<PartyId>,
-) -> Option<v1::Transaction> {
-    fn walk(
-        action: &Action,
-        parties: &BTreeSet<PartyId>,
-        inherited: bool,
-        out: &mut Vec<v1::Event>,
-    ) {
-        match action {
-            Action::Create { contract } => {
-                if inherited || visible(&contract.stakeholders(), parties) {
-                    out.push(v1::Event {
-                        event: Some(v1::event::Event::Created(created_event(contract))),
-                    });
-                }
-            }
-            Action::Exercise {
-                contract_id,
-                template,
-                consuming,
-                stakeholders,
-                actors,
-                children,
-                ..
-            } => {
-                let witnessed =
-                    inherited || visible(stakeholders, parties) || visible(actors, parties);
-                if witnessed && *consuming {
-                    out.push(v1::Event {
-                        event: Some(v1::event::Event::Archived(v1::ArchivedEvent {
-                            contract_id: contract_id.to_string(),
-                            template: template.to_string(),
-                        })),
-                    });
-                }
-                for child in children {
-                    walk(child, parties, witnessed, out);
-                }
-            }
-            Action::Fetch { .. } => {}
-        }
-    }
-    let mut events = Vec::new();
-    for root in &record.transaction.roots {
-        walk(root, parties, false, &mut events);
-    }
-    let mut view = transaction_view(record, parties)?;
-    view.events = events;
-    Some(view)
-}
-
-/// The transaction as `parties` may see it: creates and archives of contracts they are
-/// stakeholders of. `None` when they see nothing of it.
-fn transaction_view(
-    record: &TransactionRecord,
-    parties: &BTreeSet<PartyId>,
-) -> Option<v1::Transaction> {
-    let mut events = Vec::new();
-    for action in record.transaction.actions() {
-        match action {
-            Action::Create { contract } if visible(&contract.stakeholders(), parties) => {
-                events.push(v1::Event {
-                    event: Some(v1::event::Event::Created(created_event(contract))),
-                });
-            }
-            Action::Exercise {
-                contract_id,
-                template,
-                consuming: true,
-                stakeholders,
-                ..
-            } if visible(stakeholders, parties) => events.push(v1::Event {
-                event: Some(v1::event::Event::Archived(v1::ArchivedEvent {
-                    contract_id: contract_id.to_string(),
-                    template: template.to_string(),
-                })),
-            }),
-            _ => {}
-        }
-    }
-    if events.is_empty() && !record.informees.iter().any(|p| parties.contains(p)) {
-        return None;
-    }
-    Some(v1::Transaction {
-        transaction_id: record.transaction_id.to_string(),
-        offset: record.offset.0,
-        record_time_us: record.request_id.as_micros(),
-        command_id: record
-            .command_id
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        events,
-        tree_json: serde_json::to_string(&record.transaction).unwrap_or_default(),
-    })
 }
 
 fn completion_message(record: &CompletionRecord) -> v1::Completion {
@@ -335,6 +174,118 @@ fn completion_message(record: &CompletionRecord) -> v1::Completion {
             .unwrap_or_default(),
         offset: record.offset.0,
     }
+}
+
+/// The answer to this call's own completion: the transaction as the submitters see it, or the
+/// rejection.
+fn own_completion(
+    change: &ChangeId,
+    completion: Completion,
+) -> Result<v1::SubmitAndWaitResponse, Status> {
+    match completion.outcome {
+        Outcome::Committed {
+            transaction_id,
+            offset,
+        } => {
+            let transaction = completion.transaction.and_then(|transaction| {
+                let informees = transaction.informees();
+                let view = CommittedTransaction {
+                    offset,
+                    transaction_id: &transaction_id,
+                    record_time: completion.record_time,
+                    command_id: Some(&change.command_id),
+                    informees: &informees,
+                    transaction: &transaction,
+                };
+                view.submitter_view_to_wire(&change.act_as)
+            });
+            Ok(v1::SubmitAndWaitResponse {
+                transaction_id: transaction_id.to_string(),
+                offset: offset.0,
+                transaction,
+            })
+        }
+        Outcome::Rejected { code, message } => Err(status_of(code, message)),
+    }
+}
+
+/// The answer to a call whose change an earlier submission carried: its outcome.
+fn earlier_completion(change: &ChangeId, completion: Completion) -> Status {
+    match completion.outcome {
+        Outcome::Committed {
+            transaction_id,
+            offset,
+        } => already_exists(change, &transaction_id, offset),
+        Outcome::Rejected { code, message } => status_of(
+            code,
+            format!("a concurrent submission of the same command was rejected: {message}"),
+        ),
+    }
+}
+
+/// OUT_OF_RANGE for a stream that would begin past the ledger end.
+fn check_begin(core: &Core, begin: LedgerOffset) -> Result<(), Status> {
+    let end = *core.ledger_end.borrow();
+    if begin > end {
+        return Err(Status::out_of_range(format!(
+            "begin_offset {begin} is beyond the ledger end {end}"
+        )));
+    }
+    Ok(())
+}
+
+/// One page of a stream: each row's offset, with its message unless the subscriber sees
+/// nothing of it.
+type Page<T> = Vec<(LedgerOffset, Option<T>)>;
+
+/// Streams the rows `read_page` finds after `begin`, page by page, then follows the ledger end
+/// until the client goes away or the term ends. `rows` names them in a database error.
+fn stream_after<T, F, Fut>(
+    core: Arc<Core>,
+    begin: LedgerOffset,
+    rows: &'static str,
+    mut read_page: F,
+) -> BoxStream<T>
+where
+    T: Send + 'static,
+    F: FnMut(LedgerOffset) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Page<T>, StoreError>> + Send,
+{
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let mut cursor = begin;
+        let mut end = core.ledger_end.subscribe();
+        loop {
+            // Read before the page: everything up to it is written, so after a short page the
+            // cursor may skip ahead to it (past other users' completions, or rejections that
+            // have no transaction) rather than read the same empty page again.
+            let end_before = *end.borrow_and_update();
+            let page = match read_page(cursor).await {
+                Ok(page) => page,
+                Err(error) => {
+                    let status = Status::unavailable(format!("reading {rows}: {error}"));
+                    let _ = sender.send(Err(status)).await;
+                    return;
+                }
+            };
+            let full = page.len() == PAGE_ROWS as usize;
+            for (offset, message) in page {
+                cursor = offset;
+                let Some(message) = message else { continue };
+                if sender.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            cursor = cursor.max(end_before);
+            if !wait_past(&core, &mut end, cursor, &sender).await {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(receiver))
 }
 
 impl LedgerApi {
@@ -393,92 +344,6 @@ impl LedgerApi {
         }
     }
 
-    /// The ALREADY_EXISTS answer to a command that committed at `offset`, given once that
-    /// commit is persisted and published. The engine learns of a commit before the writer has
-    /// persisted it; answering then would name an offset beyond the ledger end, which
-    /// GetTransactions refuses, so the caller could not read the transaction it was told of.
-    async fn duplicate(
-        core: &Core,
-        change: &ChangeId,
-        transaction_id: &meridian_core::TransactionId,
-        offset: LedgerOffset,
-    ) -> Status {
-        let mut published = core.ledger_end.subscribe();
-        let timeout = core.config.submit_timeout();
-        tokio::select! {
-            _ = core.shutdown.cancelled() => term_ended(core),
-            waited = tokio::time::timeout(timeout, published.wait_for(|end| *end >= offset)) => match waited {
-                Ok(Ok(_)) => already_exists(change, transaction_id, offset),
-                Ok(Err(_)) => term_ended(core),
-                Err(_) => Status::deadline_exceeded(format!(
-                    "command {} was committed at offset {offset}, which is not yet written after {} ms; retry with the same command id",
-                    change.command_id,
-                    timeout.as_millis()
-                )),
-            },
-        }
-    }
-
-    /// Waits for a completion and turns it into the answer. `own` is our submission id: a
-    /// completion of another submission of the same change answers a duplicate.
-    async fn await_completion(
-        core: &Core,
-        change: &ChangeId,
-        waiter: oneshot::Receiver<Completion>,
-        own: Option<&str>,
-    ) -> Result<v1::SubmitAndWaitResponse, Status> {
-        let timeout = core.config.submit_timeout();
-        let waited = tokio::select! {
-            // The term's waiters are dropped when it ends; this also covers a waiter that was
-            // registered just after that.
-            _ = core.shutdown.cancelled() => return Err(term_ended(core)),
-            waited = tokio::time::timeout(timeout, waiter) => waited,
-        };
-        let completion = match waited {
-            Ok(Ok(completion)) => completion,
-            Ok(Err(_)) => return Err(term_ended(core)),
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "no outcome within {} ms; the outcome is unknown, retry with the same command id to learn it",
-                    timeout.as_millis()
-                )))
-            }
-        };
-        let is_own = own.is_some_and(|id| id == completion.submission.submission_id);
-        match completion.outcome {
-            Outcome::Committed {
-                transaction_id,
-                offset,
-            } if is_own => Ok(v1::SubmitAndWaitResponse {
-                transaction_id: transaction_id.to_string(),
-                offset: offset.0,
-                transaction: completion.transaction.and_then(|transaction| {
-                    submitter_view(
-                        &TransactionRecord {
-                            offset,
-                            transaction_id: transaction_id.clone(),
-                            request_id: completion.record_time,
-                            user_id: Some(change.user_id.clone()),
-                            command_id: Some(change.command_id.clone()),
-                            informees: transaction.informees(),
-                            transaction: *transaction,
-                        },
-                        &change.act_as,
-                    )
-                }),
-            }),
-            Outcome::Committed {
-                transaction_id,
-                offset,
-            } => Err(already_exists(change, &transaction_id, offset)),
-            Outcome::Rejected { code, message } if is_own => Err(status_of(code, message)),
-            Outcome::Rejected { code, message } => Err(status_of(
-                code,
-                format!("a concurrent submission of the same command was rejected: {message}"),
-            )),
-        }
-    }
-
     async fn submit(
         &self,
         request: v1::SubmitAndWaitRequest,
@@ -489,159 +354,28 @@ impl LedgerApi {
         let Some(_admitted) = core.submissions.enter() else {
             return Err(stepping_down(&core));
         };
-        let config = &core.config;
-        let user_id = UserId::new(request.user_id).map_err(|e| invalid("user_id", e))?;
-        let command_id =
-            CommandId::new(request.command_id).map_err(|e| invalid("command_id", e))?;
-        let act_as = parse_parties("act_as", request.act_as)?;
-        if request.commands.is_empty() {
-            return Err(invalid("commands", "at least one command is required"));
-        }
-        if request.commands.len() > config.limits.max_commands {
-            return Err(invalid(
-                "commands",
-                format!(
-                    "{} commands exceed the limit of {}",
-                    request.commands.len(),
-                    config.limits.max_commands
-                ),
-            ));
-        }
-        let commands: Vec<Command> = request
-            .commands
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| parse_command(i, c, config.limits.max_payload_bytes))
-            .collect::<Result<_, _>>()?;
-        let period_s = request
-            .deduplication_period_s
-            .unwrap_or(config.dedup_period_s);
-        if period_s == 0 || period_s > config.max_dedup_period_s {
-            return Err(invalid(
-                "deduplication_period_s",
-                format!("must be between 1 and {}", config.max_dedup_period_s),
-            ));
-        }
-        let change = ChangeId {
-            user_id,
-            act_as,
-            command_id,
-        };
-        let change_key = change.key();
-
+        let command =
+            submit_and_wait_from_wire(request, &submit_limits(&core.config)).map_err(invalid)?;
         let Ok(_permit) = core.in_flight.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "{} submissions are already awaiting their outcome; retry later",
-                config.limits.max_in_flight
+                core.config.limits.max_in_flight
             )));
         };
-
-        // Deduplication first: a retry of a committed command must get ALREADY_EXISTS even
-        // though its input contracts are archived by now.
-        let now = Timestamp::now();
-        let mediator = config.mediator_id.clone();
-        let mut seed = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut seed);
-        let mut nonce = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut nonce);
-        let submission_id = MessageId::new(format!("sub-{}", hex::encode(nonce)))
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let max_sequencing_time = now.saturating_add(config.max_sequencing_delay());
-        enum First {
-            Prepared(Result<meridian_core::sequencing::Submission, SubmitError>),
-            Wait(oneshot::Receiver<Completion>),
-            Duplicate(meridian_core::TransactionId, LedgerOffset),
+        let change = command.change.clone();
+        match core.submit(command).await {
+            Ok(SubmitAnswer::Completed(completion)) => own_completion(&change, *completion),
+            Ok(SubmitAnswer::CompletedEarlier(completion)) => {
+                Err(earlier_completion(&change, *completion))
+            }
+            Ok(SubmitAnswer::Duplicate {
+                transaction_id,
+                offset,
+            }) => Err(already_exists(&change, &transaction_id, offset)),
+            Ok(SubmitAnswer::Refused(error)) => Err(Self::submit_error(&core, error).await),
+            Err(SubmitFailure::TermEnded) => Err(term_ended(&core)),
+            Err(unknown) => Err(Status::deadline_exceeded(unknown.to_string())),
         }
-        let first = {
-            let engine = core.engine();
-            match engine.dedup_status(&change_key, now) {
-                Some(DedupStatus::Committed {
-                    transaction_id,
-                    offset,
-                    ..
-                }) => First::Duplicate(transaction_id, offset),
-                // Registered under the engine lock, so the completion cannot slip in between.
-                Some(DedupStatus::InFlight { .. }) => First::Wait(core.wait_for(&change_key)),
-                None => First::Prepared(engine.prepare_submission(
-                    &change,
-                    &commands,
-                    seed,
-                    &submission_id,
-                    &mediator,
-                    max_sequencing_time,
-                )),
-            }
-        };
-        let submission = match first {
-            First::Wait(waiter) => {
-                return Self::await_completion(&core, &change, waiter, None).await
-            }
-            First::Duplicate(transaction_id, offset) => {
-                return Err(Self::duplicate(&core, &change, &transaction_id, offset).await)
-            }
-            First::Prepared(Ok(submission)) => submission,
-            First::Prepared(Err(error)) => return Err(Self::submit_error(&core, error).await),
-        };
-
-        let (reply, answer) = oneshot::channel();
-        let local = LocalSubmission {
-            change: change.clone(),
-            submission_id: submission_id.to_string(),
-            max_sequencing_time,
-            dedup_period_us: period_s.saturating_mul(1_000_000),
-        };
-        core.commands
-            .send(WriterCommand::Begin {
-                submission: local,
-                now,
-                reply,
-            })
-            .await
-            .map_err(|_| term_ended(&core))?;
-        let (begin, waiter) = answer.await.map_err(|_| term_ended(&core))?;
-        let waiter = match (begin, waiter) {
-            (
-                Begin::Duplicate {
-                    transaction_id,
-                    offset,
-                },
-                _,
-            ) => return Err(already_exists(&change, &transaction_id, offset)),
-            (Begin::InFlight { .. }, Some(waiter)) => {
-                return Self::await_completion(&core, &change, waiter, None).await
-            }
-            (Begin::Started, Some(waiter)) => waiter,
-            (_, None) => return Err(Status::internal("no completion waiter was registered")),
-        };
-
-        // The in-flight marker is persisted (under this replica's epoch), so the send may go
-        // out; but not once the term ended: the new active replica owns the participant then,
-        // and learns the marker's fate from the stream or its max sequencing time.
-        let sent = tokio::select! {
-            _ = core.shutdown.cancelled() => return Err(term_ended(&core)),
-            sent = core.client.send(submission) => sent,
-        };
-        match sent {
-            Ok(receipt) => {
-                tracing::debug!(%submission_id, ts = %receipt.timestamp, "submission sequenced")
-            }
-            Err(ClientError::Rejected { code, message }) => {
-                // Not a definite "never sequenced": the client retries lost answers with the
-                // same message id, so a refusal (say, max sequencing time passed) can answer a
-                // retry of an attempt that *was* sequenced. Completing the command now could
-                // tell the application ABORTED for a transaction that then commits (see the
-                // `abandoned_submission_of_a_multi_hosted_party_commits` simulation). So the
-                // stream decides, as for any unknown outcome: the request shows up, or
-                // sequencer time passes its max sequencing time and the engine aborts it.
-                tracing::warn!(%submission_id, ?code, %message, "the sequencer refused the submission; waiting for the stream to settle its fate");
-            }
-            Err(error) => {
-                // Outcome unknown: the stream tells. Once sequencer time passes the max
-                // sequencing time without the request, the engine completes it as ABORTED.
-                tracing::warn!(%submission_id, %error, "sending a submission failed; waiting for the sequencer stream to tell its fate");
-            }
-        }
-        Self::await_completion(&core, &change, waiter, Some(submission_id.as_str())).await
     }
 
     async fn allocate(&self, party: PartyId) -> Result<(), Status> {
@@ -696,14 +430,13 @@ impl LedgerApi {
         Ok(())
     }
 }
-
 #[tonic::async_trait]
 impl LedgerService for LedgerApi {
     async fn allocate_party(
         &self,
         request: Request<v1::AllocatePartyRequest>,
     ) -> Result<Response<v1::AllocatePartyResponse>, Status> {
-        let party = PartyId::new(request.into_inner().party).map_err(|e| invalid("party", e))?;
+        let party = party_id("party", request.into_inner().party).map_err(invalid)?;
         self.allocate(party.clone()).await?;
         Ok(Response::new(v1::AllocatePartyResponse {
             party: party.to_string(),
@@ -759,49 +492,21 @@ impl LedgerService for LedgerApi {
         request: Request<v1::GetTransactionsRequest>,
     ) -> Result<Response<Self::GetTransactionsStream>, Status> {
         let core = self.core()?;
-        let request = request.into_inner();
-        let parties = parse_parties("parties", request.parties)?;
-        let end = *core.ledger_end.borrow();
-        if request.begin_offset > end.0 {
-            return Err(Status::out_of_range(format!(
-                "begin_offset {} is beyond the ledger end {}",
-                request.begin_offset, end
-            )));
-        }
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(async move {
-            let mut cursor = LedgerOffset(request.begin_offset);
-            let mut end = core.ledger_end.subscribe();
-            loop {
-                let page = match core.store.transactions_after(cursor, PAGE_ROWS).await {
-                    Ok(page) => page,
-                    Err(error) => {
-                        let _ = sender
-                            .send(Err(Status::unavailable(format!(
-                                "reading transactions: {error}"
-                            ))))
-                            .await;
-                        return;
-                    }
-                };
-                let full = page.len() == PAGE_ROWS as usize;
-                for record in page {
-                    cursor = record.offset;
-                    if let Some(view) = transaction_view(&record, &parties) {
-                        if sender.send(Ok(view)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                if full {
-                    continue;
-                }
-                if !wait_past(&core, &mut end, cursor, &sender).await {
-                    return;
-                }
+        let query = transactions_query_from_wire(request.into_inner()).map_err(invalid)?;
+        check_begin(&core, query.begin)?;
+        let store = core.store.clone();
+        let parties = Arc::new(query.parties);
+        let stream = stream_after(core, query.begin, "transactions", move |cursor| {
+            let (store, parties) = (store.clone(), parties.clone());
+            async move {
+                let page = store.transactions_after(cursor, PAGE_ROWS).await?;
+                Ok(page
+                    .iter()
+                    .map(|record| (record.offset, committed(record).flat_to_wire(&parties)))
+                    .collect())
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(stream))
     }
 
     async fn get_active_contracts(
@@ -809,7 +514,8 @@ impl LedgerService for LedgerApi {
         request: Request<v1::GetActiveContractsRequest>,
     ) -> Result<Response<v1::GetActiveContractsResponse>, Status> {
         let core = self.core()?;
-        let parties = parse_parties("parties", request.into_inner().parties)?;
+        let parties =
+            parties_from_wire("parties", request.into_inner().parties).map_err(invalid)?;
         let (offset, contracts) = core
             .store
             .active_contracts()
@@ -820,7 +526,7 @@ impl LedgerService for LedgerApi {
             contracts: contracts
                 .iter()
                 .filter(|c| visible(&c.contract.stakeholders(), &parties))
-                .map(|c| created_event(&c.contract))
+                .map(|c| created_event_to_wire(&c.contract))
                 .collect(),
         }))
     }
@@ -832,51 +538,21 @@ impl LedgerService for LedgerApi {
         request: Request<v1::CompletionStreamRequest>,
     ) -> Result<Response<Self::CompletionStreamStream>, Status> {
         let core = self.core()?;
-        let request = request.into_inner();
-        let user = UserId::new(request.user_id).map_err(|e| invalid("user_id", e))?;
-        let end = *core.ledger_end.borrow();
-        if request.begin_offset > end.0 {
-            return Err(Status::out_of_range(format!(
-                "begin_offset {} is beyond the ledger end {}",
-                request.begin_offset, end
-            )));
-        }
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(async move {
-            let mut cursor = LedgerOffset(request.begin_offset);
-            let mut end = core.ledger_end.subscribe();
-            loop {
-                // Read before the page: everything up to it is committed, so after a short
-                // page the cursor may skip ahead to it (other users' offsets).
-                let end_before = *end.borrow_and_update();
-                let page = match core.store.completions_after(&user, cursor, PAGE_ROWS).await {
-                    Ok(page) => page,
-                    Err(error) => {
-                        let _ = sender
-                            .send(Err(Status::unavailable(format!(
-                                "reading completions: {error}"
-                            ))))
-                            .await;
-                        return;
-                    }
-                };
-                let full = page.len() == PAGE_ROWS as usize;
-                for record in &page {
-                    cursor = record.offset;
-                    if sender.send(Ok(completion_message(record))).await.is_err() {
-                        return;
-                    }
-                }
-                if full {
-                    continue;
-                }
-                cursor = cursor.max(end_before);
-                if !wait_past(&core, &mut end, cursor, &sender).await {
-                    return;
-                }
+        let query = completions_query_from_wire(request.into_inner()).map_err(invalid)?;
+        check_begin(&core, query.begin)?;
+        let store = core.store.clone();
+        let user = Arc::new(query.user_id);
+        let stream = stream_after(core, query.begin, "completions", move |cursor| {
+            let (store, user) = (store.clone(), user.clone());
+            async move {
+                let page = store.completions_after(&user, cursor, PAGE_ROWS).await?;
+                Ok(page
+                    .iter()
+                    .map(|record| (record.offset, Some(completion_message(record))))
+                    .collect())
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(stream))
     }
 }
 

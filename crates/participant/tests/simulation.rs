@@ -954,7 +954,7 @@ impl Sim {
         let now = ts(self.now);
         let engine = self.participants.get_mut(p).unwrap();
         match engine.begin_submission(local, now) {
-            Begin::Started => {
+            Begin::Started(()) => {
                 // The marker is stored before the submission is sent.
                 let effects = engine.drain_effects();
                 self.persist_participant_effects(p, effects);
