@@ -899,6 +899,20 @@ impl ParticipantEngine {
         hosted: &BTreeMap<PartyId, meridian_core::ledger::Permission>,
         local_in_flight: bool,
     ) -> Result<(), (RejectionCode, String)> {
+        self.check_submitter(ts, sender, request, snapshot, local_in_flight)?;
+        self.check_conformance(request, snapshot)?;
+        self.check_activeness(&request.transaction, hosted)
+    }
+
+    /// The sender, the submitter's right to act for `act_as`, the mediator.
+    fn check_submitter(
+        &self,
+        ts: Timestamp,
+        sender: &MemberId,
+        request: &ConfirmationRequest,
+        snapshot: &TopologySnapshot,
+        local_in_flight: bool,
+    ) -> Result<(), (RejectionCode, String)> {
         use RejectionCode::*;
         if *sender != request.submitter.as_member() {
             return Err((
@@ -945,6 +959,18 @@ impl ParticipantEngine {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Model conformance (re-interpretation gives the same transaction), authorization, the
+    /// informee participants, and the disclosed contracts against ours.
+    fn check_conformance(
+        &self,
+        request: &ConfirmationRequest,
+        snapshot: &TopologySnapshot,
+    ) -> Result<(), (RejectionCode, String)> {
+        use RejectionCode::*;
+        let act_as = &request.change_id.act_as;
         let seed: [u8; 32] = hex::decode(&request.seed)
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
@@ -992,9 +1018,20 @@ impl ParticipantEngine {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The inputs this participant knows of (a stakeholder hosted here) are active and not
+    /// locked by another pending request.
+    fn check_activeness(
+        &self,
+        transaction: &Transaction,
+        hosted: &BTreeMap<PartyId, meridian_core::ledger::Permission>,
+    ) -> Result<(), (RejectionCode, String)> {
+        use RejectionCode::*;
         let mut locked = Vec::new();
         let mut inactive = Vec::new();
-        for (id, stakeholders) in input_stakeholders(&request.transaction) {
+        for (id, stakeholders) in input_stakeholders(transaction) {
             if !stakeholders.iter().any(|p| hosted.contains_key(p)) {
                 continue;
             }
@@ -1095,47 +1132,38 @@ impl ParticipantEngine {
         for contract in &pending.created_here {
             self.acs.insert(contract.id.clone(), contract.clone());
         }
-        if let Some(local) = &pending.local {
-            let completion = Completion {
-                submission: local.clone(),
+        let completion = pending.local.as_ref().map(|local| Completion {
+            submission: local.clone(),
+            offset,
+            record_time: pending.request_id,
+            outcome: Outcome::Committed {
+                transaction_id: transaction_id.clone(),
                 offset,
-                record_time: pending.request_id,
-                outcome: Outcome::Committed {
-                    transaction_id: transaction_id.clone(),
-                    offset,
-                },
-                transaction: Some(Box::new(pending.transaction.clone())),
-            };
+            },
+            transaction: Some(Box::new(pending.transaction.clone())),
+        });
+        if let Some(completion) = &completion {
             self.dedup.insert(
-                local.change_key(),
+                completion.submission.change_key(),
                 DedupStatus::Committed {
                     transaction_id: transaction_id.clone(),
                     offset,
                     expires_at: completion.dedup_expires_at(),
                 },
             );
-            self.effects.push(Effect::Commit(Box::new(CommitRecord {
-                offset,
-                transaction_id,
-                request_id: pending.request_id,
-                transaction: pending.transaction,
-                informees: pending.informees,
-                local: pending.local.clone(),
-                archived,
-                created: pending.created_here,
-            })));
+        }
+        self.effects.push(Effect::Commit(Box::new(CommitRecord {
+            offset,
+            transaction_id,
+            request_id: pending.request_id,
+            transaction: pending.transaction,
+            informees: pending.informees,
+            local: pending.local,
+            archived,
+            created: pending.created_here,
+        })));
+        if let Some(completion) = completion {
             self.effects.push(Effect::Complete(Box::new(completion)));
-        } else {
-            self.effects.push(Effect::Commit(Box::new(CommitRecord {
-                offset,
-                transaction_id,
-                request_id: pending.request_id,
-                transaction: pending.transaction,
-                informees: pending.informees,
-                local: None,
-                archived,
-                created: pending.created_here,
-            })));
         }
     }
 }

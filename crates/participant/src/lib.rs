@@ -6,8 +6,9 @@
 //!
 //! From pure to effectful: [`engine`] (all protocol decisions, sans I/O, deterministic),
 //! `runtime` (the single writer task that feeds the engine and persists its effects one batch
-//! per database transaction, plus time proofs and dedup pruning), `service` (the gRPC Ledger
-//! API), `replication` (active/passive replicas: what a passive replica
+//! per database transaction, the one door of a local submission, plus time proofs and dedup
+//! pruning), `service` (the gRPC Ledger API: admission, wire conversion through
+//! `meridian_proto::convert::ledger`, the runtime's answer as a status), `replication` (active/passive replicas: what a passive replica
 //! answers and reports), [`node`] (wiring, start-up order, promotion and demotion), [`config`].
 
 pub mod config;

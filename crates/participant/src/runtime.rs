@@ -42,8 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ParticipantConfig;
 use crate::engine::{
-    Begin, Completion, Effect, Outcome, OutgoingMessage, ParticipantEngine, SequencedInput,
-    SubmitError, SubmitRequest,
+    Begin, CommitRecord, Completion, Effect, LocalSubmission, Outcome, OutgoingMessage,
+    ParticipantEngine, SequencedInput, SubmitError, SubmitRequest,
 };
 use crate::metrics::ParticipantMetrics;
 
@@ -743,16 +743,9 @@ pub(crate) fn batch_of(effects: &[Effect]) -> ParticipantBatch {
     let mut batch = ParticipantBatch::default();
     for effect in effects {
         match effect {
-            Effect::InFlight(submission) => batch.dedup_upserts.push(DedupRecord {
-                change_key: submission.change_key(),
-                user_id: submission.change.user_id.clone(),
-                command_id: submission.change.command_id.clone(),
-                act_as: submission.change.act_as.clone(),
-                submission_id: submission.submission_id.clone(),
-                max_sequencing_time: submission.max_sequencing_time,
-                dedup_period_us: submission.dedup_period_us,
-                state: DedupState::InFlight,
-            }),
+            Effect::InFlight(submission) => batch
+                .dedup_upserts
+                .push(dedup_record(submission, DedupState::InFlight)),
             Effect::Send(_) | Effect::TopologyChanged => {}
             Effect::Pending(pending) => {
                 // The engine's own types always serialize.
@@ -769,90 +762,101 @@ pub(crate) fn batch_of(effects: &[Effect]) -> ParticipantBatch {
                     .retain(|p| p.request_id != *request_id);
                 batch.pending_deletes.push(*request_id);
             }
-            Effect::Commit(commit) => {
-                let archived: std::collections::BTreeSet<_> = commit.archived.iter().collect();
-                // A contract created and archived within one batch never needs an update.
-                batch.archived.extend(
-                    commit
-                        .archived
-                        .iter()
-                        .filter(|id| !batch.created.iter().any(|c| &c.contract.id == *id))
-                        .map(|id| (id.clone(), commit.offset)),
-                );
-                for stored in batch.created.iter_mut() {
-                    if archived.contains(&stored.contract.id) {
-                        stored.archived_offset = Some(commit.offset);
-                    }
-                }
-                batch
-                    .created
-                    .extend(commit.created.iter().map(|contract| StoredContract {
-                        contract: contract.clone(),
-                        created_offset: commit.offset,
-                        archived_offset: None,
-                    }));
-                batch.transactions.push(TransactionRecord {
-                    offset: commit.offset,
-                    transaction_id: commit.transaction_id.clone(),
-                    request_id: commit.request_id,
-                    user_id: commit.local.as_ref().map(|l| l.change.user_id.clone()),
-                    command_id: commit.local.as_ref().map(|l| l.change.command_id.clone()),
-                    informees: commit.informees.clone(),
-                    transaction: commit.transaction.clone(),
-                });
-            }
-            Effect::Complete(completion) => {
-                let submission = &completion.submission;
-                let key = submission.change_key();
-                let (status_code, message, transaction_id) = match &completion.outcome {
-                    Outcome::Committed { transaction_id, .. } => {
-                        batch.dedup_deletes.retain(|k| k != &key);
-                        batch.dedup_upserts.retain(|d| d.change_key != key);
-                        batch.dedup_upserts.push(DedupRecord {
-                            change_key: key,
-                            user_id: submission.change.user_id.clone(),
-                            command_id: submission.change.command_id.clone(),
-                            act_as: submission.change.act_as.clone(),
-                            submission_id: submission.submission_id.clone(),
-                            max_sequencing_time: submission.max_sequencing_time,
-                            dedup_period_us: submission.dedup_period_us,
-                            state: DedupState::Committed {
-                                transaction_id: transaction_id.clone(),
-                                offset: completion.offset,
-                                expires_at: completion.dedup_expires_at(),
-                            },
-                        });
-                        (0, String::new(), Some(transaction_id.clone()))
-                    }
-                    Outcome::Rejected { code, message } => {
-                        // Only this submission's marker goes: a newer submission of the same
-                        // change may have started since (after an abandon).
-                        let same = |d: &DedupRecord| {
-                            d.change_key == key && d.submission_id == submission.submission_id
-                        };
-                        let queued = batch.dedup_upserts.iter().any(same);
-                        batch.dedup_upserts.retain(|d| !same(d));
-                        if !queued {
-                            batch.dedup_deletes.push(key);
-                        }
-                        (code.as_i32(), message.clone(), None)
-                    }
-                };
-                batch.completions.push(CompletionRecord {
-                    offset: completion.offset,
-                    user_id: submission.change.user_id.clone(),
-                    command_id: submission.change.command_id.clone(),
-                    act_as: submission.change.act_as.clone(),
-                    submission_id: submission.submission_id.clone(),
-                    status_code,
-                    message,
-                    transaction_id,
-                    record_time: completion.record_time,
-                });
-            }
+            Effect::Commit(commit) => add_commit(&mut batch, commit),
+            Effect::Complete(completion) => add_completion(&mut batch, completion),
         }
     }
     batch
+}
+
+fn dedup_record(submission: &LocalSubmission, state: DedupState) -> DedupRecord {
+    DedupRecord {
+        change_key: submission.change_key(),
+        user_id: submission.change.user_id.clone(),
+        command_id: submission.change.command_id.clone(),
+        act_as: submission.change.act_as.clone(),
+        submission_id: submission.submission_id.clone(),
+        max_sequencing_time: submission.max_sequencing_time,
+        dedup_period_us: submission.dedup_period_us,
+        state,
+    }
+}
+
+fn add_commit(batch: &mut ParticipantBatch, commit: &CommitRecord) {
+    let archived: std::collections::BTreeSet<_> = commit.archived.iter().collect();
+    // A contract created and archived within one batch never needs an update.
+    batch.archived.extend(
+        commit
+            .archived
+            .iter()
+            .filter(|id| !batch.created.iter().any(|c| &c.contract.id == *id))
+            .map(|id| (id.clone(), commit.offset)),
+    );
+    for stored in batch.created.iter_mut() {
+        if archived.contains(&stored.contract.id) {
+            stored.archived_offset = Some(commit.offset);
+        }
+    }
+    batch
+        .created
+        .extend(commit.created.iter().map(|contract| StoredContract {
+            contract: contract.clone(),
+            created_offset: commit.offset,
+            archived_offset: None,
+        }));
+    batch.transactions.push(TransactionRecord {
+        offset: commit.offset,
+        transaction_id: commit.transaction_id.clone(),
+        request_id: commit.request_id,
+        user_id: commit.local.as_ref().map(|l| l.change.user_id.clone()),
+        command_id: commit.local.as_ref().map(|l| l.change.command_id.clone()),
+        informees: commit.informees.clone(),
+        transaction: commit.transaction.clone(),
+    });
+}
+
+fn add_completion(batch: &mut ParticipantBatch, completion: &Completion) {
+    let submission = &completion.submission;
+    let key = submission.change_key();
+    let (status_code, message, transaction_id) = match &completion.outcome {
+        Outcome::Committed { transaction_id, .. } => {
+            batch.dedup_deletes.retain(|k| k != &key);
+            batch.dedup_upserts.retain(|d| d.change_key != key);
+            batch.dedup_upserts.push(dedup_record(
+                submission,
+                DedupState::Committed {
+                    transaction_id: transaction_id.clone(),
+                    offset: completion.offset,
+                    expires_at: completion.dedup_expires_at(),
+                },
+            ));
+            (0, String::new(), Some(transaction_id.clone()))
+        }
+        Outcome::Rejected { code, message } => {
+            // Only this submission's marker goes: a newer submission of the same change may
+            // have started since (after an abandon).
+            let same = |d: &DedupRecord| {
+                d.change_key == key && d.submission_id == submission.submission_id
+            };
+            let queued = batch.dedup_upserts.iter().any(same);
+            batch.dedup_upserts.retain(|d| !same(d));
+            if !queued {
+                batch.dedup_deletes.push(key);
+            }
+            (code.as_i32(), message.clone(), None)
+        }
+    };
+    batch.completions.push(CompletionRecord {
+        offset: completion.offset,
+        user_id: submission.change.user_id.clone(),
+        command_id: submission.change.command_id.clone(),
+        act_as: submission.change.act_as.clone(),
+        submission_id: submission.submission_id.clone(),
+        status_code,
+        message,
+        transaction_id,
+        record_time: completion.record_time,
+    });
 }
 
 /// Background chores: time proofs for submissions of unknown fate, dedup pruning.

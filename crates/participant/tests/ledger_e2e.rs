@@ -208,6 +208,36 @@ async fn ledger_api_end_to_end() {
         "{duplicate:?}"
     );
 
+    // The same command twice at once: one submission, whose outcome answers both calls (the
+    // second as ALREADY_EXISTS naming the transaction), never a second transaction.
+    let issue_twice = submit(
+        "bank-app",
+        "issue-twice",
+        &["bank"],
+        vec![create_iou("alice", 5)],
+    );
+    let (mut once, mut twice) = (p3.clone(), p3.clone());
+    let (first, second) = tokio::join!(
+        once.submit_and_wait(issue_twice.clone()),
+        twice.submit_and_wait(issue_twice),
+    );
+    let (committed, duplicate) = match (first, second) {
+        (Ok(committed), Err(duplicate)) | (Err(duplicate), Ok(committed)) => {
+            (committed.into_inner(), duplicate)
+        }
+        other => panic!("expected one commit and one duplicate: {other:?}"),
+    };
+    assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate:?}");
+    let named = duplicate
+        .metadata()
+        .get("meridian-transaction-id")
+        .and_then(|value| value.to_str().ok());
+    assert_eq!(
+        named,
+        Some(committed.transaction_id.as_str()),
+        "{duplicate:?}"
+    );
+
     // Errors, each with its documented code.
     let mut p1c = p1.clone();
     let err = p1c
