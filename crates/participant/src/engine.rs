@@ -142,6 +142,23 @@ pub enum Begin<T = ()> {
     },
 }
 
+impl<T> Begin<T> {
+    /// The same decision with the started submission's `T` replaced.
+    pub fn map<U>(self, started: impl FnOnce(T) -> U) -> Begin<U> {
+        match self {
+            Begin::Started(value) => Begin::Started(started(value)),
+            Begin::InFlight { submission_id } => Begin::InFlight { submission_id },
+            Begin::Duplicate {
+                transaction_id,
+                offset,
+            } => Begin::Duplicate {
+                transaction_id,
+                offset,
+            },
+        }
+    }
+}
+
 /// A message to send through the sequencer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutgoingMessage {

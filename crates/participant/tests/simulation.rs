@@ -58,7 +58,7 @@ use meridian_core::{
 use meridian_mediator::{Effect as MediatorEffect, MediatorEngine, RestoredRequest, StateChange};
 use meridian_participant::engine::{
     Begin, CommitRecord, Completion, DedupStatus, Effect, LocalSubmission, Outcome,
-    ParticipantEngine, PendingRequest, RestoredState, SequencedInput, StatusCode,
+    ParticipantEngine, PendingRequest, RestoredState, SequencedInput, StatusCode, SubmitRequest,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
@@ -906,8 +906,8 @@ impl Sim {
 
     // ---- Applications ----
 
-    /// Prepares `commands` at `p` (or, if given, at a stand-in engine holding a stale view)
-    /// and starts the submission at `p`.
+    /// Submits `commands` at `p` through the engine's one door, or, given a stand-in engine
+    /// holding a stale view, prepares them there and starts that submission at `p`.
     fn submit(
         &mut self,
         p: &ParticipantId,
@@ -929,33 +929,56 @@ impl Sim {
         seed[..8].copy_from_slice(&n.to_be_bytes());
         let submission_id = MessageId::new(format!("sub-{n}")).unwrap();
         let deadline = ts(self.now + window);
-        let preparer = stale_view.unwrap_or(&self.participants[p]);
-        let prepared = preparer.prepare_submission(
-            &change,
-            &commands,
-            seed,
-            &submission_id,
-            &mediator(),
-            deadline,
-        );
-        let submission = match prepared {
-            Ok(submission) => submission,
-            Err(error) => {
-                // Cannot happen for the commands the harness builds from visible contracts.
-                panic!("preparing {commands:?} at {p} failed: {error}");
+        let now = ts(self.now);
+        let begin = match stale_view {
+            // The runtime's one door: deduplication, interpretation and the in-flight marker
+            // in one step.
+            None => {
+                let request = SubmitRequest {
+                    change: change.clone(),
+                    commands: commands.clone(),
+                    dedup_period_us: DEDUP_PERIOD_US,
+                    seed,
+                    submission_id: submission_id.clone(),
+                    mediator: mediator(),
+                    max_sequencing_time: deadline,
+                };
+                let engine = self.participants.get_mut(p).unwrap();
+                match engine.submit(request, now) {
+                    Ok(begin) => begin.map(|submission| *submission),
+                    // Cannot happen for the commands the harness builds from visible contracts.
+                    Err(error) => panic!("submitting {commands:?} at {p} failed: {error}"),
+                }
+            }
+            // A submission interpreted against a stale view of the participant's state, which
+            // the participant then records as in flight.
+            Some(stale) => {
+                let prepared = stale.prepare_submission(
+                    &change,
+                    &commands,
+                    seed,
+                    &submission_id,
+                    &mediator(),
+                    deadline,
+                );
+                let submission = match prepared {
+                    Ok(submission) => submission,
+                    Err(error) => panic!("preparing {commands:?} at {p} failed: {error}"),
+                };
+                let local = LocalSubmission {
+                    change: change.clone(),
+                    submission_id: submission_id.to_string(),
+                    max_sequencing_time: deadline,
+                    dedup_period_us: DEDUP_PERIOD_US,
+                };
+                let engine = self.participants.get_mut(p).unwrap();
+                engine.begin_submission(local, now).map(|()| submission)
             }
         };
-        let local = LocalSubmission {
-            change: change.clone(),
-            submission_id: submission_id.to_string(),
-            max_sequencing_time: deadline,
-            dedup_period_us: DEDUP_PERIOD_US,
-        };
-        let now = ts(self.now);
-        let engine = self.participants.get_mut(p).unwrap();
-        match engine.begin_submission(local, now) {
-            Begin::Started(()) => {
+        match begin {
+            Begin::Started(submission) => {
                 // The marker is stored before the submission is sent.
+                let engine = self.participants.get_mut(p).unwrap();
                 let effects = engine.drain_effects();
                 self.persist_participant_effects(p, effects);
                 self.started.push(Started {
