@@ -294,7 +294,9 @@ impl Core {
 
     /// The one door of a local submission: the writer decides (deduplication, interpretation,
     /// in-flight marker, persisted), then the submission goes to the sequencer, then the
-    /// completion answers. Each wait is bounded by the submit timeout and ends with the term.
+    /// completion answers. The waits for a duplicate's publication and for the completion are
+    /// bounded by the submit timeout; the writer's answer is dropped, and every later wait
+    /// cut short, when the term ends.
     pub async fn submit(&self, command: CommandSubmission) -> Result<SubmitAnswer, SubmitFailure> {
         let now = Timestamp::now();
         let mut seed = [0u8; 32];
