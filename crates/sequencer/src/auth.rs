@@ -163,13 +163,10 @@ impl Authenticator {
     }
 }
 
-/// Extracts the bearer token from gRPC metadata.
+/// Extracts the session token from gRPC metadata, parsed as every node parses an
+/// `authorization` header ([`meridian_node::admin_token::bearer`]).
 pub fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Result<&str, AuthError> {
-    metadata
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(AuthError::MissingToken)
+    meridian_node::admin_token::bearer(metadata).map_err(|_| AuthError::MissingToken)
 }
 
 #[cfg(test)]
@@ -178,18 +175,23 @@ mod tests {
 
     use super::*;
 
+    /// `key`'s answer to `nonce` for `member`.
+    fn sign_challenge(key: &SigningKey, member: &MemberId, nonce: &[u8]) -> Vec<u8> {
+        key.sign(
+            SigningPurpose::SequencerAuthentication,
+            &authentication_challenge(member, nonce),
+        )
+        .to_bytes()
+        .to_vec()
+    }
+
     #[test]
     fn challenge_response_yields_a_token_once() {
         let auth = Authenticator::new(Duration::from_secs(60));
         let key = SigningKey::generate();
         let member = MemberId::new("p1").unwrap();
         let nonce = auth.challenge(&member);
-        let signature = key
-            .sign(
-                SigningPurpose::SequencerAuthentication,
-                &authentication_challenge(&member, &nonce),
-            )
-            .to_bytes();
+        let signature = sign_challenge(&key, &member, &nonce);
         let (token, _) = auth
             .authenticate(&member, &key.public_key(), &nonce, &signature)
             .unwrap();
@@ -208,12 +210,7 @@ mod tests {
         let member = MemberId::new("p1").unwrap();
         let nonce = auth.challenge(&member);
         let impostor = SigningKey::generate();
-        let signature = impostor
-            .sign(
-                SigningPurpose::SequencerAuthentication,
-                &authentication_challenge(&member, &nonce),
-            )
-            .to_bytes();
+        let signature = sign_challenge(&impostor, &member, &nonce);
         let registered = SigningKey::generate().public_key();
         assert!(matches!(
             auth.authenticate(&member, &registered, &nonce, &signature),
@@ -227,12 +224,7 @@ mod tests {
         let key = SigningKey::generate();
         let member = MemberId::new("p1").unwrap();
         let nonce = auth.challenge(&member);
-        let signature = key
-            .sign(
-                SigningPurpose::SequencerAuthentication,
-                &authentication_challenge(&member, &nonce),
-            )
-            .to_bytes();
+        let signature = sign_challenge(&key, &member, &nonce);
         let (token, _) = auth
             .authenticate(&member, &key.public_key(), &nonce, &signature)
             .unwrap();
