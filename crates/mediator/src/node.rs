@@ -238,7 +238,8 @@ async fn serve(
 /// id, which the sequencer deduplicates (its window is 30 s, far beyond a takeover).
 async fn run_term(warm: Warm, shutdown: CancellationToken) -> anyhow::Result<()> {
     let retry = Retry::new(&warm.readiness, &shutdown);
-    let Some(topology) = sync_topology(&warm.config, TopologyState::new(warm.owner), &retry).await?
+    let Some(topology) =
+        sync_topology(&warm.config, TopologyState::new(warm.owner), &retry).await?
     else {
         return Ok(());
     };

@@ -579,7 +579,6 @@ fn is_definite(code: tonic::Code) -> bool {
     )
 }
 
-
 /// A store call's future, boxed as the store trait returns it. Taking this concrete type
 /// (rather than any `Future`) keeps the mediator's futures provably `Send`.
 pub(crate) type StoreCall<'a, T> =

@@ -258,7 +258,6 @@ async fn start_and_serve(
     serving: Arc<Serving>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let participant = config.participant_id.clone();
     let retry = Retry::new(readiness, &shutdown);
     let Some(store) = retry
         .until("database", "", || {

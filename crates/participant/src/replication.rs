@@ -189,10 +189,7 @@ impl Serving {
             map.insert("replica_id".into(), replica.into());
             let phase = *self.phase.borrow();
             map.insert("serving".into(), (phase == Phase::Active).into());
-            map.insert(
-                "stepping_down".into(),
-                (phase == Phase::Draining).into(),
-            );
+            map.insert("stepping_down".into(), (phase == Phase::Draining).into());
             if !map.contains_key("since_us") {
                 let since = *self
                     .passive_since
