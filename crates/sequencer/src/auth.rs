@@ -185,13 +185,19 @@ mod tests {
         .to_vec()
     }
 
+    /// Member `p1`, challenged by `auth`, with `key`'s answer.
+    fn challenged(auth: &Authenticator, key: &SigningKey) -> (MemberId, [u8; NONCE_LEN], Vec<u8>) {
+        let member = MemberId::new("p1").unwrap();
+        let nonce = auth.challenge(&member);
+        let signature = sign_challenge(key, &member, &nonce);
+        (member, nonce, signature)
+    }
+
     #[test]
     fn challenge_response_yields_a_token_once() {
         let auth = Authenticator::new(Duration::from_secs(60));
         let key = SigningKey::generate();
-        let member = MemberId::new("p1").unwrap();
-        let nonce = auth.challenge(&member);
-        let signature = sign_challenge(&key, &member, &nonce);
+        let (member, nonce, signature) = challenged(&auth, &key);
         let (token, _) = auth
             .authenticate(&member, &key.public_key(), &nonce, &signature)
             .unwrap();
@@ -207,10 +213,8 @@ mod tests {
     #[test]
     fn wrong_key_is_refused() {
         let auth = Authenticator::new(Duration::from_secs(60));
-        let member = MemberId::new("p1").unwrap();
-        let nonce = auth.challenge(&member);
         let impostor = SigningKey::generate();
-        let signature = sign_challenge(&impostor, &member, &nonce);
+        let (member, nonce, signature) = challenged(&auth, &impostor);
         let registered = SigningKey::generate().public_key();
         assert!(matches!(
             auth.authenticate(&member, &registered, &nonce, &signature),
@@ -222,9 +226,7 @@ mod tests {
     fn expired_sessions_are_refused_and_revocation_works() {
         let auth = Authenticator::new(Duration::ZERO);
         let key = SigningKey::generate();
-        let member = MemberId::new("p1").unwrap();
-        let nonce = auth.challenge(&member);
-        let signature = sign_challenge(&key, &member, &nonce);
+        let (member, nonce, signature) = challenged(&auth, &key);
         let (token, _) = auth
             .authenticate(&member, &key.public_key(), &nonce, &signature)
             .unwrap();
