@@ -1,10 +1,11 @@
 //! Meridian's domain vocabulary, shared by every other crate: validated identifiers, sequencer
 //! time, ed25519 signing with domain separation, the sequencer's event model, the ledger
-//! model with its templates, the topology with time-indexed snapshots, and the messages of
-//! the transaction protocol.
+//! model with its templates, the topology with time-indexed snapshots, the messages of the
+//! transaction protocol, and the retry [`backoff`] schedule every client and node uses.
 //!
 //! This crate performs no I/O, so everything in it is deterministic and unit-testable.
 
+pub mod backoff;
 pub mod crypto;
 pub mod ids;
 pub mod ledger;
@@ -14,6 +15,7 @@ pub mod template;
 pub mod time;
 pub mod topology;
 
+pub use backoff::Backoff;
 pub use ids::{
     CommandId, ContractId, IdError, InstanceIndex, LedgerOffset, MemberId, MessageId,
     ParticipantId, PartyId, TemplateId, TransactionId, UserId,

@@ -1,84 +1,41 @@
-//! The mediator node: wires the store, the topology, the sequencer client and the engine
-//! together and performs the engine's effects.
+//! The mediator node's wiring: config → components, and the start-up order; the runtime that
+//! runs once everything is connected (event loop, persistence, verdict sending) is
+//! [`crate::runtime`], as the participant splits `node` from `runtime`.
 //!
 //! Start-up order matters for operators: the admin HTTP server comes up first so `/readyz` can
 //! say *why* the mediator is not working yet (database unreachable or read-only, topology
 //! manager not answering, sequencer refusing us). Then: open the store, sync the topology,
 //! rebuild the engine from the persisted pending requests, re-send the verdicts that were
-//! decided but not known to be sent, and subscribe after the checkpoint.
+//! decided but not known to be sent, and subscribe after the checkpoint. Every wait retries
+//! through [`meridian_node::retry`], reporting what it waits for.
 //!
-//! One task owns the engine and processes events strictly in order. It takes whatever run of
-//! events the subscription has buffered (up to [`MAX_EVENTS_PER_COMMIT`]), feeds them to the
-//! engine, and stores every resulting change with the new checkpoint in one transaction; only
-//! after that commit are the run's verdicts handed to the sender task. So a crash at any point
-//! either loses a whole run (replayed from the checkpoint, reaching the same verdicts, whose
-//! re-sends the sequencer deduplicates by message id) or nothing. The sender task sends with
-//! bounded concurrency and marks verdicts sent in batches.
+//! Replicated (`[replication]`), the mediator uses the shared lifecycle of
+//! [`meridian_node::replication`]: [`Warm`] is what it keeps while passive, and each *term*
+//! ([`run_term`]) is exactly what an unreplicated mediator does from its start.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::{FutureExt as _, StreamExt as _};
-use meridian_client::{ClientError, SequencerClient, SequencerClientConfig};
-use meridian_core::crypto::{PublicKey, SigningKey, SigningPurpose};
-use meridian_core::protocol::{ProtocolMessage, Signed, Verdict};
-use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
+use meridian_client::{SequencerClient, SequencerClientConfig};
+use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::topology::TopologyState;
-use meridian_core::{MemberId, MessageId, ParticipantId, Timestamp};
+use meridian_core::MemberId;
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::conditions::Conditions;
 use meridian_node::health::Health;
 use meridian_node::metrics::Metrics;
 use meridian_node::replica::ReplicaManager;
-use meridian_node::replication::{self, Replication};
-use meridian_store::mediator::{MediatorChange, MediatorStore};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use meridian_node::replication::Replication;
+use meridian_node::retry::Retry;
+use meridian_store::mediator::MediatorStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MediatorConfig;
-use crate::engine::{Effect, MediatorEngine};
+use crate::engine::MediatorEngine;
 use crate::metrics::MediatorMetrics;
 use crate::persist;
-
-/// Events stored per database transaction at most. At ~3,000 events/s and a commit of a few
-/// milliseconds, runs stay far below this; the bound keeps one transaction's size in check
-/// after a long outage, when the subscription delivers a backlog.
-pub const MAX_EVENTS_PER_COMMIT: usize = 1_000;
-/// Verdicts and time proofs waiting for the sender task. When full, the event loop waits:
-/// back-pressure instead of unbounded memory.
-const OUTGOING_QUEUE: usize = 4_096;
-/// Sends in flight at once. The sequencer batches concurrent sends into one commit, so
-/// throughput needs concurrency; the bound keeps a slow sequencer from drowning in retries.
-const MAX_IN_FLIGHT_SENDS: usize = 64;
-/// How long a verdict may wait to be sequenced. Re-sends of the same verdict reuse its message
-/// id, so the sequencer deduplicates them within this window (plus its retention).
-const VERDICT_SEND_WINDOW: Duration = Duration::from_secs(30);
-const TIME_PROOF_SEND_WINDOW: Duration = Duration::from_secs(5);
-/// Spacing of retries of the database, topology manager, subscription and failed sends.
-const RETRY_INITIAL: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
-/// How often sent verdicts are marked in the store (one small transaction each).
-const MARK_SENT_INTERVAL: Duration = Duration::from_millis(200);
-/// Sent-verdict ids kept for marking while the database is away; beyond this the oldest are
-/// dropped, which only means they are re-sent (and deduplicated) after a restart.
-const MAX_UNMARKED_SENT: usize = 100_000;
-/// Sent verdicts are kept this long in sequencer time for inspection, then pruned.
-const VERDICT_RETENTION: Duration = Duration::from_secs(600);
-const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-
-/// What `/status` shows; updated by the event loop, read by the admin server.
-#[derive(Debug, Default)]
-struct StatusState {
-    pending_requests: AtomicU64,
-    last_event_us: AtomicU64,
-    verdicts_decided: AtomicU64,
-    verdicts_sent: AtomicU64,
-}
+use crate::runtime::{retry_store, Runtime, StatusState};
 
 struct MediatorStatus {
     member: MemberId,
@@ -108,17 +65,6 @@ impl StatusSource for MediatorStatus {
         }
         status
     }
-}
-
-/// What the sender task sends.
-#[derive(Debug)]
-enum Outgoing {
-    Verdict {
-        request_id: Timestamp,
-        recipients: Vec<MemberId>,
-        verdict: Verdict,
-    },
-    TimeProof,
 }
 
 /// Runs a mediator until `shutdown` is cancelled. Returns an error for what a restart will not
@@ -182,9 +128,10 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
     result
 }
 
-/// What the active work needs; shared by every promotion of a replicated mediator.
+/// What a mediator keeps between terms (while passive) and starts each term from; an
+/// unreplicated mediator runs one term from its start.
 #[derive(Clone)]
-struct Active {
+struct Warm {
     config: Arc<MediatorConfig>,
     key: SigningKey,
     owner: PublicKey,
@@ -197,9 +144,9 @@ struct Active {
     replication: Option<Arc<Replication>>,
 }
 
-/// Readiness conditions only the active work sets. A replica that stops being active clears
-/// them, so its `/readyz` reason says "passive", not what the old work last saw.
-const ACTIVE_CONDITIONS: [&str; 3] = ["topology", "subscription", "sequencer"];
+/// Readiness conditions only a term sets. A replica whose term ends clears them, so its
+/// `/readyz` reason says "passive", not what the old term last saw.
+const TERM_CONDITIONS: [&str; 3] = ["topology", "subscription", "sequencer"];
 
 async fn serve(
     config: Arc<MediatorConfig>,
@@ -216,10 +163,11 @@ async fn serve(
         .context("owner_public_key is not a hex ed25519 public key")?;
     tracing::info!(member = %config.member_id, public_key = %key.public_key(), "mediator key loaded");
 
-    let Some(store) = connect_store(&config, &readiness, shutdown).await else {
+    let retry = Retry::new(&readiness, shutdown);
+    let Some(store) = connect_store(&config, &retry).await? else {
         return Ok(());
     };
-    let mut active = Active {
+    let mut warm = Warm {
         config: config.clone(),
         key,
         owner,
@@ -231,35 +179,35 @@ async fn serve(
         replication: None,
     };
     let Some(settings) = config.replica_settings() else {
-        return serve_active(active, shutdown.clone()).await;
+        return run_term(warm, shutdown.clone()).await;
     };
 
     // Replicated: warm (admin HTTP up, database open) but passive until the lease is ours.
     let node = settings.node.clone();
-    let lease = retry_store("opening the replica lease", &readiness, shutdown, || {
+    let lease = retry_store("opening the replica lease", &retry, || {
         let (storage, node) = (config.storage.clone(), node.clone());
         Box::pin(async move { meridian_store::open_lease_store(&storage, &node).await })
     })
-    .await;
+    .await?;
     let Some(lease) = lease else {
         return Ok(());
     };
     tracing::info!(replica = %settings.replica_id, endpoint = %settings.advertised_endpoint, "mediator replica starting passive");
     let replication = Arc::new(Replication::new(
-        ReplicaManager::new(settings, lease, active.store.fence()),
+        ReplicaManager::new(settings, lease, warm.store.fence()),
         readiness.clone(),
     ));
     let _ = replication_slot.set(replication.clone());
     let follower = tokio::spawn(replication.clone().follow(shutdown.clone()));
-    active.replication = Some(replication.clone());
+    warm.replication = Some(replication.clone());
     readiness.clear("startup");
     let result = replication
-        .run(shutdown, |token| {
-            let active = active.clone();
+        .run(shutdown, |term| {
+            let warm = warm.clone();
             async move {
-                let readiness = active.readiness.clone();
-                let result = serve_active(active, token).await;
-                for condition in ACTIVE_CONDITIONS {
+                let readiness = warm.readiness.clone();
+                let result = run_term(warm, term).await;
+                for condition in TERM_CONDITIONS {
                     readiness.clear(condition);
                 }
                 result
@@ -270,9 +218,9 @@ async fn serve(
     result
 }
 
-/// The active mediator: everything a start from the database does, then the event loop until
-/// `shutdown` (for a replica: until it stops being active). Restoring from the store is the
-/// whole of a promotion's catch-up: the pending requests and the checkpoint, the verdicts
+/// One term of the mediator: everything a start from the database does, then the runtime
+/// until `shutdown` (for a replica: until it stops being active). Restoring from the store is
+/// the whole of a promotion's catch-up: the pending requests and the checkpoint, the verdicts
 /// decided but not known to be sent, then the stream replayed from the checkpoint.
 ///
 /// Why a failover does not time requests out: the TIMEOUT decision is a function of the
@@ -288,30 +236,48 @@ async fn serve(
 /// missing mediator does not send, only move time forward for requests whose responses are
 /// genuinely missing. Verdicts the old active had decided are re-sent under the same message
 /// id, which the sequencer deduplicates (its window is 30 s, far beyond a takeover).
-async fn serve_active(active: Active, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Active {
-        config,
-        key,
-        owner,
-        store,
-        health,
-        readiness,
-        metrics,
-        status,
-        replication,
-    } = active;
-    let shutdown = &shutdown;
+async fn run_term(warm: Warm, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let retry = Retry::new(&warm.readiness, &shutdown);
     let Some(topology) =
-        sync_topology(&config, TopologyState::new(owner), &readiness, shutdown).await
+        sync_topology(&warm.config, TopologyState::new(warm.owner), &retry).await?
     else {
         return Ok(());
     };
-    let Some(snapshot) = retry_store("loading the mediator state", &readiness, shutdown, || {
-        store.load()
-    })
-    .await
-    else {
+    let Some((engine, unsent)) = restore(&warm, topology, &retry).await? else {
         return Ok(());
+    };
+    let Some(client) = connect_sequencer(&warm.config, warm.key.clone(), &retry).await? else {
+        return Ok(());
+    };
+    let runtime = Runtime {
+        engine,
+        unsent,
+        store: warm.store.clone(),
+        client,
+        key: warm.key.clone(),
+        member: warm.config.member_id.clone(),
+        readiness: warm.readiness.clone(),
+        metrics: warm.metrics.clone(),
+        status: warm.status.clone(),
+        time_proof_interval: warm.config.time_proof_interval(),
+    };
+    let serving = || match &warm.replication {
+        Some(replication) => replication.serving(),
+        None => warm.readiness.clear("startup"),
+    };
+    runtime.run(&warm.health, &shutdown, serving).await
+}
+
+/// The engine as the store left it, and the verdicts still to send. `None` on shutdown.
+async fn restore(
+    warm: &Warm,
+    topology: TopologyState,
+    retry: &Retry,
+) -> anyhow::Result<Option<(MediatorEngine, Vec<meridian_store::mediator::VerdictRecord>)>> {
+    let store = &warm.store;
+    let Some(snapshot) = retry_store("loading the mediator state", retry, || store.load()).await?
+    else {
+        return Ok(None);
     };
     let requests = snapshot
         .pending
@@ -319,9 +285,9 @@ async fn serve_active(active: Active, shutdown: CancellationToken) -> anyhow::Re
         .map(persist::restored)
         .collect::<Result<Vec<_>, _>>()?;
     let engine = MediatorEngine::restore(
-        config.member_id.clone(),
+        warm.config.member_id.clone(),
         topology,
-        config.response_timeout(),
+        warm.config.response_timeout(),
         snapshot.checkpoint,
         requests,
     );
@@ -331,636 +297,91 @@ async fn serve_active(active: Active, shutdown: CancellationToken) -> anyhow::Re
         unsent_verdicts = snapshot.unsent.len(),
         "mediator state restored"
     );
-    status
+    let pending = engine.pending_count();
+    warm.status
         .pending_requests
-        .store(engine.pending_count() as u64, Ordering::Relaxed);
-    metrics.pending_requests.set(engine.pending_count() as i64);
+        .store(pending as u64, Ordering::Relaxed);
+    warm.metrics.pending_requests.set(pending as i64);
     if let Some(checkpoint) = snapshot.checkpoint {
-        status
+        warm.status
             .last_event_us
             .store(checkpoint.as_micros(), Ordering::Relaxed);
     }
-
-    let Some(client) = connect_sequencer(&config, key.clone(), &readiness, shutdown).await else {
-        return Ok(());
-    };
-
-    let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUE);
-    let sender_task = tokio::spawn(
-        Sender {
-            client: client.clone(),
-            key,
-            member: config.member_id.clone(),
-            store: store.clone(),
-            readiness: readiness.clone(),
-            metrics: metrics.clone(),
-            status: status.clone(),
-            shutdown: shutdown.clone(),
-        }
-        .run(outgoing_rx),
-    );
-    for record in snapshot.unsent {
-        let verdict = persist::verdict(&record)?;
-        let job = Outgoing::Verdict {
-            request_id: record.request_id,
-            recipients: record.recipients,
-            verdict,
-        };
-        if outgoing.send(job).await.is_err() {
-            break;
-        }
-    }
-
-    let event_loop = EventLoop {
-        engine,
-        store,
-        client,
-        outgoing,
-        readiness: readiness.clone(),
-        metrics,
-        status,
-        time_proof_interval: config.time_proof_interval(),
-    };
-    match &replication {
-        Some(replication) => replication.serving(),
-        None => readiness.clear("startup"),
-    }
-    let result = event_loop.run(&health, shutdown).await;
-    shutdown.cancel();
-    let _ = sender_task.await;
-    result
+    Ok(Some((engine, snapshot.unsent)))
 }
 
-struct EventLoop {
-    engine: MediatorEngine,
-    store: Arc<dyn MediatorStore>,
-    client: SequencerClient,
-    outgoing: mpsc::Sender<Outgoing>,
-    readiness: Conditions,
-    metrics: MediatorMetrics,
-    status: Arc<StatusState>,
-    time_proof_interval: Duration,
-}
-
-/// The effects of a run of events, to carry out after its commit.
-#[derive(Default)]
-struct RunOutput {
-    changes: Vec<MediatorChange>,
-    verdicts: Vec<Outgoing>,
-}
-
-impl EventLoop {
-    async fn run(mut self, health: &Health, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let mut subscription = self.client.subscribe(self.engine.last_event());
-        self.readiness.clear("subscription");
-        let mut retry_delay = RETRY_INITIAL;
-        let mut quiet_until = tokio::time::Instant::now() + self.time_proof_interval;
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(()),
-                next = subscription.next() => next,
-                () = tokio::time::sleep_until(quiet_until) => {
-                    quiet_until = tokio::time::Instant::now() + self.time_proof_interval;
-                    self.on_quiet();
-                    continue;
-                }
-            };
-            let mut run = Vec::new();
-            let mut ended = None;
-            match next {
-                Some(Ok(event)) => run.push(event),
-                Some(Err(error)) => ended = Some(error),
-                None => {
-                    ended = Some(ClientError::Protocol(
-                        "the subscription ended without an error".to_owned(),
-                    ))
-                }
-            }
-            // Whatever else is buffered already joins this run: one commit for all of it.
-            while ended.is_none() && !run.is_empty() && run.len() < MAX_EVENTS_PER_COMMIT {
-                match subscription.next().now_or_never() {
-                    Some(Some(Ok(event))) => run.push(event),
-                    Some(Some(Err(error))) => ended = Some(error),
-                    Some(None) => {
-                        ended = Some(ClientError::Protocol(
-                            "the subscription ended without an error".to_owned(),
-                        ))
-                    }
-                    None => break,
-                }
-            }
-            if !run.is_empty() {
-                quiet_until = tokio::time::Instant::now() + self.time_proof_interval;
-                if !self.process_run(run, shutdown).await {
-                    return Ok(());
-                }
-                retry_delay = RETRY_INITIAL;
-            }
-            let Some(error) = ended else { continue };
-            if let ClientError::Fork(fork) = &error {
-                // Never continue past a fork: the history we decided on is not the sequencer's.
-                health.set_failed(format!("sequencer history forked: {fork}"));
-                anyhow::bail!("stopped processing: {fork}");
-            }
-            if self
-                .readiness
-                .fail("subscription", format!("subscription interrupted: {error}"))
-            {
-                tracing::warn!(%error, after = ?self.engine.last_event(), "subscription ended; resubscribing");
-            }
-            drop(subscription);
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(retry_delay) => {}
-            }
-            retry_delay = (retry_delay * 2).min(RETRY_MAX);
-            // Every processed event is persisted by now, so the engine's last event is the
-            // stored checkpoint: exactly where the chain check must start.
-            subscription = self.client.subscribe(self.engine.last_event());
-            self.readiness.clear("subscription");
-        }
-    }
-
-    /// Feeds a run of events to the engine, persists the outcome and hands its verdicts to the
-    /// sender. Returns false on shutdown.
-    async fn process_run(
-        &mut self,
-        run: Vec<SequencedEvent>,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let events = run.len();
-        let mut output = RunOutput::default();
-        let mut checkpoint = None;
-        for event in run {
-            checkpoint = Some(event.timestamp);
-            let mut fed = false;
-            for envelope in &event.envelopes {
-                match ProtocolMessage::decode(&envelope.payload) {
-                    Ok(message) => {
-                        fed = true;
-                        let effects =
-                            self.engine
-                                .on_event(event.timestamp, event.sender.clone(), message);
-                        self.collect(effects, &mut output);
-                    }
-                    Err(error) => {
-                        tracing::warn!(timestamp = %event.timestamp, sender = %event.sender, %error, "ignoring a malformed envelope");
-                        self.metrics.count_ignored("malformed_envelope", false);
-                    }
-                }
-            }
-            if !fed {
-                let effects = self.engine.on_time(event.timestamp);
-                self.collect(effects, &mut output);
-            }
-        }
-        let Some(checkpoint) = checkpoint else {
-            return true;
-        };
-
-        let started = Instant::now();
-        let store = self.store.clone();
-        let changes = output.changes;
-        let persisted = retry_store(
-            "storing processed events",
-            &self.readiness,
-            shutdown,
-            || store.apply(&changes, checkpoint),
-        )
-        .await;
-        if persisted.is_none() {
-            return false;
-        }
-        self.metrics
-            .commit_latency_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_size.observe(events as f64);
-        self.metrics.events.inc_by(events as u64);
-        self.metrics
-            .last_event_us
-            .set(i64::try_from(checkpoint.as_micros()).unwrap_or(i64::MAX));
-        self.metrics
-            .pending_requests
-            .set(self.engine.pending_count() as i64);
-        self.status
-            .last_event_us
-            .store(checkpoint.as_micros(), Ordering::Relaxed);
-        self.status
-            .pending_requests
-            .store(self.engine.pending_count() as u64, Ordering::Relaxed);
-        for job in output.verdicts {
-            if let Outgoing::Verdict { verdict, .. } = &job {
-                self.metrics.count_verdict(&verdict.outcome);
-                self.status.verdicts_decided.fetch_add(1, Ordering::Relaxed);
-            }
-            if self.outgoing.send(job).await.is_err() {
-                // The sender stops only at shutdown; the verdict stays unsent in the store.
-                return false;
-            }
-        }
-        true
-    }
-
-    fn collect(&self, effects: Vec<Effect>, output: &mut RunOutput) {
-        for effect in effects {
-            match effect {
-                Effect::Persist(change) => output.changes.push(persist::to_store(&change)),
-                Effect::SendVerdict {
-                    request_id,
-                    informee_participants,
-                    verdict,
-                } => output.verdicts.push(Outgoing::Verdict {
-                    request_id,
-                    recipients: informee_participants
-                        .iter()
-                        .map(ParticipantId::as_member)
-                        .collect(),
-                    verdict,
-                }),
-                Effect::RequestTimeProof => self.request_time_proof(),
-                Effect::Ignored(ignored) => {
-                    if ignored.is_suspicious() {
-                        tracing::warn!(reason = ignored.reason(), "ignored: {ignored}");
-                    } else {
-                        tracing::debug!(reason = ignored.reason(), "ignored: {ignored}");
-                    }
-                    self.metrics
-                        .count_ignored(ignored.reason(), ignored.is_invalid_response());
-                }
-            }
-        }
-    }
-
-    fn on_quiet(&mut self) {
-        let effects = self.engine.on_quiet();
-        let mut output = RunOutput::default();
-        self.collect(effects, &mut output);
-        debug_assert!(output.changes.is_empty() && output.verdicts.is_empty());
-    }
-
-    fn request_time_proof(&self) {
-        // Never wait for queue space here: a full queue means traffic, and traffic moves time.
-        match self.outgoing.try_send(Outgoing::TimeProof) {
-            Ok(()) => {
-                self.metrics.time_proofs.inc();
-            }
-            Err(error) => tracing::debug!(%error, "time proof not queued"),
-        }
-    }
-}
-
-/// Sends verdicts and time proofs, marks verdicts sent, prunes old ones.
-struct Sender {
-    client: SequencerClient,
-    key: SigningKey,
-    member: MemberId,
-    store: Arc<dyn MediatorStore>,
-    readiness: Conditions,
-    metrics: MediatorMetrics,
-    status: Arc<StatusState>,
-    shutdown: CancellationToken,
-}
-
-impl Sender {
-    async fn run(self, mut jobs: mpsc::Receiver<Outgoing>) {
-        let this = Arc::new(self);
-        let mut in_flight: JoinSet<Option<Timestamp>> = JoinSet::new();
-        let mut unmarked: Vec<Timestamp> = Vec::new();
-        let mut mark = tokio::time::interval(MARK_SENT_INTERVAL);
-        mark.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
-        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut time_proof_seq: u64 = 0;
-        loop {
-            tokio::select! {
-                () = this.shutdown.cancelled() => break,
-                job = jobs.recv(), if in_flight.len() < MAX_IN_FLIGHT_SENDS => {
-                    let Some(job) = job else { break };
-                    let sender = this.clone();
-                    match job {
-                        Outgoing::Verdict { request_id, recipients, verdict } => {
-                            in_flight.spawn(async move {
-                                sender.send_verdict(request_id, recipients, verdict).await
-                            });
-                        }
-                        Outgoing::TimeProof => {
-                            time_proof_seq = time_proof_seq.wrapping_add(1);
-                            let seq = time_proof_seq;
-                            in_flight.spawn(async move {
-                                sender.send_time_proof(seq).await;
-                                None
-                            });
-                        }
-                    }
-                }
-                Some(done) = in_flight.join_next() => {
-                    if let Ok(Some(request_id)) = done {
-                        if unmarked.len() >= MAX_UNMARKED_SENT {
-                            unmarked.remove(0);
-                        }
-                        unmarked.push(request_id);
-                    }
-                }
-                _ = mark.tick() => this.mark_sent(&mut unmarked).await,
-                _ = prune.tick() => this.prune().await,
-            }
-        }
-        in_flight.abort_all();
-        // What was acknowledged is worth recording; the rest is re-sent after a restart.
-        while let Some(done) = in_flight.join_next().await {
-            if let Ok(Some(request_id)) = done {
-                unmarked.push(request_id);
-            }
-        }
-        this.mark_sent(&mut unmarked).await;
-    }
-
-    /// Sends one verdict until the sequencer acknowledges it or refuses it definitely, or
-    /// shutdown. Returns the request id to mark as sent (also for a definite refusal: retrying
-    /// it forever would not help), `None` on shutdown.
-    async fn send_verdict(
-        &self,
-        request_id: Timestamp,
-        recipients: Vec<MemberId>,
-        verdict: Verdict,
-    ) -> Option<Timestamp> {
-        let signed = Signed::sign(
-            &verdict,
-            self.member.clone(),
-            &self.key,
-            SigningPurpose::Verdict,
-        );
-        let payload = ProtocolMessage::Verdict(signed).encode();
-        // The same message id on every attempt and after restarts: the sequencer deduplicates.
-        let message_id = MessageId::new(format!("verdict-{}", request_id.as_micros()))
-            .expect("digits make a valid message id");
-        let mut delay = RETRY_INITIAL;
-        loop {
-            let submission = Submission {
-                sender: self.member.clone(),
-                message_id: message_id.clone(),
-                envelopes: vec![Envelope {
-                    recipients: recipients.clone(),
-                    payload: payload.clone(),
-                }],
-                max_sequencing_time: Timestamp::now().saturating_add(VERDICT_SEND_WINDOW),
-            };
-            match self.client.send(submission).await {
-                Ok(receipt) => {
-                    tracing::debug!(request = %request_id, sequenced = %receipt.timestamp, deduplicated = receipt.deduplicated, "verdict sent");
-                    self.readiness.clear("sequencer");
-                    self.metrics.verdicts_sent.inc();
-                    self.status.verdicts_sent.fetch_add(1, Ordering::Relaxed);
-                    return Some(request_id);
-                }
-                Err(ClientError::Rejected { code, message }) if is_definite(code) => {
-                    tracing::error!(request = %request_id, ?code, %message, "the sequencer refused a verdict; giving it up");
-                    self.metrics.verdicts_abandoned.inc();
-                    return Some(request_id);
-                }
-                Err(error) => {
-                    if self
-                        .readiness
-                        .fail("sequencer", format!("cannot send verdicts: {error}"))
-                    {
-                        tracing::warn!(request = %request_id, %error, "sending a verdict failed; retrying");
-                    }
-                }
-            }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(RETRY_MAX);
-        }
-    }
-
-    /// One attempt (with the client's own retries): the engine asks again if it gets lost.
-    async fn send_time_proof(&self, seq: u64) {
-        let now = Timestamp::now();
-        let Ok(message_id) = MessageId::new(format!("time-proof-{}-{seq}", now.as_micros())) else {
-            return;
-        };
-        let submission = Submission {
-            sender: self.member.clone(),
-            message_id,
-            envelopes: vec![Envelope {
-                recipients: vec![self.member.clone()],
-                payload: ProtocolMessage::TimeProof.encode(),
-            }],
-            max_sequencing_time: now.saturating_add(TIME_PROOF_SEND_WINDOW),
-        };
-        if let Err(error) = self.client.send(submission).await {
-            tracing::debug!(%error, "time proof not sent");
-        }
-    }
-
-    async fn mark_sent(&self, unmarked: &mut Vec<Timestamp>) {
-        if unmarked.is_empty() {
-            return;
-        }
-        match self.store.mark_verdicts_sent(unmarked).await {
-            Ok(()) => unmarked.clear(),
-            // Demoted: the new active re-sends these (deduplicated) and marks them itself.
-            Err(error) if replication::is_fenced(&error) => {
-                tracing::debug!(%error, "not marking verdicts sent: this replica is fenced");
-                unmarked.clear();
-                self.shutdown.cancel();
-            }
-            // Kept for the next tick; the event loop reports the database's state.
-            Err(error) => tracing::debug!(%error, "marking verdicts sent failed"),
-        }
-    }
-
-    async fn prune(&self) {
-        let last = self.status.last_event_us.load(Ordering::Relaxed);
-        if last == 0 {
-            return;
-        }
-        let before = Timestamp::from_micros(last).saturating_sub(VERDICT_RETENTION);
-        match self.store.prune_verdicts(before).await {
-            Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned sent verdicts"),
-            Ok(_) => {}
-            Err(error) if replication::is_fenced(&error) => self.shutdown.cancel(),
-            Err(error) => tracing::debug!(%error, "pruning verdicts failed"),
-        }
-    }
-}
-
-/// A refusal that a retry cannot change: the submission itself is wrong.
-fn is_definite(code: tonic::Code) -> bool {
-    use tonic::Code;
-    matches!(
-        code,
-        Code::InvalidArgument
-            | Code::NotFound
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::FailedPrecondition
-            | Code::OutOfRange
-            | Code::Unimplemented
-    )
-}
-
+/// Opens the store, waiting until the database is reachable and writable.
 async fn connect_store(
     config: &MediatorConfig,
-    readiness: &Conditions,
-    shutdown: &CancellationToken,
-) -> Option<Arc<dyn MediatorStore>> {
-    let mut delay = RETRY_INITIAL;
-    loop {
-        let reason = match meridian_store::open_mediator_store(&config.storage).await {
-            Ok(store) => match store.backend_status().await {
-                Ok(status) if !status.read_only => {
-                    readiness.clear("database");
-                    return Some(store);
-                }
-                Ok(status) => format!(
+    retry: &Retry,
+) -> anyhow::Result<Option<Arc<dyn MediatorStore>>> {
+    let store = retry
+        .until("database", "", || async {
+            let store = meridian_store::open_mediator_store(&config.storage)
+                .await
+                .map_err(|error| format!("cannot open the database: {error}"))?;
+            let status = store
+                .backend_status()
+                .await
+                .map_err(|error| format!("cannot inspect the database: {error}"))?;
+            if status.read_only {
+                return Err(format!(
                     "the {} database is read-only (a standby?); the mediator needs a writable primary",
                     status.backend
-                ),
-                Err(error) => format!("cannot inspect the database: {error}"),
-            },
-            Err(error) => format!("cannot open the database: {error}"),
-        };
-        if readiness.fail("database", reason.clone()) {
-            tracing::error!("{reason}; retrying");
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(RETRY_MAX);
-    }
-}
-
-/// A store call's future, boxed as the store trait returns it. Taking this concrete type
-/// (rather than any `Future`) keeps the mediator's futures provably `Send`.
-type StoreCall<'a, T> =
-    Pin<Box<dyn Future<Output = Result<T, meridian_store::StoreError>> + Send + 'a>>;
-
-/// Runs a store call until it succeeds, reporting the database not ready meanwhile. `None` on
-/// shutdown. Every error is retried — the mediator cannot go on without its state, and a
-/// database failing over (even to a read-only standby for a while) comes back — except a
-/// fenced write: then this replica is no longer the active one, so `shutdown` (the active
-/// work's token) is cancelled and `None` returned.
-async fn retry_store<'a, T>(
-    what: &'static str,
-    readiness: &Conditions,
-    shutdown: &CancellationToken,
-    mut call: impl FnMut() -> StoreCall<'a, T>,
-) -> Option<T> {
-    let mut delay = RETRY_INITIAL;
-    loop {
-        // Verdicts wait on this call: while it stalls, /readyz says so.
-        match readiness.watch_database_call(call()).await {
-            Ok(value) => {
-                readiness.clear("database");
-                return Some(value);
+                ));
             }
-            Err(error) if replication::is_fenced(&error) => {
-                // The database answered: a stall reported meanwhile is over.
-                readiness.clear("database");
-                // Another replica is active: stop this one's work; the role loop demotes it.
-                tracing::warn!(%error, "{what}: this replica may no longer write; stopping");
-                shutdown.cancel();
-                return None;
-            }
-            Err(error) => {
-                if readiness.fail("database", format!("{what}: {error}")) {
-                    tracing::error!(%error, "{what} failed; retrying");
-                }
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(RETRY_MAX);
-    }
+            Ok(store)
+        })
+        .await?;
+    Ok(store)
 }
 
 async fn sync_topology(
     config: &MediatorConfig,
-    mut state: TopologyState,
-    readiness: &Conditions,
-    shutdown: &CancellationToken,
-) -> Option<TopologyState> {
-    readiness.fail("topology", "not synced with the topology manager yet");
-    let mut delay = RETRY_INITIAL;
-    loop {
-        match meridian_client::topology::sync_topology(
-            config.topology_endpoints.as_slice(),
-            &mut state,
-        )
-        .await
-        {
-            Ok(added) => {
-                tracing::info!(added, endpoints = %config.topology_endpoints, "topology synced");
-                readiness.clear("topology");
-                return Some(state);
+    state: TopologyState,
+    retry: &Retry,
+) -> anyhow::Result<Option<TopologyState>> {
+    retry
+        .readiness()
+        .fail("topology", "not synced with the topology manager yet");
+    let endpoints = &config.topology_endpoints;
+    let what = format!("cannot sync with the topology manager at {endpoints}");
+    let synced = retry
+        .until("topology", &what, || {
+            let mut state = state.clone();
+            async move {
+                meridian_client::topology::sync_topology(endpoints.as_slice(), &mut state)
+                    .await
+                    .map(|added| (added, state))
             }
-            Err(error) => {
-                if readiness.fail(
-                    "topology",
-                    format!(
-                        "cannot sync with the topology manager at {}: {error}",
-                        config.topology_endpoints
-                    ),
-                ) {
-                    tracing::warn!(%error, "topology sync failed; retrying");
-                }
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(RETRY_MAX);
-    }
+        })
+        .await?;
+    Ok(synced.map(|(added, state)| {
+        tracing::info!(added, endpoints = %config.topology_endpoints, "topology synced");
+        state
+    }))
 }
 
 async fn connect_sequencer(
     config: &MediatorConfig,
     key: SigningKey,
-    readiness: &Conditions,
-    shutdown: &CancellationToken,
-) -> Option<SequencerClient> {
-    readiness.fail("subscription", "not subscribed yet");
-    let mut delay = RETRY_INITIAL;
-    loop {
-        let client_config = SequencerClientConfig::new(
-            config.sequencer_endpoints.first(),
-            config.member_id.clone(),
-            key.clone(),
-        )
-        .with_endpoints(config.sequencer_endpoints.as_slice().to_vec());
-        let connected = tokio::select! {
-            () = shutdown.cancelled() => return None,
-            connected = SequencerClient::connect(client_config) => connected,
-        };
-        match connected {
-            Ok(client) => {
-                readiness.clear("sequencer");
-                return Some(client);
-            }
-            Err(error) => {
-                if readiness.fail(
-                    "sequencer",
-                    format!(
-                        "cannot connect to the sequencer at {}: {error}",
-                        config.sequencer_endpoints
-                    ),
-                ) {
-                    tracing::warn!(%error, "connecting to the sequencer failed; retrying");
-                }
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(RETRY_MAX);
-    }
+    retry: &Retry,
+) -> anyhow::Result<Option<SequencerClient>> {
+    retry.readiness().fail("subscription", "not subscribed yet");
+    let client_config = SequencerClientConfig::new(
+        config.sequencer_endpoints.first(),
+        config.member_id.clone(),
+        key,
+    )
+    .with_endpoints(config.sequencer_endpoints.as_slice().to_vec());
+    let what = format!(
+        "cannot connect to the sequencer at {}",
+        config.sequencer_endpoints
+    );
+    let client = retry
+        .until("sequencer", &what, || {
+            SequencerClient::connect(client_config.clone())
+        })
+        .await?;
+    Ok(client)
 }

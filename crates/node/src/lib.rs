@@ -1,26 +1,35 @@
 //! The runtime every Meridian node (sequencer, topology manager, mediator, participant) shares:
 //! its TOML config loading, logging setup, stop-signal handling, readiness state, metrics
-//! registry, replica lease handling, and the admin HTTP server that exposes health, status and
-//! metrics (DESIGN.md §6). Role crates build on these so every node behaves the same to
-//! operators and orchestrators. [`ports`] picks loopback ports for deployments launched on one
-//! machine.
+//! registry, the admin HTTP server that exposes health, status and metrics (DESIGN.md §6), the
+//! gRPC server with health and reflection ([`grpc`]), the readiness-aware retry of everything
+//! a node waits for ([`retry`]), the admin-token check ([`admin_token`]), and the replicated
+//! lifecycle of active/passive replicas with its one vocabulary ([`replication`], over the
+//! lease handling of [`replica`]). Role crates build on these so every node behaves the same
+//! to operators and orchestrators. [`ports`] picks loopback ports for deployments launched on
+//! one machine.
 
 pub mod admin;
+pub mod admin_token;
 pub mod conditions;
 pub mod config;
+pub mod grpc;
 pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod ports;
 pub mod replica;
 pub mod replication;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use admin::{bind, router, serve_admin, AdminState, StatusSource};
+pub use admin_token::AdminToken;
 pub use conditions::Conditions;
 pub use config::{load_toml, parse_toml, ConfigError};
+pub use grpc::GrpcServer;
 pub use health::{Health, HealthSnapshot, Readiness};
 pub use metrics::{Metrics, MetricsError};
+pub use retry::Retry;
 pub use shutdown::shutdown_token;
 pub use telemetry::{init_tracing, LogFormat};

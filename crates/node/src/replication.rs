@@ -22,6 +22,14 @@
 //! Readiness: a passive replica fails the `replica` condition with a reason naming the active
 //! replica, so `/readyz` is 503 and (where the node has gRPC) health is NOT_SERVING. Only the
 //! active work clears it, once it serves: being granted the lease is not being ready.
+//!
+//! One vocabulary for every replicated role (mediator, topology manager, participant):
+//! - a replica is *warm* while passive — store open, config and keys loaded — and each role
+//!   keeps what it keeps between terms in a struct named `Warm`;
+//! - a *term* is one stretch of being active, from promotion to demotion (each role's
+//!   `start_term`/`run_term` is exactly what a restarted unreplicated node does);
+//! - within it, a replica goes through the [`Phase`]s `Passive` → `Promoting` → `Active` →
+//!   (`Draining` on a step-down) → `Demoting` → `Passive`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +142,37 @@ impl ReplicationConfig {
     }
 }
 
+/// Where a replica is in the replicated lifecycle. Each role reports these names, so an
+/// operator reads every node's `/status` the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Not holding the lease: warm, competing for it, refusing work.
+    Passive,
+    /// Holds the lease; restoring its state from the database before it serves.
+    Promoting,
+    /// Holds the lease and serves: the term's work runs.
+    Active,
+    /// Holds the lease but hands over (a step-down): refuses new work while the work in flight
+    /// finishes; the lease is released after.
+    Draining,
+    /// The term ended (lease lost or handed over, a fenced write, shutdown) and its work winds
+    /// down; passive next.
+    Demoting,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Passive => "passive",
+            Phase::Promoting => "promoting",
+            Phase::Active => "active",
+            Phase::Draining => "draining",
+            Phase::Demoting => "demoting",
+        }
+    }
+}
+
 /// The readiness condition a passive replica fails.
 pub const CONDITION: &str = "replica";
 
@@ -161,6 +200,7 @@ pub struct Replication {
     gate: Mutex<()>,
     /// When this replica last changed role (µs since the epoch), for `/status`.
     since_us: AtomicU64,
+    phase: Mutex<Phase>,
 }
 
 impl Replication {
@@ -170,6 +210,7 @@ impl Replication {
             readiness,
             gate: Mutex::new(()),
             since_us: AtomicU64::new(Timestamp::now().as_micros()),
+            phase: Mutex::new(Phase::Passive),
         };
         replication.set_condition("passive: not holding the lease yet".to_owned());
         replication
@@ -183,6 +224,15 @@ impl Replication {
         self.manager.role()
     }
 
+    /// Where this replica is in its lifecycle.
+    pub fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase;
+    }
+
     /// The admin step-down hook: asks the active replica to hand over. False on a passive one
     /// (its request would otherwise linger and make it step down right after a promotion).
     /// The replica is not ready from the moment this returns true, so whoever looks at
@@ -190,6 +240,7 @@ impl Replication {
     pub fn step_down(&self) -> bool {
         let accepted = self.manager.step_down_if_active();
         if accepted {
+            self.enter(Phase::Draining);
             self.set_condition(
                 "stepping down for a switchover: handing the lease to another replica".to_owned(),
             );
@@ -232,6 +283,7 @@ impl Replication {
             object
                 .entry("since_us")
                 .or_insert_with(|| self.since_us.load(Ordering::Relaxed).into());
+            object.insert("phase".to_owned(), self.phase().as_str().into());
         }
         status
     }
@@ -245,6 +297,7 @@ impl Replication {
     pub fn serving(&self) {
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.manager.role().is_active() {
+            self.enter(Phase::Active);
             self.readiness.clear(CONDITION);
         }
     }
@@ -290,6 +343,7 @@ impl Replication {
                 return Ok(());
             };
             let promoted = Instant::now();
+            self.enter(Phase::Promoting);
             self.set_condition(format!(
                 "promoted to active at epoch {epoch}; restoring state and connecting"
             ));
@@ -301,6 +355,7 @@ impl Replication {
             tokio::pin!(hold);
             let (end, result) = tokio::select! {
                 end = &mut hold => {
+                    self.enter(Phase::Demoting);
                     self.set_condition(format!("demoting after epoch {epoch}: {end:?}"));
                     active.cancel();
                     let result = match tokio::time::timeout(WIND_DOWN_TIMEOUT, &mut work).await {
@@ -313,6 +368,7 @@ impl Replication {
                     (end, result)
                 }
                 result = &mut work => {
+                    self.enter(Phase::Demoting);
                     self.set_condition(format!("demoting after epoch {epoch}"));
                     active.cancel();
                     // Work stops by itself on shutdown, on a fatal error, or when a write found
@@ -333,6 +389,7 @@ impl Replication {
                 }
             };
             self.manager.demoted();
+            self.enter(Phase::Passive);
             tracing::info!(%node, %epoch, ?end, active_ms = promoted.elapsed().as_millis() as u64, "this replica is passive again");
             result?;
             match end {

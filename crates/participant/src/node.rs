@@ -28,9 +28,12 @@ use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyState};
 use meridian_core::{LedgerOffset, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
-use meridian_node::health::{grpc_health_service, Health};
+use meridian_node::grpc::GrpcServer;
+use meridian_node::health::Health;
 use meridian_node::metrics::Metrics;
 use meridian_node::replica::{HoldEnd, ReplicaManager};
+use meridian_node::replication::Phase;
+use meridian_node::retry::Retry;
 use meridian_node::Conditions;
 use meridian_proto::v1::ledger_service_server::LedgerServiceServer;
 use meridian_store::{DedupState, ParticipantStore};
@@ -43,11 +46,10 @@ use crate::engine::{
     DedupStatus, LocalSubmission, ParticipantEngine, PendingRequest, RestoredState,
 };
 use crate::metrics::ParticipantMetrics;
-use crate::replication::{Serving, TermPhase};
+use crate::replication::Serving;
 use crate::runtime::{self, Core, WriterError, COMMAND_QUEUE, MAX_CONCURRENT_SENDS};
 use crate::service::{permission_name, LedgerApi};
 
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 /// How often a passive replica refreshes its topology from the manager, so a promotion finds
 /// it (nearly) current.
 const PASSIVE_TOPOLOGY_REFRESH: Duration = Duration::from_secs(2);
@@ -112,41 +114,6 @@ impl StatusSource for ParticipantStatus {
         status
     }
 }
-/// Retries `attempt` with capped exponential backoff until it succeeds or shutdown; while it
-/// fails, readiness condition `condition` carries the error. `None` on shutdown.
-async fn retry_until<T, E: std::fmt::Display, F, Fut>(
-    condition: &'static str,
-    readiness: &Conditions,
-    shutdown: &CancellationToken,
-    mut attempt: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            result = attempt() => match result {
-                Ok(value) => {
-                    readiness.clear(condition);
-                    return Some(value);
-                }
-                Err(error) => {
-                    if readiness.fail(condition, error.to_string()) {
-                        tracing::warn!(condition, %error, "start-up step failed; retrying");
-                    }
-                }
-            },
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
-    }
-}
 
 /// Runs a participant until `shutdown` is cancelled or a fatal error (a fork in the sequencer
 /// stream, a database that stays unwritable).
@@ -174,9 +141,7 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
         });
     // Both ports are bound before anything runs: a port conflict fails the start-up whole.
     let admin_listener = admin::bind(config.admin_address).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen_address)
-        .await
-        .with_context(|| format!("cannot bind gRPC on {}", config.listen_address))?;
+    let listener = meridian_node::grpc::bind(config.listen_address).await?;
     let admin_task = tokio::spawn(admin::serve_admin(
         admin_listener,
         AdminState {
@@ -199,26 +164,11 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
         serving: serving.clone(),
         health: health.clone(),
     };
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")?;
-    let health_service = grpc_health_service(
-        &health,
-        vec![<LedgerServiceServer<LedgerApi> as tonic::server::NamedService>::NAME],
-        &shutdown,
-    );
     tracing::info!(address = %config.listen_address, "participant gRPC listening");
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
+        GrpcServer::new(&health, &[meridian_proto::FILE_DESCRIPTOR_SET])
             .add_service(LedgerServiceServer::new(api))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown.clone().cancelled_owned(),
-            ),
+            .serve(listener, shutdown.clone())?,
     );
 
     let outcome = start_and_serve(
@@ -308,11 +258,12 @@ async fn start_and_serve(
     serving: Arc<Serving>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let participant = config.participant_id.clone();
-    let Some(store) = retry_until("database", readiness, &shutdown, || {
-        meridian_store::open_participant_store(&config.storage)
-    })
-    .await
+    let retry = Retry::new(readiness, &shutdown);
+    let Some(store) = retry
+        .until("database", "", || {
+            meridian_store::open_participant_store(&config.storage)
+        })
+        .await?
     else {
         return Ok(());
     };
@@ -323,10 +274,11 @@ async fn start_and_serve(
         None => None,
         Some(settings) => {
             let node = settings.node.clone();
-            let Some(lease) = retry_until("database", readiness, &shutdown, || {
-                meridian_store::open_lease_store(&config.storage, &node)
-            })
-            .await
+            let Some(lease) = retry
+                .until("database", "", || {
+                    meridian_store::open_lease_store(&config.storage, &node)
+                })
+                .await?
             else {
                 return Ok(());
             };
@@ -341,49 +293,11 @@ async fn start_and_serve(
         }
     };
 
-    let mut topology = TopologyState::new(owner);
     let topology_as_of = TopologyAsOf::default();
-    let endpoints = config.topology_endpoints.clone();
-    let Some(added) = retry_until("topology", readiness, &shutdown, || {
-        let endpoints = endpoints.clone();
-        let mut state = topology.clone();
-        async move {
-            let started = Timestamp::now();
-            meridian_client::topology::sync_topology(endpoints.as_slice(), &mut state)
-                .await
-                .map(|added| (added, state, started))
-                .map_err(|e| format!("cannot sync from the topology manager at {endpoints}: {e}"))
-        }
-    })
-    .await
-    .map(|(added, state, started)| {
-        topology = state;
-        topology_as_of.advance(started);
-        added
-    }) else {
+    let Some(topology) = sync_topology(&config, owner, &topology_as_of, &retry).await? else {
         return Ok(());
     };
-    tracing::info!(added, "topology synced from the topology manager");
-
-    let client_config = SequencerClientConfig::new(
-        config.sequencer_endpoints.first(),
-        participant.as_member(),
-        key.clone(),
-    )
-    .with_endpoints(config.sequencer_endpoints.as_slice().to_vec());
-    let Some(client) = retry_until("sequencer", readiness, &shutdown, || {
-        let client_config = client_config.clone();
-        let member = client_config.member.clone();
-        async move {
-            SequencerClient::connect(client_config).await.map_err(|e| {
-                format!(
-                    "cannot connect to the sequencer as {member} (is the participant registered in the topology?): {e}"
-                )
-            })
-        }
-    })
-    .await
-    else {
+    let Some(client) = connect_sequencer(&config, &key, &retry).await? else {
         return Ok(());
     };
 
@@ -416,6 +330,58 @@ async fn start_and_serve(
     }
 }
 
+/// The topology from the manager (everything it has), as the warm copy; `None` on shutdown.
+async fn sync_topology(
+    config: &ParticipantConfig,
+    owner: meridian_core::crypto::PublicKey,
+    as_of: &TopologyAsOf,
+    retry: &Retry,
+) -> anyhow::Result<Option<TopologyState>> {
+    let endpoints = &config.topology_endpoints;
+    let what = format!("cannot sync from the topology manager at {endpoints}");
+    let topology = TopologyState::new(owner);
+    let synced = retry
+        .until("topology", &what, || {
+            let mut state = topology.clone();
+            async move {
+                let started = Timestamp::now();
+                meridian_client::topology::sync_topology(endpoints.as_slice(), &mut state)
+                    .await
+                    .map(|added| (added, state, started))
+            }
+        })
+        .await?;
+    Ok(synced.map(|(added, state, started)| {
+        as_of.advance(started);
+        tracing::info!(added, "topology synced from the topology manager");
+        state
+    }))
+}
+
+/// The sequencer session, authenticated; `None` on shutdown.
+async fn connect_sequencer(
+    config: &ParticipantConfig,
+    key: &SigningKey,
+    retry: &Retry,
+) -> anyhow::Result<Option<SequencerClient>> {
+    let member = config.participant_id.as_member();
+    let client_config = SequencerClientConfig::new(
+        config.sequencer_endpoints.first(),
+        member.clone(),
+        key.clone(),
+    )
+    .with_endpoints(config.sequencer_endpoints.as_slice().to_vec());
+    let what = format!(
+        "cannot connect to the sequencer as {member} (is the participant registered in the topology?)"
+    );
+    let client = retry
+        .until("sequencer", &what, || {
+            SequencerClient::connect(client_config.clone())
+        })
+        .await?;
+    Ok(client)
+}
+
 /// The node as it always was: one term, from start-up to shutdown or a fatal error.
 async fn serve_unreplicated(warm: &Warm, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let Some(mut term) = start_term(warm, shutdown.clone(), false).await? else {
@@ -444,6 +410,7 @@ async fn run_replica(
             return Ok(());
         };
         let promoted_at = Instant::now();
+        warm.serving.promoting();
         // Its own token, so that a fatal error can release the lease before the process
         // exits (a passive takes over at its next poll instead of after the lease timeout).
         let hold_token = shutdown.child_token();
@@ -500,7 +467,7 @@ async fn run_replica(
         }
         warm.readiness.clear("sequencer");
         // Each arm below reports the replica passive (or stops the process) first.
-        let _demote_then_idle = IdleOnDrop(&warm.serving);
+        let _demote_then_passive = PassiveOnDrop(&warm.serving);
         match end {
             TermEnd::Lease(HoldEnd::Shutdown) => return Ok(()),
             TermEnd::Lease(HoldEnd::Lost) => {
@@ -541,13 +508,13 @@ async fn run_replica(
     }
 }
 
-/// Marks the term phase idle once the replica reports passive (at the end of the scope that
+/// Marks the replica's phase passive once the manager reports it passive (at the end of the scope that
 /// called `manager.demoted()`).
-struct IdleOnDrop<'a>(&'a Serving);
+struct PassiveOnDrop<'a>(&'a Serving);
 
-impl Drop for IdleOnDrop<'_> {
+impl Drop for PassiveOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.withdraw(TermPhase::Idle);
+        self.0.withdraw(Phase::Passive);
     }
 }
 
@@ -555,9 +522,9 @@ impl Drop for IdleOnDrop<'_> {
 /// more is sent, and the tasks stop. The engine's topology becomes the warm topology.
 async fn stop_term(warm: &Warm, mut term: Term, demoted: bool, writer_done: bool) {
     warm.serving.withdraw(if demoted {
-        TermPhase::Stopping
+        Phase::Demoting
     } else {
-        TermPhase::Idle
+        Phase::Passive
     });
     term.core.end_term(demoted);
     if !writer_done
@@ -590,9 +557,8 @@ async fn start_term(
     term: CancellationToken,
     refresh_topology: bool,
 ) -> anyhow::Result<Option<Term>> {
-    let load = retry_until("database", &warm.readiness, &term, || {
-        warm.store.load(Timestamp::now())
-    });
+    let retry = Retry::new(&warm.readiness, &term);
+    let load = retry.until("database", "", || warm.store.load(Timestamp::now()));
     let endpoints = warm.config.topology_endpoints.as_slice();
     let fetch = async {
         if !refresh_topology {
@@ -604,7 +570,7 @@ async fn start_term(
             .ok()
     };
     let (snapshot, fetched) = tokio::join!(load, fetch);
-    let Some(snapshot) = snapshot else {
+    let Some(snapshot) = snapshot? else {
         return Ok(None);
     };
     let fetched = match fetched {
@@ -616,12 +582,11 @@ async fn start_term(
                 checkpoint = ?snapshot.checkpoint,
                 "promotion: the warm topology may predate the checkpoint; waiting for the topology manager"
             );
-            let fetched = retry_until("topology", &warm.readiness, &term, || async {
-                fetch_topology_within(endpoints, PASSIVE_TOPOLOGY_REFRESH)
-                    .await
-                    .map_err(|error| format!("promotion: {error}"))
-            })
-            .await;
+            let fetched = retry
+                .until("topology", "promotion", || {
+                    fetch_topology_within(endpoints, PASSIVE_TOPOLOGY_REFRESH)
+                })
+                .await?;
             let Some(fetched) = fetched else {
                 return Ok(None);
             };

@@ -6,7 +6,9 @@
 //! load balancer, through `/readyz`) goes there instead.
 //!
 //! [`Serving`] is the one place the Ledger API, `/status`, `/readyz` and the admin step-down
-//! hook read: the current term's [`Core`] (none while passive), and the replica manager.
+//! hook read: the current term's [`Core`] (none while passive), the replica manager, and the
+//! replica's [`Phase`] in the lifecycle every replicated role shares
+//! ([`meridian_node::replication`]).
 //!
 //! A step-down (manual switchover) is graceful: [`Serving::drain`] runs while the lease is
 //! still held (see [`ReplicaManager::hold_draining`]). It closes the term's submission gate —
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use meridian_core::Timestamp;
 use meridian_node::replica::{ReplicaManager, Role};
+use meridian_node::replication::Phase;
 use meridian_node::Conditions;
 use meridian_store::LeaseState;
 use tokio::sync::watch;
@@ -44,8 +47,8 @@ pub(crate) struct Serving {
     replica_id: Option<String>,
     /// Set once the store is open (the lease lives in it).
     manager: OnceLock<Arc<ReplicaManager>>,
-    /// Where the current term is.
-    phase: watch::Sender<TermPhase>,
+    /// Where this replica is in the replicated lifecycle.
+    phase: watch::Sender<Phase>,
     /// When this replica last became passive, for `/status`.
     passive_since: Mutex<Timestamp>,
 }
@@ -56,7 +59,7 @@ impl Serving {
             core: RwLock::new(None),
             replica_id,
             manager: OnceLock::new(),
-            phase: watch::channel(TermPhase::Idle).0,
+            phase: watch::channel(Phase::Passive).0,
             passive_since: Mutex::new(Timestamp::now()),
         }
     }
@@ -71,12 +74,17 @@ impl Serving {
     /// Installs the term's core: this replica serves from now on.
     pub fn serve(&self, core: Arc<Core>) {
         *self.core.write().unwrap_or_else(PoisonError::into_inner) = Some(core);
-        self.phase.send_replace(TermPhase::Serving);
+        self.phase.send_replace(Phase::Active);
     }
 
-    /// Withdraws the term's core: no new call reaches it. `Stopping` while the term winds
-    /// down (until the manager reports the replica passive), `Idle` after.
-    pub fn withdraw(&self, phase: TermPhase) {
+    /// The replica holds the lease and restores its state: no core serves yet.
+    pub fn promoting(&self) {
+        self.phase.send_replace(Phase::Promoting);
+    }
+
+    /// Withdraws the term's core: no new call reaches it. `Demoting` while the term winds
+    /// down (until the manager reports the replica passive), `Passive` after.
+    pub fn withdraw(&self, phase: Phase) {
         *self.core.write().unwrap_or_else(PoisonError::into_inner) = None;
         *self
             .passive_since
@@ -151,7 +159,7 @@ impl Serving {
     /// The first step of a step-down, idempotent: the term admits no more SubmitAndWait calls.
     /// Returns how many admitted ones are still running.
     fn stop_admitting(&self, core: &Core) -> usize {
-        self.phase.send_replace(TermPhase::SteppingDown);
+        self.phase.send_replace(Phase::Draining);
         core.submissions.close()
     }
 
@@ -180,11 +188,8 @@ impl Serving {
         if let serde_json::Value::Object(map) = &mut status {
             map.insert("replica_id".into(), replica.into());
             let phase = *self.phase.borrow();
-            map.insert("serving".into(), (phase == TermPhase::Serving).into());
-            map.insert(
-                "stepping_down".into(),
-                (phase == TermPhase::SteppingDown).into(),
-            );
+            map.insert("serving".into(), (phase == Phase::Active).into());
+            map.insert("stepping_down".into(), (phase == Phase::Draining).into());
             if !map.contains_key("since_us") {
                 let since = *self
                     .passive_since
@@ -217,11 +222,11 @@ impl Serving {
                         passive_message(&replica, &manager, active.as_ref()),
                     );
                 }
-                Role::Active { .. } if phase == TermPhase::Serving => readiness.clear(CONDITION),
-                Role::Active { epoch, .. } if phase == TermPhase::SteppingDown => {
+                Role::Active { .. } if phase == Phase::Active => readiness.clear(CONDITION),
+                Role::Active { epoch, .. } if phase == Phase::Draining => {
                     readiness.fail(CONDITION, stepping_down_message(&replica, Some(epoch)));
                 }
-                Role::Active { epoch, .. } if phase == TermPhase::Stopping => {
+                Role::Active { epoch, .. } if phase == Phase::Demoting => {
                     readiness.fail(
                         CONDITION,
                         format!("this replica ({replica}) is stepping down from epoch {epoch} (lease lost or handed over); retry shortly on the active replica"),
@@ -241,20 +246,6 @@ impl Serving {
             }
         }
     }
-}
-
-/// Where this replica's current term is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TermPhase {
-    /// No term: starting, passive, or promoting (loading the state).
-    Idle,
-    /// Active and serving.
-    Serving,
-    /// Active, stepping down: refusing new calls while the ones in flight finish; the lease
-    /// is released after.
-    SteppingDown,
-    /// The term ended and is winding down; the replica is about to report passive.
-    Stopping,
 }
 
 /// Why a stepping-down replica refuses a call (and is not ready).

@@ -163,13 +163,10 @@ impl Authenticator {
     }
 }
 
-/// Extracts the bearer token from gRPC metadata.
+/// Extracts the session token from gRPC metadata, parsed as every node parses an
+/// `authorization` header ([`meridian_node::admin_token::bearer`]).
 pub fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Result<&str, AuthError> {
-    metadata
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(AuthError::MissingToken)
+    meridian_node::admin_token::bearer(metadata).map_err(|_| AuthError::MissingToken)
 }
 
 #[cfg(test)]
@@ -178,18 +175,29 @@ mod tests {
 
     use super::*;
 
+    /// `key`'s answer to `nonce` for `member`.
+    fn sign_challenge(key: &SigningKey, member: &MemberId, nonce: &[u8]) -> Vec<u8> {
+        key.sign(
+            SigningPurpose::SequencerAuthentication,
+            &authentication_challenge(member, nonce),
+        )
+        .to_bytes()
+        .to_vec()
+    }
+
+    /// Member `p1`, challenged by `auth`, with `key`'s answer.
+    fn challenged(auth: &Authenticator, key: &SigningKey) -> (MemberId, [u8; NONCE_LEN], Vec<u8>) {
+        let member = MemberId::new("p1").unwrap();
+        let nonce = auth.challenge(&member);
+        let signature = sign_challenge(key, &member, &nonce);
+        (member, nonce, signature)
+    }
+
     #[test]
     fn challenge_response_yields_a_token_once() {
         let auth = Authenticator::new(Duration::from_secs(60));
         let key = SigningKey::generate();
-        let member = MemberId::new("p1").unwrap();
-        let nonce = auth.challenge(&member);
-        let signature = key
-            .sign(
-                SigningPurpose::SequencerAuthentication,
-                &authentication_challenge(&member, &nonce),
-            )
-            .to_bytes();
+        let (member, nonce, signature) = challenged(&auth, &key);
         let (token, _) = auth
             .authenticate(&member, &key.public_key(), &nonce, &signature)
             .unwrap();
@@ -205,15 +213,8 @@ mod tests {
     #[test]
     fn wrong_key_is_refused() {
         let auth = Authenticator::new(Duration::from_secs(60));
-        let member = MemberId::new("p1").unwrap();
-        let nonce = auth.challenge(&member);
         let impostor = SigningKey::generate();
-        let signature = impostor
-            .sign(
-                SigningPurpose::SequencerAuthentication,
-                &authentication_challenge(&member, &nonce),
-            )
-            .to_bytes();
+        let (member, nonce, signature) = challenged(&auth, &impostor);
         let registered = SigningKey::generate().public_key();
         assert!(matches!(
             auth.authenticate(&member, &registered, &nonce, &signature),
@@ -225,14 +226,7 @@ mod tests {
     fn expired_sessions_are_refused_and_revocation_works() {
         let auth = Authenticator::new(Duration::ZERO);
         let key = SigningKey::generate();
-        let member = MemberId::new("p1").unwrap();
-        let nonce = auth.challenge(&member);
-        let signature = key
-            .sign(
-                SigningPurpose::SequencerAuthentication,
-                &authentication_challenge(&member, &nonce),
-            )
-            .to_bytes();
+        let (member, nonce, signature) = challenged(&auth, &key);
         let (token, _) = auth
             .authenticate(&member, &key.public_key(), &nonce, &signature)
             .unwrap();

@@ -19,9 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use meridian_core::backoff::Backoff;
 use meridian_core::Timestamp;
 use meridian_node::admin::{self, AdminState, StatusSource};
-use meridian_node::health::{grpc_health_service, Health};
+use meridian_node::admin_token::AdminToken;
+use meridian_node::grpc::GrpcServer;
+use meridian_node::health::Health;
 use meridian_node::metrics::Metrics;
 use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use meridian_proto::v1::sequencer_service_server::SequencerServiceServer;
@@ -38,12 +41,11 @@ use crate::service::{SequencerAdminApi, SequencerApi, Shared};
 use crate::validate::SubmissionLimits;
 use crate::writer::{IncarnationGauge, Writer, WriterExit, WriterSettings};
 use meridian_node::conditions::Conditions;
+use meridian_node::retry::{Retry, UNTIL_STOPPED};
 
 /// gRPC framing and field overhead allowed on top of `max_request_bytes`, so that our own
 /// size check (with its precise message) fires before tonic's generic one.
 const WIRE_OVERHEAD_BYTES: usize = 64 * 1024;
-/// Upper bound on the wait between attempts to reach the database at start-up.
-const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Why the backend may not be used for sequencing, if it may not.
 pub fn backend_refusal(status: &BackendStatus) -> Option<String> {
@@ -106,58 +108,45 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let (safe_point_tx, safe_point_rx) = watch::channel(Timestamp::MIN);
     let status_slot: Arc<std::sync::OnceLock<SequencerStatus>> = Arc::default();
 
-    let admin_listener = admin::bind(config.admin_address).await?;
-    let admin_state = AdminState {
-        health: health.clone(),
-        metrics: metrics.clone(),
-        status: Arc::new(LateStatus(status_slot.clone())),
-        step_down: None,
-    };
     let admin_task = tokio::spawn(admin::serve_admin(
-        admin_listener,
-        admin_state,
+        admin::bind(config.admin_address).await?,
+        AdminState {
+            health: health.clone(),
+            metrics: metrics.clone(),
+            status: Arc::new(LateStatus(status_slot.clone())),
+            step_down: None,
+        },
         shutdown.clone(),
     ));
-    tracing::info!(address = %config.admin_address, "admin HTTP listening");
     // Whichever way this function returns, the admin server (and anything else on the token)
     // stops with it; `?` below would otherwise leave it answering for a node that is gone.
     let _stop_on_return = shutdown.clone().drop_guard();
 
-    let Some(store) = connect_store(&config, &readiness, &shutdown).await else {
+    let retry = Retry::new(&readiness, &shutdown);
+    let Some(store) = connect_store(&config, &retry).await? else {
         return Ok(());
     };
-    if !wait_for_usable_backend(store.as_ref(), &config, &readiness, &shutdown).await {
+    if !wait_for_usable_backend(store.as_ref(), &config, &retry).await? {
         return Ok(());
     }
 
-    let index = config.instance.index();
-    let partition = Partition::new(index, config.instance.count)?;
-    let Some(start) = claim_instance(store.as_ref(), &config, &readiness, &shutdown).await? else {
+    let Some(start) = claim_instance(store.as_ref(), &config, &retry).await? else {
         return Ok(());
     };
+    let index = config.instance.index();
     tracing::info!(instance = %index, watermark = %start.watermark, incarnation = %start.incarnation, "instance online");
     let directory = Arc::new(MemberDirectory::load(store.clone()).await?);
-
     let incarnation = IncarnationGauge::default();
-    let (writer, writer_handle) = Writer::new(
+    let (writer_task, writer_handle) = start_writer(
+        &config,
         store.clone(),
-        OrderingEngine::new(partition, start.watermark),
-        start.incarnation,
-        incarnation.clone(),
-        WriterSettings {
-            index,
-            max_batch_events: config.limits.max_batch_events,
-            queue_capacity: config.limits.queue_capacity,
-            watermark_interval: config.timing.watermark_interval(),
-            dedup_retention: config.timing.dedup_retention(),
-        },
+        start,
+        &incarnation,
         safe_point_tx.clone(),
         sequencer_metrics.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    );
-    writer.refresh_safe_point().await;
-    let writer_task = tokio::spawn(writer.run());
+        &retry,
+    )
+    .await?;
     let peers_marked_offline = Arc::new(AtomicU64::new(0));
     tokio::spawn(poll_peers(
         store.clone(),
@@ -168,13 +157,10 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         shutdown.clone(),
     ));
 
+    let backend = store.backend_status().await.map(|s| s.backend);
     let _ = status_slot.set(SequencerStatus {
         config: config.clone(),
-        backend: store
-            .backend_status()
-            .await
-            .map(|s| s.backend)
-            .unwrap_or("unknown"),
+        backend: backend.unwrap_or("unknown"),
         watermark: safe_point_rx.clone(),
         directory: directory.clone(),
         incarnation,
@@ -194,30 +180,71 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         metrics: sequencer_metrics,
         readiness: readiness.clone(),
         shutdown: shutdown.clone(),
-        admin_token: config.admin_token.clone(),
+        admin_token: AdminToken::new(config.admin_token.as_deref(), "from the sequencer config"),
         owner_key,
     });
 
-    let max_message_bytes = config.limits.max_request_bytes + WIRE_OVERHEAD_BYTES;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")?;
-    let health_service = grpc_health_service(
-        &health,
-        vec![<SequencerServiceServer<SequencerApi> as tonic::server::NamedService>::NAME],
-        &shutdown,
-    );
-
-    let listener = tokio::net::TcpListener::bind(config.listen_address)
-        .await
-        .with_context(|| format!("cannot bind gRPC on {}", config.listen_address))?;
+    let server = grpc_server(&config, &health, shared).serve(
+        meridian_node::grpc::bind(config.listen_address).await?,
+        shutdown.clone(),
+    )?;
     readiness.clear("startup");
     tracing::info!(address = %config.listen_address, "sequencer gRPC listening");
-    let server = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
+    let served = server.await;
+    readiness.fail("shutdown", "shutting down");
+    // The writer may be what stopped the node; make sure everything else stops too.
+    shutdown.cancel();
+    let exit = writer_task.await;
+    let _ = admin_task.await;
+    served?;
+    if let Ok(WriterExit::Superseded(reason)) = exit {
+        anyhow::bail!("sequencer instance {index} stopped: {reason}");
+    }
+    tracing::info!("sequencer stopped");
+    Ok(())
+}
+
+/// Starts the writer of this instance from its claimed place, with the safe point as the
+/// database has it.
+async fn start_writer(
+    config: &SequencerConfig,
+    store: Arc<dyn SequencerStore>,
+    start: InstanceStart,
+    incarnation: &IncarnationGauge,
+    safe_point: watch::Sender<Timestamp>,
+    metrics: SequencerMetrics,
+    retry: &Retry,
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<WriterExit>,
+    crate::writer::WriterHandle,
+)> {
+    let index = config.instance.index();
+    let partition = Partition::new(index, config.instance.count)?;
+    let (writer, handle) = Writer::new(
+        store,
+        OrderingEngine::new(partition, start.watermark),
+        start.incarnation,
+        incarnation.clone(),
+        WriterSettings {
+            index,
+            max_batch_events: config.limits.max_batch_events,
+            queue_capacity: config.limits.queue_capacity,
+            watermark_interval: config.timing.watermark_interval(),
+            dedup_retention: config.timing.dedup_retention(),
+        },
+        safe_point,
+        metrics,
+        retry.readiness().clone(),
+        retry.stop_token().clone(),
+    );
+    writer.refresh_safe_point().await;
+    Ok((tokio::spawn(writer.run()), handle))
+}
+
+/// The sequencer's gRPC services: the member API and the admin API.
+fn grpc_server(config: &SequencerConfig, health: &Health, shared: Arc<Shared>) -> GrpcServer {
+    let max_message_bytes = config.limits.max_request_bytes + WIRE_OVERHEAD_BYTES;
+    GrpcServer::new(health, &[meridian_proto::FILE_DESCRIPTOR_SET])
         .add_service(
             SequencerServiceServer::new(SequencerApi(shared.clone()))
                 .max_decoding_message_size(max_message_bytes),
@@ -226,23 +253,6 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
             SequencerAdminServiceServer::new(SequencerAdminApi(shared))
                 .max_decoding_message_size(max_message_bytes),
         )
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY, small replies wait on Nagle + delayed ACK (~10-40 ms).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.clone().cancelled_owned(),
-        );
-    let served = server.await;
-    readiness.fail("shutdown", "shutting down");
-    // The writer may be what stopped the node; make sure everything else stops too.
-    shutdown.cancel();
-    let exit = writer_task.await;
-    let _ = admin_task.await;
-    served.context("gRPC server failed")?;
-    if let Ok(WriterExit::Superseded(reason)) = exit {
-        anyhow::bail!("sequencer instance {index} stopped: {reason}");
-    }
-    tracing::info!("sequencer stopped");
-    Ok(())
 }
 
 /// How long a starting process waits for its index to be released by a previous holder whose
@@ -253,47 +263,50 @@ pub fn claim_patience(offline_after: Duration) -> Duration {
 }
 
 /// Claims this instance's row; `None` on shutdown. Refuses (an error) when a live process holds
-/// the same index.
+/// the same index for longer than [`claim_patience`].
 async fn claim_instance(
     store: &dyn SequencerStore,
     config: &SequencerConfig,
-    readiness: &Conditions,
-    shutdown: &CancellationToken,
+    retry: &Retry,
 ) -> anyhow::Result<Option<InstanceStart>> {
     let index = config.instance.index();
     let offline_after = config.timing.offline_after();
-    let deadline = tokio::time::Instant::now() + claim_patience(offline_after);
     let pause = (offline_after / 4).max(Duration::from_millis(10));
-    loop {
-        let now = Timestamp::now();
-        let claim = InstanceClaim::Start {
-            live_after: now.saturating_sub(offline_after),
-        };
-        match store.start_instance(index, now, claim).await {
-            Ok(start) => {
-                readiness.clear("instance");
-                return Ok(Some(start));
+    let claimed = retry
+        .clone()
+        .with_backoff(Backoff {
+            initial: pause,
+            max: pause,
+            ..UNTIL_STOPPED
+        })
+        .within(claim_patience(offline_after))
+        .until("instance", "waiting for the index", || async {
+            let now = Timestamp::now();
+            let claim = InstanceClaim::Start {
+                live_after: now.saturating_sub(offline_after),
+            };
+            match store.start_instance(index, now, claim).await {
+                Ok(start) => Ok(Ok(start)),
+                // Retried: the previous holder's watermark may yet go stale.
+                Err(in_use @ StoreError::InstanceInUse { .. }) => Err(in_use),
+                // Anything else is not worth waiting for.
+                Err(error) => Ok(Err(error)),
             }
-            Err(in_use @ StoreError::InstanceInUse { .. }) => {
-                if tokio::time::Instant::now() >= deadline {
-                    readiness.fail("instance", in_use.to_string());
-                    tracing::error!(%in_use, "refusing to start");
-                    return Err(anyhow::Error::new(in_use).context(format!(
-                        "instance index {index} is taken; give each sequencer process its own [instance] index"
-                    )));
-                }
-                if readiness.fail("instance", format!("waiting for the index: {in_use}")) {
-                    tracing::warn!(%in_use, "waiting for the previous holder's watermark to go stale");
-                }
-            }
-            Err(error) => {
-                return Err(anyhow::Error::new(error)
-                    .context("taking this instance's place in the database"))
-            }
+        })
+        .await;
+    match claimed {
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(start))) => Ok(Some(start)),
+        Ok(Some(Err(error))) => {
+            Err(anyhow::Error::new(error).context("taking this instance's place in the database"))
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(pause) => {}
+        Err(gave_up) => {
+            let in_use = gave_up.last;
+            retry.readiness().fail("instance", in_use.to_string());
+            tracing::error!(%in_use, "refusing to start");
+            Err(anyhow::Error::new(in_use).context(format!(
+                "instance index {index} is taken; give each sequencer process its own [instance] index"
+            )))
         }
     }
 }
@@ -312,61 +325,43 @@ impl StatusSource for LateStatus {
 
 async fn connect_store(
     config: &SequencerConfig,
-    readiness: &Conditions,
-    shutdown: &CancellationToken,
-) -> Option<Arc<dyn SequencerStore>> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match meridian_store::open_sequencer_store(&config.storage).await {
-            Ok(store) => {
-                readiness.clear("database");
-                return Some(store);
-            }
-            Err(error) => {
-                if readiness.fail("database", format!("cannot open the database: {error}")) {
-                    tracing::error!(%error, "cannot open the database; retrying");
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(MAX_CONNECT_BACKOFF);
-    }
+    retry: &Retry,
+) -> anyhow::Result<Option<Arc<dyn SequencerStore>>> {
+    let store = retry
+        .until("database", "cannot open the database", || {
+            meridian_store::open_sequencer_store(&config.storage)
+        })
+        .await?;
+    Ok(store)
 }
 
-/// Waits until the database may be used for sequencing. Returns false on shutdown.
+/// Waits until the database may be used for sequencing, checking every `backend_check`.
+/// `Ok(false)` on shutdown.
 async fn wait_for_usable_backend(
     store: &dyn SequencerStore,
     config: &SequencerConfig,
-    readiness: &Conditions,
-    shutdown: &CancellationToken,
-) -> bool {
-    loop {
-        match store.backend_status().await {
-            Ok(status) => match backend_refusal(&status) {
-                None => {
-                    readiness.clear("backend");
-                    return true;
-                }
-                Some(reason) => {
-                    if readiness.fail("backend", reason.clone()) {
-                        tracing::error!("refusing to serve: {reason}");
-                    }
-                }
-            },
-            Err(error) => {
-                if readiness.fail("backend", format!("cannot inspect the database: {error}")) {
-                    tracing::error!(%error, "cannot inspect the database");
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(config.timing.backend_check()) => {}
-        }
-    }
+    retry: &Retry,
+) -> anyhow::Result<bool> {
+    let every = config.timing.backend_check();
+    let usable = retry
+        .clone()
+        .with_backoff(Backoff {
+            initial: every,
+            max: every,
+            ..UNTIL_STOPPED
+        })
+        .until("backend", "", || usable_backend(store))
+        .await?;
+    Ok(usable.is_some())
+}
+
+/// Whether the backend may be used for sequencing: `Err` says why not.
+async fn usable_backend(store: &dyn SequencerStore) -> Result<(), String> {
+    let status = store
+        .backend_status()
+        .await
+        .map_err(|error| format!("cannot inspect the database: {error}"))?;
+    backend_refusal(&status).map_or(Ok(()), Err)
 }
 
 /// Follows other instances: re-reads the safe point so their events become deliverable,
@@ -415,21 +410,14 @@ async fn poll_peers(
                     Err(error) => tracing::debug!(%error, "reading instances failed"),
                 }
             }
-            _ = backend_check.tick() => {
-                match store.backend_status().await {
-                    Ok(status) => match backend_refusal(&status) {
-                        None => readiness.clear("backend"),
-                        Some(reason) => {
-                            if readiness.fail("backend", reason.clone()) {
-                                tracing::error!("refusing to serve: {reason}");
-                            }
-                        }
-                    },
-                    Err(error) => {
-                        readiness.fail("backend", format!("cannot inspect the database: {error}"));
+            _ = backend_check.tick() => match usable_backend(store.as_ref()).await {
+                Ok(()) => readiness.clear("backend"),
+                Err(reason) => {
+                    if readiness.fail("backend", reason.clone()) {
+                        tracing::error!("refusing to serve: {reason}");
                     }
                 }
-            }
+            },
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::reader::{spawn_subscription, Subscription};
 use crate::registration::authorize_registration;
 use crate::validate::{validate_submission, SubmissionLimits};
 use crate::writer::WriterHandle;
+use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
 
 /// State shared by both services.
@@ -39,7 +40,8 @@ pub struct Shared {
     pub metrics: SequencerMetrics,
     pub readiness: Conditions,
     pub shutdown: CancellationToken,
-    pub admin_token: Option<String>,
+    /// Required on admin calls when configured.
+    pub admin_token: AdminToken,
     /// The synchronizer owner's key; when set, registrations need an owner-signed topology
     /// transaction naming the member (see [`crate::registration`]).
     pub owner_key: Option<PublicKey>,
@@ -254,15 +256,7 @@ pub struct SequencerAdminApi(pub Arc<Shared>);
 
 impl SequencerAdminApi {
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(expected) = &self.0.admin_token else {
-            return Ok(());
-        };
-        match bearer_token(request.metadata()) {
-            Ok(token) if token == expected => Ok(()),
-            _ => Err(Status::unauthenticated(
-                "admin calls need `authorization: Bearer <admin_token>` from the sequencer config",
-            )),
-        }
+        self.0.admin_token.check(request.metadata())
     }
 }
 

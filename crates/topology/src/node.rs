@@ -5,32 +5,35 @@
 //! not verify: the key file was swapped) → the manager's own registration at the sequencer
 //! with an owner-signed `TopologyManager` mapping (published as serial 1 on a new synchronizer)
 //! → the manager's sequencer session → any unpublished intent finished → gRPC.
-//! Everything that waits on the network or the database retries with capped backoff until
-//! shutdown, reporting the reason as not-ready; each attempt is itself time-bounded.
+//! Everything that waits on the network or the database retries through
+//! [`meridian_node::retry`] until shutdown, reporting the reason as not-ready; each attempt is
+//! itself time-bounded.
 //!
 //! A replica (`[replication]`, DESIGN.md §5) opens the store and the gRPC port at once and
 //! stays passive — UNAVAILABLE naming the active replica, health NOT_SERVING, `/readyz` 503 —
-//! until it holds the lease; then it runs the steps from the history load on, exactly as a
-//! restart does, and serves until it loses or hands over the lease.
+//! until it holds the lease; then each *term* ([`Warm`] → `start_term`) runs the steps from
+//! the history load on, exactly as a restart does, and serves until it loses or hands over the
+//! lease.
 
-use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, TopologyTransaction};
 use meridian_core::{MemberId, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
+use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
-use meridian_node::health::{grpc_health_service, Health};
+use meridian_node::grpc::GrpcServer;
+use meridian_node::health::Health;
 use meridian_node::keys::load_or_create_key;
 use meridian_node::metrics::Metrics;
 use meridian_node::replica::{ReplicaManager, ReplicaSettings};
 use meridian_node::replication::Replication;
+use meridian_node::retry::Retry;
 use meridian_proto::v1::topology_admin_service_server::TopologyAdminServiceServer;
 use meridian_store::{TopologyRecord, TopologyStore};
 use tokio_util::sync::CancellationToken;
@@ -41,8 +44,6 @@ use crate::metrics::TopologyMetrics;
 use crate::publisher::{Publisher, SEND_WINDOW};
 use crate::service::{Serving, TopologyAdminApi};
 
-/// Longest wait between attempts while the database or the sequencer is away.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often an unpublished change is retried in the background.
 const PENDING_RETRY: Duration = Duration::from_secs(1);
 
@@ -103,20 +104,15 @@ async fn run_manager(
         shutdown.clone(),
     ));
 
-    let waiter = Waiter {
-        readiness: readiness.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let Some(store) = waiter
-        .retry("database", "cannot open the topology database", || {
-            let storage = config.storage.clone();
-            async move { meridian_store::open_topology_store(&storage).await }
+    let Some(store) = Retry::new(&readiness, &shutdown)
+        .until("database", "cannot open the topology database", || {
+            meridian_store::open_topology_store(&config.storage)
         })
-        .await
+        .await?
     else {
         return Ok(());
     };
-    let activation = Activation {
+    let warm = Warm {
         config: Arc::new(config.clone()),
         member,
         owner,
@@ -127,15 +123,16 @@ async fn run_manager(
     };
     let api = TopologyAdminApi {
         serving: serving.clone(),
-        admin_token: config.admin_token.clone(),
+        admin_token: AdminToken::new(
+            config.admin_token.as_deref(),
+            "from the topology manager's config",
+        ),
         metrics: topology_metrics,
     };
 
     let result = match config.replica_settings() {
-        None => serve_unreplicated(&config, activation, api, &health, &shutdown).await,
-        Some(settings) => {
-            serve_replicated(&config, settings, activation, api, &health, &shutdown).await
-        }
+        None => serve_unreplicated(&config, warm, api, &health, &shutdown).await,
+        Some(settings) => serve_replicated(&config, settings, warm, api, &health, &shutdown).await,
     };
     readiness.fail("shutdown", "shutting down");
     shutdown.cancel();
@@ -148,14 +145,14 @@ async fn run_manager(
 /// A single manager: the gRPC port opens once the manager is ready to serve.
 async fn serve_unreplicated(
     config: &TopologyManagerConfig,
-    activation: Activation,
+    warm: Warm,
     api: TopologyAdminApi,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let readiness = activation.readiness.clone();
-    let metrics = activation.metrics.clone();
-    let Some(manager) = activation.activate(shutdown).await? else {
+    let readiness = warm.readiness.clone();
+    let metrics = warm.metrics.clone();
+    let Some(manager) = warm.start_term(shutdown).await? else {
         return Ok(());
     };
     api.serving.set(Some(manager.clone()));
@@ -165,10 +162,10 @@ async fn serve_unreplicated(
         readiness.clone(),
         shutdown.clone(),
     ));
-    let (grpc, listener) = grpc_server(config, api, health, false, shutdown).await?;
+    let grpc = grpc_server(config, api, health, shutdown).await?;
     readiness.clear("startup");
     tracing::info!(address = %config.listen_address, "topology manager gRPC listening");
-    serve_grpc(grpc, listener, shutdown.clone()).await
+    grpc.await
 }
 
 /// One replica of several: warm (store open, gRPC up answering UNAVAILABLE, health
@@ -177,50 +174,44 @@ async fn serve_unreplicated(
 async fn serve_replicated(
     config: &TopologyManagerConfig,
     settings: ReplicaSettings,
-    activation: Activation,
+    warm: Warm,
     api: TopologyAdminApi,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let readiness = activation.readiness.clone();
-    let waiter = Waiter {
-        readiness: readiness.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let Some(lease) = waiter
-        .retry("database", "cannot open the replica lease", || {
-            let (storage, node) = (config.storage.clone(), settings.node.clone());
-            async move { meridian_store::open_lease_store(&storage, &node).await }
+    let readiness = warm.readiness.clone();
+    let Some(lease) = Retry::new(&readiness, shutdown)
+        .until("database", "cannot open the replica lease", || {
+            meridian_store::open_lease_store(&config.storage, &settings.node)
         })
-        .await
+        .await?
     else {
         return Ok(());
     };
     tracing::info!(replica = %settings.replica_id, endpoint = %settings.advertised_endpoint, "topology manager replica starting passive");
     let replication = Arc::new(Replication::new(
-        ReplicaManager::new(settings, lease, activation.store.fence()),
+        ReplicaManager::new(settings, lease, warm.store.fence()),
         readiness.clone(),
     ));
     let serving = api.serving.clone();
     serving.set_replication(
         replication.clone(),
-        activation.store.clone(),
-        activation.owner.public_key(),
+        warm.store.clone(),
+        warm.owner.public_key(),
     );
     let follower = tokio::spawn(replication.clone().follow(shutdown.clone()));
-    let (grpc, listener) = grpc_server(config, api, health, true, shutdown).await?;
+    let grpc = grpc_server(config, api, health, shutdown).await?;
     tracing::info!(address = %config.listen_address, "topology manager gRPC listening (passive until it holds the lease)");
-    let grpc_task = tokio::spawn(serve_grpc(grpc, listener, shutdown.clone()));
+    let grpc_task = tokio::spawn(grpc);
     readiness.clear("startup");
 
     let result = replication
-        .run(shutdown, |active| {
-            let (activation, serving, replication) =
-                (activation.clone(), serving.clone(), replication.clone());
+        .run(shutdown, |term| {
+            let (warm, serving, replication) = (warm.clone(), serving.clone(), replication.clone());
             async move {
-                let readiness = activation.readiness.clone();
-                let metrics = activation.metrics.clone();
-                let Some(manager) = activation.activate(&active).await? else {
+                let readiness = warm.readiness.clone();
+                let metrics = warm.metrics.clone();
+                let Some(manager) = warm.start_term(&term).await? else {
                     return Ok(());
                 };
                 serving.set(Some(manager.clone()));
@@ -228,13 +219,13 @@ async fn serve_replicated(
                     manager,
                     metrics,
                     readiness.clone(),
-                    active.clone(),
+                    term.clone(),
                 ));
                 replication.serving();
-                active.cancelled().await;
+                term.cancelled().await;
                 serving.set(None);
                 let _ = retry.await;
-                for condition in ACTIVE_CONDITIONS {
+                for condition in TERM_CONDITIONS {
                     readiness.clear(condition);
                 }
                 Ok(())
@@ -249,61 +240,28 @@ async fn serve_replicated(
     result.and(served)
 }
 
-/// Readiness conditions only the active work sets; a replica that stops being active clears
-/// them, so its `/readyz` reason says "passive", not what the old work last saw.
-const ACTIVE_CONDITIONS: [&str; 2] = ["sequencer", "publishing"];
+/// Readiness conditions only a term sets; a replica whose term ends clears them, so its
+/// `/readyz` reason says "passive", not what the old term last saw.
+const TERM_CONDITIONS: [&str; 2] = ["sequencer", "publishing"];
 
-/// Builds the gRPC services and binds the listener. Health mirrors readiness for the admin
-/// service; for a replica also for the whole server (`""`), so a probe without a service name
-/// sees a passive replica as NOT_SERVING too.
+/// Binds the gRPC port and returns its server, to be awaited. Health mirrors readiness for the
+/// whole server and the admin service, so a passive replica is NOT_SERVING either way.
 async fn grpc_server(
     config: &TopologyManagerConfig,
     api: TopologyAdminApi,
     health: &Health,
-    overall: bool,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(tonic::transport::server::Router, tokio::net::TcpListener)> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")?;
-    let admin = <TopologyAdminServiceServer<TopologyAdminApi> as tonic::server::NamedService>::NAME;
-    // With `overall`, the whole server (the empty service name) mirrors readiness too.
-    let services = if overall {
-        vec![admin, ""]
-    } else {
-        vec![admin]
-    };
-    let health_service = grpc_health_service(health, services, shutdown);
-    let listener = tokio::net::TcpListener::bind(config.listen_address)
-        .await
-        .with_context(|| format!("cannot bind gRPC on {}", config.listen_address))?;
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(TopologyAdminServiceServer::new(api));
-    Ok((router, listener))
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send> {
+    let listener = meridian_node::grpc::bind(config.listen_address).await?;
+    GrpcServer::new(health, &[meridian_proto::FILE_DESCRIPTOR_SET])
+        .add_service(TopologyAdminServiceServer::new(api))
+        .serve(listener, shutdown.clone())
 }
 
-async fn serve_grpc(
-    router: tonic::transport::server::Router,
-    listener: tokio::net::TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    router
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
-        .await
-        .context("gRPC server failed")
-}
-
-/// What it takes to start the manager from the database: at first start, at a restart, and
-/// at every promotion of a replica.
+/// What a manager keeps between terms (while passive) and starts each term from: at first
+/// start, at a restart, and at every promotion of a replica.
 #[derive(Clone)]
-struct Activation {
+struct Warm {
     config: Arc<TopologyManagerConfig>,
     member: MemberId,
     owner: SigningKey,
@@ -313,13 +271,13 @@ struct Activation {
     metrics: TopologyMetrics,
 }
 
-impl Activation {
-    /// Loads and verifies the history, registers the manager itself, connects to the
-    /// sequencer and publishes any unfinished intent. `Ok(None)` when `stop` is cancelled
-    /// first — at shutdown, or when a write found this replica fenced (then `stop` is
-    /// cancelled here).
-    async fn activate(&self, stop: &CancellationToken) -> anyhow::Result<Option<Arc<Manager>>> {
-        let Activation {
+impl Warm {
+    /// Starts a term: loads and verifies the history, registers the manager itself, connects
+    /// to the sequencer and publishes any unfinished intent. `Ok(None)` when `stop` is
+    /// cancelled first — at shutdown, or when a write found this replica fenced (then `stop`
+    /// is cancelled here).
+    async fn start_term(&self, stop: &CancellationToken) -> anyhow::Result<Option<Arc<Manager>>> {
+        let Warm {
             config,
             member,
             owner,
@@ -328,16 +286,12 @@ impl Activation {
             readiness,
             metrics: _,
         } = self;
-        let waiter = Waiter {
-            readiness: readiness.clone(),
-            shutdown: stop.clone(),
-        };
-        let Some(records) = waiter
-            .retry("database", "cannot read the topology history", || {
-                let store = store.clone();
-                async move { store.records().await }
+        let retry = Retry::new(readiness, stop);
+        let Some(records) = retry
+            .until("database", "cannot read the topology history", || {
+                store.records()
             })
-            .await
+            .await?
         else {
             return Ok(None);
         };
@@ -349,6 +303,61 @@ impl Activation {
         );
 
         let endpoints = config.sequencer_endpoints.as_slice().to_vec();
+        if self
+            .register_self(&mut loaded, &endpoints, &retry)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+
+        let client_config =
+            SequencerClientConfig::new(endpoints[0].clone(), member.clone(), key.clone())
+                .with_endpoints(endpoints.clone());
+        let Some(client) = retry
+            .until("sequencer", "cannot authenticate at the sequencer", || {
+                SequencerClient::connect(client_config.clone())
+            })
+            .await?
+        else {
+            return Ok(None);
+        };
+        let manager = Arc::new(
+            Manager::new(
+                member.clone(),
+                owner.clone(),
+                store.clone(),
+                Publisher::new(endpoints, client),
+                loaded,
+            )
+            .with_fence_alarm(stop.clone()),
+        );
+        if retry
+            .until(
+                "publishing",
+                "cannot publish the unpublished change",
+                || manager.finish_pending(),
+            )
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(manager))
+    }
+
+    /// Registers the manager itself at the sequencer with an owner-signed `TopologyManager`
+    /// mapping, recording it as an intent first when the history lacks it. `Ok(None)` when
+    /// the retry's stop token is cancelled first.
+    async fn register_self(
+        &self,
+        loaded: &mut Loaded,
+        endpoints: &[String],
+        retry: &Retry,
+    ) -> anyhow::Result<Option<()>> {
+        let Warm {
+            member, owner, key, ..
+        } = self;
         let own = loaded.own_registration(member, &key.public_key(), &owner.public_key())?;
         let (own_signed, new_intent) = match own {
             Some(signed) => (signed, false),
@@ -364,14 +373,11 @@ impl Activation {
             }
         };
         // Registered before its intent is recorded, like every member (see `manager`).
-        if waiter
-            .retry("sequencer", "cannot register at the sequencer", || {
-                let (endpoints, signed) = (endpoints.clone(), own_signed.clone());
-                async move {
-                    meridian_client::register_member_with_topology(&endpoints, &signed).await
-                }
+        if retry
+            .until("sequencer", "cannot register at the sequencer", || {
+                meridian_client::register_member_with_topology(endpoints, &own_signed)
             })
-            .await
+            .await?
             .is_none()
         {
             return Ok(None);
@@ -379,25 +385,25 @@ impl Activation {
         if new_intent {
             let serial = loaded.highest_serial + 1;
             let deadline = Timestamp::now().saturating_add(SEND_WINDOW);
-            if waiter
-                .retry(
+            if retry
+                .until(
                     "database",
                     "cannot record the manager's registration",
                     || {
-                        let (store, signed) = (store.clone(), own_signed.clone());
+                        let (store, signed) = (&self.store, &own_signed);
                         async move {
-                            let recorded = store.record_intent(serial, &signed, deadline).await;
+                            let recorded = store.record_intent(serial, signed, deadline).await;
                             if let Err(error) = &recorded {
                                 if is_fenced(error) {
                                     // Another replica is active: stop, the role loop demotes.
-                                    stop.cancel();
+                                    retry.stop_token().cancel();
                                 }
                             }
                             recorded
                         }
                     },
                 )
-                .await
+                .await?
                 .is_none()
             {
                 return Ok(None);
@@ -405,89 +411,12 @@ impl Activation {
             loaded.highest_serial = serial;
             loaded.pending = Some(TopologyRecord {
                 serial,
-                signed: own_signed.clone(),
+                signed: own_signed,
                 max_sequencing_time: deadline,
                 effective: None,
             });
         }
-
-        let client_config =
-            SequencerClientConfig::new(endpoints[0].clone(), member.clone(), key.clone())
-                .with_endpoints(endpoints.clone());
-        let Some(client) = waiter
-            .retry("sequencer", "cannot authenticate at the sequencer", || {
-                SequencerClient::connect(client_config.clone())
-            })
-            .await
-        else {
-            return Ok(None);
-        };
-        let manager = Arc::new(
-            Manager::new(
-                member.clone(),
-                owner.clone(),
-                store.clone(),
-                Publisher::new(endpoints, client),
-                loaded,
-            )
-            .with_fence_alarm(stop.clone()),
-        );
-        if waiter
-            .retry(
-                "publishing",
-                "cannot publish the unpublished change",
-                || {
-                    let manager = manager.clone();
-                    async move { manager.finish_pending().await }
-                },
-            )
-            .await
-            .is_none()
-        {
-            return Ok(None);
-        }
-        Ok(Some(manager))
-    }
-}
-
-/// Retries start-up steps with capped exponential backoff, reporting why the node waits.
-struct Waiter {
-    readiness: Conditions,
-    shutdown: CancellationToken,
-}
-
-impl Waiter {
-    /// Runs `attempt` until it succeeds (`Some`) or shutdown is requested (`None`).
-    async fn retry<T, E, F, Fut>(
-        &self,
-        condition: &'static str,
-        what: &'static str,
-        mut attempt: F,
-    ) -> Option<T>
-    where
-        E: Display,
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match attempt().await {
-                Ok(value) => {
-                    self.readiness.clear(condition);
-                    return Some(value);
-                }
-                Err(error) => {
-                    if self.readiness.fail(condition, format!("{what}: {error}")) {
-                        tracing::error!(%error, "{what}; retrying");
-                    }
-                }
-            }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(MAX_BACKOFF);
-        }
+        Ok(Some(()))
     }
 }
 

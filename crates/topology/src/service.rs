@@ -1,5 +1,5 @@
 //! The gRPC surface: `TopologyAdminService`. Mutating calls check the admin token (when
-//! configured), validate every field before anything is signed ([`crate::request`]), and hand
+//! configured, with the one check every node uses: [`AdminToken`]), validate every field before anything is signed ([`crate::request`]), and hand
 //! the mapping to the [`Manager`], whose refusals map one-to-one onto statuses. GetTopology is
 //! open: members call it to catch up, and every entry carries the owner's signature anyway.
 //!
@@ -13,11 +13,11 @@ use std::sync::{Arc, OnceLock, RwLock};
 use meridian_core::crypto::PublicKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping};
 use meridian_core::Timestamp;
+use meridian_node::admin_token::AdminToken;
 use meridian_node::replication::Replication;
 use meridian_proto::v1::topology_admin_service_server::TopologyAdminService;
 use meridian_proto::v1::{self};
 use meridian_store::TopologyStore;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::manager::{ChangeError, ChangeOutcome, Loaded, Manager};
@@ -99,7 +99,8 @@ impl Serving {
 #[derive(Clone)]
 pub struct TopologyAdminApi {
     pub serving: Arc<Serving>,
-    pub admin_token: Option<String>,
+    /// Required on mutating calls when configured.
+    pub admin_token: AdminToken,
     pub metrics: TopologyMetrics,
 }
 
@@ -118,25 +119,9 @@ fn invalid(error: FieldError) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
-/// Whether the metadata carries `authorization: Bearer <expected>`.
-pub fn has_bearer(metadata: &MetadataMap, expected: &str) -> bool {
-    metadata
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| token.trim() == expected)
-}
-
 impl TopologyAdminApi {
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match &self.admin_token {
-            Some(expected) if !has_bearer(request.metadata(), expected) => {
-                Err(Status::unauthenticated(
-                    "topology changes need `authorization: Bearer <admin_token>` from the topology manager's config",
-                ))
-            }
-            _ => Ok(()),
-        }
+        self.admin_token.check(request.metadata())
     }
 
     async fn change(
@@ -246,17 +231,6 @@ impl TopologyAdminService for TopologyAdminApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_tokens_must_match_exactly() {
-        let mut metadata = MetadataMap::new();
-        assert!(!has_bearer(&metadata, "s3cret"));
-        metadata.insert("authorization", "Bearer s3cret".parse().expect("ascii"));
-        assert!(has_bearer(&metadata, "s3cret"));
-        assert!(!has_bearer(&metadata, "other"));
-        metadata.insert("authorization", "s3cret".parse().expect("ascii"));
-        assert!(!has_bearer(&metadata, "s3cret"));
-    }
 
     #[test]
     fn change_errors_map_to_their_statuses() {

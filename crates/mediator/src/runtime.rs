@@ -1,0 +1,619 @@
+//! The mediator's runtime while active: the event loop that owns the engine, and the sender
+//! that delivers its verdicts. [`crate::node`] wires a term (store, topology, restored engine,
+//! sequencer client) and hands it to [`Runtime::run`].
+//!
+//! One task owns the engine and processes events strictly in order. It takes whatever run of
+//! events the subscription has buffered (up to [`MAX_EVENTS_PER_COMMIT`]), feeds them to the
+//! engine, and stores every resulting change with the new checkpoint in one transaction; only
+//! after that commit are the run's verdicts handed to the sender task. So a crash at any point
+//! either loses a whole run (replayed from the checkpoint, reaching the same verdicts, whose
+//! re-sends the sequencer deduplicates by message id) or nothing. The sender task sends with
+//! bounded concurrency and marks verdicts sent in batches. Every wait — the database, the
+//! sequencer, a resubscription — backs off through [`meridian_node::retry`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt as _, StreamExt as _};
+use meridian_client::{ClientError, SequencerClient};
+use meridian_core::crypto::{SigningKey, SigningPurpose};
+use meridian_core::protocol::{ProtocolMessage, Signed, Verdict};
+use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
+use meridian_core::{MemberId, MessageId, ParticipantId, Timestamp};
+use meridian_node::conditions::Conditions;
+use meridian_node::health::Health;
+use meridian_node::replication;
+use meridian_node::retry::{Retry, UNTIL_STOPPED};
+use meridian_store::mediator::{MediatorChange, MediatorStore, VerdictRecord};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Effect, MediatorEngine};
+use crate::metrics::MediatorMetrics;
+use crate::persist;
+
+/// Events stored per database transaction at most. At ~3,000 events/s and a commit of a few
+/// milliseconds, runs stay far below this; the bound keeps one transaction's size in check
+/// after a long outage, when the subscription delivers a backlog.
+pub const MAX_EVENTS_PER_COMMIT: usize = 1_000;
+/// Verdicts and time proofs waiting for the sender task. When full, the event loop waits:
+/// back-pressure instead of unbounded memory.
+const OUTGOING_QUEUE: usize = 4_096;
+/// Sends in flight at once. The sequencer batches concurrent sends into one commit, so
+/// throughput needs concurrency; the bound keeps a slow sequencer from drowning in retries.
+const MAX_IN_FLIGHT_SENDS: usize = 64;
+/// How long a verdict may wait to be sequenced. Re-sends of the same verdict reuse its message
+/// id, so the sequencer deduplicates them within this window (plus its retention).
+const VERDICT_SEND_WINDOW: Duration = Duration::from_secs(30);
+const TIME_PROOF_SEND_WINDOW: Duration = Duration::from_secs(5);
+/// Spacing of resubscriptions after the subscription broke: a node's usual waits.
+const RESUBSCRIBE: meridian_core::Backoff = UNTIL_STOPPED;
+/// How often sent verdicts are marked in the store (one small transaction each).
+const MARK_SENT_INTERVAL: Duration = Duration::from_millis(200);
+/// Sent-verdict ids kept for marking while the database is away; beyond this the oldest are
+/// dropped, which only means they are re-sent (and deduplicated) after a restart.
+const MAX_UNMARKED_SENT: usize = 100_000;
+/// Sent verdicts are kept this long in sequencer time for inspection, then pruned.
+const VERDICT_RETENTION: Duration = Duration::from_secs(600);
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What `/status` shows; updated by the event loop, read by the admin server.
+#[derive(Debug, Default)]
+pub(crate) struct StatusState {
+    pub(crate) pending_requests: AtomicU64,
+    pub(crate) last_event_us: AtomicU64,
+    pub(crate) verdicts_decided: AtomicU64,
+    pub(crate) verdicts_sent: AtomicU64,
+}
+
+/// What the sender task sends.
+#[derive(Debug)]
+enum Outgoing {
+    Verdict {
+        request_id: Timestamp,
+        recipients: Vec<MemberId>,
+        verdict: Verdict,
+    },
+    TimeProof,
+}
+
+/// One term's runtime, as the wiring restored and connected it.
+pub(crate) struct Runtime {
+    /// Restored from the store: the pending requests and the checkpoint.
+    pub(crate) engine: MediatorEngine,
+    /// Verdicts decided but not known to be sent; re-sent first.
+    pub(crate) unsent: Vec<VerdictRecord>,
+    pub(crate) store: Arc<dyn MediatorStore>,
+    pub(crate) client: SequencerClient,
+    pub(crate) key: SigningKey,
+    pub(crate) member: MemberId,
+    pub(crate) readiness: Conditions,
+    pub(crate) metrics: MediatorMetrics,
+    pub(crate) status: Arc<StatusState>,
+    pub(crate) time_proof_interval: Duration,
+}
+
+impl Runtime {
+    /// Re-sends the unsent verdicts, then processes events until `shutdown` (for a replica:
+    /// until it stops being active) or a fatal error. `serving` is called once the event loop
+    /// is about to start: the mediator does its work from then on.
+    pub(crate) async fn run(
+        self,
+        health: &Health,
+        shutdown: &CancellationToken,
+        serving: impl FnOnce(),
+    ) -> anyhow::Result<()> {
+        let Runtime {
+            engine,
+            unsent,
+            store,
+            client,
+            key,
+            member,
+            readiness,
+            metrics,
+            status,
+            time_proof_interval,
+        } = self;
+        let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let sender_task = tokio::spawn(
+            Sender {
+                client: client.clone(),
+                key,
+                member,
+                store: store.clone(),
+                readiness: readiness.clone(),
+                metrics: metrics.clone(),
+                status: status.clone(),
+                shutdown: shutdown.clone(),
+            }
+            .run(outgoing_rx),
+        );
+        let result = async move {
+            for record in unsent {
+                let job = Outgoing::Verdict {
+                    verdict: persist::verdict(&record)?,
+                    request_id: record.request_id,
+                    recipients: record.recipients,
+                };
+                if outgoing.send(job).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let event_loop = EventLoop {
+                engine,
+                store,
+                client,
+                outgoing,
+                readiness,
+                metrics,
+                status,
+                time_proof_interval,
+            };
+            serving();
+            event_loop.run(health, shutdown).await
+        }
+        .await;
+        shutdown.cancel();
+        let _ = sender_task.await;
+        result
+    }
+}
+
+/// The one task that owns the engine: events in sequencer order, one commit per run.
+struct EventLoop {
+    engine: MediatorEngine,
+    store: Arc<dyn MediatorStore>,
+    client: SequencerClient,
+    outgoing: mpsc::Sender<Outgoing>,
+    readiness: Conditions,
+    metrics: MediatorMetrics,
+    status: Arc<StatusState>,
+    time_proof_interval: Duration,
+}
+
+/// The effects of a run of events, to carry out after its commit.
+#[derive(Default)]
+struct RunOutput {
+    changes: Vec<MediatorChange>,
+    verdicts: Vec<Outgoing>,
+}
+
+impl EventLoop {
+    async fn run(mut self, health: &Health, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut subscription = self.client.subscribe(self.engine.last_event());
+        self.readiness.clear("subscription");
+        // Restarted after every run processed: the spacing grows only while nothing arrives.
+        let mut resubscribe_delays = RESUBSCRIBE.delays();
+        let mut quiet_until = tokio::time::Instant::now() + self.time_proof_interval;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                next = subscription.next() => next,
+                () = tokio::time::sleep_until(quiet_until) => {
+                    quiet_until = tokio::time::Instant::now() + self.time_proof_interval;
+                    self.on_quiet();
+                    continue;
+                }
+            };
+            let mut run = Vec::new();
+            let mut ended = None;
+            match next {
+                Some(Ok(event)) => run.push(event),
+                Some(Err(error)) => ended = Some(error),
+                None => {
+                    ended = Some(ClientError::Protocol(
+                        "the subscription ended without an error".to_owned(),
+                    ))
+                }
+            }
+            // Whatever else is buffered already joins this run: one commit for all of it.
+            while ended.is_none() && !run.is_empty() && run.len() < MAX_EVENTS_PER_COMMIT {
+                match subscription.next().now_or_never() {
+                    Some(Some(Ok(event))) => run.push(event),
+                    Some(Some(Err(error))) => ended = Some(error),
+                    Some(None) => {
+                        ended = Some(ClientError::Protocol(
+                            "the subscription ended without an error".to_owned(),
+                        ))
+                    }
+                    None => break,
+                }
+            }
+            if !run.is_empty() {
+                quiet_until = tokio::time::Instant::now() + self.time_proof_interval;
+                if !self.process_run(run, shutdown).await? {
+                    return Ok(());
+                }
+                resubscribe_delays = RESUBSCRIBE.delays();
+            }
+            let Some(error) = ended else { continue };
+            if let ClientError::Fork(fork) = &error {
+                // Never continue past a fork: the history we decided on is not the sequencer's.
+                health.set_failed(format!("sequencer history forked: {fork}"));
+                anyhow::bail!("stopped processing: {fork}");
+            }
+            if self
+                .readiness
+                .fail("subscription", format!("subscription interrupted: {error}"))
+            {
+                tracing::warn!(%error, after = ?self.engine.last_event(), "subscription ended; resubscribing");
+            }
+            drop(subscription);
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(resubscribe_delays.next().unwrap_or(RESUBSCRIBE.max)) => {}
+            }
+            // Every processed event is persisted by now, so the engine's last event is the
+            // stored checkpoint: exactly where the chain check must start.
+            subscription = self.client.subscribe(self.engine.last_event());
+            self.readiness.clear("subscription");
+        }
+    }
+
+    /// Feeds a run of events to the engine, persists the outcome and hands its verdicts to the
+    /// sender. `Ok(false)` on shutdown.
+    async fn process_run(
+        &mut self,
+        run: Vec<SequencedEvent>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let events = run.len();
+        let mut output = RunOutput::default();
+        let mut checkpoint = None;
+        for event in run {
+            checkpoint = Some(event.timestamp);
+            let mut fed = false;
+            for envelope in &event.envelopes {
+                match ProtocolMessage::decode(&envelope.payload) {
+                    Ok(message) => {
+                        fed = true;
+                        let effects =
+                            self.engine
+                                .on_event(event.timestamp, event.sender.clone(), message);
+                        self.collect(effects, &mut output);
+                    }
+                    Err(error) => {
+                        tracing::warn!(timestamp = %event.timestamp, sender = %event.sender, %error, "ignoring a malformed envelope");
+                        self.metrics.count_ignored("malformed_envelope", false);
+                    }
+                }
+            }
+            if !fed {
+                let effects = self.engine.on_time(event.timestamp);
+                self.collect(effects, &mut output);
+            }
+        }
+        let Some(checkpoint) = checkpoint else {
+            return Ok(true);
+        };
+
+        let started = Instant::now();
+        let store = self.store.clone();
+        let changes = output.changes;
+        let retry = Retry::new(&self.readiness, shutdown);
+        let persisted = retry_store("storing processed events", &retry, || {
+            store.apply(&changes, checkpoint)
+        })
+        .await?;
+        if persisted.is_none() {
+            return Ok(false);
+        }
+        self.metrics
+            .commit_latency_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(events as f64);
+        self.metrics.events.inc_by(events as u64);
+        self.metrics
+            .last_event_us
+            .set(i64::try_from(checkpoint.as_micros()).unwrap_or(i64::MAX));
+        self.metrics
+            .pending_requests
+            .set(self.engine.pending_count() as i64);
+        self.status
+            .last_event_us
+            .store(checkpoint.as_micros(), Ordering::Relaxed);
+        self.status
+            .pending_requests
+            .store(self.engine.pending_count() as u64, Ordering::Relaxed);
+        for job in output.verdicts {
+            if let Outgoing::Verdict { verdict, .. } = &job {
+                self.metrics.count_verdict(&verdict.outcome);
+                self.status.verdicts_decided.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.outgoing.send(job).await.is_err() {
+                // The sender stops only at shutdown; the verdict stays unsent in the store.
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn collect(&self, effects: Vec<Effect>, output: &mut RunOutput) {
+        for effect in effects {
+            match effect {
+                Effect::Persist(change) => output.changes.push(persist::to_store(&change)),
+                Effect::SendVerdict {
+                    request_id,
+                    informee_participants,
+                    verdict,
+                } => output.verdicts.push(Outgoing::Verdict {
+                    request_id,
+                    recipients: informee_participants
+                        .iter()
+                        .map(ParticipantId::as_member)
+                        .collect(),
+                    verdict,
+                }),
+                Effect::RequestTimeProof => self.request_time_proof(),
+                Effect::Ignored(ignored) => {
+                    if ignored.is_suspicious() {
+                        tracing::warn!(reason = ignored.reason(), "ignored: {ignored}");
+                    } else {
+                        tracing::debug!(reason = ignored.reason(), "ignored: {ignored}");
+                    }
+                    self.metrics
+                        .count_ignored(ignored.reason(), ignored.is_invalid_response());
+                }
+            }
+        }
+    }
+
+    fn on_quiet(&mut self) {
+        let effects = self.engine.on_quiet();
+        let mut output = RunOutput::default();
+        self.collect(effects, &mut output);
+        debug_assert!(output.changes.is_empty() && output.verdicts.is_empty());
+    }
+
+    fn request_time_proof(&self) {
+        // Never wait for queue space here: a full queue means traffic, and traffic moves time.
+        match self.outgoing.try_send(Outgoing::TimeProof) {
+            Ok(()) => {
+                self.metrics.time_proofs.inc();
+            }
+            Err(error) => tracing::debug!(%error, "time proof not queued"),
+        }
+    }
+}
+
+/// Sends verdicts and time proofs, marks verdicts sent, prunes old ones.
+struct Sender {
+    client: SequencerClient,
+    key: SigningKey,
+    member: MemberId,
+    store: Arc<dyn MediatorStore>,
+    readiness: Conditions,
+    metrics: MediatorMetrics,
+    status: Arc<StatusState>,
+    shutdown: CancellationToken,
+}
+
+impl Sender {
+    async fn run(self, mut jobs: mpsc::Receiver<Outgoing>) {
+        let this = Arc::new(self);
+        let mut in_flight: JoinSet<Option<Timestamp>> = JoinSet::new();
+        let mut unmarked: Vec<Timestamp> = Vec::new();
+        let mut mark = tokio::time::interval(MARK_SENT_INTERVAL);
+        mark.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut time_proof_seq: u64 = 0;
+        loop {
+            tokio::select! {
+                () = this.shutdown.cancelled() => break,
+                job = jobs.recv(), if in_flight.len() < MAX_IN_FLIGHT_SENDS => {
+                    let Some(job) = job else { break };
+                    let sender = this.clone();
+                    match job {
+                        Outgoing::Verdict { request_id, recipients, verdict } => {
+                            in_flight.spawn(async move {
+                                sender.send_verdict(request_id, recipients, verdict).await
+                            });
+                        }
+                        Outgoing::TimeProof => {
+                            time_proof_seq = time_proof_seq.wrapping_add(1);
+                            let seq = time_proof_seq;
+                            in_flight.spawn(async move {
+                                sender.send_time_proof(seq).await;
+                                None
+                            });
+                        }
+                    }
+                }
+                Some(done) = in_flight.join_next() => {
+                    if let Ok(Some(request_id)) = done {
+                        if unmarked.len() >= MAX_UNMARKED_SENT {
+                            unmarked.remove(0);
+                        }
+                        unmarked.push(request_id);
+                    }
+                }
+                _ = mark.tick() => this.mark_sent(&mut unmarked).await,
+                _ = prune.tick() => this.prune().await,
+            }
+        }
+        in_flight.abort_all();
+        // What was acknowledged is worth recording; the rest is re-sent after a restart.
+        while let Some(done) = in_flight.join_next().await {
+            if let Ok(Some(request_id)) = done {
+                unmarked.push(request_id);
+            }
+        }
+        this.mark_sent(&mut unmarked).await;
+    }
+
+    /// Sends one verdict until the sequencer acknowledges it or refuses it definitely, or
+    /// shutdown. Returns the request id to mark as sent (also for a definite refusal: retrying
+    /// it forever would not help), `None` on shutdown.
+    async fn send_verdict(
+        &self,
+        request_id: Timestamp,
+        recipients: Vec<MemberId>,
+        verdict: Verdict,
+    ) -> Option<Timestamp> {
+        let signed = Signed::sign(
+            &verdict,
+            self.member.clone(),
+            &self.key,
+            SigningPurpose::Verdict,
+        );
+        let payload = ProtocolMessage::Verdict(signed).encode();
+        // The same message id on every attempt and after restarts: the sequencer deduplicates.
+        let message_id = MessageId::new(format!("verdict-{}", request_id.as_micros()))
+            .expect("digits make a valid message id");
+        let retry = Retry::new(&self.readiness, &self.shutdown);
+        let sent = retry
+            .until("sequencer", "cannot send verdicts", || {
+                let submission = Submission {
+                    sender: self.member.clone(),
+                    message_id: message_id.clone(),
+                    envelopes: vec![Envelope {
+                        recipients: recipients.clone(),
+                        payload: payload.clone(),
+                    }],
+                    max_sequencing_time: Timestamp::now().saturating_add(VERDICT_SEND_WINDOW),
+                };
+                async move {
+                    match self.client.send(submission).await {
+                        Ok(receipt) => Ok(Some(receipt)),
+                        // A refusal that a retry cannot change: stop retrying.
+                        Err(ClientError::Rejected { code, message }) if is_definite(code) => {
+                            tracing::error!(request = %request_id, ?code, %message, "the sequencer refused a verdict; giving it up");
+                            Ok(None)
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
+            })
+            .await;
+        match sent {
+            Ok(Some(Some(receipt))) => {
+                tracing::debug!(request = %request_id, sequenced = %receipt.timestamp, deduplicated = receipt.deduplicated, "verdict sent");
+                self.metrics.verdicts_sent.inc();
+                self.status.verdicts_sent.fetch_add(1, Ordering::Relaxed);
+                Some(request_id)
+            }
+            Ok(Some(None)) => {
+                self.metrics.verdicts_abandoned.inc();
+                Some(request_id)
+            }
+            Ok(None) => None,
+            // Not marked sent: re-sent (and deduplicated) after a restart or promotion.
+            Err(gave_up) => {
+                tracing::error!(request = %request_id, "{gave_up}");
+                None
+            }
+        }
+    }
+
+    /// One attempt (with the client's own retries): the engine asks again if it gets lost.
+    async fn send_time_proof(&self, seq: u64) {
+        let now = Timestamp::now();
+        let Ok(message_id) = MessageId::new(format!("time-proof-{}-{seq}", now.as_micros())) else {
+            return;
+        };
+        let submission = Submission {
+            sender: self.member.clone(),
+            message_id,
+            envelopes: vec![Envelope {
+                recipients: vec![self.member.clone()],
+                payload: ProtocolMessage::TimeProof.encode(),
+            }],
+            max_sequencing_time: now.saturating_add(TIME_PROOF_SEND_WINDOW),
+        };
+        if let Err(error) = self.client.send(submission).await {
+            tracing::debug!(%error, "time proof not sent");
+        }
+    }
+
+    async fn mark_sent(&self, unmarked: &mut Vec<Timestamp>) {
+        if unmarked.is_empty() {
+            return;
+        }
+        match self.store.mark_verdicts_sent(unmarked).await {
+            Ok(()) => unmarked.clear(),
+            // Demoted: the new active re-sends these (deduplicated) and marks them itself.
+            Err(error) if replication::is_fenced(&error) => {
+                tracing::debug!(%error, "not marking verdicts sent: this replica is fenced");
+                unmarked.clear();
+                self.shutdown.cancel();
+            }
+            // Kept for the next tick; the event loop reports the database's state.
+            Err(error) => tracing::debug!(%error, "marking verdicts sent failed"),
+        }
+    }
+
+    async fn prune(&self) {
+        let last = self.status.last_event_us.load(Ordering::Relaxed);
+        if last == 0 {
+            return;
+        }
+        let before = Timestamp::from_micros(last).saturating_sub(VERDICT_RETENTION);
+        match self.store.prune_verdicts(before).await {
+            Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned sent verdicts"),
+            Ok(_) => {}
+            Err(error) if replication::is_fenced(&error) => self.shutdown.cancel(),
+            Err(error) => tracing::debug!(%error, "pruning verdicts failed"),
+        }
+    }
+}
+
+/// A refusal that a retry cannot change: the submission itself is wrong.
+fn is_definite(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented
+    )
+}
+
+/// A store call's future, boxed as the store trait returns it. Taking this concrete type
+/// (rather than any `Future`) keeps the mediator's futures provably `Send`.
+pub(crate) type StoreCall<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, meridian_store::StoreError>> + Send + 'a>>;
+
+/// Runs a store call until it succeeds, reporting the database not ready meanwhile (also while
+/// a call stalls). `Ok(None)` on shutdown. Every error is retried — the mediator cannot go on
+/// without its state, and a database failing over (even to a read-only standby for a while)
+/// comes back — except a fenced write: then this replica is no longer the active one, so the
+/// retry's stop token (the active work's) is cancelled and `Ok(None)` returned.
+pub(crate) async fn retry_store<'a, T>(
+    what: &'static str,
+    retry: &Retry,
+    mut call: impl FnMut() -> StoreCall<'a, T>,
+) -> anyhow::Result<Option<T>> {
+    let (readiness, stop) = (retry.readiness(), retry.stop_token());
+    let stored = retry
+        .until("database", what, || {
+            // Verdicts wait on this call: while it stalls, /readyz says so.
+            let call = readiness.watch_database_call(call());
+            async move {
+                let result = call.await;
+                if let Err(error) = &result {
+                    if replication::is_fenced(error) {
+                        // The database answered: a stall reported meanwhile is over.
+                        readiness.clear("database");
+                        // Another replica is active: stop this one's work; the role loop
+                        // demotes it.
+                        tracing::warn!(%error, "{what}: this replica may no longer write; stopping");
+                        stop.cancel();
+                    }
+                }
+                result
+            }
+        })
+        .await?;
+    Ok(stored)
+}
