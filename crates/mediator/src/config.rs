@@ -23,7 +23,8 @@
 //! ```
 //!
 //! Replicas of one mediator share `member_id`, the key file's contents and the database; the
-//! lease row is keyed by `member_id`.
+//! lease row is keyed by `member_id`. The member keys (`key_file` to `topology_endpoints`) are
+//! checked as on every member, by [`MemberConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

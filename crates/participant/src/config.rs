@@ -32,6 +32,9 @@
 //! lease_timeout_ms = 1000                     # an active not renewed this long is deposed
 //! poll_interval_ms = 100                      # how often a passive tries to take the lease
 //! ```
+//!
+//! The member keys (`key_file` to `topology_endpoints`) are checked as on every member, by
+//! [`MemberConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -123,7 +126,7 @@ pub enum ConfigCheckError {
     /// A member key: `key_file`, `owner_public_key`, `sequencer_endpoints`,
     /// `topology_endpoints`.
     #[error(transparent)]
-    Member(#[from] InvalidSetting),
+    Invalid(#[from] InvalidSetting),
     #[error("{path}: {field} must be at least 1")]
     Zero { path: String, field: &'static str },
     #[error("{path}: {field} {value:?} must start with http://")]

@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Replicas of one manager share `member_id`, the contents of both key files and the database;
-//! the lease row is keyed by `member_id`.
+//! the lease row is keyed by `member_id`. `key_file` and `sequencer_endpoints` are checked as on
+//! every member, by [`MemberConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
