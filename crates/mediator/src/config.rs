@@ -241,9 +241,9 @@ mod tests {
             ..single.clone()
         };
         let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mediator.toml");
         for config in [single, replicated] {
-            let file = dir.path().join("mediator.toml");
-            std::fs::write(&file, meridian_node::config::to_toml(&config).unwrap()).unwrap();
+            meridian_node::config::write_toml(&file, &config).unwrap();
             assert_eq!(MediatorConfig::load(&file).unwrap(), config);
         }
     }

@@ -68,6 +68,12 @@ pub fn to_toml<T: Serialize>(config: &T) -> Result<String, toml::ser::Error> {
     toml::to_string(config)
 }
 
+/// Writes `config` as the TOML file `path`, for a node started with `--config path`.
+pub fn write_toml<T: Serialize>(path: &Path, config: &T) -> std::io::Result<()> {
+    let text = to_toml(config).map_err(std::io::Error::other)?;
+    std::fs::write(path, text)
+}
+
 fn read_bounded(path: &Path) -> Result<String, ConfigError> {
     let read_err = |source| ConfigError::Read {
         path: path.to_path_buf(),

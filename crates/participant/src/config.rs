@@ -347,9 +347,9 @@ path = "p1.db"
             ..single.clone()
         };
         let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("participant.toml");
         for config in [single, replicated] {
-            let file = dir.path().join("participant.toml");
-            std::fs::write(&file, meridian_node::config::to_toml(&config).unwrap()).unwrap();
+            meridian_node::config::write_toml(&file, &config).unwrap();
             assert_eq!(ParticipantConfig::load(&file).unwrap(), config);
         }
     }

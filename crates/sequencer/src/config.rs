@@ -286,9 +286,9 @@ mod tests {
         }
         .with_owner(&owner);
         let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sequencer.toml");
         for config in [single, instance] {
-            let file = dir.path().join("sequencer.toml");
-            std::fs::write(&file, meridian_node::config::to_toml(&config).unwrap()).unwrap();
+            meridian_node::config::write_toml(&file, &config).unwrap();
             assert_eq!(SequencerConfig::load(&file).unwrap(), config);
         }
     }

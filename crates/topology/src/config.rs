@@ -200,9 +200,9 @@ mod tests {
             ..single.clone()
         };
         let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("topology.toml");
         for config in [single, replicated] {
-            let file = dir.path().join("topology.toml");
-            std::fs::write(&file, meridian_node::config::to_toml(&config).unwrap()).unwrap();
+            meridian_node::config::write_toml(&file, &config).unwrap();
             assert_eq!(TopologyManagerConfig::load(&file).unwrap(), config);
         }
     }
