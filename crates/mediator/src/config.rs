@@ -23,7 +23,8 @@
 //! ```
 //!
 //! Replicas of one mediator share `member_id`, the key file's contents and the database; the
-//! lease row is keyed by `member_id`.
+//! lease row is keyed by `member_id`. The member keys (`key_file` to `topology_endpoints`) are
+//! checked as on every member, by [`MemberConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use meridian_core::crypto::PublicKey;
 use meridian_core::MemberId;
-use meridian_node::config::Endpoints;
+use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig, MemberEndpoints};
 use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
@@ -42,7 +43,7 @@ use serde::{Deserialize, Serialize};
 /// and every pending request holds contract locks on the participants until it is decided.
 pub const MAX_RESPONSE_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediatorConfig {
     #[serde(default = "default_member_id")]
@@ -83,15 +84,10 @@ fn default_time_proof_interval_ms() -> u64 {
 pub enum ConfigCheckError {
     #[error(transparent)]
     Load(#[from] meridian_node::config::ConfigError),
-    #[error("{path}: owner_public_key is not a hex ed25519 public key: {detail}")]
-    OwnerKey { path: String, detail: String },
-    /// `field` is `sequencer_endpoints` or `topology_endpoints`.
-    #[error("{path}: {field}: {reason}")]
-    Endpoints {
-        path: String,
-        field: &'static str,
-        reason: String,
-    },
+    /// A member key (`key_file`, `owner_public_key`, `sequencer_endpoints`,
+    /// `topology_endpoints`) or a `replication.<key>`.
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
     #[error(
         "{path}: response_timeout_ms must be between 1 and {MAX_RESPONSE_TIMEOUT_MS}, got {value}"
     )]
@@ -101,13 +97,6 @@ pub enum ConfigCheckError {
         path: String,
         value: u64,
         timeout_ms: u64,
-    },
-    /// `field` is the full key (`replication.<key>`, `sequencer_endpoints`).
-    #[error("{path}: {field}: {reason}")]
-    Replication {
-        path: String,
-        field: &'static str,
-        reason: String,
     },
 }
 
@@ -119,27 +108,42 @@ impl MediatorConfig {
         Ok(config)
     }
 
+    /// A single mediator (no `[replication]`) with the default member id and timings.
+    pub fn new(
+        key_file: PathBuf,
+        owner: &PublicKey,
+        endpoints: MemberEndpoints,
+        admin_address: SocketAddr,
+        storage: StorageConfig,
+    ) -> Self {
+        Self {
+            member_id: default_member_id(),
+            key_file,
+            owner_public_key: owner.to_string(),
+            sequencer_endpoints: endpoints.sequencer,
+            topology_endpoints: endpoints.topology,
+            admin_address,
+            response_timeout_ms: default_response_timeout_ms(),
+            time_proof_interval_ms: default_time_proof_interval_ms(),
+            storage,
+            replication: None,
+        }
+    }
+
+    /// The keys the mediator shares with every member node.
+    pub fn member_config(&self) -> MemberConfig<'_> {
+        MemberConfig {
+            key_file: &self.key_file,
+            owner_public_key: Some(&self.owner_public_key),
+            sequencer_endpoints: &self.sequencer_endpoints,
+            topology_endpoints: Some(&self.topology_endpoints),
+        }
+    }
+
     /// Refuses values that cannot work, naming the key; `path` names the file in messages.
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
+        self.member_config().check(path)?;
         let path = path.to_owned();
-        if let Err(error) = self.owner_key() {
-            return Err(ConfigCheckError::OwnerKey {
-                path,
-                detail: error.to_string(),
-            });
-        }
-        for (field, endpoints) in [
-            ("sequencer_endpoints", &self.sequencer_endpoints),
-            ("topology_endpoints", &self.topology_endpoints),
-        ] {
-            endpoints
-                .check()
-                .map_err(|reason| ConfigCheckError::Endpoints {
-                    path: path.clone(),
-                    field,
-                    reason,
-                })?;
-        }
         if self.response_timeout_ms == 0 || self.response_timeout_ms > MAX_RESPONSE_TIMEOUT_MS {
             return Err(ConfigCheckError::ResponseTimeout {
                 path,
@@ -158,11 +162,7 @@ impl MediatorConfig {
         if let Some(replication) = &self.replication {
             replication
                 .check()
-                .map_err(|(field, reason)| ConfigCheckError::Replication {
-                    path: path.clone(),
-                    field,
-                    reason,
-                })?;
+                .map_err(InvalidSetting::in_file(&path))?;
         }
         Ok(())
     }
@@ -211,6 +211,41 @@ mod tests {
         let config: MediatorConfig = meridian_node::config::parse_toml(&text(extra), "m.toml")?;
         config.check("m.toml")?;
         Ok(config)
+    }
+
+    #[test]
+    fn a_built_config_round_trips_through_its_file() {
+        let endpoints = MemberEndpoints {
+            sequencer: Endpoints::new(vec!["http://s:1".to_owned(), "http://s:2".to_owned()]),
+            topology: Endpoints::one("http://t:1"),
+        };
+        let single = MediatorConfig::new(
+            PathBuf::from("data/mediator.key"),
+            &SigningKey::from_seed([7; 32]).public_key(),
+            endpoints,
+            "127.0.0.1:4201".parse().unwrap(),
+            StorageConfig::Sqlite {
+                path: "data/mediator.db".into(),
+            },
+        );
+        let replicated = MediatorConfig {
+            response_timeout_ms: 3_000,
+            storage: StorageConfig::Postgres {
+                url: "postgres://m@db/mediator".into(),
+                max_connections: 4,
+            },
+            replication: Some(ReplicationConfig {
+                advertised_endpoint: Some("http://10.0.0.5:4201".into()),
+                ..ReplicationConfig::new("mediator-b")
+            }),
+            ..single.clone()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mediator.toml");
+        for config in [single, replicated] {
+            meridian_node::config::write_toml(&file, &config).unwrap();
+            assert_eq!(MediatorConfig::load(&file).unwrap(), config);
+        }
     }
 
     #[test]

@@ -13,13 +13,19 @@ use std::time::{Duration, Instant};
 
 use common::{start_mediator, wait_ready, Synchronizer};
 use meridian_core::protocol::VerdictOutcome;
+use meridian_mediator::config::ReplicationConfig;
+use meridian_mediator::MediatorConfig;
 use meridian_testkit::free_port;
 
 /// A takeover must be well within this (the target is under a second).
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
 
-fn replication(replica_id: &str) -> String {
-    format!("[replication]\nreplica_id = \"{replica_id}\"\nlease_timeout_ms = 1000\npoll_interval_ms = 100\n")
+/// Replica `replica_id`: lease 1 s, polled every 100 ms.
+fn replica(synchronizer: &Synchronizer, admin_port: u16, replica_id: &str) -> MediatorConfig {
+    MediatorConfig {
+        replication: Some(ReplicationConfig::new(replica_id)),
+        ..synchronizer.mediator_config(admin_port)
+    }
 }
 
 async fn get_json(port: u16, path: &str) -> (u16, serde_json::Value) {
@@ -81,8 +87,8 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
     let (synchronizer, mut p1, mut p2) = Synchronizer::start().await;
     let mediator_public = synchronizer.mediator_key.public_key();
     let (admin_a, admin_b) = (free_port(), free_port());
-    let config_a = synchronizer.mediator_config(admin_a, &replication("mediator-a"));
-    let config_b = synchronizer.mediator_config(admin_b, &replication("mediator-b"));
+    let config_a = replica(&synchronizer, admin_a, "mediator-a");
+    let config_b = replica(&synchronizer, admin_b, "mediator-b");
 
     // A starts first and takes the lease; B waits warm, refusing readiness and naming A.
     let (stop_a, task_a) = start_mediator(&config_a);

@@ -18,7 +18,7 @@ use meridian_testkit::free_port;
 async fn the_mediator_decides_times_out_and_survives_a_restart() {
     let (synchronizer, mut p1, mut p2) = Synchronizer::start().await;
     let mediator_admin = free_port();
-    let config = synchronizer.mediator_config(mediator_admin, "");
+    let config = synchronizer.mediator_config(mediator_admin);
     let (mediator_stop, mediator) = start_mediator(&config);
     wait_ready(mediator_admin).await;
     let mediator_public = synchronizer.mediator_key.public_key();

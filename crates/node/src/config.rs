@@ -3,11 +3,19 @@
 //! silently ignored setting; this module makes every such error a single line that names the
 //! file, the offending key and its line and column, because an operator reads it in a log line
 //! from a process that refused to start.
+//!
+//! It also holds what the role configs share: the [`Endpoints`] of a replicated service, the
+//! keys every member node repeats ([`MemberConfig`]) and the error naming a key whose value
+//! cannot work ([`InvalidSetting`]). Configs are values: whatever writes a config file builds
+//! the role's struct and serializes it with [`to_toml`], so a renamed field fails to compile
+//! instead of at a node's start.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use meridian_core::crypto::PublicKey;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Config files larger than this are refused: a node config is a few kilobytes, and reading an
 /// unbounded file (a mistyped path to a log or a device) into memory must not take a node down.
@@ -52,6 +60,18 @@ fn parse_toml_at<T: DeserializeOwned>(text: &str, path: PathBuf) -> Result<T, Co
             path,
         }
     })
+}
+
+/// A config as the TOML text its role's `load` reads back; for deployments and tests that
+/// write config files.
+pub fn to_toml<T: Serialize>(config: &T) -> Result<String, toml::ser::Error> {
+    toml::to_string(config)
+}
+
+/// Writes `config` as the TOML file `path`, for a node started with `--config path`.
+pub fn write_toml<T: Serialize>(path: &Path, config: &T) -> std::io::Result<()> {
+    let text = to_toml(config).map_err(std::io::Error::other)?;
+    std::fs::write(path, text)
 }
 
 fn read_bounded(path: &Path) -> Result<String, ConfigError> {
@@ -115,6 +135,11 @@ impl Endpoints {
         Self(endpoints)
     }
 
+    /// A single endpoint: an unreplicated service.
+    pub fn one(endpoint: impl Into<String>) -> Self {
+        Self(vec![endpoint.into()])
+    }
+
     /// Refuses an empty or overlong list, an endpoint that is not `http://host...`, and
     /// repeats (which would double one instance's share of the load). The reason is one line.
     pub fn check(&self) -> Result<(), String> {
@@ -154,6 +179,99 @@ impl std::fmt::Display for Endpoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0.join(", "))
     }
+}
+
+impl FromIterator<String> for Endpoints {
+    fn from_iter<I: IntoIterator<Item = String>>(endpoints: I) -> Self {
+        Self(endpoints.into_iter().collect())
+    }
+}
+
+/// A value the config's types accept but the node cannot work with: the file, the key (as its
+/// full path, e.g. `replication.replica_id`) and why, on one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {key}: {reason}")]
+pub struct InvalidSetting {
+    pub path: String,
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl InvalidSetting {
+    pub fn new(path: &str, key: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            path: path.to_owned(),
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    /// Turns a `(key, reason)` pair, as [`ReplicationConfig::check`] returns it, into an error
+    /// naming the file `path`.
+    ///
+    /// [`ReplicationConfig::check`]: crate::replication::ReplicationConfig::check
+    pub fn in_file(path: &str) -> impl Fn((&'static str, String)) -> Self + '_ {
+        move |(key, reason)| Self::new(path, key, reason)
+    }
+}
+
+/// The keys every member node of the synchronizer repeats at the top level of its config: its
+/// own key file, the owner's key it verifies topology against, and where the sequencer and
+/// the topology manager are. The topology manager has no `owner_public_key` (it holds the
+/// owner's signing key) and no `topology_endpoints` (it is what they name).
+///
+/// The role configs keep these keys as their own fields, borrowed here by their `member_config()`:
+/// `#[serde(flatten)]` would keep the file's shape but makes serde buffer the table, so an
+/// unknown key would lose its line and column and the list of expected keys. What is shared
+/// is what matters — the checks and their messages, written once.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberConfig<'a> {
+    pub key_file: &'a Path,
+    pub owner_public_key: Option<&'a str>,
+    pub sequencer_endpoints: &'a Endpoints,
+    pub topology_endpoints: Option<&'a Endpoints>,
+}
+
+impl MemberConfig<'_> {
+    /// Refuses an empty key file path, an owner key that is not a hex ed25519 public key and
+    /// endpoint lists [`Endpoints::check`] refuses; the error names the key and the file
+    /// `path`.
+    pub fn check(&self, path: &str) -> Result<(), InvalidSetting> {
+        if self.key_file.as_os_str().is_empty() {
+            return Err(InvalidSetting::new(
+                path,
+                "key_file",
+                "must name a file (it is created if missing)",
+            ));
+        }
+        if let Some(owner) = self.owner_public_key {
+            PublicKey::from_hex(owner).map_err(|error| {
+                InvalidSetting::new(
+                    path,
+                    "owner_public_key",
+                    format!("not a hex ed25519 public key: {error}"),
+                )
+            })?;
+        }
+        let endpoints = [
+            Some(("sequencer_endpoints", self.sequencer_endpoints)),
+            self.topology_endpoints.map(|e| ("topology_endpoints", e)),
+        ];
+        for (key, endpoints) in endpoints.into_iter().flatten() {
+            endpoints
+                .check()
+                .map_err(|reason| InvalidSetting::new(path, key, reason))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a member finds the synchronizer's services: what a deployment gives every member
+/// alike when it builds their configs (each member puts its first choice first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEndpoints {
+    pub sequencer: Endpoints,
+    pub topology: Endpoints,
 }
 
 /// One line naming the key (as a full path such as `store.url` or `peers[1].url`, which toml's
@@ -314,6 +432,94 @@ mod tests {
             let error = Endpoints::new(endpoints).check().unwrap_err();
             assert!(error.contains(reason), "{error}");
         }
+    }
+
+    #[test]
+    fn member_check_names_the_key_and_the_file() {
+        let owner = meridian_core::crypto::SigningKey::from_seed([3; 32])
+            .public_key()
+            .to_string();
+        let sequencer = Endpoints::one("http://a:1");
+        let topology = Endpoints::new(vec!["http://t:1".to_owned(), "http://t:2".to_owned()]);
+        let member = MemberConfig {
+            key_file: Path::new("m.key"),
+            owner_public_key: Some(&owner),
+            sequencer_endpoints: &sequencer,
+            topology_endpoints: Some(&topology),
+        };
+        assert_eq!(member.check("m.toml"), Ok(()));
+        // The topology manager has neither an owner public key nor topology endpoints.
+        let manager = MemberConfig {
+            owner_public_key: None,
+            topology_endpoints: None,
+            ..member
+        };
+        assert_eq!(manager.check("tm.toml"), Ok(()));
+
+        let schemeless = Endpoints::one("t:1");
+        let repeated: Endpoints = ["http://a:1", "http://a:1"]
+            .map(String::from)
+            .into_iter()
+            .collect();
+        for (broken, key, reason) in [
+            (
+                MemberConfig {
+                    key_file: Path::new(""),
+                    ..member
+                },
+                "key_file",
+                "must name a file",
+            ),
+            (
+                MemberConfig {
+                    owner_public_key: Some("zz"),
+                    ..member
+                },
+                "owner_public_key",
+                "not a hex ed25519 public key",
+            ),
+            (
+                MemberConfig {
+                    sequencer_endpoints: &repeated,
+                    ..member
+                },
+                "sequencer_endpoints",
+                "listed twice",
+            ),
+            (
+                MemberConfig {
+                    topology_endpoints: Some(&schemeless),
+                    ..member
+                },
+                "topology_endpoints",
+                "http://host:port",
+            ),
+        ] {
+            let error = broken.check("m.toml").expect_err(key);
+            assert_eq!((error.path.as_str(), error.key), ("m.toml", key));
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!("m.toml: {key}: ")),
+                "{message}"
+            );
+            assert!(message.contains(reason), "{message}");
+        }
+    }
+
+    #[test]
+    fn replication_pairs_become_errors_naming_the_file() {
+        let replication = crate::replication::ReplicationConfig {
+            lease_timeout_ms: 0,
+            ..crate::replication::ReplicationConfig::new("a")
+        };
+        let error = replication
+            .check()
+            .map_err(InvalidSetting::in_file("r.toml"))
+            .unwrap_err();
+        assert_eq!(error.key, "replication.lease_timeout_ms");
+        assert!(error
+            .to_string()
+            .starts_with("r.toml: replication.lease_timeout_ms: "));
     }
 
     #[test]

@@ -74,6 +74,18 @@ fn default_poll_interval_ms() -> u64 {
 }
 
 impl ReplicationConfig {
+    /// Replica `replica_id` with the defaults a `[replication]` table naming only it gets.
+    pub fn new(replica_id: impl Into<String>) -> Self {
+        Self {
+            replica_id: replica_id.into(),
+            advertised_endpoint: None,
+            lease_timeout_ms: default_lease_timeout_ms(),
+            poll_interval_ms: default_poll_interval_ms(),
+        }
+    }
+}
+
+impl ReplicationConfig {
     /// Refuses values that cannot work: the offending key (as `replication.<key>`, so a role
     /// can put it in its own error type unchanged) and why.
     pub fn check(&self) -> Result<(), (&'static str, String)> {

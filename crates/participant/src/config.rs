@@ -32,6 +32,9 @@
 //! lease_timeout_ms = 1000                     # an active not renewed this long is deposed
 //! poll_interval_ms = 100                      # how often a passive tries to take the lease
 //! ```
+//!
+//! The member keys (`key_file` to `topology_endpoints`) are checked as on every member, by
+//! [`MemberConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,13 +42,13 @@ use std::time::Duration;
 
 use meridian_core::crypto::PublicKey;
 use meridian_core::{MemberId, ParticipantId};
-use meridian_node::config::Endpoints;
+use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig, MemberEndpoints};
 use meridian_node::replica::ReplicaSettings;
 pub use meridian_node::replication::ReplicationConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantConfig {
     pub participant_id: ParticipantId,
@@ -79,7 +82,7 @@ pub struct ParticipantConfig {
     pub replication: Option<ReplicationConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_commands: usize,
@@ -120,8 +123,10 @@ fn default_submit_timeout_ms() -> u64 {
 pub enum ConfigCheckError {
     #[error(transparent)]
     Load(#[from] meridian_node::config::ConfigError),
-    #[error("{path}: owner_public_key: {reason}")]
-    OwnerKey { path: String, reason: String },
+    /// A member key: `key_file`, `owner_public_key`, `sequencer_endpoints`,
+    /// `topology_endpoints`.
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
     #[error("{path}: {field} must be at least 1")]
     Zero { path: String, field: &'static str },
     #[error("{path}: {field} {value:?} must start with http://")]
@@ -129,13 +134,6 @@ pub enum ConfigCheckError {
         path: String,
         field: &'static str,
         value: String,
-    },
-    /// `field` is `sequencer_endpoints` or `topology_endpoints`.
-    #[error("{path}: {field}: {reason}")]
-    Endpoints {
-        path: String,
-        field: &'static str,
-        reason: String,
     },
     #[error("{path}: dedup_period_s ({period}) must not exceed max_dedup_period_s ({max})")]
     DedupPeriod { path: String, period: u64, max: u64 },
@@ -157,29 +155,53 @@ impl ParticipantConfig {
         Ok(config)
     }
 
+    /// An unreplicated participant with the default mediator, periods and limits.
+    pub fn new(
+        participant_id: ParticipantId,
+        key_file: PathBuf,
+        owner: &PublicKey,
+        endpoints: MemberEndpoints,
+        listen_address: SocketAddr,
+        admin_address: SocketAddr,
+        storage: StorageConfig,
+    ) -> Self {
+        Self {
+            participant_id,
+            key_file,
+            owner_public_key: owner.to_string(),
+            sequencer_endpoints: endpoints.sequencer,
+            topology_endpoints: endpoints.topology,
+            mediator_id: default_mediator(),
+            listen_address,
+            admin_address,
+            storage,
+            max_sequencing_delay_ms: default_max_sequencing_delay_ms(),
+            dedup_period_s: default_dedup_period_s(),
+            max_dedup_period_s: default_max_dedup_period_s(),
+            submit_timeout_ms: default_submit_timeout_ms(),
+            limits: LimitsConfig::default(),
+            replication: None,
+        }
+    }
+
+    /// The keys the participant shares with every member node.
+    pub fn member_config(&self) -> MemberConfig<'_> {
+        MemberConfig {
+            key_file: &self.key_file,
+            owner_public_key: Some(&self.owner_public_key),
+            sequencer_endpoints: &self.sequencer_endpoints,
+            topology_endpoints: Some(&self.topology_endpoints),
+        }
+    }
+
+    /// Refuses values that cannot work, naming the key; `path` names the file in messages.
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
+        self.member_config().check(path)?;
         let path = path.to_owned();
-        self.owner_key()
-            .map_err(|reason| ConfigCheckError::OwnerKey {
-                path: path.clone(),
-                reason,
-            })?;
         let advertised = self
             .replication
             .as_ref()
             .map(|_| self.advertised_endpoint());
-        for (field, endpoints) in [
-            ("sequencer_endpoints", &self.sequencer_endpoints),
-            ("topology_endpoints", &self.topology_endpoints),
-        ] {
-            endpoints
-                .check()
-                .map_err(|reason| ConfigCheckError::Endpoints {
-                    path: path.clone(),
-                    field,
-                    reason,
-                })?;
-        }
         for (field, value) in [("replication.advertised_endpoint", advertised.as_ref())] {
             if let Some(value) = value.filter(|v| !v.starts_with("http://")) {
                 return Err(ConfigCheckError::Endpoint {
@@ -296,6 +318,40 @@ path = "p1.db"
     fn with_owner(text: &str) -> String {
         let key = meridian_core::crypto::SigningKey::from_seed([1; 32]).public_key();
         text.replace("OWNER", &key.to_string())
+    }
+
+    #[test]
+    fn a_built_config_round_trips_through_its_file() {
+        let endpoints = MemberEndpoints {
+            sequencer: Endpoints::new(vec!["http://s:2".to_owned(), "http://s:1".to_owned()]),
+            topology: Endpoints::new(vec!["http://t:1".to_owned(), "http://t:2".to_owned()]),
+        };
+        let single = ParticipantConfig::new(
+            ParticipantId::new("participant1").unwrap(),
+            PathBuf::from("data/participant1.key"),
+            &meridian_core::crypto::SigningKey::from_seed([1; 32]).public_key(),
+            endpoints,
+            "127.0.0.1:4501".parse().unwrap(),
+            "127.0.0.1:4601".parse().unwrap(),
+            StorageConfig::Sqlite {
+                path: "data/participant1.db".into(),
+            },
+        );
+        let replicated = ParticipantConfig {
+            submit_timeout_ms: 15_000,
+            limits: LimitsConfig {
+                max_in_flight: 7,
+                ..LimitsConfig::default()
+            },
+            replication: Some(ReplicationConfig::new("participant1-b")),
+            ..single.clone()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("participant.toml");
+        for config in [single, replicated] {
+            meridian_node::config::write_toml(&file, &config).unwrap();
+            assert_eq!(ParticipantConfig::load(&file).unwrap(), config);
+        }
     }
 
     #[test]

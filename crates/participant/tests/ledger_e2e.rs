@@ -12,7 +12,7 @@ use futures::StreamExt;
 use meridian_core::{ContractId, PartyId};
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
-use support::{addr, logged, retry, synchronizer, toml_path, Synchronizer};
+use support::{logged, retry, sqlite, synchronizer, Synchronizer};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -24,11 +24,11 @@ struct Cluster {
 
 async fn start() -> Cluster {
     let sync = synchronizer().await;
-    let (d, common, mut admin) = (sync.dir.path(), &sync.common, sync.admin.clone());
+    let (d, mut admin) = (sync.dir.path(), sync.admin.clone());
     let mut ledgers = Vec::new();
     for name in ["p1", "p2", "p3"] {
-        let key_file = d.join(format!("{name}.key"));
-        let key = meridian_node::keys::load_or_create_key(&key_file).expect("key");
+        let key =
+            meridian_node::keys::load_or_create_key(&d.join(format!("{name}.key"))).expect("key");
         admin
             .add_participant(v1::AddParticipantRequest {
                 participant: name.into(),
@@ -36,23 +36,12 @@ async fn start() -> Cluster {
             })
             .await
             .expect("add participant");
-        let grpc = addr();
-        let config: meridian_participant::ParticipantConfig = meridian_node::config::parse_toml(
-            &format!(
-                "participant_id = \"{name}\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{}\"\nsubmit_timeout_ms = 15000\n{common}[storage]\nbackend = \"sqlite\"\npath = {}\n",
-                toml_path(&key_file),
-                addr(),
-                toml_path(&d.join(format!("{name}.db")))
-            ),
-            "participant.toml",
-        )
-        .expect("participant config");
-        config.check("participant.toml").expect("valid config");
+        let config = sync.participant_config(name, sqlite(d, name));
+        let endpoint = format!("http://{}", config.listen_address);
         tokio::spawn(logged(
             "participant",
             meridian_participant::run(config, sync.shutdown.clone()),
         ));
-        let endpoint = format!("http://{grpc}");
         let ledger = retry("participant ready", || {
             let endpoint = endpoint.clone();
             async move {

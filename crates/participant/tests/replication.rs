@@ -11,12 +11,15 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use meridian_participant::{ParticipantConfig, ReplicationConfig};
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
+use meridian_store::StorageConfig;
 use serde_json::Value;
-use support::{addr, logged, retry, spawn_freezable, synchronizer, toml_path, Synchronizer};
+use support::{logged, retry, spawn_freezable, sqlite, synchronizer, Synchronizer};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -28,9 +31,9 @@ const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
 /// One replica's addresses and config.
 struct Replica {
     name: &'static str,
-    grpc: String,
-    admin: String,
-    config: meridian_participant::ParticipantConfig,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    config: ParticipantConfig,
 }
 
 impl Replica {
@@ -119,20 +122,16 @@ enum Backend {
 }
 
 /// The replicas of participant `p1`, all sharing its key and its database.
-fn replica(sync: &Synchronizer, name: &'static str, storage: &str) -> Replica {
-    let (grpc, admin) = (addr(), addr());
-    let text = format!(
-        "participant_id = \"p1\"\nkey_file = {}\nlisten_address = \"{grpc}\"\nadmin_address = \"{admin}\"\nsubmit_timeout_ms = 15000\n{}{storage}\n[replication]\nreplica_id = \"{name}\"\nlease_timeout_ms = 1000\npoll_interval_ms = 100\n",
-        toml_path(&sync.dir.path().join("p1.key")),
-        sync.common,
-    );
-    let config: meridian_participant::ParticipantConfig =
-        meridian_node::config::parse_toml(&text, "participant.toml").expect("participant config");
+fn replica(sync: &Synchronizer, name: &'static str, storage: &StorageConfig) -> Replica {
+    let config = ParticipantConfig {
+        replication: Some(ReplicationConfig::new(name)),
+        ..sync.participant_config("p1", storage.clone())
+    };
     config.check("participant.toml").expect("valid config");
     Replica {
         name,
-        grpc,
-        admin,
+        grpc: config.listen_address,
+        admin: config.admin_address,
         config,
     }
 }
@@ -204,8 +203,8 @@ async fn grpc_health(replica: &Replica) -> i32 {
         .status
 }
 
-/// The synchronizer with participant `p1` registered, and the `[storage]` its replicas share.
-async fn setup(backend: Backend) -> (Synchronizer, String) {
+/// The synchronizer with participant `p1` registered, and the storage its replicas share.
+async fn setup(backend: Backend) -> (Synchronizer, StorageConfig) {
     let sync = synchronizer().await;
     let key = meridian_node::keys::load_or_create_key(&sync.dir.path().join("p1.key"))
         .expect("participant key");
@@ -218,16 +217,13 @@ async fn setup(backend: Backend) -> (Synchronizer, String) {
         .await
         .expect("add participant");
     let storage = match backend {
-        Backend::Sqlite => format!(
-            "[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&sync.dir.path().join("p1.db"))
-        ),
-        Backend::Postgres => {
-            let url = meridian_testkit::PostgresServer::shared()
+        Backend::Sqlite => sqlite(sync.dir.path(), "p1"),
+        Backend::Postgres => StorageConfig::Postgres {
+            url: meridian_testkit::PostgresServer::shared()
                 .create_database("replicas")
-                .expect("database");
-            format!("[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n")
-        }
+                .expect("database"),
+            max_connections: 8,
+        },
     };
     (sync, storage)
 }
@@ -235,7 +231,7 @@ async fn setup(backend: Backend) -> (Synchronizer, String) {
 /// Starts replica a (active) and then b (passive behind it), with parties allocated.
 async fn start_pair(
     sync: &Synchronizer,
-    storage: &str,
+    storage: &StorageConfig,
 ) -> (Replica, Replica, std::sync::mpsc::Sender<Duration>, i64) {
     let a = replica(sync, "p1-a", storage);
     let b = replica(sync, "p1-b", storage);

@@ -26,7 +26,7 @@ use meridian_core::InstanceIndex;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequencerConfig {
     pub listen_address: SocketAddr,
@@ -48,7 +48,7 @@ pub struct SequencerConfig {
     pub owner_public_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     pub index: u32,
@@ -65,12 +65,17 @@ impl Default for InstanceConfig {
 }
 
 impl InstanceConfig {
+    /// Instance `index` of `count`; [`InstanceConfig::default`] is 0 of 32.
+    pub fn new(index: u32, count: u32) -> Self {
+        Self { index, count }
+    }
+
     pub fn index(&self) -> InstanceIndex {
         InstanceIndex(self.index)
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest submission accepted (payload and recipient bytes).
@@ -93,7 +98,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimingConfig {
     /// How often an idle instance advances its watermark.
@@ -173,6 +178,33 @@ impl SequencerConfig {
         Ok(config)
     }
 
+    /// One instance (index 0 of the default count) with open registration, no admin token
+    /// and the default limits and timings.
+    pub fn new(
+        listen_address: SocketAddr,
+        admin_address: SocketAddr,
+        storage: StorageConfig,
+    ) -> Self {
+        Self {
+            listen_address,
+            admin_address,
+            instance: InstanceConfig::default(),
+            storage,
+            limits: LimitsConfig::default(),
+            timing: TimingConfig::default(),
+            admin_token: None,
+            owner_public_key: None,
+        }
+    }
+
+    /// Registration admits only members the owner `owner` signed into the topology.
+    pub fn with_owner(self, owner: &PublicKey) -> Self {
+        Self {
+            owner_public_key: Some(owner.to_string()),
+            ..self
+        }
+    }
+
     /// The configured owner key, parsed; `None` when registration is open.
     pub fn owner_key(&self) -> Result<Option<PublicKey>, CryptoError> {
         self.owner_public_key
@@ -226,6 +258,45 @@ mod tests {
 
     fn parse(extra: &str) -> SequencerConfig {
         meridian_node::config::parse_toml(&format!("{extra}{BASE}"), "<test>").expect("parses")
+    }
+
+    #[test]
+    fn a_built_config_round_trips_through_its_file() {
+        let storage = StorageConfig::Sqlite {
+            path: "data/sequencer.db".into(),
+        };
+        let single = SequencerConfig::new(
+            "127.0.0.1:4001".parse().unwrap(),
+            "127.0.0.1:4101".parse().unwrap(),
+            storage,
+        );
+        let owner = meridian_core::crypto::SigningKey::from_seed([5; 32]).public_key();
+        let instance = SequencerConfig {
+            instance: InstanceConfig::new(3, 8),
+            admin_token: Some("secret".into()),
+            timing: TimingConfig {
+                offline_after_ms: 750,
+                ..TimingConfig::default()
+            },
+            storage: StorageConfig::Postgres {
+                url: "postgres://s@db/sequencer".into(),
+                max_connections: 16,
+            },
+            ..single.clone()
+        }
+        .with_owner(&owner);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sequencer.toml");
+        for config in [single, instance] {
+            meridian_node::config::write_toml(&file, &config).unwrap();
+            assert_eq!(SequencerConfig::load(&file).unwrap(), config);
+        }
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/sequencer.toml");
+        SequencerConfig::load(Path::new(example)).expect("examples/sequencer.toml is valid");
     }
 
     #[test]

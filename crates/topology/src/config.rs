@@ -22,20 +22,21 @@
 //! ```
 //!
 //! Replicas of one manager share `member_id`, the contents of both key files and the database;
-//! the lease row is keyed by `member_id`.
+//! the lease row is keyed by `member_id`. `key_file` and `sequencer_endpoints` are checked as on
+//! every member, by [`MemberConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use meridian_core::MemberId;
-use meridian_node::config::Endpoints;
+use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig};
 use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopologyManagerConfig {
     /// The manager's own sequencer member id.
@@ -70,12 +71,8 @@ fn default_member_id() -> String {
 pub enum ConfigCheckError {
     #[error(transparent)]
     Load(#[from] meridian_node::config::ConfigError),
-    #[error("{path}: {field}: {reason}")]
-    Invalid {
-        path: String,
-        field: &'static str,
-        reason: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
 }
 
 impl TopologyManagerConfig {
@@ -86,18 +83,46 @@ impl TopologyManagerConfig {
         Ok(config)
     }
 
+    /// A single manager (no `[replication]`, no admin token) with the default member id.
+    pub fn new(
+        owner_key_file: PathBuf,
+        key_file: PathBuf,
+        sequencer_endpoints: Endpoints,
+        listen_address: SocketAddr,
+        admin_address: SocketAddr,
+        storage: StorageConfig,
+    ) -> Self {
+        Self {
+            member_id: default_member_id(),
+            owner_key_file,
+            key_file,
+            sequencer_endpoints,
+            listen_address,
+            admin_address,
+            admin_token: None,
+            storage,
+            replication: None,
+        }
+    }
+
+    /// The keys the manager shares with the other member nodes: it holds the owner's key
+    /// itself and is what their `topology_endpoints` name.
+    pub fn member_config(&self) -> MemberConfig<'_> {
+        MemberConfig {
+            key_file: &self.key_file,
+            owner_public_key: None,
+            sequencer_endpoints: &self.sequencer_endpoints,
+            topology_endpoints: None,
+        }
+    }
+
     /// Checks what the types alone do not: ids, the endpoint, distinct key files.
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
-        let invalid = |field, reason: String| ConfigCheckError::Invalid {
-            path: path.to_owned(),
-            field,
-            reason,
-        };
+        let invalid =
+            |key, reason: String| ConfigCheckError::from(InvalidSetting::new(path, key, reason));
         self.member()
             .map_err(|e| invalid("member_id", e.to_string()))?;
-        self.sequencer_endpoints
-            .check()
-            .map_err(|reason| invalid("sequencer_endpoints", reason))?;
+        self.member_config().check(path)?;
         // One file for both keys would make the manager's member key the owner key: anyone who
         // obtains its (less guarded) member key could then sign topology.
         if self.owner_key_file == self.key_file {
@@ -120,13 +145,7 @@ impl TopologyManagerConfig {
             ));
         }
         if let Some(replication) = &self.replication {
-            replication
-                .check()
-                .map_err(|(field, reason)| ConfigCheckError::Invalid {
-                    path: path.to_owned(),
-                    field,
-                    reason,
-                })?;
+            replication.check().map_err(InvalidSetting::in_file(path))?;
         }
         Ok(())
     }
@@ -158,6 +177,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<TopologyManagerConfig, meridian_node::ConfigError> {
         meridian_node::config::parse_toml(text, "tm.toml")
+    }
+
+    #[test]
+    fn a_built_config_round_trips_through_its_file() {
+        let single = TopologyManagerConfig::new(
+            PathBuf::from("keys/owner.key"),
+            PathBuf::from("keys/topology-manager.key"),
+            Endpoints::new(vec!["http://s:1".to_owned(), "http://s:2".to_owned()]),
+            "127.0.0.1:4201".parse().unwrap(),
+            "127.0.0.1:4301".parse().unwrap(),
+            StorageConfig::Sqlite {
+                path: "data/topology.db".into(),
+            },
+        );
+        let replicated = TopologyManagerConfig {
+            admin_token: Some("secret".into()),
+            replication: Some(ReplicationConfig {
+                lease_timeout_ms: 2_000,
+                ..ReplicationConfig::new("topology-manager-b")
+            }),
+            ..single.clone()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("topology.toml");
+        for config in [single, replicated] {
+            meridian_node::config::write_toml(&file, &config).unwrap();
+            assert_eq!(TopologyManagerConfig::load(&file).unwrap(), config);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,14 @@ use meridian_core::topology::{
     SignedTopologyTransaction, TopologyMapping, TopologyState, TopologyTransaction,
 };
 use meridian_core::{MemberId, MessageId, ParticipantId, PartyId, Timestamp};
+use meridian_node::config::Endpoints;
 use meridian_proto::v1;
 use meridian_proto::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
 use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
+use meridian_sequencer::SequencerConfig;
 use meridian_store::sqlite::SqliteSequencerStore;
 use meridian_store::topology::SqliteTopologyStore;
-use meridian_store::{SequencerStore, TopologyStore};
+use meridian_store::{SequencerStore, StorageConfig, TopologyStore};
 use meridian_testkit::free_port;
 use meridian_topology::TopologyManagerConfig;
 use tokio::task::JoinHandle;
@@ -32,6 +35,10 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 const TOKEN: &str = "test-admin-token";
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Node {
@@ -112,34 +119,31 @@ impl Cluster {
         meridian_node::keys::write_key(&owner_key_file, &owner).unwrap();
 
         let (grpc, admin) = (free_port(), free_port());
-        let sequencer_config: meridian_sequencer::SequencerConfig = meridian_node::parse_toml(
-            &format!(
-                "listen_address = \"127.0.0.1:{grpc}\"\nadmin_address = \"127.0.0.1:{admin}\"\n\
-                 owner_public_key = \"{}\"\n[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n",
-                owner.public_key(),
-                dir.path().join("sequencer.db").display()
-            ),
-            "<test sequencer>",
+        let sequencer_config = SequencerConfig::new(
+            loopback(grpc),
+            loopback(admin),
+            StorageConfig::Sqlite {
+                path: dir.path().join("sequencer.db"),
+            },
         )
-        .unwrap();
+        .with_owner(&owner.public_key());
         let sequencer = ThreadNode::spawn(sequencer_config);
         wait_ready(&format!("127.0.0.1:{admin}")).await;
         let sequencer_endpoint = format!("http://127.0.0.1:{grpc}");
 
-        let manager_config: TopologyManagerConfig = meridian_node::parse_toml(
-            &format!(
-                "owner_key_file = \"{}\"\nkey_file = \"{}\"\nsequencer_endpoint = \"{sequencer_endpoint}\"\n\
-                 listen_address = \"127.0.0.1:{}\"\nadmin_address = \"127.0.0.1:{}\"\n\
-                 admin_token = \"{TOKEN}\"\n[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n",
-                owner_key_file.display(),
-                dir.path().join("manager.key").display(),
-                free_port(),
-                free_port(),
-                dir.path().join("topology.db").display()
-            ),
-            "<test manager>",
-        )
-        .unwrap();
+        let manager_config = TopologyManagerConfig {
+            admin_token: Some(TOKEN.to_owned()),
+            ..TopologyManagerConfig::new(
+                owner_key_file,
+                dir.path().join("manager.key"),
+                Endpoints::one(sequencer_endpoint.clone()),
+                loopback(free_port()),
+                loopback(free_port()),
+                StorageConfig::Sqlite {
+                    path: dir.path().join("topology.db"),
+                },
+            )
+        };
         let mut cluster = Cluster {
             dir,
             owner,

@@ -5,12 +5,17 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use meridian_core::crypto::SigningKey;
+use meridian_node::config::Endpoints;
 use meridian_proto::v1;
 use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
+use meridian_sequencer::SequencerConfig;
+use meridian_store::StorageConfig;
 use meridian_testkit::free_port;
+use meridian_topology::config::ReplicationConfig;
 use meridian_topology::TopologyManagerConfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +25,10 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const TOKEN: &str = "test-admin-token";
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
 /// A takeover must be well within this (the target is under a second).
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
 
@@ -133,24 +142,25 @@ struct Replica {
 
 impl Replica {
     fn new(dir: &std::path::Path, sequencer_endpoint: &str, replica_id: &str) -> Replica {
-        let (listen, admin) = (free_port(), free_port());
-        let config: TopologyManagerConfig = meridian_node::parse_toml(
-            &format!(
-                "owner_key_file = \"{dir}/owner.key\"\nkey_file = \"{dir}/manager.key\"\n\
-                 sequencer_endpoint = \"{sequencer_endpoint}\"\n\
-                 listen_address = \"127.0.0.1:{listen}\"\nadmin_address = \"127.0.0.1:{admin}\"\n\
-                 admin_token = \"{TOKEN}\"\n\
-                 [storage]\nbackend = \"sqlite\"\npath = \"{dir}/topology.db\"\n\
-                 [replication]\nreplica_id = \"{replica_id}\"\n",
-                dir = dir.display(),
-            ),
-            "<test manager>",
-        )
-        .unwrap();
+        let (listen, admin) = (loopback(free_port()), loopback(free_port()));
+        let config = TopologyManagerConfig {
+            admin_token: Some(TOKEN.to_owned()),
+            replication: Some(ReplicationConfig::new(replica_id)),
+            ..TopologyManagerConfig::new(
+                dir.join("owner.key"),
+                dir.join("manager.key"),
+                Endpoints::one(sequencer_endpoint),
+                listen,
+                admin,
+                StorageConfig::Sqlite {
+                    path: dir.join("topology.db"),
+                },
+            )
+        };
         Replica {
             config,
-            listen: format!("127.0.0.1:{listen}"),
-            admin: format!("127.0.0.1:{admin}"),
+            listen: listen.to_string(),
+            admin: admin.to_string(),
         }
     }
 
@@ -169,16 +179,14 @@ async fn a_passive_replica_takes_over_with_the_next_serial() {
 
     // The sequencer runs on a runtime of its own: its `run` future is not `Send`.
     let (grpc, sequencer_admin) = (free_port(), free_port());
-    let sequencer_config: meridian_sequencer::SequencerConfig = meridian_node::parse_toml(
-        &format!(
-            "listen_address = \"127.0.0.1:{grpc}\"\nadmin_address = \"127.0.0.1:{sequencer_admin}\"\n\
-             owner_public_key = \"{}\"\n[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n",
-            owner.public_key(),
-            dir.path().join("sequencer.db").display()
-        ),
-        "<test sequencer>",
+    let sequencer_config = SequencerConfig::new(
+        loopback(grpc),
+        loopback(sequencer_admin),
+        StorageConfig::Sqlite {
+            path: dir.path().join("sequencer.db"),
+        },
     )
-    .unwrap();
+    .with_owner(&owner.public_key());
     let sequencer_stop = CancellationToken::new();
     let token = sequencer_stop.clone();
     let sequencer = std::thread::spawn(move || {

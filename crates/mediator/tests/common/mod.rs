@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,10 +21,12 @@ use meridian_core::sequencing::{Envelope, Submission};
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, TopologyTransaction};
 use meridian_core::{MemberId, MessageId, ParticipantId, PartyId, Timestamp};
 use meridian_mediator::MediatorConfig;
+use meridian_node::config::{Endpoints, MemberEndpoints};
 use meridian_proto::v1;
 use meridian_proto::v1::topology_admin_service_server::{
     TopologyAdminService, TopologyAdminServiceServer,
 };
+use meridian_store::StorageConfig;
 use meridian_testkit::free_port;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -172,27 +175,27 @@ impl Participant {
     }
 }
 
-/// A mediator config for this synchronizer; `extra` is appended (e.g. a `[replication]`
-/// table). Every replica of the mediator shares the key file and the database.
-pub fn mediator_config(
-    dir: &Path,
-    owner: &PublicKey,
-    ports: [u16; 3],
-    extra: &str,
-) -> MediatorConfig {
+/// A single mediator's config for this synchronizer (a replica sets `replication`). Every
+/// replica of the mediator shares the key file and the database.
+pub fn mediator_config(dir: &Path, owner: &PublicKey, ports: [u16; 3]) -> MediatorConfig {
     let [sequencer, topology, admin] = ports;
-    let text = format!(
-        "key_file = \"{dir}/mediator.key\"\n\
-         owner_public_key = \"{owner}\"\n\
-         sequencer_endpoint = \"http://127.0.0.1:{sequencer}\"\n\
-         topology_endpoint = \"http://127.0.0.1:{topology}\"\n\
-         admin_address = \"127.0.0.1:{admin}\"\n\
-         response_timeout_ms = {RESPONSE_TIMEOUT_MS}\n\
-         time_proof_interval_ms = 100\n\
-         [storage]\nbackend = \"sqlite\"\npath = \"{dir}/mediator.db\"\n{extra}",
-        dir = dir.display()
-    );
-    let config: MediatorConfig = meridian_node::config::parse_toml(&text, "<test>").unwrap();
+    let endpoints = MemberEndpoints {
+        sequencer: Endpoints::one(format!("http://127.0.0.1:{sequencer}")),
+        topology: Endpoints::one(format!("http://127.0.0.1:{topology}")),
+    };
+    let config = MediatorConfig {
+        response_timeout_ms: RESPONSE_TIMEOUT_MS,
+        time_proof_interval_ms: 100,
+        ..MediatorConfig::new(
+            dir.join("mediator.key"),
+            owner,
+            endpoints,
+            SocketAddr::from(([127, 0, 0, 1], admin)),
+            StorageConfig::Sqlite {
+                path: dir.join("mediator.db"),
+            },
+        )
+    };
     config.check("<test>").unwrap();
     config
 }
@@ -224,17 +227,13 @@ impl Synchronizer {
 
         // The sequencer, with open registration.
         let (sequencer_port, sequencer_admin) = (free_port(), free_port());
-        let sequencer_config: meridian_sequencer::SequencerConfig =
-            meridian_node::config::parse_toml(
-                &format!(
-                    "listen_address = \"127.0.0.1:{sequencer_port}\"\n\
-                 admin_address = \"127.0.0.1:{sequencer_admin}\"\n\
-                 [storage]\nbackend = \"sqlite\"\npath = \"{}/sequencer.db\"\n",
-                    dir.path().display()
-                ),
-                "<test>",
-            )
-            .unwrap();
+        let sequencer_config = meridian_sequencer::SequencerConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], sequencer_port)),
+            SocketAddr::from(([127, 0, 0, 1], sequencer_admin)),
+            StorageConfig::Sqlite {
+                path: dir.path().join("sequencer.db"),
+            },
+        );
         // On a thread of its own: the sequencer's run future is not `Send`, so it cannot be spawned.
         let sequencer_shutdown = shutdown.clone();
         let sequencer = std::thread::spawn(move || {
@@ -346,12 +345,11 @@ impl Synchronizer {
         (synchronizer, p1, p2)
     }
 
-    pub fn mediator_config(&self, admin_port: u16, extra: &str) -> MediatorConfig {
+    pub fn mediator_config(&self, admin_port: u16) -> MediatorConfig {
         mediator_config(
             self.dir.path(),
             &self.owner.public_key(),
             [self.sequencer_port, self.topology_port, admin_port],
-            extra,
         )
     }
 

@@ -4,22 +4,33 @@
 //! does not use is not dead code.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use meridian_core::crypto::PublicKey;
+use meridian_core::ParticipantId;
+use meridian_mediator::MediatorConfig;
+use meridian_node::config::{Endpoints, MemberEndpoints};
+use meridian_participant::ParticipantConfig;
 use meridian_proto::v1;
 use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
+use meridian_sequencer::SequencerConfig;
+use meridian_store::StorageConfig;
 use meridian_testkit::free_port;
+use meridian_topology::TopologyManagerConfig;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// A loopback address on a port reserved for this test process.
-pub fn addr() -> String {
-    format!("127.0.0.1:{}", free_port())
+pub fn addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-/// A path as a TOML string.
-pub fn toml_path(path: &std::path::Path) -> String {
-    format!("{:?}", path.display().to_string())
+/// An SQLite database in `dir`.
+pub fn sqlite(dir: &std::path::Path, name: &str) -> StorageConfig {
+    StorageConfig::Sqlite {
+        path: dir.join(format!("{name}.db")),
+    }
 }
 
 /// Runs `attempt` until it succeeds; panics with its last error after a minute.
@@ -54,8 +65,9 @@ pub async fn logged(
 
 /// The synchronizer without participants: sequencer, topology manager and mediator.
 pub struct Synchronizer {
-    /// The TOML lines every member's config shares: the owner key and the endpoints.
-    pub common: String,
+    /// What every member's config shares: the owner's key and the endpoints.
+    pub owner: PublicKey,
+    pub endpoints: MemberEndpoints,
     pub admin: TopologyAdminServiceClient<Channel>,
     /// Sending a duration freezes the mediator for that long (see [`spawn_freezable`]).
     pub freeze_mediator: std::sync::mpsc::Sender<Duration>,
@@ -71,17 +83,10 @@ pub async fn synchronizer() -> Synchronizer {
     let d = dir.path();
     let shutdown = CancellationToken::new();
     let owner = meridian_node::keys::load_or_create_key(&d.join("owner.key")).expect("owner");
-    let owner_hex = owner.public_key().to_string();
 
-    let (seq_grpc, seq_admin) = (addr(), addr());
-    let sequencer: meridian_sequencer::SequencerConfig = meridian_node::config::parse_toml(
-        &format!(
-            "listen_address = \"{seq_grpc}\"\nadmin_address = \"{seq_admin}\"\nowner_public_key = \"{owner_hex}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&d.join("sequencer.db"))
-        ),
-        "sequencer.toml",
-    )
-    .expect("sequencer config");
+    let sequencer = SequencerConfig::new(addr(), addr(), sqlite(d, "sequencer"))
+        .with_owner(&owner.public_key());
+    let sequencer_endpoint = format!("http://{}", sequencer.listen_address);
     // The sequencer's future is not `Send`, so it gets a runtime of its own on a thread.
     let sequencer_shutdown = shutdown.clone();
     std::thread::spawn(move || {
@@ -95,24 +100,20 @@ pub async fn synchronizer() -> Synchronizer {
             meridian_sequencer::run(sequencer, sequencer_shutdown),
         ));
     });
-    let sequencer_endpoint = format!("http://{seq_grpc}");
 
-    let (top_grpc, top_admin) = (addr(), addr());
-    let topology: meridian_topology::TopologyManagerConfig = meridian_node::config::parse_toml(
-        &format!(
-            "listen_address = \"{top_grpc}\"\nadmin_address = \"{top_admin}\"\nowner_key_file = {}\nkey_file = {}\nsequencer_endpoint = \"{sequencer_endpoint}\"\n[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&d.join("owner.key")),
-            toml_path(&d.join("topology.key")),
-            toml_path(&d.join("topology.db"))
-        ),
-        "topology.toml",
-    )
-    .expect("topology config");
+    let topology = TopologyManagerConfig::new(
+        d.join("owner.key"),
+        d.join("topology.key"),
+        Endpoints::one(sequencer_endpoint.clone()),
+        addr(),
+        addr(),
+        sqlite(d, "topology"),
+    );
+    let topology_endpoint = format!("http://{}", topology.listen_address);
     tokio::spawn(logged(
         "topology manager",
         meridian_topology::run(topology, shutdown.clone()),
     ));
-    let topology_endpoint = format!("http://{top_grpc}");
 
     let admin = retry("topology manager", || {
         let endpoint = topology_endpoint.clone();
@@ -139,29 +140,52 @@ pub async fn synchronizer() -> Synchronizer {
         }
     })
     .await;
-    let common = format!(
-        "owner_public_key = \"{owner_hex}\"\nsequencer_endpoint = \"{sequencer_endpoint}\"\ntopology_endpoint = \"{topology_endpoint}\"\n"
-    );
-    let mediator: meridian_mediator::MediatorConfig = meridian_node::config::parse_toml(
-        &format!(
-            "key_file = {}\nadmin_address = \"{}\"\nresponse_timeout_ms = 3000\n{common}[storage]\nbackend = \"sqlite\"\npath = {}\n",
-            toml_path(&d.join("mediator.key")),
+    let endpoints = MemberEndpoints {
+        sequencer: Endpoints::one(sequencer_endpoint),
+        topology: Endpoints::one(topology_endpoint),
+    };
+    let mediator = MediatorConfig {
+        response_timeout_ms: 3_000,
+        ..MediatorConfig::new(
+            d.join("mediator.key"),
+            &owner.public_key(),
+            endpoints.clone(),
             addr(),
-            toml_path(&d.join("mediator.db"))
-        ),
-        "mediator.toml",
-    )
-    .expect("mediator config");
+            sqlite(d, "mediator"),
+        )
+    };
     let freeze_mediator = spawn_freezable(logged(
         "mediator",
         meridian_mediator::run(mediator, shutdown.clone()),
     ));
     Synchronizer {
-        common,
+        owner: owner.public_key(),
+        endpoints,
         admin,
         freeze_mediator,
         shutdown,
         dir,
+    }
+}
+
+impl Synchronizer {
+    /// Participant `id`'s config on fresh loopback ports, its key in `<dir>/<id>.key`;
+    /// SubmitAndWait waits 15 s.
+    pub fn participant_config(&self, id: &str, storage: StorageConfig) -> ParticipantConfig {
+        let config = ParticipantConfig {
+            submit_timeout_ms: 15_000,
+            ..ParticipantConfig::new(
+                ParticipantId::new(id).expect("participant id"),
+                self.dir.path().join(format!("{id}.key")),
+                &self.owner,
+                self.endpoints.clone(),
+                addr(),
+                addr(),
+                storage,
+            )
+        };
+        config.check("participant.toml").expect("valid config");
+        config
     }
 }
 
