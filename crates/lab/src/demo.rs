@@ -19,7 +19,7 @@ use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::deployment::{Deployment, DeploymentSpec};
+use crate::deployment::{Deployment, DeploymentArgs, DeploymentSpec, Preset, Shape};
 use crate::drill::plan::{PlannedFault, Scenario};
 use crate::drill::FaultReport;
 use crate::workload::{self, Audit, Live, Parties, WorkloadReport, WorkloadSpec};
@@ -44,24 +44,32 @@ pub struct DemoArgs {
     /// Do not kill a participant replica halfway through.
     #[arg(long)]
     pub no_failover: bool,
-    /// Replicas of each participant, the mediator and the topology manager.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub replicas: u64,
-    /// Sequencer instances.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub sequencers: u64,
+    /// Replicas of each participant, the mediator and the topology manager (a shorthand that
+    /// builds a one-region deployment; default 2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub replicas: Option<u64>,
+    /// Sequencer instances (a shorthand, like --replicas; default 2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub sequencers: Option<u64>,
+    /// The deployment to start (default: the `replicated` preset on SQLite).
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     #[arg(long, default_value = "meridian-data")]
     pub data_dir: PathBuf,
-    /// Replicas of each participant, the mediator and the topology manager.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub replicas: u64,
-    /// Sequencer instances.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub sequencers: u64,
+    /// Replicas of each participant, the mediator and the topology manager (a shorthand that
+    /// builds a one-region deployment; default 2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub replicas: Option<u64>,
+    /// Sequencer instances (a shorthand, like --replicas; default 2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub sequencers: Option<u64>,
+    /// The deployment to start (default: the `replicated` preset on SQLite).
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,21 +93,35 @@ fn say(json: bool) -> impl FnMut(String) {
     }
 }
 
-/// The demo's deployment: `replicas` of every replicated node, `sequencers` instances.
+/// The demo's deployment: the file or preset `deployment` names, or the replicated shape
+/// with `replicas` and `sequencers` where given.
 fn replicated_spec(
     data_dir: PathBuf,
-    replicas: u64,
-    sequencers: u64,
+    deployment: &DeploymentArgs,
+    replicas: Option<u64>,
+    sequencers: Option<u64>,
 ) -> anyhow::Result<DeploymentSpec> {
-    Ok(DeploymentSpec {
-        replicas: usize::try_from(replicas)?,
-        sequencers: usize::try_from(sequencers)?,
-        ..DeploymentSpec::local(data_dir, 3)?
-    })
+    let shape = match (replicas, sequencers) {
+        (None, None) => None,
+        (replicas, sequencers) => Some(Shape {
+            replicas: replicas.map_or(Ok(Shape::REPLICATED.replicas), usize::try_from)?,
+            sequencers: sequencers.map_or(Ok(Shape::REPLICATED.sequencers), usize::try_from)?,
+            ..Shape::REPLICATED
+        }),
+    };
+    let description = deployment.resolve(Preset::Replicated, shape)?;
+    DeploymentSpec::new(data_dir, description)
 }
 
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = replicated_spec(args.data_dir, args.replicas, args.sequencers)?;
+    let mut spec = replicated_spec(
+        args.data_dir,
+        &args.deployment,
+        args.replicas,
+        args.sequencers,
+    )?;
+    // The server (if any) runs for as long as the deployment.
+    let _postgres = spec.start_postgres()?;
     eprintln!("starting a synchronizer in {}", spec.data_dir.display());
     let mut deployment = Deployment::start(&spec, &mut say(false)).await?;
     println!("Meridian is up:");
@@ -113,8 +135,14 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
 }
 
 pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = replicated_spec(args.data_dir.clone(), args.replicas, args.sequencers)?;
-    let failover = !args.no_failover && spec.replicas >= 2;
+    let mut spec = replicated_spec(
+        args.data_dir.clone(),
+        &args.deployment,
+        args.replicas,
+        args.sequencers,
+    )?;
+    let _postgres = spec.start_postgres()?;
+    let failover = !args.no_failover && spec.description.min_warm_replicas() >= 2;
     let report = run_ledger_workload(
         &spec,
         args.lanes,
