@@ -588,6 +588,14 @@ impl Deployment {
                 .collect(),
         };
         let members = starter.start_members(&nodes[2..], &keys, &context).await?;
+        for cold in &starter.cold {
+            (starter.progress)(format!(
+                "{} cold in zone {}, not started (config {})",
+                cold.name,
+                cold.zone,
+                cold.config_path.display()
+            ));
+        }
         (starter.progress)(format!(
             "synchronizer up in {:.1} s",
             started.elapsed().as_secs_f64()
