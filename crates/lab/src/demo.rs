@@ -19,7 +19,8 @@ use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::deployment::{Deployment, DeploymentArgs, DeploymentSpec, Preset, Shape};
+use crate::deployment::args::ShapedDeploymentArgs;
+use crate::deployment::{Deployment, DeploymentSpec};
 use crate::drill::plan::{PlannedFault, Scenario};
 use crate::drill::FaultReport;
 use crate::workload::{self, Audit, Live, Parties, WorkloadReport, WorkloadSpec};
@@ -44,32 +45,18 @@ pub struct DemoArgs {
     /// Do not kill a participant replica halfway through.
     #[arg(long)]
     pub no_failover: bool,
-    /// Replicas of each participant, the mediator and the topology manager (a shorthand that
-    /// builds a one-region deployment; default 2).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub replicas: Option<u64>,
-    /// Sequencer instances (a shorthand, like --replicas; default 2).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub sequencers: Option<u64>,
     /// The deployment to start (default: the `replicated` preset on SQLite).
     #[command(flatten)]
-    pub deployment: DeploymentArgs,
+    pub deployment: ShapedDeploymentArgs,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     #[arg(long, default_value = "meridian-data")]
     pub data_dir: PathBuf,
-    /// Replicas of each participant, the mediator and the topology manager (a shorthand that
-    /// builds a one-region deployment; default 2).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub replicas: Option<u64>,
-    /// Sequencer instances (a shorthand, like --replicas; default 2).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub sequencers: Option<u64>,
     /// The deployment to start (default: the `replicated` preset on SQLite).
     #[command(flatten)]
-    pub deployment: DeploymentArgs,
+    pub deployment: ShapedDeploymentArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,33 +80,8 @@ fn say(json: bool) -> impl FnMut(String) {
     }
 }
 
-/// The demo's deployment: the file or preset `deployment` names, or the replicated shape
-/// with `replicas` and `sequencers` where given.
-fn replicated_spec(
-    data_dir: PathBuf,
-    deployment: &DeploymentArgs,
-    replicas: Option<u64>,
-    sequencers: Option<u64>,
-) -> anyhow::Result<DeploymentSpec> {
-    let shape = match (replicas, sequencers) {
-        (None, None) => None,
-        (replicas, sequencers) => Some(Shape {
-            replicas: replicas.map_or(Ok(Shape::REPLICATED.replicas), usize::try_from)?,
-            sequencers: sequencers.map_or(Ok(Shape::REPLICATED.sequencers), usize::try_from)?,
-            ..Shape::REPLICATED
-        }),
-    };
-    let description = deployment.resolve(Preset::Replicated, shape)?;
-    DeploymentSpec::new(data_dir, description)
-}
-
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut spec = replicated_spec(
-        args.data_dir,
-        &args.deployment,
-        args.replicas,
-        args.sequencers,
-    )?;
+    let mut spec = DeploymentSpec::new(args.data_dir, args.deployment.resolve()?)?;
     // The server (if any) runs for as long as the deployment.
     let _postgres = spec.start_postgres()?;
     eprintln!("starting a synchronizer in {}", spec.data_dir.display());
@@ -135,12 +97,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
 }
 
 pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut spec = replicated_spec(
-        args.data_dir.clone(),
-        &args.deployment,
-        args.replicas,
-        args.sequencers,
-    )?;
+    let mut spec = DeploymentSpec::new(args.data_dir.clone(), args.deployment.resolve()?)?;
     let _postgres = spec.start_postgres()?;
     let failover = !args.no_failover && spec.description.min_warm_replicas() >= 2;
     let report = run_ledger_workload(

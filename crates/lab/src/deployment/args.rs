@@ -52,6 +52,37 @@ impl DeploymentArgs {
     }
 }
 
+/// The deployment choice of `demo` and `up`, which also take today's shorthands for a
+/// one-region replicated deployment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ShapedDeploymentArgs {
+    /// Replicas of each participant, the mediator and the topology manager (a shorthand that
+    /// builds a one-region deployment; default 2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub replicas: Option<u64>,
+    /// Sequencer instances (a shorthand, like --replicas; default 2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub sequencers: Option<u64>,
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
+}
+
+impl ShapedDeploymentArgs {
+    /// The file or preset named, or the replicated shape with the shorthands given, or the
+    /// `replicated` preset.
+    pub fn resolve(&self) -> anyhow::Result<Description> {
+        let shape = match (self.replicas, self.sequencers) {
+            (None, None) => None,
+            (replicas, sequencers) => Some(Shape {
+                replicas: replicas.map_or(Ok(Shape::REPLICATED.replicas), usize::try_from)?,
+                sequencers: sequencers.map_or(Ok(Shape::REPLICATED.sequencers), usize::try_from)?,
+                ..Shape::REPLICATED
+            }),
+        };
+        self.deployment.resolve(Preset::Replicated, shape)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DeploymentCommand {
     /// Validate a deployment file and print a summary; starts nothing.

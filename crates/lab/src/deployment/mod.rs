@@ -687,22 +687,18 @@ impl Deployment {
     /// One line per process: name, endpoints, log file.
     pub fn endpoints(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for sequencer in &self.sequencers {
+        let services = self
+            .sequencers
+            .iter()
+            .chain(std::iter::once(&self.topology))
+            .chain(&self.topology_standbys);
+        for process in services {
             lines.push(format!(
                 "{:<19} gRPC {}  admin http://{}  log {}",
-                sequencer.name(),
-                sequencer.grpc_endpoint(),
-                sequencer.admin_address,
-                sequencer.log_path.display()
-            ));
-        }
-        for topology in std::iter::once(&self.topology).chain(&self.topology_standbys) {
-            lines.push(format!(
-                "{:<19} gRPC {}  admin http://{}  log {}",
-                topology.name(),
-                topology.grpc_endpoint(),
-                topology.admin_address,
-                topology.log_path.display()
+                process.name(),
+                process.grpc_endpoint(),
+                process.admin_address,
+                process.log_path.display()
             ));
         }
         for mediator in std::iter::once(&self.mediator).chain(&self.mediator_standbys) {
