@@ -31,7 +31,7 @@ impl DeploymentArgs {
     pub fn resolve(&self, default: Preset, shape: Option<Shape>) -> anyhow::Result<Description> {
         let description = match (&self.deployment, self.preset, shape) {
             (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => bail!(
-                "--replicas/--sequencers/--participants build a deployment; give them without \
+                "--replicas and --sequencers build a one-region deployment; give them without \
                  --deployment and --preset, or describe the shape in the file"
             ),
             (Some(path), _, None) => Description::load(path)?,
@@ -143,4 +143,43 @@ pub fn summary(description: &Description) -> Vec<String> {
         lines.push(format!("{}: {}", node.name, replicas.join(", ")));
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorthands_build_a_shape_and_refuse_a_preset_beside_them() {
+        let shaped = ShapedDeploymentArgs {
+            replicas: Some(3),
+            ..ShapedDeploymentArgs::default()
+        };
+        let description = shaped.resolve().expect("a shape alone");
+        assert_eq!(description.mediator.replicas.len(), 3);
+        assert_eq!(description.sequencer.instances.len(), 2);
+        let both = ShapedDeploymentArgs {
+            deployment: DeploymentArgs {
+                preset: Some(Preset::Single),
+                ..DeploymentArgs::default()
+            },
+            ..shaped
+        };
+        let error = both.resolve().expect_err("a shape and a preset");
+        assert!(error.to_string().contains("--replicas"), "{error}");
+        let default = ShapedDeploymentArgs::default().resolve().expect("default");
+        assert_eq!(default, Description::preset(Preset::Replicated));
+    }
+
+    #[test]
+    fn the_backend_flag_overrides_the_preset() {
+        let args = DeploymentArgs {
+            preset: Some(Preset::TwoRegions),
+            backend: Some(Backend::Sqlite),
+            ..DeploymentArgs::default()
+        };
+        let description = args.resolve(Preset::Single, None).expect("runs on SQLite");
+        assert_eq!(description.storage.backend, Backend::Sqlite);
+        assert!(description.postgres_clusters.is_empty());
+    }
 }
