@@ -1,6 +1,7 @@
 //! `meridian admin ...`: operator commands against running nodes.
 //!
-//! `status` shows every replica of every node under a data directory (role, epoch, readiness);
+//! `status` shows every replica of every node under a data directory (role, region and zone,
+//! warm or cold, readiness) and, on PostgreSQL, the database servers with their roles;
 //! `switchover` makes the active replica of one node step down and waits until another replica
 //! is active. Replicas are found from the configs `meridian up`/`demo` write under
 //! `<data-dir>/<node>/*.toml`, so no address needs typing.
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+
+use crate::deployment::{Backend, Description, DESCRIPTION_FILE};
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -100,8 +103,98 @@ fn role(status: &serde_json::Value) -> Option<&str> {
         .and_then(|r| r.as_str())
 }
 
+/// The description `meridian up`/`demo` wrote into `data_dir`, if there is one (a data
+/// directory from before deployment files has none).
+fn description(data_dir: &Path) -> anyhow::Result<Option<Description>> {
+    let path = data_dir.join(DESCRIPTION_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    Description::load(&path).map(Some)
+}
+
+/// `region/zone warm|cold` of replica `name`, as the description places it.
+fn placement(description: Option<&Description>, name: &str) -> String {
+    let Some(description) = description else {
+        return "-".into();
+    };
+    let keys = description.node_keys();
+    let nodes = description.nodes(&keys);
+    let replica = nodes
+        .iter()
+        .flat_map(|node| node.replicas)
+        .find(|replica| replica.name.as_str() == name);
+    match replica {
+        Some(replica) => format!(
+            "{}/{} {}",
+            description
+                .region_of(&replica.zone)
+                .map_or("?", |region| region.as_str()),
+            replica.zone,
+            replica.standby.name()
+        ),
+        None => "-".into(),
+    }
+}
+
+/// The database lines of the status: each PostgreSQL cluster's servers with their roles.
+fn database_lines(description: &Description) -> Vec<String> {
+    if description.storage.backend == Backend::Sqlite {
+        return vec!["storage: SQLite, one file per node".into()];
+    }
+    let mut lines = Vec::new();
+    for cluster in &description.postgres_clusters {
+        for server in &cluster.servers {
+            lines.push(format!(
+                "postgres {:<8} {:<14} {:<13} {}/{}",
+                cluster.name,
+                server.name,
+                server.role.name(),
+                description
+                    .region_of(&server.zone)
+                    .map_or("?", |region| region.as_str()),
+                server.zone
+            ));
+        }
+    }
+    lines
+}
+
+/// One line of a running replica: its role, placement and readiness.
+async fn replica_line(
+    client: &reqwest::Client,
+    replica: &ReplicaAddress,
+    description: Option<&Description>,
+) -> String {
+    let place = placement(description, &replica.name);
+    match get_status(client, replica).await {
+        Some(status) => format!(
+            "{:<22} {:<8} {:<24} readiness {}",
+            replica.name,
+            if role(&status) == Some("active") {
+                "active"
+            } else if status.get("replication").is_some() {
+                "passive"
+            } else {
+                "-"
+            },
+            place,
+            status
+                .get("readiness")
+                .and_then(|r| r.get("status"))
+                .and_then(|s| s.as_str())
+                .unwrap_or("?")
+        ),
+        None => format!(
+            "{:<22} {:<8} {:<24} unreachable at {}",
+            replica.name, "-", place, replica.admin_address
+        ),
+    }
+}
+
 async fn status(data_dir: &Path) -> anyhow::Result<()> {
     let client = http()?;
+    let description = description(data_dir)?;
     let mut nodes: Vec<String> = std::fs::read_dir(data_dir)
         .with_context(|| format!("reading {}", data_dir.display()))?
         .filter_map(|e| e.ok())
@@ -109,38 +202,43 @@ async fn status(data_dir: &Path) -> anyhow::Result<()> {
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
         .collect();
     nodes.sort();
-    // Piped into `head` and the like: stop quietly once the reader is gone.
-    let mut out = std::io::stdout().lock();
+    let mut lines = description.as_ref().map(database_lines).unwrap_or_default();
     for node in nodes {
         for replica in replicas(data_dir, &node)? {
-            let line = match get_status(client, &replica).await {
-                Some(status) => format!(
-                    "{:<22} {:<8} readiness {}",
-                    replica.name,
-                    if role(&status) == Some("active") {
-                        "active"
-                    } else if status.get("replication").is_some() {
-                        "passive"
-                    } else {
-                        "-"
-                    },
-                    status
-                        .get("readiness")
-                        .and_then(|r| r.get("status"))
-                        .and_then(|s| s.as_str())
-                        .unwrap_or("?")
-                ),
-                None => format!(
-                    "{:<22} unreachable at {}",
-                    replica.name, replica.admin_address
-                ),
-            };
-            if writeln!(out, "{line}").is_err() {
-                return Ok(());
-            }
+            lines.push(replica_line(client, &replica, description.as_ref()).await);
+        }
+        for cold in cold_replicas(description.as_ref(), &node) {
+            lines.push(format!(
+                "{:<22} {:<8} {:<24} not started",
+                cold,
+                "-",
+                placement(description.as_ref(), &cold)
+            ));
+        }
+    }
+    // Piped into `head` and the like: stop quietly once the reader is gone.
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return Ok(());
         }
     }
     Ok(())
+}
+
+/// The cold replicas of `node` in the description.
+fn cold_replicas(description: Option<&Description>, node: &str) -> Vec<String> {
+    let Some(description) = description else {
+        return Vec::new();
+    };
+    let keys = description.node_keys();
+    let nodes = description.nodes(&keys);
+    nodes
+        .iter()
+        .filter(|view| view.name == node)
+        .flat_map(|view| view.cold())
+        .map(|replica| replica.name.to_string())
+        .collect()
 }
 
 /// One HTTP client for every admin call of this process: drills poll every few

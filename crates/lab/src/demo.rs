@@ -19,6 +19,7 @@ use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::deployment::args::ShapedDeploymentArgs;
 use crate::deployment::{Deployment, DeploymentSpec};
 use crate::drill::plan::{PlannedFault, Scenario};
 use crate::drill::FaultReport;
@@ -44,24 +45,18 @@ pub struct DemoArgs {
     /// Do not kill a participant replica halfway through.
     #[arg(long)]
     pub no_failover: bool,
-    /// Replicas of each participant, the mediator and the topology manager.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub replicas: u64,
-    /// Sequencer instances.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub sequencers: u64,
+    /// The deployment to start (default: the `replicated` preset on SQLite).
+    #[command(flatten)]
+    pub deployment: ShapedDeploymentArgs,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     #[arg(long, default_value = "meridian-data")]
     pub data_dir: PathBuf,
-    /// Replicas of each participant, the mediator and the topology manager.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub replicas: u64,
-    /// Sequencer instances.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4))]
-    pub sequencers: u64,
+    /// The deployment to start (default: the `replicated` preset on SQLite).
+    #[command(flatten)]
+    pub deployment: ShapedDeploymentArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,21 +80,10 @@ fn say(json: bool) -> impl FnMut(String) {
     }
 }
 
-/// The demo's deployment: `replicas` of every replicated node, `sequencers` instances.
-fn replicated_spec(
-    data_dir: PathBuf,
-    replicas: u64,
-    sequencers: u64,
-) -> anyhow::Result<DeploymentSpec> {
-    Ok(DeploymentSpec {
-        replicas: usize::try_from(replicas)?,
-        sequencers: usize::try_from(sequencers)?,
-        ..DeploymentSpec::local(data_dir, 3)?
-    })
-}
-
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = replicated_spec(args.data_dir, args.replicas, args.sequencers)?;
+    let mut spec = DeploymentSpec::new(args.data_dir, args.deployment.resolve()?)?;
+    // The server (if any) runs for as long as the deployment.
+    let _postgres = spec.start_postgres()?;
     eprintln!("starting a synchronizer in {}", spec.data_dir.display());
     let mut deployment = Deployment::start(&spec, &mut say(false)).await?;
     println!("Meridian is up:");
@@ -113,8 +97,9 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
 }
 
 pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = replicated_spec(args.data_dir.clone(), args.replicas, args.sequencers)?;
-    let failover = !args.no_failover && spec.replicas >= 2;
+    let mut spec = DeploymentSpec::new(args.data_dir.clone(), args.deployment.resolve()?)?;
+    let _postgres = spec.start_postgres()?;
+    let failover = !args.no_failover && spec.description.min_warm_replicas() >= 2;
     let report = run_ledger_workload(
         &spec,
         args.lanes,

@@ -8,41 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use meridian_sequencer::SequencerConfig;
+use meridian_store::StorageConfig;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-/// Where a sequencer keeps its state, as written into its config.
-#[derive(Debug, Clone)]
-pub enum StorageSpec {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
-
-impl StorageSpec {
-    pub fn to_toml(&self) -> String {
-        match self {
-            StorageSpec::Sqlite(path) => format!(
-                "[storage]\nbackend = \"sqlite\"\npath = {}\n",
-                toml_string(&path.display().to_string())
-            ),
-            StorageSpec::Postgres(url) => format!(
-                "[storage]\nbackend = \"postgres\"\nurl = {}\n",
-                toml_string(url)
-            ),
-        }
-    }
-
-    pub fn backend(&self) -> &'static str {
-        match self {
-            StorageSpec::Sqlite(_) => "sqlite",
-            StorageSpec::Postgres(_) => "postgres",
-        }
-    }
-}
-
-fn toml_string(value: &str) -> String {
-    toml::Value::String(value.to_owned()).to_string()
-}
 
 /// Two loopback addresses reserved for this process (see [`meridian_node::ports`]): (gRPC,
 /// admin HTTP).
@@ -69,21 +38,29 @@ pub struct NodeProcess {
 pub type SequencerProcess = NodeProcess;
 
 impl NodeProcess {
-    /// Writes `dir/<name>.toml` for a sequencer and starts it with output in `dir/<name>.log`.
-    /// `extra_toml` goes into the config's top level (e.g. `owner_public_key = ...`, or a
-    /// `[timing]` table).
+    /// Writes `dir/<name>.toml` for a sequencer on `storage` with free ports, lets `adjust`
+    /// change the config (an instance index, an owner key, timings), and starts it with
+    /// output in `dir/<name>.log`.
     pub fn spawn(
         exe: &Path,
         dir: &Path,
         name: &str,
-        storage: &StorageSpec,
-        extra_toml: &str,
+        storage: &StorageConfig,
+        adjust: impl FnOnce(&mut SequencerConfig),
     ) -> anyhow::Result<Self> {
         let (grpc_address, admin_address) = free_addresses()?;
-        let config = format!(
-            "listen_address = \"{grpc_address}\"\nadmin_address = \"{admin_address}\"\n{extra_toml}\n{}",
-            storage.to_toml()
-        );
+        let mut config = SequencerConfig {
+            listen_address: grpc_address,
+            admin_address,
+            instance: Default::default(),
+            storage: storage.clone(),
+            limits: Default::default(),
+            timing: Default::default(),
+            admin_token: None,
+            owner_public_key: None,
+        };
+        adjust(&mut config);
+        let config = toml::to_string(&config).context("writing the sequencer config")?;
         Self::spawn_role(
             exe,
             "sequencer",
@@ -95,7 +72,8 @@ impl NodeProcess {
         )
     }
 
-    /// Writes `config_toml` to `dir/<name>.toml` and starts `meridian <role>` with it.
+    /// Writes `config_toml` (a role config serialized with `toml::to_string`) to
+    /// `dir/<name>.toml` and starts `meridian <role>` with it.
     pub fn spawn_role(
         exe: &Path,
         role: &'static str,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meridian_lab::{admin, bench, demo, drill};
+use meridian_lab::{admin, bench, demo, deployment, drill};
 use meridian_node::telemetry::{init_tracing, LogFormat};
 
 #[derive(Parser)]
@@ -55,6 +55,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Start the same deployment as `demo` without a workload; print endpoints; run until Ctrl-C.
     Up(demo::UpArgs),
+    /// Deployment files: check one before running it (see docs/deployment.md).
+    #[command(subcommand)]
+    Deployment(deployment::DeploymentCommand),
     /// Operate running nodes: status of replicas, switchover.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
                 demo::demo(args, meridian_node::shutdown::shutdown_token()).await
             }
             Command::Up(args) => demo::up(args, meridian_node::shutdown::shutdown_token()).await,
+            Command::Deployment(command) => deployment::args::run(command),
             Command::Admin(command) => admin::run(command).await,
             Command::Bench(command) => {
                 bench::run(command, meridian_node::shutdown::shutdown_token()).await

@@ -12,14 +12,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_lab::bench::failover;
-use meridian_lab::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
-use meridian_lab::launch::NodeProcess;
-use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad};
 use meridian_client::SubmitOutcome;
 use meridian_core::ledger::Command;
 use meridian_core::template::IouPayload;
 use meridian_core::{CommandId, PartyId, TemplateId, UserId};
+use meridian_lab::bench::failover;
+use meridian_lab::deployment::{Deployment, DeploymentSpec, Description, Preset};
+use meridian_lab::launch::NodeProcess;
+use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad};
 use meridian_testkit::PostgresServer;
 use tokio_util::sync::CancellationToken;
 
@@ -163,13 +163,15 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
     // after the nodes using it.
     let server = Arc::new(PostgresServer::start().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let spec = DeploymentSpec {
+    let mut spec = DeploymentSpec {
         exe: EXE.into(),
-        replicas: 2,
-        sequencers: 2,
-        backend: DeploymentBackend::on_server(&server),
-        ..DeploymentSpec::local(dir.path().to_path_buf(), 3).unwrap()
+        ..DeploymentSpec::new(
+            dir.path().to_path_buf(),
+            Description::preset(Preset::Replicated),
+        )
+        .unwrap()
     };
+    spec.use_postgres(&server);
     let started = Instant::now();
     let mut deployment = Deployment::start(&spec, &mut |line| eprintln!("{line}"))
         .await

@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use meridian_lab::deployment::{Description, NodePorts, Preset, Standby};
+
 const EXE: &str = env!("CARGO_BIN_EXE_meridian");
 
 fn drill(args: &[&str]) -> Output {
@@ -132,11 +134,21 @@ fn bad_requests_are_refused_before_anything_starts() {
         path.display().to_string()
     };
     let unknown_key = write("unknown.toml", "replicaz = 2\n");
-    let no_active = write("no-active.toml", "replicas = 0\n");
-    let same_port = write(
-        "same-port.toml",
-        "[ports]\nparticipant1-a = { grpc = 24501, admin = 24601 }\nsequencer-a = { grpc = 24601, admin = 24701 }\n",
-    );
+    let mut description = Description::preset(Preset::Replicated);
+    for replica in &mut description.mediator.replicas {
+        replica.standby = Standby::Cold;
+    }
+    let no_active = write("no-active.toml", &description.to_toml().unwrap());
+    let mut description = Description::preset(Preset::Replicated);
+    description.participants[0].replicas[0].ports = Some(NodePorts {
+        grpc: 24501,
+        admin: 24601,
+    });
+    description.sequencer.instances[0].ports = Some(NodePorts {
+        grpc: 24601,
+        admin: 24701,
+    });
+    let same_port = write("same-port.toml", &description.to_toml().unwrap());
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--scenario", "meteor-strike"],
@@ -146,13 +158,10 @@ fn bad_requests_are_refused_before_anything_starts() {
             vec!["--deployment", &unknown_key],
             "unknown field `replicaz`",
         ),
-        (
-            vec!["--deployment", &no_active],
-            "passives alone cannot serve",
-        ),
+        (vec!["--deployment", &no_active], "has no warm replica"),
         (
             vec!["--deployment", &same_port],
-            "port 24601 is already taken",
+            "port 24601 is already used",
         ),
         (
             vec![

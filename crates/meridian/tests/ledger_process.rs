@@ -8,32 +8,21 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use meridian_lab::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
-use meridian_lab::workload::{self, Live, Parties, WorkloadSpec};
 use meridian_client::{ClientError, LedgerClient, SubmitOutcome};
 use meridian_core::ledger::{Command, Contract};
 use meridian_core::template::{Iou, IouPayload};
 use meridian_core::{CommandId, PartyId, TemplateId, UserId};
+use meridian_lab::deployment::{Deployment, DeploymentSpec};
+use meridian_lab::workload::{self, Live, Parties, WorkloadSpec};
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
 use tokio_util::sync::CancellationToken;
 
-fn spec(dir: &std::path::Path, mediator_toml: &str) -> DeploymentSpec {
-    spec_with(dir, mediator_toml, "")
-}
-
-fn spec_with(dir: &std::path::Path, mediator_toml: &str, participant_toml: &str) -> DeploymentSpec {
+/// Three unreplicated participants on SQLite, one sequencer instance.
+fn spec(dir: &std::path::Path) -> DeploymentSpec {
     DeploymentSpec {
         exe: env!("CARGO_BIN_EXE_meridian").into(),
-        data_dir: dir.to_path_buf(),
-        participants: 3,
-        backend: DeploymentBackend::Sqlite,
-        mediator_toml: mediator_toml.to_owned(),
-        participant_toml: participant_toml.to_owned(),
-        replicas: 1,
-        sequencers: 1,
-        lease_timeout_ms: 1_000,
-        ports: Default::default(),
+        ..DeploymentSpec::local(dir.to_path_buf(), 3).unwrap()
     }
 }
 
@@ -108,7 +97,7 @@ async fn ious(client: &LedgerClient, owner: &str) -> Vec<(Contract, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_workload_audits_clean_and_a_second_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(dir.path(), "");
+    let spec = spec(dir.path());
     for round in 0..2 {
         let mut deployment = start(&spec).await;
         let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
@@ -145,7 +134,7 @@ async fn demo_workload_audits_clean_and_a_second_run_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commands_get_documented_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let mut deployment = start(&spec(dir.path(), "")).await;
+    let mut deployment = start(&spec(dir.path())).await;
     let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
         .await
         .unwrap();
@@ -291,7 +280,7 @@ async fn bad_commands_get_documented_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_double_spend_commits_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut deployment = start(&spec(dir.path(), "")).await;
+    let mut deployment = start(&spec(dir.path())).await;
     let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
         .await
         .unwrap();
@@ -364,7 +353,12 @@ async fn a_double_spend_commits_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirming_participant_down_times_out_and_nobody_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let mut deployment = start(&spec(dir.path(), "response_timeout_ms = 2000")).await;
+    let mut deployment = start(&{
+        let mut spec = spec(dir.path());
+        spec.mediator.response_timeout_ms = 2_000;
+        spec
+    })
+    .await;
     let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
         .await
         .unwrap();
@@ -420,7 +414,12 @@ async fn a_confirming_participant_down_times_out_and_nobody_commits() {
 async fn a_command_retried_after_a_crash_commits_once() {
     let dir = tempfile::tempdir().unwrap();
     // A short max sequencing time bounds how long an in-flight submission's fate stays open.
-    let mut deployment = start(&spec_with(dir.path(), "", "max_sequencing_delay_ms = 2000")).await;
+    let mut deployment = start(&{
+        let mut spec = spec(dir.path());
+        spec.participant.max_sequencing_delay_ms = 2_000;
+        spec
+    })
+    .await;
     let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
         .await
         .unwrap();

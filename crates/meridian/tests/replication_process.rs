@@ -10,12 +10,13 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use meridian_core::UserId;
 use meridian_lab::admin;
 use meridian_lab::bench::failover::{self, measure_with, FailoverBenchArgs, TargetNode};
-use meridian_lab::bench::sequencer::Backend;
-use meridian_lab::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use meridian_lab::deployment::{
+    Backend, Deployment, DeploymentArgs, DeploymentSpec, Description, Preset,
+};
 use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad};
-use meridian_core::UserId;
 use meridian_testkit::PostgresServer;
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
@@ -26,9 +27,12 @@ fn args(node: TargetNode, backend: Backend, trials: u64) -> FailoverBenchArgs {
     FailoverBenchArgs {
         node,
         trials,
-        backend,
+        deployment: DeploymentArgs {
+            backend: Some(backend),
+            ..DeploymentArgs::default()
+        },
         lanes: 8,
-        lease_timeout_ms: 1_000,
+        lease_timeout_ms: Some(1_000),
         json: true,
     }
 }
@@ -97,15 +101,20 @@ struct Running {
     _dir: tempfile::TempDir,
 }
 
-async fn start_with_load(backend: DeploymentBackend) -> Running {
+/// The replicated preset under load, on `postgres` if given, else on SQLite.
+async fn start_with_load(postgres: Option<&PostgresServer>) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let spec = DeploymentSpec {
+    let mut spec = DeploymentSpec {
         exe: EXE.into(),
-        replicas: 2,
-        sequencers: 2,
-        backend,
-        ..DeploymentSpec::local(dir.path().to_path_buf(), 3).unwrap()
+        ..DeploymentSpec::new(
+            dir.path().to_path_buf(),
+            Description::preset(Preset::Replicated),
+        )
+        .unwrap()
     };
+    if let Some(server) = postgres {
+        spec.use_postgres(server);
+    }
     let deployment = Deployment::start(&spec, &mut |line| eprintln!("{line}"))
         .await
         .unwrap();
@@ -163,7 +172,7 @@ fn print_log_tails(data_dir: &std::path::Path, node: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
     let server = PostgresServer::shared();
-    let mut running = start_with_load(DeploymentBackend::on_server(server)).await;
+    let mut running = start_with_load(Some(server)).await;
     let data_dir = running.deployment.data_dir.clone();
     let active = admin::active_replica(&data_dir, "participant2")
         .await
@@ -241,7 +250,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
 /// Switches participant2, the mediator and participant3 over under load; returns the
 /// application-visible failures. The ledger audit (nothing lost, nothing twice) always holds.
 async fn switchover_under_load() -> u64 {
-    let running = start_with_load(DeploymentBackend::Sqlite).await;
+    let running = start_with_load(None).await;
     let data_dir = running.deployment.data_dir.clone();
     for node in ["participant2", "mediator", "participant3"] {
         let (from, to, took) =

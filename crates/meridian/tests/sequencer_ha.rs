@@ -18,11 +18,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use meridian_lab::launch::{SequencerProcess, StorageSpec};
 use meridian_client::{register_member, SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::sequencing::{Envelope, Submission};
 use meridian_core::{MemberId, MessageId, Timestamp};
+use meridian_lab::deployment::configs::POSTGRES_POOL_CONNECTIONS;
+use meridian_lab::launch::SequencerProcess;
+use meridian_sequencer::config::InstanceConfig;
+use meridian_sequencer::SequencerConfig;
+use meridian_store::StorageConfig;
 use meridian_testkit::PostgresServer;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -40,14 +44,20 @@ fn id(name: &str) -> MemberId {
     MemberId::new(name).unwrap()
 }
 
-fn instance_toml(index: u32) -> String {
-    format!("[instance]\nindex = {index}\ncount = {INSTANCE_COUNT}\n")
+/// Sets the instance index of a sequencer config.
+fn instance(index: u32) -> impl FnOnce(&mut SequencerConfig) {
+    move |config| {
+        config.instance = InstanceConfig {
+            index,
+            count: INSTANCE_COUNT,
+        }
+    }
 }
 
 /// Several sequencer processes on one database.
 struct Cluster {
     dir: TempDir,
-    storage: StorageSpec,
+    storage: StorageConfig,
     instances: Vec<SequencerProcess>,
     keys: HashMap<String, SigningKey>,
 }
@@ -57,8 +67,13 @@ impl Cluster {
     async fn start(backend: &str, count: u32) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let storage = match backend {
-            "sqlite" => StorageSpec::Sqlite(dir.path().join("shared.db")),
-            _ => StorageSpec::Postgres(PostgresServer::shared().create_database("ha").unwrap()),
+            "sqlite" => StorageConfig::Sqlite {
+                path: dir.path().join("shared.db"),
+            },
+            _ => StorageConfig::Postgres {
+                url: PostgresServer::shared().create_database("ha").unwrap(),
+                max_connections: POSTGRES_POOL_CONNECTIONS,
+            },
         };
         let mut instances = Vec::new();
         for index in 0..count {
@@ -67,7 +82,7 @@ impl Cluster {
                 dir.path(),
                 &format!("sequencer{index}"),
                 &storage,
-                &instance_toml(index),
+                instance(index),
             )
             .unwrap();
             process.wait_ready(READY_TIMEOUT).await.unwrap();
@@ -539,7 +554,7 @@ async fn same_index_twice(backend: &str) {
         cluster.dir.path(),
         "twin",
         &cluster.storage,
-        &instance_toml(0),
+        instance(0),
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -580,7 +595,7 @@ async fn a_resumed_zombie_of_a_replaced_process_stops() {
         cluster.dir.path(),
         "replacement",
         &cluster.storage,
-        &instance_toml(0),
+        instance(0),
     )
     .unwrap();
     replacement.wait_ready(READY_TIMEOUT).await.unwrap();

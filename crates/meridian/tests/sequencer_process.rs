@@ -11,14 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use meridian_lab::launch::{SequencerProcess, StorageSpec};
 use meridian_client::{register_member, ClientError, SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::{authentication_challenge, SigningKey, SigningPurpose};
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
 use meridian_core::{MemberId, MessageId, Timestamp};
+use meridian_lab::launch::SequencerProcess;
 use meridian_proto::v1;
 use meridian_proto::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
 use meridian_proto::v1::sequencer_service_client::SequencerServiceClient;
+use meridian_store::StorageConfig;
 use meridian_testkit::PostgresServer;
 use tempfile::TempDir;
 
@@ -30,23 +31,35 @@ struct Harness {
     sequencer: SequencerProcess,
 }
 
+fn sqlite(path: std::path::PathBuf) -> StorageConfig {
+    StorageConfig::Sqlite { path }
+}
+
+fn postgres(url: String) -> StorageConfig {
+    StorageConfig::Postgres {
+        url,
+        max_connections: meridian_lab::deployment::configs::POSTGRES_POOL_CONNECTIONS,
+    }
+}
+
 impl Harness {
-    async fn start(storage: impl FnOnce(&Path) -> StorageSpec) -> Harness {
+    async fn start(storage: impl FnOnce(&Path) -> StorageConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(dir.path());
         let mut sequencer =
-            SequencerProcess::spawn(Path::new(EXE), dir.path(), "sequencer", &storage, "").unwrap();
+            SequencerProcess::spawn(Path::new(EXE), dir.path(), "sequencer", &storage, |_| {})
+                .unwrap();
         sequencer.wait_ready(READY_TIMEOUT).await.unwrap();
         Harness { dir, sequencer }
     }
 
     async fn sqlite() -> Harness {
-        Self::start(|dir| StorageSpec::Sqlite(dir.join("sequencer.db"))).await
+        Self::start(|dir| sqlite(dir.join("sequencer.db"))).await
     }
 
     async fn postgres() -> Harness {
         let url = PostgresServer::shared().create_database("seq").unwrap();
-        Self::start(|_| StorageSpec::Postgres(url)).await
+        Self::start(|_| postgres(url)).await
     }
 
     fn endpoint(&self) -> String {
@@ -590,7 +603,7 @@ async fn refuses_to_serve_from_unsafe_postgres() {
         let db = url.rsplit('/').next().unwrap().to_owned();
         if setting.starts_with("default_transaction_read_only") {
             // Create the schema first, as a demoted primary would have it.
-            let mut harness = Harness::start(|_| StorageSpec::Postgres(url.clone())).await;
+            let mut harness = Harness::start(|_| postgres(url.clone())).await;
             harness
                 .sequencer
                 .terminate(Duration::from_secs(10))
@@ -608,8 +621,8 @@ async fn refuses_to_serve_from_unsafe_postgres() {
             Path::new(EXE),
             dir.path(),
             "sequencer",
-            &StorageSpec::Postgres(url),
-            "",
+            &postgres(url),
+            |_| {},
         )
         .unwrap();
         let body = wait_for_refusal(&sequencer, needle).await;
@@ -710,8 +723,8 @@ async fn with_an_owner_key_only_owner_signed_members_are_registered() {
         Path::new(EXE),
         dir.path(),
         "sequencer",
-        &StorageSpec::Sqlite(dir.path().join("sequencer.db")),
-        &format!("owner_public_key = \"{}\"", owner.public_key()),
+        &sqlite(dir.path().join("sequencer.db")),
+        |config| config.owner_public_key = Some(owner.public_key().to_string()),
     )
     .unwrap();
     sequencer.wait_ready(READY_TIMEOUT).await.unwrap();

@@ -31,8 +31,7 @@ use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::sequencer::Backend;
-use crate::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use crate::deployment::{Backend, Deployment, DeploymentArgs, DeploymentSpec, Preset};
 use crate::drill::plan::{PlannedFault, Scenario, TOPOLOGY_NODE};
 use crate::drill::{run_fault, Recovered};
 use crate::workload::{self, BackgroundLoad, FinishedLoad};
@@ -53,15 +52,16 @@ pub struct FailoverBenchArgs {
     pub node: TargetNode,
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub trials: u64,
-    /// Storage of every node. PostgreSQL starts a throwaway server.
-    #[arg(long, value_enum, default_value = "sqlite")]
-    pub backend: Backend,
+    /// The deployment to break (default: the `replicated` preset on SQLite).
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
     /// Concurrent transfer lanes.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub lanes: u64,
-    /// Lease timeout of the replicated nodes.
-    #[arg(long, default_value_t = 1_000)]
-    pub lease_timeout_ms: u64,
+    /// Lease timeout of the replicated nodes (default: the deployment's, 1000 ms unless it
+    /// says otherwise).
+    #[arg(long)]
+    pub lease_timeout_ms: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -159,17 +159,17 @@ pub async fn measure_with(
     exe: std::path::PathBuf,
     shutdown: CancellationToken,
 ) -> anyhow::Result<FailoverReport> {
+    let mut description = args.deployment.resolve(Preset::Replicated, None)?;
+    if let Some(lease_timeout_ms) = args.lease_timeout_ms {
+        description.lease_timeout_ms = lease_timeout_ms;
+    }
     let dir = tempfile::tempdir().context("creating a temp dir")?;
-    // The server (if any) runs for as long as the deployment.
-    let (backend, _postgres) = DeploymentBackend::start(args.backend)?;
-    let spec = DeploymentSpec {
+    let mut spec = DeploymentSpec {
         exe,
-        backend,
-        replicas: 2,
-        sequencers: 2,
-        lease_timeout_ms: args.lease_timeout_ms,
-        ..DeploymentSpec::local(dir.path().to_path_buf(), 3)?
+        ..DeploymentSpec::new(dir.path().to_path_buf(), description)?
     };
+    // The server (if any) runs for as long as the deployment.
+    let _postgres = spec.start_postgres()?;
     let quiet = args.json;
     let mut deployment = Deployment::start(&spec, &mut |line| {
         if !quiet {
@@ -245,7 +245,7 @@ async fn trials(
     let duplicates = workload::duplicate_ious(&parties).await?;
 
     let (p50, max) = super::median_and_max(trials.iter().map(|t| t.rto_ms).collect());
-    let backend = args.backend;
+    let backend = deployment.description.storage.backend;
     Ok(FailoverReport {
         node: args.node,
         backend,

@@ -8,14 +8,14 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::sequencer::Backend;
 use crate::demo::{run_ledger_workload, DemoReport};
-use crate::deployment::{DeploymentBackend, DeploymentSpec};
+use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Preset};
 
 #[derive(Debug, Clone, Args)]
 pub struct LedgerBenchArgs {
-    #[arg(long, value_enum, default_value = "sqlite")]
-    pub backend: Backend,
+    /// The deployment to measure (default: the `single` preset on SQLite).
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
     /// Seconds of workload.
     #[arg(long = "duration", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration_s: u64,
@@ -30,13 +30,12 @@ pub struct LedgerBenchArgs {
 }
 
 pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let description = args.deployment.resolve(Preset::Single, None)?;
+    let backend = description.storage.backend;
     let dir = tempfile::tempdir().context("creating a temp dir")?;
+    let mut spec = DeploymentSpec::new(dir.path().to_path_buf(), description)?;
     // The server (if any) runs for as long as the deployment.
-    let (backend, _postgres) = DeploymentBackend::start(args.backend)?;
-    let spec = DeploymentSpec {
-        backend,
-        ..DeploymentSpec::local(dir.path().to_path_buf(), 3)?
-    };
+    let _postgres = spec.start_postgres()?;
     let report = run_ledger_workload(
         &spec,
         args.lanes,
@@ -50,12 +49,12 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
     if args.json {
         println!(
             "{}",
-            serde_json::to_string(&LedgerBenchReport::new(&args, &report))?
+            serde_json::to_string(&LedgerBenchReport::new(&args, backend, &report))?
         );
     } else {
         println!(
             "meridian bench ledger: {:?}, {} lanes, {} s, {}",
-            args.backend,
+            backend,
             args.lanes,
             args.duration_s,
             args.rate
@@ -94,9 +93,9 @@ struct LedgerBenchReport<'a> {
 }
 
 impl<'a> LedgerBenchReport<'a> {
-    fn new(args: &LedgerBenchArgs, report: &'a DemoReport) -> Self {
+    fn new(args: &LedgerBenchArgs, backend: Backend, report: &'a DemoReport) -> Self {
         Self {
-            backend: args.backend,
+            backend,
             target_rate_per_s: args.rate,
             report,
         }

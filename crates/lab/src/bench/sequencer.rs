@@ -11,24 +11,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use meridian_client::{register_member, SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::sequencing::{Envelope, Submission};
 use meridian_core::{MemberId, MessageId, Timestamp};
+use meridian_store::StorageConfig;
 use serde::Serialize;
 
 use crate::bench::quantile_ms;
-use crate::launch::{SequencerProcess, StorageSpec};
+use crate::launch::SequencerProcess;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+/// The storage choice lives with the deployment; re-exported for the benchmarks' callers.
+pub use crate::deployment::Backend;
 
 #[derive(Debug, Clone, Args)]
 pub struct SequencerBenchArgs {
@@ -111,23 +108,32 @@ pub async fn run(args: SequencerBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn postgres_storage(url: String) -> StorageConfig {
+    StorageConfig::Postgres {
+        url,
+        max_connections: crate::deployment::configs::POSTGRES_POOL_CONNECTIONS,
+    }
+}
+
 /// Runs the benchmark and returns its figures (also used by tests).
 pub async fn measure(args: &SequencerBenchArgs) -> anyhow::Result<SequencerBenchReport> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let mut _postgres = None;
     let storage = match (args.backend, &args.postgres_url) {
-        (Backend::Sqlite, _) => StorageSpec::Sqlite(dir.path().join("sequencer.db")),
-        (Backend::Postgres, Some(url)) => StorageSpec::Postgres(url.clone()),
+        (Backend::Sqlite, _) => StorageConfig::Sqlite {
+            path: dir.path().join("sequencer.db"),
+        },
+        (Backend::Postgres, Some(url)) => postgres_storage(url.clone()),
         (Backend::Postgres, None) => {
             let server = meridian_pgserver::PostgresServer::start()
                 .context("starting a throwaway PostgreSQL (or pass --postgres-url)")?;
             let url = server.create_database("bench")?;
             _postgres = Some(server);
-            StorageSpec::Postgres(url)
+            postgres_storage(url)
         }
     };
     let exe = std::env::current_exe().context("locating the meridian binary")?;
-    let mut sequencer = SequencerProcess::spawn(&exe, dir.path(), "sequencer", &storage, "")?;
+    let mut sequencer = SequencerProcess::spawn(&exe, dir.path(), "sequencer", &storage, |_| {})?;
     sequencer.wait_ready(Duration::from_secs(30)).await?;
     let endpoint = sequencer.grpc_endpoint();
 

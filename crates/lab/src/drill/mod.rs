@@ -33,8 +33,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
-use crate::bench::sequencer::Backend;
-use crate::deployment::{Deployment, DeploymentBackend, DeploymentSpec};
+use crate::deployment::{Backend, Deployment, DeploymentArgs, DeploymentSpec, Description, Preset};
 use crate::launch::NodeProcess;
 use crate::workload::{
     self, BackgroundLoad, FinishedLoad, Live, Parties, TimelineBucket, TIMELINE_BUCKET_MS,
@@ -46,12 +45,9 @@ pub struct DrillArgs {
     /// The scenario to run (see docs/drills.md); `all` runs each in turn.
     #[arg(long, value_enum, default_value = "all")]
     pub scenario: Scenario,
-    /// Storage of the embedded default deployment (ignored with --deployment).
-    #[arg(long, value_enum, default_value = "sqlite")]
-    pub backend: Backend,
-    /// A deployment file (TOML) describing the deployment to start instead of the default.
-    #[arg(long)]
-    pub deployment: Option<PathBuf>,
+    /// The deployment to break (default: the `replicated` preset on SQLite).
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
     /// The node to aim a single scenario's fault at (default: participant2, mediator, ...).
     #[arg(long)]
     pub target: Option<String>,
@@ -161,15 +157,16 @@ const CLIENT_BACKOFF: Backoff = Backoff {
 
 pub async fn run(args: DrillArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Everything that can be wrong with the request is found before anything starts.
-    let file = match &args.deployment {
-        Some(path) => DeploymentFile::load(path)?,
-        None => DeploymentFile::embedded(args.backend),
-    };
-    let (faults, skipped) = plan::plan(args.scenario, args.target.as_deref(), &file)?;
+    let description = args.deployment.resolve(Preset::Replicated, None)?;
+    let (faults, skipped) = plan::plan(
+        args.scenario,
+        args.target.as_deref(),
+        &plan_view(&description),
+    )?;
     for path in [&args.json, &args.svg].into_iter().flatten() {
         check_writable(path)?;
     }
-    let report = execute(&args, &file, faults, skipped, shutdown).await?;
+    let report = execute(&args, &description, faults, skipped, shutdown).await?;
     print_table(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -185,6 +182,22 @@ pub async fn run(args: DrillArgs, shutdown: CancellationToken) -> anyhow::Result
         bail!("the drill failed: RPO, duplicates, audit or recovery not as required (see above)");
     }
     Ok(())
+}
+
+/// What the fault planner needs to know of a deployment: its participants, the redundancy
+/// of its warm replicas and sequencer instances, and its backend.
+fn plan_view(description: &Description) -> DeploymentFile {
+    DeploymentFile {
+        participants: description.participants.len(),
+        replicas: description.min_warm_replicas(),
+        sequencers: description.warm_sequencers(),
+        backend: match description.storage.backend {
+            Backend::Sqlite => plan::FileBackend::Sqlite,
+            Backend::Postgres => plan::FileBackend::Postgres,
+        },
+        lease_timeout_ms: description.lease_timeout_ms,
+        ports: Default::default(),
+    }
 }
 
 /// Fails early on an output path whose directory does not exist, rather than after the drill.
@@ -206,7 +219,7 @@ fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
 /// Starts the deployment and the workload, runs `faults`, audits. Public for the tests.
 pub async fn execute(
     args: &DrillArgs,
-    file: &DeploymentFile,
+    description: &Description,
     faults: Vec<PlannedFault>,
     skipped: Vec<String>,
     shutdown: CancellationToken,
@@ -219,15 +232,8 @@ pub async fn execute(
             temp.path().to_path_buf()
         }
     };
-    let (backend, postgres) = DeploymentBackend::start(file.backend())?;
-    let spec = DeploymentSpec {
-        backend,
-        replicas: file.replicas,
-        sequencers: file.sequencers,
-        lease_timeout_ms: file.lease_timeout_ms,
-        ports: file.ports.clone(),
-        ..DeploymentSpec::local(data_dir, file.participants)?
-    };
+    let mut spec = DeploymentSpec::new(data_dir, description.clone())?;
+    let postgres = spec.start_postgres()?;
     eprintln!("meridian drill: starting the deployment");
     let mut deployment = Deployment::start(&spec, &mut |line| eprintln!("  {line}")).await?;
     let result = drill(
@@ -236,7 +242,7 @@ pub async fn execute(
         faults,
         skipped,
         postgres.as_ref(),
-        file.backend(),
+        description.storage.backend,
         shutdown,
     )
     .await;

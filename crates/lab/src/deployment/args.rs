@@ -1,0 +1,185 @@
+//! The command line of a deployment: `--deployment FILE`, `--preset NAME` and `--backend`,
+//! flattened into every command that starts one (`up`, `demo`, `drill`, `bench ledger`,
+//! `bench failover`), and `meridian deployment check FILE`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use super::check::check;
+use super::description::{Backend, Description, Preset, Shape};
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct DeploymentArgs {
+    /// A deployment file (TOML, see docs/deployment.md) describing what to start.
+    #[arg(long, conflicts_with = "preset")]
+    pub deployment: Option<PathBuf>,
+    /// A built-in deployment instead of a file.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Storage of every node, overriding the file's or preset's `[storage] backend`.
+    /// PostgreSQL runs on a throwaway server.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+}
+
+impl DeploymentArgs {
+    /// The checked description these arguments name: the file, the preset, else `shape`
+    /// (built from shorthands like `--replicas`) if given, else `default`. Refuses a shape
+    /// together with a file or preset, which would leave one of them silently ignored.
+    pub fn resolve(&self, default: Preset, shape: Option<Shape>) -> anyhow::Result<Description> {
+        let description = match (&self.deployment, self.preset, shape) {
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => bail!(
+                "--replicas and --sequencers build a one-region deployment; give them without \
+                 --deployment and --preset, or describe the shape in the file"
+            ),
+            (Some(path), _, None) => Description::load(path)?,
+            (None, Some(preset), None) => Description::preset(preset),
+            (None, None, Some(shape)) => Description::shaped(shape),
+            (None, None, None) => Description::preset(default),
+        };
+        let description = match self.backend {
+            Some(backend) => description.with_backend(backend),
+            None => description,
+        };
+        let origin = self
+            .deployment
+            .as_ref()
+            .map_or_else(|| "the deployment".to_owned(), |p| p.display().to_string());
+        check(&description).with_context(|| format!("{origin} cannot run"))?;
+        Ok(description)
+    }
+}
+
+/// The deployment choice of `demo` and `up`, which also take today's shorthands for a
+/// one-region replicated deployment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ShapedDeploymentArgs {
+    /// Replicas of each participant, the mediator and the topology manager (a shorthand that
+    /// builds a one-region deployment; default 2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub replicas: Option<u64>,
+    /// Sequencer instances (a shorthand, like --replicas; default 2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub sequencers: Option<u64>,
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
+}
+
+impl ShapedDeploymentArgs {
+    /// The file or preset named, or the replicated shape with the shorthands given, or the
+    /// `replicated` preset.
+    pub fn resolve(&self) -> anyhow::Result<Description> {
+        let shape = match (self.replicas, self.sequencers) {
+            (None, None) => None,
+            (replicas, sequencers) => Some(Shape {
+                replicas: replicas.map_or(Ok(Shape::REPLICATED.replicas), usize::try_from)?,
+                sequencers: sequencers.map_or(Ok(Shape::REPLICATED.sequencers), usize::try_from)?,
+                ..Shape::REPLICATED
+            }),
+        };
+        self.deployment.resolve(Preset::Replicated, shape)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCommand {
+    /// Validate a deployment file and print a summary; starts nothing.
+    Check {
+        /// The deployment file (TOML).
+        file: PathBuf,
+    },
+}
+
+pub fn run(command: DeploymentCommand) -> anyhow::Result<()> {
+    match command {
+        DeploymentCommand::Check { file } => {
+            let description = Description::load(&file)?;
+            check(&description)
+                .with_context(|| format!("deployment file {} cannot run", file.display()))?;
+            println!("{}: OK", file.display());
+            for line in summary(&description) {
+                println!("  {line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What a description runs, one line per region, database server and node.
+pub fn summary(description: &Description) -> Vec<String> {
+    let mut lines = Vec::new();
+    for region in &description.regions {
+        let zones: Vec<&str> = region.zones.iter().map(|z| z.as_str()).collect();
+        lines.push(format!(
+            "region {}: zones {}",
+            region.name,
+            zones.join(", ")
+        ));
+    }
+    lines.push(format!(
+        "storage: {}",
+        match description.storage.backend {
+            Backend::Sqlite => "SQLite, one file per node",
+            Backend::Postgres => "PostgreSQL",
+        }
+    ));
+    for cluster in &description.postgres_clusters {
+        let servers: Vec<String> = cluster
+            .servers
+            .iter()
+            .map(|s| format!("{} ({}, {})", s.name, s.role.name(), s.zone))
+            .collect();
+        lines.push(format!("cluster {}: {}", cluster.name, servers.join(", ")));
+    }
+    let keys = description.node_keys();
+    for node in description.nodes(&keys) {
+        let replicas: Vec<String> = node
+            .replicas
+            .iter()
+            .map(|r| format!("{} ({}, {})", r.name, r.standby.name(), r.zone))
+            .collect();
+        lines.push(format!("{}: {}", node.name, replicas.join(", ")));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorthands_build_a_shape_and_refuse_a_preset_beside_them() {
+        let shaped = ShapedDeploymentArgs {
+            replicas: Some(3),
+            ..ShapedDeploymentArgs::default()
+        };
+        let description = shaped.resolve().expect("a shape alone");
+        assert_eq!(description.mediator.replicas.len(), 3);
+        assert_eq!(description.sequencer.instances.len(), 2);
+        let both = ShapedDeploymentArgs {
+            deployment: DeploymentArgs {
+                preset: Some(Preset::Single),
+                ..DeploymentArgs::default()
+            },
+            ..shaped
+        };
+        let error = both.resolve().expect_err("a shape and a preset");
+        assert!(error.to_string().contains("--replicas"), "{error}");
+        let default = ShapedDeploymentArgs::default().resolve().expect("default");
+        assert_eq!(default, Description::preset(Preset::Replicated));
+    }
+
+    #[test]
+    fn the_backend_flag_overrides_the_preset() {
+        let args = DeploymentArgs {
+            preset: Some(Preset::TwoRegions),
+            backend: Some(Backend::Sqlite),
+            ..DeploymentArgs::default()
+        };
+        let description = args.resolve(Preset::Single, None).expect("runs on SQLite");
+        assert_eq!(description.storage.backend, Backend::Sqlite);
+        assert!(description.postgres_clusters.is_empty());
+    }
+}

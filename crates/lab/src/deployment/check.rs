@@ -1,0 +1,585 @@
+//! Whether a deployment description can run, decided before anything starts. Every problem is
+//! collected (not just the first) and names the file key and the value at fault, so one
+//! `meridian deployment check` shows all that is wrong with a file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::description::{Backend, Description, NodeView, Role, ServerRole};
+
+/// Most nodes and replicas a one-machine deployment runs.
+pub const MAX_PARTICIPANTS: usize = 16;
+pub const MAX_REPLICAS: usize = 8;
+const MIN_LEASE_TIMEOUT_MS: u64 = 100;
+const MAX_LEASE_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptionError {
+    #[error("{key} = {zone:?}: no region lists this zone")]
+    UnknownZone { key: String, zone: String },
+    #[error("{key} = {value:?}: the name is missing")]
+    MissingName { key: String, value: String },
+    #[error("{key}: region {region:?} has no zones")]
+    RegionWithoutZones { key: String, region: String },
+    #[error("{key} = {name:?}: the {kind} name is used twice (first at {first})")]
+    Duplicate {
+        kind: &'static str,
+        key: String,
+        name: String,
+        first: String,
+    },
+    #[error("{key}: node {node:?} has no replica")]
+    NodeWithoutReplica { key: String, node: String },
+    #[error("{key}: node {node:?} has no warm replica, so nothing would serve it")]
+    NoWarmReplica { key: String, node: String },
+    #[error("{key}: node {node:?} has {count} replicas; at most {max}")]
+    TooManyReplicas {
+        key: String,
+        node: String,
+        count: usize,
+        max: usize,
+    },
+    #[error("participants: {count} participants; at most {max}")]
+    TooManyParticipants { count: usize, max: usize },
+    #[error("lease_timeout_ms = {value}: between {min} and {max}")]
+    LeaseTimeout { value: u64, min: u64, max: u64 },
+    #[error("{key} = {cluster:?}: no postgres_clusters entry has this name")]
+    UnknownCluster { key: String, cluster: String },
+    #[error("{key}: node {node:?} names no cluster and there are {clusters} (name one with `cluster = ...`)")]
+    NoCluster {
+        key: String,
+        node: String,
+        clusters: usize,
+    },
+    #[error(
+        "storage.backend = \"sqlite\": postgres_clusters[{index}] ({cluster:?}) would not be used"
+    )]
+    ClustersOnSqlite { index: usize, cluster: String },
+    #[error("{key}: cluster {cluster:?} has {primaries} primaries; it needs exactly one")]
+    Primaries {
+        key: String,
+        cluster: String,
+        primaries: usize,
+    },
+    #[error("{key}: node {node:?} has a replica in region {region:?} but cluster {cluster:?} has no server there")]
+    NoDatabaseServerInRegion {
+        key: String,
+        node: String,
+        region: String,
+        cluster: String,
+    },
+    #[error("{key} = {port}: port {port} is already used by {first}")]
+    PortInUse {
+        key: String,
+        port: u16,
+        first: String,
+    },
+    #[error("{key} = 0: port 0 is not a fixed port")]
+    PortZero { key: String },
+}
+
+/// All the problems of one description, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescriptionErrors(pub Vec<DescriptionError>);
+
+impl fmt::Display for DescriptionErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DescriptionErrors {}
+
+/// First owner of each name of one kind, to report duplicates with both places.
+#[derive(Default)]
+struct Names(BTreeMap<String, String>);
+
+impl Names {
+    fn claim(
+        &mut self,
+        kind: &'static str,
+        key: String,
+        name: &str,
+        errors: &mut Vec<DescriptionError>,
+    ) {
+        if name.trim().is_empty() {
+            errors.push(DescriptionError::MissingName {
+                key,
+                value: name.to_owned(),
+            });
+            return;
+        }
+        match self.0.get(name) {
+            Some(first) => errors.push(DescriptionError::Duplicate {
+                kind,
+                key,
+                name: name.to_owned(),
+                first: first.clone(),
+            }),
+            None => {
+                self.0.insert(name.to_owned(), key);
+            }
+        }
+    }
+}
+
+/// Every problem of `description`; empty means it can run.
+pub fn check(description: &Description) -> Result<(), DescriptionErrors> {
+    let mut errors = Vec::new();
+    check_regions(description, &mut errors);
+    let keys = description.node_keys();
+    let nodes = description.nodes(&keys);
+    check_nodes(description, &nodes, &mut errors);
+    check_clusters(description, &nodes, &mut errors);
+    check_ports(&nodes, &mut errors);
+    let lease = description.lease_timeout_ms;
+    if !(MIN_LEASE_TIMEOUT_MS..=MAX_LEASE_TIMEOUT_MS).contains(&lease) {
+        errors.push(DescriptionError::LeaseTimeout {
+            value: lease,
+            min: MIN_LEASE_TIMEOUT_MS,
+            max: MAX_LEASE_TIMEOUT_MS,
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(DescriptionErrors(errors))
+    }
+}
+
+fn check_regions(description: &Description, errors: &mut Vec<DescriptionError>) {
+    let mut regions = Names::default();
+    let mut zones = Names::default();
+    for (index, region) in description.regions.iter().enumerate() {
+        let key = format!("regions[{index}]");
+        regions.claim(
+            "region",
+            format!("{key}.name"),
+            region.name.as_str(),
+            errors,
+        );
+        if region.zones.is_empty() {
+            errors.push(DescriptionError::RegionWithoutZones {
+                key: format!("{key}.zones"),
+                region: region.name.to_string(),
+            });
+        }
+        for (zone_index, zone) in region.zones.iter().enumerate() {
+            zones.claim(
+                "zone",
+                format!("{key}.zones[{zone_index}]"),
+                zone.as_str(),
+                errors,
+            );
+        }
+    }
+}
+
+fn check_nodes(
+    description: &Description,
+    nodes: &[NodeView<'_>],
+    errors: &mut Vec<DescriptionError>,
+) {
+    if description.participants.len() > MAX_PARTICIPANTS {
+        errors.push(DescriptionError::TooManyParticipants {
+            count: description.participants.len(),
+            max: MAX_PARTICIPANTS,
+        });
+    }
+    let mut node_names = Names::default();
+    let mut replica_names = Names::default();
+    for node in nodes {
+        let replicas_key = replicas_key(node);
+        if node.role == Role::Participant {
+            node_names.claim("node", format!("{}.name", node.key), node.name, errors);
+        } else {
+            node_names.claim("node", node.key.to_owned(), node.name, errors);
+        }
+        if node.replicas.is_empty() {
+            errors.push(DescriptionError::NodeWithoutReplica {
+                key: replicas_key.clone(),
+                node: node.name.to_owned(),
+            });
+        } else if node.warm().next().is_none() {
+            errors.push(DescriptionError::NoWarmReplica {
+                key: replicas_key.clone(),
+                node: node.name.to_owned(),
+            });
+        }
+        if node.replicas.len() > MAX_REPLICAS {
+            errors.push(DescriptionError::TooManyReplicas {
+                key: replicas_key.clone(),
+                node: node.name.to_owned(),
+                count: node.replicas.len(),
+                max: MAX_REPLICAS,
+            });
+        }
+        for (index, replica) in node.replicas.iter().enumerate() {
+            let key = format!("{replicas_key}[{index}]");
+            replica_names.claim(
+                "replica",
+                format!("{key}.name"),
+                replica.name.as_str(),
+                errors,
+            );
+            if description.region_of(&replica.zone).is_none() {
+                errors.push(DescriptionError::UnknownZone {
+                    key: format!("{key}.zone"),
+                    zone: replica.zone.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// `sequencer.instances`, `mediator.replicas`, `participants[2].replicas`.
+pub fn replicas_key(node: &NodeView<'_>) -> String {
+    match node.role {
+        Role::Sequencer => format!("{}.instances", node.key),
+        _ => format!("{}.replicas", node.key),
+    }
+}
+
+fn check_clusters(
+    description: &Description,
+    nodes: &[NodeView<'_>],
+    errors: &mut Vec<DescriptionError>,
+) {
+    if description.storage.backend == Backend::Sqlite {
+        for (index, cluster) in description.postgres_clusters.iter().enumerate() {
+            errors.push(DescriptionError::ClustersOnSqlite {
+                index,
+                cluster: cluster.name.to_string(),
+            });
+        }
+        return;
+    }
+    let mut cluster_names = Names::default();
+    let mut server_names = Names::default();
+    for (index, cluster) in description.postgres_clusters.iter().enumerate() {
+        let key = format!("postgres_clusters[{index}]");
+        cluster_names.claim(
+            "cluster",
+            format!("{key}.name"),
+            cluster.name.as_str(),
+            errors,
+        );
+        let primaries = cluster
+            .servers
+            .iter()
+            .filter(|s| s.role == ServerRole::Primary)
+            .count();
+        if primaries != 1 {
+            errors.push(DescriptionError::Primaries {
+                key: format!("{key}.servers"),
+                cluster: cluster.name.to_string(),
+                primaries,
+            });
+        }
+        for (server_index, server) in cluster.servers.iter().enumerate() {
+            let key = format!("{key}.servers[{server_index}]");
+            server_names.claim(
+                "server",
+                format!("{key}.name"),
+                server.name.as_str(),
+                errors,
+            );
+            if description.region_of(&server.zone).is_none() {
+                errors.push(DescriptionError::UnknownZone {
+                    key: format!("{key}.zone"),
+                    zone: server.zone.to_string(),
+                });
+            }
+        }
+    }
+    for node in nodes {
+        check_node_cluster(description, node, errors);
+    }
+}
+
+/// The node's cluster exists and has a server in every region the node has a replica in.
+fn check_node_cluster(
+    description: &Description,
+    node: &NodeView<'_>,
+    errors: &mut Vec<DescriptionError>,
+) {
+    let Some(cluster) = description.cluster_of(node) else {
+        match node.cluster {
+            Some(name) => errors.push(DescriptionError::UnknownCluster {
+                key: format!("{}.cluster", node.key),
+                cluster: name.to_string(),
+            }),
+            None => errors.push(DescriptionError::NoCluster {
+                key: node.key.to_owned(),
+                node: node.name.to_owned(),
+                clusters: description.postgres_clusters.len(),
+            }),
+        }
+        return;
+    };
+    let served: BTreeSet<_> = cluster
+        .servers
+        .iter()
+        .filter_map(|server| description.region_of(&server.zone))
+        .collect();
+    let mut reported = BTreeSet::new();
+    for (index, replica) in node.replicas.iter().enumerate() {
+        let Some(region) = description.region_of(&replica.zone) else {
+            continue;
+        };
+        if !served.contains(region) && reported.insert(region) {
+            errors.push(DescriptionError::NoDatabaseServerInRegion {
+                key: format!("{}[{index}].zone", replicas_key(node)),
+                node: node.name.to_owned(),
+                region: region.to_string(),
+                cluster: cluster.name.to_string(),
+            });
+        }
+    }
+}
+
+/// No two processes (warm or cold: a cold one starts later on the same machine) share a port.
+fn check_ports(nodes: &[NodeView<'_>], errors: &mut Vec<DescriptionError>) {
+    let mut owners: BTreeMap<u16, String> = BTreeMap::new();
+    for node in nodes {
+        for (index, replica) in node.replicas.iter().enumerate() {
+            let Some(ports) = replica.ports else {
+                continue;
+            };
+            let key = format!("{}[{index}].ports", replicas_key(node));
+            // The mediator serves no gRPC, so only its admin port is taken.
+            let mut used = vec![("admin", ports.admin)];
+            if node.role != Role::Mediator {
+                used.insert(0, ("grpc", ports.grpc));
+            }
+            for (kind, port) in used {
+                let key = format!("{key}.{kind}");
+                if port == 0 {
+                    errors.push(DescriptionError::PortZero { key });
+                    continue;
+                }
+                match owners.get(&port) {
+                    Some(first) => errors.push(DescriptionError::PortInUse {
+                        key,
+                        port,
+                        first: first.clone(),
+                    }),
+                    None => {
+                        owners.insert(port, format!("{key} ({})", replica.name));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::description::{NodePorts, Preset, Standby};
+
+    fn two_regions() -> Description {
+        Description::preset(Preset::TwoRegions)
+    }
+
+    /// The messages of every error of `description`.
+    fn errors(description: &Description) -> Vec<String> {
+        match check(description) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn only_error(description: &Description) -> String {
+        let errors = errors(description);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors[0].clone()
+    }
+
+    #[test]
+    fn every_preset_can_run() {
+        for preset in [Preset::Single, Preset::Replicated, Preset::TwoRegions] {
+            let description = Description::preset(preset);
+            assert_eq!(errors(&description), Vec::<String>::new(), "{preset:?}");
+            for backend in [Backend::Sqlite, Backend::Postgres] {
+                let switched = description.clone().with_backend(backend);
+                assert_eq!(
+                    errors(&switched),
+                    Vec::<String>::new(),
+                    "{preset:?} {backend:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_replica_in_an_unknown_zone_is_refused_naming_key_and_zone() {
+        let mut description = two_regions();
+        description.mediator.replicas[1].zone = "zone-9z".into();
+        assert_eq!(
+            only_error(&description),
+            "mediator.replicas[1].zone = \"zone-9z\": no region lists this zone"
+        );
+    }
+
+    #[test]
+    fn a_database_server_in_an_unknown_zone_is_refused() {
+        let mut description = two_regions();
+        description.postgres_clusters[0].servers[1].zone = "zone-3a".into();
+        let message = only_error(&description);
+        assert!(
+            message.starts_with("postgres_clusters[0].servers[1].zone = \"zone-3a\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_replica_without_a_zone_is_refused_by_the_parser_naming_the_key() {
+        let mut text = two_regions().to_toml().expect("serializes");
+        text = text.replacen("zone = \"zone-1a\"\n", "", 1);
+        let error = meridian_node::config::parse_toml::<Description>(&text, "d.toml")
+            .expect_err("a replica without a zone");
+        let message = error.to_string();
+        assert!(message.contains("zone"), "{message}");
+    }
+
+    #[test]
+    fn a_region_without_zones_is_refused() {
+        let mut description = Description::preset(Preset::Single);
+        description
+            .regions
+            .push(crate::deployment::description::Region {
+                name: "region-2".into(),
+                zones: Vec::new(),
+            });
+        assert_eq!(
+            only_error(&description),
+            "regions[1].zones: region \"region-2\" has no zones"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_refused_with_both_places() {
+        let mut description = two_regions();
+        description.regions[1].name = "region-1".into();
+        assert_eq!(
+            only_error(&description),
+            "regions[1].name = \"region-1\": the region name is used twice (first at regions[0].name)"
+        );
+
+        let mut description = two_regions();
+        description.regions[1].zones[1] = "zone-1b".into();
+        // The replicas placed in zone-2b are now in no zone, which is reported too.
+        assert!(errors(&description)[0].starts_with(
+            "regions[1].zones[1] = \"zone-1b\": the zone name is used twice (first at regions[0].zones[1])"
+        ));
+
+        let mut description = two_regions();
+        description.participants[2].name = "participant1".into();
+        let errors = errors(&description);
+        assert!(
+            errors.contains(
+                &"participants[2].name = \"participant1\": the node name is used twice (first at participants[0].name)"
+                    .to_owned()
+            ),
+            "{errors:#?}"
+        );
+
+        let mut description = two_regions();
+        description.mediator.replicas[1].name = "mediator-a".into();
+        assert_eq!(
+            only_error(&description),
+            "mediator.replicas[1].name = \"mediator-a\": the replica name is used twice (first at mediator.replicas[0].name)"
+        );
+
+        let mut description = two_regions();
+        description.postgres_clusters[0].servers[2].name = "pg-1a".into();
+        assert_eq!(
+            only_error(&description),
+            "postgres_clusters[0].servers[2].name = \"pg-1a\": the server name is used twice (first at postgres_clusters[0].servers[0].name)"
+        );
+    }
+
+    #[test]
+    fn a_node_without_a_replica_is_refused() {
+        let mut description = two_regions();
+        description.participants[1].replicas.clear();
+        assert_eq!(
+            only_error(&description),
+            "participants[1].replicas: node \"participant2\" has no replica"
+        );
+        let mut description = two_regions();
+        description.sequencer.instances.clear();
+        assert_eq!(
+            only_error(&description),
+            "sequencer.instances: node \"sequencer\" has no replica"
+        );
+    }
+
+    #[test]
+    fn a_node_with_only_cold_replicas_is_refused() {
+        let mut description = two_regions();
+        for replica in &mut description.topology_manager.replicas {
+            replica.standby = Standby::Cold;
+        }
+        assert!(only_error(&description).contains("has no warm replica"));
+    }
+
+    #[test]
+    fn a_region_without_a_database_server_for_a_replica_there_is_refused() {
+        let mut description = two_regions();
+        description.postgres_clusters[0].servers.pop();
+        let errors = errors(&description);
+        // Every node has its cold replica in region two.
+        assert_eq!(errors.len(), 3 + 3, "{errors:#?}");
+        assert!(
+            errors.contains(
+                &"participants[1].replicas[2].zone: node \"participant2\" has a replica in region \"region-2\" but cluster \"main\" has no server there"
+                    .to_owned()
+            ),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_cluster_is_refused() {
+        let mut description = two_regions();
+        description.mediator.cluster = Some("other".into());
+        assert_eq!(
+            only_error(&description),
+            "mediator.cluster = \"other\": no postgres_clusters entry has this name"
+        );
+    }
+
+    #[test]
+    fn a_port_used_twice_is_refused_naming_both() {
+        let mut description = two_regions();
+        description.participants[0].replicas[0].ports = Some(NodePorts {
+            grpc: 24501,
+            admin: 24601,
+        });
+        description.sequencer.instances[1].ports = Some(NodePorts {
+            grpc: 24601,
+            admin: 24701,
+        });
+        assert_eq!(
+            only_error(&description),
+            "participants[0].replicas[0].ports.admin = 24601: port 24601 is already used by sequencer.instances[1].ports.grpc (sequencer-b)"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut description = two_regions();
+        description.mediator.replicas[0].zone = "nowhere".into();
+        description.participants[0].replicas.clear();
+        description.lease_timeout_ms = 0;
+        assert_eq!(errors(&description).len(), 3);
+    }
+}

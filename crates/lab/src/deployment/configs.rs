@@ -1,0 +1,214 @@
+//! The role configs of a deployment, built as values of the role crates' config types and
+//! written with `toml::to_string`, so a renamed field is a compile error here rather than a
+//! node refusing its config at run time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use meridian_core::{MemberId, ParticipantId};
+use meridian_mediator::MediatorConfig;
+use meridian_node::config::Endpoints;
+use meridian_node::replication::ReplicationConfig;
+use meridian_participant::ParticipantConfig;
+use meridian_sequencer::config::InstanceConfig;
+use meridian_sequencer::SequencerConfig;
+use meridian_store::StorageConfig;
+use meridian_topology::TopologyManagerConfig;
+
+use super::description::{ReplicaName, MEDIATOR_NODE, TOPOLOGY_NODE};
+
+/// `[instance] count` of every sequencer: fixed for the life of the database, and above any
+/// number of instances a deployment runs.
+pub const SEQUENCER_INSTANCE_COUNT: u32 = 32;
+/// How often a passive replica looks at the lease: often, so that lab failovers are quick.
+const LEASE_POLL_INTERVAL_MS: u64 = 50;
+/// Connections of each node's PostgreSQL pool (the store's documented default).
+pub const POSTGRES_POOL_CONNECTIONS: u32 = 8;
+
+/// The mediator settings a deployment gives its mediator; tests tighten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediatorSettings {
+    pub response_timeout_ms: u64,
+    pub time_proof_interval_ms: u64,
+}
+
+impl Default for MediatorSettings {
+    /// The role's documented defaults (docs/configuration.md).
+    fn default() -> Self {
+        Self {
+            response_timeout_ms: 10_000,
+            time_proof_interval_ms: 500,
+        }
+    }
+}
+
+/// The participant settings a deployment gives every participant; tests tighten them.
+#[derive(Debug, Clone, Copy)]
+pub struct ParticipantSettings {
+    pub max_sequencing_delay_ms: u64,
+    pub dedup_period_s: u64,
+    pub max_dedup_period_s: u64,
+    pub submit_timeout_ms: u64,
+    pub limits: meridian_participant::LimitsConfig,
+}
+
+impl Default for ParticipantSettings {
+    /// The role's documented defaults (docs/configuration.md).
+    fn default() -> Self {
+        Self {
+            max_sequencing_delay_ms: 10_000,
+            dedup_period_s: 600,
+            max_dedup_period_s: 86_400,
+            submit_timeout_ms: 30_000,
+            limits: meridian_participant::LimitsConfig::default(),
+        }
+    }
+}
+
+/// Where one process listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// The `[replication]` table of one replica of a replicated node.
+pub fn replication(
+    replica: &ReplicaName,
+    advertised: SocketAddr,
+    lease_timeout_ms: u64,
+) -> ReplicationConfig {
+    ReplicationConfig {
+        replica_id: replica.to_string(),
+        advertised_endpoint: Some(format!("http://{advertised}")),
+        lease_timeout_ms,
+        poll_interval_ms: LEASE_POLL_INTERVAL_MS,
+    }
+}
+
+/// What every member (mediator, participant) shares: the owner and where the sequencer
+/// instances and topology manager replicas are.
+#[derive(Debug, Clone)]
+pub struct MemberContext {
+    pub owner_public_key: String,
+    pub keys_dir: PathBuf,
+    pub sequencer_endpoints: Vec<String>,
+    pub topology_endpoints: Vec<String>,
+}
+
+impl MemberContext {
+    /// The sequencer endpoints rotated left by `start`, so that members spread their
+    /// subscriptions and sends over the instances.
+    fn sequencers_from(&self, start: usize) -> Endpoints {
+        Endpoints::new(rotated(&self.sequencer_endpoints, start))
+    }
+
+    fn key_file(&self, node: &str) -> PathBuf {
+        self.keys_dir.join(format!("{node}.key"))
+    }
+}
+
+pub fn rotated(endpoints: &[String], start: usize) -> Vec<String> {
+    let mut rotated = endpoints.to_vec();
+    if !rotated.is_empty() {
+        rotated.rotate_left(start % endpoints.len());
+    }
+    rotated
+}
+
+pub fn sequencer(
+    at: Addresses,
+    index: u32,
+    storage: StorageConfig,
+    owner_public_key: &str,
+) -> SequencerConfig {
+    SequencerConfig {
+        listen_address: at.grpc,
+        admin_address: at.admin,
+        instance: InstanceConfig {
+            index,
+            count: SEQUENCER_INSTANCE_COUNT,
+        },
+        storage,
+        limits: Default::default(),
+        timing: Default::default(),
+        admin_token: None,
+        owner_public_key: Some(owner_public_key.to_owned()),
+    }
+}
+
+pub fn topology_manager(
+    at: Addresses,
+    keys_dir: &Path,
+    sequencer_endpoints: Endpoints,
+    storage: StorageConfig,
+    replication: Option<ReplicationConfig>,
+) -> TopologyManagerConfig {
+    TopologyManagerConfig {
+        member_id: TOPOLOGY_NODE.to_owned(),
+        owner_key_file: keys_dir.join("owner.key"),
+        key_file: keys_dir.join(format!("{TOPOLOGY_NODE}.key")),
+        sequencer_endpoints,
+        listen_address: at.grpc,
+        admin_address: at.admin,
+        admin_token: None,
+        storage,
+        replication,
+    }
+}
+
+pub fn mediator_id() -> MemberId {
+    MemberId::new(MEDIATOR_NODE).expect("static member id is valid")
+}
+
+/// The mediator's config; `member` is its position among the members, which decides the
+/// sequencer instance it starts at.
+pub fn mediator(
+    context: &MemberContext,
+    member: usize,
+    admin: SocketAddr,
+    settings: MediatorSettings,
+    storage: StorageConfig,
+    replication: Option<ReplicationConfig>,
+) -> MediatorConfig {
+    MediatorConfig {
+        member_id: mediator_id(),
+        key_file: context.key_file(MEDIATOR_NODE),
+        owner_public_key: context.owner_public_key.clone(),
+        sequencer_endpoints: context.sequencers_from(member),
+        topology_endpoints: Endpoints::new(context.topology_endpoints.clone()),
+        admin_address: admin,
+        response_timeout_ms: settings.response_timeout_ms,
+        time_proof_interval_ms: settings.time_proof_interval_ms,
+        storage,
+        replication,
+    }
+}
+
+pub fn participant(
+    context: &MemberContext,
+    member: usize,
+    id: &ParticipantId,
+    at: Addresses,
+    settings: ParticipantSettings,
+    storage: StorageConfig,
+    replication: Option<ReplicationConfig>,
+) -> ParticipantConfig {
+    ParticipantConfig {
+        participant_id: id.clone(),
+        key_file: context.key_file(id.as_str()),
+        owner_public_key: context.owner_public_key.clone(),
+        sequencer_endpoints: context.sequencers_from(member),
+        topology_endpoints: Endpoints::new(context.topology_endpoints.clone()),
+        mediator_id: mediator_id(),
+        listen_address: at.grpc,
+        admin_address: at.admin,
+        storage,
+        max_sequencing_delay_ms: settings.max_sequencing_delay_ms,
+        dedup_period_s: settings.dedup_period_s,
+        max_dedup_period_s: settings.max_dedup_period_s,
+        submit_timeout_ms: settings.submit_timeout_ms,
+        limits: settings.limits,
+        replication,
+    }
+}

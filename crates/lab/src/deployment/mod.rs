@@ -1,0 +1,750 @@
+//! A whole synchronizer on one machine, as child processes, started from a deployment
+//! [`Description`]: the sequencer's instances (all active, one shared database), the topology
+//! manager, the mediator and the participants — each of the last three as active/passive
+//! replicas when it has several — with keys and configs in a data directory. Cold replicas
+//! get their configs (under `<node>/cold/`) but are not started; the description itself is
+//! written to `<data-dir>/deployment.toml`, where `meridian admin status` finds the placement.
+//!
+//! Used by `meridian demo`, `meridian up`, `meridian drill`, the benchmarks and the black-box
+//! tests. Configs are rewritten with fresh ports on every start while keys and databases
+//! persist, so a second start on the same directory resumes the same ledger.
+
+pub mod args;
+pub mod check;
+pub mod configs;
+pub mod description;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use meridian_core::crypto::SigningKey;
+use meridian_core::{MemberId, ParticipantId};
+use meridian_node::keys::load_or_create_key;
+use meridian_pgserver::PostgresServer;
+use meridian_proto::v1;
+use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
+use meridian_store::StorageConfig;
+use serde::Serialize;
+
+pub use args::{DeploymentArgs, DeploymentCommand};
+pub use configs::{MediatorSettings, ParticipantSettings};
+pub use description::{
+    Backend, Description, NodePorts, NodeView, Preset, Replica, ReplicaName, Role, Shape, Standby,
+    ZoneName,
+};
+
+use crate::launch::{free_addresses, NodeProcess};
+use configs::{Addresses, MemberContext};
+use description::{MEDIATOR_NODE, SEQUENCER_NODE, TOPOLOGY_NODE};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where in the data directory the description of the running deployment is kept.
+pub const DESCRIPTION_FILE: &str = "deployment.toml";
+/// The subdirectory of a node's directory that holds its cold replicas' configs, apart from
+/// the running replicas' configs that `meridian admin` reads.
+pub const COLD_DIR: &str = "cold";
+
+#[derive(Debug, Clone)]
+pub struct DeploymentSpec {
+    /// The `meridian` binary to run the nodes with.
+    pub exe: PathBuf,
+    pub data_dir: PathBuf,
+    /// What to run and where.
+    pub description: Description,
+    /// Admin URL (without a database name) of the PostgreSQL server that holds every node's
+    /// database when the description's backend is PostgreSQL, e.g.
+    /// `postgres://meridian@127.0.0.1:5432`; databases are created if missing. Today one
+    /// server serves every cluster of the description.
+    pub postgres_url: Option<String>,
+    pub mediator: MediatorSettings,
+    pub participant: ParticipantSettings,
+}
+
+pub struct Deployment {
+    exe: PathBuf,
+    pub data_dir: PathBuf,
+    pub description: Description,
+    /// Every warm sequencer instance, in the description's order.
+    pub sequencers: Vec<NodeProcess>,
+    /// The topology manager's first warm replica (active after start).
+    pub topology: NodeProcess,
+    /// Further warm topology manager replicas (passive after start).
+    pub topology_standbys: Vec<NodeProcess>,
+    /// The mediator's first warm replica (active after start).
+    pub mediator: NodeProcess,
+    /// Further warm mediator replicas (passive after start).
+    pub mediator_standbys: Vec<NodeProcess>,
+    /// Each participant's first warm replica (active after start).
+    pub participants: Vec<NodeProcess>,
+    /// Each participant's further warm replicas (passive after start), by participant index.
+    pub participant_standbys: Vec<Vec<NodeProcess>>,
+    pub participant_ids: Vec<ParticipantId>,
+    /// Replicas configured but not started.
+    pub cold: Vec<ColdReplica>,
+}
+
+/// A replica whose config is written but which does not run.
+#[derive(Debug, Clone)]
+pub struct ColdReplica {
+    pub node: String,
+    pub name: ReplicaName,
+    pub zone: ZoneName,
+    pub config_path: PathBuf,
+}
+
+/// A node process whose config is ready but which is not started yet.
+struct PendingProcess {
+    role: Role,
+    dir: PathBuf,
+    name: String,
+    config: String,
+    at: Addresses,
+}
+
+impl PendingProcess {
+    fn spawn(self, exe: &Path) -> anyhow::Result<NodeProcess> {
+        NodeProcess::spawn_role(
+            exe,
+            self.role.command(),
+            &self.dir,
+            &self.name,
+            &self.config,
+            self.at.grpc,
+            self.at.admin,
+        )
+    }
+
+    /// Writes the config under the node's cold directory instead of starting it.
+    fn write_cold(self, node: &str, zone: &ZoneName) -> anyhow::Result<ColdReplica> {
+        let dir = self.dir.join(COLD_DIR);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let config_path = dir.join(format!("{}.toml", self.name));
+        std::fs::write(&config_path, &self.config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        Ok(ColdReplica {
+            node: node.to_owned(),
+            name: ReplicaName(self.name),
+            zone: zone.clone(),
+            config_path,
+        })
+    }
+}
+
+/// A node's replicas with their configs: the warm ones in start order (the first becomes
+/// active), the cold ones to write only.
+struct NodePlan {
+    warm: Vec<PendingProcess>,
+    cold: Vec<(PendingProcess, ZoneName)>,
+}
+
+impl NodePlan {
+    /// Writes the cold replicas' configs and returns the warm ones, first one first.
+    fn into_warm(
+        self,
+        node: &str,
+        cold: &mut Vec<ColdReplica>,
+    ) -> anyhow::Result<(PendingProcess, Vec<PendingProcess>)> {
+        for (pending, zone) in self.cold {
+            cold.push(pending.write_cold(node, &zone)?);
+        }
+        let mut warm = self.warm.into_iter();
+        let first = warm
+            .next()
+            .with_context(|| format!("{node} has no warm replica"))?;
+        Ok((first, warm.collect()))
+    }
+}
+
+/// Every process a one-region deployment of `sequencers` instances and `replicas` of each
+/// other node with `participants` participants runs, by name, in start order.
+pub fn process_names(sequencers: usize, replicas: usize, participants: usize) -> Vec<String> {
+    let description = Description::shaped(Shape {
+        sequencers,
+        replicas,
+        participants,
+    });
+    let keys = description.node_keys();
+    description
+        .nodes(&keys)
+        .iter()
+        .flat_map(|node| node.replicas.iter().map(|r| r.name.to_string()))
+        .collect()
+}
+
+impl DeploymentSpec {
+    /// A deployment of `description` run by this very binary.
+    pub fn new(data_dir: PathBuf, description: Description) -> anyhow::Result<Self> {
+        Ok(Self {
+            exe: std::env::current_exe().context("locating the meridian binary")?,
+            data_dir,
+            description,
+            postgres_url: None,
+            mediator: MediatorSettings::default(),
+            participant: ParticipantSettings::default(),
+        })
+    }
+
+    /// A deployment of this very binary with `participants` unreplicated participants on
+    /// SQLite.
+    pub fn local(data_dir: PathBuf, participants: usize) -> anyhow::Result<Self> {
+        Self::new(
+            data_dir,
+            Description::shaped(Shape {
+                sequencers: 1,
+                replicas: 1,
+                participants,
+            }),
+        )
+    }
+
+    /// Starts the throwaway PostgreSQL server a PostgreSQL description needs (unless one is
+    /// set already) and returns it: it stops when dropped, so keep it for as long as the
+    /// deployment runs.
+    pub fn start_postgres(&mut self) -> anyhow::Result<Option<PostgresServer>> {
+        if self.description.storage.backend != Backend::Postgres || self.postgres_url.is_some() {
+            return Ok(None);
+        }
+        let server = PostgresServer::start().context("starting a throwaway PostgreSQL")?;
+        self.use_postgres(&server);
+        Ok(Some(server))
+    }
+
+    /// Every node's database on `server` (the description switches to PostgreSQL).
+    pub fn use_postgres(&mut self, server: &PostgresServer) {
+        self.description = self.description.clone().with_backend(Backend::Postgres);
+        self.postgres_url = Some(format!("postgres://meridian@127.0.0.1:{}", server.port()));
+    }
+
+    /// The (gRPC, admin) addresses of `replica`: its fixed ports, or free ones.
+    fn addresses(&self, replica: &Replica) -> anyhow::Result<Addresses> {
+        let (grpc, admin) = match replica.ports {
+            Some(ports) => (
+                SocketAddr::from(([127, 0, 0, 1], ports.grpc)),
+                SocketAddr::from(([127, 0, 0, 1], ports.admin)),
+            ),
+            None => free_addresses()?,
+        };
+        Ok(Addresses { grpc, admin })
+    }
+
+    /// Where `node` keeps its state; on PostgreSQL its database is created if missing.
+    async fn storage(&self, node: &str) -> anyhow::Result<StorageConfig> {
+        Ok(match self.description.storage.backend {
+            Backend::Sqlite => StorageConfig::Sqlite {
+                path: self.data_dir.join(node).join(format!("{node}.db")),
+            },
+            Backend::Postgres => {
+                let server_url = self.postgres_url.as_deref().context(
+                    "the deployment keeps its state on PostgreSQL but no server is given",
+                )?;
+                let database = node.replace('-', "_");
+                create_database_if_missing(server_url, &database).await?;
+                StorageConfig::Postgres {
+                    url: format!("{server_url}/{database}"),
+                    max_connections: configs::POSTGRES_POOL_CONNECTIONS,
+                }
+            }
+        })
+    }
+
+    /// The `[replication]` table of `replica` of `node`, when the node is replicated.
+    fn replication(
+        &self,
+        node: &NodeView<'_>,
+        replica: &Replica,
+        advertised: SocketAddr,
+    ) -> Option<meridian_node::replication::ReplicationConfig> {
+        node.is_replicated().then(|| {
+            configs::replication(&replica.name, advertised, self.description.lease_timeout_ms)
+        })
+    }
+
+    /// Configs for every replica of `node`, built by `config(position, replica, addresses)`.
+    fn plan_node<C: Serialize>(
+        &self,
+        node: &NodeView<'_>,
+        mut config: impl FnMut(usize, &Replica, Addresses) -> C,
+    ) -> anyhow::Result<NodePlan> {
+        let dir = self.data_dir.join(node.name);
+        let mut plan = NodePlan {
+            warm: Vec::new(),
+            cold: Vec::new(),
+        };
+        for (position, replica) in node.replicas.iter().enumerate() {
+            let at = self.addresses(replica)?;
+            let config = toml::to_string(&config(position, replica, at))
+                .with_context(|| format!("writing the config of {}", replica.name))?;
+            let pending = PendingProcess {
+                role: node.role,
+                dir: dir.clone(),
+                name: replica.name.to_string(),
+                config,
+                at,
+            };
+            match replica.standby {
+                Standby::Warm => plan.warm.push(pending),
+                Standby::Cold => plan.cold.push((pending, replica.zone.clone())),
+            }
+        }
+        Ok(plan)
+    }
+}
+
+async fn create_database_if_missing(server_url: &str, database: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(&format!("{server_url}/postgres"))
+        .await
+        .with_context(|| format!("connecting to {server_url}"))?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(database)
+        .fetch_optional(&mut connection)
+        .await?;
+    if exists.is_none() {
+        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+            .execute(&mut connection)
+            .await
+            .with_context(|| format!("creating database {database}"))?;
+    }
+    Ok(())
+}
+
+/// The keys of a deployment, created on its first start and kept in `<data-dir>/keys`.
+struct Keys {
+    dir: PathBuf,
+    owner_public_key: String,
+    mediator: SigningKey,
+    participants: Vec<(ParticipantId, SigningKey)>,
+}
+
+impl Keys {
+    fn load_or_create(data_dir: &Path, description: &Description) -> anyhow::Result<Self> {
+        let dir = data_dir.join("keys");
+        let owner = load_or_create_key(&dir.join("owner.key"))?;
+        let mediator = load_or_create_key(&dir.join(format!("{MEDIATOR_NODE}.key")))?;
+        let participants = description
+            .participants
+            .iter()
+            .map(|p| {
+                let id = ParticipantId::new(p.name.as_str())?;
+                let key = load_or_create_key(&dir.join(format!("{id}.key")))?;
+                Ok((id, key))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            dir,
+            owner_public_key: owner.public_key().to_string(),
+            mediator,
+            participants,
+        })
+    }
+}
+
+/// The running mediator and participants, before they become a [`Deployment`].
+struct Members {
+    mediator: NodeProcess,
+    mediator_standbys: Vec<NodeProcess>,
+    participants: Vec<NodeProcess>,
+    participant_standbys: Vec<Vec<NodeProcess>>,
+}
+
+/// One start in progress: the spec, the progress sink and the cold replicas written so far.
+struct Starter<'a> {
+    spec: &'a DeploymentSpec,
+    progress: &'a mut dyn FnMut(String),
+    cold: Vec<ColdReplica>,
+}
+
+impl Starter<'_> {
+    /// Starts the warm instances one after the other (each ready before the next); they
+    /// share the sequencer's database and differ in their instance index, which is their
+    /// position in the description, so that a cold instance keeps its own.
+    async fn start_sequencers(
+        &mut self,
+        node: &NodeView<'_>,
+        keys: &Keys,
+    ) -> anyhow::Result<Vec<NodeProcess>> {
+        let storage = self.spec.storage(SEQUENCER_NODE).await?;
+        let plan = self.spec.plan_node(node, |position, _, at| {
+            let index = u32::try_from(position).expect("replicas are bounded by the check");
+            configs::sequencer(at, index, storage.clone(), &keys.owner_public_key)
+        })?;
+        let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
+        let mut sequencers = Vec::new();
+        for pending in std::iter::once(first).chain(others) {
+            let mut sequencer = pending.spawn(&self.spec.exe)?;
+            sequencer.wait_ready(READY_TIMEOUT).await?;
+            (self.progress)(format!(
+                "{} ready at {}",
+                sequencer.name(),
+                sequencer.grpc_endpoint()
+            ));
+            sequencers.push(sequencer);
+        }
+        Ok(sequencers)
+    }
+
+    /// Starts the first warm replica and waits until it is active, then the others.
+    async fn start_topology(
+        &mut self,
+        node: &NodeView<'_>,
+        keys: &Keys,
+        sequencer_endpoints: &[String],
+    ) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>)> {
+        let storage = self.spec.storage(TOPOLOGY_NODE).await?;
+        let plan = self.spec.plan_node(node, |position, replica, at| {
+            configs::topology_manager(
+                at,
+                &keys.dir,
+                meridian_node::config::Endpoints::new(configs::rotated(
+                    sequencer_endpoints,
+                    position,
+                )),
+                storage.clone(),
+                self.spec.replication(node, replica, at.grpc),
+            )
+        })?;
+        let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
+        let mut topology = first.spawn(&self.spec.exe)?;
+        topology.wait_ready(READY_TIMEOUT).await?;
+        (self.progress)(format!(
+            "{} ready at {}",
+            topology.name(),
+            topology.grpc_endpoint()
+        ));
+        let standbys = self.start_standbys(others).await?;
+        Ok((topology, standbys))
+    }
+
+    /// Starts the passive `replicas` of one node and waits until each is alive.
+    async fn start_standbys(
+        &mut self,
+        replicas: Vec<PendingProcess>,
+    ) -> anyhow::Result<Vec<NodeProcess>> {
+        let mut standbys = Vec::new();
+        for pending in replicas {
+            let serves_grpc = pending.role != Role::Mediator;
+            let mut standby = pending.spawn(&self.spec.exe)?;
+            standby.wait_alive(READY_TIMEOUT).await?;
+            (self.progress)(if serves_grpc {
+                format!(
+                    "{} standing by at {}",
+                    standby.name(),
+                    standby.grpc_endpoint()
+                )
+            } else {
+                format!("{} standing by", standby.name())
+            });
+            standbys.push(standby);
+        }
+        Ok(standbys)
+    }
+
+    /// The mediator and the participants: every node's first warm replica starts before any
+    /// standby, so that it is the one that becomes active; the others join once it is.
+    async fn start_members(
+        &mut self,
+        nodes: &[NodeView<'_>],
+        keys: &Keys,
+        context: &MemberContext,
+    ) -> anyhow::Result<Members> {
+        let spec = self.spec;
+        // Each member lists every sequencer instance, starting at a different one.
+        let mut member = 0;
+        let mut plans = Vec::new();
+        for node in nodes {
+            let storage = spec.storage(node.name).await?;
+            let plan = match node.role {
+                Role::Participant => {
+                    let (id, _) = keys
+                        .participants
+                        .iter()
+                        .find(|(id, _)| id.as_str() == node.name)
+                        .context("every participant has a key")?;
+                    spec.plan_node(node, |_, replica, at| {
+                        member += 1;
+                        configs::participant(
+                            context,
+                            member,
+                            id,
+                            at,
+                            spec.participant,
+                            storage.clone(),
+                            spec.replication(node, replica, at.grpc),
+                        )
+                    })?
+                }
+                _ => spec.plan_node(node, |_, replica, at| {
+                    member += 1;
+                    configs::mediator(
+                        context,
+                        member,
+                        at.admin,
+                        spec.mediator,
+                        storage.clone(),
+                        spec.replication(node, replica, at.admin),
+                    )
+                })?,
+            };
+            plans.push(plan.into_warm(node.name, &mut self.cold)?);
+        }
+        let mut plans = plans.into_iter();
+        let (mediator_first, mediator_others) =
+            plans.next().context("the mediator is planned first")?;
+        let mut mediator = mediator_first.spawn(&spec.exe)?;
+        let mut participants = Vec::new();
+        let mut participant_pending = Vec::new();
+        for (first, others) in plans {
+            participants.push(first.spawn(&spec.exe)?);
+            participant_pending.push(others);
+        }
+        mediator.wait_ready(READY_TIMEOUT).await?;
+        (self.progress)("mediator ready".into());
+        let mediator_standbys = self.start_standbys(mediator_others).await?;
+        for participant in &mut participants {
+            participant.wait_ready(READY_TIMEOUT).await?;
+            (self.progress)(format!(
+                "{} ready, Ledger API at {}",
+                participant.name(),
+                participant.grpc_endpoint()
+            ));
+        }
+        let mut participant_standbys = Vec::new();
+        for pending in participant_pending {
+            participant_standbys.push(self.start_standbys(pending).await?);
+        }
+        Ok(Members {
+            mediator,
+            mediator_standbys,
+            participants,
+            participant_standbys,
+        })
+    }
+}
+
+/// Adds the mediator and every participant to the topology through its active manager.
+async fn register_members(topology: &NodeProcess, keys: &Keys) -> anyhow::Result<()> {
+    let mut admin_client = TopologyAdminServiceClient::connect(topology.grpc_endpoint())
+        .await
+        .context("connecting to the topology manager")?;
+    admin_client
+        .add_mediator(v1::AddMediatorRequest {
+            mediator: MEDIATOR_NODE.into(),
+            public_key: keys.mediator.public_key().to_bytes().to_vec(),
+        })
+        .await
+        .context("adding the mediator to the topology")?;
+    for (id, key) in &keys.participants {
+        admin_client
+            .add_participant(v1::AddParticipantRequest {
+                participant: id.to_string(),
+                public_key: key.public_key().to_bytes().to_vec(),
+            })
+            .await
+            .with_context(|| format!("adding {id} to the topology"))?;
+    }
+    Ok(())
+}
+
+impl Deployment {
+    /// Starts every warm replica, writes the cold ones' configs, registers the mediator and
+    /// participants in the topology, and waits until all are ready. `progress` receives one
+    /// line per step.
+    pub async fn start(
+        spec: &DeploymentSpec,
+        progress: &mut dyn FnMut(String),
+    ) -> anyhow::Result<Deployment> {
+        check::check(&spec.description).context("the deployment cannot run")?;
+        let data_dir = &spec.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let description_path = data_dir.join(DESCRIPTION_FILE);
+        std::fs::write(&description_path, spec.description.to_toml()?)
+            .with_context(|| format!("writing {}", description_path.display()))?;
+        let keys = Keys::load_or_create(data_dir, &spec.description)?;
+        let started = Instant::now();
+        let node_keys = spec.description.node_keys();
+        let nodes = spec.description.nodes(&node_keys);
+        let mut starter = Starter {
+            spec,
+            progress,
+            cold: Vec::new(),
+        };
+        let sequencers = starter.start_sequencers(&nodes[0], &keys).await?;
+        let sequencer_endpoints: Vec<String> =
+            sequencers.iter().map(NodeProcess::grpc_endpoint).collect();
+        let (topology, topology_standbys) = starter
+            .start_topology(&nodes[1], &keys, &sequencer_endpoints)
+            .await?;
+        register_members(&topology, &keys).await?;
+        let context = MemberContext {
+            owner_public_key: keys.owner_public_key.clone(),
+            keys_dir: keys.dir.clone(),
+            sequencer_endpoints,
+            topology_endpoints: std::iter::once(&topology)
+                .chain(&topology_standbys)
+                .map(NodeProcess::grpc_endpoint)
+                .collect(),
+        };
+        let members = starter.start_members(&nodes[2..], &keys, &context).await?;
+        for cold in &starter.cold {
+            (starter.progress)(format!(
+                "{} cold in zone {}, not started (config {})",
+                cold.name,
+                cold.zone,
+                cold.config_path.display()
+            ));
+        }
+        (starter.progress)(format!(
+            "synchronizer up in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(Deployment {
+            exe: spec.exe.clone(),
+            data_dir: data_dir.clone(),
+            description: spec.description.clone(),
+            sequencers,
+            topology,
+            topology_standbys,
+            mediator: members.mediator,
+            mediator_standbys: members.mediator_standbys,
+            participants: members.participants,
+            participant_standbys: members.participant_standbys,
+            participant_ids: keys.participants.into_iter().map(|(id, _)| id).collect(),
+            cold: starter.cold,
+        })
+    }
+
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    pub fn mediator_id() -> MemberId {
+        configs::mediator_id()
+    }
+
+    /// The running process called `name` (a replica or a sequencer instance).
+    pub fn process_mut(&mut self, name: &str) -> Option<&mut NodeProcess> {
+        self.processes_mut().into_iter().find(|p| p.name() == name)
+    }
+
+    pub fn ledger_endpoint(&self, index: usize) -> String {
+        self.participants[index].grpc_endpoint()
+    }
+
+    /// Every replica's Ledger API endpoint of participant `index`, first replica first.
+    pub fn ledger_endpoints(&self, index: usize) -> Vec<String> {
+        std::iter::once(&self.participants[index])
+            .chain(&self.participant_standbys[index])
+            .map(NodeProcess::grpc_endpoint)
+            .collect()
+    }
+
+    /// All replicas of participant `index`, mutable (for kill -9 and restarts).
+    pub fn participant_replicas_mut(&mut self, index: usize) -> Vec<&mut NodeProcess> {
+        std::iter::once(&mut self.participants[index])
+            .chain(self.participant_standbys[index].iter_mut())
+            .collect()
+    }
+
+    /// All topology manager replicas, mutable.
+    pub fn topology_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
+        std::iter::once(&mut self.topology)
+            .chain(self.topology_standbys.iter_mut())
+            .collect()
+    }
+
+    /// Every sequencer instance's gRPC endpoint, by instance index.
+    pub fn sequencer_endpoints(&self) -> Vec<String> {
+        self.sequencers
+            .iter()
+            .map(NodeProcess::grpc_endpoint)
+            .collect()
+    }
+
+    /// Every node process of the deployment, mutable: sequencer instances, then every replica
+    /// of the topology manager, the mediator and the participants.
+    pub fn processes_mut(&mut self) -> Vec<&mut NodeProcess> {
+        self.sequencers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.topology))
+            .chain(self.topology_standbys.iter_mut())
+            .chain(std::iter::once(&mut self.mediator))
+            .chain(self.mediator_standbys.iter_mut())
+            .chain(self.participants.iter_mut())
+            .chain(self.participant_standbys.iter_mut().flatten())
+            .collect()
+    }
+
+    /// All mediator replicas, mutable.
+    pub fn mediator_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
+        std::iter::once(&mut self.mediator)
+            .chain(self.mediator_standbys.iter_mut())
+            .collect()
+    }
+
+    /// One line per process: name, endpoints, log file.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let services = self
+            .sequencers
+            .iter()
+            .chain(std::iter::once(&self.topology))
+            .chain(&self.topology_standbys);
+        for process in services {
+            lines.push(format!(
+                "{:<19} gRPC {}  admin http://{}  log {}",
+                process.name(),
+                process.grpc_endpoint(),
+                process.admin_address,
+                process.log_path.display()
+            ));
+        }
+        for mediator in std::iter::once(&self.mediator).chain(&self.mediator_standbys) {
+            lines.push(format!(
+                "{:<19} admin http://{}  log {}",
+                mediator.name(),
+                mediator.admin_address,
+                mediator.log_path.display()
+            ));
+        }
+        for participant in self
+            .participants
+            .iter()
+            .chain(self.participant_standbys.iter().flatten())
+        {
+            lines.push(format!(
+                "{:<19} Ledger API {}  admin http://{}  log {}",
+                participant.name(),
+                participant.grpc_endpoint(),
+                participant.admin_address,
+                participant.log_path.display()
+            ));
+        }
+        for cold in &self.cold {
+            lines.push(format!(
+                "{:<19} cold in {}, not started; config {}",
+                cold.name,
+                cold.zone,
+                cold.config_path.display()
+            ));
+        }
+        lines
+    }
+
+    /// Stops every node with SIGTERM: participants first, the sequencer instances last, so
+    /// that no node loses its sequencer while it shuts down.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let grace = Duration::from_secs(10);
+        let mut first_error = None;
+        let mut nodes = self.processes_mut();
+        nodes.reverse();
+        for node in nodes {
+            if let Err(error) = node.terminate(grace).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,69 @@
+//! `meridian deployment check` as an operator runs it: the shipped example passes with a
+//! summary of what it runs, and a broken file fails with every problem named by its key and
+//! value, and nothing started.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::process::{Command, Output};
+
+use meridian_lab::deployment::{Description, Preset};
+
+const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+
+fn check(path: &std::path::Path) -> Output {
+    Command::new(EXE)
+        .args(["deployment", "check"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_shipped_example_passes_and_is_summarized() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/examples/two-regions.toml");
+    let output = check(&example);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "region region-2: zones zone-2a, zone-2b",
+        "cluster main: pg-1a (primary, zone-1a), pg-1b (sync-standby, zone-1b), pg-2a (async-standby, zone-2a)",
+        "participant2: participant2-a (warm, zone-1a), participant2-b (warm, zone-1b), participant2-c (cold, zone-2a)",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing in:\n{stdout}");
+    }
+}
+
+#[test]
+fn a_broken_file_fails_naming_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut description = Description::preset(Preset::TwoRegions);
+    description.mediator.replicas[0].zone = "zone-9z".into();
+    description.participants[2].name = "participant1".into();
+    description.topology_manager.replicas.clear();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, description.to_toml().unwrap()).unwrap();
+    let output = check(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "accepted: {stderr}");
+    for expected in [
+        "cannot run",
+        "mediator.replicas[0].zone = \"zone-9z\": no region lists this zone",
+        "participants[2].name = \"participant1\": the node name is used twice",
+        "topology_manager.replicas: node \"topology-manager\" has no replica",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} missing in:\n{stderr}"
+        );
+    }
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "regionz = []\n").unwrap();
+    let output = check(&unknown);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `regionz`"));
+}
