@@ -109,11 +109,7 @@ impl Plot {
             .max(chart.latency_p99_ms.len());
         let duration_ms = len_f64(bucket_count) * bucket_ms;
         // With no data there is still an axis to draw (and faults to pin to it).
-        let domain_ms = if duration_ms > 0.0 {
-            duration_ms
-        } else {
-            1000.0
-        };
+        let domain_ms = Some(duration_ms).filter(|ms| *ms > 0.0).unwrap_or(1000.0);
         let groups = downsample(chart, bucket_count);
         let throughput = throughput_points(&chart.committed_per_bucket, bucket_count);
         let rate = |count: u64| count_f64(count) * 1000.0 / bucket_ms;
@@ -187,33 +183,26 @@ impl Layout {
     }
 }
 
-/// The two value panels, each with its grid, axis and axis title.
-fn panels<'a>(
-    plot: &'a Plot,
-    layout: &Layout,
-) -> [(&'static str, Panel, &'a Ticks, &'static str); 2] {
+/// The two value panels, each with its name, grid, axis and axis title.
+type ValuePanel<'a> = (&'static str, Panel, &'a Ticks, &'static str);
+
+fn panels<'a>(plot: &'a Plot, layout: &Layout) -> [ValuePanel<'a>; 2] {
+    let throughput = (layout.throughput, &plot.throughput_ticks);
+    let latency = (layout.latency, &plot.latency_ticks);
     [
         (
             "throughput",
-            layout.throughput,
-            &plot.throughput_ticks,
+            throughput.0,
+            throughput.1,
             "throughput (tx/s)",
         ),
-        (
-            "latency",
-            layout.latency,
-            &plot.latency_ticks,
-            "p99 latency (ms)",
-        ),
+        ("latency", latency.0, latency.1, "p99 latency (ms)"),
     ]
 }
 
 pub(super) fn document(chart: &TimelineChart) -> String {
     let plot = Plot::new(chart);
     let (faults, lanes) = place_faults(&chart.faults, plot.scale);
-    let (legend, legend_rows) = layout_legend();
-    let layout = Layout::new(legend_rows, lanes);
-
     let mut doc = Doc(String::with_capacity(64 * 1024));
     doc.raw(&format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH_PX}\" height=\"{HEIGHT_PX}\" \
@@ -223,7 +212,7 @@ pub(super) fn document(chart: &TimelineChart) -> String {
     doc.raw(&format!("<title>{}</title>", escape(&chart.title)));
     doc.rect((0.0, 0.0), (WIDTH_PX, HEIGHT_PX), "fill=\"#ffffff\"");
     write_header(&mut doc, chart, &plot);
-    write_legend(&mut doc, &legend);
+    let layout = Layout::new(write_legend(&mut doc), lanes);
     for (name, panel, ticks, _) in panels(&plot, &layout) {
         write_grid(&mut doc, name, panel, ticks, &plot);
     }
@@ -265,102 +254,50 @@ fn write_header(doc: &mut Doc, chart: &TimelineChart, plot: &Plot) {
     doc.close();
 }
 
-/// A legend entry's sample: a rectangle (inset and width within the swatch) or a line.
-#[derive(Debug, Clone)]
-enum Swatch {
-    Rect {
-        inset_px: f64,
-        width_px: f64,
-        style: String,
-    },
-    Line(String),
-}
-
-#[derive(Debug, Clone)]
-struct LegendItem {
-    swatch: Swatch,
-    text: &'static str,
-    left_px: f64,
-    row: usize,
-}
-
-/// Flows the legend left to right across the plot width, wrapping onto new rows.
-fn layout_legend() -> (Vec<LegendItem>, usize) {
-    let area = |inset_px, width_px, style: String| Swatch::Rect {
-        inset_px,
-        width_px,
-        style,
-    };
-    let line = |colour: &str, extra: &str| {
-        Swatch::Line(format!("stroke=\"{colour}\" stroke-width=\"2\"{extra}"))
-    };
+/// Flows the legend left to right across the plot width, wrapping onto new rows; returns
+/// how many rows it took.
+fn write_legend(doc: &mut Doc) -> usize {
+    let line = |colour: &str| format!("stroke=\"{colour}\" stroke-width=\"2\"");
+    let area = format!(
+        "fill=\"{THROUGHPUT_COLOUR}\" fill-opacity=\"0.2\" stroke=\"{THROUGHPUT_COLOUR}\" \
+         stroke-width=\"1.5\""
+    );
+    let band = format!("fill=\"{INJECTED_COLOUR}\" fill-opacity=\"0.12\"");
+    let dashed = format!("{} stroke-dasharray=\"4 3\"", line(INJECTED_COLOUR));
+    // Each sample is a rectangle (its inset and width within the swatch) or else a line.
+    let whole = Some((0.0, SWATCH_WIDTH_PX));
     let entries = [
+        (whole, area, "throughput (tx/s)"),
         (
-            area(
-                0.0,
-                SWATCH_WIDTH_PX,
-                format!(
-                "fill=\"{THROUGHPUT_COLOUR}\" fill-opacity=\"0.2\" stroke=\"{THROUGHPUT_COLOUR}\" \
-                 stroke-width=\"1.5\""
-            ),
-            ),
-            "throughput (tx/s)",
-        ),
-        (
-            area(6.0, 6.0, format!("fill=\"{FAILED_COLOUR}\"")),
+            Some((6.0, 6.0)),
+            format!("fill=\"{FAILED_COLOUR}\""),
             "failed requests (/s)",
         ),
-        (line(LATENCY_COLOUR, ""), "p99 latency (ms)"),
-        (
-            line(INJECTED_COLOUR, " stroke-dasharray=\"4 3\""),
-            "fault injected",
-        ),
-        (line(DETECTED_COLOUR, ""), "detected"),
-        (line(RECOVERED_COLOUR, ""), "recovered (first commit)"),
-        (
-            area(
-                0.0,
-                SWATCH_WIDTH_PX,
-                format!("fill=\"{INJECTED_COLOUR}\" fill-opacity=\"0.12\""),
-            ),
-            "until throughput back to 90 %",
-        ),
+        (None, line(LATENCY_COLOUR), "p99 latency (ms)"),
+        (None, dashed, "fault injected"),
+        (None, line(DETECTED_COLOUR), "detected"),
+        (None, line(RECOVERED_COLOUR), "recovered (first commit)"),
+        (whole, band, "until throughput back to 90 %"),
     ];
-    let mut items = Vec::with_capacity(entries.len());
-    let (mut left_px, mut row) = (PLOT_LEFT_PX, 0);
-    for (swatch, text) in entries {
-        let width_px = SWATCH_WIDTH_PX + 5.0 + text_width_px(text, FONT_PX, CHAR_WIDTH_EM);
-        if left_px > PLOT_LEFT_PX && left_px + width_px > PLOT_RIGHT_PX {
-            row += 1;
-            left_px = PLOT_LEFT_PX;
-        }
-        items.push(LegendItem {
-            swatch,
-            text,
-            left_px,
-            row,
-        });
-        left_px += width_px + LEGEND_ITEM_GAP_PX;
-    }
-    (items, row + 1)
-}
-
-fn write_legend(doc: &mut Doc, legend: &[LegendItem]) {
     doc.open("class=\"legend\"");
-    for item in legend {
-        let middle_px = LEGEND_TOP_PX + len_f64(item.row) * LEGEND_ROW_PX + 7.0;
-        let (left, right) = (item.left_px, item.left_px + SWATCH_WIDTH_PX);
-        match &item.swatch {
-            Swatch::Rect {
-                inset_px,
-                width_px,
-                style,
-            } => doc.rect((left + inset_px, middle_px - 5.0), (*width_px, 10.0), style),
-            Swatch::Line(style) => doc.line((left, middle_px), (right, middle_px), style),
+    let (mut left, mut row) = (PLOT_LEFT_PX, 0);
+    for (rect, style, text) in entries {
+        let width_px = SWATCH_WIDTH_PX + 5.0 + text_width_px(text, FONT_PX, CHAR_WIDTH_EM);
+        if left > PLOT_LEFT_PX && left + width_px > PLOT_RIGHT_PX {
+            row += 1;
+            left = PLOT_LEFT_PX;
         }
-        doc.text((right + 5.0, middle_px + 4.0), "", item.text);
+        let middle = LEGEND_TOP_PX + len_f64(row) * LEGEND_ROW_PX + 7.0;
+        let right = left + SWATCH_WIDTH_PX;
+        match rect {
+            Some((inset, width)) => doc.rect((left + inset, middle - 5.0), (width, 10.0), &style),
+            None => doc.line((left, middle), (right, middle), &style),
+        }
+        doc.text((right + 5.0, middle + 4.0), "", text);
+        left += width_px + LEGEND_ITEM_GAP_PX;
     }
     doc.close();
+    row + 1
 }
 
 fn write_grid(doc: &mut Doc, name: &str, panel: Panel, ticks: &Ticks, plot: &Plot) {
@@ -416,21 +353,16 @@ fn write_throughput(doc: &mut Doc, plot: &Plot, panel: Panel) {
         area.push((first.0, panel.bottom_px));
         area.extend_from_slice(&points);
         area.push((last.0, panel.bottom_px));
-        let fill = format!("fill=\"{THROUGHPUT_COLOUR}\" fill-opacity=\"0.18\" stroke=\"none\"");
-        doc.shape(
-            "polygon",
-            &format!("class=\"throughput-area\" {fill}"),
-            &area,
+        let fill = format!(
+            "class=\"throughput-area\" fill=\"{THROUGHPUT_COLOUR}\" fill-opacity=\"0.18\" \
+             stroke=\"none\""
         );
+        doc.shape("polygon", &fill, &area);
         let stroke = format!(
-            "fill=\"none\" stroke=\"{THROUGHPUT_COLOUR}\" stroke-width=\"1.5\" \
-             stroke-linejoin=\"round\""
+            "class=\"throughput-line\" fill=\"none\" stroke=\"{THROUGHPUT_COLOUR}\" \
+             stroke-width=\"1.5\" stroke-linejoin=\"round\""
         );
-        doc.shape(
-            "polyline",
-            &format!("class=\"throughput-line\" {stroke}"),
-            &points,
-        );
+        doc.shape("polyline", &stroke, &points);
     } else {
         doc.placeholder(panel, "no data");
     }
@@ -452,6 +384,8 @@ fn write_throughput(doc: &mut Doc, plot: &Plot, panel: Panel) {
     doc.close();
     doc.close();
 }
+
+const LATENCY_LINE: &str = "class=\"latency-line\" stroke-linejoin=\"round\"";
 
 fn write_latency(doc: &mut Doc, plot: &Plot, panel: Panel) {
     doc.open(&format!(
@@ -479,11 +413,7 @@ fn write_latency(doc: &mut Doc, plot: &Plot, panel: Panel) {
                 "<circle class=\"latency-dot\" cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"2\" \
                  fill=\"{LATENCY_COLOUR}\" stroke=\"none\"/>"
             )),
-            points => doc.shape(
-                "polyline",
-                "class=\"latency-line\" stroke-linejoin=\"round\"",
-                points,
-            ),
+            points => doc.shape("polyline", LATENCY_LINE, points),
         }
     }
     if segments.is_empty() {
@@ -508,12 +438,9 @@ fn write_fault_lines(doc: &mut Doc, faults: &[PlacedFault], plot: &Plot, layout:
         // Drawn last so it stays on top where detection is instantaneous; it rises into the
         // label lanes to tie the line to its label.
         let x = plot.scale.x_px(fault.injected_ms);
+        let lane_px = layout.lane_top_px(fault.lane) + 2.0;
         let style = format!("stroke=\"{INJECTED_COLOUR}\" stroke-dasharray=\"5 3\"");
-        doc.line(
-            (x, layout.lane_top_px(fault.lane) + 2.0),
-            (x, bottom),
-            &style,
-        );
+        doc.line((x, lane_px), (x, bottom), &style);
         doc.close();
     }
     doc.close();
@@ -525,16 +452,9 @@ fn write_axes(doc: &mut Doc, plot: &Plot, layout: &Layout) {
     doc.open("class=\"axes\"");
     for (name, panel, ticks, title) in panels(plot, layout) {
         doc.open(&format!("class=\"{name}-axis\""));
-        doc.line(
-            (PLOT_LEFT_PX, panel.top_px),
-            (PLOT_LEFT_PX, panel.bottom_px),
-            &axis,
-        );
-        doc.line(
-            (PLOT_LEFT_PX, panel.bottom_px),
-            (PLOT_RIGHT_PX, panel.bottom_px),
-            &axis,
-        );
+        let (left, right, bottom) = (PLOT_LEFT_PX, PLOT_RIGHT_PX, panel.bottom_px);
+        doc.line((left, panel.top_px), (left, bottom), &axis);
+        doc.line((left, bottom), (right, bottom), &axis);
         for value in &ticks.values {
             let at = (PLOT_LEFT_PX - 6.0, panel.y_px(*value, ticks.top) + 4.0);
             let label = ticks.format.label(*value);

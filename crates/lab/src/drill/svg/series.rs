@@ -65,11 +65,8 @@ pub(super) fn throughput_points(committed: &[u64], bucket_count: usize) -> Vec<(
             let (Some(low), Some(high)) = (low, high) else {
                 continue;
             };
-            let (first, second) = if low.0 <= high.0 {
-                (low, high)
-            } else {
-                (high, low)
-            };
+            // In time order: the tuples compare by bucket first.
+            let (first, second) = (low.min(high), low.max(high));
             points.push((centre(first.0), first.1));
             if second.0 != first.0 {
                 points.push((centre(second.0), second.1));

@@ -139,6 +139,13 @@ fn assert_xml_nesting(svg: &str) {
     assert!(rest.trim().is_empty(), "text after the root: {rest:?}");
 }
 
+/// What the group of `class` holds up to its first nested `</g>`.
+fn group_body<'a>(svg: &'a str, class: &str) -> &'a str {
+    let start = svg.split(&format!("<g class=\"{class}\"")).nth(1);
+    let body = start.unwrap_or_else(|| panic!("a {class} group"));
+    body.split("</g>").next().unwrap_or_default()
+}
+
 /// Coordinate pairs of every element with `class`.
 fn point_counts(svg: &str, class: &str) -> Vec<usize> {
     let marker = format!("class=\"{class}\"");
@@ -199,12 +206,7 @@ fn sample_renders_a_complete_document() {
     // The outage splits the latency line in two.
     assert_eq!(point_counts(&svg, "latency-line").len(), 2);
     // Three failing buckets, three bars.
-    let failed = svg
-        .split("<g class=\"failed\"")
-        .nth(1)
-        .expect("failed group");
-    let failed = failed.split("</g>").next().expect("closed");
-    assert_eq!(failed.matches("<rect").count(), 3);
+    assert_eq!(group_body(&svg, "failed").matches("<rect").count(), 3);
     if let Some(path) = std::env::var_os("MERIDIAN_DRILL_SVG_OUT") {
         std::fs::write(path, &svg).expect("write the sample");
     }
@@ -351,12 +353,7 @@ fn an_unrecovered_fault_is_labelled_not_shaded() {
     assert_well_formed(&svg);
     assert!(svg.contains("database-restart: stop PostgreSQL (not recovered)"));
     assert!(svg.contains("no recovery observed"));
-    let bands = svg
-        .split("<g class=\"fault-bands\"")
-        .nth(1)
-        .expect("band group");
-    let bands = bands.split("</g>").next().expect("closed");
-    assert!(!bands.contains("<rect"));
+    assert!(!group_body(&svg, "fault-bands").contains("<rect"));
 }
 
 #[test]
@@ -598,12 +595,7 @@ fn representative_drill_renders() {
         2
     );
     // The two recovered faults are shaded; the unrecovered one is not.
-    let bands = svg
-        .split("class=\"fault-bands\"")
-        .nth(1)
-        .expect("band group");
-    let bands = bands.split("</g>").next().expect("closed");
-    assert_eq!(bands.matches("<rect").count(), 2);
+    assert_eq!(group_body(&svg, "fault-bands").matches("<rect").count(), 2);
     for text in [
         "throughput (tx/s)",
         "p99 latency (ms)",
