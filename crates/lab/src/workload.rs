@@ -22,13 +22,19 @@ use meridian_core::{CommandId, ContractId, PartyId, TemplateId, UserId};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::quantile_ms;
 use crate::deployment::Deployment;
+use crate::stats::quantile_ms;
 
 pub const CURRENCY: &str = "USD";
 /// How long and how often a lane waits for its IOU to appear on the new owner's participant.
 const VISIBILITY_RETRY_DELAY: Duration = Duration::from_millis(10);
 const MAX_VISIBILITY_RETRIES: u32 = 1_000;
+
+/// The participant (index into [`Parties::clients`]) hosting the bank, which signs every
+/// transfer.
+pub const BANK_PARTICIPANT: usize = 0;
+/// The participants hosting alice and bob, by owner index: transfers are submitted there.
+pub const OWNER_PARTICIPANTS: [usize; 2] = [1, 2];
 
 /// Clients and parties of a deployment with at least three participants.
 #[derive(Clone)]
@@ -81,7 +87,7 @@ impl Parties {
     }
 
     fn owner_client(&self, owner: usize) -> &LedgerClient {
-        &self.clients[owner + 1]
+        &self.clients[OWNER_PARTICIPANTS[owner]]
     }
 }
 
@@ -395,15 +401,54 @@ impl Live {
 /// How long a [`BackgroundLoad`] runs if nobody stops it: a bound, not a plan.
 const BACKGROUND_LOAD_LIMIT: Duration = Duration::from_secs(24 * 3_600);
 
+/// What load a [`BackgroundLoad`] puts on a deployment.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// The application user of the clients.
+    pub user: UserId,
+    /// The clients' retry backoff (failover measurements use a short one so that backoff
+    /// sleeps do not inflate the recovery time).
+    pub backoff: meridian_client::Backoff,
+    /// Concurrent transfer lanes, each owning one IOU.
+    pub lanes: usize,
+    /// Tags the run's command ids, so a second run on the same ledger does not collide.
+    pub run: String,
+    /// Target transfers per second in total; `None` = as fast as the lanes go.
+    pub rate: Option<u64>,
+    /// How long the load runs by itself; `None` = until it is stopped (bounded by a day).
+    pub duration: Option<Duration>,
+}
+
+/// How a [`BackgroundLoad`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadEnd {
+    /// Stop the transfers now.
+    Stop,
+    /// Let the load run for its [`LoadSpec::duration`].
+    RunOut,
+}
+
 /// The transfer workload running in the background while faults are injected — by the
-/// drills, the failover benchmark and the HA tests — and what its audit needs afterwards.
+/// experiments (demo, benchmarks, drills) and the HA tests — and what its audit needs
+/// afterwards.
 pub struct BackgroundLoad {
     pub parties: Parties,
     /// Commits, failures and latencies as they happen, from [`Live::epoch`] (set at start).
     pub live: Arc<Live>,
+    /// When the transfers started (after the parties, the IOUs and the audit baseline).
+    pub started: Instant,
     baseline: AuditBaseline,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<WorkloadReport>>,
+}
+
+/// A [`BackgroundLoad`] whose transfers ended, not audited yet.
+pub struct EndedLoad {
+    pub report: WorkloadReport,
+    pub parties: Parties,
+    /// When the transfers started.
+    pub started: Instant,
+    baseline: AuditBaseline,
 }
 
 /// A stopped [`BackgroundLoad`]: its report, and the ledgers' audit against it.
@@ -427,44 +472,82 @@ impl BackgroundLoad {
         run: &str,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let parties = Parties::allocate_with(deployment, user, backoff).await?;
-        let lane_states = issue_lanes(&parties, lanes, run).await?;
+        let spec = LoadSpec {
+            user: user.clone(),
+            backoff,
+            lanes,
+            run: run.to_owned(),
+            rate: None,
+            duration: None,
+        };
+        Self::start_with(deployment, &spec, shutdown).await
+    }
+
+    /// As [`BackgroundLoad::start`], for any [`LoadSpec`].
+    pub async fn start_with(
+        deployment: &Deployment,
+        spec: &LoadSpec,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let parties = Parties::allocate_with(deployment, &spec.user, spec.backoff).await?;
+        let lane_states = issue_lanes(&parties, spec.lanes, &spec.run).await?;
         let baseline = baseline(&parties).await?;
         let live = Arc::new(Live::default());
         live.epoch();
         let stop = shutdown.child_token();
-        let spec = WorkloadSpec {
-            duration: BACKGROUND_LOAD_LIMIT,
-            rate: None,
-            run: run.to_owned(),
+        let transfers = WorkloadSpec {
+            duration: spec.duration.unwrap_or(BACKGROUND_LOAD_LIMIT),
+            rate: spec.rate,
+            run: spec.run.clone(),
         };
+        let started = Instant::now();
         let task = {
             let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
-            tokio::spawn(
-                async move { run_transfers(&parties, lane_states, &spec, live, stop).await },
-            )
+            tokio::spawn(async move {
+                run_transfers(&parties, lane_states, &transfers, live, stop).await
+            })
         };
         Ok(Self {
             parties,
             live,
+            started,
             baseline,
             stop,
             task,
         })
     }
 
+    /// Ends the transfers as `how` says and waits for every lane to finish.
+    pub async fn end(self, how: LoadEnd) -> anyhow::Result<EndedLoad> {
+        if how == LoadEnd::Stop {
+            self.stop.cancel();
+        }
+        let report = self.task.await.context("the workload task panicked")??;
+        Ok(EndedLoad {
+            report,
+            parties: self.parties,
+            started: self.started,
+            baseline: self.baseline,
+        })
+    }
+
     /// Stops the transfers and audits the ledgers against what the application was told.
     pub async fn finish(self) -> anyhow::Result<FinishedLoad> {
-        self.stop.cancel();
-        let report = self.task.await.context("the workload task panicked")??;
+        self.end(LoadEnd::Stop).await?.audit().await
+    }
+}
+
+impl EndedLoad {
+    /// Audits the ledgers against what the application was told.
+    pub async fn audit(self) -> anyhow::Result<FinishedLoad> {
         let audit = audit(
             &self.parties,
             &self.baseline,
-            &report.committed_transactions,
+            &self.report.committed_transactions,
         )
         .await?;
         Ok(FinishedLoad {
-            report,
+            report: self.report,
             audit,
             parties: self.parties,
         })
@@ -545,7 +628,7 @@ pub async fn run_transfers(
                         let _ = lock(&latencies).record(micros);
                         live.record_retries(committed.attempts);
                         not_yet_visible = 0;
-                        live.record_commit(from + 1, sent);
+                        live.record_commit(OWNER_PARTICIPANTS[from], sent);
                         live.committed.fetch_add(1, Ordering::Relaxed);
                         lock(&committed_ids).push((
                             committed.transaction_id,

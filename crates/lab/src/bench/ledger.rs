@@ -9,8 +9,8 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::sequencer::Backend;
-use crate::demo::{run_ledger_workload, DemoReport};
 use crate::deployment::{DeploymentBackend, DeploymentSpec};
+use crate::timed_run::{RunReport, TimedRun};
 
 #[derive(Debug, Clone, Args)]
 pub struct LedgerBenchArgs {
@@ -32,21 +32,19 @@ pub struct LedgerBenchArgs {
 pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     // The server (if any) runs for as long as the deployment.
-    let (backend, _postgres) = DeploymentBackend::start(args.backend)?;
+    let (backend, postgres) = DeploymentBackend::start(args.backend)?;
     let spec = DeploymentSpec {
         backend,
         ..DeploymentSpec::local(dir.path().to_path_buf(), 3)?
     };
-    let report = run_ledger_workload(
-        &spec,
-        args.lanes,
-        Duration::from_secs(args.duration_s),
-        args.rate,
-        args.json,
-        false,
-        shutdown,
-    )
-    .await?;
+    let run = TimedRun {
+        lanes: args.lanes,
+        duration: Duration::from_secs(args.duration_s),
+        rate: args.rate,
+        fault: None,
+        json: args.json,
+    };
+    let report = run.run(&spec, postgres.as_ref(), shutdown).await?;
     if args.json {
         println!(
             "{}",
@@ -90,11 +88,11 @@ struct LedgerBenchReport<'a> {
     backend: Backend,
     target_rate_per_s: Option<u64>,
     #[serde(flatten)]
-    report: &'a DemoReport,
+    report: &'a RunReport,
 }
 
 impl<'a> LedgerBenchReport<'a> {
-    fn new(args: &LedgerBenchArgs, report: &'a DemoReport) -> Self {
+    fn new(args: &LedgerBenchArgs, report: &'a RunReport) -> Self {
         Self {
             backend: args.backend,
             target_rate_per_s: args.rate,

@@ -20,8 +20,8 @@ use meridian_core::sequencing::{Envelope, Submission};
 use meridian_core::{MemberId, MessageId, Timestamp};
 use serde::Serialize;
 
-use crate::bench::quantile_ms;
 use crate::launch::{SequencerProcess, StorageSpec};
+use crate::stats::quantile_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
