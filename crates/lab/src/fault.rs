@@ -275,14 +275,42 @@ impl PlannedFault {
         } else {
             BTreeMap::new()
         };
-        // The replica a kill, stop or freeze is aimed at.
+        let injected_at = Instant::now();
+        let (action, effect) = self
+            .strike(stage, active_before.as_deref(), injected_at)
+            .await?;
+        let probe = (self.node == Node::TopologyManager).then(|| {
+            let client = stage.parties.clients[BANK_PARTICIPANT].clone();
+            tokio::spawn(allocate_probe_party(client))
+        });
+        Ok(Injected {
+            planned: *self,
+            action,
+            injected_at,
+            active_before,
+            offline_marks_before,
+            effect,
+            probe,
+            restored: false,
+            problem: None,
+        })
+    }
+
+    /// Does the harm, to `active` (the replica that was active) where the fault hits a
+    /// replica; says what was done.
+    async fn strike(
+        &self,
+        stage: &mut Stage<'_>,
+        active: Option<&str>,
+        injected_at: Instant,
+    ) -> anyhow::Result<(String, Effect)> {
+        let node = self.node.name();
         let active = || {
-            active_before
-                .clone()
+            active
+                .map(str::to_owned)
                 .with_context(|| format!("no active replica of {node}"))
         };
-        let injected_at = Instant::now();
-        let (action, effect) = match self.fault {
+        Ok(match self.fault {
             Fault::ParticipantCrash | Fault::MediatorCrash | Fault::TopologyCrash => {
                 let name = active()?;
                 process_named(stage.deployment, &name)?.kill9()?;
@@ -350,21 +378,6 @@ impl PlannedFault {
                     },
                 )
             }
-        };
-        let probe = (self.node == Node::TopologyManager).then(|| {
-            let client = stage.parties.clients[BANK_PARTICIPANT].clone();
-            tokio::spawn(allocate_probe_party(client))
-        });
-        Ok(Injected {
-            planned: *self,
-            action,
-            injected_at,
-            active_before,
-            offline_marks_before,
-            effect,
-            probe,
-            restored: false,
-            problem: None,
         })
     }
 }

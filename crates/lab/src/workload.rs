@@ -419,6 +419,25 @@ pub struct LoadSpec {
     pub duration: Option<Duration>,
 }
 
+impl LoadSpec {
+    /// Transfers as fast as `lanes` go until stopped, by `user`, whose name and this
+    /// process's id tag the run.
+    pub fn until_stopped(
+        user: &str,
+        backoff: meridian_client::Backoff,
+        lanes: u64,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            user: UserId::new(user)?,
+            backoff,
+            lanes: usize::try_from(lanes)?,
+            run: format!("{user}{}", std::process::id()),
+            rate: None,
+            duration: None,
+        })
+    }
+}
+
 /// How a [`BackgroundLoad`] ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadEnd {
@@ -563,155 +582,226 @@ pub async fn run_transfers(
     stop: CancellationToken,
 ) -> anyhow::Result<WorkloadReport> {
     let started = Instant::now();
-    let deadline = started + spec.duration;
-    let latencies = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds"),
-    ));
-    let rejections: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let committed_ids: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let visibility_waits = Arc::new(AtomicU64::new(0));
-    let failure_samples: Arc<Mutex<Vec<String>>> = Arc::default();
+    let tally = Arc::new(Tally::new(live));
     let lane_count = lanes.len().max(1) as u64;
-    let interval = spec
-        .rate
-        .filter(|r| *r > 0)
-        .map(|rate| Duration::from_secs_f64(lane_count as f64 / rate as f64));
-    let mut tasks = Vec::new();
-    for mut lane in lanes {
-        let parties = parties.clone();
-        let live = live.clone();
-        let stop = stop.clone();
-        let latencies = latencies.clone();
-        let rejections = rejections.clone();
-        let committed_ids = committed_ids.clone();
-        let visibility_waits = visibility_waits.clone();
-        let failure_samples = failure_samples.clone();
-        let run = spec.run.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut ticker = interval.map(|every| {
-                let offset = every.mul_f64(lane.index as f64 / lane_count as f64);
-                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            let mut sequence = 0u64;
-            let mut not_yet_visible = 0u32;
-            while Instant::now() < deadline && !stop.is_cancelled() {
-                if let Some(ticker) = ticker.as_mut() {
-                    tokio::select! {
-                        _ = ticker.tick() => {}
-                        _ = stop.cancelled() => break,
-                    }
-                }
-                sequence += 1;
-                let from = lane.owner;
-                let to = 1 - from;
-                let command_id = CommandId::new(format!("{run}-lane{}-{sequence}", lane.index))
-                    .expect("generated command ids are valid");
-                let command = Command::Exercise {
-                    contract_id: lane.contract.id.clone(),
-                    choice: "Transfer".into(),
-                    argument: serde_json::json!({ "new_owner": parties.owners[to].as_str() }),
-                };
-                let sent = Instant::now();
-                let result = parties
-                    .owner_client(from)
-                    .submit_and_wait(
-                        &command_id,
-                        &BTreeSet::from([parties.owners[from].clone()]),
-                        std::slice::from_ref(&command),
-                    )
-                    .await;
-                match result {
-                    Ok(SubmitOutcome::Committed(committed)) => {
-                        let micros = sent.elapsed().as_micros().max(1) as u64;
-                        let _ = lock(&latencies).record(micros);
-                        live.record_retries(committed.attempts);
-                        not_yet_visible = 0;
-                        live.record_commit(OWNER_PARTICIPANTS[from], sent);
-                        live.committed.fetch_add(1, Ordering::Relaxed);
-                        lock(&committed_ids).push((
-                            committed.transaction_id,
-                            live.micros_since_epoch(Instant::now()),
-                        ));
-                        match committed.created.into_iter().next() {
-                            Some(next) => {
-                                lane.contract = next;
-                                lane.owner = to;
-                            }
-                            // Not in the acting party's view (a retry's answer read from
-                            // the transaction stream): the IOU was consumed all the same, so
-                            // wait for its successor as for `AlreadyProcessed`.
-                            None => {
-                                let consumed = lane.contract.id.clone();
-                                resync_past(&parties, &mut lane, &consumed).await;
-                            }
-                        }
-                    }
-                    Ok(SubmitOutcome::AlreadyProcessed { attempts, .. }) => {
-                        live.record_retries(attempts);
-                        live.committed.fetch_add(1, Ordering::Relaxed);
-                        // The earlier attempt consumed the lane's IOU; the bank's participant
-                        // may not have applied that commit yet, so wait until it shows the
-                        // successor rather than transferring the archived one again.
-                        let consumed = lane.contract.id.clone();
-                        resync_past(&parties, &mut lane, &consumed).await;
-                    }
-                    // The new owner's participant commits the previous transfer a moment
-                    // after the submitter's did: until then the IOU is unknown there. An
-                    // application waits for it, as this lane does (bounded).
-                    Err(ClientError::Rejected {
-                        code: tonic::Code::NotFound,
-                        ..
-                    }) if not_yet_visible < MAX_VISIBILITY_RETRIES => {
-                        not_yet_visible += 1;
-                        visibility_waits.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(VISIBILITY_RETRY_DELAY).await;
-                        continue;
-                    }
-                    Err(error) => {
-                        tracing::debug!(lane = lane.index, %error, "transfer failed");
-                        live.record_failure();
-                        if error.to_string().to_lowercase().contains("timeout") {
-                            live.timeouts.fetch_add(1, Ordering::Relaxed);
-                        }
-                        *lock(&rejections).entry(error_label(&error)).or_default() += 1;
-                        {
-                            let mut samples = lock(&failure_samples);
-                            if samples.len() < MAX_FAILURE_SAMPLES {
-                                samples.push(format!("lane {}: {error}", lane.index));
-                            }
-                        }
-                        // The outcome may be unknown: find the IOU where it really is.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        resync(&parties, &mut lane).await;
-                    }
-                }
-            }
-        }));
-    }
+    let pace = Pace {
+        deadline: started + spec.duration,
+        interval: spec
+            .rate
+            .filter(|r| *r > 0)
+            .map(|rate| Duration::from_secs_f64(lane_count as f64 / rate as f64)),
+        lane_count,
+    };
+    let tasks: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| {
+            let driver = LaneDriver {
+                parties: parties.clone(),
+                tally: tally.clone(),
+                run: spec.run.clone(),
+                stop: stop.clone(),
+            };
+            tokio::spawn(driver.drive(lane, pace))
+        })
+        .collect();
     for task in tasks {
         task.await.context("a workload lane panicked")?;
     }
-    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
-    let latencies = lock(&latencies).clone();
-    let committed = live.committed.load(Ordering::Relaxed);
-    let rejections = lock(&rejections).clone();
-    let (committed_transactions, committed_at_us) = lock(&committed_ids).iter().cloned().unzip();
-    let failure_samples = lock(&failure_samples).clone();
-    Ok(WorkloadReport {
-        committed,
-        tx_per_s: committed as f64 / elapsed,
-        latency_p50_ms: quantile_ms(&latencies, 0.5),
-        latency_p99_ms: quantile_ms(&latencies, 0.99),
-        latency_max_ms: latencies.max() as f64 / 1_000.0,
-        rejections,
-        retried_submissions: live.retried.load(Ordering::Relaxed),
-        visibility_waits: visibility_waits.load(Ordering::Relaxed),
-        failure_samples,
-        committed_transactions,
-        committed_at_us,
-    })
+    Ok(tally.report(started.elapsed()))
+}
+
+/// When the lanes send: until `deadline`, each every `interval` (staggered over the lanes)
+/// or, without one, as fast as its answers come.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    deadline: Instant,
+    interval: Option<Duration>,
+    lane_count: u64,
+}
+
+/// What the lanes of one run record together.
+struct Tally {
+    live: Arc<Live>,
+    latencies: Mutex<Histogram<u64>>,
+    rejections: Mutex<BTreeMap<String, u64>>,
+    /// Acknowledged transaction ids, each with when it was acknowledged (µs since the epoch).
+    committed_ids: Mutex<Vec<(String, u64)>>,
+    visibility_waits: AtomicU64,
+    failure_samples: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn new(live: Arc<Live>) -> Self {
+        Self {
+            live,
+            latencies: Mutex::new(
+                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds"),
+            ),
+            rejections: Mutex::default(),
+            committed_ids: Mutex::default(),
+            visibility_waits: AtomicU64::new(0),
+            failure_samples: Mutex::default(),
+        }
+    }
+
+    /// A transfer sent at `sent` through `participant` committed after `attempts` attempts.
+    fn committed(&self, participant: usize, sent: Instant, attempts: u32, transaction_id: String) {
+        let micros = sent.elapsed().as_micros().max(1) as u64;
+        let _ = lock(&self.latencies).record(micros);
+        self.live.record_retries(attempts);
+        self.live.record_commit(participant, sent);
+        self.live.committed.fetch_add(1, Ordering::Relaxed);
+        lock(&self.committed_ids)
+            .push((transaction_id, self.live.micros_since_epoch(Instant::now())));
+    }
+
+    /// A transfer that an earlier attempt had committed already.
+    fn already_committed(&self, attempts: u32) {
+        self.live.record_retries(attempts);
+        self.live.committed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn failed(&self, lane: usize, error: &ClientError) {
+        tracing::debug!(lane, %error, "transfer failed");
+        self.live.record_failure();
+        if error.to_string().to_lowercase().contains("timeout") {
+            self.live.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        *lock(&self.rejections)
+            .entry(error_label(error))
+            .or_default() += 1;
+        let mut samples = lock(&self.failure_samples);
+        if samples.len() < MAX_FAILURE_SAMPLES {
+            samples.push(format!("lane {lane}: {error}"));
+        }
+    }
+
+    fn report(&self, elapsed: Duration) -> WorkloadReport {
+        let elapsed = elapsed.as_secs_f64().max(1e-3);
+        let latencies = lock(&self.latencies).clone();
+        let committed = self.live.committed.load(Ordering::Relaxed);
+        let (committed_transactions, committed_at_us) =
+            lock(&self.committed_ids).iter().cloned().unzip();
+        WorkloadReport {
+            committed,
+            tx_per_s: committed as f64 / elapsed,
+            latency_p50_ms: quantile_ms(&latencies, 0.5),
+            latency_p99_ms: quantile_ms(&latencies, 0.99),
+            latency_max_ms: latencies.max() as f64 / 1_000.0,
+            rejections: lock(&self.rejections).clone(),
+            retried_submissions: self.live.retried.load(Ordering::Relaxed),
+            visibility_waits: self.visibility_waits.load(Ordering::Relaxed),
+            failure_samples: lock(&self.failure_samples).clone(),
+            committed_transactions,
+            committed_at_us,
+        }
+    }
+}
+
+/// One lane's transfers, back and forth between alice and bob.
+struct LaneDriver {
+    parties: Parties,
+    tally: Arc<Tally>,
+    run: String,
+    stop: CancellationToken,
+}
+
+impl LaneDriver {
+    async fn drive(self, mut lane: Lane, pace: Pace) {
+        let mut ticker = pace.interval.map(|every| {
+            let offset = every.mul_f64(lane.index as f64 / pace.lane_count as f64);
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut sequence = 0u64;
+        let mut not_yet_visible = 0u32;
+        while Instant::now() < pace.deadline && !self.stop.is_cancelled() {
+            if let Some(ticker) = ticker.as_mut() {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = self.stop.cancelled() => break,
+                }
+            }
+            sequence += 1;
+            let (from, to) = (lane.owner, 1 - lane.owner);
+            let sent = Instant::now();
+            match self.transfer(&lane, sequence, to).await {
+                Ok(SubmitOutcome::Committed(committed)) => {
+                    self.tally.committed(
+                        OWNER_PARTICIPANTS[from],
+                        sent,
+                        committed.attempts,
+                        committed.transaction_id,
+                    );
+                    not_yet_visible = 0;
+                    match committed.created.into_iter().next() {
+                        Some(next) => {
+                            lane.contract = next;
+                            lane.owner = to;
+                        }
+                        // Not in the acting party's view (a retry's answer read from the
+                        // transaction stream): the IOU was consumed all the same, so wait
+                        // for its successor as for `AlreadyProcessed`.
+                        None => {
+                            let consumed = lane.contract.id.clone();
+                            resync_past(&self.parties, &mut lane, &consumed).await;
+                        }
+                    }
+                }
+                Ok(SubmitOutcome::AlreadyProcessed { attempts, .. }) => {
+                    self.tally.already_committed(attempts);
+                    // The earlier attempt consumed the lane's IOU; the bank's participant may
+                    // not have applied that commit yet, so wait until it shows the successor
+                    // rather than transferring the archived one again.
+                    let consumed = lane.contract.id.clone();
+                    resync_past(&self.parties, &mut lane, &consumed).await;
+                }
+                // The new owner's participant commits the previous transfer a moment after
+                // the submitter's did: until then the IOU is unknown there. An application
+                // waits for it, as this lane does (bounded).
+                Err(ClientError::Rejected {
+                    code: tonic::Code::NotFound,
+                    ..
+                }) if not_yet_visible < MAX_VISIBILITY_RETRIES => {
+                    not_yet_visible += 1;
+                    self.tally.visibility_waits.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(VISIBILITY_RETRY_DELAY).await;
+                }
+                Err(error) => {
+                    self.tally.failed(lane.index, &error);
+                    // The outcome may be unknown: find the IOU where it really is.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    resync(&self.parties, &mut lane).await;
+                }
+            }
+        }
+    }
+
+    /// Transfers the lane's IOU from its owner to owner `to`, as transfer `sequence`.
+    async fn transfer(
+        &self,
+        lane: &Lane,
+        sequence: u64,
+        to: usize,
+    ) -> Result<SubmitOutcome, ClientError> {
+        let parties = &self.parties;
+        let command_id = CommandId::new(format!("{}-lane{}-{sequence}", self.run, lane.index))
+            .expect("generated command ids are valid");
+        let command = Command::Exercise {
+            contract_id: lane.contract.id.clone(),
+            choice: "Transfer".into(),
+            argument: serde_json::json!({ "new_owner": parties.owners[to].as_str() }),
+        };
+        parties
+            .owner_client(lane.owner)
+            .submit_and_wait(
+                &command_id,
+                &BTreeSet::from([parties.owners[lane.owner].clone()]),
+                std::slice::from_ref(&command),
+            )
+            .await
+    }
 }
 
 /// How long [`resync_past`] waits for the bank's participant to show a lane's new IOU.

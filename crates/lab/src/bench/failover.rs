@@ -29,7 +29,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use meridian_client::Backoff;
-use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -207,14 +206,7 @@ fn experiment(args: &FailoverBenchArgs) -> anyhow::Result<Experiment> {
         steps.push(Step::Steady(settle));
     }
     Ok(Experiment {
-        load: LoadSpec {
-            user: UserId::new("failover-bench")?,
-            backoff: CLIENT_BACKOFF,
-            lanes: usize::try_from(args.lanes)?,
-            run: format!("failover{}", std::process::id()),
-            rate: None,
-            duration: None,
-        },
+        load: LoadSpec::until_stopped("failover-bench", CLIENT_BACKOFF, args.lanes)?,
         steps,
     })
 }

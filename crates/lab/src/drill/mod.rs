@@ -20,7 +20,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use meridian_client::Backoff;
-use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -192,14 +191,7 @@ fn experiment(args: &DrillArgs, faults: Vec<PlannedFault>) -> anyhow::Result<Exp
         })
         .collect();
     Ok(Experiment {
-        load: LoadSpec {
-            user: UserId::new("drill")?,
-            backoff: CLIENT_BACKOFF,
-            lanes: usize::try_from(args.lanes)?,
-            run: format!("drill{}", std::process::id()),
-            rate: None,
-            duration: None,
-        },
+        load: LoadSpec::until_stopped("drill", CLIENT_BACKOFF, args.lanes)?,
         steps,
     })
 }
