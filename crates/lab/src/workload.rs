@@ -882,11 +882,13 @@ pub struct AuditBaseline {
     pub offsets: [u64; 3],
 }
 
+/// The ledger end and the IOUs (id → amount) that `party` sees through `client`.
 async fn iou_view(
-    client: &LedgerClient,
-    parties: BTreeSet<PartyId>,
+    (client, party): (&LedgerClient, &PartyId),
 ) -> anyhow::Result<(u64, BTreeMap<String, u64>)> {
-    let (offset, contracts) = client.active_contracts(&parties).await?;
+    let (offset, contracts) = client
+        .active_contracts(&BTreeSet::from([party.clone()]))
+        .await?;
     let ious = contracts
         .iter()
         .filter_map(|c| {
@@ -898,18 +900,28 @@ async fn iou_view(
     Ok((offset, ious))
 }
 
+/// Each informee participant's client with the party whose view is audited there: the
+/// bank's, alice's and bob's.
+fn informees(parties: &Parties) -> [(&LedgerClient, &PartyId); 3] {
+    [
+        (&parties.clients[BANK_PARTICIPANT], &parties.bank),
+        (&parties.clients[OWNER_PARTICIPANTS[0]], &parties.owners[0]),
+        (&parties.clients[OWNER_PARTICIPANTS[1]], &parties.owners[1]),
+    ]
+}
+
+/// Each informee's ledger end and IOUs (id → amount), in [`informees`] order.
+async fn iou_views(parties: &Parties) -> anyhow::Result<[(u64, BTreeMap<String, u64>); 3]> {
+    let [bank, alice, bob] = informees(parties);
+    Ok([
+        iou_view(bank).await?,
+        iou_view(alice).await?,
+        iou_view(bob).await?,
+    ])
+}
+
 pub async fn baseline(parties: &Parties) -> anyhow::Result<AuditBaseline> {
-    let (o1, bank) = iou_view(&parties.clients[0], BTreeSet::from([parties.bank.clone()])).await?;
-    let (o2, _) = iou_view(
-        &parties.clients[1],
-        BTreeSet::from([parties.owners[0].clone()]),
-    )
-    .await?;
-    let (o3, _) = iou_view(
-        &parties.clients[2],
-        BTreeSet::from([parties.owners[1].clone()]),
-    )
-    .await?;
+    let [(o1, bank), (o2, _), (o3, _)] = iou_views(parties).await?;
     Ok(AuditBaseline {
         total: bank.values().map(|a| u128::from(*a)).sum(),
         offsets: [o1, o2, o3],
@@ -927,47 +939,16 @@ pub async fn audit(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (end1, bank) =
-            iou_view(&parties.clients[0], BTreeSet::from([parties.bank.clone()])).await?;
-        let (end2, alice) = iou_view(
-            &parties.clients[1],
-            BTreeSet::from([parties.owners[0].clone()]),
-        )
-        .await?;
-        let (end3, bob) = iou_view(
-            &parties.clients[2],
-            BTreeSet::from([parties.owners[1].clone()]),
-        )
-        .await?;
+        let [(end1, bank), (end2, alice), (end3, bob)] = iou_views(parties).await?;
         let total_after: u128 = bank.values().map(|a| u128::from(*a)).sum();
         let owned: BTreeMap<String, u64> = alice.into_iter().chain(bob).collect();
         let bank_owned: BTreeMap<String, u64> = bank.into_iter().collect();
         let views_agree = owned == bank_owned;
 
         let mut present = Vec::new();
-        for (index, (client, party, begin, end)) in [
-            (
-                &parties.clients[0],
-                &parties.bank,
-                baseline.offsets[0],
-                end1,
-            ),
-            (
-                &parties.clients[1],
-                &parties.owners[0],
-                baseline.offsets[1],
-                end2,
-            ),
-            (
-                &parties.clients[2],
-                &parties.owners[1],
-                baseline.offsets[2],
-                end3,
-            ),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        let ends = [end1, end2, end3];
+        for (index, (client, party)) in informees(parties).into_iter().enumerate() {
+            let (begin, end) = (baseline.offsets[index], ends[index]);
             let transactions = client
                 .transactions(&BTreeSet::from([party.clone()]), begin, end)
                 .await
