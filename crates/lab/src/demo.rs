@@ -3,27 +3,21 @@
 //! `demo` starts a replicated deployment (SQLite under `--data-dir`: two sequencer instances,
 //! two replicas of the topology manager, the mediator and each participant), allocates
 //! parties, issues one IOU per lane, runs three-participant transfers for `--duration` with a
-//! live progress line and, halfway through, kill -9s the active replica of participant2 to
-//! show a failover. Then it audits the ledgers and prints throughput, latency, rejections, the
+//! live progress line and, halfway through, kill -9s the active replica of alice's
+//! participant (participant2) to show a failover (`crate::timed_run`). Then it audits the ledgers and prints throughput, latency, rejections, the
 //! failover (detection, RTO, RPO, failed and retried requests) and the audit. `up` starts the
 //! same deployment, prints its endpoints and runs until Ctrl-C.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use meridian_core::UserId;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::deployment::args::ShapedDeploymentArgs;
 use crate::deployment::{Deployment, DeploymentSpec};
-use crate::drill::plan::{PlannedFault, Scenario};
-use crate::drill::FaultReport;
-use crate::workload::{self, Audit, Live, Parties, WorkloadReport, WorkloadSpec};
+use crate::fault::Fault;
+use crate::timed_run::{RunReport, TimedRun};
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -59,25 +53,9 @@ pub struct UpArgs {
     pub deployment: ShapedDeploymentArgs,
 }
 
-#[derive(Debug, Serialize)]
-pub struct DemoReport {
-    pub duration_s: f64,
-    pub lanes: u64,
-    #[serde(flatten)]
-    pub workload: WorkloadReport,
-    #[serde(flatten)]
-    pub audit: Audit,
-    /// The failover halfway through, if one was run.
-    pub failover: Option<FaultReport>,
-    pub interrupted: bool,
-}
-
-fn say(json: bool) -> impl FnMut(String) {
-    move |line: String| {
-        if !json {
-            eprintln!("  {line}");
-        }
-    }
+/// Progress lines of `up` on stderr.
+fn say(line: String) {
+    eprintln!("  {line}");
 }
 
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -85,7 +63,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     // The server (if any) runs for as long as the deployment.
     let _postgres = spec.start_postgres()?;
     eprintln!("starting a synchronizer in {}", spec.data_dir.display());
-    let mut deployment = Deployment::start(&spec, &mut say(false)).await?;
+    let mut deployment = Deployment::start(&spec, &mut say).await?;
     println!("Meridian is up:");
     for line in deployment.endpoints() {
         println!("  {line}");
@@ -98,18 +76,17 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
 
 pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut spec = DeploymentSpec::new(args.data_dir.clone(), args.deployment.resolve()?)?;
-    let _postgres = spec.start_postgres()?;
+    // The server (if any) runs for as long as the deployment.
+    let postgres = spec.start_postgres()?;
     let failover = !args.no_failover && spec.description.min_warm_replicas() >= 2;
-    let report = run_ledger_workload(
-        &spec,
-        args.lanes,
-        Duration::from_secs(args.duration_s),
-        args.rate,
-        args.json,
-        failover,
-        shutdown,
-    )
-    .await?;
+    let run = TimedRun {
+        lanes: args.lanes,
+        duration: Duration::from_secs(args.duration_s),
+        rate: args.rate,
+        fault: failover.then(|| Fault::ParticipantCrash.planned()),
+        json: args.json,
+    };
+    let report = run.run(&spec, postgres.as_ref(), shutdown).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -124,158 +101,7 @@ pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
-/// Starts a deployment, runs the transfer workload (with a participant failover halfway when
-/// `failover`), audits, and stops every node.
-pub async fn run_ledger_workload(
-    spec: &DeploymentSpec,
-    lanes: u64,
-    duration: Duration,
-    rate: Option<u64>,
-    json: bool,
-    failover: bool,
-    shutdown: CancellationToken,
-) -> anyhow::Result<DemoReport> {
-    if !json {
-        eprintln!("starting a synchronizer in {}", spec.data_dir.display());
-    }
-    let mut deployment = Deployment::start(spec, &mut say(json)).await?;
-    let result = drive(
-        &mut deployment,
-        lanes,
-        duration,
-        rate,
-        json,
-        failover,
-        shutdown,
-    )
-    .await;
-    let stopped = deployment.stop().await;
-    let report = result?;
-    stopped.context("stopping the nodes")?;
-    Ok(report)
-}
-
-async fn drive(
-    deployment: &mut Deployment,
-    lanes: u64,
-    duration: Duration,
-    rate: Option<u64>,
-    json: bool,
-    failover: bool,
-    shutdown: CancellationToken,
-) -> anyhow::Result<DemoReport> {
-    let run = format!(
-        "run{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
-    );
-    let user = UserId::new("demo-app")?;
-    let parties = Parties::allocate(deployment, &user).await?;
-    say(json)(format!("issuing {lanes} IOUs from bank to alice"));
-    let lane_states = workload::issue_lanes(&parties, lanes as usize, &run).await?;
-    let baseline = workload::baseline(&parties).await?;
-    say(json)(format!(
-        "transferring between alice (participant2) and bob (participant3) for {} s",
-        duration.as_secs()
-    ));
-
-    let live = Arc::new(Live::default());
-    let progress = progress_line(live.clone(), duration, json);
-    let spec = WorkloadSpec {
-        duration,
-        rate,
-        run,
-    };
-    let started = Instant::now();
-    let workload = {
-        let (parties, live, stop) = (parties.clone(), live.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            workload::run_transfers(&parties, lane_states, &spec, live, stop).await
-        })
-    };
-    let mut fault = None;
-    if failover {
-        let halfway = duration / 2;
-        tokio::select! {
-            () = tokio::time::sleep(halfway) => {
-                let planned = PlannedFault {
-                    scenario: Scenario::ParticipantCrash,
-                    target: "participant2".into(),
-                };
-                let measured =
-                    crate::drill::run_fault(
-                        deployment,
-                        &live,
-                        &parties,
-                        &planned,
-                        halfway.as_secs(),
-                        None,
-                        crate::drill::Recovered::Throughput,
-                    )
-                        .await;
-                match measured {
-                    Ok(report) => {
-                        say(json)(format!(
-                            "failover: {}; first success after {} ms",
-                            report.action,
-                            report.rto_first_success_ms.map_or_else(|| "-".into(), |ms| format!("{ms:.0}"))
-                        ));
-                        fault = Some(report);
-                    }
-                    Err(error) => tracing::warn!(%error, "the demo's failover could not be run"),
-                }
-            }
-            () = shutdown.cancelled() => {}
-        }
-    }
-    let report = workload.await.context("the workload task panicked")?;
-    progress.abort();
-    if !json {
-        eprintln!();
-    }
-    let report = report?;
-    let audit = workload::audit(&parties, &baseline, &report.committed_transactions).await?;
-    Ok(DemoReport {
-        duration_s: started.elapsed().as_secs_f64(),
-        lanes,
-        workload: report,
-        audit,
-        failover: fault,
-        interrupted: shutdown.is_cancelled(),
-    })
-}
-
-fn progress_line(live: Arc<Live>, duration: Duration, json: bool) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let bar = if json {
-            indicatif::ProgressBar::hidden()
-        } else {
-            indicatif::ProgressBar::new(duration.as_secs())
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("  {spinner} {elapsed}/{len}s {wide_msg}")
-                .expect("static progress template is valid"),
-        );
-        let started = Instant::now();
-        let mut last = (Instant::now(), 0u64);
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let committed = live.committed.load(Ordering::Relaxed);
-            let now = Instant::now();
-            let rate = (committed - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-            last = (now, committed);
-            bar.set_position(started.elapsed().as_secs());
-            bar.set_message(format!(
-                "{committed} committed  {rate:>6.0} tx/s  {} failed",
-                live.failed.load(Ordering::Relaxed)
-            ));
-        }
-    })
-}
-
-fn print_summary(report: &DemoReport) {
+fn print_summary(report: &RunReport) {
     let w = &report.workload;
     let a = &report.audit;
     println!(

@@ -22,13 +22,19 @@ use meridian_core::{CommandId, ContractId, PartyId, TemplateId, UserId};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::quantile_ms;
 use crate::deployment::Deployment;
+use crate::stats::quantile_ms;
 
 pub const CURRENCY: &str = "USD";
 /// How long and how often a lane waits for its IOU to appear on the new owner's participant.
 const VISIBILITY_RETRY_DELAY: Duration = Duration::from_millis(10);
 const MAX_VISIBILITY_RETRIES: u32 = 1_000;
+
+/// The participant (index into [`Parties::clients`]) hosting the bank, which signs every
+/// transfer.
+pub const BANK_PARTICIPANT: usize = 0;
+/// The participants hosting alice and bob, by owner index: transfers are submitted there.
+pub const OWNER_PARTICIPANTS: [usize; 2] = [1, 2];
 
 /// Clients and parties of a deployment with at least three participants.
 #[derive(Clone)]
@@ -81,7 +87,7 @@ impl Parties {
     }
 
     fn owner_client(&self, owner: usize) -> &LedgerClient {
-        &self.clients[owner + 1]
+        &self.clients[OWNER_PARTICIPANTS[owner]]
     }
 }
 
@@ -395,15 +401,73 @@ impl Live {
 /// How long a [`BackgroundLoad`] runs if nobody stops it: a bound, not a plan.
 const BACKGROUND_LOAD_LIMIT: Duration = Duration::from_secs(24 * 3_600);
 
+/// What load a [`BackgroundLoad`] puts on a deployment.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// The application user of the clients.
+    pub user: UserId,
+    /// The clients' retry backoff (failover measurements use a short one so that backoff
+    /// sleeps do not inflate the recovery time).
+    pub backoff: meridian_client::Backoff,
+    /// Concurrent transfer lanes, each owning one IOU.
+    pub lanes: usize,
+    /// Tags the run's command ids, so a second run on the same ledger does not collide.
+    pub run: String,
+    /// Target transfers per second in total; `None` = as fast as the lanes go.
+    pub rate: Option<u64>,
+    /// How long the load runs by itself; `None` = until it is stopped (bounded by a day).
+    pub duration: Option<Duration>,
+}
+
+impl LoadSpec {
+    /// Transfers as fast as `lanes` go until stopped, by `user`, whose name and this
+    /// process's id tag the run.
+    pub fn until_stopped(
+        user: &str,
+        backoff: meridian_client::Backoff,
+        lanes: u64,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            user: UserId::new(user)?,
+            backoff,
+            lanes: usize::try_from(lanes)?,
+            run: format!("{user}{}", std::process::id()),
+            rate: None,
+            duration: None,
+        })
+    }
+}
+
+/// How a [`BackgroundLoad`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadEnd {
+    /// Stop the transfers now.
+    Stop,
+    /// Let the load run for its [`LoadSpec::duration`].
+    RunOut,
+}
+
 /// The transfer workload running in the background while faults are injected — by the
-/// drills, the failover benchmark and the HA tests — and what its audit needs afterwards.
+/// experiments (demo, benchmarks, drills) and the HA tests — and what its audit needs
+/// afterwards.
 pub struct BackgroundLoad {
     pub parties: Parties,
     /// Commits, failures and latencies as they happen, from [`Live::epoch`] (set at start).
     pub live: Arc<Live>,
+    /// When the transfers started (after the parties, the IOUs and the audit baseline).
+    pub started: Instant,
     baseline: AuditBaseline,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<WorkloadReport>>,
+}
+
+/// A [`BackgroundLoad`] whose transfers ended, not audited yet.
+pub struct EndedLoad {
+    pub report: WorkloadReport,
+    pub parties: Parties,
+    /// When the transfers started.
+    pub started: Instant,
+    baseline: AuditBaseline,
 }
 
 /// A stopped [`BackgroundLoad`]: its report, and the ledgers' audit against it.
@@ -427,44 +491,82 @@ impl BackgroundLoad {
         run: &str,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let parties = Parties::allocate_with(deployment, user, backoff).await?;
-        let lane_states = issue_lanes(&parties, lanes, run).await?;
+        let spec = LoadSpec {
+            user: user.clone(),
+            backoff,
+            lanes,
+            run: run.to_owned(),
+            rate: None,
+            duration: None,
+        };
+        Self::start_with(deployment, &spec, shutdown).await
+    }
+
+    /// As [`BackgroundLoad::start`], for any [`LoadSpec`].
+    pub async fn start_with(
+        deployment: &Deployment,
+        spec: &LoadSpec,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let parties = Parties::allocate_with(deployment, &spec.user, spec.backoff).await?;
+        let lane_states = issue_lanes(&parties, spec.lanes, &spec.run).await?;
         let baseline = baseline(&parties).await?;
         let live = Arc::new(Live::default());
         live.epoch();
         let stop = shutdown.child_token();
-        let spec = WorkloadSpec {
-            duration: BACKGROUND_LOAD_LIMIT,
-            rate: None,
-            run: run.to_owned(),
+        let transfers = WorkloadSpec {
+            duration: spec.duration.unwrap_or(BACKGROUND_LOAD_LIMIT),
+            rate: spec.rate,
+            run: spec.run.clone(),
         };
+        let started = Instant::now();
         let task = {
             let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
-            tokio::spawn(
-                async move { run_transfers(&parties, lane_states, &spec, live, stop).await },
-            )
+            tokio::spawn(async move {
+                run_transfers(&parties, lane_states, &transfers, live, stop).await
+            })
         };
         Ok(Self {
             parties,
             live,
+            started,
             baseline,
             stop,
             task,
         })
     }
 
+    /// Ends the transfers as `how` says and waits for every lane to finish.
+    pub async fn end(self, how: LoadEnd) -> anyhow::Result<EndedLoad> {
+        if how == LoadEnd::Stop {
+            self.stop.cancel();
+        }
+        let report = self.task.await.context("the workload task panicked")??;
+        Ok(EndedLoad {
+            report,
+            parties: self.parties,
+            started: self.started,
+            baseline: self.baseline,
+        })
+    }
+
     /// Stops the transfers and audits the ledgers against what the application was told.
     pub async fn finish(self) -> anyhow::Result<FinishedLoad> {
-        self.stop.cancel();
-        let report = self.task.await.context("the workload task panicked")??;
+        self.end(LoadEnd::Stop).await?.audit().await
+    }
+}
+
+impl EndedLoad {
+    /// Audits the ledgers against what the application was told.
+    pub async fn audit(self) -> anyhow::Result<FinishedLoad> {
         let audit = audit(
             &self.parties,
             &self.baseline,
-            &report.committed_transactions,
+            &self.report.committed_transactions,
         )
         .await?;
         Ok(FinishedLoad {
-            report,
+            report: self.report,
             audit,
             parties: self.parties,
         })
@@ -480,155 +582,226 @@ pub async fn run_transfers(
     stop: CancellationToken,
 ) -> anyhow::Result<WorkloadReport> {
     let started = Instant::now();
-    let deadline = started + spec.duration;
-    let latencies = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds"),
-    ));
-    let rejections: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let committed_ids: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let visibility_waits = Arc::new(AtomicU64::new(0));
-    let failure_samples: Arc<Mutex<Vec<String>>> = Arc::default();
+    let tally = Arc::new(Tally::new(live));
     let lane_count = lanes.len().max(1) as u64;
-    let interval = spec
-        .rate
-        .filter(|r| *r > 0)
-        .map(|rate| Duration::from_secs_f64(lane_count as f64 / rate as f64));
-    let mut tasks = Vec::new();
-    for mut lane in lanes {
-        let parties = parties.clone();
-        let live = live.clone();
-        let stop = stop.clone();
-        let latencies = latencies.clone();
-        let rejections = rejections.clone();
-        let committed_ids = committed_ids.clone();
-        let visibility_waits = visibility_waits.clone();
-        let failure_samples = failure_samples.clone();
-        let run = spec.run.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut ticker = interval.map(|every| {
-                let offset = every.mul_f64(lane.index as f64 / lane_count as f64);
-                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            let mut sequence = 0u64;
-            let mut not_yet_visible = 0u32;
-            while Instant::now() < deadline && !stop.is_cancelled() {
-                if let Some(ticker) = ticker.as_mut() {
-                    tokio::select! {
-                        _ = ticker.tick() => {}
-                        _ = stop.cancelled() => break,
-                    }
-                }
-                sequence += 1;
-                let from = lane.owner;
-                let to = 1 - from;
-                let command_id = CommandId::new(format!("{run}-lane{}-{sequence}", lane.index))
-                    .expect("generated command ids are valid");
-                let command = Command::Exercise {
-                    contract_id: lane.contract.id.clone(),
-                    choice: "Transfer".into(),
-                    argument: serde_json::json!({ "new_owner": parties.owners[to].as_str() }),
-                };
-                let sent = Instant::now();
-                let result = parties
-                    .owner_client(from)
-                    .submit_and_wait(
-                        &command_id,
-                        &BTreeSet::from([parties.owners[from].clone()]),
-                        std::slice::from_ref(&command),
-                    )
-                    .await;
-                match result {
-                    Ok(SubmitOutcome::Committed(committed)) => {
-                        let micros = sent.elapsed().as_micros().max(1) as u64;
-                        let _ = lock(&latencies).record(micros);
-                        live.record_retries(committed.attempts);
-                        not_yet_visible = 0;
-                        live.record_commit(from + 1, sent);
-                        live.committed.fetch_add(1, Ordering::Relaxed);
-                        lock(&committed_ids).push((
-                            committed.transaction_id,
-                            live.micros_since_epoch(Instant::now()),
-                        ));
-                        match committed.created.into_iter().next() {
-                            Some(next) => {
-                                lane.contract = next;
-                                lane.owner = to;
-                            }
-                            // Not in the acting party's view (a retry's answer read from
-                            // the transaction stream): the IOU was consumed all the same, so
-                            // wait for its successor as for `AlreadyProcessed`.
-                            None => {
-                                let consumed = lane.contract.id.clone();
-                                resync_past(&parties, &mut lane, &consumed).await;
-                            }
-                        }
-                    }
-                    Ok(SubmitOutcome::AlreadyProcessed { attempts, .. }) => {
-                        live.record_retries(attempts);
-                        live.committed.fetch_add(1, Ordering::Relaxed);
-                        // The earlier attempt consumed the lane's IOU; the bank's participant
-                        // may not have applied that commit yet, so wait until it shows the
-                        // successor rather than transferring the archived one again.
-                        let consumed = lane.contract.id.clone();
-                        resync_past(&parties, &mut lane, &consumed).await;
-                    }
-                    // The new owner's participant commits the previous transfer a moment
-                    // after the submitter's did: until then the IOU is unknown there. An
-                    // application waits for it, as this lane does (bounded).
-                    Err(ClientError::Rejected {
-                        code: tonic::Code::NotFound,
-                        ..
-                    }) if not_yet_visible < MAX_VISIBILITY_RETRIES => {
-                        not_yet_visible += 1;
-                        visibility_waits.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(VISIBILITY_RETRY_DELAY).await;
-                        continue;
-                    }
-                    Err(error) => {
-                        tracing::debug!(lane = lane.index, %error, "transfer failed");
-                        live.record_failure();
-                        if error.to_string().to_lowercase().contains("timeout") {
-                            live.timeouts.fetch_add(1, Ordering::Relaxed);
-                        }
-                        *lock(&rejections).entry(error_label(&error)).or_default() += 1;
-                        {
-                            let mut samples = lock(&failure_samples);
-                            if samples.len() < MAX_FAILURE_SAMPLES {
-                                samples.push(format!("lane {}: {error}", lane.index));
-                            }
-                        }
-                        // The outcome may be unknown: find the IOU where it really is.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        resync(&parties, &mut lane).await;
-                    }
-                }
-            }
-        }));
-    }
+    let pace = Pace {
+        deadline: started + spec.duration,
+        interval: spec
+            .rate
+            .filter(|r| *r > 0)
+            .map(|rate| Duration::from_secs_f64(lane_count as f64 / rate as f64)),
+        lane_count,
+    };
+    let tasks: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| {
+            let driver = LaneDriver {
+                parties: parties.clone(),
+                tally: tally.clone(),
+                run: spec.run.clone(),
+                stop: stop.clone(),
+            };
+            tokio::spawn(driver.drive(lane, pace))
+        })
+        .collect();
     for task in tasks {
         task.await.context("a workload lane panicked")?;
     }
-    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
-    let latencies = lock(&latencies).clone();
-    let committed = live.committed.load(Ordering::Relaxed);
-    let rejections = lock(&rejections).clone();
-    let (committed_transactions, committed_at_us) = lock(&committed_ids).iter().cloned().unzip();
-    let failure_samples = lock(&failure_samples).clone();
-    Ok(WorkloadReport {
-        committed,
-        tx_per_s: committed as f64 / elapsed,
-        latency_p50_ms: quantile_ms(&latencies, 0.5),
-        latency_p99_ms: quantile_ms(&latencies, 0.99),
-        latency_max_ms: latencies.max() as f64 / 1_000.0,
-        rejections,
-        retried_submissions: live.retried.load(Ordering::Relaxed),
-        visibility_waits: visibility_waits.load(Ordering::Relaxed),
-        failure_samples,
-        committed_transactions,
-        committed_at_us,
-    })
+    Ok(tally.report(started.elapsed()))
+}
+
+/// When the lanes send: until `deadline`, each every `interval` (staggered over the lanes)
+/// or, without one, as fast as its answers come.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    deadline: Instant,
+    interval: Option<Duration>,
+    lane_count: u64,
+}
+
+/// What the lanes of one run record together.
+struct Tally {
+    live: Arc<Live>,
+    latencies: Mutex<Histogram<u64>>,
+    rejections: Mutex<BTreeMap<String, u64>>,
+    /// Acknowledged transaction ids, each with when it was acknowledged (µs since the epoch).
+    committed_ids: Mutex<Vec<(String, u64)>>,
+    visibility_waits: AtomicU64,
+    failure_samples: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn new(live: Arc<Live>) -> Self {
+        Self {
+            live,
+            latencies: Mutex::new(
+                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds"),
+            ),
+            rejections: Mutex::default(),
+            committed_ids: Mutex::default(),
+            visibility_waits: AtomicU64::new(0),
+            failure_samples: Mutex::default(),
+        }
+    }
+
+    /// A transfer sent at `sent` through `participant` committed after `attempts` attempts.
+    fn committed(&self, participant: usize, sent: Instant, attempts: u32, transaction_id: String) {
+        let micros = sent.elapsed().as_micros().max(1) as u64;
+        let _ = lock(&self.latencies).record(micros);
+        self.live.record_retries(attempts);
+        self.live.record_commit(participant, sent);
+        self.live.committed.fetch_add(1, Ordering::Relaxed);
+        lock(&self.committed_ids)
+            .push((transaction_id, self.live.micros_since_epoch(Instant::now())));
+    }
+
+    /// A transfer that an earlier attempt had committed already.
+    fn already_committed(&self, attempts: u32) {
+        self.live.record_retries(attempts);
+        self.live.committed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn failed(&self, lane: usize, error: &ClientError) {
+        tracing::debug!(lane, %error, "transfer failed");
+        self.live.record_failure();
+        if error.to_string().to_lowercase().contains("timeout") {
+            self.live.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        *lock(&self.rejections)
+            .entry(error_label(error))
+            .or_default() += 1;
+        let mut samples = lock(&self.failure_samples);
+        if samples.len() < MAX_FAILURE_SAMPLES {
+            samples.push(format!("lane {lane}: {error}"));
+        }
+    }
+
+    fn report(&self, elapsed: Duration) -> WorkloadReport {
+        let elapsed = elapsed.as_secs_f64().max(1e-3);
+        let latencies = lock(&self.latencies).clone();
+        let committed = self.live.committed.load(Ordering::Relaxed);
+        let (committed_transactions, committed_at_us) =
+            lock(&self.committed_ids).iter().cloned().unzip();
+        WorkloadReport {
+            committed,
+            tx_per_s: committed as f64 / elapsed,
+            latency_p50_ms: quantile_ms(&latencies, 0.5),
+            latency_p99_ms: quantile_ms(&latencies, 0.99),
+            latency_max_ms: latencies.max() as f64 / 1_000.0,
+            rejections: lock(&self.rejections).clone(),
+            retried_submissions: self.live.retried.load(Ordering::Relaxed),
+            visibility_waits: self.visibility_waits.load(Ordering::Relaxed),
+            failure_samples: lock(&self.failure_samples).clone(),
+            committed_transactions,
+            committed_at_us,
+        }
+    }
+}
+
+/// One lane's transfers, back and forth between alice and bob.
+struct LaneDriver {
+    parties: Parties,
+    tally: Arc<Tally>,
+    run: String,
+    stop: CancellationToken,
+}
+
+impl LaneDriver {
+    async fn drive(self, mut lane: Lane, pace: Pace) {
+        let mut ticker = pace.interval.map(|every| {
+            let offset = every.mul_f64(lane.index as f64 / pace.lane_count as f64);
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut sequence = 0u64;
+        let mut not_yet_visible = 0u32;
+        while Instant::now() < pace.deadline && !self.stop.is_cancelled() {
+            if let Some(ticker) = ticker.as_mut() {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = self.stop.cancelled() => break,
+                }
+            }
+            sequence += 1;
+            let (from, to) = (lane.owner, 1 - lane.owner);
+            let sent = Instant::now();
+            match self.transfer(&lane, sequence, to).await {
+                Ok(SubmitOutcome::Committed(committed)) => {
+                    self.tally.committed(
+                        OWNER_PARTICIPANTS[from],
+                        sent,
+                        committed.attempts,
+                        committed.transaction_id,
+                    );
+                    not_yet_visible = 0;
+                    match committed.created.into_iter().next() {
+                        Some(next) => {
+                            lane.contract = next;
+                            lane.owner = to;
+                        }
+                        // Not in the acting party's view (a retry's answer read from the
+                        // transaction stream): the IOU was consumed all the same, so wait
+                        // for its successor as for `AlreadyProcessed`.
+                        None => {
+                            let consumed = lane.contract.id.clone();
+                            resync_past(&self.parties, &mut lane, &consumed).await;
+                        }
+                    }
+                }
+                Ok(SubmitOutcome::AlreadyProcessed { attempts, .. }) => {
+                    self.tally.already_committed(attempts);
+                    // The earlier attempt consumed the lane's IOU; the bank's participant may
+                    // not have applied that commit yet, so wait until it shows the successor
+                    // rather than transferring the archived one again.
+                    let consumed = lane.contract.id.clone();
+                    resync_past(&self.parties, &mut lane, &consumed).await;
+                }
+                // The new owner's participant commits the previous transfer a moment after
+                // the submitter's did: until then the IOU is unknown there. An application
+                // waits for it, as this lane does (bounded).
+                Err(ClientError::Rejected {
+                    code: tonic::Code::NotFound,
+                    ..
+                }) if not_yet_visible < MAX_VISIBILITY_RETRIES => {
+                    not_yet_visible += 1;
+                    self.tally.visibility_waits.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(VISIBILITY_RETRY_DELAY).await;
+                }
+                Err(error) => {
+                    self.tally.failed(lane.index, &error);
+                    // The outcome may be unknown: find the IOU where it really is.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    resync(&self.parties, &mut lane).await;
+                }
+            }
+        }
+    }
+
+    /// Transfers the lane's IOU from its owner to owner `to`, as transfer `sequence`.
+    async fn transfer(
+        &self,
+        lane: &Lane,
+        sequence: u64,
+        to: usize,
+    ) -> Result<SubmitOutcome, ClientError> {
+        let parties = &self.parties;
+        let command_id = CommandId::new(format!("{}-lane{}-{sequence}", self.run, lane.index))
+            .expect("generated command ids are valid");
+        let command = Command::Exercise {
+            contract_id: lane.contract.id.clone(),
+            choice: "Transfer".into(),
+            argument: serde_json::json!({ "new_owner": parties.owners[to].as_str() }),
+        };
+        parties
+            .owner_client(lane.owner)
+            .submit_and_wait(
+                &command_id,
+                &BTreeSet::from([parties.owners[lane.owner].clone()]),
+                std::slice::from_ref(&command),
+            )
+            .await
+    }
 }
 
 /// How long [`resync_past`] waits for the bank's participant to show a lane's new IOU.
@@ -709,11 +882,13 @@ pub struct AuditBaseline {
     pub offsets: [u64; 3],
 }
 
+/// The ledger end and the IOUs (id → amount) that `party` sees through `client`.
 async fn iou_view(
-    client: &LedgerClient,
-    parties: BTreeSet<PartyId>,
+    (client, party): (&LedgerClient, &PartyId),
 ) -> anyhow::Result<(u64, BTreeMap<String, u64>)> {
-    let (offset, contracts) = client.active_contracts(&parties).await?;
+    let (offset, contracts) = client
+        .active_contracts(&BTreeSet::from([party.clone()]))
+        .await?;
     let ious = contracts
         .iter()
         .filter_map(|c| {
@@ -725,18 +900,28 @@ async fn iou_view(
     Ok((offset, ious))
 }
 
+/// Each informee participant's client with the party whose view is audited there: the
+/// bank's, alice's and bob's.
+fn informees(parties: &Parties) -> [(&LedgerClient, &PartyId); 3] {
+    [
+        (&parties.clients[BANK_PARTICIPANT], &parties.bank),
+        (&parties.clients[OWNER_PARTICIPANTS[0]], &parties.owners[0]),
+        (&parties.clients[OWNER_PARTICIPANTS[1]], &parties.owners[1]),
+    ]
+}
+
+/// Each informee's ledger end and IOUs (id → amount), in [`informees`] order.
+async fn iou_views(parties: &Parties) -> anyhow::Result<[(u64, BTreeMap<String, u64>); 3]> {
+    let [bank, alice, bob] = informees(parties);
+    Ok([
+        iou_view(bank).await?,
+        iou_view(alice).await?,
+        iou_view(bob).await?,
+    ])
+}
+
 pub async fn baseline(parties: &Parties) -> anyhow::Result<AuditBaseline> {
-    let (o1, bank) = iou_view(&parties.clients[0], BTreeSet::from([parties.bank.clone()])).await?;
-    let (o2, _) = iou_view(
-        &parties.clients[1],
-        BTreeSet::from([parties.owners[0].clone()]),
-    )
-    .await?;
-    let (o3, _) = iou_view(
-        &parties.clients[2],
-        BTreeSet::from([parties.owners[1].clone()]),
-    )
-    .await?;
+    let [(o1, bank), (o2, _), (o3, _)] = iou_views(parties).await?;
     Ok(AuditBaseline {
         total: bank.values().map(|a| u128::from(*a)).sum(),
         offsets: [o1, o2, o3],
@@ -754,47 +939,16 @@ pub async fn audit(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (end1, bank) =
-            iou_view(&parties.clients[0], BTreeSet::from([parties.bank.clone()])).await?;
-        let (end2, alice) = iou_view(
-            &parties.clients[1],
-            BTreeSet::from([parties.owners[0].clone()]),
-        )
-        .await?;
-        let (end3, bob) = iou_view(
-            &parties.clients[2],
-            BTreeSet::from([parties.owners[1].clone()]),
-        )
-        .await?;
+        let [(end1, bank), (end2, alice), (end3, bob)] = iou_views(parties).await?;
         let total_after: u128 = bank.values().map(|a| u128::from(*a)).sum();
         let owned: BTreeMap<String, u64> = alice.into_iter().chain(bob).collect();
         let bank_owned: BTreeMap<String, u64> = bank.into_iter().collect();
         let views_agree = owned == bank_owned;
 
         let mut present = Vec::new();
-        for (index, (client, party, begin, end)) in [
-            (
-                &parties.clients[0],
-                &parties.bank,
-                baseline.offsets[0],
-                end1,
-            ),
-            (
-                &parties.clients[1],
-                &parties.owners[0],
-                baseline.offsets[1],
-                end2,
-            ),
-            (
-                &parties.clients[2],
-                &parties.owners[1],
-                baseline.offsets[2],
-                end3,
-            ),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        let ends = [end1, end2, end3];
+        for (index, (client, party)) in informees(parties).into_iter().enumerate() {
+            let (begin, end) = (baseline.offsets[index], ends[index]);
             let transactions = client
                 .transactions(&BTreeSet::from([party.clone()]), begin, end)
                 .await

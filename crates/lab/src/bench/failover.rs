@@ -15,26 +15,29 @@
 //! - topology: the first party allocation that succeeds (transactions do not need the
 //!   topology manager, so they keep flowing throughout).
 //!
-//! Each trial is a drill fault (`crate::drill::run_fault`, the same code as `meridian drill`
-//! and the demo's failover), so the two tools cannot disagree on what recovery means. The
-//! killed process is restarted (a replica comes back passive) before the next trial. At the end the ledgers are audited: acknowledged
+//! Each trial is a fault of `crate::fault` run by the experiment runner, the same code as
+//! `meridian drill` and the demo's failover, so the tools cannot disagree on what recovery
+//! means. The killed process is restarted (a replica comes back passive) before the next
+//! trial. At the end the ledgers are audited: acknowledged
 //! transactions missing on an informee participant are *lost*, an IOU that exists twice is a
 //! *duplicate*.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use meridian_client::Backoff;
-use meridian_core::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::deployment::{Backend, Deployment, DeploymentArgs, DeploymentSpec, Preset};
-use crate::drill::plan::{PlannedFault, Scenario, TOPOLOGY_NODE};
-use crate::drill::{run_fault, Recovered};
-use crate::workload::{self, BackgroundLoad, FinishedLoad};
+use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Preset};
+use crate::experiment::{
+    Experiment, ExperimentReport, FaultReport, FaultStep, Observer, Recovered, Step,
+};
+use crate::fault::{Fault, Node, PlannedFault};
+use crate::workload::LoadSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,99 +171,104 @@ pub async fn measure_with(
         exe,
         ..DeploymentSpec::new(dir.path().to_path_buf(), description)?
     };
+    let backend = spec.description.storage.backend;
+    let sequencer_instances = spec.description.warm_sequencers();
     // The server (if any) runs for as long as the deployment.
-    let _postgres = spec.start_postgres()?;
+    let postgres = spec.start_postgres()?;
     let quiet = args.json;
-    let mut deployment = Deployment::start(&spec, &mut |line| {
-        if !quiet {
-            eprintln!("  {line}");
-        }
-    })
-    .await?;
-    let result = trials(&mut deployment, args, shutdown).await;
-    let stopped = deployment.stop().await;
-    let report = result?;
-    stopped.context("stopping the nodes")?;
-    Ok(report)
-}
-
-async fn trials(
-    deployment: &mut Deployment,
-    args: &FailoverBenchArgs,
-    shutdown: CancellationToken,
-) -> anyhow::Result<FailoverReport> {
-    let user = UserId::new("failover-bench")?;
-    let run = format!("failover{}", std::process::id());
-    let load = BackgroundLoad::start(
-        deployment,
-        &user,
-        CLIENT_BACKOFF,
-        args.lanes as usize,
-        &run,
-        &shutdown,
-    )
-    .await?;
-    let (live, parties) = (load.live.clone(), load.parties.clone());
-    // Let the workload reach a steady state first.
-    tokio::time::sleep(Duration::from_secs(SETTLE_S)).await;
-
-    let mut trials = Vec::new();
-    for trial in 0..args.trials {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        let fault = planned_fault(deployment, args.node, trial);
-        let report = run_fault(
-            deployment,
-            &live,
-            &parties,
-            &fault,
-            SETTLE_S,
-            None,
-            Recovered::FirstSuccess,
+    let report = experiment(args, sequencer_instances)?
+        .run_on(
+            &spec,
+            postgres.as_ref(),
+            &mut |line| {
+                if !quiet {
+                    eprintln!("  {line}");
+                }
+            },
+            &mut StopAtFirstFailure,
+            &shutdown,
         )
         .await?;
-        let killed = report
-            .faulted
-            .clone()
-            .unwrap_or_else(|| fault.target.clone());
-        let rto_ms = match (&report.problem, report.rto_first_success_ms) {
-            (None, Some(rto_ms)) => rto_ms,
-            (problem, _) => bail!(
-                "trial {}: {} not back after killing {killed}: {}",
-                trial + 1,
-                node_label(args.node),
-                problem.as_deref().unwrap_or("no first success")
-            ),
-        };
-        trials.push(Trial {
-            killed,
-            rto_ms,
-            failed_requests: report.failed_requests,
-            timed_out_requests: report.timed_out_requests,
-        });
-        tokio::time::sleep(Duration::from_secs(SETTLE_S)).await;
-    }
-    let FinishedLoad { report, audit, .. } = load.finish().await?;
-    let duplicates = workload::duplicate_ious(&parties).await?;
+    FailoverReport::new(args, backend, report)
+}
 
-    let (p50, max) = super::median_and_max(trials.iter().map(|t| t.rto_ms).collect());
-    let backend = deployment.description.storage.backend;
-    Ok(FailoverReport {
-        node: args.node,
-        backend,
-        rto_ms_p50: p50,
-        rto_ms_max: max,
-        failed_requests: trials.iter().map(|t| t.failed_requests).sum(),
-        timed_out_requests: trials.iter().map(|t| t.timed_out_requests).sum(),
-        trials,
-        rejections: report.rejections.clone(),
-        committed: report.committed,
-        lost_transactions: audit.acknowledged_missing,
-        duplicate_transactions: duplicates,
-        amounts_conserved: audit.amounts_conserved,
-        audit_ok: audit.audit_ok && duplicates == 0,
+/// Steady load first, then each trial's fault followed by steady load again.
+fn experiment(args: &FailoverBenchArgs, sequencer_instances: usize) -> anyhow::Result<Experiment> {
+    let settle = Duration::from_secs(SETTLE_S);
+    let mut steps = vec![Step::Steady(settle)];
+    for trial in 0..args.trials {
+        steps.push(Step::Fault(FaultStep {
+            fault: planned_fault(args.node, trial, sequencer_instances),
+            settle,
+            until: Recovered::FirstSuccess,
+        }));
+        steps.push(Step::Steady(settle));
+    }
+    Ok(Experiment {
+        load: LoadSpec::until_stopped("failover-bench", CLIENT_BACKOFF, args.lanes)?,
+        steps,
     })
+}
+
+/// Ends the trials at the first that did not recover: the deployment is not fit for more.
+struct StopAtFirstFailure;
+
+impl Observer for StopAtFirstFailure {
+    fn measured(&mut self, report: &FaultReport) -> ControlFlow<()> {
+        match (&report.problem, report.rto_first_success_ms) {
+            (None, Some(_)) => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(()),
+        }
+    }
+}
+
+impl FailoverReport {
+    /// The trials of `report`; an error names the first trial that did not recover.
+    fn new(
+        args: &FailoverBenchArgs,
+        backend: Backend,
+        report: ExperimentReport,
+    ) -> anyhow::Result<Self> {
+        let mut trials = Vec::new();
+        for (index, fault) in report.faults.iter().enumerate() {
+            let killed = fault
+                .faulted
+                .clone()
+                .unwrap_or_else(|| fault.target.clone());
+            let rto_ms = match (&fault.problem, fault.rto_first_success_ms) {
+                (None, Some(rto_ms)) => rto_ms,
+                (problem, _) => bail!(
+                    "trial {}: {} not back after killing {killed}: {}",
+                    index + 1,
+                    node_label(args.node),
+                    problem.as_deref().unwrap_or("no first success")
+                ),
+            };
+            trials.push(Trial {
+                killed,
+                rto_ms,
+                failed_requests: fault.failed_requests,
+                timed_out_requests: fault.timed_out_requests,
+            });
+        }
+        let (p50, max) = report.rto_p50_and_max_ms();
+        let duplicates = report.duplicate_transactions;
+        Ok(Self {
+            node: args.node,
+            backend,
+            rto_ms_p50: p50,
+            rto_ms_max: max,
+            failed_requests: trials.iter().map(|t| t.failed_requests).sum(),
+            timed_out_requests: trials.iter().map(|t| t.timed_out_requests).sum(),
+            trials,
+            rejections: report.workload.rejections,
+            committed: report.workload.committed,
+            lost_transactions: report.audit.acknowledged_missing,
+            duplicate_transactions: duplicates,
+            amounts_conserved: report.audit.amounts_conserved,
+            audit_ok: report.audit.audit_ok && duplicates == 0,
+        })
+    }
 }
 
 fn node_label(node: TargetNode) -> &'static str {
@@ -272,27 +280,20 @@ fn node_label(node: TargetNode) -> &'static str {
     }
 }
 
-/// The drill fault a trial injects: the active replica of the node, or the sequencer
-/// instances in turn.
-fn planned_fault(deployment: &Deployment, node: TargetNode, trial: u64) -> PlannedFault {
-    let (scenario, target) = match node {
+/// The fault a trial injects: kill -9 the active replica of the node (a participant: alice's,
+/// whose transfers it serves), or of the sequencer instances each in turn.
+fn planned_fault(node: TargetNode, trial: u64, sequencer_instances: usize) -> PlannedFault {
+    let (fault, node) = match node {
         TargetNode::Participant => (
-            Scenario::ParticipantCrash,
-            deployment.participant_ids[1].to_string(),
+            Fault::ParticipantCrash,
+            Fault::ParticipantCrash.default_node(),
         ),
-        TargetNode::Mediator => (
-            Scenario::MediatorCrash,
-            Deployment::mediator_id().to_string(),
-        ),
-        TargetNode::Topology => (Scenario::TopologyCrash, TOPOLOGY_NODE.to_owned()),
+        TargetNode::Mediator => (Fault::MediatorCrash, Node::Mediator),
+        TargetNode::Topology => (Fault::TopologyCrash, Node::TopologyManager),
         TargetNode::Sequencer => {
-            let instances = &deployment.sequencers;
-            let index = usize::try_from(trial).unwrap_or(0) % instances.len().max(1);
-            let target = instances
-                .get(index)
-                .map_or_else(|| "sequencer".to_owned(), |i| i.name().to_owned());
-            (Scenario::SequencerCrash, target)
+            let instance = usize::try_from(trial).unwrap_or(0) % sequencer_instances.max(1);
+            (Fault::SequencerCrash, Node::Sequencer { instance })
         }
     };
-    PlannedFault { scenario, target }
+    PlannedFault { fault, node }
 }

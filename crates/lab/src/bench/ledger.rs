@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::demo::{run_ledger_workload, DemoReport};
 use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Preset};
+use crate::timed_run::{RunReport, TimedRun};
 
 #[derive(Debug, Clone, Args)]
 pub struct LedgerBenchArgs {
@@ -35,17 +35,15 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let mut spec = DeploymentSpec::new(dir.path().to_path_buf(), description)?;
     // The server (if any) runs for as long as the deployment.
-    let _postgres = spec.start_postgres()?;
-    let report = run_ledger_workload(
-        &spec,
-        args.lanes,
-        Duration::from_secs(args.duration_s),
-        args.rate,
-        args.json,
-        false,
-        shutdown,
-    )
-    .await?;
+    let postgres = spec.start_postgres()?;
+    let run = TimedRun {
+        lanes: args.lanes,
+        duration: Duration::from_secs(args.duration_s),
+        rate: args.rate,
+        fault: None,
+        json: args.json,
+    };
+    let report = run.run(&spec, postgres.as_ref(), shutdown).await?;
     if args.json {
         println!(
             "{}",
@@ -89,11 +87,11 @@ struct LedgerBenchReport<'a> {
     backend: Backend,
     target_rate_per_s: Option<u64>,
     #[serde(flatten)]
-    report: &'a DemoReport,
+    report: &'a RunReport,
 }
 
 impl<'a> LedgerBenchReport<'a> {
-    fn new(args: &LedgerBenchArgs, backend: Backend, report: &'a DemoReport) -> Self {
+    fn new(args: &LedgerBenchArgs, backend: Backend, report: &'a RunReport) -> Self {
         Self {
             backend,
             target_rate_per_s: args.rate,

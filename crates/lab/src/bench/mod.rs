@@ -27,22 +27,3 @@ pub async fn run(
         BenchCommand::Failover(args) => failover::run(args, shutdown).await,
     }
 }
-
-/// Latency in milliseconds from a histogram of microseconds.
-pub(crate) fn quantile_ms(histogram: &hdrhistogram::Histogram<u64>, quantile: f64) -> f64 {
-    if histogram.is_empty() {
-        return 0.0;
-    }
-    histogram.value_at_quantile(quantile) as f64 / 1_000.0
-}
-
-/// The median (the lower one of an even count) and the maximum of `values`, 0 when empty:
-/// how failover benchmarks and drills summarise their recovery times.
-pub(crate) fn median_and_max(mut values: Vec<f64>) -> (f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let median = values
-        .get(values.len().saturating_sub(1) / 2)
-        .copied()
-        .unwrap_or(0.0);
-    (median, values.last().copied().unwrap_or(0.0))
-}

@@ -21,8 +21,8 @@ use meridian_core::{MemberId, MessageId, Timestamp};
 use meridian_store::StorageConfig;
 use serde::Serialize;
 
-use crate::bench::quantile_ms;
 use crate::launch::SequencerProcess;
+use crate::stats::quantile_ms;
 
 /// The storage choice lives with the deployment; re-exported for the benchmarks' callers.
 pub use crate::deployment::Backend;
@@ -118,20 +118,8 @@ fn postgres_storage(url: String) -> StorageConfig {
 /// Runs the benchmark and returns its figures (also used by tests).
 pub async fn measure(args: &SequencerBenchArgs) -> anyhow::Result<SequencerBenchReport> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
-    let mut _postgres = None;
-    let storage = match (args.backend, &args.postgres_url) {
-        (Backend::Sqlite, _) => StorageConfig::Sqlite {
-            path: dir.path().join("sequencer.db"),
-        },
-        (Backend::Postgres, Some(url)) => postgres_storage(url.clone()),
-        (Backend::Postgres, None) => {
-            let server = meridian_pgserver::PostgresServer::start()
-                .context("starting a throwaway PostgreSQL (or pass --postgres-url)")?;
-            let url = server.create_database("bench")?;
-            _postgres = Some(server);
-            postgres_storage(url)
-        }
-    };
+    // The server (if any) runs for as long as the sequencer.
+    let (storage, _postgres) = storage(args, dir.path())?;
     let exe = std::env::current_exe().context("locating the meridian binary")?;
     let mut sequencer = SequencerProcess::spawn(&exe, dir.path(), "sequencer", &storage, |_| {})?;
     sequencer.wait_ready(Duration::from_secs(30)).await?;
@@ -152,112 +140,236 @@ pub async fn measure(args: &SequencerBenchArgs) -> anyhow::Result<SequencerBench
     let start = Instant::now();
     let duration = Duration::from_secs(args.duration_s);
     let warmup = (duration / 5).min(Duration::from_secs(2));
-    let counters = Arc::new(Counters {
-        measure_from: start + warmup,
-        acked: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        first_error: Mutex::new(None),
-        delivery_us: Mutex::new(histogram()),
-        ack_us: Mutex::new(histogram()),
-        measured_acked: AtomicU64::new(0),
-        measured_delivered: AtomicU64::new(0),
-    });
+    let counters = Arc::new(Counters::new(start + warmup));
+    let subscriber_tasks: Vec<_> = subscribers
+        .into_iter()
+        .map(|client| tokio::spawn(subscribe(client, counters.clone(), start)))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let send_tasks = spawn_send_loops(args, &senders, &subscriber_ids, &counters, &stop, start);
 
-    let mut subscriber_tasks = Vec::new();
-    for client in subscribers {
-        let counters = counters.clone();
-        subscriber_tasks.push(tokio::spawn(async move {
-            let mut events = client.subscribe(None);
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(error) => {
-                        record_error(&counters, format!("subscription: {error}"));
-                        return;
-                    }
-                };
-                let received = Instant::now();
-                for envelope in event.envelopes {
-                    let Some(sent) = decode_send_instant(start, &envelope.payload) else {
-                        continue;
-                    };
-                    counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    if sent >= counters.measure_from {
-                        counters.measured_delivered.fetch_add(1, Ordering::Relaxed);
-                        let micros = received.saturating_duration_since(sent).as_micros();
-                        let _ = lock(&counters.delivery_us).record(micros.max(1) as u64);
-                    }
-                }
-            }
-        }));
+    show_progress(args, &counters, start, duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let measured_window = start.elapsed().saturating_sub(warmup);
+    for task in send_tasks {
+        let _ = task.await;
+    }
+    // Let deliveries catch up with the last acknowledged sends.
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    while counters.delivered.load(Ordering::Relaxed) < counters.acked.load(Ordering::Relaxed)
+        && Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peak_rss = sequencer.peak_rss_bytes().unwrap_or(0);
+    for task in &subscriber_tasks {
+        task.abort();
+    }
+    sequencer.terminate(Duration::from_secs(10)).await?;
+    Ok(counters.report(args, measured_window, peak_rss))
+}
+
+/// The sequencer's storage: SQLite in `dir`, the given PostgreSQL database, or one on a
+/// throwaway server returned with it.
+fn storage(
+    args: &SequencerBenchArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<(StorageConfig, Option<meridian_pgserver::PostgresServer>)> {
+    Ok(match (args.backend, &args.postgres_url) {
+        (Backend::Sqlite, _) => (
+            StorageConfig::Sqlite {
+                path: dir.join("sequencer.db"),
+            },
+            None,
+        ),
+        (Backend::Postgres, Some(url)) => (postgres_storage(url.clone()), None),
+        (Backend::Postgres, None) => {
+            let server = meridian_pgserver::PostgresServer::start()
+                .context("starting a throwaway PostgreSQL (or pass --postgres-url)")?;
+            let url = server.create_database("bench")?;
+            (postgres_storage(url), Some(server))
+        }
+    })
+}
+
+impl Counters {
+    fn new(measure_from: Instant) -> Self {
+        Self {
+            measure_from,
+            acked: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            delivery_us: Mutex::new(histogram()),
+            ack_us: Mutex::new(histogram()),
+            measured_acked: AtomicU64::new(0),
+            measured_delivered: AtomicU64::new(0),
+        }
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
+    fn report(
+        &self,
+        args: &SequencerBenchArgs,
+        measured_window: Duration,
+        peak_rss_bytes: u64,
+    ) -> SequencerBenchReport {
+        let acked = self.acked.load(Ordering::Relaxed);
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        let window_s = measured_window.as_secs_f64().max(1e-3);
+        let delivery = lock(&self.delivery_us).clone();
+        let ack = lock(&self.ack_us).clone();
+        SequencerBenchReport {
+            backend: args.backend,
+            duration_s: args.duration_s as f64,
+            senders: args.senders,
+            in_flight_per_sender: args.in_flight,
+            subscribers: args.subscribers,
+            target_rate_per_s: args.rate,
+            submissions: acked,
+            submissions_per_s: self.measured_acked.load(Ordering::Relaxed) as f64 / window_s,
+            delivered_events: delivered,
+            delivered_per_s: self.measured_delivered.load(Ordering::Relaxed) as f64 / window_s,
+            latency_p50_ms: quantile_ms(&delivery, 0.50),
+            latency_p99_ms: quantile_ms(&delivery, 0.99),
+            latency_max_ms: delivery.max() as f64 / 1_000.0,
+            send_ack_p50_ms: quantile_ms(&ack, 0.50),
+            send_ack_p99_ms: quantile_ms(&ack, 0.99),
+            sequencer_peak_rss_mib: peak_rss_bytes as f64 / (1024.0 * 1024.0),
+            failed_sends: self.failed.load(Ordering::Relaxed),
+            first_error: lock(&self.first_error).clone(),
+            undelivered_after_drain: acked.saturating_sub(delivered),
+        }
+    }
+}
+
+/// Counts what `client`'s subscription delivers, and its send→delivery latency.
+async fn subscribe(client: SequencerClient, counters: Arc<Counters>, start: Instant) {
+    let mut events = client.subscribe(None);
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                record_error(&counters, format!("subscription: {error}"));
+                return;
+            }
+        };
+        let received = Instant::now();
+        for envelope in event.envelopes {
+            let Some(sent) = decode_send_instant(start, &envelope.payload) else {
+                continue;
+            };
+            counters.delivered.fetch_add(1, Ordering::Relaxed);
+            if sent >= counters.measure_from {
+                counters.measured_delivered.fetch_add(1, Ordering::Relaxed);
+                let micros = received.saturating_duration_since(sent).as_micros();
+                let _ = lock(&counters.delivery_us).record(micros.max(1) as u64);
+            }
+        }
+    }
+}
+
+/// `in_flight` send loops per sender, until `stop`.
+fn spawn_send_loops(
+    args: &SequencerBenchArgs,
+    senders: &[SequencerClient],
+    recipients: &[MemberId],
+    counters: &Arc<Counters>,
+    stop: &Arc<AtomicBool>,
+    start: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let loops = args.senders * args.in_flight;
     let interval = args
         .rate
         .filter(|&rate| rate > 0)
         .map(|rate| Duration::from_secs_f64(loops as f64 / rate as f64));
-    let mut send_tasks = Vec::new();
+    let mut tasks = Vec::new();
     for (sender_index, client) in senders.iter().enumerate() {
         for loop_index in 0..args.in_flight {
-            let client = client.clone();
-            let counters = counters.clone();
-            let stop = stop.clone();
-            let recipients = subscriber_ids.clone();
-            let payload_bytes = args.payload_bytes as usize;
-            let in_flight = args.in_flight;
-            send_tasks.push(tokio::spawn(async move {
-                // Stagger the loops' phases: aligned tickers would send in bursts of `loops`
-                // submissions and measure queueing behind the burst, not a steady rate.
-                let phase = sender_index as u64 * in_flight + loop_index;
-                let mut ticker = interval.map(|every| {
-                    let offset = every.mul_f64(phase as f64 / loops as f64);
-                    let mut ticker =
-                        tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    ticker
-                });
-                let mut sequence: u64 = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(ticker) = ticker.as_mut() {
-                        ticker.tick().await;
-                    }
-                    sequence += 1;
-                    let slot = (sender_index as u64 + loop_index + sequence) as usize;
-                    let recipient = recipients[slot % recipients.len()].clone();
-                    let sent = Instant::now();
-                    let submission = Submission {
-                        sender: client.member().clone(),
-                        message_id: MessageId::new(format!("l{loop_index}-{sequence}"))
-                            .expect("generated message ids are valid"),
-                        envelopes: vec![Envelope {
-                            recipients: vec![recipient],
-                            payload: encode_payload(start, sent, payload_bytes),
-                        }],
-                        max_sequencing_time: Timestamp::now()
-                            .saturating_add(Duration::from_secs(60)),
-                    };
-                    match client.send(submission).await {
-                        Ok(_) => {
-                            counters.acked.fetch_add(1, Ordering::Relaxed);
-                            if sent >= counters.measure_from {
-                                counters.measured_acked.fetch_add(1, Ordering::Relaxed);
-                                let micros = sent.elapsed().as_micros();
-                                let _ = lock(&counters.ack_us).record(micros.max(1) as u64);
-                            }
-                        }
-                        Err(error) => {
-                            counters.failed.fetch_add(1, Ordering::Relaxed);
-                            record_error(&counters, format!("send: {error}"));
-                        }
-                    }
-                }
-            }));
+            let send_loop = SendLoop {
+                client: client.clone(),
+                counters: counters.clone(),
+                stop: stop.clone(),
+                recipients: recipients.to_vec(),
+                payload_bytes: args.payload_bytes as usize,
+                start,
+                sender_index: sender_index as u64,
+                loop_index,
+            };
+            // Stagger the loops' phases: aligned tickers would send in bursts of `loops`
+            // submissions and measure queueing behind the burst, not a steady rate.
+            let phase = sender_index as u64 * args.in_flight + loop_index;
+            let ticker = interval.map(|every| {
+                let offset = every.mul_f64(phase as f64 / loops as f64);
+                let mut ticker =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker
+            });
+            tasks.push(tokio::spawn(send_loop.run(ticker)));
         }
     }
+    tasks
+}
 
+/// One loop of sends, each to the next subscriber in turn.
+struct SendLoop {
+    client: SequencerClient,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    recipients: Vec<MemberId>,
+    payload_bytes: usize,
+    start: Instant,
+    sender_index: u64,
+    loop_index: u64,
+}
+
+impl SendLoop {
+    async fn run(self, mut ticker: Option<tokio::time::Interval>) {
+        let (counters, loop_index) = (&self.counters, self.loop_index);
+        let mut sequence: u64 = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Some(ticker) = ticker.as_mut() {
+                ticker.tick().await;
+            }
+            sequence += 1;
+            let slot = (self.sender_index + loop_index + sequence) as usize;
+            let recipient = self.recipients[slot % self.recipients.len()].clone();
+            let sent = Instant::now();
+            let submission = Submission {
+                sender: self.client.member().clone(),
+                message_id: MessageId::new(format!("l{loop_index}-{sequence}"))
+                    .expect("generated message ids are valid"),
+                envelopes: vec![Envelope {
+                    recipients: vec![recipient],
+                    payload: encode_payload(self.start, sent, self.payload_bytes),
+                }],
+                max_sequencing_time: Timestamp::now().saturating_add(Duration::from_secs(60)),
+            };
+            match self.client.send(submission).await {
+                Ok(_) => {
+                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                    if sent >= counters.measure_from {
+                        counters.measured_acked.fetch_add(1, Ordering::Relaxed);
+                        let micros = sent.elapsed().as_micros();
+                        let _ = lock(&counters.ack_us).record(micros.max(1) as u64);
+                    }
+                }
+                Err(error) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    record_error(counters, format!("send: {error}"));
+                }
+            }
+        }
+    }
+}
+
+/// The live progress line until `duration` has passed since `start`.
+async fn show_progress(
+    args: &SequencerBenchArgs,
+    counters: &Counters,
+    start: Instant,
+    duration: Duration,
+) {
     let progress = indicatif::ProgressBar::new(args.duration_s);
     progress.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed}/{len}s {wide_msg}")
@@ -279,52 +391,7 @@ pub async fn measure(args: &SequencerBenchArgs) -> anyhow::Result<SequencerBench
         ));
         last = (now, acked, delivered);
     }
-    stop.store(true, Ordering::Relaxed);
-    let measured_window = start.elapsed().saturating_sub(warmup);
-    for task in send_tasks {
-        let _ = task.await;
-    }
-    // Let deliveries catch up with the last acknowledged sends.
-    let drain_deadline = Instant::now() + Duration::from_secs(10);
-    while counters.delivered.load(Ordering::Relaxed) < counters.acked.load(Ordering::Relaxed)
-        && Instant::now() < drain_deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     progress.finish_and_clear();
-    let peak_rss = sequencer.peak_rss_bytes().unwrap_or(0);
-    for task in &subscriber_tasks {
-        task.abort();
-    }
-    sequencer.terminate(Duration::from_secs(10)).await?;
-
-    let acked = counters.acked.load(Ordering::Relaxed);
-    let delivered = counters.delivered.load(Ordering::Relaxed);
-    let window_s = measured_window.as_secs_f64().max(1e-3);
-    let delivery = lock(&counters.delivery_us).clone();
-    let ack = lock(&counters.ack_us).clone();
-    let first_error = lock(&counters.first_error).clone();
-    Ok(SequencerBenchReport {
-        backend: args.backend,
-        duration_s: args.duration_s as f64,
-        senders: args.senders,
-        in_flight_per_sender: args.in_flight,
-        subscribers: args.subscribers,
-        target_rate_per_s: args.rate,
-        submissions: acked,
-        submissions_per_s: counters.measured_acked.load(Ordering::Relaxed) as f64 / window_s,
-        delivered_events: delivered,
-        delivered_per_s: counters.measured_delivered.load(Ordering::Relaxed) as f64 / window_s,
-        latency_p50_ms: quantile_ms(&delivery, 0.50),
-        latency_p99_ms: quantile_ms(&delivery, 0.99),
-        latency_max_ms: delivery.max() as f64 / 1_000.0,
-        send_ack_p50_ms: quantile_ms(&ack, 0.50),
-        send_ack_p99_ms: quantile_ms(&ack, 0.99),
-        sequencer_peak_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
-        failed_sends: counters.failed.load(Ordering::Relaxed),
-        first_error,
-        undelivered_after_drain: acked.saturating_sub(delivered),
-    })
 }
 
 async fn connect(endpoint: &str, member: MemberId) -> anyhow::Result<SequencerClient> {

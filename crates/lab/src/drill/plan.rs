@@ -6,79 +6,50 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::bail;
+use clap::builder::PossibleValue;
 use clap::ValueEnum;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::bench::sequencer::Backend;
+use crate::deployment::Backend;
 use crate::deployment::NodePorts;
+use crate::fault::{Fault, PlannedFault, Redundancy};
 
 /// Most participants and replicas a one-machine drill deployment runs.
-/// The topology manager's node name in a deployment (its replicas are `<name>-a`, ...).
-pub const TOPOLOGY_NODE: &str = "topology-manager";
 const MAX_PARTICIPANTS: usize = 16;
 const MAX_REPLICAS: usize = 8;
 const MAX_SEQUENCERS: usize = 8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// What `--scenario` asks for: one fault, or every fault in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
-    /// kill -9 the active replica of a participant.
-    ParticipantCrash,
-    /// SIGSTOP the active participant replica until a passive took over, then SIGCONT.
-    ParticipantFreeze,
-    /// Graceful stop (SIGTERM) of the active participant replica, as in a rolling upgrade.
-    ParticipantStop,
-    /// kill -9 the active mediator replica.
-    MediatorCrash,
-    /// kill -9 the active topology manager replica.
-    TopologyCrash,
-    /// kill -9 one sequencer instance.
-    SequencerCrash,
-    /// Stop the PostgreSQL server for a few seconds, then start it again.
-    DatabaseRestart,
-    /// `meridian admin switchover` of a participant under load.
-    Switchover,
-    /// Every scenario above, one after another.
+    One(Fault),
     All,
 }
 
-impl Scenario {
-    pub const EACH: [Scenario; 8] = [
-        Scenario::ParticipantCrash,
-        Scenario::ParticipantFreeze,
-        Scenario::ParticipantStop,
-        Scenario::MediatorCrash,
-        Scenario::TopologyCrash,
-        Scenario::SequencerCrash,
-        Scenario::DatabaseRestart,
-        Scenario::Switchover,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::ParticipantCrash => "participant-crash",
-            Scenario::ParticipantFreeze => "participant-freeze",
-            Scenario::ParticipantStop => "participant-stop",
-            Scenario::MediatorCrash => "mediator-crash",
-            Scenario::TopologyCrash => "topology-crash",
-            Scenario::SequencerCrash => "sequencer-crash",
-            Scenario::DatabaseRestart => "database-restart",
-            Scenario::Switchover => "switchover",
-            Scenario::All => "all",
-        }
+impl ValueEnum for Scenario {
+    fn value_variants<'a>() -> &'a [Self] {
+        // Every fault, then `all`: a new fault is a scenario without being listed here.
+        static VARIANTS: OnceLock<Vec<Scenario>> = OnceLock::new();
+        VARIANTS.get_or_init(|| {
+            Fault::value_variants()
+                .iter()
+                .copied()
+                .map(Scenario::One)
+                .chain([Scenario::All])
+                .collect()
+        })
     }
 
-    /// Whether the scenario kills or stops a process (RTO targets apply to these).
-    pub fn is_crash(self) -> bool {
-        matches!(
-            self,
-            Scenario::ParticipantCrash
-                | Scenario::MediatorCrash
-                | Scenario::TopologyCrash
-                | Scenario::SequencerCrash
-        )
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            Scenario::One(fault) => fault.to_possible_value(),
+            Scenario::All => {
+                Some(PossibleValue::new("all").help("Every scenario above, one after another"))
+            }
+        }
     }
 }
 
@@ -201,121 +172,72 @@ impl DeploymentFile {
     }
 }
 
-/// The node a fault is aimed at, by the name of its directory (`participant2`, `mediator`,
-/// `topology-manager`, `sequencer`).
-pub fn default_target(scenario: Scenario) -> &'static str {
-    match scenario {
-        Scenario::ParticipantCrash
-        | Scenario::ParticipantFreeze
-        | Scenario::ParticipantStop
-        | Scenario::Switchover => "participant2",
-        Scenario::MediatorCrash => "mediator",
-        Scenario::TopologyCrash => TOPOLOGY_NODE,
-        Scenario::SequencerCrash | Scenario::DatabaseRestart => "sequencer",
-        Scenario::All => "",
-    }
-}
-
-/// One fault the drill will inject.
-#[derive(Debug, Clone, Serialize)]
-pub struct PlannedFault {
-    pub scenario: Scenario,
-    /// The node (directory name) the fault is aimed at.
-    pub target: String,
-}
-
-/// The faults of `scenario` (every one for `all`), each aimed at `target` if given, checked
-/// against `deployment`. Scenarios that cannot apply are refused, except that `all` skips the
-/// database restart on SQLite (there is no server to restart) and says so in `skipped`.
+/// The faults of `scenario` (every one for `all`), each aimed at the node named `target` if
+/// given, checked against `deployment`. Faults that cannot apply are refused, except that
+/// `all` skips those the storage cannot run (a database restart on SQLite) and says so in
+/// `skipped`.
 pub fn plan(
     scenario: Scenario,
     target: Option<&str>,
     deployment: &DeploymentFile,
 ) -> anyhow::Result<(Vec<PlannedFault>, Vec<String>)> {
-    let scenarios: Vec<Scenario> = if scenario == Scenario::All {
-        Scenario::EACH.to_vec()
-    } else {
-        vec![scenario]
+    let faults: Vec<Fault> = match scenario {
+        Scenario::All if target.is_some() => {
+            bail!("--target aims one scenario's fault; with --scenario all each uses its default")
+        }
+        Scenario::All => Fault::value_variants().to_vec(),
+        Scenario::One(fault) => vec![fault],
     };
-    if scenario == Scenario::All && target.is_some() {
-        bail!("--target aims one scenario's fault; with --scenario all each uses its default");
-    }
-    let mut faults = Vec::new();
+    let mut planned = Vec::new();
     let mut skipped = Vec::new();
-    for each in scenarios {
-        if each == Scenario::DatabaseRestart && deployment.backend == FileBackend::Sqlite {
+    for fault in faults {
+        if let Some(unsupported) = fault.unsupported_on(deployment.backend()) {
             if scenario == Scenario::All {
-                skipped.push(format!(
-                    "{}: SQLite is embedded, there is no database server to restart (use --backend postgres)",
-                    each.name()
-                ));
+                skipped.push(format!("{}: {}", fault.name(), unsupported.reason));
                 continue;
             }
-            bail!("database-restart restarts a PostgreSQL server; run it with --backend postgres");
+            bail!("{}", unsupported.refusal);
         }
-        if each == Scenario::ParticipantFreeze && deployment.backend == FileBackend::Sqlite {
-            // A process stopped inside a write transaction keeps the SQLite file's write lock,
-            // and no other process can break it: the passive could never write. PostgreSQL
-            // terminates the frozen holder's session instead (docs/high-availability.md).
-            let reason = "on SQLite a frozen process can keep the database file's write lock, which no other process can break (use --backend postgres)";
-            if scenario == Scenario::All {
-                skipped.push(format!("{}: {reason}", each.name()));
-                continue;
-            }
-            bail!("participant-freeze: {reason}");
-        }
-        let target = target.unwrap_or(default_target(each)).to_owned();
-        check_target(each, &target, deployment)?;
-        faults.push(PlannedFault {
-            scenario: each,
-            target,
-        });
+        planned.push(aim(fault, target, deployment)?);
     }
-    Ok((faults, skipped))
+    Ok((planned, skipped))
 }
 
-fn check_target(
-    scenario: Scenario,
-    target: &str,
+/// `fault` aimed at the node named `target` (else its default), if the deployment runs that
+/// node and has something for it to fail over to.
+fn aim(
+    fault: Fault,
+    target: Option<&str>,
     deployment: &DeploymentFile,
-) -> anyhow::Result<()> {
-    let participants: Vec<String> = (1..=deployment.participants)
-        .map(|i| format!("participant{i}"))
-        .collect();
-    let valid: Vec<String> = match scenario {
-        Scenario::ParticipantCrash
-        | Scenario::ParticipantFreeze
-        | Scenario::ParticipantStop
-        | Scenario::Switchover => participants,
-        Scenario::MediatorCrash => vec!["mediator".into()],
-        Scenario::TopologyCrash => vec![TOPOLOGY_NODE.into()],
-        Scenario::SequencerCrash | Scenario::DatabaseRestart => vec!["sequencer".into()],
-        Scenario::All => Vec::new(),
-    };
-    if !valid.iter().any(|v| v == target) {
-        bail!(
-            "{}: the deployment runs no {target:?} this fault can hit (valid: {})",
-            scenario.name(),
-            valid.join(", ")
-        );
-    }
-    let redundant = match scenario {
-        Scenario::SequencerCrash => deployment.sequencers >= 2,
-        Scenario::DatabaseRestart => true,
-        _ => deployment.replicas >= 2,
-    };
-    if !redundant {
-        bail!(
-            "{}: {target} has nothing to fail over to (needs {} ≥ 2 in the deployment)",
-            scenario.name(),
-            if scenario == Scenario::SequencerCrash {
-                "sequencers"
-            } else {
-                "replicas"
+) -> anyhow::Result<PlannedFault> {
+    let valid = fault.nodes(deployment.participants);
+    let node = match target {
+        None => fault.default_node(),
+        Some(name) => match valid.iter().find(|node| node.name() == name) {
+            Some(node) => *node,
+            None => {
+                let names: Vec<String> = valid.iter().map(|node| node.name()).collect();
+                bail!(
+                    "{}: the deployment runs no {name:?} this fault can hit (valid: {})",
+                    fault.name(),
+                    names.join(", ")
+                );
             }
+        },
+    };
+    let shortage = match fault.fails_over_to() {
+        Some(Redundancy::Sequencers) if deployment.sequencers < 2 => Some("sequencers"),
+        Some(Redundancy::Replicas) if deployment.replicas < 2 => Some("replicas"),
+        _ => None,
+    };
+    if let Some(what) = shortage {
+        bail!(
+            "{}: {} has nothing to fail over to (needs {what} ≥ 2 in the deployment)",
+            fault.name(),
+            node.name()
         );
     }
-    Ok(())
+    Ok(PlannedFault { fault, node })
 }
 
 #[cfg(test)]
@@ -371,23 +293,33 @@ mod tests {
         let file = parse("").expect("default");
         let message = format!(
             "{:#}",
-            plan(Scenario::ParticipantCrash, Some("participant7"), &file).expect_err("refused")
+            plan(
+                Scenario::One(Fault::ParticipantCrash),
+                Some("participant7"),
+                &file
+            )
+            .expect_err("refused")
         );
         assert!(message.contains("no \"participant7\""), "{message}");
         let message = format!(
             "{:#}",
-            plan(Scenario::MediatorCrash, Some("participant1"), &file).expect_err("refused")
+            plan(
+                Scenario::One(Fault::MediatorCrash),
+                Some("participant1"),
+                &file
+            )
+            .expect_err("refused")
         );
         assert!(message.contains("valid: mediator"), "{message}");
         let single = parse("replicas = 1").expect("unreplicated");
         let message = format!(
             "{:#}",
-            plan(Scenario::ParticipantCrash, None, &single).expect_err("refused")
+            plan(Scenario::One(Fault::ParticipantCrash), None, &single).expect_err("refused")
         );
         assert!(message.contains("nothing to fail over to"), "{message}");
         let message = format!(
             "{:#}",
-            plan(Scenario::DatabaseRestart, None, &file).expect_err("refused")
+            plan(Scenario::One(Fault::DatabaseRestart), None, &file).expect_err("refused")
         );
         assert!(message.contains("--backend postgres"), "{message}");
     }

@@ -1,0 +1,528 @@
+//! The one experiment runner behind `meridian demo`, `bench ledger`, `bench failover` and
+//! `drill`: a deployment, the transfer workload in the background, a schedule of steady
+//! periods and faults, and a report of what the applications saw.
+//!
+//! Around each fault it measures detection (the deployment noticed), RTO (fault to the first
+//! success of a request *sent after* the fault, and to throughput back at 90 % of before),
+//! failed and retried requests, and keeps the throughput per 100 ms. After the load ended the
+//! ledgers are audited: an acknowledged transaction missing on any informee participant counts
+//! against the RPO of the fault it followed, and an IOU that exists twice is a duplicate.
+//!
+//! Its own instruments are cheap on purpose — atomic counters per 100 ms bucket, and HTTP
+//! polling of a handful of `/status` endpoints only while a fault is being measured — so they
+//! do not lower the throughput they measure. What each fault does is `crate::fault`'s.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use meridian_pgserver::PostgresServer;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::deployment::{Deployment, DeploymentSpec};
+use crate::fault::{Fault, Moment, PlannedFault, Recovery, Stage};
+use crate::workload::{
+    self, Audit, BackgroundLoad, FinishedLoad, Live, LoadEnd, LoadSpec, TimelineBucket,
+    WorkloadReport, TIMELINE_BUCKET_MS,
+};
+
+/// Bounds of one fault's measurement.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(45);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Throughput counts as back when a window this many buckets wide averages 90 % of before.
+const RECOVERY_WINDOW_BUCKETS: usize = 5;
+/// Buckets of context kept before each fault in its report.
+const BUCKETS_BEFORE_FAULT: usize = 20;
+
+/// What one fault did, as the application saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    pub scenario: Fault,
+    /// The node the fault was aimed at, e.g. `participant2`.
+    pub target: String,
+    /// What was done, e.g. "kill -9 participant2-a".
+    pub action: String,
+    /// The process the fault hit (a replica or a sequencer instance), when it hit one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faulted: Option<String>,
+    /// When the fault was injected, ms since the workload started.
+    pub injected_at_ms: f64,
+    /// Fault to the deployment noticing (another replica active, a node not ready).
+    pub detection_ms: Option<f64>,
+    /// Fault to the first commit of a request sent after the fault.
+    pub rto_first_success_ms: Option<f64>,
+    /// Fault to throughput back at 90 % of the steady state before it.
+    pub rto_throughput_90_ms: Option<f64>,
+    /// Acknowledged transactions (since the previous fault) missing afterwards on an informee.
+    pub rpo_transactions: usize,
+    pub failed_requests: u64,
+    /// Of the failed requests, those rejected with a mediator TIMEOUT.
+    pub timed_out_requests: u64,
+    pub retried_requests: u64,
+    /// Mean throughput over the settle period before the fault.
+    pub throughput_before_tx_per_s: f64,
+    /// Commits per 100 ms from 2 s before the fault to the end of its observation.
+    pub throughput_per_100ms: Vec<u64>,
+    /// For a freeze: whether the resumed replica came back passive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_replica_passive: Option<bool>,
+    /// Set when the deployment did not recover within the bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// When a fault's measurement is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// Detected and served again (`bench failover`: RTO is its figure, and throughput right
+    /// after a failover wanders around 90 % of before for many seconds on a busy machine).
+    FirstSuccess,
+    /// Also throughput back at 90 % of before (the drill reports that figure too).
+    Throughput,
+}
+
+/// One fault of a schedule.
+#[derive(Debug, Clone)]
+pub struct FaultStep {
+    pub fault: PlannedFault,
+    /// The steady load just before it, over which its "before" throughput is taken (whole
+    /// seconds count).
+    pub settle: Duration,
+    pub until: Recovered,
+}
+
+/// One step of an experiment's schedule.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Steady load for this long.
+    Steady(Duration),
+    /// Inject a fault and measure until it recovered, then restore full redundancy.
+    Fault(FaultStep),
+}
+
+/// What the runner is doing around a fault, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Steady load before the fault.
+    Settling,
+    /// The fault is injected and its recovery measured.
+    Measuring,
+    /// Watching after the fault recovered.
+    Observing,
+}
+
+/// Follows an experiment as it runs; every method has a quiet default.
+pub trait Observer {
+    /// The load's parties and IOUs are about to be set up.
+    fn load_starting(&mut self) {}
+    /// The load runs; `live` counts its commits as they happen.
+    fn load_started(&mut self, _live: &Arc<Live>) {}
+    /// Fault number `index` of the schedule (from 0) enters `phase`.
+    fn phase(&mut self, _index: usize, _fault: &PlannedFault, _phase: Phase) {}
+    /// A fault was measured; `Break` ends the schedule here.
+    fn measured(&mut self, _report: &FaultReport) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+    /// A fault could not be run (no active replica, a restart failed): the error ends the
+    /// experiment unless the observer swallows it.
+    fn fault_failed(&mut self, error: anyhow::Error) -> anyhow::Result<()> {
+        Err(error)
+    }
+    /// The load's transfers ended; the audit comes next.
+    fn load_ended(&mut self) {}
+}
+
+/// An observer that says nothing.
+pub struct Quiet;
+
+impl Observer for Quiet {}
+
+/// A deployment's load and the faults to inject into it.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    /// The background load; with a `duration` it runs that long whatever the schedule, else
+    /// it is stopped after the last step.
+    pub load: LoadSpec,
+    pub steps: Vec<Step>,
+}
+
+/// Everything an experiment measured.
+#[derive(Debug)]
+pub struct ExperimentReport {
+    /// Each fault in schedule order, with its RPO and throughput window.
+    pub faults: Vec<FaultReport>,
+    pub workload: WorkloadReport,
+    pub audit: Audit,
+    /// IOUs that exist twice: transfers committed twice.
+    pub duplicate_transactions: usize,
+    /// Requests that failed for the application, over the whole run.
+    pub failed_requests: u64,
+    pub retried_requests: u64,
+    /// The whole run, per 100 ms.
+    pub timeline: Vec<TimelineBucket>,
+    /// From the start of the transfers to the end of the audit.
+    pub duration_s: f64,
+    /// Whether a shutdown cut the experiment short.
+    pub interrupted: bool,
+}
+
+impl ExperimentReport {
+    /// The median and maximum of the faults' RTOs (first success).
+    pub fn rto_p50_and_max_ms(&self) -> (f64, f64) {
+        crate::stats::median_and_max(
+            self.faults
+                .iter()
+                .filter_map(|f| f.rto_first_success_ms)
+                .collect(),
+        )
+    }
+}
+
+impl Experiment {
+    /// Starts the deployment `spec` describes (`say` gets its progress lines), runs the
+    /// experiment on it and stops every node. `postgres` is the server the nodes store in,
+    /// if they use one.
+    pub async fn run_on(
+        &self,
+        spec: &DeploymentSpec,
+        postgres: Option<&PostgresServer>,
+        say: &mut dyn FnMut(String),
+        observer: &mut dyn Observer,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<ExperimentReport> {
+        let mut deployment = Deployment::start(spec, say).await?;
+        let result = self
+            .run(&mut deployment, postgres, observer, shutdown)
+            .await;
+        let stopped = deployment.stop().await;
+        let report = result?;
+        stopped.context("stopping the nodes")?;
+        Ok(report)
+    }
+
+    /// Runs the load and the schedule on a running deployment, then audits.
+    pub async fn run(
+        &self,
+        deployment: &mut Deployment,
+        postgres: Option<&PostgresServer>,
+        observer: &mut dyn Observer,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<ExperimentReport> {
+        observer.load_starting();
+        let load = BackgroundLoad::start_with(deployment, &self.load, shutdown).await?;
+        let live = load.live.clone();
+        observer.load_started(&live);
+        let parties = load.parties.clone();
+        let mut stage = Stage {
+            deployment,
+            postgres,
+            parties: &parties,
+        };
+        let scheduled = self.schedule(&mut stage, &live, observer, shutdown).await;
+        let end = match (&scheduled, self.load.duration) {
+            (Ok(_), Some(_)) => LoadEnd::RunOut,
+            _ => LoadEnd::Stop,
+        };
+        let ended = load.end(end).await;
+        observer.load_ended();
+        let mut faults = scheduled?;
+        let ended = ended?;
+        let started = ended.started;
+        let FinishedLoad {
+            report: workload,
+            audit,
+            parties,
+        } = ended.audit().await?;
+        let duration_s = started.elapsed().as_secs_f64();
+        let duplicate_transactions = workload::duplicate_ious(&parties).await?;
+        attribute_rpo(&mut faults, &workload, &audit);
+        let end_bucket = live.bucket_of(Instant::now()) + 1;
+        let faults = faults
+            .into_iter()
+            .map(|(mut report, window)| {
+                report.throughput_per_100ms = throughput_around(&live, &report, window, end_bucket);
+                report
+            })
+            .collect();
+        Ok(ExperimentReport {
+            faults,
+            workload,
+            audit,
+            duplicate_transactions,
+            failed_requests: live.failed.load(Ordering::Relaxed),
+            retried_requests: live.retried.load(Ordering::Relaxed),
+            timeline: live.timeline.snapshot(end_bucket),
+            duration_s,
+            interrupted: shutdown.is_cancelled(),
+        })
+    }
+
+    /// Runs the steps; each fault's report comes with how long after it its throughput is
+    /// kept (its settle period and the steady load that follows it).
+    async fn schedule(
+        &self,
+        stage: &mut Stage<'_>,
+        live: &Live,
+        observer: &mut dyn Observer,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Vec<(FaultReport, Duration)>> {
+        let mut faults: Vec<(FaultReport, Duration)> = Vec::new();
+        let mut index = 0;
+        let mut after_fault = None;
+        for (position, step) in self.steps.iter().enumerate() {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match step {
+                Step::Steady(duration) => {
+                    if let Some((done, fault)) = after_fault {
+                        observer.phase(done, fault, Phase::Observing);
+                        if let Some((_, window)) = faults.last_mut() {
+                            *window += *duration;
+                        }
+                    } else if let Some(next) = self.next_fault(position) {
+                        observer.phase(index, &next.fault, Phase::Settling);
+                    }
+                    // A shutdown ends the wait; the loop's check then ends the schedule.
+                    tokio::select! {
+                        () = tokio::time::sleep(*duration) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+                Step::Fault(step) => {
+                    observer.phase(index, &step.fault, Phase::Measuring);
+                    after_fault = Some((index, &step.fault));
+                    index += 1;
+                    match measure(stage, live, step).await {
+                        Ok(report) => {
+                            let flow = observer.measured(&report);
+                            faults.push((report, step.settle));
+                            if flow.is_break() {
+                                break;
+                            }
+                        }
+                        Err(error) => observer.fault_failed(error)?,
+                    }
+                    continue;
+                }
+            }
+            after_fault = None;
+        }
+        Ok(faults)
+    }
+
+    /// The first fault scheduled after step `position`.
+    fn next_fault(&self, position: usize) -> Option<&FaultStep> {
+        self.steps[position..].iter().find_map(|step| match step {
+            Step::Fault(fault) => Some(fault),
+            Step::Steady(_) => None,
+        })
+    }
+}
+
+/// Each missing transaction counts against the last fault injected before it was
+/// acknowledged: that is the fault that could have lost it.
+fn attribute_rpo(faults: &mut [(FaultReport, Duration)], workload: &WorkloadReport, audit: &Audit) {
+    let missing: HashSet<&str> = audit
+        .missing_transactions
+        .iter()
+        .map(String::as_str)
+        .collect();
+    for (id, acknowledged_us) in workload
+        .committed_transactions
+        .iter()
+        .zip(&workload.committed_at_us)
+    {
+        if missing.contains(id.as_str()) {
+            let acknowledged_ms = *acknowledged_us as f64 / 1_000.0;
+            if let Some((report, _)) = faults
+                .iter_mut()
+                .rev()
+                .find(|(r, _)| r.injected_at_ms <= acknowledged_ms)
+            {
+                report.rpo_transactions += 1;
+            }
+        }
+    }
+}
+
+/// Commits per bucket from [`BUCKETS_BEFORE_FAULT`] before the fault to `after` past that.
+fn throughput_around(
+    live: &Live,
+    report: &FaultReport,
+    after: Duration,
+    end_bucket: usize,
+) -> Vec<u64> {
+    let start = live
+        .bucket_of(live.epoch() + Duration::from_secs_f64(report.injected_at_ms / 1_000.0))
+        .saturating_sub(BUCKETS_BEFORE_FAULT);
+    let after_buckets =
+        usize::try_from(after.as_secs() * 1_000 / TIMELINE_BUCKET_MS).unwrap_or(usize::MAX);
+    let end = start
+        .saturating_add(BUCKETS_BEFORE_FAULT)
+        .saturating_add(after_buckets)
+        .min(end_bucket);
+    live.timeline.committed_per_bucket(start, end)
+}
+
+/// The load's counters just before a fault, which its figures are measured against.
+struct Before {
+    commits_per_bucket: f64,
+    failed: u64,
+    timeouts: u64,
+    retried: u64,
+}
+
+impl Before {
+    /// Takes the throughput over the `settle` period just past (whole seconds).
+    fn take(live: &Live, settle: Duration) -> Self {
+        let now_bucket = live.bucket_of(Instant::now());
+        let settle_buckets =
+            usize::try_from(settle.as_secs() * 1_000 / TIMELINE_BUCKET_MS).unwrap_or(usize::MAX);
+        let from = now_bucket.saturating_sub(settle_buckets.saturating_sub(5).max(5));
+        let buckets = now_bucket.saturating_sub(from).max(1);
+        Self {
+            commits_per_bucket: live.timeline.committed_between(from, now_bucket) as f64
+                / buckets as f64,
+            failed: live.failed.load(Ordering::Relaxed),
+            timeouts: live.timeouts.load(Ordering::Relaxed),
+            retried: live.retried.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the runner is waiting for after a fault, and when each thing happened.
+struct Watch {
+    injected_at: Instant,
+    detected: Option<Instant>,
+    first_success: Option<Instant>,
+    throughput_back: Option<Instant>,
+}
+
+impl Watch {
+    fn ms(&self, at: Option<Instant>) -> Option<f64> {
+        at.map(|t| t.saturating_duration_since(self.injected_at).as_secs_f64() * 1_000.0)
+    }
+
+    fn is_over(&self, until: Recovered) -> bool {
+        self.detected.is_some()
+            && self.first_success.is_some()
+            && (self.throughput_back.is_some() || until == Recovered::FirstSuccess)
+    }
+}
+
+/// Injects the step's fault into the running deployment while `live` load runs, measures
+/// until it recovered, and restores full redundancy.
+async fn measure(
+    stage: &mut Stage<'_>,
+    live: &Live,
+    step: &FaultStep,
+) -> anyhow::Result<FaultReport> {
+    let before = Before::take(live, step.settle);
+    let mut injected = step.fault.inject(stage).await?;
+    let mut watch = Watch {
+        injected_at: injected.injected_at,
+        detected: None,
+        first_success: None,
+        throughput_back: None,
+    };
+    let fault_bucket = live.bucket_of(watch.injected_at);
+    let mut problem = None;
+    loop {
+        if watch.injected_at.elapsed() > RECOVERY_TIMEOUT {
+            problem = Some(format!(
+                "not recovered within {} s (detected: {}, first success: {}, throughput back: {})",
+                RECOVERY_TIMEOUT.as_secs(),
+                watch.detected.is_some(),
+                watch.first_success.is_some(),
+                watch.throughput_back.is_some()
+            ));
+            break;
+        }
+        if watch.detected.is_none() && injected.detected(stage.deployment).await {
+            watch.detected = Some(Instant::now());
+        }
+        if watch.first_success.is_none() {
+            match injected.recovered(live).await? {
+                Recovery::NotYet => {}
+                Recovery::At(at) => watch.first_success = Some(at),
+                Recovery::Failed(failure) => {
+                    problem = Some(failure);
+                    break;
+                }
+            }
+        }
+        if watch.first_success.is_some() && watch.throughput_back.is_none() {
+            watch.throughput_back =
+                throughput_back(live, &watch, fault_bucket, before.commits_per_bucket);
+        }
+        let moment = Moment::Measuring {
+            detected: watch.detected.is_some(),
+            served: watch.first_success.is_some(),
+        };
+        injected.restore(stage, moment).await?;
+        if watch.is_over(step.until) && !injected.recovery_needs_restore() {
+            break;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let action = injected.action.clone();
+    let faulted = injected.faulted();
+    let restored = injected.finish(stage).await?;
+    Ok(FaultReport {
+        scenario: step.fault.fault,
+        target: step.fault.node.name(),
+        action,
+        faulted,
+        injected_at_ms: watch
+            .injected_at
+            .saturating_duration_since(live.epoch())
+            .as_secs_f64()
+            * 1_000.0,
+        detection_ms: watch.ms(watch.detected),
+        rto_first_success_ms: watch.ms(watch.first_success),
+        rto_throughput_90_ms: watch.ms(watch.throughput_back),
+        rpo_transactions: 0,
+        failed_requests: live.failed.load(Ordering::Relaxed) - before.failed,
+        timed_out_requests: live.timeouts.load(Ordering::Relaxed) - before.timeouts,
+        retried_requests: live.retried.load(Ordering::Relaxed) - before.retried,
+        throughput_before_tx_per_s: before.commits_per_bucket * 1_000.0 / TIMELINE_BUCKET_MS as f64,
+        throughput_per_100ms: Vec::new(),
+        resumed_replica_passive: restored.resumed_replica_passive,
+        problem: problem.or(restored.problem),
+    })
+}
+
+/// When throughput was first back at 90 % of `before_per_bucket`, if it is yet. Only
+/// complete windows after the fault count: the fault's own bucket still holds commits from
+/// before it, and the current bucket is still filling. Nor can throughput be "back" before
+/// the first success after the fault.
+fn throughput_back(
+    live: &Live,
+    watch: &Watch,
+    fault_bucket: usize,
+    before_per_bucket: f64,
+) -> Option<Instant> {
+    let current = live.bucket_of(Instant::now());
+    let first_success_bucket = watch.first_success.map_or(0, |t| live.bucket_of(t));
+    let mut start = (fault_bucket + 1).max(first_success_bucket);
+    while start + RECOVERY_WINDOW_BUCKETS <= current {
+        let window = live
+            .timeline
+            .committed_between(start, start + RECOVERY_WINDOW_BUCKETS) as f64
+            / RECOVERY_WINDOW_BUCKETS as f64;
+        if window >= 0.9 * before_per_bucket {
+            let at = live.epoch()
+                + Duration::from_millis(
+                    u64::try_from(start).unwrap_or(u64::MAX) * TIMELINE_BUCKET_MS,
+                );
+            return Some(at.max(watch.first_success.unwrap_or(watch.injected_at)));
+        }
+        start += 1;
+    }
+    None
+}

@@ -1,0 +1,205 @@
+//! A transfer load run for a fixed time against a fresh deployment, with a live progress line
+//! and, optionally, one fault halfway through: what `meridian demo` (with its failover) and
+//! `meridian bench ledger` (without) run. One configuration of the experiment runner.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_core::UserId;
+use meridian_pgserver::PostgresServer;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::deployment::DeploymentSpec;
+use crate::experiment::{Experiment, FaultReport, FaultStep, Observer, Recovered, Step};
+use crate::fault::{Node, PlannedFault};
+use crate::stats::fmt_ms;
+use crate::workload::{Audit, Live, LoadSpec, WorkloadReport, OWNER_PARTICIPANTS};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct TimedRun {
+    pub lanes: u64,
+    pub duration: Duration,
+    /// Target transfers per second; `None` = as fast as the lanes go.
+    pub rate: Option<u64>,
+    /// Injected halfway through, measured until throughput is back.
+    pub fault: Option<PlannedFault>,
+    /// Print one JSON object at the end instead of progress on stderr.
+    pub json: bool,
+}
+
+/// What a load run for a fixed time saw, with its fault if one was injected.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub duration_s: f64,
+    pub lanes: u64,
+    #[serde(flatten)]
+    pub workload: WorkloadReport,
+    #[serde(flatten)]
+    pub audit: Audit,
+    /// The failover halfway through, if one was run.
+    pub failover: Option<FaultReport>,
+    pub interrupted: bool,
+}
+
+impl TimedRun {
+    /// Starts the deployment `spec` describes, runs the load (and the fault), audits, and
+    /// stops every node.
+    pub async fn run(
+        &self,
+        spec: &DeploymentSpec,
+        postgres: Option<&PostgresServer>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<RunReport> {
+        if !self.json {
+            eprintln!("starting a synchronizer in {}", spec.data_dir.display());
+        }
+        let mut progress = ProgressLine {
+            run: self,
+            task: None,
+        };
+        let report = self
+            .experiment()?
+            .run_on(
+                spec,
+                postgres,
+                &mut say(self.json),
+                &mut progress,
+                &shutdown,
+            )
+            .await?;
+        Ok(RunReport {
+            duration_s: report.duration_s,
+            lanes: self.lanes,
+            workload: report.workload,
+            audit: report.audit,
+            failover: report.faults.into_iter().next(),
+            interrupted: report.interrupted,
+        })
+    }
+
+    fn experiment(&self) -> anyhow::Result<Experiment> {
+        let halfway = self.duration / 2;
+        let steps = match self.fault {
+            Some(fault) => vec![
+                Step::Steady(halfway),
+                Step::Fault(FaultStep {
+                    fault,
+                    settle: halfway,
+                    until: Recovered::Throughput,
+                }),
+            ],
+            None => Vec::new(),
+        };
+        let run = format!(
+            "run{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis()
+        );
+        Ok(Experiment {
+            load: LoadSpec {
+                user: UserId::new("demo-app")?,
+                backoff: meridian_client::Backoff::default(),
+                lanes: usize::try_from(self.lanes)?,
+                run,
+                rate: self.rate,
+                duration: Some(self.duration),
+            },
+            steps,
+        })
+    }
+}
+
+/// Progress lines on stderr, unless the output is JSON.
+fn say(json: bool) -> impl FnMut(String) {
+    move |line: String| {
+        if !json {
+            eprintln!("  {line}");
+        }
+    }
+}
+
+/// The live progress line while the load runs, and the failover's outcome when it is known.
+struct ProgressLine<'a> {
+    run: &'a TimedRun,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Observer for ProgressLine<'_> {
+    fn load_starting(&mut self) {
+        say(self.run.json)(format!(
+            "issuing {} IOUs from bank to alice",
+            self.run.lanes
+        ));
+    }
+
+    fn load_started(&mut self, live: &Arc<Live>) {
+        let [alice, bob] = OWNER_PARTICIPANTS.map(|index| Node::Participant(index).name());
+        say(self.run.json)(format!(
+            "transferring between alice ({alice}) and bob ({bob}) for {} s",
+            self.run.duration.as_secs()
+        ));
+        self.task = Some(progress_line(
+            live.clone(),
+            self.run.duration,
+            self.run.json,
+        ));
+    }
+
+    fn measured(&mut self, report: &FaultReport) -> ControlFlow<()> {
+        say(self.run.json)(format!(
+            "failover: {}; first success after {} ms",
+            report.action,
+            fmt_ms(report.rto_first_success_ms)
+        ));
+        ControlFlow::Continue(())
+    }
+
+    /// The show goes on without its failover.
+    fn fault_failed(&mut self, error: anyhow::Error) -> anyhow::Result<()> {
+        tracing::warn!(%error, "the demo's failover could not be run");
+        Ok(())
+    }
+
+    fn load_ended(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if !self.run.json {
+            eprintln!();
+        }
+    }
+}
+
+fn progress_line(live: Arc<Live>, duration: Duration, json: bool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let bar = if json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(duration.as_secs())
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("  {spinner} {elapsed}/{len}s {wide_msg}")
+                .expect("static progress template is valid"),
+        );
+        let started = Instant::now();
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let committed = live.committed.load(Ordering::Relaxed);
+            let now = Instant::now();
+            let rate = (committed - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+            last = (now, committed);
+            bar.set_position(started.elapsed().as_secs());
+            bar.set_message(format!(
+                "{committed} committed  {rate:>6.0} tx/s  {} failed",
+                live.failed.load(Ordering::Relaxed)
+            ));
+        }
+    })
+}
