@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 
-use crate::sequencer::{
+use super::{
     Incarnation, InstanceClaim, InstanceState, MemberRecord, MemberSeq, NewEvent, StoredEvent,
     WriteResult,
 };
