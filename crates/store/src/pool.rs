@@ -20,8 +20,9 @@ use sqlx::sqlite::{
 };
 use sqlx::Connection;
 
+use crate::fencing::FencedConnection;
 use crate::sequencer::BackendStatus;
-use crate::{StorageConfig, StoreError};
+use crate::{FenceSlot, StorageConfig, StoreError};
 
 /// A store's connections: one writer (SQLite allows one writer at a time; on PostgreSQL each
 /// store has one writing task anyway) and a reader pool, so reads never queue behind a commit.
@@ -225,6 +226,27 @@ impl StorePool {
             None => writer.clone(),
         };
         Ok(StorePool::Sqlite { writer, readers })
+    }
+
+    /// Runs `statement`, with `value` as its one parameter, in a write transaction that first
+    /// checks `fence`; returns how many rows it changed.
+    pub(crate) async fn fenced_execute(
+        &self,
+        fence: &FenceSlot,
+        statement: &str,
+        value: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(on_backend!(self, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            tx.check_fence(fence).await?;
+            let changed = sqlx::query(statement)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            changed
+        }))
     }
 
     /// Facts about the database that decide whether a node may serve on it.

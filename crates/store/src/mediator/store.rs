@@ -177,18 +177,10 @@ impl MediatorStore for SqlMediatorStore {
     }
 
     async fn prune_verdicts(&self, before: Timestamp) -> Result<u64, StoreError> {
-        Ok(on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
-            tx.check_fence(&self.fence).await?;
-            let pruned =
-                sqlx::query("DELETE FROM mediator_verdicts WHERE sent AND request_id < $1")
-                    .bind(before.as_i64())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            tx.commit().await?;
-            pruned
-        }))
+        let prune = "DELETE FROM mediator_verdicts WHERE sent AND request_id < $1";
+        self.pool
+            .fenced_execute(&self.fence, prune, before.as_i64())
+            .await
     }
 
     async fn backend_status(&self) -> Result<BackendStatus, StoreError> {

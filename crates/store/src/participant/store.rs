@@ -451,19 +451,11 @@ impl ParticipantStore for SqlParticipantStore {
     }
 
     async fn prune_dedup(&self, expired_before: Timestamp) -> Result<u64, StoreError> {
-        Ok(on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
-            tx.check_fence(&self.fence).await?;
-            let pruned = sqlx::query(
-                "DELETE FROM participant_dedup WHERE expires_at IS NOT NULL AND expires_at < $1",
-            )
-            .bind(expired_before.as_i64())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            pruned
-        }))
+        let prune =
+            "DELETE FROM participant_dedup WHERE expires_at IS NOT NULL AND expires_at < $1";
+        self.pool
+            .fenced_execute(&self.fence, prune, expired_before.as_i64())
+            .await
     }
 
     async fn ledger_end(&self) -> Result<LedgerOffset, StoreError> {

@@ -231,6 +231,11 @@ pub(crate) fn stored_event(row: EventRow) -> Result<StoredEvent, StoreError> {
     })
 }
 
+/// Marks instance $1 offline if it is online with a watermark before $2; the same statement on
+/// both backends (PostgreSQL bounds its wait for the row lock around it).
+pub(crate) const MARK_OFFLINE: &str = "UPDATE sequencer_instances SET online = false \
+     WHERE idx = $1 AND online AND watermark < $2";
+
 /// The instance index as stored: an `INTEGER` column on both backends.
 pub(crate) fn instance_column(index: InstanceIndex) -> Result<i32, StoreError> {
     i32::try_from(index.0).map_err(|error| {

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use meridian_core::Timestamp;
 use sqlx::postgres::{PgConnection, PgPool};
 
-use super::store::MARK_OFFLINE;
+use super::common::MARK_OFFLINE;
 use super::{NewEvent, WriteResult};
 use crate::StoreError;
 

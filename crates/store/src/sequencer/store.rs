@@ -29,7 +29,7 @@ use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, Timestamp};
 use sqlx::{PgConnection, SqliteConnection};
 
-use super::common::{self, ClaimedRow, WritePlan};
+use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
 use super::{
     postgres, sqlite, BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState,
     MemberRecord, MemberSeq, NewEvent, SequencerStore, StoredEvent, WriteResult,
@@ -63,9 +63,6 @@ type MemberRow = (i64, String, Vec<u8>, i64);
 const MEMBER_COLUMNS: &str = "seq, id, public_key, registered_at";
 
 const CURRENT_INCARNATION: &str = "SELECT incarnation FROM sequencer_instances WHERE idx = $1";
-
-pub(super) const MARK_OFFLINE: &str = "UPDATE sequencer_instances SET online = false \
-     WHERE idx = $1 AND online AND watermark < $2";
 
 #[derive(Debug, Clone)]
 pub struct SqlSequencerStore {
