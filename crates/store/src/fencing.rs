@@ -1,5 +1,5 @@
 //! The fencing check every write transaction of a replicated node's store runs first (see
-//! [`crate::lease`]): one helper per backend, shared by the participant, mediator and topology
+//! [`crate::lease`]): one body for both backends, shared by the participant, mediator and topology
 //! stores, so the check cannot differ between them.
 //!
 //! The check runs *inside* the caller's write transaction. On SQLite that transaction already
@@ -14,42 +14,44 @@ use sqlx::sqlite::SqliteConnection;
 use crate::lease::{Epoch, FenceSlot};
 use crate::StoreError;
 
-/// Checks the fence on an SQLite write transaction (call it right after `BEGIN IMMEDIATE`).
-pub(crate) async fn check_sqlite(
-    connection: &mut SqliteConnection,
-    fence: &FenceSlot,
-) -> Result<(), StoreError> {
-    let Some((node, expected)) = fence.expected() else {
-        return Ok(());
-    };
-    let Some(epoch) = expected else {
-        return Err(StoreError::Passive { node });
-    };
-    let found: Option<i64> = sqlx::query_scalar("SELECT epoch FROM replica_lease WHERE node = ?1")
-        .bind(&node)
-        .fetch_optional(&mut *connection)
-        .await?;
-    verdict(node, epoch, found)
+/// A connection a fenced write transaction runs on; call [`FencedConnection::check_fence`]
+/// right after the dialect's `write_begin`.
+pub(crate) trait FencedConnection {
+    /// Fails with [`StoreError::Passive`] or [`StoreError::LeaseLost`] unless `fence` is unset
+    /// or the lease row still carries its epoch.
+    async fn check_fence(&mut self, fence: &FenceSlot) -> Result<(), StoreError>;
 }
 
-/// Checks the fence on a PostgreSQL write transaction (call it right after `BEGIN`).
-pub(crate) async fn check_postgres(
-    connection: &mut PgConnection,
-    fence: &FenceSlot,
-) -> Result<(), StoreError> {
-    let Some((node, expected)) = fence.expected() else {
-        return Ok(());
+/// One body for both backends; only the epoch query differs (PostgreSQL's `FOR SHARE`).
+macro_rules! fenced_connection {
+    ($connection:ty, $epoch_query:literal) => {
+        impl FencedConnection for $connection {
+            async fn check_fence(&mut self, fence: &FenceSlot) -> Result<(), StoreError> {
+                let Some((node, expected)) = fence.expected() else {
+                    return Ok(());
+                };
+                let Some(epoch) = expected else {
+                    return Err(StoreError::Passive { node });
+                };
+                let found: Option<i64> = sqlx::query_scalar($epoch_query)
+                    .bind(&node)
+                    .fetch_optional(&mut *self)
+                    .await?;
+                verdict(node, epoch, found)
+            }
+        }
     };
-    let Some(epoch) = expected else {
-        return Err(StoreError::Passive { node });
-    };
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT epoch FROM replica_lease WHERE node = $1 FOR SHARE")
-            .bind(&node)
-            .fetch_optional(&mut *connection)
-            .await?;
-    verdict(node, epoch, found)
 }
+
+// The write transaction already holds the file's write lock (`BEGIN IMMEDIATE`).
+fenced_connection!(
+    SqliteConnection,
+    "SELECT epoch FROM replica_lease WHERE node = $1"
+);
+fenced_connection!(
+    PgConnection,
+    "SELECT epoch FROM replica_lease WHERE node = $1 FOR SHARE"
+);
 
 /// A missing row means nobody ever took the lease, so this replica's epoch cannot be current
 /// either: refused like any other mismatch.

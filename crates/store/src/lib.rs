@@ -1,21 +1,28 @@
-//! Meridian's database layer. Each component has one store trait (here: [`SequencerStore`]);
-//! SQLite (the embedded default) and PostgreSQL implement it, and one conformance suite
-//! (`tests/conformance.rs`) holds both to the same contract. Migrations are plain SQL files
-//! under `migrations/<backend>/`, embedded at compile time.
+//! Meridian's database layer. Each component has one store trait and one module:
+//! [`sequencer`], [`topology`], [`mediator`], [`participant`] and the replica [`lease`]. One
+//! implementation per component serves both backends, SQLite (the embedded default) and
+//! PostgreSQL: the SQL is written once wherever the dialects agree (sqlx accepts `$n`
+//! placeholders on SQLite too), and per dialect only where they really differ (bulk inserts
+//! through `UNNEST` or multi-row `VALUES`, `BEGIN IMMEDIATE`, table and row locks, advisory
+//! locks). Every component opens its connections as one pool type (`pool::StorePool`: a
+//! writer and readers on either backend), and every write transaction of a replicated node
+//! runs the same fencing check (`fencing`). One conformance harness (`tests/harness`) holds
+//! every store to its contract on both backends. Migrations are plain SQL files under
+//! `migrations/<backend>/`, embedded at compile time.
 
-mod common;
 mod error;
 mod fencing;
 pub mod lease;
 pub mod mediator;
 pub mod participant;
-mod participant_rows;
-mod participant_sql;
-mod pools;
-pub mod postgres;
+mod pool;
 pub mod sequencer;
-pub mod sqlite;
 pub mod topology;
+
+/// The sequencer store's former SQLite path, kept for existing callers.
+pub mod sqlite {
+    pub use crate::sequencer::SqliteSequencerStore;
+}
 
 use std::sync::Arc;
 
@@ -23,16 +30,18 @@ use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
 pub use lease::{Epoch, FenceSlot, LeaseState, LeaseStore, PgLeaseStore, SqliteLeaseStore};
+pub use mediator::SqlMediatorStore;
 pub use participant::{
     CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantSnapshot,
-    ParticipantStore, PendingRecord, StoredContract, TransactionRecord,
+    ParticipantStore, PendingRecord, SqlParticipantStore, StoredContract, TransactionRecord,
 };
-pub use participant_sql::{PgParticipantStore, SqliteParticipantStore};
 pub use sequencer::{
     BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberRecord,
-    MemberSeq, NewEvent, SequencerStore, StoredEvent, WriteResult,
+    MemberSeq, NewEvent, SequencerStore, SqlSequencerStore, StoredEvent, WriteResult,
 };
-pub use topology::{open_topology_store, TopologyRecord, TopologyStore, TopologyStoreError};
+pub use topology::{
+    open_topology_store, SqlTopologyStore, TopologyRecord, TopologyStore, TopologyStoreError,
+};
 
 /// Where a component keeps its state. Deserialized from the `[storage]` table of node configs.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -57,41 +66,21 @@ fn default_pool_size() -> u32 {
 pub async fn open_sequencer_store(
     config: &StorageConfig,
 ) -> Result<Arc<dyn SequencerStore>, StoreError> {
-    Ok(match config {
-        StorageConfig::Sqlite { path } => Arc::new(sqlite::SqliteSequencerStore::open(path).await?),
-        StorageConfig::Postgres {
-            url,
-            max_connections,
-        } => Arc::new(postgres::PgSequencerStore::connect(url, *max_connections).await?),
-    })
+    Ok(Arc::new(SqlSequencerStore::open_config(config).await?))
 }
 
 /// Opens (and migrates) the mediator store the config names.
 pub async fn open_mediator_store(
     config: &StorageConfig,
 ) -> Result<Arc<dyn mediator::MediatorStore>, StoreError> {
-    Ok(match config {
-        StorageConfig::Sqlite { path } => {
-            Arc::new(mediator::sqlite::SqliteMediatorStore::open(path).await?)
-        }
-        StorageConfig::Postgres {
-            url,
-            max_connections,
-        } => Arc::new(mediator::postgres::PgMediatorStore::connect(url, *max_connections).await?),
-    })
+    Ok(Arc::new(SqlMediatorStore::open_config(config).await?))
 }
 
 /// Opens (and migrates) the participant store the config names.
 pub async fn open_participant_store(
     config: &StorageConfig,
 ) -> Result<Arc<dyn ParticipantStore>, StoreError> {
-    Ok(match config {
-        StorageConfig::Sqlite { path } => Arc::new(SqliteParticipantStore::open(path).await?),
-        StorageConfig::Postgres {
-            url,
-            max_connections,
-        } => Arc::new(PgParticipantStore::connect(url, *max_connections).await?),
-    })
+    Ok(Arc::new(SqlParticipantStore::open_config(config).await?))
 }
 
 /// Opens (and migrates) the replica lease of `node` in the database the config names: the
@@ -106,4 +95,47 @@ pub async fn open_lease_store(
         StorageConfig::Sqlite { path } => Arc::new(SqliteLeaseStore::open(path, node).await?),
         StorageConfig::Postgres { url, .. } => Arc::new(PgLeaseStore::connect(url, node).await?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Configs are written by serializing values, so what is written must parse back the same
+    /// (and in the shape operators write by hand: `backend = "..."` beside its fields).
+    #[test]
+    fn storage_config_round_trips_through_toml() {
+        let configs = [
+            StorageConfig::Sqlite {
+                path: "/var/lib/meridian/node.db".into(),
+            },
+            StorageConfig::Postgres {
+                url: "postgres://meridian@127.0.0.1:5432/sequencer".into(),
+                max_connections: 3,
+            },
+        ];
+        for config in configs {
+            let text = toml::to_string(&config).expect("serialize");
+            let parsed: StorageConfig = toml::from_str(&text).expect("parse");
+            assert_eq!(parsed, config, "{text}");
+        }
+        let sqlite = toml::to_string(&StorageConfig::Sqlite {
+            path: "node.db".into(),
+        })
+        .expect("serialize");
+        assert_eq!(sqlite, "backend = \"sqlite\"\npath = \"node.db\"\n");
+        let postgres: StorageConfig =
+            toml::from_str("backend = \"postgres\"\nurl = \"postgres://h/db\"\n").expect("parse");
+        assert_eq!(
+            postgres,
+            StorageConfig::Postgres {
+                url: "postgres://h/db".into(),
+                max_connections: 8
+            }
+        );
+        assert!(toml::from_str::<StorageConfig>(
+            "backend = \"sqlite\"\npath = \"a\"\nurl = \"b\"\n"
+        )
+        .is_err());
+    }
 }

@@ -5,67 +5,51 @@
 //! reporting) are tested at the end.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use harness::{Backend, OpenStore};
 use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
-use meridian_store::postgres::PgSequencerStore;
-use meridian_store::sqlite::SqliteSequencerStore;
 use meridian_store::{
     Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberSeq, NewEvent, SequencerStore,
-    StoreError, StoredEvent, WriteResult,
+    SqlSequencerStore, StorageConfig, StoreError, StoredEvent, WriteResult,
 };
 use meridian_testkit::PostgresServer;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 
+#[macro_use]
+mod harness;
+
 /// A store under test plus a side door into its database, for the few checks that must plant
 /// or inspect rows the trait cannot (a zombie's leftovers, the watermark invariant).
 struct Harness {
     store: Arc<dyn SequencerStore>,
-    location: Location,
+    backend: Backend,
+    raw: Raw,
 }
 
-enum Location {
-    Sqlite {
-        path: PathBuf,
-        raw: SqlitePool,
-        _dir: tempfile::TempDir,
-    },
-    Postgres {
-        url: String,
-        raw: PgPool,
-    },
+enum Raw {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
 
-async fn sqlite() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("sequencer.db");
-    let store = SqliteSequencerStore::open(&path).await.expect("open");
-    let raw = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
-        .await
-        .expect("raw connection");
+async fn harness(backend: Backend) -> Harness {
+    let store = <dyn SequencerStore>::open_on(&backend.config).await;
+    let raw = match (backend.sqlite_path(), backend.postgres_url()) {
+        (Some(path), _) => Raw::Sqlite(
+            SqlitePool::connect_with(SqliteConnectOptions::new().filename(path))
+                .await
+                .expect("raw connection"),
+        ),
+        (None, Some(url)) => Raw::Postgres(PgPool::connect(url).await.expect("raw connection")),
+        (None, None) => unreachable!("a backend is SQLite or PostgreSQL"),
+    };
     Harness {
-        store: Arc::new(store),
-        location: Location::Sqlite {
-            path,
-            raw,
-            _dir: dir,
-        },
-    }
-}
-
-async fn postgres() -> Harness {
-    let url = PostgresServer::shared()
-        .create_database("conformance")
-        .expect("create database");
-    let store = PgSequencerStore::connect(&url, 4).await.expect("connect");
-    let raw = PgPool::connect(&url).await.expect("raw connection");
-    Harness {
-        store: Arc::new(store),
-        location: Location::Postgres { url, raw },
+        store,
+        backend,
+        raw,
     }
 }
 
@@ -73,18 +57,11 @@ impl Harness {
     /// A second, independent store on the same database: another process, as far as the
     /// store can tell.
     async fn reopen(&self) -> Arc<dyn SequencerStore> {
-        match &self.location {
-            Location::Sqlite { path, .. } => {
-                Arc::new(SqliteSequencerStore::open(path).await.expect("reopen"))
-            }
-            Location::Postgres { url, .. } => {
-                Arc::new(PgSequencerStore::connect(url, 4).await.expect("reconnect"))
-            }
-        }
+        <dyn SequencerStore>::open_on(&self.backend.config).await
     }
 
     fn is_postgres(&self) -> bool {
-        matches!(self.location, Location::Postgres { .. })
+        matches!(self.raw, Raw::Postgres(_))
     }
 
     /// Plants what a zombie instance would leave behind: an event above its watermark, its
@@ -134,9 +111,9 @@ impl Harness {
                 }
             }};
         }
-        match &self.location {
-            Location::Sqlite { raw, .. } => plant!(raw),
-            Location::Postgres { raw, .. } => plant!(raw),
+        match &self.raw {
+            Raw::Sqlite(raw) => plant!(raw),
+            Raw::Postgres(raw) => plant!(raw),
         }
     }
 
@@ -144,18 +121,18 @@ impl Harness {
     async fn events_above_watermark(&self) -> i64 {
         let sql = "SELECT count(*) FROM events e JOIN sequencer_instances i \
                    ON i.idx = e.instance WHERE e.ts > i.watermark";
-        match &self.location {
-            Location::Sqlite { raw, .. } => sqlx::query_scalar(sql).fetch_one(raw).await,
-            Location::Postgres { raw, .. } => sqlx::query_scalar(sql).fetch_one(raw).await,
+        match &self.raw {
+            Raw::Sqlite(raw) => sqlx::query_scalar(sql).fetch_one(raw).await,
+            Raw::Postgres(raw) => sqlx::query_scalar(sql).fetch_one(raw).await,
         }
         .expect("count")
     }
 
     async fn event_count(&self) -> i64 {
         let sql = "SELECT count(*) FROM events";
-        match &self.location {
-            Location::Sqlite { raw, .. } => sqlx::query_scalar(sql).fetch_one(raw).await,
-            Location::Postgres { raw, .. } => sqlx::query_scalar(sql).fetch_one(raw).await,
+        match &self.raw {
+            Raw::Sqlite(raw) => sqlx::query_scalar(sql).fetch_one(raw).await,
+            Raw::Postgres(raw) => sqlx::query_scalar(sql).fetch_one(raw).await,
         }
         .expect("count")
     }
@@ -955,28 +932,8 @@ async fn mark_offline_races_cleanly_with_writes(h: Harness) {
     );
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
-
 conformance!(
+    "conformance":
     register_is_idempotent_and_key_conflicts_change_nothing,
     start_instance_joins_above_every_watermark,
     events_round_trip_with_recipients_and_previous_timestamps,
@@ -995,6 +952,14 @@ conformance!(
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL only.
 
+/// A PostgreSQL config with two connections.
+fn pg(url: &str) -> StorageConfig {
+    StorageConfig::Postgres {
+        url: url.to_owned(),
+        max_connections: 2,
+    }
+}
+
 fn database_name(url: &str) -> &str {
     url.rsplit('/').next().expect("database in url")
 }
@@ -1005,7 +970,9 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
     let url = server
         .create_database("read_only")
         .expect("create database");
-    let store = PgSequencerStore::connect(&url, 2).await.expect("connect");
+    let store = SqlSequencerStore::open_config(&pg(&url))
+        .await
+        .expect("connect");
     let a = register(&store, "a").await;
     store.start_at(I0, t(0)).await.expect("start");
     server
@@ -1019,7 +986,7 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
         .expect("alter database");
 
     // Settings apply to new sessions, hence a new store; connecting must not try to migrate.
-    let read_only = PgSequencerStore::connect(&url, 2)
+    let read_only = SqlSequencerStore::open_config(&pg(&url))
         .await
         .expect("connect read-only");
     let status = read_only.backend_status().await.expect("status");
@@ -1045,9 +1012,9 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
 /// once the lock is gone.
 #[tokio::test]
 async fn postgres_mark_offline_does_not_wait_for_a_paused_writer() {
-    let h = postgres().await;
+    let h = harness(Backend::postgres("conformance")).await;
     h.store.start_at(I0, t(0)).await.expect("start");
-    let Location::Postgres { raw, .. } = &h.location else {
+    let Raw::Postgres(raw) = &h.raw else {
         unreachable!("a postgres harness")
     };
     let mut paused = raw.begin().await.expect("begin");
@@ -1081,7 +1048,9 @@ async fn postgres_reports_asynchronous_commit() {
     let url = server
         .create_database("async_commit")
         .expect("create database");
-    PgSequencerStore::connect(&url, 2).await.expect("connect");
+    SqlSequencerStore::open_config(&pg(&url))
+        .await
+        .expect("connect");
     server
         .psql(
             "postgres",
@@ -1091,7 +1060,9 @@ async fn postgres_reports_asynchronous_commit() {
             ),
         )
         .expect("alter database");
-    let store = PgSequencerStore::connect(&url, 2).await.expect("connect");
+    let store = SqlSequencerStore::open_config(&pg(&url))
+        .await
+        .expect("connect");
     let status = store.backend_status().await.expect("status");
     assert_eq!(status.synchronous_commit.as_deref(), Some("off"));
     assert!(!status.read_only);
@@ -1103,7 +1074,7 @@ async fn postgres_unreachable_is_transient() {
         "postgres://meridian@127.0.0.1:{}/nowhere",
         meridian_testkit::free_port()
     );
-    let error = PgSequencerStore::connect(&url, 2)
+    let error = SqlSequencerStore::open_config(&pg(&url))
         .await
         .expect_err("nothing listens there");
     assert!(error.is_transient(), "{error:?}");
@@ -1115,7 +1086,9 @@ async fn postgres_unreachable_is_transient() {
 async fn postgres_store_survives_a_server_restart() {
     let server = PostgresServer::start().expect("own server, restarted below");
     let url = server.create_database("restart").expect("create database");
-    let store = PgSequencerStore::connect(&url, 2).await.expect("connect");
+    let store = SqlSequencerStore::open_config(&pg(&url))
+        .await
+        .expect("connect");
     let a = register(&store, "a").await;
     store.start_at(I0, t(0)).await.expect("start");
     store
@@ -1191,13 +1164,13 @@ async fn measure_throughput(name: &str, store: &dyn SequencerStore) {
 #[tokio::test]
 #[ignore = "measurement, run by hand in release mode"]
 async fn throughput_sqlite() {
-    let h = sqlite().await;
+    let h = harness(Backend::sqlite("sequencer")).await;
     measure_throughput("sqlite", &*h.store).await;
 }
 
 #[tokio::test]
 #[ignore = "measurement, run by hand in release mode"]
 async fn throughput_postgres() {
-    let h = postgres().await;
+    let h = harness(Backend::postgres("conformance")).await;
     measure_throughput("postgres", &*h.store).await;
 }

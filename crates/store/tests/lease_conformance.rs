@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::Backend;
 use meridian_core::ledger::{Action, Contract, Transaction};
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::{ContractId, LedgerOffset, PartyId, TemplateId, Timestamp, TransactionId};
@@ -17,8 +18,10 @@ use meridian_store::{
     LeaseStore, ParticipantBatch, ParticipantStore, StorageConfig, StoreError, StoredContract,
     TopologyStoreError, TransactionRecord,
 };
-use meridian_testkit::PostgresServer;
 use serde_json::json;
+
+#[macro_use]
+mod harness;
 
 /// Its advisory lock key, `hashtext('meridian-lease:participant2')`, is negative, which is the
 /// harder case for finding the holder in `pg_locks` (the key splits into two unsigned halves).
@@ -27,37 +30,17 @@ const NODE: &str = "participant2";
 const LONG: Duration = Duration::from_secs(60);
 
 struct Harness {
-    config: StorageConfig,
-    _dir: Option<tempfile::TempDir>,
+    backend: Backend,
 }
 
-async fn sqlite() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    Harness {
-        config: StorageConfig::Sqlite {
-            path: dir.path().join("node.db"),
-        },
-        _dir: Some(dir),
-    }
-}
-
-async fn postgres() -> Harness {
-    let url = PostgresServer::shared()
-        .create_database("lease")
-        .expect("create database");
-    Harness {
-        config: StorageConfig::Postgres {
-            url,
-            max_connections: 4,
-        },
-        _dir: None,
-    }
+async fn harness(backend: Backend) -> Harness {
+    Harness { backend }
 }
 
 impl Harness {
     /// Another replica's lease store.
     async fn replica(&self) -> Arc<dyn LeaseStore> {
-        open_lease_store(&self.config, NODE)
+        open_lease_store(&self.backend.config, NODE)
             .await
             .expect("open lease store")
     }
@@ -229,7 +212,7 @@ fn batch(offset: u64) -> ParticipantBatch {
 async fn a_deposed_participant_writes_nothing(h: Harness) {
     let a = h.replica().await;
     let b = h.replica().await;
-    let store: Arc<dyn ParticipantStore> = open_participant_store(&h.config)
+    let store: Arc<dyn ParticipantStore> = open_participant_store(&h.backend.config)
         .await
         .expect("open participant store");
     let fence = store.fence();
@@ -268,7 +251,7 @@ async fn a_deposed_participant_writes_nothing(h: Harness) {
     ));
 
     // The new active writes under epoch 2 (here through a second store on the database).
-    let active: Arc<dyn ParticipantStore> = open_participant_store(&h.config)
+    let active: Arc<dyn ParticipantStore> = open_participant_store(&h.backend.config)
         .await
         .expect("open participant store");
     active.fence().activate(NODE, e2);
@@ -277,7 +260,7 @@ async fn a_deposed_participant_writes_nothing(h: Harness) {
         .await
         .expect("the new active writes");
     // A store whose slot was never set is not replicated and not fenced.
-    let unfenced: Arc<dyn ParticipantStore> = open_participant_store(&h.config)
+    let unfenced: Arc<dyn ParticipantStore> = open_participant_store(&h.backend.config)
         .await
         .expect("open participant store");
     unfenced.apply(&batch(3)).await.expect("unfenced writes");
@@ -290,7 +273,7 @@ async fn a_deposed_participant_writes_nothing(h: Harness) {
 async fn a_deposed_mediator_writes_nothing(h: Harness) {
     let a = h.replica().await;
     let b = h.replica().await;
-    let store: Arc<dyn MediatorStore> = open_mediator_store(&h.config)
+    let store: Arc<dyn MediatorStore> = open_mediator_store(&h.backend.config)
         .await
         .expect("open mediator store");
     let fence = store.fence();
@@ -335,7 +318,7 @@ async fn a_deposed_mediator_writes_nothing(h: Harness) {
 async fn a_deposed_topology_manager_writes_nothing(h: Harness) {
     let a = h.replica().await;
     let b = h.replica().await;
-    let store = open_topology_store(&h.config)
+    let store = open_topology_store(&h.backend.config)
         .await
         .expect("open topology store");
     let fence = store.fence();
@@ -375,28 +358,8 @@ async fn a_deposed_topology_manager_writes_nothing(h: Harness) {
     ));
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
-
 conformance!(
+    "lease":
     first_holder_gets_epoch_one_and_excludes_others,
     release_hands_over_and_the_old_epoch_is_lost,
     a_dead_holder_frees_the_lease_at_once,
@@ -415,8 +378,8 @@ conformance!(
 async fn postgres_a_holder_stopped_mid_write_is_deposed() {
     use sqlx::Connection;
 
-    let h = postgres().await;
-    let StorageConfig::Postgres { url, .. } = &h.config else {
+    let h = harness(Backend::postgres("lease")).await;
+    let StorageConfig::Postgres { url, .. } = &h.backend.config else {
         unreachable!("a PostgreSQL harness");
     };
     let a = h.replica().await;

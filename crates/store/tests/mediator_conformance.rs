@@ -3,67 +3,22 @@
 //! throwaway server). What the mediator's restart relies on — atomic `apply` with the
 //! checkpoint, pending state and unsent verdicts surviving a reopen — belongs here.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
+use harness::Backend;
 use meridian_core::{MemberId, ParticipantId, Timestamp};
-use meridian_store::mediator::postgres::PgMediatorStore;
-use meridian_store::mediator::sqlite::SqliteMediatorStore;
 use meridian_store::mediator::{
     MediatorChange, MediatorSnapshot, MediatorStore, PendingRequestRecord, ResponseRecord,
-    VerdictRecord,
+    SqlMediatorStore, VerdictRecord,
 };
-use meridian_store::StoreError;
+use meridian_store::{StorageConfig, StoreError};
 use meridian_testkit::PostgresServer;
 
-struct Harness {
-    store: Arc<dyn MediatorStore>,
-    location: Location,
-}
+#[macro_use]
+mod harness;
 
-enum Location {
-    Sqlite {
-        path: PathBuf,
-        _dir: tempfile::TempDir,
-    },
-    Postgres {
-        url: String,
-    },
-}
+type Harness = harness::StoreHarness<dyn MediatorStore>;
 
-async fn sqlite() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("mediator.db");
-    let store = SqliteMediatorStore::open(&path).await.expect("open");
-    Harness {
-        store: Arc::new(store),
-        location: Location::Sqlite { path, _dir: dir },
-    }
-}
-
-async fn postgres() -> Harness {
-    let url = PostgresServer::shared()
-        .create_database("mediator")
-        .expect("create database");
-    let store = PgMediatorStore::connect(&url, 4).await.expect("connect");
-    Harness {
-        store: Arc::new(store),
-        location: Location::Postgres { url },
-    }
-}
-
-impl Harness {
-    /// A second, independent store on the same database: a restarted mediator.
-    async fn reopen(&self) -> Arc<dyn MediatorStore> {
-        match &self.location {
-            Location::Sqlite { path, .. } => {
-                Arc::new(SqliteMediatorStore::open(path).await.expect("reopen"))
-            }
-            Location::Postgres { url } => {
-                Arc::new(PgMediatorStore::connect(url, 4).await.expect("reconnect"))
-            }
-        }
-    }
+async fn harness(backend: Backend) -> Harness {
+    Harness::new(backend).await
 }
 
 fn t(micros: u64) -> Timestamp {
@@ -323,28 +278,8 @@ async fn backend_status_reports_a_writable_database(h: Harness) {
     assert!(!status.read_only, "{status:?}");
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
-
 conformance!(
+    "mediator":
     a_new_store_is_empty,
     pending_requests_and_responses_round_trip,
     deciding_replaces_the_pending_request_with_an_unsent_verdict,
@@ -365,9 +300,12 @@ async fn postgres_unreachable_is_transient() {
         "postgres://meridian@127.0.0.1:{}/nowhere",
         meridian_testkit::free_port()
     );
-    let error = PgMediatorStore::connect(&url, 2)
-        .await
-        .expect_err("nothing listens there");
+    let error = SqlMediatorStore::open_config(&StorageConfig::Postgres {
+        url: url.clone(),
+        max_connections: 2,
+    })
+    .await
+    .expect_err("nothing listens there");
     assert!(error.is_transient(), "{error:?}");
 }
 
@@ -377,7 +315,12 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
     let url = server
         .create_database("mediator_read_only")
         .expect("create database");
-    PgMediatorStore::connect(&url, 2).await.expect("connect");
+    SqlMediatorStore::open_config(&StorageConfig::Postgres {
+        url: url.clone(),
+        max_connections: 2,
+    })
+    .await
+    .expect("connect");
     let database = url.rsplit('/').next().expect("database in url");
     server
         .psql(
@@ -385,9 +328,12 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
             &format!("ALTER DATABASE {database} SET default_transaction_read_only = on"),
         )
         .expect("alter database");
-    let read_only = PgMediatorStore::connect(&url, 2)
-        .await
-        .expect("connect read-only");
+    let read_only = SqlMediatorStore::open_config(&StorageConfig::Postgres {
+        url: url.clone(),
+        max_connections: 2,
+    })
+    .await
+    .expect("connect read-only");
     assert!(read_only.backend_status().await.expect("status").read_only);
     let write = read_only.apply(&[added(1)], t(1)).await;
     assert!(matches!(write, Err(StoreError::ReadOnly)), "{write:?}");

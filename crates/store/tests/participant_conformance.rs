@@ -3,73 +3,25 @@
 //! binary's shared throwaway server).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
+use harness::Backend;
 use meridian_core::ledger::{Action, Contract, Transaction};
 use meridian_core::{
     CommandId, ContractId, LedgerOffset, PartyId, TemplateId, Timestamp, TransactionId, UserId,
 };
 use meridian_store::{
     CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantStore, PendingRecord,
-    PgParticipantStore, SqliteParticipantStore, StoredContract, TransactionRecord,
+    StoredContract, TransactionRecord,
 };
-use meridian_testkit::PostgresServer;
 use serde_json::json;
 
-struct Harness {
-    store: Arc<dyn ParticipantStore>,
-    reopen: Box<dyn Fn() -> futures_lite::Reopen + Send + Sync>,
-    _dir: Option<tempfile::TempDir>,
-}
+#[macro_use]
+mod harness;
 
-/// A tiny boxed-future alias so the harness can reopen either backend.
-mod futures_lite {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::Arc;
+type Harness = harness::StoreHarness<dyn ParticipantStore>;
 
-    use meridian_store::ParticipantStore;
-
-    pub type Reopen = Pin<Box<dyn Future<Output = Arc<dyn ParticipantStore>> + Send>>;
-}
-
-async fn sqlite() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("participant.db");
-    let store = SqliteParticipantStore::open(&path).await.expect("open");
-    let reopen_path = path.clone();
-    Harness {
-        store: Arc::new(store),
-        reopen: Box::new(move || {
-            let path = reopen_path.clone();
-            Box::pin(async move {
-                Arc::new(SqliteParticipantStore::open(&path).await.expect("reopen"))
-                    as Arc<dyn ParticipantStore>
-            })
-        }),
-        _dir: Some(dir),
-    }
-}
-
-async fn postgres() -> Harness {
-    let url = PostgresServer::shared()
-        .create_database("participant")
-        .expect("create database");
-    let store = PgParticipantStore::connect(&url, 4).await.expect("connect");
-    Harness {
-        store: Arc::new(store),
-        reopen: Box::new(move || {
-            let url = url.clone();
-            Box::pin(async move {
-                Arc::new(
-                    PgParticipantStore::connect(&url, 4)
-                        .await
-                        .expect("reconnect"),
-                ) as Arc<dyn ParticipantStore>
-            })
-        }),
-        _dir: None,
-    }
+async fn harness(backend: Backend) -> Harness {
+    Harness::new(backend).await
 }
 
 fn t(micros: u64) -> Timestamp {
@@ -208,7 +160,7 @@ async fn batches_round_trip(h: Harness) {
         .await
         .expect("stale batch");
 
-    let reopened = (h.reopen)().await;
+    let reopened = h.reopen().await;
     for store in [store.clone(), reopened] {
         let snapshot = store.load(t(5_000)).await.expect("load");
         assert_eq!(snapshot.checkpoint, Some(t(200)));
@@ -390,18 +342,8 @@ async fn many_rows_in_one_batch(h: Harness) {
     assert_eq!(page[0].offset, LedgerOffset(501));
 }
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod sqlite_backend {
-            $(#[tokio::test] async fn $name() { super::$name(super::sqlite().await).await })*
-        }
-        mod postgres_backend {
-            $(#[tokio::test] async fn $name() { super::$name(super::postgres().await).await })*
-        }
-    };
-}
-
-on_both!(
+conformance!(
+    "participant":
     batches_round_trip,
     a_failing_batch_changes_nothing,
     many_rows_in_one_batch

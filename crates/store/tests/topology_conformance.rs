@@ -3,64 +3,18 @@
 //! The topology manager's crash recovery rests on these behaviours: intents are recorded before
 //! sending, serials are gap-free with at most one open intent, and completed rows never change.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
+use harness::Backend;
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::Timestamp;
-use meridian_store::topology::{PgTopologyStore, SqliteTopologyStore};
 use meridian_store::{TopologyRecord, TopologyStore, TopologyStoreError};
-use meridian_testkit::PostgresServer;
 
-struct Harness {
-    store: Arc<dyn TopologyStore>,
-    location: Location,
-}
+#[macro_use]
+mod harness;
 
-enum Location {
-    Sqlite {
-        path: PathBuf,
-        _dir: tempfile::TempDir,
-    },
-    Postgres {
-        url: String,
-    },
-}
+type Harness = harness::StoreHarness<dyn TopologyStore>;
 
-async fn sqlite() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("topology.db");
-    let store = SqliteTopologyStore::open(&path).await.expect("open");
-    Harness {
-        store: Arc::new(store),
-        location: Location::Sqlite { path, _dir: dir },
-    }
-}
-
-async fn postgres() -> Harness {
-    let url = PostgresServer::shared()
-        .create_database("topology")
-        .expect("create database");
-    let store = PgTopologyStore::connect(&url, 2).await.expect("connect");
-    Harness {
-        store: Arc::new(store),
-        location: Location::Postgres { url },
-    }
-}
-
-impl Harness {
-    /// A second, independent store on the same database (another process, as far as the store
-    /// can tell).
-    async fn reopen(&self) -> Arc<dyn TopologyStore> {
-        match &self.location {
-            Location::Sqlite { path, .. } => {
-                Arc::new(SqliteTopologyStore::open(path).await.expect("reopen"))
-            }
-            Location::Postgres { url } => {
-                Arc::new(PgTopologyStore::connect(url, 2).await.expect("reconnect"))
-            }
-        }
-    }
+async fn harness(backend: Backend) -> Harness {
+    Harness::new(backend).await
 }
 
 fn t(micros: u64) -> Timestamp {
@@ -233,28 +187,8 @@ async fn concurrent_managers_cannot_both_take_a_serial(h: Harness) {
     assert_eq!(h.store.records().await.expect("records").len(), 1);
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
-
 conformance!(
+    "topology":
     intents_complete_in_order_and_survive_reopening,
     serials_are_gap_free_with_one_open_intent,
     completed_rows_never_change,

@@ -30,8 +30,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sqlx::Connection;
 use tokio::sync::Mutex;
 
-use super::{Epoch, LeaseState, LeaseStore};
-use crate::{pools, StoreError};
+use super::{lease_state, Epoch, LeaseRow, LeaseState, LeaseStore, CURRENT, RELEASE, RENEW, TAKE};
+use crate::{pool, StoreError};
 
 /// Connecting (the session, the read pool) gives up after this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,13 +76,13 @@ impl PgLeaseStore {
         let base: PgConnectOptions = url.parse()?;
         // The migrating connection is not kept: the session and the read pool carry the
         // session settings below, and the read pool connects lazily.
-        let migrator = pools::connect_postgres_migrated(base.clone(), CONNECT_TIMEOUT).await?;
+        let migrator = pool::connect_postgres_migrated(base.clone(), CONNECT_TIMEOUT).await?;
         migrator.close().await;
         let options = base.clone().options([
             ("lock_timeout", LOCK_TIMEOUT),
             ("statement_timeout", STATEMENT_TIMEOUT),
         ]);
-        let readers = pools::lazy_postgres_pool(options.clone(), 1, CONNECT_TIMEOUT);
+        let readers = pool::lazy_postgres_pool(options.clone(), 1, CONNECT_TIMEOUT);
         let store = Self {
             node: node.to_owned(),
             options,
@@ -162,19 +162,12 @@ impl PgLeaseStore {
         // The lock is ours: bump the epoch. On an error the caller discards the session, which
         // releases the lock.
         let pid = session.pid;
-        let bump = sqlx::query_scalar(
-            "INSERT INTO replica_lease (node, epoch, holder, holder_endpoint, renewed_at_us) \
-             VALUES ($1, 1, $2, $3, $4) \
-             ON CONFLICT (node) DO UPDATE SET epoch = replica_lease.epoch + 1, \
-             holder = excluded.holder, holder_endpoint = excluded.holder_endpoint, \
-             renewed_at_us = excluded.renewed_at_us \
-             RETURNING epoch",
-        )
-        .bind(&self.node)
-        .bind(holder)
-        .bind(holder_endpoint)
-        .bind(now.as_i64())
-        .fetch_one(&mut session.connection);
+        let bump = sqlx::query_scalar(TAKE)
+            .bind(&self.node)
+            .bind(holder)
+            .bind(holder_endpoint)
+            .bind(now.as_i64())
+            .fetch_one(&mut session.connection);
         let epoch: i64 = self
             .clearing_stale_blockers(bump, pid, lease_timeout, now)
             .await?;
@@ -301,17 +294,14 @@ impl PgLeaseStore {
                 return Err(lost());
             }
         }
-        let renewed = sqlx::query(
-            "UPDATE replica_lease SET renewed_at_us = $1 \
-             WHERE node = $2 AND epoch = $3 AND holder = $4",
-        )
-        .bind(now.as_i64())
-        .bind(&self.node)
-        .bind(epoch.0)
-        .bind(holder)
-        .execute(&mut session.connection)
-        .await?
-        .rows_affected();
+        let renewed = sqlx::query(RENEW)
+            .bind(now.as_i64())
+            .bind(&self.node)
+            .bind(epoch.0)
+            .bind(holder)
+            .execute(&mut session.connection)
+            .await?
+            .rows_affected();
         if renewed == 0 {
             unlock(session, &self.node).await?;
             return Err(lost());
@@ -326,15 +316,12 @@ impl PgLeaseStore {
         epoch: Epoch,
     ) -> Result<(), StoreError> {
         let session = self.open(slot).await?;
-        sqlx::query(
-            "UPDATE replica_lease SET holder = NULL, holder_endpoint = NULL \
-             WHERE node = $1 AND epoch = $2 AND holder = $3",
-        )
-        .bind(&self.node)
-        .bind(epoch.0)
-        .bind(holder)
-        .execute(&mut session.connection)
-        .await?;
+        sqlx::query(RELEASE)
+            .bind(&self.node)
+            .bind(epoch.0)
+            .bind(holder)
+            .execute(&mut session.connection)
+            .await?;
         unlock(session, &self.node).await
     }
 }
@@ -432,20 +419,10 @@ impl LeaseStore for PgLeaseStore {
     }
 
     async fn current(&self) -> Result<Option<LeaseState>, StoreError> {
-        let row: Option<(i64, Option<String>, Option<String>, i64)> = sqlx::query_as(
-            "SELECT epoch, holder, holder_endpoint, renewed_at_us FROM replica_lease \
-             WHERE node = $1",
-        )
-        .bind(&self.node)
-        .fetch_optional(&self.readers)
-        .await?;
-        Ok(
-            row.map(|(epoch, holder, holder_endpoint, renewed_at)| LeaseState {
-                epoch: Epoch(epoch),
-                holder,
-                holder_endpoint,
-                renewed_at: Timestamp::from_i64(renewed_at),
-            }),
-        )
+        let row: Option<LeaseRow> = sqlx::query_as(CURRENT)
+            .bind(&self.node)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(lease_state))
     }
 }

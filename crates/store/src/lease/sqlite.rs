@@ -17,7 +17,7 @@
 //!
 //! Limitation: a holder stopped *inside* a write transaction keeps SQLite's write lock, which no
 //! other process can break, so nobody (not even a taker) can write until it resumes or dies; the
-//! takeover's `BEGIN IMMEDIATE` fails after the busy timeout (`pools::SQLITE_BUSY_TIMEOUT`,
+//! takeover's `BEGIN IMMEDIATE` fails after the busy timeout (`pool::SQLITE_BUSY_TIMEOUT`,
 //! 5 s) and the passive keeps polling. A supervisor that kills stuck processes (kill -9 frees
 //! the write lock and the flock at once) is the remedy; PostgreSQL terminates such sessions
 //! itself.
@@ -34,8 +34,8 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use sqlx::sqlite::SqlitePool;
 
-use super::{Epoch, LeaseState, LeaseStore};
-use crate::{pools, StoreError};
+use super::{lease_state, Epoch, LeaseRow, LeaseState, LeaseStore, CURRENT, RELEASE, RENEW, TAKE};
+use crate::{pool, StoreError};
 
 #[derive(Debug)]
 pub struct SqliteLeaseStore {
@@ -51,7 +51,7 @@ impl SqliteLeaseStore {
     /// row; the sidecar lock file is `<path>.lease-<node>`.
     pub async fn open(path: &Path, node: &str) -> Result<Self, StoreError> {
         let pool =
-            pools::open_sqlite_writer(&pools::sqlite_options(path), pools::MIGRATE_ONCE).await?;
+            pool::open_sqlite_writer(&pool::sqlite_options(path), pool::MIGRATE_ONCE).await?;
         Ok(Self {
             node: node.to_owned(),
             pool,
@@ -148,7 +148,7 @@ impl SqliteLeaseStore {
     ) -> Result<Option<Epoch>, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row: Option<(i64, Option<String>, i64)> = sqlx::query_as(
-            "SELECT epoch, holder, renewed_at_us FROM replica_lease WHERE node = ?1",
+            "SELECT epoch, holder, renewed_at_us FROM replica_lease WHERE node = $1",
         )
         .bind(&self.node)
         .fetch_optional(&mut *tx)
@@ -165,20 +165,13 @@ impl SqliteLeaseStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let epoch: i64 = sqlx::query_scalar(
-            "INSERT INTO replica_lease (node, epoch, holder, holder_endpoint, renewed_at_us) \
-             VALUES (?1, 1, ?2, ?3, ?4) \
-             ON CONFLICT (node) DO UPDATE SET epoch = replica_lease.epoch + 1, \
-             holder = excluded.holder, holder_endpoint = excluded.holder_endpoint, \
-             renewed_at_us = excluded.renewed_at_us \
-             RETURNING epoch",
-        )
-        .bind(&self.node)
-        .bind(holder)
-        .bind(holder_endpoint)
-        .bind(now.as_i64())
-        .fetch_one(&mut *tx)
-        .await?;
+        let epoch: i64 = sqlx::query_scalar(TAKE)
+            .bind(&self.node)
+            .bind(holder)
+            .bind(holder_endpoint)
+            .bind(now.as_i64())
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
         if let Some((previous, Some(previous_holder), renewed_at)) = row {
             tracing::info!(
@@ -242,17 +235,14 @@ impl LeaseStore for SqliteLeaseStore {
     }
 
     async fn renew(&self, holder: &str, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
-        let renewed = sqlx::query(
-            "UPDATE replica_lease SET renewed_at_us = ?1 \
-             WHERE node = ?2 AND epoch = ?3 AND holder = ?4",
-        )
-        .bind(now.as_i64())
-        .bind(&self.node)
-        .bind(epoch.0)
-        .bind(holder)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let renewed = sqlx::query(RENEW)
+            .bind(now.as_i64())
+            .bind(&self.node)
+            .bind(epoch.0)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         if renewed == 0 {
             // Let the new active pick up the flock (and with it the fast path).
             self.drop_flock();
@@ -281,15 +271,12 @@ impl LeaseStore for SqliteLeaseStore {
     }
 
     async fn release(&self, holder: &str, epoch: Epoch) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "UPDATE replica_lease SET holder = NULL, holder_endpoint = NULL \
-             WHERE node = ?1 AND epoch = ?2 AND holder = ?3",
-        )
-        .bind(&self.node)
-        .bind(epoch.0)
-        .bind(holder)
-        .execute(&self.pool)
-        .await;
+        let result = sqlx::query(RELEASE)
+            .bind(&self.node)
+            .bind(epoch.0)
+            .bind(holder)
+            .execute(&self.pool)
+            .await;
         // Drop the flock even if the update failed: the sidecar still names our epoch, so a
         // passive takes over at once instead of waiting for the timeout.
         self.drop_flock();
@@ -298,21 +285,11 @@ impl LeaseStore for SqliteLeaseStore {
     }
 
     async fn current(&self) -> Result<Option<LeaseState>, StoreError> {
-        let row: Option<(i64, Option<String>, Option<String>, i64)> = sqlx::query_as(
-            "SELECT epoch, holder, holder_endpoint, renewed_at_us FROM replica_lease \
-             WHERE node = ?1",
-        )
-        .bind(&self.node)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(
-            row.map(|(epoch, holder, holder_endpoint, renewed_at)| LeaseState {
-                epoch: Epoch(epoch),
-                holder,
-                holder_endpoint,
-                renewed_at: Timestamp::from_i64(renewed_at),
-            }),
-        )
+        let row: Option<LeaseRow> = sqlx::query_as(CURRENT)
+            .bind(&self.node)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(lease_state))
     }
 }
 

@@ -17,19 +17,24 @@
 //! Replication: every write transaction first runs the fencing check of
 //! [`TopologyStore::fence`] inside the transaction; a deposed or passive replica gets
 //! [`TopologyStoreError::Store`] with [`StoreError::LeaseLost`] / [`StoreError::Passive`].
+//!
+//! One implementation serves both backends ([`SqlTopologyStore`]). A manager makes a handful
+//! of changes a day, so one connection pool serves reads and writes. Every write is one short
+//! transaction that excludes other writers for its whole length, which makes "check the
+//! highest serial, then insert the next" atomic even with two managers (an active and a
+//! zombie) on one database: on SQLite `BEGIN IMMEDIATE` takes the file's write lock up front;
+//! on PostgreSQL the transaction locks the table (`EXCLUSIVE` mode: readers proceed, writers
+//! queue), without relying on isolation-level subtleties.
 
-mod postgres;
-mod sqlite;
-
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::Timestamp;
 
-pub use postgres::PgTopologyStore;
-pub use sqlite::SqliteTopologyStore;
-
+use crate::fencing::FencedConnection;
+use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, StorePool};
 use crate::{FenceSlot, StorageConfig, StoreError};
 
 /// One serial of the topology history.
@@ -121,13 +126,159 @@ pub trait TopologyStore: Send + Sync + 'static {
 pub async fn open_topology_store(
     config: &StorageConfig,
 ) -> Result<Arc<dyn TopologyStore>, StoreError> {
-    Ok(match config {
-        StorageConfig::Sqlite { path } => Arc::new(SqliteTopologyStore::open(path).await?),
-        StorageConfig::Postgres {
-            url,
-            max_connections,
-        } => Arc::new(PgTopologyStore::connect(url, *max_connections).await?),
-    })
+    Ok(Arc::new(SqlTopologyStore::open_config(config).await?))
+}
+
+const TABLE: &str = "topology_transactions";
+
+/// The topology store on either backend.
+#[derive(Debug, Clone)]
+pub struct SqlTopologyStore {
+    pool: StorePool,
+    /// Checked at the start of every write transaction; shared by clones of this store.
+    fence: FenceSlot,
+}
+
+/// The former name of [`SqlTopologyStore`] (`open(path)` on SQLite), kept for existing
+/// callers.
+pub type SqliteTopologyStore = SqlTopologyStore;
+
+const POOL: PoolSettings = PoolSettings {
+    store: "topology",
+    sqlite_foreign_keys: false,
+    sqlite_migrate_attempts: pool::MIGRATE_ONCE,
+    // One connection serves reads and writes (see the module docs).
+    sqlite_readers: None,
+    // The manager makes one change at a time.
+    postgres: PostgresLayout::Shared { cap: 4 },
+};
+
+impl SqlTopologyStore {
+    /// Opens the SQLite database file, creating and migrating it if needed.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_config(&StorageConfig::Sqlite { path: path.into() }).await
+    }
+
+    /// Opens (and migrates) the database the config names.
+    pub async fn open_config(config: &StorageConfig) -> Result<Self, StoreError> {
+        Ok(Self {
+            pool: StorePool::open(config, &POOL).await?,
+            fence: FenceSlot::default(),
+        })
+    }
+
+    /// Sets an incomplete intent's `column` to `value` in one fenced write transaction; an
+    /// update that matches nothing is explained by [`unchanged_update`].
+    async fn update_intent(
+        &self,
+        serial: u64,
+        column: &str,
+        value: Timestamp,
+        completing_with: Option<Timestamp>,
+    ) -> Result<(), TopologyStoreError> {
+        let serial_value = serial_column(serial)?;
+        let update =
+            format!("UPDATE {TABLE} SET {column} = $2 WHERE serial = $1 AND effective_us IS NULL");
+        on_backend!(&self.pool, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            tx.check_fence(&self.fence).await?;
+            if let Some(lock) = dialect.exclusive_lock(TABLE) {
+                sqlx::query(&lock).execute(&mut *tx).await?;
+            }
+            let updated = sqlx::query(&update)
+                .bind(serial_value)
+                .bind(value.as_i64())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 0 {
+                let row: Option<Row> = sqlx::query_as(&select_serial())
+                    .bind(serial_value)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.rollback().await?;
+                return unchanged_update(serial, row.map(record).transpose()?, completing_with);
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+fn select_serial() -> String {
+    format!("SELECT {COLUMNS} FROM {TABLE} WHERE serial = $1")
+}
+
+#[async_trait]
+impl TopologyStore for SqlTopologyStore {
+    fn fence(&self) -> FenceSlot {
+        self.fence.clone()
+    }
+
+    async fn records(&self) -> Result<Vec<TopologyRecord>, TopologyStoreError> {
+        let select = format!("SELECT {COLUMNS} FROM {TABLE} ORDER BY serial");
+        let rows: Vec<Row> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(&select).fetch_all(readers).await?
+        });
+        rows.into_iter().map(record).collect()
+    }
+
+    async fn record_intent(
+        &self,
+        serial: u64,
+        signed: &SignedTopologyTransaction,
+        max_sequencing_time: Timestamp,
+    ) -> Result<bool, TopologyStoreError> {
+        let column = serial_column(serial)?;
+        let highest_row = format!("SELECT {COLUMNS} FROM {TABLE} ORDER BY serial DESC LIMIT 1");
+        on_backend!(&self.pool, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            tx.check_fence(&self.fence).await?;
+            if let Some(lock) = dialect.exclusive_lock(TABLE) {
+                sqlx::query(&lock).execute(&mut *tx).await?;
+            }
+            let existing: Option<Row> = sqlx::query_as(&select_serial())
+                .bind(column)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let highest: Option<Row> = sqlx::query_as(&highest_row)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let existing = existing.map(record).transpose()?;
+            let highest = highest.map(record).transpose()?;
+            if !admit_intent(serial, signed, existing, highest)? {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO topology_transactions \
+                 (serial, transaction_json, signature, max_sequencing_time_us, effective_us) \
+                 VALUES ($1, $2, $3, $4, NULL)",
+            )
+            .bind(column)
+            .bind(&signed.transaction_json)
+            .bind(&signed.signature)
+            .bind(max_sequencing_time.as_i64())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    async fn renew_intent(
+        &self,
+        serial: u64,
+        max_sequencing_time: Timestamp,
+    ) -> Result<(), TopologyStoreError> {
+        self.update_intent(serial, "max_sequencing_time_us", max_sequencing_time, None)
+            .await
+    }
+
+    async fn complete(&self, serial: u64, effective: Timestamp) -> Result<(), TopologyStoreError> {
+        self.update_intent(serial, "effective_us", effective, Some(effective))
+            .await
+    }
 }
 
 /// A row as both backends read it: serial, transaction, signature, deadline, effective time.

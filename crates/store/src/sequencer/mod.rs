@@ -22,6 +22,19 @@
 //! transaction as the write (the watermark `UPDATE ... WHERE online AND incarnation = $n` comes
 //! first and takes the row lock), so "claimed by someone else" and "wrote something" exclude
 //! each other.
+//!
+//! One implementation serves both backends ([`SqlSequencerStore`], in `store`); `common` holds
+//! the decisions both make the same way, without a database (deduplication within a call,
+//! claims, row decoding), and `sqlite` / `postgres` only the statements where the dialects
+//! really differ: bulk inserts (multi-row `VALUES` vs `UNNEST`), deleting a zombie's events,
+//! and `mark_offline`'s lock wait.
+
+mod common;
+mod postgres;
+mod sqlite;
+mod store;
+
+pub use store::{SqlSequencerStore, SqliteSequencerStore};
 
 use async_trait::async_trait;
 use meridian_core::crypto::PublicKey;

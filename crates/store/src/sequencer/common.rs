@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 
-use crate::sequencer::{
+use super::{
     Incarnation, InstanceClaim, InstanceState, MemberRecord, MemberSeq, NewEvent, StoredEvent,
     WriteResult,
 };
@@ -230,6 +230,11 @@ pub(crate) fn stored_event(row: EventRow) -> Result<StoredEvent, StoreError> {
         batch,
     })
 }
+
+/// Marks instance $1 offline if it is online with a watermark before $2; the same statement on
+/// both backends (PostgreSQL bounds its wait for the row lock around it).
+pub(crate) const MARK_OFFLINE: &str = "UPDATE sequencer_instances SET online = false \
+     WHERE idx = $1 AND online AND watermark < $2";
 
 /// The instance index as stored: an `INTEGER` column on both backends.
 pub(crate) fn instance_column(index: InstanceIndex) -> Result<i32, StoreError> {

@@ -20,6 +20,14 @@
 //!
 //! Replication: every write transaction (`apply`, `prune_dedup`) first runs the fencing check
 //! of [`ParticipantStore::fence`] inside the transaction, so a deposed replica writes nothing.
+//!
+//! One implementation serves both backends ([`SqlParticipantStore`], in `store`); rows are
+//! encoded and decoded in `rows`.
+
+mod rows;
+mod store;
+
+pub use store::SqlParticipantStore;
 
 use std::collections::BTreeSet;
 

@@ -21,6 +21,11 @@
 //! - **Release** (switchover): the active clears `holder` and drops its lock/flock so a passive
 //!   can take over at its next poll without waiting for `lease_timeout`.
 
+//!
+//! The two backends take the lease by different means (`sqlite`: the row's age plus a flock;
+//! `postgres`: an advisory lock on a dedicated session), but read and write the row with the
+//! same statements, kept here.
+
 pub mod postgres;
 pub mod sqlite;
 
@@ -75,6 +80,39 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn release(&self, holder: &str, epoch: Epoch) -> Result<(), StoreError>;
 
     async fn current(&self) -> Result<Option<LeaseState>, StoreError>;
+}
+
+/// Takes the lease for holder $2 (endpoint $3) at $4 (µs), bumping the epoch; returns it.
+const TAKE: &str =
+    "INSERT INTO replica_lease (node, epoch, holder, holder_endpoint, renewed_at_us) \
+     VALUES ($1, 1, $2, $3, $4) \
+     ON CONFLICT (node) DO UPDATE SET epoch = replica_lease.epoch + 1, \
+     holder = excluded.holder, holder_endpoint = excluded.holder_endpoint, \
+     renewed_at_us = excluded.renewed_at_us \
+     RETURNING epoch";
+
+/// Renews at $1 (µs) the lease of node $2, if still held at epoch $3 by holder $4.
+const RENEW: &str = "UPDATE replica_lease SET renewed_at_us = $1 \
+     WHERE node = $2 AND epoch = $3 AND holder = $4";
+
+/// Frees the lease of node $1, if still held at epoch $2 by holder $3.
+const RELEASE: &str = "UPDATE replica_lease SET holder = NULL, holder_endpoint = NULL \
+     WHERE node = $1 AND epoch = $2 AND holder = $3";
+
+/// The lease row of node $1, as [`LeaseRow`].
+const CURRENT: &str = "SELECT epoch, holder, holder_endpoint, renewed_at_us FROM replica_lease \
+     WHERE node = $1";
+
+type LeaseRow = (i64, Option<String>, Option<String>, i64);
+
+fn lease_state(row: LeaseRow) -> LeaseState {
+    let (epoch, holder, holder_endpoint, renewed_at) = row;
+    LeaseState {
+        epoch: Epoch(epoch),
+        holder,
+        holder_endpoint,
+        renewed_at: Timestamp::from_i64(renewed_at),
+    }
 }
 
 /// The epoch this process writes under, shared between the replica manager (which sets it on

@@ -20,9 +20,16 @@
 //! Replication: every write transaction (`apply`, `mark_verdicts_sent`, `prune_verdicts`) first
 //! runs the fencing check of [`MediatorStore::fence`] inside the transaction, so a deposed
 //! replica writes nothing.
+//!
+//! One implementation serves both backends ([`SqlMediatorStore`], in `store`); only the bulk
+//! inserts of `apply` are written per dialect (`sqlite`: multi-row `VALUES`; `postgres`:
+//! `INSERT ... SELECT FROM UNNEST(arrays)`).
 
-pub mod postgres;
-pub mod sqlite;
+mod postgres;
+mod sqlite;
+mod store;
+
+pub use store::SqlMediatorStore;
 
 use std::collections::{BTreeMap, BTreeSet};
 

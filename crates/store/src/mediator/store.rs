@@ -1,0 +1,206 @@
+//! The mediator store on either backend. Writes go through one writer connection (on SQLite
+//! the file's single writer, `BEGIN IMMEDIATE`) and reads through a separate pool, so a slow
+//! read (a restart's load) never delays the event loop's commits. Each `apply` is a handful of
+//! bulk statements whatever the number of events it covers.
+
+use async_trait::async_trait;
+use meridian_core::Timestamp;
+use sqlx::QueryBuilder;
+
+use super::{
+    pending_records, postgres, sqlite, verdict_record, ApplyPlan, MediatorChange, MediatorSnapshot,
+    MediatorStore, VerdictRecord, VerdictRow,
+};
+use crate::fencing::FencedConnection;
+use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, StorePool};
+use crate::sequencer::BackendStatus;
+use crate::{FenceSlot, StorageConfig, StoreError};
+
+/// Ids per `IN (...)` list: far below both backends' limits on bound parameters.
+const IDS_PER_STATEMENT: usize = 500;
+
+const SQLITE_READER_CONNECTIONS: u32 = 2;
+
+const VERDICT_COLUMNS: &str = "request_id, recipients, verdict, sent";
+
+#[derive(Debug, Clone)]
+pub struct SqlMediatorStore {
+    pool: StorePool,
+    /// Checked at the start of every write transaction; shared by clones of this store.
+    fence: FenceSlot,
+}
+
+const POOL: PoolSettings = PoolSettings {
+    store: "mediator",
+    sqlite_foreign_keys: false,
+    sqlite_migrate_attempts: pool::MIGRATE_ONCE,
+    sqlite_readers: Some(SQLITE_READER_CONNECTIONS),
+    // The mediator reports a read-only database (a standby) through `backend_status`.
+    postgres: PostgresLayout::ReportsReadOnly {
+        writer_idle_in_transaction_timeout_ms: None,
+    },
+};
+
+impl SqlMediatorStore {
+    /// Opens (and migrates) the database the config names. On a read-only PostgreSQL database
+    /// (a standby) migrating is skipped and [`MediatorStore::backend_status`] reports why the
+    /// mediator cannot work.
+    pub async fn open_config(config: &StorageConfig) -> Result<Self, StoreError> {
+        Ok(Self {
+            pool: StorePool::open(config, &POOL).await?,
+            fence: FenceSlot::default(),
+        })
+    }
+}
+
+/// Appends `(id, id, ...)` to `query`.
+fn push_ids<'q, DB: sqlx::Database>(query: &mut QueryBuilder<'q, DB>, ids: &[Timestamp])
+where
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query.push("(");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(id.as_i64());
+    }
+    query.push(")");
+}
+
+#[async_trait]
+impl MediatorStore for SqlMediatorStore {
+    fn fence(&self) -> FenceSlot {
+        self.fence.clone()
+    }
+
+    async fn load(&self) -> Result<MediatorSnapshot, StoreError> {
+        let unsent_query = format!(
+            "SELECT {VERDICT_COLUMNS} FROM mediator_verdicts WHERE NOT sent ORDER BY request_id"
+        );
+        // One snapshot, so the parts are consistent with each other even while a writer
+        // (possibly in another process) commits.
+        let (checkpoint, requests, responses, unsent) =
+            on_backend!(&self.pool, |_, readers, dialect| {
+                let mut tx = readers.begin_with(dialect.snapshot_begin).await?;
+                let checkpoint: Option<i64> =
+                    sqlx::query_scalar("SELECT ts FROM mediator_checkpoint WHERE id = 1")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let requests: Vec<(i64, i64, String)> = sqlx::query_as(
+                    "SELECT request_id, deadline, informee FROM mediator_requests \
+                     ORDER BY request_id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let responses: Vec<(i64, String, String)> = sqlx::query_as(
+                    "SELECT request_id, participant, response FROM mediator_responses \
+                     ORDER BY request_id, participant",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let unsent: Vec<VerdictRow> =
+                    sqlx::query_as(&unsent_query).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                (checkpoint, requests, responses, unsent)
+            });
+        Ok(MediatorSnapshot {
+            checkpoint: checkpoint.map(Timestamp::from_i64),
+            pending: pending_records(requests, responses)?,
+            unsent: unsent
+                .into_iter()
+                .map(verdict_record)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    async fn apply(
+        &self,
+        changes: &[MediatorChange],
+        checkpoint: Timestamp,
+    ) -> Result<(), StoreError> {
+        let plan = ApplyPlan::new(changes);
+        on_backend!(&self.pool, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            tx.check_fence(&self.fence).await?;
+            for chunk in plan.deletes.chunks(IDS_PER_STATEMENT) {
+                for table in ["mediator_responses", "mediator_requests"] {
+                    let mut delete = QueryBuilder::<Db>::new(format!(
+                        "DELETE FROM {table} WHERE request_id IN "
+                    ));
+                    push_ids(&mut delete, chunk);
+                    delete.build().execute(&mut *tx).await?;
+                }
+            }
+            tx.insert_plan(&plan).await?;
+            sqlx::query(
+                "INSERT INTO mediator_checkpoint (id, ts) VALUES (1, $1) \
+                 ON CONFLICT (id) DO UPDATE SET ts = CASE \
+                     WHEN excluded.ts > mediator_checkpoint.ts THEN excluded.ts \
+                     ELSE mediator_checkpoint.ts END",
+            )
+            .bind(checkpoint.as_i64())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn mark_verdicts_sent(&self, request_ids: &[Timestamp]) -> Result<(), StoreError> {
+        if request_ids.is_empty() {
+            return Ok(());
+        }
+        on_backend!(&self.pool, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            tx.check_fence(&self.fence).await?;
+            for chunk in request_ids.chunks(IDS_PER_STATEMENT) {
+                let mut update = QueryBuilder::<Db>::new(
+                    "UPDATE mediator_verdicts SET sent = true WHERE request_id IN ",
+                );
+                push_ids(&mut update, chunk);
+                update.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn verdict(&self, request_id: Timestamp) -> Result<Option<VerdictRecord>, StoreError> {
+        let select =
+            format!("SELECT {VERDICT_COLUMNS} FROM mediator_verdicts WHERE request_id = $1");
+        let row: Option<VerdictRow> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(&select)
+                .bind(request_id.as_i64())
+                .fetch_optional(readers)
+                .await?
+        });
+        row.map(verdict_record).transpose()
+    }
+
+    async fn prune_verdicts(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let prune = "DELETE FROM mediator_verdicts WHERE sent AND request_id < $1";
+        self.pool
+            .fenced_execute(&self.fence, prune, before.as_i64())
+            .await
+    }
+
+    async fn backend_status(&self) -> Result<BackendStatus, StoreError> {
+        self.pool.backend_status().await
+    }
+}
+
+/// Writes the plan's new rows in the dialect's bulk form (the one place the backends differ).
+trait InsertPlan {
+    async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError>;
+}
+
+impl InsertPlan for sqlx::SqliteConnection {
+    async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError> {
+        sqlite::insert_plan(self, plan).await
+    }
+}
+
+impl InsertPlan for sqlx::PgConnection {
+    async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError> {
+        postgres::insert_plan(self, plan).await
+    }
+}

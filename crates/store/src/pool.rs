@@ -1,0 +1,439 @@
+//! The one pool type every store uses, [`StorePool`] (a writer and a reader pool on either
+//! backend), and opening it: the steps every store takes the same way, kept in one place so
+//! the stores cannot drift apart on them (WAL and `synchronous=FULL` on SQLite, the
+//! reachability and read-only checks before migrating on PostgreSQL). What differs between
+//! stores (pool sizes, timeouts, retries, which checks apply) is a parameter, decided by the
+//! store that calls.
+//!
+//! Store code is written once over both backends with [`on_backend!`], which expands the code
+//! for each backend's pools and hands it the backend's [`Dialect`]: the few statements where
+//! the two SQL dialects really differ (how a write transaction begins, how a snapshot read
+//! begins, whether a table lock is needed).
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::Connection;
+
+use crate::fencing::FencedConnection;
+use crate::sequencer::BackendStatus;
+use crate::{FenceSlot, StorageConfig, StoreError};
+
+/// A store's connections: one writer (SQLite allows one writer at a time; on PostgreSQL each
+/// store has one writing task anyway) and a reader pool, so reads never queue behind a commit.
+/// A store that needs no separate readers passes a clone of its writer as `readers`.
+#[derive(Debug, Clone)]
+pub(crate) enum StorePool {
+    Sqlite {
+        writer: SqlitePool,
+        readers: SqlitePool,
+    },
+    Postgres {
+        writer: PgPool,
+        readers: PgPool,
+    },
+}
+
+/// The statements in which SQLite and PostgreSQL really differ, for code written once over
+/// both (see [`on_backend!`]).
+#[derive(Debug)]
+pub(crate) struct Dialect {
+    /// Begins a write transaction. SQLite: `BEGIN IMMEDIATE` takes the file's write lock up
+    /// front, so a second process on the same file waits at `BEGIN` instead of failing at its
+    /// first write, and nothing can commit between a check and the write it guards.
+    pub write_begin: &'static str,
+    /// Begins a read transaction whose statements all see one snapshot.
+    pub snapshot_begin: &'static str,
+    /// Whether a write transaction must lock a table explicitly to exclude other writers
+    /// (PostgreSQL); on SQLite `write_begin` already did.
+    pub locks_tables: bool,
+    /// The scalar function returning the larger of its arguments.
+    pub greatest: &'static str,
+}
+
+pub(crate) const SQLITE: Dialect = Dialect {
+    write_begin: "BEGIN IMMEDIATE",
+    snapshot_begin: "BEGIN",
+    locks_tables: false,
+    greatest: "max",
+};
+
+pub(crate) const POSTGRES: Dialect = Dialect {
+    write_begin: "BEGIN",
+    // REPEATABLE READ: every read of the transaction comes from one snapshot.
+    snapshot_begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    locks_tables: true,
+    greatest: "GREATEST",
+};
+
+impl Dialect {
+    /// The statement that locks `table` against other writers (readers proceed) for the rest
+    /// of the transaction, if this dialect needs one.
+    pub fn exclusive_lock(&self, table: &str) -> Option<String> {
+        self.locks_tables
+            .then(|| format!("LOCK TABLE {table} IN EXCLUSIVE MODE"))
+    }
+}
+
+/// Runs `$body` once per backend: `$writer` and `$readers` are bound to that backend's pools
+/// and `$dialect` to its [`Dialect`], and the type `Db` names its sqlx database (for
+/// `QueryBuilder::<Db>`). The body is compiled twice, so one SQL text serves both backends
+/// wherever it is written once.
+macro_rules! on_backend {
+    ($pool:expr, |$writer:pat_param, $readers:pat_param, $dialect:pat_param| $body:expr) => {
+        match $pool {
+            $crate::pool::StorePool::Sqlite {
+                writer: $writer,
+                readers: $readers,
+            } => {
+                #[allow(dead_code)]
+                type Db = ::sqlx::Sqlite;
+                let $dialect = &$crate::pool::SQLITE;
+                $body
+            }
+            $crate::pool::StorePool::Postgres {
+                writer: $writer,
+                readers: $readers,
+            } => {
+                #[allow(dead_code)]
+                type Db = ::sqlx::Postgres;
+                let $dialect = &$crate::pool::POSTGRES;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_backend;
+
+/// How a store opens its [`StorePool`]: what differs between stores, decided by each store.
+#[derive(Debug)]
+pub(crate) struct PoolSettings {
+    /// Names the store in log lines.
+    pub store: &'static str,
+    /// Ask for foreign keys to be enforced on SQLite connections (whatever sqlx's default).
+    pub sqlite_foreign_keys: bool,
+    /// Migrating attempts on SQLite (see [`migrate_sqlite`]).
+    pub sqlite_migrate_attempts: u32,
+    /// Read-only SQLite connections; `None`: the writer serves reads too.
+    pub sqlite_readers: Option<u32>,
+    pub postgres: PostgresLayout,
+}
+
+/// How a store uses its PostgreSQL connections.
+#[derive(Debug)]
+pub(crate) enum PostgresLayout {
+    /// Opens even on a read-only database (not migrating it), so that the store can report
+    /// why its node must not serve; a lazy writer of one connection, which the server ends
+    /// when it idles inside a transaction for `writer_idle_in_transaction_timeout_ms` (if
+    /// set), and lazy readers (the rest of `max_connections`).
+    ReportsReadOnly {
+        writer_idle_in_transaction_timeout_ms: Option<u64>,
+    },
+    /// Migrates through the writer connection, which it keeps, and opens lazy readers (the
+    /// rest of `max_connections`).
+    MigratingWriter,
+    /// One lazy pool of at most `max_connections`, capped at `cap`, for reads and writes.
+    Shared { cap: u32 },
+}
+
+/// How long a call waits for a PostgreSQL connection before reporting the database
+/// unavailable. Short, because callers retry transient errors themselves and report
+/// not-ready meanwhile.
+pub(crate) const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl StorePool {
+    /// Opens (and migrates) the database `config` names, the way `settings` say.
+    pub(crate) async fn open(
+        config: &StorageConfig,
+        settings: &PoolSettings,
+    ) -> Result<Self, StoreError> {
+        match config {
+            StorageConfig::Sqlite { path } => {
+                let mut options = sqlite_options(path);
+                if settings.sqlite_foreign_keys {
+                    options = options.foreign_keys(true);
+                }
+                Self::open_sqlite(
+                    options,
+                    settings.sqlite_migrate_attempts,
+                    settings.sqlite_readers,
+                )
+                .await
+            }
+            StorageConfig::Postgres {
+                url,
+                max_connections,
+            } => Self::open_postgres(url, *max_connections, settings).await,
+        }
+    }
+
+    async fn open_postgres(
+        url: &str,
+        max_connections: u32,
+        settings: &PoolSettings,
+    ) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let timeout = POSTGRES_ACQUIRE_TIMEOUT;
+        let readers = postgres_reader_connections(max_connections);
+        Ok(match settings.postgres {
+            PostgresLayout::ReportsReadOnly {
+                writer_idle_in_transaction_timeout_ms,
+            } => {
+                migrate_postgres_unless_read_only(&options, timeout, settings.store).await?;
+                let writer_options = match writer_idle_in_transaction_timeout_ms {
+                    Some(ms) => options
+                        .clone()
+                        .options([("idle_in_transaction_session_timeout", ms)]),
+                    None => options.clone(),
+                };
+                StorePool::Postgres {
+                    writer: lazy_postgres_pool(writer_options, 1, timeout),
+                    readers: lazy_postgres_pool(options, readers, timeout),
+                }
+            }
+            PostgresLayout::MigratingWriter => StorePool::Postgres {
+                writer: connect_postgres_migrated(options.clone(), timeout).await?,
+                readers: lazy_postgres_pool(options, readers, timeout),
+            },
+            PostgresLayout::Shared { cap } => {
+                let migrator = connect_postgres_migrated(options.clone(), timeout).await?;
+                migrator.close().await;
+                let shared = lazy_postgres_pool(options, max_connections.clamp(1, cap), timeout);
+                StorePool::Postgres {
+                    writer: shared.clone(),
+                    readers: shared,
+                }
+            }
+        })
+    }
+
+    /// An SQLite store's pools: the writer (created and migrated, making up to
+    /// `migrate_attempts` attempts) and `reader_connections` read-only connections, or, with
+    /// `None`, the writer serving reads as well.
+    async fn open_sqlite(
+        options: SqliteConnectOptions,
+        migrate_attempts: u32,
+        reader_connections: Option<u32>,
+    ) -> Result<Self, StoreError> {
+        let writer = open_sqlite_writer(&options, migrate_attempts).await?;
+        let readers = match reader_connections {
+            Some(connections) => open_sqlite_readers(options, connections).await?,
+            None => writer.clone(),
+        };
+        Ok(StorePool::Sqlite { writer, readers })
+    }
+
+    /// Runs `statement`, with `value` as its one parameter, in a write transaction that first
+    /// checks `fence`; returns how many rows it changed.
+    pub(crate) async fn fenced_execute(
+        &self,
+        fence: &FenceSlot,
+        statement: &str,
+        value: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(on_backend!(self, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            tx.check_fence(fence).await?;
+            let changed = sqlx::query(statement)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            changed
+        }))
+    }
+
+    /// Facts about the database that decide whether a node may serve on it.
+    pub(crate) async fn backend_status(&self) -> Result<BackendStatus, StoreError> {
+        match self {
+            StorePool::Sqlite { readers, .. } => {
+                // Touch the database so that a vanished or unreadable file shows up here.
+                sqlx::query("SELECT 1").execute(readers).await?;
+                Ok(BackendStatus {
+                    backend: "sqlite",
+                    read_only: false,
+                    synchronous_commit: None,
+                })
+            }
+            StorePool::Postgres { readers, .. } => {
+                // transaction_read_only reflects default_transaction_read_only for a new
+                // transaction, so this also catches a primary configured read-only, not just a
+                // standby.
+                let (synchronous_commit, read_only, in_recovery): (String, String, bool) =
+                    sqlx::query_as(
+                        "SELECT current_setting('synchronous_commit'), \
+                                current_setting('transaction_read_only'), \
+                                pg_is_in_recovery()",
+                    )
+                    .fetch_one(readers)
+                    .await?;
+                Ok(BackendStatus {
+                    backend: "postgres",
+                    read_only: in_recovery || read_only == "on",
+                    synchronous_commit: Some(synchronous_commit),
+                })
+            }
+        }
+    }
+}
+
+/// One schema per backend for all stores (each store has its own tables in it).
+pub(crate) static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(crate) static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long an SQLite statement waits for the file's write lock (held by another connection or
+/// process) before failing. The same for every store on purpose: a replica lease's renewal
+/// shares the file with the node's writer and must not give up sooner than the writer's own
+/// transactions may take.
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The options every SQLite store opens its file with: WAL, so readers never wait behind the
+/// writer, and `synchronous=FULL`, because what a store commits (an acknowledged send, a
+/// verdict, a published topology transaction, an epoch bump) must survive a power loss, not
+/// just a process crash. Callers may add options of their own.
+pub(crate) fn sqlite_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+}
+
+/// `migrate_attempts` for a store that migrates once, without retrying.
+pub(crate) const MIGRATE_ONCE: u32 = 1;
+
+/// Opens the single writer connection of an SQLite store (creating the file if missing) and
+/// migrates the schema through it, making up to `migrate_attempts` attempts (see
+/// [`migrate_sqlite`]).
+pub(crate) async fn open_sqlite_writer(
+    options: &SqliteConnectOptions,
+    migrate_attempts: u32,
+) -> Result<SqlitePool, StoreError> {
+    // One connection: SQLite allows one writer at a time, so a second would only contend for
+    // the file's lock inside the process.
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        // Keeping the one connection open keeps the WAL index alive for the readers.
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options.clone().create_if_missing(true))
+        .await?;
+    migrate_sqlite(&writer, migrate_attempts).await?;
+    Ok(writer)
+}
+
+/// Opens the read-only pool of an SQLite store, `max_connections` strong; call it after
+/// [`open_sqlite_writer`], which creates the file.
+pub(crate) async fn open_sqlite_readers(
+    options: SqliteConnectOptions,
+    max_connections: u32,
+) -> Result<SqlitePool, StoreError> {
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(options.read_only(true))
+        .await?)
+}
+
+/// Migrates, making up to `attempts` attempts (1: no retry) with a growing pause between them.
+/// Retrying serves stores whose file several processes may open (fresh) at the same moment:
+/// SQLite has no migration lock, so all but one fail on "table already exists" and, on a retry,
+/// find the schema complete (each migration is one transaction, so a failed one leaves nothing
+/// behind).
+async fn migrate_sqlite(writer: &SqlitePool, attempts: u32) -> Result<(), StoreError> {
+    let mut attempt = 1;
+    loop {
+        match SQLITE_MIGRATOR.run(writer).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt < attempts => {
+                tracing::warn!(%error, attempt, "migrating the database failed; retrying (another process migrating it?)");
+                tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Checks that the PostgreSQL server answers within `connect_timeout` and migrates the schema,
+/// unless the database is read-only (a standby, or `default_transaction_read_only`): migrating
+/// is impossible there, and skipping it lets the store still open and report (through its
+/// backend status) why its node must not serve. `store` names the store in the warning.
+pub(crate) async fn migrate_postgres_unless_read_only(
+    options: &PgConnectOptions,
+    connect_timeout: Duration,
+    store: &str,
+) -> Result<(), StoreError> {
+    // One plain connection first: a pool would keep retrying an unreachable server until
+    // its acquire timeout, and the caller wants to hear "unavailable" at once.
+    let mut connection = tokio::time::timeout(connect_timeout, PgConnection::connect_with(options))
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connecting to PostgreSQL timed out",
+            )))
+        })??;
+    let (in_recovery, read_only): (bool, String) =
+        sqlx::query_as("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+            .fetch_one(&mut connection)
+            .await?;
+    if in_recovery || read_only == "on" {
+        tracing::warn!(
+            in_recovery,
+            "the {store} database is read-only; not migrating it"
+        );
+    } else {
+        // `run_direct`, not `run`: awaiting `run(&mut connection)` makes every enclosing
+        // future's `Send` proof fail ("Acquire is not general enough"), so callers could not
+        // spawn the node; sqlx offers `run_direct` for exactly this (`run` on a connection
+        // only forwards to it).
+        POSTGRES_MIGRATOR.run_direct(&mut connection).await?;
+    }
+    // Closing politely is a courtesy; the caller's pools do not depend on it.
+    let _ = connection.close().await;
+    Ok(())
+}
+
+/// Connects a one-connection pool (waiting up to `acquire_timeout` for the server) and
+/// migrates the schema through it, without a read-only check. A pool rather than a bare
+/// `PgConnection`: the latter's future is not provably `Send` (an sqlx higher-ranked lifetime),
+/// which would stop callers from spawning the node. The caller closes the pool or keeps it as
+/// its writer.
+pub(crate) async fn connect_postgres_migrated(
+    options: PgConnectOptions,
+    acquire_timeout: Duration,
+) -> Result<PgPool, StoreError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options)
+        .await?;
+    POSTGRES_MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// A PostgreSQL pool that connects on first use, so opening a store does not wait for (or fail
+/// on) connections it may not need yet; `acquire_timeout` bounds each call's wait instead.
+pub(crate) fn lazy_postgres_pool(
+    options: PgConnectOptions,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(options)
+}
+
+/// The readers' share of `max_connections` when one connection is reserved for the writer:
+/// the rest, but at least one, so a configured total of one still leaves reads a connection.
+pub(crate) fn postgres_reader_connections(max_connections: u32) -> u32 {
+    max_connections.saturating_sub(1).max(1)
+}

@@ -1,0 +1,132 @@
+//! The sequencer store's statements that are SQLite's own: bulk inserts as multi-row `VALUES`
+//! (chunked below SQLite's limit on bound parameters) and deleting a zombie's events with
+//! subqueries.
+
+use std::collections::HashSet;
+
+use meridian_core::Timestamp;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::{NewEvent, WriteResult};
+use crate::StoreError;
+
+/// Rows per multi-row `INSERT`. At five columns that is 2,500 bound parameters, far below
+/// SQLite's limit, and large enough that per-statement overhead no longer matters.
+const ROWS_PER_INSERT: usize = 500;
+
+pub(super) async fn delete_events_above(
+    connection: &mut SqliteConnection,
+    idx: i32,
+    own: i64,
+) -> Result<u64, StoreError> {
+    sqlx::query(
+        "DELETE FROM event_recipients \
+         WHERE member IN (SELECT seq FROM members) \
+           AND ts IN (SELECT ts FROM events WHERE instance = $1 AND ts > $2)",
+    )
+    .bind(idx)
+    .bind(own)
+    .execute(&mut *connection)
+    .await?;
+    sqlx::query(
+        "DELETE FROM message_ids WHERE (sender, message_id, ts) IN \
+         (SELECT sender, message_id, ts FROM events WHERE instance = $1 AND ts > $2)",
+    )
+    .bind(idx)
+    .bind(own)
+    .execute(&mut *connection)
+    .await?;
+    Ok(
+        sqlx::query("DELETE FROM events WHERE instance = $1 AND ts > $2")
+            .bind(idx)
+            .bind(own)
+            .execute(&mut *connection)
+            .await?
+            .rows_affected(),
+    )
+}
+
+pub(super) async fn claim_message_ids(
+    connection: &mut SqliteConnection,
+    firsts: &[&NewEvent],
+) -> Result<Vec<WriteResult>, StoreError> {
+    let mut verdicts = vec![WriteResult::Sequenced; firsts.len()];
+    for (chunk_no, chunk) in firsts.chunks(ROWS_PER_INSERT).enumerate() {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO message_ids (sender, message_id, ts, expires_at) ",
+        );
+        insert.push_values(chunk, |mut row, event| {
+            row.push_bind(event.sender.0)
+                .push_bind(event.message_id.as_str())
+                .push_bind(event.timestamp.as_i64())
+                .push_bind(event.max_sequencing_time.as_i64());
+        });
+        insert.push(" ON CONFLICT DO NOTHING RETURNING sender, message_id");
+        let inserted: Vec<(i64, String)> =
+            insert.build_query_as().fetch_all(&mut *connection).await?;
+        if inserted.len() == chunk.len() {
+            continue;
+        }
+        // Duplicates are rare (client retries), so looking each up on its own is fine.
+        let inserted: HashSet<(i64, &str)> =
+            inserted.iter().map(|(s, m)| (*s, m.as_str())).collect();
+        for (offset, event) in chunk.iter().enumerate() {
+            if inserted.contains(&(event.sender.0, event.message_id.as_str())) {
+                continue;
+            }
+            let original: Option<i64> = sqlx::query_scalar(
+                "SELECT ts FROM message_ids WHERE sender = $1 AND message_id = $2",
+            )
+            .bind(event.sender.0)
+            .bind(event.message_id.as_str())
+            .fetch_optional(&mut *connection)
+            .await?;
+            let original = original.ok_or_else(|| StoreError::Corrupt {
+                table: "message_ids",
+                detail: format!(
+                    "({}, {}) conflicted on insert but cannot be read",
+                    event.sender.0, event.message_id
+                ),
+            })?;
+            verdicts[chunk_no * ROWS_PER_INSERT + offset] = WriteResult::Duplicate {
+                original: Timestamp::from_i64(original),
+            };
+        }
+    }
+    Ok(verdicts)
+}
+
+pub(super) async fn insert_events(
+    connection: &mut SqliteConnection,
+    idx: i32,
+    new: &[&NewEvent],
+) -> Result<(), StoreError> {
+    for chunk in new.chunks(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (ts, instance, sender, message_id, batch) ",
+        );
+        insert.push_values(chunk, |mut row, event| {
+            row.push_bind(event.timestamp.as_i64())
+                .push_bind(idx)
+                .push_bind(event.sender.0)
+                .push_bind(event.message_id.as_str())
+                .push_bind(event.batch.as_slice());
+        });
+        insert.build().execute(&mut *connection).await?;
+    }
+    let recipients: Vec<(i64, i64)> = new
+        .iter()
+        .flat_map(|event| {
+            let ts = event.timestamp.as_i64();
+            event.recipients.iter().map(move |member| (member.0, ts))
+        })
+        .collect();
+    for chunk in recipients.chunks(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO event_recipients (member, ts) ");
+        insert.push_values(chunk, |mut row, &(member, ts)| {
+            row.push_bind(member).push_bind(ts);
+        });
+        insert.build().execute(&mut *connection).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,470 @@
+//! The sequencer store on either backend.
+//!
+//! SQLite, the embedded default, allows one writer at a time, so all writes go through a pool
+//! of exactly one connection (no lock contention inside the process, and `BEGIN IMMEDIATE`
+//! takes the file's write lock up front in case another process shares the file), while reads
+//! use a separate pool and, thanks to WAL, never wait behind a write. Several sequencer
+//! processes on one machine may share the file (active-active on SQLite): the write lock
+//! serializes their transactions, the same way the row locks do on PostgreSQL. One limit has
+//! no SQLite remedy: a process *paused* (SIGSTOP) inside a write transaction keeps the file's
+//! write lock, so every other instance waits (up to the busy timeout,
+//! `pool::SQLITE_BUSY_TIMEOUT`, then errors) until it resumes or dies. A crash releases the
+//! lock at once.
+//!
+//! PostgreSQL is the production backend, where several sequencer instances (processes) share
+//! one database. Correctness between instances rests on row locks: `write_events` updates its
+//! own watermark row first (checking the row's incarnation), so a concurrent `mark_offline` or
+//! `start_instance` either waits for the whole batch to commit or makes it fail as fenced or
+//! superseded. A paused writer cannot hold those locks for long: its session is ended by the
+//! server after a short idle-in-transaction timeout (see `POOL`). One connection is reserved for writes
+//! so reads never queue behind a batch and vice versa.
+//!
+//! On both, throughput comes from bulk inserts: one `write_events` call is a handful of
+//! statements whatever its size.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use meridian_core::crypto::PublicKey;
+use meridian_core::{InstanceIndex, MemberId, Timestamp};
+use sqlx::{PgConnection, SqliteConnection};
+
+use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
+use super::{
+    postgres, sqlite, BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState,
+    MemberRecord, MemberSeq, NewEvent, SequencerStore, StoredEvent, WriteResult,
+};
+use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, StorePool};
+use crate::{StorageConfig, StoreError};
+
+const POOL: PoolSettings = PoolSettings {
+    store: "sequencer",
+    sqlite_foreign_keys: true,
+    // Several sequencer processes may open a fresh shared SQLite file at the same moment
+    // (active-active on SQLite), and SQLite has no migration lock.
+    sqlite_migrate_attempts: 5,
+    // Reads run in parallel with the writer and with each other.
+    sqlite_readers: Some(4),
+    // The server ends a writer session that sits inside a transaction without sending
+    // anything for this long. A healthy writer sends its statements back to back, so only a
+    // paused process (SIGSTOP, a frozen VM) trips it; without it, such a zombie would keep its
+    // watermark row locked (and any message ids it inserted) until it resumed, so no peer
+    // could mark it offline and every reader would stall with it. Kept well below the default
+    // `offline_after` (500 ms) plus the peers' polling, so a paused instance costs readers
+    // about `offline_after`. A read-only database (a standby) is reported by
+    // `backend_status`.
+    postgres: PostgresLayout::ReportsReadOnly {
+        writer_idle_in_transaction_timeout_ms: Some(300),
+    },
+};
+
+type MemberRow = (i64, String, Vec<u8>, i64);
+
+const MEMBER_COLUMNS: &str = "seq, id, public_key, registered_at";
+
+const CURRENT_INCARNATION: &str = "SELECT incarnation FROM sequencer_instances WHERE idx = $1";
+
+#[derive(Debug, Clone)]
+pub struct SqlSequencerStore {
+    pool: StorePool,
+}
+
+/// The former name of [`SqlSequencerStore`] (`open(path)` on SQLite), kept for existing
+/// callers.
+pub type SqliteSequencerStore = SqlSequencerStore;
+
+impl SqlSequencerStore {
+    /// Opens the SQLite database file, creating and migrating it if needed.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_config(&StorageConfig::Sqlite { path: path.into() }).await
+    }
+
+    /// Opens (and migrates) the database the config names. On a read-only PostgreSQL database
+    /// (a standby, or `default_transaction_read_only`) migrating is impossible and skipped, so
+    /// that [`SequencerStore::backend_status`] can still report why this sequencer must not
+    /// serve.
+    pub async fn open_config(config: &StorageConfig) -> Result<Self, StoreError> {
+        Ok(Self {
+            pool: StorePool::open(config, &POOL).await?,
+        })
+    }
+}
+
+fn member_from(row: MemberRow) -> Result<MemberRecord, StoreError> {
+    let (seq, id, key, at) = row;
+    common::member_record(seq, id, &key, at)
+}
+
+/// The statements of [`SequencerStore::start_instance`] and [`SequencerStore::write_events`]
+/// where the dialects really differ; implemented in `sqlite` and `postgres`.
+pub(super) trait DialectWrites {
+    /// Deletes what instance `idx` wrote above its watermark `own` (a zombie's leftovers),
+    /// with the recipient entries and message ids, so a retry of the zombie's submissions is
+    /// not a duplicate of nothing. Returns how many events went.
+    async fn delete_events_above(&mut self, idx: i32, own: i64) -> Result<u64, StoreError>;
+
+    /// Inserts the message ids of `firsts` (one per key) and returns, in order, whether each
+    /// was new ([`WriteResult::Sequenced`]) or already there (a duplicate of its original).
+    async fn claim_message_ids(
+        &mut self,
+        firsts: &[&NewEvent],
+    ) -> Result<Vec<WriteResult>, StoreError>;
+
+    /// Inserts `new` events of instance `idx` and their recipient entries.
+    async fn insert_events(&mut self, idx: i32, new: &[&NewEvent]) -> Result<(), StoreError>;
+}
+
+impl DialectWrites for SqliteConnection {
+    async fn delete_events_above(&mut self, idx: i32, own: i64) -> Result<u64, StoreError> {
+        sqlite::delete_events_above(self, idx, own).await
+    }
+    async fn claim_message_ids(
+        &mut self,
+        firsts: &[&NewEvent],
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        sqlite::claim_message_ids(self, firsts).await
+    }
+    async fn insert_events(&mut self, idx: i32, new: &[&NewEvent]) -> Result<(), StoreError> {
+        sqlite::insert_events(self, idx, new).await
+    }
+}
+
+impl DialectWrites for PgConnection {
+    async fn delete_events_above(&mut self, idx: i32, own: i64) -> Result<u64, StoreError> {
+        postgres::delete_events_above(self, idx, own).await
+    }
+    async fn claim_message_ids(
+        &mut self,
+        firsts: &[&NewEvent],
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        postgres::claim_message_ids(self, firsts).await
+    }
+    async fn insert_events(&mut self, idx: i32, new: &[&NewEvent]) -> Result<(), StoreError> {
+        postgres::insert_events(self, idx, new).await
+    }
+}
+
+#[async_trait]
+impl SequencerStore for SqlSequencerStore {
+    async fn register_member(
+        &self,
+        id: &MemberId,
+        public_key: &PublicKey,
+        now: Timestamp,
+    ) -> Result<(MemberRecord, bool), StoreError> {
+        let key = public_key.to_bytes();
+        let select = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1");
+        // On PostgreSQL a concurrent registration of the same id makes this wait for the other
+        // transaction and then do nothing, so the read below sees the committed row. The read
+        // is on the writer, which has seen its own insert.
+        let (inserted, existing): (Option<i64>, Option<MemberRow>) =
+            on_backend!(&self.pool, |writer, _, _| {
+                let inserted: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO members (id, public_key, registered_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO NOTHING RETURNING seq",
+                )
+                .bind(id.as_str())
+                .bind(&key[..])
+                .bind(now.as_i64())
+                .fetch_optional(writer)
+                .await?;
+                let existing = match inserted {
+                    Some(_) => None,
+                    None => {
+                        sqlx::query_as(&select)
+                            .bind(id.as_str())
+                            .fetch_optional(writer)
+                            .await?
+                    }
+                };
+                (inserted, existing)
+            });
+        let existing = existing.map(member_from).transpose()?;
+        common::registration_outcome(id, public_key, now, inserted, existing)
+    }
+
+    async fn members(&self) -> Result<Vec<MemberRecord>, StoreError> {
+        let select = format!("SELECT {MEMBER_COLUMNS} FROM members ORDER BY seq");
+        let rows: Vec<MemberRow> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(&select).fetch_all(readers).await?
+        });
+        rows.into_iter().map(member_from).collect()
+    }
+
+    async fn member(&self, id: &MemberId) -> Result<Option<MemberRecord>, StoreError> {
+        let select = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1");
+        let row: Option<MemberRow> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(&select)
+                .bind(id.as_str())
+                .fetch_optional(readers)
+                .await?
+        });
+        row.map(member_from).transpose()
+    }
+
+    async fn start_instance(
+        &self,
+        index: InstanceIndex,
+        not_before: Timestamp,
+        claim: InstanceClaim,
+    ) -> Result<InstanceStart, StoreError> {
+        let idx = common::instance_column(index)?;
+        on_backend!(&self.pool, |writer, _, dialect| {
+            // SQLite's IMMEDIATE: no other writer, in this process or another, runs until we
+            // commit. PostgreSQL's EXCLUSIVE table lock conflicts with the row locks every
+            // watermark UPDATE takes, so no instance advances between reading the maximum and
+            // joining above it, and two claims of the same index run one after the other;
+            // plain reads go on. Either makes claiming an index (check, bump) atomic.
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            if let Some(lock) = dialect.exclusive_lock("sequencer_instances") {
+                sqlx::query(&lock).execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "INSERT INTO sequencer_instances (idx, watermark, online) VALUES ($1, 0, false) \
+                 ON CONFLICT (idx) DO NOTHING",
+            )
+            .bind(idx)
+            .execute(&mut *tx)
+            .await?;
+            let (own, online, incarnation): (i64, bool, i64) = sqlx::query_as(
+                "SELECT watermark, online, incarnation FROM sequencer_instances WHERE idx = $1",
+            )
+            .bind(idx)
+            .fetch_one(&mut *tx)
+            .await?;
+            let row = ClaimedRow {
+                watermark: own,
+                online,
+                incarnation,
+            };
+            if let Err(refusal) = common::check_claim(index, row, claim) {
+                tx.rollback().await?;
+                return Err(refusal);
+            }
+            let deleted = tx.delete_events_above(idx, own).await?;
+            if deleted > 0 {
+                tracing::warn!(instance = %index, deleted, "deleted events written above the instance's watermark");
+            }
+            let highest: i64 = sqlx::query_scalar("SELECT max(watermark) FROM sequencer_instances")
+                .fetch_one(&mut *tx)
+                .await?;
+            let watermark = Timestamp::from_i64(highest).max(not_before);
+            let incarnation = Incarnation(incarnation.saturating_add(1));
+            sqlx::query(
+                "UPDATE sequencer_instances SET watermark = $2, online = true, incarnation = $3 \
+                 WHERE idx = $1",
+            )
+            .bind(idx)
+            .bind(watermark.as_i64())
+            .bind(incarnation.0)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(InstanceStart {
+                incarnation,
+                watermark,
+            })
+        })
+    }
+
+    async fn write_events(
+        &self,
+        index: InstanceIndex,
+        incarnation: Incarnation,
+        events: &[NewEvent],
+        watermark: Timestamp,
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        let idx = common::instance_column(index)?;
+        let watermark = common::effective_watermark(events, watermark);
+        let plan = WritePlan::new(events);
+        let firsts: Vec<&NewEvent> = plan.firsts.iter().map(|&i| &events[i]).collect();
+        let verdicts = on_backend!(&self.pool, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            // First, so that on PostgreSQL this transaction holds the row lock that
+            // mark_offline and start_instance need: they wait for the batch, or the batch is
+            // fenced. The incarnation check makes a newer claim of the index fence it as well.
+            let advanced = sqlx::query(&advance_watermark(dialect))
+                .bind(watermark.as_i64())
+                .bind(idx)
+                .bind(incarnation.0)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if advanced == 0 {
+                let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
+                    .bind(idx)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.rollback().await?;
+                return Err(common::refused_write(index, incarnation, current));
+            }
+            let verdicts = tx.claim_message_ids(&firsts).await?;
+            let new: Vec<&NewEvent> = firsts
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, verdict)| **verdict == WriteResult::Sequenced)
+                .map(|(event, _)| *event)
+                .collect();
+            tx.insert_events(idx, &new).await?;
+            tx.commit().await?;
+            verdicts
+        });
+        Ok(plan.results(events, &verdicts))
+    }
+
+    async fn advance_watermark(
+        &self,
+        index: InstanceIndex,
+        incarnation: Incarnation,
+        watermark: Timestamp,
+    ) -> Result<(), StoreError> {
+        let idx = common::instance_column(index)?;
+        on_backend!(&self.pool, |writer, _, dialect| {
+            let advanced = sqlx::query(&advance_watermark(dialect))
+                .bind(watermark.as_i64())
+                .bind(idx)
+                .bind(incarnation.0)
+                .execute(writer)
+                .await?
+                .rows_affected();
+            if advanced == 0 {
+                // Read after the refusal, outside its statement: a claim in between can only
+                // turn "fenced" into "superseded", and both mean nothing was written.
+                let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
+                    .bind(idx)
+                    .fetch_optional(writer)
+                    .await?;
+                return Err(common::refused_write(index, incarnation, current));
+            }
+        });
+        Ok(())
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceState>, StoreError> {
+        let rows: Vec<(i32, i64, bool, i64)> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(
+                "SELECT idx, watermark, online, incarnation FROM sequencer_instances ORDER BY idx",
+            )
+            .fetch_all(readers)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(idx, watermark, online, incarnation)| {
+                common::instance_state(i64::from(idx), watermark, online, incarnation)
+            })
+            .collect()
+    }
+
+    async fn safe_point(&self) -> Result<Option<Timestamp>, StoreError> {
+        let minimum: Option<i64> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_scalar("SELECT min(watermark) FROM sequencer_instances WHERE online")
+                .fetch_one(readers)
+                .await?
+        });
+        Ok(minimum.map(Timestamp::from_i64))
+    }
+
+    async fn mark_offline(
+        &self,
+        index: InstanceIndex,
+        stale_before: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let idx = common::instance_column(index)?;
+        match &self.pool {
+            StorePool::Sqlite { writer, .. } => {
+                let marked = sqlx::query(MARK_OFFLINE)
+                    .bind(idx)
+                    .bind(stale_before.as_i64())
+                    .execute(writer)
+                    .await?
+                    .rows_affected();
+                Ok(marked > 0)
+            }
+            StorePool::Postgres { readers, .. } => {
+                postgres::mark_offline(readers, idx, stale_before).await
+            }
+        }
+    }
+
+    async fn read_events(
+        &self,
+        member: MemberSeq,
+        after: Option<Timestamp>,
+        up_to: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        // The page is a range scan of the (member, ts) primary key; the first row's previous
+        // event is the member's last one at or before `after`, later rows' is the row before.
+        let rows: Vec<common::EventRow> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(
+                "SELECT r.ts, \
+                        coalesce(lag(r.ts) OVER (ORDER BY r.ts), \
+                                 (SELECT max(p.ts) FROM event_recipients p \
+                                  WHERE p.member = $1 AND p.ts <= $2)), \
+                        e.sender, e.message_id, e.batch \
+                 FROM (SELECT ts FROM event_recipients \
+                       WHERE member = $1 AND ts > $2 AND ts <= $3 \
+                       ORDER BY ts LIMIT $4) AS r \
+                 LEFT JOIN events e ON e.ts = r.ts \
+                 ORDER BY r.ts",
+            )
+            .bind(member.0)
+            .bind(common::after_bound(after))
+            .bind(up_to.as_i64())
+            .bind(i64::from(limit))
+            .fetch_all(readers)
+            .await?
+        });
+        rows.into_iter().map(common::stored_event).collect()
+    }
+
+    async fn acknowledge(&self, member: MemberSeq, timestamp: Timestamp) -> Result<(), StoreError> {
+        on_backend!(&self.pool, |writer, _, dialect| {
+            // The coalesce makes the first acknowledgement simply set it.
+            let greatest = dialect.greatest;
+            sqlx::query(&format!(
+                "UPDATE members SET acknowledged = {greatest}(coalesce(acknowledged, $1), $1) \
+                 WHERE seq = $2"
+            ))
+            .bind(timestamp.as_i64())
+            .bind(member.0)
+            .execute(writer)
+            .await?;
+        });
+        Ok(())
+    }
+
+    async fn acknowledged(&self, member: MemberSeq) -> Result<Option<Timestamp>, StoreError> {
+        let acknowledged: Option<Option<i64>> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_scalar("SELECT acknowledged FROM members WHERE seq = $1")
+                .bind(member.0)
+                .fetch_optional(readers)
+                .await?
+        });
+        Ok(acknowledged.flatten().map(Timestamp::from_i64))
+    }
+
+    async fn prune_message_ids(&self, expired_before: Timestamp) -> Result<u64, StoreError> {
+        Ok(on_backend!(&self.pool, |writer, _, _| {
+            sqlx::query("DELETE FROM message_ids WHERE expires_at < $1")
+                .bind(expired_before.as_i64())
+                .execute(writer)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    async fn backend_status(&self) -> Result<BackendStatus, StoreError> {
+        self.pool.backend_status().await
+    }
+}
+
+/// Advances the watermark of `idx` ($2) to at least $1, only while the row is online and still
+/// held by incarnation $3: the check every write of an instance makes first.
+fn advance_watermark(dialect: &pool::Dialect) -> String {
+    let greatest = dialect.greatest;
+    format!(
+        "UPDATE sequencer_instances SET watermark = {greatest}(watermark, $1) \
+         WHERE idx = $2 AND online AND incarnation = $3"
+    )
+}

@@ -1,0 +1,137 @@
+//! The one conformance harness of the store tests: a [`Backend`] to run a case on (a fresh
+//! SQLite file in a temporary directory, or a fresh database on the test binary's shared
+//! throwaway PostgreSQL server) and the `conformance!` macro, which runs every listed case once
+//! on each backend. A test file declares `#[macro_use] mod harness;`, an
+//! `async fn harness(backend: Backend) -> Harness` that opens its store there (usually a
+//! [`StoreHarness`]), and its cases as `async fn case(h: Harness)`.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use meridian_store::mediator::MediatorStore;
+use meridian_store::{
+    open_mediator_store, open_participant_store, open_sequencer_store, open_topology_store,
+    ParticipantStore, SequencerStore, StorageConfig, TopologyStore,
+};
+use meridian_testkit::PostgresServer;
+
+/// Connections a PostgreSQL store under test may open.
+const POSTGRES_CONNECTIONS: u32 = 4;
+
+/// Where a case's store lives; dropping it removes an SQLite file's directory.
+pub struct Backend {
+    pub config: StorageConfig,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    /// A fresh SQLite file named `name`.db.
+    pub fn sqlite(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Backend {
+            config: StorageConfig::Sqlite {
+                path: dir.path().join(format!("{name}.db")),
+            },
+            _dir: Some(dir),
+        }
+    }
+
+    /// A fresh database (named after `name`) on the shared PostgreSQL server.
+    pub fn postgres(name: &str) -> Self {
+        let url = PostgresServer::shared()
+            .create_database(name)
+            .expect("create database");
+        Backend {
+            config: StorageConfig::Postgres {
+                url,
+                max_connections: POSTGRES_CONNECTIONS,
+            },
+            _dir: None,
+        }
+    }
+
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.config {
+            StorageConfig::Sqlite { path } => Some(path),
+            StorageConfig::Postgres { .. } => None,
+        }
+    }
+
+    pub fn postgres_url(&self) -> Option<&str> {
+        match &self.config {
+            StorageConfig::Sqlite { .. } => None,
+            StorageConfig::Postgres { url, .. } => Some(url),
+        }
+    }
+}
+
+/// A component's store, opened on a backend's database.
+#[allow(async_fn_in_trait)]
+pub trait OpenStore {
+    async fn open_on(config: &StorageConfig) -> Arc<Self>;
+}
+
+macro_rules! open_store {
+    ($store:ty, $open:path) => {
+        impl OpenStore for $store {
+            async fn open_on(config: &StorageConfig) -> Arc<Self> {
+                $open(config).await.expect("open the store")
+            }
+        }
+    };
+}
+
+open_store!(dyn SequencerStore, open_sequencer_store);
+open_store!(dyn TopologyStore, open_topology_store);
+open_store!(dyn MediatorStore, open_mediator_store);
+open_store!(dyn ParticipantStore, open_participant_store);
+
+/// A case's store and the backend it lives on.
+pub struct StoreHarness<S: ?Sized> {
+    pub store: Arc<S>,
+    pub backend: Backend,
+}
+
+impl<S: ?Sized + OpenStore> StoreHarness<S> {
+    pub async fn new(backend: Backend) -> Self {
+        Self {
+            store: S::open_on(&backend.config).await,
+            backend,
+        }
+    }
+
+    /// A second, independent store on the same database: another process (or the node
+    /// restarted), as far as the store can tell.
+    pub async fn reopen(&self) -> Arc<S> {
+        S::open_on(&self.backend.config).await
+    }
+}
+
+/// Runs each case `case(h: Harness)` on SQLite (module `sqlite`) and on PostgreSQL (module
+/// `postgres`), `h` coming from the test file's `harness(Backend)`; `$name` names the SQLite
+/// file and the PostgreSQL database.
+macro_rules! conformance {
+    ($name:literal: $($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let backend = crate::harness::Backend::sqlite($name);
+                    super::$case(super::harness(backend).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let backend = crate::harness::Backend::postgres($name);
+                    super::$case(super::harness(backend).await).await;
+                }
+            )*
+        }
+    };
+}
