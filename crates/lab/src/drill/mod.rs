@@ -240,7 +240,11 @@ pub async fn execute(
             &shutdown,
         )
         .await?;
-    Ok(DrillReport::new(description.storage.backend, skipped, report))
+    Ok(DrillReport::new(
+        description.storage.backend,
+        skipped,
+        report,
+    ))
 }
 
 /// The live progress line: scenario, phase and current throughput.
