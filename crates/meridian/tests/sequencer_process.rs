@@ -118,6 +118,34 @@ async fn next_event(
         .expect("no subscription error")
 }
 
+/// Answers `member`'s authentication challenge signed with `key` over raw gRPC, expecting the
+/// sequencer to refuse; returns its refusal.
+async fn authenticate_as(
+    raw: &mut SequencerServiceClient<tonic::transport::Channel>,
+    member: &str,
+    key: &SigningKey,
+) -> tonic::Status {
+    let nonce = raw
+        .get_challenge(v1::GetChallengeRequest {
+            member: member.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nonce;
+    let signature = key.sign(
+        SigningPurpose::SequencerAuthentication,
+        &authentication_challenge(&id(member), &nonce),
+    );
+    raw.authenticate(v1::AuthenticateRequest {
+        member: member.into(),
+        nonce,
+        signature: signature.to_bytes().to_vec(),
+    })
+    .await
+    .unwrap_err()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let harness = Harness::sqlite().await;
@@ -192,49 +220,11 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     );
 
     // Unregistered member and bad signature at authentication.
-    let nonce = raw
-        .get_challenge(v1::GetChallengeRequest {
-            member: "mallory".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .nonce;
     let mallory_key = SigningKey::generate();
-    let signature = mallory_key.sign(
-        SigningPurpose::SequencerAuthentication,
-        &authentication_challenge(&id("mallory"), &nonce),
-    );
-    let status = raw
-        .authenticate(v1::AuthenticateRequest {
-            member: "mallory".into(),
-            nonce,
-            signature: signature.to_bytes().to_vec(),
-        })
-        .await
-        .unwrap_err();
+    let status = authenticate_as(&mut raw, "mallory", &mallory_key).await;
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     assert!(status.message().contains("not registered"), "{status:?}");
-    let nonce = raw
-        .get_challenge(v1::GetChallengeRequest {
-            member: "alice".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .nonce;
-    let forged = mallory_key.sign(
-        SigningPurpose::SequencerAuthentication,
-        &authentication_challenge(&id("alice"), &nonce),
-    );
-    let status = raw
-        .authenticate(v1::AuthenticateRequest {
-            member: "alice".into(),
-            nonce,
-            signature: forged.to_bytes().to_vec(),
-        })
-        .await
-        .unwrap_err();
+    let status = authenticate_as(&mut raw, "alice", &mallory_key).await;
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     assert!(status.message().contains("does not verify"), "{status:?}");
     let status = raw
