@@ -197,14 +197,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
     let client = reqwest::Client::new();
     let mut active_count = 0;
     for replica in replicas {
-        let status: serde_json::Value = client
-            .get(format!("http://{}/status", replica.admin_address))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = common::admin_status(&client, replica.admin_address).await;
         let role = status["replication"]["role"]
             .as_str()
             .unwrap_or("")

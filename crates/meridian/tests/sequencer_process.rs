@@ -23,7 +23,9 @@ use meridian_store::StorageConfig;
 use meridian_testkit::PostgresServer;
 use tempfile::TempDir;
 
-const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+mod common;
+use common::EXE;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Harness {
@@ -357,14 +359,7 @@ async fn deduplicates_filters_envelopes_and_serves_health() {
     );
     let admin = format!("http://{}", harness.sequencer.admin_address);
     let http = reqwest::Client::new();
-    let status: serde_json::Value = http
-        .get(format!("{admin}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = common::admin_status(&http, harness.sequencer.admin_address).await;
     assert_eq!(status["role"], "sequencer");
     assert_eq!(status["members"], 3);
     let metrics = http
@@ -389,6 +384,17 @@ async fn deduplicates_filters_envelopes_and_serves_health() {
     );
 }
 
+/// Runs `meridian sequencer --config config`, expects a refusal and returns its stderr.
+fn refused_sequencer_config(config: &Path) -> String {
+    let output = std::process::Command::new(EXE)
+        .args(["sequencer", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn malformed_config_is_refused_naming_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -398,13 +404,7 @@ fn malformed_config_is_refused_naming_key_and_file() {
         "listen_adress = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
     )
     .unwrap();
-    let output = std::process::Command::new(EXE)
-        .args(["sequencer", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_sequencer_config(&path);
     assert!(stderr.contains("listen_adress"), "{stderr}");
     assert!(stderr.contains("bad.toml"), "{stderr}");
     assert!(!dir.path().join("x.db").exists(), "nothing was created");
@@ -414,21 +414,10 @@ fn malformed_config_is_refused_naming_key_and_file() {
         "listen_address = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[instance]\nindex = 4\ncount = 4\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
     )
     .unwrap();
-    let output = std::process::Command::new(EXE)
-        .args(["sequencer", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_sequencer_config(&path);
     assert!(stderr.contains("index 4 must be below count 4"), "{stderr}");
 
-    let output = std::process::Command::new(EXE)
-        .args(["sequencer", "--config", "/nonexistent/seq.toml"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_sequencer_config(Path::new("/nonexistent/seq.toml"));
     assert!(stderr.contains("/nonexistent/seq.toml"), "{stderr}");
 }
 
@@ -474,23 +463,14 @@ async fn kill9_under_load(mut harness: Harness) {
                 i += 1;
                 let message = format!("lane{lane}-{i}");
                 let submission = submission("alice", &message, &["bob"], message.as_bytes());
-                // Retry the same message id until it lands: deduplication makes this safe.
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    match alice.send(submission.clone()).await {
-                        Ok(receipt) => {
-                            acked
-                                .lock()
-                                .unwrap()
-                                .insert(message.clone(), receipt.timestamp);
-                            break;
-                        }
-                        Err(error) if Instant::now() < deadline => {
-                            tracing_free_sleep(&error).await;
-                        }
-                        Err(error) => panic!("send {message} never succeeded: {error}"),
-                    }
-                }
+                let receipt = common::send_until_acked(
+                    &alice,
+                    &submission,
+                    Duration::from_secs(30),
+                    Duration::from_millis(50),
+                )
+                .await;
+                acked.lock().unwrap().insert(message, receipt.timestamp);
             }
         }));
     }
@@ -540,10 +520,6 @@ async fn kill9_under_load(mut harness: Harness) {
     // event is an acknowledged one too.
     assert_eq!(delivered.len(), acked.len());
     drop(harness.dir);
-}
-
-async fn tracing_free_sleep(_error: &ClientError) {
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,12 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
+use std::fmt::Display;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use meridian_client::{SendReceipt, SequencerClient};
+use meridian_core::sequencing::Submission;
 use meridian_core::UserId;
 use meridian_lab::bench::failover;
 use meridian_lab::deployment::{Deployment, DeploymentSpec, Description, Preset};
@@ -53,4 +57,41 @@ pub async fn start_load(deployment: &Deployment, user: &str, run: &str) -> Backg
     )
     .await
     .unwrap()
+}
+
+/// The `/status` document of the process whose admin endpoint is `admin_address`.
+pub async fn admin_status(
+    client: &reqwest::Client,
+    admin_address: impl Display,
+) -> serde_json::Value {
+    client
+        .get(format!("http://{admin_address}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Sends `submission` until it is acknowledged, every `retry_interval` for at most `timeout`:
+/// resending the same message id is safe, the sequencer deduplicates it. The client already
+/// retries and fails over; this outer loop rides out a restart longer than its backoff.
+pub async fn send_until_acked(
+    sender: &SequencerClient,
+    submission: &Submission,
+    timeout: Duration,
+    retry_interval: Duration,
+) -> SendReceipt {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match sender.send(submission.clone()).await {
+            Ok(receipt) => return receipt,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("send {} failed, retrying: {error}", submission.message_id);
+                tokio::time::sleep(retry_interval).await;
+            }
+            Err(error) => panic!("send {} never succeeded: {error}", submission.message_id),
+        }
+    }
 }
