@@ -380,24 +380,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_switchover_of_the_active_active_sequencer_is_refused_with_the_reason() {
-        let error = switch_over(
-            Path::new("/nonexistent"),
-            "sequencer",
-            Duration::from_secs(1),
-        )
-        .await
-        .expect_err("the sequencer has no passive to switch to");
-        assert!(error.to_string().contains("active-active"), "{error}");
-        let error = switch_over(
-            Path::new("/nonexistent"),
-            "participant1",
-            Duration::from_secs(1),
-        )
-        .await
-        .expect_err("no such data directory");
-        assert!(
-            error.to_string().contains("no node participant1"),
-            "{error}"
-        );
+        let cases = [
+            ("sequencer", "active-active"),
+            ("participant1", "no node participant1"),
+        ];
+        for (node, expected) in cases {
+            let error = switch_over(Path::new("/nonexistent"), node, Duration::from_secs(1))
+                .await
+                .expect_err("the sequencer has no passive, and there is no data directory");
+            assert!(error.to_string().contains(expected), "{node}: {error}");
+        }
     }
 }

@@ -9,7 +9,6 @@
 //! same deployment, prints its endpoints and runs until Ctrl-C.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -17,25 +16,15 @@ use tokio_util::sync::CancellationToken;
 use crate::deployment::args::ShapedDeploymentArgs;
 use crate::deployment::{Deployment, DeploymentSpec};
 use crate::fault::Fault;
-use crate::timed_run::{RunReport, TimedRun};
+use crate::timed_run::{RunReport, WorkloadArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Where keys, configs, databases and logs live; a second run resumes the same ledger.
     #[arg(long, default_value = "meridian-data")]
     pub data_dir: PathBuf,
-    /// Seconds of transfer workload.
-    #[arg(long = "duration", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub duration_s: u64,
-    /// Concurrent transfer lanes (each owns one IOU).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub lanes: u64,
-    /// Target transfers per second; absent means as fast as possible.
-    #[arg(long)]
-    pub rate: Option<u64>,
-    /// Print one JSON object instead of the summary.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
     /// Do not kill a participant replica halfway through.
     #[arg(long)]
     pub no_failover: bool,
@@ -79,15 +68,11 @@ pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result
     // The server (if any) runs for as long as the deployment.
     let postgres = spec.start_postgres()?;
     let failover = !args.no_failover && spec.description.min_warm_replicas() >= 2;
-    let run = TimedRun {
-        lanes: args.lanes,
-        duration: Duration::from_secs(args.duration_s),
-        rate: args.rate,
-        fault: failover.then(|| Fault::ParticipantCrash.planned()),
-        json: args.json,
-    };
+    let run = args
+        .workload
+        .timed_run(failover.then(|| Fault::ParticipantCrash.planned()));
     let report = run.run(&spec, postgres.as_ref(), shutdown).await?;
-    if args.json {
+    if args.workload.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_summary(&report);

@@ -144,16 +144,7 @@ impl NodeProcess {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    bail!(
-                        "{} exited ({status}) before becoming ready; log tail:\n{}",
-                        self.name,
-                        self.log_tail(20)
-                    );
-                }
-            }
+            self.bail_if_exited(" before becoming ready")?;
             match client.get(&url).send().await {
                 Ok(response) if response.status().is_success() => return Ok(()),
                 Ok(response) => last = response.text().await.unwrap_or_default(),
@@ -168,6 +159,21 @@ impl NodeProcess {
         )
     }
 
+    /// Fails with the log tail if the process has exited; `when` ends the "exited" phrase.
+    fn bail_if_exited(&mut self, when: &str) -> anyhow::Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                bail!(
+                    "{} exited ({status}){when}; log tail:\n{}",
+                    self.name,
+                    self.log_tail(20)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Polls `/livez` until 200 (a passive replica is alive but not ready).
     pub async fn wait_alive(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
@@ -176,16 +182,7 @@ impl NodeProcess {
         let url = format!("http://{}/livez", self.admin_address);
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    bail!(
-                        "{} exited ({status}); log tail:\n{}",
-                        self.name,
-                        self.log_tail(20)
-                    );
-                }
-            }
+            self.bail_if_exited("")?;
             if let Ok(response) = client.get(&url).send().await {
                 if response.status().is_success() {
                     return Ok(());

@@ -18,6 +18,36 @@ use crate::fault::{Node, PlannedFault};
 use crate::stats::fmt_ms;
 use crate::workload::{Audit, Live, LoadSpec, WorkloadReport, OWNER_PARTICIPANTS};
 
+/// The workload flags `meridian demo` and `meridian bench ledger` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadArgs {
+    /// Seconds of transfer workload.
+    #[arg(long = "duration", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_s: u64,
+    /// Concurrent transfer lanes (each owns one IOU).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub lanes: u64,
+    /// Target transfers per second; absent means as fast as possible (saturation).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl WorkloadArgs {
+    /// The run these flags ask for, with `fault` injected halfway through if given.
+    pub fn timed_run(&self, fault: Option<PlannedFault>) -> TimedRun {
+        TimedRun {
+            lanes: self.lanes,
+            duration: Duration::from_secs(self.duration_s),
+            rate: self.rate,
+            fault,
+            json: self.json,
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct TimedRun {

@@ -15,15 +15,15 @@ use std::time::{Duration, Instant};
 use meridian_client::SubmitOutcome;
 use meridian_core::ledger::Command;
 use meridian_core::template::IouPayload;
-use meridian_core::{CommandId, PartyId, TemplateId, UserId};
-use meridian_lab::bench::failover;
-use meridian_lab::deployment::{Deployment, DeploymentSpec, Description, Preset};
+use meridian_core::{CommandId, PartyId, TemplateId};
+use meridian_lab::deployment::Deployment;
 use meridian_lab::launch::NodeProcess;
-use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad};
+use meridian_lab::workload::{self, FinishedLoad};
 use meridian_testkit::PostgresServer;
-use tokio_util::sync::CancellationToken;
 
-const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+mod common;
+use common::{replicated_spec, start_deployment, start_load};
+
 /// How long the server stays stopped between its shutdown and its start. With the shutdown
 /// itself (sessions are terminated at once, then new connections are refused while the
 /// shutdown checkpoint is written, about a second or several on a busy disk) and the start,
@@ -163,29 +163,10 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
     // after the nodes using it.
     let server = Arc::new(PostgresServer::start().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = DeploymentSpec {
-        exe: EXE.into(),
-        ..DeploymentSpec::new(
-            dir.path().to_path_buf(),
-            Description::preset(Preset::Replicated),
-        )
-        .unwrap()
-    };
-    spec.use_postgres(&server);
+    let spec = replicated_spec(dir.path(), Some(&*server));
     let started = Instant::now();
-    let mut deployment = Deployment::start(&spec, &mut |line| eprintln!("{line}"))
-        .await
-        .unwrap();
-    let load = BackgroundLoad::start(
-        &deployment,
-        &UserId::new("db-test").unwrap(),
-        failover::CLIENT_BACKOFF,
-        8,
-        "db",
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let mut deployment = start_deployment(&spec).await;
+    let load = start_load(&deployment, "db-test", "db").await;
     let (live, parties) = (load.live.clone(), load.parties.clone());
     // Load flowing through both submitting participants before the fault, so that the
     // "commits again" check below means something.

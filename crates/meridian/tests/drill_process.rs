@@ -20,11 +20,15 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Runs `args` plus JSON and SVG output; returns the parsed JSON report.
+/// Short enough for CI, long enough for every objective to be measured.
+const SHORT_TIMINGS: [&str; 6] = ["--settle-s", "2", "--observe-s", "1", "--lanes", "8"];
+
+/// Runs `args` with `SHORT_TIMINGS` plus JSON and SVG output; returns the parsed JSON report.
 fn run_drill(args: &[&str], dir: &Path) -> serde_json::Value {
     let json = dir.join("drill.json");
     let svg = dir.join("drill.svg");
     let mut all = args.to_vec();
+    all.extend(SHORT_TIMINGS);
     let (json_arg, svg_arg) = (json.display().to_string(), svg.display().to_string());
     all.extend(["--json", &json_arg, "--svg", &svg_arg]);
     let output = drill(&all);
@@ -69,19 +73,7 @@ fn assert_objectives(report: &serde_json::Value, scenarios: &[&str]) {
 #[test]
 fn every_scenario_on_the_embedded_default_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let report = run_drill(
-        &[
-            "--scenario",
-            "all",
-            "--settle-s",
-            "2",
-            "--observe-s",
-            "1",
-            "--lanes",
-            "8",
-        ],
-        dir.path(),
-    );
+    let report = run_drill(&["--scenario", "all"], dir.path());
     assert_objectives(
         &report,
         &[
@@ -102,18 +94,7 @@ fn freeze_and_database_restart_on_postgres_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     for scenario in ["participant-freeze", "database-restart"] {
         let report = run_drill(
-            &[
-                "--scenario",
-                scenario,
-                "--backend",
-                "postgres",
-                "--settle-s",
-                "2",
-                "--observe-s",
-                "1",
-                "--lanes",
-                "8",
-            ],
+            &["--scenario", scenario, "--backend", "postgres"],
             dir.path(),
         );
         assert_objectives(&report, &[scenario]);

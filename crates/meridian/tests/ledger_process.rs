@@ -18,18 +18,18 @@ use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 /// Three unreplicated participants on SQLite, one sequencer instance.
 fn spec(dir: &std::path::Path) -> DeploymentSpec {
     DeploymentSpec {
-        exe: env!("CARGO_BIN_EXE_meridian").into(),
+        exe: common::EXE.into(),
         ..DeploymentSpec::local(dir.to_path_buf(), 3).unwrap()
     }
 }
 
 async fn start(spec: &DeploymentSpec) -> Deployment {
-    Deployment::start(spec, &mut |line| eprintln!("{line}"))
-        .await
-        .unwrap()
+    common::start_deployment(spec).await
 }
 
 fn party(name: &str) -> PartyId {
@@ -61,8 +61,14 @@ fn transfer(contract: &Contract, new_owner: &str) -> Command {
     }
 }
 
+/// How long `issue` waits for alice's participant to see a freshly issued IOU.
+const ISSUE_VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Issues an IOU from the bank to alice, and returns once alice's participant (participant 2)
+/// has processed it too: the submitting participant reports the commit first, and a command
+/// of alice's on participant 2 before then would be rejected with NotFound.
 async fn issue(parties: &Parties, id: &str, amount: u64) -> Contract {
-    match parties.clients[0]
+    let iou = match parties.clients[0]
         .submit_and_wait(
             &command_id(id),
             &BTreeSet::from([party("bank")]),
@@ -73,7 +79,30 @@ async fn issue(parties: &Parties, id: &str, amount: u64) -> Contract {
     {
         SubmitOutcome::Committed(c) => c.created.into_iter().next().unwrap(),
         other => panic!("unexpected {other:?}"),
+    };
+    let deadline = tokio::time::Instant::now() + ISSUE_VISIBLE_TIMEOUT;
+    while !ious(&parties.clients[1], "alice")
+        .await
+        .iter()
+        .any(|(c, _)| c.id == iou.id)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "IOU {id} not visible to alice within {ISSUE_VISIBLE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    iou
+}
+
+/// How many IOUs of `amount` the bank's participant sees: every IOU has the bank as issuer,
+/// so this counts the copies anywhere in the ledger.
+async fn bank_copies_of(parties: &Parties, amount: u64) -> usize {
+    ious(&parties.clients[0], "bank")
+        .await
+        .iter()
+        .filter(|(_, a)| *a == amount)
+        .count()
 }
 
 fn code(result: Result<SubmitOutcome, ClientError>) -> (tonic::Code, String) {
@@ -333,19 +362,11 @@ async fn a_double_spend_commits_exactly_once() {
             }
         }
         // Exactly one IOU of that amount exists anywhere, on every participant's view.
-        let (_, bank_view) = parties.clients[0]
-            .active_contracts(&BTreeSet::from([party("bank")]))
-            .await
-            .unwrap();
-        let copies = bank_view
-            .iter()
-            .filter(|c| {
-                Iou::payload(c)
-                    .map(|p| p.amount == 77 + round)
-                    .unwrap_or(false)
-            })
-            .count();
-        assert_eq!(copies, 1, "round {round}");
+        assert_eq!(
+            bank_copies_of(&parties, 77 + round).await,
+            1,
+            "round {round}"
+        );
     }
     deployment.stop().await.unwrap();
 }
@@ -470,15 +491,11 @@ async fn a_command_retried_after_a_crash_commits_once() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         // Never two transactions: exactly one IOU of this amount, wherever it is.
-        let (_, bank_view) = parties.clients[0]
-            .active_contracts(&BTreeSet::from([party("bank")]))
-            .await
-            .unwrap();
-        let copies = bank_view
-            .iter()
-            .filter(|c| Iou::payload(c).map(|p| p.amount == amount).unwrap_or(false))
-            .count();
-        assert_eq!(copies, 1, "round {round}: {first:?} then {outcome:?}");
+        assert_eq!(
+            bank_copies_of(&parties, amount).await,
+            1,
+            "round {round}: {first:?} then {outcome:?}"
+        );
     }
     deployment.stop().await.unwrap();
 }

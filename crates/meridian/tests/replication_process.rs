@@ -10,18 +10,16 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use meridian_core::UserId;
 use meridian_lab::admin;
-use meridian_lab::bench::failover::{self, measure_with, FailoverBenchArgs, TargetNode};
-use meridian_lab::deployment::{
-    Backend, Deployment, DeploymentArgs, DeploymentSpec, Description, Preset,
-};
+use meridian_lab::bench::failover::{measure_with, FailoverBenchArgs, TargetNode};
+use meridian_lab::deployment::{Backend, Deployment, DeploymentArgs};
 use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad};
 use meridian_testkit::PostgresServer;
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
-const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+mod common;
+use common::{replicated_spec, start_deployment, start_load, EXE};
 
 fn args(node: TargetNode, backend: Backend, trials: u64) -> FailoverBenchArgs {
     FailoverBenchArgs {
@@ -104,30 +102,9 @@ struct Running {
 /// The replicated preset under load, on `postgres` if given, else on SQLite.
 async fn start_with_load(postgres: Option<&PostgresServer>) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = DeploymentSpec {
-        exe: EXE.into(),
-        ..DeploymentSpec::new(
-            dir.path().to_path_buf(),
-            Description::preset(Preset::Replicated),
-        )
-        .unwrap()
-    };
-    if let Some(server) = postgres {
-        spec.use_postgres(server);
-    }
-    let deployment = Deployment::start(&spec, &mut |line| eprintln!("{line}"))
-        .await
-        .unwrap();
-    let load = BackgroundLoad::start(
-        &deployment,
-        &UserId::new("ha-test").unwrap(),
-        failover::CLIENT_BACKOFF,
-        8,
-        "ha",
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let spec = replicated_spec(dir.path(), postgres);
+    let deployment = start_deployment(&spec).await;
+    let load = start_load(&deployment, "ha-test", "ha").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     Running {
         deployment,
@@ -220,14 +197,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
     let client = reqwest::Client::new();
     let mut active_count = 0;
     for replica in replicas {
-        let status: serde_json::Value = client
-            .get(format!("http://{}/status", replica.admin_address))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = common::admin_status(&client, replica.admin_address).await;
         let role = status["replication"]["role"]
             .as_str()
             .unwrap_or("")

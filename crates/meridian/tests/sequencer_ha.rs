@@ -32,7 +32,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+mod common;
+use common::EXE;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Instances per deployment in these tests (timestamps t with t % 4 == index).
 const INSTANCE_COUNT: u32 = 4;
@@ -127,15 +129,8 @@ impl Cluster {
     }
 
     async fn status(&self, instance: usize) -> serde_json::Value {
-        reqwest::get(format!(
-            "http://{}/status",
-            self.instances[instance].admin_address
-        ))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        let client = reqwest::Client::new();
+        common::admin_status(&client, self.instances[instance].admin_address).await
     }
 
     fn signal(&self, instance: usize, signal: Signal) {
@@ -229,26 +224,17 @@ fn start_load(sender: &SequencerClient, recipients: &'static [&'static str]) -> 
                     i += 1;
                     let message = format!("lane{lane}-{i}");
                     let submission = submission("alice", &message, recipients);
-                    let deadline = Instant::now() + Duration::from_secs(45);
-                    loop {
-                        match sender.send(submission.clone()).await {
-                            Ok(receipt) => {
-                                if receipt.deduplicated {
-                                    *deduplicated.lock().unwrap() += 1;
-                                }
-                                acked
-                                    .lock()
-                                    .unwrap()
-                                    .insert(message.clone(), receipt.timestamp);
-                                break;
-                            }
-                            Err(error) if Instant::now() < deadline => {
-                                eprintln!("send {message} failed, retrying: {error}");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                            Err(error) => panic!("send {message} never succeeded: {error}"),
-                        }
+                    let receipt = common::send_until_acked(
+                        &sender,
+                        &submission,
+                        Duration::from_secs(45),
+                        Duration::from_millis(100),
+                    )
+                    .await;
+                    if receipt.deduplicated {
+                        *deduplicated.lock().unwrap() += 1;
                     }
+                    acked.lock().unwrap().insert(message, receipt.timestamp);
                 }
             })
         })

@@ -23,7 +23,9 @@ use meridian_store::StorageConfig;
 use meridian_testkit::PostgresServer;
 use tempfile::TempDir;
 
-const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+mod common;
+use common::EXE;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Harness {
@@ -118,6 +120,34 @@ async fn next_event(
         .expect("no subscription error")
 }
 
+/// Answers `member`'s authentication challenge signed with `key` over raw gRPC, expecting the
+/// sequencer to refuse; returns its refusal.
+async fn authenticate_as(
+    raw: &mut SequencerServiceClient<tonic::transport::Channel>,
+    member: &str,
+    key: &SigningKey,
+) -> tonic::Status {
+    let nonce = raw
+        .get_challenge(v1::GetChallengeRequest {
+            member: member.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nonce;
+    let signature = key.sign(
+        SigningPurpose::SequencerAuthentication,
+        &authentication_challenge(&id(member), &nonce),
+    );
+    raw.authenticate(v1::AuthenticateRequest {
+        member: member.into(),
+        nonce,
+        signature: signature.to_bytes().to_vec(),
+    })
+    .await
+    .unwrap_err()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let harness = Harness::sqlite().await;
@@ -192,49 +222,11 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     );
 
     // Unregistered member and bad signature at authentication.
-    let nonce = raw
-        .get_challenge(v1::GetChallengeRequest {
-            member: "mallory".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .nonce;
     let mallory_key = SigningKey::generate();
-    let signature = mallory_key.sign(
-        SigningPurpose::SequencerAuthentication,
-        &authentication_challenge(&id("mallory"), &nonce),
-    );
-    let status = raw
-        .authenticate(v1::AuthenticateRequest {
-            member: "mallory".into(),
-            nonce,
-            signature: signature.to_bytes().to_vec(),
-        })
-        .await
-        .unwrap_err();
+    let status = authenticate_as(&mut raw, "mallory", &mallory_key).await;
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     assert!(status.message().contains("not registered"), "{status:?}");
-    let nonce = raw
-        .get_challenge(v1::GetChallengeRequest {
-            member: "alice".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .nonce;
-    let forged = mallory_key.sign(
-        SigningPurpose::SequencerAuthentication,
-        &authentication_challenge(&id("alice"), &nonce),
-    );
-    let status = raw
-        .authenticate(v1::AuthenticateRequest {
-            member: "alice".into(),
-            nonce,
-            signature: forged.to_bytes().to_vec(),
-        })
-        .await
-        .unwrap_err();
+    let status = authenticate_as(&mut raw, "alice", &mallory_key).await;
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     assert!(status.message().contains("does not verify"), "{status:?}");
     let status = raw
@@ -367,14 +359,7 @@ async fn deduplicates_filters_envelopes_and_serves_health() {
     );
     let admin = format!("http://{}", harness.sequencer.admin_address);
     let http = reqwest::Client::new();
-    let status: serde_json::Value = http
-        .get(format!("{admin}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = common::admin_status(&http, harness.sequencer.admin_address).await;
     assert_eq!(status["role"], "sequencer");
     assert_eq!(status["members"], 3);
     let metrics = http
@@ -399,6 +384,17 @@ async fn deduplicates_filters_envelopes_and_serves_health() {
     );
 }
 
+/// Runs `meridian sequencer --config config`, expects a refusal and returns its stderr.
+fn refused_sequencer_config(config: &Path) -> String {
+    let output = std::process::Command::new(EXE)
+        .args(["sequencer", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn malformed_config_is_refused_naming_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -408,13 +404,7 @@ fn malformed_config_is_refused_naming_key_and_file() {
         "listen_adress = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
     )
     .unwrap();
-    let output = std::process::Command::new(EXE)
-        .args(["sequencer", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_sequencer_config(&path);
     assert!(stderr.contains("listen_adress"), "{stderr}");
     assert!(stderr.contains("bad.toml"), "{stderr}");
     assert!(!dir.path().join("x.db").exists(), "nothing was created");
@@ -424,21 +414,10 @@ fn malformed_config_is_refused_naming_key_and_file() {
         "listen_address = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[instance]\nindex = 4\ncount = 4\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
     )
     .unwrap();
-    let output = std::process::Command::new(EXE)
-        .args(["sequencer", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_sequencer_config(&path);
     assert!(stderr.contains("index 4 must be below count 4"), "{stderr}");
 
-    let output = std::process::Command::new(EXE)
-        .args(["sequencer", "--config", "/nonexistent/seq.toml"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_sequencer_config(Path::new("/nonexistent/seq.toml"));
     assert!(stderr.contains("/nonexistent/seq.toml"), "{stderr}");
 }
 
@@ -484,23 +463,14 @@ async fn kill9_under_load(mut harness: Harness) {
                 i += 1;
                 let message = format!("lane{lane}-{i}");
                 let submission = submission("alice", &message, &["bob"], message.as_bytes());
-                // Retry the same message id until it lands: deduplication makes this safe.
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    match alice.send(submission.clone()).await {
-                        Ok(receipt) => {
-                            acked
-                                .lock()
-                                .unwrap()
-                                .insert(message.clone(), receipt.timestamp);
-                            break;
-                        }
-                        Err(error) if Instant::now() < deadline => {
-                            tracing_free_sleep(&error).await;
-                        }
-                        Err(error) => panic!("send {message} never succeeded: {error}"),
-                    }
-                }
+                let receipt = common::send_until_acked(
+                    &alice,
+                    &submission,
+                    Duration::from_secs(30),
+                    Duration::from_millis(50),
+                )
+                .await;
+                acked.lock().unwrap().insert(message, receipt.timestamp);
             }
         }));
     }
@@ -550,10 +520,6 @@ async fn kill9_under_load(mut harness: Harness) {
     // event is an acknowledged one too.
     assert_eq!(delivered.len(), acked.len());
     drop(harness.dir);
-}
-
-async fn tracing_free_sleep(_error: &ClientError) {
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,31 +2,20 @@
 //! `SubmitAndWait` latency, against a real deployment (every node a child process) on SQLite
 //! or on a throwaway PostgreSQL server.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Preset};
-use crate::timed_run::{RunReport, TimedRun};
+use crate::timed_run::{RunReport, WorkloadArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct LedgerBenchArgs {
     /// The deployment to measure (default: the `single` preset on SQLite).
     #[command(flatten)]
     pub deployment: DeploymentArgs,
-    /// Seconds of workload.
-    #[arg(long = "duration", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub duration_s: u64,
-    /// Concurrent transfer lanes.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub lanes: u64,
-    /// Target transfers per second; absent means saturation.
-    #[arg(long)]
-    pub rate: Option<u64>,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
 }
 
 pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -36,15 +25,9 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
     let mut spec = DeploymentSpec::new(dir.path().to_path_buf(), description)?;
     // The server (if any) runs for as long as the deployment.
     let postgres = spec.start_postgres()?;
-    let run = TimedRun {
-        lanes: args.lanes,
-        duration: Duration::from_secs(args.duration_s),
-        rate: args.rate,
-        fault: None,
-        json: args.json,
-    };
+    let run = args.workload.timed_run(None);
     let report = run.run(&spec, postgres.as_ref(), shutdown).await?;
-    if args.json {
+    if args.workload.json {
         println!(
             "{}",
             serde_json::to_string(&LedgerBenchReport::new(&args, backend, &report))?
@@ -53,9 +36,10 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
         println!(
             "meridian bench ledger: {:?}, {} lanes, {} s, {}",
             backend,
-            args.lanes,
-            args.duration_s,
-            args.rate
+            args.workload.lanes,
+            args.workload.duration_s,
+            args.workload
+                .rate
                 .map(|r| format!("target {r}/s"))
                 .unwrap_or_else(|| "saturation".into())
         );
@@ -94,7 +78,7 @@ impl<'a> LedgerBenchReport<'a> {
     fn new(args: &LedgerBenchArgs, backend: Backend, report: &'a RunReport) -> Self {
         Self {
             backend,
-            target_rate_per_s: args.rate,
+            target_rate_per_s: args.workload.rate,
             report,
         }
     }

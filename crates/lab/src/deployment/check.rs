@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::description::{Backend, Description, NodeView, Role, ServerRole};
+use super::description::{Backend, Description, NodeView, Role, ServerRole, ZoneName};
 
 /// Most nodes and replicas a one-machine deployment runs.
 pub const MAX_PARTICIPANTS: usize = 16;
@@ -221,19 +221,41 @@ fn check_nodes(
             });
         }
         for (index, replica) in node.replicas.iter().enumerate() {
-            let key = format!("{replicas_key}[{index}]");
-            replica_names.claim(
-                "replica",
-                format!("{key}.name"),
-                replica.name.as_str(),
-                errors,
-            );
-            if description.region_of(&replica.zone).is_none() {
-                errors.push(DescriptionError::UnknownZone {
-                    key: format!("{key}.zone"),
-                    zone: replica.zone.to_string(),
-                });
-            }
+            let place = Placed {
+                kind: "replica",
+                key: format!("{replicas_key}[{index}]"),
+                name: replica.name.as_str(),
+                zone: &replica.zone,
+            };
+            place.check(description, &mut replica_names, errors);
+        }
+    }
+}
+
+/// A named thing placed in a zone: a node replica or a database server.
+struct Placed<'a> {
+    /// "replica" or "server", for the duplicate-name message.
+    kind: &'static str,
+    /// Where it is in the description, e.g. `mediator.replicas[1]`.
+    key: String,
+    name: &'a str,
+    zone: &'a ZoneName,
+}
+
+impl Placed<'_> {
+    /// Its name is unique among its kind and its zone is one of a region's.
+    fn check(
+        &self,
+        description: &Description,
+        names: &mut Names,
+        errors: &mut Vec<DescriptionError>,
+    ) {
+        names.claim(self.kind, format!("{}.name", self.key), self.name, errors);
+        if description.region_of(self.zone).is_none() {
+            errors.push(DescriptionError::UnknownZone {
+                key: format!("{}.zone", self.key),
+                zone: self.zone.to_string(),
+            });
         }
     }
 }
@@ -283,19 +305,13 @@ fn check_clusters(
             });
         }
         for (server_index, server) in cluster.servers.iter().enumerate() {
-            let key = format!("{key}.servers[{server_index}]");
-            server_names.claim(
-                "server",
-                format!("{key}.name"),
-                server.name.as_str(),
-                errors,
-            );
-            if description.region_of(&server.zone).is_none() {
-                errors.push(DescriptionError::UnknownZone {
-                    key: format!("{key}.zone"),
-                    zone: server.zone.to_string(),
-                });
-            }
+            let place = Placed {
+                kind: "server",
+                key: format!("{key}.servers[{server_index}]"),
+                name: server.name.as_str(),
+                zone: &server.zone,
+            };
+            place.check(description, &mut server_names, errors);
         }
     }
     for node in nodes {

@@ -291,36 +291,37 @@ mod tests {
     #[test]
     fn faults_at_nodes_that_do_not_run_are_refused() {
         let file = parse("").expect("default");
-        let message = format!(
-            "{:#}",
-            plan(
-                Scenario::One(Fault::ParticipantCrash),
-                Some("participant7"),
-                &file
-            )
-            .expect_err("refused")
-        );
-        assert!(message.contains("no \"participant7\""), "{message}");
-        let message = format!(
-            "{:#}",
-            plan(
-                Scenario::One(Fault::MediatorCrash),
-                Some("participant1"),
-                &file
-            )
-            .expect_err("refused")
-        );
-        assert!(message.contains("valid: mediator"), "{message}");
         let single = parse("replicas = 1").expect("unreplicated");
-        let message = format!(
-            "{:#}",
-            plan(Scenario::One(Fault::ParticipantCrash), None, &single).expect_err("refused")
-        );
-        assert!(message.contains("nothing to fail over to"), "{message}");
-        let message = format!(
-            "{:#}",
-            plan(Scenario::One(Fault::DatabaseRestart), None, &file).expect_err("refused")
-        );
-        assert!(message.contains("--backend postgres"), "{message}");
+        let cases = [
+            (
+                Fault::ParticipantCrash,
+                Some("participant7"),
+                &file,
+                "no \"participant7\"",
+            ),
+            (
+                Fault::MediatorCrash,
+                Some("participant1"),
+                &file,
+                "valid: mediator",
+            ),
+            (
+                Fault::ParticipantCrash,
+                None,
+                &single,
+                "nothing to fail over to",
+            ),
+            (Fault::DatabaseRestart, None, &file, "--backend postgres"),
+        ];
+        for (fault, target, description, expected) in cases {
+            let message = format!(
+                "{:#}",
+                plan(Scenario::One(fault), target, description).expect_err("refused")
+            );
+            assert!(
+                message.contains(expected),
+                "{fault:?} at {target:?}: {message}"
+            );
+        }
     }
 }

@@ -1,0 +1,97 @@
+//! Support shared by the black-box tests that start whole deployments of the real binary:
+//! the replicated spec on SQLite or PostgreSQL, starting it with its progress on stderr, and
+//! the background transfer load the failure tests run under.
+
+// Each test crate compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::fmt::Display;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use meridian_client::{SendReceipt, SequencerClient};
+use meridian_core::sequencing::Submission;
+use meridian_core::UserId;
+use meridian_lab::bench::failover;
+use meridian_lab::deployment::{Deployment, DeploymentSpec, Description, Preset};
+use meridian_lab::workload::BackgroundLoad;
+use meridian_testkit::PostgresServer;
+use tokio_util::sync::CancellationToken;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+
+/// Concurrent transfer lanes of the background load: enough to keep every submitting
+/// participant busy, few enough for a shared two-core machine.
+pub const LOAD_LANES: usize = 8;
+
+/// The replicated preset under `dir`, on `postgres` if given, else on SQLite.
+pub fn replicated_spec(dir: &Path, postgres: Option<&PostgresServer>) -> DeploymentSpec {
+    let mut spec = DeploymentSpec {
+        exe: EXE.into(),
+        ..DeploymentSpec::new(dir.to_path_buf(), Description::preset(Preset::Replicated)).unwrap()
+    };
+    if let Some(server) = postgres {
+        spec.use_postgres(server);
+    }
+    spec
+}
+
+/// Starts `spec`, its progress lines on stderr (shown for failing tests).
+pub async fn start_deployment(spec: &DeploymentSpec) -> Deployment {
+    Deployment::start(spec, &mut |line| eprintln!("{line}"))
+        .await
+        .unwrap()
+}
+
+/// Starts `LOAD_LANES` lanes of transfers by `user` in the run named `run`, retrying as a
+/// failover client does.
+pub async fn start_load(deployment: &Deployment, user: &str, run: &str) -> BackgroundLoad {
+    BackgroundLoad::start(
+        deployment,
+        &UserId::new(user).unwrap(),
+        failover::CLIENT_BACKOFF,
+        LOAD_LANES,
+        run,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The `/status` document of the process whose admin endpoint is `admin_address`.
+pub async fn admin_status(
+    client: &reqwest::Client,
+    admin_address: impl Display,
+) -> serde_json::Value {
+    client
+        .get(format!("http://{admin_address}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Sends `submission` until it is acknowledged, every `retry_interval` for at most `timeout`:
+/// resending the same message id is safe, the sequencer deduplicates it. The client already
+/// retries and fails over; this outer loop rides out a restart longer than its backoff.
+pub async fn send_until_acked(
+    sender: &SequencerClient,
+    submission: &Submission,
+    timeout: Duration,
+    retry_interval: Duration,
+) -> SendReceipt {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match sender.send(submission.clone()).await {
+            Ok(receipt) => return receipt,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("send {} failed, retrying: {error}", submission.message_id);
+                tokio::time::sleep(retry_interval).await;
+            }
+            Err(error) => panic!("send {} never succeeded: {error}", submission.message_id),
+        }
+    }
+}
