@@ -157,22 +157,6 @@ impl NodePlan {
     }
 }
 
-/// Every process a one-region deployment of `sequencers` instances and `replicas` of each
-/// other node with `participants` participants runs, by name, in start order.
-pub fn process_names(sequencers: usize, replicas: usize, participants: usize) -> Vec<String> {
-    let description = Description::shaped(Shape {
-        sequencers,
-        replicas,
-        participants,
-    });
-    let keys = description.node_keys();
-    description
-        .nodes(&keys)
-        .iter()
-        .flat_map(|node| node.replicas.iter().map(|r| r.name.to_string()))
-        .collect()
-}
-
 impl DeploymentSpec {
     /// A deployment of `description` run by this very binary.
     pub fn new(data_dir: PathBuf, description: Description) -> anyhow::Result<Self> {

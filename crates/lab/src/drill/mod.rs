@@ -30,7 +30,7 @@ use crate::experiment::{
 use crate::fault::PlannedFault;
 use crate::stats::fmt_ms;
 use crate::workload::{Live, LoadSpec, TimelineBucket, TIMELINE_BUCKET_MS};
-use plan::{DeploymentFile, Scenario};
+use plan::{PlanView, Scenario};
 
 #[derive(Debug, Clone, Args)]
 pub struct DrillArgs {
@@ -128,7 +128,7 @@ pub async fn run(args: DrillArgs, shutdown: CancellationToken) -> anyhow::Result
     let (faults, skipped) = plan::plan(
         args.scenario,
         args.target.as_deref(),
-        &plan_view(&description),
+        &PlanView::of(&description),
     )?;
     for path in [&args.json, &args.svg].into_iter().flatten() {
         check_writable(path)?;
@@ -149,22 +149,6 @@ pub async fn run(args: DrillArgs, shutdown: CancellationToken) -> anyhow::Result
         bail!("the drill failed: RPO, duplicates, audit or recovery not as required (see above)");
     }
     Ok(())
-}
-
-/// What the fault planner needs to know of a deployment: its participants, the redundancy
-/// of its warm replicas and sequencer instances, and its backend.
-fn plan_view(description: &Description) -> DeploymentFile {
-    DeploymentFile {
-        participants: description.participants.len(),
-        replicas: description.min_warm_replicas(),
-        sequencers: description.warm_sequencers(),
-        backend: match description.storage.backend {
-            Backend::Sqlite => plan::FileBackend::Sqlite,
-            Backend::Postgres => plan::FileBackend::Postgres,
-        },
-        lease_timeout_ms: description.lease_timeout_ms,
-        ports: Default::default(),
-    }
 }
 
 /// Fails early on an output path whose directory does not exist, rather than after the drill.

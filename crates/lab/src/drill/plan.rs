@@ -1,26 +1,21 @@
-//! What a drill will do, checked before anything starts: the deployment (from a deployment
-//! file or the embedded default), the scenarios, and the node each fault is aimed at. Every
-//! mistake — an unknown key, an impossible topology, two processes on one port, a fault aimed
-//! at a node the deployment does not run — is one clear error, raised before a single process
-//! is spawned, so a drill never half-runs against the wrong thing.
+//! What a drill will do, checked before anything starts: the scenarios, and the node each
+//! fault is aimed at, against the deployment (already checked as a whole by
+//! `deployment::check`). Every mistake — too few participants for the workload, a fault aimed
+//! at a node the deployment does not run or at one with nothing to fail over to — is one
+//! clear error, raised before a single process is spawned, so a drill never half-runs
+//! against the wrong thing.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::bail;
 use clap::builder::PossibleValue;
 use clap::ValueEnum;
-use serde::Deserialize;
 
-use crate::deployment::Backend;
-use crate::deployment::NodePorts;
+use crate::deployment::{Backend, Description};
 use crate::fault::{Fault, PlannedFault, Redundancy};
 
-/// Most participants and replicas a one-machine drill deployment runs.
-const MAX_PARTICIPANTS: usize = 16;
-const MAX_REPLICAS: usize = 8;
-const MAX_SEQUENCERS: usize = 8;
+/// Participants the workload needs: bank, alice and bob.
+const WORKLOAD_PARTICIPANTS: usize = 3;
 
 /// What `--scenario` asks for: one fault, or every fault in turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,122 +48,25 @@ impl ValueEnum for Scenario {
     }
 }
 
-/// The deployment file: what `meridian drill --deployment FILE` starts. Every key is optional;
-/// the defaults are the embedded default deployment (SQLite, two of everything).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeploymentFile {
-    /// Participants; the workload uses the first three (bank, alice, bob).
+/// What the planner needs to know of a deployment: its participants, the redundancy of its
+/// warm replicas and sequencer instances, and its storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanView {
     pub participants: usize,
-    /// Replicas of each participant, of the mediator and of the topology manager.
-    pub replicas: usize,
-    /// Sequencer instances on the sequencer's one database.
-    pub sequencers: usize,
-    pub backend: FileBackend,
-    /// Lease timeout of the replicated nodes.
-    pub lease_timeout_ms: u64,
-    /// Fixed ports by process name (`participant2-a = { grpc = 4501, admin = 4601 }`).
-    pub ports: BTreeMap<String, NodePorts>,
+    /// Warm replicas of the least redundant replicated node.
+    pub warm_replicas: usize,
+    pub warm_sequencers: usize,
+    pub backend: Backend,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileBackend {
-    Sqlite,
-    Postgres,
-}
-
-impl Default for DeploymentFile {
-    fn default() -> Self {
+impl PlanView {
+    pub fn of(description: &Description) -> Self {
         Self {
-            participants: 3,
-            replicas: 2,
-            sequencers: 2,
-            backend: FileBackend::Sqlite,
-            lease_timeout_ms: 1_000,
-            ports: BTreeMap::new(),
+            participants: description.participants.len(),
+            warm_replicas: description.min_warm_replicas(),
+            warm_sequencers: description.warm_sequencers(),
+            backend: description.storage.backend,
         }
-    }
-}
-
-impl DeploymentFile {
-    /// The embedded default on `backend`.
-    pub fn embedded(backend: Backend) -> Self {
-        Self {
-            backend: match backend {
-                Backend::Sqlite => FileBackend::Sqlite,
-                Backend::Postgres => FileBackend::Postgres,
-            },
-            ..Self::default()
-        }
-    }
-
-    /// Reads and checks a deployment file; errors name the file and the key.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let file: DeploymentFile = meridian_node::config::load_toml(path)?;
-        file.check()
-            .map_err(|e| anyhow::anyhow!("deployment file {}: {e}", path.display()))?;
-        Ok(file)
-    }
-
-    pub fn backend(&self) -> Backend {
-        match self.backend {
-            FileBackend::Sqlite => Backend::Sqlite,
-            FileBackend::Postgres => Backend::Postgres,
-        }
-    }
-
-    /// Refuses deployments that cannot run: no active replica, too few participants for the
-    /// workload, two processes on one port, ports for processes the deployment does not run.
-    pub fn check(&self) -> anyhow::Result<()> {
-        if self.participants < 3 || self.participants > MAX_PARTICIPANTS {
-            bail!(
-                "participants = {}: the workload needs 3 (bank, alice, bob); at most {MAX_PARTICIPANTS}",
-                self.participants
-            );
-        }
-        if self.replicas == 0 {
-            bail!("replicas = 0: every node needs an active replica; passives alone cannot serve");
-        }
-        if self.replicas > MAX_REPLICAS {
-            bail!("replicas = {}: at most {MAX_REPLICAS}", self.replicas);
-        }
-        if self.sequencers == 0 || self.sequencers > MAX_SEQUENCERS {
-            bail!(
-                "sequencers = {}: between 1 and {MAX_SEQUENCERS}",
-                self.sequencers
-            );
-        }
-        if self.lease_timeout_ms < 100 || self.lease_timeout_ms > 60_000 {
-            bail!(
-                "lease_timeout_ms = {}: between 100 and 60000",
-                self.lease_timeout_ms
-            );
-        }
-        let names = self.process_names();
-        let mut owners: BTreeMap<u16, String> = BTreeMap::new();
-        for (name, ports) in &self.ports {
-            if !names.contains(name) {
-                bail!(
-                    "ports.{name}: the deployment runs no process {name:?} (it runs {})",
-                    names.join(", ")
-                );
-            }
-            for (kind, port) in [("grpc", ports.grpc), ("admin", ports.admin)] {
-                if port == 0 {
-                    bail!("ports.{name}.{kind}: port 0 is not a fixed port");
-                }
-                if let Some(other) = owners.insert(port, format!("{name}.{kind}")) {
-                    bail!("ports.{name}.{kind}: port {port} is already taken by {other}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Every process the deployment runs.
-    pub fn process_names(&self) -> Vec<String> {
-        crate::deployment::process_names(self.sequencers, self.replicas, self.participants)
     }
 }
 
@@ -179,8 +77,14 @@ impl DeploymentFile {
 pub fn plan(
     scenario: Scenario,
     target: Option<&str>,
-    deployment: &DeploymentFile,
+    deployment: &PlanView,
 ) -> anyhow::Result<(Vec<PlannedFault>, Vec<String>)> {
+    if deployment.participants < WORKLOAD_PARTICIPANTS {
+        bail!(
+            "the deployment runs {} participants; the workload needs {WORKLOAD_PARTICIPANTS} (bank, alice, bob)",
+            deployment.participants
+        );
+    }
     let faults: Vec<Fault> = match scenario {
         Scenario::All if target.is_some() => {
             bail!("--target aims one scenario's fault; with --scenario all each uses its default")
@@ -191,7 +95,7 @@ pub fn plan(
     let mut planned = Vec::new();
     let mut skipped = Vec::new();
     for fault in faults {
-        if let Some(unsupported) = fault.unsupported_on(deployment.backend()) {
+        if let Some(unsupported) = fault.unsupported_on(deployment.backend) {
             if scenario == Scenario::All {
                 skipped.push(format!("{}: {}", fault.name(), unsupported.reason));
                 continue;
@@ -205,11 +109,7 @@ pub fn plan(
 
 /// `fault` aimed at the node named `target` (else its default), if the deployment runs that
 /// node and has something for it to fail over to.
-fn aim(
-    fault: Fault,
-    target: Option<&str>,
-    deployment: &DeploymentFile,
-) -> anyhow::Result<PlannedFault> {
+fn aim(fault: Fault, target: Option<&str>, deployment: &PlanView) -> anyhow::Result<PlannedFault> {
     let valid = fault.nodes(deployment.participants);
     let node = match target {
         None => fault.default_node(),
@@ -226,8 +126,8 @@ fn aim(
         },
     };
     let shortage = match fault.fails_over_to() {
-        Some(Redundancy::Sequencers) if deployment.sequencers < 2 => Some("sequencers"),
-        Some(Redundancy::Replicas) if deployment.replicas < 2 => Some("replicas"),
+        Some(Redundancy::Sequencers) if deployment.warm_sequencers < 2 => Some("sequencers"),
+        Some(Redundancy::Replicas) if deployment.warm_replicas < 2 => Some("replicas"),
         _ => None,
     };
     if let Some(what) = shortage {
@@ -243,66 +143,55 @@ fn aim(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deployment::{Preset, Shape};
 
-    fn parse(text: &str) -> anyhow::Result<DeploymentFile> {
-        let file: DeploymentFile = meridian_node::config::parse_toml(text, "d.toml")?;
-        file.check()?;
-        Ok(file)
-    }
-
-    fn error(text: &str) -> String {
-        format!("{:#}", parse(text).expect_err("should be refused"))
+    fn view(preset: Preset) -> PlanView {
+        PlanView::of(&Description::preset(preset))
     }
 
     #[test]
     fn the_default_deployment_plans_every_scenario_but_freeze_and_restart_on_sqlite() {
-        let file = parse("").expect("empty file is the default");
-        let (faults, skipped) = plan(Scenario::All, None, &file).expect("plan");
+        let (faults, skipped) = plan(Scenario::All, None, &view(Preset::Replicated)).expect("plan");
         assert_eq!(faults.len(), 6);
         assert!(skipped[0].contains("participant-freeze"), "{skipped:?}");
         assert!(skipped[1].contains("database-restart"), "{skipped:?}");
-        let postgres = parse("backend = \"postgres\"").expect("postgres");
+        let postgres = PlanView {
+            backend: Backend::Postgres,
+            ..view(Preset::Replicated)
+        };
         let (faults, skipped) = plan(Scenario::All, None, &postgres).expect("plan");
         assert_eq!(faults.len(), 8);
         assert!(skipped.is_empty());
     }
 
     #[test]
-    fn impossible_deployments_are_refused_naming_the_problem() {
-        assert!(error("replicaz = 2").contains("unknown field `replicaz`"));
-        assert!(error("replicas = 0").contains("passives alone cannot serve"));
-        assert!(error("participants = 2").contains("needs 3"));
-        assert!(error("sequencers = 0").contains("sequencers = 0"));
-        assert!(error("backend = \"oracle\"").contains("backend"));
-        let clash = error(
-            "[ports]\nparticipant1-a = { grpc = 4501, admin = 4601 }\nparticipant2-a = { grpc = 4601, admin = 4701 }\n",
+    fn too_few_participants_for_the_workload_are_refused() {
+        let two = PlanView::of(&Description::shaped(Shape {
+            participants: 2,
+            ..Shape::REPLICATED
+        }));
+        let message = format!(
+            "{:#}",
+            plan(Scenario::All, None, &two).expect_err("refused")
         );
-        assert!(
-            clash.contains("port 4601 is already taken by participant1-a.admin"),
-            "{clash}"
-        );
-        let unknown = error("[ports]\nparticipant9-a = { grpc = 4501, admin = 4601 }\n");
-        assert!(
-            unknown.contains("runs no process \"participant9-a\""),
-            "{unknown}"
-        );
+        assert!(message.contains("needs 3"), "{message}");
     }
 
     #[test]
     fn faults_at_nodes_that_do_not_run_are_refused() {
-        let file = parse("").expect("default");
-        let single = parse("replicas = 1").expect("unreplicated");
+        let replicated = view(Preset::Replicated);
+        let single = view(Preset::Single);
         let cases = [
             (
                 Fault::ParticipantCrash,
                 Some("participant7"),
-                &file,
+                &replicated,
                 "no \"participant7\"",
             ),
             (
                 Fault::MediatorCrash,
                 Some("participant1"),
-                &file,
+                &replicated,
                 "valid: mediator",
             ),
             (
@@ -311,12 +200,17 @@ mod tests {
                 &single,
                 "nothing to fail over to",
             ),
-            (Fault::DatabaseRestart, None, &file, "--backend postgres"),
+            (
+                Fault::DatabaseRestart,
+                None,
+                &replicated,
+                "--backend postgres",
+            ),
         ];
-        for (fault, target, description, expected) in cases {
+        for (fault, target, deployment, expected) in cases {
             let message = format!(
                 "{:#}",
-                plan(Scenario::One(fault), target, description).expect_err("refused")
+                plan(Scenario::One(fault), target, deployment).expect_err("refused")
             );
             assert!(
                 message.contains(expected),
