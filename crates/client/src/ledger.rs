@@ -165,17 +165,28 @@ impl LedgerClient {
         }
     }
 
+    /// [`Self::with_retries`] for calls where every failure is the caller's error.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(LedgerServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.with_retries(call)
+            .await
+            .map(|(value, _)| value)
+            .map_err(|(status, attempts)| status_error(&self.channels[0].0, status, attempts))
+    }
+
     pub async fn allocate_party(&self, party: &PartyId) -> Result<PartyId, ClientError> {
         let request = v1::AllocatePartyRequest {
             party: party.to_string(),
         };
-        let (response, _) = self
-            .with_retries(|mut stub| {
+        let response = self
+            .call(|mut stub| {
                 let request = request.clone();
                 async move { stub.allocate_party(request).await }
             })
-            .await
-            .map_err(|(status, attempts)| status_error(&self.channels[0].0, status, attempts))?;
+            .await?;
         PartyId::new(response.into_inner().party)
             .map_err(|e| ClientError::Protocol(format!("allocated party: {e}")))
     }
@@ -285,13 +296,12 @@ impl LedgerClient {
         let request = v1::GetActiveContractsRequest {
             parties: parties.iter().map(ToString::to_string).collect(),
         };
-        let (response, _) = self
-            .with_retries(|mut stub| {
+        let response = self
+            .call(|mut stub| {
                 let request = request.clone();
                 async move { stub.get_active_contracts(request).await }
             })
-            .await
-            .map_err(|(status, attempts)| status_error(&self.channels[0].0, status, attempts))?;
+            .await?;
         let response = response.into_inner();
         let contracts = response
             .contracts
@@ -322,13 +332,12 @@ impl LedgerClient {
             parties: parties.iter().map(ToString::to_string).collect(),
         };
         // Opening goes through the retries, so a passive or dead replica is skipped.
-        let (response, _) = self
-            .with_retries(|mut stub| {
+        let response = self
+            .call(|mut stub| {
                 let request = request.clone();
                 async move { stub.get_transactions(request).await }
             })
-            .await
-            .map_err(|(status, attempts)| status_error(&self.channels[0].0, status, attempts))?;
+            .await?;
         let endpoint = self.stub().0;
         let mut stream = response.into_inner();
         // An idle stream means everything up to now has been delivered.

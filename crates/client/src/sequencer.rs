@@ -526,6 +526,30 @@ impl Attempts {
         self.delays.next()
     }
 
+    /// Records a failure; returns the delay before the next attempt, or the error that ends
+    /// the retrying: the attempts are used up, or the next attempt would start after
+    /// `deadline`. `endpoints` is only evaluated for that error.
+    fn next_delay(
+        &mut self,
+        endpoints: impl FnOnce() -> String,
+        deadline: Option<Timestamp>,
+        last_error: &str,
+    ) -> Result<Duration, ClientError> {
+        let Some(delay) = self.failed() else {
+            return Err(ClientError::Unavailable {
+                endpoint: endpoints(),
+                attempts: self.failed,
+                last_error: last_error.to_owned(),
+            });
+        };
+        if deadline.is_some_and(|deadline| Timestamp::now().saturating_add(delay) > deadline) {
+            return Err(ClientError::Timeout {
+                last_error: last_error.to_owned(),
+            });
+        }
+        Ok(delay)
+    }
+
     fn reset(&mut self) {
         self.delays = self.backoff.delays();
         self.failed = 0;
@@ -551,16 +575,7 @@ where
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Transient(error)) => error,
         };
-        let Some(delay) = attempts.failed() else {
-            return Err(ClientError::Unavailable {
-                endpoint: endpoint.to_owned(),
-                attempts: attempts.failed,
-                last_error,
-            });
-        };
-        if deadline.is_some_and(|deadline| Timestamp::now().saturating_add(delay) > deadline) {
-            return Err(ClientError::Timeout { last_error });
-        }
+        let delay = attempts.next_delay(|| endpoint.to_owned(), deadline, &last_error)?;
         debug!(
             endpoint,
             attempt = attempts.failed,
@@ -801,16 +816,7 @@ impl Inner {
                     }
                 }
             }
-            let Some(delay) = attempts.failed() else {
-                return Err(ClientError::Unavailable {
-                    endpoint: self.endpoint_list(),
-                    attempts: attempts.failed,
-                    last_error,
-                });
-            };
-            if deadline.is_some_and(|deadline| Timestamp::now().saturating_add(delay) > deadline) {
-                return Err(ClientError::Timeout { last_error });
-            }
+            let delay = attempts.next_delay(|| self.endpoint_list(), deadline, &last_error)?;
             debug!(
                 endpoints = %self.endpoint_list(),
                 attempt = attempts.failed,
@@ -966,13 +972,7 @@ async fn subscription_loop(
             continue;
         }
         failed_in_round = 0;
-        let Some(delay) = attempts.failed() else {
-            return Err(ClientError::Unavailable {
-                endpoint: inner.endpoint_list(),
-                attempts: attempts.failed,
-                last_error: error,
-            });
-        };
+        let delay = attempts.next_delay(|| inner.endpoint_list(), None, &error)?;
         debug!(
             member = %inner.member,
             attempt = attempts.failed,

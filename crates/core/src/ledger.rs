@@ -120,51 +120,56 @@ impl Transaction {
 
     /// Parties that must learn about the transaction: stakeholders of every node and actors.
     pub fn informees(&self) -> BTreeSet<PartyId> {
-        let mut parties = BTreeSet::new();
-        for action in self.actions() {
-            match action {
-                Action::Create { contract } => parties.extend(contract.stakeholders()),
-                Action::Exercise {
-                    actors,
-                    stakeholders,
-                    ..
-                }
-                | Action::Fetch {
-                    actors,
-                    stakeholders,
-                    ..
-                } => {
-                    parties.extend(stakeholders.iter().cloned());
-                    parties.extend(actors.iter().cloned());
-                }
-            }
-        }
-        parties
+        self.involved_parties(ContractParties::Stakeholders)
     }
 
     /// Parties whose approval the mediator needs: signatories of every node and actors.
     pub fn confirming_parties(&self) -> BTreeSet<PartyId> {
+        self.involved_parties(ContractParties::Signatories)
+    }
+
+    /// The actors of every node plus, of each contract a node touches, the `which` parties.
+    fn involved_parties(&self, which: ContractParties) -> BTreeSet<PartyId> {
         let mut parties = BTreeSet::new();
         for action in self.actions() {
             match action {
-                Action::Create { contract } => parties.extend(contract.signatories.iter().cloned()),
+                Action::Create { contract } => {
+                    parties.extend(contract.signatories.iter().cloned());
+                    if which == ContractParties::Stakeholders {
+                        parties.extend(contract.observers.iter().cloned());
+                    }
+                }
                 Action::Exercise {
                     actors,
                     signatories,
+                    stakeholders,
                     ..
                 }
                 | Action::Fetch {
                     actors,
                     signatories,
+                    stakeholders,
                     ..
                 } => {
-                    parties.extend(signatories.iter().cloned());
+                    let of_contract = match which {
+                        ContractParties::Stakeholders => stakeholders,
+                        ContractParties::Signatories => signatories,
+                    };
+                    parties.extend(of_contract.iter().cloned());
                     parties.extend(actors.iter().cloned());
                 }
             }
         }
         parties
     }
+}
+
+/// Which parties of a contract a transaction involves, besides the actors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ContractParties {
+    /// Signatories and observers.
+    Stakeholders,
+    Signatories,
 }
 
 /// What an application asks a participant to do.

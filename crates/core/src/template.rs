@@ -468,18 +468,39 @@ mod tests {
         TemplateId::new("Iou").unwrap()
     }
 
+    fn actors(names: &[&str]) -> BTreeSet<PartyId> {
+        names.iter().map(|name| party(name)).collect()
+    }
+
+    /// The bank creating an IOU with the given payload, no existing contracts in sight.
+    fn bank_creates(
+        registry: &TemplateRegistry,
+        template: TemplateId,
+        payload: serde_json::Value,
+        seed: u8,
+    ) -> Result<Transaction, ModelError> {
+        registry.interpret(
+            &[Command::Create { template, payload }],
+            &actors(&["bank"]),
+            &[seed; 32],
+            &|_| None,
+        )
+    }
+
+    fn iou_payload(owner: &str, amount: u64) -> serde_json::Value {
+        json!({"issuer": "bank", "owner": owner, "amount": amount, "currency": "USD"})
+    }
+
+    fn exercise(contract: &Contract, choice: &str, argument: serde_json::Value) -> Command {
+        Command::Exercise {
+            contract_id: contract.id.clone(),
+            choice: choice.into(),
+            argument,
+        }
+    }
+
     fn issue(registry: &TemplateRegistry, owner: &str, amount: u64, seed: u8) -> Contract {
-        let tx = registry
-            .interpret(
-                &[Command::Create {
-                    template: iou_id(),
-                    payload: json!({"issuer": "bank", "owner": owner, "amount": amount, "currency": "USD"}),
-                }],
-                &BTreeSet::from([party("bank")]),
-                &[seed; 32],
-                &|_| None,
-            )
-            .unwrap();
+        let tx = bank_creates(registry, iou_id(), iou_payload(owner, amount), seed).unwrap();
         let contract = tx.created().next().unwrap().clone();
         contract
     }
@@ -489,12 +510,8 @@ mod tests {
         let registry = TemplateRegistry::standard();
         let iou = issue(&registry, "alice", 100, 1);
         let lookup = |id: &ContractId| (id == &iou.id).then(|| iou.clone());
-        let commands = [Command::Exercise {
-            contract_id: iou.id.clone(),
-            choice: "Transfer".into(),
-            argument: json!({"new_owner": "bob"}),
-        }];
-        let act_as = BTreeSet::from([party("alice")]);
+        let commands = [exercise(&iou, "Transfer", json!({"new_owner": "bob"}))];
+        let act_as = actors(&["alice"]);
         let a = registry
             .interpret(&commands, &act_as, &[7; 32], &lookup)
             .unwrap();
@@ -522,46 +539,22 @@ mod tests {
         let registry = TemplateRegistry::standard();
         let iou = issue(&registry, "alice", 100, 1);
         let lookup = |id: &ContractId| (id == &iou.id).then(|| iou.clone());
-        let transfer = |argument| {
-            vec![Command::Exercise {
-                contract_id: iou.id.clone(),
-                choice: "Transfer".into(),
-                argument,
-            }]
+        let attempt = |command, actor| {
+            registry
+                .interpret(&[command], &actors(&[actor]), &[0; 32], &lookup)
+                .unwrap_err()
         };
-        let err = registry
-            .interpret(
-                &transfer(json!({"new_owner": "bob"})),
-                &BTreeSet::from([party("bob")]),
-                &[0; 32],
-                &lookup,
-            )
-            .unwrap_err();
+        let err = attempt(
+            exercise(&iou, "Transfer", json!({"new_owner": "bob"})),
+            "bob",
+        );
         assert!(
             matches!(err, ModelError::MissingAuthorization { .. }),
             "{err}"
         );
-        let err = registry
-            .interpret(
-                &transfer(json!({"owner": "bob"})),
-                &BTreeSet::from([party("alice")]),
-                &[0; 32],
-                &lookup,
-            )
-            .unwrap_err();
+        let err = attempt(exercise(&iou, "Transfer", json!({"owner": "bob"})), "alice");
         assert!(err.to_string().contains("new_owner"), "{err}");
-        let err = registry
-            .interpret(
-                &[Command::Exercise {
-                    contract_id: iou.id.clone(),
-                    choice: "Split".into(),
-                    argument: json!({"amount": 100}),
-                }],
-                &BTreeSet::from([party("alice")]),
-                &[0; 32],
-                &lookup,
-            )
-            .unwrap_err();
+        let err = attempt(exercise(&iou, "Split", json!({"amount": 100})), "alice");
         assert!(matches!(err, ModelError::BadArgument { .. }), "{err}");
     }
 
@@ -570,15 +563,11 @@ mod tests {
         let registry = TemplateRegistry::standard();
         let iou = issue(&registry, "alice", 100, 1);
         let lookup = |id: &ContractId| (id == &iou.id).then(|| iou.clone());
-        let transfer = Command::Exercise {
-            contract_id: iou.id.clone(),
-            choice: "Transfer".into(),
-            argument: json!({"new_owner": "bob"}),
-        };
+        let transfer = exercise(&iou, "Transfer", json!({"new_owner": "bob"}));
         let err = registry
             .interpret(
                 &[transfer.clone(), transfer],
-                &BTreeSet::from([party("alice")]),
+                &actors(&["alice"]),
                 &[0; 32],
                 &lookup,
             )
@@ -593,18 +582,10 @@ mod tests {
         let b = issue(&registry, "alice", 30, 2);
         let contracts = [a.clone(), b.clone()];
         let lookup = |id: &ContractId| contracts.iter().find(|c| &c.id == id).cloned();
-        let act_as = BTreeSet::from([party("alice")]);
+        let act_as = actors(&["alice"]);
+        let merge = exercise(&a, "Merge", json!({"other": b.id.to_string()}));
         let merged = registry
-            .interpret(
-                &[Command::Exercise {
-                    contract_id: a.id.clone(),
-                    choice: "Merge".into(),
-                    argument: json!({"other": b.id.to_string()}),
-                }],
-                &act_as,
-                &[3; 32],
-                &lookup,
-            )
+            .interpret(&[merge], &act_as, &[3; 32], &lookup)
             .unwrap();
         authorize(&merged, &act_as).unwrap();
         assert_eq!(merged.consumed(), vec![a.id.clone(), b.id.clone()]);
@@ -616,11 +597,7 @@ mod tests {
 
         let split = registry
             .interpret(
-                &[Command::Exercise {
-                    contract_id: a.id.clone(),
-                    choice: "Split".into(),
-                    argument: json!({"amount": 20}),
-                }],
+                &[exercise(&a, "Split", json!({"amount": 20}))],
                 &act_as,
                 &[4; 32],
                 &lookup,
@@ -636,48 +613,19 @@ mod tests {
     #[test]
     fn authorization_rejects_a_forged_tree() {
         let registry = TemplateRegistry::standard();
-        let tx = registry
-            .interpret(
-                &[Command::Create {
-                    template: iou_id(),
-                    payload: json!({"issuer": "bank", "owner": "alice", "amount": 5, "currency": "USD"}),
-                }],
-                &BTreeSet::from([party("bank")]),
-                &[0; 32],
-                &|_| None,
-            )
-            .unwrap();
+        let tx = bank_creates(&registry, iou_id(), iou_payload("alice", 5), 0).unwrap();
         // Alice cannot create an IOU that the bank signs.
-        assert!(authorize(&tx, &BTreeSet::from([party("alice")])).is_err());
-        assert!(authorize(&tx, &BTreeSet::from([party("bank")])).is_ok());
+        assert!(authorize(&tx, &actors(&["alice"])).is_err());
+        assert!(authorize(&tx, &actors(&["bank"])).is_ok());
     }
 
     #[test]
     fn payload_validation() {
         let registry = TemplateRegistry::standard();
-        let err = registry
-            .interpret(
-                &[Command::Create {
-                    template: iou_id(),
-                    payload: json!({"issuer": "bank", "owner": "alice", "amount": 0, "currency": "USD"}),
-                }],
-                &BTreeSet::from([party("bank")]),
-                &[0; 32],
-                &|_| None,
-            )
-            .unwrap_err();
+        let err = bank_creates(&registry, iou_id(), iou_payload("alice", 0), 0).unwrap_err();
         assert!(err.to_string().contains("positive"), "{err}");
-        let err = registry
-            .interpret(
-                &[Command::Create {
-                    template: TemplateId::new("Nope").unwrap(),
-                    payload: json!({}),
-                }],
-                &BTreeSet::from([party("bank")]),
-                &[0; 32],
-                &|_| None,
-            )
-            .unwrap_err();
+        let nope = TemplateId::new("Nope").unwrap();
+        let err = bank_creates(&registry, nope, json!({}), 0).unwrap_err();
         assert_eq!(err, ModelError::UnknownTemplate("Nope".into()));
     }
 }

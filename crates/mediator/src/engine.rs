@@ -217,6 +217,19 @@ struct Pending {
     responded: BTreeSet<ParticipantId>,
 }
 
+impl Pending {
+    /// Ends this request with `outcome`, sent to the participants registered at its time.
+    fn decide(self, request_id: Timestamp, outcome: VerdictOutcome, effects: &mut Vec<Effect>) {
+        decide(
+            request_id,
+            self.request_hash,
+            self.recipients,
+            outcome,
+            effects,
+        );
+    }
+}
+
 /// The mediator's verdict state machine.
 #[derive(Debug)]
 pub struct MediatorEngine {
@@ -413,13 +426,7 @@ impl MediatorEngine {
                     missing.join(", ")
                 ),
             };
-            decide(
-                request_id,
-                pending.request_hash,
-                pending.recipients,
-                outcome,
-                effects,
-            );
+            pending.decide(request_id, outcome, effects);
         }
         true
     }
@@ -536,14 +543,8 @@ impl MediatorEngine {
         };
         match response.verdict {
             LocalVerdict::Reject { code, message } => {
-                let Some(pending) = self.pending.remove(&request_id) else {
-                    return;
-                };
-                self.deadlines.remove(&(pending.deadline, request_id));
-                decide(
+                self.conclude_early(
                     request_id,
-                    pending.request_hash,
-                    pending.recipients,
                     VerdictOutcome::Rejected { code, message },
                     effects,
                 );
@@ -559,20 +560,24 @@ impl MediatorEngine {
                     signed,
                 }));
                 if pending.awaiting.is_empty() {
-                    let Some(pending) = self.pending.remove(&request_id) else {
-                        return;
-                    };
-                    self.deadlines.remove(&(pending.deadline, request_id));
-                    decide(
-                        request_id,
-                        pending.request_hash,
-                        pending.recipients,
-                        VerdictOutcome::Approved,
-                        effects,
-                    );
+                    self.conclude_early(request_id, VerdictOutcome::Approved, effects);
                 }
             }
         }
+    }
+
+    /// Decides a pending request before its deadline, so its timeout must not fire later.
+    fn conclude_early(
+        &mut self,
+        request_id: Timestamp,
+        outcome: VerdictOutcome,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(pending) = self.pending.remove(&request_id) else {
+            return;
+        };
+        self.deadlines.remove(&(pending.deadline, request_id));
+        pending.decide(request_id, outcome, effects);
     }
 
     fn on_topology(

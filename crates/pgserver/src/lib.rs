@@ -108,11 +108,10 @@ impl PostgresServer {
     }
 
     fn init_and_start(&mut self) -> anyhow::Result<()> {
-        let data = self.data_dir();
         run(self
             .server_command("initdb")
             .arg("-D")
-            .arg(&data)
+            .arg(self.data_dir())
             .args(["-A", "trust", "-U", "meridian", "-E", "UTF8", "--locale=C"])
             // Skipping initdb's own fsync of the fresh cluster only risks the cluster itself,
             // which is throwaway; the server still runs with fsync=on.
@@ -129,14 +128,7 @@ impl PostgresServer {
                 self.dir.display()
             );
             let output = self
-                .server_command("pg_ctl")
-                .arg("-D")
-                .arg(&data)
-                .arg("-o")
-                .arg(&self.options)
-                .arg("-l")
-                .arg(self.log_file())
-                .args(["-w", "-t", "60", "start"])
+                .pg_ctl_start()
                 .output()
                 .context("running pg_ctl start")?;
             if output.status.success() {
@@ -268,9 +260,7 @@ rm -rf "$dir"
     /// how clients survive the database going away.
     pub fn restart(&self) -> anyhow::Result<()> {
         run(self
-            .server_command("pg_ctl")
-            .arg("-D")
-            .arg(self.data_dir())
+            .pg_ctl()
             // Without -l the new server would write to our pipe and `output()` would never end.
             .arg("-l")
             .arg(self.log_file())
@@ -290,12 +280,8 @@ rm -rf "$dir"
     /// the start then runs no crash recovery, which fsyncs the whole data directory first and
     /// can take many seconds on a busy disk.
     pub fn stop_fast(&self) -> anyhow::Result<()> {
-        run(self
-            .server_command("pg_ctl")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-m", "fast", "-w", "-t", "60", "stop"]))
-        .context("pg_ctl stop -m fast failed")?;
+        run(self.pg_ctl().args(["-m", "fast", "-w", "-t", "60", "stop"]))
+            .context("pg_ctl stop -m fast failed")?;
         Ok(())
     }
 
@@ -303,26 +289,32 @@ rm -rf "$dir"
     /// and data.
     pub fn resume(&self) -> anyhow::Result<()> {
         // Only `pg_ctl restart` remembers the previous options; `start` needs them again.
-        run(self
-            .server_command("pg_ctl")
-            .arg("-D")
-            .arg(self.data_dir())
-            .arg("-o")
-            .arg(&self.options)
-            .arg("-l")
-            .arg(self.log_file())
-            .args(["-w", "-t", "60", "start"]))
-        .context("pg_ctl start failed")?;
+        run(&mut self.pg_ctl_start()).context("pg_ctl start failed")?;
         Ok(())
     }
 
     fn pg_ctl_stop(&self) -> anyhow::Result<()> {
-        run(self
-            .server_command("pg_ctl")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-m", "immediate", "-w", "stop"]))?;
+        run(self.pg_ctl().args(["-m", "immediate", "-w", "stop"]))?;
         Ok(())
+    }
+
+    /// `pg_ctl` on our data directory.
+    fn pg_ctl(&self) -> Command {
+        let mut command = self.server_command("pg_ctl");
+        command.arg("-D").arg(self.data_dir());
+        command
+    }
+
+    /// `pg_ctl start` with our options: only `pg_ctl restart` remembers the previous ones.
+    fn pg_ctl_start(&self) -> Command {
+        let mut command = self.pg_ctl();
+        command
+            .arg("-o")
+            .arg(&self.options)
+            .arg("-l")
+            .arg(self.log_file())
+            .args(["-w", "-t", "60", "start"]);
+        command
     }
 
     /// A server-side binary, run as `postgres` when we are root (PostgreSQL refuses root).

@@ -175,6 +175,12 @@ mod tests {
         }
     }
 
+    /// The engine of instance `index` among `count`, starting above `start_micros`.
+    fn instance(index: u32, count: u32, start_micros: u64) -> OrderingEngine {
+        let partition = Partition::new(InstanceIndex(index), count).unwrap();
+        OrderingEngine::new(partition, Timestamp::from_micros(start_micros))
+    }
+
     #[test]
     fn partition_rejects_bad_index() {
         assert!(Partition::new(InstanceIndex(3), 3).is_err());
@@ -183,8 +189,7 @@ mod tests {
 
     #[test]
     fn timestamps_belong_to_the_partition_and_exceed_the_start_watermark() {
-        let partition = Partition::new(InstanceIndex(5), 32).unwrap();
-        let mut engine = OrderingEngine::new(partition, Timestamp::from_micros(1_000));
+        let mut engine = instance(5, 32, 1_000);
         let plan = engine.plan(
             Timestamp::from_micros(10),
             &[submission(u64::MAX >> 2), submission(u64::MAX >> 2)],
@@ -200,8 +205,7 @@ mod tests {
 
     #[test]
     fn refuses_past_deadline_without_consuming_a_timestamp() {
-        let partition = Partition::new(InstanceIndex(0), 1).unwrap();
-        let mut engine = OrderingEngine::new(partition, Timestamp::from_micros(100));
+        let mut engine = instance(0, 1, 100);
         let plan = engine.plan(
             Timestamp::from_micros(100),
             &[submission(100), submission(1_000)],
@@ -221,8 +225,7 @@ mod tests {
 
     #[test]
     fn idle_watermark_follows_the_clock_but_never_goes_back() {
-        let partition = Partition::new(InstanceIndex(0), 4).unwrap();
-        let mut engine = OrderingEngine::new(partition, Timestamp::from_micros(500));
+        let mut engine = instance(0, 4, 500);
         assert_eq!(
             engine
                 .idle_watermark(Timestamp::from_micros(400))
@@ -248,10 +251,7 @@ mod tests {
             clocks in proptest::collection::vec((0u32..8, 0u64..5_000, 1usize..4), 1..60),
         ) {
             let mut engines: Vec<OrderingEngine> = (0..count)
-                .map(|i| OrderingEngine::new(
-                    Partition::new(InstanceIndex(i), count).unwrap(),
-                    Timestamp::from_micros(100),
-                ))
+                .map(|i| instance(i, count, 100))
                 .collect();
             let mut seen = std::collections::HashSet::new();
             let mut last = vec![100u64; count as usize];
