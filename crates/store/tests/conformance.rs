@@ -8,12 +8,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use harness::{Backend, OpenStore};
+use harness::{alter_database, postgres_config, t, Backend, OpenHarness, OpenStore};
 use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 use meridian_store::{
     Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberSeq, NewEvent, SequencerStore,
-    SqlSequencerStore, StorageConfig, StoreError, StoredEvent, WriteResult,
+    SqlSequencerStore, StoreError, StoredEvent, WriteResult,
 };
 use meridian_testkit::PostgresServer;
 use sqlx::postgres::PgPool;
@@ -35,21 +35,23 @@ enum Raw {
     Postgres(PgPool),
 }
 
-async fn harness(backend: Backend) -> Harness {
-    let store = <dyn SequencerStore>::open_on(&backend.config).await;
-    let raw = match (backend.sqlite_path(), backend.postgres_url()) {
-        (Some(path), _) => Raw::Sqlite(
-            SqlitePool::connect_with(SqliteConnectOptions::new().filename(path))
-                .await
-                .expect("raw connection"),
-        ),
-        (None, Some(url)) => Raw::Postgres(PgPool::connect(url).await.expect("raw connection")),
-        (None, None) => unreachable!("a backend is SQLite or PostgreSQL"),
-    };
-    Harness {
-        store,
-        backend,
-        raw,
+impl OpenHarness for Harness {
+    async fn open(backend: Backend) -> Harness {
+        let store = <dyn SequencerStore>::open_on(&backend.config).await;
+        let raw = match (backend.sqlite_path(), backend.postgres_url()) {
+            (Some(path), _) => Raw::Sqlite(
+                SqlitePool::connect_with(SqliteConnectOptions::new().filename(path))
+                    .await
+                    .expect("raw connection"),
+            ),
+            (None, Some(url)) => Raw::Postgres(PgPool::connect(url).await.expect("raw connection")),
+            (None, None) => unreachable!("a backend is SQLite or PostgreSQL"),
+        };
+        Harness {
+            store,
+            backend,
+            raw,
+        }
     }
 }
 
@@ -202,10 +204,6 @@ impl<S: SequencerStore + ?Sized> StoreExt for S {
 const TAKE_OVER: InstanceClaim = InstanceClaim::Start {
     live_after: Timestamp::MAX,
 };
-
-fn t(micros: u64) -> Timestamp {
-    Timestamp::from_micros(micros)
-}
 
 const I0: InstanceIndex = InstanceIndex(0);
 const I1: InstanceIndex = InstanceIndex(1);
@@ -952,41 +950,21 @@ conformance!(
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL only.
 
-/// A PostgreSQL config with two connections.
-fn pg(url: &str) -> StorageConfig {
-    StorageConfig::Postgres {
-        url: url.to_owned(),
-        max_connections: 2,
-    }
-}
-
-fn database_name(url: &str) -> &str {
-    url.rsplit('/').next().expect("database in url")
-}
-
 #[tokio::test]
 async fn postgres_read_only_database_is_reported_and_refuses_writes() {
     let server = PostgresServer::shared();
     let url = server
         .create_database("read_only")
         .expect("create database");
-    let store = SqlSequencerStore::open_config(&pg(&url))
+    let store = SqlSequencerStore::open_config(&postgres_config(&url))
         .await
         .expect("connect");
     let a = register(&store, "a").await;
     store.start_at(I0, t(0)).await.expect("start");
-    server
-        .psql(
-            "postgres",
-            &format!(
-                "ALTER DATABASE {} SET default_transaction_read_only = on",
-                database_name(&url)
-            ),
-        )
-        .expect("alter database");
+    alter_database(&url, "default_transaction_read_only = on");
 
     // Settings apply to new sessions, hence a new store; connecting must not try to migrate.
-    let read_only = SqlSequencerStore::open_config(&pg(&url))
+    let read_only = SqlSequencerStore::open_config(&postgres_config(&url))
         .await
         .expect("connect read-only");
     let status = read_only.backend_status().await.expect("status");
@@ -1012,7 +990,7 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
 /// once the lock is gone.
 #[tokio::test]
 async fn postgres_mark_offline_does_not_wait_for_a_paused_writer() {
-    let h = harness(Backend::postgres("conformance")).await;
+    let h = Harness::open(Backend::postgres("conformance")).await;
     h.store.start_at(I0, t(0)).await.expect("start");
     let Raw::Postgres(raw) = &h.raw else {
         unreachable!("a postgres harness")
@@ -1048,19 +1026,11 @@ async fn postgres_reports_asynchronous_commit() {
     let url = server
         .create_database("async_commit")
         .expect("create database");
-    SqlSequencerStore::open_config(&pg(&url))
+    SqlSequencerStore::open_config(&postgres_config(&url))
         .await
         .expect("connect");
-    server
-        .psql(
-            "postgres",
-            &format!(
-                "ALTER DATABASE {} SET synchronous_commit = off",
-                database_name(&url)
-            ),
-        )
-        .expect("alter database");
-    let store = SqlSequencerStore::open_config(&pg(&url))
+    alter_database(&url, "synchronous_commit = off");
+    let store = SqlSequencerStore::open_config(&postgres_config(&url))
         .await
         .expect("connect");
     let status = store.backend_status().await.expect("status");
@@ -1074,7 +1044,7 @@ async fn postgres_unreachable_is_transient() {
         "postgres://meridian@127.0.0.1:{}/nowhere",
         meridian_testkit::free_port()
     );
-    let error = SqlSequencerStore::open_config(&pg(&url))
+    let error = SqlSequencerStore::open_config(&postgres_config(&url))
         .await
         .expect_err("nothing listens there");
     assert!(error.is_transient(), "{error:?}");
@@ -1086,7 +1056,7 @@ async fn postgres_unreachable_is_transient() {
 async fn postgres_store_survives_a_server_restart() {
     let server = PostgresServer::start().expect("own server, restarted below");
     let url = server.create_database("restart").expect("create database");
-    let store = SqlSequencerStore::open_config(&pg(&url))
+    let store = SqlSequencerStore::open_config(&postgres_config(&url))
         .await
         .expect("connect");
     let a = register(&store, "a").await;
@@ -1164,13 +1134,13 @@ async fn measure_throughput(name: &str, store: &dyn SequencerStore) {
 #[tokio::test]
 #[ignore = "measurement, run by hand in release mode"]
 async fn throughput_sqlite() {
-    let h = harness(Backend::sqlite("sequencer")).await;
+    let h = Harness::open(Backend::sqlite("sequencer")).await;
     measure_throughput("sqlite", &*h.store).await;
 }
 
 #[tokio::test]
 #[ignore = "measurement, run by hand in release mode"]
 async fn throughput_postgres() {
-    let h = harness(Backend::postgres("conformance")).await;
+    let h = Harness::open(Backend::postgres("conformance")).await;
     measure_throughput("postgres", &*h.store).await;
 }

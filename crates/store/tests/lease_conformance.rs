@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::Backend;
+use harness::{Backend, OpenHarness};
 use meridian_core::ledger::{Action, Contract, Transaction};
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::{ContractId, LedgerOffset, PartyId, TemplateId, Timestamp, TransactionId};
@@ -33,8 +33,10 @@ struct Harness {
     backend: Backend,
 }
 
-async fn harness(backend: Backend) -> Harness {
-    Harness { backend }
+impl OpenHarness for Harness {
+    async fn open(backend: Backend) -> Harness {
+        Harness { backend }
+    }
 }
 
 impl Harness {
@@ -378,7 +380,7 @@ conformance!(
 async fn postgres_a_holder_stopped_mid_write_is_deposed() {
     use sqlx::Connection;
 
-    let h = harness(Backend::postgres("lease")).await;
+    let h = Harness::open(Backend::postgres("lease")).await;
     let StorageConfig::Postgres { url, .. } = &h.backend.config else {
         unreachable!("a PostgreSQL harness");
     };

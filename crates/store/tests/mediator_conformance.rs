@@ -3,27 +3,19 @@
 //! throwaway server). What the mediator's restart relies on — atomic `apply` with the
 //! checkpoint, pending state and unsent verdicts surviving a reopen — belongs here.
 
-use harness::Backend;
+use harness::{alter_database, postgres_config, t};
 use meridian_core::{MemberId, ParticipantId, Timestamp};
 use meridian_store::mediator::{
     MediatorChange, MediatorSnapshot, MediatorStore, PendingRequestRecord, ResponseRecord,
     SqlMediatorStore, VerdictRecord,
 };
-use meridian_store::{StorageConfig, StoreError};
+use meridian_store::StoreError;
 use meridian_testkit::PostgresServer;
 
 #[macro_use]
 mod harness;
 
 type Harness = harness::StoreHarness<dyn MediatorStore>;
-
-async fn harness(backend: Backend) -> Harness {
-    Harness::new(backend).await
-}
-
-fn t(micros: u64) -> Timestamp {
-    Timestamp::from_micros(micros)
-}
 
 fn p(name: &str) -> ParticipantId {
     ParticipantId::new(name).expect("participant id")
@@ -300,12 +292,9 @@ async fn postgres_unreachable_is_transient() {
         "postgres://meridian@127.0.0.1:{}/nowhere",
         meridian_testkit::free_port()
     );
-    let error = SqlMediatorStore::open_config(&StorageConfig::Postgres {
-        url: url.clone(),
-        max_connections: 2,
-    })
-    .await
-    .expect_err("nothing listens there");
+    let error = SqlMediatorStore::open_config(&postgres_config(&url))
+        .await
+        .expect_err("nothing listens there");
     assert!(error.is_transient(), "{error:?}");
 }
 
@@ -315,25 +304,13 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
     let url = server
         .create_database("mediator_read_only")
         .expect("create database");
-    SqlMediatorStore::open_config(&StorageConfig::Postgres {
-        url: url.clone(),
-        max_connections: 2,
-    })
-    .await
-    .expect("connect");
-    let database = url.rsplit('/').next().expect("database in url");
-    server
-        .psql(
-            "postgres",
-            &format!("ALTER DATABASE {database} SET default_transaction_read_only = on"),
-        )
-        .expect("alter database");
-    let read_only = SqlMediatorStore::open_config(&StorageConfig::Postgres {
-        url: url.clone(),
-        max_connections: 2,
-    })
-    .await
-    .expect("connect read-only");
+    SqlMediatorStore::open_config(&postgres_config(&url))
+        .await
+        .expect("connect");
+    alter_database(&url, "default_transaction_read_only = on");
+    let read_only = SqlMediatorStore::open_config(&postgres_config(&url))
+        .await
+        .expect("connect read-only");
     assert!(read_only.backend_status().await.expect("status").read_only);
     let write = read_only.apply(&[added(1)], t(1)).await;
     assert!(matches!(write, Err(StoreError::ReadOnly)), "{write:?}");

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use harness::Backend;
+use harness::t;
 use meridian_core::ledger::{Action, Contract, Transaction};
 use meridian_core::{
-    CommandId, ContractId, LedgerOffset, PartyId, TemplateId, Timestamp, TransactionId, UserId,
+    CommandId, ContractId, LedgerOffset, PartyId, TemplateId, TransactionId, UserId,
 };
 use meridian_store::{
     CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantStore, PendingRecord,
@@ -19,14 +19,6 @@ use serde_json::json;
 mod harness;
 
 type Harness = harness::StoreHarness<dyn ParticipantStore>;
-
-async fn harness(backend: Backend) -> Harness {
-    Harness::new(backend).await
-}
-
-fn t(micros: u64) -> Timestamp {
-    Timestamp::from_micros(micros)
-}
 fn party(name: &str) -> PartyId {
     PartyId::new(name).expect("party")
 }

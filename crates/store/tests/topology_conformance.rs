@@ -3,23 +3,14 @@
 //! The topology manager's crash recovery rests on these behaviours: intents are recorded before
 //! sending, serials are gap-free with at most one open intent, and completed rows never change.
 
-use harness::Backend;
+use harness::t;
 use meridian_core::topology::SignedTopologyTransaction;
-use meridian_core::Timestamp;
 use meridian_store::{TopologyRecord, TopologyStore, TopologyStoreError};
 
 #[macro_use]
 mod harness;
 
 type Harness = harness::StoreHarness<dyn TopologyStore>;
-
-async fn harness(backend: Backend) -> Harness {
-    Harness::new(backend).await
-}
-
-fn t(micros: u64) -> Timestamp {
-    Timestamp::from_micros(micros)
-}
 
 fn tx(serial: u64) -> SignedTopologyTransaction {
     SignedTopologyTransaction {

@@ -1,9 +1,9 @@
 //! The one conformance harness of the store tests: a [`Backend`] to run a case on (a fresh
 //! SQLite file in a temporary directory, or a fresh database on the test binary's shared
 //! throwaway PostgreSQL server) and the `conformance!` macro, which runs every listed case once
-//! on each backend. A test file declares `#[macro_use] mod harness;`, an
-//! `async fn harness(backend: Backend) -> Harness` that opens its store there (usually a
-//! [`StoreHarness`]), and its cases as `async fn case(h: Harness)`.
+//! on each backend. A test file declares `#[macro_use] mod harness;`, a `Harness` type that
+//! [`OpenHarness`] opens on a backend (usually a [`StoreHarness`]), and its cases as
+//! `async fn case(h: Harness)`.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use meridian_core::Timestamp;
 use meridian_store::mediator::MediatorStore;
 use meridian_store::{
     open_mediator_store, open_participant_store, open_sequencer_store, open_topology_store,
@@ -20,6 +21,32 @@ use meridian_testkit::PostgresServer;
 
 /// Connections a PostgreSQL store under test may open.
 const POSTGRES_CONNECTIONS: u32 = 4;
+
+/// Test timestamps are plain microsecond counts.
+pub fn t(micros: u64) -> Timestamp {
+    Timestamp::from_micros(micros)
+}
+
+/// A PostgreSQL config with two connections, for the PostgreSQL-only tests that open a store
+/// on a database of their own.
+pub fn postgres_config(url: &str) -> StorageConfig {
+    StorageConfig::Postgres {
+        url: url.to_owned(),
+        max_connections: 2,
+    }
+}
+
+/// Sets `setting` (`name = value`) for new sessions on the database at `url`; sessions already
+/// open keep the old value, so a test reopens its store afterwards.
+pub fn alter_database(url: &str, setting: &str) {
+    let database = url.rsplit('/').next().expect("database in url");
+    PostgresServer::shared()
+        .psql(
+            "postgres",
+            &format!("ALTER DATABASE {database} SET {setting}"),
+        )
+        .expect("alter database");
+}
 
 /// Where a case's store lives; dropping it removes an SQLite file's directory.
 pub struct Backend {
@@ -89,20 +116,28 @@ open_store!(dyn TopologyStore, open_topology_store);
 open_store!(dyn MediatorStore, open_mediator_store);
 open_store!(dyn ParticipantStore, open_participant_store);
 
+/// What a case gets: opened by `conformance!` on each backend.
+#[allow(async_fn_in_trait)]
+pub trait OpenHarness: Sized {
+    async fn open(backend: Backend) -> Self;
+}
+
 /// A case's store and the backend it lives on.
 pub struct StoreHarness<S: ?Sized> {
     pub store: Arc<S>,
     pub backend: Backend,
 }
 
-impl<S: ?Sized + OpenStore> StoreHarness<S> {
-    pub async fn new(backend: Backend) -> Self {
+impl<S: ?Sized + OpenStore> OpenHarness for StoreHarness<S> {
+    async fn open(backend: Backend) -> Self {
         Self {
             store: S::open_on(&backend.config).await,
             backend,
         }
     }
+}
 
+impl<S: ?Sized + OpenStore> StoreHarness<S> {
     /// A second, independent store on the same database: another process (or the node
     /// restarted), as far as the store can tell.
     pub async fn reopen(&self) -> Arc<S> {
@@ -111,7 +146,7 @@ impl<S: ?Sized + OpenStore> StoreHarness<S> {
 }
 
 /// Runs each case `case(h: Harness)` on SQLite (module `sqlite`) and on PostgreSQL (module
-/// `postgres`), `h` coming from the test file's `harness(Backend)`; `$name` names the SQLite
+/// `postgres`), `h` opened by the test file's `Harness: OpenHarness`; `$name` names the SQLite
 /// file and the PostgreSQL database.
 macro_rules! conformance {
     ($name:literal: $($case:ident),* $(,)?) => {
@@ -120,7 +155,8 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let backend = crate::harness::Backend::sqlite($name);
-                    super::$case(super::harness(backend).await).await;
+                    let h = <super::Harness as crate::harness::OpenHarness>::open(backend).await;
+                    super::$case(h).await;
                 }
             )*
         }
@@ -129,7 +165,8 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let backend = crate::harness::Backend::postgres($name);
-                    super::$case(super::harness(backend).await).await;
+                    let h = <super::Harness as crate::harness::OpenHarness>::open(backend).await;
+                    super::$case(h).await;
                 }
             )*
         }
