@@ -103,9 +103,7 @@ pub enum ConfigCheckError {
 impl MediatorConfig {
     /// Loads and checks a config file; every error names the file and the key.
     pub fn load(path: &Path) -> Result<Self, ConfigCheckError> {
-        let config: MediatorConfig = meridian_node::config::load_toml(path)?;
-        config.check(&path.display().to_string())?;
-        Ok(config)
+        meridian_node::config::load_checked(path, Self::check)
     }
 
     /// A single mediator (no `[replication]`) with the default member id and timings.

@@ -2,18 +2,14 @@
 //! cheap clones (Arc inside) shared by the event loop and the sender task.
 
 use meridian_core::protocol::{RejectionCode, VerdictOutcome};
+pub use meridian_node::metrics::OutcomeLabel;
+use meridian_node::metrics::RoleRegistry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// approved, or the rejection code: timeout, topology, inactive_contracts, ...
-    pub outcome: &'static str,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -22,6 +18,7 @@ pub struct ReasonLabel {
 
 #[derive(Clone, Debug)]
 pub struct MediatorMetrics {
+    /// By outcome: approved, or the rejection code: timeout, topology, inactive_contracts, ...
     pub verdicts: Family<OutcomeLabel, Counter>,
     pub verdicts_sent: Counter,
     /// Verdict sends the sequencer refused definitely; those verdicts are given up.
@@ -39,76 +36,38 @@ pub struct MediatorMetrics {
 
 impl MediatorMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            verdicts: Family::default(),
-            verdicts_sent: Counter::default(),
-            verdicts_abandoned: Counter::default(),
-            pending_requests: Gauge::default(),
-            invalid_responses: Family::default(),
-            ignored_messages: Family::default(),
-            events: Counter::default(),
-            time_proofs: Counter::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            commit_latency_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
-            last_event_us: Gauge::default(),
-        };
-        let r = registry.sub_registry_with_prefix("mediator");
-        r.register(
-            "verdicts",
-            "Verdicts decided, by outcome",
-            metrics.verdicts.clone(),
-        );
-        r.register(
-            "verdicts_sent",
-            "Verdicts the sequencer acknowledged",
-            metrics.verdicts_sent.clone(),
-        );
-        r.register(
-            "verdicts_abandoned",
-            "Verdicts the sequencer refused definitely and that are not retried",
-            metrics.verdicts_abandoned.clone(),
-        );
-        r.register(
-            "pending_requests",
-            "Requests waiting for responses",
-            metrics.pending_requests.clone(),
-        );
-        r.register(
-            "invalid_responses",
-            "Confirmation responses ignored because they failed validation, by reason",
-            metrics.invalid_responses.clone(),
-        );
-        r.register(
-            "ignored_messages",
-            "Messages that changed nothing (invalid, late, duplicate, malformed), by reason",
-            metrics.ignored_messages.clone(),
-        );
-        r.register(
-            "events",
-            "Sequenced events processed",
-            metrics.events.clone(),
-        );
-        r.register(
-            "time_proofs",
-            "Time proofs requested while waiting for deadlines",
-            metrics.time_proofs.clone(),
-        );
-        r.register(
-            "batch_size",
-            "Events persisted per database transaction",
-            metrics.batch_size.clone(),
-        );
-        r.register(
-            "commit_latency_seconds",
-            "Time to persist one run of events",
-            metrics.commit_latency_seconds.clone(),
-        );
-        r.register(
-            "last_event_us",
-            "Timestamp of the last processed event (microseconds since the epoch)",
-            metrics.last_event_us.clone(),
-        );
-        metrics
+        let mut r = RoleRegistry::new(registry, "mediator");
+        Self {
+            verdicts: r.family("verdicts", "Verdicts decided, by outcome"),
+            verdicts_sent: r.counter("verdicts_sent", "Verdicts the sequencer acknowledged"),
+            verdicts_abandoned: r.counter(
+                "verdicts_abandoned",
+                "Verdicts the sequencer refused definitely and that are not retried",
+            ),
+            pending_requests: r.gauge("pending_requests", "Requests waiting for responses"),
+            invalid_responses: r.family(
+                "invalid_responses",
+                "Confirmation responses ignored because they failed validation, by reason",
+            ),
+            ignored_messages: r.family(
+                "ignored_messages",
+                "Messages that changed nothing (invalid, late, duplicate, malformed), by reason",
+            ),
+            events: r.counter("events", "Sequenced events processed"),
+            time_proofs: r.counter(
+                "time_proofs",
+                "Time proofs requested while waiting for deadlines",
+            ),
+            batch_size: r.batch_sizes("batch_size", "Events persisted per database transaction"),
+            commit_latency_seconds: r.latencies_seconds(
+                "commit_latency_seconds",
+                "Time to persist one run of events",
+            ),
+            last_event_us: r.gauge(
+                "last_event_us",
+                "Timestamp of the last processed event (microseconds since the epoch)",
+            ),
+        }
     }
 
     pub fn count_verdict(&self, outcome: &VerdictOutcome) {

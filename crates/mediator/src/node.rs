@@ -73,8 +73,7 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
     // A child, so that stopping on a fatal error stops our tasks but not the caller's others.
     let shutdown = shutdown.child_token();
     let health = Health::new();
-    let readiness = Conditions::new(health.clone());
-    readiness.fail("startup", "starting");
+    let readiness = Conditions::starting(health.clone());
     let metrics = Arc::new(Metrics::new("meridian"));
     let mediator_metrics = metrics.with_registry(MediatorMetrics::register);
     let status_state = Arc::new(StatusState::default());

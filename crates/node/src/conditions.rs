@@ -28,6 +28,14 @@ impl Conditions {
         }
     }
 
+    /// The readiness of a node that has just started: failing `startup` ("starting") until
+    /// the role clears it once it serves, so no probe sees a half-started node as ready.
+    pub fn starting(health: Health) -> Self {
+        let readiness = Self::new(health);
+        readiness.fail("startup", "starting");
+        readiness
+    }
+
     /// Marks a condition failing. Returns true when this changed the reported state (new
     /// condition or new reason), so callers can log once per incident.
     pub fn fail(&self, condition: &'static str, reason: impl Into<String>) -> bool {

@@ -46,6 +46,21 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     parse_toml_at(&text, path.to_path_buf())
 }
 
+/// Loads a role's config file and runs its `check`, which gets the file's path to name in
+/// messages; one shape for every role's `load`, so every load error names the file and the key.
+pub fn load_checked<T, E>(
+    path: &Path,
+    check: impl FnOnce(&T, &str) -> Result<(), E>,
+) -> Result<T, E>
+where
+    T: DeserializeOwned,
+    E: From<ConfigError>,
+{
+    let config: T = load_toml(path)?;
+    check(&config, &path.display().to_string())?;
+    Ok(config)
+}
+
 /// Parses config `text`; `origin` names where it came from in error messages (a path, or
 /// something like `<test>`).
 pub fn parse_toml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {

@@ -6,7 +6,75 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry, Unit};
+
+/// The one label of the roles' "by outcome" counter families; each role documents the values
+/// it uses where it declares the family.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// One role's metrics under its prefix (`sequencer` gives `meridian_sequencer_…`): each method
+/// registers a metric and hands back the handle the role keeps to update it
+/// (`prometheus_client` metrics share state between clones).
+pub struct RoleRegistry<'a> {
+    registry: &'a mut Registry,
+}
+
+impl<'a> RoleRegistry<'a> {
+    pub fn new(registry: &'a mut Registry, role: &str) -> Self {
+        RoleRegistry {
+            registry: registry.sub_registry_with_prefix(role),
+        }
+    }
+
+    pub fn metric<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.registry.register(name, help, metric.clone());
+        metric
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str) -> Counter {
+        self.metric(name, help, Counter::default())
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str) -> Gauge {
+        self.metric(name, help, Gauge::default())
+    }
+
+    /// A family of counters or gauges, one per label set.
+    pub fn family<S, M>(&mut self, name: &str, help: &str) -> Family<S, M>
+    where
+        Family<S, M>: Metric + Clone + Default,
+    {
+        self.metric(name, help, Family::default())
+    }
+
+    /// Sizes of batches (events or commands per database transaction), 1 to 2048: the one
+    /// bucket layout of every role's batch size, so dashboards compare them.
+    pub fn batch_sizes(&mut self, name: &str, help: &str) -> Histogram {
+        self.histogram(name, help, exponential_buckets(1.0, 2.0, 12))
+    }
+
+    /// Latencies of a durable write or a round trip, 100 µs to about 3.3 s.
+    pub fn latencies_seconds(&mut self, name: &str, help: &str) -> Histogram {
+        self.histogram(name, help, exponential_buckets(0.000_1, 2.0, 16))
+    }
+
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        buckets: impl Iterator<Item = f64>,
+    ) -> Histogram {
+        self.metric(name, help, Histogram::new(buckets))
+    }
+}
 
 /// Why a metric could not be registered or the registry could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

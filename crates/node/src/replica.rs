@@ -364,16 +364,43 @@ mod tests {
         ReplicaManager::new(settings, Arc::new(lease), FenceSlot::default())
     }
 
-    /// The drain of a step-down runs with the lease held and renewed — here for several lease
-    /// timeouts, during which no other replica can take over — and the lease is released
-    /// right after it. The request does not outlive the term.
-    #[tokio::test]
-    async fn a_step_down_keeps_the_lease_until_the_drain_is_done() {
+    /// Two replicas of one node sharing one lease store; `a` took the free lease at `epoch`.
+    struct Replicas {
+        /// Holds the lease database; dropping it deletes the directory.
+        _dir: tempfile::TempDir,
+        a: ReplicaManager,
+        b: ReplicaManager,
+        shutdown: CancellationToken,
+        epoch: Epoch,
+    }
+
+    async fn a_active_b_passive() -> Replicas {
         let dir = tempfile::tempdir().expect("temp dir");
         let a = manager(dir.path(), "a").await;
         let b = manager(dir.path(), "b").await;
         let shutdown = CancellationToken::new();
         let epoch = a.acquire(&shutdown).await.expect("a takes the free lease");
+        Replicas {
+            _dir: dir,
+            a,
+            b,
+            shutdown,
+            epoch,
+        }
+    }
+
+    /// The drain of a step-down runs with the lease held and renewed — here for several lease
+    /// timeouts, during which no other replica can take over — and the lease is released
+    /// right after it. The request does not outlive the term.
+    #[tokio::test]
+    async fn a_step_down_keeps_the_lease_until_the_drain_is_done() {
+        let Replicas {
+            _dir,
+            a,
+            b,
+            shutdown,
+            epoch,
+        } = a_active_b_passive().await;
         assert!(
             !b.step_down_if_active(),
             "a passive replica cannot step down"
@@ -416,11 +443,13 @@ mod tests {
     /// ends the hold as `Lost` (the drain is abandoned; the new holder owns the node).
     #[tokio::test]
     async fn a_plain_hold_releases_at_once_and_a_lost_lease_ends_a_drain() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let a = manager(dir.path(), "a").await;
-        let b = manager(dir.path(), "b").await;
-        let shutdown = CancellationToken::new();
-        let epoch = a.acquire(&shutdown).await.expect("a takes the free lease");
+        let Replicas {
+            _dir,
+            a,
+            b,
+            shutdown,
+            epoch,
+        } = a_active_b_passive().await;
         assert!(a.step_down_if_active());
         let end = tokio::time::timeout(Duration::from_secs(2), a.hold(epoch, &shutdown))
             .await

@@ -4,7 +4,35 @@
 //! the default die-on-signal behaviour, and an operator must still be able to stop a shutdown
 //! that hangs.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
+
+/// The clock of a node's periodic background task: a tick every `period` until the node's
+/// shutdown token is cancelled. A late tick delays the next rather than bursting, so a slow
+/// round is not followed by a catch-up storm.
+#[derive(Debug)]
+pub struct Ticker {
+    interval: tokio::time::Interval,
+    shutdown: CancellationToken,
+}
+
+impl Ticker {
+    /// The first tick is immediate. Must be called from within a Tokio runtime.
+    pub fn new(period: Duration, shutdown: CancellationToken) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker { interval, shutdown }
+    }
+
+    /// Waits for the next tick: `true`, or `false` once shutdown is cancelled.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
 
 /// Exit status for a forced exit on a second signal: 128 + SIGINT, what shells report for
 /// Ctrl-C.

@@ -150,9 +150,7 @@ pub enum ConfigCheckError {
 impl ParticipantConfig {
     /// Loads and checks a config file; every error names the file and the key.
     pub fn load(path: &Path) -> Result<Self, ConfigCheckError> {
-        let config: ParticipantConfig = meridian_node::config::load_toml(path)?;
-        config.check(&path.display().to_string())?;
-        Ok(config)
+        meridian_node::config::load_checked(path, Self::check)
     }
 
     /// An unreplicated participant with the default mediator, periods and limits.

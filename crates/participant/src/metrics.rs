@@ -1,21 +1,18 @@
 //! The participant's Prometheus metrics, registered once into the node's registry. Handles are
 //! cheap clones shared by the writer task and the Ledger API.
 
-use prometheus_client::encoding::EncodeLabelSet;
+pub use meridian_node::metrics::OutcomeLabel;
+use meridian_node::metrics::RoleRegistry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// committed, or the lower-case gRPC code of the answer (already_exists, aborted, ...).
-    pub outcome: &'static str,
-}
-
 #[derive(Clone, Debug)]
 pub struct ParticipantMetrics {
+    /// By outcome: committed, or the lower-case gRPC code of the answer (already_exists,
+    /// aborted, ...).
     pub submissions: Family<OutcomeLabel, Counter>,
     /// SubmitAndWait latency of committed submissions, from receipt to answer.
     pub commit_latency_seconds: Histogram,
@@ -30,58 +27,33 @@ pub struct ParticipantMetrics {
 
 impl ParticipantMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            submissions: Family::default(),
-            commit_latency_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
-            pending_requests: Gauge::default(),
-            in_flight_submissions: Gauge::default(),
-            ledger_end: Gauge::default(),
-            transactions_committed: Counter::default(),
-            events_processed: Counter::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-        };
-        let r = registry.sub_registry_with_prefix("participant");
-        r.register(
-            "submissions",
-            "SubmitAndWait calls by outcome",
-            metrics.submissions.clone(),
-        );
-        r.register(
-            "commit_latency_seconds",
-            "SubmitAndWait latency of committed submissions",
-            metrics.commit_latency_seconds.clone(),
-        );
-        r.register(
-            "pending_requests",
-            "Validated requests awaiting their verdict",
-            metrics.pending_requests.clone(),
-        );
-        r.register(
-            "in_flight_submissions",
-            "Own submissions not yet seen sequenced",
-            metrics.in_flight_submissions.clone(),
-        );
-        r.register(
-            "ledger_end",
-            "The last assigned ledger offset",
-            metrics.ledger_end.clone(),
-        );
-        r.register(
-            "transactions_committed",
-            "Transactions committed on this participant",
-            metrics.transactions_committed.clone(),
-        );
-        r.register(
-            "events_processed",
-            "Sequencer events processed",
-            metrics.events_processed.clone(),
-        );
-        r.register(
-            "batch_size",
-            "Events and commands handled per database transaction",
-            metrics.batch_size.clone(),
-        );
-        metrics
+        let mut r = RoleRegistry::new(registry, "participant");
+        Self {
+            submissions: r.family("submissions", "SubmitAndWait calls by outcome"),
+            commit_latency_seconds: r.histogram(
+                "commit_latency_seconds",
+                "SubmitAndWait latency of committed submissions",
+                exponential_buckets(0.000_5, 2.0, 16),
+            ),
+            pending_requests: r.gauge(
+                "pending_requests",
+                "Validated requests awaiting their verdict",
+            ),
+            in_flight_submissions: r.gauge(
+                "in_flight_submissions",
+                "Own submissions not yet seen sequenced",
+            ),
+            ledger_end: r.gauge("ledger_end", "The last assigned ledger offset"),
+            transactions_committed: r.counter(
+                "transactions_committed",
+                "Transactions committed on this participant",
+            ),
+            events_processed: r.counter("events_processed", "Sequencer events processed"),
+            batch_size: r.batch_sizes(
+                "batch_size",
+                "Events and commands handled per database transaction",
+            ),
+        }
     }
 
     pub fn count(&self, outcome: &'static str) {

@@ -34,6 +34,7 @@ use meridian_node::metrics::Metrics;
 use meridian_node::replica::{HoldEnd, ReplicaManager};
 use meridian_node::replication::Phase;
 use meridian_node::retry::Retry;
+use meridian_node::shutdown::Ticker;
 use meridian_node::Conditions;
 use meridian_proto::v1::ledger_service_server::LedgerServiceServer;
 use meridian_store::{DedupState, ParticipantStore};
@@ -119,8 +120,7 @@ impl StatusSource for ParticipantStatus {
 /// stream, a database that stays unwritable).
 pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let health = Health::new();
-    let readiness = Conditions::new(health.clone());
-    readiness.fail("startup", "starting");
+    let readiness = Conditions::starting(health.clone());
     let metrics = Arc::new(Metrics::new("meridian"));
     let participant_metrics = metrics.with_registry(ParticipantMetrics::register);
     let participant = config.participant_id.clone();
@@ -701,13 +701,8 @@ async fn refresh_topology_while_passive(
     manager: Arc<ReplicaManager>,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(PASSIVE_TOPOLOGY_REFRESH);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = Ticker::new(PASSIVE_TOPOLOGY_REFRESH, shutdown);
+    while ticks.tick().await {
         if manager.role().is_active() {
             continue;
         }

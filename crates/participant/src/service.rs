@@ -27,7 +27,9 @@ use meridian_proto::convert::WireError;
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_server::LedgerService;
 use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
-use meridian_store::{CompletionRecord, StoreError, StoredContract, TransactionRecord};
+use meridian_store::{
+    CompletionRecord, ParticipantStore, StoreError, StoredContract, TransactionRecord,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -224,33 +226,30 @@ fn earlier_completion(change: &ChangeId, completion: Completion) -> Status {
 }
 
 /// OUT_OF_RANGE for a stream that would begin past the ledger end.
-fn check_begin(core: &Core, begin: LedgerOffset) -> Result<(), Status> {
+/// One page of a stream: each row's offset, with its message unless the subscriber sees
+/// nothing of it.
+type Page<T> = Vec<(LedgerOffset, Option<T>)>;
+
+/// Streams the rows `read_page` finds in the store after `begin`, page by page, then follows
+/// the ledger end until the client goes away or the term ends. `rows` names them in a database
+/// error. A `begin` beyond the ledger end is refused: there is nothing to resume from.
+fn stream_after<T, F, Fut>(
+    core: Arc<Core>,
+    begin: LedgerOffset,
+    rows: &'static str,
+    mut read_page: F,
+) -> Result<BoxStream<T>, Status>
+where
+    T: Send + 'static,
+    F: FnMut(Arc<dyn ParticipantStore>, LedgerOffset) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Page<T>, StoreError>> + Send,
+{
     let end = *core.ledger_end.borrow();
     if begin > end {
         return Err(Status::out_of_range(format!(
             "begin_offset {begin} is beyond the ledger end {end}"
         )));
     }
-    Ok(())
-}
-
-/// One page of a stream: each row's offset, with its message unless the subscriber sees
-/// nothing of it.
-type Page<T> = Vec<(LedgerOffset, Option<T>)>;
-
-/// Streams the rows `read_page` finds after `begin`, page by page, then follows the ledger end
-/// until the client goes away or the term ends. `rows` names them in a database error.
-fn stream_after<T, F, Fut>(
-    core: Arc<Core>,
-    begin: LedgerOffset,
-    rows: &'static str,
-    mut read_page: F,
-) -> BoxStream<T>
-where
-    T: Send + 'static,
-    F: FnMut(LedgerOffset) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Page<T>, StoreError>> + Send,
-{
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         let mut cursor = begin;
@@ -260,7 +259,7 @@ where
             // cursor may skip ahead to it (past other users' completions, or rejections that
             // have no transaction) rather than read the same empty page again.
             let end_before = *end.borrow_and_update();
-            let page = match read_page(cursor).await {
+            let page = match read_page(core.store.clone(), cursor).await {
                 Ok(page) => page,
                 Err(error) => {
                     let status = Status::unavailable(format!("reading {rows}: {error}"));
@@ -285,7 +284,7 @@ where
             }
         }
     });
-    Box::pin(ReceiverStream::new(receiver))
+    Ok(Box::pin(ReceiverStream::new(receiver)))
 }
 
 impl LedgerApi {
@@ -493,11 +492,9 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<Self::GetTransactionsStream>, Status> {
         let core = self.core()?;
         let query = transactions_query_from_wire(request.into_inner()).map_err(invalid)?;
-        check_begin(&core, query.begin)?;
-        let store = core.store.clone();
         let parties = Arc::new(query.parties);
-        let stream = stream_after(core, query.begin, "transactions", move |cursor| {
-            let (store, parties) = (store.clone(), parties.clone());
+        let stream = stream_after(core, query.begin, "transactions", move |store, cursor| {
+            let parties = parties.clone();
             async move {
                 let page = store.transactions_after(cursor, PAGE_ROWS).await?;
                 Ok(page
@@ -505,7 +502,7 @@ impl LedgerService for LedgerApi {
                     .map(|record| (record.offset, committed(record).flat_to_wire(&parties)))
                     .collect())
             }
-        });
+        })?;
         Ok(Response::new(stream))
     }
 
@@ -539,11 +536,9 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<Self::CompletionStreamStream>, Status> {
         let core = self.core()?;
         let query = completions_query_from_wire(request.into_inner()).map_err(invalid)?;
-        check_begin(&core, query.begin)?;
-        let store = core.store.clone();
         let user = Arc::new(query.user_id);
-        let stream = stream_after(core, query.begin, "completions", move |cursor| {
-            let (store, user) = (store.clone(), user.clone());
+        let stream = stream_after(core, query.begin, "completions", move |store, cursor| {
+            let user = user.clone();
             async move {
                 let page = store.completions_after(&user, cursor, PAGE_ROWS).await?;
                 Ok(page
@@ -551,7 +546,7 @@ impl LedgerService for LedgerApi {
                     .map(|record| (record.offset, Some(completion_message(record))))
                     .collect())
             }
-        });
+        })?;
         Ok(Response::new(stream))
     }
 }

@@ -173,9 +173,7 @@ pub enum ConfigCheckError {
 impl SequencerConfig {
     /// Loads and checks a config file; every error names the file and the key.
     pub fn load(path: &Path) -> Result<Self, ConfigCheckError> {
-        let config: SequencerConfig = meridian_node::config::load_toml(path)?;
-        config.check(&path.display().to_string())?;
-        Ok(config)
+        meridian_node::config::load_checked(path, Self::check)
     }
 
     /// One instance (index 0 of the default count) with open registration, no admin token

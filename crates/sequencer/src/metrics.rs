@@ -1,21 +1,17 @@
 //! The sequencer's Prometheus metrics. Registered once into the node's registry; cloned
 //! handles are cheap (Arc inside) and shared by the writer, readers and the gRPC service.
 
-use prometheus_client::encoding::EncodeLabelSet;
+pub use meridian_node::metrics::OutcomeLabel;
+use meridian_node::metrics::RoleRegistry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// sequenced, deduplicated, rejected, refused_deadline, unavailable
-    pub outcome: &'static str,
-}
 
 #[derive(Clone, Debug)]
 pub struct SequencerMetrics {
+    /// By outcome: sequenced, deduplicated, rejected, refused_deadline, unavailable.
     pub submissions: Family<OutcomeLabel, Counter>,
     pub events_delivered: Counter,
     pub batch_size: Histogram,
@@ -29,58 +25,29 @@ pub struct SequencerMetrics {
 
 impl SequencerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            submissions: Family::default(),
-            events_delivered: Counter::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            send_latency_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
-            delivery_lag_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
-            subscribers: Gauge::default(),
-            watermark_us: Gauge::default(),
-            safe_point_us: Gauge::default(),
-        };
-        let r = registry.sub_registry_with_prefix("sequencer");
-        r.register(
-            "submissions",
-            "Send requests by outcome",
-            metrics.submissions.clone(),
-        );
-        r.register(
-            "events_delivered",
-            "Events delivered to subscribers",
-            metrics.events_delivered.clone(),
-        );
-        r.register(
-            "batch_size",
-            "Events written per database transaction",
-            metrics.batch_size.clone(),
-        );
-        r.register(
-            "send_latency_seconds",
-            "Time from receiving a send to replying, including the durable write",
-            metrics.send_latency_seconds.clone(),
-        );
-        r.register(
-            "delivery_lag_seconds",
-            "Subscriber lag: time from an event's timestamp to its delivery",
-            metrics.delivery_lag_seconds.clone(),
-        );
-        r.register(
-            "subscribers",
-            "Open subscriptions",
-            metrics.subscribers.clone(),
-        );
-        r.register(
-            "watermark_us",
-            "This instance's committed watermark (microseconds since the epoch)",
-            metrics.watermark_us.clone(),
-        );
-        r.register(
-            "safe_point_us",
-            "Delivery safe point: the minimum watermark of online instances",
-            metrics.safe_point_us.clone(),
-        );
-        metrics
+        let mut r = RoleRegistry::new(registry, "sequencer");
+        Self {
+            submissions: r.family("submissions", "Send requests by outcome"),
+            events_delivered: r.counter("events_delivered", "Events delivered to subscribers"),
+            batch_size: r.batch_sizes("batch_size", "Events written per database transaction"),
+            send_latency_seconds: r.latencies_seconds(
+                "send_latency_seconds",
+                "Time from receiving a send to replying, including the durable write",
+            ),
+            delivery_lag_seconds: r.latencies_seconds(
+                "delivery_lag_seconds",
+                "Subscriber lag: time from an event's timestamp to its delivery",
+            ),
+            subscribers: r.gauge("subscribers", "Open subscriptions"),
+            watermark_us: r.gauge(
+                "watermark_us",
+                "This instance's committed watermark (microseconds since the epoch)",
+            ),
+            safe_point_us: r.gauge(
+                "safe_point_us",
+                "Delivery safe point: the minimum watermark of online instances",
+            ),
+        }
     }
 
     pub fn count(&self, outcome: &'static str) {

@@ -100,8 +100,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         .owner_key()
         .context("owner_public_key is not a valid ed25519 public key")?;
     let health = Health::new();
-    let readiness = Conditions::new(health.clone());
-    readiness.fail("startup", "starting");
+    let readiness = Conditions::starting(health.clone());
     let metrics = Arc::new(Metrics::new("meridian"));
     let sequencer_metrics = metrics.with_registry(SequencerMetrics::register);
 

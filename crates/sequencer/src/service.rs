@@ -69,6 +69,23 @@ fn parse_member(field: &'static str, value: String) -> Result<MemberId, Status> 
     convert::member_id(field, value).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// The `member` a request names, refused unless it is the session's own: a session acts only
+/// for the member that authenticated it. `action` says what was refused, for the message.
+fn own_member(
+    session: &MemberId,
+    member: String,
+    action: impl FnOnce(&MemberId) -> String,
+) -> Result<MemberId, Status> {
+    let member = parse_member("member", member)?;
+    if member != *session {
+        return Err(Status::permission_denied(format!(
+            "session belongs to {session}; it cannot {}",
+            action(&member)
+        )));
+    }
+    Ok(member)
+}
+
 impl Shared {
     fn session_member<T>(&self, request: &Request<T>) -> Result<MemberId, Status> {
         let token = bearer_token(request.metadata()).map_err(auth_status)?;
@@ -195,12 +212,9 @@ impl SequencerService for SequencerApi {
         let session = self.0.session_member(&request)?;
         self.0.require_ready()?;
         let request = request.into_inner();
-        let member = parse_member("member", request.member)?;
-        if member != session {
-            return Err(Status::permission_denied(format!(
-                "session belongs to {session}; it cannot subscribe to {member}'s events"
-            )));
-        }
+        let member = own_member(&session, request.member, |member| {
+            format!("subscribe to {member}'s events")
+        })?;
         let record = self
             .0
             .directory
@@ -231,12 +245,9 @@ impl SequencerService for SequencerApi {
     ) -> Result<Response<v1::AcknowledgeResponse>, Status> {
         let session = self.0.session_member(&request)?;
         let request = request.into_inner();
-        let member = parse_member("member", request.member)?;
-        if member != session {
-            return Err(Status::permission_denied(format!(
-                "session belongs to {session}; it cannot acknowledge for {member}"
-            )));
-        }
+        let member = own_member(&session, request.member, |member| {
+            format!("acknowledge for {member}")
+        })?;
         let record = self
             .0
             .directory

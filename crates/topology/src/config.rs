@@ -78,9 +78,7 @@ pub enum ConfigCheckError {
 impl TopologyManagerConfig {
     /// Loads and checks a config file; every error names the file and the key.
     pub fn load(path: &Path) -> Result<Self, ConfigCheckError> {
-        let config: TopologyManagerConfig = meridian_node::config::load_toml(path)?;
-        config.check(&path.display().to_string())?;
-        Ok(config)
+        meridian_node::config::load_checked(path, Self::check)
     }
 
     /// A single manager (no `[replication]`, no admin token) with the default member id.

@@ -34,6 +34,7 @@ use meridian_node::metrics::Metrics;
 use meridian_node::replica::{ReplicaManager, ReplicaSettings};
 use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
+use meridian_node::shutdown::Ticker;
 use meridian_proto::v1::topology_admin_service_server::TopologyAdminServiceServer;
 use meridian_store::{TopologyRecord, TopologyStore};
 use tokio_util::sync::CancellationToken;
@@ -76,8 +77,7 @@ async fn run_manager(
     let shutdown = shutdown.child_token();
 
     let health = Health::new();
-    let readiness = Conditions::new(health.clone());
-    readiness.fail("startup", "starting");
+    let readiness = Conditions::starting(health.clone());
     let metrics = Arc::new(Metrics::new("meridian"));
     let topology_metrics = metrics.with_registry(TopologyMetrics::register);
     let serving = Arc::new(Serving::default());
@@ -428,13 +428,8 @@ async fn retry_pending(
     readiness: Conditions,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(PENDING_RETRY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticker::new(PENDING_RETRY, shutdown);
+    while ticks.tick().await {
         if manager.has_pending() {
             match manager.finish_pending().await {
                 Ok(()) => readiness.clear("publishing"),

@@ -120,8 +120,10 @@ fn invalid(error: FieldError) -> Status {
 }
 
 impl TopologyAdminApi {
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.admin_token.check(request.metadata())
+    /// The body of an admin request, refused unless its token is the configured admin token.
+    fn authorized<T>(&self, request: Request<T>) -> Result<T, Status> {
+        self.admin_token.check(request.metadata())?;
+        Ok(request.into_inner())
     }
 
     async fn change(
@@ -181,8 +183,7 @@ impl TopologyAdminService for TopologyAdminApi {
         &self,
         request: Request<v1::AddParticipantRequest>,
     ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
-        self.authorize(&request)?;
-        let request = request.into_inner();
+        let request = self.authorized(request)?;
         let mapping = request::add_participant(request.participant, &request.public_key);
         self.change("AddParticipant", mapping).await
     }
@@ -191,8 +192,7 @@ impl TopologyAdminService for TopologyAdminApi {
         &self,
         request: Request<v1::AddMediatorRequest>,
     ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
-        self.authorize(&request)?;
-        let request = request.into_inner();
+        let request = self.authorized(request)?;
         let mapping = request::add_mediator(request.mediator, &request.public_key);
         self.change("AddMediator", mapping).await
     }
@@ -201,8 +201,7 @@ impl TopologyAdminService for TopologyAdminApi {
         &self,
         request: Request<v1::TopologyAllocatePartyRequest>,
     ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
-        self.authorize(&request)?;
-        let request = request.into_inner();
+        let request = self.authorized(request)?;
         let mapping =
             request::allocate_party(request.party, request.participant, &request.permission);
         self.change("AllocateParty", mapping).await
