@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use meridian_client::{
-    register_member, Backoff, ClientError, SequencerClient, SequencerClientConfig,
+    register_member, Backoff, ClientError, SequencerClient, SequencerClientConfig, Subscription,
 };
 use meridian_core::crypto::{
     authentication_challenge, PublicKey, Signature, SigningKey, SigningPurpose,
@@ -403,6 +403,62 @@ fn in_a_minute() -> Timestamp {
     Timestamp::now().saturating_add(Duration::from_secs(60))
 }
 
+/// A fake sequencer served on 127.0.0.1 and a client connected to it with one endpoint: how
+/// every single-instance scenario starts.
+async fn scenario(
+    send: SendScript,
+    subscribe: SubscribeScript,
+    max_attempts: u32,
+) -> (Arc<FakeSequencer>, Running, SequencerClient) {
+    let key = SigningKey::generate();
+    let fake = FakeSequencer::new(key.public_key(), send, subscribe);
+    let server = serve(&fake).await;
+    let client = SequencerClient::connect(config(&server.endpoint, &key, max_attempts))
+        .await
+        .unwrap();
+    (fake, server, client)
+}
+
+/// Serves two instances and connects one client to both, with stall detection.
+async fn connect_to_both(
+    key: &SigningKey,
+    a: &Arc<FakeSequencer>,
+    b: &Arc<FakeSequencer>,
+    max_attempts: u32,
+    stall_timeout: Duration,
+) -> (Running, Running, SequencerClient) {
+    let (server_a, server_b) = (serve(a).await, serve(b).await);
+    let client = SequencerClient::connect(multi_config(
+        &[&server_a.endpoint, &server_b.endpoint],
+        key,
+        max_attempts,
+        stall_timeout,
+    ))
+    .await
+    .unwrap();
+    (server_a, server_b, client)
+}
+
+/// Answers every send with `timestamp_us` plus the call index.
+fn answer_with(timestamp_us: u64) -> SendScript {
+    Box::new(move |index, _| {
+        Ok(v1::SendResponse {
+            timestamp_us: timestamp_us + index as u64,
+            deduplicated: false,
+        })
+    })
+}
+
+/// The timestamp of the next item, which must be an event.
+async fn next_timestamp(subscription: &mut Subscription) -> u64 {
+    next(subscription)
+        .await
+        .expect("the subscription ended")
+        .expect("an error instead of an event")
+        .timestamp
+        .as_micros()
+}
+
 /// The next item, failing the test instead of hanging if none comes.
 async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
     tokio::time::timeout(Duration::from_secs(10), stream.next())
@@ -415,21 +471,17 @@ async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
 
 #[tokio::test]
 async fn rewritten_history_after_reconnect_is_a_fork_and_ends_the_stream() {
-    let key = SigningKey::generate();
     // The member sees 10 and 20; the stream breaks; the sequencer comes back having lost 20
     // and sequenced 25 after a 15 the member never saw.
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         no_sends(),
         Box::new(|index, _| match index {
             0 => SubscribeReply::Serve(vec![event(10, None), event(20, Some(10))], Then::Close),
             _ => SubscribeReply::Serve(vec![event(25, Some(15)), event(30, Some(25))], Then::Hang),
         }),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 5))
-        .await
-        .unwrap();
+        5,
+    )
+    .await;
     let mut subscription = client.subscribe(None);
 
     let first = next(&mut subscription).await.unwrap().unwrap();
@@ -461,28 +513,16 @@ async fn rewritten_history_after_reconnect_is_a_fork_and_ends_the_stream() {
 
 #[tokio::test]
 async fn a_gap_within_one_stream_is_a_fork() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (_fake, server, client) = scenario(
         no_sends(),
         Box::new(|_, _| {
             SubscribeReply::Serve(vec![event(10, None), event(30, Some(20))], Then::Hang)
         }),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 5))
-        .await
-        .unwrap();
+        5,
+    )
+    .await;
     let mut subscription = client.subscribe(None);
-    assert_eq!(
-        next(&mut subscription)
-            .await
-            .unwrap()
-            .unwrap()
-            .timestamp
-            .as_micros(),
-        10
-    );
+    assert_eq!(next_timestamp(&mut subscription).await, 10);
     assert!(matches!(
         next(&mut subscription).await,
         Some(Err(ClientError::Fork(ForkError::PreviousMismatch { .. })))
@@ -493,20 +533,16 @@ async fn a_gap_within_one_stream_is_a_fork() {
 
 #[tokio::test]
 async fn a_replayed_history_is_a_fork_not_a_duplicate_to_skip() {
-    let key = SigningKey::generate();
     // On reconnect the sequencer ignores `after` and starts over.
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (_fake, server, client) = scenario(
         no_sends(),
         Box::new(|index, _| {
             let then = if index == 0 { Then::Close } else { Then::Hang };
             SubscribeReply::Serve(vec![event(10, None), event(20, Some(10))], then)
         }),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 5))
-        .await
-        .unwrap();
+        5,
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     next(&mut subscription).await.unwrap().unwrap();
     next(&mut subscription).await.unwrap().unwrap();
@@ -520,18 +556,14 @@ async fn a_replayed_history_is_a_fork_not_a_duplicate_to_skip() {
 
 #[tokio::test]
 async fn the_chain_check_starts_at_the_given_after() {
-    let key = SigningKey::generate();
     // The member resumes after 20, but the sequencer's history says the event after 20 ...
     // follows 15: the member's own past and the sequencer's disagree.
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         no_sends(),
         Box::new(|_, _| SubscribeReply::Serve(vec![event(30, Some(15))], Then::Hang)),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 5))
-        .await
-        .unwrap();
+        5,
+    )
+    .await;
     let mut subscription = client.subscribe(Some(Timestamp::from_micros(20)));
     assert!(matches!(
         next(&mut subscription).await,
@@ -546,20 +578,16 @@ async fn the_chain_check_starts_at_the_given_after() {
 
 #[tokio::test]
 async fn a_malformed_event_is_a_protocol_error_and_ends_the_stream() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (_fake, server, client) = scenario(
         no_sends(),
         Box::new(|_, _| {
             let mut bad = event(20, Some(10));
             bad.sender = "not a member id".to_owned();
             SubscribeReply::Serve(vec![event(10, None), bad, event(30, Some(20))], Then::Hang)
         }),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 5))
-        .await
-        .unwrap();
+        5,
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     next(&mut subscription).await.unwrap().unwrap();
     match next(&mut subscription).await {
@@ -636,38 +664,18 @@ async fn reconnects_resume_after_the_last_delivered_event_exactly_once() {
 
 #[tokio::test]
 async fn subscription_survives_a_sequencer_restart_that_forgets_sessions() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         no_sends(),
         Box::new(|index, _| match index {
             0 => SubscribeReply::Serve(vec![event(10, None)], Then::Restart),
             _ => SubscribeReply::Serve(vec![event(20, Some(10))], Then::Hang),
         }),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 3))
-        .await
-        .unwrap();
+        3,
+    )
+    .await;
     let mut subscription = client.subscribe(None);
-    assert_eq!(
-        next(&mut subscription)
-            .await
-            .unwrap()
-            .unwrap()
-            .timestamp
-            .as_micros(),
-        10
-    );
-    assert_eq!(
-        next(&mut subscription)
-            .await
-            .unwrap()
-            .unwrap()
-            .timestamp
-            .as_micros(),
-        20
-    );
+    assert_eq!(next_timestamp(&mut subscription).await, 10);
+    assert_eq!(next_timestamp(&mut subscription).await, 20);
     assert_eq!(
         fake.recorded(|r| r.authentications),
         2,
@@ -683,16 +691,12 @@ async fn subscription_survives_a_sequencer_restart_that_forgets_sessions() {
 
 #[tokio::test]
 async fn dropping_the_subscription_stops_it() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         no_sends(),
         Box::new(|_, _| SubscribeReply::Serve(vec![event(10, None)], Then::Hang)),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 3))
-        .await
-        .unwrap();
+        3,
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     next(&mut subscription).await.unwrap().unwrap();
     assert!(!fake.stream_dropped.load(Ordering::SeqCst));
@@ -718,9 +722,7 @@ async fn dropping_the_subscription_stops_it() {
 
 #[tokio::test]
 async fn send_re_authenticates_once_when_the_token_is_refused() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         Box::new(|_, _| {
             Ok(v1::SendResponse {
                 timestamp_us: 1_000,
@@ -728,11 +730,9 @@ async fn send_re_authenticates_once_when_the_token_is_refused() {
             })
         }),
         no_subscriptions(),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 3))
-        .await
-        .unwrap();
+        3,
+    )
+    .await;
     assert_eq!(fake.recorded(|r| r.authentications), 1);
 
     fake.forget_tokens();
@@ -752,21 +752,7 @@ async fn send_re_authenticates_once_when_the_token_is_refused() {
 
 #[tokio::test]
 async fn concurrent_callers_share_one_re_authentication() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
-        Box::new(|index, _| {
-            Ok(v1::SendResponse {
-                timestamp_us: 1_000 + index as u64,
-                deduplicated: false,
-            })
-        }),
-        no_subscriptions(),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 3))
-        .await
-        .unwrap();
+    let (fake, server, client) = scenario(answer_with(1_000), no_subscriptions(), 3).await;
     fake.forget_tokens();
     let sends = (0..8).map(|i| {
         let client = client.clone();
@@ -785,12 +771,7 @@ async fn concurrent_callers_share_one_re_authentication() {
 
 #[tokio::test]
 async fn acknowledge_carries_the_token_and_the_timestamp() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(key.public_key(), no_sends(), no_subscriptions());
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 3))
-        .await
-        .unwrap();
+    let (fake, server, client) = scenario(no_sends(), no_subscriptions(), 3).await;
     client
         .acknowledge(Timestamp::from_micros(42))
         .await
@@ -825,20 +806,16 @@ async fn a_wrong_key_is_refused_without_retrying() {
 
 #[tokio::test]
 async fn send_does_not_retry_a_definite_rejection() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         Box::new(|_, _| {
             Err(Status::invalid_argument(
                 "max sequencing time is in the past",
             ))
         }),
         no_subscriptions(),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 10))
-        .await
-        .unwrap();
+        10,
+    )
+    .await;
     match client.send(submission("m-1", in_a_minute())).await {
         Err(ClientError::Rejected { code, message }) => {
             assert_eq!(code, Code::InvalidArgument);
@@ -852,9 +829,7 @@ async fn send_does_not_retry_a_definite_rejection() {
 
 #[tokio::test]
 async fn send_retries_unavailable_with_the_same_message_id() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         Box::new(|index, _| match index {
             0 | 1 => Err(Status::unavailable("writer failing over")),
             _ => Ok(v1::SendResponse {
@@ -863,11 +838,9 @@ async fn send_retries_unavailable_with_the_same_message_id() {
             }),
         }),
         no_subscriptions(),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 5))
-        .await
-        .unwrap();
+        5,
+    )
+    .await;
     let receipt = client.send(submission("m-1", in_a_minute())).await.unwrap();
     assert_eq!(receipt.timestamp.as_micros(), 7_000);
     assert!(receipt.deduplicated);
@@ -881,16 +854,12 @@ async fn send_retries_unavailable_with_the_same_message_id() {
 
 #[tokio::test]
 async fn send_gives_up_after_max_attempts() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         Box::new(|_, _| Err(Status::unavailable("overloaded"))),
         no_subscriptions(),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 4))
-        .await
-        .unwrap();
+        4,
+    )
+    .await;
     match client.send(submission("m-1", in_a_minute())).await {
         Err(ClientError::Unavailable {
             endpoint,
@@ -974,16 +943,12 @@ async fn subscribe_gives_up_after_bounded_attempts_when_the_sequencer_is_down() 
 
 #[tokio::test]
 async fn subscribe_counts_unavailable_answers_as_failed_attempts() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         no_sends(),
         Box::new(|_, _| SubscribeReply::Refuse(Status::unavailable("not ready"))),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 3))
-        .await
-        .unwrap();
+        3,
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     assert!(matches!(
         next(&mut subscription).await,
@@ -996,16 +961,12 @@ async fn subscribe_counts_unavailable_answers_as_failed_attempts() {
 
 #[tokio::test]
 async fn subscribe_ends_on_a_definite_refusal() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario(
         no_sends(),
         Box::new(|_, _| SubscribeReply::Refuse(Status::permission_denied("not your events"))),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 5))
-        .await
-        .unwrap();
+        5,
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     assert!(matches!(
         next(&mut subscription).await,
@@ -1062,15 +1023,6 @@ async fn register_member_reports_whether_it_created() {
 // ---------------------------------------------------------------------------------------------
 // (f) Several endpoints: round robin, failover, stall detection.
 
-fn answer_with(timestamp_us: u64) -> SendScript {
-    Box::new(move |index, _| {
-        Ok(v1::SendResponse {
-            timestamp_us: timestamp_us + index as u64,
-            deduplicated: false,
-        })
-    })
-}
-
 fn message_ids(fake: &FakeSequencer) -> Vec<String> {
     fake.recorded(|r| {
         r.send_calls
@@ -1085,15 +1037,8 @@ async fn sends_rotate_over_healthy_endpoints() {
     let key = SigningKey::generate();
     let a = FakeSequencer::new(key.public_key(), answer_with(1_000), no_subscriptions());
     let b = FakeSequencer::new(key.public_key(), answer_with(2_000), no_subscriptions());
-    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
-    let client = SequencerClient::connect(multi_config(
-        &[&server_a.endpoint, &server_b.endpoint],
-        &key,
-        3,
-        Duration::from_secs(1),
-    ))
-    .await
-    .unwrap();
+    let (server_a, server_b, client) =
+        connect_to_both(&key, &a, &b, 3, Duration::from_secs(1)).await;
     for i in 0..4 {
         client
             .send(submission(&format!("m{i}"), in_a_minute()))
@@ -1122,15 +1067,8 @@ async fn a_failed_send_moves_to_the_next_endpoint_with_the_same_message_id() {
         no_subscriptions(),
     );
     let b = FakeSequencer::new(key.public_key(), answer_with(2_000), no_subscriptions());
-    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
-    let client = SequencerClient::connect(multi_config(
-        &[&server_a.endpoint, &server_b.endpoint],
-        &key,
-        1,
-        Duration::from_secs(1),
-    ))
-    .await
-    .unwrap();
+    let (server_a, server_b, client) =
+        connect_to_both(&key, &a, &b, 1, Duration::from_secs(1)).await;
     // One attempt (a round over both endpoints) is enough: the failover needs no backoff.
     let started = Instant::now();
     let receipt = client.send(submission("m0", in_a_minute())).await.unwrap();
@@ -1200,15 +1138,8 @@ async fn a_broken_stream_resumes_on_the_next_endpoint_without_gap_or_duplicate()
             )
         }),
     );
-    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
-    let client = SequencerClient::connect(multi_config(
-        &[&server_a.endpoint, &server_b.endpoint],
-        &key,
-        2,
-        Duration::from_millis(500),
-    ))
-    .await
-    .unwrap();
+    let (server_a, server_b, client) =
+        connect_to_both(&key, &a, &b, 2, Duration::from_millis(500)).await;
     let mut subscription = client.subscribe(None);
     let mut delivered = Vec::new();
     while delivered.len() < 10 {
@@ -1268,26 +1199,10 @@ async fn a_stalled_endpoint_is_detected_within_the_stall_timeout() {
     .unwrap();
     let mut subscription = client.subscribe(None);
     for expected in [100, 200] {
-        assert_eq!(
-            next(&mut subscription)
-                .await
-                .unwrap()
-                .unwrap()
-                .timestamp
-                .as_micros(),
-            expected
-        );
+        assert_eq!(next_timestamp(&mut subscription).await, expected);
     }
     let stalled_at = Instant::now();
-    assert_eq!(
-        next(&mut subscription)
-            .await
-            .unwrap()
-            .unwrap()
-            .timestamp
-            .as_micros(),
-        300
-    );
+    assert_eq!(next_timestamp(&mut subscription).await, 300);
     let resumed_after = stalled_at.elapsed();
     assert!(
         resumed_after >= stall,

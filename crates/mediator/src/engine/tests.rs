@@ -119,6 +119,23 @@ impl Fixture {
         )
     }
 
+    /// `participant` answers the request sequenced at `T` for `for_parties`, its response
+    /// sequenced at `at_us`.
+    fn answer(
+        &self,
+        engine: &mut MediatorEngine,
+        at_us: u64,
+        participant: &str,
+        for_parties: &[&str],
+        verdict: LocalVerdict,
+    ) -> Vec<Effect> {
+        engine.on_event(
+            t(at_us),
+            member(participant),
+            self.response(participant, T, for_parties, verdict),
+        )
+    }
+
     fn response(
         &self,
         participant: &str,
@@ -201,6 +218,11 @@ fn verdicts(effects: &[Effect]) -> Vec<(u64, BTreeSet<ParticipantId>, VerdictOut
         .collect()
 }
 
+/// The verdicts of [`verdicts`] when the request at `T` is approved and sent to `recipients`.
+fn approval_of_t(recipients: &[&str]) -> Vec<(u64, BTreeSet<ParticipantId>, VerdictOutcome)> {
+    vec![(T, participants(recipients), VerdictOutcome::Approved)]
+}
+
 fn ignored(effects: &[Effect]) -> Vec<&'static str> {
     effects
         .iter()
@@ -256,30 +278,15 @@ fn approves_once_every_confirming_party_approved() {
     let mut engine = fx.engine();
     submit(&mut engine, &["alice", "bob"], &["p1", "p2", "p3"]);
 
-    let first = engine.on_event(
-        t(T + 10),
-        member("p1"),
-        fx.response("p1", T, &["alice"], LocalVerdict::Approve),
-    );
+    let first = fx.answer(&mut engine, T + 10, "p1", &["alice"], LocalVerdict::Approve);
     assert!(verdicts(&first).is_empty(), "bob has not approved yet");
     assert!(matches!(
         changes(&first).as_slice(),
         [StateChange::ResponseAccepted { participant, .. }] if *participant == pid("p1")
     ));
 
-    let second = engine.on_event(
-        t(T + 20),
-        member("p2"),
-        fx.response("p2", T, &["bob"], LocalVerdict::Approve),
-    );
-    assert_eq!(
-        verdicts(&second),
-        vec![(
-            T,
-            participants(&["p1", "p2", "p3"]),
-            VerdictOutcome::Approved
-        )]
-    );
+    let second = fx.answer(&mut engine, T + 20, "p2", &["bob"], LocalVerdict::Approve);
+    assert_eq!(verdicts(&second), approval_of_t(&["p1", "p2", "p3"]));
     let persisted = changes(&second);
     assert!(matches!(
         persisted.as_slice(),
@@ -298,25 +305,10 @@ fn one_approval_per_party_suffices() {
     let mut engine = fx.engine();
     submit(&mut engine, &["bob"], &["p1", "p2", "p3"]);
     // bob is hosted on p2 and p3; p3 alone decides.
-    let effects = engine.on_event(
-        t(T + 5),
-        member("p3"),
-        fx.response("p3", T, &["bob"], LocalVerdict::Approve),
-    );
-    assert_eq!(
-        verdicts(&effects),
-        vec![(
-            T,
-            participants(&["p1", "p2", "p3"]),
-            VerdictOutcome::Approved
-        )]
-    );
+    let effects = fx.answer(&mut engine, T + 5, "p3", &["bob"], LocalVerdict::Approve);
+    assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2", "p3"]));
     // p2's later answer finds the request decided.
-    let late = engine.on_event(
-        t(T + 6),
-        member("p2"),
-        fx.response("p2", T, &["bob"], LocalVerdict::Approve),
-    );
+    let late = fx.answer(&mut engine, T + 6, "p2", &["bob"], LocalVerdict::Approve);
     assert_eq!(ignored(&late), vec!["unknown_request"]);
     assert!(changes(&late).is_empty());
 }
@@ -326,20 +318,13 @@ fn the_first_valid_rejection_decides_with_its_code_and_message() {
     let fx = Fixture::new();
     let mut engine = fx.engine();
     submit(&mut engine, &["alice", "bob"], &["p1", "p2"]);
-    engine.on_event(
-        t(T + 1),
-        member("p1"),
-        fx.response("p1", T, &["alice"], LocalVerdict::Approve),
-    );
-    let effects = engine.on_event(
-        t(T + 2),
-        member("p2"),
-        fx.response(
-            "p2",
-            T,
-            &["bob"],
-            reject(RejectionCode::LockedContracts, "contract c1 is locked"),
-        ),
+    fx.answer(&mut engine, T + 1, "p1", &["alice"], LocalVerdict::Approve);
+    let effects = fx.answer(
+        &mut engine,
+        T + 2,
+        "p2",
+        &["bob"],
+        reject(RejectionCode::LockedContracts, "contract c1 is locked"),
     );
     assert_eq!(
         verdicts(&effects),
@@ -364,11 +349,7 @@ fn partial_approvals_time_out_exactly_after_the_deadline() {
     let fx = Fixture::new();
     let mut engine = fx.engine();
     submit(&mut engine, &["alice", "bob"], &["p1", "p2"]);
-    engine.on_event(
-        t(T + 1),
-        member("p1"),
-        fx.response("p1", T, &["alice"], LocalVerdict::Approve),
-    );
+    fx.answer(&mut engine, T + 1, "p1", &["alice"], LocalVerdict::Approve);
     assert_eq!(engine.next_deadline(), Some(t(T + TIMEOUT_US)));
 
     // An event exactly at the deadline does not time the request out...
@@ -405,22 +386,23 @@ fn a_response_sequenced_at_the_deadline_counts_and_one_after_it_does_not() {
     let fx = Fixture::new();
     let mut engine = fx.engine();
     submit(&mut engine, &["bob"], &["p1", "p2"]);
-    let at_deadline = engine.on_event(
-        t(T + TIMEOUT_US),
-        member("p2"),
-        fx.response("p2", T, &["bob"], LocalVerdict::Approve),
+    let at_deadline = fx.answer(
+        &mut engine,
+        T + TIMEOUT_US,
+        "p2",
+        &["bob"],
+        LocalVerdict::Approve,
     );
-    assert_eq!(
-        verdicts(&at_deadline),
-        vec![(T, participants(&["p1", "p2"]), VerdictOutcome::Approved)]
-    );
+    assert_eq!(verdicts(&at_deadline), approval_of_t(&["p1", "p2"]));
 
     let mut engine = fx.engine();
     submit(&mut engine, &["bob"], &["p1", "p2"]);
-    let late = engine.on_event(
-        t(T + TIMEOUT_US + 1),
-        member("p2"),
-        fx.response("p2", T, &["bob"], LocalVerdict::Approve),
+    let late = fx.answer(
+        &mut engine,
+        T + TIMEOUT_US + 1,
+        "p2",
+        &["bob"],
+        LocalVerdict::Approve,
     );
     // The timeout is decided first; the late response then finds nothing pending.
     assert!(matches!(
@@ -471,11 +453,7 @@ fn a_bad_signature_is_ignored_and_changes_nothing() {
     assert_eq!(ignored(&garbage), vec!["malformed_response"]);
 
     // The genuine answer still decides.
-    let genuine = engine.on_event(
-        t(T + 3),
-        member("p2"),
-        fx.response("p2", T, &["bob"], LocalVerdict::Approve),
-    );
+    let genuine = fx.answer(&mut engine, T + 3, "p2", &["bob"], LocalVerdict::Approve);
     assert_eq!(verdicts(&genuine).len(), 1);
 }
 
@@ -572,29 +550,18 @@ fn responses_to_unknown_requests_and_duplicates_change_nothing() {
     assert_eq!(ignored(&unknown), vec!["unknown_request"]);
 
     submit(&mut engine, &["alice", "bob"], &["p1", "p2"]);
-    let first = engine.on_event(
-        t(T + 1),
-        member("p1"),
-        fx.response("p1", T, &["alice"], LocalVerdict::Approve),
-    );
+    let first = fx.answer(&mut engine, T + 1, "p1", &["alice"], LocalVerdict::Approve);
     assert_eq!(changes(&first).len(), 1);
-    let again = engine.on_event(
-        t(T + 2),
-        member("p1"),
-        fx.response("p1", T, &["alice"], LocalVerdict::Approve),
-    );
+    let again = fx.answer(&mut engine, T + 2, "p1", &["alice"], LocalVerdict::Approve);
     assert_eq!(ignored(&again), vec!["duplicate_response"]);
     assert!(changes(&again).is_empty());
     // A change of mind after approving is a duplicate too: the first answer stands.
-    let change_of_mind = engine.on_event(
-        t(T + 3),
-        member("p1"),
-        fx.response(
-            "p1",
-            T,
-            &["alice"],
-            reject(RejectionCode::InactiveContracts, "gone"),
-        ),
+    let change_of_mind = fx.answer(
+        &mut engine,
+        T + 3,
+        "p1",
+        &["alice"],
+        reject(RejectionCode::InactiveContracts, "gone"),
     );
     assert_eq!(ignored(&change_of_mind), vec!["duplicate_response"]);
     assert!(engine.is_pending(t(T)));
@@ -723,11 +690,7 @@ fn topology_effective_after_the_request_is_not_used_for_it() {
         );
         assert!(effects.is_empty(), "{effects:?}");
     }
-    let effects = engine.on_event(
-        t(T + 3),
-        member("p4"),
-        fx.response("p4", T, &["bob"], LocalVerdict::Approve),
-    );
+    let effects = fx.answer(&mut engine, T + 3, "p4", &["bob"], LocalVerdict::Approve);
     assert_eq!(ignored(&effects), vec!["unknown_participant"]);
     assert!(engine.is_pending(t(T)));
 
@@ -751,15 +714,8 @@ fn topology_effective_after_the_request_is_not_used_for_it() {
         ProtocolMessage::Topology(revoke),
     );
     assert!(effects.is_empty(), "{effects:?}");
-    let effects = engine.on_event(
-        t(T + 7),
-        member("p2"),
-        fx.response("p2", T, &["bob"], LocalVerdict::Approve),
-    );
-    assert_eq!(
-        verdicts(&effects),
-        vec![(T, participants(&["p1", "p2"]), VerdictOutcome::Approved)]
-    );
+    let effects = fx.answer(&mut engine, T + 7, "p2", &["bob"], LocalVerdict::Approve);
+    assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2"]));
 
     // A topology transaction not signed by the owner is ignored.
     let forged = SignedTopologyTransaction::sign(
@@ -901,15 +857,8 @@ fn a_restored_engine_finishes_in_flight_requests() {
     assert_eq!(after.last_event(), Some(t(T + 4)));
 
     // p1's approval survived: bob's approval alone completes request T.
-    let effects = after.on_event(
-        t(T + 5),
-        member("p2"),
-        fx.response("p2", T, &["bob"], LocalVerdict::Approve),
-    );
-    assert_eq!(
-        verdicts(&effects),
-        vec![(T, participants(&["p1", "p2"]), VerdictOutcome::Approved)]
-    );
+    let effects = fx.answer(&mut after, T + 5, "p2", &["bob"], LocalVerdict::Approve);
+    assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2"]));
     // The request persisted without approvals is still open for them.
     let effects = after.on_event(
         t(T + 6),
@@ -941,15 +890,8 @@ fn a_restored_engine_finishes_in_flight_requests() {
     );
     // The same events before a restart would have given the same verdicts: replaying them into
     // the original engine agrees.
-    let effects = before.on_event(
-        t(T + 5),
-        member("p2"),
-        fx.response("p2", T, &["bob"], LocalVerdict::Approve),
-    );
-    assert_eq!(
-        verdicts(&effects),
-        vec![(T, participants(&["p1", "p2"]), VerdictOutcome::Approved)]
-    );
+    let effects = fx.answer(&mut before, T + 5, "p2", &["bob"], LocalVerdict::Approve);
+    assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2"]));
 }
 
 #[test]
@@ -977,11 +919,7 @@ fn restored_responses_block_duplicates() {
             }],
         }],
     );
-    let effects = engine.on_event(
-        t(T + 2),
-        member("p1"),
-        fx.response("p1", T, &["alice"], LocalVerdict::Approve),
-    );
+    let effects = fx.answer(&mut engine, T + 2, "p1", &["alice"], LocalVerdict::Approve);
     assert_eq!(ignored(&effects), vec!["duplicate_response"]);
     assert_eq!(engine.next_deadline(), Some(t(T + TIMEOUT_US)));
 }
