@@ -1,6 +1,8 @@
-//! The mediator's bulk inserts on PostgreSQL: one `INSERT ... SELECT FROM UNNEST(arrays)` per
-//! table, so a run of a thousand events costs a handful of round trips.
+//! The mediator's bulk writes on PostgreSQL: one `INSERT ... SELECT FROM UNNEST(arrays)` per
+//! table and one `... = ANY(array)` per id list, so a run of a thousand events costs a handful
+//! of round trips, each a statement of fixed text that the connection prepares once.
 
+use meridian_core::Timestamp;
 use sqlx::PgConnection;
 
 use super::ApplyPlan;
@@ -53,5 +55,23 @@ pub(super) async fn insert_plan(
         .execute(&mut *connection)
         .await?;
     }
+    Ok(())
+}
+
+/// `statement` (ending in `WHERE request_id`) for every id in `ids`, as one statement whose
+/// text does not depend on how many ids there are.
+pub(super) async fn execute_for_ids(
+    connection: &mut PgConnection,
+    statement: &str,
+    ids: &[Timestamp],
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = ids.iter().map(|id| id.as_i64()).collect();
+    sqlx::query(&format!("{statement} = ANY($1)"))
+        .bind(&ids)
+        .execute(connection)
+        .await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The mediator's bulk inserts on SQLite: multi-row `VALUES`, chunked below SQLite's limit on
-//! bound parameters.
+//! The mediator's bulk writes on SQLite: multi-row `VALUES` and `IN (...)` lists, chunked
+//! below SQLite's limit on bound parameters.
 
+use meridian_core::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::ApplyPlan;
@@ -46,6 +47,25 @@ pub(super) async fn insert_plan(
                 .push_bind(false);
         });
         insert.build().execute(&mut *connection).await?;
+    }
+    Ok(())
+}
+
+/// `statement` (ending in `WHERE request_id`) for every id in `ids`, in `IN (...)` lists of
+/// at most [`ROWS_PER_STATEMENT`] ids.
+pub(super) async fn execute_for_ids(
+    connection: &mut SqliteConnection,
+    statement: &str,
+    ids: &[Timestamp],
+) -> Result<(), StoreError> {
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(format!("{statement} IN ("));
+        let mut list = query.separated(", ");
+        for id in chunk {
+            list.push_bind(id.as_i64());
+        }
+        query.push(")");
+        query.build().execute(&mut *connection).await?;
     }
     Ok(())
 }

@@ -5,7 +5,6 @@
 
 use async_trait::async_trait;
 use meridian_core::Timestamp;
-use sqlx::QueryBuilder;
 
 use super::{
     pending_records, postgres, sqlite, verdict_record, ApplyPlan, MediatorChange, MediatorSnapshot,
@@ -15,9 +14,6 @@ use crate::fencing::FencedConnection;
 use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, StorePool};
 use crate::sequencer::BackendStatus;
 use crate::{FenceSlot, StorageConfig, StoreError};
-
-/// Ids per `IN (...)` list: far below both backends' limits on bound parameters.
-const IDS_PER_STATEMENT: usize = 500;
 
 const SQLITE_READER_CONNECTIONS: u32 = 2;
 
@@ -54,18 +50,6 @@ impl SqlMediatorStore {
 }
 
 /// Appends `(id, id, ...)` to `query`.
-fn push_ids<'q, DB: sqlx::Database>(query: &mut QueryBuilder<'q, DB>, ids: &[Timestamp])
-where
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    query.push("(");
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(id.as_i64());
-    }
-    query.push(")");
-}
-
 #[async_trait]
 impl MediatorStore for SqlMediatorStore {
     fn fence(&self) -> FenceSlot {
@@ -121,14 +105,12 @@ impl MediatorStore for SqlMediatorStore {
         on_backend!(&self.pool, |writer, _, dialect| {
             let mut tx = writer.begin_with(dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
-            for chunk in plan.deletes.chunks(IDS_PER_STATEMENT) {
-                for table in ["mediator_responses", "mediator_requests"] {
-                    let mut delete = QueryBuilder::<Db>::new(format!(
-                        "DELETE FROM {table} WHERE request_id IN "
-                    ));
-                    push_ids(&mut delete, chunk);
-                    delete.build().execute(&mut *tx).await?;
-                }
+            for table in ["mediator_responses", "mediator_requests"] {
+                tx.execute_for_ids(
+                    &format!("DELETE FROM {table} WHERE request_id"),
+                    &plan.deletes,
+                )
+                .await?;
             }
             tx.insert_plan(&plan).await?;
             sqlx::query(
@@ -152,13 +134,11 @@ impl MediatorStore for SqlMediatorStore {
         on_backend!(&self.pool, |writer, _, dialect| {
             let mut tx = writer.begin_with(dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
-            for chunk in request_ids.chunks(IDS_PER_STATEMENT) {
-                let mut update = QueryBuilder::<Db>::new(
-                    "UPDATE mediator_verdicts SET sent = true WHERE request_id IN ",
-                );
-                push_ids(&mut update, chunk);
-                update.build().execute(&mut *tx).await?;
-            }
+            tx.execute_for_ids(
+                "UPDATE mediator_verdicts SET sent = true WHERE request_id",
+                request_ids,
+            )
+            .await?;
             tx.commit().await?;
         });
         Ok(())
@@ -188,19 +168,43 @@ impl MediatorStore for SqlMediatorStore {
     }
 }
 
-/// Writes the plan's new rows in the dialect's bulk form (the one place the backends differ).
-trait InsertPlan {
+/// The bulk writes in the dialect's own form (the one place the backends differ): new rows,
+/// and statements over a list of request ids.
+trait BulkWrites {
     async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError>;
+
+    /// Runs `statement` (ending in `WHERE request_id`) for every id in `ids`.
+    async fn execute_for_ids(
+        &mut self,
+        statement: &str,
+        ids: &[Timestamp],
+    ) -> Result<(), StoreError>;
 }
 
-impl InsertPlan for sqlx::SqliteConnection {
+impl BulkWrites for sqlx::SqliteConnection {
     async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError> {
         sqlite::insert_plan(self, plan).await
     }
+
+    async fn execute_for_ids(
+        &mut self,
+        statement: &str,
+        ids: &[Timestamp],
+    ) -> Result<(), StoreError> {
+        sqlite::execute_for_ids(self, statement, ids).await
+    }
 }
 
-impl InsertPlan for sqlx::PgConnection {
+impl BulkWrites for sqlx::PgConnection {
     async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError> {
         postgres::insert_plan(self, plan).await
+    }
+
+    async fn execute_for_ids(
+        &mut self,
+        statement: &str,
+        ids: &[Timestamp],
+    ) -> Result<(), StoreError> {
+        postgres::execute_for_ids(self, statement, ids).await
     }
 }
