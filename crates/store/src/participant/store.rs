@@ -186,29 +186,23 @@ impl EncodedBatch {
     fn new(batch: &ParticipantBatch) -> Result<Self, StoreError> {
         Ok(Self {
             dedup: batch.dedup_upserts.iter().map(rows::dedup_row).collect(),
-            created: batch
-                .created
-                .iter()
-                .map(rows::contract_row)
-                .collect::<Result<_, _>>()?,
-            archived: batch
-                .archived
-                .iter()
-                .map(|(id, offset)| Ok((rows::offset_column(*offset)?, id.as_str().to_owned())))
-                .collect::<Result<_, StoreError>>()?,
-            transactions: batch
-                .transactions
-                .iter()
-                .map(rows::transaction_row)
-                .collect::<Result<_, _>>()?,
-            completions: batch
-                .completions
-                .iter()
-                .map(rows::completion_row)
-                .collect::<Result<_, _>>()?,
+            created: encode_all(&batch.created, rows::contract_row)?,
+            archived: encode_all(&batch.archived, |(id, offset)| {
+                Ok((rows::offset_column(*offset)?, id.as_str().to_owned()))
+            })?,
+            transactions: encode_all(&batch.transactions, rows::transaction_row)?,
+            completions: encode_all(&batch.completions, rows::completion_row)?,
             ledger_end: batch.ledger_end.map(rows::offset_column).transpose()?,
         })
     }
+}
+
+/// Encodes every item, failing on the first that does not encode.
+fn encode_all<T, Row>(
+    items: &[T],
+    encode: impl Fn(&T) -> Result<Row, StoreError>,
+) -> Result<Vec<Row>, StoreError> {
+    items.iter().map(encode).collect()
 }
 
 fn active_contracts_query() -> String {

@@ -83,15 +83,11 @@ pub(crate) fn member_record(
     public_key: &[u8],
     registered_at: i64,
 ) -> Result<MemberRecord, StoreError> {
-    let public_key = PublicKey::from_bytes(public_key).map_err(|error| {
-        StoreError::corrupt(
-            "members",
-            format!("public key of member seq {seq}: {error}"),
-        )
-    })?;
-    let id = MemberId::new(id).map_err(|error| {
-        StoreError::corrupt("members", format!("id of member seq {seq}: {error}"))
-    })?;
+    let corrupt = |column: &str, error: &dyn std::fmt::Display| {
+        StoreError::corrupt("members", format!("{column} of member seq {seq}: {error}"))
+    };
+    let public_key = PublicKey::from_bytes(public_key).map_err(|e| corrupt("public key", &e))?;
+    let id = MemberId::new(id).map_err(|e| corrupt("id", &e))?;
     Ok(MemberRecord {
         seq: MemberSeq(seq),
         id,
