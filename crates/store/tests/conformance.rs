@@ -286,6 +286,17 @@ fn dup(original: u64) -> WriteResult {
 
 const SEQ: WriteResult = WriteResult::Sequenced;
 
+/// Writes `event` alone on `I0` and returns its outcome.
+async fn write_one(
+    store: &dyn SequencerStore,
+    event: NewEvent,
+    watermark: Timestamp,
+) -> WriteResult {
+    let results = store.write(I0, &[event], watermark).await.expect("write");
+    assert_eq!(results.len(), 1, "one outcome per event");
+    results[0]
+}
+
 // ---------------------------------------------------------------------------------------------
 // The contract, once for both backends.
 
@@ -499,11 +510,8 @@ async fn duplicates_return_the_original_and_write_nothing(h: Harness) {
     );
     // Even a call of nothing but duplicates advances the watermark.
     assert_eq!(
-        store
-            .write(I0, &[event(80, a, "m2", &[b])], t(80))
-            .await
-            .expect("write"),
-        vec![dup(20)]
+        write_one(store, event(80, a, "m2", &[b]), t(80)).await,
+        dup(20)
     );
     assert_eq!(read(store, b, None, 100, 100).await, vec![]);
     assert_eq!(instance(store, I0).await.expect("row").watermark, t(80));
@@ -567,11 +575,8 @@ async fn offline_instances_are_fenced(h: Harness) {
     // Back online above everyone; the fenced submission's message id was never recorded.
     assert_eq!(store.start_at(I0, t(0)).await.expect("restart"), t(10));
     assert_eq!(
-        store
-            .write(I0, &[event(30, a, "m20", &[a])], t(30))
-            .await
-            .expect("write"),
-        vec![SEQ]
+        write_one(store, event(30, a, "m20", &[a]), t(30)).await,
+        SEQ
     );
     assert_eq!(
         read(store, a, None, 100, 100).await,
@@ -631,11 +636,8 @@ async fn restart_deletes_what_a_zombie_wrote_above_its_watermark(h: Harness) {
     assert_eq!(read(store, b, None, 100, 100).await, vec![(10, None)]);
     // The zombie's message id is forgotten with its event, so a retry gets sequenced.
     assert_eq!(
-        store
-            .write(I0, &[event(20, a, "zombie", &[a])], t(20))
-            .await
-            .expect("write"),
-        vec![SEQ]
+        write_one(store, event(20, a, "zombie", &[a]), t(20)).await,
+        SEQ
     );
     // Another instance's events above the restarted one's old watermark are untouched.
     assert_eq!(
