@@ -16,9 +16,9 @@ use meridian_client::SubmitOutcome;
 use meridian_core::ledger::Command;
 use meridian_core::template::IouPayload;
 use meridian_core::{CommandId, PartyId, TemplateId};
-use meridian_lab::deployment::Deployment;
+use meridian_lab::deployment::{Deployment, DeploymentSpec};
 use meridian_lab::launch::NodeProcess;
-use meridian_lab::workload::{self, FinishedLoad, Live};
+use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad, Live};
 use meridian_testkit::PostgresServer;
 
 mod common;
@@ -126,6 +126,21 @@ async fn probe_all(client: &reqwest::Client, nodes: &[Node]) -> Vec<Vec<Option<(
     .await
 }
 
+/// Starts `spec` under the background load (run `run`) and waits for transfers flowing
+/// through both submitting participants, so that "commits again" after a fault means something.
+async fn loaded_deployment(spec: &DeploymentSpec, run: &str) -> (Deployment, BackgroundLoad) {
+    let deployment = start_deployment(spec).await;
+    let load = start_load(&deployment, &format!("{run}-test"), run).await;
+    commits_through_both(
+        &load.live,
+        Instant::now(),
+        Duration::from_secs(15),
+        "before the fault",
+    )
+    .await;
+    (deployment, load)
+}
+
 /// Waits until transfers sent after `since` committed through both submitting participants.
 async fn commits_through_both(live: &Live, since: Instant, timeout: Duration, when: &str) {
     while !(live.committed_a_request_sent_after(1, since)
@@ -197,18 +212,8 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let spec = replicated_spec(dir.path(), Some(&*server));
     let started = Instant::now();
-    let mut deployment = start_deployment(&spec).await;
-    let load = start_load(&deployment, "db-test", "db").await;
+    let (mut deployment, load) = loaded_deployment(&spec, "db").await;
     let (live, parties) = (load.live.clone(), load.parties.clone());
-    // Load flowing through both submitting participants before the fault, so that the
-    // "commits again" check below means something.
-    commits_through_both(
-        &live,
-        Instant::now(),
-        Duration::from_secs(15),
-        "before the outage",
-    )
-    .await;
     eprintln!(
         "deployment up and under load after {:.1} s",
         started.elapsed().as_secs_f64()
@@ -456,16 +461,8 @@ async fn a_frozen_database_fails_over_nothing() {
     let server = Arc::new(PostgresServer::start().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let spec = replicated_spec(dir.path(), Some(&*server));
-    let mut deployment = start_deployment(&spec).await;
-    let load = start_load(&deployment, "stall-test", "stall").await;
+    let (mut deployment, load) = loaded_deployment(&spec, "stall").await;
     let live = load.live.clone();
-    commits_through_both(
-        &live,
-        Instant::now(),
-        Duration::from_secs(15),
-        "before the stall",
-    )
-    .await;
     let before = lease_epochs(&server);
     // The topology manager, the mediator and three participants are replicated.
     assert_eq!(before.len(), 5, "{before:?}");

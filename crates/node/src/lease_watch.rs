@@ -111,30 +111,32 @@ mod tests {
         at
     }
 
+    /// A fresh watch after `polls` prompt reads of `state`, and the instant after them.
+    fn watched(state: &LeaseState, polls: u32) -> (LeaseWatch, Instant) {
+        let mut watch = LeaseWatch::new(TIMEOUT);
+        let start = Instant::now();
+        assert_eq!(watch.unchanged_for(start), Duration::ZERO);
+        let end = poll(&mut watch, state, start, polls, PROMPT);
+        (watch, end)
+    }
+
     #[test]
     fn a_row_unchanged_over_prompt_reads_ages_from_its_first_sighting() {
-        let start = Instant::now();
-        let mut watch = LeaseWatch::new(TIMEOUT);
-        assert_eq!(watch.unchanged_for(start), Duration::ZERO);
-        let end = poll(&mut watch, &row(1, 10), start, 12, PROMPT);
+        let (watch, end) = watched(&row(1, 10), 12);
         assert!(watch.unchanged_for(end) >= TIMEOUT);
     }
 
     #[test]
     fn a_renewal_restarts_the_watch() {
-        let start = Instant::now();
-        let mut watch = LeaseWatch::new(TIMEOUT);
-        let at = poll(&mut watch, &row(1, 10), start, 8, PROMPT);
+        let (mut watch, at) = watched(&row(1, 10), 8);
         let end = poll(&mut watch, &row(1, 20), at, 5, PROMPT);
         assert!(watch.unchanged_for(end) < TIMEOUT);
     }
 
     #[test]
     fn a_stall_of_any_length_gives_the_holder_a_fresh_timeout() {
-        let start = Instant::now();
-        let mut watch = LeaseWatch::new(TIMEOUT);
         let stuck = row(1, 10);
-        let at = poll(&mut watch, &stuck, start, 3, PROMPT);
+        let (mut watch, at) = watched(&stuck, 3);
         // The database freezes for 10 s: the read sent at `at` answers only then, still showing
         // the renewal from before the freeze.
         let thawed = at + Duration::from_secs(10);
@@ -149,9 +151,7 @@ mod tests {
 
     #[test]
     fn a_failed_read_forgets_what_was_seen() {
-        let start = Instant::now();
-        let mut watch = LeaseWatch::new(TIMEOUT);
-        let at = poll(&mut watch, &row(1, 10), start, 11, PROMPT);
+        let (mut watch, at) = watched(&row(1, 10), 11);
         watch.failed();
         assert_eq!(watch.unchanged_for(at), Duration::ZERO);
     }
