@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start_mediator, wait_ready, Synchronizer, HASH};
+use common::{expect_approved, start_mediator, wait_ready, Synchronizer, HASH};
 use meridian_core::protocol::{RejectionCode, VerdictOutcome};
 use meridian_testkit::free_port;
 
@@ -56,14 +56,8 @@ async fn the_mediator_decides_times_out_and_survives_a_restart() {
     mediator.await.unwrap().unwrap();
     p2.approve(c, "bob").await;
     let (mediator_stop, mediator) = start_mediator(&config);
-    let verdict = p1.next_verdict(&mediator_public).await;
-    assert_eq!(verdict.request_id, c);
-    assert_eq!(
-        verdict.outcome,
-        VerdictOutcome::Approved,
-        "finished, not timed out"
-    );
-    assert_eq!(p2.next_verdict(&mediator_public).await.request_id, c);
+    let why = "finished, not timed out";
+    expect_approved([&mut p1, &mut p2], &mediator_public, c, why).await;
 
     // 4. What operators see.
     wait_ready(mediator_admin).await;

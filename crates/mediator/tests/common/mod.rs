@@ -16,6 +16,7 @@ use meridian_core::crypto::{PublicKey, SigningKey, SigningPurpose};
 use meridian_core::ledger::Permission;
 use meridian_core::protocol::{
     ConfirmationResponse, InformeeMessage, LocalVerdict, ProtocolMessage, Signed, Verdict,
+    VerdictOutcome,
 };
 use meridian_core::sequencing::{Envelope, Submission};
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, TopologyTransaction};
@@ -172,6 +173,21 @@ impl Participant {
             }
             other => panic!("expected a verdict, got {other:?}"),
         }
+    }
+}
+
+/// Asserts that each of `participants` is told next that `request_id` was approved; `why`
+/// says what the approval proves.
+pub async fn expect_approved(
+    participants: [&mut Participant; 2],
+    mediator: &PublicKey,
+    request_id: Timestamp,
+    why: &str,
+) {
+    for participant in participants {
+        let verdict = participant.next_verdict(mediator).await;
+        assert_eq!(verdict.request_id, request_id, "{why}");
+        assert_eq!(verdict.outcome, VerdictOutcome::Approved, "{why}");
     }
 }
 
