@@ -357,29 +357,18 @@ async fn deduplicates_filters_envelopes_and_serves_health() {
         reply.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
-    let admin = format!("http://{}", harness.sequencer.admin_address);
+    let admin = harness.sequencer.admin_address;
     let http = reqwest::Client::new();
-    let status = common::admin_status(&http, harness.sequencer.admin_address).await;
+    let status = common::admin_status(&http, admin).await;
     assert_eq!(status["role"], "sequencer");
     assert_eq!(status["members"], 3);
-    let metrics = http
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::admin_metrics(&http, admin).await;
     assert!(
         metrics.contains("meridian_sequencer_submissions_total{outcome=\"deduplicated\"} 1"),
         "{metrics}"
     );
     assert_eq!(
-        http.get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        common::admin_get(&http, admin, "readyz").await.status(),
         200
     );
 }
@@ -395,26 +384,28 @@ fn refused_sequencer_config(config: &Path) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Writes `toml` to `config` and returns the stderr of the refused start with it.
+fn refused_sequencer_toml(config: &Path, toml: &str) -> String {
+    std::fs::write(config, toml).unwrap();
+    refused_sequencer_config(config)
+}
+
 #[test]
 fn malformed_config_is_refused_naming_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(
+    let stderr = refused_sequencer_toml(
         &path,
         "listen_adress = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
-    )
-    .unwrap();
-    let stderr = refused_sequencer_config(&path);
+    );
     assert!(stderr.contains("listen_adress"), "{stderr}");
     assert!(stderr.contains("bad.toml"), "{stderr}");
     assert!(!dir.path().join("x.db").exists(), "nothing was created");
 
-    std::fs::write(
+    let stderr = refused_sequencer_toml(
         &path,
         "listen_address = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[instance]\nindex = 4\ncount = 4\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
-    )
-    .unwrap();
-    let stderr = refused_sequencer_config(&path);
+    );
     assert!(stderr.contains("index 4 must be below count 4"), "{stderr}");
 
     let stderr = refused_sequencer_config(Path::new("/nonexistent/seq.toml"));

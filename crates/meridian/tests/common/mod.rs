@@ -64,12 +64,31 @@ pub async fn admin_status(
     client: &reqwest::Client,
     admin_address: impl Display,
 ) -> serde_json::Value {
-    client
-        .get(format!("http://{admin_address}/status"))
-        .send()
+    admin_get(client, admin_address, "status")
+        .await
+        .json()
         .await
         .unwrap()
-        .json()
+}
+
+/// The `/metrics` text of the process whose admin endpoint is `admin_address`.
+pub async fn admin_metrics(client: &reqwest::Client, admin_address: impl Display) -> String {
+    admin_get(client, admin_address, "metrics")
+        .await
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The answer to `GET /page` on the admin endpoint `admin_address`, whatever its status.
+pub async fn admin_get(
+    client: &reqwest::Client,
+    admin_address: impl Display,
+    page: &str,
+) -> reqwest::Response {
+    client
+        .get(format!("http://{admin_address}/{page}"))
+        .send()
         .await
         .unwrap()
 }
