@@ -125,8 +125,7 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
     expect_approved([&mut p1, &mut p2], &mediator_public, a, "request a").await;
 
     // A stops with request c half approved (persisted); bob approves during the takeover.
-    let c = p1.request("request-c", &["alice", "bob"]).await;
-    p1.approve(c, "alice").await;
+    let c = p1.approved_by_alice("request-c").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopped = Instant::now();
     stop_a.cancel();
@@ -149,8 +148,7 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
     wait_passive(admin_a, "mediator-b").await;
 
     // Switchover with request d in flight: B steps down, A takes over and finishes d.
-    let d = p1.request("request-d", &["alice", "bob"]).await;
-    p1.approve(d, "alice").await;
+    let d = p1.approved_by_alice("request-d").await;
     let asked = Instant::now();
     assert_eq!(step_down(admin_b).await, 202);
     p2.approve(d, "bob").await;
@@ -163,8 +161,7 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
 
     // A hangs: its task is dropped mid-flight, so it neither renews nor releases the lease and
     // its process (this test) keeps the lease lock file. B takes over once the lease expires.
-    let e = p1.request("request-e", &["alice", "bob"]).await;
-    p1.approve(e, "alice").await;
+    let e = p1.approved_by_alice("request-e").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hung = Instant::now();
     task_a.abort();

@@ -136,6 +136,20 @@ impl Fixture {
         )
     }
 
+    /// `participant` approves the request sequenced at `request_id` for `for_parties`, its
+    /// response sequenced at `at_us`.
+    fn approve(
+        &self,
+        engine: &mut MediatorEngine,
+        at_us: u64,
+        participant: &str,
+        request_id: u64,
+        for_parties: &[&str],
+    ) -> Vec<Effect> {
+        let response = self.response(participant, request_id, for_parties, LocalVerdict::Approve);
+        engine.on_event(t(at_us), member(participant), response)
+    }
+
     fn response(
         &self,
         participant: &str,
@@ -542,11 +556,7 @@ fn a_response_naming_another_request_hash_is_ignored() {
 fn responses_to_unknown_requests_and_duplicates_change_nothing() {
     let fx = Fixture::new();
     let mut engine = fx.engine();
-    let unknown = engine.on_event(
-        t(T - 1),
-        member("p2"),
-        fx.response("p2", T - 5, &["bob"], LocalVerdict::Approve),
-    );
+    let unknown = fx.approve(&mut engine, T - 1, "p2", T - 5, &["bob"]);
     assert_eq!(ignored(&unknown), vec!["unknown_request"]);
 
     submit(&mut engine, &["alice", "bob"], &["p1", "p2"]);
@@ -633,11 +643,7 @@ fn malformed_requests_are_rejected_and_unreachable_ones_dropped() {
     assert_eq!(ignored(&nobody), vec!["no_recipients"]);
     assert!(changes(&nobody).is_empty());
     submit_at(&mut engine, T + 3, &["alice"], &["p1", "p4"]);
-    let decided = engine.on_event(
-        t(T + 4),
-        member("p1"),
-        fx.response("p1", T + 3, &["alice"], LocalVerdict::Approve),
-    );
+    let decided = fx.approve(&mut engine, T + 4, "p1", T + 3, &["alice"]);
     assert_eq!(
         verdicts(&decided),
         vec![(T + 3, participants(&["p1"]), VerdictOutcome::Approved)]
@@ -663,6 +669,19 @@ fn malformed_requests_are_rejected_and_unreachable_ones_dropped() {
     assert_eq!(engine.last_event(), Some(t(T + 6)));
 }
 
+/// The topology manager's `signed` transaction reaches `engine`, sequenced at `at_us`.
+fn publish(
+    engine: &mut MediatorEngine,
+    at_us: u64,
+    signed: SignedTopologyTransaction,
+) -> Vec<Effect> {
+    engine.on_event(
+        t(at_us),
+        member("topology-manager"),
+        ProtocolMessage::Topology(signed),
+    )
+}
+
 fn submit_at(engine: &mut MediatorEngine, at: u64, confirming: &[&str], to: &[&str]) {
     let effects = engine.on_event(t(at), member("p1"), informee(confirming, to));
     assert!(
@@ -683,11 +702,7 @@ fn topology_effective_after_the_request_is_not_used_for_it() {
     let join = fx.signed(fx.participant("p4"));
     let host = fx.signed(hosting("bob", "p4", Permission::Confirmation));
     for (at, signed) in [(T + 1, join), (T + 2, host)] {
-        let effects = engine.on_event(
-            t(at),
-            member("topology-manager"),
-            ProtocolMessage::Topology(signed),
-        );
+        let effects = publish(&mut engine, at, signed);
         assert!(effects.is_empty(), "{effects:?}");
     }
     let effects = fx.answer(&mut engine, T + 3, "p4", &["bob"], LocalVerdict::Approve);
@@ -696,11 +711,7 @@ fn topology_effective_after_the_request_is_not_used_for_it() {
 
     // A request after the change may be confirmed by p4.
     submit_at(&mut engine, T + 4, &["bob"], &["p1", "p4"]);
-    let effects = engine.on_event(
-        t(T + 5),
-        member("p4"),
-        fx.response("p4", T + 4, &["bob"], LocalVerdict::Approve),
-    );
+    let effects = fx.approve(&mut engine, T + 5, "p4", T + 4, &["bob"]);
     assert_eq!(
         verdicts(&effects),
         vec![(T + 4, participants(&["p1", "p4"]), VerdictOutcome::Approved)]
@@ -708,11 +719,7 @@ fn topology_effective_after_the_request_is_not_used_for_it() {
 
     // Revoking p2's right after T does not stop p2 from confirming request T.
     let revoke = fx.signed(hosting("bob", "p2", Permission::Observation));
-    let effects = engine.on_event(
-        t(T + 6),
-        member("topology-manager"),
-        ProtocolMessage::Topology(revoke),
-    );
+    let effects = publish(&mut engine, T + 6, revoke);
     assert!(effects.is_empty(), "{effects:?}");
     let effects = fx.answer(&mut engine, T + 7, "p2", &["bob"], LocalVerdict::Approve);
     assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2"]));
@@ -860,11 +867,7 @@ fn a_restored_engine_finishes_in_flight_requests() {
     let effects = fx.answer(&mut after, T + 5, "p2", &["bob"], LocalVerdict::Approve);
     assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2"]));
     // The request persisted without approvals is still open for them.
-    let effects = after.on_event(
-        t(T + 6),
-        member("p1"),
-        fx.response("p1", T + 2, &["alice"], LocalVerdict::Approve),
-    );
+    let effects = fx.approve(&mut after, T + 6, "p1", T + 2, &["alice"]);
     assert_eq!(
         verdicts(&effects),
         vec![(T + 2, participants(&["p1"]), VerdictOutcome::Approved)]

@@ -157,6 +157,14 @@ impl Participant {
             .await;
     }
 
+    /// Sends the request `message_id` for alice and bob and approves it for alice only, as
+    /// p1 does: the request is left waiting for bob.
+    pub async fn approved_by_alice(&self, message_id: &str) -> Timestamp {
+        let request_id = self.request(message_id, &["alice", "bob"]).await;
+        self.approve(request_id, "alice").await;
+        request_id
+    }
+
     /// The next verdict delivered to this participant, verified with the mediator's key.
     pub async fn next_verdict(&mut self, mediator: &PublicKey) -> Verdict {
         let event = tokio::time::timeout(Duration::from_secs(15), self.events.next())
