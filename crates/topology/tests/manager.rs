@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{authorized, loopback, time_until_ready, SequencerThread, TOKEN};
+use common::{authorized, get_topology, loopback, time_until_ready, SequencerThread, TOKEN};
 use futures::StreamExt;
 use meridian_client::{ClientError, SequencerClient, SequencerClientConfig, Subscription};
 use meridian_core::crypto::{PublicKey, SigningKey};
@@ -131,13 +131,7 @@ impl Cluster {
     }
 
     async fn topology(&self) -> Vec<(u64, TopologyTransaction)> {
-        let response = self
-            .admin()
-            .await
-            .get_topology(v1::GetTopologyRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let response = get_topology(&self.manager_config.listen_address.to_string()).await;
         assert_eq!(
             response.owner_public_key,
             self.owner.public_key().to_string()

@@ -9,7 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{authorized, loopback, readyz, time_until_ready, SequencerThread, TOKEN};
+use common::{
+    authorized, get_topology, loopback, readyz, time_until_ready, SequencerThread, TOKEN,
+};
 use meridian_core::crypto::SigningKey;
 use meridian_node::config::Endpoints;
 use meridian_proto::v1;
@@ -104,15 +106,7 @@ async fn add_participant(
 }
 
 async fn topology_len(listen: &str) -> usize {
-    TopologyAdminServiceClient::connect(format!("http://{listen}"))
-        .await
-        .unwrap()
-        .get_topology(v1::GetTopologyRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-        .len()
+    get_topology(listen).await.entries.len()
 }
 
 struct Replica {

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use meridian_core::crypto::PublicKey;
+use meridian_proto::v1;
+use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
 use meridian_sequencer::SequencerConfig;
 use meridian_store::StorageConfig;
 use meridian_testkit::free_port;
@@ -32,6 +34,14 @@ pub fn authorized<T>(message: T) -> Request<T> {
         .metadata_mut()
         .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     request
+}
+
+/// The whole history the manager listening on `listen` (`host:port`) serves.
+pub async fn get_topology(listen: &str) -> v1::GetTopologyResponse {
+    let endpoint = format!("http://{listen}");
+    let mut admin = TopologyAdminServiceClient::connect(endpoint).await.unwrap();
+    let request = v1::GetTopologyRequest {};
+    admin.get_topology(request).await.unwrap().into_inner()
 }
 
 /// The `/readyz` status code and body of the admin endpoint `admin`, if it answers.
