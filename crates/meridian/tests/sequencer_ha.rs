@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 mod common;
-use common::EXE;
+use common::{SendLoad, EXE};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Instances per deployment in these tests (timestamps t with t % 4 == index).
@@ -204,71 +203,6 @@ fn subscribe(name: &str, client: &SequencerClient) -> Subscriber {
     }
 }
 
-/// Senders on `SENDER_LANES` lanes, each retrying a message with the same id until it is
-/// acknowledged (the client already fails over between instances; this outer loop only rides
-/// out the rare case where every instance was unreachable for the client's whole backoff).
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<HashMap<String, Timestamp>>>,
-    deduplicated: Arc<Mutex<u64>>,
-    lanes: Vec<tokio::task::JoinHandle<()>>,
-}
-
-fn start_load(sender: &SequencerClient, recipients: &'static [&'static str]) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
-    let deduplicated: Arc<Mutex<u64>> = Arc::default();
-    let lanes = (0..SENDER_LANES)
-        .map(|lane| {
-            let sender = sender.clone();
-            let stop = stop.clone();
-            let acked = acked.clone();
-            let deduplicated = deduplicated.clone();
-            tokio::spawn(async move {
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let message = format!("lane{lane}-{i}");
-                    let submission = submission("alice", &message, recipients);
-                    let receipt = common::send_until_acked(
-                        &sender,
-                        &submission,
-                        Duration::from_secs(45),
-                        Duration::from_millis(100),
-                    )
-                    .await;
-                    if receipt.deduplicated {
-                        *deduplicated.lock().unwrap() += 1;
-                    }
-                    acked.lock().unwrap().insert(message, receipt.timestamp);
-                }
-            })
-        })
-        .collect();
-    Load {
-        stop,
-        acked,
-        deduplicated,
-        lanes,
-    }
-}
-
-impl Load {
-    fn acked_count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn stop(self) -> (HashMap<String, Timestamp>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for lane in self.lanes {
-            lane.await.unwrap();
-        }
-        let acked = self.acked.lock().unwrap().clone();
-        let deduplicated = *self.deduplicated.lock().unwrap();
-        (acked, deduplicated)
-    }
-}
-
 /// Waits until `subscriber` has everything acknowledged, then checks: strictly increasing
 /// timestamps, no payload twice, every acknowledged send at its timestamp, nothing else.
 /// Returns the longest pause between two deliveries in `[failure, failure + window]`.
@@ -395,7 +329,15 @@ async fn under_load(backend: &str, failure: Failure) -> Cluster {
         "carol",
         &cluster.client("carol", vec![b.clone(), a.clone()]).await,
     );
-    let load = start_load(&alice, &["bob", "carol"]);
+    // The client already fails over between instances; the load's outer retry only rides out
+    // the rare case where every instance was unreachable for the client's whole backoff.
+    let load = SendLoad::start(
+        &alice,
+        SENDER_LANES,
+        |message| submission("alice", message, &["bob", "carol"]),
+        Duration::from_secs(45),
+        Duration::from_millis(100),
+    );
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let before = load.acked_count();
     assert!(before > 0, "load was running before the failure");

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use meridian_testkit::PostgresServer;
 use tempfile::TempDir;
 
 mod common;
-use common::EXE;
+use common::{SendLoad, EXE};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -441,43 +440,22 @@ async fn kill9_under_load(mut harness: Harness) {
         })
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
-    let mut senders = Vec::new();
-    for lane in 0..8 {
-        let alice = alice.clone();
-        let stop = stop.clone();
-        let acked = acked.clone();
-        senders.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let message = format!("lane{lane}-{i}");
-                let submission = submission("alice", &message, &["bob"], message.as_bytes());
-                let receipt = common::send_until_acked(
-                    &alice,
-                    &submission,
-                    Duration::from_secs(30),
-                    Duration::from_millis(50),
-                )
-                .await;
-                acked.lock().unwrap().insert(message, receipt.timestamp);
-            }
-        }));
-    }
+    let load = SendLoad::start(
+        &alice,
+        8,
+        |message| submission("alice", message, &["bob"], message.as_bytes()),
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+    );
 
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let before_kill = acked.lock().unwrap().len();
+    let before_kill = load.acked_count();
     assert!(before_kill > 0, "load was running before the kill");
     harness.sequencer.kill9().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     harness.restart().await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for sender in senders {
-        sender.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let (acked, _) = load.stop().await;
     assert!(
         acked.len() > before_kill,
         "sends succeeded after the restart"
