@@ -111,6 +111,14 @@ impl Fixture {
             .expect("valid topology");
     }
 
+    /// A fixture and its engine with a request at `T` from p1 pending (see [`submit`]).
+    fn with_request(confirming: &[&str], informee_participants: &[&str]) -> (Self, MediatorEngine) {
+        let fixture = Fixture::new();
+        let mut engine = fixture.engine();
+        submit(&mut engine, confirming, informee_participants);
+        (fixture, engine)
+    }
+
     fn engine(&self) -> MediatorEngine {
         MediatorEngine::new(
             member("mediator"),
@@ -288,9 +296,7 @@ fn rejected(code: RejectionCode, message: &str) -> VerdictOutcome {
 
 #[test]
 fn approves_once_every_confirming_party_approved() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["alice", "bob"], &["p1", "p2", "p3"]);
+    let (fx, mut engine) = Fixture::with_request(&["alice", "bob"], &["p1", "p2", "p3"]);
 
     let first = fx.answer(&mut engine, T + 10, "p1", &["alice"], LocalVerdict::Approve);
     assert!(verdicts(&first).is_empty(), "bob has not approved yet");
@@ -315,9 +321,7 @@ fn approves_once_every_confirming_party_approved() {
 
 #[test]
 fn one_approval_per_party_suffices() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["bob"], &["p1", "p2", "p3"]);
+    let (fx, mut engine) = Fixture::with_request(&["bob"], &["p1", "p2", "p3"]);
     // bob is hosted on p2 and p3; p3 alone decides.
     let effects = fx.answer(&mut engine, T + 5, "p3", &["bob"], LocalVerdict::Approve);
     assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2", "p3"]));
@@ -329,9 +333,7 @@ fn one_approval_per_party_suffices() {
 
 #[test]
 fn the_first_valid_rejection_decides_with_its_code_and_message() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["alice", "bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["alice", "bob"], &["p1", "p2"]);
     fx.answer(&mut engine, T + 1, "p1", &["alice"], LocalVerdict::Approve);
     let effects = fx.answer(
         &mut engine,
@@ -360,9 +362,7 @@ fn the_first_valid_rejection_decides_with_its_code_and_message() {
 
 #[test]
 fn partial_approvals_time_out_exactly_after_the_deadline() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["alice", "bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["alice", "bob"], &["p1", "p2"]);
     fx.answer(&mut engine, T + 1, "p1", &["alice"], LocalVerdict::Approve);
     assert_eq!(engine.next_deadline(), Some(t(T + TIMEOUT_US)));
 
@@ -397,9 +397,7 @@ fn partial_approvals_time_out_exactly_after_the_deadline() {
 
 #[test]
 fn a_response_sequenced_at_the_deadline_counts_and_one_after_it_does_not() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["bob"], &["p1", "p2"]);
     let at_deadline = fx.answer(
         &mut engine,
         T + TIMEOUT_US,
@@ -435,9 +433,7 @@ fn a_response_sequenced_at_the_deadline_counts_and_one_after_it_does_not() {
 
 #[test]
 fn a_bad_signature_is_ignored_and_changes_nothing() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["bob"], &["p1", "p2"]);
     // Claims to be p2, signed with p3's key.
     let forged = engine.on_event(
         t(T + 1),
@@ -473,9 +469,7 @@ fn a_bad_signature_is_ignored_and_changes_nothing() {
 
 #[test]
 fn responders_must_be_the_signer_and_host_the_parties_with_confirmation_rights() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["alice", "bob"], &["p1", "p2", "p3"]);
+    let (fx, mut engine) = Fixture::with_request(&["alice", "bob"], &["p1", "p2", "p3"]);
     let cases = [
         // p1 hosts alice but not bob.
         (
@@ -528,9 +522,7 @@ fn responders_must_be_the_signer_and_host_the_parties_with_confirmation_rights()
 
 #[test]
 fn a_response_naming_another_request_hash_is_ignored() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["bob"], &["p1", "p2"]);
     let response = ConfirmationResponse {
         request_id: t(T),
         request_hash: "some-other-request".to_owned(),
