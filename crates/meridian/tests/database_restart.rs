@@ -58,40 +58,34 @@ struct Node {
 }
 
 fn nodes(deployment: &Deployment) -> Vec<Node> {
-    let group = |kind, name: &str, replicas: Vec<&NodeProcess>| Node {
+    // A node is its primary process followed by its standbys.
+    let group = |kind, name: &str, primary: &NodeProcess, standbys: &[NodeProcess]| Node {
         kind,
         name: name.to_owned(),
-        replicas: replicas
-            .into_iter()
+        replicas: std::iter::once(primary)
+            .chain(standbys)
             .map(|p| (p.name().to_owned(), p.admin_address))
             .collect(),
     };
     let mut out: Vec<Node> = deployment
         .sequencers
         .iter()
-        .map(|s| group(Kind::Sequencer, s.name(), vec![s]))
+        .map(|s| group(Kind::Sequencer, s.name(), s, &[]))
         .collect();
-    out.push(group(
-        Kind::TopologyManager,
-        "topology-manager",
-        std::iter::once(&deployment.topology)
-            .chain(&deployment.topology_standbys)
-            .collect(),
-    ));
-    out.push(group(
-        Kind::Mediator,
-        "mediator",
-        std::iter::once(&deployment.mediator)
-            .chain(&deployment.mediator_standbys)
-            .collect(),
-    ));
+    let topology = (&deployment.topology, &deployment.topology_standbys);
+    let mediator = (&deployment.mediator, &deployment.mediator_standbys);
+    for (kind, name, (primary, standbys)) in [
+        (Kind::TopologyManager, "topology-manager", topology),
+        (Kind::Mediator, "mediator", mediator),
+    ] {
+        out.push(group(kind, name, primary, standbys));
+    }
     for (index, id) in deployment.participant_ids.iter().enumerate() {
         out.push(group(
             Kind::Participant,
             id.as_str(),
-            std::iter::once(&deployment.participants[index])
-                .chain(&deployment.participant_standbys[index])
-                .collect(),
+            &deployment.participants[index],
+            &deployment.participant_standbys[index],
         ));
     }
     out
