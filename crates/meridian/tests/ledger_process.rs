@@ -298,8 +298,14 @@ async fn bad_commands_get_documented_errors() {
         "{code_:?} {message}"
     );
 
-    // Nothing above changed the ledger except the one transfer.
-    let bob = ious(&parties.clients[2], "bob").await;
+    // Nothing above changed the ledger except the one transfer. Bob is hosted on another
+    // participant, which applies the commit on its own schedule: wait for it (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut bob = ious(&parties.clients[2], "bob").await;
+    while bob.iter().all(|(_, a)| *a != 50) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        bob = ious(&parties.clients[2], "bob").await;
+    }
     assert_eq!(bob.iter().filter(|(_, a)| *a == 50).count(), 1);
     assert!(ious(p2, "alice").await.iter().all(|(_, a)| *a != 50));
     deployment.stop().await.unwrap();
