@@ -627,16 +627,15 @@ impl Deployment {
 
     /// All replicas of participant `index`, mutable (for kill -9 and restarts).
     pub fn participant_replicas_mut(&mut self, index: usize) -> Vec<&mut NodeProcess> {
-        std::iter::once(&mut self.participants[index])
-            .chain(self.participant_standbys[index].iter_mut())
-            .collect()
+        with_standbys(
+            &mut self.participants[index],
+            &mut self.participant_standbys[index],
+        )
     }
 
     /// All topology manager replicas, mutable.
     pub fn topology_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
-        std::iter::once(&mut self.topology)
-            .chain(self.topology_standbys.iter_mut())
-            .collect()
+        with_standbys(&mut self.topology, &mut self.topology_standbys)
     }
 
     /// Every sequencer instance's gRPC endpoint, by instance index.
@@ -663,9 +662,7 @@ impl Deployment {
 
     /// All mediator replicas, mutable.
     pub fn mediator_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
-        std::iter::once(&mut self.mediator)
-            .chain(self.mediator_standbys.iter_mut())
-            .collect()
+        with_standbys(&mut self.mediator, &mut self.mediator_standbys)
     }
 
     /// One line per process: name, endpoints, log file.
@@ -731,4 +728,12 @@ impl Deployment {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A node's replicas, mutable: the first replica, then its standbys.
+fn with_standbys<'a>(
+    first: &'a mut NodeProcess,
+    standbys: &'a mut [NodeProcess],
+) -> Vec<&'a mut NodeProcess> {
+    std::iter::once(first).chain(standbys.iter_mut()).collect()
 }
