@@ -357,14 +357,7 @@ impl Starter<'_> {
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let mut sequencers = Vec::new();
         for pending in std::iter::once(first).chain(others) {
-            let mut sequencer = pending.spawn(&self.spec.exe)?;
-            sequencer.wait_ready(READY_TIMEOUT).await?;
-            (self.progress)(format!(
-                "{} ready at {}",
-                sequencer.name(),
-                sequencer.grpc_endpoint()
-            ));
-            sequencers.push(sequencer);
+            sequencers.push(self.start_ready(pending).await?);
         }
         Ok(sequencers)
     }
@@ -390,15 +383,21 @@ impl Starter<'_> {
             )
         })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
-        let mut topology = first.spawn(&self.spec.exe)?;
-        topology.wait_ready(READY_TIMEOUT).await?;
-        (self.progress)(format!(
-            "{} ready at {}",
-            topology.name(),
-            topology.grpc_endpoint()
-        ));
+        let topology = self.start_ready(first).await?;
         let standbys = self.start_standbys(others).await?;
         Ok((topology, standbys))
+    }
+
+    /// Starts a replica that serves gRPC and waits until it is ready.
+    async fn start_ready(&mut self, pending: PendingProcess) -> anyhow::Result<NodeProcess> {
+        let mut process = pending.spawn(&self.spec.exe)?;
+        process.wait_ready(READY_TIMEOUT).await?;
+        (self.progress)(format!(
+            "{} ready at {}",
+            process.name(),
+            process.grpc_endpoint()
+        ));
+        Ok(process)
     }
 
     /// Starts the passive `replicas` of one node and waits until each is alive.
