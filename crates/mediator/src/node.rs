@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::topology::TopologyState;
-use meridian_core::MemberId;
+use meridian_core::{MemberId, SynchronizerId};
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::conditions::Conditions;
 use meridian_node::health::Health;
@@ -29,6 +29,7 @@ use meridian_node::replica::ReplicaManager;
 use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
 use meridian_store::mediator::MediatorStore;
+use meridian_store::{DatabaseOwner, NodeKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MediatorConfig;
@@ -163,6 +164,14 @@ async fn serve(
     tracing::info!(member = %config.member_id, public_key = %key.public_key(), "mediator key loaded");
 
     let retry = Retry::new(&readiness, shutdown);
+    let database_owner = DatabaseOwner::new(
+        NodeKind::Mediator,
+        config.member_id.as_str(),
+        Some(SynchronizerId::of_owner(&owner)),
+    );
+    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
+        return Ok(());
+    }
     let Some(store) = connect_store(&config, &retry).await? else {
         return Ok(());
     };

@@ -26,7 +26,7 @@ use anyhow::Context;
 use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyState};
-use meridian_core::{LedgerOffset, Timestamp};
+use meridian_core::{LedgerOffset, SynchronizerId, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
@@ -37,7 +37,7 @@ use meridian_node::retry::Retry;
 use meridian_node::shutdown::Ticker;
 use meridian_node::Conditions;
 use meridian_proto::v1::ledger_service_server::LedgerServiceServer;
-use meridian_store::{DedupState, ParticipantStore};
+use meridian_store::{DatabaseOwner, DedupState, NodeKind, ParticipantStore};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -259,6 +259,14 @@ async fn start_and_serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let retry = Retry::new(readiness, &shutdown);
+    let database_owner = DatabaseOwner::new(
+        NodeKind::Participant,
+        config.participant_id.as_str(),
+        Some(SynchronizerId::of_owner(&owner)),
+    );
+    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
+        return Ok(());
+    }
     let Some(store) = retry
         .until("database", "", || {
             meridian_store::open_participant_store(&config.storage)

@@ -23,7 +23,7 @@ use std::time::Duration;
 use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, TopologyTransaction};
-use meridian_core::{MemberId, Timestamp};
+use meridian_core::{MemberId, SynchronizerId, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
@@ -36,7 +36,7 @@ use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
 use meridian_node::shutdown::Ticker;
 use meridian_proto::v1::topology_admin_service_server::TopologyAdminServiceServer;
-use meridian_store::{TopologyRecord, TopologyStore};
+use meridian_store::{DatabaseOwner, NodeKind, TopologyRecord, TopologyStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TopologyManagerConfig;
@@ -104,7 +104,16 @@ async fn run_manager(
         shutdown.clone(),
     ));
 
-    let Some(store) = Retry::new(&readiness, &shutdown)
+    let retry = Retry::new(&readiness, &shutdown);
+    let database_owner = DatabaseOwner::new(
+        NodeKind::TopologyManager,
+        member.as_str(),
+        Some(SynchronizerId::of_owner(&owner.public_key())),
+    );
+    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
+        return Ok(());
+    }
+    let Some(store) = retry
         .until("database", "cannot open the topology database", || {
             meridian_store::open_topology_store(&config.storage)
         })
