@@ -41,7 +41,7 @@ pub async fn claim_database(
         Some(Err(refused)) => {
             retry.readiness().fail("database", refused.to_string());
             tracing::error!(%refused, "refusing to start");
-            Err(anyhow::Error::new(refused).context("refusing to start on this database"))
+            Err(anyhow::Error::new(refused).context("refusing to start"))
         }
     }
 }
