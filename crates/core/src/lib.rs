@@ -1,7 +1,8 @@
 //! Meridian's domain vocabulary, shared by every other crate: validated identifiers, sequencer
 //! time, ed25519 signing with domain separation, the sequencer's event model, the ledger
-//! model with its templates, the topology with time-indexed snapshots, the synchronizer's id, the messages of the
-//! transaction protocol, and the retry [`backoff`] schedule every client and node uses.
+//! model with its templates, the topology with time-indexed snapshots, the synchronizer's id
+//! (a fingerprint of its owner's key), the messages of the transaction protocol, and the retry
+//! [`backoff`] schedule every client and node uses.
 //!
 //! This crate performs no I/O, so everything in it is deterministic and unit-testable.
 

@@ -6,8 +6,7 @@
 //! lifecycle of active/passive replicas with its one vocabulary ([`replication`], over the
 //! lease handling of [`replica`]). Role crates build on these so every node behaves the same
 //! to operators and orchestrators; [`owner`] is the start-up check that a node's database is
-//! its own. [`ports`] picks loopback ports for deployments launched on
-//! one machine.
+//! its own. [`ports`] picks loopback ports for deployments launched on one machine.
 
 pub mod admin;
 pub mod admin_token;
