@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::topology::TopologyState;
-use meridian_core::{MemberId, SynchronizerId};
+use meridian_core::MemberId;
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::conditions::Conditions;
 use meridian_node::health::Health;
@@ -164,11 +164,8 @@ async fn serve(
     tracing::info!(member = %config.member_id, public_key = %key.public_key(), "mediator key loaded");
 
     let retry = Retry::new(&readiness, shutdown);
-    let database_owner = DatabaseOwner::new(
-        NodeKind::Mediator,
-        config.member_id.as_str(),
-        Some(SynchronizerId::of_owner(&owner)),
-    );
+    let database_owner =
+        DatabaseOwner::of_node(NodeKind::Mediator, config.member_id.as_str(), Some(&owner));
     if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
         return Ok(());
     }

@@ -26,7 +26,7 @@ use anyhow::Context;
 use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyState};
-use meridian_core::{LedgerOffset, SynchronizerId, Timestamp};
+use meridian_core::{LedgerOffset, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
@@ -259,10 +259,10 @@ async fn start_and_serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let retry = Retry::new(readiness, &shutdown);
-    let database_owner = DatabaseOwner::new(
+    let database_owner = DatabaseOwner::of_node(
         NodeKind::Participant,
         config.participant_id.as_str(),
-        Some(SynchronizerId::of_owner(&owner)),
+        Some(&owner),
     );
     if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
         return Ok(());

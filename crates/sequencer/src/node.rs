@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use meridian_core::backoff::Backoff;
-use meridian_core::{SynchronizerId, Timestamp};
+use meridian_core::Timestamp;
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::grpc::GrpcServer;
@@ -129,11 +129,8 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let _stop_on_return = shutdown.clone().drop_guard();
 
     let retry = Retry::new(&readiness, &shutdown);
-    let database_owner = DatabaseOwner::new(
-        NodeKind::Sequencer,
-        SEQUENCER_NODE_ID,
-        owner_key.as_ref().map(SynchronizerId::of_owner),
-    );
+    let database_owner =
+        DatabaseOwner::of_node(NodeKind::Sequencer, SEQUENCER_NODE_ID, owner_key.as_ref());
     if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
         return Ok(());
     }

@@ -13,6 +13,7 @@
 
 use std::fmt;
 
+use meridian_core::crypto::PublicKey;
 use meridian_core::{SynchronizerId, Timestamp};
 use sqlx::postgres::PgConnectOptions;
 
@@ -70,6 +71,12 @@ pub struct DatabaseOwner {
 }
 
 impl DatabaseOwner {
+    /// `kind` `node` of the synchronizer whose owner's public key is `owner_key` (`None`: a
+    /// sequencer without one).
+    pub fn of_node(kind: NodeKind, node: impl Into<String>, owner_key: Option<&PublicKey>) -> Self {
+        Self::new(kind, node, owner_key.map(SynchronizerId::of_owner))
+    }
+
     pub fn new(
         kind: NodeKind,
         node: impl Into<String>,

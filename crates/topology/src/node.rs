@@ -23,7 +23,7 @@ use std::time::Duration;
 use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, TopologyTransaction};
-use meridian_core::{MemberId, SynchronizerId, Timestamp};
+use meridian_core::{MemberId, Timestamp};
 use meridian_node::admin::{self, AdminState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
@@ -105,11 +105,9 @@ async fn run_manager(
     ));
 
     let retry = Retry::new(&readiness, &shutdown);
-    let database_owner = DatabaseOwner::new(
-        NodeKind::TopologyManager,
-        member.as_str(),
-        Some(SynchronizerId::of_owner(&owner.public_key())),
-    );
+    let owner_key = owner.public_key();
+    let database_owner =
+        DatabaseOwner::of_node(NodeKind::TopologyManager, member.as_str(), Some(&owner_key));
     if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
         return Ok(());
     }
