@@ -58,8 +58,12 @@ async fn run_to_exit(dir: &Path, name: &str, mut config: ParticipantConfig) -> O
         .arg(&path)
         .kill_on_drop(true)
         .output();
+    let started = std::time::Instant::now();
     match tokio::time::timeout(REFUSAL_WITHIN, run).await {
-        Ok(output) => output.unwrap(),
+        Ok(output) => {
+            eprintln!("{name} exited after {:?}", started.elapsed());
+            output.unwrap()
+        }
         Err(_) => {
             panic!("{name} still runs after {REFUSAL_WITHIN:?}: it did not refuse the database")
         }
