@@ -445,12 +445,32 @@ async fn scenario(
     subscribe: SubscribeScript,
     max_attempts: u32,
 ) -> (Arc<FakeSequencer>, Running, SequencerClient) {
+    scenario_with(send, subscribe, |endpoint, key| {
+        config(endpoint, key, max_attempts)
+    })
+    .await
+}
+
+/// A [`scenario`] whose client is configured by `client_config` (given the endpoint and key).
+async fn scenario_with(
+    send: SendScript,
+    subscribe: SubscribeScript,
+    client_config: impl FnOnce(&str, &SigningKey) -> SequencerClientConfig,
+) -> (Arc<FakeSequencer>, Running, SequencerClient) {
     let key = SigningKey::generate();
     let (fake, server) = served(&key, send, subscribe).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, max_attempts))
+    let client = SequencerClient::connect(client_config(&server.endpoint, &key))
         .await
         .unwrap();
     (fake, server, client)
+}
+
+/// A [`scenario`] of sends only (subscriptions are not scripted).
+async fn sending(
+    send: SendScript,
+    max_attempts: u32,
+) -> (Arc<FakeSequencer>, Running, SequencerClient) {
+    scenario(send, no_subscriptions(), max_attempts).await
 }
 
 /// A [`scenario`] of subscriptions only (sends are not scripted), subscribed from the start.
@@ -462,24 +482,46 @@ async fn subscribed(
     (fake, server, client.subscribe(None))
 }
 
-/// Serves two instances and connects one client to both, with stall detection.
-async fn connect_to_both(
-    key: &SigningKey,
-    a: &Arc<FakeSequencer>,
-    b: &Arc<FakeSequencer>,
-    max_attempts: u32,
-    stall_timeout: Duration,
-) -> (Running, Running, SequencerClient) {
-    let (server_a, server_b) = (serve(a).await, serve(b).await);
-    let client = SequencerClient::connect(multi_config(
-        &[&server_a.endpoint, &server_b.endpoint],
-        key,
-        max_attempts,
-        stall_timeout,
-    ))
-    .await
-    .unwrap();
-    (server_a, server_b, client)
+/// What one instance of the fake serves: its send and its subscribe script.
+type Scripts = (SendScript, SubscribeScript);
+
+/// Two instances of one sequencer, served, and one client connected to both.
+struct TwoInstances {
+    a: Arc<FakeSequencer>,
+    b: Arc<FakeSequencer>,
+    server_a: Running,
+    server_b: Running,
+    client: SequencerClient,
+}
+
+impl TwoInstances {
+    /// Serves instances scripted by `a` and `b` and connects one client to both, with stall
+    /// detection.
+    async fn start(a: Scripts, b: Scripts, max_attempts: u32, stall_timeout: Duration) -> Self {
+        let key = SigningKey::generate();
+        let (a, server_a) = served(&key, a.0, a.1).await;
+        let (b, server_b) = served(&key, b.0, b.1).await;
+        let client = SequencerClient::connect(multi_config(
+            &[&server_a.endpoint, &server_b.endpoint],
+            &key,
+            max_attempts,
+            stall_timeout,
+        ))
+        .await
+        .unwrap();
+        Self {
+            a,
+            b,
+            server_a,
+            server_b,
+            client,
+        }
+    }
+}
+
+/// Refuses every send with `refusal`.
+fn refusing_sends(refusal: Status) -> SendScript {
+    Box::new(move |_, _| Err(refusal.clone()))
 }
 
 /// Answers every send with `timestamp_us` plus the call index.
@@ -658,12 +700,11 @@ async fn a_malformed_event_is_a_protocol_error_and_ends_the_stream() {
 
 #[tokio::test]
 async fn reconnects_resume_after_the_last_delivered_event_exactly_once() {
-    let key = SigningKey::generate();
     // Ten events 100, 200, ..., 1000. Each stream serves at most three events after `after`
     // and then breaks, alternately cleanly and with UNAVAILABLE; the last one stays open.
-    let (fake, server) = served(
-        &key,
-        no_sends(),
+    // Two attempts only: the four breaks in a row succeed only because each reconnect that
+    // delivers resets the backoff.
+    let (fake, server, mut subscription) = subscribed(
         Box::new(move |index, after| {
             let rest = history_after(after);
             let served: Vec<_> = rest.iter().take(3).cloned().collect();
@@ -676,14 +717,9 @@ async fn reconnects_resume_after_the_last_delivered_event_exactly_once() {
             };
             SubscribeReply::Serve(served, then)
         }),
+        2,
     )
     .await;
-    // Two attempts only: the four breaks in a row succeed only because each reconnect that
-    // delivers resets the backoff.
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 2))
-        .await
-        .unwrap();
-    let mut subscription = client.subscribe(None);
 
     let mut delivered = Vec::new();
     while delivered.len() < 10 {
@@ -759,14 +795,13 @@ async fn dropping_the_subscription_stops_it() {
 
 #[tokio::test]
 async fn send_re_authenticates_once_when_the_token_is_refused() {
-    let (fake, server, client) = scenario(
+    let (fake, server, client) = sending(
         Box::new(|_, _| {
             Ok(v1::SendResponse {
                 timestamp_us: 1_000,
                 deduplicated: false,
             })
         }),
-        no_subscriptions(),
         3,
     )
     .await;
@@ -789,7 +824,7 @@ async fn send_re_authenticates_once_when_the_token_is_refused() {
 
 #[tokio::test]
 async fn concurrent_callers_share_one_re_authentication() {
-    let (fake, server, client) = scenario(answer_with(1_000), no_subscriptions(), 3).await;
+    let (fake, server, client) = sending(answer_with(1_000), 3).await;
     fake.forget_tokens();
     let sends = (0..8).map(|i| {
         let client = client.clone();
@@ -842,13 +877,10 @@ async fn a_wrong_key_is_refused_without_retrying() {
 
 #[tokio::test]
 async fn send_does_not_retry_a_definite_rejection() {
-    let (fake, server, client) = scenario(
-        Box::new(|_, _| {
-            Err(Status::invalid_argument(
-                "max sequencing time is in the past",
-            ))
-        }),
-        no_subscriptions(),
+    let (fake, server, client) = sending(
+        refusing_sends(Status::invalid_argument(
+            "max sequencing time is in the past",
+        )),
         10,
     )
     .await;
@@ -865,7 +897,7 @@ async fn send_does_not_retry_a_definite_rejection() {
 
 #[tokio::test]
 async fn send_retries_unavailable_with_the_same_message_id() {
-    let (fake, server, client) = scenario(
+    let (fake, server, client) = sending(
         Box::new(|index, _| match index {
             0 | 1 => Err(Status::unavailable("writer failing over")),
             _ => Ok(v1::SendResponse {
@@ -873,7 +905,6 @@ async fn send_retries_unavailable_with_the_same_message_id() {
                 deduplicated: true,
             }),
         }),
-        no_subscriptions(),
         5,
     )
     .await;
@@ -890,12 +921,8 @@ async fn send_retries_unavailable_with_the_same_message_id() {
 
 #[tokio::test]
 async fn send_gives_up_after_max_attempts() {
-    let (fake, server, client) = scenario(
-        Box::new(|_, _| Err(Status::unavailable("overloaded"))),
-        no_subscriptions(),
-        4,
-    )
-    .await;
+    let (fake, server, client) =
+        sending(refusing_sends(Status::unavailable("overloaded")), 4).await;
     match client.send(submission("m-1", in_a_minute())).await {
         Err(ClientError::Unavailable {
             endpoint,
@@ -914,17 +941,17 @@ async fn send_gives_up_after_max_attempts() {
 
 #[tokio::test]
 async fn send_stops_retrying_when_the_max_sequencing_time_passes() {
-    let key = SigningKey::generate();
-    let (fake, server) = served(
-        &key,
-        Box::new(|_, _| Err(Status::unavailable("overloaded"))),
+    let (fake, server, client) = scenario_with(
+        refusing_sends(Status::unavailable("overloaded")),
         no_subscriptions(),
+        |endpoint, key| {
+            let mut config = config(endpoint, key, 1_000);
+            config.backoff.initial = Duration::from_millis(20);
+            config.backoff.max = Duration::from_millis(50);
+            config
+        },
     )
     .await;
-    let mut config = config(&server.endpoint, &key, 1_000);
-    config.backoff.initial = Duration::from_millis(20);
-    config.backoff.max = Duration::from_millis(50);
-    let client = SequencerClient::connect(config).await.unwrap();
     let started = Instant::now();
     let deadline = Timestamp::now().saturating_add(Duration::from_millis(300));
     match client.send(submission("m-1", deadline)).await {
@@ -946,12 +973,8 @@ async fn send_stops_retrying_when_the_max_sequencing_time_passes() {
 
 #[tokio::test]
 async fn subscribe_gives_up_after_bounded_attempts_when_the_sequencer_is_down() {
-    let key = SigningKey::generate();
-    let (fake, server) = served(&key, no_sends(), no_subscriptions()).await;
+    let (fake, server, client) = scenario(no_sends(), no_subscriptions(), 4).await;
     let endpoint = server.endpoint.clone();
-    let client = SequencerClient::connect(config(&endpoint, &key, 4))
-        .await
-        .unwrap();
     server.stop().await;
 
     let started = Instant::now();
@@ -1077,11 +1100,19 @@ fn message_ids(fake: &FakeSequencer) -> Vec<String> {
 
 #[tokio::test]
 async fn sends_rotate_over_healthy_endpoints() {
-    let key = SigningKey::generate();
-    let a = FakeSequencer::new(key.public_key(), answer_with(1_000), no_subscriptions());
-    let b = FakeSequencer::new(key.public_key(), answer_with(2_000), no_subscriptions());
-    let (server_a, server_b, client) =
-        connect_to_both(&key, &a, &b, 3, Duration::from_secs(1)).await;
+    let TwoInstances {
+        a,
+        b,
+        server_a,
+        server_b,
+        client,
+    } = TwoInstances::start(
+        (answer_with(1_000), no_subscriptions()),
+        (answer_with(2_000), no_subscriptions()),
+        3,
+        Duration::from_secs(1),
+    )
+    .await;
     for i in 0..4 {
         client
             .send(submission(&format!("m{i}"), in_a_minute()))
@@ -1103,15 +1134,22 @@ async fn sends_rotate_over_healthy_endpoints() {
 
 #[tokio::test]
 async fn a_failed_send_moves_to_the_next_endpoint_with_the_same_message_id() {
-    let key = SigningKey::generate();
-    let a = FakeSequencer::new(
-        key.public_key(),
-        Box::new(|_, _| Err(Status::unavailable("instance going down"))),
-        no_subscriptions(),
-    );
-    let b = FakeSequencer::new(key.public_key(), answer_with(2_000), no_subscriptions());
-    let (server_a, server_b, client) =
-        connect_to_both(&key, &a, &b, 1, Duration::from_secs(1)).await;
+    let TwoInstances {
+        a,
+        b,
+        server_a,
+        server_b,
+        client,
+    } = TwoInstances::start(
+        (
+            refusing_sends(Status::unavailable("instance going down")),
+            no_subscriptions(),
+        ),
+        (answer_with(2_000), no_subscriptions()),
+        1,
+        Duration::from_secs(1),
+    )
+    .await;
     // One attempt (a round over both endpoints) is enough: the failover needs no backoff.
     let started = Instant::now();
     let receipt = client.send(submission("m0", in_a_minute())).await.unwrap();
@@ -1153,20 +1191,23 @@ async fn a_failed_send_moves_to_the_next_endpoint_with_the_same_message_id() {
 
 #[tokio::test]
 async fn a_broken_stream_resumes_on_the_next_endpoint_without_gap_or_duplicate() {
-    let key = SigningKey::generate();
     // A serves three events and fails; B serves the rest and stays open with keep-alives.
-    let a = FakeSequencer::new(
-        key.public_key(),
-        no_sends(),
-        serving_history(3, || Then::Fail(Status::unavailable("instance killed"))),
-    );
-    let b = FakeSequencer::new(
-        key.public_key(),
-        no_sends(),
-        healthy_history(Duration::from_millis(50)),
-    );
-    let (server_a, server_b, client) =
-        connect_to_both(&key, &a, &b, 2, Duration::from_millis(500)).await;
+    let TwoInstances {
+        a,
+        b,
+        server_a,
+        server_b,
+        client,
+    } = TwoInstances::start(
+        (
+            no_sends(),
+            serving_history(3, || Then::Fail(Status::unavailable("instance killed"))),
+        ),
+        (no_sends(), healthy_history(Duration::from_millis(50))),
+        2,
+        Duration::from_millis(500),
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     let mut delivered = Vec::new();
     while delivered.len() < 10 {
@@ -1189,21 +1230,22 @@ async fn a_broken_stream_resumes_on_the_next_endpoint_without_gap_or_duplicate()
 
 #[tokio::test]
 async fn a_stalled_endpoint_is_detected_within_the_stall_timeout() {
-    let key = SigningKey::generate();
     // A serves two events and then sends nothing at all, as a paused (SIGSTOPped) process
     // would; B is healthy.
-    let a = FakeSequencer::new(
-        key.public_key(),
-        no_sends(),
-        serving_history(2, || Then::Hang),
-    );
-    let b = FakeSequencer::new(
-        key.public_key(),
-        no_sends(),
-        healthy_history(Duration::from_millis(100)),
-    );
     let stall = Duration::from_millis(400);
-    let (server_a, server_b, client) = connect_to_both(&key, &a, &b, 2, stall).await;
+    let TwoInstances {
+        a: _,
+        b,
+        server_a,
+        server_b,
+        client,
+    } = TwoInstances::start(
+        (no_sends(), serving_history(2, || Then::Hang)),
+        (no_sends(), healthy_history(Duration::from_millis(100))),
+        2,
+        stall,
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     for expected in [100, 200] {
         assert_eq!(next_timestamp(&mut subscription).await, expected);
@@ -1229,22 +1271,13 @@ async fn a_stalled_endpoint_is_detected_within_the_stall_timeout() {
 
 #[tokio::test]
 async fn subscriptions_ask_for_keep_alives_at_half_the_stall_timeout() {
-    let key = SigningKey::generate();
-    let (fake, server) = served(
-        &key,
+    let (fake, server, client) = scenario_with(
         no_sends(),
         // An idle sequencer: no events, only keep-alives.
         serving_history(0, || Then::KeepAlive(Duration::from_millis(50))),
+        |endpoint, key| multi_config(&[endpoint], key, 2, Duration::from_millis(600)),
     )
     .await;
-    let client = SequencerClient::connect(multi_config(
-        &[&server.endpoint],
-        &key,
-        2,
-        Duration::from_millis(600),
-    ))
-    .await
-    .unwrap();
     let mut subscription = client.subscribe(None);
     // Keep-alives are not events: nothing is yielded, and the stream is not seen as stalled.
     assert_quiet(&mut subscription, 1_500).await;
