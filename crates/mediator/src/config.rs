@@ -258,46 +258,17 @@ mod tests {
 
     #[test]
     fn replication_defaults_and_checks() {
-        let replicated = format!("{}[replication]\nreplica_id = \"mediator-b\"\n", text(""));
-        let config: MediatorConfig =
-            meridian_node::config::parse_toml(&replicated, "m.toml").unwrap();
-        config.check("m.toml").expect("valid");
-        let settings = config.replica_settings().expect("replicated");
-        assert_eq!(settings.node, "mediator");
-        assert_eq!(settings.replica_id, "mediator-b");
-        assert_eq!(settings.advertised_endpoint, "http://127.0.0.1:4201");
-        assert_eq!(settings.lease_timeout, Duration::from_secs(1));
-        assert_eq!(settings.poll_interval, Duration::from_millis(100));
-
-        for (extra, field) in [
-            ("replica_id = \"a b\"", "replica_id"),
-            (
-                "replica_id = \"a\"\nlease_timeout_ms = 0",
-                "lease_timeout_ms",
-            ),
-            (
-                "replica_id = \"a\"\npoll_interval_ms = 1000",
-                "poll_interval_ms",
-            ),
-            (
-                "replica_id = \"a\"\nadvertised_endpoint = \"10.0.0.5:1\"",
-                "advertised_endpoint",
-            ),
-        ] {
-            let replicated = format!("{}[replication]\n{extra}\n", text(""));
-            let config: MediatorConfig =
-                meridian_node::config::parse_toml(&replicated, "m.toml").unwrap();
-            let message = config.check("m.toml").expect_err(extra).to_string();
-            assert!(
-                message.contains(&format!("replication.{field}")),
-                "{message}"
-            );
-        }
-        let unknown = format!("{}[replication]\nreplica = \"a\"\n", text(""));
-        let message = meridian_node::config::parse_toml::<MediatorConfig>(&unknown, "m.toml")
-            .expect_err("unknown key")
-            .to_string();
-        assert!(message.contains("unknown field `replica`"), "{message}");
+        meridian_node::replication::assert_replication_table(
+            &text(""),
+            "mediator",
+            "http://127.0.0.1:4201",
+            |toml| {
+                let config: MediatorConfig = meridian_node::config::parse_toml(toml, "m.toml")
+                    .map_err(|error| error.to_string())?;
+                config.check("m.toml").map_err(|error| error.to_string())?;
+                Ok(config.replica_settings())
+            },
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lease_watch::LeaseWatch;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaSettings {
     /// The replicated node, e.g. `participant1` (the lease row's key).
     pub node: String,

@@ -61,6 +61,69 @@ pub struct ReplicationConfig {
     pub poll_interval_ms: u64,
 }
 
+/// Test support for every replicated role's config: `valid` is a whole valid config text of
+/// the role, and `load(text)` parses and checks a config text, returning its replica settings
+/// or the error's message. Asserts that no table means not replicated, that a table naming
+/// only `replica_id` gets the shared defaults (node `node`, advertised at `default_endpoint`),
+/// and that each bad value or unknown key is refused naming it; the roles share the table, so
+/// they share the cases.
+pub fn assert_replication_table(
+    valid: &str,
+    node: &str,
+    default_endpoint: &str,
+    load: impl Fn(&str) -> Result<Option<crate::replica::ReplicaSettings>, String>,
+) {
+    assert_eq!(
+        load(valid),
+        Ok(None),
+        "no [replication] table: not replicated"
+    );
+    let settings = load(&format!("{valid}\n[replication]\nreplica_id = \"r-b\"\n"))
+        .expect("a [replication] table naming only replica_id is valid")
+        .expect("replicated");
+    assert_eq!(settings.node, node);
+    assert_eq!(settings.replica_id, "r-b");
+    assert_eq!(settings.advertised_endpoint, default_endpoint);
+    assert_eq!(settings.lease_timeout, Duration::from_secs(1));
+    assert_eq!(settings.poll_interval, Duration::from_millis(100));
+    for (table, named) in [
+        ("replica_id = \"a b\"", "replication.replica_id"),
+        ("replica_id = \"\"", "replication.replica_id"),
+        (
+            "replica_id = \"a\"\nlease_timeout_ms = 0",
+            "replication.lease_timeout_ms",
+        ),
+        (
+            "replica_id = \"a\"\nlease_timeout_ms = 5",
+            "replication.lease_timeout_ms",
+        ),
+        (
+            "replica_id = \"a\"\npoll_interval_ms = 0",
+            "replication.poll_interval_ms",
+        ),
+        (
+            "replica_id = \"a\"\npoll_interval_ms = 2000",
+            "replication.poll_interval_ms",
+        ),
+        (
+            "replica_id = \"a\"\nadvertised_endpoint = \"x\"",
+            "replication.advertised_endpoint",
+        ),
+        (
+            "replica_id = \"a\"\nadvertised_endpoint = \"10.0.0.5:1\"",
+            "replication.advertised_endpoint",
+        ),
+        ("replica = \"a\"", "unknown field `replica`"),
+        (
+            "replica_id = \"a\"\nlease_timeout = 5",
+            "unknown field `lease_timeout`",
+        ),
+    ] {
+        let message = load(&format!("{valid}\n[replication]\n{table}\n")).expect_err(table);
+        assert!(message.contains(named), "{table}: {message}");
+    }
+}
+
 /// Longest lease timeout accepted: beyond a minute a stuck active blocks its node's work for
 /// longer than any caller waits, which is almost certainly a unit mistake.
 pub const MAX_LEASE_TIMEOUT_MS: u64 = 60_000;

@@ -377,44 +377,16 @@ path = "p1.db"
 
     #[test]
     fn replication_table() {
-        let text = format!(
-            "{}\n[replication]\nreplica_id = \"p1-b\"\n",
-            with_owner(VALID)
+        meridian_node::replication::assert_replication_table(
+            &with_owner(VALID),
+            "p1",
+            "http://127.0.0.1:4501",
+            |toml| {
+                let config: ParticipantConfig = meridian_node::config::parse_toml(toml, "p1.toml")
+                    .map_err(|error| error.to_string())?;
+                config.check("p1.toml").map_err(|error| error.to_string())?;
+                Ok(config.replica_settings())
+            },
         );
-        let config: ParticipantConfig =
-            meridian_node::config::parse_toml(&text, "p1.toml").unwrap();
-        config.check("p1.toml").unwrap();
-        let settings = config.replica_settings().unwrap();
-        assert_eq!(settings.node, "p1");
-        assert_eq!(settings.replica_id, "p1-b");
-        assert_eq!(settings.advertised_endpoint, "http://127.0.0.1:4501");
-        assert_eq!(settings.lease_timeout, Duration::from_millis(1_000));
-        assert_eq!(settings.poll_interval, Duration::from_millis(100));
-
-        let err = meridian_node::config::parse_toml::<ParticipantConfig>(
-            &format!("{text}lease_timeout = 5\n"),
-            "p1.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("unknown field `lease_timeout`"), "{err}");
-
-        for (extra, expected) in [
-            (
-                "advertised_endpoint = \"10.0.0.1:1\"\n",
-                "advertised_endpoint",
-            ),
-            ("poll_interval_ms = 2000\n", "poll_interval_ms"),
-            ("lease_timeout_ms = 0\n", "lease_timeout_ms"),
-        ] {
-            let config: ParticipantConfig =
-                meridian_node::config::parse_toml(&format!("{text}{extra}"), "p1.toml").unwrap();
-            let err = config.check("p1.toml").unwrap_err().to_string();
-            assert!(err.contains(expected), "{extra}: {err}");
-        }
-        let config: ParticipantConfig =
-            meridian_node::config::parse_toml(&text.replace("p1-b", "p1 b"), "p1.toml").unwrap();
-        let err = config.check("p1.toml").unwrap_err().to_string();
-        assert!(err.contains("replica_id"), "{err}");
     }
 }

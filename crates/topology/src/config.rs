@@ -229,41 +229,16 @@ mod tests {
 
     #[test]
     fn replication_defaults_and_checks() {
-        let config = parse(&format!(
-            "{BASE}{STORAGE}[replication]\nreplica_id = \"tm-b\"\n"
-        ))
-        .expect("parses");
-        config.check("tm.toml").expect("valid");
-        let settings = config.replica_settings().expect("replicated");
-        assert_eq!(settings.node, "topology-manager");
-        assert_eq!(settings.replica_id, "tm-b");
-        assert_eq!(settings.advertised_endpoint, "http://127.0.0.1:4201");
-        assert_eq!(settings.lease_timeout, Duration::from_secs(1));
-        assert_eq!(settings.poll_interval, Duration::from_millis(100));
-
-        for (extra, field) in [
-            ("replica_id = \"\"", "replica_id"),
-            (
-                "replica_id = \"a\"\nlease_timeout_ms = 5",
-                "lease_timeout_ms",
-            ),
-            (
-                "replica_id = \"a\"\npoll_interval_ms = 0",
-                "poll_interval_ms",
-            ),
-            (
-                "replica_id = \"a\"\nadvertised_endpoint = \"x\"",
-                "advertised_endpoint",
-            ),
-        ] {
-            let config = parse(&format!("{BASE}{STORAGE}[replication]\n{extra}\n")).unwrap();
-            let err = config.check("tm.toml").unwrap_err().to_string();
-            assert!(err.contains(&format!("replication.{field}")), "{err}");
-        }
-        let err = parse(&format!("{BASE}{STORAGE}[replication]\nreplica = \"a\"\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("unknown field `replica`"), "{err}");
+        meridian_node::replication::assert_replication_table(
+            &format!("{BASE}{STORAGE}"),
+            "topology-manager",
+            "http://127.0.0.1:4201",
+            |toml| {
+                let config = parse(toml).map_err(|error| error.to_string())?;
+                config.check("tm.toml").map_err(|error| error.to_string())?;
+                Ok(config.replica_settings())
+            },
+        );
     }
 
     #[test]
