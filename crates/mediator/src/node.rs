@@ -28,6 +28,7 @@ use meridian_node::metrics::Metrics;
 use meridian_node::replica::ReplicaManager;
 use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
+use meridian_node::shutdown::{stop_after_hand_over, HandOver};
 use meridian_store::mediator::MediatorStore;
 use tokio_util::sync::CancellationToken;
 
@@ -69,9 +70,7 @@ impl StatusSource for MediatorStatus {
 
 /// Runs a mediator until `shutdown` is cancelled. Returns an error for what a restart will not
 /// fix by itself (an unusable key file, a fork in the sequencer's history, corrupt state).
-pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // A child, so that stopping on a fatal error stops our tasks but not the caller's others.
-    let shutdown = shutdown.child_token();
+pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Result<()> {
     let health = Health::new();
     let readiness = Conditions::starting(health.clone());
     let metrics = Arc::new(Metrics::new("meridian"));
@@ -89,6 +88,16 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
         Arc::new(move || replication.get().is_some_and(|r| r.step_down()))
             as Arc<dyn Fn() -> bool + Send + Sync>
     });
+    // A stop steps an active replica down first, as a switchover does. Its own token, so that
+    // stopping on a fatal error stops our tasks but not the caller's others.
+    let hand_over = step_down.clone().map(|step_down| {
+        let replication = replication.clone();
+        HandOver {
+            step_down,
+            is_active: Arc::new(move || replication.get().is_some_and(|r| r.role().is_active())),
+        }
+    });
+    let shutdown = stop_after_hand_over(stop, hand_over);
     let admin_state = AdminState {
         health: health.clone(),
         metrics: metrics.clone(),
