@@ -480,8 +480,9 @@ impl Injected {
             Effect::Stopped(name) => {
                 let exe = stage.deployment.exe().to_path_buf();
                 let process = process_named(stage.deployment, name)?;
-                // Reaps a gracefully stopped process (a killed one is already reaped).
-                process.terminate(EXIT_GRACE).await?;
+                // Reaps a gracefully stopped process (a killed one is already reaped) without
+                // signalling it again, which would cut its hand-over short.
+                process.wait_exit(EXIT_GRACE).await?;
                 process.start(&exe)?;
                 process.wait_alive(RESTART_TIMEOUT).await?;
             }

@@ -341,7 +341,22 @@ pub struct Live {
     pub last_committed_send_us: [AtomicU64; 3],
     /// Failed attempts whose message mentions a timeout (mediator TIMEOUT verdicts).
     pub timeouts: AtomicU64,
+    /// Every failure, when it happened (µs since [`Live::epoch`]) and whether it was a
+    /// timeout, so that each can be attributed to the fault it falls under after the run.
+    /// Bounded: past [`MAX_RECORDED_FAILURES`] only the counters go on.
+    failures: Mutex<Vec<FailureAt>>,
     epoch: std::sync::OnceLock<Instant>,
+}
+
+/// Bound on the failures a [`Live`] keeps one by one (a broken run fails far fewer requests
+/// than this; the counters keep counting past it).
+pub const MAX_RECORDED_FAILURES: usize = 1_000_000;
+
+/// One failed request: when (µs since [`Live::epoch`]), and whether it was a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureAt {
+    pub at_us: u64,
+    pub timed_out: bool,
 }
 
 impl Live {
@@ -350,7 +365,8 @@ impl Live {
         *self.epoch.get_or_init(Instant::now)
     }
 
-    fn micros_since_epoch(&self, at: Instant) -> u64 {
+    /// Microseconds from [`Live::epoch`] to `at` (0 before it).
+    pub fn micros_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch()).as_micros()).unwrap_or(u64::MAX)
     }
 
@@ -359,9 +375,25 @@ impl Live {
         bucket_index(at.saturating_duration_since(self.epoch()))
     }
 
-    fn record_failure(&self) {
+    fn record_failure(&self, timed_out: bool) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        self.timeline.record_failure(self.epoch().elapsed());
+        if timed_out {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        let elapsed = self.epoch().elapsed();
+        self.timeline.record_failure(elapsed);
+        let mut failures = lock(&self.failures);
+        if failures.len() < MAX_RECORDED_FAILURES {
+            failures.push(FailureAt {
+                at_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                timed_out,
+            });
+        }
+    }
+
+    /// Every failure so far, in the order they happened.
+    pub fn failures(&self) -> Vec<FailureAt> {
+        lock(&self.failures).clone()
     }
 
     /// An outcome that took `attempts` attempts: all but the first were retries.
@@ -663,10 +695,8 @@ impl Tally {
 
     fn failed(&self, lane: usize, error: &ClientError) {
         tracing::debug!(lane, %error, "transfer failed");
-        self.live.record_failure();
-        if error.to_string().to_lowercase().contains("timeout") {
-            self.live.timeouts.fetch_add(1, Ordering::Relaxed);
-        }
+        self.live
+            .record_failure(error.to_string().to_lowercase().contains("timeout"));
         *lock(&self.rejections)
             .entry(error_label(error))
             .or_default() += 1;
