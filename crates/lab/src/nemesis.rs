@@ -642,6 +642,8 @@ async fn revive(
         if running_at_start.iter().any(|n| n == process.name()) && !process.is_running() {
             tracing::warn!(process = process.name(), log = %process.log_tail(20), "exited by itself during the nemesis run");
             exited.push(process.name().to_owned());
+            // Reaps it (it has exited: no signal is sent), so that it can start again.
+            process.wait_exit(EXIT_GRACE).await?;
             process.start(&exe)?;
             process.wait_alive(RESTART_TIMEOUT).await?;
         }

@@ -433,16 +433,20 @@ impl Observer for Progress {
 }
 
 fn print_table(report: &DrillReport) {
+    let faults = report
+        .nemesis
+        .as_ref()
+        .map_or(report.faults.len(), |run| run.faults.len());
     println!(
-        "\nmeridian drill ({:?}): {} fault(s), {} committed",
-        report.backend,
-        report.faults.len(),
-        report.committed
+        "\nmeridian drill ({:?}): {faults} fault(s), {} committed",
+        report.backend, report.committed
     );
-    println!(
-        "  {:<19} {:<28} {:>9} {:>9} {:>9} {:>4} {:>7} {:>8}",
-        "scenario", "action", "detect ms", "RTO ms", "RTO90 ms", "RPO", "failed", "retried"
-    );
+    if !report.faults.is_empty() {
+        println!(
+            "  {:<19} {:<28} {:>9} {:>9} {:>9} {:>4} {:>7} {:>8}",
+            "scenario", "action", "detect ms", "RTO ms", "RTO90 ms", "RPO", "failed", "retried"
+        );
+    }
     for fault in &report.faults {
         let mut action = fault.action.clone();
         action.truncate(28);
