@@ -183,9 +183,8 @@ async fn a_request_stuck_on_a_frozen_replica_fails_over_within_the_keep_alive_bo
     drop(frozen);
 }
 
-#[tokio::test]
-async fn a_retry_answered_already_exists_returns_the_original_transaction() {
-    let fake = FakeParticipant::default();
+/// Submits command `cmd-1` for alice through a client of `fake` with a quick backoff.
+async fn submit_to(fake: &FakeParticipant) -> Result<SubmitOutcome, meridian_client::ClientError> {
     let endpoint = serve(fake.clone()).await;
     let client = LedgerClient::new(&[endpoint], UserId::new("retry-test").unwrap())
         .unwrap()
@@ -194,14 +193,19 @@ async fn a_retry_answered_already_exists_returns_the_original_transaction() {
             max: Duration::from_millis(5),
             max_attempts: 5,
         });
-    let outcome = client
+    client
         .submit_and_wait(
             &CommandId::new("cmd-1").unwrap(),
             &BTreeSet::from([PartyId::new("alice").unwrap()]),
             &[],
         )
         .await
-        .unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_answered_already_exists_returns_the_original_transaction() {
+    let fake = FakeParticipant::default();
+    let outcome = submit_to(&fake).await.unwrap();
     // The caller learns what its first attempt created, as if it had been answered.
     let SubmitOutcome::Committed(committed) = outcome else {
         panic!("expected the original commit, got {outcome:?}");
@@ -223,20 +227,7 @@ async fn a_submission_proven_never_sequenced_is_resubmitted() {
         never_sequenced_first: true,
         ..FakeParticipant::default()
     };
-    let endpoint = serve(fake.clone()).await;
-    let client = LedgerClient::new(&[endpoint], UserId::new("resubmit-test").unwrap())
-        .unwrap()
-        .with_backoff(Backoff {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(5),
-            max_attempts: 5,
-        });
-    let outcome = client
-        .submit_and_wait(
-            &CommandId::new("cmd-1").unwrap(),
-            &BTreeSet::from([PartyId::new("alice").unwrap()]),
-            &[],
-        )
+    let outcome = submit_to(&fake)
         .await
         .expect("resubmitted rather than failed");
     let SubmitOutcome::Committed(committed) = outcome else {

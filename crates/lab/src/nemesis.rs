@@ -15,7 +15,6 @@
 //! clock skew is already listed, waiting for the clock-shift shim.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -27,7 +26,7 @@ use crate::admin;
 use crate::attribution::{self, Window};
 use crate::deployment::{Backend, Deployment};
 use crate::drill::plan::PlanView;
-use crate::fault::{Node, Stage, TOPOLOGY_NODE};
+use crate::fault::{process_named, restart, Node, Stage, TOPOLOGY_NODE};
 use crate::workload::{FailureAt, Live};
 
 /// The kinds of fault the nemesis draws from.
@@ -130,9 +129,6 @@ const QUIET_END: Duration = Duration::from_secs(3);
 const WINDOW_TAIL: Duration = Duration::from_secs(10);
 /// How often the replica roles are polled.
 const ROLE_POLL: Duration = Duration::from_millis(250);
-/// How long a stopped process may take to exit, and then to come back.
-const EXIT_GRACE: Duration = Duration::from_secs(15);
-const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One scheduled fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -471,8 +467,14 @@ pub(crate) async fn play(
         }
     }
     let unexpected_exits = revive(stage.deployment, &running_at_start).await?;
-    for name in &unexpected_exits {
-        say(format!("{name} had exited by itself; restarted it"));
+    if !unexpected_exits.is_empty() {
+        say(format!(
+            "{} had exited by itself; restarted for the audit",
+            unexpected_exits.join(", ")
+        ));
+        // The audit needs every node served again, and the load a moment to find it.
+        await_active(&stage.deployment.data_dir, &watcher.nodes).await;
+        tokio::time::sleep(QUIET_END).await;
     }
     Ok(NemesisRun {
         plan: plan.clone(),
@@ -532,10 +534,7 @@ async fn strike(event: &NemesisEvent, stage: &mut Stage<'_>) -> anyhow::Result<(
     }
     let node = event.node.context("a process fault needs a node")?;
     let name = victim(node, stage.deployment).await?;
-    let process = stage
-        .deployment
-        .process_mut(&name)
-        .with_context(|| format!("the deployment runs no process named {name}"))?;
+    let process = process_named(stage.deployment, &name)?;
     if !process.is_running() {
         bail!("{name} is not running");
     }
@@ -600,21 +599,8 @@ fn strike_database(kind: NemesisKind, stage: &Stage<'_>) -> anyhow::Result<(Stri
 
 async fn undo(effect: Effect, stage: &mut Stage<'_>) -> anyhow::Result<()> {
     match effect {
-        Effect::Stopped(name) => {
-            let exe = stage.deployment.exe().to_path_buf();
-            let process = stage
-                .deployment
-                .process_mut(&name)
-                .with_context(|| format!("the deployment runs no process named {name}"))?;
-            process.wait_exit(EXIT_GRACE).await?;
-            process.start(&exe)?;
-            process.wait_alive(RESTART_TIMEOUT).await?;
-        }
-        Effect::Frozen(name) => stage
-            .deployment
-            .process_mut(&name)
-            .with_context(|| format!("the deployment runs no process named {name}"))?
-            .signal(Signal::SIGCONT)?,
+        Effect::Stopped(name) => restart(stage.deployment, &name).await?,
+        Effect::Frozen(name) => process_named(stage.deployment, &name)?.signal(Signal::SIGCONT)?,
         Effect::DatabaseDown => {
             let server = stage
                 .postgres
@@ -636,23 +622,41 @@ async fn revive(
     deployment: &mut Deployment,
     running_at_start: &[String],
 ) -> anyhow::Result<Vec<String>> {
-    let exe = deployment.exe().to_path_buf();
     let mut exited = Vec::new();
     for process in deployment.processes_mut() {
         if running_at_start.iter().any(|n| n == process.name()) && !process.is_running() {
             tracing::warn!(process = process.name(), log = %process.log_tail(20), "exited by itself during the nemesis run");
             exited.push(process.name().to_owned());
-            // Reaps it (it has exited: no signal is sent), so that it can start again.
-            process.wait_exit(EXIT_GRACE).await?;
-            process.start(&exe)?;
-            process.wait_alive(RESTART_TIMEOUT).await?;
         }
+    }
+    for name in &exited {
+        restart(deployment, name).await?;
     }
     Ok(exited)
 }
 
+/// How long the deployment may take to have an active replica of every node again after
+/// nodes that had exited were restarted.
+const REVIVED_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits (bounded) until every node of `nodes` has an active replica.
+async fn await_active(data_dir: &std::path::Path, nodes: &[String]) {
+    let deadline = Instant::now() + REVIVED_ACTIVE_TIMEOUT;
+    for node in nodes {
+        while !matches!(admin::active_replica(data_dir, node).await, Ok(Some(_))) {
+            if Instant::now() >= deadline {
+                tracing::warn!(node, "no active replica after the restart; auditing anyway");
+                break;
+            }
+            tokio::time::sleep(ROLE_POLL).await;
+        }
+    }
+}
+
 /// Polls which replica is active on every replicated node and records each change.
 struct RoleWatcher {
+    /// The replicated nodes it watches.
+    nodes: Vec<String>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Vec<ReplicaChange>>,
 }
@@ -667,7 +671,9 @@ impl RoleWatcher {
         let epoch = live.epoch();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
+        let watched = nodes.clone();
         let task = tokio::spawn(async move {
+            let nodes = watched;
             let mut active: BTreeMap<String, String> = BTreeMap::new();
             let mut changes = Vec::new();
             loop {
@@ -691,7 +697,7 @@ impl RoleWatcher {
                 }
             }
         });
-        Self { stop, task }
+        Self { nodes, stop, task }
     }
 
     async fn stop(self) -> Vec<ReplicaChange> {
@@ -706,9 +712,6 @@ pub fn fresh_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.as_nanos() as u64)
 }
-
-/// A shared, printable handle on a plan (the drill prints it before anything starts).
-pub type SharedPlan = Arc<NemesisPlan>;
 
 #[cfg(test)]
 mod tests {

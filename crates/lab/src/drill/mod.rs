@@ -420,7 +420,12 @@ impl Observer for Progress {
 
     fn say(&mut self, line: String) {
         self.bar.inc(1);
-        self.bar.println(format!("  {line}"));
+        // A hidden bar (stderr is not a terminal) drops what it is asked to print.
+        if self.bar.is_hidden() {
+            eprintln!("  {line}");
+        } else {
+            self.bar.println(format!("  {line}"));
+        }
     }
 
     fn load_ended(&mut self) {
