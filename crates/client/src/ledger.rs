@@ -404,7 +404,14 @@ fn retryable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-    )
+    ) || broken_connection(status)
+}
+
+/// Whether `status` is the transport's, not the participant's: tonic reports an HTTP/2
+/// connection that broke under a call (a replica killed mid-request) as INTERNAL "h2 protocol
+/// error", although the server never answered and the outcome is unknown.
+fn broken_connection(status: &tonic::Status) -> bool {
+    status.code() == Code::Internal && status.message().starts_with("h2 protocol error")
 }
 
 fn status_error(endpoint: &str, status: tonic::Status, attempts: u32) -> ClientError {
@@ -471,4 +478,28 @@ fn created_contracts(events: &[v1::Event]) -> Result<Vec<Contract>, ClientError>
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seen in a nemesis run: a participant replica killed under a SubmitAndWait failed the
+    /// command instead of retrying it on the other replica.
+    #[test]
+    fn a_connection_broken_under_a_call_is_retried_but_a_server_error_is_not() {
+        assert!(retryable(&tonic::Status::internal(
+            "h2 protocol error: http2 error"
+        )));
+        assert!(!retryable(&tonic::Status::internal(
+            "the participant's store is corrupt"
+        )));
+        assert!(never_sequenced(&tonic::Status::aborted(format!(
+            "{} 5us; nothing was committed, resubmit",
+            meridian_core::protocol::NOT_SEQUENCED_REJECTION
+        ))));
+        assert!(!never_sequenced(&tonic::Status::aborted(
+            "rejected by the mediator (TIMEOUT)"
+        )));
+    }
 }
