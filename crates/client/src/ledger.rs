@@ -7,6 +7,9 @@
 //! committed": the client fetches that transaction from the replica that answered and returns
 //! it as the commit (`AlreadyProcessed` only if it cannot be read), never as a failure.
 //! Endpoints are tried in turn, so the same client fails over between participant replicas.
+//! An ABORTED answer that proves the submission never reached the ledger (its max sequencing
+//! time passed unsequenced, typically a submission a crashed replica left in flight) is
+//! resubmitted under the same command id, a bounded number of times.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +32,10 @@ use crate::{Backoff, ClientError};
 /// dedup-safe retry.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(250);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(750);
+/// How often one `submit_and_wait` resubmits a command the participant proved was never
+/// sequenced (see [`never_sequenced`]). Each such answer takes a max sequencing time (10 s by
+/// default) to come, so a few are plenty for a failover or two.
+const MAX_RESUBMISSIONS: u32 = 3;
 
 /// A committed submission, as the client learned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,13 +213,29 @@ impl LedgerClient {
             commands: commands.iter().map(command_to_wire).collect(),
             deduplication_period_s: None,
         };
-        match self
-            .with_retries(|mut stub| {
-                let request = request.clone();
-                async move { stub.submit_and_wait(request).await }
-            })
-            .await
-        {
+        let mut resubmissions = 0;
+        let mut earlier_attempts = 0;
+        let result = loop {
+            let result = self
+                .with_retries(|mut stub| {
+                    let request = request.clone();
+                    async move { stub.submit_and_wait(request).await }
+                })
+                .await
+                .map_err(|(status, attempts)| (status, earlier_attempts + attempts))
+                .map(|(response, attempts)| (response, earlier_attempts + attempts));
+            match result {
+                Err((status, attempts))
+                    if never_sequenced(&status) && resubmissions < MAX_RESUBMISSIONS =>
+                {
+                    resubmissions += 1;
+                    earlier_attempts = attempts;
+                    tracing::debug!(%command_id, attempts, "the participant proved the command never sequenced; resubmitting");
+                }
+                other => break other,
+            }
+        };
+        match result {
             Ok((response, attempts)) => {
                 let response = response.into_inner();
                 let created = response
@@ -357,12 +380,38 @@ impl LedgerClient {
 /// that the stream has delivered everything there is.
 pub const STREAM_IDLE_END: Duration = Duration::from_secs(2);
 
+/// Whether `status` says the command's submission provably never reached the ledger, so the
+/// command can be submitted again (same command id) without any risk of a second commit.
+///
+/// Why a retry gets this answer: a SubmitAndWait whose replica crashed (or stopped without
+/// draining) is retried with the same command id on the replica that took over. That replica
+/// inherited the old one's in-flight marker for the command — persisted before the send —
+/// but cannot know whether the submission was sent, so command deduplication attaches the
+/// retry to the inherited submission and answers it with that submission's outcome. When it
+/// never reached the sequencer, the only outcome is ABORTED "not sequenced before its max
+/// sequencing time", once sequencer time passes that deadline. The answer is definite — the
+/// sequencer never sequences past the deadline, nothing was committed, the command id is free
+/// again — so resubmitting is what the application would do, and the client does it.
+fn never_sequenced(status: &tonic::Status) -> bool {
+    status.code() == Code::Aborted
+        && status
+            .message()
+            .contains(meridian_core::protocol::NOT_SEQUENCED_REJECTION)
+}
+
 /// Failures after which the command may or may not have been processed.
 fn retryable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-    )
+    ) || broken_connection(status)
+}
+
+/// Whether `status` is the transport's, not the participant's: tonic reports an HTTP/2
+/// connection that broke under a call (a replica killed mid-request) as INTERNAL "h2 protocol
+/// error", although the server never answered and the outcome is unknown.
+fn broken_connection(status: &tonic::Status) -> bool {
+    status.code() == Code::Internal && status.message().starts_with("h2 protocol error")
 }
 
 fn status_error(endpoint: &str, status: tonic::Status, attempts: u32) -> ClientError {
@@ -429,4 +478,28 @@ fn created_contracts(events: &[v1::Event]) -> Result<Vec<Contract>, ClientError>
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seen in a nemesis run: a participant replica killed under a SubmitAndWait failed the
+    /// command instead of retrying it on the other replica.
+    #[test]
+    fn a_connection_broken_under_a_call_is_retried_but_a_server_error_is_not() {
+        assert!(retryable(&tonic::Status::internal(
+            "h2 protocol error: http2 error"
+        )));
+        assert!(!retryable(&tonic::Status::internal(
+            "the participant's store is corrupt"
+        )));
+        assert!(never_sequenced(&tonic::Status::aborted(format!(
+            "{} 5us; nothing was committed, resubmit",
+            meridian_core::protocol::NOT_SEQUENCED_REJECTION
+        ))));
+        assert!(!never_sequenced(&tonic::Status::aborted(
+            "rejected by the mediator (TIMEOUT)"
+        )));
+    }
 }

@@ -28,10 +28,15 @@ type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// Answers AllocateParty by echoing the party and counts the calls. SubmitAndWait fails with
 /// UNAVAILABLE once (the outcome is unknown to the client), then answers the retry with
 /// ALREADY_EXISTS naming transaction `tx-1` at offset 7, which GetTransactions serves.
+///
+/// With `never_sequenced_first`, SubmitAndWait instead answers its first call as a new active
+/// replica answers a retry of a submission its crashed predecessor never sent: ABORTED, not
+/// sequenced before its max sequencing time; and commits the next one.
 #[derive(Clone, Default)]
 struct FakeParticipant {
     allocations: Arc<AtomicU32>,
     submissions: Arc<AtomicU32>,
+    never_sequenced_first: bool,
 }
 
 fn created_iou() -> v1::Transaction {
@@ -74,7 +79,22 @@ impl LedgerService for FakeParticipant {
         &self,
         _: Request<v1::SubmitAndWaitRequest>,
     ) -> Result<Response<v1::SubmitAndWaitResponse>, Status> {
-        if self.submissions.fetch_add(1, Ordering::Relaxed) == 0 {
+        let first = self.submissions.fetch_add(1, Ordering::Relaxed) == 0;
+        if self.never_sequenced_first {
+            if first {
+                return Err(Status::aborted(format!(
+                    "a concurrent submission of the same command was rejected: {} \
+                     1970-01-01T00:00:10Z; nothing was committed, resubmit",
+                    meridian_core::protocol::NOT_SEQUENCED_REJECTION
+                )));
+            }
+            return Ok(Response::new(v1::SubmitAndWaitResponse {
+                transaction_id: "tx-1".into(),
+                offset: 7,
+                transaction: Some(created_iou()),
+            }));
+        }
+        if first {
             return Err(Status::unavailable("connection lost; outcome unknown"));
         }
         let mut status = Status::already_exists("already committed as transaction tx-1");
@@ -163,9 +183,8 @@ async fn a_request_stuck_on_a_frozen_replica_fails_over_within_the_keep_alive_bo
     drop(frozen);
 }
 
-#[tokio::test]
-async fn a_retry_answered_already_exists_returns_the_original_transaction() {
-    let fake = FakeParticipant::default();
+/// Submits command `cmd-1` for alice through a client of `fake` with a quick backoff.
+async fn submit_to(fake: &FakeParticipant) -> Result<SubmitOutcome, meridian_client::ClientError> {
     let endpoint = serve(fake.clone()).await;
     let client = LedgerClient::new(&[endpoint], UserId::new("retry-test").unwrap())
         .unwrap()
@@ -174,14 +193,19 @@ async fn a_retry_answered_already_exists_returns_the_original_transaction() {
             max: Duration::from_millis(5),
             max_attempts: 5,
         });
-    let outcome = client
+    client
         .submit_and_wait(
             &CommandId::new("cmd-1").unwrap(),
             &BTreeSet::from([PartyId::new("alice").unwrap()]),
             &[],
         )
         .await
-        .unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_answered_already_exists_returns_the_original_transaction() {
+    let fake = FakeParticipant::default();
+    let outcome = submit_to(&fake).await.unwrap();
     // The caller learns what its first attempt created, as if it had been answered.
     let SubmitOutcome::Committed(committed) = outcome else {
         panic!("expected the original commit, got {outcome:?}");
@@ -191,5 +215,25 @@ async fn a_retry_answered_already_exists_returns_the_original_transaction() {
     assert_eq!(committed.attempts, 2);
     assert_eq!(committed.created.len(), 1);
     assert_eq!(committed.created[0].id.as_str(), "c-2");
+    assert_eq!(fake.submissions.load(Ordering::Relaxed), 2);
+}
+
+/// A retry around a failover can be answered with the outcome of a submission the old active
+/// replica never sent: ABORTED, not sequenced before its max sequencing time. Nothing was
+/// committed, so the client resubmits instead of failing the command.
+#[tokio::test]
+async fn a_submission_proven_never_sequenced_is_resubmitted() {
+    let fake = FakeParticipant {
+        never_sequenced_first: true,
+        ..FakeParticipant::default()
+    };
+    let outcome = submit_to(&fake)
+        .await
+        .expect("resubmitted rather than failed");
+    let SubmitOutcome::Committed(committed) = outcome else {
+        panic!("expected a commit, got {outcome:?}");
+    };
+    assert_eq!(committed.transaction_id, "tx-1");
+    assert_eq!(committed.attempts, 2);
     assert_eq!(fake.submissions.load(Ordering::Relaxed), 2);
 }

@@ -180,6 +180,14 @@ pub fn transaction_id(request_id: Timestamp, request_hash: &str) -> TransactionI
         .expect("a hex digest is a valid transaction id")
 }
 
+/// How an ABORTED completion begins when the submission provably never reached the ledger:
+/// the sequencer's time passed its max sequencing time without it being sequenced, so it
+/// never will be, and nothing was committed. The participant words its rejection so and the
+/// ledger client recognises it (the same text in both) to resubmit the command: for a client
+/// that retried after a failover this is the usual answer, not a failure of the command.
+pub const NOT_SEQUENCED_REJECTION: &str =
+    "the submission was not sequenced before its max sequencing time";
+
 /// Why a request was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -4,9 +4,13 @@
 //!
 //! Around each fault it measures detection (the deployment noticed), RTO (fault to the first
 //! success of a request *sent after* the fault, and to throughput back at 90 % of before),
-//! failed and retried requests, and keeps the throughput per 100 ms. After the load ended the
-//! ledgers are audited: an acknowledged transaction missing on any informee participant counts
+//! retried requests, and keeps the throughput per 100 ms. After the load ended the ledgers
+//! are audited: an acknowledged transaction missing on any informee participant counts
 //! against the RPO of the fault it followed, and an IOU that exists twice is a duplicate.
+//! Every failed request of the run, up to the load's very end, is counted against the fault
+//! whose window (injection to the end of its observation) it falls in, or as "between
+//! faults" (`crate::attribution`): the rows and the summary add up. A schedule may instead
+//! hold a nemesis run (`crate::nemesis`), overlapping random faults, reported per fault.
 //!
 //! Its own instruments are cheap on purpose — atomic counters per 100 ms bucket, and HTTP
 //! polling of a handful of `/status` endpoints only while a fault is being measured — so they
@@ -23,10 +27,12 @@ use meridian_pgserver::PostgresServer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::attribution::{self, Window};
 use crate::deployment::{Deployment, DeploymentSpec};
 use crate::fault::{Fault, Moment, PlannedFault, Recovery, Stage};
+use crate::nemesis::{self, NemesisPlan, NemesisRun};
 use crate::workload::{
-    self, Audit, BackgroundLoad, FinishedLoad, Live, LoadEnd, LoadSpec, TimelineBucket,
+    self, Audit, BackgroundLoad, FailureAt, FinishedLoad, Live, LoadEnd, LoadSpec, TimelineBucket,
     WorkloadReport, TIMELINE_BUCKET_MS,
 };
 
@@ -51,6 +57,9 @@ pub struct FaultReport {
     pub faulted: Option<String>,
     /// When the fault was injected, ms since the workload started.
     pub injected_at_ms: f64,
+    /// The end of its window (its observation), ms since the workload started: the failed
+    /// requests between its injection and this count against it.
+    pub window_end_ms: f64,
     /// Fault to the deployment noticing (another replica active, a node not ready).
     pub detection_ms: Option<f64>,
     /// Fault to the first commit of a request sent after the fault.
@@ -59,9 +68,11 @@ pub struct FaultReport {
     pub rto_throughput_90_ms: Option<f64>,
     /// Acknowledged transactions (since the previous fault) missing afterwards on an informee.
     pub rpo_transactions: usize,
+    /// Requests that failed in its window, up to the end of the run for the last fault.
     pub failed_requests: u64,
     /// Of the failed requests, those rejected with a mediator TIMEOUT.
     pub timed_out_requests: u64,
+    /// Requests retried while its recovery was measured.
     pub retried_requests: u64,
     /// Mean throughput over the settle period before the fault.
     pub throughput_before_tx_per_s: f64,
@@ -102,6 +113,8 @@ pub enum Step {
     Steady(Duration),
     /// Inject a fault and measure until it recovered, then restore full redundancy.
     Fault(FaultStep),
+    /// Play a nemesis schedule: random overlapping faults, each undone on time.
+    Nemesis(NemesisPlan),
 }
 
 /// What the runner is doing around a fault, for a progress display.
@@ -132,6 +145,8 @@ pub trait Observer {
     fn fault_failed(&mut self, error: anyhow::Error) -> anyhow::Result<()> {
         Err(error)
     }
+    /// A line worth showing as it happens (a nemesis fault struck or skipped).
+    fn say(&mut self, _line: String) {}
     /// The load's transfers ended; the audit comes next.
     fn load_ended(&mut self) {}
 }
@@ -161,6 +176,10 @@ pub struct ExperimentReport {
     pub duplicate_transactions: usize,
     /// Requests that failed for the application, over the whole run.
     pub failed_requests: u64,
+    /// Of those, the ones in no fault's window.
+    pub failed_between_faults: u64,
+    /// The nemesis run, when the schedule held one.
+    pub nemesis: Option<NemesisRun>,
     pub retried_requests: u64,
     /// The whole run, per 100 ms.
     pub timeline: Vec<TimelineBucket>,
@@ -229,7 +248,10 @@ impl Experiment {
         };
         let ended = load.end(end).await;
         observer.load_ended();
-        let mut faults = scheduled?;
+        let Played {
+            mut faults,
+            mut nemesis,
+        } = scheduled?;
         let ended = ended?;
         let started = ended.started;
         let FinishedLoad {
@@ -240,6 +262,15 @@ impl Experiment {
         let duration_s = started.elapsed().as_secs_f64();
         let duplicate_transactions = workload::duplicate_ious(&parties).await?;
         attribute_rpo(&mut faults, &workload, &audit);
+        // The last fault's window runs to the end of the run.
+        if let Some((last, _)) = faults.last_mut() {
+            last.window_end_ms = ms_since_epoch(&live, Instant::now());
+        }
+        let failures = live.failures();
+        let failed_between_faults = attribute_failures(&mut faults, &failures);
+        if let Some(run) = nemesis.as_mut() {
+            run.attribute(&failures, &missing_acknowledged_at_us(&workload, &audit));
+        }
         let end_bucket = live.bucket_of(Instant::now()) + 1;
         let faults = faults
             .into_iter()
@@ -254,6 +285,8 @@ impl Experiment {
             audit,
             duplicate_transactions,
             failed_requests: live.failed.load(Ordering::Relaxed),
+            failed_between_faults,
+            nemesis,
             retried_requests: live.retried.load(Ordering::Relaxed),
             timeline: live.timeline.snapshot(end_bucket),
             duration_s,
@@ -262,15 +295,16 @@ impl Experiment {
     }
 
     /// Runs the steps; each fault's report comes with how long after it its throughput is
-    /// kept (its settle period and the steady load that follows it).
+    /// kept (its settle period and the steady load that follows it), and its window ends when
+    /// that steady load does.
     async fn schedule(
         &self,
         stage: &mut Stage<'_>,
         live: &Live,
         observer: &mut dyn Observer,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Vec<(FaultReport, Duration)>> {
-        let mut faults: Vec<(FaultReport, Duration)> = Vec::new();
+    ) -> anyhow::Result<Played> {
+        let mut played = Played::default();
         let mut index = 0;
         let mut after_fault = None;
         for (position, step) in self.steps.iter().enumerate() {
@@ -281,9 +315,6 @@ impl Experiment {
                 Step::Steady(duration) => {
                     if let Some((done, fault)) = after_fault {
                         observer.phase(done, fault, Phase::Observing);
-                        if let Some((_, window)) = faults.last_mut() {
-                            *window += *duration;
-                        }
                     } else if let Some(next) = self.next_fault(position) {
                         observer.phase(index, &next.fault, Phase::Settling);
                     }
@@ -291,6 +322,12 @@ impl Experiment {
                     tokio::select! {
                         () = tokio::time::sleep(*duration) => {}
                         () = shutdown.cancelled() => {}
+                    }
+                    if after_fault.is_some() {
+                        if let Some((report, window)) = played.faults.last_mut() {
+                            *window += *duration;
+                            report.window_end_ms = ms_since_epoch(live, Instant::now());
+                        }
                     }
                 }
                 Step::Fault(step) => {
@@ -300,7 +337,7 @@ impl Experiment {
                     match measure(stage, live, step).await {
                         Ok(report) => {
                             let flow = observer.measured(&report);
-                            faults.push((report, step.settle));
+                            played.faults.push((report, step.settle));
                             if flow.is_break() {
                                 break;
                             }
@@ -309,43 +346,84 @@ impl Experiment {
                     }
                     continue;
                 }
+                Step::Nemesis(plan) => {
+                    let mut say = |line: String| observer.say(line);
+                    played.nemesis =
+                        Some(nemesis::play(plan, stage, live, &mut say, shutdown).await?);
+                }
             }
             after_fault = None;
         }
-        Ok(faults)
+        Ok(played)
     }
 
     /// The first fault scheduled after step `position`.
     fn next_fault(&self, position: usize) -> Option<&FaultStep> {
         self.steps[position..].iter().find_map(|step| match step {
             Step::Fault(fault) => Some(fault),
-            Step::Steady(_) => None,
+            Step::Steady(_) | Step::Nemesis(_) => None,
         })
     }
 }
 
-/// Each missing transaction counts against the last fault injected before it was
-/// acknowledged: that is the fault that could have lost it.
-fn attribute_rpo(faults: &mut [(FaultReport, Duration)], workload: &WorkloadReport, audit: &Audit) {
+/// What the schedule did: each fault's report with how long its throughput is kept after it,
+/// and the nemesis run if there was one.
+#[derive(Default)]
+struct Played {
+    faults: Vec<(FaultReport, Duration)>,
+    nemesis: Option<NemesisRun>,
+}
+
+fn ms_since_epoch(live: &Live, at: Instant) -> f64 {
+    live.micros_since_epoch(at) as f64 / 1_000.0
+}
+
+/// Gives each fault the failed requests of its window; returns how many fell in none.
+fn attribute_failures(faults: &mut [(FaultReport, Duration)], failures: &[FailureAt]) -> u64 {
+    let windows: Vec<Window> = faults
+        .iter()
+        .map(|(report, _)| Window::from_ms(report.injected_at_ms, report.window_end_ms))
+        .collect();
+    let failed = attribution::count(&windows, failures.iter().map(|f| f.at_us));
+    let timed_out = attribution::count(
+        &windows,
+        failures.iter().filter(|f| f.timed_out).map(|f| f.at_us),
+    );
+    for (index, (report, _)) in faults.iter_mut().enumerate() {
+        report.failed_requests = failed.per_window[index];
+        report.timed_out_requests = timed_out.per_window[index];
+    }
+    failed.between_faults
+}
+
+/// When each acknowledged transaction the audit found missing was acknowledged (µs since the
+/// workload started).
+fn missing_acknowledged_at_us(workload: &WorkloadReport, audit: &Audit) -> Vec<u64> {
     let missing: HashSet<&str> = audit
         .missing_transactions
         .iter()
         .map(String::as_str)
         .collect();
-    for (id, acknowledged_us) in workload
+    workload
         .committed_transactions
         .iter()
         .zip(&workload.committed_at_us)
-    {
-        if missing.contains(id.as_str()) {
-            let acknowledged_ms = *acknowledged_us as f64 / 1_000.0;
-            if let Some((report, _)) = faults
-                .iter_mut()
-                .rev()
-                .find(|(r, _)| r.injected_at_ms <= acknowledged_ms)
-            {
-                report.rpo_transactions += 1;
-            }
+        .filter(|(id, _)| missing.contains(id.as_str()))
+        .map(|(_, at)| *at)
+        .collect()
+}
+
+/// Each missing transaction counts against the last fault injected before it was
+/// acknowledged: that is the fault that could have lost it.
+fn attribute_rpo(faults: &mut [(FaultReport, Duration)], workload: &WorkloadReport, audit: &Audit) {
+    for acknowledged_us in missing_acknowledged_at_us(workload, audit) {
+        let acknowledged_ms = acknowledged_us as f64 / 1_000.0;
+        if let Some((report, _)) = faults
+            .iter_mut()
+            .rev()
+            .find(|(r, _)| r.injected_at_ms <= acknowledged_ms)
+        {
+            report.rpo_transactions += 1;
         }
     }
 }
@@ -372,8 +450,6 @@ fn throughput_around(
 /// The load's counters just before a fault, which its figures are measured against.
 struct Before {
     commits_per_bucket: f64,
-    failed: u64,
-    timeouts: u64,
     retried: u64,
 }
 
@@ -388,8 +464,6 @@ impl Before {
         Self {
             commits_per_bucket: live.timeline.committed_between(from, now_bucket) as f64
                 / buckets as f64,
-            failed: live.failed.load(Ordering::Relaxed),
-            timeouts: live.timeouts.load(Ordering::Relaxed),
             retried: live.retried.load(Ordering::Relaxed),
         }
     }
@@ -478,17 +552,15 @@ async fn measure(
         target: step.fault.node.name(),
         action,
         faulted,
-        injected_at_ms: watch
-            .injected_at
-            .saturating_duration_since(live.epoch())
-            .as_secs_f64()
-            * 1_000.0,
+        injected_at_ms: ms_since_epoch(live, watch.injected_at),
+        window_end_ms: ms_since_epoch(live, Instant::now()),
         detection_ms: watch.ms(watch.detected),
         rto_first_success_ms: watch.ms(watch.first_success),
         rto_throughput_90_ms: watch.ms(watch.throughput_back),
         rpo_transactions: 0,
-        failed_requests: live.failed.load(Ordering::Relaxed) - before.failed,
-        timed_out_requests: live.timeouts.load(Ordering::Relaxed) - before.timeouts,
+        // Attributed by window once the run is over.
+        failed_requests: 0,
+        timed_out_requests: 0,
         retried_requests: live.retried.load(Ordering::Relaxed) - before.retried,
         throughput_before_tx_per_s: before.commits_per_bucket * 1_000.0 / TIMELINE_BUCKET_MS as f64,
         throughput_per_100ms: Vec::new(),

@@ -477,14 +477,7 @@ impl Injected {
         }
         self.restored = true;
         match &mut self.effect {
-            Effect::Stopped(name) => {
-                let exe = stage.deployment.exe().to_path_buf();
-                let process = process_named(stage.deployment, name)?;
-                // Reaps a gracefully stopped process (a killed one is already reaped).
-                process.terminate(EXIT_GRACE).await?;
-                process.start(&exe)?;
-                process.wait_alive(RESTART_TIMEOUT).await?;
-            }
+            Effect::Stopped(name) => restart(stage.deployment, name).await?,
             Effect::Frozen(name) => {
                 process_named(stage.deployment, name)?.signal(Signal::SIGCONT)?
             }
@@ -616,7 +609,18 @@ async fn became_passive(data_dir: &Path, node: &str, replica: &str) -> bool {
     false
 }
 
-fn process_named<'a>(
+/// Starts the stopped process `name` again (it comes back passive) once it has exited: a
+/// killed one is already reaped; a gracefully stopped one is waited for, not signalled again,
+/// which would cut its hand-over short.
+pub(crate) async fn restart(deployment: &mut Deployment, name: &str) -> anyhow::Result<()> {
+    let exe = deployment.exe().to_path_buf();
+    let process = process_named(deployment, name)?;
+    process.wait_exit(EXIT_GRACE).await?;
+    process.start(&exe)?;
+    process.wait_alive(RESTART_TIMEOUT).await
+}
+
+pub(crate) fn process_named<'a>(
     deployment: &'a mut Deployment,
     name: &str,
 ) -> anyhow::Result<&'a mut NodeProcess> {

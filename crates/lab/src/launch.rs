@@ -231,6 +231,25 @@ impl NodeProcess {
         Ok(())
     }
 
+    /// Reaps a process that was asked to stop (SIGTERM) and is handing over: waits up to
+    /// `grace` for it to exit by itself, then [`terminate`](Self::terminate)s it. It is not
+    /// signalled again at once, because a second SIGTERM cuts a node's drain short.
+    pub async fn wait_exit(&mut self, grace: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            let exited = match self.child.as_mut() {
+                None => return Ok(()),
+                Some(child) => child.try_wait()?.is_some(),
+            };
+            if exited {
+                self.child = None;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.terminate(grace).await
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {

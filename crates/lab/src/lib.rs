@@ -4,6 +4,7 @@
 //! Nothing here runs inside a node.
 
 pub mod admin;
+pub mod attribution;
 pub mod bench;
 pub mod demo;
 pub mod deployment;
@@ -11,6 +12,7 @@ pub mod drill;
 pub mod experiment;
 pub mod fault;
 pub mod launch;
+pub mod nemesis;
 mod stats;
 pub mod timed_run;
 pub mod workload;

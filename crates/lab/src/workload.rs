@@ -341,7 +341,22 @@ pub struct Live {
     pub last_committed_send_us: [AtomicU64; 3],
     /// Failed attempts whose message mentions a timeout (mediator TIMEOUT verdicts).
     pub timeouts: AtomicU64,
+    /// Every failure, when it happened (µs since [`Live::epoch`]) and whether it was a
+    /// timeout, so that each can be attributed to the fault it falls under after the run.
+    /// Bounded: past [`MAX_RECORDED_FAILURES`] only the counters go on.
+    failures: Mutex<Vec<FailureAt>>,
     epoch: std::sync::OnceLock<Instant>,
+}
+
+/// Bound on the failures a [`Live`] keeps one by one (a broken run fails far fewer requests
+/// than this; the counters keep counting past it).
+pub const MAX_RECORDED_FAILURES: usize = 1_000_000;
+
+/// One failed request: when (µs since [`Live::epoch`]), and whether it was a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureAt {
+    pub at_us: u64,
+    pub timed_out: bool,
 }
 
 impl Live {
@@ -350,7 +365,8 @@ impl Live {
         *self.epoch.get_or_init(Instant::now)
     }
 
-    fn micros_since_epoch(&self, at: Instant) -> u64 {
+    /// Microseconds from [`Live::epoch`] to `at` (0 before it).
+    pub fn micros_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch()).as_micros()).unwrap_or(u64::MAX)
     }
 
@@ -359,9 +375,25 @@ impl Live {
         bucket_index(at.saturating_duration_since(self.epoch()))
     }
 
-    fn record_failure(&self) {
+    fn record_failure(&self, timed_out: bool) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        self.timeline.record_failure(self.epoch().elapsed());
+        if timed_out {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        let elapsed = self.epoch().elapsed();
+        self.timeline.record_failure(elapsed);
+        let mut failures = lock(&self.failures);
+        if failures.len() < MAX_RECORDED_FAILURES {
+            failures.push(FailureAt {
+                at_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                timed_out,
+            });
+        }
+    }
+
+    /// Every failure so far, in the order they happened.
+    pub fn failures(&self) -> Vec<FailureAt> {
+        lock(&self.failures).clone()
     }
 
     /// An outcome that took `attempts` attempts: all but the first were retries.
@@ -663,10 +695,8 @@ impl Tally {
 
     fn failed(&self, lane: usize, error: &ClientError) {
         tracing::debug!(lane, %error, "transfer failed");
-        self.live.record_failure();
-        if error.to_string().to_lowercase().contains("timeout") {
-            self.live.timeouts.fetch_add(1, Ordering::Relaxed);
-        }
+        self.live
+            .record_failure(error.to_string().to_lowercase().contains("timeout"));
         *lock(&self.rejections)
             .entry(error_label(error))
             .or_default() += 1;
@@ -928,6 +958,12 @@ pub async fn baseline(parties: &Parties) -> anyhow::Result<AuditBaseline> {
     })
 }
 
+/// How often the audit looks again before it concludes: participants commit a verdict
+/// independently, and a replica promoted just before (a drill restarts nodes right up to its
+/// end) may drop a stream or refuse a call for a moment.
+const AUDIT_ATTEMPTS: u32 = 10;
+const AUDIT_RETRY_DELAY: Duration = Duration::from_millis(300);
+
 /// Checks conservation, agreement between the participants' views, and that every
 /// acknowledged transaction is on every informee participant.
 pub async fn audit(
@@ -935,53 +971,66 @@ pub async fn audit(
     baseline: &AuditBaseline,
     acknowledged: &[String],
 ) -> anyhow::Result<Audit> {
-    // Participants commit a verdict independently; give the slowest a moment to catch up.
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let [(end1, bank), (end2, alice), (end3, bob)] = iou_views(parties).await?;
-        let total_after: u128 = bank.values().map(|a| u128::from(*a)).sum();
-        let owned: BTreeMap<String, u64> = alice.into_iter().chain(bob).collect();
-        let bank_owned: BTreeMap<String, u64> = bank.into_iter().collect();
-        let views_agree = owned == bank_owned;
-
-        let mut present = Vec::new();
-        let ends = [end1, end2, end3];
-        for (index, (client, party)) in informees(parties).into_iter().enumerate() {
-            let (begin, end) = (baseline.offsets[index], ends[index]);
-            let transactions = client
-                .transactions(&BTreeSet::from([party.clone()]), begin, end)
-                .await
-                .with_context(|| format!("reading participant {}'s transactions", index + 1))?;
-            present.push(
-                transactions
-                    .into_iter()
-                    .map(|t| t.transaction_id)
-                    .collect::<HashSet<String>>(),
-            );
+        match audit_once(parties, baseline, acknowledged).await {
+            Ok(audit) if audit.audit_ok || attempt >= AUDIT_ATTEMPTS => return Ok(audit),
+            Ok(_) => {}
+            Err(error) if attempt < AUDIT_ATTEMPTS => {
+                tracing::warn!(attempt, "auditing failed; trying again: {error:#}");
+            }
+            Err(error) => return Err(error),
         }
-        let missing_transactions: Vec<String> = acknowledged
-            .iter()
-            .filter(|id| !present.iter().all(|set| set.contains(*id)))
-            .cloned()
-            .collect();
-        let missing = missing_transactions.len();
-        let amounts_conserved = total_after == baseline.total;
-        let audit = Audit {
-            total_before: baseline.total,
-            total_after,
-            amounts_conserved,
-            views_agree,
-            acknowledged_checked: acknowledged.len(),
-            acknowledged_missing: missing,
-            missing_transactions,
-            audit_ok: amounts_conserved && views_agree && missing == 0,
-        };
-        if audit.audit_ok || attempt >= 10 {
-            return Ok(audit);
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(AUDIT_RETRY_DELAY).await;
     }
+}
+
+/// One look at the participants' views for [`audit`].
+async fn audit_once(
+    parties: &Parties,
+    baseline: &AuditBaseline,
+    acknowledged: &[String],
+) -> anyhow::Result<Audit> {
+    let [(end1, bank), (end2, alice), (end3, bob)] = iou_views(parties).await?;
+    let total_after: u128 = bank.values().map(|a| u128::from(*a)).sum();
+    let owned: BTreeMap<String, u64> = alice.into_iter().chain(bob).collect();
+    let bank_owned: BTreeMap<String, u64> = bank.into_iter().collect();
+    let views_agree = owned == bank_owned;
+
+    let mut present = Vec::new();
+    let ends = [end1, end2, end3];
+    for (index, (client, party)) in informees(parties).into_iter().enumerate() {
+        let (begin, end) = (baseline.offsets[index], ends[index]);
+        let transactions = client
+            .transactions(&BTreeSet::from([party.clone()]), begin, end)
+            .await
+            .with_context(|| format!("reading participant {}'s transactions", index + 1))?;
+        present.push(
+            transactions
+                .into_iter()
+                .map(|t| t.transaction_id)
+                .collect::<HashSet<String>>(),
+        );
+    }
+    let missing_transactions: Vec<String> = acknowledged
+        .iter()
+        .filter(|id| !present.iter().all(|set| set.contains(*id)))
+        .cloned()
+        .collect();
+    let missing = missing_transactions.len();
+    let amounts_conserved = total_after == baseline.total;
+    let audit = Audit {
+        total_before: baseline.total,
+        total_after,
+        amounts_conserved,
+        views_agree,
+        acknowledged_checked: acknowledged.len(),
+        acknowledged_missing: missing,
+        missing_transactions,
+        audit_ok: amounts_conserved && views_agree && missing == 0,
+    };
+    Ok(audit)
 }
 
 /// IOUs whose (lane-unique) amount exists more than once: a transfer committed twice.

@@ -27,6 +27,7 @@ use meridian_node::health::Health;
 use meridian_node::replica::ReplicaManager;
 use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
+use meridian_node::shutdown::{stop_after_hand_over, HandOver};
 use meridian_store::mediator::MediatorStore;
 use meridian_store::{DatabaseOwner, NodeKind};
 use tokio_util::sync::CancellationToken;
@@ -69,9 +70,7 @@ impl StatusSource for MediatorStatus {
 
 /// Runs a mediator until `shutdown` is cancelled. Returns an error for what a restart will not
 /// fix by itself (an unusable key file, a fork in the sequencer's history, corrupt state).
-pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // A child, so that stopping on a fatal error stops our tasks but not the caller's others.
-    let shutdown = shutdown.child_token();
+pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Result<()> {
     let node = NodeState::starting();
     let (health, readiness) = (node.health.clone(), node.readiness.clone());
     let mediator_metrics = node.metrics.with_registry(MediatorMetrics::register);
@@ -87,6 +86,16 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
         let replication = replication.clone();
         Arc::new(move || replication.get().is_some_and(|r| r.step_down())) as StepDown
     });
+    // A stop steps an active replica down first, as a switchover does. Its own token, so that
+    // stopping on a fatal error stops our tasks but not the caller's others.
+    let hand_over = step_down.clone().map(|step_down| {
+        let replication = replication.clone();
+        HandOver {
+            step_down,
+            is_active: Arc::new(move || replication.get().is_some_and(|r| r.role().is_active())),
+        }
+    });
+    let shutdown = stop_after_hand_over(stop, hand_over);
     let admin_task = node.spawn_admin(
         admin_listener,
         Arc::new(MediatorStatus {

@@ -796,8 +796,8 @@ impl ParticipantEngine {
                     now,
                     StatusCode::Aborted,
                     format!(
-                        "the submission was not sequenced before its max sequencing time \
-                         {deadline}; nothing was committed, resubmit"
+                        "{} {deadline}; nothing was committed, resubmit",
+                        meridian_core::protocol::NOT_SEQUENCED_REJECTION
                     ),
                 );
             } else {

@@ -32,7 +32,7 @@ use meridian_node::grpc::GrpcServer;
 use meridian_node::replica::{HoldEnd, ReplicaManager};
 use meridian_node::replication::Phase;
 use meridian_node::retry::Retry;
-use meridian_node::shutdown::Ticker;
+use meridian_node::shutdown::{stop_after_hand_over, HandOver, Ticker};
 use meridian_node::Conditions;
 use meridian_proto::v1::ledger_service_server::LedgerServiceServer;
 use meridian_store::{DatabaseOwner, DedupState, NodeKind, ParticipantStore};
@@ -116,7 +116,7 @@ impl StatusSource for ParticipantStatus {
 
 /// Runs a participant until `shutdown` is cancelled or a fatal error (a fork in the sequencer
 /// stream, a database that stays unwritable).
-pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::Result<()> {
     let node = NodeState::starting();
     let (health, readiness) = (node.health.clone(), node.readiness.clone());
     let participant_metrics = node.metrics.with_registry(ParticipantMetrics::register);
@@ -135,6 +135,17 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
         let (serving, readiness) = (serving.clone(), readiness.clone());
         Arc::new(move || serving.step_down(&readiness)) as StepDown
     });
+    // A stop (SIGTERM) drains an active replica first, exactly as a switchover does: the
+    // submissions it accepted are answered before the lease goes, instead of being inherited
+    // by the new active replica, which can only wait out their max sequencing time.
+    let hand_over = step_down.clone().map(|step_down| {
+        let serving = serving.clone();
+        HandOver {
+            step_down,
+            is_active: Arc::new(move || serving.manager().is_some_and(|m| m.role().is_active())),
+        }
+    });
+    let shutdown = stop_after_hand_over(stop, hand_over);
     // Both ports are bound before anything runs: a port conflict fails the start-up whole.
     let admin_listener = admin::bind(config.admin_address).await?;
     let listener = meridian_node::grpc::bind(config.listen_address).await?;

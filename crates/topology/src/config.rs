@@ -164,7 +164,6 @@ impl TopologyManagerConfig {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 

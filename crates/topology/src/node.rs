@@ -33,7 +33,7 @@ use meridian_node::keys::load_or_create_key;
 use meridian_node::replica::{ReplicaManager, ReplicaSettings};
 use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
-use meridian_node::shutdown::Ticker;
+use meridian_node::shutdown::{stop_after_hand_over, HandOver, Ticker};
 use meridian_proto::v1::topology_admin_service_server::TopologyAdminServiceServer;
 use meridian_store::{DatabaseOwner, NodeKind, TopologyRecord, TopologyStore};
 use tokio_util::sync::CancellationToken;
@@ -56,10 +56,7 @@ pub fn run(
     Box::pin(run_manager(config, shutdown))
 }
 
-async fn run_manager(
-    config: TopologyManagerConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> anyhow::Result<()> {
     // `run` may get a config that never went through `load`.
     config
         .check("topology manager config")
@@ -72,8 +69,6 @@ async fn run_manager(
         "key_file and owner_key_file hold the same key; the member key must not be the owner key"
     );
     tracing::info!(%member, owner_public_key = %owner.public_key(), "topology manager starting");
-    // A child, so that stopping on a fatal error stops our tasks but not the caller's others.
-    let shutdown = shutdown.child_token();
 
     let node = NodeState::starting();
     let readiness = node.readiness.clone();
@@ -84,6 +79,18 @@ async fn run_manager(
         let serving = serving.clone();
         Arc::new(move || serving.replication().is_some_and(|r| r.step_down())) as StepDown
     });
+    // A stop steps an active replica down first, as a switchover does. Its own token, so that
+    // stopping on a fatal error stops our tasks but not the caller's others.
+    let hand_over = step_down.clone().map(|step_down| {
+        let serving = serving.clone();
+        HandOver {
+            step_down,
+            is_active: Arc::new(move || {
+                serving.replication().is_some_and(|r| r.role().is_active())
+            }),
+        }
+    });
+    let shutdown = stop_after_hand_over(stop, hand_over);
     let admin_task = node.spawn_admin(
         admin::bind(config.admin_address).await?,
         Arc::new(ManagerStatus {

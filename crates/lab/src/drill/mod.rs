@@ -5,11 +5,15 @@
 //! deployment file), runs the IOU transfer workload with dedup-safe retrying clients, and
 //! injects the planned faults one after another (`crate::fault`: kill -9, SIGSTOP/SIGCONT, a
 //! switchover, a database server outage), each after a steady settle period and followed by
-//! an observation period. The measuring — detection, RTO, RPO, failed and retried requests,
-//! throughput per 100 ms — is the experiment runner's (`crate::experiment`); this module plans
-//! the drill, shows its progress, and writes its table, JSON and chart.
+//! an observation period; `--trials N` repeats the whole round N times and summarises each
+//! scenario ([`summary`]). `--scenario random` is the nemesis instead (`crate::nemesis`): a
+//! seeded schedule of overlapping faults, printed before it starts. The measuring —
+//! detection, RTO, RPO, failed and retried requests, throughput per 100 ms — is the experiment
+//! runner's (`crate::experiment`); this module plans the drill, shows its progress, and
+//! writes its table, JSON and chart.
 
 pub mod plan;
+pub mod summary;
 pub mod svg;
 
 use std::path::PathBuf;
@@ -28,9 +32,11 @@ use crate::experiment::{
     Experiment, ExperimentReport, FaultReport, FaultStep, Observer, Phase, Recovered, Step,
 };
 use crate::fault::PlannedFault;
-use crate::stats::fmt_ms;
+use crate::nemesis::{self, NemesisPlan, NemesisRun};
+use crate::stats::{fmt_ms, quantiles};
 use crate::workload::{Live, LoadSpec, TimelineBucket, TIMELINE_BUCKET_MS};
 use plan::{PlanView, Scenario};
+use summary::ScenarioSummary;
 
 #[derive(Debug, Clone, Args)]
 pub struct DrillArgs {
@@ -49,6 +55,17 @@ pub struct DrillArgs {
     /// How long to keep watching after a fault recovered, in seconds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub observe_s: u64,
+    /// Run every scenario this many times (round after round, in one deployment) and report
+    /// RTO p50/p99/max per scenario.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub trials: u32,
+    /// How long `--scenario random` runs, e.g. `90s`, `10m`, `1h`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// The seed of `--scenario random`'s schedule: the same seed replays the same schedule
+    /// (default: a fresh one, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Concurrent transfer lanes (application clients).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub lanes: u64,
@@ -66,11 +83,19 @@ pub struct DrillArgs {
 #[derive(Debug, Serialize)]
 pub struct DrillReport {
     pub backend: Backend,
+    /// How many times each scenario ran.
+    pub trials: u32,
     pub faults: Vec<FaultReport>,
+    /// Each scenario over its trials.
+    pub scenarios: Vec<ScenarioSummary>,
     /// Scenarios of `all` that do not apply to this deployment, with the reason.
     pub skipped: Vec<String>,
     pub committed: u64,
+    /// Every request that failed, up to the end of the run: the faults' rows plus
+    /// `failed_between_faults` (plus the nemesis faults' and its between-faults count).
     pub failed_requests: u64,
+    /// Failed requests in no fault's window.
+    pub failed_between_faults: u64,
     pub retried_requests: u64,
     /// The first failures' messages, to say why requests failed.
     pub failure_samples: Vec<String>,
@@ -79,20 +104,34 @@ pub struct DrillReport {
     pub amounts_conserved: bool,
     pub audit_ok: bool,
     pub rto_first_success_ms_p50: f64,
+    pub rto_first_success_ms_p99: f64,
     pub rto_first_success_ms_max: f64,
+    /// The nemesis run of `--scenario random`: its schedule and what each fault did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nemesis: Option<NemesisRun>,
     pub bucket_ms: u64,
     /// The whole run, per 100 ms.
     pub timeline: Vec<TimelineBucket>,
 }
 
 impl DrillReport {
-    fn new(backend: Backend, skipped: Vec<String>, report: ExperimentReport) -> Self {
-        let (rto_p50, rto_max) = report.rto_p50_and_max_ms();
+    fn new(backend: Backend, trials: u32, skipped: Vec<String>, report: ExperimentReport) -> Self {
+        let [rto_p50, rto_p99, rto_max] = quantiles(
+            report
+                .faults
+                .iter()
+                .filter_map(|f| f.rto_first_success_ms)
+                .collect(),
+            [0.5, 0.99, 1.0],
+        );
         Self {
             backend,
+            trials,
+            scenarios: summary::by_scenario(&report.faults),
             skipped,
             committed: report.workload.committed,
             failed_requests: report.failed_requests,
+            failed_between_faults: report.failed_between_faults,
             retried_requests: report.retried_requests,
             failure_samples: report.workload.failure_samples,
             rpo_transactions: report.audit.acknowledged_missing,
@@ -100,19 +139,25 @@ impl DrillReport {
             amounts_conserved: report.audit.amounts_conserved,
             audit_ok: report.audit.audit_ok && report.duplicate_transactions == 0,
             rto_first_success_ms_p50: rto_p50,
+            rto_first_success_ms_p99: rto_p99,
             rto_first_success_ms_max: rto_max,
+            nemesis: report.nemesis,
             bucket_ms: TIMELINE_BUCKET_MS,
             timeline: report.timeline,
             faults: report.faults,
         }
     }
 
-    /// RPO 0, no duplicates, a clean audit and every fault recovered.
+    /// RPO 0, no duplicates, a clean audit, every fault recovered and undone, and no node
+    /// that exited by itself.
     pub fn passed(&self) -> bool {
         self.rpo_transactions == 0
             && self.duplicate_transactions == 0
             && self.audit_ok
             && self.faults.iter().all(|f| f.problem.is_none())
+            && self.nemesis.as_ref().is_none_or(|run| {
+                run.unexpected_exits.is_empty() && run.faults.iter().all(|f| f.problem.is_none())
+            })
     }
 }
 
@@ -125,15 +170,14 @@ const CLIENT_BACKOFF: Backoff = Backoff {
 pub async fn run(args: DrillArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Everything that can be wrong with the request is found before anything starts.
     let description = args.deployment.resolve(Preset::Replicated, None)?;
-    let (faults, skipped) = plan::plan(
-        args.scenario,
-        args.target.as_deref(),
-        &PlanView::of(&description),
-    )?;
+    let schedule = schedule(&args, &PlanView::of(&description))?;
     for path in [&args.json, &args.svg].into_iter().flatten() {
         check_writable(path)?;
     }
-    let report = execute(&args, &description, faults, skipped, shutdown).await?;
+    if let Schedule::Nemesis(plan) = &schedule {
+        print_nemesis_plan(plan);
+    }
+    let report = execute(&args, &description, schedule, shutdown).await?;
     print_table(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -146,9 +190,86 @@ pub async fn run(args: DrillArgs, shutdown: CancellationToken) -> anyhow::Result
         eprintln!("timeline chart written to {}", path.display());
     }
     if !report.passed() {
-        bail!("the drill failed: RPO, duplicates, audit or recovery not as required (see above)");
+        bail!("the drill failed: RPO, duplicates, audit, recovery or a node exit not as required (see above)");
     }
     Ok(())
+}
+
+/// What a drill will inject.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// The scenarios' faults one after another (each `--trials` times), with the scenarios
+    /// `all` skipped and why.
+    Faults {
+        faults: Vec<PlannedFault>,
+        skipped: Vec<String>,
+    },
+    /// A nemesis run.
+    Nemesis(NemesisPlan),
+}
+
+/// The drill's schedule for `args` on `deployment`, or the reason it cannot run.
+pub fn schedule(args: &DrillArgs, deployment: &PlanView) -> anyhow::Result<Schedule> {
+    if args.scenario == Scenario::Random {
+        if args.trials != 1 || args.target.is_some() {
+            bail!("--trials and --target do not apply to --scenario random (its --seed replays a run)");
+        }
+        let seed = args.seed.unwrap_or_else(nemesis::fresh_seed);
+        return Ok(Schedule::Nemesis(nemesis::plan(
+            seed,
+            args.duration,
+            deployment,
+        )?));
+    }
+    if args.seed.is_some() {
+        bail!("--seed replays the schedule of --scenario random");
+    }
+    let (faults, skipped) = plan::plan(args.scenario, args.target.as_deref(), deployment)?;
+    Ok(Schedule::Faults { faults, skipped })
+}
+
+/// `90`, `90s`, `10m`, `1h`, `2m30s`: a duration of whole seconds, minutes and hours.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("{text:?} is not a duration like 90s, 10m or 1h");
+    let mut total_s: u64 = 0;
+    let mut number = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit_s = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            _ => return Err(invalid()),
+        };
+        let value: u64 = number.parse().map_err(|_| invalid())?;
+        total_s = total_s.saturating_add(value.saturating_mul(unit_s));
+        number.clear();
+    }
+    if !number.is_empty() {
+        total_s = total_s.saturating_add(number.parse::<u64>().map_err(|_| invalid())?);
+    }
+    if total_s == 0 {
+        return Err(invalid());
+    }
+    Ok(Duration::from_secs(total_s))
+}
+
+fn print_nemesis_plan(plan: &NemesisPlan) {
+    println!(
+        "meridian drill --scenario random --seed {} --duration {}s: {} fault(s)",
+        plan.seed,
+        plan.duration.as_secs(),
+        plan.events.len()
+    );
+    for event in &plan.events {
+        println!("  {}", event.describe());
+    }
+    for skipped in &plan.skipped {
+        println!("  not scheduled: {skipped}");
+    }
 }
 
 /// Fails early on an output path whose directory does not exist, rather than after the drill.
@@ -168,13 +289,23 @@ fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// The drill's schedule: for each fault, steady load, the fault, then watching.
-fn experiment(args: &DrillArgs, faults: Vec<PlannedFault>) -> anyhow::Result<Experiment> {
+fn experiment(args: &DrillArgs, schedule: Schedule) -> anyhow::Result<Experiment> {
     let (settle, observe) = (
         Duration::from_secs(args.settle_s),
         Duration::from_secs(args.observe_s),
     );
-    let steps = faults
-        .into_iter()
+    let faults = match schedule {
+        Schedule::Nemesis(plan) => {
+            return Ok(Experiment {
+                load: LoadSpec::until_stopped("drill", CLIENT_BACKOFF, args.lanes)?,
+                steps: vec![Step::Nemesis(plan)],
+            })
+        }
+        Schedule::Faults { faults, .. } => faults,
+    };
+    let rounds = usize::try_from(args.trials).unwrap_or(1);
+    let steps = std::iter::repeat_n(faults, rounds)
+        .flatten()
         .flat_map(|fault| {
             [
                 Step::Steady(settle),
@@ -193,12 +324,11 @@ fn experiment(args: &DrillArgs, faults: Vec<PlannedFault>) -> anyhow::Result<Exp
     })
 }
 
-/// Starts the deployment and the workload, runs `faults`, audits. Public for the tests.
+/// Starts the deployment and the workload, runs `schedule`, audits. Public for the tests.
 pub async fn execute(
     args: &DrillArgs,
     description: &Description,
-    faults: Vec<PlannedFault>,
-    skipped: Vec<String>,
+    schedule: Schedule,
     shutdown: CancellationToken,
 ) -> anyhow::Result<DrillReport> {
     let temp;
@@ -212,8 +342,14 @@ pub async fn execute(
     let mut spec = DeploymentSpec::new(data_dir, description.clone())?;
     // The server (if any) runs for as long as the deployment.
     let postgres = spec.start_postgres()?;
-    let mut progress = Progress::new(faults.len());
-    let experiment = experiment(args, faults)?;
+    let (steps, skipped) = match &schedule {
+        Schedule::Faults { faults, skipped } => {
+            (faults.len() * args.trials as usize, skipped.clone())
+        }
+        Schedule::Nemesis(plan) => (plan.events.len(), plan.skipped.clone()),
+    };
+    let mut progress = Progress::new(steps);
+    let experiment = experiment(args, schedule)?;
     eprintln!("meridian drill: starting the deployment");
     let report = experiment
         .run_on(
@@ -226,6 +362,7 @@ pub async fn execute(
         .await?;
     Ok(DrillReport::new(
         description.storage.backend,
+        args.trials,
         skipped,
         report,
     ))
@@ -281,6 +418,16 @@ impl Observer for Progress {
         ));
     }
 
+    fn say(&mut self, line: String) {
+        self.bar.inc(1);
+        // A hidden bar (stderr is not a terminal) drops what it is asked to print.
+        if self.bar.is_hidden() {
+            eprintln!("  {line}");
+        } else {
+            self.bar.println(format!("  {line}"));
+        }
+    }
+
     fn load_ended(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
@@ -291,16 +438,20 @@ impl Observer for Progress {
 }
 
 fn print_table(report: &DrillReport) {
+    let faults = report
+        .nemesis
+        .as_ref()
+        .map_or(report.faults.len(), |run| run.faults.len());
     println!(
-        "\nmeridian drill ({:?}): {} fault(s), {} committed",
-        report.backend,
-        report.faults.len(),
-        report.committed
+        "\nmeridian drill ({:?}): {faults} fault(s), {} committed",
+        report.backend, report.committed
     );
-    println!(
-        "  {:<19} {:<28} {:>9} {:>9} {:>9} {:>4} {:>7} {:>8}",
-        "scenario", "action", "detect ms", "RTO ms", "RTO90 ms", "RPO", "failed", "retried"
-    );
+    if !report.faults.is_empty() {
+        println!(
+            "  {:<19} {:<28} {:>9} {:>9} {:>9} {:>4} {:>7} {:>8}",
+            "scenario", "action", "detect ms", "RTO ms", "RTO90 ms", "RPO", "failed", "retried"
+        );
+    }
     for fault in &report.faults {
         let mut action = fault.action.clone();
         action.truncate(28);
@@ -319,6 +470,18 @@ fn print_table(report: &DrillReport) {
             println!("      problem: {problem}");
         }
     }
+    if !report.faults.is_empty() {
+        println!(
+            "  {:<19} {:<28} {:>9} {:>9} {:>9} {:>4} {:>7}",
+            "between faults", "", "", "", "", "", report.failed_between_faults
+        );
+    }
+    if report.trials > 1 {
+        print_scenarios(&report.scenarios);
+    }
+    if let Some(run) = &report.nemesis {
+        print_nemesis(run);
+    }
     for skipped in &report.skipped {
         println!("  skipped {skipped}");
     }
@@ -326,8 +489,9 @@ fn print_table(report: &DrillReport) {
         println!("  failed: {sample}");
     }
     println!(
-        "  RTO p50 {:.0} ms, max {:.0} ms; RPO {}; duplicates {}; failed requests {}; retried {}; audit {}",
+        "  RTO p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; RPO {}; duplicates {}; failed requests {}; retried {}; audit {}",
         report.rto_first_success_ms_p50,
+        report.rto_first_success_ms_p99,
         report.rto_first_success_ms_max,
         report.rpo_transactions,
         report.duplicate_transactions,
@@ -335,6 +499,81 @@ fn print_table(report: &DrillReport) {
         report.retried_requests,
         if report.audit_ok { "OK" } else { "FAILED" }
     );
+}
+
+fn print_scenarios(scenarios: &[ScenarioSummary]) {
+    println!(
+        "\n  {:<19} {:>6} {:>11} {:>11} {:>11} {:>4} {:>7} {:>8}",
+        "per scenario",
+        "trials",
+        "RTO p50 ms",
+        "RTO p99 ms",
+        "RTO max ms",
+        "RPO",
+        "failed",
+        "problems"
+    );
+    for scenario in scenarios {
+        println!(
+            "  {:<19} {:>6} {:>11.0} {:>11.0} {:>11.0} {:>4} {:>7} {:>8}",
+            scenario.scenario.name(),
+            scenario.trials,
+            scenario.rto_first_success_ms_p50,
+            scenario.rto_first_success_ms_p99,
+            scenario.rto_first_success_ms_max,
+            scenario.rpo_transactions,
+            scenario.failed_requests,
+            scenario.problems
+        );
+    }
+}
+
+fn print_nemesis(run: &NemesisRun) {
+    println!(
+        "  seed {}: {} fault(s) scheduled over {} s",
+        run.plan.seed,
+        run.faults.len(),
+        run.plan.duration.as_secs()
+    );
+    println!(
+        "  {:>9} {:<20} {:<22} {:>7} {:>4} {:>7} {:>8}",
+        "at s", "fault", "target", "hold s", "RPO", "failed", "replica Δ"
+    );
+    for fault in &run.faults {
+        let event = &fault.event;
+        println!(
+            "  {:>9.1} {:<20} {:<22} {:>7.1} {:>4} {:>7} {:>8}",
+            event.at.as_secs_f64(),
+            event.kind.name(),
+            fault
+                .action
+                .as_deref()
+                .unwrap_or("(skipped)")
+                .chars()
+                .take(22)
+                .collect::<String>(),
+            event.hold.as_secs_f64(),
+            fault.rpo_transactions,
+            fault.failed_requests,
+            fault.replica_changes
+        );
+        for note in [&fault.skipped, &fault.problem].into_iter().flatten() {
+            println!("      {note}");
+        }
+    }
+    println!(
+        "  {:>9} {:<20} {:<22} {:>7} {:>4} {:>7} {:>8}",
+        "",
+        "between faults",
+        "",
+        "",
+        run.rpo_between_faults,
+        run.failed_between_faults,
+        run.replica_changes_between_faults
+    );
+    for name in &run.unexpected_exits {
+        println!("  problem: {name} exited by itself (restarted for the audit)");
+    }
 }
 
 fn chart(report: &DrillReport) -> svg::TimelineChart {
@@ -361,6 +600,20 @@ fn chart(report: &DrillReport) -> svg::TimelineChart {
                 recovered_at_ms: ms(fault.rto_first_success_ms, fault),
                 throughput_back_at_ms: ms(fault.rto_throughput_90_ms, fault),
             })
+            .chain(report.nemesis.iter().flat_map(nemesis_marks))
             .collect(),
     }
+}
+
+/// A nemesis run's struck faults on the chart: from the strike to the undo.
+fn nemesis_marks(run: &NemesisRun) -> impl Iterator<Item = svg::FaultMark> + '_ {
+    run.faults.iter().filter_map(|fault| {
+        Some(svg::FaultMark {
+            label: format!("{}: {}", fault.event.kind.name(), fault.action.as_deref()?),
+            injected_at_ms: fault.struck_at_ms?,
+            detected_at_ms: None,
+            recovered_at_ms: fault.restored_at_ms,
+            throughput_back_at_ms: None,
+        })
+    })
 }

@@ -17,11 +17,13 @@ use crate::fault::{Fault, PlannedFault, Redundancy};
 /// Participants the workload needs: bank, alice and bob.
 const WORKLOAD_PARTICIPANTS: usize = 3;
 
-/// What `--scenario` asks for: one fault, or every fault in turn.
+/// What `--scenario` asks for: one fault, every fault in turn, or a nemesis run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     One(Fault),
     All,
+    /// A seeded random schedule of overlapping faults (`crate::nemesis`).
+    Random,
 }
 
 impl ValueEnum for Scenario {
@@ -33,7 +35,7 @@ impl ValueEnum for Scenario {
                 .iter()
                 .copied()
                 .map(Scenario::One)
-                .chain([Scenario::All])
+                .chain([Scenario::All, Scenario::Random])
                 .collect()
         })
     }
@@ -44,6 +46,9 @@ impl ValueEnum for Scenario {
             Scenario::All => {
                 Some(PossibleValue::new("all").help("Every scenario above, one after another"))
             }
+            Scenario::Random => Some(PossibleValue::new("random").help(
+                "A nemesis: random overlapping faults of every kind for --duration (--seed replays)",
+            )),
         }
     }
 }
@@ -91,6 +96,7 @@ pub fn plan(
         }
         Scenario::All => Fault::value_variants().to_vec(),
         Scenario::One(fault) => vec![fault],
+        Scenario::Random => bail!("a random scenario is planned by the nemesis, not here"),
     };
     let mut planned = Vec::new();
     let mut skipped = Vec::new();

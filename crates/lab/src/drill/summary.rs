@@ -1,0 +1,105 @@
+//! A drill's figures per scenario over its trials: RTO p50/p99/max, and the failed requests
+//! and lost transactions of every trial's window. `--trials N` runs each scenario N times in
+//! one deployment; this is what the table's summary lines and the JSON's `scenarios` show.
+
+use serde::Serialize;
+
+use crate::experiment::FaultReport;
+use crate::fault::Fault;
+use crate::stats::quantiles;
+
+/// One scenario over its trials.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioSummary {
+    pub scenario: Fault,
+    pub trials: usize,
+    /// Over the trials that recovered (0 when none did).
+    pub rto_first_success_ms_p50: f64,
+    pub rto_first_success_ms_p99: f64,
+    pub rto_first_success_ms_max: f64,
+    pub failed_requests: u64,
+    pub rpo_transactions: usize,
+    /// Trials that did not recover or could not undo the fault.
+    pub problems: usize,
+}
+
+/// Each scenario of `faults`, in the order it first ran.
+pub fn by_scenario(faults: &[FaultReport]) -> Vec<ScenarioSummary> {
+    let mut scenarios: Vec<Fault> = Vec::new();
+    for fault in faults {
+        if !scenarios.contains(&fault.scenario) {
+            scenarios.push(fault.scenario);
+        }
+    }
+    scenarios
+        .into_iter()
+        .map(|scenario| {
+            let trials: Vec<&FaultReport> =
+                faults.iter().filter(|f| f.scenario == scenario).collect();
+            let rtos = trials
+                .iter()
+                .filter_map(|f| f.rto_first_success_ms)
+                .collect();
+            let [p50, p99, max] = quantiles(rtos, [0.5, 0.99, 1.0]);
+            ScenarioSummary {
+                scenario,
+                trials: trials.len(),
+                rto_first_success_ms_p50: p50,
+                rto_first_success_ms_p99: p99,
+                rto_first_success_ms_max: max,
+                failed_requests: trials.iter().map(|f| f.failed_requests).sum(),
+                rpo_transactions: trials.iter().map(|f| f.rpo_transactions).sum(),
+                problems: trials.iter().filter(|f| f.problem.is_some()).count(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(scenario: Fault, rto_ms: Option<f64>, failed: u64) -> FaultReport {
+        FaultReport {
+            scenario,
+            target: "participant2".into(),
+            action: "kill -9".into(),
+            faulted: None,
+            injected_at_ms: 0.0,
+            window_end_ms: 0.0,
+            detection_ms: None,
+            rto_first_success_ms: rto_ms,
+            rto_throughput_90_ms: None,
+            rpo_transactions: 0,
+            failed_requests: failed,
+            timed_out_requests: 0,
+            retried_requests: 0,
+            throughput_before_tx_per_s: 0.0,
+            throughput_per_100ms: Vec::new(),
+            resumed_replica_passive: None,
+            problem: rto_ms.is_none().then(|| "not recovered".to_owned()),
+        }
+    }
+
+    #[test]
+    fn trials_of_a_scenario_are_summarised_together_in_first_run_order() {
+        let faults = [
+            trial(Fault::MediatorCrash, Some(300.0), 1),
+            trial(Fault::ParticipantCrash, Some(100.0), 0),
+            trial(Fault::MediatorCrash, Some(100.0), 2),
+            trial(Fault::MediatorCrash, None, 0),
+            trial(Fault::MediatorCrash, Some(200.0), 0),
+        ];
+        let summary = by_scenario(&faults);
+        assert_eq!(summary.len(), 2);
+        let mediator = &summary[0];
+        assert_eq!(mediator.scenario, Fault::MediatorCrash);
+        assert_eq!(mediator.trials, 4);
+        assert_eq!(mediator.rto_first_success_ms_p50, 200.0);
+        assert_eq!(mediator.rto_first_success_ms_p99, 300.0);
+        assert_eq!(mediator.rto_first_success_ms_max, 300.0);
+        assert_eq!(mediator.failed_requests, 3);
+        assert_eq!(mediator.problems, 1);
+        assert_eq!(summary[1].rto_first_success_ms_p50, 100.0);
+    }
+}
