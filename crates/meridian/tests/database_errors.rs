@@ -25,7 +25,7 @@ use meridian_lab::workload::FinishedLoad;
 use meridian_testkit::PostgresServer;
 
 mod common;
-use common::{start_deployment, start_load, EXE};
+use common::{assert_all_running, start_deployment, start_load, EXE};
 
 /// How long each fault lasts: long enough for many writes to fail under load, short enough
 /// for a test of a few seconds.
@@ -145,21 +145,6 @@ fn single_spec(dir: &Path, server: &PostgresServer) -> DeploymentSpec {
     };
     spec.use_postgres(server);
     spec
-}
-
-/// Fails the test if any node process has exited.
-fn assert_all_running(deployment: &mut Deployment) {
-    let mut exited = Vec::new();
-    for process in deployment.processes_mut() {
-        if !process.is_running() {
-            exited.push(format!(
-                "{} exited; log tail:\n{}",
-                process.name(),
-                process.log_tail(30)
-            ));
-        }
-    }
-    assert!(exited.is_empty(), "{}", exited.join("\n\n"));
 }
 
 /// `/readyz` of participant 2: `Some((ready, body))`, `None` if it did not answer in time.
