@@ -26,7 +26,7 @@ use meridian_core::{MemberId, MessageId, ParticipantId, Timestamp};
 use meridian_node::conditions::Conditions;
 use meridian_node::health::Health;
 use meridian_node::replication;
-use meridian_node::retry::{Retry, UNTIL_STOPPED, WHILE_SERVING};
+use meridian_node::retry::{Retry, WHILE_SERVING};
 use meridian_store::mediator::{MediatorChange, MediatorStore, VerdictRecord};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -50,8 +50,10 @@ const MAX_IN_FLIGHT_SENDS: usize = 64;
 /// id, so the sequencer deduplicates them within this window (plus its retention).
 const VERDICT_SEND_WINDOW: Duration = Duration::from_secs(30);
 const TIME_PROOF_SEND_WINDOW: Duration = Duration::from_secs(5);
-/// Spacing of resubscriptions after the subscription broke: a node's usual waits.
-const RESUBSCRIBE: meridian_core::Backoff = UNTIL_STOPPED;
+/// Spacing of resubscriptions after the subscription broke. Short: a sequencer whose database
+/// failed for a moment ends every subscription at once and serves again as soon as the
+/// database does, and the verdicts of all pending requests wait on this one.
+const RESUBSCRIBE: meridian_core::Backoff = WHILE_SERVING;
 /// How often sent verdicts are marked in the store (one small transaction each).
 const MARK_SENT_INTERVAL: Duration = Duration::from_millis(200);
 /// Sent-verdict ids kept for marking while the database is away; beyond this the oldest are

@@ -56,7 +56,10 @@ pub(crate) const COMMAND_QUEUE: usize = 10_000;
 pub(crate) const MAX_CONCURRENT_SENDS: usize = 512;
 const TIME_PROOF_INTERVAL: Duration = Duration::from_millis(500);
 const DEDUP_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+/// Wait before resubscribing after the subscription broke. Short: a sequencer whose database
+/// failed for a moment ends every subscription at once and serves again as soon as the
+/// database does; a resubscription a sequencer cannot serve yet costs it next to nothing.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
 
 /// Work for the writer besides the sequencer stream.
 pub(crate) enum WriterCommand {
