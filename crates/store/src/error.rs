@@ -56,6 +56,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A row of `table` that does not decode: the database holds what this code never writes.
+    pub(crate) fn corrupt(table: &'static str, detail: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            table,
+            detail: detail.into(),
+        }
+    }
+
     /// Whether the same call may succeed later, once the database recovers: it was away,
     /// read-only, full, overloaded, or the transaction lost a race or timed out — every case
     /// a node rides out (not ready, retry with backoff) rather than stopping on. The rest are
