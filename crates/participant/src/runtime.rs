@@ -708,9 +708,16 @@ async fn process(
 /// must not be inserted twice.
 async fn persist(core: &Core, batch: &ParticipantBatch) -> Result<(), WriterError> {
     let in_doubt = &AtomicBool::new(false);
-    let retry = Retry::new(&core.readiness, &core.shutdown).with_backoff(WHILE_SERVING);
+    // Not the term's token: an attempt in progress must run to its end, since a write
+    // transaction dropped half-way can keep SQLite's write lock after the term ended. Each
+    // attempt checks the term first instead; a wait between attempts is 250 ms at most.
+    let attempts_stop = CancellationToken::new();
+    let retry = Retry::new(&core.readiness, &attempts_stop).with_backoff(WHILE_SERVING);
     let written = retry
         .until("database", "cannot write", move || async move {
+            if core.shutdown.is_cancelled() {
+                return Ok(Written::TermEnded);
+            }
             let attempt = async {
                 if in_doubt.load(Ordering::Relaxed) && core.store.applied(batch).await? {
                     tracing::info!("a batch whose commit was in doubt turned out written");
@@ -720,28 +727,31 @@ async fn persist(core: &Core, batch: &ParticipantBatch) -> Result<(), WriterErro
             };
             // Waiters are answered only after this commit; while it stalls, say so at /readyz.
             match core.readiness.watch_database_call(attempt).await {
-                Ok(()) => Ok(Ok(())),
+                Ok(()) => Ok(Written::Done),
                 Err(error) if error.is_transient() => {
                     in_doubt.store(true, Ordering::Relaxed);
                     Err(error)
                 }
                 // Fenced, or definite: no retry changes it; the caller decides.
-                Err(error) => Ok(Err(error)),
+                Err(error) => Ok(Written::Refused(error)),
             }
         })
         .await;
     match written {
-        Ok(Some(Ok(()))) => Ok(()),
+        Ok(Some(Written::Done)) => Ok(()),
         // The term ended while retrying: nothing of the batch was reported, so the next active
         // term (or the restart) redoes it from the checkpoint.
-        Ok(None) => Err(WriterError::Interrupted),
+        Ok(None | Some(Written::TermEnded)) => {
+            core.readiness.clear("database");
+            Err(WriterError::Interrupted)
+        }
         // The one definition of "fenced" every role shares, so they all demote alike.
-        Ok(Some(Err(error))) if is_fenced(&error) => {
+        Ok(Some(Written::Refused(error))) if is_fenced(&error) => {
             // The database answered: a stall reported meanwhile is over.
             core.readiness.clear("database");
             Err(WriterError::Fenced(error))
         }
-        Ok(Some(Err(error))) => {
+        Ok(Some(Written::Refused(error))) => {
             core.readiness
                 .fail("database", format!("cannot write: {error}"));
             Err(anyhow::Error::new(error)
@@ -757,6 +767,15 @@ async fn persist(core: &Core, batch: &ParticipantBatch) -> Result<(), WriterErro
             .context("stopping: persisting processed events kept failing")
             .into()),
     }
+}
+
+/// How a write attempt of [`persist`] ended, when no retry follows.
+enum Written {
+    Done,
+    /// The term had ended before the attempt: nothing was tried.
+    TermEnded,
+    /// Fenced, or an error no retry changes.
+    Refused(StoreError),
 }
 
 /// The store rows for a list of effects.
