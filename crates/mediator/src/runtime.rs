@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use meridian_core::{MemberId, MessageId, ParticipantId, Timestamp};
 use meridian_node::conditions::Conditions;
 use meridian_node::health::Health;
 use meridian_node::replication;
-use meridian_node::retry::{Retry, UNTIL_STOPPED};
+use meridian_node::retry::{Retry, WHILE_SERVING};
 use meridian_store::mediator::{MediatorChange, MediatorStore, VerdictRecord};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -50,8 +50,10 @@ const MAX_IN_FLIGHT_SENDS: usize = 64;
 /// id, so the sequencer deduplicates them within this window (plus its retention).
 const VERDICT_SEND_WINDOW: Duration = Duration::from_secs(30);
 const TIME_PROOF_SEND_WINDOW: Duration = Duration::from_secs(5);
-/// Spacing of resubscriptions after the subscription broke: a node's usual waits.
-const RESUBSCRIBE: meridian_core::Backoff = UNTIL_STOPPED;
+/// Spacing of resubscriptions after the subscription broke. Short: a sequencer whose database
+/// failed for a moment ends every subscription at once and serves again as soon as the
+/// database does, and the verdicts of all pending requests wait on this one.
+const RESUBSCRIBE: meridian_core::Backoff = WHILE_SERVING;
 /// How often sent verdicts are marked in the store (one small transaction each).
 const MARK_SENT_INTERVAL: Duration = Duration::from_millis(200);
 /// Sent-verdict ids kept for marking while the database is away; beyond this the oldest are
@@ -296,9 +298,28 @@ impl EventLoop {
         let started = Instant::now();
         let store = self.store.clone();
         let changes = output.changes;
-        let retry = Retry::new(&self.readiness, shutdown);
-        let persisted = retry_store("storing processed events", &retry, || {
-            store.apply(&changes, checkpoint)
+        // A short cap: verdicts wait on this write, so it must notice a recovered database soon.
+        let retry = Retry::new(&self.readiness, shutdown).with_backoff(WHILE_SERVING);
+        // Set once an attempt failed in a way that may still have committed (the connection
+        // lost during COMMIT): the batch's rows cannot be inserted twice, so a retry first
+        // asks the store. Every batch moves the checkpoint forward, so a stored checkpoint at
+        // or past this batch's says it is written.
+        let in_doubt = &AtomicBool::new(false);
+        let (store, changes) = (&store, &changes);
+        let persisted = retry_store("storing processed events", &retry, move || {
+            Box::pin(async move {
+                if in_doubt.load(Ordering::Relaxed)
+                    && store.load().await?.checkpoint >= Some(checkpoint)
+                {
+                    tracing::info!(%checkpoint, "a batch whose commit was in doubt turned out written");
+                    return Ok(());
+                }
+                let applied = store.apply(changes, checkpoint).await;
+                if applied.as_ref().is_err_and(|error| error.is_transient()) {
+                    in_doubt.store(true, Ordering::Relaxed);
+                }
+                applied
+            })
         })
         .await?;
         if persisted.is_none() {
@@ -467,7 +488,8 @@ impl Sender {
         // The same message id on every attempt and after restarts: the sequencer deduplicates.
         let message_id = MessageId::new(format!("verdict-{}", request_id.as_micros()))
             .expect("digits make a valid message id");
-        let retry = Retry::new(&self.readiness, &self.shutdown);
+        // A short cap: the request's participants wait on this verdict.
+        let retry = Retry::new(&self.readiness, &self.shutdown).with_backoff(WHILE_SERVING);
         let sent = retry
             .until("sequencer", "cannot send verdicts", || {
                 let submission = Submission {

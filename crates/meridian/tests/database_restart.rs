@@ -22,7 +22,7 @@ use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad, Live};
 use meridian_testkit::PostgresServer;
 
 mod common;
-use common::{replicated_spec, start_deployment, start_load};
+use common::{assert_all_running, replicated_spec, start_deployment, start_load};
 
 /// How long the server stays stopped between its shutdown and its start. With the shutdown
 /// itself (sessions are terminated at once, then new connections are refused while the
@@ -165,21 +165,6 @@ fn lease_epochs(server: &PostgresServer) -> BTreeSet<String> {
         epochs.extend(rows.lines().map(str::to_owned));
     }
     epochs
-}
-
-/// Fails the test if any node process has exited: losing the database must not crash a node.
-fn assert_all_running(deployment: &mut Deployment) {
-    let mut exited = Vec::new();
-    for process in deployment.processes_mut() {
-        if !process.is_running() {
-            exited.push(format!(
-                "{} exited; log tail:\n{}",
-                process.name(),
-                process.log_tail(30)
-            ));
-        }
-    }
-    assert!(exited.is_empty(), "{}", exited.join("\n\n"));
 }
 
 /// Keeps every node's log for a post-mortem (the data directory goes with the test), printing

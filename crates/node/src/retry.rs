@@ -31,6 +31,17 @@ pub const UNTIL_STOPPED: Backoff = Backoff {
     max_attempts: u32::MAX,
 };
 
+/// The backoff of a node retrying a write it cannot serve without while the database is
+/// read-only, full, or away: from 50 ms up to 250 ms between attempts, for as long as the node
+/// (or its term) lives. The short cap is what brings service back within a quarter of a second
+/// of the database becoming writable again; a statement every 250 ms costs a struggling
+/// server nothing.
+pub const WHILE_SERVING: Backoff = Backoff {
+    initial: Duration::from_millis(50),
+    max: Duration::from_millis(250),
+    max_attempts: u32::MAX,
+};
+
 /// Every attempt a bounded retry allowed has failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: gave up after {attempts} attempts: {last}")]

@@ -30,6 +30,7 @@ use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::{LedgerOffset, MessageId, ParticipantId, Timestamp, TransactionId};
 use meridian_node::replication::is_fenced;
+use meridian_node::retry::{Retry, WHILE_SERVING};
 use meridian_node::Conditions;
 use meridian_proto::convert::ledger::CommandSubmission;
 use meridian_store::{
@@ -53,12 +54,12 @@ const MAX_BATCH: usize = 2_000;
 pub(crate) const COMMAND_QUEUE: usize = 10_000;
 /// Confirmation responses and time proofs being sent concurrently.
 pub(crate) const MAX_CONCURRENT_SENDS: usize = 512;
-/// Attempts at persisting one batch before the node gives up (and restarts from its
-/// checkpoint, which is safe: the batch's effects were not reported to anyone yet).
-const PERSIST_ATTEMPTS: u32 = 20;
 const TIME_PROOF_INTERVAL: Duration = Duration::from_millis(500);
 const DEDUP_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+/// Wait before resubscribing after the subscription broke. Short: a sequencer whose database
+/// failed for a moment ends every subscription at once and serves again as soon as the
+/// database does; a resubscription a sequencer cannot serve yet costs it next to nothing.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
 
 /// Work for the writer besides the sequencer stream.
 pub(crate) enum WriterCommand {
@@ -242,7 +243,8 @@ pub(crate) enum WriterError {
     /// of it was reported, so a replay from the checkpoint redoes it.
     #[error("the term ended before a batch could be written")]
     Interrupted,
-    /// A fork in the sequencer stream, or a database that stays unwritable.
+    /// A fork in the sequencer stream, or a database error no retry can change (corrupt data,
+    /// a broken invariant); an outage, however long, is ridden out instead.
     #[error(transparent)]
     Fatal(#[from] anyhow::Error),
 }
@@ -500,7 +502,7 @@ fn input(event: SequencedEvent) -> SequencedInput {
 }
 
 /// Runs the writer until the term ends, the store fences it off, or a fatal error (a fork, a
-/// database that stays away).
+/// database error no retry can change).
 pub(crate) async fn run_writer(
     core: Arc<Core>,
     mut commands: mpsc::Receiver<WriterCommand>,
@@ -693,51 +695,87 @@ async fn process(
     Ok(())
 }
 
+/// Writes a batch, riding out every database error that passes (read-only, disk full,
+/// connection loss, a lost race, a statement timeout; [`StoreError::is_transient`]): not ready
+/// with the reason meanwhile, retried with the [`WHILE_SERVING`] backoff for as long as the
+/// term lasts. Nobody waits on a lasting outage forever because of this: the submitters' own
+/// timeouts answer them, and a replica that cannot renew its lease loses its term, which stops
+/// the retry. Only a fenced write (demote) or an error no retry can change (corrupt data, a
+/// broken invariant) ends it.
+///
+/// A retry first asks whether an earlier attempt committed after all ([`ParticipantStore::applied`]):
+/// a connection lost during `COMMIT` leaves that unknown, and the batch's rows at fresh offsets
+/// must not be inserted twice.
 async fn persist(core: &Core, batch: &ParticipantBatch) -> Result<(), WriterError> {
-    let mut delay = Duration::from_millis(50);
-    let mut attempt = 1;
-    loop {
-        // Waiters are answered only after this commit; while it stalls, say so at /readyz.
-        let apply = core.readiness.watch_database_call(core.store.apply(batch));
-        match apply.await {
-            Ok(()) => {
-                core.readiness.clear("database");
-                return Ok(());
+    let in_doubt = &AtomicBool::new(false);
+    // Not the term's token: an attempt in progress must run to its end, since a write
+    // transaction dropped half-way can keep SQLite's write lock after the term ended. Each
+    // attempt checks the term first instead; a wait between attempts is 250 ms at most.
+    let attempts_stop = CancellationToken::new();
+    let retry = Retry::new(&core.readiness, &attempts_stop).with_backoff(WHILE_SERVING);
+    let written = retry
+        .until("database", "cannot write", move || async move {
+            if core.shutdown.is_cancelled() {
+                return Ok(Written::TermEnded);
             }
-            // The one definition of "fenced" every role shares, so they all demote alike.
-            Err(error) if is_fenced(&error) => {
-                // The database answered: a stall reported meanwhile is over.
-                core.readiness.clear("database");
-                return Err(WriterError::Fenced(error));
-            }
-            Err(error) if error.is_transient() && attempt < PERSIST_ATTEMPTS => {
-                if core
-                    .readiness
-                    .fail("database", format!("cannot write: {error}"))
-                {
-                    tracing::error!(%error, "writing a batch failed; retrying");
+            let attempt = async {
+                if in_doubt.load(Ordering::Relaxed) && core.store.applied(batch).await? {
+                    tracing::info!("a batch whose commit was in doubt turned out written");
+                    return Ok(());
                 }
-                tokio::select! {
-                    // A term that ended (demotion) stops retrying: nothing was reported yet.
-                    _ = core.shutdown.cancelled() => {
-                        return Err(WriterError::Interrupted);
-                    }
-                    _ = tokio::time::sleep(delay) => {}
+                core.store.apply(batch).await
+            };
+            // Waiters are answered only after this commit; while it stalls, say so at /readyz.
+            match core.readiness.watch_database_call(attempt).await {
+                Ok(()) => Ok(Written::Done),
+                Err(error) if error.is_transient() => {
+                    in_doubt.store(true, Ordering::Relaxed);
+                    Err(error)
                 }
-                delay = (delay * 2).min(Duration::from_secs(2));
-                attempt += 1;
+                // Fenced, or definite: no retry changes it; the caller decides.
+                Err(error) => Ok(Written::Refused(error)),
             }
-            Err(error) => {
-                core.readiness
-                    .fail("database", format!("cannot write: {error}"));
-                return Err(anyhow::Error::new(error)
-                    .context(
-                        "persisting processed events failed; restart to replay from the checkpoint",
-                    )
-                    .into());
-            }
+        })
+        .await;
+    match written {
+        Ok(Some(Written::Done)) => Ok(()),
+        // The term ended while retrying: nothing of the batch was reported, so the next active
+        // term (or the restart) redoes it from the checkpoint.
+        Ok(None | Some(Written::TermEnded)) => {
+            core.readiness.clear("database");
+            Err(WriterError::Interrupted)
         }
+        // The one definition of "fenced" every role shares, so they all demote alike.
+        Ok(Some(Written::Refused(error))) if is_fenced(&error) => {
+            // The database answered: a stall reported meanwhile is over.
+            core.readiness.clear("database");
+            Err(WriterError::Fenced(error))
+        }
+        Ok(Some(Written::Refused(error))) => {
+            core.readiness
+                .fail("database", format!("cannot write: {error}"));
+            Err(anyhow::Error::new(error)
+                .context(
+                    "stopping: persisting processed events failed with an error no retry can \
+                     change (corrupt data or a broken invariant, not an outage); a restart \
+                     replays from the checkpoint",
+                )
+                .into())
+        }
+        // `WHILE_SERVING` allows more attempts than a term can make; kept definite anyway.
+        Err(gave_up) => Err(anyhow::Error::new(gave_up)
+            .context("stopping: persisting processed events kept failing")
+            .into()),
     }
+}
+
+/// How a write attempt of [`persist`] ended, when no retry follows.
+enum Written {
+    Done,
+    /// The term had ended before the attempt: nothing was tried.
+    TermEnded,
+    /// Fenced, or an error no retry changes.
+    Refused(StoreError),
 }
 
 /// The store rows for a list of effects.

@@ -49,10 +49,12 @@ pub struct Shared {
 
 fn store_status(error: StoreError) -> Status {
     match error {
-        StoreError::Unavailable(_)
-        | StoreError::ReadOnly
-        | StoreError::Fenced(_)
-        | StoreError::Superseded { .. } => Status::unavailable(error.to_string()),
+        // An outage of any kind, or this instance being fenced: another try (here, after the
+        // database recovers, or at the other instance) may succeed.
+        error if error.is_transient() => Status::unavailable(error.to_string()),
+        StoreError::Fenced(_) | StoreError::Superseded { .. } => {
+            Status::unavailable(error.to_string())
+        }
         StoreError::MemberKeyConflict { .. } => Status::already_exists(error.to_string()),
         other => {
             tracing::error!(error = %other, "store failure");

@@ -32,6 +32,23 @@ pub enum StoreError {
     ReadOnly,
     #[error("the database is unreachable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// PostgreSQL 53100 (`disk_full`), SQLite `SQLITE_FULL`: nothing more can be written until
+    /// an operator frees space; the data already written is intact.
+    #[error("the database is out of disk space: {0}")]
+    DiskFull(#[source] sqlx::Error),
+    /// PostgreSQL class 53 besides `disk_full`: out of memory, too many connections, a
+    /// configured limit reached. Passes when the load on the server does.
+    #[error("the database server is out of resources: {0}")]
+    OutOfResources(#[source] sqlx::Error),
+    /// A serialization failure (40001), a deadlock (40P01), a lock not available (55P03), or
+    /// SQLite's `SQLITE_BUSY`/`SQLITE_LOCKED`: the transaction lost a race and was rolled back
+    /// whole; the same transaction again normally succeeds.
+    #[error("the transaction conflicted with another and was rolled back: {0}")]
+    Conflict(#[source] sqlx::Error),
+    /// 57014 `query_canceled`: a statement timeout, or an operator's `pg_cancel_backend`. The
+    /// transaction was rolled back.
+    #[error("the database canceled the statement (statement timeout?): {0}")]
+    Canceled(#[source] sqlx::Error),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
     #[error("migrating the database failed: {0}")]
@@ -49,28 +66,278 @@ impl StoreError {
         }
     }
 
-    /// Whether retrying later may succeed (the database was away), as opposed to a definite
-    /// answer.
+    /// Whether the same call may succeed later, once the database recovers: it was away,
+    /// read-only, full, overloaded, or the transaction lost a race or timed out — every case
+    /// a node rides out (not ready, retry with backoff) rather than stopping on. The rest are
+    /// definite answers: fencing (demote), a conflict of data, corrupt rows or a database
+    /// error the node does not know (stop and say so: retrying cannot help).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::ReadOnly
+                | StoreError::Unavailable(_)
+                | StoreError::DiskFull(_)
+                | StoreError::OutOfResources(_)
+                | StoreError::Conflict(_)
+                | StoreError::Canceled(_)
+        )
+    }
+}
+
+/// What a database error code says, on either backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    ReadOnly,
+    Unavailable,
+    DiskFull,
+    OutOfResources,
+    Conflict,
+    Canceled,
+    Other,
+}
+
+/// Classifies a PostgreSQL SQLSTATE.
+fn postgres_class(code: &str) -> Class {
+    match code {
+        // read_only_sql_transaction
+        "25006" => Class::ReadOnly,
+        // admin_shutdown, crash_shutdown, cannot_connect_now; idle-in-transaction and idle
+        // session timeouts end the session like a terminated backend.
+        "57P01" | "57P02" | "57P03" | "25P03" | "57P05" => Class::Unavailable,
+        "53100" => Class::DiskFull,
+        // serialization_failure, deadlock_detected, lock_not_available
+        "40001" | "40P01" | "55P03" => Class::Conflict,
+        // query_canceled: statement_timeout or pg_cancel_backend
+        "57014" => Class::Canceled,
+        // class 08: connection exception
+        _ if code.starts_with("08") => Class::Unavailable,
+        // class 53: insufficient resources
+        _ if code.starts_with("53") => Class::OutOfResources,
+        _ => Class::Other,
+    }
+}
+
+/// Classifies a SQLite result code as sqlx reports it: the extended code, in decimal; its low
+/// byte is the primary code.
+fn sqlite_class(code: &str) -> Class {
+    const SQLITE_BUSY: i64 = 5;
+    const SQLITE_LOCKED: i64 = 6;
+    const SQLITE_READONLY: i64 = 8;
+    const SQLITE_FULL: i64 = 13;
+    let Ok(extended) = code.parse::<i64>() else {
+        return Class::Other;
+    };
+    match extended & 0xff {
+        SQLITE_BUSY | SQLITE_LOCKED => Class::Conflict,
+        SQLITE_READONLY => Class::ReadOnly,
+        SQLITE_FULL => Class::DiskFull,
+        _ => Class::Other,
     }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match &error {
+        let class = match &error {
+            // A connection that broke mid-conversation (a terminated backend can show as an
+            // unexpected message rather than an I/O error) is dropped from the pool; the next
+            // call gets a new one.
             sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
-            sqlx::Error::Database(db) => match db.code().as_deref() {
-                // read_only_sql_transaction
-                Some("25006") => StoreError::ReadOnly,
-                // admin_shutdown, crash_shutdown, cannot_connect_now
-                Some("57P01") | Some("57P02") | Some("57P03") => StoreError::Unavailable(error),
-                _ => StoreError::Database(error),
+            | sqlx::Error::WorkerCrashed => Class::Unavailable,
+            sqlx::Error::Database(db) => match (
+                db.code(),
+                db.try_downcast_ref::<sqlx::sqlite::SqliteError>(),
+            ) {
+                (Some(code), Some(_)) => sqlite_class(&code),
+                (Some(code), None) => postgres_class(&code),
+                (None, _) => Class::Other,
             },
-            _ => StoreError::Database(error),
+            _ => Class::Other,
+        };
+        match class {
+            Class::ReadOnly => StoreError::ReadOnly,
+            Class::Unavailable => StoreError::Unavailable(error),
+            Class::DiskFull => StoreError::DiskFull(error),
+            Class::OutOfResources => StoreError::OutOfResources(error),
+            Class::Conflict => StoreError::Conflict(error),
+            Class::Canceled => StoreError::Canceled(error),
+            Class::Other => StoreError::Database(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::error::Error as StdError;
+
+    use sqlx::error::{DatabaseError, ErrorKind};
+    use sqlx::{Connection, Executor, SqliteConnection};
+
+    use super::*;
+
+    /// A PostgreSQL error as the server reports it: just a SQLSTATE and a message.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl StdError for Sqlstate {}
+
+    impl DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.0
+        }
+
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+
+        fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+            self
+        }
+
+        fn as_error_mut(&mut self) -> &mut (dyn StdError + Send + Sync + 'static) {
+            self
+        }
+
+        fn into_error(self: Box<Self>) -> Box<dyn StdError + Send + Sync + 'static> {
+            self
+        }
+
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Other
+        }
+    }
+
+    fn postgres(code: &'static str) -> StoreError {
+        StoreError::from(sqlx::Error::Database(Box::new(Sqlstate(code))))
+    }
+
+    #[test]
+    fn postgres_codes_map_to_variants_a_caller_can_tell_apart() {
+        assert!(matches!(postgres("25006"), StoreError::ReadOnly));
+        for code in [
+            "57P01", "57P02", "57P03", "08006", "08003", "08001", "25P03",
+        ] {
+            assert!(
+                matches!(postgres(code), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(postgres("53100"), StoreError::DiskFull(_)));
+        for code in ["53200", "53300", "53400"] {
+            assert!(
+                matches!(postgres(code), StoreError::OutOfResources(_)),
+                "{code}"
+            );
+        }
+        for code in ["40001", "40P01", "55P03"] {
+            assert!(matches!(postgres(code), StoreError::Conflict(_)), "{code}");
+        }
+        assert!(matches!(postgres("57014"), StoreError::Canceled(_)));
+    }
+
+    #[test]
+    fn recoverable_errors_are_transient_and_the_rest_are_not() {
+        for code in [
+            "25006", "57P01", "57P02", "57P03", "08006", "53100", "53200", "40001", "40P01",
+            "57014",
+        ] {
+            assert!(postgres(code).is_transient(), "{code} is recoverable");
+        }
+        for io in [
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+            sqlx::Error::PoolTimedOut,
+        ] {
+            assert!(StoreError::from(io).is_transient());
+        }
+        // A conflict of data, a broken constraint, a missing table, corruption (XX001:
+        // data_corrupted) and fencing are definite: retrying cannot change them.
+        for code in ["23505", "23503", "42P01", "XX001", "XX002"] {
+            let error = postgres(code);
+            assert!(matches!(error, StoreError::Database(_)), "{code}");
+            assert!(!error.is_transient(), "{code} is definite");
+        }
+        let definite = [
+            StoreError::Corrupt {
+                table: "t",
+                detail: "bad".into(),
+            },
+            StoreError::LeaseLost {
+                node: "n".into(),
+                epoch: 1,
+            },
+            StoreError::Passive { node: "n".into() },
+            StoreError::Fenced(InstanceIndex(0)),
+        ];
+        for error in definite {
+            assert!(!error.is_transient(), "{error}");
+        }
+    }
+
+    async fn sqlite_file(dir: &std::path::Path) -> SqliteConnection {
+        let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
+        SqliteConnection::connect(&url).await.expect("open SQLite")
+    }
+
+    /// Real SQLite failures, so the mapping follows the extended codes sqlx really reports.
+    #[tokio::test]
+    async fn sqlite_busy_read_only_and_full_are_recoverable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut first = sqlite_file(dir.path()).await;
+        first
+            .execute("CREATE TABLE t (x BLOB)")
+            .await
+            .expect("create");
+
+        // Another connection holds the write lock, and this one does not wait for it.
+        let mut second = sqlite_file(dir.path()).await;
+        second
+            .execute("PRAGMA busy_timeout = 0")
+            .await
+            .expect("pragma");
+        first.execute("BEGIN IMMEDIATE").await.expect("lock");
+        let busy = StoreError::from(
+            second
+                .execute("BEGIN IMMEDIATE")
+                .await
+                .expect_err("the file is locked"),
+        );
+        assert!(matches!(busy, StoreError::Conflict(_)), "{busy:?}");
+        assert!(busy.is_transient());
+        first.execute("ROLLBACK").await.expect("unlock");
+
+        second
+            .execute("PRAGMA query_only = ON")
+            .await
+            .expect("pragma");
+        let read_only = StoreError::from(
+            second
+                .execute("INSERT INTO t VALUES (x'00')")
+                .await
+                .expect_err("query_only refuses writes"),
+        );
+        assert!(matches!(read_only, StoreError::ReadOnly), "{read_only:?}");
+
+        // A page limit stands in for a full disk: SQLite answers SQLITE_FULL to both.
+        first
+            .execute("PRAGMA max_page_count = 8")
+            .await
+            .expect("pragma");
+        let full = first
+            .execute("INSERT INTO t VALUES (zeroblob(1000000))")
+            .await
+            .expect_err("beyond the page limit");
+        let full = StoreError::from(full);
+        assert!(matches!(full, StoreError::DiskFull(_)), "{full:?}");
+        assert!(full.is_transient());
     }
 }

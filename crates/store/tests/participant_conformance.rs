@@ -323,9 +323,69 @@ async fn many_rows_in_one_batch(h: Harness) {
     assert_eq!(page, (501..=1_000).map(LedgerOffset).collect::<Vec<_>>());
 }
 
+/// `applied` answers whether this very batch committed — what a writer asks before retrying a
+/// batch whose commit's outcome it never learnt — and refuses to answer a fenced replica.
+async fn applied_recognises_a_committed_batch(h: Harness) {
+    let store = &h.store;
+    let a = contract("c-a", "alice", 100);
+    let batch = ParticipantBatch {
+        checkpoint: Some(t(100)),
+        ledger_end: Some(LedgerOffset(1)),
+        created: vec![StoredContract {
+            contract: a.clone(),
+            created_offset: LedgerOffset(1),
+            archived_offset: None,
+        }],
+        transactions: vec![tx_record(1, &a, true)],
+        completions: vec![completion(1, "app", 0)],
+        ..ParticipantBatch::default()
+    };
+    assert!(!store.applied(&batch).await.expect("not yet"));
+    store.apply(&batch).await.expect("apply");
+    assert!(store.applied(&batch).await.expect("written"));
+    // Another batch at the same offset (another transaction id) was not written.
+    let mut other = batch.clone();
+    other.transactions[0].transaction_id = TransactionId::new("tx-other").expect("tx id");
+    assert!(!store.applied(&other).await.expect("another batch"));
+
+    // Only a rejection: recognised by its completion's submission id.
+    let rejected = ParticipantBatch {
+        checkpoint: Some(t(200)),
+        ledger_end: Some(LedgerOffset(2)),
+        completions: vec![completion(2, "app", 10)],
+        ..ParticipantBatch::default()
+    };
+    assert!(!store.applied(&rejected).await.expect("not yet"));
+    store.apply(&rejected).await.expect("apply");
+    assert!(store.applied(&rejected).await.expect("written"));
+    let mut resubmitted = rejected.clone();
+    resubmitted.completions[0].submission_id = "sub-other".into();
+    assert!(!store
+        .applied(&resubmitted)
+        .await
+        .expect("another submission"));
+
+    // Nothing at an offset: all upserts, safe to apply again, so "not applied".
+    let markers = ParticipantBatch {
+        dedup_upserts: vec![dedup("k1", DedupState::InFlight)],
+        ..ParticipantBatch::default()
+    };
+    store.apply(&markers).await.expect("apply");
+    assert!(!store.applied(&markers).await.expect("upserts only"));
+    store.apply(&markers).await.expect("applied twice");
+
+    store.fence().deactivate("participant1");
+    let fenced = store.applied(&batch).await;
+    assert!(
+        matches!(fenced, Err(meridian_store::StoreError::Passive { .. })),
+        "{fenced:?}"
+    );
+}
+
 conformance!(
     "participant":
     batches_round_trip,
     a_failing_batch_changes_nothing,
-    many_rows_in_one_batch
+    many_rows_in_one_batch,
+    applied_recognises_a_committed_batch
 );

@@ -47,6 +47,21 @@ pub async fn start_deployment(spec: &DeploymentSpec) -> Deployment {
         .unwrap()
 }
 
+/// Fails the test if any node process has exited: a database fault must not crash a node.
+pub fn assert_all_running(deployment: &mut Deployment) {
+    let mut exited = Vec::new();
+    for process in deployment.processes_mut() {
+        if !process.is_running() {
+            exited.push(format!(
+                "{} exited; log tail:\n{}",
+                process.name(),
+                process.log_tail(30)
+            ));
+        }
+    }
+    assert!(exited.is_empty(), "{}", exited.join("\n\n"));
+}
+
 /// Starts `LOAD_LANES` lanes of transfers by `user` in the run named `run`, retrying as a
 /// failover client does.
 pub async fn start_load(deployment: &Deployment, user: &str, run: &str) -> BackgroundLoad {

@@ -157,6 +157,13 @@ pub trait ParticipantStore: Send + Sync + 'static {
     /// backwards (a lower value is ignored).
     async fn apply(&self, batch: &ParticipantBatch) -> Result<(), StoreError>;
 
+    /// Whether `batch` is already written: asked before applying again a batch whose earlier
+    /// attempt failed with its outcome unknown (the connection lost during `COMMIT`), because
+    /// its transactions and completions, at fresh offsets, cannot be inserted twice. Checked
+    /// under the fence, like a write, so only this replica's own commit can answer yes. A
+    /// batch without either is all upserts and forward-only updates: `false`, apply it again.
+    async fn applied(&self, batch: &ParticipantBatch) -> Result<bool, StoreError>;
+
     /// Everything needed to restart: checkpoint, ledger end, the active contracts, pending
     /// requests and dedup entries that have not expired by `now`.
     async fn load(&self, now: Timestamp) -> Result<ParticipantSnapshot, StoreError>;

@@ -276,6 +276,38 @@ impl ParticipantStore for SqlParticipantStore {
         Ok(())
     }
 
+    async fn applied(&self, batch: &ParticipantBatch) -> Result<bool, StoreError> {
+        // One row stands for the whole batch (it commits atomically); the submission id or
+        // transaction id tells this batch's row from another one at the same offset.
+        let (probe, offset, expected) = if let Some(first) = batch.transactions.first() {
+            (
+                "SELECT transaction_id FROM participant_transactions WHERE ledger_offset = $1",
+                first.offset,
+                first.transaction_id.as_str(),
+            )
+        } else if let Some(first) = batch.completions.first() {
+            (
+                "SELECT submission_id FROM participant_completions WHERE ledger_offset = $1",
+                first.offset,
+                first.submission_id.as_str(),
+            )
+        } else {
+            return Ok(false);
+        };
+        let offset = rows::offset_column(offset)?;
+        let found: Option<String> = on_backend!(&self.pool, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            tx.check_fence(&self.fence).await?;
+            let found = sqlx::query_scalar(probe)
+                .bind(offset)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            found
+        });
+        Ok(found.as_deref() == Some(expected))
+    }
+
     async fn load(&self, now: Timestamp) -> Result<ParticipantSnapshot, StoreError> {
         let dedup_query = format!(
             "SELECT {DEDUP_COLUMNS} FROM participant_dedup \
