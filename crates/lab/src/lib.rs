@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod clockshift;
 pub mod demo;
 pub mod deployment;
 pub mod drill;
