@@ -214,11 +214,13 @@ mod tests {
 
     const BOUND: Duration = Duration::from_millis(250);
 
-    fn reference(micros: u64) -> ReferenceTime {
-        ReferenceTime {
-            time: Timestamp::from_micros(micros),
+    /// The local clock read `local_us` when the call that read `reference_us` started.
+    fn measure(local_us: u64, round_trip: Duration, reference_us: u64) -> SkewMeasurement {
+        let reference = ReferenceTime {
+            time: Timestamp::from_micros(reference_us),
             source: "the test's clock",
-        }
+        };
+        SkewMeasurement::new(Timestamp::from_micros(local_us), round_trip, reference)
     }
 
     fn gate() -> (ClockGate, Conditions) {
@@ -229,30 +231,18 @@ mod tests {
     #[test]
     fn the_skew_is_taken_at_the_midpoint_of_the_round_trip() {
         // Sent at 10.000 s local, answered after 20 ms; the reference said 9.000 s.
-        let measured = SkewMeasurement::new(
-            Timestamp::from_micros(10_000_000),
-            Duration::from_millis(20),
-            reference(9_000_000),
-        );
+        let measured = measure(10_000_000, Duration::from_millis(20), 9_000_000);
         assert_eq!(measured.skew_us, 1_010_000);
         assert_eq!(measured.uncertainty, Duration::from_millis(10));
         assert_eq!(measured.beyond(BOUND), Some(true));
-        let behind = SkewMeasurement::new(
-            Timestamp::from_micros(10_000_000),
-            Duration::ZERO,
-            reference(10_300_000),
-        );
+        let behind = measure(10_000_000, Duration::ZERO, 10_300_000);
         assert_eq!(behind.skew_ms(), -300);
         assert_eq!(behind.beyond(BOUND), Some(true));
     }
 
     #[test]
     fn a_slow_round_trip_is_inconclusive_near_the_bound() {
-        let near = SkewMeasurement::new(
-            Timestamp::from_micros(10_000_000),
-            Duration::from_millis(200),
-            reference(9_800_000),
-        );
+        let near = measure(10_000_000, Duration::from_millis(200), 9_800_000);
         // 300 ms ± 100 ms: could be 200 ms (within) or 400 ms (beyond).
         assert_eq!(near.beyond(BOUND), None);
     }
@@ -262,11 +252,7 @@ mod tests {
         let (gate, readiness) = gate();
         assert!(gate.check(Timestamp::now(), Instant::now()).is_err());
         let now = Instant::now();
-        let ahead = SkewMeasurement::new(
-            Timestamp::from_micros(12_000_000),
-            Duration::ZERO,
-            reference(10_000_000),
-        );
+        let ahead = measure(12_000_000, Duration::ZERO, 10_000_000);
         gate.settle(&ahead, now);
         let reason = gate
             .check(Timestamp::from_micros(12_000_000), now)
@@ -278,11 +264,7 @@ mod tests {
         assert!(reason.contains("max_clock_skew_ms = 250"), "{reason}");
         assert_eq!(readiness.reason(), Some(format!("clock: {reason}")));
 
-        let agreed = SkewMeasurement::new(
-            Timestamp::from_micros(10_000_000),
-            Duration::ZERO,
-            reference(10_000_000),
-        );
+        let agreed = measure(10_000_000, Duration::ZERO, 10_000_000);
         gate.settle(&agreed, now);
         assert_eq!(gate.check(Timestamp::from_micros(10_000_000), now), Ok(()));
         assert_eq!(readiness.reason(), None);
@@ -292,11 +274,7 @@ mod tests {
     fn a_step_of_the_wall_clock_closes_the_gate_before_the_next_comparison() {
         let (gate, readiness) = gate();
         let anchor = Instant::now();
-        let agreed = SkewMeasurement::new(
-            Timestamp::from_micros(10_000_000),
-            Duration::ZERO,
-            reference(10_000_000),
-        );
+        let agreed = measure(10_000_000, Duration::ZERO, 10_000_000);
         gate.settle(&agreed, anchor);
         // One second later by both clocks: fine.
         let later = anchor + Duration::from_secs(1);
