@@ -161,8 +161,11 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         &incarnation,
         safe_point_tx.clone(),
         sequencer_metrics.clone(),
-        clock,
-        &retry,
+        WriterGates {
+            readiness: readiness.clone(),
+            clock,
+            stop: shutdown.clone(),
+        },
     )
     .await?;
     let peers_marked_offline = Arc::new(AtomicU64::new(0));
@@ -231,8 +234,7 @@ async fn start_writer(
     incarnation: &IncarnationGauge,
     safe_point: watch::Sender<Timestamp>,
     metrics: SequencerMetrics,
-    clock: ClockGate,
-    retry: &Retry,
+    gates: WriterGates,
 ) -> anyhow::Result<(
     tokio::task::JoinHandle<WriterExit>,
     crate::writer::WriterHandle,
@@ -253,11 +255,7 @@ async fn start_writer(
         },
         safe_point,
         metrics,
-        WriterGates {
-            readiness: retry.readiness().clone(),
-            clock,
-            stop: retry.stop_token().clone(),
-        },
+        gates,
     );
     writer.refresh_safe_point().await;
     Ok((tokio::spawn(writer.run()), handle))
