@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod ports;
 pub mod replica;
 pub mod replication;
+pub mod report;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
