@@ -462,6 +462,11 @@ fn classify(status: Status) -> Failure {
     }
 }
 
+/// An answer that breaks the protocol: final, as another attempt would not mend the instance.
+fn protocol_failure(what: &str) -> Failure {
+    Failure::Fatal(ClientError::Protocol(what.to_owned()))
+}
+
 /// Statuses of the authentication calls: a refusal there means the identity is wrong.
 fn classify_authentication(status: Status) -> Failure {
     match classify(status) {
@@ -716,9 +721,9 @@ impl Inner {
             .map_err(classify_authentication)?
             .nonce;
         if nonce.is_empty() {
-            return Err(Failure::Fatal(ClientError::Protocol(
-                "authentication challenge with an empty nonce".to_owned(),
-            )));
+            return Err(protocol_failure(
+                "authentication challenge with an empty nonce",
+            ));
         }
         let signature = self.key.sign(
             SigningPurpose::SequencerAuthentication,
@@ -734,15 +739,10 @@ impl Inner {
             .map_err(classify_authentication)?
             .token;
         if token.is_empty() {
-            return Err(Failure::Fatal(ClientError::Protocol(
-                "authentication returned an empty token".to_owned(),
-            )));
+            return Err(protocol_failure("authentication returned an empty token"));
         }
-        AsciiMetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-            Failure::Fatal(ClientError::Protocol(
-                "session token is not printable ASCII".to_owned(),
-            ))
-        })
+        AsciiMetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| protocol_failure("session token is not printable ASCII"))
     }
 
     /// One attempt of an authenticated call on `endpoint`. If the instance no longer knows the

@@ -155,26 +155,44 @@ impl NodeProcess {
 
     /// Polls `/readyz` until 200, failing early (with the log's tail) if the process exits.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        if let Err(last) = self
+            .poll_admin("/readyz", timeout, " before becoming ready")
+            .await?
+        {
+            bail!(
+                "{} was not ready within {timeout:?} (last /readyz: {last}); log tail:\n{}",
+                self.name,
+                self.log_tail(20)
+            )
+        }
+        Ok(())
+    }
+
+    /// Polls the admin `path` until it answers 200 and `Ok(Ok(()))`; `Ok(Err(last answer))`
+    /// once `timeout` passes; an error with the log's tail if the process exits first
+    /// (`exited_when` ends that message's "exited" phrase).
+    async fn poll_admin(
+        &mut self,
+        path: &str,
+        timeout: Duration,
+        exited_when: &str,
+    ) -> anyhow::Result<Result<(), String>> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()?;
-        let url = format!("http://{}/readyz", self.admin_address);
+        let url = format!("http://{}{path}", self.admin_address);
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
-            self.bail_if_exited(" before becoming ready")?;
+            self.bail_if_exited(exited_when)?;
             match client.get(&url).send().await {
-                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if response.status().is_success() => return Ok(Ok(())),
                 Ok(response) => last = response.text().await.unwrap_or_default(),
                 Err(error) => last = error.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!(
-            "{} was not ready within {timeout:?} (last /readyz: {last}); log tail:\n{}",
-            self.name,
-            self.log_tail(20)
-        )
+        Ok(Err(last))
     }
 
     /// Fails with the log tail if the process has exited; `when` ends the "exited" phrase.
@@ -194,21 +212,10 @@ impl NodeProcess {
 
     /// Polls `/livez` until 200 (a passive replica is alive but not ready).
     pub async fn wait_alive(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()?;
-        let url = format!("http://{}/livez", self.admin_address);
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            self.bail_if_exited("")?;
-            if let Ok(response) = client.get(&url).send().await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if self.poll_admin("/livez", timeout, "").await?.is_err() {
+            bail!("{} was not alive within {timeout:?}", self.name)
         }
-        bail!("{} was not alive within {timeout:?}", self.name)
+        Ok(())
     }
 
     /// SIGSTOP / SIGCONT: an alive-but-stuck process, for failover tests.

@@ -238,12 +238,11 @@ mod tests {
             }),
             ..single.clone()
         };
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("mediator.toml");
-        for config in [single, replicated] {
-            meridian_node::config::write_toml(&file, &config).unwrap();
-            assert_eq!(MediatorConfig::load(&file).unwrap(), config);
-        }
+        meridian_node::config::assert_round_trips(
+            "mediator.toml",
+            [single, replicated],
+            MediatorConfig::load,
+        );
     }
 
     #[test]

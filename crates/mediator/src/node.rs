@@ -21,10 +21,9 @@ use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::topology::TopologyState;
 use meridian_core::MemberId;
-use meridian_node::admin::{self, AdminState, StatusSource};
+use meridian_node::admin::{self, NodeState, StatusSource, StepDown};
 use meridian_node::conditions::Conditions;
 use meridian_node::health::Health;
-use meridian_node::metrics::Metrics;
 use meridian_node::replica::ReplicaManager;
 use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
@@ -72,10 +71,9 @@ impl StatusSource for MediatorStatus {
 pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     // A child, so that stopping on a fatal error stops our tasks but not the caller's others.
     let shutdown = shutdown.child_token();
-    let health = Health::new();
-    let readiness = Conditions::starting(health.clone());
-    let metrics = Arc::new(Metrics::new("meridian"));
-    let mediator_metrics = metrics.with_registry(MediatorMetrics::register);
+    let node = NodeState::starting();
+    let (health, readiness) = (node.health.clone(), node.readiness.clone());
+    let mediator_metrics = node.metrics.with_registry(MediatorMetrics::register);
     let status_state = Arc::new(StatusState::default());
 
     let admin_listener = admin::bind(config.admin_address).await?;
@@ -86,25 +84,19 @@ pub async fn run(config: MediatorConfig, shutdown: CancellationToken) -> anyhow:
     let replication = ReplicationSlot::default();
     let step_down = config.replication.is_some().then(|| {
         let replication = replication.clone();
-        Arc::new(move || replication.get().is_some_and(|r| r.step_down()))
-            as Arc<dyn Fn() -> bool + Send + Sync>
+        Arc::new(move || replication.get().is_some_and(|r| r.step_down())) as StepDown
     });
-    let admin_state = AdminState {
-        health: health.clone(),
-        metrics: metrics.clone(),
-        status: Arc::new(MediatorStatus {
+    let admin_task = node.spawn_admin(
+        admin_listener,
+        Arc::new(MediatorStatus {
             member: config.member_id.clone(),
             backend,
             state: status_state.clone(),
             replication: replication.clone(),
         }),
         step_down,
-    };
-    let admin_task = tokio::spawn(admin::serve_admin(
-        admin_listener,
-        admin_state,
         shutdown.clone(),
-    ));
+    );
 
     let result = serve(
         Arc::new(config),

@@ -11,8 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{start_mediator, wait_ready, Synchronizer};
-use meridian_core::protocol::VerdictOutcome;
+use common::{expect_approved, start_mediator, wait_ready, Synchronizer};
 use meridian_mediator::config::ReplicationConfig;
 use meridian_mediator::MediatorConfig;
 use meridian_testkit::free_port;
@@ -82,6 +81,14 @@ async fn time_until_ready(port: u16, since: Instant) -> Duration {
     }
 }
 
+/// Asserts that the replica at `port` serves within `TAKEOVER_LIMIT` of `since`, and prints
+/// how long it took: "`who` serving N ms after `after`".
+async fn expect_takeover(port: u16, since: Instant, who: &str, after: &str) {
+    let took = time_until_ready(port, since).await;
+    println!("{who} serving {} ms after {after}", took.as_millis());
+    assert!(took < TAKEOVER_LIMIT, "took {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
     let (synchronizer, mut p1, mut p2) = Synchronizer::start().await;
@@ -115,37 +122,18 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
     let a = p1.request("request-a", &["alice", "bob"]).await;
     p1.approve(a, "alice").await;
     p2.approve(a, "bob").await;
-    for participant in [&mut p1, &mut p2] {
-        let verdict = participant.next_verdict(&mediator_public).await;
-        assert_eq!(
-            (verdict.request_id, verdict.outcome),
-            (a, VerdictOutcome::Approved)
-        );
-    }
+    expect_approved([&mut p1, &mut p2], &mediator_public, a, "request a").await;
 
     // A stops with request c half approved (persisted); bob approves during the takeover.
-    let c = p1.request("request-c", &["alice", "bob"]).await;
-    p1.approve(c, "alice").await;
+    let c = p1.approved_by_alice("request-c").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopped = Instant::now();
     stop_a.cancel();
     p2.approve(c, "bob").await;
-    let takeover = time_until_ready(admin_b, stopped).await;
-    println!(
-        "failover: replica B serving {} ms after A stopped",
-        takeover.as_millis()
-    );
-    assert!(takeover < TAKEOVER_LIMIT, "took {takeover:?}");
+    expect_takeover(admin_b, stopped, "failover: replica B", "A stopped").await;
     task_a.await.unwrap().unwrap();
-    for participant in [&mut p1, &mut p2] {
-        let verdict = participant.next_verdict(&mediator_public).await;
-        assert_eq!(verdict.request_id, c);
-        assert_eq!(
-            verdict.outcome,
-            VerdictOutcome::Approved,
-            "finished by the new active, not timed out"
-        );
-    }
+    let why = "finished by the new active, not timed out";
+    expect_approved([&mut p1, &mut p2], &mediator_public, c, why).await;
     let (_, status_b) = get_json(admin_b, "/status").await;
     assert_eq!(status_b["replication"]["role"], "active", "{status_b}");
     let epoch_b = status_b["replication"]["epoch"].as_i64().unwrap();
@@ -160,49 +148,27 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
     wait_passive(admin_a, "mediator-b").await;
 
     // Switchover with request d in flight: B steps down, A takes over and finishes d.
-    let d = p1.request("request-d", &["alice", "bob"]).await;
-    p1.approve(d, "alice").await;
+    let d = p1.approved_by_alice("request-d").await;
     let asked = Instant::now();
     assert_eq!(step_down(admin_b).await, 202);
     p2.approve(d, "bob").await;
-    let switchover = time_until_ready(admin_a, asked).await;
-    println!(
-        "switchover: replica A serving {} ms after the step-down request",
-        switchover.as_millis()
-    );
-    assert!(switchover < TAKEOVER_LIMIT, "took {switchover:?}");
+    let after = "the step-down request";
+    expect_takeover(admin_a, asked, "switchover: replica A", after).await;
     wait_passive(admin_b, "mediator-a").await;
-    for participant in [&mut p1, &mut p2] {
-        let verdict = participant.next_verdict(&mediator_public).await;
-        assert_eq!(
-            (verdict.request_id, verdict.outcome),
-            (d, VerdictOutcome::Approved)
-        );
-    }
+    expect_approved([&mut p1, &mut p2], &mediator_public, d, "request d").await;
     let (_, status_a) = get_json(admin_a, "/status").await;
     assert!(status_a["replication"]["epoch"].as_i64().unwrap() > epoch_b);
 
     // A hangs: its task is dropped mid-flight, so it neither renews nor releases the lease and
     // its process (this test) keeps the lease lock file. B takes over once the lease expires.
-    let e = p1.request("request-e", &["alice", "bob"]).await;
-    p1.approve(e, "alice").await;
+    let e = p1.approved_by_alice("request-e").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hung = Instant::now();
     task_a.abort();
     p2.approve(e, "bob").await;
-    let takeover = time_until_ready(admin_b, hung).await;
-    println!(
-        "stuck active: replica B serving {} ms after A stopped renewing (lease timeout 1000 ms)",
-        takeover.as_millis()
-    );
-    assert!(takeover < TAKEOVER_LIMIT, "took {takeover:?}");
-    for participant in [&mut p1, &mut p2] {
-        let verdict = participant.next_verdict(&mediator_public).await;
-        assert_eq!(
-            (verdict.request_id, verdict.outcome),
-            (e, VerdictOutcome::Approved)
-        );
-    }
+    let after = "A stopped renewing (lease timeout 1000 ms)";
+    expect_takeover(admin_b, hung, "stuck active: replica B", after).await;
+    expect_approved([&mut p1, &mut p2], &mediator_public, e, "request e").await;
 
     // Stops what the dropped task had spawned (its admin server, its verdict sender).
     stop_a.cancel();

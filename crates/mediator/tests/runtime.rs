@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start_mediator, wait_ready, Synchronizer, HASH};
+use common::{expect_approved, start_mediator, wait_ready, Synchronizer, HASH};
 use meridian_core::protocol::{RejectionCode, VerdictOutcome};
 use meridian_testkit::free_port;
 
@@ -35,8 +35,7 @@ async fn the_mediator_decides_times_out_and_survives_a_restart() {
     }
 
     // 2. bob never answers: the mediator's own time proofs carry it past the deadline.
-    let b = p1.request("request-b", &["alice", "bob"]).await;
-    p1.approve(b, "alice").await;
+    let b = p1.approved_by_alice("request-b").await;
     let verdict = p1.next_verdict(&mediator_public).await;
     assert_eq!(verdict.request_id, b);
     match verdict.outcome {
@@ -49,21 +48,14 @@ async fn the_mediator_decides_times_out_and_survives_a_restart() {
     assert_eq!(p2.next_verdict(&mediator_public).await.request_id, b);
 
     // 3. The mediator stops with request c half approved; bob approves while it is down.
-    let c = p1.request("request-c", &["alice", "bob"]).await;
-    p1.approve(c, "alice").await;
+    let c = p1.approved_by_alice("request-c").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     mediator_stop.cancel();
     mediator.await.unwrap().unwrap();
     p2.approve(c, "bob").await;
     let (mediator_stop, mediator) = start_mediator(&config);
-    let verdict = p1.next_verdict(&mediator_public).await;
-    assert_eq!(verdict.request_id, c);
-    assert_eq!(
-        verdict.outcome,
-        VerdictOutcome::Approved,
-        "finished, not timed out"
-    );
-    assert_eq!(p2.next_verdict(&mediator_public).await.request_id, c);
+    let why = "finished, not timed out";
+    expect_approved([&mut p1, &mut p2], &mediator_public, c, why).await;
 
     // 4. What operators see.
     wait_ready(mediator_admin).await;

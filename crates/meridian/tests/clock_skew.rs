@@ -46,9 +46,8 @@ fn instance(index: u32) -> impl FnOnce(&mut SequencerConfig) {
 
 /// `/readyz`: (HTTP status, reason or "").
 async fn readiness(process: &NodeProcess) -> (u16, String) {
-    let response = reqwest::get(format!("http://{}/readyz", process.admin_address))
-        .await
-        .unwrap();
+    let response =
+        common::admin_get(&reqwest::Client::new(), process.admin_address, "readyz").await;
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     (status, body["reason"].as_str().unwrap_or("").to_owned())

@@ -16,9 +16,9 @@ use meridian_client::SubmitOutcome;
 use meridian_core::ledger::Command;
 use meridian_core::template::IouPayload;
 use meridian_core::{CommandId, PartyId, TemplateId};
-use meridian_lab::deployment::Deployment;
+use meridian_lab::deployment::{Deployment, DeploymentSpec};
 use meridian_lab::launch::NodeProcess;
-use meridian_lab::workload::{self, FinishedLoad};
+use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad, Live};
 use meridian_testkit::PostgresServer;
 
 mod common;
@@ -58,40 +58,34 @@ struct Node {
 }
 
 fn nodes(deployment: &Deployment) -> Vec<Node> {
-    let group = |kind, name: &str, replicas: Vec<&NodeProcess>| Node {
+    // A node is its primary process followed by its standbys.
+    let group = |kind, name: &str, primary: &NodeProcess, standbys: &[NodeProcess]| Node {
         kind,
         name: name.to_owned(),
-        replicas: replicas
-            .into_iter()
+        replicas: std::iter::once(primary)
+            .chain(standbys)
             .map(|p| (p.name().to_owned(), p.admin_address))
             .collect(),
     };
     let mut out: Vec<Node> = deployment
         .sequencers
         .iter()
-        .map(|s| group(Kind::Sequencer, s.name(), vec![s]))
+        .map(|s| group(Kind::Sequencer, s.name(), s, &[]))
         .collect();
-    out.push(group(
-        Kind::TopologyManager,
-        "topology-manager",
-        std::iter::once(&deployment.topology)
-            .chain(&deployment.topology_standbys)
-            .collect(),
-    ));
-    out.push(group(
-        Kind::Mediator,
-        "mediator",
-        std::iter::once(&deployment.mediator)
-            .chain(&deployment.mediator_standbys)
-            .collect(),
-    ));
+    let topology = (&deployment.topology, &deployment.topology_standbys);
+    let mediator = (&deployment.mediator, &deployment.mediator_standbys);
+    for (kind, name, (primary, standbys)) in [
+        (Kind::TopologyManager, "topology-manager", topology),
+        (Kind::Mediator, "mediator", mediator),
+    ] {
+        out.push(group(kind, name, primary, standbys));
+    }
     for (index, id) in deployment.participant_ids.iter().enumerate() {
         out.push(group(
             Kind::Participant,
             id.as_str(),
-            std::iter::once(&deployment.participants[index])
-                .chain(&deployment.participant_standbys[index])
-                .collect(),
+            &deployment.participants[index],
+            &deployment.participant_standbys[index],
         ));
     }
     out
@@ -124,6 +118,53 @@ async fn probe_all(client: &reqwest::Client, nodes: &[Node]) -> Vec<Vec<Option<(
         )
     }))
     .await
+}
+
+/// Starts `spec` under the background load (run `run`) and waits for transfers flowing
+/// through both submitting participants, so that "commits again" after a fault means something.
+async fn loaded_deployment(spec: &DeploymentSpec, run: &str) -> (Deployment, BackgroundLoad) {
+    let deployment = start_deployment(spec).await;
+    let load = start_load(&deployment, &format!("{run}-test"), run).await;
+    commits_through_both(
+        &load.live,
+        Instant::now(),
+        Duration::from_secs(15),
+        "before the fault",
+    )
+    .await;
+    (deployment, load)
+}
+
+/// Waits until transfers sent after `since` committed through both submitting participants.
+async fn commits_through_both(live: &Live, since: Instant, timeout: Duration, when: &str) {
+    while !(live.committed_a_request_sent_after(1, since)
+        && live.committed_a_request_sent_after(2, since))
+    {
+        assert!(since.elapsed() < timeout, "no commits {when}");
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Every replicated node's lease epoch, `node=epoch`, over all databases of `server`: an epoch
+/// changes exactly when another replica takes over.
+fn lease_epochs(server: &PostgresServer) -> BTreeSet<String> {
+    let databases = server
+        .psql(
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')",
+        )
+        .unwrap();
+    let mut epochs = BTreeSet::new();
+    for database in databases.lines() {
+        let rows = server
+            .psql(
+                database,
+                "SELECT node || '=' || epoch FROM replica_lease WHERE to_regclass('replica_lease') IS NOT NULL",
+            )
+            .unwrap_or_default();
+        epochs.extend(rows.lines().map(str::to_owned));
+    }
+    epochs
 }
 
 /// Fails the test if any node process has exited: losing the database must not crash a node.
@@ -165,21 +206,8 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let spec = replicated_spec(dir.path(), Some(&*server));
     let started = Instant::now();
-    let mut deployment = start_deployment(&spec).await;
-    let load = start_load(&deployment, "db-test", "db").await;
+    let (mut deployment, load) = loaded_deployment(&spec, "db").await;
     let (live, parties) = (load.live.clone(), load.parties.clone());
-    // Load flowing through both submitting participants before the fault, so that the
-    // "commits again" check below means something.
-    let warm = Instant::now();
-    while !(live.committed_a_request_sent_after(1, warm)
-        && live.committed_a_request_sent_after(2, warm))
-    {
-        assert!(
-            warm.elapsed() < Duration::from_secs(15),
-            "no commits before the outage"
-        );
-        tokio::time::sleep(PROBE_INTERVAL).await;
-    }
     eprintln!(
         "deployment up and under load after {:.1} s",
         started.elapsed().as_secs_f64()
@@ -412,4 +440,53 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
     assert!(audit.audit_ok, "{audit:?}");
     deployment.stop().await.unwrap();
     eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// How long the stall test freezes the server: ten lease timeouts.
+const FROZEN_FOR: Duration = Duration::from_secs(10);
+
+/// Issue 9: a database stall far longer than the lease timeout fails over nothing by itself.
+/// Every PostgreSQL process is stopped (SIGSTOP) for 10 s under load: connections stay open and
+/// nothing answers, so no active can renew its lease. Afterwards every replicated node still has
+/// the same active at the same epoch, no process exited, transfers commit again and the audit
+/// finds nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_fails_over_nothing() {
+    let server = Arc::new(PostgresServer::start().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let spec = replicated_spec(dir.path(), Some(&*server));
+    let (mut deployment, load) = loaded_deployment(&spec, "stall").await;
+    let live = load.live.clone();
+    let before = lease_epochs(&server);
+    // The topology manager, the mediator and three participants are replicated.
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    server.freeze().unwrap();
+    tokio::time::sleep(FROZEN_FOR).await;
+    server.thaw().unwrap();
+    let thawed = Instant::now();
+    commits_through_both(&live, thawed, RECOVERY_TIMEOUT, "after the stall").await;
+    eprintln!(
+        "transfers committed again {:.2} s after the thaw",
+        thawed.elapsed().as_secs_f64()
+    );
+    // A few lease timeouts more, for a late takeover to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_all_running(&mut deployment);
+    let after = lease_epochs(&server);
+    if after != before {
+        keep_logs(&mut deployment);
+    }
+    assert_eq!(after, before, "a database stall made replicas take over");
+    let FinishedLoad { report, audit, .. } = load.finish().await.unwrap();
+    eprintln!(
+        "{} transfers committed; failures: {:?}",
+        report.committed, report.rejections
+    );
+    assert_eq!(
+        audit.acknowledged_missing, 0,
+        "nothing acknowledged is lost"
+    );
+    assert!(audit.audit_ok, "{audit:?}");
+    deployment.stop().await.unwrap();
 }

@@ -28,8 +28,13 @@ fn spec(dir: &std::path::Path) -> DeploymentSpec {
     }
 }
 
-async fn start(spec: &DeploymentSpec) -> Deployment {
-    common::start_deployment(spec).await
+/// Starts `spec` and allocates the demo parties for user `test`.
+async fn start(spec: &DeploymentSpec) -> (Deployment, Parties) {
+    let deployment = common::start_deployment(spec).await;
+    let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
+        .await
+        .unwrap();
+    (deployment, parties)
 }
 
 fn party(name: &str) -> PartyId {
@@ -128,10 +133,7 @@ async fn demo_workload_audits_clean_and_a_second_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path());
     for round in 0..2 {
-        let mut deployment = start(&spec).await;
-        let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
-            .await
-            .unwrap();
+        let (mut deployment, parties) = start(&spec).await;
         let lanes = workload::issue_lanes(&parties, 8, &format!("round{round}"))
             .await
             .unwrap();
@@ -163,10 +165,7 @@ async fn demo_workload_audits_clean_and_a_second_run_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commands_get_documented_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let mut deployment = start(&spec(dir.path())).await;
-    let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
-        .await
-        .unwrap();
+    let (mut deployment, parties) = start(&spec(dir.path())).await;
     let bank = BTreeSet::from([party("bank")]);
     let alice = BTreeSet::from([party("alice")]);
     let p1 = &parties.clients[0];
@@ -299,8 +298,14 @@ async fn bad_commands_get_documented_errors() {
         "{code_:?} {message}"
     );
 
-    // Nothing above changed the ledger except the one transfer.
-    let bob = ious(&parties.clients[2], "bob").await;
+    // Nothing above changed the ledger except the one transfer. Bob is hosted on another
+    // participant, which applies the commit on its own schedule: wait for it (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut bob = ious(&parties.clients[2], "bob").await;
+    while bob.iter().all(|(_, a)| *a != 50) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        bob = ious(&parties.clients[2], "bob").await;
+    }
     assert_eq!(bob.iter().filter(|(_, a)| *a == 50).count(), 1);
     assert!(ious(p2, "alice").await.iter().all(|(_, a)| *a != 50));
     deployment.stop().await.unwrap();
@@ -309,10 +314,7 @@ async fn bad_commands_get_documented_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_double_spend_commits_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut deployment = start(&spec(dir.path())).await;
-    let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
-        .await
-        .unwrap();
+    let (mut deployment, parties) = start(&spec(dir.path())).await;
     let alice = BTreeSet::from([party("alice")]);
     for round in 0..5 {
         let iou = issue(&parties, &format!("ds-iou-{round}"), 77 + round).await;
@@ -374,15 +376,9 @@ async fn a_double_spend_commits_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirming_participant_down_times_out_and_nobody_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let mut deployment = start(&{
-        let mut spec = spec(dir.path());
-        spec.mediator.response_timeout_ms = 2_000;
-        spec
-    })
-    .await;
-    let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
-        .await
-        .unwrap();
+    let mut spec = spec(dir.path());
+    spec.mediator.response_timeout_ms = 2_000;
+    let (mut deployment, parties) = start(&spec).await;
     let iou = issue(&parties, "timeout-iou", 99).await;
     // The bank (participant 1) must confirm every transfer; it is gone.
     deployment.participants[0].kill9().unwrap();
@@ -435,15 +431,9 @@ async fn a_confirming_participant_down_times_out_and_nobody_commits() {
 async fn a_command_retried_after_a_crash_commits_once() {
     let dir = tempfile::tempdir().unwrap();
     // A short max sequencing time bounds how long an in-flight submission's fate stays open.
-    let mut deployment = start(&{
-        let mut spec = spec(dir.path());
-        spec.participant.max_sequencing_delay_ms = 2_000;
-        spec
-    })
-    .await;
-    let parties = Parties::allocate(&deployment, &UserId::new("test").unwrap())
-        .await
-        .unwrap();
+    let mut spec = spec(dir.path());
+    spec.participant.max_sequencing_delay_ms = 2_000;
+    let (mut deployment, parties) = start(&spec).await;
     let exe = deployment.exe().to_path_buf();
     let alice = BTreeSet::from([party("alice")]);
     for round in 0..3u64 {

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 mod common;
-use common::EXE;
+use common::{SendLoad, EXE};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Instances per deployment in these tests (timestamps t with t % 4 == index).
@@ -77,25 +76,31 @@ impl Cluster {
                 max_connections: POSTGRES_POOL_CONNECTIONS,
             },
         };
-        let mut instances = Vec::new();
-        for index in 0..count {
-            let mut process = SequencerProcess::spawn(
-                Path::new(EXE),
-                dir.path(),
-                &format!("sequencer{index}"),
-                &storage,
-                instance(index),
-            )
-            .unwrap();
-            process.wait_ready(READY_TIMEOUT).await.unwrap();
-            instances.push(process);
-        }
-        Cluster {
+        let mut cluster = Cluster {
             dir,
             storage,
-            instances,
+            instances: Vec::new(),
             keys: HashMap::new(),
+        };
+        for index in 0..count {
+            let mut process = cluster.spawn(&format!("sequencer{index}"), index);
+            process.wait_ready(READY_TIMEOUT).await.unwrap();
+            cluster.instances.push(process);
         }
+        cluster
+    }
+
+    /// Spawns a sequencer process named `name` with instance index `index` on the cluster's
+    /// database, without waiting for it (nor counting it among the instances).
+    fn spawn(&self, name: &str, index: u32) -> SequencerProcess {
+        SequencerProcess::spawn(
+            Path::new(EXE),
+            self.dir.path(),
+            name,
+            &self.storage,
+            instance(index),
+        )
+        .unwrap()
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -195,71 +200,6 @@ fn subscribe(name: &str, client: &SequencerClient) -> Subscriber {
         received,
         error,
         task,
-    }
-}
-
-/// Senders on `SENDER_LANES` lanes, each retrying a message with the same id until it is
-/// acknowledged (the client already fails over between instances; this outer loop only rides
-/// out the rare case where every instance was unreachable for the client's whole backoff).
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<HashMap<String, Timestamp>>>,
-    deduplicated: Arc<Mutex<u64>>,
-    lanes: Vec<tokio::task::JoinHandle<()>>,
-}
-
-fn start_load(sender: &SequencerClient, recipients: &'static [&'static str]) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
-    let deduplicated: Arc<Mutex<u64>> = Arc::default();
-    let lanes = (0..SENDER_LANES)
-        .map(|lane| {
-            let sender = sender.clone();
-            let stop = stop.clone();
-            let acked = acked.clone();
-            let deduplicated = deduplicated.clone();
-            tokio::spawn(async move {
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let message = format!("lane{lane}-{i}");
-                    let submission = submission("alice", &message, recipients);
-                    let receipt = common::send_until_acked(
-                        &sender,
-                        &submission,
-                        Duration::from_secs(45),
-                        Duration::from_millis(100),
-                    )
-                    .await;
-                    if receipt.deduplicated {
-                        *deduplicated.lock().unwrap() += 1;
-                    }
-                    acked.lock().unwrap().insert(message, receipt.timestamp);
-                }
-            })
-        })
-        .collect();
-    Load {
-        stop,
-        acked,
-        deduplicated,
-        lanes,
-    }
-}
-
-impl Load {
-    fn acked_count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn stop(self) -> (HashMap<String, Timestamp>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for lane in self.lanes {
-            lane.await.unwrap();
-        }
-        let acked = self.acked.lock().unwrap().clone();
-        let deduplicated = *self.deduplicated.lock().unwrap();
-        (acked, deduplicated)
     }
 }
 
@@ -389,7 +329,15 @@ async fn under_load(backend: &str, failure: Failure) -> Cluster {
         "carol",
         &cluster.client("carol", vec![b.clone(), a.clone()]).await,
     );
-    let load = start_load(&alice, &["bob", "carol"]);
+    // The client already fails over between instances; the load's outer retry only rides out
+    // the rare case where every instance was unreachable for the client's whole backoff.
+    let load = SendLoad::start(
+        &alice,
+        SENDER_LANES,
+        |message| submission("alice", message, &["bob", "carol"]),
+        Duration::from_secs(45),
+        Duration::from_millis(100),
+    );
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let before = load.acked_count();
     assert!(before > 0, "load was running before the failure");
@@ -530,24 +478,22 @@ async fn sigstop_one_of_two_instances_postgres() {
     sigstop_one_instance("postgres").await;
 }
 
+/// Waits up to 20 s for `process` (named `what` in the failure) to exit on its own.
+async fn wait_stopped(process: &mut SequencerProcess, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while process.is_running() {
+        assert!(Instant::now() < deadline, "{what} is still running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A second process configured with an index a live process holds refuses to start and leaves
 /// the running one alone.
 async fn same_index_twice(backend: &str) {
     let mut cluster = Cluster::start(backend, 1).await;
     cluster.register("alice").await;
-    let mut twin = SequencerProcess::spawn(
-        Path::new(EXE),
-        cluster.dir.path(),
-        "twin",
-        &cluster.storage,
-        instance(0),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while twin.is_running() {
-        assert!(Instant::now() < deadline, "the twin is still running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut twin = cluster.spawn("twin", 0);
+    wait_stopped(&mut twin, "the twin").await;
     let log = twin.log_tail(20);
     assert!(log.contains("instance index 0 is taken"), "{log}");
     assert_eq!(cluster.status(0).await["incarnation"], 1);
@@ -576,33 +522,18 @@ async fn a_resumed_zombie_of_a_replaced_process_stops() {
     let mut cluster = Cluster::start("postgres", 1).await;
     cluster.register("alice").await;
     cluster.signal(0, Signal::SIGSTOP);
-    let mut replacement = SequencerProcess::spawn(
-        Path::new(EXE),
-        cluster.dir.path(),
-        "replacement",
-        &cluster.storage,
-        instance(0),
-    )
-    .unwrap();
+    let mut replacement = cluster.spawn("replacement", 0);
     replacement.wait_ready(READY_TIMEOUT).await.unwrap();
     cluster.signal(0, Signal::SIGCONT);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster.instances[0].is_running() {
-        assert!(Instant::now() < deadline, "the zombie is still running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_stopped(&mut cluster.instances[0], "the zombie").await;
     let log = cluster.log(0);
     assert!(
         log.contains("another process claimed this sequencer instance"),
         "{log}"
     );
-    let alice = SequencerClient::connect(SequencerClientConfig::new(
-        replacement.grpc_endpoint(),
-        id("alice"),
-        cluster.keys["alice"].clone(),
-    ))
-    .await
-    .unwrap();
+    let alice = cluster
+        .client("alice", vec![replacement.grpc_endpoint()])
+        .await;
     let receipt = alice
         .send(submission("alice", "after-takeover", &["alice"]))
         .await

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use meridian_testkit::PostgresServer;
 use tempfile::TempDir;
 
 mod common;
-use common::EXE;
+use common::{SendLoad, EXE};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -357,29 +356,18 @@ async fn deduplicates_filters_envelopes_and_serves_health() {
         reply.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
-    let admin = format!("http://{}", harness.sequencer.admin_address);
+    let admin = harness.sequencer.admin_address;
     let http = reqwest::Client::new();
-    let status = common::admin_status(&http, harness.sequencer.admin_address).await;
+    let status = common::admin_status(&http, admin).await;
     assert_eq!(status["role"], "sequencer");
     assert_eq!(status["members"], 3);
-    let metrics = http
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::admin_metrics(&http, admin).await;
     assert!(
         metrics.contains("meridian_sequencer_submissions_total{outcome=\"deduplicated\"} 1"),
         "{metrics}"
     );
     assert_eq!(
-        http.get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        common::admin_get(&http, admin, "readyz").await.status(),
         200
     );
 }
@@ -395,26 +383,28 @@ fn refused_sequencer_config(config: &Path) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Writes `toml` to `config` and returns the stderr of the refused start with it.
+fn refused_sequencer_toml(config: &Path, toml: &str) -> String {
+    std::fs::write(config, toml).unwrap();
+    refused_sequencer_config(config)
+}
+
 #[test]
 fn malformed_config_is_refused_naming_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(
+    let stderr = refused_sequencer_toml(
         &path,
         "listen_adress = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
-    )
-    .unwrap();
-    let stderr = refused_sequencer_config(&path);
+    );
     assert!(stderr.contains("listen_adress"), "{stderr}");
     assert!(stderr.contains("bad.toml"), "{stderr}");
     assert!(!dir.path().join("x.db").exists(), "nothing was created");
 
-    std::fs::write(
+    let stderr = refused_sequencer_toml(
         &path,
         "listen_address = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n[instance]\nindex = 4\ncount = 4\n[storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n",
-    )
-    .unwrap();
-    let stderr = refused_sequencer_config(&path);
+    );
     assert!(stderr.contains("index 4 must be below count 4"), "{stderr}");
 
     let stderr = refused_sequencer_config(Path::new("/nonexistent/seq.toml"));
@@ -450,43 +440,22 @@ async fn kill9_under_load(mut harness: Harness) {
         })
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
-    let mut senders = Vec::new();
-    for lane in 0..8 {
-        let alice = alice.clone();
-        let stop = stop.clone();
-        let acked = acked.clone();
-        senders.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let message = format!("lane{lane}-{i}");
-                let submission = submission("alice", &message, &["bob"], message.as_bytes());
-                let receipt = common::send_until_acked(
-                    &alice,
-                    &submission,
-                    Duration::from_secs(30),
-                    Duration::from_millis(50),
-                )
-                .await;
-                acked.lock().unwrap().insert(message, receipt.timestamp);
-            }
-        }));
-    }
+    let load = SendLoad::start(
+        &alice,
+        8,
+        |message| submission("alice", message, &["bob"], message.as_bytes()),
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+    );
 
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let before_kill = acked.lock().unwrap().len();
+    let before_kill = load.acked_count();
     assert!(before_kill > 0, "load was running before the kill");
     harness.sequencer.kill9().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     harness.restart().await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for sender in senders {
-        sender.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let (acked, _) = load.stop().await;
     assert!(
         acked.len() > before_kill,
         "sends succeeded after the restart"

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::conditions::Conditions;
 use crate::health::{Health, Readiness};
 use crate::metrics::Metrics;
 
@@ -49,15 +50,56 @@ where
     }
 }
 
+/// Asks the active replica to hand over (manual switchover); false when this replica is not
+/// the active one.
+pub type StepDown = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What every node has from its first moment and shows on its admin port: its health, its
+/// readiness (not ready, for "startup", until the node clears that) and its metric registry.
+#[derive(Clone)]
+pub struct NodeState {
+    pub health: Health,
+    pub readiness: Conditions,
+    pub metrics: Arc<Metrics>,
+}
+
+impl NodeState {
+    pub fn starting() -> Self {
+        let health = Health::new();
+        Self {
+            readiness: Conditions::starting(health.clone()),
+            health,
+            metrics: Arc::new(Metrics::new("meridian")),
+        }
+    }
+
+    /// Serves the admin HTTP API on `listener` until `shutdown`, reporting `status` and, on a
+    /// replicated node, offering `step_down`.
+    pub fn spawn_admin(
+        &self,
+        listener: TcpListener,
+        status: Arc<dyn StatusSource>,
+        step_down: Option<StepDown>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let state = AdminState {
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+            status,
+            step_down,
+        };
+        tokio::spawn(serve_admin(listener, state, shutdown))
+    }
+}
+
 /// Everything the admin server reads.
 #[derive(Clone)]
 pub struct AdminState {
     pub health: Health,
     pub metrics: Arc<Metrics>,
     pub status: Arc<dyn StatusSource>,
-    /// For replicated nodes: asks the active replica to hand over (manual switchover).
-    /// Returns false when this replica is not the active one.
-    pub step_down: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// For replicated nodes only.
+    pub step_down: Option<StepDown>,
 }
 
 impl std::fmt::Debug for AdminState {

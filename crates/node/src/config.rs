@@ -89,6 +89,25 @@ pub fn write_toml<T: Serialize>(path: &Path, config: &T) -> std::io::Result<()> 
     std::fs::write(path, text)
 }
 
+/// Writes each config as the file `file_name` in a fresh temporary directory and loads it back
+/// with `load`, panicking unless it comes back equal: every role's tests show this way that a
+/// config built in code survives its own file.
+pub fn assert_round_trips<T, E>(
+    file_name: &str,
+    configs: impl IntoIterator<Item = T>,
+    load: impl Fn(&Path) -> Result<T, E>,
+) where
+    T: Serialize + PartialEq + std::fmt::Debug,
+    E: std::fmt::Debug,
+{
+    let dir = tempfile::tempdir().expect("a temporary directory for the config file");
+    let file = dir.path().join(file_name);
+    for config in configs {
+        write_toml(&file, &config).expect("the config file is written");
+        assert_eq!(load(&file).expect("the written config loads"), config);
+    }
+}
+
 fn read_bounded(path: &Path) -> Result<String, ConfigError> {
     let read_err = |source| ConfigError::Read {
         path: path.to_path_buf(),

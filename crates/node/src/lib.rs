@@ -15,6 +15,7 @@ pub mod config;
 pub mod grpc;
 pub mod health;
 pub mod keys;
+pub mod lease_watch;
 pub mod metrics;
 pub mod ports;
 pub mod replica;

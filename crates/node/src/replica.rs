@@ -29,6 +29,8 @@ use meridian_store::{Epoch, FenceSlot, LeaseState, LeaseStore, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::lease_watch::LeaseWatch;
+
 #[derive(Debug, Clone)]
 pub struct ReplicaSettings {
     /// The replicated node, e.g. `participant1` (the lease row's key).
@@ -153,15 +155,40 @@ impl ReplicaManager {
     }
 
     /// Polls until this replica holds the lease. Returns `None` on shutdown.
+    ///
+    /// A free lease (released, never taken, or its holder's process gone) is taken at the
+    /// first poll; a holder that is alive but stopped renewing is deposed only once this
+    /// replica has watched its row go unrenewed for the lease timeout (see [`LeaseWatch`]),
+    /// so a database stall deposes nobody.
     pub async fn acquire(&self, shutdown: &CancellationToken) -> Option<Epoch> {
         let mut logged_holder: Option<String> = None;
+        let mut watch = LeaseWatch::new(self.settings.lease_timeout);
         loop {
+            let asked = Instant::now();
+            let current = match self.lease.current().await {
+                Ok(current) => {
+                    watch.observed(current.as_ref(), asked, Instant::now());
+                    current
+                }
+                Err(error) => {
+                    watch.failed();
+                    tracing::debug!(node = %self.settings.node, %error, "reading the lease failed");
+                    None
+                }
+            };
+            // `Duration::MAX`: no row is ever that stale, so only a free lease is taken.
+            let depose_after = if watch.unchanged_for(Instant::now()) >= self.settings.lease_timeout
+            {
+                self.settings.lease_timeout
+            } else {
+                Duration::MAX
+            };
             match self
                 .lease
                 .try_acquire(
                     &self.settings.replica_id,
                     &self.settings.advertised_endpoint,
-                    self.settings.lease_timeout,
+                    depose_after,
                     Timestamp::now(),
                 )
                 .await
@@ -177,7 +204,6 @@ impl ReplicaManager {
                     return Some(epoch);
                 }
                 Ok(None) => {
-                    let current = self.lease.current().await.ok().flatten();
                     let holder = current.as_ref().and_then(|c| c.holder.clone());
                     if holder != logged_holder {
                         tracing::info!(node = %self.settings.node, active = ?holder, "passive; another replica is active");
@@ -278,12 +304,16 @@ impl ReplicaManager {
     /// One renewal. `Some` when the hold must end: the lease is lost, or could not be renewed
     /// within its timeout (a passive may already have taken over: stop writing).
     async fn renew(&self, epoch: Epoch, last_renewed: &mut Instant) -> Option<HoldEnd> {
+        let asked = Instant::now();
         match self
             .lease
             .renew(&self.settings.replica_id, epoch, Timestamp::now())
             .await
         {
-            Ok(()) => *last_renewed = Instant::now(),
+            Ok(()) => {
+                *last_renewed = Instant::now();
+                self.restamp_if_delayed(epoch, asked).await;
+            }
             Err(StoreError::LeaseLost { .. }) => {
                 tracing::error!(node = %self.settings.node, %epoch, "lease lost: another replica took over; demoting");
                 return Some(HoldEnd::Lost);
@@ -297,6 +327,25 @@ impl ReplicaManager {
             }
         }
         None
+    }
+
+    /// A renewal records the time it was sent; one that took long (the database stalled) wrote
+    /// a time already old when it committed, so it is renewed once more at once, making the
+    /// row carry (within a round trip) the time the holder was last known alive. Best effort:
+    /// an error here is the next renewal's to report.
+    async fn restamp_if_delayed(&self, epoch: Epoch, asked: Instant) {
+        let took = asked.elapsed();
+        if took < self.settings.lease_timeout / 4 {
+            return;
+        }
+        tracing::info!(node = %self.settings.node, took_ms = took.as_millis() as u64, "a lease renewal was delayed by the database; renewing again with the current time");
+        if let Err(error) = self
+            .lease
+            .renew(&self.settings.replica_id, epoch, Timestamp::now())
+            .await
+        {
+            tracing::debug!(node = %self.settings.node, %error, "the re-stamping renewal failed");
+        }
     }
 
     async fn release(&self, epoch: Epoch) {
@@ -387,6 +436,31 @@ mod tests {
             shutdown,
             epoch,
         }
+    }
+
+    /// A holder that stops renewing (stuck, stopped) is deposed once a passive has watched
+    /// its row go unrenewed for the lease timeout, and not before.
+    #[tokio::test]
+    async fn a_holder_that_stops_renewing_is_deposed_after_one_watched_timeout() {
+        let Replicas {
+            _dir,
+            a: _a,
+            b,
+            shutdown,
+            epoch,
+        } = a_active_b_passive().await;
+        // `a` keeps its process (and flock) but never renews.
+        let started = Instant::now();
+        let taken = tokio::time::timeout(LEASE_TIMEOUT * 10, b.acquire(&shutdown))
+            .await
+            .expect("b deposes the silent holder")
+            .expect("not shut down");
+        assert_eq!(taken, Epoch(epoch.0 + 1));
+        assert!(
+            started.elapsed() >= LEASE_TIMEOUT,
+            "deposed after {:?}, before a whole lease timeout of watching",
+            started.elapsed()
+        );
     }
 
     /// The drain of a step-down runs with the lease held and renewed — here for several lease

@@ -154,19 +154,21 @@ mod tests {
     use super::*;
     use crate::health::Health;
 
-    fn quick(max_attempts: u32) -> Backoff {
-        Backoff {
+    /// A retry with millisecond delays that gives up after `max_attempts`, and the readiness
+    /// it reports to.
+    fn quick_retry(max_attempts: u32) -> (Retry, Conditions) {
+        let readiness = Conditions::new(Health::new());
+        let retry = Retry::new(&readiness, &CancellationToken::new()).with_backoff(Backoff {
             initial: Duration::from_millis(1),
             max: Duration::from_millis(2),
             max_attempts,
-        }
+        });
+        (retry, readiness)
     }
 
     #[tokio::test]
     async fn reports_the_condition_while_waiting_and_clears_it_on_success() {
-        let readiness = Conditions::new(Health::new());
-        let stop = CancellationToken::new();
-        let retry = Retry::new(&readiness, &stop).with_backoff(quick(10));
+        let (retry, readiness) = quick_retry(10);
         let calls = AtomicU32::new(0);
         let seen = std::sync::Mutex::new(Vec::new());
         let value = retry
@@ -195,9 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn gives_up_after_the_attempts_with_the_last_error() {
-        let readiness = Conditions::new(Health::new());
-        let stop = CancellationToken::new();
-        let retry = Retry::new(&readiness, &stop).with_backoff(quick(3));
+        let (retry, readiness) = quick_retry(3);
         let calls = AtomicU32::new(0);
         let gave_up = retry
             .until("database", "", || {

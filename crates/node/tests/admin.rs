@@ -50,13 +50,24 @@ impl Server {
         }
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
+    /// A server with no metrics registered whose node reports ready.
+    async fn start_ready() -> Self {
+        let server = Server::start(Metrics::new("meridian")).await;
+        server.health.set_ready();
+        server
+    }
+
+    /// The answer to `method path`, whatever its status.
+    async fn request(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.client
+            .request(method, format!("{}{path}", self.base))
             .send()
             .await
-            .expect("admin request");
+            .expect("admin request")
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.request(reqwest::Method::GET, path).await;
         let status = response.status();
         let content_type = response.headers()[reqwest::header::CONTENT_TYPE].clone();
         assert_eq!(content_type, "application/json", "{path}");
@@ -77,57 +88,45 @@ impl Server {
 async fn readyz_follows_health() {
     let server = Server::start(Metrics::new("meridian")).await;
 
-    let (status, body) = server.get("/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, json!({"status": "not_ready", "reason": "starting"}));
+    let not_ready = |reason: &str| {
+        let body = json!({"status": "not_ready", "reason": reason});
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    };
+    let ready = (StatusCode::OK, json!({"status": "ready"}));
+    let alive = (StatusCode::OK, json!({"status": "alive"}));
 
+    assert_eq!(server.get("/readyz").await, not_ready("starting"));
     server.health.set_ready();
-    let (status, body) = server.get("/readyz").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"status": "ready"}));
-
+    assert_eq!(server.get("/readyz").await, ready);
     server.health.set_not_ready("passive replica");
-    let (status, body) = server.get("/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        body,
-        json!({"status": "not_ready", "reason": "passive replica"})
-    );
-
+    assert_eq!(server.get("/readyz").await, not_ready("passive replica"));
     // Not ready is still alive: the process must not be restarted for it.
-    let (status, body) = server.get("/livez").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"status": "alive"}));
+    assert_eq!(server.get("/livez").await, alive);
 
     server.stop().await;
 }
 
 #[tokio::test]
 async fn livez_fails_on_fatal_failure() {
-    let server = Server::start(Metrics::new("meridian")).await;
-    server.health.set_ready();
+    let server = Server::start_ready().await;
     server
         .health
         .set_failed("database schema is newer than this binary");
 
-    let expected = json!({
+    let failed = json!({
         "status": "failed",
         "reason": "database schema is newer than this binary",
     });
-    let (status, body) = server.get("/livez").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, expected);
-    let (status, body) = server.get("/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, expected);
+    let failed = (StatusCode::SERVICE_UNAVAILABLE, failed);
+    assert_eq!(server.get("/livez").await, failed);
+    assert_eq!(server.get("/readyz").await, failed);
 
     server.stop().await;
 }
 
 #[tokio::test]
 async fn status_merges_source_keys_with_readiness() {
-    let server = Server::start(Metrics::new("meridian")).await;
-    server.health.set_ready();
+    let server = Server::start_ready().await;
 
     let (status, body) = server.get("/status").await;
     assert_eq!(status, StatusCode::OK);
@@ -151,12 +150,7 @@ async fn metrics_expose_registered_counter() {
     counter.inc_by(5);
     let server = Server::start(metrics).await;
 
-    let response = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap();
+    let response = server.request(reqwest::Method::GET, "/metrics").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()[reqwest::header::CONTENT_TYPE],
@@ -177,16 +171,13 @@ async fn metrics_expose_registered_counter() {
 async fn unknown_path_and_wrong_method_are_json() {
     let server = Server::start(Metrics::new("meridian")).await;
 
-    let (status, body) = server.get("/nope").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body, json!({"error": "not found", "path": "/nope"}));
+    let not_found = json!({"error": "not found", "path": "/nope"});
+    assert_eq!(
+        server.get("/nope").await,
+        (StatusCode::NOT_FOUND, not_found)
+    );
 
-    let response = server
-        .client
-        .post(format!("{}/readyz", server.base))
-        .send()
-        .await
-        .unwrap();
+    let response = server.request(reqwest::Method::POST, "/readyz").await;
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     let allow = response.headers()[reqwest::header::ALLOW].to_str().unwrap();
     assert!(allow.contains("GET"), "{allow}");

@@ -344,12 +344,11 @@ path = "p1.db"
             replication: Some(ReplicationConfig::new("participant1-b")),
             ..single.clone()
         };
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("participant.toml");
-        for config in [single, replicated] {
-            meridian_node::config::write_toml(&file, &config).unwrap();
-            assert_eq!(ParticipantConfig::load(&file).unwrap(), config);
-        }
+        meridian_node::config::assert_round_trips(
+            "participant.toml",
+            [single, replicated],
+            ParticipantConfig::load,
+        );
     }
 
     #[test]

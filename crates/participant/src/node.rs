@@ -27,10 +27,8 @@ use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyState};
 use meridian_core::{LedgerOffset, Timestamp};
-use meridian_node::admin::{self, AdminState, StatusSource};
+use meridian_node::admin::{self, NodeState, StatusSource, StepDown};
 use meridian_node::grpc::GrpcServer;
-use meridian_node::health::Health;
-use meridian_node::metrics::Metrics;
 use meridian_node::replica::{HoldEnd, ReplicaManager};
 use meridian_node::replication::Phase;
 use meridian_node::retry::Retry;
@@ -119,10 +117,9 @@ impl StatusSource for ParticipantStatus {
 /// Runs a participant until `shutdown` is cancelled or a fatal error (a fork in the sequencer
 /// stream, a database that stays unwritable).
 pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let health = Health::new();
-    let readiness = Conditions::starting(health.clone());
-    let metrics = Arc::new(Metrics::new("meridian"));
-    let participant_metrics = metrics.with_registry(ParticipantMetrics::register);
+    let node = NodeState::starting();
+    let (health, readiness) = (node.health.clone(), node.readiness.clone());
+    let participant_metrics = node.metrics.with_registry(ParticipantMetrics::register);
     let participant = config.participant_id.clone();
     let key = meridian_node::keys::load_node_key(&config.key_file, config.replication.is_some())
         .with_context(|| format!("participant key for {participant}"))?;
@@ -134,27 +131,22 @@ pub async fn run(config: ParticipantConfig, shutdown: CancellationToken) -> anyh
     let serving = Arc::new(Serving::new(
         config.replication.as_ref().map(|r| r.replica_id.clone()),
     ));
-    let step_down: Option<Arc<dyn Fn() -> bool + Send + Sync>> =
-        serving.replica_id().is_some().then(|| {
-            let (serving, readiness) = (serving.clone(), readiness.clone());
-            Arc::new(move || serving.step_down(&readiness)) as Arc<dyn Fn() -> bool + Send + Sync>
-        });
+    let step_down = serving.replica_id().is_some().then(|| {
+        let (serving, readiness) = (serving.clone(), readiness.clone());
+        Arc::new(move || serving.step_down(&readiness)) as StepDown
+    });
     // Both ports are bound before anything runs: a port conflict fails the start-up whole.
     let admin_listener = admin::bind(config.admin_address).await?;
     let listener = meridian_node::grpc::bind(config.listen_address).await?;
-    let admin_task = tokio::spawn(admin::serve_admin(
+    let admin_task = node.spawn_admin(
         admin_listener,
-        AdminState {
-            health: health.clone(),
-            metrics: metrics.clone(),
-            status: Arc::new(ParticipantStatus {
-                participant: participant.to_string(),
-                serving: serving.clone(),
-            }),
-            step_down,
-        },
+        Arc::new(ParticipantStatus {
+            participant: participant.to_string(),
+            serving: serving.clone(),
+        }),
+        step_down,
         shutdown.clone(),
-    ));
+    );
     // Whichever way this function returns, the admin server stops with it.
     let _stop_on_return = shutdown.clone().drop_guard();
 

@@ -293,6 +293,39 @@ rm -rf "$dir"
         Ok(())
     }
 
+    /// Freezes the whole server, the postmaster and every backend, with SIGSTOP: to its clients
+    /// it looks like a hung machine or storage (connections stay open, nothing answers), which
+    /// no restart shows. [`Self::thaw`] resumes it.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal_server(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Resumes a server frozen by [`Self::freeze`].
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal_server(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    /// Signals the postmaster first (a stopped postmaster forks no new backends), then its
+    /// children as listed in `/proc`.
+    fn signal_server(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        use nix::unistd::Pid;
+        let pid_file = self.data_dir().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("reading {}", pid_file.display()))?;
+        let postmaster: i32 = text
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .with_context(|| format!("no process id in {}", pid_file.display()))?;
+        nix::sys::signal::kill(Pid::from_raw(postmaster), signal)
+            .with_context(|| format!("{signal} to the postmaster {postmaster}"))?;
+        for child in children_of(postmaster)? {
+            // A backend may exit between listing and signalling; that is fine.
+            let _ = nix::sys::signal::kill(Pid::from_raw(child), signal);
+        }
+        Ok(())
+    }
+
     fn pg_ctl_stop(&self) -> anyhow::Result<()> {
         run(self.pg_ctl().args(["-m", "immediate", "-w", "stop"]))?;
         Ok(())
@@ -436,6 +469,34 @@ fn describe(output: &Output) -> String {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The ids of the processes whose parent is `parent`, from `/proc/<pid>/stat`.
+fn children_of(parent: i32) -> anyhow::Result<Vec<i32>> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so split after the
+        // last `)`. A process that exited meanwhile has no file any more.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|field| field.parse::<i32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    Ok(children)
 }
 
 #[cfg(test)]

@@ -305,12 +305,11 @@ mod tests {
             ..single.clone()
         }
         .with_owner(&owner);
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("sequencer.toml");
-        for config in [single, instance] {
-            meridian_node::config::write_toml(&file, &config).unwrap();
-            assert_eq!(SequencerConfig::load(&file).unwrap(), config);
-        }
+        meridian_node::config::assert_round_trips(
+            "sequencer.toml",
+            [single, instance],
+            SequencerConfig::load,
+        );
     }
 
     #[test]

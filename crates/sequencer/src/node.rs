@@ -26,11 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use meridian_core::backoff::Backoff;
 use meridian_core::Timestamp;
-use meridian_node::admin::{self, AdminState, StatusSource};
+use meridian_node::admin::{self, NodeState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
-use meridian_node::metrics::Metrics;
 use meridian_node::shutdown::Ticker;
 use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use meridian_proto::v1::sequencer_service_server::SequencerServiceServer;
@@ -107,24 +106,19 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let owner_key = config
         .owner_key()
         .context("owner_public_key is not a valid ed25519 public key")?;
-    let health = Health::new();
-    let readiness = Conditions::starting(health.clone());
-    let metrics = Arc::new(Metrics::new("meridian"));
-    let sequencer_metrics = metrics.with_registry(SequencerMetrics::register);
+    let node = NodeState::starting();
+    let readiness = node.readiness.clone();
+    let sequencer_metrics = node.metrics.with_registry(SequencerMetrics::register);
 
     let (safe_point_tx, safe_point_rx) = watch::channel(Timestamp::MIN);
     let status_slot: Arc<std::sync::OnceLock<SequencerStatus>> = Arc::default();
 
-    let admin_task = tokio::spawn(admin::serve_admin(
+    let admin_task = node.spawn_admin(
         admin::bind(config.admin_address).await?,
-        AdminState {
-            health: health.clone(),
-            metrics: metrics.clone(),
-            status: Arc::new(LateStatus(status_slot.clone())),
-            step_down: None,
-        },
+        Arc::new(LateStatus(status_slot.clone())),
+        None,
         shutdown.clone(),
-    ));
+    );
     // Whichever way this function returns, the admin server (and anything else on the token)
     // stops with it; `?` below would otherwise leave it answering for a node that is gone.
     let _stop_on_return = shutdown.clone().drop_guard();
@@ -205,7 +199,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         owner_key,
     });
 
-    let server = grpc_server(&config, &health, shared).serve(
+    let server = grpc_server(&config, &node.health, shared).serve(
         meridian_node::grpc::bind(config.listen_address).await?,
         shutdown.clone(),
     )?;

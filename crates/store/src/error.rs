@@ -39,6 +39,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A row of `table` that does not decode: the database holds what this code never writes.
+    pub(crate) fn corrupt(table: &'static str, detail: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            table,
+            detail: detail.into(),
+        }
+    }
+
     /// Whether retrying later may succeed (the database was away), as opposed to a definite
     /// answer.
     pub fn is_transient(&self) -> bool {

@@ -14,11 +14,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgRow;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::query_builder::Separated;
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Connection;
+use sqlx::{
+    Connection, Database, Encode, FromRow, Postgres, QueryBuilder, Sqlite, SqliteConnection, Type,
+};
 
 use crate::fencing::FencedConnection;
 use crate::sequencer::BackendStatus;
@@ -90,25 +95,70 @@ macro_rules! on_backend {
             $crate::pool::StorePool::Sqlite {
                 writer: $writer,
                 readers: $readers,
-            } => {
-                #[allow(dead_code)]
-                type Db = ::sqlx::Sqlite;
-                let $dialect = &$crate::pool::SQLITE;
-                $body
-            }
+            } => $crate::pool::on_backend!(@arm ::sqlx::Sqlite, SQLITE, $dialect, $body),
             $crate::pool::StorePool::Postgres {
                 writer: $writer,
                 readers: $readers,
-            } => {
-                #[allow(dead_code)]
-                type Db = ::sqlx::Postgres;
-                let $dialect = &$crate::pool::POSTGRES;
-                $body
+            } => $crate::pool::on_backend!(@arm ::sqlx::Postgres, POSTGRES, $dialect, $body),
+        }
+    };
+    // One backend's arm: its `Db` type and its dialect in scope of the body.
+    (@arm $db:ty, $dialect_const:ident, $dialect:pat_param, $body:expr) => {{
+        #[allow(dead_code)]
+        type Db = $db;
+        let $dialect = &$crate::pool::$dialect_const;
+        $body
+    }};
+}
+pub(crate) use on_backend;
+
+/// Multi-row inserts on a connection of either backend.
+pub(crate) trait InsertChunked {
+    type Db: Database;
+
+    /// Inserts `rows` with one multi-row `VALUES` statement per `rows_per_statement` rows (so
+    /// a statement stays below the backend's limit on bound parameters): `head` names the
+    /// table and columns, `bind` binds one row's values, and `tail` (may be empty) follows the
+    /// values, e.g. an `ON CONFLICT` clause.
+    async fn insert_chunked<'rows, T>(
+        &mut self,
+        head: &str,
+        rows: &'rows [T],
+        rows_per_statement: usize,
+        bind: impl FnMut(Separated<'_, 'rows, Self::Db, &'static str>, &'rows T),
+        tail: &str,
+    ) -> Result<(), StoreError>;
+}
+
+// One body for both connection types: the builder's lifetime can shrink only on a concrete
+// backend, so the loop cannot be a function generic over the database.
+macro_rules! insert_chunked {
+    ($connection:ty, $db:ty) => {
+        impl InsertChunked for $connection {
+            type Db = $db;
+
+            async fn insert_chunked<'rows, T>(
+                &mut self,
+                head: &str,
+                rows: &'rows [T],
+                rows_per_statement: usize,
+                mut bind: impl FnMut(Separated<'_, 'rows, $db, &'static str>, &'rows T),
+                tail: &str,
+            ) -> Result<(), StoreError> {
+                for chunk in rows.chunks(rows_per_statement) {
+                    let mut insert = QueryBuilder::<$db>::new(head);
+                    insert.push_values(chunk, &mut bind);
+                    insert.push(tail);
+                    insert.build().execute(&mut *self).await?;
+                }
+                Ok(())
             }
         }
     };
 }
-pub(crate) use on_backend;
+
+insert_chunked!(SqliteConnection, ::sqlx::Sqlite);
+insert_chunked!(PgConnection, ::sqlx::Postgres);
 
 /// How a store opens its [`StorePool`]: what differs between stores, decided by each store.
 #[derive(Debug)]
@@ -246,6 +296,24 @@ impl StorePool {
                 .rows_affected();
             tx.commit().await?;
             changed
+        }))
+    }
+
+    /// The row that `select` (whose one parameter `$1` is `key`) finds on a reader, if any.
+    pub(crate) async fn read_optional<'q, Row, Key>(
+        &self,
+        select: &'q str,
+        key: Key,
+    ) -> Result<Option<Row>, StoreError>
+    where
+        Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
+        Key: 'q + Send + Encode<'q, Sqlite> + Type<Sqlite> + Encode<'q, Postgres> + Type<Postgres>,
+    {
+        Ok(on_backend!(self, |_, readers, _| {
+            sqlx::query_as(select)
+                .bind(key)
+                .fetch_optional(readers)
+                .await?
         }))
     }
 

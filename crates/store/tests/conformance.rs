@@ -8,7 +8,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use harness::{alter_database, postgres_config, t, Backend, OpenHarness, OpenStore};
+use harness::{
+    assert_unreachable_postgres_is_transient, open_own_postgres, postgres_config,
+    reopen_with_setting, t, Backend, OpenHarness, OpenStore,
+};
 use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 use meridian_store::{
@@ -283,6 +286,17 @@ fn dup(original: u64) -> WriteResult {
 
 const SEQ: WriteResult = WriteResult::Sequenced;
 
+/// Writes `event` alone on `I0` and returns its outcome.
+async fn write_one(
+    store: &dyn SequencerStore,
+    event: NewEvent,
+    watermark: Timestamp,
+) -> WriteResult {
+    let results = store.write(I0, &[event], watermark).await.expect("write");
+    assert_eq!(results.len(), 1, "one outcome per event");
+    results[0]
+}
+
 // ---------------------------------------------------------------------------------------------
 // The contract, once for both backends.
 
@@ -496,11 +510,8 @@ async fn duplicates_return_the_original_and_write_nothing(h: Harness) {
     );
     // Even a call of nothing but duplicates advances the watermark.
     assert_eq!(
-        store
-            .write(I0, &[event(80, a, "m2", &[b])], t(80))
-            .await
-            .expect("write"),
-        vec![dup(20)]
+        write_one(store, event(80, a, "m2", &[b]), t(80)).await,
+        dup(20)
     );
     assert_eq!(read(store, b, None, 100, 100).await, vec![]);
     assert_eq!(instance(store, I0).await.expect("row").watermark, t(80));
@@ -564,11 +575,8 @@ async fn offline_instances_are_fenced(h: Harness) {
     // Back online above everyone; the fenced submission's message id was never recorded.
     assert_eq!(store.start_at(I0, t(0)).await.expect("restart"), t(10));
     assert_eq!(
-        store
-            .write(I0, &[event(30, a, "m20", &[a])], t(30))
-            .await
-            .expect("write"),
-        vec![SEQ]
+        write_one(store, event(30, a, "m20", &[a]), t(30)).await,
+        SEQ
     );
     assert_eq!(
         read(store, a, None, 100, 100).await,
@@ -628,11 +636,8 @@ async fn restart_deletes_what_a_zombie_wrote_above_its_watermark(h: Harness) {
     assert_eq!(read(store, b, None, 100, 100).await, vec![(10, None)]);
     // The zombie's message id is forgotten with its event, so a retry gets sequenced.
     assert_eq!(
-        store
-            .write(I0, &[event(20, a, "zombie", &[a])], t(20))
-            .await
-            .expect("write"),
-        vec![SEQ]
+        write_one(store, event(20, a, "zombie", &[a]), t(20)).await,
+        SEQ
     );
     // Another instance's events above the restarted one's old watermark are untouched.
     assert_eq!(
@@ -952,21 +957,11 @@ conformance!(
 
 #[tokio::test]
 async fn postgres_read_only_database_is_reported_and_refuses_writes() {
-    let server = PostgresServer::shared();
-    let url = server
-        .create_database("read_only")
-        .expect("create database");
-    let store = SqlSequencerStore::open_config(&postgres_config(&url))
-        .await
-        .expect("connect");
-    let a = register(&store, "a").await;
+    let (store, url) = open_own_postgres::<dyn SequencerStore>("read_only").await;
+    let a = register(&*store, "a").await;
     store.start_at(I0, t(0)).await.expect("start");
-    alter_database(&url, "default_transaction_read_only = on");
-
-    // Settings apply to new sessions, hence a new store; connecting must not try to migrate.
-    let read_only = SqlSequencerStore::open_config(&postgres_config(&url))
-        .await
-        .expect("connect read-only");
+    let read_only =
+        reopen_with_setting::<dyn SequencerStore>(&url, "default_transaction_read_only = on").await;
     let status = read_only.backend_status().await.expect("status");
     assert!(status.read_only, "{status:?}");
     assert_eq!(status.synchronous_commit.as_deref(), Some("on"));
@@ -1022,17 +1017,8 @@ async fn postgres_mark_offline_does_not_wait_for_a_paused_writer() {
 
 #[tokio::test]
 async fn postgres_reports_asynchronous_commit() {
-    let server = PostgresServer::shared();
-    let url = server
-        .create_database("async_commit")
-        .expect("create database");
-    SqlSequencerStore::open_config(&postgres_config(&url))
-        .await
-        .expect("connect");
-    alter_database(&url, "synchronous_commit = off");
-    let store = SqlSequencerStore::open_config(&postgres_config(&url))
-        .await
-        .expect("connect");
+    let (_, url) = open_own_postgres::<dyn SequencerStore>("async_commit").await;
+    let store = reopen_with_setting::<dyn SequencerStore>(&url, "synchronous_commit = off").await;
     let status = store.backend_status().await.expect("status");
     assert_eq!(status.synchronous_commit.as_deref(), Some("off"));
     assert!(!status.read_only);
@@ -1040,14 +1026,7 @@ async fn postgres_reports_asynchronous_commit() {
 
 #[tokio::test]
 async fn postgres_unreachable_is_transient() {
-    let url = format!(
-        "postgres://meridian@127.0.0.1:{}/nowhere",
-        meridian_testkit::free_port()
-    );
-    let error = SqlSequencerStore::open_config(&postgres_config(&url))
-        .await
-        .expect_err("nothing listens there");
-    assert!(error.is_transient(), "{error:?}");
+    assert_unreachable_postgres_is_transient::<dyn SequencerStore>().await;
 }
 
 /// A database restart (as in a failover) breaks every pooled connection; the store must not

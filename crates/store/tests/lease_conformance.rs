@@ -8,15 +8,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{Backend, OpenHarness};
+use harness::{Backend, OpenHarness, OpenStore};
 use meridian_core::ledger::{Action, Contract, Transaction};
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::{ContractId, LedgerOffset, PartyId, TemplateId, Timestamp, TransactionId};
 use meridian_store::mediator::{MediatorChange, MediatorStore};
 use meridian_store::{
-    open_lease_store, open_mediator_store, open_participant_store, open_topology_store, Epoch,
-    LeaseStore, ParticipantBatch, ParticipantStore, StorageConfig, StoreError, StoredContract,
-    TopologyStoreError, TransactionRecord,
+    open_lease_store, Epoch, LeaseStore, ParticipantBatch, ParticipantStore, StorageConfig,
+    StoreError, StoredContract, TopologyStore, TopologyStoreError, TransactionRecord,
 };
 use serde_json::json;
 
@@ -214,9 +213,7 @@ fn batch(offset: u64) -> ParticipantBatch {
 async fn a_deposed_participant_writes_nothing(h: Harness) {
     let a = h.replica().await;
     let b = h.replica().await;
-    let store: Arc<dyn ParticipantStore> = open_participant_store(&h.backend.config)
-        .await
-        .expect("open participant store");
+    let store = <dyn ParticipantStore>::open_on(&h.backend.config).await;
     let fence = store.fence();
     let e1 = acquire(a.as_ref(), "a", LONG, now()).await;
     fence.activate(NODE, e1);
@@ -253,18 +250,14 @@ async fn a_deposed_participant_writes_nothing(h: Harness) {
     ));
 
     // The new active writes under epoch 2 (here through a second store on the database).
-    let active: Arc<dyn ParticipantStore> = open_participant_store(&h.backend.config)
-        .await
-        .expect("open participant store");
+    let active = <dyn ParticipantStore>::open_on(&h.backend.config).await;
     active.fence().activate(NODE, e2);
     active
         .apply(&batch(2))
         .await
         .expect("the new active writes");
     // A store whose slot was never set is not replicated and not fenced.
-    let unfenced: Arc<dyn ParticipantStore> = open_participant_store(&h.backend.config)
-        .await
-        .expect("open participant store");
+    let unfenced = <dyn ParticipantStore>::open_on(&h.backend.config).await;
     unfenced.apply(&batch(3)).await.expect("unfenced writes");
     assert_eq!(
         store.ledger_end().await.expect("ledger end"),
@@ -275,9 +268,7 @@ async fn a_deposed_participant_writes_nothing(h: Harness) {
 async fn a_deposed_mediator_writes_nothing(h: Harness) {
     let a = h.replica().await;
     let b = h.replica().await;
-    let store: Arc<dyn MediatorStore> = open_mediator_store(&h.backend.config)
-        .await
-        .expect("open mediator store");
+    let store = <dyn MediatorStore>::open_on(&h.backend.config).await;
     let fence = store.fence();
     let request = |id: u64| MediatorChange::RequestAdded {
         request_id: Timestamp::from_micros(id),
@@ -320,9 +311,7 @@ async fn a_deposed_mediator_writes_nothing(h: Harness) {
 async fn a_deposed_topology_manager_writes_nothing(h: Harness) {
     let a = h.replica().await;
     let b = h.replica().await;
-    let store = open_topology_store(&h.backend.config)
-        .await
-        .expect("open topology store");
+    let store = <dyn TopologyStore>::open_on(&h.backend.config).await;
     let fence = store.fence();
     let signed = SignedTopologyTransaction {
         transaction_json: "{\"serial\":1}".into(),

@@ -3,14 +3,15 @@
 //! throwaway server). What the mediator's restart relies on — atomic `apply` with the
 //! checkpoint, pending state and unsent verdicts surviving a reopen — belongs here.
 
-use harness::{alter_database, postgres_config, t};
+use harness::{
+    assert_unreachable_postgres_is_transient, open_own_postgres, reopen_with_setting, t,
+};
 use meridian_core::{MemberId, ParticipantId, Timestamp};
 use meridian_store::mediator::{
     MediatorChange, MediatorSnapshot, MediatorStore, PendingRequestRecord, ResponseRecord,
-    SqlMediatorStore, VerdictRecord,
+    VerdictRecord,
 };
 use meridian_store::StoreError;
-use meridian_testkit::PostgresServer;
 
 #[macro_use]
 mod harness;
@@ -76,6 +77,11 @@ fn verdict(request: u64, recipients: &[&str], sent: bool) -> VerdictRecord {
 // ---------------------------------------------------------------------------------------------
 // The contract, once for both backends.
 
+/// Applies `changes` up to `checkpoint`, which must succeed.
+async fn apply_ok(store: &dyn MediatorStore, changes: &[MediatorChange], checkpoint: Timestamp) {
+    store.apply(changes, checkpoint).await.expect("apply");
+}
+
 async fn a_new_store_is_empty(h: Harness) {
     assert_eq!(
         h.store.load().await.expect("load"),
@@ -86,14 +92,8 @@ async fn a_new_store_is_empty(h: Harness) {
 
 async fn pending_requests_and_responses_round_trip(h: Harness) {
     let store = &*h.store;
-    store
-        .apply(&[added(10), response(10, "p2"), added(20)], t(20))
-        .await
-        .expect("apply");
-    store
-        .apply(&[response(10, "p1"), response(20, "p1")], t(25))
-        .await
-        .expect("apply");
+    apply_ok(store, &[added(10), response(10, "p2"), added(20)], t(20)).await;
+    apply_ok(store, &[response(10, "p1"), response(20, "p1")], t(25)).await;
     let snapshot = store.load().await.expect("load");
     assert_eq!(snapshot.checkpoint, Some(t(25)));
     assert_eq!(
@@ -106,14 +106,8 @@ async fn pending_requests_and_responses_round_trip(h: Harness) {
 
 async fn deciding_replaces_the_pending_request_with_an_unsent_verdict(h: Harness) {
     let store = &*h.store;
-    store
-        .apply(&[added(10), response(10, "p1"), added(20)], t(20))
-        .await
-        .expect("apply");
-    store
-        .apply(&[decided(10, &["p1", "p2"])], t(30))
-        .await
-        .expect("apply");
+    apply_ok(store, &[added(10), response(10, "p1"), added(20)], t(20)).await;
+    apply_ok(store, &[decided(10, &["p1", "p2"])], t(30)).await;
     let snapshot = store.load().await.expect("load");
     assert_eq!(snapshot.pending, vec![pending(20, &[])]);
     assert_eq!(snapshot.unsent, vec![verdict(10, &["p1", "p2"], false)]);
@@ -123,13 +117,12 @@ async fn deciding_replaces_the_pending_request_with_an_unsent_verdict(h: Harness
     );
 
     // A request added, answered and decided within one call leaves only its verdict.
-    store
-        .apply(
-            &[added(40), response(40, "p1"), decided(40, &["p1"])],
-            t(40),
-        )
-        .await
-        .expect("apply");
+    apply_ok(
+        store,
+        &[added(40), response(40, "p1"), decided(40, &["p1"])],
+        t(40),
+    )
+    .await;
     let snapshot = store.load().await.expect("load");
     assert_eq!(snapshot.pending, vec![pending(20, &[])]);
     assert_eq!(
@@ -143,20 +136,19 @@ async fn deciding_replaces_the_pending_request_with_an_unsent_verdict(h: Harness
 
 async fn sent_verdicts_are_no_longer_unsent_and_can_be_pruned(h: Harness) {
     let store = &*h.store;
-    store
-        .apply(
-            &[
-                added(10),
-                decided(10, &["p1"]),
-                added(20),
-                decided(20, &["p1"]),
-                added(30),
-                decided(30, &["p1"]),
-            ],
-            t(30),
-        )
-        .await
-        .expect("apply");
+    apply_ok(
+        store,
+        &[
+            added(10),
+            decided(10, &["p1"]),
+            added(20),
+            decided(20, &["p1"]),
+            added(30),
+            decided(30, &["p1"]),
+        ],
+        t(30),
+    )
+    .await;
     store
         .mark_verdicts_sent(&[t(10), t(30), t(99)])
         .await
@@ -185,10 +177,7 @@ async fn sent_verdicts_are_no_longer_unsent_and_can_be_pruned(h: Harness) {
 
 async fn a_failed_apply_changes_nothing(h: Harness) {
     let store = &*h.store;
-    store
-        .apply(&[added(10), response(10, "p1")], t(10))
-        .await
-        .expect("apply");
+    apply_ok(store, &[added(10), response(10, "p1")], t(10)).await;
     let before = store.load().await.expect("load");
 
     // The second response of p1 to request 10 conflicts, after other rows were written.
@@ -200,10 +189,7 @@ async fn a_failed_apply_changes_nothing(h: Harness) {
     assert_eq!(store.verdict(t(5)).await.expect("verdict"), None);
 
     // Deciding a request twice fails too.
-    store
-        .apply(&[decided(10, &["p1"])], t(30))
-        .await
-        .expect("apply");
+    apply_ok(store, &[decided(10, &["p1"])], t(30)).await;
     let before = store.load().await.expect("load");
     let failed = store.apply(&[added(40), decided(10, &["p1"])], t(40)).await;
     assert!(failed.is_err(), "{failed:?}");
@@ -212,29 +198,28 @@ async fn a_failed_apply_changes_nothing(h: Harness) {
 
 async fn the_checkpoint_never_moves_backwards(h: Harness) {
     let store = &*h.store;
-    store.apply(&[], t(50)).await.expect("apply");
+    apply_ok(store, &[], t(50)).await;
     assert_eq!(store.load().await.expect("load").checkpoint, Some(t(50)));
-    store.apply(&[added(60)], t(40)).await.expect("apply");
+    apply_ok(store, &[added(60)], t(40)).await;
     let snapshot = store.load().await.expect("load");
     assert_eq!(snapshot.checkpoint, Some(t(50)));
     assert_eq!(snapshot.pending, vec![pending(60, &[])]);
-    store.apply(&[], t(70)).await.expect("apply");
+    apply_ok(store, &[], t(70)).await;
     assert_eq!(store.load().await.expect("load").checkpoint, Some(t(70)));
 }
 
 async fn reopening_keeps_everything(h: Harness) {
-    h.store
-        .apply(
-            &[
-                added(10),
-                response(10, "p1"),
-                added(20),
-                decided(20, &["p1", "p2"]),
-            ],
-            t(21),
-        )
-        .await
-        .expect("apply");
+    apply_ok(
+        &*h.store,
+        &[
+            added(10),
+            response(10, "p1"),
+            added(20),
+            decided(20, &["p1", "p2"]),
+        ],
+        t(21),
+    )
+    .await;
     let before = h.store.load().await.expect("load");
     let reopened = h.reopen().await;
     assert_eq!(reopened.load().await.expect("load"), before);
@@ -250,12 +235,12 @@ async fn large_runs_are_applied_in_one_call(h: Harness) {
         first.push(added(request));
         first.push(response(request, "p1"));
     }
-    h.store.apply(&first, t(1_200)).await.expect("apply");
+    apply_ok(&*h.store, &first, t(1_200)).await;
     let mut second = Vec::new();
     for request in 1..=1_100u64 {
         second.push(decided(request, &["p1", "p2"]));
     }
-    h.store.apply(&second, t(1_300)).await.expect("apply");
+    apply_ok(&*h.store, &second, t(1_300)).await;
     let ids: Vec<Timestamp> = (1..=1_050u64).map(t).collect();
     h.store.mark_verdicts_sent(&ids).await.expect("mark sent");
     let snapshot = h.store.load().await.expect("load");
@@ -288,29 +273,14 @@ conformance!(
 
 #[tokio::test]
 async fn postgres_unreachable_is_transient() {
-    let url = format!(
-        "postgres://meridian@127.0.0.1:{}/nowhere",
-        meridian_testkit::free_port()
-    );
-    let error = SqlMediatorStore::open_config(&postgres_config(&url))
-        .await
-        .expect_err("nothing listens there");
-    assert!(error.is_transient(), "{error:?}");
+    assert_unreachable_postgres_is_transient::<dyn MediatorStore>().await;
 }
 
 #[tokio::test]
 async fn postgres_read_only_database_is_reported_and_refuses_writes() {
-    let server = PostgresServer::shared();
-    let url = server
-        .create_database("mediator_read_only")
-        .expect("create database");
-    SqlMediatorStore::open_config(&postgres_config(&url))
-        .await
-        .expect("connect");
-    alter_database(&url, "default_transaction_read_only = on");
-    let read_only = SqlMediatorStore::open_config(&postgres_config(&url))
-        .await
-        .expect("connect read-only");
+    let (_, url) = open_own_postgres::<dyn MediatorStore>("mediator_read_only").await;
+    let read_only =
+        reopen_with_setting::<dyn MediatorStore>(&url, "default_transaction_read_only = on").await;
     assert!(read_only.backend_status().await.expect("status").read_only);
     let write = read_only.apply(&[added(1)], t(1)).await;
     assert!(matches!(write, Err(StoreError::ReadOnly)), "{write:?}");

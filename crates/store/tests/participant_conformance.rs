@@ -41,6 +41,24 @@ fn transaction(created: &Contract) -> Transaction {
     }
 }
 
+/// A contract created at `offset` and still active.
+fn active(contract: Contract, offset: u64) -> StoredContract {
+    StoredContract {
+        contract,
+        created_offset: LedgerOffset(offset),
+        archived_offset: None,
+    }
+}
+
+/// The offsets of the transactions after `after`, at most `limit` of them.
+async fn offsets_after(store: &dyn ParticipantStore, after: u64, limit: u32) -> Vec<LedgerOffset> {
+    let page = store
+        .transactions_after(LedgerOffset(after), limit)
+        .await
+        .expect("transactions");
+    page.iter().map(|transaction| transaction.offset).collect()
+}
+
 fn tx_record(offset: u64, created: &Contract, local: bool) -> TransactionRecord {
     TransactionRecord {
         offset: LedgerOffset(offset),
@@ -97,11 +115,7 @@ async fn batches_round_trip(h: Harness) {
     let first = ParticipantBatch {
         checkpoint: Some(t(100)),
         ledger_end: Some(LedgerOffset(2)),
-        created: vec![StoredContract {
-            contract: a.clone(),
-            created_offset: LedgerOffset(1),
-            archived_offset: None,
-        }],
+        created: vec![active(a.clone(), 1)],
         transactions: vec![tx_record(1, &a, true)],
         completions: vec![completion(1, "app", 0), completion(2, "app", 10)],
         dedup_upserts: vec![
@@ -125,11 +139,7 @@ async fn batches_round_trip(h: Harness) {
     let second = ParticipantBatch {
         checkpoint: Some(t(200)),
         ledger_end: Some(LedgerOffset(3)),
-        created: vec![StoredContract {
-            contract: b.clone(),
-            created_offset: LedgerOffset(3),
-            archived_offset: None,
-        }],
+        created: vec![active(b.clone(), 3)],
         archived: vec![(a.id.clone(), LedgerOffset(3))],
         transactions: vec![tx_record(3, &b, false)],
         dedup_deletes: vec!["k1".into()],
@@ -200,12 +210,7 @@ async fn batches_round_trip(h: Harness) {
             transactions,
             vec![tx_record(1, &a, true), tx_record(3, &b, false)]
         );
-        let later = store
-            .transactions_after(LedgerOffset(1), 1)
-            .await
-            .expect("transactions");
-        assert_eq!(later.len(), 1);
-        assert_eq!(later[0].offset, LedgerOffset(3));
+        assert_eq!(offsets_after(&*store, 1, 1).await, [LedgerOffset(3)]);
 
         let completions = store
             .completions_after(&UserId::new("app").expect("user"), LedgerOffset(0), 10)
@@ -263,11 +268,7 @@ async fn batches_round_trip(h: Harness) {
 async fn a_failing_batch_changes_nothing(h: Harness) {
     let store = &h.store;
     let a = contract("c-a", "alice", 100);
-    let created = StoredContract {
-        contract: a.clone(),
-        created_offset: LedgerOffset(1),
-        archived_offset: None,
-    };
+    let created = active(a.clone(), 1);
     store
         .apply(&ParticipantBatch {
             checkpoint: Some(t(100)),
@@ -283,11 +284,7 @@ async fn a_failing_batch_changes_nothing(h: Harness) {
         .apply(&ParticipantBatch {
             checkpoint: Some(t(200)),
             ledger_end: Some(LedgerOffset(2)),
-            created: vec![StoredContract {
-                contract: contract("c-b", "bob", 5),
-                created_offset: LedgerOffset(2),
-                archived_offset: None,
-            }],
+            created: vec![active(contract("c-b", "bob", 5), 2)],
             archived: vec![(a.id.clone(), LedgerOffset(2))],
             transactions: vec![tx_record(1, &a, false)],
             ..ParticipantBatch::default()
@@ -303,11 +300,7 @@ async fn a_failing_batch_changes_nothing(h: Harness) {
 async fn many_rows_in_one_batch(h: Harness) {
     let store = &h.store;
     let contracts: Vec<StoredContract> = (0..1_000)
-        .map(|i| StoredContract {
-            contract: contract(&format!("c-{i}"), "alice", i + 1),
-            created_offset: LedgerOffset(i + 1),
-            archived_offset: None,
-        })
+        .map(|i| active(contract(&format!("c-{i}"), "alice", i + 1), i + 1))
         .collect();
     let transactions: Vec<TransactionRecord> = contracts
         .iter()
@@ -326,12 +319,8 @@ async fn many_rows_in_one_batch(h: Harness) {
     let (end, active) = store.active_contracts().await.expect("acs");
     assert_eq!(end, LedgerOffset(1_000));
     assert_eq!(active.len(), 1_000);
-    let page = store
-        .transactions_after(LedgerOffset(500), 1_000)
-        .await
-        .expect("page");
-    assert_eq!(page.len(), 500);
-    assert_eq!(page[0].offset, LedgerOffset(501));
+    let page = offsets_after(&**store, 500, 1_000).await;
+    assert_eq!(page, (501..=1_000).map(LedgerOffset).collect::<Vec<_>>());
 }
 
 conformance!(

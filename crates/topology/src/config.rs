@@ -197,12 +197,11 @@ mod tests {
             }),
             ..single.clone()
         };
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("topology.toml");
-        for config in [single, replicated] {
-            meridian_node::config::write_toml(&file, &config).unwrap();
-            assert_eq!(TopologyManagerConfig::load(&file).unwrap(), config);
-        }
+        meridian_node::config::assert_round_trips(
+            "topology.toml",
+            [single, replicated],
+            TopologyManagerConfig::load,
+        );
     }
 
     #[test]

@@ -24,13 +24,12 @@ use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, TopologyTransaction};
 use meridian_core::{MemberId, Timestamp};
-use meridian_node::admin::{self, AdminState, StatusSource};
+use meridian_node::admin::{self, NodeState, StatusSource, StepDown};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
 use meridian_node::keys::load_node_key;
-use meridian_node::metrics::Metrics;
 use meridian_node::replica::{ReplicaManager, ReplicaSettings};
 use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
@@ -77,33 +76,26 @@ async fn run_manager(
     // A child, so that stopping on a fatal error stops our tasks but not the caller's others.
     let shutdown = shutdown.child_token();
 
-    let health = Health::new();
-    let readiness = Conditions::starting(health.clone());
-    let metrics = Arc::new(Metrics::new("meridian"));
-    let topology_metrics = metrics.with_registry(TopologyMetrics::register);
+    let node = NodeState::starting();
+    let readiness = node.readiness.clone();
+    let topology_metrics = node.metrics.with_registry(TopologyMetrics::register);
     let serving = Arc::new(Serving::default());
 
     let step_down = config.replication.is_some().then(|| {
         let serving = serving.clone();
-        Arc::new(move || serving.replication().is_some_and(|r| r.step_down()))
-            as Arc<dyn Fn() -> bool + Send + Sync>
+        Arc::new(move || serving.replication().is_some_and(|r| r.step_down())) as StepDown
     });
-    let admin_listener = admin::bind(config.admin_address).await?;
-    let admin_task = tokio::spawn(admin::serve_admin(
-        admin_listener,
-        AdminState {
-            health: health.clone(),
-            metrics: metrics.clone(),
-            status: Arc::new(ManagerStatus {
-                member: member.to_string(),
-                owner_public_key: owner.public_key().to_string(),
-                listen_address: config.listen_address.to_string(),
-                serving: serving.clone(),
-            }),
-            step_down,
-        },
+    let admin_task = node.spawn_admin(
+        admin::bind(config.admin_address).await?,
+        Arc::new(ManagerStatus {
+            member: member.to_string(),
+            owner_public_key: owner.public_key().to_string(),
+            listen_address: config.listen_address.to_string(),
+            serving: serving.clone(),
+        }),
+        step_down,
         shutdown.clone(),
-    ));
+    );
 
     let Some(store) = Retry::new(&readiness, &shutdown)
         .until("database", "cannot open the topology database", || {
@@ -132,8 +124,10 @@ async fn run_manager(
     };
 
     let result = match config.replica_settings() {
-        None => serve_unreplicated(&config, warm, api, &health, &shutdown).await,
-        Some(settings) => serve_replicated(&config, settings, warm, api, &health, &shutdown).await,
+        None => serve_unreplicated(&config, warm, api, &node.health, &shutdown).await,
+        Some(settings) => {
+            serve_replicated(&config, settings, warm, api, &node.health, &shutdown).await
+        }
     };
     readiness.fail("shutdown", "shutting down");
     shutdown.cancel();
@@ -151,20 +145,12 @@ async fn serve_unreplicated(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let readiness = warm.readiness.clone();
-    let metrics = warm.metrics.clone();
-    let Some(manager) = warm.start_term(shutdown).await? else {
+    // The retry task stops with `shutdown`; nothing waits for it.
+    if warm.serve_term(&api.serving, shutdown).await?.is_none() {
         return Ok(());
-    };
-    api.serving.set(Some(manager.clone()));
-    tokio::spawn(retry_pending(
-        manager,
-        metrics,
-        readiness.clone(),
-        shutdown.clone(),
-    ));
+    }
     let grpc = grpc_server(config, api, health, shutdown).await?;
-    readiness.clear("startup");
+    warm.readiness.clear("startup");
     tracing::info!(address = %config.listen_address, "topology manager gRPC listening");
     grpc.await
 }
@@ -210,24 +196,15 @@ async fn serve_replicated(
         .run(shutdown, |term| {
             let (warm, serving, replication) = (warm.clone(), serving.clone(), replication.clone());
             async move {
-                let readiness = warm.readiness.clone();
-                let metrics = warm.metrics.clone();
-                let Some(manager) = warm.start_term(&term).await? else {
+                let Some(retry) = warm.serve_term(&serving, &term).await? else {
                     return Ok(());
                 };
-                serving.set(Some(manager.clone()));
-                let retry = tokio::spawn(retry_pending(
-                    manager,
-                    metrics,
-                    readiness.clone(),
-                    term.clone(),
-                ));
                 replication.serving();
                 term.cancelled().await;
                 serving.set(None);
                 let _ = retry.await;
                 for condition in TERM_CONDITIONS {
-                    readiness.clear(condition);
+                    warm.readiness.clear(condition);
                 }
                 Ok(())
             }
@@ -273,6 +250,26 @@ struct Warm {
 }
 
 impl Warm {
+    /// Starts a term (see [`Warm::start_term`]) and serves it: the manager answers through
+    /// `serving`, and a task retries its pending intent until `stop`. `Ok(None)` when the
+    /// term never started.
+    async fn serve_term(
+        &self,
+        serving: &Serving,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        let Some(manager) = self.start_term(stop).await? else {
+            return Ok(None);
+        };
+        serving.set(Some(manager.clone()));
+        Ok(Some(tokio::spawn(retry_pending(
+            manager,
+            self.metrics.clone(),
+            self.readiness.clone(),
+            stop.clone(),
+        ))))
+    }
+
     /// Starts a term: loads and verifies the history, registers the manager itself, connects
     /// to the sequencer and publishes any unfinished intent. `Ok(None)` when `stop` is
     /// cancelled first — at shutdown, or when a write found this replica fenced (then `stop`

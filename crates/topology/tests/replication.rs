@@ -5,51 +5,37 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{
+    authorized, get_topology, loopback, readyz, time_until_ready, SequencerThread, TOKEN,
+};
 use meridian_core::crypto::SigningKey;
 use meridian_node::config::Endpoints;
 use meridian_proto::v1;
 use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
-use meridian_sequencer::SequencerConfig;
 use meridian_store::StorageConfig;
 use meridian_testkit::free_port;
 use meridian_topology::config::ReplicationConfig;
 use meridian_topology::TopologyManagerConfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request};
+use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-const TOKEN: &str = "test-admin-token";
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 /// A takeover must be well within this (the target is under a second).
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
 
-async fn readyz(admin: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-    let code = response.status().as_u16();
-    Some((code, response.text().await.unwrap_or_default()))
-}
-
-/// Polls `/readyz` every 10 ms until 200; returns how long it took since `since`.
-async fn time_until_ready(admin: &str, since: Instant) -> Duration {
-    loop {
-        if let Some((200, _)) = readyz(admin).await {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(30),
-            "{admin} never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Asserts that the replica at `admin` serves within `TAKEOVER_LIMIT` of `since`, and prints
+/// how long it took: "`who` serving N ms after `after`".
+async fn expect_takeover(admin: &str, since: Instant, who: &str, after: &str) {
+    let took = time_until_ready(admin, since).await;
+    println!("{who} serving {} ms after {after}", took.as_millis());
+    assert!(took < TAKEOVER_LIMIT, "took {took:?}");
 }
 
 /// Waits until `/readyz` is 503 naming `active`; returns the reason.
@@ -112,26 +98,15 @@ async fn add_participant(
     let mut admin = TopologyAdminServiceClient::connect(format!("http://{listen}"))
         .await
         .unwrap();
-    let mut request = Request::new(v1::AddParticipantRequest {
+    let request = authorized(v1::AddParticipantRequest {
         participant: name.into(),
         public_key: SigningKey::generate().public_key().to_bytes().to_vec(),
     });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     admin.add_participant(request).await.map(|r| r.into_inner())
 }
 
 async fn topology_len(listen: &str) -> usize {
-    TopologyAdminServiceClient::connect(format!("http://{listen}"))
-        .await
-        .unwrap()
-        .get_topology(v1::GetTopologyRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-        .len()
+    get_topology(listen).await.entries.len()
 }
 
 struct Replica {
@@ -180,31 +155,10 @@ async fn a_passive_replica_takes_over_with_the_next_serial() {
     meridian_node::keys::write_key(&dir.path().join("manager.key"), &SigningKey::generate())
         .unwrap();
 
-    // The sequencer runs on a runtime of its own: its `run` future is not `Send`.
-    let (grpc, sequencer_admin) = (free_port(), free_port());
-    let sequencer_config = SequencerConfig::new(
-        loopback(grpc),
-        loopback(sequencer_admin),
-        StorageConfig::Sqlite {
-            path: dir.path().join("sequencer.db"),
-        },
-    )
-    .with_owner(&owner.public_key());
-    let sequencer_stop = CancellationToken::new();
-    let token = sequencer_stop.clone();
-    let sequencer = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(meridian_sequencer::run(sequencer_config, token))
-    });
-    let sequencer_admin = format!("127.0.0.1:{sequencer_admin}");
-    time_until_ready(&sequencer_admin, Instant::now()).await;
-    let endpoint = format!("http://127.0.0.1:{grpc}");
+    let sequencer = SequencerThread::start(dir.path(), &owner.public_key()).await;
 
-    let a = Replica::new(dir.path(), &endpoint, "tm-a");
-    let b = Replica::new(dir.path(), &endpoint, "tm-b");
+    let a = Replica::new(dir.path(), &sequencer.endpoint, "tm-a");
+    let b = Replica::new(dir.path(), &sequencer.endpoint, "tm-b");
     let (stop_a, task_a) = a.start();
     time_until_ready(&a.admin, Instant::now()).await;
     let (stop_b, task_b) = b.start();
@@ -242,12 +196,7 @@ async fn a_passive_replica_takes_over_with_the_next_serial() {
     // The active stops; the passive takes over and continues with serial 3.
     let stopped = Instant::now();
     stop_a.cancel();
-    let takeover = time_until_ready(&b.admin, stopped).await;
-    println!(
-        "failover: replica B serving {} ms after A stopped",
-        takeover.as_millis()
-    );
-    assert!(takeover < TAKEOVER_LIMIT, "took {takeover:?}");
+    expect_takeover(&b.admin, stopped, "failover: replica B", "A stopped").await;
     task_a.await.unwrap().unwrap();
     let added = add_participant(&b.listen, "p2").await.unwrap();
     assert_eq!(added.serial, 3);
@@ -261,12 +210,8 @@ async fn a_passive_replica_takes_over_with_the_next_serial() {
     wait_passive(&a.admin, "tm-b").await;
     let asked = Instant::now();
     assert_eq!(step_down(&b.admin).await, 202);
-    let switchover = time_until_ready(&a.admin, asked).await;
-    println!(
-        "switchover: replica A serving {} ms after the step-down request",
-        switchover.as_millis()
-    );
-    assert!(switchover < TAKEOVER_LIMIT, "took {switchover:?}");
+    let after = "the step-down request";
+    expect_takeover(&a.admin, asked, "switchover: replica A", after).await;
     wait_passive(&b.admin, "tm-a").await;
     let added = add_participant(&a.listen, "p3").await.unwrap();
     assert_eq!(added.serial, 4);
@@ -277,10 +222,5 @@ async fn a_passive_replica_takes_over_with_the_next_serial() {
     stop_b.cancel();
     task_a.await.unwrap().unwrap();
     task_b.await.unwrap().unwrap();
-    sequencer_stop.cancel();
-    tokio::task::spawn_blocking(move || sequencer.join())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    sequencer.stop().await;
 }

@@ -107,6 +107,19 @@ pub fn run(command: DeploymentCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `name (role, zone), ...`: where a cluster's servers or a node's replicas run.
+fn placements<N, R, Z>(placed: impl Iterator<Item = (N, R, Z)>) -> String
+where
+    N: std::fmt::Display,
+    R: std::fmt::Display,
+    Z: std::fmt::Display,
+{
+    let placed: Vec<String> = placed
+        .map(|(name, role, zone)| format!("{name} ({role}, {zone})"))
+        .collect();
+    placed.join(", ")
+}
+
 /// What a description runs, one line per region, database server and node.
 pub fn summary(description: &Description) -> Vec<String> {
     let mut lines = Vec::new();
@@ -126,21 +139,15 @@ pub fn summary(description: &Description) -> Vec<String> {
         }
     ));
     for cluster in &description.postgres_clusters {
-        let servers: Vec<String> = cluster
-            .servers
-            .iter()
-            .map(|s| format!("{} ({}, {})", s.name, s.role.name(), s.zone))
-            .collect();
-        lines.push(format!("cluster {}: {}", cluster.name, servers.join(", ")));
+        let servers = cluster.servers.iter();
+        let servers = placements(servers.map(|s| (&s.name, s.role.name(), &s.zone)));
+        lines.push(format!("cluster {}: {servers}", cluster.name));
     }
     let keys = description.node_keys();
     for node in description.nodes(&keys) {
-        let replicas: Vec<String> = node
-            .replicas
-            .iter()
-            .map(|r| format!("{} ({}, {})", r.name, r.standby.name(), r.zone))
-            .collect();
-        lines.push(format!("{}: {}", node.name, replicas.join(", ")));
+        let replicas = node.replicas.iter();
+        let replicas = placements(replicas.map(|r| (&r.name, r.standby.name(), &r.zone)));
+        lines.push(format!("{}: {replicas}", node.name));
     }
     lines
 }

@@ -359,14 +359,7 @@ impl Starter<'_> {
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let mut sequencers = Vec::new();
         for pending in std::iter::once(first).chain(others) {
-            let mut sequencer = pending.spawn(&self.spec.exe)?;
-            sequencer.wait_ready(READY_TIMEOUT).await?;
-            (self.progress)(format!(
-                "{} ready at {}",
-                sequencer.name(),
-                sequencer.grpc_endpoint()
-            ));
-            sequencers.push(sequencer);
+            sequencers.push(self.start_ready(pending).await?);
         }
         Ok(sequencers)
     }
@@ -392,15 +385,21 @@ impl Starter<'_> {
             )
         })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
-        let mut topology = first.spawn(&self.spec.exe)?;
-        topology.wait_ready(READY_TIMEOUT).await?;
-        (self.progress)(format!(
-            "{} ready at {}",
-            topology.name(),
-            topology.grpc_endpoint()
-        ));
+        let topology = self.start_ready(first).await?;
         let standbys = self.start_standbys(others).await?;
         Ok((topology, standbys))
+    }
+
+    /// Starts a replica that serves gRPC and waits until it is ready.
+    async fn start_ready(&mut self, pending: PendingProcess) -> anyhow::Result<NodeProcess> {
+        let mut process = pending.spawn(&self.spec.exe)?;
+        process.wait_ready(READY_TIMEOUT).await?;
+        (self.progress)(format!(
+            "{} ready at {}",
+            process.name(),
+            process.grpc_endpoint()
+        ));
+        Ok(process)
     }
 
     /// Starts the passive `replicas` of one node and waits until each is alive.
@@ -629,16 +628,15 @@ impl Deployment {
 
     /// All replicas of participant `index`, mutable (for kill -9 and restarts).
     pub fn participant_replicas_mut(&mut self, index: usize) -> Vec<&mut NodeProcess> {
-        std::iter::once(&mut self.participants[index])
-            .chain(self.participant_standbys[index].iter_mut())
-            .collect()
+        with_standbys(
+            &mut self.participants[index],
+            &mut self.participant_standbys[index],
+        )
     }
 
     /// All topology manager replicas, mutable.
     pub fn topology_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
-        std::iter::once(&mut self.topology)
-            .chain(self.topology_standbys.iter_mut())
-            .collect()
+        with_standbys(&mut self.topology, &mut self.topology_standbys)
     }
 
     /// Every sequencer instance's gRPC endpoint, by instance index.
@@ -665,9 +663,7 @@ impl Deployment {
 
     /// All mediator replicas, mutable.
     pub fn mediator_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
-        std::iter::once(&mut self.mediator)
-            .chain(self.mediator_standbys.iter_mut())
-            .collect()
+        with_standbys(&mut self.mediator, &mut self.mediator_standbys)
     }
 
     /// One line per process: name, endpoints, log file.
@@ -733,4 +729,12 @@ impl Deployment {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A node's replicas, mutable: the first replica, then its standbys.
+fn with_standbys<'a>(
+    first: &'a mut NodeProcess,
+    standbys: &'a mut [NodeProcess],
+) -> Vec<&'a mut NodeProcess> {
+    std::iter::once(first).chain(standbys.iter_mut()).collect()
 }

@@ -111,6 +111,14 @@ impl Fixture {
             .expect("valid topology");
     }
 
+    /// A fixture and its engine with a request at `T` from p1 pending (see [`submit`]).
+    fn with_request(confirming: &[&str], informee_participants: &[&str]) -> (Self, MediatorEngine) {
+        let fixture = Fixture::new();
+        let mut engine = fixture.engine();
+        submit(&mut engine, confirming, informee_participants);
+        (fixture, engine)
+    }
+
     fn engine(&self) -> MediatorEngine {
         MediatorEngine::new(
             member("mediator"),
@@ -134,6 +142,20 @@ impl Fixture {
             member(participant),
             self.response(participant, T, for_parties, verdict),
         )
+    }
+
+    /// `participant` approves the request sequenced at `request_id` for `for_parties`, its
+    /// response sequenced at `at_us`.
+    fn approve(
+        &self,
+        engine: &mut MediatorEngine,
+        at_us: u64,
+        participant: &str,
+        request_id: u64,
+        for_parties: &[&str],
+    ) -> Vec<Effect> {
+        let response = self.response(participant, request_id, for_parties, LocalVerdict::Approve);
+        engine.on_event(t(at_us), member(participant), response)
     }
 
     fn response(
@@ -274,9 +296,7 @@ fn rejected(code: RejectionCode, message: &str) -> VerdictOutcome {
 
 #[test]
 fn approves_once_every_confirming_party_approved() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["alice", "bob"], &["p1", "p2", "p3"]);
+    let (fx, mut engine) = Fixture::with_request(&["alice", "bob"], &["p1", "p2", "p3"]);
 
     let first = fx.answer(&mut engine, T + 10, "p1", &["alice"], LocalVerdict::Approve);
     assert!(verdicts(&first).is_empty(), "bob has not approved yet");
@@ -301,9 +321,7 @@ fn approves_once_every_confirming_party_approved() {
 
 #[test]
 fn one_approval_per_party_suffices() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["bob"], &["p1", "p2", "p3"]);
+    let (fx, mut engine) = Fixture::with_request(&["bob"], &["p1", "p2", "p3"]);
     // bob is hosted on p2 and p3; p3 alone decides.
     let effects = fx.answer(&mut engine, T + 5, "p3", &["bob"], LocalVerdict::Approve);
     assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2", "p3"]));
@@ -315,9 +333,7 @@ fn one_approval_per_party_suffices() {
 
 #[test]
 fn the_first_valid_rejection_decides_with_its_code_and_message() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["alice", "bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["alice", "bob"], &["p1", "p2"]);
     fx.answer(&mut engine, T + 1, "p1", &["alice"], LocalVerdict::Approve);
     let effects = fx.answer(
         &mut engine,
@@ -346,9 +362,7 @@ fn the_first_valid_rejection_decides_with_its_code_and_message() {
 
 #[test]
 fn partial_approvals_time_out_exactly_after_the_deadline() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["alice", "bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["alice", "bob"], &["p1", "p2"]);
     fx.answer(&mut engine, T + 1, "p1", &["alice"], LocalVerdict::Approve);
     assert_eq!(engine.next_deadline(), Some(t(T + TIMEOUT_US)));
 
@@ -383,9 +397,7 @@ fn partial_approvals_time_out_exactly_after_the_deadline() {
 
 #[test]
 fn a_response_sequenced_at_the_deadline_counts_and_one_after_it_does_not() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["bob"], &["p1", "p2"]);
     let at_deadline = fx.answer(
         &mut engine,
         T + TIMEOUT_US,
@@ -421,9 +433,7 @@ fn a_response_sequenced_at_the_deadline_counts_and_one_after_it_does_not() {
 
 #[test]
 fn a_bad_signature_is_ignored_and_changes_nothing() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["bob"], &["p1", "p2"]);
     // Claims to be p2, signed with p3's key.
     let forged = engine.on_event(
         t(T + 1),
@@ -459,9 +469,7 @@ fn a_bad_signature_is_ignored_and_changes_nothing() {
 
 #[test]
 fn responders_must_be_the_signer_and_host_the_parties_with_confirmation_rights() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["alice", "bob"], &["p1", "p2", "p3"]);
+    let (fx, mut engine) = Fixture::with_request(&["alice", "bob"], &["p1", "p2", "p3"]);
     let cases = [
         // p1 hosts alice but not bob.
         (
@@ -514,9 +522,7 @@ fn responders_must_be_the_signer_and_host_the_parties_with_confirmation_rights()
 
 #[test]
 fn a_response_naming_another_request_hash_is_ignored() {
-    let fx = Fixture::new();
-    let mut engine = fx.engine();
-    submit(&mut engine, &["bob"], &["p1", "p2"]);
+    let (fx, mut engine) = Fixture::with_request(&["bob"], &["p1", "p2"]);
     let response = ConfirmationResponse {
         request_id: t(T),
         request_hash: "some-other-request".to_owned(),
@@ -542,11 +548,7 @@ fn a_response_naming_another_request_hash_is_ignored() {
 fn responses_to_unknown_requests_and_duplicates_change_nothing() {
     let fx = Fixture::new();
     let mut engine = fx.engine();
-    let unknown = engine.on_event(
-        t(T - 1),
-        member("p2"),
-        fx.response("p2", T - 5, &["bob"], LocalVerdict::Approve),
-    );
+    let unknown = fx.approve(&mut engine, T - 1, "p2", T - 5, &["bob"]);
     assert_eq!(ignored(&unknown), vec!["unknown_request"]);
 
     submit(&mut engine, &["alice", "bob"], &["p1", "p2"]);
@@ -633,11 +635,7 @@ fn malformed_requests_are_rejected_and_unreachable_ones_dropped() {
     assert_eq!(ignored(&nobody), vec!["no_recipients"]);
     assert!(changes(&nobody).is_empty());
     submit_at(&mut engine, T + 3, &["alice"], &["p1", "p4"]);
-    let decided = engine.on_event(
-        t(T + 4),
-        member("p1"),
-        fx.response("p1", T + 3, &["alice"], LocalVerdict::Approve),
-    );
+    let decided = fx.approve(&mut engine, T + 4, "p1", T + 3, &["alice"]);
     assert_eq!(
         verdicts(&decided),
         vec![(T + 3, participants(&["p1"]), VerdictOutcome::Approved)]
@@ -663,6 +661,19 @@ fn malformed_requests_are_rejected_and_unreachable_ones_dropped() {
     assert_eq!(engine.last_event(), Some(t(T + 6)));
 }
 
+/// The topology manager's `signed` transaction reaches `engine`, sequenced at `at_us`.
+fn publish(
+    engine: &mut MediatorEngine,
+    at_us: u64,
+    signed: SignedTopologyTransaction,
+) -> Vec<Effect> {
+    engine.on_event(
+        t(at_us),
+        member("topology-manager"),
+        ProtocolMessage::Topology(signed),
+    )
+}
+
 fn submit_at(engine: &mut MediatorEngine, at: u64, confirming: &[&str], to: &[&str]) {
     let effects = engine.on_event(t(at), member("p1"), informee(confirming, to));
     assert!(
@@ -683,11 +694,7 @@ fn topology_effective_after_the_request_is_not_used_for_it() {
     let join = fx.signed(fx.participant("p4"));
     let host = fx.signed(hosting("bob", "p4", Permission::Confirmation));
     for (at, signed) in [(T + 1, join), (T + 2, host)] {
-        let effects = engine.on_event(
-            t(at),
-            member("topology-manager"),
-            ProtocolMessage::Topology(signed),
-        );
+        let effects = publish(&mut engine, at, signed);
         assert!(effects.is_empty(), "{effects:?}");
     }
     let effects = fx.answer(&mut engine, T + 3, "p4", &["bob"], LocalVerdict::Approve);
@@ -696,11 +703,7 @@ fn topology_effective_after_the_request_is_not_used_for_it() {
 
     // A request after the change may be confirmed by p4.
     submit_at(&mut engine, T + 4, &["bob"], &["p1", "p4"]);
-    let effects = engine.on_event(
-        t(T + 5),
-        member("p4"),
-        fx.response("p4", T + 4, &["bob"], LocalVerdict::Approve),
-    );
+    let effects = fx.approve(&mut engine, T + 5, "p4", T + 4, &["bob"]);
     assert_eq!(
         verdicts(&effects),
         vec![(T + 4, participants(&["p1", "p4"]), VerdictOutcome::Approved)]
@@ -708,11 +711,7 @@ fn topology_effective_after_the_request_is_not_used_for_it() {
 
     // Revoking p2's right after T does not stop p2 from confirming request T.
     let revoke = fx.signed(hosting("bob", "p2", Permission::Observation));
-    let effects = engine.on_event(
-        t(T + 6),
-        member("topology-manager"),
-        ProtocolMessage::Topology(revoke),
-    );
+    let effects = publish(&mut engine, T + 6, revoke);
     assert!(effects.is_empty(), "{effects:?}");
     let effects = fx.answer(&mut engine, T + 7, "p2", &["bob"], LocalVerdict::Approve);
     assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2"]));
@@ -860,11 +859,7 @@ fn a_restored_engine_finishes_in_flight_requests() {
     let effects = fx.answer(&mut after, T + 5, "p2", &["bob"], LocalVerdict::Approve);
     assert_eq!(verdicts(&effects), approval_of_t(&["p1", "p2"]));
     // The request persisted without approvals is still open for them.
-    let effects = after.on_event(
-        t(T + 6),
-        member("p1"),
-        fx.response("p1", T + 2, &["alice"], LocalVerdict::Approve),
-    );
+    let effects = fx.approve(&mut after, T + 6, "p1", T + 2, &["alice"]);
     assert_eq!(
         verdicts(&effects),
         vec![(T + 2, participants(&["p1"]), VerdictOutcome::Approved)]

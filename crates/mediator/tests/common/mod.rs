@@ -16,6 +16,7 @@ use meridian_core::crypto::{PublicKey, SigningKey, SigningPurpose};
 use meridian_core::ledger::Permission;
 use meridian_core::protocol::{
     ConfirmationResponse, InformeeMessage, LocalVerdict, ProtocolMessage, Signed, Verdict,
+    VerdictOutcome,
 };
 use meridian_core::sequencing::{Envelope, Submission};
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, TopologyTransaction};
@@ -156,6 +157,14 @@ impl Participant {
             .await;
     }
 
+    /// Sends the request `message_id` for alice and bob and approves it for alice only, as
+    /// p1 does: the request is left waiting for bob.
+    pub async fn approved_by_alice(&self, message_id: &str) -> Timestamp {
+        let request_id = self.request(message_id, &["alice", "bob"]).await;
+        self.approve(request_id, "alice").await;
+        request_id
+    }
+
     /// The next verdict delivered to this participant, verified with the mediator's key.
     pub async fn next_verdict(&mut self, mediator: &PublicKey) -> Verdict {
         let event = tokio::time::timeout(Duration::from_secs(15), self.events.next())
@@ -172,6 +181,21 @@ impl Participant {
             }
             other => panic!("expected a verdict, got {other:?}"),
         }
+    }
+}
+
+/// Asserts that each of `participants` is told next that `request_id` was approved; `why`
+/// says what the approval proves.
+pub async fn expect_approved(
+    participants: [&mut Participant; 2],
+    mediator: &PublicKey,
+    request_id: Timestamp,
+    why: &str,
+) {
+    for participant in participants {
+        let verdict = participant.next_verdict(mediator).await;
+        assert_eq!(verdict.request_id, request_id, "{why}");
+        assert_eq!(verdict.outcome, VerdictOutcome::Approved, "{why}");
     }
 }
 

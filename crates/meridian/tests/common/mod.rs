@@ -6,13 +6,16 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_client::{SendReceipt, SequencerClient};
 use meridian_core::sequencing::Submission;
-use meridian_core::UserId;
+use meridian_core::{Timestamp, UserId};
 use meridian_lab::bench::failover;
 use meridian_lab::deployment::{Deployment, DeploymentSpec, Description, Preset};
 use meridian_lab::workload::BackgroundLoad;
@@ -64,12 +67,31 @@ pub async fn admin_status(
     client: &reqwest::Client,
     admin_address: impl Display,
 ) -> serde_json::Value {
-    client
-        .get(format!("http://{admin_address}/status"))
-        .send()
+    admin_get(client, admin_address, "status")
+        .await
+        .json()
         .await
         .unwrap()
-        .json()
+}
+
+/// The `/metrics` text of the process whose admin endpoint is `admin_address`.
+pub async fn admin_metrics(client: &reqwest::Client, admin_address: impl Display) -> String {
+    admin_get(client, admin_address, "metrics")
+        .await
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The answer to `GET /page` on the admin endpoint `admin_address`, whatever its status.
+pub async fn admin_get(
+    client: &reqwest::Client,
+    admin_address: impl Display,
+    page: &str,
+) -> reqwest::Response {
+    client
+        .get(format!("http://{admin_address}/{page}"))
+        .send()
         .await
         .unwrap()
 }
@@ -93,5 +115,79 @@ pub async fn send_until_acked(
             }
             Err(error) => panic!("send {} never succeeded: {error}", submission.message_id),
         }
+    }
+}
+
+/// Senders on several lanes, each sending `lane{L}-{i}` for i = 1, 2, … until stopped, every
+/// message retried with the same id until it is acknowledged (see `send_until_acked`).
+pub struct SendLoad {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<HashMap<String, Timestamp>>>,
+    deduplicated: Arc<Mutex<u64>>,
+    lanes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SendLoad {
+    /// Starts `lanes` lanes sending through `sender` what `submission` makes of each message
+    /// name, each message for at most `timeout`, retried every `retry_interval`.
+    pub fn start(
+        sender: &SequencerClient,
+        lanes: usize,
+        submission: fn(&str) -> Submission,
+        timeout: Duration,
+        retry_interval: Duration,
+    ) -> SendLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
+        let deduplicated: Arc<Mutex<u64>> = Arc::default();
+        let lanes = (0..lanes)
+            .map(|lane| {
+                let sender = sender.clone();
+                let stop = stop.clone();
+                let acked = acked.clone();
+                let deduplicated = deduplicated.clone();
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let message = format!("lane{lane}-{i}");
+                        let receipt = send_until_acked(
+                            &sender,
+                            &submission(&message),
+                            timeout,
+                            retry_interval,
+                        )
+                        .await;
+                        if receipt.deduplicated {
+                            *deduplicated.lock().unwrap() += 1;
+                        }
+                        acked.lock().unwrap().insert(message, receipt.timestamp);
+                    }
+                })
+            })
+            .collect();
+        SendLoad {
+            stop,
+            acked,
+            deduplicated,
+            lanes,
+        }
+    }
+
+    /// How many messages have been acknowledged so far.
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops every lane after its current message; returns each acknowledged message's
+    /// timestamp and how many acknowledgements were deduplicated resends.
+    pub async fn stop(self) -> (HashMap<String, Timestamp>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for lane in self.lanes {
+            lane.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let deduplicated = *self.deduplicated.lock().unwrap();
+        (acked, deduplicated)
     }
 }

@@ -64,7 +64,10 @@ pub struct LeaseState {
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
     /// Tries to become the active replica. Returns the new epoch on success, `None` if another
-    /// live replica holds the lease.
+    /// live replica holds the lease. A free lease (released, never taken, its holder's process
+    /// gone) is taken at once; a holder whose row has gone `lease_timeout` without renewal as of
+    /// `now` is deposed. `Duration::MAX` takes only a free lease: the replica manager passes it
+    /// until it has itself watched the holder stop renewing (`meridian_node::lease_watch`).
     async fn try_acquire(
         &self,
         holder: &str,

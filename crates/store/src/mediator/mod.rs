@@ -214,9 +214,11 @@ pub(crate) fn split_recipients(request_id: i64, text: &str) -> Result<Vec<Member
     }
     text.split(',')
         .map(|member| {
-            MemberId::new(member).map_err(|error| StoreError::Corrupt {
-                table: "mediator_verdicts",
-                detail: format!("recipient of request {request_id}: {error}"),
+            MemberId::new(member).map_err(|error| {
+                StoreError::corrupt(
+                    "mediator_verdicts",
+                    format!("recipient of request {request_id}: {error}"),
+                )
             })
         })
         .collect()
@@ -254,17 +256,17 @@ pub(crate) fn pending_records(
         })
         .collect();
     for (request_id, participant, response_json) in responses {
-        let participant = ParticipantId::new(participant).map_err(|error| StoreError::Corrupt {
-            table: "mediator_responses",
-            detail: format!("participant of a response to request {request_id}: {error}"),
+        let participant = ParticipantId::new(participant).map_err(|error| {
+            StoreError::corrupt(
+                "mediator_responses",
+                format!("participant of a response to request {request_id}: {error}"),
+            )
         })?;
         let Some(request) = pending.get_mut(&request_id) else {
-            return Err(StoreError::Corrupt {
-                table: "mediator_responses",
-                detail: format!(
-                    "response of {participant} to request {request_id}, which is not pending"
-                ),
-            });
+            return Err(StoreError::corrupt(
+                "mediator_responses",
+                format!("response of {participant} to request {request_id}, which is not pending"),
+            ));
         };
         request.responses.push(ResponseRecord {
             participant,

@@ -147,12 +147,10 @@ impl MediatorStore for SqlMediatorStore {
     async fn verdict(&self, request_id: Timestamp) -> Result<Option<VerdictRecord>, StoreError> {
         let select =
             format!("SELECT {VERDICT_COLUMNS} FROM mediator_verdicts WHERE request_id = $1");
-        let row: Option<VerdictRow> = on_backend!(&self.pool, |_, readers, _| {
-            sqlx::query_as(&select)
-                .bind(request_id.as_i64())
-                .fetch_optional(readers)
-                .await?
-        });
+        let row: Option<VerdictRow> = self
+            .pool
+            .read_optional(&select, request_id.as_i64())
+            .await?;
         row.map(verdict_record).transpose()
     }
 
@@ -181,30 +179,24 @@ trait BulkWrites {
     ) -> Result<(), StoreError>;
 }
 
-impl BulkWrites for sqlx::SqliteConnection {
-    async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError> {
-        sqlite::insert_plan(self, plan).await
-    }
+/// Forwards [`BulkWrites`] of a connection type to the functions of its dialect's module.
+macro_rules! bulk_writes {
+    ($connection:ty, $dialect:ident) => {
+        impl BulkWrites for $connection {
+            async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError> {
+                $dialect::insert_plan(self, plan).await
+            }
 
-    async fn execute_for_ids(
-        &mut self,
-        statement: &str,
-        ids: &[Timestamp],
-    ) -> Result<(), StoreError> {
-        sqlite::execute_for_ids(self, statement, ids).await
-    }
+            async fn execute_for_ids(
+                &mut self,
+                statement: &str,
+                ids: &[Timestamp],
+            ) -> Result<(), StoreError> {
+                $dialect::execute_for_ids(self, statement, ids).await
+            }
+        }
+    };
 }
 
-impl BulkWrites for sqlx::PgConnection {
-    async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError> {
-        postgres::insert_plan(self, plan).await
-    }
-
-    async fn execute_for_ids(
-        &mut self,
-        statement: &str,
-        ids: &[Timestamp],
-    ) -> Result<(), StoreError> {
-        postgres::execute_for_ids(self, statement, ids).await
-    }
-}
+bulk_writes!(sqlx::SqliteConnection, sqlite);
+bulk_writes!(sqlx::PgConnection, postgres);

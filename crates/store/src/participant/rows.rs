@@ -55,15 +55,9 @@ pub(crate) type DedupRow = (
 const IN_FLIGHT: &str = "in_flight";
 const COMMITTED: &str = "committed";
 
-fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        detail: detail.into(),
-    }
-}
-
 fn to_json<T: Serialize>(value: &T, table: &'static str) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| corrupt(table, format!("cannot encode: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::corrupt(table, format!("cannot encode: {e}")))
 }
 
 fn from_json<T: DeserializeOwned>(
@@ -71,7 +65,7 @@ fn from_json<T: DeserializeOwned>(
     table: &'static str,
     what: &str,
 ) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| corrupt(table, format!("{what}: {e}")))
+    serde_json::from_str(text).map_err(|e| StoreError::corrupt(table, format!("{what}: {e}")))
 }
 
 fn id<T, E: std::fmt::Display>(
@@ -79,7 +73,7 @@ fn id<T, E: std::fmt::Display>(
     table: &'static str,
     what: &str,
 ) -> Result<T, StoreError> {
-    parsed.map_err(|e| corrupt(table, format!("{what}: {e}")))
+    parsed.map_err(|e| StoreError::corrupt(table, format!("{what}: {e}")))
 }
 
 /// Offsets are `BIGINT` columns; every offset we assign fits.
@@ -94,7 +88,7 @@ pub(crate) fn offset_column(offset: LedgerOffset) -> Result<i64, StoreError> {
 pub(crate) fn offset(value: i64, table: &'static str) -> Result<LedgerOffset, StoreError> {
     u64::try_from(value)
         .map(LedgerOffset)
-        .map_err(|_| corrupt(table, format!("negative ledger offset {value}")))
+        .map_err(|_| StoreError::corrupt(table, format!("negative ledger offset {value}")))
 }
 
 pub(crate) fn contract_row(stored: &StoredContract) -> Result<ContractRow, StoreError> {
@@ -261,7 +255,7 @@ pub(crate) fn dedup_record(row: DedupRow) -> Result<DedupRecord, StoreError> {
             }
         }
         (other, ..) => {
-            return Err(corrupt(
+            return Err(StoreError::corrupt(
                 T,
                 format!("{what}: state {other:?} with missing or unknown columns"),
             ))

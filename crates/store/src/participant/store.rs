@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use meridian_core::{ContractId, LedgerOffset, Timestamp, UserId};
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Postgres, QueryBuilder, Sqlite};
 
 use super::rows::{self, ContractRow, DedupRow, TransactionRow};
 use super::{
@@ -20,7 +19,7 @@ use super::{
     PendingRecord, StoredContract, TransactionRecord,
 };
 use crate::fencing::FencedConnection;
-use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, StorePool};
+use crate::pool::{self, on_backend, InsertChunked, PoolSettings, PostgresLayout, StorePool};
 use crate::{FenceSlot, StorageConfig, StoreError};
 
 /// Rows per multi-row `INSERT`: at up to eleven columns well below both backends' limits on
@@ -71,8 +70,8 @@ const COMPLETION_COLUMNS: &str = "ledger_offset, user_id, command_id, act_as, su
 const DEDUP_COLUMNS: &str = "change_key, user_id, command_id, act_as, submission_id, state, \
      max_sequencing_time, dedup_period_us, transaction_id, ledger_offset, expires_at";
 
-/// The multi-row inserts of [`ParticipantStore::apply`], the only statements that need the
-/// backend's type (`QueryBuilder<DB>`); one body, generated for both connection types below.
+/// The multi-row inserts of [`ParticipantStore::apply`], the only statements whose binds need
+/// the backend's type; one body, generated for both connection types below.
 trait InsertRows {
     async fn upsert_dedup(&mut self, rows: &[DedupRow]) -> Result<(), StoreError>;
     async fn insert_contracts(&mut self, rows: &[ContractRow]) -> Result<(), StoreError>;
@@ -82,93 +81,70 @@ trait InsertRows {
 }
 
 macro_rules! insert_rows {
-    ($connection:ty, $db:ty) => {
+    ($connection:ty) => {
         impl InsertRows for $connection {
             async fn upsert_dedup(&mut self, rows: &[DedupRow]) -> Result<(), StoreError> {
-                for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    let mut insert = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO participant_dedup ({DEDUP_COLUMNS}) "
-                    ));
-                    insert.push_values(chunk, |mut row, d| {
-                        row.push_bind(d.0.clone())
-                            .push_bind(d.1.clone())
-                            .push_bind(d.2.clone())
-                            .push_bind(d.3.clone())
-                            .push_bind(d.4.clone())
-                            .push_bind(d.5.clone())
-                            .push_bind(d.6)
-                            .push_bind(d.7)
-                            .push_bind(d.8.clone())
-                            .push_bind(d.9)
-                            .push_bind(d.10);
-                    });
-                    insert.push(
-                        " ON CONFLICT (change_key) DO UPDATE SET user_id = excluded.user_id, \
-                         command_id = excluded.command_id, act_as = excluded.act_as, \
-                         submission_id = excluded.submission_id, state = excluded.state, \
-                         max_sequencing_time = excluded.max_sequencing_time, \
-                         dedup_period_us = excluded.dedup_period_us, \
-                         transaction_id = excluded.transaction_id, \
-                         ledger_offset = excluded.ledger_offset, expires_at = excluded.expires_at",
-                    );
-                    insert.build().execute(&mut *self).await?;
-                }
-                Ok(())
+                let head = format!("INSERT INTO participant_dedup ({DEDUP_COLUMNS}) ");
+                let upsert = " ON CONFLICT (change_key) DO UPDATE SET user_id = excluded.user_id, \
+                     command_id = excluded.command_id, act_as = excluded.act_as, \
+                     submission_id = excluded.submission_id, state = excluded.state, \
+                     max_sequencing_time = excluded.max_sequencing_time, \
+                     dedup_period_us = excluded.dedup_period_us, \
+                     transaction_id = excluded.transaction_id, \
+                     ledger_offset = excluded.ledger_offset, expires_at = excluded.expires_at";
+                self.insert_chunked( &head, rows, ROWS_PER_INSERT, |mut row, d| {
+                    row.push_bind(d.0.clone())
+                        .push_bind(d.1.clone())
+                        .push_bind(d.2.clone())
+                        .push_bind(d.3.clone())
+                        .push_bind(d.4.clone())
+                        .push_bind(d.5.clone())
+                        .push_bind(d.6)
+                        .push_bind(d.7)
+                        .push_bind(d.8.clone())
+                        .push_bind(d.9)
+                        .push_bind(d.10);
+}, upsert).await
             }
 
             async fn insert_contracts(&mut self, rows: &[ContractRow]) -> Result<(), StoreError> {
-                for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    let mut insert = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO participant_contracts ({CONTRACT_COLUMNS}) "
-                    ));
-                    insert.push_values(chunk, |mut row, c| {
-                        row.push_bind(c.0.clone())
-                            .push_bind(c.1.clone())
-                            .push_bind(c.2.clone())
-                            .push_bind(c.3.clone())
-                            .push_bind(c.4.clone())
-                            .push_bind(c.5)
-                            .push_bind(c.6);
-                    });
-                    // A replayed batch after a crash between commit and checkpoint cannot
-                    // happen (same transaction), but a contract id is derived from the seed,
-                    // so a conflict would be a real bug: let it fail loudly.
-                    insert.build().execute(&mut *self).await?;
-                }
-                Ok(())
+                let head = format!("INSERT INTO participant_contracts ({CONTRACT_COLUMNS}) ");
+                // A replayed batch after a crash between commit and checkpoint cannot happen
+                // (same transaction), but a contract id is derived from the seed, so a
+                // conflict would be a real bug: no ON CONFLICT, let it fail loudly.
+                self.insert_chunked( &head, rows, ROWS_PER_INSERT, |mut row, c| {
+                    row.push_bind(c.0.clone())
+                        .push_bind(c.1.clone())
+                        .push_bind(c.2.clone())
+                        .push_bind(c.3.clone())
+                        .push_bind(c.4.clone())
+                        .push_bind(c.5)
+                        .push_bind(c.6);
+}, "").await
             }
 
             async fn insert_transactions(
                 &mut self,
                 rows: &[TransactionRow],
             ) -> Result<(), StoreError> {
-                for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    let mut insert = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO participant_transactions ({TRANSACTION_COLUMNS}) "
-                    ));
-                    insert.push_values(chunk, |mut row, t| {
-                        row.push_bind(t.0)
-                            .push_bind(t.1.clone())
-                            .push_bind(t.2)
-                            .push_bind(t.3.clone())
-                            .push_bind(t.4.clone())
-                            .push_bind(t.5.clone())
-                            .push_bind(t.6.clone());
-                    });
-                    insert.build().execute(&mut *self).await?;
-                }
-                Ok(())
+                let head = format!("INSERT INTO participant_transactions ({TRANSACTION_COLUMNS}) ");
+                self.insert_chunked( &head, rows, ROWS_PER_INSERT, |mut row, t| {
+                    row.push_bind(t.0)
+                        .push_bind(t.1.clone())
+                        .push_bind(t.2)
+                        .push_bind(t.3.clone())
+                        .push_bind(t.4.clone())
+                        .push_bind(t.5.clone())
+                        .push_bind(t.6.clone());
+}, "").await
             }
 
             async fn insert_completions(
                 &mut self,
                 rows: &[rows::CompletionRow],
             ) -> Result<(), StoreError> {
-                for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    let mut insert = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO participant_completions ({COMPLETION_COLUMNS}) "
-                    ));
-                    insert.push_values(chunk, |mut row, c| {
+                let head = format!("INSERT INTO participant_completions ({COMPLETION_COLUMNS}) ");
+                self.insert_chunked( &head, rows, ROWS_PER_INSERT, |mut row, c| {
                         row.push_bind(c.0)
                             .push_bind(c.1.clone())
                             .push_bind(c.2.clone())
@@ -178,32 +154,23 @@ macro_rules! insert_rows {
                             .push_bind(c.6.clone())
                             .push_bind(c.7.clone())
                             .push_bind(c.8);
-                    });
-                    insert.build().execute(&mut *self).await?;
-                }
-                Ok(())
+}, "").await
             }
 
             async fn upsert_pending(&mut self, rows: &[PendingRecord]) -> Result<(), StoreError> {
-                for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    let mut insert = QueryBuilder::<$db>::new(
-                        "INSERT INTO participant_pending (request_id, record) ",
-                    );
-                    insert.push_values(chunk, |mut row, p| {
-                        row.push_bind(p.request_id.as_i64())
-                            .push_bind(p.record.clone());
-                    });
-                    insert.push(" ON CONFLICT (request_id) DO UPDATE SET record = excluded.record");
-                    insert.build().execute(&mut *self).await?;
-                }
-                Ok(())
+                let head = "INSERT INTO participant_pending (request_id, record) ";
+                let upsert = " ON CONFLICT (request_id) DO UPDATE SET record = excluded.record";
+                self.insert_chunked( head, rows, ROWS_PER_INSERT, |mut row, p| {
+                    row.push_bind(p.request_id.as_i64())
+                        .push_bind(p.record.clone());
+}, upsert).await
             }
         }
     };
 }
 
-insert_rows!(SqliteConnection, Sqlite);
-insert_rows!(PgConnection, Postgres);
+insert_rows!(SqliteConnection);
+insert_rows!(PgConnection);
 
 /// A batch's rows, encoded before the write transaction begins.
 struct EncodedBatch {
@@ -219,29 +186,23 @@ impl EncodedBatch {
     fn new(batch: &ParticipantBatch) -> Result<Self, StoreError> {
         Ok(Self {
             dedup: batch.dedup_upserts.iter().map(rows::dedup_row).collect(),
-            created: batch
-                .created
-                .iter()
-                .map(rows::contract_row)
-                .collect::<Result<_, _>>()?,
-            archived: batch
-                .archived
-                .iter()
-                .map(|(id, offset)| Ok((rows::offset_column(*offset)?, id.as_str().to_owned())))
-                .collect::<Result<_, StoreError>>()?,
-            transactions: batch
-                .transactions
-                .iter()
-                .map(rows::transaction_row)
-                .collect::<Result<_, _>>()?,
-            completions: batch
-                .completions
-                .iter()
-                .map(rows::completion_row)
-                .collect::<Result<_, _>>()?,
+            created: encode_all(&batch.created, rows::contract_row)?,
+            archived: encode_all(&batch.archived, |(id, offset)| {
+                Ok((rows::offset_column(*offset)?, id.as_str().to_owned()))
+            })?,
+            transactions: encode_all(&batch.transactions, rows::transaction_row)?,
+            completions: encode_all(&batch.completions, rows::completion_row)?,
             ledger_end: batch.ledger_end.map(rows::offset_column).transpose()?,
         })
     }
+}
+
+/// Encodes every item, failing on the first that does not encode.
+fn encode_all<T, Row>(
+    items: &[T],
+    encode: impl Fn(&T) -> Result<Row, StoreError>,
+) -> Result<Vec<Row>, StoreError> {
+    items.iter().map(encode).collect()
 }
 
 fn active_contracts_query() -> String {
@@ -388,12 +349,7 @@ impl ParticipantStore for SqlParticipantStore {
     async fn contract(&self, id: &ContractId) -> Result<Option<StoredContract>, StoreError> {
         let select =
             format!("SELECT {CONTRACT_COLUMNS} FROM participant_contracts WHERE contract_id = $1");
-        let row: Option<ContractRow> = on_backend!(&self.pool, |_, readers, _| {
-            sqlx::query_as(&select)
-                .bind(id.as_str())
-                .fetch_optional(readers)
-                .await?
-        });
+        let row: Option<ContractRow> = self.pool.read_optional(&select, id.as_str()).await?;
         row.map(rows::stored_contract).transpose()
     }
 
@@ -441,12 +397,7 @@ impl ParticipantStore for SqlParticipantStore {
 
     async fn dedup_entry(&self, change_key: &str) -> Result<Option<DedupRecord>, StoreError> {
         let select = format!("SELECT {DEDUP_COLUMNS} FROM participant_dedup WHERE change_key = $1");
-        let row: Option<DedupRow> = on_backend!(&self.pool, |_, readers, _| {
-            sqlx::query_as(&select)
-                .bind(change_key)
-                .fetch_optional(readers)
-                .await?
-        });
+        let row: Option<DedupRow> = self.pool.read_optional(&select, change_key).await?;
         row.map(rows::dedup_record).transpose()
     }
 

@@ -83,14 +83,11 @@ pub(crate) fn member_record(
     public_key: &[u8],
     registered_at: i64,
 ) -> Result<MemberRecord, StoreError> {
-    let public_key = PublicKey::from_bytes(public_key).map_err(|error| StoreError::Corrupt {
-        table: "members",
-        detail: format!("public key of member seq {seq}: {error}"),
-    })?;
-    let id = MemberId::new(id).map_err(|error| StoreError::Corrupt {
-        table: "members",
-        detail: format!("id of member seq {seq}: {error}"),
-    })?;
+    let corrupt = |column: &str, error: &dyn std::fmt::Display| {
+        StoreError::corrupt("members", format!("{column} of member seq {seq}: {error}"))
+    };
+    let public_key = PublicKey::from_bytes(public_key).map_err(|e| corrupt("public key", &e))?;
+    let id = MemberId::new(id).map_err(|e| corrupt("id", &e))?;
     Ok(MemberRecord {
         seq: MemberSeq(seq),
         id,
@@ -118,9 +115,11 @@ pub(crate) fn registration_outcome(
         };
         return Ok((record, true));
     }
-    let existing = existing.ok_or_else(|| StoreError::Corrupt {
-        table: "members",
-        detail: format!("member {id} conflicted on insert but cannot be read"),
+    let existing = existing.ok_or_else(|| {
+        StoreError::corrupt(
+            "members",
+            format!("member {id} conflicted on insert but cannot be read"),
+        )
     })?;
     if existing.public_key != *public_key {
         return Err(StoreError::MemberKeyConflict { member: id.clone() });
@@ -134,9 +133,11 @@ pub(crate) fn instance_state(
     online: bool,
     incarnation: i64,
 ) -> Result<InstanceState, StoreError> {
-    let index = u32::try_from(idx).map_err(|_| StoreError::Corrupt {
-        table: "sequencer_instances",
-        detail: format!("instance index {idx} out of range"),
+    let index = u32::try_from(idx).map_err(|_| {
+        StoreError::corrupt(
+            "sequencer_instances",
+            format!("instance index {idx} out of range"),
+        )
     })?;
     Ok(InstanceState {
         index: InstanceIndex(index),
@@ -213,14 +214,16 @@ pub(crate) type EventRow = (
 pub(crate) fn stored_event(row: EventRow) -> Result<StoredEvent, StoreError> {
     let (ts, previous, sender, message_id, batch) = row;
     let (Some(sender), Some(message_id), Some(batch)) = (sender, message_id, batch) else {
-        return Err(StoreError::Corrupt {
-            table: "event_recipients",
-            detail: format!("recipient entry at ts {ts} has no event"),
-        });
+        return Err(StoreError::corrupt(
+            "event_recipients",
+            format!("recipient entry at ts {ts} has no event"),
+        ));
     };
-    let message_id = MessageId::new(message_id).map_err(|error| StoreError::Corrupt {
-        table: "events",
-        detail: format!("message id of the event at ts {ts}: {error}"),
+    let message_id = MessageId::new(message_id).map_err(|error| {
+        StoreError::corrupt(
+            "events",
+            format!("message id of the event at ts {ts}: {error}"),
+        )
     })?;
     Ok(StoredEvent {
         timestamp: Timestamp::from_i64(ts),

@@ -11,6 +11,7 @@ use meridian_core::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{NewEvent, ReferenceTime, WriteResult};
+use crate::pool::InsertChunked;
 use crate::StoreError;
 
 /// Rows per multi-row `INSERT`. At five columns that is 2,500 bound parameters, far below
@@ -84,12 +85,14 @@ pub(super) async fn claim_message_ids(
             .bind(event.message_id.as_str())
             .fetch_optional(&mut *connection)
             .await?;
-            let original = original.ok_or_else(|| StoreError::Corrupt {
-                table: "message_ids",
-                detail: format!(
-                    "({}, {}) conflicted on insert but cannot be read",
-                    event.sender.0, event.message_id
-                ),
+            let original = original.ok_or_else(|| {
+                StoreError::corrupt(
+                    "message_ids",
+                    format!(
+                        "({}, {}) conflicted on insert but cannot be read",
+                        event.sender.0, event.message_id
+                    ),
+                )
             })?;
             verdicts[chunk_no * ROWS_PER_INSERT + offset] = WriteResult::Duplicate {
                 original: Timestamp::from_i64(original),
@@ -104,19 +107,21 @@ pub(super) async fn insert_events(
     idx: i32,
     new: &[&NewEvent],
 ) -> Result<(), StoreError> {
-    for chunk in new.chunks(ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
+    connection
+        .insert_chunked(
             "INSERT INTO events (ts, instance, sender, message_id, batch) ",
-        );
-        insert.push_values(chunk, |mut row, event| {
-            row.push_bind(event.timestamp.as_i64())
-                .push_bind(idx)
-                .push_bind(event.sender.0)
-                .push_bind(event.message_id.as_str())
-                .push_bind(event.batch.as_slice());
-        });
-        insert.build().execute(&mut *connection).await?;
-    }
+            new,
+            ROWS_PER_INSERT,
+            |mut row, event| {
+                row.push_bind(event.timestamp.as_i64())
+                    .push_bind(idx)
+                    .push_bind(event.sender.0)
+                    .push_bind(event.message_id.as_str())
+                    .push_bind(event.batch.as_slice());
+            },
+            "",
+        )
+        .await?;
     let recipients: Vec<(i64, i64)> = new
         .iter()
         .flat_map(|event| {
@@ -124,14 +129,17 @@ pub(super) async fn insert_events(
             event.recipients.iter().map(move |member| (member.0, ts))
         })
         .collect();
-    for chunk in recipients.chunks(ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO event_recipients (member, ts) ");
-        insert.push_values(chunk, |mut row, &(member, ts)| {
-            row.push_bind(member).push_bind(ts);
-        });
-        insert.build().execute(&mut *connection).await?;
-    }
-    Ok(())
+    connection
+        .insert_chunked(
+            "INSERT INTO event_recipients (member, ts) ",
+            &recipients,
+            ROWS_PER_INSERT,
+            |mut row, &(member, ts)| {
+                row.push_bind(member).push_bind(ts);
+            },
+            "",
+        )
+        .await
 }
 
 /// The kernel's clock, read without this process's `clock_gettime`: the modification time the

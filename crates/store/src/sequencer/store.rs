@@ -114,35 +114,32 @@ pub(super) trait DialectWrites {
     async fn insert_events(&mut self, idx: i32, new: &[&NewEvent]) -> Result<(), StoreError>;
 }
 
-impl DialectWrites for SqliteConnection {
-    async fn delete_events_above(&mut self, idx: i32, own: i64) -> Result<u64, StoreError> {
-        sqlite::delete_events_above(self, idx, own).await
-    }
-    async fn claim_message_ids(
-        &mut self,
-        firsts: &[&NewEvent],
-    ) -> Result<Vec<WriteResult>, StoreError> {
-        sqlite::claim_message_ids(self, firsts).await
-    }
-    async fn insert_events(&mut self, idx: i32, new: &[&NewEvent]) -> Result<(), StoreError> {
-        sqlite::insert_events(self, idx, new).await
-    }
+/// Forwards [`DialectWrites`] of a connection type to the functions of its dialect's module.
+macro_rules! dialect_writes {
+    ($connection:ty, $dialect:ident) => {
+        impl DialectWrites for $connection {
+            async fn delete_events_above(&mut self, idx: i32, own: i64) -> Result<u64, StoreError> {
+                $dialect::delete_events_above(self, idx, own).await
+            }
+            async fn claim_message_ids(
+                &mut self,
+                firsts: &[&NewEvent],
+            ) -> Result<Vec<WriteResult>, StoreError> {
+                $dialect::claim_message_ids(self, firsts).await
+            }
+            async fn insert_events(
+                &mut self,
+                idx: i32,
+                new: &[&NewEvent],
+            ) -> Result<(), StoreError> {
+                $dialect::insert_events(self, idx, new).await
+            }
+        }
+    };
 }
 
-impl DialectWrites for PgConnection {
-    async fn delete_events_above(&mut self, idx: i32, own: i64) -> Result<u64, StoreError> {
-        postgres::delete_events_above(self, idx, own).await
-    }
-    async fn claim_message_ids(
-        &mut self,
-        firsts: &[&NewEvent],
-    ) -> Result<Vec<WriteResult>, StoreError> {
-        postgres::claim_message_ids(self, firsts).await
-    }
-    async fn insert_events(&mut self, idx: i32, new: &[&NewEvent]) -> Result<(), StoreError> {
-        postgres::insert_events(self, idx, new).await
-    }
-}
+dialect_writes!(SqliteConnection, sqlite);
+dialect_writes!(PgConnection, postgres);
 
 #[async_trait]
 impl SequencerStore for SqlSequencerStore {
@@ -193,12 +190,7 @@ impl SequencerStore for SqlSequencerStore {
 
     async fn member(&self, id: &MemberId) -> Result<Option<MemberRecord>, StoreError> {
         let select = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1");
-        let row: Option<MemberRow> = on_backend!(&self.pool, |_, readers, _| {
-            sqlx::query_as(&select)
-                .bind(id.as_str())
-                .fetch_optional(readers)
-                .await?
-        });
+        let row: Option<MemberRow> = self.pool.read_optional(&select, id.as_str()).await?;
         row.map(member_from).transpose()
     }
 

@@ -292,9 +292,8 @@ fn serial_column(serial: u64) -> Result<i64, TopologyStoreError> {
 
 fn record(row: Row) -> Result<TopologyRecord, TopologyStoreError> {
     let (serial, transaction_json, signature, deadline, effective) = row;
-    let serial = u64::try_from(serial).map_err(|_| StoreError::Corrupt {
-        table: "topology_transactions",
-        detail: format!("negative serial {serial}"),
+    let serial = u64::try_from(serial).map_err(|_| {
+        StoreError::corrupt("topology_transactions", format!("negative serial {serial}"))
     })?;
     Ok(TopologyRecord {
         serial,
@@ -356,10 +355,10 @@ fn unchanged_update(
                 Err(TopologyStoreError::AlreadyComplete { serial, effective })
             }
         }
-        Some(_) => Err(TopologyStoreError::Store(StoreError::Corrupt {
-            table: "topology_transactions",
-            detail: format!("serial {serial} is incomplete yet the update matched no row"),
-        })),
+        Some(_) => Err(TopologyStoreError::Store(StoreError::corrupt(
+            "topology_transactions",
+            format!("serial {serial} is incomplete yet the update matched no row"),
+        ))),
     }
 }
 

@@ -15,7 +15,7 @@ use meridian_core::Timestamp;
 use meridian_store::mediator::MediatorStore;
 use meridian_store::{
     open_mediator_store, open_participant_store, open_sequencer_store, open_topology_store,
-    ParticipantStore, SequencerStore, StorageConfig, TopologyStore,
+    ParticipantStore, SequencerStore, StorageConfig, StoreError, TopologyStore,
 };
 use meridian_testkit::PostgresServer;
 
@@ -98,14 +98,18 @@ impl Backend {
 /// A component's store, opened on a backend's database.
 #[allow(async_fn_in_trait)]
 pub trait OpenStore {
-    async fn open_on(config: &StorageConfig) -> Arc<Self>;
+    async fn try_open_on(config: &StorageConfig) -> Result<Arc<Self>, StoreError>;
+
+    async fn open_on(config: &StorageConfig) -> Arc<Self> {
+        Self::try_open_on(config).await.expect("open the store")
+    }
 }
 
 macro_rules! open_store {
     ($store:ty, $open:path) => {
         impl OpenStore for $store {
-            async fn open_on(config: &StorageConfig) -> Arc<Self> {
-                $open(config).await.expect("open the store")
+            async fn try_open_on(config: &StorageConfig) -> Result<Arc<Self>, StoreError> {
+                $open(config).await
             }
         }
     };
@@ -115,6 +119,37 @@ open_store!(dyn SequencerStore, open_sequencer_store);
 open_store!(dyn TopologyStore, open_topology_store);
 open_store!(dyn MediatorStore, open_mediator_store);
 open_store!(dyn ParticipantStore, open_participant_store);
+
+/// Opening a store where no PostgreSQL server listens must fail with a transient error: the
+/// node retries and reports not-ready meanwhile.
+pub async fn assert_unreachable_postgres_is_transient<S: ?Sized + OpenStore>() {
+    let url = format!(
+        "postgres://meridian@127.0.0.1:{}/nowhere",
+        meridian_testkit::free_port()
+    );
+    match S::try_open_on(&postgres_config(&url)).await {
+        Ok(_) => panic!("nothing listens there"),
+        Err(error) => assert!(error.is_transient(), "{error:?}"),
+    }
+}
+
+/// A store on a database of its own, `name`, on the shared PostgreSQL server, and the
+/// database's URL.
+pub async fn open_own_postgres<S: ?Sized + OpenStore>(name: &str) -> (Arc<S>, String) {
+    let url = PostgresServer::shared()
+        .create_database(name)
+        .expect("create database");
+    (S::open_on(&postgres_config(&url)).await, url)
+}
+
+/// Sets `setting` on the database at `url` and opens a new store on it, since sessions already
+/// open keep the old value. Opening must succeed even on a read-only database (no migrating).
+pub async fn reopen_with_setting<S: ?Sized + OpenStore>(url: &str, setting: &str) -> Arc<S> {
+    alter_database(url, setting);
+    S::try_open_on(&postgres_config(url))
+        .await
+        .expect("reopen with the setting")
+}
 
 /// What a case gets: opened by `conformance!` on each backend.
 #[allow(async_fn_in_trait)]
@@ -150,21 +185,16 @@ impl<S: ?Sized + OpenStore> StoreHarness<S> {
 /// file and the PostgreSQL database.
 macro_rules! conformance {
     ($name:literal: $($case:ident),* $(,)?) => {
-        mod sqlite {
+        conformance!(@on sqlite, $name: $($case),*);
+        conformance!(@on postgres, $name: $($case),*);
+    };
+    // Module `$backend`: each case on a fresh `Backend::$backend($name)`.
+    (@on $backend:ident, $name:literal: $($case:ident),*) => {
+        mod $backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let backend = crate::harness::Backend::sqlite($name);
-                    let h = <super::Harness as crate::harness::OpenHarness>::open(backend).await;
-                    super::$case(h).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let backend = crate::harness::Backend::postgres($name);
+                    let backend = crate::harness::Backend::$backend($name);
                     let h = <super::Harness as crate::harness::OpenHarness>::open(backend).await;
                     super::$case(h).await;
                 }
