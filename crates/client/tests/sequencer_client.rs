@@ -346,6 +346,30 @@ fn event(timestamp_us: u64, previous_timestamp_us: Option<u64>) -> v1::Sequenced
     }
 }
 
+/// Ten events 100..1000 as every instance would serve them, from `after`.
+fn history_after(after: Option<u64>) -> Vec<v1::SequencedEvent> {
+    (1..=10u64)
+        .map(|k| event(100 * k, (k > 1).then(|| 100 * (k - 1))))
+        .filter(|e| after.is_none_or(|after| e.timestamp_us > after))
+        .collect()
+}
+
+/// Serves at most `count` events of [`history_after`] the requested point, then `then()`.
+fn serving_history(
+    count: usize,
+    then: impl Fn() -> Then + Send + Sync + 'static,
+) -> SubscribeScript {
+    Box::new(move |_, after| {
+        let events = history_after(after).into_iter().take(count).collect();
+        SubscribeReply::Serve(events, then())
+    })
+}
+
+/// A healthy instance: all of [`history_after`] the requested point, then keep-alives.
+fn healthy_history(keep_alive_interval: Duration) -> SubscribeScript {
+    serving_history(usize::MAX, move || Then::KeepAlive(keep_alive_interval))
+}
+
 /// Small delays so that outage tests finish in well under a second.
 fn fast_backoff(max_attempts: u32) -> Backoff {
     Backoff {
@@ -403,6 +427,17 @@ fn in_a_minute() -> Timestamp {
     Timestamp::now().saturating_add(Duration::from_secs(60))
 }
 
+/// A fake sequencer that knows the member by `key`, served on 127.0.0.1.
+async fn served(
+    key: &SigningKey,
+    send: SendScript,
+    subscribe: SubscribeScript,
+) -> (Arc<FakeSequencer>, Running) {
+    let fake = FakeSequencer::new(key.public_key(), send, subscribe);
+    let server = serve(&fake).await;
+    (fake, server)
+}
+
 /// A fake sequencer served on 127.0.0.1 and a client connected to it with one endpoint: how
 /// every single-instance scenario starts.
 async fn scenario(
@@ -410,33 +445,83 @@ async fn scenario(
     subscribe: SubscribeScript,
     max_attempts: u32,
 ) -> (Arc<FakeSequencer>, Running, SequencerClient) {
+    scenario_with(send, subscribe, |endpoint, key| {
+        config(endpoint, key, max_attempts)
+    })
+    .await
+}
+
+/// A [`scenario`] whose client is configured by `client_config` (given the endpoint and key).
+async fn scenario_with(
+    send: SendScript,
+    subscribe: SubscribeScript,
+    client_config: impl FnOnce(&str, &SigningKey) -> SequencerClientConfig,
+) -> (Arc<FakeSequencer>, Running, SequencerClient) {
     let key = SigningKey::generate();
-    let fake = FakeSequencer::new(key.public_key(), send, subscribe);
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(config(&server.endpoint, &key, max_attempts))
+    let (fake, server) = served(&key, send, subscribe).await;
+    let client = SequencerClient::connect(client_config(&server.endpoint, &key))
         .await
         .unwrap();
     (fake, server, client)
 }
 
-/// Serves two instances and connects one client to both, with stall detection.
-async fn connect_to_both(
-    key: &SigningKey,
-    a: &Arc<FakeSequencer>,
-    b: &Arc<FakeSequencer>,
+/// A [`scenario`] of sends only (subscriptions are not scripted).
+async fn sending(
+    send: SendScript,
     max_attempts: u32,
-    stall_timeout: Duration,
-) -> (Running, Running, SequencerClient) {
-    let (server_a, server_b) = (serve(a).await, serve(b).await);
-    let client = SequencerClient::connect(multi_config(
-        &[&server_a.endpoint, &server_b.endpoint],
-        key,
-        max_attempts,
-        stall_timeout,
-    ))
-    .await
-    .unwrap();
-    (server_a, server_b, client)
+) -> (Arc<FakeSequencer>, Running, SequencerClient) {
+    scenario(send, no_subscriptions(), max_attempts).await
+}
+
+/// A [`scenario`] of subscriptions only (sends are not scripted), subscribed from the start.
+async fn subscribed(
+    subscribe: SubscribeScript,
+    max_attempts: u32,
+) -> (Arc<FakeSequencer>, Running, Subscription) {
+    let (fake, server, client) = scenario(no_sends(), subscribe, max_attempts).await;
+    (fake, server, client.subscribe(None))
+}
+
+/// What one instance of the fake serves: its send and its subscribe script.
+type Scripts = (SendScript, SubscribeScript);
+
+/// Two instances of one sequencer, served, and one client connected to both.
+struct TwoInstances {
+    a: Arc<FakeSequencer>,
+    b: Arc<FakeSequencer>,
+    server_a: Running,
+    server_b: Running,
+    client: SequencerClient,
+}
+
+impl TwoInstances {
+    /// Serves instances scripted by `a` and `b` and connects one client to both, with stall
+    /// detection.
+    async fn start(a: Scripts, b: Scripts, max_attempts: u32, stall_timeout: Duration) -> Self {
+        let key = SigningKey::generate();
+        let (a, server_a) = served(&key, a.0, a.1).await;
+        let (b, server_b) = served(&key, b.0, b.1).await;
+        let client = SequencerClient::connect(multi_config(
+            &[&server_a.endpoint, &server_b.endpoint],
+            &key,
+            max_attempts,
+            stall_timeout,
+        ))
+        .await
+        .unwrap();
+        Self {
+            a,
+            b,
+            server_a,
+            server_b,
+            client,
+        }
+    }
+}
+
+/// Refuses every send with `refusal`.
+fn refusing_sends(refusal: Status) -> SendScript {
+    Box::new(move |_, _| Err(refusal.clone()))
 }
 
 /// Answers every send with `timestamp_us` plus the call index.
@@ -459,6 +544,25 @@ async fn next_timestamp(subscription: &mut Subscription) -> u64 {
         .as_micros()
 }
 
+/// The error a subscription ends with: its next item must be an error, and nothing follows.
+async fn final_error(subscription: &mut Subscription) -> ClientError {
+    let error = match next(subscription).await {
+        Some(Err(error)) => error,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert!(
+        next(subscription).await.is_none(),
+        "nothing after the error {error:?}"
+    );
+    error
+}
+
+/// Checks that the subscription yields nothing (neither an item nor its end) for `quiet_ms`.
+async fn assert_quiet(subscription: &mut Subscription, quiet_ms: u64) {
+    let item = tokio::time::timeout(Duration::from_millis(quiet_ms), subscription.next()).await;
+    assert!(item.is_err(), "unexpected item: {item:?}");
+}
+
 /// The next item, failing the test instead of hanging if none comes.
 async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
     tokio::time::timeout(Duration::from_secs(10), stream.next())
@@ -473,8 +577,7 @@ async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
 async fn rewritten_history_after_reconnect_is_a_fork_and_ends_the_stream() {
     // The member sees 10 and 20; the stream breaks; the sequencer comes back having lost 20
     // and sequenced 25 after a 15 the member never saw.
-    let (fake, server, client) = scenario(
-        no_sends(),
+    let (fake, server, mut subscription) = subscribed(
         Box::new(|index, _| match index {
             0 => SubscribeReply::Serve(vec![event(10, None), event(20, Some(10))], Then::Close),
             _ => SubscribeReply::Serve(vec![event(25, Some(15)), event(30, Some(25))], Then::Hang),
@@ -482,28 +585,24 @@ async fn rewritten_history_after_reconnect_is_a_fork_and_ends_the_stream() {
         5,
     )
     .await;
-    let mut subscription = client.subscribe(None);
 
     let first = next(&mut subscription).await.unwrap().unwrap();
     let second = next(&mut subscription).await.unwrap().unwrap();
     assert_eq!(first.timestamp.as_micros(), 10);
     assert_eq!(second.timestamp.as_micros(), 20);
-    match next(&mut subscription).await {
-        Some(Err(ClientError::Fork(ForkError::PreviousMismatch {
+    // The fork ends the stream: nothing after it, not even 30.
+    match final_error(&mut subscription).await {
+        ClientError::Fork(ForkError::PreviousMismatch {
             timestamp,
             claimed_previous,
             last_processed,
-        }))) => {
+        }) => {
             assert_eq!(timestamp.as_micros(), 25);
             assert_eq!(claimed_previous.map(Timestamp::as_micros), Some(15));
             assert_eq!(last_processed.map(Timestamp::as_micros), Some(20));
         }
         other => panic!("expected a fork, got {other:?}"),
     }
-    assert!(
-        next(&mut subscription).await.is_none(),
-        "nothing after a fork, not even 30"
-    );
     assert_eq!(
         fake.recorded(|r| r.subscribe_afters.clone()),
         vec![None, Some(20)]
@@ -511,47 +610,48 @@ async fn rewritten_history_after_reconnect_is_a_fork_and_ends_the_stream() {
     server.stop().await;
 }
 
+/// Subscribes to a fake serving `script`: the events at `delivered` come through in order, and
+/// then a fork for which `expected` holds ends the subscription.
+async fn assert_fork_after(
+    script: SubscribeScript,
+    delivered: &[u64],
+    expected: fn(&ForkError) -> bool,
+) {
+    let (_fake, server, mut subscription) = subscribed(script, 5).await;
+    for timestamp_us in delivered {
+        assert_eq!(next_timestamp(&mut subscription).await, *timestamp_us);
+    }
+    match final_error(&mut subscription).await {
+        ClientError::Fork(fork) => assert!(expected(&fork), "{fork:?}"),
+        other => panic!("expected a fork, got {other:?}"),
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_gap_within_one_stream_is_a_fork() {
-    let (_fake, server, client) = scenario(
-        no_sends(),
+    assert_fork_after(
         Box::new(|_, _| {
             SubscribeReply::Serve(vec![event(10, None), event(30, Some(20))], Then::Hang)
         }),
-        5,
+        &[10],
+        |fork| matches!(fork, ForkError::PreviousMismatch { .. }),
     )
     .await;
-    let mut subscription = client.subscribe(None);
-    assert_eq!(next_timestamp(&mut subscription).await, 10);
-    assert!(matches!(
-        next(&mut subscription).await,
-        Some(Err(ClientError::Fork(ForkError::PreviousMismatch { .. })))
-    ));
-    assert!(next(&mut subscription).await.is_none());
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn a_replayed_history_is_a_fork_not_a_duplicate_to_skip() {
     // On reconnect the sequencer ignores `after` and starts over.
-    let (_fake, server, client) = scenario(
-        no_sends(),
+    assert_fork_after(
         Box::new(|index, _| {
             let then = if index == 0 { Then::Close } else { Then::Hang };
             SubscribeReply::Serve(vec![event(10, None), event(20, Some(10))], then)
         }),
-        5,
+        &[10, 20],
+        |fork| matches!(fork, ForkError::NotIncreasing { .. }),
     )
     .await;
-    let mut subscription = client.subscribe(None);
-    next(&mut subscription).await.unwrap().unwrap();
-    next(&mut subscription).await.unwrap().unwrap();
-    assert!(matches!(
-        next(&mut subscription).await,
-        Some(Err(ClientError::Fork(ForkError::NotIncreasing { .. })))
-    ));
-    assert!(next(&mut subscription).await.is_none());
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -578,8 +678,7 @@ async fn the_chain_check_starts_at_the_given_after() {
 
 #[tokio::test]
 async fn a_malformed_event_is_a_protocol_error_and_ends_the_stream() {
-    let (_fake, server, client) = scenario(
-        no_sends(),
+    let (_fake, server, mut subscription) = subscribed(
         Box::new(|_, _| {
             let mut bad = event(20, Some(10));
             bad.sender = "not a member id".to_owned();
@@ -588,15 +687,11 @@ async fn a_malformed_event_is_a_protocol_error_and_ends_the_stream() {
         5,
     )
     .await;
-    let mut subscription = client.subscribe(None);
     next(&mut subscription).await.unwrap().unwrap();
-    match next(&mut subscription).await {
-        Some(Err(ClientError::Protocol(message))) => {
-            assert!(message.contains("sender"), "{message}")
-        }
+    match final_error(&mut subscription).await {
+        ClientError::Protocol(message) => assert!(message.contains("sender"), "{message}"),
         other => panic!("expected a protocol error, got {other:?}"),
     }
-    assert!(next(&mut subscription).await.is_none());
     server.stop().await;
 }
 
@@ -605,21 +700,13 @@ async fn a_malformed_event_is_a_protocol_error_and_ends_the_stream() {
 
 #[tokio::test]
 async fn reconnects_resume_after_the_last_delivered_event_exactly_once() {
-    let key = SigningKey::generate();
     // Ten events 100, 200, ..., 1000. Each stream serves at most three events after `after`
     // and then breaks, alternately cleanly and with UNAVAILABLE; the last one stays open.
-    let history: Vec<v1::SequencedEvent> = (1..=10u64)
-        .map(|k| event(100 * k, (k > 1).then(|| 100 * (k - 1))))
-        .collect();
-    let fake = FakeSequencer::new(
-        key.public_key(),
-        no_sends(),
+    // Two attempts only: the four breaks in a row succeed only because each reconnect that
+    // delivers resets the backoff.
+    let (fake, server, mut subscription) = subscribed(
         Box::new(move |index, after| {
-            let rest: Vec<_> = history
-                .iter()
-                .filter(|e| after.is_none_or(|after| e.timestamp_us > after))
-                .cloned()
-                .collect();
+            let rest = history_after(after);
             let served: Vec<_> = rest.iter().take(3).cloned().collect();
             let then = if rest.len() <= 3 {
                 Then::Hang
@@ -630,14 +717,9 @@ async fn reconnects_resume_after_the_last_delivered_event_exactly_once() {
             };
             SubscribeReply::Serve(served, then)
         }),
-    );
-    let server = serve(&fake).await;
-    // Two attempts only: the four breaks in a row succeed only because each reconnect that
-    // delivers resets the backoff.
-    let client = SequencerClient::connect(config(&server.endpoint, &key, 2))
-        .await
-        .unwrap();
-    let mut subscription = client.subscribe(None);
+        2,
+    )
+    .await;
 
     let mut delivered = Vec::new();
     while delivered.len() < 10 {
@@ -648,13 +730,8 @@ async fn reconnects_resume_after_the_last_delivered_event_exactly_once() {
         delivered.push(event.timestamp.as_micros());
     }
     assert_eq!(delivered, (1..=10).map(|k| 100 * k).collect::<Vec<u64>>());
-    // Nothing else: no duplicate, no error.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), subscription.next())
-            .await
-            .is_err(),
-        "unexpected item after the tenth event"
-    );
+    // Nothing else after the tenth event: no duplicate, no error.
+    assert_quiet(&mut subscription, 300).await;
     assert_eq!(
         fake.recorded(|r| r.subscribe_afters.clone()),
         vec![None, Some(300), Some(600), Some(900)]
@@ -664,8 +741,7 @@ async fn reconnects_resume_after_the_last_delivered_event_exactly_once() {
 
 #[tokio::test]
 async fn subscription_survives_a_sequencer_restart_that_forgets_sessions() {
-    let (fake, server, client) = scenario(
-        no_sends(),
+    let (fake, server, mut subscription) = subscribed(
         Box::new(|index, _| match index {
             0 => SubscribeReply::Serve(vec![event(10, None)], Then::Restart),
             _ => SubscribeReply::Serve(vec![event(20, Some(10))], Then::Hang),
@@ -673,7 +749,6 @@ async fn subscription_survives_a_sequencer_restart_that_forgets_sessions() {
         3,
     )
     .await;
-    let mut subscription = client.subscribe(None);
     assert_eq!(next_timestamp(&mut subscription).await, 10);
     assert_eq!(next_timestamp(&mut subscription).await, 20);
     assert_eq!(
@@ -691,13 +766,11 @@ async fn subscription_survives_a_sequencer_restart_that_forgets_sessions() {
 
 #[tokio::test]
 async fn dropping_the_subscription_stops_it() {
-    let (fake, server, client) = scenario(
-        no_sends(),
+    let (fake, server, mut subscription) = subscribed(
         Box::new(|_, _| SubscribeReply::Serve(vec![event(10, None)], Then::Hang)),
         3,
     )
     .await;
-    let mut subscription = client.subscribe(None);
     next(&mut subscription).await.unwrap().unwrap();
     assert!(!fake.stream_dropped.load(Ordering::SeqCst));
     drop(subscription);
@@ -722,14 +795,13 @@ async fn dropping_the_subscription_stops_it() {
 
 #[tokio::test]
 async fn send_re_authenticates_once_when_the_token_is_refused() {
-    let (fake, server, client) = scenario(
+    let (fake, server, client) = sending(
         Box::new(|_, _| {
             Ok(v1::SendResponse {
                 timestamp_us: 1_000,
                 deduplicated: false,
             })
         }),
-        no_subscriptions(),
         3,
     )
     .await;
@@ -752,7 +824,7 @@ async fn send_re_authenticates_once_when_the_token_is_refused() {
 
 #[tokio::test]
 async fn concurrent_callers_share_one_re_authentication() {
-    let (fake, server, client) = scenario(answer_with(1_000), no_subscriptions(), 3).await;
+    let (fake, server, client) = sending(answer_with(1_000), 3).await;
     fake.forget_tokens();
     let sends = (0..8).map(|i| {
         let client = client.clone();
@@ -788,8 +860,7 @@ async fn acknowledge_carries_the_token_and_the_timestamp() {
 #[tokio::test]
 async fn a_wrong_key_is_refused_without_retrying() {
     let registered = SigningKey::generate();
-    let fake = FakeSequencer::new(registered.public_key(), no_sends(), no_subscriptions());
-    let server = serve(&fake).await;
+    let (fake, server) = served(&registered, no_sends(), no_subscriptions()).await;
     let wrong = SigningKey::generate();
     match SequencerClient::connect(config(&server.endpoint, &wrong, 10)).await {
         Err(ClientError::Unauthenticated(message)) => {
@@ -806,13 +877,10 @@ async fn a_wrong_key_is_refused_without_retrying() {
 
 #[tokio::test]
 async fn send_does_not_retry_a_definite_rejection() {
-    let (fake, server, client) = scenario(
-        Box::new(|_, _| {
-            Err(Status::invalid_argument(
-                "max sequencing time is in the past",
-            ))
-        }),
-        no_subscriptions(),
+    let (fake, server, client) = sending(
+        refusing_sends(Status::invalid_argument(
+            "max sequencing time is in the past",
+        )),
         10,
     )
     .await;
@@ -829,7 +897,7 @@ async fn send_does_not_retry_a_definite_rejection() {
 
 #[tokio::test]
 async fn send_retries_unavailable_with_the_same_message_id() {
-    let (fake, server, client) = scenario(
+    let (fake, server, client) = sending(
         Box::new(|index, _| match index {
             0 | 1 => Err(Status::unavailable("writer failing over")),
             _ => Ok(v1::SendResponse {
@@ -837,7 +905,6 @@ async fn send_retries_unavailable_with_the_same_message_id() {
                 deduplicated: true,
             }),
         }),
-        no_subscriptions(),
         5,
     )
     .await;
@@ -854,12 +921,8 @@ async fn send_retries_unavailable_with_the_same_message_id() {
 
 #[tokio::test]
 async fn send_gives_up_after_max_attempts() {
-    let (fake, server, client) = scenario(
-        Box::new(|_, _| Err(Status::unavailable("overloaded"))),
-        no_subscriptions(),
-        4,
-    )
-    .await;
+    let (fake, server, client) =
+        sending(refusing_sends(Status::unavailable("overloaded")), 4).await;
     match client.send(submission("m-1", in_a_minute())).await {
         Err(ClientError::Unavailable {
             endpoint,
@@ -879,17 +942,17 @@ async fn send_gives_up_after_max_attempts() {
 
 #[tokio::test]
 async fn send_stops_retrying_when_the_max_sequencing_time_passes() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
-        Box::new(|_, _| Err(Status::unavailable("overloaded"))),
+    let (fake, server, client) = scenario_with(
+        refusing_sends(Status::unavailable("overloaded")),
         no_subscriptions(),
-    );
-    let server = serve(&fake).await;
-    let mut config = config(&server.endpoint, &key, 1_000);
-    config.backoff.initial = Duration::from_millis(20);
-    config.backoff.max = Duration::from_millis(50);
-    let client = SequencerClient::connect(config).await.unwrap();
+        |endpoint, key| {
+            let mut config = config(endpoint, key, 1_000);
+            config.backoff.initial = Duration::from_millis(20);
+            config.backoff.max = Duration::from_millis(50);
+            config
+        },
+    )
+    .await;
     let started = Instant::now();
     let deadline = Timestamp::now().saturating_add(Duration::from_millis(300));
     match client.send(submission("m-1", deadline)).await {
@@ -911,29 +974,23 @@ async fn send_stops_retrying_when_the_max_sequencing_time_passes() {
 
 #[tokio::test]
 async fn subscribe_gives_up_after_bounded_attempts_when_the_sequencer_is_down() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(key.public_key(), no_sends(), no_subscriptions());
-    let server = serve(&fake).await;
+    let (fake, server, client) = scenario(no_sends(), no_subscriptions(), 4).await;
     let endpoint = server.endpoint.clone();
-    let client = SequencerClient::connect(config(&endpoint, &key, 4))
-        .await
-        .unwrap();
     server.stop().await;
 
     let started = Instant::now();
     let mut subscription = client.subscribe(None);
-    match next(&mut subscription).await {
-        Some(Err(ClientError::Unavailable {
+    match final_error(&mut subscription).await {
+        ClientError::Unavailable {
             endpoint: reported,
             attempts,
             ..
-        })) => {
+        } => {
             assert_eq!(reported, endpoint);
             assert_eq!(attempts, 4);
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert!(next(&mut subscription).await.is_none());
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -942,43 +999,53 @@ async fn subscribe_gives_up_after_bounded_attempts_when_the_sequencer_is_down() 
     assert!(fake.recorded(|r| r.subscribe_afters.is_empty()));
 }
 
-#[tokio::test]
-async fn subscribe_counts_unavailable_answers_as_failed_attempts() {
-    let (fake, server, client) = scenario(
-        no_sends(),
-        Box::new(|_, _| SubscribeReply::Refuse(Status::unavailable("not ready"))),
-        3,
+/// Subscribes, with `max_attempts`, to a fake that answers every Subscribe with `refusal`:
+/// the subscription ends with an error for which `expected` holds, after `calls` Subscribes.
+async fn assert_refused_subscription(
+    refusal: Status,
+    max_attempts: u32,
+    expected: fn(&ClientError) -> bool,
+    calls: usize,
+) {
+    let (fake, server, mut subscription) = subscribed(
+        Box::new(move |_, _| SubscribeReply::Refuse(refusal.clone())),
+        max_attempts,
     )
     .await;
-    let mut subscription = client.subscribe(None);
-    assert!(matches!(
-        next(&mut subscription).await,
-        Some(Err(ClientError::Unavailable { attempts: 3, .. }))
-    ));
-    assert!(next(&mut subscription).await.is_none());
-    assert_eq!(fake.recorded(|r| r.subscribe_afters.len()), 3);
+    let error = final_error(&mut subscription).await;
+    assert!(expected(&error), "{error:?}");
+    assert_eq!(fake.recorded(|r| r.subscribe_afters.len()), calls);
     server.stop().await;
 }
 
 #[tokio::test]
-async fn subscribe_ends_on_a_definite_refusal() {
-    let (fake, server, client) = scenario(
-        no_sends(),
-        Box::new(|_, _| SubscribeReply::Refuse(Status::permission_denied("not your events"))),
-        5,
+async fn subscribe_counts_unavailable_answers_as_failed_attempts() {
+    assert_refused_subscription(
+        Status::unavailable("not ready"),
+        3,
+        |error| matches!(error, ClientError::Unavailable { attempts: 3, .. }),
+        3,
     )
     .await;
-    let mut subscription = client.subscribe(None);
-    assert!(matches!(
-        next(&mut subscription).await,
-        Some(Err(ClientError::Rejected {
-            code: Code::PermissionDenied,
-            ..
-        }))
-    ));
-    assert!(next(&mut subscription).await.is_none());
-    assert_eq!(fake.recorded(|r| r.subscribe_afters.len()), 1);
-    server.stop().await;
+}
+
+#[tokio::test]
+async fn subscribe_ends_on_a_definite_refusal() {
+    assert_refused_subscription(
+        Status::permission_denied("not your events"),
+        5,
+        |error| {
+            matches!(
+                error,
+                ClientError::Rejected {
+                    code: Code::PermissionDenied,
+                    ..
+                }
+            )
+        },
+        1,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1009,8 +1076,7 @@ async fn connect_rejects_an_endpoint_without_scheme() {
 #[tokio::test]
 async fn register_member_reports_whether_it_created() {
     let key = SigningKey::generate();
-    let fake = FakeSequencer::new(key.public_key(), no_sends(), no_subscriptions());
-    let server = serve(&fake).await;
+    let (_fake, server) = served(&key, no_sends(), no_subscriptions()).await;
     let p1 = member();
     assert!(register_member(&server.endpoint, &p1, &key.public_key())
         .await
@@ -1035,11 +1101,19 @@ fn message_ids(fake: &FakeSequencer) -> Vec<String> {
 
 #[tokio::test]
 async fn sends_rotate_over_healthy_endpoints() {
-    let key = SigningKey::generate();
-    let a = FakeSequencer::new(key.public_key(), answer_with(1_000), no_subscriptions());
-    let b = FakeSequencer::new(key.public_key(), answer_with(2_000), no_subscriptions());
-    let (server_a, server_b, client) =
-        connect_to_both(&key, &a, &b, 3, Duration::from_secs(1)).await;
+    let TwoInstances {
+        a,
+        b,
+        server_a,
+        server_b,
+        client,
+    } = TwoInstances::start(
+        (answer_with(1_000), no_subscriptions()),
+        (answer_with(2_000), no_subscriptions()),
+        3,
+        Duration::from_secs(1),
+    )
+    .await;
     for i in 0..4 {
         client
             .send(submission(&format!("m{i}"), in_a_minute()))
@@ -1061,15 +1135,22 @@ async fn sends_rotate_over_healthy_endpoints() {
 
 #[tokio::test]
 async fn a_failed_send_moves_to_the_next_endpoint_with_the_same_message_id() {
-    let key = SigningKey::generate();
-    let a = FakeSequencer::new(
-        key.public_key(),
-        Box::new(|_, _| Err(Status::unavailable("instance going down"))),
-        no_subscriptions(),
-    );
-    let b = FakeSequencer::new(key.public_key(), answer_with(2_000), no_subscriptions());
-    let (server_a, server_b, client) =
-        connect_to_both(&key, &a, &b, 1, Duration::from_secs(1)).await;
+    let TwoInstances {
+        a,
+        b,
+        server_a,
+        server_b,
+        client,
+    } = TwoInstances::start(
+        (
+            refusing_sends(Status::unavailable("instance going down")),
+            no_subscriptions(),
+        ),
+        (answer_with(2_000), no_subscriptions()),
+        1,
+        Duration::from_secs(1),
+    )
+    .await;
     // One attempt (a round over both endpoints) is enough: the failover needs no backoff.
     let started = Instant::now();
     let receipt = client.send(submission("m0", in_a_minute())).await.unwrap();
@@ -1109,38 +1190,25 @@ async fn a_failed_send_moves_to_the_next_endpoint_with_the_same_message_id() {
     }
 }
 
-/// Ten events 100..1000 as every instance would serve them, from `after`.
-fn history_after(after: Option<u64>) -> Vec<v1::SequencedEvent> {
-    (1..=10u64)
-        .map(|k| event(100 * k, (k > 1).then(|| 100 * (k - 1))))
-        .filter(|e| after.is_none_or(|after| e.timestamp_us > after))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_broken_stream_resumes_on_the_next_endpoint_without_gap_or_duplicate() {
-    let key = SigningKey::generate();
     // A serves three events and fails; B serves the rest and stays open with keep-alives.
-    let a = FakeSequencer::new(
-        key.public_key(),
-        no_sends(),
-        Box::new(|_, after| {
-            let events = history_after(after).into_iter().take(3).collect();
-            SubscribeReply::Serve(events, Then::Fail(Status::unavailable("instance killed")))
-        }),
-    );
-    let b = FakeSequencer::new(
-        key.public_key(),
-        no_sends(),
-        Box::new(|_, after| {
-            SubscribeReply::Serve(
-                history_after(after),
-                Then::KeepAlive(Duration::from_millis(50)),
-            )
-        }),
-    );
-    let (server_a, server_b, client) =
-        connect_to_both(&key, &a, &b, 2, Duration::from_millis(500)).await;
+    let TwoInstances {
+        a,
+        b,
+        server_a,
+        server_b,
+        client,
+    } = TwoInstances::start(
+        (
+            no_sends(),
+            serving_history(3, || Then::Fail(Status::unavailable("instance killed"))),
+        ),
+        (no_sends(), healthy_history(Duration::from_millis(50))),
+        2,
+        Duration::from_millis(500),
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     let mut delivered = Vec::new();
     while delivered.len() < 10 {
@@ -1151,11 +1219,7 @@ async fn a_broken_stream_resumes_on_the_next_endpoint_without_gap_or_duplicate()
     assert_eq!(a.recorded(|r| r.subscribe_afters.clone()), vec![None]);
     assert_eq!(b.recorded(|r| r.subscribe_afters.clone()), vec![Some(300)]);
     // B's keep-alives keep the subscription there, and nothing more arrives.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1_200), subscription.next())
-            .await
-            .is_err()
-    );
+    assert_quiet(&mut subscription, 1_200).await;
     assert_eq!(
         b.recorded(|r| r.subscribe_afters.len()),
         1,
@@ -1167,37 +1231,22 @@ async fn a_broken_stream_resumes_on_the_next_endpoint_without_gap_or_duplicate()
 
 #[tokio::test]
 async fn a_stalled_endpoint_is_detected_within_the_stall_timeout() {
-    let key = SigningKey::generate();
     // A serves two events and then sends nothing at all, as a paused (SIGSTOPped) process
     // would; B is healthy.
-    let a = FakeSequencer::new(
-        key.public_key(),
-        no_sends(),
-        Box::new(|_, after| {
-            let events = history_after(after).into_iter().take(2).collect();
-            SubscribeReply::Serve(events, Then::Hang)
-        }),
-    );
-    let b = FakeSequencer::new(
-        key.public_key(),
-        no_sends(),
-        Box::new(|_, after| {
-            SubscribeReply::Serve(
-                history_after(after),
-                Then::KeepAlive(Duration::from_millis(100)),
-            )
-        }),
-    );
-    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
     let stall = Duration::from_millis(400);
-    let client = SequencerClient::connect(multi_config(
-        &[&server_a.endpoint, &server_b.endpoint],
-        &key,
+    let TwoInstances {
+        a: _,
+        b,
+        server_a,
+        server_b,
+        client,
+    } = TwoInstances::start(
+        (no_sends(), serving_history(2, || Then::Hang)),
+        (no_sends(), healthy_history(Duration::from_millis(100))),
         2,
         stall,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     for expected in [100, 200] {
         assert_eq!(next_timestamp(&mut subscription).await, expected);
@@ -1223,28 +1272,16 @@ async fn a_stalled_endpoint_is_detected_within_the_stall_timeout() {
 
 #[tokio::test]
 async fn subscriptions_ask_for_keep_alives_at_half_the_stall_timeout() {
-    let key = SigningKey::generate();
-    let fake = FakeSequencer::new(
-        key.public_key(),
+    let (fake, server, client) = scenario_with(
         no_sends(),
-        Box::new(|_, _| SubscribeReply::Serve(vec![], Then::KeepAlive(Duration::from_millis(50)))),
-    );
-    let server = serve(&fake).await;
-    let client = SequencerClient::connect(multi_config(
-        &[&server.endpoint],
-        &key,
-        2,
-        Duration::from_millis(600),
-    ))
-    .await
-    .unwrap();
+        // An idle sequencer: no events, only keep-alives.
+        serving_history(0, || Then::KeepAlive(Duration::from_millis(50))),
+        |endpoint, key| multi_config(&[endpoint], key, 2, Duration::from_millis(600)),
+    )
+    .await;
     let mut subscription = client.subscribe(None);
     // Keep-alives are not events: nothing is yielded, and the stream is not seen as stalled.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1_500), subscription.next())
-            .await
-            .is_err()
-    );
+    assert_quiet(&mut subscription, 1_500).await;
     assert_eq!(fake.recorded(|r| r.subscribe_afters.len()), 1);
     assert_eq!(
         fake.recorded(|r| r.keep_alive_asked.clone()),

@@ -1,7 +1,8 @@
 //! Meridian's domain vocabulary, shared by every other crate: validated identifiers, sequencer
 //! time, ed25519 signing with domain separation, the sequencer's event model, the ledger
-//! model with its templates, the topology with time-indexed snapshots, the messages of the
-//! transaction protocol, and the retry [`backoff`] schedule every client and node uses.
+//! model with its templates, the topology with time-indexed snapshots, the synchronizer's id
+//! (a fingerprint of its owner's key), the messages of the transaction protocol, and the retry
+//! [`backoff`] schedule every client and node uses.
 //!
 //! This crate performs no I/O, so everything in it is deterministic and unit-testable.
 
@@ -11,6 +12,7 @@ pub mod ids;
 pub mod ledger;
 pub mod protocol;
 pub mod sequencing;
+pub mod synchronizer;
 pub mod template;
 pub mod time;
 pub mod topology;
@@ -20,4 +22,5 @@ pub use ids::{
     CommandId, ContractId, IdError, InstanceIndex, LedgerOffset, MemberId, MessageId,
     ParticipantId, PartyId, TemplateId, TransactionId, UserId,
 };
+pub use synchronizer::SynchronizerId;
 pub use time::Timestamp;

@@ -28,6 +28,7 @@ use meridian_node::replica::ReplicaManager;
 use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
 use meridian_store::mediator::MediatorStore;
+use meridian_store::{DatabaseOwner, NodeKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MediatorConfig;
@@ -155,6 +156,11 @@ async fn serve(
     tracing::info!(member = %config.member_id, public_key = %key.public_key(), "mediator key loaded");
 
     let retry = Retry::new(&readiness, shutdown);
+    let database_owner =
+        DatabaseOwner::of_node(NodeKind::Mediator, config.member_id.as_str(), Some(&owner));
+    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
+        return Ok(());
+    }
     let Some(store) = connect_store(&config, &retry).await? else {
         return Ok(());
     };

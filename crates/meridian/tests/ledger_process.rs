@@ -37,8 +37,39 @@ async fn start(spec: &DeploymentSpec) -> (Deployment, Parties) {
     (deployment, parties)
 }
 
+/// [`spec`] started in a fresh directory, which lives as long as the returned `TempDir`.
+async fn start_fresh() -> (tempfile::TempDir, Deployment, Parties) {
+    start_fresh_with(|_| {}).await
+}
+
+/// [`start_fresh`] with the spec changed by `adjust` first.
+async fn start_fresh_with(
+    adjust: impl FnOnce(&mut DeploymentSpec),
+) -> (tempfile::TempDir, Deployment, Parties) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(dir.path());
+    adjust(&mut spec);
+    let (deployment, parties) = start(&spec).await;
+    (dir, deployment, parties)
+}
+
+/// Starts participant `index` (from 0) again after a kill and waits until it is ready.
+async fn restart_participant(deployment: &mut Deployment, index: usize) {
+    let exe = deployment.exe().to_path_buf();
+    deployment.participants[index].start(&exe).unwrap();
+    deployment.participants[index]
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
 fn party(name: &str) -> PartyId {
     PartyId::new(name).unwrap()
+}
+
+/// The `act_as` set of a command acting for `name` alone.
+fn acting_for(name: &str) -> BTreeSet<PartyId> {
+    BTreeSet::from([party(name)])
 }
 
 fn command_id(name: &str) -> CommandId {
@@ -76,7 +107,7 @@ async fn issue(parties: &Parties, id: &str, amount: u64) -> Contract {
     let iou = match parties.clients[0]
         .submit_and_wait(
             &command_id(id),
-            &BTreeSet::from([party("bank")]),
+            &acting_for("bank"),
             &[iou_create("alice", amount)],
         )
         .await
@@ -164,10 +195,9 @@ async fn demo_workload_audits_clean_and_a_second_run_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commands_get_documented_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut deployment, parties) = start(&spec(dir.path())).await;
-    let bank = BTreeSet::from([party("bank")]);
-    let alice = BTreeSet::from([party("alice")]);
+    let (_dir, mut deployment, parties) = start_fresh().await;
+    let bank = acting_for("bank");
+    let alice = acting_for("alice");
     let p1 = &parties.clients[0];
     let p2 = &parties.clients[1];
 
@@ -225,7 +255,7 @@ async fn bad_commands_get_documented_errors() {
     let (code_, message) = code(
         p1.submit_and_wait(
             &command_id("ghost"),
-            &BTreeSet::from([party("ghost")]),
+            &acting_for("ghost"),
             &[iou_create("alice", 1)],
         )
         .await,
@@ -313,35 +343,23 @@ async fn bad_commands_get_documented_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_double_spend_commits_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut deployment, parties) = start(&spec(dir.path())).await;
-    let alice = BTreeSet::from([party("alice")]);
+    let (_dir, mut deployment, parties) = start_fresh().await;
+    let alice = acting_for("alice");
     for round in 0..5 {
         let iou = issue(&parties, &format!("ds-iou-{round}"), 77 + round).await;
-        let p2a = parties.clients[1].clone();
-        let p2b = parties.clients[1].clone();
-        let (a, b) = {
-            let (ia, ib) = (iou.clone(), iou.clone());
-            let (alice_a, alice_b) = (alice.clone(), alice.clone());
-            tokio::join!(
-                async move {
-                    p2a.submit_and_wait(
-                        &command_id(&format!("ds-a-{round}")),
-                        &alice_a,
-                        &[transfer(&ia, "bob")],
-                    )
+        // Alice transfers the IOU through participant 2 as `command`; run twice at once.
+        let transfer_as = |command: String, new_owner: &'static str| {
+            let (client, iou, alice) = (parties.clients[1].clone(), iou.clone(), alice.clone());
+            async move {
+                client
+                    .submit_and_wait(&command_id(&command), &alice, &[transfer(&iou, new_owner)])
                     .await
-                },
-                async move {
-                    p2b.submit_and_wait(
-                        &command_id(&format!("ds-b-{round}")),
-                        &alice_b,
-                        &[transfer(&ib, "bank")],
-                    )
-                    .await
-                }
-            )
+            }
         };
+        let (a, b) = tokio::join!(
+            transfer_as(format!("ds-a-{round}"), "bob"),
+            transfer_as(format!("ds-b-{round}"), "bank"),
+        );
         let successes = [&a, &b]
             .iter()
             .filter(|r| matches!(r, Ok(SubmitOutcome::Committed(_))))
@@ -375,17 +393,15 @@ async fn a_double_spend_commits_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirming_participant_down_times_out_and_nobody_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut spec = spec(dir.path());
-    spec.mediator.response_timeout_ms = 2_000;
-    let (mut deployment, parties) = start(&spec).await;
+    let (_dir, mut deployment, parties) =
+        start_fresh_with(|spec| spec.mediator.response_timeout_ms = 2_000).await;
     let iou = issue(&parties, "timeout-iou", 99).await;
     // The bank (participant 1) must confirm every transfer; it is gone.
     deployment.participants[0].kill9().unwrap();
     let result = parties.clients[1]
         .submit_and_wait(
             &command_id("during-outage"),
-            &BTreeSet::from([party("alice")]),
+            &acting_for("alice"),
             &[transfer(&iou, "bob")],
         )
         .await;
@@ -393,12 +409,7 @@ async fn a_confirming_participant_down_times_out_and_nobody_commits() {
     assert_eq!(code_, tonic::Code::Aborted, "{message}");
     assert!(message.to_lowercase().contains("timeout"), "{message}");
     // Participant 1 comes back, replays the request and the TIMEOUT verdict.
-    let exe = deployment.exe().to_path_buf();
-    deployment.participants[0].start(&exe).unwrap();
-    deployment.participants[0]
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .unwrap();
+    restart_participant(&mut deployment, 0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (client, owner) in [
         (&parties.clients[0], "bank"),
@@ -418,7 +429,7 @@ async fn a_confirming_participant_down_times_out_and_nobody_commits() {
     let retry = parties.clients[1]
         .submit_and_wait(
             &command_id("after-outage"),
-            &BTreeSet::from([party("alice")]),
+            &acting_for("alice"),
             &[transfer(&iou, "bob")],
         )
         .await
@@ -429,13 +440,10 @@ async fn a_confirming_participant_down_times_out_and_nobody_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_retried_after_a_crash_commits_once() {
-    let dir = tempfile::tempdir().unwrap();
     // A short max sequencing time bounds how long an in-flight submission's fate stays open.
-    let mut spec = spec(dir.path());
-    spec.participant.max_sequencing_delay_ms = 2_000;
-    let (mut deployment, parties) = start(&spec).await;
-    let exe = deployment.exe().to_path_buf();
-    let alice = BTreeSet::from([party("alice")]);
+    let (_dir, mut deployment, parties) =
+        start_fresh_with(|spec| spec.participant.max_sequencing_delay_ms = 2_000).await;
+    let alice = acting_for("alice");
     for round in 0..3u64 {
         let amount = 500 + round;
         let iou = issue(&parties, &format!("crash-iou-{round}"), amount).await;
@@ -450,11 +458,7 @@ async fn a_command_retried_after_a_crash_commits_once() {
         });
         tokio::time::sleep(Duration::from_millis(5 * round)).await;
         deployment.participants[1].kill9().unwrap();
-        deployment.participants[1].start(&exe).unwrap();
-        deployment.participants[1]
-            .wait_ready(Duration::from_secs(60))
-            .await
-            .unwrap();
+        restart_participant(&mut deployment, 1).await;
         // The client library retried the interrupted call with the same command id against
         // the restarted participant; it ends in one definite outcome.
         let first = pending.await.unwrap();

@@ -68,29 +68,24 @@ async fn failover(node: TargetNode, backend: Backend, trials: u64) {
     assert!(report.committed > 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_active_participant_loses_nothing() {
-    failover(TargetNode::Participant, Backend::Sqlite, 3).await;
+/// One test per failover case: which node is killed, on which backend, how many times.
+macro_rules! failover_tests {
+    ($($test:ident: $node:ident on $backend:ident, $trials:literal trials;)+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                failover(TargetNode::$node, Backend::$backend, $trials).await;
+            }
+        )+
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_active_mediator_times_nothing_out() {
-    failover(TargetNode::Mediator, Backend::Sqlite, 3).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_a_sequencer_instance_loses_nothing() {
-    failover(TargetNode::Sequencer, Backend::Sqlite, 2).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_active_topology_manager_loses_nothing() {
-    failover(TargetNode::Topology, Backend::Sqlite, 2).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn participant_failover_on_postgres() {
-    failover(TargetNode::Participant, Backend::Postgres, 2).await;
+failover_tests! {
+    killing_the_active_participant_loses_nothing: Participant on Sqlite, 3 trials;
+    killing_the_active_mediator_times_nothing_out: Mediator on Sqlite, 3 trials;
+    killing_a_sequencer_instance_loses_nothing: Sequencer on Sqlite, 2 trials;
+    killing_the_active_topology_manager_loses_nothing: Topology on Sqlite, 2 trials;
+    participant_failover_on_postgres: Participant on Postgres, 2 trials;
 }
 
 struct Running {
@@ -120,6 +115,17 @@ impl Running {
         assert!(audit.audit_ok, "{audit:?}");
         self.deployment.stop().await.unwrap();
         report
+    }
+
+    /// Sends `signal` to the process of the replica `name` of participant `index` (from 0).
+    fn signal_replica(&mut self, index: usize, name: &str, signal: Signal) {
+        self.deployment
+            .participant_replicas_mut(index)
+            .into_iter()
+            .find(|r| r.name() == name)
+            .unwrap()
+            .signal(signal)
+            .unwrap();
     }
 
     async fn committed_since(&self, since: Instant, participant: usize) -> bool {
@@ -156,13 +162,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
         .unwrap()
         .unwrap();
     let frozen_at = Instant::now();
-    let frozen = running
-        .deployment
-        .participant_replicas_mut(1)
-        .into_iter()
-        .find(|r| r.name() == active)
-        .unwrap();
-    frozen.signal(Signal::SIGSTOP).unwrap();
+    running.signal_replica(1, &active, Signal::SIGSTOP);
     // The passive takes over once the frozen active's lease expires.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -184,13 +184,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("taken over after {:?}", frozen_at.elapsed());
-    let frozen = running
-        .deployment
-        .participant_replicas_mut(1)
-        .into_iter()
-        .find(|r| r.name() == active)
-        .unwrap();
-    frozen.signal(Signal::SIGCONT).unwrap();
+    running.signal_replica(1, &active, Signal::SIGCONT);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     // The resumed replica noticed it lost the lease and is passive; only one is active.
     let replicas = admin::replicas(&data_dir, "participant2").unwrap();

@@ -5,8 +5,8 @@
 //! a node waits for ([`retry`]), the admin-token check ([`admin_token`]), and the replicated
 //! lifecycle of active/passive replicas with its one vocabulary ([`replication`], over the
 //! lease handling of [`replica`]). Role crates build on these so every node behaves the same
-//! to operators and orchestrators. [`ports`] picks loopback ports for deployments launched on
-//! one machine.
+//! to operators and orchestrators; [`owner`] is the start-up check that a node's database is
+//! its own. [`ports`] picks loopback ports for deployments launched on one machine.
 
 pub mod admin;
 pub mod admin_token;
@@ -17,6 +17,7 @@ pub mod health;
 pub mod keys;
 pub mod lease_watch;
 pub mod metrics;
+pub mod owner;
 pub mod ports;
 pub mod replica;
 pub mod replication;

@@ -274,6 +274,25 @@ impl World {
         created
     }
 
+    /// Where most cases start: alice holds an IOU of 100 and p1 has prepared its transfer to
+    /// bob (command "t1"), not sequenced yet.
+    fn with_alices_transfer() -> (Self, Contract, Submission) {
+        let mut world = Self::new();
+        let iou = world.issue("alice", 100);
+        let submission = world.transfer(&iou.id, "bob", "t1");
+        (world, iou, submission)
+    }
+
+    /// Sequences `submission` and returns how `participant` answered it (`None`: approved).
+    fn rejection_by(
+        &mut self,
+        submission: &Submission,
+        participant: &str,
+    ) -> Option<RejectionCode> {
+        let (_, _, responses) = self.sequence(submission);
+        rejection(&responses[&pid(participant)])
+    }
+
     fn transfer(&mut self, contract: &ContractId, to: &str, command_id: &str) -> Submission {
         self.submit(
             "p1",
@@ -369,9 +388,7 @@ fn happy_path_issue_and_transfer_commit_everywhere() {
 
 #[test]
 fn rejection_releases_locks_and_frees_the_change() {
-    let mut world = World::new();
-    let iou = world.issue("alice", 100);
-    let submission = world.transfer(&iou.id, "bob", "t1");
+    let (mut world, iou, submission) = World::with_alices_transfer();
     let (request_id, hash, _) = world.sequence(&submission);
     assert!(world.engine("p1").is_locked(&iou.id));
     let effects = world.verdict(
@@ -456,9 +473,7 @@ fn double_spend_second_request_is_locked_then_inactive() {
 
 #[test]
 fn tampered_transaction_fails_model_conformance() {
-    let mut world = World::new();
-    let iou = world.issue("alice", 100);
-    let mut submission = world.transfer(&iou.id, "bob", "t1");
+    let (mut world, _, mut submission) = World::with_alices_transfer();
     let ProtocolMessage::ConfirmationRequest(mut request) =
         ProtocolMessage::decode(&submission.envelopes[0].payload).unwrap()
     else {
@@ -472,9 +487,8 @@ fn tampered_transaction_fails_model_conformance() {
     request.transaction = serde_json::from_str(&json).unwrap();
     submission.envelopes[0].payload =
         ProtocolMessage::ConfirmationRequest(Box::new(request.clone())).encode();
-    let (_, _, responses) = world.sequence(&submission);
     assert_eq!(
-        rejection(&responses[&pid("p3")]),
+        world.rejection_by(&submission, "p3"),
         Some(RejectionCode::ModelConformance)
     );
 }
@@ -483,41 +497,35 @@ fn tampered_transaction_fails_model_conformance() {
 fn submitter_must_host_the_acting_parties() {
     let mut world = World::new();
     let iou = world.issue("alice", 100);
-    // p2 cannot even prepare a submission for alice, nor for an unknown party.
-    let err = world
-        .submit(
-            "p2",
-            World::change("x", "c", &["alice"]),
-            vec![transfer_command(&iou.id, "bob")],
-        )
-        .unwrap_err();
-    assert!(matches!(err, SubmitError::NotHosted { .. }), "{err}");
-    let err = world
-        .submit(
-            "p2",
-            World::change("x", "c", &["mallory"]),
-            vec![transfer_command(&iou.id, "bob")],
-        )
-        .unwrap_err();
-    assert!(matches!(err, SubmitError::UnknownParty(_)), "{err}");
-    // Bob cannot see alice's IOU, so for him it does not exist.
-    let err = world
-        .submit(
-            "p2",
-            World::change("x", "c", &["bob"]),
-            vec![transfer_command(&iou.id, "bob")],
-        )
-        .unwrap_err();
-    assert!(matches!(err, SubmitError::UnknownContract(_)), "{err}");
-    // Transferring to a party nobody hosts is refused before sending.
-    let err = world
-        .submit(
-            "p1",
-            World::change("x", "c", &["alice"]),
-            vec![transfer_command(&iou.id, "nobody")],
-        )
-        .unwrap_err();
-    assert!(matches!(err, SubmitError::UnknownParty(_)), "{err}");
+    // Each refused before anything is sent: (at, acting for, new owner, expected error).
+    type Expected = fn(&SubmitError) -> bool;
+    let refusals: [(&str, &str, &str, Expected); 4] = [
+        // p2 cannot even prepare a submission for alice, nor for an unknown party.
+        ("p2", "alice", "bob", |err| {
+            matches!(err, SubmitError::NotHosted { .. })
+        }),
+        ("p2", "mallory", "bob", |err| {
+            matches!(err, SubmitError::UnknownParty(_))
+        }),
+        // Bob cannot see alice's IOU, so for him it does not exist.
+        ("p2", "bob", "bob", |err| {
+            matches!(err, SubmitError::UnknownContract(_))
+        }),
+        // Transferring to a party nobody hosts is refused before sending.
+        ("p1", "alice", "nobody", |err| {
+            matches!(err, SubmitError::UnknownParty(_))
+        }),
+    ];
+    for (at, acting, new_owner, expected) in refusals {
+        let err = world
+            .submit(
+                at,
+                World::change("x", "c", &[acting]),
+                vec![transfer_command(&iou.id, new_owner)],
+            )
+            .unwrap_err();
+        assert!(expected(&err), "{at} acting for {acting}: {err}");
+    }
 
     // A forged request from p2 claiming to act for alice is rejected by the others.
     let mut forged = world.transfer(&iou.id, "bob", "t1");
@@ -529,9 +537,8 @@ fn submitter_must_host_the_acting_parties() {
     request.submitter = pid("p2");
     forged.sender = pid("p2").as_member();
     forged.envelopes[0].payload = ProtocolMessage::ConfirmationRequest(request).encode();
-    let (_, _, responses) = world.sequence(&forged);
     assert_eq!(
-        rejection(&responses[&pid("p3")]),
+        world.rejection_by(&forged, "p3"),
         Some(RejectionCode::NotAuthorized)
     );
     assert!(!world.engine("p3").is_locked(&iou.id));
@@ -594,26 +601,21 @@ fn dedup_in_flight_and_unsequenced_expiry() {
 
 #[test]
 fn an_abandoned_submission_never_commits() {
-    let mut world = World::new();
-    let iou = world.issue("alice", 100);
-    let submission = world.transfer(&iou.id, "bob", "t1");
+    let (mut world, _, submission) = World::with_alices_transfer();
     let engine = world.engine("p1");
     engine.abandon_submission("sub-2", StatusCode::Aborted, "refused".into(), ts(1));
     let effects = engine.drain_effects();
     assert!(completion(&effects).is_some());
     // The sequencer had sequenced it after all: the submitter itself rejects it.
-    let (_, _, responses) = world.sequence(&submission);
     assert_eq!(
-        rejection(&responses[&pid("p1")]),
+        world.rejection_by(&submission, "p1"),
         Some(RejectionCode::Malformed)
     );
 }
 
 #[test]
 fn verdicts_with_bad_signatures_or_hashes_are_ignored_and_restart_resumes() {
-    let mut world = World::new();
-    let iou = world.issue("alice", 100);
-    let submission = world.transfer(&iou.id, "bob", "t1");
+    let (mut world, iou, submission) = World::with_alices_transfer();
     let (request_id, hash, _) = world.sequence(&submission);
     let effects = world.verdict(request_id, "wrong-hash", VerdictOutcome::Approved, &["p1"]);
     assert!(effects[&pid("p1")].is_empty());

@@ -35,7 +35,7 @@ use meridian_node::retry::Retry;
 use meridian_node::shutdown::Ticker;
 use meridian_node::Conditions;
 use meridian_proto::v1::ledger_service_server::LedgerServiceServer;
-use meridian_store::{DedupState, ParticipantStore};
+use meridian_store::{DatabaseOwner, DedupState, NodeKind, ParticipantStore};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -251,6 +251,14 @@ async fn start_and_serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let retry = Retry::new(readiness, &shutdown);
+    let database_owner = DatabaseOwner::of_node(
+        NodeKind::Participant,
+        config.participant_id.as_str(),
+        Some(&owner),
+    );
+    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
+        return Ok(());
+    }
     let Some(store) = retry
         .until("database", "", || {
             meridian_store::open_participant_store(&config.storage)

@@ -97,6 +97,45 @@ fn exercise(contract: &str, choice: &str, argument: &str) -> v1::Command {
     }
 }
 
+fn transfer_to(contract: &str, new_owner: &str) -> v1::Command {
+    exercise(
+        contract,
+        "Transfer",
+        &format!(r#"{{"new_owner":"{new_owner}"}}"#),
+    )
+}
+
+/// The bank issues an IOU to alice through `bank_ledger`; returns the new contract's id.
+async fn issue_to_alice(
+    bank_ledger: &LedgerServiceClient<Channel>,
+    command_id: &str,
+    amount: u64,
+) -> String {
+    let issued = bank_ledger
+        .clone()
+        .submit_and_wait(submit(
+            "bank-app",
+            command_id,
+            &["bank"],
+            vec![create_iou("alice", amount)],
+        ))
+        .await
+        .expect("issue")
+        .into_inner();
+    created_id(&issued)
+}
+
+/// Submits `command` acting for alice (user "u", command "c"), which `ledger` must refuse.
+async fn refused_for_alice(
+    ledger: &mut LedgerServiceClient<Channel>,
+    command: v1::Command,
+) -> tonic::Status {
+    ledger
+        .submit_and_wait(submit("u", "c", &["alice"], vec![command]))
+        .await
+        .expect_err("a command the participant must refuse")
+}
+
 fn created_id(response: &v1::SubmitAndWaitResponse) -> String {
     let transaction = response.transaction.as_ref().expect("transaction view");
     transaction
@@ -145,23 +184,12 @@ async fn ledger_api_end_to_end() {
     }
 
     // Issue and transfer.
-    let issued = p3
-        .clone()
-        .submit_and_wait(submit(
-            "bank-app",
-            "issue-1",
-            &["bank"],
-            vec![create_iou("alice", 100)],
-        ))
-        .await
-        .expect("issue")
-        .into_inner();
-    let iou = created_id(&issued);
+    let iou = issue_to_alice(&p3, "issue-1", 100).await;
     let transfer = submit(
         "alice-app",
         "transfer-1",
         &["alice"],
-        vec![exercise(&iou, "Transfer", r#"{"new_owner":"bob"}"#)],
+        vec![transfer_to(&iou, "bob")],
     );
     let transferred = p1
         .clone()
@@ -235,20 +263,16 @@ async fn ledger_api_end_to_end() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("user_id"), "{err:?}");
-    let err = p1c
-        .submit_and_wait(submit(
-            "u",
-            "c",
-            &["alice"],
-            vec![v1::Command {
-                command: Some(v1::command::Command::Create(v1::CreateCommand {
-                    template: "Iou".into(),
-                    payload_json: "{not json".into(),
-                })),
-            }],
-        ))
-        .await
-        .unwrap_err();
+    let err = refused_for_alice(
+        &mut p1c,
+        v1::Command {
+            command: Some(v1::command::Command::Create(v1::CreateCommand {
+                template: "Iou".into(),
+                payload_json: "{not json".into(),
+            })),
+        },
+    )
+    .await;
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
         err.message().contains("commands[0].create.payload_json"),
@@ -264,74 +288,26 @@ async fn ledger_api_end_to_end() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    let err = p1c
-        .submit_and_wait(submit(
-            "u",
-            "c",
-            &["alice"],
-            vec![exercise(&iou, "Transfer", r#"{"new_owner":"bob"}"#)],
-        ))
-        .await
-        .unwrap_err();
+    let err = refused_for_alice(&mut p1c, transfer_to(&iou, "bob")).await;
     assert_eq!(err.code(), Code::FailedPrecondition, "archived: {err:?}");
-    let err = p1c
-        .submit_and_wait(submit(
-            "u",
-            "c",
-            &["alice"],
-            vec![exercise(
-                "no-such-contract",
-                "Transfer",
-                r#"{"new_owner":"bob"}"#,
-            )],
-        ))
-        .await
-        .unwrap_err();
+    let err = refused_for_alice(&mut p1c, transfer_to("no-such-contract", "bob")).await;
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     // A double spend: exactly one of two concurrent transfers commits.
-    let issued = p3
-        .clone()
-        .submit_and_wait(submit(
-            "bank-app",
-            "issue-2",
-            &["bank"],
-            vec![create_iou("alice", 50)],
-        ))
-        .await
-        .expect("issue")
-        .into_inner();
-    let second = created_id(&issued);
-    let err = p1c
-        .submit_and_wait(submit(
-            "u",
-            "c",
-            &["alice"],
-            vec![exercise(&second, "Split", r#"{"amount":500}"#)],
-        ))
-        .await
-        .unwrap_err();
+    let second = issue_to_alice(&p3, "issue-2", 50).await;
+    let err = refused_for_alice(&mut p1c, exercise(&second, "Split", r#"{"amount":500}"#)).await;
     assert_eq!(err.code(), Code::InvalidArgument, "bad argument: {err:?}");
-    let a = tokio::spawn({
+    let race = |command_id: &str, new_owner: &str| {
         let mut p1 = p1.clone();
         let request = submit(
             "alice-app",
-            "race-a",
+            command_id,
             &["alice"],
-            vec![exercise(&second, "Transfer", r#"{"new_owner":"bob"}"#)],
+            vec![transfer_to(&second, new_owner)],
         );
-        async move { p1.submit_and_wait(request).await }
-    });
-    let b = tokio::spawn({
-        let mut p1 = p1.clone();
-        let request = submit(
-            "alice-app",
-            "race-b",
-            &["alice"],
-            vec![exercise(&second, "Transfer", r#"{"new_owner":"bank"}"#)],
-        );
-        async move { p1.submit_and_wait(request).await }
-    });
+        tokio::spawn(async move { p1.submit_and_wait(request).await })
+    };
+    let (a, b) = (race("race-a", "bob"), race("race-b", "bank"));
     let results = [a.await.expect("join"), b.await.expect("join")];
     let committed = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(committed, 1, "{results:?}");

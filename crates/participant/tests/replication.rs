@@ -86,6 +86,20 @@ impl Replica {
             .as_u16()
     }
 
+    /// Submits a bank IOU through this replica, which must refuse it; returns the refusal.
+    async fn refused_submission(&self, command_id: &str, amount: u64) -> tonic::Status {
+        self.ledger()
+            .await
+            .submit_and_wait(submit(command_id, "bank", create_iou(amount)))
+            .await
+            .expect_err(&format!("{} must refuse {command_id}", self.name))
+    }
+
+    /// The replication role this replica reports right now.
+    async fn role(&self) -> Value {
+        self.get("/status").await.expect("status").1["replication"]["role"].clone()
+    }
+
     /// Waits until this replica is active and serving.
     async fn wait_active(&self) -> Value {
         self.wait_for("active", None).await
@@ -119,6 +133,13 @@ impl Replica {
 enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// Checks that `refusal` is UNAVAILABLE and that its message says `text` (which replica
+/// refuses, or which one to go to instead).
+fn assert_unavailable_saying(refusal: &tonic::Status, text: &str) {
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal}");
+    assert!(refusal.message().contains(text), "{refusal}");
 }
 
 /// The replicas of participant `p1`, all sharing its key and its database.
@@ -306,12 +327,7 @@ async fn replicas_take_over(backend: Backend) {
     // The new active replayed the old one's work: both IOUs are there.
     assert_eq!(b.bank_contracts().await, 2);
     // A retry of the command committed before the kill is deduplicated by the new active.
-    let duplicate = b
-        .ledger()
-        .await
-        .submit_and_wait(submit("before-kill", "bank", create_iou(1)))
-        .await
-        .expect_err("duplicate");
+    let duplicate = b.refused_submission("before-kill", 1).await;
     assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate}");
 
     // Replica a comes back (as a fresh process would) and is passive behind b.
@@ -335,14 +351,7 @@ async fn replicas_take_over(backend: Backend) {
     assert!(a_status["replication"]["epoch"].as_i64().expect("epoch") > second_epoch);
     // Right after its step-down b may not know the new active yet; within a poll it does.
     b.wait_passive("p1-a").await;
-    let refusal = b
-        .ledger()
-        .await
-        .submit_and_wait(submit("on-passive", "bank", create_iou(4)))
-        .await
-        .expect_err("passive");
-    assert_eq!(refusal.code(), Code::Unavailable, "{refusal}");
-    assert!(refusal.message().contains("p1-a"), "{refusal}");
+    assert_unavailable_saying(&b.refused_submission("on-passive", 4).await, "p1-a");
 
     sync.shutdown.cancel();
 }
@@ -370,14 +379,8 @@ async fn stuck_active_is_deposed(backend: Backend) {
     // a wakes up as a zombie: it must notice, demote itself, and name b.
     tokio::time::sleep(freeze.saturating_sub(frozen_at.elapsed())).await;
     a.wait_passive("p1-b").await;
-    let refusal = a
-        .ledger()
-        .await
-        .submit_and_wait(submit("on-zombie", "bank", create_iou(3)))
-        .await
-        .expect_err("a deposed replica serves nothing");
-    assert_eq!(refusal.code(), Code::Unavailable, "{refusal}");
-    assert!(refusal.message().contains("p1-b"), "{refusal}");
+    // A deposed replica serves nothing.
+    assert_unavailable_saying(&a.refused_submission("on-zombie", 3).await, "p1-b");
     // b still serves, and exactly the two commands committed.
     submit_until_committed(&b, "after-zombie", 4).await;
     assert_eq!(b.bank_contracts().await, 3);
@@ -443,23 +446,14 @@ async fn a_step_down_answers_the_submissions_in_flight(backend: Backend) {
     assert!(ready.to_string().contains("stepping down"), "{ready}");
     assert_eq!(status["replication"]["role"], "active", "{status}");
     assert_eq!(status["replication"]["stepping_down"], true, "{status}");
-    let refusal = a
-        .ledger()
-        .await
-        .submit_and_wait(submit("during-drain", "bank", create_iou(5)))
-        .await
-        .expect_err("a stepping-down replica accepts no new submission");
-    assert_eq!(refusal.code(), Code::Unavailable, "{refusal}");
-    assert!(
-        refusal.message().contains("(p1-a) is stepping down"),
-        "{refusal}"
+    // A stepping-down replica accepts no new submission.
+    assert_unavailable_saying(
+        &a.refused_submission("during-drain", 5).await,
+        "(p1-a) is stepping down",
     );
     // Asking again while it drains changes nothing.
     assert_eq!(a.step_down().await, 202);
-    assert_eq!(
-        b.get("/status").await.expect("status").1["replication"]["role"],
-        "passive"
-    );
+    assert_eq!(b.role().await, "passive");
 
     // The mediator resumes: every submission in flight commits and is answered by p1-a.
     for call in calls {
@@ -481,43 +475,31 @@ async fn a_step_down_answers_the_submissions_in_flight(backend: Backend) {
 
     // The new active has them all, exactly once; the refused call never started.
     assert_eq!(b.bank_contracts().await, 1 + IN_FLIGHT);
-    let duplicate = b
-        .ledger()
-        .await
-        .submit_and_wait(submit("in-flight-0", "bank", create_iou(10)))
-        .await
-        .expect_err("duplicate");
+    let duplicate = b.refused_submission("in-flight-0", 10).await;
     assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate}");
     // p1-b serves on (and p1-a's second request ended with its term).
     submit_until_committed(&b, "after-switchover", 6).await;
-    assert_eq!(
-        b.get("/status").await.expect("status").1["replication"]["role"],
-        "active"
-    );
+    assert_eq!(b.role().await, "active");
     sync.shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_step_down_answers_the_submissions_in_flight() {
-    a_step_down_answers_the_submissions_in_flight(Backend::Sqlite).await;
+/// One test per (scenario, backend) pair: every scenario is written once, against a `Backend`.
+macro_rules! backend_tests {
+    ($($test:ident: $scenario:ident on $backend:ident;)+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                $scenario(Backend::$backend).await;
+            }
+        )+
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_stuck_active_is_deposed() {
-    stuck_active_is_deposed(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_stuck_active_is_deposed() {
-    stuck_active_is_deposed(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_replicas_take_over() {
-    replicas_take_over(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_replicas_take_over() {
-    replicas_take_over(Backend::Postgres).await;
+backend_tests! {
+    sqlite_step_down_answers_the_submissions_in_flight:
+        a_step_down_answers_the_submissions_in_flight on Sqlite;
+    sqlite_stuck_active_is_deposed: stuck_active_is_deposed on Sqlite;
+    postgres_stuck_active_is_deposed: stuck_active_is_deposed on Postgres;
+    sqlite_replicas_take_over: replicas_take_over on Sqlite;
+    postgres_replicas_take_over: replicas_take_over on Postgres;
 }

@@ -122,6 +122,14 @@ fn submitter_of(p: &PartyId) -> ParticipantId {
     let (_, host) = PARTIES.iter().find(|(n, _)| *n == p.as_str()).unwrap();
     pid(host)
 }
+fn exercise(contract: &Contract, choice: &str, argument: serde_json::Value) -> Command {
+    Command::Exercise {
+        contract_id: contract.id.clone(),
+        choice: choice.into(),
+        argument,
+    }
+}
+
 fn iou(contract: &Contract) -> IouPayload {
     Iou::payload(contract).unwrap()
 }
@@ -244,6 +252,18 @@ struct Step {
     schedule: Vec<(Pick, u64)>,
 }
 
+impl Step {
+    /// `cmd` with the widest window and nothing sequenced right after it, as the fixed parts
+    /// of a workload and the hand-written cases use it.
+    fn plain(cmd: Cmd) -> Self {
+        Step {
+            cmd,
+            window: MAX_WINDOW_US,
+            schedule: Vec::new(),
+        }
+    }
+}
+
 fn cmd_strategy() -> impl Strategy<Value = Cmd> {
     let owner = 0..PARTIES.len();
     let pick = any::<Pick>;
@@ -292,14 +312,12 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 /// on), then up to 25 random steps: at most 30 commands.
 fn workload() -> impl Strategy<Value = Vec<Step>> {
     let issue = (0..PARTIES.len(), 1..=1_000u64, 0..CURRENCIES.len()).prop_map(
-        |(owner, amount, currency)| Step {
-            cmd: Cmd::Issue {
+        |(owner, amount, currency)| {
+            Step::plain(Cmd::Issue {
                 owner,
                 amount,
                 currency,
-            },
-            window: MAX_WINDOW_US,
-            schedule: Vec::new(),
+            })
         },
     );
     (
@@ -307,11 +325,7 @@ fn workload() -> impl Strategy<Value = Vec<Step>> {
         prop::collection::vec(step_strategy(), 1..=25),
     )
         .prop_map(|(mut steps, random)| {
-            steps.push(Step {
-                cmd: Cmd::Settle { gap: 1 },
-                window: MAX_WINDOW_US,
-                schedule: Vec::new(),
-            });
+            steps.push(Step::plain(Cmd::Settle { gap: 1 }));
             steps.extend(random);
             steps
         })
@@ -338,18 +352,14 @@ struct Stats {
 
 impl Stats {
     fn add(&mut self, other: &Stats) {
-        self.cases += other.cases;
-        self.sequenced += other.sequenced;
-        self.refused_by_sequencer += other.refused_by_sequencer;
-        self.dropped_responses += other.dropped_responses;
-        self.deduplicated += other.deduplicated;
-        self.skipped_commands += other.skipped_commands;
-        self.stale_submissions += other.stale_submissions;
-        self.restarts += other.restarts;
-        self.ambiguous_refusals += other.ambiguous_refusals;
-        self.replayed_events += other.replayed_events;
-        self.deduplicated_sends += other.deduplicated_sends;
-        self.committed += other.committed;
+        macro_rules! add_counters {
+            ($into:expr, $from:expr; $($counter:ident),+) => {
+                $($into.$counter += $from.$counter;)+
+            };
+        }
+        add_counters!(self, other; cases, sequenced, refused_by_sequencer, dropped_responses,
+            deduplicated, skipped_commands, stale_submissions, restarts, ambiguous_refusals,
+            replayed_events, deduplicated_sends, committed);
         for (k, v) in &other.verdicts {
             *self.verdicts.entry(k.clone()).or_default() += v;
         }
@@ -998,6 +1008,12 @@ impl Sim {
         }
     }
 
+    /// Submits `commands` acting for `holder`, from the participant it submits through.
+    fn submit_for(&mut self, holder: &PartyId, commands: Vec<Command>, window: u64) {
+        let change = self.change(holder);
+        self.submit(&submitter_of(holder), change, commands, window, None);
+    }
+
     fn change(&mut self, acting: &PartyId) -> ChangeId {
         let n = self.next();
         ChangeId {
@@ -1039,10 +1055,8 @@ impl Sim {
 
     fn run_cmd(&mut self, cmd: &Cmd, window: u64) {
         let owner = |i: usize| party(PARTIES[i].0);
-        let transfer = |c: &Contract, to: &PartyId| Command::Exercise {
-            contract_id: c.id.clone(),
-            choice: "Transfer".into(),
-            argument: serde_json::json!({ "new_owner": to }),
+        let transfer = |c: &Contract, to: &PartyId| {
+            exercise(c, "Transfer", serde_json::json!({ "new_owner": to }))
         };
         let mergeable = |held: &[Contract], first: &Contract| -> Vec<Contract> {
             held.iter()
@@ -1076,8 +1090,7 @@ impl Sim {
                     return;
                 };
                 let command = transfer(&held[pick.index(held.len())], &owner(*to));
-                let change = self.change(&holder);
-                self.submit(&submitter_of(&holder), change, vec![command], window, None);
+                self.submit_for(&holder, vec![command], window);
             }
             Cmd::Split { holder, pick, cut } => {
                 let splittable = |c: &Contract| iou(c).amount >= 2;
@@ -1089,13 +1102,8 @@ impl Sim {
                 let held: Vec<Contract> = held.into_iter().filter(splittable).collect();
                 let contract = &held[pick.index(held.len())];
                 let amount = 1 + cut % (iou(contract).amount - 1);
-                let command = Command::Exercise {
-                    contract_id: contract.id.clone(),
-                    choice: "Split".into(),
-                    argument: serde_json::json!({ "amount": amount }),
-                };
-                let change = self.change(&holder);
-                self.submit(&submitter_of(&holder), change, vec![command], window, None);
+                let command = exercise(contract, "Split", serde_json::json!({ "amount": amount }));
+                self.submit_for(&holder, vec![command], window);
             }
             Cmd::Merge {
                 holder,
@@ -1115,13 +1123,8 @@ impl Sim {
                 let first = firsts[pick.index(firsts.len())];
                 let others = mergeable(&held, first);
                 let second = &others[other.index(others.len())];
-                let command = Command::Exercise {
-                    contract_id: first.id.clone(),
-                    choice: "Merge".into(),
-                    argument: serde_json::json!({ "other": second.id }),
-                };
-                let change = self.change(&holder);
-                self.submit(&submitter_of(&holder), change, vec![command], window, None);
+                let command = exercise(first, "Merge", serde_json::json!({ "other": second.id }));
+                self.submit_for(&holder, vec![command], window);
             }
             Cmd::DoubleSpend {
                 holder,
@@ -1158,8 +1161,7 @@ impl Sim {
                 }
                 let to = owner(*to);
                 let commands = vec![transfer(&held[first], &to), transfer(&held[second], &to)];
-                let change = self.change(&holder);
-                self.submit(&submitter_of(&holder), change, commands, window, None);
+                self.submit_for(&holder, commands, window);
             }
             Cmd::Stale { pick, to } => {
                 // Contracts whose owner's participant has seen them archived.
@@ -1820,34 +1822,42 @@ fn random_workloads_keep_the_ledger_invariants() {
     }
 }
 
+/// The steps of a hand-written case: the bank issues one IOU (currency 0) to `owner` and it
+/// settles, so that the case's `commands` find it as `Pick(0)`; then the commands run.
+fn after_one_settled_iou(owner: usize, amount: u64, commands: Vec<Cmd>) -> Vec<Step> {
+    let issue = Cmd::Issue {
+        owner,
+        amount,
+        currency: 0,
+    };
+    [issue, Cmd::Settle { gap: 1 }]
+        .into_iter()
+        .chain(commands)
+        .map(Step::plain)
+        .collect()
+}
+
 /// A hand-written case: alice double spends an IOU (both requests sequenced before either
 /// verdict: the second finds it locked), then transfers it again from a stale view.
 #[test]
 fn double_spend_commits_at_most_once() {
-    let step = |cmd| Step {
-        cmd,
-        window: MAX_WINDOW_US,
-        schedule: Vec::new(),
-    };
-    let steps = vec![
-        step(Cmd::Issue {
-            owner: 1,
-            amount: 100,
-            currency: 0,
-        }),
-        step(Cmd::Settle { gap: 1 }),
-        step(Cmd::DoubleSpend {
-            holder: Pick(0),
-            pick: Pick(0),
-            to_a: 3,
-            to_b: 4,
-        }),
-        step(Cmd::Settle { gap: 1 }),
-        step(Cmd::Stale {
-            pick: Pick(0),
-            to: 3,
-        }),
-    ];
+    let steps = after_one_settled_iou(
+        1,
+        100,
+        vec![
+            Cmd::DoubleSpend {
+                holder: Pick(0),
+                pick: Pick(0),
+                to_a: 3,
+                to_b: 4,
+            },
+            Cmd::Settle { gap: 1 },
+            Cmd::Stale {
+                pick: Pick(0),
+                to: 3,
+            },
+        ],
+    );
     let mut sim = Sim::new();
     sim.run(&steps);
     sim.check().unwrap();
@@ -1880,30 +1890,23 @@ fn double_spend_commits_at_most_once() {
 #[test]
 #[ignore = "documents why the runtime never abandons on a sequencer refusal"]
 fn abandoned_submission_of_a_multi_hosted_party_commits() {
-    let step = |cmd| Step {
-        cmd,
-        window: MAX_WINDOW_US,
-        schedule: Vec::new(),
-    };
-    let steps = vec![
-        // The bank issues an IOU to dave (hosted on p2, confirmed for on p3 as well).
-        step(Cmd::Issue {
-            owner: 2,
-            amount: 10,
-            currency: 0,
-        }),
-        step(Cmd::Settle { gap: 1 }),
-        // Dave transfers it to bob from p2; the send is sequenced, but p2 is told it was
-        // refused and abandons it (ABORTED) before its subscription delivers the request.
-        step(Cmd::Transfer {
-            holder: Pick(0),
-            pick: Pick(0),
-            to: 3,
-        }),
-        step(Cmd::AmbiguousRefusal { pick: Pick(0) }),
-        // In order: p1's and p3's approvals, then p2's rejection (too late), the verdict.
-        step(Cmd::Settle { gap: 1 }),
-    ];
+    // The bank issues an IOU to dave (hosted on p2, confirmed for on p3 as well).
+    let steps = after_one_settled_iou(
+        2,
+        10,
+        vec![
+            // Dave transfers it to bob from p2; the send is sequenced, but p2 is told it was
+            // refused and abandons it (ABORTED) before its subscription delivers the request.
+            Cmd::Transfer {
+                holder: Pick(0),
+                pick: Pick(0),
+                to: 3,
+            },
+            Cmd::AmbiguousRefusal { pick: Pick(0) },
+            // In order: p1's and p3's approvals, then p2's rejection (too late), the verdict.
+            Cmd::Settle { gap: 1 },
+        ],
+    );
     let mut sim = Sim::new();
     sim.multi_hosted_ambiguity = true;
     sim.run(&steps);

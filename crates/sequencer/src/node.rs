@@ -33,7 +33,10 @@ use meridian_node::health::Health;
 use meridian_node::shutdown::Ticker;
 use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use meridian_proto::v1::sequencer_service_server::SequencerServiceServer;
-use meridian_store::{BackendStatus, InstanceClaim, InstanceStart, SequencerStore, StoreError};
+use meridian_store::{
+    BackendStatus, DatabaseOwner, InstanceClaim, InstanceStart, NodeKind, SequencerStore,
+    StoreError,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +56,10 @@ use meridian_node::retry::{Retry, UNTIL_STOPPED};
 /// gRPC framing and field overhead allowed on top of `max_request_bytes`, so that our own
 /// size check (with its precise message) fires before tonic's generic one.
 const WIRE_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// The sequencer's node id in the record of whose database it is: one for all instances,
+/// which share the database (the instance index is not part of the owner).
+pub const SEQUENCER_NODE_ID: &str = "sequencer";
 
 /// Why the backend may not be used for sequencing, if it may not.
 pub fn backend_refusal(status: &BackendStatus) -> Option<String> {
@@ -124,6 +131,11 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let _stop_on_return = shutdown.clone().drop_guard();
 
     let retry = Retry::new(&readiness, &shutdown);
+    let database_owner =
+        DatabaseOwner::of_node(NodeKind::Sequencer, SEQUENCER_NODE_ID, owner_key.as_ref());
+    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
+        return Ok(());
+    }
     let Some(store) = connect_store(&config, &retry).await? else {
         return Ok(());
     };

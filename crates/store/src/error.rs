@@ -26,6 +26,8 @@ pub enum StoreError {
     Passive { node: String },
     #[error("member {member} is already registered with a different public key")]
     MemberKeyConflict { member: MemberId },
+    #[error("{0}")]
+    ForeignDatabase(Box<crate::owner::ForeignDatabase>),
     #[error("the database is read-only (a standby?)")]
     ReadOnly,
     #[error("the database is unreachable: {0}")]

@@ -1,5 +1,6 @@
 //! Meridian's database layer. Each component has one store trait and one module:
-//! [`sequencer`], [`topology`], [`mediator`], [`participant`] and the replica [`lease`]. One
+//! [`sequencer`], [`topology`], [`mediator`], [`participant`] and the replica [`lease`]; and
+//! [`owner`], the record of which node a database belongs to, checked at every start. One
 //! implementation per component serves both backends, SQLite (the embedded default) and
 //! PostgreSQL: the SQL is written once wherever the dialects agree (sqlx accepts `$n`
 //! placeholders on SQLite too), and per dialect only where they really differ (bulk inserts
@@ -14,6 +15,7 @@ mod error;
 mod fencing;
 pub mod lease;
 pub mod mediator;
+pub mod owner;
 pub mod participant;
 mod pool;
 pub mod sequencer;
@@ -31,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use error::StoreError;
 pub use lease::{Epoch, FenceSlot, LeaseState, LeaseStore, PgLeaseStore, SqliteLeaseStore};
 pub use mediator::SqlMediatorStore;
+pub use owner::{claim_database, DatabaseOwner, ForeignDatabase, NodeKind, OwnerClaim};
 pub use participant::{
     CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantSnapshot,
     ParticipantStore, PendingRecord, SqlParticipantStore, StoredContract, TransactionRecord,

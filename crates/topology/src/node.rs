@@ -35,7 +35,7 @@ use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
 use meridian_node::shutdown::Ticker;
 use meridian_proto::v1::topology_admin_service_server::TopologyAdminServiceServer;
-use meridian_store::{TopologyRecord, TopologyStore};
+use meridian_store::{DatabaseOwner, NodeKind, TopologyRecord, TopologyStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TopologyManagerConfig;
@@ -97,7 +97,14 @@ async fn run_manager(
         shutdown.clone(),
     );
 
-    let Some(store) = Retry::new(&readiness, &shutdown)
+    let retry = Retry::new(&readiness, &shutdown);
+    let owner_key = owner.public_key();
+    let database_owner =
+        DatabaseOwner::of_node(NodeKind::TopologyManager, member.as_str(), Some(&owner_key));
+    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
+        return Ok(());
+    }
+    let Some(store) = retry
         .until("database", "cannot open the topology database", || {
             meridian_store::open_topology_store(&config.storage)
         })

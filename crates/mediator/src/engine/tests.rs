@@ -217,27 +217,34 @@ fn reject(code: RejectionCode, message: &str) -> LocalVerdict {
     }
 }
 
+/// Of `$effects`, those of one kind (`$kind`), each turned into `$value`, in order.
+macro_rules! effects_of {
+    ($effects:expr, $kind:pat => $value:expr) => {
+        $effects
+            .iter()
+            .filter_map(|effect| match effect {
+                $kind => Some($value),
+                _ => None,
+            })
+            .collect()
+    };
+}
+
 /// The (request, recipients, outcome) of every verdict to send.
 fn verdicts(effects: &[Effect]) -> Vec<(u64, BTreeSet<ParticipantId>, VerdictOutcome)> {
-    effects
-        .iter()
-        .filter_map(|effect| match effect {
-            Effect::SendVerdict {
-                request_id,
-                informee_participants,
-                verdict,
-            } => {
-                assert_eq!(verdict.request_id, *request_id);
-                assert_eq!(verdict.request_hash, HASH);
-                Some((
-                    request_id.as_micros(),
-                    informee_participants.clone(),
-                    verdict.outcome.clone(),
-                ))
-            }
-            _ => None,
-        })
-        .collect()
+    effects_of!(effects, Effect::SendVerdict {
+        request_id,
+        informee_participants,
+        verdict,
+    } => {
+        assert_eq!(verdict.request_id, *request_id);
+        assert_eq!(verdict.request_hash, HASH);
+        (
+            request_id.as_micros(),
+            informee_participants.clone(),
+            verdict.outcome.clone(),
+        )
+    })
 }
 
 /// The verdicts of [`verdicts`] when the request at `T` is approved and sent to `recipients`.
@@ -246,23 +253,11 @@ fn approval_of_t(recipients: &[&str]) -> Vec<(u64, BTreeSet<ParticipantId>, Verd
 }
 
 fn ignored(effects: &[Effect]) -> Vec<&'static str> {
-    effects
-        .iter()
-        .filter_map(|effect| match effect {
-            Effect::Ignored(ignored) => Some(ignored.reason()),
-            _ => None,
-        })
-        .collect()
+    effects_of!(effects, Effect::Ignored(ignored) => ignored.reason())
 }
 
 fn changes(effects: &[Effect]) -> Vec<StateChange> {
-    effects
-        .iter()
-        .filter_map(|effect| match effect {
-            Effect::Persist(change) => Some(change.clone()),
-            _ => None,
-        })
-        .collect()
+    effects_of!(effects, Effect::Persist(change) => change.clone())
 }
 
 /// Submits a request at `T` from p1 and checks it is pending.
