@@ -6,13 +6,33 @@
 
 use meridian_core::sequencing::ForkError;
 
+/// Which kind of server a client talked to, so its errors name the right one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Sequencer,
+    /// A participant's Ledger API.
+    Participant,
+    TopologyManager,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Peer::Sequencer => "sequencer",
+            Peer::Participant => "participant",
+            Peer::TopologyManager => "topology manager",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// The sequencer could not be reached, or kept answering with transient errors, for
+    /// The server (`peer`) could not be reached, or kept answering with transient errors, for
     /// `attempts` consecutive attempts spaced by the configured backoff. For a send the outcome
     /// is unknown: resend with the same message id to learn it (the sequencer deduplicates).
-    #[error("sequencer at {endpoint} unavailable after {attempts} attempts: {last_error}")]
+    #[error("{peer} at {endpoint} unavailable after {attempts} attempts: {last_error}")]
     Unavailable {
+        peer: Peer,
         endpoint: String,
         attempts: u32,
         last_error: String,
@@ -34,6 +54,13 @@ pub enum ClientError {
     /// an empty token, a send response without timestamp).
     #[error("protocol violation by the sequencer: {0}")]
     Protocol(String),
+    /// A participant or the topology manager sent an answer that does not follow its API.
+    #[error("invalid answer from the {peer}: {detail}")]
+    InvalidAnswer { peer: Peer, detail: String },
+    /// The topology history does not verify against the configured `owner_public_key`: the
+    /// key is not the synchronizer owner's (or the manager belongs to another synchronizer).
+    #[error("the topology manager's history is not signed by owner_public_key {owner}: {detail}; set owner_public_key to the synchronizer owner's public key")]
+    OwnerKeyMismatch { owner: String, detail: String },
     /// A send's `max_sequencing_time` passed while retrying transient errors, before any
     /// definite answer. The submission can no longer be sequenced if it was not already; its
     /// outcome is unknown to the client.

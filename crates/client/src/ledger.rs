@@ -23,6 +23,7 @@ use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use crate::error::Peer;
 use crate::{Backoff, ClientError};
 
 /// How often an open connection to a replica is pinged, and how long a ping may go unanswered
@@ -125,6 +126,12 @@ impl LedgerClient {
         self
     }
 
+    /// Every endpoint, for errors after retrying across all of them.
+    fn endpoints(&self) -> String {
+        let endpoints: Vec<&str> = self.channels.iter().map(|(e, _)| e.as_str()).collect();
+        endpoints.join(", ")
+    }
+
     fn stub(&self) -> (String, LedgerServiceClient<Channel>) {
         let index = self.current.load(Ordering::Relaxed) % self.channels.len();
         let (endpoint, channel) = &self.channels[index];
@@ -181,7 +188,7 @@ impl LedgerClient {
         self.with_retries(call)
             .await
             .map(|(value, _)| value)
-            .map_err(|(status, attempts)| status_error(&self.channels[0].0, status, attempts))
+            .map_err(|(status, attempts)| status_error(&self.endpoints(), status, attempts))
     }
 
     pub async fn allocate_party(&self, party: &PartyId) -> Result<PartyId, ClientError> {
@@ -195,7 +202,7 @@ impl LedgerClient {
             })
             .await?;
         PartyId::new(response.into_inner().party)
-            .map_err(|e| ClientError::Protocol(format!("allocated party: {e}")))
+            .map_err(|e| invalid(format!("allocated party: {e}")))
     }
 
     /// Submits `commands` as `act_as` and waits for the outcome, retrying with the same
@@ -262,7 +269,7 @@ impl LedgerClient {
                     }),
                 }
             }
-            Err((status, attempts)) => Err(status_error(&self.channels[0].0, status, attempts)),
+            Err((status, attempts)) => Err(status_error(&self.endpoints(), status, attempts)),
         }
     }
 
@@ -414,9 +421,18 @@ fn broken_connection(status: &tonic::Status) -> bool {
     status.code() == Code::Internal && status.message().starts_with("h2 protocol error")
 }
 
+/// The participant's answer did not follow the Ledger API.
+fn invalid(detail: String) -> ClientError {
+    ClientError::InvalidAnswer {
+        peer: Peer::Participant,
+        detail,
+    }
+}
+
 fn status_error(endpoint: &str, status: tonic::Status, attempts: u32) -> ClientError {
     if retryable(&status) {
         ClientError::Unavailable {
+            peer: Peer::Participant,
             endpoint: endpoint.to_owned(),
             attempts,
             last_error: status.message().to_owned(),
@@ -456,11 +472,11 @@ fn parties(field: &str, names: &[String]) -> Result<BTreeSet<PartyId>, ClientErr
         .iter()
         .map(|n| PartyId::new(n.clone()))
         .collect::<Result<_, _>>()
-        .map_err(|e| ClientError::Protocol(format!("{field}: {e}")))
+        .map_err(|e| invalid(format!("{field}: {e}")))
 }
 
 pub fn contract_from_wire(event: &v1::CreatedEvent) -> Result<Contract, ClientError> {
-    let bad = |what: String| ClientError::Protocol(format!("created event: {what}"));
+    let bad = |what: String| invalid(format!("created event: {what}"));
     Ok(Contract {
         id: ContractId::new(event.contract_id.clone()).map_err(|e| bad(e.to_string()))?,
         template: TemplateId::new(event.template.clone()).map_err(|e| bad(e.to_string()))?,

@@ -55,7 +55,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, Delays};
-use crate::error::ClientError;
+use crate::error::{ClientError, Peer};
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -542,6 +542,7 @@ impl Attempts {
     ) -> Result<Duration, ClientError> {
         let Some(delay) = self.failed() else {
             return Err(ClientError::Unavailable {
+                peer: Peer::Sequencer,
                 endpoint: endpoints(),
                 attempts: self.failed,
                 last_error: last_error.to_owned(),

@@ -3,11 +3,12 @@
 //! against the owner key the member was configured with, never against a key the server sends.
 
 use meridian_core::crypto::PublicKey;
-use meridian_core::topology::{SignedTopologyTransaction, TopologyState};
+use meridian_core::topology::{SignedTopologyTransaction, TopologyError, TopologyState};
 use meridian_core::Timestamp;
 use meridian_proto::v1::topology_admin_service_client::TopologyAdminServiceClient;
 use meridian_proto::v1::GetTopologyRequest;
 
+use crate::error::Peer;
 use crate::ClientError;
 
 /// Fetches the signed topology history (effective time, transaction) from the first of the
@@ -33,6 +34,7 @@ async fn fetch_topology_from(
     let mut client = TopologyAdminServiceClient::connect(endpoint.to_owned())
         .await
         .map_err(|e| ClientError::Unavailable {
+            peer: Peer::TopologyManager,
             endpoint: endpoint.to_owned(),
             attempts: 1,
             last_error: e.to_string(),
@@ -42,6 +44,7 @@ async fn fetch_topology_from(
         .await
         .map_err(|status| match status.code() {
             tonic::Code::Unavailable => ClientError::Unavailable {
+                peer: Peer::TopologyManager,
                 endpoint: endpoint.to_owned(),
                 attempts: 1,
                 last_error: status.message().to_owned(),
@@ -75,18 +78,71 @@ pub async fn sync_topology(
 ) -> Result<usize, ClientError> {
     let mut added = 0;
     for (effective, signed) in fetch_topology(endpoints).await? {
-        if state
-            .add(effective, &signed)
-            .map_err(|e| ClientError::Protocol(format!("topology from the manager: {e}")))?
-        {
+        if add_entry(state, effective, &signed)? {
             added += 1;
         }
     }
     Ok(added)
 }
 
+/// Verifies one entry of the manager's history and adds it to `state`; whether it was new.
+fn add_entry(
+    state: &mut TopologyState,
+    effective: Timestamp,
+    signed: &SignedTopologyTransaction,
+) -> Result<bool, ClientError> {
+    state.add(effective, signed).map_err(|error| match error {
+        // The manager's entries are the owner's: one that does not verify means the
+        // configured key is not the owner's (or the manager serves another synchronizer).
+        TopologyError::Signature(_) => ClientError::OwnerKeyMismatch {
+            owner: state.owner().to_string(),
+            detail: error.to_string(),
+        },
+        other => ClientError::InvalidAnswer {
+            peer: Peer::TopologyManager,
+            detail: format!("topology history: {other}"),
+        },
+    })
+}
+
 /// Parses a hex owner key from configuration, with a message naming the setting.
 pub fn owner_key(hex: &str) -> Result<PublicKey, ClientError> {
     PublicKey::from_hex(hex)
         .map_err(|e| ClientError::InvalidConfig(format!("owner_public_key: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_core::crypto::SigningKey;
+    use meridian_core::topology::{TopologyMapping, TopologyTransaction};
+    use meridian_core::MemberId;
+
+    #[test]
+    fn history_signed_by_another_key_names_the_owner_key_setting() {
+        let owner = SigningKey::from_seed([1; 32]);
+        let configured = SigningKey::from_seed([2; 32]).public_key();
+        let transaction = TopologyTransaction {
+            serial: 1,
+            mapping: TopologyMapping::Mediator {
+                mediator: MemberId::new("mediator").expect("valid id"),
+                public_key: SigningKey::from_seed([3; 32]).public_key().to_string(),
+            },
+        };
+        let signed = SignedTopologyTransaction::sign(&transaction, &owner);
+        let mut state = TopologyState::new(configured);
+        let error = add_entry(&mut state, Timestamp::from_micros(1), &signed).unwrap_err();
+        assert!(
+            matches!(error, ClientError::OwnerKeyMismatch { .. }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("owner_public_key {configured}")),
+            "{message}"
+        );
+        assert!(!message.contains("protocol violation"), "{message}");
+        let mut right = TopologyState::new(owner.public_key());
+        assert!(add_entry(&mut right, Timestamp::from_micros(1), &signed).expect("verifies"));
+    }
 }

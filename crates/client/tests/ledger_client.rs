@@ -237,3 +237,30 @@ async fn a_submission_proven_never_sequenced_is_resubmitted() {
     assert_eq!(committed.attempts, 2);
     assert_eq!(fake.submissions.load(Ordering::Relaxed), 2);
 }
+
+#[tokio::test]
+async fn an_unreachable_participant_is_named_as_one() {
+    // A port nobody listens on: every attempt is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let client = LedgerClient::new(std::slice::from_ref(&endpoint), UserId::new("u").unwrap())
+        .unwrap()
+        .with_backoff(Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(1),
+            max_attempts: 2,
+        });
+    let error = client
+        .allocate_party(&PartyId::new("alice").unwrap())
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "participant at {endpoint} unavailable after 2 attempts"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("sequencer"), "{message}");
+}

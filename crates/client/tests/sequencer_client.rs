@@ -928,6 +928,7 @@ async fn send_gives_up_after_max_attempts() {
             endpoint,
             attempts,
             last_error,
+            ..
         }) => {
             assert_eq!(endpoint, server.endpoint);
             assert_eq!(attempts, 4);

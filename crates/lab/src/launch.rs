@@ -2,6 +2,7 @@
 //! tests: write a config, spawn `meridian <role>`, wait for `/readyz`, and kill (SIGKILL or
 //! SIGTERM) on demand or when dropped, so no test leaves a stray process behind.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +33,8 @@ pub struct NodeProcess {
     pub admin_address: SocketAddr,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Set for the process on every (re)start, on top of this process's environment.
+    environment: Vec<(OsString, OsString)>,
 }
 
 /// The sequencer is the node most tests start on its own.
@@ -43,6 +46,16 @@ impl NodeProcess {
     /// output in `dir/<name>.log`.
     pub fn spawn(
         exe: &Path,
+        dir: &Path,
+        name: &str,
+        storage: &StorageConfig,
+        adjust: impl FnOnce(&mut SequencerConfig),
+    ) -> anyhow::Result<Self> {
+        Self::sequencer(dir, name, storage, adjust)?.started(exe)
+    }
+
+    /// [`Self::spawn`] without starting: for a caller that sets the environment first.
+    pub fn sequencer(
         dir: &Path,
         name: &str,
         storage: &StorageConfig,
@@ -61,21 +74,13 @@ impl NodeProcess {
         };
         adjust(&mut config);
         let config = toml::to_string(&config).context("writing the sequencer config")?;
-        Self::spawn_role(
-            exe,
-            "sequencer",
-            dir,
-            name,
-            &config,
-            grpc_address,
-            admin_address,
-        )
+        Self::configure("sequencer", dir, name, &config, grpc_address, admin_address)
     }
 
     /// Writes `config_toml` (a role config serialized with `toml::to_string`) to
-    /// `dir/<name>.toml` and starts `meridian <role>` with it.
-    pub fn spawn_role(
-        exe: &Path,
+    /// `dir/<name>.toml` for `meridian <role>`, not started yet: [`Self::started`] starts it,
+    /// after [`Self::set_env`] if the process needs an environment of its own.
+    pub fn configure(
         role: &'static str,
         dir: &Path,
         name: &str,
@@ -87,7 +92,7 @@ impl NodeProcess {
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config_toml)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut process = Self {
+        Ok(Self {
             role,
             name: name.to_owned(),
             child: None,
@@ -95,9 +100,21 @@ impl NodeProcess {
             admin_address,
             config_path,
             log_path: dir.join(format!("{name}.log")),
-        };
-        process.start(exe)?;
-        Ok(process)
+            environment: Vec::new(),
+        })
+    }
+
+    /// Starts a configured process: [`Self::start`] for a process just built.
+    pub fn started(mut self, exe: &Path) -> anyhow::Result<Self> {
+        self.start(exe)?;
+        Ok(self)
+    }
+
+    /// Sets an environment variable for the process from its next (re)start on.
+    pub fn set_env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) {
+        let key = key.into();
+        self.environment.retain(|(set, _)| *set != key);
+        self.environment.push((key, value.into()));
     }
 
     pub fn name(&self) -> &str {
@@ -118,6 +135,7 @@ impl NodeProcess {
             .arg(self.role)
             .arg("--config")
             .arg(&self.config_path)
+            .envs(self.environment.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

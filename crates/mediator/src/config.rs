@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! member_id = "mediator"                       # its sequencer member id (default "mediator")
-//! key_file = "data/mediator.key"               # ed25519 seed as hex; created if missing
+//! key_file = "data/mediator.key"               # ed25519 seed as hex; created if missing (not by a replica)
 //! owner_public_key = "5f1c…"                   # the synchronizer owner's key, hex
 //! sequencer_endpoints = ["http://127.0.0.1:4001"] # every instance; one string also works
 //! topology_endpoints = ["http://127.0.0.1:4301"] # the topology manager's replicas

@@ -119,7 +119,7 @@ pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Res
     )
     .await;
     if let Err(error) = &result {
-        health.set_failed(format!("{error:#}"));
+        health.set_failed(meridian_node::report::one_line(error));
     }
     readiness.fail("shutdown", "shutting down");
     // The admin server stops with the shutdown token; on a fatal error, stop it too.
@@ -158,7 +158,7 @@ async fn serve(
     replication_slot: ReplicationSlot,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let key = meridian_node::keys::load_or_create_key(&config.key_file)?;
+    let key = meridian_node::keys::load_node_key(&config.key_file, config.replication.is_some())?;
     let owner = config
         .owner_key()
         .context("owner_public_key is not a hex ed25519 public key")?;

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", meridian_node::report::one_line(&error));
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,11 @@
-//! Node signing keys on disk: a file holding the 32-byte ed25519 seed as hex. A missing file
-//! is created with a fresh key (mode 0600), so a new node needs no separate key ceremony; an
-//! unreadable or malformed one is an error naming the file, never a silently new identity.
+//! Node signing keys on disk: a file holding the 32-byte ed25519 seed as hex. An unreadable or
+//! malformed file is an error naming the file, never a silently new identity.
+//!
+//! Who may create a key: a single (unreplicated) node creates its missing key on its first
+//! start (mode 0600), so it needs no separate key ceremony ([`load_node_key`]); the lab
+//! creates a deployment's keys on its first start. The replicas of a node share one identity,
+//! so a replica never creates one: each would invent a different key and all but one would be
+//! refused by the sequencer. Its missing key file is an error saying so.
 
 use std::io::Write;
 use std::path::Path;
@@ -23,6 +28,19 @@ pub enum KeyFileError {
     },
     #[error("key file {path} does not hold a 64-hex-digit ed25519 seed: {reason}")]
     Malformed { path: String, reason: String },
+    #[error("key file {path} does not exist; a replica never creates its node's key (each replica would invent a different identity): copy the key_file of the node's other replicas here")]
+    MissingReplicaKey { path: String },
+}
+
+/// The key of a node at `path`: created if missing unless the node is `replicated`, whose
+/// replicas must all hold the one key provisioned for the node (see the module doc).
+pub fn load_node_key(path: &Path, replicated: bool) -> Result<SigningKey, KeyFileError> {
+    if replicated && !path.exists() {
+        return Err(KeyFileError::MissingReplicaKey {
+            path: path.display().to_string(),
+        });
+    }
+    load_or_create_key(path)
 }
 
 /// Loads the key at `path`, creating it if the file does not exist.
@@ -86,5 +104,25 @@ mod tests {
         std::fs::write(dir.path().join("bad.key"), "not hex").expect("write");
         let err = load_or_create_key(&dir.path().join("bad.key")).unwrap_err();
         assert!(err.to_string().contains("bad.key"), "{err}");
+    }
+
+    #[test]
+    fn a_replica_never_creates_its_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("replica.key");
+        let err = load_node_key(&path, true).unwrap_err();
+        assert!(
+            matches!(err, KeyFileError::MissingReplicaKey { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("replica.key does not exist"),
+            "{err}"
+        );
+        assert!(!path.exists(), "no key was created");
+        // The node's first start (unreplicated) creates it; a replica then loads the same.
+        let created = load_node_key(&path, false).expect("created");
+        let loaded = load_node_key(&path, true).expect("loaded");
+        assert_eq!(created.public_key(), loaded.public_key());
     }
 }

@@ -21,6 +21,7 @@ pub mod owner;
 pub mod ports;
 pub mod replica;
 pub mod replication;
+pub mod report;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

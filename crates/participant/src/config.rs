@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! participant_id = "participant1"
-//! key_file = "data/participant1.key"          # created (mode 0600) if missing
+//! key_file = "data/participant1.key"          # created (mode 0600) if missing (not by a replica)
 //! owner_public_key = "<64 hex digits>"        # the synchronizer owner's topology key
 //! sequencer_endpoints = ["http://127.0.0.1:4001"] # every instance; one string also works
 //! topology_endpoints = ["http://127.0.0.1:4201"] # the topology manager's replicas (admin gRPC)

@@ -121,7 +121,7 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
     let (health, readiness) = (node.health.clone(), node.readiness.clone());
     let participant_metrics = node.metrics.with_registry(ParticipantMetrics::register);
     let participant = config.participant_id.clone();
-    let key = meridian_node::keys::load_or_create_key(&config.key_file)
+    let key = meridian_node::keys::load_node_key(&config.key_file, config.replication.is_some())
         .with_context(|| format!("participant key for {participant}"))?;
     let owner = config
         .owner_key()

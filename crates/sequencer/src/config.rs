@@ -12,6 +12,9 @@
 //! index = 0          # this instance's index, below `count`
 //! count = 32         # fixed for the deployment: timestamps t with t % count == index
 //!
+//! [timing]
+//! max_clock_skew_ms = 250   # beyond this skew from the database's clock, issue nothing
+//!
 //! [storage]
 //! backend = "sqlite"
 //! path = "data/sequencer.db"
@@ -105,13 +108,19 @@ pub struct TimingConfig {
     pub watermark_interval_ms: u64,
     /// How often the safe point is re-read to see other instances' progress.
     pub safe_point_poll_ms: u64,
-    /// A peer whose watermark is older than this is marked offline.
+    /// A peer whose watermark this instance has not seen advance for this long (by its own
+    /// monotonic clock) is marked offline.
     pub offline_after_ms: u64,
     pub token_ttl_s: u64,
     /// Deduplication entries are kept this long past their max sequencing time.
     pub dedup_retention_s: u64,
     /// How often a node that may not serve yet (standby, synchronous_commit off) re-checks.
     pub backend_check_ms: u64,
+    /// The largest difference between this instance's wall clock and the database's clock
+    /// (PostgreSQL's, or the kernel's for SQLite) at which it still issues timestamps.
+    pub max_clock_skew_ms: u64,
+    /// How often the clock is compared with the database's.
+    pub clock_check_ms: u64,
 }
 
 impl Default for TimingConfig {
@@ -123,6 +132,8 @@ impl Default for TimingConfig {
             token_ttl_s: 3_600,
             dedup_retention_s: 60,
             backend_check_ms: 1_000,
+            max_clock_skew_ms: 250,
+            clock_check_ms: 1_000,
         }
     }
 }
@@ -146,6 +157,12 @@ impl TimingConfig {
     pub fn backend_check(&self) -> Duration {
         Duration::from_millis(self.backend_check_ms.max(10))
     }
+    pub fn max_clock_skew(&self) -> Duration {
+        Duration::from_millis(self.max_clock_skew_ms)
+    }
+    pub fn clock_check(&self) -> Duration {
+        Duration::from_millis(self.clock_check_ms.max(10))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +179,8 @@ pub enum ConfigCheckError {
     OwnerKey { path: String, reason: String },
     #[error("{path}: {field} must be at least 1")]
     Zero { path: String, field: &'static str },
+    #[error("{path}: timing.max_clock_skew_ms must be at least 1: an instance whose clock is off by any amount would never issue a timestamp")]
+    NoClockSkew { path: String },
     #[error("{path}: timing.offline_after_ms ({offline_ms}) must exceed timing.watermark_interval_ms ({interval_ms}), or healthy idle instances get marked offline")]
     OfflineTooShort {
         path: String,
@@ -235,6 +254,9 @@ impl SequencerConfig {
                 path,
                 reason: error.to_string(),
             });
+        }
+        if self.timing.max_clock_skew_ms == 0 {
+            return Err(ConfigCheckError::NoClockSkew { path });
         }
         if self.timing.offline_after_ms <= self.timing.watermark_interval_ms {
             return Err(ConfigCheckError::OfflineTooShort {

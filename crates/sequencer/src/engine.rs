@@ -158,6 +158,17 @@ impl OrderingEngine {
         }
         self.high
     }
+
+    /// The watermark of a heartbeat: [`Self::idle_watermark`], but always above the previous
+    /// one. Peers take a watermark that stands still for a dead instance (they never compare
+    /// it with their own clock), so a live one must move it even while its clock has not
+    /// caught up with it yet — after rejoining above a peer whose clock ran ahead, say.
+    pub fn heartbeat_watermark(&mut self, now: Timestamp) -> Timestamp {
+        let next = self
+            .high
+            .saturating_add(std::time::Duration::from_micros(1));
+        self.idle_watermark(now.max(next))
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +250,18 @@ mod tests {
             900
         );
         let plan = engine.plan(Timestamp::from_micros(10), &[submission(10_000)]);
+        assert_eq!(plan.events[0].timestamp.as_micros(), 904);
+    }
+
+    #[test]
+    fn a_heartbeat_always_moves_the_watermark() {
+        let mut engine = instance(0, 4, 500);
+        let behind = Timestamp::from_micros(400);
+        assert_eq!(engine.heartbeat_watermark(behind).as_micros(), 501);
+        assert_eq!(engine.heartbeat_watermark(behind).as_micros(), 502);
+        let ahead = Timestamp::from_micros(900);
+        assert_eq!(engine.heartbeat_watermark(ahead).as_micros(), 900);
+        let plan = engine.plan(behind, &[submission(10_000)]);
         assert_eq!(plan.events[0].timestamp.as_micros(), 904);
     }
 

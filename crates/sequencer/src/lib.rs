@@ -6,6 +6,7 @@
 //! - [`writer`]: batches queued submissions into one durable transaction each,
 //! - [`reader`]: streams each subscriber's events up to the safe point,
 //! - [`registration`]: who may register a member (owner-signed topology, or open),
+//! - [`clock`]: bounding this instance's clock skew, [`liveness`]: which peers are dead,
 //! - [`service`]: the gRPC handlers, [`node`]: wiring and start-up checks.
 //!
 //! Several instances may share one database (active-active): each issues timestamps from its
@@ -15,10 +16,12 @@
 //! zombie or a second process with the same index writes nothing (see [`writer`] and [`node`]).
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod engine;
 pub mod error;
+pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod reader;

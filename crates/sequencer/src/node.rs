@@ -13,10 +13,15 @@
 //! naming the index, leaving the running process undisturbed. A paused process (SIGSTOP) whose
 //! watermark went stale is taken over; when it resumes, its writes are refused as superseded
 //! and it stops (see [`crate::writer`]).
+//!
+//! Before claiming its place, and every `clock_check` after, the instance compares its clock
+//! with the database's (see [`crate::clock`]): it never claims, writes or judges its peers
+//! from a clock beyond `max_clock_skew`. Peers are judged by whether their watermark moves
+//! (see [`crate::liveness`]), never by comparing it with this instance's clock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use meridian_core::backoff::Backoff;
@@ -25,6 +30,7 @@ use meridian_node::admin::{self, NodeState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
+use meridian_node::shutdown::Ticker;
 use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use meridian_proto::v1::sequencer_service_server::SequencerServiceServer;
 use meridian_store::{
@@ -35,13 +41,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::clock::ClockGate;
 use crate::config::SequencerConfig;
 use crate::directory::MemberDirectory;
 use crate::engine::{OrderingEngine, Partition};
+use crate::liveness::{peers_check_interval, PeerWatch};
 use crate::metrics::SequencerMetrics;
 use crate::service::{SequencerAdminApi, SequencerApi, Shared};
 use crate::validate::SubmissionLimits;
-use crate::writer::{IncarnationGauge, Writer, WriterExit, WriterSettings};
+use crate::writer::{IncarnationGauge, Writer, WriterExit, WriterGates, WriterSettings};
 use meridian_node::conditions::Conditions;
 use meridian_node::retry::{Retry, UNTIL_STOPPED};
 
@@ -134,6 +142,16 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     if !wait_for_usable_backend(store.as_ref(), &config, &retry).await? {
         return Ok(());
     }
+    let clock = ClockGate::new(config.timing.max_clock_skew(), readiness.clone());
+    if !wait_for_agreeing_clock(store.as_ref(), &clock, &retry).await? {
+        return Ok(());
+    }
+    tokio::spawn(compare_clock(
+        store.clone(),
+        clock.clone(),
+        config.timing.clock_check(),
+        shutdown.clone(),
+    ));
 
     let Some(start) = claim_instance(store.as_ref(), &config, &retry).await? else {
         return Ok(());
@@ -149,7 +167,11 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         &incarnation,
         safe_point_tx.clone(),
         sequencer_metrics.clone(),
-        &retry,
+        WriterGates {
+            readiness: readiness.clone(),
+            clock,
+            stop: shutdown.clone(),
+        },
     )
     .await?;
     let peers_marked_offline = Arc::new(AtomicU64::new(0));
@@ -218,7 +240,7 @@ async fn start_writer(
     incarnation: &IncarnationGauge,
     safe_point: watch::Sender<Timestamp>,
     metrics: SequencerMetrics,
-    retry: &Retry,
+    gates: WriterGates,
 ) -> anyhow::Result<(
     tokio::task::JoinHandle<WriterExit>,
     crate::writer::WriterHandle,
@@ -239,8 +261,7 @@ async fn start_writer(
         },
         safe_point,
         metrics,
-        retry.readiness().clone(),
-        retry.stop_token().clone(),
+        gates,
     );
     writer.refresh_safe_point().await;
     Ok((tokio::spawn(writer.run()), handle))
@@ -369,8 +390,76 @@ async fn usable_backend(store: &dyn SequencerStore) -> Result<(), String> {
     backend_refusal(&status).map_or(Ok(()), Err)
 }
 
+/// Waits until this instance's clock agrees with the database's (see [`crate::clock`]);
+/// `Ok(false)` on shutdown. Until then `/readyz` names the skew.
+async fn wait_for_agreeing_clock(
+    store: &dyn SequencerStore,
+    clock: &ClockGate,
+    retry: &Retry,
+) -> anyhow::Result<bool> {
+    let agreed = retry
+        .until("clock", "", || async {
+            match clock.compare(store).await {
+                Err(error) => Err(format!(
+                    "cannot compare the clock with the database's: {error}"
+                )),
+                Ok(_) => clock.check(Timestamp::now(), Instant::now()),
+            }
+        })
+        .await?;
+    Ok(agreed.is_some())
+}
+
+/// Compares the clock with the database's every `every` until shutdown. A comparison that
+/// fails leaves the gate as it was: a database outage is reported by the database calls.
+async fn compare_clock(
+    store: Arc<dyn SequencerStore>,
+    clock: ClockGate,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = Ticker::new(every, shutdown);
+    while ticker.tick().await {
+        if let Err(error) = clock.compare(store.as_ref()).await {
+            tracing::debug!(%error, "comparing the clock with the database's failed");
+        }
+    }
+}
+
+/// Marks the peers offline whose watermark `watch` has not seen move for `offline_after`, each
+/// only if its watermark is still the one seen (the store's conditional update), so a peer
+/// that advanced meanwhile is left alone.
+async fn mark_stale_peers(
+    store: &dyn SequencerStore,
+    watch: &mut PeerWatch,
+    peers_marked_offline: &AtomicU64,
+) {
+    let instances = match store.instances().await {
+        Ok(instances) => instances,
+        Err(error) => {
+            tracing::debug!(%error, "reading instances failed");
+            return;
+        }
+    };
+    for peer in watch.observe(&instances, Instant::now()) {
+        match store.mark_offline(peer.index, peer.stale_before()).await {
+            Ok(true) => {
+                peers_marked_offline.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    peer = %peer.index,
+                    watermark = %peer.watermark,
+                    unchanged_ms = peer.unchanged_for.as_millis(),
+                    "marked a sequencer instance offline: its watermark stopped moving"
+                );
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "marking a peer offline failed"),
+        }
+    }
+}
+
 /// Follows other instances: re-reads the safe point so their events become deliverable,
-/// marks peers whose watermark went stale offline so they stop holding readers back, and
+/// marks peers whose watermark stopped moving offline so they stop holding readers back, and
 /// keeps re-checking that the backend is still usable (a failover may leave us on a standby).
 async fn poll_peers(
     store: Arc<dyn SequencerStore>,
@@ -380,10 +469,12 @@ async fn poll_peers(
     peers_marked_offline: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
-    let own = config.instance.index();
+    let offline_after = config.timing.offline_after();
+    let mut watch = PeerWatch::new(config.instance.index(), offline_after);
     let mut poll = tokio::time::interval(config.timing.safe_point_poll());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut peers_check = tokio::time::interval(config.timing.offline_after() / 2);
+    let mut peers_check = tokio::time::interval(peers_check_interval(offline_after));
+    peers_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backend_check = tokio::time::interval(config.timing.backend_check());
     loop {
         tokio::select! {
@@ -398,22 +489,7 @@ async fn poll_peers(
                 }
             }
             _ = peers_check.tick() => {
-                let stale_before = Timestamp::now().saturating_sub(config.timing.offline_after());
-                match store.instances().await {
-                    Ok(instances) => {
-                        for peer in instances.iter().filter(|i| i.online && i.index != own && i.watermark < stale_before) {
-                            match store.mark_offline(peer.index, stale_before).await {
-                                Ok(true) => {
-                                    peers_marked_offline.fetch_add(1, Ordering::Relaxed);
-                                    tracing::warn!(peer = %peer.index, watermark = %peer.watermark, "marked a stale sequencer instance offline");
-                                }
-                                Ok(false) => {}
-                                Err(error) => tracing::warn!(%error, "marking a peer offline failed"),
-                            }
-                        }
-                    }
-                    Err(error) => tracing::debug!(%error, "reading instances failed"),
-                }
+                mark_stale_peers(store.as_ref(), &mut watch, &peers_marked_offline).await;
             }
             _ = backend_check.tick() => match usable_backend(store.as_ref()).await {
                 Ok(()) => readiness.clear("backend"),

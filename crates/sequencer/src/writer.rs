@@ -17,6 +17,11 @@
 //!   while this process was paused, or a second process configured with the same index): the
 //!   writer **stops the instance** (the process exits with an error). Rejoining would take the
 //!   index back from a live process, and the two would fence each other in turn.
+//!
+//! While the [`ClockGate`] is closed (this instance's clock is off, see [`crate::clock`]) the
+//! writer issues nothing: queued sends are answered UNAVAILABLE (the client retries on another
+//! instance) and no heartbeat moves the watermark, so the peers mark this instance offline
+//! instead of waiting for it; it rejoins through the fencing path above once the gate opens.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -27,6 +32,7 @@ use meridian_store::{Incarnation, InstanceClaim, SequencerStore, StoreError, Wri
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::ClockGate;
 use crate::engine::{OrderingEngine, Refusal, ValidatedSubmission};
 use crate::error::SendError;
 use crate::metrics::SequencerMetrics;
@@ -135,8 +141,17 @@ pub struct Writer {
     safe_point: watch::Sender<Timestamp>,
     metrics: SequencerMetrics,
     readiness: Conditions,
+    clock: ClockGate,
     last_commit: Instant,
     last_prune: Instant,
+}
+
+/// The node's collaborators a writer reports to and asks before issuing timestamps.
+pub struct WriterGates {
+    pub readiness: Conditions,
+    pub clock: ClockGate,
+    /// Cancelled when this instance must stop (superseded): ends the whole node.
+    pub stop: CancellationToken,
 }
 
 impl Writer {
@@ -149,8 +164,7 @@ impl Writer {
         settings: WriterSettings,
         safe_point: watch::Sender<Timestamp>,
         metrics: SequencerMetrics,
-        readiness: Conditions,
-        stop: CancellationToken,
+        gates: WriterGates,
     ) -> (Self, WriterHandle) {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let handle = WriterHandle {
@@ -164,12 +178,13 @@ impl Writer {
             incarnation,
             incarnation_gauge,
             superseded: None,
-            stop,
+            stop: gates.stop,
             settings,
             queue: rx,
             safe_point,
             metrics,
-            readiness,
+            readiness: gates.readiness,
+            clock: gates.clock,
             last_commit: Instant::now(),
             last_prune: Instant::now(),
         };
@@ -214,9 +229,19 @@ impl Writer {
     }
 
     async fn write(&mut self, requests: Vec<WriteRequest>) {
+        let now = Timestamp::now();
+        if let Err(reason) = self.clock.check(now, Instant::now()) {
+            for request in requests {
+                self.metrics.count("unavailable");
+                let _ = request
+                    .reply
+                    .send(Err(SendError::Unavailable(reason.clone())));
+            }
+            return;
+        }
         let submissions: Vec<ValidatedSubmission> =
             requests.iter().map(|r| r.submission.clone()).collect();
-        let plan = self.engine.plan(Timestamp::now(), &submissions);
+        let plan = self.engine.plan(now, &submissions);
         let mut replies: Vec<Option<Result<SendOutcome, SendError>>> =
             (0..requests.len()).map(|_| None).collect();
         for (slot, refusal) in &plan.refused {
@@ -284,7 +309,12 @@ impl Writer {
     }
 
     async fn heartbeat(&mut self) {
-        let watermark = self.engine.idle_watermark(Timestamp::now());
+        let now = Timestamp::now();
+        // Neither a watermark nor a pruning horizon from a clock that is off.
+        if self.clock.check(now, Instant::now()).is_err() {
+            return;
+        }
+        let watermark = self.engine.heartbeat_watermark(now);
         let advance =
             self.store
                 .advance_watermark(self.settings.index, self.incarnation, watermark);
@@ -297,7 +327,7 @@ impl Writer {
         }
         if self.last_prune.elapsed() >= PRUNE_INTERVAL {
             self.last_prune = Instant::now();
-            let expired_before = Timestamp::now().saturating_sub(self.settings.dedup_retention);
+            let expired_before = now.saturating_sub(self.settings.dedup_retention);
             let prune = self.store.prune_message_ids(expired_before);
             match self.readiness.watch_database_call(prune).await {
                 Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned message ids"),

@@ -40,7 +40,8 @@ pub use participant::{
 };
 pub use sequencer::{
     BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberRecord,
-    MemberSeq, NewEvent, SequencerStore, SqlSequencerStore, StoredEvent, WriteResult,
+    MemberSeq, NewEvent, ReferenceTime, SequencerStore, SqlSequencerStore, StoredEvent,
+    WriteResult,
 };
 pub use topology::{
     open_topology_store, SqlTopologyStore, TopologyRecord, TopologyStore, TopologyStoreError,

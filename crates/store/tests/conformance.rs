@@ -840,6 +840,28 @@ async fn backend_status_reports_a_writable_durable_database(h: Harness) {
     }
 }
 
+/// The reference clock is the host's (or server's) true time: on this one machine it agrees
+/// with this process's unshifted clock to well within the sequencer's skew bound.
+async fn the_reference_time_agrees_with_this_hosts_clock(h: Harness) {
+    let before = Timestamp::now();
+    let reference = h.store.reference_time().await.expect("reference time");
+    let after = Timestamp::now();
+    let slack = std::time::Duration::from_millis(50);
+    assert!(
+        reference.time >= before.saturating_sub(slack)
+            && reference.time <= after.saturating_add(slack),
+        "{} read {} outside [{before}, {after}]",
+        reference.source,
+        reference.time
+    );
+    let expected = if h.is_postgres() {
+        "PostgreSQL"
+    } else {
+        "kernel"
+    };
+    assert!(reference.source.contains(expected), "{}", reference.source);
+}
+
 async fn reopening_keeps_everything(h: Harness) {
     let a = register(&*h.store, "a").await;
     h.store.start_at(I0, t(0)).await.expect("start");
@@ -948,6 +970,7 @@ conformance!(
     acknowledgements_never_move_backwards,
     pruned_message_ids_can_be_sequenced_again,
     backend_status_reports_a_writable_durable_database,
+    the_reference_time_agrees_with_this_hosts_clock,
     reopening_keeps_everything,
     mark_offline_races_cleanly_with_writes,
 );

@@ -3,8 +3,8 @@
 //!
 //! ```toml
 //! member_id = "topology-manager"          # its sequencer identity (default shown)
-//! owner_key_file = "keys/owner.key"       # synchronizer owner signing key; created if missing
-//! key_file = "keys/topology-manager.key"  # its own member key; created if missing
+//! owner_key_file = "keys/owner.key"       # owner signing key; created if missing (not by a replica)
+//! key_file = "keys/topology-manager.key"  # its member key; created if missing (not by a replica)
 //! sequencer_endpoints = ["http://127.0.0.1:4001"] # every instance; one string also works
 //! listen_address = "127.0.0.1:4201"       # gRPC: TopologyAdminService, health, reflection
 //! admin_address = "127.0.0.1:4301"        # HTTP: /livez /readyz /status /metrics

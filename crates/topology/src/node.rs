@@ -29,7 +29,7 @@ use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
-use meridian_node::keys::load_or_create_key;
+use meridian_node::keys::load_node_key;
 use meridian_node::replica::{ReplicaManager, ReplicaSettings};
 use meridian_node::replication::Replication;
 use meridian_node::retry::Retry;
@@ -62,8 +62,9 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
         .check("topology manager config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let member = config.member()?;
-    let owner = load_or_create_key(&config.owner_key_file)?;
-    let key = load_or_create_key(&config.key_file)?;
+    let replicated = config.replication.is_some();
+    let owner = load_node_key(&config.owner_key_file, replicated)?;
+    let key = load_node_key(&config.key_file, replicated)?;
     anyhow::ensure!(
         owner.public_key() != key.public_key(),
         "key_file and owner_key_file hold the same key; the member key must not be the owner key"

@@ -151,6 +151,9 @@ async fn a_passive_replica_takes_over_with_the_next_serial() {
     let dir = tempfile::tempdir().unwrap();
     let owner = SigningKey::generate();
     meridian_node::keys::write_key(&dir.path().join("owner.key"), &owner).unwrap();
+    // The replicas share the manager's key; replicas never create one.
+    meridian_node::keys::write_key(&dir.path().join("manager.key"), &SigningKey::generate())
+        .unwrap();
 
     let sequencer = SequencerThread::start(dir.path(), &owner.public_key()).await;
 

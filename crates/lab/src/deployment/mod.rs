@@ -105,15 +105,15 @@ struct PendingProcess {
 
 impl PendingProcess {
     fn spawn(self, exe: &Path) -> anyhow::Result<NodeProcess> {
-        NodeProcess::spawn_role(
-            exe,
+        NodeProcess::configure(
             self.role.command(),
             &self.dir,
             &self.name,
             &self.config,
             self.at.grpc,
             self.at.admin,
-        )
+        )?
+        .started(exe)
     }
 
     /// Writes the config under the node's cold directory instead of starting it.
@@ -306,6 +306,8 @@ impl Keys {
     fn load_or_create(data_dir: &Path, description: &Description) -> anyhow::Result<Self> {
         let dir = data_dir.join("keys");
         let owner = load_or_create_key(&dir.join("owner.key"))?;
+        // Created here rather than by the manager: its replicas never create their key.
+        load_or_create_key(&dir.join(format!("{TOPOLOGY_NODE}.key")))?;
         let mediator = load_or_create_key(&dir.join(format!("{MEDIATOR_NODE}.key")))?;
         let participants = description
             .participants

@@ -143,6 +143,15 @@ pub struct BackendStatus {
     pub synchronous_commit: Option<String>,
 }
 
+/// A reading of the clock the sequencer's instances compare their own wall clock with (see
+/// [`SequencerStore::reference_time`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReferenceTime {
+    pub time: Timestamp,
+    /// Which clock it was, for the messages that report a skew.
+    pub source: &'static str,
+}
+
 #[async_trait]
 pub trait SequencerStore: Send + Sync + 'static {
     /// Registers a member. Idempotent for the same key (`created == false`); a different key
@@ -231,4 +240,11 @@ pub trait SequencerStore: Send + Sync + 'static {
     async fn prune_message_ids(&self, expired_before: Timestamp) -> Result<u64, StoreError>;
 
     async fn backend_status(&self) -> Result<BackendStatus, StoreError>;
+
+    /// The current time of a clock shared by every instance of this database and read without
+    /// this process's own clock: PostgreSQL's `clock_timestamp()` on the server; on SQLite (a
+    /// file on this host) the kernel's clock, as the modification time the kernel gives a
+    /// file written next to the database. Instances compare their wall clock with it to bound
+    /// their skew; the caller brackets the call with its own clock readings.
+    async fn reference_time(&self) -> Result<ReferenceTime, StoreError>;
 }

@@ -9,7 +9,7 @@ use meridian_core::Timestamp;
 use sqlx::postgres::{PgConnection, PgPool};
 
 use super::common::MARK_OFFLINE;
-use super::{NewEvent, WriteResult};
+use super::{NewEvent, ReferenceTime, WriteResult};
 use crate::StoreError;
 
 /// How long `mark_offline` waits for the row lock of the instance it inspects: long enough for
@@ -205,4 +205,16 @@ pub(super) async fn mark_offline(
     };
     tx.commit().await?;
     Ok(marked > 0)
+}
+
+/// The server's own clock, `clock_timestamp()` (the time of the call, not of the transaction).
+pub(super) async fn server_time(readers: &PgPool) -> Result<ReferenceTime, StoreError> {
+    let micros: i64 =
+        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+            .fetch_one(readers)
+            .await?;
+    Ok(ReferenceTime {
+        time: Timestamp::from_i64(micros),
+        source: "the PostgreSQL server's clock_timestamp()",
+    })
 }

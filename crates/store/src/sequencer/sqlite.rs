@@ -3,11 +3,14 @@
 //! subqueries.
 
 use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use meridian_core::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::{NewEvent, WriteResult};
+use super::{NewEvent, ReferenceTime, WriteResult};
 use crate::pool::InsertChunked;
 use crate::StoreError;
 
@@ -137,4 +140,33 @@ pub(super) async fn insert_events(
             "",
         )
         .await
+}
+
+/// The kernel's clock, read without this process's `clock_gettime`: the modification time the
+/// kernel stamps on a small file next to the database when it is written. The file lives in
+/// the database's own directory (which SQLite needs writable for its WAL anyway), so writing
+/// it never touches the database or its write lock.
+pub(super) async fn kernel_time(database: &Path) -> Result<ReferenceTime, StoreError> {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-clock");
+    let probe = PathBuf::from(name);
+    let stamped = tokio::task::spawn_blocking(move || -> std::io::Result<SystemTime> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&probe)?;
+        file.write_all(b"clock probe\n")?;
+        file.metadata()?.modified()
+    })
+    .await
+    .map_err(|joined| StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(joined))))?
+    .map_err(|error| StoreError::Unavailable(sqlx::Error::Io(error)))?;
+    let micros = stamped
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros());
+    Ok(ReferenceTime {
+        time: Timestamp::from_micros(u64::try_from(micros).unwrap_or(u64::MAX)),
+        source: "the kernel's clock (the modification time of a file next to the SQLite database)",
+    })
 }

@@ -32,7 +32,7 @@ use sqlx::{PgConnection, SqliteConnection};
 use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
 use super::{
     postgres, sqlite, BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState,
-    MemberRecord, MemberSeq, NewEvent, SequencerStore, StoredEvent, WriteResult,
+    MemberRecord, MemberSeq, NewEvent, ReferenceTime, SequencerStore, StoredEvent, WriteResult,
 };
 use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, StorePool};
 use crate::{StorageConfig, StoreError};
@@ -448,6 +448,15 @@ impl SequencerStore for SqlSequencerStore {
 
     async fn backend_status(&self) -> Result<BackendStatus, StoreError> {
         self.pool.backend_status().await
+    }
+
+    async fn reference_time(&self) -> Result<ReferenceTime, StoreError> {
+        match &self.pool {
+            StorePool::Sqlite { writer, .. } => {
+                sqlite::kernel_time(writer.connect_options().get_filename()).await
+            }
+            StorePool::Postgres { readers, .. } => postgres::server_time(readers).await,
+        }
     }
 }
 
