@@ -308,15 +308,22 @@ pub struct NemesisFault {
     pub restored_at_ms: Option<f64>,
     /// The end of its window: failures until then count against it.
     pub window_end_ms: Option<f64>,
-    pub failed_requests: u64,
-    pub timed_out_requests: u64,
-    /// Acknowledged transactions of its window missing afterwards on an informee.
-    pub rpo_transactions: u64,
-    /// Times a replicated node's active replica changed in its window.
-    pub replica_changes: u64,
+    #[serde(flatten)]
+    pub in_window: WindowCounts,
     /// What went wrong while undoing it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+}
+
+/// What happened in one fault's window, counted by `NemesisRun::attribute`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WindowCounts {
+    pub failed_requests: u64,
+    pub timed_out_requests: u64,
+    /// Acknowledged transactions of the window missing afterwards on an informee.
+    pub rpo_transactions: u64,
+    /// Times a replicated node's active replica changed in the window.
+    pub replica_changes: u64,
 }
 
 impl NemesisFault {
@@ -347,10 +354,20 @@ pub struct NemesisRun {
     pub replica_changes: Vec<ReplicaChange>,
     /// Processes found dead at the end that no fault had left down (then restarted).
     pub unexpected_exits: Vec<String>,
-    /// Failed requests, lost transactions and replica changes outside every fault's window.
-    pub failed_between_faults: u64,
-    pub rpo_between_faults: u64,
-    pub replica_changes_between_faults: u64,
+    #[serde(flatten)]
+    pub between_faults: BetweenFaults,
+}
+
+/// What a nemesis run saw outside every fault's window; its keys in the JSON keep the
+/// `_between_faults` names the report has always had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BetweenFaults {
+    #[serde(rename = "failed_between_faults")]
+    pub failed_requests: u64,
+    #[serde(rename = "rpo_between_faults")]
+    pub rpo_transactions: u64,
+    #[serde(rename = "replica_changes_between_faults")]
+    pub replica_changes: u64,
 }
 
 impl NemesisRun {
@@ -366,14 +383,18 @@ impl NemesisRun {
         let lost = attribution::count(&windows, lost_at_us.iter().copied());
         let changes = attribution::count(&windows, self.replica_changes.iter().map(|c| c.at_us));
         for (index, fault) in self.faults.iter_mut().enumerate() {
-            fault.failed_requests = failed.per_window[index];
-            fault.timed_out_requests = timed_out.per_window[index];
-            fault.rpo_transactions = lost.per_window[index];
-            fault.replica_changes = changes.per_window[index];
+            fault.in_window = WindowCounts {
+                failed_requests: failed.per_window[index],
+                timed_out_requests: timed_out.per_window[index],
+                rpo_transactions: lost.per_window[index],
+                replica_changes: changes.per_window[index],
+            };
         }
-        self.failed_between_faults = failed.between_faults;
-        self.rpo_between_faults = lost.between_faults;
-        self.replica_changes_between_faults = changes.between_faults;
+        self.between_faults = BetweenFaults {
+            failed_requests: failed.between_faults,
+            rpo_transactions: lost.between_faults,
+            replica_changes: changes.between_faults,
+        };
     }
 }
 
@@ -481,9 +502,7 @@ pub(crate) async fn play(
         faults,
         replica_changes: watcher.stop().await,
         unexpected_exits,
-        failed_between_faults: 0,
-        rpo_between_faults: 0,
-        replica_changes_between_faults: 0,
+        between_faults: BetweenFaults::default(),
     })
 }
 
@@ -495,10 +514,7 @@ fn unstruck(event: &NemesisEvent) -> NemesisFault {
         struck_at_ms: None,
         restored_at_ms: None,
         window_end_ms: None,
-        failed_requests: 0,
-        timed_out_requests: 0,
-        rpo_transactions: 0,
-        replica_changes: 0,
+        in_window: WindowCounts::default(),
         problem: None,
     }
 }
@@ -799,9 +815,7 @@ mod tests {
                 active: "mediator-b".into(),
             }],
             unexpected_exits: Vec::new(),
-            failed_between_faults: 0,
-            rpo_between_faults: 0,
-            replica_changes_between_faults: 0,
+            between_faults: BetweenFaults::default(),
         };
         let at = |at_us: u64| FailureAt {
             at_us,
@@ -810,9 +824,12 @@ mod tests {
         // Before the fault, in its window (which runs on after the restore), long after.
         let failures = [at(500_000), at(1_200_000), at(11_000_000), at(13_000_000)];
         run.attribute(&failures, &[]);
-        assert_eq!(run.faults[0].failed_requests, 2);
-        assert_eq!(run.faults[1].failed_requests, 0, "skipped: an empty window");
-        assert_eq!(run.failed_between_faults, 2);
-        assert_eq!(run.faults[0].replica_changes, 1);
+        assert_eq!(run.faults[0].in_window.failed_requests, 2);
+        assert_eq!(
+            run.faults[1].in_window.failed_requests, 0,
+            "skipped: an empty window"
+        );
+        assert_eq!(run.between_faults.failed_requests, 2);
+        assert_eq!(run.faults[0].in_window.replica_changes, 1);
     }
 }

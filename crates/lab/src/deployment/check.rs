@@ -127,6 +127,17 @@ impl Names {
             }
         }
     }
+
+    /// Claims the `name` field of the entry at `entry_key`, e.g. `regions[0]`.
+    fn claim_name_of(
+        &mut self,
+        kind: &'static str,
+        entry_key: &str,
+        name: &str,
+        errors: &mut Vec<DescriptionError>,
+    ) {
+        self.claim(kind, format!("{entry_key}.name"), name, errors);
+    }
 }
 
 /// Every problem of `description`; empty means it can run.
@@ -158,12 +169,7 @@ fn check_regions(description: &Description, errors: &mut Vec<DescriptionError>) 
     let mut zones = Names::default();
     for (index, region) in description.regions.iter().enumerate() {
         let key = format!("regions[{index}]");
-        regions.claim(
-            "region",
-            format!("{key}.name"),
-            region.name.as_str(),
-            errors,
-        );
+        regions.claim_name_of("region", &key, region.name.as_str(), errors);
         if region.zones.is_empty() {
             errors.push(DescriptionError::RegionWithoutZones {
                 key: format!("{key}.zones"),
@@ -197,7 +203,7 @@ fn check_nodes(
     for node in nodes {
         let replicas_key = replicas_key(node);
         if node.role == Role::Participant {
-            node_names.claim("node", format!("{}.name", node.key), node.name, errors);
+            node_names.claim_name_of("node", node.key, node.name, errors);
         } else {
             node_names.claim("node", node.key.to_owned(), node.name, errors);
         }
@@ -220,41 +226,35 @@ fn check_nodes(
                 max: MAX_REPLICAS,
             });
         }
-        for (index, replica) in node.replicas.iter().enumerate() {
-            let place = Placed {
-                kind: "replica",
-                key: format!("{replicas_key}[{index}]"),
-                name: replica.name.as_str(),
-                zone: &replica.zone,
-            };
-            place.check(description, &mut replica_names, errors);
-        }
+        check_placed(
+            description,
+            "replica",
+            &replicas_key,
+            node.replicas.iter().map(|r| (r.name.as_str(), &r.zone)),
+            &mut replica_names,
+            errors,
+        );
     }
 }
 
-/// A named thing placed in a zone: a node replica or a database server.
-struct Placed<'a> {
-    /// "replica" or "server", for the duplicate-name message.
+/// Checks each of a list of things placed in a zone (node replicas or database servers):
+/// its name is unique among its `kind` ("replica" or "server") and its zone is one of a
+/// region's. `list_key` is where the list is in the description, e.g. `mediator.replicas`.
+fn check_placed<'a>(
+    description: &Description,
     kind: &'static str,
-    /// Where it is in the description, e.g. `mediator.replicas[1]`.
-    key: String,
-    name: &'a str,
-    zone: &'a ZoneName,
-}
-
-impl Placed<'_> {
-    /// Its name is unique among its kind and its zone is one of a region's.
-    fn check(
-        &self,
-        description: &Description,
-        names: &mut Names,
-        errors: &mut Vec<DescriptionError>,
-    ) {
-        names.claim(self.kind, format!("{}.name", self.key), self.name, errors);
-        if description.region_of(self.zone).is_none() {
+    list_key: &str,
+    placed: impl IntoIterator<Item = (&'a str, &'a ZoneName)>,
+    names: &mut Names,
+    errors: &mut Vec<DescriptionError>,
+) {
+    for (index, (name, zone)) in placed.into_iter().enumerate() {
+        let key = format!("{list_key}[{index}]");
+        names.claim_name_of(kind, &key, name, errors);
+        if description.region_of(zone).is_none() {
             errors.push(DescriptionError::UnknownZone {
-                key: format!("{}.zone", self.key),
-                zone: self.zone.to_string(),
+                key: format!("{key}.zone"),
+                zone: zone.to_string(),
             });
         }
     }
@@ -286,12 +286,7 @@ fn check_clusters(
     let mut server_names = Names::default();
     for (index, cluster) in description.postgres_clusters.iter().enumerate() {
         let key = format!("postgres_clusters[{index}]");
-        cluster_names.claim(
-            "cluster",
-            format!("{key}.name"),
-            cluster.name.as_str(),
-            errors,
-        );
+        cluster_names.claim_name_of("cluster", &key, cluster.name.as_str(), errors);
         let primaries = cluster
             .servers
             .iter()
@@ -304,15 +299,14 @@ fn check_clusters(
                 primaries,
             });
         }
-        for (server_index, server) in cluster.servers.iter().enumerate() {
-            let place = Placed {
-                kind: "server",
-                key: format!("{key}.servers[{server_index}]"),
-                name: server.name.as_str(),
-                zone: &server.zone,
-            };
-            place.check(description, &mut server_names, errors);
-        }
+        check_placed(
+            description,
+            "server",
+            &format!("{key}.servers"),
+            cluster.servers.iter().map(|s| (s.name.as_str(), &s.zone)),
+            &mut server_names,
+            errors,
+        );
     }
     for node in nodes {
         check_node_cluster(description, node, errors);
@@ -576,14 +570,8 @@ mod tests {
     #[test]
     fn a_port_used_twice_is_refused_naming_both() {
         let mut description = two_regions();
-        description.participants[0].replicas[0].ports = Some(NodePorts {
-            grpc: 24501,
-            admin: 24601,
-        });
-        description.sequencer.instances[1].ports = Some(NodePorts {
-            grpc: 24601,
-            admin: 24701,
-        });
+        description.participants[0].replicas[0].ports = Some(NodePorts::new(24501, 24601));
+        description.sequencer.instances[1].ports = Some(NodePorts::new(24601, 24701));
         assert_eq!(
             only_error(&description),
             "participants[0].replicas[0].ports.admin = 24601: port 24601 is already used by sequencer.instances[1].ports.grpc (sequencer-b)"

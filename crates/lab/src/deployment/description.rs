@@ -127,6 +127,12 @@ pub struct NodePorts {
     pub admin: u16,
 }
 
+impl NodePorts {
+    pub const fn new(grpc: u16, admin: u16) -> Self {
+        Self { grpc, admin }
+    }
+}
+
 /// A whole deployment, as read from a deployment file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

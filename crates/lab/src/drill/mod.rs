@@ -553,9 +553,9 @@ fn print_nemesis(run: &NemesisRun) {
                 .take(22)
                 .collect::<String>(),
             event.hold.as_secs_f64(),
-            fault.rpo_transactions,
-            fault.failed_requests,
-            fault.replica_changes
+            fault.in_window.rpo_transactions,
+            fault.in_window.failed_requests,
+            fault.in_window.replica_changes
         );
         for note in [&fault.skipped, &fault.problem].into_iter().flatten() {
             println!("      {note}");
@@ -567,9 +567,9 @@ fn print_nemesis(run: &NemesisRun) {
         "between faults",
         "",
         "",
-        run.rpo_between_faults,
-        run.failed_between_faults,
-        run.replica_changes_between_faults
+        run.between_faults.rpo_transactions,
+        run.between_faults.failed_requests,
+        run.between_faults.replica_changes
     );
     for name in &run.unexpected_exits {
         println!("  problem: {name} exited by itself (restarted for the audit)");
