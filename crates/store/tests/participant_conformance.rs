@@ -323,6 +323,13 @@ async fn many_rows_in_one_batch(h: Harness) {
     assert_eq!(page, (501..=1_000).map(LedgerOffset).collect::<Vec<_>>());
 }
 
+/// `batch` counts as applied only after it was written.
+async fn applied_only_once_written(store: &dyn ParticipantStore, batch: &ParticipantBatch) {
+    assert!(!store.applied(batch).await.expect("not yet"));
+    store.apply(batch).await.expect("apply");
+    assert!(store.applied(batch).await.expect("written"));
+}
+
 /// `applied` answers whether this very batch committed — what a writer asks before retrying a
 /// batch whose commit's outcome it never learnt — and refuses to answer a fenced replica.
 async fn applied_recognises_a_committed_batch(h: Harness) {
@@ -340,9 +347,7 @@ async fn applied_recognises_a_committed_batch(h: Harness) {
         completions: vec![completion(1, "app", 0)],
         ..ParticipantBatch::default()
     };
-    assert!(!store.applied(&batch).await.expect("not yet"));
-    store.apply(&batch).await.expect("apply");
-    assert!(store.applied(&batch).await.expect("written"));
+    applied_only_once_written(&**store, &batch).await;
     // Another batch at the same offset (another transaction id) was not written.
     let mut other = batch.clone();
     other.transactions[0].transaction_id = TransactionId::new("tx-other").expect("tx id");
@@ -355,9 +360,7 @@ async fn applied_recognises_a_committed_batch(h: Harness) {
         completions: vec![completion(2, "app", 10)],
         ..ParticipantBatch::default()
     };
-    assert!(!store.applied(&rejected).await.expect("not yet"));
-    store.apply(&rejected).await.expect("apply");
-    assert!(store.applied(&rejected).await.expect("written"));
+    applied_only_once_written(&**store, &rejected).await;
     let mut resubmitted = rejected.clone();
     resubmitted.completions[0].submission_id = "sub-other".into();
     assert!(!store
