@@ -70,3 +70,12 @@ pub enum ClientError {
     #[error("invalid sequencer client configuration: {0}")]
     InvalidConfig(String),
 }
+
+/// Refuses an empty endpoint list up front: with no endpoint, every retry loop would have
+/// nothing to try and the failure would surface later as a confusing connection error.
+pub(crate) fn require_endpoints(endpoints: &[String], message: &str) -> Result<(), ClientError> {
+    if endpoints.is_empty() {
+        return Err(ClientError::InvalidConfig(message.to_owned()));
+    }
+    Ok(())
+}

@@ -23,7 +23,7 @@ use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::error::Peer;
+use crate::error::{require_endpoints, Peer};
 use crate::{Backoff, ClientError};
 
 /// How often an open connection to a replica is pinged, and how long a ping may go unanswered
@@ -86,11 +86,7 @@ impl std::fmt::Debug for LedgerClient {
 impl LedgerClient {
     /// A client for one or more replica endpoints (`http://host:port`). Connections are lazy.
     pub fn new(endpoints: &[String], user_id: UserId) -> Result<Self, ClientError> {
-        if endpoints.is_empty() {
-            return Err(ClientError::InvalidConfig(
-                "a ledger client needs at least one endpoint".into(),
-            ));
-        }
+        require_endpoints(endpoints, "a ledger client needs at least one endpoint")?;
         let channels = endpoints
             .iter()
             .map(|endpoint| {
@@ -180,12 +176,14 @@ impl LedgerClient {
     }
 
     /// [`Self::with_retries`] for calls where every failure is the caller's error.
-    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    /// Each attempt gets its own copy of `request`: tonic consumes the request it sends.
+    async fn call<R, T, F, Fut>(&self, request: &R, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(LedgerServiceClient<Channel>) -> Fut,
+        R: Clone,
+        F: FnMut(LedgerServiceClient<Channel>, R) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        self.with_retries(call)
+        self.with_retries(|stub| call(stub, request.clone()))
             .await
             .map(|(value, _)| value)
             .map_err(|(status, attempts)| status_error(&self.endpoints(), status, attempts))
@@ -196,9 +194,8 @@ impl LedgerClient {
             party: party.to_string(),
         };
         let response = self
-            .call(|mut stub| {
-                let request = request.clone();
-                async move { stub.allocate_party(request).await }
+            .call(&request, |mut stub, request| async move {
+                stub.allocate_party(request).await
             })
             .await?;
         PartyId::new(response.into_inner().party)
@@ -327,9 +324,8 @@ impl LedgerClient {
             parties: parties.iter().map(ToString::to_string).collect(),
         };
         let response = self
-            .call(|mut stub| {
-                let request = request.clone();
-                async move { stub.get_active_contracts(request).await }
+            .call(&request, |mut stub, request| async move {
+                stub.get_active_contracts(request).await
             })
             .await?;
         let response = response.into_inner();
@@ -363,9 +359,8 @@ impl LedgerClient {
         };
         // Opening goes through the retries, so a passive or dead replica is skipped.
         let response = self
-            .call(|mut stub| {
-                let request = request.clone();
-                async move { stub.get_transactions(request).await }
+            .call(&request, |mut stub, request| async move {
+                stub.get_transactions(request).await
             })
             .await?;
         let endpoint = self.stub().0;

@@ -55,7 +55,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, Delays};
-use crate::error::{ClientError, Peer};
+use crate::error::{require_endpoints, ClientError, Peer};
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -347,11 +347,10 @@ pub async fn register_member_with_topology(
             transaction.serial
         ))
     })?;
-    if endpoints.is_empty() {
-        return Err(ClientError::InvalidConfig(
-            "registering a member needs at least one sequencer endpoint".into(),
-        ));
-    }
+    require_endpoints(
+        endpoints,
+        "registering a member needs at least one sequencer endpoint",
+    )?;
     let admins = endpoints
         .iter()
         .map(|endpoint| {
