@@ -21,13 +21,13 @@ use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::topology::TopologyState;
 use meridian_core::MemberId;
-use meridian_node::admin::{self, NodeState, StatusSource, StepDown};
+use meridian_node::admin::{self, NodeState, StatusSource};
 use meridian_node::conditions::Conditions;
 use meridian_node::health::Health;
 use meridian_node::replica::ReplicaManager;
-use meridian_node::replication::Replication;
+use meridian_node::replication::{hand_over_hooks, Replication};
 use meridian_node::retry::Retry;
-use meridian_node::shutdown::{stop_after_hand_over, HandOver};
+use meridian_node::shutdown::stop_after_hand_over;
 use meridian_store::mediator::MediatorStore;
 use meridian_store::{DatabaseOwner, NodeKind};
 use tokio_util::sync::CancellationToken;
@@ -82,19 +82,16 @@ pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Res
         meridian_store::StorageConfig::Postgres { .. } => "postgres",
     };
     let replication = ReplicationSlot::default();
-    let step_down = config.replication.is_some().then(|| {
-        let replication = replication.clone();
-        Arc::new(move || replication.get().is_some_and(|r| r.step_down())) as StepDown
-    });
     // A stop steps an active replica down first, as a switchover does. Its own token, so that
     // stopping on a fatal error stops our tasks but not the caller's others.
-    let hand_over = step_down.clone().map(|step_down| {
-        let replication = replication.clone();
-        HandOver {
-            step_down,
-            is_active: Arc::new(move || replication.get().is_some_and(|r| r.role().is_active())),
-        }
-    });
+    let (step_down, hand_over) = config
+        .replication
+        .is_some()
+        .then(|| {
+            let replication = replication.clone();
+            hand_over_hooks(move || replication.get().cloned())
+        })
+        .unzip();
     let shutdown = stop_after_hand_over(stop, hand_over);
     let admin_task = node.spawn_admin(
         admin_listener,
@@ -167,10 +164,7 @@ async fn serve(
     let retry = Retry::new(&readiness, shutdown);
     let database_owner =
         DatabaseOwner::of_node(NodeKind::Mediator, config.member_id.as_str(), Some(&owner));
-    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
-        return Ok(());
-    }
-    let Some(store) = connect_store(&config, &retry).await? else {
+    let Some(store) = connect_store(&config, &database_owner, &retry).await? else {
         return Ok(());
     };
     let mut warm = Warm {
@@ -316,30 +310,29 @@ async fn restore(
     Ok(Some((engine, snapshot.unsent)))
 }
 
-/// Opens the store, waiting until the database is reachable and writable.
+/// Opens the store on the mediator's own database, waiting until it is reachable and writable.
 async fn connect_store(
     config: &MediatorConfig,
+    database_owner: &DatabaseOwner,
     retry: &Retry,
 ) -> anyhow::Result<Option<Arc<dyn MediatorStore>>> {
-    let store = retry
-        .until("database", "", || async {
-            let store = meridian_store::open_mediator_store(&config.storage)
-                .await
-                .map_err(|error| format!("cannot open the database: {error}"))?;
-            let status = store
-                .backend_status()
-                .await
-                .map_err(|error| format!("cannot inspect the database: {error}"))?;
-            if status.read_only {
-                return Err(format!(
-                    "the {} database is read-only (a standby?); the mediator needs a writable primary",
-                    status.backend
-                ));
-            }
-            Ok(store)
-        })
-        .await?;
-    Ok(store)
+    meridian_node::owner::open_own_store(&config.storage, database_owner, retry, "", || async {
+        let store = meridian_store::open_mediator_store(&config.storage)
+            .await
+            .map_err(|error| format!("cannot open the database: {error}"))?;
+        let status = store
+            .backend_status()
+            .await
+            .map_err(|error| format!("cannot inspect the database: {error}"))?;
+        if status.read_only {
+            return Err(format!(
+                "the {} database is read-only (a standby?); the mediator needs a writable primary",
+                status.backend
+            ));
+        }
+        Ok(store)
+    })
+    .await
 }
 
 async fn sync_topology(

@@ -4,6 +4,9 @@
 //! reports it on `/readyz`, logs it and returns the error, so the process exits with it
 //! before it takes a lease, loads state or writes anything.
 
+use std::fmt::Display;
+use std::future::Future;
+
 use meridian_store::{DatabaseOwner, OwnerClaim, StorageConfig, StoreError};
 
 use crate::retry::Retry;
@@ -44,4 +47,25 @@ pub async fn claim_database(
             Err(anyhow::Error::new(refused).context("refusing to start"))
         }
     }
+}
+
+/// Opens a node's store on a database that is its own: claims it for `owner` first
+/// ([`claim_database`]), then runs `open` until it succeeds, retrying while the database is
+/// away (`what` says what failed). `Ok(None)` if the node was stopped while waiting.
+pub async fn open_own_store<T, E, F, Fut>(
+    storage: &StorageConfig,
+    owner: &DatabaseOwner,
+    retry: &Retry,
+    what: &str,
+    open: F,
+) -> anyhow::Result<Option<T>>
+where
+    E: Display + std::fmt::Debug + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    if !claim_database(storage, owner, retry).await? {
+        return Ok(None);
+    }
+    Ok(retry.until("database", what, open).await?)
 }

@@ -61,6 +61,25 @@ pub struct ReplicationConfig {
     pub poll_interval_ms: u64,
 }
 
+/// The admin step-down hook and the stop-time hand-over of a role whose [`Replication`] is made
+/// later in its start-up and found by `current`: both act on it once it exists (before that,
+/// there is nothing to step down). A stop then drains like a switchover.
+pub fn hand_over_hooks(
+    current: impl Fn() -> Option<Arc<Replication>> + Send + Sync + 'static,
+) -> (crate::admin::StepDown, crate::shutdown::HandOver) {
+    let current = Arc::new(current);
+    let asked = current.clone();
+    let step_down: crate::admin::StepDown =
+        Arc::new(move || asked().is_some_and(|replication| replication.step_down()));
+    let is_active =
+        Arc::new(move || current().is_some_and(|replication| replication.role().is_active()));
+    let hand_over = crate::shutdown::HandOver {
+        step_down: step_down.clone(),
+        is_active,
+    };
+    (step_down, hand_over)
+}
+
 /// Test support for every replicated role's config: `valid` is a whole valid config text of
 /// the role, and `load(text)` parses and checks a config text, returning its replica settings
 /// or the error's message. Asserts that no table means not replicated, that a table naming

@@ -267,11 +267,8 @@ async fn start_and_serve(
         config.participant_id.as_str(),
         Some(&owner),
     );
-    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
-        return Ok(());
-    }
-    let Some(store) = retry
-        .until("database", "", || {
+    let Some(store) =
+        meridian_node::owner::open_own_store(&config.storage, &database_owner, &retry, "", || {
             meridian_store::open_participant_store(&config.storage)
         })
         .await?

@@ -24,16 +24,16 @@ use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, TopologyTransaction};
 use meridian_core::{MemberId, Timestamp};
-use meridian_node::admin::{self, NodeState, StatusSource, StepDown};
+use meridian_node::admin::{self, NodeState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
 use meridian_node::keys::load_node_key;
 use meridian_node::replica::{ReplicaManager, ReplicaSettings};
-use meridian_node::replication::Replication;
+use meridian_node::replication::{hand_over_hooks, Replication};
 use meridian_node::retry::Retry;
-use meridian_node::shutdown::{stop_after_hand_over, HandOver, Ticker};
+use meridian_node::shutdown::{stop_after_hand_over, Ticker};
 use meridian_proto::v1::topology_admin_service_server::TopologyAdminServiceServer;
 use meridian_store::{DatabaseOwner, NodeKind, TopologyRecord, TopologyStore};
 use tokio_util::sync::CancellationToken;
@@ -76,21 +76,16 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
     let topology_metrics = node.metrics.with_registry(TopologyMetrics::register);
     let serving = Arc::new(Serving::default());
 
-    let step_down = config.replication.is_some().then(|| {
-        let serving = serving.clone();
-        Arc::new(move || serving.replication().is_some_and(|r| r.step_down())) as StepDown
-    });
     // A stop steps an active replica down first, as a switchover does. Its own token, so that
     // stopping on a fatal error stops our tasks but not the caller's others.
-    let hand_over = step_down.clone().map(|step_down| {
-        let serving = serving.clone();
-        HandOver {
-            step_down,
-            is_active: Arc::new(move || {
-                serving.replication().is_some_and(|r| r.role().is_active())
-            }),
-        }
-    });
+    let (step_down, hand_over) = config
+        .replication
+        .is_some()
+        .then(|| {
+            let serving = serving.clone();
+            hand_over_hooks(move || serving.replication().cloned())
+        })
+        .unzip();
     let shutdown = stop_after_hand_over(stop, hand_over);
     let admin_task = node.spawn_admin(
         admin::bind(config.admin_address).await?,
@@ -108,14 +103,14 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
     let owner_key = owner.public_key();
     let database_owner =
         DatabaseOwner::of_node(NodeKind::TopologyManager, member.as_str(), Some(&owner_key));
-    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
-        return Ok(());
-    }
-    let Some(store) = retry
-        .until("database", "cannot open the topology database", || {
-            meridian_store::open_topology_store(&config.storage)
-        })
-        .await?
+    let Some(store) = meridian_node::owner::open_own_store(
+        &config.storage,
+        &database_owner,
+        &retry,
+        "cannot open the topology database",
+        || meridian_store::open_topology_store(&config.storage),
+    )
+    .await?
     else {
         return Ok(());
     };
