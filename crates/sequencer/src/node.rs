@@ -133,25 +133,23 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let retry = Retry::new(&readiness, &shutdown);
     let database_owner =
         DatabaseOwner::of_node(NodeKind::Sequencer, SEQUENCER_NODE_ID, owner_key.as_ref());
-    if !meridian_node::owner::claim_database(&config.storage, &database_owner, &retry).await? {
-        return Ok(());
-    }
-    let Some(store) = connect_store(&config, &retry).await? else {
+    let Some(store) = meridian_node::owner::open_own_store(
+        &config.storage,
+        &database_owner,
+        &retry,
+        "cannot open the database",
+        || meridian_store::open_sequencer_store(&config.storage),
+    )
+    .await?
+    else {
         return Ok(());
     };
     if !wait_for_usable_backend(store.as_ref(), &config, &retry).await? {
         return Ok(());
     }
-    let clock = ClockGate::new(config.timing.max_clock_skew(), readiness.clone());
-    if !wait_for_agreeing_clock(store.as_ref(), &clock, &retry).await? {
+    let Some(clock) = start_clock_gate(&store, &config, &retry, &shutdown).await? else {
         return Ok(());
-    }
-    tokio::spawn(compare_clock(
-        store.clone(),
-        clock.clone(),
-        config.timing.clock_check(),
-        shutdown.clone(),
-    ));
+    };
 
     let Some(start) = claim_instance(store.as_ref(), &config, &retry).await? else {
         return Ok(());
@@ -174,15 +172,8 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         },
     )
     .await?;
-    let peers_marked_offline = Arc::new(AtomicU64::new(0));
-    tokio::spawn(poll_peers(
-        store.clone(),
-        config.clone(),
-        safe_point_tx,
-        readiness.clone(),
-        peers_marked_offline.clone(),
-        shutdown.clone(),
-    ));
+    let peers_marked_offline =
+        spawn_poll_peers(&store, &config, safe_point_tx, &readiness, &shutdown);
 
     let backend = store.backend_status().await.map(|s| s.backend);
     let _ = status_slot.set(SequencerStatus {
@@ -229,6 +220,27 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     }
     tracing::info!("sequencer stopped");
     Ok(())
+}
+
+/// Starts following the other instances ([`poll_peers`]); returns the count of peers it
+/// marked offline, for `/status`.
+fn spawn_poll_peers(
+    store: &Arc<dyn SequencerStore>,
+    config: &SequencerConfig,
+    safe_point: watch::Sender<Timestamp>,
+    readiness: &Conditions,
+    shutdown: &CancellationToken,
+) -> Arc<AtomicU64> {
+    let peers_marked_offline = Arc::new(AtomicU64::new(0));
+    tokio::spawn(poll_peers(
+        store.clone(),
+        config.clone(),
+        safe_point,
+        readiness.clone(),
+        peers_marked_offline.clone(),
+        shutdown.clone(),
+    ));
+    peers_marked_offline
 }
 
 /// Starts the writer of this instance from its claimed place, with the safe point as the
@@ -349,16 +361,25 @@ impl StatusSource for LateStatus {
     }
 }
 
-async fn connect_store(
+/// Waits until this instance's clock agrees with the database's, then keeps comparing them in
+/// the background; the gate refuses to issue timestamps while they disagree. `None` on shutdown.
+async fn start_clock_gate(
+    store: &Arc<dyn SequencerStore>,
     config: &SequencerConfig,
     retry: &Retry,
-) -> anyhow::Result<Option<Arc<dyn SequencerStore>>> {
-    let store = retry
-        .until("database", "cannot open the database", || {
-            meridian_store::open_sequencer_store(&config.storage)
-        })
-        .await?;
-    Ok(store)
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<ClockGate>> {
+    let clock = ClockGate::new(config.timing.max_clock_skew(), retry.readiness().clone());
+    if !wait_for_agreeing_clock(store.as_ref(), &clock, retry).await? {
+        return Ok(None);
+    }
+    tokio::spawn(compare_clock(
+        store.clone(),
+        clock.clone(),
+        config.timing.clock_check(),
+        shutdown.clone(),
+    ));
+    Ok(Some(clock))
 }
 
 /// Waits until the database may be used for sequencing, checking every `backend_check`.
