@@ -13,7 +13,7 @@ use crate::retry::Retry;
 
 /// Claims the database `storage` names for `owner`, or checks that it is `owner`'s.
 /// `Ok(false)` if the node was stopped while waiting for the database.
-pub async fn claim_database(
+async fn claim_database(
     storage: &StorageConfig,
     owner: &DatabaseOwner,
     retry: &Retry,
