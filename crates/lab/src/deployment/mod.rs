@@ -35,6 +35,7 @@ pub use description::{
     ZoneName,
 };
 
+use crate::clockshift::ClockShift;
 use crate::launch::{free_addresses, NodeProcess};
 use configs::{Addresses, MemberContext};
 use description::{MEDIATOR_NODE, SEQUENCER_NODE, TOPOLOGY_NODE};
@@ -45,6 +46,9 @@ pub const DESCRIPTION_FILE: &str = "deployment.toml";
 /// The subdirectory of a node's directory that holds its cold replicas' configs, apart from
 /// the running replicas' configs that `meridian admin` reads.
 pub const COLD_DIR: &str = "cold";
+/// Where the clock-shift shim and the sequencer instances' offset files live, under the data
+/// directory.
+const CLOCKSHIFT_DIR: &str = "clockshift";
 
 #[derive(Debug, Clone)]
 pub struct DeploymentSpec {
@@ -60,6 +64,10 @@ pub struct DeploymentSpec {
     pub postgres_url: Option<String>,
     pub mediator: MediatorSettings,
     pub participant: ParticipantSettings,
+    /// Start every sequencer instance under the clock-shift shim (`crate::clockshift`) at
+    /// offset 0, so that a drill can skew one instance's clock while it runs without
+    /// restarting it.
+    pub shiftable_sequencer_clocks: bool,
 }
 
 pub struct Deployment {
@@ -83,6 +91,9 @@ pub struct Deployment {
     pub participant_ids: Vec<ParticipantId>,
     /// Replicas configured but not started.
     pub cold: Vec<ColdReplica>,
+    /// Each warm sequencer instance's clock shift, in `sequencers`' order, when the spec asked
+    /// for shiftable clocks; empty otherwise.
+    pub sequencer_clocks: Vec<ClockShift>,
 }
 
 /// A replica whose config is written but which does not run.
@@ -105,15 +116,23 @@ struct PendingProcess {
 
 impl PendingProcess {
     fn spawn(self, exe: &Path) -> anyhow::Result<NodeProcess> {
-        NodeProcess::configure(
+        self.spawn_shifted(exe, None)
+    }
+
+    /// Starts it, reading its wall clock through `clock` if given.
+    fn spawn_shifted(self, exe: &Path, clock: Option<&ClockShift>) -> anyhow::Result<NodeProcess> {
+        let mut process = NodeProcess::configure(
             self.role.command(),
             &self.dir,
             &self.name,
             &self.config,
             self.at.grpc,
             self.at.admin,
-        )?
-        .started(exe)
+        )?;
+        if let Some(clock) = clock {
+            clock.apply(&mut process);
+        }
+        process.started(exe)
     }
 
     /// Writes the config under the node's cold directory instead of starting it.
@@ -167,6 +186,7 @@ impl DeploymentSpec {
             postgres_url: None,
             mediator: MediatorSettings::default(),
             participant: ParticipantSettings::default(),
+            shiftable_sequencer_clocks: false,
         })
     }
 
@@ -345,12 +365,13 @@ struct Starter<'a> {
 impl Starter<'_> {
     /// Starts the warm instances one after the other (each ready before the next); they
     /// share the sequencer's database and differ in their instance index, which is their
-    /// position in the description, so that a cold instance keeps its own.
+    /// position in the description, so that a cold instance keeps its own. With shiftable
+    /// clocks, each starts under a clock shift of its own (returned in the same order).
     async fn start_sequencers(
         &mut self,
         node: &NodeView<'_>,
         keys: &Keys,
-    ) -> anyhow::Result<Vec<NodeProcess>> {
+    ) -> anyhow::Result<(Vec<NodeProcess>, Vec<ClockShift>)> {
         let storage = self.spec.storage(SEQUENCER_NODE).await?;
         let plan = self.spec.plan_node(node, |position, _, at| {
             let index = u32::try_from(position).expect("replicas are bounded by the check");
@@ -358,10 +379,19 @@ impl Starter<'_> {
         })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let mut sequencers = Vec::new();
+        let mut clocks = Vec::new();
         for pending in std::iter::once(first).chain(others) {
-            sequencers.push(self.start_ready(pending).await?);
+            let clock = if self.spec.shiftable_sequencer_clocks {
+                let dir = self.spec.data_dir.join(CLOCKSHIFT_DIR);
+                clocks.push(ClockShift::new(&dir, &pending.name)?);
+                clocks.last()
+            } else {
+                None
+            };
+            let process = pending.spawn_shifted(&self.spec.exe, clock)?;
+            sequencers.push(self.await_ready(process).await?);
         }
-        Ok(sequencers)
+        Ok((sequencers, clocks))
     }
 
     /// Starts the first warm replica and waits until it is active, then the others.
@@ -392,7 +422,12 @@ impl Starter<'_> {
 
     /// Starts a replica that serves gRPC and waits until it is ready.
     async fn start_ready(&mut self, pending: PendingProcess) -> anyhow::Result<NodeProcess> {
-        let mut process = pending.spawn(&self.spec.exe)?;
+        let process = pending.spawn(&self.spec.exe)?;
+        self.await_ready(process).await
+    }
+
+    /// Waits until a started replica is ready, and says so.
+    async fn await_ready(&mut self, mut process: NodeProcess) -> anyhow::Result<NodeProcess> {
         process.wait_ready(READY_TIMEOUT).await?;
         (self.progress)(format!(
             "{} ready at {}",
@@ -556,7 +591,7 @@ impl Deployment {
             progress,
             cold: Vec::new(),
         };
-        let sequencers = starter.start_sequencers(&nodes[0], &keys).await?;
+        let (sequencers, sequencer_clocks) = starter.start_sequencers(&nodes[0], &keys).await?;
         let sequencer_endpoints: Vec<String> =
             sequencers.iter().map(NodeProcess::grpc_endpoint).collect();
         let (topology, topology_standbys) = starter
@@ -598,6 +633,7 @@ impl Deployment {
             participant_standbys: members.participant_standbys,
             participant_ids: keys.participants.into_iter().map(|(id, _)| id).collect(),
             cold: starter.cold,
+            sequencer_clocks,
         })
     }
 

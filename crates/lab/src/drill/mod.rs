@@ -340,6 +340,8 @@ pub async fn execute(
         }
     };
     let mut spec = DeploymentSpec::new(data_dir, description.clone())?;
+    spec.shiftable_sequencer_clocks =
+        matches!(&schedule, Schedule::Nemesis(plan) if plan.needs_shiftable_clocks());
     // The server (if any) runs for as long as the deployment.
     let postgres = spec.start_postgres()?;
     let (steps, skipped) = match &schedule {
