@@ -7,9 +7,11 @@
 //! committed": the client fetches that transaction from the replica that answered and returns
 //! it as the commit (`AlreadyProcessed` only if it cannot be read), never as a failure.
 //! Endpoints are tried in turn, so the same client fails over between participant replicas.
-//! An ABORTED answer that proves the submission never reached the ledger (its max sequencing
-//! time passed unsequenced, typically a submission a crashed replica left in flight) is
-//! resubmitted under the same command id, a bounded number of times.
+//! An ABORTED answer that proves the submission was not committed and that trying again can
+//! change that — its max sequencing time passed unsequenced (typically a submission a crashed
+//! replica left in flight), or the mediator timed it out waiting for a participant that could
+//! not answer for a while — is resubmitted under the same command id, a bounded number of
+//! times.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,9 +35,10 @@ use crate::{Backoff, ClientError};
 /// dedup-safe retry.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(250);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(750);
-/// How often one `submit_and_wait` resubmits a command the participant proved was never
-/// sequenced (see [`never_sequenced`]). Each such answer takes a max sequencing time (10 s by
-/// default) to come, so a few are plenty for a failover or two.
+/// How often one `submit_and_wait` resubmits a command whose earlier submission was definitely
+/// not committed (see [`definitely_not_committed`]). Each such answer takes a max sequencing
+/// time or a mediator deadline (10 s each by default) to come, so a few are plenty for a
+/// failover or two.
 const MAX_RESUBMISSIONS: u32 = 3;
 
 /// A committed submission, as the client learned it.
@@ -230,11 +233,11 @@ impl LedgerClient {
                 .map(|(response, attempts)| (response, earlier_attempts + attempts));
             match result {
                 Err((status, attempts))
-                    if never_sequenced(&status) && resubmissions < MAX_RESUBMISSIONS =>
+                    if definitely_not_committed(&status) && resubmissions < MAX_RESUBMISSIONS =>
                 {
                     resubmissions += 1;
                     earlier_attempts = attempts;
-                    tracing::debug!(%command_id, attempts, "the participant proved the command never sequenced; resubmitting");
+                    tracing::debug!(%command_id, attempts, reason = status.message(), "the command was definitely not committed; resubmitting");
                 }
                 other => break other,
             }
@@ -382,8 +385,21 @@ impl LedgerClient {
 /// that the stream has delivered everything there is.
 pub const STREAM_IDLE_END: Duration = Duration::from_secs(2);
 
-/// Whether `status` says the command's submission provably never reached the ledger, so the
-/// command can be submitted again (same command id) without any risk of a second commit.
+/// Whether `status` says the command's submission was definitely not committed and may be
+/// submitted again (same command id) without any risk of a second commit: it never reached
+/// the ledger ([`never_sequenced`]), or the mediator rejected it because a confirming
+/// participant did not answer in time ([`meridian_core::protocol::TIMEOUT_REJECTION`]: a
+/// participant whose database restarted for a few seconds, say). Other rejections (a contract
+/// already archived, no authority) would only be rejected again, so they reach the caller.
+fn definitely_not_committed(status: &tonic::Status) -> bool {
+    never_sequenced(status)
+        || (status.code() == Code::Aborted
+            && status
+                .message()
+                .contains(meridian_core::protocol::TIMEOUT_REJECTION))
+}
+
+/// Whether `status` says the command's submission provably never reached the ledger.
 ///
 /// Why a retry gets this answer: a SubmitAndWait whose replica crashed (or stopped without
 /// draining) is retried with the same command id on the replica that took over. That replica
@@ -511,6 +527,16 @@ mod tests {
         ))));
         assert!(!never_sequenced(&tonic::Status::aborted(
             "rejected by the mediator (TIMEOUT)"
+        )));
+        // Definite rejections: resubmitted only when time ran out, not when a resubmission
+        // would be rejected again.
+        assert!(definitely_not_committed(&tonic::Status::aborted(format!(
+            "a concurrent submission of the same command was rejected: {}: no approval \
+             before the deadline 5us from: alice",
+            meridian_core::protocol::mediator_rejection("TIMEOUT")
+        ))));
+        assert!(!definitely_not_committed(&tonic::Status::aborted(
+            "rejected by the mediator (INACTIVE_CONTRACTS): already archived"
         )));
     }
 }

@@ -188,6 +188,22 @@ pub fn transaction_id(request_id: Timestamp, request_hash: &str) -> TransactionI
 pub const NOT_SEQUENCED_REJECTION: &str =
     "the submission was not sequenced before its max sequencing time";
 
+/// How an ABORTED completion begins when the mediator rejected the request for `code` (its
+/// wire name, e.g. `TIMEOUT`); the reason follows after a colon. The participant words its
+/// rejections so, and the ledger client recognises a timeout by it (see
+/// [`TIMEOUT_REJECTION`]).
+pub fn mediator_rejection(code_name: &str) -> String {
+    format!("rejected by the mediator ({code_name})")
+}
+
+/// How an ABORTED completion begins when the mediator rejected the request because a
+/// confirming participant did not answer before the deadline (`mediator_rejection("TIMEOUT")`).
+/// Definite: the verdict was a rejection, nothing was committed, and the command id is free
+/// again, so the ledger client resubmits the command (a bounded number of times) — a
+/// participant that could not answer for a few seconds (its database restarting, say) should
+/// not fail the application's request.
+pub const TIMEOUT_REJECTION: &str = "rejected by the mediator (TIMEOUT)";
+
 /// Why a request was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

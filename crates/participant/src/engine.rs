@@ -1130,7 +1130,10 @@ impl ParticipantEngine {
                         local,
                         pending.request_id,
                         StatusCode::for_rejection(code),
-                        format!("rejected by the mediator ({}): {message}", code_name(code)),
+                        format!(
+                            "{}: {message}",
+                            protocol::mediator_rejection(code_name(code))
+                        ),
                     );
                 }
             }
