@@ -5,13 +5,27 @@
 //! each test its own database ([`PostgresServer::create_database`]). A watchdog shell process
 //! stops the server and removes its directory once the test process is gone, because a static
 //! is never dropped and a killed test runs no destructors.
+//!
+//! Every server is ready to be a streaming-replication primary (see [`REPLICATION_SETTINGS`]);
+//! [`replication`] builds standbys of it, makes them synchronous, reads `pg_stat_replication`
+//! and promotes them, so tests and the lab can run a real replicated cluster.
+
+mod replication;
+
+pub use replication::{
+    ApplicationName, ReplicationError, StandbyStatus, SyncState, SynchronousStandbys,
+    WalSenderState,
+};
 
 use std::ffi::OsStr;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
@@ -20,6 +34,37 @@ const INSTALL_HINT: &str =
 
 /// Ports picked by [`meridian_node::ports::free_loopback_port`] can be taken by someone else before the server binds.
 const START_ATTEMPTS: usize = 5;
+
+/// The role standbys replicate as (`LOGIN REPLICATION`, no superuser).
+const REPLICATION_ROLE: &str = "replicator";
+
+/// Appended to every server's `postgresql.conf`, so any server can be a primary and its base
+/// backups (which copy the file) make standbys. Most equal PostgreSQL 15's defaults and are
+/// spelled out because replication depends on them; the others bound or speed up replication.
+const REPLICATION_SETTINGS: &str = "
+# Written by meridian-pgserver: ready to be a streaming-replication primary or standby.
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+hot_standby = on
+# Every standby streams through a slot, so a stopped standby can catch up from where it was;
+# the slot may not keep more than this, so a standby gone for good cannot fill the disk.
+max_slot_wal_keep_size = 1GB
+# A standby reports its replay position every second (not 10 s), so replay lag reads are fresh.
+wal_receiver_status_interval = 1s
+# A standby whose link broke (a partition, a primary restart) retries after 200 ms, not 5 s.
+wal_retrieve_retry_interval = 200ms
+";
+
+/// The whole `pg_hba.conf`: a throwaway server trusts loopback, and only the replication role
+/// may open replication connections.
+const ACCESS_RULES: &str = "\
+# Written by meridian-pgserver: a throwaway server trusts every loopback connection.
+local   all           all                          trust
+host    all           all           127.0.0.1/32   trust
+local   replication   replicator                   trust
+host    replication   replicator    127.0.0.1/32   trust
+";
 
 /// A running PostgreSQL server with a superuser `meridian` that trusts every local connection.
 #[derive(Debug)]
@@ -36,6 +81,8 @@ pub struct PostgresServer {
     /// directory is removed by its watchdog instead.
     tempdir: Option<tempfile::TempDir>,
     watchdog: Mutex<Option<Child>>,
+    /// The name a standby streams under (`None` for a server started as a primary).
+    application_name: Option<ApplicationName>,
 }
 
 static SHARED: OnceLock<Result<PostgresServer, String>> = OnceLock::new();
@@ -64,6 +111,18 @@ impl PostgresServer {
     }
 
     fn start_inner(owned: bool) -> anyhow::Result<PostgresServer> {
+        let server = Self::unstarted(owned)?;
+        let server = server.launch(
+            |server| server.init_cluster(),
+            |server| server.create_replication_role(),
+        )?;
+        tracing::info!(server = %server, "PostgreSQL test server started");
+        Ok(server)
+    }
+
+    /// A server that does not run yet: the binaries found and an empty temp dir owned by the
+    /// user the server will run as.
+    fn unstarted(owned: bool) -> anyhow::Result<PostgresServer> {
         let bin_dir = find_bin_dir()?;
         let as_postgres_user = running_as_root();
         let tempdir = tempfile::Builder::new()
@@ -84,7 +143,7 @@ impl PostgresServer {
             // The watchdog removes it; a TempDir in a static would never be dropped anyway.
             (None, tempdir.keep())
         };
-        let mut server = PostgresServer {
+        Ok(PostgresServer {
             bin_dir,
             dir,
             port: 0,
@@ -92,22 +151,37 @@ impl PostgresServer {
             as_postgres_user,
             tempdir,
             watchdog: Mutex::new(None),
-        };
-        // Until the watchdog runs, a failure must not leave a directory behind.
-        let cleanup_dir = server.tempdir.is_none();
-        let result = server.init_and_start();
+            application_name: None,
+        })
+    }
+
+    /// Fills the data directory (`prepare`), starts the server on a free port, runs `started`
+    /// against it, and only then hands it to a watchdog. Until the watchdog runs, a failure
+    /// must not leave a server or a directory behind.
+    fn launch(
+        mut self,
+        prepare: impl FnOnce(&Self) -> anyhow::Result<()>,
+        started: impl FnOnce(&Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<PostgresServer> {
+        let result = prepare(&self)
+            .and_then(|()| self.start_on_free_port())
+            .and_then(|()| started(&self))
+            .and_then(|()| self.spawn_watchdog());
         if let Err(error) = result {
-            if cleanup_dir {
-                let _ = std::fs::remove_dir_all(&server.dir);
+            let leftover = self.tempdir.is_none().then(|| self.dir.clone());
+            // Drop stops the server if it runs; an owned temp dir goes with it.
+            drop(self);
+            if let Some(dir) = leftover {
+                let _ = std::fs::remove_dir_all(dir);
             }
             return Err(error);
         }
-        server.spawn_watchdog()?;
-        tracing::info!(port = server.port, dir = %server.dir.display(), "PostgreSQL test server started");
-        Ok(server)
+        Ok(self)
     }
 
-    fn init_and_start(&mut self) -> anyhow::Result<()> {
+    /// `initdb`, then the settings and access rules that let any server become a primary or a
+    /// standby (see [`REPLICATION_SETTINGS`]).
+    fn init_cluster(&self) -> anyhow::Result<()> {
         run(self
             .server_command("initdb")
             .arg("-D")
@@ -116,8 +190,25 @@ impl PostgresServer {
             // Skipping initdb's own fsync of the fresh cluster only risks the cluster itself,
             // which is throwaway; the server still runs with fsync=on.
             .arg("--no-sync"))
-        .context("initdb failed")?;
+        .with_context(|| format!("initdb failed for {self}"))?;
+        self.append_to_data_file("postgresql.conf", REPLICATION_SETTINGS)?;
+        self.write_data_file("pg_hba.conf", ACCESS_RULES)?;
+        Ok(())
+    }
 
+    /// The role standbys connect as; only it may open replication connections (`ACCESS_RULES`).
+    fn create_replication_role(&self) -> anyhow::Result<()> {
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE {REPLICATION_ROLE} WITH LOGIN REPLICATION"),
+        )
+        .with_context(|| format!("creating the replication role on {self}"))?;
+        Ok(())
+    }
+
+    /// Starts the prepared data directory on a port nobody holds, retrying when another process
+    /// took the port between picking and binding.
+    fn start_on_free_port(&mut self) -> anyhow::Result<()> {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             self.port = meridian_node::ports::free_loopback_port()
@@ -136,7 +227,7 @@ impl PostgresServer {
             }
             let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
             let error = anyhow!(
-                "pg_ctl start failed: {}\n--- server log ---\n{}",
+                "pg_ctl start failed for {self}: {}\n--- server log ---\n{}",
                 describe(&output),
                 tail(&log, 40)
             );
@@ -146,6 +237,39 @@ impl PostgresServer {
             last_error = Some(error);
         }
         Err(last_error.unwrap_or_else(|| anyhow!("pg_ctl start failed")))
+    }
+
+    /// Writes `contents` to a file in the data directory, owned by the server's user.
+    fn write_data_file(&self, name: &str, contents: &str) -> anyhow::Result<()> {
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        self.give_to_server_user(&path)
+    }
+
+    /// Appends `contents` to a file in the data directory, owned by the server's user.
+    fn append_to_data_file(&self, name: &str, contents: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let path = self.data_dir().join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        file.write_all(contents.as_bytes())
+            .with_context(|| format!("appending to {}", path.display()))?;
+        self.give_to_server_user(&path)
+    }
+
+    /// A file we (root) wrote belongs to `postgres`, like the directory holding it, so that the
+    /// server may rewrite it (`ALTER SYSTEM`) or remove it (`standby.signal` on promotion).
+    fn give_to_server_user(&self, path: &Path) -> anyhow::Result<()> {
+        if !self.as_postgres_user {
+            return Ok(());
+        }
+        let owner = std::fs::metadata(&self.dir)
+            .with_context(|| format!("reading the owner of {}", self.dir.display()))?;
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+            .with_context(|| format!("giving {} to the postgres user", path.display()))
     }
 
     /// A shell loop that stops the server and removes its directory once this process is gone.
@@ -182,6 +306,17 @@ rm -rf "$dir"
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `127.0.0.1:PORT`, where the server listens (and what a standby or a proxy connects to).
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The name this server streams under if it was started as a standby
+    /// ([`Self::start_standby`]); it keeps the name after a promotion.
+    pub fn application_name(&self) -> Option<&ApplicationName> {
+        self.application_name.as_ref()
     }
 
     /// `postgres://meridian@127.0.0.1:PORT/db`.
@@ -289,7 +424,13 @@ rm -rf "$dir"
     /// and data.
     pub fn resume(&self) -> anyhow::Result<()> {
         // Only `pg_ctl restart` remembers the previous options; `start` needs them again.
-        run(&mut self.pg_ctl_start()).context("pg_ctl start failed")?;
+        run(&mut self.pg_ctl_start()).with_context(|| {
+            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            format!(
+                "pg_ctl start of {self} failed\n--- server log ---\n{}",
+                tail(&log, 20)
+            )
+        })?;
         Ok(())
     }
 
@@ -305,25 +446,71 @@ rm -rf "$dir"
         self.signal_server(nix::sys::signal::Signal::SIGCONT)
     }
 
+    /// Crashes the server: SIGKILL to the postmaster and every process it forked, at once, as
+    /// a lost machine would. Unlike [`Self::stop`] (`-m immediate`, which still tells the
+    /// backends to quit and lets the postmaster exit cleanly), nobody gets to finish anything:
+    /// no backend answers a commit it had not answered yet, no WAL sender sends another byte.
+    /// [`Self::resume`] starts it again with crash recovery.
+    pub fn kill9(&self) -> anyhow::Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let postmaster = self.postmaster_pid()?;
+        // Listed before the kill: once the postmaster is gone its children belong to init.
+        let children = children_of(postmaster)?;
+        kill(Pid::from_raw(postmaster), Signal::SIGKILL)
+            .with_context(|| format!("SIGKILL to the postmaster {postmaster} of {self}"))?;
+        for &child in &children {
+            // A backend may exit between listing and signalling; that is fine.
+            let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+        }
+        // A start must not find a killed backend still attached to the shared memory.
+        for pid in std::iter::once(postmaster).chain(children) {
+            wait_until_dead(pid).with_context(|| format!("killing {self}"))?;
+        }
+        // The postmaster was orphaned when pg_ctl exited, and an init that does not reap (as in
+        // some containers) leaves it a zombie: PostgreSQL's lock-file checks would then take
+        // the pid in its lock files for a live server and refuse to start. It is dead, so its
+        // lock files (data directory and Unix socket) are stale.
+        if process_state(postmaster) == Some('Z') {
+            let socket_lock = self.dir.join(format!(".s.PGSQL.{}.lock", self.port));
+            for lock in [self.data_dir().join("postmaster.pid"), socket_lock] {
+                match std::fs::remove_file(&lock) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        return Err(error)
+                            .with_context(|| format!("removing the stale {}", lock.display()))
+                    }
+                }
+            }
+        }
+        tracing::info!(server = %self, "PostgreSQL killed with SIGKILL");
+        Ok(())
+    }
+
     /// Signals the postmaster first (a stopped postmaster forks no new backends), then its
     /// children as listed in `/proc`.
     fn signal_server(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
         use nix::unistd::Pid;
-        let pid_file = self.data_dir().join("postmaster.pid");
-        let text = std::fs::read_to_string(&pid_file)
-            .with_context(|| format!("reading {}", pid_file.display()))?;
-        let postmaster: i32 = text
-            .lines()
-            .next()
-            .and_then(|line| line.trim().parse().ok())
-            .with_context(|| format!("no process id in {}", pid_file.display()))?;
+        let postmaster = self.postmaster_pid()?;
         nix::sys::signal::kill(Pid::from_raw(postmaster), signal)
-            .with_context(|| format!("{signal} to the postmaster {postmaster}"))?;
+            .with_context(|| format!("{signal} to the postmaster {postmaster} of {self}"))?;
         for child in children_of(postmaster)? {
             // A backend may exit between listing and signalling; that is fine.
             let _ = nix::sys::signal::kill(Pid::from_raw(child), signal);
         }
         Ok(())
+    }
+
+    /// The postmaster's process id, from the first line of `postmaster.pid`.
+    fn postmaster_pid(&self) -> anyhow::Result<i32> {
+        let pid_file = self.data_dir().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("reading {} (is {self} running?)", pid_file.display()))?;
+        text.lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .with_context(|| format!("no process id in {}", pid_file.display()))
     }
 
     fn pg_ctl_stop(&self) -> anyhow::Result<()> {
@@ -378,10 +565,24 @@ rm -rf "$dir"
     }
 }
 
+impl fmt::Display for PostgresServer {
+    /// How errors and logs name a server: where it listens and where its data is.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PostgreSQL on 127.0.0.1:{}", self.port)?;
+        if let Some(name) = &self.application_name {
+            write!(f, " (standby {name})")?;
+        }
+        write!(f, " with data in {}", self.data_dir().display())
+    }
+}
+
 impl Drop for PostgresServer {
     fn drop(&mut self) {
-        if let Err(error) = self.pg_ctl_stop() {
-            tracing::warn!("stopping the PostgreSQL test server: {error:#}");
+        // No pid file: the server never started (a failed launch), so there is nothing to stop.
+        if self.data_dir().join("postmaster.pid").exists() {
+            if let Err(error) = self.pg_ctl_stop() {
+                tracing::warn!("stopping the PostgreSQL test server: {error:#}");
+            }
         }
         let watchdog = self
             .watchdog
@@ -471,6 +672,29 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// How long a SIGKILLed process may take to die.
+const DEATH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The state letter of process `pid` from `/proc/<pid>/stat` (`Z` for a zombie), `None` if there
+/// is no such process.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ...`; comm may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Waits until process `pid` is gone or a zombie (dead, not yet reaped).
+fn wait_until_dead(pid: i32) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !matches!(process_state(pid), None | Some('Z')) {
+        if started.elapsed() > DEATH_TIMEOUT {
+            bail!("process {pid} still alive {DEATH_TIMEOUT:?} after SIGKILL");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// The ids of the processes whose parent is `parent`, from `/proc/<pid>/stat`.
 fn children_of(parent: i32) -> anyhow::Result<Vec<i32>> {
     let mut children = Vec::new();
@@ -512,7 +736,7 @@ mod tests {
     }
 
     #[test]
-    fn owned_server_serves_sql_and_restarts() {
+    fn owned_server_serves_sql_restarts_and_survives_kill9() {
         let server = PostgresServer::start().expect("start");
         let url = server.create_database("Owned-Test").expect("createdb");
         let db = url.rsplit('/').next().expect("db name");
@@ -529,6 +753,12 @@ mod tests {
         assert!(server.psql(db, "SELECT 1").is_err());
         server.resume().expect("resume");
         assert_eq!(server.psql(db, "SELECT 4").expect("psql"), "4");
+        server.kill9().expect("kill -9");
+        assert!(server.psql(db, "SELECT 1").is_err(), "alive after kill -9");
+        server
+            .resume()
+            .expect("resume after kill -9 (crash recovery)");
+        assert_eq!(server.psql(db, "SELECT 5").expect("psql"), "5");
         let dir = server.dir.clone();
         drop(server);
         assert!(!dir.exists(), "dropping the server removes its directory");
