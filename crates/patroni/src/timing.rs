@@ -9,6 +9,7 @@
 //! last refresh), so `ttl` is what tuning buys down.
 
 use std::fmt;
+use std::str::FromStr;
 
 /// `ttl`, `loop_wait` and `retry_timeout` in seconds (Patroni takes whole seconds only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub struct Timing {
 /// Why a [`Timing`] is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TimingError {
+    #[error("{0:?} is not TTL/LOOP_WAIT/RETRY_TIMEOUT in whole seconds, e.g. 7/1/3")]
+    Syntax(String),
     #[error("loop_wait must be at least {min} s (got {got} s)")]
     LoopWaitTooShort { min: u32, got: u32 },
     #[error(
@@ -101,6 +104,28 @@ impl fmt::Display for Timing {
     }
 }
 
+/// `TTL/LOOP_WAIT/RETRY_TIMEOUT` in seconds, e.g. `7/1/3`, checked like [`Timing::check`].
+impl FromStr for Timing {
+    type Err = TimingError;
+
+    fn from_str(text: &str) -> Result<Self, TimingError> {
+        let parts: Vec<Option<u32>> = text
+            .split('/')
+            .map(|part| part.trim().parse().ok())
+            .collect();
+        let [Some(ttl_s), Some(loop_wait_s), Some(retry_timeout_s)] = parts[..] else {
+            return Err(TimingError::Syntax(text.to_owned()));
+        };
+        let timing = Timing {
+            ttl_s,
+            loop_wait_s,
+            retry_timeout_s,
+        };
+        timing.check()?;
+        Ok(timing)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +181,22 @@ mod tests {
             }
             .check(),
             Err(TimingError::RetryTimeoutTooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn parses_seconds_triples() {
+        assert_eq!("10/2/4".parse::<Timing>(), Ok(Timing::ISSUE_10));
+        assert_eq!(" 7 / 1 / 3 ".parse::<Timing>(), Ok(Timing::TUNED));
+        for bad in ["", "7/1", "7/1/3/4", "7/x/3", "-7/1/3"] {
+            assert!(
+                matches!(bad.parse::<Timing>(), Err(TimingError::Syntax(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            "6/1/3".parse::<Timing>(),
+            Err(TimingError::TtlTooShort { .. })
         ));
     }
 }
