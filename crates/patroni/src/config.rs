@@ -100,6 +100,11 @@ impl MemberConfig<'_> {
                         "synchronous_commit": "on",
                         "max_connections": 300,
                         "password_encryption": "scram-sha-256",
+                        // After a failover a standby's first connection to the new leader
+                        // fails until the leader has created its slot; PostgreSQL's default
+                        // 5 s before the next try is the bulk of the time a remaining
+                        // standby needs to stream (and in strict mode, of the failover).
+                        "wal_retrieve_retry_interval": "1s",
                     },
                 },
             },

@@ -334,13 +334,18 @@ async fn a_killed_leader_is_replaced_without_losing_an_acknowledged_insert() {
         );
         // Every insert acknowledged so far, before the kill included, is on the new leader.
         assert_all_acked_on(&cluster, &first.member, &inserter.acks()).await;
+        // Until the remaining standby is synchronous again, a second loss could lose commits
+        // (unless strict): how long that window is.
+        let sync_again_at = wait_for_sync_standby(&cluster, &killed, REJOIN_TIMEOUT).await;
         println!(
             "trial {trial}: killed {killed}; new leader key on {} after {} ms; first write \
-             accepted after {} ms ({} ms after the election)",
+             accepted after {} ms ({} ms after the election); a synchronous standby again after \
+             {} ms",
             first.member,
             (new_key_at - killed_at).as_millis(),
             total.as_millis(),
-            (first.at.saturating_duration_since(new_key_at)).as_millis()
+            (first.at.saturating_duration_since(new_key_at)).as_millis(),
+            (sync_again_at - killed_at).as_millis()
         );
         failover_ms.push(total.as_millis());
         election_ms.push((new_key_at - killed_at).as_millis());
@@ -355,6 +360,27 @@ async fn a_killed_leader_is_replaced_without_losing_an_acknowledged_insert() {
     println!("{} inserts acknowledged, {failures} failed", acks.len());
     summary(&format!("kill -> first write ({timing})"), &failover_ms);
     summary("kill -> new leader key", &election_ms);
+}
+
+/// Polls until the DCS names a synchronous standby other than `killed`; returns when.
+async fn wait_for_sync_standby(
+    cluster: &PatroniCluster,
+    killed: &MemberName,
+    bound: Duration,
+) -> Instant {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Ok(sync) = cluster.sync_standbys().await {
+            if sync.iter().any(|member| member != killed) {
+                return Instant::now();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no synchronous standby within {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls until a member other than `killed` holds the leader key; returns when.
