@@ -143,12 +143,15 @@ pub fn kill_server(data_dir: &Path) -> anyhow::Result<()> {
     let postmaster = Pid::from_raw(postmaster);
     // Stopped, it forks no new backend between the listing and the kill.
     signal::kill(postmaster, Signal::SIGSTOP).context("SIGSTOP to the postmaster")?;
-    let children = meridian_pgserver::children_of(postmaster.as_raw())?;
+    let children = meridian_pgserver::children_of(postmaster.as_raw());
+    // Killed even if the listing failed: a stopped postmaster must not be left behind.
     let _ = signal::kill(postmaster, Signal::SIGKILL);
-    for child in children {
+    for &child in children.as_deref().unwrap_or_default() {
         let _ = signal::kill(Pid::from_raw(child), Signal::SIGKILL);
     }
-    Ok(())
+    children
+        .map(|_| ())
+        .context("listing the server's processes (the postmaster was killed)")
 }
 
 /// Stops the server on `data_dir` the quick clean way: SIGQUIT is PostgreSQL's immediate
