@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Runs Meridian's whole test suite on a fresh Debian machine, installing what the tests need
-# (PostgreSQL server binaries; the tests start their own throwaway servers from them).
+# (PostgreSQL server binaries, Patroni and etcd; the tests start their own throwaway servers and
+# Patroni clusters from them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "==> installing PostgreSQL (the tests start throwaway servers from its binaries)"
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> installing ${missing[*]} (the tests start throwaway servers and Patroni clusters from them)"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

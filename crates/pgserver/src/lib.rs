@@ -598,7 +598,7 @@ impl Drop for PostgresServer {
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin`, else what `pg_config --bindir` says.
-fn find_bin_dir() -> anyhow::Result<PathBuf> {
+pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
     let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -622,7 +622,7 @@ fn find_bin_dir() -> anyhow::Result<PathBuf> {
     bail!("{INSTALL_HINT}")
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     match std::fs::metadata("/proc/self") {
         Ok(metadata) => metadata.uid() == 0,
         Err(_) => Command::new("id")
@@ -696,7 +696,7 @@ fn wait_until_dead(pid: i32) -> anyhow::Result<()> {
 }
 
 /// The ids of the processes whose parent is `parent`, from `/proc/<pid>/stat`.
-fn children_of(parent: i32) -> anyhow::Result<Vec<i32>> {
+pub fn children_of(parent: i32) -> anyhow::Result<Vec<i32>> {
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").context("listing /proc")? {
         let Ok(entry) = entry else { continue };
