@@ -30,6 +30,13 @@ pub enum StoreError {
     ForeignDatabase(Box<crate::owner::ForeignDatabase>),
     #[error("the database is read-only (a standby?)")]
     ReadOnly,
+    /// No server of the storage URL takes writes (see [`crate::follow`]): every host tried
+    /// and why — refused, no answer, a standby, read-only. Passes once a server is promoted.
+    #[error("{0}")]
+    NoWriter(Box<crate::follow::NoWriter>),
+    /// The storage URL cannot be used as written; the message names the bad part.
+    #[error("{0}")]
+    BadUrl(#[from] crate::postgres_url::UrlError),
     #[error("the database is unreachable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// PostgreSQL 53100 (`disk_full`), SQLite `SQLITE_FULL`: nothing more can be written until
@@ -67,7 +74,7 @@ impl StoreError {
     }
 
     /// Whether the same call may succeed later, once the database recovers: it was away,
-    /// read-only, full, overloaded, or the transaction lost a race or timed out — every case
+    /// read-only or without a writer, full, overloaded, or the transaction lost a race or timed out — every case
     /// a node rides out (not ready, retry with backoff) rather than stopping on. The rest are
     /// definite answers: fencing (demote), a conflict of data, corrupt rows or a database
     /// error the node does not know (stop and say so: retrying cannot help).
@@ -75,6 +82,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::ReadOnly
+                | StoreError::NoWriter(_)
                 | StoreError::Unavailable(_)
                 | StoreError::DiskFull(_)
                 | StoreError::OutOfResources(_)
@@ -277,7 +285,19 @@ mod tests {
             },
             StoreError::Passive { node: "n".into() },
             StoreError::Fenced(InstanceIndex(0)),
+            // A URL does not mend itself.
+            StoreError::BadUrl(crate::postgres_url::UrlError::NoHost),
         ];
+        let no_writer = StoreError::NoWriter(Box::new(crate::follow::NoWriter {
+            tried: vec![(
+                crate::postgres_url::HostAddr {
+                    host: "db1".into(),
+                    port: 5432,
+                },
+                crate::follow::PassedOver::Standby,
+            )],
+        }));
+        assert!(no_writer.is_transient(), "a standby may be promoted");
         for error in definite {
             assert!(!error.is_transient(), "{error}");
         }
