@@ -64,10 +64,15 @@ pub const SEQUENCER_NODE_ID: &str = "sequencer";
 /// Why the backend may not be used for sequencing, if it may not.
 pub fn backend_refusal(status: &BackendStatus) -> Option<String> {
     if status.read_only {
-        return Some(format!(
-            "the {} database is read-only (a standby?); a sequencer only serves from a writable primary",
-            status.backend
-        ));
+        return Some(match &status.read_only_reason {
+            Some(reason) => {
+                format!("{reason}; a sequencer only serves from a writable primary")
+            }
+            None => format!(
+                "the {} database is read-only (a standby?); a sequencer only serves from a writable primary",
+                status.backend
+            ),
+        });
     }
     match status.synchronous_commit.as_deref() {
         None | Some("on") | Some("remote_apply") | Some("remote_write") => None,
@@ -521,5 +526,33 @@ async fn poll_peers(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn postgres(read_only: bool, reason: Option<&str>, synchronous_commit: &str) -> BackendStatus {
+        BackendStatus {
+            backend: "postgres",
+            read_only,
+            synchronous_commit: Some(synchronous_commit.to_owned()),
+            read_only_reason: reason.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_why_and_names_the_hosts_when_it_knows_them() {
+        assert_eq!(backend_refusal(&postgres(false, None, "on")), None);
+        let no_writer = "no writable PostgreSQL server: the database is a standby (in recovery) \
+                         at 10.0.0.1:5432; 10.0.0.2:5432 refused the connection";
+        let refusal = backend_refusal(&postgres(true, Some(no_writer), "on")).expect("refused");
+        assert!(refusal.starts_with(no_writer), "{refusal}");
+        assert!(refusal.ends_with("a sequencer only serves from a writable primary"));
+        let refusal = backend_refusal(&postgres(true, None, "on")).expect("refused");
+        assert!(refusal.contains("read-only (a standby?)"), "{refusal}");
+        let refusal = backend_refusal(&postgres(false, None, "off")).expect("refused");
+        assert!(refusal.contains("synchronous_commit is 'off'"), "{refusal}");
     }
 }
