@@ -502,6 +502,8 @@ async fn poll_peers(
     let mut peers_check = tokio::time::interval(peers_check_interval(offline_after));
     peers_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backend_check = tokio::time::interval(config.timing.backend_check());
+    let mut recheck_refused = tokio::time::interval(BACKEND_RECHECK_WHILE_REFUSED);
+    recheck_refused.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -517,14 +519,28 @@ async fn poll_peers(
             _ = peers_check.tick() => {
                 mark_stale_peers(store.as_ref(), &mut watch, &peers_marked_offline).await;
             }
-            _ = backend_check.tick() => match usable_backend(store.as_ref()).await {
-                Ok(()) => readiness.clear("backend"),
-                Err(reason) => {
-                    if readiness.fail("backend", reason.clone()) {
-                        tracing::error!("refusing to serve: {reason}");
-                    }
-                }
-            },
+            _ = backend_check.tick() => check_backend(store.as_ref(), &readiness).await,
+            _ = recheck_refused.tick(), if readiness.is_failing("backend") => {
+                check_backend(store.as_ref(), &readiness).await;
+            }
+        }
+    }
+}
+
+/// While the backend is refused (a standby, no writer among the hosts), how often it is
+/// checked again instead of every `backend_check`: sends are refused meanwhile, so a promoted
+/// database should bring the instance back within a fraction of a second. The store searches
+/// for the writer at most every 200 ms whatever the rate of checks.
+const BACKEND_RECHECK_WHILE_REFUSED: Duration = Duration::from_millis(100);
+
+/// Sets or clears the `backend` condition from a fresh look at the database.
+async fn check_backend(store: &dyn SequencerStore, readiness: &Conditions) {
+    match usable_backend(store).await {
+        Ok(()) => readiness.clear("backend"),
+        Err(reason) => {
+            if readiness.fail("backend", reason.clone()) {
+                tracing::error!("refusing to serve: {reason}");
+            }
         }
     }
 }
