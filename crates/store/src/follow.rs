@@ -54,13 +54,6 @@ pub enum PassedOver {
     Failed(String),
 }
 
-impl PassedOver {
-    /// Whether the server answered (and is merely not writable).
-    pub fn answered(&self) -> bool {
-        matches!(self, PassedOver::Standby | PassedOver::ReadOnly)
-    }
-}
-
 /// No server of the URL takes writes: each host tried and why it was passed over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoWriter {

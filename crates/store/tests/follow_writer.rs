@@ -310,6 +310,22 @@ async fn without_a_writer_the_error_names_every_host_and_why() {
         matches!(&write, Err(StoreError::NoWriter(_))),
         "a refused write names the hosts: {write:?}"
     );
+
+    // `target_session_attrs=any` settles on the first server that answers, whatever it is:
+    // that is the operator's choice, so there is nothing to report but the refusal itself.
+    let any = format!(
+        "postgres://meridian@127.0.0.1:{refusing},127.0.0.1:{}/nowhere\
+         ?target_session_attrs=any&connect_timeout=1",
+        read_only.port()
+    );
+    let refused = open_participant_store(&config(&any))
+        .await
+        .err()
+        .expect("its first write is refused");
+    assert!(matches!(refused, StoreError::ReadOnly), "{refused:?}");
+    let store = open_sequencer_store(&config(&any)).await.unwrap();
+    let write = register(store.as_ref(), "zed").await;
+    assert!(matches!(write, Err(StoreError::ReadOnly)), "{write:?}");
 }
 
 #[tokio::test]
