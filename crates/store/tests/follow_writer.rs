@@ -19,7 +19,7 @@ use meridian_store::{
     SequencerStore, StorageConfig, StoreError,
 };
 use meridian_testkit::failover::{copy_database, set_read_only};
-use meridian_testkit::PostgresServer;
+use meridian_testkit::{ApplicationName, PostgresServer, SyncState, SynchronousStandbys};
 
 /// Both servers' database, under the same name as replication would have it.
 const DATABASE: &str = "follow";
@@ -230,6 +230,88 @@ async fn the_lease_follows_the_writer_and_fencing_still_holds() {
     );
     assert_eq!(query(&second, "SELECT ts FROM mediator_checkpoint"), "20");
     assert_eq!(query(&second, "SELECT epoch FROM replica_lease"), "2");
+}
+
+/// With real streaming replication: the standby, listed first, is passed over as a standby;
+/// the primary is killed (kill -9, as a lost machine) and its synchronous standby promoted, and
+/// the same store then writes on the promoted server, which has everything it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_follows_a_real_promotion() {
+    const WAIT: Duration = Duration::from_secs(30);
+    let primary = PostgresServer::start().unwrap();
+    primary
+        .psql("postgres", &format!("CREATE DATABASE {DATABASE}"))
+        .unwrap();
+    let name = ApplicationName::new("follow_standby").unwrap();
+    let standby = primary.start_standby(primary.address(), &name).unwrap();
+    primary
+        .set_synchronous_standbys(&SynchronousStandbys::one(name.clone()))
+        .unwrap();
+    primary
+        .wait_for_sync_state(&name, SyncState::Sync, WAIT)
+        .unwrap();
+    let (standby_host, primary_host) = (
+        format!("127.0.0.1:{}", standby.port()),
+        format!("127.0.0.1:{}", primary.port()),
+    );
+
+    // Only the standby: a store that must write does not open, and says why.
+    let error = open_participant_store(&config(&url_of(&[&standby], "")))
+        .await
+        .err()
+        .expect("a standby takes no writes");
+    assert!(
+        error.to_string().contains(&format!(
+            "the database is a standby (in recovery) at {standby_host}"
+        )),
+        "{error}"
+    );
+
+    let store = open_sequencer_store(&config(&url_of(&[&standby, &primary], "")))
+        .await
+        .unwrap();
+    register(store.as_ref(), "alice").await.unwrap();
+    register(store.as_ref(), "bob").await.unwrap();
+
+    primary.kill9().unwrap();
+    tokio::time::sleep(MIN_SEARCH_INTERVAL).await;
+    // The write meets the dead primary; the search finds no writer and names both.
+    let mut reported = None;
+    for _ in 0..3 {
+        match register(store.as_ref(), "carol").await {
+            Err(error @ StoreError::NoWriter(_)) => {
+                reported = Some(error.to_string());
+                break;
+            }
+            Err(error) => assert!(error.is_transient(), "{error:?}"),
+            Ok(()) => panic!("nothing takes writes"),
+        }
+        tokio::time::sleep(MIN_SEARCH_INTERVAL).await;
+    }
+    let reported = reported.expect("no writer reported");
+    assert!(
+        reported.contains(&format!(
+            "the database is a standby (in recovery) at {standby_host}"
+        )) && reported.contains(&format!("{primary_host} refused the connection")),
+        "{reported}"
+    );
+
+    standby.promote().unwrap();
+    until_definite("registering after the promotion", || {
+        register(store.as_ref(), "carol")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        standby
+            .psql(
+                DATABASE,
+                "SELECT string_agg(id, ',' ORDER BY seq) FROM members"
+            )
+            .unwrap(),
+        "alice,bob,carol",
+        "everything acknowledged before the kill, and the write after, on the promoted server"
+    );
 }
 
 /// A listener that accepts connections and never answers: a host that is up but stuck.

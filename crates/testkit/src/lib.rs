@@ -9,5 +9,5 @@ mod logging;
 mod process;
 
 pub use logging::init_logging;
-pub use meridian_pgserver::PostgresServer;
+pub use meridian_pgserver::{ApplicationName, PostgresServer, SyncState, SynchronousStandbys};
 pub use process::{free_port, ChildGuard};
