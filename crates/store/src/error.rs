@@ -58,8 +58,11 @@ pub enum StoreError {
     Canceled(#[source] sqlx::Error),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// The schema cannot be brought up to date: a migration the database refuses, or a history
+    /// of applied migrations this code does not know. (A migration that failed because the
+    /// database was away or read-only is that failure instead, see the `From` impl.)
     #[error("migrating the database failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
+    Migration(sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
 }
@@ -143,29 +146,51 @@ fn sqlite_class(code: &str) -> Class {
     }
 }
 
+/// What an sqlx error says, on either backend.
+fn class_of(error: &sqlx::Error) -> Class {
+    match error {
+        // A connection that broke mid-conversation (a terminated backend can show as an
+        // unexpected message rather than an I/O error) is dropped from the pool; the next
+        // call gets a new one.
+        sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Class::Unavailable,
+        sqlx::Error::Database(db) => match (
+            db.code(),
+            db.try_downcast_ref::<sqlx::sqlite::SqliteError>(),
+        ) {
+            (Some(code), Some(_)) => sqlite_class(&code),
+            (Some(code), None) => postgres_class(&code),
+            (None, _) => Class::Other,
+        },
+        _ => Class::Other,
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    /// A migration that failed on the connection — the server went away, terminated the
+    /// session, is read-only — is that failure, as transient as any call's: a store migrates
+    /// whenever it finds a new writer, and must ride that out. What the schema itself refuses
+    /// stays [`StoreError::Migration`].
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        use sqlx::migrate::MigrateError;
+        match error {
+            MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _)
+                if class_of(&inner) != Class::Other =>
+            {
+                StoreError::from(inner)
+            }
+            other => StoreError::Migration(other),
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        let class = match &error {
-            // A connection that broke mid-conversation (a terminated backend can show as an
-            // unexpected message rather than an I/O error) is dropped from the pool; the next
-            // call gets a new one.
-            sqlx::Error::Io(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Class::Unavailable,
-            sqlx::Error::Database(db) => match (
-                db.code(),
-                db.try_downcast_ref::<sqlx::sqlite::SqliteError>(),
-            ) {
-                (Some(code), Some(_)) => sqlite_class(&code),
-                (Some(code), None) => postgres_class(&code),
-                (None, _) => Class::Other,
-            },
-            _ => Class::Other,
-        };
-        match class {
+        match class_of(&error) {
             Class::ReadOnly => StoreError::ReadOnly,
             Class::Unavailable => StoreError::Unavailable(error),
             Class::DiskFull => StoreError::DiskFull(error),
@@ -251,6 +276,27 @@ mod tests {
             assert!(matches!(postgres(code), StoreError::Conflict(_)), "{code}");
         }
         assert!(matches!(postgres("57014"), StoreError::Canceled(_)));
+    }
+
+    /// A store migrates whenever it finds a new writer, so a migration cut short by the
+    /// connection must be ridden out like any call; a schema history it does not know must not.
+    #[test]
+    fn a_migration_failed_on_the_connection_is_transient() {
+        use sqlx::migrate::MigrateError;
+        let terminated = sqlx::Error::Database(Box::new(Sqlstate("57P01")));
+        let error = StoreError::from(MigrateError::Execute(terminated));
+        assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+        assert!(error.is_transient());
+        let read_only = sqlx::Error::Database(Box::new(Sqlstate("25006")));
+        let error = StoreError::from(MigrateError::ExecuteMigration(read_only, 3));
+        assert!(matches!(error, StoreError::ReadOnly), "{error:?}");
+        let syntax = sqlx::Error::Database(Box::new(Sqlstate("42601")));
+        let error = StoreError::from(MigrateError::ExecuteMigration(syntax, 3));
+        assert!(matches!(error, StoreError::Migration(_)), "{error:?}");
+        assert!(!error.is_transient());
+        let error = StoreError::from(MigrateError::VersionMissing(7));
+        assert!(matches!(error, StoreError::Migration(_)), "{error:?}");
+        assert!(!error.is_transient());
     }
 
     #[test]
