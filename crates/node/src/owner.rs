@@ -22,10 +22,12 @@ async fn claim_database(
         .until("database", "checking whose database this is", || async {
             match meridian_store::claim_database(storage, owner).await {
                 Ok(claim) => Ok(Ok(claim)),
-                // Definite: waiting would not change whose database it is.
-                Err(definite @ (StoreError::ForeignDatabase(_) | StoreError::Corrupt { .. })) => {
-                    Ok(Err(definite))
-                }
+                // Definite: waiting would not change whose database it is, nor mend a URL.
+                Err(
+                    definite @ (StoreError::ForeignDatabase(_)
+                    | StoreError::Corrupt { .. }
+                    | StoreError::BadUrl(_)),
+                ) => Ok(Err(definite)),
                 Err(error) => Err(error),
             }
         })

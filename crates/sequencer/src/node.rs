@@ -64,10 +64,15 @@ pub const SEQUENCER_NODE_ID: &str = "sequencer";
 /// Why the backend may not be used for sequencing, if it may not.
 pub fn backend_refusal(status: &BackendStatus) -> Option<String> {
     if status.read_only {
-        return Some(format!(
-            "the {} database is read-only (a standby?); a sequencer only serves from a writable primary",
-            status.backend
-        ));
+        return Some(match &status.read_only_reason {
+            Some(reason) => {
+                format!("{reason}; a sequencer only serves from a writable primary")
+            }
+            None => format!(
+                "the {} database is read-only (a standby?); a sequencer only serves from a writable primary",
+                status.backend
+            ),
+        });
     }
     match status.synchronous_commit.as_deref() {
         None | Some("on") | Some("remote_apply") | Some("remote_write") => None,
@@ -497,6 +502,8 @@ async fn poll_peers(
     let mut peers_check = tokio::time::interval(peers_check_interval(offline_after));
     peers_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backend_check = tokio::time::interval(config.timing.backend_check());
+    let mut recheck_refused = tokio::time::interval(BACKEND_RECHECK_WHILE_REFUSED);
+    recheck_refused.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -512,14 +519,56 @@ async fn poll_peers(
             _ = peers_check.tick() => {
                 mark_stale_peers(store.as_ref(), &mut watch, &peers_marked_offline).await;
             }
-            _ = backend_check.tick() => match usable_backend(store.as_ref()).await {
-                Ok(()) => readiness.clear("backend"),
-                Err(reason) => {
-                    if readiness.fail("backend", reason.clone()) {
-                        tracing::error!("refusing to serve: {reason}");
-                    }
-                }
-            },
+            _ = backend_check.tick() => check_backend(store.as_ref(), &readiness).await,
+            _ = recheck_refused.tick(), if readiness.is_failing("backend") => {
+                check_backend(store.as_ref(), &readiness).await;
+            }
         }
+    }
+}
+
+/// While the backend is refused (a standby, no writer among the hosts), how often it is
+/// checked again instead of every `backend_check`: sends are refused meanwhile, so a promoted
+/// database should bring the instance back within a fraction of a second. The store searches
+/// for the writer at most every 200 ms whatever the rate of checks.
+const BACKEND_RECHECK_WHILE_REFUSED: Duration = Duration::from_millis(100);
+
+/// Sets or clears the `backend` condition from a fresh look at the database.
+async fn check_backend(store: &dyn SequencerStore, readiness: &Conditions) {
+    match usable_backend(store).await {
+        Ok(()) => readiness.clear("backend"),
+        Err(reason) => {
+            if readiness.fail("backend", reason.clone()) {
+                tracing::error!("refusing to serve: {reason}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn postgres(read_only: bool, reason: Option<&str>, synchronous_commit: &str) -> BackendStatus {
+        BackendStatus {
+            backend: "postgres",
+            read_only,
+            synchronous_commit: Some(synchronous_commit.to_owned()),
+            read_only_reason: reason.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_why_and_names_the_hosts_when_it_knows_them() {
+        assert_eq!(backend_refusal(&postgres(false, None, "on")), None);
+        let no_writer = "no writable PostgreSQL server: the database is a standby (in recovery) \
+                         at 10.0.0.1:5432; 10.0.0.2:5432 refused the connection";
+        let refusal = backend_refusal(&postgres(true, Some(no_writer), "on")).expect("refused");
+        assert!(refusal.starts_with(no_writer), "{refusal}");
+        assert!(refusal.ends_with("a sequencer only serves from a writable primary"));
+        let refusal = backend_refusal(&postgres(true, None, "on")).expect("refused");
+        assert!(refusal.contains("read-only (a standby?)"), "{refusal}");
+        let refusal = backend_refusal(&postgres(false, None, "off")).expect("refused");
+        assert!(refusal.contains("synchronous_commit is 'off'"), "{refusal}");
     }
 }

@@ -417,6 +417,14 @@ impl Writer {
                 }
                 "the database is read-only".into()
             }
+            StoreError::NoWriter(no_writer) => {
+                // Names every server of the URL and what it is; logged once per change.
+                let reason = no_writer.to_string();
+                if self.readiness.fail("database", reason.clone()) {
+                    tracing::error!("write refused: {reason}");
+                }
+                reason
+            }
             other => {
                 let reason = format!("database error: {other}");
                 // Logged once per outage, not once per heartbeat.

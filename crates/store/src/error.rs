@@ -30,6 +30,13 @@ pub enum StoreError {
     ForeignDatabase(Box<crate::owner::ForeignDatabase>),
     #[error("the database is read-only (a standby?)")]
     ReadOnly,
+    /// No server of the storage URL takes writes (see [`crate::follow`]): every host tried
+    /// and why — refused, no answer, a standby, read-only. Passes once a server is promoted.
+    #[error("{0}")]
+    NoWriter(Box<crate::follow::NoWriter>),
+    /// The storage URL cannot be used as written; the message names the bad part.
+    #[error("{0}")]
+    BadUrl(#[from] crate::postgres_url::UrlError),
     #[error("the database is unreachable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// PostgreSQL 53100 (`disk_full`), SQLite `SQLITE_FULL`: nothing more can be written until
@@ -51,8 +58,11 @@ pub enum StoreError {
     Canceled(#[source] sqlx::Error),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// The schema cannot be brought up to date: a migration the database refuses, or a history
+    /// of applied migrations this code does not know. (A migration that failed because the
+    /// database was away or read-only is that failure instead, see the `From` impl.)
     #[error("migrating the database failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
+    Migration(sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
 }
@@ -67,7 +77,7 @@ impl StoreError {
     }
 
     /// Whether the same call may succeed later, once the database recovers: it was away,
-    /// read-only, full, overloaded, or the transaction lost a race or timed out — every case
+    /// read-only or without a writer, full, overloaded, or the transaction lost a race or timed out — every case
     /// a node rides out (not ready, retry with backoff) rather than stopping on. The rest are
     /// definite answers: fencing (demote), a conflict of data, corrupt rows or a database
     /// error the node does not know (stop and say so: retrying cannot help).
@@ -75,6 +85,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::ReadOnly
+                | StoreError::NoWriter(_)
                 | StoreError::Unavailable(_)
                 | StoreError::DiskFull(_)
                 | StoreError::OutOfResources(_)
@@ -135,29 +146,51 @@ fn sqlite_class(code: &str) -> Class {
     }
 }
 
+/// What an sqlx error says, on either backend.
+fn class_of(error: &sqlx::Error) -> Class {
+    match error {
+        // A connection that broke mid-conversation (a terminated backend can show as an
+        // unexpected message rather than an I/O error) is dropped from the pool; the next
+        // call gets a new one.
+        sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Class::Unavailable,
+        sqlx::Error::Database(db) => match (
+            db.code(),
+            db.try_downcast_ref::<sqlx::sqlite::SqliteError>(),
+        ) {
+            (Some(code), Some(_)) => sqlite_class(&code),
+            (Some(code), None) => postgres_class(&code),
+            (None, _) => Class::Other,
+        },
+        _ => Class::Other,
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    /// A migration that failed on the connection — the server went away, terminated the
+    /// session, is read-only — is that failure, as transient as any call's: a store migrates
+    /// whenever it finds a new writer, and must ride that out. What the schema itself refuses
+    /// stays [`StoreError::Migration`].
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        use sqlx::migrate::MigrateError;
+        match error {
+            MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _)
+                if class_of(&inner) != Class::Other =>
+            {
+                StoreError::from(inner)
+            }
+            other => StoreError::Migration(other),
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        let class = match &error {
-            // A connection that broke mid-conversation (a terminated backend can show as an
-            // unexpected message rather than an I/O error) is dropped from the pool; the next
-            // call gets a new one.
-            sqlx::Error::Io(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Class::Unavailable,
-            sqlx::Error::Database(db) => match (
-                db.code(),
-                db.try_downcast_ref::<sqlx::sqlite::SqliteError>(),
-            ) {
-                (Some(code), Some(_)) => sqlite_class(&code),
-                (Some(code), None) => postgres_class(&code),
-                (None, _) => Class::Other,
-            },
-            _ => Class::Other,
-        };
-        match class {
+        match class_of(&error) {
             Class::ReadOnly => StoreError::ReadOnly,
             Class::Unavailable => StoreError::Unavailable(error),
             Class::DiskFull => StoreError::DiskFull(error),
@@ -245,6 +278,27 @@ mod tests {
         assert!(matches!(postgres("57014"), StoreError::Canceled(_)));
     }
 
+    /// A store migrates whenever it finds a new writer, so a migration cut short by the
+    /// connection must be ridden out like any call; a schema history it does not know must not.
+    #[test]
+    fn a_migration_failed_on_the_connection_is_transient() {
+        use sqlx::migrate::MigrateError;
+        let terminated = sqlx::Error::Database(Box::new(Sqlstate("57P01")));
+        let error = StoreError::from(MigrateError::Execute(terminated));
+        assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+        assert!(error.is_transient());
+        let read_only = sqlx::Error::Database(Box::new(Sqlstate("25006")));
+        let error = StoreError::from(MigrateError::ExecuteMigration(read_only, 3));
+        assert!(matches!(error, StoreError::ReadOnly), "{error:?}");
+        let syntax = sqlx::Error::Database(Box::new(Sqlstate("42601")));
+        let error = StoreError::from(MigrateError::ExecuteMigration(syntax, 3));
+        assert!(matches!(error, StoreError::Migration(_)), "{error:?}");
+        assert!(!error.is_transient());
+        let error = StoreError::from(MigrateError::VersionMissing(7));
+        assert!(matches!(error, StoreError::Migration(_)), "{error:?}");
+        assert!(!error.is_transient());
+    }
+
     #[test]
     fn recoverable_errors_are_transient_and_the_rest_are_not() {
         for code in [
@@ -277,7 +331,19 @@ mod tests {
             },
             StoreError::Passive { node: "n".into() },
             StoreError::Fenced(InstanceIndex(0)),
+            // A URL does not mend itself.
+            StoreError::BadUrl(crate::postgres_url::UrlError::NoHost),
         ];
+        let no_writer = StoreError::NoWriter(Box::new(crate::follow::NoWriter {
+            tried: vec![(
+                crate::postgres_url::HostAddr {
+                    host: "db1".into(),
+                    port: 5432,
+                },
+                crate::follow::PassedOver::Standby,
+            )],
+        }));
+        assert!(no_writer.is_transient(), "a standby may be promoted");
         for error in definite {
             assert!(!error.is_transient(), "{error}");
         }

@@ -13,11 +13,13 @@
 
 mod error;
 mod fencing;
+pub mod follow;
 pub mod lease;
 pub mod mediator;
 pub mod owner;
 pub mod participant;
 mod pool;
+pub mod postgres_url;
 pub mod sequencer;
 pub mod topology;
 
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
+pub use follow::{NoWriter, PassedOver};
 pub use lease::{Epoch, FenceSlot, LeaseState, LeaseStore, PgLeaseStore, SqliteLeaseStore};
 pub use mediator::SqlMediatorStore;
 pub use owner::{claim_database, DatabaseOwner, ForeignDatabase, NodeKind, OwnerClaim};
@@ -38,6 +41,7 @@ pub use participant::{
     CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantSnapshot,
     ParticipantStore, PendingRecord, SqlParticipantStore, StoredContract, TransactionRecord,
 };
+pub use postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs, UrlError};
 pub use sequencer::{
     BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberRecord,
     MemberSeq, NewEvent, ReferenceTime, SequencerStore, SqlSequencerStore, StoredEvent,
@@ -53,8 +57,13 @@ pub use topology::{
 pub enum StorageConfig {
     /// An SQLite database file (created if missing), opened in WAL mode with `synchronous=FULL`.
     Sqlite { path: std::path::PathBuf },
-    /// A PostgreSQL connection URL, e.g. `postgres://meridian@127.0.0.1:5432/sequencer`.
+    /// A PostgreSQL connection URL, e.g. `postgres://meridian@127.0.0.1:5432/sequencer`, or
+    /// libpq's multi-host form for a replicated database,
+    /// `postgres://meridian@db1:5432,db2:5432/sequencer?target_session_attrs=read-write`: the
+    /// store uses whichever host is the writer and follows it (see [`follow`]). Checked when the
+    /// config is read ([`PostgresUrl::parse`]).
     Postgres {
+        #[serde(deserialize_with = "checked_postgres_url")]
         url: String,
         /// Connections in the pool; one of them is the writer.
         #[serde(default = "default_pool_size")]
@@ -64,6 +73,15 @@ pub enum StorageConfig {
 
 fn default_pool_size() -> u32 {
     8
+}
+
+/// A PostgreSQL URL as written, refused at once (naming the bad part) if it cannot be used.
+fn checked_postgres_url<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    let url = String::deserialize(deserializer)?;
+    PostgresUrl::parse(&url).map_err(|error| serde::de::Error::custom(format!("url: {error}")))?;
+    Ok(url)
 }
 
 /// Opens (and migrates) the sequencer store the config names.
@@ -141,5 +159,31 @@ mod tests {
             "backend = \"sqlite\"\npath = \"a\"\nurl = \"b\"\n"
         )
         .is_err());
+    }
+
+    /// A URL the store could not use is refused when the config is read, naming what is wrong.
+    #[test]
+    fn a_bad_postgres_url_is_refused_when_read() {
+        let replicated = "backend = \"postgres\"\n\
+             url = \"postgres://m@db1:5432,db2:5433/p?target_session_attrs=read-write\"\n";
+        assert!(toml::from_str::<StorageConfig>(replicated).is_ok());
+        for (url, needle) in [
+            ("postgres://m:pw@/p", "names no host"),
+            ("postgres://m:pw@db1:5432,/p", "entry 2"),
+            ("postgres://m:pw@db1:54x2/p", "port of host db1"),
+            (
+                "postgres://m:pw@db1,db2/p?target_session_attrs=prefer-standby",
+                "target_session_attrs=prefer-standby",
+            ),
+        ] {
+            let text = format!("backend = \"postgres\"\nurl = \"{url}\"\n");
+            // The message alone: node configs never quote the file's line (it holds the URL).
+            let error = toml::from_str::<StorageConfig>(&text)
+                .expect_err(url)
+                .message()
+                .to_owned();
+            assert!(error.contains(needle), "{url}: {error}");
+            assert!(!error.contains("pw"), "{url}: the password leaked: {error}");
+        }
     }
 }

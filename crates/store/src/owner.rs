@@ -15,9 +15,9 @@ use std::fmt;
 
 use meridian_core::crypto::PublicKey;
 use meridian_core::{SynchronizerId, Timestamp};
-use sqlx::postgres::PgConnectOptions;
 
 use crate::pool::{on_backend, PoolSettings, PostgresLayout, StorePool};
+use crate::postgres_url::PostgresUrl;
 use crate::{StorageConfig, StoreError};
 
 /// The kinds of node that keep a database.
@@ -163,7 +163,7 @@ pub async fn claim_database(
 ) -> Result<OwnerClaim, StoreError> {
     let pool = StorePool::open(config, &POOL).await?;
     let claimed = claim_in(&pool, owner).await;
-    on_backend!(&pool, |writer, _, _| writer.close().await);
+    pool.close().await;
     let (found, claim) = claimed?;
     if found == *owner {
         Ok(claim)
@@ -243,14 +243,8 @@ fn now_us() -> i64 {
 pub fn describe_database(config: &StorageConfig) -> String {
     match config {
         StorageConfig::Sqlite { path } => path.display().to_string(),
-        StorageConfig::Postgres { url, .. } => match url.parse::<PgConnectOptions>() {
-            Ok(options) => format!(
-                "postgres://{}@{}:{}/{}",
-                options.get_username(),
-                options.get_host(),
-                options.get_port(),
-                options.get_database().unwrap_or(options.get_username())
-            ),
+        StorageConfig::Postgres { url, .. } => match PostgresUrl::parse(url) {
+            Ok(url) => url.to_string(),
             Err(_) => "(an unparsable PostgreSQL URL)".to_owned(),
         },
     }
@@ -277,6 +271,16 @@ mod tests {
         assert_eq!(
             describe_database(&config),
             "postgres://meridian@db.example:5433/participant1"
+        );
+        let replicated = StorageConfig::Postgres {
+            url: "postgres://meridian:hunter2@db1:5433,db2:5434/participant1\
+                  ?target_session_attrs=read-write"
+                .into(),
+            max_connections: 4,
+        };
+        assert_eq!(
+            describe_database(&replicated),
+            "postgres://meridian@db1:5433,db2:5434/participant1"
         );
     }
 

@@ -1,7 +1,8 @@
 //! The one pool type every store uses, [`StorePool`] (a writer and a reader pool on either
 //! backend), and opening it: the steps every store takes the same way, kept in one place so
-//! the stores cannot drift apart on them (WAL and `synchronous=FULL` on SQLite, the
-//! reachability and read-only checks before migrating on PostgreSQL). What differs between
+//! the stores cannot drift apart on them (WAL and `synchronous=FULL` on SQLite; on PostgreSQL,
+//! finding the writer among the URL's hosts and migrating it, see [`crate::follow`]). What
+//! differs between
 //! stores (pool sizes, timeouts, retries, which checks apply) is a parameter, decided by the
 //! store that calls.
 //!
@@ -11,6 +12,7 @@
 //! begins, whether a table lock is needed).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -21,27 +23,26 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{
-    Connection, Database, Encode, FromRow, Postgres, QueryBuilder, Sqlite, SqliteConnection, Type,
-};
+use sqlx::{Database, Encode, FromRow, Postgres, QueryBuilder, Sqlite, SqliteConnection, Type};
 
 use crate::fencing::FencedConnection;
+use crate::follow::{FollowingPools, PoolShape};
+use crate::postgres_url::PostgresUrl;
 use crate::sequencer::BackendStatus;
 use crate::{FenceSlot, StorageConfig, StoreError};
 
 /// A store's connections: one writer (SQLite allows one writer at a time; on PostgreSQL each
 /// store has one writing task anyway) and a reader pool, so reads never queue behind a commit.
-/// A store that needs no separate readers passes a clone of its writer as `readers`.
+/// A store that needs no separate readers passes a clone of its writer as `readers`. On
+/// PostgreSQL both live on whichever server of the URL is the writer, and move when it does
+/// ([`FollowingPools`]).
 #[derive(Debug, Clone)]
 pub(crate) enum StorePool {
     Sqlite {
         writer: SqlitePool,
         readers: SqlitePool,
     },
-    Postgres {
-        writer: PgPool,
-        readers: PgPool,
-    },
+    Postgres(Arc<FollowingPools>),
 }
 
 /// The statements in which SQLite and PostgreSQL really differ, for code written once over
@@ -88,7 +89,12 @@ impl Dialect {
 /// Runs `$body` once per backend: `$writer` and `$readers` are bound to that backend's pools
 /// and `$dialect` to its [`Dialect`], and the type `Db` names its sqlx database (for
 /// `QueryBuilder::<Db>`). The body is compiled twice, so one SQL text serves both backends
-/// wherever it is written once.
+/// wherever it is written once. The enclosing function returns a `Result` whose error converts
+/// from [`StoreError`], and so does the body's `?` and `return Err(..)`.
+///
+/// On PostgreSQL the body runs on the pools of the current writer, and a failure of the body
+/// is shown to [`FollowingPools::failed`] first: a lost connection or a read-only refusal
+/// makes the store look for the writer before the caller's retry (see [`crate::follow`]).
 macro_rules! on_backend {
     ($pool:expr, |$writer:pat_param, $readers:pat_param, $dialect:pat_param| $body:expr) => {
         match $pool {
@@ -96,10 +102,11 @@ macro_rules! on_backend {
                 writer: $writer,
                 readers: $readers,
             } => $crate::pool::on_backend!(@arm ::sqlx::Sqlite, SQLITE, $dialect, $body),
-            $crate::pool::StorePool::Postgres {
-                writer: $writer,
-                readers: $readers,
-            } => $crate::pool::on_backend!(@arm ::sqlx::Postgres, POSTGRES, $dialect, $body),
+            $crate::pool::StorePool::Postgres(following) => {
+                $crate::pool::on_postgres!(following, |$writer, $readers| {
+                    $crate::pool::on_backend!(@arm ::sqlx::Postgres, POSTGRES, $dialect, $body)
+                })
+            }
         }
     };
     // One backend's arm: its `Db` type and its dialect in scope of the body.
@@ -111,6 +118,49 @@ macro_rules! on_backend {
     }};
 }
 pub(crate) use on_backend;
+
+/// Runs `$body` on the PostgreSQL pools of the writer `$following` ([`FollowingPools`]), with
+/// `$writer` and `$readers` bound to them; the PostgreSQL half of [`on_backend!`], for code
+/// that exists on PostgreSQL only. A failure of the body is shown to
+/// [`FollowingPools::failed`] before the enclosing function returns it; the body's error type
+/// is the function's, a [`StoreFailure`].
+macro_rules! on_postgres {
+    ($following:expr, |$writer:pat_param, $readers:pat_param| $body:expr) => {{
+        let following: &$crate::follow::FollowingPools = $following;
+        let checkout = following.checkout().await?;
+        // An async block, so that the body's `?` and `return Err(..)` end here, where the
+        // failure can be looked at, instead of leaving the function.
+        let outcome = async {
+            let $writer = &checkout.writer;
+            let $readers = &checkout.readers;
+            ::core::result::Result::Ok($body)
+        }
+        .await;
+        match outcome {
+            ::core::result::Result::Ok(value) => value,
+            ::core::result::Result::Err(error) => {
+                return ::core::result::Result::Err(
+                    following.failed_as(checkout.generation, error).await,
+                );
+            }
+        }
+    }};
+}
+pub(crate) use on_postgres;
+
+/// An error type a store function returns: [`StoreError`], or one that wraps it beside
+/// errors of its own (the topology store's). [`on_backend!`] takes the store error out to
+/// show it to [`FollowingPools::failed`], and puts the answer back.
+pub(crate) trait StoreFailure: From<StoreError> {
+    /// The store error inside, or `self` back if it is none.
+    fn into_store(self) -> Result<StoreError, Self>;
+}
+
+impl StoreFailure for StoreError {
+    fn into_store(self) -> Result<StoreError, Self> {
+        Ok(self)
+    }
+}
 
 /// Multi-row inserts on a connection of either backend.
 pub(crate) trait InsertChunked {
@@ -174,18 +224,20 @@ pub(crate) struct PoolSettings {
     pub postgres: PostgresLayout,
 }
 
-/// How a store uses its PostgreSQL connections.
+/// How a store uses its PostgreSQL connections. Every layout's pools connect lazily, on the
+/// server found to be the writer, which opening migrates.
 #[derive(Debug)]
 pub(crate) enum PostgresLayout {
-    /// Opens even on a read-only database (not migrating it), so that the store can report
-    /// why its node must not serve; a lazy writer of one connection, which the server ends
-    /// when it idles inside a transaction for `writer_idle_in_transaction_timeout_ms` (if
-    /// set), and lazy readers (the rest of `max_connections`).
+    /// Opens even on a database without a writer (on a read-only server, not migrating it),
+    /// so that the store can report why its node must not serve; a writer of one connection,
+    /// which the server ends when it idles inside a transaction for
+    /// `writer_idle_in_transaction_timeout_ms` (if set), and readers (the rest of
+    /// `max_connections`).
     ReportsReadOnly {
         writer_idle_in_transaction_timeout_ms: Option<u64>,
     },
-    /// Migrates through the writer connection, which it keeps, and opens lazy readers (the
-    /// rest of `max_connections`).
+    /// Needs a writer to open; a writer of one connection and readers (the rest of
+    /// `max_connections`).
     MigratingWriter,
     /// One lazy pool of at most `max_connections`, capped at `cap`, for reads and writes.
     Shared { cap: u32 },
@@ -227,39 +279,45 @@ impl StorePool {
         max_connections: u32,
         settings: &PoolSettings,
     ) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url.parse()?;
-        let timeout = POSTGRES_ACQUIRE_TIMEOUT;
+        let url = PostgresUrl::parse(url)?;
         let readers = postgres_reader_connections(max_connections);
-        Ok(match settings.postgres {
+        let (shape, opens_read_only) = match settings.postgres {
             PostgresLayout::ReportsReadOnly {
                 writer_idle_in_transaction_timeout_ms,
-            } => {
-                migrate_postgres_unless_read_only(&options, timeout, settings.store).await?;
-                let writer_options = match writer_idle_in_transaction_timeout_ms {
-                    Some(ms) => options
-                        .clone()
-                        .options([("idle_in_transaction_session_timeout", ms)]),
-                    None => options.clone(),
-                };
-                StorePool::Postgres {
-                    writer: lazy_postgres_pool(writer_options, 1, timeout),
-                    readers: lazy_postgres_pool(options, readers, timeout),
-                }
+            } => (
+                PoolShape::WriterAndReaders {
+                    idle_in_transaction_timeout_ms: writer_idle_in_transaction_timeout_ms,
+                    readers,
+                },
+                true,
+            ),
+            PostgresLayout::MigratingWriter => (
+                PoolShape::WriterAndReaders {
+                    idle_in_transaction_timeout_ms: None,
+                    readers,
+                },
+                false,
+            ),
+            PostgresLayout::Shared { cap } => (
+                PoolShape::Shared {
+                    connections: max_connections.clamp(1, cap),
+                },
+                false,
+            ),
+        };
+        let pools = FollowingPools::open(url, shape, opens_read_only, settings.store).await?;
+        Ok(StorePool::Postgres(Arc::new(pools)))
+    }
+
+    /// Closes the pools, waiting for calls in progress; for a store used once and dropped.
+    pub(crate) async fn close(&self) {
+        match self {
+            StorePool::Sqlite { writer, readers } => {
+                writer.close().await;
+                readers.close().await;
             }
-            PostgresLayout::MigratingWriter => StorePool::Postgres {
-                writer: connect_postgres_migrated(options.clone(), timeout).await?,
-                readers: lazy_postgres_pool(options, readers, timeout),
-            },
-            PostgresLayout::Shared { cap } => {
-                let migrator = connect_postgres_migrated(options.clone(), timeout).await?;
-                migrator.close().await;
-                let shared = lazy_postgres_pool(options, max_connections.clamp(1, cap), timeout);
-                StorePool::Postgres {
-                    writer: shared.clone(),
-                    readers: shared,
-                }
-            }
-        })
+            StorePool::Postgres(following) => following.close().await,
+        }
     }
 
     /// An SQLite store's pools: the writer (created and migrated, making up to
@@ -319,35 +377,47 @@ impl StorePool {
 
     /// Facts about the database that decide whether a node may serve on it.
     pub(crate) async fn backend_status(&self) -> Result<BackendStatus, StoreError> {
-        match self {
-            StorePool::Sqlite { readers, .. } => {
-                // Touch the database so that a vanished or unreadable file shows up here.
-                sqlx::query("SELECT 1").execute(readers).await?;
-                Ok(BackendStatus {
-                    backend: "sqlite",
-                    read_only: false,
-                    synchronous_commit: None,
-                })
-            }
-            StorePool::Postgres { readers, .. } => {
-                // transaction_read_only reflects default_transaction_read_only for a new
-                // transaction, so this also catches a primary configured read-only, not just a
-                // standby.
-                let (synchronous_commit, read_only, in_recovery): (String, String, bool) =
+        let (synchronous_commit, read_only, in_recovery): (Option<String>, String, bool) =
+            on_backend!(self, |_, readers, dialect| {
+                if dialect.locks_tables {
+                    // transaction_read_only reflects default_transaction_read_only for a new
+                    // transaction, so this also catches a primary configured read-only, not
+                    // just a standby.
                     sqlx::query_as(
                         "SELECT current_setting('synchronous_commit'), \
                                 current_setting('transaction_read_only'), \
                                 pg_is_in_recovery()",
                     )
                     .fetch_one(readers)
-                    .await?;
-                Ok(BackendStatus {
+                    .await?
+                } else {
+                    // Touch the database so that a vanished or unreadable file shows up here.
+                    sqlx::query("SELECT 1").execute(readers).await?;
+                    (None, "off".to_owned(), false)
+                }
+            });
+        Ok(match self {
+            StorePool::Sqlite { .. } => BackendStatus {
+                backend: "sqlite",
+                read_only: false,
+                synchronous_commit: None,
+                read_only_reason: None,
+            },
+            StorePool::Postgres(following) => {
+                let read_only = in_recovery || read_only == "on";
+                BackendStatus {
                     backend: "postgres",
-                    read_only: in_recovery || read_only == "on",
-                    synchronous_commit: Some(synchronous_commit),
-                })
+                    read_only,
+                    synchronous_commit,
+                    // Without a writer the pools are on a read-only server; the search's
+                    // report says what every host is.
+                    read_only_reason: following
+                        .no_writer()
+                        .filter(|_| read_only)
+                        .map(|no_writer| no_writer.to_string()),
+                }
             }
-        }
+        })
     }
 }
 
@@ -427,64 +497,6 @@ async fn migrate_sqlite(writer: &SqlitePool, attempts: u32) -> Result<(), StoreE
             Err(error) => return Err(error.into()),
         }
     }
-}
-
-/// Checks that the PostgreSQL server answers within `connect_timeout` and migrates the schema,
-/// unless the database is read-only (a standby, or `default_transaction_read_only`): migrating
-/// is impossible there, and skipping it lets the store still open and report (through its
-/// backend status) why its node must not serve. `store` names the store in the warning.
-pub(crate) async fn migrate_postgres_unless_read_only(
-    options: &PgConnectOptions,
-    connect_timeout: Duration,
-    store: &str,
-) -> Result<(), StoreError> {
-    // One plain connection first: a pool would keep retrying an unreachable server until
-    // its acquire timeout, and the caller wants to hear "unavailable" at once.
-    let mut connection = tokio::time::timeout(connect_timeout, PgConnection::connect_with(options))
-        .await
-        .map_err(|_| {
-            StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connecting to PostgreSQL timed out",
-            )))
-        })??;
-    let (in_recovery, read_only): (bool, String) =
-        sqlx::query_as("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
-            .fetch_one(&mut connection)
-            .await?;
-    if in_recovery || read_only == "on" {
-        tracing::warn!(
-            in_recovery,
-            "the {store} database is read-only; not migrating it"
-        );
-    } else {
-        // `run_direct`, not `run`: awaiting `run(&mut connection)` makes every enclosing
-        // future's `Send` proof fail ("Acquire is not general enough"), so callers could not
-        // spawn the node; sqlx offers `run_direct` for exactly this (`run` on a connection
-        // only forwards to it).
-        POSTGRES_MIGRATOR.run_direct(&mut connection).await?;
-    }
-    // Closing politely is a courtesy; the caller's pools do not depend on it.
-    let _ = connection.close().await;
-    Ok(())
-}
-
-/// Connects a one-connection pool (waiting up to `acquire_timeout` for the server) and
-/// migrates the schema through it, without a read-only check. A pool rather than a bare
-/// `PgConnection`: the latter's future is not provably `Send` (an sqlx higher-ranked lifetime),
-/// which would stop callers from spawning the node. The caller closes the pool or keeps it as
-/// its writer.
-pub(crate) async fn connect_postgres_migrated(
-    options: PgConnectOptions,
-    acquire_timeout: Duration,
-) -> Result<PgPool, StoreError> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(acquire_timeout)
-        .connect_with(options)
-        .await?;
-    POSTGRES_MIGRATOR.run(&pool).await?;
-    Ok(pool)
 }
 
 /// A PostgreSQL pool that connects on first use, so opening a store does not wait for (or fail

@@ -988,15 +988,26 @@ async fn postgres_read_only_database_is_reported_and_refuses_writes() {
     let status = read_only.backend_status().await.expect("status");
     assert!(status.read_only, "{status:?}");
     assert_eq!(status.synchronous_commit.as_deref(), Some("on"));
+    // The store found no writer among the URL's (one) host; the refusal names it and why.
+    assert!(
+        status
+            .read_only_reason
+            .as_deref()
+            .is_some_and(|reason| reason.contains("read-only")),
+        "{status:?}"
+    );
     let write = read_only
         .write(I0, &[event(10, a, "m10", &[a])], t(10))
         .await;
-    assert!(matches!(write, Err(StoreError::ReadOnly)), "{write:?}");
+    assert!(
+        matches!(&write, Err(error @ StoreError::NoWriter(_)) if error.to_string().contains("read-only")),
+        "{write:?}"
+    );
     let register = read_only
         .register_member(&member_id("zed"), &key(9), t(1))
         .await;
     assert!(
-        matches!(register, Err(StoreError::ReadOnly)),
+        matches!(register, Err(StoreError::NoWriter(_))),
         "{register:?}"
     );
     // Reads still work on a read-only database.

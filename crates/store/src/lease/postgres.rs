@@ -21,20 +21,29 @@
 //! write transactions to end, up to the session's `lock_timeout`; except that once the lease
 //! is stale, the sessions blocking the bump (a stopped holder's open write transaction) are
 //! terminated as well.
+//!
+//! With several hosts in the URL every new session is opened on the server that is the writer
+//! at that moment (`crate::follow`). After a database failover the old session fails (its
+//! server is gone, or refuses the renewal as read-only), and the renewal's second attempt runs
+//! on the promoted server: advisory locks are not replicated, so the lock is free there and
+//! whichever replica takes it first wins — the active re-taking it keeps its epoch (the row,
+//! replicated, still carries it), a passive taking it bumps the epoch and the old active's next
+//! write fails the fencing check. Fencing never rested on the lock: the epoch is checked inside
+//! every write transaction, on whichever server the write lands.
 
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use meridian_core::Timestamp;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
-use sqlx::Connection;
+use sqlx::postgres::PgConnection;
 use tokio::sync::Mutex;
 
 use super::{lease_state, Epoch, LeaseRow, LeaseState, LeaseStore, CURRENT, RELEASE, RENEW, TAKE};
-use crate::{pool, StoreError};
+use crate::follow::{self, FollowingPools, PoolShape};
+use crate::pool::on_postgres;
+use crate::postgres_url::PostgresUrl;
+use crate::StoreError;
 
-/// Connecting (the session, the read pool) gives up after this.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a terminated holder's backend is given to exit (and release its lock).
 const TERMINATE_WAIT: Duration = Duration::from_secs(2);
 /// While an epoch bump waits, how often to look at what blocks it.
@@ -53,11 +62,14 @@ const KEY: &str = "hashtext('meridian-lease:' || $1)::bigint";
 #[derive(Debug)]
 pub struct PgLeaseStore {
     node: String,
-    options: PgConnectOptions,
+    /// The storage URL with the session settings below; every new session is opened on the
+    /// server that is the writer then.
+    url: PostgresUrl,
     /// The dedicated session; `None` until first used and after it failed.
     session: Mutex<Option<Session>>,
-    /// For [`LeaseStore::current`] only, so a status read never disturbs the lock's session.
-    readers: PgPool,
+    /// For [`LeaseStore::current`] and watching a takeover, so a status read never disturbs
+    /// the lock's session; kept on the writer like every store's pools.
+    readers: FollowingPools,
 }
 
 #[derive(Debug)]
@@ -73,19 +85,23 @@ struct Session {
 impl PgLeaseStore {
     /// Connects, migrates, and prepares the dedicated session for `node`'s lease.
     pub async fn connect(url: &str, node: &str) -> Result<Self, StoreError> {
-        let base: PgConnectOptions = url.parse()?;
-        // The migrating connection is not kept: the session and the read pool carry the
-        // session settings below, and the read pool connects lazily.
-        let migrator = pool::connect_postgres_migrated(base.clone(), CONNECT_TIMEOUT).await?;
-        migrator.close().await;
-        let options = base.clone().options([
-            ("lock_timeout", LOCK_TIMEOUT),
-            ("statement_timeout", STATEMENT_TIMEOUT),
-        ]);
-        let readers = pool::lazy_postgres_pool(options.clone(), 1, CONNECT_TIMEOUT);
+        let url = PostgresUrl::parse(url)?.map_options(|options| {
+            options.options([
+                ("lock_timeout", LOCK_TIMEOUT),
+                ("statement_timeout", STATEMENT_TIMEOUT),
+            ])
+        });
+        // Opening the read pool finds the writer and migrates it.
+        let readers = FollowingPools::open(
+            url.clone(),
+            PoolShape::Shared { connections: 1 },
+            false,
+            "lease",
+        )
+        .await?;
         let store = Self {
             node: node.to_owned(),
-            options,
+            url,
             session: Mutex::new(None),
             readers,
         };
@@ -101,12 +117,9 @@ impl PgLeaseStore {
         let session = match slot.take() {
             Some(session) => session,
             None => {
-                let mut connection = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    PgConnection::connect_with(&self.options),
-                )
-                .await
-                .map_err(|_| timed_out("connecting the lease session"))??;
+                // On the writer as it is now: after a database failover the lock and the row
+                // that count are the promoted server's.
+                let mut connection = follow::connect_writer(&self.url).await?;
                 let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
                     .fetch_one(&mut connection)
                     .await?;
@@ -194,17 +207,7 @@ impl PgLeaseStore {
                 () = tokio::time::sleep(BLOCKED_CHECK) => {
                     let now = now.saturating_add(started.elapsed());
                     let stale_before = now.saturating_sub(lease_timeout).as_i64();
-                    let terminated: Result<Vec<i32>, sqlx::Error> = sqlx::query_scalar(
-                        "SELECT blocker FROM unnest(pg_blocking_pids($1)) AS blocker \
-                         WHERE EXISTS (SELECT 1 FROM replica_lease \
-                                       WHERE node = $2 AND renewed_at_us <= $3) \
-                         AND pg_terminate_backend(blocker)",
-                    )
-                    .bind(pid)
-                    .bind(&self.node)
-                    .bind(stale_before)
-                    .fetch_all(&self.readers)
-                    .await;
+                    let terminated = self.terminate_blockers(pid, stale_before).await;
                     match terminated {
                         Ok(pids) if !pids.is_empty() => tracing::warn!(
                             node = %self.node, ?pids,
@@ -218,6 +221,28 @@ impl PgLeaseStore {
                 }
             }
         }
+    }
+
+    /// Terminates the sessions that block the backend `pid`, if the lease row was last renewed
+    /// at or before `stale_before` (µs); returns their process ids.
+    async fn terminate_blockers(
+        &self,
+        pid: i32,
+        stale_before: i64,
+    ) -> Result<Vec<i32>, StoreError> {
+        Ok(on_postgres!(&self.readers, |_, readers| {
+            sqlx::query_scalar(
+                "SELECT blocker FROM unnest(pg_blocking_pids($1)) AS blocker \
+                         WHERE EXISTS (SELECT 1 FROM replica_lease \
+                                       WHERE node = $2 AND renewed_at_us <= $3) \
+                         AND pg_terminate_backend(blocker)",
+            )
+            .bind(pid)
+            .bind(&self.node)
+            .bind(stale_before)
+            .fetch_all(readers)
+            .await?
+        }))
     }
 
     /// Terminates the backend holding the node's lock (a stuck active's session).
@@ -419,10 +444,12 @@ impl LeaseStore for PgLeaseStore {
     }
 
     async fn current(&self) -> Result<Option<LeaseState>, StoreError> {
-        let row: Option<LeaseRow> = sqlx::query_as(CURRENT)
-            .bind(&self.node)
-            .fetch_optional(&self.readers)
-            .await?;
+        let row: Option<LeaseRow> = on_postgres!(&self.readers, |_, readers| {
+            sqlx::query_as(CURRENT)
+                .bind(&self.node)
+                .fetch_optional(readers)
+                .await?
+        });
         Ok(row.map(lease_state))
     }
 }

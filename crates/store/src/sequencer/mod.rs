@@ -141,6 +141,9 @@ pub struct BackendStatus {
     pub read_only: bool,
     /// PostgreSQL's `synchronous_commit` setting; `None` on SQLite (always `synchronous=FULL`).
     pub synchronous_commit: Option<String>,
+    /// When read-only because no server of the storage URL takes writes: every host and what
+    /// it is (a standby, read-only, unreachable), as the search for the writer found them.
+    pub read_only_reason: Option<String>,
 }
 
 /// A reading of the clock the sequencer's instances compare their own wall clock with (see

@@ -34,7 +34,7 @@ use super::{
     postgres, sqlite, BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState,
     MemberRecord, MemberSeq, NewEvent, ReferenceTime, SequencerStore, StoredEvent, WriteResult,
 };
-use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, StorePool};
+use crate::pool::{self, on_backend, on_postgres, PoolSettings, PostgresLayout, StorePool};
 use crate::{StorageConfig, StoreError};
 
 const POOL: PoolSettings = PoolSettings {
@@ -372,9 +372,9 @@ impl SequencerStore for SqlSequencerStore {
                     .rows_affected();
                 Ok(marked > 0)
             }
-            StorePool::Postgres { readers, .. } => {
-                postgres::mark_offline(readers, idx, stale_before).await
-            }
+            StorePool::Postgres(following) => Ok(on_postgres!(following, |_, readers| {
+                postgres::mark_offline(readers, idx, stale_before).await?
+            })),
         }
     }
 
@@ -455,7 +455,9 @@ impl SequencerStore for SqlSequencerStore {
             StorePool::Sqlite { writer, .. } => {
                 sqlite::kernel_time(writer.connect_options().get_filename()).await
             }
-            StorePool::Postgres { readers, .. } => postgres::server_time(readers).await,
+            StorePool::Postgres(following) => Ok(on_postgres!(following, |_, readers| {
+                postgres::server_time(readers).await?
+            })),
         }
     }
 }

@@ -80,6 +80,15 @@ impl From<sqlx::Error> for TopologyStoreError {
     }
 }
 
+impl pool::StoreFailure for TopologyStoreError {
+    fn into_store(self) -> Result<StoreError, Self> {
+        match self {
+            TopologyStoreError::Store(error) => Ok(error),
+            other => Err(other),
+        }
+    }
+}
+
 impl TopologyStoreError {
     /// Whether retrying later may succeed (the database was away).
     pub fn is_transient(&self) -> bool {
@@ -200,8 +209,8 @@ impl SqlTopologyStore {
                 return unchanged_update(serial, row.map(record).transpose()?, completing_with);
             }
             tx.commit().await?;
-            Ok(())
-        })
+        });
+        Ok(())
     }
 }
 
@@ -231,7 +240,7 @@ impl TopologyStore for SqlTopologyStore {
     ) -> Result<bool, TopologyStoreError> {
         let column = serial_column(serial)?;
         let highest_row = format!("SELECT {COLUMNS} FROM {TABLE} ORDER BY serial DESC LIMIT 1");
-        on_backend!(&self.pool, |writer, _, dialect| {
+        Ok(on_backend!(&self.pool, |writer, _, dialect| {
             let mut tx = writer.begin_with(dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             if let Some(lock) = dialect.exclusive_lock(TABLE) {
@@ -262,8 +271,8 @@ impl TopologyStore for SqlTopologyStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(true)
-        })
+            true
+        }))
     }
 
     async fn renew_intent(

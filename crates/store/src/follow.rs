@@ -1,0 +1,542 @@
+//! Following the PostgreSQL writer. A store's URL may list several servers (a primary and its
+//! standbys, see [`crate::postgres_url`]); the store finds the one that takes writes itself —
+//! trying the hosts in order, each within the URL's `connect_timeout`, and keeping the first
+//! that is neither in recovery nor read-only — and opens its pools there
+//! ([`FollowingPools`]). When a call fails because the connection was lost or the server
+//! refused a write as read-only (SQLSTATE 25006), the store drops those pools and searches
+//! again before its next call, so after a failover it writes on the promoted server and never
+//! keeps serving from a demoted or read-only one (the failure mode of nodes whose pooled
+//! connections outlive a managed database's failover). The failed call still fails, with the
+//! same transient error, and callers retry as they always did; a search runs at most every
+//! [`MIN_SEARCH_INTERVAL`], so a flapping server costs a bounded number of connections.
+//!
+//! When no server takes writes, the failure says why for every host
+//! ([`NoWriter`]: refused, no answer, a standby, read-only), which is what a node reports as
+//! its not-ready reason; each later call searches again (at most every interval), so the node
+//! serves again by itself once a server is promoted. Meanwhile the pools stay on the first
+//! reachable read-only server, so reads — a status check, the owner record — still work.
+//!
+//! A search that finds the writer also migrates it: a no-op on a promoted replica, which has
+//! the schema already, and what makes a server that never had the schema usable.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
+use sqlx::Connection;
+
+use crate::pool::{lazy_postgres_pool, StoreFailure, POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_MIGRATOR};
+use crate::postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs};
+use crate::StoreError;
+
+/// The least time between two searches for the writer: a bound on the connections a store
+/// opens while its database flaps or is away, short enough that a node notices a promotion
+/// within a fraction of a second.
+pub const MIN_SEARCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long closing a probe connection may take; it is only a courtesy to the server.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a server was passed over in a search for the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassedOver {
+    /// Nothing listens there.
+    Refused,
+    /// It did not connect and answer within the URL's `connect_timeout`.
+    TimedOut(Duration),
+    /// It answered and is in recovery: a standby.
+    Standby,
+    /// It answered and is not in recovery, but its transactions are read-only
+    /// (`default_transaction_read_only`).
+    ReadOnly,
+    /// Any other failure to connect: authentication, a missing database, a server starting
+    /// up or shutting down, name resolution.
+    Failed(String),
+}
+
+/// No server of the URL takes writes: each host tried and why it was passed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoWriter {
+    pub tried: Vec<(HostAddr, PassedOver)>,
+}
+
+impl std::fmt::Display for NoWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no writable PostgreSQL server: ")?;
+        for (index, (host, why)) in self.tried.iter().enumerate() {
+            if index > 0 {
+                f.write_str("; ")?;
+            }
+            match why {
+                PassedOver::Refused => write!(f, "{host} refused the connection")?,
+                PassedOver::TimedOut(after) => {
+                    write!(f, "{host} did not answer within {} ms", after.as_millis())?
+                }
+                PassedOver::Standby => {
+                    write!(f, "the database is a standby (in recovery) at {host}")?
+                }
+                PassedOver::ReadOnly => write!(
+                    f,
+                    "the database is read-only (default_transaction_read_only) at {host}"
+                )?,
+                PassedOver::Failed(error) => write!(f, "{host}: {error}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a search found: the first server that qualifies (per `target_session_attrs`) with the
+/// connection that checked it, else every host's reason and the first one that answered.
+struct Search {
+    found: Option<Found>,
+    /// Index of the first host that answered but did not qualify.
+    fallback: Option<usize>,
+    passed_over: Vec<(HostAddr, PassedOver)>,
+}
+
+struct Found {
+    index: usize,
+    connection: PgConnection,
+    /// Only with `target_session_attrs=any`: the server answered but takes no writes.
+    read_only: bool,
+}
+
+/// Tries the hosts in order; see [`Search`].
+async fn search(url: &PostgresUrl) -> Search {
+    let mut passed_over = Vec::new();
+    let mut fallback = None;
+    for (index, (host, options)) in url.hosts().iter().enumerate() {
+        match probe(options, url.connect_timeout()).await {
+            Ok((connection, None)) => {
+                return Search {
+                    found: Some(Found {
+                        index,
+                        connection,
+                        read_only: false,
+                    }),
+                    fallback,
+                    passed_over,
+                };
+            }
+            Ok((connection, Some(_))) if url.target() == TargetSessionAttrs::Any => {
+                return Search {
+                    found: Some(Found {
+                        index,
+                        connection,
+                        read_only: true,
+                    }),
+                    fallback,
+                    passed_over,
+                };
+            }
+            Ok((connection, Some(why))) => {
+                close(connection).await;
+                fallback.get_or_insert(index);
+                passed_over.push((host.clone(), why));
+            }
+            Err(why) => passed_over.push((host.clone(), why)),
+        }
+    }
+    Search {
+        found: None,
+        fallback,
+        passed_over,
+    }
+}
+
+/// Connects to one server and asks whether it takes writes: the connection and `None` if it
+/// does, the reason if not; all within `timeout`.
+async fn probe(
+    options: &PgConnectOptions,
+    timeout: Duration,
+) -> Result<(PgConnection, Option<PassedOver>), PassedOver> {
+    let attempt = async {
+        let mut connection = PgConnection::connect_with(options).await?;
+        // transaction_read_only shows default_transaction_read_only for a new transaction, so
+        // this catches a primary configured read-only as well as a standby.
+        let (in_recovery, read_only): (bool, String) =
+            sqlx::query_as("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+                .fetch_one(&mut connection)
+                .await?;
+        let why = if in_recovery {
+            Some(PassedOver::Standby)
+        } else if read_only == "on" {
+            Some(PassedOver::ReadOnly)
+        } else {
+            None
+        };
+        Ok::<_, sqlx::Error>((connection, why))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Err(PassedOver::TimedOut(timeout)),
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(sqlx::Error::Io(error)))
+            if error.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            Err(PassedOver::Refused)
+        }
+        Ok(Err(error)) => Err(PassedOver::Failed(error.to_string())),
+    }
+}
+
+async fn close(connection: PgConnection) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
+}
+
+/// A connection of its own to the server a search settles on (the writer, or with
+/// `target_session_attrs=any` the first that answers); [`StoreError::NoWriter`] if none.
+/// For the replica lease's dedicated session, which must live on the writer.
+pub(crate) async fn connect_writer(url: &PostgresUrl) -> Result<PgConnection, StoreError> {
+    let search = search(url).await;
+    match search.found {
+        Some(found) => Ok(found.connection),
+        None => Err(StoreError::NoWriter(Box::new(NoWriter {
+            tried: search.passed_over,
+        }))),
+    }
+}
+
+/// How a store's pools are laid out on whichever server they are on.
+#[derive(Debug, Clone)]
+pub(crate) enum PoolShape {
+    /// A writer of one connection, which the server ends when it idles inside a transaction
+    /// for `idle_in_transaction_timeout_ms` (if set), and `readers` reader connections.
+    WriterAndReaders {
+        idle_in_transaction_timeout_ms: Option<u64>,
+        readers: u32,
+    },
+    /// One pool of `connections` for reads and writes.
+    Shared { connections: u32 },
+}
+
+/// A store's PostgreSQL pools, kept on the writer (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct FollowingPools {
+    url: PostgresUrl,
+    shape: PoolShape,
+    /// Names the store in log lines.
+    store: &'static str,
+    state: Mutex<State>,
+    /// Held while searching, so concurrent callers wait for one search instead of each
+    /// starting their own.
+    searching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct State {
+    current: Option<Current>,
+    /// Bumped whenever `current` is replaced, so a failure on pools already replaced does not
+    /// start another search.
+    generation: u64,
+    /// Why the last search found no writer; `None` after one that found it.
+    no_writer: Option<NoWriter>,
+    /// A call on the current pools lost its connection or met a read-only server.
+    suspect: bool,
+    last_search: Instant,
+}
+
+#[derive(Debug)]
+struct Current {
+    host: HostAddr,
+    writer: PgPool,
+    readers: PgPool,
+    /// Whether the server took writes when the pools were opened on it.
+    writable: bool,
+}
+
+/// The pools a call runs on, and their generation (for [`FollowingPools::failed`]).
+#[derive(Debug)]
+pub(crate) struct Checkout {
+    pub writer: PgPool,
+    pub readers: PgPool,
+    pub generation: u64,
+}
+
+impl FollowingPools {
+    /// Finds the writer and opens the pools on it (migrating it). With `opens_read_only`, a
+    /// database without a writer still opens, on its first reachable read-only server, so the
+    /// store can report why its node must not serve; otherwise that is [`StoreError::NoWriter`].
+    pub(crate) async fn open(
+        url: PostgresUrl,
+        shape: PoolShape,
+        opens_read_only: bool,
+        store: &'static str,
+    ) -> Result<Self, StoreError> {
+        let pools = Self {
+            url,
+            shape,
+            store,
+            state: Mutex::new(State {
+                current: None,
+                generation: 0,
+                no_writer: None,
+                suspect: false,
+                last_search: Instant::now(),
+            }),
+            searching: tokio::sync::Mutex::new(()),
+        };
+        pools.search_now().await?;
+        {
+            let state = pools.lock();
+            if let Some(no_writer) = &state.no_writer {
+                if !opens_read_only || state.current.is_none() {
+                    return Err(StoreError::NoWriter(Box::new(no_writer.clone())));
+                }
+                tracing::warn!(
+                    store,
+                    "{no_writer}; opened on a read-only server, not migrating"
+                );
+            }
+        }
+        Ok(pools)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pools for one call: searching for the writer first if the last call failed on the
+    /// current ones, or there is no writer, and the last search is [`MIN_SEARCH_INTERVAL`] old.
+    pub(crate) async fn checkout(&self) -> Result<Checkout, StoreError> {
+        if self.search_due() {
+            let _searching = self.searching.lock().await;
+            // Someone else may have searched while this call waited.
+            if self.search_due() {
+                self.search_now().await?;
+            }
+        }
+        let state = self.lock();
+        match &state.current {
+            Some(current) => Ok(Checkout {
+                writer: current.writer.clone(),
+                readers: current.readers.clone(),
+                generation: state.generation,
+            }),
+            None => Err(state.no_writer_error()),
+        }
+    }
+
+    fn search_due(&self) -> bool {
+        let state = self.lock();
+        (state.suspect || state.no_writer.is_some())
+            && state.last_search.elapsed() >= MIN_SEARCH_INTERVAL
+    }
+
+    /// Told that a call on the pools of `generation` failed with `error`; returns the error
+    /// the caller should see. A lost connection or a read-only refusal makes the pools
+    /// suspect: the writer is searched for now (unless a search ran within
+    /// [`MIN_SEARCH_INTERVAL`]; then before a later call), so the caller's retry lands on it.
+    /// If there is no writer, the caller sees [`StoreError::NoWriter`], naming every host.
+    pub(crate) async fn failed(&self, generation: u64, error: StoreError) -> StoreError {
+        if !matches!(error, StoreError::ReadOnly | StoreError::Unavailable(_)) {
+            return error;
+        }
+        {
+            let mut state = self.lock();
+            if state.generation != generation {
+                // Those pools are gone already (closed by the search that replaced them).
+                return error;
+            }
+            // On pools kept on a read-only server for want of a writer, a refused write is
+            // what is expected; the search runs anyway (`no_writer` is set), without churning
+            // those pools.
+            let expected = matches!(error, StoreError::ReadOnly)
+                && state
+                    .current
+                    .as_ref()
+                    .is_some_and(|current| !current.writable);
+            if !expected {
+                if !state.suspect {
+                    tracing::info!(store = self.store, %error, "a database call failed; looking for the PostgreSQL writer");
+                }
+                state.suspect = true;
+            }
+        }
+        if let Err(search_failed) = self.checkout().await {
+            tracing::debug!(store = self.store, %search_failed, "looking for the writer failed");
+        }
+        match &self.lock().no_writer {
+            Some(no_writer) => StoreError::NoWriter(Box::new(no_writer.clone())),
+            None => error,
+        }
+    }
+
+    /// [`Self::failed`] for an error type that may wrap a store error (see
+    /// [`StoreFailure`]); any other error is returned as it is.
+    pub(crate) async fn failed_as<E: StoreFailure>(&self, generation: u64, error: E) -> E {
+        match error.into_store() {
+            Ok(error) => E::from(self.failed(generation, error).await),
+            Err(other) => other,
+        }
+    }
+
+    /// Why there is no writer, if the last search found none.
+    pub(crate) fn no_writer(&self) -> Option<NoWriter> {
+        self.lock().no_writer.clone()
+    }
+
+    /// Closes the pools (waiting for calls in progress to return their connections).
+    pub(crate) async fn close(&self) {
+        let current = self.lock().current.take();
+        if let Some(current) = current {
+            current.writer.close().await;
+            current.readers.close().await;
+        }
+    }
+
+    /// Searches for the writer and moves the pools onto it (or, without one, onto the first
+    /// server that answered, or drops them if none did).
+    async fn search_now(&self) -> Result<(), StoreError> {
+        let search = search(&self.url).await;
+        let (index, no_writer) = match search.found {
+            Some(mut found) => {
+                let migrated = if found.read_only {
+                    Ok(())
+                } else {
+                    // `run_direct`, not `run`: see `pool::migrate_postgres_unless_read_only`.
+                    POSTGRES_MIGRATOR.run_direct(&mut found.connection).await
+                };
+                close(found.connection).await;
+                if let Err(error) = migrated {
+                    // Searched, but the pools stay suspect: the next due call searches again.
+                    self.lock().last_search = Instant::now();
+                    return Err(error.into());
+                }
+                (Some(found.index), None)
+            }
+            None => (
+                search.fallback,
+                Some(NoWriter {
+                    tried: search.passed_over,
+                }),
+            ),
+        };
+        let mut state = self.lock();
+        state.last_search = Instant::now();
+        let keep = match (&state.current, index) {
+            // Without a writer the fallback's pools stay as long as nothing failed on them.
+            (Some(current), Some(index)) => {
+                no_writer.is_some()
+                    && !state.suspect
+                    && !current.writable
+                    && current.host == self.url.hosts()[index].0
+            }
+            _ => false,
+        };
+        if !keep {
+            let next = index.map(|index| self.pools_on(index, no_writer.is_none()));
+            self.log_move(&state, next.as_ref(), no_writer.as_ref());
+            if let Some(old) = std::mem::replace(&mut state.current, next) {
+                // In the background: closing waits for the calls still holding a connection.
+                tokio::spawn(async move {
+                    old.writer.close().await;
+                    old.readers.close().await;
+                });
+            }
+            state.generation += 1;
+        }
+        state.suspect = false;
+        state.no_writer = no_writer;
+        Ok(())
+    }
+
+    /// Lazy pools on host `index`, shaped as this store wants them.
+    fn pools_on(&self, index: usize, writable: bool) -> Current {
+        let (host, options) = &self.url.hosts()[index];
+        let (writer, readers) = match self.shape {
+            PoolShape::WriterAndReaders {
+                idle_in_transaction_timeout_ms,
+                readers,
+            } => {
+                let writer_options = match idle_in_transaction_timeout_ms {
+                    Some(ms) => options
+                        .clone()
+                        .options([("idle_in_transaction_session_timeout", ms)]),
+                    None => options.clone(),
+                };
+                (
+                    lazy_postgres_pool(writer_options, 1, POSTGRES_ACQUIRE_TIMEOUT),
+                    lazy_postgres_pool(options.clone(), readers, POSTGRES_ACQUIRE_TIMEOUT),
+                )
+            }
+            PoolShape::Shared { connections } => {
+                let shared =
+                    lazy_postgres_pool(options.clone(), connections, POSTGRES_ACQUIRE_TIMEOUT);
+                (shared.clone(), shared)
+            }
+        };
+        Current {
+            host: host.clone(),
+            writer,
+            readers,
+            writable,
+        }
+    }
+
+    /// One line when the pools move to another server or the writer is gone; nothing when a
+    /// search settles where the store already was.
+    fn log_move(&self, state: &State, next: Option<&Current>, no_writer: Option<&NoWriter>) {
+        let from = state.current.as_ref().map(|current| &current.host);
+        let store = self.store;
+        match (no_writer, next) {
+            (None, Some(next)) if from.is_some_and(|from| *from != next.host) => {
+                tracing::warn!(store, from = %from.map(ToString::to_string).unwrap_or_default(), to = %next.host, "following the PostgreSQL writer to another server")
+            }
+            (None, Some(next)) if state.no_writer.is_some() => {
+                tracing::info!(store, writer = %next.host, "found the PostgreSQL writer again")
+            }
+            (None, _) => tracing::debug!(store, "the PostgreSQL writer is where it was"),
+            (Some(no_writer), _) => {
+                if state.no_writer.as_ref() != Some(no_writer) {
+                    tracing::warn!(store, "{no_writer}");
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    fn no_writer_error(&self) -> StoreError {
+        match &self.no_writer {
+            Some(no_writer) => StoreError::NoWriter(Box::new(no_writer.clone())),
+            // Not reached: pools are only ever missing after a search that found no server.
+            None => StoreError::Unavailable(sqlx::Error::PoolClosed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(port: u16) -> HostAddr {
+        HostAddr {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn no_writer_names_every_host_and_why() {
+        let report = NoWriter {
+            tried: vec![
+                (host(5433), PassedOver::Standby),
+                (host(5434), PassedOver::ReadOnly),
+                (host(5435), PassedOver::Refused),
+                (host(5436), PassedOver::TimedOut(Duration::from_secs(2))),
+                (
+                    host(5437),
+                    PassedOver::Failed("password authentication failed".into()),
+                ),
+            ],
+        };
+        assert_eq!(
+            report.to_string(),
+            "no writable PostgreSQL server: the database is a standby (in recovery) at \
+             127.0.0.1:5433; the database is read-only (default_transaction_read_only) at \
+             127.0.0.1:5434; 127.0.0.1:5435 refused the connection; 127.0.0.1:5436 did not \
+             answer within 2000 ms; 127.0.0.1:5437: password authentication failed"
+        );
+    }
+}
