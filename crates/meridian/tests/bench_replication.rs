@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_lab::bench::ledger;
-use meridian_lab::bench::replication::{
-    self, Cell, ReplicatedPostgres, Replication, StandbyLink,
-};
+use meridian_lab::bench::replication::{self, Cell, ReplicatedPostgres, Replication, StandbyLink};
 use meridian_lab::deployment::DeploymentSpec;
 use meridian_lab::timed_run::{RunReport, TimedRun};
 use tokio_util::sync::CancellationToken;
@@ -53,7 +51,8 @@ async fn sync_mode_commits_on_the_standby_before_answering() {
     let mut results = replication::sweep(&[cell], 1, &mut |line| eprintln!("{line}"), |cluster| {
         let (spec, run) = (spec.clone(), run.clone());
         async move {
-            let report = ledger::measure_cell(spec, &cluster, &run, CancellationToken::new()).await?;
+            let report =
+                ledger::measure_cell(spec, &cluster, &run, CancellationToken::new()).await?;
             Ok::<(RunReport, Arc<ReplicatedPostgres>), anyhow::Error>((report, cluster))
         }
     })
@@ -64,8 +63,12 @@ async fn sync_mode_commits_on_the_standby_before_answering() {
     assert_eq!(measured.sync_state_after.as_deref(), Some("sync"));
     let (report, cluster) = measured.result;
     assert!(report.audit.audit_ok, "audit failed: {:?}", report.audit);
-    let acknowledged: BTreeSet<String> =
-        report.workload.committed_transactions.iter().cloned().collect();
+    let acknowledged: BTreeSet<String> = report
+        .workload
+        .committed_transactions
+        .iter()
+        .cloned()
+        .collect();
     assert!(!acknowledged.is_empty(), "the run committed nothing");
 
     assert_commit_waits_for_the_standby(&cluster).await;
@@ -76,7 +79,10 @@ async fn sync_mode_commits_on_the_standby_before_answering() {
     standby.promote().unwrap();
     for database in &participant_databases {
         let rows = standby
-            .psql(database, "SELECT transaction_id FROM participant_transactions")
+            .psql(
+                database,
+                "SELECT transaction_id FROM participant_transactions",
+            )
             .unwrap();
         let on_standby: BTreeSet<String> = rows.lines().map(str::to_owned).collect();
         let missing: Vec<&String> = acknowledged.difference(&on_standby).collect();

@@ -150,7 +150,10 @@ async fn run_sweep(
     })
     .await?;
     if json {
-        let rows: Vec<_> = results.iter().map(|row| JsonRow::new(&results, row)).collect();
+        let rows: Vec<_> = results
+            .iter()
+            .map(|row| JsonRow::new(&results, row))
+            .collect();
         let report = serde_json::json!({
             "benchmark": "ledger",
             "lanes": args.workload.lanes,
@@ -192,7 +195,8 @@ struct JsonRow<'a> {
 
 impl<'a> JsonRow<'a> {
     fn new(all: &[CellRuns<LedgerRun>], runs: &'a CellRuns<LedgerRun>) -> Self {
-        let median = |f: fn(&LedgerRun) -> f64| replication::median(runs.runs.iter().map(|m| f(&m.result)));
+        let median =
+            |f: fn(&LedgerRun) -> f64| replication::median(runs.runs.iter().map(|m| f(&m.result)));
         Self {
             runs,
             median_tx_per_s: median(|r| r.tx_per_s),

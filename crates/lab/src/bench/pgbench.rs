@@ -11,7 +11,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use super::replication::{self, blocking, Cell, CellRuns, Replication, ReplicatedPostgres, SweepArgs};
+use super::replication::{
+    self, blocking, Cell, CellRuns, ReplicatedPostgres, Replication, SweepArgs,
+};
 
 /// The database pgbench writes to, created on every fresh primary.
 const DATABASE: &str = "bench";
@@ -65,7 +67,10 @@ pub async fn run(args: PgbenchArgs) -> anyhow::Result<()> {
     })
     .await?;
     if json {
-        let rows: Vec<_> = results.iter().map(|row| JsonRow::new(&results, row)).collect();
+        let rows: Vec<_> = results
+            .iter()
+            .map(|row| JsonRow::new(&results, row))
+            .collect();
         let report = serde_json::json!({
             "benchmark": "pgbench",
             "clients": args.clients,
@@ -249,7 +254,9 @@ tps = 2309.412345 (without initial connection time)
 
     #[test]
     fn a_summary_without_tps_is_an_error_naming_it() {
-        let error = parse_output("latency average = 1.0 ms\n").unwrap_err().to_string();
+        let error = parse_output("latency average = 1.0 ms\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("tps = "), "{error}");
     }
 }

@@ -98,7 +98,12 @@ pub struct SweepArgs {
     pub replication: Option<Vec<Replication>>,
     /// The standby link's round trips in ms, comma-separated, one run per value (`direct`: no
     /// proxy at all, `0`: the proxy with no delay); `none` ignores them.
-    #[arg(long = "standby-rtt-ms", value_delimiter = ',', default_value = "0", requires = "replication")]
+    #[arg(
+        long = "standby-rtt-ms",
+        value_delimiter = ',',
+        default_value = "0",
+        requires = "replication"
+    )]
     pub standby_rtt_ms: Vec<StandbyLink>,
     /// Runs of every cell (a fresh cluster each time), taken in rounds over all cells so that
     /// the machine's drift spreads over every cell alike; the table shows the median.
@@ -403,7 +408,10 @@ mod tests {
 
     #[test]
     fn links_parse_and_refuse_out_of_range() {
-        assert_eq!("direct".parse::<StandbyLink>().unwrap(), StandbyLink::Direct);
+        assert_eq!(
+            "direct".parse::<StandbyLink>().unwrap(),
+            StandbyLink::Direct
+        );
         assert_eq!(
             "30".parse::<StandbyLink>().unwrap(),
             StandbyLink::Proxied { rtt_ms: 30 }
