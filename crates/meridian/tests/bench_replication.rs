@@ -124,3 +124,35 @@ async fn assert_commit_waits_for_the_standby(cluster: &Arc<ReplicatedPostgres>) 
         .unwrap()
         .unwrap();
 }
+
+/// Bad input is refused before anything starts, naming what is wrong.
+#[test]
+fn bad_replication_flags_are_refused_up_front() {
+    let refusal = |args: &[&str]| {
+        let output = std::process::Command::new(common::EXE)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let on_sqlite = refusal(&["bench", "ledger", "--replication", "sync"]);
+    assert!(on_sqlite.contains("add --backend postgres"), "{on_sqlite}");
+    assert!(on_sqlite.contains("sqlite"), "{on_sqlite}");
+    let too_far = refusal(&[
+        "bench",
+        "ledger",
+        "--backend",
+        "postgres",
+        "--replication",
+        "sync",
+        "--standby-rtt-ms",
+        "1,5000",
+    ]);
+    assert!(
+        too_far.contains("5000 ms is above the 1000 ms"),
+        "{too_far}"
+    );
+    let without_mode = refusal(&["bench", "pgbench", "--standby-rtt-ms", "5"]);
+    assert!(without_mode.contains("--replication"), "{without_mode}");
+}

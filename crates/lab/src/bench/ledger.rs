@@ -133,8 +133,8 @@ async fn run_sweep(
     if description.storage.backend != Backend::Postgres {
         anyhow::bail!(
             "--replication measures PostgreSQL streaming replication, but the deployment keeps \
-             its state on {:?}; add --backend postgres",
-            description.storage.backend
+             its state on {}; add --backend postgres",
+            format!("{:?}", description.storage.backend).to_lowercase()
         );
     }
     let run = args.workload.timed_run(None);
