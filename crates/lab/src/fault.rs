@@ -472,7 +472,8 @@ fn strike_database_loss(
             Vec::new(),
         )
     };
-    let promotion = Promotion::plan(databases, killed.clone(), injected_at)?;
+    let delay = Duration::from_millis(stage.deployment.description.cross_region_delay_ms);
+    let promotion = Promotion::plan(databases, killed.clone(), injected_at, delay)?;
     let killed: Vec<&str> = killed.iter().map(|s| s.as_str()).collect();
     let action = if processes.is_empty() {
         format!("kill -9 primary {}", killed.join(", "))
@@ -614,8 +615,9 @@ impl Injected {
                 .postgres
                 .context("a database failover needs the PostgreSQL backend")?;
             let delay = Duration::from_millis(stage.deployment.description.cross_region_delay_ms);
-            promotion.advance(databases, delay).await?;
-            if matches!(moment, Moment::Over) && !self.restored {
+            let over = matches!(moment, Moment::Over);
+            promotion.advance(over).await?;
+            if over && !self.restored {
                 self.restored = true;
                 promotion.rebuild(databases, delay).await;
                 for name in processes.iter() {

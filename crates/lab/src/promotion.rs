@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
+use tokio::task::JoinHandle;
 
 use crate::deployment::description::{ServerName, ServerRole};
 use crate::deployment::Databases;
@@ -19,7 +20,8 @@ use crate::deployment::Databases;
 /// every figure.
 pub const DETECTION_DELAY: Duration = Duration::from_millis(500);
 
-/// A promotion the lab performs after a primary was lost.
+/// A promotion the lab performs after a primary was lost: a task of its own, so that the
+/// drill's polling of the nodes never delays it.
 #[derive(Debug)]
 pub struct Promotion {
     /// The servers the fault killed; rebuilt when the measurement is over.
@@ -27,11 +29,50 @@ pub struct Promotion {
     /// The synchronous standby to promote.
     standby: ServerName,
     injected_at: Instant,
-    promote_at: Instant,
+    task: Option<JoinHandle<anyhow::Result<Promoted>>>,
     promoted_at: Option<Instant>,
     promote_command: Option<Duration>,
     /// What went wrong on the way (a re-point or a rebuild that failed).
     pub problem: Option<String>,
+}
+
+/// What the promotion task did.
+#[derive(Debug)]
+struct Promoted {
+    /// When `pg_ctl promote -w` returned: the new primary accepts writes.
+    at: Instant,
+    command: Duration,
+    /// A re-point that failed (the new primary serves without it).
+    problem: Option<String>,
+}
+
+/// Waits until `promote_at`, promotes `standby`, re-points the other running standbys.
+async fn promote_after(
+    databases: Databases,
+    standby: ServerName,
+    promote_at: Instant,
+    cross_region_delay: Duration,
+) -> anyhow::Result<Promoted> {
+    tokio::time::sleep_until(promote_at.into()).await;
+    let command = tokio::task::block_in_place(|| databases.promote(&standby))?;
+    let at = Instant::now();
+    let others: Vec<ServerName> = databases
+        .servers()
+        .into_iter()
+        .filter(|s| s.running && s.role != ServerRole::Primary && s.name != standby)
+        .map(|s| s.name)
+        .collect();
+    let mut problem = None;
+    for other in others {
+        if let Err(error) = databases.repoint(&other, cross_region_delay).await {
+            problem.get_or_insert(format!("re-pointing {other}: {error:#}"));
+        }
+    }
+    Ok(Promoted {
+        at,
+        command,
+        problem,
+    })
 }
 
 /// The promoter's share of a database failover.
@@ -61,6 +102,7 @@ impl Promotion {
         databases: &Databases,
         killed: Vec<ServerName>,
         injected_at: Instant,
+        cross_region_delay: Duration,
     ) -> anyhow::Result<Self> {
         let standby = databases
             .with_role(None, ServerRole::SyncStandby)
@@ -68,11 +110,17 @@ impl Promotion {
             .find(|s| s.running)
             .context("no running synchronous standby to promote")?
             .name;
+        let task = tokio::spawn(promote_after(
+            databases.clone(),
+            standby.clone(),
+            injected_at + DETECTION_DELAY,
+            cross_region_delay,
+        ));
         Ok(Self {
             killed,
             standby,
             injected_at,
-            promote_at: injected_at + DETECTION_DELAY,
+            task: Some(task),
             promoted_at: None,
             promote_command: None,
             problem: None,
@@ -87,32 +135,20 @@ impl Promotion {
         &self.killed
     }
 
-    /// Promotes once the detection delay has passed (and only once), then re-points the
-    /// other running standbys at the new primary. A failed re-point is a problem of the
-    /// drill, not an error: the new primary serves without it.
-    pub async fn advance(
-        &mut self,
-        databases: &Databases,
-        cross_region_delay: Duration,
-    ) -> anyhow::Result<()> {
-        if self.promoted_at.is_some() || Instant::now() < self.promote_at {
+    /// Collects the promotion task's outcome once it is over; with `wait`, waits for it.
+    pub async fn advance(&mut self, wait: bool) -> anyhow::Result<()> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(());
+        };
+        if !wait && !task.is_finished() {
             return Ok(());
         }
-        let took = tokio::task::block_in_place(|| databases.promote(&self.standby))?;
-        self.promoted_at = Some(Instant::now());
-        self.promote_command = Some(took);
-        let others: Vec<ServerName> = databases
-            .servers()
-            .into_iter()
-            .filter(|s| s.running && s.role != ServerRole::Primary && s.name != self.standby)
-            .map(|s| s.name)
-            .collect();
-        for other in others {
-            if let Err(error) = databases.repoint(&other, cross_region_delay).await {
-                self.problem
-                    .get_or_insert(format!("re-pointing {other}: {error:#}"));
-            }
-        }
+        let promoted = task.await.context("the promotion task")?;
+        self.task = None;
+        let promoted = promoted?;
+        self.promoted_at = Some(promoted.at);
+        self.promote_command = Some(promoted.command);
+        self.problem = promoted.problem;
         Ok(())
     }
 
