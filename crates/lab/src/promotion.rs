@@ -29,6 +29,9 @@ pub struct Promotion {
     /// The synchronous standby to promote.
     standby: ServerName,
     injected_at: Instant,
+    /// When the kill -9 returned (every process of the servers is gone): the detection delay
+    /// runs from here.
+    struck_at: Instant,
     task: Option<JoinHandle<anyhow::Result<Promoted>>>,
     promoted_at: Option<Instant>,
     promote_command: Option<Duration>,
@@ -80,7 +83,10 @@ async fn promote_after(
 pub struct PromotionReport {
     /// The server promoted.
     pub promoted: String,
-    /// The detection delay the lab waited (its choice, [`DETECTION_DELAY`]).
+    /// How long the kill -9 itself took (until every process of the servers was gone; on a
+    /// busy machine this is the lab's cost, not a database's).
+    pub kill_ms: f64,
+    /// The detection delay the lab waited after that (its choice, [`DETECTION_DELAY`]).
     pub detection_delay_ms: f64,
     /// How long `pg_ctl promote -w` took.
     pub promote_command_ms: Option<f64>,
@@ -110,16 +116,18 @@ impl Promotion {
             .find(|s| s.running)
             .context("no running synchronous standby to promote")?
             .name;
+        let struck_at = Instant::now();
         let task = tokio::spawn(promote_after(
             databases.clone(),
             standby.clone(),
-            injected_at + DETECTION_DELAY,
+            struck_at + DETECTION_DELAY,
             cross_region_delay,
         ));
         Ok(Self {
             killed,
             standby,
             injected_at,
+            struck_at,
             task: Some(task),
             promoted_at: None,
             promote_command: None,
@@ -173,6 +181,7 @@ impl Promotion {
         };
         PromotionReport {
             promoted: self.standby.to_string(),
+            kill_ms: ms(self.struck_at.saturating_duration_since(self.injected_at)),
             detection_delay_ms: ms(DETECTION_DELAY),
             promote_command_ms: self.promote_command.map(ms),
             promoter_ms: self

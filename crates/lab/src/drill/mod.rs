@@ -509,9 +509,10 @@ fn print_table(report: &DrillReport) {
 /// The promoter's share of a database failover apart from Meridian's.
 fn promotion_line(promotion: &crate::promotion::PromotionReport) -> String {
     format!(
-        "promoted {}: promoter {} ms (detection delay {:.0} ms + pg_ctl promote {} ms), then Meridian {} ms to its first commit",
+        "promoted {}: promoter {} ms (kill {:.0} ms + detection delay {:.0} ms + pg_ctl promote {} ms), then Meridian {} ms to its first commit",
         promotion.promoted,
         fmt_ms(promotion.promoter_ms),
+        promotion.kill_ms,
         promotion.detection_delay_ms,
         fmt_ms(promotion.promote_command_ms),
         fmt_ms(promotion.meridian_ms)
