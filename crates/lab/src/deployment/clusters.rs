@@ -151,7 +151,10 @@ impl Databases {
         database: &str,
     ) -> anyhow::Result<String> {
         let hosts: Vec<String> = match &*self.inner {
-            Target::External { address } => vec![address.to_string()],
+            // As before clusters ran: one plain URL, libpq's defaults.
+            Target::External { address } => {
+                return Ok(format!("postgres://meridian@{address}/{database}"));
+            }
             Target::Clusters(_) => {
                 let clusters = self.clusters().context("clusters")?;
                 let cluster = pick(&clusters, cluster)?;
