@@ -14,6 +14,7 @@ pub mod experiment;
 pub mod fault;
 pub mod launch;
 pub mod nemesis;
+pub mod promotion;
 mod stats;
 pub mod timed_run;
 pub mod workload;
