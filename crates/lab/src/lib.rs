@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod drill;
 pub mod experiment;
 pub mod fault;
+pub mod fork;
 pub mod launch;
 pub mod nemesis;
 pub mod promotion;
