@@ -451,6 +451,13 @@ enum Failure {
 /// request timeout; one decoded from the sequencer's answer has none. So a `DEADLINE_EXCEEDED`
 /// from the sequencer itself (say, for an expired submission) stays a definite answer.
 fn classify(status: Status) -> Failure {
+    // The sequencer's typed fork answer to Subscribe: the member must stop, like on a broken
+    // chain.
+    if status.code() == Code::FailedPrecondition {
+        if let Some(fork) = convert::sequencer::fork_from_status_details(status.details()) {
+            return Failure::Fatal(ClientError::Fork(fork));
+        }
+    }
     if status.code() == Code::Unavailable || status.source().is_some() {
         Failure::Transient(describe(&status))
     } else {

@@ -63,6 +63,74 @@ pub enum ForkError {
         timestamp: Timestamp,
         last_processed: Timestamp,
     },
+    /// The sequencer refused to resume after the member's last processed event because its
+    /// history has no such event for the member: it was lost (a database failover to a
+    /// standby that had not replayed it). Detected at (re)subscription, before any event.
+    #[error(
+        "fork detected: the last event this member processed, {last_processed}, is not in the \
+         sequencer's history; the sequencer's latest event for this member at or before it is \
+         {}, and its latest event for this member is {}; the sequencer lost events this \
+         member processed",
+        describe(*last_shared),
+        describe(*sequencer_latest)
+    )]
+    UnknownLastEvent {
+        last_processed: Timestamp,
+        /// The sequencer's latest event for the member at or before `last_processed`: the
+        /// last event both histories share.
+        last_shared: Option<Timestamp>,
+        /// The sequencer's latest event for the member (what it now serves).
+        sequencer_latest: Option<Timestamp>,
+    },
+}
+
+fn describe(timestamp: Option<Timestamp>) -> String {
+    timestamp.map_or_else(|| "none".to_owned(), |t| t.to_string())
+}
+
+/// Where two histories of one member part: the last event both contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForkPoint {
+    /// Both histories agree up to and including this event (`None`: on no event at all), and
+    /// everything the member processed after it is missing from the sequencer's history.
+    Shared(Option<Timestamp>),
+    /// The error does not say (a replayed or reordered event, which a sequencer with a
+    /// prefix of the old history does not produce).
+    Unknown,
+}
+
+impl ForkError {
+    /// The last event both the member's and the sequencer's history contain. The sequencer's
+    /// history after a lost suffix is the old history up to some event, then new events; so
+    /// the sequencer's latest event at or before the member's last one is the fork point.
+    pub fn fork_point(&self) -> ForkPoint {
+        match *self {
+            ForkError::UnknownLastEvent { last_shared, .. } => ForkPoint::Shared(last_shared),
+            ForkError::PreviousMismatch {
+                claimed_previous,
+                last_processed,
+                ..
+            } => match (claimed_previous, last_processed) {
+                // The new event's predecessor lies before what the member processed: the
+                // sequencer lacks what came after it.
+                (claimed, Some(last)) if claimed.is_none_or(|c| c < last) => {
+                    ForkPoint::Shared(claimed)
+                }
+                // A gap above the member's last event: nothing it processed is missing.
+                (_, last) => ForkPoint::Shared(last),
+            },
+            ForkError::NotIncreasing { .. } => ForkPoint::Unknown,
+        }
+    }
+
+    /// The last event the member processed, if the error names it.
+    pub fn last_processed(&self) -> Option<Timestamp> {
+        match *self {
+            ForkError::UnknownLastEvent { last_processed, .. } => Some(last_processed),
+            ForkError::PreviousMismatch { last_processed, .. } => last_processed,
+            ForkError::NotIncreasing { last_processed, .. } => Some(last_processed),
+        }
+    }
 }
 
 /// Tracks the last processed event of one member and validates each next one.
@@ -153,6 +221,45 @@ mod tests {
         ));
         // A history that starts over (first event again) is detected too.
         assert!(chain.accept(ts(30), None).is_err());
+    }
+
+    #[test]
+    fn the_fork_point_is_the_last_shared_event() {
+        // The member processed up to 30; the sequencer kept up to 10 and then sequenced 40.
+        let mismatch = ForkError::PreviousMismatch {
+            timestamp: ts(40),
+            claimed_previous: Some(ts(10)),
+            last_processed: Some(ts(30)),
+        };
+        assert_eq!(mismatch.fork_point(), ForkPoint::Shared(Some(ts(10))));
+        // The sequencer kept nothing of this member's history.
+        let from_scratch = ForkError::PreviousMismatch {
+            timestamp: ts(40),
+            claimed_previous: None,
+            last_processed: Some(ts(30)),
+        };
+        assert_eq!(from_scratch.fork_point(), ForkPoint::Shared(None));
+        // A gap above the member's last event loses nothing the member processed.
+        let gap = ForkError::PreviousMismatch {
+            timestamp: ts(40),
+            claimed_previous: Some(ts(35)),
+            last_processed: Some(ts(30)),
+        };
+        assert_eq!(gap.fork_point(), ForkPoint::Shared(Some(ts(30))));
+        let refused = ForkError::UnknownLastEvent {
+            last_processed: ts(30),
+            last_shared: Some(ts(20)),
+            sequencer_latest: Some(ts(50)),
+        };
+        assert_eq!(refused.fork_point(), ForkPoint::Shared(Some(ts(20))));
+        let text = refused.to_string();
+        assert!(text.contains(&ts(30).to_string()), "{text}");
+        assert!(text.contains(&ts(50).to_string()), "{text}");
+        let replay = ForkError::NotIncreasing {
+            timestamp: ts(20),
+            last_processed: ts(30),
+        };
+        assert_eq!(replay.fork_point(), ForkPoint::Unknown);
     }
 
     proptest! {

@@ -3,7 +3,9 @@
 //! `status` shows every replica of every node under a data directory (role, region and zone,
 //! warm or cold, readiness) and, on PostgreSQL, the database servers with their roles;
 //! `switchover` makes the active replica of one node step down and waits until another replica
-//! is active. Replicas are found from the configs `meridian up`/`demo` write under
+//! is active; `fork-report` shows a participant's detected fork and the transactions the
+//! sequencer's new history lacks; `fork-repair` rewinds a stopped, forked participant (see
+//! docs/operations.md, "Fork after a region loss"). Replicas are found from the configs `meridian up`/`demo` write under
 //! `<data-dir>/<node>/*.toml`, so no address needs typing.
 
 use std::io::Write;
@@ -21,6 +23,34 @@ pub enum AdminCommand {
     Status(StatusArgs),
     /// Hand a node over from its active replica to a passive one.
     Switchover(SwitchoverArgs),
+    /// Show a node's detected fork and, for a participant, the transactions it committed that
+    /// the sequencer's new history lacks (by transaction id and command id).
+    ForkReport(ForkReportArgs),
+    /// Rewind a stopped participant that recorded a fork to a point both histories share,
+    /// after saving the lost transactions to a file; it then replays the new history.
+    ForkRepair(ForkRepairArgs),
+}
+
+#[derive(Args)]
+pub struct ForkReportArgs {
+    /// The node, e.g. `participant1`.
+    pub node: String,
+    #[arg(long, default_value = "meridian-data")]
+    pub data_dir: PathBuf,
+    /// Print the `fork` object of `/status` as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ForkRepairArgs {
+    /// The participant, e.g. `participant1`.
+    pub node: String,
+    #[arg(long, default_value = "meridian-data")]
+    pub data_dir: PathBuf,
+    /// A new file for the lost transactions (written before anything changes).
+    #[arg(long)]
+    pub save: PathBuf,
 }
 
 #[derive(Args)]
@@ -45,6 +75,8 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::Status(args) => status(&args.data_dir).await,
         AdminCommand::Switchover(args) => switchover(&args).await,
+        AdminCommand::ForkReport(args) => crate::fork::report(&args).await,
+        AdminCommand::ForkRepair(args) => crate::fork::repair(&args).await,
     }
 }
 
@@ -85,7 +117,7 @@ pub fn replicas(data_dir: &Path, node: &str) -> anyhow::Result<Vec<ReplicaAddres
     Ok(out)
 }
 
-async fn get_status(
+pub(crate) async fn get_status(
     client: &reqwest::Client,
     replica: &ReplicaAddress,
 ) -> Option<serde_json::Value> {

@@ -23,12 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use meridian_pgserver::PostgresServer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::attribution::{self, Window};
-use crate::deployment::{Deployment, DeploymentSpec};
+use crate::deployment::{Databases, Deployment, DeploymentSpec};
 use crate::fault::{Fault, Moment, PlannedFault, Recovery, Stage};
 use crate::nemesis::{self, NemesisPlan, NemesisRun};
 use crate::workload::{
@@ -81,6 +80,9 @@ pub struct FaultReport {
     /// For a freeze: whether the resumed replica came back passive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed_replica_passive: Option<bool>,
+    /// For a database failover or zone loss: the promoter's share apart from Meridian's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<crate::promotion::PromotionReport>,
     /// Set when the deployment did not recover within the bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -208,7 +210,7 @@ impl Experiment {
     pub async fn run_on(
         &self,
         spec: &DeploymentSpec,
-        postgres: Option<&PostgresServer>,
+        postgres: Option<&Databases>,
         say: &mut dyn FnMut(String),
         observer: &mut dyn Observer,
         shutdown: &CancellationToken,
@@ -227,7 +229,7 @@ impl Experiment {
     pub async fn run(
         &self,
         deployment: &mut Deployment,
-        postgres: Option<&PostgresServer>,
+        postgres: Option<&Databases>,
         observer: &mut dyn Observer,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<ExperimentReport> {
@@ -546,6 +548,7 @@ async fn measure(
     }
     let action = injected.action.clone();
     let faulted = injected.faulted();
+    let promotion = injected.promotion_report(watch.first_success);
     let restored = injected.finish(stage).await?;
     Ok(FaultReport {
         scenario: step.fault.fault,
@@ -565,6 +568,7 @@ async fn measure(
         throughput_before_tx_per_s: before.commits_per_bucket * 1_000.0 / TIMELINE_BUCKET_MS as f64,
         throughput_per_100ms: Vec::new(),
         resumed_replica_passive: restored.resumed_replica_passive,
+        promotion,
         problem: problem.or(restored.problem),
     })
 }

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -24,9 +25,10 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::deployment::Backend;
 use crate::deployment::Deployment;
+use crate::deployment::{Backend, Databases};
 use crate::launch::NodeProcess;
+use crate::promotion::{Promotion, PromotionReport};
 use crate::workload::{Live, Parties, BANK_PARTICIPANT, OWNER_PARTICIPANTS};
 
 /// The sequencer's node name in a deployment (its instances are `<name>-a`, ...).
@@ -67,6 +69,12 @@ pub enum Fault {
     DatabaseRestart,
     /// `meridian admin switchover` of a participant under load.
     Switchover,
+    /// kill -9 the PostgreSQL primary; the lab promotes the synchronous standby after its
+    /// detection delay and re-points the other standbys.
+    DatabaseFailover,
+    /// kill -9 every process and database server of the primary's zone at once; the other
+    /// zone's replicas take over on the promoted synchronous standby.
+    ZoneLoss,
 }
 
 /// A node of the deployment, by its role rather than by a process name.
@@ -123,6 +131,8 @@ impl Fault {
             Fault::SequencerCrash => "sequencer-crash",
             Fault::DatabaseRestart => "database-restart",
             Fault::Switchover => "switchover",
+            Fault::DatabaseFailover => "database-failover",
+            Fault::ZoneLoss => "zone-loss",
         }
     }
 
@@ -147,7 +157,10 @@ impl Fault {
             | Fault::Switchover => Node::Participant(OWNER_PARTICIPANTS[0]),
             Fault::MediatorCrash => Node::Mediator,
             Fault::TopologyCrash => Node::TopologyManager,
-            Fault::SequencerCrash | Fault::DatabaseRestart => Node::Sequencer { instance: 0 },
+            Fault::SequencerCrash
+            | Fault::DatabaseRestart
+            | Fault::DatabaseFailover
+            | Fault::ZoneLoss => Node::Sequencer { instance: 0 },
         }
     }
 
@@ -171,14 +184,28 @@ impl Fault {
     pub fn fails_over_to(self) -> Option<Redundancy> {
         match self {
             Fault::SequencerCrash => Some(Redundancy::Sequencers),
-            Fault::DatabaseRestart => None,
+            // The database fails over to its synchronous standby (`needs_sync_standby`); a
+            // zone loss also to the other zone's replicas.
+            Fault::DatabaseRestart | Fault::DatabaseFailover => None,
             _ => Some(Redundancy::Replicas),
         }
+    }
+
+    /// Whether it needs a PostgreSQL primary with a synchronous standby to promote.
+    pub fn needs_sync_standby(self) -> bool {
+        matches!(self, Fault::DatabaseFailover | Fault::ZoneLoss)
     }
 
     /// Why it cannot run on `backend`, if it cannot.
     pub fn unsupported_on(self, backend: Backend) -> Option<Unsupported> {
         match (self, backend) {
+            (Fault::DatabaseFailover | Fault::ZoneLoss, Backend::Sqlite) => Some(Unsupported {
+                reason: "SQLite is embedded, there is no database server to fail over (use --backend postgres with a synchronous standby)",
+                refusal: format!(
+                    "{} fails a PostgreSQL primary over to its synchronous standby; run it with --backend postgres",
+                    self.name()
+                ),
+            }),
             (Fault::DatabaseRestart, Backend::Sqlite) => Some(Unsupported {
                 reason: "SQLite is embedded, there is no database server to restart (use --backend postgres)",
                 refusal: "database-restart restarts a PostgreSQL server; run it with --backend postgres"
@@ -211,8 +238,16 @@ pub struct PlannedFault {
 /// the workload's parties (the topology probe allocates a party through them).
 pub(crate) struct Stage<'a> {
     pub deployment: &'a mut Deployment,
-    pub postgres: Option<&'a PostgresServer>,
+    pub postgres: Option<&'a Databases>,
     pub parties: &'a Parties,
+}
+
+impl Stage<'_> {
+    /// The running primary the nodes write to now (it changes with a database failover);
+    /// `None` on SQLite, on a server the caller runs, or while no primary runs.
+    pub fn primary(&self) -> Option<Arc<PostgresServer>> {
+        self.postgres.and_then(|databases| databases.primary(None))
+    }
 }
 
 /// What an injected fault changed, which its restore step undoes.
@@ -225,6 +260,13 @@ enum Effect {
     Switchover(JoinHandle<anyhow::Result<(String, String, Duration)>>),
     /// The database server is down until `back_at`, then started again.
     DatabaseDown { back_at: Instant },
+    /// Database servers (and for a zone loss, the processes named) were killed; the lab
+    /// promotes the synchronous standby, and afterwards rebuilds the servers and restarts
+    /// the processes.
+    Promoting {
+        promotion: Box<Promotion>,
+        processes: Vec<String>,
+    },
 }
 
 /// Whether the first success that proves the faulted node serves again has happened.
@@ -267,7 +309,10 @@ impl PlannedFault {
     pub(crate) async fn inject(&self, stage: &mut Stage<'_>) -> anyhow::Result<Injected> {
         let node = self.node.name();
         let active_before = match self.fault {
-            Fault::SequencerCrash | Fault::DatabaseRestart => None,
+            Fault::SequencerCrash
+            | Fault::DatabaseRestart
+            | Fault::DatabaseFailover
+            | Fault::ZoneLoss => None,
             _ => admin::active_replica(&stage.deployment.data_dir, &node).await?,
         };
         let offline_marks_before = if self.fault == Fault::SequencerCrash {
@@ -363,7 +408,7 @@ impl PlannedFault {
             }
             Fault::DatabaseRestart => {
                 let server = stage
-                    .postgres
+                    .primary()
                     .context("database-restart needs the PostgreSQL backend")?;
                 // pg_ctl blocks for a moment; keep the runtime's other tasks (the load) running.
                 tokio::task::block_in_place(|| server.stop_fast())
@@ -378,8 +423,75 @@ impl PlannedFault {
                     },
                 )
             }
+            Fault::DatabaseFailover | Fault::ZoneLoss => {
+                strike_database_loss(self.fault, stage, injected_at)?
+            }
         })
     }
+}
+
+/// Kills the primary (a database failover) or every process and server of the primary's zone
+/// (a zone loss), and plans the promotion of the synchronous standby.
+fn strike_database_loss(
+    fault: Fault,
+    stage: &mut Stage<'_>,
+    injected_at: Instant,
+) -> anyhow::Result<(String, Effect)> {
+    let databases = stage
+        .postgres
+        .context("a database failover needs the PostgreSQL backend")?;
+    let primary = databases
+        .with_role(None, crate::deployment::description::ServerRole::Primary)
+        .into_iter()
+        .find(|s| s.running)
+        .context("no running primary to fail over")?;
+    let (killed, processes) = if fault == Fault::ZoneLoss {
+        let zone = primary.zone.clone();
+        let killed = tokio::task::block_in_place(|| databases.kill9_zone(&zone))?;
+        let keys = stage.deployment.description.node_keys();
+        let in_zone: Vec<String> = stage
+            .deployment
+            .description
+            .nodes(&keys)
+            .iter()
+            .flat_map(|node| node.warm().filter(|r| r.zone == zone))
+            .map(|r| r.name.to_string())
+            .collect();
+        let mut processes = Vec::new();
+        for name in in_zone {
+            let process = process_named(stage.deployment, &name)?;
+            if process.is_running() {
+                process.kill9()?;
+                processes.push(name);
+            }
+        }
+        (killed, processes)
+    } else {
+        (
+            tokio::task::block_in_place(|| databases.kill9_primaries())?,
+            Vec::new(),
+        )
+    };
+    let delay = Duration::from_millis(stage.deployment.description.cross_region_delay_ms);
+    let promotion = Promotion::plan(databases, killed.clone(), injected_at, delay)?;
+    let killed: Vec<&str> = killed.iter().map(|s| s.as_str()).collect();
+    let action = if processes.is_empty() {
+        format!("kill -9 primary {}", killed.join(", "))
+    } else {
+        format!(
+            "kill -9 zone {}: {} and {}",
+            primary.zone,
+            killed.join(", "),
+            processes.join(", ")
+        )
+    };
+    Ok((
+        action,
+        Effect::Promoting {
+            promotion: Box::new(promotion),
+            processes,
+        },
+    ))
 }
 
 /// What a fault left behind once it was restored.
@@ -397,6 +509,27 @@ impl Injected {
             Effect::Stopped(name) | Effect::Frozen(name) => Some(name.clone()),
             Effect::Switchover(_) => self.active_before.clone(),
             Effect::DatabaseDown { .. } => None,
+            Effect::Promoting {
+                promotion,
+                processes,
+            } => Some(
+                promotion
+                    .killed()
+                    .iter()
+                    .map(ToString::to_string)
+                    .chain(processes.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        }
+    }
+
+    /// The promoter's figures of a database failover, with the first committed transfer
+    /// sent after the fault at `first_success`.
+    pub fn promotion_report(&self, first_success: Option<Instant>) -> Option<PromotionReport> {
+        match &self.effect {
+            Effect::Promoting { promotion, .. } => Some(promotion.report(first_success)),
+            _ => None,
         }
     }
 
@@ -406,6 +539,9 @@ impl Injected {
     pub async fn detected(&self, deployment: &Deployment) -> bool {
         match &self.effect {
             Effect::DatabaseDown { .. } => any_not_ready(deployment).await,
+            Effect::Promoting { processes, .. } => {
+                any_not_ready_except(deployment, processes).await
+            }
             Effect::Switchover(task) => task.is_finished(),
             Effect::Stopped(_) if self.planned.fault == Fault::SequencerCrash => {
                 marked_another_offline(
@@ -442,7 +578,9 @@ impl Injected {
         }
         let fresh = |index: &usize| live.committed_a_request_sent_after(*index, self.injected_at);
         let back = match (self.planned.fault, self.planned.node) {
-            (Fault::SequencerCrash, _) => OWNER_PARTICIPANTS.iter().all(fresh),
+            (Fault::SequencerCrash | Fault::DatabaseFailover | Fault::ZoneLoss, _) => {
+                OWNER_PARTICIPANTS.iter().all(fresh)
+            }
             (_, Node::Participant(index)) if OWNER_PARTICIPANTS.contains(&index) => fresh(&index),
             _ => OWNER_PARTICIPANTS.iter().any(fresh),
         };
@@ -455,7 +593,12 @@ impl Injected {
 
     /// Whether recovery counts only once the fault was undone (the database must be back).
     pub fn recovery_needs_restore(&self) -> bool {
-        matches!(self.effect, Effect::DatabaseDown { .. }) && !self.restored
+        match &self.effect {
+            Effect::DatabaseDown { .. } => !self.restored,
+            // The lab promotes during the measurement; a success before that is impossible.
+            Effect::Promoting { promotion, .. } => !promotion.is_promoted(),
+            _ => false,
+        }
     }
 
     /// Undoes the fault once its moment came: a frozen replica resumes once a passive took
@@ -463,6 +606,29 @@ impl Injected {
     /// a passive) and a switchover's outcome is collected when the measurement is over. Does
     /// nothing the second time.
     pub async fn restore(&mut self, stage: &mut Stage<'_>, moment: Moment) -> anyhow::Result<()> {
+        if let Effect::Promoting {
+            promotion,
+            processes,
+        } = &mut self.effect
+        {
+            let databases = stage
+                .postgres
+                .context("a database failover needs the PostgreSQL backend")?;
+            let delay = Duration::from_millis(stage.deployment.description.cross_region_delay_ms);
+            let over = matches!(moment, Moment::Over);
+            promotion.advance(over).await?;
+            if over && !self.restored {
+                self.restored = true;
+                promotion.rebuild(databases, delay).await;
+                for name in processes.iter() {
+                    restart(stage.deployment, name).await?;
+                }
+                if let Some(problem) = promotion.problem.clone() {
+                    self.problem.get_or_insert(problem);
+                }
+            }
+            return Ok(());
+        }
         let due = match (&self.effect, moment) {
             _ if self.restored => false,
             (_, Moment::Over) => true,
@@ -471,6 +637,7 @@ impl Injected {
                 Instant::now() >= *back_at
             }
             (Effect::Stopped(_) | Effect::Switchover(_), Moment::Measuring { .. }) => false,
+            (Effect::Promoting { .. }, _) => false,
         };
         if !due {
             return Ok(());
@@ -487,11 +654,12 @@ impl Injected {
                 }
             }
             Effect::DatabaseDown { .. } => {
-                if let Some(server) = stage.postgres {
+                if let Some(server) = stage.primary() {
                     tokio::task::block_in_place(|| server.resume())
                         .context("starting PostgreSQL again")?;
                 }
             }
+            Effect::Promoting { .. } => {}
         }
         Ok(())
     }
@@ -578,6 +746,24 @@ fn marked_another_offline(before: &BTreeMap<String, u64>, now: &BTreeMap<String,
 
 async fn any_not_ready(deployment: &Deployment) -> bool {
     for process in deployment.sequencers.iter().chain(&deployment.participants) {
+        match get_admin(process.admin_address, "/readyz").await {
+            Some(response) if response.status().is_success() => {}
+            _ => return true,
+        }
+    }
+    false
+}
+
+/// Whether a sequencer instance or participant replica other than the `killed` ones reports
+/// itself not ready (the killed ones cannot answer and would count at once).
+async fn any_not_ready_except(deployment: &Deployment, killed: &[String]) -> bool {
+    let processes = deployment
+        .sequencers
+        .iter()
+        .chain(&deployment.participants)
+        .chain(deployment.participant_standbys.iter().flatten())
+        .filter(|p| !killed.iter().any(|k| k == p.name()));
+    for process in processes {
         match get_admin(process.admin_address, "/readyz").await {
             Some(response) if response.status().is_success() => {}
             _ => return true,

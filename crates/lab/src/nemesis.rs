@@ -628,7 +628,7 @@ fn shift_clock(
 /// SQL run through `psql` on the server's maintenance database.
 fn sql(stage: &Stage<'_>, statement: &str) -> anyhow::Result<String> {
     let server = stage
-        .postgres
+        .primary()
         .context("database faults need the PostgreSQL backend")?;
     // psql blocks for a moment; keep the runtime's other tasks (the load) running.
     tokio::task::block_in_place(|| server.psql("postgres", statement))
@@ -638,7 +638,7 @@ fn strike_database(kind: NemesisKind, stage: &Stage<'_>) -> anyhow::Result<(Stri
     Ok(match kind {
         NemesisKind::DatabaseRestart => {
             let server = stage
-                .postgres
+                .primary()
                 .context("database faults need the PostgreSQL backend")?;
             tokio::task::block_in_place(|| server.stop_fast()).context("stopping PostgreSQL")?;
             ("stop PostgreSQL".to_owned(), Effect::DatabaseDown)
@@ -673,7 +673,7 @@ async fn undo(effect: Effect, stage: &mut Stage<'_>) -> anyhow::Result<()> {
         Effect::Frozen(name) => process_named(stage.deployment, &name)?.signal(Signal::SIGCONT)?,
         Effect::DatabaseDown => {
             let server = stage
-                .postgres
+                .primary()
                 .context("database faults need the PostgreSQL backend")?;
             tokio::task::block_in_place(|| server.resume()).context("starting PostgreSQL")?;
         }

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_core::UserId;
-use meridian_pgserver::PostgresServer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::deployment::DeploymentSpec;
+use crate::deployment::{Databases, DeploymentSpec};
 use crate::experiment::{Experiment, FaultReport, FaultStep, Observer, Recovered, Step};
 use crate::fault::{Node, PlannedFault};
 use crate::stats::fmt_ms;
@@ -81,7 +80,7 @@ impl TimedRun {
     pub async fn run(
         &self,
         spec: &DeploymentSpec,
-        postgres: Option<&PostgresServer>,
+        postgres: Option<&Databases>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<RunReport> {
         if !self.json {

@@ -23,7 +23,7 @@ use meridian_core::topology::TopologyState;
 use meridian_core::MemberId;
 use meridian_node::admin::{self, NodeState, StatusSource};
 use meridian_node::conditions::Conditions;
-use meridian_node::health::Health;
+use meridian_node::fork::ForkAlarm;
 use meridian_node::replica::ReplicaManager;
 use meridian_node::replication::{hand_over_hooks, Replication};
 use meridian_node::retry::Retry;
@@ -44,6 +44,7 @@ struct MediatorStatus {
     state: Arc<StatusState>,
     /// Set once a replicated mediator has its lease store.
     replication: ReplicationSlot,
+    fork: ForkAlarm,
 }
 
 /// The replica role of a replicated mediator, once known; empty for an unreplicated one.
@@ -64,6 +65,7 @@ impl StatusSource for MediatorStatus {
         if let Some(replication) = self.replication.get() {
             status["replication"] = replication.status();
         }
+        status["fork"] = self.fork.status();
         status
     }
 }
@@ -75,6 +77,9 @@ pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Res
     let (health, readiness) = (node.health.clone(), node.readiness.clone());
     let mediator_metrics = node.metrics.with_registry(MediatorMetrics::register);
     let status_state = Arc::new(StatusState::default());
+    let fork = node
+        .metrics
+        .with_registry(|registry| ForkAlarm::register(registry, readiness.clone()));
 
     let admin_listener = admin::bind(config.admin_address).await?;
     let backend = match config.storage {
@@ -100,6 +105,7 @@ pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Res
             backend,
             state: status_state.clone(),
             replication: replication.clone(),
+            fork: fork.clone(),
         }),
         step_down,
         shutdown.clone(),
@@ -107,7 +113,7 @@ pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Res
 
     let result = serve(
         Arc::new(config),
-        health.clone(),
+        fork,
         readiness.clone(),
         mediator_metrics,
         status_state,
@@ -134,10 +140,10 @@ struct Warm {
     key: SigningKey,
     owner: PublicKey,
     store: Arc<dyn MediatorStore>,
-    health: Health,
     readiness: Conditions,
     metrics: MediatorMetrics,
     status: Arc<StatusState>,
+    fork: ForkAlarm,
     /// `None` for an unreplicated mediator, which is active from the start.
     replication: Option<Arc<Replication>>,
 }
@@ -148,7 +154,7 @@ const TERM_CONDITIONS: [&str; 3] = ["topology", "subscription", "sequencer"];
 
 async fn serve(
     config: Arc<MediatorConfig>,
-    health: Health,
+    fork: ForkAlarm,
     readiness: Conditions,
     metrics: MediatorMetrics,
     status: Arc<StatusState>,
@@ -172,10 +178,10 @@ async fn serve(
         key,
         owner,
         store,
-        health,
         readiness: readiness.clone(),
         metrics,
         status,
+        fork,
         replication: None,
     };
     let Some(settings) = config.replica_settings() else {
@@ -260,12 +266,13 @@ async fn run_term(warm: Warm, shutdown: CancellationToken) -> anyhow::Result<()>
         metrics: warm.metrics.clone(),
         status: warm.status.clone(),
         time_proof_interval: warm.config.time_proof_interval(),
+        fork: warm.fork.clone(),
     };
     let serving = || match &warm.replication {
         Some(replication) => replication.serving(),
         None => warm.readiness.clear("startup"),
     };
-    runtime.run(&warm.health, &shutdown, serving).await
+    runtime.run(&shutdown, serving).await
 }
 
 /// The engine as the store left it, and the verdicts still to send. `None` on shutdown.

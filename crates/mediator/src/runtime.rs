@@ -24,7 +24,7 @@ use meridian_core::protocol::{ProtocolMessage, Signed, Verdict};
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
 use meridian_core::{MemberId, MessageId, ParticipantId, Timestamp};
 use meridian_node::conditions::Conditions;
-use meridian_node::health::Health;
+use meridian_node::fork::ForkAlarm;
 use meridian_node::replication;
 use meridian_node::retry::{Retry, WHILE_SERVING};
 use meridian_store::mediator::{MediatorChange, MediatorStore, VerdictRecord};
@@ -97,6 +97,7 @@ pub(crate) struct Runtime {
     pub(crate) metrics: MediatorMetrics,
     pub(crate) status: Arc<StatusState>,
     pub(crate) time_proof_interval: Duration,
+    pub(crate) fork: ForkAlarm,
 }
 
 impl Runtime {
@@ -105,7 +106,6 @@ impl Runtime {
     /// is about to start: the mediator does its work from then on.
     pub(crate) async fn run(
         self,
-        health: &Health,
         shutdown: &CancellationToken,
         serving: impl FnOnce(),
     ) -> anyhow::Result<()> {
@@ -120,13 +120,14 @@ impl Runtime {
             metrics,
             status,
             time_proof_interval,
+            fork,
         } = self;
         let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUE);
         let sender_task = tokio::spawn(
             Sender {
                 client: client.clone(),
                 key,
-                member,
+                member: member.clone(),
                 store: store.clone(),
                 readiness: readiness.clone(),
                 metrics: metrics.clone(),
@@ -155,9 +156,11 @@ impl Runtime {
                 metrics,
                 status,
                 time_proof_interval,
+                fork,
+                member,
             };
             serving();
-            event_loop.run(health, shutdown).await
+            event_loop.run(shutdown).await
         }
         .await;
         shutdown.cancel();
@@ -176,6 +179,8 @@ struct EventLoop {
     metrics: MediatorMetrics,
     status: Arc<StatusState>,
     time_proof_interval: Duration,
+    fork: ForkAlarm,
+    member: MemberId,
 }
 
 /// The effects of a run of events, to carry out after its commit.
@@ -186,7 +191,7 @@ struct RunOutput {
 }
 
 impl EventLoop {
-    async fn run(mut self, health: &Health, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn run(mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut subscription = self.client.subscribe(self.engine.last_event());
         self.readiness.clear("subscription");
         // Restarted after every run processed: the spacing grows only while nothing arrives.
@@ -237,8 +242,12 @@ impl EventLoop {
             let Some(error) = ended else { continue };
             if let ClientError::Fork(fork) = &error {
                 // Never continue past a fork: the history we decided on is not the sequencer's.
-                health.set_failed(format!("sequencer history forked: {fork}"));
-                anyhow::bail!("stopped processing: {fork}");
+                // Halt, not exit, so the alarm stays visible on the admin endpoint.
+                self.fork
+                    .raise(self.member.as_str(), fork, serde_json::Value::Null);
+                self.readiness.clear("subscription");
+                self.fork.halt(shutdown).await;
+                return Ok(());
             }
             if self
                 .readiness

@@ -67,3 +67,29 @@ fn a_broken_file_fails_naming_every_problem() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `regionz`"));
 }
+
+#[test]
+fn standbys_placed_where_they_protect_nothing_are_refused_naming_the_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut description = Description::preset(Preset::TwoRegions);
+    // The sync standby beside the primary, and a second async standby in region one.
+    description.postgres_clusters[0].servers[1].zone = "zone-1a".into();
+    let mut extra = description.postgres_clusters[0].servers[2].clone();
+    extra.name = "pg-1c".into();
+    extra.zone = "zone-1b".into();
+    description.postgres_clusters[0].servers.push(extra);
+    let path = dir.path().join("placement.toml");
+    std::fs::write(&path, description.to_toml().unwrap()).unwrap();
+    let output = check(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "accepted: {stderr}");
+    for expected in [
+        "postgres_clusters[0].servers[1]: sync standby \"pg-1b\" is in zone \"zone-1a\" with primary \"pg-1a\"",
+        "postgres_clusters[0].servers[3]: async standby \"pg-1c\" is in region \"region-1\" with primary \"pg-1a\"",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} missing in:\n{stderr}"
+        );
+    }
+}

@@ -229,6 +229,14 @@ fn bad_requests_are_refused_before_anything_starts() {
             "no \"participant7\"",
         ),
         (vec!["--scenario", "database-restart"], "--backend postgres"),
+        (
+            vec!["--scenario", "database-failover"],
+            "--backend postgres",
+        ),
+        (
+            vec!["--scenario", "zone-loss", "--backend", "postgres"],
+            "no PostgreSQL cluster with a synchronous standby",
+        ),
         (vec!["--json", "/no/such/dir/drill.json"], "does not exist"),
         (vec!["--seed", "7"], "--scenario random"),
         (

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod admin_token;
 pub mod conditions;
 pub mod config;
+pub mod fork;
 pub mod grpc;
 pub mod health;
 pub mod keys;

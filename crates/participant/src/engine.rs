@@ -193,6 +193,8 @@ pub struct CommitRecord {
     pub offset: LedgerOffset,
     pub transaction_id: TransactionId,
     pub request_id: Timestamp,
+    /// The verdict's timestamp: the event that committed it.
+    pub committed_at: Timestamp,
     pub transaction: Transaction,
     pub informees: BTreeSet<PartyId>,
     pub local: Option<LocalSubmission>,
@@ -1122,7 +1124,7 @@ impl ParticipantEngine {
             request_id: pending.request_id,
         });
         match verdict.outcome {
-            VerdictOutcome::Approved => self.commit(pending),
+            VerdictOutcome::Approved => self.commit(pending, ts),
             VerdictOutcome::Rejected { code, message } => {
                 tracing::debug!(request_id = %pending.request_id, ?code, %message, "request rejected");
                 if let Some(local) = pending.local {
@@ -1140,7 +1142,9 @@ impl ParticipantEngine {
         }
     }
 
-    fn commit(&mut self, pending: PendingRequest) {
+    /// Commits on the verdict sequenced at `verdict_at`: the event whose loss (a fork) would
+    /// lose this commit.
+    fn commit(&mut self, pending: PendingRequest, verdict_at: Timestamp) {
         let offset = self.next_offset();
         let transaction_id = protocol::transaction_id(pending.request_id, &pending.request_hash);
         let archived: Vec<ContractId> = pending
@@ -1176,6 +1180,7 @@ impl ParticipantEngine {
             offset,
             transaction_id,
             request_id: pending.request_id,
+            committed_at: verdict_at,
             transaction: pending.transaction,
             informees: pending.informees,
             local: pending.local,

@@ -7,12 +7,14 @@
 //! From pure to effectful: [`engine`] (all protocol decisions, sans I/O, deterministic),
 //! `runtime` (the single writer task that feeds the engine and persists its effects one batch
 //! per database transaction, the one door of a local submission, plus time proofs and dedup
-//! pruning), `service` (the gRPC Ledger API: admission, wire conversion through
+//! pruning), [`fork`] (what a participant on a forked history lists and the operator's
+//! rewind), `service` (the gRPC Ledger API: admission, wire conversion through
 //! `meridian_proto::convert::ledger`, the runtime's answer as a status), `replication` (active/passive replicas: what a passive replica
 //! answers and reports), [`node`] (wiring, start-up order, promotion and demotion), [`config`].
 
 pub mod config;
 pub mod engine;
+pub mod fork;
 pub mod metrics;
 pub mod node;
 mod replication;

@@ -28,6 +28,7 @@ use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyState};
 use meridian_core::{LedgerOffset, Timestamp};
 use meridian_node::admin::{self, NodeState, StatusSource, StepDown};
+use meridian_node::fork::ForkAlarm;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::replica::{HoldEnd, ReplicaManager};
 use meridian_node::replication::Phase;
@@ -66,6 +67,7 @@ const TERM_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 struct ParticipantStatus {
     participant: String,
     serving: Arc<Serving>,
+    fork: ForkAlarm,
 }
 
 impl StatusSource for ParticipantStatus {
@@ -110,6 +112,10 @@ impl StatusSource for ParticipantStatus {
         {
             map.insert("replication".into(), replication);
         }
+        if let serde_json::Value::Object(map) = &mut status {
+            // `null` until a fork is detected; then the fork and the lost transactions.
+            map.insert("fork".into(), self.fork.status());
+        }
         status
     }
 }
@@ -120,6 +126,9 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
     let node = NodeState::starting();
     let (health, readiness) = (node.health.clone(), node.readiness.clone());
     let participant_metrics = node.metrics.with_registry(ParticipantMetrics::register);
+    let fork = node
+        .metrics
+        .with_registry(|registry| ForkAlarm::register(registry, readiness.clone()));
     let participant = config.participant_id.clone();
     let key = meridian_node::keys::load_node_key(&config.key_file, config.replication.is_some())
         .with_context(|| format!("participant key for {participant}"))?;
@@ -154,6 +163,7 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
         Arc::new(ParticipantStatus {
             participant: participant.to_string(),
             serving: serving.clone(),
+            fork: fork.clone(),
         }),
         step_down,
         shutdown.clone(),
@@ -179,7 +189,7 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
         key,
         owner,
         &readiness,
-        participant_metrics,
+        (participant_metrics, fork),
         serving,
         shutdown.clone(),
     )
@@ -207,6 +217,7 @@ struct Warm {
     readiness: Conditions,
     metrics: ParticipantMetrics,
     serving: Arc<Serving>,
+    fork: ForkAlarm,
 }
 
 /// Up to which (sequencer) time the warm topology is known to hold every change: when its last
@@ -257,7 +268,8 @@ async fn start_and_serve(
     key: SigningKey,
     owner: meridian_core::crypto::PublicKey,
     readiness: &Conditions,
-    metrics: ParticipantMetrics,
+    // What the node reports through: its metrics and the fork alarm.
+    (metrics, fork): (ParticipantMetrics, ForkAlarm),
     serving: Arc<Serving>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -319,6 +331,7 @@ async fn start_and_serve(
         readiness: readiness.clone(),
         metrics,
         serving,
+        fork,
     };
     match manager {
         None => serve_unreplicated(&warm, &shutdown).await,
@@ -639,6 +652,7 @@ async fn start_term(
         sends: Arc::new(Semaphore::new(MAX_CONCURRENT_SENDS)),
         metrics: warm.metrics.clone(),
         readiness: warm.readiness.clone(),
+        fork: warm.fork.clone(),
         shutdown: term,
         demoted: std::sync::atomic::AtomicBool::new(false),
         submissions: runtime::SubmissionGate::default(),

@@ -26,9 +26,10 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use meridian_client::{ClientError, SequencerClient, Subscription};
 use meridian_core::protocol::{ChangeId, ProtocolMessage};
-use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
+use meridian_core::sequencing::{Envelope, ForkError, SequencedEvent, Submission};
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::{LedgerOffset, MessageId, ParticipantId, Timestamp, TransactionId};
+use meridian_node::fork::ForkAlarm;
 use meridian_node::replication::is_fenced;
 use meridian_node::retry::{Retry, WHILE_SERVING};
 use meridian_node::Conditions;
@@ -143,6 +144,7 @@ pub(crate) struct Core {
     pub sends: Arc<Semaphore>,
     pub metrics: ParticipantMetrics,
     pub readiness: Conditions,
+    pub fork: ForkAlarm,
     /// Ends this term: process shutdown, or this replica stopped being active.
     pub shutdown: CancellationToken,
     /// Set when the term ended because this replica was demoted (lease lost, step-down), so
@@ -544,8 +546,8 @@ pub(crate) async fn run_writer(
         }
         if let Some(error) = stream_error {
             if let ClientError::Fork(fork) = &error {
-                core.readiness.fail("sequencer", fork.to_string());
-                return Err(anyhow::anyhow!("stopping: {fork}").into());
+                halt_on_fork(&core, fork).await;
+                return Ok(());
             }
             core.readiness
                 .fail("sequencer", format!("subscription broke: {error}"));
@@ -558,6 +560,17 @@ pub(crate) async fn run_writer(
             core.readiness.clear("sequencer");
         }
     }
+}
+
+/// A fork: records it, lists the lost transactions, raises the alarm and processes nothing
+/// more until the term ends. Not an exit: the admin endpoint must keep showing the alarm, and
+/// this replica keeps the lease, so no passive takes over to resume on the forked history
+/// either (one that did would meet the same fork at its first subscription).
+async fn halt_on_fork(core: &Core, fork: &ForkError) {
+    let details = crate::fork::on_fork(core.store.as_ref(), fork).await;
+    core.fork.raise(core.participant.as_str(), fork, details);
+    core.readiness.clear("sequencer");
+    core.fork.halt(&core.shutdown).await;
 }
 
 /// The engine's decision on a submission, with the waiter its caller needs. Runs under the
@@ -650,6 +663,8 @@ async fn process(
     let mut batch = batch_of(&effects);
     if event_count > 0 {
         batch.checkpoint = checkpoint;
+        // A fork repair can rewind to this boundary: nothing awaits a verdict here.
+        batch.quiet = pending == 0;
     }
     if !batch.completions.is_empty() || !batch.transactions.is_empty() {
         batch.ledger_end = Some(ledger_end);
@@ -848,6 +863,7 @@ fn add_commit(batch: &mut ParticipantBatch, commit: &CommitRecord) {
         offset: commit.offset,
         transaction_id: commit.transaction_id.clone(),
         request_id: commit.request_id,
+        committed_at: commit.committed_at,
         user_id: commit.local.as_ref().map(|l| l.change.user_id.clone()),
         command_id: commit.local.as_ref().map(|l| l.change.command_id.clone()),
         informees: commit.informees.clone(),

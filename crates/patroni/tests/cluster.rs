@@ -303,7 +303,9 @@ async fn a_killed_leader_is_replaced_without_losing_an_acknowledged_insert() {
     let trials: usize = std::env::var("MERIDIAN_PATRONI_TRIALS")
         .ok()
         .and_then(|value| value.parse().ok())
-        .unwrap_or(3);
+        // One trial proves the property; the figures in docs/operations.md take five
+        // (`MERIDIAN_PATRONI_TRIALS=5`), which would cost CI half a minute more per run.
+        .unwrap_or(1);
     let (_etcd, cluster) = start("failover").await;
     let timing = cluster.timing();
     // After a crash the key expires within ttl; promotion and the first commit take a second

@@ -33,6 +33,22 @@ fn cluster(standby_name: &ApplicationName) -> (PostgresServer, PostgresServer) {
     (primary, standby)
 }
 
+/// A primary whose commits wait for its one standby (`sync_state = sync`), with an empty
+/// table `t (id bigint PRIMARY KEY)`.
+fn synchronous_cluster(standby_name: &ApplicationName) -> (PostgresServer, PostgresServer) {
+    let (primary, standby) = cluster(standby_name);
+    primary
+        .set_synchronous_standbys(&SynchronousStandbys::one(standby_name.clone()))
+        .unwrap();
+    primary
+        .wait_for_sync_state(standby_name, SyncState::Sync, WAIT)
+        .unwrap();
+    primary
+        .psql("postgres", "CREATE TABLE t (id bigint PRIMARY KEY)")
+        .unwrap();
+    (primary, standby)
+}
+
 /// Polls `query` on `server` until it answers `expected`, for at most [`WAIT`].
 fn wait_for_answer(server: &PostgresServer, query: &str, expected: &str) {
     let started = Instant::now();
@@ -80,18 +96,10 @@ fn async_standby_receives_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_waits_for_the_stopped_synchronous_standby() {
     let standby_name = name("sync_b");
-    let (primary, standby) = tokio::task::block_in_place(|| cluster(&standby_name));
-    tokio::task::block_in_place(|| {
-        primary
-            .set_synchronous_standbys(&SynchronousStandbys::one(standby_name.clone()))
-            .unwrap();
-        primary
-            .wait_for_sync_state(&standby_name, SyncState::Sync, WAIT)
-            .unwrap();
-        primary
-            .psql("postgres", "CREATE TABLE t (id int PRIMARY KEY)")
-            .unwrap();
+    let (primary, standby) = tokio::task::block_in_place(|| {
+        let (primary, standby) = synchronous_cluster(&standby_name);
         standby.stop_fast().unwrap();
+        (primary, standby)
     });
 
     let url = primary.url("postgres");
@@ -159,19 +167,7 @@ async fn insert_until_failure(url: String, first: i64, acknowledged: Arc<Mutex<V
 async fn promoted_synchronous_standby_has_every_acknowledged_commit() {
     const WRITERS: i64 = 4;
     let standby_name = name("sync_b");
-    let (primary, standby) = tokio::task::block_in_place(|| {
-        let (primary, standby) = cluster(&standby_name);
-        primary
-            .set_synchronous_standbys(&SynchronousStandbys::one(standby_name.clone()))
-            .unwrap();
-        primary
-            .wait_for_sync_state(&standby_name, SyncState::Sync, WAIT)
-            .unwrap();
-        primary
-            .psql("postgres", "CREATE TABLE t (id bigint PRIMARY KEY)")
-            .unwrap();
-        (primary, standby)
-    });
+    let (primary, standby) = tokio::task::block_in_place(|| synchronous_cluster(&standby_name));
 
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let writers: Vec<_> = (0..WRITERS)

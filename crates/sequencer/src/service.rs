@@ -12,7 +12,7 @@ use meridian_proto::convert;
 use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminService;
 use meridian_proto::v1::sequencer_service_server::SequencerService;
 use meridian_proto::v1::{self};
-use meridian_store::{SequencerStore, StoreError};
+use meridian_store::{MemberHistoryAt, MemberRecord, SequencerStore, StoreError};
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,22 @@ pub struct Shared {
     /// The synchronizer owner's key; when set, registrations need an owner-signed topology
     /// transaction naming the member (see [`crate::registration`]).
     pub owner_key: Option<PublicKey>,
+}
+
+/// FAILED_PRECONDITION with [`v1::ForkDetails`], which the client turns into a typed fork.
+fn fork_status(after: Timestamp, history: MemberHistoryAt) -> Status {
+    let describe = |t: Option<Timestamp>| t.map_or_else(|| "none".to_owned(), |t| t.to_string());
+    Status::with_details(
+        tonic::Code::FailedPrecondition,
+        format!(
+            "fork: event {after} is not in this sequencer's history of the member; its latest \
+             event for the member at or before it is {}, its latest is {}",
+            describe(history.at_or_before),
+            describe(history.latest)
+        ),
+        convert::sequencer::fork_to_status_details(after, history.at_or_before, history.latest)
+            .into(),
+    )
 }
 
 fn store_status(error: StoreError) -> Status {
@@ -101,6 +117,34 @@ impl Shared {
                 "sequencer not ready: {reason}"
             ))),
         }
+    }
+
+    /// Refuses to resume `member` after `after` unless `after` is one of its events here. A
+    /// member only ever resumes after an event it was delivered, so a missing one means this
+    /// history lost it (a database failover to a standby that had not replayed it): the
+    /// member is on a fork and must stop, which the typed answer tells its client at once,
+    /// even when no new event would arrive to break its `previous_timestamp` chain.
+    async fn check_known_event(
+        &self,
+        member: &MemberRecord,
+        after: Timestamp,
+    ) -> Result<(), Status> {
+        let history = self
+            .store
+            .member_history_at(member.seq, after)
+            .await
+            .map_err(store_status)?;
+        if history.at_or_before == Some(after) {
+            return Ok(());
+        }
+        tracing::error!(
+            member = %member.id,
+            last_processed = %after,
+            last_shared = ?history.at_or_before,
+            sequencer_latest = ?history.latest,
+            "refusing a subscription: the member processed an event this sequencer's history lacks (fork)"
+        );
+        Err(fork_status(after, history))
     }
 
     async fn validate(
@@ -224,12 +268,16 @@ impl SequencerService for SequencerApi {
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found(format!("member {member} is not registered")))?;
+        let after = request.after_timestamp_us.map(Timestamp::from_micros);
+        if let Some(after) = after {
+            self.0.check_known_event(&record, after).await?;
+        }
         let receiver = spawn_subscription(
             self.0.store.clone(),
             self.0.directory.clone(),
             Subscription {
                 member: record,
-                after: request.after_timestamp_us.map(Timestamp::from_micros),
+                after,
                 keep_alive: request
                     .keep_alive_interval_ms
                     .map(|ms| Duration::from_millis(u64::from(ms))),

@@ -38,14 +38,15 @@ pub use lease::{Epoch, FenceSlot, LeaseState, LeaseStore, PgLeaseStore, SqliteLe
 pub use mediator::SqlMediatorStore;
 pub use owner::{claim_database, DatabaseOwner, ForeignDatabase, NodeKind, OwnerClaim};
 pub use participant::{
-    CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantSnapshot,
-    ParticipantStore, PendingRecord, SqlParticipantStore, StoredContract, TransactionRecord,
+    CompletionRecord, DedupRecord, DedupState, ForkRecord, ParticipantBatch, ParticipantSnapshot,
+    ParticipantStore, PendingRecord, QuietPoint, RewindOutcome, SqlParticipantStore,
+    StoredContract, TransactionRecord, QUIET_POINT_RETENTION_US,
 };
 pub use postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs, UrlError};
 pub use sequencer::{
-    BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberRecord,
-    MemberSeq, NewEvent, ReferenceTime, SequencerStore, SqlSequencerStore, StoredEvent,
-    WriteResult,
+    BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberHistoryAt,
+    MemberRecord, MemberSeq, NewEvent, ReferenceTime, SequencerStore, SqlSequencerStore,
+    StoredEvent, WriteResult,
 };
 pub use topology::{
     open_topology_store, SqlTopologyStore, TopologyRecord, TopologyStore, TopologyStoreError,

@@ -199,6 +199,7 @@ fn batch(offset: u64) -> ParticipantBatch {
             offset: LedgerOffset(offset),
             transaction_id: TransactionId::new(format!("tx-{offset}")).expect("tx id"),
             request_id: Timestamp::from_micros(offset * 100),
+            committed_at: Timestamp::from_micros(offset * 100),
             user_id: None,
             command_id: None,
             informees: created.stakeholders(),

@@ -10,8 +10,8 @@ use meridian_core::{
     CommandId, ContractId, LedgerOffset, PartyId, TemplateId, TransactionId, UserId,
 };
 use meridian_store::{
-    CompletionRecord, DedupRecord, DedupState, ParticipantBatch, ParticipantStore, PendingRecord,
-    StoredContract, TransactionRecord,
+    CompletionRecord, DedupRecord, DedupState, ForkRecord, ParticipantBatch, ParticipantStore,
+    PendingRecord, QuietPoint, StoredContract, TransactionRecord,
 };
 use serde_json::json;
 
@@ -64,6 +64,7 @@ fn tx_record(offset: u64, created: &Contract, local: bool) -> TransactionRecord 
         offset: LedgerOffset(offset),
         transaction_id: TransactionId::new(format!("tx-{offset}")).expect("tx id"),
         request_id: t(offset * 100),
+        committed_at: t(offset * 100 + 10),
         user_id: local.then(|| UserId::new("app").expect("user")),
         command_id: local.then(|| CommandId::new(format!("cmd-{offset}")).expect("cmd")),
         informees: created.stakeholders(),
@@ -385,8 +386,155 @@ async fn applied_recognises_a_committed_batch(h: Harness) {
     );
 }
 
+fn committed(offset: u64) -> DedupState {
+    DedupState::Committed {
+        transaction_id: TransactionId::new(format!("tx-{offset}")).expect("tx"),
+        offset: LedgerOffset(offset),
+        expires_at: t(10_000),
+    }
+}
+
+/// Three batches: quiet at 100 (ledger end 1), pending at 200 (2), quiet at 300 (3). A fork
+/// at 205 loses the commits of offsets 2 (requested at 200, committed at 210) and 3; the
+/// rewind goes back to the quiet point at 100.
+async fn a_fork_rewinds_to_a_quiet_point(h: Harness) {
+    let store = h.store.clone();
+    let (a, b, c) = (
+        contract("c-a", "alice", 1),
+        contract("c-b", "bob", 1),
+        contract("c-c", "bob", 2),
+    );
+    let batches = [
+        ParticipantBatch {
+            checkpoint: Some(t(100)),
+            ledger_end: Some(LedgerOffset(1)),
+            created: vec![active(a.clone(), 1)],
+            transactions: vec![tx_record(1, &a, true)],
+            dedup_upserts: vec![dedup("k-1", committed(1))],
+            quiet: true,
+            ..ParticipantBatch::default()
+        },
+        ParticipantBatch {
+            checkpoint: Some(t(200)),
+            ledger_end: Some(LedgerOffset(2)),
+            created: vec![active(b.clone(), 2)],
+            archived: vec![(a.id.clone(), LedgerOffset(2))],
+            transactions: vec![tx_record(2, &b, true)],
+            completions: vec![completion(2, "app", 0)],
+            dedup_upserts: vec![dedup("k-2", committed(2))],
+            pending_upserts: vec![PendingRecord {
+                request_id: t(190),
+                record: "{}".into(),
+            }],
+            quiet: false,
+            ..ParticipantBatch::default()
+        },
+        ParticipantBatch {
+            checkpoint: Some(t(300)),
+            ledger_end: Some(LedgerOffset(3)),
+            created: vec![active(c.clone(), 3)],
+            transactions: vec![tx_record(3, &c, true)],
+            dedup_upserts: vec![dedup("k-3", committed(3))],
+            quiet: true,
+            ..ParticipantBatch::default()
+        },
+    ];
+    for batch in &batches {
+        store.apply(batch).await.expect("batch");
+    }
+    let quiet = store
+        .quiet_point_at_or_before(t(205))
+        .await
+        .expect("quiet point")
+        .expect("one at 100");
+    assert_eq!(
+        quiet,
+        QuietPoint {
+            checkpoint: t(100),
+            ledger_end: LedgerOffset(1)
+        }
+    );
+    let lost: Vec<u64> = store
+        .transactions_committed_after(Some(t(205)), 10)
+        .await
+        .expect("lost")
+        .iter()
+        .map(|r| r.offset.0)
+        .collect();
+    assert_eq!(
+        lost,
+        vec![2, 3],
+        "committed at 210 and 310, after the fork at 205"
+    );
+    assert_eq!(store.fork().await.expect("no fork"), None);
+    let fork = ForkRecord {
+        last_processed: Some(t(300)),
+        fork_point: Some(Some(t(205))),
+        detected_at: t(400),
+        reason: "test fork".into(),
+    };
+    store.record_fork(&fork).await.expect("record");
+    assert_eq!(store.fork().await.expect("fork"), Some(fork));
+
+    let outcome = store.rewind(quiet, Some(t(205))).await.expect("rewind");
+    assert_eq!(outcome.transactions_removed, 2);
+    assert_eq!(outcome.contracts_removed, 2);
+    assert_eq!(outcome.contracts_reactivated, 1);
+    assert_eq!(
+        outcome.submissions_reopened, 1,
+        "k-2: its request (200) is shared"
+    );
+    assert_eq!(
+        outcome.submissions_forgotten, 1,
+        "k-3: its request (300) is lost"
+    );
+    assert_eq!(outcome.pending_removed, 1);
+    let reopened = h.reopen().await;
+    for store in [store.clone(), reopened] {
+        let snapshot = store.load(t(5_000)).await.expect("load");
+        assert_eq!(snapshot.checkpoint, Some(t(100)));
+        assert_eq!(snapshot.ledger_end, LedgerOffset(1));
+        let active: Vec<_> = snapshot
+            .active_contracts
+            .iter()
+            .map(|s| &s.contract.id)
+            .collect();
+        assert_eq!(active, vec![&a.id]);
+        assert!(snapshot.pending.is_empty());
+        let state = |key: &str| {
+            snapshot
+                .dedup
+                .iter()
+                .find(|d| d.change_key == key)
+                .map(|d| d.state.clone())
+        };
+        assert_eq!(state("k-1"), Some(committed(1)));
+        assert_eq!(state("k-2"), Some(DedupState::InFlight));
+        assert_eq!(state("k-3"), None);
+        assert_eq!(
+            offsets_after(store.as_ref(), 0, 10).await,
+            vec![LedgerOffset(1)]
+        );
+        assert_eq!(store.fork().await.expect("cleared"), None);
+    }
+    // A later batch moves on from the rewound point as usual.
+    store
+        .apply(&ParticipantBatch {
+            checkpoint: Some(t(500)),
+            quiet: true,
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("after the rewind");
+    assert_eq!(
+        store.load(t(5_000)).await.expect("load").checkpoint,
+        Some(t(500))
+    );
+}
+
 conformance!(
     "participant":
+    a_fork_rewinds_to_a_quiet_point,
     batches_round_trip,
     a_failing_batch_changes_nothing,
     many_rows_in_one_batch,

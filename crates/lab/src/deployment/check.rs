@@ -5,13 +5,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::description::{Backend, Description, NodeView, Role, ServerRole, ZoneName};
+use super::description::{
+    Backend, Description, NodeView, PostgresCluster, Role, ServerRole, ZoneName,
+};
 
 /// Most nodes and replicas a one-machine deployment runs.
 pub const MAX_PARTICIPANTS: usize = 16;
 pub const MAX_REPLICAS: usize = 8;
 const MIN_LEASE_TIMEOUT_MS: u64 = 100;
 const MAX_LEASE_TIMEOUT_MS: u64 = 60_000;
+/// A delay beyond this is no region on this planet; it would only stall the standby.
+const MAX_CROSS_REGION_DELAY_MS: u64 = 500;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DescriptionError {
@@ -76,6 +80,28 @@ pub enum DescriptionError {
     },
     #[error("{key} = 0: port 0 is not a fixed port")]
     PortZero { key: String },
+    #[error(
+        "{key}: sync standby {standby:?} is in zone {zone:?} with primary {primary:?}; a zone \
+         loss would take both, so put it in another zone"
+    )]
+    SyncStandbyInPrimaryZone {
+        key: String,
+        standby: String,
+        primary: String,
+        zone: String,
+    },
+    #[error(
+        "{key}: async standby {standby:?} is in region {region:?} with primary {primary:?}; it \
+         is there for a region loss, so put it in another region (or make it a sync standby)"
+    )]
+    AsyncStandbyInPrimaryRegion {
+        key: String,
+        standby: String,
+        primary: String,
+        region: String,
+    },
+    #[error("cross_region_delay_ms = {value}: at most {max}")]
+    CrossRegionDelay { value: u64, max: u64 },
 }
 
 /// All the problems of one description, one per line.
@@ -155,6 +181,12 @@ pub fn check(description: &Description) -> Result<(), DescriptionErrors> {
             value: lease,
             min: MIN_LEASE_TIMEOUT_MS,
             max: MAX_LEASE_TIMEOUT_MS,
+        });
+    }
+    if description.cross_region_delay_ms > MAX_CROSS_REGION_DELAY_MS {
+        errors.push(DescriptionError::CrossRegionDelay {
+            value: description.cross_region_delay_ms,
+            max: MAX_CROSS_REGION_DELAY_MS,
         });
     }
     if errors.is_empty() {
@@ -307,9 +339,61 @@ fn check_clusters(
             &mut server_names,
             errors,
         );
+        check_standby_placement(description, &key, cluster, errors);
     }
     for node in nodes {
         check_node_cluster(description, node, errors);
+    }
+}
+
+/// A sync standby is for a zone loss, so it must not share the primary's zone; an async
+/// standby is for a region loss, so it must not share the primary's region. (Servers in
+/// unknown zones are reported by `check_placed` already.)
+fn check_standby_placement(
+    description: &Description,
+    key: &str,
+    cluster: &PostgresCluster,
+    errors: &mut Vec<DescriptionError>,
+) {
+    let mut primaries = cluster
+        .servers
+        .iter()
+        .filter(|s| s.role == ServerRole::Primary);
+    let (Some(primary), None) = (primaries.next(), primaries.next()) else {
+        return;
+    };
+    // By position, not name: a region name used twice is reported on its own.
+    let region_index = |zone: &ZoneName| {
+        description
+            .regions
+            .iter()
+            .position(|region| region.zones.contains(zone))
+    };
+    let primary_region = region_index(&primary.zone);
+    for (index, server) in cluster.servers.iter().enumerate() {
+        let key = format!("{key}.servers[{index}]");
+        match server.role {
+            ServerRole::SyncStandby if server.zone == primary.zone => {
+                errors.push(DescriptionError::SyncStandbyInPrimaryZone {
+                    key,
+                    standby: server.name.to_string(),
+                    primary: primary.name.to_string(),
+                    zone: server.zone.to_string(),
+                });
+            }
+            ServerRole::AsyncStandby => match (region_index(&server.zone), primary_region) {
+                (Some(region), Some(primary_region)) if region == primary_region => {
+                    errors.push(DescriptionError::AsyncStandbyInPrimaryRegion {
+                        key,
+                        standby: server.name.to_string(),
+                        primary: primary.name.to_string(),
+                        region: description.regions[region].name.to_string(),
+                    });
+                }
+                _ => {}
+            },
+            _ => {}
+        }
     }
 }
 
@@ -554,6 +638,48 @@ mod tests {
                     .to_owned()
             ),
             "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn a_sync_standby_in_the_primarys_zone_is_refused_naming_both_servers() {
+        let mut description = two_regions();
+        description.postgres_clusters[0].servers[1].zone = "zone-1a".into();
+        assert_eq!(
+            only_error(&description),
+            "postgres_clusters[0].servers[1]: sync standby \"pg-1b\" is in zone \"zone-1a\" \
+             with primary \"pg-1a\"; a zone loss would take both, so put it in another zone"
+        );
+        // The same standby in the other zone of the region is what the preset does.
+        description.postgres_clusters[0].servers[1].zone = "zone-1b".into();
+        assert_eq!(errors(&description), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_async_standby_in_the_primarys_region_is_refused_naming_both_servers() {
+        let mut description = two_regions();
+        // Another zone, but the primary's region: a region loss would take it too. (Region
+        // two is left without a server, which is reported too.)
+        description.postgres_clusters[0].servers[2].zone = "zone-1b".into();
+        let message = errors(&description)[0].clone();
+        assert!(
+            message.starts_with(
+                "postgres_clusters[0].servers[2]: async standby \"pg-2a\" is in region \
+                 \"region-1\" with primary \"pg-1a\""
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_cross_region_delay_beyond_the_bound_is_refused() {
+        let mut description = two_regions();
+        description.cross_region_delay_ms = 0;
+        assert_eq!(errors(&description), Vec::<String>::new(), "0 is allowed");
+        description.cross_region_delay_ms = 501;
+        assert_eq!(
+            only_error(&description),
+            "cross_region_delay_ms = 501: at most 500"
         );
     }
 

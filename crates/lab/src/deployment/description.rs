@@ -140,6 +140,10 @@ pub struct Description {
     /// Lease timeout of the replicated nodes: how long a stuck active keeps its lease.
     #[serde(default = "default_lease_timeout_ms")]
     pub lease_timeout_ms: u64,
+    /// One-way delay the lab puts on every database link between regions (an asynchronous
+    /// standby streaming from a primary in another region), through a delaying proxy.
+    #[serde(default = "default_cross_region_delay_ms")]
+    pub cross_region_delay_ms: u64,
     pub regions: Vec<Region>,
     pub storage: StorageChoice,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -154,6 +158,13 @@ pub const DEFAULT_LEASE_TIMEOUT_MS: u64 = 1_000;
 
 fn default_lease_timeout_ms() -> u64 {
     DEFAULT_LEASE_TIMEOUT_MS
+}
+
+/// A few milliseconds one way: nearby regions (the round trip is twice this).
+pub const DEFAULT_CROSS_REGION_DELAY_MS: u64 = 5;
+
+fn default_cross_region_delay_ms() -> u64 {
+    DEFAULT_CROSS_REGION_DELAY_MS
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -350,6 +361,7 @@ impl Description {
         };
         Description {
             lease_timeout_ms: DEFAULT_LEASE_TIMEOUT_MS,
+            cross_region_delay_ms: DEFAULT_CROSS_REGION_DELAY_MS,
             regions: vec![Region {
                 name: "region-1".into(),
                 zones: zones.clone(),

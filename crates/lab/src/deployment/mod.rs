@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod check;
+pub mod clusters;
 pub mod configs;
 pub mod description;
 
@@ -29,6 +30,7 @@ use meridian_store::StorageConfig;
 use serde::Serialize;
 
 pub use args::{DeploymentArgs, DeploymentCommand};
+pub use clusters::{Databases, ServerView, StandbyReport};
 pub use configs::{MediatorSettings, ParticipantSettings};
 pub use description::{
     Backend, Description, NodePorts, NodeView, Preset, Replica, ReplicaName, Role, Shape, Standby,
@@ -38,7 +40,7 @@ pub use description::{
 use crate::clockshift::ClockShift;
 use crate::launch::{free_addresses, NodeProcess};
 use configs::{Addresses, MemberContext};
-use description::{MEDIATOR_NODE, SEQUENCER_NODE, TOPOLOGY_NODE};
+use description::{MEDIATOR_NODE, TOPOLOGY_NODE};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where in the data directory the description of the running deployment is kept.
@@ -57,11 +59,11 @@ pub struct DeploymentSpec {
     pub data_dir: PathBuf,
     /// What to run and where.
     pub description: Description,
-    /// Admin URL (without a database name) of the PostgreSQL server that holds every node's
-    /// database when the description's backend is PostgreSQL, e.g.
-    /// `postgres://meridian@127.0.0.1:5432`; databases are created if missing. Today one
-    /// server serves every cluster of the description.
-    pub postgres_url: Option<String>,
+    /// The PostgreSQL the nodes keep their state on when the description's backend is
+    /// PostgreSQL: the description's clusters run as real replicated servers
+    /// ([`Self::start_postgres`]), or one server the caller runs ([`Self::use_postgres`]).
+    /// Each node's database is created on the primary if missing.
+    pub databases: Option<Databases>,
     pub mediator: MediatorSettings,
     pub participant: ParticipantSettings,
     /// Start every sequencer instance under the clock-shift shim (`crate::clockshift`) at
@@ -94,6 +96,9 @@ pub struct Deployment {
     /// Each warm sequencer instance's clock shift, in `sequencers`' order, when the spec asked
     /// for shiftable clocks; empty otherwise.
     pub sequencer_clocks: Vec<ClockShift>,
+    /// The PostgreSQL the nodes keep their state on, if they do (the database drills act on
+    /// it).
+    pub databases: Option<Databases>,
 }
 
 /// A replica whose config is written but which does not run.
@@ -183,7 +188,7 @@ impl DeploymentSpec {
             exe: std::env::current_exe().context("locating the meridian binary")?,
             data_dir,
             description,
-            postgres_url: None,
+            databases: None,
             mediator: MediatorSettings::default(),
             participant: ParticipantSettings::default(),
             shiftable_sequencer_clocks: false,
@@ -203,22 +208,25 @@ impl DeploymentSpec {
         )
     }
 
-    /// Starts the throwaway PostgreSQL server a PostgreSQL description needs (unless one is
-    /// set already) and returns it: it stops when dropped, so keep it for as long as the
-    /// deployment runs.
-    pub fn start_postgres(&mut self) -> anyhow::Result<Option<PostgresServer>> {
-        if self.description.storage.backend != Backend::Postgres || self.postgres_url.is_some() {
+    /// Starts the PostgreSQL clusters a PostgreSQL description needs (unless databases are
+    /// set already) as throwaway servers with streaming replication, and returns them: they
+    /// stop when the last clone is dropped, so keep it for as long as the deployment runs.
+    pub fn start_postgres(&mut self) -> anyhow::Result<Option<Databases>> {
+        if self.description.storage.backend != Backend::Postgres || self.databases.is_some() {
             return Ok(None);
         }
-        let server = PostgresServer::start().context("starting a throwaway PostgreSQL")?;
-        self.use_postgres(&server);
-        Ok(Some(server))
+        let delay = Duration::from_millis(self.description.cross_region_delay_ms);
+        let databases = Databases::start(&self.description, delay)
+            .context("starting throwaway PostgreSQL clusters")?;
+        self.databases = Some(databases.clone());
+        Ok(Some(databases))
     }
 
-    /// Every node's database on `server` (the description switches to PostgreSQL).
+    /// Every node's database on `server` (the description switches to PostgreSQL); the
+    /// caller keeps the server running.
     pub fn use_postgres(&mut self, server: &PostgresServer) {
         self.description = self.description.clone().with_backend(Backend::Postgres);
-        self.postgres_url = Some(format!("postgres://meridian@127.0.0.1:{}", server.port()));
+        self.databases = Some(Databases::external(server));
     }
 
     /// The (gRPC, admin) addresses of `replica`: its fixed ports, or free ones.
@@ -233,24 +241,38 @@ impl DeploymentSpec {
         Ok(Addresses { grpc, admin })
     }
 
-    /// Where `node` keeps its state; on PostgreSQL its database is created if missing.
-    async fn storage(&self, node: &str) -> anyhow::Result<StorageConfig> {
-        Ok(match self.description.storage.backend {
-            Backend::Sqlite => StorageConfig::Sqlite {
-                path: self.data_dir.join(node).join(format!("{node}.db")),
-            },
+    /// Where each replica of `node` keeps its state, by position; on PostgreSQL the node's
+    /// database is created on the primary if missing, and each replica lists the servers of
+    /// its own region (see [`clusters`]).
+    async fn storage(&self, node: &NodeView<'_>) -> anyhow::Result<Vec<StorageConfig>> {
+        let name = node.name;
+        match self.description.storage.backend {
+            Backend::Sqlite => Ok(node
+                .replicas
+                .iter()
+                .map(|_| StorageConfig::Sqlite {
+                    path: self.data_dir.join(name).join(format!("{name}.db")),
+                })
+                .collect()),
             Backend::Postgres => {
-                let server_url = self.postgres_url.as_deref().context(
+                let databases = self.databases.as_ref().context(
                     "the deployment keeps its state on PostgreSQL but no server is given",
                 )?;
-                let database = node.replace('-', "_");
-                create_database_if_missing(server_url, &database).await?;
-                StorageConfig::Postgres {
-                    url: format!("{server_url}/{database}"),
-                    max_connections: configs::POSTGRES_POOL_CONNECTIONS,
-                }
+                let cluster = self.description.cluster_of(node).map(|c| &c.name);
+                let database = name.replace('-', "_");
+                create_database_if_missing(&databases.admin_url(cluster)?, &database).await?;
+                node.replicas
+                    .iter()
+                    .map(|replica| {
+                        let region = self.description.region_of(&replica.zone);
+                        Ok(StorageConfig::Postgres {
+                            url: databases.node_url(cluster, region, &database)?,
+                            max_connections: configs::POSTGRES_POOL_CONNECTIONS,
+                        })
+                    })
+                    .collect()
             }
-        })
+        }
     }
 
     /// The `[replication]` table of `replica` of `node`, when the node is replicated.
@@ -372,10 +394,10 @@ impl Starter<'_> {
         node: &NodeView<'_>,
         keys: &Keys,
     ) -> anyhow::Result<(Vec<NodeProcess>, Vec<ClockShift>)> {
-        let storage = self.spec.storage(SEQUENCER_NODE).await?;
+        let storage = self.spec.storage(node).await?;
         let plan = self.spec.plan_node(node, |position, _, at| {
             let index = u32::try_from(position).expect("replicas are bounded by the check");
-            configs::sequencer(at, index, storage.clone(), &keys.owner_public_key)
+            configs::sequencer(at, index, storage[position].clone(), &keys.owner_public_key)
         })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let mut sequencers = Vec::new();
@@ -401,7 +423,7 @@ impl Starter<'_> {
         keys: &Keys,
         sequencer_endpoints: &[String],
     ) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>)> {
-        let storage = self.spec.storage(TOPOLOGY_NODE).await?;
+        let storage = self.spec.storage(node).await?;
         let plan = self.spec.plan_node(node, |position, replica, at| {
             configs::topology_manager(
                 at,
@@ -410,7 +432,7 @@ impl Starter<'_> {
                     sequencer_endpoints,
                     position,
                 )),
-                storage.clone(),
+                storage[position].clone(),
                 self.spec.replication(node, replica, at.grpc),
             )
         })?;
@@ -474,7 +496,7 @@ impl Starter<'_> {
         let mut member = 0;
         let mut plans = Vec::new();
         for node in nodes {
-            let storage = spec.storage(node.name).await?;
+            let storage = spec.storage(node).await?;
             let plan = match node.role {
                 Role::Participant => {
                     let (id, _) = keys
@@ -482,7 +504,7 @@ impl Starter<'_> {
                         .iter()
                         .find(|(id, _)| id.as_str() == node.name)
                         .context("every participant has a key")?;
-                    spec.plan_node(node, |_, replica, at| {
+                    spec.plan_node(node, |position, replica, at| {
                         member += 1;
                         configs::participant(
                             context,
@@ -490,19 +512,19 @@ impl Starter<'_> {
                             id,
                             at,
                             spec.participant,
-                            storage.clone(),
+                            storage[position].clone(),
                             spec.replication(node, replica, at.grpc),
                         )
                     })?
                 }
-                _ => spec.plan_node(node, |_, replica, at| {
+                _ => spec.plan_node(node, |position, replica, at| {
                     member += 1;
                     configs::mediator(
                         context,
                         member,
                         at.admin,
                         spec.mediator,
-                        storage.clone(),
+                        storage[position].clone(),
                         spec.replication(node, replica, at.admin),
                     )
                 })?,
@@ -634,6 +656,7 @@ impl Deployment {
             participant_ids: keys.participants.into_iter().map(|(id, _)| id).collect(),
             cold: starter.cold,
             sequencer_clocks,
+            databases: spec.databases.clone(),
         })
     }
 

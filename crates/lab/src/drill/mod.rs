@@ -468,6 +468,9 @@ fn print_table(report: &DrillReport) {
             fault.failed_requests,
             fault.retried_requests
         );
+        if let Some(promotion) = &fault.promotion {
+            println!("      {}", promotion_line(promotion));
+        }
         if let Some(problem) = &fault.problem {
             println!("      problem: {problem}");
         }
@@ -503,6 +506,19 @@ fn print_table(report: &DrillReport) {
     );
 }
 
+/// The promoter's share of a database failover apart from Meridian's.
+fn promotion_line(promotion: &crate::promotion::PromotionReport) -> String {
+    format!(
+        "promoted {}: promoter {} ms (kill {:.0} ms + detection delay {:.0} ms + pg_ctl promote {} ms), then Meridian {} ms to its first commit",
+        promotion.promoted,
+        fmt_ms(promotion.promoter_ms),
+        promotion.kill_ms,
+        promotion.detection_delay_ms,
+        fmt_ms(promotion.promote_command_ms),
+        fmt_ms(promotion.meridian_ms)
+    )
+}
+
 fn print_scenarios(scenarios: &[ScenarioSummary]) {
     println!(
         "\n  {:<19} {:>6} {:>11} {:>11} {:>11} {:>4} {:>7} {:>8}",
@@ -527,6 +543,13 @@ fn print_scenarios(scenarios: &[ScenarioSummary]) {
             scenario.failed_requests,
             scenario.problems
         );
+        if let (Some([promoter_p50, promoter_max]), Some([meridian_p50, meridian_max])) =
+            (scenario.promoter_ms_p50_max, scenario.meridian_ms_p50_max)
+        {
+            println!(
+                "      promoter p50 {promoter_p50:.0} ms, max {promoter_max:.0} ms; Meridian after the promotion p50 {meridian_p50:.0} ms, max {meridian_max:.0} ms"
+            );
+        }
     }
 }
 
@@ -596,7 +619,16 @@ fn chart(report: &DrillReport) -> svg::TimelineChart {
             .faults
             .iter()
             .map(|fault| svg::FaultMark {
-                label: format!("{}: {}", fault.scenario.name(), fault.action),
+                label: match &fault.promotion {
+                    Some(p) => format!(
+                        "{}: {} (promoted {} at +{} ms)",
+                        fault.scenario.name(),
+                        fault.action,
+                        p.promoted,
+                        fmt_ms(p.promoter_ms)
+                    ),
+                    None => format!("{}: {}", fault.scenario.name(), fault.action),
+                },
                 injected_at_ms: fault.injected_at_ms,
                 detected_at_ms: ms(fault.detection_ms, fault),
                 recovered_at_ms: ms(fault.rto_first_success_ms, fault),

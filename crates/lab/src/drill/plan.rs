@@ -11,8 +11,9 @@ use anyhow::bail;
 use clap::builder::PossibleValue;
 use clap::ValueEnum;
 
+use crate::deployment::description::ServerRole;
 use crate::deployment::{Backend, Description};
-use crate::fault::{Fault, PlannedFault, Redundancy};
+use crate::fault::{Fault, PlannedFault, Redundancy, Unsupported};
 
 /// Participants the workload needs: bank, alice and bob.
 const WORKLOAD_PARTICIPANTS: usize = 3;
@@ -62,6 +63,8 @@ pub struct PlanView {
     pub warm_replicas: usize,
     pub warm_sequencers: usize,
     pub backend: Backend,
+    /// Whether the (only) PostgreSQL cluster has a synchronous standby to promote.
+    pub sync_standby: bool,
 }
 
 impl PlanView {
@@ -71,6 +74,11 @@ impl PlanView {
             warm_replicas: description.min_warm_replicas(),
             warm_sequencers: description.warm_sequencers(),
             backend: description.storage.backend,
+            sync_standby: description.postgres_clusters.len() == 1
+                && description.postgres_clusters[0]
+                    .servers
+                    .iter()
+                    .any(|s| s.role == ServerRole::SyncStandby),
         }
     }
 }
@@ -101,7 +109,16 @@ pub fn plan(
     let mut planned = Vec::new();
     let mut skipped = Vec::new();
     for fault in faults {
-        if let Some(unsupported) = fault.unsupported_on(deployment.backend) {
+        let unsupported = fault.unsupported_on(deployment.backend).or_else(|| {
+            (fault.needs_sync_standby() && !deployment.sync_standby).then(|| Unsupported {
+                reason: "the deployment has no PostgreSQL cluster with a synchronous standby to promote (try --preset two-regions)",
+                refusal: format!(
+                    "{}: the deployment has no PostgreSQL cluster with a synchronous standby to promote (try --preset two-regions)",
+                    fault.name()
+                ),
+            })
+        });
+        if let Some(unsupported) = unsupported {
             if scenario == Scenario::All {
                 skipped.push(format!("{}: {}", fault.name(), unsupported.reason));
                 continue;
@@ -161,12 +178,32 @@ mod tests {
         assert_eq!(faults.len(), 6);
         assert!(skipped[0].contains("participant-freeze"), "{skipped:?}");
         assert!(skipped[1].contains("database-restart"), "{skipped:?}");
-        let postgres = PlanView {
-            backend: Backend::Postgres,
-            ..view(Preset::Replicated)
-        };
+        assert!(
+            skipped[2].starts_with("database-failover: SQLite"),
+            "{skipped:?}"
+        );
+        assert!(skipped[3].starts_with("zone-loss: SQLite"), "{skipped:?}");
+        // On one PostgreSQL server there is no standby to promote.
+        let postgres =
+            PlanView::of(&Description::preset(Preset::Replicated).with_backend(Backend::Postgres));
         let (faults, skipped) = plan(Scenario::All, None, &postgres).expect("plan");
         assert_eq!(faults.len(), 8);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped[0].contains("no PostgreSQL cluster with a synchronous standby"),
+            "{skipped:?}"
+        );
+        let error = plan(Scenario::One(Fault::DatabaseFailover), None, &postgres)
+            .expect_err("nothing to promote");
+        assert!(
+            error
+                .to_string()
+                .starts_with("database-failover: the deployment has no"),
+            "{error}"
+        );
+        // The two-region preset runs them all.
+        let (faults, skipped) = plan(Scenario::All, None, &view(Preset::TwoRegions)).expect("plan");
+        assert_eq!(faults.len(), 10, "{skipped:?}");
         assert!(skipped.is_empty());
     }
 

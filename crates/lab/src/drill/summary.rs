@@ -21,6 +21,21 @@ pub struct ScenarioSummary {
     pub rpo_transactions: usize,
     /// Trials that did not recover or could not undo the fault.
     pub problems: usize,
+    /// For database failovers: the promoter's share (fault to the new primary accepting
+    /// writes) and Meridian's (from then to the first commit), p50 and max over the trials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promoter_ms_p50_max: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meridian_ms_p50_max: Option<[f64; 2]>,
+}
+
+/// p50 and max of `values`, `None` when there are none.
+fn p50_max(values: Vec<f64>) -> Option<[f64; 2]> {
+    if values.is_empty() {
+        return None;
+    }
+    let [p50, max] = quantiles(values, [0.5, 1.0]);
+    Some([p50, max])
 }
 
 /// Each scenario of `faults`, in the order it first ran.
@@ -50,6 +65,18 @@ pub fn by_scenario(faults: &[FaultReport]) -> Vec<ScenarioSummary> {
                 failed_requests: trials.iter().map(|f| f.failed_requests).sum(),
                 rpo_transactions: trials.iter().map(|f| f.rpo_transactions).sum(),
                 problems: trials.iter().filter(|f| f.problem.is_some()).count(),
+                promoter_ms_p50_max: p50_max(
+                    trials
+                        .iter()
+                        .filter_map(|f| f.promotion.as_ref()?.promoter_ms)
+                        .collect(),
+                ),
+                meridian_ms_p50_max: p50_max(
+                    trials
+                        .iter()
+                        .filter_map(|f| f.promotion.as_ref()?.meridian_ms)
+                        .collect(),
+                ),
             }
         })
         .collect()
@@ -77,6 +104,7 @@ mod tests {
             throughput_before_tx_per_s: 0.0,
             throughput_per_100ms: Vec::new(),
             resumed_replica_passive: None,
+            promotion: None,
             problem: rto_ms.is_none().then(|| "not recovered".to_owned()),
         }
     }

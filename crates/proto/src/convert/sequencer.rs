@@ -1,6 +1,6 @@
 //! The sequencer API's submissions and sequenced events, to and from their wire messages.
 
-use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
+use meridian_core::sequencing::{Envelope, ForkError, SequencedEvent, Submission};
 use meridian_core::{MessageId, Timestamp};
 
 use super::{id, member_id, WireError};
@@ -49,6 +49,36 @@ pub fn submission_to_wire(submission: Submission) -> v1::SubmissionRequest {
             .collect(),
         max_sequencing_time_us: submission.max_sequencing_time.as_micros(),
     }
+}
+
+/// The fork a sequencer reports in the `details` of Subscribe's FAILED_PRECONDITION answer
+/// ([`v1::ForkDetails`]), or `None` when the details are not that message.
+pub fn fork_from_status_details(details: &[u8]) -> Option<ForkError> {
+    use prost::Message;
+    if details.is_empty() {
+        return None;
+    }
+    let wire = v1::ForkDetails::decode(details).ok()?;
+    Some(ForkError::UnknownLastEvent {
+        last_processed: Timestamp::from_micros(wire.last_processed_us),
+        last_shared: wire.last_shared_us.map(Timestamp::from_micros),
+        sequencer_latest: wire.sequencer_latest_us.map(Timestamp::from_micros),
+    })
+}
+
+/// The `details` of Subscribe's FAILED_PRECONDITION answer for a fork.
+pub fn fork_to_status_details(
+    last_processed: Timestamp,
+    last_shared: Option<Timestamp>,
+    sequencer_latest: Option<Timestamp>,
+) -> Vec<u8> {
+    use prost::Message;
+    v1::ForkDetails {
+        last_processed_us: last_processed.as_micros(),
+        last_shared_us: last_shared.map(Timestamp::as_micros),
+        sequencer_latest_us: sequencer_latest.map(Timestamp::as_micros),
+    }
+    .encode_to_vec()
 }
 
 pub fn event_from_wire(wire: v1::SequencedEvent) -> Result<SequencedEvent, WireError> {

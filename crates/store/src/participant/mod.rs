@@ -12,6 +12,11 @@
 //! - `dedup`: command deduplication by change key: an in-flight marker, written *before* the
 //!   submission is sent, or the committed outcome with its expiry.
 //! - `pending`: requests validated but not yet decided, as opaque JSON records of the engine.
+//! - `quiet_points`: recent batch boundaries with no request pending (checkpoint, ledger end):
+//!   where a fork repair can rewind to, since the state there is exactly the rows up to that
+//!   ledger end (pruned to [`QUIET_POINT_RETENTION`] of sequencer time).
+//! - `fork`: the fork this participant detected, if any (at most one row), which the repair
+//!   ([`ParticipantStore::rewind`]) requires.
 //!
 //! Invariant the participant relies on: everything one batch of sequencer events changes,
 //! including the checkpoint, is written by one [`ParticipantStore::apply`] call, in one
@@ -55,6 +60,8 @@ pub struct TransactionRecord {
     pub transaction_id: TransactionId,
     /// The request's sequencing timestamp, which is also the record time.
     pub request_id: Timestamp,
+    /// The timestamp of the verdict that committed it: a fork before it loses the commit.
+    pub committed_at: Timestamp,
     /// Set when this participant submitted it.
     pub user_id: Option<UserId>,
     pub command_id: Option<CommandId>,
@@ -127,12 +134,51 @@ pub struct ParticipantBatch {
     pub dedup_deletes: Vec<String>,
     pub pending_upserts: Vec<PendingRecord>,
     pub pending_deletes: Vec<Timestamp>,
+    /// No request awaits its verdict after this batch: with a checkpoint, the batch boundary
+    /// is recorded as a quiet point.
+    pub quiet: bool,
 }
 
 impl ParticipantBatch {
     pub fn is_empty(&self) -> bool {
         *self == ParticipantBatch::default()
     }
+}
+
+/// How far back (sequencer time) quiet points are kept: a fork repair rewinds to one at or
+/// before the fork point, and an asynchronous standby loses far less than this.
+pub const QUIET_POINT_RETENTION_US: u64 = 3_600_000_000;
+
+/// A batch boundary with no request awaiting its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietPoint {
+    pub checkpoint: Timestamp,
+    pub ledger_end: LedgerOffset,
+}
+
+/// The fork a participant detected, as recorded for the operator's repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkRecord {
+    pub last_processed: Option<Timestamp>,
+    /// The last event both histories share: `Some(None)` for none at all, `None` if unknown.
+    pub fork_point: Option<Option<Timestamp>>,
+    pub detected_at: Timestamp,
+    pub reason: String,
+}
+
+/// What a rewind changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RewindOutcome {
+    pub transactions_removed: u64,
+    pub completions_removed: u64,
+    pub contracts_removed: u64,
+    pub contracts_reactivated: u64,
+    /// Own submissions whose request the shared history holds: back to in flight, so that the
+    /// replay completes them as the new history decides.
+    pub submissions_reopened: u64,
+    /// Own submissions whose request the new history lacks: their change ids are free again.
+    pub submissions_forgotten: u64,
+    pub pending_removed: u64,
 }
 
 /// What a participant reloads at start-up.
@@ -197,4 +243,36 @@ pub trait ParticipantStore: Send + Sync + 'static {
 
     /// The ledger end as stored.
     async fn ledger_end(&self) -> Result<LedgerOffset, StoreError>;
+
+    /// Records the detected fork (replacing an earlier record).
+    async fn record_fork(&self, fork: &ForkRecord) -> Result<(), StoreError>;
+
+    /// The recorded fork, if any.
+    async fn fork(&self) -> Result<Option<ForkRecord>, StoreError>;
+
+    /// Up to `limit` transactions committed by a verdict after `after` (every one for `None`),
+    /// in offset order: what a fork at `after` loses.
+    async fn transactions_committed_after(
+        &self,
+        after: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<TransactionRecord>, StoreError>;
+
+    /// The latest quiet point at or before `at`.
+    async fn quiet_point_at_or_before(
+        &self,
+        at: Timestamp,
+    ) -> Result<Option<QuietPoint>, StoreError>;
+
+    /// The fork repair, in one transaction: rewinds the state to `to` (a quiet point at or
+    /// before the fork point `fork_point`) — contracts, transactions, completions after its
+    /// ledger end undone, nothing pending, the checkpoint back at it — reopens the own
+    /// submissions committed since whose request the shared history holds (`request ≤
+    /// fork_point`) and forgets the others, and deletes the fork record. Only for a stopped
+    /// node: it is not fenced.
+    async fn rewind(
+        &self,
+        to: QuietPoint,
+        fork_point: Option<Timestamp>,
+    ) -> Result<RewindOutcome, StoreError>;
 }

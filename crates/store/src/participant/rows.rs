@@ -26,6 +26,7 @@ pub(crate) type TransactionRow = (
     Option<String>,
     String,
     String,
+    Option<i64>,
 );
 pub(crate) type CompletionRow = (
     i64,
@@ -132,12 +133,14 @@ pub(crate) fn transaction_row(record: &TransactionRecord) -> Result<TransactionR
         record.command_id.as_ref().map(ToString::to_string),
         to_json(&record.informees, T)?,
         to_json(&record.transaction, T)?,
+        Some(record.committed_at.as_i64()),
     ))
 }
 
 pub(crate) fn transaction_record(row: TransactionRow) -> Result<TransactionRecord, StoreError> {
     const T: &str = "participant_transactions";
-    let (offset_value, transaction_id, request_id, user_id, command_id, informees, tree) = row;
+    let (offset_value, transaction_id, request_id, user_id, command_id, informees, tree, committed) =
+        row;
     let what = format!("transaction at offset {offset_value}");
     let informees: BTreeSet<PartyId> = from_json(&informees, T, &what)?;
     let transaction: Transaction = from_json(&tree, T, &what)?;
@@ -145,6 +148,8 @@ pub(crate) fn transaction_record(row: TransactionRow) -> Result<TransactionRecor
         offset: offset(offset_value, T)?,
         transaction_id: id(TransactionId::new(transaction_id), T, &what)?,
         request_id: Timestamp::from_i64(request_id),
+        // Rows from before the column: the request time is the closest known bound.
+        committed_at: Timestamp::from_i64(committed.unwrap_or(request_id)),
         user_id: user_id.map(|u| id(UserId::new(u), T, &what)).transpose()?,
         command_id: command_id
             .map(|c| id(CommandId::new(c), T, &what))

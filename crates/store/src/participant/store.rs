@@ -15,8 +15,9 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::rows::{self, ContractRow, DedupRow, TransactionRow};
 use super::{
-    CompletionRecord, DedupRecord, ParticipantBatch, ParticipantSnapshot, ParticipantStore,
-    PendingRecord, StoredContract, TransactionRecord,
+    CompletionRecord, DedupRecord, ForkRecord, ParticipantBatch, ParticipantSnapshot,
+    ParticipantStore, PendingRecord, QuietPoint, RewindOutcome, StoredContract, TransactionRecord,
+    QUIET_POINT_RETENTION_US,
 };
 use crate::fencing::FencedConnection;
 use crate::pool::{self, on_backend, InsertChunked, PoolSettings, PostgresLayout, StorePool};
@@ -64,7 +65,7 @@ impl SqlParticipantStore {
 const CONTRACT_COLUMNS: &str =
     "contract_id, template, payload, signatories, observers, created_offset, archived_offset";
 const TRANSACTION_COLUMNS: &str =
-    "ledger_offset, transaction_id, request_id, user_id, command_id, informees, tree";
+    "ledger_offset, transaction_id, request_id, user_id, command_id, informees, tree, committed_at";
 const COMPLETION_COLUMNS: &str = "ledger_offset, user_id, command_id, act_as, submission_id, \
      status_code, message, transaction_id, record_time";
 const DEDUP_COLUMNS: &str = "change_key, user_id, command_id, act_as, submission_id, state, \
@@ -135,7 +136,8 @@ macro_rules! insert_rows {
                         .push_bind(t.3.clone())
                         .push_bind(t.4.clone())
                         .push_bind(t.5.clone())
-                        .push_bind(t.6.clone());
+                        .push_bind(t.6.clone())
+                        .push_bind(t.7);
 }, "").await
             }
 
@@ -270,6 +272,25 @@ impl ParticipantStore for SqlParticipantStore {
                 .bind(end)
                 .execute(&mut *tx)
                 .await?;
+            }
+            if let (true, Some(checkpoint)) = (batch.quiet, batch.checkpoint) {
+                // The ledger end just written is the one at this boundary.
+                sqlx::query(
+                    "INSERT INTO participant_quiet_points (checkpoint, ledger_end) \
+                     SELECT $1, ledger_end FROM participant_state WHERE id = 1 \
+                     ON CONFLICT (checkpoint) DO NOTHING",
+                )
+                .bind(checkpoint.as_i64())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM participant_quiet_points WHERE checkpoint < $1")
+                    .bind(
+                        checkpoint
+                            .as_i64()
+                            .saturating_sub(QUIET_POINT_RETENTION_US as i64),
+                    )
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });
@@ -439,6 +460,163 @@ impl ParticipantStore for SqlParticipantStore {
         self.pool
             .fenced_execute(&self.fence, prune, expired_before.as_i64())
             .await
+    }
+
+    async fn record_fork(&self, fork: &ForkRecord) -> Result<(), StoreError> {
+        let (known, point) = match fork.fork_point {
+            Some(point) => (1_i32, point.map(Timestamp::as_i64)),
+            None => (0_i32, None),
+        };
+        on_backend!(&self.pool, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            tx.check_fence(&self.fence).await?;
+            sqlx::query(
+                "INSERT INTO participant_fork \
+                 (id, last_processed, fork_point, fork_point_known, detected_at, reason) \
+                 VALUES (1, $1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO UPDATE SET last_processed = excluded.last_processed, \
+                 fork_point = excluded.fork_point, fork_point_known = excluded.fork_point_known, \
+                 detected_at = excluded.detected_at, reason = excluded.reason",
+            )
+            .bind(fork.last_processed.map(Timestamp::as_i64))
+            .bind(point)
+            .bind(known)
+            .bind(fork.detected_at.as_i64())
+            .bind(&fork.reason)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn fork(&self) -> Result<Option<ForkRecord>, StoreError> {
+        type Row = (Option<i64>, Option<i64>, i32, i64, String);
+        let row: Option<Row> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(
+                "SELECT last_processed, fork_point, fork_point_known, detected_at, reason \
+                 FROM participant_fork WHERE id = 1",
+            )
+            .fetch_optional(readers)
+            .await?
+        });
+        Ok(
+            row.map(|(last, point, known, detected_at, reason)| ForkRecord {
+                last_processed: last.map(Timestamp::from_i64),
+                fork_point: (known != 0).then(|| point.map(Timestamp::from_i64)),
+                detected_at: Timestamp::from_i64(detected_at),
+                reason,
+            }),
+        )
+    }
+
+    async fn transactions_committed_after(
+        &self,
+        after: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<TransactionRecord>, StoreError> {
+        let select = format!(
+            "SELECT {TRANSACTION_COLUMNS} FROM participant_transactions \
+             WHERE coalesce(committed_at, request_id) > $1 ORDER BY ledger_offset LIMIT $2"
+        );
+        let rows: Vec<TransactionRow> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(&select)
+                .bind(after.map_or(-1, Timestamp::as_i64))
+                .bind(i64::from(limit))
+                .fetch_all(readers)
+                .await?
+        });
+        rows.into_iter().map(rows::transaction_record).collect()
+    }
+
+    async fn quiet_point_at_or_before(
+        &self,
+        at: Timestamp,
+    ) -> Result<Option<QuietPoint>, StoreError> {
+        let row: Option<(i64, i64)> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(
+                "SELECT checkpoint, ledger_end FROM participant_quiet_points \
+                 WHERE checkpoint <= $1 ORDER BY checkpoint DESC LIMIT 1",
+            )
+            .bind(at.as_i64())
+            .fetch_optional(readers)
+            .await?
+        });
+        row.map(|(checkpoint, end)| {
+            Ok(QuietPoint {
+                checkpoint: Timestamp::from_i64(checkpoint),
+                ledger_end: rows::offset(end, "participant_quiet_points")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn rewind(
+        &self,
+        to: QuietPoint,
+        fork_point: Option<Timestamp>,
+    ) -> Result<RewindOutcome, StoreError> {
+        let end = rows::offset_column(to.ledger_end)?;
+        let fork_point = fork_point.map_or(-1, Timestamp::as_i64);
+        let mut outcome = RewindOutcome::default();
+        // One statement of the rewind: its binds in order, the rows it changed.
+        macro_rules! run {
+            ($tx:ident, $sql:expr $(, $bind:expr)*) => {
+                sqlx::query($sql)$(.bind($bind))*.execute(&mut *$tx).await?.rows_affected()
+            };
+        }
+        on_backend!(&self.pool, |writer, _, dialect| {
+            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            outcome.contracts_removed = run!(
+                tx,
+                "DELETE FROM participant_contracts WHERE created_offset > $1",
+                end
+            );
+            outcome.contracts_reactivated = run!(tx, "UPDATE participant_contracts SET archived_offset = NULL WHERE archived_offset > $1", end);
+            // Own commands committed after the quiet point: a request the new history lacks
+            // can never complete, so its change id is freed for the resubmission; one it
+            // holds is in flight again, and the replay decides it as the new history does.
+            outcome.submissions_forgotten = run!(
+                tx,
+                "DELETE FROM participant_dedup WHERE ledger_offset > $1 AND transaction_id IN \
+                 (SELECT transaction_id FROM participant_transactions \
+                  WHERE ledger_offset > $1 AND request_id > $2)",
+                end,
+                fork_point
+            );
+            outcome.submissions_reopened = run!(
+                tx,
+                "UPDATE participant_dedup SET state = 'in_flight', transaction_id = NULL, \
+                 ledger_offset = NULL, expires_at = NULL WHERE ledger_offset > $1",
+                end
+            );
+            outcome.transactions_removed = run!(
+                tx,
+                "DELETE FROM participant_transactions WHERE ledger_offset > $1",
+                end
+            );
+            outcome.completions_removed = run!(
+                tx,
+                "DELETE FROM participant_completions WHERE ledger_offset > $1",
+                end
+            );
+            // Nothing was pending at the quiet point: whatever is, was validated after it.
+            outcome.pending_removed = run!(tx, "DELETE FROM participant_pending");
+            run!(
+                tx,
+                "UPDATE participant_state SET checkpoint = $1, ledger_end = $2 WHERE id = 1",
+                to.checkpoint.as_i64(),
+                end
+            );
+            run!(
+                tx,
+                "DELETE FROM participant_quiet_points WHERE checkpoint > $1",
+                to.checkpoint.as_i64()
+            );
+            run!(tx, "DELETE FROM participant_fork");
+            tx.commit().await?;
+        });
+        Ok(outcome)
     }
 
     async fn ledger_end(&self) -> Result<LedgerOffset, StoreError> {

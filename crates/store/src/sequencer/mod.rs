@@ -122,6 +122,13 @@ pub struct InstanceState {
     pub incarnation: Incarnation,
 }
 
+/// The answer of [`SequencerStore::member_history_at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberHistoryAt {
+    pub at_or_before: Option<Timestamp>,
+    pub latest: Option<Timestamp>,
+}
+
 /// One event of a member's stream, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -233,6 +240,15 @@ pub trait SequencerStore: Send + Sync + 'static {
         up_to: Timestamp,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Where `at` lies in `member`'s history: the member's latest event at or before `at` (so
+    /// `at` is one of its events iff that equals `at`) and its latest event of all. Asked when
+    /// a member resumes after `at`, to tell a lost event (a fork) from a known one.
+    async fn member_history_at(
+        &self,
+        member: MemberSeq,
+        at: Timestamp,
+    ) -> Result<MemberHistoryAt, StoreError>;
 
     /// Records the member's acknowledgement; never moves backwards. Unknown members are ignored.
     async fn acknowledge(&self, member: MemberSeq, timestamp: Timestamp) -> Result<(), StoreError>;

@@ -32,7 +32,8 @@ use sqlx::{PgConnection, SqliteConnection};
 use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
 use super::{
     postgres, sqlite, BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState,
-    MemberRecord, MemberSeq, NewEvent, ReferenceTime, SequencerStore, StoredEvent, WriteResult,
+    MemberHistoryAt, MemberRecord, MemberSeq, NewEvent, ReferenceTime, SequencerStore, StoredEvent,
+    WriteResult,
 };
 use crate::pool::{self, on_backend, on_postgres, PoolSettings, PostgresLayout, StorePool};
 use crate::{StorageConfig, StoreError};
@@ -408,6 +409,29 @@ impl SequencerStore for SqlSequencerStore {
             .await?
         });
         rows.into_iter().map(common::stored_event).collect()
+    }
+
+    async fn member_history_at(
+        &self,
+        member: MemberSeq,
+        at: Timestamp,
+    ) -> Result<MemberHistoryAt, StoreError> {
+        // Both are descending scans of the (member, ts) primary key, one row each.
+        let (at_or_before, latest): (Option<i64>, Option<i64>) =
+            on_backend!(&self.pool, |_, readers, _| {
+                sqlx::query_as(
+                    "SELECT (SELECT max(ts) FROM event_recipients WHERE member = $1 AND ts <= $2), \
+                            (SELECT max(ts) FROM event_recipients WHERE member = $1)",
+                )
+                .bind(member.0)
+                .bind(at.as_i64())
+                .fetch_one(readers)
+                .await?
+            });
+        Ok(MemberHistoryAt {
+            at_or_before: at_or_before.map(Timestamp::from_i64),
+            latest: latest.map(Timestamp::from_i64),
+        })
     }
 
     async fn acknowledge(&self, member: MemberSeq, timestamp: Timestamp) -> Result<(), StoreError> {

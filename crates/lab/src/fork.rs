@@ -1,0 +1,155 @@
+//! `meridian admin fork-report NODE` and `meridian admin fork-repair PARTICIPANT`: what an
+//! operator runs after a region loss left a member on a fork (docs/operations.md, "Fork after
+//! a region loss"). The report reads the `fork` object of each replica's `/status`; the repair
+//! works on the participant's database directly, and only while every replica is stopped.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::admin::{get_status, http, replicas, ForkRepairArgs, ForkReportArgs};
+
+/// How long a replica's admin port is given to accept a connection before it counts as
+/// stopped.
+const ALIVE_PROBE: Duration = Duration::from_millis(500);
+
+pub async fn report(args: &ForkReportArgs) -> anyhow::Result<()> {
+    let replicas = replicas(&args.data_dir, &args.node)?;
+    let client = http()?;
+    let mut answered = 0;
+    for replica in &replicas {
+        let Some(status) = get_status(client, replica).await else {
+            continue;
+        };
+        answered += 1;
+        let fork = status.get("fork").cloned().unwrap_or(Value::Null);
+        if fork.is_null() {
+            continue;
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&fork)?);
+        } else {
+            print!("{}", describe(&replica.name, &fork));
+        }
+        return Ok(());
+    }
+    if answered == 0 {
+        bail!(
+            "no replica of {} answered /status (is it running? a stopped participant's fork is \
+             listed by fork-repair, which saves it to a file)",
+            args.node
+        );
+    }
+    println!("{}: no fork detected", args.node);
+    Ok(())
+}
+
+/// The fork as text: the alarm, then one line per lost transaction.
+fn describe(replica: &str, fork: &Value) -> String {
+    let mut out = format!(
+        "{replica}: FORK\n  {}\n  last processed event: {}\n  last shared event:    {}\n",
+        fork["reason"].as_str().unwrap_or("?"),
+        fork["last_processed_us"],
+        fork["last_shared_event_us"],
+    );
+    match fork.get("lost_transactions").and_then(Value::as_array) {
+        Some(lost) => {
+            out.push_str(&format!(
+                "  {} committed transaction(s) the sequencer's history lacks{}:\n",
+                lost.len(),
+                if fork["lost_list_complete"] == Value::Bool(false) {
+                    " (list truncated)"
+                } else {
+                    ""
+                }
+            ));
+            out.push_str("  offset  transaction_id                        command_id\n");
+            for tx in lost {
+                out.push_str(&format!(
+                    "  {:<7} {:<37} {}\n",
+                    tx["offset"],
+                    tx["transaction_id"].as_str().unwrap_or("?"),
+                    tx["command_id"].as_str().unwrap_or("-"),
+                ));
+            }
+        }
+        None if fork.get("lost_error").is_some() => {
+            out.push_str(&format!(
+                "  lost transactions unknown: {}\n",
+                fork["lost_error"]
+            ));
+        }
+        None => {}
+    }
+    out
+}
+
+pub async fn repair(args: &ForkRepairArgs) -> anyhow::Result<()> {
+    let replicas = replicas(&args.data_dir, &args.node)?;
+    let Some(first) = replicas.first() else {
+        bail!(
+            "no replica config of {} under {}",
+            args.node,
+            args.data_dir.display()
+        );
+    };
+    // The rewind is not fenced: a running replica would write on top of it.
+    for replica in &replicas {
+        if alive(&replica.admin_address).await {
+            bail!(
+                "replica {} of {} is running (its admin endpoint {} accepts connections); stop \
+                 every replica of the participant first; nothing was changed",
+                replica.name,
+                args.node,
+                replica.admin_address
+            );
+        }
+    }
+    let config_path = args
+        .data_dir
+        .join(&args.node)
+        .join(format!("{}.toml", first.name));
+    let config = meridian_participant::ParticipantConfig::load(&config_path)
+        .with_context(|| format!("loading {}", config_path.display()))?;
+    let store = meridian_store::open_participant_store(&config.storage)
+        .await
+        .context("opening the participant's database")?;
+    let report = meridian_participant::fork::repair(store.as_ref(), &args.save).await?;
+    println!(
+        "{}: rewound to event {}us (ledger end {}), the last quiet point at or before the fork \
+         point {}us",
+        args.node,
+        report.rewound_to_us,
+        report.rewound_to_ledger_end,
+        report.fork_point_us.unwrap_or_default()
+    );
+    println!(
+        "{} lost transaction(s) saved to {}:",
+        report.lost_transactions.len(),
+        args.save.display()
+    );
+    for tx in &report.lost_transactions {
+        println!(
+            "  offset {:<6} {}  command {}",
+            tx.offset,
+            tx.transaction_id,
+            tx.command_id.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(outcome) = &report.outcome {
+        println!("changed: {}", serde_json::to_string(outcome)?);
+    }
+    println!(
+        "start the participant: it replays the sequencer's history from there; applications \
+         resubmit the listed commands of theirs (deduplication keeps that safe)"
+    );
+    Ok(())
+}
+
+async fn alive(address: &str) -> bool {
+    matches!(
+        tokio::time::timeout(ALIVE_PROBE, tokio::net::TcpStream::connect(address)).await,
+        Ok(Ok(_))
+    )
+}
