@@ -3,6 +3,8 @@
 
 pub mod failover;
 pub mod ledger;
+pub mod pgbench;
+pub mod replication;
 pub mod sequencer;
 
 use clap::Subcommand;
@@ -15,6 +17,9 @@ pub enum BenchCommand {
     Ledger(ledger::LedgerBenchArgs),
     /// Kill -9 the active replica of a node under load, N times: RTO, failed requests, audit.
     Failover(failover::FailoverBenchArgs),
+    /// The distribution's pgbench (one-row INSERTs) on the same replicated clusters as
+    /// `bench ledger --replication`: what PostgreSQL itself shows.
+    Pgbench(pgbench::PgbenchArgs),
 }
 
 pub async fn run(
@@ -25,5 +30,6 @@ pub async fn run(
         BenchCommand::Sequencer(args) => sequencer::run(args).await,
         BenchCommand::Ledger(args) => ledger::run(args, shutdown).await,
         BenchCommand::Failover(args) => failover::run(args, shutdown).await,
+        BenchCommand::Pgbench(args) => pgbench::run(args).await,
     }
 }
