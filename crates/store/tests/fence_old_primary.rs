@@ -224,8 +224,7 @@ async fn an_old_primary_back_as_a_primary_gets_no_write() {
     let lease_error = lease
         .try_acquire("m", "http://m", Duration::from_secs(5), Timestamp::now())
         .await
-        .err()
-        .expect("the lease refuses the old primary");
+        .expect_err("the lease refuses the old primary");
     assert!(
         lease_error.is_transient(),
         "the lease waits for a writer: {lease_error:?}"
