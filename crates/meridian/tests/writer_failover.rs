@@ -25,7 +25,7 @@ use meridian_store::StorageConfig;
 use meridian_testkit::failover::{
     copy_database, drop_database, set_read_only, wait_for_writes_to_end,
 };
-use meridian_testkit::PostgresServer;
+use meridian_testkit::{ApplicationName, PostgresServer, SyncState, SynchronousStandbys};
 
 mod common;
 use common::{SendLoad, EXE};
@@ -291,6 +291,128 @@ async fn a_sequencer_follows_the_writer_without_a_restart() {
     assert_eq!(on_first, acked.len());
     assert!(on_second < on_first);
     assert!(sequencer.is_running());
+}
+
+/// What `server`'s copy of the sequencer database holds: the events' count and a digest of
+/// the instance rows (any heartbeat changes the watermark) and the members.
+fn database_state(server: &PostgresServer) -> String {
+    server
+        .psql(
+            DATABASE,
+            "SELECT (SELECT count(*) FROM events) || ' ' || \
+                    (SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM sequencer_instances t) || ' ' || \
+                    (SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM members t)",
+        )
+        .unwrap()
+}
+
+/// No second writer (issue 10, item 4), as a process: a sequencer on primary A and its
+/// synchronous standby B (URL A,B) under a send load; kill -9 of A, `pg_ctl promote` of B,
+/// sends go on; A is started again as a primary on its old data directory (timeline 1). The
+/// sequencer, losing its connections to B, searches again and stays on B; once B is gone too
+/// it is not ready, saying why A is refused; A's database never changes after the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequencer_never_writes_on_an_old_primary_back_as_a_primary() {
+    let a = PostgresServer::start().unwrap();
+    a.psql("postgres", &format!("CREATE DATABASE {DATABASE}"))
+        .unwrap();
+    let name = ApplicationName::new("fence_sequencer_standby").unwrap();
+    let b = a.start_standby(a.address(), &name).unwrap();
+    a.set_synchronous_standbys(&SynchronousStandbys::one(name.clone()))
+        .unwrap();
+    a.wait_for_sync_state(&name, SyncState::Sync, READY_TIMEOUT)
+        .unwrap();
+    let (a_host, b_host) = (
+        format!("127.0.0.1:{}", a.port()),
+        format!("127.0.0.1:{}", b.port()),
+    );
+    let storage = StorageConfig::Postgres {
+        url: format!(
+            "postgres://meridian@{a_host},{b_host}/{DATABASE}\
+             ?target_session_attrs=read-write&connect_timeout=2"
+        ),
+        max_connections: meridian_lab::deployment::configs::POSTGRES_POOL_CONNECTIONS,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut sequencer =
+        SequencerProcess::spawn(Path::new(EXE), dir.path(), "sequencer", &storage, |_| {}).unwrap();
+    sequencer.wait_ready(READY_TIMEOUT).await.unwrap();
+    let alice = member(&sequencer.grpc_endpoint(), "alice").await;
+    // The recipient of every send.
+    let _bob = member(&sequencer.grpc_endpoint(), "bob").await;
+    let load = SendLoad::start(
+        &alice,
+        4,
+        submission,
+        Duration::from_secs(90),
+        Duration::from_millis(50),
+    );
+    let acked_more_than = |count: usize, what: &str| {
+        let started = Instant::now();
+        let what = what.to_owned();
+        let load = &load;
+        let sequencer = &sequencer;
+        async move {
+            while load.acked_count() <= count {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "sends stay stuck {what}\n{}",
+                    sequencer.log_tail(30)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    acked_more_than(10, "before the failover").await;
+
+    a.kill9().unwrap();
+    b.promote().unwrap();
+    acked_more_than(load.acked_count() + 10, "after the promotion").await;
+
+    // A back as a primary, answering commits at once (its synchronous standby is gone).
+    a.resume().unwrap();
+    a.set_synchronous_standbys(&SynchronousStandbys::None)
+        .unwrap();
+    assert!(!a.is_in_recovery().unwrap());
+    let on_a = database_state(&a);
+    // The sequencer's sessions on B end: it searches the hosts again, A listed first.
+    b.psql(
+        "postgres",
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{DATABASE}'"
+        ),
+    )
+    .unwrap();
+    acked_more_than(load.acked_count() + 10, "after B's sessions ended").await;
+
+    // The load stops (its lanes give up on a sequencer that stays unavailable); the
+    // sequencer's own heartbeat keeps writing. B is lost too: A is the only writable server.
+    let (acked, _) = load.stop().await;
+    b.kill9().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let expected =
+        format!("{a_host} accepts writes but is on timeline 1, behind timeline 2 seen on {b_host}");
+    let (reason, _) = wait_for_readyz(
+        &http,
+        &sequencer,
+        "not ready naming the old primary",
+        |ready, reason| !ready && reason.contains(&expected),
+    )
+    .await;
+    eprintln!("not ready with only the old primary: {reason}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        database_state(&a),
+        on_a,
+        "nothing written on the old primary after the failover ({} sends acknowledged)\n{}",
+        acked.len(),
+        sequencer.log_tail(40)
+    );
+    assert!(sequencer.is_running(), "{}", sequencer.log_tail(30));
 }
 
 /// A storage URL the node could not use is refused when the config is read: the process exits

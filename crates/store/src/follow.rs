@@ -1,7 +1,9 @@
 //! Following the PostgreSQL writer. A store's URL may list several servers (a primary and its
 //! standbys, see [`crate::postgres_url`]); the store finds the one that takes writes itself —
-//! trying the hosts in order, each within the URL's `connect_timeout`, and keeping the first
-//! that is neither in recovery nor read-only — and opens its pools there
+//! probing every host at once, each within the URL's `connect_timeout`, and keeping the first
+//! in the URL's order that is neither in recovery nor read-only nor refused by the fence
+//! against a second writer ([`crate::writer_fence`]: an old primary back on an older timeline)
+//! — and opens its pools there
 //! ([`FollowingPools`]). When a call fails because the connection was lost or the server
 //! refused a write as read-only (SQLSTATE 25006), the store drops those pools and searches
 //! again before its next call, so after a failover it writes on the promoted server and never
@@ -19,14 +21,16 @@
 //! A search that finds the writer also migrates it: a no-op on a promoted replica, which has
 //! the schema already, and what makes a server that never had the schema usable.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 
-use crate::pool::{lazy_postgres_pool, StoreFailure, POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_MIGRATOR};
+use crate::pool::{StoreFailure, POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_MIGRATOR};
 use crate::postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs};
+use crate::writer_fence::{self, Fenced, ServerFacts, SystemId, Timeline};
 use crate::StoreError;
 
 /// The least time between two searches for the writer: a bound on the connections a store
@@ -52,6 +56,9 @@ pub enum PassedOver {
     /// Any other failure to connect: authentication, a missing database, a server starting
     /// up or shutting down, name resolution.
     Failed(String),
+    /// It takes writes, but the fence refuses it: an old primary, or one of two writers
+    /// ([`crate::writer_fence`]).
+    Fenced(Fenced),
 }
 
 /// No server of the URL takes writes: each host tried and why it was passed over.
@@ -80,104 +87,190 @@ impl std::fmt::Display for NoWriter {
                     "the database is read-only (default_transaction_read_only) at {host}"
                 )?,
                 PassedOver::Failed(error) => write!(f, "{host}: {error}")?,
+                PassedOver::Fenced(fence) => write!(f, "{}", fence.about(host))?,
             }
         }
         Ok(())
     }
 }
 
-/// What a search found: the first server that qualifies (per `target_session_attrs`) with the
-/// connection that checked it, else every host's reason and the first one that answered.
+/// What a search found: the server to settle on (per `target_session_attrs`, never one the
+/// fence refuses, see [`crate::writer_fence`]) with the connection that checked it, else every
+/// host's reason and the first one that answered and may be read from.
 struct Search {
     found: Option<Found>,
-    /// Index of the first host that answered but did not qualify.
-    fallback: Option<usize>,
+    /// The first host that answered, takes no writes, and is not fenced: its index and facts.
+    fallback: Option<(usize, ServerFacts)>,
     passed_over: Vec<(HostAddr, PassedOver)>,
 }
 
 struct Found {
     index: usize,
     connection: PgConnection,
+    /// What the server said about itself; its pools' connections check they reach the same.
+    facts: ServerFacts,
     /// Only with `target_session_attrs=any`: the server answered but takes no writes.
     read_only: bool,
 }
 
-/// Tries the hosts in order; see [`Search`].
+/// One host's answer to a probe: its connection, what it is, and why it takes no writes.
+type Probed = (PgConnection, ServerFacts, Option<PassedOver>);
+
+/// Probes every host at once (so a host that does not answer costs one `connect_timeout`, not
+/// one per host), then lets the fence choose among those that answered; see [`Search`].
 async fn search(url: &PostgresUrl) -> Search {
-    let mut passed_over = Vec::new();
-    let mut fallback = None;
-    for (index, (host, options)) in url.hosts().iter().enumerate() {
-        match probe(options, url.connect_timeout()).await {
-            Ok((connection, None)) => {
-                return Search {
-                    found: Some(Found {
+    let probes: Vec<_> = url
+        .hosts()
+        .iter()
+        .map(|(_, options)| tokio::spawn(probe(options.clone(), url.connect_timeout())))
+        .collect();
+    let mut outcomes: Vec<Result<Probed, PassedOver>> = Vec::with_capacity(probes.len());
+    for probe in probes {
+        outcomes.push(match probe.await {
+            Ok(outcome) => outcome,
+            Err(join) => Err(PassedOver::Failed(format!("the probe task failed: {join}"))),
+        });
+    }
+    let answered: Vec<(HostAddr, ServerFacts)> = url
+        .hosts()
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|((host, _), outcome)| {
+            outcome
+                .as_ref()
+                .ok()
+                .map(|(_, facts, _)| (host.clone(), facts.clone()))
+        })
+        .collect();
+    let choice = writer_fence::choose(&answered, writer_fence::highest_seen);
+    for (host, facts) in &answered {
+        writer_fence::remember(facts.system_id, facts.timeline, host);
+    }
+    // Back from indexes among the servers that answered to indexes among all hosts.
+    let answered_hosts: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(index, outcome)| outcome.is_ok().then_some(index))
+        .collect();
+    let writer = choice.writer.map(|i| answered_hosts[i]);
+    let fenced: Vec<(usize, Fenced)> = choice
+        .fenced
+        .into_iter()
+        .map(|(i, why)| (answered_hosts[i], why))
+        .collect();
+    let mut search = Search {
+        found: None,
+        fallback: None,
+        passed_over: Vec::new(),
+    };
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let host = &url.hosts()[index].0;
+        match outcome {
+            Err(why) => search.passed_over.push((host.clone(), why)),
+            Ok((connection, facts, why)) => {
+                let refused = fenced.iter().find(|(at, _)| *at == index);
+                let settles = search.found.is_none()
+                    && match url.target() {
+                        TargetSessionAttrs::ReadWrite => writer == Some(index),
+                        // The first that answers, unless the fence refuses it.
+                        TargetSessionAttrs::Any => refused.is_none(),
+                    };
+                if settles {
+                    search.found = Some(Found {
                         index,
                         connection,
-                        read_only: false,
-                    }),
-                    fallback,
-                    passed_over,
-                };
-            }
-            Ok((connection, Some(_))) if url.target() == TargetSessionAttrs::Any => {
-                return Search {
-                    found: Some(Found {
-                        index,
-                        connection,
-                        read_only: true,
-                    }),
-                    fallback,
-                    passed_over,
-                };
-            }
-            Ok((connection, Some(why))) => {
+                        facts,
+                        read_only: why.is_some(),
+                    });
+                    continue;
+                }
                 close(connection).await;
-                fallback.get_or_insert(index);
-                passed_over.push((host.clone(), why));
+                match (refused, why) {
+                    (Some((_, fence)), _) => {
+                        // Said even when another server takes the writes: an operator must
+                        // rewind or stop this one.
+                        tracing::warn!("{}", fence.about(host));
+                        search
+                            .passed_over
+                            .push((host.clone(), PassedOver::Fenced(fence.clone())));
+                    }
+                    (None, Some(why)) => {
+                        search.fallback.get_or_insert((index, facts));
+                        search.passed_over.push((host.clone(), why));
+                    }
+                    // Writable and not fenced, but another was chosen first (only with
+                    // servers of different clusters, which the fence does not compare).
+                    (None, None) => {}
+                }
             }
-            Err(why) => passed_over.push((host.clone(), why)),
         }
     }
-    Search {
-        found: None,
-        fallback,
-        passed_over,
-    }
+    search
 }
 
-/// Connects to one server and asks whether it takes writes: the connection and `None` if it
-/// does, the reason if not; all within `timeout`.
-async fn probe(
-    options: &PgConnectOptions,
-    timeout: Duration,
-) -> Result<(PgConnection, Option<PassedOver>), PassedOver> {
+/// Connects to one server and asks what it is: the connection, its facts, and `None` if it
+/// takes writes or the reason if not; all within `timeout`.
+async fn probe(options: PgConnectOptions, timeout: Duration) -> Result<Probed, PassedOver> {
     let attempt = async {
-        let mut connection = PgConnection::connect_with(options).await?;
+        let mut connection = PgConnection::connect_with(&options).await?;
         // transaction_read_only shows default_transaction_read_only for a new transaction, so
-        // this catches a primary configured read-only as well as a standby.
-        let (in_recovery, read_only): (bool, String) =
-            sqlx::query_as("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
-                .fetch_one(&mut connection)
-                .await?;
-        let why = if in_recovery {
-            Some(PassedOver::Standby)
-        } else if read_only == "on" {
-            Some(PassedOver::ReadOnly)
-        } else {
-            None
-        };
-        Ok::<_, sqlx::Error>((connection, why))
+        // this catches a primary configured read-only as well as a standby. The timeline of a
+        // server not in recovery is its current WAL file's (the first 8 hex digits): the
+        // checkpoint's lags behind a promotion until the next checkpoint. A standby cannot
+        // name a current WAL file; the restartpoint's or the received timeline is a lower
+        // bound (pg_stat_wal_receiver shows NULL to an unprivileged role: GREATEST skips it).
+        let row: (bool, String, i64, Option<String>, Option<i32>, String) = sqlx::query_as(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), \
+                    (SELECT system_identifier FROM pg_control_system()), \
+                    CASE WHEN pg_is_in_recovery() THEN NULL \
+                         ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
+                    GREATEST((SELECT timeline_id FROM pg_control_checkpoint()), \
+                             (SELECT received_tli FROM pg_stat_wal_receiver)), \
+                    pg_postmaster_start_time()::text",
+        )
+        .fetch_one(&mut connection)
+        .await?;
+        Ok::<_, sqlx::Error>((connection, row))
     };
-    match tokio::time::timeout(timeout, attempt).await {
-        Err(_) => Err(PassedOver::TimedOut(timeout)),
-        Ok(Ok(found)) => Ok(found),
-        Ok(Err(sqlx::Error::Io(error)))
-            if error.kind() == std::io::ErrorKind::ConnectionRefused =>
-        {
-            Err(PassedOver::Refused)
-        }
-        Ok(Err(error)) => Err(PassedOver::Failed(error.to_string())),
-    }
+    let (connection, (in_recovery, read_only, system_id, wal_file, standby_timeline, started)) =
+        match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => return Err(PassedOver::TimedOut(timeout)),
+            Ok(Ok(found)) => found,
+            Ok(Err(sqlx::Error::Io(error)))
+                if error.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                return Err(PassedOver::Refused)
+            }
+            Ok(Err(error)) => return Err(PassedOver::Failed(error.to_string())),
+        };
+    let timeline = match (&wal_file, standby_timeline) {
+        (Some(name), _) => name
+            .get(..8)
+            .and_then(|digits| u32::from_str_radix(digits, 16).ok()),
+        (None, Some(timeline)) => u32::try_from(timeline).ok(),
+        (None, None) => None,
+    };
+    let Some(timeline) = timeline else {
+        close(connection).await;
+        return Err(PassedOver::Failed(format!(
+            "cannot tell its timeline (WAL file {wal_file:?}, standby timeline \
+             {standby_timeline:?})"
+        )));
+    };
+    let why = if in_recovery {
+        Some(PassedOver::Standby)
+    } else if read_only == "on" {
+        Some(PassedOver::ReadOnly)
+    } else {
+        None
+    };
+    let facts = ServerFacts {
+        system_id: SystemId(system_id),
+        timeline: Timeline(timeline),
+        started,
+        writable: why.is_none(),
+    };
+    Ok((connection, facts, why))
 }
 
 async fn close(connection: PgConnection) {
@@ -195,6 +288,75 @@ pub(crate) async fn connect_writer(url: &PostgresUrl) -> Result<PgConnection, St
             tried: search.passed_over,
         }))),
     }
+}
+
+/// The server a store's pools were opened on, as the search found it.
+#[derive(Debug)]
+struct Chosen {
+    url: PostgresUrl,
+    facts: ServerFacts,
+    /// Set when a new connection found the server restarted and no longer the one to use:
+    /// the store searches before its next call, reads included.
+    left: AtomicBool,
+}
+
+/// A pool of at most `connections` on the `server` the search chose, connecting on first use
+/// (so opening a store neither waits for nor fails on connections it may not need yet;
+/// [`POSTGRES_ACQUIRE_TIMEOUT`] bounds each call's wait instead).
+///
+/// Every new connection first checks that it reached that same server (system identifier and
+/// postmaster start time). Pooled connections are opened long after the search, and the server
+/// behind the address may have restarted meanwhile — possibly as an old primary come back on
+/// its old data directory while a standby was promoted elsewhere, all between two calls of an
+/// idle store. So a connection to a restarted server runs the search again (the fence compares
+/// every host, see [`crate::writer_fence`]); unless the search settles on that same server, the
+/// connection is made read-only for its whole session: no write lands there, and the refusal
+/// (SQLSTATE 25006) makes the store move its pools, as any read-only refusal does.
+fn pool_on(options: PgConnectOptions, connections: u32, server: &Arc<Chosen>) -> PgPool {
+    let server = Arc::clone(server);
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
+        .after_connect(move |connection, _| {
+            let server = Arc::clone(&server);
+            Box::pin(async move { hold_to_chosen(connection, &server).await })
+        })
+        .connect_lazy_with(options)
+}
+
+/// See [`pool_on`].
+async fn hold_to_chosen(connection: &mut PgConnection, server: &Chosen) -> Result<(), sqlx::Error> {
+    let (system_id, started): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT system_identifier FROM pg_control_system()), \
+                pg_postmaster_start_time()::text",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
+    let expected = &server.facts;
+    if system_id == expected.system_id.0 && started == expected.started {
+        return Ok(());
+    }
+    let search = search(&server.url).await;
+    let still_chosen = match search.found {
+        Some(found) => {
+            let same = found.facts.system_id.0 == system_id && found.facts.started == started;
+            close(found.connection).await;
+            same
+        }
+        None => false,
+    };
+    if !still_chosen {
+        server.left.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            url = %server.url,
+            "the PostgreSQL server the store's pools are on restarted and is no longer the one \
+             to write on; its new connection is made read-only"
+        );
+        sqlx::query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(())
 }
 
 /// How a store's pools are laid out on whichever server they are on.
@@ -243,6 +405,7 @@ struct Current {
     readers: PgPool,
     /// Whether the server took writes when the pools were opened on it.
     writable: bool,
+    server: Arc<Chosen>,
 }
 
 /// The pools a call runs on, and their generation (for [`FollowingPools::failed`]).
@@ -319,7 +482,11 @@ impl FollowingPools {
 
     fn search_due(&self) -> bool {
         let state = self.lock();
-        (state.suspect || state.no_writer.is_some())
+        let left = state
+            .current
+            .as_ref()
+            .is_some_and(|current| current.server.left.load(Ordering::Relaxed));
+        (state.suspect || state.no_writer.is_some() || left)
             && state.last_search.elapsed() >= MIN_SEARCH_INTERVAL
     }
 
@@ -403,7 +570,7 @@ impl FollowingPools {
                     self.lock().last_search = Instant::now();
                     return Err(error.into());
                 }
-                (Some(found.index), None)
+                (Some((found.index, found.facts)), None)
             }
             None => (
                 search.fallback,
@@ -414,18 +581,18 @@ impl FollowingPools {
         };
         let mut state = self.lock();
         state.last_search = Instant::now();
-        let keep = match (&state.current, index) {
+        let keep = match (&state.current, &index) {
             // Without a writer the fallback's pools stay as long as nothing failed on them.
-            (Some(current), Some(index)) => {
+            (Some(current), Some((index, _))) => {
                 no_writer.is_some()
                     && !state.suspect
                     && !current.writable
-                    && current.host == self.url.hosts()[index].0
+                    && current.host == self.url.hosts()[*index].0
             }
             _ => false,
         };
         if !keep {
-            let next = index.map(|index| self.pools_on(index, no_writer.is_none()));
+            let next = index.map(|(index, facts)| self.pools_on(index, no_writer.is_none(), facts));
             self.log_move(&state, next.as_ref(), no_writer.as_ref());
             if let Some(old) = std::mem::replace(&mut state.current, next) {
                 // In the background: closing waits for the calls still holding a connection.
@@ -441,8 +608,16 @@ impl FollowingPools {
         Ok(())
     }
 
-    /// Lazy pools on host `index`, shaped as this store wants them.
-    fn pools_on(&self, index: usize, writable: bool) -> Current {
+    /// Lazy pools on host `index` (the server `facts` describe), shaped as this store wants
+    /// them.
+    fn pools_on(&self, index: usize, writable: bool, facts: ServerFacts) -> Current {
+        let server = Arc::new(Chosen {
+            url: self.url.clone(),
+            facts,
+            left: AtomicBool::new(false),
+        });
+        let lazy_pool =
+            |options: PgConnectOptions, connections: u32| pool_on(options, connections, &server);
         let (host, options) = &self.url.hosts()[index];
         let (writer, readers) = match self.shape {
             PoolShape::WriterAndReaders {
@@ -456,13 +631,12 @@ impl FollowingPools {
                     None => options.clone(),
                 };
                 (
-                    lazy_postgres_pool(writer_options, 1, POSTGRES_ACQUIRE_TIMEOUT),
-                    lazy_postgres_pool(options.clone(), readers, POSTGRES_ACQUIRE_TIMEOUT),
+                    lazy_pool(writer_options, 1),
+                    lazy_pool(options.clone(), readers),
                 )
             }
             PoolShape::Shared { connections } => {
-                let shared =
-                    lazy_postgres_pool(options.clone(), connections, POSTGRES_ACQUIRE_TIMEOUT);
+                let shared = lazy_pool(options.clone(), connections);
                 (shared.clone(), shared)
             }
         };
@@ -471,6 +645,7 @@ impl FollowingPools {
             writer,
             readers,
             writable,
+            server,
         }
     }
 

@@ -22,6 +22,7 @@ mod pool;
 pub mod postgres_url;
 pub mod sequencer;
 pub mod topology;
+pub mod writer_fence;
 
 /// The sequencer store's former SQLite path, kept for existing callers.
 pub mod sqlite {
@@ -51,6 +52,7 @@ pub use sequencer::{
 pub use topology::{
     open_topology_store, SqlTopologyStore, TopologyRecord, TopologyStore, TopologyStoreError,
 };
+pub use writer_fence::Fenced;
 
 /// Where a component keeps its state. Deserialized from the `[storage]` table of node configs.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnection;
 use sqlx::postgres::PgRow;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{
@@ -497,19 +497,6 @@ async fn migrate_sqlite(writer: &SqlitePool, attempts: u32) -> Result<(), StoreE
             Err(error) => return Err(error.into()),
         }
     }
-}
-
-/// A PostgreSQL pool that connects on first use, so opening a store does not wait for (or fail
-/// on) connections it may not need yet; `acquire_timeout` bounds each call's wait instead.
-pub(crate) fn lazy_postgres_pool(
-    options: PgConnectOptions,
-    max_connections: u32,
-    acquire_timeout: Duration,
-) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(acquire_timeout)
-        .connect_lazy_with(options)
 }
 
 /// The readers' share of `max_connections` when one connection is reserved for the writer:
