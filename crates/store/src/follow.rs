@@ -18,6 +18,13 @@
 //! serves again by itself once a server is promoted. Meanwhile the pools stay on the first
 //! reachable read-only server, so reads — a status check, the owner record — still work.
 //!
+//! A call does not wait out [`POSTGRES_ACQUIRE_TIMEOUT`] on a server that is gone: sqlx keeps
+//! retrying a refused connection until that deadline, which after a kill -9 of the primary
+//! would hold every call (and the replica lease's renewal) for seconds before the search
+//! could start. Instead a call that has waited [`STALL_CHECK_AFTER`] has the store check that
+//! its server still accepts connections ([`FollowingPools::watching`]); if it does not, the
+//! call fails at once as unavailable, which starts the search.
+//!
 //! A search that finds the writer also migrates it: a no-op on a promoted replica, which has
 //! the schema already, and what makes a server that never had the schema usable.
 
@@ -28,7 +35,8 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 
-use crate::pool::{StoreFailure, POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_MIGRATOR};
+pub use crate::pool::POSTGRES_ACQUIRE_TIMEOUT;
+use crate::pool::{StoreFailure, POSTGRES_MIGRATOR};
 use crate::postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs};
 use crate::writer_fence::{self, Fenced, ServerFacts, SystemId, Timeline};
 use crate::StoreError;
@@ -40,6 +48,22 @@ pub const MIN_SEARCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How long closing a probe connection may take; it is only a courtesy to the server.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a call may wait before the store checks that its server still accepts
+/// connections: longer than a call takes on a healthy server under load, far shorter than
+/// [`POSTGRES_ACQUIRE_TIMEOUT`].
+pub const STALL_CHECK_AFTER: Duration = Duration::from_millis(300);
+
+/// Between two checks of a server while calls wait on it; one check serves every call that
+/// waits meanwhile, so a busy store opens at most one check connection per interval.
+const STALL_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a check may take to connect before the server counts as gone: a frozen server
+/// (SIGSTOP, a dead machine behind a live route) accepts nothing and answers nothing.
+const STALL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// SQLSTATE `too_many_connections`: the server is there, only full.
+const TOO_MANY_CONNECTIONS: &str = "53300";
 
 /// Why a server was passed over in a search for the writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +322,61 @@ struct Chosen {
     /// Set when a new connection found the server restarted and no longer the one to use:
     /// the store searches before its next call, reads included.
     left: AtomicBool,
+    /// Where the pools connect, for [`Chosen::answers`].
+    host: HostAddr,
+    options: PgConnectOptions,
+    /// The last [`Chosen::answers`] check: when, and why the server did not answer.
+    last_check: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Chosen {
+    /// Whether the server still accepts a connection, checked at most once per
+    /// [`STALL_CHECK_EVERY`] however many calls ask; `Err` says why not.
+    async fn answers(&self) -> Result<(), String> {
+        let mut last = self.last_check.lock().await;
+        if let Some((at, outcome)) = &*last {
+            if at.elapsed() < STALL_CHECK_EVERY {
+                return outcome.clone();
+            }
+        }
+        let connect = PgConnection::connect_with(&self.options);
+        let outcome = match tokio::time::timeout(STALL_CHECK_TIMEOUT, connect).await {
+            Ok(Ok(connection)) => {
+                close(connection).await;
+                Ok(())
+            }
+            Ok(Err(sqlx::Error::Database(error)))
+                if error.code().as_deref() == Some(TOO_MANY_CONNECTIONS) =>
+            {
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!(
+                "no connection within {} ms",
+                STALL_CHECK_TIMEOUT.as_millis()
+            )),
+        };
+        *last = Some((Instant::now(), outcome.clone()));
+        outcome
+    }
+
+    /// Returns once the server no longer answers (never while it does), checking from
+    /// [`STALL_CHECK_AFTER`] on: the error a stalled call fails with.
+    async fn gone(&self) -> StoreError {
+        tokio::time::sleep(STALL_CHECK_AFTER).await;
+        loop {
+            if let Err(why) = self.answers().await {
+                return StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!(
+                        "the PostgreSQL server at {} stopped answering while a call waited: {why}",
+                        self.host
+                    ),
+                )));
+            }
+            tokio::time::sleep(STALL_CHECK_EVERY).await;
+        }
+    }
 }
 
 /// A pool of at most `connections` on the `server` the search chose, connecting on first use
@@ -414,6 +493,23 @@ pub(crate) struct Checkout {
     pub writer: PgPool,
     pub readers: PgPool,
     pub generation: u64,
+    /// The server the pools are on, for [`FollowingPools::watching`].
+    server: Arc<Chosen>,
+}
+
+impl Checkout {
+    /// Runs `call` on these pools, failing it as unavailable as soon as their server is found
+    /// gone while it waits (see the module documentation); the call is dropped then, which
+    /// rolls back whatever transaction it had open.
+    pub(crate) async fn watching<T, E: From<StoreError>>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        tokio::select! {
+            outcome = call => outcome,
+            gone = self.server.gone() => Err(E::from(gone)),
+        }
+    }
 }
 
 impl FollowingPools {
@@ -475,6 +571,7 @@ impl FollowingPools {
                 writer: current.writer.clone(),
                 readers: current.readers.clone(),
                 generation: state.generation,
+                server: Arc::clone(&current.server),
             }),
             None => Err(state.no_writer_error()),
         }
@@ -611,14 +708,17 @@ impl FollowingPools {
     /// Lazy pools on host `index` (the server `facts` describe), shaped as this store wants
     /// them.
     fn pools_on(&self, index: usize, writable: bool, facts: ServerFacts) -> Current {
+        let (host, options) = &self.url.hosts()[index];
         let server = Arc::new(Chosen {
             url: self.url.clone(),
             facts,
             left: AtomicBool::new(false),
+            host: host.clone(),
+            options: options.clone(),
+            last_check: tokio::sync::Mutex::new(None),
         });
         let lazy_pool =
             |options: PgConnectOptions, connections: u32| pool_on(options, connections, &server);
-        let (host, options) = &self.url.hosts()[index];
         let (writer, readers) = match self.shape {
             PoolShape::WriterAndReaders {
                 idle_in_transaction_timeout_ms,

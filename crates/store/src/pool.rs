@@ -130,12 +130,13 @@ macro_rules! on_postgres {
         let checkout = following.checkout().await?;
         // An async block, so that the body's `?` and `return Err(..)` end here, where the
         // failure can be looked at, instead of leaving the function.
-        let outcome = async {
-            let $writer = &checkout.writer;
-            let $readers = &checkout.readers;
-            ::core::result::Result::Ok($body)
-        }
-        .await;
+        let outcome = checkout
+            .watching(async {
+                let $writer = &checkout.writer;
+                let $readers = &checkout.readers;
+                ::core::result::Result::Ok($body)
+            })
+            .await;
         match outcome {
             ::core::result::Result::Ok(value) => value,
             ::core::result::Result::Err(error) => {
@@ -246,7 +247,7 @@ pub(crate) enum PostgresLayout {
 /// How long a call waits for a PostgreSQL connection before reporting the database
 /// unavailable. Short, because callers retry transient errors themselves and report
 /// not-ready meanwhile.
-pub(crate) const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl StorePool {
     /// Opens (and migrates) the database `config` names, the way `settings` say.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use meridian_core::crypto::SigningKey;
 use meridian_core::{MemberId, Timestamp};
-use meridian_store::follow::MIN_SEARCH_INTERVAL;
+use meridian_store::follow::{MIN_SEARCH_INTERVAL, POSTGRES_ACQUIRE_TIMEOUT};
 use meridian_store::{
     open_lease_store, open_mediator_store, open_participant_store, open_sequencer_store, Epoch,
     SequencerStore, StorageConfig, StoreError,
@@ -457,5 +457,36 @@ async fn stores_opened_apart_agree_on_the_writer() {
             "SELECT string_agg(id, ',' ORDER BY seq) FROM members"
         ),
         "alice,bob,carol"
+    );
+}
+
+/// After a kill -9 of the server, sqlx would retry the refused connection until the pool's
+/// acquire timeout; the store instead notices the server is gone while the call waits, so the
+/// call fails (and the search for a writer starts) well before that timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_killed_server_does_not_wait_out_the_pool() {
+    let server = PostgresServer::start().unwrap();
+    server
+        .psql("postgres", &format!("CREATE DATABASE {DATABASE}"))
+        .unwrap();
+    let store = open_sequencer_store(&config(&url_of(&[&server], "")))
+        .await
+        .unwrap();
+    register(store.as_ref(), "alice").await.unwrap();
+
+    server.kill9().unwrap();
+    let started = Instant::now();
+    let error = register(store.as_ref(), "bob")
+        .await
+        .expect_err("the only server is gone");
+    let waited = started.elapsed();
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        waited < POSTGRES_ACQUIRE_TIMEOUT,
+        "the call waited {waited:?}, the pool's whole acquire timeout: {error}"
+    );
+    assert!(
+        error.to_string().contains("refused the connection"),
+        "{error}"
     );
 }
