@@ -259,6 +259,29 @@ impl Databases {
         self.kill9_where(|s| &s.region == region)
     }
 
+    /// Shuts every running server in `region` down cleanly (`pg_ctl stop -m fast`), as an
+    /// operator ends a region after a planned switchover; returns their names. Like killed
+    /// ones, they are never started again.
+    pub fn stop_region(&self, region: &RegionName) -> anyhow::Result<Vec<ServerName>> {
+        let mut clusters = self.clusters().context("no clusters run here")?;
+        let mut stopped = Vec::new();
+        for server in clusters
+            .iter_mut()
+            .flat_map(|c| c.servers.iter_mut())
+            .filter(|s| &s.region == region)
+        {
+            if let Some(running) = server.server.take() {
+                running
+                    .stop_fast()
+                    .with_context(|| format!("stopping {}", server.name))?;
+                server.link = None;
+                server.front = None;
+                stopped.push(server.name.clone());
+            }
+        }
+        Ok(stopped)
+    }
+
     /// Kills the running primary of every cluster; returns their names.
     pub fn kill9_primaries(&self) -> anyhow::Result<Vec<ServerName>> {
         self.kill9_where(|s| s.role == ServerRole::Primary)

@@ -764,6 +764,19 @@ impl Deployment {
             .collect()
     }
 
+    /// Every node process of the deployment, in [`Self::processes_mut`]'s order.
+    pub fn processes(&self) -> Vec<&NodeProcess> {
+        self.sequencers
+            .iter()
+            .chain(std::iter::once(&self.topology))
+            .chain(&self.topology_standbys)
+            .chain(std::iter::once(&self.mediator))
+            .chain(&self.mediator_standbys)
+            .chain(&self.participants)
+            .chain(self.participant_standbys.iter().flatten())
+            .collect()
+    }
+
     /// All mediator replicas, mutable.
     pub fn mediator_replicas_mut(&mut self) -> Vec<&mut NodeProcess> {
         with_standbys(&mut self.mediator, &mut self.mediator_standbys)

@@ -65,6 +65,9 @@ pub struct PlanView {
     pub backend: Backend,
     /// Whether the (only) PostgreSQL cluster has a synchronous standby to promote.
     pub sync_standby: bool,
+    /// Whether the deployment spans two regions with an asynchronous standby of the (only)
+    /// PostgreSQL cluster in another region than its primary: a region move's target.
+    pub region_standby: bool,
 }
 
 impl PlanView {
@@ -79,6 +82,12 @@ impl PlanView {
                     .servers
                     .iter()
                     .any(|s| s.role == ServerRole::SyncStandby),
+            region_standby: description.postgres_clusters.len() == 1
+                && description.regions.len() >= 2
+                && description.postgres_clusters[0]
+                    .servers
+                    .iter()
+                    .any(|s| s.role == ServerRole::AsyncStandby),
         }
     }
 }
@@ -117,7 +126,8 @@ pub fn plan(
                     fault.name()
                 ),
             })
-        });
+        })
+        .or_else(|| region_move_refusal(fault, scenario, deployment));
         if let Some(unsupported) = unsupported {
             if scenario == Scenario::All {
                 skipped.push(format!("{}: {}", fault.name(), unsupported.reason));
@@ -128,6 +138,32 @@ pub fn plan(
         planned.push(aim(fault, target, deployment)?);
     }
     Ok((planned, skipped))
+}
+
+/// Why a region move cannot be planned: the deployment has no other region with an
+/// asynchronous standby, or (in `all`) because it is one-shot — region one is gone after it,
+/// so it runs on its own, one fresh deployment per trial.
+fn region_move_refusal(
+    fault: Fault,
+    scenario: Scenario,
+    deployment: &PlanView,
+) -> Option<Unsupported> {
+    if !fault.is_region_move() {
+        return None;
+    }
+    if !deployment.region_standby {
+        return Some(Unsupported {
+            reason: "the deployment has one region, or no asynchronous standby in another region to promote (try --preset two-regions)",
+            refusal: format!(
+                "{}: the deployment has no second region with an asynchronous PostgreSQL standby to promote (try --preset two-regions --backend postgres)",
+                fault.name()
+            ),
+        });
+    }
+    (scenario == Scenario::All).then(|| Unsupported {
+        reason: "one-shot, region one is gone afterwards: run it on its own (--scenario region-switchover or region-loss)",
+        refusal: String::new(),
+    })
 }
 
 /// `fault` aimed at the node named `target` (else its default), if the deployment runs that

@@ -105,6 +105,8 @@ mod tests {
             throughput_per_100ms: Vec::new(),
             resumed_replica_passive: None,
             promotion: None,
+            region: None,
+            lost_transactions: Vec::new(),
             problem: rto_ms.is_none().then(|| "not recovered".to_owned()),
         }
     }
