@@ -662,9 +662,7 @@ impl Injected {
                 | Fault::RegionSwitchover
                 | Fault::RegionLoss,
                 _,
-            ) => {
-                OWNER_PARTICIPANTS.iter().all(fresh)
-            }
+            ) => OWNER_PARTICIPANTS.iter().all(fresh),
             (_, Node::Participant(index)) if OWNER_PARTICIPANTS.contains(&index) => fresh(&index),
             _ => OWNER_PARTICIPANTS.iter().any(fresh),
         };

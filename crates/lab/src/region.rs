@@ -48,7 +48,7 @@ pub struct RegionReport {
     /// Switchover: until the standby's replay lag was 0 (then region one's servers stop).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catch_up_ms: Option<f64>,
-    /// Switchover: stopping region one's database servers (`pg_ctl stop -m fast`).
+    /// Switchover: stopping region one's database servers (`pg_ctl stop -m immediate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_servers_ms: Option<f64>,
     /// Loss: the kill -9 of every process and server of region one.

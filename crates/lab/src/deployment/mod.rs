@@ -716,7 +716,11 @@ impl Deployment {
     /// Every replica's Ledger API endpoint of participant `index`: the first replica, its
     /// warm standbys, then its cold replicas (refused until their region is started).
     pub fn ledger_endpoints(&self, index: usize) -> Vec<String> {
-        let node = self.description.participants.get(index).map(|p| p.name.as_str());
+        let node = self
+            .description
+            .participants
+            .get(index)
+            .map(|p| p.name.as_str());
         std::iter::once(&self.participants[index])
             .chain(&self.participant_standbys[index])
             .map(NodeProcess::grpc_endpoint)
@@ -936,8 +940,10 @@ impl Deployment {
             let mut processes: Vec<&mut NodeProcess> = self
                 .processes_in(region)
                 .into_iter()
-                .filter(|p| p.role_command() == "sequencer" && sequencers
-                    || p.role_command() != "sequencer" && !sequencers)
+                .filter(|p| {
+                    p.role_command() == "sequencer" && sequencers
+                        || p.role_command() != "sequencer" && !sequencers
+                })
                 .collect();
             for process in &processes {
                 process.signal(nix::sys::signal::Signal::SIGTERM)?;

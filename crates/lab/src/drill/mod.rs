@@ -161,11 +161,12 @@ impl DrillReport {
     /// add up, and every figure over the faults is taken again.
     fn append(&mut self, later: DrillReport) {
         let offset_ms = (self.timeline.len() as u64 * self.bucket_ms) as f64;
-        self.faults.extend(later.faults.into_iter().map(|mut fault| {
-            fault.injected_at_ms += offset_ms;
-            fault.window_end_ms += offset_ms;
-            fault
-        }));
+        self.faults
+            .extend(later.faults.into_iter().map(|mut fault| {
+                fault.injected_at_ms += offset_ms;
+                fault.window_end_ms += offset_ms;
+                fault
+            }));
         self.timeline.extend(later.timeline);
         self.scenarios = summary::by_scenario(&self.faults);
         self.committed += later.committed;
@@ -398,10 +399,16 @@ pub async fn execute(
         if shutdown.is_cancelled() {
             break;
         }
-        eprintln!("meridian drill: trial {trial} of {} on a fresh deployment", args.trials);
+        eprintln!(
+            "meridian drill: trial {trial} of {} on a fresh deployment",
+            args.trials
+        );
         let mut once = args.clone();
         once.trials = 1;
-        once.data_dir = args.data_dir.as_ref().map(|d| d.join(format!("trial-{trial}")));
+        once.data_dir = args
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(format!("trial-{trial}")));
         let report = execute_once(&once, description, schedule.clone(), shutdown.clone()).await?;
         joined = Some(match joined {
             None => report,

@@ -209,6 +209,41 @@ mod tests {
     }
 
     #[test]
+    fn region_moves_run_on_their_own_and_only_with_a_second_region() {
+        let two_regions =
+            PlanView::of(&Description::preset(Preset::TwoRegions).with_backend(Backend::Postgres));
+        assert!(two_regions.region_standby);
+        let (faults, skipped) = plan(Scenario::All, None, &two_regions).expect("plan");
+        assert!(
+            faults.iter().all(|f| !f.fault.is_region_move()),
+            "{faults:?}"
+        );
+        for name in ["region-switchover", "region-loss"] {
+            assert!(
+                skipped
+                    .iter()
+                    .any(|s| s.starts_with(name) && s.contains("one-shot")),
+                "{skipped:?}"
+            );
+        }
+        let (faults, _) =
+            plan(Scenario::One(Fault::RegionLoss), None, &two_regions).expect("alone it runs");
+        assert_eq!(faults[0].fault, Fault::RegionLoss);
+        let one_region =
+            PlanView::of(&Description::preset(Preset::Replicated).with_backend(Backend::Postgres));
+        let (_, skipped) = plan(Scenario::All, None, &one_region).expect("plan");
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.starts_with("region-switchover") && s.contains("one region")),
+            "{skipped:?}"
+        );
+        let error = plan(Scenario::One(Fault::RegionSwitchover), None, &one_region)
+            .expect_err("no second region");
+        assert!(error.to_string().contains("no second region"), "{error}");
+    }
+
+    #[test]
     fn the_default_deployment_plans_every_scenario_but_freeze_and_restart_on_sqlite() {
         let (faults, skipped) = plan(Scenario::All, None, &view(Preset::Replicated)).expect("plan");
         assert_eq!(faults.len(), 6);
@@ -224,7 +259,8 @@ mod tests {
             PlanView::of(&Description::preset(Preset::Replicated).with_backend(Backend::Postgres));
         let (faults, skipped) = plan(Scenario::All, None, &postgres).expect("plan");
         assert_eq!(faults.len(), 8);
-        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        // The two database failovers, and the two region moves (one region).
+        assert_eq!(skipped.len(), 4, "{skipped:?}");
         assert!(
             skipped[0].contains("no PostgreSQL cluster with a synchronous standby"),
             "{skipped:?}"
@@ -237,10 +273,10 @@ mod tests {
                 .starts_with("database-failover: the deployment has no"),
             "{error}"
         );
-        // The two-region preset runs them all.
+        // The two-region preset runs them all but the one-shot region moves.
         let (faults, skipped) = plan(Scenario::All, None, &view(Preset::TwoRegions)).expect("plan");
         assert_eq!(faults.len(), 10, "{skipped:?}");
-        assert!(skipped.is_empty());
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
     }
 
     #[test]
