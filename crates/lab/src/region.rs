@@ -17,7 +17,7 @@ use crate::deployment::description::{RegionName, ServerName, ServerRole};
 use crate::deployment::{Databases, Deployment};
 use crate::promotion::DETECTION_DELAY;
 
-/// How long region one's processes get to exit after SIGTERM (each group).
+/// How long region one's processes get to exit after SIGTERM (each wave).
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// How long the asynchronous standby gets to replay everything after the writes stopped.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -927,23 +927,28 @@ impl Deployment {
         Ok(killed)
     }
 
-    /// Stops every process of `region` gracefully (SIGTERM to all at once, members first,
-    /// the sequencer instances once the members are gone), each given `grace` to exit;
-    /// returns their names. Database servers keep running.
+    /// Stops every process of `region` gracefully, in three waves — the participants, then
+    /// the mediator and topology manager, then the sequencer instances — each wave SIGTERMed
+    /// at once and given `grace` to exit; returns their names. Participants go first so that
+    /// their in-flight submissions can still finish through the mediator and sequencer (all
+    /// at once, a participant waited out its whole 5 s drain bound for verdicts that could
+    /// not come). Database servers keep running.
     pub async fn stop_region(
         &mut self,
         region: &RegionName,
         grace: Duration,
     ) -> anyhow::Result<Vec<String>> {
+        let wave_of = |command: &str| match command {
+            "participant" => 0,
+            "sequencer" => 2,
+            _ => 1,
+        };
         let mut stopped = Vec::new();
-        for sequencers in [false, true] {
+        for wave in 0..3 {
             let mut processes: Vec<&mut NodeProcess> = self
                 .processes_in(region)
                 .into_iter()
-                .filter(|p| {
-                    p.role_command() == "sequencer" && sequencers
-                        || p.role_command() != "sequencer" && !sequencers
-                })
+                .filter(|p| wave_of(p.role_command()) == wave)
                 .collect();
             for process in &processes {
                 process.signal(nix::sys::signal::Signal::SIGTERM)?;
