@@ -698,6 +698,14 @@ fn print_scenarios(scenarios: &[ScenarioSummary]) {
                 "      promoter p50 {promoter_p50:.0} ms, max {promoter_max:.0} ms; Meridian after the promotion p50 {meridian_p50:.0} ms, max {meridian_max:.0} ms"
             );
         }
+        if !scenario.region_parts_ms_p50_max.is_empty() {
+            let parts: Vec<String> = scenario
+                .region_parts_ms_p50_max
+                .iter()
+                .map(|(part, [p50, max])| format!("{part} {p50:.0}/{max:.0}"))
+                .collect();
+            println!("      parts p50/max ms: {}", parts.join(", "));
+        }
     }
 }
 
