@@ -254,6 +254,31 @@ impl Databases {
         self.kill9_where(|s| &s.zone == zone)
     }
 
+    /// Cuts the delaying links that standbys outside `region` stream through (from a primary
+    /// in it): open connections are reset with the WAL they held in flight, new ones refused.
+    /// A lost region leaves the network at once; without this, a killed primary's last WAL
+    /// would still stream out while its processes are reaped (seconds on a busy machine).
+    pub fn cut_links_into(&self, region: &RegionName) -> anyhow::Result<Vec<ServerName>> {
+        let clusters = self.clusters().context("no clusters run here")?;
+        let mut cut = Vec::new();
+        for cluster in clusters.iter() {
+            let primary_in_region = cluster
+                .servers
+                .iter()
+                .any(|s| s.role == ServerRole::Primary && &s.region == region);
+            if !primary_in_region {
+                continue;
+            }
+            for server in cluster.servers.iter().filter(|s| &s.region != region) {
+                if let Some(link) = &server.link {
+                    link.partition();
+                    cut.push(server.name.clone());
+                }
+            }
+        }
+        Ok(cut)
+    }
+
     /// Kills every running server in `region`.
     pub fn kill9_region(&self, region: &RegionName) -> anyhow::Result<Vec<ServerName>> {
         self.kill9_where(|s| &s.region == region)

@@ -905,9 +905,16 @@ impl Deployment {
     }
 
     /// Kills (SIGKILL) every process of `region` and, on PostgreSQL clusters, every database
-    /// server there, at once, as a lost region; returns what was killed. The processes are
-    /// killed first: no node gets to see its database vanish and react.
+    /// server there, at once, as a lost region; returns what was killed. First the
+    /// replication links out of the region are cut (the region leaves the network: WAL in
+    /// flight is lost, as it would be), then the processes are killed (no node gets to see
+    /// its database vanish and react), then the servers.
     pub fn kill9_region(&mut self, region: &RegionName) -> anyhow::Result<Vec<String>> {
+        if let Some(databases) = &self.databases {
+            if !databases.servers().is_empty() {
+                databases.cut_links_into(region)?;
+            }
+        }
         let mut killed = Vec::new();
         for process in self.processes_in(region) {
             process.kill9()?;
