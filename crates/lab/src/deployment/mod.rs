@@ -937,9 +937,10 @@ impl Deployment {
     /// Stops every process of `region` gracefully, in three waves — the participants, then
     /// the mediator and topology manager, then the sequencer instances — each wave SIGTERMed
     /// at once and given `grace` to exit; returns their names. Participants go first so that
-    /// their in-flight submissions can still finish through the mediator and sequencer (all
-    /// at once, a participant waited out its whole 5 s drain bound for verdicts that could
-    /// not come). Database servers keep running.
+    /// the mediator and sequencer are still there for their in-flight submissions. (Those
+    /// also need the other participants' confirmations, and the participants stop together,
+    /// so a participant with submissions in flight still waits out its 5 s drain bound —
+    /// docs/benchmarks.md.) Database servers keep running.
     pub async fn stop_region(
         &mut self,
         region: &RegionName,
