@@ -83,6 +83,13 @@ pub struct FaultReport {
     /// For a database failover or zone loss: the promoter's share apart from Meridian's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub promotion: Option<crate::promotion::PromotionReport>,
+    /// For a region switchover or loss: the RTO's parts and every node's readiness after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<crate::region::RegionReport>,
+    /// The transactions the application was told are committed that are missing afterwards
+    /// (counted in `rpo_transactions`), by id.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost_transactions: Vec<String>,
     /// Set when the deployment did not recover within the bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -401,6 +408,14 @@ fn attribute_failures(faults: &mut [(FaultReport, Duration)], failures: &[Failur
 /// When each acknowledged transaction the audit found missing was acknowledged (µs since the
 /// workload started).
 fn missing_acknowledged_at_us(workload: &WorkloadReport, audit: &Audit) -> Vec<u64> {
+    missing_acknowledged(workload, audit)
+        .into_iter()
+        .map(|(_, at)| at)
+        .collect()
+}
+
+/// Each acknowledged transaction the audit found missing, with when it was acknowledged.
+fn missing_acknowledged<'a>(workload: &'a WorkloadReport, audit: &Audit) -> Vec<(&'a str, u64)> {
     let missing: HashSet<&str> = audit
         .missing_transactions
         .iter()
@@ -411,21 +426,29 @@ fn missing_acknowledged_at_us(workload: &WorkloadReport, audit: &Audit) -> Vec<u
         .iter()
         .zip(&workload.committed_at_us)
         .filter(|(id, _)| missing.contains(id.as_str()))
-        .map(|(_, at)| *at)
+        .map(|(id, at)| (id.as_str(), *at))
         .collect()
 }
 
 /// Each missing transaction counts against the last fault injected before it was
-/// acknowledged: that is the fault that could have lost it.
+/// acknowledged (that is the fault that could have lost it), and is listed there by id. A
+/// lost region loses what was acknowledged *before* the fault (the standby's lag), so a
+/// transaction acknowledged before a region move counts against that move.
 fn attribute_rpo(faults: &mut [(FaultReport, Duration)], workload: &WorkloadReport, audit: &Audit) {
-    for acknowledged_us in missing_acknowledged_at_us(workload, audit) {
+    for (id, acknowledged_us) in missing_acknowledged(workload, audit) {
         let acknowledged_ms = acknowledged_us as f64 / 1_000.0;
-        if let Some((report, _)) = faults
-            .iter_mut()
-            .rev()
-            .find(|(r, _)| r.injected_at_ms <= acknowledged_ms)
-        {
+        let region_move = faults.iter().position(|(r, _)| r.scenario.is_region_move());
+        let before = faults
+            .iter()
+            .rposition(|(r, _)| r.injected_at_ms <= acknowledged_ms);
+        let blamed = match (before, region_move) {
+            (Some(index), Some(region)) if index < region => Some(region),
+            (None, Some(region)) => Some(region),
+            (found, _) => found,
+        };
+        if let Some((report, _)) = blamed.and_then(|index| faults.get_mut(index)) {
             report.rpo_transactions += 1;
+            report.lost_transactions.push(id.to_owned());
         }
     }
 }
@@ -549,7 +572,7 @@ async fn measure(
     let action = injected.action.clone();
     let faulted = injected.faulted();
     let promotion = injected.promotion_report(watch.first_success);
-    let restored = injected.finish(stage).await?;
+    let restored = injected.finish(stage, watch.first_success).await?;
     Ok(FaultReport {
         scenario: step.fault.fault,
         target: step.fault.node.name(),
@@ -569,6 +592,8 @@ async fn measure(
         throughput_per_100ms: Vec::new(),
         resumed_replica_passive: restored.resumed_replica_passive,
         promotion,
+        region: restored.region,
+        lost_transactions: Vec::new(),
         problem: problem.or(restored.problem),
     })
 }

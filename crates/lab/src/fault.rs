@@ -29,6 +29,7 @@ use crate::deployment::Deployment;
 use crate::deployment::{Backend, Databases};
 use crate::launch::NodeProcess;
 use crate::promotion::{Promotion, PromotionReport};
+use crate::region::{Move, RegionMove, RegionReport};
 use crate::workload::{Live, Parties, BANK_PARTICIPANT, OWNER_PARTICIPANTS};
 
 /// The sequencer's node name in a deployment (its instances are `<name>-a`, ...).
@@ -75,6 +76,12 @@ pub enum Fault {
     /// kill -9 every process and database server of the primary's zone at once; the other
     /// zone's replicas take over on the promoted synchronous standby.
     ZoneLoss,
+    /// Planned: stop region one's processes, wait until the asynchronous standby in region
+    /// two replayed everything, promote it, start region two's cold replicas. One-shot.
+    RegionSwitchover,
+    /// kill -9 every process and database server of region one at once, promote the
+    /// asynchronous standby, start region two's cold replicas. One-shot.
+    RegionLoss,
 }
 
 /// A node of the deployment, by its role rather than by a process name.
@@ -133,6 +140,8 @@ impl Fault {
             Fault::Switchover => "switchover",
             Fault::DatabaseFailover => "database-failover",
             Fault::ZoneLoss => "zone-loss",
+            Fault::RegionSwitchover => "region-switchover",
+            Fault::RegionLoss => "region-loss",
         }
     }
 
@@ -160,7 +169,9 @@ impl Fault {
             Fault::SequencerCrash
             | Fault::DatabaseRestart
             | Fault::DatabaseFailover
-            | Fault::ZoneLoss => Node::Sequencer { instance: 0 },
+            | Fault::ZoneLoss
+            | Fault::RegionSwitchover
+            | Fault::RegionLoss => Node::Sequencer { instance: 0 },
         }
     }
 
@@ -186,7 +197,12 @@ impl Fault {
             Fault::SequencerCrash => Some(Redundancy::Sequencers),
             // The database fails over to its synchronous standby (`needs_sync_standby`); a
             // zone loss also to the other zone's replicas.
-            Fault::DatabaseRestart | Fault::DatabaseFailover => None,
+            // A region move fails over to the other region's cold replicas and database
+            // (`is_region_move`).
+            Fault::DatabaseRestart
+            | Fault::DatabaseFailover
+            | Fault::RegionSwitchover
+            | Fault::RegionLoss => None,
             _ => Some(Redundancy::Replicas),
         }
     }
@@ -196,9 +212,23 @@ impl Fault {
         matches!(self, Fault::DatabaseFailover | Fault::ZoneLoss)
     }
 
+    /// Whether it moves the deployment to another region: it needs an asynchronous standby
+    /// and cold replicas there, and it can run once per deployment (region one is gone
+    /// afterwards).
+    pub fn is_region_move(self) -> bool {
+        matches!(self, Fault::RegionSwitchover | Fault::RegionLoss)
+    }
+
     /// Why it cannot run on `backend`, if it cannot.
     pub fn unsupported_on(self, backend: Backend) -> Option<Unsupported> {
         match (self, backend) {
+            (Fault::RegionSwitchover | Fault::RegionLoss, Backend::Sqlite) => Some(Unsupported {
+                reason: "SQLite is embedded, there is no database to replicate to another region (use --preset two-regions --backend postgres)",
+                refusal: format!(
+                    "{} promotes a PostgreSQL standby in another region; run it with --preset two-regions --backend postgres",
+                    self.name()
+                ),
+            }),
             (Fault::DatabaseFailover | Fault::ZoneLoss, Backend::Sqlite) => Some(Unsupported {
                 reason: "SQLite is embedded, there is no database server to fail over (use --backend postgres with a synchronous standby)",
                 refusal: format!(
@@ -267,6 +297,8 @@ enum Effect {
         promotion: Box<Promotion>,
         processes: Vec<String>,
     },
+    /// The deployment moved to another region; nothing is undone (one-shot).
+    Region(Box<RegionMove>),
 }
 
 /// Whether the first success that proves the faulted node serves again has happened.
@@ -312,7 +344,9 @@ impl PlannedFault {
             Fault::SequencerCrash
             | Fault::DatabaseRestart
             | Fault::DatabaseFailover
-            | Fault::ZoneLoss => None,
+            | Fault::ZoneLoss
+            | Fault::RegionSwitchover
+            | Fault::RegionLoss => None,
             _ => admin::active_replica(&stage.deployment.data_dir, &node).await?,
         };
         let offline_marks_before = if self.fault == Fault::SequencerCrash {
@@ -426,6 +460,9 @@ impl PlannedFault {
             Fault::DatabaseFailover | Fault::ZoneLoss => {
                 strike_database_loss(self.fault, stage, injected_at)?
             }
+            Fault::RegionSwitchover | Fault::RegionLoss => {
+                strike_region(self.fault, stage, injected_at).await?
+            }
         })
     }
 }
@@ -494,10 +531,48 @@ fn strike_database_loss(
     ))
 }
 
+/// Moves the deployment to the asynchronous standby's region, planned or after a loss.
+async fn strike_region(
+    fault: Fault,
+    stage: &mut Stage<'_>,
+    injected_at: Instant,
+) -> anyhow::Result<(String, Effect)> {
+    let databases = stage
+        .postgres
+        .context("a region move needs the PostgreSQL backend")?;
+    let kind = if fault == Fault::RegionLoss {
+        Move::Loss
+    } else {
+        Move::Switchover
+    };
+    let moved = RegionMove::run(kind, stage.deployment, databases, injected_at).await?;
+    let report = &moved.report;
+    let action = match kind {
+        Move::Switchover => format!(
+            "switch {} over to {}: SIGTERM {}, lag 0, promote {}, start {}",
+            report.from_region,
+            report.to_region,
+            report.region_one.join(", "),
+            report.promoted,
+            report.started.join(", ")
+        ),
+        Move::Loss => format!(
+            "kill -9 region {}: {}; promote {}, start {}",
+            report.from_region,
+            report.region_one.join(", "),
+            report.promoted,
+            report.started.join(", ")
+        ),
+    };
+    Ok((action, Effect::Region(Box::new(moved))))
+}
+
 /// What a fault left behind once it was restored.
 pub(crate) struct Restored {
     /// For a freeze: whether the resumed replica came back passive.
     pub resumed_replica_passive: Option<bool>,
+    /// For a region move: its parts and every node's readiness afterwards.
+    pub region: Option<RegionReport>,
     /// What went wrong while undoing the fault.
     pub problem: Option<String>,
 }
@@ -509,6 +584,7 @@ impl Injected {
             Effect::Stopped(name) | Effect::Frozen(name) => Some(name.clone()),
             Effect::Switchover(_) => self.active_before.clone(),
             Effect::DatabaseDown { .. } => None,
+            Effect::Region(moved) => Some(moved.report.region_one.join(", ")),
             Effect::Promoting {
                 promotion,
                 processes,
@@ -543,6 +619,7 @@ impl Injected {
                 any_not_ready_except(deployment, processes).await
             }
             Effect::Switchover(task) => task.is_finished(),
+            Effect::Region(moved) => moved.detected(deployment).await,
             Effect::Stopped(_) if self.planned.fault == Fault::SequencerCrash => {
                 marked_another_offline(
                     &self.offline_marks_before,
@@ -578,9 +655,14 @@ impl Injected {
         }
         let fresh = |index: &usize| live.committed_a_request_sent_after(*index, self.injected_at);
         let back = match (self.planned.fault, self.planned.node) {
-            (Fault::SequencerCrash | Fault::DatabaseFailover | Fault::ZoneLoss, _) => {
-                OWNER_PARTICIPANTS.iter().all(fresh)
-            }
+            (
+                Fault::SequencerCrash
+                | Fault::DatabaseFailover
+                | Fault::ZoneLoss
+                | Fault::RegionSwitchover
+                | Fault::RegionLoss,
+                _,
+            ) => OWNER_PARTICIPANTS.iter().all(fresh),
             (_, Node::Participant(index)) if OWNER_PARTICIPANTS.contains(&index) => fresh(&index),
             _ => OWNER_PARTICIPANTS.iter().any(fresh),
         };
@@ -638,6 +720,7 @@ impl Injected {
             }
             (Effect::Stopped(_) | Effect::Switchover(_), Moment::Measuring { .. }) => false,
             (Effect::Promoting { .. }, _) => false,
+            (Effect::Region(_), Moment::Measuring { .. }) => false,
         };
         if !due {
             return Ok(());
@@ -659,15 +742,32 @@ impl Injected {
                         .context("starting PostgreSQL again")?;
                 }
             }
-            Effect::Promoting { .. } => {}
+            // Region one is gone: nothing to restore.
+            Effect::Promoting { .. } | Effect::Region(_) => {}
         }
         Ok(())
     }
 
     /// Restores the fault if that is still due, and checks what the restore left: a resumed
     /// replica must come back passive.
-    pub async fn finish(mut self, stage: &mut Stage<'_>) -> anyhow::Result<Restored> {
+    pub async fn finish(
+        mut self,
+        stage: &mut Stage<'_>,
+        first_success: Option<Instant>,
+    ) -> anyhow::Result<Restored> {
         self.restore(stage, Moment::Over).await?;
+        let mut region = None;
+        if let Effect::Region(moved) = &mut self.effect {
+            moved.record_readiness(stage.deployment).await;
+            // After a loss a member may rightly halt on a forked history; after a planned
+            // switchover every node must be ready.
+            if moved.kind == Move::Switchover {
+                if let Some(not_ready) = moved.not_ready() {
+                    self.problem.get_or_insert(not_ready);
+                }
+            }
+            region = Some(moved.report(first_success));
+        }
         let mut resumed_replica_passive = None;
         if let Effect::Frozen(name) = &self.effect {
             let node = self.planned.node.name();
@@ -680,6 +780,7 @@ impl Injected {
         }
         Ok(Restored {
             resumed_replica_passive,
+            region,
             problem: self.problem,
         })
     }

@@ -121,6 +121,11 @@ impl NodeProcess {
         &self.name
     }
 
+    /// The `meridian` subcommand it runs (`sequencer`, `participant`, ...).
+    pub fn role_command(&self) -> &'static str {
+        self.role
+    }
+
     /// (Re)starts the process with the same config and ports, appending to the same log.
     pub fn start(&mut self, exe: &Path) -> anyhow::Result<()> {
         if self.child.is_some() {

@@ -16,6 +16,7 @@ pub mod fork;
 pub mod launch;
 pub mod nemesis;
 pub mod promotion;
+pub mod region;
 mod stats;
 pub mod timed_run;
 pub mod workload;

@@ -179,6 +179,92 @@ fn a_short_nemesis_run_loses_and_duplicates_nothing() {
     );
 }
 
+/// A planned region switchover under load: region one drained, the asynchronous standby
+/// caught up and promoted, region two's cold replicas started; nothing acknowledged is lost,
+/// and the RTO comes with its parts.
+#[test]
+fn a_region_switchover_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    let report = run_drill(
+        &[
+            "--scenario",
+            "region-switchover",
+            "--preset",
+            "two-regions",
+            "--backend",
+            "postgres",
+            "--data-dir",
+            &data_arg,
+        ],
+        dir.path(),
+    );
+    assert_objectives(&report, &["region-switchover"]);
+    let fault = &report["faults"][0];
+    assert!(
+        fault["rto_first_success_ms"].as_f64().unwrap() > 0.0,
+        "{fault}"
+    );
+    let region = &fault["region"];
+    assert_eq!(region["from_region"], "region-1", "{region}");
+    assert_eq!(region["to_region"], "region-2", "{region}");
+    assert_eq!(region["promoted"], "pg-2a", "{region}");
+    for part in [
+        "drain_ms",
+        "catch_up_ms",
+        "stop_servers_ms",
+        "promote_ms",
+        "start_ms",
+        "first_commit_ms",
+    ] {
+        assert!(
+            region[part].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{part}: {region}"
+        );
+    }
+    // The parts add up to no more than the RTO (the first commit is seen by polling).
+    let parts: f64 = [
+        "drain_ms",
+        "catch_up_ms",
+        "stop_servers_ms",
+        "promote_ms",
+        "start_ms",
+        "first_commit_ms",
+    ]
+    .iter()
+    .map(|part| region[part].as_f64().unwrap())
+    .sum();
+    let rto = fault["rto_first_success_ms"].as_f64().unwrap();
+    assert!(
+        parts <= rto + 1.0,
+        "parts {parts} ms > RTO {rto} ms: {region}"
+    );
+    // Every cold replica of region two was started and every running node is ready.
+    let started: Vec<&str> = region["started"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(started.len(), 6, "{started:?}");
+    assert!(started.contains(&"participant2-c"), "{started:?}");
+    let readiness = region["readiness"].as_array().unwrap();
+    assert_eq!(readiness.len(), 6, "{region}");
+    assert!(readiness.iter().all(|r| r["ready"] == true), "{region}");
+    // Region two's replicas were known from the start: a region-one member lists the cold
+    // sequencer instance's endpoint after the warm ones.
+    let cold = std::fs::read_to_string(data.join("sequencer/sequencer-c.toml")).unwrap();
+    let listen = cold
+        .lines()
+        .find(|l| l.starts_with("listen_address"))
+        .and_then(|l| l.split('"').nth(1))
+        .unwrap()
+        .to_owned();
+    let member = std::fs::read_to_string(data.join("participant2/participant2-a.toml")).unwrap();
+    assert!(member.contains(&format!("http://{listen}")), "{member}");
+}
+
 #[test]
 fn bad_requests_are_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -236,6 +322,14 @@ fn bad_requests_are_refused_before_anything_starts() {
         (
             vec!["--scenario", "zone-loss", "--backend", "postgres"],
             "no PostgreSQL cluster with a synchronous standby",
+        ),
+        (
+            vec!["--scenario", "region-loss", "--backend", "postgres"],
+            "no second region with an asynchronous PostgreSQL standby",
+        ),
+        (
+            vec!["--scenario", "region-switchover"],
+            "--preset two-regions --backend postgres",
         ),
         (vec!["--json", "/no/such/dir/drill.json"], "does not exist"),
         (vec!["--seed", "7"], "--scenario random"),

@@ -254,9 +254,59 @@ impl Databases {
         self.kill9_where(|s| &s.zone == zone)
     }
 
+    /// Cuts the delaying links that standbys outside `region` stream through (from a primary
+    /// in it): open connections are reset with the WAL they held in flight, new ones refused.
+    /// A lost region leaves the network at once; without this, a killed primary's last WAL
+    /// would still stream out while its processes are reaped (seconds on a busy machine).
+    pub fn cut_links_into(&self, region: &RegionName) -> anyhow::Result<Vec<ServerName>> {
+        let clusters = self.clusters().context("no clusters run here")?;
+        let mut cut = Vec::new();
+        for cluster in clusters.iter() {
+            let primary_in_region = cluster
+                .servers
+                .iter()
+                .any(|s| s.role == ServerRole::Primary && &s.region == region);
+            if !primary_in_region {
+                continue;
+            }
+            for server in cluster.servers.iter().filter(|s| &s.region != region) {
+                if let Some(link) = &server.link {
+                    link.partition();
+                    cut.push(server.name.clone());
+                }
+            }
+        }
+        Ok(cut)
+    }
+
     /// Kills every running server in `region`.
     pub fn kill9_region(&self, region: &RegionName) -> anyhow::Result<Vec<ServerName>> {
         self.kill9_where(|s| &s.region == region)
+    }
+
+    /// Stops every running server in `region` (`pg_ctl stop -m immediate`), as an operator
+    /// fences a region after a planned switchover once its standby replayed everything;
+    /// returns their names. Immediate, because a fast shutdown's checkpoint took 24 s on this
+    /// busy machine and sits inside the switchover's RTO, while nothing is left to flush that
+    /// the standby has not replayed. Like killed ones, they are never started again.
+    pub fn stop_region(&self, region: &RegionName) -> anyhow::Result<Vec<ServerName>> {
+        let mut clusters = self.clusters().context("no clusters run here")?;
+        let mut stopped = Vec::new();
+        for server in clusters
+            .iter_mut()
+            .flat_map(|c| c.servers.iter_mut())
+            .filter(|s| &s.region == region)
+        {
+            if let Some(running) = server.server.take() {
+                running
+                    .stop()
+                    .with_context(|| format!("stopping {}", server.name))?;
+                server.link = None;
+                server.front = None;
+                stopped.push(server.name.clone());
+            }
+        }
+        Ok(stopped)
     }
 
     /// Kills the running primary of every cluster; returns their names.

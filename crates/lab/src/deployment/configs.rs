@@ -92,20 +92,36 @@ pub fn replication(
 pub struct MemberContext {
     pub owner_public_key: String,
     pub keys_dir: PathBuf,
+    /// The warm sequencer instances' endpoints.
     pub sequencer_endpoints: Vec<String>,
+    /// The cold instances' endpoints, listed after the warm ones (refused until started).
+    pub cold_sequencer_endpoints: Vec<String>,
+    /// Every topology manager replica's endpoint, warm ones first.
     pub topology_endpoints: Vec<String>,
 }
 
 impl MemberContext {
-    /// The sequencer endpoints rotated left by `start`, so that members spread their
-    /// subscriptions and sends over the instances.
+    /// The warm sequencer endpoints rotated left by `start`, so that members spread their
+    /// subscriptions and sends over the instances, then the cold ones.
     fn sequencers_from(&self, start: usize) -> Endpoints {
-        Endpoints::new(rotated(&self.sequencer_endpoints, start))
+        Endpoints::new(warm_then_cold(
+            &self.sequencer_endpoints,
+            start,
+            &self.cold_sequencer_endpoints,
+        ))
     }
 
     fn key_file(&self, node: &str) -> PathBuf {
         self.keys_dir.join(format!("{node}.key"))
     }
+}
+
+/// `warm` rotated left by `start`, then `cold`: a member starts on a running instance and
+/// knows the cold ones for when their region is started.
+pub fn warm_then_cold(warm: &[String], start: usize, cold: &[String]) -> Vec<String> {
+    let mut endpoints = rotated(warm, start);
+    endpoints.extend(cold.iter().cloned());
+    endpoints
 }
 
 pub fn rotated(endpoints: &[String], start: usize) -> Vec<String> {
@@ -210,5 +226,23 @@ pub fn participant(
         submit_timeout_ms: settings.submit_timeout_ms,
         limits: settings.limits,
         replication,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_start_on_a_warm_instance_and_know_the_cold_ones() {
+        let warm = vec!["http://a".to_owned(), "http://b".to_owned()];
+        let cold = vec!["http://c".to_owned()];
+        for start in 0..4 {
+            let endpoints = warm_then_cold(&warm, start, &cold);
+            assert_eq!(endpoints.len(), 3);
+            assert!(warm.contains(&endpoints[0]), "{endpoints:?}");
+            assert_eq!(endpoints[2], "http://c");
+        }
+        assert_eq!(warm_then_cold(&warm, 1, &cold)[0], "http://b");
     }
 }

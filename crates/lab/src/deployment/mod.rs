@@ -4,6 +4,11 @@
 //! replicas when it has several — with keys and configs in a data directory. Cold replicas
 //! get their configs (under `<node>/cold/`) but are not started; the description itself is
 //! written to `<data-dir>/deployment.toml`, where `meridian admin status` finds the placement.
+//! Every replica's ports are fixed before anything starts and every endpoint list (members'
+//! sequencer and topology endpoints, the workload's Ledger API endpoints) names the cold
+//! replicas too, after the warm ones: a cold endpoint refuses until
+//! [`Deployment::start_cold`] starts its region, and then it is already known to everyone.
+//! [`Deployment::kill9_region`] and [`Deployment::stop_region`] take a whole region away.
 //!
 //! Used by `meridian demo`, `meridian up`, `meridian drill`, the benchmarks and the black-box
 //! tests. Configs are rewritten with fresh ports on every start while keys and databases
@@ -15,6 +20,7 @@ pub mod clusters;
 pub mod configs;
 pub mod description;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -40,7 +46,7 @@ pub use description::{
 use crate::clockshift::ClockShift;
 use crate::launch::{free_addresses, NodeProcess};
 use configs::{Addresses, MemberContext};
-use description::{MEDIATOR_NODE, TOPOLOGY_NODE};
+use description::{RegionName, MEDIATOR_NODE, SEQUENCER_NODE, TOPOLOGY_NODE};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where in the data directory the description of the running deployment is kept.
@@ -108,6 +114,19 @@ pub struct ColdReplica {
     pub name: ReplicaName,
     pub zone: ZoneName,
     pub config_path: PathBuf,
+    /// Where it will listen once started: fixed now, so that every endpoint list names it.
+    pub grpc_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    role: Role,
+    /// The node's directory, where a started replica's config and log go.
+    dir: PathBuf,
+}
+
+impl ColdReplica {
+    /// Its gRPC endpoint (refused until it is started).
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_address)
+    }
 }
 
 /// A node process whose config is ready but which is not started yet.
@@ -152,6 +171,10 @@ impl PendingProcess {
             name: ReplicaName(self.name),
             zone: zone.clone(),
             config_path,
+            grpc_address: self.at.grpc,
+            admin_address: self.at.admin,
+            role: self.role,
+            dir: self.dir,
         })
     }
 }
@@ -424,13 +447,15 @@ impl Starter<'_> {
         sequencer_endpoints: &[String],
     ) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>)> {
         let storage = self.spec.storage(node).await?;
+        let cold_sequencers = self.cold_endpoints(SEQUENCER_NODE);
         let plan = self.spec.plan_node(node, |position, replica, at| {
             configs::topology_manager(
                 at,
                 &keys.dir,
-                meridian_node::config::Endpoints::new(configs::rotated(
+                meridian_node::config::Endpoints::new(configs::warm_then_cold(
                     sequencer_endpoints,
                     position,
+                    &cold_sequencers,
                 )),
                 storage[position].clone(),
                 self.spec.replication(node, replica, at.grpc),
@@ -440,6 +465,15 @@ impl Starter<'_> {
         let topology = self.start_ready(first).await?;
         let standbys = self.start_standbys(others).await?;
         Ok((topology, standbys))
+    }
+
+    /// The gRPC endpoints of `node`'s cold replicas written so far.
+    fn cold_endpoints(&self, node: &str) -> Vec<String> {
+        self.cold
+            .iter()
+            .filter(|c| c.node == node)
+            .map(ColdReplica::grpc_endpoint)
+            .collect()
     }
 
     /// Starts a replica that serves gRPC and waits until it is ready.
@@ -624,9 +658,11 @@ impl Deployment {
             owner_public_key: keys.owner_public_key.clone(),
             keys_dir: keys.dir.clone(),
             sequencer_endpoints,
+            cold_sequencer_endpoints: starter.cold_endpoints(SEQUENCER_NODE),
             topology_endpoints: std::iter::once(&topology)
                 .chain(&topology_standbys)
                 .map(NodeProcess::grpc_endpoint)
+                .chain(starter.cold_endpoints(TOPOLOGY_NODE))
                 .collect(),
         };
         let members = starter.start_members(&nodes[2..], &keys, &context).await?;
@@ -677,11 +713,23 @@ impl Deployment {
         self.participants[index].grpc_endpoint()
     }
 
-    /// Every replica's Ledger API endpoint of participant `index`, first replica first.
+    /// Every replica's Ledger API endpoint of participant `index`: the first replica, its
+    /// warm standbys, then its cold replicas (refused until their region is started).
     pub fn ledger_endpoints(&self, index: usize) -> Vec<String> {
+        let node = self
+            .description
+            .participants
+            .get(index)
+            .map(|p| p.name.as_str());
         std::iter::once(&self.participants[index])
             .chain(&self.participant_standbys[index])
             .map(NodeProcess::grpc_endpoint)
+            .chain(
+                self.cold
+                    .iter()
+                    .filter(|c| Some(c.node.as_str()) == node)
+                    .map(ColdReplica::grpc_endpoint),
+            )
             .collect()
     }
 
@@ -717,6 +765,19 @@ impl Deployment {
             .chain(self.mediator_standbys.iter_mut())
             .chain(self.participants.iter_mut())
             .chain(self.participant_standbys.iter_mut().flatten())
+            .collect()
+    }
+
+    /// Every node process of the deployment, in [`Self::processes_mut`]'s order.
+    pub fn processes(&self) -> Vec<&NodeProcess> {
+        self.sequencers
+            .iter()
+            .chain(std::iter::once(&self.topology))
+            .chain(&self.topology_standbys)
+            .chain(std::iter::once(&self.mediator))
+            .chain(&self.mediator_standbys)
+            .chain(&self.participants)
+            .chain(self.participant_standbys.iter().flatten())
             .collect()
     }
 
@@ -772,6 +833,140 @@ impl Deployment {
             ));
         }
         lines
+    }
+
+    /// The names of every replica (warm or cold) the description places in `region`.
+    fn replicas_in(&self, region: &RegionName) -> HashSet<String> {
+        let keys = self.description.node_keys();
+        self.description
+            .nodes(&keys)
+            .iter()
+            .flat_map(|node| node.replicas.iter())
+            .filter(|r| self.description.region_of(&r.zone) == Some(region))
+            .map(|r| r.name.to_string())
+            .collect()
+    }
+
+    /// Starts every cold replica of `region` (without waiting for them: a replica on a
+    /// database that is still a standby stays not ready until it is promoted) and moves each
+    /// into the running processes as a standby of its node; returns their names.
+    pub fn start_cold(&mut self, region: &RegionName) -> anyhow::Result<Vec<String>> {
+        let (starting, staying): (Vec<ColdReplica>, Vec<ColdReplica>) =
+            std::mem::take(&mut self.cold)
+                .into_iter()
+                .partition(|c| self.description.region_of(&c.zone) == Some(region));
+        self.cold = staying;
+        let mut started = Vec::new();
+        for cold in starting {
+            let config = std::fs::read_to_string(&cold.config_path)
+                .with_context(|| format!("reading {}", cold.config_path.display()))?;
+            let process = NodeProcess::configure(
+                cold.role.command(),
+                &cold.dir,
+                &cold.name.to_string(),
+                &config,
+                cold.grpc_address,
+                cold.admin_address,
+            )?
+            .started(&self.exe)?;
+            started.push(process.name().to_owned());
+            self.adopt(&cold.node, process)?;
+        }
+        Ok(started)
+    }
+
+    /// Files a started cold replica of `node` with that node's processes.
+    fn adopt(&mut self, node: &str, process: NodeProcess) -> anyhow::Result<()> {
+        if node == SEQUENCER_NODE {
+            self.sequencers.push(process);
+        } else if node == TOPOLOGY_NODE {
+            self.topology_standbys.push(process);
+        } else if node == MEDIATOR_NODE {
+            self.mediator_standbys.push(process);
+        } else {
+            let index = self
+                .description
+                .participants
+                .iter()
+                .position(|p| p.name.as_str() == node)
+                .with_context(|| format!("no node {node} to start a cold replica of"))?;
+            self.participant_standbys[index].push(process);
+        }
+        Ok(())
+    }
+
+    /// The running processes placed in `region`.
+    fn processes_in(&mut self, region: &RegionName) -> Vec<&mut NodeProcess> {
+        let names = self.replicas_in(region);
+        self.processes_mut()
+            .into_iter()
+            .filter(|p| names.contains(p.name()) && p.pid().is_some())
+            .collect()
+    }
+
+    /// Kills (SIGKILL) every process of `region` and, on PostgreSQL clusters, every database
+    /// server there, at once, as a lost region; returns what was killed. First the
+    /// replication links out of the region are cut (the region leaves the network: WAL in
+    /// flight is lost, as it would be), then the processes are killed (no node gets to see
+    /// its database vanish and react), then the servers.
+    pub fn kill9_region(&mut self, region: &RegionName) -> anyhow::Result<Vec<String>> {
+        if let Some(databases) = &self.databases {
+            if !databases.servers().is_empty() {
+                databases.cut_links_into(region)?;
+            }
+        }
+        let mut killed = Vec::new();
+        for process in self.processes_in(region) {
+            process.kill9()?;
+            killed.push(process.name().to_owned());
+        }
+        if let Some(databases) = &self.databases {
+            // An external server (tests) is no region's: it stays.
+            if !databases.servers().is_empty() {
+                killed.extend(
+                    databases
+                        .kill9_region(region)?
+                        .into_iter()
+                        .map(|s| s.to_string()),
+                );
+            }
+        }
+        Ok(killed)
+    }
+
+    /// Stops every process of `region` gracefully, in three waves — the participants, then
+    /// the mediator and topology manager, then the sequencer instances — each wave SIGTERMed
+    /// at once and given `grace` to exit; returns their names. Participants go first so that
+    /// the mediator and sequencer are still there for their in-flight submissions. (Those
+    /// also need the other participants' confirmations, and the participants stop together,
+    /// so a participant with submissions in flight still waits out its 5 s drain bound —
+    /// docs/benchmarks.md.) Database servers keep running.
+    pub async fn stop_region(
+        &mut self,
+        region: &RegionName,
+        grace: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let wave_of = |command: &str| match command {
+            "participant" => 0,
+            "sequencer" => 2,
+            _ => 1,
+        };
+        let mut stopped = Vec::new();
+        for wave in 0..3 {
+            let mut processes: Vec<&mut NodeProcess> = self
+                .processes_in(region)
+                .into_iter()
+                .filter(|p| wave_of(p.role_command()) == wave)
+                .collect();
+            for process in &processes {
+                process.signal(nix::sys::signal::Signal::SIGTERM)?;
+            }
+            for process in &mut processes {
+                process.wait_exit(grace).await?;
+                stopped.push(process.name().to_owned());
+            }
+        }
+        Ok(stopped)
     }
 
     /// Stops every node with SIGTERM: participants first, the sequencer instances last, so

@@ -65,6 +65,9 @@ pub struct PlanView {
     pub backend: Backend,
     /// Whether the (only) PostgreSQL cluster has a synchronous standby to promote.
     pub sync_standby: bool,
+    /// Whether the deployment spans two regions with an asynchronous standby of the (only)
+    /// PostgreSQL cluster in another region than its primary: a region move's target.
+    pub region_standby: bool,
 }
 
 impl PlanView {
@@ -79,6 +82,12 @@ impl PlanView {
                     .servers
                     .iter()
                     .any(|s| s.role == ServerRole::SyncStandby),
+            region_standby: description.postgres_clusters.len() == 1
+                && description.regions.len() >= 2
+                && description.postgres_clusters[0]
+                    .servers
+                    .iter()
+                    .any(|s| s.role == ServerRole::AsyncStandby),
         }
     }
 }
@@ -117,7 +126,8 @@ pub fn plan(
                     fault.name()
                 ),
             })
-        });
+        })
+        .or_else(|| region_move_refusal(fault, scenario, deployment));
         if let Some(unsupported) = unsupported {
             if scenario == Scenario::All {
                 skipped.push(format!("{}: {}", fault.name(), unsupported.reason));
@@ -128,6 +138,32 @@ pub fn plan(
         planned.push(aim(fault, target, deployment)?);
     }
     Ok((planned, skipped))
+}
+
+/// Why a region move cannot be planned: the deployment has no other region with an
+/// asynchronous standby, or (in `all`) because it is one-shot — region one is gone after it,
+/// so it runs on its own, one fresh deployment per trial.
+fn region_move_refusal(
+    fault: Fault,
+    scenario: Scenario,
+    deployment: &PlanView,
+) -> Option<Unsupported> {
+    if !fault.is_region_move() {
+        return None;
+    }
+    if !deployment.region_standby {
+        return Some(Unsupported {
+            reason: "the deployment has one region, or no asynchronous standby in another region to promote (try --preset two-regions)",
+            refusal: format!(
+                "{}: the deployment has no second region with an asynchronous PostgreSQL standby to promote (try --preset two-regions --backend postgres)",
+                fault.name()
+            ),
+        });
+    }
+    (scenario == Scenario::All).then(|| Unsupported {
+        reason: "one-shot, region one is gone afterwards: run it on its own (--scenario region-switchover or region-loss)",
+        refusal: String::new(),
+    })
 }
 
 /// `fault` aimed at the node named `target` (else its default), if the deployment runs that
@@ -173,6 +209,41 @@ mod tests {
     }
 
     #[test]
+    fn region_moves_run_on_their_own_and_only_with_a_second_region() {
+        let two_regions =
+            PlanView::of(&Description::preset(Preset::TwoRegions).with_backend(Backend::Postgres));
+        assert!(two_regions.region_standby);
+        let (faults, skipped) = plan(Scenario::All, None, &two_regions).expect("plan");
+        assert!(
+            faults.iter().all(|f| !f.fault.is_region_move()),
+            "{faults:?}"
+        );
+        for name in ["region-switchover", "region-loss"] {
+            assert!(
+                skipped
+                    .iter()
+                    .any(|s| s.starts_with(name) && s.contains("one-shot")),
+                "{skipped:?}"
+            );
+        }
+        let (faults, _) =
+            plan(Scenario::One(Fault::RegionLoss), None, &two_regions).expect("alone it runs");
+        assert_eq!(faults[0].fault, Fault::RegionLoss);
+        let one_region =
+            PlanView::of(&Description::preset(Preset::Replicated).with_backend(Backend::Postgres));
+        let (_, skipped) = plan(Scenario::All, None, &one_region).expect("plan");
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.starts_with("region-switchover") && s.contains("one region")),
+            "{skipped:?}"
+        );
+        let error = plan(Scenario::One(Fault::RegionSwitchover), None, &one_region)
+            .expect_err("no second region");
+        assert!(error.to_string().contains("no second region"), "{error}");
+    }
+
+    #[test]
     fn the_default_deployment_plans_every_scenario_but_freeze_and_restart_on_sqlite() {
         let (faults, skipped) = plan(Scenario::All, None, &view(Preset::Replicated)).expect("plan");
         assert_eq!(faults.len(), 6);
@@ -188,7 +259,8 @@ mod tests {
             PlanView::of(&Description::preset(Preset::Replicated).with_backend(Backend::Postgres));
         let (faults, skipped) = plan(Scenario::All, None, &postgres).expect("plan");
         assert_eq!(faults.len(), 8);
-        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        // The two database failovers, and the two region moves (one region).
+        assert_eq!(skipped.len(), 4, "{skipped:?}");
         assert!(
             skipped[0].contains("no PostgreSQL cluster with a synchronous standby"),
             "{skipped:?}"
@@ -201,10 +273,10 @@ mod tests {
                 .starts_with("database-failover: the deployment has no"),
             "{error}"
         );
-        // The two-region preset runs them all.
+        // The two-region preset runs them all but the one-shot region moves.
         let (faults, skipped) = plan(Scenario::All, None, &view(Preset::TwoRegions)).expect("plan");
         assert_eq!(faults.len(), 10, "{skipped:?}");
-        assert!(skipped.is_empty());
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! and lost transactions of every trial's window. `--trials N` runs each scenario N times in
 //! one deployment; this is what the table's summary lines and the JSON's `scenarios` show.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::experiment::FaultReport;
@@ -27,6 +29,40 @@ pub struct ScenarioSummary {
     pub promoter_ms_p50_max: Option<[f64; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meridian_ms_p50_max: Option<[f64; 2]>,
+    /// For region moves: each part of the RTO (`drain`, `catch_up`, ..., `first_commit`),
+    /// p50 and max over the trials that had it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub region_parts_ms_p50_max: BTreeMap<&'static str, [f64; 2]>,
+}
+
+/// Each part of a region move's RTO by name, where the move had it.
+fn region_parts(report: &crate::region::RegionReport) -> [(&'static str, Option<f64>); 8] {
+    [
+        ("drain", report.drain_ms),
+        ("catch_up", report.catch_up_ms),
+        ("stop_servers", report.stop_servers_ms),
+        ("kill", report.kill_ms),
+        ("detection_delay", report.detection_delay_ms),
+        ("promote", Some(report.promote_ms)),
+        ("start", Some(report.start_ms)),
+        ("first_commit", report.first_commit_ms),
+    ]
+}
+
+/// p50 and max of every region-move part over `trials`.
+fn region_parts_p50_max(trials: &[&FaultReport]) -> BTreeMap<&'static str, [f64; 2]> {
+    let mut values: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for region in trials.iter().filter_map(|f| f.region.as_ref()) {
+        for (part, value) in region_parts(region) {
+            if let Some(value) = value {
+                values.entry(part).or_default().push(value);
+            }
+        }
+    }
+    values
+        .into_iter()
+        .filter_map(|(part, values)| Some((part, p50_max(values)?)))
+        .collect()
 }
 
 /// p50 and max of `values`, `None` when there are none.
@@ -77,6 +113,7 @@ pub fn by_scenario(faults: &[FaultReport]) -> Vec<ScenarioSummary> {
                         .filter_map(|f| f.promotion.as_ref()?.meridian_ms)
                         .collect(),
                 ),
+                region_parts_ms_p50_max: region_parts_p50_max(&trials),
             }
         })
         .collect()
@@ -105,6 +142,8 @@ mod tests {
             throughput_per_100ms: Vec::new(),
             resumed_replica_passive: None,
             promotion: None,
+            region: None,
+            lost_transactions: Vec::new(),
             problem: rto_ms.is_none().then(|| "not recovered".to_owned()),
         }
     }
@@ -129,5 +168,34 @@ mod tests {
         assert_eq!(mediator.failed_requests, 3);
         assert_eq!(mediator.problems, 1);
         assert_eq!(summary[1].rto_first_success_ms_p50, 100.0);
+    }
+
+    #[test]
+    fn a_region_moves_parts_are_summarised_where_the_trials_had_them() {
+        let moved = |drain_ms: f64, first_commit_ms: Option<f64>| {
+            let mut fault = trial(Fault::RegionSwitchover, Some(9_000.0), 0);
+            fault.region = Some(crate::region::RegionReport {
+                drain_ms: Some(drain_ms),
+                promote_ms: 300.0,
+                first_commit_ms,
+                ..Default::default()
+            });
+            fault
+        };
+        let summary = by_scenario(&[
+            moved(5_000.0, Some(1_000.0)),
+            moved(1_000.0, None),
+            moved(3_000.0, Some(2_000.0)),
+        ]);
+        let parts = &summary[0].region_parts_ms_p50_max;
+        assert_eq!(parts["drain"], [3_000.0, 5_000.0]);
+        assert_eq!(parts["promote"], [300.0, 300.0]);
+        // Only the two trials that committed count for the first commit.
+        assert_eq!(parts["first_commit"][1], 2_000.0);
+        // Parts no trial had (a loss's kill) are absent, not zero.
+        assert!(!parts.contains_key("kill"), "{parts:?}");
+        // No region move, no parts.
+        let crash = by_scenario(&[trial(Fault::MediatorCrash, Some(1.0), 0)]);
+        assert!(crash[0].region_parts_ms_p50_max.is_empty());
     }
 }
