@@ -53,6 +53,30 @@ struct RunningCluster {
     servers: Vec<RunningServer>,
 }
 
+impl RunningCluster {
+    /// The server that is its primary now.
+    fn primary(&self) -> anyhow::Result<&RunningServer> {
+        self.servers
+            .iter()
+            .find(|s| s.role == ServerRole::Primary)
+            .with_context(|| format!("cluster {} has no primary", self.name))
+    }
+}
+
+/// The cluster that holds the server called `name`, and that server.
+fn locate<'a>(
+    clusters: &'a [RunningCluster],
+    name: &ServerName,
+) -> anyhow::Result<(&'a RunningCluster, &'a RunningServer)> {
+    clusters
+        .iter()
+        .find_map(|cluster| {
+            let server = cluster.servers.iter().find(|s| &s.name == name)?;
+            Some((cluster, server))
+        })
+        .with_context(|| format!("no database server {name}"))
+}
+
 /// One server of a cluster as it is now; its role changes with promotions.
 #[derive(Debug)]
 struct RunningServer {
@@ -369,11 +393,7 @@ impl Databases {
     /// The running server called `name` (`Ok(None)` when killed).
     fn running(&self, name: &ServerName) -> anyhow::Result<Option<Arc<PostgresServer>>> {
         let clusters = self.clusters().context("no clusters run here")?;
-        let server = clusters
-            .iter()
-            .flat_map(|c| c.servers.iter())
-            .find(|s| &s.name == name)
-            .with_context(|| format!("no database server {name}"))?;
+        let (_, server) = locate(&clusters, name)?;
         Ok(server.server.clone())
     }
 
@@ -388,20 +408,8 @@ impl Databases {
     ) -> anyhow::Result<()> {
         let (standby, primary, app, needs_link) = {
             let clusters = self.clusters().context("no clusters run here")?;
-            let cluster = clusters
-                .iter()
-                .find(|c| c.servers.iter().any(|s| &s.name == name))
-                .with_context(|| format!("no database server {name}"))?;
-            let entry = cluster
-                .servers
-                .iter()
-                .find(|s| &s.name == name)
-                .context("listed")?;
-            let primary = cluster
-                .servers
-                .iter()
-                .find(|s| s.role == ServerRole::Primary)
-                .with_context(|| format!("cluster {} has no primary", cluster.name))?;
+            let (cluster, entry) = locate(&clusters, name)?;
+            let primary = cluster.primary()?;
             (
                 entry
                     .server
@@ -467,21 +475,12 @@ impl Databases {
     pub fn wait_for_catch_up(&self, name: &ServerName, timeout: Duration) -> anyhow::Result<()> {
         let (primary, app) = {
             let clusters = self.clusters().context("no clusters run here")?;
-            let cluster = clusters
-                .iter()
-                .find(|c| c.servers.iter().any(|s| &s.name == name))
-                .with_context(|| format!("no database server {name}"))?;
-            let entry = cluster
-                .servers
-                .iter()
-                .find(|s| &s.name == name)
-                .context("listed")?;
-            let primary = cluster
-                .servers
-                .iter()
-                .find(|s| s.role == ServerRole::Primary)
-                .and_then(|s| s.server.clone())
-                .with_context(|| format!("cluster {} has no running primary", cluster.name))?;
+            let (cluster, entry) = locate(&clusters, name)?;
+            let primary = cluster.primary()?;
+            let primary = primary
+                .server
+                .clone()
+                .with_context(|| format!("the primary {} is not running", primary.name))?;
             (primary, entry.application_name.clone())
         };
         primary.wait_for_catch_up(&app, timeout)?;
@@ -500,23 +499,11 @@ impl Databases {
     ) -> anyhow::Result<()> {
         let (primary, app, address, role, needs_link) = {
             let clusters = self.clusters().context("no clusters run here")?;
-            let cluster = clusters
-                .iter()
-                .find(|c| c.servers.iter().any(|s| &s.name == name))
-                .with_context(|| format!("no database server {name}"))?;
-            let entry = cluster
-                .servers
-                .iter()
-                .find(|s| &s.name == name)
-                .context("listed")?;
+            let (cluster, entry) = locate(&clusters, name)?;
             if entry.server.is_some() {
                 bail!("{name} is running; only a killed server is rebuilt");
             }
-            let primary = cluster
-                .servers
-                .iter()
-                .find(|s| s.role == ServerRole::Primary)
-                .with_context(|| format!("cluster {} has no primary", cluster.name))?;
+            let primary = cluster.primary()?;
             let role = match entry.role {
                 ServerRole::AsyncStandby => ServerRole::AsyncStandby,
                 ServerRole::Primary | ServerRole::SyncStandby => ServerRole::SyncStandby,
