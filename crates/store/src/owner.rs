@@ -161,10 +161,7 @@ pub async fn claim_database(
     config: &StorageConfig,
     owner: &DatabaseOwner,
 ) -> Result<OwnerClaim, StoreError> {
-    let pool = StorePool::open(config, &POOL).await?;
-    let claimed = claim_in(&pool, owner).await;
-    pool.close().await;
-    let (found, claim) = claimed?;
+    let (found, claim) = claim_attempts(config, owner).await?;
     if found == *owner {
         Ok(claim)
     } else {
@@ -174,6 +171,39 @@ pub async fn claim_database(
             found,
         })))
     }
+}
+
+/// Attempts at opening the database and claiming it while that meets a conflict: replicas
+/// starting at once race for the fresh database (creating the file, switching it to WAL,
+/// migrating, writing the record), and SQLite can answer "database is locked" to a loser even
+/// within its busy timeout; a retry then finds the winner's record.
+const CLAIM_ATTEMPTS: u32 = 5;
+
+async fn claim_attempts(
+    config: &StorageConfig,
+    owner: &DatabaseOwner,
+) -> Result<(DatabaseOwner, OwnerClaim), StoreError> {
+    let mut attempt = 1;
+    loop {
+        match claim_once(config, owner).await {
+            Err(StoreError::Conflict(_)) if attempt < CLAIM_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Opens the database (its own short-lived pool), claims it, closes it.
+async fn claim_once(
+    config: &StorageConfig,
+    owner: &DatabaseOwner,
+) -> Result<(DatabaseOwner, OwnerClaim), StoreError> {
+    let pool = StorePool::open(config, &POOL).await?;
+    let claimed = claim_in(&pool, owner).await;
+    pool.close().await;
+    claimed
 }
 
 /// One write transaction: read the record, write it if missing, read it back. The first read
