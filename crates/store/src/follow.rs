@@ -32,14 +32,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 
-pub use crate::pool::POSTGRES_ACQUIRE_TIMEOUT;
-use crate::pool::{StoreFailure, POSTGRES_MIGRATOR};
 use crate::postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs};
 use crate::writer_fence::{self, Fenced, ServerFacts, SystemId, Timeline};
 use crate::StoreError;
+
+/// An error type a store function returns: [`StoreError`], or one that wraps it beside
+/// errors of its own (the topology store's). A PostgreSQL call's failure is shown to
+/// [`FollowingPools::failed_as`] as the store error inside, and the answer put back.
+pub(crate) trait StoreFailure: From<StoreError> {
+    /// The store error inside, or `self` back if it is none.
+    fn into_store(self) -> Result<StoreError, Self>;
+}
+
+impl StoreFailure for StoreError {
+    fn into_store(self) -> Result<StoreError, Self> {
+        Ok(self)
+    }
+}
+
+/// How long a call waits for a PostgreSQL connection before reporting the database
+/// unavailable. Short, because callers retry transient errors themselves and report
+/// not-ready meanwhile.
+pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One schema for all stores (each store has its own tables in it), run on the writer a
+/// search finds.
+pub(crate) static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The least time between two searches for the writer: a bound on the connections a store
 /// opens while its database flaps or is away, short enough that a node notices a promotion
@@ -658,7 +680,10 @@ impl FollowingPools {
                 let migrated = if found.read_only {
                     Ok(())
                 } else {
-                    // `run_direct`, not `run`: see `pool::migrate_postgres_unless_read_only`.
+                    // `run_direct`, not `run`: awaiting `run(&mut connection)` makes every
+                    // enclosing future's `Send` proof fail ("Acquire is not general enough"),
+                    // so callers could not spawn the node; `run` on a connection only forwards
+                    // to `run_direct`.
                     POSTGRES_MIGRATOR.run_direct(&mut found.connection).await
                 };
                 close(found.connection).await;

@@ -123,7 +123,7 @@ pub(crate) use on_backend;
 /// `$writer` and `$readers` bound to them; the PostgreSQL half of [`on_backend!`], for code
 /// that exists on PostgreSQL only. A failure of the body is shown to
 /// [`FollowingPools::failed`] before the enclosing function returns it; the body's error type
-/// is the function's, a [`StoreFailure`].
+/// is the function's, a [`crate::follow::StoreFailure`].
 macro_rules! on_postgres {
     ($following:expr, |$writer:pat_param, $readers:pat_param| $body:expr) => {{
         let following: &$crate::follow::FollowingPools = $following;
@@ -148,20 +148,6 @@ macro_rules! on_postgres {
     }};
 }
 pub(crate) use on_postgres;
-
-/// An error type a store function returns: [`StoreError`], or one that wraps it beside
-/// errors of its own (the topology store's). [`on_backend!`] takes the store error out to
-/// show it to [`FollowingPools::failed`], and puts the answer back.
-pub(crate) trait StoreFailure: From<StoreError> {
-    /// The store error inside, or `self` back if it is none.
-    fn into_store(self) -> Result<StoreError, Self>;
-}
-
-impl StoreFailure for StoreError {
-    fn into_store(self) -> Result<StoreError, Self> {
-        Ok(self)
-    }
-}
 
 /// Multi-row inserts on a connection of either backend.
 pub(crate) trait InsertChunked {
@@ -243,11 +229,6 @@ pub(crate) enum PostgresLayout {
     /// One lazy pool of at most `max_connections`, capped at `cap`, for reads and writes.
     Shared { cap: u32 },
 }
-
-/// How long a call waits for a PostgreSQL connection before reporting the database
-/// unavailable. Short, because callers retry transient errors themselves and report
-/// not-ready meanwhile.
-pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl StorePool {
     /// Opens (and migrates) the database `config` names, the way `settings` say.
@@ -422,9 +403,9 @@ impl StorePool {
     }
 }
 
-/// One schema per backend for all stores (each store has its own tables in it).
+/// One schema for all stores (each store has its own tables in it); PostgreSQL's twin is
+/// [`crate::follow::POSTGRES_MIGRATOR`], run on whichever server is the writer.
 pub(crate) static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
-pub(crate) static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long an SQLite statement waits for the file's write lock (held by another connection or
 /// process) before failing. The same for every store on purpose: a replica lease's renewal

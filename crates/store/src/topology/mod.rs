@@ -80,7 +80,7 @@ impl From<sqlx::Error> for TopologyStoreError {
     }
 }
 
-impl pool::StoreFailure for TopologyStoreError {
+impl crate::follow::StoreFailure for TopologyStoreError {
     fn into_store(self) -> Result<StoreError, Self> {
         match self {
             TopologyStoreError::Store(error) => Ok(error),
