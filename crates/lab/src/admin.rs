@@ -5,8 +5,9 @@
 //! `switchover` makes the active replica of one node step down and waits until another replica
 //! is active; `fork-report` shows a participant's detected fork and the transactions the
 //! sequencer's new history lacks; `fork-repair` rewinds a stopped, forked participant (see
-//! docs/operations.md, "Fork after a region loss"). Replicas are found from the configs `meridian up`/`demo` write under
-//! `<data-dir>/<node>/*.toml`, so no address needs typing.
+//! docs/operations.md, "Fork after a region loss"; in [`crate::fork`]). Replicas are found
+//! from the configs `meridian up`/`demo` write under `<data-dir>/<node>/*.toml`
+//! ([`crate::replicas`]), so no address needs typing.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use crate::deployment::{Backend, Description, DESCRIPTION_FILE};
+use crate::fork::{self, ForkRepairArgs, ForkReportArgs};
+use crate::replicas::{first_active, get_status, http, replicas, role, ReplicaAddress};
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -29,28 +32,6 @@ pub enum AdminCommand {
     /// Rewind a stopped participant that recorded a fork to a point both histories share,
     /// after saving the lost transactions to a file; it then replays the new history.
     ForkRepair(ForkRepairArgs),
-}
-
-#[derive(Args)]
-pub struct ForkReportArgs {
-    /// The node, e.g. `participant1`.
-    pub node: String,
-    #[arg(long, default_value = "meridian-data")]
-    pub data_dir: PathBuf,
-    /// Print the `fork` object of `/status` as JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args)]
-pub struct ForkRepairArgs {
-    /// The participant, e.g. `participant1`.
-    pub node: String,
-    #[arg(long, default_value = "meridian-data")]
-    pub data_dir: PathBuf,
-    /// A new file for the lost transactions (written before anything changes).
-    #[arg(long)]
-    pub save: PathBuf,
 }
 
 #[derive(Args)]
@@ -75,64 +56,9 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::Status(args) => status(&args.data_dir).await,
         AdminCommand::Switchover(args) => switchover(&args).await,
-        AdminCommand::ForkReport(args) => crate::fork::report(&args).await,
-        AdminCommand::ForkRepair(args) => crate::fork::repair(&args).await,
+        AdminCommand::ForkReport(args) => fork::report(&args).await,
+        AdminCommand::ForkRepair(args) => fork::repair(&args).await,
     }
-}
-
-/// A replica as found on disk: its name and admin HTTP address.
-#[derive(Debug, Clone)]
-pub struct ReplicaAddress {
-    pub name: String,
-    pub admin_address: String,
-}
-
-/// Replicas of `node`: every config under `<data_dir>/<node>/` with an `admin_address`.
-pub fn replicas(data_dir: &Path, node: &str) -> anyhow::Result<Vec<ReplicaAddress>> {
-    let dir = data_dir.join(node);
-    let entries = std::fs::read_dir(&dir)
-        .with_context(|| format!("no node {node} under {}", data_dir.display()))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let value: toml::Value =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if let Some(address) = value.get("admin_address").and_then(|v| v.as_str()) {
-            out.push(ReplicaAddress {
-                name: path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or(node)
-                    .to_owned(),
-                admin_address: address.to_owned(),
-            });
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-pub(crate) async fn get_status(
-    client: &reqwest::Client,
-    replica: &ReplicaAddress,
-) -> Option<serde_json::Value> {
-    let url = format!("http://{}/status", replica.admin_address);
-    client.get(url).send().await.ok()?.json().await.ok()
-}
-
-/// The replication role (`active`, `passive`) a `/status` document reports; for an
-/// unreplicated node, its top-level role.
-fn role(status: &serde_json::Value) -> Option<&str> {
-    status
-        .get("replication")
-        .and_then(|r| r.get("role"))
-        .or_else(|| status.get("role"))
-        .and_then(|r| r.as_str())
 }
 
 /// The description `meridian up`/`demo` wrote into `data_dir`, if there is one (a data
@@ -271,72 +197,6 @@ fn cold_replicas(description: Option<&Description>, node: &str) -> Vec<String> {
         .flat_map(|view| view.cold())
         .map(|replica| replica.name.to_string())
         .collect()
-}
-
-/// One HTTP client for every admin call of this process: drills poll every few
-/// milliseconds, and a client per call would build a connection pool per call.
-pub(crate) fn http() -> anyhow::Result<&'static reqwest::Client> {
-    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
-        std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("cannot build an HTTP client: {e}"))
-}
-
-/// Each replica of `node` except `skip`, with the role its `/status` reports (`None` if it
-/// does not answer). The replicas are asked at once, so a frozen one holds the answer up by
-/// at most one HTTP timeout; a caller that knows which one is frozen skips it altogether.
-pub async fn replica_roles(
-    data_dir: &Path,
-    node: &str,
-    skip: Option<&str>,
-) -> anyhow::Result<Vec<(String, Option<String>)>> {
-    let replicas: Vec<ReplicaAddress> = replicas(data_dir, node)?
-        .into_iter()
-        .filter(|r| Some(r.name.as_str()) != skip)
-        .collect();
-    let roles = roles(http()?, &replicas).await;
-    Ok(replicas
-        .into_iter()
-        .zip(roles)
-        .map(|(replica, role)| (replica.name, role))
-        .collect())
-}
-
-/// The role each of `replicas` reports (`None` if it does not answer), asked at once.
-async fn roles(client: &reqwest::Client, replicas: &[ReplicaAddress]) -> Vec<Option<String>> {
-    let statuses = futures::future::join_all(replicas.iter().map(|r| get_status(client, r))).await;
-    statuses
-        .iter()
-        .map(|status| status.as_ref().and_then(role).map(str::to_owned))
-        .collect()
-}
-
-/// The first of `replicas` that reports itself active.
-async fn first_active<'r>(
-    client: &reqwest::Client,
-    replicas: &'r [ReplicaAddress],
-) -> Option<&'r ReplicaAddress> {
-    let roles = roles(client, replicas).await;
-    replicas
-        .iter()
-        .zip(roles)
-        .find(|(_, role)| role.as_deref() == Some("active"))
-        .map(|(replica, _)| replica)
-}
-
-/// The name of the replica of `node` that reports itself active, if any answers so.
-pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Option<String>> {
-    let replicas = replicas(data_dir, node)?;
-    Ok(first_active(http()?, &replicas)
-        .await
-        .map(|replica| replica.name.clone()))
 }
 
 /// Asks the active replica to step down and waits for another to become active. Returns the

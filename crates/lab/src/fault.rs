@@ -24,13 +24,13 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::admin;
 use crate::deployment::Deployment;
 use crate::deployment::{Backend, Databases};
 use crate::launch::NodeProcess;
 use crate::promotion::{Promotion, PromotionReport};
 use crate::region::{Move, RegionMove, RegionReport};
 use crate::workload::{Live, Parties, BANK_PARTICIPANT, OWNER_PARTICIPANTS};
+use crate::{admin, replicas};
 
 /// The sequencer's node name in a deployment (its instances are `<name>-a`, ...).
 pub const SEQUENCER_NODE: &str = "sequencer";
@@ -347,7 +347,7 @@ impl PlannedFault {
             | Fault::ZoneLoss
             | Fault::RegionSwitchover
             | Fault::RegionLoss => None,
-            _ => admin::active_replica(&stage.deployment.data_dir, &node).await?,
+            _ => replicas::active_replica(&stage.deployment.data_dir, &node).await?,
         };
         let offline_marks_before = if self.fault == Fault::SequencerCrash {
             peers_marked_offline(stage.deployment).await
@@ -806,14 +806,14 @@ async fn another_replica_active(
     node: &str,
     faulted: Option<&str>,
 ) -> anyhow::Result<bool> {
-    Ok(admin::replica_roles(data_dir, node, faulted)
+    Ok(replicas::replica_roles(data_dir, node, faulted)
         .await?
         .iter()
         .any(|(_, role)| role.as_deref() == Some("active")))
 }
 
 async fn get_admin(address: std::net::SocketAddr, path: &str) -> Option<reqwest::Response> {
-    admin::http()
+    replicas::http()
         .ok()?
         .get(format!("http://{address}{path}"))
         .timeout(POLL_HTTP_TIMEOUT)
@@ -877,7 +877,7 @@ async fn any_not_ready_except(deployment: &Deployment, killed: &[String]) -> boo
 async fn became_passive(data_dir: &Path, node: &str, replica: &str) -> bool {
     let deadline = Instant::now() + PASSIVE_TIMEOUT;
     while Instant::now() < deadline {
-        if let Ok(roles) = admin::replica_roles(data_dir, node, None).await {
+        if let Ok(roles) = replicas::replica_roles(data_dir, node, None).await {
             let role_of = |name: &str| {
                 roles
                     .iter()

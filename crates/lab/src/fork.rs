@@ -3,12 +3,36 @@
 //! a region loss"). The report reads the `fork` object of each replica's `/status`; the repair
 //! works on the participant's database directly, and only while every replica is stopped.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::Args;
 use serde_json::Value;
 
-use crate::admin::{get_status, http, replicas, ForkRepairArgs, ForkReportArgs};
+use crate::replicas::{get_status, http, replicas};
+
+#[derive(Args)]
+pub struct ForkReportArgs {
+    /// The node, e.g. `participant1`.
+    pub node: String,
+    #[arg(long, default_value = "meridian-data")]
+    pub data_dir: PathBuf,
+    /// Print the `fork` object of `/status` as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ForkRepairArgs {
+    /// The participant, e.g. `participant1`.
+    pub node: String,
+    #[arg(long, default_value = "meridian-data")]
+    pub data_dir: PathBuf,
+    /// A new file for the lost transactions (written before anything changes).
+    #[arg(long)]
+    pub save: PathBuf,
+}
 
 /// How long a replica's admin port is given to accept a connection before it counts as
 /// stopped.

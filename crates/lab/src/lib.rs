@@ -17,6 +17,7 @@ pub mod launch;
 pub mod nemesis;
 pub mod promotion;
 pub mod region;
+pub mod replicas;
 mod stats;
 pub mod timed_run;
 pub mod workload;

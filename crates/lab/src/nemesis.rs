@@ -25,11 +25,11 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin;
 use crate::attribution::{self, Window};
 use crate::deployment::{Backend, Deployment};
 use crate::drill::plan::PlanView;
 use crate::fault::{process_named, restart, Node, Stage, TOPOLOGY_NODE};
+use crate::replicas;
 use crate::workload::{FailureAt, Live};
 
 /// The kinds of fault the nemesis draws from.
@@ -561,7 +561,7 @@ async fn victim(node: Node, deployment: &Deployment) -> anyhow::Result<String> {
             .get(instance)
             .map(|s| s.name().to_owned())
             .with_context(|| format!("the deployment runs no sequencer instance {instance}"))?,
-        node => admin::active_replica(&deployment.data_dir, &node.name())
+        node => replicas::active_replica(&deployment.data_dir, &node.name())
             .await?
             .with_context(|| format!("no active replica of {} right now", node.name()))?,
     };
@@ -721,7 +721,7 @@ const REVIVED_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 async fn await_active(data_dir: &std::path::Path, nodes: &[String]) {
     let deadline = Instant::now() + REVIVED_ACTIVE_TIMEOUT;
     for node in nodes {
-        while !matches!(admin::active_replica(data_dir, node).await, Ok(Some(_))) {
+        while !matches!(replicas::active_replica(data_dir, node).await, Ok(Some(_))) {
             if Instant::now() >= deadline {
                 tracing::warn!(node, "no active replica after the restart; auditing anyway");
                 break;
@@ -756,7 +756,7 @@ impl RoleWatcher {
             let mut changes = Vec::new();
             loop {
                 for node in &nodes {
-                    let Ok(Some(now)) = admin::active_replica(&data_dir, node).await else {
+                    let Ok(Some(now)) = replicas::active_replica(&data_dir, node).await else {
                         continue;
                     };
                     let at_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);

@@ -234,7 +234,7 @@ async fn readiness_of(deployment: &Deployment, only: Option<&[String]>) -> Vec<N
             continue;
         }
         let url = format!("http://{}/readyz", process.admin_address);
-        let answer = match crate::admin::http() {
+        let answer = match crate::replicas::http() {
             Ok(client) => client.get(&url).timeout(READYZ_TIMEOUT).send().await,
             Err(error) => {
                 readiness.push(NodeReadiness {

@@ -10,10 +10,10 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use meridian_lab::admin;
 use meridian_lab::bench::failover::{measure_with, FailoverBenchArgs, TargetNode};
 use meridian_lab::deployment::{Backend, Deployment, DeploymentArgs};
 use meridian_lab::workload::{self, BackgroundLoad, FinishedLoad};
+use meridian_lab::{admin, replicas};
 use meridian_testkit::PostgresServer;
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
@@ -157,7 +157,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
     let server = PostgresServer::shared();
     let mut running = start_with_load(Some(server)).await;
     let data_dir = running.deployment.data_dir.clone();
-    let active = admin::active_replica(&data_dir, "participant2")
+    let active = replicas::active_replica(&data_dir, "participant2")
         .await
         .unwrap()
         .unwrap();
@@ -166,7 +166,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
     // The passive takes over once the frozen active's lease expires.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let now_active = admin::active_replica(&data_dir, "participant2")
+        let now_active = replicas::active_replica(&data_dir, "participant2")
             .await
             .unwrap();
         if now_active.as_deref().is_some_and(|a| a != active)
@@ -187,7 +187,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
     running.signal_replica(1, &active, Signal::SIGCONT);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     // The resumed replica noticed it lost the lease and is passive; only one is active.
-    let replicas = admin::replicas(&data_dir, "participant2").unwrap();
+    let replicas = replicas::replicas(&data_dir, "participant2").unwrap();
     let client = reqwest::Client::new();
     let mut active_count = 0;
     for replica in replicas {

@@ -1,0 +1,130 @@
+//! A node's replicas as an operator's tools reach them: found from the configs `meridian
+//! up`/`demo`/the lab write under `<data-dir>/<node>/*.toml`, and asked over their admin HTTP
+//! endpoints (`/status`) which of them is active. `meridian admin`, the fork commands, the
+//! drills and the tests share these.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// A replica as found on disk: its name and admin HTTP address.
+#[derive(Debug, Clone)]
+pub struct ReplicaAddress {
+    pub name: String,
+    pub admin_address: String,
+}
+
+/// Replicas of `node`: every config under `<data_dir>/<node>/` with an `admin_address`.
+pub fn replicas(data_dir: &Path, node: &str) -> anyhow::Result<Vec<ReplicaAddress>> {
+    let dir = data_dir.join(node);
+    let entries = std::fs::read_dir(&dir)
+        .with_context(|| format!("no node {node} under {}", data_dir.display()))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let value: toml::Value =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if let Some(address) = value.get("admin_address").and_then(|v| v.as_str()) {
+            out.push(ReplicaAddress {
+                name: path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or(node)
+                    .to_owned(),
+                admin_address: address.to_owned(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub async fn get_status(
+    client: &reqwest::Client,
+    replica: &ReplicaAddress,
+) -> Option<serde_json::Value> {
+    let url = format!("http://{}/status", replica.admin_address);
+    client.get(url).send().await.ok()?.json().await.ok()
+}
+
+/// The replication role (`active`, `passive`) a `/status` document reports; for an
+/// unreplicated node, its top-level role.
+pub(crate) fn role(status: &serde_json::Value) -> Option<&str> {
+    status
+        .get("replication")
+        .and_then(|r| r.get("role"))
+        .or_else(|| status.get("role"))
+        .and_then(|r| r.as_str())
+}
+
+/// One HTTP client for every admin call of this process: drills poll every few
+/// milliseconds, and a client per call would build a connection pool per call.
+pub fn http() -> anyhow::Result<&'static reqwest::Client> {
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("cannot build an HTTP client: {e}"))
+}
+
+/// Each replica of `node` except `skip`, with the role its `/status` reports (`None` if it
+/// does not answer). The replicas are asked at once, so a frozen one holds the answer up by
+/// at most one HTTP timeout; a caller that knows which one is frozen skips it altogether.
+pub async fn replica_roles(
+    data_dir: &Path,
+    node: &str,
+    skip: Option<&str>,
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let replicas: Vec<ReplicaAddress> = replicas(data_dir, node)?
+        .into_iter()
+        .filter(|r| Some(r.name.as_str()) != skip)
+        .collect();
+    let roles = roles(http()?, &replicas).await;
+    Ok(replicas
+        .into_iter()
+        .zip(roles)
+        .map(|(replica, role)| (replica.name, role))
+        .collect())
+}
+
+/// The role each of `replicas` reports (`None` if it does not answer), asked at once.
+async fn roles(client: &reqwest::Client, replicas: &[ReplicaAddress]) -> Vec<Option<String>> {
+    let statuses = futures::future::join_all(replicas.iter().map(|r| get_status(client, r))).await;
+    statuses
+        .iter()
+        .map(|status| status.as_ref().and_then(role).map(str::to_owned))
+        .collect()
+}
+
+/// The first of `replicas` that reports itself active.
+pub(crate) async fn first_active<'r>(
+    client: &reqwest::Client,
+    replicas: &'r [ReplicaAddress],
+) -> Option<&'r ReplicaAddress> {
+    let roles = roles(client, replicas).await;
+    replicas
+        .iter()
+        .zip(roles)
+        .find(|(_, role)| role.as_deref() == Some("active"))
+        .map(|(replica, _)| replica)
+}
+
+/// The name of the replica of `node` that reports itself active, if any answers so.
+pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Option<String>> {
+    let replicas = replicas(data_dir, node)?;
+    Ok(first_active(http()?, &replicas)
+        .await
+        .map(|replica| replica.name.clone()))
+}
