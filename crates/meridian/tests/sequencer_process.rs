@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -23,7 +21,7 @@ use meridian_testkit::PostgresServer;
 use tempfile::TempDir;
 
 mod common;
-use common::{SendLoad, EXE};
+use common::{DeliveryRecorder, SendLoad, EXE};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -418,27 +416,7 @@ async fn kill9_under_load(mut harness: Harness) {
     let (alice, _) = harness.member("alice").await;
     let (bob, _) = harness.member("bob").await;
 
-    let delivered: Arc<Mutex<Vec<(Timestamp, String)>>> = Arc::default();
-    let subscription_error: Arc<Mutex<Option<String>>> = Arc::default();
-    let reader = {
-        let delivered = delivered.clone();
-        let subscription_error = subscription_error.clone();
-        let mut events = bob.subscribe(None);
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(event) => {
-                        let text = String::from_utf8(event.envelopes[0].payload.clone()).unwrap();
-                        delivered.lock().unwrap().push((event.timestamp, text));
-                    }
-                    Err(error) => {
-                        *subscription_error.lock().unwrap() = Some(error.to_string());
-                        return;
-                    }
-                }
-            }
-        })
-    };
+    let recorder = DeliveryRecorder::start(&bob);
 
     let load = SendLoad::start(
         &alice,
@@ -461,33 +439,8 @@ async fn kill9_under_load(mut harness: Harness) {
         "sends succeeded after the restart"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while delivered.lock().unwrap().len() < acked.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    reader.abort();
-    assert_eq!(*subscription_error.lock().unwrap(), None);
-    let delivered = delivered.lock().unwrap().clone();
-    let mut seen = HashMap::new();
-    for window in delivered.windows(2) {
-        assert!(window[0].0 < window[1].0, "timestamps strictly increase");
-    }
-    for (timestamp, message) in &delivered {
-        assert!(
-            seen.insert(message.clone(), *timestamp).is_none(),
-            "{message} delivered twice"
-        );
-    }
-    for (message, timestamp) in &acked {
-        assert_eq!(
-            seen.get(message),
-            Some(timestamp),
-            "acknowledged {message} delivered at its timestamp"
-        );
-    }
-    // Submissions in flight at the kill were retried until acknowledged, so every delivered
-    // event is an acknowledged one too.
-    assert_eq!(delivered.len(), acked.len());
+    // Nothing acknowledged is lost, nothing is delivered twice, the history is in order.
+    recorder.assert_delivered_exactly(&acked).await;
     drop(harness.dir);
 }
 

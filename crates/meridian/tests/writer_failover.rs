@@ -10,12 +10,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use meridian_client::{register_member, SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::sequencing::{Envelope, Submission};
@@ -28,7 +26,7 @@ use meridian_testkit::failover::{
 use meridian_testkit::{ApplicationName, PostgresServer, SyncState, SynchronousStandbys};
 
 mod common;
-use common::{SendLoad, EXE};
+use common::{DeliveryRecorder, SendLoad, EXE};
 
 const DATABASE: &str = "sequencer";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,6 +59,32 @@ async fn member(endpoint: &str, name: &str) -> SequencerClient {
         .unwrap()
 }
 
+/// `127.0.0.1:<port>` of `server`, as the storage URL and the not-ready reasons name it.
+fn host_of(server: &PostgresServer) -> String {
+    format!("127.0.0.1:{}", server.port())
+}
+
+/// A sequencer process whose storage URL lists `first` then `second` (writes go to whichever
+/// takes them), started and ready; keep the directory for as long as it runs.
+async fn ready_sequencer_on(
+    first: &PostgresServer,
+    second: &PostgresServer,
+) -> (SequencerProcess, tempfile::TempDir) {
+    let storage = StorageConfig::Postgres {
+        url: format!(
+            "postgres://meridian@{},{}/{DATABASE}\
+             ?target_session_attrs=read-write&connect_timeout=2",
+            host_of(first),
+            host_of(second)
+        ),
+        max_connections: meridian_lab::deployment::configs::POSTGRES_POOL_CONNECTIONS,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut sequencer =
+        SequencerProcess::spawn(Path::new(EXE), dir.path(), "sequencer", &storage, |_| {}).unwrap();
+    sequencer.wait_ready(READY_TIMEOUT).await.unwrap();
+    (sequencer, dir)
+}
 /// `/readyz`: whether ready, and the reason when not.
 async fn readyz(http: &reqwest::Client, sequencer: &SequencerProcess) -> Option<(bool, String)> {
     let response = http
@@ -109,21 +133,8 @@ async fn a_sequencer_follows_the_writer_without_a_restart() {
             .unwrap();
     }
     set_read_only(&first, true).unwrap();
-    let (first_host, second_host) = (
-        format!("127.0.0.1:{}", first.port()),
-        format!("127.0.0.1:{}", second.port()),
-    );
-    let storage = StorageConfig::Postgres {
-        url: format!(
-            "postgres://meridian@{first_host},{second_host}/{DATABASE}\
-             ?target_session_attrs=read-write&connect_timeout=2"
-        ),
-        max_connections: meridian_lab::deployment::configs::POSTGRES_POOL_CONNECTIONS,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let mut sequencer =
-        SequencerProcess::spawn(Path::new(EXE), dir.path(), "sequencer", &storage, |_| {}).unwrap();
-    sequencer.wait_ready(READY_TIMEOUT).await.unwrap();
+    let (first_host, second_host) = (host_of(&first), host_of(&second));
+    let (mut sequencer, _dir) = ready_sequencer_on(&first, &second).await;
     let pid = sequencer.pid();
     assert_eq!(
         second
@@ -146,26 +157,7 @@ async fn a_sequencer_follows_the_writer_without_a_restart() {
     let endpoint = sequencer.grpc_endpoint();
     let alice = member(&endpoint, "alice").await;
     let bob = member(&endpoint, "bob").await;
-    let delivered: Arc<Mutex<Vec<(Timestamp, String)>>> = Arc::default();
-    let subscription_error: Arc<Mutex<Option<String>>> = Arc::default();
-    let reader = {
-        let (delivered, subscription_error) = (delivered.clone(), subscription_error.clone());
-        let mut events = bob.subscribe(None);
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(event) => {
-                        let text = String::from_utf8(event.envelopes[0].payload.clone()).unwrap();
-                        delivered.lock().unwrap().push((event.timestamp, text));
-                    }
-                    Err(error) => {
-                        *subscription_error.lock().unwrap() = Some(error.to_string());
-                        return;
-                    }
-                }
-            }
-        })
-    };
+    let recorder = DeliveryRecorder::start(&bob);
     let load = SendLoad::start(
         &alice,
         4,
@@ -245,33 +237,8 @@ async fn a_sequencer_follows_the_writer_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (acked, _) = load.stop().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while delivered.lock().unwrap().len() < acked.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    reader.abort();
-    assert_eq!(*subscription_error.lock().unwrap(), None);
-
     // Nothing acknowledged is lost, nothing is delivered twice, the history is in order.
-    let delivered = delivered.lock().unwrap().clone();
-    for window in delivered.windows(2) {
-        assert!(window[0].0 < window[1].0, "timestamps strictly increase");
-    }
-    let mut seen = HashMap::new();
-    for (timestamp, message) in &delivered {
-        assert!(
-            seen.insert(message.clone(), *timestamp).is_none(),
-            "{message} delivered twice"
-        );
-    }
-    for (message, timestamp) in &acked {
-        assert_eq!(
-            seen.get(message),
-            Some(timestamp),
-            "acknowledged {message} delivered at its timestamp"
-        );
-    }
-    assert_eq!(delivered.len(), acked.len());
+    recorder.assert_delivered_exactly(&acked).await;
     // All of it is on the new writer; the old one kept what it had at the demotion.
     let on_first: usize = first
         .psql(DATABASE, "SELECT count(*) FROM events")
@@ -322,21 +289,8 @@ async fn a_sequencer_never_writes_on_an_old_primary_back_as_a_primary() {
         .unwrap();
     a.wait_for_sync_state(&name, SyncState::Sync, READY_TIMEOUT)
         .unwrap();
-    let (a_host, b_host) = (
-        format!("127.0.0.1:{}", a.port()),
-        format!("127.0.0.1:{}", b.port()),
-    );
-    let storage = StorageConfig::Postgres {
-        url: format!(
-            "postgres://meridian@{a_host},{b_host}/{DATABASE}\
-             ?target_session_attrs=read-write&connect_timeout=2"
-        ),
-        max_connections: meridian_lab::deployment::configs::POSTGRES_POOL_CONNECTIONS,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let mut sequencer =
-        SequencerProcess::spawn(Path::new(EXE), dir.path(), "sequencer", &storage, |_| {}).unwrap();
-    sequencer.wait_ready(READY_TIMEOUT).await.unwrap();
+    let (a_host, b_host) = (host_of(&a), host_of(&b));
+    let (mut sequencer, _dir) = ready_sequencer_on(&a, &b).await;
     let alice = member(&sequencer.grpc_endpoint(), "alice").await;
     // The recipient of every send.
     let _bob = member(&sequencer.grpc_endpoint(), "bob").await;

@@ -206,3 +206,77 @@ impl SendLoad {
         (acked, deduplicated)
     }
 }
+
+/// Every event a member's subscription delivers, as (timestamp, payload text), and the error
+/// that ended it, if any.
+pub struct DeliveryRecorder {
+    delivered: Arc<Mutex<Vec<(Timestamp, String)>>>,
+    error: Arc<Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeliveryRecorder {
+    /// Subscribes `receiver` from the start of its history and records what arrives.
+    pub fn start(receiver: &SequencerClient) -> DeliveryRecorder {
+        use futures::StreamExt;
+        let delivered: Arc<Mutex<Vec<(Timestamp, String)>>> = Arc::default();
+        let error: Arc<Mutex<Option<String>>> = Arc::default();
+        let mut events = receiver.subscribe(None);
+        let task = {
+            let (delivered, error) = (delivered.clone(), error.clone());
+            tokio::spawn(async move {
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(event) => {
+                            let text =
+                                String::from_utf8(event.envelopes[0].payload.clone()).unwrap();
+                            delivered.lock().unwrap().push((event.timestamp, text));
+                        }
+                        Err(failure) => {
+                            *error.lock().unwrap() = Some(failure.to_string());
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        DeliveryRecorder {
+            delivered,
+            error,
+            task,
+        }
+    }
+
+    /// Waits (at most 20 s) until as many events arrived as `acked` holds, stops recording,
+    /// and asserts that the subscription never failed, that timestamps strictly increase, and
+    /// that every acknowledged message was delivered exactly once at its timestamp and
+    /// nothing else was (sends in flight at a fault were retried until acknowledged, so every
+    /// delivered event is an acknowledged one too).
+    pub async fn assert_delivered_exactly(self, acked: &HashMap<String, Timestamp>) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.delivered.lock().unwrap().len() < acked.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.task.abort();
+        assert_eq!(*self.error.lock().unwrap(), None);
+        let delivered = self.delivered.lock().unwrap().clone();
+        for window in delivered.windows(2) {
+            assert!(window[0].0 < window[1].0, "timestamps strictly increase");
+        }
+        let mut seen = HashMap::new();
+        for (timestamp, message) in &delivered {
+            assert!(
+                seen.insert(message.clone(), *timestamp).is_none(),
+                "{message} delivered twice"
+            );
+        }
+        for (message, timestamp) in acked {
+            assert_eq!(
+                seen.get(message),
+                Some(timestamp),
+                "acknowledged {message} delivered at its timestamp"
+            );
+        }
+        assert_eq!(delivered.len(), acked.len());
+    }
+}
