@@ -17,46 +17,20 @@ use std::time::{Duration, Instant};
 
 use meridian_client::SubmitOutcome;
 use meridian_core::ledger::{Command, Contract};
-use meridian_core::template::IouPayload;
-use meridian_core::{CommandId, PartyId, TemplateId, UserId};
+use meridian_core::{CommandId, PartyId, UserId};
 use meridian_lab::deployment::{Deployment, DeploymentSpec};
 use meridian_lab::workload::Parties;
 
 mod common;
-use common::{admin_metrics, admin_status, EXE};
+use common::{admin_metrics, admin_status, iou_create, party, transfer, EXE};
 
 /// How long the participants get to detect the fork after the restart.
 const DETECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a participant gets to be ready again after the repair (it replays).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn party(name: &str) -> PartyId {
-    PartyId::new(name).unwrap()
-}
-
 fn acting_for(name: &str) -> BTreeSet<PartyId> {
     BTreeSet::from([party(name)])
-}
-
-fn issue_command(owner: &str, amount: u64) -> Command {
-    Command::Create {
-        template: TemplateId::new("Iou").unwrap(),
-        payload: IouPayload {
-            issuer: party("bank"),
-            owner: party(owner),
-            amount,
-            currency: "USD".into(),
-        }
-        .to_value(),
-    }
-}
-
-fn transfer_command(contract: &Contract, new_owner: &str) -> Command {
-    Command::Exercise {
-        contract_id: contract.id.clone(),
-        choice: "Transfer".into(),
-        argument: serde_json::json!({ "new_owner": new_owner }),
-    }
 }
 
 /// A command the test submits: on which participant (0-based), acting for whom.
@@ -192,7 +166,7 @@ async fn a_participant_ahead_of_the_restored_history_halts_lists_its_losses_and_
             participant: 0,
             actor: "bank",
             command_id,
-            command: issue_command("alice", amount),
+            command: iou_create("alice", amount),
         };
         let (_, created) = commit(&parties, &submitted).await;
         visible_to_alice(&parties, &created[0]).await;
@@ -204,7 +178,7 @@ async fn a_participant_ahead_of_the_restored_history_halts_lists_its_losses_and_
             participant: 1,
             actor: "alice",
             command_id: "r1-transfer",
-            command: transfer_command(&ious[0], "bob"),
+            command: transfer(&ious[0], "bob"),
         },
     )
     .await;
@@ -226,13 +200,13 @@ async fn a_participant_ahead_of_the_restored_history_halts_lists_its_losses_and_
             participant: 0,
             actor: "bank",
             command_id: "r2-issue",
-            command: issue_command("alice", 30),
+            command: iou_create("alice", 30),
         },
         Submitted {
             participant: 1,
             actor: "alice",
             command_id: "r2-transfer",
-            command: transfer_command(&ious[1], "bob"),
+            command: transfer(&ious[1], "bob"),
         },
     ];
     let mut lost_ids = BTreeSet::new();
@@ -399,7 +373,7 @@ async fn a_participant_ahead_of_the_restored_history_halts_lists_its_losses_and_
                     participant: 1,
                     actor: "alice",
                     command_id: "r3-transfer",
-                    command: transfer_command(&created[0], "bob"),
+                    command: transfer(&created[0], "bob"),
                 },
             )
             .await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use meridian_client::{ClientError, LedgerClient, SubmitOutcome};
 use meridian_core::ledger::{Command, Contract};
-use meridian_core::template::{Iou, IouPayload};
+use meridian_core::template::Iou;
 use meridian_core::{CommandId, PartyId, TemplateId, UserId};
 use meridian_lab::deployment::{Deployment, DeploymentSpec};
 use meridian_lab::workload::{self, Live, Parties, WorkloadSpec};
@@ -19,6 +19,7 @@ use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
 use tokio_util::sync::CancellationToken;
 
 mod common;
+use common::{iou_create, party, transfer};
 
 /// Three unreplicated participants on SQLite, one sequencer instance.
 fn spec(dir: &std::path::Path) -> DeploymentSpec {
@@ -63,10 +64,6 @@ async fn restart_participant(deployment: &mut Deployment, index: usize) {
         .unwrap();
 }
 
-fn party(name: &str) -> PartyId {
-    PartyId::new(name).unwrap()
-}
-
 /// The `act_as` set of a command acting for `name` alone.
 fn acting_for(name: &str) -> BTreeSet<PartyId> {
     BTreeSet::from([party(name)])
@@ -74,27 +71,6 @@ fn acting_for(name: &str) -> BTreeSet<PartyId> {
 
 fn command_id(name: &str) -> CommandId {
     CommandId::new(name).unwrap()
-}
-
-fn iou_create(owner: &str, amount: u64) -> Command {
-    Command::Create {
-        template: TemplateId::new("Iou").unwrap(),
-        payload: IouPayload {
-            issuer: party("bank"),
-            owner: party(owner),
-            amount,
-            currency: "USD".into(),
-        }
-        .to_value(),
-    }
-}
-
-fn transfer(contract: &Contract, new_owner: &str) -> Command {
-    Command::Exercise {
-        contract_id: contract.id.clone(),
-        choice: "Transfer".into(),
-        argument: serde_json::json!({ "new_owner": new_owner }),
-    }
 }
 
 /// How long `issue` waits for alice's participant to see a freshly issued IOU.

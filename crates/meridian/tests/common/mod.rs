@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_client::{SendReceipt, SequencerClient};
+use meridian_core::ledger::{Command, Contract};
 use meridian_core::sequencing::Submission;
-use meridian_core::{Timestamp, UserId};
+use meridian_core::template::IouPayload;
+use meridian_core::{PartyId, TemplateId, Timestamp, UserId};
 use meridian_lab::bench::failover;
 use meridian_lab::deployment::{Deployment, DeploymentSpec, Description, Preset};
 use meridian_lab::workload::BackgroundLoad;
@@ -278,5 +280,33 @@ impl DeliveryRecorder {
             );
         }
         assert_eq!(delivered.len(), acked.len());
+    }
+}
+
+/// The party called `name` (a valid id in every test).
+pub fn party(name: &str) -> PartyId {
+    PartyId::new(name).unwrap()
+}
+
+/// A command creating an IOU of `amount` USD from the bank to `owner`.
+pub fn iou_create(owner: &str, amount: u64) -> Command {
+    Command::Create {
+        template: TemplateId::new("Iou").unwrap(),
+        payload: IouPayload {
+            issuer: party("bank"),
+            owner: party(owner),
+            amount,
+            currency: "USD".into(),
+        }
+        .to_value(),
+    }
+}
+
+/// A command transferring the IOU `contract` to `new_owner`.
+pub fn transfer(contract: &Contract, new_owner: &str) -> Command {
+    Command::Exercise {
+        contract_id: contract.id.clone(),
+        choice: "Transfer".into(),
+        argument: serde_json::json!({ "new_owner": new_owner }),
     }
 }
