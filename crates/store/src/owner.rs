@@ -12,8 +12,10 @@
 //! loser reads the winner's record in the same transaction.
 
 use std::fmt;
+use std::time::Duration;
 
 use meridian_core::crypto::PublicKey;
+use meridian_core::Backoff;
 use meridian_core::{SynchronizerId, Timestamp};
 
 use crate::pool::{on_backend, PoolSettings, PostgresLayout, StorePool};
@@ -177,20 +179,22 @@ pub async fn claim_database(
 /// starting at once race for the fresh database (creating the file, switching it to WAL,
 /// migrating, writing the record), and SQLite can answer "database is locked" to a loser even
 /// within its busy timeout; a retry then finds the winner's record.
-const CLAIM_ATTEMPTS: u32 = 5;
+const CLAIM_RETRY: Backoff = Backoff {
+    initial: Duration::from_millis(40),
+    max: Duration::from_millis(320),
+    max_attempts: 5,
+};
 
 async fn claim_attempts(
     config: &StorageConfig,
     owner: &DatabaseOwner,
 ) -> Result<(DatabaseOwner, OwnerClaim), StoreError> {
-    let mut attempt = 1;
+    let mut delays = CLAIM_RETRY.delays();
     loop {
-        match claim_once(config, owner).await {
-            Err(StoreError::Conflict(_)) if attempt < CLAIM_ATTEMPTS => {
-                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
-                attempt += 1;
-            }
-            outcome => return outcome,
+        let outcome = claim_once(config, owner).await;
+        match (&outcome, delays.next()) {
+            (Err(StoreError::Conflict(_)), Some(delay)) => tokio::time::sleep(delay).await,
+            _ => return outcome,
         }
     }
 }
