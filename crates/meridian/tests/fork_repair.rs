@@ -387,6 +387,98 @@ async fn a_participant_ahead_of_the_restored_history_halts_lists_its_losses_and_
     deployment.stop().await.unwrap();
 }
 
+/// The topology manager's side of a region loss: it published a change (a party) that the
+/// sequencer's restored database lacks. On its next start it must not publish on top of that
+/// history: it halts with the fork alarm (`/readyz` reason, `meridian_fork_detected 1`,
+/// `/status` fork), stays up, and serves no admin call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_manager_ahead_of_the_restored_sequencer_halts_with_the_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let spec = DeploymentSpec {
+        exe: EXE.into(),
+        ..DeploymentSpec::local(dir.to_path_buf(), 3).unwrap()
+    };
+    let user = UserId::new("test").unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+
+    let mut deployment = common::start_deployment(&spec).await;
+    Parties::allocate(&deployment, &user).await.unwrap();
+    deployment.stop().await.unwrap();
+    let sequencer_files: Vec<PathBuf> = shared_history_files(dir)
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains("sequencer"))
+        .collect();
+    assert!(!sequencer_files.is_empty());
+    snapshot(dir, &sequencer_files);
+
+    // The change the "promoted standby" of the sequencer's database will lack.
+    let mut deployment = common::start_deployment(&spec).await;
+    let parties = Parties::allocate(&deployment, &user).await.unwrap();
+    parties.clients[0]
+        .allocate_party(&party("carol"))
+        .await
+        .unwrap();
+    deployment.stop().await.unwrap();
+    for file in &sequencer_files {
+        let copy = dir.join("snapshot").join(file.strip_prefix(dir).unwrap());
+        std::fs::copy(copy, file).unwrap();
+    }
+    // The copy holds the whole database; a newer write-ahead log beside it would replay.
+    for file in shared_history_files(dir) {
+        let name = file.to_string_lossy().into_owned();
+        if name.contains("sequencer") && !sequencer_files.contains(&file) {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+
+    let exe = deployment.exe().to_path_buf();
+    for sequencer in &mut deployment.sequencers {
+        sequencer.start(&exe).unwrap();
+        sequencer.wait_ready(READY_TIMEOUT).await.unwrap();
+    }
+    deployment.topology.start(&exe).unwrap();
+    let admin_address = deployment.topology.admin_address;
+    let started = Instant::now();
+    let body = loop {
+        let answer = http
+            .get(format!("http://{admin_address}/readyz"))
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            let ready = answer.status().is_success();
+            let body = answer.text().await.unwrap_or_default();
+            assert!(
+                !ready,
+                "the topology manager serves a forked history: {body}"
+            );
+            if body.contains("fork") {
+                break body;
+            }
+        }
+        assert!(
+            started.elapsed() < DETECTION_TIMEOUT,
+            "the topology manager detected no fork"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "topology manager halted after {:.1} s: {body}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(body.contains("is not in the sequencer's history"), "{body}");
+    let metrics = admin_metrics(&http, admin_address).await;
+    assert!(metrics.contains("meridian_fork_detected 1"), "{metrics}");
+    let status = admin_status(&http, admin_address).await;
+    assert!(status["fork"].is_object(), "{status}");
+    assert_ne!(status["phase"], "serving", "{status}");
+    assert!(deployment.topology.is_running(), "it exited on the fork");
+    deployment.stop().await.unwrap();
+}
+
 /// The node name `meridian admin` takes for participant `index`: its directory under the
 /// data directory.
 fn deployment_node(deployment: &Deployment, index: usize) -> String {

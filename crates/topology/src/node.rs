@@ -4,7 +4,9 @@
 //! waits for) → store → the signed history, verified against the owner key (fatal if it does
 //! not verify: the key file was swapped) → the manager's own registration at the sequencer
 //! with an owner-signed `TopologyManager` mapping (published as serial 1 on a new synchronizer)
-//! → the manager's sequencer session → any unpublished intent finished → gRPC.
+//! → the manager's sequencer session → its published history confirmed at the sequencer (a
+//! sequencer that lost the last published change is a fork: the manager halts with the alarm
+//! of [`meridian_node::fork`]) → any unpublished intent finished → gRPC.
 //! Everything that waits on the network or the database retries through
 //! [`meridian_node::retry`] until shutdown, reporting the reason as not-ready; each attempt is
 //! itself time-bounded.
@@ -27,6 +29,7 @@ use meridian_core::{MemberId, Timestamp};
 use meridian_node::admin::{self, NodeState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
+use meridian_node::fork::ForkAlarm;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
 use meridian_node::keys::load_node_key;
@@ -74,6 +77,9 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
     let node = NodeState::starting();
     let readiness = node.readiness.clone();
     let topology_metrics = node.metrics.with_registry(TopologyMetrics::register);
+    let fork = node
+        .metrics
+        .with_registry(|registry| ForkAlarm::register(registry, readiness.clone()));
     let serving = Arc::new(Serving::default());
 
     // A stop steps an active replica down first, as a switchover does. Its own token, so that
@@ -94,6 +100,7 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
             owner_public_key: owner.public_key().to_string(),
             listen_address: config.listen_address.to_string(),
             serving: serving.clone(),
+            fork: fork.clone(),
         }),
         step_down,
         shutdown.clone(),
@@ -122,6 +129,7 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
         store,
         readiness: readiness.clone(),
         metrics: topology_metrics.clone(),
+        fork,
     };
     let api = TopologyAdminApi {
         serving: serving.clone(),
@@ -256,6 +264,7 @@ struct Warm {
     store: Arc<dyn TopologyStore>,
     readiness: Conditions,
     metrics: TopologyMetrics,
+    fork: ForkAlarm,
 }
 
 impl Warm {
@@ -292,6 +301,7 @@ impl Warm {
             store,
             readiness,
             metrics: _,
+            fork: _,
         } = self;
         let retry = Retry::new(readiness, stop);
         let Some(records) = retry
@@ -303,6 +313,7 @@ impl Warm {
             return Ok(None);
         };
         let mut loaded = Loaded::from_records(owner.public_key(), records)?;
+        let last_published = loaded.state.signed_history().last().map(|(at, _)| *at);
         tracing::info!(
             published = loaded.state.signed_history().len(),
             pending = ?loaded.pending.as_ref().map(|p| p.serial),
@@ -329,12 +340,34 @@ impl Warm {
         else {
             return Ok(None);
         };
+        let publisher = Publisher::new(endpoints, client);
+        if let Some(last_published) = last_published {
+            let Some(confirmed) = retry
+                .until(
+                    "sequencer",
+                    "cannot confirm the published history at the sequencer",
+                    || publisher.confirm_history(last_published),
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            if let Err(fork) = confirmed {
+                // Publishing on top of a history the members no longer have would fork them
+                // further. Halt holding the lease, as the mediator does: another replica on
+                // the same database would find the same fork.
+                self.fork
+                    .raise(member.as_str(), &fork, serde_json::Value::Null);
+                self.fork.halt(stop).await;
+                return Ok(None);
+            }
+        }
         let manager = Arc::new(
             Manager::new(
                 member.clone(),
                 owner.clone(),
                 store.clone(),
-                Publisher::new(endpoints, client),
+                publisher,
                 loaded,
             )
             .with_fence_alarm(stop.clone()),
@@ -466,6 +499,7 @@ struct ManagerStatus {
     owner_public_key: String,
     listen_address: String,
     serving: Arc<Serving>,
+    fork: ForkAlarm,
 }
 
 impl StatusSource for ManagerStatus {
@@ -475,6 +509,7 @@ impl StatusSource for ManagerStatus {
             "member": self.member,
             "owner_public_key": self.owner_public_key,
             "listen_address": self.listen_address,
+            "fork": self.fork.status(),
         });
         if let Some(replication) = self.serving.replication() {
             status["replication"] = replication.status();

@@ -8,7 +8,9 @@
 //! authoritative record is the event itself. The manager is a recipient of every topology
 //! transaction it sends, so its own stream holds them all; a time proof sequenced after the
 //! deadline marks where the search can stop, because nothing with that deadline can be
-//! sequenced later.
+//! sequenced later. The same stream, resumed after the last change the manager published,
+//! tells whether the sequencer still has that change: one that lost it (a database failover to
+//! a standby that had not replayed it) refuses the resumption, and that is a fork.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use meridian_client::{ClientError, SendReceipt, SequencerClient};
 use meridian_core::protocol::ProtocolMessage;
-use meridian_core::sequencing::{Envelope, Submission};
+use meridian_core::sequencing::{Envelope, ForkError, Submission};
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::{MemberId, MessageId, Timestamp};
 
@@ -88,21 +90,7 @@ impl Publisher {
         serial: u64,
         deadline: Timestamp,
     ) -> Result<Option<Timestamp>, PublishError> {
-        let now = Timestamp::now();
-        let proof = self
-            .client
-            .send(Submission {
-                sender: self.member().clone(),
-                message_id: MessageId::new(format!("time-proof-{}", now.as_micros()))
-                    .expect("time-proof-<digits> is a valid message id"),
-                envelopes: vec![Envelope {
-                    recipients: vec![self.member().clone()],
-                    payload: ProtocolMessage::TimeProof.encode(),
-                }],
-                max_sequencing_time: now.saturating_add(SEND_WINDOW),
-            })
-            .await?
-            .timestamp;
+        let proof = self.time_proof().await?;
         if proof <= deadline {
             return Err(PublishError::Inconclusive(format!(
                 "the sequencer's time ({proof}) has not passed the send's deadline ({deadline}) yet"
@@ -126,11 +114,62 @@ impl Publisher {
         };
         tokio::time::timeout(SCAN_TIMEOUT, scan)
             .await
-            .map_err(|_| {
-                PublishError::Inconclusive(format!(
-                    "reading the own event stream up to {proof} took over {} s",
-                    SCAN_TIMEOUT.as_secs()
-                ))
-            })?
+            .map_err(|_| scan_timed_out(proof))?
     }
+
+    /// Whether the sequencer still serves the history this manager published, whose last
+    /// change took effect at `last_published`: the own stream resumed after it must be
+    /// accepted and reach a fresh time proof, every event following the one before (the
+    /// client checks the `previous_timestamp` chain). `Ok(Err(fork))` when the sequencer lost
+    /// that change or serves something else after it; `Err` when it could not tell yet.
+    pub async fn confirm_history(
+        &self,
+        last_published: Timestamp,
+    ) -> Result<Result<(), ForkError>, PublishError> {
+        let proof = self.time_proof().await?;
+        let scan = async {
+            let mut events = self.client.subscribe(Some(last_published));
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) if event.timestamp >= proof => return Ok(Ok(())),
+                    Ok(_) => {}
+                    Err(ClientError::Fork(fork)) => return Ok(Err(fork)),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Err(PublishError::Inconclusive(
+                "the own event stream ended before the time proof".to_owned(),
+            ))
+        };
+        tokio::time::timeout(SCAN_TIMEOUT, scan)
+            .await
+            .map_err(|_| scan_timed_out(proof))?
+    }
+
+    /// Sends a time proof to the manager itself; returns its sequencing time, which the own
+    /// stream reaches once everything sequenced before it was delivered.
+    async fn time_proof(&self) -> Result<Timestamp, ClientError> {
+        let now = Timestamp::now();
+        Ok(self
+            .client
+            .send(Submission {
+                sender: self.member().clone(),
+                message_id: MessageId::new(format!("time-proof-{}", now.as_micros()))
+                    .expect("time-proof-<digits> is a valid message id"),
+                envelopes: vec![Envelope {
+                    recipients: vec![self.member().clone()],
+                    payload: ProtocolMessage::TimeProof.encode(),
+                }],
+                max_sequencing_time: now.saturating_add(SEND_WINDOW),
+            })
+            .await?
+            .timestamp)
+    }
+}
+
+fn scan_timed_out(proof: Timestamp) -> PublishError {
+    PublishError::Inconclusive(format!(
+        "reading the own event stream up to {proof} took over {} s",
+        SCAN_TIMEOUT.as_secs()
+    ))
 }
