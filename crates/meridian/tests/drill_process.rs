@@ -265,6 +265,45 @@ fn a_region_switchover_loses_and_duplicates_nothing() {
     assert!(member.contains(&format!("http://{listen}")), "{member}");
 }
 
+/// Patroni (with etcd) runs the two-region preset's cluster: kill -9 of the leader's Patroni
+/// and PostgreSQL under load; Patroni promotes the synchronous standby by itself and the nodes
+/// follow the new writer. Nothing acknowledged is lost, and the report shows Patroni's share
+/// of the outage (no lab detection delay, no `pg_ctl promote`) apart from Meridian's.
+#[test]
+fn a_database_failover_under_patroni_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_drill(
+        &[
+            "--scenario",
+            "database-failover",
+            "--preset",
+            "two-regions",
+            "--promoter",
+            "patroni",
+        ],
+        dir.path(),
+    );
+    assert_objectives(&report, &["database-failover"]);
+    let fault = &report["faults"][0];
+    let killed = fault["action"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("kill -9 primary ")
+        .unwrap_or_else(|| panic!("{fault}"));
+    let promotion = &fault["promotion"];
+    assert_eq!(promotion["promoter"], "patroni", "{promotion}");
+    let promoted = promotion["promoted"].as_str().unwrap();
+    assert!(
+        ["pg-1a", "pg-1b"].contains(&promoted) && promoted != killed,
+        "Patroni must promote the other server of region one: {fault}"
+    );
+    assert!(promotion["detection_delay_ms"].is_null(), "{promotion}");
+    assert!(promotion["promote_command_ms"].is_null(), "{promotion}");
+    let promoter_ms = promotion["promoter_ms"].as_f64().unwrap();
+    let meridian_ms = promotion["meridian_ms"].as_f64().unwrap();
+    assert!(promoter_ms > 0.0 && meridian_ms >= 0.0, "{promotion}");
+}
+
 #[test]
 fn bad_requests_are_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -330,6 +369,21 @@ fn bad_requests_are_refused_before_anything_starts() {
         (
             vec!["--scenario", "region-switchover"],
             "--preset two-regions --backend postgres",
+        ),
+        (
+            vec![
+                "--scenario",
+                "region-loss",
+                "--preset",
+                "two-regions",
+                "--promoter",
+                "patroni",
+            ],
+            "Patroni fails over only inside a region",
+        ),
+        (
+            vec!["--promoter", "patroni"],
+            "Patroni runs PostgreSQL clusters; set storage.backend",
         ),
         (vec!["--json", "/no/such/dir/drill.json"], "does not exist"),
         (vec!["--seed", "7"], "--scenario random"),

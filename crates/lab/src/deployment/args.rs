@@ -1,6 +1,6 @@
-//! The command line of a deployment: `--deployment FILE`, `--preset NAME` and `--backend`,
-//! flattened into every command that starts one (`up`, `demo`, `drill`, `bench ledger`,
-//! `bench failover`), and `meridian deployment check FILE`.
+//! The command line of a deployment: `--deployment FILE`, `--preset NAME`, `--backend` and
+//! `--promoter`, flattened into every command that starts one (`up`, `demo`, `drill`,
+//! `bench ledger`, `bench failover`), and `meridian deployment check FILE`.
 
 use std::path::PathBuf;
 
@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::check::check;
-use super::description::{Backend, Description, Preset, Shape};
+use super::description::{Backend, Description, Preset, Promoter, Shape};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct DeploymentArgs {
@@ -22,6 +22,10 @@ pub struct DeploymentArgs {
     /// PostgreSQL runs on a throwaway server.
     #[arg(long, value_enum)]
     pub backend: Option<Backend>,
+    /// Who fails a PostgreSQL cluster over inside its region, overriding the file's or
+    /// preset's `[storage] promoter`: the lab (`pg_ctl promote`) or Patroni with etcd.
+    #[arg(long, value_enum)]
+    pub promoter: Option<Promoter>,
 }
 
 impl DeploymentArgs {
@@ -39,10 +43,13 @@ impl DeploymentArgs {
             (None, None, Some(shape)) => Description::shaped(shape),
             (None, None, None) => Description::preset(default),
         };
-        let description = match self.backend {
+        let mut description = match self.backend {
             Some(backend) => description.with_backend(backend),
             None => description,
         };
+        if let Some(promoter) = self.promoter {
+            description.storage.promoter = promoter;
+        }
         let origin = self
             .deployment
             .as_ref()

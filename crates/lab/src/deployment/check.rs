@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::description::{
-    Backend, Description, NodeView, PostgresCluster, Role, ServerRole, ZoneName,
+    Backend, Description, NodeView, PostgresCluster, Promoter, Role, ServerRole, ZoneName,
 };
 
 /// Most nodes and replicas a one-machine deployment runs.
@@ -102,6 +102,19 @@ pub enum DescriptionError {
     },
     #[error("cross_region_delay_ms = {value}: at most {max}")]
     CrossRegionDelay { value: u64, max: u64 },
+    #[error("storage.promoter = \"patroni\": Patroni runs PostgreSQL clusters; set storage.backend = \"postgres\"")]
+    PatroniWithoutPostgres,
+    #[error(
+        "{key}: Patroni promotes only a synchronous standby of the primary's region, and cluster \
+         {cluster:?} has none (add a server with role = \"sync-standby\" in another zone)"
+    )]
+    PatroniWithoutSyncStandby { key: String, cluster: String },
+    #[error("{key} = {name:?}: not usable as a Patroni member name: {why}")]
+    PatroniMemberName {
+        key: String,
+        name: String,
+        why: String,
+    },
 }
 
 /// All the problems of one description, one per line.
@@ -306,6 +319,9 @@ fn check_clusters(
     errors: &mut Vec<DescriptionError>,
 ) {
     if description.storage.backend == Backend::Sqlite {
+        if description.storage.promoter == Promoter::Patroni {
+            errors.push(DescriptionError::PatroniWithoutPostgres);
+        }
         for (index, cluster) in description.postgres_clusters.iter().enumerate() {
             errors.push(DescriptionError::ClustersOnSqlite {
                 index,
@@ -340,9 +356,36 @@ fn check_clusters(
             errors,
         );
         check_standby_placement(description, &key, cluster, errors);
+        if description.storage.promoter == Promoter::Patroni {
+            check_patroni_cluster(&key, cluster, errors);
+        }
     }
     for node in nodes {
         check_node_cluster(description, node, errors);
+    }
+}
+
+/// Patroni needs a synchronous standby to promote (it promotes no other in synchronous
+/// mode), and each server becomes a member whose name is also a replication slot's.
+fn check_patroni_cluster(key: &str, cluster: &PostgresCluster, errors: &mut Vec<DescriptionError>) {
+    if !cluster
+        .servers
+        .iter()
+        .any(|s| s.role == ServerRole::SyncStandby)
+    {
+        errors.push(DescriptionError::PatroniWithoutSyncStandby {
+            key: format!("{key}.servers"),
+            cluster: cluster.name.to_string(),
+        });
+    }
+    for (index, server) in cluster.servers.iter().enumerate() {
+        if let Err(error) = super::patroni::member_name(&server.name) {
+            errors.push(DescriptionError::PatroniMemberName {
+                key: format!("{key}.servers[{index}].name"),
+                name: server.name.to_string(),
+                why: error.to_string(),
+            });
+        }
     }
 }
 
@@ -680,6 +723,41 @@ mod tests {
         assert_eq!(
             only_error(&description),
             "cross_region_delay_ms = 501: at most 500"
+        );
+    }
+
+    #[test]
+    fn patroni_runs_the_two_region_preset_and_refuses_what_it_cannot_run() {
+        let mut description = two_regions();
+        description.storage.promoter = Promoter::Patroni;
+        assert_eq!(errors(&description), Vec::<String>::new());
+
+        let mut no_sync = description.clone();
+        no_sync.postgres_clusters[0]
+            .servers
+            .retain(|s| s.role != ServerRole::SyncStandby);
+        assert_eq!(
+            only_error(&no_sync),
+            "postgres_clusters[0].servers: Patroni promotes only a synchronous standby of the \
+             primary's region, and cluster \"main\" has none (add a server with role = \
+             \"sync-standby\" in another zone)"
+        );
+
+        let mut bad_name = description.clone();
+        bad_name.postgres_clusters[0].servers[1].name = "PG 1b".into();
+        let error = only_error(&bad_name);
+        assert!(
+            error.starts_with(
+                "postgres_clusters[0].servers[1].name = \"PG 1b\": not usable as a Patroni member name"
+            ),
+            "{error}"
+        );
+
+        let mut on_sqlite = Description::preset(Preset::Replicated);
+        on_sqlite.storage.promoter = Promoter::Patroni;
+        assert_eq!(
+            only_error(&on_sqlite),
+            "storage.promoter = \"patroni\": Patroni runs PostgreSQL clusters; set storage.backend = \"postgres\""
         );
     }
 

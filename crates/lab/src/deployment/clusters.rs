@@ -13,6 +13,9 @@
 //! synchronous standby by itself, and a cold region-two replica lists only region two's
 //! servers, so it waits (not ready, "standby") until its region's server is promoted and can
 //! never write across regions to a primary that may still be alive.
+//!
+//! With `[storage] promoter = "patroni"` the clusters run under Patroni instead
+//! ([`super::patroni`]): the lab kills and restarts members, Patroni promotes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,7 +25,10 @@ use anyhow::{bail, Context};
 use meridian_netdelay::DelayProxy;
 use meridian_pgserver::{ApplicationName, PostgresServer, SyncState, SynchronousStandbys};
 
-use super::description::{ClusterName, Description, RegionName, ServerName, ServerRole, ZoneName};
+use super::description::{
+    ClusterName, Description, Promoter, RegionName, ServerName, ServerRole, ZoneName,
+};
+use super::patroni::PatroniClusters;
 
 /// How long a standby may take to stream (and a sync one to count as `sync`) after its start.
 const STANDBY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,8 +49,10 @@ pub struct Databases {
 enum Target {
     /// One server run by the caller (tests): every node's database on it, no replication.
     External { address: SocketAddr },
-    /// The description's clusters, run here.
+    /// The description's clusters, run here; the lab promotes.
     Clusters(Mutex<Vec<RunningCluster>>),
+    /// The description's clusters under Patroni, which promotes.
+    Patroni(PatroniClusters),
 }
 
 #[derive(Debug)]
@@ -133,6 +141,16 @@ impl Databases {
     /// their primary stream through a proxy holding each chunk `cross_region_delay` (one way).
     /// Blocks (initdb, base backups); call it from a blocking context or `block_in_place`.
     pub fn start(description: &Description, cross_region_delay: Duration) -> anyhow::Result<Self> {
+        if description.storage.promoter == Promoter::Patroni {
+            let handle = tokio::runtime::Handle::try_current()
+                .context("Patroni clusters need the tokio runtime")?;
+            let patroni = tokio::task::block_in_place(|| {
+                handle.block_on(PatroniClusters::start(description))
+            })?;
+            return Ok(Self {
+                inner: Arc::new(Target::Patroni(patroni)),
+            });
+        }
         let mut clusters = Vec::new();
         for cluster in &description.postgres_clusters {
             clusters.push(
@@ -145,11 +163,33 @@ impl Databases {
         })
     }
 
+    /// Who promotes a standby when a primary is lost.
+    pub fn promoter(&self) -> Promoter {
+        match &*self.inner {
+            Target::Patroni(_) => Promoter::Patroni,
+            Target::External { .. } | Target::Clusters(_) => Promoter::Lab,
+        }
+    }
+
+    /// The clusters the lab runs and promotes itself (`None` for an external server or
+    /// Patroni's clusters).
     fn clusters(&self) -> Option<MutexGuard<'_, Vec<RunningCluster>>> {
         match &*self.inner {
-            Target::External { .. } => None,
+            Target::External { .. } | Target::Patroni(_) => None,
             // A panic while holding the lock leaves plain data behind; it is still usable.
             Target::Clusters(clusters) => Some(clusters.lock().unwrap_or_else(|e| e.into_inner())),
+        }
+    }
+
+    /// [`Self::clusters`], or why the operator's action `what` is not the lab's to take here.
+    fn lab_clusters(&self, what: &str) -> anyhow::Result<MutexGuard<'_, Vec<RunningCluster>>> {
+        match &*self.inner {
+            Target::External { .. } => bail!("{what}: no PostgreSQL cluster runs here"),
+            Target::Patroni(_) => bail!(
+                "{what}: Patroni runs these clusters (promoter = patroni) and fails over only \
+                 inside a region; moving a region needs promoter = lab"
+            ),
+            Target::Clusters(_) => Ok(self.clusters().expect("checked: the lab's clusters")),
         }
     }
 
@@ -158,6 +198,7 @@ impl Databases {
     pub fn admin_url(&self, cluster: Option<&ClusterName>) -> anyhow::Result<String> {
         let address = match &*self.inner {
             Target::External { address } => *address,
+            Target::Patroni(patroni) => return patroni.admin_url(cluster),
             Target::Clusters(_) => self
                 .primary(cluster)
                 .context("no running primary")?
@@ -179,6 +220,7 @@ impl Databases {
             Target::External { address } => {
                 return Ok(format!("postgres://meridian@{address}/{database}"));
             }
+            Target::Patroni(patroni) => return patroni.node_url(cluster, region, database),
             Target::Clusters(_) => {
                 let clusters = self.clusters().context("clusters")?;
                 let cluster = pick(&clusters, cluster)?;
@@ -216,6 +258,9 @@ impl Databases {
 
     /// Every server of every cluster, as it is now.
     pub fn servers(&self) -> Vec<ServerView> {
+        if let Target::Patroni(patroni) = &*self.inner {
+            return patroni.servers();
+        }
         let Some(clusters) = self.clusters() else {
             return Vec::new();
         };
@@ -238,8 +283,12 @@ impl Databases {
     /// What each standby's current primary reports about it (standbys that do not stream are
     /// absent from the primary's view and reported not streaming).
     pub fn standby_reports(&self) -> anyhow::Result<Vec<StandbyReport>> {
-        let Some(clusters) = self.clusters() else {
-            return Ok(Vec::new());
+        let clusters = match &*self.inner {
+            Target::External { .. } => return Ok(Vec::new()),
+            Target::Patroni(_) => {
+                bail!("Patroni reports its standbys itself (`patronictl list`, GET /cluster)")
+            }
+            Target::Clusters(_) => self.clusters().expect("checked: the lab's clusters"),
         };
         let mut reports = Vec::new();
         for cluster in clusters.iter() {
@@ -275,6 +324,9 @@ impl Databases {
     /// Kills (SIGKILL, like a lost machine) every running server in `zone`; returns their
     /// names. They are never restarted (see [`RunningServer::server`]).
     pub fn kill9_zone(&self, zone: &ZoneName) -> anyhow::Result<Vec<ServerName>> {
+        if let Target::Patroni(patroni) = &*self.inner {
+            return patroni.kill9_where(|s| &s.zone == zone);
+        }
         self.kill9_where(|s| &s.zone == zone)
     }
 
@@ -283,7 +335,7 @@ impl Databases {
     /// A lost region leaves the network at once; without this, a killed primary's last WAL
     /// would still stream out while its processes are reaped (seconds on a busy machine).
     pub fn cut_links_into(&self, region: &RegionName) -> anyhow::Result<Vec<ServerName>> {
-        let clusters = self.clusters().context("no clusters run here")?;
+        let clusters = self.lab_clusters("cutting the links out of a region")?;
         let mut cut = Vec::new();
         for cluster in clusters.iter() {
             let primary_in_region = cluster
@@ -305,6 +357,7 @@ impl Databases {
 
     /// Kills every running server in `region`.
     pub fn kill9_region(&self, region: &RegionName) -> anyhow::Result<Vec<ServerName>> {
+        drop(self.lab_clusters("killing a region's servers")?);
         self.kill9_where(|s| &s.region == region)
     }
 
@@ -314,7 +367,7 @@ impl Databases {
     /// busy machine and sits inside the switchover's RTO, while nothing is left to flush that
     /// the standby has not replayed. Like killed ones, they are never started again.
     pub fn stop_region(&self, region: &RegionName) -> anyhow::Result<Vec<ServerName>> {
-        let mut clusters = self.clusters().context("no clusters run here")?;
+        let mut clusters = self.lab_clusters("stopping a region's servers")?;
         let mut stopped = Vec::new();
         for server in clusters
             .iter_mut()
@@ -335,7 +388,22 @@ impl Databases {
 
     /// Kills the running primary of every cluster; returns their names.
     pub fn kill9_primaries(&self) -> anyhow::Result<Vec<ServerName>> {
+        if let Target::Patroni(patroni) = &*self.inner {
+            return patroni.kill9_where(|s| s.role == ServerRole::Primary);
+        }
         self.kill9_where(|s| s.role == ServerRole::Primary)
+    }
+
+    /// Under Patroni: waits until every cluster whose leader was killed has a new leader that
+    /// commits; returns the new leaders. The lab's own clusters are promoted by
+    /// [`Self::promote`] instead.
+    pub async fn wait_for_new_leaders(&self, timeout: Duration) -> anyhow::Result<Vec<ServerName>> {
+        match &*self.inner {
+            Target::Patroni(patroni) => patroni.wait_for_new_leaders(timeout).await,
+            Target::External { .. } | Target::Clusters(_) => {
+                bail!("no failover manager runs these databases; the lab promotes them")
+            }
+        }
     }
 
     fn kill9_where(
@@ -362,6 +430,7 @@ impl Databases {
     /// records it as its cluster's primary; the former primary, if still listed, becomes a
     /// dead server's entry. Returns how long the command took.
     pub fn promote(&self, name: &ServerName) -> anyhow::Result<Duration> {
+        drop(self.lab_clusters("pg_ctl promote")?);
         let server = self
             .running(name)?
             .with_context(|| format!("{name} is not running, it cannot be promoted"))?;
@@ -407,7 +476,7 @@ impl Databases {
         cross_region_delay: Duration,
     ) -> anyhow::Result<()> {
         let (standby, primary, app, needs_link) = {
-            let clusters = self.clusters().context("no clusters run here")?;
+            let clusters = self.lab_clusters("re-pointing a standby")?;
             let (cluster, entry) = locate(&clusters, name)?;
             let primary = cluster.primary()?;
             (
@@ -474,7 +543,7 @@ impl Databases {
     /// replay (lag 0), for at most `timeout`.
     pub fn wait_for_catch_up(&self, name: &ServerName, timeout: Duration) -> anyhow::Result<()> {
         let (primary, app) = {
-            let clusters = self.clusters().context("no clusters run here")?;
+            let clusters = self.lab_clusters("waiting for a standby to catch up")?;
             let (cluster, entry) = locate(&clusters, name)?;
             let primary = cluster.primary()?;
             let primary = primary
@@ -491,14 +560,18 @@ impl Databases {
     /// (a base backup, as an operator rebuilds a lost machine), reachable at the old address
     /// through a zero-delay proxy so that the nodes' URLs stay right. A former primary or sync
     /// standby comes back as the primary's synchronous standby (checked `sync`), an async one
-    /// as async (checked streaming). Restores the redundancy a drill took away.
+    /// as async (checked streaming). Restores the redundancy a drill took away. Under Patroni,
+    /// starts the killed member's Patroni again instead: it rejoins as a standby.
     pub async fn rebuild(
         &self,
         name: &ServerName,
         cross_region_delay: Duration,
     ) -> anyhow::Result<()> {
+        if let Target::Patroni(patroni) = &*self.inner {
+            return patroni.rejoin(name).await;
+        }
         let (primary, app, address, role, needs_link) = {
-            let clusters = self.clusters().context("no clusters run here")?;
+            let clusters = self.lab_clusters("rebuilding a server")?;
             let (cluster, entry) = locate(&clusters, name)?;
             if entry.server.is_some() {
                 bail!("{name} is running; only a killed server is rebuilt");
@@ -566,8 +639,11 @@ impl Databases {
 
     /// The servers of `role` in `cluster` (the only one when `None`), as now.
     pub fn with_role(&self, cluster: Option<&ClusterName>, role: ServerRole) -> Vec<ServerView> {
-        let only_one = self.clusters().is_some_and(|c| c.len() == 1);
-        self.servers()
+        let servers = self.servers();
+        let mut names: Vec<&ClusterName> = servers.iter().map(|s| &s.cluster).collect();
+        names.dedup();
+        let only_one = names.len() == 1;
+        servers
             .into_iter()
             .filter(|s| s.role == role)
             .filter(|s| cluster.map_or(only_one, |c| &s.cluster == c))

@@ -76,6 +76,34 @@ pub enum Backend {
     Postgres,
 }
 
+/// Who fails a PostgreSQL cluster over inside its region: the one type for the file's
+/// `[storage] promoter` and the command line's `--promoter`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Promoter {
+    /// The lab as an operator: plain streaming replication, `pg_ctl promote` of the
+    /// synchronous standby after a fixed detection delay. Also does the region moves.
+    #[default]
+    Lab,
+    /// Patroni with etcd, one Patroni per server (`synchronous_mode: true`): it detects the
+    /// loss and promotes by itself. In-region only: a server in another region is a member
+    /// that Patroni never promotes.
+    Patroni,
+}
+
+impl Promoter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Promoter::Lab => "lab",
+            Promoter::Patroni => "patroni",
+        }
+    }
+
+    fn is_lab(&self) -> bool {
+        *self == Promoter::Lab
+    }
+}
+
 /// Whether a replica runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +206,9 @@ pub struct Region {
 #[serde(deny_unknown_fields)]
 pub struct StorageChoice {
     pub backend: Backend,
+    /// Who promotes a synchronous standby when a cluster's primary is lost.
+    #[serde(default, skip_serializing_if = "Promoter::is_lab")]
+    pub promoter: Promoter,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -368,6 +399,7 @@ impl Description {
             }],
             storage: StorageChoice {
                 backend: Backend::Sqlite,
+                promoter: Promoter::Lab,
             },
             postgres_clusters: Vec::new(),
             sequencer: SequencerNode {
@@ -542,6 +574,8 @@ impl Description {
         self.storage.backend = backend;
         match backend {
             Backend::Sqlite => {
+                // No cluster is left to fail over.
+                self.storage.promoter = Promoter::Lab;
                 self.postgres_clusters.clear();
                 for (cluster, _, _) in self.nodes_mut() {
                     *cluster = None;

@@ -19,6 +19,7 @@ pub mod check;
 pub mod clusters;
 pub mod configs;
 pub mod description;
+mod patroni;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -39,8 +40,8 @@ pub use args::{DeploymentArgs, DeploymentCommand};
 pub use clusters::{Databases, ServerView, StandbyReport};
 pub use configs::{MediatorSettings, ParticipantSettings};
 pub use description::{
-    Backend, Description, NodePorts, NodeView, Preset, Replica, ReplicaName, Role, Shape, Standby,
-    ZoneName,
+    Backend, Description, NodePorts, NodeView, Preset, Promoter, Replica, ReplicaName, Role, Shape,
+    Standby, ZoneName,
 };
 
 use crate::clockshift::ClockShift;

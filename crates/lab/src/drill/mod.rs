@@ -612,13 +612,22 @@ fn print_table(report: &DrillReport) {
 
 /// The promoter's share of a database failover apart from Meridian's.
 fn promotion_line(promotion: &crate::promotion::PromotionReport) -> String {
+    let parts = match promotion.detection_delay_ms {
+        Some(detection_delay_ms) => format!(
+            "kill {:.0} ms + detection delay {detection_delay_ms:.0} ms + pg_ctl promote {} ms",
+            promotion.kill_ms,
+            fmt_ms(promotion.promote_command_ms)
+        ),
+        None => format!(
+            "kill {:.0} ms + {}'s detection, election and promotion",
+            promotion.kill_ms, promotion.promoter
+        ),
+    };
     format!(
-        "promoted {}: promoter {} ms (kill {:.0} ms + detection delay {:.0} ms + pg_ctl promote {} ms), then Meridian {} ms to its first commit",
+        "promoted {} ({}): promoter {} ms ({parts}), then Meridian {} ms to its first commit",
         promotion.promoted,
+        promotion.promoter,
         fmt_ms(promotion.promoter_ms),
-        promotion.kill_ms,
-        promotion.detection_delay_ms,
-        fmt_ms(promotion.promote_command_ms),
         fmt_ms(promotion.meridian_ms)
     )
 }

@@ -12,7 +12,7 @@ use clap::builder::PossibleValue;
 use clap::ValueEnum;
 
 use crate::deployment::description::ServerRole;
-use crate::deployment::{Backend, Description};
+use crate::deployment::{Backend, Description, Promoter};
 use crate::fault::{Fault, PlannedFault, Redundancy, Unsupported};
 
 /// Participants the workload needs: bank, alice and bob.
@@ -68,6 +68,8 @@ pub struct PlanView {
     /// Whether the deployment spans two regions with an asynchronous standby of the (only)
     /// PostgreSQL cluster in another region than its primary: a region move's target.
     pub region_standby: bool,
+    /// Who promotes a standby when a primary is lost.
+    pub promoter: Promoter,
 }
 
 impl PlanView {
@@ -88,6 +90,7 @@ impl PlanView {
                     .servers
                     .iter()
                     .any(|s| s.role == ServerRole::AsyncStandby),
+            promoter: description.storage.promoter,
         }
     }
 }
@@ -127,6 +130,7 @@ pub fn plan(
                 ),
             })
         })
+        .or_else(|| patroni_refusal(fault, deployment))
         .or_else(|| region_move_refusal(fault, scenario, deployment));
         if let Some(unsupported) = unsupported {
             if scenario == Scenario::All {
@@ -138,6 +142,27 @@ pub fn plan(
         planned.push(aim(fault, target, deployment)?);
     }
     Ok((planned, skipped))
+}
+
+/// What Patroni's clusters cannot be put through: it restarts a crashed PostgreSQL by itself
+/// (a database restart would race it), and it fails over only inside a region.
+fn patroni_refusal(fault: Fault, deployment: &PlanView) -> Option<Unsupported> {
+    if deployment.promoter != Promoter::Patroni {
+        return None;
+    }
+    let reason = match fault {
+        Fault::DatabaseRestart => {
+            "Patroni restarts a crashed PostgreSQL by itself (use --promoter lab)"
+        }
+        Fault::RegionSwitchover | Fault::RegionLoss => {
+            "Patroni fails over only inside a region; a region move is the lab's (use --promoter lab)"
+        }
+        _ => return None,
+    };
+    Some(Unsupported {
+        reason,
+        refusal: format!("{}: {reason}", fault.name()),
+    })
 }
 
 /// Why a region move cannot be planned: the deployment has no other region with an
@@ -241,6 +266,42 @@ mod tests {
         let error = plan(Scenario::One(Fault::RegionSwitchover), None, &one_region)
             .expect_err("no second region");
         assert!(error.to_string().contains("no second region"), "{error}");
+    }
+
+    #[test]
+    fn patroni_runs_the_in_region_failovers_and_refuses_restarts_and_region_moves() {
+        let mut description = Description::preset(Preset::TwoRegions);
+        description.storage.promoter = Promoter::Patroni;
+        let patroni = PlanView::of(&description);
+        for fault in [Fault::DatabaseFailover, Fault::ZoneLoss] {
+            let (faults, _) =
+                plan(Scenario::One(fault), None, &patroni).expect("Patroni fails over");
+            assert_eq!(faults[0].fault, fault);
+        }
+        for (fault, why) in [
+            (
+                Fault::DatabaseRestart,
+                "database-restart: Patroni restarts a crashed PostgreSQL by itself",
+            ),
+            (
+                Fault::RegionLoss,
+                "region-loss: Patroni fails over only inside a region",
+            ),
+            (
+                Fault::RegionSwitchover,
+                "region-switchover: Patroni fails over only inside a region",
+            ),
+        ] {
+            let error = plan(Scenario::One(fault), None, &patroni).expect_err("refused");
+            assert!(error.to_string().starts_with(why), "{error}");
+        }
+        let (_, skipped) = plan(Scenario::All, None, &patroni).expect("plan");
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.starts_with("database-restart: Patroni")),
+            "{skipped:?}"
+        );
     }
 
     #[test]
