@@ -509,8 +509,7 @@ fn strike_database_loss(
             Vec::new(),
         )
     };
-    let delay = Duration::from_millis(stage.deployment.description.cross_region_delay_ms);
-    let promotion = Promotion::plan(databases, killed.clone(), injected_at, delay)?;
+    let promotion = Promotion::plan(databases, killed.clone(), injected_at)?;
     let killed: Vec<&str> = killed.iter().map(|s| s.as_str()).collect();
     let action = if processes.is_empty() {
         format!("kill -9 primary {}", killed.join(", "))
@@ -696,12 +695,11 @@ impl Injected {
             let databases = stage
                 .postgres
                 .context("a database failover needs the PostgreSQL backend")?;
-            let delay = Duration::from_millis(stage.deployment.description.cross_region_delay_ms);
             let over = matches!(moment, Moment::Over);
             promotion.advance(over).await?;
             if over && !self.restored {
                 self.restored = true;
-                promotion.rebuild(databases, delay).await;
+                promotion.rebuild(databases).await;
                 for name in processes.iter() {
                     restart(stage.deployment, name).await?;
                 }
@@ -759,12 +757,10 @@ impl Injected {
         let mut region = None;
         if let Effect::Region(moved) = &mut self.effect {
             moved.record_readiness(stage.deployment).await;
-            // After a loss a member may rightly halt on a forked history; after a planned
-            // switchover every node must be ready.
-            if moved.kind == Move::Switchover {
-                if let Some(not_ready) = moved.not_ready() {
-                    self.problem.get_or_insert(not_ready);
-                }
+            // After a loss the forked participants were repaired during the move; every node
+            // must be ready now, as after a planned switchover.
+            if let Some(not_ready) = moved.not_ready() {
+                self.problem.get_or_insert(not_ready);
             }
             region = Some(moved.report(first_success));
         }

@@ -2,15 +2,21 @@
 //! operator runs after a region loss left a member on a fork (docs/operations.md, "Fork after
 //! a region loss"). The report reads the `fork` object of each replica's `/status`; the repair
 //! works on the participant's database directly, and only while every replica is stopped.
+//! Cold replicas count: after a region move they are the ones that run, and the only ones
+//! whose configs name a database server that is up. The region-loss drill repairs through
+//! [`rewind`] too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use meridian_participant::fork::RepairReport;
+use meridian_store::ParticipantStore;
 use serde_json::Value;
 
-use crate::replicas::{get_status, http, replicas};
+use crate::replicas::{get_status, http, replicas_with_cold};
 
 #[derive(Args)]
 pub struct ForkReportArgs {
@@ -37,9 +43,12 @@ pub struct ForkRepairArgs {
 /// How long a replica's admin port is given to accept a connection before it counts as
 /// stopped.
 const ALIVE_PROBE: Duration = Duration::from_millis(500);
+/// How long one replica config's database gets to open: a config listing only the lost
+/// region's servers fails within its hosts' connect timeouts.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn report(args: &ForkReportArgs) -> anyhow::Result<()> {
-    let replicas = replicas(&args.data_dir, &args.node)?;
+    let replicas = replicas_with_cold(&args.data_dir, &args.node)?;
     let client = http()?;
     let mut answered = 0;
     for replica in &replicas {
@@ -110,14 +119,14 @@ fn describe(replica: &str, fork: &Value) -> String {
 }
 
 pub async fn repair(args: &ForkRepairArgs) -> anyhow::Result<()> {
-    let replicas = replicas(&args.data_dir, &args.node)?;
-    let Some(first) = replicas.first() else {
+    let replicas = replicas_with_cold(&args.data_dir, &args.node)?;
+    if replicas.is_empty() {
         bail!(
             "no replica config of {} under {}",
             args.node,
             args.data_dir.display()
         );
-    };
+    }
     // The rewind is not fenced: a running replica would write on top of it.
     for replica in &replicas {
         if alive(&replica.admin_address).await {
@@ -130,16 +139,8 @@ pub async fn repair(args: &ForkRepairArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let config_path = args
-        .data_dir
-        .join(&args.node)
-        .join(format!("{}.toml", first.name));
-    let config = meridian_participant::ParticipantConfig::load(&config_path)
-        .with_context(|| format!("loading {}", config_path.display()))?;
-    let store = meridian_store::open_participant_store(&config.storage)
-        .await
-        .context("opening the participant's database")?;
-    let report = meridian_participant::fork::repair(store.as_ref(), &args.save).await?;
+    let configs: Vec<&Path> = replicas.iter().map(|r| r.config_path.as_path()).collect();
+    let report = rewind(&configs, &args.save).await?;
     println!(
         "{}: rewound to event {}us (ledger end {}), the last quiet point at or before the fork \
          point {}us",
@@ -169,6 +170,37 @@ pub async fn repair(args: &ForkRepairArgs) -> anyhow::Result<()> {
          resubmit the listed commands of theirs (deduplication keeps that safe)"
     );
     Ok(())
+}
+
+/// Rewinds a stopped participant to the last quiet point before its fork, saving the lost
+/// transactions to `save` first, on the database of the first of `configs` (its replicas'
+/// configs) that opens.
+pub async fn rewind(configs: &[&Path], save: &Path) -> anyhow::Result<RepairReport> {
+    let store = open_store(configs).await?;
+    meridian_participant::fork::repair(store.as_ref(), save).await
+}
+
+async fn open_store(configs: &[&Path]) -> anyhow::Result<Arc<dyn ParticipantStore>> {
+    let mut tried = Vec::new();
+    for path in configs {
+        let config = meridian_participant::ParticipantConfig::load(path)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let opened = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            meridian_store::open_participant_store(&config.storage),
+        )
+        .await;
+        match opened {
+            Ok(Ok(store)) => return Ok(store),
+            Ok(Err(error)) => tried.push(format!("{}: {error}", path.display())),
+            Err(_) => tried.push(format!(
+                "{}: no answer within {} s",
+                path.display(),
+                OPEN_TIMEOUT.as_secs()
+            )),
+        }
+    }
+    bail!("no replica's database opened; tried {}", tried.join("; "))
 }
 
 async fn alive(address: &str) -> bool {

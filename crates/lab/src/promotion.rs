@@ -64,7 +64,6 @@ async fn promote_after(
     databases: Databases,
     standby: ServerName,
     promote_at: Instant,
-    cross_region_delay: Duration,
 ) -> anyhow::Result<Promoted> {
     tokio::time::sleep_until(promote_at.into()).await;
     let command = tokio::task::block_in_place(|| databases.promote(&standby))?;
@@ -77,7 +76,7 @@ async fn promote_after(
         .collect();
     let mut problem = None;
     for other in others {
-        if let Err(error) = databases.repoint(&other, cross_region_delay).await {
+        if let Err(error) = databases.repoint(&other).await {
             problem.get_or_insert(format!("re-pointing {other}: {error:#}"));
         }
     }
@@ -141,7 +140,6 @@ impl Promotion {
         databases: &Databases,
         killed: Vec<ServerName>,
         injected_at: Instant,
-        cross_region_delay: Duration,
     ) -> anyhow::Result<Self> {
         let standby = databases
             .with_role(None, ServerRole::SyncStandby)
@@ -157,7 +155,6 @@ impl Promotion {
                     databases.clone(),
                     standby.clone(),
                     struck_at + DETECTION_DELAY,
-                    cross_region_delay,
                 )),
                 Some(standby),
             ),
@@ -205,9 +202,9 @@ impl Promotion {
 
     /// Rebuilds every killed server as a standby of the new primary (under Patroni: starts its
     /// Patroni again, and it rejoins).
-    pub async fn rebuild(&mut self, databases: &Databases, cross_region_delay: Duration) {
+    pub async fn rebuild(&mut self, databases: &Databases) {
         for name in self.killed.clone() {
-            if let Err(error) = databases.rebuild(&name, cross_region_delay).await {
+            if let Err(error) = databases.rebuild(&name).await {
                 self.problem
                     .get_or_insert(format!("rebuilding {name}: {error:#}"));
             }

@@ -1,5 +1,6 @@
 //! A node's replicas as an operator's tools reach them: found from the configs `meridian
-//! up`/`demo`/the lab write under `<data-dir>/<node>/*.toml`, and asked over their admin HTTP
+//! up`/`demo`/the lab write under `<data-dir>/<node>/*.toml` (and a cold replica's under
+//! `<data-dir>/<node>/cold/`, once a region move started it), and asked over their admin HTTP
 //! endpoints (`/status`) which of them is active. `meridian admin`, the fork commands, the
 //! drills and the tests share these.
 
@@ -8,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-/// A replica as found on disk: its name and admin HTTP address.
+/// A replica as found on disk: its name, config file and admin HTTP address.
 #[derive(Debug, Clone)]
 pub struct ReplicaAddress {
     pub name: String,
+    pub config_path: std::path::PathBuf,
     pub admin_address: String,
 }
 
@@ -20,6 +22,27 @@ pub fn replicas(data_dir: &Path, node: &str) -> anyhow::Result<Vec<ReplicaAddres
     let dir = data_dir.join(node);
     let entries = std::fs::read_dir(&dir)
         .with_context(|| format!("no node {node} under {}", data_dir.display()))?;
+    let mut out = configs_in(entries, node)?;
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// [`replicas`] and then the cold ones (`<data_dir>/<node>/cold/`): after a region move, the
+/// replicas that run are those.
+pub fn replicas_with_cold(data_dir: &Path, node: &str) -> anyhow::Result<Vec<ReplicaAddress>> {
+    let mut out = replicas(data_dir, node)?;
+    let cold = data_dir.join(node).join("cold");
+    if cold.is_dir() {
+        let entries =
+            std::fs::read_dir(&cold).with_context(|| format!("reading {}", cold.display()))?;
+        let mut cold = configs_in(entries, node)?;
+        cold.sort_by(|a, b| a.name.cmp(&b.name));
+        out.extend(cold);
+    }
+    Ok(out)
+}
+
+fn configs_in(entries: std::fs::ReadDir, node: &str) -> anyhow::Result<Vec<ReplicaAddress>> {
     let mut out = Vec::new();
     for entry in entries {
         let path = entry?.path();
@@ -37,11 +60,11 @@ pub fn replicas(data_dir: &Path, node: &str) -> anyhow::Result<Vec<ReplicaAddres
                     .and_then(|s| s.to_str())
                     .unwrap_or(node)
                     .to_owned(),
+                config_path: path.clone(),
                 admin_address: address.to_owned(),
             });
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 

@@ -29,6 +29,10 @@ pub const CURRENCY: &str = "USD";
 /// How long and how often a lane waits for its IOU to appear on the new owner's participant.
 const VISIBILITY_RETRY_DELAY: Duration = Duration::from_millis(10);
 const MAX_VISIBILITY_RETRIES: u32 = 1_000;
+/// A party allocated on one participant reaches the others through the topology broadcast;
+/// an IOU issued before it arrived is refused `NOT_FOUND` and retried this often, 20 ms apart.
+const MAX_PARTY_RETRIES: u32 = 500;
+const PARTY_RETRY_DELAY: Duration = Duration::from_millis(20);
 
 /// The participant (index into [`Parties::clients`]) hosting the bank, which signs every
 /// transfer.
@@ -124,17 +128,30 @@ pub async fn issue_lanes(parties: &Parties, lanes: usize, run: &str) -> anyhow::
                     currency: CURRENCY.into(),
                 };
                 let command_id = CommandId::new(format!("{run}-issue-{index}"))?;
-                let outcome = parties.clients[0]
-                    .submit_and_wait(
-                        &command_id,
-                        &BTreeSet::from([parties.bank.clone()]),
-                        &[Command::Create {
-                            template,
-                            payload: payload.to_value(),
-                        }],
-                    )
-                    .await
-                    .with_context(|| format!("issuing the IOU of lane {index}"))?;
+                let commands = [Command::Create {
+                    template,
+                    payload: payload.to_value(),
+                }];
+                let act_as = BTreeSet::from([parties.bank.clone()]);
+                let mut attempts = 0;
+                let outcome = loop {
+                    attempts += 1;
+                    match parties.clients[0]
+                        .submit_and_wait(&command_id, &act_as, &commands)
+                        .await
+                    {
+                        Err(ClientError::Rejected {
+                            code: tonic::Code::NotFound,
+                            ..
+                        }) if attempts < MAX_PARTY_RETRIES => {
+                            tokio::time::sleep(PARTY_RETRY_DELAY).await;
+                        }
+                        other => {
+                            break other
+                                .with_context(|| format!("issuing the IOU of lane {index}"))?
+                        }
+                    }
+                };
                 let contract = match outcome {
                     SubmitOutcome::Committed(committed) => committed.created.into_iter().next(),
                     SubmitOutcome::AlreadyProcessed { .. } => None,

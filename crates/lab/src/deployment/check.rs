@@ -100,8 +100,8 @@ pub enum DescriptionError {
         primary: String,
         region: String,
     },
-    #[error("cross_region_delay_ms = {value}: at most {max}")]
-    CrossRegionDelay { value: u64, max: u64 },
+    #[error("{key} = {value}: at most {max}")]
+    CrossRegionDelay { key: String, value: u64, max: u64 },
     #[error("storage.promoter = \"patroni\": Patroni runs PostgreSQL clusters; set storage.backend = \"postgres\"")]
     PatroniWithoutPostgres,
     #[error(
@@ -198,9 +198,22 @@ pub fn check(description: &Description) -> Result<(), DescriptionErrors> {
     }
     if description.cross_region_delay_ms > MAX_CROSS_REGION_DELAY_MS {
         errors.push(DescriptionError::CrossRegionDelay {
+            key: "cross_region_delay_ms".to_owned(),
             value: description.cross_region_delay_ms,
             max: MAX_CROSS_REGION_DELAY_MS,
         });
+    }
+    for (index, cluster) in description.postgres_clusters.iter().enumerate() {
+        match cluster.cross_region_delay_ms {
+            Some(value) if value > MAX_CROSS_REGION_DELAY_MS => {
+                errors.push(DescriptionError::CrossRegionDelay {
+                    key: format!("postgres_clusters[{index}].cross_region_delay_ms"),
+                    value,
+                    max: MAX_CROSS_REGION_DELAY_MS,
+                });
+            }
+            _ => {}
+        }
     }
     if errors.is_empty() {
         Ok(())
@@ -723,6 +736,12 @@ mod tests {
         assert_eq!(
             only_error(&description),
             "cross_region_delay_ms = 501: at most 500"
+        );
+        description.cross_region_delay_ms = 5;
+        description.postgres_clusters[0].cross_region_delay_ms = Some(900);
+        assert_eq!(
+            only_error(&description),
+            "postgres_clusters[0].cross_region_delay_ms = 900: at most 500"
         );
     }
 

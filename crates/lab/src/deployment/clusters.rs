@@ -58,6 +58,8 @@ enum Target {
 #[derive(Debug)]
 struct RunningCluster {
     name: ClusterName,
+    /// One-way delay of its cross-region links.
+    link_delay: Duration,
     servers: Vec<RunningServer>,
 }
 
@@ -138,9 +140,10 @@ impl Databases {
     }
 
     /// Starts every cluster of `description`; asynchronous standbys in another region than
-    /// their primary stream through a proxy holding each chunk `cross_region_delay` (one way).
-    /// Blocks (initdb, base backups); call it from a blocking context or `block_in_place`.
-    pub fn start(description: &Description, cross_region_delay: Duration) -> anyhow::Result<Self> {
+    /// their primary stream through a proxy holding each chunk the cluster's cross-region
+    /// delay (one way). Blocks (initdb, base backups); call it from a blocking context or
+    /// `block_in_place`.
+    pub fn start(description: &Description) -> anyhow::Result<Self> {
         if description.storage.promoter == Promoter::Patroni {
             let handle = tokio::runtime::Handle::try_current()
                 .context("Patroni clusters need the tokio runtime")?;
@@ -154,7 +157,7 @@ impl Databases {
         let mut clusters = Vec::new();
         for cluster in &description.postgres_clusters {
             clusters.push(
-                start_cluster(description, cluster, cross_region_delay)
+                start_cluster(description, cluster)
                     .with_context(|| format!("starting PostgreSQL cluster {}", cluster.name))?,
             );
         }
@@ -470,12 +473,8 @@ impl Databases {
     /// promotion: the slot is created on the new primary, `primary_conninfo` is changed with
     /// `ALTER SYSTEM` and the standby reloads; a cross-region standby gets a new delaying link.
     /// Async, because the link's proxy runs on this runtime.
-    pub async fn repoint(
-        &self,
-        name: &ServerName,
-        cross_region_delay: Duration,
-    ) -> anyhow::Result<()> {
-        let (standby, primary, app, needs_link) = {
+    pub async fn repoint(&self, name: &ServerName) -> anyhow::Result<()> {
+        let (standby, primary, app, needs_link, cross_region_delay) = {
             let clusters = self.lab_clusters("re-pointing a standby")?;
             let (cluster, entry) = locate(&clusters, name)?;
             let primary = cluster.primary()?;
@@ -490,6 +489,7 @@ impl Databases {
                     .with_context(|| format!("the primary {} is not running", primary.name))?,
                 entry.application_name.clone(),
                 entry.region != primary.region,
+                cluster.link_delay,
             )
         };
         let link = if needs_link {
@@ -562,15 +562,11 @@ impl Databases {
     /// standby comes back as the primary's synchronous standby (checked `sync`), an async one
     /// as async (checked streaming). Restores the redundancy a drill took away. Under Patroni,
     /// starts the killed member's Patroni again instead: it rejoins as a standby.
-    pub async fn rebuild(
-        &self,
-        name: &ServerName,
-        cross_region_delay: Duration,
-    ) -> anyhow::Result<()> {
+    pub async fn rebuild(&self, name: &ServerName) -> anyhow::Result<()> {
         if let Target::Patroni(patroni) = &*self.inner {
             return patroni.rejoin(name).await;
         }
-        let (primary, app, address, role, needs_link) = {
+        let (primary, app, address, role, needs_link, cross_region_delay) = {
             let clusters = self.lab_clusters("rebuilding a server")?;
             let (cluster, entry) = locate(&clusters, name)?;
             if entry.server.is_some() {
@@ -590,6 +586,7 @@ impl Databases {
                 entry.address,
                 role,
                 entry.region != primary.region,
+                cluster.link_delay,
             )
         };
         let link = if needs_link {
@@ -682,8 +679,8 @@ fn application_name(name: &ServerName) -> anyhow::Result<ApplicationName> {
 fn start_cluster(
     description: &Description,
     cluster: &super::description::PostgresCluster,
-    cross_region_delay: Duration,
 ) -> anyhow::Result<RunningCluster> {
+    let cross_region_delay = Duration::from_millis(cluster.link_delay_ms(description));
     let region_of = |zone: &ZoneName| {
         description
             .region_of(zone)
@@ -763,6 +760,7 @@ fn start_cluster(
     tracing::info!(cluster = %cluster.name, servers = servers.len(), "PostgreSQL cluster started");
     Ok(RunningCluster {
         name: cluster.name.clone(),
+        link_delay: cross_region_delay,
         servers,
     })
 }

@@ -215,7 +215,19 @@ pub struct StorageChoice {
 #[serde(deny_unknown_fields)]
 pub struct PostgresCluster {
     pub name: ClusterName,
+    /// This cluster's own one-way delay to an asynchronous standby in another region, in
+    /// place of the deployment's `cross_region_delay_ms` (a cluster whose standby lags more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_region_delay_ms: Option<u64>,
     pub servers: Vec<DatabaseServer>,
+}
+
+impl PostgresCluster {
+    /// The one-way delay of its cross-region links, in ms.
+    pub fn link_delay_ms(&self, description: &Description) -> u64 {
+        self.cross_region_delay_ms
+            .unwrap_or(description.cross_region_delay_ms)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -450,6 +462,7 @@ impl Description {
         description.storage.backend = Backend::Postgres;
         description.postgres_clusters = vec![PostgresCluster {
             name: cluster.clone(),
+            cross_region_delay_ms: None,
             servers: vec![
                 server("pg-1a", "zone-1a", ServerRole::Primary),
                 server("pg-1b", "zone-1b", ServerRole::SyncStandby),
@@ -599,6 +612,7 @@ impl Description {
                     .collect();
                 self.postgres_clusters.push(PostgresCluster {
                     name: "main".into(),
+                    cross_region_delay_ms: None,
                     servers,
                 });
             }

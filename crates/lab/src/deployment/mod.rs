@@ -239,8 +239,7 @@ impl DeploymentSpec {
         if self.description.storage.backend != Backend::Postgres || self.databases.is_some() {
             return Ok(None);
         }
-        let delay = Duration::from_millis(self.description.cross_region_delay_ms);
-        let databases = Databases::start(&self.description, delay)
+        let databases = Databases::start(&self.description)
             .context("starting throwaway PostgreSQL clusters")?;
         self.databases = Some(databases.clone());
         Ok(Some(databases))

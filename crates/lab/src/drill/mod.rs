@@ -643,6 +643,7 @@ fn region_lines(region: &crate::region::RegionReport, fault: &FaultReport) -> Ve
         part("detection delay", region.detection_delay_ms),
         part("promote", Some(region.promote_ms)),
         part("start", Some(region.start_ms)),
+        part("fork repair", region.repair_ms),
         part("first commit", region.first_commit_ms),
     ]
     .into_iter()
@@ -660,6 +661,19 @@ fn region_lines(region: &crate::region::RegionReport, fault: &FaultReport) -> Ve
             "lost {} acknowledged transaction(s) (ids in the JSON)",
             fault.lost_transactions.len()
         ));
+    }
+    for member in &region.forked {
+        lines.push(match (member.lost_transactions, &member.repair_problem) {
+            (Some(lost), _) => format!(
+                "fork: {} halted on a forked history; repaired (rewound, {lost} of its transactions listed lost), ready again",
+                member.process
+            ),
+            (None, problem) => format!(
+                "fork: {} halted on a forked history; not repaired: {}",
+                member.process,
+                problem.as_deref().unwrap_or("?")
+            ),
+        });
     }
     let ready = region.readiness.iter().filter(|r| r.ready).count();
     lines.push(format!(

@@ -65,7 +65,7 @@ pub struct PlanView {
     pub backend: Backend,
     /// Whether the (only) PostgreSQL cluster has a synchronous standby to promote.
     pub sync_standby: bool,
-    /// Whether the deployment spans two regions with an asynchronous standby of the (only)
+    /// Whether the deployment spans two regions with an asynchronous standby of every
     /// PostgreSQL cluster in another region than its primary: a region move's target.
     pub region_standby: bool,
     /// Who promotes a standby when a primary is lost.
@@ -84,12 +84,14 @@ impl PlanView {
                     .servers
                     .iter()
                     .any(|s| s.role == ServerRole::SyncStandby),
-            region_standby: description.postgres_clusters.len() == 1
+            region_standby: !description.postgres_clusters.is_empty()
                 && description.regions.len() >= 2
-                && description.postgres_clusters[0]
-                    .servers
-                    .iter()
-                    .any(|s| s.role == ServerRole::AsyncStandby),
+                && description.postgres_clusters.iter().all(|cluster| {
+                    cluster
+                        .servers
+                        .iter()
+                        .any(|s| s.role == ServerRole::AsyncStandby)
+                }),
             promoter: description.storage.promoter,
         }
     }
