@@ -143,10 +143,9 @@ async fn readyz(http: &reqwest::Client, deployment: &Deployment, index: usize) -
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_participant_ahead_of_the_restored_history_halts_lists_its_losses_and_is_repaired() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
+/// A three-participant deployment on SQLite in `dir`, the test's user, and an HTTP client for
+/// the admin endpoints.
+fn setup(dir: &Path) -> (DeploymentSpec, UserId, reqwest::Client) {
     let spec = DeploymentSpec {
         exe: EXE.into(),
         ..DeploymentSpec::local(dir.to_path_buf(), 3).unwrap()
@@ -156,6 +155,14 @@ async fn a_participant_ahead_of_the_restored_history_halts_lists_its_losses_and_
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
+    (spec, user, http)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_ahead_of_the_restored_history_halts_lists_its_losses_and_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (spec, user, http) = setup(dir);
 
     // Round 1, the history both sides keep: two IOUs for alice, one transferred to bob.
     let mut deployment = common::start_deployment(&spec).await;
@@ -395,15 +402,7 @@ async fn a_participant_ahead_of_the_restored_history_halts_lists_its_losses_and_
 async fn a_topology_manager_ahead_of_the_restored_sequencer_halts_with_the_alarm() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let spec = DeploymentSpec {
-        exe: EXE.into(),
-        ..DeploymentSpec::local(dir.to_path_buf(), 3).unwrap()
-    };
-    let user = UserId::new("test").unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let (spec, user, http) = setup(dir);
 
     let mut deployment = common::start_deployment(&spec).await;
     Parties::allocate(&deployment, &user).await.unwrap();
