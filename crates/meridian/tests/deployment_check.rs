@@ -19,22 +19,42 @@ fn check(path: &std::path::Path) -> Output {
 }
 
 #[test]
-fn the_shipped_example_passes_and_is_summarized() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../docs/examples/two-regions.toml");
-    let output = check(&example);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    for expected in [
-        "region region-2: zones zone-2a, zone-2b",
-        "cluster main: pg-1a (primary, zone-1a), pg-1b (sync-standby, zone-1b), pg-2a (async-standby, zone-2a)",
-        "participant2: participant2-a (warm, zone-1a), participant2-b (warm, zone-1b), participant2-c (cold, zone-2a)",
-    ] {
-        assert!(stdout.contains(expected), "{expected:?} missing in:\n{stdout}");
+fn the_shipped_examples_pass_and_are_summarized() {
+    let examples: [(&str, &[&str]); 2] = [
+        (
+            "two-regions.toml",
+            &[
+                "region region-2: zones zone-2a, zone-2b",
+                "storage: PostgreSQL (the lab promotes standbys)",
+                "cluster main: pg-1a (primary, zone-1a), pg-1b (sync-standby, zone-1b), pg-2a (async-standby, zone-2a); 5 ms one way to another region",
+                "participant2: participant2-a (warm, zone-1a), participant2-b (warm, zone-1b), participant2-c (cold, zone-2a)",
+            ],
+        ),
+        (
+            "two-regions-split.toml",
+            &[
+                "cluster synchronizer: sync-1a (primary, zone-1a), sync-1b (sync-standby, zone-1b), sync-2a (async-standby, zone-2a); 300 ms one way to another region",
+                "cluster participants: part-1a (primary, zone-1a), part-1b (sync-standby, zone-1b), part-2a (async-standby, zone-2a); 5 ms one way to another region",
+            ],
+        ),
+    ];
+    for (file, expected_lines) in examples {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/examples")
+            .join(file);
+        let output = check(&example);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{file}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for expected in expected_lines {
+            assert!(
+                stdout.contains(expected),
+                "{file}: {expected:?} missing in:\n{stdout}"
+            );
+        }
     }
 }
 

@@ -140,15 +140,20 @@ pub fn summary(description: &Description) -> Vec<String> {
     }
     lines.push(format!(
         "storage: {}",
-        match description.storage.backend {
-            Backend::Sqlite => "SQLite, one file per node",
-            Backend::Postgres => "PostgreSQL",
+        match (description.storage.backend, description.storage.promoter) {
+            (Backend::Sqlite, _) => "SQLite, one file per node",
+            (Backend::Postgres, Promoter::Lab) => "PostgreSQL (the lab promotes standbys)",
+            (Backend::Postgres, Promoter::Patroni) => "PostgreSQL under Patroni and etcd",
         }
     ));
     for cluster in &description.postgres_clusters {
         let servers = cluster.servers.iter();
         let servers = placements(servers.map(|s| (&s.name, s.role.name(), &s.zone)));
-        lines.push(format!("cluster {}: {servers}", cluster.name));
+        lines.push(format!(
+            "cluster {}: {servers}; {} ms one way to another region",
+            cluster.name,
+            cluster.link_delay_ms(description)
+        ));
     }
     let keys = description.node_keys();
     for node in description.nodes(&keys) {
