@@ -40,6 +40,9 @@ pub enum SigningPurpose {
     ConfirmationResponse,
     /// The mediator's verdict on a request.
     Verdict,
+    /// A participant asking the topology manager to host a party (see
+    /// [`crate::topology::HostingRequest`]).
+    HostingRequest,
 }
 
 impl SigningPurpose {
@@ -49,6 +52,7 @@ impl SigningPurpose {
             SigningPurpose::TopologyTransaction => b"meridian/v1/topology-transaction",
             SigningPurpose::ConfirmationResponse => b"meridian/v1/confirmation-response",
             SigningPurpose::Verdict => b"meridian/v1/verdict",
+            SigningPurpose::HostingRequest => b"meridian/v1/hosting-request",
         }
     }
 }

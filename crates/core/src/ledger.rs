@@ -200,6 +200,15 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// The name the wire and the topology JSON use: `submission`, `confirmation`, `observation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Submission => "submission",
+            Permission::Confirmation => "confirmation",
+            Permission::Observation => "observation",
+        }
+    }
+
     pub fn can_submit(self) -> bool {
         matches!(self, Permission::Submission)
     }

@@ -121,6 +121,55 @@ impl SignedTopologyTransaction {
     }
 }
 
+/// A participant's request that `participant` host `party` with `permission`, made by the
+/// participant `requested_by` at `requested_at` (its wall clock). The requester signs
+/// [`Self::signing_bytes`] with its member key — the key the topology registers for it — so the
+/// topology manager learns who asks from the signature, not from a claimed field, and judges
+/// the request by that participant's authority over the party. The time bounds how long a
+/// captured request could be replayed: the manager refuses one made too far from its clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostingRequest {
+    pub party: PartyId,
+    pub participant: ParticipantId,
+    pub permission: Permission,
+    pub requested_by: ParticipantId,
+    pub requested_at: Timestamp,
+}
+
+impl HostingRequest {
+    /// The canonical bytes signed: each id length-prefixed (so no two requests share an
+    /// encoding), the permission's wire name, then the time in microseconds, big-endian.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let fields = [
+            self.party.as_str(),
+            self.participant.as_str(),
+            self.permission.as_str(),
+            self.requested_by.as_str(),
+        ];
+        let mut bytes = Vec::with_capacity(fields.iter().map(|f| 4 + f.len()).sum::<usize>() + 8);
+        for field in fields {
+            bytes.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(field.as_bytes());
+        }
+        bytes.extend_from_slice(&self.requested_at.as_micros().to_be_bytes());
+        bytes
+    }
+
+    /// The requester's signature, made with its member key.
+    pub fn sign(&self, key: &SigningKey) -> Signature {
+        key.sign(SigningPurpose::HostingRequest, &self.signing_bytes())
+    }
+
+    /// Whether `signature` is the signature of the holder of `key` over this request.
+    pub fn verify(&self, key: &PublicKey, signature: &Signature) -> Result<(), CryptoError> {
+        key.verify(
+            SigningPurpose::HostingRequest,
+            &self.signing_bytes(),
+            signature,
+        )
+    }
+}
+
 /// The topology at one point in time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopologySnapshot {
@@ -389,6 +438,69 @@ mod tests {
             state.add(ts(30), &forged),
             Err(TopologyError::Signature(_))
         ));
+    }
+
+    #[test]
+    fn hosting_request_signatures_bind_every_field() {
+        let key = SigningKey::generate();
+        let request = HostingRequest {
+            party: PartyId::new("bob").unwrap(),
+            participant: ParticipantId::new("p1").unwrap(),
+            permission: Permission::Submission,
+            requested_by: ParticipantId::new("p1").unwrap(),
+            requested_at: ts(1_000),
+        };
+        let signature = request.sign(&key);
+        assert_eq!(request.verify(&key.public_key(), &signature), Ok(()));
+        let changed = [
+            HostingRequest {
+                party: PartyId::new("alice").unwrap(),
+                ..request.clone()
+            },
+            HostingRequest {
+                participant: ParticipantId::new("p2").unwrap(),
+                ..request.clone()
+            },
+            HostingRequest {
+                permission: Permission::Observation,
+                ..request.clone()
+            },
+            HostingRequest {
+                requested_by: ParticipantId::new("p2").unwrap(),
+                ..request.clone()
+            },
+            HostingRequest {
+                requested_at: ts(1_001),
+                ..request.clone()
+            },
+        ];
+        for other in changed {
+            assert_eq!(
+                other.verify(&key.public_key(), &signature),
+                Err(CryptoError::BadSignature),
+                "{other:?}"
+            );
+        }
+        assert_eq!(
+            request.verify(&SigningKey::generate().public_key(), &signature),
+            Err(CryptoError::BadSignature)
+        );
+        // Another purpose's signature over the same bytes does not pass.
+        let elsewhere = key.sign(
+            SigningPurpose::SequencerAuthentication,
+            &request.signing_bytes(),
+        );
+        assert_eq!(
+            request.verify(&key.public_key(), &elsewhere),
+            Err(CryptoError::BadSignature)
+        );
+        // Length prefixes: moving a character from one id to the next changes the bytes.
+        let shifted = HostingRequest {
+            party: PartyId::new("bo").unwrap(),
+            participant: ParticipantId::new("bp1").unwrap(),
+            ..request.clone()
+        };
+        assert_ne!(shifted.signing_bytes(), request.signing_bytes());
     }
 
     #[test]

@@ -641,6 +641,7 @@ async fn start_term(
     let ledger_end = engine.ledger_end();
     let core = Arc::new(Core {
         participant,
+        key: warm.key.clone(),
         engine: Mutex::new(engine),
         store: warm.store.clone(),
         client: warm.client.clone(),

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use meridian_client::{ClientError, SequencerClient, Subscription};
+use meridian_core::crypto::SigningKey;
 use meridian_core::protocol::{ChangeId, ProtocolMessage};
 use meridian_core::sequencing::{Envelope, ForkError, SequencedEvent, Submission};
 use meridian_core::topology::SignedTopologyTransaction;
@@ -131,6 +132,9 @@ pub(crate) enum SubmitFailure {
 pub(crate) struct Core {
     pub config: ParticipantConfig,
     pub participant: ParticipantId,
+    /// The participant's member key: it signs the hosting requests this participant makes
+    /// to the topology manager (AllocateParty), which checks them against the topology.
+    pub key: SigningKey,
     pub engine: Mutex<ParticipantEngine>,
     pub store: Arc<dyn ParticipantStore>,
     pub client: SequencerClient,

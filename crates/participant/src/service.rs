@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use meridian_core::ledger::Permission;
 use meridian_core::protocol::ChangeId;
-use meridian_core::{LedgerOffset, PartyId, TransactionId};
+use meridian_core::topology::HostingRequest;
+use meridian_core::{LedgerOffset, PartyId, Timestamp, TransactionId};
 use meridian_node::Health;
 use meridian_proto::convert::ledger::{
     completions_query_from_wire, created_event_to_wire, parties_from_wire, party_id,
@@ -390,12 +391,25 @@ impl LedgerApi {
         if hosted(&core) {
             return Ok(());
         }
+        // Signed with this participant's member key: the manager checks who asks against the
+        // topology and lets a participant host only a new party or one it hosts already.
+        let hosting = HostingRequest {
+            party: party.clone(),
+            participant: participant.clone(),
+            permission: Permission::Submission,
+            requested_by: participant.clone(),
+            requested_at: Timestamp::now(),
+        };
+        let signature = hosting.sign(&core.key);
         allocate_at_topology_manager(
             core.config.topology_endpoints.as_slice(),
             v1::TopologyAllocatePartyRequest {
                 party: party.to_string(),
                 participant: participant.to_string(),
-                permission: "submission".into(),
+                permission: Permission::Submission.as_str().into(),
+                requested_by: participant.to_string(),
+                requested_at_us: hosting.requested_at.as_micros(),
+                signature: signature.to_bytes().to_vec(),
             },
         )
         .await?;
@@ -589,7 +603,9 @@ pub(crate) fn permission_name(permission: Permission) -> &'static str {
 }
 
 /// Asks the topology manager to allocate a party, trying its replicas in turn: only the active
-/// one accepts changes, the passive ones answer UNAVAILABLE (as does one that is down).
+/// one accepts changes, the passive ones answer UNAVAILABLE (as does one that is down). Any
+/// other answer is the manager's decision and goes back to the client with its code, at once:
+/// PERMISSION_DENIED (the party is another participant's) is not retried.
 async fn allocate_at_topology_manager(
     endpoints: &[String],
     request: v1::TopologyAllocatePartyRequest,

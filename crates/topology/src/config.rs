@@ -8,7 +8,7 @@
 //! sequencer_endpoints = ["http://127.0.0.1:4001"] # every instance; one string also works
 //! listen_address = "127.0.0.1:4201"       # gRPC: TopologyAdminService, health, reflection
 //! admin_address = "127.0.0.1:4301"        # HTTP: /livez /readyz /status /metrics
-//! admin_token = "secret"                  # optional: required on mutating calls
+//! admin_token = "secret"                  # optional: the owner's token for admin calls (see docs/topology.md)
 //!
 //! [storage]
 //! backend = "sqlite"
@@ -53,8 +53,10 @@ pub struct TopologyManagerConfig {
     pub sequencer_endpoints: Endpoints,
     pub listen_address: SocketAddr,
     pub admin_address: SocketAddr,
-    /// If set, AddParticipant, AddMediator and AllocateParty need
-    /// `authorization: Bearer <admin_token>`; GetTopology stays open for members catching up.
+    /// The owner's token. If set, AddParticipant, AddMediator and unsigned AllocateParty need
+    /// `authorization: Bearer <admin_token>`; if not, the first two are open and unsigned
+    /// AllocateParty is refused (participants' signed requests never need it; see
+    /// `crate::authority`). GetTopology stays open for members catching up.
     #[serde(default)]
     pub admin_token: Option<String>,
     pub storage: StorageConfig,

@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use meridian_core::crypto::PublicKey;
+use meridian_core::ledger::Permission;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping};
 use meridian_core::{MemberId, ParticipantId, PartyId, Timestamp};
 
@@ -77,6 +79,31 @@ impl History {
     /// The entry in force for a member id.
     pub fn member(&self, member: &MemberId) -> Option<&InForce> {
         self.members.get(member)
+    }
+
+    /// The key `participant` is registered with, if it is a registered participant.
+    pub fn participant_key(&self, participant: &ParticipantId) -> Option<PublicKey> {
+        match self.members.get(&participant.as_member()) {
+            Some(InForce {
+                mapping: TopologyMapping::Participant { public_key, .. },
+                ..
+            }) => PublicKey::from_hex(public_key).ok(),
+            _ => None,
+        }
+    }
+
+    /// Every participant hosting `party` now, with its permission.
+    pub fn hosts(&self, party: &PartyId) -> BTreeMap<ParticipantId, Permission> {
+        self.hosting
+            .iter()
+            .filter(|((hosted, _), _)| hosted == party)
+            .filter_map(|((_, participant), entry)| match entry.mapping {
+                TopologyMapping::PartyToParticipant { permission, .. } => {
+                    Some((participant.clone(), permission))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every member, plus the one `mapping` would add: the recipients of its distribution.
@@ -152,7 +179,6 @@ impl History {
 mod tests {
     use super::*;
     use meridian_core::crypto::SigningKey;
-    use meridian_core::ledger::Permission;
 
     fn key() -> String {
         SigningKey::generate().public_key().to_string()

@@ -9,6 +9,8 @@
 //!
 //! Layout, from pure to effectful:
 //! - [`request`]: validation of admin requests (sans-I/O),
+//! - [`authority`]: who may change a party's hosting — its submission hosts, or the owner —
+//!   and the check of a participant's signed request (sans-I/O),
 //! - [`history`]: what is in force and whether a request changes it (sans-I/O),
 //! - [`publisher`]: registration, sends and send-outcome recovery at the sequencer,
 //! - [`manager`]: the serialized change path with intent-before-send crash recovery,
@@ -16,6 +18,7 @@
 //! - [`meridian_node::replication`]: the shared role loop of active/passive replicas sharing
 //!   one database (lease and fencing); [`node`] supplies what this role does when active.
 
+pub mod authority;
 pub mod config;
 pub mod history;
 pub mod manager;

@@ -1,6 +1,7 @@
 //! The topology manager's state and its one write path.
 //!
-//! A change goes: validate → decide against what is in force ([`History::plan`]) → sign the
+//! A change goes: validate → check the requester's authority ([`authority::authorize`]) →
+//! decide against what is in force ([`History::plan`]) → sign the
 //! next serial with the owner key → register the member at the sequencer (member mappings, so
 //! the new member can be a recipient) → record the *intent* in the store → send it through the
 //! sequencer to every member under message id `topology-<serial>` → record the sequencing
@@ -21,11 +22,12 @@ use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::topology::{
     SignedTopologyTransaction, TopologyMapping, TopologyState, TopologyTransaction,
 };
-use meridian_core::{MemberId, Timestamp};
+use meridian_core::{MemberId, ParticipantId, Timestamp};
 use meridian_store::{TopologyRecord, TopologyStore, TopologyStoreError};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::authority::{self, Authority};
 use crate::history::{History, InForce, Plan, Refusal};
 use crate::publisher::{PublishError, Publisher, SEND_WINDOW};
 
@@ -47,6 +49,9 @@ pub enum ChangeError {
     /// FAILED_PRECONDITION: e.g. hosting on an unknown participant.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// PERMISSION_DENIED: the requester lacks the authority over the party's hosting.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// UNAVAILABLE: the sequencer or the database is away, or an earlier change is still being
     /// published. Retrying the same call is safe.
     #[error("{0}")]
@@ -330,11 +335,31 @@ impl Manager {
         self.prepare(&mut writer).await
     }
 
-    /// Applies `mapping` (already validated) if it changes the topology.
-    pub async fn change(&self, mapping: TopologyMapping) -> Result<ChangeOutcome, ChangeError> {
+    /// The key `participant` is registered with, to check its signature. Keys never change
+    /// (the manager refuses to), so this may be read outside the change path.
+    pub fn participant_key(&self, participant: &ParticipantId) -> Option<PublicKey> {
+        self.read_view(|view| view.history.participant_key(participant))
+    }
+
+    /// Applies `mapping` (already validated) if `authority` may make it and it changes the
+    /// topology. The authority is judged here, under the change lock and after any pending
+    /// change is published, so that two requests cannot both find a party hosted nowhere.
+    pub async fn change(
+        &self,
+        mapping: TopologyMapping,
+        authority: Authority,
+    ) -> Result<ChangeOutcome, ChangeError> {
         let mut writer = self.writer.lock().await;
         self.prepare(&mut writer).await?;
-        let plan = self.read_view(|view| view.history.plan(&mapping))?;
+        let plan = self.read_view(|view| {
+            let hosts = match &mapping {
+                TopologyMapping::PartyToParticipant { party, .. } => view.history.hosts(party),
+                _ => Default::default(),
+            };
+            authority::authorize(&mapping, &authority, &hosts)
+                .map_err(ChangeError::PermissionDenied)?;
+            Ok::<_, ChangeError>(view.history.plan(&mapping)?)
+        })?;
         if let Plan::Unchanged { serial, effective } = plan {
             return Ok(ChangeOutcome {
                 serial,

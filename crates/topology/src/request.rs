@@ -4,8 +4,8 @@
 
 use meridian_core::crypto::PublicKey;
 use meridian_core::ledger::Permission;
-use meridian_core::topology::TopologyMapping;
-use meridian_core::{MemberId, ParticipantId, PartyId};
+use meridian_core::topology::{HostingRequest, TopologyMapping};
+use meridian_core::{MemberId, ParticipantId, PartyId, Timestamp};
 
 /// A request field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +63,61 @@ pub fn allocate_party(
         participant,
         permission,
     })
+}
+
+/// A participant's signature on an AllocateParty request, as the request carries it; who signed
+/// is established by [`crate::authority::authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub requested_by: ParticipantId,
+    pub requested_at: Timestamp,
+    pub signature: Vec<u8>,
+}
+
+impl Signed {
+    /// The request this signature must cover: `mapping` (a party hosting) as asked by the
+    /// signer at its time.
+    pub fn request(&self, mapping: &TopologyMapping) -> Option<HostingRequest> {
+        match mapping {
+            TopologyMapping::PartyToParticipant {
+                party,
+                participant,
+                permission,
+            } => Some(HostingRequest {
+                party: party.clone(),
+                participant: participant.clone(),
+                permission: *permission,
+                requested_by: self.requested_by.clone(),
+                requested_at: self.requested_at,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The signature fields of AllocateParty: `None` when `signature` is empty (an unsigned
+/// request, which only the owner's admin token can authorize).
+pub fn signed_by(
+    requested_by: String,
+    requested_at_us: u64,
+    signature: Vec<u8>,
+) -> Result<Option<Signed>, FieldError> {
+    if signature.is_empty() {
+        return Ok(None);
+    }
+    let requested_by = field("requested_by", ParticipantId::new(requested_by))?;
+    if requested_at_us == 0 {
+        return Err(FieldError {
+            field: "requested_at_us",
+            reason: "a signed request needs the time it was made (microseconds since the epoch)"
+                .to_owned(),
+        });
+    }
+    Ok(Some(Signed {
+        requested_by,
+        requested_at: Timestamp::from_micros(requested_at_us),
+        signature,
+    }))
 }
 
 /// `submission`, `confirmation` or `observation`, exactly as the proto documents them.
@@ -145,5 +200,26 @@ mod tests {
             "permission",
             "permissions are lower case, as documented"
         );
+    }
+
+    #[test]
+    fn signature_fields_are_optional_but_complete_when_present() {
+        assert_eq!(signed_by(String::new(), 0, Vec::new()), Ok(None));
+        let signed = signed_by("p1".into(), 42, vec![7; 64])
+            .expect("valid")
+            .expect("signed");
+        assert_eq!(signed.requested_by, ParticipantId::new("p1").expect("id"));
+        assert_eq!(signed.requested_at, Timestamp::from_micros(42));
+        let request = signed
+            .request(&allocate_party("bob".into(), "p2".into(), "observation").expect("valid"))
+            .expect("a hosting");
+        assert_eq!(request.participant, ParticipantId::new("p2").expect("id"));
+        assert_eq!(request.requested_by, ParticipantId::new("p1").expect("id"));
+        assert_eq!(request.permission, Permission::Observation);
+
+        let error = signed_by(String::new(), 42, vec![7; 64]).expect_err("no requester");
+        assert_eq!(error.field, "requested_by");
+        let error = signed_by("p1".into(), 0, vec![7; 64]).expect_err("no time");
+        assert_eq!(error.field, "requested_at_us");
     }
 }

@@ -1,7 +1,10 @@
-//! The gRPC surface: `TopologyAdminService`. Mutating calls check the admin token (when
-//! configured, with the one check every node uses: [`AdminToken`]), validate every field before anything is signed ([`crate::request`]), and hand
-//! the mapping to the [`Manager`], whose refusals map one-to-one onto statuses. GetTopology is
-//! open: members call it to catch up, and every entry carries the owner's signature anyway.
+//! The gRPC surface: `TopologyAdminService`. Mutating calls establish whose authority they
+//! carry — the owner's, by the admin token (when configured, with the one check every node
+//! uses: [`AdminToken`]), or, for AllocateParty, a participant's, by its signature on the
+//! request ([`crate::authority::authenticate`]) —, validate every field before anything is
+//! signed ([`crate::request`]), and hand the mapping and the authority to the [`Manager`],
+//! whose refusals map one-to-one onto statuses. GetTopology is open: members call it to catch
+//! up, and every entry carries the owner's signature anyway.
 //!
 //! A passive replica (DESIGN.md §5) has no manager: mutating calls get UNAVAILABLE naming the
 //! active replica, and GetTopology is answered from the shared database — the completed
@@ -20,6 +23,7 @@ use meridian_proto::v1::{self};
 use meridian_store::TopologyStore;
 use tonic::{Request, Response, Status};
 
+use crate::authority::{self, Authority};
 use crate::manager::{ChangeError, ChangeOutcome, Loaded, Manager};
 use crate::metrics::TopologyMetrics;
 use crate::request::{self, FieldError};
@@ -109,6 +113,7 @@ impl From<ChangeError> for Status {
         match error {
             ChangeError::AlreadyExists(m) => Status::already_exists(m),
             ChangeError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ChangeError::PermissionDenied(m) => Status::permission_denied(m),
             ChangeError::Unavailable(m) => Status::unavailable(m),
             ChangeError::Internal(m) => Status::internal(m),
         }
@@ -126,10 +131,45 @@ impl TopologyAdminApi {
         Ok(request.into_inner())
     }
 
+    /// The owner's authority for an unsigned AllocateParty: the admin token. Unlike the other
+    /// admin calls, a manager without a configured token does not open it to everyone, since
+    /// hosting someone else's party is acting as that party.
+    fn owner(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Authority, Status> {
+        if !self.admin_token.is_required() {
+            return Err(Status::unauthenticated(
+                "an unsigned AllocateParty needs the synchronizer owner's admin token, and this topology manager has no `admin_token` configured; allocate through the hosting participant's Ledger API, which signs the request (`requested_by`, `requested_at_us`, `signature`), or configure `admin_token`",
+            ));
+        }
+        self.admin_token.check(metadata)?;
+        Ok(Authority::Owner)
+    }
+
+    /// The participant whose signature `signed` is, for `mapping`.
+    fn participant(
+        &self,
+        mapping: &TopologyMapping,
+        signed: &request::Signed,
+    ) -> Result<Authority, Status> {
+        let manager = self.serving.active()?;
+        let Some(hosting) = signed.request(mapping) else {
+            return Err(Status::internal(
+                "only party hostings are signed by participants",
+            ));
+        };
+        let key = manager.participant_key(&signed.requested_by);
+        let requester =
+            authority::authenticate(&hosting, &signed.signature, key.as_ref(), Timestamp::now())
+                .map_err(|error| {
+                    Status::unauthenticated(format!("AllocateParty signature: {error}"))
+                })?;
+        Ok(Authority::Participant(requester))
+    }
+
     async fn change(
         &self,
         call: &'static str,
         mapping: Result<TopologyMapping, FieldError>,
+        authority: Authority,
     ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
         let mapping = match mapping {
             Ok(mapping) => mapping,
@@ -148,7 +188,7 @@ impl TopologyAdminApi {
         // In a task of its own: tonic drops a handler's future when the client goes away,
         // and a change cut off between its store write and its in-memory update would leave
         // the two disagreeing until the next re-read.
-        let outcome = tokio::spawn(async move { manager.change(mapping).await })
+        let outcome = tokio::spawn(async move { manager.change(mapping, authority).await })
             .await
             .map_err(|e| Status::internal(format!("the change task failed: {e}")))?;
         match outcome {
@@ -185,7 +225,8 @@ impl TopologyAdminService for TopologyAdminApi {
     ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
         let request = self.authorized(request)?;
         let mapping = request::add_participant(request.participant, &request.public_key);
-        self.change("AddParticipant", mapping).await
+        self.change("AddParticipant", mapping, Authority::Owner)
+            .await
     }
 
     async fn add_mediator(
@@ -194,17 +235,43 @@ impl TopologyAdminService for TopologyAdminApi {
     ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
         let request = self.authorized(request)?;
         let mapping = request::add_mediator(request.mediator, &request.public_key);
-        self.change("AddMediator", mapping).await
+        self.change("AddMediator", mapping, Authority::Owner).await
     }
 
     async fn allocate_party(
         &self,
         request: Request<v1::TopologyAllocatePartyRequest>,
     ) -> Result<Response<v1::TopologyChangeResponse>, Status> {
-        let request = self.authorized(request)?;
-        let mapping =
-            request::allocate_party(request.party, request.participant, &request.permission);
-        self.change("AllocateParty", mapping).await
+        let (metadata, _, request) = request.into_parts();
+        let fields =
+            request::allocate_party(request.party, request.participant, &request.permission)
+                .and_then(|mapping| {
+                    let signed = request::signed_by(
+                        request.requested_by,
+                        request.requested_at_us,
+                        request.signature,
+                    )?;
+                    Ok((mapping, signed))
+                });
+        let (mapping, signed) = match fields {
+            Ok(fields) => fields,
+            Err(error) => {
+                self.metrics.count("invalid");
+                return Err(invalid(error));
+            }
+        };
+        let authority = match &signed {
+            None => self.owner(&metadata),
+            Some(signed) => self.participant(&mapping, signed),
+        };
+        let authority = authority.inspect_err(|status| {
+            self.metrics.count(match status.code() {
+                tonic::Code::Unavailable => "failed",
+                _ => "refused",
+            });
+            tracing::warn!(call = "AllocateParty", %status, "topology change not made");
+        })?;
+        self.change("AllocateParty", Ok(mapping), authority).await
     }
 
     async fn get_topology(
@@ -241,6 +308,10 @@ mod tests {
             (
                 ChangeError::FailedPrecondition("x".into()),
                 tonic::Code::FailedPrecondition,
+            ),
+            (
+                ChangeError::PermissionDenied("x".into()),
+                tonic::Code::PermissionDenied,
             ),
             (
                 ChangeError::Unavailable("x".into()),

@@ -18,7 +18,7 @@ use meridian_core::ledger::Permission;
 use meridian_core::protocol::ProtocolMessage;
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
 use meridian_core::topology::{
-    SignedTopologyTransaction, TopologyMapping, TopologyState, TopologyTransaction,
+    HostingRequest, SignedTopologyTransaction, TopologyMapping, TopologyState, TopologyTransaction,
 };
 use meridian_core::{MemberId, MessageId, ParticipantId, PartyId, Timestamp};
 use meridian_node::config::Endpoints;
@@ -205,6 +205,7 @@ fn allocate(
         party: party.into(),
         participant: participant.into(),
         permission: permission.into(),
+        ..Default::default()
     })
 }
 
@@ -449,6 +450,153 @@ async fn bad_inputs_get_clear_statuses_and_change_nothing() {
         "bad input changes nothing"
     );
     assert_eq!(cluster.sequencer_members().await, members_before);
+    cluster.shutdown().await;
+}
+
+/// An AllocateParty request `requested_by` signs with `key`, made at `at`: the form a
+/// participant's Ledger API sends, without the admin token.
+fn signed_allocation(
+    party: &str,
+    participant: &str,
+    requested_by: &str,
+    key: &SigningKey,
+    at: Timestamp,
+) -> Request<v1::TopologyAllocatePartyRequest> {
+    let hosting = HostingRequest {
+        party: PartyId::new(party).unwrap(),
+        participant: ParticipantId::new(participant).unwrap(),
+        permission: Permission::Submission,
+        requested_by: ParticipantId::new(requested_by).unwrap(),
+        requested_at: at,
+    };
+    Request::new(v1::TopologyAllocatePartyRequest {
+        party: party.into(),
+        participant: participant.into(),
+        permission: "submission".into(),
+        requested_by: requested_by.into(),
+        requested_at_us: at.as_micros(),
+        signature: hosting.sign(key).to_bytes().to_vec(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn party_hosting_needs_its_host_or_the_owner() {
+    let cluster = Cluster::start().await;
+    let mut admin = cluster.admin().await;
+    let (p1, p2, p3) = (
+        SigningKey::generate(),
+        SigningKey::generate(),
+        SigningKey::generate(),
+    );
+    for (name, key) in [("p1", &p1), ("p2", &p2), ("p3", &p3)] {
+        accepted(
+            admin
+                .add_participant(add_participant(name, &key.public_key()))
+                .await,
+        );
+    }
+
+    // A new party, by its first host's signed request (no admin token needed); a retry is
+    // unchanged.
+    let bob = accepted(
+        admin
+            .allocate_party(signed_allocation("bob", "p3", "p3", &p3, Timestamp::now()))
+            .await,
+    );
+    assert!(bob.changed);
+    let again = accepted(
+        admin
+            .allocate_party(signed_allocation("bob", "p3", "p3", &p3, Timestamp::now()))
+            .await,
+    );
+    assert_eq!(again, unchanged(bob));
+    let before = cluster.topology().await;
+
+    // The takeover and its variants: refused, and nothing is recorded or published.
+    expect_rejected(
+        admin
+            .allocate_party(signed_allocation("bob", "p1", "p1", &p1, Timestamp::now()))
+            .await,
+        Code::PermissionDenied,
+        "party bob is hosted on p3 (submission); p1 is not one of its hosts",
+    );
+    expect_rejected(
+        admin
+            .allocate_party(signed_allocation(
+                "carol",
+                "p2",
+                "p1",
+                &p1,
+                Timestamp::now(),
+            ))
+            .await,
+        Code::PermissionDenied,
+        "only p2 itself may become its first host",
+    );
+    expect_rejected(
+        admin
+            .allocate_party(signed_allocation("bob", "p1", "p3", &p1, Timestamp::now()))
+            .await,
+        Code::Unauthenticated,
+        "`signature`: does not verify against the registered key of participant p3",
+    );
+    let stale = Timestamp::now().saturating_sub(Duration::from_secs(120));
+    expect_rejected(
+        admin
+            .allocate_party(signed_allocation("bob", "p3", "p3", &p3, stale))
+            .await,
+        Code::Unauthenticated,
+        "`requested_at_us`",
+    );
+    expect_rejected(
+        admin
+            .allocate_party(signed_allocation("bob", "p1", "p9", &p1, Timestamp::now()))
+            .await,
+        Code::Unauthenticated,
+        "p9 is not a registered participant",
+    );
+    let mut unsigned = v1::TopologyAllocatePartyRequest {
+        party: "bob".into(),
+        participant: "p1".into(),
+        permission: "submission".into(),
+        ..Default::default()
+    };
+    expect_rejected(
+        admin.allocate_party(Request::new(unsigned.clone())).await,
+        Code::Unauthenticated,
+        "Bearer <admin_token>",
+    );
+    unsigned.requested_by = "p1".into();
+    unsigned.requested_at_us = Timestamp::now().as_micros();
+    unsigned.signature = vec![1, 2, 3];
+    expect_rejected(
+        admin.allocate_party(Request::new(unsigned)).await,
+        Code::Unauthenticated,
+        "3 bytes are not an ed25519 signature",
+    );
+    assert_eq!(cluster.topology().await, before, "refusals change nothing");
+
+    // bob's host may add a host; the owner (admin token) may too.
+    let on_p1 = accepted(
+        admin
+            .allocate_party(signed_allocation("bob", "p1", "p3", &p3, Timestamp::now()))
+            .await,
+    );
+    assert!(on_p1.changed);
+    let on_p2 = accepted(
+        admin
+            .allocate_party(allocate("bob", "p2", "observation"))
+            .await,
+    );
+    assert!(on_p2.changed);
+    // The observing host cannot promote itself.
+    expect_rejected(
+        admin
+            .allocate_party(signed_allocation("bob", "p2", "p2", &p2, Timestamp::now()))
+            .await,
+        Code::PermissionDenied,
+        "p2 (observation)",
+    );
     cluster.shutdown().await;
 }
 
