@@ -209,3 +209,45 @@ async fn participant_health_agrees_with_readyz_through_a_switchover_and_reflecti
 
     deployment.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_only_the_services_each_role_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DeploymentSpec {
+        exe: common::EXE.into(),
+        ..DeploymentSpec::local(dir.path().to_path_buf(), 1).unwrap()
+    };
+    let mut deployment = common::start_deployment(&spec).await;
+    let own = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ];
+    for (process, served) in [
+        (
+            &deployment.sequencers[0],
+            &[
+                "meridian.v1.SequencerAdminService",
+                "meridian.v1.SequencerService",
+            ][..],
+        ),
+        (
+            &deployment.topology,
+            &["meridian.v1.TopologyAdminService"][..],
+        ),
+        (&deployment.participants[0], &[LEDGER_SERVICE][..]),
+    ] {
+        let mut expected: Vec<String> = own
+            .iter()
+            .chain(served)
+            .map(|name| (*name).to_owned())
+            .collect();
+        expected.sort();
+        assert_eq!(
+            listed_services(process).await,
+            expected,
+            "{}",
+            process.name()
+        );
+    }
+    deployment.stop().await.unwrap();
+}
