@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Meridian's whole test suite on a fresh Debian machine, installing what the tests need
 # (PostgreSQL server binaries, Patroni and etcd; the tests start their own throwaway servers and
-# Patroni clusters from them).
+# Patroni clusters from them; promtool, from the package prometheus, which checks every role's
+# /metrics).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +12,9 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
-  echo "==> installing ${missing[*]} (the tests start throwaway servers and Patroni clusters from them)"
+  echo "==> installing ${missing[*]} (the tests start throwaway servers and Patroni clusters from them, and check metrics with promtool)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

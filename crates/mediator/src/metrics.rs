@@ -3,7 +3,7 @@
 
 use meridian_core::protocol::{RejectionCode, VerdictOutcome};
 pub use meridian_node::metrics::OutcomeLabel;
-use meridian_node::metrics::RoleRegistry;
+use meridian_node::metrics::{RoleRegistry, TimestampGauge};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,7 +31,8 @@ pub struct MediatorMetrics {
     /// Events persisted per database transaction.
     pub batch_size: Histogram,
     pub commit_latency_seconds: Histogram,
-    pub last_event_us: Gauge,
+    /// The last processed event's timestamp, seconds since the epoch.
+    pub last_event_timestamp_seconds: TimestampGauge,
 }
 
 impl MediatorMetrics {
@@ -63,9 +64,9 @@ impl MediatorMetrics {
                 "commit_latency_seconds",
                 "Time to persist one run of events",
             ),
-            last_event_us: r.gauge(
-                "last_event_us",
-                "Timestamp of the last processed event (microseconds since the epoch)",
+            last_event_timestamp_seconds: r.timestamp(
+                "last_event_timestamp_seconds",
+                "Timestamp of the last processed event (seconds since the epoch)",
             ),
         }
     }

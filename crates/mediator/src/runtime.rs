@@ -25,6 +25,7 @@ use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
 use meridian_core::{MemberId, MessageId, ParticipantId, Timestamp};
 use meridian_node::conditions::Conditions;
 use meridian_node::fork::ForkAlarm;
+use meridian_node::metrics::set_timestamp_micros;
 use meridian_node::replication;
 use meridian_node::retry::{Retry, WHILE_SERVING};
 use meridian_store::mediator::{MediatorChange, MediatorStore, VerdictRecord};
@@ -339,9 +340,10 @@ impl EventLoop {
             .observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.observe(events as f64);
         self.metrics.events.inc_by(events as u64);
-        self.metrics
-            .last_event_us
-            .set(i64::try_from(checkpoint.as_micros()).unwrap_or(i64::MAX));
+        set_timestamp_micros(
+            &self.metrics.last_event_timestamp_seconds,
+            i64::try_from(checkpoint.as_micros()).unwrap_or(i64::MAX),
+        );
         self.metrics
             .pending_requests
             .set(self.engine.pending_count() as i64);

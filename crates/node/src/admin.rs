@@ -1,6 +1,7 @@
 //! The admin HTTP server every node runs on its admin port: `/livez` and `/readyz` for process
 //! supervisors, Kubernetes and load balancers (HAProxy routes on `/readyz`), `/status` for
-//! operators and the controller, `/metrics` for Prometheus. Every response, errors included, is
+//! operators and the controller, `/metrics` for Prometheus (OpenMetrics when asked for, else the
+//! Prometheus text format). Every response, errors included, is
 //! JSON except `/metrics`, so scripts never have to parse an HTML error page.
 
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::State;
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,9 +22,13 @@ use crate::conditions::Conditions;
 use crate::health::{Health, Readiness};
 use crate::metrics::Metrics;
 
-/// Content type of `/metrics`: the OpenMetrics text format that `prometheus_client` writes.
+/// Content type of `/metrics` for a scraper that asks for OpenMetrics (Prometheus does): the
+/// format `prometheus_client` writes.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of `/metrics` otherwise: the Prometheus text format, which `curl` users and
+/// `promtool check metrics` read (OpenMetrics read as text misnames every counter).
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// After shutdown is requested, in-flight requests get this long before the server stops
 /// anyway, so a stuck client cannot hold up a node's exit.
@@ -199,9 +204,22 @@ async fn status(State(state): State<AdminState>) -> Response {
     Json(Value::Object(body)).into_response()
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
-    match state.metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    let (encoded, content_type) = if openmetrics {
+        (state.metrics.encode(), OPENMETRICS_CONTENT_TYPE)
+    } else {
+        (
+            state.metrics.encode_prometheus_text(),
+            PROMETHEUS_TEXT_CONTENT_TYPE,
+        )
+    };
+    match encoded {
+        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "cannot encode metrics");
             (

@@ -4,6 +4,7 @@
 //! its own handles to update them.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,6 +19,16 @@ use prometheus_client::registry::{Metric, Registry, Unit};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: &'static str,
+}
+
+/// A point in time as a gauge: seconds since the Unix epoch, fractional. Prometheus wants base
+/// units (`promtool check metrics` flags `_us`), and `time() - metric` then reads as an age.
+pub type TimestampGauge = Gauge<f64, AtomicU64>;
+
+/// Sets `gauge` to `micros` microseconds since the Unix epoch. An `f64` holds every microsecond
+/// count up to the year 2255 exactly; the division rounds in the last microsecond at worst.
+pub fn set_timestamp_micros(gauge: &TimestampGauge, micros: i64) {
+    gauge.set(micros as f64 / 1_000_000.0);
 }
 
 /// One role's metrics under its prefix (`sequencer` gives `meridian_sequencer_…`): each method
@@ -45,6 +56,12 @@ impl<'a> RoleRegistry<'a> {
 
     pub fn gauge(&mut self, name: &str, help: &str) -> Gauge {
         self.metric(name, help, Gauge::default())
+    }
+
+    /// A point in time, `name` ending in `_timestamp_seconds` (see [`TimestampGauge`]).
+    pub fn timestamp(&mut self, name: &str, help: &str) -> TimestampGauge {
+        debug_assert!(name.ends_with("_timestamp_seconds"), "{name}");
+        self.metric(name, help, TimestampGauge::default())
     }
 
     /// A family of counters or gauges, one per label set.
@@ -171,6 +188,14 @@ impl Metrics {
         Ok(text)
     }
 
+    /// The whole registry in the Prometheus text format 0.0.4, for scrapers that do not ask
+    /// for OpenMetrics (`curl`, `promtool check metrics`, older Prometheus servers). See
+    /// [`openmetrics_to_prometheus_text`].
+    pub fn encode_prometheus_text(&self) -> Result<String, MetricsError> {
+        self.encode()
+            .map(|text| openmetrics_to_prometheus_text(&text))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while registering leaves at worst one metric missing; scrapes must go on.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -196,6 +221,40 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Rewrites what `prometheus_client` writes (OpenMetrics) as Prometheus text 0.0.4. The two
+/// differ, for what Meridian registers, in counters only: OpenMetrics names the family `x`
+/// and its sample `x_total`, while the text format wants `# HELP`/`# TYPE` on the sample's
+/// name; read as text, every counter would otherwise be a metric with no help and a family
+/// with no samples (`promtool check metrics`: "no help text"). `# UNIT` and `# EOF` are not
+/// part of the text format; an `unknown` type is `untyped` there.
+pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let mut rewritten = None;
+        for keyword in ["# HELP ", "# TYPE "] {
+            if let Some(rest) = line.strip_prefix(keyword) {
+                let name = rest.split(' ').next().unwrap_or_default();
+                if counters.contains(name) {
+                    rewritten = Some(format!("{keyword}{name}_total{}", &rest[name.len()..]));
+                } else if keyword == "# TYPE " && rest.ends_with(" unknown") {
+                    rewritten = Some(format!("# TYPE {name} untyped"));
+                }
+            }
+        }
+        text.push_str(rewritten.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
 }
 
 #[cfg(test)]
@@ -225,6 +284,47 @@ mod tests {
         assert!(text.contains("meridian_submissions_total 3"), "{text}");
         assert!(text.contains("meridian_lag_seconds 7"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn timestamps_are_float_seconds_since_the_epoch() {
+        let metrics = Metrics::new("m");
+        let gauge = metrics.with_registry(|registry| {
+            RoleRegistry::new(registry, "role").timestamp("last_timestamp_seconds", "Last")
+        });
+        set_timestamp_micros(&gauge, 1_700_000_000_250_000);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("# TYPE m_role_last_timestamp_seconds gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("m_role_last_timestamp_seconds 1700000000.25"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let metrics = Metrics::new("m");
+        let counter: Counter = Counter::default();
+        metrics
+            .register("events", "Events seen", counter.clone())
+            .unwrap();
+        metrics
+            .register_with_unit("lag", "Lag", Unit::Seconds, Gauge::<i64>::default())
+            .unwrap();
+        counter.inc_by(2);
+        let text = metrics.encode_prometheus_text().unwrap();
+        assert_eq!(
+            text,
+            "# HELP m_events_total Events seen.\n\
+             # TYPE m_events_total counter\n\
+             m_events_total 2\n\
+             # HELP m_lag_seconds Lag.\n\
+             # TYPE m_lag_seconds gauge\n\
+             m_lag_seconds 0\n"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_node::admin::OPENMETRICS_CONTENT_TYPE;
+use meridian_node::admin::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 use meridian_node::{bind, serve_admin, AdminState, Health, Metrics};
 use prometheus_client::metrics::counter::Counter;
 use reqwest::StatusCode;
@@ -150,7 +150,17 @@ async fn metrics_expose_registered_counter() {
     counter.inc_by(5);
     let server = Server::start(metrics).await;
 
-    let response = server.request(reqwest::Method::GET, "/metrics").await;
+    // Prometheus asks for OpenMetrics and gets it.
+    let response = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .header(
+            reqwest::header::ACCEPT,
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .expect("admin request");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()[reqwest::header::CONTENT_TYPE],
@@ -163,6 +173,22 @@ async fn metrics_expose_registered_counter() {
     );
     assert!(text.contains("meridian_test_events_total 5"), "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
+
+    // Anyone else (curl, promtool) gets the text format, where a counter's family is named
+    // like its sample.
+    let response = server.request(reqwest::Method::GET, "/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[reqwest::header::CONTENT_TYPE],
+        PROMETHEUS_TEXT_CONTENT_TYPE
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE meridian_test_events_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("meridian_test_events_total 5"), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
 
     server.stop().await;
 }

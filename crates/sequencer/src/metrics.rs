@@ -2,7 +2,7 @@
 //! handles are cheap (Arc inside) and shared by the writer, readers and the gRPC service.
 
 pub use meridian_node::metrics::OutcomeLabel;
-use meridian_node::metrics::RoleRegistry;
+use meridian_node::metrics::{RoleRegistry, TimestampGauge};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,8 +19,10 @@ pub struct SequencerMetrics {
     /// Time from an event's sequencing timestamp to its delivery to a subscriber.
     pub delivery_lag_seconds: Histogram,
     pub subscribers: Gauge,
-    pub watermark_us: Gauge,
-    pub safe_point_us: Gauge,
+    /// This instance's committed watermark, seconds since the epoch.
+    pub watermark_timestamp_seconds: TimestampGauge,
+    /// The delivery safe point, seconds since the epoch.
+    pub safe_point_timestamp_seconds: TimestampGauge,
 }
 
 impl SequencerMetrics {
@@ -39,13 +41,13 @@ impl SequencerMetrics {
                 "Subscriber lag: time from an event's timestamp to its delivery",
             ),
             subscribers: r.gauge("subscribers", "Open subscriptions"),
-            watermark_us: r.gauge(
-                "watermark_us",
-                "This instance's committed watermark (microseconds since the epoch)",
+            watermark_timestamp_seconds: r.timestamp(
+                "watermark_timestamp_seconds",
+                "This instance's committed watermark (seconds since the epoch)",
             ),
-            safe_point_us: r.gauge(
-                "safe_point_us",
-                "Delivery safe point: the minimum watermark of online instances",
+            safe_point_timestamp_seconds: r.timestamp(
+                "safe_point_timestamp_seconds",
+                "Delivery safe point: the minimum watermark of online instances (seconds since the epoch)",
             ),
         }
     }

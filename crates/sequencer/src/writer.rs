@@ -37,6 +37,7 @@ use crate::engine::{OrderingEngine, Refusal, ValidatedSubmission};
 use crate::error::SendError;
 use crate::metrics::SequencerMetrics;
 use meridian_node::conditions::Conditions;
+use meridian_node::metrics::set_timestamp_micros;
 
 /// The answer to a successful send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +341,10 @@ impl Writer {
     /// After a commit: publish the new safe point and mark the database healthy.
     async fn committed(&mut self, watermark: Timestamp) {
         self.last_commit = Instant::now();
-        self.metrics.watermark_us.set(watermark.as_i64());
+        set_timestamp_micros(
+            &self.metrics.watermark_timestamp_seconds,
+            watermark.as_i64(),
+        );
         self.readiness.clear("database");
         self.refresh_safe_point().await;
     }
@@ -353,7 +357,10 @@ impl Writer {
             .await
         {
             Ok(Some(safe_point)) => {
-                self.metrics.safe_point_us.set(safe_point.as_i64());
+                set_timestamp_micros(
+                    &self.metrics.safe_point_timestamp_seconds,
+                    safe_point.as_i64(),
+                );
                 self.safe_point.send_if_modified(|current| {
                     if safe_point > *current {
                         *current = safe_point;
