@@ -439,10 +439,7 @@ impl Iou {
         {
             return Err(bad(
                 "currency",
-                format!(
-                "{:?} must be 1-16 ASCII letters or digits",
-                    iou.currency
-                ),
+                format!("{:?} must be 1-16 ASCII letters or digits", iou.currency),
             ));
         }
         Ok(iou)
@@ -510,10 +507,7 @@ impl Template for Iou {
                 if amount == 0 || amount >= iou.amount {
                     return Err(bad(
                         "amount",
-                        format!(
-                            "{amount} must be between 1 and {} (exclusive)",
-                            iou.amount
-                        ),
+                        format!("{amount} must be between 1 and {} (exclusive)", iou.amount),
                     ));
                 }
                 Ok(ChoiceOutcome {
@@ -673,7 +667,10 @@ mod tests {
              (choice Transfer)"
         );
         let err = attempt(exercise(&iou, "Split", json!({"amount": 100})), "alice");
-        assert!(matches!(err.root(), ModelError::BadArgument { .. }), "{err}");
+        assert!(
+            matches!(err.root(), ModelError::BadArgument { .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -44,9 +44,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RequestDecoder {
-            _type: PhantomData,
-        }
+        RequestDecoder { _type: PhantomData }
     }
 }
 
