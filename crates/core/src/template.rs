@@ -18,12 +18,23 @@ use crate::ledger::{Action, Command, Contract, Transaction};
 pub enum ModelError {
     #[error("unknown template {0}")]
     UnknownTemplate(String),
-    #[error("invalid {template} payload: {reason}")]
-    BadPayload { template: String, reason: String },
+    /// `field` is the path inside the payload JSON (`amount`, `owner`), empty when the whole
+    /// payload is wrong (not an object, a field missing).
+    #[error("invalid {template} payload: {}", at(field, reason))]
+    BadPayload {
+        template: String,
+        field: String,
+        reason: String,
+    },
     #[error("template {template} has no choice {choice}")]
     UnknownChoice { template: String, choice: String },
-    #[error("invalid argument to {choice}: {reason}")]
-    BadArgument { choice: String, reason: String },
+    /// `field` as for `BadPayload`, inside the choice argument.
+    #[error("invalid argument to {choice}: {}", at(field, reason))]
+    BadArgument {
+        choice: String,
+        field: String,
+        reason: String,
+    },
     #[error("contract {0} is unknown or not active")]
     UnknownContract(ContractId),
     #[error("{action} needs the authority of {missing:?}, which the submission does not have")]
@@ -35,6 +46,79 @@ pub enum ModelError {
     NoActingParty,
     #[error("a submission needs at least one command")]
     NoCommands,
+    /// A failure of one command of a submission, `index` counting from 0 in request order. Its
+    /// message names the command the way the Ledger API documents it (`commands[1]`), down to
+    /// the field when the command's own payload or argument is wrong
+    /// (`commands[1].create.payload_json.amount`).
+    #[error("{}", in_command(*index, *kind, source))]
+    InCommand {
+        index: usize,
+        kind: CommandKind,
+        source: Box<ModelError>,
+    },
+}
+
+impl ModelError {
+    /// The failure itself, without the command it happened in.
+    pub fn root(&self) -> &ModelError {
+        match self {
+            ModelError::InCommand { source, .. } => source.root(),
+            other => other,
+        }
+    }
+}
+
+/// Which kind of command failed, to name the field of the request that was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    Create,
+    Exercise,
+}
+
+fn at(field: &str, reason: &str) -> String {
+    if field.is_empty() {
+        reason.to_owned()
+    } else {
+        format!("{field}: {reason}")
+    }
+}
+
+fn in_command(index: usize, kind: CommandKind, source: &ModelError) -> String {
+    let path = |wire_field: &str, field: &str| {
+        let mut path = format!("commands[{index}].{wire_field}");
+        if !field.is_empty() {
+            path.push('.');
+            path.push_str(field);
+        }
+        path
+    };
+    match (kind, source) {
+        // The client's own payload or argument: name its field. (A BadPayload inside an
+        // exercise concerns a stored contract, not the request, so it keeps the plain form.)
+        (
+            CommandKind::Create,
+            ModelError::BadPayload {
+                template,
+                field,
+                reason,
+            },
+        ) => format!(
+            "{}: {reason} (template {template})",
+            path("create.payload_json", field)
+        ),
+        (
+            CommandKind::Exercise,
+            ModelError::BadArgument {
+                choice,
+                field,
+                reason,
+            },
+        ) => format!(
+            "{}: {reason} (choice {choice})",
+            path("exercise.argument_json", field)
+        ),
+        _ => format!("commands[{index}]: {source}"),
+    }
 }
 
 /// What exercising a choice does.
@@ -118,11 +202,19 @@ impl TemplateRegistry {
         let mut archived: BTreeSet<ContractId> = BTreeSet::new();
         let mut created: BTreeMap<ContractId, Contract> = BTreeMap::new();
         let mut roots = Vec::new();
-        for command in commands {
+        for (index, command) in commands.iter().enumerate() {
+            let in_command = |kind: CommandKind| {
+                move |source: ModelError| ModelError::InCommand {
+                    index,
+                    kind,
+                    source: Box::new(source),
+                }
+            };
             let action = match command {
                 Command::Create { template, payload } => {
-                    let contract =
-                        self.new_contract(&mut ids, template.clone(), payload.clone())?;
+                    let contract = self
+                        .new_contract(&mut ids, template.clone(), payload.clone())
+                        .map_err(in_command(CommandKind::Create))?;
                     created.insert(contract.id.clone(), contract.clone());
                     Action::Create { contract }
                 }
@@ -137,15 +229,18 @@ impl TemplateRegistry {
                         }
                         created.get(id).cloned().or_else(|| lookup(id))
                     };
+                    let failed = in_command(CommandKind::Exercise);
                     let contract = find(contract_id)
-                        .ok_or_else(|| ModelError::UnknownContract(contract_id.clone()))?;
-                    let template = self.get(&contract.template)?;
-                    let outcome = template.exercise(&contract, choice, argument, &find)?;
+                        .ok_or_else(|| failed(ModelError::UnknownContract(contract_id.clone())))?;
+                    let template = self.get(&contract.template).map_err(failed)?;
+                    let outcome = template
+                        .exercise(&contract, choice, argument, &find)
+                        .map_err(failed)?;
                     if !outcome.controllers.is_subset(act_as) {
-                        return Err(ModelError::MissingAuthorization {
+                        return Err(failed(ModelError::MissingAuthorization {
                             action: format!("{} on {}", choice, contract.id),
                             missing: outcome.controllers.difference(act_as).cloned().collect(),
-                        });
+                        }));
                     }
                     let mut children = Vec::new();
                     for other in &outcome.archives {
@@ -162,7 +257,9 @@ impl TemplateRegistry {
                         });
                     }
                     for (template, payload) in outcome.creates {
-                        let contract = self.new_contract(&mut ids, template, payload)?;
+                        let contract = self
+                            .new_contract(&mut ids, template, payload)
+                            .map_err(failed)?;
                         created.insert(contract.id.clone(), contract.clone());
                         children.push(Action::Create { contract });
                     }
@@ -294,22 +391,30 @@ impl IouPayload {
     }
 }
 
+/// Deserializes `value`; an error names the path of the field that was wrong (`amount`), or
+/// an empty path when the whole value was (a missing field, not an object).
 fn parse<T: for<'de> Deserialize<'de>>(
     value: &Value,
-    bad: impl Fn(String) -> ModelError,
+    bad: impl Fn(String, String) -> ModelError,
 ) -> Result<T, ModelError> {
-    serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        // serde_path_to_error writes "." for the root.
+        let path = if path == "." { String::new() } else { path };
+        bad(path, error.into_inner().to_string())
+    })
 }
 
 fn party_arg(choice: &str, value: &Value, field: &str) -> Result<PartyId, ModelError> {
     let bad = |reason: String| ModelError::BadArgument {
         choice: choice.into(),
+        field: field.into(),
         reason,
     };
     let text = value
         .get(field)
         .and_then(Value::as_str)
-        .ok_or_else(|| bad(format!("missing string field `{field}`")))?;
+        .ok_or_else(|| bad("missing, or not a string".into()))?;
     PartyId::new(text).map_err(|e: IdError| bad(e.to_string()))
 }
 
@@ -319,22 +424,23 @@ impl Iou {
     }
 
     fn check(payload: &Value) -> Result<IouPayload, ModelError> {
-        let bad = |reason: String| ModelError::BadPayload {
+        let bad = |field: &str, reason: String| ModelError::BadPayload {
             template: "Iou".into(),
+            field: field.into(),
             reason,
         };
-        let iou: IouPayload = parse(payload, bad)?;
+        let iou: IouPayload = parse(payload, |field, reason| bad(&field, reason))?;
         if iou.amount == 0 {
-            return Err(bad("amount must be positive".into()));
+            return Err(bad("amount", "must be positive".into()));
         }
         if iou.currency.is_empty()
             || iou.currency.len() > 16
             || !iou.currency.chars().all(|c| c.is_ascii_alphanumeric())
         {
-            return Err(bad(format!(
-                "currency {:?} must be 1-16 ASCII letters or digits",
-                iou.currency
-            )));
+            return Err(bad(
+                "currency",
+                format!("{:?} must be 1-16 ASCII letters or digits", iou.currency),
+            ));
         }
         Ok(iou)
     }
@@ -366,8 +472,9 @@ impl Template for Iou {
     ) -> Result<ChoiceOutcome, ModelError> {
         let iou = Self::check(&contract.payload)?;
         let controllers = BTreeSet::from([iou.owner.clone()]);
-        let bad = |reason: String| ModelError::BadArgument {
+        let bad = |field: &str, reason: String| ModelError::BadArgument {
             choice: choice.into(),
+            field: field.into(),
             reason,
         };
         let with = |owner: PartyId, amount: u64| {
@@ -396,12 +503,12 @@ impl Template for Iou {
                 let amount = argument
                     .get("amount")
                     .and_then(Value::as_u64)
-                    .ok_or_else(|| bad("missing unsigned integer field `amount`".into()))?;
+                    .ok_or_else(|| bad("amount", "missing, or not an unsigned integer".into()))?;
                 if amount == 0 || amount >= iou.amount {
-                    return Err(bad(format!(
-                        "amount {amount} must be between 1 and {} (exclusive)",
-                        iou.amount
-                    )));
+                    return Err(bad(
+                        "amount",
+                        format!("{amount} must be between 1 and {} (exclusive)", iou.amount),
+                    ));
                 }
                 Ok(ChoiceOutcome {
                     consuming: true,
@@ -417,14 +524,14 @@ impl Template for Iou {
                 let other_id = argument
                     .get("other")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| bad("missing string field `other`".into()))
-                    .and_then(|s| ContractId::new(s).map_err(|e| bad(e.to_string())))?;
+                    .ok_or_else(|| bad("other", "missing, or not a string".into()))
+                    .and_then(|s| ContractId::new(s).map_err(|e| bad("other", e.to_string())))?;
                 if other_id == contract.id {
-                    return Err(bad("cannot merge an IOU with itself".into()));
+                    return Err(bad("other", "cannot merge an IOU with itself".into()));
                 }
                 let other = lookup(&other_id).ok_or(ModelError::UnknownContract(other_id))?;
                 if other.template != contract.template {
-                    return Err(bad("the other contract is not an Iou".into()));
+                    return Err(bad("other", "the other contract is not an Iou".into()));
                 }
                 let theirs = Self::check(&other.payload)?;
                 if theirs.issuer != iou.issuer
@@ -432,13 +539,14 @@ impl Template for Iou {
                     || theirs.currency != iou.currency
                 {
                     return Err(bad(
+                        "other",
                         "the other IOU must have the same issuer, owner and currency".into(),
                     ));
                 }
                 let total = iou
                     .amount
                     .checked_add(theirs.amount)
-                    .ok_or_else(|| bad("merged amount overflows".into()))?;
+                    .ok_or_else(|| bad("", "merged amount overflows".into()))?;
                 Ok(ChoiceOutcome {
                     consuming: true,
                     controllers,
@@ -549,13 +657,20 @@ mod tests {
             "bob",
         );
         assert!(
-            matches!(err, ModelError::MissingAuthorization { .. }),
+            matches!(err.root(), ModelError::MissingAuthorization { .. }),
             "{err}"
         );
         let err = attempt(exercise(&iou, "Transfer", json!({"owner": "bob"})), "alice");
-        assert!(err.to_string().contains("new_owner"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "commands[0].exercise.argument_json.new_owner: missing, or not a string \
+             (choice Transfer)"
+        );
         let err = attempt(exercise(&iou, "Split", json!({"amount": 100})), "alice");
-        assert!(matches!(err, ModelError::BadArgument { .. }), "{err}");
+        assert!(
+            matches!(err.root(), ModelError::BadArgument { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -572,7 +687,7 @@ mod tests {
                 &lookup,
             )
             .unwrap_err();
-        assert_eq!(err, ModelError::UnknownContract(iou.id.clone()));
+        assert_eq!(err.root(), &ModelError::UnknownContract(iou.id.clone()));
     }
 
     #[test]
@@ -626,6 +741,52 @@ mod tests {
         assert!(err.to_string().contains("positive"), "{err}");
         let nope = TemplateId::new("Nope").unwrap();
         let err = bank_creates(&registry, nope, json!({}), 0).unwrap_err();
-        assert_eq!(err, ModelError::UnknownTemplate("Nope".into()));
+        assert_eq!(err.root(), &ModelError::UnknownTemplate("Nope".into()));
+        assert_eq!(err.to_string(), "commands[0]: unknown template Nope");
+    }
+
+    #[test]
+    fn errors_name_the_command_and_the_payload_field() {
+        let registry = TemplateRegistry::standard();
+        let create = |payload: Value| Command::Create {
+            template: iou_id(),
+            payload,
+        };
+        let good = create(iou_payload("alice", 5));
+        let error_of = |bad: Command| {
+            registry
+                .interpret(
+                    &[good.clone(), bad, good.clone()],
+                    &actors(&["bank"]),
+                    &[0; 32],
+                    &|_: &ContractId| None,
+                )
+                .unwrap_err()
+                .to_string()
+        };
+        let mut negative = iou_payload("alice", 5);
+        negative["amount"] = json!(-5);
+        assert_eq!(
+            error_of(create(negative)),
+            "commands[1].create.payload_json.amount: invalid value: integer `-5`, expected u64 \
+             (template Iou)"
+        );
+        let mut wrong_type = iou_payload("alice", 5);
+        wrong_type["owner"] = json!(7);
+        assert!(
+            error_of(create(wrong_type)).starts_with("commands[1].create.payload_json.owner: "),
+            "a wrong type names the field"
+        );
+        assert_eq!(
+            error_of(create(json!({"issuer": "bank"}))),
+            "commands[1].create.payload_json: missing field `owner` (template Iou)"
+        );
+        assert_eq!(
+            error_of(Command::Create {
+                template: TemplateId::new("Nope").unwrap(),
+                payload: json!({}),
+            }),
+            "commands[1]: unknown template Nope"
+        );
     }
 }

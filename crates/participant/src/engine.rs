@@ -279,15 +279,19 @@ pub enum SubmitError {
 
 impl SubmitError {
     fn from_model(error: ModelError) -> Self {
-        match error {
-            ModelError::UnknownContract(id) => SubmitError::UnknownContract(id),
+        // The code follows the root failure; the message keeps the command it happened in
+        // (`commands[1]: ...`), except for an unknown contract, whose message the service
+        // builds from a store lookup.
+        match error.root() {
+            ModelError::UnknownContract(id) => SubmitError::UnknownContract(id.clone()),
             ModelError::MissingAuthorization { .. } => SubmitError::Unauthorized(error.to_string()),
             ModelError::UnknownTemplate(_)
             | ModelError::BadPayload { .. }
             | ModelError::UnknownChoice { .. }
             | ModelError::BadArgument { .. }
             | ModelError::NoActingParty
-            | ModelError::NoCommands => SubmitError::InvalidCommand(error.to_string()),
+            | ModelError::NoCommands
+            | ModelError::InCommand { .. } => SubmitError::InvalidCommand(error.to_string()),
         }
     }
 }

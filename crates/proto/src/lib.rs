@@ -2,6 +2,7 @@
 //! `proto/meridian/v1` with protox (no system `protoc`), plus the one place where wire types
 //! are converted to and from the validated domain types of `meridian-core`.
 
+pub mod codec;
 pub mod convert;
 
 #[allow(clippy::all, missing_docs)]
