@@ -29,6 +29,7 @@ use super::description::{
     ClusterName, Description, Promoter, RegionName, ServerName, ServerRole, ZoneName,
 };
 use super::patroni::PatroniClusters;
+use super::server_view::ServerView;
 
 /// How long a standby may take to stream (and a sync one to count as `sync`) after its start.
 const STANDBY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,18 +107,6 @@ struct RunningServer {
     link: Option<DelayProxy>,
     /// A zero-delay proxy on `address` in front of a rebuilt server.
     front: Option<DelayProxy>,
-}
-
-/// One server as the drills and `admin status` see it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ServerView {
-    pub cluster: ClusterName,
-    pub name: ServerName,
-    pub zone: ZoneName,
-    pub region: RegionName,
-    pub role: ServerRole,
-    pub running: bool,
-    pub address: Option<SocketAddr>,
 }
 
 /// What a standby's primary says about it (`pg_stat_replication`).

@@ -20,6 +20,7 @@ pub mod clusters;
 pub mod configs;
 pub mod description;
 mod patroni;
+mod server_view;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -37,12 +38,13 @@ use meridian_store::StorageConfig;
 use serde::Serialize;
 
 pub use args::{DeploymentArgs, DeploymentCommand};
-pub use clusters::{Databases, ServerView, StandbyReport};
+pub use clusters::{Databases, StandbyReport};
 pub use configs::{MediatorSettings, ParticipantSettings};
 pub use description::{
     Backend, Description, NodePorts, NodeView, Preset, Promoter, Replica, ReplicaName, Role, Shape,
     Standby, ZoneName,
 };
+pub use server_view::ServerView;
 
 use crate::clockshift::ClockShift;
 use crate::launch::{free_addresses, NodeProcess};

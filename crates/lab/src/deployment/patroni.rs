@@ -20,10 +20,10 @@ use meridian_patroni::{
     ClusterOptions, EtcdServer, MemberName, MemberRole, MemberSpec, PatroniCluster, PatroniError,
 };
 
-use super::clusters::ServerView;
 use super::description::{
     ClusterName, Description, PostgresCluster, RegionName, ServerName, ServerRole, ZoneName,
 };
+use super::server_view::ServerView;
 
 /// A killed member that comes back rewinds its divergent WAL and streams again; on a busy
 /// 2-core machine that took 10–15 s (docs/operations.md), so this leaves room.
