@@ -58,9 +58,9 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, KeyFileError> {
         Ok(text) => {
             crate::secrets::check_owner_only(path, "key")?;
             SigningKey::from_hex(&text).map_err(|e| KeyFileError::Malformed {
-            path: shown,
-            reason: e.to_string(),
-        })
+                path: shown,
+                reason: e.to_string(),
+            })
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let key = SigningKey::generate();

@@ -92,7 +92,10 @@ pub fn read_secret(path: &Path, what: &'static str) -> Result<String, SecretFile
     })?;
     let secret = text.trim();
     if secret.is_empty() {
-        return Err(SecretFileError::Empty { what, path: shown() });
+        return Err(SecretFileError::Empty {
+            what,
+            path: shown(),
+        });
     }
     Ok(secret.to_owned())
 }
@@ -143,7 +146,10 @@ mod tests {
             let err = read_secret(&path, "admin token").expect_err("too open");
             let message = err.to_string();
             assert!(matches!(err, SecretFileError::TooOpen { .. }), "{message}");
-            assert!(message.contains(&format!("chmod 600 {}", path.display())), "{message}");
+            assert!(
+                message.contains(&format!("chmod 600 {}", path.display())),
+                "{message}"
+            );
             assert!(!message.contains("s3cret"), "{message}");
         }
         chmod(&path, 0o400);

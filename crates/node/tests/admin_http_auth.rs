@@ -103,7 +103,10 @@ async fn assert_refused(response: reqwest::Response, expected: &str, case: &str)
     let body: Value = response.json().await.expect("JSON refusal");
     let error = body["error"].as_str().expect("an error string");
     assert!(error.contains(expected), "{case}: {error}");
-    assert!(!error.contains(TOKEN), "{case}: the refusal names the token");
+    assert!(
+        !error.contains(TOKEN),
+        "{case}: the refusal names the token"
+    );
 }
 
 #[tokio::test]
@@ -115,7 +118,11 @@ async fn step_down_needs_the_token_and_a_refusal_changes_nothing() {
             .await;
         assert_refused(response, expected, &format!("{authorization:?}")).await;
     }
-    assert_eq!(server.step_downs.load(Ordering::SeqCst), 0, "nothing stepped down");
+    assert_eq!(
+        server.step_downs.load(Ordering::SeqCst),
+        0,
+        "nothing stepped down"
+    );
 
     let response = server
         .call(
