@@ -205,6 +205,37 @@ mod tests {
     }
 
     #[test]
+    fn the_configured_token_comes_from_an_owner_only_file_or_inline_never_both() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("admin-token");
+        crate::secrets::write_secret(&path, "s3cret\n").expect("written");
+        let token = AdminToken::configured(None, Some(&path), "from the test config")
+            .expect("an owner-only file");
+        assert_eq!(token.verify(&metadata(Some("Bearer s3cret"))), Ok(()));
+        assert!(matches!(
+            AdminToken::configured(Some("s3cret"), Some(&path), ""),
+            Err(AdminTokenConfigError::Both)
+        ));
+        assert!(matches!(
+            AdminToken::configured(Some(" "), None, ""),
+            Err(AdminTokenConfigError::EmptyInline)
+        ));
+        assert!(!AdminToken::configured(None, None, "")
+            .expect("open")
+            .is_required());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = AdminToken::configured(None, Some(&path), "").expect_err("too open");
+        let message = err.to_string();
+        assert!(message.starts_with("admin_token_file: "), "{message}");
+        assert!(
+            message.contains(&format!("chmod 600 {}", path.display())),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+
+    #[test]
     fn without_a_configured_token_every_call_passes() {
         let open = AdminToken::new(None, "");
         assert!(!open.is_required());
