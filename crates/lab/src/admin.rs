@@ -50,6 +50,10 @@ pub struct SwitchoverArgs {
     /// How long to wait for a passive replica to take over.
     #[arg(long = "timeout", default_value_t = 10)]
     pub timeout_s: u64,
+    /// The admin token to send (a 0600 file); default `<data-dir>/secrets/admin-token`,
+    /// which `meridian up`/`demo` write.
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
@@ -200,11 +204,23 @@ fn cold_replicas(description: Option<&Description>, node: &str) -> Vec<String> {
 }
 
 /// Asks the active replica to step down and waits for another to become active. Returns the
-/// time the handover took.
+/// time the handover took. Sends the deployment's admin token (`<data-dir>/secrets/admin-token`)
+/// if it has one.
 pub async fn switch_over(
     data_dir: &Path,
     node: &str,
     timeout: Duration,
+) -> anyhow::Result<(String, String, Duration)> {
+    switch_over_with(data_dir, node, timeout, None).await
+}
+
+/// [`switch_over`] sending the admin token in `admin_token_file` if given (else the
+/// deployment's own, see [`crate::secrets::admin_token_for`]).
+pub async fn switch_over_with(
+    data_dir: &Path,
+    node: &str,
+    timeout: Duration,
+    admin_token_file: Option<&Path>,
 ) -> anyhow::Result<(String, String, Duration)> {
     if node == "sequencer" {
         bail!(
@@ -228,9 +244,15 @@ pub async fn switch_over(
         .into_iter()
         .filter(|r| r.name != active.name)
         .collect();
+    let mut request = client.post(format!("http://{}/admin/step-down", active.admin_address));
+    if let Some(path) = crate::secrets::admin_token_for(data_dir, admin_token_file) {
+        request = request.header(
+            reqwest::header::AUTHORIZATION,
+            crate::secrets::bearer(&path)?,
+        );
+    }
     let started = Instant::now();
-    let response = client
-        .post(format!("http://{}/admin/step-down", active.admin_address))
+    let response = request
         .send()
         .await
         .with_context(|| format!("asking {} to step down", active.name))?;
@@ -252,10 +274,11 @@ pub async fn switch_over(
 }
 
 async fn switchover(args: &SwitchoverArgs) -> anyhow::Result<()> {
-    let (from, to, took) = switch_over(
+    let (from, to, took) = switch_over_with(
         &args.data_dir,
         &args.node,
         Duration::from_secs(args.timeout_s),
+        args.admin_token_file.as_deref(),
     )
     .await?;
     println!(

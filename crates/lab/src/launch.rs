@@ -63,6 +63,8 @@ impl NodeProcess {
     ) -> anyhow::Result<Self> {
         let (grpc_address, admin_address) = free_addresses()?;
         let mut config = SequencerConfig {
+            admin_token_file: None,
+            admin_http: Default::default(),
             listen_address: grpc_address,
             admin_address,
             instance: Default::default(),

@@ -36,6 +36,7 @@ use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig, MemberEndpo
 use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
+use meridian_node::AdminHttpConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +59,14 @@ pub struct MediatorConfig {
     #[serde(alias = "topology_endpoint")]
     pub topology_endpoints: Endpoints,
     pub admin_address: SocketAddr,
+    /// A file holding the admin token (mode 0600; refused if group or others can read it).
+    /// When set, mutating admin HTTP routes (`POST /admin/step-down`) need
+    /// `authorization: Bearer <token>`. See docs/security.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Whether `/status` and `/metrics` also need the admin token (default: open).
+    #[serde(default, skip_serializing_if = "AdminHttpConfig::is_default")]
+    pub admin_http: AdminHttpConfig,
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
     #[serde(default = "default_time_proof_interval_ms")]
@@ -115,6 +124,8 @@ impl MediatorConfig {
         storage: StorageConfig,
     ) -> Self {
         Self {
+            admin_token_file: None,
+            admin_http: Default::default(),
             member_id: default_member_id(),
             key_file,
             owner_public_key: owner.to_string(),

@@ -21,7 +21,8 @@ use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::topology::TopologyState;
 use meridian_core::MemberId;
-use meridian_node::admin::{self, NodeState, StatusSource};
+use meridian_node::admin::{self, AdminHttpAuth, NodeState, StatusSource};
+use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
 use meridian_node::fork::ForkAlarm;
 use meridian_node::replica::ReplicaManager;
@@ -73,6 +74,11 @@ impl StatusSource for MediatorStatus {
 /// Runs a mediator until `shutdown` is cancelled. Returns an error for what a restart will not
 /// fix by itself (an unusable key file, a fork in the sequencer's history, corrupt state).
 pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Result<()> {
+    let admin_token = AdminToken::configured(
+        None,
+        config.admin_token_file.as_deref(),
+        "from the mediator config",
+    )?;
     let node = NodeState::starting();
     let (health, readiness) = (node.health.clone(), node.readiness.clone());
     let mediator_metrics = node.metrics.with_registry(MediatorMetrics::register);
@@ -98,7 +104,7 @@ pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Res
         })
         .unzip();
     let shutdown = stop_after_hand_over(stop, hand_over);
-    let admin_task = node.spawn_admin(
+    let admin_task = node.spawn_admin_with(
         admin_listener,
         Arc::new(MediatorStatus {
             member: config.member_id.clone(),
@@ -108,6 +114,10 @@ pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Res
             fork: fork.clone(),
         }),
         step_down,
+        AdminHttpAuth {
+            token: admin_token,
+            config: config.admin_http,
+        },
         shutdown.clone(),
     );
 

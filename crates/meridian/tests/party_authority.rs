@@ -196,8 +196,8 @@ async fn a_client_of_one_participant_cannot_take_over_a_party_hosted_on_another(
         "bob still owns his IOU"
     );
 
-    // Straight to the topology manager: unsigned (no admin token is configured, so there is
-    // no owner path), or signed in participant3's name with another key.
+    // Straight to the topology manager: unsigned (without the deployment's admin token there
+    // is no owner path), or signed in participant3's name with another key.
     let unsigned = direct_request(&deployment, None).await;
     assert_eq!(unsigned.code(), Code::Unauthenticated, "{unsigned:?}");
     assert!(unsigned.message().contains("admin_token"), "{unsigned:?}");

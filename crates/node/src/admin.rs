@@ -3,6 +3,14 @@
 //! operators and the controller, `/metrics` for Prometheus (OpenMetrics when asked for, else the
 //! Prometheus text format). Every response, errors included, is
 //! JSON except `/metrics`, so scripts never have to parse an HTML error page.
+//!
+//! Who may call what ([`AdminHttpAuth`]): with an admin token configured, every mutating route
+//! (`POST /admin/step-down`) needs `Authorization: Bearer <token>`, checked by the same
+//! constant-time [`AdminToken`] as the admin gRPC calls; `/livez` and `/readyz` are always open
+//! (orchestrators and load balancers probe them without credentials); `/status` and `/metrics`
+//! are open unless `[admin_http] protect_status` / `protect_metrics` say otherwise. A refusal
+//! is 401 with `WWW-Authenticate: Bearer` and a JSON `error` saying what was missing or wrong,
+//! never the token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +26,7 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin_token::{AdminToken, TokenError};
 use crate::conditions::Conditions;
 use crate::health::{Health, Readiness};
 use crate::metrics::Metrics;
@@ -59,6 +68,68 @@ where
 /// the active one.
 pub type StepDown = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// The `[admin_http]` table of every role's config: which read-only routes also need the admin
+/// token. Both open by default: `/metrics` so that a Prometheus scrape needs no credentials,
+/// `/status` because it reports no secret and the lab, the controller and operators read it
+/// to find the active replica; protect them when the admin port is reachable from networks
+/// you do not trust. Mutating routes always need the token when one is configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminHttpConfig {
+    /// `/status` needs the admin token.
+    pub protect_status: bool,
+    /// `/metrics` needs the admin token (the scraper then sends it, e.g. Prometheus's
+    /// `authorization` with `credentials_file`).
+    pub protect_metrics: bool,
+}
+
+impl AdminHttpConfig {
+    /// Whether nothing is protected, so that a config file need not write the table.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Which admin HTTP routes need the token, and the token.
+#[derive(Debug, Clone)]
+pub struct AdminHttpAuth {
+    pub token: AdminToken,
+    pub config: AdminHttpConfig,
+}
+
+impl AdminHttpAuth {
+    /// Every route open: for a node without an admin token.
+    pub fn open() -> Self {
+        Self {
+            token: AdminToken::new(None, ""),
+            config: AdminHttpConfig::default(),
+        }
+    }
+
+    /// Checks a request's `Authorization` header; `Err` is the 401 response to send.
+    fn require(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
+        self.token.verify_http(headers).map_err(|error| {
+            let reason = match error {
+                TokenError::Missing => "no `Authorization` header",
+                TokenError::Malformed => "the `Authorization` header is not `Bearer <token>`",
+                TokenError::Wrong => "the admin token does not match",
+            };
+            Box::new(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    Json(json!({
+                        "error": format!(
+                            "this route needs `Authorization: Bearer <admin token>` (the node's admin_token_file): {reason}"
+                        ),
+                    })),
+                )
+                    .into_response(),
+            )
+        })
+    }
+}
+
 /// What every node has from its first moment and shows on its admin port: its health, its
 /// readiness (not ready, for "startup", until the node clears that) and its metric registry.
 #[derive(Clone)]
@@ -87,11 +158,30 @@ impl NodeState {
         step_down: Option<StepDown>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        self.spawn_admin_with(listener, status, step_down, AdminHttpAuth::open(), shutdown)
+    }
+
+    /// [`Self::spawn_admin`] guarded by `auth`. A node without an admin token says at start-up
+    /// that its admin endpoints are open, so that it is never so by accident.
+    pub fn spawn_admin_with(
+        &self,
+        listener: TcpListener,
+        status: Arc<dyn StatusSource>,
+        step_down: Option<StepDown>,
+        auth: AdminHttpAuth,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if !auth.token.is_required() {
+            tracing::warn!(
+                "no admin token configured (admin_token_file): the admin endpoints, including POST /admin/step-down, are open to anyone who can reach them"
+            );
+        }
         let state = AdminState {
             health: self.health.clone(),
             metrics: self.metrics.clone(),
             status,
             step_down,
+            auth,
         };
         tokio::spawn(serve_admin(listener, state, shutdown))
     }
@@ -105,6 +195,8 @@ pub struct AdminState {
     pub status: Arc<dyn StatusSource>,
     /// For replicated nodes only.
     pub step_down: Option<StepDown>,
+    /// Which routes need the admin token.
+    pub auth: AdminHttpAuth,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -112,6 +204,7 @@ impl std::fmt::Debug for AdminState {
         f.debug_struct("AdminState")
             .field("health", &self.health)
             .field("metrics", &self.metrics)
+            .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
 }
@@ -187,7 +280,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     (code, Json(readiness)).into_response()
 }
 
-async fn status(State(state): State<AdminState>) -> Response {
+async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if state.auth.config.protect_status {
+        if let Err(refusal) = state.auth.require(&headers) {
+            return *refusal;
+        }
+    }
     let mut body = match state.status.status() {
         Value::Object(map) => map,
         Value::Null => Map::new(),
@@ -205,6 +303,11 @@ async fn status(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if state.auth.config.protect_metrics {
+        if let Err(refusal) = state.auth.require(&headers) {
+            return *refusal;
+        }
+    }
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -256,8 +359,13 @@ fn echoed_path(uri: &Uri) -> String {
 }
 
 /// `POST /admin/step-down`: the switchover hook. 202 when the active replica starts handing
-/// over, 409 on a passive replica, 404 on a node that is not replicated.
-async fn step_down(State(state): State<AdminState>) -> Response {
+/// over, 409 on a passive replica, 404 on a node that is not replicated; 401 without the admin
+/// token when one is configured, checked first so that an unauthenticated caller learns
+/// nothing about the node.
+async fn step_down(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = state.auth.require(&headers) {
+        return *refusal;
+    }
     match &state.step_down {
         None => (
             StatusCode::NOT_FOUND,

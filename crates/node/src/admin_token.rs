@@ -6,10 +6,30 @@
 //! tells a caller, through the answer's timing, how much of a guess was right. Both sides are
 //! hashed with BLAKE3 to fixed-size digests (so the length does not leak either) and the
 //! digests are compared with [`subtle::ConstantTimeEq`].
+//!
+//! The same check guards the admin HTTP routes ([`AdminToken::verify_http`], used by
+//! [`crate::admin`]), so gRPC and HTTP share one comparison. The token comes from the config's
+//! `admin_token_file` (preferred: a 0600 file, [`crate::secrets`]) or its inline `admin_token`
+//! ([`AdminToken::configured`]).
+
+use std::path::Path;
 
 use subtle::ConstantTimeEq as _;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
+
+use crate::secrets::{read_secret, SecretFileError};
+
+/// Why a node's configured admin token cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenConfigError {
+    #[error("set either admin_token_file or admin_token, not both (the file is preferred: it keeps the token out of the config)")]
+    Both,
+    #[error("admin_token is empty")]
+    EmptyInline,
+    #[error("admin_token_file: {0}")]
+    File(#[from] SecretFileError),
+}
 
 /// Why a call's token was refused; the status says which, never the expected token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +69,28 @@ impl AdminToken {
         }
     }
 
+    /// The token a node's config sets: read from `file` (refused unless only its owner can
+    /// read it, see [`crate::secrets`]) or taken from the inline `inline`; none when neither
+    /// is set. Both at once is an error, so it is never unclear which one holds.
+    pub fn configured(
+        inline: Option<&str>,
+        file: Option<&Path>,
+        hint: &'static str,
+    ) -> Result<Self, AdminTokenConfigError> {
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(AdminTokenConfigError::Both),
+            (Some(token), None) if token.trim().is_empty() => {
+                Err(AdminTokenConfigError::EmptyInline)
+            }
+            (Some(token), None) => Ok(Self::new(Some(token), hint)),
+            (None, Some(path)) => {
+                let token = read_secret(path, "admin token")?;
+                Ok(Self::new(Some(&token), hint))
+            }
+            (None, None) => Ok(Self::new(None, hint)),
+        }
+    }
+
     /// Whether a token is required at all.
     pub fn is_required(&self) -> bool {
         self.expected.is_some()
@@ -71,6 +113,21 @@ impl AdminToken {
             return Ok(());
         };
         let presented = bearer(metadata)?;
+        Self::compare(presented, expected)
+    }
+
+    /// [`Self::verify`] for an HTTP request's headers (`Authorization: Bearer <token>`).
+    pub fn verify_http(&self, headers: &axum::http::HeaderMap) -> Result<(), TokenError> {
+        let Some(expected) = &self.expected else {
+            return Ok(());
+        };
+        let value = headers.get(axum::http::header::AUTHORIZATION);
+        let presented = bearer_value(value.map(|value| value.to_str().ok()))?;
+        Self::compare(presented, expected)
+    }
+
+    /// The one comparison: digests, in constant time.
+    fn compare(presented: &str, expected: &[u8; 32]) -> Result<(), TokenError> {
         if bool::from(digest(presented).ct_eq(expected)) {
             Ok(())
         } else {
@@ -81,10 +138,15 @@ impl AdminToken {
 
 /// The token of `authorization: Bearer <token>` (surrounding whitespace ignored).
 pub fn bearer(metadata: &MetadataMap) -> Result<&str, TokenError> {
-    let value = metadata.get("authorization").ok_or(TokenError::Missing)?;
+    let value = metadata.get("authorization");
+    bearer_value(value.map(|value| value.to_str().ok()))
+}
+
+/// The token of an `authorization` value: `None` when there is none, `Some(None)` when it is
+/// not printable text; gRPC metadata and HTTP headers both come here.
+fn bearer_value(value: Option<Option<&str>>) -> Result<&str, TokenError> {
     value
-        .to_str()
-        .ok()
+        .ok_or(TokenError::Missing)?
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|token| !token.is_empty())
@@ -140,6 +202,37 @@ mod tests {
         assert!(status.message().contains("from the test config"));
         assert!(!status.message().contains("s3cret"));
         assert!(!format!("{token:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_configured_token_comes_from_an_owner_only_file_or_inline_never_both() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("admin-token");
+        crate::secrets::write_secret(&path, "s3cret\n").expect("written");
+        let token = AdminToken::configured(None, Some(&path), "from the test config")
+            .expect("an owner-only file");
+        assert_eq!(token.verify(&metadata(Some("Bearer s3cret"))), Ok(()));
+        assert!(matches!(
+            AdminToken::configured(Some("s3cret"), Some(&path), ""),
+            Err(AdminTokenConfigError::Both)
+        ));
+        assert!(matches!(
+            AdminToken::configured(Some(" "), None, ""),
+            Err(AdminTokenConfigError::EmptyInline)
+        ));
+        assert!(!AdminToken::configured(None, None, "")
+            .expect("open")
+            .is_required());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = AdminToken::configured(None, Some(&path), "").expect_err("too open");
+        let message = err.to_string();
+        assert!(message.starts_with("admin_token_file: "), "{message}");
+        assert!(
+            message.contains(&format!("chmod 600 {}", path.display())),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! creates a deployment's keys on its first start. The replicas of a node share one identity,
 //! so a replica never creates one: each would invent a different key and all but one would be
 //! refused by the sequencer. Its missing key file is an error saying so.
+//!
+//! An existing key file that group or others can access is refused ([`crate::secrets`]): a
+//! key others can read is someone else's identity too.
 
 use std::io::Write;
 use std::path::Path;
@@ -28,6 +31,10 @@ pub enum KeyFileError {
     },
     #[error("key file {path} does not hold a 64-hex-digit ed25519 seed: {reason}")]
     Malformed { path: String, reason: String },
+    /// The file is open to group or others (or its mode cannot be read); the message names the
+    /// file and the fix (`chmod 600`).
+    #[error(transparent)]
+    NotOwnerOnly(#[from] crate::secrets::SecretFileError),
     #[error("key file {path} does not exist; a replica never creates its node's key (each replica would invent a different identity): copy the key_file of the node's other replicas here")]
     MissingReplicaKey { path: String },
 }
@@ -43,14 +50,18 @@ pub fn load_node_key(path: &Path, replicated: bool) -> Result<SigningKey, KeyFil
     load_or_create_key(path)
 }
 
-/// Loads the key at `path`, creating it if the file does not exist.
+/// Loads the key at `path`, creating it (mode 0600) if the file does not exist; an existing
+/// file that group or others can access is refused.
 pub fn load_or_create_key(path: &Path) -> Result<SigningKey, KeyFileError> {
     let shown = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => SigningKey::from_hex(&text).map_err(|e| KeyFileError::Malformed {
-            path: shown,
-            reason: e.to_string(),
-        }),
+        Ok(text) => {
+            crate::secrets::check_owner_only(path, "key")?;
+            SigningKey::from_hex(&text).map_err(|e| KeyFileError::Malformed {
+                path: shown,
+                reason: e.to_string(),
+            })
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let key = SigningKey::generate();
             write_key(path, &key)?;
@@ -124,5 +135,33 @@ mod tests {
         let created = load_node_key(&path, false).expect("created");
         let loaded = load_node_key(&path, true).expect("loaded");
         assert_eq!(created.public_key(), loaded.public_key());
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("node.key");
+        let key = load_or_create_key(&path).expect("created");
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            for err in [
+                load_or_create_key(&path).unwrap_err(),
+                load_node_key(&path, true).unwrap_err(),
+            ] {
+                let message = err.to_string();
+                assert!(matches!(err, KeyFileError::NotOwnerOnly(_)), "{message}");
+                assert!(
+                    message.contains(&format!("chmod 600 {}", path.display())),
+                    "{message}"
+                );
+                assert!(!message.contains(&key.to_hex()), "{message}");
+            }
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(
+            load_or_create_key(&path).expect("loaded").public_key(),
+            key.public_key()
+        );
     }
 }

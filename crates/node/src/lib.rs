@@ -2,7 +2,8 @@
 //! its TOML config loading, logging setup, stop-signal handling, readiness state, metrics
 //! registry, the admin HTTP server that exposes health, status and metrics (DESIGN.md §6), the
 //! gRPC server with health and reflection ([`grpc`]), the readiness-aware retry of everything
-//! a node waits for ([`retry`]), the admin-token check ([`admin_token`]), and the replicated
+//! a node waits for ([`retry`]), the admin-token check ([`admin_token`]) and the owner-only
+//! secret files it reads ([`secrets`]), and the replicated
 //! lifecycle of active/passive replicas with its one vocabulary ([`replication`], over the
 //! lease handling of [`replica`]). Role crates build on these so every node behaves the same
 //! to operators and orchestrators; [`owner`] is the start-up check that a node's database is
@@ -24,10 +25,13 @@ pub mod replica;
 pub mod replication;
 pub mod report;
 pub mod retry;
+pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use admin::{bind, router, serve_admin, AdminState, StatusSource};
+pub use admin::{
+    bind, router, serve_admin, AdminHttpAuth, AdminHttpConfig, AdminState, StatusSource,
+};
 pub use admin_token::AdminToken;
 pub use conditions::Conditions;
 pub use config::{load_toml, parse_toml, ConfigError};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_node::admin::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
-use meridian_node::{bind, serve_admin, AdminState, Health, Metrics};
+use meridian_node::{bind, serve_admin, AdminHttpAuth, AdminState, Health, Metrics};
 use prometheus_client::metrics::counter::Counter;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -33,6 +33,7 @@ impl Server {
             metrics: Arc::new(metrics),
             status: Arc::new(|| json!({"role": "sequencer", "epoch": 7, "readiness": "bogus"})),
             step_down: None,
+            auth: AdminHttpAuth::open(),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve_admin(listener, state, shutdown.clone()));

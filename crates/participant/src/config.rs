@@ -45,6 +45,7 @@ use meridian_core::{MemberId, ParticipantId};
 use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig, MemberEndpoints};
 use meridian_node::replica::ReplicaSettings;
 pub use meridian_node::replication::ReplicationConfig;
+use meridian_node::AdminHttpConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +67,14 @@ pub struct ParticipantConfig {
     pub mediator_id: MemberId,
     pub listen_address: SocketAddr,
     pub admin_address: SocketAddr,
+    /// A file holding the admin token (mode 0600; refused if group or others can read it).
+    /// When set, mutating admin HTTP routes (`POST /admin/step-down`) need
+    /// `authorization: Bearer <token>`. See docs/security.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Whether `/status` and `/metrics` also need the admin token (default: open).
+    #[serde(default, skip_serializing_if = "AdminHttpConfig::is_default")]
+    pub admin_http: AdminHttpConfig,
     pub storage: StorageConfig,
     #[serde(default = "default_max_sequencing_delay_ms")]
     pub max_sequencing_delay_ms: u64,
@@ -164,6 +173,8 @@ impl ParticipantConfig {
         storage: StorageConfig,
     ) -> Self {
         Self {
+            admin_token_file: None,
+            admin_http: Default::default(),
             participant_id,
             key_file,
             owner_public_key: owner.to_string(),
@@ -342,6 +353,11 @@ path = "p1.db"
                 ..LimitsConfig::default()
             },
             replication: Some(ReplicationConfig::new("participant1-b")),
+            admin_token_file: Some(PathBuf::from("secrets/admin-token")),
+            admin_http: AdminHttpConfig {
+                protect_status: true,
+                protect_metrics: false,
+            },
             ..single.clone()
         };
         meridian_node::config::assert_round_trips(

@@ -27,7 +27,8 @@ use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyState};
 use meridian_core::{LedgerOffset, Timestamp};
-use meridian_node::admin::{self, NodeState, StatusSource, StepDown};
+use meridian_node::admin::{self, AdminHttpAuth, NodeState, StatusSource, StepDown};
+use meridian_node::admin_token::AdminToken;
 use meridian_node::fork::ForkAlarm;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::replica::{HoldEnd, ReplicaManager};
@@ -123,6 +124,11 @@ impl StatusSource for ParticipantStatus {
 /// Runs a participant until `shutdown` is cancelled or a fatal error (a fork in the sequencer
 /// stream, a database that stays unwritable).
 pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::Result<()> {
+    let admin_token = AdminToken::configured(
+        None,
+        config.admin_token_file.as_deref(),
+        "from the participant config",
+    )?;
     let node = NodeState::starting();
     let (health, readiness) = (node.health.clone(), node.readiness.clone());
     let participant_metrics = node.metrics.with_registry(ParticipantMetrics::register);
@@ -158,7 +164,7 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
     // Both ports are bound before anything runs: a port conflict fails the start-up whole.
     let admin_listener = admin::bind(config.admin_address).await?;
     let listener = meridian_node::grpc::bind(config.listen_address).await?;
-    let admin_task = node.spawn_admin(
+    let admin_task = node.spawn_admin_with(
         admin_listener,
         Arc::new(ParticipantStatus {
             participant: participant.to_string(),
@@ -166,6 +172,10 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
             fork: fork.clone(),
         }),
         step_down,
+        AdminHttpAuth {
+            token: admin_token,
+            config: config.admin_http,
+        },
         shutdown.clone(),
     );
     // Whichever way this function returns, the admin server stops with it.

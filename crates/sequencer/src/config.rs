@@ -21,11 +21,12 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meridian_core::crypto::{CryptoError, PublicKey};
 use meridian_core::InstanceIndex;
+use meridian_node::AdminHttpConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
@@ -42,8 +43,18 @@ pub struct SequencerConfig {
     #[serde(default)]
     pub timing: TimingConfig,
     /// If set, SequencerAdminService calls must carry `authorization: Bearer <admin_token>`.
+    /// Inline here; prefer `admin_token_file`, which keeps the token out of the
+    /// config file (setting both is an error).
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// A file holding the admin token (mode 0600; refused if group or others can read it).
+    /// When set, mutating admin HTTP routes (`POST /admin/step-down`) and SequencerAdminService calls need
+    /// `authorization: Bearer <token>`. See docs/security.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Whether `/status` and `/metrics` also need the admin token (default: open).
+    #[serde(default, skip_serializing_if = "AdminHttpConfig::is_default")]
+    pub admin_http: AdminHttpConfig,
     /// The synchronizer owner's ed25519 public key (64 hex digits). If set, RegisterMember
     /// admits only members named by a topology transaction this key signed; if not,
     /// registration is open (guarded by `admin_token` only), as benchmarks use it.
@@ -203,6 +214,8 @@ impl SequencerConfig {
         storage: StorageConfig,
     ) -> Self {
         Self {
+            admin_token_file: None,
+            admin_http: Default::default(),
             listen_address,
             admin_address,
             instance: InstanceConfig::default(),

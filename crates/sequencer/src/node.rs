@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use meridian_core::backoff::Backoff;
 use meridian_core::Timestamp;
-use meridian_node::admin::{self, NodeState, StatusSource};
+use meridian_node::admin::{self, AdminHttpAuth, NodeState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
@@ -118,6 +118,11 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let owner_key = config
         .owner_key()
         .context("owner_public_key is not a valid ed25519 public key")?;
+    let admin_token = AdminToken::configured(
+        config.admin_token.as_deref(),
+        config.admin_token_file.as_deref(),
+        "from the sequencer config",
+    )?;
     let node = NodeState::starting();
     let readiness = node.readiness.clone();
     let sequencer_metrics = node.metrics.with_registry(SequencerMetrics::register);
@@ -125,10 +130,14 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let (safe_point_tx, safe_point_rx) = watch::channel(Timestamp::MIN);
     let status_slot: Arc<std::sync::OnceLock<SequencerStatus>> = Arc::default();
 
-    let admin_task = node.spawn_admin(
+    let admin_task = node.spawn_admin_with(
         admin::bind(config.admin_address).await?,
         Arc::new(LateStatus(status_slot.clone())),
         None,
+        AdminHttpAuth {
+            token: admin_token.clone(),
+            config: config.admin_http,
+        },
         shutdown.clone(),
     );
     // Whichever way this function returns, the admin server (and anything else on the token)
@@ -203,7 +212,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         metrics: sequencer_metrics,
         readiness: readiness.clone(),
         shutdown: shutdown.clone(),
-        admin_token: AdminToken::new(config.admin_token.as_deref(), "from the sequencer config"),
+        admin_token,
         owner_key,
     });
 

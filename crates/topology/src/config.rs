@@ -33,6 +33,7 @@ use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig};
 use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
+use meridian_node::AdminHttpConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
@@ -56,9 +57,19 @@ pub struct TopologyManagerConfig {
     /// The owner's token. If set, AddParticipant, AddMediator and unsigned AllocateParty need
     /// `authorization: Bearer <admin_token>`; if not, the first two are open and unsigned
     /// AllocateParty is refused (participants' signed requests never need it; see
-    /// `crate::authority`). GetTopology stays open for members catching up.
+    /// `crate::authority`). GetTopology stays open for members catching up. Inline here;
+    /// prefer `admin_token_file`, which keeps the token out of the
+    /// config file (setting both is an error).
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// A file holding the admin token (mode 0600; refused if group or others can read it).
+    /// When set, mutating admin HTTP routes (`POST /admin/step-down`) and TopologyAdminService changes need
+    /// `authorization: Bearer <token>`. See docs/security.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Whether `/status` and `/metrics` also need the admin token (default: open).
+    #[serde(default, skip_serializing_if = "AdminHttpConfig::is_default")]
+    pub admin_http: AdminHttpConfig,
     pub storage: StorageConfig,
     /// Absent: a single manager, active from the start (no lease, no fencing).
     #[serde(default)]
@@ -93,6 +104,8 @@ impl TopologyManagerConfig {
         storage: StorageConfig,
     ) -> Self {
         Self {
+            admin_token_file: None,
+            admin_http: Default::default(),
             member_id: default_member_id(),
             owner_key_file,
             key_file,

@@ -26,7 +26,7 @@ use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyMapping, TopologyTransaction};
 use meridian_core::{MemberId, Timestamp};
-use meridian_node::admin::{self, NodeState, StatusSource};
+use meridian_node::admin::{self, AdminHttpAuth, NodeState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::conditions::Conditions;
 use meridian_node::fork::ForkAlarm;
@@ -73,6 +73,11 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
         "key_file and owner_key_file hold the same key; the member key must not be the owner key"
     );
     tracing::info!(%member, owner_public_key = %owner.public_key(), "topology manager starting");
+    let admin_token = AdminToken::configured(
+        config.admin_token.as_deref(),
+        config.admin_token_file.as_deref(),
+        "from the topology manager's config",
+    )?;
 
     let node = NodeState::starting();
     let readiness = node.readiness.clone();
@@ -93,7 +98,7 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
         })
         .unzip();
     let shutdown = stop_after_hand_over(stop, hand_over);
-    let admin_task = node.spawn_admin(
+    let admin_task = node.spawn_admin_with(
         admin::bind(config.admin_address).await?,
         Arc::new(ManagerStatus {
             member: member.to_string(),
@@ -103,6 +108,10 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
             fork: fork.clone(),
         }),
         step_down,
+        AdminHttpAuth {
+            token: admin_token.clone(),
+            config: config.admin_http,
+        },
         shutdown.clone(),
     );
 
@@ -133,10 +142,7 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
     };
     let api = TopologyAdminApi {
         serving: serving.clone(),
-        admin_token: AdminToken::new(
-            config.admin_token.as_deref(),
-            "from the topology manager's config",
-        ),
+        admin_token: admin_token.clone(),
         metrics: topology_metrics,
     };
 

@@ -64,9 +64,11 @@ async fn status(admin: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// `POST /admin/step-down` with the manager's admin token, which it requires.
 async fn step_down(admin: &str) -> u16 {
     reqwest::Client::new()
         .post(format!("http://{admin}/admin/step-down"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -209,6 +211,13 @@ async fn a_passive_replica_takes_over_with_the_next_serial() {
     let (stop_a, task_a) = a.start();
     wait_passive(&a.admin, "tm-b").await;
     let asked = Instant::now();
+    // Without the admin token the active is not asked at all.
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/admin/step-down", b.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
     assert_eq!(step_down(&b.admin).await, 202);
     let after = "the step-down request";
     expect_takeover(&a.admin, asked, "switchover: replica A", after).await;

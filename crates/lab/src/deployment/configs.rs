@@ -139,6 +139,8 @@ pub fn sequencer(
     owner_public_key: &str,
 ) -> SequencerConfig {
     SequencerConfig {
+        admin_token_file: None,
+        admin_http: Default::default(),
         listen_address: at.grpc,
         admin_address: at.admin,
         instance: InstanceConfig {
@@ -161,6 +163,8 @@ pub fn topology_manager(
     replication: Option<ReplicationConfig>,
 ) -> TopologyManagerConfig {
     TopologyManagerConfig {
+        admin_token_file: None,
+        admin_http: Default::default(),
         member_id: TOPOLOGY_NODE.to_owned(),
         owner_key_file: keys_dir.join("owner.key"),
         key_file: keys_dir.join(format!("{TOPOLOGY_NODE}.key")),
@@ -188,6 +192,8 @@ pub fn mediator(
     replication: Option<ReplicationConfig>,
 ) -> MediatorConfig {
     MediatorConfig {
+        admin_token_file: None,
+        admin_http: Default::default(),
         member_id: mediator_id(),
         key_file: context.key_file(MEDIATOR_NODE),
         owner_public_key: context.owner_public_key.clone(),
@@ -211,6 +217,8 @@ pub fn participant(
     replication: Option<ReplicationConfig>,
 ) -> ParticipantConfig {
     ParticipantConfig {
+        admin_token_file: None,
+        admin_http: Default::default(),
         participant_id: id.clone(),
         key_file: context.key_file(id.as_str()),
         owner_public_key: context.owner_public_key.clone(),

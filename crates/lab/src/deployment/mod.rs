@@ -361,9 +361,12 @@ async fn create_database_if_missing(server_url: &str, database: &str) -> anyhow:
     Ok(())
 }
 
-/// The keys of a deployment, created on its first start and kept in `<data-dir>/keys`.
+/// The keys of a deployment, created on its first start and kept in `<data-dir>/keys`, and
+/// its admin token (`<data-dir>/secrets/admin-token`, [`crate::secrets::admin_token`]).
 struct Keys {
     dir: PathBuf,
+    /// Every node's `admin_token_file`; the lab's admin calls send it.
+    admin_token_file: PathBuf,
     owner_public_key: String,
     mediator: SigningKey,
     participants: Vec<(ParticipantId, SigningKey)>,
@@ -387,6 +390,7 @@ impl Keys {
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             dir,
+            admin_token_file: crate::secrets::admin_token(data_dir)?,
             owner_public_key: owner.public_key().to_string(),
             mediator,
             participants,
@@ -422,7 +426,10 @@ impl Starter<'_> {
         let storage = self.spec.storage(node).await?;
         let plan = self.spec.plan_node(node, |position, _, at| {
             let index = u32::try_from(position).expect("replicas are bounded by the check");
-            configs::sequencer(at, index, storage[position].clone(), &keys.owner_public_key)
+            let mut config =
+                configs::sequencer(at, index, storage[position].clone(), &keys.owner_public_key);
+            config.admin_token_file = Some(keys.admin_token_file.clone());
+            config
         })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let mut sequencers = Vec::new();
@@ -451,7 +458,7 @@ impl Starter<'_> {
         let storage = self.spec.storage(node).await?;
         let cold_sequencers = self.cold_endpoints(SEQUENCER_NODE);
         let plan = self.spec.plan_node(node, |position, replica, at| {
-            configs::topology_manager(
+            let mut config = configs::topology_manager(
                 at,
                 &keys.dir,
                 meridian_node::config::Endpoints::new(configs::warm_then_cold(
@@ -461,7 +468,9 @@ impl Starter<'_> {
                 )),
                 storage[position].clone(),
                 self.spec.replication(node, replica, at.grpc),
-            )
+            );
+            config.admin_token_file = Some(keys.admin_token_file.clone());
+            config
         })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let topology = self.start_ready(first).await?;
@@ -542,7 +551,7 @@ impl Starter<'_> {
                         .context("every participant has a key")?;
                     spec.plan_node(node, |position, replica, at| {
                         member += 1;
-                        configs::participant(
+                        let mut config = configs::participant(
                             context,
                             member,
                             id,
@@ -550,19 +559,23 @@ impl Starter<'_> {
                             spec.participant,
                             storage[position].clone(),
                             spec.replication(node, replica, at.grpc),
-                        )
+                        );
+                        config.admin_token_file = Some(keys.admin_token_file.clone());
+                        config
                     })?
                 }
                 _ => spec.plan_node(node, |position, replica, at| {
                     member += 1;
-                    configs::mediator(
+                    let mut config = configs::mediator(
                         context,
                         member,
                         at.admin,
                         spec.mediator,
                         storage[position].clone(),
                         spec.replication(node, replica, at.admin),
-                    )
+                    );
+                    config.admin_token_file = Some(keys.admin_token_file.clone());
+                    config
                 })?,
             };
             plans.push(plan.into_warm(node.name, &mut self.cold)?);
@@ -602,23 +615,44 @@ impl Starter<'_> {
 }
 
 /// Adds the mediator and every participant to the topology through its active manager.
+/// The calls carry the admin token, which the manager requires for them.
 async fn register_members(topology: &NodeProcess, keys: &Keys) -> anyhow::Result<()> {
     let mut admin_client = TopologyAdminServiceClient::connect(topology.grpc_endpoint())
         .await
         .context("connecting to the topology manager")?;
+    let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        crate::secrets::bearer(&keys.admin_token_file)?
+            .parse()
+            .context("the admin token is not printable ASCII")?;
+    fn with_token<T>(
+        message: T,
+        bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        request
+    }
     admin_client
-        .add_mediator(v1::AddMediatorRequest {
-            mediator: MEDIATOR_NODE.into(),
-            public_key: keys.mediator.public_key().to_bytes().to_vec(),
-        })
+        .add_mediator(with_token(
+            v1::AddMediatorRequest {
+                mediator: MEDIATOR_NODE.into(),
+                public_key: keys.mediator.public_key().to_bytes().to_vec(),
+            },
+            &bearer,
+        ))
         .await
         .context("adding the mediator to the topology")?;
     for (id, key) in &keys.participants {
         admin_client
-            .add_participant(v1::AddParticipantRequest {
-                participant: id.to_string(),
-                public_key: key.public_key().to_bytes().to_vec(),
-            })
+            .add_participant(with_token(
+                v1::AddParticipantRequest {
+                    participant: id.to_string(),
+                    public_key: key.public_key().to_bytes().to_vec(),
+                },
+                &bearer,
+            ))
             .await
             .with_context(|| format!("adding {id} to the topology"))?;
     }
@@ -641,6 +675,10 @@ impl Deployment {
         std::fs::write(&description_path, spec.description.to_toml()?)
             .with_context(|| format!("writing {}", description_path.display()))?;
         let keys = Keys::load_or_create(data_dir, &spec.description)?;
+        (progress)(format!(
+            "admin token in {} (mode 0600): admin calls send it as `Authorization: Bearer <token>`; `meridian admin` reads it from there",
+            keys.admin_token_file.display()
+        ));
         let started = Instant::now();
         let node_keys = spec.description.node_keys();
         let nodes = spec.description.nodes(&node_keys);
