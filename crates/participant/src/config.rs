@@ -31,6 +31,16 @@
 //! advertised_endpoint = "http://10.0.0.5:4501" # default http://<listen_address>
 //! lease_timeout_ms = 1000                     # an active not renewed this long is deposed
 //! poll_interval_ms = 100                      # how often a passive tries to take the lease
+//!
+//! # Optional, but without it the Ledger API is open to anyone who reaches it (a WARN at
+//! # start-up says so): JWT authorization of every Ledger API call (docs/ledger-api.md).
+//! [ledger_auth]
+//! jwks_file = "secrets/ledger-auth.jwks.json" # a JWKS (tokens name their key by kid), or:
+//! # public_key_file = "secrets/ledger-auth.pub.pem"  # one PEM public key, with
+//! # algorithm = "EdDSA"                       # EdDSA, ES256 or RS256
+//! audience = "participant1"                   # the aud tokens must carry; default participant_id
+//! max_token_lifetime_s = 86400                # longest exp - iat (or exp - now) accepted
+//! leeway_s = 5                                # clock skew tolerated on exp, nbf, iat
 //! ```
 //!
 //! The member keys (`key_file` to `topology_endpoints`) are checked as on every member, by
@@ -80,6 +90,133 @@ pub struct ParticipantConfig {
     /// Absent: a single, unreplicated node (writes are not fenced).
     #[serde(default)]
     pub replication: Option<ReplicationConfig>,
+    /// Absent: the Ledger API is open (a WARN at start-up says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_auth: Option<LedgerAuthConfig>,
+}
+
+/// `[ledger_auth]`: how Ledger API bearer tokens are verified. Exactly one of `jwks_file` and
+/// `public_key_file` (with `algorithm`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerAuthConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+    /// The algorithm of `public_key_file`: EdDSA, ES256 or RS256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// The `aud` a token must carry; default the participant id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default = "default_max_token_lifetime_s")]
+    pub max_token_lifetime_s: u64,
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+}
+
+impl LedgerAuthConfig {
+    /// Verifies with the JWKS in `jwks_file`, audience the participant id.
+    pub fn jwks(jwks_file: PathBuf) -> Self {
+        Self {
+            jwks_file: Some(jwks_file),
+            public_key_file: None,
+            algorithm: None,
+            audience: None,
+            max_token_lifetime_s: default_max_token_lifetime_s(),
+            leeway_s: default_leeway_s(),
+        }
+    }
+
+    fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
+        let invalid = |message: String| ConfigCheckError::LedgerAuth {
+            path: path.to_owned(),
+            message,
+        };
+        match (&self.jwks_file, &self.public_key_file, &self.algorithm) {
+            (Some(_), None, None) => {}
+            (Some(_), None, Some(_)) => {
+                return Err(invalid(
+                    "algorithm goes with public_key_file; a JWKS names each key's algorithm"
+                        .into(),
+                ))
+            }
+            (None, Some(_), Some(algorithm)) => {
+                meridian_auth::verify::parse_algorithm(algorithm)
+                    .map_err(|e| invalid(format!("algorithm: {e}")))?;
+            }
+            (None, Some(_), None) => {
+                return Err(invalid(
+                    "public_key_file needs algorithm (EdDSA, ES256 or RS256)".into(),
+                ))
+            }
+            (Some(_), Some(_), _) => {
+                return Err(invalid(
+                    "set jwks_file or public_key_file, not both".into(),
+                ))
+            }
+            (None, None, _) => {
+                return Err(invalid(
+                    "set jwks_file, or public_key_file with algorithm".into(),
+                ))
+            }
+        }
+        if self.max_token_lifetime_s == 0 {
+            return Err(ConfigCheckError::Zero {
+                path: path.to_owned(),
+                field: "ledger_auth.max_token_lifetime_s",
+            });
+        }
+        if self.audience.as_deref() == Some("") {
+            return Err(invalid("audience must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Reads the key file and builds the verifier; errors name the file.
+    pub fn verifier(
+        &self,
+        participant: &ParticipantId,
+    ) -> anyhow::Result<meridian_auth::Verifier> {
+        use anyhow::Context;
+        let read = |file: &Path| {
+            std::fs::read(file).with_context(|| {
+                format!("reading [ledger_auth] key file {}", file.display())
+            })
+        };
+        let (file, source) = match (&self.jwks_file, &self.public_key_file) {
+            (Some(file), _) => {
+                let json = String::from_utf8(read(file)?)
+                    .with_context(|| format!("{} is not UTF-8", file.display()))?;
+                (file, meridian_auth::KeySource::Jwks(json))
+            }
+            (None, Some(file)) => {
+                let algorithm =
+                    meridian_auth::verify::parse_algorithm(self.algorithm.as_deref().unwrap_or(""))?;
+                let pem = read(file)?;
+                (file, meridian_auth::KeySource::Pem { pem, algorithm })
+            }
+            (None, None) => anyhow::bail!("[ledger_auth] names no key file"),
+        };
+        let settings = meridian_auth::VerifierSettings {
+            audience: self
+                .audience
+                .clone()
+                .unwrap_or_else(|| participant.to_string()),
+            max_token_lifetime_s: self.max_token_lifetime_s,
+            leeway_s: self.leeway_s,
+        };
+        meridian_auth::Verifier::new(&source, settings)
+            .with_context(|| format!("[ledger_auth] key file {}", file.display()))
+    }
+}
+
+fn default_max_token_lifetime_s() -> u64 {
+    86_400
+}
+fn default_leeway_s() -> u64 {
+    5
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -137,6 +274,8 @@ pub enum ConfigCheckError {
     },
     #[error("{path}: dedup_period_s ({period}) must not exceed max_dedup_period_s ({max})")]
     DedupPeriod { path: String, period: u64, max: u64 },
+    #[error("{path}: [ledger_auth]: {message}")]
+    LedgerAuth { path: String, message: String },
     #[error("{path}: replication.replica_id {value:?} must be 1 to 128 characters of letters, digits, '-', '_' or '.'")]
     ReplicaId { path: String, value: String },
     #[error("{path}: replication.poll_interval_ms ({poll}) must be below replication.lease_timeout_ms ({timeout}), or a passive replica could not notice an expired lease in time")]
@@ -179,6 +318,7 @@ impl ParticipantConfig {
             submit_timeout_ms: default_submit_timeout_ms(),
             limits: LimitsConfig::default(),
             replication: None,
+            ledger_auth: None,
         }
     }
 
@@ -195,6 +335,9 @@ impl ParticipantConfig {
     /// Refuses values that cannot work, naming the key; `path` names the file in messages.
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
         self.member_config().check(path)?;
+        if let Some(ledger_auth) = &self.ledger_auth {
+            ledger_auth.check(path)?;
+        }
         let path = path.to_owned();
         let advertised = self
             .replication

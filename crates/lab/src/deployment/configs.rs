@@ -226,6 +226,7 @@ pub fn participant(
         submit_timeout_ms: settings.submit_timeout_ms,
         limits: settings.limits,
         replication,
+        ledger_auth: None,
     }
 }
 
