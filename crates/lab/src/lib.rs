@@ -18,6 +18,8 @@ pub mod nemesis;
 pub mod promotion;
 pub mod region;
 pub mod replicas;
+pub mod secrets;
 mod stats;
 pub mod timed_run;
+pub mod token;
 pub mod workload;
