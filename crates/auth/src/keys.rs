@@ -257,7 +257,10 @@ mod tests {
         let error = read_private_key(&files.private_key)
             .expect_err("0644 is refused")
             .to_string();
-        assert!(error.contains(&files.private_key.display().to_string()), "{error}");
+        assert!(
+            error.contains(&files.private_key.display().to_string()),
+            "{error}"
+        );
         assert!(error.contains("chmod 600"), "{error}");
         assert!(error.contains("644"), "{error}");
     }

@@ -98,7 +98,8 @@ impl TokenMinter {
                 pair.public_key().as_ref().to_vec(),
                 EncodingKey::from_ed_der(&der),
             )
-        } else if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
+        } else if let Ok(pair) =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
         {
             (
                 Algorithm::ES256,

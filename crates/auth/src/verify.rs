@@ -47,7 +47,9 @@ pub enum Unauthenticated {
     BadSignature,
     #[error("the token has no `{0}` claim")]
     MissingClaim(&'static str),
-    #[error("the token is for another audience (aud); this participant accepts tokens for {expected:?}")]
+    #[error(
+        "the token is for another audience (aud); this participant accepts tokens for {expected:?}"
+    )]
     WrongAudience { expected: String },
     #[error("the token expired at {exp_s} (now {now_s}, seconds since the epoch)")]
     Expired { exp_s: u64, now_s: u64 },
@@ -89,10 +91,7 @@ pub enum KeySource {
     /// A JSON Web Key Set (RFC 7517): tokens name their key by `kid`.
     Jwks(String),
     /// One public key in PEM (SPKI, or PKCS#1 for RSA) with its algorithm.
-    Pem {
-        pem: Vec<u8>,
-        algorithm: Algorithm,
-    },
+    Pem { pem: Vec<u8>, algorithm: Algorithm },
 }
 
 /// The checks besides the signature.
@@ -281,7 +280,16 @@ fn jwks_keys(json: &str) -> Result<HashMap<String, Key>, VerifierError> {
             return Err(unsupported("its alg does not match its key type"));
         }
         let decoding = DecodingKey::from_jwk(jwk).map_err(|e| unsupported(&e.to_string()))?;
-        if keys.insert(kid.clone(), Key { decoding, algorithm }).is_some() {
+        if keys
+            .insert(
+                kid.clone(),
+                Key {
+                    decoding,
+                    algorithm,
+                },
+            )
+            .is_some()
+        {
             return Err(VerifierError::DuplicateKid(kid));
         }
     }
@@ -321,9 +329,7 @@ fn is_token_char(c: u8) -> bool {
 /// The token of an `authorization` header value (`Bearer <token>`, scheme case-insensitive).
 pub fn bearer_token(header: Option<&str>) -> Result<&str, Unauthenticated> {
     let header = header.ok_or(Unauthenticated::Missing)?.trim();
-    let (scheme, token) = header
-        .split_once(' ')
-        .ok_or(Unauthenticated::NotBearer)?;
+    let (scheme, token) = header.split_once(' ').ok_or(Unauthenticated::NotBearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Unauthenticated::NotBearer);
     }

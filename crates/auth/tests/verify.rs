@@ -226,7 +226,9 @@ fn a_token_living_longer_than_the_bound_is_refused() {
 #[test]
 fn a_token_signed_by_another_key_is_refused() {
     let keys = ed25519();
-    let forger = ed25519().minter.with_key_id(keys.minter.key_id().to_owned());
+    let forger = ed25519()
+        .minter
+        .with_key_id(keys.minter.key_id().to_owned());
     let token = forger.mint(&grant(), NOW_S).expect("mint");
     for source in [&keys.jwks, &keys.pem] {
         assert_eq!(
@@ -326,7 +328,13 @@ fn headers_that_are_not_bearer_jwts_are_refused() {
             expected
         );
     }
-    for header in ["Bearer a.b", "Bearer a.b.c", "Bearer a b.c.d", "Bearer ....", "bearer x.y.z"] {
+    for header in [
+        "Bearer a.b",
+        "Bearer a.b.c",
+        "Bearer a b.c.d",
+        "Bearer ....",
+        "bearer x.y.z",
+    ] {
         assert!(
             matches!(
                 verifier.verify_header(Some(header), NOW_S),
@@ -346,12 +354,18 @@ fn per_call_checks_deny_what_the_claims_do_not_grant() {
     let token = keys.minter.mint(&g, NOW_S).expect("mint");
     let authorized = verifier(&keys.jwks).verify(&token, NOW_S).expect("valid");
     authorized.check_act_as(["alice"]).expect("alice");
-    let denied = authorized.check_act_as(["alice", "bank"]).expect_err("bank is read-only");
+    let denied = authorized
+        .check_act_as(["alice", "bank"])
+        .expect_err("bank is read-only");
     assert!(denied.to_string().contains("\"bank\""), "{denied}");
-    authorized.check_read_as(["alice", "bank"]).expect("both readable");
+    authorized
+        .check_read_as(["alice", "bank"])
+        .expect("both readable");
     let denied = authorized.check_read_as(["bob"]).expect_err("bob");
     assert!(denied.to_string().contains("\"bob\""), "{denied}");
-    authorized.check_user("user_id", "alice-app").expect("own user");
+    authorized
+        .check_user("user_id", "alice-app")
+        .expect("own user");
     assert!(authorized.check_user("user_id", "mallory").is_err());
     let denied = authorized.check_admin().expect_err("no admin claim");
     assert!(denied.to_string().contains("admin"), "{denied}");

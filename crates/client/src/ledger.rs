@@ -149,9 +149,7 @@ impl LedgerClient {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(token) = self.token.as_ref().and_then(|source| source()) {
-            if let Ok(value) =
-                tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
-            {
+            if let Ok(value) = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")) {
                 request.metadata_mut().insert("authorization", value);
             }
         }

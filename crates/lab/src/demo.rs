@@ -59,7 +59,10 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         println!("  {line}");
     }
     if let Some(auth) = &deployment.ledger_auth {
-        println!("The Ledger API needs a bearer token (JWKS {}); mint one with:", auth.files.jwks.display());
+        println!(
+            "The Ledger API needs a bearer token (JWKS {}); mint one with:",
+            auth.files.jwks.display()
+        );
         println!("  {}", auth.command_line("<PARTICIPANT>"));
     }
     println!("Ctrl-C stops every node.");

@@ -54,9 +54,15 @@ pub enum TokenCommand {
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     if let Some(TokenCommand::Keygen { out }) = args.command {
         let files = meridian_auth::keys::write_key_pair(&out)?;
-        eprintln!("private key (keep it, mode 0600): {}", files.private_key.display());
+        eprintln!(
+            "private key (keep it, mode 0600): {}",
+            files.private_key.display()
+        );
         eprintln!("JWKS:                             {}", files.jwks.display());
-        eprintln!("public key PEM:                   {}", files.public_pem.display());
+        eprintln!(
+            "public key PEM:                   {}",
+            files.public_pem.display()
+        );
         eprintln!("key id:                           {}", files.kid);
         println!(
             "[ledger_auth]\njwks_file = {:?}",
@@ -64,8 +70,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let (Some(key), Some(participant), Some(user)) = (args.key, args.participant, args.user)
-    else {
+    let (Some(key), Some(participant), Some(user)) = (args.key, args.participant, args.user) else {
         anyhow::bail!("meridian token needs --key, --participant and --user");
     };
     let mut minter = TokenMinter::from_file(&key)?;

@@ -76,13 +76,13 @@ impl Parties {
             // With `[ledger_auth]`, each client acts as the workload's parties and may
             // allocate them, with tokens renewed before they expire.
             Ok::<_, anyhow::Error>(match &deployment.ledger_auth {
-                Some(auth) => client.with_token_source(auth.token_source(
-                    crate::secrets::lab_grant(
+                Some(auth) => {
+                    client.with_token_source(auth.token_source(crate::secrets::lab_grant(
                         deployment.participant_ids[i].as_str(),
                         user.as_str(),
                         &["bank", "alice", "bob"],
-                    ),
-                )),
+                    )))
+                }
                 None => client,
             })
         };

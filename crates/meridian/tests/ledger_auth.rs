@@ -59,7 +59,11 @@ fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
 
 /// The route's answer code: what the bank's application would call, as user `test` acting
 /// and reading as bank, allocating `mallory`, streaming the completions of `test`.
-async fn call(ledger: &mut LedgerServiceClient<Channel>, route: Route, token: Option<&str>) -> Code {
+async fn call(
+    ledger: &mut LedgerServiceClient<Channel>,
+    route: Route,
+    token: Option<&str>,
+) -> Code {
     let result = match route {
         Route::AllocateParty => ledger
             .allocate_party(with_token(
@@ -188,7 +192,10 @@ async fn every_ledger_route_refuses_calls_outside_a_valid_token_and_changes_noth
         ..DeploymentSpec::local(dir.path().to_path_buf(), 3).unwrap()
     };
     let mut deployment = common::start_deployment(&spec).await;
-    let auth = deployment.ledger_auth.clone().expect("ledger auth configured");
+    let auth = deployment
+        .ledger_auth
+        .clone()
+        .expect("ledger auth configured");
     let key_text = std::fs::read_to_string(&auth.files.private_key).unwrap();
 
     // The lab's own clients carry tokens: allocation and an issue work.
@@ -218,7 +225,10 @@ async fn every_ledger_route_refuses_calls_outside_a_valid_token_and_changes_noth
     let minter = TokenMinter::from_file(&auth.files.private_key).unwrap();
     let now_s = meridian_auth::now_s();
     let reader = minter
-        .mint(&grant("participant1", &["bank", "alice", "bob"], false), now_s)
+        .mint(
+            &grant("participant1", &["bank", "alice", "bob"], false),
+            now_s,
+        )
         .unwrap();
     let forged = generate_ed25519().unwrap();
     let forged = TokenMinter::from_pem(&forged.private_pem)
@@ -254,7 +264,11 @@ async fn every_ledger_route_refuses_calls_outside_a_valid_token_and_changes_noth
             Some(other_participant.as_str()),
             Code::Unauthenticated,
         ),
-        ("wrong party", Some(wrong_party.as_str()), Code::PermissionDenied),
+        (
+            "wrong party",
+            Some(wrong_party.as_str()),
+            Code::PermissionDenied,
+        ),
     ];
     let mut answers = Vec::new();
     for (case, token, expected) in cases {
@@ -269,15 +283,23 @@ async fn every_ledger_route_refuses_calls_outside_a_valid_token_and_changes_noth
             answers.push((case, route, code, expected));
         }
     }
-    let wrong: Vec<_> = answers.iter().filter(|(_, _, code, expected)| code != expected).collect();
-    assert!(wrong.is_empty(), "unexpected answers (case, route, got, want): {wrong:?}");
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(_, _, code, expected)| code != expected)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "unexpected answers (case, route, got, want): {wrong:?}"
+    );
 
     // A user id that is not the token's is refused too; an empty one is the token's.
     let mut submit = v1::SubmitAndWaitRequest {
         user_id: "mallory".into(),
         command_id: "refused-as-mallory".into(),
         act_as: vec!["bank".into()],
-        commands: vec![meridian_client::ledger::command_to_wire(&iou_create("alice", 9))],
+        commands: vec![meridian_client::ledger::command_to_wire(&iou_create(
+            "alice", 9,
+        ))],
         deduplication_period_s: None,
     };
     let bank_token = minter
@@ -305,7 +327,14 @@ async fn every_ledger_route_refuses_calls_outside_a_valid_token_and_changes_noth
     deployment.stop().await.unwrap();
 
     // No token and no private key in any node's log.
-    let tokens = [&reader, &forged, &expired, &other_participant, &wrong_party, &bank_token];
+    let tokens = [
+        &reader,
+        &forged,
+        &expired,
+        &other_participant,
+        &wrong_party,
+        &bank_token,
+    ];
     let key_lines: Vec<&str> = key_text
         .lines()
         .filter(|line| !line.starts_with("-----"))
@@ -315,21 +344,42 @@ async fn every_ledger_route_refuses_calls_outside_a_valid_token_and_changes_noth
         let log = std::fs::read_to_string(&process.log_path).unwrap();
         logs += 1;
         for token in tokens {
-            assert!(!log.contains(token.as_str()), "a token in {}", process.log_path.display());
+            assert!(
+                !log.contains(token.as_str()),
+                "a token in {}",
+                process.log_path.display()
+            );
             // Nor its signature on its own.
             let signature = token.rsplit('.').next().unwrap();
-            assert!(!log.contains(signature), "a signature in {}", process.log_path.display());
+            assert!(
+                !log.contains(signature),
+                "a signature in {}",
+                process.log_path.display()
+            );
         }
         for line in &key_lines {
-            assert!(!log.contains(line), "the private key in {}", process.log_path.display());
+            assert!(
+                !log.contains(line),
+                "the private key in {}",
+                process.log_path.display()
+            );
         }
-        if process.log_path.display().to_string().contains("participant") {
+        if process
+            .log_path
+            .display()
+            .to_string()
+            .contains("participant")
+        {
             assert!(
                 log.contains("Ledger API authorization on"),
                 "{}",
                 process.log_path.display()
             );
-            assert!(!log.contains("Ledger API is OPEN"), "{}", process.log_path.display());
+            assert!(
+                !log.contains("Ledger API is OPEN"),
+                "{}",
+                process.log_path.display()
+            );
         }
     }
     assert!(logs >= 6, "{logs} logs");

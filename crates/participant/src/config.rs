@@ -138,8 +138,7 @@ impl LedgerAuthConfig {
             (Some(_), None, None) => {}
             (Some(_), None, Some(_)) => {
                 return Err(invalid(
-                    "algorithm goes with public_key_file; a JWKS names each key's algorithm"
-                        .into(),
+                    "algorithm goes with public_key_file; a JWKS names each key's algorithm".into(),
                 ))
             }
             (None, Some(_), Some(algorithm)) => {
@@ -152,9 +151,7 @@ impl LedgerAuthConfig {
                 ))
             }
             (Some(_), Some(_), _) => {
-                return Err(invalid(
-                    "set jwks_file or public_key_file, not both".into(),
-                ))
+                return Err(invalid("set jwks_file or public_key_file, not both".into()))
             }
             (None, None, _) => {
                 return Err(invalid(
@@ -175,15 +172,11 @@ impl LedgerAuthConfig {
     }
 
     /// Reads the key file and builds the verifier; errors name the file.
-    pub fn verifier(
-        &self,
-        participant: &ParticipantId,
-    ) -> anyhow::Result<meridian_auth::Verifier> {
+    pub fn verifier(&self, participant: &ParticipantId) -> anyhow::Result<meridian_auth::Verifier> {
         use anyhow::Context;
         let read = |file: &Path| {
-            std::fs::read(file).with_context(|| {
-                format!("reading [ledger_auth] key file {}", file.display())
-            })
+            std::fs::read(file)
+                .with_context(|| format!("reading [ledger_auth] key file {}", file.display()))
         };
         let (file, source) = match (&self.jwks_file, &self.public_key_file) {
             (Some(file), _) => {
@@ -192,8 +185,9 @@ impl LedgerAuthConfig {
                 (file, meridian_auth::KeySource::Jwks(json))
             }
             (None, Some(file)) => {
-                let algorithm =
-                    meridian_auth::verify::parse_algorithm(self.algorithm.as_deref().unwrap_or(""))?;
+                let algorithm = meridian_auth::verify::parse_algorithm(
+                    self.algorithm.as_deref().unwrap_or(""),
+                )?;
                 let pem = read(file)?;
                 (file, meridian_auth::KeySource::Pem { pem, algorithm })
             }
@@ -485,6 +479,9 @@ path = "p1.db"
                 ..LimitsConfig::default()
             },
             replication: Some(ReplicationConfig::new("participant1-b")),
+            ledger_auth: Some(LedgerAuthConfig::jwks(PathBuf::from(
+                "secrets/ledger-auth.jwks.json",
+            ))),
             ..single.clone()
         };
         meridian_node::config::assert_round_trips(
@@ -530,6 +527,51 @@ path = "p1.db"
                 config.check("p1.toml").map_err(|error| error.to_string())?;
                 Ok(config.replica_settings())
             },
+        );
+    }
+
+    #[test]
+    fn ledger_auth_table() {
+        let parse = |table: &str| {
+            let text = format!("{}\n[ledger_auth]\n{table}\n", with_owner(VALID));
+            let config: ParticipantConfig =
+                meridian_node::config::parse_toml(&text, "p1.toml").map_err(|e| e.to_string())?;
+            config.check("p1.toml").map_err(|e| e.to_string())?;
+            Ok::<_, String>(config)
+        };
+        let config = parse("jwks_file = \"k.json\"").unwrap();
+        let auth = config.ledger_auth.unwrap();
+        assert_eq!(auth.max_token_lifetime_s, 86_400);
+        assert_eq!(auth.leeway_s, 5);
+        parse("public_key_file = \"k.pem\"\nalgorithm = \"ES256\"\naudience = \"ledger-a\"")
+            .unwrap();
+        for (table, needle) in [
+            ("", "set jwks_file"),
+            ("public_key_file = \"k.pem\"", "needs algorithm"),
+            (
+                "public_key_file = \"k.pem\"\nalgorithm = \"HS256\"",
+                "HS256",
+            ),
+            (
+                "jwks_file = \"k.json\"\npublic_key_file = \"k.pem\"",
+                "not both",
+            ),
+            (
+                "jwks_file = \"k.json\"\nmax_token_lifetime_s = 0",
+                "max_token_lifetime_s",
+            ),
+            ("jwks_file = \"k.json\"\nbogus = 1", "bogus"),
+        ] {
+            let error = parse(table).unwrap_err();
+            assert!(error.contains(needle), "{table:?}: {error}");
+        }
+        // Key files are read at start-up: a missing one is named.
+        let error = LedgerAuthConfig::jwks(PathBuf::from("/nonexistent/k.json"))
+            .verifier(&ParticipantId::new("p1").unwrap())
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("/nonexistent/k.json"),
+            "{error:#}"
         );
     }
 }

@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use meridian_auth::Authorized;
 use meridian_core::ledger::Permission;
 use meridian_core::protocol::ChangeId;
 use meridian_core::topology::HostingRequest;
 use meridian_core::{LedgerOffset, PartyId, Timestamp, TransactionId};
-use meridian_auth::Authorized;
 use meridian_node::Health;
 use meridian_proto::convert::ledger::{
     completions_query_from_wire, created_event_to_wire, parties_from_wire, party_id,
