@@ -279,7 +279,8 @@ fn an_unknown_key_id_or_algorithm_is_refused() {
 fn missing_claims_are_named() {
     let keys = ed25519();
     let verifier = verifier(&keys.jwks);
-    let cases: [(&str, fn(&mut LedgerClaims)); 4] = [
+    type Strip = fn(&mut LedgerClaims);
+    let cases: [(&str, Strip); 4] = [
         ("exp", |c| c.exp = None),
         ("sub", |c| c.sub = None),
         ("sub", |c| c.sub = Some(String::new())),
