@@ -8,10 +8,9 @@
 //! claim that failed, and at most a short, printable key id.
 //!
 //! Verified tokens are cached (bounded, keyed by the BLAKE3 hash of the token, never the token
-//! itself): a signature check costs 0.15-0.4 ms per call on a busy 2-core machine, a cache hit a
-//! few microseconds,
-//! and a client sends the same token on every call until it renews it. A hit still checks
-//! expiry and not-before against `now_s`.
+//! itself): a signature check costs 0.15-0.4 ms per call on a busy 2-core machine, a cache hit
+//! a few microseconds, and a client sends the same token on every call until it renews it. A
+//! hit still checks expiry and not-before against `now_s`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
