@@ -12,6 +12,12 @@
 //! replica left in flight), or the mediator timed it out waiting for a participant that could
 //! not answer for a while — is resubmitted under the same command id, a bounded number of
 //! times.
+//!
+//! A participant with `[ledger_auth]` wants `authorization: Bearer <JWT>` on every call:
+//! [`LedgerClient::with_token`] sends one fixed token, [`LedgerClient::with_token_source`]
+//! asks a source for the token before each call (one that mints a fresh token before the
+//! current one expires keeps a long run authorized). The token is never logged: `Debug` shows
+//! only whether one is set.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +73,9 @@ pub enum SubmitOutcome {
     },
 }
 
+/// Supplies the bearer token sent with each call (`None`: send none).
+pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct LedgerClient {
     channels: Arc<Vec<(String, Channel)>>,
@@ -74,6 +83,7 @@ pub struct LedgerClient {
     user_id: UserId,
     backoff: Backoff,
     request_timeout: Duration,
+    token: Option<TokenSource>,
 }
 
 impl std::fmt::Debug for LedgerClient {
@@ -82,6 +92,7 @@ impl std::fmt::Debug for LedgerClient {
         f.debug_struct("LedgerClient")
             .field("endpoints", &endpoints)
             .field("user_id", &self.user_id)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
             .finish()
     }
 }
@@ -117,7 +128,32 @@ impl LedgerClient {
             user_id,
             backoff: Backoff::default(),
             request_timeout: Duration::from_secs(40),
+            token: None,
         })
+    }
+
+    /// Sends `authorization: Bearer <token>` on every call.
+    pub fn with_token(self, token: impl Into<String>) -> Self {
+        let token: String = token.into();
+        self.with_token_source(Arc::new(move || Some(token.clone())))
+    }
+
+    /// Asks `source` for the bearer token before every call (and every retry).
+    pub fn with_token_source(mut self, source: TokenSource) -> Self {
+        self.token = Some(source);
+        self
+    }
+
+    /// `message` as a request carrying the bearer token, if any. A token that is not a valid
+    /// header value is left out: the participant then answers UNAUTHENTICATED.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = self.token.as_ref().and_then(|source| source()) {
+            if let Ok(value) = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")) {
+                request.metadata_mut().insert("authorization", value);
+            }
+        }
+        request
     }
 
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
@@ -183,10 +219,10 @@ impl LedgerClient {
     async fn call<R, T, F, Fut>(&self, request: &R, mut call: F) -> Result<T, ClientError>
     where
         R: Clone,
-        F: FnMut(LedgerServiceClient<Channel>, R) -> Fut,
+        F: FnMut(LedgerServiceClient<Channel>, tonic::Request<R>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        self.with_retries(|stub| call(stub, request.clone()))
+        self.with_retries(|stub| call(stub, self.request(request.clone())))
             .await
             .map(|(value, _)| value)
             .map_err(|(status, attempts)| status_error(&self.endpoints(), status, attempts))
@@ -225,7 +261,7 @@ impl LedgerClient {
         let result = loop {
             let result = self
                 .with_retries(|mut stub| {
-                    let request = request.clone();
+                    let request = self.request(request.clone());
                     async move { stub.submit_and_wait(request).await }
                 })
                 .await

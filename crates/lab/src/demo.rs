@@ -49,6 +49,7 @@ fn say(line: String) {
 
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut spec = DeploymentSpec::new(args.data_dir, args.deployment.resolve()?)?;
+    spec.ledger_auth = true;
     // The server (if any) runs for as long as the deployment.
     let _postgres = spec.start_postgres()?;
     eprintln!("starting a synchronizer in {}", spec.data_dir.display());
@@ -56,6 +57,13 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     println!("Meridian is up:");
     for line in deployment.endpoints() {
         println!("  {line}");
+    }
+    if let Some(auth) = &deployment.ledger_auth {
+        println!(
+            "The Ledger API needs a bearer token (JWKS {}); mint one with:",
+            auth.files.jwks.display()
+        );
+        println!("  {}", auth.command_line("<PARTICIPANT>"));
     }
     println!("Ctrl-C stops every node.");
     shutdown.cancelled().await;
@@ -65,6 +73,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
 
 pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut spec = DeploymentSpec::new(args.data_dir.clone(), args.deployment.resolve()?)?;
+    spec.ledger_auth = true;
     // The server (if any) runs for as long as the deployment.
     let postgres = spec.start_postgres()?;
     let failover = !args.no_failover && spec.description.min_warm_replicas() >= 2;

@@ -21,4 +21,5 @@ pub mod replicas;
 pub mod secrets;
 mod stats;
 pub mod timed_run;
+pub mod token;
 pub mod workload;

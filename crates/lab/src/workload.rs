@@ -71,8 +71,20 @@ impl Parties {
             bail!("the workload needs three participants");
         }
         let client = |i: usize| {
-            LedgerClient::new(&deployment.ledger_endpoints(i), user.clone())
-                .map(|c| c.with_backoff(backoff))
+            let client = LedgerClient::new(&deployment.ledger_endpoints(i), user.clone())
+                .map(|c| c.with_backoff(backoff))?;
+            // With `[ledger_auth]`, each client acts as the workload's parties and may
+            // allocate them, with tokens renewed before they expire.
+            Ok::<_, anyhow::Error>(match &deployment.ledger_auth {
+                Some(auth) => {
+                    client.with_token_source(auth.token_source(crate::secrets::lab_grant(
+                        deployment.participant_ids[i].as_str(),
+                        user.as_str(),
+                        &["bank", "alice", "bob"],
+                    )))
+                }
+                None => client,
+            })
         };
         let clients = [client(0)?, client(1)?, client(2)?];
         let parties = Parties {

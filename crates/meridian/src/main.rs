@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meridian_lab::{admin, bench, demo, deployment, drill};
+use meridian_lab::{admin, bench, demo, deployment, drill, token};
 use meridian_node::telemetry::{init_tracing, LogFormat};
 
 #[derive(Parser)]
@@ -67,6 +67,9 @@ enum Command {
     /// Break a replicated deployment on purpose under load and measure detection, RTO, RPO,
     /// failed requests and duplicates for every fault (see docs/drills.md).
     Drill(drill::DrillArgs),
+    /// Development Ledger API tokens: mint one from a private key, or create a key pair
+    /// (`token keygen`). See docs/ledger-api.md, "Authorization".
+    Token(token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
             Command::Bench(command) => {
                 bench::run(command, meridian_node::shutdown::shutdown_token()).await
             }
+            Command::Token(args) => token::run(args),
             Command::Drill(args) => {
                 drill::run(args, meridian_node::shutdown::shutdown_token()).await
             }

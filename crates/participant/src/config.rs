@@ -31,6 +31,16 @@
 //! advertised_endpoint = "http://10.0.0.5:4501" # default http://<listen_address>
 //! lease_timeout_ms = 1000                     # an active not renewed this long is deposed
 //! poll_interval_ms = 100                      # how often a passive tries to take the lease
+//!
+//! # Optional, but without it the Ledger API is open to anyone who reaches it (a WARN at
+//! # start-up says so): JWT authorization of every Ledger API call (docs/ledger-api.md).
+//! [ledger_auth]
+//! jwks_file = "secrets/ledger-auth.jwks.json" # a JWKS (tokens name their key by kid), or:
+//! # public_key_file = "secrets/ledger-auth.pub.pem"  # one PEM public key, with
+//! # algorithm = "EdDSA"                       # EdDSA, ES256 or RS256
+//! audience = "participant1"                   # the aud tokens must carry; default participant_id
+//! max_token_lifetime_s = 86400                # longest exp - iat (or exp - now) accepted
+//! leeway_s = 5                                # clock skew tolerated on exp, nbf, iat
 //! ```
 //!
 //! The member keys (`key_file` to `topology_endpoints`) are checked as on every member, by
@@ -89,6 +99,127 @@ pub struct ParticipantConfig {
     /// Absent: a single, unreplicated node (writes are not fenced).
     #[serde(default)]
     pub replication: Option<ReplicationConfig>,
+    /// Absent: the Ledger API is open (a WARN at start-up says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_auth: Option<LedgerAuthConfig>,
+}
+
+/// `[ledger_auth]`: how Ledger API bearer tokens are verified. Exactly one of `jwks_file` and
+/// `public_key_file` (with `algorithm`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerAuthConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+    /// The algorithm of `public_key_file`: EdDSA, ES256 or RS256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// The `aud` a token must carry; default the participant id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default = "default_max_token_lifetime_s")]
+    pub max_token_lifetime_s: u64,
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+}
+
+impl LedgerAuthConfig {
+    /// Verifies with the JWKS in `jwks_file`, audience the participant id.
+    pub fn jwks(jwks_file: PathBuf) -> Self {
+        Self {
+            jwks_file: Some(jwks_file),
+            public_key_file: None,
+            algorithm: None,
+            audience: None,
+            max_token_lifetime_s: default_max_token_lifetime_s(),
+            leeway_s: default_leeway_s(),
+        }
+    }
+
+    fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
+        let invalid = |message: String| ConfigCheckError::LedgerAuth {
+            path: path.to_owned(),
+            message,
+        };
+        match (&self.jwks_file, &self.public_key_file, &self.algorithm) {
+            (Some(_), None, None) => {}
+            (Some(_), None, Some(_)) => {
+                return Err(invalid(
+                    "algorithm goes with public_key_file; a JWKS names each key's algorithm".into(),
+                ))
+            }
+            (None, Some(_), Some(algorithm)) => {
+                meridian_auth::verify::parse_algorithm(algorithm)
+                    .map_err(|e| invalid(format!("algorithm: {e}")))?;
+            }
+            (None, Some(_), None) => {
+                return Err(invalid(
+                    "public_key_file needs algorithm (EdDSA, ES256 or RS256)".into(),
+                ))
+            }
+            (Some(_), Some(_), _) => {
+                return Err(invalid("set jwks_file or public_key_file, not both".into()))
+            }
+            (None, None, _) => {
+                return Err(invalid(
+                    "set jwks_file, or public_key_file with algorithm".into(),
+                ))
+            }
+        }
+        if self.max_token_lifetime_s == 0 {
+            return Err(ConfigCheckError::Zero {
+                path: path.to_owned(),
+                field: "ledger_auth.max_token_lifetime_s",
+            });
+        }
+        if self.audience.as_deref() == Some("") {
+            return Err(invalid("audience must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Reads the key file and builds the verifier; errors name the file.
+    pub fn verifier(&self, participant: &ParticipantId) -> anyhow::Result<meridian_auth::Verifier> {
+        use anyhow::Context;
+        let read = |file: &Path| {
+            std::fs::read(file)
+                .with_context(|| format!("reading [ledger_auth] key file {}", file.display()))
+        };
+        let (file, source) = match (&self.jwks_file, &self.public_key_file) {
+            (Some(file), _) => {
+                let json = String::from_utf8(read(file)?)
+                    .with_context(|| format!("{} is not UTF-8", file.display()))?;
+                (file, meridian_auth::KeySource::Jwks(json))
+            }
+            (None, Some(file)) => {
+                let algorithm = meridian_auth::verify::parse_algorithm(
+                    self.algorithm.as_deref().unwrap_or(""),
+                )?;
+                let pem = read(file)?;
+                (file, meridian_auth::KeySource::Pem { pem, algorithm })
+            }
+            (None, None) => anyhow::bail!("[ledger_auth] names no key file"),
+        };
+        let settings = meridian_auth::VerifierSettings {
+            audience: self
+                .audience
+                .clone()
+                .unwrap_or_else(|| participant.to_string()),
+            max_token_lifetime_s: self.max_token_lifetime_s,
+            leeway_s: self.leeway_s,
+        };
+        meridian_auth::Verifier::new(&source, settings)
+            .with_context(|| format!("[ledger_auth] key file {}", file.display()))
+    }
+}
+
+fn default_max_token_lifetime_s() -> u64 {
+    86_400
+}
+fn default_leeway_s() -> u64 {
+    5
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -146,6 +277,8 @@ pub enum ConfigCheckError {
     },
     #[error("{path}: dedup_period_s ({period}) must not exceed max_dedup_period_s ({max})")]
     DedupPeriod { path: String, period: u64, max: u64 },
+    #[error("{path}: [ledger_auth]: {message}")]
+    LedgerAuth { path: String, message: String },
     #[error("{path}: replication.replica_id {value:?} must be 1 to 128 characters of letters, digits, '-', '_' or '.'")]
     ReplicaId { path: String, value: String },
     #[error("{path}: replication.poll_interval_ms ({poll}) must be below replication.lease_timeout_ms ({timeout}), or a passive replica could not notice an expired lease in time")]
@@ -190,6 +323,7 @@ impl ParticipantConfig {
             submit_timeout_ms: default_submit_timeout_ms(),
             limits: LimitsConfig::default(),
             replication: None,
+            ledger_auth: None,
         }
     }
 
@@ -206,6 +340,9 @@ impl ParticipantConfig {
     /// Refuses values that cannot work, naming the key; `path` names the file in messages.
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
         self.member_config().check(path)?;
+        if let Some(ledger_auth) = &self.ledger_auth {
+            ledger_auth.check(path)?;
+        }
         let path = path.to_owned();
         let advertised = self
             .replication
@@ -358,6 +495,9 @@ path = "p1.db"
                 protect_status: true,
                 protect_metrics: false,
             },
+            ledger_auth: Some(LedgerAuthConfig::jwks(PathBuf::from(
+                "secrets/ledger-auth.jwks.json",
+            ))),
             ..single.clone()
         };
         meridian_node::config::assert_round_trips(
@@ -403,6 +543,51 @@ path = "p1.db"
                 config.check("p1.toml").map_err(|error| error.to_string())?;
                 Ok(config.replica_settings())
             },
+        );
+    }
+
+    #[test]
+    fn ledger_auth_table() {
+        let parse = |table: &str| {
+            let text = format!("{}\n[ledger_auth]\n{table}\n", with_owner(VALID));
+            let config: ParticipantConfig =
+                meridian_node::config::parse_toml(&text, "p1.toml").map_err(|e| e.to_string())?;
+            config.check("p1.toml").map_err(|e| e.to_string())?;
+            Ok::<_, String>(config)
+        };
+        let config = parse("jwks_file = \"k.json\"").unwrap();
+        let auth = config.ledger_auth.unwrap();
+        assert_eq!(auth.max_token_lifetime_s, 86_400);
+        assert_eq!(auth.leeway_s, 5);
+        parse("public_key_file = \"k.pem\"\nalgorithm = \"ES256\"\naudience = \"ledger-a\"")
+            .unwrap();
+        for (table, needle) in [
+            ("", "set jwks_file"),
+            ("public_key_file = \"k.pem\"", "needs algorithm"),
+            (
+                "public_key_file = \"k.pem\"\nalgorithm = \"HS256\"",
+                "HS256",
+            ),
+            (
+                "jwks_file = \"k.json\"\npublic_key_file = \"k.pem\"",
+                "not both",
+            ),
+            (
+                "jwks_file = \"k.json\"\nmax_token_lifetime_s = 0",
+                "max_token_lifetime_s",
+            ),
+            ("jwks_file = \"k.json\"\nbogus = 1", "bogus"),
+        ] {
+            let error = parse(table).unwrap_err();
+            assert!(error.contains(needle), "{table:?}: {error}");
+        }
+        // Key files are read at start-up: a missing one is named.
+        let error = LedgerAuthConfig::jwks(PathBuf::from("/nonexistent/k.json"))
+            .verifier(&ParticipantId::new("p1").unwrap())
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("/nonexistent/k.json"),
+            "{error:#}"
         );
     }
 }

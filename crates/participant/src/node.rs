@@ -142,6 +142,18 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
         .owner_key()
         .map_err(|e| anyhow::anyhow!("owner_public_key: {e}"))?;
     tracing::info!(%participant, public_key = %key.public_key(), replica = ?config.replication.as_ref().map(|r| &r.replica_id), "participant identity");
+    // Loaded before anything listens: a bad key file fails the start-up, naming the file.
+    let ledger_auth = match &config.ledger_auth {
+        Some(ledger_auth) => {
+            let verifier = ledger_auth.verifier(&participant)?;
+            tracing::info!(settings = ?verifier.settings(), "Ledger API authorization on: every call needs a bearer JWT");
+            Some(Arc::new(verifier))
+        }
+        None => {
+            tracing::warn!(%participant, "no [ledger_auth] configured: the Ledger API is OPEN — any client that reaches it may act and read as every party hosted here and allocate parties");
+            None
+        }
+    };
 
     let serving = Arc::new(Serving::new(
         config.replication.as_ref().map(|r| r.replica_id.clone()),
@@ -186,6 +198,7 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
     let api = LedgerApi {
         serving: serving.clone(),
         health: health.clone(),
+        auth: ledger_auth,
     };
     tracing::info!(address = %config.listen_address, "participant gRPC listening");
     let server = tokio::spawn(

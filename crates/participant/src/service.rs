@@ -6,6 +6,13 @@
 //! A submission: convert the request (INVALID_ARGUMENT naming the field) → take an in-flight
 //! slot (RESOURCE_EXHAUSTED) → [`Core::submit`], whose one answer (committed, rejected,
 //! duplicate with the original, refused, or unknown) maps to the status.
+//!
+//! Authorization comes first, before readiness and before anything is read or written: with
+//! `[ledger_auth]` every call carries `authorization: Bearer <JWT>`, verified by
+//! [`meridian_auth::Verifier`] (UNAUTHENTICATED saying which check failed), and the call must
+//! be within the token's claims (PERMISSION_DENIED naming the party or claim): SubmitAndWait
+//! acts only as `actAs` parties and as the token's user, the reads read only as `actAs` ∪
+//! `readAs`, the completion stream is the token's user's, AllocateParty needs `admin`.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -14,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use meridian_auth::Authorized;
 use meridian_core::ledger::Permission;
 use meridian_core::protocol::ChangeId;
 use meridian_core::topology::HostingRequest;
@@ -57,6 +65,30 @@ const TOPOLOGY_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct LedgerApi {
     pub(crate) serving: Arc<Serving>,
     pub(crate) health: Health,
+    /// `None`: no `[ledger_auth]`, the API is open.
+    pub(crate) auth: Option<Arc<meridian_auth::Verifier>>,
+}
+
+fn permission_denied(denied: meridian_auth::PermissionDenied) -> Status {
+    Status::permission_denied(denied.to_string())
+}
+
+/// A request's user id, checked against the token's (an empty one becomes the token's).
+fn authorize_user(
+    authorized: Option<&Authorized>,
+    field: &str,
+    user_id: &mut String,
+) -> Result<(), Status> {
+    let Some(authorized) = authorized else {
+        return Ok(());
+    };
+    if user_id.is_empty() {
+        user_id.clone_from(&authorized.user);
+        return Ok(());
+    }
+    authorized
+        .check_user(field, user_id)
+        .map_err(permission_denied)
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -73,6 +105,7 @@ fn code_label(code: Code) -> &'static str {
         Code::NotFound => "not_found",
         Code::AlreadyExists => "already_exists",
         Code::PermissionDenied => "permission_denied",
+        Code::Unauthenticated => "unauthenticated",
         Code::FailedPrecondition => "failed_precondition",
         Code::Aborted => "aborted",
         Code::DeadlineExceeded => "deadline_exceeded",
@@ -289,6 +322,24 @@ where
 }
 
 impl LedgerApi {
+    /// The caller's grants: `None` when the API is open, UNAUTHENTICATED when the token is
+    /// missing or does not verify. Never logs or echoes the token.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<Option<Arc<Authorized>>, Status> {
+        let Some(verifier) = &self.auth else {
+            return Ok(None);
+        };
+        let header = match request.metadata().get("authorization") {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Status::unauthenticated(meridian_auth::Unauthenticated::NotBearer.to_string())
+            })?),
+        };
+        verifier
+            .verify_header(header, meridian_auth::now_s())
+            .map(Some)
+            .map_err(|refusal| Status::unauthenticated(refusal.to_string()))
+    }
+
     fn core(&self) -> Result<Arc<Core>, Status> {
         if let Some(refusal) = self.serving.passive_refusal() {
             return Err(Status::unavailable(refusal));
@@ -449,6 +500,9 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<v1::AllocatePartyRequest>,
     ) -> Result<Response<v1::AllocatePartyResponse>, Status> {
+        if let Some(authorized) = self.authorize(&request)? {
+            authorized.check_admin().map_err(permission_denied)?;
+        }
         let party = party_id("party", request.into_inner().party).map_err(invalid)?;
         self.allocate(party.clone()).await?;
         Ok(Response::new(v1::AllocatePartyResponse {
@@ -458,8 +512,9 @@ impl LedgerService for LedgerApi {
 
     async fn list_parties(
         &self,
-        _request: Request<v1::ListPartiesRequest>,
+        request: Request<v1::ListPartiesRequest>,
     ) -> Result<Response<v1::ListPartiesResponse>, Status> {
+        self.authorize(&request)?;
         let core = self.core()?;
         let engine = core.engine();
         let parties = engine
@@ -483,7 +538,16 @@ impl LedgerService for LedgerApi {
         request: Request<v1::SubmitAndWaitRequest>,
     ) -> Result<Response<v1::SubmitAndWaitResponse>, Status> {
         let started = Instant::now();
-        let result = self.submit(request.into_inner()).await;
+        let result = match self.authorize(&request) {
+            Ok(authorized) => {
+                let mut request = request.into_inner();
+                match authorize_submission(authorized.as_deref(), &mut request) {
+                    Ok(()) => self.submit(request).await,
+                    Err(status) => Err(status),
+                }
+            }
+            Err(status) => Err(status),
+        };
         if let Some(core) = self.serving.core() {
             match &result {
                 Ok(_) => {
@@ -504,6 +568,11 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<v1::GetTransactionsRequest>,
     ) -> Result<Response<Self::GetTransactionsStream>, Status> {
+        if let Some(authorized) = self.authorize(&request)? {
+            authorized
+                .check_read_as(request.get_ref().parties.iter().map(String::as_str))
+                .map_err(permission_denied)?;
+        }
         let core = self.core()?;
         let query = transactions_query_from_wire(request.into_inner()).map_err(invalid)?;
         let parties = Arc::new(query.parties);
@@ -524,6 +593,11 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<v1::GetActiveContractsRequest>,
     ) -> Result<Response<v1::GetActiveContractsResponse>, Status> {
+        if let Some(authorized) = self.authorize(&request)? {
+            authorized
+                .check_read_as(request.get_ref().parties.iter().map(String::as_str))
+                .map_err(permission_denied)?;
+        }
         let core = self.core()?;
         let parties =
             parties_from_wire("parties", request.into_inner().parties).map_err(invalid)?;
@@ -548,8 +622,11 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<v1::CompletionStreamRequest>,
     ) -> Result<Response<Self::CompletionStreamStream>, Status> {
+        let authorized = self.authorize(&request)?;
+        let mut request = request.into_inner();
+        authorize_user(authorized.as_deref(), "user_id", &mut request.user_id)?;
         let core = self.core()?;
-        let query = completions_query_from_wire(request.into_inner()).map_err(invalid)?;
+        let query = completions_query_from_wire(request).map_err(invalid)?;
         let user = Arc::new(query.user_id);
         let stream = stream_after(core, query.begin, "completions", move |store, cursor| {
             let user = user.clone();
@@ -563,6 +640,21 @@ impl LedgerService for LedgerApi {
         })?;
         Ok(Response::new(stream))
     }
+}
+
+/// A submission within the token's claims: its user (filled in when empty) and every acting
+/// party.
+fn authorize_submission(
+    authorized: Option<&Authorized>,
+    request: &mut v1::SubmitAndWaitRequest,
+) -> Result<(), Status> {
+    let Some(authorized) = authorized else {
+        return Ok(());
+    };
+    authorize_user(Some(authorized), "user_id", &mut request.user_id)?;
+    authorized
+        .check_act_as(request.act_as.iter().map(String::as_str))
+        .map_err(permission_denied)
 }
 
 /// Waits until the ledger end passes `cursor`. False when the stream should end (client gone,

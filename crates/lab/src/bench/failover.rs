@@ -169,6 +169,7 @@ pub async fn measure_with(
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let mut spec = DeploymentSpec {
         exe,
+        ledger_auth: true,
         ..DeploymentSpec::new(dir.path().to_path_buf(), description)?
     };
     let backend = spec.description.storage.backend;

@@ -34,6 +34,7 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
     let backend = description.storage.backend;
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let mut spec = DeploymentSpec::new(dir.path().to_path_buf(), description)?;
+    spec.ledger_auth = true;
     // The server (if any) runs for as long as the deployment.
     let postgres = spec.start_postgres()?;
     let run = args.workload.timed_run(None);
@@ -177,7 +178,8 @@ async fn measure_in_temp_dir(
     shutdown: CancellationToken,
 ) -> anyhow::Result<LedgerRun> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
-    let spec = DeploymentSpec::new(dir.path().to_path_buf(), description)?;
+    let mut spec = DeploymentSpec::new(dir.path().to_path_buf(), description)?;
+    spec.ledger_auth = true;
     let report = measure_cell(spec, &cluster, &run, shutdown).await?;
     Ok(LedgerRun::from(&report))
 }

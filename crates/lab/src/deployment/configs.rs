@@ -98,6 +98,8 @@ pub struct MemberContext {
     pub cold_sequencer_endpoints: Vec<String>,
     /// Every topology manager replica's endpoint, warm ones first.
     pub topology_endpoints: Vec<String>,
+    /// The JWKS every participant verifies Ledger API tokens with; `None`: an open API.
+    pub ledger_auth_jwks: Option<PathBuf>,
 }
 
 impl MemberContext {
@@ -234,6 +236,10 @@ pub fn participant(
         submit_timeout_ms: settings.submit_timeout_ms,
         limits: settings.limits,
         replication,
+        ledger_auth: context
+            .ledger_auth_jwks
+            .clone()
+            .map(meridian_participant::config::LedgerAuthConfig::jwks),
     }
 }
 

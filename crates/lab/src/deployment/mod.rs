@@ -79,6 +79,10 @@ pub struct DeploymentSpec {
     /// offset 0, so that a drill can skew one instance's clock while it runs without
     /// restarting it.
     pub shiftable_sequencer_clocks: bool,
+    /// Generate a Ledger API signing key in `<data>/secrets/` and configure every
+    /// participant's `[ledger_auth]` with it (`up`, `demo`, the benches and drills do); the
+    /// lab's clients then mint their tokens with [`Deployment::ledger_auth`].
+    pub ledger_auth: bool,
 }
 
 pub struct Deployment {
@@ -108,6 +112,8 @@ pub struct Deployment {
     /// The PostgreSQL the nodes keep their state on, if they do (the database drills act on
     /// it).
     pub databases: Option<Databases>,
+    /// The Ledger API signing key, when the participants verify tokens.
+    pub ledger_auth: Option<crate::secrets::LedgerAuth>,
 }
 
 /// A replica whose config is written but which does not run.
@@ -218,6 +224,7 @@ impl DeploymentSpec {
             mediator: MediatorSettings::default(),
             participant: ParticipantSettings::default(),
             shiftable_sequencer_clocks: false,
+            ledger_auth: false,
         })
     }
 
@@ -679,6 +686,11 @@ impl Deployment {
             "admin token in {} (mode 0600): admin calls send it as `Authorization: Bearer <token>`; `meridian admin` reads it from there",
             keys.admin_token_file.display()
         ));
+        let ledger_auth = if spec.ledger_auth {
+            Some(crate::secrets::ledger_auth(data_dir)?)
+        } else {
+            None
+        };
         let started = Instant::now();
         let node_keys = spec.description.node_keys();
         let nodes = spec.description.nodes(&node_keys);
@@ -704,6 +716,7 @@ impl Deployment {
                 .map(NodeProcess::grpc_endpoint)
                 .chain(starter.cold_endpoints(TOPOLOGY_NODE))
                 .collect(),
+            ledger_auth_jwks: ledger_auth.as_ref().map(|auth| auth.files.jwks.clone()),
         };
         let members = starter.start_members(&nodes[2..], &keys, &context).await?;
         for cold in &starter.cold {
@@ -733,7 +746,29 @@ impl Deployment {
             cold: starter.cold,
             sequencer_clocks,
             databases: spec.databases.clone(),
+            ledger_auth,
         })
+    }
+
+    /// A Ledger API token for participant `index` granting `grant` (its audience is set
+    /// here); `None` when the deployment's Ledger API is open.
+    pub fn ledger_token(
+        &self,
+        index: usize,
+        grant: meridian_auth::mint::TokenGrant,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(auth) = &self.ledger_auth else {
+            return Ok(None);
+        };
+        let participant = self
+            .participant_ids
+            .get(index)
+            .with_context(|| format!("no participant {index}"))?;
+        auth.token(&meridian_auth::mint::TokenGrant {
+            participant: participant.to_string(),
+            ..grant
+        })
+        .map(Some)
     }
 
     pub fn exe(&self) -> &Path {

@@ -439,6 +439,7 @@ async fn execute_once(
         }
     };
     let mut spec = DeploymentSpec::new(data_dir, description.clone())?;
+    spec.ledger_auth = true;
     spec.shiftable_sequencer_clocks =
         matches!(&schedule, Schedule::Nemesis(plan) if plan.needs_shiftable_clocks());
     // The server (if any) runs for as long as the deployment.
