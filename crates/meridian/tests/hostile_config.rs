@@ -1,7 +1,9 @@
 //! Hostile config files (issue 11, item 6): arbitrary text, and TOML documents made from every
 //! role's valid config (and every deployment preset) with keys replaced, added or removed and
 //! values swapped for hostile ones, loaded through each role's `load` (parse and check) and
-//! through the deployment file's `load` and check. Nothing may panic; an error names the file.
+//! through the deployment file's `load` and check. Nothing may panic, neither while loading nor
+//! in the run-time arithmetic a loaded config's timings feed (instants plus durations); an
+//! error names the file.
 //!
 //! Case count: `MERIDIAN_HOSTILE_CASES` (see `meridian_testkit::hostile`).
 
@@ -10,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use meridian_core::crypto::SigningKey;
 use meridian_core::ParticipantId;
@@ -82,6 +85,23 @@ fn build_documents() -> Vec<String> {
         ))
         .unwrap(),
     ];
+    // A replicated participant, so edits reach its own `[replication]` checks.
+    let mut replicated = ParticipantConfig::new(
+        ParticipantId::new("p2").unwrap(),
+        "p2.key".into(),
+        &owner,
+        MemberEndpoints {
+            sequencer: Endpoints::one("http://127.0.0.1:1"),
+            topology: Endpoints::one("http://127.0.0.1:2"),
+        },
+        addr(8),
+        addr(9),
+        StorageConfig::Sqlite {
+            path: PathBuf::from("p2.db"),
+        },
+    );
+    replicated.replication = Some(meridian_participant::ReplicationConfig::new("a"));
+    documents.push(to_toml(&replicated).unwrap());
     for preset in [Preset::Single, Preset::Replicated, Preset::TwoRegions] {
         documents.push(Description::preset(preset).to_toml().unwrap());
     }
@@ -90,13 +110,15 @@ fn build_documents() -> Vec<String> {
 
 fn hostile_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
-        any::<String>().prop_map(Value::String),
-        Just(Value::String(String::new())),
-        "[a-z:/.0-9]{0,30}".prop_map(Value::String),
-        prop_oneof![Just(i64::MIN), Just(-1i64), Just(0), Just(i64::MAX), any::<i64>()]
+        1 => any::<String>().prop_map(Value::String),
+        1 => Just(Value::String(String::new())),
+        1 => "[a-z:/.0-9]{0,30}".prop_map(Value::String),
+        // Integers most often: most settings are numbers, and their edges are where a checked
+        // config can still overflow at run time.
+        4 => prop_oneof![Just(i64::MIN), Just(-1i64), Just(0), Just(i64::MAX), any::<i64>()]
             .prop_map(Value::Integer),
-        any::<f64>().prop_map(Value::Float),
-        any::<bool>().prop_map(Value::Boolean),
+        1 => any::<f64>().prop_map(Value::Float),
+        1 => any::<bool>().prop_map(Value::Boolean),
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
@@ -207,17 +229,38 @@ fn load_everything(path: &Path, text: &str) {
     let names_the_file = |error: String| {
         assert!(error.contains(&shown), "{error}");
     };
-    if let Err(error) = SequencerConfig::load(path) {
-        names_the_file(error.to_string());
+    // A config that loads is one a node starts with: the durations it adds to clock
+    // instants must stay in range (a checked config must not panic the node later).
+    match SequencerConfig::load(path) {
+        Ok(config) => {
+            let _ = Instant::now() + config.timing.token_ttl();
+            let _ = meridian_sequencer::node::claim_patience(config.timing.offline_after());
+        }
+        Err(error) => names_the_file(error.to_string()),
     }
-    if let Err(error) = TopologyManagerConfig::load(path) {
-        names_the_file(error.to_string());
+    match TopologyManagerConfig::load(path) {
+        Ok(config) => {
+            if let Some(settings) = config.replica_settings() {
+                let _ = Instant::now() + settings.lease_timeout;
+            }
+        }
+        Err(error) => names_the_file(error.to_string()),
     }
-    if let Err(error) = ParticipantConfig::load(path) {
-        names_the_file(error.to_string());
+    match ParticipantConfig::load(path) {
+        Ok(config) => {
+            if let Some(settings) = config.replica_settings() {
+                let _ = Instant::now() + settings.lease_timeout;
+            }
+        }
+        Err(error) => names_the_file(error.to_string()),
     }
-    if let Err(error) = MediatorConfig::load(path) {
-        names_the_file(error.to_string());
+    match MediatorConfig::load(path) {
+        Ok(config) => {
+            if let Some(settings) = config.replica_settings() {
+                let _ = Instant::now() + settings.lease_timeout;
+            }
+        }
+        Err(error) => names_the_file(error.to_string()),
     }
     match Description::load(path) {
         Ok(description) => {
@@ -226,6 +269,74 @@ fn load_everything(path: &Path, text: &str) {
         }
         Err(error) => names_the_file(format!("{error:#}")),
     }
+}
+
+/// Every role's parse and check, and the deployment's, on `text` in memory (what `load` does
+/// after reading the file), with the same run-time arithmetic as [`load_everything`].
+fn parse_everything(text: &str) {
+    use meridian_node::config::parse_toml;
+    const FILE: &str = "/etc/meridian/node.toml";
+    let names_the_file = |error: String| assert!(error.contains(FILE), "{error}");
+    match parse_toml::<SequencerConfig>(text, FILE) {
+        Ok(config) => match config.check(FILE) {
+            Ok(()) => {
+                let _ = Instant::now() + config.timing.token_ttl();
+                let _ = meridian_sequencer::node::claim_patience(config.timing.offline_after());
+            }
+            Err(error) => names_the_file(error.to_string()),
+        },
+        Err(error) => names_the_file(error.to_string()),
+    }
+    match parse_toml::<ParticipantConfig>(text, FILE) {
+        Ok(config) => match config.check(FILE) {
+            Ok(()) => {
+                if let Some(settings) = config.replica_settings() {
+                    let _ = Instant::now() + settings.lease_timeout;
+                }
+            }
+            Err(error) => names_the_file(error.to_string()),
+        },
+        Err(error) => names_the_file(error.to_string()),
+    }
+    match parse_toml::<MediatorConfig>(text, FILE) {
+        Ok(config) => match config.check(FILE) {
+            Ok(()) => {
+                if let Some(settings) = config.replica_settings() {
+                    let _ = Instant::now() + settings.lease_timeout;
+                }
+            }
+            Err(error) => names_the_file(error.to_string()),
+        },
+        Err(error) => names_the_file(error.to_string()),
+    }
+    match parse_toml::<TopologyManagerConfig>(text, FILE) {
+        Ok(config) => match config.check(FILE) {
+            Ok(()) => {
+                if let Some(settings) = config.replica_settings() {
+                    let _ = Instant::now() + settings.lease_timeout;
+                }
+            }
+            Err(error) => names_the_file(error.to_string()),
+        },
+        Err(error) => names_the_file(error.to_string()),
+    }
+    match parse_toml::<Description>(text, FILE) {
+        Ok(description) => {
+            let _ = meridian_lab::deployment::check::check(&description);
+        }
+        Err(error) => names_the_file(error.to_string()),
+    }
+}
+
+/// The paths of `document` whose value is an integer.
+fn integer_paths(document: &Value) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    paths(document, Vec::new(), &mut all);
+    all.retain(|path| {
+        let mut copy = document.clone();
+        matches!(slot(&mut copy, path), Some(Value::Integer(_)))
+    });
+    all
 }
 
 proptest! {
@@ -240,6 +351,27 @@ proptest! {
     ) {
         let dir = tempfile::tempdir().unwrap();
         load_everything(&dir.path().join("node.toml"), &text);
+    }
+
+    /// Every numeric setting of one document in turn set to the same hostile number: the
+    /// edges a checked config can still overflow at run time with.
+    #[test]
+    fn hostile_numbers_in_every_setting_are_refused_or_safe(
+        document in any::<prop::sample::Index>(),
+        number in prop_oneof![
+            Just(i64::MAX), Just(i64::MIN), Just(-1i64), Just(0), Just(1),
+            Just(i64::from(u32::MAX) + 1), Just(i64::MAX / 1_000), any::<i64>(),
+        ],
+    ) {
+        let documents = valid_documents();
+        let original: Value = toml::from_str(&documents[document.index(documents.len())]).unwrap();
+        for path in integer_paths(&original) {
+            let mut edited = original.clone();
+            if let Some(slot) = slot(&mut edited, &path) {
+                *slot = Value::Integer(number);
+            }
+            parse_everything(&toml::to_string(&edited).unwrap());
+        }
     }
 
     #[test]
