@@ -101,13 +101,25 @@ fn party() -> impl Strategy<Value = PartyId> {
 }
 
 fn participant() -> impl Strategy<Value = ParticipantId> {
-    prop_oneof![Just("p1"), Just("p2"), Just("p3"), Just("p9"), Just("mediator")]
-        .prop_map(|p| ParticipantId::new(p).unwrap())
+    prop_oneof![
+        Just("p1"),
+        Just("p2"),
+        Just("p3"),
+        Just("p9"),
+        Just("mediator")
+    ]
+    .prop_map(|p| ParticipantId::new(p).unwrap())
 }
 
 fn member() -> impl Strategy<Value = MemberId> {
-    prop_oneof![Just("p1"), Just("p2"), Just("p3"), Just("mediator"), Just("stranger")]
-        .prop_map(|m| MemberId::new(m).unwrap())
+    prop_oneof![
+        Just("p1"),
+        Just("p2"),
+        Just("p3"),
+        Just("mediator"),
+        Just("stranger")
+    ]
+    .prop_map(|m| MemberId::new(m).unwrap())
 }
 
 fn time() -> impl Strategy<Value = u64> {

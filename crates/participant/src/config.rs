@@ -408,7 +408,9 @@ path = "p1.db"
             lease_timeout_ms: MAX_LEASE_TIMEOUT_MS,
             ..ReplicationConfig::new("a")
         });
-        config.check("p1.toml").expect("the shared limit itself is accepted");
+        config
+            .check("p1.toml")
+            .expect("the shared limit itself is accepted");
     }
 
     #[test]

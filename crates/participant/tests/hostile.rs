@@ -251,7 +251,12 @@ fn request() -> impl Strategy<Value = v1::SubmitAndWaitRequest> {
         name(),
         vec(name(), 0..3),
         vec(command(), 0..4),
-        proptest::option::of(prop_oneof![Just(0u64), Just(1), Just(u64::MAX), any::<u64>()]),
+        proptest::option::of(prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(u64::MAX),
+            any::<u64>()
+        ]),
     )
         .prop_map(
             |(user_id, command_id, act_as, commands, deduplication_period_s)| {

@@ -98,7 +98,9 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn list<T: std::fmt::Debug + Clone>(item: impl Strategy<Value = T>) -> impl Strategy<Value = Vec<T>> {
+fn list<T: std::fmt::Debug + Clone>(
+    item: impl Strategy<Value = T>,
+) -> impl Strategy<Value = Vec<T>> {
     prop_oneof![4 => vec(item, 0..4), 1 => Just(Vec::new())]
 }
 
@@ -109,13 +111,14 @@ fn command() -> impl Strategy<Value = v1::Command> {
             payload_json,
         })
     });
-    let exercise = (text(), text(), json_text()).prop_map(|(contract_id, choice, argument_json)| {
-        v1::command::Command::Exercise(v1::ExerciseCommand {
-            contract_id,
-            choice,
-            argument_json,
-        })
-    });
+    let exercise =
+        (text(), text(), json_text()).prop_map(|(contract_id, choice, argument_json)| {
+            v1::command::Command::Exercise(v1::ExerciseCommand {
+                contract_id,
+                choice,
+                argument_json,
+            })
+        });
     prop_oneof![4 => create.prop_map(Some), 4 => exercise.prop_map(Some), 1 => Just(None)]
         .prop_map(|command| v1::Command { command })
 }
@@ -193,7 +196,10 @@ fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
         .encode_to_vec()),
         sequenced_event().prop_map(|m| m.encode_to_vec()),
     ];
-    let mutated = (valid, vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6))
+    let mutated = (
+        valid,
+        vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6),
+    )
         .prop_map(|(mut bytes, edits)| {
             for (at, byte, kind) in edits {
                 if bytes.is_empty() {

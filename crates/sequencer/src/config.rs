@@ -271,14 +271,54 @@ impl SequencerConfig {
         }
         let timing = &self.timing;
         for (field, value, unit, limit) in [
-            ("timing.watermark_interval_ms", timing.watermark_interval_ms, "ms", MAX_TIMING_MS),
-            ("timing.safe_point_poll_ms", timing.safe_point_poll_ms, "ms", MAX_TIMING_MS),
-            ("timing.offline_after_ms", timing.offline_after_ms, "ms", MAX_TIMING_MS),
-            ("timing.backend_check_ms", timing.backend_check_ms, "ms", MAX_TIMING_MS),
-            ("timing.max_clock_skew_ms", timing.max_clock_skew_ms, "ms", MAX_TIMING_MS),
-            ("timing.clock_check_ms", timing.clock_check_ms, "ms", MAX_TIMING_MS),
-            ("timing.token_ttl_s", timing.token_ttl_s, "s", MAX_TIMING_MS / 1_000),
-            ("timing.dedup_retention_s", timing.dedup_retention_s, "s", MAX_TIMING_MS / 1_000),
+            (
+                "timing.watermark_interval_ms",
+                timing.watermark_interval_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.safe_point_poll_ms",
+                timing.safe_point_poll_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.offline_after_ms",
+                timing.offline_after_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.backend_check_ms",
+                timing.backend_check_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.max_clock_skew_ms",
+                timing.max_clock_skew_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.clock_check_ms",
+                timing.clock_check_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.token_ttl_s",
+                timing.token_ttl_s,
+                "s",
+                MAX_TIMING_MS / 1_000,
+            ),
+            (
+                "timing.dedup_retention_s",
+                timing.dedup_retention_s,
+                "s",
+                MAX_TIMING_MS / 1_000,
+            ),
         ] {
             if value > limit {
                 return Err(ConfigCheckError::TooLong {
@@ -325,9 +365,18 @@ mod tests {
                 (|t: &mut TimingConfig| t.token_ttl_s = i64::MAX as u64) as fn(&mut TimingConfig),
                 "timing.token_ttl_s",
             ),
-            (|t| t.offline_after_ms = i64::MAX as u64, "timing.offline_after_ms"),
-            (|t| t.dedup_retention_s = u64::MAX, "timing.dedup_retention_s"),
-            (|t| t.clock_check_ms = MAX_TIMING_MS + 1, "timing.clock_check_ms"),
+            (
+                |t| t.offline_after_ms = i64::MAX as u64,
+                "timing.offline_after_ms",
+            ),
+            (
+                |t| t.dedup_retention_s = u64::MAX,
+                "timing.dedup_retention_s",
+            ),
+            (
+                |t| t.clock_check_ms = MAX_TIMING_MS + 1,
+                "timing.clock_check_ms",
+            ),
         ] {
             let mut config = parse("");
             set(&mut config.timing);

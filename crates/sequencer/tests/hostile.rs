@@ -57,11 +57,9 @@ fn number() -> impl Strategy<Value = u64> {
 }
 
 fn envelope() -> impl Strategy<Value = v1::Envelope> {
-    (vec(member(), 0..4), vec(any::<u8>(), 0..300)).prop_map(|(recipients, payload)| {
-        v1::Envelope {
-            recipients,
-            payload,
-        }
+    (vec(member(), 0..4), vec(any::<u8>(), 0..300)).prop_map(|(recipients, payload)| v1::Envelope {
+        recipients,
+        payload,
     })
 }
 
@@ -72,14 +70,14 @@ fn submission() -> impl Strategy<Value = v1::SubmissionRequest> {
         prop_oneof![6 => vec(envelope(), 1..3), 1 => vec(envelope(), 0..12)],
         number(),
     )
-        .prop_map(
-            |(sender, message_id, envelopes, max_sequencing_time_us)| v1::SubmissionRequest {
+        .prop_map(|(sender, message_id, envelopes, max_sequencing_time_us)| {
+            v1::SubmissionRequest {
                 sender,
                 message_id,
                 envelopes,
                 max_sequencing_time_us,
-            },
-        )
+            }
+        })
 }
 
 proptest! {
