@@ -55,6 +55,7 @@ use meridian_core::{MemberId, ParticipantId};
 use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig, MemberEndpoints};
 use meridian_node::replica::ReplicaSettings;
 pub use meridian_node::replication::ReplicationConfig;
+use meridian_node::replication::MAX_LEASE_TIMEOUT_MS;
 use meridian_node::AdminHttpConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
@@ -381,6 +382,19 @@ impl ParticipantConfig {
                     return Err(ConfigCheckError::Zero { path, field });
                 }
             }
+            // Bounded like every role's shared replication settings: the lease timeout is
+            // added to clock instants (a step-down's yield), which a huge value overflows.
+            if replication.lease_timeout_ms > MAX_LEASE_TIMEOUT_MS {
+                return Err(InvalidSetting::new(
+                    &path,
+                    "replication.lease_timeout_ms",
+                    format!(
+                        "must be at most {MAX_LEASE_TIMEOUT_MS}, got {}",
+                        replication.lease_timeout_ms
+                    ),
+                )
+                .into());
+            }
             if replication.poll_interval_ms >= replication.lease_timeout_ms {
                 return Err(ConfigCheckError::PollInterval {
                     path,
@@ -529,6 +543,30 @@ path = "p1.db"
         .to_string();
         assert!(err.contains("unknown field `bogus2`"), "{err}");
         assert!(config.replica_settings().is_none());
+    }
+
+    /// Found by the hostile config test: a huge `replication.lease_timeout_ms` passed the
+    /// check and a replica that stepped down panicked adding it to `Instant::now()`.
+    #[test]
+    fn a_lease_timeout_beyond_the_shared_limit_is_refused() {
+        let mut config: ParticipantConfig =
+            meridian_node::config::parse_toml(&with_owner(VALID), "p1.toml").unwrap();
+        config.replication = Some(ReplicationConfig {
+            lease_timeout_ms: i64::MAX as u64,
+            ..ReplicationConfig::new("a")
+        });
+        let error = config.check("p1.toml").unwrap_err().to_string();
+        assert!(
+            error.starts_with("p1.toml: replication.lease_timeout_ms: must be at most "),
+            "{error}"
+        );
+        config.replication = Some(ReplicationConfig {
+            lease_timeout_ms: MAX_LEASE_TIMEOUT_MS,
+            ..ReplicationConfig::new("a")
+        });
+        config
+            .check("p1.toml")
+            .expect("the shared limit itself is accepted");
     }
 
     #[test]

@@ -198,7 +198,21 @@ pub enum ConfigCheckError {
         offline_ms: u64,
         interval_ms: u64,
     },
+    /// A timing beyond [`MAX_TIMING_MS`]: no deployment wants it, and a clock instant that far
+    /// ahead overflows (a token expiry, a claim's patience), which would panic at run time.
+    #[error("{path}: {field} is {value} {unit}; the limit is {limit} {unit} (one week)")]
+    TooLong {
+        path: String,
+        field: &'static str,
+        value: u64,
+        limit: u64,
+        unit: &'static str,
+    },
 }
+
+/// The longest timing setting accepted (one week), in milliseconds. Every `[timing]` value is
+/// added to clock instants at run time; bounding them here keeps that arithmetic in range.
+pub const MAX_TIMING_MS: u64 = 7 * 24 * 60 * 60 * 1_000;
 
 impl SequencerConfig {
     /// Loads and checks a config file; every error names the file and the key.
@@ -268,6 +282,67 @@ impl SequencerConfig {
                 reason: error.to_string(),
             });
         }
+        let timing = &self.timing;
+        for (field, value, unit, limit) in [
+            (
+                "timing.watermark_interval_ms",
+                timing.watermark_interval_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.safe_point_poll_ms",
+                timing.safe_point_poll_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.offline_after_ms",
+                timing.offline_after_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.backend_check_ms",
+                timing.backend_check_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.max_clock_skew_ms",
+                timing.max_clock_skew_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.clock_check_ms",
+                timing.clock_check_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.token_ttl_s",
+                timing.token_ttl_s,
+                "s",
+                MAX_TIMING_MS / 1_000,
+            ),
+            (
+                "timing.dedup_retention_s",
+                timing.dedup_retention_s,
+                "s",
+                MAX_TIMING_MS / 1_000,
+            ),
+        ] {
+            if value > limit {
+                return Err(ConfigCheckError::TooLong {
+                    path,
+                    field,
+                    value,
+                    limit,
+                    unit,
+                });
+            }
+        }
         if self.timing.max_clock_skew_ms == 0 {
             return Err(ConfigCheckError::NoClockSkew { path });
         }
@@ -291,6 +366,44 @@ mod tests {
 
     fn parse(extra: &str) -> SequencerConfig {
         meridian_node::config::parse_toml(&format!("{extra}{BASE}"), "<test>").expect("parses")
+    }
+
+    /// Found by the hostile config test: `token_ttl_s = 9223372036854775807` passed the check
+    /// and the first Authenticate panicked adding it to `Instant::now()`; a huge
+    /// `offline_after_ms` panicked at start (`claim_patience`).
+    #[test]
+    fn timings_beyond_a_week_are_refused_naming_the_key() {
+        for (set, key) in [
+            (
+                (|t: &mut TimingConfig| t.token_ttl_s = i64::MAX as u64) as fn(&mut TimingConfig),
+                "timing.token_ttl_s",
+            ),
+            (
+                |t| t.offline_after_ms = i64::MAX as u64,
+                "timing.offline_after_ms",
+            ),
+            (
+                |t| t.dedup_retention_s = u64::MAX,
+                "timing.dedup_retention_s",
+            ),
+            (
+                |t| t.clock_check_ms = MAX_TIMING_MS + 1,
+                "timing.clock_check_ms",
+            ),
+        ] {
+            let mut config = parse("");
+            set(&mut config.timing);
+            let error = config.check("s.toml").expect_err(key).to_string();
+            assert!(error.starts_with(&format!("s.toml: {key} is ")), "{error}");
+            assert!(error.contains("one week"), "{error}");
+        }
+        // The longest accepted values stay in range where the node adds them to instants.
+        let mut config = parse("");
+        config.timing.token_ttl_s = MAX_TIMING_MS / 1_000;
+        config.timing.offline_after_ms = MAX_TIMING_MS;
+        config.check("s.toml").expect("a week is accepted");
+        let _ = std::time::Instant::now() + config.timing.token_ttl();
+        let _ = crate::node::claim_patience(config.timing.offline_after());
     }
 
     #[test]

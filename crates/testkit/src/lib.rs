@@ -1,10 +1,12 @@
 //! Test-only helpers shared by the workspace's integration tests: a throwaway PostgreSQL server
 //! started from the distribution's binaries ([`PostgresServer`]), a guard that kills a child
 //! process when a test ends however it ends ([`ChildGuard`]), [`free_port`], a log
-//! subscriber for in-process tests ([`init_logging`]), and a database failover played on plain
-//! servers ([`failover`]). Nothing here is meant for production code.
+//! subscriber for in-process tests ([`init_logging`]), a database failover played on plain
+//! servers ([`failover`]), and the case count of the hostile-input property tests
+//! ([`hostile::hostile_cases`]). Nothing here is meant for production code.
 
 pub mod failover;
+pub mod hostile;
 mod logging;
 mod process;
 
