@@ -7,10 +7,12 @@ pub mod backoff;
 pub mod error;
 pub mod ledger;
 pub mod sequencer;
+pub mod tls;
 pub mod topology;
 
 pub use backoff::{Backoff, Delays};
 pub use error::ClientError;
+pub use tls::{ClientIdentity, ClientTls};
 pub use ledger::{Committed, LedgerClient, SubmitOutcome};
 pub use sequencer::{
     register_member, register_member_with_topology, SendReceipt, SequencerClient,

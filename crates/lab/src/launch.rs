@@ -71,6 +71,7 @@ impl NodeProcess {
             timing: Default::default(),
             admin_token: None,
             owner_public_key: None,
+            tls: crate::deployment::configs::lab_tls(),
         };
         adjust(&mut config);
         let config = toml::to_string(&config).context("writing the sequencer config")?;

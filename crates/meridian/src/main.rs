@@ -67,6 +67,15 @@ enum Command {
     /// Break a replicated deployment on purpose under load and measure detection, RTO, RPO,
     /// failed requests and duplicates for every fault (see docs/drills.md).
     Drill(drill::DrillArgs),
+    /// Write a development CA and a TLS certificate + key per node (see docs/tls.md).
+    Certs {
+        /// Directory to write ca.crt, ca.key, NAME.crt and NAME.key into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// A node: NAME, or NAME=host,host,... for names besides localhost and 127.0.0.1.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<meridian_node::certs::NodeSpec>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +94,18 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Sequencer { config } => run_sequencer(config).await,
+            Command::Certs { out, nodes } => {
+                let written = meridian_node::certs::write_dev_certs(&out, &nodes)?;
+                for file in written.files() {
+                    println!("wrote {}", file.display());
+                }
+                println!(
+                    "private keys are mode 0600; clients trust {} (e.g. grpcurl -cacert {})",
+                    written.ca_cert_file.display(),
+                    written.ca_cert_file.display()
+                );
+                Ok(())
+            }
             Command::Topology { config } => {
                 let config = meridian_topology::TopologyManagerConfig::load(&config)?;
                 meridian_topology::run(config, meridian_node::shutdown::shutdown_token()).await

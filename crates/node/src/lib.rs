@@ -6,10 +6,12 @@
 //! lifecycle of active/passive replicas with its one vocabulary ([`replication`], over the
 //! lease handling of [`replica`]). Role crates build on these so every node behaves the same
 //! to operators and orchestrators; [`owner`] is the start-up check that a node's database is
-//! its own. [`ports`] picks loopback ports for deployments launched on one machine.
+//! its own. [`tls`] is the `[tls]` section and TLS on every listener and client; [`certs`]
+//! writes development certificates. [`ports`] picks loopback ports for deployments launched on one machine.
 
 pub mod admin;
 pub mod admin_token;
+pub mod certs;
 pub mod conditions;
 pub mod config;
 pub mod fork;
@@ -26,8 +28,9 @@ pub mod report;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
-pub use admin::{bind, router, serve_admin, AdminState, StatusSource};
+pub use admin::{bind, router, serve_admin, serve_admin_tls, AdminState, StatusSource};
 pub use admin_token::AdminToken;
 pub use conditions::Conditions;
 pub use config::{load_toml, parse_toml, ConfigError};
@@ -37,3 +40,4 @@ pub use metrics::{Metrics, MetricsError};
 pub use retry::Retry;
 pub use shutdown::shutdown_token;
 pub use telemetry::{init_tracing, LogFormat};
+pub use tls::{NodeTls, TlsConfig};

@@ -45,6 +45,7 @@ use meridian_core::{MemberId, ParticipantId};
 use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig, MemberEndpoints};
 use meridian_node::replica::ReplicaSettings;
 pub use meridian_node::replication::ReplicationConfig;
+use meridian_node::tls::TlsConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +81,10 @@ pub struct ParticipantConfig {
     /// Absent: a single, unreplicated node (writes are not fenced).
     #[serde(default)]
     pub replication: Option<ReplicationConfig>,
+    /// TLS of the gRPC and admin HTTP listeners and of this node's clients: certificate
+    /// files, or `plaintext = true` explicitly. Absent: refused at load (see docs/tls.md).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -129,7 +134,7 @@ pub enum ConfigCheckError {
     Invalid(#[from] InvalidSetting),
     #[error("{path}: {field} must be at least 1")]
     Zero { path: String, field: &'static str },
-    #[error("{path}: {field} {value:?} must start with http://")]
+    #[error("{path}: {field} {value:?} must start with https:// (or http://)")]
     Endpoint {
         path: String,
         field: &'static str,
@@ -179,7 +184,15 @@ impl ParticipantConfig {
             submit_timeout_ms: default_submit_timeout_ms(),
             limits: LimitsConfig::default(),
             replication: None,
+            // Built in code: plaintext, explicitly (written as `[tls] plaintext = true`), until
+            // `with_tls`.
+            tls: TlsConfig::plaintext(),
         }
+    }
+
+    /// Serves (and connects) with `tls`.
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        Self { tls, ..self }
     }
 
     /// The keys the participant shares with every member node.
@@ -195,13 +208,22 @@ impl ParticipantConfig {
     /// Refuses values that cannot work, naming the key; `path` names the file in messages.
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
         self.member_config().check(path)?;
+        self.tls.check_in_file(
+            path,
+            &[
+                ("sequencer_endpoints", &self.sequencer_endpoints),
+                ("topology_endpoints", &self.topology_endpoints),
+            ],
+        )?;
         let path = path.to_owned();
         let advertised = self
             .replication
             .as_ref()
             .map(|_| self.advertised_endpoint());
         for (field, value) in [("replication.advertised_endpoint", advertised.as_ref())] {
-            if let Some(value) = value.filter(|v| !v.starts_with("http://")) {
+            if let Some(value) =
+                value.filter(|v| !v.starts_with("http://") && !v.starts_with("https://"))
+            {
                 return Err(ConfigCheckError::Endpoint {
                     path,
                     field,
@@ -283,7 +305,7 @@ impl ParticipantConfig {
         self.replication
             .as_ref()
             .and_then(|r| r.advertised_endpoint.clone())
-            .unwrap_or_else(|| format!("http://{}", self.listen_address))
+            .unwrap_or_else(|| self.tls.url(self.listen_address))
     }
 
     /// The replica manager's settings; `None` when the participant is not replicated. All
@@ -291,7 +313,7 @@ impl ParticipantConfig {
     pub fn replica_settings(&self) -> Option<ReplicaSettings> {
         let replication = self.replication.as_ref()?;
         Some(replication.settings(self.participant_id.to_string(), || {
-            format!("http://{}", self.listen_address)
+            self.tls.url(self.listen_address)
         }))
     }
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use meridian_core::crypto::{CryptoError, PublicKey};
 use meridian_core::InstanceIndex;
+use meridian_node::tls::TlsConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,10 @@ pub struct SequencerConfig {
     /// registration is open (guarded by `admin_token` only), as benchmarks use it.
     #[serde(default)]
     pub owner_public_key: Option<String>,
+    /// TLS of the gRPC and admin HTTP listeners and of this node's clients: certificate
+    /// files, or `plaintext = true` explicitly. Absent: refused at load (see docs/tls.md).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -179,6 +184,8 @@ pub enum ConfigCheckError {
     OwnerKey { path: String, reason: String },
     #[error("{path}: {field} must be at least 1")]
     Zero { path: String, field: &'static str },
+    #[error(transparent)]
+    Tls(#[from] meridian_node::config::InvalidSetting),
     #[error("{path}: timing.max_clock_skew_ms must be at least 1: an instance whose clock is off by any amount would never issue a timestamp")]
     NoClockSkew { path: String },
     #[error("{path}: timing.offline_after_ms ({offline_ms}) must exceed timing.watermark_interval_ms ({interval_ms}), or healthy idle instances get marked offline")]
@@ -211,7 +218,15 @@ impl SequencerConfig {
             timing: TimingConfig::default(),
             admin_token: None,
             owner_public_key: None,
+            // Built in code: plaintext, explicitly (written as `[tls] plaintext = true`), until
+            // `with_tls`.
+            tls: TlsConfig::plaintext(),
         }
+    }
+
+    /// Serves (and connects) with `tls`.
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        Self { tls, ..self }
     }
 
     /// Registration admits only members the owner `owner` signed into the topology.
@@ -231,6 +246,7 @@ impl SequencerConfig {
     }
 
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
+        self.tls.check_in_file(path, &[])?;
         let path = path.to_owned();
         if self.instance.count == 0 || self.instance.index >= self.instance.count {
             return Err(ConfigCheckError::InstanceIndex {

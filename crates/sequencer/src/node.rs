@@ -118,7 +118,10 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let owner_key = config
         .owner_key()
         .context("owner_public_key is not a valid ed25519 public key")?;
-    let node = NodeState::starting();
+    // TLS first: a config whose certificate or key cannot be used stops the node before it
+    // listens, and every client of other nodes it opens uses these settings.
+    let tls = config.tls.start("sequencer")?;
+    let node = NodeState::starting().with_tls(tls.server.clone());
     let readiness = node.readiness.clone();
     let sequencer_metrics = node.metrics.with_registry(SequencerMetrics::register);
 
@@ -207,7 +210,9 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         owner_key,
     });
 
-    let server = grpc_server(&config, &node.health, shared).serve(
+    let server = grpc_server(&config, &node.health, shared)
+        .with_tls(tls.server.clone())
+        .serve(
         meridian_node::grpc::bind(config.listen_address).await?,
         shutdown.clone(),
     )?;

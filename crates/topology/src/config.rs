@@ -33,6 +33,7 @@ use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig};
 use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
+use meridian_node::tls::TlsConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,10 @@ pub struct TopologyManagerConfig {
     /// Absent: a single manager, active from the start (no lease, no fencing).
     #[serde(default)]
     pub replication: Option<ReplicationConfig>,
+    /// TLS of the gRPC and admin HTTP listeners and of this node's clients: certificate
+    /// files, or `plaintext = true` explicitly. Absent: refused at load (see docs/tls.md).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 fn default_member_id() -> String {
@@ -102,7 +107,15 @@ impl TopologyManagerConfig {
             admin_token: None,
             storage,
             replication: None,
+            // Built in code: plaintext, explicitly (written as `[tls] plaintext = true`), until
+            // `with_tls`.
+            tls: TlsConfig::plaintext(),
         }
+    }
+
+    /// Serves (and connects) with `tls`.
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        Self { tls, ..self }
     }
 
     /// The keys the manager shares with the other member nodes: it holds the owner's key
@@ -123,6 +136,8 @@ impl TopologyManagerConfig {
         self.member()
             .map_err(|e| invalid("member_id", e.to_string()))?;
         self.member_config().check(path)?;
+        self.tls
+            .check_in_file(path, &[("sequencer_endpoints", &self.sequencer_endpoints)])?;
         // One file for both keys would make the manager's member key the owner key: anyone who
         // obtains its (less guarded) member key could then sign topology.
         if self.owner_key_file == self.key_file {
@@ -155,7 +170,7 @@ impl TopologyManagerConfig {
     pub fn replica_settings(&self) -> Option<ReplicaSettings> {
         let replication = self.replication.as_ref()?;
         Some(replication.settings(self.member_id.clone(), || {
-            format!("http://{}", self.listen_address)
+            self.tls.url(self.listen_address)
         }))
     }
 

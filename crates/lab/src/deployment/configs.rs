@@ -86,6 +86,11 @@ pub fn replication(
     }
 }
 
+/// The `[tls]` of every node of a deployment.
+pub fn lab_tls() -> meridian_node::tls::TlsConfig {
+    meridian_node::tls::TlsConfig::plaintext()
+}
+
 /// What every member (mediator, participant) shares: the owner and where the sequencer
 /// instances and topology manager replicas are.
 #[derive(Debug, Clone)]
@@ -150,6 +155,7 @@ pub fn sequencer(
         timing: Default::default(),
         admin_token: None,
         owner_public_key: Some(owner_public_key.to_owned()),
+        tls: lab_tls(),
     }
 }
 
@@ -170,6 +176,7 @@ pub fn topology_manager(
         admin_token: None,
         storage,
         replication,
+        tls: lab_tls(),
     }
 }
 
@@ -198,6 +205,7 @@ pub fn mediator(
         time_proof_interval_ms: settings.time_proof_interval_ms,
         storage,
         replication,
+        tls: lab_tls(),
     }
 }
 
@@ -226,6 +234,7 @@ pub fn participant(
         submit_timeout_ms: settings.submit_timeout_ms,
         limits: settings.limits,
         replication,
+        tls: lab_tls(),
     }
 }
 
