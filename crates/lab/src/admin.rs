@@ -151,12 +151,16 @@ async fn replica_line(
 }
 
 async fn status(data_dir: &Path) -> anyhow::Result<()> {
-    let client = http()?;
+    // The deployment's CA and the lab certificate, when `up` started it with TLS.
+    crate::tls::use_deployment(data_dir)?;
+    let client = &http()?;
     let description = description(data_dir)?;
     let mut nodes: Vec<String> = std::fs::read_dir(data_dir)
         .with_context(|| format!("reading {}", data_dir.display()))?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir() && e.file_name() != "keys")
+        .filter(|e| {
+            e.path().is_dir() && e.file_name() != "keys" && e.file_name() != crate::tls::TLS_DIR
+        })
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
         .collect();
     nodes.sort();
@@ -212,7 +216,8 @@ pub async fn switch_over(
              over; stop an instance with SIGTERM and members move to the others"
         );
     }
-    let client = http()?;
+    crate::tls::use_deployment(data_dir)?;
+    let client = &http()?;
     let replicas = replicas(data_dir, node)?;
     if replicas.len() < 2 {
         bail!(
@@ -230,7 +235,7 @@ pub async fn switch_over(
         .collect();
     let started = Instant::now();
     let response = client
-        .post(format!("http://{}/admin/step-down", active.admin_address))
+        .post(format!("{}/admin/step-down", crate::tls::url(&active.admin_address)))
         .send()
         .await
         .with_context(|| format!("asking {} to step down", active.name))?;

@@ -57,6 +57,9 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     for line in deployment.endpoints() {
         println!("  {line}");
     }
+    for line in deployment.tls_lines() {
+        println!("{line}");
+    }
     println!("Ctrl-C stops every node.");
     shutdown.cancelled().await;
     eprintln!("stopping...");

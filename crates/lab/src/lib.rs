@@ -20,4 +20,5 @@ pub mod region;
 pub mod replicas;
 mod stats;
 pub mod timed_run;
+pub mod tls;
 pub mod workload;

@@ -80,13 +80,14 @@ pub fn replication(
 ) -> ReplicationConfig {
     ReplicationConfig {
         replica_id: replica.to_string(),
-        advertised_endpoint: Some(format!("http://{advertised}")),
+        advertised_endpoint: Some(crate::tls::url(advertised)),
         lease_timeout_ms,
         poll_interval_ms: LEASE_POLL_INTERVAL_MS,
     }
 }
 
-/// The `[tls]` of every node of a deployment.
+/// The `[tls]` the builders below start from: explicit plaintext. A deployment replaces it
+/// with the node's own certificates (`with_tls(crate::tls::node_config(..))`).
 pub fn lab_tls() -> meridian_node::tls::TlsConfig {
     meridian_node::tls::TlsConfig::plaintext()
 }
