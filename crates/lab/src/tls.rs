@@ -4,6 +4,10 @@
 //! default of `meridian_client::tls`, admin HTTP through [`http`] — presenting the `lab`
 //! certificate and trusting only that CA.
 //!
+//! One CA per lab process, created on first use and written into every deployment's
+//! `<data>/tls/`, so the lab's clients trust every deployment it starts from the first moment
+//! (a client built before a deployment starts still works), and one `lab` certificate.
+//!
 //! TLS is the default; [`set_plaintext`] (the benches' `--plaintext`) turns a whole run to
 //! explicit plaintext so TLS and plaintext can be measured side by side. The state is
 //! process-wide because a lab process drives one deployment at a time and its many pollers
@@ -15,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use meridian_client::tls::ClientTls;
-use meridian_node::certs::{write_dev_certs, DevCerts, NodeSpec, CA_CERT_FILE};
+use meridian_node::certs::{write_issued, DevCa, DevCerts, IssuedPem, NodeSpec, CA_CERT_FILE};
 use meridian_node::tls::TlsConfig;
 
 /// Where a deployment's certificates live, under its data directory.
@@ -27,16 +31,62 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct State {
     plaintext: bool,
+    client: Option<ClientTls>,
     http: reqwest::Client,
 }
 
 static STATE: RwLock<Option<Arc<State>>> = RwLock::new(None);
 
+/// The lab process's CA and its own client certificate.
+struct LabIdentity {
+    ca: DevCa,
+    lab: IssuedPem,
+}
+
+static IDENTITY: std::sync::OnceLock<Result<LabIdentity, String>> = std::sync::OnceLock::new();
+
+fn identity() -> anyhow::Result<&'static LabIdentity> {
+    IDENTITY
+        .get_or_init(|| {
+            let make = || -> anyhow::Result<LabIdentity> {
+                let ca = DevCa::generate()?;
+                let lab = ca.issue(&LAB_CLIENT.parse().map_err(anyhow::Error::msg)?)?;
+                Ok(LabIdentity { ca, lab })
+            };
+            make().map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("cannot create the lab's TLS identity: {e}"))
+}
+
+/// The TLS state of this process: plaintext, a deployment loaded from files, or (first use)
+/// the lab's own CA.
 fn state() -> Option<Arc<State>> {
-    STATE
+    if let Some(state) = STATE
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()
+    {
+        return Some(state);
+    }
+    let identity = identity().ok()?;
+    let client = ClientTls::new(identity.ca.cert_pem())
+        .with_identity(identity.lab.cert_pem.clone(), identity.lab.key_pem.clone());
+    let http = build_http(Some(&client)).ok()?;
+    meridian_client::tls::install_default(client.clone());
+    let mut slot = STATE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some(
+        slot.get_or_insert_with(|| {
+            Arc::new(State {
+                plaintext: false,
+                client: Some(client),
+                http,
+            })
+        })
+        .clone(),
+    )
 }
 
 fn set_state(state: State) {
@@ -50,6 +100,7 @@ fn set_state(state: State) {
 pub fn set_plaintext() -> anyhow::Result<()> {
     set_state(State {
         plaintext: true,
+        client: None,
         http: build_http(None)?,
     });
     Ok(())
@@ -79,20 +130,27 @@ pub fn tls_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(TLS_DIR)
 }
 
-/// Writes a fresh CA and a certificate per node (and one for the lab) into `<data>/tls` and
-/// makes the lab's clients use them; nothing under [`set_plaintext`].
+/// Writes the lab's CA and a new certificate per node (and the lab's own) into `<data>/tls`;
+/// nothing under [`set_plaintext`].
 pub fn deployment_certs(data_dir: &Path, nodes: &[String]) -> anyhow::Result<Option<DevCerts>> {
     if is_plaintext() {
         return Ok(None);
     }
-    let mut specs: Vec<NodeSpec> = nodes
+    let specs: Vec<NodeSpec> = nodes
         .iter()
         .map(|name| name.parse().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<_>>()?;
-    specs.push(LAB_CLIENT.parse().map_err(anyhow::Error::msg)?);
-    let certs = write_dev_certs(&tls_dir(data_dir), &specs)
+    let identity = identity()?;
+    let dir = tls_dir(data_dir);
+    let mut certs = identity
+        .ca
+        .write(&dir, &specs)
         .context("writing the deployment's TLS certificates")?;
-    use_deployment(data_dir)?;
+    certs
+        .nodes
+        .push(write_issued(&dir, LAB_CLIENT, &identity.lab)?);
+    // Make sure this process's clients use the lab identity (installs the gRPC default).
+    let _ = state();
     Ok(Some(certs))
 }
 
@@ -112,14 +170,21 @@ pub fn use_deployment(data_dir: &Path) -> anyhow::Result<()> {
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     };
     let ca = read(ca_file)?;
+    if let Some(Ok(identity)) = IDENTITY.get() {
+        if identity.ca.cert_pem().as_bytes() == ca.as_slice() {
+            // This process made the deployment: its clients already trust it.
+            return Ok(());
+        }
+    }
     let cert = read(dir.join(format!("{LAB_CLIENT}.crt")))?;
     meridian_node::tls::check_private(&dir.join(format!("{LAB_CLIENT}.key")))?;
     let key = read(dir.join(format!("{LAB_CLIENT}.key")))?;
     let client = ClientTls::new(ca).with_identity(cert, key);
     let http = build_http(Some(&client))?;
-    meridian_client::tls::install_default(client);
+    meridian_client::tls::install_default(client.clone());
     set_state(State {
         plaintext: false,
+        client: Some(client),
         http,
     });
     Ok(())
@@ -166,11 +231,27 @@ pub fn http() -> anyhow::Result<reqwest::Client> {
     }
 }
 
+/// A builder for an admin HTTP client with the lab's TLS settings, for callers that need
+/// other timeouts than [`http`]'s.
+pub fn http_builder() -> anyhow::Result<reqwest::ClientBuilder> {
+    let client = state().and_then(|s| s.client.clone());
+    tls_builder(reqwest::Client::builder().no_proxy(), client.as_ref())
+}
+
 fn build_http(tls: Option<&ClientTls>) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(HTTP_TIMEOUT)
-        .tls_built_in_root_certs(false);
+    tls_builder(
+        reqwest::Client::builder().no_proxy().timeout(HTTP_TIMEOUT),
+        tls,
+    )?
+    .build()
+    .context("cannot build an HTTP client")
+}
+
+fn tls_builder(
+    builder: reqwest::ClientBuilder,
+    tls: Option<&ClientTls>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut builder = builder.tls_built_in_root_certs(false);
     if let Some(tls) = tls {
         builder = builder.add_root_certificate(
             reqwest::Certificate::from_pem(&tls.ca_pem).context("the deployment's CA")?,
@@ -183,5 +264,5 @@ fn build_http(tls: Option<&ClientTls>) -> anyhow::Result<reqwest::Client> {
             );
         }
     }
-    builder.build().context("cannot build an HTTP client")
+    Ok(builder)
 }

@@ -154,13 +154,6 @@ impl MediatorConfig {
     /// Refuses values that cannot work, naming the key; `path` names the file in messages.
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
         self.member_config().check(path)?;
-        self.tls.check_in_file(
-            path,
-            &[
-                ("sequencer_endpoints", &self.sequencer_endpoints),
-                ("topology_endpoints", &self.topology_endpoints),
-            ],
-        )?;
         let path = path.to_owned();
         if self.response_timeout_ms == 0 || self.response_timeout_ms > MAX_RESPONSE_TIMEOUT_MS {
             return Err(ConfigCheckError::ResponseTimeout {
@@ -182,6 +175,14 @@ impl MediatorConfig {
                 .check()
                 .map_err(InvalidSetting::in_file(&path))?;
         }
+        // Last, so a config from before `[tls]` existed still reports its other errors first.
+        self.tls.check_in_file(
+            &path,
+            &[
+                ("sequencer_endpoints", &self.sequencer_endpoints),
+                ("topology_endpoints", &self.topology_endpoints),
+            ],
+        )?;
         Ok(())
     }
 
@@ -220,6 +221,7 @@ mod tests {
              topology_endpoint = \"http://127.0.0.1:4301\"\n\
              admin_address = \"127.0.0.1:4201\"\n\
              {extra}\n\
+             [tls]\nplaintext = true\n\
              [storage]\nbackend = \"sqlite\"\npath = \"m.db\"\n",
             SigningKey::from_seed([7; 32]).public_key()
         )

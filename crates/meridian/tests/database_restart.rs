@@ -94,7 +94,7 @@ fn nodes(deployment: &Deployment) -> Vec<Node> {
 /// `/readyz` of one process: `Some((ready, body))`, or `None` if it did not answer in time.
 async fn readyz(client: &reqwest::Client, admin: std::net::SocketAddr) -> Option<(bool, String)> {
     let response = client
-        .get(format!("http://{admin}/readyz"))
+        .get(format!("{}/readyz", meridian_lab::tls::url(admin)))
         .send()
         .await
         .ok()?;
@@ -199,7 +199,7 @@ async fn a_database_outage_under_load_crashes_nothing_and_loses_nothing() {
     );
 
     let nodes = nodes(&deployment);
-    let http = reqwest::Client::builder()
+    let http = meridian_lab::tls::http_builder().unwrap()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();

@@ -98,36 +98,66 @@ impl DevCerts {
 /// Writes a new development CA and a certificate + key per node into `out` (created if
 /// missing): `ca.crt`, `ca.key`, `NAME.crt`, `NAME.key`. Existing files are overwritten.
 pub fn write_dev_certs(out: &Path, nodes: &[NodeSpec]) -> anyhow::Result<DevCerts> {
-    anyhow::ensure!(
-        nodes.len() <= MAX_NODES,
-        "{} nodes; at most {MAX_NODES} per call",
-        nodes.len()
-    );
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    DevCa::generate()?.write(out, nodes)
+}
 
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Meridian development CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    set_validity(&mut ca_params);
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
-        .context("signing the CA certificate")?;
+/// A development CA held in memory, so one process (the lab) can issue certificates for
+/// several deployments under one CA its clients trust from the start.
+pub struct DevCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
 
-    let ca_cert_file = out.join(CA_CERT_FILE);
-    let ca_key_file = out.join(CA_KEY_FILE);
-    write_public(&ca_cert_file, ca_cert.pem().as_bytes())?;
-    write_private(&ca_key_file, ca_key.serialize_pem().as_bytes())?;
+impl std::fmt::Debug for DevCa {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCa").finish_non_exhaustive()
+    }
+}
 
-    let mut written = Vec::with_capacity(nodes.len());
-    for node in nodes {
+/// A certificate and its key, PEM.
+#[derive(Clone)]
+pub struct IssuedPem {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedPem {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedPem").finish_non_exhaustive()
+    }
+}
+
+impl DevCa {
+    /// A new CA (ECDSA P-256).
+    pub fn generate() -> anyhow::Result<Self> {
+        let key = KeyPair::generate().context("generating the CA key")?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Meridian development CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(&mut params);
+        let cert = params
+            .self_signed(&key)
+            .context("signing the CA certificate")?;
+        Ok(Self { cert, key })
+    }
+
+    /// The CA certificate, PEM: what clients trust.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A certificate for `node`, for `localhost`, `127.0.0.1` and its hosts, usable as server
+    /// and client certificate.
+    pub fn issue(&self, node: &NodeSpec) -> anyhow::Result<IssuedPem> {
         let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         for host in &node.hosts {
             if !names.contains(host) {
@@ -148,22 +178,50 @@ pub fn write_dev_certs(out: &Path, nodes: &[NodeSpec]) -> anyhow::Result<DevCert
         set_validity(&mut params);
         let key = KeyPair::generate().context("generating a node key")?;
         let cert = params
-            .signed_by(&key, &ca_cert, &ca_key)
+            .signed_by(&key, &self.cert, &self.key)
             .with_context(|| format!("signing the certificate of node {}", node.name))?;
-        let cert_file = out.join(format!("{}.crt", node.name));
-        let key_file = out.join(format!("{}.key", node.name));
-        write_public(&cert_file, cert.pem().as_bytes())?;
-        write_private(&key_file, key.serialize_pem().as_bytes())?;
-        written.push(NodeFiles {
-            name: node.name.clone(),
-            cert_file,
-            key_file,
-        });
+        Ok(IssuedPem {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
-    Ok(DevCerts {
-        ca_cert_file,
-        ca_key_file,
-        nodes: written,
+
+    /// Writes the CA (`ca.crt`, `ca.key`) and a new certificate + key per node into `out`.
+    pub fn write(&self, out: &Path, nodes: &[NodeSpec]) -> anyhow::Result<DevCerts> {
+        anyhow::ensure!(
+            nodes.len() <= MAX_NODES,
+            "{} nodes; at most {MAX_NODES} per call",
+            nodes.len()
+        );
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        let ca_cert_file = out.join(CA_CERT_FILE);
+        let ca_key_file = out.join(CA_KEY_FILE);
+        write_public(&ca_cert_file, self.cert.pem().as_bytes())?;
+        write_private(&ca_key_file, self.key.serialize_pem().as_bytes())?;
+        let mut written = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let issued = self.issue(node)?;
+            written.push(write_issued(out, &node.name, &issued)?);
+        }
+        Ok(DevCerts {
+            ca_cert_file,
+            ca_key_file,
+            nodes: written,
+        })
+    }
+}
+
+/// Writes `issued` as `out/NAME.crt` and `out/NAME.key` (mode 0600).
+pub fn write_issued(out: &Path, name: &str, issued: &IssuedPem) -> anyhow::Result<NodeFiles> {
+    let cert_file = out.join(format!("{name}.crt"));
+    let key_file = out.join(format!("{name}.key"));
+    write_public(&cert_file, issued.cert_pem.as_bytes())?;
+    write_private(&key_file, issued.key_pem.as_bytes())?;
+    Ok(NodeFiles {
+        name: name.to_owned(),
+        cert_file,
+        key_file,
     })
 }
 

@@ -208,13 +208,6 @@ impl ParticipantConfig {
     /// Refuses values that cannot work, naming the key; `path` names the file in messages.
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
         self.member_config().check(path)?;
-        self.tls.check_in_file(
-            path,
-            &[
-                ("sequencer_endpoints", &self.sequencer_endpoints),
-                ("topology_endpoints", &self.topology_endpoints),
-            ],
-        )?;
         let path = path.to_owned();
         let advertised = self
             .replication
@@ -285,6 +278,14 @@ impl ParticipantConfig {
                 max: self.max_dedup_period_s,
             });
         }
+        // Last, so a config from before `[tls]` existed still reports its other errors first.
+        self.tls.check_in_file(
+            &path,
+            &[
+                ("sequencer_endpoints", &self.sequencer_endpoints),
+                ("topology_endpoints", &self.topology_endpoints),
+            ],
+        )?;
         Ok(())
     }
 
@@ -330,6 +331,8 @@ sequencer_endpoint = "http://127.0.0.1:4001"
 topology_endpoint = "http://127.0.0.1:4201"
 listen_address = "127.0.0.1:4501"
 admin_address = "127.0.0.1:4601"
+[tls]
+plaintext = true
 [storage]
 backend = "sqlite"
 path = "p1.db"

@@ -246,7 +246,6 @@ impl SequencerConfig {
     }
 
     pub fn check(&self, path: &str) -> Result<(), ConfigCheckError> {
-        self.tls.check_in_file(path, &[])?;
         let path = path.to_owned();
         if self.instance.count == 0 || self.instance.index >= self.instance.count {
             return Err(ConfigCheckError::InstanceIndex {
@@ -281,6 +280,8 @@ impl SequencerConfig {
                 interval_ms: self.timing.watermark_interval_ms,
             });
         }
+        // Last, so a config from before `[tls]` existed still reports its other errors first.
+        self.tls.check_in_file(&path, &[])?;
         Ok(())
     }
 }
@@ -292,8 +293,27 @@ mod tests {
     const BASE: &str = "listen_address = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n\
                         [storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n";
 
+    /// Explicit plaintext, which every config must now choose or replace with certificates.
+    const PLAINTEXT: &str = "[tls]\nplaintext = true\n";
+
     fn parse(extra: &str) -> SequencerConfig {
-        meridian_node::config::parse_toml(&format!("{extra}{BASE}"), "<test>").expect("parses")
+        meridian_node::config::parse_toml(&format!("{extra}{BASE}{PLAINTEXT}"), "<test>")
+            .expect("parses")
+    }
+
+    #[test]
+    fn a_config_without_tls_or_explicit_plaintext_is_refused_naming_both() {
+        let without: SequencerConfig =
+            meridian_node::config::parse_toml(BASE, "<test>").expect("parses");
+        let error = without.check("seq.toml").expect_err("no [tls] section");
+        let message = error.to_string();
+        assert!(
+            message.starts_with("seq.toml: tls:")
+                && message.contains("cert_file")
+                && message.contains("plaintext = true"),
+            "{message}"
+        );
+        parse("").check("seq.toml").expect("explicit plaintext loads");
     }
 
     #[test]

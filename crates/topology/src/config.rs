@@ -136,8 +136,6 @@ impl TopologyManagerConfig {
         self.member()
             .map_err(|e| invalid("member_id", e.to_string()))?;
         self.member_config().check(path)?;
-        self.tls
-            .check_in_file(path, &[("sequencer_endpoints", &self.sequencer_endpoints)])?;
         // One file for both keys would make the manager's member key the owner key: anyone who
         // obtains its (less guarded) member key could then sign topology.
         if self.owner_key_file == self.key_file {
@@ -162,6 +160,9 @@ impl TopologyManagerConfig {
         if let Some(replication) = &self.replication {
             replication.check().map_err(InvalidSetting::in_file(path))?;
         }
+        // Last, so a config from before `[tls]` existed still reports its other errors first.
+        self.tls
+            .check_in_file(path, &[("sequencer_endpoints", &self.sequencer_endpoints)])?;
         Ok(())
     }
 
@@ -187,7 +188,8 @@ mod tests {
     const BASE: &str = "owner_key_file = \"owner.key\"\nkey_file = \"tm.key\"\n\
         sequencer_endpoint = \"http://127.0.0.1:4001\"\n\
         listen_address = \"127.0.0.1:4201\"\nadmin_address = \"127.0.0.1:4301\"\n";
-    const STORAGE: &str = "[storage]\nbackend = \"sqlite\"\npath = \"t.db\"\n";
+    const STORAGE: &str =
+        "[tls]\nplaintext = true\n[storage]\nbackend = \"sqlite\"\npath = \"t.db\"\n";
 
     fn parse(text: &str) -> Result<TopologyManagerConfig, meridian_node::ConfigError> {
         meridian_node::config::parse_toml(text, "tm.toml")
