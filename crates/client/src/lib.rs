@@ -12,10 +12,10 @@ pub mod topology;
 
 pub use backoff::{Backoff, Delays};
 pub use error::ClientError;
-pub use tls::{ClientIdentity, ClientTls};
 pub use ledger::{Committed, LedgerClient, SubmitOutcome};
 pub use sequencer::{
     register_member, register_member_with_topology, SendReceipt, SequencerClient,
     SequencerClientConfig, Subscription, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_STALL_TIMEOUT, ENDPOINT_COOLDOWN, SUBSCRIPTION_BUFFER,
 };
+pub use tls::{ClientIdentity, ClientTls};

@@ -54,7 +54,11 @@ impl ClientTls {
     }
 
     /// Presents `cert_pem` (with its `key_pem`) to nodes that require a client certificate.
-    pub fn with_identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+    pub fn with_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
         self.identity = Some(ClientIdentity {
             cert_pem: cert_pem.into(),
             key_pem: key_pem.into(),
@@ -68,10 +72,9 @@ impl ClientTls {
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .timeout(HANDSHAKE_TIMEOUT);
         match &self.identity {
-            Some(identity) => config.identity(Identity::from_pem(
-                &identity.cert_pem,
-                &identity.key_pem,
-            )),
+            Some(identity) => {
+                config.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+            }
             None => config,
         }
     }
@@ -82,7 +85,9 @@ static DEFAULT: RwLock<Option<Arc<ClientTls>>> = RwLock::new(None);
 /// Makes `tls` what every `https://` channel of this process uses unless given its own. A
 /// node installs its `[tls]` client settings at start-up; the lab installs its deployment's.
 pub fn install_default(tls: ClientTls) {
-    let mut slot = DEFAULT.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut slot = DEFAULT
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     *slot = Some(Arc::new(tls));
 }
 
@@ -96,11 +101,7 @@ pub fn default_tls() -> Option<Arc<ClientTls>> {
 
 /// An endpoint for `url`: plaintext for `http://`, TLS for `https://` with `tls` or the
 /// process default. `what` names the endpoint in errors (e.g. "sequencer endpoint").
-pub fn endpoint(
-    url: &str,
-    tls: Option<&ClientTls>,
-    what: &str,
-) -> Result<Endpoint, ClientError> {
+pub fn endpoint(url: &str, tls: Option<&ClientTls>, what: &str) -> Result<Endpoint, ClientError> {
     let parsed = Endpoint::from_shared(url.to_owned())
         .map_err(|e| ClientError::InvalidConfig(format!("{what} {url:?} is not a URI: {e}")))?;
     match parsed.uri().scheme_str() {
@@ -113,9 +114,9 @@ pub fn endpoint(
                      (set [tls] ca_file, or use an http:// endpoint with [tls] plaintext = true)"
                 )));
             };
-            parsed
-                .tls_config(tls.tonic_config())
-                .map_err(|e| ClientError::InvalidConfig(format!("{what} {url:?}: TLS settings: {e}")))
+            parsed.tls_config(tls.tonic_config()).map_err(|e| {
+                ClientError::InvalidConfig(format!("{what} {url:?}: TLS settings: {e}"))
+            })
         }
         _ => Err(ClientError::InvalidConfig(format!(
             "{what} {url:?} must start with http:// or https://"

@@ -53,6 +53,14 @@ pub struct SwitchoverArgs {
 }
 
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
+    // The deployment's CA and the lab certificate, when `up` started it with TLS.
+    let data_dir = match &command {
+        AdminCommand::Status(args) => &args.data_dir,
+        AdminCommand::Switchover(args) => &args.data_dir,
+        AdminCommand::ForkReport(args) => &args.data_dir,
+        AdminCommand::ForkRepair(args) => &args.data_dir,
+    };
+    crate::tls::use_deployment(data_dir)?;
     match command {
         AdminCommand::Status(args) => status(&args.data_dir).await,
         AdminCommand::Switchover(args) => switchover(&args).await,
@@ -151,8 +159,6 @@ async fn replica_line(
 }
 
 async fn status(data_dir: &Path) -> anyhow::Result<()> {
-    // The deployment's CA and the lab certificate, when `up` started it with TLS.
-    crate::tls::use_deployment(data_dir)?;
     let client = &http()?;
     let description = description(data_dir)?;
     let mut nodes: Vec<String> = std::fs::read_dir(data_dir)
@@ -216,7 +222,6 @@ pub async fn switch_over(
              over; stop an instance with SIGTERM and members move to the others"
         );
     }
-    crate::tls::use_deployment(data_dir)?;
     let client = &http()?;
     let replicas = replicas(data_dir, node)?;
     if replicas.len() < 2 {
@@ -235,7 +240,10 @@ pub async fn switch_over(
         .collect();
     let started = Instant::now();
     let response = client
-        .post(format!("{}/admin/step-down", crate::tls::url(&active.admin_address)))
+        .post(format!(
+            "{}/admin/step-down",
+            crate::tls::url(&active.admin_address)
+        ))
         .send()
         .await
         .with_context(|| format!("asking {} to step down", active.name))?;

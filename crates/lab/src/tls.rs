@@ -108,7 +108,11 @@ pub fn set_plaintext() -> anyhow::Result<()> {
 
 /// Whether this process runs deployments in plaintext.
 pub fn is_plaintext() -> bool {
-    state().is_some_and(|s| s.plaintext)
+    STATE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .is_some_and(|s| s.plaintext)
 }
 
 /// `https` (the default) or `http` under [`set_plaintext`].
@@ -166,9 +170,8 @@ pub fn use_deployment(data_dir: &Path) -> anyhow::Result<()> {
     if !ca_file.exists() {
         return Ok(());
     }
-    let read = |path: PathBuf| {
-        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-    };
+    let read =
+        |path: PathBuf| std::fs::read(&path).with_context(|| format!("reading {}", path.display()));
     let ca = read(ca_file)?;
     if let Some(Ok(identity)) = IDENTITY.get() {
         if identity.ca.cert_pem().as_bytes() == ca.as_slice() {

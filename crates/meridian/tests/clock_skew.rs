@@ -46,8 +46,12 @@ fn instance(index: u32) -> impl FnOnce(&mut SequencerConfig) {
 
 /// `/readyz`: (HTTP status, reason or "").
 async fn readiness(process: &NodeProcess) -> (u16, String) {
-    let response =
-        common::admin_get(&meridian_lab::tls::http().unwrap(), process.admin_address, "readyz").await;
+    let response = common::admin_get(
+        &meridian_lab::tls::http().unwrap(),
+        process.admin_address,
+        "readyz",
+    )
+    .await;
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     (status, body["reason"].as_str().unwrap_or("").to_owned())

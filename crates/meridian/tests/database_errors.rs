@@ -336,7 +336,8 @@ async fn ride_out(fault: Fault) {
         "deployment up and under load after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let http = meridian_lab::tls::http_builder().unwrap()
+    let http = meridian_lab::tls::http_builder()
+        .unwrap()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();

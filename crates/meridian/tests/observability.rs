@@ -116,10 +116,14 @@ async fn health(process: &NodeProcess, service: &str) -> ServingStatus {
 }
 
 async fn readyz(process: &NodeProcess) -> u16 {
-    common::admin_get(&meridian_lab::tls::http().unwrap(), process.admin_address, "readyz")
-        .await
-        .status()
-        .as_u16()
+    common::admin_get(
+        &meridian_lab::tls::http().unwrap(),
+        process.admin_address,
+        "readyz",
+    )
+    .await
+    .status()
+    .as_u16()
 }
 
 /// Waits (bounded) until `process` answers `/readyz` with `code` and gRPC health with the

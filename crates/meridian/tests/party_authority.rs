@@ -72,9 +72,12 @@ async fn bob_at(deployment: &Deployment, index: usize) -> BTreeMap<String, Strin
 /// What a request to the topology manager to host bob on participant1 (made directly, not
 /// through a Ledger API) is answered with: signed by `key` in participant3's name, or unsigned.
 async fn direct_request(deployment: &Deployment, key: Option<&SigningKey>) -> tonic::Status {
-    let mut admin = common::grpc(TopologyAdminServiceClient::new, deployment.topology.grpc_endpoint())
-        .await
-        .unwrap();
+    let mut admin = common::grpc(
+        TopologyAdminServiceClient::new,
+        deployment.topology.grpc_endpoint(),
+    )
+    .await
+    .unwrap();
     let mut request = v1::TopologyAllocatePartyRequest {
         party: "bob".into(),
         participant: "participant1".into(),

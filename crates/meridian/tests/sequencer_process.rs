@@ -455,7 +455,13 @@ async fn kill9_under_load_postgres() {
 }
 
 async fn readyz_reason(sequencer: &SequencerProcess) -> (u16, serde_json::Value) {
-    let response = meridian_lab::tls::http().unwrap().get(format!("{}/readyz", meridian_lab::tls::url(sequencer.admin_address))).send()
+    let response = meridian_lab::tls::http()
+        .unwrap()
+        .get(format!(
+            "{}/readyz",
+            meridian_lab::tls::url(sequencer.admin_address)
+        ))
+        .send()
         .await
         .unwrap();
     let status = response.status().as_u16();
@@ -466,8 +472,14 @@ async fn readyz_reason(sequencer: &SequencerProcess) -> (u16, serde_json::Value)
 async fn wait_for_refusal(sequencer: &SequencerProcess, needle: &str) -> serde_json::Value {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if let Ok(response) =
-            meridian_lab::tls::http().unwrap().get(format!("{}/readyz", meridian_lab::tls::url(sequencer.admin_address))).send().await
+        if let Ok(response) = meridian_lab::tls::http()
+            .unwrap()
+            .get(format!(
+                "{}/readyz",
+                meridian_lab::tls::url(sequencer.admin_address)
+            ))
+            .send()
+            .await
         {
             let status = response.status().as_u16();
             let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -518,9 +530,11 @@ async fn refuses_to_serve_from_unsafe_postgres() {
         let (status, _) = readyz_reason(&sequencer).await;
         assert_eq!(status, 503);
         // The gRPC port stays closed: nothing can be sequenced.
-        assert!(common::grpc(SequencerServiceClient::new, sequencer.grpc_endpoint())
-            .await
-            .is_err());
+        assert!(
+            common::grpc(SequencerServiceClient::new, sequencer.grpc_endpoint())
+                .await
+                .is_err()
+        );
         let log = sequencer.log_tail(50);
         assert!(log.contains(needle), "the log says why: {log}");
     }

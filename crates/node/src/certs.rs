@@ -193,8 +193,7 @@ impl DevCa {
             "{} nodes; at most {MAX_NODES} per call",
             nodes.len()
         );
-        std::fs::create_dir_all(out)
-            .with_context(|| format!("cannot create {}", out.display()))?;
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         let ca_cert_file = out.join(CA_CERT_FILE);
         let ca_key_file = out.join(CA_KEY_FILE);
         write_public(&ca_cert_file, self.cert.pem().as_bytes())?;

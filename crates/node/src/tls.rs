@@ -140,10 +140,16 @@ impl TlsConfig {
             ));
         }
         if self.cert_file.is_none() {
-            return Err(("tls.cert_file", "key_file is set but cert_file is not".into()));
+            return Err((
+                "tls.cert_file",
+                "key_file is set but cert_file is not".into(),
+            ));
         }
         if self.key_file.is_none() {
-            return Err(("tls.key_file", "cert_file is set but key_file is not".into()));
+            return Err((
+                "tls.key_file",
+                "cert_file is set but key_file is not".into(),
+            ));
         }
         if self.client_auth == ClientAuth::Required && self.ca_file.is_none() {
             return Err((
@@ -189,7 +195,8 @@ impl TlsConfig {
         let in_file = crate::config::InvalidSetting::in_file(path);
         self.check().map_err(&in_file)?;
         for (key, list) in endpoints {
-            self.check_endpoints(key, list.as_slice()).map_err(&in_file)?;
+            self.check_endpoints(key, list.as_slice())
+                .map_err(&in_file)?;
         }
         Ok(())
     }
@@ -210,12 +217,13 @@ impl TlsConfig {
             ClientAuth::Required => ca_pem.clone(),
             ClientAuth::None => None,
         };
-        let server = ServerTls::new(cert_pem.clone(), key_pem.clone(), client_ca).map_err(
-            |reason| TlsError::Invalid {
-                path: cert_file.clone(),
-                reason,
-            },
-        )?;
+        let server =
+            ServerTls::new(cert_pem.clone(), key_pem.clone(), client_ca).map_err(|reason| {
+                TlsError::Invalid {
+                    path: cert_file.clone(),
+                    reason,
+                }
+            })?;
         let client = ca_pem.map(|ca| {
             let tls = ClientTls::new(ca);
             match self.client_auth {
@@ -356,13 +364,12 @@ impl ServerTls {
                         .add(cert)
                         .map_err(|e| format!("ca_file holds an unusable CA certificate: {e}"))?;
                 }
-                let verifier =
-                    rustls::server::WebPkiClientVerifier::builder_with_provider(
-                        Arc::new(roots),
-                        provider,
-                    )
-                    .build()
-                    .map_err(|e| format!("ca_file: {e}"))?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| format!("ca_file: {e}"))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -449,19 +456,18 @@ pub async fn serve_router_tls(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "admin HTTP TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "admin HTTP TLS handshake timed out");
-                    return;
-                }
-            };
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "admin HTTP TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "admin HTTP TLS handshake timed out");
+                        return;
+                    }
+                };
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -91,9 +91,12 @@ async fn grpc_over_tls_refuses_plaintext_clients_and_clients_of_another_ca() {
     let shutdown = CancellationToken::new();
     let address = grpc_server(Some(server_tls(&ours, false)), &shutdown).await;
 
-    check(&format!("https://{address}"), Some(&client_tls(&ours, false)))
-        .await
-        .expect("a client trusting the CA is served over TLS");
+    check(
+        &format!("https://{address}"),
+        Some(&client_tls(&ours, false)),
+    )
+    .await
+    .expect("a client trusting the CA is served over TLS");
     check(&format!("http://{address}"), None)
         .await
         .expect_err("a plaintext client is refused by a TLS node");
@@ -115,9 +118,12 @@ async fn a_tls_client_refuses_a_plaintext_node() {
     check(&format!("http://{address}"), None)
         .await
         .expect("the plaintext node serves plaintext");
-    check(&format!("https://{address}"), Some(&client_tls(&ours, false)))
-        .await
-        .expect_err("a TLS client does not fall back to plaintext");
+    check(
+        &format!("https://{address}"),
+        Some(&client_tls(&ours, false)),
+    )
+    .await
+    .expect_err("a TLS client does not fall back to plaintext");
     shutdown.cancel();
 }
 
@@ -231,8 +237,15 @@ fn development_keys_are_written_private() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ours = certs(dir.path());
-    for key in [&ours.ca_key_file, &ours.node("node").expect("files").key_file] {
-        let mode = std::fs::metadata(key).expect("written").permissions().mode() & 0o777;
+    for key in [
+        &ours.ca_key_file,
+        &ours.node("node").expect("files").key_file,
+    ] {
+        let mode = std::fs::metadata(key)
+            .expect("written")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{}", key.display());
     }
 }
@@ -245,12 +258,16 @@ fn a_config_with_neither_tls_nor_explicit_plaintext_is_refused() {
         reason.contains("cert_file") && reason.contains("plaintext = true"),
         "names both ways out: {reason}"
     );
-    TlsConfig::plaintext().check().expect("explicit plaintext is allowed");
+    TlsConfig::plaintext()
+        .check()
+        .expect("explicit plaintext is allowed");
     let mixed = TlsConfig {
         plaintext: true,
         ..TlsConfig::files("a.crt".into(), "a.key".into(), "ca.crt".into())
     };
-    mixed.check().expect_err("plaintext with certificate files is ambiguous");
+    mixed
+        .check()
+        .expect_err("plaintext with certificate files is ambiguous");
     let https = ["https://127.0.0.1:1".to_owned()];
     TlsConfig::plaintext()
         .check_endpoints("sequencer_endpoints", &https)

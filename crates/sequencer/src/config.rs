@@ -313,7 +313,9 @@ mod tests {
                 && message.contains("plaintext = true"),
             "{message}"
         );
-        parse("").check("seq.toml").expect("explicit plaintext loads");
+        parse("")
+            .check("seq.toml")
+            .expect("explicit plaintext loads");
     }
 
     #[test]

@@ -213,9 +213,9 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let server = grpc_server(&config, &node.health, shared)
         .with_tls(tls.server.clone())
         .serve(
-        meridian_node::grpc::bind(config.listen_address).await?,
-        shutdown.clone(),
-    )?;
+            meridian_node::grpc::bind(config.listen_address).await?,
+            shutdown.clone(),
+        )?;
     readiness.clear("startup");
     tracing::info!(address = %config.listen_address, "sequencer gRPC listening");
     let served = server.await;

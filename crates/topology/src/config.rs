@@ -170,9 +170,7 @@ impl TopologyManagerConfig {
     /// member id: all replicas are the same sequencer member.
     pub fn replica_settings(&self) -> Option<ReplicaSettings> {
         let replication = self.replication.as_ref()?;
-        Some(replication.settings(self.member_id.clone(), || {
-            self.tls.url(self.listen_address)
-        }))
+        Some(replication.settings(self.member_id.clone(), || self.tls.url(self.listen_address)))
     }
 
     pub fn member(&self) -> Result<MemberId, meridian_core::IdError> {
