@@ -28,10 +28,11 @@ use meridian_core::ledger::{Command, Contract};
 use meridian_core::{CommandId, ContractId, PartyId, TemplateId, UserId};
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::error::{require_endpoints, Peer};
+use crate::tls::ClientTls;
 use crate::{Backoff, ClientError};
 
 /// How often an open connection to a replica is pinged, and how long a ping may go unanswered
@@ -100,16 +101,21 @@ impl std::fmt::Debug for LedgerClient {
 impl LedgerClient {
     /// A client for one or more replica endpoints (`http://host:port`). Connections are lazy.
     pub fn new(endpoints: &[String], user_id: UserId) -> Result<Self, ClientError> {
+        Self::with_tls(endpoints, user_id, None)
+    }
+
+    /// [`Self::new`] with explicit TLS settings for `https://` endpoints instead of the
+    /// process default ([`crate::tls::install_default`]).
+    pub fn with_tls(
+        endpoints: &[String],
+        user_id: UserId,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, ClientError> {
         require_endpoints(endpoints, "a ledger client needs at least one endpoint")?;
         let channels = endpoints
             .iter()
             .map(|endpoint| {
-                let channel = Endpoint::from_shared(endpoint.clone())
-                    .map_err(|e| {
-                        ClientError::InvalidConfig(format!(
-                            "endpoint {endpoint:?} is not a URI: {e}"
-                        ))
-                    })?
+                let channel = crate::tls::endpoint(endpoint, tls, "ledger endpoint")?
                     .connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true)
                     // A frozen replica (SIGSTOP, a stuck VM) keeps its TCP connections open

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod error;
 pub mod ledger;
 pub mod sequencer;
+pub mod tls;
 pub mod topology;
 
 pub use backoff::{Backoff, Delays};
@@ -17,3 +18,4 @@ pub use sequencer::{
     SequencerClientConfig, Subscription, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_STALL_TIMEOUT, ENDPOINT_COOLDOWN, SUBSCRIPTION_BUFFER,
 };
+pub use tls::{ClientIdentity, ClientTls};

@@ -50,12 +50,13 @@ use meridian_proto::v1::sequencer_service_client::SequencerServiceClient;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, Delays};
 use crate::error::{require_endpoints, ClientError, Peer};
+use crate::tls::ClientTls;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -174,6 +175,15 @@ impl SequencerClient {
     /// authenticate on first use). A sequencer that is not up yet is retried with the
     /// configured backoff, so members may start before their sequencer.
     pub async fn connect(config: SequencerClientConfig) -> Result<Self, ClientError> {
+        Self::connect_with_tls(config, None).await
+    }
+
+    /// [`Self::connect`] with explicit TLS settings for `https://` endpoints instead of the
+    /// process default ([`crate::tls::install_default`]).
+    pub async fn connect_with_tls(
+        config: SequencerClientConfig,
+        tls: Option<ClientTls>,
+    ) -> Result<Self, ClientError> {
         if config.endpoints.is_empty() {
             return Err(ClientError::InvalidConfig(
                 "no sequencer endpoint configured".to_owned(),
@@ -190,8 +200,13 @@ impl SequencerClient {
             .endpoints
             .iter()
             .map(|url| {
-                let channel =
-                    channel_with_pings(url, config.connect_timeout, ping_interval, ping_timeout)?;
+                let channel = channel_with_pings(
+                    url,
+                    tls.as_ref(),
+                    config.connect_timeout,
+                    ping_interval,
+                    ping_timeout,
+                )?;
                 Ok(EndpointState {
                     url: url.clone(),
                     grpc: SequencerServiceClient::new(channel),
@@ -407,6 +422,7 @@ impl Drop for Subscription {
 fn channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
     channel_with_pings(
         endpoint,
+        None,
         connect_timeout,
         KEEP_ALIVE_INTERVAL,
         KEEP_ALIVE_TIMEOUT,
@@ -415,18 +431,13 @@ fn channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ClientE
 
 fn channel_with_pings(
     endpoint: &str,
+    tls: Option<&ClientTls>,
     connect_timeout: Duration,
     ping_interval: Duration,
     ping_timeout: Duration,
 ) -> Result<Channel, ClientError> {
-    let parsed = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| {
-        ClientError::InvalidConfig(format!("sequencer endpoint {endpoint:?} is not a URI: {e}"))
-    })?;
-    if parsed.uri().scheme_str() != Some("http") {
-        return Err(ClientError::InvalidConfig(format!(
-            "sequencer endpoint {endpoint:?} must start with http://"
-        )));
-    }
+    // http:// is plaintext, https:// is TLS (with `tls` or the process default).
+    let parsed = crate::tls::endpoint(endpoint, tls, "sequencer endpoint")?;
     // Lazy: nothing is dialled until the first call, and a lost connection is re-dialled on
     // the next call, which is what the retry loops rely on.
     Ok(parsed

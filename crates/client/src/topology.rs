@@ -31,7 +31,8 @@ pub async fn fetch_topology(
 async fn fetch_topology_from(
     endpoint: &str,
 ) -> Result<Vec<(Timestamp, SignedTopologyTransaction)>, ClientError> {
-    let mut client = TopologyAdminServiceClient::connect(endpoint.to_owned())
+    let channel = crate::tls::endpoint(endpoint, None, "topology manager endpoint")?
+        .connect()
         .await
         .map_err(|e| ClientError::Unavailable {
             peer: Peer::TopologyManager,
@@ -39,6 +40,7 @@ async fn fetch_topology_from(
             attempts: 1,
             last_error: e.to_string(),
         })?;
+    let mut client = TopologyAdminServiceClient::new(channel);
     let response = client
         .get_topology(GetTopologyRequest {})
         .await

@@ -57,6 +57,14 @@ pub struct SwitchoverArgs {
 }
 
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
+    // The deployment's CA and the lab certificate, when `up` started it with TLS.
+    let data_dir = match &command {
+        AdminCommand::Status(args) => &args.data_dir,
+        AdminCommand::Switchover(args) => &args.data_dir,
+        AdminCommand::ForkReport(args) => &args.data_dir,
+        AdminCommand::ForkRepair(args) => &args.data_dir,
+    };
+    crate::tls::use_deployment(data_dir)?;
     match command {
         AdminCommand::Status(args) => status(&args.data_dir).await,
         AdminCommand::Switchover(args) => switchover(&args).await,
@@ -155,12 +163,14 @@ async fn replica_line(
 }
 
 async fn status(data_dir: &Path) -> anyhow::Result<()> {
-    let client = http()?;
+    let client = &http()?;
     let description = description(data_dir)?;
     let mut nodes: Vec<String> = std::fs::read_dir(data_dir)
         .with_context(|| format!("reading {}", data_dir.display()))?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir() && e.file_name() != "keys")
+        .filter(|e| {
+            e.path().is_dir() && e.file_name() != "keys" && e.file_name() != crate::tls::TLS_DIR
+        })
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
         .collect();
     nodes.sort();
@@ -228,7 +238,7 @@ pub async fn switch_over_with(
              over; stop an instance with SIGTERM and members move to the others"
         );
     }
-    let client = http()?;
+    let client = &http()?;
     let replicas = replicas(data_dir, node)?;
     if replicas.len() < 2 {
         bail!(
@@ -244,7 +254,10 @@ pub async fn switch_over_with(
         .into_iter()
         .filter(|r| r.name != active.name)
         .collect();
-    let mut request = client.post(format!("http://{}/admin/step-down", active.admin_address));
+    let mut request = client.post(format!(
+        "{}/admin/step-down",
+        crate::tls::url(&active.admin_address)
+    ));
     if let Some(path) = crate::secrets::admin_token_for(data_dir, admin_token_file) {
         request = request.header(
             reqwest::header::AUTHORIZATION,

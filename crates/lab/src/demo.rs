@@ -65,6 +65,9 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         );
         println!("  {}", auth.command_line("<PARTICIPANT>"));
     }
+    for line in deployment.tls_lines() {
+        println!("{line}");
+    }
     println!("Ctrl-C stops every node.");
     shutdown.cancelled().await;
     eprintln!("stopping...");

@@ -811,7 +811,7 @@ async fn another_replica_active(
 async fn get_admin(address: std::net::SocketAddr, path: &str) -> Option<reqwest::Response> {
     replicas::http()
         .ok()?
-        .get(format!("http://{address}{path}"))
+        .get(format!("{}{path}", crate::tls::url(address)))
         .timeout(POLL_HTTP_TIMEOUT)
         .send()
         .await

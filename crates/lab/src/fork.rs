@@ -49,7 +49,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn report(args: &ForkReportArgs) -> anyhow::Result<()> {
     let replicas = replicas_with_cold(&args.data_dir, &args.node)?;
-    let client = http()?;
+    let client = &http()?;
     let mut answered = 0;
     for replica in &replicas {
         let Some(status) = get_status(client, replica).await else {

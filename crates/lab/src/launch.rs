@@ -73,6 +73,7 @@ impl NodeProcess {
             timing: Default::default(),
             admin_token: None,
             owner_public_key: None,
+            tls: crate::tls::standalone_node_config(dir)?,
         };
         adjust(&mut config);
         let config = toml::to_string(&config).context("writing the sequencer config")?;
@@ -157,7 +158,7 @@ impl NodeProcess {
     }
 
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc_address)
+        crate::tls::url(self.grpc_address)
     }
 
     /// Polls `/readyz` until 200, failing early (with the log's tail) if the process exits.
@@ -184,15 +185,18 @@ impl NodeProcess {
         timeout: Duration,
         exited_when: &str,
     ) -> anyhow::Result<Result<(), String>> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()?;
-        let url = format!("http://{}{path}", self.admin_address);
+        let client = crate::tls::http()?;
+        let url = format!("{}{path}", crate::tls::url(self.admin_address));
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
             self.bail_if_exited(exited_when)?;
-            match client.get(&url).send().await {
+            match client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
                 Ok(response) if response.status().is_success() => return Ok(Ok(())),
                 Ok(response) => last = response.text().await.unwrap_or_default(),
                 Err(error) => last = error.to_string(),

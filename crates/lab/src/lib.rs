@@ -21,5 +21,6 @@ pub mod replicas;
 pub mod secrets;
 mod stats;
 pub mod timed_run;
+pub mod tls;
 pub mod token;
 pub mod workload;

@@ -395,7 +395,7 @@ async fn readiness_of(deployment: &Deployment, only: Option<&[String]>) -> Vec<N
         if only.is_some_and(|names| !names.iter().any(|n| n == process.name())) {
             continue;
         }
-        let url = format!("http://{}/readyz", process.admin_address);
+        let url = format!("{}/readyz", crate::tls::url(process.admin_address));
         let answer = match crate::replicas::http() {
             Ok(client) => client.get(&url).timeout(READYZ_TIMEOUT).send().await,
             Err(error) => {

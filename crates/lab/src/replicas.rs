@@ -5,7 +5,6 @@
 //! drills and the tests share these.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -72,7 +71,7 @@ pub async fn get_status(
     client: &reqwest::Client,
     replica: &ReplicaAddress,
 ) -> Option<serde_json::Value> {
-    let url = format!("http://{}/status", replica.admin_address);
+    let url = format!("{}/status", crate::tls::url(&replica.admin_address));
     client.get(url).send().await.ok()?.json().await.ok()
 }
 
@@ -88,18 +87,9 @@ pub(crate) fn role(status: &serde_json::Value) -> Option<&str> {
 
 /// One HTTP client for every admin call of this process: drills poll every few
 /// milliseconds, and a client per call would build a connection pool per call.
-pub fn http() -> anyhow::Result<&'static reqwest::Client> {
-    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
-        std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("cannot build an HTTP client: {e}"))
+/// It speaks https to TLS deployments (see [`crate::tls::http`]).
+pub fn http() -> anyhow::Result<reqwest::Client> {
+    crate::tls::http()
 }
 
 /// Each replica of `node` except `skip`, with the role its `/status` reports (`None` if it
@@ -114,7 +104,7 @@ pub async fn replica_roles(
         .into_iter()
         .filter(|r| Some(r.name.as_str()) != skip)
         .collect();
-    let roles = roles(http()?, &replicas).await;
+    let roles = roles(&http()?, &replicas).await;
     Ok(replicas
         .into_iter()
         .zip(roles)
@@ -147,7 +137,7 @@ pub(crate) async fn first_active<'r>(
 /// The name of the replica of `node` that reports itself active, if any answers so.
 pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Option<String>> {
     let replicas = replicas(data_dir, node)?;
-    Ok(first_active(http()?, &replicas)
+    Ok(first_active(&http()?, &replicas)
         .await
         .map(|replica| replica.name.clone()))
 }

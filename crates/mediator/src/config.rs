@@ -36,6 +36,7 @@ use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig, MemberEndpo
 use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
+use meridian_node::tls::TlsConfig;
 use meridian_node::AdminHttpConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,10 @@ pub struct MediatorConfig {
     /// Absent: a single mediator, active from the start (no lease, no fencing).
     #[serde(default)]
     pub replication: Option<ReplicationConfig>,
+    /// TLS of the gRPC and admin HTTP listeners and of this node's clients: certificate
+    /// files, or `plaintext = true` explicitly. Absent: refused at load (see docs/tls.md).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 fn default_member_id() -> MemberId {
@@ -136,7 +141,15 @@ impl MediatorConfig {
             time_proof_interval_ms: default_time_proof_interval_ms(),
             storage,
             replication: None,
+            // Built in code: plaintext, explicitly (written as `[tls] plaintext = true`), until
+            // `with_tls`.
+            tls: TlsConfig::plaintext(),
         }
+    }
+
+    /// Serves (and connects) with `tls`.
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        Self { tls, ..self }
     }
 
     /// The keys the mediator shares with every member node.
@@ -173,6 +186,14 @@ impl MediatorConfig {
                 .check()
                 .map_err(InvalidSetting::in_file(&path))?;
         }
+        // Last, so a config from before `[tls]` existed still reports its other errors first.
+        self.tls.check_in_file(
+            &path,
+            &[
+                ("sequencer_endpoints", &self.sequencer_endpoints),
+                ("topology_endpoints", &self.topology_endpoints),
+            ],
+        )?;
         Ok(())
     }
 
@@ -181,7 +202,7 @@ impl MediatorConfig {
     pub fn replica_settings(&self) -> Option<ReplicaSettings> {
         let replication = self.replication.as_ref()?;
         Some(replication.settings(self.member_id.to_string(), || {
-            format!("http://{}", self.admin_address)
+            self.tls.url(self.admin_address)
         }))
     }
 
@@ -211,6 +232,7 @@ mod tests {
              topology_endpoint = \"http://127.0.0.1:4301\"\n\
              admin_address = \"127.0.0.1:4201\"\n\
              {extra}\n\
+             [tls]\nplaintext = true\n\
              [storage]\nbackend = \"sqlite\"\npath = \"m.db\"\n",
             SigningKey::from_seed([7; 32]).public_key()
         )

@@ -79,7 +79,10 @@ pub async fn run(config: MediatorConfig, stop: CancellationToken) -> anyhow::Res
         config.admin_token_file.as_deref(),
         "from the mediator config",
     )?;
-    let node = NodeState::starting();
+    // TLS first: a config whose certificate or key cannot be used stops the node before it
+    // listens, and every client of other nodes it opens uses these settings.
+    let tls = config.tls.start("mediator")?;
+    let node = NodeState::starting().with_tls(tls.server.clone());
     let (health, readiness) = (node.health.clone(), node.readiness.clone());
     let mediator_metrics = node.metrics.with_registry(MediatorMetrics::register);
     let status_state = Arc::new(StatusState::default());

@@ -70,6 +70,15 @@ enum Command {
     /// Development Ledger API tokens: mint one from a private key, or create a key pair
     /// (`token keygen`). See docs/ledger-api.md, "Authorization".
     Token(token::TokenArgs),
+    /// Write a development CA and a TLS certificate + key per node (see docs/tls.md).
+    Certs {
+        /// Directory to write ca.crt, ca.key, NAME.crt and NAME.key into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// A node: NAME, or NAME=host,host,... for names besides localhost and 127.0.0.1.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<meridian_node::certs::NodeSpec>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +97,18 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Sequencer { config } => run_sequencer(config).await,
+            Command::Certs { out, nodes } => {
+                let written = meridian_node::certs::write_dev_certs(&out, &nodes)?;
+                for file in written.files() {
+                    println!("wrote {}", file.display());
+                }
+                println!(
+                    "private keys are mode 0600; clients trust {} (e.g. grpcurl -cacert {})",
+                    written.ca_cert_file.display(),
+                    written.ca_cert_file.display()
+                );
+                Ok(())
+            }
             Command::Topology { config } => {
                 let config = meridian_topology::TopologyManagerConfig::load(&config)?;
                 meridian_topology::run(config, meridian_node::shutdown::shutdown_token()).await

@@ -46,8 +46,12 @@ fn instance(index: u32) -> impl FnOnce(&mut SequencerConfig) {
 
 /// `/readyz`: (HTTP status, reason or "").
 async fn readiness(process: &NodeProcess) -> (u16, String) {
-    let response =
-        common::admin_get(&reqwest::Client::new(), process.admin_address, "readyz").await;
+    let response = common::admin_get(
+        &meridian_lab::tls::http().unwrap(),
+        process.admin_address,
+        "readyz",
+    )
+    .await;
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     (status, body["reason"].as_str().unwrap_or("").to_owned())
@@ -55,7 +59,7 @@ async fn readiness(process: &NodeProcess) -> (u16, String) {
 
 /// The gRPC health of the whole server (`service = ""`).
 async fn grpc_health(process: &NodeProcess) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(process.grpc_endpoint())
+    let channel = common::endpoint(process.grpc_endpoint())
         .unwrap()
         .connect()
         .await
@@ -71,7 +75,7 @@ async fn grpc_health(process: &NodeProcess) -> i32 {
 }
 
 async fn status(process: &NodeProcess) -> serde_json::Value {
-    common::admin_status(&reqwest::Client::new(), process.admin_address).await
+    common::admin_status(&meridian_lab::tls::http().unwrap(), process.admin_address).await
 }
 
 /// Polls `/readyz` until `wanted` holds for (status, reason), failing after `within`.

@@ -152,7 +152,7 @@ fn single_spec(dir: &Path, server: &PostgresServer) -> DeploymentSpec {
 async fn readyz(client: &reqwest::Client, deployment: &Deployment) -> Option<(bool, String)> {
     let admin = deployment.participants[WATCHED].admin_address;
     let response = client
-        .get(format!("http://{admin}/readyz"))
+        .get(format!("{}/readyz", meridian_lab::tls::url(admin)))
         .send()
         .await
         .ok()?;
@@ -336,7 +336,8 @@ async fn ride_out(fault: Fault) {
         "deployment up and under load after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let http = reqwest::Client::builder()
+    let http = meridian_lab::tls::http_builder()
+        .unwrap()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();

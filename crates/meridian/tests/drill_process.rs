@@ -262,7 +262,7 @@ fn a_region_switchover_loses_and_duplicates_nothing() {
         .unwrap()
         .to_owned();
     let member = std::fs::read_to_string(data.join("participant2/participant2-a.toml")).unwrap();
-    assert!(member.contains(&format!("http://{listen}")), "{member}");
+    assert!(member.contains(&meridian_lab::tls::url(listen)), "{member}");
 }
 
 /// A region loss under load on `docs/examples/two-regions-split.toml`: the synchronizer and

@@ -134,7 +134,11 @@ fn admin(args: &[&str]) -> (bool, String, String) {
 /// `/readyz` of participant `index`: (ready, body); not ready while its admin port is not up.
 async fn readyz(http: &reqwest::Client, deployment: &Deployment, index: usize) -> (bool, String) {
     let address = deployment.participants[index].admin_address;
-    match http.get(format!("http://{address}/readyz")).send().await {
+    match http
+        .get(format!("{}/readyz", meridian_lab::tls::url(address)))
+        .send()
+        .await
+    {
         Ok(response) => {
             let ready = response.status().is_success();
             (ready, response.text().await.unwrap_or_default())
@@ -151,7 +155,8 @@ fn setup(dir: &Path) -> (DeploymentSpec, UserId, reqwest::Client) {
         ..DeploymentSpec::local(dir.to_path_buf(), 3).unwrap()
     };
     let user = UserId::new("test").unwrap();
-    let http = reqwest::Client::builder()
+    let http = meridian_lab::tls::http_builder()
+        .unwrap()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -444,7 +449,7 @@ async fn a_topology_manager_ahead_of_the_restored_sequencer_halts_with_the_alarm
     let started = Instant::now();
     let body = loop {
         let answer = http
-            .get(format!("http://{admin_address}/readyz"))
+            .get(format!("{}/readyz", meridian_lab::tls::url(admin_address)))
             .send()
             .await;
         if let Ok(answer) = answer {

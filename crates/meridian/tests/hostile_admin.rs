@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request};
-use meridian_node::{router, AdminState, Health, Metrics};
+use meridian_node::{
+    router, AdminHttpAuth, AdminHttpConfig, AdminState, AdminToken, Health, Metrics,
+};
 use meridian_testkit::hostile::hostile_cases;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -76,6 +78,7 @@ fn headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
         Just(b"application/openmetrics-text; version=1.0.0".to_vec()),
         Just(b"application/json".to_vec()),
         Just(b"Bearer not-the-token".to_vec()),
+        Just(format!("Bearer {TOKEN}").into_bytes()),
         vec(any::<u8>(), 0..64),
     ];
     vec((name, value), 0..6)
@@ -89,6 +92,9 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         (0usize..200_000).prop_map(|n| vec![b'{'; n]),
     ]
 }
+
+/// The admin token the router under test requires.
+const TOKEN: &str = "hostile-test-admin-token";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -107,6 +113,7 @@ proptest! {
         headers in headers(),
         body in body(),
         active in any::<bool>(),
+        protect in any::<bool>(),
     ) {
         let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Ok(()) };
         let mut builder = Request::builder().method(method.clone()).uri(path.as_str());
@@ -120,7 +127,14 @@ proptest! {
         }
         // What no HTTP parser lets through (an invalid URI) never reaches the router.
         let Ok(request) = builder.body(Body::from(body)) else { return Ok(()) };
-        let exact_step_down = method == Method::POST && request.uri().path() == "/admin/step-down";
+        // Only the exact route with the configured token may step down; a hostile header
+        // carrying the right token by chance is allowed to (the generator never makes it).
+        let authorized = request
+            .headers()
+            .get("authorization")
+            .is_some_and(|value| value.as_bytes().trim_ascii() == format!("Bearer {TOKEN}").as_bytes());
+        let exact_step_down =
+            method == Method::POST && request.uri().path() == "/admin/step-down" && authorized;
 
         let steps = Arc::new(AtomicUsize::new(0));
         let counted = steps.clone();
@@ -134,6 +148,13 @@ proptest! {
                 counted.fetch_add(1, Ordering::SeqCst);
                 active
             })),
+            auth: AdminHttpAuth {
+                token: AdminToken::new(Some(TOKEN), "from the test"),
+                config: AdminHttpConfig {
+                    protect_status: protect,
+                    protect_metrics: protect,
+                },
+            },
         };
         let (status, content_type, bytes) = runtime().block_on(async {
             let response = router(state).oneshot(request).await.unwrap();

@@ -178,7 +178,7 @@ async fn bad_commands_get_documented_errors() {
     let p2 = &parties.clients[1];
 
     // Malformed payload JSON and unknown template: raw gRPC, as a sloppy client would send.
-    let mut raw = LedgerServiceClient::connect(deployment.ledger_endpoint(0))
+    let mut raw = common::grpc(LedgerServiceClient::new, deployment.ledger_endpoint(0))
         .await
         .unwrap();
     let status = raw

@@ -75,7 +75,7 @@ async fn every_roles_metrics_pass_promtool() {
     Parties::allocate(&deployment, &UserId::new("metrics").unwrap())
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = meridian_lab::tls::http().unwrap();
     let mut roles = std::collections::BTreeSet::new();
     let mut complaints = Vec::new();
     for process in deployment.processes() {
@@ -96,7 +96,7 @@ async fn every_roles_metrics_pass_promtool() {
 }
 
 async fn channel(process: &NodeProcess) -> Channel {
-    tonic::transport::Endpoint::from_shared(process.grpc_endpoint())
+    common::endpoint(process.grpc_endpoint())
         .unwrap()
         .connect()
         .await
@@ -116,10 +116,14 @@ async fn health(process: &NodeProcess, service: &str) -> ServingStatus {
 }
 
 async fn readyz(process: &NodeProcess) -> u16 {
-    common::admin_get(&reqwest::Client::new(), process.admin_address, "readyz")
-        .await
-        .status()
-        .as_u16()
+    common::admin_get(
+        &meridian_lab::tls::http().unwrap(),
+        process.admin_address,
+        "readyz",
+    )
+    .await
+    .status()
+    .as_u16()
 }
 
 /// Waits (bounded) until `process` answers `/readyz` with `code` and gRPC health with the

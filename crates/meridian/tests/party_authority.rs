@@ -53,7 +53,7 @@ async fn bob_in_the_manager_topology(deployment: &Deployment) -> BTreeMap<String
 
 /// bob's hosting as participant `index` lists it (ListParties).
 async fn bob_at(deployment: &Deployment, index: usize) -> BTreeMap<String, String> {
-    let mut ledger = LedgerServiceClient::connect(deployment.ledger_endpoint(index))
+    let mut ledger = common::grpc(LedgerServiceClient::new, deployment.ledger_endpoint(index))
         .await
         .unwrap();
     let parties = ledger
@@ -72,9 +72,12 @@ async fn bob_at(deployment: &Deployment, index: usize) -> BTreeMap<String, Strin
 /// What a request to the topology manager to host bob on participant1 (made directly, not
 /// through a Ledger API) is answered with: signed by `key` in participant3's name, or unsigned.
 async fn direct_request(deployment: &Deployment, key: Option<&SigningKey>) -> tonic::Status {
-    let mut admin = TopologyAdminServiceClient::connect(deployment.topology.grpc_endpoint())
-        .await
-        .unwrap();
+    let mut admin = common::grpc(
+        TopologyAdminServiceClient::new,
+        deployment.topology.grpc_endpoint(),
+    )
+    .await
+    .unwrap();
     let mut request = v1::TopologyAllocatePartyRequest {
         party: "bob".into(),
         participant: "participant1".into(),
@@ -139,7 +142,7 @@ async fn a_client_of_one_participant_cannot_take_over_a_party_hosted_on_another(
     );
 
     // The takeover, as the user played it: a plain gRPC client of participant1.
-    let mut ledger1 = LedgerServiceClient::connect(deployment.ledger_endpoint(0))
+    let mut ledger1 = common::grpc(LedgerServiceClient::new, deployment.ledger_endpoint(0))
         .await
         .unwrap();
     let refused = ledger1

@@ -188,7 +188,7 @@ async fn a_frozen_active_is_replaced_and_stays_passive_after_it_resumes() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     // The resumed replica noticed it lost the lease and is passive; only one is active.
     let replicas = replicas::replicas(&data_dir, "participant2").unwrap();
-    let client = reqwest::Client::new();
+    let client = meridian_lab::tls::http().unwrap();
     let mut active_count = 0;
     for replica in replicas {
         let status = common::admin_status(&client, replica.admin_address).await;

@@ -134,7 +134,7 @@ impl Cluster {
     }
 
     async fn status(&self, instance: usize) -> serde_json::Value {
-        let client = reqwest::Client::new();
+        let client = meridian_lab::tls::http().unwrap();
         common::admin_status(&client, self.instances[instance].admin_address).await
     }
 

@@ -192,7 +192,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert!(message.contains("alice"), "{message}");
 
     // Raw gRPC: what the client library would never send.
-    let mut raw = SequencerServiceClient::connect(harness.endpoint())
+    let mut raw = common::grpc(SequencerServiceClient::new, harness.endpoint())
         .await
         .unwrap();
     let status = raw
@@ -235,7 +235,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
     // Admin: bad key, and re-registering with a different key.
-    let mut admin = SequencerAdminServiceClient::connect(harness.endpoint())
+    let mut admin = common::grpc(SequencerAdminServiceClient::new, harness.endpoint())
         .await
         .unwrap();
     let status = admin
@@ -337,7 +337,7 @@ async fn deduplicates_filters_envelopes_and_serves_health() {
     assert_eq!(next_event(&mut resumed).await.timestamp, second.timestamp);
 
     // gRPC health, and the admin HTTP endpoints.
-    let channel = tonic::transport::Endpoint::from_shared(harness.endpoint())
+    let channel = common::endpoint(harness.endpoint())
         .unwrap()
         .connect()
         .await
@@ -355,7 +355,7 @@ async fn deduplicates_filters_envelopes_and_serves_health() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     let admin = harness.sequencer.admin_address;
-    let http = reqwest::Client::new();
+    let http = meridian_lab::tls::http().unwrap();
     let status = common::admin_status(&http, admin).await;
     assert_eq!(status["role"], "sequencer");
     assert_eq!(status["members"], 3);
@@ -455,7 +455,13 @@ async fn kill9_under_load_postgres() {
 }
 
 async fn readyz_reason(sequencer: &SequencerProcess) -> (u16, serde_json::Value) {
-    let response = reqwest::get(format!("http://{}/readyz", sequencer.admin_address))
+    let response = meridian_lab::tls::http()
+        .unwrap()
+        .get(format!(
+            "{}/readyz",
+            meridian_lab::tls::url(sequencer.admin_address)
+        ))
+        .send()
         .await
         .unwrap();
     let status = response.status().as_u16();
@@ -466,8 +472,14 @@ async fn readyz_reason(sequencer: &SequencerProcess) -> (u16, serde_json::Value)
 async fn wait_for_refusal(sequencer: &SequencerProcess, needle: &str) -> serde_json::Value {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if let Ok(response) =
-            reqwest::get(format!("http://{}/readyz", sequencer.admin_address)).await
+        if let Ok(response) = meridian_lab::tls::http()
+            .unwrap()
+            .get(format!(
+                "{}/readyz",
+                meridian_lab::tls::url(sequencer.admin_address)
+            ))
+            .send()
+            .await
         {
             let status = response.status().as_u16();
             let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -518,9 +530,11 @@ async fn refuses_to_serve_from_unsafe_postgres() {
         let (status, _) = readyz_reason(&sequencer).await;
         assert_eq!(status, 503);
         // The gRPC port stays closed: nothing can be sequenced.
-        assert!(SequencerServiceClient::connect(sequencer.grpc_endpoint())
-            .await
-            .is_err());
+        assert!(
+            common::grpc(SequencerServiceClient::new, sequencer.grpc_endpoint())
+                .await
+                .is_err()
+        );
         let log = sequencer.log_tail(50);
         assert!(log.contains(needle), "the log says why: {log}");
     }

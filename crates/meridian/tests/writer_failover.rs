@@ -88,7 +88,10 @@ async fn ready_sequencer_on(
 /// `/readyz`: whether ready, and the reason when not.
 async fn readyz(http: &reqwest::Client, sequencer: &SequencerProcess) -> Option<(bool, String)> {
     let response = http
-        .get(format!("http://{}/readyz", sequencer.admin_address))
+        .get(format!(
+            "{}/readyz",
+            meridian_lab::tls::url(sequencer.admin_address)
+        ))
         .send()
         .await
         .ok()?;
@@ -170,7 +173,8 @@ async fn a_sequencer_follows_the_writer_without_a_restart() {
         load.acked_count() > 0,
         "sends are acknowledged before the failover"
     );
-    let http = reqwest::Client::builder()
+    let http = meridian_lab::tls::http_builder()
+        .unwrap()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();
@@ -344,7 +348,8 @@ async fn a_sequencer_never_writes_on_an_old_primary_back_as_a_primary() {
     // sequencer's own heartbeat keeps writing. B is lost too: A is the only writable server.
     let (acked, _) = load.stop().await;
     b.kill9().unwrap();
-    let http = reqwest::Client::builder()
+    let http = meridian_lab::tls::http_builder()
+        .unwrap()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();

@@ -30,6 +30,7 @@ use crate::admin_token::{AdminToken, TokenError};
 use crate::conditions::Conditions;
 use crate::health::{Health, Readiness};
 use crate::metrics::Metrics;
+use crate::tls::ServerTls;
 
 /// Content type of `/metrics` for a scraper that asks for OpenMetrics (Prometheus does): the
 /// format `prometheus_client` writes.
@@ -137,6 +138,8 @@ pub struct NodeState {
     pub health: Health,
     pub readiness: Conditions,
     pub metrics: Arc<Metrics>,
+    /// The admin port serves TLS with this; plaintext when `None` (`[tls] plaintext = true`).
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl NodeState {
@@ -146,7 +149,14 @@ impl NodeState {
             readiness: Conditions::starting(health.clone()),
             health,
             metrics: Arc::new(Metrics::new("meridian")),
+            tls: None,
         }
+    }
+
+    /// Serves the admin port over TLS with `tls` (see [`crate::tls::NodeTls::server`]).
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Serves the admin HTTP API on `listener` until `shutdown`, reporting `status` and, on a
@@ -183,7 +193,7 @@ impl NodeState {
             step_down,
             auth,
         };
-        tokio::spawn(serve_admin(listener, state, shutdown))
+        tokio::spawn(serve_admin_tls(listener, state, self.tls.clone(), shutdown))
     }
 }
 
@@ -239,9 +249,33 @@ pub async fn serve_admin(
     state: AdminState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_admin_tls(listener, state, None, shutdown).await
+}
+
+/// [`serve_admin`] over TLS when `tls` is given (https), plaintext otherwise.
+pub async fn serve_admin_tls(
+    listener: TcpListener,
+    state: AdminState,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("admin HTTP listener has no local address")?;
+    if let Some(tls) = tls {
+        tracing::info!(%addr, "admin HTTPS listening");
+        crate::tls::serve_router_tls(
+            listener,
+            router(state),
+            tls,
+            shutdown,
+            Duration::from_millis(SHUTDOWN_GRACE_MS),
+        )
+        .await
+        .with_context(|| format!("admin HTTPS server on {addr} failed"))?;
+        tracing::info!(%addr, "admin HTTPS stopped");
+        return Ok(());
+    }
     tracing::info!(%addr, "admin HTTP listening");
     let server = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

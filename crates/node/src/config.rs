@@ -135,7 +135,8 @@ pub const MAX_ENDPOINTS: usize = 16;
 /// The gRPC endpoints of one service that has several processes: the instances of the
 /// sequencer (all active, one shared database) or the replicas of the topology manager (one
 /// active). Clients spread over them or find the active one, and fail over between them. In
-/// TOML either `"http://host:port"` or `["http://a:port", "http://b:port"]`.
+/// TOML either `"https://host:port"` or `["https://a:port", "https://b:port"]` (`http://` with
+/// `[tls] plaintext = true`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints(Vec<String>);
 
@@ -174,7 +175,7 @@ impl Endpoints {
         Self(vec![endpoint.into()])
     }
 
-    /// Refuses an empty or overlong list, an endpoint that is not `http://host...`, and
+    /// Refuses an empty or overlong list, an endpoint that is not `http(s)://host...`, and
     /// repeats (which would double one instance's share of the load). The reason is one line.
     pub fn check(&self) -> Result<(), String> {
         if self.0.is_empty() {
@@ -187,9 +188,14 @@ impl Endpoints {
             ));
         }
         for (index, endpoint) in self.0.iter().enumerate() {
-            let host = endpoint.strip_prefix("http://").unwrap_or_default();
+            let host = endpoint
+                .strip_prefix("https://")
+                .or_else(|| endpoint.strip_prefix("http://"))
+                .unwrap_or_default();
             if host.is_empty() || host.contains(char::is_whitespace) {
-                return Err(format!("{endpoint:?} must be http://host:port"));
+                return Err(format!(
+                    "{endpoint:?} must be https://host:port (or http://host:port with [tls] plaintext = true)"
+                ));
             }
             if self.0[..index].contains(endpoint) {
                 return Err(format!("{endpoint:?} is listed twice"));

@@ -1,13 +1,15 @@
 //! The one way a node serves gRPC: [`GrpcServer`] takes the role's services and adds what every
 //! node's gRPC port has — `grpc.health.v1`, whose status mirrors the node's readiness for the
 //! whole server (the empty service name) and for each service it serves, and reflection that
-//! lists exactly those services — then serves them with TCP_NODELAY until shutdown.
+//! lists exactly those services — then serves them with TCP_NODELAY until shutdown, over TLS
+//! when given [`ServerTls`] ([`GrpcServer::with_tls`]).
 //!
 //! Why here: a probe asking for `""` and one asking for a service must both agree with
 //! `/readyz` (a passive replica is NOT_SERVING either way), and `grpcurl list` must show what
 //! this node answers, not every service Meridian defines.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -19,6 +21,7 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
 use crate::health::{grpc_health_service, Health};
+use crate::tls::ServerTls;
 
 /// The gRPC services of one node, with health and reflection added when served.
 pub struct GrpcServer {
@@ -28,6 +31,8 @@ pub struct GrpcServer {
     names: Vec<&'static str>,
     /// Encoded file descriptor sets describing them, for reflection.
     descriptors: Vec<&'static [u8]>,
+    /// Serve TLS with this; plaintext without.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl GrpcServer {
@@ -40,7 +45,15 @@ impl GrpcServer {
             routes: RoutesBuilder::default(),
             names: Vec::new(),
             descriptors: descriptors.to_vec(),
+            tls: None,
         }
+    }
+
+    /// Serves TLS (mutual TLS when `tls` requires client certificates); `None` keeps the
+    /// server plaintext, which only a `[tls] plaintext = true` config asks for.
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Serves `service` (a tonic-generated server, configured as the role needs it).
@@ -90,7 +103,13 @@ impl GrpcServer {
         let health = grpc_health_service(&self.health, self.health_names(), &shutdown);
         let mut routes = self.routes;
         routes.add_service(health).add_service(reflection);
-        let router = tonic::transport::Server::builder().add_routes(routes.routes());
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder
+                .tls_config(tls.tonic_config())
+                .context("the gRPC server's TLS settings")?;
+        }
+        let router = builder.add_routes(routes.routes());
         Ok(async move {
             router
                 .serve_with_incoming_shutdown(

@@ -7,10 +7,12 @@
 //! lifecycle of active/passive replicas with its one vocabulary ([`replication`], over the
 //! lease handling of [`replica`]). Role crates build on these so every node behaves the same
 //! to operators and orchestrators; [`owner`] is the start-up check that a node's database is
-//! its own. [`ports`] picks loopback ports for deployments launched on one machine.
+//! its own. [`tls`] is the `[tls]` section and TLS on every listener and client; [`certs`]
+//! writes development certificates. [`ports`] picks loopback ports for deployments launched on one machine.
 
 pub mod admin;
 pub mod admin_token;
+pub mod certs;
 pub mod conditions;
 pub mod config;
 pub mod fork;
@@ -28,9 +30,11 @@ pub mod retry;
 pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use admin::{
-    bind, router, serve_admin, AdminHttpAuth, AdminHttpConfig, AdminState, StatusSource,
+    bind, router, serve_admin, serve_admin_tls, AdminHttpAuth, AdminHttpConfig, AdminState,
+    StatusSource,
 };
 pub use admin_token::AdminToken;
 pub use conditions::Conditions;
@@ -41,3 +45,4 @@ pub use metrics::{Metrics, MetricsError};
 pub use retry::Retry;
 pub use shutdown::shutdown_token;
 pub use telemetry::{init_tracing, LogFormat};
+pub use tls::{NodeTls, TlsConfig};

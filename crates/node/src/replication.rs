@@ -186,11 +186,16 @@ impl ReplicationConfig {
             ));
         }
         if let Some(endpoint) = &self.advertised_endpoint {
-            let host = endpoint.strip_prefix("http://").unwrap_or_default();
+            let host = endpoint
+                .strip_prefix("https://")
+                .or_else(|| endpoint.strip_prefix("http://"))
+                .unwrap_or_default();
             if host.is_empty() || host.contains(char::is_whitespace) {
                 return Err((
                     "replication.advertised_endpoint",
-                    format!("{endpoint:?} must be an http:// URL like \"http://10.0.0.5:4201\""),
+                    format!(
+                        "{endpoint:?} must be an https:// (or, plaintext, http://) URL like \"https://10.0.0.5:4201\""
+                    ),
                 ));
             }
         }

@@ -56,6 +56,7 @@ use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig, MemberEndpo
 use meridian_node::replica::ReplicaSettings;
 pub use meridian_node::replication::ReplicationConfig;
 use meridian_node::replication::MAX_LEASE_TIMEOUT_MS;
+use meridian_node::tls::TlsConfig;
 use meridian_node::AdminHttpConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,10 @@ pub struct ParticipantConfig {
     /// Absent: the Ledger API is open (a WARN at start-up says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_auth: Option<LedgerAuthConfig>,
+    /// TLS of the gRPC and admin HTTP listeners and of this node's clients: certificate
+    /// files, or `plaintext = true` explicitly. Absent: refused at load (see docs/tls.md).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 /// `[ledger_auth]`: how Ledger API bearer tokens are verified. Exactly one of `jwks_file` and
@@ -270,7 +275,7 @@ pub enum ConfigCheckError {
     Invalid(#[from] InvalidSetting),
     #[error("{path}: {field} must be at least 1")]
     Zero { path: String, field: &'static str },
-    #[error("{path}: {field} {value:?} must start with http://")]
+    #[error("{path}: {field} {value:?} must start with https:// (or http://)")]
     Endpoint {
         path: String,
         field: &'static str,
@@ -325,7 +330,15 @@ impl ParticipantConfig {
             limits: LimitsConfig::default(),
             replication: None,
             ledger_auth: None,
+            // Built in code: plaintext, explicitly (written as `[tls] plaintext = true`), until
+            // `with_tls`.
+            tls: TlsConfig::plaintext(),
         }
+    }
+
+    /// Serves (and connects) with `tls`.
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        Self { tls, ..self }
     }
 
     /// The keys the participant shares with every member node.
@@ -350,7 +363,9 @@ impl ParticipantConfig {
             .as_ref()
             .map(|_| self.advertised_endpoint());
         for (field, value) in [("replication.advertised_endpoint", advertised.as_ref())] {
-            if let Some(value) = value.filter(|v| !v.starts_with("http://")) {
+            if let Some(value) =
+                value.filter(|v| !v.starts_with("http://") && !v.starts_with("https://"))
+            {
                 return Err(ConfigCheckError::Endpoint {
                     path,
                     field,
@@ -425,6 +440,14 @@ impl ParticipantConfig {
                 max: self.max_dedup_period_s,
             });
         }
+        // Last, so a config from before `[tls]` existed still reports its other errors first.
+        self.tls.check_in_file(
+            &path,
+            &[
+                ("sequencer_endpoints", &self.sequencer_endpoints),
+                ("topology_endpoints", &self.topology_endpoints),
+            ],
+        )?;
         Ok(())
     }
 
@@ -445,7 +468,7 @@ impl ParticipantConfig {
         self.replication
             .as_ref()
             .and_then(|r| r.advertised_endpoint.clone())
-            .unwrap_or_else(|| format!("http://{}", self.listen_address))
+            .unwrap_or_else(|| self.tls.url(self.listen_address))
     }
 
     /// The replica manager's settings; `None` when the participant is not replicated. All
@@ -453,7 +476,7 @@ impl ParticipantConfig {
     pub fn replica_settings(&self) -> Option<ReplicaSettings> {
         let replication = self.replication.as_ref()?;
         Some(replication.settings(self.participant_id.to_string(), || {
-            format!("http://{}", self.listen_address)
+            self.tls.url(self.listen_address)
         }))
     }
 }
@@ -470,6 +493,8 @@ sequencer_endpoint = "http://127.0.0.1:4001"
 topology_endpoint = "http://127.0.0.1:4201"
 listen_address = "127.0.0.1:4501"
 admin_address = "127.0.0.1:4601"
+[tls]
+plaintext = true
 [storage]
 backend = "sqlite"
 path = "p1.db"

@@ -129,7 +129,10 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
         config.admin_token_file.as_deref(),
         "from the participant config",
     )?;
-    let node = NodeState::starting();
+    // TLS first: a config whose certificate or key cannot be used stops the node before it
+    // listens, and every client of other nodes it opens uses these settings.
+    let tls = config.tls.start("participant")?;
+    let node = NodeState::starting().with_tls(tls.server.clone());
     let (health, readiness) = (node.health.clone(), node.readiness.clone());
     let participant_metrics = node.metrics.with_registry(ParticipantMetrics::register);
     let fork = node
@@ -204,6 +207,7 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
     let server = tokio::spawn(
         GrpcServer::new(&health, &[meridian_proto::FILE_DESCRIPTOR_SET])
             .add_service(LedgerServiceServer::new(api))
+            .with_tls(tls.server.clone())
             .serve(listener, shutdown.clone())?,
     );
 

@@ -704,13 +704,18 @@ async fn allocate_at_topology_manager(
 ) -> Result<(), Status> {
     let mut last = Status::unavailable("no topology manager endpoint is configured");
     for endpoint in endpoints {
-        let connected = tokio::time::timeout(
-            TOPOLOGY_CALL_TIMEOUT,
-            TopologyAdminServiceClient::connect(endpoint.clone()),
-        )
-        .await;
+        // https:// endpoints use the node's `[tls]` client settings (the process default).
+        let endpoint_tls =
+            match meridian_client::tls::endpoint(endpoint, None, "topology manager endpoint") {
+                Ok(endpoint_tls) => endpoint_tls,
+                Err(error) => {
+                    last = Status::unavailable(format!("topology manager at {endpoint}: {error}"));
+                    continue;
+                }
+            };
+        let connected = tokio::time::timeout(TOPOLOGY_CALL_TIMEOUT, endpoint_tls.connect()).await;
         let mut client = match connected {
-            Ok(Ok(client)) => client,
+            Ok(Ok(channel)) => TopologyAdminServiceClient::new(channel),
             Ok(Err(error)) => {
                 last = Status::unavailable(format!("topology manager at {endpoint}: {error}"));
                 continue;

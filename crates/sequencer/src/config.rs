@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use meridian_core::crypto::{CryptoError, PublicKey};
 use meridian_core::InstanceIndex;
+use meridian_node::tls::TlsConfig;
 use meridian_node::AdminHttpConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,10 @@ pub struct SequencerConfig {
     /// registration is open (guarded by `admin_token` only), as benchmarks use it.
     #[serde(default)]
     pub owner_public_key: Option<String>,
+    /// TLS of the gRPC and admin HTTP listeners and of this node's clients: certificate
+    /// files, or `plaintext = true` explicitly. Absent: refused at load (see docs/tls.md).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -190,6 +195,8 @@ pub enum ConfigCheckError {
     OwnerKey { path: String, reason: String },
     #[error("{path}: {field} must be at least 1")]
     Zero { path: String, field: &'static str },
+    #[error(transparent)]
+    Tls(#[from] meridian_node::config::InvalidSetting),
     #[error("{path}: timing.max_clock_skew_ms must be at least 1: an instance whose clock is off by any amount would never issue a timestamp")]
     NoClockSkew { path: String },
     #[error("{path}: timing.offline_after_ms ({offline_ms}) must exceed timing.watermark_interval_ms ({interval_ms}), or healthy idle instances get marked offline")]
@@ -238,7 +245,15 @@ impl SequencerConfig {
             timing: TimingConfig::default(),
             admin_token: None,
             owner_public_key: None,
+            // Built in code: plaintext, explicitly (written as `[tls] plaintext = true`), until
+            // `with_tls`.
+            tls: TlsConfig::plaintext(),
         }
+    }
+
+    /// Serves (and connects) with `tls`.
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        Self { tls, ..self }
     }
 
     /// Registration admits only members the owner `owner` signed into the topology.
@@ -353,6 +368,8 @@ impl SequencerConfig {
                 interval_ms: self.timing.watermark_interval_ms,
             });
         }
+        // Last, so a config from before `[tls]` existed still reports its other errors first.
+        self.tls.check_in_file(&path, &[])?;
         Ok(())
     }
 }
@@ -364,8 +381,29 @@ mod tests {
     const BASE: &str = "listen_address = \"127.0.0.1:1\"\nadmin_address = \"127.0.0.1:2\"\n\
                         [storage]\nbackend = \"sqlite\"\npath = \"x.db\"\n";
 
+    /// Explicit plaintext, which every config must now choose or replace with certificates.
+    const PLAINTEXT: &str = "[tls]\nplaintext = true\n";
+
     fn parse(extra: &str) -> SequencerConfig {
-        meridian_node::config::parse_toml(&format!("{extra}{BASE}"), "<test>").expect("parses")
+        meridian_node::config::parse_toml(&format!("{extra}{BASE}{PLAINTEXT}"), "<test>")
+            .expect("parses")
+    }
+
+    #[test]
+    fn a_config_without_tls_or_explicit_plaintext_is_refused_naming_both() {
+        let without: SequencerConfig =
+            meridian_node::config::parse_toml(BASE, "<test>").expect("parses");
+        let error = without.check("seq.toml").expect_err("no [tls] section");
+        let message = error.to_string();
+        assert!(
+            message.starts_with("seq.toml: tls:")
+                && message.contains("cert_file")
+                && message.contains("plaintext = true"),
+            "{message}"
+        );
+        parse("")
+            .check("seq.toml")
+            .expect("explicit plaintext loads");
     }
 
     /// Found by the hostile config test: `token_ttl_s = 9223372036854775807` passed the check

@@ -123,7 +123,10 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         config.admin_token_file.as_deref(),
         "from the sequencer config",
     )?;
-    let node = NodeState::starting();
+    // TLS first: a config whose certificate or key cannot be used stops the node before it
+    // listens, and every client of other nodes it opens uses these settings.
+    let tls = config.tls.start("sequencer")?;
+    let node = NodeState::starting().with_tls(tls.server.clone());
     let readiness = node.readiness.clone();
     let sequencer_metrics = node.metrics.with_registry(SequencerMetrics::register);
 
@@ -216,10 +219,12 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         owner_key,
     });
 
-    let server = grpc_server(&config, &node.health, shared).serve(
-        meridian_node::grpc::bind(config.listen_address).await?,
-        shutdown.clone(),
-    )?;
+    let server = grpc_server(&config, &node.health, shared)
+        .with_tls(tls.server.clone())
+        .serve(
+            meridian_node::grpc::bind(config.listen_address).await?,
+            shutdown.clone(),
+        )?;
     readiness.clear("startup");
     tracing::info!(address = %config.listen_address, "sequencer gRPC listening");
     let served = server.await;

@@ -33,6 +33,7 @@ use meridian_node::config::{Endpoints, InvalidSetting, MemberConfig};
 use meridian_node::replica::ReplicaSettings;
 // The `[replication]` table is the same on every role; re-exported so it is still named here.
 pub use meridian_node::replication::{ReplicationConfig, MAX_LEASE_TIMEOUT_MS};
+use meridian_node::tls::TlsConfig;
 use meridian_node::AdminHttpConfig;
 use meridian_store::StorageConfig;
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,10 @@ pub struct TopologyManagerConfig {
     /// Absent: a single manager, active from the start (no lease, no fencing).
     #[serde(default)]
     pub replication: Option<ReplicationConfig>,
+    /// TLS of the gRPC and admin HTTP listeners and of this node's clients: certificate
+    /// files, or `plaintext = true` explicitly. Absent: refused at load (see docs/tls.md).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 fn default_member_id() -> String {
@@ -115,7 +120,15 @@ impl TopologyManagerConfig {
             admin_token: None,
             storage,
             replication: None,
+            // Built in code: plaintext, explicitly (written as `[tls] plaintext = true`), until
+            // `with_tls`.
+            tls: TlsConfig::plaintext(),
         }
+    }
+
+    /// Serves (and connects) with `tls`.
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        Self { tls, ..self }
     }
 
     /// The keys the manager shares with the other member nodes: it holds the owner's key
@@ -160,6 +173,9 @@ impl TopologyManagerConfig {
         if let Some(replication) = &self.replication {
             replication.check().map_err(InvalidSetting::in_file(path))?;
         }
+        // Last, so a config from before `[tls]` existed still reports its other errors first.
+        self.tls
+            .check_in_file(path, &[("sequencer_endpoints", &self.sequencer_endpoints)])?;
         Ok(())
     }
 
@@ -167,9 +183,7 @@ impl TopologyManagerConfig {
     /// member id: all replicas are the same sequencer member.
     pub fn replica_settings(&self) -> Option<ReplicaSettings> {
         let replication = self.replication.as_ref()?;
-        Some(replication.settings(self.member_id.clone(), || {
-            format!("http://{}", self.listen_address)
-        }))
+        Some(replication.settings(self.member_id.clone(), || self.tls.url(self.listen_address)))
     }
 
     pub fn member(&self) -> Result<MemberId, meridian_core::IdError> {
@@ -185,7 +199,8 @@ mod tests {
     const BASE: &str = "owner_key_file = \"owner.key\"\nkey_file = \"tm.key\"\n\
         sequencer_endpoint = \"http://127.0.0.1:4001\"\n\
         listen_address = \"127.0.0.1:4201\"\nadmin_address = \"127.0.0.1:4301\"\n";
-    const STORAGE: &str = "[storage]\nbackend = \"sqlite\"\npath = \"t.db\"\n";
+    const STORAGE: &str =
+        "[tls]\nplaintext = true\n[storage]\nbackend = \"sqlite\"\npath = \"t.db\"\n";
 
     fn parse(text: &str) -> Result<TopologyManagerConfig, meridian_node::ConfigError> {
         meridian_node::config::parse_toml(text, "tm.toml")

@@ -79,7 +79,10 @@ async fn run_manager(config: TopologyManagerConfig, stop: CancellationToken) -> 
         "from the topology manager's config",
     )?;
 
-    let node = NodeState::starting();
+    // TLS first: a config whose certificate or key cannot be used stops the node before it
+    // listens, and every client of other nodes it opens uses these settings.
+    let tls = config.tls.start("topology manager")?;
+    let node = NodeState::starting().with_tls(tls.server.clone());
     let readiness = node.readiness.clone();
     let topology_metrics = node.metrics.with_registry(TopologyMetrics::register);
     let fork = node
@@ -256,6 +259,7 @@ async fn grpc_server(
     let listener = meridian_node::grpc::bind(config.listen_address).await?;
     GrpcServer::new(health, &[meridian_proto::FILE_DESCRIPTOR_SET])
         .add_service(TopologyAdminServiceServer::new(api))
+        .with_tls(config.tls.load()?.server)
         .serve(listener, shutdown.clone())
 }
 

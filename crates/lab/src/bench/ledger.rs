@@ -23,9 +23,16 @@ pub struct LedgerBenchArgs {
     pub workload: WorkloadArgs,
     #[command(flatten)]
     pub sweep: SweepArgs,
+    /// Run the deployment and the workload in plaintext (`[tls] plaintext = true`) instead of
+    /// TLS (with mutual TLS between nodes), to measure what TLS costs side by side.
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.plaintext {
+        crate::tls::set_plaintext()?;
+    }
     let description = args.deployment.resolve(Preset::Single, None)?;
     if let Some(replications) = &args.sweep.replication {
         let cells = Cell::all(replications, &args.sweep.standby_rtt_ms);

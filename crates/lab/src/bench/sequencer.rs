@@ -56,6 +56,10 @@ pub struct SequencerBenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Run the sequencer and its clients in plaintext (`[tls] plaintext = true`) instead of
+    /// TLS, to measure what TLS costs.
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +121,9 @@ fn postgres_storage(url: String) -> StorageConfig {
 
 /// Runs the benchmark and returns its figures (also used by tests).
 pub async fn measure(args: &SequencerBenchArgs) -> anyhow::Result<SequencerBenchReport> {
+    if args.plaintext {
+        crate::tls::set_plaintext()?;
+    }
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     // The server (if any) runs for as long as the sequencer.
     let (storage, _postgres) = storage(args, dir.path())?;

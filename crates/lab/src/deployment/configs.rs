@@ -80,10 +80,16 @@ pub fn replication(
 ) -> ReplicationConfig {
     ReplicationConfig {
         replica_id: replica.to_string(),
-        advertised_endpoint: Some(format!("http://{advertised}")),
+        advertised_endpoint: Some(crate::tls::url(advertised)),
         lease_timeout_ms,
         poll_interval_ms: LEASE_POLL_INTERVAL_MS,
     }
+}
+
+/// The `[tls]` the builders below start from: explicit plaintext. A deployment replaces it
+/// with the node's own certificates (`with_tls(crate::tls::node_config(..))`).
+pub fn lab_tls() -> meridian_node::tls::TlsConfig {
+    meridian_node::tls::TlsConfig::plaintext()
 }
 
 /// What every member (mediator, participant) shares: the owner and where the sequencer
@@ -154,6 +160,7 @@ pub fn sequencer(
         timing: Default::default(),
         admin_token: None,
         owner_public_key: Some(owner_public_key.to_owned()),
+        tls: lab_tls(),
     }
 }
 
@@ -176,6 +183,7 @@ pub fn topology_manager(
         admin_token: None,
         storage,
         replication,
+        tls: lab_tls(),
     }
 }
 
@@ -206,6 +214,7 @@ pub fn mediator(
         time_proof_interval_ms: settings.time_proof_interval_ms,
         storage,
         replication,
+        tls: lab_tls(),
     }
 }
 
@@ -240,6 +249,7 @@ pub fn participant(
             .ledger_auth_jwks
             .clone()
             .map(meridian_participant::config::LedgerAuthConfig::jwks),
+        tls: lab_tls(),
     }
 }
 

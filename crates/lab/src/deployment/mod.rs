@@ -134,7 +134,7 @@ pub struct ColdReplica {
 impl ColdReplica {
     /// Its gRPC endpoint (refused until it is started).
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc_address)
+        crate::tls::url(self.grpc_address)
     }
 }
 
@@ -307,6 +307,11 @@ impl DeploymentSpec {
         }
     }
 
+    /// The `[tls]` of `replica`: its certificate from [`crate::tls::deployment_certs`].
+    fn tls(&self, replica: &Replica) -> meridian_node::tls::TlsConfig {
+        crate::tls::node_config(&self.data_dir, &replica.name.to_string())
+    }
+
     /// The `[replication]` table of `replica` of `node`, when the node is replicated.
     fn replication(
         &self,
@@ -431,10 +436,11 @@ impl Starter<'_> {
         keys: &Keys,
     ) -> anyhow::Result<(Vec<NodeProcess>, Vec<ClockShift>)> {
         let storage = self.spec.storage(node).await?;
-        let plan = self.spec.plan_node(node, |position, _, at| {
+        let plan = self.spec.plan_node(node, |position, replica, at| {
             let index = u32::try_from(position).expect("replicas are bounded by the check");
             let mut config =
-                configs::sequencer(at, index, storage[position].clone(), &keys.owner_public_key);
+                configs::sequencer(at, index, storage[position].clone(), &keys.owner_public_key)
+                    .with_tls(self.spec.tls(replica));
             config.admin_token_file = Some(keys.admin_token_file.clone());
             config
         })?;
@@ -475,7 +481,8 @@ impl Starter<'_> {
                 )),
                 storage[position].clone(),
                 self.spec.replication(node, replica, at.grpc),
-            );
+            )
+            .with_tls(self.spec.tls(replica));
             config.admin_token_file = Some(keys.admin_token_file.clone());
             config
         })?;
@@ -566,7 +573,8 @@ impl Starter<'_> {
                             spec.participant,
                             storage[position].clone(),
                             spec.replication(node, replica, at.grpc),
-                        );
+                        )
+                        .with_tls(spec.tls(replica));
                         config.admin_token_file = Some(keys.admin_token_file.clone());
                         config
                     })?
@@ -580,7 +588,8 @@ impl Starter<'_> {
                         spec.mediator,
                         storage[position].clone(),
                         spec.replication(node, replica, at.admin),
-                    );
+                    )
+                    .with_tls(spec.tls(replica));
                     config.admin_token_file = Some(keys.admin_token_file.clone());
                     config
                 })?,
@@ -624,9 +633,15 @@ impl Starter<'_> {
 /// Adds the mediator and every participant to the topology through its active manager.
 /// The calls carry the admin token, which the manager requires for them.
 async fn register_members(topology: &NodeProcess, keys: &Keys) -> anyhow::Result<()> {
-    let mut admin_client = TopologyAdminServiceClient::connect(topology.grpc_endpoint())
-        .await
-        .context("connecting to the topology manager")?;
+    let channel = meridian_client::tls::endpoint(
+        &topology.grpc_endpoint(),
+        None,
+        "topology manager endpoint",
+    )?
+    .connect()
+    .await
+    .context("connecting to the topology manager")?;
+    let mut admin_client = TopologyAdminServiceClient::new(channel);
     let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
         crate::secrets::bearer(&keys.admin_token_file)?
             .parse()
@@ -694,6 +709,13 @@ impl Deployment {
         let started = Instant::now();
         let node_keys = spec.description.node_keys();
         let nodes = spec.description.nodes(&node_keys);
+        // Every replica (cold ones too) gets its certificate now; nodes then run TLS with
+        // mutual authentication, and the lab's clients present the `lab` certificate.
+        let names: Vec<String> = nodes
+            .iter()
+            .flat_map(|node| node.replicas.iter().map(|r| r.name.to_string()))
+            .collect();
+        crate::tls::deployment_certs(data_dir, &names)?;
         let mut starter = Starter {
             spec,
             progress,
@@ -861,6 +883,43 @@ impl Deployment {
         with_standbys(&mut self.mediator, &mut self.mediator_standbys)
     }
 
+    /// How to reach the nodes by hand: the CA and the client certificate (mutual TLS is on),
+    /// and a grpcurl line; nothing for a plaintext deployment.
+    pub fn tls_lines(&self) -> Vec<String> {
+        if crate::tls::is_plaintext() {
+            return vec!["TLS is OFF (plaintext)".to_owned()];
+        }
+        let dir = crate::tls::tls_dir(&self.data_dir);
+        let ca = dir.join(meridian_node::certs::CA_CERT_FILE);
+        let cert = dir.join(format!("{}.crt", crate::tls::LAB_CLIENT));
+        let key = dir.join(format!("{}.key", crate::tls::LAB_CLIENT));
+        let participant = self
+            .participants
+            .first()
+            .map(|p| p.grpc_address.to_string())
+            .unwrap_or_default();
+        vec![
+            format!(
+                "TLS with mutual authentication: CA {}, client certificate {} (key {})",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
+            format!(
+                "  e.g. grpcurl -cacert {} -cert {} -key {} {participant} list",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
+            format!(
+                "       curl --cacert {} --cert {} --key {} https://<admin>/status",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
+        ]
+    }
+
     /// One line per process: name, endpoints, log file.
     pub fn endpoints(&self) -> Vec<String> {
         let mut lines = Vec::new();
@@ -871,17 +930,19 @@ impl Deployment {
             .chain(&self.topology_standbys);
         for process in services {
             lines.push(format!(
-                "{:<19} gRPC {}  admin http://{}  log {}",
+                "{:<19} gRPC {}  admin {}://{}  log {}",
                 process.name(),
                 process.grpc_endpoint(),
+                crate::tls::scheme(),
                 process.admin_address,
                 process.log_path.display()
             ));
         }
         for mediator in std::iter::once(&self.mediator).chain(&self.mediator_standbys) {
             lines.push(format!(
-                "{:<19} admin http://{}  log {}",
+                "{:<19} admin {}://{}  log {}",
                 mediator.name(),
+                crate::tls::scheme(),
                 mediator.admin_address,
                 mediator.log_path.display()
             ));
@@ -892,9 +953,10 @@ impl Deployment {
             .chain(self.participant_standbys.iter().flatten())
         {
             lines.push(format!(
-                "{:<19} Ledger API {}  admin http://{}  log {}",
+                "{:<19} Ledger API {}  admin {}://{}  log {}",
                 participant.name(),
                 participant.grpc_endpoint(),
+                crate::tls::scheme(),
                 participant.admin_address,
                 participant.log_path.display()
             ));

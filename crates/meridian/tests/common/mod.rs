@@ -107,7 +107,7 @@ pub async fn admin_get(
     page: &str,
 ) -> reqwest::Response {
     client
-        .get(format!("http://{admin_address}/{page}"))
+        .get(format!("{}/{page}", meridian_lab::tls::url(admin_address)))
         .send()
         .await
         .unwrap()
@@ -309,4 +309,26 @@ pub fn transfer(contract: &Contract, new_owner: &str) -> Command {
         choice: "Transfer".into(),
         argument: serde_json::json!({ "new_owner": new_owner }),
     }
+}
+
+/// A gRPC client of `new`'s kind connected to `url`: plaintext for `http://`, TLS with the
+/// lab's CA and client certificate (the process default the lab installs) for `https://`.
+#[allow(dead_code)]
+pub async fn grpc<C>(
+    new: impl FnOnce(tonic::transport::Channel) -> C,
+    url: impl Into<String>,
+) -> Result<C, tonic::transport::Error> {
+    endpoint(url)
+        .expect("a usable endpoint")
+        .connect()
+        .await
+        .map(new)
+}
+
+/// The tonic endpoint of `url`, with TLS for `https://` (see [`grpc`]).
+#[allow(dead_code)]
+pub fn endpoint(
+    url: impl Into<String>,
+) -> Result<tonic::transport::Endpoint, meridian_client::ClientError> {
+    meridian_client::tls::endpoint(&url.into(), None, "test endpoint")
 }
