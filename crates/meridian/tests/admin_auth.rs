@@ -67,13 +67,14 @@ async fn topology_entries(deployment: &Deployment) -> usize {
 
 /// Every admin HTTP route of every process, as a caller without the right token sees it.
 async fn http_routes_refuse_mutations(deployment: &Deployment, token: &str) {
-    let client = reqwest::Client::builder()
+    let client = meridian_lab::tls::http_builder()
+        .unwrap()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     for process in deployment.processes() {
-        let base = format!("http://{}", process.admin_address);
+        let base = meridian_lab::tls::url(process.admin_address);
         for (case, authorization) in refused_cases() {
             let mut post = client.post(format!("{base}/admin/step-down"));
             if let Some(value) = authorization {
@@ -109,9 +110,12 @@ async fn http_routes_refuse_mutations(deployment: &Deployment, token: &str) {
 }
 
 async fn topology_calls_refuse_mutations(deployment: &Deployment) {
-    let mut admin = TopologyAdminServiceClient::connect(deployment.topology.grpc_endpoint())
-        .await
-        .unwrap();
+    let mut admin = common::grpc(
+        TopologyAdminServiceClient::new,
+        deployment.topology.grpc_endpoint(),
+    )
+    .await
+    .unwrap();
     let key = SigningKey::generate().public_key().to_bytes().to_vec();
     for (case, authorization) in refused_cases() {
         let statuses = [
@@ -172,7 +176,7 @@ async fn topology_calls_refuse_mutations(deployment: &Deployment) {
 
 async fn sequencer_calls_refuse_without_token(deployment: &Deployment, token: &str) {
     let endpoint = deployment.sequencer_endpoints()[0].clone();
-    let mut admin = SequencerAdminServiceClient::connect(endpoint)
+    let mut admin = common::grpc(SequencerAdminServiceClient::new, endpoint)
         .await
         .unwrap();
     for (case, authorization) in refused_cases() {
@@ -259,9 +263,12 @@ async fn admin_calls_need_the_generated_token_and_it_is_never_logged() {
             .await
             .unwrap();
     assert_ne!(from, to);
-    let mut admin = TopologyAdminServiceClient::connect(deployment.topology.grpc_endpoint())
-        .await
-        .unwrap();
+    let mut admin = common::grpc(
+        TopologyAdminServiceClient::new,
+        deployment.topology.grpc_endpoint(),
+    )
+    .await
+    .unwrap();
     admin
         .add_participant(request(
             v1::AddParticipantRequest {

@@ -248,7 +248,7 @@ async fn every_ledger_route_refuses_calls_outside_a_valid_token_and_changes_noth
     wrong_party.user = "alice-app".into();
     let wrong_party = minter.mint(&wrong_party, now_s).unwrap();
 
-    let mut ledger = LedgerServiceClient::connect(deployment.ledger_endpoint(0))
+    let mut ledger = common::grpc(LedgerServiceClient::new, deployment.ledger_endpoint(0))
         .await
         .unwrap();
     let before = ledger_state(&mut ledger, &reader).await;
