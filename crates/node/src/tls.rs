@@ -266,8 +266,9 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("key file {} is readable by group or others (mode {mode:04o}); run `chmod 600 {}`", path.display(), path.display())]
-    KeyPermissions { path: PathBuf, mode: u32 },
+    /// A private key group or others can access (the rule every secret file follows).
+    #[error(transparent)]
+    KeyPermissions(#[from] crate::secrets::SecretFileError),
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
 }
@@ -298,23 +299,9 @@ fn read_private_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
     read_pem(path)
 }
 
-/// Refuses a private file whose mode lets group or others read it.
+/// Refuses a private file whose mode lets group or others read it (see [`crate::secrets`]).
 pub fn check_private(path: &Path) -> Result<(), TlsError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let metadata = std::fs::metadata(path).map_err(|source| TlsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(TlsError::KeyPermissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-    }
+    crate::secrets::check_owner_only(path, "key")?;
     Ok(())
 }
 
