@@ -30,7 +30,7 @@ const ADMIN_TOKEN_BYTES: usize = 32;
 
 /// Where the admin token of the deployment in `data_dir` lives.
 pub fn admin_token_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(SECRETS_DIR).join(ADMIN_TOKEN_FILE)
+    secrets_dir(data_dir).join(ADMIN_TOKEN_FILE)
 }
 
 /// The admin token file of the deployment in `data_dir`: created (32 random bytes as hex,
