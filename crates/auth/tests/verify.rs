@@ -14,6 +14,7 @@ use meridian_auth::mint::{TokenGrant, TokenMinter};
 use meridian_auth::{
     Audience, KeySource, LedgerClaims, Unauthenticated, Verifier, VerifierSettings,
 };
+use meridian_testkit::hostile::{hostile_cases_or, hostile_config_with};
 use proptest::prelude::*;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
@@ -405,13 +406,6 @@ fn configurations_that_cannot_verify_are_refused() {
     );
 }
 
-fn hostile_cases() -> u32 {
-    std::env::var("MERIDIAN_HOSTILE_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000)
-}
-
 fn hostile_verifier() -> &'static (Verifier, String) {
     static KEYS: std::sync::OnceLock<(Verifier, String)> = std::sync::OnceLock::new();
     KEYS.get_or_init(|| {
@@ -422,7 +416,7 @@ fn hostile_verifier() -> &'static (Verifier, String) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(hostile_cases()))]
+    #![proptest_config(hostile_config_with(hostile_cases_or(2_000)))]
 
     /// Arbitrary header values: never a panic, never accepted.
     #[test]

@@ -23,17 +23,9 @@ use meridian_core::topology::{
 };
 use meridian_core::{MemberId, ParticipantId, PartyId, Timestamp};
 use meridian_mediator::engine::{Effect, MediatorEngine};
-use meridian_testkit::hostile::hostile_cases;
+use meridian_testkit::hostile::hostile_config;
 use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: hostile_cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn ts(micros: u64) -> Timestamp {
     Timestamp::from_micros(micros)
@@ -211,7 +203,7 @@ fn check_ignored_changes_nothing(effects: &[Effect], pending_before: usize, pend
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(hostile_config())]
 
     #[test]
     fn hostile_mediator_messages_never_panic_and_forgeries_never_approve(

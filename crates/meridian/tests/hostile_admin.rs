@@ -17,19 +17,11 @@ use axum::http::{HeaderName, HeaderValue, Method, Request};
 use meridian_node::{
     router, AdminHttpAuth, AdminHttpConfig, AdminState, AdminToken, Health, Metrics,
 };
-use meridian_testkit::hostile::hostile_cases;
+use meridian_testkit::hostile::hostile_config;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::json;
 use tower::ServiceExt;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: hostile_cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn method() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -104,7 +96,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(hostile_config())]
 
     #[test]
     fn hostile_admin_http_requests_get_json_client_answers(

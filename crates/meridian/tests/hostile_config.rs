@@ -22,19 +22,11 @@ use meridian_node::config::{to_toml, Endpoints, MemberEndpoints};
 use meridian_participant::ParticipantConfig;
 use meridian_sequencer::SequencerConfig;
 use meridian_store::StorageConfig;
-use meridian_testkit::hostile::hostile_cases;
+use meridian_testkit::hostile::hostile_config;
 use meridian_topology::TopologyManagerConfig;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use toml::Value;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: hostile_cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -340,7 +332,7 @@ fn integer_paths(document: &Value) -> Vec<Vec<String>> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(hostile_config())]
 
     #[test]
     fn hostile_config_text_is_refused_naming_the_file(

@@ -27,18 +27,10 @@ use meridian_participant::engine::{
 };
 use meridian_proto::convert::ledger::{submit_and_wait_from_wire, SubmitLimits};
 use meridian_proto::v1;
-use meridian_testkit::hostile::hostile_cases;
+use meridian_testkit::hostile::hostile_config;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: hostile_cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn ts(micros: u64) -> Timestamp {
     Timestamp::from_micros(micros)
@@ -361,7 +353,7 @@ fn sender() -> impl Strategy<Value = MemberId> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(hostile_config())]
 
     /// Ledger API requests with hostile contents, from the wire to the engine's decision: the
     /// answer is never INTERNAL or UNKNOWN, and a refusal changes nothing.

@@ -15,19 +15,10 @@ use meridian_core::protocol::ProtocolMessage;
 use meridian_proto::codec::decode_error_status;
 use meridian_proto::convert::{self, ledger, WireError};
 use meridian_proto::v1;
-use meridian_testkit::hostile::hostile_cases;
+use meridian_testkit::hostile::hostile_config;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: hostile_cases(),
-        // Found failures become named regression tests, not files next to the sources.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Strategies: well-formed messages with hostile contents.
@@ -299,7 +290,7 @@ fn decode_payload(payload: &[u8]) {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(hostile_config())]
 
     /// The same bytes as every request message of the four services, and as everything a
     /// member decodes from the sequencer or its database.

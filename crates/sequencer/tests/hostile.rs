@@ -14,18 +14,10 @@ use meridian_core::{MemberId, Timestamp};
 use meridian_proto::{convert, v1};
 use meridian_sequencer::validate::{validate_submission, SubmissionLimits};
 use meridian_store::MemberSeq;
-use meridian_testkit::hostile::hostile_cases;
+use meridian_testkit::hostile::hostile_config;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: hostile_cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 const MEMBERS: [&str; 3] = ["p1", "p2", "mediator"];
 
@@ -81,7 +73,7 @@ fn submission() -> impl Strategy<Value = v1::SubmissionRequest> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(hostile_config())]
 
     #[test]
     fn hostile_submissions_are_refused_with_a_client_status(

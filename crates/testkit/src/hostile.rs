@@ -14,14 +14,34 @@ pub const DEFAULT_CASES: u32 = 512;
 
 /// How many cases each hostile property runs: [`CASES_VAR`], else [`DEFAULT_CASES`].
 pub fn hostile_cases() -> u32 {
-    cases_from(std::env::var(CASES_VAR).ok().as_deref())
+    hostile_cases_or(DEFAULT_CASES)
 }
 
-fn cases_from(value: Option<&str>) -> u32 {
+/// [`hostile_cases`] with another default, for a property cheap enough to run more in CI.
+pub fn hostile_cases_or(default_cases: u32) -> u32 {
+    cases_from(std::env::var(CASES_VAR).ok().as_deref(), default_cases)
+}
+
+/// The proptest config of a hostile property: [`hostile_cases`] cases, and no failure files
+/// next to the sources (a failure found becomes a named regression test instead).
+pub fn hostile_config() -> proptest::test_runner::Config {
+    hostile_config_with(hostile_cases())
+}
+
+/// [`hostile_config`] running `cases` cases.
+pub fn hostile_config_with(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
+fn cases_from(value: Option<&str>, default_cases: u32) -> u32 {
     value
         .and_then(|text| text.trim().parse::<u32>().ok())
         .filter(|&cases| cases > 0)
-        .unwrap_or(DEFAULT_CASES)
+        .unwrap_or(default_cases)
 }
 
 #[cfg(test)]
@@ -30,10 +50,11 @@ mod tests {
 
     #[test]
     fn the_variable_sets_the_count_and_nonsense_falls_back() {
-        assert_eq!(cases_from(None), DEFAULT_CASES);
-        assert_eq!(cases_from(Some("100000")), 100_000);
-        assert_eq!(cases_from(Some(" 7 ")), 7);
-        assert_eq!(cases_from(Some("0")), DEFAULT_CASES);
-        assert_eq!(cases_from(Some("lots")), DEFAULT_CASES);
+        assert_eq!(cases_from(None, DEFAULT_CASES), DEFAULT_CASES);
+        assert_eq!(cases_from(Some("100000"), DEFAULT_CASES), 100_000);
+        assert_eq!(cases_from(Some(" 7 "), DEFAULT_CASES), 7);
+        assert_eq!(cases_from(Some("0"), DEFAULT_CASES), DEFAULT_CASES);
+        assert_eq!(cases_from(Some("lots"), DEFAULT_CASES), DEFAULT_CASES);
+        assert_eq!(cases_from(None, 2_000), 2_000);
     }
 }

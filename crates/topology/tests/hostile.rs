@@ -16,7 +16,7 @@ use std::sync::Arc;
 use meridian_node::admin_token::AdminToken;
 use meridian_proto::v1;
 use meridian_proto::v1::topology_admin_service_server::TopologyAdminService;
-use meridian_testkit::hostile::hostile_cases;
+use meridian_testkit::hostile::hostile_config;
 use meridian_topology::metrics::TopologyMetrics;
 use meridian_topology::request;
 use meridian_topology::service::{Serving, TopologyAdminApi};
@@ -26,14 +26,6 @@ use tonic::metadata::MetadataValue;
 use tonic::Request;
 
 const TOKEN: &str = "hostile-admin-token";
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: hostile_cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -99,7 +91,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(hostile_config())]
 
     #[test]
     fn hostile_topology_admin_requests_get_client_statuses(
