@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod crypto;
 pub mod ids;
 pub mod ledger;
+pub mod placement;
 pub mod protocol;
 pub mod sequencing;
 pub mod synchronizer;

@@ -5,65 +5,14 @@
 //! type, so `--preset NAME` and `--deployment FILE` run through one path. The format is
 //! documented in `docs/deployment.md`; [`super::check`] says whether a description can run.
 
-use std::fmt;
 use std::path::Path;
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
-/// Declares a name newtype: a string in the file, a distinct type in the code so that a zone
-/// is never passed where a replica is meant.
-macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub String);
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl From<&str> for $name {
-            fn from(name: &str) -> Self {
-                Self(name.to_owned())
-            }
-        }
-    };
-}
-
-name_type!(
-    /// A region: a group of zones far enough apart to fail independently.
-    RegionName
-);
-name_type!(
-    /// A zone (a failure domain inside a region); zone names are unique across regions.
-    ZoneName
-);
-name_type!(
-    /// A node's name: its directory, database and member name (`participant2`).
-    NodeName
-);
-name_type!(
-    /// One process of a node (`participant2-a`, `sequencer-b`).
-    ReplicaName
-);
-name_type!(
-    /// A PostgreSQL cluster: one primary and its standbys.
-    ClusterName
-);
-name_type!(
-    /// One PostgreSQL server of a cluster.
-    ServerName
-);
+pub use meridian_core::placement::{
+    ClusterName, NodeKind as Role, NodeName, RegionName, ReplicaName, ServerName, ZoneName,
+};
 
 /// Where the nodes keep their state: the one type for the storage choice, in files and on
 /// the command line (`--backend`).
@@ -277,27 +226,6 @@ pub struct Replica {
     /// Fixed ports; absent means free ones are picked at every start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<NodePorts>,
-}
-
-/// What a node does, which decides how it is configured and started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Sequencer,
-    TopologyManager,
-    Mediator,
-    Participant,
-}
-
-impl Role {
-    /// The `meridian` subcommand that runs it.
-    pub fn command(self) -> &'static str {
-        match self {
-            Role::Sequencer => "sequencer",
-            Role::TopologyManager => "topology",
-            Role::Mediator => "mediator",
-            Role::Participant => "participant",
-        }
-    }
 }
 
 pub const SEQUENCER_NODE: &str = "sequencer";
