@@ -12,6 +12,11 @@
 //! faults" (`crate::attribution`): the rows and the summary add up. A schedule may instead
 //! hold a nemesis run (`crate::nemesis`), overlapping random faults, reported per fault.
 //!
+//! A fault served again whose throughput never comes back says why: throughput and commit
+//! latency since, against before, and the commits in flight (Little's law), which tell a
+//! deployment that runs slower as a whole — what a busier machine looks like — from lanes
+//! that stopped submitting.
+//!
 //! Its own instruments are cheap on purpose — atomic counters per 100 ms bucket, and HTTP
 //! polling of a handful of `/status` endpoints only while a fault is being measured — so they
 //! do not lower the throughput they measure. What each fault does is `crate::fault`'s.
@@ -472,9 +477,80 @@ fn throughput_around(
     live.timeline.committed_per_bucket(start, end)
 }
 
+/// The load's throughput and mean commit latency over a window of the timeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LoadRate {
+    commits_per_bucket: f64,
+    /// `None` when nothing committed in the window.
+    mean_latency_ms: Option<f64>,
+}
+
+impl LoadRate {
+    /// Over buckets `from..to` (at least one bucket is counted).
+    fn over(live: &Live, from: usize, to: usize) -> Self {
+        let buckets = to.saturating_sub(from).max(1);
+        Self {
+            commits_per_bucket: live.timeline.committed_between(from, to) as f64 / buckets as f64,
+            mean_latency_ms: live.timeline.mean_latency_ms(from, to),
+        }
+    }
+
+    fn tx_per_s(&self) -> f64 {
+        self.commits_per_bucket * 1_000.0 / TIMELINE_BUCKET_MS as f64
+    }
+
+    /// Commits under way on average (Little's law: throughput × time each took). With every
+    /// lane submitting it is about the lane count; lanes that wait outside a submission
+    /// (backing off after a failure, looking their IOU up, stuck) lower it.
+    fn in_flight(&self) -> Option<f64> {
+        self.mean_latency_ms
+            .map(|ms| self.tx_per_s() * ms / 1_000.0)
+    }
+}
+
+/// Below this share of the commits in flight before, lanes are said to wait outside their
+/// submissions; above it, that each commit took longer.
+const IN_FLIGHT_KEPT: f64 = 0.8;
+
+/// Why throughput is short of before (`after`, over `after_buckets` buckets), for the problem
+/// line of a fault whose throughput never came back: a CI log shows only that line. Every
+/// lane still committing, each commit slower, is a slower deployment — which is also what a
+/// machine that got busier makes of it (another test starting its own deployment beside the
+/// drill does exactly that); fewer commits in flight is lanes that stopped submitting.
+fn describe_shortfall(before: LoadRate, after: LoadRate, after_buckets: usize) -> String {
+    let mut text = format!(
+        "the last {:.1} s ran {:.1} tx/s, {:.0} % of the {:.1} tx/s before",
+        after_buckets as f64 * TIMELINE_BUCKET_MS as f64 / 1_000.0,
+        after.tx_per_s(),
+        100.0 * after.commits_per_bucket / before.commits_per_bucket.max(f64::MIN_POSITIVE),
+        before.tx_per_s(),
+    );
+    if let (Some(after_ms), Some(before_ms)) = (after.mean_latency_ms, before.mean_latency_ms) {
+        text.push_str(&format!(
+            ", at a mean commit latency of {after_ms:.0} ms against {before_ms:.0} ms ({:.1}×)",
+            after_ms / before_ms.max(f64::MIN_POSITIVE)
+        ));
+    }
+    if let (Some(after), Some(before)) = (after.in_flight(), before.in_flight()) {
+        let verdict = if after >= IN_FLIGHT_KEPT * before {
+            "the lanes kept submitting, each commit slower: the deployment as a whole ran slower, as on a machine that got busier (retries count in the latency: see the retried column)"
+        } else {
+            "lanes spent their time outside their submissions (waiting after failures, looking IOUs up, or stuck)"
+        };
+        text.push_str(&format!(
+            "; commits in flight {after:.1} against {before:.1}: {verdict}"
+        ));
+    }
+    text
+}
+
+/// The window [`describe_shortfall`] looks at: the last 5 s (none of it before the first
+/// success).
+const SHORTFALL_WINDOW_BUCKETS: usize = 50;
+
 /// The load's counters just before a fault, which its figures are measured against.
 struct Before {
-    commits_per_bucket: f64,
+    rate: LoadRate,
     retried: u64,
 }
 
@@ -485,10 +561,8 @@ impl Before {
         let settle_buckets =
             usize::try_from(settle.as_secs() * 1_000 / TIMELINE_BUCKET_MS).unwrap_or(usize::MAX);
         let from = now_bucket.saturating_sub(settle_buckets.saturating_sub(5).max(5));
-        let buckets = now_bucket.saturating_sub(from).max(1);
         Self {
-            commits_per_bucket: live.timeline.committed_between(from, now_bucket) as f64
-                / buckets as f64,
+            rate: LoadRate::over(live, from, now_bucket),
             retried: live.retried.load(Ordering::Relaxed),
         }
     }
@@ -533,13 +607,24 @@ async fn measure(
     let mut problem = None;
     loop {
         if watch.injected_at.elapsed() > RECOVERY_TIMEOUT {
-            problem = Some(format!(
+            let mut message = format!(
                 "not recovered within {} s (detected: {}, first success: {}, throughput back: {})",
                 RECOVERY_TIMEOUT.as_secs(),
                 watch.detected.is_some(),
                 watch.first_success.is_some(),
                 watch.throughput_back.is_some()
-            ));
+            );
+            if let (Some(first_success), None) = (watch.first_success, watch.throughput_back) {
+                // The last complete buckets, none before the first success.
+                let to = live.bucket_of(Instant::now());
+                let from = to
+                    .saturating_sub(SHORTFALL_WINDOW_BUCKETS)
+                    .max(live.bucket_of(first_success));
+                let after = LoadRate::over(live, from, to);
+                let shortfall = describe_shortfall(before.rate, after, to.saturating_sub(from));
+                message.push_str(&format!("; {shortfall}"));
+            }
+            problem = Some(message);
             break;
         }
         if watch.detected.is_none() && injected.detected(stage.deployment).await {
@@ -557,7 +642,7 @@ async fn measure(
         }
         if watch.first_success.is_some() && watch.throughput_back.is_none() {
             watch.throughput_back =
-                throughput_back(live, &watch, fault_bucket, before.commits_per_bucket);
+                throughput_back(live, &watch, fault_bucket, before.rate.commits_per_bucket);
         }
         let moment = Moment::Measuring {
             detected: watch.detected.is_some(),
@@ -588,7 +673,7 @@ async fn measure(
         failed_requests: 0,
         timed_out_requests: 0,
         retried_requests: live.retried.load(Ordering::Relaxed) - before.retried,
-        throughput_before_tx_per_s: before.commits_per_bucket * 1_000.0 / TIMELINE_BUCKET_MS as f64,
+        throughput_before_tx_per_s: before.rate.tx_per_s(),
         throughput_per_100ms: Vec::new(),
         resumed_replica_passive: restored.resumed_replica_passive,
         promotion,
@@ -626,4 +711,68 @@ fn throughput_back(
         start += 1;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(tx_per_s: f64, mean_latency_ms: f64) -> LoadRate {
+        LoadRate {
+            commits_per_bucket: tx_per_s * TIMELINE_BUCKET_MS as f64 / 1_000.0,
+            mean_latency_ms: Some(mean_latency_ms),
+        }
+    }
+
+    /// A CI run failed with only "throughput back: false" to go on. The same failure
+    /// reproduced with a second deployment started beside the drill: every lane kept
+    /// committing at three times the latency. Lanes that stop submitting (stuck, or backing
+    /// off outside their calls) look different, and the problem line says which it was.
+    #[test]
+    fn a_slower_deployment_is_told_from_lanes_that_stopped_submitting() {
+        let before = rate(100.0, 80.0);
+        assert_eq!(before.in_flight(), Some(8.0));
+
+        let busier_machine = describe_shortfall(before, rate(33.0, 240.0), 50);
+        assert!(
+            busier_machine.starts_with("the last 5.0 s ran 33.0 tx/s, 33 % of the 100.0 tx/s before, at a mean commit latency of 240 ms against 80 ms (3.0×); commits in flight 7.9 against 8.0"),
+            "{busier_machine}"
+        );
+        assert!(
+            busier_machine.contains("the lanes kept submitting"),
+            "{busier_machine}"
+        );
+
+        let stuck_lanes = describe_shortfall(before, rate(50.0, 80.0), 50);
+        assert!(
+            stuck_lanes.contains("commits in flight 4.0 against 8.0: lanes spent their time outside their submissions"),
+            "{stuck_lanes}"
+        );
+    }
+
+    #[test]
+    fn a_window_without_commits_says_only_its_throughput() {
+        let silent = LoadRate {
+            commits_per_bucket: 0.0,
+            mean_latency_ms: None,
+        };
+        assert_eq!(
+            describe_shortfall(rate(100.0, 80.0), silent, 20),
+            "the last 2.0 s ran 0.0 tx/s, 0 % of the 100.0 tx/s before"
+        );
+    }
+
+    #[test]
+    fn a_window_rate_is_read_from_the_timeline() {
+        let live = Live::default();
+        for (bucket, latency_ms) in [(3u64, 100u64), (3, 300), (4, 200), (9, 5_000)] {
+            live.timeline.record_commit(
+                Duration::from_millis(bucket * TIMELINE_BUCKET_MS + 1),
+                Duration::from_millis(latency_ms),
+            );
+        }
+        let window = LoadRate::over(&live, 3, 5);
+        assert_eq!(window, rate(15.0, 200.0));
+        assert_eq!(window.in_flight(), Some(3.0));
+    }
 }

@@ -292,7 +292,8 @@ impl Timeline {
         Some(bucket_index(elapsed)).filter(|b| *b < TIMELINE_BUCKETS)
     }
 
-    fn record_commit(&self, elapsed: Duration, latency: Duration) {
+    /// A commit acknowledged `elapsed` after the epoch, `latency` after it was sent.
+    pub(crate) fn record_commit(&self, elapsed: Duration, latency: Duration) {
         let Some(bucket) = Self::bucket(elapsed) else {
             return;
         };
@@ -329,6 +330,18 @@ impl Timeline {
     /// Commits in buckets `from..to` (clamped to the timeline).
     pub fn committed_between(&self, from: usize, to: usize) -> u64 {
         self.committed_range(from, to).sum()
+    }
+
+    /// The mean latency of the commits acknowledged in buckets `from..to` (clamped; from the
+    /// samples each bucket keeps), or `None` if there were none.
+    pub fn mean_latency_ms(&self, from: usize, to: usize) -> Option<f64> {
+        let latencies = lock(&self.latencies_us);
+        let to = to.min(latencies.len());
+        let samples = latencies[from.min(to)..to].iter().flatten();
+        let (count, sum_us) = samples.fold((0u64, 0u64), |(count, sum), latency| {
+            (count + 1, sum.saturating_add(u64::from(*latency)))
+        });
+        (count > 0).then(|| sum_us as f64 / count as f64 / 1_000.0)
     }
 
     /// Buckets `0..up_to` (clamped), with each bucket's latency p99.
@@ -1074,4 +1087,33 @@ pub async fn duplicate_ious(parties: &Parties) -> anyhow::Result<usize> {
         }
     }
     Ok(counts.values().filter(|&&n| n > 1).map(|n| n - 1).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_latency_is_over_the_commits_of_the_window_only() {
+        let timeline = Timeline::default();
+        let at = |bucket: u64, latency_ms: u64| {
+            timeline.record_commit(
+                Duration::from_millis(bucket * TIMELINE_BUCKET_MS + 1),
+                Duration::from_millis(latency_ms),
+            );
+        };
+        at(0, 1_000);
+        at(2, 100);
+        at(2, 200);
+        at(3, 600);
+        assert_eq!(timeline.mean_latency_ms(2, 4), Some(300.0));
+        assert_eq!(timeline.mean_latency_ms(0, 1), Some(1_000.0));
+        assert_eq!(
+            timeline.mean_latency_ms(1, 2),
+            None,
+            "no commit in bucket 1"
+        );
+        assert_eq!(timeline.mean_latency_ms(3, 99), Some(600.0), "clamped");
+        assert_eq!(timeline.mean_latency_ms(7, 5), None);
+    }
 }
