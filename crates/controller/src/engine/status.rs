@@ -64,7 +64,11 @@ pub fn render(engine: &Engine, controller: ControllerInfo, events: Vec<AuditReco
         controller,
         regions,
         plans: plans(&engine.plans),
-        cooldown_until: engine.policy.cooldown_until(&engine.settings),
+        // Only a cooldown that still runs: a past one says nothing.
+        cooldown_until: engine
+            .policy
+            .cooling_down(engine.now, &engine.settings)
+            .map(|(_, until)| until),
         automatic_actions_last_hour: engine.policy.actions_last_hour(engine.now),
         events,
     }
