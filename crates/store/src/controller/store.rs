@@ -84,19 +84,13 @@ fn stored_plan(row: PlanRow) -> StoredPlan {
 }
 
 /// The plans to write: each id once, as its last occurrence in the batch (one multi-row upsert
-/// must not touch a row twice), in the order of first appearance.
+/// must not touch a row twice), in id order (so that two committers lock rows in one order).
 fn distinct_plans(plans: &[StoredPlan]) -> Vec<&StoredPlan> {
-    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
-    for (index, plan) in plans.iter().enumerate() {
-        last.insert(plan.id.as_str(), index);
-    }
-    let mut written = Vec::with_capacity(last.len());
+    let mut last: BTreeMap<&str, &StoredPlan> = BTreeMap::new();
     for plan in plans {
-        if let Some(index) = last.remove(plan.id.as_str()) {
-            written.push(&plans[index]);
-        }
+        last.insert(plan.id.as_str(), plan);
     }
-    written
+    last.into_values().collect()
 }
 
 /// The audit rows to insert from `next` on: (seq, record).
@@ -230,10 +224,10 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_listed_twice_is_written_once_as_its_last_occurrence() {
+    fn a_plan_listed_twice_is_written_once_as_its_last_occurrence_in_id_order() {
         let plans = vec![
-            plan("plan-1", "awaiting-approval"),
             plan("plan-2", "running"),
+            plan("plan-1", "awaiting-approval"),
             plan("plan-1", "running"),
         ];
         let written: Vec<(&str, &str)> = distinct_plans(&plans)
