@@ -90,7 +90,11 @@ fn a_broken_file_fails_naming_every_problem() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `regionz`"));
     let text = Description::preset(Preset::Single).to_toml().unwrap();
     let unknown = dir.path().join("unknown-controller-key.toml");
-    std::fs::write(&unknown, format!("{text}\n[controller]\nprobe_interval = 50\n")).unwrap();
+    std::fs::write(
+        &unknown,
+        format!("{text}\n[controller]\nprobe_interval = 50\n"),
+    )
+    .unwrap();
     let output = check(&unknown);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

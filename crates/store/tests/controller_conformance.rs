@@ -14,9 +14,7 @@ use meridian_store::controller::{
     self, ControllerBatch, ControllerStore, ControllerStores, NewAuditRecord, SqlControllerStore,
     StoredAuditRecord, StoredPlan, LEASE_NODE, MAX_AUDIT_READ,
 };
-use meridian_store::{
-    claim_database, DatabaseOwner, Epoch, NodeKind, StorageConfig, StoreError,
-};
+use meridian_store::{claim_database, DatabaseOwner, Epoch, NodeKind, StorageConfig, StoreError};
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 
@@ -175,7 +173,11 @@ async fn records_read_back_as_written(h: Harness) {
             body_json: "[\"ü\", null, 1.5]".into(),
         },
     ];
-    let got = h.store().commit(&audit(written.clone())).await.expect("commit");
+    let got = h
+        .store()
+        .commit(&audit(written.clone()))
+        .await
+        .expect("commit");
     assert_eq!(got, vec![1, 2]);
     let stored = h.store().audit_after(0, 10).await.expect("after");
     let expected: Vec<StoredAuditRecord> = written
@@ -248,7 +250,11 @@ async fn seqs_are_gap_free_and_increasing_across_commits(h: Harness) {
     // A second replica continues the same numbering.
     let other = h.replica().await;
     assert_eq!(
-        other.store.commit(&audit(records("c", 1))).await.expect("commit"),
+        other
+            .store
+            .commit(&audit(records("c", 1)))
+            .await
+            .expect("commit"),
         vec![6]
     );
     let log = h.whole_log().await;
@@ -379,7 +385,10 @@ async fn a_batch_with_a_bad_record_writes_nothing(h: Harness) {
     assert_eq!(store.plans().await.expect("plans"), before_plans);
     assert_eq!(h.whole_log().await, before_log);
     assert_eq!(
-        store.commit(&audit(records("after", 2))).await.expect("commit"),
+        store
+            .commit(&audit(records("after", 2)))
+            .await
+            .expect("commit"),
         vec![2, 3],
         "no number was used up by the refused batches"
     );
@@ -408,7 +417,10 @@ async fn audit_reads_are_ordered_and_limited(h: Harness) {
         range(1199, 1200)
     );
     assert_eq!(store.audit_after(1200, 10).await.expect("after"), vec![]);
-    assert_eq!(store.audit_after(u64::MAX, 10).await.expect("after"), vec![]);
+    assert_eq!(
+        store.audit_after(u64::MAX, 10).await.expect("after"),
+        vec![]
+    );
     assert_eq!(store.audit_after(0, 0).await.expect("after"), vec![]);
 
     assert_eq!(
@@ -445,7 +457,9 @@ async fn the_audit_log_is_append_only_in_the_database(h: Harness) {
     for sql in attempts {
         let refused = h.raw_execute(sql).await.expect_err(sql);
         assert!(
-            refused.to_string().contains("controller_audit is append-only"),
+            refused
+                .to_string()
+                .contains("controller_audit is append-only"),
             "{sql}: {refused}"
         );
     }
@@ -460,13 +474,12 @@ async fn the_audit_log_is_append_only_in_the_database(h: Harness) {
 /// one is refused; the new active goes on with the numbering.
 async fn a_fenced_store_commits_nothing(h: Harness) {
     let b = h.replica().await;
-    let e1 = h
-        .a
-        .lease
-        .try_acquire("controller-a", "http://a", LONG, Timestamp::now())
-        .await
-        .expect("try_acquire")
-        .expect("a takes the lease");
+    let e1 =
+        h.a.lease
+            .try_acquire("controller-a", "http://a", LONG, Timestamp::now())
+            .await
+            .expect("try_acquire")
+            .expect("a takes the lease");
     h.a.fence.activate(LEASE_NODE, e1);
     let active = ControllerBatch {
         plans: vec![plan("plan-1", "running", 1)],
@@ -474,7 +487,10 @@ async fn a_fenced_store_commits_nothing(h: Harness) {
     };
     assert_eq!(h.store().commit(&active).await.expect("commit"), vec![1, 2]);
 
-    h.a.lease.release("controller-a", e1).await.expect("release");
+    h.a.lease
+        .release("controller-a", e1)
+        .await
+        .expect("release");
     let e2 = b
         .lease
         .try_acquire("controller-b", "http://b", LONG, Timestamp::now())
@@ -507,7 +523,10 @@ async fn a_fenced_store_commits_nothing(h: Harness) {
 
     b.fence.activate(LEASE_NODE, e2);
     assert_eq!(
-        b.store.commit(&audit(records("b", 1))).await.expect("commit"),
+        b.store
+            .commit(&audit(records("b", 1)))
+            .await
+            .expect("commit"),
         vec![3]
     );
 }
@@ -526,7 +545,9 @@ async fn opening_claims_the_database_for_the_controller(h: Harness) {
         .await
         .expect_err("another deployment's controller");
     assert!(
-        refused.to_string().contains("belongs to controller controller"),
+        refused
+            .to_string()
+            .contains("belongs to controller controller"),
         "{refused}"
     );
 }
@@ -571,7 +592,11 @@ async fn sqlite_default_storage_is_created_under_the_data_dir() {
         .await
         .expect("open");
     assert_eq!(
-        stores.store.commit(&audit(records("x", 1))).await.expect("commit"),
+        stores
+            .store
+            .commit(&audit(records("x", 1)))
+            .await
+            .expect("commit"),
         vec![1]
     );
     assert!(data.path().join("controller/controller.db").is_file());

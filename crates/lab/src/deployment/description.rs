@@ -636,11 +636,9 @@ mod tests {
             ..ControllerSettings::default()
         };
         assert_eq!(parsed.controller, expected);
-        let again: Description = meridian_node::config::parse_toml(
-            &parsed.to_toml().expect("serializes"),
-            "d.toml",
-        )
-        .expect("parses");
+        let again: Description =
+            meridian_node::config::parse_toml(&parsed.to_toml().expect("serializes"), "d.toml")
+                .expect("parses");
         assert_eq!(again, parsed);
 
         let unknown = format!("{text}\n[controller]\nfal = 5\n");

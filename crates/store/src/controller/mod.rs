@@ -208,8 +208,9 @@ pub(crate) fn check_batch(batch: &ControllerBatch) -> Result<(), StoreError> {
         )));
     }
     for (index, plan) in batch.plans.iter().enumerate() {
-        check_body(&plan.body_json)
-            .map_err(|problem| refused(format!("plan {index} ({}): body_json {problem}", plan.id)))?;
+        check_body(&plan.body_json).map_err(|problem| {
+            refused(format!("plan {index} ({}): body_json {problem}", plan.id))
+        })?;
     }
     for (index, record) in batch.audit.iter().enumerate() {
         check_body(&record.body_json).map_err(|problem| {

@@ -134,11 +134,15 @@ impl ControllerStore for SqlControllerStore {
                 if let Some(lock) = dialect.exclusive_lock(AUDIT) {
                     sqlx::query(&lock).execute(&mut *tx).await?;
                 }
-                let highest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM controller_audit")
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let highest: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM controller_audit")
+                        .fetch_one(&mut *tx)
+                        .await?;
                 first = highest.checked_add(1).ok_or_else(|| {
-                    StoreError::corrupt("controller_audit", format!("seq {highest} is the largest there can be"))
+                    StoreError::corrupt(
+                        "controller_audit",
+                        format!("seq {highest} is the largest there can be"),
+                    )
                 })?;
                 let rows = numbered(first, &batch.audit);
                 tx.insert_chunked(
@@ -204,7 +208,10 @@ impl ControllerStore for SqlControllerStore {
              ORDER BY seq"
         );
         let rows: Vec<AuditRow> = on_backend!(&self.pool, |_, readers, _| {
-            sqlx::query_as(&select).bind(limit).fetch_all(readers).await?
+            sqlx::query_as(&select)
+                .bind(limit)
+                .fetch_all(readers)
+                .await?
         });
         rows.into_iter().map(audit_record).collect()
     }
