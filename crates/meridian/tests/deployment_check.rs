@@ -65,6 +65,7 @@ fn a_broken_file_fails_naming_every_problem() {
     description.mediator.replicas[0].zone = "zone-9z".into();
     description.participants[2].name = "participant1".into();
     description.topology_manager.replicas.clear();
+    description.controller.fall = 0;
     let path = dir.path().join("broken.toml");
     std::fs::write(&path, description.to_toml().unwrap()).unwrap();
     let output = check(&path);
@@ -75,6 +76,7 @@ fn a_broken_file_fails_naming_every_problem() {
         "mediator.replicas[0].zone = \"zone-9z\": no region lists this zone",
         "participants[2].name = \"participant1\": the node name is used twice",
         "topology_manager.replicas: node \"topology-manager\" has no replica",
+        "controller.fall: 0 is outside 1..=100",
     ] {
         assert!(
             stderr.contains(expected),
@@ -86,6 +88,20 @@ fn a_broken_file_fails_naming_every_problem() {
     let output = check(&unknown);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `regionz`"));
+    let text = Description::preset(Preset::Single).to_toml().unwrap();
+    let unknown = dir.path().join("unknown-controller-key.toml");
+    std::fs::write(
+        &unknown,
+        format!("{text}\n[controller]\nprobe_interval = 50\n"),
+    )
+    .unwrap();
+    let output = check(&unknown);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown field `probe_interval`"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Meridian's database layer. Each component has one store trait and one module:
-//! [`sequencer`], [`topology`], [`mediator`], [`participant`] and the replica [`lease`]; and
-//! [`owner`], the record of which node a database belongs to, checked at every start. One
-//! implementation per component serves both backends, SQLite (the embedded default) and
-//! PostgreSQL: the SQL is written once wherever the dialects agree (sqlx accepts `$n`
+//! [`sequencer`], [`topology`], [`mediator`], [`participant`], the [`controller`]'s plans and
+//! audit log, and the replica [`lease`]; and [`owner`], the record of which node a database
+//! belongs to, checked at every start. One implementation per component serves both backends,
+//! SQLite (the embedded default) and PostgreSQL: the SQL is written once wherever the dialects agree (sqlx accepts `$n`
 //! placeholders on SQLite too), and per dialect only where they really differ (bulk inserts
 //! through `UNNEST` or multi-row `VALUES`, `BEGIN IMMEDIATE`, table and row locks, advisory
 //! locks). Every component opens its connections as one pool type (`pool::StorePool`: a
@@ -11,6 +11,7 @@
 //! every store to its contract on both backends. Migrations are plain SQL files under
 //! `migrations/<backend>/`, embedded at compile time.
 
+pub mod controller;
 mod error;
 mod fencing;
 pub mod follow;

@@ -29,14 +29,17 @@ pub enum NodeKind {
     TopologyManager,
     Mediator,
     Participant,
+    /// The deployment's controller (`meridian controller`): its plans and audit log.
+    Controller,
 }
 
 impl NodeKind {
-    const ALL: [NodeKind; 4] = [
+    const ALL: [NodeKind; 5] = [
         NodeKind::Sequencer,
         NodeKind::TopologyManager,
         NodeKind::Mediator,
         NodeKind::Participant,
+        NodeKind::Controller,
     ];
 
     /// The kind as recorded in the database and shown in messages.
@@ -46,6 +49,7 @@ impl NodeKind {
             NodeKind::TopologyManager => "topology-manager",
             NodeKind::Mediator => "mediator",
             NodeKind::Participant => "participant",
+            NodeKind::Controller => "controller",
         }
     }
 

@@ -115,6 +115,9 @@ pub enum DescriptionError {
         name: String,
         why: String,
     },
+    /// A `[controller]` setting out of its bounds (`ControllerSettings::check`).
+    #[error("controller.{key}: {problem}")]
+    ControllerSetting { key: &'static str, problem: String },
 }
 
 /// All the problems of one description, one per line.
@@ -214,6 +217,12 @@ pub fn check(description: &Description) -> Result<(), DescriptionErrors> {
             }
             _ => {}
         }
+    }
+    if let Err(setting) = description.controller.check() {
+        errors.push(DescriptionError::ControllerSetting {
+            key: setting.key,
+            problem: setting.problem,
+        });
     }
     if errors.is_empty() {
         Ok(())
@@ -798,6 +807,22 @@ mod tests {
         assert_eq!(
             only_error(&description),
             "participants[0].replicas[0].ports.admin = 24601: port 24601 is already used by sequencer.instances[1].ports.grpc (sequencer-b)"
+        );
+    }
+
+    #[test]
+    fn a_controller_setting_out_of_bounds_is_refused_naming_the_key() {
+        let mut description = two_regions();
+        description.controller.probe_interval_ms = 5;
+        assert_eq!(
+            only_error(&description),
+            "controller.probe_interval_ms: 5 is outside 10..=60000"
+        );
+        description.controller.probe_interval_ms = 100;
+        description.controller.restart_backoff_max_ms = 100;
+        assert_eq!(
+            only_error(&description),
+            "controller.restart_backoff_max_ms: 100 is outside 200..=3600000"
         );
     }
 

@@ -10,6 +10,7 @@ use std::path::Path;
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+pub use meridian_controller::settings::ControllerSettings;
 pub use meridian_core::placement::{
     ClusterName, NodeKind as Role, NodeName, RegionName, ReplicaName, ServerName, ZoneName,
 };
@@ -129,6 +130,15 @@ pub struct Description {
     pub topology_manager: ReplicatedNode,
     pub mediator: ReplicatedNode,
     pub participants: Vec<ParticipantNode>,
+    /// `meridian controller`'s timings and limits (the `[controller]` table; every key has a
+    /// default). Written out only when it differs from the defaults, so that files which
+    /// never name it stay as they are.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub controller: ControllerSettings,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 pub const DEFAULT_LEASE_TIMEOUT_MS: u64 = 1_000;
@@ -358,6 +368,7 @@ impl Description {
                     }
                 })
                 .collect(),
+            controller: ControllerSettings::default(),
         }
     }
 
@@ -603,6 +614,37 @@ mod tests {
                 meridian_node::config::parse_toml(&text, "d.toml").expect("parses");
             assert_eq!(parsed, description, "{preset:?}");
         }
+    }
+
+    /// The `[controller]` table: keys left out keep their defaults, an unknown key is refused
+    /// naming it, and a description with one round-trips through its file text.
+    #[test]
+    fn the_controller_table_is_optional_and_checked_for_unknown_keys() {
+        let base = Description::preset(Preset::Replicated);
+        assert_eq!(base.controller, ControllerSettings::default());
+        let text = base.to_toml().expect("serializes");
+        assert!(!text.contains("[controller]"), "defaults are not written");
+
+        let with_table =
+            format!("{text}\n[controller]\nfall = 5\nauto_approve = true\ncooldown_s = 0\n");
+        let parsed: Description =
+            meridian_node::config::parse_toml(&with_table, "d.toml").expect("parses");
+        let expected = ControllerSettings {
+            fall: 5,
+            auto_approve: true,
+            cooldown_s: 0,
+            ..ControllerSettings::default()
+        };
+        assert_eq!(parsed.controller, expected);
+        let again: Description =
+            meridian_node::config::parse_toml(&parsed.to_toml().expect("serializes"), "d.toml")
+                .expect("parses");
+        assert_eq!(again, parsed);
+
+        let unknown = format!("{text}\n[controller]\nfal = 5\n");
+        let error = meridian_node::config::parse_toml::<Description>(&unknown, "d.toml")
+            .expect_err("unknown key");
+        assert!(error.to_string().contains("fal"), "{error}");
     }
 
     #[test]
