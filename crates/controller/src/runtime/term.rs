@@ -112,6 +112,7 @@ where
         let mut effects = self.adopt().await;
         effects.extend(self.engine.resume(Timestamp::now()));
         self.carry_out(effects, side).await?;
+        self.shared.replication.serving();
         self.publish(side);
         let interval = Duration::from_millis(self.shared.replica.settings.probe_interval_ms);
         let mut ticks = tokio::time::interval(interval);

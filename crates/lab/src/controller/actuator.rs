@@ -259,6 +259,7 @@ impl LabActuator {
     /// they are active-active), bounded by [`READY_WAIT`].
     async fn wait_ready(&self, replicas: &[ReplicaName]) -> StepOutcome {
         let started = Instant::now();
+        let mut first = true;
         loop {
             // Per node: (needs every replica, the ready ones, why the others are not).
             let mut nodes: BTreeMap<String, (bool, usize, Vec<String>)> = BTreeMap::new();
@@ -292,6 +293,14 @@ impl LabActuator {
                 })
                 .map(|(node, (_, _, waiting))| format!("{node} ({})", waiting.join("; ")))
                 .collect();
+            if not_ready.is_empty() && first {
+                // Run again after a controller failover: nothing was waited for.
+                return StepOutcome::AlreadyDone(format!(
+                    "already ready: {}",
+                    names(replicas.iter())
+                ));
+            }
+            first = false;
             if not_ready.is_empty() {
                 return StepOutcome::Done(format!(
                     "ready after {} ms: {}",

@@ -10,6 +10,7 @@ pub mod command;
 pub mod inventory;
 pub mod process;
 mod serve;
+pub mod view;
 
 pub use actuator::LabActuator;
 pub use command::{url_file, ControllerArgs};
