@@ -14,6 +14,7 @@ pub mod view;
 
 pub use actuator::LabActuator;
 pub use command::{url_file, ControllerArgs};
+pub use view::ControlledDeployment;
 
 /// The controller's own directory under the deployment's data directory: its database, its
 /// replicas' URL files.
