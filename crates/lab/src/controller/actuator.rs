@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use meridian_controller::actuator::{Actuator, Started};
-use meridian_controller::model::{
-    DatabaseFact, DatabaseRole, Inventory, ProbeOutcome, ReplicaSpec, ServingRole,
-};
+use meridian_controller::model::{DatabaseFact, Inventory, ProbeOutcome, ReplicaSpec, ServingRole};
 use meridian_controller::plan::{StepAction, StepOutcome};
 use meridian_core::placement::{NodeKind, ReplicaName, ServerName};
 use meridian_core::Timestamp;
@@ -500,11 +498,9 @@ impl Actuator for LabActuator {
                     DatabaseFact {
                         server: view.name,
                         reachable: view.running,
-                        role: view.running.then(|| match view.role {
-                            ServerRole::Primary => DatabaseRole::Primary,
-                            ServerRole::SyncStandby => DatabaseRole::SyncStandby,
-                            ServerRole::AsyncStandby => DatabaseRole::AsyncStandby,
-                        }),
+                        role: view
+                            .running
+                            .then_some(super::inventory::database_role(view.role)),
                         lag_bytes: report.and_then(|r| r.lag_bytes),
                         read_at,
                     }

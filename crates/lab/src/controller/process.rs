@@ -250,17 +250,22 @@ mod tests {
         std::fs::write(&files.pidfile, format!("{}\n", std::process::id())).expect("writes");
         // This test process is alive but does not run r-a's config.
         assert_eq!(files.adoptable_pid(), None);
-        // `; true`: the shell stays (no exec of the last command), with the path in its argv.
-        let mut sleeper = Command::new("sh")
+        // `; true`: the shell stays (no exec of the last command), with the path in its argv;
+        // its own process group, so that the sleep goes with it.
+        let mut command = Command::new("sh");
+        command
             .args(["-c", "sleep 30; true", "sh"])
             .arg(&files.config)
-            .spawn()
-            .expect("spawns sleep");
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut sleeper = command.spawn().expect("spawns sh");
         files.record(sleeper.id()).expect("records");
         assert_eq!(files.adoptable_pid(), Some(sleeper.id()));
         std::fs::write(&files.pidfile, "garbage").expect("writes");
         assert_eq!(files.adoptable_pid(), None);
-        sleeper.kill().expect("kills");
+        let group = Pid::from_raw(-i32::try_from(sleeper.id()).expect("a pid"));
+        kill(group, Signal::SIGKILL).expect("kills the group");
         sleeper.wait().expect("reaps");
     }
 }
