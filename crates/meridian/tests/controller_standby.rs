@@ -40,7 +40,9 @@ async fn a_node_without_a_warm_replica_left_gets_its_cold_one_started() {
     assert_eq!(deployment.pid("participant1-b"), None, "cold: not running");
 
     let config = deployment.config_path("participant1-a").unwrap();
-    std::fs::write(&config, "this is not a participant config\n").unwrap();
+    // An unknown key first: still TOML (its addresses stay readable), refused by the node.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("not_a_participant_key = 1\n{text}")).unwrap();
     let pid = deployment.pid("participant1-a").unwrap();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
 

@@ -51,7 +51,9 @@ async fn a_killed_replica_is_restarted_and_a_crash_looping_one_is_marked_failed(
 
     // A replica that exits at once every time: failed after the limit, then left alone.
     let config = deployment.config_path("participant2-b").unwrap();
-    std::fs::write(&config, "this is not a participant config\n").unwrap();
+    // An unknown key first: still TOML (its addresses stay readable), refused by the node.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("not_a_participant_key = 1\n{text}")).unwrap();
     kill9(deployment.pid("participant2-b").unwrap());
     let status = controller
         .wait_for("participant2-b failed", Duration::from_secs(90), |s| {
