@@ -22,6 +22,13 @@ pub enum Started {
 
 #[async_trait]
 pub trait Actuator: Send + Sync + 'static {
+    /// Called at the start of every active term, before anything is adopted or restored: the
+    /// lab starts a deployment that never ran here. An error ends the controller (it cannot
+    /// supervise what it cannot set up). Nothing to do by default.
+    async fn prepare(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// `/livez`, `/readyz` and `/status` of the replica's admin port, each bounded.
     async fn probe(&self, replica: &ReplicaSpec) -> ProbeOutcome;
 

@@ -15,6 +15,8 @@
 //! - [`settings`]: the `[controller]` timings and limits;
 //! - [`engine`]: every decision, sans I/O: inputs in, effects out;
 //! - [`actuator`]: the trait the runtime does its I/O through (processes, probes, databases);
+//! - [`runtime`]: the loop that runs the engine against an actuator and the controller
+//!   store, under a lease shared by the controller's replicas;
 //! - [`api`]: the JSON of the HTTP API, the CLI and the dashboard; [`handle`]: how the HTTP
 //!   server talks to the running controller.
 
@@ -24,4 +26,5 @@ pub mod engine;
 pub mod handle;
 pub mod model;
 pub mod plan;
+pub mod runtime;
 pub mod settings;

@@ -35,6 +35,10 @@ pub struct NodeProcess {
     pub log_path: PathBuf,
     /// Set for the process on every (re)start, on top of this process's environment.
     environment: Vec<(OsString, OsString)>,
+    /// Started in its own process group (so a Ctrl-C of ours does not reach it) and left
+    /// running when this handle is dropped: for processes that must outlive the lab process
+    /// that started them (the controller's).
+    detached: bool,
 }
 
 /// The sequencer is the node most tests start on its own.
@@ -104,6 +108,7 @@ impl NodeProcess {
             config_path,
             log_path: dir.join(format!("{name}.log")),
             environment: Vec::new(),
+            detached: false,
         })
     }
 
@@ -118,6 +123,18 @@ impl NodeProcess {
         let key = key.into();
         self.environment.retain(|(set, _)| *set != key);
         self.environment.push((key, value.into()));
+    }
+
+    /// From the next start on, the process runs in its own process group and outlives this
+    /// handle (see [`Self::detach`]).
+    pub fn set_detached(&mut self) {
+        self.detached = true;
+    }
+
+    /// Hands the running child over to the caller, who reaps it from now on; this handle
+    /// then no longer knows the process (and its drop cannot kill it).
+    pub fn detach(&mut self) -> Option<Child> {
+        self.child.take()
     }
 
     pub fn name(&self) -> &str {
@@ -139,14 +156,19 @@ impl NodeProcess {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg(self.role)
             .arg("--config")
             .arg(&self.config_path)
             .envs(self.environment.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
+            .stderr(log);
+        if self.detached {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
         self.child = Some(child);
@@ -307,6 +329,9 @@ impl NodeProcess {
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

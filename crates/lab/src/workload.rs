@@ -70,15 +70,43 @@ impl Parties {
         if deployment.participants.len() < 3 {
             bail!("the workload needs three participants");
         }
+        let endpoints: Vec<Vec<String>> = (0..3).map(|i| deployment.ledger_endpoints(i)).collect();
+        let ids: Vec<&str> = deployment.participant_ids[..3]
+            .iter()
+            .map(|id| id.as_str())
+            .collect();
+        Self::allocate_on(
+            &endpoints,
+            &ids,
+            deployment.ledger_auth.as_ref(),
+            user,
+            backoff,
+        )
+        .await
+    }
+
+    /// As [`Parties::allocate_with`], for a deployment this process did not start (the
+    /// controller's): each participant's Ledger API endpoints, its id, and the deployment's
+    /// Ledger API signing key when the participants verify tokens.
+    pub async fn allocate_on(
+        endpoints: &[Vec<String>],
+        participant_ids: &[&str],
+        ledger_auth: Option<&crate::secrets::LedgerAuth>,
+        user: &UserId,
+        backoff: meridian_client::Backoff,
+    ) -> anyhow::Result<Parties> {
+        if endpoints.len() < 3 || participant_ids.len() < 3 {
+            bail!("the workload needs three participants");
+        }
         let client = |i: usize| {
-            let client = LedgerClient::new(&deployment.ledger_endpoints(i), user.clone())
-                .map(|c| c.with_backoff(backoff))?;
+            let client =
+                LedgerClient::new(&endpoints[i], user.clone()).map(|c| c.with_backoff(backoff))?;
             // With `[ledger_auth]`, each client acts as the workload's parties and may
             // allocate them, with tokens renewed before they expire.
-            Ok::<_, anyhow::Error>(match &deployment.ledger_auth {
+            Ok::<_, anyhow::Error>(match ledger_auth {
                 Some(auth) => {
                     client.with_token_source(auth.token_source(crate::secrets::lab_grant(
-                        deployment.participant_ids[i].as_str(),
+                        participant_ids[i],
                         user.as_str(),
                         &["bank", "alice", "bob"],
                     )))

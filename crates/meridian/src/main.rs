@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meridian_lab::{admin, bench, demo, deployment, drill, token};
+use meridian_lab::{admin, bench, controller, demo, deployment, drill, token};
 use meridian_node::telemetry::{init_tracing, LogFormat};
 
 #[derive(Parser)]
@@ -55,6 +55,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Start the same deployment as `demo` without a workload; print endpoints; run until Ctrl-C.
     Up(demo::UpArgs),
+    /// Supervise a deployment: restart crashed processes, start cold standbys, run
+    /// approval-gated region switchover plans (see docs/controller.md).
+    Controller(controller::ControllerArgs),
     /// Deployment files: check one before running it (see docs/deployment.md).
     #[command(subcommand)]
     Deployment(deployment::DeploymentCommand),
@@ -125,6 +128,9 @@ fn main() -> ExitCode {
                 demo::demo(args, meridian_node::shutdown::shutdown_token()).await
             }
             Command::Up(args) => demo::up(args, meridian_node::shutdown::shutdown_token()).await,
+            Command::Controller(args) => {
+                controller::command::run(args, meridian_node::shutdown::shutdown_token()).await
+            }
             Command::Deployment(command) => deployment::args::run(command),
             Command::Admin(command) => admin::run(command).await,
             Command::Bench(command) => {

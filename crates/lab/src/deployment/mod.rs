@@ -83,6 +83,10 @@ pub struct DeploymentSpec {
     /// participant's `[ledger_auth]` with it (`up`, `demo`, the benches and drills do); the
     /// lab's clients then mint their tokens with [`Deployment::ledger_auth`].
     pub ledger_auth: bool,
+    /// Start every process in its own process group and leave it running when the
+    /// [`Deployment`] is dropped: the controller starts a deployment that outlives it
+    /// (`crate::controller`). Off, the processes die with their handles, as tests expect.
+    pub detached: bool,
 }
 
 pub struct Deployment {
@@ -145,6 +149,8 @@ struct PendingProcess {
     name: String,
     config: String,
     at: Addresses,
+    /// Started in its own process group and left running when its handle is dropped.
+    detached: bool,
 }
 
 impl PendingProcess {
@@ -164,6 +170,9 @@ impl PendingProcess {
         )?;
         if let Some(clock) = clock {
             clock.apply(&mut process);
+        }
+        if self.detached {
+            process.set_detached();
         }
         process.started(exe)
     }
@@ -225,6 +234,7 @@ impl DeploymentSpec {
             participant: ParticipantSettings::default(),
             shiftable_sequencer_clocks: false,
             ledger_auth: false,
+            detached: false,
         })
     }
 
@@ -345,6 +355,7 @@ impl DeploymentSpec {
                 name: replica.name.to_string(),
                 config,
                 at,
+                detached: self.detached,
             };
             match replica.standby {
                 Standby::Warm => plan.warm.push(pending),

@@ -1,0 +1,189 @@
+//! `meridian controller`: one replica of a deployment's controller on this machine.
+//!
+//! ```text
+//! meridian controller --deployment FILE | --preset NAME [--backend B]
+//!     --data-dir DIR [--name controller-a] [--listen 127.0.0.1:0] [--database-url URL]
+//! ```
+//!
+//! Its own store is SQLite at `<data-dir>/controller/controller.db` unless `--database-url`
+//! names a PostgreSQL database; every replica of the controller of one deployment must use the
+//! same one (they share its lease). Its HTTP API listens on `--listen`; the address it got is
+//! written to `<data-dir>/controller/<name>.url`, where `meridian ctl` finds it. A data
+//! directory that holds another deployment than the one given is refused before anything
+//! starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use meridian_controller::api::{ControllerInfo, Status};
+use meridian_controller::handle::ControllerHandle;
+use meridian_controller::runtime::{self, ControllerLease, ControllerReplica};
+use meridian_controller::settings::ControllerSettings;
+use meridian_node::admin_token::AdminToken;
+use meridian_store::StorageConfig;
+use tokio_util::sync::CancellationToken;
+
+use super::{bootstrap, LabActuator, CONTROLLER_DIR};
+use crate::deployment::{DeploymentArgs, Description, Preset};
+
+#[derive(Debug, Clone, Args)]
+pub struct ControllerArgs {
+    /// The deployment to supervise (started here if DIR holds none yet).
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
+    /// The deployment's data directory.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// This controller replica: `controller-a`, `controller-b` (the lease holder's name).
+    #[arg(long, default_value = "controller-a")]
+    pub name: String,
+    /// Where the controller's HTTP API (status, plans, dashboard) listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The controller's own database on PostgreSQL (default: SQLite in
+    /// `<data-dir>/controller/controller.db`).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// How long a controller replica that stopped renewing keeps the lease.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub lease_timeout_ms: u64,
+}
+
+/// Where `name`'s HTTP address is written.
+pub fn url_file(data_dir: &std::path::Path, name: &str) -> PathBuf {
+    data_dir.join(CONTROLLER_DIR).join(format!("{name}.url"))
+}
+
+/// A controller replica's name: what the lease and the audit log show.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    anyhow::ensure!(
+        valid,
+        "--name {name:?}: 1 to 64 characters of a-z, 0-9 and '-' (e.g. controller-a)"
+    );
+    Ok(())
+}
+
+pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    check_name(&args.name)?;
+    if args.deployment.deployment.is_none() && args.deployment.preset.is_none() {
+        anyhow::bail!("give the deployment to supervise: --deployment FILE or --preset NAME");
+    }
+    let description = args.deployment.resolve(Preset::Replicated, None)?;
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    // Before anything is opened or written: a directory running another deployment is
+    // refused, and nothing changes.
+    bootstrap::check_matches(&data_dir, &description)?;
+    let settings = controller_settings(&description);
+    settings
+        .check()
+        .map_err(|error| anyhow::anyhow!("the deployment's {error}"))?;
+
+    let controller_dir = data_dir.join(CONTROLLER_DIR);
+    std::fs::create_dir_all(&controller_dir)
+        .with_context(|| format!("creating {}", controller_dir.display()))?;
+    let token_file = crate::secrets::admin_token(&data_dir)?;
+    let admin = AdminToken::configured(
+        None,
+        Some(&token_file),
+        "from <data-dir>/secrets/admin-token",
+    )?;
+
+    let storage = match &args.database_url {
+        Some(url) => StorageConfig::Postgres {
+            url: url.clone(),
+            max_connections: 4,
+        },
+        None => meridian_store::controller::default_storage(&data_dir),
+    };
+    let stores = meridian_store::controller::open(&storage, runtime::LEASE_NODE, None)
+        .await
+        .context("opening the controller's store")?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let url = format!("http://{address}");
+    let url_path = url_file(&data_dir, &args.name);
+    std::fs::write(&url_path, format!("{url}\n"))
+        .with_context(|| format!("writing {}", url_path.display()))?;
+    tracing::info!(replica = %args.name, %url, "controller API listening");
+
+    let (handle, side) = ControllerHandle::new(Status {
+        controller: ControllerInfo {
+            replica: args.name.clone(),
+            active: false,
+            active_replica: None,
+        },
+        regions: Vec::new(),
+        plans: Vec::new(),
+        cooldown_until: None,
+        automatic_actions_last_hour: 0,
+        events: Vec::new(),
+    });
+    let router = super::serve::router(handle, admin);
+    let http_stop = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+
+    let exe = std::env::current_exe().context("locating the meridian binary")?;
+    let actuator = Arc::new(LabActuator::new(exe, data_dir, description));
+    let replica = ControllerReplica {
+        name: args.name.clone(),
+        advertised_endpoint: url,
+        settings,
+        inventory: actuator.inventory().clone(),
+    };
+    let lease = ControllerLease {
+        store: stores.lease,
+        fence: stores.fence,
+        timeout: Duration::from_millis(args.lease_timeout_ms),
+        poll_interval: Duration::from_millis(100),
+    };
+    let result = runtime::run(
+        replica,
+        actuator,
+        stores.store,
+        lease,
+        side,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = http.await;
+    result
+}
+
+/// The `[controller]` table of the deployment.
+// MERGE: the deployment file's `[controller]` table lands with the store helper's work
+// (`Description::controller`); until then every controller runs with the defaults.
+fn controller_settings(_description: &Description) -> ControllerSettings {
+    ControllerSettings::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_name_is_checked() {
+        assert!(check_name("controller-a").is_ok());
+        for bad in ["", "Controller", "a b", &"x".repeat(65)] {
+            let error = check_name(bad).expect_err(bad).to_string();
+            assert!(error.contains("--name"), "{error}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The controller's node processes on one machine, which outlive the controller: each runs
+//! `meridian <kind> --config <node dir>/<replica>.toml` in its own process group, output
+//! appended to `<node dir>/<replica>.log`, its pid in `<node dir>/<replica>.pid`. A controller
+//! reaps the children it spawned (their exit code); a controller taking over *adopts* the
+//! processes it finds by pidfile — the pid alive, not a zombie, and its command line naming
+//! the replica's config, so a pid reused by another program is never taken for a replica —
+//! and watches those by polling.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context as _;
+use meridian_core::placement::ReplicaName;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::deployment::COLD_DIR;
+
+/// Where one replica's files are.
+#[derive(Debug, Clone)]
+pub struct ReplicaFiles {
+    /// `meridian <command>`.
+    pub command: &'static str,
+    /// The config a running replica is started with: `<node dir>/<replica>.toml`.
+    pub config: PathBuf,
+    /// A cold replica's config as the deployment wrote it: `<node dir>/cold/<replica>.toml`,
+    /// copied to [`Self::config`] on its first start.
+    pub cold_config: PathBuf,
+    pub log: PathBuf,
+    pub pidfile: PathBuf,
+}
+
+impl ReplicaFiles {
+    pub fn new(node_dir: &Path, replica: &ReplicaName, command: &'static str) -> Self {
+        Self {
+            command,
+            config: node_dir.join(format!("{replica}.toml")),
+            cold_config: node_dir.join(COLD_DIR).join(format!("{replica}.toml")),
+            log: node_dir.join(format!("{replica}.log")),
+            pidfile: node_dir.join(format!("{replica}.pid")),
+        }
+    }
+
+    /// The config the replica runs with, written from the cold one if it never ran.
+    pub fn ensure_config(&self) -> anyhow::Result<&Path> {
+        if !self.config.exists() {
+            std::fs::copy(&self.cold_config, &self.config).with_context(|| {
+                format!(
+                    "neither {} nor the cold replica's {} can be used",
+                    self.config.display(),
+                    self.cold_config.display()
+                )
+            })?;
+        }
+        Ok(&self.config)
+    }
+
+    /// The pid in the pidfile, if it names a live process running this replica's config.
+    pub fn adoptable_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(&self.pidfile).ok()?;
+        let pid: u32 = match text.trim().parse() {
+            Ok(pid) => pid,
+            Err(_) => {
+                tracing::warn!(pidfile = %self.pidfile.display(), "a pidfile that holds no pid; ignored");
+                return None;
+            }
+        };
+        (is_alive(pid) && self.runs_in(pid)).then_some(pid)
+    }
+
+    /// Whether process `pid`'s command line names this replica's config.
+    fn runs_in(&self, pid: u32) -> bool {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        cmdline
+            .split(|byte| *byte == 0)
+            .any(|arg| arg == self.config.as_os_str().as_encoded_bytes())
+    }
+
+    /// Spawns the replica's process in its own process group and records its pid.
+    pub fn spawn(&self, exe: &Path) -> anyhow::Result<Child> {
+        let config = self.ensure_config()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut command = Command::new(exe);
+        command
+            .arg(self.command)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Its own process group: a Ctrl-C of the controller's terminal does not reach it.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {} {}", exe.display(), self.command))?;
+        self.record(child.id())?;
+        Ok(child)
+    }
+
+    /// Writes the pidfile.
+    pub fn record(&self, pid: u32) -> anyhow::Result<()> {
+        std::fs::write(&self.pidfile, format!("{pid}\n"))
+            .with_context(|| format!("writing {}", self.pidfile.display()))
+    }
+}
+
+/// Whether `pid` is a process that runs: it exists and is not a zombie (`/proc/PID/stat`'s
+/// state, the field after the parenthesized command name).
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, after)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    !matches!(
+        after.split_whitespace().next(),
+        Some("Z" | "X" | "x") | None
+    )
+}
+
+/// Sends `signal` to `pid`; a process that is gone already is no error.
+pub fn signal(pid: u32, signal: Signal) -> anyhow::Result<()> {
+    let raw = i32::try_from(pid).context("a pid out of range")?;
+    match kill(Pid::from_raw(raw), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(error) => Err(anyhow::anyhow!("{signal} to {pid}: {error}")),
+    }
+}
+
+/// How the controller knows a process: its own child (reaped, with an exit code), or one it
+/// adopted (watched by polling its pid).
+#[derive(Debug)]
+pub enum Watched {
+    Child(Child),
+    Adopted(u32),
+}
+
+impl Watched {
+    pub fn pid(&self) -> u32 {
+        match self {
+            Watched::Child(child) => child.id(),
+            Watched::Adopted(pid) => *pid,
+        }
+    }
+
+    /// `Some(code)` once it exited (`code` `None` for a signal or an adopted process).
+    pub fn exit(&mut self) -> Option<Option<i32>> {
+        match self {
+            Watched::Child(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.code()),
+                Ok(None) => None,
+                Err(error) => {
+                    tracing::warn!(pid = child.id(), %error, "cannot wait for a child; counting it gone");
+                    Some(None)
+                }
+            },
+            Watched::Adopted(pid) => (!is_alive(*pid)).then_some(None),
+        }
+    }
+}
+
+/// Every process the controller watches, by replica, and the exits not reported yet.
+#[derive(Debug, Default)]
+pub struct Processes {
+    watched: HashMap<ReplicaName, Watched>,
+    exits: Vec<(ReplicaName, Option<i32>)>,
+}
+
+impl Processes {
+    /// The pid of `replica`'s process if it runs; an exit found on the way is kept for
+    /// [`Self::take_exits`].
+    pub fn running(&mut self, replica: &ReplicaName) -> Option<u32> {
+        let watched = self.watched.get_mut(replica)?;
+        match watched.exit() {
+            None => Some(watched.pid()),
+            Some(code) => {
+                self.watched.remove(replica);
+                self.exits.push((replica.clone(), code));
+                None
+            }
+        }
+    }
+
+    /// `replica`'s running process: a watched one, else one its pidfile names (adopted).
+    pub fn find(&mut self, replica: &ReplicaName, files: &ReplicaFiles) -> Option<u32> {
+        if let Some(pid) = self.running(replica) {
+            return Some(pid);
+        }
+        let pid = files.adoptable_pid()?;
+        tracing::info!(%replica, pid, "adopted a running process");
+        self.watched.insert(replica.clone(), Watched::Adopted(pid));
+        Some(pid)
+    }
+
+    pub fn watch(&mut self, replica: ReplicaName, watched: Watched) {
+        self.watched.insert(replica, watched);
+    }
+
+    /// Every exit since the last call.
+    pub fn take_exits(&mut self) -> Vec<(ReplicaName, Option<i32>)> {
+        let replicas: Vec<ReplicaName> = self.watched.keys().cloned().collect();
+        for replica in replicas {
+            self.running(&replica);
+        }
+        std::mem::take(&mut self.exits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(is_alive(std::process::id()));
+        let mut child = Command::new("true").spawn().expect("spawns true");
+        let pid = child.id();
+        child.wait().expect("waits");
+        assert!(!is_alive(pid));
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive_and_its_exit_is_reported() {
+        let child = Command::new("true").spawn().expect("spawns true");
+        let pid = child.id();
+        // Not reaped yet: a zombie once it exits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while is_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!is_alive(pid), "an exited, unreaped child counts as gone");
+        let mut processes = Processes::default();
+        processes.watch("r".into(), Watched::Child(child));
+        assert_eq!(processes.take_exits(), vec![("r".into(), Some(0))]);
+        assert!(processes.take_exits().is_empty());
+    }
+
+    #[test]
+    fn a_pidfile_is_adopted_only_for_a_process_running_the_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = ReplicaFiles::new(dir.path(), &"r-a".into(), "participant");
+        std::fs::write(&files.pidfile, format!("{}\n", std::process::id())).expect("writes");
+        // This test process is alive but does not run r-a's config.
+        assert_eq!(files.adoptable_pid(), None);
+        // `; true`: the shell stays (no exec of the last command), with the path in its argv;
+        // its own process group, so that the sleep goes with it.
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "sleep 30; true", "sh"])
+            .arg(&files.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut sleeper = command.spawn().expect("spawns sh");
+        files.record(sleeper.id()).expect("records");
+        assert_eq!(files.adoptable_pid(), Some(sleeper.id()));
+        std::fs::write(&files.pidfile, "garbage").expect("writes");
+        assert_eq!(files.adoptable_pid(), None);
+        let group = Pid::from_raw(-i32::try_from(sleeper.id()).expect("a pid"));
+        kill(group, Signal::SIGKILL).expect("kills the group");
+        sleeper.wait().expect("reaps");
+    }
+}
