@@ -293,7 +293,9 @@ async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|refusal| {
         let path = refusal.path().to_string();
         let inner = refusal.into_inner();
-        if path == "." {
+        if inner.is_syntax() || inner.is_eof() {
+            bad_request(format!("the request body is not valid JSON: {inner}"))
+        } else if path == "." {
             bad_request(format!("the request body is not valid: {inner}"))
         } else {
             bad_request(format!("the request body's field `{path}`: {inner}"))
