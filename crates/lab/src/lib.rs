@@ -7,6 +7,7 @@ pub mod admin;
 pub mod attribution;
 pub mod bench;
 pub mod clockshift;
+pub mod ctl;
 pub mod demo;
 pub mod deployment;
 pub mod drill;
