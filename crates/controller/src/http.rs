@@ -139,34 +139,75 @@ pub struct RejectRequest {
     pub by: Option<String>,
 }
 
-fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            error: kind.to_owned(),
+/// Why a request was refused; nothing changed. Answers JSON `{error, message}`.
+#[derive(Debug)]
+enum Refusal {
+    Http {
+        status: StatusCode,
+        kind: &'static str,
+        message: String,
+    },
+    Unauthorized(String),
+    Command(CommandError),
+}
+
+impl Refusal {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Refusal::Http {
+            status: StatusCode::BAD_REQUEST,
+            kind: "bad-request",
             message: message.into(),
-        }),
-    )
-        .into_response()
-}
-
-fn bad_request(message: impl Into<String>) -> Response {
-    error(StatusCode::BAD_REQUEST, "bad-request", message)
-}
-
-/// A refused command: its status code, its kind and message, and its own fields beside them
-/// (a client can read `until` of a cooldown without parsing the message).
-fn command_error(refusal: &CommandError) -> Response {
-    let status =
-        StatusCode::from_u16(refusal.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let mut body = serde_json::to_value(refusal).unwrap_or_else(|_| serde_json::json!({}));
-    if let Some(fields) = body.as_object_mut() {
-        fields.insert(
-            "message".to_owned(),
-            serde_json::Value::String(refusal.to_string()),
-        );
+        }
     }
-    (status, Json(body)).into_response()
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Http {
+                status,
+                kind,
+                message,
+            } => (
+                status,
+                Json(ErrorBody {
+                    error: kind.to_owned(),
+                    message,
+                }),
+            )
+                .into_response(),
+            Refusal::Unauthorized(message) => {
+                let mut response = (
+                    StatusCode::UNAUTHORIZED,
+                    Json(ErrorBody {
+                        error: "unauthorized".to_owned(),
+                        message,
+                    }),
+                )
+                    .into_response();
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"meridian-controller\""),
+                );
+                response
+            }
+            // The error's kind and message, and its own fields beside them (a client can
+            // read `until` of a cooldown without parsing the message).
+            Refusal::Command(refusal) => {
+                let status = StatusCode::from_u16(refusal.http_status())
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let mut body =
+                    serde_json::to_value(&refusal).unwrap_or_else(|_| serde_json::json!({}));
+                if let Some(fields) = body.as_object_mut() {
+                    fields.insert(
+                        "message".to_owned(),
+                        serde_json::Value::String(refusal.to_string()),
+                    );
+                }
+                (status, Json(body)).into_response()
+            }
+        }
+    }
 }
 
 fn static_asset(content_type: &'static str, body: &'static str) -> Response {
@@ -197,8 +238,12 @@ async fn dashboard_css() -> Response {
     static_asset("text/css; charset=utf-8", DASHBOARD_CSS)
 }
 
-async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "not-found", "no such route")
+async fn not_found() -> Refusal {
+    Refusal::Http {
+        status: StatusCode::NOT_FOUND,
+        kind: "not-found",
+        message: "no such route".to_owned(),
+    }
 }
 
 async fn livez() -> &'static str {
@@ -241,48 +286,37 @@ async fn status(State(api): State<Api>) -> Json<Status> {
     Json(api.handle.status())
 }
 
-async fn plan(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    let id = match plan_id(&id) {
-        Ok(id) => id,
-        Err(refusal) => return refusal,
-    };
+async fn plan(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<CommandOutcome>, Refusal> {
+    let id = plan_id(&id)?;
     match api.handle.status().plans.into_iter().find(|p| p.id == id) {
-        Some(plan) => Json(CommandOutcome { plan }).into_response(),
-        None => command_error(&CommandError::UnknownPlan {
+        Some(plan) => Ok(Json(CommandOutcome { plan })),
+        None => Err(Refusal::Command(CommandError::UnknownPlan {
             plan: id.to_string(),
-        }),
+        })),
     }
 }
 
 /// The admin token check every `POST` starts with.
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Refusal> {
     api.admin.verify_http(headers).map_err(|refusal| {
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            format!(
-                "this call needs `Authorization: Bearer <admin token>` (the deployment's \
-                 <data-dir>/secrets/admin-token): {refusal}"
-            ),
-        );
-        response.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"meridian-controller\""),
-        );
-        response
+        Refusal::Unauthorized(format!(
+            "this call needs `Authorization: Bearer <admin token>` (the deployment's \
+             <data-dir>/secrets/admin-token): {refusal}"
+        ))
     })
 }
 
 /// The body, bounded, parsed as `T`; an empty body counts as `{}`. The error names the field.
-async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
+async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, Refusal> {
     let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT_BYTES)
         .await
-        .map_err(|_| {
-            error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                format!("the request body is larger than {BODY_LIMIT_BYTES} bytes"),
-            )
+        .map_err(|_| Refusal::Http {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "payload-too-large",
+            message: format!("the request body is larger than {BODY_LIMIT_BYTES} bytes"),
         })?;
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -294,28 +328,28 @@ async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
         let path = refusal.path().to_string();
         let inner = refusal.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            bad_request(format!("the request body is not valid JSON: {inner}"))
+            Refusal::bad_request(format!("the request body is not valid JSON: {inner}"))
         } else if path == "." {
-            bad_request(format!("the request body is not valid: {inner}"))
+            Refusal::bad_request(format!("the request body is not valid: {inner}"))
         } else {
-            bad_request(format!("the request body's field `{path}`: {inner}"))
+            Refusal::bad_request(format!("the request body's field `{path}`: {inner}"))
         }
     })?;
-    deserializer
-        .end()
-        .map_err(|refusal| bad_request(format!("the request body is not valid: {refusal}")))?;
+    deserializer.end().map_err(|refusal| {
+        Refusal::bad_request(format!("the request body is not valid: {refusal}"))
+    })?;
     Ok(value)
 }
 
 /// `by` as an actor: absent means the token's holder; given, it is a short printable name.
-fn actor(by: Option<String>) -> Result<Actor, Response> {
+fn actor(by: Option<String>) -> Result<Actor, Refusal> {
     let Some(name) = by else {
         return Ok(Actor::Operator(DEFAULT_ACTOR.to_owned()));
     };
     let name = name.trim().to_owned();
     let printable = name.chars().all(|c| !c.is_control());
     if name.is_empty() || name.chars().count() > ACTOR_MAX_CHARS || !printable {
-        return Err(bad_request(format!(
+        return Err(Refusal::bad_request(format!(
             "field `by`: give 1 to {ACTOR_MAX_CHARS} printable characters naming who acts \
              (or leave it out for \"{DEFAULT_ACTOR}\")"
         )));
@@ -325,14 +359,14 @@ fn actor(by: Option<String>) -> Result<Actor, Response> {
 
 /// A plan id from a path: short printable text; whether such a plan exists is the loop's
 /// answer (404 `unknown-plan`).
-fn plan_id(id: &str) -> Result<PlanId, Response> {
+fn plan_id(id: &str) -> Result<PlanId, Refusal> {
     let well_formed = !id.is_empty()
         && id.len() <= PLAN_ID_MAX_CHARS
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !well_formed {
-        return Err(bad_request(format!(
+        return Err(Refusal::bad_request(format!(
             "plan id {:?} is not a plan id (plan-<n>)",
             id.chars().take(PLAN_ID_MAX_CHARS).collect::<String>()
         )));
@@ -340,37 +374,30 @@ fn plan_id(id: &str) -> Result<PlanId, Response> {
     Ok(PlanId(id.to_owned()))
 }
 
-async fn submit(api: &Api, command: Command, created: bool) -> Response {
-    match api.handle.submit(command).await {
-        Ok(outcome) if created => {
-            let location = HeaderValue::from_str(&format!("/api/plans/{}", outcome.plan.id)).ok();
-            let mut response = (StatusCode::CREATED, Json(outcome)).into_response();
-            if let Some(location) = location {
-                response.headers_mut().insert(LOCATION, location);
-            }
-            response
-        }
-        Ok(outcome) => Json(outcome).into_response(),
-        Err(refusal) => command_error(&refusal),
+async fn submit(api: &Api, command: Command, created: bool) -> Result<Response, Refusal> {
+    let outcome = api.handle.submit(command).await.map_err(Refusal::Command)?;
+    if !created {
+        return Ok(Json(outcome).into_response());
     }
+    let location = HeaderValue::from_str(&format!("/api/plans/{}", outcome.plan.id)).ok();
+    let mut response = (StatusCode::CREATED, Json(outcome)).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    Ok(response)
 }
 
-async fn propose(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(refusal) = authorize(&api, &headers) {
-        return refusal;
-    }
-    let request: ProposeRequest = match read_json(body).await {
-        Ok(request) => request,
-        Err(refusal) => return refusal,
-    };
-    let by = match actor(request.by) {
-        Ok(by) => by,
-        Err(refusal) => return refusal,
-    };
+async fn propose(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    authorize(&api, &headers)?;
+    let request: ProposeRequest = read_json(body).await?;
     let command = Command::ProposeSwitchover {
         to: request.to,
         components: request.components,
-        by,
+        by: actor(request.by)?,
     };
     submit(&api, command, true).await
 }
@@ -380,25 +407,13 @@ async fn approve(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    if let Err(refusal) = authorize(&api, &headers) {
-        return refusal;
-    }
-    let plan = match plan_id(&id) {
-        Ok(plan) => plan,
-        Err(refusal) => return refusal,
-    };
-    let request: ApproveRequest = match read_json(body).await {
-        Ok(request) => request,
-        Err(refusal) => return refusal,
-    };
-    let by = match actor(request.by) {
-        Ok(by) => by,
-        Err(refusal) => return refusal,
-    };
+) -> Result<Response, Refusal> {
+    authorize(&api, &headers)?;
+    let plan = plan_id(&id)?;
+    let request: ApproveRequest = read_json(body).await?;
     let command = Command::Approve {
         plan,
-        by,
+        by: actor(request.by)?,
         acknowledge_loss: request.acknowledge_loss,
     };
     submit(&api, command, false).await
@@ -409,56 +424,45 @@ async fn reject(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    if let Err(refusal) = authorize(&api, &headers) {
-        return refusal;
-    }
-    let plan = match plan_id(&id) {
-        Ok(plan) => plan,
-        Err(refusal) => return refusal,
+) -> Result<Response, Refusal> {
+    authorize(&api, &headers)?;
+    let plan = plan_id(&id)?;
+    let request: RejectRequest = read_json(body).await?;
+    let command = Command::Reject {
+        plan,
+        by: actor(request.by)?,
     };
-    let request: RejectRequest = match read_json(body).await {
-        Ok(request) => request,
-        Err(refusal) => return refusal,
-    };
-    let by = match actor(request.by) {
-        Ok(by) => by,
-        Err(refusal) => return refusal,
-    };
-    submit(&api, Command::Reject { plan, by }, false).await
+    submit(&api, command, false).await
 }
 
 /// One [`Command`] as JSON (`{"command": "approve", ...}`): the form the drills and the
 /// runtime's tests send. Same token, limits and errors as the routes above.
-async fn command(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(refusal) = authorize(&api, &headers) {
-        return refusal;
-    }
-    let command: Command = match read_json(body).await {
-        Ok(command) => command,
-        Err(refusal) => return refusal,
-    };
-    let by = match &command {
-        Command::ProposeSwitchover { by, .. }
-        | Command::Approve { by, .. }
-        | Command::Reject { by, .. } => by,
-    };
+async fn command(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    authorize(&api, &headers)?;
+    let command: Command = read_json(body).await?;
+    let (Command::ProposeSwitchover { by, .. }
+    | Command::Approve { by, .. }
+    | Command::Reject { by, .. }) = &command;
     if let Actor::Operator(name) = by {
-        if let Err(refusal) = actor(Some(name.clone())) {
-            return refusal;
-        }
+        actor(Some(name.clone()))?;
     }
     submit(&api, command, false).await
 }
 
-async fn events(State(api): State<Api>) -> Response {
-    let Ok(permit) = api.streams.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too-many-streams",
-            format!("{MAX_EVENT_STREAMS} event streams are open already; try again later"),
-        );
-    };
+async fn events(State(api): State<Api>) -> Result<Response, Refusal> {
+    let permit = api
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal::Http {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "too-many-streams",
+            message: format!("{MAX_EVENT_STREAMS} event streams are open already; try again later"),
+        })?;
     let feed = Feed {
         status: api.handle.watch_status(),
         audit: api.handle.subscribe(),
@@ -470,7 +474,7 @@ async fn events(State(api): State<Api>) -> Response {
         let event = feed.next().await?;
         Some((Ok::<Event, Infallible>(event), feed))
     });
-    sse(stream).into_response()
+    Ok(sse(stream).into_response())
 }
 
 fn sse<S>(stream: S) -> impl IntoResponse
