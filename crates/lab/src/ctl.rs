@@ -40,6 +40,8 @@ pub struct CtlArgs {
     /// listed in <data-dir>/controller/*.url.
     #[arg(long, global = true)]
     pub controller: Option<String>,
+    /// The deployment's data directory: where the controller replicas' addresses
+    /// (controller/*.url) and the admin token (secrets/admin-token) are found.
     #[arg(long, global = true, default_value = "meridian-data")]
     pub data_dir: PathBuf,
     /// The admin token to send (a 0600 file); default `<data-dir>/secrets/admin-token`.
