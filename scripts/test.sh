@@ -2,7 +2,7 @@
 # Runs Meridian's whole test suite on a fresh Debian machine, installing what the tests need
 # (PostgreSQL server binaries, Patroni and etcd; the tests start their own throwaway servers and
 # Patroni clusters from them; promtool, from the package prometheus, which checks every role's
-# /metrics).
+# /metrics; Chromium and chromedriver, which the controller dashboard's browser test drives).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,11 +13,17 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
-  echo "==> installing ${missing[*]} (the tests start throwaway servers and Patroni clusters from them, and check metrics with promtool)"
+  echo "==> installing ${missing[*]} (the tests start throwaway servers and Patroni clusters from them, check metrics with promtool, and drive the dashboard in headless Chromium)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The browser tests skip themselves where Chromium is missing; here it was just installed, so a
+# missing browser is a failure, never a silent pass.
+export MERIDIAN_REQUIRE_BROWSER=1
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -18,12 +18,16 @@
 //! - [`runtime`]: the loop that runs the engine against an actuator and the controller
 //!   store, under a lease shared by the controller's replicas;
 //! - [`api`]: the JSON of the HTTP API, the CLI and the dashboard; [`handle`]: how the HTTP
-//!   server talks to the running controller.
+//!   server talks to the running controller;
+//! - [`http`]: the HTTP API and the live dashboard over a handle; [`client`]: the API's
+//!   client, for `meridian ctl`, the drills and the tests.
 
 pub mod actuator;
 pub mod api;
+pub mod client;
 pub mod engine;
 pub mod handle;
+pub mod http;
 pub mod model;
 pub mod plan;
 pub mod runtime;

@@ -8,6 +8,7 @@ pub mod attribution;
 pub mod bench;
 pub mod clockshift;
 pub mod controller;
+pub mod ctl;
 pub mod demo;
 pub mod deployment;
 pub mod drill;

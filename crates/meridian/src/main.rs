@@ -64,6 +64,9 @@ enum Command {
     /// Operate running nodes: status of replicas, switchover.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Operate the controller: status, region switchover plans, approve or reject them
+    /// (see docs/controller.md).
+    Ctl(meridian_lab::ctl::CtlArgs),
     /// Measure throughput and latency against real processes.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
             }
             Command::Deployment(command) => deployment::args::run(command),
             Command::Admin(command) => admin::run(command).await,
+            Command::Ctl(args) => meridian_lab::ctl::run(args).await,
             Command::Bench(command) => {
                 bench::run(command, meridian_node::shutdown::shutdown_token()).await
             }

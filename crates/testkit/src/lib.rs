@@ -2,9 +2,11 @@
 //! started from the distribution's binaries ([`PostgresServer`]), a guard that kills a child
 //! process when a test ends however it ends ([`ChildGuard`]), [`free_port`], a log
 //! subscriber for in-process tests ([`init_logging`]), a database failover played on plain
-//! servers ([`failover`]), and the case count of the hostile-input property tests
-//! ([`hostile::hostile_cases`]). Nothing here is meant for production code.
+//! servers ([`failover`]), the case count of the hostile-input property tests
+//! ([`hostile::hostile_cases`]), and headless Chromium for browser tests ([`browser::Browser`]).
+//! Nothing here is meant for production code.
 
+pub mod browser;
 pub mod failover;
 pub mod hostile;
 mod logging;

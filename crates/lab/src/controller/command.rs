@@ -22,13 +22,12 @@ use clap::Args;
 use meridian_controller::api::{ControllerInfo, Status};
 use meridian_controller::handle::ControllerHandle;
 use meridian_controller::runtime::{self, ControllerLease, ControllerReplica};
-use meridian_controller::settings::ControllerSettings;
 use meridian_node::admin_token::AdminToken;
 use meridian_store::StorageConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{bootstrap, LabActuator, CONTROLLER_DIR};
-use crate::deployment::{DeploymentArgs, Description, Preset};
+use crate::deployment::{DeploymentArgs, Preset};
 
 #[derive(Debug, Clone, Args)]
 pub struct ControllerArgs {
@@ -83,7 +82,7 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
     // Before anything is opened or written: a directory running another deployment is
     // refused, and nothing changes.
     bootstrap::check_matches(&data_dir, &description)?;
-    let settings = controller_settings(&description);
+    let settings = description.controller.clone();
     settings
         .check()
         .map_err(|error| anyhow::anyhow!("the deployment's {error}"))?;
@@ -131,7 +130,7 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
         automatic_actions_last_hour: 0,
         events: Vec::new(),
     });
-    let router = super::serve::router(handle, admin);
+    let router = meridian_controller::http::router(handle, admin);
     let http_stop = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -165,13 +164,6 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
     shutdown.cancel();
     let _ = http.await;
     result
-}
-
-/// The `[controller]` table of the deployment.
-// MERGE: the deployment file's `[controller]` table lands with the store helper's work
-// (`Description::controller`); until then every controller runs with the defaults.
-fn controller_settings(_description: &Description) -> ControllerSettings {
-    ControllerSettings::default()
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ pub mod bootstrap;
 pub mod command;
 pub mod inventory;
 pub mod process;
-mod serve;
 pub mod view;
 
 pub use actuator::LabActuator;
