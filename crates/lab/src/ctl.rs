@@ -25,8 +25,8 @@ use meridian_controller::plan::{Actor, Plan, PlanId, PlanState, StepOutcome, Ste
 use meridian_core::placement::{NodeName, RegionName};
 use meridian_core::Timestamp;
 
-/// Where the controller replicas write their addresses, under the data directory.
-pub const CONTROLLER_DIR: &str = "controller";
+use crate::controller::CONTROLLER_DIR;
+
 /// How long one request to the controller may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long finding the active replica may take per replica.
