@@ -4,7 +4,8 @@
 //! reaps the children it spawned (their exit code); a controller taking over *adopts* the
 //! processes it finds by pidfile — the pid alive, not a zombie, and its command line naming
 //! the replica's config, so a pid reused by another program is never taken for a replica —
-//! and watches those by polling.
+//! or, when the pidfile names none (a controller killed between a spawn and its pidfile), by
+//! that command line alone, and watches those by polling.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,17 +57,46 @@ impl ReplicaFiles {
         Ok(&self.config)
     }
 
-    /// The pid in the pidfile, if it names a live process running this replica's config.
+    /// The live process running this replica's config: the one its pidfile names, else one
+    /// found by its command line. The pidfile is written after the spawn returns, so a
+    /// controller killed in between leaves a replica running without one (or with a stale
+    /// one); starting it a second time would fail to bind and crash-loop, the first one
+    /// unwatched. The pidfile is rewritten for a process found that way.
     pub fn adoptable_pid(&self) -> Option<u32> {
+        if let Some(pid) = self.pidfile_pid().filter(|pid| is_alive(*pid) && self.runs_in(*pid)) {
+            return Some(pid);
+        }
+        let pid = self.find_by_command_line()?;
+        tracing::info!(
+            pidfile = %self.pidfile.display(),
+            pid,
+            "found a replica's process without its pidfile; recording it"
+        );
+        if let Err(error) = self.record(pid) {
+            tracing::warn!(%error, "cannot record the pid; the process is still adopted");
+        }
+        Some(pid)
+    }
+
+    fn pidfile_pid(&self) -> Option<u32> {
         let text = std::fs::read_to_string(&self.pidfile).ok()?;
-        let pid: u32 = match text.trim().parse() {
-            Ok(pid) => pid,
+        match text.trim().parse() {
+            Ok(pid) => Some(pid),
             Err(_) => {
                 tracing::warn!(pidfile = %self.pidfile.display(), "a pidfile that holds no pid; ignored");
-                return None;
+                None
             }
-        };
-        (is_alive(pid) && self.runs_in(pid)).then_some(pid)
+        }
+    }
+
+    /// A live process whose command line names this replica's config (`/proc` scanned;
+    /// a few hundred entries on a lab machine).
+    fn find_by_command_line(&self) -> Option<u32> {
+        let entries = std::fs::read_dir("/proc").ok()?;
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != std::process::id())
+            .find(|pid| self.runs_in(*pid) && is_alive(*pid))
     }
 
     /// Whether process `pid`'s command line names this replica's config.
@@ -262,10 +292,19 @@ mod tests {
         let mut sleeper = command.spawn().expect("spawns sh");
         files.record(sleeper.id()).expect("records");
         assert_eq!(files.adoptable_pid(), Some(sleeper.id()));
+        // A pidfile that was never written, or holds garbage: the process is found by its
+        // command line, and the pidfile repaired.
+        std::fs::remove_file(&files.pidfile).expect("removes");
+        assert_eq!(files.adoptable_pid(), Some(sleeper.id()));
         std::fs::write(&files.pidfile, "garbage").expect("writes");
-        assert_eq!(files.adoptable_pid(), None);
+        assert_eq!(files.adoptable_pid(), Some(sleeper.id()));
+        assert_eq!(
+            std::fs::read_to_string(&files.pidfile).expect("reads").trim(),
+            sleeper.id().to_string()
+        );
         let group = Pid::from_raw(-i32::try_from(sleeper.id()).expect("a pid"));
         kill(group, Signal::SIGKILL).expect("kills the group");
         sleeper.wait().expect("reaps");
+        assert_eq!(files.adoptable_pid(), None, "gone, and reaped");
     }
 }

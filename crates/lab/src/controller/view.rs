@@ -65,6 +65,16 @@ impl ControlledDeployment {
         self.files(replica).ok()?.adoptable_pid()
     }
 
+    /// The last `lines` lines of `replica`'s log (empty if it never ran).
+    pub fn log_tail(&self, replica: &str, lines: usize) -> String {
+        let Ok(files) = self.files(replica) else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(&files.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Every replica's name, nodes in start order.
     pub fn replicas(&self) -> Vec<String> {
         let keys = self.description.node_keys();

@@ -171,6 +171,10 @@ impl ControllerProcess {
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
+        // A failing assertion after the last status poll says nothing of why; the log does.
+        if std::thread::panicking() {
+            eprintln!("--- {} log (last 80 lines) ---\n{}", self.name, self.log_tail(80));
+        }
         self.kill9();
     }
 }
@@ -181,6 +185,15 @@ pub struct NodesGuard(pub PathBuf);
 impl Drop for NodesGuard {
     fn drop(&mut self) {
         if let Ok(deployment) = ControlledDeployment::open(&self.0) {
+            if std::thread::panicking() {
+                for replica in deployment.replicas() {
+                    eprintln!(
+                        "--- {replica} (pid {:?}) log (last 15 lines) ---\n{}",
+                        deployment.pid(&replica),
+                        deployment.log_tail(&replica, 15)
+                    );
+                }
+            }
             deployment.kill_all();
         }
     }
