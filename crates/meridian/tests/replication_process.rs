@@ -231,10 +231,13 @@ async fn switchover_under_load() -> u64 {
         let deadline = since + Duration::from_secs(10);
         while !(running.committed_since(since, 1).await && running.committed_since(since, 2).await)
         {
-            assert!(
-                Instant::now() < deadline,
-                "no commits after switching {node}"
-            );
+            if Instant::now() >= deadline {
+                print_log_tails(&data_dir, node);
+                panic!(
+                    "no commits after switching {node}; failed so far: {}",
+                    running.load.live.failed.load(Ordering::Relaxed)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -247,12 +250,8 @@ async fn switchover_under_load() -> u64 {
     failed
 }
 
+/// The load's audit (run by `finish`) shows nothing lost or duplicated, and no request failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switchover_under_load_loses_nothing() {
-    switchover_under_load().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switchover_under_load_fails_no_request() {
+async fn a_switchover_under_load_fails_no_request_and_loses_nothing() {
     assert_eq!(switchover_under_load().await, 0);
 }
