@@ -1,0 +1,241 @@
+//! The dashboard in real headless Chromium against a real `meridian controller` (two-regions
+//! preset on SQLite, real node processes): a switchover to region two is proposed through the
+//! API and appears in the open page live; Reject without the token shows the server's 401
+//! and changes nothing; with the admin token typed in, Reject rejects it. A second proposal
+//! appears live too; Approve runs it, and the page follows it to done with region two's
+//! replicas active — no reload. The API and the replicas' pidfiles confirm what the page
+//! shows: region two runs, region one is stopped.
+//!
+//! Skipped with a message when Chromium or chromedriver is missing, unless
+//! `MERIDIAN_REQUIRE_BROWSER` is set. With `MERIDIAN_UPDATE_SCREENSHOT=1` the screenshot of
+//! the finished switchover replaces docs/img/dashboard.png.
+
+#![allow(clippy::unwrap_used)]
+
+mod controller_common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use controller_common::{all_up, replica, ControllerProcess, NodesGuard};
+use meridian_controller::api::{Command, ReplicaRole, Status};
+use meridian_controller::plan::{Actor, Plan, PlanId, PlanState};
+use meridian_lab::controller::ControlledDeployment;
+use meridian_testkit::browser::Browser;
+
+const ARGS: [&str; 4] = ["--preset", "two-regions", "--backend", "sqlite"];
+/// How long the page may take to show what the controller did (the plan itself takes a few
+/// seconds: stop region one, start region two's cold replicas, wait until they are ready).
+const WAIT: Duration = Duration::from_secs(30);
+
+fn plan<'a>(status: &'a Status, id: &PlanId) -> Option<&'a Plan> {
+    status.plans.iter().find(|p| &p.id == id)
+}
+
+fn admin_token(data: &Path) -> String {
+    std::fs::read_to_string(data.join("secrets").join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn screenshot_paths() -> Vec<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = vec![std::env::temp_dir().join("meridian-controller-dashboard.png")];
+    if std::env::var_os("MERIDIAN_UPDATE_SCREENSHOT").is_some() {
+        paths.push(manifest.join("../../docs/img/dashboard.png"));
+    }
+    paths
+}
+
+async fn propose(controller: &ControllerProcess, data: &Path) -> PlanId {
+    let propose = Command::ProposeSwitchover {
+        to: "region-2".into(),
+        components: Vec::new(),
+        by: Actor::Operator("dashboard-test".into()),
+    };
+    controller.command(data, &propose).await.unwrap().plan.id
+}
+
+fn plan_selector(id: &PlanId, state: &str) -> String {
+    format!("#plans [data-plan=\"{id}\"][data-plan-state=\"{state}\"]")
+}
+
+fn button(id: &PlanId, action: &str) -> String {
+    format!("#plans [data-plan=\"{id}\"] [data-action=\"{action}\"]")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow::Result<()> {
+    let Some(browser) = Browser::start().await? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let _nodes = NodesGuard(data.clone());
+    let controller = ControllerProcess::start(&data, "controller-a", &ARGS).await;
+    let up = controller
+        .wait_for("up", Duration::from_secs(60), all_up)
+        .await;
+    let region_two: Vec<String> = up
+        .regions
+        .iter()
+        .filter(|r| r.name.as_str() == "region-2")
+        .flat_map(|r| &r.zones)
+        .flat_map(|z| &z.replicas)
+        .map(|r| r.name.as_str().to_owned())
+        .collect();
+    assert!(!region_two.is_empty(), "region two has replicas: {up:?}");
+    eprintln!("deployment up after {:?}", started.elapsed());
+
+    browser.goto(&format!("{}/", controller.url)).await?;
+    browser
+        .wait_for("#connection[data-state=\"live\"]", WAIT)
+        .await?;
+    browser
+        .wait_for("#controller[data-active=\"true\"]", WAIT)
+        .await?;
+    for name in &region_two {
+        browser
+            .wait_for(
+                &format!("[data-region=\"region-2\"] [data-replica=\"{name}\"][data-role=\"cold\"]"),
+                WAIT,
+            )
+            .await?;
+    }
+    // Marks this page load: it must survive until the end (live updates, no reload).
+    browser
+        .execute("window.__sameLoad = 'yes'; return true;", vec![])
+        .await?;
+
+    // A plan proposed through the API appears in the open page.
+    let first = propose(&controller, &data).await;
+    browser
+        .wait_for(&plan_selector(&first, "awaiting-approval"), WAIT)
+        .await?;
+
+    // Without the token the controller refuses (401 JSON) and the page shows its message.
+    browser.click(&button(&first, "reject")).await?;
+    let refusal = browser
+        .wait_for(&format!("[data-plan-message=\"{first}\"].error"), WAIT)
+        .await?
+        .text()
+        .await?;
+    assert!(refusal.contains("Authorization"), "{refusal}");
+    assert!(
+        matches!(
+            plan(&controller.status().await, &first).map(|p| &p.state),
+            Some(PlanState::AwaitingApproval)
+        ),
+        "a refused command changes nothing"
+    );
+
+    // With the token: Reject.
+    browser.type_into("#token", &admin_token(&data)).await?;
+    browser.click(&button(&first, "reject")).await?;
+    browser
+        .wait_for(&plan_selector(&first, "rejected"), WAIT)
+        .await?;
+    assert!(
+        browser.find_all(&button(&first, "approve")).await?.is_empty(),
+        "a rejected plan has no buttons"
+    );
+    let rejected = controller.status().await;
+    assert!(
+        matches!(
+            plan(&rejected, &first).map(|p| &p.state),
+            Some(PlanState::Rejected { rejected: decision }) if decision.by == Actor::Operator("admin-token".into())
+        ),
+        "rejected by the token's holder: {:?}",
+        plan(&rejected, &first)
+    );
+
+    // A second plan, approved in the page and followed there to done.
+    let second = propose(&controller, &data).await;
+    assert_ne!(first, second);
+    browser.click(&button(&second, "approve")).await?;
+    let approved_at = Instant::now();
+    browser
+        .wait_for(&plan_selector(&second, "done"), WAIT)
+        .await?;
+    eprintln!(
+        "the page showed the plan done {:?} after the click",
+        approved_at.elapsed()
+    );
+    let steps = browser
+        .find_all(&format!("#plans [data-plan=\"{second}\"] [data-step]"))
+        .await?;
+    let done_steps = browser
+        .find_all(&format!(
+            "#plans [data-plan=\"{second}\"] :is([data-step-state=\"done\"], [data-step-state=\"already-done\"])"
+        ))
+        .await?;
+    assert!(!steps.is_empty());
+    assert_eq!(done_steps.len(), steps.len(), "every step shows finished");
+    for name in &region_two {
+        browser
+            .wait_for(
+                &format!(
+                    "[data-region=\"region-2\"] [data-replica=\"{name}\"]:is([data-role=\"active\"], [data-role=\"passive\"])[data-ready=\"true\"]"
+                ),
+                WAIT,
+            )
+            .await?;
+    }
+    browser
+        .wait_for(
+            &format!("#events [data-kind=\"plan-approved\"][data-event-plan=\"{second}\"]"),
+            WAIT,
+        )
+        .await?;
+    browser
+        .wait_for(
+            &format!("#events [data-kind=\"plan-done\"][data-event-plan=\"{second}\"]"),
+            WAIT,
+        )
+        .await?;
+    browser
+        .wait_for(
+            &format!("#events [data-kind=\"plan-rejected\"][data-event-plan=\"{first}\"]"),
+            WAIT,
+        )
+        .await?;
+    let same = browser.execute("return window.__sameLoad;", vec![]).await?;
+    assert_eq!(same, serde_json::json!("yes"), "the page was not reloaded");
+
+    for path in screenshot_paths() {
+        let written = browser.screenshot(&path).await?;
+        let png = std::fs::read(&written)?;
+        assert!(png.starts_with(b"\x89PNG"), "{}", written.display());
+    }
+
+    // What the page showed is what the controller and the processes say.
+    let done = controller.status().await;
+    assert!(
+        matches!(
+            plan(&done, &second).map(|p| &p.state),
+            Some(PlanState::Done { approved, .. }) if approved.by == Actor::Operator("admin-token".into())
+        ),
+        "{:?}",
+        plan(&done, &second)
+    );
+    let deployment = ControlledDeployment::open(&data)?;
+    for name in &region_two {
+        let status = replica(&done, name).unwrap();
+        assert!(
+            matches!(status.role, ReplicaRole::Active | ReplicaRole::Passive) && status.ready,
+            "{name}: {status:?}"
+        );
+        assert!(deployment.pid(name).is_some(), "{name} runs");
+    }
+    for name in deployment
+        .replicas()
+        .iter()
+        .filter(|r| !region_two.contains(r))
+    {
+        assert_eq!(deployment.pid(name), None, "{name} in region one is stopped");
+    }
+    eprintln!("the whole test took {:?}", started.elapsed());
+    browser.close().await
+}
