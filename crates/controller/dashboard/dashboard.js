@@ -17,6 +17,7 @@ const state = {
   messages: new Map(), // plan id -> { text, error }
   busy: new Set(), // plan ids with a command in flight
   ackLoss: new Set(), // plan ids whose loss checkbox is ticked
+  eventsVersion: 0, // counts changes to `events`, so the timeline is redrawn only on news
 };
 
 function el(tag, attrs, ...children) {
@@ -178,7 +179,7 @@ async function send(planId, verb) {
       answer = null;
     }
     if (response.ok) {
-      state.messages.set(planId, { text: `${verb}d`, error: false });
+      state.messages.set(planId, { text: verb === "approve" ? "approved" : "rejected", error: false });
       if (answer && answer.plan) mergePlan(answer.plan);
     } else {
       const text = (answer && answer.message) || `${response.status} ${response.statusText}`;
@@ -307,9 +308,15 @@ function renderPlans(status) {
 
 // ---- events -----------------------------------------------------------------------------
 
+// Keys sort oldest first: saved records by their sequence number.
+function savedKey(seq) {
+  return `s${String(seq).padStart(20, "0")}`;
+}
+
 function addEvent(record) {
+  state.eventsVersion += 1;
   if (record.seq > 0) {
-    state.events.set(`s${String(record.seq).padStart(20, "0")}`, record);
+    state.events.set(savedKey(record.seq), record);
   } else {
     state.unsaved += 1;
     state.events.set(`u${String(state.unsaved).padStart(20, "0")}`, record);
@@ -358,12 +365,29 @@ function renderHeader(status) {
   document.getElementById("policy").textContent = policy.join(" · ");
 }
 
+// What each section was last drawn from. A section is rebuilt only when its data changed:
+// rebuilding replaces the nodes under the pointer, and a click whose mousedown and mouseup
+// land on different (replaced) buttons is lost; a ticked checkbox or a text selection would
+// flicker too.
+const drawn = { header: null, regions: null, plans: null, events: null };
+
+function changed(section, data) {
+  const key = JSON.stringify(data);
+  if (drawn[section] === key) return false;
+  drawn[section] = key;
+  return true;
+}
+
 function render() {
   if (!state.status) return;
-  renderHeader(state.status);
-  renderRegions(state.status);
-  renderPlans(state.status);
-  renderEvents();
+  const s = state.status;
+  if (changed("header", [s.controller, s.cooldown_until, s.automatic_actions_last_hour])) {
+    renderHeader(s);
+  }
+  if (changed("regions", s.regions)) renderRegions(s);
+  const plans = [s.plans, [...state.busy], [...state.messages], [...state.ackLoss]];
+  if (changed("plans", plans)) renderPlans(s);
+  if (changed("events", state.eventsVersion)) renderEvents();
 }
 
 function notice(text) {
@@ -392,12 +416,17 @@ function connect() {
   });
   source.addEventListener("status", (e) => {
     state.status = JSON.parse(e.data);
-    for (const record of state.status.events) addEvent(record);
+    // Every status repeats the recent records; only new ones change the timeline.
+    for (const record of state.status.events) {
+      if (!(record.seq > 0 && state.events.has(savedKey(record.seq)))) {
+        addEvent(record);
+      }
+    }
     render();
   });
   source.addEventListener("audit", (e) => {
     addEvent(JSON.parse(e.data));
-    renderEvents();
+    if (changed("events", state.eventsVersion)) renderEvents();
   });
   source.addEventListener("error", () => {
     // The browser retries by itself while the stream is merely interrupted; once it gives

@@ -31,6 +31,23 @@ pub struct ControllerSide {
     pub commands: mpsc::Receiver<CommandRequest>,
 }
 
+impl ControllerSide {
+    /// Publishes `status` when it differs from the last one. The loops publish on every tick
+    /// (several a second) and most ticks change nothing: without this check every event
+    /// stream sent the same status again at its rate limit and every open dashboard rebuilt
+    /// its whole page each time (a click landing during a rebuild was lost).
+    pub fn publish(&self, status: Status) {
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
+}
+
 /// The server's end: cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ControllerHandle {
@@ -90,5 +107,41 @@ impl ControllerHandle {
         tokio::time::timeout(COMMAND_TIMEOUT, ask)
             .await
             .unwrap_or_else(|_| Err(timeout.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ControllerInfo;
+
+    fn status(active: bool) -> Status {
+        Status {
+            controller: ControllerInfo {
+                replica: "controller-a".into(),
+                active,
+                active_replica: None,
+            },
+            regions: Vec::new(),
+            plans: Vec::new(),
+            cooldown_until: None,
+            automatic_actions_last_hour: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Subscribers hear of a status only when it changed, however often the loop publishes.
+    #[test]
+    fn an_unchanged_status_wakes_no_subscriber() {
+        let (handle, side) = ControllerHandle::new(status(false));
+        let mut watch = handle.watch_status();
+        watch.mark_unchanged();
+        side.publish(status(false));
+        assert!(!watch.has_changed().unwrap(), "the same status again");
+        side.publish(status(true));
+        assert!(watch.has_changed().unwrap(), "a new status");
+        watch.mark_unchanged();
+        side.publish(status(true));
+        assert!(!watch.has_changed().unwrap(), "the same status again");
     }
 }

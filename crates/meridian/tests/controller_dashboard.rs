@@ -65,6 +65,18 @@ fn button(id: &PlanId, action: &str) -> String {
     format!("#plans [data-plan=\"{id}\"] [data-action=\"{action}\"]")
 }
 
+/// How many `status` events `/api/events` sends in `window` (the first, the current status,
+/// included).
+async fn status_events_during(url: &str, window: Duration) -> usize {
+    let mut response = reqwest::get(format!("{url}/api/events")).await.unwrap();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.lines().filter(|l| *l == "event: status").count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow::Result<()> {
     let Some(browser) = Browser::start().await? else {
@@ -114,6 +126,30 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
     browser
         .wait_for(&plan_selector(&first, "awaiting-approval"), WAIT)
         .await?;
+
+    // At rest the page is not rebuilt under the pointer: the button is the same node a
+    // second later (a rebuilt one loses a click whose mousedown hit the old node), and the
+    // event stream sends no status that did not change.
+    let mark = format!(
+        "document.querySelector('{}').__mark = 'kept'; return true;",
+        button(&first, "reject")
+    );
+    browser.execute(&mark, vec![]).await?;
+    let statuses = status_events_during(&controller.url, Duration::from_millis(1500)).await;
+    let kept = browser
+        .execute(
+            &format!(
+                "return document.querySelector('{}').__mark || null;",
+                button(&first, "reject")
+            ),
+            vec![],
+        )
+        .await?;
+    assert_eq!(kept, serde_json::json!("kept"), "the plan was redrawn at rest");
+    assert!(
+        statuses <= 2,
+        "{statuses} status events in 1.5 s at rest: an unchanged status was sent again"
+    );
 
     // Without the token the controller refuses (401 JSON) and the page shows its message.
     browser.click(&button(&first, "reject")).await?;
@@ -204,6 +240,10 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
     let same = browser.execute("return window.__sameLoad;", vec![]).await?;
     assert_eq!(same, serde_json::json!("yes"), "the page was not reloaded");
 
+    // The screenshot from the top of the page (the clicks scrolled it).
+    browser
+        .execute("window.scrollTo(0, 0); return true;", vec![])
+        .await?;
     for path in screenshot_paths() {
         let written = browser.screenshot(&path).await?;
         let png = std::fs::read(&written)?;
