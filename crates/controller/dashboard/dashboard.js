@@ -385,7 +385,9 @@ function render() {
     renderHeader(s);
   }
   if (changed("regions", s.regions)) renderRegions(s);
-  const plans = [s.plans, [...state.busy], [...state.messages], [...state.ackLoss]];
+  // Not the ticked loss checkboxes: the box shows its own tick, and a redraw then would only
+  // replace the Approve button the operator is about to click.
+  const plans = [s.plans, [...state.busy], [...state.messages]];
   if (changed("plans", plans)) renderPlans(s);
   if (changed("events", state.eventsVersion)) renderEvents();
 }

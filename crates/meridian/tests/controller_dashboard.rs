@@ -279,3 +279,135 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
     eprintln!("the whole test took {:?}", started.elapsed());
     browser.close().await
 }
+
+/// A region loss in the page: region one's processes are frozen (SIGSTOP: they run but never
+/// answer, so the controller does not restart them); after the dwell the page shows the
+/// region failed and the plan the controller proposed itself, with the loss it states and
+/// the checkbox. Approve without the box ticked shows the controller's 400 and changes
+/// nothing; ticked, Approve runs the plan to done (the frozen processes need SIGKILL after
+/// the fence's grace, so this takes the longest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_loss_is_approved_in_the_browser_only_with_the_loss_acknowledged(
+) -> anyhow::Result<()> {
+    let Some(browser) = Browser::start().await? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let _nodes = NodesGuard(data.clone());
+    let controller = ControllerProcess::start(&data, "controller-a", &ARGS).await;
+    let up = controller
+        .wait_for("up", Duration::from_secs(60), all_up)
+        .await;
+    let in_region = |name: &str| -> Vec<String> {
+        up.regions
+            .iter()
+            .filter(|r| r.name.as_str() == name)
+            .flat_map(|r| &r.zones)
+            .flat_map(|z| &z.replicas)
+            .map(|r| r.name.as_str().to_owned())
+            .collect()
+    };
+    let (region_one, region_two) = (in_region("region-1"), in_region("region-2"));
+    let deployment = ControlledDeployment::open(&data)?;
+
+    browser.goto(&format!("{}/", controller.url)).await?;
+    browser
+        .wait_for("#connection[data-state=\"live\"]", WAIT)
+        .await?;
+    browser.type_into("#token", &admin_token(&data)).await?;
+    browser
+        .wait_for("[data-region=\"region-1\"][data-failed=\"false\"]", WAIT)
+        .await?;
+
+    for name in &region_one {
+        let pid = deployment
+            .pid(name)
+            .unwrap_or_else(|| panic!("{name} runs"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            nix::sys::signal::Signal::SIGSTOP,
+        )?;
+    }
+    let frozen_at = Instant::now();
+    browser
+        .wait_for("[data-region=\"region-1\"][data-failed=\"true\"]", WAIT)
+        .await?;
+    let loss = browser
+        .wait_for(
+            "#plans [data-plan][data-plan-state=\"awaiting-approval\"] [data-ack-loss]",
+            WAIT,
+        )
+        .await?;
+    eprintln!(
+        "the page showed the region-loss plan {:?} after the freeze",
+        frozen_at.elapsed()
+    );
+    let id = PlanId(
+        loss.attr("data-ack-loss")
+            .await?
+            .expect("the checkbox names its plan"),
+    );
+    let proposed = controller.status().await;
+    let proposed_plan = plan(&proposed, &id).expect("the plan the page shows");
+    assert_eq!(proposed_plan.proposed_by, Actor::Controller);
+    assert_eq!(
+        proposed_plan.kind,
+        meridian_controller::plan::PlanKind::RegionLoss
+    );
+    let text = browser
+        .text(&format!("#plans [data-plan=\"{id}\"] .loss"))
+        .await?;
+    assert!(text.contains("Data loss"), "{text}");
+
+    // Not acknowledged: the controller answers 400 and the page shows why; nothing changes.
+    browser.click(&button(&id, "approve")).await?;
+    let refusal = browser
+        .wait_for(&format!("[data-plan-message=\"{id}\"].error"), WAIT)
+        .await?
+        .text()
+        .await?;
+    assert!(refusal.contains("acknowledge"), "{refusal}");
+    assert!(
+        matches!(
+            plan(&controller.status().await, &id).map(|p| &p.state),
+            Some(PlanState::AwaitingApproval)
+        ),
+        "a refused approval changes nothing"
+    );
+
+    // Acknowledged: the plan runs to done and region two takes over.
+    browser
+        .click(&format!("#plans [data-ack-loss=\"{id}\"]"))
+        .await?;
+    browser.click(&button(&id, "approve")).await?;
+    browser
+        .wait_for(&plan_selector(&id, "running"), WAIT)
+        .await?;
+    browser.wait_for(&plan_selector(&id, "done"), WAIT).await?;
+    for name in &region_two {
+        browser
+            .wait_for(
+                &format!(
+                    "[data-region=\"region-2\"] [data-replica=\"{name}\"]:is([data-role=\"active\"], [data-role=\"passive\"])[data-ready=\"true\"]"
+                ),
+                WAIT,
+            )
+            .await?;
+    }
+    let done = controller.status().await;
+    assert!(
+        matches!(plan(&done, &id).map(|p| &p.state), Some(PlanState::Done { .. })),
+        "{:?}",
+        plan(&done, &id)
+    );
+    for name in &region_two {
+        assert!(deployment.pid(name).is_some(), "{name} runs");
+    }
+    for name in &region_one {
+        assert_eq!(deployment.pid(name), None, "{name} was fenced");
+    }
+    eprintln!("the whole test took {:?}", started.elapsed());
+    browser.close().await
+}
