@@ -111,7 +111,9 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
     for name in &region_two {
         browser
             .wait_for(
-                &format!("[data-region=\"region-2\"] [data-replica=\"{name}\"][data-role=\"cold\"]"),
+                &format!(
+                    "[data-region=\"region-2\"] [data-replica=\"{name}\"][data-role=\"cold\"]"
+                ),
                 WAIT,
             )
             .await?;
@@ -145,7 +147,11 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
             vec![],
         )
         .await?;
-    assert_eq!(kept, serde_json::json!("kept"), "the plan was redrawn at rest");
+    assert_eq!(
+        kept,
+        serde_json::json!("kept"),
+        "the plan was redrawn at rest"
+    );
     assert!(
         statuses <= 2,
         "{statuses} status events in 1.5 s at rest: an unchanged status was sent again"
@@ -174,7 +180,10 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
         .wait_for(&plan_selector(&first, "rejected"), WAIT)
         .await?;
     assert!(
-        browser.find_all(&button(&first, "approve")).await?.is_empty(),
+        browser
+            .find_all(&button(&first, "approve"))
+            .await?
+            .is_empty(),
         "a rejected plan has no buttons"
     );
     let rejected = controller.status().await;
@@ -274,7 +283,11 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
         .iter()
         .filter(|r| !region_two.contains(r))
     {
-        assert_eq!(deployment.pid(name), None, "{name} in region one is stopped");
+        assert_eq!(
+            deployment.pid(name),
+            None,
+            "{name} in region one is stopped"
+        );
     }
     eprintln!("the whole test took {:?}", started.elapsed());
     browser.close().await
@@ -398,7 +411,10 @@ async fn a_region_loss_is_approved_in_the_browser_only_with_the_loss_acknowledge
     }
     let done = controller.status().await;
     assert!(
-        matches!(plan(&done, &id).map(|p| &p.state), Some(PlanState::Done { .. })),
+        matches!(
+            plan(&done, &id).map(|p| &p.state),
+            Some(PlanState::Done { .. })
+        ),
         "{:?}",
         plan(&done, &id)
     );
