@@ -1,10 +1,11 @@
 //! The dashboard in real headless Chromium against a real `meridian controller` (two-regions
 //! preset on SQLite, real node processes): a switchover to region two is proposed through the
-//! API and appears in the open page live; Reject without the token shows the server's 401
-//! and changes nothing; with the admin token typed in, Reject rejects it. A second proposal
-//! appears live too; Approve runs it, and the page follows it to done with region two's
-//! replicas active — no reload. The API and the replicas' pidfiles confirm what the page
-//! shows: region two runs, region one is stopped.
+//! API (by a proposer whose name is markup: shown as text, no element made of it) and appears
+//! in the open page live; Reject without the token shows the server's 401 and changes
+//! nothing; with the admin token typed in, Reject rejects it. A second proposal appears live
+//! too; Approve runs it, and the page follows it to done with region two's replicas active —
+//! no reload. The API and the replicas' pidfiles confirm what the page shows: region two runs,
+//! region one is stopped. A second test approves a region loss with its loss checkbox.
 //!
 //! Skipped with a message when Chromium or chromedriver is missing, unless
 //! `MERIDIAN_REQUIRE_BROWSER` is set. With `MERIDIAN_UPDATE_SCREENSHOT=1` the screenshot of
@@ -24,6 +25,8 @@ use meridian_lab::controller::ControlledDeployment;
 use meridian_testkit::browser::Browser;
 
 const ARGS: [&str; 4] = ["--preset", "two-regions", "--backend", "sqlite"];
+/// A proposer's name that would become an element if the page inserted it as HTML.
+const MARKUP: &str = "<b id=\"injected\">eve</b>";
 /// How long the page may take to show what the controller did (the plan itself takes a few
 /// seconds: stop region one, start region two's cold replicas, wait until they are ready).
 const WAIT: Duration = Duration::from_secs(30);
@@ -48,11 +51,11 @@ fn screenshot_paths() -> Vec<PathBuf> {
     paths
 }
 
-async fn propose(controller: &ControllerProcess, data: &Path) -> PlanId {
+async fn propose(controller: &ControllerProcess, data: &Path, by: &str) -> PlanId {
     let propose = Command::ProposeSwitchover {
         to: "region-2".into(),
         components: Vec::new(),
-        by: Actor::Operator("dashboard-test".into()),
+        by: Actor::Operator(by.into()),
     };
     controller.command(data, &propose).await.unwrap().plan.id
 }
@@ -124,10 +127,19 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
         .await?;
 
     // A plan proposed through the API appears in the open page.
-    let first = propose(&controller, &data).await;
+    // Its proposer's name is markup: the page shows it as text and makes no element of it.
+    let first = propose(&controller, &data, MARKUP).await;
     browser
         .wait_for(&plan_selector(&first, "awaiting-approval"), WAIT)
         .await?;
+    let meta = browser
+        .text(&format!("#plans [data-plan=\"{first}\"] .meta"))
+        .await?;
+    assert!(meta.contains(MARKUP), "the name shown as text: {meta}");
+    assert!(
+        browser.find_all("#injected").await?.is_empty(),
+        "markup from the server became an element"
+    );
 
     // At rest the page is not rebuilt under the pointer: the button is the same node a
     // second later (a rebuilt one loses a click whose mousedown hit the old node), and the
@@ -197,7 +209,7 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
     );
 
     // A second plan, approved in the page and followed there to done.
-    let second = propose(&controller, &data).await;
+    let second = propose(&controller, &data, "dashboard-test").await;
     assert_ne!(first, second);
     browser.click(&button(&second, "approve")).await?;
     let approved_at = Instant::now();
