@@ -2,9 +2,10 @@
 //! preset on SQLite, real node processes): a switchover to region two is proposed through the
 //! API (by a proposer whose name is markup: shown as text, no element made of it) and appears
 //! in the open page live; Reject without the token shows the server's 401 and changes
-//! nothing; with the admin token typed in, Reject rejects it. A second proposal appears live
-//! too; Approve runs it, and the page follows it to done with region two's replicas active —
-//! no reload. The API and the replicas' pidfiles confirm what the page shows: region two runs,
+//! nothing; with the admin token typed in, Reject rejects it. A second plan is proposed with
+//! the page's form (a second Propose meanwhile shows the controller's 409, one plan at a
+//! time); Approve runs it, and the page follows it to done with region two's replicas active —
+//! no reload; proposing back then shows the cooldown's 409. The API and the replicas' pidfiles confirm what the page shows: region two runs,
 //! region one is stopped. A second test approves a region loss with its loss checkbox.
 //!
 //! Skipped with a message when Chromium or chromedriver is missing, unless
@@ -66,6 +67,22 @@ fn plan_selector(id: &PlanId, state: &str) -> String {
 
 fn button(id: &PlanId, action: &str) -> String {
     format!("#plans [data-plan=\"{id}\"] [data-action=\"{action}\"]")
+}
+
+/// Waits (bounded) until the element matching `selector` shows text containing `needle`.
+async fn wait_text(browser: &Browser, selector: &str, needle: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some(element) = browser.find_all(selector).await?.into_iter().next() {
+            last = element.text().await.unwrap_or_default();
+            if last.contains(needle) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("`{selector}` did not say {needle:?} within {WAIT:?}; it said {last:?}")
 }
 
 /// How many `status` events `/api/events` sends in `window` (the first, the current status,
@@ -208,9 +225,37 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
         plan(&rejected, &first)
     );
 
-    // A second plan, approved in the page and followed there to done.
-    let second = propose(&controller, &data, "dashboard-test").await;
+    // A second plan, proposed in the page (its form offers region two, where nothing is
+    // active), approved there and followed to done.
+    let offered = browser
+        .execute(
+            "return document.getElementById('propose-to').value;",
+            vec![],
+        )
+        .await?;
+    assert_eq!(offered, serde_json::json!("region-2"));
+    browser.click("#propose-button").await?;
+    let second = PlanId(
+        browser
+            .wait_for(
+                "#plans [data-plan][data-plan-state=\"awaiting-approval\"]",
+                WAIT,
+            )
+            .await?
+            .attr("data-plan")
+            .await?
+            .expect("a plan names its id"),
+    );
     assert_ne!(first, second);
+    wait_text(
+        &browser,
+        "#propose-message:not(.error)",
+        &format!("proposed {second}"),
+    )
+    .await?;
+    // One plan at a time: the controller's 409 is shown under the form.
+    browser.click("#propose-button").await?;
+    wait_text(&browser, "#propose-message.error", "one plan at a time").await?;
     browser.click(&button(&second, "approve")).await?;
     let approved_at = Instant::now();
     browser
@@ -258,6 +303,12 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
             WAIT,
         )
         .await?;
+    // The form's refusal was about plan two awaiting approval: stale now, it is gone.
+    assert!(
+        browser.find_all("#propose-message[hidden]").await?.len() == 1,
+        "a stale answer under the form: {}",
+        browser.text("#propose-message").await?
+    );
     let same = browser.execute("return window.__sameLoad;", vec![]).await?;
     assert_eq!(same, serde_json::json!("yes"), "the page was not reloaded");
 
@@ -271,6 +322,13 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
         assert!(png.starts_with(b"\x89PNG"), "{}", written.display());
     }
 
+    // After the switchover (and after the screenshot) the cooldown holds: proposing back is
+    // refused (409), and the page says so.
+    browser
+        .click("#propose-to option[value=\"region-1\"]")
+        .await?;
+    browser.click("#propose-button").await?;
+    wait_text(&browser, "#propose-message.error", "cooldown").await?;
     // What the page showed is what the controller and the processes say.
     let done = controller.status().await;
     assert!(
