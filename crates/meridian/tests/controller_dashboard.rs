@@ -2,11 +2,12 @@
 //! preset on SQLite, real node processes): a switchover to region two is proposed through the
 //! API (by a proposer whose name is markup: shown as text, no element made of it) and appears
 //! in the open page live; Reject without the token shows the server's 401 and changes
-//! nothing; with the admin token typed in, Reject rejects it. A second plan is proposed with
-//! the page's form (a second Propose meanwhile shows the controller's 409, one plan at a
-//! time); Approve runs it, and the page follows it to done with region two's replicas active —
-//! no reload; proposing back then shows the cooldown's 409. The API and the replicas' pidfiles confirm what the page shows: region two runs,
-//! region one is stopped. A second test approves a region loss with its loss checkbox.
+//! nothing; with the admin token typed in, Reject rejects it (both buttons disabled while it
+//! is on its way). A second plan is proposed with the page's form (a second Propose meanwhile
+//! shows the controller's 409, one plan at a time); Approve runs it, and the page follows it to
+//! done with region two's replicas active — no reload; proposing back then shows the
+//! cooldown's 409. The API and the replicas' pidfiles confirm what the page shows: region two
+//! runs, region one is stopped. A second test approves a region loss with its loss checkbox.
 //!
 //! Skipped with a message when Chromium or chromedriver is missing, unless
 //! `MERIDIAN_REQUIRE_BROWSER` is set. With `MERIDIAN_UPDATE_SCREENSHOT=1` the screenshot of
@@ -202,9 +203,33 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
         "a refused command changes nothing"
     );
 
-    // With the token: Reject.
+    // With the token: Reject. While the command is on its way (held up 1 s here) both
+    // buttons are disabled and the page says it was sent: no second command by a second click.
     browser.type_into("#token", &admin_token(&data)).await?;
+    browser
+        .execute(
+            "const real = window.fetch; \
+             window.fetch = (...args) => new Promise((done) => setTimeout(done, 1000)) \
+               .then(() => { window.fetch = real; return real(...args); }); \
+             return true;",
+            vec![],
+        )
+        .await?;
     browser.click(&button(&first, "reject")).await?;
+    let disabled = browser
+        .find_all(&format!(
+            "#plans [data-plan=\"{first}\"] button[data-action]:disabled"
+        ))
+        .await?;
+    assert_eq!(
+        disabled.len(),
+        2,
+        "Approve and Reject disabled while Reject runs"
+    );
+    let sent = browser
+        .text(&format!("[data-plan-message=\"{first}\"]"))
+        .await?;
+    assert!(sent.contains("sent"), "{sent}");
     browser
         .wait_for(&plan_selector(&first, "rejected"), WAIT)
         .await?;
