@@ -1,7 +1,7 @@
 //! How the HTTP server (and anything else in the controller's process) talks to the running
-//! controller: the latest [`Status`] through a watch channel, new audit records through a
-//! broadcast channel (the dashboard's server-sent events), and commands through a bounded
-//! queue with a reply each.
+//! controller: the latest [`Status`] through a watch channel (published only when it changed,
+//! [`ControllerSide::publish`]), new audit records through a broadcast channel (the
+//! dashboard's server-sent events), and commands through a bounded queue with a reply each.
 
 use std::time::Duration;
 
