@@ -1,6 +1,6 @@
 // The controller's dashboard: renders GET /api/events (server-sent events: `status` with the
-// whole Status, `audit` with each new AuditRecord) and sends Approve / Reject with the admin
-// token. Plain DOM, no framework and no build step, so the file is embedded as is. Every
+// whole Status, `audit` with each new AuditRecord) and sends Propose, Approve and Reject with
+// the admin token. Plain DOM, no framework and no build step, so the file is embedded as is. Every
 // value from the server is set as text (never as HTML). Elements carry stable data
 // attributes (data-region, data-replica, data-plan, data-plan-state, data-action, ...) that
 // the browser tests select on.
@@ -17,6 +17,7 @@ const state = {
   messages: new Map(), // plan id -> { text, error }
   busy: new Set(), // plan ids with a command in flight
   ackLoss: new Set(), // plan ids whose loss checkbox is ticked
+  eventsVersion: 0, // counts changes to `events`, so the timeline is redrawn only on news
 };
 
 function el(tag, attrs, ...children) {
@@ -157,38 +158,93 @@ function token() {
   return document.getElementById("token").value.trim();
 }
 
-async function send(planId, verb) {
+// POSTs `body` to `path` with the token: `{ ok, answer, text }`, where `text` is the
+// server's own message on a refusal (every refusal is JSON `{error, message}`).
+async function post(path, body) {
   const headers = { "Content-Type": "application/json" };
   const t = token();
   if (t) headers["Authorization"] = `Bearer ${t}`;
-  const body = verb === "approve" ? { acknowledge_loss: state.ackLoss.has(planId) } : {};
-  state.busy.add(planId);
-  state.messages.set(planId, { text: `${verb} sent…`, error: false });
-  render();
   try {
-    const response = await fetch(`/api/plans/${encodeURIComponent(planId)}/${verb}`, {
-      method: "POST",
-      headers,
-      body: JSON.stringify(body),
-    });
+    const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
     let answer = null;
     try {
       answer = await response.json();
     } catch (_) {
       answer = null;
     }
-    if (response.ok) {
-      state.messages.set(planId, { text: `${verb}d`, error: false });
-      if (answer && answer.plan) mergePlan(answer.plan);
-    } else {
-      const text = (answer && answer.message) || `${response.status} ${response.statusText}`;
-      state.messages.set(planId, { text, error: true });
-    }
+    const text = response.ok
+      ? null
+      : (answer && answer.message) || `${response.status} ${response.statusText}`;
+    return { ok: response.ok, answer, text };
   } catch (error) {
-    state.messages.set(planId, { text: `request failed: ${error}`, error: true });
-  } finally {
-    state.busy.delete(planId);
+    return { ok: false, answer: null, text: `request failed: ${error}` };
+  }
+}
+
+async function send(planId, verb) {
+  const body = verb === "approve" ? { acknowledge_loss: state.ackLoss.has(planId) } : {};
+  state.busy.add(planId);
+  state.messages.set(planId, { text: `${verb} sent…`, error: false });
+  render();
+  const { ok, answer, text } = await post(`/api/plans/${encodeURIComponent(planId)}/${verb}`, body);
+  if (ok) {
+    state.messages.set(planId, { text: verb === "approve" ? "approved" : "rejected", error: false });
+    if (answer && answer.plan) mergePlan(answer.plan);
+  } else {
+    state.messages.set(planId, { text, error: true });
+  }
+  state.busy.delete(planId);
+  render();
+}
+
+function proposeMessage(text, error) {
+  const node = document.getElementById("propose-message");
+  node.textContent = text || "";
+  node.hidden = !text;
+  node.classList.toggle("error", Boolean(error));
+}
+
+// The Propose form: a switchover to the chosen region, of the components typed (comma or
+// space separated; every node when empty). The controller checks everything (an unknown
+// region or component, a plan already open, the cooldown) and its refusal is shown as is.
+async function propose(event) {
+  event.preventDefault();
+  const button = document.getElementById("propose-button");
+  if (button.disabled) return;
+  const to = document.getElementById("propose-to").value;
+  const components = document
+    .getElementById("propose-components")
+    .value.split(/[\s,]+/)
+    .filter(Boolean);
+  button.disabled = true;
+  proposeMessage("proposal sent…", false);
+  const { ok, answer, text } = await post("/api/plans", { to, components });
+  if (ok && answer && answer.plan) {
+    // Drawn first, so that the message is about the plans with the new one among them.
+    mergePlan(answer.plan);
     render();
+    proposeMessage(`proposed ${answer.plan.id}: approve or reject it below`, false);
+  } else {
+    proposeMessage(text || "the controller answered without a plan", true);
+  }
+  button.disabled = false;
+}
+
+// The region choices, rebuilt only when the deployment's regions change (keeping the choice).
+function renderProposeRegions(status) {
+  const select = document.getElementById("propose-to");
+  const chosen = select.value;
+  select.replaceChildren(
+    ...status.regions.map((region) => el("option", { value: region.name, text: region.name })),
+  );
+  if (status.regions.some((region) => region.name === chosen)) {
+    select.value = chosen;
+  } else {
+    // First offer a region where nothing is active: the one a switchover would go to.
+    const idle = status.regions.find((region) =>
+      region.zones.every((zone) => zone.replicas.every((r) => r.role !== "active")),
+    );
+    if (idle) select.value = idle.name;
   }
 }
 
@@ -307,9 +363,15 @@ function renderPlans(status) {
 
 // ---- events -----------------------------------------------------------------------------
 
+// Keys sort oldest first: saved records by their sequence number.
+function savedKey(seq) {
+  return `s${String(seq).padStart(20, "0")}`;
+}
+
 function addEvent(record) {
+  state.eventsVersion += 1;
   if (record.seq > 0) {
-    state.events.set(`s${String(record.seq).padStart(20, "0")}`, record);
+    state.events.set(savedKey(record.seq), record);
   } else {
     state.unsaved += 1;
     state.events.set(`u${String(state.unsaved).padStart(20, "0")}`, record);
@@ -358,12 +420,45 @@ function renderHeader(status) {
   document.getElementById("policy").textContent = policy.join(" · ");
 }
 
+// What each section was last drawn from. A section is rebuilt only when its data changed:
+// rebuilding replaces the nodes under the pointer, and a click whose mousedown and mouseup
+// land on different (replaced) buttons is lost; a ticked checkbox or a text selection would
+// flicker too.
+const drawn = {
+  header: null,
+  regions: null,
+  "region-names": null,
+  plans: null,
+  events: null,
+  "open-plans": null,
+};
+
+function changed(section, data) {
+  const key = JSON.stringify(data);
+  if (drawn[section] === key) return false;
+  drawn[section] = key;
+  return true;
+}
+
 function render() {
   if (!state.status) return;
-  renderHeader(state.status);
-  renderRegions(state.status);
-  renderPlans(state.status);
-  renderEvents();
+  const s = state.status;
+  if (changed("header", [s.controller, s.cooldown_until, s.automatic_actions_last_hour])) {
+    renderHeader(s);
+  }
+  // The form's answer is about the open plans of the moment ("proposed plan-2", "plan-2 is
+  // still awaiting approval"): once they change it is stale, and it goes.
+  const open = s.plans
+    .filter((p) => ["awaiting-approval", "running"].includes(p.state.state))
+    .map((p) => [p.id, p.state.state]);
+  if (changed("open-plans", open)) proposeMessage("", false);
+  if (changed("regions", s.regions)) renderRegions(s);
+  if (changed("region-names", s.regions.map((region) => region.name))) renderProposeRegions(s);
+  // Not the ticked loss checkboxes: the box shows its own tick, and a redraw then would only
+  // replace the Approve button the operator is about to click.
+  const plans = [s.plans, [...state.busy], [...state.messages]];
+  if (changed("plans", plans)) renderPlans(s);
+  if (changed("events", state.eventsVersion)) renderEvents();
 }
 
 function notice(text) {
@@ -392,12 +487,17 @@ function connect() {
   });
   source.addEventListener("status", (e) => {
     state.status = JSON.parse(e.data);
-    for (const record of state.status.events) addEvent(record);
+    // Every status repeats the recent records; only new ones change the timeline.
+    for (const record of state.status.events) {
+      if (!(record.seq > 0 && state.events.has(savedKey(record.seq)))) {
+        addEvent(record);
+      }
+    }
     render();
   });
   source.addEventListener("audit", (e) => {
     addEvent(JSON.parse(e.data));
-    renderEvents();
+    if (changed("events", state.eventsVersion)) renderEvents();
   });
   source.addEventListener("error", () => {
     // The browser retries by itself while the stream is merely interrupted; once it gives
@@ -415,5 +515,6 @@ document.addEventListener("DOMContentLoaded", () => {
   const input = document.getElementById("token");
   input.value = sessionStorage.getItem(TOKEN_KEY) || "";
   input.addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, input.value.trim()));
+  document.getElementById("propose").addEventListener("submit", propose);
   connect();
 });

@@ -1,7 +1,7 @@
 //! How the HTTP server (and anything else in the controller's process) talks to the running
-//! controller: the latest [`Status`] through a watch channel, new audit records through a
-//! broadcast channel (the dashboard's server-sent events), and commands through a bounded
-//! queue with a reply each.
+//! controller: the latest [`Status`] through a watch channel (published only when it changed,
+//! [`ControllerSide::publish`]), new audit records through a broadcast channel (the
+//! dashboard's server-sent events), and commands through a bounded queue with a reply each.
 
 use std::time::Duration;
 
@@ -29,6 +29,23 @@ pub struct ControllerSide {
     pub status: watch::Sender<Status>,
     pub events: broadcast::Sender<AuditRecord>,
     pub commands: mpsc::Receiver<CommandRequest>,
+}
+
+impl ControllerSide {
+    /// Publishes `status` when it differs from the last one. The loops publish on every tick
+    /// (several a second) and most ticks change nothing: without this check every event
+    /// stream sent the same status again at its rate limit and every open dashboard rebuilt
+    /// its whole page each time (a click landing during a rebuild was lost).
+    pub fn publish(&self, status: Status) {
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
 }
 
 /// The server's end: cheap to clone.
@@ -90,5 +107,41 @@ impl ControllerHandle {
         tokio::time::timeout(COMMAND_TIMEOUT, ask)
             .await
             .unwrap_or_else(|_| Err(timeout.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ControllerInfo;
+
+    fn status(active: bool) -> Status {
+        Status {
+            controller: ControllerInfo {
+                replica: "controller-a".into(),
+                active,
+                active_replica: None,
+            },
+            regions: Vec::new(),
+            plans: Vec::new(),
+            cooldown_until: None,
+            automatic_actions_last_hour: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Subscribers hear of a status only when it changed, however often the loop publishes.
+    #[test]
+    fn an_unchanged_status_wakes_no_subscriber() {
+        let (handle, side) = ControllerHandle::new(status(false));
+        let mut watch = handle.watch_status();
+        watch.mark_unchanged();
+        side.publish(status(false));
+        assert!(!watch.has_changed().unwrap(), "the same status again");
+        side.publish(status(true));
+        assert!(watch.has_changed().unwrap(), "a new status");
+        watch.mark_unchanged();
+        side.publish(status(true));
+        assert!(!watch.has_changed().unwrap(), "the same status again");
     }
 }

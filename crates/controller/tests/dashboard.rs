@@ -4,8 +4,9 @@
 //! Approve without the token shows the server's refusal; with the token typed in, the loop
 //! receives the Approve, runs the plan, and the page follows it to done live — no reload.
 //!
-//! A screenshot of the finished page is written under the target directory; with
-//! `MERIDIAN_UPDATE_SCREENSHOT=1` it also replaces docs/img/dashboard.png.
+//! A screenshot of the finished page is written to the temporary directory. The picture in
+//! the docs comes from the real controller instead (`crates/meridian/tests/
+//! controller_dashboard.rs`).
 
 mod support;
 
@@ -22,12 +23,7 @@ use support::{start_with_plan, ADMIN_TOKEN};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn screenshot_paths() -> Vec<PathBuf> {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut paths = vec![std::env::temp_dir().join("meridian-dashboard.png")];
-    if std::env::var_os("MERIDIAN_UPDATE_SCREENSHOT").is_some() {
-        paths.push(manifest.join("../../docs/img/dashboard.png"));
-    }
-    paths
+    vec![std::env::temp_dir().join("meridian-dashboard.png")]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

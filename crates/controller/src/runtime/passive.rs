@@ -72,7 +72,7 @@ pub(super) async fn serve<A, S>(
                 if let Some(status) = &shown {
                     let mut status = status.clone();
                     status.controller = info(&shared.replica.name, active);
-                    side.status.send_replace(status);
+                    side.publish(status);
                 }
             }
         }

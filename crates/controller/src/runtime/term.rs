@@ -373,7 +373,7 @@ where
             active: true,
             active_replica: Some(self.shared.replica.name.clone()),
         };
-        side.status.send_replace(
+        side.publish(
             self.engine
                 .status(info, self.events.iter().cloned().collect()),
         );
