@@ -63,7 +63,10 @@ impl ReplicaFiles {
     /// one); starting it a second time would fail to bind and crash-loop, the first one
     /// unwatched. The pidfile is rewritten for a process found that way.
     pub fn adoptable_pid(&self) -> Option<u32> {
-        if let Some(pid) = self.pidfile_pid().filter(|pid| is_alive(*pid) && self.runs_in(*pid)) {
+        if let Some(pid) = self
+            .pidfile_pid()
+            .filter(|pid| is_alive(*pid) && self.runs_in(*pid))
+        {
             return Some(pid);
         }
         let pid = self.find_by_command_line()?;
@@ -299,7 +302,9 @@ mod tests {
         std::fs::write(&files.pidfile, "garbage").expect("writes");
         assert_eq!(files.adoptable_pid(), Some(sleeper.id()));
         assert_eq!(
-            std::fs::read_to_string(&files.pidfile).expect("reads").trim(),
+            std::fs::read_to_string(&files.pidfile)
+                .expect("reads")
+                .trim(),
             sleeper.id().to_string()
         );
         let group = Pid::from_raw(-i32::try_from(sleeper.id()).expect("a pid"));
