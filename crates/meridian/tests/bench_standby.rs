@@ -49,7 +49,10 @@ async fn a_cold_participant_replica_is_started_by_the_controller_and_commits() {
     assert!(0.0 <= restart && restart <= crash_loop, "{json}");
     assert!(crash_loop <= trial.cold_decision_ms, "{json}");
     // Ordered: the pidfile's time has a coarser clock than the audit's, hence the 20 ms.
-    assert!(trial.cold_decision_ms <= trial.cold_running_ms + 20.0, "{json}");
+    assert!(
+        trial.cold_decision_ms <= trial.cold_running_ms + 20.0,
+        "{json}"
+    );
     assert!(trial.cold_running_ms <= trial.cold_ready_ms, "{json}");
     assert!(trial.cold_ready_ms <= trial.first_commit_ms, "{json}");
     assert!(trial.committed > 0, "{json}");
@@ -92,7 +95,14 @@ fn refused(args: &[&str]) -> String {
 fn what_the_cold_bench_cannot_measure_is_refused_before_anything_starts() {
     let error = refused(&["--standby", "cold", "--backend", "postgres"]);
     assert!(error.contains("SQLite only"), "{error}");
-    let error = refused(&["--standby", "cold", "--node", "mediator", "--preset", "single"]);
+    let error = refused(&[
+        "--standby",
+        "cold",
+        "--node",
+        "mediator",
+        "--preset",
+        "single",
+    ]);
     assert!(
         error.contains("mediator has 1 replica(s); it needs a second one"),
         "{error}"

@@ -479,7 +479,8 @@ async fn run_trial(
         .with_context(|| format!("writing {}", file.display()))?;
     let data_dir = dir.path().join("data");
     let log = dir.path().join("controller.log");
-    let output = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let output =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let child = Command::new(exe)
         .arg("controller")
         .arg("--deployment")
@@ -540,7 +541,10 @@ async fn run_trial(
     let killed_at = Timestamp::now();
     let killed = Instant::now();
     signal(warm_pid, Signal::SIGKILL)?;
-    progress(format!("killed {} (pid {warm_pid}), its host lost", plan.warm));
+    progress(format!(
+        "killed {} (pid {warm_pid}), its host lost",
+        plan.warm
+    ));
     let allocation = (args.node == TargetNode::Topology).then(|| {
         let client = parties.clients[BANK_PARTICIPANT].clone();
         tokio::spawn(async move {
@@ -555,7 +559,10 @@ async fn run_trial(
         &ReplicaName(plan.cold.clone()),
         "unused",
     );
-    let ready_url = format!("{}/readyz", crate::tls::url(admin_address(&files.cold_config)?));
+    let ready_url = format!(
+        "{}/readyz",
+        crate::tls::url(admin_address(&files.cold_config)?)
+    );
     let http = crate::tls::http_builder()?
         .timeout(Duration::from_millis(500))
         .build()?;
@@ -589,11 +596,7 @@ async fn run_trial(
             if let Some(bearer) = &bearer {
                 request = request.header("authorization", bearer);
             }
-            if request
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
+            if request.send().await.is_ok_and(|r| r.status().is_success()) {
                 ready_ms = Some(ms(killed.elapsed()));
             }
         }
@@ -672,10 +675,7 @@ async fn wait_until_up(
         }
         if let Some(child) = run.controller.as_mut() {
             if let Some(status) = child.try_wait()? {
-                bail!(
-                    "the controller exited ({status}):\n{}",
-                    run.log_tail(30)
-                );
+                bail!("the controller exited ({status}):\n{}", run.log_tail(30));
             }
         }
         if client.is_none() {
@@ -743,8 +743,8 @@ fn replica_costs(status: &Status) -> anyhow::Result<Vec<ReplicaCost>> {
 
 /// `admin_address` of a replica's config.
 fn admin_address(config: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(config)
-        .with_context(|| format!("reading {}", config.display()))?;
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let table: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
     table
@@ -814,11 +814,18 @@ mod tests {
         for (node, warm, cold) in [
             (TargetNode::Participant, "participant2-a", "participant2-b"),
             (TargetNode::Mediator, "mediator-a", "mediator-b"),
-            (TargetNode::Topology, "topology-manager-a", "topology-manager-b"),
+            (
+                TargetNode::Topology,
+                "topology-manager-a",
+                "topology-manager-b",
+            ),
             (TargetNode::Sequencer, "sequencer-a", "sequencer-b"),
         ] {
-            let plan = plan(&args(node, DeploymentArgs::default()), &ColdOptions::default())
-                .expect("a plan");
+            let plan = plan(
+                &args(node, DeploymentArgs::default()),
+                &ColdOptions::default(),
+            )
+            .expect("a plan");
             assert_eq!((plan.warm.as_str(), plan.cold.as_str()), (warm, cold));
             let keys = plan.description.node_keys();
             let view = plan
@@ -838,9 +845,12 @@ mod tests {
             backend: Some(Backend::Postgres),
             ..DeploymentArgs::default()
         };
-        let error = plan(&args(TargetNode::Participant, postgres), &ColdOptions::default())
-            .expect_err("PostgreSQL")
-            .to_string();
+        let error = plan(
+            &args(TargetNode::Participant, postgres),
+            &ColdOptions::default(),
+        )
+        .expect_err("PostgreSQL")
+        .to_string();
         assert!(error.contains("SQLite only"), "{error}");
         let single = DeploymentArgs {
             preset: Some(Preset::Single),
