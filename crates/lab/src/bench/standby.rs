@@ -514,6 +514,8 @@ async fn run_trial(
     let live = Arc::new(Live::default());
     live.epoch();
     let stop = shutdown.child_token();
+    // An error or a panic before the end stops the transfers too.
+    let _stop_on_drop = stop.clone().drop_guard();
     let load = {
         let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
         let spec = WorkloadSpec {
