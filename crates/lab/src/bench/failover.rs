@@ -32,6 +32,7 @@ use meridian_client::Backoff;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::standby::{ColdOptions, StandbyKind};
 use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Preset};
 use crate::experiment::{
     Experiment, ExperimentReport, FaultReport, FaultStep, Observer, Recovered, Step,
@@ -67,6 +68,24 @@ pub struct FailoverBenchArgs {
     pub lease_timeout_ms: Option<u64>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// `meridian bench failover`: the warm bench's arguments, and which standby the target node
+/// has (`--standby cold`: see [`super::standby`]).
+#[derive(Debug, Clone, Args)]
+pub struct FailoverCommand {
+    #[command(flatten)]
+    pub bench: FailoverBenchArgs,
+    /// The target node's standby: `warm`, a passive replica that takes over by the lease (no
+    /// controller); `cold`, a replica that does not run until `meridian controller` starts it
+    /// (each trial a fresh deployment under a controller, SQLite only).
+    #[arg(long, value_enum, default_value = "warm")]
+    pub standby: StandbyKind,
+    /// With `--standby cold`: the deployment's `[controller] crash_loop_restarts`, the failed
+    /// restarts in place of the lost replica before the controller gives it up and starts
+    /// the cold one (default: the deployment's, 5).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub crash_loop_restarts: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,7 +127,23 @@ pub const CLIENT_BACKOFF: Backoff = Backoff {
 /// is judged against is taken over it.
 const SETTLE_S: u64 = 2;
 
-pub async fn run(args: FailoverBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(command: FailoverCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match command.standby {
+        StandbyKind::Cold => {
+            let options = ColdOptions {
+                crash_loop_restarts: command.crash_loop_restarts,
+            };
+            super::standby::run(&command.bench, &options, &shutdown).await
+        }
+        StandbyKind::Warm if command.crash_loop_restarts.is_some() => bail!(
+            "--crash-loop-restarts is a setting of the controller, which only --standby cold \
+             runs; a warm standby takes over by the lease"
+        ),
+        StandbyKind::Warm => run_warm(command.bench, shutdown).await,
+    }
+}
+
+async fn run_warm(args: FailoverBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let report = measure(&args, shutdown).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -1,11 +1,13 @@
 //! `meridian bench ...`: benchmarks against real processes. Each prints a human summary, or
 //! one JSON object with `--json`, and shows progress on stderr while it runs.
 
+pub mod cost;
 pub mod failover;
 pub mod ledger;
 pub mod pgbench;
 pub mod replication;
 pub mod sequencer;
+pub mod standby;
 
 use clap::Subcommand;
 
@@ -15,8 +17,10 @@ pub enum BenchCommand {
     Sequencer(sequencer::SequencerBenchArgs),
     /// Three-participant IOU transfers against a whole deployment of real processes.
     Ledger(ledger::LedgerBenchArgs),
-    /// Kill -9 the active replica of a node under load, N times: RTO, failed requests, audit.
-    Failover(failover::FailoverBenchArgs),
+    /// Kill -9 the active replica of a node under load, N times: RTO, failed requests, audit
+    /// (`--standby cold`: its host lost, the controller starts the cold replica; with the
+    /// split and what each replica costs).
+    Failover(failover::FailoverCommand),
     /// The distribution's pgbench (one-row INSERTs) on the same replicated clusters as
     /// `bench ledger --replication`: what PostgreSQL itself shows.
     Pgbench(pgbench::PgbenchArgs),
