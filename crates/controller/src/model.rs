@@ -157,6 +157,13 @@ pub enum Observation {
         replica: ReplicaName,
         code: Option<i32>,
     },
+    /// The actuator could not start the replica's process at all (no process ran): its host
+    /// looks unavailable. Counts as an exit for the backoff and the crash-loop limit, and the
+    /// replica is not expected back, so its node's cold standby need not wait for it.
+    StartFailed {
+        replica: ReplicaName,
+        error: String,
+    },
     /// A process was started for the replica (by an effect, or found running at takeover).
     Started {
         replica: ReplicaName,

@@ -200,6 +200,8 @@ struct Sim {
     frozen: BTreeSet<ReplicaName>,
     /// Processes that exit right after they start.
     broken: BTreeSet<ReplicaName>,
+    /// Replicas whose host is gone: a start runs no process at all.
+    lost: BTreeSet<ReplicaName>,
     next_pid: u32,
     /// Every effect, in order.
     log: Vec<Effect>,
@@ -233,6 +235,7 @@ impl Sim {
             running: BTreeMap::new(),
             frozen: BTreeSet::new(),
             broken: BTreeSet::new(),
+            lost: BTreeSet::new(),
             next_pid: 100,
             log: Vec::new(),
             run_steps: true,
@@ -276,6 +279,16 @@ impl Sim {
         while let Some(effect) = queue.pop_front() {
             self.log.push(effect.clone());
             match effect {
+                Effect::Start { replica, .. } if self.lost.contains(&replica) => {
+                    let more = self.engine.observe(
+                        self.now(),
+                        Observation::StartFailed {
+                            replica,
+                            error: "its host is gone".to_owned(),
+                        },
+                    );
+                    queue.extend(more);
+                }
                 Effect::Start { replica, .. } => {
                     let pid = match self.running.get(&replica) {
                         Some(pid) => *pid,
@@ -749,6 +762,46 @@ fn warm_replicas_that_crash_loop_give_way_to_a_cold_one_within_one_backoff() {
         "{} ms",
         sim.now_ms - broken_at
     );
+}
+
+#[test]
+fn a_warm_replica_whose_host_is_gone_does_not_hold_up_the_cold_one() {
+    let mut sim = Sim::new(settings());
+    sim.run_for(1_000);
+    // participant1-b is passive and stays; take the node down to participant1-a alone first.
+    sim.lost.insert(r("participant1-b"));
+    sim.kill("participant1-b");
+    sim.run_for(1_000);
+    assert!(sim.cold_starts().is_empty(), "participant1-a still serves");
+    sim.lost.insert(r("participant1-a"));
+    let lost_at = sim.now_ms;
+    sim.kill("participant1-a");
+    while sim.cold_starts().is_empty() && sim.now_ms < lost_at + 20_000 {
+        sim.round();
+    }
+    assert_eq!(sim.cold_starts(), vec![r("participant1-c")]);
+    // A crash-looping warm replica is waited for up to one maximal backoff (the test above);
+    // one whose start runs no process at all is not.
+    assert!(
+        sim.now_ms - lost_at <= 2 * sim.settings.probe_interval_ms,
+        "decided {} ms after the loss",
+        sim.now_ms - lost_at
+    );
+    let status = sim.replica("participant1-a");
+    assert_eq!(status.role, ReplicaRole::Down);
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("the last start failed: its host is gone")),
+        "{status:?}"
+    );
+    // Its restarts go on with the backoff (the host may come back), and the crash-loop limit
+    // still ends them.
+    sim.run_for(60_000);
+    assert!(sim.starts_of("participant1-a") > 1);
+    assert_eq!(sim.replica("participant1-a").role, ReplicaRole::Failed);
+    assert_eq!(sim.cold_starts().len(), 1);
 }
 
 #[test]

@@ -332,22 +332,15 @@ impl Engine {
                 }
             }
             Observation::Exited { replica, code } => {
-                let Some(index) = self.index(&replica) else {
-                    return Vec::new();
-                };
-                let state = &mut self.replicas[index];
-                state.pid = None;
-                state.started_at = None;
-                state.start_in_flight = false;
-                state.last_exit = Some(code);
-                let transition = state.health.exited(now);
                 let how = match code {
                     Some(code) => format!("its process exited with code {code}"),
-                    None => "its process was ended by a signal (or could not start)".to_owned(),
+                    None => "its process was ended by a signal".to_owned(),
                 };
-                if transition.is_some() {
-                    effects.push(self.replica_record(now, index, AuditKind::ReplicaDown, how));
-                }
+                effects.extend(self.process_gone(now, &replica, code, None, how));
+            }
+            Observation::StartFailed { replica, error } => {
+                let how = format!("its process could not be started: {error}");
+                effects.extend(self.process_gone(now, &replica, None, Some(error), how));
             }
             Observation::Started { replica, pid } => {
                 let Some(index) = self.index(&replica) else {
@@ -360,6 +353,7 @@ impl Engine {
                 state.pid = Some(pid);
                 state.start_in_flight = false;
                 state.restart_due = None;
+                state.unstartable = None;
                 if state.intent == Intent::Idle {
                     // A cold replica that runs was started by a controller (this one's plan
                     // step, or the one before it): supervised from now on.
@@ -751,6 +745,27 @@ impl Engine {
         }
     }
 
+    /// `replica`'s process exited, or never started (`unstartable` says why): down at once,
+    /// with the record `how` when that changed its verdict.
+    fn process_gone(
+        &mut self,
+        now: Timestamp,
+        replica: &ReplicaName,
+        code: Option<i32>,
+        unstartable: Option<String>,
+        how: String,
+    ) -> Option<Effect> {
+        let index = self.index(replica)?;
+        let state = &mut self.replicas[index];
+        state.pid = None;
+        state.started_at = None;
+        state.start_in_flight = false;
+        state.last_exit = Some(code);
+        state.unstartable = unstartable;
+        let transition = state.health.exited(now);
+        transition.map(|_| self.replica_record(now, index, AuditKind::ReplicaDown, how))
+    }
+
     fn cold_standbys(&mut self, now: Timestamp, effects: &mut Vec<Effect>) {
         let grace = comeback_grace(&self.settings);
         let nodes: Vec<NodeName> = self.inventory.nodes().into_iter().cloned().collect();
@@ -785,6 +800,7 @@ impl Engine {
                 replica.coming_back(now, grace)
                     || (replica.intent == Intent::Supervised
                         && replica.failed.is_none()
+                        && replica.unstartable.is_none()
                         && replica.health.verdict == Verdict::Unknown)
             });
             if warm_may_return && now < since.saturating_add(grace) {

@@ -114,7 +114,11 @@ fn replica(engine: &Engine, spec: &ReplicaSpec, state: &ReplicaState) -> Replica
     } else if state.starting(now, comeback_grace(&engine.settings)) {
         (ReplicaRole::Starting, Some("starting".to_owned()))
     } else if let Some(due) = state.restart_due {
-        (ReplicaRole::Down, Some(format!("restart due at {due}")))
+        let why = match &state.unstartable {
+            Some(error) => format!("restart due at {due}; the last start failed: {error}"),
+            None => format!("restart due at {due}"),
+        };
+        (ReplicaRole::Down, Some(why))
     } else if state.health.verdict == Verdict::Unknown {
         (ReplicaRole::Starting, Some("no verdict yet".to_owned()))
     } else if state.pid.is_some() {

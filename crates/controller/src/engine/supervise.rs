@@ -14,6 +14,9 @@
 //! - A process that is known to run but does not answer (frozen) is never restarted: the
 //!   replica lease does the failover, and killing is the plan's fence step's job.
 //! - A *stopped* replica (fenced by a plan) is never restarted.
+//! - A replica whose last start could not run a process at all (its host unavailable, as the
+//!   actuator tells) keeps being restarted with the backoff, but its node does not wait for
+//!   it: restarting in place is worth waiting for only where a process can run.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -56,6 +59,10 @@ pub struct ReplicaState {
     pub restarts_total: u32,
     /// Crash looping: why it is no longer restarted.
     pub failed: Option<String>,
+    /// Its last start could not run a process at all (why): the host looks unavailable.
+    /// Restarts go on with their backoff, but the node does not wait for this replica before
+    /// it starts a cold one. Cleared when a process runs again.
+    pub unstartable: Option<String>,
 }
 
 /// What scheduling a restart decided.
@@ -79,6 +86,7 @@ impl ReplicaState {
             recent_restarts: VecDeque::new(),
             restarts_total: 0,
             failed: None,
+            unstartable: None,
         }
     }
 
@@ -148,11 +156,12 @@ impl ReplicaState {
         }
     }
 
-    /// It could serve again without a cold standby: supervised, not failed, and a restart is
-    /// scheduled or it is starting.
+    /// It could serve again without a cold standby: supervised, not failed, its last start
+    /// ran a process, and a restart is scheduled or it is starting.
     pub fn coming_back(&self, now: Timestamp, grace: Duration) -> bool {
         self.intent == Intent::Supervised
             && self.failed.is_none()
+            && self.unstartable.is_none()
             && (self.restart_due.is_some() || self.starting(now, grace))
     }
 
@@ -160,6 +169,7 @@ impl ReplicaState {
     pub fn supervise_afresh(&mut self) {
         self.intent = Intent::Supervised;
         self.failed = None;
+        self.unstartable = None;
         self.recent_restarts.clear();
         self.restart_due = None;
     }

@@ -341,13 +341,9 @@ where
                         Observation::Started { replica, pid }
                     }
                     Err(error) => {
-                        // As good as a process that exited at once: the engine's backoff and
-                        // crash-loop limit apply.
-                        tracing::warn!(%replica, error = %format!("{error:#}"), "cannot start");
-                        Observation::Exited {
-                            replica,
-                            code: None,
-                        }
+                        let error = format!("{error:#}");
+                        tracing::warn!(%replica, %error, "cannot start");
+                        Observation::StartFailed { replica, error }
                     }
                 };
                 self.engine.observe(Timestamp::now(), observation)
