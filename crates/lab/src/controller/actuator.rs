@@ -189,7 +189,28 @@ impl LabActuator {
         if running.is_empty() {
             return StepOutcome::AlreadyDone(format!("none of {} runs", names(replicas.iter())));
         }
-        fence_processes(&running, STOP_GRACE).await
+        // In waves, in reverse start order: the participants first, so that they finish their
+        // in-flight submissions while the mediator and the sequencer still serve (stopped all
+        // at once, a participant waits out its hand-over for verdicts that never come), then
+        // the mediator, the topology manager, the sequencer instances.
+        let mut details = Vec::new();
+        for kind in NodeKind::START_ORDER.iter().rev() {
+            let wave: Vec<(ReplicaName, u32)> = running
+                .iter()
+                .filter(|(replica, _)| self.spec(replica).is_ok_and(|spec| spec.kind == *kind))
+                .cloned()
+                .collect();
+            if wave.is_empty() {
+                continue;
+            }
+            match fence_processes(&wave, STOP_GRACE).await {
+                StepOutcome::Done(detail) | StepOutcome::AlreadyDone(detail) => {
+                    details.push(detail)
+                }
+                failed @ StepOutcome::Failed(_) => return failed,
+            }
+        }
+        StepOutcome::Done(details.join("; "))
     }
 
     fn start_all(&self, replicas: &[ReplicaName]) -> StepOutcome {
