@@ -112,7 +112,10 @@ fn run_trial(scenario: &str, dir: &Path) -> serde_json::Value {
 fn a_region_switchover_approved_by_the_drill_moves_to_region_two_losing_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let trial = run_trial("region-switchover", dir.path());
-    assert!(trial["detection_ms"].is_null(), "planned: nothing to detect");
+    assert!(
+        trial["detection_ms"].is_null(),
+        "planned: nothing to detect"
+    );
 }
 
 #[test]
@@ -125,7 +128,10 @@ fn a_region_loss_is_detected_by_the_controller_and_its_plan_approved_with_the_lo
     assert!(trial["data_loss"].is_string(), "{trial}");
     // The frozen region is fenced by SIGKILL at once, not after the 10 s SIGTERM grace.
     let fence = &trial["steps"][0];
-    assert!(fence["detail"].as_str().unwrap().contains("frozen"), "{fence}");
+    assert!(
+        fence["detail"].as_str().unwrap().contains("frozen"),
+        "{fence}"
+    );
     assert!(fence["duration_ms"].as_f64().unwrap() < 5_000.0, "{fence}");
 }
 
@@ -136,7 +142,12 @@ fn what_the_controller_cannot_operate_is_refused_before_anything_starts() {
     let data_arg = data.display().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["--operator", "controller", "--scenario", "participant-crash"],
+            vec![
+                "--operator",
+                "controller",
+                "--scenario",
+                "participant-crash",
+            ],
             "operates region-switchover and region-loss only",
         ),
         (

@@ -379,7 +379,10 @@ impl LabActuator {
 /// (SIGSTOPped, frozen) process cannot act on SIGTERM until it is continued, and continuing
 /// it would let a replica of a lost region write again, so it is killed at once instead of
 /// after the grace — a region lost by freezing is fenced without waiting for nothing.
-pub(crate) async fn fence_processes(running: &[(ReplicaName, u32)], grace: Duration) -> StepOutcome {
+pub(crate) async fn fence_processes(
+    running: &[(ReplicaName, u32)],
+    grace: Duration,
+) -> StepOutcome {
     let mut frozen = Vec::new();
     for (replica, pid) in running {
         let (sent, what) = if is_stopped(*pid) {

@@ -63,7 +63,10 @@ impl ReplicaFiles {
     /// one); starting it a second time would fail to bind and crash-loop, the first one
     /// unwatched. The pidfile is rewritten for a process found that way.
     pub fn adoptable_pid(&self) -> Option<u32> {
-        if let Some(pid) = self.pidfile_pid().filter(|pid| is_alive(*pid) && self.runs_in(*pid)) {
+        if let Some(pid) = self
+            .pidfile_pid()
+            .filter(|pid| is_alive(*pid) && self.runs_in(*pid))
+        {
             return Some(pid);
         }
         let pid = self.find_by_command_line()?;
@@ -144,10 +147,7 @@ impl ReplicaFiles {
 /// Whether `pid` is a process that runs: it exists and is not a zombie (`/proc/PID/stat`'s
 /// state, the field after the parenthesized command name).
 pub fn is_alive(pid: u32) -> bool {
-    !matches!(
-        process_state(pid).as_deref(),
-        Some("Z" | "X" | "x") | None
-    )
+    !matches!(process_state(pid).as_deref(), Some("Z" | "X" | "x") | None)
 }
 
 /// Whether `pid` is stopped (SIGSTOP, or traced): it acts on no SIGTERM until it is
@@ -307,7 +307,9 @@ mod tests {
         std::fs::write(&files.pidfile, "garbage").expect("writes");
         assert_eq!(files.adoptable_pid(), Some(sleeper.id()));
         assert_eq!(
-            std::fs::read_to_string(&files.pidfile).expect("reads").trim(),
+            std::fs::read_to_string(&files.pidfile)
+                .expect("reads")
+                .trim(),
             sleeper.id().to_string()
         );
         let group = Pid::from_raw(-i32::try_from(sleeper.id()).expect("a pid"));

@@ -539,7 +539,10 @@ async fn connect(running: &mut Running, log: &Path) -> anyhow::Result<Controller
 
 fn check_controller(running: &mut Running, log: &Path) -> anyhow::Result<()> {
     if let Some(status) = running.controller.try_wait()? {
-        bail!("the controller exited ({status}); its log:\n{}", tail(log, 30));
+        bail!(
+            "the controller exited ({status}); its log:\n{}",
+            tail(log, 30)
+        );
     }
     Ok(())
 }
@@ -741,12 +744,14 @@ fn failed_from_for(failed_at_freeze: Option<u64>, failed_at_approval: u64) -> u6
 
 /// When the plan's fence step finished, if it did.
 fn fence_end(plan: &Plan) -> Option<Timestamp> {
-    plan.steps.iter().find_map(|step| match (&step.action, &step.state) {
-        (StepAction::FenceRegion { .. }, StepState::Finished { finished_at, .. }) => {
-            Some(*finished_at)
-        }
-        _ => None,
-    })
+    plan.steps
+        .iter()
+        .find_map(|step| match (&step.action, &step.state) {
+            (StepAction::FenceRegion { .. }, StepState::Finished { finished_at, .. }) => {
+                Some(*finished_at)
+            }
+            _ => None,
+        })
 }
 
 fn step_report(step: &meridian_controller::plan::Step) -> StepReport {

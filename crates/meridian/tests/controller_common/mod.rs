@@ -173,7 +173,11 @@ impl Drop for ControllerProcess {
     fn drop(&mut self) {
         // A failing assertion after the last status poll says nothing of why; the log does.
         if std::thread::panicking() {
-            eprintln!("--- {} log (last 80 lines) ---\n{}", self.name, self.log_tail(80));
+            eprintln!(
+                "--- {} log (last 80 lines) ---\n{}",
+                self.name,
+                self.log_tail(80)
+            );
         }
         self.kill9();
     }
