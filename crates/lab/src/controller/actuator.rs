@@ -20,7 +20,7 @@ use meridian_core::Timestamp;
 use nix::sys::signal::Signal;
 
 use super::bootstrap;
-use super::process::{is_alive, signal, Processes, ReplicaFiles, Watched};
+use super::process::{is_alive, is_stopped, signal, Processes, ReplicaFiles, Watched};
 use crate::deployment::description::{Backend, ServerRole};
 use crate::deployment::{Databases, Description};
 
@@ -189,41 +189,28 @@ impl LabActuator {
         if running.is_empty() {
             return StepOutcome::AlreadyDone(format!("none of {} runs", names(replicas.iter())));
         }
-        for (replica, pid) in &running {
-            if let Err(error) = signal(*pid, Signal::SIGTERM) {
-                return StepOutcome::Failed(format!("stopping {replica}: {error:#}"));
+        // In waves, in reverse start order: the participants first, so that they finish their
+        // in-flight submissions while the mediator and the sequencer still serve (stopped all
+        // at once, a participant waits out its hand-over for verdicts that never come), then
+        // the mediator, the topology manager, the sequencer instances.
+        let mut details = Vec::new();
+        for kind in NodeKind::START_ORDER.iter().rev() {
+            let wave: Vec<(ReplicaName, u32)> = running
+                .iter()
+                .filter(|(replica, _)| self.spec(replica).is_ok_and(|spec| spec.kind == *kind))
+                .cloned()
+                .collect();
+            if wave.is_empty() {
+                continue;
             }
-        }
-        let gone = |pid: u32| !is_alive(pid);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline && !running.iter().all(|(_, pid)| gone(*pid)) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut killed = Vec::new();
-        for (replica, pid) in &running {
-            if !gone(*pid) {
-                if let Err(error) = signal(*pid, Signal::SIGKILL) {
-                    return StepOutcome::Failed(format!("killing {replica}: {error:#}"));
+            match fence_processes(&wave, STOP_GRACE).await {
+                StepOutcome::Done(detail) | StepOutcome::AlreadyDone(detail) => {
+                    details.push(detail)
                 }
-                killed.push(replica.clone());
+                failed @ StepOutcome::Failed(_) => return failed,
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && !running.iter().all(|(_, pid)| gone(*pid)) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if let Some((replica, pid)) = running.iter().find(|(_, pid)| !gone(*pid)) {
-            return StepOutcome::Failed(format!("{replica} (pid {pid}) survived SIGKILL"));
-        }
-        let mut detail = format!("stopped {}", names(running.iter().map(|(r, _)| r)));
-        if !killed.is_empty() {
-            detail.push_str(&format!(
-                " ({} needed SIGKILL after {} s)",
-                names(killed.iter()),
-                STOP_GRACE.as_secs()
-            ));
-        }
-        StepOutcome::Done(detail)
+        StepOutcome::Done(details.join("; "))
     }
 
     fn start_all(&self, replicas: &[ReplicaName]) -> StepOutcome {
@@ -388,6 +375,64 @@ impl LabActuator {
     }
 }
 
+/// Stops `running` (replica, pid) for good: SIGTERM, then SIGKILL after `grace`. A stopped
+/// (SIGSTOPped, frozen) process cannot act on SIGTERM until it is continued, and continuing
+/// it would let a replica of a lost region write again, so it is killed at once instead of
+/// after the grace — a region lost by freezing is fenced without waiting for nothing.
+pub(crate) async fn fence_processes(
+    running: &[(ReplicaName, u32)],
+    grace: Duration,
+) -> StepOutcome {
+    let mut frozen = Vec::new();
+    for (replica, pid) in running {
+        let (sent, what) = if is_stopped(*pid) {
+            frozen.push(replica.clone());
+            (signal(*pid, Signal::SIGKILL), "killing")
+        } else {
+            (signal(*pid, Signal::SIGTERM), "stopping")
+        };
+        if let Err(error) = sent {
+            return StepOutcome::Failed(format!("{what} {replica}: {error:#}"));
+        }
+    }
+    let gone = |pid: u32| !is_alive(pid);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && !running.iter().all(|(_, pid)| gone(*pid)) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut killed = Vec::new();
+    for (replica, pid) in running {
+        if !gone(*pid) {
+            if let Err(error) = signal(*pid, Signal::SIGKILL) {
+                return StepOutcome::Failed(format!("killing {replica}: {error:#}"));
+            }
+            killed.push(replica.clone());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !running.iter().all(|(_, pid)| gone(*pid)) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some((replica, pid)) = running.iter().find(|(_, pid)| !gone(*pid)) {
+        return StepOutcome::Failed(format!("{replica} (pid {pid}) survived SIGKILL"));
+    }
+    let mut detail = format!("stopped {}", names(running.iter().map(|(r, _)| r)));
+    if !frozen.is_empty() {
+        detail.push_str(&format!(
+            " ({} frozen: SIGKILL at once)",
+            names(frozen.iter())
+        ));
+    }
+    if !killed.is_empty() {
+        detail.push_str(&format!(
+            " ({} needed SIGKILL after {} s)",
+            names(killed.iter()),
+            grace.as_secs()
+        ));
+    }
+    StepOutcome::Done(detail)
+}
+
 fn names<'a, T: std::fmt::Display + 'a>(items: impl Iterator<Item = &'a T>) -> String {
     items
         .map(ToString::to_string)
@@ -526,5 +571,43 @@ impl Actuator for LabActuator {
                 StepOutcome::AlreadyDone("no load balancer configured".to_owned())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    /// A frozen replica (SIGSTOP, as a lost region is emulated) is fenced by SIGKILL at once,
+    /// not after the grace a SIGTERM gets: SIGTERM cannot reach it while it is stopped.
+    #[tokio::test]
+    async fn a_frozen_process_is_fenced_at_once_not_after_the_grace() {
+        let mut frozen = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawns sleep");
+        let pid = frozen.id();
+        signal(pid, Signal::SIGSTOP).expect("stops it");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_stopped(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(is_stopped(pid), "sleep is stopped");
+        let started = Instant::now();
+        let outcome = fence_processes(&[("r-a".into(), pid)], Duration::from_secs(10)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "fenced after {:?}: waited for a SIGTERM a stopped process cannot act on",
+            started.elapsed()
+        );
+        match outcome {
+            StepOutcome::Done(detail) => assert!(detail.contains("frozen"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        frozen.wait().expect("reaps");
+        assert!(!is_alive(pid));
     }
 }

@@ -147,16 +147,21 @@ impl ReplicaFiles {
 /// Whether `pid` is a process that runs: it exists and is not a zombie (`/proc/PID/stat`'s
 /// state, the field after the parenthesized command name).
 pub fn is_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some((_, after)) = stat.rsplit_once(')') else {
-        return false;
-    };
-    !matches!(
-        after.split_whitespace().next(),
-        Some("Z" | "X" | "x") | None
-    )
+    !matches!(process_state(pid).as_deref(), Some("Z" | "X" | "x") | None)
+}
+
+/// Whether `pid` is stopped (SIGSTOP, or traced): it acts on no SIGTERM until it is
+/// continued, so waiting for it to exit after one is waiting for nothing.
+pub fn is_stopped(pid: u32) -> bool {
+    matches!(process_state(pid).as_deref(), Some("T" | "t"))
+}
+
+/// `/proc/PID/stat`'s state field (the one after the parenthesized command name), if the
+/// process exists.
+fn process_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after) = stat.rsplit_once(')')?;
+    after.split_whitespace().next().map(str::to_owned)
 }
 
 /// Sends `signal` to `pid`; a process that is gone already is no error.

@@ -12,6 +12,7 @@
 //! runner's (`crate::experiment`); this module plans the drill, shows its progress, and
 //! writes its table, JSON and chart.
 
+pub mod controlled;
 pub mod plan;
 pub mod summary;
 pub mod svg;
@@ -78,6 +79,14 @@ pub struct DrillArgs {
     /// Keep the deployment's data and logs here (default: a temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Who operates region-switchover and region-loss: `controller` (`meridian controller`,
+    /// started by the drill, its plan approved by the drill; SQLite) or `lab` (the lab's own
+    /// operator; PostgreSQL). Default: controller on SQLite, lab on PostgreSQL.
+    #[arg(long, value_enum)]
+    pub operator: Option<controlled::Operator>,
+    /// The binary run as `meridian controller` (default: this one).
+    #[arg(long, hide = true)]
+    pub controller_exe: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -225,6 +234,22 @@ const CLIENT_BACKOFF: Backoff = Backoff {
 pub async fn run(args: DrillArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Everything that can be wrong with the request is found before anything starts.
     let description = args.deployment.resolve(Preset::Replicated, None)?;
+    if let Some(fault) = controlled::operated_by_controller(&args, &description)? {
+        if let Some(path) = &args.json {
+            check_writable(path)?;
+        }
+        let report = controlled::run(&args, &description, fault, shutdown).await?;
+        controlled::print_table(&report);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("JSON report written to {}", path.display());
+        }
+        if !report.passed {
+            bail!("the drill failed: a plan, the first commit in the new region, RPO, duplicates or the audit not as required (see above)");
+        }
+        return Ok(());
+    }
     let schedule = schedule(&args, &PlanView::of(&description))?;
     for path in [&args.json, &args.svg].into_iter().flatten() {
         check_writable(path)?;
