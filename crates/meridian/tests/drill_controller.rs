@@ -116,6 +116,16 @@ fn a_region_switchover_approved_by_the_drill_moves_to_region_two_losing_nothing(
         trial["detection_ms"].is_null(),
         "planned: nothing to detect"
     );
+    // Every participant of region one stopped admitting calls before any was stopped, so
+    // none waited out its drain bound for a confirmation from one already gone.
+    let fence = &trial["steps"][0];
+    assert!(
+        fence["detail"]
+            .as_str()
+            .unwrap()
+            .contains("quiesced participant1-a, participant2-a, participant3-a"),
+        "{fence}"
+    );
 }
 
 #[test]

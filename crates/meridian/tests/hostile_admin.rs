@@ -140,6 +140,7 @@ proptest! {
                 counted.fetch_add(1, Ordering::SeqCst);
                 active
             })),
+            quiesce: None,
             auth: AdminHttpAuth {
                 token: AdminToken::new(Some(TOKEN), "from the test"),
                 config: AdminHttpConfig {

@@ -69,6 +69,13 @@ where
 /// the active one.
 pub type StepDown = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// Asks the active replica to stop admitting new calls while it keeps its lease and goes on
+/// taking part in the protocol: the first half of fencing a whole region, whose replicas must
+/// all stop admitting before any exits, since each one's submissions in flight need the
+/// others' confirmations. Idempotent; `Some(n)`: `n` admitted calls are still running.
+/// `None` when this replica is not the active one.
+pub type Quiesce = Arc<dyn Fn() -> Option<usize> + Send + Sync>;
+
 /// The `[admin_http]` table of every role's config: which read-only routes also need the admin
 /// token. Both open by default: `/metrics` so that a Prometheus scrape needs no credentials,
 /// `/status` because it reports no secret and the lab, the controller and operators read it
@@ -140,6 +147,7 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     /// The admin port serves TLS with this; plaintext when `None` (`[tls] plaintext = true`).
     tls: Option<Arc<ServerTls>>,
+    quiesce: Option<Quiesce>,
 }
 
 impl NodeState {
@@ -150,12 +158,19 @@ impl NodeState {
             health,
             metrics: Arc::new(Metrics::new("meridian")),
             tls: None,
+            quiesce: None,
         }
     }
 
     /// Serves the admin port over TLS with `tls` (see [`crate::tls::NodeTls::server`]).
     pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Offers `POST /admin/quiesce` with `quiesce` (a replicated participant).
+    pub fn with_quiesce(mut self, quiesce: Option<Quiesce>) -> Self {
+        self.quiesce = quiesce;
         self
     }
 
@@ -191,6 +206,7 @@ impl NodeState {
             metrics: self.metrics.clone(),
             status,
             step_down,
+            quiesce: self.quiesce.clone(),
             auth,
         };
         tokio::spawn(serve_admin_tls(listener, state, self.tls.clone(), shutdown))
@@ -205,6 +221,8 @@ pub struct AdminState {
     pub status: Arc<dyn StatusSource>,
     /// For replicated nodes only.
     pub step_down: Option<StepDown>,
+    /// For replicated participants only.
+    pub quiesce: Option<Quiesce>,
     /// Which routes need the admin token.
     pub auth: AdminHttpAuth,
 }
@@ -236,6 +254,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/admin/step-down", axum::routing::post(step_down))
+        .route("/admin/quiesce", axum::routing::post(quiesce))
         // Must come after the routes: it only applies to routes already added.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -396,6 +415,31 @@ fn echoed_path(uri: &Uri) -> String {
 /// over, 409 on a passive replica, 404 on a node that is not replicated; 401 without the admin
 /// token when one is configured, checked first so that an unauthenticated caller learns
 /// nothing about the node.
+async fn quiesce(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = state.auth.require(&headers) {
+        return *refusal;
+    }
+    match &state.quiesce {
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "this node has no submissions to quiesce (only a replicated participant has)"})),
+        )
+            .into_response(),
+        Some(hook) => match hook() {
+            Some(running) => (
+                StatusCode::OK,
+                Json(json!({"status": "quiesced: admitting no new calls", "running": running})),
+            )
+                .into_response(),
+            None => (
+                StatusCode::CONFLICT,
+                Json(json!({"error": "this replica is not the active one"})),
+            )
+                .into_response(),
+        },
+    }
+}
+
 async fn step_down(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(refusal) = state.auth.require(&headers) {
         return *refusal;

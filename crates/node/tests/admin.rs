@@ -33,6 +33,7 @@ impl Server {
             metrics: Arc::new(metrics),
             status: Arc::new(|| json!({"role": "sequencer", "epoch": 7, "readiness": "bogus"})),
             step_down: None,
+            quiesce: None,
             auth: AdminHttpAuth::open(),
         };
         let shutdown = CancellationToken::new();

@@ -21,6 +21,7 @@ struct Server {
     base: String,
     client: reqwest::Client,
     step_downs: Arc<AtomicUsize>,
+    quiesces: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 }
 
@@ -34,6 +35,8 @@ impl Server {
         health.set_ready();
         let step_downs = Arc::new(AtomicUsize::new(0));
         let counted = step_downs.clone();
+        let quiesces = Arc::new(AtomicUsize::new(0));
+        let quiesced = quiesces.clone();
         let state = AdminState {
             health,
             metrics: Arc::new(Metrics::new("meridian")),
@@ -41,6 +44,10 @@ impl Server {
             step_down: Some(Arc::new(move || {
                 counted.fetch_add(1, Ordering::SeqCst);
                 true
+            })),
+            quiesce: Some(Arc::new(move || {
+                quiesced.fetch_add(1, Ordering::SeqCst);
+                Some(2)
             })),
             auth: AdminHttpAuth {
                 token: AdminToken::new(token, "from the test config"),
@@ -58,6 +65,7 @@ impl Server {
             base: format!("http://{addr}"),
             client,
             step_downs,
+            quiesces,
             shutdown,
         }
     }
@@ -107,6 +115,30 @@ async fn assert_refused(response: reqwest::Response, expected: &str, case: &str)
         !error.contains(TOKEN),
         "{case}: the refusal names the token"
     );
+}
+
+#[tokio::test]
+async fn quiesce_needs_the_token_and_answers_the_calls_still_running() {
+    let server = Server::start(Some(TOKEN), AdminHttpConfig::default()).await;
+    for (authorization, expected) in refusals() {
+        let response = server
+            .call(reqwest::Method::POST, "/admin/quiesce", authorization)
+            .await;
+        assert_refused(response, expected, &format!("{authorization:?}")).await;
+    }
+    assert_eq!(server.quiesces.load(Ordering::SeqCst), 0, "nothing quiesced");
+    let bearer = format!("Bearer {TOKEN}");
+    let response = server
+        .call(reqwest::Method::POST, "/admin/quiesce", Some(&bearer))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("JSON answer");
+    assert_eq!(body["running"], 2);
+    assert_eq!(server.quiesces.load(Ordering::SeqCst), 1);
+    let response = server
+        .call(reqwest::Method::GET, "/admin/quiesce", Some(&bearer))
+        .await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[tokio::test]

@@ -186,6 +186,7 @@ async fn admin_http_is_served_over_https_and_refuses_plaintext() {
         metrics: Arc::new(Metrics::new("meridian")),
         status: Arc::new(|| json!({"role": "test"})),
         step_down: None,
+        quiesce: None,
         auth: meridian_node::AdminHttpAuth::open(),
     };
     let shutdown = CancellationToken::new();

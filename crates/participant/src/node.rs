@@ -27,7 +27,7 @@ use meridian_client::{SequencerClient, SequencerClientConfig};
 use meridian_core::crypto::SigningKey;
 use meridian_core::topology::{SignedTopologyTransaction, TopologyState};
 use meridian_core::{LedgerOffset, Timestamp};
-use meridian_node::admin::{self, AdminHttpAuth, NodeState, StatusSource, StepDown};
+use meridian_node::admin::{self, AdminHttpAuth, NodeState, Quiesce, StatusSource, StepDown};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::fork::ForkAlarm;
 use meridian_node::grpc::GrpcServer;
@@ -165,6 +165,11 @@ pub async fn run(config: ParticipantConfig, stop: CancellationToken) -> anyhow::
         let (serving, readiness) = (serving.clone(), readiness.clone());
         Arc::new(move || serving.step_down(&readiness)) as StepDown
     });
+    let quiesce = serving.replica_id().is_some().then(|| {
+        let (serving, readiness) = (serving.clone(), readiness.clone());
+        Arc::new(move || serving.quiesce(&readiness)) as Quiesce
+    });
+    let node = node.with_quiesce(quiesce);
     // A stop (SIGTERM) drains an active replica first, exactly as a switchover does: the
     // submissions it accepted are answered before the lease goes, instead of being inherited
     // by the new active replica, which can only wait out their max sequencing time.

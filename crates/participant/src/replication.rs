@@ -16,6 +16,7 @@
 //! replica — and waits, at most [`STEP_DOWN_DRAIN_TIMEOUT`] (or the submit timeout when
 //! shorter), for the SubmitAndWait calls already accepted to get their outcome, which they
 //! are answered normally. Only then is the lease released and the term ended.
+//! [`Serving::quiesce`] is that first half alone, for fencing a whole region.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -125,6 +126,25 @@ impl Serving {
             readiness.fail(CONDITION, stepping_down_message(replica, Some(epoch)));
         }
         true
+    }
+
+    /// The admin quiesce hook: an active serving replica stops admitting SubmitAndWait calls
+    /// — the first half of a step-down — but keeps its lease and goes on confirming others'
+    /// requests, until a stop (its drain then finds nothing left) or a step-down. A fence of a
+    /// whole region quiesces every participant there before stopping any: a participant that
+    /// stopped right after its own drain would leave the others' submissions waiting for its
+    /// confirmation until their drain bound. `Some(running)`: the admitted calls still running;
+    /// `None` on a replica that does not serve.
+    pub fn quiesce(&self, readiness: &Conditions) -> Option<usize> {
+        let manager = self.manager()?;
+        let core = self.core()?;
+        let Role::Active { epoch, .. } = manager.role() else {
+            return None;
+        };
+        let running = self.stop_admitting(&core);
+        let replica = self.replica_id.as_deref().unwrap_or_default();
+        readiness.fail(CONDITION, stepping_down_message(replica, Some(epoch)));
+        Some(running)
     }
 
     /// The drain of a step-down, run by the lease manager while it still holds the lease:
