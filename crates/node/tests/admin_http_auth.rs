@@ -126,7 +126,11 @@ async fn quiesce_needs_the_token_and_answers_the_calls_still_running() {
             .await;
         assert_refused(response, expected, &format!("{authorization:?}")).await;
     }
-    assert_eq!(server.quiesces.load(Ordering::SeqCst), 0, "nothing quiesced");
+    assert_eq!(
+        server.quiesces.load(Ordering::SeqCst),
+        0,
+        "nothing quiesced"
+    );
     let bearer = format!("Bearer {TOKEN}");
     let response = server
         .call(reqwest::Method::POST, "/admin/quiesce", Some(&bearer))

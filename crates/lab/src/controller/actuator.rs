@@ -259,8 +259,7 @@ impl LabActuator {
         let started = Instant::now();
         let mut quiesced: Vec<ReplicaName> = Vec::new();
         loop {
-            let answers =
-                futures::future::join_all(targets.iter().map(|(_, url)| ask(url))).await;
+            let answers = futures::future::join_all(targets.iter().map(|(_, url)| ask(url))).await;
             let mut running = 0;
             for ((replica, _), answer) in targets.iter().zip(&answers) {
                 if let Some(calls) = answer {
