@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! meridian controller --deployment FILE | --preset NAME [--backend B]
-//!     --data-dir DIR [--name controller-a] [--listen 127.0.0.1:0] [--database-url URL]
+//!     [--data-dir meridian-data] [--name controller-a] [--listen 127.0.0.1:0] [--database-url URL]
 //! ```
 //!
 //! Its own store is SQLite at `<data-dir>/controller/controller.db` unless `--database-url`
@@ -34,8 +34,8 @@ pub struct ControllerArgs {
     /// The deployment to supervise (started here if DIR holds none yet).
     #[command(flatten)]
     pub deployment: DeploymentArgs,
-    /// The deployment's data directory.
-    #[arg(long)]
+    /// The deployment's data directory (the one `meridian ctl` reads by default).
+    #[arg(long, default_value = "meridian-data")]
     pub data_dir: PathBuf,
     /// This controller replica: `controller-a`, `controller-b` (the lease holder's name).
     #[arg(long, default_value = "controller-a")]
