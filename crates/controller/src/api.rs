@@ -177,6 +177,29 @@ pub struct Status {
     pub events: Vec<AuditRecord>,
 }
 
+impl Status {
+    /// Every replica the status lists, region by region, zone by zone.
+    pub fn replicas(&self) -> impl Iterator<Item = &ReplicaStatus> {
+        self.regions
+            .iter()
+            .flat_map(|region| &region.zones)
+            .flat_map(|zone| &zone.replicas)
+    }
+
+    /// The deployment is up as this controller sees it: it is active and every replica it
+    /// lists is active, passive or cold (none starting, down, stopped or failed).
+    pub fn deployment_up(&self) -> bool {
+        self.controller.active
+            && !self.regions.is_empty()
+            && self.replicas().all(|replica| {
+                matches!(
+                    replica.role,
+                    ReplicaRole::Active | ReplicaRole::Passive | ReplicaRole::Cold
+                )
+            })
+    }
+}
+
 /// What an audit record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -321,9 +321,7 @@ impl NodeProcess {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::controller::file_tail(&self.log_path, lines)
     }
 }
 

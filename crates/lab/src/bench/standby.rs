@@ -24,14 +24,12 @@
 //! standby costs is what a passive replica of the same kind costs; a cold one costs nothing
 //! until it starts.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use meridian_controller::api::{AuditKind, AuditRecord, ReplicaRole, Status};
-use meridian_controller::client::ControllerClient;
 use meridian_core::placement::{NodeKind, ReplicaName};
 use meridian_core::{PartyId, Timestamp};
 use nix::sys::signal::Signal;
@@ -41,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 use super::cost::{self, ProcessCost};
 use super::failover::{FailoverBenchArgs, TargetNode};
 use crate::controller::process::{signal, ReplicaFiles};
-use crate::controller::{url_file, ControlledDeployment};
-use crate::deployment::{Backend, Description, Preset, Replica, Standby, DESCRIPTION_FILE};
+use crate::controller::{ControlledDeployment, ControllerChild};
+use crate::deployment::{Backend, Description, Preset, Replica, Standby};
 use crate::stats::median_and_max;
 use crate::workload::{
     self, issue_lanes, run_transfers, Live, WorkloadSpec, BANK_PARTICIPANT, OWNER_PARTICIPANTS,
@@ -433,36 +431,11 @@ fn fall_threshold_ms(description: &Description) -> u64 {
     u64::from(description.controller.fall) * description.controller.probe_interval_ms
 }
 
-/// A trial's controller and deployment: on drop (also on an error or a panic), the controller
-/// is killed first — else it would restart what is killed next —, then every node process,
-/// then the directory goes.
+/// A trial's controller and deployment (killed on drop, see [`ControllerChild`]), then its
+/// directory.
 struct TrialRun {
-    controller: Option<Child>,
-    data_dir: PathBuf,
-    log: PathBuf,
+    controller: ControllerChild,
     _dir: tempfile::TempDir,
-}
-
-impl TrialRun {
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for TrialRun {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.controller.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if self.data_dir.join(DESCRIPTION_FILE).exists() {
-            if let Ok(deployment) = ControlledDeployment::open(&self.data_dir) {
-                deployment.kill_all();
-            }
-        }
-    }
 }
 
 async fn run_trial(
@@ -479,32 +452,16 @@ async fn run_trial(
         .with_context(|| format!("writing {}", file.display()))?;
     let data_dir = dir.path().join("data");
     let log = dir.path().join("controller.log");
-    let output =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let child = Command::new(exe)
-        .arg("controller")
-        .arg("--deployment")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--name")
-        .arg(CONTROLLER_NAME)
-        .stdin(Stdio::null())
-        .stdout(output.try_clone()?)
-        .stderr(output)
-        .spawn()
-        .with_context(|| format!("starting {} controller", exe.display()))?;
+    let controller = ControllerChild::spawn(exe, &file, &data_dir, CONTROLLER_NAME, &log)?;
     let mut run = TrialRun {
-        controller: Some(child),
-        data_dir: data_dir.clone(),
-        log,
+        controller,
         _dir: dir,
     };
     progress(format!(
         "starting the deployment under the controller ({} warm, {} cold)",
         plan.warm, plan.cold
     ));
-    let controller = wait_until_up(&mut run, shutdown).await?;
+    let controller = run.controller.wait_until_up(UP_WAIT, shutdown).await?;
 
     let deployment = ControlledDeployment::open(&data_dir)?;
     let parties = deployment.parties("standby-bench").await?;
@@ -587,7 +544,7 @@ async fn run_trial(
                 commit_at.is_some(),
                 plan.cold,
                 deployment.log_tail(&plan.cold, 20),
-                run.log_tail(20)
+                run.controller.log_tail(20)
             );
         }
         if running_ms.is_none() {
@@ -660,70 +617,10 @@ async fn run_trial(
     Ok((trial, costs))
 }
 
-/// Waits until the controller is active and every replica is up (active, passive) or cold.
-async fn wait_until_up(
-    run: &mut TrialRun,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<ControllerClient> {
-    let url_path = url_file(&run.data_dir, CONTROLLER_NAME);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    let started = Instant::now();
-    let mut client: Option<ControllerClient> = None;
-    loop {
-        if shutdown.is_cancelled() {
-            bail!("interrupted");
-        }
-        if let Some(child) = run.controller.as_mut() {
-            if let Some(status) = child.try_wait()? {
-                bail!("the controller exited ({status}):\n{}", run.log_tail(30));
-            }
-        }
-        if client.is_none() {
-            if let Ok(url) = std::fs::read_to_string(&url_path) {
-                client = Some(ControllerClient::new(http.clone(), url.trim()));
-            }
-        }
-        if let Some(client) = &client {
-            if client.status().await.is_ok_and(|s| all_up(&s)) {
-                return Ok(client.clone());
-            }
-        }
-        if started.elapsed() > UP_WAIT {
-            bail!(
-                "the deployment was not up under the controller within {} s:\n{}",
-                UP_WAIT.as_secs(),
-                run.log_tail(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn replicas(status: &Status) -> impl Iterator<Item = &meridian_controller::api::ReplicaStatus> {
-    status
-        .regions
-        .iter()
-        .flat_map(|r| &r.zones)
-        .flat_map(|z| &z.replicas)
-}
-
-fn all_up(status: &Status) -> bool {
-    status.controller.active
-        && !status.regions.is_empty()
-        && replicas(status).all(|r| {
-            matches!(
-                r.role,
-                ReplicaRole::Active | ReplicaRole::Passive | ReplicaRole::Cold
-            )
-        })
-}
-
 /// The footprint of every replica that runs, by the pids the controller reports.
 fn replica_costs(status: &Status) -> anyhow::Result<Vec<ReplicaCost>> {
     let mut costs = Vec::new();
-    for replica in replicas(status) {
+    for replica in status.replicas() {
         let (Some(pid), role) = (replica.pid, replica.role) else {
             continue;
         };

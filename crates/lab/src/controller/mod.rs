@@ -6,12 +6,14 @@
 
 pub mod actuator;
 pub mod bootstrap;
+pub mod child;
 pub mod command;
 pub mod inventory;
 pub mod process;
 pub mod view;
 
 pub use actuator::LabActuator;
+pub use child::{file_tail, ControllerChild};
 pub use command::{url_file, ControllerArgs};
 pub use view::ControlledDeployment;
 

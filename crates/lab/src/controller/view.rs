@@ -67,12 +67,10 @@ impl ControlledDeployment {
 
     /// The last `lines` lines of `replica`'s log (empty if it never ran).
     pub fn log_tail(&self, replica: &str, lines: usize) -> String {
-        let Ok(files) = self.files(replica) else {
-            return String::new();
-        };
-        let text = std::fs::read_to_string(&files.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        match self.files(replica) {
+            Ok(files) => super::file_tail(&files.log, lines),
+            Err(_) => String::new(),
+        }
     }
 
     /// Every replica's name, nodes in start order.

@@ -18,14 +18,12 @@
 //! Everything is checked before a process starts; every wait is bounded; the controller and
 //! the node processes are killed when a trial ends, however it ends.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::ValueEnum;
-use meridian_controller::api::{ReplicaRole, Status};
 use meridian_controller::client::ControllerClient;
 use meridian_controller::model::Temperature;
 use meridian_controller::plan::{Plan, PlanKind, PlanState, StepAction, StepOutcome, StepState};
@@ -39,7 +37,7 @@ use super::plan::Scenario;
 use super::DrillArgs;
 use crate::controller::inventory::inventory;
 use crate::controller::process::signal;
-use crate::controller::{url_file, ControlledDeployment};
+use crate::controller::{ControlledDeployment, ControllerChild};
 use crate::deployment::{Backend, Description};
 use crate::fault::Fault;
 use crate::stats::{fmt_ms, quantiles};
@@ -77,8 +75,6 @@ const FIRST_COMMIT_SLACK: Duration = Duration::from_secs(30);
 const COMMIT_POLL: Duration = Duration::from_millis(10);
 /// How often the plan is read while it runs.
 const PLAN_POLL: Duration = Duration::from_millis(100);
-/// One controller API call's bound.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The region move the controller operates in this drill, or `None` when the lab runs the
 /// drill as before; an error, before anything starts, for a request the controller cannot
@@ -383,24 +379,6 @@ struct TrialSetup<'a> {
     trial: u32,
 }
 
-/// The controller child and the deployment it started: both killed when dropped — the
-/// controller first, so that it restarts nothing, then every node process (they outlive
-/// their controller by design).
-struct Running {
-    controller: Child,
-    data_dir: PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.controller.kill();
-        let _ = self.controller.wait();
-        if let Ok(deployment) = ControlledDeployment::open(&self.data_dir) {
-            deployment.kill_all();
-        }
-    }
-}
-
 async fn run_trial(
     args: &DrillArgs,
     setup: &TrialSetup<'_>,
@@ -414,31 +392,14 @@ async fn run_trial(
     std::fs::write(&deployment_file, setup.description.to_toml()?)
         .with_context(|| format!("writing {}", deployment_file.display()))?;
     let log_path = drill_dir.join(format!("{CONTROLLER_NAME}.log"));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    let _ = std::fs::remove_file(url_file(&data_dir, CONTROLLER_NAME));
-    let controller = Command::new(setup.exe)
-        .arg("controller")
-        .arg("--deployment")
-        .arg(&deployment_file)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--name")
-        .arg(CONTROLLER_NAME)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {} controller", setup.exe.display()))?;
-    let mut running = Running {
-        controller,
-        data_dir: data_dir.clone(),
-    };
-    let client = connect(&mut running, &log_path).await?;
-    wait_until_up(&client, &mut running, &log_path).await?;
+    let mut controller = ControllerChild::spawn(
+        setup.exe,
+        &deployment_file,
+        &data_dir,
+        CONTROLLER_NAME,
+        &log_path,
+    )?;
+    let client = controller.wait_until_up(UP_TIMEOUT, shutdown).await?;
     eprintln!("  the controller started the deployment; starting the workload");
 
     let deployment = ControlledDeployment::open(&data_dir)?;
@@ -505,93 +466,8 @@ async fn run_trial(
     report.amounts_conserved = audited.amounts_conserved;
     report.views_agree = audited.views_agree;
     report.duplicate_transactions = duplicate_ious(&parties).await?;
-    drop(running);
+    drop(controller);
     Ok(report)
-}
-
-/// The controller's API client, once it wrote its URL and answers; an error with its log's
-/// tail if it exits or does not answer in time.
-async fn connect(running: &mut Running, log: &Path) -> anyhow::Result<ControllerClient> {
-    let http = reqwest::Client::builder()
-        .timeout(HTTP_TIMEOUT)
-        .build()
-        .context("building an HTTP client")?;
-    let url_path = url_file(&running.data_dir, CONTROLLER_NAME);
-    let deadline = Instant::now() + UP_TIMEOUT;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&url_path) {
-            let client = ControllerClient::new(http.clone(), text.trim());
-            if client.status().await.is_ok() {
-                return Ok(client);
-            }
-        }
-        check_controller(running, log)?;
-        if Instant::now() >= deadline {
-            bail!(
-                "the controller did not serve its API within {} s; its log:\n{}",
-                UP_TIMEOUT.as_secs(),
-                tail(log, 30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn check_controller(running: &mut Running, log: &Path) -> anyhow::Result<()> {
-    if let Some(status) = running.controller.try_wait()? {
-        bail!(
-            "the controller exited ({status}); its log:\n{}",
-            tail(log, 30)
-        );
-    }
-    Ok(())
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Whether the controller is active and every replica it lists is active, passive or cold.
-fn all_up(status: &Status) -> bool {
-    status.controller.active
-        && !status.regions.is_empty()
-        && status
-            .regions
-            .iter()
-            .flat_map(|r| &r.zones)
-            .flat_map(|z| &z.replicas)
-            .all(|r| {
-                matches!(
-                    r.role,
-                    ReplicaRole::Active | ReplicaRole::Passive | ReplicaRole::Cold
-                )
-            })
-}
-
-async fn wait_until_up(
-    client: &ControllerClient,
-    running: &mut Running,
-    log: &Path,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + UP_TIMEOUT;
-    loop {
-        if let Ok(status) = client.status().await {
-            if all_up(&status) {
-                return Ok(());
-            }
-        }
-        check_controller(running, log)?;
-        if Instant::now() >= deadline {
-            bail!(
-                "the deployment was not up within {} s; the controller's log:\n{}",
-                UP_TIMEOUT.as_secs(),
-                tail(log, 30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The instant of the controller's timestamp `at`, by the pair (`anchor`, `anchor_at`) read at

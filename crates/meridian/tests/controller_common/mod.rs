@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use meridian_controller::api::{
     AuditKind, AuditRecord, Command as ControllerCommand, CommandError, CommandOutcome,
-    ReplicaRole, ReplicaStatus, Status,
+    ReplicaStatus, Status,
 };
-use meridian_lab::controller::{url_file, ControlledDeployment};
+use meridian_lab::controller::{file_tail, url_file, ControlledDeployment};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_meridian");
 
@@ -84,9 +84,7 @@ impl ControllerProcess {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        file_tail(&self.log, lines)
     }
 
     pub async fn try_status(&self) -> Option<Status> {
@@ -204,30 +202,12 @@ impl Drop for NodesGuard {
 }
 
 pub fn replica<'a>(status: &'a Status, name: &str) -> Option<&'a ReplicaStatus> {
-    status
-        .regions
-        .iter()
-        .flat_map(|r| &r.zones)
-        .flat_map(|z| &z.replicas)
-        .find(|r| r.name.as_str() == name)
+    status.replicas().find(|r| r.name.as_str() == name)
 }
 
-/// Whether every replica the status lists with `roles` among them is ready or passive: the
-/// deployment is up as the controller sees it.
+/// The deployment is up as the controller sees it (see `Status::deployment_up`).
 pub fn all_up(status: &Status) -> bool {
-    status.controller.active
-        && !status.regions.is_empty()
-        && status
-            .regions
-            .iter()
-            .flat_map(|r| &r.zones)
-            .flat_map(|z| &z.replicas)
-            .all(|r| {
-                matches!(
-                    r.role,
-                    ReplicaRole::Active | ReplicaRole::Passive | ReplicaRole::Cold
-                )
-            })
+    status.deployment_up()
 }
 
 pub fn records<'a>(
