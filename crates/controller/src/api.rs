@@ -178,6 +178,18 @@ pub struct Status {
 }
 
 impl Status {
+    /// What a controller replica shows before it knows anything: no regions, plans or events.
+    pub fn empty(controller: ControllerInfo) -> Self {
+        Self {
+            controller,
+            regions: Vec::new(),
+            plans: Vec::new(),
+            cooldown_until: None,
+            automatic_actions_last_hour: 0,
+            events: Vec::new(),
+        }
+    }
+
     /// Every replica the status lists, region by region, zone by zone.
     pub fn replicas(&self) -> impl Iterator<Item = &ReplicaStatus> {
         self.regions

@@ -116,18 +116,11 @@ mod tests {
     use crate::api::ControllerInfo;
 
     fn status(active: bool) -> Status {
-        Status {
-            controller: ControllerInfo {
-                replica: "controller-a".into(),
-                active,
-                active_replica: None,
-            },
-            regions: Vec::new(),
-            plans: Vec::new(),
-            cooldown_until: None,
-            automatic_actions_last_hour: 0,
-            events: Vec::new(),
-        }
+        Status::empty(ControllerInfo {
+            replica: "controller-a".into(),
+            active,
+            active_replica: None,
+        })
     }
 
     /// Subscribers hear of a status only when it changed, however often the loop publishes.

@@ -118,18 +118,11 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("writing {}", url_path.display()))?;
     tracing::info!(replica = %args.name, %url, "controller API listening");
 
-    let (handle, side) = ControllerHandle::new(Status {
-        controller: ControllerInfo {
-            replica: args.name.clone(),
-            active: false,
-            active_replica: None,
-        },
-        regions: Vec::new(),
-        plans: Vec::new(),
-        cooldown_until: None,
-        automatic_actions_last_hour: 0,
-        events: Vec::new(),
-    });
+    let (handle, side) = ControllerHandle::new(Status::empty(ControllerInfo {
+        replica: args.name.clone(),
+        active: false,
+        active_replica: None,
+    }));
     let router = meridian_controller::http::router(handle, admin);
     let http_stop = shutdown.clone();
     let http = tokio::spawn(async move {
