@@ -26,11 +26,6 @@ use crate::deployment::{Databases, Description};
 
 /// How long a fenced replica gets to stop after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
-/// How long a fence waits for the quiesced participants' admitted calls to finish before it
-/// stops them anyway (each then drains what is left, bounded by its own drain bound).
-const QUIESCE_WAIT: Duration = Duration::from_secs(5);
-/// One quiesce request's bound: a replica that does not answer is stopped without it.
-const QUIESCE_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long `WaitReady` waits.
 pub const READY_WAIT: Duration = Duration::from_secs(60);
 /// How long `WaitForCatchUp` waits for each standby.
@@ -223,71 +218,19 @@ impl LabActuator {
         StepOutcome::Done(details.join("; "))
     }
 
-    /// Asks every participant of the wave to stop admitting calls while it keeps confirming,
-    /// then waits (bounded) until none has an admitted call running: stopped one by one, a
-    /// participant whose own calls are done exits while the others' still wait for its
-    /// confirmation, until their drain bound (5 s). A replica that is not active, frozen or
-    /// unreachable does not answer, and is simply stopped. What it saw, for the step's detail.
+    /// Quiesces the wave's participants before they are stopped (see
+    /// [`crate::admin::quiesce_participants`]); a frozen one is skipped (it is killed at
+    /// once). What it saw, for the step's detail.
     async fn quiesce(&self, wave: &[(ReplicaName, u32)]) -> Option<String> {
-        let client = crate::tls::http().ok()?;
-        let bearer = self.bearer();
-        let targets: Vec<(ReplicaName, String)> = wave
+        let targets: Vec<(String, SocketAddr)> = wave
             .iter()
             .filter(|(_, pid)| !is_stopped(*pid))
             .filter_map(|(replica, _)| {
                 let address = self.admin_address(replica).ok()?;
-                Some((
-                    replica.clone(),
-                    format!("{}/admin/quiesce", crate::tls::url(address)),
-                ))
+                Some((replica.to_string(), address))
             })
             .collect();
-        let ask = |url: &str| {
-            let mut request = client.post(url).timeout(QUIESCE_REQUEST_TIMEOUT);
-            if let Some(bearer) = &bearer {
-                request = request.header("authorization", bearer);
-            }
-            async move {
-                let response = request.send().await.ok()?;
-                if !response.status().is_success() {
-                    return None;
-                }
-                let body: serde_json::Value = response.json().await.ok()?;
-                body.get("running").and_then(serde_json::Value::as_u64)
-            }
-        };
-        let started = Instant::now();
-        let mut quiesced: Vec<ReplicaName> = Vec::new();
-        loop {
-            let answers = futures::future::join_all(targets.iter().map(|(_, url)| ask(url))).await;
-            let mut running = 0;
-            for ((replica, _), answer) in targets.iter().zip(&answers) {
-                if let Some(calls) = answer {
-                    running += calls;
-                    if !quiesced.contains(replica) {
-                        quiesced.push(replica.clone());
-                    }
-                }
-            }
-            if quiesced.is_empty() {
-                return None;
-            }
-            if running == 0 {
-                return Some(format!(
-                    "quiesced {} in {} ms",
-                    names(quiesced.iter()),
-                    started.elapsed().as_millis()
-                ));
-            }
-            if started.elapsed() >= QUIESCE_WAIT {
-                return Some(format!(
-                    "quiesced {}; {running} calls still running after {} ms",
-                    names(quiesced.iter()),
-                    started.elapsed().as_millis()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::admin::quiesce_participants(&targets, self.bearer().as_deref()).await
     }
 
     fn start_all(&self, replicas: &[ReplicaName]) -> StepOutcome {

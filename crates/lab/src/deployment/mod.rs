@@ -1085,10 +1085,10 @@ impl Deployment {
     /// Stops every process of `region` gracefully, in three waves — the participants, then
     /// the mediator and topology manager, then the sequencer instances — each wave SIGTERMed
     /// at once and given `grace` to exit; returns their names. Participants go first so that
-    /// the mediator and sequencer are still there for their in-flight submissions. (Those
-    /// also need the other participants' confirmations, and the participants stop together,
-    /// so a participant with submissions in flight still waits out its 5 s drain bound —
-    /// docs/benchmarks.md.) Database servers keep running.
+    /// the mediator and sequencer are still there for their in-flight submissions, and they
+    /// are quiesced first ([`crate::admin::quiesce_participants`]): those submissions also
+    /// need the other participants' confirmations, so none may exit while another still has
+    /// calls running. Database servers keep running.
     pub async fn stop_region(
         &mut self,
         region: &RegionName,
@@ -1099,6 +1099,7 @@ impl Deployment {
             "sequencer" => 2,
             _ => 1,
         };
+        let bearer = crate::secrets::bearer(&crate::secrets::admin_token_path(&self.data_dir)).ok();
         let mut stopped = Vec::new();
         for wave in 0..3 {
             let mut processes: Vec<&mut NodeProcess> = self
@@ -1106,6 +1107,18 @@ impl Deployment {
                 .into_iter()
                 .filter(|p| wave_of(p.role_command()) == wave)
                 .collect();
+            if wave == 0 {
+                let participants: Vec<(String, SocketAddr)> = processes
+                    .iter_mut()
+                    .filter_map(|p| p.is_running().then_some(&**p))
+                    .map(|p| (p.name().to_owned(), p.admin_address))
+                    .collect();
+                if let Some(quiesced) =
+                    crate::admin::quiesce_participants(&participants, bearer.as_deref()).await
+                {
+                    tracing::info!(%region, %quiesced, "participants quiesced before the stop");
+                }
+            }
             for process in &processes {
                 process.signal(nix::sys::signal::Signal::SIGTERM)?;
             }
