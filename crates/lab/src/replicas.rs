@@ -1,10 +1,12 @@
 //! A node's replicas as an operator's tools reach them: found from the configs `meridian
 //! up`/`demo`/the lab write under `<data-dir>/<node>/*.toml` (and a cold replica's under
 //! `<data-dir>/<node>/cold/`, once a region move started it), and asked over their admin HTTP
-//! endpoints (`/status`) which of them is active. `meridian admin`, the fork commands, the
-//! drills and the tests share these.
+//! endpoints (`/status`) which of them is active, or asked to quiesce before a region is
+//! stopped. `meridian admin`, the fork commands, the drills, the controller's actuator and
+//! the tests share these.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -140,4 +142,72 @@ pub async fn active_replica(data_dir: &Path, node: &str) -> anyhow::Result<Optio
     Ok(first_active(&http()?, &replicas)
         .await
         .map(|replica| replica.name.clone()))
+}
+
+/// How long [`quiesce_participants`] waits for the admitted calls to finish before the caller
+/// stops the participants anyway (each then drains what is left, bounded by its own drain).
+const QUIESCE_WAIT: Duration = Duration::from_secs(5);
+/// One quiesce request's bound: a replica that does not answer is stopped without it.
+const QUIESCE_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Before a whole region's participants are stopped: asks each (name, admin address) to stop
+/// admitting calls while it keeps its lease and goes on confirming (`POST /admin/quiesce`),
+/// and waits, at most 5 s, until none has an admitted call running. Stopped without that, a
+/// participant whose own calls are done exits while the others' calls still wait for its
+/// confirmation, until their drain bound (5 s). Replicas that are passive, frozen or
+/// unreachable do not answer and are left out. `None` when none answered; else what happened,
+/// for a report.
+pub async fn quiesce_participants(
+    targets: &[(String, std::net::SocketAddr)],
+    bearer: Option<&str>,
+) -> Option<String> {
+    let client = crate::tls::http().ok()?;
+    let ask = |address: std::net::SocketAddr| {
+        let mut request = client
+            .post(format!("{}/admin/quiesce", crate::tls::url(address)))
+            .timeout(QUIESCE_REQUEST_TIMEOUT);
+        if let Some(bearer) = bearer {
+            request = request.header(reqwest::header::AUTHORIZATION, bearer);
+        }
+        async move {
+            let response = request.send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body: serde_json::Value = response.json().await.ok()?;
+            body.get("running").and_then(serde_json::Value::as_u64)
+        }
+    };
+    let started = Instant::now();
+    let mut quiesced: Vec<&str> = Vec::new();
+    loop {
+        let answers =
+            futures::future::join_all(targets.iter().map(|(_, address)| ask(*address))).await;
+        let mut running = 0;
+        for ((name, _), answer) in targets.iter().zip(&answers) {
+            if let Some(calls) = answer {
+                running += calls;
+                if !quiesced.contains(&name.as_str()) {
+                    quiesced.push(name);
+                }
+            }
+        }
+        if quiesced.is_empty() {
+            return None;
+        }
+        let elapsed_ms = started.elapsed().as_millis();
+        if running == 0 {
+            return Some(format!(
+                "quiesced {} in {elapsed_ms} ms",
+                quiesced.join(", ")
+            ));
+        }
+        if started.elapsed() >= QUIESCE_WAIT {
+            return Some(format!(
+                "quiesced {}; {running} calls still running after {elapsed_ms} ms",
+                quiesced.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -219,7 +219,7 @@ impl LabActuator {
     }
 
     /// Quiesces the wave's participants before they are stopped (see
-    /// [`crate::admin::quiesce_participants`]); a frozen one is skipped (it is killed at
+    /// [`crate::replicas::quiesce_participants`]); a frozen one is skipped (it is killed at
     /// once). What it saw, for the step's detail.
     async fn quiesce(&self, wave: &[(ReplicaName, u32)]) -> Option<String> {
         let targets: Vec<(String, SocketAddr)> = wave
@@ -230,7 +230,7 @@ impl LabActuator {
                 Some((replica.to_string(), address))
             })
             .collect();
-        crate::admin::quiesce_participants(&targets, self.bearer().as_deref()).await
+        crate::replicas::quiesce_participants(&targets, self.bearer().as_deref()).await
     }
 
     fn start_all(&self, replicas: &[ReplicaName]) -> StepOutcome {

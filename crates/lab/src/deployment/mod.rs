@@ -1086,7 +1086,7 @@ impl Deployment {
     /// the mediator and topology manager, then the sequencer instances — each wave SIGTERMed
     /// at once and given `grace` to exit; returns their names. Participants go first so that
     /// the mediator and sequencer are still there for their in-flight submissions, and they
-    /// are quiesced first ([`crate::admin::quiesce_participants`]): those submissions also
+    /// are quiesced first ([`crate::replicas::quiesce_participants`]): those submissions also
     /// need the other participants' confirmations, so none may exit while another still has
     /// calls running. Database servers keep running.
     pub async fn stop_region(
@@ -1114,7 +1114,7 @@ impl Deployment {
                     .map(|p| (p.name().to_owned(), p.admin_address))
                     .collect();
                 if let Some(quiesced) =
-                    crate::admin::quiesce_participants(&participants, bearer.as_deref()).await
+                    crate::replicas::quiesce_participants(&participants, bearer.as_deref()).await
                 {
                     tracing::info!(%region, %quiesced, "participants quiesced before the stop");
                 }
