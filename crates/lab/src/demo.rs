@@ -58,6 +58,12 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     for line in deployment.endpoints() {
         println!("  {line}");
     }
+    if let Some(load_balancer) = &deployment.load_balancer {
+        println!("Clients use the load balancer, one address per participant:");
+        for line in load_balancer.lines() {
+            println!("  {line}");
+        }
+    }
     if let Some(auth) = &deployment.ledger_auth {
         println!(
             "The Ledger API needs a bearer token (JWKS {}); mint one with:",

@@ -16,6 +16,7 @@ pub mod experiment;
 pub mod fault;
 pub mod fork;
 pub mod launch;
+pub mod lb;
 pub mod nemesis;
 pub mod promotion;
 pub mod region;

@@ -233,6 +233,22 @@ impl RegionMove {
             .start_cold(&to)
             .with_context(|| format!("starting the cold replicas of {to}"))?;
         report.start_ms = ms(spawning.elapsed());
+        // The load balancer already sends traffic to the new region's replicas (backups take
+        // over when no server of the active region is up); moving it makes that final, so
+        // that region one's replicas, back, would only be backups. In the background: the
+        // move waits for the new replicas to be ready, which the drill measures itself.
+        if deployment.load_balancer.is_some() {
+            let data_dir = deployment.data_dir.clone();
+            let region = to.clone();
+            tokio::spawn(async move {
+                match crate::lb::move_to_region(&data_dir, &region).await {
+                    Ok(moved) => tracing::info!(?moved, "load balancer moved"),
+                    Err(error) => {
+                        tracing::error!("moving the load balancer to {region}: {error:#}")
+                    }
+                }
+            });
+        }
         let mut moved = Self {
             kind,
             report,

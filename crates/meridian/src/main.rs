@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meridian_lab::{admin, bench, controller, demo, deployment, drill, token};
+use meridian_lab::{admin, bench, controller, demo, deployment, drill, lb, token};
 use meridian_node::telemetry::{init_tracing, LogFormat};
 
 #[derive(Parser)]
@@ -61,6 +61,10 @@ enum Command {
     /// Deployment files: check one before running it (see docs/deployment.md).
     #[command(subcommand)]
     Deployment(deployment::DeploymentCommand),
+    /// The global load balancer: write the HAProxy configuration of a deployment (see
+    /// docs/load-balancer.md).
+    #[command(subcommand)]
+    Lb(lb::LbCommand),
     /// Operate running nodes: status of replicas, switchover.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
                 controller::command::run(args, meridian_node::shutdown::shutdown_token()).await
             }
             Command::Deployment(command) => deployment::args::run(command),
+            Command::Lb(command) => lb::run(command),
             Command::Admin(command) => admin::run(command).await,
             Command::Ctl(args) => meridian_lab::ctl::run(args).await,
             Command::Bench(command) => {

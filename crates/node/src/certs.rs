@@ -255,7 +255,7 @@ fn write_public(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Writes a private key readable by the owner only, from its creation on.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -587,8 +587,16 @@ impl Actuator for LabActuator {
             StepAction::PromoteDatabases { servers } => self.promote(servers).await,
             StepAction::StartReplicas { replicas, .. } => self.start_all(replicas),
             StepAction::WaitReady { replicas } => self.wait_ready(replicas).await,
-            StepAction::MoveLoadBalancer { .. } => {
-                StepOutcome::AlreadyDone("no load balancer configured".to_owned())
+            StepAction::MoveLoadBalancer { region } => {
+                use crate::lb::Moved;
+                match crate::lb::move_to_region(&self.data_dir, region).await {
+                    Ok(Moved::Reloaded(detail)) => StepOutcome::Done(detail),
+                    Ok(Moved::AlreadyThere(detail)) => StepOutcome::AlreadyDone(detail),
+                    Ok(Moved::NoLoadBalancer) => {
+                        StepOutcome::AlreadyDone("no load balancer configured".to_owned())
+                    }
+                    Err(error) => StepOutcome::Failed(format!("{error:#}")),
+                }
             }
         }
     }

@@ -96,13 +96,22 @@ impl ControlledDeployment {
             .with_context(|| format!("{} has no {key}", path.display()))
     }
 
-    /// The Ledger API endpoints of participant `index`: warm replicas, then cold ones.
+    /// The Ledger API endpoints of participant `index`: the load balancer's address when the
+    /// deployment has one, else warm replicas, then cold ones.
     pub fn ledger_endpoints(&self, index: usize) -> anyhow::Result<Vec<String>> {
         let participant = self
             .description
             .participants
             .get(index)
             .with_context(|| format!("no participant {index}"))?;
+        let files = crate::lb::files(&self.data_dir);
+        if files.plan().exists() {
+            let plan = files.load_plan()?;
+            let frontend = plan.frontend(participant.name.as_str()).with_context(|| {
+                format!("the load balancer has no frontend for {}", participant.name)
+            })?;
+            return Ok(vec![crate::tls::url(frontend.bind)]);
+        }
         let mut endpoints = Vec::new();
         for standby in [Standby::Warm, Standby::Cold] {
             for replica in participant.replicas.iter().filter(|r| r.standby == standby) {
@@ -155,10 +164,14 @@ impl ControlledDeployment {
         .await
     }
 
-    /// SIGKILLs every node process of the deployment that runs (by pidfile): the processes
-    /// outlive their controller, so whoever is done with the deployment stops them.
+    /// SIGKILLs every node process of the deployment that runs (by pidfile), and stops its
+    /// load balancer: the processes outlive their controller, so whoever is done with the
+    /// deployment stops them.
     pub fn kill_all(&self) -> Vec<String> {
         let mut killed = Vec::new();
+        if crate::lb::stop(&self.data_dir) {
+            killed.push(crate::lb::LB_DIR.to_owned());
+        }
         for replica in self.replicas() {
             if let Some(pid) = self.pid(&replica) {
                 if signal(pid, Signal::SIGKILL).is_ok() {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::check::check;
-use super::description::{Backend, Description, Preset, Promoter, Shape};
+use super::description::{Backend, Description, LoadBalancerKind, Preset, Promoter, Shape};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct DeploymentArgs {
@@ -26,6 +26,11 @@ pub struct DeploymentArgs {
     /// preset's `[storage] promoter`: the lab (`pg_ctl promote`) or Patroni with etcd.
     #[arg(long, value_enum)]
     pub promoter: Option<Promoter>,
+    /// Put a load balancer in front of the participants and the sequencer (the file's or
+    /// preset's `[load_balancer]`, else one on free ports): clients then use one address per
+    /// participant. Needs HAProxy (Debian package `haproxy`).
+    #[arg(long, value_enum)]
+    pub load_balancer: Option<LoadBalancerKind>,
 }
 
 impl DeploymentArgs {
@@ -49,6 +54,12 @@ impl DeploymentArgs {
         };
         if let Some(promoter) = self.promoter {
             description.storage.promoter = promoter;
+        }
+        if let Some(kind) = self.load_balancer {
+            let load_balancer = description
+                .load_balancer
+                .get_or_insert_with(Default::default);
+            load_balancer.kind = kind;
         }
         let origin = self
             .deployment
@@ -153,6 +164,19 @@ pub fn summary(description: &Description) -> Vec<String> {
             "cluster {}: {servers}; {} ms one way to another region",
             cluster.name,
             cluster.link_delay_ms(description)
+        ));
+    }
+    if let Some(load_balancer) = &description.load_balancer {
+        let ports = match load_balancer.first_port {
+            Some(first) => format!(
+                "ports {first} (sequencer) to {}",
+                usize::from(first) + description.participants.len()
+            ),
+            None => "free ports at start".to_owned(),
+        };
+        lines.push(format!(
+            "load balancer: {:?} on {}, {ports}",
+            load_balancer.kind, load_balancer.address
         ));
     }
     let keys = description.node_keys();

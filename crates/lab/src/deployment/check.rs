@@ -72,6 +72,10 @@ pub enum DescriptionError {
         region: String,
         cluster: String,
     },
+    #[error("load_balancer: the deployment has no participant for it to front")]
+    LoadBalancerWithoutParticipant,
+    #[error("load_balancer.first_port = {first}: its {count} ports ({first} to {first} + {count} - 1) run past 65535")]
+    LoadBalancerPortsOverflow { first: u16, count: usize },
     #[error("{key} = {port}: port {port} is already used by {first}")]
     PortInUse {
         key: String,
@@ -191,6 +195,7 @@ pub fn check(description: &Description) -> Result<(), DescriptionErrors> {
     check_nodes(description, &nodes, &mut errors);
     check_clusters(description, &nodes, &mut errors);
     check_ports(&nodes, &mut errors);
+    check_load_balancer(description, &nodes, &mut errors);
     let lease = description.lease_timeout_ms;
     if !(MIN_LEASE_TIMEOUT_MS..=MAX_LEASE_TIMEOUT_MS).contains(&lease) {
         errors.push(DescriptionError::LeaseTimeout {
@@ -503,6 +508,70 @@ fn check_node_cluster(
     }
 }
 
+/// The load balancer has something to front, and its own ports (when fixed) clash with no
+/// replica's.
+fn check_load_balancer(
+    description: &Description,
+    nodes: &[NodeView<'_>],
+    errors: &mut Vec<DescriptionError>,
+) {
+    let Some(load_balancer) = &description.load_balancer else {
+        return;
+    };
+    if description.participants.is_empty() {
+        errors.push(DescriptionError::LoadBalancerWithoutParticipant);
+    }
+    let Some(first) = load_balancer.first_port else {
+        return;
+    };
+    let count = 1 + description.participants.len();
+    let ports: Vec<(u16, String)> = std::iter::once("the sequencer".to_owned())
+        .chain(description.participants.iter().map(|p| p.name.to_string()))
+        .enumerate()
+        .filter_map(|(offset, node)| {
+            let port = u16::try_from(usize::from(first) + offset).ok()?;
+            Some((
+                port,
+                format!("load_balancer.first_port + {offset} ({node}'s frontend)"),
+            ))
+        })
+        .collect();
+    if ports.len() < count || first == 0 {
+        errors.push(DescriptionError::LoadBalancerPortsOverflow { first, count });
+        return;
+    }
+    let owners = replica_ports(nodes);
+    for (port, key) in ports {
+        if let Some(first) = owners.get(&port) {
+            errors.push(DescriptionError::PortInUse {
+                key,
+                port,
+                first: first.clone(),
+            });
+        }
+    }
+}
+
+/// Every fixed port of every replica, with the key that sets it.
+fn replica_ports(nodes: &[NodeView<'_>]) -> BTreeMap<u16, String> {
+    let mut owners = BTreeMap::new();
+    for node in nodes {
+        for (index, replica) in node.replicas.iter().enumerate() {
+            let Some(ports) = replica.ports else {
+                continue;
+            };
+            let key = format!("{}[{index}].ports", replicas_key(node));
+            let grpc = (node.role != Role::Mediator).then_some(("grpc", ports.grpc));
+            for (kind, port) in grpc.into_iter().chain([("admin", ports.admin)]) {
+                owners
+                    .entry(port)
+                    .or_insert_with(|| format!("{key}.{kind} ({})", replica.name));
+            }
+        }
+    }
+    owners
+}
+
 /// No two processes (warm or cold: a cold one starts later on the same machine) share a port.
 fn check_ports(nodes: &[NodeView<'_>], errors: &mut Vec<DescriptionError>) {
     let mut owners: BTreeMap<u16, String> = BTreeMap::new();
@@ -807,6 +876,36 @@ mod tests {
         assert_eq!(
             only_error(&description),
             "participants[0].replicas[0].ports.admin = 24601: port 24601 is already used by sequencer.instances[1].ports.grpc (sequencer-b)"
+        );
+    }
+
+    #[test]
+    fn the_load_balancers_ports_and_participants_are_checked() {
+        let mut description = two_regions();
+        description.load_balancer = Some(crate::deployment::description::LoadBalancer {
+            first_port: Some(24600),
+            ..Default::default()
+        });
+        description.participants[1].replicas[1].ports = Some(NodePorts::new(24602, 24700));
+        assert_eq!(
+            only_error(&description),
+            "load_balancer.first_port + 2 (participant2's frontend) = 24602: port 24602 is already used by participants[1].replicas[1].ports.grpc (participant2-b)"
+        );
+        description.participants[1].replicas[1].ports = None;
+        description.load_balancer = Some(crate::deployment::description::LoadBalancer {
+            first_port: Some(65534),
+            ..Default::default()
+        });
+        assert_eq!(
+            only_error(&description),
+            "load_balancer.first_port = 65534: its 4 ports (65534 to 65534 + 4 - 1) run past 65535"
+        );
+        description.load_balancer = Some(Default::default());
+        description.participants.clear();
+        let errors = check(&description).expect_err("no participant").to_string();
+        assert!(
+            errors.contains("load_balancer: the deployment has no participant for it to front"),
+            "{errors}"
         );
     }
 

@@ -130,11 +130,53 @@ pub struct Description {
     pub topology_manager: ReplicatedNode,
     pub mediator: ReplicatedNode,
     pub participants: Vec<ParticipantNode>,
+    /// The global load balancer in front of the participants and the sequencer (the
+    /// `[load_balancer]` table); absent, clients list every replica's endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
     /// `meridian controller`'s timings and limits (the `[controller]` table; every key has a
     /// default). Written out only when it differs from the defaults, so that files which
     /// never name it stay as they are.
     #[serde(default, skip_serializing_if = "is_default")]
     pub controller: ControllerSettings,
+}
+
+/// Which load balancer the lab runs (and `meridian lb config` writes a configuration for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalancerKind {
+    /// HAProxy (the Debian package `haproxy`), in master-worker mode.
+    #[default]
+    Haproxy,
+}
+
+/// The `[load_balancer]` table: one address per participant and one for the sequencer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancer {
+    #[serde(default)]
+    pub kind: LoadBalancerKind,
+    /// The address HAProxy listens on.
+    #[serde(default = "default_load_balancer_address")]
+    pub address: std::net::IpAddr,
+    /// The sequencer's frontend listens on `first_port`, participant `i`'s (in file order) on
+    /// `first_port + 1 + i`. Absent: free ports are picked at every start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_port: Option<u16>,
+}
+
+impl Default for LoadBalancer {
+    fn default() -> Self {
+        Self {
+            kind: LoadBalancerKind::default(),
+            address: default_load_balancer_address(),
+            first_port: None,
+        }
+    }
+}
+
+fn default_load_balancer_address() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -368,6 +410,7 @@ impl Description {
                     }
                 })
                 .collect(),
+            load_balancer: None,
             controller: ControllerSettings::default(),
         }
     }

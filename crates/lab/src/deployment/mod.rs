@@ -22,7 +22,7 @@ pub mod description;
 mod patroni;
 mod server_view;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -118,6 +118,9 @@ pub struct Deployment {
     pub databases: Option<Databases>,
     /// The Ledger API signing key, when the participants verify tokens.
     pub ledger_auth: Option<crate::secrets::LedgerAuth>,
+    /// HAProxy in front of the participants and the sequencer, when the description has a
+    /// `[load_balancer]`: clients then use its addresses only.
+    pub load_balancer: Option<crate::lb::LabLoadBalancer>,
 }
 
 /// A replica whose config is written but which does not run.
@@ -722,10 +725,13 @@ impl Deployment {
         let nodes = spec.description.nodes(&node_keys);
         // Every replica (cold ones too) gets its certificate now; nodes then run TLS with
         // mutual authentication, and the lab's clients present the `lab` certificate.
-        let names: Vec<String> = nodes
+        let mut names: Vec<String> = nodes
             .iter()
             .flat_map(|node| node.replicas.iter().map(|r| r.name.to_string()))
             .collect();
+        if spec.description.load_balancer.is_some() {
+            names.push(crate::lb::LB_CERT_NAME.to_owned());
+        }
         crate::tls::deployment_certs(data_dir, &names)?;
         let mut starter = Starter {
             spec,
@@ -760,11 +766,7 @@ impl Deployment {
                 cold.config_path.display()
             ));
         }
-        (starter.progress)(format!(
-            "synchronizer up in {:.1} s",
-            started.elapsed().as_secs_f64()
-        ));
-        Ok(Deployment {
+        let mut deployment = Deployment {
             exe: spec.exe.clone(),
             data_dir: data_dir.clone(),
             description: spec.description.clone(),
@@ -780,7 +782,62 @@ impl Deployment {
             sequencer_clocks,
             databases: spec.databases.clone(),
             ledger_auth,
-        })
+            load_balancer: None,
+        };
+        if let Some(load_balancer) = &spec.description.load_balancer {
+            deployment.load_balancer = Some(
+                deployment
+                    .start_load_balancer(load_balancer, spec.detached)
+                    .await?,
+            );
+            (starter.progress)("HAProxy routes every participant to its active replica".to_owned());
+        }
+        (starter.progress)(format!(
+            "synchronizer up in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(deployment)
+    }
+
+    /// Starts HAProxy in front of every replica of the participants and the sequencer (cold
+    /// ones included: they come up later), the first region first.
+    async fn start_load_balancer(
+        &self,
+        load_balancer: &description::LoadBalancer,
+        detached: bool,
+    ) -> anyhow::Result<crate::lb::LabLoadBalancer> {
+        crate::lb::write_identity_pem(&self.data_dir)?;
+        let mut addresses: HashMap<String, crate::lb::ReplicaAddresses> = self
+            .processes()
+            .into_iter()
+            .map(|p| {
+                let at = crate::lb::ReplicaAddresses {
+                    grpc: p.grpc_address,
+                    admin: p.admin_address,
+                };
+                (p.name().to_owned(), at)
+            })
+            .collect();
+        for cold in &self.cold {
+            let at = crate::lb::ReplicaAddresses {
+                grpc: cold.grpc_address,
+                admin: cold.admin_address,
+            };
+            addresses.insert(cold.name.to_string(), at);
+        }
+        let ports = crate::lb::frontend_ports(&self.description, load_balancer)?;
+        let region = crate::lb::initial_region(&self.description)?;
+        let plan = crate::lb::plan(
+            &self.description,
+            load_balancer,
+            &ports,
+            &addresses,
+            &self.data_dir,
+            &region,
+        )?;
+        crate::lb::LabLoadBalancer::start(&self.data_dir, plan, detached)
+            .await
+            .context("starting the load balancer")
     }
 
     /// A Ledger API token for participant `index` granting `grant` (its audience is set
@@ -821,9 +878,25 @@ impl Deployment {
         self.participants[index].grpc_endpoint()
     }
 
-    /// Every replica's Ledger API endpoint of participant `index`: the first replica, its
-    /// warm standbys, then its cold replicas (refused until their region is started).
+    /// The Ledger API endpoints a client of participant `index` uses: the load balancer's one
+    /// address when the deployment has one, else [`Self::replica_endpoints`].
     pub fn ledger_endpoints(&self, index: usize) -> Vec<String> {
+        let node = self
+            .description
+            .participants
+            .get(index)
+            .map(|p| p.name.as_str());
+        if let Some(url) = node.and_then(|node| self.load_balancer.as_ref()?.url(node)) {
+            // Through the load balancer, a client knows one address per participant.
+            return vec![url];
+        }
+        self.replica_endpoints(index)
+    }
+
+    /// Every replica's Ledger API endpoint of participant `index`, bypassing any load
+    /// balancer: the first replica, its warm standbys, then its cold replicas (refused until
+    /// their region is started).
+    pub fn replica_endpoints(&self, index: usize) -> Vec<String> {
         let node = self
             .description
             .participants
@@ -1133,6 +1206,9 @@ impl Deployment {
     /// Stops every node with SIGTERM: participants first, the sequencer instances last, so
     /// that no node loses its sequencer while it shuts down.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(load_balancer) = &mut self.load_balancer {
+            load_balancer.stop();
+        }
         let grace = Duration::from_secs(10);
         let mut first_error = None;
         let mut nodes = self.processes_mut();
