@@ -405,6 +405,20 @@ fn config(args: LbConfigArgs) -> anyhow::Result<()> {
         }
         None => initial_region(&description)?,
     };
+    if !args.plaintext {
+        let dir = crate::tls::tls_dir(&args.data_dir);
+        let cert = dir.join(format!("{LB_CERT_NAME}.crt"));
+        if !cert.exists() {
+            bail!(
+                "no certificate for the load balancer: {} is missing; put its certificate and key \
+                 ({LB_CERT_NAME}.crt, {LB_CERT_NAME}.key) there, issued by the CA the nodes trust \
+                 (`meridian certs --node {LB_CERT_NAME} --node ...` issues it together with the \
+                 nodes'), or pass --plaintext for a deployment without TLS",
+                cert.display()
+            );
+        }
+        write_identity_pem(&args.data_dir)?;
+    }
     let ports = frontend_ports(&description, &load_balancer)?;
     let plan = plan(
         &description,

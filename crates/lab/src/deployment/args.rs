@@ -175,8 +175,9 @@ pub fn summary(description: &Description) -> Vec<String> {
             None => "free ports at start".to_owned(),
         };
         lines.push(format!(
-            "load balancer: {:?} on {}, {ports}",
-            load_balancer.kind, load_balancer.address
+            "load balancer: {} on {}, {ports}",
+            load_balancer.kind.name(),
+            load_balancer.address
         ));
     }
     let keys = description.node_keys();

@@ -150,6 +150,14 @@ pub enum LoadBalancerKind {
     Haproxy,
 }
 
+impl LoadBalancerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadBalancerKind::Haproxy => "HAProxy",
+        }
+    }
+}
+
 /// The `[load_balancer]` table: one address per participant and one for the sequencer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -704,6 +704,11 @@ impl Deployment {
         progress: &mut dyn FnMut(String),
     ) -> anyhow::Result<Deployment> {
         check::check(&spec.description).context("the deployment cannot run")?;
+        if spec.description.load_balancer.is_some() {
+            // Before any node starts: a missing HAProxy must not leave a half-started
+            // deployment behind.
+            meridian_lb::haproxy::binary().context("the deployment has a [load_balancer]")?;
+        }
         let data_dir = &spec.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
