@@ -115,8 +115,8 @@ pub struct LbPlan {
 /// Why a plan cannot be rendered.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("the load balancer has no participant to front: a deployment needs at least one participant")]
-    NoParticipant,
+    #[error("the load balancer has nothing to front: a plan needs at least one frontend")]
+    NoFrontend,
     #[error("frontend {0} has no server")]
     NoServer(String),
     #[error("{0:?} cannot be an HAProxy name: use letters, digits, '-', '_' and '.'")]
@@ -149,8 +149,8 @@ impl LbPlan {
     /// Every reason this plan cannot run: names, ports (HAProxy's own listeners against each
     /// other and against every replica's), the active region, the socket path.
     pub fn validate(&self) -> Result<(), PlanError> {
-        if !self.frontends.iter().any(|f| f.traffic == Traffic::Ledger) {
-            return Err(PlanError::NoParticipant);
+        if self.frontends.is_empty() {
+            return Err(PlanError::NoFrontend);
         }
         let socket_bytes = self.runtime_socket.as_os_str().len();
         if socket_bytes > MAX_SOCKET_PATH_BYTES {
@@ -254,8 +254,9 @@ pub fn render(plan: &LbPlan) -> Result<String, PlanError> {
          timeout server 1h\n    \
          timeout tunnel 1h\n    \
          timeout check {}ms\n    \
+         # A connection a server refuses marks it down at once, before its next check.\n    \
          default-server inter {}ms fastinter {}ms downinter {}ms rise {} fall {} \
-         on-marked-down shutdown-sessions",
+         on-marked-down shutdown-sessions observe layer4 error-limit 1 on-error mark-down",
         checks.timeout_ms,
         checks.interval_ms,
         checks.fast_interval_ms,
@@ -309,7 +310,11 @@ fn render_frontend(out: &mut String, plan: &LbPlan, frontend: &Frontend) {
             );
         }
         Traffic::Sequencer => {
-            let _ = writeln!(out, "    balance leastconn");
+            // A connection to a dead instance is tried again on another one.
+            let _ = writeln!(
+                out,
+                "    balance leastconn\n    retries 2\n    option redispatch 1"
+            );
         }
     }
     for server in &frontend.servers {
@@ -457,8 +462,8 @@ mod tests {
     #[test]
     fn bad_plans_are_refused_naming_what_is_wrong() {
         let mut plan = two_region_plan(LbTls::Plaintext);
-        plan.frontends.retain(|f| f.traffic == Traffic::Sequencer);
-        assert_eq!(render(&plan), Err(PlanError::NoParticipant));
+        plan.frontends.clear();
+        assert_eq!(render(&plan), Err(PlanError::NoFrontend));
 
         let mut plan = two_region_plan(LbTls::Plaintext);
         plan.frontends[1].bind = address(5102);

@@ -546,3 +546,115 @@ async fn a_resumed_zombie_of_a_replaced_process_stops() {
         .unwrap();
     assert_eq!(event.timestamp, receipt.timestamp);
 }
+
+/// HAProxy's one sequencer frontend in front of two instances, as `[load_balancer]` configures
+/// it: members that know only the frontend send and subscribe through it; when instance 0 is
+/// killed under load, HAProxy marks it down and sends the reconnects to the survivor, and the
+/// subscription resumes with every acknowledged send exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_members_reach_the_surviving_instance_after_a_kill() {
+    use meridian_lb::{haproxy, Frontend, Haproxy, HaproxyFiles, HealthChecks, LbPlan, LbTls};
+
+    let binary = match haproxy::binary() {
+        Ok(binary) => binary,
+        Err(error) if std::env::var_os("MERIDIAN_REQUIRE_HAPROXY").is_some() => panic!("{error}"),
+        Err(error) => return eprintln!("skipped: {error}"),
+    };
+    let mut cluster = Cluster::start("sqlite", 2).await;
+    for name in ["alice", "bob"] {
+        cluster.register(name).await;
+    }
+    // HAProxy checks the instances' /readyz with the directory's node certificate.
+    let tls_dir = meridian_lab::tls::tls_dir(cluster.dir.path());
+    let node = meridian_lab::tls::STANDALONE_NODE;
+    let pem = tls_dir.join("haproxy.pem");
+    let identity = std::fs::read_to_string(tls_dir.join(format!("{node}.crt"))).unwrap()
+        + &std::fs::read_to_string(tls_dir.join(format!("{node}.key"))).unwrap();
+    meridian_node::certs::write_private(&pem, identity.as_bytes()).unwrap();
+    let files = HaproxyFiles::new(cluster.dir.path().join("haproxy"));
+    let bind = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let plan = LbPlan {
+        active_region: "region-1".to_owned(),
+        runtime_socket: files.socket(),
+        tls: LbTls::Mutual {
+            ca_file: tls_dir.join(meridian_node::certs::CA_CERT_FILE),
+            identity_pem: pem,
+        },
+        checks: HealthChecks::default(),
+        frontends: vec![Frontend {
+            name: "sequencer".to_owned(),
+            traffic: meridian_lb::Traffic::Sequencer,
+            bind,
+            servers: cluster
+                .instances
+                .iter()
+                .map(|i| meridian_lb::Server {
+                    name: i.name().to_owned(),
+                    region: "region-1".to_owned(),
+                    grpc: i.grpc_address,
+                    admin: i.admin_address,
+                })
+                .collect(),
+        }],
+    };
+    haproxy::write_config(&binary, &files, &plan).unwrap();
+    let _haproxy = Haproxy::start(&binary, &files, false).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while haproxy::server_states(&files.socket())
+        .await
+        .unwrap()
+        .iter()
+        .filter(|s| s.is_up())
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "both instances up in HAProxy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let frontend = meridian_lab::tls::url(bind);
+    let alice = cluster.client("alice", vec![frontend.clone()]).await;
+    let bob = subscribe("bob", &cluster.client("bob", vec![frontend.clone()]).await);
+    let load = SendLoad::start(
+        &alice,
+        SENDER_LANES,
+        |message| submission("alice", message, &["bob"]),
+        Duration::from_secs(45),
+        Duration::from_millis(100),
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before = load.acked_count();
+    assert!(
+        before > 0,
+        "sends went through the frontend before the kill"
+    );
+    let failed_at = Instant::now();
+    cluster.instances[0].kill9().unwrap();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let (acked, _) = load.stop().await;
+    assert!(
+        acked.len() > before,
+        "sends went on through the frontend after the kill ({before} before, {} in all)",
+        acked.len()
+    );
+    let interruption = check_delivery(&bob, &acked, failed_at).await;
+    println!(
+        "through HAProxy: bob resumed after {} ms; {} sends acknowledged",
+        interruption.as_millis(),
+        acked.len()
+    );
+    assert!(
+        interruption < RESUME_BOUND,
+        "bob was interrupted for {interruption:?}"
+    );
+    let states = haproxy::server_states(&files.socket()).await.unwrap();
+    let up: Vec<&str> = states
+        .iter()
+        .filter(|s| s.is_up())
+        .map(|s| s.server.as_str())
+        .collect();
+    assert_eq!(up, [cluster.instances[1].name()], "{states:?}");
+    bob.task.abort();
+}
