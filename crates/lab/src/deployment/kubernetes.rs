@@ -82,6 +82,8 @@ pub enum ExportError {
     SharedSqlite { node: String, replicas: usize },
     #[error("--owner-public-key is not a hex ed25519 public key (64 hex digits)")]
     OwnerKey,
+    #[error("the config of {replica} cannot be written as TOML: {reason}")]
+    Serialize { replica: String, reason: String },
     #[error("two objects would both be the {kind} {name:?}; rename a node or replica")]
     Duplicate { kind: &'static str, name: String },
 }
@@ -464,9 +466,10 @@ impl<'a> Exporter<'a> {
                 toml::to_string(&config)
             }
         };
-        // The configs are plain data of our own types; serializing them cannot fail short of
-        // a bug, which the tests would show as an empty file.
-        Ok(text.unwrap_or_default())
+        text.map_err(|error| ExportError::Serialize {
+            replica: replica.name.to_string(),
+            reason: error.to_string(),
+        })
     }
 
     fn metadata(&self, name: &str, labels: Value) -> Value {
@@ -571,6 +574,8 @@ impl<'a> Exporter<'a> {
                 format!("{CONFIG_DIR}/{CONFIG_FILE}"),
             ],
             "ports": container_ports(node.role, replica),
+            // Every second, out at the first failure: a passive participant leaves its Service
+            // within about a second of a switchover, the new active joins as fast.
             "readinessProbe": probe("/readyz", 1, 1),
             "livenessProbe": probe("/livez", 5, 3),
             "volumeMounts": mounts,
@@ -871,6 +876,7 @@ fn notes(description: &Description, options: &ExportOptions, nodes: &[NodeView<'
 mod tests {
     use super::*;
     use crate::deployment::description::Preset;
+    use meridian_node::config::parse_toml as parse;
 
     fn export(description: &Description) -> Vec<ExportFile> {
         manifests(description, &ExportOptions::default()).expect("exports")
@@ -913,6 +919,49 @@ mod tests {
         assert!(
             config.contains("advertised_endpoint = \"https://participant2-b.meridian.svc:7000\"")
         );
+    }
+
+    /// Every exported config is one its role loads and accepts: parsed with unknown keys
+    /// refused, then through the role's own check (endpoints, owner key, replication).
+    #[test]
+    fn every_config_passes_its_roles_own_check() {
+        let owner = meridian_core::crypto::SigningKey::generate().public_key();
+        let options = ExportOptions {
+            owner_public_key: Some(owner.to_string()),
+            ..ExportOptions::default()
+        };
+        let description = Description::preset(Preset::TwoRegions);
+        let files = manifests(&description, &options).expect("exports");
+        let keys = description.node_keys();
+        let mut checked = 0;
+        for node in description.nodes(&keys) {
+            for replica in node.replicas {
+                let origin = format!("{}.toml", replica.name);
+                let map = object(&files, &format!("10-configmap-{}.json", replica.name));
+                let text = map["data"][CONFIG_FILE].as_str().expect("config");
+                let checked_ok = match node.role {
+                    Role::Sequencer => parse::<meridian_sequencer::SequencerConfig>(text, &origin)
+                        .map(|c| c.check(&origin).map_err(|e| e.to_string())),
+                    Role::TopologyManager => {
+                        parse::<meridian_topology::TopologyManagerConfig>(text, &origin)
+                            .map(|c| c.check(&origin).map_err(|e| e.to_string()))
+                    }
+                    Role::Mediator => parse::<meridian_mediator::MediatorConfig>(text, &origin)
+                        .map(|c| c.check(&origin).map_err(|e| e.to_string())),
+                    Role::Participant => {
+                        parse::<meridian_participant::ParticipantConfig>(text, &origin)
+                            .map(|c| c.check(&origin).map_err(|e| e.to_string()))
+                    }
+                };
+                assert_eq!(
+                    checked_ok.map_err(|e| e.to_string()),
+                    Ok(Ok(())),
+                    "{origin}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 18, "six nodes of three replicas");
     }
 
     #[test]
