@@ -291,7 +291,7 @@ fn bad_input_is_one_error_line_and_writes_nothing() {
     std::fs::create_dir(&occupied).unwrap();
     std::fs::write(occupied.join("keep.txt"), "mine").unwrap();
 
-    let cases: [(&str, PathBuf, Vec<&str>, &str); 5] = [
+    let cases: [(&str, PathBuf, Vec<&str>, &str); 6] = [
         (
             "unknown preset",
             dir.path().join("a"),
@@ -321,6 +321,12 @@ fn bad_input_is_one_error_line_and_writes_nothing() {
             occupied.clone(),
             vec!["--preset", "single"],
             "not empty",
+        ),
+        (
+            "unwritable place",
+            dir.path().join("missing/out"),
+            vec!["--preset", "single"],
+            "cannot write into",
         ),
     ];
     for (what, out, args, expected) in cases {
