@@ -1,6 +1,7 @@
 //! The command line of a deployment: `--deployment FILE`, `--preset NAME`, `--backend` and
 //! `--promoter`, flattened into every command that starts one (`up`, `demo`, `drill`,
-//! `bench ledger`, `bench failover`), and `meridian deployment check FILE`.
+//! `bench ledger`, `bench failover`), `meridian deployment check FILE` and `meridian deployment
+//! export --kubernetes` (see [`super::kubernetes`]).
 
 use std::path::PathBuf;
 
@@ -108,6 +109,37 @@ pub enum DeploymentCommand {
         /// The deployment file (TOML).
         file: PathBuf,
     },
+    /// Write Kubernetes manifests for a deployment (see docs/operations.md, "Kubernetes"):
+    /// a StatefulSet, headless Service and ConfigMap per replica, a Ledger API Service per
+    /// participant, and NOTES.txt listing the Secrets and databases to provide.
+    Export {
+        /// The format: Kubernetes manifests (JSON, which kubectl reads), the only one.
+        #[arg(long, required = true)]
+        kubernetes: bool,
+        /// The directory to create (it must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The namespace of every object and of the cluster DNS names in the configs.
+        #[arg(long, default_value = super::kubernetes::DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// The container image holding the `meridian` binary.
+        #[arg(long, default_value = super::kubernetes::DEFAULT_IMAGE)]
+        image: String,
+        /// The synchronizer owner's public key (hex); without it the configs carry a
+        /// placeholder that the nodes refuse.
+        #[arg(long)]
+        owner_public_key: Option<String>,
+        /// The deployment file (TOML).
+        #[arg(conflicts_with = "preset", required_unless_present = "preset")]
+        file: Option<PathBuf>,
+        /// A built-in deployment instead of a file.
+        #[arg(long, value_enum)]
+        preset: Option<Preset>,
+        /// Storage of every node, overriding the file's or preset's (replicated nodes need
+        /// `postgres` on Kubernetes).
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
+    },
 }
 
 pub fn run(command: DeploymentCommand) -> anyhow::Result<()> {
@@ -120,6 +152,38 @@ pub fn run(command: DeploymentCommand) -> anyhow::Result<()> {
             for line in summary(&description) {
                 println!("  {line}");
             }
+            Ok(())
+        }
+        DeploymentCommand::Export {
+            kubernetes: _,
+            out,
+            namespace,
+            image,
+            owner_public_key,
+            file,
+            preset,
+            backend,
+        } => {
+            let args = DeploymentArgs {
+                deployment: file,
+                preset,
+                backend,
+                promoter: None,
+            };
+            let description = args.resolve(Preset::Replicated, None)?;
+            let options = super::kubernetes::ExportOptions {
+                namespace,
+                image,
+                owner_public_key,
+            };
+            let files = super::kubernetes::manifests(&description, &options)?;
+            super::kubernetes::write(&out, &files)?;
+            println!(
+                "wrote {} files into {}; read {} before applying them",
+                files.len(),
+                out.display(),
+                out.join("NOTES.txt").display()
+            );
             Ok(())
         }
     }

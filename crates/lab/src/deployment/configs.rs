@@ -78,9 +78,19 @@ pub fn replication(
     advertised: SocketAddr,
     lease_timeout_ms: u64,
 ) -> ReplicationConfig {
+    advertised_replication(replica, crate::tls::url(advertised), lease_timeout_ms)
+}
+
+/// The `[replication]` table of a replica reached at `advertised_endpoint`, a URL rather than
+/// a local address: a Kubernetes export advertises the replica's cluster DNS name.
+pub fn advertised_replication(
+    replica: &ReplicaName,
+    advertised_endpoint: String,
+    lease_timeout_ms: u64,
+) -> ReplicationConfig {
     ReplicationConfig {
         replica_id: replica.to_string(),
-        advertised_endpoint: Some(crate::tls::url(advertised)),
+        advertised_endpoint: Some(advertised_endpoint),
         lease_timeout_ms,
         poll_interval_ms: LEASE_POLL_INTERVAL_MS,
     }

@@ -19,6 +19,7 @@ pub mod check;
 pub mod clusters;
 pub mod configs;
 pub mod description;
+pub mod kubernetes;
 mod patroni;
 mod server_view;
 
