@@ -169,6 +169,7 @@ pub fn run(command: DeploymentCommand) -> anyhow::Result<()> {
                 preset,
                 backend,
                 promoter: None,
+                load_balancer: None,
             };
             let description = args.resolve(Preset::Replicated, None)?;
             let options = super::kubernetes::ExportOptions {
