@@ -96,8 +96,11 @@ impl ControlledDeployment {
             .with_context(|| format!("{} has no {key}", path.display()))
     }
 
-    /// The Ledger API endpoints of participant `index`: warm replicas, then cold ones.
+    /// The Ledger API endpoints of participant `index`: warm replicas, then cold ones, each
+    /// through the delayed link from the clients' zone when `[network]` sets one.
     pub fn ledger_endpoints(&self, index: usize) -> anyhow::Result<Vec<String>> {
+        let network = crate::deployment::network::Network::load(&self.data_dir)?;
+        let client_zone = crate::deployment::network::client_zone(&self.description);
         let participant = self
             .description
             .participants
@@ -107,7 +110,11 @@ impl ControlledDeployment {
         for standby in [Standby::Warm, Standby::Cold] {
             for replica in participant.replicas.iter().filter(|r| r.standby == standby) {
                 let address = self.config_value(replica.name.as_str(), "listen_address")?;
-                endpoints.push(crate::tls::url(address));
+                let endpoint = crate::tls::url(address);
+                endpoints.push(match client_zone {
+                    Some(zone) => network.dial_url(zone, &endpoint),
+                    None => endpoint,
+                });
             }
         }
         Ok(endpoints)
@@ -159,6 +166,10 @@ impl ControlledDeployment {
     /// outlive their controller, so whoever is done with the deployment stops them.
     pub fn kill_all(&self) -> Vec<String> {
         let mut killed = Vec::new();
+        // The delaying proxies between zones, when `[network]` runs them: detached too.
+        if crate::deployment::network::kill_detached(&self.data_dir) {
+            killed.push("netdelay".to_owned());
+        }
         for replica in self.replicas() {
             if let Some(pid) = self.pid(&replica) {
                 if signal(pid, Signal::SIGKILL).is_ok() {

@@ -1,5 +1,5 @@
 //! The command line of a deployment: `--deployment FILE`, `--preset NAME`, `--backend` and
-//! `--promoter`, flattened into every command that starts one (`up`, `demo`, `drill`,
+//! `--promoter` (and the `[network]` round trips), flattened into every command that starts one (`up`, `demo`, `drill`,
 //! `bench ledger`, `bench failover`), and `meridian deployment check FILE`.
 
 use std::path::PathBuf;
@@ -26,6 +26,14 @@ pub struct DeploymentArgs {
     /// preset's `[storage] promoter`: the lab (`pg_ctl promote`) or Patroni with etcd.
     #[arg(long, value_enum)]
     pub promoter: Option<Promoter>,
+    /// Round trip (ms) between two zones of a region on every link that crosses them,
+    /// overriding the file's `[network] cross_zone_rtt_ms` (0: none).
+    #[arg(long)]
+    pub cross_zone_rtt_ms: Option<u64>,
+    /// Round trip (ms) between regions on every link that crosses them, overriding the
+    /// file's `[network] cross_region_rtt_ms` (0: none).
+    #[arg(long)]
+    pub cross_region_rtt_ms: Option<u64>,
 }
 
 impl DeploymentArgs {
@@ -49,6 +57,12 @@ impl DeploymentArgs {
         };
         if let Some(promoter) = self.promoter {
             description.storage.promoter = promoter;
+        }
+        if let Some(rtt) = self.cross_zone_rtt_ms {
+            description.network.cross_zone_rtt_ms = rtt;
+        }
+        if let Some(rtt) = self.cross_region_rtt_ms {
+            description.network.cross_region_rtt_ms = rtt;
         }
         let origin = self
             .deployment

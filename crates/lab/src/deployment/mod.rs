@@ -19,10 +19,11 @@ pub mod check;
 pub mod clusters;
 pub mod configs;
 pub mod description;
+pub mod network;
 mod patroni;
 mod server_view;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,6 +50,7 @@ pub use server_view::ServerView;
 use crate::clockshift::ClockShift;
 use crate::launch::{free_addresses, NodeProcess};
 use configs::{Addresses, MemberContext};
+use network::{LinkKind, Network, NetworkProcess, Target};
 use description::{RegionName, MEDIATOR_NODE, SEQUENCER_NODE, TOPOLOGY_NODE};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -118,6 +120,9 @@ pub struct Deployment {
     pub databases: Option<Databases>,
     /// The Ledger API signing key, when the participants verify tokens.
     pub ledger_auth: Option<crate::secrets::LedgerAuth>,
+    /// The delaying proxies on the links that cross zones and regions (`[network]`), when
+    /// any: the process stops with this value unless the deployment is detached.
+    pub network: Option<NetworkProcess>,
 }
 
 /// A replica whose config is written but which does not run.
@@ -286,7 +291,11 @@ impl DeploymentSpec {
     /// Where each replica of `node` keeps its state, by position; on PostgreSQL the node's
     /// database is created on the primary if missing, and each replica lists the servers of
     /// its own region (see [`clusters`]).
-    async fn storage(&self, node: &NodeView<'_>) -> anyhow::Result<Vec<StorageConfig>> {
+    async fn storage(
+        &self,
+        node: &NodeView<'_>,
+        network: &Network,
+    ) -> anyhow::Result<Vec<StorageConfig>> {
         let name = node.name;
         match self.description.storage.backend {
             Backend::Sqlite => Ok(node
@@ -307,8 +316,10 @@ impl DeploymentSpec {
                     .iter()
                     .map(|replica| {
                         let region = self.description.region_of(&replica.zone);
+                        let url = databases.node_url(cluster, region, &database)?;
                         Ok(StorageConfig::Postgres {
-                            url: databases.node_url(cluster, region, &database)?,
+                            // Each host through the link from the replica's zone to its own.
+                            url: network.dial_url(&replica.zone, &url),
                             max_connections: configs::POSTGRES_POOL_CONNECTIONS,
                         })
                     })
@@ -338,6 +349,7 @@ impl DeploymentSpec {
     fn plan_node<C: Serialize>(
         &self,
         node: &NodeView<'_>,
+        addresses: &HashMap<String, Addresses>,
         mut config: impl FnMut(usize, &Replica, Addresses) -> C,
     ) -> anyhow::Result<NodePlan> {
         let dir = self.data_dir.join(node.name);
@@ -346,7 +358,9 @@ impl DeploymentSpec {
             cold: Vec::new(),
         };
         for (position, replica) in node.replicas.iter().enumerate() {
-            let at = self.addresses(replica)?;
+            let at = *addresses
+                .get(replica.name.as_str())
+                .with_context(|| format!("no addresses planned for {}", replica.name))?;
             let config = toml::to_string(&config(position, replica, at))
                 .with_context(|| format!("writing the config of {}", replica.name))?;
             let pending = PendingProcess {
@@ -363,6 +377,59 @@ impl DeploymentSpec {
             }
         }
         Ok(plan)
+    }
+}
+
+impl DeploymentSpec {
+    /// Plans the delayed links of `[network]` (none without it) to every replica's gRPC
+    /// address in `addresses` and every database server, and starts their proxy process.
+    fn start_network(
+        &self,
+        nodes: &[NodeView<'_>],
+        addresses: &HashMap<String, Addresses>,
+    ) -> anyhow::Result<Option<NetworkProcess>> {
+        if !self.description.network.is_on() {
+            return Ok(None);
+        }
+        let mut targets = Vec::new();
+        for node in nodes {
+            let kind = match node.role {
+                Role::Sequencer | Role::TopologyManager => LinkKind::Node,
+                Role::Participant => LinkKind::Client,
+                // Nobody dials the mediator: it only dials out.
+                Role::Mediator => continue,
+            };
+            for replica in node.replicas {
+                let at = addresses
+                    .get(replica.name.as_str())
+                    .with_context(|| format!("no addresses planned for {}", replica.name))?;
+                targets.push(Target {
+                    kind,
+                    zone: replica.zone.clone(),
+                    address: at.grpc,
+                });
+            }
+        }
+        if let Some(databases) = &self.databases {
+            for server in databases.servers() {
+                if let Some(address) = server.address {
+                    targets.push(Target {
+                        kind: LinkKind::Database,
+                        zone: server.zone.clone(),
+                        address,
+                    });
+                }
+            }
+        }
+        let network = Network::plan(&self.description, &targets, || {
+            Ok(SocketAddr::from((
+                [127, 0, 0, 1],
+                meridian_node::ports::free_loopback_port()?,
+            )))
+        })?;
+        NetworkProcess::start(&self.exe, &self.data_dir, network, self.detached)
+            .context("starting the delaying proxies between zones and regions")
+            .map(Some)
     }
 }
 
@@ -434,6 +501,10 @@ struct Starter<'a> {
     spec: &'a DeploymentSpec,
     progress: &'a mut dyn FnMut(String),
     cold: Vec<ColdReplica>,
+    /// Every replica's addresses, fixed before anything starts (the links need them all).
+    addresses: HashMap<String, Addresses>,
+    /// The delayed links; configs name their proxies instead of the targets across zones.
+    network: Network,
 }
 
 impl Starter<'_> {
@@ -446,8 +517,8 @@ impl Starter<'_> {
         node: &NodeView<'_>,
         keys: &Keys,
     ) -> anyhow::Result<(Vec<NodeProcess>, Vec<ClockShift>)> {
-        let storage = self.spec.storage(node).await?;
-        let plan = self.spec.plan_node(node, |position, replica, at| {
+        let storage = self.spec.storage(node, &self.network).await?;
+        let plan = self.spec.plan_node(node, &self.addresses, |position, replica, at| {
             let index = u32::try_from(position).expect("replicas are bounded by the check");
             let mut config =
                 configs::sequencer(at, index, storage[position].clone(), &keys.owner_public_key)
@@ -479,17 +550,20 @@ impl Starter<'_> {
         keys: &Keys,
         sequencer_endpoints: &[String],
     ) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>)> {
-        let storage = self.spec.storage(node).await?;
+        let storage = self.spec.storage(node, &self.network).await?;
         let cold_sequencers = self.cold_endpoints(SEQUENCER_NODE);
-        let plan = self.spec.plan_node(node, |position, replica, at| {
+        let network = &self.network;
+        let plan = self.spec.plan_node(node, &self.addresses, |position, replica, at| {
+            let endpoints = configs::warm_then_cold(sequencer_endpoints, position, &cold_sequencers);
             let mut config = configs::topology_manager(
                 at,
                 &keys.dir,
-                meridian_node::config::Endpoints::new(configs::warm_then_cold(
-                    sequencer_endpoints,
-                    position,
-                    &cold_sequencers,
-                )),
+                meridian_node::config::Endpoints::new(
+                    endpoints
+                        .iter()
+                        .map(|e| network.dial_url(&replica.zone, e))
+                        .collect(),
+                ),
                 storage[position].clone(),
                 self.spec.replication(node, replica, at.grpc),
             )
@@ -562,11 +636,12 @@ impl Starter<'_> {
         context: &MemberContext,
     ) -> anyhow::Result<Members> {
         let spec = self.spec;
+        let (addresses, network) = (&self.addresses, &self.network);
         // Each member lists every sequencer instance, starting at a different one.
         let mut member = 0;
         let mut plans = Vec::new();
         for node in nodes {
-            let storage = spec.storage(node).await?;
+            let storage = spec.storage(node, network).await?;
             let plan = match node.role {
                 Role::Participant => {
                     let (id, _) = keys
@@ -574,10 +649,10 @@ impl Starter<'_> {
                         .iter()
                         .find(|(id, _)| id.as_str() == node.name)
                         .context("every participant has a key")?;
-                    spec.plan_node(node, |position, replica, at| {
+                    spec.plan_node(node, addresses, |position, replica, at| {
                         member += 1;
                         let mut config = configs::participant(
-                            context,
+                            &context.dialed_from(network, &replica.zone),
                             member,
                             id,
                             at,
@@ -590,10 +665,10 @@ impl Starter<'_> {
                         config
                     })?
                 }
-                _ => spec.plan_node(node, |position, replica, at| {
+                _ => spec.plan_node(node, addresses, |position, replica, at| {
                     member += 1;
                     let mut config = configs::mediator(
-                        context,
+                        &context.dialed_from(network, &replica.zone),
                         member,
                         at.admin,
                         spec.mediator,
@@ -727,10 +802,30 @@ impl Deployment {
             .flat_map(|node| node.replicas.iter().map(|r| r.name.to_string()))
             .collect();
         crate::tls::deployment_certs(data_dir, &names)?;
+        let mut addresses = HashMap::new();
+        for replica in nodes.iter().flat_map(|node| node.replicas) {
+            addresses.insert(replica.name.to_string(), spec.addresses(replica)?);
+        }
+        let network = spec.start_network(&nodes, &addresses)?;
+        if let Some(process) = &network {
+            (progress)(format!(
+                "{} delayed links between zones and regions (cross-zone RTT {} ms, \
+                 cross-region RTT {} ms), in {}",
+                process.network.links.len(),
+                spec.description.network.cross_zone_rtt_ms,
+                spec.description.network.cross_region_rtt_ms,
+                data_dir.join(network::NETDELAY_DIR).display()
+            ));
+        }
         let mut starter = Starter {
             spec,
             progress,
             cold: Vec::new(),
+            addresses,
+            network: network
+                .as_ref()
+                .map(|process| process.network.clone())
+                .unwrap_or_default(),
         };
         let (sequencers, sequencer_clocks) = starter.start_sequencers(&nodes[0], &keys).await?;
         let sequencer_endpoints: Vec<String> =
@@ -780,6 +875,7 @@ impl Deployment {
             sequencer_clocks,
             databases: spec.databases.clone(),
             ledger_auth,
+            network,
         })
     }
 
@@ -818,7 +914,7 @@ impl Deployment {
     }
 
     pub fn ledger_endpoint(&self, index: usize) -> String {
-        self.participants[index].grpc_endpoint()
+        self.client_url(&self.participants[index].grpc_endpoint())
     }
 
     /// Every replica's Ledger API endpoint of participant `index`: the first replica, its
@@ -838,7 +934,32 @@ impl Deployment {
                     .filter(|c| Some(c.node.as_str()) == node)
                     .map(ColdReplica::grpc_endpoint),
             )
+            .map(|endpoint| self.client_url(&endpoint))
             .collect()
+    }
+
+    /// What a client of the lab (the workload, the drills, the benches; all in
+    /// [`network::client_zone`]) dials for `address`: through the link from its zone.
+    pub fn client_address(&self, address: SocketAddr) -> SocketAddr {
+        match (&self.network, network::client_zone(&self.description)) {
+            (Some(process), Some(zone)) => process.network.dial(zone, address),
+            _ => address,
+        }
+    }
+
+    /// What a process in `zone` dials for `address` (the load balancer, in the client zone).
+    pub fn dial_from(&self, zone: &ZoneName, address: SocketAddr) -> SocketAddr {
+        self.network
+            .as_ref()
+            .map_or(address, |process| process.network.dial(zone, address))
+    }
+
+    /// [`Self::client_address`] for an endpoint URL.
+    fn client_url(&self, endpoint: &str) -> String {
+        match (&self.network, network::client_zone(&self.description)) {
+            (Some(process), Some(zone)) => process.network.dial_url(zone, endpoint),
+            _ => endpoint.to_owned(),
+        }
     }
 
     /// All replicas of participant `index`, mutable (for kill -9 and restarts).
