@@ -41,7 +41,12 @@ async fn postgres_round_trip(address: SocketAddr, count: usize) -> Duration {
     rtts[rtts.len() / 2]
 }
 
-fn link<'a>(status: &'a [LinkStatus], kind: LinkKind, from: &str, to: SocketAddr) -> &'a LinkStatus {
+fn link<'a>(
+    status: &'a [LinkStatus],
+    kind: LinkKind,
+    from: &str,
+    to: SocketAddr,
+) -> &'a LinkStatus {
     status
         .iter()
         .find(|s| s.link.kind == kind && s.link.from_zone.as_str() == from && s.link.upstream == to)
@@ -133,7 +138,10 @@ async fn links_across_zones_and_regions_run_through_delaying_proxies() {
          zone-2a {from_2a:?}; to pg-2a from zone-1a {to_2a:?}"
     );
     assert!(from_1b >= Duration::from_millis(1), "{from_1b:?}");
-    assert!(from_1b < from_2a, "the next zone is nearer than the next region");
+    assert!(
+        from_1b < from_2a,
+        "the next zone is nearer than the next region"
+    );
     assert!(from_2a >= Duration::from_millis(20), "{from_2a:?}");
     assert!(to_2a >= Duration::from_millis(20), "{to_2a:?}");
 

@@ -173,7 +173,9 @@ async fn payloads_pass_unchanged_both_ways() {
 async fn a_half_millisecond_one_way_adds_about_one_millisecond_per_round_trip() {
     let upstream = echo_server().await;
     let delay = Duration::from_micros(500);
-    let proxy = DelayProxy::start(any_port(), upstream, delay).await.unwrap();
+    let proxy = DelayProxy::start(any_port(), upstream, delay)
+        .await
+        .unwrap();
     let mut direct = TcpStream::connect(upstream).await.unwrap();
     direct.set_nodelay(true).unwrap();
     let mut delayed = connect(&proxy).await;

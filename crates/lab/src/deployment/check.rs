@@ -218,22 +218,19 @@ pub fn check(description: &Description) -> Result<(), DescriptionErrors> {
             max: MAX_LEASE_TIMEOUT_MS,
         });
     }
-    let explicit_delays = std::iter::once((
-        "cross_region_delay_ms".to_owned(),
-        description.cross_region_delay_ms,
-    ))
-    .chain(
-        description
-            .postgres_clusters
-            .iter()
-            .enumerate()
-            .map(|(index, cluster)| {
+    let explicit_delays =
+        std::iter::once((
+            "cross_region_delay_ms".to_owned(),
+            description.cross_region_delay_ms,
+        ))
+        .chain(description.postgres_clusters.iter().enumerate().map(
+            |(index, cluster)| {
                 (
                     format!("postgres_clusters[{index}].cross_region_delay_ms"),
                     cluster.cross_region_delay_ms,
                 )
-            }),
-    );
+            },
+        ));
     let rtt = description.network.cross_region_rtt_ms;
     for (key, delay) in explicit_delays {
         match delay {
@@ -251,7 +248,7 @@ pub fn check(description: &Description) -> Result<(), DescriptionErrors> {
                     key,
                     delay,
                     rtt,
-                    half: if rtt % 2 == 0 {
+                    half: if rtt.is_multiple_of(2) {
                         (rtt / 2).to_string()
                     } else {
                         format!("{} (not a whole ms: leave it out)", rtt as f64 / 2.0)
@@ -799,7 +796,11 @@ mod tests {
         description.network.cross_region_rtt_ms = 20;
         description.network.cross_zone_rtt_ms = 1;
         assert_eq!(errors(&description), Vec::<String>::new());
-        assert_eq!(description.standby_link_delay_ms(), 10, "half the round trip");
+        assert_eq!(
+            description.standby_link_delay_ms(),
+            10,
+            "half the round trip"
+        );
         description.cross_region_delay_ms = Some(10);
         assert_eq!(errors(&description), Vec::<String>::new(), "agrees");
         description.cross_region_delay_ms = Some(5);

@@ -610,7 +610,9 @@ impl Databases {
             )
         };
         let link = match link_delay {
-            Some(delay) => Some(DelayProxy::start(local_any_port(), primary.address(), delay).await?),
+            Some(delay) => {
+                Some(DelayProxy::start(local_any_port(), primary.address(), delay).await?)
+            }
             None => None,
         };
         let upstream = link

@@ -123,7 +123,10 @@ impl MemberContext {
     /// from that zone ([`super::network`]).
     pub fn dialed_from(&self, network: &super::network::Network, zone: &ZoneName) -> Self {
         let dial = |endpoints: &[String]| -> Vec<String> {
-            endpoints.iter().map(|e| network.dial_url(zone, e)).collect()
+            endpoints
+                .iter()
+                .map(|e| network.dial_url(zone, e))
+                .collect()
         };
         Self {
             sequencer_endpoints: dial(&self.sequencer_endpoints),

@@ -177,7 +177,6 @@ fn default_lease_timeout_ms() -> u64 {
 /// A few milliseconds one way: nearby regions (the round trip is twice this).
 pub const DEFAULT_CROSS_REGION_DELAY_MS: u64 = 5;
 
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Region {

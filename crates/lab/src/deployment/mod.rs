@@ -50,8 +50,8 @@ pub use server_view::ServerView;
 use crate::clockshift::ClockShift;
 use crate::launch::{free_addresses, NodeProcess};
 use configs::{Addresses, MemberContext};
-use network::{LinkKind, Network, NetworkProcess, Target};
 use description::{RegionName, MEDIATOR_NODE, SEQUENCER_NODE, TOPOLOGY_NODE};
+use network::{LinkKind, Network, NetworkProcess, Target};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where in the data directory the description of the running deployment is kept.
@@ -518,14 +518,20 @@ impl Starter<'_> {
         keys: &Keys,
     ) -> anyhow::Result<(Vec<NodeProcess>, Vec<ClockShift>)> {
         let storage = self.spec.storage(node, &self.network).await?;
-        let plan = self.spec.plan_node(node, &self.addresses, |position, replica, at| {
-            let index = u32::try_from(position).expect("replicas are bounded by the check");
-            let mut config =
-                configs::sequencer(at, index, storage[position].clone(), &keys.owner_public_key)
-                    .with_tls(self.spec.tls(replica));
-            config.admin_token_file = Some(keys.admin_token_file.clone());
-            config
-        })?;
+        let plan = self
+            .spec
+            .plan_node(node, &self.addresses, |position, replica, at| {
+                let index = u32::try_from(position).expect("replicas are bounded by the check");
+                let mut config = configs::sequencer(
+                    at,
+                    index,
+                    storage[position].clone(),
+                    &keys.owner_public_key,
+                )
+                .with_tls(self.spec.tls(replica));
+                config.admin_token_file = Some(keys.admin_token_file.clone());
+                config
+            })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let mut sequencers = Vec::new();
         let mut clocks = Vec::new();
@@ -553,24 +559,27 @@ impl Starter<'_> {
         let storage = self.spec.storage(node, &self.network).await?;
         let cold_sequencers = self.cold_endpoints(SEQUENCER_NODE);
         let network = &self.network;
-        let plan = self.spec.plan_node(node, &self.addresses, |position, replica, at| {
-            let endpoints = configs::warm_then_cold(sequencer_endpoints, position, &cold_sequencers);
-            let mut config = configs::topology_manager(
-                at,
-                &keys.dir,
-                meridian_node::config::Endpoints::new(
-                    endpoints
-                        .iter()
-                        .map(|e| network.dial_url(&replica.zone, e))
-                        .collect(),
-                ),
-                storage[position].clone(),
-                self.spec.replication(node, replica, at.grpc),
-            )
-            .with_tls(self.spec.tls(replica));
-            config.admin_token_file = Some(keys.admin_token_file.clone());
-            config
-        })?;
+        let plan = self
+            .spec
+            .plan_node(node, &self.addresses, |position, replica, at| {
+                let endpoints =
+                    configs::warm_then_cold(sequencer_endpoints, position, &cold_sequencers);
+                let mut config = configs::topology_manager(
+                    at,
+                    &keys.dir,
+                    meridian_node::config::Endpoints::new(
+                        endpoints
+                            .iter()
+                            .map(|e| network.dial_url(&replica.zone, e))
+                            .collect(),
+                    ),
+                    storage[position].clone(),
+                    self.spec.replication(node, replica, at.grpc),
+                )
+                .with_tls(self.spec.tls(replica));
+                config.admin_token_file = Some(keys.admin_token_file.clone());
+                config
+            })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let topology = self.start_ready(first).await?;
         let standbys = self.start_standbys(others).await?;
