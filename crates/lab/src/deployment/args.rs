@@ -169,6 +169,16 @@ pub fn summary(description: &Description) -> Vec<String> {
             cluster.link_delay_ms(description)
         ));
     }
+    let network = description.network;
+    lines.push(if network.is_on() {
+        format!(
+            "network: {} ms round trip between zones, {} ms between regions, on every link \
+             that crosses them",
+            network.cross_zone_rtt_ms, network.cross_region_rtt_ms
+        )
+    } else {
+        "network: no delays between zones and regions".to_owned()
+    });
     let keys = description.node_keys();
     for node in description.nodes(&keys) {
         let replicas = node.replicas.iter();
@@ -202,6 +212,31 @@ mod tests {
         assert!(error.to_string().contains("--replicas"), "{error}");
         let default = ShapedDeploymentArgs::default().resolve().expect("default");
         assert_eq!(default, Description::preset(Preset::Replicated));
+    }
+
+    #[test]
+    fn the_round_trip_flags_override_the_file_and_are_checked() {
+        let args = DeploymentArgs {
+            preset: Some(Preset::TwoRegions),
+            cross_zone_rtt_ms: Some(1),
+            cross_region_rtt_ms: Some(20),
+            ..DeploymentArgs::default()
+        };
+        let description = args.resolve(Preset::Single, None).expect("runs");
+        assert_eq!(description.network.cross_zone_rtt_ms, 1);
+        assert_eq!(description.network.cross_region_rtt_ms, 20);
+        assert!(summary(&description)
+            .iter()
+            .any(|l| l.contains("1 ms round trip")));
+        let too_long = DeploymentArgs {
+            cross_region_rtt_ms: Some(5_000),
+            ..args
+        };
+        let error = too_long.resolve(Preset::Single, None).expect_err("bounded");
+        assert!(
+            format!("{error:#}").contains("network.cross_region_rtt_ms = 5000"),
+            "{error:#}"
+        );
     }
 
     #[test]

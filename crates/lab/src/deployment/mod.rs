@@ -408,6 +408,15 @@ impl DeploymentSpec {
                     zone: replica.zone.clone(),
                     address: at.grpc,
                 });
+                // A load balancer in the client zone health-checks each participant replica
+                // on its admin port.
+                if kind == LinkKind::Client {
+                    targets.push(Target {
+                        kind,
+                        zone: replica.zone.clone(),
+                        address: at.admin,
+                    });
+                }
             }
         }
         if let Some(databases) = &self.databases {

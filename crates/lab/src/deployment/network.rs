@@ -47,7 +47,8 @@ pub enum LinkKind {
     Node,
     /// A replica to a PostgreSQL server.
     Database,
-    /// A client in [`client_zone`] to a participant replica's Ledger API.
+    /// A client in [`client_zone`] to a participant replica's Ledger API or admin port (a
+    /// load balancer's health checks).
     Client,
 }
 
@@ -129,8 +130,14 @@ impl Network {
         if !description.network.is_on() {
             return Ok(network);
         }
-        let replica_zones = replica_zones(description);
         let client_zones: Vec<ZoneName> = client_zone(description).cloned().into_iter().collect();
+        // The client zone dials nodes too (a load balancer in front of the sequencer).
+        let mut replica_zones = replica_zones(description);
+        for zone in &client_zones {
+            if !replica_zones.contains(zone) {
+                replica_zones.push(zone.clone());
+            }
+        }
         for target in targets {
             let sources = match target.kind {
                 LinkKind::Node | LinkKind::Database => &replica_zones,
