@@ -80,6 +80,13 @@ enum Command {
     /// Development Ledger API tokens: mint one from a private key, or create a key pair
     /// (`token keygen`). See docs/ledger-api.md, "Authorization".
     Token(token::TokenArgs),
+    /// Run the delaying proxies of a deployment's links between zones and regions (started
+    /// by the lab from a deployment's `[network]` table; see docs/deployment.md).
+    Netdelay {
+        /// The links file the lab wrote (`<data-dir>/netdelay/links.toml`).
+        #[arg(long)]
+        links: PathBuf,
+    },
     /// Write a development CA and a TLS certificate + key per node (see docs/tls.md).
     Certs {
         /// Directory to write ca.crt, ca.key, NAME.crt and NAME.key into (created if missing).
@@ -140,6 +147,7 @@ fn main() -> ExitCode {
             }
             Command::Deployment(command) => deployment::args::run(command),
             Command::Lb(command) => lb::run(command),
+            Command::Netdelay { links } => deployment::network::serve(&links).await,
             Command::Admin(command) => admin::run(command).await,
             Command::Ctl(args) => meridian_lab::ctl::run(args).await,
             Command::Bench(command) => {

@@ -20,7 +20,7 @@ fn check(path: &std::path::Path) -> Output {
 
 #[test]
 fn the_shipped_examples_pass_and_are_summarized() {
-    let examples: [(&str, &[&str]); 2] = [
+    let examples: [(&str, &[&str]); 3] = [
         (
             "two-regions.toml",
             &[
@@ -28,6 +28,13 @@ fn the_shipped_examples_pass_and_are_summarized() {
                 "storage: PostgreSQL (the lab promotes standbys)",
                 "cluster main: pg-1a (primary, zone-1a), pg-1b (sync-standby, zone-1b), pg-2a (async-standby, zone-2a); 5 ms one way to another region",
                 "participant2: participant2-a (warm, zone-1a), participant2-b (warm, zone-1b), participant2-c (cold, zone-2a)",
+            ],
+        ),
+        (
+            "two-regions-network.toml",
+            &[
+                "network: 1 ms round trip between zones, 20 ms between regions, on every link that crosses them",
+                "cluster main: pg-1a (primary, zone-1a), pg-1b (sync-standby, zone-1b), pg-2a (async-standby, zone-2a); 10 ms one way to another region",
             ],
         ),
         (

@@ -84,6 +84,8 @@ struct Shared {
     /// Connections accepted and forwarded (refused ones not counted).
     forwarded_connections: AtomicU64,
     refused_connections: AtomicU64,
+    /// Bytes written on, both directions, since the start: shows a link carried traffic.
+    forwarded_bytes: AtomicU64,
     /// Bytes held by all connections, both directions.
     in_flight_bytes: AtomicUsize,
 }
@@ -147,6 +149,7 @@ impl DelayProxy {
             active_connections: AtomicUsize::new(0),
             forwarded_connections: AtomicU64::new(0),
             refused_connections: AtomicU64::new(0),
+            forwarded_bytes: AtomicU64::new(0),
             in_flight_bytes: AtomicUsize::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -212,6 +215,11 @@ impl DelayProxy {
     /// Connections refused because of a partition since the start.
     pub fn refused_connections(&self) -> u64 {
         self.shared.refused_connections.load(Ordering::Relaxed)
+    }
+
+    /// Bytes forwarded (written on after their delay) since the start, both directions.
+    pub fn forwarded_bytes(&self) -> u64 {
+        self.shared.forwarded_bytes.load(Ordering::Relaxed)
     }
 
     /// Bytes read and not yet written on, all connections and directions together.
@@ -442,6 +450,9 @@ async fn pipe(
                 Chunk::Data { bytes, release_at } => {
                     shared.timer.sleep_until(release_at).await;
                     to.write_all(&bytes).await?;
+                    shared
+                        .forwarded_bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     held.remove(bytes.len());
                     budget.add_permits(bytes.len());
                 }

@@ -159,6 +159,43 @@ async fn payloads_pass_unchanged_both_ways() {
     assert!(received == to_client, "upstream to client differs");
     wait_until("the connection to end", || proxy.active_connections() == 0).await;
     assert_eq!(proxy.in_flight_bytes(), 0);
+    assert_eq!(
+        proxy.forwarded_bytes(),
+        (to_upstream.len() + to_client.len()) as u64,
+        "every byte both ways is counted once"
+    );
+}
+
+/// The 1 ms round trip between two zones is 0.5 ms one way: the added round trip, measured
+/// against the same echo server reached directly, must be about 1 ms — not the 2-3 ms that
+/// tokio's millisecond timer would make of it (the precise timer, `timer.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_millisecond_one_way_adds_about_one_millisecond_per_round_trip() {
+    let upstream = echo_server().await;
+    let delay = Duration::from_micros(500);
+    let proxy = DelayProxy::start(any_port(), upstream, delay)
+        .await
+        .unwrap();
+    let mut direct = TcpStream::connect(upstream).await.unwrap();
+    direct.set_nodelay(true).unwrap();
+    let mut delayed = connect(&proxy).await;
+    round_trips(&mut direct, 10).await; // warm-up
+    round_trips(&mut delayed, 10).await;
+    let direct_rtts = round_trips(&mut direct, 200).await;
+    let delayed_rtts = round_trips(&mut delayed, 200).await;
+    let median = |rtts: &[Duration]| rtts[rtts.len() / 2];
+    let added = median(&delayed_rtts).saturating_sub(median(&direct_rtts));
+    println!(
+        "0.5 ms one way: direct median {:?}, through the proxy median {:?} (min {:?}), added {added:?}",
+        median(&direct_rtts),
+        median(&delayed_rtts),
+        delayed_rtts[0],
+    );
+    assert!(delayed_rtts[0] >= 2 * delay, "a round trip under 1 ms");
+    assert!(
+        added < Duration::from_micros(1_600),
+        "the proxy adds {added:?} per round trip at 0.5 ms one way, not about 1 ms"
+    );
 }
 
 #[tokio::test]

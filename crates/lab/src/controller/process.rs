@@ -298,6 +298,12 @@ mod tests {
             .stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut sleeper = command.spawn().expect("spawns sh");
+        // Until the child has exec'd, its command line is still this test binary's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !files.runs_in(sleeper.id()) {
+            assert!(std::time::Instant::now() < deadline, "sh never ran");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         files.record(sleeper.id()).expect("records");
         assert_eq!(files.adoptable_pid(), Some(sleeper.id()));
         // A pidfile that was never written, or holds garbage: the process is found by its

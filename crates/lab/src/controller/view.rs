@@ -97,8 +97,11 @@ impl ControlledDeployment {
     }
 
     /// The Ledger API endpoints of participant `index`: the load balancer's address when the
-    /// deployment has one, else warm replicas, then cold ones.
+    /// deployment has one, else warm replicas, then cold ones, each through the delayed link
+    /// from the clients' zone when `[network]` sets one.
     pub fn ledger_endpoints(&self, index: usize) -> anyhow::Result<Vec<String>> {
+        let network = crate::deployment::network::Network::load(&self.data_dir)?;
+        let client_zone = crate::deployment::network::client_zone(&self.description);
         let participant = self
             .description
             .participants
@@ -116,7 +119,11 @@ impl ControlledDeployment {
         for standby in [Standby::Warm, Standby::Cold] {
             for replica in participant.replicas.iter().filter(|r| r.standby == standby) {
                 let address = self.config_value(replica.name.as_str(), "listen_address")?;
-                endpoints.push(crate::tls::url(address));
+                let endpoint = crate::tls::url(address);
+                endpoints.push(match client_zone {
+                    Some(zone) => network.dial_url(zone, &endpoint),
+                    None => endpoint,
+                });
             }
         }
         Ok(endpoints)
@@ -171,6 +178,10 @@ impl ControlledDeployment {
         let mut killed = Vec::new();
         if crate::lb::stop(&self.data_dir) {
             killed.push(crate::lb::LB_DIR.to_owned());
+        }
+        // The delaying proxies between zones, when `[network]` runs them: detached too.
+        if crate::deployment::network::kill_detached(&self.data_dir) {
+            killed.push("netdelay".to_owned());
         }
         for replica in self.replicas() {
             if let Some(pid) = self.pid(&replica) {

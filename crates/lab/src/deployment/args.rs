@@ -1,7 +1,8 @@
-//! The command line of a deployment: `--deployment FILE`, `--preset NAME`, `--backend` and
-//! `--promoter`, flattened into every command that starts one (`up`, `demo`, `drill`,
-//! `bench ledger`, `bench failover`), `meridian deployment check FILE` and `meridian deployment
-//! export --kubernetes` (see [`super::kubernetes`]).
+//! The command line of a deployment: `--deployment FILE`, `--preset NAME`, `--backend`,
+//! `--promoter`, `--load-balancer` and the `[network]` round trips, flattened into every command
+//! that starts one (`up`, `demo`, `drill`, `bench ledger`, `bench failover`), `meridian
+//! deployment check FILE` and `meridian deployment export --kubernetes` (see
+//! [`super::kubernetes`]).
 
 use std::path::PathBuf;
 
@@ -32,6 +33,14 @@ pub struct DeploymentArgs {
     /// participant. Needs HAProxy (Debian package `haproxy`).
     #[arg(long, value_enum)]
     pub load_balancer: Option<LoadBalancerKind>,
+    /// Round trip (ms) between two zones of a region on every link that crosses them,
+    /// overriding the file's `[network] cross_zone_rtt_ms` (0: none).
+    #[arg(long)]
+    pub cross_zone_rtt_ms: Option<u64>,
+    /// Round trip (ms) between regions on every link that crosses them, overriding the
+    /// file's `[network] cross_region_rtt_ms` (0: none).
+    #[arg(long)]
+    pub cross_region_rtt_ms: Option<u64>,
 }
 
 impl DeploymentArgs {
@@ -61,6 +70,12 @@ impl DeploymentArgs {
                 .load_balancer
                 .get_or_insert_with(Default::default);
             load_balancer.kind = kind;
+        }
+        if let Some(rtt) = self.cross_zone_rtt_ms {
+            description.network.cross_zone_rtt_ms = rtt;
+        }
+        if let Some(rtt) = self.cross_region_rtt_ms {
+            description.network.cross_region_rtt_ms = rtt;
         }
         let origin = self
             .deployment
@@ -170,6 +185,8 @@ pub fn run(command: DeploymentCommand) -> anyhow::Result<()> {
                 backend,
                 promoter: None,
                 load_balancer: None,
+                cross_zone_rtt_ms: None,
+                cross_region_rtt_ms: None,
             };
             let description = args.resolve(Preset::Replicated, None)?;
             let options = super::kubernetes::ExportOptions {
@@ -245,6 +262,16 @@ pub fn summary(description: &Description) -> Vec<String> {
             load_balancer.address
         ));
     }
+    let network = description.network;
+    lines.push(if network.is_on() {
+        format!(
+            "network: {} ms round trip between zones, {} ms between regions, on every link \
+             that crosses them",
+            network.cross_zone_rtt_ms, network.cross_region_rtt_ms
+        )
+    } else {
+        "network: no delays between zones and regions".to_owned()
+    });
     let keys = description.node_keys();
     for node in description.nodes(&keys) {
         let replicas = node.replicas.iter();
@@ -278,6 +305,31 @@ mod tests {
         assert!(error.to_string().contains("--replicas"), "{error}");
         let default = ShapedDeploymentArgs::default().resolve().expect("default");
         assert_eq!(default, Description::preset(Preset::Replicated));
+    }
+
+    #[test]
+    fn the_round_trip_flags_override_the_file_and_are_checked() {
+        let args = DeploymentArgs {
+            preset: Some(Preset::TwoRegions),
+            cross_zone_rtt_ms: Some(1),
+            cross_region_rtt_ms: Some(20),
+            ..DeploymentArgs::default()
+        };
+        let description = args.resolve(Preset::Single, None).expect("runs");
+        assert_eq!(description.network.cross_zone_rtt_ms, 1);
+        assert_eq!(description.network.cross_region_rtt_ms, 20);
+        assert!(summary(&description)
+            .iter()
+            .any(|l| l.contains("1 ms round trip")));
+        let too_long = DeploymentArgs {
+            cross_region_rtt_ms: Some(5_000),
+            ..args
+        };
+        let error = too_long.resolve(Preset::Single, None).expect_err("bounded");
+        assert!(
+            format!("{error:#}").contains("network.cross_region_rtt_ms = 5000"),
+            "{error:#}"
+        );
     }
 
     #[test]

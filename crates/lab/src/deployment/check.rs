@@ -16,6 +16,8 @@ const MIN_LEASE_TIMEOUT_MS: u64 = 100;
 const MAX_LEASE_TIMEOUT_MS: u64 = 60_000;
 /// A delay beyond this is no region on this planet; it would only stall the standby.
 const MAX_CROSS_REGION_DELAY_MS: u64 = 500;
+/// The longest round trip `[network]` puts on a link: twice the longest one-way delay.
+const MAX_NETWORK_RTT_MS: u64 = 2 * MAX_CROSS_REGION_DELAY_MS;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DescriptionError {
@@ -106,6 +108,23 @@ pub enum DescriptionError {
     },
     #[error("{key} = {value}: at most {max}")]
     CrossRegionDelay { key: String, value: u64, max: u64 },
+    #[error("network.{key} = {value}: at most {max}")]
+    NetworkRtt {
+        key: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error(
+        "{key} = {delay} (one way) disagrees with network.cross_region_rtt_ms = {rtt} (round \
+         trip): the standby link between regions is one of the links [network] delays; set \
+         {key} = {half}, or leave it out"
+    )]
+    ConflictingCrossRegionDelay {
+        key: String,
+        delay: u64,
+        rtt: u64,
+        half: String,
+    },
     #[error("storage.promoter = \"patroni\": Patroni runs PostgreSQL clusters; set storage.backend = \"postgres\"")]
     PatroniWithoutPostgres,
     #[error(
@@ -204,23 +223,56 @@ pub fn check(description: &Description) -> Result<(), DescriptionErrors> {
             max: MAX_LEASE_TIMEOUT_MS,
         });
     }
-    if description.cross_region_delay_ms > MAX_CROSS_REGION_DELAY_MS {
-        errors.push(DescriptionError::CrossRegionDelay {
-            key: "cross_region_delay_ms".to_owned(),
-            value: description.cross_region_delay_ms,
-            max: MAX_CROSS_REGION_DELAY_MS,
-        });
-    }
-    for (index, cluster) in description.postgres_clusters.iter().enumerate() {
-        match cluster.cross_region_delay_ms {
+    let explicit_delays =
+        std::iter::once((
+            "cross_region_delay_ms".to_owned(),
+            description.cross_region_delay_ms,
+        ))
+        .chain(description.postgres_clusters.iter().enumerate().map(
+            |(index, cluster)| {
+                (
+                    format!("postgres_clusters[{index}].cross_region_delay_ms"),
+                    cluster.cross_region_delay_ms,
+                )
+            },
+        ));
+    let rtt = description.network.cross_region_rtt_ms;
+    for (key, delay) in explicit_delays {
+        match delay {
             Some(value) if value > MAX_CROSS_REGION_DELAY_MS => {
                 errors.push(DescriptionError::CrossRegionDelay {
-                    key: format!("postgres_clusters[{index}].cross_region_delay_ms"),
+                    key,
                     value,
                     max: MAX_CROSS_REGION_DELAY_MS,
                 });
             }
+            // One delay per link: a round trip of 2 x delay agrees, anything else is refused
+            // rather than one of the two silently winning.
+            Some(delay) if rtt > 0 && delay.checked_mul(2) != Some(rtt) => {
+                errors.push(DescriptionError::ConflictingCrossRegionDelay {
+                    key,
+                    delay,
+                    rtt,
+                    half: if rtt.is_multiple_of(2) {
+                        (rtt / 2).to_string()
+                    } else {
+                        format!("{} (not a whole ms: leave it out)", rtt as f64 / 2.0)
+                    },
+                });
+            }
             _ => {}
+        }
+    }
+    for (key, value) in [
+        ("cross_zone_rtt_ms", description.network.cross_zone_rtt_ms),
+        ("cross_region_rtt_ms", rtt),
+    ] {
+        if value > MAX_NETWORK_RTT_MS {
+            errors.push(DescriptionError::NetworkRtt {
+                key,
+                value,
+                max: MAX_NETWORK_RTT_MS,
+            });
         }
     }
     if let Err(setting) = description.controller.check() {
@@ -805,17 +857,58 @@ mod tests {
         );
     }
 
+    /// `[network]`: bounded round trips, and a `cross_region_delay_ms` that is not half the
+    /// cross-region round trip is refused (naming both keys) instead of one silently winning.
+    #[test]
+    fn network_round_trips_are_bounded_and_agree_with_the_standby_delay() {
+        let mut description = two_regions();
+        description.network.cross_region_rtt_ms = 20;
+        description.network.cross_zone_rtt_ms = 1;
+        assert_eq!(errors(&description), Vec::<String>::new());
+        assert_eq!(
+            description.standby_link_delay_ms(),
+            10,
+            "half the round trip"
+        );
+        description.cross_region_delay_ms = Some(10);
+        assert_eq!(errors(&description), Vec::<String>::new(), "agrees");
+        description.cross_region_delay_ms = Some(5);
+        assert_eq!(
+            only_error(&description),
+            "cross_region_delay_ms = 5 (one way) disagrees with network.cross_region_rtt_ms = \
+             20 (round trip): the standby link between regions is one of the links [network] \
+             delays; set cross_region_delay_ms = 10, or leave it out"
+        );
+        description.cross_region_delay_ms = None;
+        description.postgres_clusters[0].cross_region_delay_ms = Some(300);
+        assert!(
+            only_error(&description).starts_with(
+                "postgres_clusters[0].cross_region_delay_ms = 300 (one way) disagrees"
+            ),
+            "a cluster's own delay too"
+        );
+        description.postgres_clusters[0].cross_region_delay_ms = None;
+        description.network.cross_zone_rtt_ms = 1001;
+        assert_eq!(
+            only_error(&description),
+            "network.cross_zone_rtt_ms = 1001: at most 1000"
+        );
+        // Without [network] nothing changes: today's 5 ms standby link.
+        let plain = two_regions();
+        assert_eq!(plain.standby_link_delay_ms(), 5);
+    }
+
     #[test]
     fn a_cross_region_delay_beyond_the_bound_is_refused() {
         let mut description = two_regions();
-        description.cross_region_delay_ms = 0;
+        description.cross_region_delay_ms = Some(0);
         assert_eq!(errors(&description), Vec::<String>::new(), "0 is allowed");
-        description.cross_region_delay_ms = 501;
+        description.cross_region_delay_ms = Some(501);
         assert_eq!(
             only_error(&description),
             "cross_region_delay_ms = 501: at most 500"
         );
-        description.cross_region_delay_ms = 5;
+        description.cross_region_delay_ms = Some(5);
         description.postgres_clusters[0].cross_region_delay_ms = Some(900);
         assert_eq!(
             only_error(&description),

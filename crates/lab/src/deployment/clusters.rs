@@ -59,9 +59,43 @@ enum Target {
 #[derive(Debug)]
 struct RunningCluster {
     name: ClusterName,
-    /// One-way delay of its cross-region links.
-    link_delay: Duration,
+    delays: StandbyDelays,
     servers: Vec<RunningServer>,
+}
+
+/// The one-way delays of a cluster's standby-to-primary links.
+#[derive(Debug, Clone, Copy)]
+struct StandbyDelays {
+    /// Between regions: the cluster's `cross_region_delay_ms` (see
+    /// [`super::description::PostgresCluster::link_delay_ms`]).
+    cross_region: Duration,
+    /// Between two zones of one region: half the `[network]` cross-zone round trip.
+    cross_zone: Duration,
+}
+
+impl StandbyDelays {
+    fn of(description: &Description, cluster: &super::description::PostgresCluster) -> Self {
+        Self {
+            cross_region: Duration::from_millis(cluster.link_delay_ms(description)),
+            cross_zone: Duration::from_micros(
+                description.network.cross_zone_rtt_ms.saturating_mul(500),
+            ),
+        }
+    }
+
+    /// The delay of the link from `standby` to `primary`, if it needs one: always between
+    /// regions (as before `[network]`), between zones of a region when `[network]` sets a
+    /// cross-zone round trip — a synchronous standby in the next zone then acknowledges every
+    /// commit one zone round trip later.
+    fn between(&self, standby: &RunningServer, primary: &RunningServer) -> Option<Duration> {
+        if standby.region != primary.region {
+            Some(self.cross_region)
+        } else if standby.zone != primary.zone && !self.cross_zone.is_zero() {
+            Some(self.cross_zone)
+        } else {
+            None
+        }
+    }
 }
 
 impl RunningCluster {
@@ -463,7 +497,7 @@ impl Databases {
     /// `ALTER SYSTEM` and the standby reloads; a cross-region standby gets a new delaying link.
     /// Async, because the link's proxy runs on this runtime.
     pub async fn repoint(&self, name: &ServerName) -> anyhow::Result<()> {
-        let (standby, primary, app, needs_link, cross_region_delay) = {
+        let (standby, primary, app, link_delay) = {
             let clusters = self.lab_clusters("re-pointing a standby")?;
             let (cluster, entry) = locate(&clusters, name)?;
             let primary = cluster.primary()?;
@@ -477,18 +511,16 @@ impl Databases {
                     .clone()
                     .with_context(|| format!("the primary {} is not running", primary.name))?,
                 entry.application_name.clone(),
-                entry.region != primary.region,
-                cluster.link_delay,
+                cluster.delays.between(entry, primary),
             )
         };
-        let link = if needs_link {
-            Some(
-                DelayProxy::start(local_any_port(), primary.address(), cross_region_delay)
+        let link = match link_delay {
+            Some(delay) => Some(
+                DelayProxy::start(local_any_port(), primary.address(), delay)
                     .await
-                    .context("starting the cross-region link")?,
-            )
-        } else {
-            None
+                    .context("starting the standby's delaying link")?,
+            ),
+            None => None,
         };
         let upstream = link
             .as_ref()
@@ -555,7 +587,7 @@ impl Databases {
         if let Target::Patroni(patroni) = &*self.inner {
             return patroni.rejoin(name).await;
         }
-        let (primary, app, address, role, needs_link, cross_region_delay) = {
+        let (primary, app, address, role, link_delay) = {
             let clusters = self.lab_clusters("rebuilding a server")?;
             let (cluster, entry) = locate(&clusters, name)?;
             if entry.server.is_some() {
@@ -574,14 +606,14 @@ impl Databases {
                 entry.application_name.clone(),
                 entry.address,
                 role,
-                entry.region != primary.region,
-                cluster.link_delay,
+                cluster.delays.between(entry, primary),
             )
         };
-        let link = if needs_link {
-            Some(DelayProxy::start(local_any_port(), primary.address(), cross_region_delay).await?)
-        } else {
-            None
+        let link = match link_delay {
+            Some(delay) => {
+                Some(DelayProxy::start(local_any_port(), primary.address(), delay).await?)
+            }
+            None => None,
         };
         let upstream = link
             .as_ref()
@@ -669,7 +701,7 @@ fn start_cluster(
     description: &Description,
     cluster: &super::description::PostgresCluster,
 ) -> anyhow::Result<RunningCluster> {
-    let cross_region_delay = Duration::from_millis(cluster.link_delay_ms(description));
+    let delays = StandbyDelays::of(description, cluster);
     let region_of = |zone: &ZoneName| {
         description
             .region_of(zone)
@@ -702,18 +734,26 @@ fn start_cluster(
     {
         let app = application_name(&entry.name)?;
         let region = region_of(&entry.zone)?;
-        let link = if region != primary_region {
-            let handle = tokio::runtime::Handle::try_current()
-                .context("a cross-region link needs the tokio runtime")?;
-            Some(tokio::task::block_in_place(|| {
-                handle.block_on(DelayProxy::start(
-                    local_any_port(),
-                    primary.address(),
-                    cross_region_delay,
-                ))
-            })?)
+        let link_delay = if region != primary_region {
+            Some(delays.cross_region)
+        } else if entry.zone != primary_entry.zone && !delays.cross_zone.is_zero() {
+            Some(delays.cross_zone)
         } else {
             None
+        };
+        let link = match link_delay {
+            Some(delay) => {
+                let handle = tokio::runtime::Handle::try_current()
+                    .context("a delaying link needs the tokio runtime")?;
+                Some(tokio::task::block_in_place(|| {
+                    handle.block_on(DelayProxy::start(
+                        local_any_port(),
+                        primary.address(),
+                        delay,
+                    ))
+                })?)
+            }
+            None => None,
         };
         let upstream = link
             .as_ref()
@@ -749,7 +789,7 @@ fn start_cluster(
     tracing::info!(cluster = %cluster.name, servers = servers.len(), "PostgreSQL cluster started");
     Ok(RunningCluster {
         name: cluster.name.clone(),
-        link_delay: cross_region_delay,
+        delays,
         servers,
     })
 }

@@ -15,7 +15,7 @@ use meridian_sequencer::SequencerConfig;
 use meridian_store::StorageConfig;
 use meridian_topology::TopologyManagerConfig;
 
-use super::description::{ReplicaName, MEDIATOR_NODE, TOPOLOGY_NODE};
+use super::description::{ReplicaName, ZoneName, MEDIATOR_NODE, TOPOLOGY_NODE};
 
 /// `[instance] count` of every sequencer: fixed for the life of the database, and above any
 /// number of instances a deployment runs.
@@ -127,6 +127,23 @@ impl MemberContext {
             start,
             &self.cold_sequencer_endpoints,
         ))
+    }
+
+    /// The same context as a replica in `zone` sees it: every endpoint through the link
+    /// from that zone ([`super::network`]).
+    pub fn dialed_from(&self, network: &super::network::Network, zone: &ZoneName) -> Self {
+        let dial = |endpoints: &[String]| -> Vec<String> {
+            endpoints
+                .iter()
+                .map(|e| network.dial_url(zone, e))
+                .collect()
+        };
+        Self {
+            sequencer_endpoints: dial(&self.sequencer_endpoints),
+            cold_sequencer_endpoints: dial(&self.cold_sequencer_endpoints),
+            topology_endpoints: dial(&self.topology_endpoints),
+            ..self.clone()
+        }
     }
 
     fn key_file(&self, node: &str) -> PathBuf {

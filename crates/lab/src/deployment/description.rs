@@ -119,9 +119,11 @@ pub struct Description {
     #[serde(default = "default_lease_timeout_ms")]
     pub lease_timeout_ms: u64,
     /// One-way delay the lab puts on every database link between regions (an asynchronous
-    /// standby streaming from a primary in another region), through a delaying proxy.
-    #[serde(default = "default_cross_region_delay_ms")]
-    pub cross_region_delay_ms: u64,
+    /// standby streaming from a primary in another region), through a delaying proxy; absent
+    /// means [`DEFAULT_CROSS_REGION_DELAY_MS`], or half of `[network] cross_region_rtt_ms`
+    /// when that is set (see [`Description::standby_link_delay_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_region_delay_ms: Option<u64>,
     pub regions: Vec<Region>,
     pub storage: StorageChoice,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -139,6 +141,31 @@ pub struct Description {
     /// never name it stay as they are.
     #[serde(default, skip_serializing_if = "is_default")]
     pub controller: ControllerSettings,
+    /// Round trips between zones and regions on every link that crosses them (the
+    /// `[network]` table; absent: none, as before).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub network: NetworkSettings,
+}
+
+/// The `[network]` table: round trips the lab puts, through delaying proxies, on every link
+/// that crosses a zone or region boundary (node to node, node to database, standby to
+/// primary, client to replica). 0 means no proxy on those links.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Round trip between two zones of one region, in ms (1 is typical).
+    #[serde(default)]
+    pub cross_zone_rtt_ms: u64,
+    /// Round trip between two regions, in ms (20 is typical for nearby regions).
+    #[serde(default)]
+    pub cross_region_rtt_ms: u64,
+}
+
+impl NetworkSettings {
+    /// Whether any link gets a delay.
+    pub fn is_on(&self) -> bool {
+        self.cross_zone_rtt_ms > 0 || self.cross_region_rtt_ms > 0
+    }
 }
 
 /// Which load balancer the lab runs (and `meridian lb config` writes a configuration for).
@@ -200,10 +227,6 @@ fn default_lease_timeout_ms() -> u64 {
 /// A few milliseconds one way: nearby regions (the round trip is twice this).
 pub const DEFAULT_CROSS_REGION_DELAY_MS: u64 = 5;
 
-fn default_cross_region_delay_ms() -> u64 {
-    DEFAULT_CROSS_REGION_DELAY_MS
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Region {
@@ -235,7 +258,7 @@ impl PostgresCluster {
     /// The one-way delay of its cross-region links, in ms.
     pub fn link_delay_ms(&self, description: &Description) -> u64 {
         self.cross_region_delay_ms
-            .unwrap_or(description.cross_region_delay_ms)
+            .unwrap_or_else(|| description.standby_link_delay_ms())
     }
 }
 
@@ -392,7 +415,7 @@ impl Description {
         };
         Description {
             lease_timeout_ms: DEFAULT_LEASE_TIMEOUT_MS,
-            cross_region_delay_ms: DEFAULT_CROSS_REGION_DELAY_MS,
+            cross_region_delay_ms: None,
             regions: vec![Region {
                 name: "region-1".into(),
                 zones: zones.clone(),
@@ -420,6 +443,7 @@ impl Description {
                 .collect(),
             load_balancer: None,
             controller: ControllerSettings::default(),
+            network: NetworkSettings::default(),
         }
     }
 
@@ -631,6 +655,19 @@ impl Description {
             .map(|node| node.warm().count())
             .min()
             .unwrap_or(0)
+    }
+
+    /// The one-way delay of a database link between regions (an asynchronous standby
+    /// streaming from a primary in another region) unless a cluster sets its own: the file's
+    /// `cross_region_delay_ms`, else half the `[network]` cross-region round trip (rounded
+    /// down to whole ms) when set, else [`DEFAULT_CROSS_REGION_DELAY_MS`]. The check refuses a
+    /// file whose `cross_region_delay_ms` disagrees with its `[network]` round trip.
+    pub fn standby_link_delay_ms(&self) -> u64 {
+        match (self.cross_region_delay_ms, self.network.cross_region_rtt_ms) {
+            (Some(delay), _) => delay,
+            (None, 0) => DEFAULT_CROSS_REGION_DELAY_MS,
+            (None, rtt) => rtt / 2,
+        }
     }
 
     pub fn warm_sequencers(&self) -> usize {

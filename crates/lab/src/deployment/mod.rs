@@ -20,6 +20,7 @@ pub mod clusters;
 pub mod configs;
 pub mod description;
 pub mod kubernetes;
+pub mod network;
 mod patroni;
 mod server_view;
 
@@ -51,6 +52,7 @@ use crate::clockshift::ClockShift;
 use crate::launch::{free_addresses, NodeProcess};
 use configs::{Addresses, MemberContext};
 use description::{RegionName, MEDIATOR_NODE, SEQUENCER_NODE, TOPOLOGY_NODE};
+use network::{LinkKind, Network, NetworkProcess, Target};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where in the data directory the description of the running deployment is kept.
@@ -122,6 +124,9 @@ pub struct Deployment {
     /// HAProxy in front of the participants and the sequencer, when the description has a
     /// `[load_balancer]`: clients then use its addresses only.
     pub load_balancer: Option<crate::lb::LabLoadBalancer>,
+    /// The delaying proxies on the links that cross zones and regions (`[network]`), when
+    /// any: the process stops with this value unless the deployment is detached.
+    pub network: Option<NetworkProcess>,
 }
 
 /// A replica whose config is written but which does not run.
@@ -290,7 +295,11 @@ impl DeploymentSpec {
     /// Where each replica of `node` keeps its state, by position; on PostgreSQL the node's
     /// database is created on the primary if missing, and each replica lists the servers of
     /// its own region (see [`clusters`]).
-    async fn storage(&self, node: &NodeView<'_>) -> anyhow::Result<Vec<StorageConfig>> {
+    async fn storage(
+        &self,
+        node: &NodeView<'_>,
+        network: &Network,
+    ) -> anyhow::Result<Vec<StorageConfig>> {
         let name = node.name;
         match self.description.storage.backend {
             Backend::Sqlite => Ok(node
@@ -311,8 +320,10 @@ impl DeploymentSpec {
                     .iter()
                     .map(|replica| {
                         let region = self.description.region_of(&replica.zone);
+                        let url = databases.node_url(cluster, region, &database)?;
                         Ok(StorageConfig::Postgres {
-                            url: databases.node_url(cluster, region, &database)?,
+                            // Each host through the link from the replica's zone to its own.
+                            url: network.dial_url(&replica.zone, &url),
                             max_connections: configs::POSTGRES_POOL_CONNECTIONS,
                         })
                     })
@@ -342,6 +353,7 @@ impl DeploymentSpec {
     fn plan_node<C: Serialize>(
         &self,
         node: &NodeView<'_>,
+        addresses: &HashMap<String, Addresses>,
         mut config: impl FnMut(usize, &Replica, Addresses) -> C,
     ) -> anyhow::Result<NodePlan> {
         let dir = self.data_dir.join(node.name);
@@ -350,7 +362,9 @@ impl DeploymentSpec {
             cold: Vec::new(),
         };
         for (position, replica) in node.replicas.iter().enumerate() {
-            let at = self.addresses(replica)?;
+            let at = *addresses
+                .get(replica.name.as_str())
+                .with_context(|| format!("no addresses planned for {}", replica.name))?;
             let config = toml::to_string(&config(position, replica, at))
                 .with_context(|| format!("writing the config of {}", replica.name))?;
             let pending = PendingProcess {
@@ -367,6 +381,68 @@ impl DeploymentSpec {
             }
         }
         Ok(plan)
+    }
+}
+
+impl DeploymentSpec {
+    /// Plans the delayed links of `[network]` (none without it) to every replica's gRPC
+    /// address in `addresses` and every database server, and starts their proxy process.
+    fn start_network(
+        &self,
+        nodes: &[NodeView<'_>],
+        addresses: &HashMap<String, Addresses>,
+    ) -> anyhow::Result<Option<NetworkProcess>> {
+        if !self.description.network.is_on() {
+            return Ok(None);
+        }
+        let mut targets = Vec::new();
+        for node in nodes {
+            let kind = match node.role {
+                Role::Sequencer | Role::TopologyManager => LinkKind::Node,
+                Role::Participant => LinkKind::Client,
+                // Nobody dials the mediator: it only dials out.
+                Role::Mediator => continue,
+            };
+            for replica in node.replicas {
+                let at = addresses
+                    .get(replica.name.as_str())
+                    .with_context(|| format!("no addresses planned for {}", replica.name))?;
+                targets.push(Target {
+                    kind,
+                    zone: replica.zone.clone(),
+                    address: at.grpc,
+                });
+                // A load balancer in the client zone health-checks each participant replica
+                // on its admin port.
+                if kind == LinkKind::Client {
+                    targets.push(Target {
+                        kind,
+                        zone: replica.zone.clone(),
+                        address: at.admin,
+                    });
+                }
+            }
+        }
+        if let Some(databases) = &self.databases {
+            for server in databases.servers() {
+                if let Some(address) = server.address {
+                    targets.push(Target {
+                        kind: LinkKind::Database,
+                        zone: server.zone.clone(),
+                        address,
+                    });
+                }
+            }
+        }
+        let network = Network::plan(&self.description, &targets, || {
+            Ok(SocketAddr::from((
+                [127, 0, 0, 1],
+                meridian_node::ports::free_loopback_port()?,
+            )))
+        })?;
+        NetworkProcess::start(&self.exe, &self.data_dir, network, self.detached)
+            .context("starting the delaying proxies between zones and regions")
+            .map(Some)
     }
 }
 
@@ -438,6 +514,10 @@ struct Starter<'a> {
     spec: &'a DeploymentSpec,
     progress: &'a mut dyn FnMut(String),
     cold: Vec<ColdReplica>,
+    /// Every replica's addresses, fixed before anything starts (the links need them all).
+    addresses: HashMap<String, Addresses>,
+    /// The delayed links; configs name their proxies instead of the targets across zones.
+    network: Network,
 }
 
 impl Starter<'_> {
@@ -450,15 +530,21 @@ impl Starter<'_> {
         node: &NodeView<'_>,
         keys: &Keys,
     ) -> anyhow::Result<(Vec<NodeProcess>, Vec<ClockShift>)> {
-        let storage = self.spec.storage(node).await?;
-        let plan = self.spec.plan_node(node, |position, replica, at| {
-            let index = u32::try_from(position).expect("replicas are bounded by the check");
-            let mut config =
-                configs::sequencer(at, index, storage[position].clone(), &keys.owner_public_key)
-                    .with_tls(self.spec.tls(replica));
-            config.admin_token_file = Some(keys.admin_token_file.clone());
-            config
-        })?;
+        let storage = self.spec.storage(node, &self.network).await?;
+        let plan = self
+            .spec
+            .plan_node(node, &self.addresses, |position, replica, at| {
+                let index = u32::try_from(position).expect("replicas are bounded by the check");
+                let mut config = configs::sequencer(
+                    at,
+                    index,
+                    storage[position].clone(),
+                    &keys.owner_public_key,
+                )
+                .with_tls(self.spec.tls(replica));
+                config.admin_token_file = Some(keys.admin_token_file.clone());
+                config
+            })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let mut sequencers = Vec::new();
         let mut clocks = Vec::new();
@@ -483,24 +569,30 @@ impl Starter<'_> {
         keys: &Keys,
         sequencer_endpoints: &[String],
     ) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>)> {
-        let storage = self.spec.storage(node).await?;
+        let storage = self.spec.storage(node, &self.network).await?;
         let cold_sequencers = self.cold_endpoints(SEQUENCER_NODE);
-        let plan = self.spec.plan_node(node, |position, replica, at| {
-            let mut config = configs::topology_manager(
-                at,
-                &keys.dir,
-                meridian_node::config::Endpoints::new(configs::warm_then_cold(
-                    sequencer_endpoints,
-                    position,
-                    &cold_sequencers,
-                )),
-                storage[position].clone(),
-                self.spec.replication(node, replica, at.grpc),
-            )
-            .with_tls(self.spec.tls(replica));
-            config.admin_token_file = Some(keys.admin_token_file.clone());
-            config
-        })?;
+        let network = &self.network;
+        let plan = self
+            .spec
+            .plan_node(node, &self.addresses, |position, replica, at| {
+                let endpoints =
+                    configs::warm_then_cold(sequencer_endpoints, position, &cold_sequencers);
+                let mut config = configs::topology_manager(
+                    at,
+                    &keys.dir,
+                    meridian_node::config::Endpoints::new(
+                        endpoints
+                            .iter()
+                            .map(|e| network.dial_url(&replica.zone, e))
+                            .collect(),
+                    ),
+                    storage[position].clone(),
+                    self.spec.replication(node, replica, at.grpc),
+                )
+                .with_tls(self.spec.tls(replica));
+                config.admin_token_file = Some(keys.admin_token_file.clone());
+                config
+            })?;
         let (first, others) = plan.into_warm(node.name, &mut self.cold)?;
         let topology = self.start_ready(first).await?;
         let standbys = self.start_standbys(others).await?;
@@ -566,11 +658,12 @@ impl Starter<'_> {
         context: &MemberContext,
     ) -> anyhow::Result<Members> {
         let spec = self.spec;
+        let (addresses, network) = (&self.addresses, &self.network);
         // Each member lists every sequencer instance, starting at a different one.
         let mut member = 0;
         let mut plans = Vec::new();
         for node in nodes {
-            let storage = spec.storage(node).await?;
+            let storage = spec.storage(node, network).await?;
             let plan = match node.role {
                 Role::Participant => {
                     let (id, _) = keys
@@ -578,10 +671,10 @@ impl Starter<'_> {
                         .iter()
                         .find(|(id, _)| id.as_str() == node.name)
                         .context("every participant has a key")?;
-                    spec.plan_node(node, |position, replica, at| {
+                    spec.plan_node(node, addresses, |position, replica, at| {
                         member += 1;
                         let mut config = configs::participant(
-                            context,
+                            &context.dialed_from(network, &replica.zone),
                             member,
                             id,
                             at,
@@ -594,10 +687,10 @@ impl Starter<'_> {
                         config
                     })?
                 }
-                _ => spec.plan_node(node, |position, replica, at| {
+                _ => spec.plan_node(node, addresses, |position, replica, at| {
                     member += 1;
                     let mut config = configs::mediator(
-                        context,
+                        &context.dialed_from(network, &replica.zone),
                         member,
                         at.admin,
                         spec.mediator,
@@ -739,10 +832,30 @@ impl Deployment {
             names.push(crate::lb::LB_CERT_NAME.to_owned());
         }
         crate::tls::deployment_certs(data_dir, &names)?;
+        let mut addresses = HashMap::new();
+        for replica in nodes.iter().flat_map(|node| node.replicas) {
+            addresses.insert(replica.name.to_string(), spec.addresses(replica)?);
+        }
+        let network = spec.start_network(&nodes, &addresses)?;
+        if let Some(process) = &network {
+            (progress)(format!(
+                "{} delayed links between zones and regions (cross-zone RTT {} ms, \
+                 cross-region RTT {} ms), in {}",
+                process.network.links.len(),
+                spec.description.network.cross_zone_rtt_ms,
+                spec.description.network.cross_region_rtt_ms,
+                data_dir.join(network::NETDELAY_DIR).display()
+            ));
+        }
         let mut starter = Starter {
             spec,
             progress,
             cold: Vec::new(),
+            addresses,
+            network: network
+                .as_ref()
+                .map(|process| process.network.clone())
+                .unwrap_or_default(),
         };
         let (sequencers, sequencer_clocks) = starter.start_sequencers(&nodes[0], &keys).await?;
         let sequencer_endpoints: Vec<String> =
@@ -788,6 +901,7 @@ impl Deployment {
             sequencer_clocks,
             databases: spec.databases.clone(),
             ledger_auth,
+            network,
             load_balancer: None,
         };
         if let Some(load_balancer) = &spec.description.load_balancer {
@@ -813,23 +927,22 @@ impl Deployment {
         detached: bool,
     ) -> anyhow::Result<crate::lb::LabLoadBalancer> {
         crate::lb::write_identity_pem(&self.data_dir)?;
+        // HAProxy sits in the clients' zone: it reaches (and checks) each replica through the
+        // delayed link from there when `[network]` sets one.
+        let at = |grpc, admin| crate::lb::ReplicaAddresses {
+            grpc: self.client_address(grpc),
+            admin: self.client_address(admin),
+        };
         let mut addresses: HashMap<String, crate::lb::ReplicaAddresses> = self
             .processes()
             .into_iter()
-            .map(|p| {
-                let at = crate::lb::ReplicaAddresses {
-                    grpc: p.grpc_address,
-                    admin: p.admin_address,
-                };
-                (p.name().to_owned(), at)
-            })
+            .map(|p| (p.name().to_owned(), at(p.grpc_address, p.admin_address)))
             .collect();
         for cold in &self.cold {
-            let at = crate::lb::ReplicaAddresses {
-                grpc: cold.grpc_address,
-                admin: cold.admin_address,
-            };
-            addresses.insert(cold.name.to_string(), at);
+            addresses.insert(
+                cold.name.to_string(),
+                at(cold.grpc_address, cold.admin_address),
+            );
         }
         let ports = crate::lb::frontend_ports(&self.description, load_balancer)?;
         let region = crate::lb::initial_region(&self.description)?;
@@ -881,7 +994,7 @@ impl Deployment {
     }
 
     pub fn ledger_endpoint(&self, index: usize) -> String {
-        self.participants[index].grpc_endpoint()
+        self.client_url(&self.participants[index].grpc_endpoint())
     }
 
     /// The Ledger API endpoints a client of participant `index` uses: the load balancer's one
@@ -917,7 +1030,32 @@ impl Deployment {
                     .filter(|c| Some(c.node.as_str()) == node)
                     .map(ColdReplica::grpc_endpoint),
             )
+            .map(|endpoint| self.client_url(&endpoint))
             .collect()
+    }
+
+    /// What a client of the lab (the workload, the drills, the benches; all in
+    /// [`network::client_zone`]) dials for `address`: through the link from its zone.
+    pub fn client_address(&self, address: SocketAddr) -> SocketAddr {
+        match (&self.network, network::client_zone(&self.description)) {
+            (Some(process), Some(zone)) => process.network.dial(zone, address),
+            _ => address,
+        }
+    }
+
+    /// What a process in `zone` dials for `address` (the load balancer, in the client zone).
+    pub fn dial_from(&self, zone: &ZoneName, address: SocketAddr) -> SocketAddr {
+        self.network
+            .as_ref()
+            .map_or(address, |process| process.network.dial(zone, address))
+    }
+
+    /// [`Self::client_address`] for an endpoint URL.
+    fn client_url(&self, endpoint: &str) -> String {
+        match (&self.network, network::client_zone(&self.description)) {
+            (Some(process), Some(zone)) => process.network.dial_url(zone, endpoint),
+            _ => endpoint.to_owned(),
+        }
     }
 
     /// All replicas of participant `index`, mutable (for kill -9 and restarts).
