@@ -77,6 +77,9 @@ const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
 const FIRST_COMMIT_SLACK: Duration = Duration::from_secs(30);
 /// How often the first commit is looked for (the figure's resolution).
 const COMMIT_POLL: Duration = Duration::from_millis(10);
+/// How long after a region move HAProxy's health checks may take to mark region one's
+/// replicas down.
+const ROUTES_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The summary name of the plan's `MoveLoadBalancer` step.
 pub const LOAD_BALANCER_STEP: &str = "load balancer";
 /// How often the plan is read while it runs.
@@ -662,21 +665,30 @@ async fn check_load_balancer(
     }
     let files = crate::lb::files(data_dir);
     let plan = files.load_plan()?;
-    let states = meridian_lb::haproxy::server_states(&files.socket()).await?;
-    report.load_balancer_routes = routes(&plan, &states);
-    let astray: Vec<String> = report
-        .load_balancer_routes
-        .iter()
-        .filter(|r| r.up.is_empty() || r.regions.iter().any(|region| region != to.as_str()))
-        .map(|r| format!("{} → {} ({})", r.frontend, r.up.join("+"), r.regions.join("+")))
-        .collect();
-    if !astray.is_empty() {
-        bail!(
-            "after the move HAProxy does not route every participant to {to} only: {}",
-            astray.join(", ")
-        );
+    // A reload starts every server up until its checks say otherwise (HAProxy keeps no state
+    // across it), so region one's fenced replicas may still show up for a few checks.
+    let deadline = Instant::now() + ROUTES_SETTLE_TIMEOUT;
+    loop {
+        let states = meridian_lb::haproxy::server_states(&files.socket()).await?;
+        report.load_balancer_routes = routes(&plan, &states);
+        let astray: Vec<String> = report
+            .load_balancer_routes
+            .iter()
+            .filter(|r| r.up.is_empty() || r.regions.iter().any(|region| region != to.as_str()))
+            .map(|r| format!("{} → {} ({})", r.frontend, r.up.join("+"), r.regions.join("+")))
+            .collect();
+        if astray.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} s after the move HAProxy does not route every participant to {to} only: {}",
+                ROUTES_SETTLE_TIMEOUT.as_secs(),
+                astray.join(", ")
+            );
+        }
+        tokio::time::sleep(PLAN_POLL).await;
     }
-    Ok(())
 }
 
 /// Per participant frontend of `plan`, the servers `states` shows up, with their regions.
