@@ -389,11 +389,7 @@ pub async fn run(
         eprintln!("  {}", trial_line(&report));
         trials.push(report);
     }
-    Ok(ControlledReport::new(
-        description,
-        fault,
-        trials,
-    ))
+    Ok(ControlledReport::new(description, fault, trials))
 }
 
 struct TrialSetup<'a> {
@@ -675,7 +671,14 @@ async fn check_load_balancer(
             .load_balancer_routes
             .iter()
             .filter(|r| r.up.is_empty() || r.regions.iter().any(|region| region != to.as_str()))
-            .map(|r| format!("{} → {} ({})", r.frontend, r.up.join("+"), r.regions.join("+")))
+            .map(|r| {
+                format!(
+                    "{} → {} ({})",
+                    r.frontend,
+                    r.up.join("+"),
+                    r.regions.join("+")
+                )
+            })
             .collect();
         if astray.is_empty() {
             return Ok(());
@@ -692,7 +695,10 @@ async fn check_load_balancer(
 }
 
 /// Per participant frontend of `plan`, the servers `states` shows up, with their regions.
-fn routes(plan: &meridian_lb::LbPlan, states: &[meridian_lb::haproxy::ServerState]) -> Vec<LbRoute> {
+fn routes(
+    plan: &meridian_lb::LbPlan,
+    states: &[meridian_lb::haproxy::ServerState],
+) -> Vec<LbRoute> {
     plan.frontends
         .iter()
         .filter(|f| f.traffic == meridian_lb::Traffic::Ledger)
@@ -701,9 +707,9 @@ fn routes(plan: &meridian_lb::LbPlan, states: &[meridian_lb::haproxy::ServerStat
                 .servers
                 .iter()
                 .filter(|server| {
-                    states.iter().any(|s| {
-                        s.backend == frontend.name && s.server == server.name && s.is_up()
-                    })
+                    states
+                        .iter()
+                        .any(|s| s.backend == frontend.name && s.server == server.name && s.is_up())
                 })
                 .collect();
             LbRoute {

@@ -514,12 +514,7 @@ async fn execute_once(
             &shutdown,
         )
         .await?;
-    Ok(DrillReport::new(
-        description,
-        args.trials,
-        skipped,
-        report,
-    ))
+    Ok(DrillReport::new(description, args.trials, skipped, report))
 }
 
 /// The live progress line: scenario, phase and current throughput.
