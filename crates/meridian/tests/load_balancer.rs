@@ -8,6 +8,10 @@
 //! reloaded HAProxy and that HAProxy (its runtime socket, read by the drill) then routes every
 //! participant to its region-two replica.
 //!
+//! And, deterministically, the reason those requests do not fail: while no replica is ready,
+//! HAProxy's own answer reaches a gRPC client as UNAVAILABLE (which clients retry), not as an
+//! HTML error page tonic reports as INTERNAL.
+//!
 //! Needs HAProxy: skipped, with a line saying so, where it is missing — unless
 //! `MERIDIAN_REQUIRE_HAPROXY` is set (scripts/test.sh sets it), which makes that a failure.
 
@@ -15,12 +19,16 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meridian_lb::haproxy::{self, server_states};
+use meridian_lb::{Frontend, Haproxy, HaproxyFiles, HealthChecks, LbPlan, LbTls, Server, Traffic};
 
 const EXE: &str = env!("CARGO_BIN_EXE_meridian");
 
 /// Whether HAProxy is installed; panics where the suite demands it and it is not.
 fn haproxy_installed() -> bool {
-    match meridian_lb::haproxy::binary() {
+    match haproxy::binary() {
         Ok(_) => true,
         Err(error) if std::env::var_os("MERIDIAN_REQUIRE_HAPROXY").is_some() => {
             panic!("{error}")
@@ -159,4 +167,66 @@ fn a_controller_region_switchover_reloads_haproxy_onto_region_two_with_no_failed
         "{trial}"
     );
     assert_eq!(routes.len(), 3, "every participant is routed: {trial}");
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn with_no_replica_ready_haproxy_answers_grpc_unavailable_not_an_html_page() {
+    if !haproxy_installed() {
+        return;
+    }
+    let binary = haproxy::binary().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = HaproxyFiles::new(dir.path());
+    // One replica, nothing listening on its ports: its checks fail, no server is up.
+    let plan = LbPlan {
+        active_region: "region-1".to_owned(),
+        runtime_socket: files.socket(),
+        tls: LbTls::Plaintext,
+        checks: HealthChecks::default(),
+        frontends: vec![Frontend {
+            name: "participant1".to_owned(),
+            traffic: Traffic::Ledger,
+            bind: free_port(),
+            servers: vec![Server {
+                name: "participant1-a".to_owned(),
+                region: "region-1".to_owned(),
+                grpc: free_port(),
+                admin: free_port(),
+            }],
+        }],
+    };
+    haproxy::write_config(&binary, &files, &plan).unwrap();
+    let _lb = Haproxy::start(&binary, &files, false).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server_states(&files.socket())
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.is_up())
+    {
+        assert!(Instant::now() < deadline, "the replica never went down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", plan.frontends[0].bind))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect_err("no replica is ready");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("no replica of the participant is ready"),
+        "{status:?}"
+    );
 }
