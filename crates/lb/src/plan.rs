@@ -135,6 +135,15 @@ pub enum PlanError {
     SocketPathTooLong(PathBuf, usize),
 }
 
+/// The errors HAProxy itself answers on a Ledger API frontend, each turned into gRPC
+/// UNAVAILABLE with this reason: nothing was processed, or the outcome is unknown, and a retry
+/// with the same command id is safe either way.
+const GRPC_UNAVAILABLE_ERRORS: [(u16, &str); 3] = [
+    (502, "the replica broke off the request"),
+    (503, "no replica of the participant is ready"),
+    (504, "the replica did not answer in time"),
+];
+
 /// A Unix socket address holds at most 107 bytes of path (108 with the terminating NUL).
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
@@ -308,6 +317,17 @@ fn render_frontend(out: &mut String, plan: &LbPlan, frontend: &Frontend) {
                 out,
                 "    retries 2\n    option redispatch 1\n    retry-on conn-failure empty-response"
             );
+            // HAProxy's own errors (no replica ready, a replica gone mid-request, a timeout)
+            // are HTML pages that gRPC clients cannot read: tonic reports them as INTERNAL
+            // "invalid compression flag", which no client retries. Answer them as gRPC
+            // UNAVAILABLE instead (grpc-status in the headers, no body: tonic reads the status
+            // from the headers, grpc-go maps the HTTP status), which every client retries.
+            for (status, why) in GRPC_UNAVAILABLE_ERRORS {
+                let _ = writeln!(
+                    out,
+                    "    http-error status {status} hdr grpc-status 14 hdr grpc-message \"load balancer: {why} (HTTP {status})\""
+                );
+            }
         }
         Traffic::Sequencer => {
             // A connection to a dead instance is tried again on another one.
@@ -433,6 +453,28 @@ mod tests {
         assert!(sequencer.contains("mode tcp"), "{config}");
         assert!(sequencer.contains("balance leastconn"), "{config}");
         assert!(config.contains("option httpchk GET /readyz"));
+    }
+
+    #[test]
+    fn haproxys_own_errors_reach_grpc_clients_as_unavailable() {
+        let config = render(&two_region_plan(LbTls::Plaintext)).expect("renders");
+        let ledger = config
+            .split("\nbackend participant1\n")
+            .nth(1)
+            .expect("a participant backend");
+        for status in [502, 503, 504] {
+            assert!(
+                ledger.contains(&format!("http-error status {status} hdr grpc-status 14 ")),
+                "{config}"
+            );
+        }
+        // The sequencer's frontend is TCP: HAProxy answers nothing there itself.
+        let sequencer = config
+            .split("\nbackend sequencer\n")
+            .nth(1)
+            .and_then(|b| b.split("\nbackend ").next())
+            .expect("a sequencer backend");
+        assert!(!sequencer.contains("http-error"), "{config}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! region-loss` with `--operator controller` (the default on SQLite). The drill starts
 //! `meridian controller` as a child process on a fresh data directory per trial (the
 //! controller starts the deployment itself), runs the transfer workload on every replica's
-//! endpoint, and then plays the operator:
+//! endpoint (or, with `--load-balancer haproxy`, on HAProxy's one address per participant
+//! only), and then plays the operator:
 //!
 //! - **region-switchover**: proposes a switchover of every node to the other region, approves
 //!   it as operator `drill`, waits (bounded) until the plan is done;
@@ -15,6 +16,8 @@
 //! and the figure the target is about: approval → the first committed transfer *sent after the
 //! old region was fenced* (so it committed in the new region), plus when every submitting
 //! participant had one; then the audit (RPO: acknowledged transactions missing; duplicates).
+//! Through a load balancer the plan's load balancer step must have reloaded HAProxy, and
+//! HAProxy must route every participant to the new region's replicas (its runtime socket).
 //! Everything is checked before a process starts; every wait is bounded; the controller and
 //! the node processes are killed when a trial ends, however it ends.
 
@@ -38,6 +41,7 @@ use super::DrillArgs;
 use crate::controller::inventory::inventory;
 use crate::controller::process::signal;
 use crate::controller::{ControlledDeployment, ControllerChild};
+use crate::deployment::description::LoadBalancerKind;
 use crate::deployment::{Backend, Description};
 use crate::fault::Fault;
 use crate::stats::{fmt_ms, quantiles};
@@ -73,6 +77,11 @@ const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
 const FIRST_COMMIT_SLACK: Duration = Duration::from_secs(30);
 /// How often the first commit is looked for (the figure's resolution).
 const COMMIT_POLL: Duration = Duration::from_millis(10);
+/// How long after a region move HAProxy's health checks may take to mark region one's
+/// replicas down.
+const ROUTES_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The summary name of the plan's `MoveLoadBalancer` step.
+pub const LOAD_BALANCER_STEP: &str = "load balancer";
 /// How often the plan is read while it runs.
 const PLAN_POLL: Duration = Duration::from_millis(100);
 
@@ -220,8 +229,22 @@ pub struct TrialReport {
     pub duplicate_transactions: usize,
     pub amounts_conserved: bool,
     pub views_agree: bool,
+    /// With a load balancer: where HAProxy routes each participant once the plan is done
+    /// (from its runtime socket).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_routes: Vec<LbRoute>,
     /// What went wrong, if anything.
     pub problem: Option<String>,
+}
+
+/// Where HAProxy sends one participant's Ledger API traffic after a region move.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LbRoute {
+    /// The frontend: the participant's name.
+    pub frontend: String,
+    /// The servers (replicas) up in its backend, and the region of each.
+    pub up: Vec<String>,
+    pub regions: Vec<String>,
 }
 
 impl TrialReport {
@@ -241,6 +264,9 @@ impl TrialReport {
 pub struct ControlledReport {
     pub operator: Operator,
     pub backend: Backend,
+    /// The load balancer every application request went through, or null when the clients
+    /// used every replica's endpoint themselves.
+    pub load_balancer: Option<LoadBalancerKind>,
     pub scenario: Fault,
     pub trials: Vec<TrialReport>,
     /// [p50, max] over the trials that reached it.
@@ -258,7 +284,7 @@ pub struct ControlledReport {
 }
 
 impl ControlledReport {
-    fn new(backend: Backend, scenario: Fault, trials: Vec<TrialReport>) -> Self {
+    fn new(description: &Description, scenario: Fault, trials: Vec<TrialReport>) -> Self {
         let p50_max = |values: Vec<f64>| {
             let [p50, max] = quantiles(values, [0.5, 1.0]);
             [p50, max]
@@ -279,7 +305,8 @@ impl ControlledReport {
         }
         Self {
             operator: Operator::Controller,
-            backend,
+            backend: description.storage.backend,
+            load_balancer: super::routed_through(description),
             scenario,
             approval_to_first_commit_ms_p50_max: of(|t| t.approval_to_first_commit_ms),
             approval_to_all_participants_ms_p50_max: of(|t| t.approval_to_all_participants_ms),
@@ -303,7 +330,7 @@ fn step_kind(action: &StepAction) -> String {
         StepAction::PromoteDatabases { .. } => "promote".to_owned(),
         StepAction::StartReplicas { kind, .. } => format!("start {}", kind.command()),
         StepAction::WaitReady { .. } => "wait ready".to_owned(),
-        StepAction::MoveLoadBalancer { .. } => "load balancer".to_owned(),
+        StepAction::MoveLoadBalancer { .. } => LOAD_BALANCER_STEP.to_owned(),
     }
 }
 
@@ -362,11 +389,7 @@ pub async fn run(
         eprintln!("  {}", trial_line(&report));
         trials.push(report);
     }
-    Ok(ControlledReport::new(
-        description.storage.backend,
-        fault,
-        trials,
-    ))
+    Ok(ControlledReport::new(description, fault, trials))
 }
 
 struct TrialSetup<'a> {
@@ -446,9 +469,13 @@ async fn run_trial(
         duplicate_transactions: 0,
         amounts_conserved: false,
         views_agree: false,
+        load_balancer_routes: Vec::new(),
         problem: None,
     };
-    let moved = operate(setup, &deployment, &client, &live, &mut report).await;
+    let mut moved = operate(setup, &deployment, &client, &live, &mut report).await;
+    if moved.is_ok() && setup.description.load_balancer.is_some() {
+        moved = check_load_balancer(&data_dir, setup.to, &mut report).await;
+    }
     if let Err(error) = moved {
         report.problem = Some(format!("{error:#}"));
     } else {
@@ -612,6 +639,88 @@ async fn operate(
     Ok(())
 }
 
+/// After a region move through a load balancer: the plan's load balancer step must have
+/// reloaded HAProxy (not found it already there, nor no load balancer at all), and HAProxy must
+/// route every participant to replicas of `to` only. Records the routes in `report`.
+async fn check_load_balancer(
+    data_dir: &Path,
+    to: &RegionName,
+    report: &mut TrialReport,
+) -> anyhow::Result<()> {
+    let step = report
+        .steps
+        .iter()
+        .find(|s| s.kind == LOAD_BALANCER_STEP)
+        .context("the plan has no load balancer step")?;
+    if step.outcome != "done" {
+        bail!(
+            "the plan's load balancer step is {} ({}), not done: HAProxy was not reloaded",
+            step.outcome,
+            step.detail.as_deref().unwrap_or("no detail")
+        );
+    }
+    let files = crate::lb::files(data_dir);
+    let plan = files.load_plan()?;
+    // A reload starts every server up until its checks say otherwise (HAProxy keeps no state
+    // across it), so region one's fenced replicas may still show up for a few checks.
+    let deadline = Instant::now() + ROUTES_SETTLE_TIMEOUT;
+    loop {
+        let states = meridian_lb::haproxy::server_states(&files.socket()).await?;
+        report.load_balancer_routes = routes(&plan, &states);
+        let astray: Vec<String> = report
+            .load_balancer_routes
+            .iter()
+            .filter(|r| r.up.is_empty() || r.regions.iter().any(|region| region != to.as_str()))
+            .map(|r| {
+                format!(
+                    "{} → {} ({})",
+                    r.frontend,
+                    r.up.join("+"),
+                    r.regions.join("+")
+                )
+            })
+            .collect();
+        if astray.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} s after the move HAProxy does not route every participant to {to} only: {}",
+                ROUTES_SETTLE_TIMEOUT.as_secs(),
+                astray.join(", ")
+            );
+        }
+        tokio::time::sleep(PLAN_POLL).await;
+    }
+}
+
+/// Per participant frontend of `plan`, the servers `states` shows up, with their regions.
+fn routes(
+    plan: &meridian_lb::LbPlan,
+    states: &[meridian_lb::haproxy::ServerState],
+) -> Vec<LbRoute> {
+    plan.frontends
+        .iter()
+        .filter(|f| f.traffic == meridian_lb::Traffic::Ledger)
+        .map(|frontend| {
+            let up: Vec<&meridian_lb::Server> = frontend
+                .servers
+                .iter()
+                .filter(|server| {
+                    states
+                        .iter()
+                        .any(|s| s.backend == frontend.name && s.server == server.name && s.is_up())
+                })
+                .collect();
+            LbRoute {
+                frontend: frontend.name.clone(),
+                up: up.iter().map(|s| s.name.clone()).collect(),
+                regions: up.iter().map(|s| s.region.clone()).collect(),
+            }
+        })
+        .collect()
+}
+
 /// Where the move's failures are counted from: a region loss's start with the freeze, before
 /// the approval (the counter at the freeze); a switchover's with the approval.
 fn failed_from_for(failed_at_freeze: Option<u64>, failed_at_approval: u64) -> u64 {
@@ -743,9 +852,10 @@ fn trial_line(report: &TrialReport) -> String {
 /// The drill's table.
 pub fn print_table(report: &ControlledReport) {
     println!(
-        "\nmeridian drill {} operated by the controller ({:?}): {} trial(s)",
+        "\nmeridian drill {} operated by the controller ({:?}, {}): {} trial(s)",
         report.scenario.name(),
         report.backend,
+        super::routing_name(report.load_balancer),
         report.trials.len()
     );
     println!(
@@ -787,6 +897,14 @@ pub fn print_table(report: &ControlledReport) {
         }
         if let Some(loss) = &trial.data_loss {
             println!("        data loss acknowledged: {loss}");
+        }
+        for route in &trial.load_balancer_routes {
+            println!(
+                "        HAProxy routes {} → {} ({})",
+                route.frontend,
+                route.up.join("+"),
+                route.regions.join("+")
+            );
         }
         if let Some(problem) = &trial.problem {
             println!("        problem: {problem}");

@@ -10,7 +10,9 @@
 //! seeded schedule of overlapping faults, printed before it starts. The measuring —
 //! detection, RTO, RPO, failed and retried requests, throughput per 100 ms — is the experiment
 //! runner's (`crate::experiment`); this module plans the drill, shows its progress, and
-//! writes its table, JSON and chart.
+//! writes its table, JSON and chart. With `--load-balancer haproxy` the workload's clients know
+//! only HAProxy's address per participant (every scenario then runs through it), and every
+//! report says so (`load_balancer` in the JSON, the table's and the chart's titles).
 
 pub mod controlled;
 pub mod plan;
@@ -28,6 +30,7 @@ use meridian_client::Backoff;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::deployment::description::LoadBalancerKind;
 use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Description, Preset};
 use crate::experiment::{
     Experiment, ExperimentReport, FaultReport, FaultStep, Observer, Phase, Recovered, Step,
@@ -92,6 +95,9 @@ pub struct DrillArgs {
 #[derive(Debug, Serialize)]
 pub struct DrillReport {
     pub backend: Backend,
+    /// The load balancer every application request went through (`--load-balancer`), or
+    /// null when the clients used every replica's endpoint themselves.
+    pub load_balancer: Option<LoadBalancerKind>,
     /// How many times each scenario ran.
     pub trials: u32,
     pub faults: Vec<FaultReport>,
@@ -128,7 +134,12 @@ pub struct DrillReport {
 }
 
 impl DrillReport {
-    fn new(backend: Backend, trials: u32, skipped: Vec<String>, report: ExperimentReport) -> Self {
+    fn new(
+        description: &Description,
+        trials: u32,
+        skipped: Vec<String>,
+        report: ExperimentReport,
+    ) -> Self {
         let [rto_p50, rto_p99, rto_max] = quantiles(
             report
                 .faults
@@ -138,7 +149,8 @@ impl DrillReport {
             [0.5, 0.99, 1.0],
         );
         Self {
-            backend,
+            backend: description.storage.backend,
+            load_balancer: routed_through(description),
             trials,
             scenarios: summary::by_scenario(&report.faults),
             skipped,
@@ -223,6 +235,21 @@ fn region_loss_rpo(faults: &[FaultReport]) -> usize {
         .filter(|f| f.scenario == crate::fault::Fault::RegionLoss)
         .map(|f| f.rpo_transactions)
         .sum()
+}
+
+/// The load balancer the deployment puts in front of the participants, if any: the
+/// workload's clients then know only its address per participant
+/// (`Deployment::ledger_endpoints`), and the drill says so in every report.
+pub fn routed_through(description: &Description) -> Option<LoadBalancerKind> {
+    description.load_balancer.as_ref().map(|lb| lb.kind)
+}
+
+/// How the applications reach the participants, for the reports' titles.
+pub fn routing_name(load_balancer: Option<LoadBalancerKind>) -> &'static str {
+    match load_balancer {
+        Some(LoadBalancerKind::Haproxy) => "through HAProxy",
+        None => "client endpoint lists",
+    }
 }
 
 const CLIENT_BACKOFF: Backoff = Backoff {
@@ -487,12 +514,7 @@ async fn execute_once(
             &shutdown,
         )
         .await?;
-    Ok(DrillReport::new(
-        description.storage.backend,
-        args.trials,
-        skipped,
-        report,
-    ))
+    Ok(DrillReport::new(description, args.trials, skipped, report))
 }
 
 /// The live progress line: scenario, phase and current throughput.
@@ -570,8 +592,10 @@ fn print_table(report: &DrillReport) {
         .as_ref()
         .map_or(report.faults.len(), |run| run.faults.len());
     println!(
-        "\nmeridian drill ({:?}): {faults} fault(s), {} committed",
-        report.backend, report.committed
+        "\nmeridian drill ({:?}, {}): {faults} fault(s), {} committed",
+        report.backend,
+        routing_name(report.load_balancer),
+        report.committed
     );
     if !report.faults.is_empty() {
         println!(
@@ -810,9 +834,10 @@ fn chart(report: &DrillReport) -> svg::TimelineChart {
     let ms = |at: Option<f64>, fault: &FaultReport| at.map(|v| fault.injected_at_ms + v);
     svg::TimelineChart {
         title: format!(
-            "meridian drill — {} fault(s), {:?}, RPO {}, duplicates {}",
+            "meridian drill — {} fault(s), {:?}, {}, RPO {}, duplicates {}",
             report.faults.len(),
             report.backend,
+            routing_name(report.load_balancer),
             report.rpo_transactions,
             report.duplicate_transactions
         ),
