@@ -337,6 +337,11 @@ impl Drop for Haproxy {
 pub async fn reload(files: &HaproxyFiles, master_pid: u32) -> Result<(), LbError> {
     let socket = files.socket();
     let before = worker_pid(&socket).await.ok();
+    // The new worker reads the servers' states from here (`server-state-file`), so that a
+    // replica known to be down stays down instead of starting up until its first check.
+    let states = runtime_command(&socket, "show servers state").await?;
+    let state_file = files.dir().join("servers.state");
+    std::fs::write(&state_file, states).map_err(io(format!("writing {}", state_file.display())))?;
     let raw =
         i32::try_from(master_pid).map_err(|_| LbError::NotRunning(files.dir().to_path_buf()))?;
     kill(Pid::from_raw(raw), Signal::SIGUSR2)

@@ -18,9 +18,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// How HAProxy probes each replica's `/readyz`. Short, so that a failover shows within a few
-/// hundred milliseconds; a down server is probed more often than an up one, since that is the
-/// one a failover waits for.
+/// How HAProxy probes each replica's `/readyz`. A server that is down is probed often and
+/// comes up at its first good answer: that is what a failover waits for. An up server goes
+/// down only after `fall` bad answers about 0.1 s apart, because the replica it would take out
+/// is usually the only active one, and a database call stalled for a second (which makes
+/// `/readyz` answer 503 while it lasts) is no reason to refuse every request. A killed replica
+/// is not waited for: the first connection it refuses marks it down (`observe layer4`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthChecks {
     /// Between checks of a server that is up.
@@ -41,10 +44,10 @@ impl Default for HealthChecks {
     fn default() -> Self {
         Self {
             interval_ms: 250,
-            fast_interval_ms: 50,
+            fast_interval_ms: 100,
             down_interval_ms: 100,
             rise: 1,
-            fall: 2,
+            fall: 4,
             timeout_ms: 500,
         }
     }
@@ -217,6 +220,11 @@ impl LbPlan {
         Ok(())
     }
 
+    /// Where HAProxy saves its servers' states across a reload: beside the runtime socket.
+    pub fn server_state_file(&self) -> PathBuf {
+        self.runtime_socket.with_file_name("servers.state")
+    }
+
     /// The frontend of `name`.
     pub fn frontend(&self, name: &str) -> Option<&Frontend> {
         self.frontends.iter().find(|f| f.name == name)
@@ -248,8 +256,12 @@ pub fn render(plan: &LbPlan) -> Result<String, PlanError> {
          stats timeout 10s\n    \
          maxconn 4096\n    \
          # After a reload the old worker finishes its streams, for 30 s at most.\n    \
-         hard-stop-after 30s",
-        plan.runtime_socket.display()
+         hard-stop-after 30s\n    \
+         # The servers' states, saved before a reload and read by the new worker: without it\n    \
+         # every server starts up, fenced replicas included, until their first check.\n    \
+         server-state-file {}",
+        plan.runtime_socket.display(),
+        plan.server_state_file().display()
     );
     if let LbTls::Mutual { .. } = plan.tls {
         let _ = writeln!(out, "    ssl-server-verify required");
@@ -263,9 +275,10 @@ pub fn render(plan: &LbPlan) -> Result<String, PlanError> {
          timeout server 1h\n    \
          timeout tunnel 1h\n    \
          timeout check {}ms\n    \
+         load-server-state-from-file global\n    \
          # A connection a server refuses marks it down at once, before its next check.\n    \
          default-server inter {}ms fastinter {}ms downinter {}ms rise {} fall {} \
-         on-marked-down shutdown-sessions observe layer4 error-limit 1 on-error mark-down",
+         observe layer4 error-limit 1 on-error mark-down",
         checks.timeout_ms,
         checks.interval_ms,
         checks.fast_interval_ms,
@@ -331,9 +344,14 @@ fn render_frontend(out: &mut String, plan: &LbPlan, frontend: &Frontend) {
         }
         Traffic::Sequencer => {
             // A connection to a dead instance is tried again on another one.
+            // A subscription to an instance marked down is closed, so that the member
+            // reconnects to a healthy one instead of waiting for its keep-alive to lapse.
+            // (Ledger calls are not cut: an active replica marked down by a passing stall
+            // finishes what it has, and there is no other replica that could.)
             let _ = writeln!(
                 out,
-                "    balance leastconn\n    retries 2\n    option redispatch 1"
+                "    balance leastconn\n    retries 2\n    option redispatch 1\n    \
+                 default-server on-marked-down shutdown-sessions"
             );
         }
     }

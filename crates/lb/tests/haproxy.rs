@@ -144,6 +144,26 @@ async fn health_checks_follow_readyz_and_a_reload_moves_the_region_without_a_res
     lb.reload().await.expect("reloads");
     let worker_after = worker_pid(&socket).await.expect("worker pid");
     assert_ne!(worker_before, worker_after, "a new worker took over");
+    // The new worker starts from the saved states (`server-state-file`): the down replica
+    // stays down and the up one stays fully up. A worker starting afresh would show the up one
+    // as "UP 1/4", on its way down until checks confirm it.
+    let states = server_states(&socket).await.expect("show stat");
+    let status = |name: &str| {
+        states
+            .iter()
+            .find(|s| s.server == name)
+            .map(|s| s.status.clone())
+    };
+    assert_eq!(
+        status("participant1-a").as_deref(),
+        Some("DOWN"),
+        "{states:?}"
+    );
+    assert_eq!(
+        status("participant1-c").as_deref(),
+        Some("UP"),
+        "{states:?}"
+    );
     assert!(
         files.running_pid() == Some(lb.master_pid()),
         "the master is the same process"
