@@ -2,7 +2,8 @@
 # Runs Meridian's whole test suite on a fresh Debian machine, installing what the tests need
 # (PostgreSQL server binaries, Patroni and etcd; the tests start their own throwaway servers and
 # Patroni clusters from them; promtool, from the package prometheus, which checks every role's
-# /metrics; Chromium and chromedriver, which the controller dashboard's browser test drives).
+# /metrics; Chromium and chromedriver, which the controller dashboard's browser test drives;
+# HAProxy, the load balancer the lab puts in front of participants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +16,9 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
-  echo "==> installing ${missing[*]} (the tests start throwaway servers and Patroni clusters from them, check metrics with promtool, and drive the dashboard in headless Chromium)"
+  echo "==> installing ${missing[*]} (the tests start throwaway servers and Patroni clusters from them, check metrics with promtool, drive the dashboard in headless Chromium, and put HAProxy in front of deployments)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -24,6 +26,8 @@ fi
 # The browser tests skip themselves where Chromium is missing; here it was just installed, so a
 # missing browser is a failure, never a silent pass.
 export MERIDIAN_REQUIRE_BROWSER=1
+# Likewise the load-balancer tests and HAProxy.
+export MERIDIAN_REQUIRE_HAPROXY=1
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
