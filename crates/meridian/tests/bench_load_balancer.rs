@@ -30,7 +30,16 @@ fn bench_lb_runs_both_arms_and_audits_them() {
     }
     let output = Command::new(EXE)
         .args([
-            "bench", "lb", "--rounds", "1", "--duration", "2", "--rate", "20", "--lanes", "4",
+            "bench",
+            "lb",
+            "--rounds",
+            "1",
+            "--duration",
+            "2",
+            "--rate",
+            "20",
+            "--lanes",
+            "4",
             "--json",
         ])
         .output()
@@ -44,7 +53,10 @@ fn bench_lb_runs_both_arms_and_audits_them() {
     assert_eq!(arms, ["direct", "haproxy"], "{report:#}");
     for round in rounds {
         assert!(round["committed"].as_u64().unwrap() > 0, "{report:#}");
-        assert!(round["latency_p99_ms"].as_f64().unwrap() > 0.0, "{report:#}");
+        assert!(
+            round["latency_p99_ms"].as_f64().unwrap() > 0.0,
+            "{report:#}"
+        );
         assert_eq!(round["audit_ok"], true, "{report:#}");
         assert_eq!(round["lost_transactions"], 0, "{report:#}");
         assert_eq!(round["duplicate_transactions"], 0, "{report:#}");
@@ -69,8 +81,5 @@ fn bench_failover_compare_refuses_a_fixed_load_balancer() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(
-        stderr.contains("leave out --load-balancer"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("leave out --load-balancer"), "{stderr}");
 }

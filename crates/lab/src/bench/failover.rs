@@ -147,7 +147,9 @@ pub async fn run(command: FailoverCommand, shutdown: CancellationToken) -> anyho
         return super::lb_failover::run(&command.bench, command.rounds, &shutdown).await;
     }
     if command.rounds != 1 {
-        bail!("--rounds counts the deployments of each arm of --compare-load-balancer; give that too");
+        bail!(
+            "--rounds counts the deployments of each arm of --compare-load-balancer; give that too"
+        );
     }
     match command.standby {
         StandbyKind::Cold => {

@@ -79,7 +79,9 @@ impl Arm {
         match self {
             Arm::Direct => description.load_balancer = None,
             Arm::Haproxy => {
-                description.load_balancer.get_or_insert_with(Default::default);
+                description
+                    .load_balancer
+                    .get_or_insert_with(Default::default);
             }
         }
         description
@@ -136,11 +138,16 @@ pub struct LbBenchReport {
 pub async fn run(args: LbBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the meridian binary")?;
     let json = args.json;
-    let report = measure_with(&args, exe, &mut |line| {
-        if !json {
-            eprintln!("  {line}");
-        }
-    }, &shutdown)
+    let report = measure_with(
+        &args,
+        exe,
+        &mut |line| {
+            if !json {
+                eprintln!("  {line}");
+            }
+        },
+        &shutdown,
+    )
     .await?;
     if json {
         println!("{}", serde_json::to_string(&report)?);

@@ -148,8 +148,16 @@ fn print_report(report: &CompareReport) {
         report.rounds_per_arm, report.trials_per_round
     );
     for arm in &report.arms {
-        let rtos: Vec<String> = arm.trials.iter().map(|t| format!("{:.0}", t.rto_ms)).collect();
-        println!("  {:<16} RTO per trial (ms): {}", arm.arm.label(), rtos.join(" "));
+        let rtos: Vec<String> = arm
+            .trials
+            .iter()
+            .map(|t| format!("{:.0}", t.rto_ms))
+            .collect();
+        println!(
+            "  {:<16} RTO per trial (ms): {}",
+            arm.arm.label(),
+            rtos.join(" ")
+        );
     }
     println!(
         "  {:<16} {:>11} {:>11} {:>7} {:>8} {:>10} {:>5} {:>5}  audit",
