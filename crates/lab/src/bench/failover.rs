@@ -121,6 +121,8 @@ pub struct FailoverReport {
     pub timed_out_requests: u64,
     /// Failed attempts by status, over the whole run.
     pub rejections: BTreeMap<String, u64>,
+    /// The first few failures' messages, to say why.
+    pub failure_samples: Vec<String>,
     pub committed: u64,
     pub lost_transactions: usize,
     pub duplicate_transactions: usize,
@@ -337,6 +339,7 @@ impl FailoverReport {
             timed_out_requests: trials.iter().map(|t| t.timed_out_requests).sum(),
             trials,
             rejections: report.workload.rejections,
+            failure_samples: report.workload.failure_samples,
             committed: report.workload.committed,
             lost_transactions: report.audit.acknowledged_missing,
             duplicate_transactions: duplicates,

@@ -12,6 +12,8 @@
 //! so its own failover is gone: what remains is HAProxy's — its health check marking the new
 //! active replica up (`HealthChecks`) and its retry of a request whose connection failed.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,10 @@ pub struct ArmFailover {
     pub rto_ms_p99: f64,
     pub failed_requests: u64,
     pub retried_requests: u64,
+    /// Failed attempts by status, over all its rounds.
+    pub rejections: BTreeMap<String, u64>,
+    /// The first few failures' messages of each round, to say why.
+    pub failure_samples: Vec<String>,
     pub committed: u64,
     pub lost_transactions: usize,
     pub duplicate_transactions: usize,
@@ -126,8 +132,18 @@ impl ArmFailover {
         let trials: Vec<Trial> = reports.iter().flat_map(|r| r.trials.clone()).collect();
         let [p50, p99] =
             crate::stats::quantiles(trials.iter().map(|t| t.rto_ms).collect(), [0.5, 0.99]);
+        let mut rejections = BTreeMap::new();
+        for (status, count) in reports.iter().flat_map(|r| &r.rejections) {
+            *rejections.entry(status.clone()).or_insert(0) += count;
+        }
         Self {
             arm,
+            rejections,
+            failure_samples: reports
+                .iter()
+                .flat_map(|r| r.failure_samples.iter().cloned())
+                .take(crate::workload::MAX_FAILURE_SAMPLES)
+                .collect(),
             rto_ms_p50: p50,
             rto_ms_p99: p99,
             failed_requests: trials.iter().map(|t| t.failed_requests).sum(),
@@ -176,6 +192,18 @@ fn print_report(report: &CompareReport) {
             arm.duplicate_transactions,
             if arm.audit_ok { "OK" } else { "FAILED" }
         );
+    }
+    for arm in &report.arms {
+        if !arm.rejections.is_empty() {
+            println!(
+                "  {:<16} failed attempts: {:?}",
+                arm.arm.label(),
+                arm.rejections
+            );
+        }
+        for sample in &arm.failure_samples {
+            println!("  {:<16} failure: {sample}", arm.arm.label());
+        }
     }
     println!(
         "  target through HAProxy: RTO p99 ≤ {:.0} ms with 0 failed requests: {}",
