@@ -20,7 +20,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
-  echo "==> installing ${missing[*]} (the tests start throwaway servers and Patroni clusters from them, check metrics with promtool, and drive the dashboard in headless Chromium, and put HAProxy in front of deployments)"
+  echo "==> installing ${missing[*]} (the tests start throwaway servers and Patroni clusters from them, check metrics with promtool, and drive the dashboard in headless Chromium and put HAProxy in front of deployments)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::standby::{ColdOptions, StandbyKind};
-use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Preset};
+use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Description, Preset};
 use crate::experiment::{
     Experiment, ExperimentReport, FaultReport, FaultStep, Observer, Recovered, Step,
 };
@@ -86,6 +86,16 @@ pub struct FailoverCommand {
     /// the cold one (default: the deployment's, 5).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub crash_loop_restarts: Option<u32>,
+    /// Run the trials twice over, alternately: with the clients' own list of every replica's
+    /// endpoint, and through HAProxy in front of the participants (clients then know one
+    /// address per participant); RTO p50/p99 and failed/retried requests per arm. Warm
+    /// standby, participant only.
+    #[arg(long)]
+    pub compare_load_balancer: bool,
+    /// With `--compare-load-balancer`: deployments per arm, each running `--trials` trials,
+    /// in the order without, with, without, with...
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10))]
+    pub rounds: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +106,8 @@ pub struct Trial {
     pub failed_requests: u64,
     /// Of those, rejected with a mediator TIMEOUT.
     pub timed_out_requests: u64,
+    /// Requests the clients retried (same command id) while the recovery was measured.
+    pub retried_requests: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,6 +121,8 @@ pub struct FailoverReport {
     pub timed_out_requests: u64,
     /// Failed attempts by status, over the whole run.
     pub rejections: BTreeMap<String, u64>,
+    /// The first few failures' messages, to say why.
+    pub failure_samples: Vec<String>,
     pub committed: u64,
     pub lost_transactions: usize,
     pub duplicate_transactions: usize,
@@ -128,6 +142,17 @@ pub const CLIENT_BACKOFF: Backoff = Backoff {
 const SETTLE_S: u64 = 2;
 
 pub async fn run(command: FailoverCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if command.compare_load_balancer {
+        if command.standby != StandbyKind::Warm || command.crash_loop_restarts.is_some() {
+            bail!("--compare-load-balancer measures the warm standby's failover (--standby warm)");
+        }
+        return super::lb_failover::run(&command.bench, command.rounds, &shutdown).await;
+    }
+    if command.rounds != 1 {
+        bail!(
+            "--rounds counts the deployments of each arm of --compare-load-balancer; give that too"
+        );
+    }
     match command.standby {
         StandbyKind::Cold => {
             let options = ColdOptions {
@@ -197,7 +222,22 @@ pub async fn measure_with(
     exe: std::path::PathBuf,
     shutdown: CancellationToken,
 ) -> anyhow::Result<FailoverReport> {
-    let mut description = args.deployment.resolve(Preset::Replicated, None)?;
+    let description = resolve(args)?;
+    measure_description(args, description, exe, shutdown).await
+}
+
+/// The deployment `args` name (default: the `replicated` preset), checked.
+pub fn resolve(args: &FailoverBenchArgs) -> anyhow::Result<Description> {
+    args.deployment.resolve(Preset::Replicated, None)
+}
+
+/// [`measure_with`] on `description` instead of the one `args` name.
+pub async fn measure_description(
+    args: &FailoverBenchArgs,
+    mut description: Description,
+    exe: std::path::PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<FailoverReport> {
     if let Some(lease_timeout_ms) = args.lease_timeout_ms {
         description.lease_timeout_ms = lease_timeout_ms;
     }
@@ -285,6 +325,7 @@ impl FailoverReport {
                 rto_ms,
                 failed_requests: fault.failed_requests,
                 timed_out_requests: fault.timed_out_requests,
+                retried_requests: fault.retried_requests,
             });
         }
         let (p50, max) = report.rto_p50_and_max_ms();
@@ -298,6 +339,7 @@ impl FailoverReport {
             timed_out_requests: trials.iter().map(|t| t.timed_out_requests).sum(),
             trials,
             rejections: report.workload.rejections,
+            failure_samples: report.workload.failure_samples,
             committed: report.workload.committed,
             lost_transactions: report.audit.acknowledged_missing,
             duplicate_transactions: duplicates,

@@ -3,6 +3,8 @@
 
 pub mod cost;
 pub mod failover;
+pub mod lb;
+pub mod lb_failover;
 pub mod ledger;
 pub mod pgbench;
 pub mod replication;
@@ -21,6 +23,9 @@ pub enum BenchCommand {
     /// (`--standby cold`: its host lost, the controller starts the cold replica; with the
     /// split and what each replica costs).
     Failover(failover::FailoverCommand),
+    /// What HAProxy in front of the participants costs: the same deployment at the same
+    /// `--rate`, rounds alternately without and with it, `SubmitAndWait` p50/p99 side by side.
+    Lb(lb::LbBenchArgs),
     /// The distribution's pgbench (one-row INSERTs) on the same replicated clusters as
     /// `bench ledger --replication`: what PostgreSQL itself shows.
     Pgbench(pgbench::PgbenchArgs),
@@ -34,6 +39,7 @@ pub async fn run(
         BenchCommand::Sequencer(args) => sequencer::run(args).await,
         BenchCommand::Ledger(args) => ledger::run(args, shutdown).await,
         BenchCommand::Failover(args) => failover::run(args, shutdown).await,
+        BenchCommand::Lb(args) => lb::run(args, shutdown).await,
         BenchCommand::Pgbench(args) => pgbench::run(args).await,
     }
 }
