@@ -11,20 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Skips (with a line saying so) where HAProxy is missing, unless the suite demands it.
-fn haproxy_binary() -> Option<std::path::PathBuf> {
-    match haproxy::binary() {
-        Ok(path) => Some(path),
-        Err(error) if std::env::var_os("MERIDIAN_REQUIRE_HAPROXY").is_some() => {
-            panic!("{error}")
-        }
-        Err(error) => {
-            eprintln!("skipped: {error}");
-            None
-        }
-    }
-}
-
 /// A stand-in replica admin port: `/readyz` answers 200 while `ready` is true, else 503.
 async fn readyz_server(ready: watch::Receiver<bool>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
@@ -82,7 +68,7 @@ fn is_up(states: &[haproxy::ServerState], server: &str) -> bool {
 
 #[tokio::test]
 async fn health_checks_follow_readyz_and_a_reload_moves_the_region_without_a_restart() {
-    let Some(binary) = haproxy_binary() else {
+    let Some(binary) = meridian_testkit::haproxy::binary() else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -187,7 +173,7 @@ async fn health_checks_follow_readyz_and_a_reload_moves_the_region_without_a_res
 
 #[tokio::test]
 async fn a_configuration_haproxy_refuses_leaves_the_running_one_in_place() {
-    let Some(binary) = haproxy_binary() else {
+    let Some(binary) = meridian_testkit::haproxy::binary() else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

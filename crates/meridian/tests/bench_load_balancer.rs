@@ -9,23 +9,9 @@ use std::process::Command;
 
 const EXE: &str = env!("CARGO_BIN_EXE_meridian");
 
-/// Whether HAProxy is here; panics where it is missing but required.
-fn haproxy_present() -> bool {
-    match meridian_lb::haproxy::binary() {
-        Ok(_) => true,
-        Err(error) if std::env::var_os("MERIDIAN_REQUIRE_HAPROXY").is_some() => {
-            panic!("{error}")
-        }
-        Err(error) => {
-            eprintln!("skipped: {error}");
-            false
-        }
-    }
-}
-
 #[test]
 fn bench_lb_runs_both_arms_and_audits_them() {
-    if !haproxy_present() {
+    if meridian_testkit::haproxy::binary().is_none() {
         return;
     }
     let output = Command::new(EXE)

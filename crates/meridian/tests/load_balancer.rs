@@ -26,20 +26,6 @@ use meridian_lb::{Frontend, Haproxy, HaproxyFiles, HealthChecks, LbPlan, LbTls, 
 
 const EXE: &str = env!("CARGO_BIN_EXE_meridian");
 
-/// Whether HAProxy is installed; panics where the suite demands it and it is not.
-fn haproxy_installed() -> bool {
-    match haproxy::binary() {
-        Ok(_) => true,
-        Err(error) if std::env::var_os("MERIDIAN_REQUIRE_HAPROXY").is_some() => {
-            panic!("{error}")
-        }
-        Err(error) => {
-            eprintln!("skipped: {error}");
-            false
-        }
-    }
-}
-
 /// Runs `meridian drill --load-balancer haproxy` with `args` in `dir`, asserts it passed, and
 /// returns its JSON report and its table.
 fn drill_through_haproxy(dir: &Path, args: &[&str]) -> (serde_json::Value, String) {
@@ -73,7 +59,7 @@ fn drill_through_haproxy(dir: &Path, args: &[&str]) -> (serde_json::Value, Strin
 /// One participant fault through HAProxy: it was detected and recovered, and the
 /// applications saw no failure, lost nothing and duplicated nothing.
 fn assert_participant_fault_lost_nothing(scenario: &str, action: &str) {
-    if !haproxy_installed() {
+    if meridian_testkit::haproxy::binary().is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -108,7 +94,7 @@ fn a_participant_switchover_behind_haproxy_fails_no_request() {
 
 #[test]
 fn a_controller_region_switchover_reloads_haproxy_onto_region_two_with_no_failed_request() {
-    if !haproxy_installed() {
+    if meridian_testkit::haproxy::binary().is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +162,7 @@ fn free_port() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn with_no_replica_ready_haproxy_answers_grpc_unavailable_not_an_html_page() {
-    if !haproxy_installed() {
+    if meridian_testkit::haproxy::binary().is_none() {
         return;
     }
     let binary = haproxy::binary().unwrap();

@@ -15,18 +15,6 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/load-balanced.toml")
 }
 
-/// Skips (printing why) where HAProxy is missing, unless the suite demands it.
-fn haproxy_installed() -> bool {
-    match meridian_lb::haproxy::binary() {
-        Ok(_) => true,
-        Err(error) if std::env::var_os("MERIDIAN_REQUIRE_HAPROXY").is_some() => panic!("{error}"),
-        Err(error) => {
-            eprintln!("skipped: {error}");
-            false
-        }
-    }
-}
-
 fn meridian(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(EXE);
     command.args(args);
@@ -59,7 +47,7 @@ fn lb_config(file: &Path, data_dir: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn the_example_configuration_passes_haproxy_check_in_plaintext_and_with_mutual_tls() {
-    if !haproxy_installed() {
+    if meridian_testkit::haproxy::binary().is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

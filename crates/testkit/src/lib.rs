@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod failover;
+pub mod haproxy;
 pub mod hostile;
 mod logging;
 mod process;
