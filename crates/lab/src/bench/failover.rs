@@ -32,7 +32,6 @@ use meridian_client::Backoff;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::standby::{ColdOptions, StandbyKind};
 use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Description, Preset};
 use crate::experiment::{
     Experiment, ExperimentReport, FaultReport, FaultStep, Observer, Recovered, Step,
@@ -68,34 +67,6 @@ pub struct FailoverBenchArgs {
     pub lease_timeout_ms: Option<u64>,
     #[arg(long)]
     pub json: bool,
-}
-
-/// `meridian bench failover`: the warm bench's arguments, and which standby the target node
-/// has (`--standby cold`: see [`super::standby`]).
-#[derive(Debug, Clone, Args)]
-pub struct FailoverCommand {
-    #[command(flatten)]
-    pub bench: FailoverBenchArgs,
-    /// The target node's standby: `warm`, a passive replica that takes over by the lease (no
-    /// controller); `cold`, a replica that does not run until `meridian controller` starts it
-    /// (each trial a fresh deployment under a controller, SQLite only).
-    #[arg(long, value_enum, default_value = "warm")]
-    pub standby: StandbyKind,
-    /// With `--standby cold`: the deployment's `[controller] crash_loop_restarts`, the failed
-    /// restarts in place of the lost replica before the controller gives it up and starts
-    /// the cold one (default: the deployment's, 5).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub crash_loop_restarts: Option<u32>,
-    /// Run the trials twice over, alternately: with the clients' own list of every replica's
-    /// endpoint, and through HAProxy in front of the participants (clients then know one
-    /// address per participant); RTO p50/p99 and failed/retried requests per arm. Warm
-    /// standby, participant only.
-    #[arg(long)]
-    pub compare_load_balancer: bool,
-    /// With `--compare-load-balancer`: deployments per arm, each running `--trials` trials,
-    /// in the order without, with, without, with...
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10))]
-    pub rounds: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,34 +112,8 @@ pub const CLIENT_BACKOFF: Backoff = Backoff {
 /// is judged against is taken over it.
 const SETTLE_S: u64 = 2;
 
-pub async fn run(command: FailoverCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if command.compare_load_balancer {
-        if command.standby != StandbyKind::Warm || command.crash_loop_restarts.is_some() {
-            bail!("--compare-load-balancer measures the warm standby's failover (--standby warm)");
-        }
-        return super::lb_failover::run(&command.bench, command.rounds, &shutdown).await;
-    }
-    if command.rounds != 1 {
-        bail!(
-            "--rounds counts the deployments of each arm of --compare-load-balancer; give that too"
-        );
-    }
-    match command.standby {
-        StandbyKind::Cold => {
-            let options = ColdOptions {
-                crash_loop_restarts: command.crash_loop_restarts,
-            };
-            super::standby::run(&command.bench, &options, &shutdown).await
-        }
-        StandbyKind::Warm if command.crash_loop_restarts.is_some() => bail!(
-            "--crash-loop-restarts is a setting of the controller, which only --standby cold \
-             runs; a warm standby takes over by the lease"
-        ),
-        StandbyKind::Warm => run_warm(command.bench, shutdown).await,
-    }
-}
-
-async fn run_warm(args: FailoverBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// The warm standby's bench: kill -9 the active replica `--trials` times, then the audit.
+pub async fn run_warm(args: FailoverBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let report = measure(&args, shutdown).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
