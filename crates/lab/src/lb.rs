@@ -130,9 +130,10 @@ pub fn frontend_ports(
 ) -> anyhow::Result<Vec<u16>> {
     let count = 1 + description.participants.len();
     match load_balancer.first_port {
-        Some(first) => (0..count)
+        Some(_) => (0..count)
             .map(|offset| {
-                u16::try_from(usize::from(first) + offset)
+                load_balancer
+                    .fixed_port(offset)
                     .context("load_balancer.first_port: the ports run past 65535")
             })
             .collect(),

@@ -334,13 +334,13 @@ impl Drop for Haproxy {
 }
 
 /// SIGUSR2 to the master of `files`, then waits until a new worker answers on the socket.
-pub async fn reload(files: &HaproxyFiles, master_pid: u32) -> Result<(), LbError> {
+async fn reload(files: &HaproxyFiles, master_pid: u32) -> Result<(), LbError> {
     let socket = files.socket();
     let before = worker_pid(&socket).await.ok();
     // The new worker reads the servers' states from here (`server-state-file`), so that a
     // replica known to be down stays down instead of starting up until its first check.
     let states = runtime_command(&socket, "show servers state").await?;
-    let state_file = files.dir().join("servers.state");
+    let state_file = files.load_plan()?.server_state_file();
     std::fs::write(&state_file, states).map_err(io(format!("writing {}", state_file.display())))?;
     let raw =
         i32::try_from(master_pid).map_err(|_| LbError::NotRunning(files.dir().to_path_buf()))?;

@@ -162,10 +162,9 @@ fn free_port() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn with_no_replica_ready_haproxy_answers_grpc_unavailable_not_an_html_page() {
-    if meridian_testkit::haproxy::binary().is_none() {
+    let Some(binary) = meridian_testkit::haproxy::binary() else {
         return;
-    }
-    let binary = haproxy::binary().unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
     let files = HaproxyFiles::new(dir.path());
     // One replica, nothing listening on its ports: its checks fail, no server is up.

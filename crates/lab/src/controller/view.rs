@@ -100,8 +100,6 @@ impl ControlledDeployment {
     /// deployment has one, else warm replicas, then cold ones, each through the delayed link
     /// from the clients' zone when `[network]` sets one.
     pub fn ledger_endpoints(&self, index: usize) -> anyhow::Result<Vec<String>> {
-        let network = crate::deployment::network::Network::load(&self.data_dir)?;
-        let client_zone = crate::deployment::network::client_zone(&self.description);
         let participant = self
             .description
             .participants
@@ -115,6 +113,8 @@ impl ControlledDeployment {
             })?;
             return Ok(vec![crate::tls::url(frontend.bind)]);
         }
+        let network = crate::deployment::network::Network::load(&self.data_dir)?;
+        let client_zone = crate::deployment::network::client_zone(&self.description);
         let mut endpoints = Vec::new();
         for standby in [Standby::Warm, Standby::Cold] {
             for replica in participant.replicas.iter().filter(|r| r.standby == standby) {

@@ -581,7 +581,7 @@ fn check_load_balancer(
         .chain(description.participants.iter().map(|p| p.name.to_string()))
         .enumerate()
         .filter_map(|(offset, node)| {
-            let port = u16::try_from(usize::from(first) + offset).ok()?;
+            let port = load_balancer.fixed_port(offset)?;
             Some((
                 port,
                 format!("load_balancer.first_port + {offset} ({node}'s frontend)"),

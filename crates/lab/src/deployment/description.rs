@@ -200,6 +200,14 @@ pub struct LoadBalancer {
     pub first_port: Option<u16>,
 }
 
+impl LoadBalancer {
+    /// The fixed port of frontend `offset` (0: the sequencer; `1 + i`: participant `i` in file
+    /// order): `None` without `first_port`, or past 65535.
+    pub fn fixed_port(&self, offset: usize) -> Option<u16> {
+        u16::try_from(usize::from(self.first_port?) + offset).ok()
+    }
+}
+
 impl Default for LoadBalancer {
     fn default() -> Self {
         Self {
