@@ -7,6 +7,7 @@
 //! This crate performs no I/O, so everything in it is deterministic and unit-testable.
 
 pub mod backoff;
+pub mod coalesce;
 pub mod crypto;
 pub mod ids;
 pub mod ledger;

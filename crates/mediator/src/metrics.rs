@@ -30,6 +30,8 @@ pub struct MediatorMetrics {
     pub time_proofs: Counter,
     /// Events persisted per database transaction.
     pub batch_size: Histogram,
+    /// Verdicts coalesced into one submission to the sequencer.
+    pub verdicts_per_send: Histogram,
     pub commit_latency_seconds: Histogram,
     /// The last processed event's timestamp, seconds since the epoch.
     pub last_event_timestamp_seconds: TimestampGauge,
@@ -60,6 +62,10 @@ impl MediatorMetrics {
                 "Time proofs requested while waiting for deadlines",
             ),
             batch_size: r.batch_sizes("batch_size", "Events persisted per database transaction"),
+            verdicts_per_send: r.batch_sizes(
+                "verdicts_per_send",
+                "Verdicts coalesced into one submission to the sequencer",
+            ),
             commit_latency_seconds: r.latencies_seconds(
                 "commit_latency_seconds",
                 "Time to persist one run of events",

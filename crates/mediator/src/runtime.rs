@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, StreamExt as _};
 use meridian_client::{ClientError, SequencerClient};
+use meridian_core::coalesce::{self, CoalesceLimits, Coalesced};
 use meridian_core::crypto::{SigningKey, SigningPurpose};
 use meridian_core::protocol::{ProtocolMessage, Signed, Verdict};
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
@@ -429,7 +430,7 @@ struct Sender {
 impl Sender {
     async fn run(self, mut jobs: mpsc::Receiver<Outgoing>) {
         let this = Arc::new(self);
-        let mut in_flight: JoinSet<Option<Timestamp>> = JoinSet::new();
+        let mut in_flight: JoinSet<Vec<Timestamp>> = JoinSet::new();
         let mut unmarked: Vec<Timestamp> = Vec::new();
         let mut mark = tokio::time::interval(MARK_SENT_INTERVAL);
         mark.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -441,29 +442,44 @@ impl Sender {
                 () = this.shutdown.cancelled() => break,
                 job = jobs.recv(), if in_flight.len() < MAX_IN_FLIGHT_SENDS => {
                     let Some(job) = job else { break };
-                    let sender = this.clone();
-                    match job {
-                        Outgoing::Verdict { request_id, recipients, verdict } => {
-                            in_flight.spawn(async move {
-                                sender.send_verdict(request_id, recipients, verdict).await
-                            });
+                    // Every verdict already queued goes out with this one, in one submission.
+                    let mut verdicts = Vec::new();
+                    let mut time_proofs = 0usize;
+                    let mut next = Some(job);
+                    while let Some(job) = next.take() {
+                        match job {
+                            Outgoing::Verdict { request_id, recipients, verdict } => {
+                                verdicts.push((request_id, recipients, verdict));
+                            }
+                            Outgoing::TimeProof => time_proofs += 1,
                         }
-                        Outgoing::TimeProof => {
-                            time_proof_seq = time_proof_seq.wrapping_add(1);
-                            let seq = time_proof_seq;
-                            in_flight.spawn(async move {
-                                sender.send_time_proof(seq).await;
-                                None
-                            });
+                        if verdicts.len() < CoalesceLimits::DEFAULT.max_envelopes {
+                            next = jobs.try_recv().ok();
                         }
+                    }
+                    if !verdicts.is_empty() {
+                        let sender = this.clone();
+                        in_flight.spawn(async move { sender.send_verdicts(verdicts).await });
+                    }
+                    // One time proof answers every request for one queued meanwhile.
+                    if time_proofs > 0 {
+                        time_proof_seq = time_proof_seq.wrapping_add(1);
+                        let seq = time_proof_seq;
+                        let sender = this.clone();
+                        in_flight.spawn(async move {
+                            sender.send_time_proof(seq).await;
+                            Vec::new()
+                        });
                     }
                 }
                 Some(done) = in_flight.join_next() => {
-                    if let Ok(Some(request_id)) = done {
-                        if unmarked.len() >= MAX_UNMARKED_SENT {
-                            unmarked.remove(0);
+                    if let Ok(request_ids) = done {
+                        for request_id in request_ids {
+                            if unmarked.len() >= MAX_UNMARKED_SENT {
+                                unmarked.remove(0);
+                            }
+                            unmarked.push(request_id);
                         }
-                        unmarked.push(request_id);
                     }
                 }
                 _ = mark.tick() => this.mark_sent(&mut unmarked).await,
@@ -473,43 +489,67 @@ impl Sender {
         in_flight.abort_all();
         // What was acknowledged is worth recording; the rest is re-sent after a restart.
         while let Some(done) = in_flight.join_next().await {
-            if let Ok(Some(request_id)) = done {
-                unmarked.push(request_id);
+            if let Ok(request_ids) = done {
+                unmarked.extend(request_ids);
             }
         }
         this.mark_sent(&mut unmarked).await;
     }
 
-    /// Sends one verdict until the sequencer acknowledges it or refuses it definitely, or
-    /// shutdown. Returns the request id to mark as sent (also for a definite refusal: retrying
-    /// it forever would not help), `None` on shutdown.
-    async fn send_verdict(
-        &self,
-        request_id: Timestamp,
-        recipients: Vec<MemberId>,
-        verdict: Verdict,
-    ) -> Option<Timestamp> {
-        let signed = Signed::sign(
-            &verdict,
-            self.member.clone(),
-            &self.key,
-            SigningPurpose::Verdict,
-        );
-        let payload = ProtocolMessage::Verdict(signed).encode();
-        // The same message id on every attempt and after restarts: the sequencer deduplicates.
-        let message_id = MessageId::new(format!("verdict-{}", request_id.as_micros()))
-            .expect("digits make a valid message id");
-        // A short cap: the request's participants wait on this verdict.
+    /// Sends verdicts, coalesced into as few submissions as [`CoalesceLimits::DEFAULT`] allows,
+    /// each until the sequencer acknowledges it or refuses it definitely, or shutdown. Returns
+    /// the request ids to mark as sent (also after a definite refusal: retrying it forever
+    /// would not help); on shutdown, only those of the submissions acknowledged before it.
+    async fn send_verdicts(&self, verdicts: Vec<(Timestamp, Vec<MemberId>, Verdict)>) -> Vec<Timestamp> {
+        let mut request_ids = Vec::with_capacity(verdicts.len());
+        let mut outgoing = Vec::with_capacity(verdicts.len());
+        for (request_id, recipients, verdict) in verdicts {
+            let signed = Signed::sign(
+                &verdict,
+                self.member.clone(),
+                &self.key,
+                SigningPurpose::Verdict,
+            );
+            // The same message id on every attempt and after restarts: alone, the sequencer
+            // deduplicates it; in a group, the group's id is derived from it.
+            let message_id = MessageId::new(format!("verdict-{}", request_id.as_micros()))
+                .expect("digits make a valid message id");
+            request_ids.push(request_id);
+            outgoing.push(coalesce::Outgoing {
+                message_id,
+                envelope: Envelope {
+                    recipients,
+                    payload: ProtocolMessage::Verdict(signed).encode(),
+                },
+            });
+        }
+        let mut sent = Vec::with_capacity(request_ids.len());
+        let mut ids = request_ids.into_iter();
+        for group in coalesce::coalesce(outgoing, CoalesceLimits::DEFAULT) {
+            let group_ids: Vec<Timestamp> = ids.by_ref().take(group.members.len()).collect();
+            match self.send_group(group).await {
+                Some(_) => sent.extend(group_ids),
+                None => break,
+            }
+        }
+        sent
+    }
+
+    /// One coalesced submission of verdicts. `Some(true)` when sequenced, `Some(false)` when
+    /// refused definitely, `None` on shutdown or when the retries gave up (then it is re-sent
+    /// after a restart or promotion, and deduplicated or ignored by its recipients).
+    async fn send_group(&self, group: Coalesced) -> Option<bool> {
+        let verdicts = group.members.len();
+        let group = &group;
+        self.metrics.verdicts_per_send.observe(verdicts as f64);
+        // A short cap: the requests' participants wait on these verdicts.
         let retry = Retry::new(&self.readiness, &self.shutdown).with_backoff(WHILE_SERVING);
         let sent = retry
             .until("sequencer", "cannot send verdicts", || {
                 let submission = Submission {
                     sender: self.member.clone(),
-                    message_id: message_id.clone(),
-                    envelopes: vec![Envelope {
-                        recipients: recipients.clone(),
-                        payload: payload.clone(),
-                    }],
+                    message_id: group.message_id.clone(),
+                    envelopes: group.envelopes.clone(),
                     max_sequencing_time: Timestamp::now().saturating_add(VERDICT_SEND_WINDOW),
                 };
                 async move {
@@ -517,7 +557,7 @@ impl Sender {
                         Ok(receipt) => Ok(Some(receipt)),
                         // A refusal that a retry cannot change: stop retrying.
                         Err(ClientError::Rejected { code, message }) if is_definite(code) => {
-                            tracing::error!(request = %request_id, ?code, %message, "the sequencer refused a verdict; giving it up");
+                            tracing::error!(message_id = %group.message_id, verdicts, ?code, %message, "the sequencer refused verdicts; giving them up");
                             Ok(None)
                         }
                         Err(error) => Err(error),
@@ -527,19 +567,21 @@ impl Sender {
             .await;
         match sent {
             Ok(Some(Some(receipt))) => {
-                tracing::debug!(request = %request_id, sequenced = %receipt.timestamp, deduplicated = receipt.deduplicated, "verdict sent");
-                self.metrics.verdicts_sent.inc();
-                self.status.verdicts_sent.fetch_add(1, Ordering::Relaxed);
-                Some(request_id)
+                tracing::debug!(message_id = %group.message_id, verdicts, sequenced = %receipt.timestamp, deduplicated = receipt.deduplicated, "verdicts sent");
+                self.metrics.verdicts_sent.inc_by(verdicts as u64);
+                self.status
+                    .verdicts_sent
+                    .fetch_add(verdicts as u64, Ordering::Relaxed);
+                Some(true)
             }
             Ok(Some(None)) => {
-                self.metrics.verdicts_abandoned.inc();
-                Some(request_id)
+                self.metrics.verdicts_abandoned.inc_by(verdicts as u64);
+                Some(false)
             }
             Ok(None) => None,
-            // Not marked sent: re-sent (and deduplicated) after a restart or promotion.
+            // Not marked sent: re-sent after a restart or promotion.
             Err(gave_up) => {
-                tracing::error!(request = %request_id, "{gave_up}");
+                tracing::error!(message_id = %group.message_id, verdicts, "{gave_up}");
                 None
             }
         }

@@ -23,6 +23,9 @@ pub struct ParticipantMetrics {
     pub events_processed: Counter,
     /// Sequencer events and local commands handled per database transaction.
     pub batch_size: Histogram,
+    /// Protocol messages (envelopes) per submission sent to the sequencer: how much
+    /// coalescing saves.
+    pub messages_per_send: Histogram,
 }
 
 impl ParticipantMetrics {
@@ -52,6 +55,10 @@ impl ParticipantMetrics {
             batch_size: r.batch_sizes(
                 "batch_size",
                 "Events and commands handled per database transaction",
+            ),
+            messages_per_send: r.batch_sizes(
+                "messages_per_send",
+                "Protocol messages coalesced into one submission to the sequencer",
             ),
         }
     }

@@ -699,8 +699,8 @@ async fn start_term(
         .pending()
         .filter_map(|p| p.response.clone())
         .collect();
-    for response in responses {
-        core.send_in_background(response).await;
+    if !responses.is_empty() {
+        core.send_in_background(responses).await;
     }
 
     let chores = tokio::spawn(runtime::run_chores(core.clone()));

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use meridian_client::{ClientError, SequencerClient, Subscription};
+use meridian_core::coalesce::{coalesce, CoalesceLimits, Coalesced, Outgoing};
 use meridian_core::crypto::SigningKey;
 use meridian_core::protocol::{ChangeId, ProtocolMessage};
 use meridian_core::sequencing::{Envelope, ForkError, SequencedEvent, Submission};
@@ -443,41 +444,58 @@ impl Core {
         }
     }
 
-    /// Sends one message through the sequencer in the background, bounded by `sends`. Once
-    /// the term ended nothing more goes out (a retrying send is abandoned too): a demoted
-    /// replica must not act for the participant. Whatever it did not send, the new active
-    /// replica sends after replaying from the checkpoint (same message id, deduplicated).
-    pub async fn send_in_background(self: &Arc<Self>, message: OutgoingMessage) {
-        let permit = tokio::select! {
-            _ = self.shutdown.cancelled() => return,
-            permit = self.sends.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let core = Arc::clone(self);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let message_id = message.message_id.clone();
-            tokio::select! {
-                _ = core.shutdown.cancelled() => {
-                    tracing::debug!(%message_id, "term ended; not sending");
-                }
-                sent = core.send_message(message) => if let Err(error) = sent {
-                    tracing::warn!(%message_id, %error, "sending a protocol message failed");
-                },
+    /// Sends messages through the sequencer in the background, coalesced into as few
+    /// submissions as [`CoalesceLimits::DEFAULT`] allows (see [`meridian_core::coalesce`]), each
+    /// bounded by `sends`. Once the term ended nothing more goes out (a retrying send is
+    /// abandoned too): a demoted replica must not act for the participant. Whatever it did not
+    /// send, the new active replica sends after replaying from the checkpoint; the receivers
+    /// ignore a second copy.
+    pub async fn send_in_background(self: &Arc<Self>, messages: Vec<OutgoingMessage>) {
+        let mut outgoing = Vec::with_capacity(messages.len());
+        for message in messages {
+            match MessageId::new(message.message_id) {
+                Ok(message_id) => outgoing.push(Outgoing {
+                    message_id,
+                    envelope: Envelope {
+                        recipients: message.recipients,
+                        payload: message.payload.into_bytes(),
+                    },
+                }),
+                // The engine makes these ids; a bad one is a bug, not input.
+                Err(error) => tracing::error!(%error, "not sending a message with an invalid id"),
             }
-        });
+        }
+        for group in coalesce(outgoing, CoalesceLimits::DEFAULT) {
+            let permit = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                permit = self.sends.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            self.metrics.messages_per_send.observe(group.envelopes.len() as f64);
+            let core = Arc::clone(self);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let message_id = group.message_id.clone();
+                let messages = group.members.len();
+                tokio::select! {
+                    _ = core.shutdown.cancelled() => {
+                        tracing::debug!(%message_id, messages, "term ended; not sending");
+                    }
+                    sent = core.send_group(group) => if let Err(error) = sent {
+                        tracing::warn!(%message_id, messages, %error, "sending protocol messages failed");
+                    },
+                }
+            });
+        }
     }
 
-    async fn send_message(&self, message: OutgoingMessage) -> anyhow::Result<()> {
+    async fn send_group(&self, group: Coalesced) -> anyhow::Result<()> {
         let submission = Submission {
             sender: self.participant.as_member(),
-            message_id: MessageId::new(message.message_id)?,
-            envelopes: vec![Envelope {
-                recipients: message.recipients,
-                payload: message.payload.into_bytes(),
-            }],
+            message_id: group.message_id,
+            envelopes: group.envelopes,
             max_sequencing_time: Timestamp::now()
                 .saturating_add(self.config.max_sequencing_delay()),
         };
@@ -494,7 +512,7 @@ impl Core {
             recipients: vec![self.participant.as_member()],
             payload: String::from_utf8_lossy(&ProtocolMessage::TimeProof.encode()).into_owned(),
         };
-        self.send_in_background(message).await;
+        self.send_in_background(vec![message]).await;
     }
 }
 
@@ -659,10 +677,15 @@ async fn process(
         admissions,
     } = run_engine(core, events, commands);
 
-    for effect in &effects {
-        if let Effect::Send(message) = effect {
-            core.send_in_background(message.clone()).await;
-        }
+    let outgoing: Vec<OutgoingMessage> = effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Send(message) => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    if !outgoing.is_empty() {
+        core.send_in_background(outgoing).await;
     }
     let mut batch = batch_of(&effects);
     if event_count > 0 {
