@@ -84,8 +84,14 @@ fn both_sides_every_round_alternating_with_the_ratio_and_the_medians() {
     assert_eq!(report["metric"], "submissions_per_s");
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 2, "{report}");
-    assert_eq!(rounds[0]["order"], serde_json::json!(["baseline", "candidate"]));
-    assert_eq!(rounds[1]["order"], serde_json::json!(["candidate", "baseline"]));
+    assert_eq!(
+        rounds[0]["order"],
+        serde_json::json!(["baseline", "candidate"])
+    );
+    assert_eq!(
+        rounds[1]["order"],
+        serde_json::json!(["candidate", "baseline"])
+    );
     for round in rounds {
         let baseline = round["baseline"].as_f64().unwrap();
         let candidate = round["candidate"].as_f64().unwrap();
@@ -148,7 +154,11 @@ fn bad_input_is_refused_before_anything_starts() {
         assert!(!ran.exists(), "{args:?} started a bench");
     }
     let output = compare(&["--baseline", fake, "--candidate", fake, "--", "lb"]);
-    assert!(stderr(&output).contains("not `bench lb`"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not `bench lb`"),
+        "{}",
+        stderr(&output)
+    );
     assert!(!ran.exists());
 }
 

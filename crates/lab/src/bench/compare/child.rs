@@ -45,12 +45,11 @@ impl BinaryInfo {
         let version = first_line(Command::new(path).arg("--version")).await;
         let checkout_head = match path.parent() {
             Some(dir) => {
-                first_line(
-                    Command::new("git")
-                        .arg("-C")
-                        .arg(dir)
-                        .args(["rev-parse", "--short", "HEAD"]),
-                )
+                first_line(Command::new("git").arg("-C").arg(dir).args([
+                    "rev-parse",
+                    "--short",
+                    "HEAD",
+                ]))
                 .await
             }
             None => None,
@@ -152,8 +151,14 @@ pub async fn run_bench(
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
     let mut guard = pid.map(|pgid| GroupGuard { pgid, armed: true });
-    let stdout = child.stdout.take().map(|out| tokio::spawn(read_stdout(out)));
-    let stderr = child.stderr.take().map(|err| tokio::spawn(pass_stderr(err)));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|out| tokio::spawn(read_stdout(out)));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(pass_stderr(err)));
 
     let stopped = tokio::select! {
         status = child.wait() => Ok(status),
@@ -211,7 +216,10 @@ async fn terminate(child: &mut Child, pid: Option<Pid>) {
     if let Some(pid) = pid {
         let _ = kill(pid, Signal::SIGTERM);
     }
-    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         if let Some(pid) = pid {
             let _ = killpg(pid, Signal::SIGKILL);
         }

@@ -80,7 +80,10 @@ pub enum CompareError {
          of cells: compare one cell at a time (e.g. `-- ledger --backend postgres`)"
     )]
     Sweep,
-    #[error("--metric {given}: `bench {bench}` reports none; choose one of: {}", names(bench))]
+    #[error(
+        "--metric {given}: `bench {bench}` reports none; choose one of: {}",
+        names(bench)
+    )]
     UnknownMetric { bench: BenchKind, given: String },
     #[error(
         "--timeout-s {timeout_s}: a bench run of --duration {duration_s} s cannot finish \
@@ -93,7 +96,9 @@ pub enum CompareError {
         path: String,
         source: std::io::Error,
     },
-    #[error("round {round}: the {side} bench failed ({status}); its stderr ended with:\n{stderr_tail}")]
+    #[error(
+        "round {round}: the {side} bench failed ({status}); its stderr ended with:\n{stderr_tail}"
+    )]
     BenchFailed {
         round: u64,
         side: Side,
@@ -463,7 +468,12 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    pub fn new(plan: &Plan, baseline: BinaryInfo, candidate: BinaryInfo, rounds: Vec<Round>) -> Self {
+    pub fn new(
+        plan: &Plan,
+        baseline: BinaryInfo,
+        candidate: BinaryInfo,
+        rounds: Vec<Round>,
+    ) -> Self {
         Self {
             bench: plan.bench,
             bench_args: plan.child_args.clone(),
@@ -533,30 +543,36 @@ pub async fn run(args: CompareArgs, shutdown: CancellationToken) -> anyhow::Resu
     let baseline = BinaryInfo::probe(&baseline_path).await;
     let candidate = BinaryInfo::probe(&candidate_path).await;
     eprintln!("baseline:  {baseline}\ncandidate: {candidate}");
-    let mut rounds = Vec::new();
-    for round in 1..=plan.rounds {
-        let mut reports = [None, None];
-        for side in order(round) {
-            let path = match side {
-                Side::Baseline => &baseline_path,
-                Side::Candidate => &candidate_path,
-            };
+    let run_side = |round: u64, side: Side| {
+        let path = match side {
+            Side::Baseline => &baseline_path,
+            Side::Candidate => &candidate_path,
+        };
+        let (plan, shutdown) = (&plan, &shutdown);
+        async move {
             eprintln!(
                 "round {round}/{}: {side}: {} bench {}",
                 plan.rounds,
                 path.display(),
                 plan.child_args.join(" ")
             );
-            let report = child::run_bench(path, &plan, round, side, &shutdown).await?;
+            let report = child::run_bench(path, plan, round, side, shutdown).await?;
             let value = metric_value(&report, plan.metric, round, side)?;
             eprintln!(
                 "round {round}/{}: {side}: {} {value:.1}",
                 plan.rounds, plan.metric.name
             );
-            reports[side as usize] = Some(report);
+            Ok::<_, CompareError>(report)
         }
-        let [Some(baseline_report), Some(candidate_report)] = reports else {
-            unreachable!("order() lists both sides");
+    };
+    let mut rounds = Vec::new();
+    for round in 1..=plan.rounds {
+        let [first, second] = order(round);
+        let first_report = run_side(round, first).await?;
+        let second_report = run_side(round, second).await?;
+        let (baseline_report, candidate_report) = match first {
+            Side::Baseline => (first_report, second_report),
+            Side::Candidate => (second_report, first_report),
         };
         let measured = Round::new(round, plan.metric, baseline_report, candidate_report)?;
         eprintln!(
@@ -613,8 +629,13 @@ mod tests {
             .into_iter()
             .zip(1..)
             .map(|((b, c), round)| {
-                Round::new(round, metric, json!({ "tx_per_s": b }), json!({ "tx_per_s": c }))
-                    .unwrap()
+                Round::new(
+                    round,
+                    metric,
+                    json!({ "tx_per_s": b }),
+                    json!({ "tx_per_s": c }),
+                )
+                .unwrap()
             })
             .collect();
         assert_eq!(
@@ -641,8 +662,16 @@ mod tests {
             matches!(&missing, Err(CompareError::MetricMissing { round: 2, side: Side::Baseline, fields, .. }) if fields == "other"),
             "{missing:?}"
         );
-        let zero = Round::new(1, metric, json!({ "tx_per_s": 0 }), json!({ "tx_per_s": 1 }));
-        assert!(matches!(zero, Err(CompareError::NoRatio { .. })), "{zero:?}");
+        let zero = Round::new(
+            1,
+            metric,
+            json!({ "tx_per_s": 0 }),
+            json!({ "tx_per_s": 1 }),
+        );
+        assert!(
+            matches!(zero, Err(CompareError::NoRatio { .. })),
+            "{zero:?}"
+        );
     }
 
     #[test]
@@ -710,7 +739,10 @@ mod tests {
         };
         let table =
             Comparison::new(&plan, info("/old/meridian"), info("/new/meridian"), rounds).table();
-        assert!(table.contains("baseline   /old/meridian (meridian 0.1.0)"), "{table}");
+        assert!(
+            table.contains("baseline   /old/meridian (meridian 0.1.0)"),
+            "{table}"
+        );
         assert!(table.contains("candidate  /new/meridian"), "{table}");
         assert!(table.contains("candidate    "), "{table}");
         assert!(table.contains("median"), "{table}");
