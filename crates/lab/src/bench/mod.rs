@@ -1,6 +1,8 @@
 //! `meridian bench ...`: benchmarks against real processes. Each prints a human summary, or
-//! one JSON object with `--json`, and shows progress on stderr while it runs.
+//! one JSON object with `--json`, and shows progress on stderr while it runs; `compare` runs
+//! one of them with two binaries and prints the ratio.
 
+pub mod compare;
 pub mod cost;
 pub mod failover;
 pub mod lb;
@@ -34,6 +36,9 @@ pub enum BenchCommand {
     /// The distribution's pgbench (one-row INSERTs) on the same replicated clusters as
     /// `bench ledger --replication`: what PostgreSQL itself shows.
     Pgbench(pgbench::PgbenchArgs),
+    /// Run `bench ledger` or `bench sequencer` with two binaries, alternately, N rounds:
+    /// each round's figure per side, candidate/baseline, the medians.
+    Compare(compare::CompareArgs),
 }
 
 pub async fn run(command: BenchCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -43,6 +48,7 @@ pub async fn run(command: BenchCommand, shutdown: CancellationToken) -> anyhow::
         BenchCommand::Failover(args) => run_failover(args, shutdown).await,
         BenchCommand::Lb(args) => lb::run(args, shutdown).await,
         BenchCommand::Pgbench(args) => pgbench::run(args).await,
+        BenchCommand::Compare(args) => compare::run(args, shutdown).await,
     }
 }
 
