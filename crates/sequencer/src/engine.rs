@@ -5,6 +5,8 @@
 //! and submissions rejected before storing). Keeping this free of sockets and databases is what
 //! lets us test timestamp uniqueness and deadline handling exhaustively and replay them.
 
+use std::time::Duration;
+
 use meridian_core::{InstanceIndex, MessageId, Timestamp};
 use meridian_store::{MemberSeq, NewEvent};
 
@@ -159,15 +161,21 @@ impl OrderingEngine {
         self.high
     }
 
-    /// The watermark of a heartbeat: [`Self::idle_watermark`], but always above the previous
-    /// one. Peers take a watermark that stands still for a dead instance (they never compare
-    /// it with their own clock), so a live one must move it even while its clock has not
-    /// caught up with it yet — after rejoining above a peer whose clock ran ahead, say.
-    pub fn heartbeat_watermark(&mut self, now: Timestamp) -> Timestamp {
-        let next = self
-            .high
-            .saturating_add(std::time::Duration::from_micros(1));
-        self.idle_watermark(now.max(next))
+    /// The watermark of a heartbeat: [`Self::idle_watermark`] at `now + lead`, but always
+    /// above the previous one. Peers take a watermark that stands still for a dead instance
+    /// (they never compare it with their own clock), so a live one must move it even while its
+    /// clock has not caught up with it yet — after rejoining above a peer whose clock ran
+    /// ahead, say.
+    ///
+    /// `lead` is a promise ahead of the clock, given by an idle instance: every event of a
+    /// busy peer waits until each instance's watermark has passed it (the safe point is their
+    /// minimum), and an idle instance's watermark otherwise trails the clock by up to one
+    /// heartbeat interval — a wait added to every protocol hop. Promising `lead` ahead removes
+    /// that wait; its price is that this instance's next events are stamped above the promise,
+    /// so they wait for the peers' watermarks instead (at most `lead`, once, when it wakes up).
+    pub fn heartbeat_watermark(&mut self, now: Timestamp, lead: Duration) -> Timestamp {
+        let next = self.high.saturating_add(Duration::from_micros(1));
+        self.idle_watermark(now.saturating_add(lead).max(next))
     }
 }
 
@@ -254,13 +262,32 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_heartbeat_promises_its_lead_and_the_next_event_is_stamped_above_it() {
+        let mut engine = instance(0, 4, 500);
+        let now = Timestamp::from_micros(1_000);
+        let lead = Duration::from_micros(100);
+        // The promise runs ahead of the clock, so a busy peer's events up to it are safe.
+        assert_eq!(engine.heartbeat_watermark(now, lead).as_micros(), 1_100);
+        // Nothing at or below a promise is ever issued, even with the clock behind it.
+        let plan = engine.plan(now, &[submission(10_000)]);
+        assert!(plan.events[0].timestamp.as_micros() > 1_100);
+        assert_eq!(plan.watermark, plan.events[0].timestamp);
+        // Without a lead the heartbeat only moves past what was issued.
+        let issued = plan.watermark.as_micros();
+        assert_eq!(
+            engine.heartbeat_watermark(now, Duration::ZERO).as_micros(),
+            issued + 1
+        );
+    }
+
+    #[test]
     fn a_heartbeat_always_moves_the_watermark() {
         let mut engine = instance(0, 4, 500);
         let behind = Timestamp::from_micros(400);
-        assert_eq!(engine.heartbeat_watermark(behind).as_micros(), 501);
-        assert_eq!(engine.heartbeat_watermark(behind).as_micros(), 502);
+        assert_eq!(engine.heartbeat_watermark(behind, Duration::ZERO).as_micros(), 501);
+        assert_eq!(engine.heartbeat_watermark(behind, Duration::ZERO).as_micros(), 502);
         let ahead = Timestamp::from_micros(900);
-        assert_eq!(engine.heartbeat_watermark(ahead).as_micros(), 900);
+        assert_eq!(engine.heartbeat_watermark(ahead, Duration::ZERO).as_micros(), 900);
         let plan = engine.plan(behind, &[submission(10_000)]);
         assert_eq!(plan.events[0].timestamp.as_micros(), 904);
     }

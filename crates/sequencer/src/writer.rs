@@ -100,6 +100,10 @@ pub struct WriterSettings {
     pub dedup_retention: Duration,
 }
 
+/// Heartbeat intervals without events after which an instance counts as idle and promises a
+/// lead: long enough that an instance serving a steady trickle of sends is not idle.
+const IDLE_AFTER_INTERVALS: u32 = 4;
+
 /// How often expired deduplication entries are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -144,6 +148,9 @@ pub struct Writer {
     readiness: Conditions,
     clock: ClockGate,
     last_commit: Instant,
+    /// When this instance last wrote events; an instance idle for `IDLE_AFTER_INTERVALS`
+    /// heartbeat intervals promises a lead in its heartbeats.
+    last_events: Instant,
     last_prune: Instant,
 }
 
@@ -187,6 +194,7 @@ impl Writer {
             readiness: gates.readiness,
             clock: gates.clock,
             last_commit: Instant::now(),
+            last_events: Instant::now(),
             last_prune: Instant::now(),
         };
         (writer, handle)
@@ -263,6 +271,7 @@ impl Writer {
             // The batch's senders wait on this write: while it stalls, /readyz says so.
             match self.readiness.watch_database_call(write).await {
                 Ok(results) => {
+                    self.last_events = Instant::now();
                     self.metrics.batch_size.observe(plan.events.len() as f64);
                     for ((event, slot), result) in plan.events.iter().zip(&plan.slots).zip(results)
                     {
@@ -315,7 +324,7 @@ impl Writer {
         if self.clock.check(now, Instant::now()).is_err() {
             return;
         }
-        let watermark = self.engine.heartbeat_watermark(now);
+        let watermark = self.engine.heartbeat_watermark(now, self.heartbeat_lead());
         let advance =
             self.store
                 .advance_watermark(self.settings.index, self.incarnation, watermark);
@@ -335,6 +344,20 @@ impl Writer {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "pruning message ids failed; will retry"),
             }
+        }
+    }
+
+    /// The lead an idle instance promises ahead of its clock (see
+    /// [`OrderingEngine::heartbeat_watermark`]): two heartbeat intervals, so its watermark stays
+    /// ahead of the clock between heartbeats and a busy peer's events never wait for it. An
+    /// instance that wrote events recently promises none, since its own next events would
+    /// wait out the lead.
+    fn heartbeat_lead(&self) -> Duration {
+        let interval = self.settings.watermark_interval;
+        if self.last_events.elapsed() >= interval * IDLE_AFTER_INTERVALS {
+            interval * 2
+        } else {
+            Duration::ZERO
         }
     }
 
