@@ -464,7 +464,10 @@ fn a_zone_loss_kills_the_whole_zone_and_the_other_zone_takes_over_losing_nothing
     killed_processes.sort();
     let mut expected = in_zone(zone);
     expected.sort();
-    assert!(expected.len() >= 4, "the preset puts a replica of every node there: {expected:?}");
+    assert!(
+        expected.len() >= 4,
+        "the preset puts a replica of every node there: {expected:?}"
+    );
     assert_eq!(killed_processes, expected, "{fault}");
     assert_eq!(
         fault["faulted"],
@@ -490,8 +493,8 @@ fn a_zone_loss_kills_the_whole_zone_and_the_other_zone_takes_over_losing_nothing
         }
         for replica in node.warm().filter(|r| r.zone.as_str() == other_zone[0]) {
             let log = data.join(node.name).join(format!("{}.log", replica.name));
-            let text = std::fs::read_to_string(&log)
-                .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+            let text =
+                std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
             assert!(
                 text.contains("this replica is now active"),
                 "{} never became active after its zone's twin was lost: {}",
