@@ -4,7 +4,8 @@
 //! honouring expiry; and hostile header values (proptest: never a panic, never accepted).
 //!
 //! Hostile cases: `MERIDIAN_HOSTILE_CASES` (default 2,000); the benchmark-style run is
-//! `MERIDIAN_HOSTILE_CASES=100000 cargo nextest run -p meridian-auth --test verify -E 'test(hostile)'`.
+//! `MERIDIAN_HOSTILE_CASES=100000 cargo nextest run -p meridian-auth --test verify -E
+//! 'test(hostile) or test(tampered)'` (results in `docs/security-testing.md`).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
