@@ -261,6 +261,7 @@ impl Writer {
                 would_be,
             }));
         }
+        let mut committed = None;
         if !plan.events.is_empty() {
             let write = self.store.write_events(
                 self.settings.index,
@@ -293,7 +294,7 @@ impl Writer {
                         };
                         replies[*slot] = Some(Ok(outcome));
                     }
-                    self.committed(plan.watermark).await;
+                    committed = Some(plan.watermark);
                 }
                 Err(error) => {
                     let reason = self.handle_store_error(&error).await;
@@ -315,6 +316,11 @@ impl Writer {
                 .observe(request.received_at.elapsed().as_secs_f64());
             // The client may have gone; its submission is sequenced regardless.
             let _ = request.reply.send(reply);
+        }
+        // Answered first: a sender needs the commit, not the safe point, which costs another
+        // database round trip.
+        if let Some(watermark) = committed {
+            self.committed(watermark).await;
         }
     }
 
