@@ -26,6 +26,9 @@ use meridian_node::tls::TlsConfig;
 pub const TLS_DIR: &str = "tls";
 /// The certificate the lab itself presents to nodes that require client certificates.
 pub const LAB_CLIENT: &str = "lab";
+/// The certificate the controller's HTTP API serves (every replica of a deployment's
+/// controller: they run on this machine, reached at `localhost`/`127.0.0.1`).
+pub const CONTROLLER_CERT_NAME: &str = "controller";
 /// Timeout of one admin HTTP request of the lab.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -191,6 +194,59 @@ pub fn use_deployment(data_dir: &Path) -> anyhow::Result<()> {
         http,
     });
     Ok(())
+}
+
+/// The `[tls]` the controller of the deployment in `data_dir` serves its HTTP API with, and
+/// this process's clients then trust that deployment's CA.
+///
+/// - Under [`set_plaintext`] (`meridian controller --plaintext`): plaintext, refused if the
+///   deployment there runs TLS (the controller could not probe its nodes).
+/// - A deployment with certificates: the `controller` certificate its first start issued.
+/// - A directory without a deployment yet: this process's CA and the `controller`
+///   certificate are written now, before the API listens; the deployment's first start (by
+///   this process, the active replica) issues the nodes' from the same CA.
+///
+/// The certificate is not required from clients (no mutual TLS): the dashboard runs in a
+/// browser, which has no client certificate; the admin token guards every command.
+pub fn controller_config(data_dir: &Path) -> anyhow::Result<TlsConfig> {
+    let dir = tls_dir(data_dir);
+    let has_ca = dir.join(CA_CERT_FILE).exists();
+    let has_deployment = data_dir.join(crate::deployment::DESCRIPTION_FILE).exists();
+    if is_plaintext() {
+        anyhow::ensure!(
+            !has_ca,
+            "--plaintext: the deployment in {} runs TLS ({} exists); drop --plaintext",
+            data_dir.display(),
+            dir.join(CA_CERT_FILE).display()
+        );
+        return Ok(TlsConfig::plaintext());
+    }
+    if has_ca {
+        use_deployment(data_dir)?;
+    } else if has_deployment {
+        anyhow::bail!(
+            "the deployment in {} runs without TLS (no {}); start its controller with \
+             --plaintext, or start the deployment anew with TLS",
+            data_dir.display(),
+            dir.join(CA_CERT_FILE).display()
+        );
+    } else {
+        deployment_certs(data_dir, &[CONTROLLER_CERT_NAME.to_owned()])?;
+    }
+    let cert_file = dir.join(format!("{CONTROLLER_CERT_NAME}.crt"));
+    anyhow::ensure!(
+        cert_file.exists(),
+        "no controller certificate {}: the deployment in {} was started without one (before \
+         the controller served TLS); issue it from the deployment's CA with `meridian certs` \
+         or start the deployment anew",
+        cert_file.display(),
+        data_dir.display()
+    );
+    Ok(TlsConfig::files(
+        cert_file,
+        dir.join(format!("{CONTROLLER_CERT_NAME}.key")),
+        dir.join(CA_CERT_FILE),
+    ))
 }
 
 /// The node name standalone processes ([`crate::launch::NodeProcess::sequencer`]) share.
