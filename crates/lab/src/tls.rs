@@ -6,7 +6,10 @@
 //!
 //! One CA per lab process, created on first use and written into every deployment's
 //! `<data>/tls/`, so the lab's clients trust every deployment it starts from the first moment
-//! (a client built before a deployment starts still works), and one `lab` certificate.
+//! (a client built before a deployment starts still works), one `lab` certificate, and one
+//! `controller` certificate (the controller's HTTP API, [`controller_config`]) — the same
+//! files each time a process writes them, so a controller that loaded its certificate before
+//! its deployment's first start serves what the files say.
 //!
 //! TLS is the default; [`set_plaintext`] (the benches' `--plaintext`) turns a whole run to
 //! explicit plaintext so TLS and plaintext can be measured side by side. The state is
@@ -44,6 +47,7 @@ static STATE: RwLock<Option<Arc<State>>> = RwLock::new(None);
 struct LabIdentity {
     ca: DevCa,
     lab: IssuedPem,
+    controller: IssuedPem,
 }
 
 static IDENTITY: std::sync::OnceLock<Result<LabIdentity, String>> = std::sync::OnceLock::new();
@@ -54,7 +58,13 @@ fn identity() -> anyhow::Result<&'static LabIdentity> {
             let make = || -> anyhow::Result<LabIdentity> {
                 let ca = DevCa::generate()?;
                 let lab = ca.issue(&LAB_CLIENT.parse().map_err(anyhow::Error::msg)?)?;
-                Ok(LabIdentity { ca, lab })
+                let controller =
+                    ca.issue(&CONTROLLER_CERT_NAME.parse().map_err(anyhow::Error::msg)?)?;
+                Ok(LabIdentity {
+                    ca,
+                    lab,
+                    controller,
+                })
             };
             make().map_err(|e| format!("{e:#}"))
         })
@@ -137,8 +147,8 @@ pub fn tls_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(TLS_DIR)
 }
 
-/// Writes the lab's CA and a new certificate per node (and the lab's own) into `<data>/tls`;
-/// nothing under [`set_plaintext`].
+/// Writes the lab's CA, a new certificate per node, the lab's own and the controller's into
+/// `<data>/tls`; nothing under [`set_plaintext`].
 pub fn deployment_certs(data_dir: &Path, nodes: &[String]) -> anyhow::Result<Option<DevCerts>> {
     if is_plaintext() {
         return Ok(None);
@@ -156,6 +166,11 @@ pub fn deployment_certs(data_dir: &Path, nodes: &[String]) -> anyhow::Result<Opt
     certs
         .nodes
         .push(write_issued(&dir, LAB_CLIENT, &identity.lab)?);
+    certs.nodes.push(write_issued(
+        &dir,
+        CONTROLLER_CERT_NAME,
+        &identity.controller,
+    )?);
     // Make sure this process's clients use the lab identity (installs the gRPC default).
     let _ = state();
     Ok(Some(certs))
@@ -202,9 +217,9 @@ pub fn use_deployment(data_dir: &Path) -> anyhow::Result<()> {
 /// - Under [`set_plaintext`] (`meridian controller --plaintext`): plaintext, refused if the
 ///   deployment there runs TLS (the controller could not probe its nodes).
 /// - A deployment with certificates: the `controller` certificate its first start issued.
-/// - A directory without a deployment yet: this process's CA and the `controller`
+/// - A directory without a deployment yet: this process's CA and its `controller`
 ///   certificate are written now, before the API listens; the deployment's first start (by
-///   this process, the active replica) issues the nodes' from the same CA.
+///   this process, the active replica) writes the same two again and the nodes' from that CA.
 ///
 /// The certificate is not required from clients (no mutual TLS): the dashboard runs in a
 /// browser, which has no client certificate; the admin token guards every command.
@@ -231,7 +246,7 @@ pub fn controller_config(data_dir: &Path) -> anyhow::Result<TlsConfig> {
             dir.join(CA_CERT_FILE).display()
         );
     } else {
-        deployment_certs(data_dir, &[CONTROLLER_CERT_NAME.to_owned()])?;
+        deployment_certs(data_dir, &[])?;
     }
     let cert_file = dir.join(format!("{CONTROLLER_CERT_NAME}.crt"));
     anyhow::ensure!(

@@ -831,9 +831,6 @@ impl Deployment {
         if spec.description.load_balancer.is_some() {
             names.push(crate::lb::LB_CERT_NAME.to_owned());
         }
-        // The controller's HTTP API serves this one (whether a controller started the
-        // deployment or is started on it later).
-        names.push(crate::tls::CONTROLLER_CERT_NAME.to_owned());
         crate::tls::deployment_certs(data_dir, &names)?;
         let mut addresses = HashMap::new();
         for replica in nodes.iter().flat_map(|node| node.replicas) {
