@@ -97,6 +97,14 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
     settings
         .check()
         .map_err(|error| anyhow::anyhow!("the deployment's {error}"))?;
+    // Before anything is opened: TLS that does not fit the deployment (`--plaintext` on one
+    // that runs TLS, or the reverse) is refused with nothing changed, and the API serves TLS
+    // from its first request on.
+    let tls = crate::tls::controller_config(&data_dir)?;
+    let server_tls = tls
+        .load()
+        .context("loading the controller's TLS certificate")?
+        .server;
 
     let controller_dir = data_dir.join(CONTROLLER_DIR);
     std::fs::create_dir_all(&controller_dir)
@@ -119,12 +127,6 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
         .await
         .context("opening the controller's store")?;
 
-    // Before the API listens: it serves TLS from its first request on.
-    let tls = crate::tls::controller_config(&data_dir)?;
-    let server_tls = tls
-        .load()
-        .context("loading the controller's TLS certificate")?
-        .server;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;

@@ -70,9 +70,14 @@ impl ControllerProcess {
                     process.http = https_client(data_dir);
                 }
                 process.url = text.trim().to_owned();
+                let scheme = if args.contains(&"--plaintext") {
+                    "http://"
+                } else {
+                    "https://"
+                };
                 assert!(
-                    process.url.starts_with("https://"),
-                    "the controller serves TLS: {}",
+                    process.url.starts_with(scheme),
+                    "the controller serves {scheme}: {}",
                     process.url
                 );
                 if process.try_status().await.is_some() {
