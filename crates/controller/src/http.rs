@@ -113,17 +113,23 @@ pub async fn serve(
         .local_addr()
         .context("the controller's listener has no local address")?;
     if let Some(tls) = tls {
-        return meridian_node::tls::serve_router_tls(listener, router, tls, shutdown, SHUTDOWN_GRACE)
-            .await
-            .with_context(|| format!("the controller's HTTPS server on {addr} failed"));
+        return meridian_node::tls::serve_router_tls(
+            listener,
+            router,
+            tls,
+            shutdown,
+            SHUTDOWN_GRACE,
+        )
+        .await
+        .with_context(|| format!("the controller's HTTPS server on {addr} failed"));
     }
     tracing::warn!(
         %replica,
         %addr,
         "TLS is OFF (--plaintext): the controller's API, dashboard and admin token travel in plaintext"
     );
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;

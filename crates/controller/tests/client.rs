@@ -27,8 +27,7 @@ async fn serve(scripted: &support::Scripted) -> (String, reqwest::Client) {
 async fn propose_approve_and_wait_until_done() {
     let scripted = start(sample_status(true), 20);
     let (url, http) = serve(&scripted).await;
-    let client =
-        ControllerClient::new(http.clone(), format!("{url}/")).with_token(ADMIN_TOKEN);
+    let client = ControllerClient::new(http.clone(), format!("{url}/")).with_token(ADMIN_TOKEN);
 
     let status = client.status().await.expect("status");
     assert_eq!(status.regions.len(), 2);

@@ -53,8 +53,12 @@ fn capture_log() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
 }
 
 fn text(buffer: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-        .into_owned()
+    String::from_utf8_lossy(
+        &buffer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned()
 }
 
 // Current-thread runtime: the server's tasks run on this thread and log into its subscriber.
@@ -66,8 +70,17 @@ async fn the_api_answers_https_with_the_ca_and_refuses_plaintext_http() {
     assert!(server.url.starts_with("https://"), "{}", server.url);
 
     // Over TLS with the CA: reads and a command with the admin token.
-    let client = ControllerClient::new(server.http.clone(), server.url.clone()).with_token(ADMIN_TOKEN);
-    assert_eq!(client.status().await.expect("status over https").regions.len(), 2);
+    let client =
+        ControllerClient::new(server.http.clone(), server.url.clone()).with_token(ADMIN_TOKEN);
+    assert_eq!(
+        client
+            .status()
+            .await
+            .expect("status over https")
+            .regions
+            .len(),
+        2
+    );
     let plan = client
         .propose("region-2".into(), Vec::new(), None)
         .await
@@ -100,7 +113,11 @@ async fn the_api_answers_https_with_the_ca_and_refuses_plaintext_http() {
     }
     // The plan is still waiting: the plaintext reject changed nothing.
     let status = client.status().await.expect("status");
-    let still = status.plans.iter().find(|p| p.id == plan.id).expect("the plan");
+    let still = status
+        .plans
+        .iter()
+        .find(|p| p.id == plan.id)
+        .expect("the plan");
     assert_eq!(still.state, PlanState::AwaitingApproval);
 
     // A client that does not trust the lab CA refuses the certificate.
@@ -112,10 +129,16 @@ async fn the_api_answers_https_with_the_ca_and_refuses_plaintext_http() {
         server.url.clone(),
     );
     let refusal = untrusting.status().await.expect_err("unknown CA");
-    assert!(matches!(refusal, ClientError::Transport { .. }), "{refusal}");
+    assert!(
+        matches!(refusal, ClientError::Transport { .. }),
+        "{refusal}"
+    );
 
     let log = text(&log);
-    assert!(!log.contains(PLAINTEXT_WARNING), "no plaintext warning with TLS: {log}");
+    assert!(
+        !log.contains(PLAINTEXT_WARNING),
+        "no plaintext warning with TLS: {log}"
+    );
     server.stop.cancel();
 }
 
@@ -136,7 +159,15 @@ async fn plaintext_serving_warns_at_start_up() {
         stop.clone(),
     ));
     let client = ControllerClient::new(reqwest::Client::new(), url);
-    assert_eq!(client.status().await.expect("status over http").regions.len(), 2);
+    assert_eq!(
+        client
+            .status()
+            .await
+            .expect("status over http")
+            .regions
+            .len(),
+        2
+    );
 
     let log = text(&log);
     let warning = log
@@ -144,8 +175,14 @@ async fn plaintext_serving_warns_at_start_up() {
         .find(|line| line.contains(PLAINTEXT_WARNING))
         .unwrap_or_else(|| panic!("a start-up warning: {log}"));
     assert!(warning.contains("WARN"), "{warning}");
-    assert!(warning.contains("controller-plain"), "names the replica: {warning}");
-    assert!(warning.contains("admin token"), "says what is exposed: {warning}");
+    assert!(
+        warning.contains("controller-plain"),
+        "names the replica: {warning}"
+    );
+    assert!(
+        warning.contains("admin token"),
+        "says what is exposed: {warning}"
+    );
 
     stop.cancel();
     served

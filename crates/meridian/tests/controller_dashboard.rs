@@ -99,10 +99,7 @@ async fn browser_for(data: &Path) -> anyhow::Result<Browser> {
 
 /// How many `status` events `/api/events` sends in `window` (the first, the current status,
 /// included).
-async fn status_events_during(
-    controller: &ControllerProcess,
-    window: Duration,
-) -> usize {
+async fn status_events_during(controller: &ControllerProcess, window: Duration) -> usize {
     let mut response = controller
         .http
         .get(format!("{}/api/events", controller.url))

@@ -64,7 +64,10 @@ async fn the_controller_serves_https_only_and_ctl_trusts_the_deployments_ca() {
     assert!(controller.try_status().await.is_some());
 
     let log = std::fs::read_to_string(&controller.log).unwrap();
-    assert!(!log.contains(PLAINTEXT_WARNING), "no plaintext warning: {log}");
+    assert!(
+        !log.contains(PLAINTEXT_WARNING),
+        "no plaintext warning: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,14 +116,9 @@ fn tls_that_does_not_fit_the_deployment_is_refused_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("tls")).unwrap();
-    let description = Description::preset(Preset::Single).with_backend(
-        meridian_lab::deployment::Backend::Sqlite,
-    );
-    std::fs::write(
-        data.join("deployment.toml"),
-        description.to_toml().unwrap(),
-    )
-    .unwrap();
+    let description =
+        Description::preset(Preset::Single).with_backend(meridian_lab::deployment::Backend::Sqlite);
+    std::fs::write(data.join("deployment.toml"), description.to_toml().unwrap()).unwrap();
     let listing = |data: &std::path::Path| -> Vec<String> {
         let mut names: Vec<String> = walk(data);
         names.sort();

@@ -124,9 +124,7 @@ impl ControllerChild {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
 
-impl ControllerChild {
     /// A client of the API at `url` that trusts the deployment's CA. The controller wrote its
     /// certificates before its URL file, so they are there once the URL is; an `http://` URL
     /// (a `--plaintext` controller) needs none.
