@@ -1,8 +1,8 @@
 //! The controller API's client: what `meridian ctl`, the drills and the tests call. The caller
 //! hands in a configured `reqwest::Client` (timeouts, and the CA the controller's certificate
-//! is checked with, are its business) and the base URL of one controller replica; a refusal comes back as the server's own [`CommandError`] when it
-//! is one (so a caller can tell a cooldown from an unknown plan), else with the server's
-//! message and status code.
+//! is checked with, are its business) and the base URL of one controller replica; a refusal
+//! comes back as the server's own [`CommandError`] when it is one (so a caller can tell a
+//! cooldown from an unknown plan), else with the server's message and status code.
 
 use std::time::Duration;
 
