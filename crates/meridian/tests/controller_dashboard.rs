@@ -124,6 +124,8 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
     let data = dir.path().join("data");
     let _nodes = NodesGuard(data.clone());
     let controller = ControllerProcess::start(&data, "controller-a", &ARGS).await;
+    // The certificate is there once the API is; Chromium starts while the deployment does.
+    let browser = browser_for(&data).await?;
     let up = controller
         .wait_for("up", Duration::from_secs(60), all_up)
         .await;
@@ -137,7 +139,6 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
         .collect();
     assert!(!region_two.is_empty(), "region two has replicas: {up:?}");
     eprintln!("deployment up after {:?}", started.elapsed());
-    let browser = browser_for(&data).await?;
 
     browser.goto(&format!("{}/", controller.url)).await?;
     browser
@@ -422,6 +423,8 @@ async fn a_region_loss_is_approved_in_the_browser_only_with_the_loss_acknowledge
     let data = dir.path().join("data");
     let _nodes = NodesGuard(data.clone());
     let controller = ControllerProcess::start(&data, "controller-a", &ARGS).await;
+    // The certificate is there once the API is; Chromium starts while the deployment does.
+    let browser = browser_for(&data).await?;
     let up = controller
         .wait_for("up", Duration::from_secs(60), all_up)
         .await;
@@ -435,7 +438,6 @@ async fn a_region_loss_is_approved_in_the_browser_only_with_the_loss_acknowledge
             .collect()
     };
     let (region_one, region_two) = (in_region("region-1"), in_region("region-2"));
-    let browser = browser_for(&data).await?;
     let deployment = ControlledDeployment::open(&data)?;
 
     browser.goto(&format!("{}/", controller.url)).await?;
