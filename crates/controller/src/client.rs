@@ -1,8 +1,8 @@
 //! The controller API's client: what `meridian ctl`, the drills and the tests call. The caller
-//! hands in a configured `reqwest::Client` (timeouts, TLS are its business) and the base URL of
-//! one controller replica; a refusal comes back as the server's own [`CommandError`] when it
-//! is one (so a caller can tell a cooldown from an unknown plan), else with the server's
-//! message and status code.
+//! hands in a configured `reqwest::Client` (timeouts, and the CA the controller's certificate
+//! is checked with, are its business) and the base URL of one controller replica; a refusal
+//! comes back as the server's own [`CommandError`] when it is one (so a caller can tell a
+//! cooldown from an unknown plan), else with the server's message and status code.
 
 use std::time::Duration;
 
@@ -73,7 +73,8 @@ pub struct ControllerClient {
 }
 
 impl ControllerClient {
-    /// A client of the replica at `base` (e.g. `http://127.0.0.1:7300`).
+    /// A client of the replica at `base` (e.g. `https://127.0.0.1:7300`, as the controller's
+    /// URL file says), through `http`, which must trust the controller's CA.
     pub fn new(http: reqwest::Client, base: impl Into<String>) -> Self {
         let base = base.into().trim().trim_end_matches('/').to_owned();
         Self {

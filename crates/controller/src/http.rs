@@ -12,6 +12,11 @@
 //! [`STATUS_EVENTS_PER_S`] a second. A subscriber that falls behind the audit broadcast skips
 //! ahead (it is sent a fresh status, whose `events` hold the recent records) rather than
 //! holding the controller up, and the number of open streams is capped ([`MAX_EVENT_STREAMS`]).
+//!
+//! [`serve`] puts the router on a socket: over TLS with the same acceptor the nodes' admin
+//! HTTP uses ([`meridian_node::tls::serve_router_tls`]), so the admin token never travels in
+//! cleartext; plaintext only when the caller has no certificate because plaintext was asked
+//! for explicitly, and then with a warning at start-up.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,10 +33,12 @@ use axum::{Json, Router};
 use futures::Stream;
 use meridian_core::placement::{NodeName, RegionName};
 use meridian_node::admin_token::AdminToken;
+use meridian_node::tls::ServerTls;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{AuditRecord, Command, CommandError, CommandOutcome, Status};
 use crate::handle::ControllerHandle;
@@ -85,6 +92,55 @@ pub fn router(handle: ControllerHandle, admin: AdminToken) -> Router {
             admin: Arc::new(admin),
             streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         })
+}
+
+/// How long requests still open at shutdown (event streams never end by themselves) may run
+/// before they are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves `router` on `listener` until `shutdown`: over TLS with `tls`, in plaintext (with a
+/// warning, as a node's `[tls] plaintext = true` gets) when `None`. `replica` names this
+/// controller replica in the log.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<Arc<ServerTls>>,
+    replica: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let addr = listener
+        .local_addr()
+        .context("the controller's listener has no local address")?;
+    if let Some(tls) = tls {
+        return meridian_node::tls::serve_router_tls(
+            listener,
+            router,
+            tls,
+            shutdown,
+            SHUTDOWN_GRACE,
+        )
+        .await
+        .with_context(|| format!("the controller's HTTPS server on {addr} failed"));
+    }
+    tracing::warn!(
+        %replica,
+        %addr,
+        "TLS is OFF (--plaintext): the controller's API, dashboard and admin token travel in plaintext"
+    );
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.with_context(|| format!("the controller's HTTP server on {addr} failed"))?,
+        () = deadline => {
+            tracing::warn!(%addr, "controller API requests still open at shutdown; dropping them");
+        }
+    }
+    Ok(())
 }
 
 /// The body of every refusal.

@@ -13,25 +13,21 @@ use meridian_controller::plan::{Actor, PlanId, PlanState};
 use meridian_node::admin_token::AdminToken;
 use support::{sample_status, start, ADMIN_TOKEN};
 
-async fn serve(scripted: &support::Scripted) -> String {
+/// The API over TLS (as `meridian controller` serves it) and a client that trusts its CA.
+async fn serve(scripted: &support::Scripted) -> (String, reqwest::Client) {
     let app = router(
         scripted.handle.clone(),
         AdminToken::new(Some(ADMIN_TOKEN), "from the test"),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let url = format!("http://{}", listener.local_addr().expect("bound"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    let server = support::serve_tls(app).await;
+    (server.url, server.http)
 }
 
 #[tokio::test]
 async fn propose_approve_and_wait_until_done() {
     let scripted = start(sample_status(true), 20);
-    let url = serve(&scripted).await;
-    let client =
-        ControllerClient::new(reqwest::Client::new(), format!("{url}/")).with_token(ADMIN_TOKEN);
+    let (url, http) = serve(&scripted).await;
+    let client = ControllerClient::new(http.clone(), format!("{url}/")).with_token(ADMIN_TOKEN);
 
     let status = client.status().await.expect("status");
     assert_eq!(status.regions.len(), 2);
@@ -81,8 +77,8 @@ async fn propose_approve_and_wait_until_done() {
 #[tokio::test]
 async fn refusals_carry_the_servers_message() {
     let scripted = start(sample_status(true), 20);
-    let url = serve(&scripted).await;
-    let anonymous = ControllerClient::new(reqwest::Client::new(), url.clone());
+    let (url, http) = serve(&scripted).await;
+    let anonymous = ControllerClient::new(http.clone(), url.clone());
     let refusal = anonymous
         .propose("region-2".into(), Vec::new(), None)
         .await

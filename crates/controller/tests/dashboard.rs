@@ -1,5 +1,6 @@
 //! The dashboard in real headless Chromium (Debian's chromium + chromium-driver, driven
-//! through `meridian_testkit::browser`) against the HTTP API served on a loopback port, with
+//! through `meridian_testkit::browser`) against the HTTP API served over TLS on a loopback
+//! port (Chromium accepts that one test certificate by its public key hash), with
 //! the scripted controller loop behind it: the page shows the regions and the pending plan;
 //! Approve without the token shows the server's refusal; with the token typed in, the loop
 //! receives the Approve, runs the plan, and the page follows it to done live — no reload.
@@ -17,8 +18,8 @@ use meridian_controller::api::Command;
 use meridian_controller::http::router;
 use meridian_controller::plan::{Actor, PlanId, PlanKind};
 use meridian_node::admin_token::AdminToken;
-use meridian_testkit::browser::Browser;
-use support::{start_with_plan, ADMIN_TOKEN};
+use meridian_testkit::browser::{spki_sha256_base64, Browser};
+use support::{serve_tls, start_with_plan, ADMIN_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -28,17 +29,20 @@ fn screenshot_paths() -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_in_the_browser_and_watch_the_switchover_finish() -> anyhow::Result<()> {
-    let Some(browser) = Browser::start().await? else {
+    if !Browser::installed()? {
         return Ok(());
-    };
+    }
     let mut scripted = start_with_plan(PlanKind::Switchover, 250);
     let app = router(
         scripted.handle.clone(),
         AdminToken::new(Some(ADMIN_TOKEN), "from the test"),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = serve_tls(app).await;
+    let url = server.url.clone();
+    let Some(browser) = Browser::start_trusting(&[spki_sha256_base64(&server.key_pem)?]).await?
+    else {
+        return Ok(());
+    };
 
     browser.goto(&format!("{url}/")).await?;
     browser

@@ -10,8 +10,10 @@
 //! The controller is `--controller URL`, or found under `--data-dir`: each controller replica
 //! writes its address to `<data-dir>/controller/<name>.url`, and the one whose `/readyz` answers
 //! 200 is the active one (a passive replica serves the status too, and `status` falls back to
-//! it). Commands send the admin token from `--admin-token-file` (default
-//! `<data-dir>/secrets/admin-token`). A refusal exits non-zero with the server's own message.
+//! it). The API is `https://`: the client trusts the deployment's CA (`<data-dir>/tls/ca.crt`)
+//! and nothing else, as `meridian admin` does. Commands send the admin token from
+//! `--admin-token-file` (default `<data-dir>/secrets/admin-token`). A refusal exits non-zero
+//! with the server's own message.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,12 +38,13 @@ const MAX_URL_FILES: usize = 16;
 
 #[derive(Args)]
 pub struct CtlArgs {
-    /// The controller's URL (e.g. http://127.0.0.1:7300); default: the active one of those
+    /// The controller's URL (e.g. https://127.0.0.1:7300); default: the active one of those
     /// listed in <data-dir>/controller/*.url.
     #[arg(long, global = true)]
     pub controller: Option<String>,
     /// The deployment's data directory: where the controller replicas' addresses
-    /// (controller/*.url) and the admin token (secrets/admin-token) are found.
+    /// (controller/*.url), the CA their certificate is checked with (tls/ca.crt) and the admin
+    /// token (secrets/admin-token) are found.
     #[arg(long, global = true, default_value = "meridian-data")]
     pub data_dir: PathBuf,
     /// The admin token to send (a 0600 file); default `<data-dir>/secrets/admin-token`.
@@ -91,7 +94,9 @@ pub enum CtlCommand {
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
+    // The deployment's CA (and the lab certificate), so the controller's https:// is checked.
+    crate::tls::use_deployment(&args.data_dir)?;
+    let http = crate::tls::http_builder()?
         .timeout(REQUEST_TIMEOUT)
         .build()
         .context("building the HTTP client")?;
@@ -199,7 +204,7 @@ pub async fn find_controller(
             data_dir.display()
         );
     }
-    let probe = reqwest::Client::builder()
+    let probe = crate::tls::http_builder()?
         .timeout(PROBE_TIMEOUT)
         .build()
         .context("building the HTTP client")?;

@@ -6,7 +6,10 @@
 //!
 //! One CA per lab process, created on first use and written into every deployment's
 //! `<data>/tls/`, so the lab's clients trust every deployment it starts from the first moment
-//! (a client built before a deployment starts still works), and one `lab` certificate.
+//! (a client built before a deployment starts still works), one `lab` certificate, and one
+//! `controller` certificate (the controller's HTTP API, [`controller_config`]) — the same
+//! files each time a process writes them, so a controller that loaded its certificate before
+//! its deployment's first start serves what the files say.
 //!
 //! TLS is the default; [`set_plaintext`] (the benches' `--plaintext`) turns a whole run to
 //! explicit plaintext so TLS and plaintext can be measured side by side. The state is
@@ -26,6 +29,9 @@ use meridian_node::tls::TlsConfig;
 pub const TLS_DIR: &str = "tls";
 /// The certificate the lab itself presents to nodes that require client certificates.
 pub const LAB_CLIENT: &str = "lab";
+/// The certificate the controller's HTTP API serves (every replica of a deployment's
+/// controller: they run on this machine, reached at `localhost`/`127.0.0.1`).
+pub const CONTROLLER_CERT_NAME: &str = "controller";
 /// Timeout of one admin HTTP request of the lab.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -41,6 +47,7 @@ static STATE: RwLock<Option<Arc<State>>> = RwLock::new(None);
 struct LabIdentity {
     ca: DevCa,
     lab: IssuedPem,
+    controller: IssuedPem,
 }
 
 static IDENTITY: std::sync::OnceLock<Result<LabIdentity, String>> = std::sync::OnceLock::new();
@@ -51,7 +58,13 @@ fn identity() -> anyhow::Result<&'static LabIdentity> {
             let make = || -> anyhow::Result<LabIdentity> {
                 let ca = DevCa::generate()?;
                 let lab = ca.issue(&LAB_CLIENT.parse().map_err(anyhow::Error::msg)?)?;
-                Ok(LabIdentity { ca, lab })
+                let controller =
+                    ca.issue(&CONTROLLER_CERT_NAME.parse().map_err(anyhow::Error::msg)?)?;
+                Ok(LabIdentity {
+                    ca,
+                    lab,
+                    controller,
+                })
             };
             make().map_err(|e| format!("{e:#}"))
         })
@@ -134,8 +147,8 @@ pub fn tls_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(TLS_DIR)
 }
 
-/// Writes the lab's CA and a new certificate per node (and the lab's own) into `<data>/tls`;
-/// nothing under [`set_plaintext`].
+/// Writes the lab's CA, a new certificate per node, the lab's own and the controller's into
+/// `<data>/tls`; nothing under [`set_plaintext`].
 pub fn deployment_certs(data_dir: &Path, nodes: &[String]) -> anyhow::Result<Option<DevCerts>> {
     if is_plaintext() {
         return Ok(None);
@@ -153,6 +166,11 @@ pub fn deployment_certs(data_dir: &Path, nodes: &[String]) -> anyhow::Result<Opt
     certs
         .nodes
         .push(write_issued(&dir, LAB_CLIENT, &identity.lab)?);
+    certs.nodes.push(write_issued(
+        &dir,
+        CONTROLLER_CERT_NAME,
+        &identity.controller,
+    )?);
     // Make sure this process's clients use the lab identity (installs the gRPC default).
     let _ = state();
     Ok(Some(certs))
@@ -191,6 +209,59 @@ pub fn use_deployment(data_dir: &Path) -> anyhow::Result<()> {
         http,
     });
     Ok(())
+}
+
+/// The `[tls]` the controller of the deployment in `data_dir` serves its HTTP API with, and
+/// this process's clients then trust that deployment's CA.
+///
+/// - Under [`set_plaintext`] (`meridian controller --plaintext`): plaintext, refused if the
+///   deployment there runs TLS (the controller could not probe its nodes).
+/// - A deployment with certificates: the `controller` certificate its first start issued.
+/// - A directory without a deployment yet: this process's CA and its `controller`
+///   certificate are written now, before the API listens; the deployment's first start (by
+///   this process, the active replica) writes the same two again and the nodes' from that CA.
+///
+/// The certificate is not required from clients (no mutual TLS): the dashboard runs in a
+/// browser, which has no client certificate; the admin token guards every command.
+pub fn controller_config(data_dir: &Path) -> anyhow::Result<TlsConfig> {
+    let dir = tls_dir(data_dir);
+    let has_ca = dir.join(CA_CERT_FILE).exists();
+    let has_deployment = data_dir.join(crate::deployment::DESCRIPTION_FILE).exists();
+    if is_plaintext() {
+        anyhow::ensure!(
+            !has_ca,
+            "--plaintext: the deployment in {} runs TLS ({} exists); drop --plaintext",
+            data_dir.display(),
+            dir.join(CA_CERT_FILE).display()
+        );
+        return Ok(TlsConfig::plaintext());
+    }
+    if has_ca {
+        use_deployment(data_dir)?;
+    } else if has_deployment {
+        anyhow::bail!(
+            "the deployment in {} runs without TLS (no {}); start its controller with \
+             --plaintext, or start the deployment anew with TLS",
+            data_dir.display(),
+            dir.join(CA_CERT_FILE).display()
+        );
+    } else {
+        deployment_certs(data_dir, &[])?;
+    }
+    let cert_file = dir.join(format!("{CONTROLLER_CERT_NAME}.crt"));
+    anyhow::ensure!(
+        cert_file.exists(),
+        "no controller certificate {}: the deployment in {} was started without one (before \
+         the controller served TLS); issue it from the deployment's CA with `meridian certs` \
+         or start the deployment anew",
+        cert_file.display(),
+        data_dir.display()
+    );
+    Ok(TlsConfig::files(
+        cert_file,
+        dir.join(format!("{CONTROLLER_CERT_NAME}.key")),
+        dir.join(CA_CERT_FILE),
+    ))
 }
 
 /// The node name standalone processes ([`crate::launch::NodeProcess::sequencer`]) share.

@@ -8,6 +8,8 @@
 //! done with region two's replicas active — no reload; proposing back then shows the
 //! cooldown's 409. The API and the replicas' pidfiles confirm what the page shows: region two
 //! runs, region one is stopped. A second test approves a region loss with its loss checkbox.
+//! The page is served over TLS with the deployment's `controller` certificate, which Chromium
+//! is told to accept by its public key hash (the deployment's CA is not in its trust store).
 //!
 //! Skipped with a message when Chromium or chromedriver is missing, unless
 //! `MERIDIAN_REQUIRE_BROWSER` is set. With `MERIDIAN_UPDATE_SCREENSHOT=1` the screenshot of
@@ -24,7 +26,7 @@ use controller_common::{all_up, replica, ControllerProcess, NodesGuard};
 use meridian_controller::api::{Command, ReplicaRole, Status};
 use meridian_controller::plan::{Actor, Plan, PlanId, PlanState};
 use meridian_lab::controller::ControlledDeployment;
-use meridian_testkit::browser::Browser;
+use meridian_testkit::browser::{spki_sha256_base64, Browser};
 
 const ARGS: [&str; 4] = ["--preset", "two-regions", "--backend", "sqlite"];
 /// A proposer's name that would become an element if the page inserted it as HTML.
@@ -86,10 +88,24 @@ async fn wait_text(browser: &Browser, selector: &str, needle: &str) -> anyhow::R
     anyhow::bail!("`{selector}` did not say {needle:?} within {WAIT:?}; it said {last:?}")
 }
 
+/// Headless Chromium that accepts the controller's certificate (the deployment's CA is not in
+/// its trust store): by its public key hash, so only that certificate is accepted.
+async fn browser_for(data: &Path) -> anyhow::Result<Browser> {
+    let key = std::fs::read_to_string(data.join("tls").join("controller.key"))?;
+    Browser::start_trusting(&[spki_sha256_base64(&key)?])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the browser was installed a moment ago"))
+}
+
 /// How many `status` events `/api/events` sends in `window` (the first, the current status,
 /// included).
-async fn status_events_during(url: &str, window: Duration) -> usize {
-    let mut response = reqwest::get(format!("{url}/api/events")).await.unwrap();
+async fn status_events_during(controller: &ControllerProcess, window: Duration) -> usize {
+    let mut response = controller
+        .http
+        .get(format!("{}/api/events", controller.url))
+        .send()
+        .await
+        .unwrap();
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + window;
     while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await {
@@ -100,14 +116,16 @@ async fn status_events_during(url: &str, window: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow::Result<()> {
-    let Some(browser) = Browser::start().await? else {
+    if !Browser::installed()? {
         return Ok(());
-    };
+    }
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let _nodes = NodesGuard(data.clone());
     let controller = ControllerProcess::start(&data, "controller-a", &ARGS).await;
+    // The certificate is there once the API is; Chromium starts while the deployment does.
+    let browser = browser_for(&data).await?;
     let up = controller
         .wait_for("up", Duration::from_secs(60), all_up)
         .await;
@@ -167,7 +185,7 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
         button(&first, "reject")
     );
     browser.execute(&mark, vec![]).await?;
-    let statuses = status_events_during(&controller.url, Duration::from_millis(1500)).await;
+    let statuses = status_events_during(&controller, Duration::from_millis(1500)).await;
     let kept = browser
         .execute(
             &format!(
@@ -397,14 +415,16 @@ async fn reject_and_approve_in_the_browser_against_a_real_controller() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_loss_is_approved_in_the_browser_only_with_the_loss_acknowledged(
 ) -> anyhow::Result<()> {
-    let Some(browser) = Browser::start().await? else {
+    if !Browser::installed()? {
         return Ok(());
-    };
+    }
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let _nodes = NodesGuard(data.clone());
     let controller = ControllerProcess::start(&data, "controller-a", &ARGS).await;
+    // The certificate is there once the API is; Chromium starts while the deployment does.
+    let browser = browser_for(&data).await?;
     let up = controller
         .wait_for("up", Duration::from_secs(60), all_up)
         .await;

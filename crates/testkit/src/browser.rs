@@ -11,6 +11,12 @@
 //! and no background networking, component updates, sync or QUIC — the network is closed and
 //! Chromium would otherwise keep trying to reach Google's hosts.
 //!
+//! Pages served over TLS with a test CA ([`Browser::start_trusting`]): Chromium is told to
+//! accept exactly the certificates whose public key hashes are given
+//! (`--ignore-certificate-errors-spki-list`, [`spki_sha256_base64`]) — not every certificate,
+//! so a page that answered with another one would still fail. The fresh profile keeps that
+//! flag effective (Chromium honours it only with `--user-data-dir`).
+//!
 //! chromedriver runs in its own process group, and dropping the [`Browser`] kills that group:
 //! a test that fails halfway leaves neither chromedriver nor Chromium behind.
 
@@ -63,6 +69,24 @@ impl Browser {
     /// A headless Chromium session, or `None` (after printing why) when chromedriver or
     /// Chromium is not installed and [`REQUIRE_BROWSER_ENV`] is not set.
     pub async fn start() -> anyhow::Result<Option<Self>> {
+        Self::start_trusting(&[]).await
+    }
+
+    /// [`Self::start`], accepting the TLS certificates whose public keys hash to
+    /// `spki_sha256` (base64 SHA-256 of the SubjectPublicKeyInfo, see [`spki_sha256_base64`]).
+    pub async fn start_trusting(spki_sha256: &[String]) -> anyhow::Result<Option<Self>> {
+        if !Self::installed()? {
+            return Ok(None);
+        }
+        Self::start_with(Path::new(CHROMEDRIVER), Path::new(CHROMIUM), spki_sha256)
+            .await
+            .map(Some)
+    }
+
+    /// Whether chromedriver and Chromium are installed; `false` after printing why the test
+    /// is skipped, an error when [`REQUIRE_BROWSER_ENV`] makes that a failure. For tests that
+    /// want to know before starting what the browser will look at.
+    pub fn installed() -> anyhow::Result<bool> {
         for (path, package) in [(CHROMEDRIVER, "chromium-driver"), (CHROMIUM, "chromium")] {
             if !Path::new(path).exists() {
                 let message = format!(
@@ -73,16 +97,19 @@ impl Browser {
                     bail!("{message}; {REQUIRE_BROWSER_ENV} is set, so the browser test cannot be skipped");
                 }
                 eprintln!("SKIPPED: {message}; set {REQUIRE_BROWSER_ENV} to make this a failure");
-                return Ok(None);
+                return Ok(false);
             }
         }
-        Self::start_with(Path::new(CHROMEDRIVER), Path::new(CHROMIUM))
-            .await
-            .map(Some)
+        Ok(true)
     }
 
-    /// A session through the chromedriver and Chromium at the given paths.
-    pub async fn start_with(chromedriver: &Path, chromium: &Path) -> anyhow::Result<Self> {
+    /// A session through the chromedriver and Chromium at the given paths, accepting the TLS
+    /// certificates whose public keys hash to `spki_sha256`.
+    pub async fn start_with(
+        chromedriver: &Path,
+        chromium: &Path,
+        spki_sha256: &[String],
+    ) -> anyhow::Result<Self> {
         let profile = tempfile::Builder::new()
             .prefix("meridian-chromium-")
             .tempdir()
@@ -107,7 +134,7 @@ impl Browser {
             driver,
             _profile: profile,
         };
-        let capabilities = capabilities(chromium, browser._profile.path());
+        let capabilities = capabilities(chromium, browser._profile.path(), spki_sha256);
         let url = format!("http://127.0.0.1:{port}");
         let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
         let client = loop {
@@ -261,9 +288,24 @@ impl Drop for Browser {
     }
 }
 
-/// The session's capabilities: headless Chromium with this machine's flags and a fresh profile.
-fn capabilities(chromium: &Path, profile: &Path) -> fantoccini::wd::Capabilities {
-    let args = [
+/// The base64 SHA-256 of the SubjectPublicKeyInfo of the PEM private key `key_pem`'s public
+/// key: what `--ignore-certificate-errors-spki-list` names a certificate by (the hash of its
+/// public key, the same for the certificate and its key pair).
+pub fn spki_sha256_base64(key_pem: &str) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::from_pem(key_pem).context("not a PEM private key")?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &key.public_key_der());
+    Ok(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
+}
+
+/// The session's capabilities: headless Chromium with this machine's flags, a fresh profile,
+/// and the certificates to accept by public key hash.
+fn capabilities(
+    chromium: &Path,
+    profile: &Path,
+    spki_sha256: &[String],
+) -> fantoccini::wd::Capabilities {
+    let mut args = vec![
         "--headless".to_owned(),
         "--no-sandbox".to_owned(),
         "--disable-gpu".to_owned(),
@@ -276,6 +318,12 @@ fn capabilities(chromium: &Path, profile: &Path) -> fantoccini::wd::Capabilities
         format!("--window-size={},{}", WINDOW.0, WINDOW.1),
         format!("--user-data-dir={}", profile.join("chromium").display()),
     ];
+    if !spki_sha256.is_empty() {
+        args.push(format!(
+            "--ignore-certificate-errors-spki-list={}",
+            spki_sha256.join(",")
+        ));
+    }
     let mut capabilities = fantoccini::wd::Capabilities::new();
     capabilities.insert("browserName".to_owned(), serde_json::json!("chrome"));
     capabilities.insert(

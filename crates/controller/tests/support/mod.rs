@@ -495,3 +495,56 @@ pub fn start_with_plan(kind: PlanKind, step_ms: u64) -> Scripted {
     status.plans.push(sample_plan(1, kind, Actor::Controller));
     start(status, step_ms)
 }
+
+/// The API served on a loopback port over TLS, as `meridian controller` serves it: a fresh
+/// development CA and a `controller` certificate for `127.0.0.1`.
+pub struct TlsServer {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// A client that trusts the test CA and nothing else.
+    pub http: reqwest::Client,
+    /// The CA, PEM.
+    pub ca_pem: String,
+    /// The controller certificate's key, PEM (a browser test accepts it by its public key).
+    pub key_pem: String,
+    /// Stops the server.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+/// Serves `app` over TLS through [`meridian_controller::http::serve`].
+pub async fn serve_tls(app: axum::Router) -> TlsServer {
+    let ca = meridian_node::certs::DevCa::generate().expect("a CA");
+    let issued = ca
+        .issue(&"controller".parse().expect("a node name"))
+        .expect("a certificate");
+    let tls = meridian_node::tls::ServerTls::new(
+        issued.cert_pem.clone().into_bytes(),
+        issued.key_pem.clone().into_bytes(),
+        None,
+    )
+    .expect("server TLS");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!("https://{}", listener.local_addr().expect("bound"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(meridian_controller::http::serve(
+        listener,
+        app,
+        Some(Arc::new(tls)),
+        "controller-test".to_owned(),
+        stop.clone(),
+    ));
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).expect("CA"))
+        .build()
+        .expect("an HTTP client");
+    TlsServer {
+        url,
+        http,
+        ca_pem: ca.cert_pem(),
+        key_pem: issued.key_pem,
+        stop,
+    }
+}

@@ -96,10 +96,6 @@ impl ControllerChild {
         timeout: Duration,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<ControllerClient> {
-        let http = reqwest::Client::builder()
-            .timeout(HTTP_TIMEOUT)
-            .build()
-            .context("building an HTTP client")?;
         let url_path = url_file(&self.data_dir, &self.name);
         let deadline = Instant::now() + timeout;
         let mut client: Option<ControllerClient> = None;
@@ -110,7 +106,7 @@ impl ControllerChild {
             self.check_running()?;
             if client.is_none() {
                 if let Ok(url) = std::fs::read_to_string(&url_path) {
-                    client = Some(ControllerClient::new(http.clone(), url.trim()));
+                    client = Some(self.client(url.trim())?);
                 }
             }
             if let Some(client) = &client {
@@ -127,6 +123,18 @@ impl ControllerChild {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A client of the API at `url` that trusts the deployment's CA. The controller wrote its
+    /// certificates before its URL file, so they are there once the URL is; an `http://` URL
+    /// (a `--plaintext` controller) needs none.
+    fn client(&self, url: &str) -> anyhow::Result<ControllerClient> {
+        crate::tls::use_deployment(&self.data_dir)?;
+        let http = crate::tls::http_builder()?
+            .timeout(HTTP_TIMEOUT)
+            .build()
+            .context("building an HTTP client")?;
+        Ok(ControllerClient::new(http, url))
     }
 }
 

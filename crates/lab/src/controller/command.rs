@@ -3,12 +3,16 @@
 //! ```text
 //! meridian controller --deployment FILE | --preset NAME [--backend B]
 //!     [--data-dir meridian-data] [--name controller-a] [--listen 127.0.0.1:0] [--database-url URL]
+//!     [--plaintext]
 //! ```
 //!
 //! Its own store is SQLite at `<data-dir>/controller/controller.db` unless `--database-url`
 //! names a PostgreSQL database; every replica of the controller of one deployment must use the
-//! same one (they share its lease). Its HTTP API listens on `--listen`; the address it got is
-//! written to `<data-dir>/controller/<name>.url`, where `meridian ctl` finds it. A data
+//! same one (they share its lease). Its HTTP API listens on `--listen` over TLS with the
+//! deployment's `controller` certificate ([`crate::tls::controller_config`]); the URL it got
+//! (`https://...`) is written to `<data-dir>/controller/<name>.url`, where `meridian ctl` finds
+//! it. `--plaintext` serves `http://` and starts the deployment without TLS, with a warning;
+//! it is refused on a deployment that runs TLS, as TLS is on one that does not. A data
 //! directory that holds another deployment than the one given is refused before anything
 //! starts.
 
@@ -50,6 +54,10 @@ pub struct ControllerArgs {
     /// How long a controller replica that stopped renewing keeps the lease.
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub lease_timeout_ms: u64,
+    /// Serve the API, and run a deployment this replica starts, without TLS: development and
+    /// measurements only (the admin token then travels in cleartext); warned at start-up.
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 /// Where `name`'s HTTP address is written.
@@ -82,10 +90,21 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
     // Before anything is opened or written: a directory running another deployment is
     // refused, and nothing changes.
     bootstrap::check_matches(&data_dir, &description)?;
+    if args.plaintext {
+        crate::tls::set_plaintext()?;
+    }
     let settings = description.controller.clone();
     settings
         .check()
         .map_err(|error| anyhow::anyhow!("the deployment's {error}"))?;
+    // Before anything is opened: TLS that does not fit the deployment (`--plaintext` on one
+    // that runs TLS, or the reverse) is refused with nothing changed, and the API serves TLS
+    // from its first request on.
+    let tls = crate::tls::controller_config(&data_dir)?;
+    let server_tls = tls
+        .load()
+        .context("loading the controller's TLS certificate")?
+        .server;
 
     let controller_dir = data_dir.join(CONTROLLER_DIR);
     std::fs::create_dir_all(&controller_dir)
@@ -112,7 +131,7 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     let address = listener.local_addr()?;
-    let url = format!("http://{address}");
+    let url = tls.url(address);
     let url_path = url_file(&data_dir, &args.name);
     std::fs::write(&url_path, format!("{url}\n"))
         .with_context(|| format!("writing {}", url_path.display()))?;
@@ -124,12 +143,13 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
         active_replica: None,
     }));
     let router = meridian_controller::http::router(handle, admin);
-    let http_stop = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-    });
+    let http = tokio::spawn(meridian_controller::http::serve(
+        listener,
+        router,
+        server_tls,
+        args.name.clone(),
+        shutdown.clone(),
+    ));
 
     let exe = std::env::current_exe().context("locating the meridian binary")?;
     let actuator = Arc::new(LabActuator::new(exe, data_dir, description));

@@ -1,6 +1,7 @@
 //! Support for the controller's black-box tests: `meridian controller` as a child process
-//! (its API at the URL it writes), polling its status, and a guard that SIGKILLs the
-//! deployment's node processes at the end — they outlive every controller by design.
+//! (its API at the `https://` URL it writes, reached trusting the deployment's CA only),
+//! polling its status, and a guard that SIGKILLs the deployment's node processes at the end —
+//! they outlive every controller by design.
 
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
@@ -23,7 +24,7 @@ pub struct ControllerProcess {
     child: Option<Child>,
     pub url: String,
     pub log: PathBuf,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
 }
 
 impl ControllerProcess {
@@ -58,15 +59,27 @@ impl ControllerProcess {
             child: Some(child),
             url: String::new(),
             log,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .unwrap(),
+            // Replaced by one that trusts the deployment's CA once the URL file is there.
+            http: reqwest::Client::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(text) = std::fs::read_to_string(&url_path) {
+                if process.url.is_empty() {
+                    // The controller wrote the deployment's certificates before its URL file.
+                    process.http = https_client(data_dir);
+                }
                 process.url = text.trim().to_owned();
+                let scheme = if args.contains(&"--plaintext") {
+                    "http://"
+                } else {
+                    "https://"
+                };
+                assert!(
+                    process.url.starts_with(scheme),
+                    "the controller serves {scheme}: {}",
+                    process.url
+                );
                 if process.try_status().await.is_some() {
                     return process;
                 }
@@ -179,6 +192,17 @@ impl Drop for ControllerProcess {
         }
         self.kill9();
     }
+}
+
+/// An HTTP client that trusts the CA of the deployment in `data_dir` and nothing else (and
+/// presents the lab certificate), as `meridian ctl` builds it.
+pub fn https_client(data_dir: &Path) -> reqwest::Client {
+    meridian_lab::tls::use_deployment(data_dir).unwrap();
+    meridian_lab::tls::http_builder()
+        .unwrap()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
 }
 
 /// SIGKILLs the deployment's node processes when dropped (they outlive the controllers).
