@@ -500,7 +500,10 @@ impl Sender {
     /// each until the sequencer acknowledges it or refuses it definitely, or shutdown. Returns
     /// the request ids to mark as sent (also after a definite refusal: retrying it forever
     /// would not help); on shutdown, only those of the submissions acknowledged before it.
-    async fn send_verdicts(&self, verdicts: Vec<(Timestamp, Vec<MemberId>, Verdict)>) -> Vec<Timestamp> {
+    async fn send_verdicts(
+        &self,
+        verdicts: Vec<(Timestamp, Vec<MemberId>, Verdict)>,
+    ) -> Vec<Timestamp> {
         let mut request_ids = Vec::with_capacity(verdicts.len());
         let mut outgoing = Vec::with_capacity(verdicts.len());
         for (request_id, recipients, verdict) in verdicts {

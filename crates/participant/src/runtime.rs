@@ -473,7 +473,9 @@ impl Core {
                     Err(_) => return,
                 },
             };
-            self.metrics.messages_per_send.observe(group.envelopes.len() as f64);
+            self.metrics
+                .messages_per_send
+                .observe(group.envelopes.len() as f64);
             let core = Arc::clone(self);
             tokio::spawn(async move {
                 let _permit = permit;

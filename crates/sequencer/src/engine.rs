@@ -284,10 +284,25 @@ mod tests {
     fn a_heartbeat_always_moves_the_watermark() {
         let mut engine = instance(0, 4, 500);
         let behind = Timestamp::from_micros(400);
-        assert_eq!(engine.heartbeat_watermark(behind, Duration::ZERO).as_micros(), 501);
-        assert_eq!(engine.heartbeat_watermark(behind, Duration::ZERO).as_micros(), 502);
+        assert_eq!(
+            engine
+                .heartbeat_watermark(behind, Duration::ZERO)
+                .as_micros(),
+            501
+        );
+        assert_eq!(
+            engine
+                .heartbeat_watermark(behind, Duration::ZERO)
+                .as_micros(),
+            502
+        );
         let ahead = Timestamp::from_micros(900);
-        assert_eq!(engine.heartbeat_watermark(ahead, Duration::ZERO).as_micros(), 900);
+        assert_eq!(
+            engine
+                .heartbeat_watermark(ahead, Duration::ZERO)
+                .as_micros(),
+            900
+        );
         let plan = engine.plan(behind, &[submission(10_000)]);
         assert_eq!(plan.events[0].timestamp.as_micros(), 904);
     }
