@@ -21,7 +21,7 @@
 //! polling of a handful of `/status` endpoints only while a fault is being measured — so they
 //! do not lower the throughput they measure. What each fault does is `crate::fault`'s.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -170,6 +170,22 @@ pub struct Quiet;
 
 impl Observer for Quiet {}
 
+/// See [`ExperimentReport::peak_rss_mib_by_role`]. A process that is not running (killed by
+/// a fault) has no figure.
+fn peak_rss_mib_by_role(deployment: &Deployment) -> BTreeMap<String, f64> {
+    let mut peaks = BTreeMap::new();
+    for process in deployment.processes() {
+        if let Some(bytes) = process.peak_rss_bytes() {
+            let mib = bytes as f64 / (1024.0 * 1024.0);
+            let peak = peaks
+                .entry(process.role_command().to_owned())
+                .or_insert(0.0_f64);
+            *peak = peak.max(mib);
+        }
+    }
+    peaks
+}
+
 /// A deployment's load and the faults to inject into it.
 #[derive(Debug, Clone)]
 pub struct Experiment {
@@ -201,6 +217,9 @@ pub struct ExperimentReport {
     pub duration_s: f64,
     /// Whether a shutdown cut the experiment short.
     pub interrupted: bool,
+    /// The highest peak resident set size (`VmHWM`) among the running processes of each role
+    /// (`sequencer`, `participant`, ...), in MiB, read just before the nodes stop.
+    pub peak_rss_mib_by_role: BTreeMap<String, f64>,
 }
 
 impl ExperimentReport {
@@ -228,9 +247,12 @@ impl Experiment {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<ExperimentReport> {
         let mut deployment = Deployment::start(spec, say).await?;
-        let result = self
+        let mut result = self
             .run(&mut deployment, postgres, observer, shutdown)
             .await;
+        if let Ok(report) = &mut result {
+            report.peak_rss_mib_by_role = peak_rss_mib_by_role(&deployment);
+        }
         let stopped = deployment.stop().await;
         let report = result?;
         stopped.context("stopping the nodes")?;
@@ -305,6 +327,7 @@ impl Experiment {
             timeline: live.timeline.snapshot(end_bucket),
             duration_s,
             interrupted: shutdown.is_cancelled(),
+            peak_rss_mib_by_role: BTreeMap::new(),
         })
     }
 

@@ -72,6 +72,8 @@ pub struct RunReport {
     /// The failover halfway through, if one was run.
     pub failover: Option<FaultReport>,
     pub interrupted: bool,
+    /// Each role's largest peak resident set size, in MiB (issue 14 bounds it at 100).
+    pub peak_rss_mib_by_role: std::collections::BTreeMap<String, f64>,
 }
 
 impl TimedRun {
@@ -107,6 +109,7 @@ impl TimedRun {
             audit: report.audit,
             failover: report.faults.into_iter().next(),
             interrupted: report.interrupted,
+            peak_rss_mib_by_role: report.peak_rss_mib_by_role,
         })
     }
 

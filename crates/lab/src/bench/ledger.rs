@@ -70,6 +70,12 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
             report.workload.latency_max_ms
         );
         println!("  rejections              {:?}", report.workload.rejections);
+        let peaks: Vec<String> = report
+            .peak_rss_mib_by_role
+            .iter()
+            .map(|(role, mib)| format!("{role} {mib:.0}"))
+            .collect();
+        println!("  peak RSS (MiB)          {}", peaks.join(", "));
         println!(
             "  audit                   {}",
             if report.audit.audit_ok {
