@@ -135,36 +135,42 @@ async fn ious(client: &LedgerClient, owner: &str) -> Vec<(Contract, u64)> {
         .collect()
 }
 
+/// Runs `lanes` transfer lanes for `seconds` as run `run`, asserts that nothing was rejected
+/// and that the audit finds every acknowledged transfer exactly once; returns how many
+/// committed.
+async fn transfer_and_audit(parties: &Parties, lanes: usize, run: &str, seconds: u64) -> u64 {
+    let lanes = workload::issue_lanes(parties, lanes, run).await.unwrap();
+    let baseline = workload::baseline(parties).await.unwrap();
+    let report = workload::run_transfers(
+        parties,
+        lanes,
+        &WorkloadSpec {
+            duration: Duration::from_secs(seconds),
+            rate: None,
+            run: run.to_owned(),
+        },
+        std::sync::Arc::new(Live::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.rejections.is_empty(), "{run}: {report:?}");
+    let audit = workload::audit(parties, &baseline, &report.committed_transactions)
+        .await
+        .unwrap();
+    assert!(audit.audit_ok, "{run}: {audit:?}");
+    assert_eq!(audit.acknowledged_checked as u64, report.committed);
+    report.committed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_workload_audits_clean_and_a_second_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path());
     for round in 0..2 {
         let (mut deployment, parties) = start(&spec).await;
-        let lanes = workload::issue_lanes(&parties, 8, &format!("round{round}"))
-            .await
-            .unwrap();
-        let baseline = workload::baseline(&parties).await.unwrap();
-        let report = workload::run_transfers(
-            &parties,
-            lanes,
-            &WorkloadSpec {
-                duration: Duration::from_secs(3),
-                rate: None,
-                run: format!("round{round}"),
-            },
-            std::sync::Arc::new(Live::default()),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-        assert!(report.committed > 8, "round {round}: {report:?}");
-        assert!(report.rejections.is_empty(), "round {round}: {report:?}");
-        let audit = workload::audit(&parties, &baseline, &report.committed_transactions)
-            .await
-            .unwrap();
-        assert!(audit.audit_ok, "round {round}: {audit:?}");
-        assert_eq!(audit.acknowledged_checked as u64, report.committed);
+        let committed = transfer_and_audit(&parties, 8, &format!("round{round}"), 3).await;
+        assert!(committed > 8, "round {round}: {committed} committed");
         deployment.stop().await.unwrap();
     }
 }
@@ -186,30 +192,8 @@ fn histogram_sum_and_count(text: &str, name: &str) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_transfers_coalesce_responses_and_verdicts_and_audit_clean() {
     let (_dir, mut deployment, parties) = start_fresh().await;
-    let lanes = workload::issue_lanes(&parties, 32, "coalesce")
-        .await
-        .unwrap();
-    let baseline = workload::baseline(&parties).await.unwrap();
-    let report = workload::run_transfers(
-        &parties,
-        lanes,
-        &WorkloadSpec {
-            duration: Duration::from_secs(4),
-            rate: None,
-            run: "coalesce".into(),
-        },
-        std::sync::Arc::new(Live::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    assert!(report.committed > 32, "{report:?}");
-    assert!(report.rejections.is_empty(), "{report:?}");
-    let audit = workload::audit(&parties, &baseline, &report.committed_transactions)
-        .await
-        .unwrap();
-    assert!(audit.audit_ok, "{audit:?}");
-    assert_eq!(audit.acknowledged_checked as u64, report.committed);
+    let committed = transfer_and_audit(&parties, 32, "coalesce", 4).await;
+    assert!(committed > 32, "{committed} committed");
 
     let http = meridian_lab::tls::http().unwrap();
     let (mut responses, mut response_sends) = (0.0, 0.0);
@@ -231,11 +215,8 @@ async fn concurrent_transfers_coalesce_responses_and_verdicts_and_audit_clean() 
         }
     }
     // Every committed transfer needed two responses and one verdict at least.
-    assert!(
-        responses >= 2.0 * report.committed as f64,
-        "{responses} responses"
-    );
-    assert!(verdicts >= report.committed as f64, "{verdicts} verdicts");
+    assert!(responses >= 2.0 * committed as f64, "{responses} responses");
+    assert!(verdicts >= committed as f64, "{verdicts} verdicts");
     // With 32 lanes in flight, batches hold several: fewer submissions than messages.
     assert!(
         response_sends < responses,
