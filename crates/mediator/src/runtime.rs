@@ -7,8 +7,10 @@
 //! engine, and stores every resulting change with the new checkpoint in one transaction; only
 //! after that commit are the run's verdicts handed to the sender task. So a crash at any point
 //! either loses a whole run (replayed from the checkpoint, reaching the same verdicts, whose
-//! re-sends the sequencer deduplicates by message id) or nothing. The sender task sends with
-//! bounded concurrency and marks verdicts sent in batches. Every wait — the database, the
+//! re-sends the sequencer deduplicates by message id, or — grouped differently — the
+//! participants ignore) or nothing. The sender task coalesces every verdict queued at once
+//! into one submission ([`meridian_core::coalesce`]), sends with bounded concurrency and marks
+//! verdicts sent in batches. Every wait — the database, the
 //! sequencer, a resubscription — backs off through [`meridian_node::retry`].
 
 use std::future::Future;
@@ -48,8 +50,8 @@ const OUTGOING_QUEUE: usize = 4_096;
 /// Sends in flight at once. The sequencer batches concurrent sends into one commit, so
 /// throughput needs concurrency; the bound keeps a slow sequencer from drowning in retries.
 const MAX_IN_FLIGHT_SENDS: usize = 64;
-/// How long a verdict may wait to be sequenced. Re-sends of the same verdict reuse its message
-/// id, so the sequencer deduplicates them within this window (plus its retention).
+/// How long a verdict may wait to be sequenced. Retries of the same submission reuse its
+/// message id, so the sequencer deduplicates them within this window (plus its retention).
 const VERDICT_SEND_WINDOW: Duration = Duration::from_secs(30);
 const TIME_PROOF_SEND_WINDOW: Duration = Duration::from_secs(5);
 /// Spacing of resubscriptions after the subscription broke. Short: a sequencer whose database

@@ -693,7 +693,7 @@ async fn start_term(
     });
 
     // Responses of requests still pending were maybe never sent (crash right after the
-    // commit); the sequencer deduplicates the ones that were.
+    // commit); the mediator ignores a second copy of the ones that were.
     let responses: Vec<_> = core
         .engine()
         .pending()

@@ -5,9 +5,11 @@
 //! Batching is where throughput comes from: the writer takes everything already available
 //! (events from the subscription, queued commands), runs the engine over all of it, and writes
 //! the effects *and the new checkpoint* in one database transaction — one fsync per batch.
-//! Confirmation responses go out before that commit (a replay would produce the identical
-//! message, and the sequencer deduplicates on its message id); waiters and streams are woken
-//! only after it, so nothing reported to an application can be lost by a crash.
+//! Confirmation responses go out before that commit, all of a batch's in one submission (a
+//! replay would produce the identical messages: the sequencer deduplicates a retried
+//! submission on its message id, and the mediator ignores a second copy of a response grouped
+//! differently); waiters and streams are woken only after it, so nothing reported to an
+//! application can be lost by a crash.
 //!
 //! A local submission has one door, [`Core::submit`]: the writer takes the deduplication
 //! decision, interprets the commands and records the submission as in flight in one step
