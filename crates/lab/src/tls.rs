@@ -7,7 +7,8 @@
 //! One CA per lab process, created on first use and written into every deployment's
 //! `<data>/tls/`, so the lab's clients trust every deployment it starts from the first moment
 //! (a client built before a deployment starts still works), one `lab` certificate, and one
-//! `controller` certificate (the controller's HTTP API, [`controller_config`]) — the same
+//! `controller` certificate (the controller's HTTP API, see
+//! `crate::controller::command::tls_config`) — the same
 //! files each time a process writes them, so a controller that loaded its certificate before
 //! its deployment's first start serves what the files say.
 //!
@@ -209,59 +210,6 @@ pub fn use_deployment(data_dir: &Path) -> anyhow::Result<()> {
         http,
     });
     Ok(())
-}
-
-/// The `[tls]` the controller of the deployment in `data_dir` serves its HTTP API with, and
-/// this process's clients then trust that deployment's CA.
-///
-/// - Under [`set_plaintext`] (`meridian controller --plaintext`): plaintext, refused if the
-///   deployment there runs TLS (the controller could not probe its nodes).
-/// - A deployment with certificates: the `controller` certificate its first start issued.
-/// - A directory without a deployment yet: this process's CA and its `controller`
-///   certificate are written now, before the API listens; the deployment's first start (by
-///   this process, the active replica) writes the same two again and the nodes' from that CA.
-///
-/// The certificate is not required from clients (no mutual TLS): the dashboard runs in a
-/// browser, which has no client certificate; the admin token guards every command.
-pub fn controller_config(data_dir: &Path) -> anyhow::Result<TlsConfig> {
-    let dir = tls_dir(data_dir);
-    let has_ca = dir.join(CA_CERT_FILE).exists();
-    let has_deployment = data_dir.join(crate::deployment::DESCRIPTION_FILE).exists();
-    if is_plaintext() {
-        anyhow::ensure!(
-            !has_ca,
-            "--plaintext: the deployment in {} runs TLS ({} exists); drop --plaintext",
-            data_dir.display(),
-            dir.join(CA_CERT_FILE).display()
-        );
-        return Ok(TlsConfig::plaintext());
-    }
-    if has_ca {
-        use_deployment(data_dir)?;
-    } else if has_deployment {
-        anyhow::bail!(
-            "the deployment in {} runs without TLS (no {}); start its controller with \
-             --plaintext, or start the deployment anew with TLS",
-            data_dir.display(),
-            dir.join(CA_CERT_FILE).display()
-        );
-    } else {
-        deployment_certs(data_dir, &[])?;
-    }
-    let cert_file = dir.join(format!("{CONTROLLER_CERT_NAME}.crt"));
-    anyhow::ensure!(
-        cert_file.exists(),
-        "no controller certificate {}: the deployment in {} was started without one (before \
-         the controller served TLS); issue it from the deployment's CA with `meridian certs` \
-         or start the deployment anew",
-        cert_file.display(),
-        data_dir.display()
-    );
-    Ok(TlsConfig::files(
-        cert_file,
-        dir.join(format!("{CONTROLLER_CERT_NAME}.key")),
-        dir.join(CA_CERT_FILE),
-    ))
 }
 
 /// The node name standalone processes ([`crate::launch::NodeProcess::sequencer`]) share.

@@ -9,7 +9,7 @@
 //! Its own store is SQLite at `<data-dir>/controller/controller.db` unless `--database-url`
 //! names a PostgreSQL database; every replica of the controller of one deployment must use the
 //! same one (they share its lease). Its HTTP API listens on `--listen` over TLS with the
-//! deployment's `controller` certificate ([`crate::tls::controller_config`]); the URL it got
+//! deployment's `controller` certificate ([`tls_config`]); the URL it got
 //! (`https://...`) is written to `<data-dir>/controller/<name>.url`, where `meridian ctl` finds
 //! it. `--plaintext` serves `http://` and starts the deployment without TLS, with a warning;
 //! it is refused on a deployment that runs TLS, as TLS is on one that does not. A data
@@ -17,7 +17,7 @@
 //! starts.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +27,14 @@ use meridian_controller::api::{ControllerInfo, Status};
 use meridian_controller::handle::ControllerHandle;
 use meridian_controller::runtime::{self, ControllerLease, ControllerReplica};
 use meridian_node::admin_token::AdminToken;
+use meridian_node::certs::CA_CERT_FILE;
+use meridian_node::tls::TlsConfig;
 use meridian_store::StorageConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{bootstrap, LabActuator, CONTROLLER_DIR};
-use crate::deployment::{DeploymentArgs, Preset};
+use crate::deployment::{DeploymentArgs, Preset, DESCRIPTION_FILE};
+use crate::tls::{self, CONTROLLER_CERT_NAME};
 
 #[derive(Debug, Clone, Args)]
 pub struct ControllerArgs {
@@ -100,7 +103,7 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
     // Before anything is opened: TLS that does not fit the deployment (`--plaintext` on one
     // that runs TLS, or the reverse) is refused with nothing changed, and the API serves TLS
     // from its first request on.
-    let tls = crate::tls::controller_config(&data_dir)?;
+    let tls = tls_config(&data_dir)?;
     let server_tls = tls
         .load()
         .context("loading the controller's TLS certificate")?
@@ -177,6 +180,59 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
     shutdown.cancel();
     let _ = http.await;
     result
+}
+
+/// The `[tls]` the controller of the deployment in `data_dir` serves its HTTP API with, and
+/// this process's clients then trust that deployment's CA.
+///
+/// - Under [`tls::set_plaintext`] (`meridian controller --plaintext`): plaintext, refused if the
+///   deployment there runs TLS (the controller could not probe its nodes).
+/// - A deployment with certificates: the `controller` certificate its first start issued.
+/// - A directory without a deployment yet: this process's CA and its `controller`
+///   certificate are written now, before the API listens; the deployment's first start (by
+///   this process, the active replica) writes the same two again and the nodes' from that CA.
+///
+/// The certificate is not required from clients (no mutual TLS): the dashboard runs in a
+/// browser, which has no client certificate; the admin token guards every command.
+fn tls_config(data_dir: &Path) -> anyhow::Result<TlsConfig> {
+    let dir = tls::tls_dir(data_dir);
+    let has_ca = dir.join(CA_CERT_FILE).exists();
+    let has_deployment = data_dir.join(DESCRIPTION_FILE).exists();
+    if tls::is_plaintext() {
+        anyhow::ensure!(
+            !has_ca,
+            "--plaintext: the deployment in {} runs TLS ({} exists); drop --plaintext",
+            data_dir.display(),
+            dir.join(CA_CERT_FILE).display()
+        );
+        return Ok(TlsConfig::plaintext());
+    }
+    if has_ca {
+        tls::use_deployment(data_dir)?;
+    } else if has_deployment {
+        anyhow::bail!(
+            "the deployment in {} runs without TLS (no {}); start its controller with \
+             --plaintext, or start the deployment anew with TLS",
+            data_dir.display(),
+            dir.join(CA_CERT_FILE).display()
+        );
+    } else {
+        tls::deployment_certs(data_dir, &[])?;
+    }
+    let cert_file = dir.join(format!("{CONTROLLER_CERT_NAME}.crt"));
+    anyhow::ensure!(
+        cert_file.exists(),
+        "no controller certificate {}: the deployment in {} was started without one (before \
+         the controller served TLS); issue it from the deployment's CA with `meridian certs` \
+         or start the deployment anew",
+        cert_file.display(),
+        data_dir.display()
+    );
+    Ok(TlsConfig::files(
+        cert_file,
+        dir.join(format!("{CONTROLLER_CERT_NAME}.key")),
+        dir.join(CA_CERT_FILE),
+    ))
 }
 
 #[cfg(test)]
