@@ -45,15 +45,23 @@ fn id(name: &str) -> MemberId {
     MemberId::new(name).unwrap()
 }
 
-/// Sets the instance index of a sequencer config.
-fn instance(index: u32) -> impl FnOnce(&mut SequencerConfig) {
+/// Sets the instance index of a sequencer config, and `offline_after_ms` when given.
+fn instance(index: u32, offline_after_ms: Option<u64>) -> impl FnOnce(&mut SequencerConfig) {
     move |config| {
         config.instance = InstanceConfig {
             index,
             count: INSTANCE_COUNT,
+        };
+        if let Some(offline_after_ms) = offline_after_ms {
+            config.timing.offline_after_ms = offline_after_ms;
         }
     }
 }
+
+/// The kill tests' `offline_after`: twice the resume bound, so that a subscriber resuming
+/// within the bound proves the killed instance was found dead by its released presence lock,
+/// not by its watermark's age.
+const KILL_OFFLINE_AFTER_MS: u64 = 10_000;
 
 /// Several sequencer processes on one database.
 struct Cluster {
@@ -61,11 +69,17 @@ struct Cluster {
     storage: StorageConfig,
     instances: Vec<SequencerProcess>,
     keys: HashMap<String, SigningKey>,
+    offline_after_ms: Option<u64>,
 }
 
 impl Cluster {
     /// Starts `count` instances (indexes 0..count) one after the other.
     async fn start(backend: &str, count: u32) -> Cluster {
+        Self::start_with(backend, count, None).await
+    }
+
+    /// [`Cluster::start`] with every instance's `offline_after_ms` set when given.
+    async fn start_with(backend: &str, count: u32, offline_after_ms: Option<u64>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let storage = match backend {
             "sqlite" => StorageConfig::Sqlite {
@@ -81,6 +95,7 @@ impl Cluster {
             storage,
             instances: Vec::new(),
             keys: HashMap::new(),
+            offline_after_ms,
         };
         for index in 0..count {
             let mut process = cluster.spawn(&format!("sequencer{index}"), index);
@@ -98,7 +113,7 @@ impl Cluster {
             self.dir.path(),
             name,
             &self.storage,
-            instance(index),
+            instance(index, self.offline_after_ms),
         )
         .unwrap()
     }
@@ -298,7 +313,11 @@ async fn assert_same_stream_everywhere(cluster: &Cluster, member: &str, expected
 /// Two instances, load spread over both, a subscriber starting on each; `failure` hits
 /// instance 0 under load. Returns the cluster for scenario-specific checks.
 async fn under_load(backend: &str, failure: Failure) -> Cluster {
-    let mut cluster = Cluster::start(backend, 2).await;
+    let offline_after_ms = match failure {
+        Failure::Kill => Some(KILL_OFFLINE_AFTER_MS),
+        Failure::Pause(_) => None,
+    };
+    let mut cluster = Cluster::start_with(backend, 2, offline_after_ms).await;
     for name in ["alice", "bob", "carol"] {
         cluster.register(name).await;
     }
@@ -384,8 +403,23 @@ enum Failure {
     Pause(Duration),
 }
 
+/// How many peers instance `instance` marked offline on `evidence`, from its metrics.
+async fn marked_offline(cluster: &Cluster, instance: usize, evidence: &str) -> u64 {
+    let client = meridian_lab::tls::http().unwrap();
+    let metrics = common::admin_metrics(&client, cluster.instances[instance].admin_address).await;
+    let series =
+        format!("meridian_sequencer_peers_marked_offline_total{{evidence=\"{evidence}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
 async fn kill9_one_instance(backend: &str) {
     let mut cluster = under_load(backend, Failure::Kill).await;
+    // Found dead by its released lock (its watermark's age would take 10 s), exactly once.
+    assert_eq!(marked_offline(&cluster, 1, "lock_released").await, 1);
+    assert_eq!(marked_offline(&cluster, 1, "watermark_still").await, 0);
     // The killed instance comes back: its row was marked offline, so it claims it at once and
     // joins above the survivor; then both serve the same history.
     cluster.instances[0].start(Path::new(EXE)).unwrap();
@@ -429,6 +463,8 @@ async fn sigstop_one_instance(backend: &str) {
         .await
         .unwrap();
     let incarnation = cluster.status(0).await["incarnation"].as_i64().unwrap();
+    // A stopped process keeps its presence lock: it is never taken for dead on that evidence.
+    assert_eq!(marked_offline(&cluster, 1, "lock_released").await, 0);
     let log = cluster.log(0);
     let fenced = log.contains("marked offline by its peers");
     println!("{backend}: the paused instance is at incarnation {incarnation}; fenced on resume: {fenced}");

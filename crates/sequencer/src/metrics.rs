@@ -3,6 +3,7 @@
 
 pub use meridian_node::metrics::OutcomeLabel;
 use meridian_node::metrics::{RoleRegistry, TimestampGauge};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,6 +24,15 @@ pub struct SequencerMetrics {
     pub watermark_timestamp_seconds: TimestampGauge,
     /// The delivery safe point, seconds since the epoch.
     pub safe_point_timestamp_seconds: TimestampGauge,
+    /// Peers this instance marked offline, by evidence: `lock_released` (a dead process's
+    /// presence lock) or `watermark_still` (the age fallback, for a stopped or stalled one).
+    pub peers_marked_offline: Family<EvidenceLabel, Counter>,
+}
+
+/// The label of [`SequencerMetrics::peers_marked_offline`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvidenceLabel {
+    pub evidence: &'static str,
 }
 
 impl SequencerMetrics {
@@ -48,6 +58,10 @@ impl SequencerMetrics {
             safe_point_timestamp_seconds: r.timestamp(
                 "safe_point_timestamp_seconds",
                 "Delivery safe point: the minimum watermark of online instances (seconds since the epoch)",
+            ),
+            peers_marked_offline: r.family(
+                "peers_marked_offline",
+                "Peer instances this instance marked offline, by evidence (lock_released, watermark_still)",
             ),
         }
     }

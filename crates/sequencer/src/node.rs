@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use meridian_core::backoff::Backoff;
-use meridian_core::Timestamp;
+use meridian_core::{InstanceIndex, Timestamp};
 use meridian_node::admin::{self, AdminHttpAuth, NodeState, StatusSource};
 use meridian_node::admin_token::AdminToken;
 use meridian_node::grpc::GrpcServer;
@@ -34,8 +34,8 @@ use meridian_node::shutdown::Ticker;
 use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use meridian_proto::v1::sequencer_service_server::SequencerServiceServer;
 use meridian_store::{
-    BackendStatus, DatabaseOwner, InstanceClaim, InstanceStart, NodeKind, SequencerStore,
-    StoreError,
+    BackendStatus, DatabaseOwner, InstanceClaim, InstanceStart, NodeKind, PresenceHold,
+    SequencerStore, StoreError,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -45,8 +45,10 @@ use crate::clock::ClockGate;
 use crate::config::SequencerConfig;
 use crate::directory::MemberDirectory;
 use crate::engine::{OrderingEngine, Partition};
-use crate::liveness::{peers_check_interval, PeerWatch};
-use crate::metrics::SequencerMetrics;
+use crate::liveness::{
+    peers_check_interval, presence_grace, Evidence, PeerWatch, PRESENCE_CHECK_INTERVAL,
+};
+use crate::metrics::{EvidenceLabel, SequencerMetrics};
 use crate::service::{SequencerAdminApi, SequencerApi, Shared};
 use crate::validate::SubmissionLimits;
 use crate::writer::{IncarnationGauge, Writer, WriterExit, WriterGates, WriterSettings};
@@ -168,10 +170,13 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         return Ok(());
     };
 
+    let index = config.instance.index();
+    // Before claiming the row, so that peers see this process present from its first
+    // watermark on.
+    hold_presence(store.as_ref(), index, &mut PresenceLog::default()).await;
     let Some(start) = claim_instance(store.as_ref(), &config, &retry).await? else {
         return Ok(());
     };
-    let index = config.instance.index();
     tracing::info!(instance = %index, watermark = %start.watermark, incarnation = %start.incarnation, "instance online");
     let directory = Arc::new(MemberDirectory::load(store.clone()).await?);
     let incarnation = IncarnationGauge::default();
@@ -189,8 +194,14 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         },
     )
     .await?;
-    let peers_marked_offline =
-        spawn_poll_peers(&store, &config, safe_point_tx, &readiness, &shutdown);
+    let peers_marked_offline = spawn_poll_peers(
+        &store,
+        &config,
+        safe_point_tx,
+        &readiness,
+        &sequencer_metrics,
+        &shutdown,
+    );
 
     let backend = store.backend_status().await.map(|s| s.backend);
     let _ = status_slot.set(SequencerStatus {
@@ -248,6 +259,7 @@ fn spawn_poll_peers(
     config: &SequencerConfig,
     safe_point: watch::Sender<Timestamp>,
     readiness: &Conditions,
+    metrics: &SequencerMetrics,
     shutdown: &CancellationToken,
 ) -> Arc<AtomicU64> {
     let peers_marked_offline = Arc::new(AtomicU64::new(0));
@@ -256,7 +268,10 @@ fn spawn_poll_peers(
         config.clone(),
         safe_point,
         readiness.clone(),
-        peers_marked_offline.clone(),
+        OfflineCounts {
+            total: peers_marked_offline.clone(),
+            metrics: metrics.clone(),
+        },
         shutdown.clone(),
     ));
     peers_marked_offline
@@ -466,13 +481,59 @@ async fn compare_clock(
     }
 }
 
-/// Marks the peers offline whose watermark `watch` has not seen move for `offline_after`, each
-/// only if its watermark is still the one seen (the store's conditional update), so a peer
-/// that advanced meanwhile is left alone.
+/// Where the peers this instance marks offline are counted: the total for `/status`, and by
+/// evidence in the metrics.
+struct OfflineCounts {
+    total: Arc<AtomicU64>,
+    metrics: SequencerMetrics,
+}
+
+/// What [`hold_presence`] last logged, so a lasting state is logged once, not every second.
+#[derive(Debug, Default, PartialEq, Eq)]
+enum PresenceLog {
+    #[default]
+    Nothing,
+    Held,
+    NotHeld,
+}
+
+/// Takes or checks this instance's presence lock (see `meridian_store`'s presence): without
+/// it a peer finds this process's death only by its watermark's age, not at once. Never
+/// fatal: the lock is evidence for the peers, fencing rests on the instance row.
+async fn hold_presence(store: &dyn SequencerStore, index: InstanceIndex, log: &mut PresenceLog) {
+    match store.hold_presence(index).await {
+        Ok(PresenceHold::Held) => {
+            if *log == PresenceLog::NotHeld {
+                tracing::info!(instance = %index, "holding this instance's presence lock again");
+            }
+            *log = PresenceLog::Held;
+        }
+        Ok(PresenceHold::HeldElsewhere) => {
+            if *log != PresenceLog::NotHeld {
+                tracing::warn!(
+                    instance = %index,
+                    "another process holds this instance's presence lock (a stopped predecessor?); peers will find this one's death by its watermark's age until it is released"
+                );
+            }
+            *log = PresenceLog::NotHeld;
+        }
+        Err(error) => {
+            if *log != PresenceLog::NotHeld {
+                tracing::warn!(instance = %index, %error, "taking this instance's presence lock failed; retrying");
+            }
+            *log = PresenceLog::NotHeld;
+        }
+    }
+}
+
+/// Marks the peers offline that `watch` judges dead (see [`crate::liveness`]), each only if
+/// its watermark is still the one seen (the store's conditional update), so a peer that
+/// advanced meanwhile is left alone.
 async fn mark_stale_peers(
     store: &dyn SequencerStore,
     watch: &mut PeerWatch,
-    peers_marked_offline: &AtomicU64,
+    present: Option<&[InstanceIndex]>,
+    counts: &OfflineCounts,
 ) {
     let instances = match store.instances().await {
         Ok(instances) => instances,
@@ -481,15 +542,27 @@ async fn mark_stale_peers(
             return;
         }
     };
-    for peer in watch.observe(&instances, Instant::now()) {
+    for peer in watch.observe(&instances, present, Instant::now()) {
         match store.mark_offline(peer.index, peer.stale_before()).await {
             Ok(true) => {
-                peers_marked_offline.fetch_add(1, Ordering::Relaxed);
+                counts.total.fetch_add(1, Ordering::Relaxed);
+                counts
+                    .metrics
+                    .peers_marked_offline
+                    .get_or_create(&EvidenceLabel {
+                        evidence: peer.evidence.as_str(),
+                    })
+                    .inc();
                 tracing::warn!(
                     peer = %peer.index,
                     watermark = %peer.watermark,
                     unchanged_ms = peer.unchanged_for.as_millis(),
-                    "marked a sequencer instance offline: its watermark stopped moving"
+                    evidence = peer.evidence.as_str(),
+                    "marked a sequencer instance offline: {}",
+                    match peer.evidence {
+                        Evidence::LockReleased => "its process is gone (presence lock released)",
+                        Evidence::WatermarkStill => "its watermark stopped moving",
+                    }
                 );
             }
             Ok(false) => {}
@@ -498,23 +571,52 @@ async fn mark_stale_peers(
     }
 }
 
+/// Who of the online peers holds a presence lock; `None` when the store could not say.
+async fn present_peers(
+    store: &dyn SequencerStore,
+    watch: &PeerWatch,
+) -> Option<Vec<InstanceIndex>> {
+    match store.present_instances(&watch.online_peers()).await {
+        Ok(present) => Some(present),
+        Err(error) => {
+            tracing::debug!(%error, "asking who holds a presence lock failed");
+            None
+        }
+    }
+}
+
+/// How often this instance re-checks (and after a lost database session retakes) its own
+/// presence lock.
+const PRESENCE_HOLD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Follows other instances: re-reads the safe point so their events become deliverable,
-/// marks peers whose watermark stopped moving offline so they stop holding readers back, and
+/// marks dead peers offline so they stop holding readers back — at once when a presence lock
+/// is released, by watermark age otherwise — keeps this instance's own presence lock, and
 /// keeps re-checking that the backend is still usable (a failover may leave us on a standby).
 async fn poll_peers(
     store: Arc<dyn SequencerStore>,
     config: SequencerConfig,
     safe_point: watch::Sender<Timestamp>,
     readiness: Conditions,
-    peers_marked_offline: Arc<AtomicU64>,
+    counts: OfflineCounts,
     shutdown: CancellationToken,
 ) {
+    let index = config.instance.index();
     let offline_after = config.timing.offline_after();
-    let mut watch = PeerWatch::new(config.instance.index(), offline_after);
+    let mut watch = PeerWatch::new(
+        index,
+        offline_after,
+        presence_grace(config.timing.watermark_interval()),
+    );
     let mut poll = tokio::time::interval(config.timing.safe_point_poll());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut peers_check = tokio::time::interval(peers_check_interval(offline_after));
     peers_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut presence_check = tokio::time::interval(PRESENCE_CHECK_INTERVAL);
+    presence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut presence_hold = tokio::time::interval(PRESENCE_HOLD_INTERVAL);
+    presence_hold.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut presence_log = PresenceLog::Held;
     let mut backend_check = tokio::time::interval(config.timing.backend_check());
     let mut recheck_refused = tokio::time::interval(BACKEND_RECHECK_WHILE_REFUSED);
     recheck_refused.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -531,7 +633,21 @@ async fn poll_peers(
                 }
             }
             _ = peers_check.tick() => {
-                mark_stale_peers(store.as_ref(), &mut watch, &peers_marked_offline).await;
+                let present = present_peers(store.as_ref(), &watch).await;
+                mark_stale_peers(store.as_ref(), &mut watch, present.as_deref(), &counts).await;
+            }
+            // The cheap look, many times a second: the rows are read only when a peer's lock
+            // is gone.
+            _ = presence_check.tick() => {
+                let online = watch.online_peers();
+                if let Some(present) = present_peers(store.as_ref(), &watch).await {
+                    if online.iter().any(|peer| !present.contains(peer)) {
+                        mark_stale_peers(store.as_ref(), &mut watch, Some(&present), &counts).await;
+                    }
+                }
+            }
+            _ = presence_hold.tick() => {
+                hold_presence(store.as_ref(), index, &mut presence_log).await;
             }
             _ = backend_check.tick() => check_backend(store.as_ref(), &readiness).await,
             _ = recheck_refused.tick(), if readiness.is_failing("backend") => {

@@ -15,8 +15,8 @@ use harness::{
 use meridian_core::crypto::{PublicKey, SigningKey};
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 use meridian_store::{
-    Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberSeq, NewEvent, SequencerStore,
-    SqlSequencerStore, StoreError, StoredEvent, WriteResult,
+    Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberSeq, NewEvent, PresenceHold,
+    SequencerStore, SqlSequencerStore, StoreError, StoredEvent, WriteResult,
 };
 use meridian_testkit::PostgresServer;
 use sqlx::postgres::PgPool;
@@ -957,6 +957,50 @@ async fn mark_offline_races_cleanly_with_writes(h: Harness) {
     );
 }
 
+/// A live process's presence lock shows it present to every other store on the database; the
+/// lock is released when the process (here: its store) goes, with nothing else to do.
+async fn presence_shows_a_live_holder_until_it_is_gone(h: Harness) {
+    let peer = h.reopen().await;
+    let both = [I0, I1];
+    assert_eq!(peer.present_instances(&both).await.expect("probe"), vec![]);
+    assert_eq!(
+        h.store.hold_presence(I0).await.expect("hold"),
+        PresenceHold::Held
+    );
+    // Holding again only checks the lock; probing never takes it from its holder.
+    for _ in 0..3 {
+        assert_eq!(
+            h.store.hold_presence(I0).await.expect("hold"),
+            PresenceHold::Held
+        );
+        assert_eq!(
+            peer.present_instances(&both).await.expect("probe"),
+            vec![I0]
+        );
+    }
+    assert_eq!(
+        peer.hold_presence(I0).await.expect("hold"),
+        PresenceHold::HeldElsewhere,
+        "a second process cannot take a live instance's presence"
+    );
+    let Harness { store, .. } = h;
+    drop(store);
+    // The kernel releases a file lock as the file closes; the server a session's locks as it
+    // notices the connection closed, a moment later.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while peer.present_instances(&both).await.expect("probe") != vec![] {
+        assert!(
+            Instant::now() < deadline,
+            "the closed store's lock was never released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        peer.hold_presence(I0).await.expect("hold"),
+        PresenceHold::Held
+    );
+}
+
 conformance!(
     "conformance":
     register_is_idempotent_and_key_conflicts_change_nothing,
@@ -973,6 +1017,7 @@ conformance!(
     the_reference_time_agrees_with_this_hosts_clock,
     reopening_keeps_everything,
     mark_offline_races_cleanly_with_writes,
+    presence_shows_a_live_holder_until_it_is_gone,
 );
 
 // ---------------------------------------------------------------------------------------------

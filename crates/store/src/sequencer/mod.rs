@@ -31,9 +31,11 @@
 
 mod common;
 mod postgres;
+mod presence;
 mod sqlite;
 mod store;
 
+pub use presence::{lock_file_path as presence_lock_file_path, PresenceHold};
 pub use store::{SqlSequencerStore, SqliteSequencerStore};
 
 use async_trait::async_trait;
@@ -215,6 +217,22 @@ pub trait SequencerStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     async fn instances(&self) -> Result<Vec<InstanceState>, StoreError>;
+
+    /// Takes (or, when already held, checks) the presence lock of instance `index`: a lock
+    /// the kernel or the database server releases the moment this process dies, so that
+    /// peers see a killed instance gone at once (see [`SequencerStore::present_instances`]).
+    /// Called at start and then periodically: a lock lost with a broken database session is
+    /// taken again. [`PresenceHold::HeldElsewhere`] while another live process holds it.
+    async fn hold_presence(&self, index: InstanceIndex) -> Result<PresenceHold, StoreError>;
+
+    /// Which of `among` hold their presence lock now: the others' processes are gone (or
+    /// have not taken it yet, or lost it with their database session, which is why a caller
+    /// also waits for the watermark to stand still). Cheap enough to ask many times a
+    /// second.
+    async fn present_instances(
+        &self,
+        among: &[InstanceIndex],
+    ) -> Result<Vec<InstanceIndex>, StoreError>;
 
     /// The minimum watermark of the online instances, read fresh from the database (`None`
     /// when no instance is online). Readers deliver only events at or below it. Any fresh read

@@ -23,6 +23,7 @@
 //! statements whatever its size.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use meridian_core::crypto::PublicKey;
@@ -30,12 +31,14 @@ use meridian_core::{InstanceIndex, MemberId, Timestamp};
 use sqlx::{PgConnection, SqliteConnection};
 
 use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
+use super::presence::{self, FilePresence, PresenceHold, SessionPresence};
 use super::{
     postgres, sqlite, BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState,
     MemberHistoryAt, MemberRecord, MemberSeq, NewEvent, ReferenceTime, SequencerStore, StoredEvent,
     WriteResult,
 };
 use crate::pool::{self, on_backend, on_postgres, PoolSettings, PostgresLayout, StorePool};
+use crate::postgres_url::PostgresUrl;
 use crate::{StorageConfig, StoreError};
 
 const POOL: PoolSettings = PoolSettings {
@@ -68,6 +71,14 @@ const CURRENT_INCARNATION: &str = "SELECT incarnation FROM sequencer_instances W
 #[derive(Debug, Clone)]
 pub struct SqlSequencerStore {
     pool: StorePool,
+    presence: Arc<Presence>,
+}
+
+/// How this store's instance shows it is alive, by backend (see [`super::presence`]).
+#[derive(Debug)]
+enum Presence {
+    File(FilePresence),
+    Session(SessionPresence),
 }
 
 /// The former name of [`SqlSequencerStore`] (`open(path)` on SQLite), kept for existing
@@ -85,8 +96,15 @@ impl SqlSequencerStore {
     /// that [`SequencerStore::backend_status`] can still report why this sequencer must not
     /// serve.
     pub async fn open_config(config: &StorageConfig) -> Result<Self, StoreError> {
+        let presence = match config {
+            StorageConfig::Sqlite { path } => Presence::File(FilePresence::new(path)),
+            StorageConfig::Postgres { url, .. } => {
+                Presence::Session(SessionPresence::new(PostgresUrl::parse(url)?))
+            }
+        };
         Ok(Self {
             pool: StorePool::open(config, &POOL).await?,
+            presence: Arc::new(presence),
         })
     }
 }
@@ -346,6 +364,38 @@ impl SequencerStore for SqlSequencerStore {
                 common::instance_state(i64::from(idx), watermark, online, incarnation)
             })
             .collect()
+    }
+
+    async fn hold_presence(&self, index: InstanceIndex) -> Result<PresenceHold, StoreError> {
+        match &*self.presence {
+            Presence::File(file) => file.hold(index).await,
+            Presence::Session(session) => session.hold(index).await,
+        }
+    }
+
+    async fn present_instances(
+        &self,
+        among: &[InstanceIndex],
+    ) -> Result<Vec<InstanceIndex>, StoreError> {
+        match (&*self.presence, &self.pool) {
+            (Presence::File(file), _) => file.present(among).await,
+            // Never built: both follow the one config. Everyone counts as present, which
+            // leaves judging to the watermarks.
+            (Presence::Session(_), StorePool::Sqlite { .. }) => Ok(among.to_vec()),
+            (Presence::Session(_), StorePool::Postgres(following)) => {
+                let locked: Vec<i64> = on_postgres!(following, |_, readers| {
+                    sqlx::query_scalar(presence::PRESENT_INSTANCES)
+                        .bind(presence::advisory_class())
+                        .fetch_all(readers)
+                        .await?
+                });
+                Ok(among
+                    .iter()
+                    .copied()
+                    .filter(|index| locked.contains(&i64::from(index.0)))
+                    .collect())
+            }
+        }
     }
 
     async fn safe_point(&self) -> Result<Option<Timestamp>, StoreError> {
