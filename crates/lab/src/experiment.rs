@@ -220,6 +220,9 @@ pub struct ExperimentReport {
     /// The highest peak resident set size (`VmHWM`) among the running processes of each role
     /// (`sequencer`, `participant`, ...), in MiB, read just before the nodes stop.
     pub peak_rss_mib_by_role: BTreeMap<String, f64>,
+    /// Peers the running sequencer instances marked offline over the run, summed, read just
+    /// before the nodes stop. In a run without faults every one is a wrongful mark.
+    pub sequencer_peers_marked_offline: u64,
 }
 
 impl ExperimentReport {
@@ -252,6 +255,11 @@ impl Experiment {
             .await;
         if let Ok(report) = &mut result {
             report.peak_rss_mib_by_role = peak_rss_mib_by_role(&deployment);
+            report.sequencer_peers_marked_offline =
+                crate::fault::peers_marked_offline(&deployment)
+                    .await
+                    .values()
+                    .sum();
         }
         let stopped = deployment.stop().await;
         let report = result?;
@@ -328,6 +336,7 @@ impl Experiment {
             duration_s,
             interrupted: shutdown.is_cancelled(),
             peak_rss_mib_by_role: BTreeMap::new(),
+            sequencer_peers_marked_offline: 0,
         })
     }
 

@@ -821,7 +821,7 @@ async fn get_admin(address: std::net::SocketAddr, path: &str) -> Option<reqwest:
 /// How many peers each reachable sequencer instance has marked offline since it started. Per
 /// instance, because a sum would hide a new mark behind the killed instance's own count
 /// dropping out (it marked the other one offline in an earlier fault).
-async fn peers_marked_offline(deployment: &Deployment) -> BTreeMap<String, u64> {
+pub(crate) async fn peers_marked_offline(deployment: &Deployment) -> BTreeMap<String, u64> {
     let mut marks = BTreeMap::new();
     for sequencer in &deployment.sequencers {
         if let Some(response) = get_admin(sequencer.admin_address, "/status").await {

@@ -74,6 +74,9 @@ pub struct RunReport {
     pub interrupted: bool,
     /// Each role's largest peak resident set size, in MiB (issue 14 bounds it at 100).
     pub peak_rss_mib_by_role: std::collections::BTreeMap<String, f64>,
+    /// Peers the sequencer instances marked offline during the run (issue 14: none may be
+    /// in a run without a fault).
+    pub sequencer_peers_marked_offline: u64,
 }
 
 impl TimedRun {
@@ -110,6 +113,7 @@ impl TimedRun {
             failover: report.faults.into_iter().next(),
             interrupted: report.interrupted,
             peak_rss_mib_by_role: report.peak_rss_mib_by_role,
+            sequencer_peers_marked_offline: report.sequencer_peers_marked_offline,
         })
     }
 

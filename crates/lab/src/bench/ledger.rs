@@ -77,6 +77,10 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
             .collect();
         println!("  peak RSS (MiB)          {}", peaks.join(", "));
         println!(
+            "  offline marks (seq.)    {}",
+            report.sequencer_peers_marked_offline
+        );
+        println!(
             "  audit                   {}",
             if report.audit.audit_ok {
                 "OK"
