@@ -62,6 +62,9 @@ fn instance(index: u32, offline_after_ms: Option<u64>) -> impl FnOnce(&mut Seque
 /// within the bound proves the killed instance was found dead by its released presence lock,
 /// not by its watermark's age.
 const KILL_OFFLINE_AFTER_MS: u64 = 10_000;
+/// The pause tests' `offline_after`: well within their 2 s pause, so that the paused instance
+/// is marked offline by its watermark's age (the default, 2 s, would race the resume).
+const PAUSE_OFFLINE_AFTER_MS: u64 = 500;
 
 /// Several sequencer processes on one database.
 struct Cluster {
@@ -315,7 +318,8 @@ async fn assert_same_stream_everywhere(cluster: &Cluster, member: &str, expected
 async fn under_load(backend: &str, failure: Failure) -> Cluster {
     let offline_after_ms = match failure {
         Failure::Kill => Some(KILL_OFFLINE_AFTER_MS),
-        Failure::Pause(_) => None,
+        // Found by its watermark's age, well within the 2 s pause.
+        Failure::Pause(_) => Some(PAUSE_OFFLINE_AFTER_MS),
     };
     let mut cluster = Cluster::start_with(backend, 2, offline_after_ms).await;
     for name in ["alice", "bob", "carol"] {
@@ -502,6 +506,41 @@ async fn kill9_one_of_two_instances_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_one_of_two_instances_postgres() {
     kill9_one_instance("postgres").await;
+}
+
+/// A lone instance killed and started again: the new process takes the index's presence lock,
+/// which proves its predecessor dead, and claims the row at once instead of waiting for the
+/// predecessor's watermark to be `offline_after` (here 10 s) old.
+async fn a_restart_after_a_kill_claims_its_index_at_once(backend: &str) {
+    let mut cluster = Cluster::start_with(backend, 1, Some(KILL_OFFLINE_AFTER_MS)).await;
+    cluster.instances[0].kill9().unwrap();
+    let restarted = Instant::now();
+    cluster.instances[0].start(Path::new(EXE)).unwrap();
+    cluster.instances[0]
+        .wait_ready(READY_TIMEOUT)
+        .await
+        .unwrap();
+    let waited = restarted.elapsed();
+    println!(
+        "{backend}: the restarted instance was ready after {} ms",
+        waited.as_millis()
+    );
+    assert!(
+        waited < Duration::from_millis(KILL_OFFLINE_AFTER_MS / 2),
+        "the restart waited {waited:?}, as if for the killed process's watermark to go stale"
+    );
+    let incarnation = cluster.status(0).await["incarnation"].as_i64().unwrap();
+    assert_eq!(incarnation, 2, "the row was claimed by a new incarnation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_kill_claims_its_index_at_once_sqlite() {
+    a_restart_after_a_kill_claims_its_index_at_once("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_kill_claims_its_index_at_once_postgres() {
+    a_restart_after_a_kill_claims_its_index_at_once("postgres").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

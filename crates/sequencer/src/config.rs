@@ -125,7 +125,10 @@ pub struct TimingConfig {
     /// How often the safe point is re-read to see other instances' progress.
     pub safe_point_poll_ms: u64,
     /// A peer whose watermark this instance has not seen advance for this long (by its own
-    /// monotonic clock) is marked offline.
+    /// monotonic clock) is marked offline: the test for a stopped or stalled process. A dead
+    /// one is found by its released presence lock within about 150 ms whatever this is, so it
+    /// is long enough that a live instance slowed by a saturated machine is never taken for
+    /// dead (at 500 ms, a 10-minute saturation run on two cores saw six such marks).
     pub offline_after_ms: u64,
     pub token_ttl_s: u64,
     /// Deduplication entries are kept this long past their max sequencing time.
@@ -144,7 +147,7 @@ impl Default for TimingConfig {
         Self {
             watermark_interval_ms: 50,
             safe_point_poll_ms: 20,
-            offline_after_ms: 500,
+            offline_after_ms: 2_000,
             token_ttl_s: 3_600,
             dedup_retention_s: 60,
             backend_check_ms: 1_000,

@@ -173,8 +173,11 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let index = config.instance.index();
     // Before claiming the row, so that peers see this process present from its first
     // watermark on.
-    hold_presence(store.as_ref(), index, &mut PresenceLog::default()).await;
-    let Some(start) = claim_instance(store.as_ref(), &config, &retry).await? else {
+    let mut presence_log = PresenceLog::default();
+    hold_presence(store.as_ref(), index, &mut presence_log).await;
+    let predecessor_gone = presence_log == PresenceLog::Held;
+    let Some(start) = claim_instance(store.as_ref(), &config, &retry, predecessor_gone).await?
+    else {
         return Ok(());
     };
     tracing::info!(instance = %index, watermark = %start.watermark, incarnation = %start.incarnation, "instance online");
@@ -335,11 +338,14 @@ pub fn claim_patience(offline_after: Duration) -> Duration {
 }
 
 /// Claims this instance's row; `None` on shutdown. Refuses (an error) when a live process holds
-/// the same index for longer than [`claim_patience`].
+/// the same index for longer than [`claim_patience`]. With `predecessor_gone` (this process
+/// took the index's presence lock, so no earlier process of it is alive) the row is taken at
+/// once, without waiting for a crashed predecessor's watermark to go stale.
 async fn claim_instance(
     store: &dyn SequencerStore,
     config: &SequencerConfig,
     retry: &Retry,
+    predecessor_gone: bool,
 ) -> anyhow::Result<Option<InstanceStart>> {
     let index = config.instance.index();
     let offline_after = config.timing.offline_after();
@@ -355,7 +361,11 @@ async fn claim_instance(
         .until("instance", "waiting for the index", || async {
             let now = Timestamp::now();
             let claim = InstanceClaim::Start {
-                live_after: now.saturating_sub(offline_after),
+                live_after: if predecessor_gone {
+                    Timestamp::MAX
+                } else {
+                    now.saturating_sub(offline_after)
+                },
             };
             match store.start_instance(index, now, claim).await {
                 Ok(start) => Ok(Ok(start)),

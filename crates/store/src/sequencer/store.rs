@@ -54,7 +54,7 @@ const POOL: PoolSettings = PoolSettings {
     // paused process (SIGSTOP, a frozen VM) trips it; without it, such a zombie would keep its
     // watermark row locked (and any message ids it inserted) until it resumed, so no peer
     // could mark it offline and every reader would stall with it. Kept well below the default
-    // `offline_after` (500 ms) plus the peers' polling, so a paused instance costs readers
+    // `offline_after` (2 s) plus the peers' polling, so a paused instance costs readers
     // about `offline_after`. A read-only database (a standby) is reported by
     // `backend_status`.
     postgres: PostgresLayout::ReportsReadOnly {
