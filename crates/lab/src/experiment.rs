@@ -255,11 +255,10 @@ impl Experiment {
             .await;
         if let Ok(report) = &mut result {
             report.peak_rss_mib_by_role = peak_rss_mib_by_role(&deployment);
-            report.sequencer_peers_marked_offline =
-                crate::fault::peers_marked_offline(&deployment)
-                    .await
-                    .values()
-                    .sum();
+            report.sequencer_peers_marked_offline = crate::fault::peers_marked_offline(&deployment)
+                .await
+                .values()
+                .sum();
         }
         let stopped = deployment.stop().await;
         let report = result?;

@@ -29,7 +29,10 @@ fn a_short_run_reports_throughput_rss_by_role_and_offline_marks_with_a_clean_aud
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("one JSON report on stdout");
     assert_eq!(report["audit_ok"], true, "{report}");
-    assert!(report["tx_per_s"].as_f64().expect("tx_per_s") > 0.0, "{report}");
+    assert!(
+        report["tx_per_s"].as_f64().expect("tx_per_s") > 0.0,
+        "{report}"
+    );
     for role in ["participant", "sequencer", "mediator", "topology"] {
         let mib = report["peak_rss_mib_by_role"][role]
             .as_f64()
