@@ -533,6 +533,16 @@ mod tests {
             "deposed after {:?}, before a whole lease timeout of watching",
             started.elapsed()
         );
+        assert_eq!(acquired(&b, "deposed"), 1, "counted as a deposition");
+        assert_eq!(acquired(&b, "free"), 0);
+    }
+
+    fn acquired(manager: &ReplicaManager, how: &'static str) -> u64 {
+        manager
+            .metrics()
+            .acquired
+            .get_or_create(&AcquiredLabel { how })
+            .get()
     }
 
     /// The drain of a step-down runs with the lease held and renewed — here for several lease
@@ -583,6 +593,10 @@ mod tests {
             .expect("b takes over at once")
             .expect("not shut down");
         assert!(taken > epoch);
+        assert_eq!(acquired(&a, "free"), 1, "a took the lease nobody held");
+        assert_eq!(acquired(&b, "free"), 1, "a released lease is no deposition");
+        assert_eq!(acquired(&b, "deposed"), 0);
+        assert_eq!(a.metrics().lost.get(), 0, "a step-down is no loss");
     }
 
     /// A hold without a drain releases at once on a step-down, and a lost lease during a drain
@@ -627,5 +641,6 @@ mod tests {
                 .await
                 .expect("the hold notices the lost lease");
         assert_eq!(end, HoldEnd::Lost);
+        assert_eq!(b.metrics().lost.get(), 1, "the lost lease is counted");
     }
 }
