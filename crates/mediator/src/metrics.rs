@@ -3,8 +3,8 @@
 
 use meridian_core::protocol::{RejectionCode, VerdictOutcome};
 pub use meridian_node::metrics::OutcomeLabel;
-use meridian_node::replica::LeaseMetrics;
 use meridian_node::metrics::{RoleRegistry, TimestampGauge};
+use meridian_node::replica::LeaseMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -236,8 +236,7 @@ impl ReplicaManager {
                 }
             };
             // `Duration::MAX`: no row is ever that stale, so only a free lease is taken.
-            let may_depose =
-                watch.unchanged_for(Instant::now()) >= self.settings.lease_timeout;
+            let may_depose = watch.unchanged_for(Instant::now()) >= self.settings.lease_timeout;
             let depose_after = if may_depose {
                 self.settings.lease_timeout
             } else {

@@ -3,8 +3,8 @@
 //! publishing.
 
 pub use meridian_node::metrics::OutcomeLabel;
-use meridian_node::replica::LeaseMetrics;
 use meridian_node::metrics::RoleRegistry;
+use meridian_node::replica::LeaseMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

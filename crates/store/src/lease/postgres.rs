@@ -49,11 +49,11 @@ use sqlx::postgres::PgConnection;
 use tokio::sync::Mutex;
 
 use super::{lease_state, Epoch, LeaseRow, LeaseState, LeaseStore, CURRENT, RELEASE, RENEW, TAKE};
-use sqlx::Connection;
 use crate::follow::{self, FollowingPools, PoolShape};
 use crate::pool::on_postgres;
 use crate::postgres_url::PostgresUrl;
 use crate::StoreError;
+use sqlx::Connection;
 
 /// How long a terminated holder's backend is given to exit (and release its lock).
 const TERMINATE_WAIT: Duration = Duration::from_secs(2);
