@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use meridian_core::Timestamp;
 use sqlx::postgres::PgConnection;
+use sqlx::Connection;
 use tokio::sync::Mutex;
 
 use super::{lease_state, Epoch, LeaseRow, LeaseState, LeaseStore, CURRENT, RELEASE, RENEW, TAKE};
@@ -53,7 +54,6 @@ use crate::follow::{self, FollowingPools, PoolShape};
 use crate::pool::on_postgres;
 use crate::postgres_url::PostgresUrl;
 use crate::StoreError;
-use sqlx::Connection;
 
 /// How long a terminated holder's backend is given to exit (and release its lock).
 const TERMINATE_WAIT: Duration = Duration::from_secs(2);
