@@ -65,7 +65,7 @@ const BLOCKED_CHECK: Duration = Duration::from_millis(50);
 /// the session is discarded (its lock released) and the call fails as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Session settings of the dedicated connection: the epoch bump waits for in-flight fenced
-/// writes (their `FOR SHARE`), but not forever.
+/// writes (their `FOR KEY SHARE`), but not forever.
 const LOCK_TIMEOUT: &str = "5s";
 const STATEMENT_TIMEOUT: &str = "10s";
 
@@ -217,7 +217,7 @@ impl PgLeaseStore {
     }
 
     /// Runs the epoch bump while watching, from the read pool, what it waits for. It waits for
-    /// the fencing check's `FOR SHARE` of in-flight writes, which is the point; but a holder
+    /// the fencing check's `FOR KEY SHARE` of in-flight writes, which is the point; but a holder
     /// stopped in the middle of a write transaction (SIGSTOP) would make it wait forever, and
     /// terminating its lease session does not end its writer's. So once the lease is stale,
     /// whoever blocks the bump is the deposed holder's, and is terminated too.
