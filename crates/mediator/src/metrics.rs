@@ -4,6 +4,7 @@
 use meridian_core::protocol::{RejectionCode, VerdictOutcome};
 pub use meridian_node::metrics::OutcomeLabel;
 use meridian_node::metrics::{RoleRegistry, TimestampGauge};
+use meridian_node::replica::LeaseMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +36,8 @@ pub struct MediatorMetrics {
     pub commit_latency_seconds: Histogram,
     /// The last processed event's timestamp, seconds since the epoch.
     pub last_event_timestamp_seconds: TimestampGauge,
+    /// Replica lease terms begun and lost (`lease_acquired_total{how}`, `lease_lost_total`).
+    pub lease: LeaseMetrics,
 }
 
 impl MediatorMetrics {
@@ -74,6 +77,7 @@ impl MediatorMetrics {
                 "last_event_timestamp_seconds",
                 "Timestamp of the last processed event (seconds since the epoch)",
             ),
+            lease: LeaseMetrics::register(&mut r),
         }
     }
 

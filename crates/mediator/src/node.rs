@@ -213,7 +213,8 @@ async fn serve(
     };
     tracing::info!(replica = %settings.replica_id, endpoint = %settings.advertised_endpoint, "mediator replica starting passive");
     let replication = Arc::new(Replication::new(
-        ReplicaManager::new(settings, lease, warm.store.fence()),
+        ReplicaManager::new(settings, lease, warm.store.fence())
+            .with_metrics(warm.metrics.lease.clone()),
         readiness.clone(),
     ));
     let _ = replication_slot.set(replication.clone());

@@ -12,6 +12,10 @@
 //! take over; a holder that really stopped (SIGSTOP, hung) is still deposed about one lease
 //! timeout after the passives last saw it renew.
 //!
+//! It also says when to read next ([`LeaseWatch::next_read_in`]): at the poll interval, but no
+//! later than the moment the watched row reaches the lease timeout, so a stopped holder is
+//! deposed at that moment rather than at the next poll tick after it.
+//!
 //! Sans-I/O: the manager feeds it each read with the instants around it.
 
 use std::time::{Duration, Instant};
@@ -25,6 +29,9 @@ struct Renewal {
     holder: Option<String>,
     renewed_at_us: i64,
 }
+
+/// The shortest wait [`LeaseWatch::next_read_in`] asks for.
+pub const MIN_READ_INTERVAL: Duration = Duration::from_millis(2);
 
 #[derive(Debug)]
 pub struct LeaseWatch {
@@ -67,6 +74,34 @@ impl LeaseWatch {
     /// A read failed: nothing is known about the holder's renewals meanwhile.
     pub fn failed(&mut self) {
         self.seen = None;
+    }
+
+    /// How long to wait, as of `now`, before the next read: `poll_interval`, or less when the
+    /// row, still unchanged then, reaches `lease_timeout` sooner, so the read that may depose
+    /// its holder comes right at expiry instead of up to a poll interval after it. Never less
+    /// than [`MIN_READ_INTERVAL`], so a clock quirk cannot turn the poll into a busy loop.
+    pub fn next_read_in(
+        &self,
+        now: Instant,
+        poll_interval: Duration,
+        lease_timeout: Duration,
+    ) -> Duration {
+        let Some((Some(renewal), _)) = &self.seen else {
+            // Nothing to watch (no read yet, a failed read, no row): the ordinary poll.
+            return poll_interval;
+        };
+        if renewal.holder.is_none() {
+            // Released: it is taken at the next read whenever that is; nothing expires.
+            return poll_interval;
+        }
+        let unchanged = self.unchanged_for(now);
+        match lease_timeout.checked_sub(unchanged) {
+            Some(left) if left < poll_interval => left.max(MIN_READ_INTERVAL),
+            Some(_) => poll_interval,
+            // Already past it: the read just made was the deposing one (or failed to be);
+            // keep trying at the ordinary pace.
+            None => poll_interval,
+        }
     }
 
     /// How long, as of `now`, the row has been watched unchanged over prompt reads.
@@ -147,6 +182,58 @@ mod tests {
         assert!(watch.unchanged_for(later) < TIMEOUT);
         let deposable = poll(&mut watch, &stuck, later, 7, PROMPT);
         assert!(watch.unchanged_for(deposable) >= TIMEOUT);
+    }
+
+    /// A stopped holder is read again right when its row reaches the lease timeout, not at
+    /// the next poll tick after it: up to a poll interval sooner.
+    #[test]
+    fn the_read_that_may_depose_comes_at_expiry_not_at_the_next_tick() {
+        let poll = Duration::from_millis(100);
+        let stuck = row(1, 10);
+        let mut watch = LeaseWatch::new(TIMEOUT);
+        let first = Instant::now();
+        watch.observed(Some(&stuck), first, first + PROMPT);
+        let seen = first + PROMPT;
+        // Far from expiry: the ordinary poll.
+        assert_eq!(watch.next_read_in(seen, poll, TIMEOUT), poll);
+        // 930 ms watched: 70 ms left, so the next read is in 70 ms, not 100.
+        let late = seen + Duration::from_millis(930);
+        watch.observed(Some(&stuck), late - PROMPT, late);
+        let wait = watch.next_read_in(late, poll, TIMEOUT);
+        assert_eq!(wait, Duration::from_millis(70));
+        assert!(watch.unchanged_for(late + wait) >= TIMEOUT);
+        // Right at expiry the wait has a floor, and past it the ordinary poll resumes.
+        assert_eq!(
+            watch.next_read_in(seen + TIMEOUT, poll, TIMEOUT),
+            MIN_READ_INTERVAL
+        );
+        assert_eq!(
+            watch.next_read_in(seen + TIMEOUT + poll, poll, TIMEOUT),
+            poll
+        );
+    }
+
+    /// Nothing to expire — no read yet, a failed read, a released lease — means the ordinary
+    /// poll; a renewal starts the countdown again.
+    #[test]
+    fn only_a_held_watched_row_shortens_the_poll() {
+        let poll = Duration::from_millis(100);
+        let mut watch = LeaseWatch::new(TIMEOUT);
+        let now = Instant::now();
+        assert_eq!(watch.next_read_in(now, poll, TIMEOUT), poll);
+        let released = LeaseState {
+            holder: None,
+            holder_endpoint: None,
+            ..row(1, 10)
+        };
+        watch.observed(Some(&released), now, now + PROMPT);
+        assert_eq!(watch.next_read_in(now + TIMEOUT, poll, TIMEOUT), poll);
+        let (mut watch, at) = watched(&row(1, 10), 10);
+        assert!(watch.next_read_in(at, poll, TIMEOUT) < poll);
+        watch.observed(Some(&row(1, 20)), at, at + PROMPT);
+        assert_eq!(watch.next_read_in(at + PROMPT, poll, TIMEOUT), poll);
+        watch.failed();
+        assert_eq!(watch.next_read_in(at + PROMPT, poll, TIMEOUT), poll);
     }
 
     #[test]

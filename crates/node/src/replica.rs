@@ -19,6 +19,10 @@
 //! [`ReplicaManager::hold_draining`] is the graceful variant of `hold` for a switchover: on a
 //! step-down request it first lets the active work finish what it accepted (still holding and
 //! renewing the lease, so its writes still pass the fence), and releases the lease after.
+//!
+//! [`LeaseMetrics`] counts every term begun (by whether the lease was free or its holder was
+//! deposed) and every term ended by a lost lease: with no fault, both deposition counts stay
+//! at zero, so a lease timeout too short for the load shows up as a number, not a hunch.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,10 +30,52 @@ use std::time::{Duration, Instant};
 
 use meridian_core::Timestamp;
 use meridian_store::{Epoch, FenceSlot, LeaseState, LeaseStore, StoreError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease_watch::LeaseWatch;
+use crate::metrics::RoleRegistry;
+
+/// How a replica came to hold the lease, the label of [`LeaseMetrics::acquired`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcquiredLabel {
+    /// `free`: released, never taken, or its holder's process gone (its session or flock
+    /// ended); `deposed`: taken from a live holder this replica watched stop renewing.
+    pub how: &'static str,
+}
+
+/// The lease's counters, registered under the role's prefix
+/// (`meridian_participant_lease_acquired_total`, ...). Cheap clones sharing the counts.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseMetrics {
+    /// Terms begun, by [`AcquiredLabel`].
+    pub acquired: Family<AcquiredLabel, Counter>,
+    /// Terms ended because the lease was lost: another replica took it (this one was deposed),
+    /// or it could not be renewed within the lease timeout.
+    pub lost: Counter,
+}
+
+impl LeaseMetrics {
+    pub fn register(registry: &mut RoleRegistry<'_>) -> Self {
+        Self {
+            acquired: registry.family(
+                "lease_acquired",
+                "Terms begun by taking the replica lease, by how (free: released or its holder gone; deposed: a live holder that stopped renewing)",
+            ),
+            lost: registry.counter(
+                "lease_lost",
+                "Terms ended by losing the replica lease (deposed by another replica, or not renewed within the lease timeout)",
+            ),
+        }
+    }
+
+    fn count_acquired(&self, how: &'static str) {
+        self.acquired.get_or_create(&AcquiredLabel { how }).inc();
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaSettings {
@@ -105,6 +151,7 @@ pub struct ReplicaManager {
     /// the replica is demoted, so a request can never outlive its term and make a later
     /// promotion step down at once.
     step_down: watch::Sender<bool>,
+    metrics: LeaseMetrics,
 }
 
 impl ReplicaManager {
@@ -117,7 +164,19 @@ impl ReplicaManager {
             fence,
             role,
             step_down: watch::channel(false).0,
+            metrics: LeaseMetrics::default(),
         }
+    }
+
+    /// Counts acquisitions and losses into `metrics` (registered by the role) instead of
+    /// counters nobody scrapes.
+    pub fn with_metrics(mut self, metrics: LeaseMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &LeaseMetrics {
+        &self.metrics
     }
 
     pub fn settings(&self) -> &ReplicaSettings {
@@ -177,12 +236,15 @@ impl ReplicaManager {
                 }
             };
             // `Duration::MAX`: no row is ever that stale, so only a free lease is taken.
-            let depose_after = if watch.unchanged_for(Instant::now()) >= self.settings.lease_timeout
-            {
+            let may_depose = watch.unchanged_for(Instant::now()) >= self.settings.lease_timeout;
+            let depose_after = if may_depose {
                 self.settings.lease_timeout
             } else {
                 Duration::MAX
             };
+            // For the metrics only: a row that names a holder, taken by timeout, was a
+            // deposition (a free lease is taken the same way whatever `depose_after` says).
+            let deposing = may_depose && current.as_ref().is_some_and(|row| row.holder.is_some());
             match self
                 .lease
                 .try_acquire(
@@ -194,6 +256,8 @@ impl ReplicaManager {
                 .await
             {
                 Ok(Some(epoch)) => {
+                    self.metrics
+                        .count_acquired(if deposing { "deposed" } else { "free" });
                     self.step_down.send_replace(false);
                     self.fence.activate(&self.settings.node, epoch);
                     self.role.send_replace(Role::Active {
@@ -215,9 +279,14 @@ impl ReplicaManager {
                     tracing::warn!(node = %self.settings.node, %error, "cannot reach the lease; staying passive");
                 }
             }
+            let wait = watch.next_read_in(
+                Instant::now(),
+                self.settings.poll_interval,
+                self.settings.lease_timeout,
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -316,11 +385,13 @@ impl ReplicaManager {
             }
             Err(StoreError::LeaseLost { .. }) => {
                 tracing::error!(node = %self.settings.node, %epoch, "lease lost: another replica took over; demoting");
+                self.metrics.lost.inc();
                 return Some(HoldEnd::Lost);
             }
             Err(error) => {
                 if last_renewed.elapsed() >= self.settings.lease_timeout {
                     tracing::error!(node = %self.settings.node, %error, "could not renew the lease within its timeout; demoting");
+                    self.metrics.lost.inc();
                     return Some(HoldEnd::Lost);
                 }
                 tracing::warn!(node = %self.settings.node, %error, "lease renewal failed; retrying");
@@ -461,6 +532,16 @@ mod tests {
             "deposed after {:?}, before a whole lease timeout of watching",
             started.elapsed()
         );
+        assert_eq!(acquired(&b, "deposed"), 1, "counted as a deposition");
+        assert_eq!(acquired(&b, "free"), 0);
+    }
+
+    fn acquired(manager: &ReplicaManager, how: &'static str) -> u64 {
+        manager
+            .metrics()
+            .acquired
+            .get_or_create(&AcquiredLabel { how })
+            .get()
     }
 
     /// The drain of a step-down runs with the lease held and renewed — here for several lease
@@ -511,6 +592,10 @@ mod tests {
             .expect("b takes over at once")
             .expect("not shut down");
         assert!(taken > epoch);
+        assert_eq!(acquired(&a, "free"), 1, "a took the lease nobody held");
+        assert_eq!(acquired(&b, "free"), 1, "a released lease is no deposition");
+        assert_eq!(acquired(&b, "deposed"), 0);
+        assert_eq!(a.metrics().lost.get(), 0, "a step-down is no loss");
     }
 
     /// A hold without a drain releases at once on a step-down, and a lost lease during a drain
@@ -555,5 +640,6 @@ mod tests {
                 .await
                 .expect("the hold notices the lost lease");
         assert_eq!(end, HoldEnd::Lost);
+        assert_eq!(b.metrics().lost.get(), 1, "the lost lease is counted");
     }
 }

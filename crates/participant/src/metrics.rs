@@ -3,6 +3,7 @@
 
 pub use meridian_node::metrics::OutcomeLabel;
 use meridian_node::metrics::RoleRegistry;
+use meridian_node::replica::LeaseMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,6 +27,8 @@ pub struct ParticipantMetrics {
     /// Protocol messages (envelopes) per submission sent to the sequencer: how much
     /// coalescing saves.
     pub messages_per_send: Histogram,
+    /// Replica lease terms begun and lost (`lease_acquired_total{how}`, `lease_lost_total`).
+    pub lease: LeaseMetrics,
 }
 
 impl ParticipantMetrics {
@@ -60,6 +63,7 @@ impl ParticipantMetrics {
                 "messages_per_send",
                 "Protocol messages coalesced into one submission to the sequencer",
             ),
+            lease: LeaseMetrics::register(&mut r),
         }
     }
 

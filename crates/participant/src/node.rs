@@ -334,7 +334,10 @@ async fn start_and_serve(
             else {
                 return Ok(());
             };
-            let manager = Arc::new(ReplicaManager::new(settings, lease, store.fence()));
+            let manager = Arc::new(
+                ReplicaManager::new(settings, lease, store.fence())
+                    .with_metrics(metrics.lease.clone()),
+            );
             serving.set_manager(manager.clone());
             tokio::spawn(
                 serving

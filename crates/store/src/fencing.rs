@@ -4,9 +4,14 @@
 //!
 //! The check runs *inside* the caller's write transaction. On SQLite that transaction already
 //! holds the file's write lock (`BEGIN IMMEDIATE`), so no epoch bump can commit between the
-//! check and the caller's commit. On PostgreSQL `FOR SHARE` locks the lease row until the
-//! caller commits, and a takeover's epoch bump is an `UPDATE` of that row, so it waits for
-//! every in-flight fenced write to finish; writes that start after the bump see the new epoch.
+//! check and the caller's commit. On PostgreSQL `FOR KEY SHARE` locks the lease row until the
+//! caller commits, and a takeover's epoch bump first locks that row `FOR UPDATE`, the one
+//! row lock that conflicts with it, so the bump waits for every in-flight fenced write to
+//! finish; writes that start after the bump see the new epoch. A renewal (an `UPDATE` of the
+//! row's time only, which locks `FOR NO KEY UPDATE`) does not conflict with `FOR KEY SHARE`:
+//! it never queues behind the node's own write transactions, which under load — a commit
+//! waiting seconds for a contended disk — made renewals late enough for a passive to depose a
+//! healthy active (the lock was `FOR SHARE` until issue 14).
 
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
@@ -22,7 +27,7 @@ pub(crate) trait FencedConnection {
     async fn check_fence(&mut self, fence: &FenceSlot) -> Result<(), StoreError>;
 }
 
-/// One body for both backends; only the epoch query differs (PostgreSQL's `FOR SHARE`).
+/// One body for both backends; only the epoch query differs (PostgreSQL's `FOR KEY SHARE`).
 macro_rules! fenced_connection {
     ($connection:ty, $epoch_query:literal) => {
         impl FencedConnection for $connection {
@@ -50,7 +55,7 @@ fenced_connection!(
 );
 fenced_connection!(
     PgConnection,
-    "SELECT epoch FROM replica_lease WHERE node = $1 FOR SHARE"
+    "SELECT epoch FROM replica_lease WHERE node = $1 FOR KEY SHARE"
 );
 
 /// A missing row means nobody ever took the lease, so this replica's epoch cannot be current

@@ -362,35 +362,83 @@ conformance!(
     a_deposed_topology_manager_writes_nothing,
 );
 
-/// PostgreSQL only: a holder stopped (SIGSTOP) in the middle of a fenced write transaction holds
-/// `FOR SHARE` on the lease row, which the epoch bump must wait for; once the lease is stale the
-/// taker terminates that session too instead of waiting forever. (On SQLite such a process
-/// holds the database's write lock, which no other process can break; see the lease module.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_holder_stopped_mid_write_is_deposed() {
+/// The fencing check of a PostgreSQL write transaction, as `meridian_store::fencing` runs it.
+const FENCE_CHECK: &str = "SELECT epoch FROM replica_lease WHERE node = $1 FOR KEY SHARE";
+
+/// A connection to the harness's PostgreSQL database in the middle of a fenced write
+/// transaction: it passed the fencing check at `epoch` and has not committed.
+async fn fenced_writer(h: &Harness, epoch: i64) -> sqlx::PgConnection {
     use sqlx::Connection;
 
-    let h = Harness::open(Backend::postgres("lease")).await;
     let StorageConfig::Postgres { url, .. } = &h.backend.config else {
         unreachable!("a PostgreSQL harness");
     };
-    let a = h.replica().await;
-    let b = h.replica().await;
-    let t0 = now();
-    assert_eq!(acquire(a.as_ref(), "a", LONG, t0).await, Epoch(1));
-    // a's writer: a fenced transaction that passed the check and then froze.
     let mut writer = sqlx::PgConnection::connect(url).await.expect("connect");
     sqlx::query("BEGIN")
         .execute(&mut writer)
         .await
         .expect("begin");
-    let epoch: i64 =
-        sqlx::query_scalar("SELECT epoch FROM replica_lease WHERE node = $1 FOR SHARE")
-            .bind(NODE)
-            .fetch_one(&mut writer)
-            .await
-            .expect("fence check");
-    assert_eq!(epoch, 1);
+    let found: i64 = sqlx::query_scalar(FENCE_CHECK)
+        .bind(NODE)
+        .fetch_one(&mut writer)
+        .await
+        .expect("fence check");
+    assert_eq!(found, epoch);
+    writer
+}
+
+/// PostgreSQL only: the holder's renewal does not queue behind its own node's write
+/// transactions (their fencing lock does not conflict with it: under load, commits waiting on
+/// the disk made renewals late enough for a passive to depose a healthy holder), while a
+/// takeover's epoch bump still waits for every one of them to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_renewals_pass_in_flight_writes_and_a_takeover_waits_for_them() {
+    let h = Harness::open(Backend::postgres("lease")).await;
+    let a = h.replica().await;
+    let b = h.replica().await;
+    assert_eq!(acquire(a.as_ref(), "a", LONG, now()).await, Epoch(1));
+    let mut writer = fenced_writer(&h, 1).await;
+
+    // The write transaction stays open for as long as this test likes: a renewal that waited
+    // for it would wait for the session's lock_timeout and fail.
+    tokio::time::timeout(Duration::from_secs(3), a.renew("a", Epoch(1), now()))
+        .await
+        .expect("the renewal does not wait for the open write transaction")
+        .expect("renewed");
+
+    // A handover while the write is still open: the bump waits for it (the lease is fresh, so
+    // nothing is terminated), and the write commits under the epoch it checked.
+    a.release("a", Epoch(1)).await.expect("released");
+    let take = tokio::spawn({
+        let b = b.clone();
+        async move { acquire(b.as_ref(), "b", LONG, now()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !take.is_finished(),
+        "the epoch bump went ahead of a fenced write transaction still open"
+    );
+    sqlx::query("COMMIT")
+        .execute(&mut writer)
+        .await
+        .expect("the write that checked epoch 1 before the bump commits");
+    assert_eq!(take.await.expect("take task"), Epoch(2));
+    assert!(is_lost(a.renew("a", Epoch(1), now()).await, 1));
+}
+
+/// PostgreSQL only: a holder stopped (SIGSTOP) in the middle of a fenced write transaction holds
+/// `FOR KEY SHARE` on the lease row, which the epoch bump must wait for; once the lease is stale the
+/// taker terminates that session too instead of waiting forever. (On SQLite such a process
+/// holds the database's write lock, which no other process can break; see the lease module.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_holder_stopped_mid_write_is_deposed() {
+    let h = Harness::open(Backend::postgres("lease")).await;
+    let a = h.replica().await;
+    let b = h.replica().await;
+    let t0 = now();
+    assert_eq!(acquire(a.as_ref(), "a", LONG, t0).await, Epoch(1));
+    // a's writer: a fenced transaction that passed the check and then froze.
+    let mut writer = fenced_writer(&h, 1).await;
 
     let started = Instant::now();
     assert_eq!(

@@ -4,6 +4,7 @@
 
 pub use meridian_node::metrics::OutcomeLabel;
 use meridian_node::metrics::RoleRegistry;
+use meridian_node::replica::LeaseMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -15,6 +16,8 @@ pub struct TopologyMetrics {
     pub changes: Family<OutcomeLabel, Counter>,
     pub published_serial: Gauge,
     pub pending: Gauge,
+    /// Replica lease terms begun and lost (`lease_acquired_total{how}`, `lease_lost_total`).
+    pub lease: LeaseMetrics,
 }
 
 impl TopologyMetrics {
@@ -30,6 +33,7 @@ impl TopologyMetrics {
                 "pending",
                 "1 while a recorded topology transaction awaits the sequencer's confirmation",
             ),
+            lease: LeaseMetrics::register(&mut r),
         }
     }
 

@@ -203,7 +203,8 @@ async fn serve_replicated(
     };
     tracing::info!(replica = %settings.replica_id, endpoint = %settings.advertised_endpoint, "topology manager replica starting passive");
     let replication = Arc::new(Replication::new(
-        ReplicaManager::new(settings, lease, warm.store.fence()),
+        ReplicaManager::new(settings, lease, warm.store.fence())
+            .with_metrics(warm.metrics.lease.clone()),
         readiness.clone(),
     ));
     let serving = api.serving.clone();

@@ -12,12 +12,16 @@
 //!   after `lease_timeout`), plus an exclusive `flock` on a sidecar file `<db>.lease-<node>` held
 //!   by the active process, so the lease frees at once when that process dies.
 //! - **Renew**: the active renews every `lease_timeout / 4` or so; a renewal that finds another
-//!   epoch fails with [`StoreError::LeaseLost`].
+//!   epoch fails with [`StoreError::LeaseLost`]. On PostgreSQL a renewal waits neither for the
+//!   node's write transactions (their fencing lock does not conflict with it) nor for a WAL
+//!   flush (it commits with `synchronous_commit = off`: a renewal lost in a server crash only
+//!   makes the row look older, and the passives watch the row's changes, not its time).
 //! - **Fencing**: every write transaction of the node's store runs [`FenceSlot`]'s check first,
 //!   inside the transaction: `SELECT epoch FROM replica_lease WHERE node = ?` (PostgreSQL:
-//!   `FOR SHARE`, so a concurrent epoch bump waits for in-flight writes to finish) must equal the
-//!   epoch this replica holds, else the transaction fails with [`StoreError::LeaseLost`] and
-//!   writes nothing. A resumed zombie therefore cannot write after a takeover.
+//!   `FOR KEY SHARE`, and the epoch bump locks the row `FOR UPDATE` first, so it waits for
+//!   in-flight writes to finish) must equal the epoch this replica holds, else the transaction
+//!   fails with [`StoreError::LeaseLost`] and writes nothing. A resumed zombie therefore cannot
+//!   write after a takeover.
 //! - **Release** (switchover): the active clears `holder` and drops its lock/flock so a passive
 //!   can take over at its next poll without waiting for `lease_timeout`.
 

@@ -16,11 +16,21 @@
 //! (`pg_terminate_backend`, waiting up to `TERMINATE_WAIT` (2 s) for it to exit; PostgreSQL ≥ 14)
 //! and tries the lock once more.
 //!
-//! The epoch bump is an `UPDATE` of the lease row, which conflicts with the `FOR SHARE` of the
-//! fencing check (`crate::fencing`), so a takeover waits for the deposed active's in-flight
-//! write transactions to end, up to the session's `lock_timeout`; except that once the lease
-//! is stale, the sessions blocking the bump (a stopped holder's open write transaction) are
-//! terminated as well.
+//! The epoch bump is one transaction that first locks the lease row `FOR UPDATE`, which
+//! conflicts with the `FOR KEY SHARE` of the fencing check (`crate::fencing`), so a takeover
+//! waits for the deposed active's in-flight write transactions to end, up to the session's
+//! `lock_timeout`; except that once the lease is stale, the sessions blocking the bump (a
+//! stopped holder's open write transaction) are terminated as well, looked for every
+//! `BLOCKED_CHECK` (50 ms) while it waits.
+//!
+//! A renewal only moves the row's time: an `UPDATE` of a non-key column, which does not
+//! conflict with the fencing check's lock, so it never waits for the node's own write
+//! transactions; and it commits with `synchronous_commit = off`, so it does not wait for a WAL
+//! flush either. Both waits grow with the node's write load and the disk's, and a renewal
+//! that lags while the passives' reads stay prompt looks to them exactly like a stopped holder
+//! (`meridian_node::lease_watch`): they made a saturated deployment depose healthy actives.
+//! Losing the last renewals in a server crash is harmless: every session, and with it every
+//! lock, is gone then too, and the passives watch the row change, not its time.
 //!
 //! With several hosts in the URL every new session is opened on the server that is the writer
 //! at that moment (`crate::follow`). After a database failover the old session fails (its
@@ -36,6 +46,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use meridian_core::Timestamp;
 use sqlx::postgres::PgConnection;
+use sqlx::Connection;
 use tokio::sync::Mutex;
 
 use super::{lease_state, Epoch, LeaseRow, LeaseState, LeaseStore, CURRENT, RELEASE, RENEW, TAKE};
@@ -46,18 +57,22 @@ use crate::StoreError;
 
 /// How long a terminated holder's backend is given to exit (and release its lock).
 const TERMINATE_WAIT: Duration = Duration::from_secs(2);
-/// While an epoch bump waits, how often to look at what blocks it.
-const BLOCKED_CHECK: Duration = Duration::from_millis(250);
+/// While an epoch bump waits, how often to look at what blocks it. Short: a takeover from a
+/// holder stopped inside a write transaction waits this long at least, and the look is one
+/// cheap query on the read pool.
+const BLOCKED_CHECK: Duration = Duration::from_millis(50);
 /// A bound on one whole lease call: connect, a few statements, and a termination wait. Past it
 /// the session is discarded (its lock released) and the call fails as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Session settings of the dedicated connection: the epoch bump waits for in-flight fenced
-/// writes (their `FOR SHARE`), but not forever.
+/// writes (their `FOR KEY SHARE`), but not forever.
 const LOCK_TIMEOUT: &str = "5s";
 const STATEMENT_TIMEOUT: &str = "10s";
 
 /// The advisory lock key of a node (`$1`); an `int4` widened to the one-`bigint` lock form.
 const KEY: &str = "hashtext('meridian-lease:' || $1)::bigint";
+/// Locks the lease row of node `$1` for the epoch bump (no row yet: nothing to wait for).
+const LOCK_ROW: &str = "SELECT 1 FROM replica_lease WHERE node = $1 FOR UPDATE";
 
 #[derive(Debug)]
 pub struct PgLeaseStore {
@@ -175,12 +190,26 @@ impl PgLeaseStore {
         // The lock is ours: bump the epoch. On an error the caller discards the session, which
         // releases the lock.
         let pid = session.pid;
-        let bump = sqlx::query_scalar(TAKE)
-            .bind(&self.node)
-            .bind(holder)
-            .bind(holder_endpoint)
-            .bind(now.as_i64())
-            .fetch_one(&mut session.connection);
+        let node = &self.node;
+        let connection = &mut session.connection;
+        let bump = async move {
+            let mut transaction = connection.begin().await?;
+            // `FOR UPDATE` first: the one row lock that waits for the fencing check's
+            // `FOR KEY SHARE`, i.e. for every fenced write transaction still running.
+            sqlx::query(LOCK_ROW)
+                .bind(node)
+                .fetch_optional(&mut *transaction)
+                .await?;
+            let epoch: i64 = sqlx::query_scalar(TAKE)
+                .bind(node)
+                .bind(holder)
+                .bind(holder_endpoint)
+                .bind(now.as_i64())
+                .fetch_one(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+            Ok::<_, sqlx::Error>(epoch)
+        };
         let epoch: i64 = self
             .clearing_stale_blockers(bump, pid, lease_timeout, now)
             .await?;
@@ -188,7 +217,7 @@ impl PgLeaseStore {
     }
 
     /// Runs the epoch bump while watching, from the read pool, what it waits for. It waits for
-    /// the fencing check's `FOR SHARE` of in-flight writes, which is the point; but a holder
+    /// the fencing check's `FOR KEY SHARE` of in-flight writes, which is the point; but a holder
     /// stopped in the middle of a write transaction (SIGSTOP) would make it wait forever, and
     /// terminating its lease session does not end its writer's. So once the lease is stale,
     /// whoever blocks the bump is the deposed holder's, and is terminated too.
@@ -319,14 +348,21 @@ impl PgLeaseStore {
                 return Err(lost());
             }
         }
+        // Its own transaction, only to commit without waiting for a WAL flush (see the module
+        // doc); the statement is the one both backends renew with.
+        let mut transaction = session.connection.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *transaction)
+            .await?;
         let renewed = sqlx::query(RENEW)
             .bind(now.as_i64())
             .bind(&self.node)
             .bind(epoch.0)
             .bind(holder)
-            .execute(&mut session.connection)
+            .execute(&mut *transaction)
             .await?
             .rows_affected();
+        transaction.commit().await?;
         if renewed == 0 {
             unlock(session, &self.node).await?;
             return Err(lost());
