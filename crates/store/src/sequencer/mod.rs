@@ -6,7 +6,10 @@
 //!   and the encoded `meridian.v1.Batch`.
 //! - `event_recipients(member, ts)`: the delivery index; a member's stream is this index in
 //!   timestamp order, and `previous_timestamp` is computed from it at read time (so several
-//!   instances writing interleaved events need no shared "last event per member" row).
+//!   instances writing interleaved events need no shared "last event per member" row). The
+//!   sequencer's shared reader tail reads a range of `events` for all members at once
+//!   ([`SequencerStore::events_after`]) and their recipients from this index, one range scan
+//!   per member, so no second index on `ts` costs every write.
 //! - `message_ids(sender, message_id)`: deduplication until the submission's max sequencing time.
 //! - `sequencer_instances(index, watermark, online, incarnation)`: one row per instance.
 //!
