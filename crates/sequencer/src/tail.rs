@@ -15,6 +15,8 @@
 //! evicted (bounded by [`TAIL_MAX_EVENTS`] and [`TAIL_MAX_BYTES`]). A position `p` with
 //! `from <= p` can be served from the ring with no gap; one below `from` cannot.
 //!
+//! An instance without subscriptions reads nothing: its ring just moves to the safe point.
+//!
 //! A failed store read is published to every subscription (which ends its stream with
 //! UNAVAILABLE, as a failed read of its own did before); the tail itself retries after
 //! [`TAIL_RETRY`].
@@ -342,8 +344,9 @@ async fn follow(
     loop {
         let up_to = *safe_point.borrow_and_update();
         let to = tail.ring().covers().1;
-        if to == Timestamp::MIN && up_to > to {
-            // The first safe point: start there. Older events are served from the store.
+        // The first safe point, or nobody subscribed (an idle instance): start the ring there
+        // rather than read what no one waits for. Older events are served from the store.
+        if up_to > to && (to == Timestamp::MIN || tail.progress.receiver_count() == 0) {
             tail.ring_mut().restart_at(up_to);
             tail.progress.send_modify(|p| p.to = up_to);
             continue;
