@@ -4,7 +4,10 @@
 //! - [`engine`]: timestamp issuing and deadline checks (sans-I/O),
 //! - [`validate`]: submission checks against limits and the member directory (sans-I/O),
 //! - [`writer`]: batches queued submissions into one durable transaction each,
-//! - [`reader`]: streams each subscriber's events up to the safe point,
+//! - [`tail`]: one shared read of every member's new events per safe-point advance, kept in a
+//!   bounded ring,
+//! - [`reader`]: streams each subscriber's events up to the safe point, from the tail or the
+//!   store,
 //! - [`registration`]: who may register a member (owner-signed topology, or open),
 //! - [`clock`]: bounding this instance's clock skew, [`liveness`]: which peers are dead,
 //! - [`service`]: the gRPC handlers, [`node`]: wiring and start-up checks.
@@ -27,6 +30,7 @@ pub mod node;
 pub mod reader;
 pub mod registration;
 pub mod service;
+pub mod tail;
 pub mod validate;
 pub mod writer;
 

@@ -20,6 +20,9 @@ pub struct SequencerMetrics {
     /// Time from an event's sequencing timestamp to its delivery to a subscriber.
     pub delivery_lag_seconds: Histogram,
     pub subscribers: Gauge,
+    /// Paged store reads of subscribers behind the shared tail's ring (the tail's own reads
+    /// are not counted).
+    pub store_reads: Counter,
     /// This instance's committed watermark, seconds since the epoch.
     pub watermark_timestamp_seconds: TimestampGauge,
     /// The delivery safe point, seconds since the epoch.
@@ -51,6 +54,10 @@ impl SequencerMetrics {
                 "Subscriber lag: time from an event's timestamp to its delivery",
             ),
             subscribers: r.gauge("subscribers", "Open subscriptions"),
+            store_reads: r.counter(
+                "subscriber_store_reads",
+                "Store reads by subscribers behind the shared reader tail",
+            ),
             watermark_timestamp_seconds: r.timestamp(
                 "watermark_timestamp_seconds",
                 "This instance's committed watermark (seconds since the epoch)",

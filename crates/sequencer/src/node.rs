@@ -221,6 +221,11 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         directory,
         auth: Authenticator::new(config.timing.token_ttl()),
         writer: writer_handle,
+        tail: crate::tail::ReaderTail::spawn(
+            store.clone(),
+            safe_point_rx.clone(),
+            shutdown.clone(),
+        ),
         safe_point: safe_point_rx,
         limits: SubmissionLimits {
             max_request_bytes: config.limits.max_request_bytes,

@@ -1,11 +1,16 @@
-//! Delivery: one task per subscription reads the member's events from the store, up to the
-//! safe point, and streams them in timestamp order.
+//! Delivery: one task per subscription streams the member's events in timestamp order, up to
+//! the safe point, from the instance's shared tail ([`crate::tail`]) when its position is
+//! inside the tail's ring, and from the store otherwise.
 //!
-//! The task sleeps on the safe-point watch channel, so a commit wakes every subscriber at once
-//! and each catches up with one paged query. Reading from the store (rather than from an
-//! in-memory fan-out) makes every instance deliver the same history and lets a subscriber
-//! resume from any timestamp. Only the envelopes addressed to the member are delivered; the
-//! message id only to the sender itself.
+//! The task sleeps on the tail's progress, so a commit wakes every subscriber once the tail
+//! has read the new events (one store query for all of them); each then picks its member's
+//! events out of the ring. A subscriber behind the ring (a resume from an old timestamp, a
+//! client slow enough for the ring to move past it) reads its member's events from the store
+//! with paged queries, up to where the tail has read, and rejoins the ring from there: the
+//! store is the source of truth, so every instance delivers the same history and a subscriber
+//! can resume from any timestamp. [`crate::tail::next_step`] decides, without I/O, which of
+//! the two serves next; this task only carries the decision out. Only the envelopes addressed
+//! to the member are delivered; the message id only to the sender itself.
 //!
 //! A subscriber may ask for keep-alives: after `keep_alive` without sending anything, the task
 //! sends an empty `keep_alive` message. That lets a client with several sequencer endpoints
@@ -15,15 +20,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_core::{MemberId, Timestamp};
+use meridian_core::{MemberId, MessageId, Timestamp};
 use meridian_proto::v1;
-use meridian_store::{MemberRecord, SequencerStore, StoredEvent};
+use meridian_store::{MemberRecord, MemberSeq, SequencerStore};
 use prost::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::directory::MemberDirectory;
 use crate::metrics::SequencerMetrics;
+use crate::tail::{next_step, Cursor, ReaderTail, Step, RING_SCAN_EVENTS};
 
 /// Events fetched per query; bounds memory per subscriber while catching up.
 pub const READ_PAGE_EVENTS: u32 = 500;
@@ -49,86 +55,178 @@ fn keep_alive_message() -> v1::SequencedEvent {
     }
 }
 
+/// What a subscription needs besides its own request: the store, the member directory, the
+/// instance's shared tail, metrics and the shutdown token.
+#[derive(Clone)]
+pub struct ReaderContext {
+    pub store: Arc<dyn SequencerStore>,
+    pub directory: Arc<MemberDirectory>,
+    pub tail: Arc<ReaderTail>,
+    pub metrics: SequencerMetrics,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a subscription's task stops.
+enum Stop {
+    /// The client went away, or the node shuts down (already told).
+    Quietly,
+    /// Tell the client, then stop.
+    With(tonic::Status),
+    /// Reading events failed: log it, tell the client UNAVAILABLE (it resubscribes), stop.
+    ReadFailed(String),
+}
+
+fn read_failed(error: &dyn std::fmt::Display) -> Stop {
+    Stop::ReadFailed(error.to_string())
+}
+
 /// Starts streaming; the returned receiver ends when the client goes away, the node shuts
 /// down, or the store fails (with an UNAVAILABLE status, after which the client resumes).
 pub fn spawn_subscription(
-    store: Arc<dyn SequencerStore>,
-    directory: Arc<MemberDirectory>,
+    context: ReaderContext,
     subscription: Subscription,
-    mut safe_point: watch::Receiver<Timestamp>,
-    metrics: SequencerMetrics,
-    shutdown: CancellationToken,
 ) -> mpsc::Receiver<Result<v1::SequencedEvent, tonic::Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER_EVENTS);
     tokio::spawn(async move {
-        let _counted = SubscriberGauge::enter(&metrics);
-        let member = subscription.member;
-        let keep_alive = subscription
-            .keep_alive
-            .map(|interval| interval.clamp(MIN_KEEP_ALIVE, MAX_KEEP_ALIVE));
-        // `read_until`: everything up to here has been read (whether or not it was ours).
-        let mut read_until = subscription.after;
-        let mut last_sent = tokio::time::Instant::now();
-        loop {
-            let up_to = *safe_point.borrow_and_update();
-            if read_until.is_none_or(|r| r < up_to) {
-                match store
-                    .read_events(member.seq, read_until, up_to, READ_PAGE_EVENTS)
+        let _counted = SubscriberGauge::enter(&context.metrics);
+        let member = subscription.member.id.clone();
+        let status = match stream(&context, subscription, &tx).await {
+            Stop::Quietly => return,
+            Stop::With(status) => status,
+            Stop::ReadFailed(error) => {
+                tracing::warn!(%member, %error, "reading events failed; ending the stream");
+                tonic::Status::unavailable(format!("reading events failed: {error}; resubscribe"))
+            }
+        };
+        let _ = tx.send(Err(status)).await;
+    });
+    rx
+}
+
+type Sink = mpsc::Sender<Result<v1::SequencedEvent, tonic::Status>>;
+
+async fn stream(context: &ReaderContext, subscription: Subscription, tx: &Sink) -> Stop {
+    let member = subscription.member;
+    let keep_alive = subscription
+        .keep_alive
+        .map(|interval| interval.clamp(MIN_KEEP_ALIVE, MAX_KEEP_ALIVE));
+    let mut progress = context.tail.progress();
+    // Failures of the tail before this subscription started are not its concern.
+    let failures_seen = progress.borrow().failures;
+    let mut cursor = Cursor::new(subscription.after);
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        let tail_state = progress.borrow_and_update().clone();
+        if tail_state.failures > failures_seen {
+            let error = tail_state.last_error.as_deref().unwrap_or("unknown error");
+            return read_failed(&error);
+        }
+        let step = next_step(&cursor, &context.tail.ring(), member.seq, RING_SCAN_EVENTS);
+        match step {
+            Step::Wait => {}
+            Step::ReadStore { after, up_to } => {
+                let page = match context
+                    .store
+                    .read_events(member.seq, after, up_to, READ_PAGE_EVENTS)
                     .await
                 {
-                    Ok(events) => {
-                        let full_page = events.len() == READ_PAGE_EVENTS as usize;
-                        let last = events.last().map(|e| e.timestamp);
-                        for event in events {
-                            let lag = Timestamp::now().duration_since(event.timestamp);
-                            let wire = match to_wire(event, &member.id, &directory).await {
-                                Ok(wire) => wire,
-                                Err(status) => {
-                                    let _ = tx.send(Err(status)).await;
-                                    return;
-                                }
-                            };
-                            if tx.send(Ok(wire)).await.is_err() {
-                                return;
-                            }
-                            last_sent = tokio::time::Instant::now();
-                            metrics.events_delivered.inc();
-                            metrics.delivery_lag_seconds.observe(lag.as_secs_f64());
-                        }
-                        read_until = if full_page { last } else { Some(up_to) };
-                        if full_page {
-                            continue;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(member = %member.id, %error, "reading events failed; ending the stream");
-                        let _ = tx
-                            .send(Err(tonic::Status::unavailable(format!(
-                                "reading events failed: {error}; resubscribe"
-                            ))))
-                            .await;
-                        break;
-                    }
-                }
-            }
-            let keep_alive_due = last_sent + keep_alive.unwrap_or(MAX_KEEP_ALIVE);
-            tokio::select! {
-                changed = safe_point.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep_until(keep_alive_due), if keep_alive.is_some() => {
-                    if tx.send(Ok(keep_alive_message())).await.is_err() {
-                        break;
+                    Ok(page) => page,
+                    Err(error) => return read_failed(&error),
+                };
+                context.metrics.store_reads.inc();
+                for event in &page {
+                    let wire = to_wire(
+                        EventView {
+                            timestamp: event.timestamp,
+                            previous_timestamp: event.previous_timestamp,
+                            sender: event.sender,
+                            message_id: &event.message_id,
+                            batch: &event.batch,
+                        },
+                        &member.id,
+                        &context.directory,
+                    )
+                    .await;
+                    if let Err(stop) = send(context, tx, event.timestamp, wire).await {
+                        return stop;
                     }
                     last_sent = tokio::time::Instant::now();
                 }
-                _ = tx.closed() => break,
-                _ = shutdown.cancelled() => {
-                    let _ = tx.send(Err(tonic::Status::unavailable("the sequencer is shutting down"))).await;
-                    break;
+                cursor.store_page_done(&page, READ_PAGE_EVENTS, up_to);
+                continue;
+            }
+            Step::LookUpPrevious { at } => {
+                match context.store.member_history_at(member.seq, at).await {
+                    Ok(history) => cursor.set_previous(history.at_or_before),
+                    Err(error) => return read_failed(&error),
                 }
+                continue;
+            }
+            Step::Deliver { events, through } => {
+                for event in &events {
+                    let Some(previous_timestamp) = cursor.previous() else {
+                        // next_step asks for the previous event first; not reachable.
+                        return read_failed(&"the member's previous event is unknown");
+                    };
+                    let wire = to_wire(
+                        EventView {
+                            timestamp: event.timestamp,
+                            previous_timestamp,
+                            sender: event.sender,
+                            message_id: &event.message_id,
+                            batch: &event.batch,
+                        },
+                        &member.id,
+                        &context.directory,
+                    )
+                    .await;
+                    if let Err(stop) = send(context, tx, event.timestamp, wire).await {
+                        return stop;
+                    }
+                    cursor.delivered(event.timestamp);
+                    last_sent = tokio::time::Instant::now();
+                }
+                cursor.advance_to(through);
+                continue;
             }
         }
-    });
-    rx
+        let keep_alive_due = last_sent + keep_alive.unwrap_or(MAX_KEEP_ALIVE);
+        tokio::select! {
+            changed = progress.changed() => if changed.is_err() {
+                return Stop::With(tonic::Status::unavailable("the sequencer is shutting down"));
+            },
+            _ = tokio::time::sleep_until(keep_alive_due), if keep_alive.is_some() => {
+                if tx.send(Ok(keep_alive_message())).await.is_err() {
+                    return Stop::Quietly;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            _ = tx.closed() => return Stop::Quietly,
+            _ = context.shutdown.cancelled() => {
+                return Stop::With(tonic::Status::unavailable("the sequencer is shutting down"));
+            }
+        }
+    }
+}
+
+/// Sends one event (or the error converting it), counting it and its lag.
+async fn send(
+    context: &ReaderContext,
+    tx: &Sink,
+    timestamp: Timestamp,
+    wire: Result<v1::SequencedEvent, tonic::Status>,
+) -> Result<(), Stop> {
+    let lag = Timestamp::now().duration_since(timestamp);
+    let wire = wire.map_err(Stop::With)?;
+    if tx.send(Ok(wire)).await.is_err() {
+        return Err(Stop::Quietly);
+    }
+    context.metrics.events_delivered.inc();
+    context
+        .metrics
+        .delivery_lag_seconds
+        .observe(lag.as_secs_f64());
+    Ok(())
 }
 
 /// Counts an open subscription for as long as it lives, whichever way its task ends.
@@ -147,12 +245,21 @@ impl Drop for SubscriberGauge {
     }
 }
 
+/// One event of the member's stream, from the store or the ring.
+struct EventView<'a> {
+    timestamp: Timestamp,
+    previous_timestamp: Option<Timestamp>,
+    sender: MemberSeq,
+    message_id: &'a MessageId,
+    batch: &'a [u8],
+}
+
 async fn to_wire(
-    event: StoredEvent,
+    event: EventView<'_>,
     member: &MemberId,
     directory: &MemberDirectory,
 ) -> Result<v1::SequencedEvent, tonic::Status> {
-    let batch = v1::Batch::decode(event.batch.as_slice()).map_err(|error| {
+    let batch = v1::Batch::decode(event.batch).map_err(|error| {
         tracing::error!(timestamp = %event.timestamp, %error, "stored batch does not decode");
         tonic::Status::data_loss(format!(
             "stored event {} does not decode: {error}",

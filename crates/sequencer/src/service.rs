@@ -22,8 +22,9 @@ use crate::auth::{bearer_token, AuthError, Authenticator};
 use crate::directory::MemberDirectory;
 use crate::error::SendError;
 use crate::metrics::SequencerMetrics;
-use crate::reader::{spawn_subscription, Subscription};
+use crate::reader::{spawn_subscription, ReaderContext, Subscription};
 use crate::registration::authorize_registration;
+use crate::tail::ReaderTail;
 use crate::validate::{validate_submission, SubmissionLimits};
 use crate::writer::WriterHandle;
 use meridian_node::admin_token::AdminToken;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub auth: Authenticator,
     pub writer: WriterHandle,
     pub safe_point: watch::Receiver<Timestamp>,
+    /// The instance's shared reader tail, which every subscription serves from.
+    pub tail: Arc<ReaderTail>,
     pub limits: SubmissionLimits,
     pub metrics: SequencerMetrics,
     pub readiness: Conditions,
@@ -273,8 +276,13 @@ impl SequencerService for SequencerApi {
             self.0.check_known_event(&record, after).await?;
         }
         let receiver = spawn_subscription(
-            self.0.store.clone(),
-            self.0.directory.clone(),
+            ReaderContext {
+                store: self.0.store.clone(),
+                directory: self.0.directory.clone(),
+                tail: self.0.tail.clone(),
+                metrics: self.0.metrics.clone(),
+                shutdown: self.0.shutdown.clone(),
+            },
             Subscription {
                 member: record,
                 after,
@@ -282,9 +290,6 @@ impl SequencerService for SequencerApi {
                     .keep_alive_interval_ms
                     .map(|ms| Duration::from_millis(u64::from(ms))),
             },
-            self.0.safe_point.clone(),
-            self.0.metrics.clone(),
-            self.0.shutdown.clone(),
         );
         Ok(Response::new(ReceiverStream::new(receiver)))
     }

@@ -47,7 +47,7 @@ pub use participant::{
 pub use postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs, UrlError};
 pub use sequencer::{
     BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberHistoryAt,
-    MemberRecord, MemberSeq, NewEvent, PresenceHold, ReferenceTime, SequencerStore,
+    MemberRecord, MemberSeq, NewEvent, PresenceHold, ReferenceTime, RoutedEvent, SequencerStore,
     SqlSequencerStore, StoredEvent, WriteResult,
 };
 pub use topology::{

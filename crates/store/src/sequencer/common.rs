@@ -9,8 +9,8 @@ use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 
 use super::{
-    Incarnation, InstanceClaim, InstanceState, MemberRecord, MemberSeq, NewEvent, StoredEvent,
-    WriteResult,
+    Incarnation, InstanceClaim, InstanceState, MemberRecord, MemberSeq, NewEvent, RoutedEvent,
+    StoredEvent, WriteResult,
 };
 use crate::StoreError;
 
@@ -232,6 +232,51 @@ pub(crate) fn stored_event(row: EventRow) -> Result<StoredEvent, StoreError> {
         message_id,
         batch,
     })
+}
+
+/// One row of the events page of `events_after`: ts, sender, message id, batch.
+pub(crate) type RoutedRow = (i64, i64, String, Vec<u8>);
+
+/// Joins `events_after`'s page (in timestamp order) with its recipient rows (ts, member; any
+/// order). A recipient row of an event outside the page is corrupt: the recipient query is
+/// bounded by the page.
+pub(crate) fn routed_events(
+    rows: Vec<RoutedRow>,
+    recipients: Vec<(i64, i64)>,
+) -> Result<Vec<RoutedEvent>, StoreError> {
+    let mut events = rows
+        .into_iter()
+        .map(|(ts, sender, message_id, batch)| {
+            let message_id = MessageId::new(message_id).map_err(|error| {
+                StoreError::corrupt(
+                    "events",
+                    format!("message id of the event at ts {ts}: {error}"),
+                )
+            })?;
+            Ok(RoutedEvent {
+                timestamp: Timestamp::from_i64(ts),
+                sender: MemberSeq(sender),
+                message_id,
+                recipients: Vec::new(),
+                batch,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    for (ts, member) in recipients {
+        let at = Timestamp::from_i64(ts);
+        let Ok(position) = events.binary_search_by_key(&at, |e| e.timestamp) else {
+            return Err(StoreError::corrupt(
+                "event_recipients",
+                format!("recipient entry of member {member} at ts {ts} has no event"),
+            ));
+        };
+        events[position].recipients.push(MemberSeq(member));
+    }
+    for event in &mut events {
+        event.recipients.sort_unstable();
+        event.recipients.dedup();
+    }
+    Ok(events)
 }
 
 /// Marks instance $1 offline if it is online with a watermark before $2; the same statement on

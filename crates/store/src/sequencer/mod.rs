@@ -6,7 +6,10 @@
 //!   and the encoded `meridian.v1.Batch`.
 //! - `event_recipients(member, ts)`: the delivery index; a member's stream is this index in
 //!   timestamp order, and `previous_timestamp` is computed from it at read time (so several
-//!   instances writing interleaved events need no shared "last event per member" row).
+//!   instances writing interleaved events need no shared "last event per member" row). The
+//!   sequencer's shared reader tail reads a range of `events` for all members at once
+//!   ([`SequencerStore::events_after`]) and their recipients from this index, one range scan
+//!   per member, so no second index on `ts` costs every write.
 //! - `message_ids(sender, message_id)`: deduplication until the submission's max sequencing time.
 //! - `sequencer_instances(index, watermark, online, incarnation)`: one row per instance.
 //!
@@ -142,6 +145,18 @@ pub struct StoredEvent {
     pub batch: Vec<u8>,
 }
 
+/// One event with every recipient, as read for all members at once (see
+/// [`SequencerStore::events_after`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedEvent {
+    pub timestamp: Timestamp,
+    pub sender: MemberSeq,
+    pub message_id: MessageId,
+    /// Every member the event is delivered to, sorted and distinct.
+    pub recipients: Vec<MemberSeq>,
+    pub batch: Vec<u8>,
+}
+
 /// Facts about the database that decide whether a sequencer may serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendStatus {
@@ -258,6 +273,18 @@ pub trait SequencerStore: Send + Sync + 'static {
         up_to: Timestamp,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Up to `limit` events of every member with `after < ts <= up_to`, in timestamp order,
+    /// each with all its recipients: what a sequencer instance's shared reader tail reads once
+    /// per safe-point advance instead of one [`SequencerStore::read_events`] per subscriber.
+    /// Recipients of events that are not in the page are not read, so a full page ends at an
+    /// event whose recipients are complete.
+    async fn events_after(
+        &self,
+        after: Option<Timestamp>,
+        up_to: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RoutedEvent>, StoreError>;
 
     /// Where `at` lies in `member`'s history: the member's latest event at or before `at` (so
     /// `at` is one of its events iff that equals `at`) and its latest event of all. Asked when

@@ -34,8 +34,8 @@ use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
 use super::presence::{self, FilePresence, PresenceHold, SessionPresence};
 use super::{
     postgres, sqlite, BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState,
-    MemberHistoryAt, MemberRecord, MemberSeq, NewEvent, ReferenceTime, SequencerStore, StoredEvent,
-    WriteResult,
+    MemberHistoryAt, MemberRecord, MemberSeq, NewEvent, ReferenceTime, RoutedEvent, SequencerStore,
+    StoredEvent, WriteResult,
 };
 use crate::pool::{self, on_backend, on_postgres, PoolSettings, PostgresLayout, StorePool};
 use crate::postgres_url::PostgresUrl;
@@ -459,6 +459,47 @@ impl SequencerStore for SqlSequencerStore {
             .await?
         });
         rows.into_iter().map(common::stored_event).collect()
+    }
+
+    async fn events_after(
+        &self,
+        after: Option<Timestamp>,
+        up_to: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RoutedEvent>, StoreError> {
+        let after = common::after_bound(after);
+        // Two statements, no new index: the page is a range scan of the events' primary key;
+        // the recipients are a range scan of the (member, ts) primary key per member (few
+        // members, so this beats an index on ts that every write would pay for). Both stay
+        // at or below the safe point, where nothing changes any more, so they need not share
+        // a transaction.
+        let (rows, recipients): (Vec<common::RoutedRow>, Vec<(i64, i64)>) =
+            on_backend!(&self.pool, |_, readers, _| {
+                let rows: Vec<common::RoutedRow> = sqlx::query_as(
+                    "SELECT ts, sender, message_id, batch FROM events \
+                     WHERE ts > $1 AND ts <= $2 ORDER BY ts LIMIT $3",
+                )
+                .bind(after)
+                .bind(up_to.as_i64())
+                .bind(i64::from(limit))
+                .fetch_all(readers)
+                .await?;
+                let recipients = match rows.last() {
+                    None => Vec::new(),
+                    Some(last) => {
+                        sqlx::query_as(
+                            "SELECT ts, member FROM event_recipients \
+                             WHERE member IN (SELECT seq FROM members) AND ts > $1 AND ts <= $2",
+                        )
+                        .bind(after)
+                        .bind(last.0)
+                        .fetch_all(readers)
+                        .await?
+                    }
+                };
+                (rows, recipients)
+            });
+        common::routed_events(rows, recipients)
     }
 
     async fn member_history_at(
