@@ -5,13 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// mimalloc instead of glibc's malloc: a profile of `bench ledger` put about 13 % of all CPU
-/// in glibc's allocator (`_int_malloc`, `malloc_consolidate`, `_int_free`, ...), where every
-/// event, envelope and protobuf message is a short-lived allocation on many threads.
-/// Measured with `bench compare` (docs/benchmarks.md, "Issue 14").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use meridian_lab::{admin, bench, controller, demo, deployment, drill, lb, token};
 use meridian_node::telemetry::{init_tracing, LogFormat};
 
