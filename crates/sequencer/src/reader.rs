@@ -135,19 +135,14 @@ async fn stream(context: &ReaderContext, subscription: Subscription, tx: &Sink) 
                 };
                 context.metrics.store_reads.inc();
                 for event in &page {
-                    let wire = to_wire(
-                        EventView {
-                            timestamp: event.timestamp,
-                            previous_timestamp: event.previous_timestamp,
-                            sender: event.sender,
-                            message_id: &event.message_id,
-                            batch: &event.batch,
-                        },
-                        &member.id,
-                        &context.directory,
-                    )
-                    .await;
-                    if let Err(stop) = send(context, tx, event.timestamp, wire).await {
+                    let view = EventView {
+                        timestamp: event.timestamp,
+                        previous_timestamp: event.previous_timestamp,
+                        sender: event.sender,
+                        message_id: &event.message_id,
+                        batch: &event.batch,
+                    };
+                    if let Err(stop) = send(context, tx, &member.id, view).await {
                         return stop;
                     }
                     last_sent = tokio::time::Instant::now();
@@ -168,19 +163,14 @@ async fn stream(context: &ReaderContext, subscription: Subscription, tx: &Sink) 
                         // next_step asks for the previous event first; not reachable.
                         return read_failed(&"the member's previous event is unknown");
                     };
-                    let wire = to_wire(
-                        EventView {
-                            timestamp: event.timestamp,
-                            previous_timestamp,
-                            sender: event.sender,
-                            message_id: &event.message_id,
-                            batch: &event.batch,
-                        },
-                        &member.id,
-                        &context.directory,
-                    )
-                    .await;
-                    if let Err(stop) = send(context, tx, event.timestamp, wire).await {
+                    let view = EventView {
+                        timestamp: event.timestamp,
+                        previous_timestamp,
+                        sender: event.sender,
+                        message_id: &event.message_id,
+                        batch: &event.batch,
+                    };
+                    if let Err(stop) = send(context, tx, &member.id, view).await {
                         return stop;
                     }
                     cursor.delivered(event.timestamp);
@@ -209,13 +199,16 @@ async fn stream(context: &ReaderContext, subscription: Subscription, tx: &Sink) 
     }
 }
 
-/// Sends one event (or the error converting it), counting it and its lag.
+/// Encodes one event for `member` and sends it (or the error encoding it), counting it and
+/// its lag.
 async fn send(
     context: &ReaderContext,
     tx: &Sink,
-    timestamp: Timestamp,
-    wire: Result<v1::SequencedEvent, tonic::Status>,
+    member: &MemberId,
+    event: EventView<'_>,
 ) -> Result<(), Stop> {
+    let timestamp = event.timestamp;
+    let wire = to_wire(event, member, &context.directory).await;
     let lag = Timestamp::now().duration_since(timestamp);
     let wire = wire.map_err(Stop::With)?;
     if tx.send(Ok(wire)).await.is_err() {
