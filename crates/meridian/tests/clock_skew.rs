@@ -40,8 +40,16 @@ fn id(name: &str) -> MemberId {
     MemberId::new(name).unwrap()
 }
 
+/// The skewed instance is alive and keeps its presence lock, so its peers find it only by its
+/// watermark's age: `offline_after_ms` 500 ms (the default, 2 s, is longer than this test's
+/// bound on a send's delivery) keeps the test about the skew, not about that default.
+const OFFLINE_AFTER_MS: u64 = 500;
+
 fn instance(index: u32) -> impl FnOnce(&mut SequencerConfig) {
-    move |config| config.instance = InstanceConfig::new(index, 2)
+    move |config| {
+        config.instance = InstanceConfig::new(index, 2);
+        config.timing.offline_after_ms = OFFLINE_AFTER_MS;
+    }
 }
 
 /// `/readyz`: (HTTP status, reason or "").
