@@ -173,9 +173,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let index = config.instance.index();
     // Before claiming the row, so that peers see this process present from its first
     // watermark on.
-    let mut presence_log = PresenceLog::default();
-    hold_presence(store.as_ref(), index, &mut presence_log).await;
-    let predecessor_gone = presence_log == PresenceLog::Held;
+    let predecessor_gone = hold_presence(store.as_ref(), index, &mut PresenceLog::default()).await;
     let Some(start) = claim_instance(store.as_ref(), &config, &retry, predecessor_gone).await?
     else {
         return Ok(());
@@ -226,7 +224,6 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
             safe_point_rx.clone(),
             shutdown.clone(),
         ),
-        safe_point: safe_point_rx,
         limits: SubmissionLimits {
             max_request_bytes: config.limits.max_request_bytes,
             max_envelopes: config.limits.max_envelopes,
@@ -514,14 +511,20 @@ enum PresenceLog {
 
 /// Takes or checks this instance's presence lock (see `meridian_store`'s presence): without
 /// it a peer finds this process's death only by its watermark's age, not at once. Never
-/// fatal: the lock is evidence for the peers, fencing rests on the instance row.
-async fn hold_presence(store: &dyn SequencerStore, index: InstanceIndex, log: &mut PresenceLog) {
+/// fatal: the lock is evidence for the peers, fencing rests on the instance row. Returns
+/// whether this process holds it.
+async fn hold_presence(
+    store: &dyn SequencerStore,
+    index: InstanceIndex,
+    log: &mut PresenceLog,
+) -> bool {
     match store.hold_presence(index).await {
         Ok(PresenceHold::Held) => {
             if *log == PresenceLog::NotHeld {
                 tracing::info!(instance = %index, "holding this instance's presence lock again");
             }
             *log = PresenceLog::Held;
+            true
         }
         Ok(PresenceHold::HeldElsewhere) => {
             if *log != PresenceLog::NotHeld {
@@ -531,12 +534,14 @@ async fn hold_presence(store: &dyn SequencerStore, index: InstanceIndex, log: &m
                 );
             }
             *log = PresenceLog::NotHeld;
+            false
         }
         Err(error) => {
             if *log != PresenceLog::NotHeld {
                 tracing::warn!(instance = %index, %error, "taking this instance's presence lock failed; retrying");
             }
             *log = PresenceLog::NotHeld;
+            false
         }
     }
 }
@@ -589,9 +594,9 @@ async fn mark_stale_peers(
 /// Who of the online peers holds a presence lock; `None` when the store could not say.
 async fn present_peers(
     store: &dyn SequencerStore,
-    watch: &PeerWatch,
+    online: &[InstanceIndex],
 ) -> Option<Vec<InstanceIndex>> {
-    match store.present_instances(&watch.online_peers()).await {
+    match store.present_instances(online).await {
         Ok(present) => Some(present),
         Err(error) => {
             tracing::debug!(%error, "asking who holds a presence lock failed");
@@ -648,21 +653,21 @@ async fn poll_peers(
                 }
             }
             _ = peers_check.tick() => {
-                let present = present_peers(store.as_ref(), &watch).await;
+                let present = present_peers(store.as_ref(), &watch.online_peers()).await;
                 mark_stale_peers(store.as_ref(), &mut watch, present.as_deref(), &counts).await;
             }
             // The cheap look, many times a second: the rows are read only when a peer's lock
             // is gone.
             _ = presence_check.tick() => {
                 let online = watch.online_peers();
-                if let Some(present) = present_peers(store.as_ref(), &watch).await {
+                if let Some(present) = present_peers(store.as_ref(), &online).await {
                     if online.iter().any(|peer| !present.contains(peer)) {
                         mark_stale_peers(store.as_ref(), &mut watch, Some(&present), &counts).await;
                     }
                 }
             }
             _ = presence_hold.tick() => {
-                hold_presence(store.as_ref(), index, &mut presence_log).await;
+                let _held = hold_presence(store.as_ref(), index, &mut presence_log).await;
             }
             _ = backend_check.tick() => check_backend(store.as_ref(), &readiness).await,
             _ = recheck_refused.tick(), if readiness.is_failing("backend") => {

@@ -13,7 +13,6 @@ use meridian_proto::v1::sequencer_admin_service_server::SequencerAdminService;
 use meridian_proto::v1::sequencer_service_server::SequencerService;
 use meridian_proto::v1::{self};
 use meridian_store::{MemberHistoryAt, MemberRecord, SequencerStore, StoreError};
-use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -36,7 +35,6 @@ pub struct Shared {
     pub directory: Arc<MemberDirectory>,
     pub auth: Authenticator,
     pub writer: WriterHandle,
-    pub safe_point: watch::Receiver<Timestamp>,
     /// The instance's shared reader tail, which every subscription serves from.
     pub tail: Arc<ReaderTail>,
     pub limits: SubmissionLimits,
