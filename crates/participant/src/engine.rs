@@ -437,6 +437,11 @@ impl ParticipantEngine {
         self.in_flight.len()
     }
 
+    /// The local submissions sent (or about to be) and not yet seen sequenced or expired.
+    pub fn in_flight(&self) -> impl Iterator<Item = &LocalSubmission> {
+        self.in_flight.values()
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = &PendingRequest> {
         self.pending.values()
     }

@@ -27,6 +27,10 @@ pub struct ParticipantMetrics {
     /// Protocol messages (envelopes) per submission sent to the sequencer: how much
     /// coalescing saves.
     pub messages_per_send: Histogram,
+    /// Submissions a term found in flight when it began, by how their message ids were
+    /// settled: `never_sequenced` (this term's placeholder took the id), `sequenced` (the
+    /// sequencer had the original), `unknown` (no answer: the stream decides).
+    pub inherited_submissions: Family<OutcomeLabel, Counter>,
     /// Replica lease terms begun and lost (`lease_acquired_total{how}`, `lease_lost_total`).
     pub lease: LeaseMetrics,
 }
@@ -62,6 +66,10 @@ impl ParticipantMetrics {
             messages_per_send: r.batch_sizes(
                 "messages_per_send",
                 "Protocol messages coalesced into one submission to the sequencer",
+            ),
+            inherited_submissions: r.family(
+                "inherited_submissions",
+                "Submissions found in flight at the start of a term, by how they were settled",
             ),
             lease: LeaseMetrics::register(&mut r),
         }

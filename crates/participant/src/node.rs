@@ -708,6 +708,8 @@ async fn start_term(
 
     let chores = tokio::spawn(runtime::run_chores(core.clone()));
     let writer = tokio::spawn(runtime::run_writer(core.clone(), command_queue));
+    let settling = core.clone();
+    tokio::spawn(async move { settling.settle_inherited().await });
     warm.serving.serve(core.clone());
     warm.readiness.clear("startup");
     Ok(Some(Term {

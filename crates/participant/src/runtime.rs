@@ -19,6 +19,11 @@
 //! A [`Core`] lives for one *term*: from start-up (or promotion of a replica) until shutdown
 //! (or demotion). Its `shutdown` token ends the term; after that it sends nothing more, so a
 //! demoted replica cannot act on the sequencer, and the fenced store refuses its writes.
+//!
+//! A term begins by settling the submissions it inherited in flight
+//! ([`Core::settle_inherited`]): a frozen or killed replica may have recorded one and then
+//! sent it or not, and the stream alone tells only once sequencer time passes its max
+//! sequencing time (10 s by default), which every retry of that command would wait out.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,9 +54,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ParticipantConfig;
 use crate::engine::{
     Begin, CommitRecord, Completion, Effect, LocalSubmission, Outcome, OutgoingMessage,
-    ParticipantEngine, SequencedInput, SubmitError, SubmitRequest,
+    ParticipantEngine, SequencedInput, StatusCode, SubmitError, SubmitRequest,
 };
-use crate::metrics::ParticipantMetrics;
+use crate::metrics::{OutcomeLabel, ParticipantMetrics};
 
 /// Events and commands handled per database transaction at most.
 const MAX_BATCH: usize = 2_000;
@@ -77,6 +82,12 @@ pub(crate) enum WriterCommand {
     },
     /// Topology learnt from the topology manager out of band.
     Topology(Vec<(Timestamp, SignedTopologyTransaction)>),
+    /// An inherited submission whose message id this term's placeholder took, sequenced at
+    /// `at`: the submission never will be sequenced ([`Core::settle_inherited`]).
+    NeverSequenced {
+        submission_id: String,
+        at: Timestamp,
+    },
 }
 
 /// The writer's decision on a submission.
@@ -507,6 +518,94 @@ impl Core {
         Ok(())
     }
 
+    /// Settles the submissions this term found in flight, without waiting out their max
+    /// sequencing time. For each, a placeholder (a time proof to ourselves) is sent under the
+    /// submission's own message id with the same deadline. The sequencer sequences a (sender,
+    /// message id) once, atomically across its instances, so its answer decides:
+    /// - it sequenced the placeholder: the original never will be (a late send by the old
+    ///   replica is a duplicate), so the submission completes ABORTED at once and its command
+    ///   can be resubmitted;
+    /// - it answers "duplicate": the original was sequenced, and the stream brings it;
+    /// - no answer: the stream decides, as before.
+    ///
+    /// Only submissions whose deadline is still ahead are settled so: the sequencer keeps a
+    /// message id at least until its deadline, so a placeholder cannot slip into the slot of an
+    /// original whose entry was pruned. The others expire with the stream's next event.
+    pub async fn settle_inherited(self: &Arc<Self>) {
+        let now = Timestamp::now();
+        let inherited: Vec<(MessageId, Timestamp)> = self
+            .engine()
+            .in_flight()
+            .filter(|submission| submission.max_sequencing_time > now)
+            .filter_map(|submission| {
+                let id = MessageId::new(submission.submission_id.clone()).ok()?;
+                Some((id, submission.max_sequencing_time))
+            })
+            .collect();
+        if inherited.is_empty() {
+            return;
+        }
+        tracing::info!(
+            submissions = inherited.len(),
+            "settling the submissions inherited in flight"
+        );
+        for (message_id, deadline) in inherited {
+            let permit = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                permit = self.sends.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let core = Arc::clone(self);
+            tokio::spawn(async move {
+                let _permit = permit;
+                tokio::select! {
+                    _ = core.shutdown.cancelled() => {}
+                    () = core.settle_one(message_id, deadline) => {}
+                }
+            });
+        }
+    }
+
+    async fn settle_one(&self, message_id: MessageId, deadline: Timestamp) {
+        let me = self.participant.as_member();
+        let placeholder = Submission {
+            sender: me.clone(),
+            message_id: message_id.clone(),
+            envelopes: vec![Envelope {
+                recipients: vec![me],
+                payload: ProtocolMessage::TimeProof.encode(),
+            }],
+            max_sequencing_time: deadline,
+        };
+        let settled = match self.client.send(placeholder).await {
+            Ok(receipt) if receipt.deduplicated => {
+                tracing::info!(%message_id, sequenced_at = %receipt.timestamp, "an inherited submission was sequenced; the stream brings it");
+                "sequenced"
+            }
+            Ok(receipt) => {
+                tracing::info!(%message_id, placeholder_at = %receipt.timestamp, "an inherited submission was never sequenced; aborting it");
+                let command = WriterCommand::NeverSequenced {
+                    submission_id: message_id.to_string(),
+                    at: receipt.timestamp,
+                };
+                if self.commands.send(command).await.is_err() {
+                    return;
+                }
+                "never_sequenced"
+            }
+            Err(error) => {
+                tracing::warn!(%message_id, %error, "could not settle an inherited submission; the stream decides by its max sequencing time");
+                "unknown"
+            }
+        };
+        self.metrics
+            .inherited_submissions
+            .get_or_create(&OutcomeLabel { outcome: settled })
+            .inc();
+    }
+
     /// Asks the sequencer for an event addressed to ourselves, so that sequencer time passes
     /// the deadline of a submission whose fate is otherwise unknown.
     async fn request_time_proof(self: &Arc<Self>) {
@@ -650,6 +749,13 @@ fn run_engine(core: &Core, events: Vec<SequencedEvent>, commands: Vec<WriterComm
             WriterCommand::Topology(entries) => {
                 engine.add_topology(&entries);
             }
+            WriterCommand::NeverSequenced { submission_id, at } => {
+                let message = format!(
+                    "{}: the replica now active sequenced a placeholder under its message id at {at}, so it never will be; nothing was committed, resubmit",
+                    meridian_core::protocol::NOT_SEQUENCED_REJECTION
+                );
+                engine.abandon_submission(&submission_id, StatusCode::Aborted, message, at);
+            }
         }
     }
     for event in events {
@@ -700,7 +806,19 @@ async fn process(
     if !batch.completions.is_empty() || !batch.transactions.is_empty() {
         batch.ledger_end = Some(ledger_end);
     }
+    let persist_started = std::time::Instant::now();
     persist(core, &batch).await?;
+    tracing::debug!(
+        events = event_count,
+        commands = size - event_count,
+        ?checkpoint,
+        outgoing = effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Send(_)))
+            .count(),
+        persist_ms = persist_started.elapsed().as_millis(),
+        "batch persisted"
+    );
 
     // Published before anyone is answered: a caller told "committed at offset N" (or
     // ALREADY_EXISTS naming N) must find N readable through GetTransactions right away.

@@ -11,13 +11,19 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use meridian_client::{SequencerClient, SequencerClientConfig};
+use meridian_core::protocol::{ChangeId, ProtocolMessage};
+use meridian_core::sequencing::{Envelope, Submission};
+use meridian_core::{CommandId, MessageId, ParticipantId, PartyId, Timestamp, UserId};
 
 use meridian_participant::{ParticipantConfig, ReplicationConfig};
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
-use meridian_store::StorageConfig;
+use meridian_store::{DedupRecord, DedupState, ParticipantBatch, StorageConfig};
 use serde_json::Value;
 use support::{logged, retry, spawn_freezable, sqlite, synchronizer, Synchronizer};
 use tokio_util::sync::CancellationToken;
@@ -483,6 +489,137 @@ async fn a_step_down_answers_the_submissions_in_flight(backend: Backend) {
     sync.shutdown.cancel();
 }
 
+/// A term settles the submissions it inherits in flight at once, instead of waiting out their
+/// max sequencing time (here 60 s, far beyond the test's patience): the old active recorded two
+/// in-flight markers and was killed; one submission it had sent (the sequencer sequenced its
+/// message id), the other it had not. The new term's placeholders find out which is which: the
+/// unsent one completes ABORTED, and its command id is free for a resubmission that commits;
+/// the sequenced one is left to the stream, in flight.
+async fn inherited_submissions_are_settled_at_once(backend: Backend) {
+    let (sync, storage) = setup(backend).await;
+    let a = replica(&sync, "p1-a", &storage);
+    let kill_a = spawn_killable(&a);
+    a.wait_active().await;
+    for party in ["bank", "alice"] {
+        a.ledger()
+            .await
+            .allocate_party(v1::AllocatePartyRequest {
+                party: party.into(),
+            })
+            .await
+            .expect("allocate");
+    }
+    submit_until_committed(&a, "before-kill", 1).await;
+    drop(kill_a);
+
+    // What the killed active left behind: two markers, deadline a minute ahead.
+    let deadline = Timestamp::now().saturating_add(Duration::from_secs(60));
+    let marker = |command_id: &str, submission_id: &str| {
+        let change = ChangeId {
+            user_id: UserId::new("app").expect("user id"),
+            act_as: BTreeSet::from([PartyId::new("bank").expect("party id")]),
+            command_id: CommandId::new(command_id).expect("command id"),
+        };
+        DedupRecord {
+            change_key: change.key(),
+            user_id: change.user_id,
+            command_id: change.command_id,
+            act_as: change.act_as,
+            submission_id: submission_id.into(),
+            max_sequencing_time: deadline,
+            dedup_period_us: 60_000_000,
+            state: DedupState::InFlight,
+        }
+    };
+    let store = meridian_store::open_participant_store(&storage)
+        .await
+        .expect("participant store");
+    store
+        .apply(&ParticipantBatch {
+            dedup_upserts: vec![
+                marker("never-sent", "sub-never-sent"),
+                marker("was-sent", "sub-was-sent"),
+            ],
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("markers written");
+    // The one it did send: sequenced under p1's identity and message id.
+    let p1 = ParticipantId::new("p1")
+        .expect("participant id")
+        .as_member();
+    let key = meridian_node::keys::load_or_create_key(&sync.dir.path().join("p1.key"))
+        .expect("participant key");
+    let endpoints = a.config.sequencer_endpoints.as_slice().to_vec();
+    let client = SequencerClient::connect(
+        SequencerClientConfig::new(endpoints[0].clone(), p1.clone(), key).with_endpoints(endpoints),
+    )
+    .await
+    .expect("sequencer client as p1");
+    let sent = client
+        .send(Submission {
+            sender: p1.clone(),
+            message_id: MessageId::new("sub-was-sent").expect("message id"),
+            envelopes: vec![Envelope {
+                recipients: vec![p1],
+                payload: ProtocolMessage::TimeProof.encode(),
+            }],
+            max_sequencing_time: deadline,
+        })
+        .await
+        .expect("the old active's send");
+    assert!(!sent.deduplicated);
+
+    // p1-b takes over and settles both within moments, not 60 s.
+    let b = replica(&sync, "p1-b", &storage);
+    let started = Instant::now();
+    tokio::spawn(logged(
+        b.name,
+        meridian_participant::run(b.config.clone(), sync.shutdown.clone()),
+    ));
+    let settled = retry("p1-b settles the inherited submissions", || async {
+        let metrics = reqwest::get(format!("http://{}/metrics", b.admin))
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let count = |outcome: &str| {
+            let line = format!(
+                "meridian_participant_inherited_submissions_total{{outcome=\"{outcome}\"}} "
+            );
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let counts = (
+            count("never_sequenced"),
+            count("sequenced"),
+            count("unknown"),
+        );
+        if counts.0 + counts.1 + counts.2 >= 2.0 {
+            Ok(counts)
+        } else {
+            Err(format!("settled so far: {counts:?}"))
+        }
+    })
+    .await;
+    println!(
+        "inherited submissions settled {} ms after the takeover began",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(settled, (1.0, 1.0, 0.0));
+    let status = b.wait_active().await;
+    // The sequenced one stays in flight: only the stream (or its deadline) decides it.
+    assert_eq!(status["in_flight_submissions"], 1, "{status}");
+    // The unsent one's command id is free: resubmitted, it commits.
+    submit_until_committed(&b, "never-sent", 2).await;
+    assert_eq!(b.bank_contracts().await, 2);
+    sync.shutdown.cancel();
+}
+
 /// One test per (scenario, backend) pair: every scenario is written once, against a `Backend`.
 macro_rules! backend_tests {
     ($($test:ident: $scenario:ident on $backend:ident;)+) => {
@@ -502,4 +639,8 @@ backend_tests! {
     postgres_stuck_active_is_deposed: stuck_active_is_deposed on Postgres;
     sqlite_replicas_take_over: replicas_take_over on Sqlite;
     postgres_replicas_take_over: replicas_take_over on Postgres;
+    sqlite_inherited_submissions_are_settled_at_once:
+        inherited_submissions_are_settled_at_once on Sqlite;
+    postgres_inherited_submissions_are_settled_at_once:
+        inherited_submissions_are_settled_at_once on Postgres;
 }
