@@ -42,6 +42,12 @@ use crate::{Backoff, ClientError};
 /// dedup-safe retry.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(250);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(750);
+/// A frozen replica's kernel still accepts TCP connections, so a reconnect to it (a retry
+/// that rotated back to it while the passive was still taking over) hangs in the TLS
+/// handshake: with the general 10 s bound, that was the 10 s of a participant freeze's
+/// RTO on 2026-12-04. A handshake takes a round trip or two, far below this even across
+/// regions.
+const LEDGER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often one `submit_and_wait` resubmits a command whose earlier submission was definitely
 /// not committed (see [`definitely_not_committed`]). Each such answer takes a max sequencing
 /// time or a mediator deadline (10 s each by default) to come, so a few are plenty for a
@@ -115,16 +121,21 @@ impl LedgerClient {
         let channels = endpoints
             .iter()
             .map(|endpoint| {
-                let channel = crate::tls::endpoint(endpoint, tls, "ledger endpoint")?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    // A frozen replica (SIGSTOP, a stuck VM) keeps its TCP connections open
-                    // and answers nothing: without pings a SubmitAndWait sent to it would wait
-                    // for the whole request timeout instead of failing over to the new active.
-                    .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-                    .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
+                let channel = crate::tls::endpoint_within(
+                    endpoint,
+                    tls,
+                    "ledger endpoint",
+                    LEDGER_HANDSHAKE_TIMEOUT,
+                )?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                // A frozen replica (SIGSTOP, a stuck VM) keeps its TCP connections open
+                // and answers nothing: without pings a SubmitAndWait sent to it would wait
+                // for the whole request timeout instead of failing over to the new active.
+                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .connect_lazy();
                 Ok((endpoint.clone(), channel))
             })
             .collect::<Result<Vec<_>, ClientError>>()?;

@@ -68,9 +68,14 @@ impl ClientTls {
 
     /// The tonic TLS settings for a channel.
     pub fn tonic_config(&self) -> ClientTlsConfig {
+        self.tonic_config_within(HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`Self::tonic_config`] with its own bound on the handshake.
+    pub fn tonic_config_within(&self, handshake_timeout: Duration) -> ClientTlsConfig {
         let config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .timeout(HANDSHAKE_TIMEOUT);
+            .timeout(handshake_timeout);
         match &self.identity {
             Some(identity) => {
                 config.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
@@ -102,6 +107,16 @@ pub fn default_tls() -> Option<Arc<ClientTls>> {
 /// An endpoint for `url`: plaintext for `http://`, TLS for `https://` with `tls` or the
 /// process default. `what` names the endpoint in errors (e.g. "sequencer endpoint").
 pub fn endpoint(url: &str, tls: Option<&ClientTls>, what: &str) -> Result<Endpoint, ClientError> {
+    endpoint_within(url, tls, what, HANDSHAKE_TIMEOUT)
+}
+
+/// [`endpoint`] whose TLS handshake must finish within `handshake_timeout`.
+pub fn endpoint_within(
+    url: &str,
+    tls: Option<&ClientTls>,
+    what: &str,
+    handshake_timeout: Duration,
+) -> Result<Endpoint, ClientError> {
     let parsed = Endpoint::from_shared(url.to_owned())
         .map_err(|e| ClientError::InvalidConfig(format!("{what} {url:?} is not a URI: {e}")))?;
     match parsed.uri().scheme_str() {
@@ -114,9 +129,11 @@ pub fn endpoint(url: &str, tls: Option<&ClientTls>, what: &str) -> Result<Endpoi
                      (set [tls] ca_file, or use an http:// endpoint with [tls] plaintext = true)"
                 )));
             };
-            parsed.tls_config(tls.tonic_config()).map_err(|e| {
-                ClientError::InvalidConfig(format!("{what} {url:?}: TLS settings: {e}"))
-            })
+            parsed
+                .tls_config(tls.tonic_config_within(handshake_timeout))
+                .map_err(|e| {
+                    ClientError::InvalidConfig(format!("{what} {url:?}: TLS settings: {e}"))
+                })
         }
         _ => Err(ClientError::InvalidConfig(format!(
             "{what} {url:?} must start with http:// or https://"

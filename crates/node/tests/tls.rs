@@ -279,3 +279,52 @@ fn a_config_with_neither_tls_nor_explicit_plaintext_is_refused() {
         .check_endpoints("sequencer_endpoints", &http)
         .expect_err("a plaintext endpoint on a TLS node");
 }
+
+/// A frozen replica (SIGSTOP) still completes TCP handshakes in its kernel but never answers
+/// the TLS handshake. A ledger client whose retry lands on it must give up on it within about
+/// a second and try the other replica: with the general 10 s handshake bound, that was ten of
+/// the eleven seconds of a participant freeze's RTO.
+#[tokio::test]
+async fn a_ledger_client_gives_up_a_replica_that_never_answers_the_tls_handshake_within_a_second() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = certs(dir.path());
+    let shutdown = CancellationToken::new();
+    let live = grpc_server(Some(server_tls(&certs, false)), &shutdown).await;
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let frozen_address = frozen.local_addr().expect("bound");
+    // Accepts and holds every connection, answering nothing.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = frozen.accept().await {
+            held.push(socket);
+        }
+    });
+    let endpoints = [
+        format!("https://localhost:{}", frozen_address.port()),
+        format!("https://localhost:{}", live.port()),
+    ];
+    let client = meridian_client::LedgerClient::with_tls(
+        &endpoints,
+        meridian_core::UserId::new("app").expect("user id"),
+        Some(&client_tls(&certs, false)),
+    )
+    .expect("a client");
+    let started = std::time::Instant::now();
+    let answer = client
+        .allocate_party(&meridian_core::PartyId::new("alice").expect("party id"))
+        .await;
+    let elapsed = started.elapsed();
+    // The live server serves only health: its UNIMPLEMENTED is the proof the call reached it.
+    let error = answer.expect_err("the live server does not serve the Ledger API");
+    assert!(
+        error.to_string().to_lowercase().contains("unimplemented"),
+        "{error}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "left the frozen replica only after {elapsed:?}"
+    );
+    shutdown.cancel();
+}
