@@ -48,7 +48,7 @@ use meridian_store::{
     StoreError, StoredContract, TransactionRecord,
 };
 use rand::RngCore;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ParticipantConfig;
@@ -457,6 +457,15 @@ impl Core {
         }
     }
 
+    /// One of the term's [`MAX_CONCURRENT_SENDS`] slots for a background send, held until it
+    /// ends; `None` once the term ended.
+    async fn send_permit(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            permit = self.sends.clone().acquire_owned() => permit.ok(),
+        }
+    }
+
     /// Sends messages through the sequencer in the background, coalesced into as few
     /// submissions as [`CoalesceLimits::DEFAULT`] allows (see [`meridian_core::coalesce`]), each
     /// bounded by `sends`. Once the term ended nothing more goes out (a retrying send is
@@ -479,12 +488,8 @@ impl Core {
             }
         }
         for group in coalesce(outgoing, CoalesceLimits::DEFAULT) {
-            let permit = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                permit = self.sends.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
+            let Some(permit) = self.send_permit().await else {
+                return;
             };
             self.metrics
                 .messages_per_send
@@ -550,12 +555,8 @@ impl Core {
             "settling the submissions inherited in flight"
         );
         for (message_id, deadline) in inherited {
-            let permit = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                permit = self.sends.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
+            let Some(permit) = self.send_permit().await else {
+                return;
             };
             let core = Arc::clone(self);
             tokio::spawn(async move {
@@ -794,6 +795,7 @@ async fn process(
             _ => None,
         })
         .collect();
+    let outgoing_count = outgoing.len();
     if !outgoing.is_empty() {
         core.send_in_background(outgoing).await;
     }
@@ -812,10 +814,7 @@ async fn process(
         events = event_count,
         commands = size - event_count,
         ?checkpoint,
-        outgoing = effects
-            .iter()
-            .filter(|e| matches!(e, Effect::Send(_)))
-            .count(),
+        outgoing = outgoing_count,
         persist_ms = persist_started.elapsed().as_millis(),
         "batch persisted"
     );
