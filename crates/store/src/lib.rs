@@ -47,8 +47,8 @@ pub use participant::{
 pub use postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs, UrlError};
 pub use sequencer::{
     BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberHistoryAt,
-    MemberRecord, MemberSeq, NewEvent, PresenceHold, ReferenceTime, RoutedEvent, SequencerStore,
-    SqlSequencerStore, StoredEvent, WriteResult,
+    MemberRecord, MemberSeq, NewEvent, OrderingProgress, PresenceHold, ReferenceTime, RoutedEvent,
+    SequencerStore, SqlSequencerStore, StoredEvent, WriteResult,
 };
 pub use topology::{
     open_topology_store, SqlTopologyStore, TopologyRecord, TopologyStore, TopologyStoreError,

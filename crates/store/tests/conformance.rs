@@ -402,6 +402,37 @@ async fn start_instance_joins_above_every_watermark(h: Harness) {
     );
 }
 
+async fn ordering_progress_shows_the_latest_event_waiting_above_the_safe_point(h: Harness) {
+    let store = &*h.store;
+    let empty = store.ordering_progress().await.expect("progress");
+    assert_eq!((empty.safe_point, empty.latest_event), (None, None));
+    assert_eq!(empty.waiting_through(), None);
+
+    let a = register(store, "a").await;
+    store.start_at(I0, t(1_000)).await.expect("start");
+    store.start_at(I1, t(1_000)).await.expect("start");
+    // I0 writes above I1's watermark: its event waits for I1.
+    store
+        .write(I0, &[event(1_500, a, "m1", &[a])], t(1_500))
+        .await
+        .expect("write");
+    let waiting = store.ordering_progress().await.expect("progress");
+    assert_eq!(waiting.safe_point, Some(t(1_000)));
+    assert_eq!(waiting.latest_event, Some(t(1_500)));
+    assert_eq!(waiting.waiting_through(), Some(t(1_500)));
+
+    // I1 catches up: nothing waits any more.
+    store.advance(I1, t(1_500)).await.expect("advance");
+    let caught_up = store.ordering_progress().await.expect("progress");
+    assert_eq!(caught_up.safe_point, Some(t(1_500)));
+    assert_eq!(caught_up.waiting_through(), None);
+    assert_eq!(
+        caught_up.safe_point,
+        store.safe_point().await.expect("safe point"),
+        "the same safe point as safe_point()"
+    );
+}
+
 async fn events_round_trip_with_recipients_and_previous_timestamps(h: Harness) {
     let store = &*h.store;
     let a = register(store, "a").await;
@@ -1099,6 +1130,7 @@ conformance!(
     events_after_reads_every_members_events_once_with_their_recipients,
     register_is_idempotent_and_key_conflicts_change_nothing,
     start_instance_joins_above_every_watermark,
+    ordering_progress_shows_the_latest_event_waiting_above_the_safe_point,
     events_round_trip_with_recipients_and_previous_timestamps,
     duplicates_return_the_original_and_write_nothing,
     offline_instances_are_fenced,

@@ -127,6 +127,27 @@ pub struct InstanceState {
     pub incarnation: Incarnation,
 }
 
+/// The answer of [`SequencerStore::ordering_progress`]: how far readers may deliver, and how
+/// far events were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderingProgress {
+    /// As [`SequencerStore::safe_point`].
+    pub safe_point: Option<Timestamp>,
+    /// The latest event's timestamp, of any instance.
+    pub latest_event: Option<Timestamp>,
+}
+
+impl OrderingProgress {
+    /// The latest event when it lies above the safe point: it waits for the watermark of an
+    /// instance below it.
+    pub fn waiting_through(&self) -> Option<Timestamp> {
+        match (self.safe_point, self.latest_event) {
+            (Some(safe_point), Some(latest)) if latest > safe_point => Some(latest),
+            _ => None,
+        }
+    }
+}
+
 /// The answer of [`SequencerStore::member_history_at`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemberHistoryAt {
@@ -254,6 +275,12 @@ pub trait SequencerStore: Send + Sync + 'static {
     /// is safe because a joining instance starts above every watermark it can see, whereas
     /// combining a cached value for other instances with a fresh own watermark is not.
     async fn safe_point(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// The safe point and the latest event's timestamp, in one read. An event above the safe
+    /// point waits for an instance whose watermark is below it; that instance can advance its
+    /// watermark at once instead of at its next heartbeat, which would otherwise delay every
+    /// protocol hop whose event lands on a busy peer.
+    async fn ordering_progress(&self) -> Result<OrderingProgress, StoreError>;
 
     /// Marks instance `index` offline if it is online with a watermark older than
     /// `stale_before`. Returns whether it did. On PostgreSQL it waits only briefly for a batch

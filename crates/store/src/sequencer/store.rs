@@ -34,8 +34,8 @@ use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
 use super::presence::{self, FilePresence, PresenceHold, SessionPresence};
 use super::{
     postgres, sqlite, BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState,
-    MemberHistoryAt, MemberRecord, MemberSeq, NewEvent, ReferenceTime, RoutedEvent, SequencerStore,
-    StoredEvent, WriteResult,
+    MemberHistoryAt, MemberRecord, MemberSeq, NewEvent, OrderingProgress, ReferenceTime,
+    RoutedEvent, SequencerStore, StoredEvent, WriteResult,
 };
 use crate::pool::{self, on_backend, on_postgres, PoolSettings, PostgresLayout, StorePool};
 use crate::postgres_url::PostgresUrl;
@@ -405,6 +405,22 @@ impl SequencerStore for SqlSequencerStore {
                 .await?
         });
         Ok(minimum.map(Timestamp::from_i64))
+    }
+
+    async fn ordering_progress(&self) -> Result<OrderingProgress, StoreError> {
+        let (safe_point, latest_event): (Option<i64>, Option<i64>) =
+            on_backend!(&self.pool, |_, readers, _| {
+                sqlx::query_as(
+                    "SELECT (SELECT min(watermark) FROM sequencer_instances WHERE online), \
+                            (SELECT max(ts) FROM events)",
+                )
+                .fetch_one(readers)
+                .await?
+            });
+        Ok(OrderingProgress {
+            safe_point: safe_point.map(Timestamp::from_i64),
+            latest_event: latest_event.map(Timestamp::from_i64),
+        })
     }
 
     async fn mark_offline(
