@@ -45,15 +45,34 @@ fn id(name: &str) -> MemberId {
     MemberId::new(name).unwrap()
 }
 
-/// Sets the instance index of a sequencer config, and `offline_after_ms` when given.
-fn instance(index: u32, offline_after_ms: Option<u64>) -> impl FnOnce(&mut SequencerConfig) {
+/// Timings set on every instance of a cluster; `None` keeps the default.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timing {
+    offline_after_ms: Option<u64>,
+    watermark_interval_ms: Option<u64>,
+}
+
+impl Timing {
+    fn offline_after_ms(offline_after_ms: u64) -> Self {
+        Self {
+            offline_after_ms: Some(offline_after_ms),
+            ..Self::default()
+        }
+    }
+}
+
+/// Sets the instance index of a sequencer config, and the timings given.
+fn instance(index: u32, timing: Timing) -> impl FnOnce(&mut SequencerConfig) {
     move |config| {
         config.instance = InstanceConfig {
             index,
             count: INSTANCE_COUNT,
         };
-        if let Some(offline_after_ms) = offline_after_ms {
+        if let Some(offline_after_ms) = timing.offline_after_ms {
             config.timing.offline_after_ms = offline_after_ms;
+        }
+        if let Some(watermark_interval_ms) = timing.watermark_interval_ms {
+            config.timing.watermark_interval_ms = watermark_interval_ms;
         }
     }
 }
@@ -72,17 +91,17 @@ struct Cluster {
     storage: StorageConfig,
     instances: Vec<SequencerProcess>,
     keys: HashMap<String, SigningKey>,
-    offline_after_ms: Option<u64>,
+    timing: Timing,
 }
 
 impl Cluster {
     /// Starts `count` instances (indexes 0..count) one after the other.
     async fn start(backend: &str, count: u32) -> Cluster {
-        Self::start_with(backend, count, None).await
+        Self::start_with(backend, count, Timing::default()).await
     }
 
-    /// [`Cluster::start`] with every instance's `offline_after_ms` set when given.
-    async fn start_with(backend: &str, count: u32, offline_after_ms: Option<u64>) -> Cluster {
+    /// [`Cluster::start`] with `timing` set on every instance.
+    async fn start_with(backend: &str, count: u32, timing: Timing) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let storage = match backend {
             "sqlite" => StorageConfig::Sqlite {
@@ -98,7 +117,7 @@ impl Cluster {
             storage,
             instances: Vec::new(),
             keys: HashMap::new(),
-            offline_after_ms,
+            timing,
         };
         for index in 0..count {
             let mut process = cluster.spawn(&format!("sequencer{index}"), index);
@@ -116,7 +135,7 @@ impl Cluster {
             self.dir.path(),
             name,
             &self.storage,
-            instance(index, self.offline_after_ms),
+            instance(index, self.timing),
         )
         .unwrap()
     }
@@ -317,11 +336,12 @@ async fn assert_same_stream_everywhere(cluster: &Cluster, member: &str, expected
 /// instance 0 under load. Returns the cluster for scenario-specific checks.
 async fn under_load(backend: &str, failure: Failure) -> Cluster {
     let offline_after_ms = match failure {
-        Failure::Kill => Some(KILL_OFFLINE_AFTER_MS),
+        Failure::Kill => KILL_OFFLINE_AFTER_MS,
         // Found by its watermark's age, well within the 2 s pause.
-        Failure::Pause(_) => Some(PAUSE_OFFLINE_AFTER_MS),
+        Failure::Pause(_) => PAUSE_OFFLINE_AFTER_MS,
     };
-    let mut cluster = Cluster::start_with(backend, 2, offline_after_ms).await;
+    let mut cluster =
+        Cluster::start_with(backend, 2, Timing::offline_after_ms(offline_after_ms)).await;
     for name in ["alice", "bob", "carol"] {
         cluster.register(name).await;
     }
@@ -409,13 +429,23 @@ enum Failure {
 
 /// How many peers instance `instance` marked offline on `evidence`, from its metrics.
 async fn marked_offline(cluster: &Cluster, instance: usize, evidence: &str) -> u64 {
+    counter(
+        cluster,
+        instance,
+        &format!("meridian_sequencer_peers_marked_offline_total{{evidence=\"{evidence}\"}}"),
+    )
+    .await
+}
+
+/// The value of counter `series` (name and labels) in instance `instance`'s metrics; 0 when
+/// absent.
+async fn counter(cluster: &Cluster, instance: usize, series: &str) -> u64 {
     let client = meridian_lab::tls::http().unwrap();
     let metrics = common::admin_metrics(&client, cluster.instances[instance].admin_address).await;
-    let series =
-        format!("meridian_sequencer_peers_marked_offline_total{{evidence=\"{evidence}\"}} ");
+    let prefix = format!("{series} ");
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
         .map_or(0, |value| value.trim().parse().unwrap())
 }
 
@@ -498,6 +528,71 @@ async fn sigstop_one_instance(backend: &str) {
     assert_same_stream_everywhere(&cluster, "bob", expected).await;
 }
 
+/// A send to one instance whose peer's watermark is behind it is delivered at once: the peer
+/// sees the event waiting above the safe point and advances its watermark (a catch-up)
+/// instead of waiting for its next heartbeat. The heartbeat here comes every 10 s, and the
+/// peer is never idle long enough (4 intervals) to promise a lead, so without catch-ups each
+/// of the sends one after the other would wait for most of 10 s.
+async fn a_peer_releases_an_event_at_once_instead_of_at_its_heartbeat(backend: &str) {
+    const HEARTBEAT_MS: u64 = 10_000;
+    const SENDS: usize = 5;
+    let mut cluster = Cluster::start_with(
+        backend,
+        2,
+        Timing {
+            offline_after_ms: Some(HEARTBEAT_MS * 3),
+            watermark_interval_ms: Some(HEARTBEAT_MS),
+        },
+    )
+    .await;
+    for name in ["alice", "bob"] {
+        cluster.register(name).await;
+    }
+    let on_0 = vec![cluster.instances[0].grpc_endpoint()];
+    let sender = cluster.client("alice", on_0.clone()).await;
+    let receiver = subscribe("bob", &cluster.client("bob", on_0).await);
+    for n in 0..SENDS {
+        let sent = Instant::now();
+        sender
+            .send(submission("alice", &format!("m{n}"), &["bob"]))
+            .await
+            .unwrap();
+        loop {
+            if receiver.received.lock().unwrap().len() > n {
+                break;
+            }
+            assert!(
+                receiver.error.lock().unwrap().is_none(),
+                "{:?}",
+                receiver.error
+            );
+            // Well short of the heartbeat: only a catch-up delivers this soon.
+            assert!(
+                sent.elapsed() < Duration::from_millis(HEARTBEAT_MS / 2),
+                "send {n} not delivered after {:?}",
+                sent.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let catch_ups = counter(&cluster, 1, "meridian_sequencer_watermark_catch_ups_total").await;
+    assert!(
+        catch_ups >= SENDS as u64,
+        "instance 1 caught up {catch_ups} times for {SENDS} sends"
+    );
+    receiver.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_releases_an_event_at_once_instead_of_at_its_heartbeat_sqlite() {
+    a_peer_releases_an_event_at_once_instead_of_at_its_heartbeat("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_releases_an_event_at_once_instead_of_at_its_heartbeat_postgres() {
+    a_peer_releases_an_event_at_once_instead_of_at_its_heartbeat("postgres").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_one_of_two_instances_sqlite() {
     kill9_one_instance("sqlite").await;
@@ -512,7 +607,8 @@ async fn kill9_one_of_two_instances_postgres() {
 /// which proves its predecessor dead, and claims the row at once instead of waiting for the
 /// predecessor's watermark to be `offline_after` (here 10 s) old.
 async fn a_restart_after_a_kill_claims_its_index_at_once(backend: &str) {
-    let mut cluster = Cluster::start_with(backend, 1, Some(KILL_OFFLINE_AFTER_MS)).await;
+    let mut cluster =
+        Cluster::start_with(backend, 1, Timing::offline_after_ms(KILL_OFFLINE_AFTER_MS)).await;
     cluster.instances[0].kill9().unwrap();
     let restarted = Instant::now();
     cluster.instances[0].start(Path::new(EXE)).unwrap();

@@ -124,6 +124,10 @@ pub struct TimingConfig {
     pub watermark_interval_ms: u64,
     /// How often the safe point is re-read to see other instances' progress.
     pub safe_point_poll_ms: u64,
+    /// How often the safe point is re-read while an event waits above it (a peer's event
+    /// waiting for this instance's watermark, or this instance's for a peer's): the delay a
+    /// busy peer's watermark adds to each protocol hop, instead of a heartbeat interval.
+    pub catch_up_poll_ms: u64,
     /// A peer whose watermark this instance has not seen advance for this long (by its own
     /// monotonic clock) is marked offline: the test for a stopped or stalled process. A dead
     /// one is found by its released presence lock within about 150 ms whatever this is, so it
@@ -147,6 +151,7 @@ impl Default for TimingConfig {
         Self {
             watermark_interval_ms: 50,
             safe_point_poll_ms: 20,
+            catch_up_poll_ms: 2,
             offline_after_ms: 2_000,
             token_ttl_s: 3_600,
             dedup_retention_s: 60,
@@ -163,6 +168,9 @@ impl TimingConfig {
     }
     pub fn safe_point_poll(&self) -> Duration {
         Duration::from_millis(self.safe_point_poll_ms.max(1))
+    }
+    pub fn catch_up_poll(&self) -> Duration {
+        Duration::from_millis(self.catch_up_poll_ms.max(1))
     }
     pub fn offline_after(&self) -> Duration {
         Duration::from_millis(self.offline_after_ms)
@@ -311,6 +319,12 @@ impl SequencerConfig {
             (
                 "timing.safe_point_poll_ms",
                 timing.safe_point_poll_ms,
+                "ms",
+                MAX_TIMING_MS,
+            ),
+            (
+                "timing.catch_up_poll_ms",
+                timing.catch_up_poll_ms,
                 "ms",
                 MAX_TIMING_MS,
             ),

@@ -177,6 +177,34 @@ impl OrderingEngine {
         let next = self.high.saturating_add(Duration::from_micros(1));
         self.idle_watermark(now.saturating_add(lead).max(next))
     }
+
+    /// The watermark that releases a peer's event stamped `waiting`, when this instance's
+    /// watermark holds it back (the safe point is the minimum of the watermarks); `None` when
+    /// it does not, or when the clock gives nothing above the current watermark yet.
+    ///
+    /// Without this, the event waits for this instance's next own commit or heartbeat, up to
+    /// one watermark interval on every protocol hop whenever both instances carry load. The
+    /// promise reaches `waiting` but at most `max_lead` ahead of the clock: a peer whose clock
+    /// runs ahead must not drag this one's timestamps along, and its own next events are
+    /// stamped above the promise. It reaches at least `idle_lead` ahead, the lead an idle
+    /// instance's heartbeat would promise ([`Self::heartbeat_watermark`]), so that an idle
+    /// instance answers one catch-up with a lead that covers the peer's next events, instead of
+    /// one catch-up per event.
+    pub fn catch_up_watermark(
+        &mut self,
+        now: Timestamp,
+        waiting: Timestamp,
+        max_lead: Duration,
+        idle_lead: Duration,
+    ) -> Option<Timestamp> {
+        if self.high >= waiting {
+            return None;
+        }
+        let target = waiting
+            .min(now.saturating_add(max_lead))
+            .max(now.saturating_add(idle_lead));
+        (target > self.high).then(|| self.idle_watermark(target))
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +333,42 @@ mod tests {
         );
         let plan = engine.plan(behind, &[submission(10_000)]);
         assert_eq!(plan.events[0].timestamp.as_micros(), 904);
+    }
+
+    #[test]
+    fn a_catch_up_releases_the_waiting_event_but_never_leads_further_than_allowed() {
+        let max_lead = Duration::from_micros(50);
+        let busy = Duration::ZERO;
+        let mut engine = instance(0, 2, 1_000);
+        let at = Timestamp::from_micros;
+        // Not holding anything back: nothing to do.
+        assert_eq!(
+            engine.catch_up_watermark(at(2_000), at(900), max_lead, busy),
+            None
+        );
+        // A peer's event at 1,020 waits; the clock is already past it.
+        assert_eq!(
+            engine.catch_up_watermark(at(1_030), at(1_020), max_lead, busy),
+            Some(at(1_030))
+        );
+        // A peer's clock runs 500 µs ahead: the promise stops `max_lead` past this clock.
+        assert_eq!(
+            engine.catch_up_watermark(at(1_040), at(1_600), max_lead, busy),
+            Some(at(1_090))
+        );
+        // The own next event is stamped above the promise.
+        let plan = engine.plan(at(1_041), &[submission(10_000)]);
+        assert_eq!(plan.events[0].timestamp.as_micros(), 1_092);
+        // A clock behind the watermark gives nothing new to promise.
+        assert_eq!(
+            engine.catch_up_watermark(at(1_000), at(1_600), Duration::ZERO, busy),
+            None
+        );
+        // An idle instance promises its heartbeat's lead, past the waiting event.
+        assert_eq!(
+            engine.catch_up_watermark(at(1_100), at(1_101), max_lead, Duration::from_micros(200)),
+            Some(at(1_300))
+        );
     }
 
     proptest! {

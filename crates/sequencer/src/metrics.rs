@@ -30,6 +30,9 @@ pub struct SequencerMetrics {
     /// Peers this instance marked offline, by evidence: `lock_released` (a dead process's
     /// presence lock) or `watermark_still` (the age fallback, for a stopped or stalled one).
     pub peers_marked_offline: Family<EvidenceLabel, Counter>,
+    /// Watermarks written at once because a peer's event waited for this instance's, instead
+    /// of at its next commit or heartbeat.
+    pub watermark_catch_ups: Counter,
 }
 
 /// The label of [`SequencerMetrics::peers_marked_offline`].
@@ -69,6 +72,10 @@ impl SequencerMetrics {
             peers_marked_offline: r.family(
                 "peers_marked_offline",
                 "Peer instances this instance marked offline, by evidence (lock_released, watermark_still)",
+            ),
+            watermark_catch_ups: r.counter(
+                "watermark_catch_ups",
+                "Watermarks written at once because a peer's event waited for this instance's",
             ),
         }
     }

@@ -133,6 +133,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     let sequencer_metrics = node.metrics.with_registry(SequencerMetrics::register);
 
     let (safe_point_tx, safe_point_rx) = watch::channel(Timestamp::MIN);
+    let (peers_waiting_tx, peers_waiting_rx) = watch::channel(Timestamp::MIN);
     let status_slot: Arc<std::sync::OnceLock<SequencerStatus>> = Arc::default();
 
     let admin_task = node.spawn_admin_with(
@@ -192,13 +193,17 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
             readiness: readiness.clone(),
             clock,
             stop: shutdown.clone(),
+            peers_waiting: peers_waiting_rx,
         },
     )
     .await?;
     let peers_marked_offline = spawn_poll_peers(
         &store,
         &config,
-        safe_point_tx,
+        PollOutputs {
+            safe_point: safe_point_tx,
+            peers_waiting: peers_waiting_tx,
+        },
         &readiness,
         &sequencer_metrics,
         &shutdown,
@@ -262,7 +267,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
 fn spawn_poll_peers(
     store: &Arc<dyn SequencerStore>,
     config: &SequencerConfig,
-    safe_point: watch::Sender<Timestamp>,
+    outputs: PollOutputs,
     readiness: &Conditions,
     metrics: &SequencerMetrics,
     shutdown: &CancellationToken,
@@ -271,7 +276,7 @@ fn spawn_poll_peers(
     tokio::spawn(poll_peers(
         store.clone(),
         config.clone(),
-        safe_point,
+        outputs,
         readiness.clone(),
         OfflineCounts {
             total: peers_marked_offline.clone(),
@@ -591,6 +596,40 @@ async fn mark_stale_peers(
     }
 }
 
+/// Reads the safe point and the latest event; publishes the safe point to the readers and an
+/// event waiting above it to the writer. Returns whether one waits.
+async fn follow_progress(store: &dyn SequencerStore, outputs: &PollOutputs) -> bool {
+    let progress = match store.ordering_progress().await {
+        Ok(progress) => progress,
+        // The writer's own calls report the database's state; this poll just tries again.
+        Err(error) => {
+            tracing::debug!(%error, "reading the ordering progress failed");
+            return false;
+        }
+    };
+    if let Some(point) = progress.safe_point {
+        advance_to(&outputs.safe_point, point);
+    }
+    match progress.waiting_through() {
+        Some(waiting) => {
+            advance_to(&outputs.peers_waiting, waiting);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Publishes `value` if it is above the current one (watchers wake only then).
+fn advance_to(channel: &watch::Sender<Timestamp>, value: Timestamp) {
+    channel.send_if_modified(|current| {
+        let advanced = value > *current;
+        if advanced {
+            *current = value;
+        }
+        advanced
+    });
+}
+
 /// Who of the online peers holds a presence lock; `None` when the store could not say.
 async fn present_peers(
     store: &dyn SequencerStore,
@@ -609,14 +648,25 @@ async fn present_peers(
 /// presence lock.
 const PRESENCE_HOLD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Follows other instances: re-reads the safe point so their events become deliverable,
-/// marks dead peers offline so they stop holding readers back — at once when a presence lock
+/// What the peer poll publishes.
+struct PollOutputs {
+    /// The safe point, for this instance's readers.
+    safe_point: watch::Sender<Timestamp>,
+    /// The latest event above the safe point, for the writer: if this instance's watermark is
+    /// what holds it back, the writer advances it at once.
+    peers_waiting: watch::Sender<Timestamp>,
+}
+
+/// Follows other instances: re-reads the safe point so their events become deliverable (every
+/// `safe_point_poll`, and every `catch_up_poll` while an event waits above it, so that this
+/// instance's writer releases a peer's event at once and its readers see the release at
+/// once), marks dead peers offline so they stop holding readers back — at once when a presence lock
 /// is released, by watermark age otherwise — keeps this instance's own presence lock, and
 /// keeps re-checking that the backend is still usable (a failover may leave us on a standby).
 async fn poll_peers(
     store: Arc<dyn SequencerStore>,
     config: SequencerConfig,
-    safe_point: watch::Sender<Timestamp>,
+    outputs: PollOutputs,
     readiness: Conditions,
     counts: OfflineCounts,
     shutdown: CancellationToken,
@@ -628,8 +678,7 @@ async fn poll_peers(
         offline_after,
         presence_grace(config.timing.watermark_interval()),
     );
-    let mut poll = tokio::time::interval(config.timing.safe_point_poll());
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_poll = tokio::time::Instant::now();
     let mut peers_check = tokio::time::interval(peers_check_interval(offline_after));
     peers_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut presence_check = tokio::time::interval(PRESENCE_CHECK_INTERVAL);
@@ -643,14 +692,14 @@ async fn poll_peers(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = poll.tick() => {
-                if let Ok(Some(point)) = store.safe_point().await {
-                    safe_point.send_if_modified(|current| {
-                        let advanced = point > *current;
-                        if advanced { *current = point; }
-                        advanced
-                    });
-                }
+            _ = tokio::time::sleep_until(next_poll) => {
+                let waiting = follow_progress(store.as_ref(), &outputs).await;
+                next_poll = tokio::time::Instant::now()
+                    + if waiting {
+                        config.timing.catch_up_poll()
+                    } else {
+                        config.timing.safe_point_poll()
+                    };
             }
             _ = peers_check.tick() => {
                 let present = present_peers(store.as_ref(), &watch.online_peers()).await;

@@ -3,7 +3,9 @@
 //! Throughput comes from batching: while one transaction commits, new submissions queue up,
 //! and the next loop takes all of them (up to `max_batch_events`) into a single transaction —
 //! one fsync for hundreds of sends. A send is answered only after its transaction committed.
-//! When idle, the writer still advances its watermark so the readers' safe point keeps moving.
+//! When idle, the writer still advances its watermark so the readers' safe point keeps moving,
+//! and when a peer's event waits for this instance's watermark (the node's peer poll sees it
+//! above the safe point) the writer advances it at once rather than at its next heartbeat.
 //! After every commit it reads the safe point fresh from the database and publishes it to the
 //! readers through a watch channel.
 //!
@@ -152,6 +154,10 @@ pub struct Writer {
     /// heartbeat intervals promises a lead in its heartbeats.
     last_events: Instant,
     last_prune: Instant,
+    /// The latest peer event waiting above the safe point, as the node's peer poll last saw it.
+    peers_waiting: watch::Receiver<Timestamp>,
+    /// False once the poll is gone (shutdown): the branch that follows it is then disabled.
+    peers_waiting_open: bool,
 }
 
 /// The node's collaborators a writer reports to and asks before issuing timestamps.
@@ -160,6 +166,9 @@ pub struct WriterGates {
     pub clock: ClockGate,
     /// Cancelled when this instance must stop (superseded): ends the whole node.
     pub stop: CancellationToken,
+    /// The latest event above the safe point, published by the peer poll: a peer's event that
+    /// may be waiting for this instance's watermark.
+    pub peers_waiting: watch::Receiver<Timestamp>,
 }
 
 impl Writer {
@@ -196,6 +205,8 @@ impl Writer {
             last_commit: Instant::now(),
             last_events: Instant::now(),
             last_prune: Instant::now(),
+            peers_waiting: gates.peers_waiting,
+            peers_waiting_open: true,
         };
         (writer, handle)
     }
@@ -215,6 +226,14 @@ impl Writer {
                         break;
                     }
                     self.write(std::mem::take(&mut batch)).await;
+                }
+                changed = self.peers_waiting.changed(), if self.peers_waiting_open => {
+                    if changed.is_err() {
+                        self.peers_waiting_open = false;
+                        continue;
+                    }
+                    let waiting = *self.peers_waiting.borrow_and_update();
+                    self.catch_up(waiting).await;
                 }
                 _ = tick.tick() => {
                     if self.last_commit.elapsed() >= self.settings.watermark_interval {
@@ -331,16 +350,7 @@ impl Writer {
             return;
         }
         let watermark = self.engine.heartbeat_watermark(now, self.heartbeat_lead());
-        let advance =
-            self.store
-                .advance_watermark(self.settings.index, self.incarnation, watermark);
-        // An idle instance's only database access: it notices an outage first.
-        match self.readiness.watch_database_call(advance).await {
-            Ok(()) => self.committed(watermark).await,
-            Err(error) => {
-                self.handle_store_error(&error).await;
-            }
-        }
+        self.advance_watermark(watermark).await;
         if self.last_prune.elapsed() >= PRUNE_INTERVAL {
             self.last_prune = Instant::now();
             let expired_before = now.saturating_sub(self.settings.dedup_retention);
@@ -349,6 +359,40 @@ impl Writer {
                 Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "pruned message ids"),
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "pruning message ids failed; will retry"),
+            }
+        }
+    }
+
+    /// A peer's event stamped `waiting` may wait for this instance's watermark: advance it now
+    /// if it does (see [`OrderingEngine::catch_up_watermark`]), promising at most one watermark
+    /// interval ahead of the clock, or an idle instance's heartbeat lead.
+    async fn catch_up(&mut self, waiting: Timestamp) {
+        let now = Timestamp::now();
+        if self.clock.check(now, Instant::now()).is_err() {
+            return;
+        }
+        let Some(watermark) = self.engine.catch_up_watermark(
+            now,
+            waiting,
+            self.settings.watermark_interval,
+            self.heartbeat_lead(),
+        ) else {
+            return;
+        };
+        self.metrics.watermark_catch_ups.inc();
+        self.advance_watermark(watermark).await;
+    }
+
+    /// Commits `watermark` without events (an idle instance's only database access, so it
+    /// notices an outage first).
+    async fn advance_watermark(&mut self, watermark: Timestamp) {
+        let advance =
+            self.store
+                .advance_watermark(self.settings.index, self.incarnation, watermark);
+        match self.readiness.watch_database_call(advance).await {
+            Ok(()) => self.committed(watermark).await,
+            Err(error) => {
+                self.handle_store_error(&error).await;
             }
         }
     }
