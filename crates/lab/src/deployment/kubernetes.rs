@@ -126,10 +126,15 @@ pub fn manifests(
     let mut objects = vec![("00-namespace".to_owned(), exporter.namespace_object())];
     let keys = description.node_keys();
     let nodes = description.nodes(&keys);
+    // Each member's position, as the lab counts them: every replica of a node starts at the
+    // same sequencer instance.
     let mut member = 0;
     for node in &nodes {
+        if matches!(node.role, Role::Mediator | Role::Participant) {
+            member += 1;
+        }
         for (position, replica) in node.replicas.iter().enumerate() {
-            let config = exporter.config(node, position, replica, &mut member)?;
+            let config = exporter.config(node, position, replica, member)?;
             let name = replica.name.as_str();
             objects.push((
                 format!("10-configmap-{name}"),
@@ -392,14 +397,15 @@ impl<'a> Exporter<'a> {
         })
     }
 
-    /// The role config of `replica` as TOML, from the lab's builders. `member` counts the
-    /// members' replicas, as the lab does, so each starts at a different sequencer instance.
+    /// The role config of `replica` as TOML, from the lab's builders. `member` is its node's
+    /// position among the members, as the lab counts it, so each member starts at a different
+    /// sequencer instance and its replicas at the same one.
     fn config(
         &self,
         node: &NodeView<'_>,
         position: usize,
         replica: &Replica,
-        member: &mut usize,
+        member: usize,
     ) -> Result<String, ExportError> {
         let at = addresses(replica);
         let storage = self.storage(node);
@@ -433,10 +439,9 @@ impl<'a> Exporter<'a> {
                 toml::to_string(&config)
             }
             Role::Mediator => {
-                *member += 1;
                 let mut config = configs::mediator(
                     &self.context,
-                    *member,
+                    member,
                     at.admin,
                     MediatorSettings::default(),
                     storage,
@@ -447,14 +452,13 @@ impl<'a> Exporter<'a> {
                 toml::to_string(&config)
             }
             Role::Participant => {
-                *member += 1;
                 let id = ParticipantId::new(node.name).map_err(|_| ExportError::Name {
                     what: "participant",
                     name: node.name.to_owned(),
                 })?;
                 let mut config = configs::participant(
                     &self.context,
-                    *member,
+                    member,
                     &id,
                     at,
                     ParticipantSettings::default(),

@@ -659,10 +659,14 @@ impl Starter<'_> {
     ) -> anyhow::Result<Members> {
         let spec = self.spec;
         let (addresses, network) = (&self.addresses, &self.network);
-        // Each member lists every sequencer instance, starting at a different one.
+        // Each member lists every sequencer instance, starting at a different one. Its replicas
+        // all start at the same one, so that a failover leaves the load where it was: a
+        // replica on another instance would make both instances busy, and each one's events
+        // would then wait for the other's watermark.
         let mut member = 0;
         let mut plans = Vec::new();
         for node in nodes {
+            member += 1;
             let storage = spec.storage(node, network).await?;
             let plan = match node.role {
                 Role::Participant => {
@@ -672,7 +676,6 @@ impl Starter<'_> {
                         .find(|(id, _)| id.as_str() == node.name)
                         .context("every participant has a key")?;
                     spec.plan_node(node, addresses, |position, replica, at| {
-                        member += 1;
                         let mut config = configs::participant(
                             &context.dialed_from(network, &replica.zone),
                             member,
@@ -688,7 +691,6 @@ impl Starter<'_> {
                     })?
                 }
                 _ => spec.plan_node(node, addresses, |position, replica, at| {
-                    member += 1;
                     let mut config = configs::mediator(
                         &context.dialed_from(network, &replica.zone),
                         member,
