@@ -663,10 +663,11 @@ impl Starter<'_> {
         // all start at the same one, so that a failover leaves the load where it was: a
         // replica on another instance would make both instances busy, and each one's events
         // would then wait for the other's watermark.
-        let mut member = 0;
         let mut plans = Vec::new();
-        for node in nodes {
-            member += 1;
+        for (index, node) in nodes.iter().enumerate() {
+            // Counted from 1, as the Kubernetes export counts them: both give a member the
+            // same sequencer order.
+            let member = index + 1;
             let storage = spec.storage(node, network).await?;
             let plan = match node.role {
                 Role::Participant => {
