@@ -21,8 +21,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use meridian_core::ledger::{Command, Contract};
 use meridian_core::{CommandId, ContractId, PartyId, TemplateId, UserId};
@@ -48,6 +48,11 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(750);
 /// RTO on 2026-12-04. A handshake takes a round trip or two, far below this even across
 /// regions.
 const LEDGER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long rotation passes over an endpoint whose connection just failed (no server
+/// answered): a replica frozen or killed a moment ago. Without it, a retry that met the
+/// passive during the takeover ("the active replica is …") rotated straight back to the
+/// frozen one and waited out a connect or handshake there.
+const COOL_DOWN: Duration = Duration::from_secs(2);
 /// How often one `submit_and_wait` resubmits a command whose earlier submission was definitely
 /// not committed (see [`definitely_not_committed`]). Each such answer takes a max sequencing
 /// time or a mediator deadline (10 s each by default) to come, so a few are plenty for a
@@ -87,6 +92,8 @@ pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 pub struct LedgerClient {
     channels: Arc<Vec<(String, Channel)>>,
     current: Arc<AtomicUsize>,
+    /// Per endpoint, when a call to it last failed without a server's answer.
+    failed_at: Arc<Mutex<Vec<Option<Instant>>>>,
     user_id: UserId,
     backoff: Backoff,
     request_timeout: Duration,
@@ -142,6 +149,7 @@ impl LedgerClient {
         Ok(Self {
             channels: Arc::new(channels),
             current: Arc::new(AtomicUsize::new(0)),
+            failed_at: Arc::new(Mutex::new(vec![None; endpoints.len()])),
             user_id,
             backoff: Backoff::default(),
             request_timeout: Duration::from_secs(40),
@@ -190,13 +198,32 @@ impl LedgerClient {
         (endpoint.clone(), LedgerServiceClient::new(channel.clone()))
     }
 
-    /// After a failure that may be the endpoint's fault, move on to the next replica.
-    fn rotate(&self, failed_index_endpoint: &str) {
-        if self.channels.len() > 1 {
-            let index = self.current.load(Ordering::Relaxed) % self.channels.len();
-            if self.channels[index].0 == failed_index_endpoint {
-                self.current.store(index + 1, Ordering::Relaxed);
+    /// After a failure that may be the endpoint's fault, move on to the next replica
+    /// ([`next_endpoint`]); `answered` says a server answered the failed call (a passive
+    /// replica's UNAVAILABLE), as opposed to a connection that failed.
+    fn rotate(&self, failed_endpoint: &str, answered: bool) {
+        if self.channels.len() < 2 {
+            return;
+        }
+        let now = Instant::now();
+        let mut failed_at = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !answered {
+            if let Some(slot) = self
+                .channels
+                .iter()
+                .position(|(endpoint, _)| endpoint == failed_endpoint)
+                .and_then(|i| failed_at.get_mut(i))
+            {
+                *slot = Some(now);
             }
+        }
+        let index = self.current.load(Ordering::Relaxed) % self.channels.len();
+        if self.channels[index].0 == failed_endpoint {
+            let next = next_endpoint(index, &failed_at, now, answered);
+            self.current.store(next, Ordering::Relaxed);
         }
     }
 
@@ -220,7 +247,7 @@ impl LedgerClient {
             match result {
                 Ok(value) => return Ok((value, attempts)),
                 Err(status) if retryable(&status) => {
-                    self.rotate(&endpoint);
+                    self.rotate(&endpoint, answered_by_server(&status));
                     match delays.next() {
                         Some(delay) => tokio::time::sleep(delay).await,
                         None => return Err((status, attempts)),
@@ -471,6 +498,32 @@ fn never_sequenced(status: &tonic::Status) -> bool {
 }
 
 /// Failures after which the command may or may not have been processed.
+/// Which endpoint a client moves to from `index` after a failure: the next one whose
+/// connection has not failed within [`COOL_DOWN`]. If every other one has, it stays where a
+/// server just `answered` (alive, and about to take over if it is the passive), and
+/// otherwise moves on anyway: an endpoint is never given up for good.
+fn next_endpoint(
+    index: usize,
+    failed_at: &[Option<Instant>],
+    now: Instant,
+    answered: bool,
+) -> usize {
+    let count = failed_at.len().max(1);
+    let cool =
+        |i: usize| failed_at[i].is_none_or(|at| now.saturating_duration_since(at) >= COOL_DOWN);
+    (1..count)
+        .map(|step| (index + step) % count)
+        .find(|&i| cool(i))
+        .unwrap_or(if answered { index } else { (index + 1) % count })
+}
+
+/// Whether a server sent `status` (its response headers are in the metadata), rather than the
+/// transport making it up for a connection that failed: a refused or timed-out connect, a TLS
+/// handshake that never finished, a connection whose pings went unanswered.
+pub fn answered_by_server(status: &tonic::Status) -> bool {
+    status.metadata().get("content-type").is_some()
+}
+
 fn retryable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
@@ -563,6 +616,28 @@ fn created_contracts(events: &[v1::Event]) -> Result<Vec<Contract>, ClientError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The participant freeze: a lane's call to the frozen active failed without an answer,
+    /// the passive then answered "the active replica is …" during the takeover. Rotation must
+    /// stay on the passive rather than go back to the frozen one.
+    #[test]
+    fn rotation_passes_over_an_endpoint_whose_connection_just_failed() {
+        let now = Instant::now();
+        let just_failed = Some(now - Duration::from_millis(100));
+        let long_ago = Some(now - COOL_DOWN - Duration::from_millis(1));
+        // From the frozen one (0) to the passive (1).
+        assert_eq!(next_endpoint(0, &[just_failed, None], now, false), 1);
+        // The passive answered; the frozen one is cooling: stay.
+        assert_eq!(next_endpoint(1, &[just_failed, None], now, true), 1);
+        // Once the cool-down is over, the other one is tried again.
+        assert_eq!(next_endpoint(1, &[long_ago, None], now, true), 0);
+        // Every other one cooling and no answer here either: move on anyway.
+        assert_eq!(next_endpoint(1, &[just_failed, just_failed], now, false), 0);
+        // Three replicas: skip the cooling one.
+        assert_eq!(next_endpoint(0, &[None, just_failed, None], now, true), 2);
+        // One endpoint: always itself.
+        assert_eq!(next_endpoint(0, &[just_failed], now, false), 0);
+    }
 
     /// Seen in a nemesis run: a participant replica killed under a SubmitAndWait failed the
     /// command instead of retrying it on the other replica.

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_client::ledger::answered_by_server;
 use meridian_client::tls::ClientTls;
 use meridian_node::certs::{write_dev_certs, DevCerts, NodeSpec};
 use meridian_node::grpc::GrpcServer;
@@ -326,5 +327,58 @@ async fn a_ledger_client_gives_up_a_replica_that_never_answers_the_tls_handshake
         elapsed < Duration::from_secs(5),
         "left the frozen replica only after {elapsed:?}"
     );
+    shutdown.cancel();
+}
+
+/// The ledger client's rotation tells a server's refusal (a passive replica's UNAVAILABLE: the
+/// server is alive) from a connection that failed (a frozen or dead replica) by the response
+/// headers a server's status carries: this is what `answered_by_server` relies on.
+#[tokio::test]
+async fn a_servers_status_is_told_from_a_failed_connection() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = certs(dir.path());
+    let shutdown = CancellationToken::new();
+    let tls = client_tls(&certs, false);
+    let live = grpc_server(Some(server_tls(&certs, false)), &shutdown).await;
+    let channel = meridian_client::tls::endpoint(
+        &format!("https://localhost:{}", live.port()),
+        Some(&tls),
+        "test endpoint",
+    )
+    .expect("endpoint")
+    .connect_lazy();
+    let refused = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "not.served".into(),
+        })
+        .await
+        .expect_err("an unknown service is NOT_FOUND");
+    assert!(answered_by_server(&refused), "{refused:?}");
+
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let frozen_port = frozen.local_addr().expect("bound").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = frozen.accept().await {
+            held.push(socket);
+        }
+    });
+    let channel = meridian_client::tls::endpoint_within(
+        &format!("https://localhost:{frozen_port}"),
+        Some(&tls),
+        "test endpoint",
+        Duration::from_millis(300),
+    )
+    .expect("endpoint")
+    .connect_lazy();
+    let failed = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect_err("the handshake never finishes");
+    assert!(!answered_by_server(&failed), "{failed:?}");
     shutdown.cancel();
 }
