@@ -33,7 +33,7 @@ use tonic::Code;
 
 use crate::error::{require_endpoints, Peer};
 use crate::tls::ClientTls;
-use crate::{Backoff, ClientError};
+use crate::{Backoff, ClientError, ENDPOINT_COOLDOWN};
 
 /// How often an open connection to a replica is pinged, and how long a ping may go unanswered
 /// before the connection counts as dead: together they bound how long a request can hang on
@@ -48,11 +48,6 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(750);
 /// RTO on 2026-12-04. A handshake takes a round trip or two, far below this even across
 /// regions.
 const LEDGER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long rotation passes over an endpoint whose connection just failed (no server
-/// answered): a replica frozen or killed a moment ago. Without it, a retry that met the
-/// passive during the takeover ("the active replica is …") rotated straight back to the
-/// frozen one and waited out a connect or handshake there.
-const COOL_DOWN: Duration = Duration::from_secs(2);
 /// How often one `submit_and_wait` resubmits a command whose earlier submission was definitely
 /// not committed (see [`definitely_not_committed`]). Each such answer takes a max sequencing
 /// time or a mediator deadline (10 s each by default) to come, so a few are plenty for a
@@ -497,9 +492,11 @@ fn never_sequenced(status: &tonic::Status) -> bool {
             .contains(meridian_core::protocol::NOT_SEQUENCED_REJECTION)
 }
 
-/// Failures after which the command may or may not have been processed.
 /// Which endpoint a client moves to from `index` after a failure: the next one whose
-/// connection has not failed within [`COOL_DOWN`]. If every other one has, it stays where a
+/// connection has not failed within [`ENDPOINT_COOLDOWN`], the sequencer client's cool-down: a
+/// replica frozen or killed a moment ago. Without it, a retry that met the passive during the
+/// takeover ("the active replica is …") rotated straight back to the frozen one and waited out
+/// a connect or handshake there. If every other one has, it stays where a
 /// server just `answered` (alive, and about to take over if it is the passive), and
 /// otherwise moves on anyway: an endpoint is never given up for good.
 fn next_endpoint(
@@ -509,8 +506,9 @@ fn next_endpoint(
     answered: bool,
 ) -> usize {
     let count = failed_at.len().max(1);
-    let cool =
-        |i: usize| failed_at[i].is_none_or(|at| now.saturating_duration_since(at) >= COOL_DOWN);
+    let cool = |i: usize| {
+        failed_at[i].is_none_or(|at| now.saturating_duration_since(at) >= ENDPOINT_COOLDOWN)
+    };
     (1..count)
         .map(|step| (index + step) % count)
         .find(|&i| cool(i))
@@ -524,6 +522,7 @@ pub fn answered_by_server(status: &tonic::Status) -> bool {
     status.metadata().get("content-type").is_some()
 }
 
+/// Failures after which the command may or may not have been processed.
 fn retryable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
@@ -624,7 +623,7 @@ mod tests {
     fn rotation_passes_over_an_endpoint_whose_connection_just_failed() {
         let now = Instant::now();
         let just_failed = Some(now - Duration::from_millis(100));
-        let long_ago = Some(now - COOL_DOWN - Duration::from_millis(1));
+        let long_ago = Some(now - ENDPOINT_COOLDOWN - Duration::from_millis(1));
         // From the frozen one (0) to the passive (1).
         assert_eq!(next_endpoint(0, &[just_failed, None], now, false), 1);
         // The passive answered; the frozen one is cooling: stay.

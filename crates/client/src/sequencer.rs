@@ -65,7 +65,8 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long an endpoint that just failed is passed over while other endpoints are healthy.
 /// Long enough not to hammer an instance that is restarting, short enough that load spreads
-/// again soon after it is back.
+/// again soon after it is back. The ledger client's rotation uses it too (for replicas whose
+/// connection failed).
 pub const ENDPOINT_COOLDOWN: Duration = Duration::from_secs(2);
 
 /// Events buffered between a subscription's background task and its consumer. When the

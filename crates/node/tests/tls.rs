@@ -69,6 +69,22 @@ async fn grpc_server(tls: Option<Arc<ServerTls>>, shutdown: &CancellationToken) 
 }
 
 /// A health check of the whole server at `url`; the error as text.
+/// A frozen replica as a client meets it: its kernel accepts connections, and nothing answers
+/// on them. Accepts and holds every connection until the test ends.
+async fn frozen_listener() -> SocketAddr {
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let address = frozen.local_addr().expect("bound");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = frozen.accept().await {
+            held.push(socket);
+        }
+    });
+    address
+}
+
 async fn check(url: &str, tls: Option<&ClientTls>) -> Result<(), String> {
     let endpoint = meridian_client::tls::endpoint(url, tls, "test endpoint")
         .map_err(|e| e.to_string())?
@@ -291,17 +307,7 @@ async fn a_ledger_client_gives_up_a_replica_that_never_answers_the_tls_handshake
     let certs = certs(dir.path());
     let shutdown = CancellationToken::new();
     let live = grpc_server(Some(server_tls(&certs, false)), &shutdown).await;
-    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback port");
-    let frozen_address = frozen.local_addr().expect("bound");
-    // Accepts and holds every connection, answering nothing.
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = frozen.accept().await {
-            held.push(socket);
-        }
-    });
+    let frozen_address = frozen_listener().await;
     let endpoints = [
         format!("https://localhost:{}", frozen_address.port()),
         format!("https://localhost:{}", live.port()),
@@ -355,16 +361,7 @@ async fn a_servers_status_is_told_from_a_failed_connection() {
         .expect_err("an unknown service is NOT_FOUND");
     assert!(answered_by_server(&refused), "{refused:?}");
 
-    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback port");
-    let frozen_port = frozen.local_addr().expect("bound").port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = frozen.accept().await {
-            held.push(socket);
-        }
-    });
+    let frozen_port = frozen_listener().await.port();
     let channel = meridian_client::tls::endpoint_within(
         &format!("https://localhost:{frozen_port}"),
         Some(&tls),
