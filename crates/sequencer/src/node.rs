@@ -608,26 +608,15 @@ async fn follow_progress(store: &dyn SequencerStore, outputs: &PollOutputs) -> b
         }
     };
     if let Some(point) = progress.safe_point {
-        advance_to(&outputs.safe_point, point);
+        crate::writer::advance_to(&outputs.safe_point, point);
     }
     match progress.waiting_through() {
         Some(waiting) => {
-            advance_to(&outputs.peers_waiting, waiting);
+            crate::writer::advance_to(&outputs.peers_waiting, waiting);
             true
         }
         None => false,
     }
-}
-
-/// Publishes `value` if it is above the current one (watchers wake only then).
-fn advance_to(channel: &watch::Sender<Timestamp>, value: Timestamp) {
-    channel.send_if_modified(|current| {
-        let advanced = value > *current;
-        if advanced {
-            *current = value;
-        }
-        advanced
-    });
 }
 
 /// Who of the online peers holds a presence lock; `None` when the store could not say.

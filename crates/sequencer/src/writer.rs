@@ -109,6 +109,18 @@ const IDLE_AFTER_INTERVALS: u32 = 4;
 /// How often expired deduplication entries are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Publishes `value` on `channel` if it is above the current one (watchers wake only then):
+/// the safe point, and the event waiting above it, only ever move forward.
+pub(crate) fn advance_to(channel: &watch::Sender<Timestamp>, value: Timestamp) {
+    channel.send_if_modified(|current| {
+        let advanced = value > *current;
+        if advanced {
+            *current = value;
+        }
+        advanced
+    });
+}
+
 /// Why the writer stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriterExit {
@@ -434,14 +446,7 @@ impl Writer {
                     &self.metrics.safe_point_timestamp_seconds,
                     safe_point.as_i64(),
                 );
-                self.safe_point.send_if_modified(|current| {
-                    if safe_point > *current {
-                        *current = safe_point;
-                        true
-                    } else {
-                        false
-                    }
-                });
+                advance_to(&self.safe_point, safe_point);
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "reading the safe point failed"),
