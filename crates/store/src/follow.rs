@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sqlx::migrate::Migrator;
+use crate::migrations::POSTGRES_MIGRATOR;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 
@@ -58,10 +58,6 @@ impl StoreFailure for StoreError {
 /// unavailable. Short, because callers retry transient errors themselves and report
 /// not-ready meanwhile.
 pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One schema for all stores (each store has its own tables in it), run on the writer a
-/// search finds.
-pub(crate) static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The least time between two searches for the writer: a bound on the connections a store
 /// opens while its database flaps or is away, short enough that a node notices a promotion

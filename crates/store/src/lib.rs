@@ -17,6 +17,7 @@ mod fencing;
 pub mod follow;
 pub mod lease;
 pub mod mediator;
+mod migrations;
 pub mod owner;
 pub mod participant;
 mod pool;

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::migrate::Migrator;
+use crate::migrations::SQLITE_MIGRATOR;
 use sqlx::postgres::PgConnection;
 use sqlx::postgres::PgRow;
 use sqlx::query_builder::Separated;
@@ -402,10 +402,6 @@ impl StorePool {
         })
     }
 }
-
-/// One schema for all stores (each store has its own tables in it); PostgreSQL's twin is
-/// [`crate::follow::POSTGRES_MIGRATOR`], run on whichever server is the writer.
-pub(crate) static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long an SQLite statement waits for the file's write lock (held by another connection or
 /// process) before failing. The same for every store on purpose: a replica lease's renewal
