@@ -1,10 +1,12 @@
 //! `meridian-pgserver`: a throwaway PostgreSQL server for the lab (demo, drills, benchmarks) and
 //! the tests, run from the distribution's binaries in a temporary directory. PostgreSQL refuses to run as root and tests usually run as root, so the server runs
-//! as the `postgres` system user (through `runuser`) when we are root. initdb costs about a
-//! second, so a test binary normally shares one server ([`PostgresServer::shared`]) and gives
-//! each test its own database ([`PostgresServer::create_database`]). A watchdog shell process
-//! stops the server and removes its directory once the test process is gone, because a static
-//! is never dropped and a killed test runs no destructors.
+//! as the `postgres` system user (through `runuser`) when we are root. initdb and a start cost
+//! two to three seconds, so tests share one server ([`PostgresServer::shared`]) and each test
+//! takes a database of its own ([`PostgresServer::create_database`]): under nextest, which runs
+//! every test in a process of its own, one server serves the whole run; under `cargo test`, one
+//! per test binary. A watchdog shell process stops the server and removes its directory once
+//! the run (or the test process) is gone, because a static is never dropped and a killed test
+//! runs no destructors.
 //!
 //! Every server is ready to be a streaming-replication primary (see [`REPLICATION_SETTINGS`]);
 //! [`replication`] builds standbys of it, makes them synchronous, reads `pg_stat_replication`
@@ -81,22 +83,50 @@ pub struct PostgresServer {
     /// directory is removed by its watchdog instead.
     tempdir: Option<tempfile::TempDir>,
     watchdog: Mutex<Option<Child>>,
+    /// Whose end the watchdog waits for.
+    watch: Watch,
     /// The name a standby streams under (`None` for a server started as a primary).
     application_name: Option<ApplicationName>,
+}
+
+/// Whose end stops a server and removes its directory (by its watchdog, or its drop).
+#[derive(Debug)]
+enum Watch {
+    /// The process that started it.
+    Process,
+    /// The test run's: the nextest process that runs every test process, and the lock file
+    /// its test processes start the server under.
+    Run { runner: u32, lock_file: PathBuf },
+}
+
+/// The nextest run this process belongs to, if any, reduced to characters safe in a path.
+fn nextest_run_id() -> Option<String> {
+    let run = std::env::var("NEXTEST_RUN_ID").ok()?;
+    let run: String = run
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    (!run.is_empty()).then_some(run)
 }
 
 static SHARED: OnceLock<Result<PostgresServer, String>> = OnceLock::new();
 static DATABASE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl PostgresServer {
-    /// The server shared by every test of this test binary, started on first use. It outlives
-    /// the tests and is stopped by its watchdog when the process exits.
+    /// The server shared by every test of this nextest run (`NEXTEST_RUN_ID`), or of this test
+    /// binary elsewhere, started on first use. It outlives the tests and is stopped by its
+    /// watchdog when the run (or the process) ends. Tests must treat it as shared: create a
+    /// database, never stop, restart or freeze it (start an owned server for that).
     ///
     /// # Panics
     /// If the server cannot be started; every later call panics with the same message.
     pub fn shared() -> &'static PostgresServer {
         let server = SHARED.get_or_init(|| {
-            PostgresServer::start_inner(false).map_err(|error| format!("{error:#}"))
+            let server = match nextest_run_id() {
+                Some(run) => PostgresServer::shared_by_run(&run),
+                None => PostgresServer::start_inner(false),
+            };
+            server.map_err(|error| format!("{error:#}"))
         });
         match server {
             Ok(server) => server,
@@ -120,16 +150,94 @@ impl PostgresServer {
         Ok(server)
     }
 
+    /// The run's server: the first test process of the run starts it in a directory named
+    /// after the run, under a file lock, and writes its port there; the others find the port
+    /// and use it. Its watchdog waits for nextest (the parent of every test process), not for
+    /// the test that happened to start it. A server found gone (a test killed it, against the
+    /// rules above) is replaced rather than failing every later test.
+    fn shared_by_run(run: &str) -> anyhow::Result<PostgresServer> {
+        let dir = std::env::temp_dir().join(format!("meridian-pg-run-{run}"));
+        let lock_path = dir.with_extension("lock");
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        // Held until this returns: the processes of the run start one server between them.
+        lock.lock()
+            .with_context(|| format!("locking {}", lock_path.display()))?;
+        let port_file = dir.join("port");
+        if let Some(port) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|port| port.trim().parse::<u16>().ok())
+        {
+            let found = Self::found(dir.clone(), port)?;
+            let address = found.address();
+            if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok() {
+                return Ok(found);
+            }
+            tracing::warn!(%address, "the run's shared PostgreSQL server is gone; starting another");
+            // Dropping it stops whatever is left of it.
+            drop(found);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut server = Self::unstarted_in(dir, None)?;
+        server.watch = Watch::Run {
+            runner: std::os::unix::process::parent_id(),
+            lock_file: lock_path,
+        };
+        let server = server.launch(
+            |server| server.init_cluster(),
+            |server| server.create_replication_role(),
+        )?;
+        std::fs::write(&port_file, server.port.to_string())
+            .with_context(|| format!("writing {}", port_file.display()))?;
+        tracing::info!(server = %server, run, "PostgreSQL server of the test run started");
+        Ok(server)
+    }
+
+    /// The run's server as another process started it. Nothing of it is this process's to
+    /// stop: a static is never dropped, and `shared_by_run` drops it only when it is gone.
+    fn found(dir: PathBuf, port: u16) -> anyhow::Result<PostgresServer> {
+        Ok(PostgresServer {
+            bin_dir: find_bin_dir()?,
+            dir,
+            port,
+            options: String::new(),
+            as_postgres_user: running_as_root(),
+            tempdir: None,
+            watchdog: Mutex::new(None),
+            watch: Watch::Process,
+            application_name: None,
+        })
+    }
+
     /// A server that does not run yet: the binaries found and an empty temp dir owned by the
     /// user the server will run as.
     fn unstarted(owned: bool) -> anyhow::Result<PostgresServer> {
-        let bin_dir = find_bin_dir()?;
-        let as_postgres_user = running_as_root();
         let tempdir = tempfile::Builder::new()
             .prefix("meridian-pg-")
             .tempdir()
             .context("creating the PostgreSQL temp dir")?;
         let dir = tempdir.path().to_path_buf();
+        if owned {
+            Self::unstarted_in(dir, Some(tempdir))
+        } else {
+            // The watchdog removes it; a TempDir in a static would never be dropped anyway.
+            Self::unstarted_in(tempdir.keep(), None)
+        }
+    }
+
+    /// A server that does not run yet in the existing directory `dir`, given to the user the
+    /// server will run as.
+    fn unstarted_in(
+        dir: PathBuf,
+        tempdir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<PostgresServer> {
+        let bin_dir = find_bin_dir()?;
+        let as_postgres_user = running_as_root();
         if as_postgres_user {
             run(Command::new("chown")
                 .arg("-R")
@@ -137,12 +245,6 @@ impl PostgresServer {
                 .arg(&dir))
             .context("giving the temp dir to the postgres user (does the user exist?)")?;
         }
-        let (tempdir, dir) = if owned {
-            (Some(tempdir), dir)
-        } else {
-            // The watchdog removes it; a TempDir in a static would never be dropped anyway.
-            (None, tempdir.keep())
-        };
         Ok(PostgresServer {
             bin_dir,
             dir,
@@ -151,6 +253,7 @@ impl PostgresServer {
             as_postgres_user,
             tempdir,
             watchdog: Mutex::new(None),
+            watch: Watch::Process,
             application_name: None,
         })
     }
@@ -275,7 +378,7 @@ impl PostgresServer {
     /// A shell loop that stops the server and removes its directory once this process is gone.
     fn spawn_watchdog(&self) -> anyhow::Result<()> {
         const SCRIPT: &str = r#"
-parent="$1"; pg_ctl="$2"; data="$3"; dir="$4"; as_postgres="$5"
+parent="$1"; pg_ctl="$2"; data="$3"; dir="$4"; as_postgres="$5"; lock_file="$6"
 while kill -0 "$parent" 2>/dev/null; do sleep 1; done
 if [ "$as_postgres" = yes ]; then
     runuser -u postgres -- "$pg_ctl" -D "$data" stop -m immediate
@@ -283,16 +386,22 @@ else
     "$pg_ctl" -D "$data" stop -m immediate
 fi
 rm -rf "$dir"
+[ -z "$lock_file" ] || rm -f "$lock_file"
 "#;
+        let (watched, lock_file) = match &self.watch {
+            Watch::Process => (std::process::id(), PathBuf::new()),
+            Watch::Run { runner, lock_file } => (*runner, lock_file.clone()),
+        };
         let child = Command::new("sh")
             .arg("-c")
             .arg(SCRIPT)
             .arg("meridian-pg-watchdog")
-            .arg(std::process::id().to_string())
+            .arg(watched.to_string())
             .arg(self.bin_dir.join("pg_ctl"))
             .arg(self.data_dir())
             .arg(&self.dir)
             .arg(if self.as_postgres_user { "yes" } else { "no" })
+            .arg(lock_file)
             .current_dir(&self.dir)
             // A watchdog holding the test's stdout open would keep `cargo test | tee` waiting.
             .stdin(Stdio::null())
@@ -771,5 +880,41 @@ mod tests {
         let b = server.create_database("shared").expect("createdb");
         assert_ne!(a, b);
         assert!(std::ptr::eq(server, PostgresServer::shared()));
+    }
+
+    /// What two test processes of one nextest run do (here two calls stand for them, as each
+    /// process calls it once): the second finds the first's server; a server found gone is
+    /// replaced, not reported to every later test.
+    #[test]
+    fn the_processes_of_a_run_share_one_server_and_replace_a_dead_one() {
+        let run = format!("selftest-{}", std::process::id());
+        let first = PostgresServer::shared_by_run(&run).expect("the first process starts it");
+        let second = PostgresServer::shared_by_run(&run).expect("the second one finds it");
+        assert_eq!(first.port(), second.port());
+        assert!(
+            second.watchdog.lock().expect("lock").is_none(),
+            "nothing to watch twice"
+        );
+        let a = first.create_database("run").expect("createdb");
+        let b = second.create_database("run").expect("createdb");
+        assert_ne!(a, b);
+        second.psql("postgres", "SELECT 1").expect("both reach it");
+
+        // A test broke the rules and stopped it: the next process starts another.
+        first.pg_ctl_stop().expect("stopped");
+        let third = PostgresServer::shared_by_run(&run).expect("a new one is started");
+        assert_eq!(
+            third
+                .psql("postgres", "SELECT 1")
+                .expect("it serves")
+                .trim(),
+            "1"
+        );
+        third.pg_ctl_stop().expect("stopped");
+        // All three name one data directory, so no drop may stop "its" server; the watchdogs
+        // remove the directory and the lock when the run ends.
+        for server in [first, second, third] {
+            std::mem::forget(server);
+        }
     }
 }
