@@ -37,11 +37,14 @@ use crate::{Backoff, ClientError, ENDPOINT_COOLDOWN};
 
 /// How often an open connection to a replica is pinged, and how long a ping may go unanswered
 /// before the connection counts as dead: together they bound how long a request can hang on
-/// a frozen replica (about 1 s) before it is retried elsewhere. A healthy but busy server
-/// answers pings from its connection task within milliseconds; a false alarm only costs a
-/// dedup-safe retry.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(250);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(750);
+/// a frozen replica (about 0.5 s) before it is retried elsewhere. That must stay below the
+/// replicas' lease timeout, or the clients, not the takeover, decide a freeze's recovery
+/// time: at 250 + 750 ms they gave up on a frozen replica ~1 s after the freeze, after the
+/// passive had taken over. A healthy but busy server answers pings from its connection task
+/// within milliseconds, and a ping crosses regions in well under the timeout; a false alarm
+/// only costs a dedup-safe retry.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(150);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(350);
 /// A frozen replica's kernel still accepts TCP connections, so a reconnect to it (a retry
 /// that rotated back to it while the passive was still taking over) hangs in the TLS
 /// handshake: with the general 10 s bound, that was the 10 s of a participant freeze's
