@@ -18,8 +18,8 @@
 //! [replication]                                # optional: active/passive replicas
 //! replica_id = "mediator-a"                    # this replica; unique among the replicas
 //! advertised_endpoint = "http://10.0.0.5:4201" # default: http://<admin_address>
-//! lease_timeout_ms = 1000                      # an active not renewing this long is deposed
-//! poll_interval_ms = 100                       # how often a passive tries to take over
+//! lease_timeout_ms = 700                       # an active not renewing this long is deposed
+//! poll_interval_ms = 50                        # how often a passive tries to take over
 //! ```
 //!
 //! Replicas of one mediator share `member_id`, the key file's contents and the database; the

@@ -201,8 +201,8 @@ fn bad_inputs_are_refused_naming_what_is_wrong() {
         }
     }
     let no_participant = no_participant.replace(
-        "lease_timeout_ms = 1000\n",
-        "lease_timeout_ms = 1000\nparticipants = []\n",
+        "lease_timeout_ms = 700\n",
+        "lease_timeout_ms = 700\nparticipants = []\n",
     );
     let no_participant = write("no-participant.toml", &no_participant);
     refused(

@@ -8,8 +8,8 @@
 //! [replication]                                # optional: active/passive replicas
 //! replica_id = "mediator-a"                    # this replica; unique among the replicas
 //! advertised_endpoint = "http://10.0.0.5:4201" # default: the role's own address
-//! lease_timeout_ms = 1000                      # an active not renewing this long is deposed
-//! poll_interval_ms = 100                       # how often a passive tries to take over
+//! lease_timeout_ms = 700                       # an active not renewing this long is deposed
+//! poll_interval_ms = 50                        # how often a passive tries to take over
 //! ```
 //!
 //! [`Replication::run`] is the role loop: wait for the lease (passive), run the active work
@@ -103,8 +103,8 @@ pub fn assert_replication_table(
     assert_eq!(settings.node, node);
     assert_eq!(settings.replica_id, "r-b");
     assert_eq!(settings.advertised_endpoint, default_endpoint);
-    assert_eq!(settings.lease_timeout, Duration::from_secs(1));
-    assert_eq!(settings.poll_interval, Duration::from_millis(100));
+    assert_eq!(settings.lease_timeout, Duration::from_millis(700));
+    assert_eq!(settings.poll_interval, Duration::from_millis(50));
     for (table, named) in [
         ("replica_id = \"a b\"", "replication.replica_id"),
         ("replica_id = \"\"", "replication.replica_id"),
@@ -147,12 +147,15 @@ pub fn assert_replication_table(
 /// longer than any caller waits, which is almost certainly a unit mistake.
 pub const MAX_LEASE_TIMEOUT_MS: u64 = 60_000;
 
+/// 700 ms, with clients that give up on a frozen replica within 0.5 s, brings a frozen
+/// participant's recovery under a second (docs/benchmarks.md); ten minutes at saturation on
+/// two cores deposed no live active.
 fn default_lease_timeout_ms() -> u64 {
-    1_000
+    700
 }
 
 fn default_poll_interval_ms() -> u64 {
-    100
+    50
 }
 
 impl ReplicationConfig {
@@ -525,8 +528,8 @@ mod tests {
         assert_eq!(settings.node, "node1");
         assert_eq!(settings.replica_id, "a");
         assert_eq!(settings.advertised_endpoint, "http://127.0.0.1:1");
-        assert_eq!(settings.lease_timeout, Duration::from_millis(1_000));
-        assert_eq!(settings.poll_interval, Duration::from_millis(100));
+        assert_eq!(settings.lease_timeout, Duration::from_millis(700));
+        assert_eq!(settings.poll_interval, Duration::from_millis(50));
 
         let config = parse("replica_id = \"a\"\nadvertised_endpoint = \"http://10.0.0.5:2\"\n");
         let settings = config.settings("node1".to_owned(), || unreachable!("configured"));

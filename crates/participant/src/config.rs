@@ -29,8 +29,8 @@
 //! [replication]
 //! replica_id = "participant1-a"               # this replica, unique among the replicas
 //! advertised_endpoint = "http://10.0.0.5:4501" # default http://<listen_address>
-//! lease_timeout_ms = 1000                     # an active not renewed this long is deposed
-//! poll_interval_ms = 100                      # how often a passive tries to take the lease
+//! lease_timeout_ms = 700                      # an active not renewed this long is deposed
+//! poll_interval_ms = 50                       # how often a passive tries to take the lease
 //!
 //! # Optional, but without it the Ledger API is open to anyone who reaches it (a WARN at
 //! # start-up says so): JWT authorization of every Ledger API call (docs/ledger-api.md).

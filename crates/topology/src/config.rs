@@ -17,8 +17,8 @@
 //! [replication]                           # optional: active/passive replicas
 //! replica_id = "topology-manager-a"       # this replica; unique among the replicas
 //! advertised_endpoint = "http://10.0.0.5:4201"  # default: http://<listen_address>
-//! lease_timeout_ms = 1000                 # an active not renewing this long is deposed
-//! poll_interval_ms = 100                  # how often a passive tries to take over
+//! lease_timeout_ms = 700                  # an active not renewing this long is deposed
+//! poll_interval_ms = 50                   # how often a passive tries to take over
 //! ```
 //!
 //! Replicas of one manager share `member_id`, the contents of both key files and the database;

@@ -153,7 +153,7 @@ mod tests {
         let found = differences(&running, &given).expect("compares");
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(
-            found[0].starts_with("lease_timeout_ms: running 1000, given 2000"),
+            found[0].starts_with("lease_timeout_ms: running 700, given 2000"),
             "{found:?}"
         );
         assert!(

@@ -226,7 +226,7 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
-pub const DEFAULT_LEASE_TIMEOUT_MS: u64 = 1_000;
+pub const DEFAULT_LEASE_TIMEOUT_MS: u64 = 700;
 
 fn default_lease_timeout_ms() -> u64 {
     DEFAULT_LEASE_TIMEOUT_MS
