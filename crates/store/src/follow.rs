@@ -32,10 +32,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::migrations::POSTGRES_MIGRATOR;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 
+use crate::migrations::POSTGRES_MIGRATOR;
 use crate::postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs};
 use crate::writer_fence::{self, Fenced, ServerFacts, SystemId, Timeline};
 use crate::StoreError;

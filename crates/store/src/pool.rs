@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::migrations::SQLITE_MIGRATOR;
 use sqlx::postgres::PgConnection;
 use sqlx::postgres::PgRow;
 use sqlx::query_builder::Separated;
@@ -27,6 +26,7 @@ use sqlx::{Database, Encode, FromRow, Postgres, QueryBuilder, Sqlite, SqliteConn
 
 use crate::fencing::FencedConnection;
 use crate::follow::{FollowingPools, PoolShape};
+use crate::migrations::SQLITE_MIGRATOR;
 use crate::postgres_url::PostgresUrl;
 use crate::sequencer::BackendStatus;
 use crate::{FenceSlot, StorageConfig, StoreError};
