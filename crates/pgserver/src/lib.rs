@@ -201,17 +201,9 @@ impl PostgresServer {
     /// The run's server as another process started it. Nothing of it is this process's to
     /// stop: a static is never dropped, and `shared_by_run` drops it only when it is gone.
     fn found(dir: PathBuf, port: u16) -> anyhow::Result<PostgresServer> {
-        Ok(PostgresServer {
-            bin_dir: find_bin_dir()?,
-            dir,
-            port,
-            options: String::new(),
-            as_postgres_user: running_as_root(),
-            tempdir: None,
-            watchdog: Mutex::new(None),
-            watch: Watch::Process,
-            application_name: None,
-        })
+        let mut server = Self::in_dir(dir, None)?;
+        server.port = port;
+        Ok(server)
     }
 
     /// A server that does not run yet: the binaries found and an empty temp dir owned by the
@@ -236,21 +228,26 @@ impl PostgresServer {
         dir: PathBuf,
         tempdir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<PostgresServer> {
-        let bin_dir = find_bin_dir()?;
-        let as_postgres_user = running_as_root();
-        if as_postgres_user {
+        let server = Self::in_dir(dir, tempdir)?;
+        if server.as_postgres_user {
             run(Command::new("chown")
                 .arg("-R")
                 .arg("postgres:postgres")
-                .arg(&dir))
+                .arg(&server.dir))
             .context("giving the temp dir to the postgres user (does the user exist?)")?;
         }
+        Ok(server)
+    }
+
+    /// The server of directory `dir` as this process starts out knowing it: no port, no
+    /// watchdog yet, and one (if launched) that waits for this process.
+    fn in_dir(dir: PathBuf, tempdir: Option<tempfile::TempDir>) -> anyhow::Result<PostgresServer> {
         Ok(PostgresServer {
-            bin_dir,
+            bin_dir: find_bin_dir()?,
             dir,
             port: 0,
             options: String::new(),
-            as_postgres_user,
+            as_postgres_user: running_as_root(),
             tempdir,
             watchdog: Mutex::new(None),
             watch: Watch::Process,
