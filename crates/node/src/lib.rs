@@ -8,7 +8,8 @@
 //! lease handling of [`replica`]). Role crates build on these so every node behaves the same
 //! to operators and orchestrators; [`owner`] is the start-up check that a node's database is
 //! its own. [`tls`] is the `[tls]` section and TLS on every listener and client; [`certs`]
-//! writes development certificates. [`ports`] picks loopback ports for deployments launched on one machine.
+//! writes development certificates. [`ports`] picks loopback ports for deployments launched on one machine. [`forward`]
+//! publishes values that only move forward (a safe point, a ledger end) on watch channels.
 
 pub mod admin;
 pub mod admin_token;
@@ -16,6 +17,7 @@ pub mod certs;
 pub mod conditions;
 pub mod config;
 pub mod fork;
+pub mod forward;
 pub mod grpc;
 pub mod health;
 pub mod keys;

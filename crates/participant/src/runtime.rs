@@ -39,6 +39,7 @@ use meridian_core::sequencing::{Envelope, ForkError, SequencedEvent, Submission}
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::{LedgerOffset, MessageId, ParticipantId, Timestamp, TransactionId};
 use meridian_node::fork::ForkAlarm;
+use meridian_node::forward::advance_to;
 use meridian_node::replication::is_fenced;
 use meridian_node::retry::{Retry, WHILE_SERVING};
 use meridian_node::Conditions;
@@ -821,13 +822,7 @@ async fn process(
 
     // Published before anyone is answered: a caller told "committed at offset N" (or
     // ALREADY_EXISTS naming N) must find N readable through GetTransactions right away.
-    core.ledger_end.send_if_modified(|current| {
-        let advanced = ledger_end > *current;
-        if advanced {
-            *current = ledger_end;
-        }
-        advanced
-    });
+    advance_to(&core.ledger_end, ledger_end);
 
     for (reply, admission) in admissions {
         let _ = reply.send(admission);

@@ -28,6 +28,7 @@ use meridian_core::backoff::Backoff;
 use meridian_core::{InstanceIndex, Timestamp};
 use meridian_node::admin::{self, AdminHttpAuth, NodeState, StatusSource};
 use meridian_node::admin_token::AdminToken;
+use meridian_node::forward::advance_to;
 use meridian_node::grpc::GrpcServer;
 use meridian_node::health::Health;
 use meridian_node::shutdown::Ticker;
@@ -608,11 +609,11 @@ async fn follow_progress(store: &dyn SequencerStore, outputs: &PollOutputs) -> b
         }
     };
     if let Some(point) = progress.safe_point {
-        crate::writer::advance_to(&outputs.safe_point, point);
+        advance_to(&outputs.safe_point, point);
     }
     match progress.waiting_through() {
         Some(waiting) => {
-            crate::writer::advance_to(&outputs.peers_waiting, waiting);
+            advance_to(&outputs.peers_waiting, waiting);
             true
         }
         None => false,

@@ -39,6 +39,7 @@ use crate::engine::{OrderingEngine, Refusal, ValidatedSubmission};
 use crate::error::SendError;
 use crate::metrics::SequencerMetrics;
 use meridian_node::conditions::Conditions;
+use meridian_node::forward::advance_to;
 use meridian_node::metrics::set_timestamp_micros;
 
 /// The answer to a successful send.
@@ -108,18 +109,6 @@ const IDLE_AFTER_INTERVALS: u32 = 4;
 
 /// How often expired deduplication entries are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Publishes `value` on `channel` if it is above the current one (watchers wake only then):
-/// the safe point, and the event waiting above it, only ever move forward.
-pub(crate) fn advance_to(channel: &watch::Sender<Timestamp>, value: Timestamp) {
-    channel.send_if_modified(|current| {
-        let advanced = value > *current;
-        if advanced {
-            *current = value;
-        }
-        advanced
-    });
-}
 
 /// Why the writer stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
