@@ -24,6 +24,20 @@ pub fn free_addresses() -> anyhow::Result<(SocketAddr, SocketAddr)> {
     ))
 }
 
+/// The environment of a node process the lab starts beside the others on this machine: its
+/// share of the cores as runtime threads ([`meridian_node::runtime`]), unless the lab's own
+/// environment sets a count, which the node then inherits (to measure another one).
+pub fn co_located_environment() -> Vec<(OsString, OsString)> {
+    use meridian_node::runtime::{co_located_runtime_threads, RUNTIME_THREADS_ENV};
+    if std::env::var_os(RUNTIME_THREADS_ENV).is_some() {
+        return Vec::new();
+    }
+    vec![(
+        RUNTIME_THREADS_ENV.into(),
+        co_located_runtime_threads().to_string().into(),
+    )]
+}
+
 /// A `meridian <role> --config FILE` child process.
 pub struct NodeProcess {
     role: &'static str,
@@ -107,7 +121,7 @@ impl NodeProcess {
             admin_address,
             config_path,
             log_path: dir.join(format!("{name}.log")),
-            environment: Vec::new(),
+            environment: co_located_environment(),
             detached: false,
         })
     }

@@ -10,6 +10,7 @@
 //! its own. [`tls`] is the `[tls]` section and TLS on every listener and client; [`certs`]
 //! writes development certificates. [`ports`] picks loopback ports for deployments launched on one machine. [`forward`]
 //! publishes values that only move forward (a safe point, a ledger end) on watch channels.
+//! [`runtime`] builds the process's async runtime with as many threads as it is given.
 
 pub mod admin;
 pub mod admin_token;
@@ -29,6 +30,7 @@ pub mod replica;
 pub mod replication;
 pub mod report;
 pub mod retry;
+pub mod runtime;
 pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;

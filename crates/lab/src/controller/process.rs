@@ -125,6 +125,7 @@ impl ReplicaFiles {
             .arg(self.command)
             .arg("--config")
             .arg(config)
+            .envs(crate::launch::co_located_environment())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
