@@ -1,5 +1,6 @@
 //! Meridian's domain vocabulary, shared by every other crate: validated identifiers, sequencer
-//! time, ed25519 signing with domain separation, the sequencer's event model, the ledger
+//! time, ed25519 signing with domain separation (and one signature over a group of messages,
+//! [`signed_batch`]), the sequencer's event model, the ledger
 //! model with its templates, the topology with time-indexed snapshots, the synchronizer's id
 //! (a fingerprint of its owner's key), the messages of the transaction protocol, and the retry
 //! [`backoff`] schedule every client and node uses.
@@ -14,6 +15,7 @@ pub mod ledger;
 pub mod placement;
 pub mod protocol;
 pub mod sequencing;
+pub mod signed_batch;
 pub mod synchronizer;
 pub mod template;
 pub mod time;

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{CryptoError, PublicKey, Signature, SigningKey, SigningPurpose};
 use crate::ids::{CommandId, MemberId, ParticipantId, PartyId, TransactionId, UserId};
 use crate::ledger::{Command, Contract, Transaction};
+use crate::signed_batch::{
+    self, BatchProof, ProofError, VerifiedRoot, VerifiedRoots, MAX_BATCH_MESSAGES,
+};
 use crate::time::Timestamp;
 use crate::topology::SignedTopologyTransaction;
 
@@ -29,6 +32,12 @@ pub enum ProtocolError {
         signer: MemberId,
         #[source]
         source: CryptoError,
+    },
+    #[error("batch proof of {signer}: {source}")]
+    BatchProof {
+        signer: MemberId,
+        #[source]
+        source: ProofError,
     },
 }
 
@@ -57,16 +66,119 @@ impl ProtocolMessage {
     }
 }
 
-/// A value with its signer's signature over its exact JSON text.
+/// A value with its signer's signature over its exact JSON text, or, when it was signed in a
+/// group ([`Signed::sign_all`]), over the root of the group's Merkle tree, with the proof that
+/// leads this text to the root ([`crate::signed_batch`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signed {
     pub signer: MemberId,
     pub payload_json: String,
     pub signature: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchProof>,
 }
 
 impl Signed {
+    /// Signs `values` with one signature: a group of one as [`Signed::sign`] does, a larger
+    /// group (in chunks of at most [`MAX_BATCH_MESSAGES`]) over its Merkle root.
+    pub fn sign_all<T: Serialize>(
+        values: &[T],
+        signer: &MemberId,
+        key: &SigningKey,
+        purpose: SigningPurpose,
+    ) -> Vec<Self> {
+        if let [value] = values {
+            return vec![Self::sign(value, signer.clone(), key, purpose)];
+        }
+        let mut signed = Vec::with_capacity(values.len());
+        for chunk in values.chunks(MAX_BATCH_MESSAGES as usize) {
+            let texts: Vec<String> = chunk
+                .iter()
+                .map(|value| {
+                    serde_json::to_string(value).expect("protocol values always serialize")
+                })
+                .collect();
+            let bytes: Vec<&[u8]> = texts.iter().map(|text| text.as_bytes()).collect();
+            let (root, proofs) = signed_batch::build(&bytes);
+            let signature = key
+                .sign(
+                    purpose,
+                    &signed_batch::root_message(proofs.len() as u32, &root),
+                )
+                .to_hex();
+            signed.extend(
+                texts
+                    .into_iter()
+                    .zip(proofs)
+                    .map(|(payload_json, proof)| Self {
+                        signer: signer.clone(),
+                        payload_json,
+                        signature: signature.clone(),
+                        batch: Some(proof),
+                    }),
+            );
+        }
+        signed
+    }
+
+    /// [`Signed::verify`], skipping the signature check of a group whose root `roots` has
+    /// seen verified, and remembering this one's.
+    pub fn verify_remembering<T: DeserializeOwned>(
+        &self,
+        key: &PublicKey,
+        purpose: SigningPurpose,
+        roots: &mut VerifiedRoots,
+    ) -> Result<T, ProtocolError> {
+        let signature = self.parsed_signature()?;
+        match &self.batch {
+            None => self.check_signature(key, purpose, self.payload_json.as_bytes(), &signature)?,
+            Some(proof) => {
+                let root = VerifiedRoot {
+                    key: *key,
+                    root_message: self.root_message(proof)?,
+                    signature,
+                };
+                if !roots.contains(&root) {
+                    self.check_signature(key, purpose, &root.root_message, &signature)?;
+                    roots.insert(root);
+                }
+            }
+        }
+        self.decode_unverified()
+    }
+
+    fn parsed_signature(&self) -> Result<Signature, ProtocolError> {
+        Signature::from_hex(&self.signature).map_err(|source| ProtocolError::Signature {
+            signer: self.signer.clone(),
+            source,
+        })
+    }
+
+    fn root_message(&self, proof: &BatchProof) -> Result<Vec<u8>, ProtocolError> {
+        let root = proof.root(self.payload_json.as_bytes()).map_err(|source| {
+            ProtocolError::BatchProof {
+                signer: self.signer.clone(),
+                source,
+            }
+        })?;
+        Ok(signed_batch::root_message(proof.count, &root))
+    }
+
+    fn check_signature(
+        &self,
+        key: &PublicKey,
+        purpose: SigningPurpose,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), ProtocolError> {
+        key.verify(purpose, message, signature)
+            .map_err(|source| ProtocolError::Signature {
+                signer: self.signer.clone(),
+                source,
+            })
+    }
+
     pub fn sign<T: Serialize>(
         value: &T,
         signer: MemberId,
@@ -79,26 +191,18 @@ impl Signed {
             signer,
             payload_json,
             signature,
+            batch: None,
         }
     }
 
-    /// Verifies against the signer's key, then decodes.
+    /// Verifies against the signer's key (over the text, or over its group's root), then
+    /// decodes.
     pub fn verify<T: DeserializeOwned>(
         &self,
         key: &PublicKey,
         purpose: SigningPurpose,
     ) -> Result<T, ProtocolError> {
-        let signature =
-            Signature::from_hex(&self.signature).map_err(|source| ProtocolError::Signature {
-                signer: self.signer.clone(),
-                source,
-            })?;
-        key.verify(purpose, self.payload_json.as_bytes(), &signature)
-            .map_err(|source| ProtocolError::Signature {
-                signer: self.signer.clone(),
-                source,
-            })?;
-        self.decode_unverified()
+        self.verify_remembering(key, purpose, &mut VerifiedRoots::new(1))
     }
 
     /// Decodes without checking the signature: only for routing, never for decisions.
@@ -302,6 +406,100 @@ mod tests {
         let message = ProtocolMessage::Verdict(signed);
         assert_eq!(ProtocolMessage::decode(&message.encode()).unwrap(), message);
         assert!(ProtocolMessage::decode(b"{\"type\":\"nope\"}").is_err());
+    }
+
+    fn verdicts(n: u64) -> Vec<Verdict> {
+        (0..n)
+            .map(|i| Verdict {
+                request_id: Timestamp::from_micros(i),
+                request_hash: format!("h{i}"),
+                outcome: VerdictOutcome::Approved,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_signed_at_once_verifies_message_by_message_with_one_signature_check() {
+        let key = SigningKey::generate();
+        let mediator = MemberId::new("mediator").unwrap();
+        let values = verdicts(5);
+        let signed = Signed::sign_all(&values, &mediator, &key, SigningPurpose::Verdict);
+        assert_eq!(signed.len(), 5);
+        assert!(signed.iter().all(|s| s.batch.is_some()));
+        assert!(signed.windows(2).all(|w| w[0].signature == w[1].signature));
+        let mut roots = VerifiedRoots::default();
+        for (signed, value) in signed.iter().zip(&values) {
+            // Each message also verifies on its own, through the wire format.
+            let wire = ProtocolMessage::decode(&ProtocolMessage::Verdict(signed.clone()).encode());
+            assert_eq!(wire.unwrap(), ProtocolMessage::Verdict(signed.clone()));
+            let back: Verdict = signed
+                .verify(&key.public_key(), SigningPurpose::Verdict)
+                .unwrap();
+            assert_eq!(&back, value);
+            let back: Verdict = signed
+                .verify_remembering(&key.public_key(), SigningPurpose::Verdict, &mut roots)
+                .unwrap();
+            assert_eq!(&back, value);
+        }
+        assert_eq!(roots.len(), 1, "one root for the whole group");
+    }
+
+    #[test]
+    fn a_group_member_tampered_moved_or_stripped_of_its_proof_is_refused() {
+        let key = SigningKey::generate();
+        let mediator = MemberId::new("mediator").unwrap();
+        let signed = Signed::sign_all(&verdicts(4), &mediator, &key, SigningPurpose::Verdict);
+        let mut roots = VerifiedRoots::default();
+        // The root is remembered before each bad copy is tried: remembering must not let them in.
+        signed[0]
+            .verify_remembering::<Verdict>(&key.public_key(), SigningPurpose::Verdict, &mut roots)
+            .unwrap();
+        let mut tampered = signed[1].clone();
+        tampered.payload_json = tampered.payload_json.replace("h1", "h9");
+        let mut moved = signed[1].clone();
+        moved.batch = signed[2].batch.clone();
+        let mut stripped = signed[1].clone();
+        stripped.batch = None;
+        let mut broken = signed[1].clone();
+        broken.batch.as_mut().unwrap().path[0] = "00".into();
+        for bad in [tampered, moved, stripped, broken] {
+            assert!(bad
+                .verify_remembering::<Verdict>(
+                    &key.public_key(),
+                    SigningPurpose::Verdict,
+                    &mut roots
+                )
+                .is_err());
+        }
+        // Nor does a remembered root vouch for another signer's key or another purpose.
+        let other = SigningKey::generate().public_key();
+        assert!(signed[1]
+            .verify_remembering::<Verdict>(&other, SigningPurpose::Verdict, &mut roots)
+            .is_err());
+        assert!(signed[1]
+            .verify::<Verdict>(&key.public_key(), SigningPurpose::ConfirmationResponse)
+            .is_err());
+    }
+
+    #[test]
+    fn a_group_of_one_is_signed_as_a_single_message() {
+        let key = SigningKey::generate();
+        let mediator = MemberId::new("mediator").unwrap();
+        let values = verdicts(1);
+        let signed = Signed::sign_all(&values, &mediator, &key, SigningPurpose::Verdict);
+        assert_eq!(
+            signed,
+            vec![Signed::sign(
+                &values[0],
+                mediator,
+                &key,
+                SigningPurpose::Verdict
+            )]
+        );
+        assert!(!ProtocolMessage::Verdict(signed[0].clone())
+            .encode()
+            .windows(5)
+            .any(|w| w == b"batch"));
     }
 
     #[test]

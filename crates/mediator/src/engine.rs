@@ -23,6 +23,7 @@ use meridian_core::protocol::{
     ConfirmationResponse, InformeeMessage, LocalVerdict, ProtocolMessage, RejectionCode, Signed,
     Verdict, VerdictOutcome,
 };
+use meridian_core::signed_batch::VerifiedRoots;
 use meridian_core::topology::{SignedTopologyTransaction, TopologySnapshot, TopologyState};
 use meridian_core::{MemberId, ParticipantId, PartyId, Timestamp};
 
@@ -246,6 +247,9 @@ pub struct MediatorEngine {
     last_event: Option<Timestamp>,
     /// Quiet periods since our outstanding time proof was requested, if one is.
     time_proof_outstanding: Option<u32>,
+    /// Response groups whose root signature was checked: a participant signs a batch's
+    /// responses once (`meridian_core::signed_batch`).
+    verified_roots: VerifiedRoots,
 }
 
 impl MediatorEngine {
@@ -267,6 +271,7 @@ impl MediatorEngine {
             deadlines: BTreeSet::new(),
             last_event: None,
             time_proof_outstanding: None,
+            verified_roots: VerifiedRoots::default(),
         }
     }
 
@@ -534,7 +539,13 @@ impl MediatorEngine {
             effects.push(Effect::Ignored(Ignored::UnknownRequest { request_id }));
             return;
         };
-        let response = match validate(request_id, pending, &signed, &claimed.participant) {
+        let response = match validate(
+            request_id,
+            pending,
+            &signed,
+            &claimed.participant,
+            &mut self.verified_roots,
+        ) {
             Ok(response) => response,
             Err(ignored) => {
                 effects.push(Effect::Ignored(ignored));
@@ -621,6 +632,7 @@ fn validate(
     pending: &Pending,
     signed: &Signed,
     participant: &ParticipantId,
+    roots: &mut VerifiedRoots,
 ) -> Result<ConfirmationResponse, Ignored> {
     if signed.signer != participant.as_member() {
         return Err(Ignored::SignerMismatch {
@@ -636,12 +648,12 @@ fn validate(
         });
     };
     let response: ConfirmationResponse = signed
-        .verify(key, SigningPurpose::ConfirmationResponse)
+        .verify_remembering(key, SigningPurpose::ConfirmationResponse, roots)
         .map_err(|error| Ignored::BadSignature {
-        request_id,
-        participant: participant.clone(),
-        detail: error.to_string(),
-    })?;
+            request_id,
+            participant: participant.clone(),
+            detail: error.to_string(),
+        })?;
     if response.request_hash != pending.request_hash {
         return Err(Ignored::WrongRequestHash {
             request_id,

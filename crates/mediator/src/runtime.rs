@@ -508,25 +508,27 @@ impl Sender {
     ) -> Vec<Timestamp> {
         let mut request_ids = Vec::with_capacity(verdicts.len());
         let mut outgoing = Vec::with_capacity(verdicts.len());
-        for (request_id, recipients, verdict) in verdicts {
-            let signed = Signed::sign(
-                &verdict,
-                self.member.clone(),
-                &self.key,
-                SigningPurpose::Verdict,
-            );
-            // The same message id on every attempt and after restarts: alone, the sequencer
-            // deduplicates it; in a group, the group's id is derived from it.
-            let message_id = MessageId::new(format!("verdict-{}", request_id.as_micros()))
-                .expect("digits make a valid message id");
-            request_ids.push(request_id);
-            outgoing.push(coalesce::Outgoing {
-                message_id,
-                envelope: Envelope {
-                    recipients,
-                    payload: ProtocolMessage::Verdict(signed).encode(),
-                },
-            });
+        // One signature per group of verdicts that can go out in one submission: its
+        // recipients then check one signature per group instead of one per verdict
+        // (`meridian_core::signed_batch`).
+        for chunk in verdicts.chunks(CoalesceLimits::DEFAULT.max_envelopes) {
+            let values: Vec<&Verdict> = chunk.iter().map(|(_, _, verdict)| verdict).collect();
+            let signed =
+                Signed::sign_all(&values, &self.member, &self.key, SigningPurpose::Verdict);
+            for ((request_id, recipients, _), signed) in chunk.iter().zip(signed) {
+                // The same message id on every attempt and after restarts: alone, the
+                // sequencer deduplicates it; in a group, the group's id is derived from it.
+                let message_id = MessageId::new(format!("verdict-{}", request_id.as_micros()))
+                    .expect("digits make a valid message id");
+                request_ids.push(*request_id);
+                outgoing.push(coalesce::Outgoing {
+                    message_id,
+                    envelope: Envelope {
+                        recipients: recipients.clone(),
+                        payload: ProtocolMessage::Verdict(signed).encode(),
+                    },
+                });
+            }
         }
         let mut sent = Vec::with_capacity(request_ids.len());
         let mut ids = request_ids.into_iter();

@@ -6,6 +6,8 @@
 //! effects, byte for byte (ed25519 signatures are deterministic too). Randomness (seeds,
 //! submission ids) and wall-clock time are arguments. That is what makes crash recovery a
 //! replay from the checkpoint, and what lets a simulation drive whole clusters of engines.
+//! Confirmation responses are signed when the effects are drained, all of a batch under one
+//! signature (`meridian_core::signed_batch`), so the batch boundaries are inputs too.
 //!
 //! State: the active contract set of contracts with a stakeholder hosted here, locks held by
 //! requests awaiting their verdict, those pending requests, this participant's in-flight
@@ -23,6 +25,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use meridian_core::coalesce::CoalesceLimits;
 use meridian_core::crypto::{SigningKey, SigningPurpose};
 use meridian_core::ledger::{Action, Command, Contract, Transaction};
 use meridian_core::protocol::{
@@ -30,6 +33,7 @@ use meridian_core::protocol::{
     ProtocolMessage, RejectionCode, Signed, Verdict, VerdictOutcome,
 };
 use meridian_core::sequencing::{Envelope, Submission};
+use meridian_core::signed_batch::VerifiedRoots;
 use meridian_core::template::{authorize, ModelError, TemplateRegistry};
 use meridian_core::topology::{SignedTopologyTransaction, TopologySnapshot, TopologyState};
 use meridian_core::{
@@ -243,7 +247,8 @@ pub enum Effect {
     /// Persist the in-flight marker of a submission (before it is sent).
     InFlight(LocalSubmission),
     /// Send a message (confirmation responses). Safe to send before the batch is persisted:
-    /// a replay produces the identical message with the same message id.
+    /// a replay produces the same response under the same message id (signed in another
+    /// group if the replay batches differently; the mediator takes only the first copy).
     Send(OutgoingMessage),
     /// Store (or replace) a pending request.
     Pending(Box<PendingRequest>),
@@ -335,6 +340,12 @@ pub struct ParticipantEngine {
     dedup: HashMap<String, DedupStatus>,
     ledger_end: LedgerOffset,
     last_event: Option<Timestamp>,
+    /// Verdict groups whose root signature was checked: a group's other verdicts need no
+    /// signature check of their own (`meridian_core::signed_batch`).
+    verified_roots: VerifiedRoots,
+    /// Responses decided since the last [`ParticipantEngine::drain_effects`], which signs
+    /// them together: (mediator, response).
+    unsigned_responses: Vec<(MemberId, ConfirmationResponse)>,
     effects: Vec<Effect>,
 }
 
@@ -380,6 +391,8 @@ impl ParticipantEngine {
             dedup: restored.committed.into_iter().collect(),
             ledger_end: restored.ledger_end,
             last_event: restored.checkpoint,
+            verified_roots: VerifiedRoots::default(),
+            unsigned_responses: Vec::new(),
             effects: Vec::new(),
         };
         let sequenced: BTreeSet<String> = restored
@@ -471,6 +484,7 @@ impl ParticipantEngine {
 
     /// Takes the effects produced since the last call.
     pub fn drain_effects(&mut self) -> Vec<Effect> {
+        self.sign_responses();
         std::mem::take(&mut self.effects)
     }
 
@@ -865,34 +879,19 @@ impl ParticipantEngine {
         for id in &locks {
             self.locks.insert(id.clone(), ts);
         }
-        let response = (!confirming.is_empty()).then(|| {
-            let verdict = match &check {
+        // Signed in `drain_effects`, with the batch's other responses.
+        let response = (!confirming.is_empty()).then(|| ConfirmationResponse {
+            request_id: ts,
+            request_hash: request_hash.clone(),
+            participant: self.participant.clone(),
+            parties: confirming,
+            verdict: match &check {
                 Ok(()) => LocalVerdict::Approve,
                 Err((code, message)) => LocalVerdict::Reject {
                     code: *code,
                     message: message.clone(),
                 },
-            };
-            let signed = Signed::sign(
-                &ConfirmationResponse {
-                    request_id: ts,
-                    request_hash: request_hash.clone(),
-                    participant: self.participant.clone(),
-                    parties: confirming,
-                    verdict,
-                },
-                self.participant.as_member(),
-                &self.key,
-                SigningPurpose::ConfirmationResponse,
-            );
-            OutgoingMessage {
-                message_id: format!("resp-{}-{}", ts.as_micros(), self.participant),
-                recipients: vec![request.mediator.clone()],
-                payload: String::from_utf8_lossy(
-                    &ProtocolMessage::ConfirmationResponse(signed).encode(),
-                )
-                .into_owned(),
-            }
+            },
         });
         if let Err((code, message)) = &check {
             tracing::info!(request_id = %ts, ?code, %message, "rejecting a request locally");
@@ -907,14 +906,60 @@ impl ParticipantEngine {
             locks,
             created_here,
             local,
-            response: response.clone(),
+            response: None,
         };
-        if let Some(message) = response {
-            self.effects.push(Effect::Send(message));
+        if let Some(response) = response {
+            self.unsigned_responses
+                .push((pending.mediator.clone(), response));
         }
         self.effects
             .push(Effect::Pending(Box::new(pending.clone())));
         self.pending.insert(ts, pending);
+    }
+
+    /// Signs the responses decided since the last drain as groups of one signature each
+    /// (at most one coalesced submission's worth, `meridian_core::signed_batch`): the mediator
+    /// then checks one signature per group. Each response goes into its pending request
+    /// (which is persisted, to resend it after a restart) and out as a send.
+    fn sign_responses(&mut self) {
+        let unsigned = std::mem::take(&mut self.unsigned_responses);
+        let mut messages: HashMap<Timestamp, OutgoingMessage> = HashMap::new();
+        for chunk in unsigned.chunks(CoalesceLimits::DEFAULT.max_envelopes) {
+            let values: Vec<&ConfirmationResponse> =
+                chunk.iter().map(|(_, response)| response).collect();
+            let signed = Signed::sign_all(
+                &values,
+                &self.participant.as_member(),
+                &self.key,
+                SigningPurpose::ConfirmationResponse,
+            );
+            for ((mediator, response), signed) in chunk.iter().zip(signed) {
+                let payload = ProtocolMessage::ConfirmationResponse(signed).encode();
+                let message = OutgoingMessage {
+                    message_id: format!(
+                        "resp-{}-{}",
+                        response.request_id.as_micros(),
+                        self.participant
+                    ),
+                    recipients: vec![mediator.clone()],
+                    payload: String::from_utf8(payload).expect("serde_json writes UTF-8"),
+                };
+                if let Some(pending) = self.pending.get_mut(&response.request_id) {
+                    pending.response = Some(message.clone());
+                }
+                messages.insert(response.request_id, message);
+            }
+        }
+        for effect in &mut self.effects {
+            if let Effect::Pending(pending) = effect {
+                if let Some(message) = messages.get(&pending.request_id) {
+                    pending.response = Some(message.clone());
+                }
+            }
+        }
+        let mut sends: Vec<OutgoingMessage> = messages.into_values().collect();
+        sends.sort_by(|a, b| a.message_id.cmp(&b.message_id));
+        self.effects.extend(sends.into_iter().map(Effect::Send));
     }
 
     /// The deterministic checks every informee participant runs on a request.
@@ -1110,7 +1155,11 @@ impl ParticipantEngine {
             return;
         };
         drop(snapshot);
-        let verdict: Verdict = match signed.verify(&key, SigningPurpose::Verdict) {
+        let verdict: Verdict = match signed.verify_remembering(
+            &key,
+            SigningPurpose::Verdict,
+            &mut self.verified_roots,
+        ) {
             Ok(v) => v,
             Err(error) => {
                 tracing::warn!(request_id = %claimed.request_id, %error, "ignoring a verdict with a bad signature");

@@ -667,3 +667,52 @@ fn verdicts_with_bad_signatures_or_hashes_are_ignored_and_restart_resumes() {
         .iter()
         .any(|e| matches!(e, Effect::Commit(_))));
 }
+
+#[test]
+fn a_verdict_signed_in_a_group_commits_and_a_tampered_member_of_it_is_ignored() {
+    let (mut world, _iou, submission) = World::with_alices_transfer();
+    let (request_id, hash, _) = world.sequence(&submission);
+    let verdict = |request_id: Timestamp, request_hash: &str, outcome| Verdict {
+        request_id,
+        request_hash: request_hash.to_owned(),
+        outcome,
+    };
+    // The mediator signed this verdict in one group with two others (for requests p1 never
+    // saw): one signature over the group's root.
+    let group = Signed::sign_all(
+        &[
+            verdict(ts(1), "other", VerdictOutcome::Approved),
+            verdict(request_id, &hash, VerdictOutcome::Approved),
+            verdict(ts(2), "another", VerdictOutcome::Approved),
+        ],
+        &mediator(),
+        &world.mediator_key,
+        SigningPurpose::Verdict,
+    );
+    // A rejection dressed in the group's signature and a neighbour's proof changes nothing.
+    let mut forged = group[1].clone();
+    forged.payload_json = serde_json::to_string(&verdict(
+        request_id,
+        &hash,
+        VerdictOutcome::Rejected {
+            code: RejectionCode::InactiveContracts,
+            message: "forged".into(),
+        },
+    ))
+    .unwrap();
+    let deliver = |world: &mut World, signed: &Signed| {
+        let at = world.tick();
+        let engine = world.engine("p1");
+        engine.handle_event(&SequencedInput {
+            timestamp: at,
+            sender: mediator(),
+            payloads: vec![ProtocolMessage::Verdict(signed.clone()).encode()],
+        });
+        engine.drain_effects()
+    };
+    assert!(deliver(&mut world, &forged).is_empty());
+    assert_eq!(world.engine("p1").pending_count(), 1);
+    let effects = deliver(&mut world, &group[1]);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Commit(_))));
+    assert_eq!(world.engine("p1").pending_count(), 0);
+}

@@ -449,6 +449,7 @@ fn a_bad_signature_is_ignored_and_changes_nothing() {
         signer: member("p2"),
         payload_json: "not json".to_owned(),
         signature: String::new(),
+        batch: None,
     };
     let garbage = engine.on_event(
         t(T + 2),
@@ -460,6 +461,46 @@ fn a_bad_signature_is_ignored_and_changes_nothing() {
     // The genuine answer still decides.
     let genuine = fx.answer(&mut engine, T + 3, "p2", &["bob"], LocalVerdict::Approve);
     assert_eq!(verdicts(&genuine).len(), 1);
+}
+
+#[test]
+fn a_response_signed_in_a_group_decides_and_a_tampered_member_of_the_group_is_ignored() {
+    let (fx, mut engine) = Fixture::with_request(&["bob"], &["p1", "p2"]);
+    let response = |request_id: u64, verdict: LocalVerdict| ConfirmationResponse {
+        request_id: t(request_id),
+        request_hash: HASH.to_owned(),
+        participant: pid("p2"),
+        parties: parties(&["bob"]),
+        verdict,
+    };
+    // p2 answered two requests in one batch, under one signature over the batch's root.
+    let group = Signed::sign_all(
+        &[
+            response(T - 1, LocalVerdict::Approve),
+            response(T, LocalVerdict::Approve),
+        ],
+        &member("p2"),
+        &fx.keys["p2"],
+        SigningPurpose::ConfirmationResponse,
+    );
+    assert!(group.iter().all(|signed| signed.batch.is_some()));
+    let mut forged = group[1].clone();
+    forged.payload_json =
+        serde_json::to_string(&response(T, reject(RejectionCode::Malformed, "forged"))).unwrap();
+    let forged = engine.on_event(
+        t(T + 1),
+        member("p2"),
+        ProtocolMessage::ConfirmationResponse(forged),
+    );
+    assert_eq!(ignored(&forged), vec!["bad_signature"]);
+    assert!(changes(&forged).is_empty() && verdicts(&forged).is_empty());
+
+    let genuine = engine.on_event(
+        t(T + 2),
+        member("p2"),
+        ProtocolMessage::ConfirmationResponse(group[1].clone()),
+    );
+    assert_eq!(verdicts(&genuine), approval_of_t(&["p1", "p2"]));
 }
 
 #[test]
@@ -647,6 +688,7 @@ fn malformed_requests_are_rejected_and_unreachable_ones_dropped() {
             signer: member("p1"),
             payload_json: "{}".to_owned(),
             signature: String::new(),
+            batch: None,
         }),
     );
     assert_eq!(ignored(&unexpected), vec!["unexpected"]);
