@@ -117,6 +117,98 @@ pub enum DedupStatus {
     },
 }
 
+/// The deduplication table's key: 32 bytes of the change key's hash instead of its
+/// 64-character text. The table holds every change committed within its period (10 minutes
+/// by default), so at a thousand transfers per second each byte per entry is most of a
+/// participant's memory (issue 14 bounds it at 100 MiB).
+type DedupKey = [u8; 32];
+
+fn dedup_key(change_key: &str) -> DedupKey {
+    blake3::hash(change_key.as_bytes()).into()
+}
+
+/// A [`DedupStatus`] as the table keeps it: a committed transaction's id as its 32 bytes when
+/// it is the usual 64 hex digits ([`protocol::transaction_id`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DedupEntry {
+    InFlight {
+        submission_id: String,
+    },
+    Committed {
+        transaction_id: CompactTransactionId,
+        offset: LedgerOffset,
+        expires_at: Timestamp,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CompactTransactionId {
+    Digest([u8; 32]),
+    Text(Box<TransactionId>),
+}
+
+impl From<&TransactionId> for CompactTransactionId {
+    fn from(id: &TransactionId) -> Self {
+        let text = id.as_str();
+        let mut digest = [0u8; 32];
+        // Only lowercase hex turns back into the same text.
+        let lowercase = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        match lowercase && hex::decode_to_slice(text, &mut digest).is_ok() {
+            true => CompactTransactionId::Digest(digest),
+            false => CompactTransactionId::Text(Box::new(id.clone())),
+        }
+    }
+}
+
+impl CompactTransactionId {
+    fn to_id(&self) -> TransactionId {
+        match self {
+            CompactTransactionId::Digest(digest) => {
+                TransactionId::new(hex::encode(digest)).expect("hex digits make a valid id")
+            }
+            CompactTransactionId::Text(id) => (**id).clone(),
+        }
+    }
+}
+
+impl From<DedupStatus> for DedupEntry {
+    fn from(status: DedupStatus) -> Self {
+        match status {
+            DedupStatus::InFlight { submission_id } => DedupEntry::InFlight { submission_id },
+            DedupStatus::Committed {
+                transaction_id,
+                offset,
+                expires_at,
+            } => DedupEntry::Committed {
+                transaction_id: CompactTransactionId::from(&transaction_id),
+                offset,
+                expires_at,
+            },
+        }
+    }
+}
+
+impl DedupEntry {
+    fn to_status(&self) -> DedupStatus {
+        match self {
+            DedupEntry::InFlight { submission_id } => DedupStatus::InFlight {
+                submission_id: submission_id.clone(),
+            },
+            DedupEntry::Committed {
+                transaction_id,
+                offset,
+                expires_at,
+            } => DedupStatus::Committed {
+                transaction_id: transaction_id.to_id(),
+                offset: *offset,
+                expires_at: *expires_at,
+            },
+        }
+    }
+}
+
 /// A validated command submission, with what the engine must not pick itself: randomness
 /// (the seed contract ids derive from, the submission id) and times.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,7 +429,7 @@ pub struct ParticipantEngine {
     in_flight: HashMap<String, LocalSubmission>,
     /// (max sequencing time, submission id) of in-flight submissions not yet seen sequenced.
     expiry: BTreeSet<(Timestamp, String)>,
-    dedup: HashMap<String, DedupStatus>,
+    dedup: HashMap<DedupKey, DedupEntry>,
     ledger_end: LedgerOffset,
     last_event: Option<Timestamp>,
     /// Verdict groups whose root signature was checked: a group's other verdicts need no
@@ -388,7 +480,11 @@ impl ParticipantEngine {
             pending: BTreeMap::new(),
             in_flight: HashMap::new(),
             expiry: BTreeSet::new(),
-            dedup: restored.committed.into_iter().collect(),
+            dedup: restored
+                .committed
+                .into_iter()
+                .map(|(change_key, status)| (dedup_key(&change_key), status.into()))
+                .collect(),
             ledger_end: restored.ledger_end,
             last_event: restored.checkpoint,
             verified_roots: VerifiedRoots::default(),
@@ -406,8 +502,8 @@ impl ParticipantEngine {
             }
             if let Some(local) = &request.local {
                 engine.dedup.insert(
-                    local.change_key(),
-                    DedupStatus::InFlight {
+                    dedup_key(&local.change_key()),
+                    DedupEntry::InFlight {
                         submission_id: local.submission_id.clone(),
                     },
                 );
@@ -416,8 +512,8 @@ impl ParticipantEngine {
         }
         for submission in restored.in_flight {
             engine.dedup.insert(
-                submission.change_key(),
-                DedupStatus::InFlight {
+                dedup_key(&submission.change_key()),
+                DedupEntry::InFlight {
                     submission_id: submission.submission_id.clone(),
                 },
             );
@@ -490,18 +586,18 @@ impl ParticipantEngine {
 
     /// The deduplication status of a change, ignoring committed entries expired by `now`.
     pub fn dedup_status(&self, change_key: &str, now: Timestamp) -> Option<DedupStatus> {
-        match self.dedup.get(change_key)? {
-            DedupStatus::Committed { expires_at, .. } if *expires_at <= now => None,
-            status => Some(status.clone()),
+        match self.dedup.get(&dedup_key(change_key))? {
+            DedupEntry::Committed { expires_at, .. } if *expires_at <= now => None,
+            entry => Some(entry.to_status()),
         }
     }
 
     /// Forgets committed dedup entries that expired by `now`. Returns how many.
     pub fn prune_dedup(&mut self, now: Timestamp) -> usize {
         let before = self.dedup.len();
-        self.dedup.retain(|_, status| match status {
-            DedupStatus::Committed { expires_at, .. } => *expires_at > now,
-            DedupStatus::InFlight { .. } => true,
+        self.dedup.retain(|_, entry| match entry {
+            DedupEntry::Committed { expires_at, .. } => *expires_at > now,
+            DedupEntry::InFlight { .. } => true,
         });
         before - self.dedup.len()
     }
@@ -720,8 +816,8 @@ impl ParticipantEngine {
 
     fn start(&mut self, submission: LocalSubmission) {
         self.dedup.insert(
-            submission.change_key(),
-            DedupStatus::InFlight {
+            dedup_key(&submission.change_key()),
+            DedupEntry::InFlight {
                 submission_id: submission.submission_id.clone(),
             },
         );
@@ -755,8 +851,8 @@ impl ParticipantEngine {
         code: StatusCode,
         message: String,
     ) {
-        let key = submission.change_key();
-        if matches!(self.dedup.get(&key), Some(DedupStatus::InFlight { submission_id }) if *submission_id == submission.submission_id)
+        let key = dedup_key(&submission.change_key());
+        if matches!(self.dedup.get(&key), Some(DedupEntry::InFlight { submission_id }) if *submission_id == submission.submission_id)
         {
             self.dedup.remove(&key);
         }
@@ -1226,9 +1322,9 @@ impl ParticipantEngine {
         });
         if let Some(completion) = &completion {
             self.dedup.insert(
-                completion.submission.change_key(),
-                DedupStatus::Committed {
-                    transaction_id: transaction_id.clone(),
+                dedup_key(&completion.submission.change_key()),
+                DedupEntry::Committed {
+                    transaction_id: CompactTransactionId::from(&transaction_id),
                     offset,
                     expires_at: completion.dedup_expires_at(),
                 },
@@ -1305,5 +1401,40 @@ pub fn code_name(code: RejectionCode) -> &'static str {
         RejectionCode::ModelConformance => "MODEL_CONFORMANCE",
         RejectionCode::Topology => "TOPOLOGY",
         RejectionCode::Malformed => "MALFORMED",
+    }
+}
+
+#[cfg(test)]
+mod dedup_tests {
+    use super::*;
+
+    #[test]
+    fn a_committed_entry_gives_back_the_status_it_was_made_from() {
+        let digest = protocol::transaction_id(Timestamp::from_micros(7), "hash");
+        let uppercase = TransactionId::new(digest.as_str().to_uppercase()).unwrap();
+        let other = TransactionId::new("tx-42").unwrap();
+        for transaction_id in [digest.clone(), uppercase, other] {
+            let status = DedupStatus::Committed {
+                transaction_id,
+                offset: LedgerOffset(3),
+                expires_at: Timestamp::from_micros(9),
+            };
+            assert_eq!(DedupEntry::from(status.clone()).to_status(), status);
+        }
+        assert!(matches!(
+            CompactTransactionId::from(&digest),
+            CompactTransactionId::Digest(_)
+        ));
+        let in_flight = DedupStatus::InFlight {
+            submission_id: "sub-1".into(),
+        };
+        assert_eq!(DedupEntry::from(in_flight.clone()).to_status(), in_flight);
+    }
+
+    #[test]
+    fn a_committed_entry_is_far_smaller_than_its_status() {
+        // The key and the id live in the entry itself: no allocation per entry.
+        let entry = std::mem::size_of::<(DedupKey, DedupEntry)>();
+        assert!(entry <= 96, "{entry} bytes");
     }
 }
