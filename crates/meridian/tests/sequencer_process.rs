@@ -679,3 +679,39 @@ async fn with_an_owner_key_only_owner_signed_members_are_registered() {
         .await
         .unwrap();
 }
+
+#[test]
+fn a_bad_runtime_thread_count_is_refused_before_anything_starts() {
+    let dir = TempDir::new().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let run = |flag: Option<&str>, env: Option<&str>| {
+        let mut command = std::process::Command::new(EXE);
+        command.env_remove(meridian_node::runtime::RUNTIME_THREADS_ENV);
+        if let Some(count) = flag {
+            command.arg(format!("--runtime-threads={count}"));
+        }
+        if let Some(count) = env {
+            command.env(meridian_node::runtime::RUNTIME_THREADS_ENV, count);
+        }
+        command.arg("sequencer").arg("--config").arg(&missing);
+        command.output().unwrap()
+    };
+    for (flag, env, detail) in [
+        (Some("0"), None, "number would be zero"),
+        (None, Some("abc"), "invalid digit"),
+        (Some("-3"), None, "invalid digit"),
+        (Some(""), None, "--runtime-threads"),
+    ] {
+        let output = run(flag, env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--runtime-threads"), "{stderr}");
+        assert!(stderr.contains(detail), "{stderr}");
+    }
+    // A good count gets as far as the config file.
+    for (flag, env) in [(Some("1"), None), (None, Some("3"))] {
+        let output = run(flag, env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cannot read config file"), "{stderr}");
+    }
+}
