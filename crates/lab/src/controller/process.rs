@@ -43,16 +43,22 @@ impl ReplicaFiles {
         }
     }
 
-    /// The config the replica runs with, written from the cold one if it never ran.
+    /// The config the replica runs with, written from the cold one if it never ran. Written
+    /// beside it and renamed into place: a controller killed in the middle of a plain copy
+    /// left a truncated config that the next controller took for the replica's own, and the
+    /// replica crash-looped on it.
     pub fn ensure_config(&self) -> anyhow::Result<&Path> {
         if !self.config.exists() {
-            std::fs::copy(&self.cold_config, &self.config).with_context(|| {
-                format!(
-                    "neither {} nor the cold replica's {} can be used",
-                    self.config.display(),
-                    self.cold_config.display()
-                )
-            })?;
+            let partial = self.config.with_extension("toml.partial");
+            std::fs::copy(&self.cold_config, &partial)
+                .and_then(|_| std::fs::rename(&partial, &self.config))
+                .with_context(|| {
+                    format!(
+                        "neither {} nor the cold replica's {} can be used",
+                        self.config.display(),
+                        self.cold_config.display()
+                    )
+                })?;
         }
         Ok(&self.config)
     }
@@ -280,6 +286,22 @@ mod tests {
         processes.watch("r".into(), Watched::Child(child));
         assert_eq!(processes.take_exits(), vec![("r".into(), Some(0))]);
         assert!(processes.take_exits().is_empty());
+    }
+
+    #[test]
+    fn a_cold_config_is_copied_whole_over_a_partial_copy_left_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = ReplicaFiles::new(dir.path(), &"participant1-c".into(), "participant");
+        std::fs::create_dir_all(files.cold_config.parent().expect("a cold dir")).expect("mkdir");
+        std::fs::write(&files.cold_config, "admin_address = \"127.0.0.1:1\"\n").expect("write");
+        // What a controller killed mid-copy leaves: the partial file, never the config.
+        std::fs::write(files.config.with_extension("toml.partial"), "admin_").expect("write");
+        let config = files.ensure_config().expect("copied");
+        assert_eq!(
+            std::fs::read_to_string(config).expect("read"),
+            "admin_address = \"127.0.0.1:1\"\n"
+        );
+        assert!(!files.config.with_extension("toml.partial").exists());
     }
 
     #[test]
