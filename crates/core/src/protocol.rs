@@ -136,6 +136,7 @@ impl Signed {
             Some(proof) => {
                 let root = VerifiedRoot {
                     key: *key,
+                    purpose,
                     root_message: self.root_message(proof)?,
                     signature,
                 };
@@ -477,7 +478,11 @@ mod tests {
             .verify_remembering::<Verdict>(&other, SigningPurpose::Verdict, &mut roots)
             .is_err());
         assert!(signed[1]
-            .verify::<Verdict>(&key.public_key(), SigningPurpose::ConfirmationResponse)
+            .verify_remembering::<Verdict>(
+                &key.public_key(),
+                SigningPurpose::ConfirmationResponse,
+                &mut roots
+            )
             .is_err());
     }
 

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{PublicKey, Signature};
+use crate::crypto::{PublicKey, Signature, SigningPurpose};
 
 /// The largest group one root signs: twelve levels, far above a coalesced submission (64).
 pub const MAX_BATCH_MESSAGES: u32 = 4_096;
@@ -182,11 +182,13 @@ pub struct VerifiedRoots {
     capacity: usize,
 }
 
-/// What a check proved: this key signed this root with this signature. All three are the key
-/// of the memory, so a root remembered for one signer proves nothing for another.
+/// What a check proved: this key signed this root with this signature for this purpose. All
+/// four are the key of the memory, so a root remembered for one signer, or for verdicts,
+/// proves nothing for another signer, or for responses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedRoot {
     pub key: PublicKey,
+    pub purpose: SigningPurpose,
     pub root_message: Vec<u8>,
     pub signature: Signature,
 }
@@ -313,13 +315,14 @@ mod tests {
     }
 
     #[test]
-    fn the_memory_is_bounded_and_keyed_by_key_root_and_signature() {
-        use crate::crypto::{SigningKey, SigningPurpose};
+    fn the_memory_is_bounded_and_keyed_by_key_purpose_root_and_signature() {
+        use crate::crypto::SigningKey;
         let key = SigningKey::generate();
         let root = |i: u8| {
             let message = root_message(2, &[i; 32]);
             VerifiedRoot {
                 key: key.public_key(),
+                purpose: SigningPurpose::Verdict,
                 signature: key.sign(SigningPurpose::Verdict, &message),
                 root_message: message,
             }
@@ -338,5 +341,10 @@ mod tests {
             ..root(3)
         };
         assert!(!memory.contains(&other_signer));
+        let other_purpose = VerifiedRoot {
+            purpose: SigningPurpose::ConfirmationResponse,
+            ..root(3)
+        };
+        assert!(!memory.contains(&other_purpose));
     }
 }
