@@ -149,15 +149,19 @@ macro_rules! on_postgres {
 }
 pub(crate) use on_postgres;
 
-/// Multi-row inserts on a connection of either backend.
-pub(crate) trait InsertChunked {
+/// Statements over many rows at once on a connection of either backend: one statement, not
+/// one per row, because each statement is a round trip (for SQLite, to sqlx's worker thread
+/// and back).
+pub(crate) trait ExecuteChunked {
     type Db: Database;
 
-    /// Inserts `rows` with one multi-row `VALUES` statement per `rows_per_statement` rows (so
-    /// a statement stays below the backend's limit on bound parameters): `head` names the
-    /// table and columns, `bind` binds one row's values, and `tail` (may be empty) follows the
-    /// values, e.g. an `ON CONFLICT` clause.
-    async fn insert_chunked<'rows, T>(
+    /// Runs `head VALUES (..), (..) tail` once per `rows_per_statement` rows (so a statement
+    /// stays below the backend's limit on bound parameters): `bind` binds one row's values.
+    /// Mostly an insert (`head` names the table and columns, `tail` may hold an `ON CONFLICT`
+    /// clause), but the list serves any statement that reads one: `... WHERE id IN (` +
+    /// `)`, or `UPDATE ... FROM (` + `) AS v WHERE ...` (both backends name its columns
+    /// `column1`, `column2`, ...).
+    async fn execute_chunked<'rows, T>(
         &mut self,
         head: &str,
         rows: &'rows [T],
@@ -169,12 +173,12 @@ pub(crate) trait InsertChunked {
 
 // One body for both connection types: the builder's lifetime can shrink only on a concrete
 // backend, so the loop cannot be a function generic over the database.
-macro_rules! insert_chunked {
+macro_rules! execute_chunked {
     ($connection:ty, $db:ty) => {
-        impl InsertChunked for $connection {
+        impl ExecuteChunked for $connection {
             type Db = $db;
 
-            async fn insert_chunked<'rows, T>(
+            async fn execute_chunked<'rows, T>(
                 &mut self,
                 head: &str,
                 rows: &'rows [T],
@@ -194,8 +198,8 @@ macro_rules! insert_chunked {
     };
 }
 
-insert_chunked!(SqliteConnection, ::sqlx::Sqlite);
-insert_chunked!(PgConnection, ::sqlx::Postgres);
+execute_chunked!(SqliteConnection, ::sqlx::Sqlite);
+execute_chunked!(PgConnection, ::sqlx::Postgres);
 
 /// How a store opens its [`StorePool`]: what differs between stores, decided by each store.
 #[derive(Debug)]
@@ -412,12 +416,17 @@ pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The options every SQLite store opens its file with: WAL, so readers never wait behind the
 /// writer, and `synchronous=FULL`, because what a store commits (an acknowledged send, a
 /// verdict, a published topology transaction, an epoch bump) must survive a power loss, not
-/// just a process crash. Callers may add options of their own.
+/// just a process crash; temporary data (statement journals) in memory. Callers may add
+/// options of their own.
 pub(crate) fn sqlite_options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
+        // A statement inside a write transaction journals each page it first changes, so
+        // that it alone can be rolled back; in memory, not in a temporary file, that is a
+        // copy rather than a write system call per page. It holds one statement's pages.
+        .pragma("temp_store", "memory")
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
 }
 

@@ -322,6 +322,65 @@ async fn many_rows_in_one_batch(h: Harness) {
     assert_eq!(active.len(), 1_000);
     let page = offsets_after(&**store, 500, 1_000).await;
     assert_eq!(page, (501..=1_000).map(LedgerOffset).collect::<Vec<_>>());
+
+    // Archives, and deletes of in-flight markers and pending requests, are written as lists
+    // too: more than one statement's worth, each archive at its own offset.
+    let keys: Vec<String> = (0..1_000).map(|i| format!("k-{i}")).collect();
+    store
+        .apply(&ParticipantBatch {
+            dedup_upserts: keys
+                .iter()
+                .map(|key| dedup(key, DedupState::InFlight))
+                .collect(),
+            pending_upserts: (0..1_000)
+                .map(|i| PendingRecord {
+                    request_id: t(10 + i),
+                    record: format!("{{\"pending\":{i}}}"),
+                })
+                .collect(),
+            archived: vec![(active[0].contract.id.clone(), LedgerOffset(5_000))],
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("markers and one archive");
+    let ids: Vec<ContractId> = active.iter().map(|c| c.contract.id.clone()).collect();
+    store
+        .apply(&ParticipantBatch {
+            checkpoint: Some(t(2)),
+            ledger_end: Some(LedgerOffset(2_001)),
+            // Every other contract, the first of which is archived already: its archive must
+            // not move.
+            archived: ids
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 0)
+                .map(|(i, id)| (id.clone(), LedgerOffset(1_001 + i as u64)))
+                .collect(),
+            dedup_deletes: keys[..900].to_vec(),
+            pending_deletes: (0..900).map(|i| t(10 + i)).collect(),
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("archives and deletes");
+    let (_, active) = store.active_contracts().await.expect("acs");
+    assert_eq!(active.len(), 500);
+    for (i, id) in ids.iter().enumerate() {
+        let stored = store.contract(id).await.expect("contract").expect("stored");
+        let expected = match i {
+            0 => Some(LedgerOffset(5_000)),
+            _ if i % 2 == 0 => Some(LedgerOffset(1_001 + i as u64)),
+            _ => None,
+        };
+        assert_eq!(stored.archived_offset, expected, "contract {i}");
+    }
+    let snapshot = store.load(t(0)).await.expect("load");
+    let mut left: Vec<String> = snapshot.dedup.into_iter().map(|d| d.change_key).collect();
+    left.sort();
+    let mut expected: Vec<String> = keys[900..].to_vec();
+    expected.sort();
+    assert_eq!(left, expected);
+    let pending: Vec<_> = snapshot.pending.iter().map(|p| p.request_id).collect();
+    assert_eq!(pending, (900..1_000).map(|i| t(10 + i)).collect::<Vec<_>>());
 }
 
 /// `batch` counts as applied only after it was written.

@@ -13,7 +13,7 @@ use super::{
     MAX_AUDIT_READ,
 };
 use crate::fencing::FencedConnection;
-use crate::pool::{on_backend, InsertChunked, PoolSettings, PostgresLayout, StorePool};
+use crate::pool::{on_backend, ExecuteChunked, PoolSettings, PostgresLayout, StorePool};
 use crate::{FenceSlot, StorageConfig, StoreError};
 
 /// Rows per multi-row statement: five bound parameters each, far below either backend's limit.
@@ -113,7 +113,7 @@ impl ControllerStore for SqlControllerStore {
         let first: i64 = on_backend!(&self.pool, |writer, _, dialect| {
             let mut tx = writer.begin_with(dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
-            tx.insert_chunked(
+            tx.execute_chunked(
                 "INSERT INTO controller_plan (id, state, body_json, updated_at_us) ",
                 &plans,
                 ROWS_PER_STATEMENT,
@@ -145,7 +145,7 @@ impl ControllerStore for SqlControllerStore {
                     )
                 })?;
                 let rows = numbered(first, &batch.audit);
-                tx.insert_chunked(
+                tx.execute_chunked(
                     "INSERT INTO controller_audit (seq, at_us, kind, plan, body_json) ",
                     &rows,
                     ROWS_PER_STATEMENT,

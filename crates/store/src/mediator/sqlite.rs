@@ -5,7 +5,7 @@ use meridian_core::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::ApplyPlan;
-use crate::pool::InsertChunked;
+use crate::pool::ExecuteChunked;
 use crate::StoreError;
 
 /// Rows per multi-row statement: at most four bound parameters each, far below SQLite's limit.
@@ -16,7 +16,7 @@ pub(super) async fn insert_plan(
     plan: &ApplyPlan<'_>,
 ) -> Result<(), StoreError> {
     connection
-        .insert_chunked(
+        .execute_chunked(
             "INSERT INTO mediator_requests (request_id, deadline, informee) ",
             &plan.requests,
             ROWS_PER_STATEMENT,
@@ -29,7 +29,7 @@ pub(super) async fn insert_plan(
         )
         .await?;
     connection
-        .insert_chunked(
+        .execute_chunked(
             "INSERT INTO mediator_responses (request_id, participant, response) ",
             &plan.responses,
             ROWS_PER_STATEMENT,
@@ -42,7 +42,7 @@ pub(super) async fn insert_plan(
         )
         .await?;
     connection
-        .insert_chunked(
+        .execute_chunked(
             "INSERT INTO mediator_verdicts (request_id, recipients, verdict, sent) ",
             &plan.verdicts,
             ROWS_PER_STATEMENT,

@@ -20,12 +20,12 @@ use super::{
     QUIET_POINT_RETENTION_US,
 };
 use crate::fencing::FencedConnection;
-use crate::pool::{self, on_backend, InsertChunked, PoolSettings, PostgresLayout, StorePool};
+use crate::pool::{self, on_backend, ExecuteChunked, PoolSettings, PostgresLayout, StorePool};
 use crate::{FenceSlot, StorageConfig, StoreError};
 
-/// Rows per multi-row `INSERT`: at up to eleven columns well below both backends' limits on
-/// bound parameters.
-const ROWS_PER_INSERT: usize = 400;
+/// Rows per multi-row statement (an `INSERT`, or a list of keys to delete or archive): at up
+/// to eleven columns well below both backends' limits on bound parameters.
+const ROWS_PER_STATEMENT: usize = 400;
 const READER_CONNECTIONS: u32 = 4;
 
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ macro_rules! insert_rows {
                      dedup_period_us = excluded.dedup_period_us, \
                      transaction_id = excluded.transaction_id, \
                      ledger_offset = excluded.ledger_offset, expires_at = excluded.expires_at";
-                self.insert_chunked( &head, rows, ROWS_PER_INSERT, |mut row, d| {
+                self.execute_chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, d| {
                     row.push_bind(d.0.clone())
                         .push_bind(d.1.clone())
                         .push_bind(d.2.clone())
@@ -113,7 +113,7 @@ macro_rules! insert_rows {
                 // A replayed batch after a crash between commit and checkpoint cannot happen
                 // (same transaction), but a contract id is derived from the seed, so a
                 // conflict would be a real bug: no ON CONFLICT, let it fail loudly.
-                self.insert_chunked( &head, rows, ROWS_PER_INSERT, |mut row, c| {
+                self.execute_chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, c| {
                     row.push_bind(c.0.clone())
                         .push_bind(c.1.clone())
                         .push_bind(c.2.clone())
@@ -129,7 +129,7 @@ macro_rules! insert_rows {
                 rows: &[TransactionRow],
             ) -> Result<(), StoreError> {
                 let head = format!("INSERT INTO participant_transactions ({TRANSACTION_COLUMNS}) ");
-                self.insert_chunked( &head, rows, ROWS_PER_INSERT, |mut row, t| {
+                self.execute_chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, t| {
                     row.push_bind(t.0)
                         .push_bind(t.1.clone())
                         .push_bind(t.2)
@@ -146,7 +146,7 @@ macro_rules! insert_rows {
                 rows: &[rows::CompletionRow],
             ) -> Result<(), StoreError> {
                 let head = format!("INSERT INTO participant_completions ({COMPLETION_COLUMNS}) ");
-                self.insert_chunked( &head, rows, ROWS_PER_INSERT, |mut row, c| {
+                self.execute_chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, c| {
                         row.push_bind(c.0)
                             .push_bind(c.1.clone())
                             .push_bind(c.2.clone())
@@ -162,7 +162,7 @@ macro_rules! insert_rows {
             async fn upsert_pending(&mut self, rows: &[PendingRecord]) -> Result<(), StoreError> {
                 let head = "INSERT INTO participant_pending (request_id, record) ";
                 let upsert = " ON CONFLICT (request_id) DO UPDATE SET record = excluded.record";
-                self.insert_chunked( head, rows, ROWS_PER_INSERT, |mut row, p| {
+                self.execute_chunked( head, rows, ROWS_PER_STATEMENT, |mut row, p| {
                     row.push_bind(p.request_id.as_i64())
                         .push_bind(p.record.clone());
 }, upsert).await
@@ -228,32 +228,41 @@ impl ParticipantStore for SqlParticipantStore {
             let mut tx = writer.begin_with(dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             let encoded = EncodedBatch::new(batch)?;
-            for key in &batch.dedup_deletes {
-                sqlx::query("DELETE FROM participant_dedup WHERE change_key = $1")
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            tx.execute_chunked(
+                "DELETE FROM participant_dedup WHERE change_key IN (",
+                &batch.dedup_deletes,
+                ROWS_PER_STATEMENT,
+                |mut row, key| {
+                    row.push_bind(key.as_str());
+                },
+                ")",
+            )
+            .await?;
             tx.upsert_dedup(&encoded.dedup).await?;
             tx.insert_contracts(&encoded.created).await?;
-            for (offset, id) in &encoded.archived {
-                sqlx::query(
-                    "UPDATE participant_contracts SET archived_offset = $1 \
-                     WHERE contract_id = $2 AND archived_offset IS NULL",
-                )
-                .bind(*offset)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
+            tx.execute_chunked(
+                "UPDATE participant_contracts SET archived_offset = archive.column1 FROM (",
+                &encoded.archived,
+                ROWS_PER_STATEMENT,
+                |mut row, (offset, id)| {
+                    row.push_bind(*offset).push_bind(id.as_str());
+                },
+                ") AS archive WHERE participant_contracts.contract_id = archive.column2 \
+                 AND participant_contracts.archived_offset IS NULL",
+            )
+            .await?;
             tx.insert_transactions(&encoded.transactions).await?;
             tx.insert_completions(&encoded.completions).await?;
-            for request_id in &batch.pending_deletes {
-                sqlx::query("DELETE FROM participant_pending WHERE request_id = $1")
-                    .bind(request_id.as_i64())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            tx.execute_chunked(
+                "DELETE FROM participant_pending WHERE request_id IN (",
+                &batch.pending_deletes,
+                ROWS_PER_STATEMENT,
+                |mut row, request_id| {
+                    row.push_bind(request_id.as_i64());
+                },
+                ")",
+            )
+            .await?;
             tx.upsert_pending(&batch.pending_upserts).await?;
             if let Some(checkpoint) = batch.checkpoint {
                 sqlx::query(

@@ -11,7 +11,7 @@ use meridian_core::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{NewEvent, ReferenceTime, WriteResult};
-use crate::pool::InsertChunked;
+use crate::pool::ExecuteChunked;
 use crate::StoreError;
 
 /// Rows per multi-row `INSERT`. At five columns that is 2,500 bound parameters, far below
@@ -108,7 +108,7 @@ pub(super) async fn insert_events(
     new: &[&NewEvent],
 ) -> Result<(), StoreError> {
     connection
-        .insert_chunked(
+        .execute_chunked(
             "INSERT INTO events (ts, instance, sender, message_id, batch) ",
             new,
             ROWS_PER_INSERT,
@@ -130,7 +130,7 @@ pub(super) async fn insert_events(
         })
         .collect();
     connection
-        .insert_chunked(
+        .execute_chunked(
             "INSERT INTO event_recipients (member, ts) ",
             &recipients,
             ROWS_PER_INSERT,
