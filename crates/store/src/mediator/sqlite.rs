@@ -2,7 +2,7 @@
 //! below SQLite's limit on bound parameters.
 
 use meridian_core::Timestamp;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::SqliteConnection;
 
 use super::ApplyPlan;
 use crate::pool::ExecuteChunked;
@@ -57,21 +57,22 @@ pub(super) async fn insert_plan(
         .await
 }
 
-/// `statement` (ending in `WHERE request_id`) for every id in `ids`, in `IN (...)` lists of
-/// at most [`ROWS_PER_STATEMENT`] ids.
+/// `statement` (ending in `WHERE request_id`) for every id in `ids`, in `IN (VALUES ...)`
+/// lists of at most [`ROWS_PER_STATEMENT`] ids.
 pub(super) async fn execute_for_ids(
     connection: &mut SqliteConnection,
     statement: &str,
     ids: &[Timestamp],
 ) -> Result<(), StoreError> {
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(format!("{statement} IN ("));
-        let mut list = query.separated(", ");
-        for id in chunk {
-            list.push_bind(id.as_i64());
-        }
-        query.push(")");
-        query.build().execute(&mut *connection).await?;
-    }
-    Ok(())
+    connection
+        .execute_chunked(
+            &format!("{statement} IN ("),
+            ids,
+            ROWS_PER_STATEMENT,
+            |mut row, id| {
+                row.push_bind(id.as_i64());
+            },
+            ")",
+        )
+        .await
 }
