@@ -223,6 +223,71 @@ pub struct ExperimentReport {
     /// Peers the running sequencer instances marked offline over the run, summed, read just
     /// before the nodes stop. In a run without faults every one is a wrongful mark.
     pub sequencer_peers_marked_offline: u64,
+    /// Where the submitting participants' own submissions spent their time, stage by stage
+    /// (their `/status`), read just before the nodes stop.
+    pub submission_stages: Vec<StageMean>,
+}
+
+/// One stage of a local submission across the running participants (see
+/// `meridian_participant::stages`): how many submissions passed it, and their mean time in it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageMean {
+    pub stage: String,
+    pub count: u64,
+    pub mean_ms: f64,
+}
+
+/// The running participants' stage means, weighted by their counts; in stage order.
+async fn submission_stages(deployment: &Deployment) -> Vec<StageMean> {
+    let mut statuses = Vec::new();
+    for participant in &deployment.participants {
+        if let Some(response) = crate::fault::get_admin(participant.admin_address, "/status").await
+        {
+            if let Ok(status) = response.json::<serde_json::Value>().await {
+                statuses.push(status);
+            }
+        }
+    }
+    stage_means(&statuses)
+}
+
+/// Merges the `submissions.stages` objects of participants' `/status`.
+fn stage_means(statuses: &[serde_json::Value]) -> Vec<StageMean> {
+    let mut merged: Vec<StageMean> = Vec::new();
+    for status in statuses {
+        let Some(stages) = status["submissions"]["stages"].as_object() else {
+            continue;
+        };
+        for (stage, figures) in stages {
+            let count = figures["count"].as_u64().unwrap_or(0);
+            let mean_ms = figures["mean_ms"].as_f64().unwrap_or(0.0);
+            match merged.iter_mut().find(|m| m.stage == *stage) {
+                Some(m) => {
+                    let total = m.count + count;
+                    if total > 0 {
+                        m.mean_ms =
+                            (m.mean_ms * m.count as f64 + mean_ms * count as f64) / total as f64;
+                    }
+                    m.count = total;
+                }
+                None => merged.push(StageMean {
+                    stage: stage.clone(),
+                    count,
+                    mean_ms,
+                }),
+            }
+        }
+    }
+    merged.sort_by_key(|m| stage_rank(&m.stage));
+    merged
+}
+
+/// A stage's place in a submission's life; an unknown name sorts last.
+fn stage_rank(stage: &str) -> usize {
+    meridian_participant::stages::Stage::ALL
+        .iter()
+        .position(|s| s.name() == stage)
+        .unwrap_or(usize::MAX)
 }
 
 impl ExperimentReport {
@@ -259,6 +324,7 @@ impl Experiment {
                 .await
                 .values()
                 .sum();
+            report.submission_stages = submission_stages(&deployment).await;
         }
         let stopped = deployment.stop().await;
         let report = result?;
@@ -336,6 +402,7 @@ impl Experiment {
             interrupted: shutdown.is_cancelled(),
             peak_rss_mib_by_role: BTreeMap::new(),
             sequencer_peers_marked_offline: 0,
+            submission_stages: Vec::new(),
         })
     }
 
@@ -747,6 +814,37 @@ fn throughput_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_means_of_participants_are_weighted_by_count_and_in_stage_order() {
+        let status = |admitted: (u64, f64), decided: (u64, f64)| {
+            serde_json::json!({ "submissions": { "stages": {
+                "decided": { "count": decided.0, "mean_ms": decided.1 },
+                "admitted": { "count": admitted.0, "mean_ms": admitted.1 },
+            }}})
+        };
+        let statuses = [
+            status((300, 2.0), (300, 10.0)),
+            // A passive replica has no `submissions`; an idle participant has zero counts.
+            serde_json::json!({ "phase": "passive" }),
+            status((100, 6.0), (0, 0.0)),
+        ];
+        assert_eq!(
+            stage_means(&statuses),
+            vec![
+                StageMean {
+                    stage: "admitted".into(),
+                    count: 400,
+                    mean_ms: 3.0
+                },
+                StageMean {
+                    stage: "decided".into(),
+                    count: 300,
+                    mean_ms: 10.0
+                },
+            ]
+        );
+    }
 
     fn rate(tx_per_s: f64, mean_latency_ms: f64) -> LoadRate {
         LoadRate {

@@ -808,7 +808,10 @@ async fn another_replica_active(
         .any(|(_, role)| role.as_deref() == Some("active")))
 }
 
-async fn get_admin(address: std::net::SocketAddr, path: &str) -> Option<reqwest::Response> {
+pub(crate) async fn get_admin(
+    address: std::net::SocketAddr,
+    path: &str,
+) -> Option<reqwest::Response> {
     replicas::http()
         .ok()?
         .get(format!("{}{path}", crate::tls::url(address)))

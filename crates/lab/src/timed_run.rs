@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::deployment::{Databases, DeploymentSpec};
-use crate::experiment::{Experiment, FaultReport, FaultStep, Observer, Recovered, Step};
+use crate::experiment::{Experiment, FaultReport, FaultStep, Observer, Recovered, StageMean, Step};
 use crate::fault::{Node, PlannedFault};
 use crate::stats::fmt_ms;
 use crate::workload::{Audit, Live, LoadSpec, WorkloadReport, OWNER_PARTICIPANTS};
@@ -77,6 +77,8 @@ pub struct RunReport {
     /// Peers the sequencer instances marked offline during the run (issue 14: none may be
     /// in a run without a fault).
     pub sequencer_peers_marked_offline: u64,
+    /// Where the participants' own submissions spent their time, in stage order.
+    pub submission_stages: Vec<StageMean>,
 }
 
 impl TimedRun {
@@ -114,6 +116,7 @@ impl TimedRun {
             interrupted: report.interrupted,
             peak_rss_mib_by_role: report.peak_rss_mib_by_role,
             sequencer_peers_marked_offline: report.sequencer_peers_marked_offline,
+            submission_stages: report.submission_stages,
         })
     }
 

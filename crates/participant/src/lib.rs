@@ -20,6 +20,7 @@ pub mod node;
 mod replication;
 mod runtime;
 mod service;
+pub mod stages;
 
 #[cfg(test)]
 mod engine_tests;

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::stages::StageMetrics;
+
 #[derive(Clone, Debug)]
 pub struct ParticipantMetrics {
     /// By outcome: committed, or the lower-case gRPC code of the answer (already_exists,
@@ -33,6 +35,8 @@ pub struct ParticipantMetrics {
     pub inherited_submissions: Family<OutcomeLabel, Counter>,
     /// Replica lease terms begun and lost (`lease_acquired_total{how}`, `lease_lost_total`).
     pub lease: LeaseMetrics,
+    /// `submission_stage_seconds{stage}`: where local submissions spend their time.
+    pub stages: StageMetrics,
 }
 
 impl ParticipantMetrics {
@@ -72,6 +76,7 @@ impl ParticipantMetrics {
                 "Submissions found in flight at the start of a term, by how they were settled",
             ),
             lease: LeaseMetrics::register(&mut r),
+            stages: StageMetrics::register(&mut r),
         }
     }
 

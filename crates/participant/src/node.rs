@@ -50,6 +50,7 @@ use crate::metrics::ParticipantMetrics;
 use crate::replication::Serving;
 use crate::runtime::{self, Core, WriterError, COMMAND_QUEUE, MAX_CONCURRENT_SENDS};
 use crate::service::{permission_name, LedgerApi};
+use crate::stages::StageClock;
 
 /// How often a passive replica refreshes its topology from the manager, so a promotion finds
 /// it (nearly) current.
@@ -105,6 +106,7 @@ impl StatusSource for ParticipantStatus {
                     "active_contracts": engine.active_contracts().count(),
                     "hosted_parties": hosted,
                     "mediator_id": core.config.mediator_id.to_string(),
+                    "submissions": core.metrics.stages.status(),
                 })
             }
         };
@@ -692,6 +694,7 @@ async fn start_term(
         shutdown: term,
         demoted: std::sync::atomic::AtomicBool::new(false),
         submissions: runtime::SubmissionGate::default(),
+        stages: StageClock::new(warm.metrics.stages.clone()),
         config: warm.config.clone(),
     });
 

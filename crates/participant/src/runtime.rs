@@ -58,6 +58,7 @@ use crate::engine::{
     ParticipantEngine, SequencedInput, StatusCode, SubmitError, SubmitRequest,
 };
 use crate::metrics::{OutcomeLabel, ParticipantMetrics};
+use crate::stages::{Stage, StageClock};
 
 /// Events and commands handled per database transaction at most.
 const MAX_BATCH: usize = 2_000;
@@ -172,6 +173,8 @@ pub(crate) struct Core {
     /// The SubmitAndWait calls this term accepted and has not answered yet; a step-down closes
     /// it and waits for them before the lease goes (see [`SubmissionGate`]).
     pub submissions: SubmissionGate,
+    /// Times this term's own submissions stage by stage.
+    pub stages: StageClock,
 }
 
 /// Admits SubmitAndWait calls into a term until it is closed, and counts the admitted ones
@@ -321,6 +324,7 @@ impl Core {
     /// bounded by the submit timeout; the writer's answer is dropped, and every later wait
     /// cut short, when the term ends.
     pub async fn submit(&self, command: CommandSubmission) -> Result<SubmitAnswer, SubmitFailure> {
+        let received = std::time::Instant::now();
         let now = Timestamp::now();
         let mut seed = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut seed);
@@ -337,6 +341,19 @@ impl Core {
             mediator: self.config.mediator_id.clone(),
             max_sequencing_time: now.saturating_add(self.config.max_sequencing_delay()),
         };
+        self.stages.start(submission_id.as_str(), received);
+        let answer = self.admit_and_wait(request, now, &submission_id).await;
+        // Answered one way or another: a submission that did not complete is not timed.
+        self.stages.forget(submission_id.as_str());
+        answer
+    }
+
+    async fn admit_and_wait(
+        &self,
+        request: SubmitRequest,
+        now: Timestamp,
+        submission_id: &MessageId,
+    ) -> Result<SubmitAnswer, SubmitFailure> {
         let change = request.change.clone();
         let (reply, admission) = oneshot::channel();
         self.commands
@@ -364,6 +381,11 @@ impl Core {
                 submission,
                 completion,
             } => {
+                self.stages.mark(
+                    submission_id.as_str(),
+                    Stage::admitted,
+                    std::time::Instant::now(),
+                );
                 self.send_submission(*submission).await?;
                 self.completion(completion, Some(submission_id.as_str()))
                     .await
@@ -407,6 +429,11 @@ impl Core {
         };
         match sent {
             Ok(receipt) => {
+                self.stages.mark(
+                    submission_id.as_str(),
+                    Stage::sequenced,
+                    std::time::Instant::now(),
+                );
                 tracing::debug!(%submission_id, ts = %receipt.timestamp, "submission sequenced")
             }
             Err(ClientError::Rejected { code, message }) => {
@@ -788,6 +815,8 @@ async fn process(
         in_flight,
         admissions,
     } = run_engine(core, events, commands);
+    core.stages
+        .mark_processed(&effects, std::time::Instant::now());
 
     let outgoing: Vec<OutgoingMessage> = effects
         .iter()
@@ -828,9 +857,17 @@ async fn process(
         let _ = reply.send(admission);
     }
     let mut topology_changed = false;
+    let completed_at = std::time::Instant::now();
     for effect in &effects {
         match effect {
-            Effect::Complete(completion) => core.notify(completion),
+            Effect::Complete(completion) => {
+                core.notify(completion);
+                core.stages.mark(
+                    &completion.submission.submission_id,
+                    Stage::completed,
+                    completed_at,
+                );
+            }
             Effect::Commit(_) => {
                 core.metrics.transactions_committed.inc();
             }

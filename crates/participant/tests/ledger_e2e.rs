@@ -18,6 +18,8 @@ use tonic::Code;
 
 struct Cluster {
     ledgers: Vec<LedgerServiceClient<Channel>>,
+    /// The participants' admin HTTP addresses (`/status`, `/metrics`), in `ledgers` order.
+    admins: Vec<std::net::SocketAddr>,
     /// Owns the synchronizer's nodes (dropping it stops the mediator) and its directory.
     sync: Synchronizer,
 }
@@ -26,6 +28,7 @@ async fn start() -> Cluster {
     let sync = synchronizer().await;
     let (d, mut admin) = (sync.dir.path(), sync.admin.clone());
     let mut ledgers = Vec::new();
+    let mut admins = Vec::new();
     for name in ["p1", "p2", "p3"] {
         let key =
             meridian_node::keys::load_or_create_key(&d.join(format!("{name}.key"))).expect("key");
@@ -38,6 +41,7 @@ async fn start() -> Cluster {
             .expect("add participant");
         let config = sync.participant_config(name, sqlite(d, name));
         let endpoint = format!("http://{}", config.listen_address);
+        admins.push(config.admin_address);
         tokio::spawn(logged(
             "participant",
             meridian_participant::run(config, sync.shutdown.clone()),
@@ -58,7 +62,11 @@ async fn start() -> Cluster {
         .await;
         ledgers.push(ledger);
     }
-    Cluster { ledgers, sync }
+    Cluster {
+        ledgers,
+        admins,
+        sync,
+    }
 }
 
 fn submit(
@@ -198,6 +206,7 @@ async fn ledger_api_end_to_end() {
         .expect("transfer")
         .into_inner();
     assert!(transferred.offset > 0);
+    the_transfer_was_timed_stage_by_stage(cluster.admins[0]).await;
     let bobs = retry("bob sees the IOU", || {
         let mut p2 = p2.clone();
         async move {
@@ -363,4 +372,40 @@ async fn ledger_api_end_to_end() {
     );
     let _ = (PartyId::new("x"), ContractId::new("y"));
     cluster.sync.shutdown.cancel();
+}
+
+/// p1 submitted one transfer so far: its `/status` and `/metrics` time it stage by stage, and
+/// the stages add up to no more than the call took.
+async fn the_transfer_was_timed_stage_by_stage(admin: std::net::SocketAddr) {
+    let status: serde_json::Value = reqwest::get(format!("http://{admin}/status"))
+        .await
+        .expect("GET /status")
+        .json()
+        .await
+        .expect("a JSON status");
+    let stages = &status["submissions"]["stages"];
+    let mut total_ms = 0.0;
+    for stage in ["admitted", "sequenced", "delivered", "decided", "completed"] {
+        let count = stages[stage]["count"].as_u64().expect("a count");
+        // The sequencer's receipt can reach the caller after the request came back on the
+        // stream; that mark is then skipped, and `delivered` covers it.
+        let expected = if stage == "sequenced" { 0..=1 } else { 1..=1 };
+        assert!(expected.contains(&count), "{stage}: {count} in {status}");
+        total_ms += stages[stage]["mean_ms"].as_f64().expect("a mean");
+    }
+    assert!(total_ms > 0.0, "{status}");
+    assert!(total_ms < 15_000.0, "{status}");
+    assert_eq!(status["submissions"]["untimed"], 0, "{status}");
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains(
+            r#"meridian_participant_submission_stage_seconds_count{stage="completed"} 1"#
+        ),
+        "{metrics}"
+    );
 }

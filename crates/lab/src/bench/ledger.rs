@@ -69,6 +69,12 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
             report.workload.latency_p99_ms,
             report.workload.latency_max_ms
         );
+        let stages: Vec<String> = report
+            .submission_stages
+            .iter()
+            .map(|m| format!("{} {:.1}", m.stage, m.mean_ms))
+            .collect();
+        println!("  stage means (ms)        {}", stages.join(", "));
         println!("  rejections              {:?}", report.workload.rejections);
         let peaks: Vec<String> = report
             .peak_rss_mib_by_role
