@@ -91,6 +91,11 @@ pub enum Node {
     Sequencer {
         instance: usize,
     },
+    /// The sequencer instance with the most open subscriptions when the fault strikes: the
+    /// one the members use, since they subscribe and send at one instance and the others are
+    /// spares (`meridian_client::sequencer`). After a kill they move to a survivor, so a
+    /// fixed instance would hit an idle spare from the second trial on.
+    BusiestSequencer,
     TopologyManager,
     Mediator,
     /// Participant `index`, counted from 0 as in the workload's `Parties::clients`.
@@ -101,7 +106,7 @@ impl Node {
     /// The node's name in the deployment: its directory, and its processes' prefix.
     pub fn name(self) -> String {
         match self {
-            Node::Sequencer { .. } => SEQUENCER_NODE.to_owned(),
+            Node::Sequencer { .. } | Node::BusiestSequencer => SEQUENCER_NODE.to_owned(),
             Node::TopologyManager => TOPOLOGY_NODE.to_owned(),
             Node::Mediator => Deployment::mediator_id().to_string(),
             Node::Participant(index) => format!("participant{}", index + 1),
@@ -166,8 +171,8 @@ impl Fault {
             | Fault::Switchover => Node::Participant(OWNER_PARTICIPANTS[0]),
             Fault::MediatorCrash => Node::Mediator,
             Fault::TopologyCrash => Node::TopologyManager,
-            Fault::SequencerCrash
-            | Fault::DatabaseRestart
+            Fault::SequencerCrash => Node::BusiestSequencer,
+            Fault::DatabaseRestart
             | Fault::DatabaseFailover
             | Fault::ZoneLoss
             | Fault::RegionSwitchover
@@ -414,8 +419,10 @@ impl PlannedFault {
                 )
             }
             Fault::SequencerCrash => {
-                let Node::Sequencer { instance } = self.node else {
-                    anyhow::bail!("sequencer-crash aims at the sequencer, not {node}");
+                let instance = match self.node {
+                    Node::Sequencer { instance } => instance,
+                    Node::BusiestSequencer => busiest_sequencer(stage.deployment).await,
+                    _ => anyhow::bail!("sequencer-crash aims at the sequencer, not {node}"),
                 };
                 let sequencer =
                     stage
@@ -819,6 +826,23 @@ pub(crate) async fn get_admin(
         .send()
         .await
         .ok()
+}
+
+/// The index of the running sequencer instance with the most open subscriptions (the first
+/// one on a tie, or when none answers).
+async fn busiest_sequencer(deployment: &Deployment) -> usize {
+    let mut busiest = (0, 0);
+    for (index, sequencer) in deployment.sequencers.iter().enumerate() {
+        if let Some(response) = get_admin(sequencer.admin_address, "/status").await {
+            if let Ok(status) = response.json::<serde_json::Value>().await {
+                let subscribers = status["subscribers"].as_i64().unwrap_or(0);
+                if subscribers > busiest.1 {
+                    busiest = (index, subscribers);
+                }
+            }
+        }
+    }
+    busiest.0
 }
 
 /// How many peers each reachable sequencer instance has marked offline since it started. Per

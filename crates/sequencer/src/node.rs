@@ -92,6 +92,8 @@ struct SequencerStatus {
     directory: Arc<MemberDirectory>,
     incarnation: IncarnationGauge,
     peers_marked_offline: Arc<AtomicU64>,
+    /// Open subscriptions (the `subscribers` gauge): which instance the members use.
+    subscribers: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl StatusSource for SequencerStatus {
@@ -107,6 +109,9 @@ impl StatusSource for SequencerStatus {
             "members": self.directory.len(),
             // Operators and drills see from it that this instance noticed a dead peer.
             "peers_marked_offline": self.peers_marked_offline.load(Ordering::Relaxed),
+            // Members subscribe where they send (`meridian_client::sequencer`): the instance
+            // carrying the load has them all.
+            "subscribers": self.subscribers.get(),
         })
     }
 }
@@ -218,6 +223,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         directory: directory.clone(),
         incarnation,
         peers_marked_offline: peers_marked_offline.clone(),
+        subscribers: sequencer_metrics.subscribers.clone(),
     });
 
     let shared = Arc::new(Shared {
