@@ -16,6 +16,6 @@ pub use ledger::{Committed, LedgerClient, SubmitOutcome};
 pub use sequencer::{
     register_member, register_member_with_topology, SendReceipt, SequencerClient,
     SequencerClientConfig, Subscription, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_STALL_TIMEOUT, ENDPOINT_COOLDOWN, SUBSCRIPTION_BUFFER,
+    DEFAULT_STALL_TIMEOUT, ENDPOINT_COOLDOWN, FAILBACK_PROBE_INTERVAL, SUBSCRIPTION_BUFFER,
 };
 pub use tls::{ClientIdentity, ClientTls};

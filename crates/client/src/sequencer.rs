@@ -3,10 +3,27 @@
 //! and the loss of a sequencer instance.
 //!
 //! A client may know several endpoints: instances of one active-active sequencer sharing one
-//! database. Sends go to them in turn (round robin) and fail over to the next on a transient
-//! failure; a subscription stays on one instance and moves to another when its stream breaks or
-//! stalls. An endpoint that just failed is passed over for [`ENDPOINT_COOLDOWN`] while others
-//! are healthy.
+//! database. A subscription starts on the first endpoint of the list and stays on one instance
+//! until its stream breaks or stalls; then it moves to the next. Sends go to the instance the
+//! subscription is on (its *home*; the first endpoint for a client without one) and fail over
+//! to the next on a transient failure. An endpoint that just failed is passed over for
+//! [`ENDPOINT_COOLDOWN`] while others are healthy.
+//!
+//! Why one home rather than spreading sends: an event is delivered only once every live
+//! instance's watermark has passed it. While one instance writes all events, the others are
+//! idle and promise a watermark ahead of the clock, so nothing waits for them; when two
+//! instances both write, every event waits for the other's next commit, and events written by
+//! one instance reach a subscription on another only at that instance's next safe-point poll.
+//! Each protocol hop cost 10–15 ms more that way (issue 14). Members that list the instances in
+//! the same order therefore share one home and use the others as hot spares; the instances
+//! share one database, so spreading the writes bought no throughput.
+//!
+//! For the members to stay together, a subscription away from the first endpoint returns to
+//! it once it serves again: every [`FAILBACK_PROBE_INTERVAL`] it asks the first endpoint's
+//! gRPC health service, and on `SERVING` it closes its stream between two events and resumes
+//! there (after the last event it handed over, as after any reconnect). Without that, a member
+//! that (re)started after a failover (a new replica's term) subscribed at the restarted first
+//! instance while the others stayed on the survivor, and both wrote again.
 //!
 //! Retrying a send reuses the submission's message id, which the sequencer deduplicates on in
 //! the shared database, so a retry after an ambiguous failure — on the same instance or another
@@ -52,6 +69,9 @@ use tokio::task::JoinHandle;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, Delays};
@@ -62,6 +82,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// See [`SequencerClientConfig::stall_timeout`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a subscription away from the first endpoint asks whether it serves again.
+pub const FAILBACK_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long that question may take: a frozen instance accepts connections but never answers,
+/// and the subscription stays where it is.
+const FAILBACK_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+/// The service whose health decides a failback: `SERVING` exactly while the instance is ready.
+const SEQUENCER_SERVICE: &str = "meridian.v1.SequencerService";
 
 /// How long an endpoint that just failed is passed over while other endpoints are healthy.
 /// Long enough not to hammer an instance that is restarting, short enough that load spreads
@@ -133,8 +161,8 @@ impl SequencerClientConfig {
     }
 
     /// Replaces the endpoints (the one given to [`SequencerClientConfig::new`] included).
-    /// Subscriptions start on the first endpoint of the list that is not cooling down, so
-    /// members that list the instances in different orders spread their subscriptions.
+    /// Subscriptions start on the first endpoint of the list that is not cooling down, and
+    /// sends follow them: give every member the same order (see the module docs).
     pub fn with_endpoints<I, S>(mut self, endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -210,6 +238,7 @@ impl SequencerClient {
                 )?;
                 Ok(EndpointState {
                     url: url.clone(),
+                    health: HealthClient::new(channel.clone()),
                     grpc: SequencerServiceClient::new(channel),
                     session: Mutex::new(None),
                     auth_lock: tokio::sync::Mutex::new(()),
@@ -219,7 +248,7 @@ impl SequencerClient {
             .collect::<Result<Vec<_>, ClientError>>()?;
         let inner = Inner {
             endpoints,
-            next_send: AtomicUsize::new(0),
+            home: AtomicUsize::new(0),
             member: config.member,
             key: config.key,
             request_timeout: config.request_timeout,
@@ -625,6 +654,8 @@ struct Session {
 struct EndpointState {
     url: String,
     grpc: SequencerServiceClient<Channel>,
+    /// The instance's gRPC health service, asked before a failback.
+    health: HealthClient<Channel>,
     /// The current token; never held across an await.
     session: Mutex<Option<Session>>,
     /// Serializes authentications.
@@ -639,6 +670,19 @@ impl EndpointState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether the instance says it is ready (its sequencer service `SERVING`) within
+    /// [`FAILBACK_PROBE_TIMEOUT`].
+    async fn is_serving(&self) -> bool {
+        let mut health = self.health.clone();
+        let request = HealthCheckRequest {
+            service: SEQUENCER_SERVICE.to_owned(),
+        };
+        matches!(
+            tokio::time::timeout(FAILBACK_PROBE_TIMEOUT, health.check(request)).await,
+            Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving
+        )
     }
 
     fn avoid(&self) {
@@ -665,8 +709,9 @@ impl EndpointState {
 
 struct Inner {
     endpoints: Vec<EndpointState>,
-    /// Where the next send starts (round robin).
-    next_send: AtomicUsize,
+    /// Where sends start: the endpoint the subscription last opened a stream on (the first
+    /// one until then).
+    home: AtomicUsize,
     member: MemberId,
     key: SigningKey,
     request_timeout: Duration,
@@ -857,7 +902,7 @@ impl Inner {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let call = &call;
-        let first = self.next_send.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        let first = self.home.load(Ordering::Relaxed) % self.endpoints.len();
         self.retry_across(deadline, first, move |endpoint| {
             self.authorized_call(endpoint, call)
         })
@@ -881,6 +926,8 @@ enum StreamEnd {
     ConsumerGone,
     /// Reconnect (on another endpoint if there is one) and resume.
     Broken { error: String, delivered: u64 },
+    /// The first endpoint serves again: resume there.
+    Failback,
     /// End the subscription with this error.
     Fatal(ClientError),
 }
@@ -940,6 +987,7 @@ async fn subscription_loop(
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Transient(error)) => error,
             Ok(mut stream) => {
+                inner.home.store(current, Ordering::Relaxed);
                 if let Some(since) = interrupted_at.take() {
                     info!(
                         member = %inner.member,
@@ -950,9 +998,45 @@ async fn subscription_loop(
                     );
                 }
                 let opened_at = Instant::now();
-                match read_stream(&mut stream, &mut chain, sender, inner.stall_timeout).await {
+                let first = &inner.endpoints[0];
+                let on_first = current == 0;
+                let failback = async move {
+                    if on_first {
+                        return std::future::pending().await;
+                    }
+                    loop {
+                        tokio::time::sleep(FAILBACK_PROBE_INTERVAL).await;
+                        if first.is_serving().await {
+                            return;
+                        }
+                    }
+                };
+                tokio::pin!(failback);
+                let end = read_stream(
+                    &mut stream,
+                    &mut chain,
+                    sender,
+                    inner.stall_timeout,
+                    failback,
+                )
+                .await;
+                match end {
                     StreamEnd::ConsumerGone => return Ok(()),
                     StreamEnd::Fatal(error) => return Err(error),
+                    StreamEnd::Failback => {
+                        info!(
+                            member = %inner.member,
+                            from = %url,
+                            to = %first.url,
+                            after = ?chain.last_processed(),
+                            "the first sequencer endpoint serves again; moving the subscription back"
+                        );
+                        first.mark_healthy();
+                        attempts.reset();
+                        failed_in_round = 0;
+                        current = 0;
+                        continue;
+                    }
                     StreamEnd::Broken { error, delivered } => {
                         if delivered > 0 || opened_at.elapsed() >= STABLE_SUBSCRIPTION {
                             inner.endpoints[current].mark_healthy();
@@ -1008,24 +1092,34 @@ async fn read_stream(
     chain: &mut EventChain,
     sender: &mpsc::Sender<Result<SequencedEvent, ClientError>>,
     stall_timeout: Option<Duration>,
+    mut failback: Pin<&mut impl Future<Output = ()>>,
 ) -> StreamEnd {
     let mut delivered = 0;
     loop {
         // Only the wait for the network counts towards a stall, never a slow consumer.
-        let received = match stall_timeout {
-            Some(limit) => match tokio::time::timeout(limit, stream.message()).await {
-                Ok(received) => received,
-                Err(_) => {
+        let next = async {
+            match stall_timeout {
+                Some(limit) => tokio::time::timeout(limit, stream.message()).await.ok(),
+                None => Some(stream.message().await),
+            }
+        };
+        // A failback is taken only here, between two events: an event received is always
+        // handed over before the stream is dropped.
+        let received = tokio::select! {
+            biased;
+            received = next => match received {
+                Some(received) => received,
+                None => {
                     return StreamEnd::Broken {
                         error: format!(
                             "no event or keep-alive within {} ms: the sequencer stalled",
-                            limit.as_millis()
+                            stall_timeout.unwrap_or_default().as_millis()
                         ),
                         delivered,
                     }
                 }
             },
-            None => stream.message().await,
+            () = &mut failback => return StreamEnd::Failback,
         };
         let wire = match received {
             Ok(Some(wire)) => wire,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use meridian_client::{
     register_member, Backoff, ClientError, SequencerClient, SequencerClientConfig, Subscription,
+    ENDPOINT_COOLDOWN, FAILBACK_PROBE_INTERVAL,
 };
 use meridian_core::crypto::{
     authentication_challenge, PublicKey, Signature, SigningKey, SigningPurpose,
@@ -285,9 +286,22 @@ struct Running {
     endpoint: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
+    /// The fake's gRPC health service: it says nothing of the sequencer service (a client
+    /// asking gets NOT_FOUND) until a test declares it serving.
+    health: tonic_health::server::HealthReporter,
 }
 
 impl Running {
+    /// Declares the sequencer service `SERVING` on the health service, as a ready instance.
+    async fn report_serving(&self) {
+        self.health
+            .set_service_status(
+                "meridian.v1.SequencerService",
+                tonic_health::ServingStatus::Serving,
+            )
+            .await;
+    }
+
     /// Stops accepting connections and closes the existing ones.
     async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
@@ -308,8 +322,10 @@ async fn serve(fake: &Arc<FakeSequencer>) -> Running {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let service = Service(Arc::clone(fake));
+    let (health, health_service) = tonic_health::server::health_reporter();
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .add_service(health_service)
             .add_service(SequencerServiceServer::new(service.clone()))
             .add_service(SequencerAdminServiceServer::new(service))
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
@@ -322,6 +338,7 @@ async fn serve(fake: &Arc<FakeSequencer>) -> Running {
         endpoint,
         shutdown: Some(shutdown),
         server,
+        health,
     }
 }
 
@@ -1088,7 +1105,7 @@ async fn register_member_reports_whether_it_created() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// (f) Several endpoints: round robin, failover, stall detection.
+// (f) Several endpoints: one home for sends and the subscription, failover, stall detection.
 
 fn message_ids(fake: &FakeSequencer) -> Vec<String> {
     fake.recorded(|r| {
@@ -1099,8 +1116,10 @@ fn message_ids(fake: &FakeSequencer) -> Vec<String> {
     })
 }
 
+/// Sends do not spread over the instances: two instances writing would each make the other's
+/// events wait for its watermark.
 #[tokio::test]
-async fn sends_rotate_over_healthy_endpoints() {
+async fn sends_stay_on_the_first_endpoint_while_it_is_healthy() {
     let TwoInstances {
         a,
         b,
@@ -1120,11 +1139,11 @@ async fn sends_rotate_over_healthy_endpoints() {
             .await
             .unwrap();
     }
-    assert_eq!(message_ids(&a), vec!["m0", "m2"]);
-    assert_eq!(message_ids(&b), vec!["m1", "m3"]);
-    // Tokens are per instance: each one authenticated the member once.
+    assert_eq!(message_ids(&a), vec!["m0", "m1", "m2", "m3"]);
+    assert!(message_ids(&b).is_empty());
+    // Tokens are per instance: only the one used authenticated the member.
     assert_eq!(a.recorded(|r| r.authentications), 1);
-    assert_eq!(b.recorded(|r| r.authentications), 1);
+    assert_eq!(b.recorded(|r| r.authentications), 0);
     assert_eq!(
         client.endpoints(),
         vec![server_a.endpoint.clone(), server_b.endpoint.clone()]
@@ -1201,10 +1220,13 @@ async fn a_broken_stream_resumes_on_the_next_endpoint_without_gap_or_duplicate()
         client,
     } = TwoInstances::start(
         (
-            no_sends(),
+            answer_with(1_000),
             serving_history(3, || Then::Fail(Status::unavailable("instance killed"))),
         ),
-        (no_sends(), healthy_history(Duration::from_millis(50))),
+        (
+            answer_with(2_000),
+            healthy_history(Duration::from_millis(50)),
+        ),
         2,
         Duration::from_millis(500),
     )
@@ -1225,6 +1247,73 @@ async fn a_broken_stream_resumes_on_the_next_endpoint_without_gap_or_duplicate()
         1,
         "no resubscribe"
     );
+    // Sends follow the subscription to B, also once A's cooldown has passed and A would
+    // answer: the member's events then come from the instance it reads from.
+    tokio::time::sleep(ENDPOINT_COOLDOWN).await;
+    client.send(submission("m0", in_a_minute())).await.unwrap();
+    assert!(message_ids(&a).is_empty(), "{:?}", message_ids(&a));
+    assert_eq!(message_ids(&b), vec!["m0"]);
+    server_a.stop().await;
+    server_b.stop().await;
+}
+
+/// A member away from the first endpoint returns to it once it serves again, so that members
+/// that failed over and members that started later end up on one instance again.
+#[tokio::test]
+async fn a_subscription_returns_to_the_first_endpoint_once_it_serves_again() {
+    // A serves three events and fails the first stream; every later one is healthy.
+    let a_subscriptions: SubscribeScript = Box::new(|call, after| {
+        let history = history_after(after);
+        if call == 0 {
+            let first_three = history.into_iter().take(3).collect();
+            SubscribeReply::Serve(first_three, Then::Fail(Status::unavailable("restarting")))
+        } else {
+            SubscribeReply::Serve(history, Then::KeepAlive(Duration::from_millis(50)))
+        }
+    });
+    let TwoInstances {
+        a,
+        b,
+        server_a,
+        server_b,
+        client,
+    } = TwoInstances::start(
+        (answer_with(1_000), a_subscriptions),
+        (
+            answer_with(2_000),
+            healthy_history(Duration::from_millis(50)),
+        ),
+        2,
+        Duration::from_millis(500),
+    )
+    .await;
+    let mut subscription = client.subscribe(None);
+    let mut delivered = Vec::new();
+    while delivered.len() < 10 {
+        delivered.push(next_timestamp(&mut subscription).await);
+    }
+    assert_eq!(delivered, (1..=10).map(|k| 100 * k).collect::<Vec<u64>>());
+    // A does not say it serves: the subscription stays on B.
+    assert_quiet(&mut subscription, 1_500).await;
+    assert_eq!(a.recorded(|r| r.subscribe_afters.clone()), vec![None]);
+
+    let back_from = Instant::now();
+    server_a.report_serving().await;
+    let deadline = back_from + FAILBACK_PROBE_INTERVAL * 3;
+    while a.recorded(|r| r.subscribe_afters.len()) < 2 {
+        assert!(Instant::now() < deadline, "no failback to A");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Resumed on A after the last event handed over: no gap, no duplicate.
+    assert_eq!(
+        a.recorded(|r| r.subscribe_afters.clone()),
+        vec![None, Some(1_000)]
+    );
+    assert_quiet(&mut subscription, 300).await;
+    // Sends follow the subscription back.
+    client.send(submission("m0", in_a_minute())).await.unwrap();
+    assert_eq!(message_ids(&a), vec!["m0"]);
+    assert!(message_ids(&b).is_empty(), "{:?}", message_ids(&b));
     server_a.stop().await;
     server_b.stop().await;
 }

@@ -119,12 +119,10 @@ pub struct MemberContext {
 }
 
 impl MemberContext {
-    /// The warm sequencer endpoints rotated left by `start`, so that members spread their
-    /// subscriptions and sends over the instances, then the cold ones.
-    fn sequencers_from(&self, start: usize) -> Endpoints {
+    /// The warm sequencer endpoints, then the cold ones: the same list for every member.
+    fn sequencers(&self) -> Endpoints {
         Endpoints::new(warm_then_cold(
             &self.sequencer_endpoints,
-            start,
             &self.cold_sequencer_endpoints,
         ))
     }
@@ -151,20 +149,12 @@ impl MemberContext {
     }
 }
 
-/// `warm` rotated left by `start`, then `cold`: a member starts on a running instance and
-/// knows the cold ones for when their region is started.
-pub fn warm_then_cold(warm: &[String], start: usize, cold: &[String]) -> Vec<String> {
-    let mut endpoints = rotated(warm, start);
-    endpoints.extend(cold.iter().cloned());
-    endpoints
-}
-
-pub fn rotated(endpoints: &[String], start: usize) -> Vec<String> {
-    let mut rotated = endpoints.to_vec();
-    if !rotated.is_empty() {
-        rotated.rotate_left(start % endpoints.len());
-    }
-    rotated
+/// `warm`, then `cold`: a member starts on a running instance and knows the cold ones for
+/// when their region is started. Every member gets the same order, so that all of them send
+/// to and subscribe at the same instance, and the others stay idle spares whose watermarks no
+/// event waits for (see `meridian_client::sequencer`).
+pub fn warm_then_cold(warm: &[String], cold: &[String]) -> Vec<String> {
+    warm.iter().chain(cold).cloned().collect()
 }
 
 pub fn sequencer(
@@ -218,11 +208,9 @@ pub fn mediator_id() -> MemberId {
     MemberId::new(MEDIATOR_NODE).expect("static member id is valid")
 }
 
-/// The mediator's config; `member` is its position among the members, which decides the
-/// sequencer instance it starts at.
+/// The mediator's config.
 pub fn mediator(
     context: &MemberContext,
-    member: usize,
     admin: SocketAddr,
     settings: MediatorSettings,
     storage: StorageConfig,
@@ -234,7 +222,7 @@ pub fn mediator(
         member_id: mediator_id(),
         key_file: context.key_file(MEDIATOR_NODE),
         owner_public_key: context.owner_public_key.clone(),
-        sequencer_endpoints: context.sequencers_from(member),
+        sequencer_endpoints: context.sequencers(),
         topology_endpoints: Endpoints::new(context.topology_endpoints.clone()),
         admin_address: admin,
         response_timeout_ms: settings.response_timeout_ms,
@@ -247,7 +235,6 @@ pub fn mediator(
 
 pub fn participant(
     context: &MemberContext,
-    member: usize,
     id: &ParticipantId,
     at: Addresses,
     settings: ParticipantSettings,
@@ -260,7 +247,7 @@ pub fn participant(
         participant_id: id.clone(),
         key_file: context.key_file(id.as_str()),
         owner_public_key: context.owner_public_key.clone(),
-        sequencer_endpoints: context.sequencers_from(member),
+        sequencer_endpoints: context.sequencers(),
         topology_endpoints: Endpoints::new(context.topology_endpoints.clone()),
         mediator_id: mediator_id(),
         listen_address: at.grpc,
@@ -288,12 +275,9 @@ mod tests {
     fn members_start_on_a_warm_instance_and_know_the_cold_ones() {
         let warm = vec!["http://a".to_owned(), "http://b".to_owned()];
         let cold = vec!["http://c".to_owned()];
-        for start in 0..4 {
-            let endpoints = warm_then_cold(&warm, start, &cold);
-            assert_eq!(endpoints.len(), 3);
-            assert!(warm.contains(&endpoints[0]), "{endpoints:?}");
-            assert_eq!(endpoints[2], "http://c");
-        }
-        assert_eq!(warm_then_cold(&warm, 1, &cold)[0], "http://b");
+        assert_eq!(
+            warm_then_cold(&warm, &cold),
+            vec!["http://a", "http://b", "http://c"]
+        );
     }
 }

@@ -126,15 +126,9 @@ pub fn manifests(
     let mut objects = vec![("00-namespace".to_owned(), exporter.namespace_object())];
     let keys = description.node_keys();
     let nodes = description.nodes(&keys);
-    // Each member's position, as the lab counts them: every replica of a node starts at the
-    // same sequencer instance.
-    let mut member = 0;
     for node in &nodes {
-        if matches!(node.role, Role::Mediator | Role::Participant) {
-            member += 1;
-        }
         for (position, replica) in node.replicas.iter().enumerate() {
-            let config = exporter.config(node, position, replica, member)?;
+            let config = exporter.config(node, position, replica)?;
             let name = replica.name.as_str();
             objects.push((
                 format!("10-configmap-{name}"),
@@ -397,15 +391,12 @@ impl<'a> Exporter<'a> {
         })
     }
 
-    /// The role config of `replica` as TOML, from the lab's builders. `member` is its node's
-    /// position among the members, as the lab counts it, so each member starts at a different
-    /// sequencer instance and its replicas at the same one.
+    /// The role config of `replica` as TOML, from the lab's builders.
     fn config(
         &self,
         node: &NodeView<'_>,
         position: usize,
         replica: &Replica,
-        member: usize,
     ) -> Result<String, ExportError> {
         let at = addresses(replica);
         let storage = self.storage(node);
@@ -424,7 +415,6 @@ impl<'a> Exporter<'a> {
             Role::TopologyManager => {
                 let sequencers = Endpoints::new(configs::warm_then_cold(
                     &self.context.sequencer_endpoints,
-                    position,
                     &self.context.cold_sequencer_endpoints,
                 ));
                 let mut config = configs::topology_manager(
@@ -441,7 +431,6 @@ impl<'a> Exporter<'a> {
             Role::Mediator => {
                 let mut config = configs::mediator(
                     &self.context,
-                    member,
                     at.admin,
                     MediatorSettings::default(),
                     storage,
@@ -458,7 +447,6 @@ impl<'a> Exporter<'a> {
                 })?;
                 let mut config = configs::participant(
                     &self.context,
-                    member,
                     &id,
                     at,
                     ParticipantSettings::default(),

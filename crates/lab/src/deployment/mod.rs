@@ -575,8 +575,7 @@ impl Starter<'_> {
         let plan = self
             .spec
             .plan_node(node, &self.addresses, |position, replica, at| {
-                let endpoints =
-                    configs::warm_then_cold(sequencer_endpoints, position, &cold_sequencers);
+                let endpoints = configs::warm_then_cold(sequencer_endpoints, &cold_sequencers);
                 let mut config = configs::topology_manager(
                     at,
                     &keys.dir,
@@ -659,15 +658,11 @@ impl Starter<'_> {
     ) -> anyhow::Result<Members> {
         let spec = self.spec;
         let (addresses, network) = (&self.addresses, &self.network);
-        // Each member lists every sequencer instance, starting at a different one. Its replicas
-        // all start at the same one, so that a failover leaves the load where it was: a
-        // replica on another instance would make both instances busy, and each one's events
-        // would then wait for the other's watermark.
+        // Every member and replica lists the sequencer instances in the same order, so all of
+        // them send to and subscribe at one instance: with two instances writing, each one's
+        // events would wait for the other's watermark (see `meridian_client::sequencer`).
         let mut plans = Vec::new();
-        for (index, node) in nodes.iter().enumerate() {
-            // Counted from 1, as the Kubernetes export counts them: both give a member the
-            // same sequencer order.
-            let member = index + 1;
+        for node in nodes {
             let storage = spec.storage(node, network).await?;
             let plan = match node.role {
                 Role::Participant => {
@@ -679,7 +674,6 @@ impl Starter<'_> {
                     spec.plan_node(node, addresses, |position, replica, at| {
                         let mut config = configs::participant(
                             &context.dialed_from(network, &replica.zone),
-                            member,
                             id,
                             at,
                             spec.participant,
@@ -694,7 +688,6 @@ impl Starter<'_> {
                 _ => spec.plan_node(node, addresses, |position, replica, at| {
                     let mut config = configs::mediator(
                         &context.dialed_from(network, &replica.zone),
-                        member,
                         at.admin,
                         spec.mediator,
                         storage[position].clone(),
