@@ -64,7 +64,7 @@ pub enum Fault {
     MediatorCrash,
     /// kill -9 the active topology manager replica.
     TopologyCrash,
-    /// kill -9 one sequencer instance.
+    /// kill -9 one sequencer instance: by default the one the members use.
     SequencerCrash,
     /// Stop the PostgreSQL server for a few seconds, then start it again.
     DatabaseRestart,

@@ -383,7 +383,7 @@ impl Core {
             } => {
                 self.stages.mark(
                     submission_id.as_str(),
-                    Stage::admitted,
+                    Stage::Admitted,
                     std::time::Instant::now(),
                 );
                 self.send_submission(*submission).await?;
@@ -431,7 +431,7 @@ impl Core {
             Ok(receipt) => {
                 self.stages.mark(
                     submission_id.as_str(),
-                    Stage::sequenced,
+                    Stage::Sequenced,
                     std::time::Instant::now(),
                 );
                 tracing::debug!(%submission_id, ts = %receipt.timestamp, "submission sequenced")
@@ -864,7 +864,7 @@ async fn process(
                 core.notify(completion);
                 core.stages.mark(
                     &completion.submission.submission_id,
-                    Stage::completed,
+                    Stage::Completed,
                     completed_at,
                 );
             }

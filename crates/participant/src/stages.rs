@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use meridian_node::metrics::RoleRegistry;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
@@ -32,42 +32,47 @@ const STALE_AFTER: Duration = Duration::from_secs(120);
 
 /// The stages in the order a submission passes them. Each one's duration runs from the
 /// previous stage's mark (the receipt, for the first) to its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)] // The label values Prometheus shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {
     /// The writer's answer: the wait for the writer, deduplication, interpretation and the
     /// in-flight marker persisted.
-    admitted,
+    Admitted,
     /// The sequencer's receipt of the submission: sent, ordered and persisted there.
-    sequenced,
+    Sequenced,
     /// The request processed by this participant's writer when it came back on the stream:
     /// the sequencer's delivery (its safe point, on a replicated sequencer) and the wait for
     /// the writer.
-    delivered,
+    Delivered,
     /// The verdict processed: the request's pending state persisted, the confirmation
     /// responses sent, the other participants' responses and the mediator's verdict back
     /// through the sequencer.
-    decided,
+    Decided,
     /// The commit (or rejection) persisted and the waiting call told.
-    completed,
+    Completed,
+}
+
+impl EncodeLabelValue for Stage {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.name(), encoder)
+    }
 }
 
 impl Stage {
     pub const ALL: [Stage; 5] = [
-        Stage::admitted,
-        Stage::sequenced,
-        Stage::delivered,
-        Stage::decided,
-        Stage::completed,
+        Stage::Admitted,
+        Stage::Sequenced,
+        Stage::Delivered,
+        Stage::Decided,
+        Stage::Completed,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Stage::admitted => "admitted",
-            Stage::sequenced => "sequenced",
-            Stage::delivered => "delivered",
-            Stage::decided => "decided",
-            Stage::completed => "completed",
+            Stage::Admitted => "admitted",
+            Stage::Sequenced => "sequenced",
+            Stage::Delivered => "delivered",
+            Stage::Decided => "decided",
+            Stage::Completed => "completed",
         }
     }
 }
@@ -205,7 +210,7 @@ impl StageClock {
             stage: Some(stage),
             at,
         };
-        if stage == Stage::completed {
+        if stage == Stage::Completed {
             timed.remove(submission_id);
         }
     }
@@ -218,11 +223,11 @@ impl StageClock {
             match effect {
                 Effect::Pending(pending) => {
                     if let Some(local) = &pending.local {
-                        self.mark(&local.submission_id, Stage::delivered, at);
+                        self.mark(&local.submission_id, Stage::Delivered, at);
                     }
                 }
                 Effect::Complete(completion) => {
-                    self.mark(&completion.submission.submission_id, Stage::decided, at);
+                    self.mark(&completion.submission.submission_id, Stage::Decided, at);
                 }
                 _ => {}
             }
@@ -270,16 +275,16 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         clock.start("sub-1", t0);
-        clock.mark("sub-1", Stage::admitted, t0 + ms(2));
-        clock.mark("sub-1", Stage::sequenced, t0 + ms(5));
-        clock.mark("sub-1", Stage::delivered, t0 + ms(9));
-        clock.mark("sub-1", Stage::decided, t0 + ms(20));
-        clock.mark("sub-1", Stage::completed, t0 + ms(24));
-        assert_eq!(mean_ms(&clock, Stage::admitted), (1, 2.0));
-        assert_eq!(mean_ms(&clock, Stage::sequenced), (1, 3.0));
-        assert_eq!(mean_ms(&clock, Stage::delivered), (1, 4.0));
-        assert_eq!(mean_ms(&clock, Stage::decided), (1, 11.0));
-        assert_eq!(mean_ms(&clock, Stage::completed), (1, 4.0));
+        clock.mark("sub-1", Stage::Admitted, t0 + ms(2));
+        clock.mark("sub-1", Stage::Sequenced, t0 + ms(5));
+        clock.mark("sub-1", Stage::Delivered, t0 + ms(9));
+        clock.mark("sub-1", Stage::Decided, t0 + ms(20));
+        clock.mark("sub-1", Stage::Completed, t0 + ms(24));
+        assert_eq!(mean_ms(&clock, Stage::Admitted), (1, 2.0));
+        assert_eq!(mean_ms(&clock, Stage::Sequenced), (1, 3.0));
+        assert_eq!(mean_ms(&clock, Stage::Delivered), (1, 4.0));
+        assert_eq!(mean_ms(&clock, Stage::Decided), (1, 11.0));
+        assert_eq!(mean_ms(&clock, Stage::Completed), (1, 4.0));
         assert_eq!(clock.len(), 0, "the last stage forgets the submission");
     }
 
@@ -289,25 +294,25 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         clock.start("sub-1", t0);
-        clock.mark("sub-1", Stage::admitted, t0 + ms(1));
+        clock.mark("sub-1", Stage::Admitted, t0 + ms(1));
         // Delivered before the sequencer's receipt reached the caller.
-        clock.mark("sub-1", Stage::delivered, t0 + ms(6));
-        clock.mark("sub-1", Stage::sequenced, t0 + ms(7));
-        clock.mark("sub-1", Stage::decided, t0 + ms(10));
-        assert_eq!(mean_ms(&clock, Stage::sequenced), (0, 0.0));
-        assert_eq!(mean_ms(&clock, Stage::delivered), (1, 5.0));
-        assert_eq!(mean_ms(&clock, Stage::decided), (1, 4.0));
+        clock.mark("sub-1", Stage::Delivered, t0 + ms(6));
+        clock.mark("sub-1", Stage::Sequenced, t0 + ms(7));
+        clock.mark("sub-1", Stage::Decided, t0 + ms(10));
+        assert_eq!(mean_ms(&clock, Stage::Sequenced), (0, 0.0));
+        assert_eq!(mean_ms(&clock, Stage::Delivered), (1, 5.0));
+        assert_eq!(mean_ms(&clock, Stage::Decided), (1, 4.0));
     }
 
     #[test]
     fn unknown_and_forgotten_submissions_are_not_counted() {
         let clock = clock();
         let t0 = Instant::now();
-        clock.mark("never-started", Stage::admitted, t0);
+        clock.mark("never-started", Stage::Admitted, t0);
         clock.start("sub-1", t0);
         clock.forget("sub-1");
-        clock.mark("sub-1", Stage::admitted, t0);
-        assert_eq!(mean_ms(&clock, Stage::admitted), (0, 0.0));
+        clock.mark("sub-1", Stage::Admitted, t0);
+        assert_eq!(mean_ms(&clock, Stage::Admitted), (0, 0.0));
         assert_eq!(clock.len(), 0);
     }
 
