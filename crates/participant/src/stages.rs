@@ -94,7 +94,7 @@ fn stage_histogram() -> Histogram {
 pub struct StageMetrics {
     histograms: StageHistograms,
     /// Per stage (in [`Stage::ALL`] order): the durations' sum in µs, and their count.
-    sums: Arc<[(AtomicU64, AtomicU64); 5]>,
+    sums: Arc<[(AtomicU64, AtomicU64); Stage::ALL.len()]>,
     /// Submissions not timed because the map was full.
     untimed: Arc<AtomicU64>,
 }
