@@ -241,11 +241,8 @@ pub struct StageMean {
 async fn submission_stages(deployment: &Deployment) -> Vec<StageMean> {
     let mut statuses = Vec::new();
     for participant in &deployment.participants {
-        if let Some(response) = crate::fault::get_admin(participant.admin_address, "/status").await
-        {
-            if let Ok(status) = response.json::<serde_json::Value>().await {
-                statuses.push(status);
-            }
+        if let Some(status) = crate::fault::admin_status(participant.admin_address).await {
+            statuses.push(status);
         }
     }
     stage_means(&statuses)

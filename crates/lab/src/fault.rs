@@ -815,10 +815,12 @@ async fn another_replica_active(
         .any(|(_, role)| role.as_deref() == Some("active")))
 }
 
-pub(crate) async fn get_admin(
-    address: std::net::SocketAddr,
-    path: &str,
-) -> Option<reqwest::Response> {
+/// A node's `/status` as JSON; `None` when it is down or answers something else.
+pub(crate) async fn admin_status(address: std::net::SocketAddr) -> Option<serde_json::Value> {
+    get_admin(address, "/status").await?.json().await.ok()
+}
+
+async fn get_admin(address: std::net::SocketAddr, path: &str) -> Option<reqwest::Response> {
     replicas::http()
         .ok()?
         .get(format!("{}{path}", crate::tls::url(address)))
@@ -833,12 +835,10 @@ pub(crate) async fn get_admin(
 async fn busiest_sequencer(deployment: &Deployment) -> usize {
     let mut busiest = (0, 0);
     for (index, sequencer) in deployment.sequencers.iter().enumerate() {
-        if let Some(response) = get_admin(sequencer.admin_address, "/status").await {
-            if let Ok(status) = response.json::<serde_json::Value>().await {
-                let subscribers = status["subscribers"].as_i64().unwrap_or(0);
-                if subscribers > busiest.1 {
-                    busiest = (index, subscribers);
-                }
+        if let Some(status) = admin_status(sequencer.admin_address).await {
+            let subscribers = status["subscribers"].as_i64().unwrap_or(0);
+            if subscribers > busiest.1 {
+                busiest = (index, subscribers);
             }
         }
     }
@@ -851,11 +851,9 @@ async fn busiest_sequencer(deployment: &Deployment) -> usize {
 pub(crate) async fn peers_marked_offline(deployment: &Deployment) -> BTreeMap<String, u64> {
     let mut marks = BTreeMap::new();
     for sequencer in &deployment.sequencers {
-        if let Some(response) = get_admin(sequencer.admin_address, "/status").await {
-            if let Ok(status) = response.json::<serde_json::Value>().await {
-                let count = status["peers_marked_offline"].as_u64().unwrap_or(0);
-                marks.insert(sequencer.name().to_owned(), count);
-            }
+        if let Some(status) = admin_status(sequencer.admin_address).await {
+            let count = status["peers_marked_offline"].as_u64().unwrap_or(0);
+            marks.insert(sequencer.name().to_owned(), count);
         }
     }
     marks
