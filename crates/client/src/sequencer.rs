@@ -200,8 +200,8 @@ impl fmt::Debug for SequencerClient {
 }
 
 impl SequencerClient {
-    /// Prepares the connections and authenticates with one of the endpoints (the others
-    /// authenticate on first use). A sequencer that is not up yet is retried with the
+    /// Prepares the connections and authenticates with one of the endpoints (the others in
+    /// the background, and again on use if that failed). A sequencer that is not up yet is retried with the
     /// configured backoff, so members may start before their sequencer.
     pub async fn connect(config: SequencerClientConfig) -> Result<Self, ClientError> {
         Self::connect_with_tls(config, None).await
@@ -258,9 +258,12 @@ impl SequencerClient {
         inner
             .retry_across(None, 0, |endpoint| inner.refresh_session(endpoint, None))
             .await?;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        // The other instances in the background: a failover then finds a warm connection and
+        // a session waiting, instead of a TLS handshake and a challenge-response paid while
+        // every member moves at once (the first failover of a deployment took 100 ms more).
+        tokio::spawn(Arc::clone(&inner).authenticate_everywhere());
+        Ok(Self { inner })
     }
 
     pub fn member(&self) -> &MemberId {
@@ -739,6 +742,24 @@ impl Inner {
             .partition(|&i| !self.endpoints[i].is_avoided(now));
         healthy.extend(avoided);
         healthy
+    }
+
+    /// Authenticates once with every endpoint that has no session yet. A failure is left
+    /// for the first real call there to retry.
+    async fn authenticate_everywhere(self: Arc<Self>) {
+        for endpoint in 0..self.endpoints.len() {
+            if self.endpoints[endpoint].current_session().is_some() {
+                continue;
+            }
+            if let Err(failure) = self.refresh_session(endpoint, None).await {
+                debug!(
+                    member = %self.member,
+                    endpoint = %self.endpoints[endpoint].url,
+                    ?failure,
+                    "authenticating ahead of use failed; the first call there will retry"
+                );
+            }
+        }
     }
 
     async fn session(&self, endpoint: usize) -> Result<Session, Failure> {
