@@ -130,7 +130,7 @@ pub struct TimingConfig {
     pub catch_up_poll_ms: u64,
     /// A peer whose watermark this instance has not seen advance for this long (by its own
     /// monotonic clock) is marked offline: the test for a stopped or stalled process. A dead
-    /// one is found by its released presence lock within about 150 ms whatever this is, so it
+    /// one is found by its released presence lock within about 100 ms whatever this is, so it
     /// is long enough that a live instance slowed by a saturated machine is never taken for
     /// dead (at 500 ms, a 10-minute saturation run on two cores saw six such marks).
     pub offline_after_ms: u64,

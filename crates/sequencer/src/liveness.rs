@@ -3,10 +3,10 @@
 //! - **Presence** (`SequencerStore::present_instances`): a live instance holds a lock that
 //!   the kernel (SQLite) or the database server (PostgreSQL) releases the moment its process
 //!   dies. A peer whose lock is gone is dead once its watermark has also stood still for
-//!   `presence_grace` (two watermark intervals): a live instance that lost its lock with a
-//!   broken database session goes on advancing its watermark while it takes the lock again,
-//!   so the grace keeps it online. This finds a killed instance within a fraction of a
-//!   second.
+//!   `presence_grace` (one and a half watermark intervals, counted from when this instance
+//!   first saw that watermark): a live instance that lost its lock with a broken database
+//!   session goes on advancing its watermark while it takes the lock again, so the grace keeps
+//!   it online. This finds a killed instance about 100 ms after its death.
 //! - **The watermark's age**, the fallback for a process that is alive but stopped or stalled
 //!   (SIGSTOP keeps the lock): a peer is stale when this instance has not seen its watermark
 //!   *advance* for `offline_after`.
@@ -37,10 +37,14 @@ pub fn peers_check_interval(offline_after: Duration) -> Duration {
 pub const PRESENCE_CHECK_INTERVAL: Duration = Duration::from_millis(25);
 
 /// How long a peer without its presence lock may keep its watermark still before it counts as
-/// dead: two of its watermark intervals, so a live one (which advances at least once per
-/// interval) is never taken for dead while it retakes a lock lost with its database session.
+/// dead: one and a half of its watermark intervals, so a live one (which advances at least
+/// once per interval) is not taken for dead while it retakes a lock lost with its database
+/// session, unless a commit of its stalls for more than half an interval beyond that.
+/// Counted from this instance's first sight of the watermark, which is no earlier than its
+/// commit. It was two intervals until issue 14: every millisecond of it is a millisecond that
+/// every subscriber of the other instances waits after a kill.
 pub fn presence_grace(watermark_interval: Duration) -> Duration {
-    watermark_interval * 2
+    watermark_interval + watermark_interval / 2
 }
 
 /// Why a peer is judged dead.
@@ -85,6 +89,8 @@ struct Sighting {
     incarnation: Incarnation,
     /// When this watermark was first seen.
     since: Instant,
+    /// Whether its presence lock was released at the last look.
+    lock_released: bool,
 }
 
 /// What this instance has seen of its online peers' watermarks.
@@ -140,10 +146,15 @@ impl PeerWatch {
                     watermark: peer.watermark,
                     incarnation: peer.incarnation,
                     since: now,
+                    lock_released: false,
                 },
             };
             let unchanged_for = now.saturating_duration_since(sighting.since);
             let lock_released = present.is_some_and(|present| !present.contains(&peer.index));
+            let sighting = Sighting {
+                lock_released,
+                ..sighting
+            };
             let evidence = if unchanged_for >= self.offline_after {
                 Some(Evidence::WatermarkStill)
             } else if lock_released && unchanged_for >= self.presence_grace {
@@ -164,6 +175,17 @@ impl PeerWatch {
         // Offline or vanished peers are forgotten: when they come back, they start afresh.
         self.seen = seen;
         stale
+    }
+
+    /// When a peer seen without its presence lock will have stood still for `presence_grace`,
+    /// if it has not moved by then: the moment to look again, so that a killed peer is marked
+    /// the moment its grace is over rather than at the next periodic check.
+    pub fn next_judgement(&self) -> Option<Instant> {
+        self.seen
+            .values()
+            .filter(|sighting| sighting.lock_released)
+            .map(|sighting| sighting.since + self.presence_grace)
+            .min()
     }
 }
 
@@ -263,10 +285,12 @@ mod tests {
             watch.online_peers(),
             vec![InstanceIndex(1), InstanceIndex(2)]
         );
-        // Lock gone, watermark still for less than the grace: not yet.
+        assert_eq!(watch.next_judgement(), None, "every lock held");
+        // Lock gone, watermark still for less than the grace: not yet, but due at its end.
         assert!(watch
             .observe(&rows(7), Some(&released), after(start, 99))
             .is_empty());
+        assert_eq!(watch.next_judgement(), Some(after(start, 100)));
         let stale = watch.observe(&rows(7), Some(&released), after(start, 100));
         assert_eq!(
             stale,
@@ -290,6 +314,11 @@ mod tests {
             assert!(watch
                 .observe(&rows, Some(&[]), after(start, step * 25))
                 .is_empty());
+            // Each advance moves the judgement to a grace after it was seen.
+            assert_eq!(
+                watch.next_judgement(),
+                Some(after(start, step * 25) + GRACE)
+            );
         }
     }
 

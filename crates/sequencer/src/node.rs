@@ -560,23 +560,25 @@ async fn hold_presence(
 
 /// Marks the peers offline that `watch` judges dead (see [`crate::liveness`]), each only if
 /// its watermark is still the one seen (the store's conditional update), so a peer that
-/// advanced meanwhile is left alone.
+/// advanced meanwhile is left alone. Returns whether it marked one.
 async fn mark_stale_peers(
     store: &dyn SequencerStore,
     watch: &mut PeerWatch,
     present: Option<&[InstanceIndex]>,
     counts: &OfflineCounts,
-) {
+) -> bool {
     let instances = match store.instances().await {
         Ok(instances) => instances,
         Err(error) => {
             tracing::debug!(%error, "reading instances failed");
-            return;
+            return false;
         }
     };
+    let mut marked = false;
     for peer in watch.observe(&instances, present, Instant::now()) {
         match store.mark_offline(peer.index, peer.stale_before()).await {
             Ok(true) => {
+                marked = true;
                 counts.total.fetch_add(1, Ordering::Relaxed);
                 counts
                     .metrics
@@ -601,6 +603,7 @@ async fn mark_stale_peers(
             Err(error) => tracing::warn!(%error, "marking a peer offline failed"),
         }
     }
+    marked
 }
 
 /// Reads the safe point and the latest event; publishes the safe point to the readers and an
@@ -675,6 +678,7 @@ async fn poll_peers(
         presence_grace(config.timing.watermark_interval()),
     );
     let mut next_poll = tokio::time::Instant::now();
+    let mut last_judged = Instant::now();
     let mut peers_check = tokio::time::interval(peers_check_interval(offline_after));
     peers_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut presence_check = tokio::time::interval(PRESENCE_CHECK_INTERVAL);
@@ -699,16 +703,32 @@ async fn poll_peers(
             }
             _ = peers_check.tick() => {
                 let present = present_peers(store.as_ref(), &watch.online_peers()).await;
-                mark_stale_peers(store.as_ref(), &mut watch, present.as_deref(), &counts).await;
+                if mark_stale_peers(store.as_ref(), &mut watch, present.as_deref(), &counts).await {
+                    next_poll = tokio::time::Instant::now();
+                }
             }
             // The cheap look, many times a second: the rows are read only when a peer's lock
             // is gone.
             _ = presence_check.tick() => {
                 let online = watch.online_peers();
                 if let Some(present) = present_peers(store.as_ref(), &online).await {
-                    if online.iter().any(|peer| !present.contains(peer)) {
-                        mark_stale_peers(store.as_ref(), &mut watch, Some(&present), &counts).await;
+                    if online.iter().any(|peer| !present.contains(peer))
+                        && mark_stale_peers(store.as_ref(), &mut watch, Some(&present), &counts).await
+                    {
+                        next_poll = tokio::time::Instant::now();
                     }
+                }
+            }
+            // A peer without its lock whose grace ends now: judged at once, not up to a
+            // presence check later, and its events released by the safe point read right
+            // after the mark.
+            _ = sleep_until_some(
+                watch.next_judgement().map(|due| due.max(last_judged + JUDGEMENT_RETRY_INTERVAL))
+            ) => {
+                last_judged = Instant::now();
+                let present = present_peers(store.as_ref(), &watch.online_peers()).await;
+                if mark_stale_peers(store.as_ref(), &mut watch, present.as_deref(), &counts).await {
+                    next_poll = tokio::time::Instant::now();
                 }
             }
             _ = presence_hold.tick() => {
@@ -719,6 +739,18 @@ async fn poll_peers(
                 check_backend(store.as_ref(), &readiness).await;
             }
         }
+    }
+}
+
+/// The least time between two judgements of a peer whose grace is over, so that a store that
+/// fails to mark it is not asked again in a busy loop.
+const JUDGEMENT_RETRY_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 
