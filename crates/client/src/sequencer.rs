@@ -201,8 +201,8 @@ impl fmt::Debug for SequencerClient {
 
 impl SequencerClient {
     /// Prepares the connections and authenticates with one of the endpoints (the others in
-    /// the background, and again on use if that failed). A sequencer that is not up yet is retried with the
-    /// configured backoff, so members may start before their sequencer.
+    /// the background, and again on use if that failed). A sequencer that is not up yet is
+    /// retried with the configured backoff, so members may start before their sequencer.
     pub async fn connect(config: SequencerClientConfig) -> Result<Self, ClientError> {
         Self::connect_with_tls(config, None).await
     }
