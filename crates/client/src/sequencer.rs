@@ -748,10 +748,7 @@ impl Inner {
     /// for the first real call there to retry.
     async fn authenticate_everywhere(self: Arc<Self>) {
         for endpoint in 0..self.endpoints.len() {
-            if self.endpoints[endpoint].current_session().is_some() {
-                continue;
-            }
-            if let Err(failure) = self.refresh_session(endpoint, None).await {
+            if let Err(failure) = self.session(endpoint).await {
                 debug!(
                     member = %self.member,
                     endpoint = %self.endpoints[endpoint].url,

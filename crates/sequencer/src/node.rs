@@ -629,6 +629,36 @@ async fn follow_progress(store: &dyn SequencerStore, outputs: &PollOutputs) -> b
     }
 }
 
+/// When [`judge_peers`] reads the instances' rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    Always,
+    /// Only when an online peer's presence lock is gone: the presence check's cheap look.
+    IfALockIsGone,
+}
+
+/// Asks who holds a presence lock and marks the peers offline that are judged dead
+/// ([`mark_stale_peers`]). Returns whether it marked one: the caller then reads the safe
+/// point at once, so the dead peer's hold on it ends with the mark.
+async fn judge_peers(
+    store: &dyn SequencerStore,
+    watch: &mut PeerWatch,
+    counts: &OfflineCounts,
+    rows: Rows,
+) -> bool {
+    let online = watch.online_peers();
+    let present = present_peers(store, &online).await;
+    if rows == Rows::IfALockIsGone {
+        let a_lock_is_gone = present
+            .as_deref()
+            .is_some_and(|present| online.iter().any(|peer| !present.contains(peer)));
+        if !a_lock_is_gone {
+            return false;
+        }
+    }
+    mark_stale_peers(store, watch, present.as_deref(), counts).await
+}
+
 /// Who of the online peers holds a presence lock; `None` when the store could not say.
 async fn present_peers(
     store: &dyn SequencerStore,
@@ -702,32 +732,23 @@ async fn poll_peers(
                     };
             }
             _ = peers_check.tick() => {
-                let present = present_peers(store.as_ref(), &watch.online_peers()).await;
-                if mark_stale_peers(store.as_ref(), &mut watch, present.as_deref(), &counts).await {
+                if judge_peers(store.as_ref(), &mut watch, &counts, Rows::Always).await {
                     next_poll = tokio::time::Instant::now();
                 }
             }
-            // The cheap look, many times a second: the rows are read only when a peer's lock
-            // is gone.
+            // The cheap look, many times a second.
             _ = presence_check.tick() => {
-                let online = watch.online_peers();
-                if let Some(present) = present_peers(store.as_ref(), &online).await {
-                    if online.iter().any(|peer| !present.contains(peer))
-                        && mark_stale_peers(store.as_ref(), &mut watch, Some(&present), &counts).await
-                    {
-                        next_poll = tokio::time::Instant::now();
-                    }
+                if judge_peers(store.as_ref(), &mut watch, &counts, Rows::IfALockIsGone).await {
+                    next_poll = tokio::time::Instant::now();
                 }
             }
             // A peer without its lock whose grace ends now: judged at once, not up to a
-            // presence check later, and its events released by the safe point read right
-            // after the mark.
+            // presence check later.
             _ = sleep_until_some(
                 watch.next_judgement().map(|due| due.max(last_judged + JUDGEMENT_RETRY_INTERVAL))
             ) => {
                 last_judged = Instant::now();
-                let present = present_peers(store.as_ref(), &watch.online_peers()).await;
-                if mark_stale_peers(store.as_ref(), &mut watch, present.as_deref(), &counts).await {
+                if judge_peers(store.as_ref(), &mut watch, &counts, Rows::Always).await {
                     next_poll = tokio::time::Instant::now();
                 }
             }
