@@ -107,4 +107,120 @@ mod tests {
             }
         }
     }
+
+    /// 0012 rebuilds `participant_transactions` on SQLite (it cannot drop a UNIQUE constraint
+    /// in place): a database written before it keeps every row and column through the
+    /// upgrade, and its index on `committed_at`; a transaction id may repeat after it.
+    #[tokio::test]
+    async fn the_transactions_table_rebuilt_by_0012_keeps_its_rows() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("upgrade.db"))
+            .create_if_missing(true);
+        let mut db = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .expect("open");
+        let before_0012 = SQLITE_FILES
+            .iter()
+            .position(|file| file.version >= 12)
+            .expect("0012 exists");
+        migrator(&SQLITE_FILES[..before_0012])
+            .run(&mut db)
+            .await
+            .expect("the migrations before 0012");
+        let insert = "INSERT INTO participant_transactions (ledger_offset, transaction_id, \
+                      request_id, user_id, command_id, informees, tree, committed_at) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        let duplicate = sqlx::query(insert)
+            .bind(3_i64)
+            .bind("tx-1")
+            .bind(30_i64)
+            .bind(None::<String>)
+            .bind(None::<String>)
+            .bind("[]")
+            .bind("{}")
+            .bind(None::<i64>);
+        type Row = (
+            i64,
+            String,
+            i64,
+            Option<String>,
+            Option<String>,
+            String,
+            String,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                1,
+                "tx-1".into(),
+                10,
+                Some("alice".into()),
+                Some("cmd-1".into()),
+                r#"["alice"]"#.into(),
+                "{}".into(),
+                Some(11),
+            ),
+            (
+                2,
+                "tx-2".into(),
+                20,
+                None,
+                None,
+                r#"["bob"]"#.into(),
+                r#"{"roots":[]}"#.into(),
+                None,
+            ),
+        ];
+        for row in &rows {
+            sqlx::query(insert)
+                .bind(row.0)
+                .bind(&row.1)
+                .bind(row.2)
+                .bind(&row.3)
+                .bind(&row.4)
+                .bind(&row.5)
+                .bind(&row.6)
+                .bind(row.7)
+                .execute(&mut db)
+                .await
+                .expect("a row in the old table");
+        }
+        duplicate
+            .execute(&mut db)
+            .await
+            .expect_err("before 0012 a transaction id is unique");
+
+        SQLITE_MIGRATOR.run(&mut db).await.expect("0012 on top");
+
+        let kept: Vec<Row> = sqlx::query_as(
+            "SELECT ledger_offset, transaction_id, request_id, user_id, command_id, informees, \
+             tree, committed_at FROM participant_transactions ORDER BY ledger_offset",
+        )
+        .fetch_all(&mut db)
+        .await
+        .expect("the rebuilt table");
+        assert_eq!(kept, rows);
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' \
+             AND tbl_name = 'participant_transactions' ORDER BY name",
+        )
+        .fetch_all(&mut db)
+        .await
+        .expect("indexes");
+        assert_eq!(indexes, ["participant_transactions_committed"]);
+        sqlx::query(insert)
+            .bind(3_i64)
+            .bind("tx-1")
+            .bind(30_i64)
+            .bind(None::<String>)
+            .bind(None::<String>)
+            .bind("[]")
+            .bind("{}")
+            .bind(None::<i64>)
+            .execute(&mut db)
+            .await
+            .expect("after 0012 a transaction id may repeat");
+    }
 }

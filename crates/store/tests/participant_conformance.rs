@@ -591,11 +591,41 @@ async fn a_fork_rewinds_to_a_quiet_point(h: Harness) {
     );
 }
 
+/// Transaction ids are not indexed (migration 0012): a random key cost every transaction a
+/// page of its own in each commit, and nothing reads a transaction by its id. A transaction
+/// is committed once because the engine commits a request once; a second commit of one that
+/// creates anything would still fail on the contracts' key. So the store takes a repeated id
+/// at a new offset, on both backends (PostgreSQL would refuse it if the index were left).
+async fn transaction_ids_are_not_indexed(h: Harness) {
+    let store = &h.store;
+    let a = contract("c-a", "alice", 100);
+    let same_id = |offset: u64| TransactionRecord {
+        transaction_id: TransactionId::new("tx-repeated").expect("tx id"),
+        ..tx_record(offset, &a, false)
+    };
+    for offset in [1, 2] {
+        store
+            .apply(&ParticipantBatch {
+                checkpoint: Some(t(offset * 100)),
+                ledger_end: Some(LedgerOffset(offset)),
+                transactions: vec![same_id(offset)],
+                ..ParticipantBatch::default()
+            })
+            .await
+            .expect("no unique index on the transaction id");
+    }
+    assert_eq!(
+        offsets_after(&**store, 0, 10).await,
+        [LedgerOffset(1), LedgerOffset(2)]
+    );
+}
+
 conformance!(
     "participant":
     a_fork_rewinds_to_a_quiet_point,
     batches_round_trip,
     a_failing_batch_changes_nothing,
     many_rows_in_one_batch,
-    applied_recognises_a_committed_batch
+    applied_recognises_a_committed_batch,
+    transaction_ids_are_not_indexed
 );
