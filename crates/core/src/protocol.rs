@@ -41,8 +41,10 @@ pub enum ProtocolError {
     },
 }
 
-/// Everything that travels between members through the sequencer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything that travels between members through the sequencer. On the wire a JSON object
+/// whose `type` names the variant, beside the variant's own fields (`{"type":"verdict",
+/// "signer":...}`); read by the [`Deserialize`] below.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ProtocolMessage {
     ConfirmationRequest(Box<ConfirmationRequest>),
@@ -63,6 +65,88 @@ impl ProtocolMessage {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
         serde_json::from_slice(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    }
+}
+
+/// The `type` of a [`ProtocolMessage`] on the wire.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MessageKind {
+    ConfirmationRequest,
+    InformeeMessage,
+    ConfirmationResponse,
+    Verdict,
+    Topology,
+    TimeProof,
+}
+
+impl MessageKind {
+    /// The message of this kind from the object's other fields.
+    fn read<'de, D: serde::Deserializer<'de>>(
+        self,
+        fields: D,
+    ) -> Result<ProtocolMessage, D::Error> {
+        Ok(match self {
+            Self::ConfirmationRequest => {
+                ProtocolMessage::ConfirmationRequest(Deserialize::deserialize(fields)?)
+            }
+            Self::InformeeMessage => {
+                ProtocolMessage::InformeeMessage(Deserialize::deserialize(fields)?)
+            }
+            Self::ConfirmationResponse => {
+                ProtocolMessage::ConfirmationResponse(Deserialize::deserialize(fields)?)
+            }
+            Self::Verdict => ProtocolMessage::Verdict(Deserialize::deserialize(fields)?),
+            Self::Topology => ProtocolMessage::Topology(Deserialize::deserialize(fields)?),
+            Self::TimeProof => {
+                serde::de::IgnoredAny::deserialize(fields)?;
+                ProtocolMessage::TimeProof
+            }
+        })
+    }
+}
+
+/// Reads what `#[serde(tag = "type")]` would, without its detour: serde's derived reader for
+/// an internally tagged enum first copies the whole object into a generic tree to find the
+/// tag, then reads the variant from that copy, and this parse was a twelfth of a
+/// participant's CPU under load. [`ProtocolMessage::encode`] writes `type` first, so the
+/// variant is read straight from the text that follows it; an object from a writer that put
+/// `type` elsewhere is gathered first and read the same way.
+impl<'de> Deserialize<'de> for ProtocolMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(MessageVisitor)
+    }
+}
+
+struct MessageVisitor;
+
+impl<'de> serde::de::Visitor<'de> for MessageVisitor {
+    type Value = ProtocolMessage;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a protocol message: an object with a `type`")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let Some(first) = map.next_key::<String>()? else {
+            return Err(A::Error::missing_field("type"));
+        };
+        if first == "type" {
+            let kind: MessageKind = map.next_value()?;
+            return kind.read(serde::de::value::MapAccessDeserializer::new(map));
+        }
+        let mut object = serde_json::Map::new();
+        object.insert(first, map.next_value()?);
+        while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+            object.insert(key, value);
+        }
+        let kind = object
+            .remove("type")
+            .ok_or_else(|| A::Error::missing_field("type"))?;
+        let kind = MessageKind::deserialize(kind).map_err(A::Error::custom)?;
+        kind.read(serde_json::Value::Object(object))
+            .map_err(A::Error::custom)
     }
 }
 
@@ -407,6 +491,142 @@ mod tests {
         let message = ProtocolMessage::Verdict(signed);
         assert_eq!(ProtocolMessage::decode(&message.encode()).unwrap(), message);
         assert!(ProtocolMessage::decode(b"{\"type\":\"nope\"}").is_err());
+    }
+
+    /// What `#[serde(tag = "type")]` derives: the reader [`ProtocolMessage`]'s own replaced,
+    /// kept here as the reference it must agree with.
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Derived {
+        ConfirmationRequest(Box<ConfirmationRequest>),
+        InformeeMessage(InformeeMessage),
+        ConfirmationResponse(Signed),
+        Verdict(Signed),
+        Topology(SignedTopologyTransaction),
+        TimeProof,
+    }
+
+    impl From<Derived> for ProtocolMessage {
+        fn from(derived: Derived) -> Self {
+            match derived {
+                Derived::ConfirmationRequest(r) => Self::ConfirmationRequest(r),
+                Derived::InformeeMessage(m) => Self::InformeeMessage(m),
+                Derived::ConfirmationResponse(s) => Self::ConfirmationResponse(s),
+                Derived::Verdict(s) => Self::Verdict(s),
+                Derived::Topology(t) => Self::Topology(t),
+                Derived::TimeProof => Self::TimeProof,
+            }
+        }
+    }
+
+    fn one_of_each() -> Vec<ProtocolMessage> {
+        let participant = ParticipantId::new("participant1").unwrap();
+        let mediator = MemberId::new("mediator").unwrap();
+        let key = SigningKey::generate();
+        let verdict = verdicts(1).remove(0);
+        let signed = Signed::sign(&verdict, mediator.clone(), &key, SigningPurpose::Verdict);
+        vec![
+            ProtocolMessage::ConfirmationRequest(Box::new(ConfirmationRequest {
+                submitter: participant.clone(),
+                change_id: ChangeId {
+                    user_id: UserId::new("app").unwrap(),
+                    act_as: [PartyId::new("alice").unwrap()].into(),
+                    command_id: CommandId::new("cmd-1").unwrap(),
+                },
+                submission_id: "sub-1".into(),
+                commands: vec![],
+                seed: "00".into(),
+                transaction: Transaction { roots: vec![] },
+                inputs: vec![],
+                mediator,
+                informee_participants: [participant.clone()].into(),
+            })),
+            ProtocolMessage::InformeeMessage(InformeeMessage {
+                submitter: participant.clone(),
+                informees: [PartyId::new("alice").unwrap()].into(),
+                confirming_parties: [PartyId::new("bank").unwrap()].into(),
+                informee_participants: [participant].into(),
+                request_hash: "h".into(),
+            }),
+            ProtocolMessage::ConfirmationResponse(signed.clone()),
+            ProtocolMessage::Verdict(signed),
+            ProtocolMessage::Topology(SignedTopologyTransaction {
+                transaction_json: "{}".into(),
+                signature: "00".into(),
+            }),
+            ProtocolMessage::TimeProof,
+        ]
+    }
+
+    /// The same object with `type` moved to its end, as another writer may order it.
+    fn type_last(encoded: &[u8]) -> Vec<u8> {
+        let text = std::str::from_utf8(encoded).unwrap();
+        let (tag, rest) = text
+            .strip_prefix('{')
+            .unwrap()
+            .split_once(',')
+            .unwrap_or_else(|| (text.trim_matches(|c| c == '{' || c == '}'), "}"));
+        assert!(
+            tag.starts_with("\"type\""),
+            "encode writes type first: {text}"
+        );
+        let rest = rest.strip_suffix('}').unwrap();
+        if rest.is_empty() {
+            format!("{{{tag}}}").into_bytes()
+        } else {
+            format!("{{{rest},{tag}}}").into_bytes()
+        }
+    }
+
+    #[test]
+    fn messages_decode_as_the_derived_reader_would_in_any_key_order() {
+        for message in one_of_each() {
+            let encoded = message.encode();
+            for wire in [encoded.clone(), type_last(&encoded)] {
+                let text = String::from_utf8(wire.clone()).unwrap();
+                assert_eq!(ProtocolMessage::decode(&wire).unwrap(), message, "{text}");
+                let derived: Derived = serde_json::from_slice(&wire).unwrap();
+                assert_eq!(ProtocolMessage::from(derived), message, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_as_the_derived_reader_refuses_them() {
+        let verdict = String::from_utf8(one_of_each()[3].encode()).unwrap();
+        let cases = [
+            "{\"type\":\"nope\"}".to_string(),
+            "{}".to_string(),
+            "[]".to_string(),
+            "\"verdict\"".to_string(),
+            "{\"signer\":\"mediator\"}".to_string(),
+            "{\"type\":\"verdict\"}".to_string(),
+            // An unknown field inside a variant that denies them, either side of the tag.
+            verdict.replacen('{', "{\"extra\":1,", 1),
+            verdict.replacen("\"signer\"", "\"extra\":1,\"signer\"", 1),
+            // The tag twice.
+            verdict.replacen("\"signer\"", "\"type\":\"verdict\",\"signer\"", 1),
+            verdict[..verdict.len() - 1].to_string(),
+        ];
+        for case in cases {
+            let ours = ProtocolMessage::decode(case.as_bytes());
+            let derived = serde_json::from_str::<Derived>(&case);
+            assert!(
+                matches!(ours, Err(ProtocolError::Malformed(_))),
+                "{case}: {ours:?}"
+            );
+            assert!(derived.is_err(), "the reference refuses {case} too");
+        }
+        // A time proof carries nothing but its tag; extra fields are ignored by both.
+        let padded = "{\"type\":\"time_proof\",\"extra\":1}";
+        assert_eq!(
+            ProtocolMessage::decode(padded.as_bytes()).unwrap(),
+            ProtocolMessage::TimeProof
+        );
+        assert_eq!(
+            serde_json::from_str::<Derived>(padded).unwrap(),
+            Derived::TimeProof
+        );
     }
 
     fn verdicts(n: u64) -> Vec<Verdict> {
