@@ -113,6 +113,7 @@ mod tests {
     /// upgrade, and its index on `committed_at`; a transaction id may repeat after it.
     #[tokio::test]
     async fn the_transactions_table_rebuilt_by_0012_keeps_its_rows() {
+        use crate::participant::rows::TransactionRow;
         use sqlx::Connection;
         let dir = tempfile::tempdir().expect("temp dir");
         let options = sqlx::sqlite::SqliteConnectOptions::new()
@@ -129,29 +130,28 @@ mod tests {
             .run(&mut db)
             .await
             .expect("the migrations before 0012");
-        let insert = "INSERT INTO participant_transactions (ledger_offset, transaction_id, \
-                      request_id, user_id, command_id, informees, tree, committed_at) \
-                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-        let duplicate = sqlx::query(insert)
-            .bind(3_i64)
-            .bind("tx-1")
-            .bind(30_i64)
-            .bind(None::<String>)
-            .bind(None::<String>)
-            .bind("[]")
-            .bind("{}")
-            .bind(None::<i64>);
-        type Row = (
-            i64,
-            String,
-            i64,
-            Option<String>,
-            Option<String>,
-            String,
-            String,
-            Option<i64>,
-        );
-        let rows: Vec<Row> = vec![
+        async fn insert(
+            db: &mut sqlx::SqliteConnection,
+            row: &TransactionRow,
+        ) -> Result<(), sqlx::Error> {
+            sqlx::query(
+                "INSERT INTO participant_transactions (ledger_offset, transaction_id, \
+                 request_id, user_id, command_id, informees, tree, committed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(row.0)
+            .bind(&row.1)
+            .bind(row.2)
+            .bind(&row.3)
+            .bind(&row.4)
+            .bind(&row.5)
+            .bind(&row.6)
+            .bind(row.7)
+            .execute(db)
+            .await
+            .map(drop)
+        }
+        let rows: Vec<TransactionRow> = vec![
             (
                 1,
                 "tx-1".into(),
@@ -173,28 +173,26 @@ mod tests {
                 None,
             ),
         ];
+        let same_id_again: TransactionRow = (
+            3,
+            "tx-1".into(),
+            30,
+            None,
+            None,
+            "[]".into(),
+            "{}".into(),
+            None,
+        );
         for row in &rows {
-            sqlx::query(insert)
-                .bind(row.0)
-                .bind(&row.1)
-                .bind(row.2)
-                .bind(&row.3)
-                .bind(&row.4)
-                .bind(&row.5)
-                .bind(&row.6)
-                .bind(row.7)
-                .execute(&mut db)
-                .await
-                .expect("a row in the old table");
+            insert(&mut db, row).await.expect("a row in the old table");
         }
-        duplicate
-            .execute(&mut db)
+        insert(&mut db, &same_id_again)
             .await
             .expect_err("before 0012 a transaction id is unique");
 
         SQLITE_MIGRATOR.run(&mut db).await.expect("0012 on top");
 
-        let kept: Vec<Row> = sqlx::query_as(
+        let kept: Vec<TransactionRow> = sqlx::query_as(
             "SELECT ledger_offset, transaction_id, request_id, user_id, command_id, informees, \
              tree, committed_at FROM participant_transactions ORDER BY ledger_offset",
         )
@@ -210,16 +208,7 @@ mod tests {
         .await
         .expect("indexes");
         assert_eq!(indexes, ["participant_transactions_committed"]);
-        sqlx::query(insert)
-            .bind(3_i64)
-            .bind("tx-1")
-            .bind(30_i64)
-            .bind(None::<String>)
-            .bind(None::<String>)
-            .bind("[]")
-            .bind("{}")
-            .bind(None::<i64>)
-            .execute(&mut db)
+        insert(&mut db, &same_id_again)
             .await
             .expect("after 0012 a transaction id may repeat");
     }

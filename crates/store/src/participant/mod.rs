@@ -29,7 +29,7 @@
 //! One implementation serves both backends ([`SqlParticipantStore`], in `store`); rows are
 //! encoded and decoded in `rows`.
 
-mod rows;
+pub(crate) mod rows;
 mod store;
 
 pub use store::SqlParticipantStore;
