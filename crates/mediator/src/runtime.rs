@@ -4,14 +4,18 @@
 //!
 //! One task owns the engine and processes events strictly in order. It takes whatever run of
 //! events the subscription has buffered (up to [`MAX_EVENTS_PER_COMMIT`]), feeds them to the
-//! engine, and stores every resulting change with the new checkpoint in one transaction; only
-//! after that commit are the run's verdicts handed to the sender task. So a crash at any point
-//! either loses a whole run (replayed from the checkpoint, reaching the same verdicts, whose
-//! re-sends the sequencer deduplicates by message id, or — grouped differently — the
-//! participants ignore) or nothing. The sender task coalesces every verdict queued at once
-//! into one submission ([`meridian_core::coalesce`]), sends with bounded concurrency and marks
-//! verdicts sent in batches. Every wait — the database, the
-//! sequencer, a resubscription — backs off through [`meridian_node::retry`].
+//! engine, hands the run's verdicts to the sender task and stores every resulting change with
+//! the new checkpoint in one transaction. The verdicts do not wait for that commit: each is a
+//! function of the sequenced stream up to the run (the engine keeps time by sequenced events
+//! only), so a crash before the commit loses a run that its replay from the checkpoint
+//! decides again, to the same verdicts, whose re-sends the sequencer deduplicates by message
+//! id or — grouped differently — the participants ignore (they act on the first verdict for
+//! a request). What the commit still orders is the store's own record: a verdict is marked
+//! sent only once the run that decided it is committed, so the mark never precedes the row.
+//! The sender task coalesces every verdict queued at once into one submission
+//! ([`meridian_core::coalesce`]), sends with bounded concurrency and marks verdicts sent in
+//! batches. Every wait — the database, the sequencer, a resubscription — backs off through
+//! [`meridian_node::retry`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +36,7 @@ use meridian_node::metrics::set_timestamp_micros;
 use meridian_node::replication;
 use meridian_node::retry::{Retry, WHILE_SERVING};
 use meridian_store::mediator::{MediatorChange, MediatorStore, VerdictRecord};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -83,8 +87,28 @@ enum Outgoing {
         request_id: Timestamp,
         recipients: Vec<MemberId>,
         verdict: Verdict,
+        /// The checkpoint of the run that decided it, to be committed before the verdict is
+        /// marked sent; `None` for a verdict read back from the store.
+        decided_in: Option<Timestamp>,
     },
     TimeProof,
+}
+
+/// A verdict the sequencer took (or refused for good), waiting to be marked sent.
+#[derive(Debug, Clone, Copy)]
+struct SentVerdict {
+    request_id: Timestamp,
+    decided_in: Option<Timestamp>,
+}
+
+impl SentVerdict {
+    /// Whether its row is in the store, given the last committed checkpoint.
+    fn is_stored(&self, committed: Option<Timestamp>) -> bool {
+        match self.decided_in {
+            None => true,
+            Some(decided_in) => committed.is_some_and(|committed| committed >= decided_in),
+        }
+    }
 }
 
 /// One term's runtime, as the wiring restored and connected it.
@@ -127,8 +151,10 @@ impl Runtime {
             fork,
         } = self;
         let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let (committed, committed_rx) = watch::channel(engine.last_event());
         let sender_task = tokio::spawn(
             Sender {
+                committed: committed_rx,
                 client: client.clone(),
                 key,
                 member: member.clone(),
@@ -146,6 +172,7 @@ impl Runtime {
                     verdict: persist::verdict(&record)?,
                     request_id: record.request_id,
                     recipients: record.recipients,
+                    decided_in: None,
                 };
                 if outgoing.send(job).await.is_err() {
                     return Ok(());
@@ -156,6 +183,7 @@ impl Runtime {
                 store,
                 client,
                 outgoing,
+                committed,
                 readiness,
                 metrics,
                 status,
@@ -179,6 +207,8 @@ struct EventLoop {
     store: Arc<dyn MediatorStore>,
     client: SequencerClient,
     outgoing: mpsc::Sender<Outgoing>,
+    /// The checkpoint of the last committed run, for the sender's marks.
+    committed: watch::Sender<Option<Timestamp>>,
     readiness: Conditions,
     metrics: MediatorMetrics,
     status: Arc<StatusState>,
@@ -271,8 +301,8 @@ impl EventLoop {
         }
     }
 
-    /// Feeds a run of events to the engine, persists the outcome and hands its verdicts to the
-    /// sender. `Ok(false)` on shutdown.
+    /// Feeds a run of events to the engine, hands its verdicts to the sender and persists the
+    /// outcome. `Ok(false)` on shutdown.
     async fn process_run(
         &mut self,
         run: Vec<SequencedEvent>,
@@ -307,6 +337,32 @@ impl EventLoop {
         let Some(checkpoint) = checkpoint else {
             return Ok(true);
         };
+        // Before the commit: a verdict waiting on the mediator's fsync would add it to every
+        // request's latency, and the replay of a lost run sends the same verdicts.
+        for job in output.verdicts {
+            let job = match job {
+                Outgoing::Verdict {
+                    request_id,
+                    recipients,
+                    verdict,
+                    decided_in: _,
+                } => {
+                    self.metrics.count_verdict(&verdict.outcome);
+                    self.status.verdicts_decided.fetch_add(1, Ordering::Relaxed);
+                    Outgoing::Verdict {
+                        request_id,
+                        recipients,
+                        verdict,
+                        decided_in: Some(checkpoint),
+                    }
+                }
+                Outgoing::TimeProof => Outgoing::TimeProof,
+            };
+            if self.outgoing.send(job).await.is_err() {
+                // The sender stops only at shutdown; the replay decides these again.
+                return Ok(false);
+            }
+        }
 
         let started = Instant::now();
         let store = self.store.clone();
@@ -338,6 +394,7 @@ impl EventLoop {
         if persisted.is_none() {
             return Ok(false);
         }
+        self.committed.send_replace(Some(checkpoint));
         self.metrics
             .commit_latency_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -356,16 +413,6 @@ impl EventLoop {
         self.status
             .pending_requests
             .store(self.engine.pending_count() as u64, Ordering::Relaxed);
-        for job in output.verdicts {
-            if let Outgoing::Verdict { verdict, .. } = &job {
-                self.metrics.count_verdict(&verdict.outcome);
-                self.status.verdicts_decided.fetch_add(1, Ordering::Relaxed);
-            }
-            if self.outgoing.send(job).await.is_err() {
-                // The sender stops only at shutdown; the verdict stays unsent in the store.
-                return Ok(false);
-            }
-        }
         Ok(true)
     }
 
@@ -384,6 +431,7 @@ impl EventLoop {
                         .map(ParticipantId::as_member)
                         .collect(),
                     verdict,
+                    decided_in: None,
                 }),
                 Effect::RequestTimeProof => self.request_time_proof(),
                 Effect::Ignored(ignored) => {
@@ -419,6 +467,9 @@ impl EventLoop {
 
 /// Sends verdicts and time proofs, marks verdicts sent, prunes old ones.
 struct Sender {
+    /// The checkpoint of the last committed run: a verdict is marked sent only once its run
+    /// is stored.
+    committed: watch::Receiver<Option<Timestamp>>,
     client: SequencerClient,
     key: SigningKey,
     member: MemberId,
@@ -432,8 +483,8 @@ struct Sender {
 impl Sender {
     async fn run(self, mut jobs: mpsc::Receiver<Outgoing>) {
         let this = Arc::new(self);
-        let mut in_flight: JoinSet<Vec<Timestamp>> = JoinSet::new();
-        let mut unmarked: Vec<Timestamp> = Vec::new();
+        let mut in_flight: JoinSet<Vec<SentVerdict>> = JoinSet::new();
+        let mut unmarked: Vec<SentVerdict> = Vec::new();
         let mut mark = tokio::time::interval(MARK_SENT_INTERVAL);
         mark.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
@@ -450,8 +501,8 @@ impl Sender {
                     let mut next = Some(job);
                     while let Some(job) = next.take() {
                         match job {
-                            Outgoing::Verdict { request_id, recipients, verdict } => {
-                                verdicts.push((request_id, recipients, verdict));
+                            Outgoing::Verdict { request_id, recipients, verdict, decided_in } => {
+                                verdicts.push((SentVerdict { request_id, decided_in }, recipients, verdict));
                             }
                             Outgoing::TimeProof => time_proofs += 1,
                         }
@@ -475,12 +526,12 @@ impl Sender {
                     }
                 }
                 Some(done) = in_flight.join_next() => {
-                    if let Ok(request_ids) = done {
-                        for request_id in request_ids {
+                    if let Ok(sent) = done {
+                        for verdict in sent {
                             if unmarked.len() >= MAX_UNMARKED_SENT {
                                 unmarked.remove(0);
                             }
-                            unmarked.push(request_id);
+                            unmarked.push(verdict);
                         }
                     }
                 }
@@ -491,8 +542,8 @@ impl Sender {
         in_flight.abort_all();
         // What was acknowledged is worth recording; the rest is re-sent after a restart.
         while let Some(done) = in_flight.join_next().await {
-            if let Ok(request_ids) = done {
-                unmarked.extend(request_ids);
+            if let Ok(sent) = done {
+                unmarked.extend(sent);
             }
         }
         this.mark_sent(&mut unmarked).await;
@@ -500,12 +551,12 @@ impl Sender {
 
     /// Sends verdicts, coalesced into as few submissions as [`CoalesceLimits::DEFAULT`] allows,
     /// each until the sequencer acknowledges it or refuses it definitely, or shutdown. Returns
-    /// the request ids to mark as sent (also after a definite refusal: retrying it forever
+    /// the verdicts to mark as sent (also after a definite refusal: retrying it forever
     /// would not help); on shutdown, only those of the submissions acknowledged before it.
     async fn send_verdicts(
         &self,
-        verdicts: Vec<(Timestamp, Vec<MemberId>, Verdict)>,
-    ) -> Vec<Timestamp> {
+        verdicts: Vec<(SentVerdict, Vec<MemberId>, Verdict)>,
+    ) -> Vec<SentVerdict> {
         let mut request_ids = Vec::with_capacity(verdicts.len());
         let mut outgoing = Vec::with_capacity(verdicts.len());
         // One signature per group of verdicts that can go out in one submission: its
@@ -515,12 +566,13 @@ impl Sender {
             let values: Vec<&Verdict> = chunk.iter().map(|(_, _, verdict)| verdict).collect();
             let signed =
                 Signed::sign_all(&values, &self.member, &self.key, SigningPurpose::Verdict);
-            for ((request_id, recipients, _), signed) in chunk.iter().zip(signed) {
+            for ((sent, recipients, _), signed) in chunk.iter().zip(signed) {
+                let request_id = sent.request_id;
                 // The same message id on every attempt and after restarts: alone, the
                 // sequencer deduplicates it; in a group, the group's id is derived from it.
                 let message_id = MessageId::new(format!("verdict-{}", request_id.as_micros()))
                     .expect("digits make a valid message id");
-                request_ids.push(*request_id);
+                request_ids.push(*sent);
                 outgoing.push(coalesce::Outgoing {
                     message_id,
                     envelope: Envelope {
@@ -533,7 +585,7 @@ impl Sender {
         let mut sent = Vec::with_capacity(request_ids.len());
         let mut ids = request_ids.into_iter();
         for group in coalesce::coalesce(outgoing, CoalesceLimits::DEFAULT) {
-            let group_ids: Vec<Timestamp> = ids.by_ref().take(group.members.len()).collect();
+            let group_ids: Vec<SentVerdict> = ids.by_ref().take(group.members.len()).collect();
             match self.send_group(group).await {
                 Some(_) => sent.extend(group_ids),
                 None => break,
@@ -614,12 +666,20 @@ impl Sender {
         }
     }
 
-    async fn mark_sent(&self, unmarked: &mut Vec<Timestamp>) {
-        if unmarked.is_empty() {
+    /// Marks the sent verdicts whose rows are committed; the rest wait for their run's commit
+    /// (a mark before the row would leave it unsent, to be re-sent after every restart).
+    async fn mark_sent(&self, unmarked: &mut Vec<SentVerdict>) {
+        let committed = *self.committed.borrow();
+        let stored: Vec<Timestamp> = unmarked
+            .iter()
+            .filter(|verdict| verdict.is_stored(committed))
+            .map(|verdict| verdict.request_id)
+            .collect();
+        if stored.is_empty() {
             return;
         }
-        match self.store.mark_verdicts_sent(unmarked).await {
-            Ok(()) => unmarked.clear(),
+        match self.store.mark_verdicts_sent(&stored).await {
+            Ok(()) => unmarked.retain(|verdict| !verdict.is_stored(committed)),
             // Demoted: the new active re-sends these (deduplicated) and marks them itself.
             Err(error) if replication::is_fenced(&error) => {
                 tracing::debug!(%error, "not marking verdicts sent: this replica is fenced");
@@ -698,4 +758,27 @@ pub(crate) async fn retry_store<'a, T>(
         })
         .await?;
     Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(decided_in: Option<u64>) -> SentVerdict {
+        SentVerdict {
+            request_id: Timestamp::from_micros(10),
+            decided_in: decided_in.map(Timestamp::from_micros),
+        }
+    }
+
+    #[test]
+    fn a_verdict_is_marked_sent_only_once_the_run_that_decided_it_is_committed() {
+        // Decided in the run ending at 20: not stored before a commit reaches 20.
+        assert!(!sent(Some(20)).is_stored(None));
+        assert!(!sent(Some(20)).is_stored(Some(Timestamp::from_micros(19))));
+        assert!(sent(Some(20)).is_stored(Some(Timestamp::from_micros(20))));
+        assert!(sent(Some(20)).is_stored(Some(Timestamp::from_micros(35))));
+        // Read back from the store: stored already.
+        assert!(sent(None).is_stored(None));
+    }
 }

@@ -1,7 +1,8 @@
 //! End-to-end test of the mediator runtime: a real sequencer in-process (SQLite), a fake
 //! topology manager serving a fixed signed history, and two participants played by the test
 //! with plain sequencer clients. Covers approval, timeout driven by time proofs, a restart in
-//! the middle of a request, and the admin endpoints.
+//! the middle of a request, the admin endpoints, and verdicts that do not wait for the
+//! mediator's own commit.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use common::{expect_approved, start_mediator, wait_ready, Synchronizer, HASH};
 use meridian_core::protocol::{RejectionCode, VerdictOutcome};
+use meridian_core::Timestamp;
 use meridian_testkit::free_port;
+use sqlx::{Connection as _, SqliteConnection};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mediator_decides_times_out_and_survives_a_restart() {
@@ -83,6 +86,151 @@ async fn the_mediator_decides_times_out_and_survives_a_restart() {
         metrics.contains("meridian_mediator_pending_requests 0"),
         "{metrics}"
     );
+
+    mediator_stop.cancel();
+    mediator.await.unwrap().unwrap();
+    synchronizer.stop().await;
+}
+
+/// Waits until the mediator has processed and stored everything up to `timestamp`.
+async fn wait_processed(admin_port: u16, timestamp: Timestamp) {
+    let url = format!("http://127.0.0.1:{admin_port}/status");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if status["last_processed_us"].as_u64() >= Some(timestamp.as_micros()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mediator never processed {timestamp}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens the mediator's database beside the mediator and takes SQLite's write lock: every
+/// commit of the mediator waits (and, past its busy timeout, fails and is retried) until
+/// [`release`]. Readers are not blocked (WAL).
+async fn hold_write_lock(database: &std::path::Path) -> SqliteConnection {
+    let mut connection = SqliteConnection::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection
+}
+
+async fn release(mut connection: SqliteConnection) {
+    sqlx::query("ROLLBACK")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+}
+
+/// `(stored, marked sent)` for the verdict of `request_id`, read from the mediator's database.
+async fn stored_verdict(connection: &mut SqliteConnection, request_id: Timestamp) -> (bool, bool) {
+    let micros = i64::try_from(request_id.as_micros()).unwrap();
+    let sent: Option<bool> =
+        sqlx::query_scalar("SELECT sent FROM mediator_verdicts WHERE request_id = $1")
+            .bind(micros)
+            .fetch_optional(&mut *connection)
+            .await
+            .unwrap();
+    (sent.is_some(), sent.unwrap_or(false))
+}
+
+/// Waits until the verdict of `request_id` is stored and marked sent.
+async fn expect_marked_sent(database: &std::path::Path, request_id: Timestamp, why: &str) {
+    let mut connection = SqliteConnection::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (stored, sent) = stored_verdict(&mut connection, request_id).await;
+        if stored && sent {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{why}: the verdict is stored {stored}, marked sent {sent}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    connection.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_go_out_before_the_mediators_commit_and_survive_losing_it() {
+    let (synchronizer, mut p1, mut p2) = Synchronizer::start().await;
+    let mediator_admin = free_port();
+    let config = synchronizer.mediator_config(mediator_admin);
+    let database = synchronizer.dir.path().join("mediator.db");
+    let (mediator_stop, mediator) = start_mediator(&config);
+    wait_ready(mediator_admin).await;
+    let mediator_public = synchronizer.mediator_key.public_key();
+
+    // 1. With alice's approval processed, the mediator's commits stall; bob's approval
+    //    decides the request, and the verdict reaches both participants anyway, while the
+    //    run that decided it is still unwritten.
+    let a = p1.request("request-a", &["alice", "bob"]).await;
+    let approved = p1.approve(a, "alice").await;
+    wait_processed(mediator_admin, approved).await;
+    let mut lock = hold_write_lock(&database).await;
+    p2.approve(a, "bob").await;
+    for participant in [&mut p1, &mut p2] {
+        let verdict = tokio::time::timeout(
+            Duration::from_secs(3),
+            participant.next_verdict(&mediator_public),
+        )
+        .await
+        .expect("the verdict does not wait for the mediator's commit");
+        assert_eq!(verdict.request_id, a);
+        assert_eq!(verdict.outcome, VerdictOutcome::Approved);
+    }
+    assert_eq!(
+        stored_verdict(&mut lock, a).await,
+        (false, false),
+        "the run that decided it is not committed yet"
+    );
+
+    // 2. Once the commit goes through, the verdict is stored and marked sent, never marked
+    //    before its row exists (which would leave it unsent for good).
+    release(lock).await;
+    expect_marked_sent(&database, a, "after the stalled commit").await;
+
+    // 3. A run whose verdict went out but whose commit never happened (the mediator stops
+    //    while its commit stalls): the restarted mediator replays it from the checkpoint,
+    //    decides the same, and stores it. The participants' ledgers moved on the first copy.
+    let b = p1.request("request-b", &["alice", "bob"]).await;
+    let approved = p1.approve(b, "alice").await;
+    wait_processed(mediator_admin, approved).await;
+    let lock = hold_write_lock(&database).await;
+    p2.approve(b, "bob").await;
+    expect_approved(
+        [&mut p1, &mut p2],
+        &mediator_public,
+        b,
+        "sent before the commit",
+    )
+    .await;
+    mediator_stop.cancel();
+    mediator.await.unwrap().unwrap();
+    release(lock).await;
+    let (mediator_stop, mediator) = start_mediator(&config);
+    wait_ready(mediator_admin).await;
+    expect_marked_sent(&database, b, "decided again by the replay").await;
+    let status: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{mediator_admin}/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(status["pending_requests"], 0);
 
     mediator_stop.cancel();
     mediator.await.unwrap().unwrap();

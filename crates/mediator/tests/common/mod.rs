@@ -138,7 +138,8 @@ impl Participant {
             .await
     }
 
-    pub async fn approve(&self, request_id: Timestamp, for_party: &str) {
+    /// Sends an approval of `request_id` for `for_party`; returns when it was sequenced.
+    pub async fn approve(&self, request_id: Timestamp, for_party: &str) -> Timestamp {
         let response = ConfirmationResponse {
             request_id,
             request_hash: HASH.to_owned(),
@@ -154,7 +155,7 @@ impl Participant {
         );
         let message_id = format!("response-{}-{}", self.id, request_id.as_micros());
         self.send(&message_id, &ProtocolMessage::ConfirmationResponse(signed))
-            .await;
+            .await
     }
 
     /// Sends the request `message_id` for alice and bob and approves it for alice only, as
