@@ -13,6 +13,7 @@
 //! max_sequencing_delay_ms = 10000
 //! dedup_period_s = 600                        # default deduplication period
 //! max_dedup_period_s = 86400                  # longest period a command may ask for
+//! dedup_memory_window_s = 60                  # committed changes deduplicated from memory; older from the database
 //! submit_timeout_ms = 30000                   # SubmitAndWait gives up waiting after this
 //!
 //! [limits]
@@ -94,6 +95,11 @@ pub struct ParticipantConfig {
     pub dedup_period_s: u64,
     #[serde(default = "default_max_dedup_period_s")]
     pub max_dedup_period_s: u64,
+    /// How long after its commit a change is deduplicated from memory; after that, for the
+    /// rest of its period, from the database, read when a submission of it arrives. Memory
+    /// holds this window's commits instead of a whole period's.
+    #[serde(default = "default_dedup_memory_window_s")]
+    pub dedup_memory_window_s: u64,
     #[serde(default = "default_submit_timeout_ms")]
     pub submit_timeout_ms: u64,
     #[serde(default)]
@@ -261,6 +267,9 @@ fn default_dedup_period_s() -> u64 {
 fn default_max_dedup_period_s() -> u64 {
     86_400
 }
+fn default_dedup_memory_window_s() -> u64 {
+    60
+}
 fn default_submit_timeout_ms() -> u64 {
     30_000
 }
@@ -326,6 +335,7 @@ impl ParticipantConfig {
             max_sequencing_delay_ms: default_max_sequencing_delay_ms(),
             dedup_period_s: default_dedup_period_s(),
             max_dedup_period_s: default_max_dedup_period_s(),
+            dedup_memory_window_s: default_dedup_memory_window_s(),
             submit_timeout_ms: default_submit_timeout_ms(),
             limits: LimitsConfig::default(),
             replication: None,
@@ -457,6 +467,10 @@ impl ParticipantConfig {
 
     pub fn max_sequencing_delay(&self) -> Duration {
         Duration::from_millis(self.max_sequencing_delay_ms)
+    }
+
+    pub fn dedup_memory_window(&self) -> Duration {
+        Duration::from_secs(self.dedup_memory_window_s)
     }
 
     pub fn submit_timeout(&self) -> Duration {

@@ -138,6 +138,9 @@ enum DedupEntry {
         transaction_id: CompactTransactionId,
         offset: LedgerOffset,
         expires_at: Timestamp,
+        /// When this engine committed it; zero for an entry read back from the store, which
+        /// the next [`ParticipantEngine::forget_committed_before`] drops again.
+        committed_at: Timestamp,
     },
 }
 
@@ -185,6 +188,7 @@ impl From<DedupStatus> for DedupEntry {
                 transaction_id: CompactTransactionId::from(&transaction_id),
                 offset,
                 expires_at,
+                committed_at: Timestamp::from_micros(0),
             },
         }
     }
@@ -200,6 +204,7 @@ impl DedupEntry {
                 transaction_id,
                 offset,
                 expires_at,
+                committed_at: _,
             } => DedupStatus::Committed {
                 transaction_id: transaction_id.to_id(),
                 offset: *offset,
@@ -592,6 +597,39 @@ impl ParticipantEngine {
             DedupEntry::Committed { expires_at, .. } if *expires_at <= now => None,
             entry => Some(entry.to_status()),
         }
+    }
+
+    /// Forgets committed dedup entries committed before `horizon`, though still within their
+    /// period: the store keeps them ([`ParticipantStore::dedup_entries`]), and the runtime
+    /// hands them back with [`recall_committed`](Self::recall_committed) before deciding on a
+    /// submission of theirs. Memory then holds a window of recent changes instead of a whole
+    /// period's (throughput × `dedup_period_s`). The caller must have persisted everything
+    /// processed so far: an entry forgotten here must be in the store. Returns how many.
+    ///
+    /// [`ParticipantStore::dedup_entries`]: meridian_store::ParticipantStore::dedup_entries
+    pub fn forget_committed_before(&mut self, horizon: Timestamp) -> usize {
+        let before = self.dedup.len();
+        self.dedup.retain(|_, entry| match entry {
+            DedupEntry::Committed { committed_at, .. } => *committed_at >= horizon,
+            DedupEntry::InFlight { .. } => true,
+        });
+        before - self.dedup.len()
+    }
+
+    /// Takes back a committed change's entry from the store, where
+    /// [`forget_committed_before`](Self::forget_committed_before) left it; an entry the engine
+    /// holds is newer and stays.
+    pub fn recall_committed(&mut self, change_key: &str, status: DedupStatus) {
+        if matches!(status, DedupStatus::Committed { .. }) {
+            self.dedup
+                .entry(dedup_key(change_key))
+                .or_insert_with(|| status.into());
+        }
+    }
+
+    /// How many deduplication entries the engine holds in memory.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
     }
 
     /// Forgets committed dedup entries that expired by `now`. Returns how many.
@@ -1329,6 +1367,7 @@ impl ParticipantEngine {
                     transaction_id: CompactTransactionId::from(&transaction_id),
                     offset,
                     expires_at: completion.dedup_expires_at(),
+                    committed_at: verdict_at,
                 },
             );
         }

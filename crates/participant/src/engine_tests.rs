@@ -387,6 +387,83 @@ fn happy_path_issue_and_transfer_commit_everywhere() {
 }
 
 #[test]
+fn a_change_forgotten_by_memory_is_a_duplicate_again_once_recalled_from_the_store() {
+    let (mut world, iou, submission) = World::with_alices_transfer();
+    let (request_id, hash, _) = world.sequence(&submission);
+    let effects = world.verdict(
+        request_id,
+        &hash,
+        VerdictOutcome::Approved,
+        &["p1", "p2", "p3"],
+    );
+    let committed = match &completion(&effects[&pid("p1")]).expect("completes").outcome {
+        Outcome::Committed { .. } => World::change("alice-app", "t1", &["alice"]),
+        other => panic!("expected a commit, got {other:?}"),
+    };
+    let status = world
+        .engine("p1")
+        .dedup_status(&committed.key(), ts(2_000))
+        .expect("deduplicated from memory after the commit");
+    // A change still in flight at p1 stays whatever the horizon.
+    let in_flight = World::change("alice-app", "t2", &["alice"]);
+    let other_iou = world.issue("alice", 5);
+    world
+        .submit(
+            "p1",
+            in_flight.clone(),
+            vec![transfer_command(&other_iou.id, "bob")],
+        )
+        .expect("a second transfer starts");
+
+    // Forgetting entries committed before the verdict keeps this one; after it, drops it.
+    assert_eq!(world.engine("p1").forget_committed_before(request_id), 0);
+    let forgotten = world.engine("p1").forget_committed_before(ts(u64::MAX / 2));
+    assert!(
+        forgotten >= 1,
+        "the committed transfer's entry is forgotten"
+    );
+    assert_eq!(
+        world.engine("p1").dedup_status(&committed.key(), ts(2_000)),
+        None
+    );
+    assert!(matches!(
+        world.engine("p1").dedup_status(&in_flight.key(), ts(2_000)),
+        Some(DedupStatus::InFlight { .. })
+    ));
+
+    // The runtime hands back what the store holds: a retry is a duplicate again, with the
+    // original transaction, and never re-run on a contract archived by now.
+    world
+        .engine("p1")
+        .recall_committed(&committed.key(), status.clone());
+    let retry = world.decide("p1", committed, vec![transfer_command(&iou.id, "bob")]);
+    let (
+        Ok(Begin::Duplicate { transaction_id, .. }),
+        DedupStatus::Committed {
+            transaction_id: original,
+            ..
+        },
+    ) = (retry, status)
+    else {
+        panic!("a retry of a recalled change is a duplicate");
+    };
+    assert_eq!(transaction_id, original);
+    // A recalled entry never replaces what memory holds (an in-flight marker is newer).
+    world.engine("p1").recall_committed(
+        &in_flight.key(),
+        DedupStatus::Committed {
+            transaction_id: transaction_id.clone(),
+            offset: meridian_core::LedgerOffset(1),
+            expires_at: ts(u64::MAX / 2),
+        },
+    );
+    assert!(matches!(
+        world.engine("p1").dedup_status(&in_flight.key(), ts(2_000)),
+        Some(DedupStatus::InFlight { .. })
+    ));
+}
+
+#[test]
 fn rejection_releases_locks_and_frees_the_change() {
     let (mut world, iou, submission) = World::with_alices_transfer();
     let (request_id, hash, _) = world.sequence(&submission);

@@ -21,6 +21,9 @@ pub struct ParticipantMetrics {
     pub commit_latency_seconds: Histogram,
     pub pending_requests: Gauge,
     pub in_flight_submissions: Gauge,
+    /// Deduplication entries in memory (in flight, and committed within
+    /// `dedup_memory_window_s`); older ones are read from the store.
+    pub dedup_memory_entries: Gauge,
     pub ledger_end: Gauge,
     pub transactions_committed: Counter,
     pub events_processed: Counter,
@@ -56,6 +59,10 @@ impl ParticipantMetrics {
             in_flight_submissions: r.gauge(
                 "in_flight_submissions",
                 "Own submissions not yet seen sequenced",
+            ),
+            dedup_memory_entries: r.gauge(
+                "dedup_memory_entries",
+                "Deduplication entries held in memory; older committed ones are read from the database",
             ),
             ledger_end: r.gauge("ledger_end", "The last assigned ledger offset"),
             transactions_committed: r.counter(

@@ -54,8 +54,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ParticipantConfig;
 use crate::engine::{
-    Begin, CommitRecord, Completion, Effect, LocalSubmission, Outcome, OutgoingMessage,
-    ParticipantEngine, SequencedInput, StatusCode, SubmitError, SubmitRequest,
+    Begin, CommitRecord, Completion, DedupStatus, Effect, LocalSubmission, Outcome,
+    OutgoingMessage, ParticipantEngine, SequencedInput, StatusCode, SubmitError, SubmitRequest,
 };
 use crate::metrics::{OutcomeLabel, ParticipantMetrics};
 use crate::stages::{Stage, StageClock};
@@ -68,6 +68,13 @@ pub(crate) const COMMAND_QUEUE: usize = 10_000;
 pub(crate) const MAX_CONCURRENT_SENDS: usize = 512;
 const TIME_PROOF_INTERVAL: Duration = Duration::from_millis(500);
 const DEDUP_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often at most the writer forgets the deduplication entries older than
+/// `dedup_memory_window_s` (a shorter window: as often as the window). A change is
+/// deduplicated from memory for that window after its commit, then (within its period, 10
+/// minutes by default) from the store, read when a submission of it arrives: at 1,500
+/// commits a second a whole period's entries would take some 100 MiB, issue 14's bound for
+/// the whole node.
+const DEDUP_FORGET_INTERVAL: Duration = Duration::from_secs(5);
 /// Wait before resubscribing after the subscription broke. Short: a sequencer whose database
 /// failed for a moment ends every subscription at once and serves again as soon as the
 /// database does; a resubscription a sequencer cannot serve yet costs it next to nothing.
@@ -665,6 +672,9 @@ pub(crate) async fn run_writer(
 ) -> Result<(), WriterError> {
     let mut subscription: Subscription = core.client.subscribe(core.engine().last_event());
     core.readiness.clear("sequencer");
+    let memory_window = core.config.dedup_memory_window();
+    let forget_interval = DEDUP_FORGET_INTERVAL.min(memory_window);
+    let mut last_forget = std::time::Instant::now();
     loop {
         let mut events: Vec<SequencedEvent> = Vec::new();
         let mut batch_commands: Vec<WriterCommand> = Vec::new();
@@ -696,7 +706,24 @@ pub(crate) async fn run_writer(
             }
         }
         if !events.is_empty() || !batch_commands.is_empty() {
+            if !recall_dedup(&core, &batch_commands).await? {
+                return Ok(());
+            }
             process(&core, events, batch_commands).await?;
+        }
+        // Only here, between batches, is everything the engine processed also stored, which
+        // forgetting an entry needs.
+        if last_forget.elapsed() >= forget_interval {
+            last_forget = std::time::Instant::now();
+            let horizon = Timestamp::now().saturating_sub(memory_window);
+            let (forgotten, kept) = {
+                let mut engine = core.engine();
+                (engine.forget_committed_before(horizon), engine.dedup_len())
+            };
+            core.metrics
+                .dedup_memory_entries
+                .set(i64::try_from(kept).unwrap_or(i64::MAX));
+            tracing::debug!(forgotten, kept, "deduplication entries left to the store");
         }
         if let Some(error) = stream_error {
             if let ClientError::Fork(fork) = &error {
@@ -714,6 +741,62 @@ pub(crate) async fn run_writer(
             core.readiness.clear("sequencer");
         }
     }
+}
+
+/// Gives the engine the stored deduplication entries of the batch's submissions whose changes
+/// memory no longer holds (see [`DEDUP_FORGET_INTERVAL`]), so that
+/// [`ParticipantEngine::submit`] decides as if it held all of the period. One read for the
+/// batch; a database outage is ridden out as a write's is. `Ok(false)` when the term ended.
+async fn recall_dedup(core: &Core, commands: &[WriterCommand]) -> Result<bool, WriterError> {
+    let unknown: Vec<String> = {
+        let engine = core.engine();
+        let now = Timestamp::now();
+        commands
+            .iter()
+            .filter_map(|command| match command {
+                WriterCommand::Submit { request, .. } => Some(request.change.key()),
+                _ => None,
+            })
+            .filter(|key| engine.dedup_status(key, now).is_none())
+            .collect()
+    };
+    if unknown.is_empty() {
+        return Ok(true);
+    }
+    let retry = Retry::new(&core.readiness, &core.shutdown).with_backoff(WHILE_SERVING);
+    let found = retry
+        .until("database", "cannot read deduplication entries", || {
+            core.store.dedup_entries(&unknown)
+        })
+        .await;
+    let records = match found {
+        Ok(Some(records)) => records,
+        Ok(None) => return Ok(false),
+        Err(gave_up) => {
+            return Err(anyhow::Error::new(gave_up)
+                .context("stopping: reading deduplication entries kept failing")
+                .into())
+        }
+    };
+    let mut engine = core.engine();
+    for record in records {
+        if let DedupState::Committed {
+            transaction_id,
+            offset,
+            expires_at,
+        } = record.state
+        {
+            engine.recall_committed(
+                &record.change_key,
+                DedupStatus::Committed {
+                    transaction_id,
+                    offset,
+                    expires_at,
+                },
+            );
+        }
+    }
+    Ok(true)
 }
 
 /// A fork: records it, lists the lost transactions, raises the alarm and processes nothing

@@ -25,6 +25,11 @@ struct Cluster {
 }
 
 async fn start() -> Cluster {
+    start_with(|_| {}).await
+}
+
+/// Starts the cluster with `adjust` applied to every participant's config.
+async fn start_with(adjust: impl Fn(&mut meridian_participant::ParticipantConfig)) -> Cluster {
     let sync = synchronizer().await;
     let (d, mut admin) = (sync.dir.path(), sync.admin.clone());
     let mut ledgers = Vec::new();
@@ -39,7 +44,8 @@ async fn start() -> Cluster {
             })
             .await
             .expect("add participant");
-        let config = sync.participant_config(name, sqlite(d, name));
+        let mut config = sync.participant_config(name, sqlite(d, name));
+        adjust(&mut config);
         let endpoint = format!("http://{}", config.listen_address);
         admins.push(config.admin_address);
         tokio::spawn(logged(
@@ -156,11 +162,10 @@ fn created_id(response: &v1::SubmitAndWaitResponse) -> String {
         .expect("a created event")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ledger_api_end_to_end() {
-    let cluster = start().await;
+/// Allocates alice on p1, bob on p2 and bank on p3, and waits until every participant knows
+/// all three.
+async fn allocate_parties(cluster: &Cluster) {
     let [p1, p2, p3] = [0, 1, 2].map(|i| cluster.ledgers[i].clone());
-
     for (ledger, party) in [(&p1, "alice"), (&p2, "bob"), (&p3, "bank")] {
         let allocated = ledger
             .clone()
@@ -190,6 +195,13 @@ async fn ledger_api_end_to_end() {
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_api_end_to_end() {
+    let cluster = start().await;
+    let [p1, p2, p3] = [0, 1, 2].map(|i| cluster.ledgers[i].clone());
+    allocate_parties(&cluster).await;
 
     // Issue and transfer.
     let iou = issue_to_alice(&p3, "issue-1", 100).await;
@@ -408,4 +420,55 @@ async fn the_transfer_was_timed_stage_by_stage(admin: std::net::SocketAddr) {
         ),
         "{metrics}"
     );
+}
+
+/// A participant that keeps no committed change in memory (`dedup_memory_window_s = 0`)
+/// still answers a retry within the deduplication period with the original outcome: the
+/// writer reads the entry back from the database before deciding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_is_deduplicated_from_the_database_once_memory_let_go() {
+    let cluster = start_with(|config| config.dedup_memory_window_s = 0).await;
+    let p1 = cluster.ledgers[0].clone();
+    allocate_parties(&cluster).await;
+    let iou = issue_to_alice(&cluster.ledgers[2], "issue-1", 100).await;
+    let transfer = submit(
+        "alice-app",
+        "transfer-1",
+        &["alice"],
+        vec![transfer_to(&iou, "bob")],
+    );
+    let transferred = p1
+        .clone()
+        .submit_and_wait(transfer.clone())
+        .await
+        .expect("transfer")
+        .into_inner();
+
+    // Memory let go of the committed change (the gauge counts what it holds).
+    let admin = cluster.admins[0];
+    retry("p1 holds no deduplication entry in memory", || async move {
+        let metrics = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        metrics
+            .contains("meridian_participant_dedup_memory_entries 0")
+            .then_some(())
+            .ok_or_else(|| "entries still in memory".to_owned())
+    })
+    .await;
+
+    // The retry is the same duplicate as with the entry in memory: ALREADY_EXISTS naming the
+    // original transaction, never a second one (nor an error about the archived IOU).
+    let duplicate = p1.clone().submit_and_wait(transfer).await.unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate:?}");
+    assert!(
+        duplicate.message().contains(&transferred.transaction_id),
+        "{duplicate:?}"
+    );
+    // A new command is not mistaken for one: the store lookup finds nothing for it.
+    let other = issue_to_alice(&cluster.ledgers[2], "issue-2", 7).await;
+    assert_ne!(other, iou);
 }

@@ -60,6 +60,9 @@ pub(crate) struct Dialect {
     pub locks_tables: bool,
     /// The scalar function returning the larger of its arguments.
     pub greatest: &'static str,
+    /// A subquery of the text elements of a JSON array bound as `$1`: a list of any length as
+    /// one parameter, so that its statement's text (and SQLite's prepared statement) is one.
+    pub json_text_elements: &'static str,
 }
 
 pub(crate) const SQLITE: Dialect = Dialect {
@@ -67,6 +70,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
     snapshot_begin: "BEGIN",
     locks_tables: false,
     greatest: "max",
+    json_text_elements: "SELECT value FROM json_each($1)",
 };
 
 pub(crate) const POSTGRES: Dialect = Dialect {
@@ -75,6 +79,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     snapshot_begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     locks_tables: true,
     greatest: "GREATEST",
+    json_text_elements: "SELECT jsonb_array_elements_text($1::jsonb)",
 };
 
 impl Dialect {

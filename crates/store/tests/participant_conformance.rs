@@ -620,8 +620,49 @@ async fn transaction_ids_are_not_indexed(h: Harness) {
     );
 }
 
+/// `dedup_entries` finds every stored key among many (more than one read's worth), skips the
+/// missing ones, and reads each entry as `dedup_entry` does.
+async fn dedup_entries_are_read_in_bulk(h: Harness) {
+    let store = &h.store;
+    let stored: Vec<DedupRecord> = (0..1_200)
+        .map(|i| {
+            dedup(
+                &format!("k-{i}"),
+                DedupState::Committed {
+                    transaction_id: TransactionId::new(format!("tx-{i}")).expect("tx"),
+                    offset: LedgerOffset(i + 1),
+                    expires_at: t(5_000 + i),
+                },
+            )
+        })
+        .collect();
+    store
+        .apply(&ParticipantBatch {
+            dedup_upserts: stored.clone(),
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("upsert");
+    // Every key stored, and as many that are not: 2,400 keys, three reads.
+    let asked: Vec<String> = (0..1_200)
+        .flat_map(|i| [format!("k-{i}"), format!("missing-{i}")])
+        .collect();
+    let mut found = store.dedup_entries(&asked).await.expect("bulk read");
+    found.sort_by_key(|record| match &record.state {
+        DedupState::Committed { offset, .. } => offset.0,
+        DedupState::InFlight => 0,
+    });
+    assert_eq!(found, stored);
+    assert!(store
+        .dedup_entries(&[])
+        .await
+        .expect("none asked")
+        .is_empty());
+}
+
 conformance!(
     "participant":
+    dedup_entries_are_read_in_bulk,
     a_fork_rewinds_to_a_quiet_point,
     batches_round_trip,
     a_failing_batch_changes_nothing,

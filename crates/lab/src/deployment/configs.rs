@@ -48,6 +48,7 @@ pub struct ParticipantSettings {
     pub max_sequencing_delay_ms: u64,
     pub dedup_period_s: u64,
     pub max_dedup_period_s: u64,
+    pub dedup_memory_window_s: u64,
     pub submit_timeout_ms: u64,
     pub limits: meridian_participant::LimitsConfig,
 }
@@ -59,6 +60,7 @@ impl Default for ParticipantSettings {
             max_sequencing_delay_ms: 10_000,
             dedup_period_s: 600,
             max_dedup_period_s: 86_400,
+            dedup_memory_window_s: 60,
             submit_timeout_ms: 30_000,
             limits: meridian_participant::LimitsConfig::default(),
         }
@@ -256,6 +258,7 @@ pub fn participant(
         max_sequencing_delay_ms: settings.max_sequencing_delay_ms,
         dedup_period_s: settings.dedup_period_s,
         max_dedup_period_s: settings.max_dedup_period_s,
+        dedup_memory_window_s: settings.dedup_memory_window_s,
         submit_timeout_ms: settings.submit_timeout_ms,
         limits: settings.limits,
         replication,

@@ -237,6 +237,10 @@ pub trait ParticipantStore: Send + Sync + 'static {
 
     async fn dedup_entry(&self, change_key: &str) -> Result<Option<DedupRecord>, StoreError>;
 
+    /// The deduplication entries of those of `change_keys` that have one, in no particular
+    /// order; one round trip per few hundred keys.
+    async fn dedup_entries(&self, change_keys: &[String]) -> Result<Vec<DedupRecord>, StoreError>;
+
     /// Forgets committed dedup entries that expired before `expired_before`. In-flight markers
     /// are never pruned here: only their resolution removes them.
     async fn prune_dedup(&self, expired_before: Timestamp) -> Result<u64, StoreError>;

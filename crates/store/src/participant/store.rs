@@ -26,6 +26,8 @@ use crate::{FenceSlot, StorageConfig, StoreError};
 /// Rows per multi-row statement (an `INSERT`, or a list of keys to delete or archive): at up
 /// to eleven columns well below both backends' limits on bound parameters.
 const ROWS_PER_STATEMENT: usize = 400;
+/// Keys per read of [`ParticipantStore::dedup_entries`], all in one JSON parameter.
+const DEDUP_KEYS_PER_READ: usize = 1_000;
 const READER_CONNECTIONS: u32 = 4;
 
 #[derive(Debug, Clone)]
@@ -461,6 +463,27 @@ impl ParticipantStore for SqlParticipantStore {
         let select = format!("SELECT {DEDUP_COLUMNS} FROM participant_dedup WHERE change_key = $1");
         let row: Option<DedupRow> = self.pool.read_optional(&select, change_key).await?;
         row.map(rows::dedup_record).transpose()
+    }
+
+    async fn dedup_entries(&self, change_keys: &[String]) -> Result<Vec<DedupRecord>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in change_keys.chunks(DEDUP_KEYS_PER_READ) {
+            let keys = serde_json::Value::from(chunk).to_string();
+            let rows: Vec<DedupRow> = on_backend!(&self.pool, |_, readers, dialect| {
+                let select = format!(
+                    "SELECT {DEDUP_COLUMNS} FROM participant_dedup WHERE change_key IN ({})",
+                    dialect.json_text_elements
+                );
+                sqlx::query_as(&select)
+                    .bind(&keys)
+                    .fetch_all(readers)
+                    .await?
+            });
+            for row in rows {
+                found.push(rows::dedup_record(row)?);
+            }
+        }
+        Ok(found)
     }
 
     async fn prune_dedup(&self, expired_before: Timestamp) -> Result<u64, StoreError> {
