@@ -23,7 +23,7 @@
 //!   failure) is rejected, so an application that was told "failed" never sees it commit.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use meridian_core::coalesce::CoalesceLimits;
 use meridian_core::crypto::{SigningKey, SigningPurpose};
@@ -125,6 +125,18 @@ type DedupKey = [u8; 32];
 
 fn dedup_key(change_key: &str) -> DedupKey {
     blake3::hash(change_key.as_bytes()).into()
+}
+
+/// 8 bytes of a key (itself a hash): what memory keeps of a forgotten entry.
+fn fingerprint(key: &DedupKey) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&key[..8]);
+    u64::from_le_bytes(bytes)
+}
+
+/// The minute in which a period ending at `expires_at` ends (rounded up).
+fn expiry_minute(expires_at: Timestamp) -> u64 {
+    expires_at.as_micros().div_ceil(60_000_000)
 }
 
 /// A [`DedupStatus`] as the table keeps it: a committed transaction's id as its 32 bytes when
@@ -437,6 +449,10 @@ pub struct ParticipantEngine {
     /// Ordered, not hashed: a hash table doubles at once when it fills (the new table beside
     /// the old one, some 70 MB at 240,000 entries), a B-tree grows a node at a time.
     dedup: BTreeMap<DedupKey, DedupEntry>,
+    /// Fingerprints (8 bytes of the key) of committed entries forgotten while still within
+    /// their period, by the minute their period ends: a submission whose fingerprint is not
+    /// here has nothing in the store, so only retries (and one in 2^64 others) cost a read.
+    forgotten: BTreeMap<u64, HashSet<u64>>,
     ledger_end: LedgerOffset,
     last_event: Option<Timestamp>,
     /// Verdict groups whose root signature was checked: a group's other verdicts need no
@@ -492,6 +508,7 @@ impl ParticipantEngine {
                 .into_iter()
                 .map(|(change_key, status)| (dedup_key(&change_key), status.into()))
                 .collect(),
+            forgotten: BTreeMap::new(),
             ledger_end: restored.ledger_end,
             last_event: restored.checkpoint,
             verified_roots: VerifiedRoots::default(),
@@ -609,11 +626,40 @@ impl ParticipantEngine {
     /// [`ParticipantStore::dedup_entries`]: meridian_store::ParticipantStore::dedup_entries
     pub fn forget_committed_before(&mut self, horizon: Timestamp) -> usize {
         let before = self.dedup.len();
-        self.dedup.retain(|_, entry| match entry {
-            DedupEntry::Committed { committed_at, .. } => *committed_at >= horizon,
+        let forgotten = &mut self.forgotten;
+        self.dedup.retain(|key, entry| match entry {
+            DedupEntry::Committed {
+                committed_at,
+                expires_at,
+                ..
+            } => {
+                let keep = *committed_at >= horizon;
+                if !keep {
+                    forgotten
+                        .entry(expiry_minute(*expires_at))
+                        .or_default()
+                        .insert(fingerprint(key));
+                }
+                keep
+            }
             DedupEntry::InFlight { .. } => true,
         });
         before - self.dedup.len()
+    }
+
+    /// Whether the store may hold a committed entry of `change_key` that memory forgot (or
+    /// never had: entries restored at start are forgotten at the first pass). `false` is
+    /// certain; `true` calls for a read ([`recall_committed`](Self::recall_committed)).
+    pub fn may_have_forgotten(&self, change_key: &str) -> bool {
+        let fingerprint = fingerprint(&dedup_key(change_key));
+        self.forgotten
+            .values()
+            .any(|fingerprints| fingerprints.contains(&fingerprint))
+    }
+
+    /// How many forgotten entries' fingerprints the engine holds.
+    pub fn forgotten_len(&self) -> usize {
+        self.forgotten.values().map(HashSet::len).sum()
     }
 
     /// Takes back a committed change's entry from the store, where
@@ -632,8 +678,11 @@ impl ParticipantEngine {
         self.dedup.len()
     }
 
-    /// Forgets committed dedup entries that expired by `now`. Returns how many.
+    /// Forgets committed dedup entries that expired by `now`, and the fingerprints of the
+    /// forgotten ones whose period ended. Returns how many entries.
     pub fn prune_dedup(&mut self, now: Timestamp) -> usize {
+        // A minute's fingerprints go once the whole minute has passed.
+        self.forgotten = self.forgotten.split_off(&expiry_minute(now));
         let before = self.dedup.len();
         self.dedup.retain(|_, entry| match entry {
             DedupEntry::Committed { expires_at, .. } => *expires_at > now,

@@ -430,6 +430,11 @@ fn a_change_forgotten_by_memory_is_a_duplicate_again_once_recalled_from_the_stor
         world.engine("p1").dedup_status(&in_flight.key(), ts(2_000)),
         Some(DedupStatus::InFlight { .. })
     ));
+    // Memory keeps the forgotten change's fingerprint, so only it calls for a store read.
+    assert!(world.engine("p1").may_have_forgotten(&committed.key()));
+    let fresh = World::change("alice-app", "never-submitted", &["alice"]);
+    assert!(!world.engine("p1").may_have_forgotten(&fresh.key()));
+    assert_eq!(world.engine("p1").forgotten_len(), forgotten);
 
     // The runtime hands back what the store holds: a retry is a duplicate again, with the
     // original transaction, and never re-run on a contract archived by now.
@@ -461,6 +466,24 @@ fn a_change_forgotten_by_memory_is_a_duplicate_again_once_recalled_from_the_stor
         world.engine("p1").dedup_status(&in_flight.key(), ts(2_000)),
         Some(DedupStatus::InFlight { .. })
     ));
+
+    // Once the period ended, the fingerprint goes too: no read for a change long expired.
+    let DedupStatus::Committed { expires_at, .. } = world
+        .engine("p1")
+        .dedup_status(
+            &World::change("alice-app", "t1", &["alice"]).key(),
+            ts(2_000),
+        )
+        .expect("recalled")
+    else {
+        panic!("committed");
+    };
+    let after_period = expires_at.saturating_add(std::time::Duration::from_secs(120));
+    world.engine("p1").prune_dedup(after_period);
+    assert!(!world
+        .engine("p1")
+        .may_have_forgotten(&World::change("alice-app", "t1", &["alice"]).key()));
+    assert_eq!(world.engine("p1").forgotten_len(), 0);
 }
 
 #[test]

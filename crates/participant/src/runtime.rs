@@ -716,14 +716,20 @@ pub(crate) async fn run_writer(
         if last_forget.elapsed() >= forget_interval {
             last_forget = std::time::Instant::now();
             let horizon = Timestamp::now().saturating_sub(memory_window);
-            let (forgotten, kept) = {
+            let (forgotten, kept, fingerprints) = {
                 let mut engine = core.engine();
-                (engine.forget_committed_before(horizon), engine.dedup_len())
+                let forgotten = engine.forget_committed_before(horizon);
+                (forgotten, engine.dedup_len(), engine.forgotten_len())
             };
             core.metrics
                 .dedup_memory_entries
                 .set(i64::try_from(kept).unwrap_or(i64::MAX));
-            tracing::debug!(forgotten, kept, "deduplication entries left to the store");
+            tracing::debug!(
+                forgotten,
+                kept,
+                fingerprints,
+                "deduplication entries left to the store"
+            );
         }
         if let Some(error) = stream_error {
             if let ClientError::Fork(fork) = &error {
@@ -744,7 +750,7 @@ pub(crate) async fn run_writer(
 }
 
 /// Gives the engine the stored deduplication entries of the batch's submissions whose changes
-/// memory no longer holds (see [`DEDUP_FORGET_INTERVAL`]), so that
+/// memory forgot (see [`DEDUP_FORGET_INTERVAL`]), so that
 /// [`ParticipantEngine::submit`] decides as if it held all of the period. One read for the
 /// batch; a database outage is ridden out as a write's is. `Ok(false)` when the term ended.
 async fn recall_dedup(core: &Core, commands: &[WriterCommand]) -> Result<bool, WriterError> {
@@ -757,7 +763,8 @@ async fn recall_dedup(core: &Core, commands: &[WriterCommand]) -> Result<bool, W
                 WriterCommand::Submit { request, .. } => Some(request.change.key()),
                 _ => None,
             })
-            .filter(|key| engine.dedup_status(key, now).is_none())
+            // Only a change memory forgot can be in the store: a fresh one costs no read.
+            .filter(|key| engine.dedup_status(key, now).is_none() && engine.may_have_forgotten(key))
             .collect()
     };
     if unknown.is_empty() {
