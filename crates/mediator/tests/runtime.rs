@@ -62,13 +62,7 @@ async fn the_mediator_decides_times_out_and_survives_a_restart() {
 
     // 4. What operators see.
     wait_ready(mediator_admin).await;
-    let status: serde_json::Value =
-        reqwest::get(format!("http://127.0.0.1:{mediator_admin}/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let status = status(mediator_admin).await;
     assert_eq!(status["role"], "mediator");
     assert_eq!(status["pending_requests"], 0);
     assert!(status["last_processed_us"].as_u64().unwrap() > c.as_micros());
@@ -92,12 +86,21 @@ async fn the_mediator_decides_times_out_and_survives_a_restart() {
     synchronizer.stop().await;
 }
 
+/// The mediator's `/status`.
+async fn status(admin_port: u16) -> serde_json::Value {
+    reqwest::get(format!("http://127.0.0.1:{admin_port}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Waits until the mediator has processed and stored everything up to `timestamp`.
 async fn wait_processed(admin_port: u16, timestamp: Timestamp) {
-    let url = format!("http://127.0.0.1:{admin_port}/status");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let status: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let status = status(admin_port).await;
         if status["last_processed_us"].as_u64() >= Some(timestamp.as_micros()) {
             return;
         }
@@ -223,13 +226,7 @@ async fn verdicts_go_out_before_the_mediators_commit_and_survive_losing_it() {
     let (mediator_stop, mediator) = start_mediator(&config);
     wait_ready(mediator_admin).await;
     expect_marked_sent(&database, b, "decided again by the replay").await;
-    let status: serde_json::Value =
-        reqwest::get(format!("http://127.0.0.1:{mediator_admin}/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let status = status(mediator_admin).await;
     assert_eq!(status["pending_requests"], 0);
 
     mediator_stop.cancel();

@@ -197,6 +197,27 @@ async fn allocate_parties(cluster: &Cluster) {
     }
 }
 
+/// bank (p3) issues an IOU of 100 to alice, who (on p1) transfers it to bob: the IOU's id,
+/// the transfer command and its answer.
+async fn issue_and_transfer(
+    cluster: &Cluster,
+) -> (String, v1::SubmitAndWaitRequest, v1::SubmitAndWaitResponse) {
+    let iou = issue_to_alice(&cluster.ledgers[2], "issue-1", 100).await;
+    let transfer = submit(
+        "alice-app",
+        "transfer-1",
+        &["alice"],
+        vec![transfer_to(&iou, "bob")],
+    );
+    let transferred = cluster.ledgers[0]
+        .clone()
+        .submit_and_wait(transfer.clone())
+        .await
+        .expect("transfer")
+        .into_inner();
+    (iou, transfer, transferred)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ledger_api_end_to_end() {
     let cluster = start().await;
@@ -204,19 +225,7 @@ async fn ledger_api_end_to_end() {
     allocate_parties(&cluster).await;
 
     // Issue and transfer.
-    let iou = issue_to_alice(&p3, "issue-1", 100).await;
-    let transfer = submit(
-        "alice-app",
-        "transfer-1",
-        &["alice"],
-        vec![transfer_to(&iou, "bob")],
-    );
-    let transferred = p1
-        .clone()
-        .submit_and_wait(transfer.clone())
-        .await
-        .expect("transfer")
-        .into_inner();
+    let (iou, transfer, transferred) = issue_and_transfer(&cluster).await;
     assert!(transferred.offset > 0);
     the_transfer_was_timed_stage_by_stage(cluster.admins[0]).await;
     let bobs = retry("bob sees the IOU", || {
@@ -430,19 +439,7 @@ async fn a_retry_is_deduplicated_from_the_database_once_memory_let_go() {
     let cluster = start_with(|config| config.dedup_memory_window_s = 0).await;
     let p1 = cluster.ledgers[0].clone();
     allocate_parties(&cluster).await;
-    let iou = issue_to_alice(&cluster.ledgers[2], "issue-1", 100).await;
-    let transfer = submit(
-        "alice-app",
-        "transfer-1",
-        &["alice"],
-        vec![transfer_to(&iou, "bob")],
-    );
-    let transferred = p1
-        .clone()
-        .submit_and_wait(transfer.clone())
-        .await
-        .expect("transfer")
-        .into_inner();
+    let (iou, transfer, transferred) = issue_and_transfer(&cluster).await;
 
     // Memory let go of the committed change (the gauge counts what it holds).
     let admin = cluster.admins[0];
