@@ -339,25 +339,17 @@ impl EventLoop {
         };
         // Before the commit: a verdict waiting on the mediator's fsync would add it to every
         // request's latency, and the replay of a lost run sends the same verdicts.
-        for job in output.verdicts {
-            let job = match job {
-                Outgoing::Verdict {
-                    request_id,
-                    recipients,
-                    verdict,
-                    decided_in: _,
-                } => {
-                    self.metrics.count_verdict(&verdict.outcome);
-                    self.status.verdicts_decided.fetch_add(1, Ordering::Relaxed);
-                    Outgoing::Verdict {
-                        request_id,
-                        recipients,
-                        verdict,
-                        decided_in: Some(checkpoint),
-                    }
-                }
-                Outgoing::TimeProof => Outgoing::TimeProof,
-            };
+        for mut job in output.verdicts {
+            if let Outgoing::Verdict {
+                verdict,
+                decided_in,
+                ..
+            } = &mut job
+            {
+                self.metrics.count_verdict(&verdict.outcome);
+                self.status.verdicts_decided.fetch_add(1, Ordering::Relaxed);
+                *decided_in = Some(checkpoint);
+            }
             if self.outgoing.send(job).await.is_err() {
                 // The sender stops only at shutdown; the replay decides these again.
                 return Ok(false);

@@ -43,9 +43,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ParticipantConfig;
-use crate::engine::{
-    DedupStatus, LocalSubmission, ParticipantEngine, PendingRequest, RestoredState,
-};
+use crate::engine::{LocalSubmission, ParticipantEngine, PendingRequest, RestoredState};
 use crate::metrics::ParticipantMetrics;
 use crate::replication::Serving;
 use crate::runtime::{self, Core, WriterError, COMMAND_QUEUE, MAX_CONCURRENT_SENDS};
@@ -814,18 +812,10 @@ fn restore(snapshot: &meridian_store::ParticipantSnapshot) -> anyhow::Result<Res
                 max_sequencing_time: record.max_sequencing_time,
                 dedup_period_us: record.dedup_period_us,
             }),
-            DedupState::Committed {
-                transaction_id,
-                offset,
-                expires_at,
-            } => committed.push((
-                record.change_key.clone(),
-                DedupStatus::Committed {
-                    transaction_id: transaction_id.clone(),
-                    offset: *offset,
-                    expires_at: *expires_at,
-                },
-            )),
+            DedupState::Committed { .. } => committed.extend(
+                crate::runtime::committed_status(&record.state)
+                    .map(|status| (record.change_key.clone(), status)),
+            ),
         }
     }
     Ok(RestoredState {

@@ -787,23 +787,28 @@ async fn recall_dedup(core: &Core, commands: &[WriterCommand]) -> Result<bool, W
     };
     let mut engine = core.engine();
     for record in records {
-        if let DedupState::Committed {
-            transaction_id,
-            offset,
-            expires_at,
-        } = record.state
-        {
-            engine.recall_committed(
-                &record.change_key,
-                DedupStatus::Committed {
-                    transaction_id,
-                    offset,
-                    expires_at,
-                },
-            );
+        if let Some(status) = committed_status(&record.state) {
+            engine.recall_committed(&record.change_key, status);
         }
     }
     Ok(true)
+}
+
+/// The status of a committed entry as the store keeps it; `None` for an in-flight marker (the
+/// store's marker carries the whole submission, which the engine tracks apart).
+pub(crate) fn committed_status(state: &DedupState) -> Option<DedupStatus> {
+    match state {
+        DedupState::Committed {
+            transaction_id,
+            offset,
+            expires_at,
+        } => Some(DedupStatus::Committed {
+            transaction_id: transaction_id.clone(),
+            offset: *offset,
+            expires_at: *expires_at,
+        }),
+        DedupState::InFlight => None,
+    }
 }
 
 /// A fork: records it, lists the lost transactions, raises the alarm and processes nothing
