@@ -11,7 +11,10 @@ use meridian_node::telemetry::{init_tracing, LogFormat};
 // glibc's allocator was an eighth of all CPU at saturation (`malloc`, `free` and their
 // arena consolidation, per transfer across every node); mimalloc's thread-local free lists
 // cost a fraction of that for the many short-lived buffers of a protocol hop. Every role
-// runs from this binary, so this one line covers every node.
+// runs from this binary, so this one line covers every node. It is built without transparent
+// huge pages (`no_thp`): mimalloc asks the kernel for them on its arenas, so a node's memory
+// grew in 2 MiB pages partly used: at saturation a participant held 100-110 MiB for a live heap
+// heaptrack put near 21 MiB; without them it stays below 90 (docs/benchmarks.md, issue 14).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
