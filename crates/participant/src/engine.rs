@@ -648,13 +648,28 @@ impl ParticipantEngine {
     }
 
     /// Whether the store may hold a committed entry of `change_key` that memory forgot (or
-    /// never had: entries restored at start are forgotten at the first pass). `false` is
-    /// certain; `true` calls for a read ([`recall_committed`](Self::recall_committed)).
+    /// never had: those committed before a restart, see
+    /// [`remember_forgotten`](Self::remember_forgotten)). `false` is certain; `true` calls
+    /// for a read ([`recall_committed`](Self::recall_committed)).
     pub fn may_have_forgotten(&self, change_key: &str) -> bool {
         let fingerprint = fingerprint(&dedup_key(change_key));
         self.forgotten
             .values()
             .any(|fingerprints| fingerprints.contains(&fingerprint))
+    }
+
+    /// Notes a committed change the store holds and memory does not, as a fingerprint until
+    /// its period ends at `expires_at`: how a restart takes the period's committed entries,
+    /// which the store pages through ([`committed_dedup_keys`]) instead of loading them whole.
+    /// A submission of the change is then read back ([`recall_committed`]) before deciding.
+    ///
+    /// [`committed_dedup_keys`]: meridian_store::ParticipantStore::committed_dedup_keys
+    /// [`recall_committed`]: Self::recall_committed
+    pub fn remember_forgotten(&mut self, change_key: &str, expires_at: Timestamp) {
+        self.forgotten
+            .entry(expiry_minute(expires_at))
+            .or_default()
+            .insert(fingerprint(&dedup_key(change_key)));
     }
 
     /// How many forgotten entries' fingerprints the engine holds.

@@ -486,6 +486,33 @@ fn a_change_forgotten_by_memory_is_a_duplicate_again_once_recalled_from_the_stor
     assert_eq!(world.engine("p1").forgotten_len(), 0);
 }
 
+/// A restart takes the period's committed changes as fingerprints, not entries: nothing of
+/// them in memory but 8 bytes each, a read before deciding on one, none once its period ended.
+#[test]
+fn a_restart_remembers_committed_changes_as_fingerprints_only() {
+    let (mut world, _iou, _submission) = World::with_alices_transfer();
+    let engine = world.engine("p1");
+    let entries = engine.dedup_len();
+    let stored = World::change("alice-app", "committed-before-the-restart", &["alice"]);
+    let expires_at = ts(600_000_000);
+    engine.remember_forgotten(&stored.key(), expires_at);
+    assert_eq!(engine.dedup_len(), entries, "no entry in memory");
+    assert_eq!(engine.forgotten_len(), 1);
+    assert_eq!(engine.dedup_status(&stored.key(), ts(2_000)), None);
+    assert!(engine.may_have_forgotten(&stored.key()));
+    let fresh = World::change("alice-app", "never-submitted", &["alice"]);
+    assert!(!engine.may_have_forgotten(&fresh.key()));
+
+    engine.prune_dedup(expires_at);
+    assert!(
+        engine.may_have_forgotten(&stored.key()),
+        "its minute has not passed"
+    );
+    engine.prune_dedup(expires_at.saturating_add(std::time::Duration::from_secs(60)));
+    assert!(!engine.may_have_forgotten(&stored.key()));
+    assert_eq!(engine.forgotten_len(), 0);
+}
+
 #[test]
 fn rejection_releases_locks_and_frees_the_change() {
     let (mut world, iou, submission) = World::with_alices_transfer();

@@ -614,7 +614,7 @@ async fn start_term(
     refresh_topology: bool,
 ) -> anyhow::Result<Option<Term>> {
     let retry = Retry::new(&warm.readiness, &term);
-    let load = retry.until("database", "", || warm.store.load(Timestamp::now()));
+    let load = retry.until("database", "", || warm.store.load());
     let endpoints = warm.config.topology_endpoints.as_slice();
     let fetch = async {
         if !refresh_topology {
@@ -671,7 +671,15 @@ async fn start_term(
         "participant state loaded"
     );
     let participant = warm.config.participant_id.clone();
-    let engine = ParticipantEngine::new(participant.clone(), warm.key.clone(), topology, restored);
+    let mut engine =
+        ParticipantEngine::new(participant.clone(), warm.key.clone(), topology, restored);
+    let Some(committed) = remember_committed_changes(&mut engine, warm, &retry).await? else {
+        return Ok(None);
+    };
+    tracing::info!(
+        committed,
+        "committed changes of the deduplication period remembered as fingerprints"
+    );
     let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
     let ledger_end = engine.ledger_end();
     let core = Arc::new(Core {
@@ -784,6 +792,44 @@ async fn refresh_topology_while_passive(
     }
 }
 
+/// Committed changes read per page by [`remember_committed_changes`]: a page's keys are what
+/// a restart holds in memory beyond the fingerprints (some 100 bytes each).
+const COMMITTED_KEYS_PER_PAGE: u32 = 10_000;
+
+/// Gives the engine a fingerprint of every committed change still within its deduplication
+/// period, page by page, so that a retry of one is read back from the store before it is
+/// decided. Entries are not loaded whole: a period at saturation is most of a million, some
+/// 400 bytes each as records. Returns how many; `None` when the term ended first.
+async fn remember_committed_changes(
+    engine: &mut ParticipantEngine,
+    warm: &Warm,
+    retry: &Retry,
+) -> anyhow::Result<Option<u64>> {
+    let now = Timestamp::now();
+    let mut after: Option<String> = None;
+    let mut remembered = 0u64;
+    loop {
+        let page = retry
+            .until("database", "deduplication keys", || {
+                warm.store
+                    .committed_dedup_keys(now, after.as_deref(), COMMITTED_KEYS_PER_PAGE)
+            })
+            .await?;
+        let Some(page) = page else {
+            return Ok(None);
+        };
+        let Some((last, _)) = page.last() else {
+            return Ok(Some(remembered));
+        };
+        let last = last.clone();
+        for (change_key, expires_at) in &page {
+            engine.remember_forgotten(change_key, *expires_at);
+        }
+        remembered += page.len() as u64;
+        after = Some(last);
+    }
+}
+
 /// The engine's restored state from the store's snapshot.
 fn restore(snapshot: &meridian_store::ParticipantSnapshot) -> anyhow::Result<RestoredState> {
     let pending: Vec<PendingRequest> = snapshot
@@ -799,7 +845,6 @@ fn restore(snapshot: &meridian_store::ParticipantSnapshot) -> anyhow::Result<Res
         })
         .collect::<anyhow::Result<_>>()?;
     let mut in_flight = Vec::new();
-    let mut committed = Vec::new();
     for record in &snapshot.dedup {
         match &record.state {
             DedupState::InFlight => in_flight.push(LocalSubmission {
@@ -812,10 +857,9 @@ fn restore(snapshot: &meridian_store::ParticipantSnapshot) -> anyhow::Result<Res
                 max_sequencing_time: record.max_sequencing_time,
                 dedup_period_us: record.dedup_period_us,
             }),
-            DedupState::Committed { .. } => committed.extend(
-                crate::runtime::committed_status(&record.state)
-                    .map(|status| (record.change_key.clone(), status)),
-            ),
+            // Not in a snapshot: the engine takes them as fingerprints
+            // (`remember_committed_changes`).
+            DedupState::Committed { .. } => {}
         }
     }
     Ok(RestoredState {
@@ -828,6 +872,6 @@ fn restore(snapshot: &meridian_store::ParticipantSnapshot) -> anyhow::Result<Res
             .collect(),
         pending,
         in_flight,
-        committed,
+        committed: Vec::new(),
     })
 }

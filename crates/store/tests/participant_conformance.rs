@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use harness::t;
 use meridian_core::ledger::{Action, Contract, Transaction};
 use meridian_core::{
-    CommandId, ContractId, LedgerOffset, PartyId, TemplateId, TransactionId, UserId,
+    CommandId, ContractId, LedgerOffset, PartyId, TemplateId, Timestamp, TransactionId, UserId,
 };
 use meridian_store::{
     CompletionRecord, DedupRecord, DedupState, ForkRecord, ParticipantBatch, ParticipantStore,
@@ -106,7 +106,7 @@ fn dedup(key: &str, state: DedupState) -> DedupRecord {
 
 async fn batches_round_trip(h: Harness) {
     let store = &h.store;
-    let empty = store.load(t(0)).await.expect("load");
+    let empty = store.load().await.expect("load");
     assert_eq!(empty.checkpoint, None);
     assert_eq!(empty.ledger_end, LedgerOffset(0));
     assert!(empty.active_contracts.is_empty());
@@ -165,7 +165,7 @@ async fn batches_round_trip(h: Harness) {
 
     let reopened = h.reopen().await;
     for store in [store.clone(), reopened] {
-        let snapshot = store.load(t(5_000)).await.expect("load");
+        let snapshot = store.load().await.expect("load");
         assert_eq!(snapshot.checkpoint, Some(t(200)));
         assert_eq!(snapshot.ledger_end, LedgerOffset(3));
         assert_eq!(
@@ -178,14 +178,21 @@ async fn batches_round_trip(h: Harness) {
         );
         assert_eq!(snapshot.pending.len(), 1);
         assert_eq!(snapshot.pending[0].request_id, t(180));
-        assert_eq!(snapshot.dedup.len(), 1);
-        assert_eq!(snapshot.dedup[0].change_key, "k2");
-        assert!(matches!(
-            snapshot.dedup[0].state,
-            DedupState::Committed { .. }
-        ));
-        // Expired committed entries are not loaded.
-        assert!(store.load(t(20_000)).await.expect("load").dedup.is_empty());
+        // k1's marker was deleted; the committed k2 is not loaded, but paged through.
+        assert!(snapshot.dedup.is_empty());
+        assert_eq!(
+            store
+                .committed_dedup_keys(t(5_000), None, 10)
+                .await
+                .expect("committed keys"),
+            vec![("k2".to_owned(), t(10_000))]
+        );
+        // Expired committed entries are not listed.
+        assert!(store
+            .committed_dedup_keys(t(20_000), None, 10)
+            .await
+            .expect("committed keys")
+            .is_empty());
 
         let (offset, active) = store.active_contracts().await.expect("acs");
         assert_eq!(offset, LedgerOffset(3));
@@ -292,7 +299,7 @@ async fn a_failing_batch_changes_nothing(h: Harness) {
         })
         .await;
     assert!(err.is_err());
-    let snapshot = store.load(t(0)).await.expect("load");
+    let snapshot = store.load().await.expect("load");
     assert_eq!(snapshot.checkpoint, Some(t(100)));
     assert_eq!(snapshot.ledger_end, LedgerOffset(1));
     assert_eq!(snapshot.active_contracts, vec![created]);
@@ -373,7 +380,7 @@ async fn many_rows_in_one_batch(h: Harness) {
         };
         assert_eq!(stored.archived_offset, expected, "contract {i}");
     }
-    let snapshot = store.load(t(0)).await.expect("load");
+    let snapshot = store.load().await.expect("load");
     let mut left: Vec<String> = snapshot.dedup.into_iter().map(|d| d.change_key).collect();
     left.sort();
     let mut expected: Vec<String> = keys[900..].to_vec();
@@ -550,7 +557,7 @@ async fn a_fork_rewinds_to_a_quiet_point(h: Harness) {
     assert_eq!(outcome.pending_removed, 1);
     let reopened = h.reopen().await;
     for store in [store.clone(), reopened] {
-        let snapshot = store.load(t(5_000)).await.expect("load");
+        let snapshot = store.load().await.expect("load");
         assert_eq!(snapshot.checkpoint, Some(t(100)));
         assert_eq!(snapshot.ledger_end, LedgerOffset(1));
         let active: Vec<_> = snapshot
@@ -567,7 +574,16 @@ async fn a_fork_rewinds_to_a_quiet_point(h: Harness) {
                 .find(|d| d.change_key == key)
                 .map(|d| d.state.clone())
         };
-        assert_eq!(state("k-1"), Some(committed(1)));
+        // Committed entries are not part of the snapshot; k-1's is still stored.
+        assert_eq!(state("k-1"), None);
+        assert_eq!(
+            store
+                .dedup_entry("k-1")
+                .await
+                .expect("k-1")
+                .map(|d| d.state),
+            Some(committed(1))
+        );
         assert_eq!(state("k-2"), Some(DedupState::InFlight));
         assert_eq!(state("k-3"), None);
         assert_eq!(
@@ -585,10 +601,7 @@ async fn a_fork_rewinds_to_a_quiet_point(h: Harness) {
         })
         .await
         .expect("after the rewind");
-    assert_eq!(
-        store.load(t(5_000)).await.expect("load").checkpoint,
-        Some(t(500))
-    );
+    assert_eq!(store.load().await.expect("load").checkpoint, Some(t(500)));
 }
 
 /// Transaction ids are not indexed (migration 0012): a random key cost every transaction a
@@ -660,8 +673,66 @@ async fn dedup_entries_are_read_in_bulk(h: Harness) {
         .is_empty());
 }
 
+/// `committed_dedup_keys` pages through exactly the committed entries not yet expired, each
+/// once, in key order, whatever the page size; in-flight markers and expired entries are left
+/// out.
+async fn committed_dedup_keys_are_paged_in_key_order(h: Harness) {
+    let store = &h.store;
+    let mut upserts: Vec<DedupRecord> = (0..250)
+        .map(|i| {
+            dedup(
+                &format!("c-{i:03}"),
+                DedupState::Committed {
+                    transaction_id: TransactionId::new(format!("tx-{i}")).expect("tx"),
+                    offset: LedgerOffset(i + 1),
+                    // Every fifth one expired by 5,000.
+                    expires_at: t(if i % 5 == 0 { 4_000 } else { 6_000 + i }),
+                },
+            )
+        })
+        .collect();
+    upserts.extend((0..30).map(|i| dedup(&format!("f-{i:02}"), DedupState::InFlight)));
+    store
+        .apply(&ParticipantBatch {
+            dedup_upserts: upserts,
+            ..ParticipantBatch::default()
+        })
+        .await
+        .expect("upsert");
+    let expected: Vec<(String, Timestamp)> = (0..250)
+        .filter(|i| i % 5 != 0)
+        .map(|i| (format!("c-{i:03}"), t(6_000 + i)))
+        .collect();
+    for limit in [1, 7, 200, 1_000] {
+        let mut listed = Vec::new();
+        let mut pages = 0;
+        loop {
+            let after = listed
+                .last()
+                .map(|(key, _): &(String, Timestamp)| key.clone());
+            let page = store
+                .committed_dedup_keys(t(5_000), after.as_deref(), limit)
+                .await
+                .expect("page");
+            assert!(page.len() <= limit as usize);
+            if page.is_empty() {
+                break;
+            }
+            pages += 1;
+            listed.extend(page);
+        }
+        assert_eq!(listed, expected, "limit {limit}");
+        assert_eq!(
+            pages,
+            expected.len().div_ceil(limit as usize),
+            "limit {limit}"
+        );
+    }
+}
+
 conformance!(
     "participant":
+    committed_dedup_keys_are_paged_in_key_order,
     dedup_entries_are_read_in_bulk,
     a_fork_rewinds_to_a_quiet_point,
     batches_round_trip,

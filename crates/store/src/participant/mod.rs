@@ -211,8 +211,21 @@ pub trait ParticipantStore: Send + Sync + 'static {
     async fn applied(&self, batch: &ParticipantBatch) -> Result<bool, StoreError>;
 
     /// Everything needed to restart: checkpoint, ledger end, the active contracts, pending
-    /// requests and dedup entries that have not expired by `now`.
-    async fn load(&self, now: Timestamp) -> Result<ParticipantSnapshot, StoreError>;
+    /// requests and the in-flight deduplication markers. Not the committed dedup entries: a
+    /// period's worth (throughput × `dedup_period_s`, most of a million at saturation) would
+    /// be read whole into memory; [`committed_dedup_keys`](Self::committed_dedup_keys) pages
+    /// through their keys instead.
+    async fn load(&self) -> Result<ParticipantSnapshot, StoreError>;
+
+    /// A page of the committed deduplication entries not expired by `now`: at most `limit`
+    /// change keys with the end of their period, in key order after `after` (from the first
+    /// with `None`). An empty page is the end.
+    async fn committed_dedup_keys(
+        &self,
+        now: Timestamp,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Timestamp)>, StoreError>;
 
     /// The ledger end and the active contracts at that offset, read consistently.
     async fn active_contracts(&self) -> Result<(LedgerOffset, Vec<StoredContract>), StoreError>;

@@ -53,8 +53,8 @@ pub(crate) type DedupRow = (
     Option<i64>,
 );
 
-const IN_FLIGHT: &str = "in_flight";
-const COMMITTED: &str = "committed";
+pub(crate) const IN_FLIGHT: &str = "in_flight";
+pub(crate) const COMMITTED: &str = "committed";
 
 fn to_json<T: Serialize>(value: &T, table: &'static str) -> Result<String, StoreError> {
     serde_json::to_string(value)

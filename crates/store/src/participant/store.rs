@@ -340,10 +340,10 @@ impl ParticipantStore for SqlParticipantStore {
         Ok(found.as_deref() == Some(expected))
     }
 
-    async fn load(&self, now: Timestamp) -> Result<ParticipantSnapshot, StoreError> {
+    async fn load(&self) -> Result<ParticipantSnapshot, StoreError> {
         let dedup_query = format!(
-            "SELECT {DEDUP_COLUMNS} FROM participant_dedup \
-             WHERE expires_at IS NULL OR expires_at > $1"
+            "SELECT {DEDUP_COLUMNS} FROM participant_dedup WHERE state = '{}'",
+            rows::IN_FLIGHT
         );
         let (state, contracts, pending, dedup) = on_backend!(&self.pool, |_, readers, dialect| {
             let mut tx = readers.begin_with(dialect.snapshot_begin).await?;
@@ -359,10 +359,7 @@ impl ParticipantStore for SqlParticipantStore {
             )
             .fetch_all(&mut *tx)
             .await?;
-            let dedup: Vec<DedupRow> = sqlx::query_as(&dedup_query)
-                .bind(now.as_i64())
-                .fetch_all(&mut *tx)
-                .await?;
+            let dedup: Vec<DedupRow> = sqlx::query_as(&dedup_query).fetch_all(&mut *tx).await?;
             tx.commit().await?;
             (state, contracts, pending, dedup)
         });
@@ -484,6 +481,34 @@ impl ParticipantStore for SqlParticipantStore {
             }
         }
         Ok(found)
+    }
+
+    async fn committed_dedup_keys(
+        &self,
+        now: Timestamp,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        // `$2 IS NULL` would leave PostgreSQL unable to infer the parameter's type; the empty
+        // text sorts before every key instead.
+        let page = format!(
+            "SELECT change_key, expires_at FROM participant_dedup \
+             WHERE state = '{}' AND expires_at > $1 AND change_key > $2 \
+             ORDER BY change_key LIMIT $3",
+            rows::COMMITTED
+        );
+        let rows: Vec<(String, i64)> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_as(&page)
+                .bind(now.as_i64())
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(readers)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(key, expires_at)| (key, Timestamp::from_i64(expires_at)))
+            .collect())
     }
 
     async fn prune_dedup(&self, expired_before: Timestamp) -> Result<u64, StoreError> {
