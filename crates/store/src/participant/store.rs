@@ -70,6 +70,8 @@ const TRANSACTION_COLUMNS: &str =
     "ledger_offset, transaction_id, request_id, user_id, command_id, informees, tree, committed_at";
 const COMPLETION_COLUMNS: &str = "ledger_offset, user_id, command_id, act_as, submission_id, \
      status_code, message, transaction_id, record_time";
+/// Between two entries of [`ParticipantStore::committed_dedup_keys`]' joined page.
+const KEY_PAGE_SEPARATOR: &str = "\n";
 const DEDUP_COLUMNS: &str = "change_key, user_id, command_id, act_as, submission_id, state, \
      max_sequencing_time, dedup_period_us, transaction_id, ledger_offset, expires_at";
 
@@ -489,26 +491,46 @@ impl ParticipantStore for SqlParticipantStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, Timestamp)>, StoreError> {
-        // `$2 IS NULL` would leave PostgreSQL unable to infer the parameter's type; the empty
-        // text sorts before every key instead.
+        // One row per page, the page's entries joined into one text: read row by row, a
+        // restart spent about 5 µs on each of the period's keys in the driver (a second per
+        // 200,000, which a promoted replica adds to its takeover). `$2 IS NULL` would leave
+        // PostgreSQL unable to infer the parameter's type; the empty text sorts before every
+        // key instead. A change key is the engine's hex digest: no separator in it.
         let page = format!(
-            "SELECT change_key, expires_at FROM participant_dedup \
-             WHERE state = '{}' AND expires_at > $1 AND change_key > $2 \
-             ORDER BY change_key LIMIT $3",
+            "SELECT string_agg(CAST(expires_at AS TEXT) || ' ' || change_key, $4 \
+                 ORDER BY change_key) \
+             FROM (SELECT change_key, expires_at FROM participant_dedup \
+                   WHERE state = '{}' AND expires_at > $1 AND change_key > $2 \
+                   ORDER BY change_key LIMIT $3) AS page",
             rows::COMMITTED
         );
-        let rows: Vec<(String, i64)> = on_backend!(&self.pool, |_, readers, _| {
-            sqlx::query_as(&page)
+        let joined: Option<String> = on_backend!(&self.pool, |_, readers, _| {
+            sqlx::query_scalar(&page)
                 .bind(now.as_i64())
                 .bind(after.unwrap_or(""))
                 .bind(i64::from(limit))
-                .fetch_all(readers)
+                .bind(KEY_PAGE_SEPARATOR)
+                .fetch_one(readers)
                 .await?
         });
-        Ok(rows
-            .into_iter()
-            .map(|(key, expires_at)| (key, Timestamp::from_i64(expires_at)))
-            .collect())
+        let Some(joined) = joined else {
+            return Ok(Vec::new());
+        };
+        joined
+            .split(KEY_PAGE_SEPARATOR)
+            .map(|entry| {
+                let parsed = entry.split_once(' ').and_then(|(expires_at, key)| {
+                    let expires_at = expires_at.parse::<i64>().ok()?;
+                    Some((key.to_owned(), Timestamp::from_i64(expires_at)))
+                });
+                parsed.ok_or_else(|| {
+                    StoreError::corrupt(
+                        "participant_dedup",
+                        format!("a committed entry reads as {entry:?}"),
+                    )
+                })
+            })
+            .collect()
     }
 
     async fn prune_dedup(&self, expired_before: Timestamp) -> Result<u64, StoreError> {
