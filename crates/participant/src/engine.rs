@@ -453,6 +453,10 @@ pub struct ParticipantEngine {
     /// their period, by the minute their period ends: a submission whose fingerprint is not
     /// here has nothing in the store, so only retries (and one in 2^64 others) cost a read.
     forgotten: BTreeMap<u64, HashSet<u64>>,
+    /// Whether the fingerprints of the changes committed before a restart are still being
+    /// read ([`begin_remembering`](Self::begin_remembering)): until then any change may have
+    /// been forgotten.
+    remembering: bool,
     ledger_end: LedgerOffset,
     last_event: Option<Timestamp>,
     /// Verdict groups whose root signature was checked: a group's other verdicts need no
@@ -509,6 +513,7 @@ impl ParticipantEngine {
                 .map(|(change_key, status)| (dedup_key(&change_key), status.into()))
                 .collect(),
             forgotten: BTreeMap::new(),
+            remembering: false,
             ledger_end: restored.ledger_end,
             last_event: restored.checkpoint,
             verified_roots: VerifiedRoots::default(),
@@ -652,6 +657,9 @@ impl ParticipantEngine {
     /// [`remember_forgotten`](Self::remember_forgotten)). `false` is certain; `true` calls
     /// for a read ([`recall_committed`](Self::recall_committed)).
     pub fn may_have_forgotten(&self, change_key: &str) -> bool {
+        if self.remembering {
+            return true;
+        }
         let fingerprint = fingerprint(&dedup_key(change_key));
         self.forgotten
             .values()
@@ -670,6 +678,21 @@ impl ParticipantEngine {
             .entry(expiry_minute(expires_at))
             .or_default()
             .insert(fingerprint(&dedup_key(change_key)));
+    }
+
+    /// Marks the fingerprints of the changes committed before a restart as still being read
+    /// ([`remember_forgotten`](Self::remember_forgotten) page by page, while the node already
+    /// serves): until [`end_remembering`](Self::end_remembering) every change may have been
+    /// forgotten, so every submission's entry is read from the store before it is decided.
+    /// A takeover then waits for none of the period's keys.
+    pub fn begin_remembering(&mut self) {
+        self.remembering = true;
+    }
+
+    /// Every fingerprint of the changes committed before the restart is in memory: only
+    /// changes that match one call for a read again.
+    pub fn end_remembering(&mut self) {
+        self.remembering = false;
     }
 
     /// How many forgotten entries' fingerprints the engine holds.

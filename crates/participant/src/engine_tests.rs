@@ -487,7 +487,8 @@ fn a_change_forgotten_by_memory_is_a_duplicate_again_once_recalled_from_the_stor
 }
 
 /// A restart takes the period's committed changes as fingerprints, not entries: nothing of
-/// them in memory but 8 bytes each, a read before deciding on one, none once its period ended.
+/// them in memory but 8 bytes each, a read before deciding on one (on any change while they
+/// are still being read), none once its period ended.
 #[test]
 fn a_restart_remembers_committed_changes_as_fingerprints_only() {
     let (mut world, _iou, _submission) = World::with_alices_transfer();
@@ -502,6 +503,12 @@ fn a_restart_remembers_committed_changes_as_fingerprints_only() {
     assert!(engine.may_have_forgotten(&stored.key()));
     let fresh = World::change("alice-app", "never-submitted", &["alice"]);
     assert!(!engine.may_have_forgotten(&fresh.key()));
+    // While the fingerprints are still being read, any change may be in the store.
+    engine.begin_remembering();
+    assert!(engine.may_have_forgotten(&fresh.key()));
+    engine.end_remembering();
+    assert!(!engine.may_have_forgotten(&fresh.key()));
+    assert!(engine.may_have_forgotten(&stored.key()));
 
     engine.prune_dedup(expires_at);
     assert!(

@@ -673,13 +673,8 @@ async fn start_term(
     let participant = warm.config.participant_id.clone();
     let mut engine =
         ParticipantEngine::new(participant.clone(), warm.key.clone(), topology, restored);
-    let Some(committed) = remember_committed_changes(&mut engine, warm, &retry).await? else {
-        return Ok(None);
-    };
-    tracing::info!(
-        committed,
-        "committed changes of the deduplication period remembered as fingerprints"
-    );
+    // The period's committed changes are read after the node serves (`remember_committed_changes`).
+    engine.begin_remembering();
     let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
     let ledger_end = engine.ledger_end();
     let core = Arc::new(Core {
@@ -719,6 +714,7 @@ async fn start_term(
     let writer = tokio::spawn(runtime::run_writer(core.clone(), command_queue));
     let settling = core.clone();
     tokio::spawn(async move { settling.settle_inherited().await });
+    tokio::spawn(remember_committed_changes(core.clone()));
     warm.serving.serve(core.clone());
     warm.readiness.clear("startup");
     Ok(Some(Term {
@@ -793,41 +789,58 @@ async fn refresh_topology_while_passive(
 }
 
 /// Committed changes read per page by [`remember_committed_changes`]: a page's keys are what
-/// a restart holds in memory beyond the fingerprints (some 100 bytes each).
+/// it holds in memory beyond the fingerprints (some 100 bytes each).
 const COMMITTED_KEYS_PER_PAGE: u32 = 10_000;
 
 /// Gives the engine a fingerprint of every committed change still within its deduplication
 /// period, page by page, so that a retry of one is read back from the store before it is
-/// decided. Entries are not loaded whole: a period at saturation is most of a million, some
-/// 400 bytes each as records. Returns how many; `None` when the term ended first.
-async fn remember_committed_changes(
-    engine: &mut ParticipantEngine,
-    warm: &Warm,
-    retry: &Retry,
-) -> anyhow::Result<Option<u64>> {
+/// decided; then ends the engine's remembering. Runs while the node already serves: reading
+/// the keys takes about half a second per 200,000 (a period at saturation is most of a
+/// million), which a takeover would otherwise wait for, and until it ends every submission
+/// is read from the store instead. Loading the entries whole took several hundred MiB.
+async fn remember_committed_changes(core: Arc<Core>) {
+    let started = std::time::Instant::now();
     let now = Timestamp::now();
+    let retry = Retry::new(&core.readiness, &core.shutdown);
     let mut after: Option<String> = None;
     let mut remembered = 0u64;
     loop {
         let page = retry
-            .until("database", "deduplication keys", || {
-                warm.store
+            .until("database", "cannot read the deduplication keys", || {
+                core.store
                     .committed_dedup_keys(now, after.as_deref(), COMMITTED_KEYS_PER_PAGE)
             })
-            .await?;
-        let Some(page) = page else {
-            return Ok(None);
+            .await;
+        let page = match page {
+            Ok(Some(page)) => page,
+            Ok(None) => return,
+            Err(gave_up) => {
+                // Correct, only slower: the engine keeps reading every submission's entry.
+                tracing::error!(
+                    "{gave_up}; every submission's deduplication entry is read from the \
+                     database until the participant restarts"
+                );
+                return;
+            }
         };
         let Some((last, _)) = page.last() else {
-            return Ok(Some(remembered));
+            break;
         };
         let last = last.clone();
+        let mut engine = core.engine();
         for (change_key, expires_at) in &page {
             engine.remember_forgotten(change_key, *expires_at);
         }
+        drop(engine);
         remembered += page.len() as u64;
         after = Some(last);
     }
+    core.engine().end_remembering();
+    tracing::info!(
+        committed = remembered,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "committed changes of the deduplication period remembered as fingerprints"
+    );
 }
 
 /// The engine's restored state from the store's snapshot.
