@@ -139,6 +139,19 @@ fn expiry_minute(expires_at: Timestamp) -> u64 {
     expires_at.as_micros().div_ceil(60_000_000)
 }
 
+/// Files the fingerprint of a committed change memory does not hold under the minute its
+/// period ends, which [`ParticipantEngine::prune_dedup`] drops whole.
+fn file_fingerprint(
+    forgotten: &mut BTreeMap<u64, HashSet<u64>>,
+    key: &DedupKey,
+    expires_at: Timestamp,
+) {
+    forgotten
+        .entry(expiry_minute(expires_at))
+        .or_default()
+        .insert(fingerprint(key));
+}
+
 /// A [`DedupStatus`] as the table keeps it: a committed transaction's id as its 32 bytes when
 /// it is the usual 64 hex digits ([`protocol::transaction_id`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,10 +439,10 @@ pub struct RestoredState {
     pub ledger_end: LedgerOffset,
     pub active_contracts: Vec<Contract>,
     pub pending: Vec<PendingRequest>,
-    /// In-flight submissions (markers) that have no completion yet.
+    /// In-flight submissions (markers) that have no completion yet. The committed changes of
+    /// the deduplication period are not part of it: the node hands them over as fingerprints
+    /// ([`ParticipantEngine::remember_forgotten`]).
     pub in_flight: Vec<LocalSubmission>,
-    /// Committed dedup entries: (change key, status).
-    pub committed: Vec<(String, DedupStatus)>,
 }
 
 /// The participant's sans-I/O protocol engine. See the module documentation.
@@ -507,11 +520,7 @@ impl ParticipantEngine {
             pending: BTreeMap::new(),
             in_flight: HashMap::new(),
             expiry: BTreeSet::new(),
-            dedup: restored
-                .committed
-                .into_iter()
-                .map(|(change_key, status)| (dedup_key(&change_key), status.into()))
-                .collect(),
+            dedup: BTreeMap::new(),
             forgotten: BTreeMap::new(),
             remembering: false,
             ledger_end: restored.ledger_end,
@@ -640,10 +649,7 @@ impl ParticipantEngine {
             } => {
                 let keep = *committed_at >= horizon;
                 if !keep {
-                    forgotten
-                        .entry(expiry_minute(*expires_at))
-                        .or_default()
-                        .insert(fingerprint(key));
+                    file_fingerprint(forgotten, key, *expires_at);
                 }
                 keep
             }
@@ -674,10 +680,7 @@ impl ParticipantEngine {
     /// [`committed_dedup_keys`]: meridian_store::ParticipantStore::committed_dedup_keys
     /// [`recall_committed`]: Self::recall_committed
     pub fn remember_forgotten(&mut self, change_key: &str, expires_at: Timestamp) {
-        self.forgotten
-            .entry(expiry_minute(expires_at))
-            .or_default()
-            .insert(fingerprint(&dedup_key(change_key)));
+        file_fingerprint(&mut self.forgotten, &dedup_key(change_key), expires_at);
     }
 
     /// Marks the fingerprints of the changes committed before a restart as still being read

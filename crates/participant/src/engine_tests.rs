@@ -791,7 +791,6 @@ fn verdicts_with_bad_signatures_or_hashes_are_ignored_and_restart_resumes() {
             active_contracts: contracts,
             pending,
             in_flight: Vec::new(),
-            committed: Vec::new(),
         },
     );
     world.engines.insert(pid("p1"), restarted);

@@ -885,6 +885,5 @@ fn restore(snapshot: &meridian_store::ParticipantSnapshot) -> anyhow::Result<Res
             .collect(),
         pending,
         in_flight,
-        committed: Vec::new(),
     })
 }

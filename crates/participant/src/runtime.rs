@@ -796,7 +796,7 @@ async fn recall_dedup(core: &Core, commands: &[WriterCommand]) -> Result<bool, W
 
 /// The status of a committed entry as the store keeps it; `None` for an in-flight marker (the
 /// store's marker carries the whole submission, which the engine tracks apart).
-pub(crate) fn committed_status(state: &DedupState) -> Option<DedupStatus> {
+fn committed_status(state: &DedupState) -> Option<DedupStatus> {
     match state {
         DedupState::Committed {
             transaction_id,

@@ -916,6 +916,24 @@ impl Sim {
 
     // ---- Applications ----
 
+    /// What the runtime's writer does before deciding on a submission: a change memory does
+    /// not hold but may have forgotten is read back from the store.
+    fn recall_forgotten(&mut self, p: &ParticipantId, change_key: &str, now: Timestamp) {
+        let engine = self.participants.get_mut(p).unwrap();
+        if engine.dedup_status(change_key, now).is_some() || !engine.may_have_forgotten(change_key)
+        {
+            return;
+        }
+        let stored = self
+            .stores
+            .get(p)
+            .and_then(|store| store.dedup.get(change_key))
+            .and_then(|(_, status)| status.clone());
+        if let Some(status) = stored {
+            engine.recall_committed(change_key, status);
+        }
+    }
+
     /// Submits `commands` at `p` through the engine's one door, or, given a stand-in engine
     /// holding a stale view, prepares them there and starts that submission at `p`.
     fn submit(
@@ -940,6 +958,7 @@ impl Sim {
         let submission_id = MessageId::new(format!("sub-{n}")).unwrap();
         let deadline = ts(self.now + window);
         let now = ts(self.now);
+        self.recall_forgotten(p, &change.key(), now);
         let begin = match stale_view {
             // The runtime's one door: deduplication, interpretation and the in-flight marker
             // in one step.
@@ -1370,19 +1389,27 @@ impl Sim {
                 .filter(|(_, status)| status.is_none())
                 .map(|(local, _)| local.clone())
                 .collect(),
-            committed: store
-                .dedup
-                .iter()
-                .filter_map(|(key, (_, status))| status.clone().map(|s| (key.clone(), s)))
-                .collect(),
         };
+        let committed: Vec<(String, Timestamp)> = store
+            .dedup
+            .iter()
+            .filter_map(|(key, (_, status))| match status {
+                Some(DedupStatus::Committed { expires_at, .. }) => Some((key.clone(), *expires_at)),
+                _ => None,
+            })
+            .collect();
         let responses: Vec<Effect> = restored
             .pending
             .iter()
             .filter_map(|pending| pending.response.clone().map(Effect::Send))
             .collect();
         let topology = self.engine(&p).topology().clone();
-        let engine = ParticipantEngine::new(p.clone(), participant_key(&p), topology, restored);
+        let mut engine = ParticipantEngine::new(p.clone(), participant_key(&p), topology, restored);
+        // As the node does: the period's committed changes as fingerprints, a retry of one
+        // read back before it is decided (`recall_forgotten`).
+        for (key, expires_at) in &committed {
+            engine.remember_forgotten(key, *expires_at);
+        }
         let old = self.participants.insert(p.clone(), engine).unwrap();
         if lost.is_empty() {
             // Nothing was lost: the restored engine is the one that stopped.
