@@ -248,8 +248,6 @@ pub trait ParticipantStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<CompletionRecord>, StoreError>;
 
-    async fn dedup_entry(&self, change_key: &str) -> Result<Option<DedupRecord>, StoreError>;
-
     /// The deduplication entries of those of `change_keys` that have one, in no particular
     /// order; one round trip per few hundred keys.
     async fn dedup_entries(&self, change_keys: &[String]) -> Result<Vec<DedupRecord>, StoreError>;

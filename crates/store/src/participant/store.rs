@@ -458,12 +458,6 @@ impl ParticipantStore for SqlParticipantStore {
         rows.into_iter().map(rows::completion_record).collect()
     }
 
-    async fn dedup_entry(&self, change_key: &str) -> Result<Option<DedupRecord>, StoreError> {
-        let select = format!("SELECT {DEDUP_COLUMNS} FROM participant_dedup WHERE change_key = $1");
-        let row: Option<DedupRow> = self.pool.read_optional(&select, change_key).await?;
-        row.map(rows::dedup_record).transpose()
-    }
-
     async fn dedup_entries(&self, change_keys: &[String]) -> Result<Vec<DedupRecord>, StoreError> {
         let mut found = Vec::new();
         for chunk in change_keys.chunks(DEDUP_KEYS_PER_READ) {
