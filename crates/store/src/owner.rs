@@ -222,7 +222,7 @@ async fn claim_in(
     owner: &DatabaseOwner,
 ) -> Result<(DatabaseOwner, OwnerClaim), StoreError> {
     let (row, claim) = on_backend!(pool, |writer, _, dialect| {
-        let mut tx = writer.begin_with(dialect.write_begin).await?;
+        let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
         let existing: Option<OwnerRow> = sqlx::query_as(SELECT_OWNER)
             .fetch_optional(&mut *tx)
             .await?;

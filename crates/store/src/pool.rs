@@ -91,6 +91,25 @@ impl Dialect {
     }
 }
 
+/// Begins a transaction on a connection of `pool` with `statement`, as `Pool::begin_with`
+/// does, but safe to cancel. sqlx 0.8 is not: a caller's future dropped after the `BEGIN` ran
+/// but before the `Transaction` existed (SQLite: while a custom `BEGIN` is checked; PostgreSQL:
+/// while the `BEGIN` is in flight) hands the connection back to the pool still inside the
+/// transaction, and nothing ever ends it. On SQLite that connection keeps the file's write
+/// lock, so every other writer of the file, the replica lease among them, waits for it until
+/// the process exits. Stores are cancelled routinely (a shutdown, a step-down, a stalled call's
+/// timeout), so the `BEGIN` runs in a task of its own that always finishes: if nobody awaits
+/// its transaction any more, the task drops it, which rolls it back.
+pub(crate) async fn begin<DB: Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: &'static str,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .map_err(|error| sqlx::Error::Protocol(format!("beginning a transaction: {error}")))?
+}
+
 /// Runs `$body` once per backend: `$writer` and `$readers` are bound to that backend's pools
 /// and `$dialect` to its [`Dialect`], and the type `Db` names its sqlx database (for
 /// `QueryBuilder::<Db>`). The body is compiled twice, so one SQL text serves both backends
@@ -336,7 +355,7 @@ impl StorePool {
         value: i64,
     ) -> Result<u64, StoreError> {
         Ok(on_backend!(self, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = begin(writer, dialect.write_begin).await?;
             tx.check_fence(fence).await?;
             let changed = sqlx::query(statement)
                 .bind(value)
@@ -495,4 +514,103 @@ async fn migrate_sqlite(writer: &SqlitePool, attempts: u32) -> Result<(), StoreE
 /// the rest, but at least one, so a configured total of one still leaves reads a connection.
 pub(crate) fn postgres_reader_connections(max_connections: u32) -> u32 {
     max_connections.saturating_sub(1).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::postgres::PgPoolOptions;
+    use sqlx::{Connection as _, Executor as _, Pool};
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    /// Starts `begin` and drops it after some polls: at every point from before the `BEGIN`
+    /// was sent to after it returned, as the attempts go by (the connection's worker runs on
+    /// its own, so the exact points vary). `check` runs after each attempt, once the
+    /// connection is back in the pool.
+    async fn cancel_begins<DB: Database, F: Future<Output = bool>>(
+        pool: &Pool<DB>,
+        statement: &'static str,
+        attempts: u32,
+        mut nothing_left_open: impl FnMut() -> F,
+    ) {
+        for attempt in 0..attempts {
+            let mut begun = Box::pin(begin(pool, statement));
+            for _ in 0..attempt % 300 {
+                if let Poll::Ready(result) =
+                    begun.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+                {
+                    drop(result.expect("begin"));
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            drop(begun);
+            // The begin may still be running (it owns the connection meanwhile) or be about
+            // to roll back what nobody took: a leak is what is still open a second later.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            loop {
+                drop(pool.acquire().await.expect("acquire"));
+                if nothing_left_open().await {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "attempt {attempt} left a transaction open"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Without [`begin`] (`Pool::begin_with`), this fails within a few hundred attempts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_sqlite_begin_leaves_no_write_lock_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.db");
+        let writer = open_sqlite_writer(&sqlite_options(&path), MIGRATE_ONCE)
+            .await
+            .expect("open");
+        let options = sqlite_options(&path).busy_timeout(Duration::ZERO);
+        cancel_begins(&writer, SQLITE.write_begin, 1_500, || async {
+            let mut other = SqliteConnection::connect_with(&options)
+                .await
+                .expect("open a second connection");
+            let free = other.execute("BEGIN IMMEDIATE").await.is_ok();
+            other.execute("ROLLBACK").await.ok();
+            free
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_postgres_begin_leaves_no_transaction_open() {
+        let url = meridian_testkit::PostgresServer::shared()
+            .create_database("cancelled_begin")
+            .expect("create database");
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect");
+        let observer = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect");
+        cancel_begins(&pool, POSTGRES.write_begin, 600, || {
+            let observer = &observer;
+            async move {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+                )
+                .fetch_one(observer)
+                .await
+                .expect("pg_stat_activity");
+                open == 0
+            }
+        })
+        .await;
+    }
 }

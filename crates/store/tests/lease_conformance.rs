@@ -350,6 +350,46 @@ async fn a_deposed_topology_manager_writes_nothing(h: Harness) {
     ));
 }
 
+/// Polls `call` at most `polls` times and drops it: a caller cancelled midway (a shutdown, a
+/// step-down), at a different point for each count.
+fn drop_after_polls<F: std::future::Future>(call: F, polls: u32) {
+    use std::task::{Context, Waker};
+    let mut call = std::pin::pin!(call);
+    for _ in 0..polls {
+        if call
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+        {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Lease calls dropped midway leave nothing held that outlives them: the dropping replica can
+/// go on and hand over, the other takes over, and no transaction stays open (on PostgreSQL a
+/// session left inside the epoch bump would keep the lease row locked against every fenced
+/// write of the node; on SQLite a connection left inside `BEGIN IMMEDIATE` keeps the file).
+async fn calls_dropped_midway_leave_nothing_held(h: Harness) {
+    let a = h.replica().await;
+    let b = h.replica().await;
+    for attempt in 0..60u32 {
+        let polls = attempt % 30;
+        drop_after_polls(a.try_acquire("a", "http://a", LONG, now()), polls);
+        let epoch = acquire_within(a.as_ref(), "a", Duration::from_secs(5)).await;
+        drop_after_polls(a.renew("a", epoch, now()), polls);
+        a.release("a", epoch).await.expect("a hands over");
+        let taken = acquire_within(b.as_ref(), "b", Duration::from_secs(5)).await;
+        assert!(
+            taken > epoch,
+            "attempt {attempt}: {taken:?} after {epoch:?}"
+        );
+        b.release("b", taken).await.expect("b hands back");
+        h.backend.assert_no_transaction_left_open().await;
+    }
+}
+
 conformance!(
     "lease":
     first_holder_gets_epoch_one_and_excludes_others,
@@ -360,6 +400,7 @@ conformance!(
     a_deposed_participant_writes_nothing,
     a_deposed_mediator_writes_nothing,
     a_deposed_topology_manager_writes_nothing,
+    calls_dropped_midway_leave_nothing_held,
 );
 
 /// The fencing check of a PostgreSQL write transaction, as `meridian_store::fencing` runs it.

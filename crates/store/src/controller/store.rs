@@ -111,7 +111,7 @@ impl ControllerStore for SqlControllerStore {
         }
         let plans = distinct_plans(&batch.plans);
         let first: i64 = on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             tx.execute_chunked(
                 "INSERT INTO controller_plan (id, state, body_json, updated_at_us) ",

@@ -452,19 +452,42 @@ fn timed_out(what: &str) -> StoreError {
     )))
 }
 
-/// Runs one lease call on the session under [`CALL_TIMEOUT`]; on any failure but a definite
-/// answer the session is discarded, releasing whatever lock it held.
+/// The session slot for the length of one lease call. A call that did not settle, because it
+/// failed without a definite answer or because its caller dropped it midway (a shutdown, a
+/// step-down), leaves the session in a state nobody knows: an advisory lock taken or not, or a
+/// transaction begun and never ended, which would keep the lease row's `FOR UPDATE` lock and
+/// so hold up every fenced write of the node. Such a session is discarded; closing it makes
+/// the server release whatever it held.
+struct SessionCall<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<Session>>,
+    settled: bool,
+}
+
+impl Drop for SessionCall<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            *self.slot = None;
+        }
+    }
+}
+
+/// Runs one lease call on the session under [`CALL_TIMEOUT`]; see [`SessionCall`] for when
+/// the session is discarded.
 macro_rules! on_session {
     ($store:expr, $what:literal, |$slot:ident| $call:expr) => {{
-        let mut guard = $store.session.lock().await;
-        let $slot: &mut Option<Session> = &mut guard;
-        let result = match tokio::time::timeout(CALL_TIMEOUT, $call).await {
-            Ok(result) => result,
-            Err(_) => Err(timed_out($what)),
+        let mut call = SessionCall {
+            slot: $store.session.lock().await,
+            settled: false,
         };
-        if matches!(result, Err(ref error) if !matches!(error, StoreError::LeaseLost { .. })) {
-            *guard = None;
-        }
+        let result = {
+            let $slot: &mut Option<Session> = &mut call.slot;
+            match tokio::time::timeout(CALL_TIMEOUT, $call).await {
+                Ok(result) => result,
+                Err(_) => Err(timed_out($what)),
+            }
+        };
+        call.settled =
+            !matches!(result, Err(ref error) if !matches!(error, StoreError::LeaseLost { .. }));
         result
     }};
 }

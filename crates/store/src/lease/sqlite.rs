@@ -146,7 +146,7 @@ impl SqliteLeaseStore {
         now: Timestamp,
         flocked: bool,
     ) -> Result<Option<Epoch>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = pool::begin(&self.pool, "BEGIN IMMEDIATE").await?;
         let row: Option<(i64, Option<String>, i64)> = sqlx::query_as(
             "SELECT epoch, holder, renewed_at_us FROM replica_lease WHERE node = $1",
         )
@@ -172,6 +172,16 @@ impl SqliteLeaseStore {
             .bind(now.as_i64())
             .fetch_one(&mut *tx)
             .await?;
+        if flocked {
+            // Before the commit, not after it: a call dropped between the two (its caller
+            // cancelled) would leave the row's epoch unrecorded, and every later flock holder,
+            // this instance included, would wait out the timeout. A commit that fails instead
+            // leaves a number the row does not hold, which only disables the fast path.
+            if let Err(error) = self.write_flocked_epoch(Epoch(epoch)) {
+                // The lease is ours regardless; only a fast takeover after our death is lost.
+                tracing::warn!(node = %self.node, %error, "cannot record the epoch in the lease lock file");
+            }
+        }
         tx.commit().await?;
         if let Some((previous, Some(previous_holder), renewed_at)) = row {
             tracing::info!(
@@ -181,6 +191,20 @@ impl SqliteLeaseStore {
             );
         }
         Ok(Some(Epoch(epoch)))
+    }
+}
+
+/// Lets go of the flock when dropped, unless the call it guards took the lease.
+struct FlockUnlessTaken<'a> {
+    store: &'a SqliteLeaseStore,
+    taken: bool,
+}
+
+impl Drop for FlockUnlessTaken<'_> {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.store.drop_flock();
+        }
     }
 }
 
@@ -212,26 +236,17 @@ impl LeaseStore for SqliteLeaseStore {
         now: Timestamp,
     ) -> Result<Option<Epoch>, StoreError> {
         let flocked = self.take_flock()?;
+        // A passive never keeps the flock, the live active may need it; nor does a call
+        // dropped midway, whose caller cannot know whether it took the lease.
+        let mut flock = FlockUnlessTaken {
+            store: self,
+            taken: false,
+        };
         let taken = self
             .take_row(holder, holder_endpoint, lease_timeout, now, flocked)
             .await;
-        match taken {
-            Ok(Some(epoch)) => {
-                if flocked {
-                    if let Err(error) = self.write_flocked_epoch(epoch) {
-                        // The lease is ours regardless; only a fast takeover after our death
-                        // is lost (passives then wait for the timeout).
-                        tracing::warn!(node = %self.node, %error, "cannot record the epoch in the lease lock file");
-                    }
-                }
-                Ok(Some(epoch))
-            }
-            other => {
-                // A passive never keeps the flock: the live active may need it.
-                self.drop_flock();
-                other
-            }
-        }
+        flock.taken = matches!(taken, Ok(Some(_)));
+        taken
     }
 
     async fn renew(&self, holder: &str, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {

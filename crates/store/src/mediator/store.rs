@@ -64,7 +64,7 @@ impl MediatorStore for SqlMediatorStore {
         // (possibly in another process) commits.
         let (checkpoint, requests, responses, unsent) =
             on_backend!(&self.pool, |_, readers, dialect| {
-                let mut tx = readers.begin_with(dialect.snapshot_begin).await?;
+                let mut tx = crate::pool::begin(readers, dialect.snapshot_begin).await?;
                 let checkpoint: Option<i64> =
                     sqlx::query_scalar("SELECT ts FROM mediator_checkpoint WHERE id = 1")
                         .fetch_optional(&mut *tx)
@@ -103,7 +103,7 @@ impl MediatorStore for SqlMediatorStore {
     ) -> Result<(), StoreError> {
         let plan = ApplyPlan::new(changes);
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             for table in ["mediator_responses", "mediator_requests"] {
                 tx.execute_for_ids(
@@ -132,7 +132,7 @@ impl MediatorStore for SqlMediatorStore {
             return Ok(());
         }
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             tx.execute_for_ids(
                 "UPDATE mediator_verdicts SET sent = true WHERE request_id",

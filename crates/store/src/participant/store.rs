@@ -229,7 +229,7 @@ impl ParticipantStore for SqlParticipantStore {
             return Ok(());
         }
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             let encoded = EncodedBatch::new(batch)?;
             tx.execute_chunked(
@@ -330,7 +330,7 @@ impl ParticipantStore for SqlParticipantStore {
         };
         let offset = rows::offset_column(offset)?;
         let found: Option<String> = on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             let found = sqlx::query_scalar(probe)
                 .bind(offset)
@@ -348,7 +348,7 @@ impl ParticipantStore for SqlParticipantStore {
             rows::IN_FLIGHT
         );
         let (state, contracts, pending, dedup) = on_backend!(&self.pool, |_, readers, dialect| {
-            let mut tx = readers.begin_with(dialect.snapshot_begin).await?;
+            let mut tx = crate::pool::begin(readers, dialect.snapshot_begin).await?;
             let state: Option<(Option<i64>, i64)> =
                 sqlx::query_as("SELECT checkpoint, ledger_end FROM participant_state WHERE id = 1")
                     .fetch_optional(&mut *tx)
@@ -389,7 +389,7 @@ impl ParticipantStore for SqlParticipantStore {
 
     async fn active_contracts(&self) -> Result<(LedgerOffset, Vec<StoredContract>), StoreError> {
         let (end, contracts) = on_backend!(&self.pool, |_, readers, dialect| {
-            let mut tx = readers.begin_with(dialect.snapshot_begin).await?;
+            let mut tx = crate::pool::begin(readers, dialect.snapshot_begin).await?;
             let end: Option<i64> =
                 sqlx::query_scalar("SELECT ledger_end FROM participant_state WHERE id = 1")
                     .fetch_optional(&mut *tx)
@@ -541,7 +541,7 @@ impl ParticipantStore for SqlParticipantStore {
             None => (0_i32, None),
         };
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             sqlx::query(
                 "INSERT INTO participant_fork \
@@ -639,7 +639,7 @@ impl ParticipantStore for SqlParticipantStore {
             };
         }
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             outcome.contracts_removed = run!(
                 tx,
                 "DELETE FROM participant_contracts WHERE created_offset > $1",

@@ -182,7 +182,7 @@ pub(super) async fn mark_offline(
     idx: i32,
     stale_before: Timestamp,
 ) -> Result<bool, StoreError> {
-    let mut tx = readers.begin().await?;
+    let mut tx = crate::pool::begin(readers, "BEGIN").await?;
     sqlx::query(&format!(
         "SET LOCAL lock_timeout = '{MARK_OFFLINE_LOCK_TIMEOUT_MS}ms'"
     ))

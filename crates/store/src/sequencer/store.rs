@@ -226,7 +226,7 @@ impl SequencerStore for SqlSequencerStore {
             // watermark UPDATE takes, so no instance advances between reading the maximum and
             // joining above it, and two claims of the same index run one after the other;
             // plain reads go on. Either makes claiming an index (check, bump) atomic.
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             if let Some(lock) = dialect.exclusive_lock("sequencer_instances") {
                 sqlx::query(&lock).execute(&mut *tx).await?;
             }
@@ -290,7 +290,7 @@ impl SequencerStore for SqlSequencerStore {
         let plan = WritePlan::new(events);
         let firsts: Vec<&NewEvent> = plan.firsts.iter().map(|&i| &events[i]).collect();
         let verdicts = on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             // First, so that on PostgreSQL this transaction holds the row lock that
             // mark_offline and start_instance need: they wait for the batch, or the batch is
             // fenced. The incarnation check makes a newer claim of the index fence it as well.

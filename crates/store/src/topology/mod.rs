@@ -189,7 +189,7 @@ impl SqlTopologyStore {
         let update =
             format!("UPDATE {TABLE} SET {column} = $2 WHERE serial = $1 AND effective_us IS NULL");
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             if let Some(lock) = dialect.exclusive_lock(TABLE) {
                 sqlx::query(&lock).execute(&mut *tx).await?;
@@ -241,7 +241,7 @@ impl TopologyStore for SqlTopologyStore {
         let column = serial_column(serial)?;
         let highest_row = format!("SELECT {COLUMNS} FROM {TABLE} ORDER BY serial DESC LIMIT 1");
         Ok(on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = writer.begin_with(dialect.write_begin).await?;
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
             if let Some(lock) = dialect.exclusive_lock(TABLE) {
                 sqlx::query(&lock).execute(&mut *tx).await?;

@@ -93,6 +93,48 @@ impl Backend {
             StorageConfig::Postgres { url, .. } => Some(url),
         }
     }
+
+    /// Panics if a transaction is still open on the database a second from now: on SQLite,
+    /// one holding the file's write lock; on PostgreSQL, any session idle inside one. (A
+    /// closed PostgreSQL session ends on the server a few milliseconds after the client let
+    /// go, hence the grace.)
+    pub async fn assert_no_transaction_left_open(&self) {
+        use sqlx::{Connection as _, Executor as _};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let open = match &self.config {
+                StorageConfig::Sqlite { path } => {
+                    let options = sqlx::sqlite::SqliteConnectOptions::new()
+                        .filename(path)
+                        .busy_timeout(std::time::Duration::ZERO);
+                    let mut other = sqlx::SqliteConnection::connect_with(&options)
+                        .await
+                        .expect("open the SQLite file");
+                    let locked = other.execute("BEGIN IMMEDIATE").await.is_err();
+                    other.execute("ROLLBACK").await.ok();
+                    i64::from(locked)
+                }
+                StorageConfig::Postgres { url, .. } => {
+                    let mut other = sqlx::PgConnection::connect(url).await.expect("connect");
+                    sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                         AND state LIKE 'idle in transaction%'",
+                    )
+                    .fetch_one(&mut other)
+                    .await
+                    .expect("pg_stat_activity")
+                }
+            };
+            if open == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{open} transaction(s) left open on the database"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// A component's store, opened on a backend's database.
