@@ -229,15 +229,18 @@ pub struct ExperimentReport {
 }
 
 /// One stage of a local submission across the running participants (see
-/// `meridian_participant::stages`): how many submissions passed it, and their mean time in it.
+/// `meridian_participant::stages`): how many submissions passed it, their mean time in it,
+/// and the highest of the participants' 99th percentiles (quantiles of separate histograms do
+/// not merge; the slowest participant's is the one a p99 target must meet).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StageMean {
     pub stage: String,
     pub count: u64,
     pub mean_ms: f64,
+    pub p99_ms: f64,
 }
 
-/// The running participants' stage means, weighted by their counts; in stage order.
+/// The running participants' stage means, weighted by their counts, and p99s; in stage order.
 async fn submission_stages(deployment: &Deployment) -> Vec<StageMean> {
     let mut statuses = Vec::new();
     for participant in &deployment.participants {
@@ -258,6 +261,8 @@ fn stage_means(statuses: &[serde_json::Value]) -> Vec<StageMean> {
         for (stage, figures) in stages {
             let count = figures["count"].as_u64().unwrap_or(0);
             let mean_ms = figures["mean_ms"].as_f64().unwrap_or(0.0);
+            // An older participant reports no p99: 0, which never wins the maximum.
+            let p99_ms = figures["p99_ms"].as_f64().unwrap_or(0.0);
             match merged.iter_mut().find(|m| m.stage == *stage) {
                 Some(m) => {
                     let total = m.count + count;
@@ -266,11 +271,13 @@ fn stage_means(statuses: &[serde_json::Value]) -> Vec<StageMean> {
                             (m.mean_ms * m.count as f64 + mean_ms * count as f64) / total as f64;
                     }
                     m.count = total;
+                    m.p99_ms = m.p99_ms.max(p99_ms);
                 }
                 None => merged.push(StageMean {
                     stage: stage.clone(),
                     count,
                     mean_ms,
+                    p99_ms,
                 }),
             }
         }
@@ -814,17 +821,17 @@ mod tests {
 
     #[test]
     fn stage_means_of_participants_are_weighted_by_count_and_in_stage_order() {
-        let status = |admitted: (u64, f64), decided: (u64, f64)| {
+        let status = |admitted: (u64, f64, f64), decided: (u64, f64, f64)| {
             serde_json::json!({ "submissions": { "stages": {
-                "decided": { "count": decided.0, "mean_ms": decided.1 },
-                "admitted": { "count": admitted.0, "mean_ms": admitted.1 },
+                "decided": { "count": decided.0, "mean_ms": decided.1, "p99_ms": decided.2 },
+                "admitted": { "count": admitted.0, "mean_ms": admitted.1, "p99_ms": admitted.2 },
             }}})
         };
         let statuses = [
-            status((300, 2.0), (300, 10.0)),
+            status((300, 2.0, 9.0), (300, 10.0, 30.0)),
             // A passive replica has no `submissions`; an idle participant has zero counts.
             serde_json::json!({ "phase": "passive" }),
-            status((100, 6.0), (0, 0.0)),
+            status((100, 6.0, 14.0), (0, 0.0, 0.0)),
         ];
         assert_eq!(
             stage_means(&statuses),
@@ -832,12 +839,14 @@ mod tests {
                 StageMean {
                     stage: "admitted".into(),
                     count: 400,
-                    mean_ms: 3.0
+                    mean_ms: 3.0,
+                    p99_ms: 14.0,
                 },
                 StageMean {
                     stage: "decided".into(),
                     count: 300,
-                    mean_ms: 10.0
+                    mean_ms: 10.0,
+                    p99_ms: 30.0,
                 },
             ]
         );

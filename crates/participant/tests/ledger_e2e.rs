@@ -412,7 +412,17 @@ async fn the_transfer_was_timed_stage_by_stage(admin: std::net::SocketAddr) {
         // stream; that mark is then skipped, and `delivered` covers it.
         let expected = if stage == "sequenced" { 0..=1 } else { 1..=1 };
         assert!(expected.contains(&count), "{stage}: {count} in {status}");
-        total_ms += stages[stage]["mean_ms"].as_f64().expect("a mean");
+        let mean_ms = stages[stage]["mean_ms"].as_f64().expect("a mean");
+        total_ms += mean_ms;
+        // One duration: its median and p99 are itself, to the histogram's two digits.
+        for quantile in ["p50_ms", "p99_ms"] {
+            let figure = stages[stage][quantile].as_f64().expect("a quantile");
+            let want = if count == 1 { mean_ms } else { 0.0 };
+            assert!(
+                (figure - want).abs() <= want / 100.0 + 0.001,
+                "{stage} {quantile}: {figure} against {want} in {status}"
+            );
+        }
     }
     assert!(total_ms > 0.0, "{status}");
     assert!(total_ms < 15_000.0, "{status}");

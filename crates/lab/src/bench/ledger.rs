@@ -75,6 +75,12 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
             .map(|m| format!("{} {:.1}", m.stage, m.mean_ms))
             .collect();
         println!("  stage means (ms)        {}", stages.join(", "));
+        let tails: Vec<String> = report
+            .submission_stages
+            .iter()
+            .map(|m| format!("{} {:.1}", m.stage, m.p99_ms))
+            .collect();
+        println!("  stage p99s (ms)         {}", tails.join(", "));
         println!("  rejections              {:?}", report.workload.rejections);
         let peaks: Vec<String> = report
             .peak_rss_mib_by_role
