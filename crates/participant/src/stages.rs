@@ -22,10 +22,10 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
+use crate::engine::Effect;
+
 /// The slowest stage duration the HDR histograms tell apart; longer ones count as this.
 const MAX_RECORDED_US: u64 = 60_000_000;
-
-use crate::engine::Effect;
 
 /// At most this many submissions are timed at once. The Ledger API lets `limits.max_in_flight`
 /// (default 5,000) submissions wait at once; a submission over this limit goes untimed rather

@@ -522,15 +522,17 @@ pub(crate) fn postgres_reader_connections(max_connections: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meridian_testkit::cancel::{
+        poll_then_drop, postgres_idle_in_transaction, sqlite_write_lock_is_free,
+    };
     use sqlx::postgres::PgPoolOptions;
-    use sqlx::{Connection as _, Executor as _, Pool};
+    use sqlx::Pool;
     use std::future::Future;
-    use std::task::{Context, Poll, Waker};
 
     /// Starts `begin` and drops it after some polls: at every point from before the `BEGIN`
     /// was sent to after it returned, as the attempts go by (the connection's worker runs on
-    /// its own, so the exact points vary). `check` runs after each attempt, once the
-    /// connection is back in the pool.
+    /// its own, so the exact points vary). `nothing_left_open` runs after each attempt, once
+    /// the connection is back in the pool.
     async fn cancel_begins<DB: Database, F: Future<Output = bool>>(
         pool: &Pool<DB>,
         statement: &'static str,
@@ -538,17 +540,9 @@ mod tests {
         mut nothing_left_open: impl FnMut() -> F,
     ) {
         for attempt in 0..attempts {
-            let mut begun = Box::pin(begin(pool, statement));
-            for _ in 0..attempt % 300 {
-                if let Poll::Ready(result) =
-                    begun.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-                {
-                    drop(result.expect("begin"));
-                    break;
-                }
-                std::thread::yield_now();
+            if let Some(begun) = poll_then_drop(begin(pool, statement), attempt % 300) {
+                drop(begun.expect("begin"));
             }
-            drop(begun);
             // The begin may still be running (it owns the connection meanwhile) or be about
             // to roll back what nobody took: a leak is what is still open a second later.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -574,14 +568,8 @@ mod tests {
         let writer = open_sqlite_writer(&sqlite_options(&path), MIGRATE_ONCE)
             .await
             .expect("open");
-        let options = sqlite_options(&path).busy_timeout(Duration::ZERO);
-        cancel_begins(&writer, SQLITE.write_begin, 1_500, || async {
-            let mut other = SqliteConnection::connect_with(&options)
-                .await
-                .expect("open a second connection");
-            let free = other.execute("BEGIN IMMEDIATE").await.is_ok();
-            other.execute("ROLLBACK").await.ok();
-            free
+        cancel_begins(&writer, SQLITE.write_begin, 1_500, || {
+            sqlite_write_lock_is_free(&path)
         })
         .await;
     }
@@ -601,18 +589,8 @@ mod tests {
             .connect(&url)
             .await
             .expect("connect");
-        cancel_begins(&pool, POSTGRES.write_begin, 600, || {
-            let observer = &observer;
-            async move {
-                let open: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
-                )
-                .fetch_one(observer)
-                .await
-                .expect("pg_stat_activity");
-                open == 0
-            }
+        cancel_begins(&pool, POSTGRES.write_begin, 600, || async {
+            postgres_idle_in_transaction(&observer).await == 0
         })
         .await;
     }

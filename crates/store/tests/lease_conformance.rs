@@ -17,6 +17,7 @@ use meridian_store::{
     open_lease_store, Epoch, LeaseStore, ParticipantBatch, ParticipantStore, StorageConfig,
     StoreError, StoredContract, TopologyStore, TopologyStoreError, TransactionRecord,
 };
+use meridian_testkit::cancel::poll_then_drop;
 use serde_json::json;
 
 #[macro_use]
@@ -350,23 +351,6 @@ async fn a_deposed_topology_manager_writes_nothing(h: Harness) {
     ));
 }
 
-/// Polls `call` at most `polls` times and drops it: a caller cancelled midway (a shutdown, a
-/// step-down), at a different point for each count.
-fn drop_after_polls<F: std::future::Future>(call: F, polls: u32) {
-    use std::task::{Context, Waker};
-    let mut call = std::pin::pin!(call);
-    for _ in 0..polls {
-        if call
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-            .is_ready()
-        {
-            return;
-        }
-        std::thread::yield_now();
-    }
-}
-
 /// Lease calls dropped midway leave nothing held that outlives them: the dropping replica can
 /// go on and hand over, the other takes over, and no transaction stays open (on PostgreSQL a
 /// session left inside the epoch bump would keep the lease row locked against every fenced
@@ -376,9 +360,10 @@ async fn calls_dropped_midway_leave_nothing_held(h: Harness) {
     let b = h.replica().await;
     for attempt in 0..60u32 {
         let polls = attempt % 30;
-        drop_after_polls(a.try_acquire("a", "http://a", LONG, now()), polls);
+        // A call dropped midway (a shutdown, a step-down), at a different point each time.
+        poll_then_drop(a.try_acquire("a", "http://a", LONG, now()), polls);
         let epoch = acquire_within(a.as_ref(), "a", Duration::from_secs(5)).await;
-        drop_after_polls(a.renew("a", epoch, now()), polls);
+        poll_then_drop(a.renew("a", epoch, now()), polls);
         a.release("a", epoch).await.expect("a hands over");
         let taken = acquire_within(b.as_ref(), "b", Duration::from_secs(5)).await;
         assert!(

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::replication::{self, Cell, CellRuns, ReplicatedPostgres, SweepArgs};
 use crate::deployment::{Backend, DeploymentArgs, DeploymentSpec, Description, Preset};
+use crate::experiment::StageMean;
 use crate::timed_run::{RunReport, TimedRun, WorkloadArgs};
 
 #[derive(Debug, Clone, Args)]
@@ -69,18 +70,16 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
             report.workload.latency_p99_ms,
             report.workload.latency_max_ms
         );
-        let stages: Vec<String> = report
-            .submission_stages
-            .iter()
-            .map(|m| format!("{} {:.1}", m.stage, m.mean_ms))
-            .collect();
-        println!("  stage means (ms)        {}", stages.join(", "));
-        let tails: Vec<String> = report
-            .submission_stages
-            .iter()
-            .map(|m| format!("{} {:.1}", m.stage, m.p99_ms))
-            .collect();
-        println!("  stage p99s (ms)         {}", tails.join(", "));
+        let per_stage = |figure: fn(&StageMean) -> f64| {
+            let figures: Vec<String> = report
+                .submission_stages
+                .iter()
+                .map(|m| format!("{} {:.1}", m.stage, figure(m)))
+                .collect();
+            figures.join(", ")
+        };
+        println!("  stage means (ms)        {}", per_stage(|m| m.mean_ms));
+        println!("  stage p99s (ms)         {}", per_stage(|m| m.p99_ms));
         println!("  rejections              {:?}", report.workload.rejections);
         let peaks: Vec<String> = report
             .peak_rss_mib_by_role

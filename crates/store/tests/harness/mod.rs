@@ -99,30 +99,15 @@ impl Backend {
     /// closed PostgreSQL session ends on the server a few milliseconds after the client let
     /// go, hence the grace.)
     pub async fn assert_no_transaction_left_open(&self) {
-        use sqlx::{Connection as _, Executor as _};
+        use meridian_testkit::cancel::{postgres_idle_in_transaction, sqlite_write_lock_is_free};
+        use sqlx::Connection as _;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         loop {
             let open = match &self.config {
-                StorageConfig::Sqlite { path } => {
-                    let options = sqlx::sqlite::SqliteConnectOptions::new()
-                        .filename(path)
-                        .busy_timeout(std::time::Duration::ZERO);
-                    let mut other = sqlx::SqliteConnection::connect_with(&options)
-                        .await
-                        .expect("open the SQLite file");
-                    let locked = other.execute("BEGIN IMMEDIATE").await.is_err();
-                    other.execute("ROLLBACK").await.ok();
-                    i64::from(locked)
-                }
+                StorageConfig::Sqlite { path } => i64::from(!sqlite_write_lock_is_free(path).await),
                 StorageConfig::Postgres { url, .. } => {
                     let mut other = sqlx::PgConnection::connect(url).await.expect("connect");
-                    sqlx::query_scalar(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                         AND state LIKE 'idle in transaction%'",
-                    )
-                    .fetch_one(&mut other)
-                    .await
-                    .expect("pg_stat_activity")
+                    postgres_idle_in_transaction(&mut other).await
                 }
             };
             if open == 0 {
