@@ -8,7 +8,7 @@
 //!
 //! A group of one keeps the message's own id, so a lone message is deduplicated by the
 //! sequencer exactly as before. A group of several gets an id derived from every member's
-//! id (`batch-<count>-<hash>`): a retry of the same group is deduplicated, while a replay
+//! id (`batch-<first member>-<count>-<hash>`): a retry of the same group is deduplicated, while a replay
 //! after a restart may group differently and deliver a message twice. That is safe because
 //! every receiver ignores a second copy: the mediator a second response of a participant to a
 //! request, a participant a verdict for a request it no longer has pending.
@@ -93,8 +93,14 @@ fn group(messages: Vec<Outgoing>) -> Coalesced {
     }
 }
 
-/// `batch-<count>-<128 bits of BLAKE3 over the member ids>`: the same members in the same
-/// order always give the same id.
+/// `batch-<first member's id>-<count>-<128 bits of BLAKE3 over the member ids>`: the same
+/// members in the same order always give the same id.
+///
+/// The first member leads because senders make their ids in clock order (a response or
+/// verdict names its request's time, a submission its submitter's clock): the sequencer's
+/// deduplication index, keyed by sender and message id, then takes a sender's groups at its
+/// end rather than one random page each. Cut to [`BATCH_ID_FIRST_MEMBER_BYTES`] so the id
+/// stays within [`crate::ids::MAX_ID_LEN`]; the hash still names every member.
 fn batch_id(members: &[MessageId]) -> MessageId {
     let mut hasher = blake3::Hasher::new();
     for id in members {
@@ -103,9 +109,16 @@ fn batch_id(members: &[MessageId]) -> MessageId {
         hasher.update(b"\n");
     }
     let hash = hasher.finalize().to_hex();
-    MessageId::new(format!("batch-{}-{}", members.len(), &hash[..32]))
-        .expect("digits, hex and dashes make a valid message id")
+    // Message ids are ASCII (`ids::validate`), so any byte offset is a character boundary.
+    let first = members.first().map_or("", |id| id.as_str());
+    let first = &first[..first.len().min(BATCH_ID_FIRST_MEMBER_BYTES)];
+    MessageId::new(format!("batch-{first}-{}-{}", members.len(), &hash[..32]))
+        .expect("a message id's characters, digits, hex and dashes make a valid message id")
 }
+
+/// How much of the first member's id a group's id repeats: with `batch-`, the count and the
+/// hash, at most 6 + 160 + 1 + 20 + 1 + 32 = 220 bytes.
+const BATCH_ID_FIRST_MEMBER_BYTES: usize = 160;
 
 #[cfg(test)]
 mod tests {
@@ -137,7 +150,7 @@ mod tests {
         let groups = coalesce(messages.clone(), CoalesceLimits::DEFAULT);
         assert_eq!(groups.len(), 1);
         let id = groups[0].message_id.as_str();
-        assert!(id.starts_with("batch-3-"), "{id}");
+        assert!(id.starts_with("batch-r-1-3-"), "{id}");
         assert_eq!(groups[0].members.len(), 3);
         // Deterministic: a retry of the same group is deduplicated by the sequencer.
         assert_eq!(coalesce(messages, CoalesceLimits::DEFAULT), groups);
@@ -157,6 +170,28 @@ mod tests {
             CoalesceLimits::DEFAULT,
         );
         assert_ne!(ab_c[0].message_id, a_bc[0].message_id);
+    }
+
+    #[test]
+    fn group_ids_sort_by_their_first_member_and_stay_within_the_id_limit() {
+        let group = |first: &str, second: &str| {
+            let groups = coalesce(
+                vec![message(first, 1), message(second, 1)],
+                CoalesceLimits::DEFAULT,
+            );
+            groups[0].message_id.clone()
+        };
+        // Members in clock order give groups in clock order, whatever the rest hashes to.
+        let earlier = group("resp-1700000000000001-p1", "resp-1700000000000009-p1");
+        let later = group("resp-1700000000000002-p1", "resp-1700000000000003-p1");
+        assert!(earlier < later, "{earlier} {later}");
+        // A first member of the longest id allowed is cut, and the group id is still valid
+        // and still tells groups that differ only past the cut apart.
+        let long = "x".repeat(crate::ids::MAX_ID_LEN);
+        let a = group(&long, "a");
+        let b = group(&long, "b");
+        assert!(a.as_str().len() <= crate::ids::MAX_ID_LEN, "{a}");
+        assert_ne!(a, b);
     }
 
     #[test]
