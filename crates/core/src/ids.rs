@@ -32,17 +32,21 @@ fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
             len: value.len(),
         });
     }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/')))
-    {
-        return Err(IdError::BadCharacter {
+    // Bytes, not characters: every id of every message passes here, and only a bad id needs
+    // its character. All bytes before the first bad one are ASCII, so that one starts a
+    // character, which the error names.
+    match value.bytes().position(|b| !is_id_byte(b)) {
+        None => Ok(()),
+        Some(at) => Err(IdError::BadCharacter {
             kind,
             value: value.to_owned(),
-            bad,
-        });
+            bad: value[at..].chars().next().expect("`at` indexes a byte of `value`"),
+        }),
     }
-    Ok(())
+}
+
+fn is_id_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-' | b':' | b'/')
 }
 
 macro_rules! string_id {
@@ -196,5 +200,17 @@ mod tests {
         ));
         let err = MemberId::new("bad id").unwrap_err();
         assert!(err.to_string().contains("' '"), "{err}");
+        // A character of several bytes is named whole, wherever it stands.
+        for (value, bad) in [("café", 'é'), ("ü", 'ü'), ("a-€-b", '€'), ("ok\u{0}", '\0')] {
+            assert_eq!(
+                PartyId::new(value),
+                Err(IdError::BadCharacter {
+                    kind: "party id",
+                    value: value.to_owned(),
+                    bad
+                }),
+                "{value:?}"
+            );
+        }
     }
 }
