@@ -40,7 +40,10 @@ fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
         Some(at) => Err(IdError::BadCharacter {
             kind,
             value: value.to_owned(),
-            bad: value[at..].chars().next().expect("`at` indexes a byte of `value`"),
+            bad: value[at..]
+                .chars()
+                .next()
+                .expect("`at` indexes a byte of `value`"),
         }),
     }
 }
