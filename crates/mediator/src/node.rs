@@ -53,7 +53,9 @@ type ReplicationSlot = Arc<OnceLock<Arc<Replication>>>;
 
 impl StatusSource for MediatorStatus {
     fn status(&self) -> serde_json::Value {
-        let last = self.state.last_event_us.load(Ordering::Relaxed);
+        // Acquire: pairs with the runtime's release, so the pending count read below is at
+        // least as new as this checkpoint.
+        let last = self.state.last_event_us.load(Ordering::Acquire);
         let mut status = serde_json::json!({
             "role": "mediator",
             "member_id": self.member.as_str(),
@@ -326,7 +328,7 @@ async fn restore(
     if let Some(checkpoint) = snapshot.checkpoint {
         warm.status
             .last_event_us
-            .store(checkpoint.as_micros(), Ordering::Relaxed);
+            .store(checkpoint.as_micros(), Ordering::Release);
     }
     Ok(Some((engine, snapshot.unsent)))
 }

@@ -399,12 +399,14 @@ impl EventLoop {
         self.metrics
             .pending_requests
             .set(self.engine.pending_count() as i64);
-        self.status
-            .last_event_us
-            .store(checkpoint.as_micros(), Ordering::Relaxed);
+        // The pending count first, and the checkpoint released after it: a `/status` that
+        // reads a checkpoint reads the pending count of that checkpoint or a later one.
         self.status
             .pending_requests
             .store(self.engine.pending_count() as u64, Ordering::Relaxed);
+        self.status
+            .last_event_us
+            .store(checkpoint.as_micros(), Ordering::Release);
         Ok(true)
     }
 

@@ -60,8 +60,10 @@ async fn the_mediator_decides_times_out_and_survives_a_restart() {
     let why = "finished, not timed out";
     expect_approved([&mut p1, &mut p2], &mediator_public, c, why).await;
 
-    // 4. What operators see.
+    // 4. What operators see, once the run that decided c is committed: the verdict goes out
+    // before the mediator's commit, and the status counts only what is stored.
     wait_ready(mediator_admin).await;
+    wait_processed(mediator_admin, Timestamp::from_micros(c.as_micros() + 1)).await;
     let status = status(mediator_admin).await;
     assert_eq!(status["role"], "mediator");
     assert_eq!(status["pending_requests"], 0);
