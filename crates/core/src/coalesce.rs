@@ -8,10 +8,10 @@
 //!
 //! A group of one keeps the message's own id, so a lone message is deduplicated by the
 //! sequencer exactly as before. A group of several gets an id derived from every member's
-//! id (`batch-<first member>-<count>-<hash>`): a retry of the same group is deduplicated, while a replay
-//! after a restart may group differently and deliver a message twice. That is safe because
-//! every receiver ignores a second copy: the mediator a second response of a participant to a
-//! request, a participant a verdict for a request it no longer has pending.
+//! id (`batch-<first member>-<count>-<hash>`): a retry of the same group is deduplicated,
+//! while a replay after a restart may group differently and deliver a message twice. That is
+//! safe because every receiver ignores a second copy: the mediator a second response of a
+//! participant to a request, a participant a verdict for a request it no longer has pending.
 
 use crate::ids::MessageId;
 use crate::sequencing::Envelope;

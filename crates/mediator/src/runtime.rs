@@ -396,14 +396,13 @@ impl EventLoop {
             &self.metrics.last_event_timestamp_seconds,
             i64::try_from(checkpoint.as_micros()).unwrap_or(i64::MAX),
         );
-        self.metrics
-            .pending_requests
-            .set(self.engine.pending_count() as i64);
+        let pending = self.engine.pending_count();
+        self.metrics.pending_requests.set(pending as i64);
         // The pending count first, and the checkpoint released after it: a `/status` that
         // reads a checkpoint reads the pending count of that checkpoint or a later one.
         self.status
             .pending_requests
-            .store(self.engine.pending_count() as u64, Ordering::Relaxed);
+            .store(pending as u64, Ordering::Relaxed);
         self.status
             .last_event_us
             .store(checkpoint.as_micros(), Ordering::Release);
