@@ -9,7 +9,9 @@
 //! replay would produce the identical messages: the sequencer deduplicates a retried
 //! submission on its message id, and the mediator ignores a second copy of a response grouped
 //! differently); waiters and streams are woken only after it, so nothing reported to an
-//! application can be lost by a crash.
+//! application can be lost by a crash. The commits are pipelined: while one batch is written,
+//! the engine already runs over the next (at most [`QUEUED_BATCHES`] wait, and are then written
+//! in one commit), and batches are written and answered in the order they were processed.
 //!
 //! A local submission has one door, [`Core::submit`]: the writer takes the deduplication
 //! decision, interprets the commands and records the submission as in flight in one step
@@ -61,7 +63,7 @@ use crate::engine::{
 use crate::metrics::{OutcomeLabel, ParticipantMetrics};
 use crate::stages::{Stage, StageClock};
 
-/// Events and commands handled per database transaction at most.
+/// Events and commands per batch the engine runs over, and per database transaction, at most.
 const MAX_BATCH: usize = 2_000;
 /// Commands queued for the writer before submitters wait.
 pub(crate) const COMMAND_QUEUE: usize = 10_000;
@@ -681,9 +683,77 @@ fn input(event: SequencedEvent) -> SequencedInput {
 
 /// Runs the writer until the term ends, the store fences it off, or a fatal error (a fork, a
 /// database error no retry can change).
+///
+/// Two halves run side by side: [`process_batches`] runs the engine over each batch and sends
+/// its messages, [`persist_batches`] writes the batches in the order they were processed and
+/// only then answers the callers. So the engine works on the next batch while the database
+/// writes the last one (the database works on its own thread), instead of every event waiting
+/// for the previous batch's commit. At most [`QUEUED_BATCHES`] batches wait for a commit.
 pub(crate) async fn run_writer(
     core: Arc<Core>,
+    commands: mpsc::Receiver<WriterCommand>,
+) -> Result<(), WriterError> {
+    let (staged_tx, staged_rx) = mpsc::channel(QUEUED_BATCHES);
+    let (persisted_tx, persisted_rx) = watch::channel(0);
+    // Joined, not spawned: a term's end (or an abort of the writer) stops both, and neither
+    // drops a write attempt half-way while the other runs on.
+    let (processed, persisted) = tokio::join!(
+        process_batches(
+            &core,
+            commands,
+            PersistQueue {
+                staged: staged_tx,
+                persisted: persisted_rx,
+                sent: 0,
+            }
+        ),
+        persist_batches(&core, staged_rx, persisted_tx),
+    );
+    // The processing half stops quietly when the persisting half failed; that failure is the
+    // cause. The persisting half stops quietly once the processing half stopped.
+    persisted.and(processed)
+}
+
+/// Processed batches waiting for the commit in progress, at most; the commit after it writes
+/// them together, so a slow commit does not multiply the commits. With the batches of the
+/// commit in progress (as many at most), this bounds the work a crash replays and the memory
+/// of waiting batches.
+const QUEUED_BATCHES: usize = 8;
+
+/// The processing half's end of the queue to [`persist_batches`].
+struct PersistQueue {
+    staged: mpsc::Sender<Staged>,
+    /// How many batches the persisting half has written.
+    persisted: watch::Receiver<u64>,
+    /// How many batches went into the queue.
+    sent: u64,
+}
+
+impl PersistQueue {
+    /// Hands a processed batch over; `false` when the persisting half stopped.
+    async fn send(&mut self, staged: Staged) -> bool {
+        if self.staged.send(staged).await.is_err() {
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
+
+    /// Waits until every batch handed over is written: `false` when the persisting half
+    /// stopped first.
+    async fn flush(&mut self) -> bool {
+        let sent = self.sent;
+        self.persisted
+            .wait_for(|written| *written >= sent)
+            .await
+            .is_ok()
+    }
+}
+
+async fn process_batches(
+    core: &Arc<Core>,
     mut commands: mpsc::Receiver<WriterCommand>,
+    mut queue: PersistQueue,
 ) -> Result<(), WriterError> {
     let mut subscription: Subscription = core.client.subscribe(core.engine().last_event());
     core.readiness.clear("sequencer");
@@ -696,6 +766,8 @@ pub(crate) async fn run_writer(
         let mut stream_error: Option<ClientError> = None;
         tokio::select! {
             _ = core.shutdown.cancelled() => return Ok(()),
+            // The persisting half failed: its error ends the writer.
+            _ = queue.staged.closed() => return Ok(()),
             command = commands.recv() => match command {
                 Some(command) => batch_commands.push(command),
                 None => return Ok(()),
@@ -721,14 +793,21 @@ pub(crate) async fn run_writer(
             }
         }
         if !events.is_empty() || !batch_commands.is_empty() {
-            if !recall_dedup(&core, &batch_commands).await? {
+            if !recall_dedup(core, &batch_commands).await? {
                 return Ok(());
             }
-            process(&core, events, batch_commands).await?;
+            let staged = process(core, events, batch_commands).await;
+            if !queue.send(staged).await {
+                return Ok(());
+            }
         }
-        // Only here, between batches, is everything the engine processed also stored, which
-        // forgetting an entry needs.
+        // Forgetting an entry needs everything the engine processed also stored: a submission
+        // of a forgotten change is looked up in the store (`recall_dedup`), and a replay after
+        // a long outage commits changes older than the horizon.
         if last_forget.elapsed() >= forget_interval {
+            if !queue.flush().await {
+                return Ok(());
+            }
             last_forget = std::time::Instant::now();
             let horizon = Timestamp::now().saturating_sub(memory_window);
             let (forgotten, kept, fingerprints) = {
@@ -748,7 +827,11 @@ pub(crate) async fn run_writer(
         }
         if let Some(error) = stream_error {
             if let ClientError::Fork(fork) = &error {
-                halt_on_fork(&core, fork).await;
+                // The fork's record lists the transactions committed past the fork point,
+                // read from the store: the processed ones must be there.
+                if queue.flush().await {
+                    halt_on_fork(core, fork).await;
+                }
                 return Ok(());
             }
             core.readiness
@@ -761,6 +844,40 @@ pub(crate) async fn run_writer(
             subscription = core.client.subscribe(core.engine().last_event());
             core.readiness.clear("sequencer");
         }
+    }
+}
+
+/// Writes the processed batches in order, each followed by its answers ([`finish`]), and counts
+/// them in `persisted`. Returns once the processing half stopped and every batch it handed
+/// over is written, or at the first batch that cannot be.
+async fn persist_batches(
+    core: &Arc<Core>,
+    mut staged: mpsc::Receiver<Staged>,
+    persisted: watch::Sender<u64>,
+) -> Result<(), WriterError> {
+    // A batch taken from the queue that did not fit into the last commit.
+    let mut carried: Option<Staged> = None;
+    loop {
+        let mut batch = match carried.take() {
+            Some(batch) => batch,
+            None => match staged.recv().await {
+                Some(batch) => batch,
+                None => return Ok(()),
+            },
+        };
+        // What was processed while the last commit ran goes into one commit, as it went into
+        // one batch before the commits were pipelined.
+        let mut merged = 1;
+        while let Ok(later) = staged.try_recv() {
+            if batch.size() + later.size() > MAX_BATCH {
+                carried = Some(later);
+                break;
+            }
+            batch.merge(later);
+            merged += 1;
+        }
+        finish(core, batch).await?;
+        persisted.send_modify(|written| *written += merged);
     }
 }
 
@@ -910,13 +1027,28 @@ fn run_engine(core: &Core, events: Vec<SequencedEvent>, commands: Vec<WriterComm
     }
 }
 
+/// A processed batch on its way to the store, with what is answered once it is written.
+struct Staged {
+    effects: Vec<Effect>,
+    /// The last event processed, if the batch had any.
+    checkpoint: Option<Timestamp>,
+    admissions: Vec<(oneshot::Sender<Admission>, Admission)>,
+    event_count: usize,
+    command_count: usize,
+    outgoing_count: usize,
+    ledger_end: LedgerOffset,
+    pending: usize,
+    in_flight: usize,
+}
+
+/// Runs the engine over a batch and sends its messages: everything up to the commit.
 async fn process(
     core: &Arc<Core>,
     events: Vec<SequencedEvent>,
     commands: Vec<WriterCommand>,
-) -> Result<(), WriterError> {
+) -> Staged {
     let event_count = events.len();
-    let size = event_count + commands.len();
+    let command_count = commands.len();
     let Processed {
         effects,
         checkpoint,
@@ -939,8 +1071,55 @@ async fn process(
     if !outgoing.is_empty() {
         core.send_in_background(outgoing).await;
     }
+    Staged {
+        effects,
+        checkpoint: (event_count > 0).then_some(checkpoint).flatten(),
+        admissions,
+        event_count,
+        command_count,
+        outgoing_count,
+        ledger_end,
+        pending,
+        in_flight,
+    }
+}
+
+impl Staged {
+    /// Events and commands.
+    fn size(&self) -> usize {
+        self.event_count + self.command_count
+    }
+
+    /// Appends `later`, processed after `self`: one commit then writes both, as if the engine
+    /// had run over both at once.
+    fn merge(&mut self, later: Staged) {
+        self.effects.extend(later.effects);
+        self.checkpoint = later.checkpoint.or(self.checkpoint);
+        self.admissions.extend(later.admissions);
+        self.event_count += later.event_count;
+        self.command_count += later.command_count;
+        self.outgoing_count += later.outgoing_count;
+        self.ledger_end = later.ledger_end;
+        self.pending = later.pending;
+        self.in_flight = later.in_flight;
+    }
+}
+
+/// Persists a processed batch, then publishes its ledger end and answers its callers.
+async fn finish(core: &Arc<Core>, staged: Staged) -> Result<(), WriterError> {
+    let Staged {
+        effects,
+        checkpoint,
+        admissions,
+        event_count,
+        command_count,
+        outgoing_count,
+        ledger_end,
+        pending,
+        in_flight,
+    } = staged;
     let mut batch = batch_of(&effects);
-    if event_count > 0 {
+    if checkpoint.is_some() {
         batch.checkpoint = checkpoint;
         // A fork repair can rewind to this boundary: nothing awaits a verdict here.
         batch.quiet = pending == 0;
@@ -952,8 +1131,8 @@ async fn process(
     persist(core, &batch).await?;
     tracing::debug!(
         events = event_count,
-        commands = size - event_count,
-        ?checkpoint,
+        commands = command_count,
+        checkpoint = ?batch.checkpoint,
         outgoing = outgoing_count,
         persist_ms = persist_started.elapsed().as_millis(),
         "batch persisted"
@@ -990,7 +1169,7 @@ async fn process(
     }
     let m = &core.metrics;
     m.events_processed.inc_by(event_count as u64);
-    m.batch_size.observe(size as f64);
+    m.batch_size.observe((event_count + command_count) as f64);
     m.pending_requests
         .set(i64::try_from(pending).unwrap_or(i64::MAX));
     m.in_flight_submissions

@@ -479,3 +479,96 @@ async fn a_retry_is_deduplicated_from_the_database_once_memory_let_go() {
     let other = issue_to_alice(&cluster.ledgers[2], "issue-2", 7).await;
     assert_ne!(other, iou);
 }
+
+/// A participant whose commit stalls goes on processing the stream: bank's participant (p3)
+/// confirms both transfers of bank's IOUs while its database's write lock is held elsewhere
+/// (each of its commits waits for it), yet answers none of its own callers before the commit
+/// that records the answer, and writes everything it processed once the lock is released.
+/// With one batch at a time it would confirm at most the first transfer: the second request
+/// would wait behind the stalled commit until the mediator timed it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_participant_keeps_confirming_while_its_commit_waits() {
+    use sqlx::Connection;
+
+    let cluster = start().await;
+    allocate_parties(&cluster).await;
+    let first = issue_to_alice(&cluster.ledgers[2], "issue-1", 1).await;
+    let second = issue_to_alice(&cluster.ledgers[2], "issue-2", 2).await;
+
+    let p3_database = cluster.sync.dir.path().join("p3.db");
+    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", p3_database.display()))
+        .await
+        .expect("open p3's database");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .expect("take p3's write lock");
+
+    // A command of p3's own: admitted by its engine, answered only after the commit.
+    let mut p3 = cluster.ledgers[2].clone();
+    let issue = tokio::spawn(async move {
+        p3.submit_and_wait(submit(
+            "bank-app",
+            "issue-3",
+            &["bank"],
+            vec![create_iou("alice", 3)],
+        ))
+        .await
+    });
+    for (n, iou) in [&first, &second].into_iter().enumerate() {
+        let transfer = submit(
+            "alice-app",
+            &format!("transfer-{n}"),
+            &["alice"],
+            vec![transfer_to(iou, "bob")],
+        );
+        cluster.ledgers[0]
+            .clone()
+            .submit_and_wait(transfer)
+            .await
+            .unwrap_or_else(|status| panic!("transfer {n} while p3's commit waits: {status:?}"));
+    }
+    assert!(
+        !issue.is_finished(),
+        "p3 answered a command before its commit: {:?}",
+        issue.await
+    );
+
+    sqlx::query("ROLLBACK")
+        .execute(&mut lock)
+        .await
+        .expect("release p3's write lock");
+    drop(lock);
+    issue
+        .await
+        .expect("the issuing task")
+        .expect("p3 answers once its commit is through");
+    // What p3 processed while it waited is written: bank's IOUs as p3 tells them.
+    let owners = retry("p3 shows both transfers and the new IOU", || {
+        let mut p3 = cluster.ledgers[2].clone();
+        async move {
+            let acs = p3
+                .get_active_contracts(v1::GetActiveContractsRequest {
+                    parties: vec!["bank".into()],
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            let mut owners: Vec<String> = acs
+                .contracts
+                .iter()
+                .map(|c| {
+                    let payload: serde_json::Value =
+                        serde_json::from_str(&c.payload_json).expect("an IOU's payload");
+                    format!("{}:{}", payload["owner"], payload["amount"])
+                })
+                .collect();
+            owners.sort();
+            (owners.len() == 3)
+                .then_some(owners.clone())
+                .ok_or_else(|| format!("bank's IOUs so far: {owners:?}"))
+        }
+    })
+    .await;
+    assert_eq!(owners, ["\"alice\":3", "\"bob\":1", "\"bob\":2"]);
+}
