@@ -4,8 +4,10 @@
 //!
 //! One task owns the engine and processes events strictly in order. It takes whatever run of
 //! events the subscription has buffered (up to [`MAX_EVENTS_PER_COMMIT`]), feeds them to the
-//! engine, hands the run's verdicts to the sender task and stores every resulting change with
-//! the new checkpoint in one transaction. The verdicts do not wait for that commit: each is a
+//! engine, hands the run's verdicts to the sender task and the run to the commit loop, which
+//! stores every resulting change with the new checkpoint in one transaction (the runs
+//! processed while a commit was in progress together, in the next one), while the engine goes
+//! on with the next run. The verdicts do not wait for that commit: each is a
 //! function of the sequenced stream up to the run (the engine keeps time by sequenced events
 //! only), so a crash before the commit loses a run that its replay from the checkpoint
 //! decides again, to the same verdicts, whose re-sends the sequencer deduplicates by message
@@ -44,9 +46,9 @@ use crate::engine::{Effect, MediatorEngine};
 use crate::metrics::MediatorMetrics;
 use crate::persist;
 
-/// Events stored per database transaction at most. At ~3,000 events/s and a commit of a few
-/// milliseconds, runs stay far below this; the bound keeps one transaction's size in check
-/// after a long outage, when the subscription delivers a backlog.
+/// Events per run, and stored per database transaction, at most. At ~3,000 events/s and a
+/// commit of a few milliseconds, runs stay far below this; the bound keeps one transaction's
+/// size in check after a long outage, when the subscription delivers a backlog.
 pub const MAX_EVENTS_PER_COMMIT: usize = 1_000;
 /// Verdicts and time proofs waiting for the sender task. When full, the event loop waits:
 /// back-pressure instead of unbounded memory.
@@ -178,21 +180,33 @@ impl Runtime {
                     return Ok(());
                 }
             }
+            let (runs, runs_rx) = mpsc::channel(QUEUED_RUNS);
             let event_loop = EventLoop {
                 engine,
-                store,
                 client,
                 outgoing,
-                committed,
-                readiness,
-                metrics,
-                status,
+                runs,
+                readiness: readiness.clone(),
+                metrics: metrics.clone(),
+                status: status.clone(),
                 time_proof_interval,
                 fork,
                 member,
             };
+            let commit_loop = CommitLoop {
+                store,
+                committed,
+                readiness,
+                metrics,
+                status,
+            };
             serving();
-            event_loop.run(shutdown).await
+            // Joined, not spawned: each stops the other (the event loop when the commit loop
+            // went away, the commit loop once the event loop's runs are written), and a
+            // term's end stops both.
+            let (processed, stored) =
+                tokio::join!(event_loop.run(shutdown), commit_loop.run(runs_rx, shutdown));
+            stored.and(processed)
         }
         .await;
         shutdown.cancel();
@@ -201,14 +215,19 @@ impl Runtime {
     }
 }
 
-/// The one task that owns the engine: events in sequencer order, one commit per run.
+/// Processed runs waiting for the commit in progress, at most; the next commit writes them
+/// together. With the runs of the commit in progress (as many at most), this bounds what a
+/// crash replays and the memory of waiting changes.
+const QUEUED_RUNS: usize = 8;
+
+/// The one task that owns the engine: events in sequencer order, a run at a time, each handed
+/// to the [`CommitLoop`] once processed.
 struct EventLoop {
     engine: MediatorEngine,
-    store: Arc<dyn MediatorStore>,
     client: SequencerClient,
     outgoing: mpsc::Sender<Outgoing>,
-    /// The checkpoint of the last committed run, for the sender's marks.
-    committed: watch::Sender<Option<Timestamp>>,
+    /// Processed runs, to the commit loop.
+    runs: mpsc::Sender<ProcessedRun>,
     readiness: Conditions,
     metrics: MediatorMetrics,
     status: Arc<StatusState>,
@@ -224,6 +243,27 @@ struct RunOutput {
     verdicts: Vec<Outgoing>,
 }
 
+/// A processed run on its way to the store.
+struct ProcessedRun {
+    changes: Vec<MediatorChange>,
+    /// The run's last event.
+    checkpoint: Timestamp,
+    events: usize,
+    /// Requests pending once the run was processed.
+    pending: usize,
+}
+
+impl ProcessedRun {
+    /// Appends `later`, processed after `self`: one commit then writes both, as if they had
+    /// been one run ([`MediatorStore::apply`] takes the changes of any number of events).
+    fn merge(&mut self, later: ProcessedRun) {
+        self.changes.extend(later.changes);
+        self.checkpoint = later.checkpoint;
+        self.events += later.events;
+        self.pending = later.pending;
+    }
+}
+
 impl EventLoop {
     async fn run(mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut subscription = self.client.subscribe(self.engine.last_event());
@@ -235,6 +275,8 @@ impl EventLoop {
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
+                // The commit loop stopped: its error, if any, ends the term.
+                () = self.runs.closed() => return Ok(()),
                 next = subscription.next() => next,
                 () = tokio::time::sleep_until(quiet_until) => {
                     quiet_until = tokio::time::Instant::now() + self.time_proof_interval;
@@ -268,7 +310,7 @@ impl EventLoop {
             }
             if !run.is_empty() {
                 quiet_until = tokio::time::Instant::now() + self.time_proof_interval;
-                if !self.process_run(run, shutdown).await? {
+                if !self.process_run(run).await? {
                     return Ok(());
                 }
                 resubscribe_delays = RESUBSCRIBE.delays();
@@ -294,20 +336,16 @@ impl EventLoop {
                 () = shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep(resubscribe_delays.next().unwrap_or(RESUBSCRIBE.max)) => {}
             }
-            // Every processed event is persisted by now, so the engine's last event is the
-            // stored checkpoint: exactly where the chain check must start.
+            // The engine's last event, committed or not: the chain check starts where the
+            // engine is (a crash replays from the stored checkpoint, with a fresh check).
             subscription = self.client.subscribe(self.engine.last_event());
             self.readiness.clear("subscription");
         }
     }
 
-    /// Feeds a run of events to the engine, hands its verdicts to the sender and persists the
-    /// outcome. `Ok(false)` on shutdown.
-    async fn process_run(
-        &mut self,
-        run: Vec<SequencedEvent>,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<bool> {
+    /// Feeds a run of events to the engine, hands its verdicts to the sender and the run to the
+    /// commit loop. `Ok(false)` when either of them stopped.
+    async fn process_run(&mut self, run: Vec<SequencedEvent>) -> anyhow::Result<bool> {
         let events = run.len();
         let mut output = RunOutput::default();
         let mut checkpoint = None;
@@ -356,57 +394,14 @@ impl EventLoop {
             }
         }
 
-        let started = Instant::now();
-        let store = self.store.clone();
-        let changes = output.changes;
-        // A short cap: verdicts wait on this write, so it must notice a recovered database soon.
-        let retry = Retry::new(&self.readiness, shutdown).with_backoff(WHILE_SERVING);
-        // Set once an attempt failed in a way that may still have committed (the connection
-        // lost during COMMIT): the batch's rows cannot be inserted twice, so a retry first
-        // asks the store. Every batch moves the checkpoint forward, so a stored checkpoint at
-        // or past this batch's says it is written.
-        let in_doubt = &AtomicBool::new(false);
-        let (store, changes) = (&store, &changes);
-        let persisted = retry_store("storing processed events", &retry, move || {
-            Box::pin(async move {
-                if in_doubt.load(Ordering::Relaxed)
-                    && store.load().await?.checkpoint >= Some(checkpoint)
-                {
-                    tracing::info!(%checkpoint, "a batch whose commit was in doubt turned out written");
-                    return Ok(());
-                }
-                let applied = store.apply(changes, checkpoint).await;
-                if applied.as_ref().is_err_and(|error| error.is_transient()) {
-                    in_doubt.store(true, Ordering::Relaxed);
-                }
-                applied
-            })
-        })
-        .await?;
-        if persisted.is_none() {
-            return Ok(false);
-        }
-        self.committed.send_replace(Some(checkpoint));
-        self.metrics
-            .commit_latency_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_size.observe(events as f64);
-        self.metrics.events.inc_by(events as u64);
-        set_timestamp_micros(
-            &self.metrics.last_event_timestamp_seconds,
-            i64::try_from(checkpoint.as_micros()).unwrap_or(i64::MAX),
-        );
-        let pending = self.engine.pending_count();
-        self.metrics.pending_requests.set(pending as i64);
-        // The pending count first, and the checkpoint released after it: a `/status` that
-        // reads a checkpoint reads the pending count of that checkpoint or a later one.
-        self.status
-            .pending_requests
-            .store(pending as u64, Ordering::Relaxed);
-        self.status
-            .last_event_us
-            .store(checkpoint.as_micros(), Ordering::Release);
-        Ok(true)
+        let run = ProcessedRun {
+            changes: output.changes,
+            checkpoint,
+            events,
+            pending: self.engine.pending_count(),
+        };
+        // Waits while the commit loop is `QUEUED_RUNS` behind; fails once it stopped.
+        Ok(self.runs.send(run).await.is_ok())
     }
 
     fn collect(&self, effects: Vec<Effect>, output: &mut RunOutput) {
@@ -455,6 +450,115 @@ impl EventLoop {
             }
             Err(error) => tracing::debug!(%error, "time proof not queued"),
         }
+    }
+}
+
+/// Writes the processed runs in order, each with its checkpoint, and then publishes that
+/// checkpoint (the sender's marks, `/status`, metrics).
+struct CommitLoop {
+    store: Arc<dyn MediatorStore>,
+    /// The checkpoint of the last committed run, for the sender's marks.
+    committed: watch::Sender<Option<Timestamp>>,
+    readiness: Conditions,
+    metrics: MediatorMetrics,
+    status: Arc<StatusState>,
+}
+
+impl CommitLoop {
+    /// Until the event loop stopped and its runs are written, the term ends, or a write fails
+    /// for good.
+    async fn run(
+        self,
+        mut runs: mpsc::Receiver<ProcessedRun>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        // A run taken from the queue that did not fit into the last commit.
+        let mut carried: Option<ProcessedRun> = None;
+        loop {
+            let mut run = match carried.take() {
+                Some(run) => run,
+                None => match runs.recv().await {
+                    Some(run) => run,
+                    None => return Ok(()),
+                },
+            };
+            // What was processed while the last commit ran goes into one commit, as it went
+            // into one run before the commits were pipelined.
+            while let Ok(later) = runs.try_recv() {
+                if run.events + later.events > MAX_EVENTS_PER_COMMIT {
+                    carried = Some(later);
+                    break;
+                }
+                run.merge(later);
+            }
+            if !self.commit(run, shutdown).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stores a run's changes with its checkpoint. `Ok(false)` on shutdown.
+    async fn commit(
+        &self,
+        run: ProcessedRun,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let ProcessedRun {
+            changes,
+            checkpoint,
+            events,
+            pending,
+        } = run;
+        let started = Instant::now();
+        let store = &self.store;
+        // A short cap: verdicts are marked sent only after this write, so it must notice a
+        // recovered database soon.
+        let retry = Retry::new(&self.readiness, shutdown).with_backoff(WHILE_SERVING);
+        // Set once an attempt failed in a way that may still have committed (the connection
+        // lost during COMMIT): the batch's rows cannot be inserted twice, so a retry first
+        // asks the store. Every batch moves the checkpoint forward, so a stored checkpoint at
+        // or past this batch's says it is written.
+        let in_doubt = &AtomicBool::new(false);
+        let changes = &changes;
+        let persisted = retry_store("storing processed events", &retry, move || {
+            Box::pin(async move {
+                if in_doubt.load(Ordering::Relaxed)
+                    && store.load().await?.checkpoint >= Some(checkpoint)
+                {
+                    tracing::info!(%checkpoint, "a batch whose commit was in doubt turned out written");
+                    return Ok(());
+                }
+                let applied = store.apply(changes, checkpoint).await;
+                if applied.as_ref().is_err_and(|error| error.is_transient()) {
+                    in_doubt.store(true, Ordering::Relaxed);
+                }
+                applied
+            })
+        })
+        .await?;
+        if persisted.is_none() {
+            return Ok(false);
+        }
+        self.committed.send_replace(Some(checkpoint));
+        self.metrics
+            .commit_latency_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(events as f64);
+        self.metrics.events.inc_by(events as u64);
+        set_timestamp_micros(
+            &self.metrics.last_event_timestamp_seconds,
+            i64::try_from(checkpoint.as_micros()).unwrap_or(i64::MAX),
+        );
+        self.metrics.pending_requests.set(pending as i64);
+        // The pending count first, and the checkpoint released after it: a `/status` that
+        // reads a checkpoint reads the pending count of that checkpoint or a later one.
+        self.status
+            .pending_requests
+            .store(pending as u64, Ordering::Relaxed);
+        self.status
+            .last_event_us
+            .store(checkpoint.as_micros(), Ordering::Release);
+        Ok(true)
     }
 }
 

@@ -1,8 +1,8 @@
 //! End-to-end test of the mediator runtime: a real sequencer in-process (SQLite), a fake
 //! topology manager serving a fixed signed history, and two participants played by the test
 //! with plain sequencer clients. Covers approval, timeout driven by time proofs, a restart in
-//! the middle of a request, the admin endpoints, and verdicts that do not wait for the
-//! mediator's own commit.
+//! the middle of a request, the admin endpoints, verdicts that do not wait for the mediator's
+//! own commit, and runs processed while a commit waits.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -230,6 +230,47 @@ async fn verdicts_go_out_before_the_mediators_commit_and_survive_losing_it() {
     expect_marked_sent(&database, b, "decided again by the replay").await;
     let status = status(mediator_admin).await;
     assert_eq!(status["pending_requests"], 0);
+
+    mediator_stop.cancel();
+    mediator.await.unwrap().unwrap();
+    synchronizer.stop().await;
+}
+
+/// The mediator goes on deciding while its commit waits: with its database's write lock held
+/// elsewhere, request after request is decided and its verdict delivered, and once the lock is
+/// released every one of them is stored and marked sent. With one run at a time (process,
+/// commit, then the next run) only the first request's events would be processed: its
+/// approval would wait behind the stalled commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mediator_keeps_deciding_while_its_commit_waits() {
+    let (synchronizer, mut p1, mut p2) = Synchronizer::start().await;
+    let mediator_admin = free_port();
+    let config = synchronizer.mediator_config(mediator_admin);
+    let database = synchronizer.dir.path().join("mediator.db");
+    let (mediator_stop, mediator) = start_mediator(&config);
+    wait_ready(mediator_admin).await;
+    let mediator_public = synchronizer.mediator_key.public_key();
+
+    let lock = hold_write_lock(&database).await;
+    let mut decided = Vec::new();
+    for n in 0..3 {
+        let request = p1.request(&format!("request-{n}"), &["alice"]).await;
+        p1.approve(request, "alice").await;
+        expect_approved(
+            [&mut p1, &mut p2],
+            &mediator_public,
+            request,
+            "decided while the mediator's commit waits",
+        )
+        .await;
+        decided.push(request);
+    }
+
+    release(lock).await;
+    for request in decided {
+        expect_marked_sent(&database, request, "after the stalled commit").await;
+    }
+    assert_eq!(status(mediator_admin).await["pending_requests"], 0);
 
     mediator_stop.cancel();
     mediator.await.unwrap().unwrap();
