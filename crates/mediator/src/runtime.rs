@@ -32,6 +32,7 @@ use meridian_core::crypto::{SigningKey, SigningPurpose};
 use meridian_core::protocol::{ProtocolMessage, Signed, Verdict};
 use meridian_core::sequencing::{Envelope, SequencedEvent, Submission};
 use meridian_core::{MemberId, MessageId, ParticipantId, Timestamp};
+use meridian_node::commit_queue::{CommitQueue, Mergeable};
 use meridian_node::conditions::Conditions;
 use meridian_node::fork::ForkAlarm;
 use meridian_node::metrics::set_timestamp_micros;
@@ -253,9 +254,13 @@ struct ProcessedRun {
     pending: usize,
 }
 
-impl ProcessedRun {
-    /// Appends `later`, processed after `self`: one commit then writes both, as if they had
-    /// been one run ([`MediatorStore::apply`] takes the changes of any number of events).
+impl Mergeable for ProcessedRun {
+    fn size(&self) -> usize {
+        self.events
+    }
+
+    /// One commit then writes both, as if they had been one run ([`MediatorStore::apply`]
+    /// takes the changes of any number of events).
     fn merge(&mut self, later: ProcessedRun) {
         self.changes.extend(later.changes);
         self.checkpoint = later.checkpoint;
@@ -469,32 +474,18 @@ impl CommitLoop {
     /// for good.
     async fn run(
         self,
-        mut runs: mpsc::Receiver<ProcessedRun>,
+        runs: mpsc::Receiver<ProcessedRun>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        // A run taken from the queue that did not fit into the last commit.
-        let mut carried: Option<ProcessedRun> = None;
-        loop {
-            let mut run = match carried.take() {
-                Some(run) => run,
-                None => match runs.recv().await {
-                    Some(run) => run,
-                    None => return Ok(()),
-                },
-            };
-            // What was processed while the last commit ran goes into one commit, as it went
-            // into one run before the commits were pipelined.
-            while let Ok(later) = runs.try_recv() {
-                if run.events + later.events > MAX_EVENTS_PER_COMMIT {
-                    carried = Some(later);
-                    break;
-                }
-                run.merge(later);
-            }
+        // What was processed while the last commit ran goes into one commit, as it went into
+        // one run before the commits were pipelined.
+        let mut commits = CommitQueue::new(runs, MAX_EVENTS_PER_COMMIT);
+        while let Some((run, _)) = commits.next().await {
             if !self.commit(run, shutdown).await? {
                 return Ok(());
             }
         }
+        Ok(())
     }
 
     /// Stores a run's changes with its checkpoint. `Ok(false)` on shutdown.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::{expect_approved, start_mediator, wait_ready, Synchronizer, HASH};
 use meridian_core::protocol::{RejectionCode, VerdictOutcome};
 use meridian_core::Timestamp;
+use meridian_testkit::cancel::SqliteWriteLock;
 use meridian_testkit::free_port;
 use sqlx::{Connection as _, SqliteConnection};
 
@@ -114,28 +115,6 @@ async fn wait_processed(admin_port: u16, timestamp: Timestamp) {
     }
 }
 
-/// Opens the mediator's database beside the mediator and takes SQLite's write lock: every
-/// commit of the mediator waits (and, past its busy timeout, fails and is retried) until
-/// [`release`]. Readers are not blocked (WAL).
-async fn hold_write_lock(database: &std::path::Path) -> SqliteConnection {
-    let mut connection = SqliteConnection::connect(&format!("sqlite://{}", database.display()))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    connection
-}
-
-async fn release(mut connection: SqliteConnection) {
-    sqlx::query("ROLLBACK")
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    connection.close().await.unwrap();
-}
-
 /// `(stored, marked sent)` for the verdict of `request_id`, read from the mediator's database.
 async fn stored_verdict(connection: &mut SqliteConnection, request_id: Timestamp) -> (bool, bool) {
     let micros = i64::try_from(request_id.as_micros()).unwrap();
@@ -184,7 +163,7 @@ async fn verdicts_go_out_before_the_mediators_commit_and_survive_losing_it() {
     let a = p1.request("request-a", &["alice", "bob"]).await;
     let approved = p1.approve(a, "alice").await;
     wait_processed(mediator_admin, approved).await;
-    let mut lock = hold_write_lock(&database).await;
+    let mut lock = SqliteWriteLock::take(&database).await;
     p2.approve(a, "bob").await;
     for participant in [&mut p1, &mut p2] {
         let verdict = tokio::time::timeout(
@@ -197,14 +176,14 @@ async fn verdicts_go_out_before_the_mediators_commit_and_survive_losing_it() {
         assert_eq!(verdict.outcome, VerdictOutcome::Approved);
     }
     assert_eq!(
-        stored_verdict(&mut lock, a).await,
+        stored_verdict(lock.connection(), a).await,
         (false, false),
         "the run that decided it is not committed yet"
     );
 
     // 2. Once the commit goes through, the verdict is stored and marked sent, never marked
     //    before its row exists (which would leave it unsent for good).
-    release(lock).await;
+    lock.release().await;
     expect_marked_sent(&database, a, "after the stalled commit").await;
 
     // 3. A run whose verdict went out but whose commit never happened (the mediator stops
@@ -213,7 +192,7 @@ async fn verdicts_go_out_before_the_mediators_commit_and_survive_losing_it() {
     let b = p1.request("request-b", &["alice", "bob"]).await;
     let approved = p1.approve(b, "alice").await;
     wait_processed(mediator_admin, approved).await;
-    let lock = hold_write_lock(&database).await;
+    let lock = SqliteWriteLock::take(&database).await;
     p2.approve(b, "bob").await;
     expect_approved(
         [&mut p1, &mut p2],
@@ -224,7 +203,7 @@ async fn verdicts_go_out_before_the_mediators_commit_and_survive_losing_it() {
     .await;
     mediator_stop.cancel();
     mediator.await.unwrap().unwrap();
-    release(lock).await;
+    lock.release().await;
     let (mediator_stop, mediator) = start_mediator(&config);
     wait_ready(mediator_admin).await;
     expect_marked_sent(&database, b, "decided again by the replay").await;
@@ -251,7 +230,7 @@ async fn the_mediator_keeps_deciding_while_its_commit_waits() {
     wait_ready(mediator_admin).await;
     let mediator_public = synchronizer.mediator_key.public_key();
 
-    let lock = hold_write_lock(&database).await;
+    let lock = SqliteWriteLock::take(&database).await;
     let mut decided = Vec::new();
     for n in 0..3 {
         let request = p1.request(&format!("request-{n}"), &["alice"]).await;
@@ -266,7 +245,7 @@ async fn the_mediator_keeps_deciding_while_its_commit_waits() {
         decided.push(request);
     }
 
-    release(lock).await;
+    lock.release().await;
     for request in decided {
         expect_marked_sent(&database, request, "after the stalled commit").await;
     }

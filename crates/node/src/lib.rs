@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod admin_token;
 pub mod certs;
+pub mod commit_queue;
 pub mod conditions;
 pub mod config;
 pub mod fork;

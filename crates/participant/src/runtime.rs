@@ -41,6 +41,7 @@ use meridian_core::sequencing::{Envelope, ForkError, SequencedEvent, Submission}
 use meridian_core::template::transaction_seed;
 use meridian_core::topology::SignedTopologyTransaction;
 use meridian_core::{LedgerOffset, MessageId, ParticipantId, Timestamp, TransactionId};
+use meridian_node::commit_queue::{CommitQueue, Mergeable};
 use meridian_node::fork::ForkAlarm;
 use meridian_node::forward::advance_to;
 use meridian_node::replication::is_fenced;
@@ -852,33 +853,17 @@ async fn process_batches(
 /// over is written, or at the first batch that cannot be.
 async fn persist_batches(
     core: &Arc<Core>,
-    mut staged: mpsc::Receiver<Staged>,
+    staged: mpsc::Receiver<Staged>,
     persisted: watch::Sender<u64>,
 ) -> Result<(), WriterError> {
-    // A batch taken from the queue that did not fit into the last commit.
-    let mut carried: Option<Staged> = None;
-    loop {
-        let mut batch = match carried.take() {
-            Some(batch) => batch,
-            None => match staged.recv().await {
-                Some(batch) => batch,
-                None => return Ok(()),
-            },
-        };
-        // What was processed while the last commit ran goes into one commit, as it went into
-        // one batch before the commits were pipelined.
-        let mut merged = 1;
-        while let Ok(later) = staged.try_recv() {
-            if batch.size() + later.size() > MAX_BATCH {
-                carried = Some(later);
-                break;
-            }
-            batch.merge(later);
-            merged += 1;
-        }
+    // What was processed while the last commit ran goes into one commit, as it went into one
+    // batch before the commits were pipelined.
+    let mut commits = CommitQueue::new(staged, MAX_BATCH);
+    while let Some((batch, merged)) = commits.next().await {
         finish(core, batch).await?;
         persisted.send_modify(|written| *written += merged);
     }
+    Ok(())
 }
 
 /// Gives the engine the stored deduplication entries of the batch's submissions whose changes
@@ -1084,14 +1069,13 @@ async fn process(
     }
 }
 
-impl Staged {
+impl Mergeable for Staged {
     /// Events and commands.
     fn size(&self) -> usize {
         self.event_count + self.command_count
     }
 
-    /// Appends `later`, processed after `self`: one commit then writes both, as if the engine
-    /// had run over both at once.
+    /// One commit then writes both, as if the engine had run over both at once.
     fn merge(&mut self, later: Staged) {
         self.effects.extend(later.effects);
         self.checkpoint = later.checkpoint.or(self.checkpoint);

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use meridian_core::{ContractId, PartyId};
 use meridian_proto::v1;
 use meridian_proto::v1::ledger_service_client::LedgerServiceClient;
+use meridian_testkit::cancel::SqliteWriteLock;
 use support::{logged, retry, sqlite, synchronizer, Synchronizer};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -488,21 +489,12 @@ async fn a_retry_is_deduplicated_from_the_database_once_memory_let_go() {
 /// would wait behind the stalled commit until the mediator timed it out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_participant_keeps_confirming_while_its_commit_waits() {
-    use sqlx::Connection;
-
     let cluster = start().await;
     allocate_parties(&cluster).await;
     let first = issue_to_alice(&cluster.ledgers[2], "issue-1", 1).await;
     let second = issue_to_alice(&cluster.ledgers[2], "issue-2", 2).await;
 
-    let p3_database = cluster.sync.dir.path().join("p3.db");
-    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", p3_database.display()))
-        .await
-        .expect("open p3's database");
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut lock)
-        .await
-        .expect("take p3's write lock");
+    let lock = SqliteWriteLock::take(&cluster.sync.dir.path().join("p3.db")).await;
 
     // A command of p3's own: admitted by its engine, answered only after the commit.
     let mut p3 = cluster.ledgers[2].clone();
@@ -534,11 +526,7 @@ async fn a_participant_keeps_confirming_while_its_commit_waits() {
         issue.await
     );
 
-    sqlx::query("ROLLBACK")
-        .execute(&mut lock)
-        .await
-        .expect("release p3's write lock");
-    drop(lock);
+    lock.release().await;
     issue
         .await
         .expect("the issuing task")

@@ -1,7 +1,7 @@
 //! Callers cancelled midway, as a shutdown or a step-down cancels a store call: a future
 //! polled a given number of times and dropped, and probes of what such a call may have left
 //! open in a database (a transaction that holds SQLite's write lock, a PostgreSQL session idle
-//! inside one).
+//! inside one); and that write lock held on purpose, to stall a node's commits.
 
 use std::future::Future;
 use std::path::Path;
@@ -39,6 +39,41 @@ pub async fn sqlite_write_lock_is_free(path: &Path) -> bool {
     let free = other.execute("BEGIN IMMEDIATE").await.is_ok();
     other.execute("ROLLBACK").await.ok();
     free
+}
+
+/// An SQLite file's write lock, held by a connection of the test's own as another process
+/// would hold it: every commit of the node that owns the file waits for it (and, past its
+/// busy timeout, fails and is retried) until [`SqliteWriteLock::release`]. Readers are not
+/// blocked (WAL).
+pub struct SqliteWriteLock {
+    connection: SqliteConnection,
+}
+
+impl SqliteWriteLock {
+    pub async fn take(path: &Path) -> Self {
+        let mut connection =
+            SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(path))
+                .await
+                .expect("open the SQLite file");
+        connection
+            .execute("BEGIN IMMEDIATE")
+            .await
+            .expect("take the write lock");
+        Self { connection }
+    }
+
+    /// The connection that holds the lock, to read the file through it.
+    pub fn connection(&mut self) -> &mut SqliteConnection {
+        &mut self.connection
+    }
+
+    pub async fn release(mut self) {
+        self.connection
+            .execute("ROLLBACK")
+            .await
+            .expect("release the write lock");
+        self.connection.close().await.expect("close the connection");
+    }
 }
 
 /// How many sessions of the executor's database sit idle inside a transaction.
