@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::attribution::{self, Window};
 use crate::deployment::{Databases, Deployment, DeploymentSpec};
 use crate::fault::{Fault, Moment, PlannedFault, Recovery, Stage};
+use crate::machine_cpu::{self, CpuJiffies};
 use crate::nemesis::{self, NemesisPlan, NemesisRun};
 use crate::workload::{
     self, Audit, BackgroundLoad, FailureAt, FinishedLoad, Live, LoadEnd, LoadSpec, TimelineBucket,
@@ -585,6 +586,10 @@ struct LoadRate {
     commits_per_bucket: f64,
     /// `None` when nothing committed in the window.
     mean_latency_ms: Option<f64>,
+    /// Buckets in the window.
+    buckets: usize,
+    /// What the machine's CPUs did over the window.
+    cpu: CpuJiffies,
 }
 
 impl LoadRate {
@@ -594,7 +599,13 @@ impl LoadRate {
         Self {
             commits_per_bucket: live.timeline.committed_between(from, to) as f64 / buckets as f64,
             mean_latency_ms: live.timeline.mean_latency_ms(from, to),
+            buckets,
+            cpu: live.timeline.cpu_between(from, to),
         }
+    }
+
+    fn commits(&self) -> f64 {
+        self.commits_per_bucket * self.buckets as f64
     }
 
     fn tx_per_s(&self) -> f64 {
@@ -618,11 +629,13 @@ const IN_FLIGHT_KEPT: f64 = 0.8;
 /// line of a fault whose throughput never came back: a CI log shows only that line. Every
 /// lane still committing, each commit slower, is a slower deployment — which is also what a
 /// machine that got busier makes of it (another test starting its own deployment beside the
-/// drill does exactly that); fewer commits in flight is lanes that stopped submitting.
-fn describe_shortfall(before: LoadRate, after: LoadRate, after_buckets: usize) -> String {
+/// drill does exactly that); fewer commits in flight is lanes that stopped submitting. What
+/// the machine's CPUs did then tells a deployment doing more work per commit from a host that
+/// took the machine's time.
+fn describe_shortfall(before: LoadRate, after: LoadRate) -> String {
     let mut text = format!(
         "the last {:.1} s ran {:.1} tx/s, {:.0} % of the {:.1} tx/s before",
-        after_buckets as f64 * TIMELINE_BUCKET_MS as f64 / 1_000.0,
+        after.buckets as f64 * TIMELINE_BUCKET_MS as f64 / 1_000.0,
         after.tx_per_s(),
         100.0 * after.commits_per_bucket / before.commits_per_bucket.max(f64::MIN_POSITIVE),
         before.tx_per_s(),
@@ -642,6 +655,11 @@ fn describe_shortfall(before: LoadRate, after: LoadRate, after_buckets: usize) -
         text.push_str(&format!(
             "; commits in flight {after:.1} against {before:.1}: {verdict}"
         ));
+    }
+    if let Some(cpu) =
+        machine_cpu::describe_change(before.cpu, before.commits(), after.cpu, after.commits())
+    {
+        text.push_str(&format!("; {cpu}"));
     }
     text
 }
@@ -723,7 +741,7 @@ async fn measure(
                     .saturating_sub(SHORTFALL_WINDOW_BUCKETS)
                     .max(live.bucket_of(first_success));
                 let after = LoadRate::over(live, from, to);
-                let shortfall = describe_shortfall(before.rate, after, to.saturating_sub(from));
+                let shortfall = describe_shortfall(before.rate, after);
                 message.push_str(&format!("; {shortfall}"));
             }
             problem = Some(message);
@@ -852,10 +870,13 @@ mod tests {
         );
     }
 
+    /// A 5 s window without CPU samples.
     fn rate(tx_per_s: f64, mean_latency_ms: f64) -> LoadRate {
         LoadRate {
             commits_per_bucket: tx_per_s * TIMELINE_BUCKET_MS as f64 / 1_000.0,
             mean_latency_ms: Some(mean_latency_ms),
+            buckets: 50,
+            cpu: CpuJiffies::default(),
         }
     }
 
@@ -868,7 +889,7 @@ mod tests {
         let before = rate(100.0, 80.0);
         assert_eq!(before.in_flight(), Some(8.0));
 
-        let busier_machine = describe_shortfall(before, rate(33.0, 240.0), 50);
+        let busier_machine = describe_shortfall(before, rate(33.0, 240.0));
         assert!(
             busier_machine.starts_with("the last 5.0 s ran 33.0 tx/s, 33 % of the 100.0 tx/s before, at a mean commit latency of 240 ms against 80 ms (3.0×); commits in flight 7.9 against 8.0"),
             "{busier_machine}"
@@ -878,7 +899,7 @@ mod tests {
             "{busier_machine}"
         );
 
-        let stuck_lanes = describe_shortfall(before, rate(50.0, 80.0), 50);
+        let stuck_lanes = describe_shortfall(before, rate(50.0, 80.0));
         assert!(
             stuck_lanes.contains("commits in flight 4.0 against 8.0: lanes spent their time outside their submissions"),
             "{stuck_lanes}"
@@ -890,9 +911,11 @@ mod tests {
         let silent = LoadRate {
             commits_per_bucket: 0.0,
             mean_latency_ms: None,
+            buckets: 20,
+            cpu: CpuJiffies::default(),
         };
         assert_eq!(
-            describe_shortfall(rate(100.0, 80.0), silent, 20),
+            describe_shortfall(rate(100.0, 80.0), silent),
             "the last 2.0 s ran 0.0 tx/s, 0 % of the 100.0 tx/s before"
         );
     }
@@ -906,8 +929,54 @@ mod tests {
                 Duration::from_millis(latency_ms),
             );
         }
+        let spent = |busy| CpuJiffies {
+            busy,
+            idle: 20 - busy,
+            steal: 0,
+        };
+        for (bucket, busy) in [(2u64, 1), (3, 15), (4, 19), (5, 2)] {
+            live.timeline.record_cpu(
+                Duration::from_millis(bucket * TIMELINE_BUCKET_MS + 1),
+                spent(busy),
+            );
+        }
         let window = LoadRate::over(&live, 3, 5);
-        assert_eq!(window, rate(15.0, 200.0));
+        assert_eq!(
+            window,
+            LoadRate {
+                commits_per_bucket: 1.5,
+                mean_latency_ms: Some(200.0),
+                buckets: 2,
+                cpu: CpuJiffies {
+                    busy: 34,
+                    idle: 6,
+                    steal: 0
+                },
+            }
+        );
         assert_eq!(window.in_flight(), Some(3.0));
+    }
+
+    /// The CI failure this line was added for: every lane kept submitting, each commit 1.4
+    /// times slower, for 45 s after a database restart, and nothing in the log said whether
+    /// the deployment or the machine had slowed down.
+    #[test]
+    fn the_machines_cpus_are_part_of_the_shortfall() {
+        let with_cpu = |tx_per_s, latency_ms, busy, steal| LoadRate {
+            cpu: CpuJiffies {
+                busy,
+                idle: 1_000 - busy - steal,
+                steal,
+            },
+            ..rate(tx_per_s, latency_ms)
+        };
+        let shortfall = describe_shortfall(
+            with_cpu(275.0, 29.0, 960, 0),
+            with_cpu(191.0, 42.0, 800, 150),
+        );
+        assert!(
+            shortfall.ends_with("; the machine's CPUs were 80 % busy and 15 % stolen by the host against 96 % and 0 % before, 8.4 ms of CPU per commit against 7.0 ms: the host took CPU time from this machine"),
+            "{shortfall}"
+        );
     }
 }

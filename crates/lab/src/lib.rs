@@ -17,6 +17,7 @@ pub mod fault;
 pub mod fork;
 pub mod launch;
 pub mod lb;
+pub mod machine_cpu;
 pub mod nemesis;
 pub mod promotion;
 pub mod region;

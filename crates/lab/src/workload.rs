@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::deployment::Deployment;
+use crate::machine_cpu::{self, CpuJiffies};
 use crate::stats::quantile_ms;
 
 pub const CURRENCY: &str = "USD";
@@ -287,6 +288,8 @@ pub struct Timeline {
     committed: Box<[AtomicU64]>,
     failed: Box<[AtomicU64]>,
     latencies_us: Mutex<Vec<Vec<u32>>>,
+    /// What the machine's CPUs did, by bucket (from [`machine_cpu::sample_into`]).
+    cpu: Mutex<Vec<CpuJiffies>>,
 }
 
 impl Default for Timeline {
@@ -296,6 +299,7 @@ impl Default for Timeline {
             committed: counters(),
             failed: counters(),
             latencies_us: Mutex::new(Vec::new()),
+            cpu: Mutex::new(Vec::new()),
         }
     }
 }
@@ -340,6 +344,27 @@ impl Timeline {
         if let Some(bucket) = Self::bucket(elapsed) {
             self.failed[bucket].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// CPU time the machine spent in the bucket `elapsed` after the epoch falls in.
+    pub(crate) fn record_cpu(&self, elapsed: Duration, spent: CpuJiffies) {
+        let Some(bucket) = Self::bucket(elapsed) else {
+            return;
+        };
+        let mut cpu = lock(&self.cpu);
+        if cpu.len() <= bucket {
+            cpu.resize(bucket + 1, CpuJiffies::default());
+        }
+        cpu[bucket] = cpu[bucket].plus(spent);
+    }
+
+    /// CPU time the machine spent in buckets `from..to` (clamped).
+    pub fn cpu_between(&self, from: usize, to: usize) -> CpuJiffies {
+        let cpu = lock(&self.cpu);
+        let to = to.min(cpu.len());
+        cpu[from.min(to)..to]
+            .iter()
+            .fold(CpuJiffies::default(), |sum, spent| sum.plus(*spent))
     }
 
     /// The commit counters of buckets `from..to`, clamped to the timeline.
@@ -561,6 +586,8 @@ pub struct BackgroundLoad {
     baseline: AuditBaseline,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<WorkloadReport>>,
+    /// Stops the sampling of the machine's CPUs into `live` when the load is ended or dropped.
+    _sampling: tokio_util::sync::DropGuard,
 }
 
 /// A [`BackgroundLoad`] whose transfers ended, not audited yet.
@@ -622,6 +649,8 @@ impl BackgroundLoad {
             run: spec.run.clone(),
         };
         let started = Instant::now();
+        let sampling = stop.child_token();
+        tokio::spawn(machine_cpu::sample_into(live.clone(), sampling.clone()));
         let task = {
             let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
             tokio::spawn(async move {
@@ -635,6 +664,7 @@ impl BackgroundLoad {
             baseline,
             stop,
             task,
+            _sampling: sampling.drop_guard(),
         })
     }
 
