@@ -11,7 +11,7 @@ use super::{
     MediatorStore, VerdictRecord, VerdictRow,
 };
 use crate::fencing::FencedConnection;
-use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, StorePool};
+use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, RunScript, Script, StorePool};
 use crate::sequencer::BackendStatus;
 use crate::{FenceSlot, StorageConfig, StoreError};
 
@@ -103,25 +103,25 @@ impl MediatorStore for SqlMediatorStore {
     ) -> Result<(), StoreError> {
         let plan = ApplyPlan::new(changes);
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
-            tx.check_fence(&self.fence).await?;
+            let mut script = Script::<Db>::new(dialect);
             for table in ["mediator_responses", "mediator_requests"] {
-                tx.execute_for_ids(
+                script.for_ids(
                     &format!("DELETE FROM {table} WHERE request_id"),
                     &plan.deletes,
-                )
-                .await?;
+                );
             }
-            tx.insert_plan(&plan).await?;
-            sqlx::query(
-                "INSERT INTO mediator_checkpoint (id, ts) VALUES (1, $1) \
-                 ON CONFLICT (id) DO UPDATE SET ts = CASE \
+            script.insert_plan(&plan);
+            script
+                .statement("INSERT INTO mediator_checkpoint (id, ts) VALUES (1, ")
+                .push_bind(checkpoint.as_i64())
+                .push(
+                    ") ON CONFLICT (id) DO UPDATE SET ts = CASE \
                      WHEN excluded.ts > mediator_checkpoint.ts THEN excluded.ts \
                      ELSE mediator_checkpoint.ts END",
-            )
-            .bind(checkpoint.as_i64())
-            .execute(&mut *tx)
-            .await?;
+                );
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
+            tx.check_fence(&self.fence).await?;
+            tx.run(script).await?;
             tx.commit().await?;
         });
         Ok(())
@@ -132,13 +132,14 @@ impl MediatorStore for SqlMediatorStore {
             return Ok(());
         }
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
-            tx.check_fence(&self.fence).await?;
-            tx.execute_for_ids(
+            let mut script = Script::<Db>::new(dialect);
+            script.for_ids(
                 "UPDATE mediator_verdicts SET sent = true WHERE request_id",
                 request_ids,
-            )
-            .await?;
+            );
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
+            tx.check_fence(&self.fence).await?;
+            tx.run(script).await?;
             tx.commit().await?;
         });
         Ok(())
@@ -166,37 +167,29 @@ impl MediatorStore for SqlMediatorStore {
     }
 }
 
-/// The bulk writes in the dialect's own form (the one place the backends differ): new rows,
-/// and statements over a list of request ids.
-trait BulkWrites {
-    async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError>;
+/// The bulk writes in the dialect's own form (the one place the backends differ), added to a
+/// transaction's script: new rows, and statements over a list of request ids.
+trait BulkWrites<'args> {
+    fn insert_plan(&mut self, plan: &'args ApplyPlan<'_>);
 
-    /// Runs `statement` (ending in `WHERE request_id`) for every id in `ids`.
-    async fn execute_for_ids(
-        &mut self,
-        statement: &str,
-        ids: &[Timestamp],
-    ) -> Result<(), StoreError>;
+    /// `statement` (ending in `WHERE request_id`) for every id in `ids`.
+    fn for_ids(&mut self, statement: &str, ids: &'args [Timestamp]);
 }
 
-/// Forwards [`BulkWrites`] of a connection type to the functions of its dialect's module.
+/// Forwards [`BulkWrites`] of a backend's script to the functions of its dialect's module.
 macro_rules! bulk_writes {
-    ($connection:ty, $dialect:ident) => {
-        impl BulkWrites for $connection {
-            async fn insert_plan(&mut self, plan: &ApplyPlan<'_>) -> Result<(), StoreError> {
-                $dialect::insert_plan(self, plan).await
+    ($db:ty, $dialect:ident) => {
+        impl<'args> BulkWrites<'args> for Script<'args, $db> {
+            fn insert_plan(&mut self, plan: &'args ApplyPlan<'_>) {
+                $dialect::insert_plan(self, plan);
             }
 
-            async fn execute_for_ids(
-                &mut self,
-                statement: &str,
-                ids: &[Timestamp],
-            ) -> Result<(), StoreError> {
-                $dialect::execute_for_ids(self, statement, ids).await
+            fn for_ids(&mut self, statement: &str, ids: &'args [Timestamp]) {
+                $dialect::for_ids(self, statement, ids);
             }
         }
     };
 }
 
-bulk_writes!(sqlx::SqliteConnection, sqlite);
-bulk_writes!(sqlx::PgConnection, postgres);
+bulk_writes!(sqlx::Sqlite, sqlite);
+bulk_writes!(sqlx::Postgres, postgres);

@@ -10,8 +10,6 @@
 
 use async_trait::async_trait;
 use meridian_core::{ContractId, LedgerOffset, Timestamp, UserId};
-use sqlx::postgres::PgConnection;
-use sqlx::sqlite::SqliteConnection;
 
 use super::rows::{self, ContractRow, DedupRow, TransactionRow};
 use super::{
@@ -20,7 +18,7 @@ use super::{
     QUIET_POINT_RETENTION_US,
 };
 use crate::fencing::FencedConnection;
-use crate::pool::{self, on_backend, ExecuteChunked, PoolSettings, PostgresLayout, StorePool};
+use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, RunScript, Script, StorePool};
 use crate::{FenceSlot, StorageConfig, StoreError};
 
 /// Rows per multi-row statement (an `INSERT`, or a list of keys to delete or archive): at up
@@ -75,20 +73,20 @@ const KEY_PAGE_SEPARATOR: &str = "\n";
 const DEDUP_COLUMNS: &str = "change_key, user_id, command_id, act_as, submission_id, state, \
      max_sequencing_time, dedup_period_us, transaction_id, ledger_offset, expires_at";
 
-/// The multi-row inserts of [`ParticipantStore::apply`], the only statements whose binds need
-/// the backend's type; one body, generated for both connection types below.
-trait InsertRows {
-    async fn upsert_dedup(&mut self, rows: &[DedupRow]) -> Result<(), StoreError>;
-    async fn insert_contracts(&mut self, rows: &[ContractRow]) -> Result<(), StoreError>;
-    async fn insert_transactions(&mut self, rows: &[TransactionRow]) -> Result<(), StoreError>;
-    async fn insert_completions(&mut self, rows: &[rows::CompletionRow]) -> Result<(), StoreError>;
-    async fn upsert_pending(&mut self, rows: &[PendingRecord]) -> Result<(), StoreError>;
+/// The multi-row inserts of [`ParticipantStore::apply`], added to its script; the only
+/// statements whose binds need the backend's type: one body, generated for both backends below.
+trait InsertRows<'args> {
+    fn upsert_dedup(&mut self, rows: &'args [DedupRow]);
+    fn insert_contracts(&mut self, rows: &'args [ContractRow]);
+    fn insert_transactions(&mut self, rows: &'args [TransactionRow]);
+    fn insert_completions(&mut self, rows: &'args [rows::CompletionRow]);
+    fn upsert_pending(&mut self, rows: &'args [PendingRecord]);
 }
 
 macro_rules! insert_rows {
-    ($connection:ty) => {
-        impl InsertRows for $connection {
-            async fn upsert_dedup(&mut self, rows: &[DedupRow]) -> Result<(), StoreError> {
+    ($db:ty) => {
+        impl<'args> InsertRows<'args> for Script<'args, $db> {
+            fn upsert_dedup(&mut self, rows: &'args [DedupRow]) {
                 let head = format!("INSERT INTO participant_dedup ({DEDUP_COLUMNS}) ");
                 let upsert = " ON CONFLICT (change_key) DO UPDATE SET user_id = excluded.user_id, \
                      command_id = excluded.command_id, act_as = excluded.act_as, \
@@ -97,7 +95,7 @@ macro_rules! insert_rows {
                      dedup_period_us = excluded.dedup_period_us, \
                      transaction_id = excluded.transaction_id, \
                      ledger_offset = excluded.ledger_offset, expires_at = excluded.expires_at";
-                self.execute_chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, d| {
+                self.chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, d| {
                     row.push_bind(d.0.clone())
                         .push_bind(d.1.clone())
                         .push_bind(d.2.clone())
@@ -109,15 +107,15 @@ macro_rules! insert_rows {
                         .push_bind(d.8.clone())
                         .push_bind(d.9)
                         .push_bind(d.10);
-}, upsert).await
+}, upsert);
             }
 
-            async fn insert_contracts(&mut self, rows: &[ContractRow]) -> Result<(), StoreError> {
+            fn insert_contracts(&mut self, rows: &'args [ContractRow]) {
                 let head = format!("INSERT INTO participant_contracts ({CONTRACT_COLUMNS}) ");
                 // A replayed batch after a crash between commit and checkpoint cannot happen
                 // (same transaction), but a contract id is derived from the seed, so a
                 // conflict would be a real bug: no ON CONFLICT, let it fail loudly.
-                self.execute_chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, c| {
+                self.chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, c| {
                     row.push_bind(c.0.clone())
                         .push_bind(c.1.clone())
                         .push_bind(c.2.clone())
@@ -125,15 +123,12 @@ macro_rules! insert_rows {
                         .push_bind(c.4.clone())
                         .push_bind(c.5)
                         .push_bind(c.6);
-}, "").await
+}, "");
             }
 
-            async fn insert_transactions(
-                &mut self,
-                rows: &[TransactionRow],
-            ) -> Result<(), StoreError> {
+            fn insert_transactions(&mut self, rows: &'args [TransactionRow]) {
                 let head = format!("INSERT INTO participant_transactions ({TRANSACTION_COLUMNS}) ");
-                self.execute_chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, t| {
+                self.chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, t| {
                     row.push_bind(t.0)
                         .push_bind(t.1.clone())
                         .push_bind(t.2)
@@ -142,15 +137,12 @@ macro_rules! insert_rows {
                         .push_bind(t.5.clone())
                         .push_bind(t.6.clone())
                         .push_bind(t.7);
-}, "").await
+}, "");
             }
 
-            async fn insert_completions(
-                &mut self,
-                rows: &[rows::CompletionRow],
-            ) -> Result<(), StoreError> {
+            fn insert_completions(&mut self, rows: &'args [rows::CompletionRow]) {
                 let head = format!("INSERT INTO participant_completions ({COMPLETION_COLUMNS}) ");
-                self.execute_chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, c| {
+                self.chunked( &head, rows, ROWS_PER_STATEMENT, |mut row, c| {
                         row.push_bind(c.0)
                             .push_bind(c.1.clone())
                             .push_bind(c.2.clone())
@@ -160,23 +152,23 @@ macro_rules! insert_rows {
                             .push_bind(c.6.clone())
                             .push_bind(c.7.clone())
                             .push_bind(c.8);
-}, "").await
+}, "");
             }
 
-            async fn upsert_pending(&mut self, rows: &[PendingRecord]) -> Result<(), StoreError> {
+            fn upsert_pending(&mut self, rows: &'args [PendingRecord]) {
                 let head = "INSERT INTO participant_pending (request_id, record) ";
                 let upsert = " ON CONFLICT (request_id) DO UPDATE SET record = excluded.record";
-                self.execute_chunked( head, rows, ROWS_PER_STATEMENT, |mut row, p| {
+                self.chunked( head, rows, ROWS_PER_STATEMENT, |mut row, p| {
                     row.push_bind(p.request_id.as_i64())
                         .push_bind(p.record.clone());
-}, upsert).await
+}, upsert);
             }
         }
     };
 }
 
-insert_rows!(SqliteConnection);
-insert_rows!(PgConnection);
+insert_rows!(::sqlx::Sqlite);
+insert_rows!(::sqlx::Postgres);
 
 /// A batch's rows, encoded before the write transaction begins.
 struct EncodedBatch {
@@ -229,10 +221,14 @@ impl ParticipantStore for SqlParticipantStore {
             return Ok(());
         }
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
-            tx.check_fence(&self.fence).await?;
             let encoded = EncodedBatch::new(batch)?;
-            tx.execute_chunked(
+            let pending_deletes: Vec<i64> = batch
+                .pending_deletes
+                .iter()
+                .map(|request_id| request_id.as_i64())
+                .collect();
+            let mut script = Script::<Db>::new(dialect);
+            script.chunked(
                 "DELETE FROM participant_dedup WHERE change_key IN (",
                 &batch.dedup_deletes,
                 ROWS_PER_STATEMENT,
@@ -240,11 +236,10 @@ impl ParticipantStore for SqlParticipantStore {
                     row.push_bind(key.as_str());
                 },
                 ")",
-            )
-            .await?;
-            tx.upsert_dedup(&encoded.dedup).await?;
-            tx.insert_contracts(&encoded.created).await?;
-            tx.execute_chunked(
+            );
+            script.upsert_dedup(&encoded.dedup);
+            script.insert_contracts(&encoded.created);
+            script.chunked(
                 "UPDATE participant_contracts SET archived_offset = archive.column1 FROM (",
                 &encoded.archived,
                 ROWS_PER_STATEMENT,
@@ -253,58 +248,56 @@ impl ParticipantStore for SqlParticipantStore {
                 },
                 ") AS archive WHERE participant_contracts.contract_id = archive.column2 \
                  AND participant_contracts.archived_offset IS NULL",
-            )
-            .await?;
-            tx.insert_transactions(&encoded.transactions).await?;
-            tx.insert_completions(&encoded.completions).await?;
-            tx.execute_chunked(
+            );
+            script.insert_transactions(&encoded.transactions);
+            script.insert_completions(&encoded.completions);
+            script.chunked(
                 "DELETE FROM participant_pending WHERE request_id IN (",
-                &batch.pending_deletes,
+                &pending_deletes,
                 ROWS_PER_STATEMENT,
                 |mut row, request_id| {
-                    row.push_bind(request_id.as_i64());
+                    row.push_bind(*request_id);
                 },
                 ")",
-            )
-            .await?;
-            tx.upsert_pending(&batch.pending_upserts).await?;
+            );
+            script.upsert_pending(&batch.pending_upserts);
             if let Some(checkpoint) = batch.checkpoint {
-                sqlx::query(
-                    "UPDATE participant_state SET checkpoint = $1 \
-                     WHERE id = 1 AND (checkpoint IS NULL OR checkpoint < $1)",
-                )
-                .bind(checkpoint.as_i64())
-                .execute(&mut *tx)
-                .await?;
+                script
+                    .statement("UPDATE participant_state SET checkpoint = ")
+                    .push_bind(checkpoint.as_i64())
+                    .push(" WHERE id = 1 AND (checkpoint IS NULL OR checkpoint < ")
+                    .push_bind(checkpoint.as_i64())
+                    .push(")");
             }
             if let Some(end) = encoded.ledger_end {
-                sqlx::query(
-                    "UPDATE participant_state SET ledger_end = $1 \
-                     WHERE id = 1 AND ledger_end < $1",
-                )
-                .bind(end)
-                .execute(&mut *tx)
-                .await?;
+                script
+                    .statement("UPDATE participant_state SET ledger_end = ")
+                    .push_bind(end)
+                    .push(" WHERE id = 1 AND ledger_end < ")
+                    .push_bind(end);
             }
             if let (true, Some(checkpoint)) = (batch.quiet, batch.checkpoint) {
                 // The ledger end just written is the one at this boundary.
-                sqlx::query(
-                    "INSERT INTO participant_quiet_points (checkpoint, ledger_end) \
-                     SELECT $1, ledger_end FROM participant_state WHERE id = 1 \
-                     ON CONFLICT (checkpoint) DO NOTHING",
-                )
-                .bind(checkpoint.as_i64())
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM participant_quiet_points WHERE checkpoint < $1")
-                    .bind(
+                script
+                    .statement(
+                        "INSERT INTO participant_quiet_points (checkpoint, ledger_end) SELECT ",
+                    )
+                    .push_bind(checkpoint.as_i64())
+                    .push(
+                        ", ledger_end FROM participant_state WHERE id = 1 \
+                         ON CONFLICT (checkpoint) DO NOTHING",
+                    );
+                script
+                    .statement("DELETE FROM participant_quiet_points WHERE checkpoint < ")
+                    .push_bind(
                         checkpoint
                             .as_i64()
                             .saturating_sub(QUIET_POINT_RETENTION_US as i64),
-                    )
-                    .execute(&mut *tx)
-                    .await?;
+                    );
             }
+            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
+            tx.check_fence(&self.fence).await?;
+            tx.run(script).await?;
             tx.commit().await?;
         });
         Ok(())

@@ -11,7 +11,7 @@ use meridian_core::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{NewEvent, ReferenceTime, WriteResult};
-use crate::pool::ExecuteChunked;
+use crate::pool::{self, RunScript, Script};
 use crate::StoreError;
 
 /// Rows per multi-row `INSERT`. At five columns that is 2,500 bound parameters, far below
@@ -102,26 +102,12 @@ pub(super) async fn claim_message_ids(
     Ok(verdicts)
 }
 
+/// The events and their recipient entries in one call: two statements of one [`Script`].
 pub(super) async fn insert_events(
     connection: &mut SqliteConnection,
     idx: i32,
     new: &[&NewEvent],
 ) -> Result<(), StoreError> {
-    connection
-        .execute_chunked(
-            "INSERT INTO events (ts, instance, sender, message_id, batch) ",
-            new,
-            ROWS_PER_INSERT,
-            |mut row, event| {
-                row.push_bind(event.timestamp.as_i64())
-                    .push_bind(idx)
-                    .push_bind(event.sender.0)
-                    .push_bind(event.message_id.as_str())
-                    .push_bind(event.batch.as_slice());
-            },
-            "",
-        )
-        .await?;
     let recipients: Vec<(i64, i64)> = new
         .iter()
         .flat_map(|event| {
@@ -129,17 +115,30 @@ pub(super) async fn insert_events(
             event.recipients.iter().map(move |member| (member.0, ts))
         })
         .collect();
-    connection
-        .execute_chunked(
-            "INSERT INTO event_recipients (member, ts) ",
-            &recipients,
-            ROWS_PER_INSERT,
-            |mut row, &(member, ts)| {
-                row.push_bind(member).push_bind(ts);
-            },
-            "",
-        )
-        .await
+    let mut script = Script::<Sqlite>::new(&pool::SQLITE);
+    script.chunked(
+        "INSERT INTO events (ts, instance, sender, message_id, batch) ",
+        new,
+        ROWS_PER_INSERT,
+        |mut row, event| {
+            row.push_bind(event.timestamp.as_i64())
+                .push_bind(idx)
+                .push_bind(event.sender.0)
+                .push_bind(event.message_id.as_str())
+                .push_bind(event.batch.as_slice());
+        },
+        "",
+    );
+    script.chunked(
+        "INSERT INTO event_recipients (member, ts) ",
+        &recipients,
+        ROWS_PER_INSERT,
+        |mut row, &(member, ts)| {
+            row.push_bind(member).push_bind(ts);
+        },
+        "",
+    );
+    connection.run(script).await
 }
 
 /// The kernel's clock, read without this process's `clock_gettime`: the modification time the
