@@ -6,8 +6,9 @@
 //! When idle, the writer still advances its watermark so the readers' safe point keeps moving,
 //! and when a peer's event waits for this instance's watermark (the node's peer poll sees it
 //! above the safe point) the writer advances it at once rather than at its next heartbeat.
-//! After every commit it reads the safe point fresh from the database and publishes it to the
-//! readers through a watch channel.
+//! Every commit also reads the safe point, in its own transaction (see
+//! [`meridian_store::Committed`]), and the writer publishes it to the readers through a watch
+//! channel once the commit returned.
 //!
 //! Every write carries this process's incarnation of the instance. When the store refuses one:
 //! - [`StoreError::Fenced`] (the peers marked the instance offline, e.g. after a pause longer
@@ -291,10 +292,11 @@ impl Writer {
             );
             // The batch's senders wait on this write: while it stalls, /readyz says so.
             match self.readiness.watch_database_call(write).await {
-                Ok(results) => {
+                Ok(written) => {
                     self.last_events = Instant::now();
                     self.metrics.batch_size.observe(plan.events.len() as f64);
-                    for ((event, slot), result) in plan.events.iter().zip(&plan.slots).zip(results)
+                    for ((event, slot), result) in
+                        plan.events.iter().zip(&plan.slots).zip(written.results)
                     {
                         let outcome = match result {
                             WriteResult::Sequenced => {
@@ -314,7 +316,7 @@ impl Writer {
                         };
                         replies[*slot] = Some(Ok(outcome));
                     }
-                    committed = Some(plan.watermark);
+                    committed = Some((plan.watermark, written.safe_point));
                 }
                 Err(error) => {
                     let reason = self.handle_store_error(&error).await;
@@ -337,10 +339,9 @@ impl Writer {
             // The client may have gone; its submission is sequenced regardless.
             let _ = request.reply.send(reply);
         }
-        // Answered first: a sender needs the commit, not the safe point, which costs another
-        // database round trip.
-        if let Some(watermark) = committed {
-            self.committed(watermark).await;
+        // Answered first: a sender needs the commit, not the safe point.
+        if let Some((watermark, safe_point)) = committed {
+            self.committed(watermark, safe_point);
         }
     }
 
@@ -391,7 +392,7 @@ impl Writer {
             self.store
                 .advance_watermark(self.settings.index, self.incarnation, watermark);
         match self.readiness.watch_database_call(advance).await {
-            Ok(()) => self.committed(watermark).await,
+            Ok(committed) => self.committed(watermark, committed.safe_point),
             Err(error) => {
                 self.handle_store_error(&error).await;
             }
@@ -412,15 +413,23 @@ impl Writer {
         }
     }
 
-    /// After a commit: publish the new safe point and mark the database healthy.
-    async fn committed(&mut self, watermark: Timestamp) {
+    /// After a commit: publish the safe point it read and mark the database healthy.
+    fn committed(&mut self, watermark: Timestamp, safe_point: Timestamp) {
         self.last_commit = Instant::now();
         set_timestamp_micros(
             &self.metrics.watermark_timestamp_seconds,
             watermark.as_i64(),
         );
         self.readiness.clear("database");
-        self.refresh_safe_point().await;
+        self.publish_safe_point(safe_point);
+    }
+
+    fn publish_safe_point(&self, safe_point: Timestamp) {
+        set_timestamp_micros(
+            &self.metrics.safe_point_timestamp_seconds,
+            safe_point.as_i64(),
+        );
+        advance_to(&self.safe_point, safe_point);
     }
 
     pub async fn refresh_safe_point(&self) {
@@ -430,13 +439,7 @@ impl Writer {
             .watch_database_call(self.store.safe_point())
             .await
         {
-            Ok(Some(safe_point)) => {
-                set_timestamp_micros(
-                    &self.metrics.safe_point_timestamp_seconds,
-                    safe_point.as_i64(),
-                );
-                advance_to(&self.safe_point, safe_point);
-            }
+            Ok(Some(safe_point)) => self.publish_safe_point(safe_point),
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "reading the safe point failed"),
         }

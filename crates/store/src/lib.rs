@@ -47,9 +47,9 @@ pub use participant::{
 };
 pub use postgres_url::{HostAddr, PostgresUrl, TargetSessionAttrs, UrlError};
 pub use sequencer::{
-    BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState, MemberHistoryAt,
-    MemberRecord, MemberSeq, NewEvent, OrderingProgress, PresenceHold, ReferenceTime, RoutedEvent,
-    SequencerStore, SqlSequencerStore, StoredEvent, WriteResult,
+    BackendStatus, Committed, Incarnation, InstanceClaim, InstanceStart, InstanceState,
+    MemberHistoryAt, MemberRecord, MemberSeq, NewEvent, OrderingProgress, PresenceHold,
+    ReferenceTime, RoutedEvent, SequencerStore, SqlSequencerStore, StoredEvent, WriteResult,
 };
 pub use topology::{
     open_topology_store, SqlTopologyStore, TopologyRecord, TopologyStore, TopologyStoreError,

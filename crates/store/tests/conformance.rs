@@ -161,6 +161,7 @@ trait StoreExt {
         watermark: Timestamp,
     ) -> Result<Vec<WriteResult>, StoreError>;
     async fn advance(&self, index: InstanceIndex, watermark: Timestamp) -> Result<(), StoreError>;
+    async fn assert_fresh(&self, returned: Timestamp);
 }
 
 #[async_trait::async_trait]
@@ -193,13 +194,30 @@ impl<S: SequencerStore + ?Sized> StoreExt for S {
         watermark: Timestamp,
     ) -> Result<Vec<WriteResult>, StoreError> {
         let incarnation = self.current_incarnation(index).await?;
-        self.write_events(index, incarnation, events, watermark)
-            .await
+        let committed = self
+            .write_events(index, incarnation, events, watermark)
+            .await?;
+        self.assert_fresh(committed.safe_point).await;
+        Ok(committed.results)
     }
 
     async fn advance(&self, index: InstanceIndex, watermark: Timestamp) -> Result<(), StoreError> {
         let incarnation = self.current_incarnation(index).await?;
-        self.advance_watermark(index, incarnation, watermark).await
+        let committed = self
+            .advance_watermark(index, incarnation, watermark)
+            .await?;
+        self.assert_fresh(committed.safe_point).await;
+        Ok(())
+    }
+
+    /// Every write of the suite checks that the safe point it returned is the one a fresh
+    /// read finds right after it (nothing else writes in between here).
+    async fn assert_fresh(&self, returned: Timestamp) {
+        assert_eq!(
+            Some(returned),
+            self.safe_point().await.expect("safe point"),
+            "the safe point a commit returns is the one read after it"
+        );
     }
 }
 

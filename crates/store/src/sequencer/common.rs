@@ -72,6 +72,13 @@ pub(crate) fn effective_watermark(events: &[NewEvent], watermark: Timestamp) -> 
         .fold(watermark, Timestamp::max)
 }
 
+/// The safe point as of a watermark advance: the lower of the instance's new watermark and the
+/// lowest of the other online instances' (`None`: there are none), as the advance's
+/// `RETURNING` gives them.
+pub(crate) fn safe_point_of((own, others): (i64, Option<i64>)) -> Timestamp {
+    Timestamp::from_i64(others.map_or(own, |others| others.min(own)))
+}
+
 /// Placeholder for "no lower bound": every stored timestamp is at least zero.
 pub(crate) fn after_bound(after: Option<Timestamp>) -> i64 {
     after.map_or(-1, Timestamp::as_i64)

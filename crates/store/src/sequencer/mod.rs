@@ -83,6 +83,22 @@ pub enum WriteResult {
     },
 }
 
+/// What a committed [`SequencerStore::write_events`] or [`SequencerStore::advance_watermark`]
+/// returns besides its results: the safe point as of its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed<T> {
+    pub results: T,
+    /// The minimum watermark of the online instances, read in the committing transaction
+    /// after this instance's own advance — what [`SequencerStore::safe_point`] would read
+    /// right after the commit, without another round trip. It is safe to publish once the
+    /// commit returned: the writes that could put an instance below it (a join or rejoin, see
+    /// [`SequencerStore::start_instance`]) exclude this transaction (SQLite's single writer;
+    /// on PostgreSQL the join's EXCLUSIVE table lock against the row lock this transaction
+    /// holds), so they see this watermark and start above it. Instances marked offline
+    /// meanwhile only make it lower than it could be, never unsafe.
+    pub safe_point: Timestamp,
+}
+
 /// The number of times an instance's row has been claimed by [`SequencerStore::start_instance`].
 /// Only the holder of the current incarnation may write for the instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -234,23 +250,25 @@ pub trait SequencerStore: Send + Sync + 'static {
     /// (a newer process claimed the index) and with [`StoreError::Fenced`] if the instance is
     /// not online; either way nothing is written. Results are in input order; a
     /// (sender, message_id) already present — in the table or earlier in the same call — is a
-    /// [`WriteResult::Duplicate`] and is not written.
+    /// [`WriteResult::Duplicate`] and is not written. Returns the safe point as of the commit
+    /// beside the results ([`Committed`]).
     async fn write_events(
         &self,
         index: InstanceIndex,
         incarnation: Incarnation,
         events: &[NewEvent],
         watermark: Timestamp,
-    ) -> Result<Vec<WriteResult>, StoreError>;
+    ) -> Result<Committed<Vec<WriteResult>>, StoreError>;
 
     /// Advances an idle instance's watermark (never backwards). [`StoreError::Superseded`] or
-    /// [`StoreError::Fenced`] as for [`SequencerStore::write_events`].
+    /// [`StoreError::Fenced`] as for [`SequencerStore::write_events`]; the safe point as of
+    /// the commit as for it too.
     async fn advance_watermark(
         &self,
         index: InstanceIndex,
         incarnation: Incarnation,
         watermark: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Committed<()>, StoreError>;
 
     async fn instances(&self) -> Result<Vec<InstanceState>, StoreError>;
 

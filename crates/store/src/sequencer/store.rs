@@ -33,9 +33,9 @@ use sqlx::{PgConnection, SqliteConnection};
 use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
 use super::presence::{self, FilePresence, PresenceHold, SessionPresence};
 use super::{
-    postgres, sqlite, BackendStatus, Incarnation, InstanceClaim, InstanceStart, InstanceState,
-    MemberHistoryAt, MemberRecord, MemberSeq, NewEvent, OrderingProgress, ReferenceTime,
-    RoutedEvent, SequencerStore, StoredEvent, WriteResult,
+    postgres, sqlite, BackendStatus, Committed, Incarnation, InstanceClaim, InstanceStart,
+    InstanceState, MemberHistoryAt, MemberRecord, MemberSeq, NewEvent, OrderingProgress,
+    ReferenceTime, RoutedEvent, SequencerStore, StoredEvent, WriteResult,
 };
 use crate::pool::{self, on_backend, on_postgres, PoolSettings, PostgresLayout, StorePool};
 use crate::postgres_url::PostgresUrl;
@@ -284,31 +284,30 @@ impl SequencerStore for SqlSequencerStore {
         incarnation: Incarnation,
         events: &[NewEvent],
         watermark: Timestamp,
-    ) -> Result<Vec<WriteResult>, StoreError> {
+    ) -> Result<Committed<Vec<WriteResult>>, StoreError> {
         let idx = common::instance_column(index)?;
         let watermark = common::effective_watermark(events, watermark);
         let plan = WritePlan::new(events);
         let firsts: Vec<&NewEvent> = plan.firsts.iter().map(|&i| &events[i]).collect();
-        let verdicts = on_backend!(&self.pool, |writer, _, dialect| {
+        let (verdicts, safe_point) = on_backend!(&self.pool, |writer, _, dialect| {
             let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             // First, so that on PostgreSQL this transaction holds the row lock that
             // mark_offline and start_instance need: they wait for the batch, or the batch is
             // fenced. The incarnation check makes a newer claim of the index fence it as well.
-            let advanced = sqlx::query(&advance_watermark(dialect))
+            let advanced: Option<(i64, Option<i64>)> = sqlx::query_as(&advance_watermark(dialect))
                 .bind(watermark.as_i64())
                 .bind(idx)
                 .bind(incarnation.0)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if advanced == 0 {
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(watermarks) = advanced else {
                 let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
                     .bind(idx)
                     .fetch_optional(&mut *tx)
                     .await?;
                 tx.rollback().await?;
                 return Err(common::refused_write(index, incarnation, current));
-            }
+            };
             let verdicts = tx.claim_message_ids(&firsts).await?;
             let new: Vec<&NewEvent> = firsts
                 .iter()
@@ -318,9 +317,12 @@ impl SequencerStore for SqlSequencerStore {
                 .collect();
             tx.insert_events(idx, &new).await?;
             tx.commit().await?;
-            verdicts
+            (verdicts, common::safe_point_of(watermarks))
         });
-        Ok(plan.results(events, &verdicts))
+        Ok(Committed {
+            results: plan.results(events, &verdicts),
+            safe_point,
+        })
     }
 
     async fn advance_watermark(
@@ -328,17 +330,16 @@ impl SequencerStore for SqlSequencerStore {
         index: InstanceIndex,
         incarnation: Incarnation,
         watermark: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Committed<()>, StoreError> {
         let idx = common::instance_column(index)?;
-        on_backend!(&self.pool, |writer, _, dialect| {
-            let advanced = sqlx::query(&advance_watermark(dialect))
+        let safe_point = on_backend!(&self.pool, |writer, _, dialect| {
+            let advanced: Option<(i64, Option<i64>)> = sqlx::query_as(&advance_watermark(dialect))
                 .bind(watermark.as_i64())
                 .bind(idx)
                 .bind(incarnation.0)
-                .execute(writer)
-                .await?
-                .rows_affected();
-            if advanced == 0 {
+                .fetch_optional(writer)
+                .await?;
+            let Some(watermarks) = advanced else {
                 // Read after the refusal, outside its statement: a claim in between can only
                 // turn "fenced" into "superseded", and both mean nothing was written.
                 let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
@@ -346,9 +347,13 @@ impl SequencerStore for SqlSequencerStore {
                     .fetch_optional(writer)
                     .await?;
                 return Err(common::refused_write(index, incarnation, current));
-            }
+            };
+            common::safe_point_of(watermarks)
         });
-        Ok(())
+        Ok(Committed {
+            results: (),
+            safe_point,
+        })
     }
 
     async fn instances(&self) -> Result<Vec<InstanceState>, StoreError> {
@@ -594,11 +599,18 @@ impl SequencerStore for SqlSequencerStore {
 }
 
 /// Advances the watermark of `idx` ($2) to at least $1, only while the row is online and still
-/// held by incarnation $3: the check every write of an instance makes first.
+/// held by incarnation $3: the check every write of an instance makes first. Returns, for an
+/// advanced row, its new watermark and the lowest watermark of the other online instances
+/// (NULL: none), from which [`common::safe_point_of`] makes the safe point as of this
+/// transaction's commit (see [`Committed::safe_point`]). The other rows are not written by
+/// this statement, so both backends read them as committed before it.
 fn advance_watermark(dialect: &pool::Dialect) -> String {
     let greatest = dialect.greatest;
     format!(
         "UPDATE sequencer_instances SET watermark = {greatest}(watermark, $1) \
-         WHERE idx = $2 AND online AND incarnation = $3"
+         WHERE idx = $2 AND online AND incarnation = $3 \
+         RETURNING watermark, \
+             (SELECT min(others.watermark) FROM sequencer_instances AS others \
+              WHERE others.online AND others.idx <> $2)"
     )
 }
