@@ -460,24 +460,13 @@ impl SequencerStore for SqlSequencerStore {
         // The page is a range scan of the (member, ts) primary key; the first row's previous
         // event is the member's last one at or before `after`, later rows' is the row before.
         let rows: Vec<common::EventRow> = on_backend!(&self.pool, |_, readers, _| {
-            sqlx::query_as(
-                "SELECT r.ts, \
-                        coalesce(lag(r.ts) OVER (ORDER BY r.ts), \
-                                 (SELECT max(p.ts) FROM event_recipients p \
-                                  WHERE p.member = $1 AND p.ts <= $2)), \
-                        e.sender, e.message_id, e.batch \
-                 FROM (SELECT ts FROM event_recipients \
-                       WHERE member = $1 AND ts > $2 AND ts <= $3 \
-                       ORDER BY ts LIMIT $4) AS r \
-                 LEFT JOIN events e ON e.ts = r.ts \
-                 ORDER BY r.ts",
-            )
-            .bind(member.0)
-            .bind(common::after_bound(after))
-            .bind(up_to.as_i64())
-            .bind(i64::from(limit))
-            .fetch_all(readers)
-            .await?
+            sqlx::query_as(MEMBER_EVENTS_PAGE)
+                .bind(member.0)
+                .bind(common::after_bound(after))
+                .bind(up_to.as_i64())
+                .bind(i64::from(limit))
+                .fetch_all(readers)
+                .await?
         });
         rows.into_iter().map(common::stored_event).collect()
     }
@@ -495,27 +484,21 @@ impl SequencerStore for SqlSequencerStore {
         // at or below the safe point, where nothing changes any more, so they need not share
         // a transaction.
         let (rows, recipients): (Vec<common::RoutedRow>, Vec<(i64, i64)>) =
-            on_backend!(&self.pool, |_, readers, _| {
-                let rows: Vec<common::RoutedRow> = sqlx::query_as(
-                    "SELECT ts, sender, message_id, batch FROM events \
-                     WHERE ts > $1 AND ts <= $2 ORDER BY ts LIMIT $3",
-                )
-                .bind(after)
-                .bind(up_to.as_i64())
-                .bind(i64::from(limit))
-                .fetch_all(readers)
-                .await?;
+            on_backend!(&self.pool, |_, readers, dialect| {
+                let rows: Vec<common::RoutedRow> = sqlx::query_as(EVENTS_PAGE)
+                    .bind(after)
+                    .bind(up_to.as_i64())
+                    .bind(i64::from(limit))
+                    .fetch_all(readers)
+                    .await?;
                 let recipients = match rows.last() {
                     None => Vec::new(),
                     Some(last) => {
-                        sqlx::query_as(
-                            "SELECT ts, member FROM event_recipients \
-                             WHERE member IN (SELECT seq FROM members) AND ts > $1 AND ts <= $2",
-                        )
-                        .bind(after)
-                        .bind(last.0)
-                        .fetch_all(readers)
-                        .await?
+                        sqlx::query_as(&recipients_in_range(dialect))
+                            .bind(after)
+                            .bind(last.0)
+                            .fetch_all(readers)
+                            .await?
                     }
                 };
                 (rows, recipients)
@@ -613,4 +596,114 @@ fn advance_watermark(dialect: &pool::Dialect) -> String {
              (SELECT min(others.watermark) FROM sequencer_instances AS others \
               WHERE others.online AND others.idx <> $2)"
     )
+}
+
+/// A page of one member's events in `($2, $3]`, at most $4, for member $1: a range scan of the
+/// recipients' (member, ts) primary key. The first row's previous event is the member's last
+/// one at or before $2, later rows' is the row before.
+const MEMBER_EVENTS_PAGE: &str = "SELECT r.ts, \
+        coalesce(lag(r.ts) OVER (ORDER BY r.ts), \
+                 (SELECT max(p.ts) FROM event_recipients p \
+                  WHERE p.member = $1 AND p.ts <= $2)), \
+        e.sender, e.message_id, e.batch \
+ FROM (SELECT ts FROM event_recipients \
+       WHERE member = $1 AND ts > $2 AND ts <= $3 \
+       ORDER BY ts LIMIT $4) AS r \
+ LEFT JOIN events e ON e.ts = r.ts \
+ ORDER BY r.ts";
+
+/// A page of every member's events in `($1, $2]`, at most $3: a range scan of the events'
+/// primary key.
+const EVENTS_PAGE: &str = "SELECT ts, sender, message_id, batch FROM events \
+     WHERE ts > $1 AND ts <= $2 ORDER BY ts LIMIT $3";
+
+/// The recipient entries of every member in `($1, $2]`: a range scan of the (member, ts)
+/// primary key per member.
+fn recipients_in_range(dialect: &pool::Dialect) -> String {
+    format!(
+        "SELECT ts, member FROM event_recipients \
+         WHERE member {} AND ts > $1 AND ts <= $2",
+        dialect.any_member
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reads every delivery makes, as PostgreSQL plans them once a connection's plan cache
+    /// settles on a generic plan, on tables that were never analysed (a fresh database, or
+    /// any database right after a restart that lost its statistics): each must use an index
+    /// of `events` and `event_recipients`, never read either whole. The `IN (SELECT ..)`
+    /// form of the recipients' read failed this: a hash join over a sequential scan.
+    #[tokio::test]
+    async fn delivery_reads_use_the_indexes_in_generic_plans_without_statistics() {
+        let url = meridian_testkit::PostgresServer::shared()
+            .create_database("generic_plans")
+            .expect("create database");
+        let store = SqlSequencerStore::open_config(&StorageConfig::Postgres {
+            url: url.clone(),
+            max_connections: 2,
+        })
+        .await
+        .expect("open");
+        drop(store);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect");
+        // Tables of a few thousand rows: big enough that reading one whole is the plan to
+        // avoid, as after a minute of load.
+        sqlx::raw_sql(
+            "INSERT INTO members (id, public_key, registered_at) \
+                 SELECT 'm' || i, '\\x00', 0 FROM generate_series(1, 5) AS i; \
+             INSERT INTO events (ts, instance, sender, message_id, batch) \
+                 SELECT i, 0, 1, 'x' || i, '\\x00' FROM generate_series(1, 5000) AS i; \
+             INSERT INTO event_recipients (member, ts) \
+                 SELECT 1 + i % 5, i FROM generate_series(1, 5000) AS i",
+        )
+        .execute(&pool)
+        .await
+        .expect("fill");
+        let reads = [
+            (
+                "events_page(bigint, bigint, bigint)",
+                EVENTS_PAGE.to_owned(),
+                "1, 2, 3",
+            ),
+            (
+                "recipients(bigint, bigint)",
+                recipients_in_range(&pool::POSTGRES),
+                "1, 2",
+            ),
+            (
+                "member_page(bigint, bigint, bigint, bigint)",
+                MEMBER_EVENTS_PAGE.to_owned(),
+                "1, 2, 3, 4",
+            ),
+        ];
+        let mut connection = pool.acquire().await.expect("acquire");
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *connection)
+            .await
+            .expect("set");
+        for (name, sql, arguments) in reads {
+            sqlx::raw_sql(&format!("PREPARE {name} AS {sql}"))
+                .execute(&mut *connection)
+                .await
+                .expect("prepare");
+            let statement = name.split('(').next().expect("a name");
+            let plan: Vec<String> =
+                sqlx::query_scalar(&format!("EXPLAIN EXECUTE {statement}({arguments})"))
+                    .fetch_all(&mut *connection)
+                    .await
+                    .expect("explain");
+            let plan = plan.join("\n");
+            assert!(
+                !plan.contains("Seq Scan on event"),
+                "{statement} reads a whole table:\n{plan}"
+            );
+        }
+    }
 }
