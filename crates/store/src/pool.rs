@@ -188,58 +188,6 @@ macro_rules! on_postgres {
 }
 pub(crate) use on_postgres;
 
-/// Statements over many rows at once on a connection of either backend: one statement, not
-/// one per row, because each statement is a round trip (for SQLite, to sqlx's worker thread
-/// and back).
-pub(crate) trait ExecuteChunked {
-    type Db: Database;
-
-    /// Runs `head VALUES (..), (..) tail` once per `rows_per_statement` rows (so a statement
-    /// stays below the backend's limit on bound parameters): `bind` binds one row's values.
-    /// Mostly an insert (`head` names the table and columns, `tail` may hold an `ON CONFLICT`
-    /// clause), but the list serves any statement that reads one: `... WHERE id IN (` +
-    /// `)`, or `UPDATE ... FROM (` + `) AS v WHERE ...` (both backends name its columns
-    /// `column1`, `column2`, ...).
-    async fn execute_chunked<'rows, T>(
-        &mut self,
-        head: &str,
-        rows: &'rows [T],
-        rows_per_statement: usize,
-        bind: impl FnMut(Separated<'_, 'rows, Self::Db, &'static str>, &'rows T),
-        tail: &str,
-    ) -> Result<(), StoreError>;
-}
-
-// One body for both connection types: the builder's lifetime can shrink only on a concrete
-// backend, so the loop cannot be a function generic over the database.
-macro_rules! execute_chunked {
-    ($connection:ty, $db:ty) => {
-        impl ExecuteChunked for $connection {
-            type Db = $db;
-
-            async fn execute_chunked<'rows, T>(
-                &mut self,
-                head: &str,
-                rows: &'rows [T],
-                rows_per_statement: usize,
-                mut bind: impl FnMut(Separated<'_, 'rows, $db, &'static str>, &'rows T),
-                tail: &str,
-            ) -> Result<(), StoreError> {
-                for chunk in rows.chunks(rows_per_statement) {
-                    let mut insert = QueryBuilder::<$db>::new(head);
-                    insert.push_values(chunk, &mut bind);
-                    insert.push(tail);
-                    insert.build().execute(&mut *self).await?;
-                }
-                Ok(())
-            }
-        }
-    };
-}
-
-execute_chunked!(SqliteConnection, ::sqlx::Sqlite);
-execute_chunked!(PgConnection, ::sqlx::Postgres);
-
 /// The write statements of one transaction, sent together where the backend allows it. On
 /// SQLite they become one SQL text, statement after statement, run by a single call: one
 /// hand-off to sqlx's connection thread instead of one per statement, and at low load each
@@ -274,8 +222,13 @@ impl<'args, DB: Database> Script<'args, DB> {
             .expect("a statement was just pushed or extended")
     }
 
-    /// `head VALUES (..), (..) tail` per `rows_per_statement` rows, as
-    /// [`ExecuteChunked::execute_chunked`] runs it; nothing for no rows.
+    /// `head VALUES (..), (..) tail` once per `rows_per_statement` rows (so a statement stays
+    /// below the backend's limit on bound parameters; and one statement, not one per row,
+    /// because each is a round trip): `bind` binds one row's values; nothing for no rows.
+    /// Mostly an insert (`head` names the table and columns, `tail` may hold an `ON CONFLICT`
+    /// clause), but the list serves any statement that reads one: `... WHERE id IN (` + `)`,
+    /// or `UPDATE ... FROM (` + `) AS v WHERE ...` (both backends name its columns `column1`,
+    /// `column2`, ...).
     pub fn chunked<T>(
         &mut self,
         head: &str,

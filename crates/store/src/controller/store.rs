@@ -13,7 +13,7 @@ use super::{
     MAX_AUDIT_READ,
 };
 use crate::fencing::FencedConnection;
-use crate::pool::{on_backend, ExecuteChunked, PoolSettings, PostgresLayout, StorePool};
+use crate::pool::{on_backend, PoolSettings, PostgresLayout, RunScript, Script, StorePool};
 use crate::{FenceSlot, StorageConfig, StoreError};
 
 /// Rows per multi-row statement: five bound parameters each, far below either backend's limit.
@@ -113,7 +113,8 @@ impl ControllerStore for SqlControllerStore {
         let first: i64 = on_backend!(&self.pool, |writer, _, dialect| {
             let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
             tx.check_fence(&self.fence).await?;
-            tx.execute_chunked(
+            let mut upserts = Script::<Db>::new(dialect);
+            upserts.chunked(
                 "INSERT INTO controller_plan (id, state, body_json, updated_at_us) ",
                 &plans,
                 ROWS_PER_STATEMENT,
@@ -125,8 +126,8 @@ impl ControllerStore for SqlControllerStore {
                 },
                 " ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
                  body_json = excluded.body_json, updated_at_us = excluded.updated_at_us",
-            )
-            .await?;
+            );
+            tx.run(upserts).await?;
             let mut first = 0;
             if !batch.audit.is_empty() {
                 // Readers proceed; a second committer waits here until this one commits, so
@@ -145,7 +146,8 @@ impl ControllerStore for SqlControllerStore {
                     )
                 })?;
                 let rows = numbered(first, &batch.audit);
-                tx.execute_chunked(
+                let mut inserts = Script::<Db>::new(dialect);
+                inserts.chunked(
                     "INSERT INTO controller_audit (seq, at_us, kind, plan, body_json) ",
                     &rows,
                     ROWS_PER_STATEMENT,
@@ -157,8 +159,8 @@ impl ControllerStore for SqlControllerStore {
                             .push_bind(record.body_json.as_str());
                     },
                     "",
-                )
-                .await?;
+                );
+                tx.run(inserts).await?;
             }
             tx.commit().await?;
             first

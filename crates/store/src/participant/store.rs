@@ -222,11 +222,6 @@ impl ParticipantStore for SqlParticipantStore {
         }
         on_backend!(&self.pool, |writer, _, dialect| {
             let encoded = EncodedBatch::new(batch)?;
-            let pending_deletes: Vec<i64> = batch
-                .pending_deletes
-                .iter()
-                .map(|request_id| request_id.as_i64())
-                .collect();
             let mut script = Script::<Db>::new(dialect);
             script.chunked(
                 "DELETE FROM participant_dedup WHERE change_key IN (",
@@ -253,10 +248,10 @@ impl ParticipantStore for SqlParticipantStore {
             script.insert_completions(&encoded.completions);
             script.chunked(
                 "DELETE FROM participant_pending WHERE request_id IN (",
-                &pending_deletes,
+                &batch.pending_deletes,
                 ROWS_PER_STATEMENT,
                 |mut row, request_id| {
-                    row.push_bind(*request_id);
+                    row.push_bind(request_id.as_i64());
                 },
                 ")",
             );
