@@ -5,12 +5,9 @@
 //! which is what tells "the deployment got slower" from "the machine got slower" in a CI log
 //! that holds nothing else.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-
-use crate::workload::{Live, TIMELINE_BUCKET_MS};
 
 /// The unit of `/proc/stat`: USER_HZ, which the kernel's ABI fixes at 100 per second whatever
 /// its own tick rate.
@@ -92,13 +89,18 @@ impl CpuJiffies {
     }
 }
 
-/// Records what the CPUs did in each bucket of `live`'s timeline until `stop`; a machine
-/// without `/proc/stat` records nothing.
-pub async fn sample_into(live: Arc<Live>, stop: CancellationToken) {
+/// Hands `record` what the CPUs did in each `interval` until `stop`; a machine without
+/// `/proc/stat` records nothing. The caller decides where a sample goes (a load's timeline),
+/// so this module knows nothing of loads.
+pub async fn sample_into(
+    interval: Duration,
+    mut record: impl FnMut(CpuJiffies) + Send,
+    stop: CancellationToken,
+) {
     let Some(mut previous) = CpuJiffies::read() else {
         return;
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(TIMELINE_BUCKET_MS));
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -108,8 +110,7 @@ pub async fn sample_into(live: Arc<Live>, stop: CancellationToken) {
         let Some(now) = CpuJiffies::read() else {
             return;
         };
-        live.timeline
-            .record_cpu(live.epoch().elapsed(), now.since(previous));
+        record(now.since(previous));
         previous = now;
     }
 }
@@ -234,15 +235,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_sampler_fills_the_buckets_it_runs_through() {
-        let live = Arc::new(Live::default());
-        live.epoch();
+    async fn the_sampler_records_what_the_cpus_did_each_interval() {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
-        let sampler = tokio::spawn(sample_into(live.clone(), stop.clone()));
+        let sampler = {
+            let samples = samples.clone();
+            tokio::spawn(sample_into(
+                Duration::from_millis(100),
+                move |spent| samples.lock().unwrap().push(spent),
+                stop.clone(),
+            ))
+        };
         tokio::time::sleep(Duration::from_millis(450)).await;
         stop.cancel();
         sampler.await.unwrap();
-        let seen = live.timeline.cpu_between(0, 10);
+        let samples = samples.lock().unwrap();
+        assert!((3..=6).contains(&samples.len()), "{samples:?}");
+        let seen = samples
+            .iter()
+            .fold(CpuJiffies::default(), |sum, s| sum.plus(*s));
         // Four samples 100 ms apart on two or more CPUs: at least 80 jiffies, give or take
         // the tick of each counter.
         assert!(seen.total() >= 60, "{seen:?}");

@@ -650,7 +650,14 @@ impl BackgroundLoad {
         };
         let started = Instant::now();
         let sampling = stop.child_token();
-        tokio::spawn(machine_cpu::sample_into(live.clone(), sampling.clone()));
+        tokio::spawn(machine_cpu::sample_into(
+            Duration::from_millis(TIMELINE_BUCKET_MS),
+            {
+                let live = live.clone();
+                move |spent| live.timeline.record_cpu(live.epoch().elapsed(), spent)
+            },
+            sampling.clone(),
+        ));
         let task = {
             let (parties, live, stop) = (parties.clone(), live.clone(), stop.clone());
             tokio::spawn(async move {
