@@ -15,6 +15,8 @@ pub mod controller;
 mod error;
 mod fencing;
 pub mod follow;
+#[cfg(test)]
+mod generic_plans;
 pub mod lease;
 pub mod mediator;
 mod migrations;

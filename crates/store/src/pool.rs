@@ -60,9 +60,12 @@ pub(crate) struct Dialect {
     pub locks_tables: bool,
     /// The scalar function returning the larger of its arguments.
     pub greatest: &'static str,
-    /// A subquery of the text elements of a JSON array bound as `$1`: a list of any length as
-    /// one parameter, so that its statement's text (and SQLite's prepared statement) is one.
-    pub json_text_elements: &'static str,
+    /// A condition on a text column: any of the text elements of a JSON array bound as `$1`,
+    /// so that a list of any length is one parameter and its statement's text (and SQLite's
+    /// prepared statement) is one. PostgreSQL's form is an index condition whatever the
+    /// planner knows; its generic plan of `IN (SELECT jsonb_array_elements_text(..))` on
+    /// tables never analysed was a hash join over a scan of the whole table.
+    pub in_json_text_elements: &'static str,
     /// Whether one call can run several statements with bound parameters ([`Script`]).
     pub joins_statements: bool,
     /// A condition on `member` of `event_recipients`: any registered member. PostgreSQL's form
@@ -78,7 +81,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
     snapshot_begin: "BEGIN",
     locks_tables: false,
     greatest: "max",
-    json_text_elements: "SELECT value FROM json_each($1)",
+    in_json_text_elements: "IN (SELECT value FROM json_each($1))",
     joins_statements: true,
     any_member: "IN (SELECT seq FROM members)",
 };
@@ -89,7 +92,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     snapshot_begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     locks_tables: true,
     greatest: "GREATEST",
-    json_text_elements: "SELECT jsonb_array_elements_text($1::jsonb)",
+    in_json_text_elements: "= ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))",
     joins_statements: false,
     any_member: "= ANY(ARRAY(SELECT seq FROM members))",
 };

@@ -203,6 +203,37 @@ fn encode_all<T, Row>(
     items.iter().map(encode).collect()
 }
 
+/// One contract by its id: the primary key.
+fn contract_by_id() -> String {
+    format!("SELECT {CONTRACT_COLUMNS} FROM participant_contracts WHERE contract_id = $1")
+}
+
+/// A page of transactions after offset $1, at most $2: a range scan of the primary key.
+fn transactions_page() -> String {
+    format!(
+        "SELECT {TRANSACTION_COLUMNS} FROM participant_transactions \
+         WHERE ledger_offset > $1 ORDER BY ledger_offset LIMIT $2"
+    )
+}
+
+/// A page of user $1's completions after offset $2, at most $3: a range scan of the
+/// (user_id, ledger_offset) index.
+fn completions_page() -> String {
+    format!(
+        "SELECT {COMPLETION_COLUMNS} FROM participant_completions \
+         WHERE user_id = $1 AND ledger_offset > $2 ORDER BY ledger_offset LIMIT $3"
+    )
+}
+
+/// The deduplication entries of the change keys in the JSON array $1: one primary-key lookup
+/// per key.
+fn dedup_entries_of(dialect: &pool::Dialect) -> String {
+    format!(
+        "SELECT {DEDUP_COLUMNS} FROM participant_dedup WHERE change_key {}",
+        dialect.in_json_text_elements
+    )
+}
+
 fn active_contracts_query() -> String {
     format!(
         "SELECT {CONTRACT_COLUMNS} FROM participant_contracts \
@@ -398,9 +429,10 @@ impl ParticipantStore for SqlParticipantStore {
     }
 
     async fn contract(&self, id: &ContractId) -> Result<Option<StoredContract>, StoreError> {
-        let select =
-            format!("SELECT {CONTRACT_COLUMNS} FROM participant_contracts WHERE contract_id = $1");
-        let row: Option<ContractRow> = self.pool.read_optional(&select, id.as_str()).await?;
+        let row: Option<ContractRow> = self
+            .pool
+            .read_optional(&contract_by_id(), id.as_str())
+            .await?;
         row.map(rows::stored_contract).transpose()
     }
 
@@ -409,10 +441,7 @@ impl ParticipantStore for SqlParticipantStore {
         after: LedgerOffset,
         limit: u32,
     ) -> Result<Vec<TransactionRecord>, StoreError> {
-        let select = format!(
-            "SELECT {TRANSACTION_COLUMNS} FROM participant_transactions \
-             WHERE ledger_offset > $1 ORDER BY ledger_offset LIMIT $2"
-        );
+        let select = transactions_page();
         let after = rows::offset_column(after)?;
         let rows: Vec<TransactionRow> = on_backend!(&self.pool, |_, readers, _| {
             sqlx::query_as(&select)
@@ -430,10 +459,7 @@ impl ParticipantStore for SqlParticipantStore {
         after: LedgerOffset,
         limit: u32,
     ) -> Result<Vec<CompletionRecord>, StoreError> {
-        let select = format!(
-            "SELECT {COMPLETION_COLUMNS} FROM participant_completions \
-             WHERE user_id = $1 AND ledger_offset > $2 ORDER BY ledger_offset LIMIT $3"
-        );
+        let select = completions_page();
         let after = rows::offset_column(after)?;
         let rows: Vec<rows::CompletionRow> = on_backend!(&self.pool, |_, readers, _| {
             sqlx::query_as(&select)
@@ -451,11 +477,7 @@ impl ParticipantStore for SqlParticipantStore {
         for chunk in change_keys.chunks(DEDUP_KEYS_PER_READ) {
             let keys = serde_json::Value::from(chunk).to_string();
             let rows: Vec<DedupRow> = on_backend!(&self.pool, |_, readers, dialect| {
-                let select = format!(
-                    "SELECT {DEDUP_COLUMNS} FROM participant_dedup WHERE change_key IN ({})",
-                    dialect.json_text_elements
-                );
-                sqlx::query_as(&select)
+                sqlx::query_as(&dedup_entries_of(dialect))
                     .bind(&keys)
                     .fetch_all(readers)
                     .await?
@@ -687,5 +709,94 @@ impl ParticipantStore for SqlParticipantStore {
                 .await?
         });
         rows::offset(end.unwrap_or(0), "participant_state")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generic_plans::{assert_indexed, Read};
+
+    /// The reads a serving participant makes (a contract, a page of its transactions or of a
+    /// user's completions, the entries of commands its memory forgot), as PostgreSQL plans them
+    /// once a connection's plan cache settles on a generic plan on tables that were never
+    /// analysed: each must use an index, never read a table whole. See
+    /// [`crate::generic_plans`] for why.
+    #[tokio::test]
+    async fn serving_reads_use_the_indexes_in_generic_plans_without_statistics() {
+        let url = meridian_testkit::PostgresServer::shared()
+            .create_database("participant_generic_plans")
+            .expect("create database");
+        let store = SqlParticipantStore::open_config(&StorageConfig::Postgres {
+            url: url.clone(),
+            max_connections: 2,
+        })
+        .await
+        .expect("open");
+        drop(store);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect");
+        // Tables of a few thousand rows, as after a minute of load, for three users.
+        sqlx::raw_sql(
+            "INSERT INTO participant_contracts (contract_id, template, payload, signatories, \
+                 observers, created_offset, archived_offset) \
+                 SELECT md5(i::text), 't', '{}', '[]', '[]', i, NULL \
+                 FROM generate_series(1, 5000) AS i; \
+             INSERT INTO participant_transactions (ledger_offset, transaction_id, request_id, \
+                 informees, tree) \
+                 SELECT i, 'tx' || i, i, '[]', '{}' FROM generate_series(1, 5000) AS i; \
+             INSERT INTO participant_completions (ledger_offset, user_id, command_id, act_as, \
+                 submission_id, status_code, message, record_time) \
+                 SELECT i, 'user' || i % 3, 'c' || i, '[]', 's' || i, 0, '', i \
+                 FROM generate_series(1, 5000) AS i; \
+             INSERT INTO participant_dedup (change_key, user_id, command_id, act_as, \
+                 submission_id, state, max_sequencing_time, dedup_period_us) \
+                 SELECT md5(i::text), 'u', 'c' || i, '[]', 's' || i, 'committed', i, 0 \
+                 FROM generate_series(1, 5000) AS i",
+        )
+        .execute(&pool)
+        .await
+        .expect("fill");
+        let reads = [
+            Read {
+                name: "contract",
+                parameter_types: "text",
+                sql: contract_by_id(),
+                arguments: "'a'",
+            },
+            Read {
+                name: "transactions",
+                parameter_types: "bigint, bigint",
+                sql: transactions_page(),
+                arguments: "1, 2",
+            },
+            Read {
+                name: "completions",
+                parameter_types: "text, bigint, bigint",
+                sql: completions_page(),
+                arguments: "'user1', 1, 2",
+            },
+            Read {
+                name: "dedup_entries",
+                parameter_types: "text",
+                sql: dedup_entries_of(&pool::POSTGRES),
+                arguments: "'[\"a\", \"b\"]'",
+            },
+        ];
+        let mut connection = pool.acquire().await.expect("acquire");
+        assert_indexed(
+            &mut connection,
+            &reads,
+            &[
+                "participant_contracts",
+                "participant_transactions",
+                "participant_completions",
+                "participant_dedup",
+            ],
+        )
+        .await;
     }
 }

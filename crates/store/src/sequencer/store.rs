@@ -630,6 +630,7 @@ fn recipients_in_range(dialect: &pool::Dialect) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generic_plans::{assert_indexed, Read};
 
     /// The reads every delivery makes, as PostgreSQL plans them once a connection's plan cache
     /// settles on a generic plan, on tables that were never analysed (a fresh database, or
@@ -667,43 +668,26 @@ mod tests {
         .await
         .expect("fill");
         let reads = [
-            (
-                "events_page(bigint, bigint, bigint)",
-                EVENTS_PAGE.to_owned(),
-                "1, 2, 3",
-            ),
-            (
-                "recipients(bigint, bigint)",
-                recipients_in_range(&pool::POSTGRES),
-                "1, 2",
-            ),
-            (
-                "member_page(bigint, bigint, bigint, bigint)",
-                MEMBER_EVENTS_PAGE.to_owned(),
-                "1, 2, 3, 4",
-            ),
+            Read {
+                name: "events_page",
+                parameter_types: "bigint, bigint, bigint",
+                sql: EVENTS_PAGE.to_owned(),
+                arguments: "1, 2, 3",
+            },
+            Read {
+                name: "recipients",
+                parameter_types: "bigint, bigint",
+                sql: recipients_in_range(&pool::POSTGRES),
+                arguments: "1, 2",
+            },
+            Read {
+                name: "member_page",
+                parameter_types: "bigint, bigint, bigint, bigint",
+                sql: MEMBER_EVENTS_PAGE.to_owned(),
+                arguments: "1, 2, 3, 4",
+            },
         ];
         let mut connection = pool.acquire().await.expect("acquire");
-        sqlx::query("SET plan_cache_mode = force_generic_plan")
-            .execute(&mut *connection)
-            .await
-            .expect("set");
-        for (name, sql, arguments) in reads {
-            sqlx::raw_sql(&format!("PREPARE {name} AS {sql}"))
-                .execute(&mut *connection)
-                .await
-                .expect("prepare");
-            let statement = name.split('(').next().expect("a name");
-            let plan: Vec<String> =
-                sqlx::query_scalar(&format!("EXPLAIN EXECUTE {statement}({arguments})"))
-                    .fetch_all(&mut *connection)
-                    .await
-                    .expect("explain");
-            let plan = plan.join("\n");
-            assert!(
-                !plan.contains("Seq Scan on event"),
-                "{statement} reads a whole table:\n{plan}"
-            );
-        }
+        assert_indexed(&mut connection, &reads, &["events", "event_recipients"]).await;
     }
 }
