@@ -57,6 +57,12 @@ pub(super) async fn delete_events_above(
     Ok(zombie.len() as u64)
 }
 
+/// The first sequencing of each (sender $1, message id $2) pair: a primary-key lookup per pair.
+pub(super) const ORIGINALS_OF_DUPLICATES: &str = "SELECT m.sender, m.message_id, m.ts \
+     FROM message_ids m \
+     JOIN UNNEST($1::bigint[], $2::text[]) AS u(sender, message_id) \
+       ON m.sender = u.sender AND m.message_id = u.message_id";
+
 pub(super) async fn claim_message_ids(
     connection: &mut PgConnection,
     firsts: &[&NewEvent],
@@ -96,15 +102,11 @@ pub(super) async fn claim_message_ids(
         .map(|e| (e.sender.0, e.message_id.as_str()))
         .filter(|key| !inserted.contains(key))
         .unzip();
-    let originals: Vec<(i64, String, i64)> = sqlx::query_as(
-        "SELECT m.sender, m.message_id, m.ts FROM message_ids m \
-         JOIN UNNEST($1::bigint[], $2::text[]) AS u(sender, message_id) \
-           ON m.sender = u.sender AND m.message_id = u.message_id",
-    )
-    .bind(&dup_senders)
-    .bind(&dup_ids)
-    .fetch_all(&mut *connection)
-    .await?;
+    let originals: Vec<(i64, String, i64)> = sqlx::query_as(ORIGINALS_OF_DUPLICATES)
+        .bind(&dup_senders)
+        .bind(&dup_ids)
+        .fetch_all(&mut *connection)
+        .await?;
     let originals: HashMap<(i64, &str), i64> = originals
         .iter()
         .map(|(s, m, ts)| ((*s, m.as_str()), *ts))

@@ -662,7 +662,9 @@ mod tests {
              INSERT INTO events (ts, instance, sender, message_id, batch) \
                  SELECT i, 0, 1, 'x' || i, '\\x00' FROM generate_series(1, 5000) AS i; \
              INSERT INTO event_recipients (member, ts) \
-                 SELECT 1 + i % 5, i FROM generate_series(1, 5000) AS i",
+                 SELECT 1 + i % 5, i FROM generate_series(1, 5000) AS i; \
+             INSERT INTO message_ids (sender, message_id, ts, expires_at) \
+                 SELECT 1, 'x' || i, i, i FROM generate_series(1, 5000) AS i",
         )
         .execute(&pool)
         .await
@@ -686,8 +688,20 @@ mod tests {
                 sql: MEMBER_EVENTS_PAGE.to_owned(),
                 arguments: "1, 2, 3, 4",
             },
+            // Not a delivery read: a resubmission's, frequent right after a failover.
+            Read {
+                name: "originals",
+                parameter_types: "bigint[], text[]",
+                sql: super::super::postgres::ORIGINALS_OF_DUPLICATES.to_owned(),
+                arguments: "'{1}', '{x1}'",
+            },
         ];
         let mut connection = pool.acquire().await.expect("acquire");
-        assert_indexed(&mut connection, &reads, &["events", "event_recipients"]).await;
+        assert_indexed(
+            &mut connection,
+            &reads,
+            &["events", "event_recipients", "message_ids"],
+        )
+        .await;
     }
 }
