@@ -6,7 +6,33 @@
 //! with every row (the sequencer's read of recipients did, after a database restart). Each
 //! store's tests fill its tables and hold its hot reads to their indexes through [`assert_indexed`].
 
-use sqlx::PgConnection;
+use std::future::Future;
+
+use sqlx::{Connection, PgConnection};
+
+use crate::{StorageConfig, StoreError};
+
+/// A fresh database `name` on the shared test server, its schema made by `open` (a store's
+/// constructor; the store is dropped), and one connection to it, for the test to fill.
+pub(crate) async fn migrated_database<Store, Opened>(
+    name: &str,
+    open: impl FnOnce(StorageConfig) -> Opened,
+) -> PgConnection
+where
+    Opened: Future<Output = Result<Store, StoreError>>,
+{
+    let url = meridian_testkit::PostgresServer::shared()
+        .create_database(name)
+        .expect("create database");
+    let store = open(StorageConfig::Postgres {
+        url: url.clone(),
+        max_connections: 2,
+    })
+    .await
+    .expect("open the store");
+    drop(store);
+    PgConnection::connect(&url).await.expect("connect")
+}
 
 /// One read as the store sends it: a name for `PREPARE`, its parameters' types, its text and
 /// values to `EXPLAIN` it with.

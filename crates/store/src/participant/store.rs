@@ -715,7 +715,7 @@ impl ParticipantStore for SqlParticipantStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generic_plans::{assert_indexed, Read};
+    use crate::generic_plans::{assert_indexed, migrated_database, Read};
 
     /// The reads a serving participant makes (a contract, a page of its transactions or of a
     /// user's completions, the entries of commands its memory forgot), as PostgreSQL plans them
@@ -724,21 +724,10 @@ mod tests {
     /// [`crate::generic_plans`] for why.
     #[tokio::test]
     async fn serving_reads_use_the_indexes_in_generic_plans_without_statistics() {
-        let url = meridian_testkit::PostgresServer::shared()
-            .create_database("participant_generic_plans")
-            .expect("create database");
-        let store = SqlParticipantStore::open_config(&StorageConfig::Postgres {
-            url: url.clone(),
-            max_connections: 2,
+        let mut connection = migrated_database("participant_generic_plans", |config| async move {
+            SqlParticipantStore::open_config(&config).await
         })
-        .await
-        .expect("open");
-        drop(store);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("connect");
+        .await;
         // Tables of a few thousand rows, as after a minute of load, for three users.
         sqlx::raw_sql(
             "INSERT INTO participant_contracts (contract_id, template, payload, signatories, \
@@ -757,7 +746,7 @@ mod tests {
                  SELECT md5(i::text), 'u', 'c' || i, '[]', 's' || i, 'committed', i, 0 \
                  FROM generate_series(1, 5000) AS i",
         )
-        .execute(&pool)
+        .execute(&mut connection)
         .await
         .expect("fill");
         let reads = [
@@ -786,7 +775,6 @@ mod tests {
                 arguments: "'[\"a\", \"b\"]'",
             },
         ];
-        let mut connection = pool.acquire().await.expect("acquire");
         assert_indexed(
             &mut connection,
             &reads,

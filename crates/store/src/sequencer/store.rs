@@ -630,7 +630,7 @@ fn recipients_in_range(dialect: &pool::Dialect) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generic_plans::{assert_indexed, Read};
+    use crate::generic_plans::{assert_indexed, migrated_database, Read};
 
     /// The reads every delivery makes, as PostgreSQL plans them once a connection's plan cache
     /// settles on a generic plan, on tables that were never analysed (a fresh database, or
@@ -639,21 +639,10 @@ mod tests {
     /// form of the recipients' read failed this: a hash join over a sequential scan.
     #[tokio::test]
     async fn delivery_reads_use_the_indexes_in_generic_plans_without_statistics() {
-        let url = meridian_testkit::PostgresServer::shared()
-            .create_database("generic_plans")
-            .expect("create database");
-        let store = SqlSequencerStore::open_config(&StorageConfig::Postgres {
-            url: url.clone(),
-            max_connections: 2,
+        let mut connection = migrated_database("generic_plans", |config| async move {
+            SqlSequencerStore::open_config(&config).await
         })
-        .await
-        .expect("open");
-        drop(store);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("connect");
+        .await;
         // Tables of a few thousand rows: big enough that reading one whole is the plan to
         // avoid, as after a minute of load.
         sqlx::raw_sql(
@@ -666,7 +655,7 @@ mod tests {
              INSERT INTO message_ids (sender, message_id, ts, expires_at) \
                  SELECT 1, 'x' || i, i, i FROM generate_series(1, 5000) AS i",
         )
-        .execute(&pool)
+        .execute(&mut connection)
         .await
         .expect("fill");
         let reads = [
@@ -696,7 +685,6 @@ mod tests {
                 arguments: "'{1}', '{x1}'",
             },
         ];
-        let mut connection = pool.acquire().await.expect("acquire");
         assert_indexed(
             &mut connection,
             &reads,
