@@ -187,6 +187,63 @@ fn peak_rss_mib_by_role(deployment: &Deployment) -> BTreeMap<String, f64> {
     peaks
 }
 
+/// Who used how much CPU so far: each running node process (by role and pid) and this
+/// process, which runs the load's client; with the transfers committed by then.
+struct CpuSnapshot {
+    nodes: Vec<(&'static str, u32, u64)>,
+    load_client: Option<u64>,
+    committed: u64,
+}
+
+impl CpuSnapshot {
+    fn take(deployment: &Deployment, live: &Live) -> Self {
+        let nodes = deployment
+            .processes()
+            .into_iter()
+            .filter_map(|process| {
+                let pid = process.pid()?;
+                Some((
+                    process.role_command(),
+                    pid,
+                    machine_cpu::process_jiffies(pid)?,
+                ))
+            })
+            .collect();
+        Self {
+            nodes,
+            load_client: machine_cpu::process_jiffies(std::process::id()),
+            committed: live.committed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// See [`ExperimentReport::cpu_ms_per_transfer_by_role`]. A process that is not running at
+    /// both snapshots (killed, restarted) is left out: its CPU time cannot be told.
+    fn per_transfer_since(&self, earlier: &Self) -> BTreeMap<String, f64> {
+        let transfers = self.committed.saturating_sub(earlier.committed);
+        let mut jiffies: BTreeMap<String, u64> = BTreeMap::new();
+        for (role, pid, now) in &self.nodes {
+            let before = earlier
+                .nodes
+                .iter()
+                .find(|(_, earlier_pid, _)| earlier_pid == pid)
+                .map(|(_, _, before)| *before);
+            if let Some(before) = before {
+                *jiffies.entry((*role).to_owned()).or_default() += now.saturating_sub(before);
+            }
+        }
+        if let (Some(now), Some(before)) = (self.load_client, earlier.load_client) {
+            jiffies.insert(LOAD_CLIENT.to_owned(), now.saturating_sub(before));
+        }
+        jiffies
+            .into_iter()
+            .filter_map(|(role, spent)| Some((role, machine_cpu::ms_per(spent, transfers)?)))
+            .collect()
+    }
+}
+
+/// The key of the load's client (this process) in [`ExperimentReport::cpu_ms_per_transfer_by_role`].
+pub const LOAD_CLIENT: &str = "load client";
+
 /// A deployment's load and the faults to inject into it.
 #[derive(Debug, Clone)]
 pub struct Experiment {
@@ -221,6 +278,10 @@ pub struct ExperimentReport {
     /// The highest peak resident set size (`VmHWM`) among the running processes of each role
     /// (`sequencer`, `participant`, ...), in MiB, read just before the nodes stop.
     pub peak_rss_mib_by_role: BTreeMap<String, f64>,
+    /// CPU time (user and system) per committed transfer, in milliseconds, from the start of
+    /// the load to its end: the processes of each role together (all participants under
+    /// `participant`), and the process running the load's client under [`LOAD_CLIENT`].
+    pub cpu_ms_per_transfer_by_role: BTreeMap<String, f64>,
     /// Peers the running sequencer instances marked offline over the run, summed, read just
     /// before the nodes stop. In a run without faults every one is a wrongful mark.
     pub sequencer_peers_marked_offline: u64,
@@ -348,6 +409,7 @@ impl Experiment {
         observer.load_starting();
         let load = BackgroundLoad::start_with(deployment, &self.load, shutdown).await?;
         let live = load.live.clone();
+        let cpu_at_start = CpuSnapshot::take(deployment, &live);
         observer.load_started(&live);
         let parties = load.parties.clone();
         let mut stage = Stage {
@@ -361,6 +423,8 @@ impl Experiment {
             _ => LoadEnd::Stop,
         };
         let ended = load.end(end).await;
+        let cpu_ms_per_transfer_by_role =
+            CpuSnapshot::take(deployment, &live).per_transfer_since(&cpu_at_start);
         observer.load_ended();
         let Played {
             mut faults,
@@ -406,6 +470,7 @@ impl Experiment {
             duration_s,
             interrupted: shutdown.is_cancelled(),
             peak_rss_mib_by_role: BTreeMap::new(),
+            cpu_ms_per_transfer_by_role,
             sequencer_peers_marked_offline: 0,
             submission_stages: Vec::new(),
         })
@@ -836,6 +901,49 @@ fn throughput_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each role's processes add up, a process not running at both ends (restarted: a new
+    /// pid) counts for nothing, the load's client has its own entry, and no transfer means
+    /// no figure.
+    #[test]
+    fn cpu_per_transfer_adds_up_each_role_and_leaves_out_restarted_processes() {
+        let start = CpuSnapshot {
+            nodes: vec![
+                ("participant", 10, 100),
+                ("participant", 11, 200),
+                ("sequencer", 20, 1_000),
+                ("mediator", 30, 50),
+            ],
+            load_client: Some(7),
+            committed: 1_000,
+        };
+        let end = CpuSnapshot {
+            nodes: vec![
+                ("participant", 10, 150),
+                ("participant", 11, 230),
+                ("sequencer", 20, 1_040),
+                // The mediator was restarted: a new pid, whose time is not comparable.
+                ("mediator", 31, 5),
+            ],
+            load_client: Some(27),
+            committed: 1_800,
+        };
+        let per_transfer = end.per_transfer_since(&start);
+        // 800 transfers; a jiffy is 10 ms.
+        assert_eq!(
+            per_transfer,
+            BTreeMap::from([
+                (LOAD_CLIENT.to_owned(), 0.25),
+                ("participant".to_owned(), 1.0),
+                ("sequencer".to_owned(), 0.5),
+            ])
+        );
+        let idle = CpuSnapshot {
+            committed: 1_000,
+            ..end
+        };
+        assert!(idle.per_transfer_since(&start).is_empty());
+    }
 
     #[test]
     fn stage_means_of_participants_are_weighted_by_count_and_in_stage_order() {

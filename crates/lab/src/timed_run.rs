@@ -74,11 +74,29 @@ pub struct RunReport {
     pub interrupted: bool,
     /// Each role's largest peak resident set size, in MiB (issue 14 bounds it at 100).
     pub peak_rss_mib_by_role: std::collections::BTreeMap<String, f64>,
+    /// CPU per committed transfer over the load, in ms, by role (each role's processes
+    /// together) and for the load's client (`load client`).
+    pub cpu_ms_per_transfer_by_role: std::collections::BTreeMap<String, f64>,
+    /// The nodes' CPU per committed transfer, in ms: the sum of the roles above without the
+    /// load's client. Steadier from run to run than throughput on a shared machine, so a
+    /// change's CPU cost is best compared with `bench compare --metric
+    /// node_cpu_ms_per_transfer`. `None` without committed transfers.
+    pub node_cpu_ms_per_transfer: Option<f64>,
     /// Peers the sequencer instances marked offline during the run (issue 14: none may be
     /// in a run without a fault).
     pub sequencer_peers_marked_offline: u64,
     /// Where the participants' own submissions spent their time, in stage order.
     pub submission_stages: Vec<StageMean>,
+}
+
+/// See [`RunReport::node_cpu_ms_per_transfer`].
+fn node_cpu_ms_per_transfer(by_role: &std::collections::BTreeMap<String, f64>) -> Option<f64> {
+    let nodes: Vec<f64> = by_role
+        .iter()
+        .filter(|(role, _)| role.as_str() != crate::experiment::LOAD_CLIENT)
+        .map(|(_, ms)| *ms)
+        .collect();
+    (!nodes.is_empty()).then(|| nodes.iter().sum())
 }
 
 impl TimedRun {
@@ -115,6 +133,8 @@ impl TimedRun {
             failover: report.faults.into_iter().next(),
             interrupted: report.interrupted,
             peak_rss_mib_by_role: report.peak_rss_mib_by_role,
+            node_cpu_ms_per_transfer: node_cpu_ms_per_transfer(&report.cpu_ms_per_transfer_by_role),
+            cpu_ms_per_transfer_by_role: report.cpu_ms_per_transfer_by_role,
             sequencer_peers_marked_offline: report.sequencer_peers_marked_offline,
             submission_stages: report.submission_stages,
         })
@@ -241,4 +261,23 @@ fn progress_line(live: Arc<Live>, duration: Duration, json: bool) -> tokio::task
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_cpu_is_every_role_but_the_load_client() {
+        let by_role = std::collections::BTreeMap::from([
+            (crate::experiment::LOAD_CLIENT.to_owned(), 0.1),
+            ("participant".to_owned(), 0.9),
+            ("sequencer".to_owned(), 0.5),
+        ]);
+        let nodes = node_cpu_ms_per_transfer(&by_role).expect("nodes ran");
+        assert!((nodes - 1.4).abs() < 1e-9, "{nodes}");
+        let only_client =
+            std::collections::BTreeMap::from([(crate::experiment::LOAD_CLIENT.to_owned(), 0.1)]);
+        assert_eq!(node_cpu_ms_per_transfer(&only_client), None);
+    }
 }

@@ -1,14 +1,14 @@
 //! `meridian bench ledger` end to end, on the embedded default: a short saturation run of the
 //! replicated preset reports what issue 14 bounds besides throughput — each role's peak RSS and
 //! how many sequencer instances were marked offline (in a run without faults, every mark is a
-//! wrongful one) — next to a clean audit.
+//! wrongful one) — and what a transfer cost each role in CPU, next to a clean audit.
 
 use std::process::Command;
 
 const EXE: &str = env!("CARGO_BIN_EXE_meridian");
 
 #[test]
-fn a_short_run_reports_throughput_rss_by_role_and_offline_marks_with_a_clean_audit() {
+fn a_short_run_reports_throughput_rss_and_cpu_by_role_and_offline_marks_with_a_clean_audit() {
     let output = Command::new(EXE)
         .args([
             "bench",
@@ -39,6 +39,29 @@ fn a_short_run_reports_throughput_rss_by_role_and_offline_marks_with_a_clean_aud
             .unwrap_or_else(|| panic!("no peak RSS for {role}: {report}"));
         assert!(mib > 1.0, "{role}: {mib} MiB");
     }
+    // Standbys stand by, the active processes work: every role that carries a transfer
+    // (the topology manager does not) spent CPU on it, and the nodes' figure is their sum.
+    let cpu = &report["cpu_ms_per_transfer_by_role"];
+    let mut roles_ms = 0.0;
+    for role in ["participant", "sequencer", "mediator"] {
+        let ms = cpu[role]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no CPU per transfer for {role}: {report}"));
+        assert!(ms > 0.0 && ms < 1_000.0, "{role}: {ms} ms per transfer");
+        roles_ms += ms;
+    }
+    assert!(
+        cpu["load client"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{report}"
+    );
+    let nodes = report["node_cpu_ms_per_transfer"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no node CPU per transfer: {report}"));
+    let topology = cpu["topology"].as_f64().unwrap_or(0.0);
+    assert!(
+        (nodes - roles_ms - topology).abs() < 1e-6,
+        "nodes {nodes} ms is the roles' sum: {report}"
+    );
     let marks = report["sequencer_peers_marked_offline"]
         .as_u64()
         .unwrap_or_else(|| panic!("no offline marks figure: {report}"));

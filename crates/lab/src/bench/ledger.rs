@@ -87,6 +87,18 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
             .map(|(role, mib)| format!("{role} {mib:.0}"))
             .collect();
         println!("  peak RSS (MiB)          {}", peaks.join(", "));
+        let cpu: Vec<String> = report
+            .cpu_ms_per_transfer_by_role
+            .iter()
+            .map(|(role, ms)| format!("{role} {ms:.3}"))
+            .collect();
+        match report.node_cpu_ms_per_transfer {
+            Some(nodes) => println!(
+                "  CPU per transfer (ms)   nodes {nodes:.3}: {}",
+                cpu.join(", ")
+            ),
+            None => println!("  CPU per transfer (ms)   no transfer committed"),
+        }
         println!(
             "  offline marks (seq.)    {}",
             report.sequencer_peers_marked_offline
