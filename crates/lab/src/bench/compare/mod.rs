@@ -509,11 +509,11 @@ impl Comparison {
         );
         for round in &self.rounds {
             out += &format!(
-                "  {:>5}  {:<15} {:>12.1} {:>12.1} {:>19.3}{}\n",
+                "  {:>5}  {:<15} {:>12} {:>12} {:>19.3}{}\n",
                 round.round,
                 round.order[0].to_string(),
-                round.baseline,
-                round.candidate,
+                figure(round.baseline),
+                figure(round.candidate),
                 round.ratio,
                 if round.audit_failed() {
                     "  AUDIT FAILED"
@@ -523,8 +523,12 @@ impl Comparison {
             );
         }
         out += &format!(
-            "  {:>5}  {:<15} {:>12.1} {:>12.1} {:>19.3}\n",
-            "median", "", self.median.baseline, self.median.candidate, self.median.ratio
+            "  {:>5}  {:<15} {:>12} {:>12} {:>19.3}\n",
+            "median",
+            "",
+            figure(self.median.baseline),
+            figure(self.median.candidate),
+            self.median.ratio
         );
         if self.audit_failed_rounds > 0 {
             out += &format!(
@@ -560,8 +564,10 @@ pub async fn run(args: CompareArgs, shutdown: CancellationToken) -> anyhow::Resu
             let report = child::run_bench(path, plan, round, side, shutdown).await?;
             let value = metric_value(&report, plan.metric, round, side)?;
             eprintln!(
-                "round {round}/{}: {side}: {} {value:.1}",
-                plan.rounds, plan.metric.name
+                "round {round}/{}: {side}: {} {}",
+                plan.rounds,
+                plan.metric.name,
+                figure(value)
             );
             Ok::<_, CompareError>(report)
         }
@@ -591,10 +597,27 @@ pub async fn run(args: CompareArgs, shutdown: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
+/// A measured figure with the precision its size needs: a rate in transfers per second to a
+/// tenth, a figure below 10 (CPU milliseconds per transfer) to a thousandth.
+fn figure(value: f64) -> String {
+    if value.abs() < 10.0 {
+        format!("{value:.3}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn rates_print_to_a_tenth_and_cpu_per_transfer_to_a_thousandth() {
+        assert_eq!(figure(2_951.84), "2951.8");
+        assert_eq!(figure(0.5823), "0.582");
+        assert_eq!(figure(33.14), "33.1");
+    }
 
     fn args(bench: &[&str]) -> CompareArgs {
         CompareArgs {
