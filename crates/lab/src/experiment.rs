@@ -236,7 +236,7 @@ impl CpuSnapshot {
         }
         jiffies
             .into_iter()
-            .filter_map(|(role, spent)| Some((role, machine_cpu::ms_per(spent, transfers)?)))
+            .filter_map(|(role, spent)| Some((role, machine_cpu::ms_per(spent, transfers as f64)?)))
             .collect()
     }
 }

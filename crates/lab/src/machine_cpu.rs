@@ -83,11 +83,6 @@ impl CpuJiffies {
             )
         })
     }
-
-    /// Busy CPU time per commit, in milliseconds; `None` without commits.
-    fn busy_ms_per(&self, commits: f64) -> Option<f64> {
-        (commits > 0.0).then(|| self.busy as f64 * 1_000.0 / JIFFIES_PER_S as f64 / commits)
-    }
 }
 
 /// CPU time (user and system) process `pid` has used so far, in jiffies; `None` once it is
@@ -107,9 +102,10 @@ fn parse_process_stat(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
-/// Milliseconds of CPU per unit of work from `jiffies` spent on `units`; `None` without work.
-pub fn ms_per(jiffies: u64, units: u64) -> Option<f64> {
-    (units > 0).then(|| jiffies as f64 * 1_000.0 / JIFFIES_PER_S as f64 / units as f64)
+/// Milliseconds of CPU per unit of work (a commit, a transfer) from `jiffies` spent on
+/// `units`; `None` without work.
+pub fn ms_per(jiffies: u64, units: f64) -> Option<f64> {
+    (units > 0.0).then(|| jiffies as f64 * 1_000.0 / JIFFIES_PER_S as f64 / units)
 }
 
 /// Hands `record` what the CPUs did in each `interval` until `stop`; a machine without
@@ -149,8 +145,8 @@ pub fn describe_change(
 ) -> Option<String> {
     let (busy_before, steal_before) = before.shares_percent()?;
     let (busy_after, steal_after) = after.shares_percent()?;
-    let per_commit_before = before.busy_ms_per(before_commits)?;
-    let per_commit_after = after.busy_ms_per(after_commits)?;
+    let per_commit_before = ms_per(before.busy, before_commits)?;
+    let per_commit_after = ms_per(after.busy, after_commits)?;
     let verdict = if steal_after - steal_before >= STEAL_RISE_PERCENT {
         "the host took CPU time from this machine"
     } else if per_commit_after >= PER_COMMIT_RISE * per_commit_before {
@@ -270,8 +266,8 @@ mod tests {
             Some(()),
             "this process's own counters are readable"
         );
-        assert_eq!(ms_per(250, 1_000), Some(2.5));
-        assert_eq!(ms_per(250, 0), None);
+        assert_eq!(ms_per(250, 1_000.0), Some(2.5));
+        assert_eq!(ms_per(250, 0.0), None);
     }
 
     #[tokio::test]
