@@ -19,6 +19,7 @@ pub mod launch;
 pub mod lb;
 pub mod machine_cpu;
 pub mod nemesis;
+pub mod proc_stat;
 pub mod promotion;
 pub mod region;
 pub mod replicas;

@@ -3,8 +3,8 @@
 //! throughput does not come back names from them whether the CPUs were saturated, whether the
 //! host took time from this machine and what a commit cost in CPU before and after the fault,
 //! which is what tells "the deployment got slower" from "the machine got slower" in a CI log
-//! that holds nothing else. A process's own CPU time (`/proc/PID/stat`) is read here too, for
-//! what a transfer costs each node.
+//! that holds nothing else. A process's own CPU time ([`crate::proc_stat`]) is converted here
+//! too, for what a transfer costs each node.
 
 use std::time::Duration;
 
@@ -88,18 +88,7 @@ impl CpuJiffies {
 /// CPU time (user and system) process `pid` has used so far, in jiffies; `None` once it is
 /// gone or where `/proc` is missing.
 pub fn process_jiffies(pid: u32) -> Option<u64> {
-    parse_process_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// `utime + stime` from a `/proc/PID/stat` line: the 14th and 15th fields, counted after the
-/// command name, which is in parentheses and may itself hold spaces and parentheses.
-fn parse_process_stat(stat: &str) -> Option<u64> {
-    let (_, after_name) = stat.rsplit_once(')')?;
-    // after_name starts with the 3rd field (state): utime and stime are its 12th and 13th.
-    let mut fields = after_name.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some(user + system)
+    crate::proc_stat::ProcStat::read(pid)?.cpu_jiffies()
 }
 
 /// Milliseconds of CPU per unit of work (a commit, a transfer) from `jiffies` spent on
@@ -254,18 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn a_process_stat_line_gives_user_plus_system_time() {
-        // The command name may hold spaces and parentheses; the fields count after its end.
-        let line = "4242 (meridian (x) y) S 1 4242 4242 0 -1 4194560 5000 0 0 0 \
-                    731 129 0 0 20 0 7 0 1000 200000000 15000 18446744073709551615";
-        assert_eq!(parse_process_stat(line), Some(860));
-        assert_eq!(parse_process_stat("4242 (meridian) S 1"), None);
-        assert_eq!(parse_process_stat("no parenthesis"), None);
-        assert_eq!(
-            process_jiffies(std::process::id()).map(|_| ()),
-            Some(()),
-            "this process's own counters are readable"
-        );
+    fn cpu_time_converts_to_ms_per_unit_of_work() {
         assert_eq!(ms_per(250, 1_000.0), Some(2.5));
         assert_eq!(ms_per(250, 0.0), None);
     }

@@ -17,6 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::deployment::COLD_DIR;
+use crate::proc_stat::ProcStat;
 
 /// Where one replica's files are.
 #[derive(Debug, Clone)]
@@ -163,12 +164,9 @@ pub fn is_stopped(pid: u32) -> bool {
     matches!(process_state(pid).as_deref(), Some("T" | "t"))
 }
 
-/// `/proc/PID/stat`'s state field (the one after the parenthesized command name), if the
-/// process exists.
+/// `/proc/PID/stat`'s state field, if the process exists.
 fn process_state(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, after) = stat.rsplit_once(')')?;
-    after.split_whitespace().next().map(str::to_owned)
+    ProcStat::read(pid)?.state().map(str::to_owned)
 }
 
 /// Sends `signal` to `pid`; a process that is gone already is no error.
