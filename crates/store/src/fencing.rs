@@ -60,7 +60,7 @@ fenced_connection!(
 
 /// A missing row means nobody ever took the lease, so this replica's epoch cannot be current
 /// either: refused like any other mismatch.
-fn verdict(node: String, epoch: Epoch, found: Option<i64>) -> Result<(), StoreError> {
+pub(crate) fn verdict(node: String, epoch: Epoch, found: Option<i64>) -> Result<(), StoreError> {
     if found == Some(epoch.0) {
         Ok(())
     } else {

@@ -134,7 +134,10 @@ impl Harness {
     }
 
     async fn event_count(&self) -> i64 {
-        let sql = "SELECT count(*) FROM events";
+        self.count("SELECT count(*) FROM events").await
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
         match &self.raw {
             Raw::Sqlite(raw) => sqlx::query_scalar(sql).fetch_one(raw).await,
             Raw::Postgres(raw) => sqlx::query_scalar(sql).fetch_one(raw).await,
@@ -566,6 +569,55 @@ async fn duplicates_return_the_original_and_write_nothing(h: Harness) {
     assert_eq!(read(store, b, None, 100, 100).await, vec![]);
     assert_eq!(instance(store, I0).await.expect("row").watermark, t(80));
     assert_eq!(h.event_count().await, 4);
+}
+
+/// A write whose caller goes away (a timeout, a shutdown) at any point of it commits all of it
+/// or nothing: its event with its message id and recipient, or none of them, and the
+/// watermark never below what was written. And the store's next write is not stuck behind it.
+async fn a_write_dropped_midway_commits_all_or_nothing(h: Harness) {
+    let store = &*h.store;
+    let a = register(store, "a").await;
+    store.start_at(I0, t(0)).await.expect("start");
+    let incarnation = store.current_incarnation(I0).await.expect("incarnation");
+    let mut finished = 0;
+    for attempt in 0..300_u64 {
+        let ts = 10 * (attempt + 1);
+        let events = [event(ts, a, &format!("m{attempt}"), &[a])];
+        let write = store.write_events(I0, incarnation, &events, t(ts));
+        // From no poll at all to well past a PostgreSQL round trip's worth of them.
+        let polls = u32::try_from(attempt % 100 * 20).expect("below 2,000");
+        if let Some(outcome) = meridian_testkit::cancel::poll_then_drop(write, polls) {
+            assert_eq!(outcome.expect("write").results, vec![SEQ]);
+            finished += 1;
+        }
+        // What a dropped write left behind may still be rolling back: wait for the store's
+        // next write to go through, then look.
+        let probe = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            store.advance_watermark(I0, incarnation, t(ts)),
+        )
+        .await;
+        probe
+            .unwrap_or_else(|_| panic!("attempt {attempt} left the store stuck"))
+            .expect("advance");
+        let events = h.event_count().await;
+        assert_eq!(
+            events,
+            h.count("SELECT count(*) FROM message_ids").await,
+            "attempt {attempt}: events and message ids differ"
+        );
+        assert_eq!(
+            events,
+            h.count("SELECT count(*) FROM event_recipients").await,
+            "attempt {attempt}: events and recipients differ"
+        );
+        assert_eq!(h.events_above_watermark().await, 0, "attempt {attempt}");
+    }
+    assert!(finished > 0, "no attempt ran to its end");
+    assert!(
+        h.event_count().await < 300,
+        "some attempt was dropped before its commit"
+    );
 }
 
 async fn offline_instances_are_fenced(h: Harness) {
@@ -1159,6 +1211,7 @@ conformance!(
     ordering_progress_shows_the_latest_event_waiting_above_the_safe_point,
     events_round_trip_with_recipients_and_previous_timestamps,
     duplicates_return_the_original_and_write_nothing,
+    a_write_dropped_midway_commits_all_or_nothing,
     offline_instances_are_fenced,
     watermarks_never_move_backwards,
     restart_deletes_what_a_zombie_wrote_above_its_watermark,

@@ -10,8 +10,9 @@ use super::{
     pending_records, postgres, sqlite, verdict_record, ApplyPlan, MediatorChange, MediatorSnapshot,
     MediatorStore, VerdictRecord, VerdictRow,
 };
-use crate::fencing::FencedConnection;
-use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, RunScript, Script, StorePool};
+use crate::pool::{
+    self, on_backend, CommitScript, PoolSettings, PostgresLayout, Script, StorePool,
+};
 use crate::sequencer::BackendStatus;
 use crate::{FenceSlot, StorageConfig, StoreError};
 
@@ -103,7 +104,7 @@ impl MediatorStore for SqlMediatorStore {
     ) -> Result<(), StoreError> {
         let plan = ApplyPlan::new(changes);
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut script = Script::<Db>::new(dialect);
+            let mut script = Script::<Db>::transaction(dialect);
             for table in ["mediator_responses", "mediator_requests"] {
                 script.for_ids(
                     &format!("DELETE FROM {table} WHERE request_id"),
@@ -119,10 +120,7 @@ impl MediatorStore for SqlMediatorStore {
                      WHEN excluded.ts > mediator_checkpoint.ts THEN excluded.ts \
                      ELSE mediator_checkpoint.ts END",
                 );
-            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
-            tx.check_fence(&self.fence).await?;
-            tx.run(script).await?;
-            tx.commit().await?;
+            writer.commit_script(&self.fence, script).await?;
         });
         Ok(())
     }
@@ -132,15 +130,12 @@ impl MediatorStore for SqlMediatorStore {
             return Ok(());
         }
         on_backend!(&self.pool, |writer, _, dialect| {
-            let mut script = Script::<Db>::new(dialect);
+            let mut script = Script::<Db>::transaction(dialect);
             script.for_ids(
                 "UPDATE mediator_verdicts SET sent = true WHERE request_id",
                 request_ids,
             );
-            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
-            tx.check_fence(&self.fence).await?;
-            tx.run(script).await?;
-            tx.commit().await?;
+            writer.commit_script(&self.fence, script).await?;
         });
         Ok(())
     }

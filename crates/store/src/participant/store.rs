@@ -18,7 +18,9 @@ use super::{
     QUIET_POINT_RETENTION_US,
 };
 use crate::fencing::FencedConnection;
-use crate::pool::{self, on_backend, PoolSettings, PostgresLayout, RunScript, Script, StorePool};
+use crate::pool::{
+    self, on_backend, CommitScript, PoolSettings, PostgresLayout, Script, StorePool,
+};
 use crate::{FenceSlot, StorageConfig, StoreError};
 
 /// Rows per multi-row statement (an `INSERT`, or a list of keys to delete or archive): at up
@@ -253,7 +255,7 @@ impl ParticipantStore for SqlParticipantStore {
         }
         on_backend!(&self.pool, |writer, _, dialect| {
             let encoded = EncodedBatch::new(batch)?;
-            let mut script = Script::<Db>::new(dialect);
+            let mut script = Script::<Db>::transaction(dialect);
             script.chunked(
                 "DELETE FROM participant_dedup WHERE change_key IN (",
                 &batch.dedup_deletes,
@@ -321,10 +323,7 @@ impl ParticipantStore for SqlParticipantStore {
                             .saturating_sub(QUIET_POINT_RETENTION_US as i64),
                     );
             }
-            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
-            tx.check_fence(&self.fence).await?;
-            tx.run(script).await?;
-            tx.commit().await?;
+            writer.commit_script(&self.fence, script).await?;
         });
         Ok(())
     }

@@ -7,9 +7,12 @@ use std::collections::{HashMap, HashSet};
 
 use meridian_core::Timestamp;
 use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{Postgres, QueryBuilder};
 
 use super::common::MARK_OFFLINE;
-use super::{NewEvent, ReferenceTime, WriteResult};
+use super::store::{advance_watermark, BatchOutcome, CURRENT_INCARNATION};
+use super::{Incarnation, NewEvent, ReferenceTime, WriteResult};
+use crate::pool;
 use crate::StoreError;
 
 /// How long `mark_offline` waits for the row lock of the instance it inspects: long enough for
@@ -63,7 +66,45 @@ pub(super) const ORIGINALS_OF_DUPLICATES: &str = "SELECT m.sender, m.message_id,
      JOIN UNNEST($1::bigint[], $2::text[]) AS u(sender, message_id) \
        ON m.sender = u.sender AND m.message_id = u.message_id";
 
-pub(super) async fn claim_message_ids(
+/// [`WriteBatch::write_batch`](super::store::WriteBatch): a statement per step.
+pub(super) async fn write_batch(
+    writer: &PgPool,
+    idx: i32,
+    incarnation: Incarnation,
+    watermark: Timestamp,
+    firsts: &[&NewEvent],
+) -> Result<BatchOutcome, StoreError> {
+    let mut tx = crate::pool::begin(writer, pool::POSTGRES.write_begin).await?;
+    let mut advance = QueryBuilder::<Postgres>::new("");
+    advance_watermark(&pool::POSTGRES, &mut advance, idx, incarnation, watermark);
+    let advanced: Option<(i64, Option<i64>)> =
+        advance.build_query_as().fetch_optional(&mut *tx).await?;
+    let Some(watermarks) = advanced else {
+        let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
+            .bind(idx)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        return Ok(BatchOutcome::Refused { current });
+    };
+    let verdicts = claim_message_ids(&mut tx, firsts).await?;
+    let new: Vec<&NewEvent> = firsts
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| **verdict == WriteResult::Sequenced)
+        .map(|(event, _)| *event)
+        .collect();
+    insert_events(&mut tx, idx, &new).await?;
+    tx.commit().await?;
+    Ok(BatchOutcome::Written {
+        verdicts,
+        watermarks,
+    })
+}
+
+/// Inserts the message ids of `firsts` (one per key) and returns, in order, whether each was
+/// new ([`WriteResult::Sequenced`]) or already there (a duplicate of its original).
+async fn claim_message_ids(
     connection: &mut PgConnection,
     firsts: &[&NewEvent],
 ) -> Result<Vec<WriteResult>, StoreError> {
@@ -128,7 +169,8 @@ pub(super) async fn claim_message_ids(
     Ok(verdicts)
 }
 
-pub(super) async fn insert_events(
+/// Inserts `new` events of instance `idx` and their recipient entries.
+async fn insert_events(
     connection: &mut PgConnection,
     idx: i32,
     new: &[&NewEvent],

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use meridian_core::Timestamp;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Column as _, Row as _, Sqlite, SqliteConnection, SqlitePool};
 
-use super::{NewEvent, ReferenceTime, WriteResult};
-use crate::pool::{self, RunScript, Script};
+use super::store::{advance_watermark, BatchOutcome, CURRENT_INCARNATION};
+use super::{Incarnation, NewEvent, ReferenceTime, WriteResult};
+use crate::pool::{self, OpenTransaction, RunScript, Script};
 use crate::StoreError;
 
 /// Rows per multi-row `INSERT`. At five columns that is 2,500 bound parameters, far below
@@ -50,32 +51,63 @@ pub(super) async fn delete_events_above(
     )
 }
 
-pub(super) async fn claim_message_ids(
-    connection: &mut SqliteConnection,
+/// [`WriteBatch::write_batch`](super::store::WriteBatch) in two calls to the connection's
+/// thread, where a statement per step took five: one text begins the transaction, advances
+/// the watermark and claims the message ids (rows of both come back; the advance's first
+/// column is named `watermark`), the other inserts the new events and commits. Duplicates,
+/// rare (client retries), read their originals in between.
+pub(super) async fn write_batch(
+    writer: &SqlitePool,
+    idx: i32,
+    incarnation: Incarnation,
+    watermark: Timestamp,
     firsts: &[&NewEvent],
-) -> Result<Vec<WriteResult>, StoreError> {
-    let mut verdicts = vec![WriteResult::Sequenced; firsts.len()];
-    for (chunk_no, chunk) in firsts.chunks(ROWS_PER_INSERT).enumerate() {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO message_ids (sender, message_id, ts, expires_at) ",
-        );
-        insert.push_values(chunk, |mut row, event| {
+) -> Result<BatchOutcome, StoreError> {
+    let mut claim = Script::<Sqlite>::transaction(&pool::SQLITE);
+    advance_watermark(
+        &pool::SQLITE,
+        claim.statement(""),
+        idx,
+        incarnation,
+        watermark,
+    );
+    claim.chunked(
+        "INSERT INTO message_ids (sender, message_id, ts, expires_at) ",
+        firsts,
+        ROWS_PER_INSERT,
+        |mut row, event| {
             row.push_bind(event.sender.0)
                 .push_bind(event.message_id.as_str())
                 .push_bind(event.timestamp.as_i64())
                 .push_bind(event.max_sequencing_time.as_i64());
-        });
-        insert.push(" ON CONFLICT DO NOTHING RETURNING sender, message_id");
-        let inserted: Vec<(i64, String)> =
-            insert.build_query_as().fetch_all(&mut *connection).await?;
-        if inserted.len() == chunk.len() {
-            continue;
+        },
+        " ON CONFLICT DO NOTHING RETURNING sender, message_id",
+    );
+    let mut open = OpenTransaction::acquire(writer).await?;
+    let connection = open.connection();
+    let mut watermarks = None;
+    let mut claimed: Vec<(i64, String)> = Vec::with_capacity(firsts.len());
+    for row in claim.fetch_all(&mut *connection, true).await? {
+        if row.column(0).name() == "watermark" {
+            watermarks = Some((row.try_get(0)?, row.try_get(1)?));
+        } else {
+            claimed.push((row.try_get(0)?, row.try_get(1)?));
         }
-        // Duplicates are rare (client retries), so looking each up on its own is fine.
-        let inserted: HashSet<(i64, &str)> =
-            inserted.iter().map(|(s, m)| (*s, m.as_str())).collect();
-        for (offset, event) in chunk.iter().enumerate() {
-            if inserted.contains(&(event.sender.0, event.message_id.as_str())) {
+    }
+    let Some(watermarks) = watermarks else {
+        sqlx::query("ROLLBACK").execute(&mut *connection).await?;
+        let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
+            .bind(idx)
+            .fetch_optional(&mut *connection)
+            .await?;
+        open.ended();
+        return Ok(BatchOutcome::Refused { current });
+    };
+    let mut verdicts = vec![WriteResult::Sequenced; firsts.len()];
+    if claimed.len() < firsts.len() {
+        let claimed: HashSet<(i64, &str)> = claimed.iter().map(|(s, m)| (*s, m.as_str())).collect();
+        for (verdict, event) in verdicts.iter_mut().zip(firsts) {
+            if claimed.contains(&(event.sender.0, event.message_id.as_str())) {
                 continue;
             }
             let original: Option<i64> = sqlx::query_scalar(
@@ -94,20 +126,17 @@ pub(super) async fn claim_message_ids(
                     ),
                 )
             })?;
-            verdicts[chunk_no * ROWS_PER_INSERT + offset] = WriteResult::Duplicate {
+            *verdict = WriteResult::Duplicate {
                 original: Timestamp::from_i64(original),
             };
         }
     }
-    Ok(verdicts)
-}
-
-/// The events and their recipient entries in one call: two statements of one [`Script`].
-pub(super) async fn insert_events(
-    connection: &mut SqliteConnection,
-    idx: i32,
-    new: &[&NewEvent],
-) -> Result<(), StoreError> {
+    let new: Vec<&NewEvent> = firsts
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| **verdict == WriteResult::Sequenced)
+        .map(|(event, _)| *event)
+        .collect();
     let recipients: Vec<(i64, i64)> = new
         .iter()
         .flat_map(|event| {
@@ -115,10 +144,10 @@ pub(super) async fn insert_events(
             event.recipients.iter().map(move |member| (member.0, ts))
         })
         .collect();
-    let mut script = Script::<Sqlite>::new(&pool::SQLITE);
-    script.chunked(
+    let mut insert = Script::<Sqlite>::new(&pool::SQLITE);
+    insert.chunked(
         "INSERT INTO events (ts, instance, sender, message_id, batch) ",
-        new,
+        &new,
         ROWS_PER_INSERT,
         |mut row, event| {
             row.push_bind(event.timestamp.as_i64())
@@ -129,7 +158,7 @@ pub(super) async fn insert_events(
         },
         "",
     );
-    script.chunked(
+    insert.chunked(
         "INSERT INTO event_recipients (member, ts) ",
         &recipients,
         ROWS_PER_INSERT,
@@ -138,7 +167,13 @@ pub(super) async fn insert_events(
         },
         "",
     );
-    connection.run(script).await
+    insert.statement("COMMIT");
+    connection.run(insert).await?;
+    open.ended();
+    Ok(BatchOutcome::Written {
+        verdicts,
+        watermarks,
+    })
 }
 
 /// The kernel's clock, read without this process's `clock_gettime`: the modification time the

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, Timestamp};
-use sqlx::{PgConnection, SqliteConnection};
+use sqlx::{Database, Encode, PgConnection, QueryBuilder, SqliteConnection, Type};
 
 use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
 use super::presence::{self, FilePresence, PresenceHold, SessionPresence};
@@ -66,7 +66,8 @@ type MemberRow = (i64, String, Vec<u8>, i64);
 
 const MEMBER_COLUMNS: &str = "seq, id, public_key, registered_at";
 
-const CURRENT_INCARNATION: &str = "SELECT incarnation FROM sequencer_instances WHERE idx = $1";
+pub(super) const CURRENT_INCARNATION: &str =
+    "SELECT incarnation FROM sequencer_instances WHERE idx = $1";
 
 #[derive(Debug, Clone)]
 pub struct SqlSequencerStore {
@@ -114,23 +115,13 @@ fn member_from(row: MemberRow) -> Result<MemberRecord, StoreError> {
     common::member_record(seq, id, &key, at)
 }
 
-/// The statements of [`SequencerStore::start_instance`] and [`SequencerStore::write_events`]
+/// The statements of [`SequencerStore::start_instance`]
 /// where the dialects really differ; implemented in `sqlite` and `postgres`.
 pub(super) trait DialectWrites {
     /// Deletes what instance `idx` wrote above its watermark `own` (a zombie's leftovers),
     /// with the recipient entries and message ids, so a retry of the zombie's submissions is
     /// not a duplicate of nothing. Returns how many events went.
     async fn delete_events_above(&mut self, idx: i32, own: i64) -> Result<u64, StoreError>;
-
-    /// Inserts the message ids of `firsts` (one per key) and returns, in order, whether each
-    /// was new ([`WriteResult::Sequenced`]) or already there (a duplicate of its original).
-    async fn claim_message_ids(
-        &mut self,
-        firsts: &[&NewEvent],
-    ) -> Result<Vec<WriteResult>, StoreError>;
-
-    /// Inserts `new` events of instance `idx` and their recipient entries.
-    async fn insert_events(&mut self, idx: i32, new: &[&NewEvent]) -> Result<(), StoreError>;
 }
 
 /// Forwards [`DialectWrites`] of a connection type to the functions of its dialect's module.
@@ -139,19 +130,6 @@ macro_rules! dialect_writes {
         impl DialectWrites for $connection {
             async fn delete_events_above(&mut self, idx: i32, own: i64) -> Result<u64, StoreError> {
                 $dialect::delete_events_above(self, idx, own).await
-            }
-            async fn claim_message_ids(
-                &mut self,
-                firsts: &[&NewEvent],
-            ) -> Result<Vec<WriteResult>, StoreError> {
-                $dialect::claim_message_ids(self, firsts).await
-            }
-            async fn insert_events(
-                &mut self,
-                idx: i32,
-                new: &[&NewEvent],
-            ) -> Result<(), StoreError> {
-                $dialect::insert_events(self, idx, new).await
             }
         }
     };
@@ -289,36 +267,20 @@ impl SequencerStore for SqlSequencerStore {
         let watermark = common::effective_watermark(events, watermark);
         let plan = WritePlan::new(events);
         let firsts: Vec<&NewEvent> = plan.firsts.iter().map(|&i| &events[i]).collect();
-        let (verdicts, safe_point) = on_backend!(&self.pool, |writer, _, dialect| {
-            let mut tx = crate::pool::begin(writer, dialect.write_begin).await?;
-            // First, so that on PostgreSQL this transaction holds the row lock that
-            // mark_offline and start_instance need: they wait for the batch, or the batch is
-            // fenced. The incarnation check makes a newer claim of the index fence it as well.
-            let advanced: Option<(i64, Option<i64>)> = sqlx::query_as(&advance_watermark(dialect))
-                .bind(watermark.as_i64())
-                .bind(idx)
-                .bind(incarnation.0)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(watermarks) = advanced else {
-                let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
-                    .bind(idx)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                tx.rollback().await?;
-                return Err(common::refused_write(index, incarnation, current));
-            };
-            let verdicts = tx.claim_message_ids(&firsts).await?;
-            let new: Vec<&NewEvent> = firsts
-                .iter()
-                .zip(&verdicts)
-                .filter(|(_, verdict)| **verdict == WriteResult::Sequenced)
-                .map(|(event, _)| *event)
-                .collect();
-            tx.insert_events(idx, &new).await?;
-            tx.commit().await?;
-            (verdicts, common::safe_point_of(watermarks))
+        let outcome = on_backend!(&self.pool, |writer, _, _| {
+            writer
+                .write_batch(idx, incarnation, watermark, &firsts)
+                .await?
         });
+        let (verdicts, safe_point) = match outcome {
+            BatchOutcome::Written {
+                verdicts,
+                watermarks,
+            } => (verdicts, common::safe_point_of(watermarks)),
+            BatchOutcome::Refused { current } => {
+                return Err(common::refused_write(index, incarnation, current))
+            }
+        };
         Ok(Committed {
             results: plan.results(events, &verdicts),
             safe_point,
@@ -333,12 +295,10 @@ impl SequencerStore for SqlSequencerStore {
     ) -> Result<Committed<()>, StoreError> {
         let idx = common::instance_column(index)?;
         let safe_point = on_backend!(&self.pool, |writer, _, dialect| {
-            let advanced: Option<(i64, Option<i64>)> = sqlx::query_as(&advance_watermark(dialect))
-                .bind(watermark.as_i64())
-                .bind(idx)
-                .bind(incarnation.0)
-                .fetch_optional(writer)
-                .await?;
+            let mut advance = QueryBuilder::<Db>::new("");
+            advance_watermark(dialect, &mut advance, idx, incarnation, watermark);
+            let advanced: Option<(i64, Option<i64>)> =
+                advance.build_query_as().fetch_optional(writer).await?;
             let Some(watermarks) = advanced else {
                 // Read after the refusal, outside its statement: a claim in between can only
                 // turn "fenced" into "superseded", and both mean nothing was written.
@@ -581,21 +541,89 @@ impl SequencerStore for SqlSequencerStore {
     }
 }
 
-/// Advances the watermark of `idx` ($2) to at least $1, only while the row is online and still
-/// held by incarnation $3: the check every write of an instance makes first. Returns, for an
-/// advanced row, its new watermark and the lowest watermark of the other online instances
+/// Advances the watermark of `idx` to at least `watermark`, only while the row is online and
+/// still held by `incarnation`: the check every write of an instance makes first. Returns, for
+/// an advanced row, its new watermark and the lowest watermark of the other online instances
 /// (NULL: none), from which [`common::safe_point_of`] makes the safe point as of this
 /// transaction's commit (see [`Committed::safe_point`]). The other rows are not written by
-/// this statement, so both backends read them as committed before it.
-fn advance_watermark(dialect: &pool::Dialect) -> String {
-    let greatest = dialect.greatest;
-    format!(
-        "UPDATE sequencer_instances SET watermark = {greatest}(watermark, $1) \
-         WHERE idx = $2 AND online AND incarnation = $3 \
-         RETURNING watermark, \
+/// this statement, so both backends read them as committed before it. The row's first column
+/// is named `watermark`, which tells it from other statements' rows in one SQLite text.
+pub(super) fn advance_watermark<'args, DB: Database>(
+    dialect: &pool::Dialect,
+    query: &mut QueryBuilder<'args, DB>,
+    idx: i32,
+    incarnation: Incarnation,
+    watermark: Timestamp,
+) where
+    i64: Encode<'args, DB> + Type<DB>,
+    i32: Encode<'args, DB> + Type<DB>,
+{
+    query
+        .push("UPDATE sequencer_instances SET watermark = ")
+        .push(dialect.greatest)
+        .push("(watermark, ")
+        .push_bind(watermark.as_i64())
+        .push(") WHERE idx = ")
+        .push_bind(idx)
+        .push(" AND online AND incarnation = ")
+        .push_bind(incarnation.0)
+        .push(
+            " RETURNING watermark, \
              (SELECT min(others.watermark) FROM sequencer_instances AS others \
-              WHERE others.online AND others.idx <> $2)"
-    )
+              WHERE others.online AND others.idx <> ",
+        )
+        .push_bind(idx)
+        .push(")");
+}
+
+/// What the transaction of [`SequencerStore::write_events`] did.
+pub(super) enum BatchOutcome {
+    /// Committed: each first's verdict, and the watermarks [`advance_watermark`] returned.
+    Written {
+        verdicts: Vec<WriteResult>,
+        watermarks: (i64, Option<i64>),
+    },
+    /// The instance's row refused the advance (offline, or claimed by a newer incarnation),
+    /// so nothing was written; `current` is the row's incarnation, read after.
+    Refused { current: Option<i64> },
+}
+
+/// The transaction of [`SequencerStore::write_events`] on one backend's writer pool: advance
+/// instance `idx`'s watermark ([`advance_watermark`], first, so that on PostgreSQL it holds
+/// the row lock that `mark_offline` and `start_instance` need: they wait for the batch, or the
+/// batch is fenced), claim the message ids of `firsts`, insert the new events.
+pub(super) trait WriteBatch {
+    async fn write_batch(
+        &self,
+        idx: i32,
+        incarnation: Incarnation,
+        watermark: Timestamp,
+        firsts: &[&NewEvent],
+    ) -> Result<BatchOutcome, StoreError>;
+}
+
+impl WriteBatch for sqlx::SqlitePool {
+    async fn write_batch(
+        &self,
+        idx: i32,
+        incarnation: Incarnation,
+        watermark: Timestamp,
+        firsts: &[&NewEvent],
+    ) -> Result<BatchOutcome, StoreError> {
+        sqlite::write_batch(self, idx, incarnation, watermark, firsts).await
+    }
+}
+
+impl WriteBatch for sqlx::PgPool {
+    async fn write_batch(
+        &self,
+        idx: i32,
+        incarnation: Incarnation,
+        watermark: Timestamp,
+        firsts: &[&NewEvent],
+    ) -> Result<BatchOutcome, StoreError> {
+        postgres::write_batch(self, idx, incarnation, watermark, firsts).await
+    }
 }
 
 /// A page of one member's events in `($2, $3]`, at most $4, for member $1: a range scan of the
