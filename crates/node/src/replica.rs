@@ -151,7 +151,64 @@ pub struct ReplicaManager {
     /// the replica is demoted, so a request can never outlive its term and make a later
     /// promotion step down at once.
     step_down: watch::Sender<bool>,
+    /// Until when, by this process's monotonic clock, no other replica can have taken the
+    /// lease over: see [`LeaseGuard`]. `None` while not active.
+    held_until: watch::Sender<Option<Instant>>,
     metrics: LeaseMetrics,
+}
+
+/// Whether this replica may act for its node *now*: what a replica sends (protocol messages
+/// through the sequencer) must be gated on it, not only on its term's token. A replica
+/// stopped (SIGSTOP, a frozen VM) for longer than the lease timeout was deposed meanwhile, but
+/// on waking its tasks run on before its next renewal tells it so: it would process the events
+/// that queued up — including what the new active replica submitted, which it knows nothing
+/// of — and send answers for the node (both replicas are one member to the sequencer). The
+/// guard closes that: the lease counts as held only until a fraction of the lease timeout
+/// after the last renewal *began* (a passive deposes no sooner than a whole timeout after it
+/// saw that renewal's row, which is after it began), so a replica that slept past that knows
+/// at once, by its own clock, that it must not send until a renewal succeeds again — which
+/// after a deposition it never does.
+///
+/// Checked after the work whose result is sent: a message computed before a stop was computed
+/// while the lease was still held, so nobody else can have acted yet that it could contradict.
+#[derive(Clone, Debug)]
+pub struct LeaseGuard(Option<watch::Receiver<Option<Instant>>>);
+
+/// The share of the lease timeout for which a renewal (from its start) vouches. Renewals run
+/// every quarter timeout, so a healthy active is never without one; a stalled database pauses
+/// its sends (it could not commit either).
+const HELD_FOR_SHARE: f64 = 0.75;
+
+impl LeaseGuard {
+    /// A node without replicas: always its own.
+    pub fn unreplicated() -> Self {
+        Self(None)
+    }
+
+    /// Whether the lease is known held at this moment.
+    pub fn held_now(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|until| until.borrow().is_some_and(|until| Instant::now() < until))
+    }
+
+    /// Waits until the lease is known held at this moment; false once it no longer can be
+    /// (the replica is not active). Callers bound the wait with their term's token.
+    pub async fn held(&mut self) -> bool {
+        let Some(until) = &mut self.0 else {
+            return true;
+        };
+        loop {
+            match *until.borrow_and_update() {
+                None => return false,
+                Some(until) if Instant::now() < until => return true,
+                Some(_) => {}
+            }
+            if until.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
 }
 
 impl ReplicaManager {
@@ -164,8 +221,20 @@ impl ReplicaManager {
             fence,
             role,
             step_down: watch::channel(false).0,
+            held_until: watch::channel(None).0,
             metrics: LeaseMetrics::default(),
         }
+    }
+
+    /// The guard every send of this replica's terms checks (see [`LeaseGuard`]).
+    pub fn lease_guard(&self) -> LeaseGuard {
+        LeaseGuard(Some(self.held_until.subscribe()))
+    }
+
+    /// A lease confirmed by a call begun at `asked` is held until a share of the timeout later.
+    fn vouch_from(&self, asked: Instant) {
+        let until = asked + self.settings.lease_timeout.mul_f64(HELD_FOR_SHARE);
+        self.held_until.send_replace(Some(until));
     }
 
     /// Counts acquisitions and losses into `metrics` (registered by the role) instead of
@@ -245,6 +314,7 @@ impl ReplicaManager {
             // For the metrics only: a row that names a holder, taken by timeout, was a
             // deposition (a free lease is taken the same way whatever `depose_after` says).
             let deposing = may_depose && current.as_ref().is_some_and(|row| row.holder.is_some());
+            let acquiring = Instant::now();
             match self
                 .lease
                 .try_acquire(
@@ -260,6 +330,7 @@ impl ReplicaManager {
                         .count_acquired(if deposing { "deposed" } else { "free" });
                     self.step_down.send_replace(false);
                     self.fence.activate(&self.settings.node, epoch);
+                    self.vouch_from(acquiring);
                     self.role.send_replace(Role::Active {
                         epoch,
                         since: Timestamp::now(),
@@ -381,15 +452,18 @@ impl ReplicaManager {
         {
             Ok(()) => {
                 *last_renewed = Instant::now();
+                self.vouch_from(asked);
                 self.restamp_if_delayed(epoch, asked).await;
             }
             Err(StoreError::LeaseLost { .. }) => {
+                self.held_until.send_replace(None);
                 tracing::error!(node = %self.settings.node, %epoch, "lease lost: another replica took over; demoting");
                 self.metrics.lost.inc();
                 return Some(HoldEnd::Lost);
             }
             Err(error) => {
                 if last_renewed.elapsed() >= self.settings.lease_timeout {
+                    self.held_until.send_replace(None);
                     tracing::error!(node = %self.settings.node, %error, "could not renew the lease within its timeout; demoting");
                     self.metrics.lost.inc();
                     return Some(HoldEnd::Lost);
@@ -410,16 +484,21 @@ impl ReplicaManager {
             return;
         }
         tracing::info!(node = %self.settings.node, took_ms = took.as_millis() as u64, "a lease renewal was delayed by the database; renewing again with the current time");
-        if let Err(error) = self
+        let asked_again = Instant::now();
+        match self
             .lease
             .renew(&self.settings.replica_id, epoch, Timestamp::now())
             .await
         {
-            tracing::debug!(node = %self.settings.node, %error, "the re-stamping renewal failed");
+            Ok(()) => self.vouch_from(asked_again),
+            Err(error) => {
+                tracing::debug!(node = %self.settings.node, %error, "the re-stamping renewal failed")
+            }
         }
     }
 
     async fn release(&self, epoch: Epoch) {
+        self.held_until.send_replace(None);
         self.fence.deactivate(&self.settings.node);
         if let Err(error) = self.lease.release(&self.settings.replica_id, epoch).await {
             tracing::warn!(node = %self.settings.node, %error, "releasing the lease failed; a passive takes over after the lease timeout");
@@ -455,6 +534,7 @@ impl ReplicaManager {
 
     /// After the active work stopped: no more writes, and report passive.
     pub fn demoted(&self) {
+        self.held_until.send_replace(None);
         self.fence.deactivate(&self.settings.node);
         self.step_down.send_replace(false);
         self.role.send_replace(Role::Passive { active: None });
@@ -534,6 +614,51 @@ mod tests {
         );
         assert_eq!(acquired(&b, "deposed"), 1, "counted as a deposition");
         assert_eq!(acquired(&b, "free"), 0);
+    }
+
+    /// A holder that stops renewing (stopped) knows by its own clock, before any renewal
+    /// fails and before a passive can have taken over, that it must not act for the node; a
+    /// renewal restores that, a deposition ends it for good.
+    #[tokio::test]
+    async fn the_lease_guard_lapses_with_the_holders_silence_and_returns_with_a_renewal() {
+        let Replicas {
+            _dir,
+            a,
+            b,
+            shutdown,
+            epoch,
+        } = a_active_b_passive().await;
+        let guard = a.lease_guard();
+        assert!(guard.held_now(), "just acquired");
+        assert!(LeaseGuard::unreplicated().held_now());
+
+        // Silent (as if stopped) for a lease timeout: not known to be held any more, although
+        // nobody has taken the lease yet.
+        tokio::time::sleep(LEASE_TIMEOUT).await;
+        assert!(!guard.held_now(), "silent for a whole lease timeout");
+
+        // Holding again: its first renewal (a quarter timeout in) vouches for it once more.
+        let holding = tokio::time::timeout(LEASE_TIMEOUT * 3 / 8, a.hold(epoch, &shutdown)).await;
+        assert!(holding.is_err(), "still holding");
+        assert!(guard.held_now(), "renewed");
+        assert!(guard.clone().held().await);
+
+        // Silent again, long enough for `b` to depose it: its guard lapsed before that.
+        let taken = tokio::time::timeout(LEASE_TIMEOUT * 10, b.acquire(&shutdown))
+            .await
+            .expect("b deposes the silent holder")
+            .expect("not shut down");
+        assert!(taken > epoch);
+        assert!(!guard.held_now(), "lapsed before the deposition");
+        let end = tokio::time::timeout(Duration::from_secs(2), a.hold(epoch, &shutdown))
+            .await
+            .expect("the first renewal fails");
+        assert_eq!(end, HoldEnd::Lost);
+        assert!(
+            !guard.clone().held().await,
+            "a deposed holder never holds again"
+        );
+        assert!(b.lease_guard().held_now(), "the new holder's guard holds");
     }
 
     fn acquired(manager: &ReplicaManager, how: &'static str) -> u64 {

@@ -36,6 +36,10 @@ pub struct ParticipantMetrics {
     /// settled: `never_sequenced` (this term's placeholder took the id), `sequenced` (the
     /// sequencer had the original), `unknown` (no answer: the stream decides).
     pub inherited_submissions: Family<OutcomeLabel, Counter>,
+    /// Sends that waited because the replica's lease was not known to be held at that moment
+    /// (`meridian_node::replica::LeaseGuard`): after this process was stopped, or while its
+    /// renewals lag. Zero on a healthy replica.
+    pub sends_held_for_lease: Counter,
     /// Replica lease terms begun and lost (`lease_acquired_total{how}`, `lease_lost_total`).
     pub lease: LeaseMetrics,
     /// `submission_stage_seconds{stage}`: where local submissions spend their time.
@@ -81,6 +85,10 @@ impl ParticipantMetrics {
             inherited_submissions: r.family(
                 "inherited_submissions",
                 "Submissions found in flight at the start of a term, by how they were settled",
+            ),
+            sends_held_for_lease: r.counter(
+                "sends_held_for_lease",
+                "Sends that waited for the replica's lease to be confirmed",
             ),
             lease: LeaseMetrics::register(&mut r),
             stages: StageMetrics::register(&mut r),

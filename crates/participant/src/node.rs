@@ -31,7 +31,7 @@ use meridian_node::admin::{self, AdminHttpAuth, NodeState, Quiesce, StatusSource
 use meridian_node::admin_token::AdminToken;
 use meridian_node::fork::ForkAlarm;
 use meridian_node::grpc::GrpcServer;
-use meridian_node::replica::{HoldEnd, ReplicaManager};
+use meridian_node::replica::{HoldEnd, LeaseGuard, ReplicaManager};
 use meridian_node::replication::Phase;
 use meridian_node::retry::Retry;
 use meridian_node::shutdown::{stop_after_hand_over, HandOver, Ticker};
@@ -440,7 +440,9 @@ async fn connect_sequencer(
 
 /// The node as it always was: one term, from start-up to shutdown or a fatal error.
 async fn serve_unreplicated(warm: &Warm, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let Some(mut term) = start_term(warm, shutdown.clone(), false).await? else {
+    let Some(mut term) =
+        start_term(warm, shutdown.clone(), false, LeaseGuard::unreplicated()).await?
+    else {
         return Ok(());
     };
     let result = (&mut term.writer).await;
@@ -478,7 +480,7 @@ async fn run_replica(
         // The lease is renewed from the first moment, promotion included.
         let started = tokio::select! {
             end = &mut hold => Err(end),
-            started = start_term(warm, term_token.clone(), true) => Ok(started),
+            started = start_term(warm, term_token.clone(), true, manager.lease_guard()) => Ok(started),
         };
         let end = match started {
             Err(end) => {
@@ -612,6 +614,7 @@ async fn start_term(
     warm: &Warm,
     term: CancellationToken,
     refresh_topology: bool,
+    lease: LeaseGuard,
 ) -> anyhow::Result<Option<Term>> {
     let retry = Retry::new(&warm.readiness, &term);
     let load = retry.until("database", "", || warm.store.load());
@@ -693,6 +696,7 @@ async fn start_term(
         readiness: warm.readiness.clone(),
         fork: warm.fork.clone(),
         shutdown: term,
+        lease,
         demoted: std::sync::atomic::AtomicBool::new(false),
         submissions: runtime::SubmissionGate::default(),
         stages: StageClock::new(warm.metrics.stages.clone()),

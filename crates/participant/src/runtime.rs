@@ -44,6 +44,7 @@ use meridian_core::{LedgerOffset, MessageId, ParticipantId, Timestamp, Transacti
 use meridian_node::commit_queue::{CommitQueue, Mergeable};
 use meridian_node::fork::ForkAlarm;
 use meridian_node::forward::advance_to;
+use meridian_node::replica::LeaseGuard;
 use meridian_node::replication::is_fenced;
 use meridian_node::retry::{Retry, WHILE_SERVING};
 use meridian_node::Conditions;
@@ -178,6 +179,10 @@ pub(crate) struct Core {
     pub fork: ForkAlarm,
     /// Ends this term: process shutdown, or this replica stopped being active.
     pub shutdown: CancellationToken,
+    /// Whether this replica holds the lease at this moment: every send waits for it (see
+    /// [`LeaseGuard`]: a replica woken from a stop must not answer for the participant before
+    /// its lease is confirmed; the term's token ends only when a renewal fails).
+    pub lease: LeaseGuard,
     /// Set when the term ended because this replica was demoted (lease lost, step-down), so
     /// answers can say "retry on the active replica" rather than "shutting down".
     pub demoted: AtomicBool,
@@ -436,7 +441,16 @@ impl Core {
         let submission_id = submission.message_id.clone();
         let sent = tokio::select! {
             _ = self.shutdown.cancelled() => return Err(SubmitFailure::TermEnded),
-            sent = self.client.send(submission) => sent,
+            sent = async {
+                if self.may_send().await {
+                    Some(self.client.send(submission).await)
+                } else {
+                    None
+                }
+            } => match sent {
+                Some(sent) => sent,
+                None => return Err(SubmitFailure::TermEnded),
+            },
         };
         match sent {
             Ok(receipt) => {
@@ -558,8 +572,22 @@ impl Core {
             max_sequencing_time: Timestamp::now()
                 .saturating_add(self.config.max_sequencing_delay()),
         };
+        if !self.may_send().await {
+            anyhow::bail!("this replica no longer holds the lease");
+        }
         self.client.send(submission).await?;
         Ok(())
+    }
+
+    /// Waits until this replica may send for the participant ([`LeaseGuard`]); false once it
+    /// may not in this term. Every caller also ends with the term's token.
+    async fn may_send(&self) -> bool {
+        if self.lease.held_now() {
+            return true;
+        }
+        self.metrics.sends_held_for_lease.inc();
+        tracing::debug!("the lease is not known to be held (this process was stopped?): holding a send until it is renewed");
+        self.lease.clone().held().await
     }
 
     /// Settles the submissions this term found in flight, without waiting out their max
@@ -619,6 +647,9 @@ impl Core {
             }],
             max_sequencing_time: deadline,
         };
+        if !self.may_send().await {
+            return;
+        }
         let settled = match self.client.send(placeholder).await {
             Ok(receipt) if receipt.deduplicated => {
                 tracing::info!(%message_id, sequenced_at = %receipt.timestamp, "an inherited submission was sequenced; the stream brings it");
