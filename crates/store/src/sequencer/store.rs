@@ -602,29 +602,25 @@ pub(super) trait WriteBatch {
     ) -> Result<BatchOutcome, StoreError>;
 }
 
-impl WriteBatch for sqlx::SqlitePool {
-    async fn write_batch(
-        &self,
-        idx: i32,
-        incarnation: Incarnation,
-        watermark: Timestamp,
-        firsts: &[&NewEvent],
-    ) -> Result<BatchOutcome, StoreError> {
-        sqlite::write_batch(self, idx, incarnation, watermark, firsts).await
-    }
+/// Forwards [`WriteBatch`] of a pool type to its dialect module's `write_batch`.
+macro_rules! write_batch_in {
+    ($pool:ty, $dialect:ident) => {
+        impl WriteBatch for $pool {
+            async fn write_batch(
+                &self,
+                idx: i32,
+                incarnation: Incarnation,
+                watermark: Timestamp,
+                firsts: &[&NewEvent],
+            ) -> Result<BatchOutcome, StoreError> {
+                $dialect::write_batch(self, idx, incarnation, watermark, firsts).await
+            }
+        }
+    };
 }
 
-impl WriteBatch for sqlx::PgPool {
-    async fn write_batch(
-        &self,
-        idx: i32,
-        incarnation: Incarnation,
-        watermark: Timestamp,
-        firsts: &[&NewEvent],
-    ) -> Result<BatchOutcome, StoreError> {
-        postgres::write_batch(self, idx, incarnation, watermark, firsts).await
-    }
-}
+write_batch_in!(sqlx::SqlitePool, sqlite);
+write_batch_in!(sqlx::PgPool, postgres);
 
 /// A page of one member's events in `($2, $3]`, at most $4, for member $1: a range scan of the
 /// recipients' (member, ts) primary key. The first row's previous event is the member's last
