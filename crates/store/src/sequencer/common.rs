@@ -1,6 +1,6 @@
 //! Logic both sequencer store backends share and that needs no database: deduplication within
-//! one `write_events` call, assembling its results, and turning raw column values into domain
-//! types. Rows are decoded here so that bad data becomes [`StoreError::Corrupt`] in exactly the
+//! one `write_events` call, assembling its results, the statements both backends write alike,
+//! and turning raw column values into domain types. Rows are decoded here so that bad data becomes [`StoreError::Corrupt`] in exactly the
 //! same way on SQLite and PostgreSQL, never a panic.
 
 use std::collections::HashMap;
@@ -8,10 +8,13 @@ use std::collections::HashMap;
 use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 
+use sqlx::{Database, Encode, QueryBuilder, Type};
+
 use super::{
     Incarnation, InstanceClaim, InstanceState, MemberRecord, MemberSeq, NewEvent, RoutedEvent,
     StoredEvent, WriteResult,
 };
+use crate::pool;
 use crate::StoreError;
 
 /// How one `write_events` call splits into first occurrences of each (sender, message_id) and
@@ -290,6 +293,70 @@ pub(crate) fn routed_events(
 /// both backends (PostgreSQL bounds its wait for the row lock around it).
 pub(crate) const MARK_OFFLINE: &str = "UPDATE sequencer_instances SET online = false \
      WHERE idx = $1 AND online AND watermark < $2";
+
+/// The incarnation now holding instance $1, read after a refused write to say why.
+pub(crate) const CURRENT_INCARNATION: &str =
+    "SELECT incarnation FROM sequencer_instances WHERE idx = $1";
+
+/// Advances the watermark of `idx` to at least `watermark`, only while the row is online and
+/// still held by `incarnation`: the check every write of an instance makes first. Returns, for
+/// an advanced row, its new watermark and the lowest watermark of the other online instances
+/// (NULL: none), from which [`safe_point_of`] makes the safe point as of this
+/// transaction's commit (see [`super::Committed::safe_point`]). The other rows are not written by
+/// this statement, so both backends read them as committed before it. The row's first column
+/// is named `watermark`, which tells it from other statements' rows in one SQLite text.
+pub(crate) fn advance_watermark<'args, DB: Database>(
+    dialect: &pool::Dialect,
+    query: &mut QueryBuilder<'args, DB>,
+    idx: i32,
+    incarnation: Incarnation,
+    watermark: Timestamp,
+) where
+    i64: Encode<'args, DB> + Type<DB>,
+    i32: Encode<'args, DB> + Type<DB>,
+{
+    query
+        .push("UPDATE sequencer_instances SET watermark = ")
+        .push(dialect.greatest)
+        .push("(watermark, ")
+        .push_bind(watermark.as_i64())
+        .push(") WHERE idx = ")
+        .push_bind(idx)
+        .push(" AND online AND incarnation = ")
+        .push_bind(incarnation.0)
+        .push(
+            " RETURNING watermark, \
+             (SELECT min(others.watermark) FROM sequencer_instances AS others \
+              WHERE others.online AND others.idx <> ",
+        )
+        .push_bind(idx)
+        .push(")");
+}
+
+/// What the transaction of [`super::SequencerStore::write_events`] did.
+pub(crate) enum BatchOutcome {
+    /// Committed: each first's verdict, and the watermarks [`advance_watermark`] returned.
+    Written {
+        verdicts: Vec<WriteResult>,
+        watermarks: (i64, Option<i64>),
+    },
+    /// The instance's row refused the advance (offline, or claimed by a newer incarnation),
+    /// so nothing was written; `current` is the row's incarnation, read after.
+    Refused { current: Option<i64> },
+}
+
+/// The firsts whose verdict is [`WriteResult::Sequenced`]: the events a batch inserts.
+pub(crate) fn sequenced<'e>(
+    firsts: &[&'e NewEvent],
+    verdicts: &[WriteResult],
+) -> Vec<&'e NewEvent> {
+    firsts
+        .iter()
+        .zip(verdicts)
+        .filter(|(_, verdict)| **verdict == WriteResult::Sequenced)
+        .map(|(event, _)| *event)
+        .collect()
+}
 
 /// The instance index as stored: an `INTEGER` column on both backends.
 pub(crate) fn instance_column(index: InstanceIndex) -> Result<i32, StoreError> {

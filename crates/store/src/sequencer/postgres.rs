@@ -9,8 +9,7 @@ use meridian_core::Timestamp;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, QueryBuilder};
 
-use super::common::MARK_OFFLINE;
-use super::store::{advance_watermark, BatchOutcome, CURRENT_INCARNATION};
+use super::common::{self, advance_watermark, BatchOutcome, CURRENT_INCARNATION, MARK_OFFLINE};
 use super::{Incarnation, NewEvent, ReferenceTime, WriteResult};
 use crate::pool;
 use crate::StoreError;
@@ -88,12 +87,7 @@ pub(super) async fn write_batch(
         return Ok(BatchOutcome::Refused { current });
     };
     let verdicts = claim_message_ids(&mut tx, firsts).await?;
-    let new: Vec<&NewEvent> = firsts
-        .iter()
-        .zip(&verdicts)
-        .filter(|(_, verdict)| **verdict == WriteResult::Sequenced)
-        .map(|(event, _)| *event)
-        .collect();
+    let new = common::sequenced(firsts, &verdicts);
     insert_events(&mut tx, idx, &new).await?;
     tx.commit().await?;
     Ok(BatchOutcome::Written {

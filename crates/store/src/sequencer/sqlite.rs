@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use meridian_core::Timestamp;
 use sqlx::{Column as _, Row as _, Sqlite, SqliteConnection, SqlitePool};
 
-use super::store::{advance_watermark, BatchOutcome, CURRENT_INCARNATION};
+use super::common::{self, advance_watermark, BatchOutcome, CURRENT_INCARNATION};
 use super::{Incarnation, NewEvent, ReferenceTime, WriteResult};
 use crate::pool::{self, OpenTransaction, RunScript, Script};
 use crate::StoreError;
@@ -131,12 +131,7 @@ pub(super) async fn write_batch(
             };
         }
     }
-    let new: Vec<&NewEvent> = firsts
-        .iter()
-        .zip(&verdicts)
-        .filter(|(_, verdict)| **verdict == WriteResult::Sequenced)
-        .map(|(event, _)| *event)
-        .collect();
+    let new = common::sequenced(firsts, &verdicts);
     let recipients: Vec<(i64, i64)> = new
         .iter()
         .flat_map(|event| {

@@ -28,9 +28,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use meridian_core::crypto::PublicKey;
 use meridian_core::{InstanceIndex, MemberId, Timestamp};
-use sqlx::{Database, Encode, PgConnection, QueryBuilder, SqliteConnection, Type};
+use sqlx::{PgConnection, QueryBuilder, SqliteConnection};
 
-use super::common::{self, ClaimedRow, WritePlan, MARK_OFFLINE};
+use super::common::{
+    self, advance_watermark, BatchOutcome, ClaimedRow, WritePlan, CURRENT_INCARNATION, MARK_OFFLINE,
+};
 use super::presence::{self, FilePresence, PresenceHold, SessionPresence};
 use super::{
     postgres, sqlite, BackendStatus, Committed, Incarnation, InstanceClaim, InstanceStart,
@@ -65,9 +67,6 @@ const POOL: PoolSettings = PoolSettings {
 type MemberRow = (i64, String, Vec<u8>, i64);
 
 const MEMBER_COLUMNS: &str = "seq, id, public_key, registered_at";
-
-pub(super) const CURRENT_INCARNATION: &str =
-    "SELECT incarnation FROM sequencer_instances WHERE idx = $1";
 
 #[derive(Debug, Clone)]
 pub struct SqlSequencerStore {
@@ -539,53 +538,6 @@ impl SequencerStore for SqlSequencerStore {
             })),
         }
     }
-}
-
-/// Advances the watermark of `idx` to at least `watermark`, only while the row is online and
-/// still held by `incarnation`: the check every write of an instance makes first. Returns, for
-/// an advanced row, its new watermark and the lowest watermark of the other online instances
-/// (NULL: none), from which [`common::safe_point_of`] makes the safe point as of this
-/// transaction's commit (see [`Committed::safe_point`]). The other rows are not written by
-/// this statement, so both backends read them as committed before it. The row's first column
-/// is named `watermark`, which tells it from other statements' rows in one SQLite text.
-pub(super) fn advance_watermark<'args, DB: Database>(
-    dialect: &pool::Dialect,
-    query: &mut QueryBuilder<'args, DB>,
-    idx: i32,
-    incarnation: Incarnation,
-    watermark: Timestamp,
-) where
-    i64: Encode<'args, DB> + Type<DB>,
-    i32: Encode<'args, DB> + Type<DB>,
-{
-    query
-        .push("UPDATE sequencer_instances SET watermark = ")
-        .push(dialect.greatest)
-        .push("(watermark, ")
-        .push_bind(watermark.as_i64())
-        .push(") WHERE idx = ")
-        .push_bind(idx)
-        .push(" AND online AND incarnation = ")
-        .push_bind(incarnation.0)
-        .push(
-            " RETURNING watermark, \
-             (SELECT min(others.watermark) FROM sequencer_instances AS others \
-              WHERE others.online AND others.idx <> ",
-        )
-        .push_bind(idx)
-        .push(")");
-}
-
-/// What the transaction of [`SequencerStore::write_events`] did.
-pub(super) enum BatchOutcome {
-    /// Committed: each first's verdict, and the watermarks [`advance_watermark`] returned.
-    Written {
-        verdicts: Vec<WriteResult>,
-        watermarks: (i64, Option<i64>),
-    },
-    /// The instance's row refused the advance (offline, or claimed by a newer incarnation),
-    /// so nothing was written; `current` is the row's incarnation, read after.
-    Refused { current: Option<i64> },
 }
 
 /// The transaction of [`SequencerStore::write_events`] on one backend's writer pool: advance
