@@ -365,39 +365,26 @@ impl CommitScript for SqlitePool {
                     .push_bind(node.clone());
             }
         }
-        let mut text = script
-            .statements
-            .pop()
-            .expect("a transaction's script holds its BEGIN");
-        let query = text.build().persistent(false);
         let mut open = OpenTransaction::acquire(self).await?;
         let connection = open.connection();
-        match lease {
-            None => {
-                query.execute(&mut *connection).await?;
+        let rows = script.fetch_all(&mut *connection, false).await?;
+        if let Some((node, epoch)) = lease {
+            let found = match rows.as_slice() {
+                [] => None,
+                [row] => Some(sqlx::Row::try_get::<i64, _>(row, 0)?),
+                _ => {
+                    return Err(StoreError::corrupt(
+                        "replica_lease",
+                        format!("{} rows where the lease's one was expected", rows.len()),
+                    ))
+                }
+            };
+            if let Err(refused) = crate::fencing::verdict(node, epoch, found) {
+                sqlx::query("ROLLBACK").execute(&mut *connection).await?;
+                open.ended();
+                return Err(refused);
             }
-            Some((node, epoch)) => {
-                let rows = query.fetch_all(&mut *connection).await?;
-                let found = match rows.as_slice() {
-                    [] => None,
-                    [row] => Some(sqlx::Row::try_get::<i64, _>(row, 0)?),
-                    _ => {
-                        return Err(StoreError::corrupt(
-                            "replica_lease",
-                            format!("{} rows where the lease's one was expected", rows.len()),
-                        ))
-                    }
-                };
-                let end = match crate::fencing::verdict(node, epoch, found) {
-                    Ok(()) => "COMMIT",
-                    Err(refused) => {
-                        sqlx::query("ROLLBACK").execute(&mut *connection).await?;
-                        open.ended();
-                        return Err(refused);
-                    }
-                };
-                sqlx::query(end).execute(&mut *connection).await?;
-            }
+            sqlx::query("COMMIT").execute(&mut *connection).await?;
         }
         open.ended();
         Ok(())
