@@ -33,6 +33,16 @@ pub struct SequencerMetrics {
     /// Watermarks written at once because a peer's event waited for this instance's, instead
     /// of at its next commit or heartbeat.
     pub watermark_catch_ups: Counter,
+    /// Advances of the shared reader tail by where their events came from: `store` (read
+    /// back) or `own_writes` (this instance's commits, handed over by its writer while no
+    /// other instance had written since).
+    pub tail_advances: Family<TailSourceLabel, Counter>,
+}
+
+/// The label of [`SequencerMetrics::tail_advances`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TailSourceLabel {
+    pub source: &'static str,
 }
 
 /// The label of [`SequencerMetrics::peers_marked_offline`].
@@ -76,6 +86,10 @@ impl SequencerMetrics {
             watermark_catch_ups: r.counter(
                 "watermark_catch_ups",
                 "Watermarks written at once because a peer's event waited for this instance's",
+            ),
+            tail_advances: r.family(
+                "tail_advances",
+                "Reader tail advances by where their events came from (store, own_writes)",
             ),
         }
     }

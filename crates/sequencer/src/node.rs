@@ -188,6 +188,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
     tracing::info!(instance = %index, watermark = %start.watermark, incarnation = %start.incarnation, "instance online");
     let directory = Arc::new(MemberDirectory::load(store.clone()).await?);
     let incarnation = IncarnationGauge::default();
+    let tail = crate::tail::ReaderTail::with_metrics(&sequencer_metrics);
     let (writer_task, writer_handle) = start_writer(
         &config,
         store.clone(),
@@ -200,6 +201,7 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
             clock,
             stop: shutdown.clone(),
             peers_waiting: peers_waiting_rx,
+            tail: tail.clone(),
         },
     )
     .await?;
@@ -231,11 +233,10 @@ pub async fn run(config: SequencerConfig, shutdown: CancellationToken) -> anyhow
         directory,
         auth: Authenticator::new(config.timing.token_ttl()),
         writer: writer_handle,
-        tail: crate::tail::ReaderTail::spawn(
-            store.clone(),
-            safe_point_rx.clone(),
-            shutdown.clone(),
-        ),
+        tail: {
+            tail.start(store.clone(), safe_point_rx.clone(), shutdown.clone());
+            tail
+        },
         limits: SubmissionLimits {
             max_request_bytes: config.limits.max_request_bytes,
             max_envelopes: config.limits.max_envelopes,

@@ -17,18 +17,29 @@
 //!
 //! An instance without subscriptions reads nothing: its ring just moves to the safe point.
 //!
+//! While no other instance has written since the ring's end, the tail takes this instance's
+//! own commits from the writer ([`own`]) instead of reading them back: a single-writer
+//! synchronizer then costs no store read per hop at all.
+//!
 //! A failed store read is published to every subscription (which ends its stream with
 //! UNAVAILABLE, as a failed read of its own did before); the tail itself retries after
 //! [`TAIL_RETRY`].
 
 use std::collections::VecDeque;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use meridian_core::Timestamp;
 use meridian_store::{MemberSeq, RoutedEvent, SequencerStore, StoredEvent};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{SequencerMetrics, TailSourceLabel};
+
+pub mod own;
+
+pub use own::{OwnCommit, OwnWrites};
 
 /// At most this many events in the ring. A subscriber keeping up lags by milliseconds; this
 /// covers well over that at saturation (about 0.5 s of `bench ledger`'s events), and one
@@ -289,23 +300,49 @@ pub struct TailProgress {
     pub last_error: Option<Arc<str>>,
 }
 
-/// The ring and its progress, shared by the tail task and every subscription.
+/// How the tail advanced: counters of [`SequencerMetrics::tail_advances`].
+#[derive(Debug, Clone, Default)]
+struct Advances {
+    from_store: Counter,
+    from_own_writes: Counter,
+}
+
+/// The ring and its progress, shared by the tail task and every subscription, and the own
+/// writes the writer hands it.
 #[derive(Debug)]
 pub struct ReaderTail {
     ring: RwLock<TailRing>,
     progress: watch::Sender<TailProgress>,
+    own: Mutex<OwnWrites>,
+    advances: Advances,
 }
 
 impl ReaderTail {
+    /// A tail that has read nothing yet, to be started with [`ReaderTail::start`] once the
+    /// writer (which reports to it) exists.
+    pub fn with_metrics(metrics: &SequencerMetrics) -> Arc<Self> {
+        let source = |source| {
+            metrics
+                .tail_advances
+                .get_or_create(&TailSourceLabel { source })
+                .clone()
+        };
+        let mut tail = Self::new(TAIL_MAX_EVENTS, TAIL_MAX_BYTES);
+        tail.advances = Advances {
+            from_store: source("store"),
+            from_own_writes: source("own_writes"),
+        };
+        Arc::new(tail)
+    }
+
     /// Starts the tail task, which follows `safe_point` until `shutdown`.
-    pub fn spawn(
+    pub fn start(
+        self: &Arc<Self>,
         store: Arc<dyn SequencerStore>,
         safe_point: watch::Receiver<Timestamp>,
         shutdown: CancellationToken,
-    ) -> Arc<Self> {
-        let tail = Arc::new(Self::new(TAIL_MAX_EVENTS, TAIL_MAX_BYTES));
-        tokio::spawn(follow(tail.clone(), store, safe_point, shutdown));
-        tail
+    ) {
+        tokio::spawn(follow(self.clone(), store, safe_point, shutdown));
     }
 
     /// A tail that has read nothing yet (to the safe point's initial `Timestamp::MIN`).
@@ -318,7 +355,21 @@ impl ReaderTail {
         Self {
             ring: RwLock::new(TailRing::new(Timestamp::MIN, max_events, max_bytes)),
             progress,
+            own: Mutex::new(OwnWrites::new(max_events, max_bytes)),
+            advances: Advances::default(),
         }
+    }
+
+    /// The writer's report of a commit; called before it publishes the commit's safe point, so
+    /// that the tail, woken by it, finds the commit here.
+    pub fn own_commit(&self, commit: OwnCommit) {
+        let position = self.ring().covers().1;
+        self.own().record(commit, position);
+    }
+
+    fn own(&self) -> std::sync::MutexGuard<'_, OwnWrites> {
+        // Every mutation of the own writes completes before anything that could panic.
+        self.own.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn progress(&self) -> watch::Receiver<TailProgress> {
@@ -351,10 +402,20 @@ async fn follow(
         // rather than read what no one waits for. Older events are served from the store.
         if up_to > to && (to == Timestamp::MIN || tail.progress.receiver_count() == 0) {
             tail.ring_mut().restart_at(up_to);
+            tail.own().discard_through(up_to);
             tail.progress.send_modify(|p| p.to = up_to);
             continue;
         }
         if up_to > to {
+            let own = tail.own().take(to, up_to);
+            if let Some((events, through)) = own {
+                tail.ring_mut().extend(events, through);
+                tail.advances.from_own_writes.inc();
+                tail.progress.send_modify(|p| p.to = through);
+                // The safe point may be ahead of the writer's latest report (the peer poll
+                // read it): the rest comes from the store.
+                continue;
+            }
             match store.events_after(Some(to), up_to, TAIL_PAGE_EVENTS).await {
                 Ok(events) => {
                     let full = events.len() == TAIL_PAGE_EVENTS as usize;
@@ -363,6 +424,8 @@ async fn follow(
                         _ => up_to,
                     };
                     tail.ring_mut().extend(events, through);
+                    tail.own().discard_through(through);
+                    tail.advances.from_store.inc();
                     tail.progress.send_modify(|p| p.to = through);
                     if full {
                         continue;

@@ -8,7 +8,8 @@
 //! above the safe point) the writer advances it at once rather than at its next heartbeat.
 //! Every commit also reads the safe point, in its own transaction (see
 //! [`meridian_store::Committed`]), and the writer publishes it to the readers through a watch
-//! channel once the commit returned.
+//! channel once the commit returned, after handing the commit's events to the reader tail
+//! ([`crate::tail::own`]), which needs no store read for them while no other instance writes.
 //!
 //! Every write carries this process's incarnation of the instance. When the store refuses one:
 //! - [`StoreError::Fenced`] (the peers marked the instance offline, e.g. after a pause longer
@@ -31,7 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_core::{InstanceIndex, Timestamp};
-use meridian_store::{Incarnation, InstanceClaim, SequencerStore, StoreError, WriteResult};
+use meridian_store::{
+    Committed, Incarnation, InstanceClaim, RoutedEvent, SequencerStore, StoreError, WriteResult,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +42,7 @@ use crate::clock::ClockGate;
 use crate::engine::{OrderingEngine, Refusal, ValidatedSubmission};
 use crate::error::SendError;
 use crate::metrics::SequencerMetrics;
+use crate::tail::{OwnCommit, ReaderTail};
 use meridian_node::conditions::Conditions;
 use meridian_node::forward::advance_to;
 use meridian_node::metrics::set_timestamp_micros;
@@ -160,6 +164,12 @@ pub struct Writer {
     peers_waiting: watch::Receiver<Timestamp>,
     /// False once the poll is gone (shutdown): the branch that follows it is then disabled.
     peers_waiting_open: bool,
+    /// Where the commits' events go besides the store.
+    tail: Arc<ReaderTail>,
+    /// The watermark of the last commit when nothing of this instance can have been committed
+    /// since; `None` after a failed write or advance, whose outcome is unknown (see
+    /// [`OwnCommit::after`]).
+    chain_after: Option<Timestamp>,
 }
 
 /// The node's collaborators a writer reports to and asks before issuing timestamps.
@@ -171,6 +181,8 @@ pub struct WriterGates {
     /// The latest event above the safe point, published by the peer poll: a peer's event that
     /// may be waiting for this instance's watermark.
     pub peers_waiting: watch::Receiver<Timestamp>,
+    /// The instance's reader tail, told of every commit.
+    pub tail: Arc<ReaderTail>,
 }
 
 impl Writer {
@@ -191,6 +203,7 @@ impl Writer {
             capacity: settings.queue_capacity,
         };
         incarnation_gauge.set(incarnation);
+        let chain_after = Some(engine.watermark());
         let writer = Self {
             store,
             engine,
@@ -209,6 +222,8 @@ impl Writer {
             last_prune: Instant::now(),
             peers_waiting: gates.peers_waiting,
             peers_waiting_open: true,
+            tail: gates.tail,
+            chain_after,
         };
         (writer, handle)
     }
@@ -283,6 +298,7 @@ impl Writer {
             }));
         }
         let mut committed = None;
+        let mut sequenced = Vec::new();
         if !plan.events.is_empty() {
             let write = self.store.write_events(
                 self.settings.index,
@@ -295,9 +311,13 @@ impl Writer {
                 Ok(written) => {
                     self.last_events = Instant::now();
                     self.metrics.batch_size.observe(plan.events.len() as f64);
-                    for ((event, slot), result) in
-                        plan.events.iter().zip(&plan.slots).zip(written.results)
+                    for ((event, slot), result) in plan
+                        .events
+                        .iter()
+                        .zip(&plan.slots)
+                        .zip(written.results.iter().copied())
                     {
+                        sequenced.push(result == WriteResult::Sequenced);
                         let outcome = match result {
                             WriteResult::Sequenced => {
                                 self.metrics.count("sequenced");
@@ -316,7 +336,7 @@ impl Writer {
                         };
                         replies[*slot] = Some(Ok(outcome));
                     }
-                    committed = Some((plan.watermark, written.safe_point));
+                    committed = Some((plan.watermark, written));
                 }
                 Err(error) => {
                     let reason = self.handle_store_error(&error).await;
@@ -340,8 +360,9 @@ impl Writer {
             let _ = request.reply.send(reply);
         }
         // Answered first: a sender needs the commit, not the safe point.
-        if let Some((watermark, safe_point)) = committed {
-            self.committed(watermark, safe_point);
+        if let Some((watermark, written)) = committed {
+            let events = own_events(plan.events, &sequenced);
+            self.committed(watermark, &written, events);
         }
     }
 
@@ -392,7 +413,7 @@ impl Writer {
             self.store
                 .advance_watermark(self.settings.index, self.incarnation, watermark);
         match self.readiness.watch_database_call(advance).await {
-            Ok(committed) => self.committed(watermark, committed.safe_point),
+            Ok(committed) => self.committed(watermark, &committed, Vec::new()),
             Err(error) => {
                 self.handle_store_error(&error).await;
             }
@@ -413,15 +434,29 @@ impl Writer {
         }
     }
 
-    /// After a commit: publish the safe point it read and mark the database healthy.
-    fn committed(&mut self, watermark: Timestamp, safe_point: Timestamp) {
+    /// After a commit: hand its events to the reader tail, publish the safe point it read and
+    /// mark the database healthy.
+    fn committed<T>(
+        &mut self,
+        watermark: Timestamp,
+        committed: &Committed<T>,
+        events: Vec<RoutedEvent>,
+    ) {
         self.last_commit = Instant::now();
         set_timestamp_micros(
             &self.metrics.watermark_timestamp_seconds,
             watermark.as_i64(),
         );
         self.readiness.clear("database");
-        self.publish_safe_point(safe_point);
+        self.tail.own_commit(OwnCommit {
+            after: self.chain_after,
+            watermark,
+            events,
+            safe_point: committed.safe_point,
+            others_latest_event: committed.others_latest_event,
+        });
+        self.chain_after = Some(watermark);
+        self.publish_safe_point(committed.safe_point);
     }
 
     fn publish_safe_point(&self, safe_point: Timestamp) {
@@ -449,6 +484,9 @@ impl Writer {
     /// process has claimed the index). Returns the reason given to the clients of the failed
     /// batch.
     async fn handle_store_error(&mut self, error: &StoreError) -> String {
+        // Whether anything of the failed call was committed is unknown: the tail reads the
+        // store until the next commit.
+        self.chain_after = None;
         match error {
             StoreError::Fenced(index) => {
                 tracing::error!(
@@ -470,6 +508,8 @@ impl Writer {
                     Ok(start) => {
                         self.engine = OrderingEngine::new(self.engine.partition(), start.watermark);
                         self.incarnation = start.incarnation;
+                        // Everything of the earlier incarnations lies at or below it.
+                        self.chain_after = Some(start.watermark);
                         self.incarnation_gauge.set(start.incarnation);
                         self.readiness.clear("instance");
                         tracing::info!(watermark = %start.watermark, incarnation = %start.incarnation, "rejoined");
@@ -522,4 +562,21 @@ impl Writer {
         self.superseded = Some(reason);
         self.stop.cancel();
     }
+}
+
+/// The events of a commit that were sequenced (`sequenced`, in the order of `events`; not the
+/// duplicates), as the reader tail keeps them.
+fn own_events(events: Vec<meridian_store::NewEvent>, sequenced: &[bool]) -> Vec<RoutedEvent> {
+    events
+        .into_iter()
+        .zip(sequenced)
+        .filter(|(_, sequenced)| **sequenced)
+        .map(|(event, _)| RoutedEvent {
+            timestamp: event.timestamp,
+            sender: event.sender,
+            message_id: event.message_id,
+            recipients: event.recipients,
+            batch: event.batch,
+        })
+        .collect()
 }

@@ -10,11 +10,12 @@ use meridian_core::crypto::SigningKey;
 use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 use meridian_proto::v1;
 use meridian_sequencer::directory::MemberDirectory;
-use meridian_sequencer::metrics::SequencerMetrics;
+use meridian_sequencer::metrics::{SequencerMetrics, TailSourceLabel};
 use meridian_sequencer::reader::{spawn_subscription, ReaderContext, Subscription};
-use meridian_sequencer::tail::ReaderTail;
+use meridian_sequencer::tail::{OwnCommit, ReaderTail};
 use meridian_store::{
-    InstanceClaim, MemberRecord, MemberSeq, NewEvent, SequencerStore, SqlSequencerStore,
+    InstanceClaim, MemberRecord, MemberSeq, NewEvent, RoutedEvent, SequencerStore,
+    SqlSequencerStore,
 };
 use prometheus_client::registry::Registry;
 use prost::Message;
@@ -65,6 +66,9 @@ impl World {
             .expect("start instance");
         let (safe_point, safe_point_rx) = watch::channel(Timestamp::MIN);
         let shutdown = CancellationToken::new();
+        let metrics = SequencerMetrics::register(&mut Registry::default());
+        let tail = ReaderTail::with_metrics(&metrics);
+        tail.start(store.clone(), safe_point_rx, shutdown.clone());
         let context = ReaderContext {
             store: store.clone(),
             directory: Arc::new(
@@ -72,8 +76,8 @@ impl World {
                     .await
                     .expect("directory"),
             ),
-            tail: ReaderTail::spawn(store.clone(), safe_point_rx, shutdown.clone()),
-            metrics: SequencerMetrics::register(&mut Registry::default()),
+            tail,
+            metrics,
             shutdown,
         };
         World {
@@ -101,6 +105,55 @@ impl World {
     /// Commits an event from `sender` with one envelope per recipient list, and moves the safe
     /// point over it.
     async fn commit(&self, ts: u64, sender: &str, envelopes: &[&[&str]]) {
+        let event = self.event(ts, sender, envelopes);
+        self.store
+            .write_events(I0, self.incarnation, &[event], t(ts))
+            .await
+            .expect("write");
+        self.safe_point.send_replace(t(ts));
+    }
+
+    /// As the writer commits: writes, hands the commit to the tail (its chain continuing from
+    /// `after`), then publishes the safe point the commit read.
+    async fn commit_reported(
+        &self,
+        after: u64,
+        ts: u64,
+        sender: &str,
+        envelopes: &[&[&str]],
+    ) -> Timestamp {
+        let event = self.event(ts, sender, envelopes);
+        let committed = self
+            .store
+            .write_events(I0, self.incarnation, std::slice::from_ref(&event), t(ts))
+            .await
+            .expect("write");
+        self.context.tail.own_commit(OwnCommit {
+            after: Some(t(after)),
+            watermark: t(ts),
+            events: vec![RoutedEvent {
+                timestamp: event.timestamp,
+                sender: event.sender,
+                message_id: event.message_id,
+                recipients: event.recipients,
+                batch: event.batch,
+            }],
+            safe_point: committed.safe_point,
+            others_latest_event: committed.others_latest_event,
+        });
+        self.safe_point.send_replace(committed.safe_point);
+        committed.safe_point
+    }
+
+    fn tail_advances(&self, source: &'static str) -> u64 {
+        self.context
+            .metrics
+            .tail_advances
+            .get_or_create(&TailSourceLabel { source })
+            .get()
+    }
+
+    fn event(&self, ts: u64, sender: &str, envelopes: &[&[&str]]) -> NewEvent {
         let batch = v1::Batch {
             envelopes: envelopes
                 .iter()
@@ -116,19 +169,14 @@ impl World {
             .collect();
         recipients.sort();
         recipients.dedup();
-        let event = NewEvent {
+        NewEvent {
             timestamp: t(ts),
             sender: self.seq(sender),
             message_id: MessageId::new(format!("m{ts}")).expect("message id"),
             max_sequencing_time: Timestamp::MAX,
             recipients,
             batch: batch.encode_to_vec(),
-        };
-        self.store
-            .write_events(I0, self.incarnation, &[event], t(ts))
-            .await
-            .expect("write");
-        self.safe_point.send_replace(t(ts));
+        }
     }
 
     fn subscribe(
@@ -290,4 +338,80 @@ async fn subscriptions_from_the_store_and_the_tail_get_exactly_their_stream() {
             .collect::<Vec<_>>()
     );
     assert_quiet(&mut all).await;
+}
+
+/// A single writer's commits reach the subscribers without the tail reading them back; once
+/// another instance has written, the tail reads the store again, and every stream stays
+/// exactly its member's history.
+#[tokio::test]
+async fn a_single_writers_commits_are_served_without_reading_them_back() {
+    let world = World::new().await;
+    let mut a = world.subscribe("a", None);
+    let mut b = world.subscribe("b", None);
+    let start = world.store.instances().await.expect("instances")[0]
+        .watermark
+        .as_micros();
+    let mut after = start;
+    for ts in (start + 10..start + 110).step_by(10) {
+        world.commit_reported(after, ts, "a", &[&["a", "b"]]).await;
+        after = ts;
+    }
+    assert_eq!(take(&mut a, 10).await.len(), 10);
+    assert_eq!(take(&mut b, 10).await.len(), 10);
+    let (from_store, from_own) = (
+        world.tail_advances("store"),
+        world.tail_advances("own_writes"),
+    );
+    assert!(from_own >= 1, "the commits came from the writer");
+
+    // Another instance writes: its event is only in the store, so the tail reads it there.
+    let peer = world
+        .store
+        .start_instance(
+            InstanceIndex(1),
+            t(after),
+            InstanceClaim::Start {
+                live_after: Timestamp::MAX,
+            },
+        )
+        .await
+        .expect("start peer");
+    let peer_ts = peer.watermark.as_micros() + 1;
+    let peer_event = world.event(peer_ts, "b", &[&["a"]]);
+    world
+        .store
+        .write_events(
+            InstanceIndex(1),
+            peer.incarnation,
+            &[peer_event],
+            t(peer_ts + 100),
+        )
+        .await
+        .expect("peer write");
+    let own_ts = peer_ts + 100;
+    let safe_point = world
+        .commit_reported(after, own_ts, "a", &[&["a", "b"]])
+        .await;
+    assert_eq!(safe_point, t(own_ts));
+    assert_eq!(
+        take(&mut a, 2)
+            .await
+            .iter()
+            .map(|e| e.0)
+            .collect::<Vec<_>>(),
+        vec![peer_ts, own_ts]
+    );
+    assert_eq!(take(&mut b, 1).await[0].0, own_ts);
+    assert!(
+        world.tail_advances("store") > from_store,
+        "the peer's event was read"
+    );
+    assert_eq!(
+        world.tail_advances("own_writes"),
+        from_own,
+        "not from the writer"
+    );
+    for stream in [&mut a, &mut b] {
+        assert_quiet(stream).await;
+    }
 }

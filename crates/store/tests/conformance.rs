@@ -455,6 +455,68 @@ async fn ordering_progress_shows_the_latest_event_waiting_above_the_safe_point(h
     );
 }
 
+/// What a commit says of the other instances' events, which lets the committing instance's
+/// reader skip the store while it is the only writer: nothing while they wrote none, then the
+/// newest of them whether their instance is online or not; never the instance's own.
+async fn commits_name_the_other_instances_newest_event(h: Harness) {
+    let store = &*h.store;
+    let a = register(store, "a").await;
+    store.start_at(I0, t(1_000)).await.expect("start");
+    let incarnation = store.current_incarnation(I0).await.expect("incarnation");
+    let alone = store
+        .write_events(I0, incarnation, &[event(1_100, a, "m1", &[a])], t(1_100))
+        .await
+        .expect("write");
+    assert_eq!(
+        (alone.safe_point, alone.others_latest_event),
+        (t(1_100), None)
+    );
+
+    store.start_at(I1, t(1_000)).await.expect("start");
+    let joined = store
+        .advance_watermark(I0, incarnation, t(1_200))
+        .await
+        .expect("advance");
+    assert_eq!(joined.others_latest_event, None, "I1 has written nothing");
+    store
+        .write(
+            I1,
+            &[event(1_300, a, "m2", &[a]), event(1_400, a, "m3", &[a])],
+            t(1_400),
+        )
+        .await
+        .expect("write");
+    let after_peer = store
+        .write_events(I0, incarnation, &[event(1_500, a, "m4", &[a])], t(1_500))
+        .await
+        .expect("write");
+    assert_eq!(after_peer.others_latest_event, Some(t(1_400)));
+    let peer_view = store
+        .advance_watermark(
+            I1,
+            store.current_incarnation(I1).await.expect("incarnation"),
+            t(1_600),
+        )
+        .await
+        .expect("advance");
+    assert_eq!(
+        peer_view.others_latest_event,
+        Some(t(1_500)),
+        "each instance sees the other's, not its own"
+    );
+
+    // Offline, its events still count: readers deliver them once the safe point passes.
+    assert!(store.mark_offline(I1, t(1_700)).await.expect("mark"));
+    let peer_offline = store
+        .advance_watermark(I0, incarnation, t(1_800))
+        .await
+        .expect("advance");
+    assert_eq!(
+        (peer_offline.safe_point, peer_offline.others_latest_event),
+        (t(1_800), Some(t(1_400)))
+    );
+}
+
 async fn events_round_trip_with_recipients_and_previous_timestamps(h: Harness) {
     let store = &*h.store;
     let a = register(store, "a").await;
@@ -1209,6 +1271,7 @@ conformance!(
     register_is_idempotent_and_key_conflicts_change_nothing,
     start_instance_joins_above_every_watermark,
     ordering_progress_shows_the_latest_event_waiting_above_the_safe_point,
+    commits_name_the_other_instances_newest_event,
     events_round_trip_with_recipients_and_previous_timestamps,
     duplicates_return_the_original_and_write_nothing,
     a_write_dropped_midway_commits_all_or_nothing,

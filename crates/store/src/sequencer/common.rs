@@ -11,8 +11,8 @@ use meridian_core::{InstanceIndex, MemberId, MessageId, Timestamp};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::{
-    Incarnation, InstanceClaim, InstanceState, MemberRecord, MemberSeq, NewEvent, RoutedEvent,
-    StoredEvent, WriteResult,
+    Committed, Incarnation, InstanceClaim, InstanceState, MemberRecord, MemberSeq, NewEvent,
+    RoutedEvent, StoredEvent, WriteResult,
 };
 use crate::pool;
 use crate::StoreError;
@@ -75,11 +75,44 @@ pub(crate) fn effective_watermark(events: &[NewEvent], watermark: Timestamp) -> 
         .fold(watermark, Timestamp::max)
 }
 
-/// The safe point as of a watermark advance: the lower of the instance's new watermark and the
-/// lowest of the other online instances' (`None`: there are none), as the advance's
-/// `RETURNING` gives them.
-pub(crate) fn safe_point_of((own, others): (i64, Option<i64>)) -> Timestamp {
-    Timestamp::from_i64(others.map_or(own, |others| others.min(own)))
+/// The row [`advance_watermark`] returns for an advanced instance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Advanced {
+    /// The instance's new watermark.
+    watermark: i64,
+    /// The lowest watermark of the other online instances (`None`: there are none).
+    others_watermark: Option<i64>,
+    /// The newest event of any other instance index, online or not (`None`: there is none).
+    others_latest_event: Option<i64>,
+}
+
+/// The row's columns, in order, as both backends decode them.
+pub(crate) type AdvancedRow = (i64, Option<i64>, Option<i64>);
+
+impl From<AdvancedRow> for Advanced {
+    fn from((watermark, others_watermark, others_latest_event): AdvancedRow) -> Self {
+        Self {
+            watermark,
+            others_watermark,
+            others_latest_event,
+        }
+    }
+}
+
+impl Advanced {
+    /// What the committing call returns besides its results (see [`Committed`]): the safe
+    /// point as of the advance (the lower of the instance's new watermark and the other online
+    /// instances' lowest) and the other instances' newest event.
+    pub(crate) fn committed<T>(self, results: T) -> Committed<T> {
+        let safe_point = self
+            .others_watermark
+            .map_or(self.watermark, |others| others.min(self.watermark));
+        Committed {
+            results,
+            safe_point: Timestamp::from_i64(safe_point),
+            others_latest_event: self.others_latest_event.map(Timestamp::from_i64),
+        }
+    }
 }
 
 /// Placeholder for "no lower bound": every stored timestamp is at least zero.
@@ -300,11 +333,12 @@ pub(crate) const CURRENT_INCARNATION: &str =
 
 /// Advances the watermark of `idx` to at least `watermark`, only while the row is online and
 /// still held by `incarnation`: the check every write of an instance makes first. Returns, for
-/// an advanced row, its new watermark and the lowest watermark of the other online instances
-/// (NULL: none), from which [`safe_point_of`] makes the safe point as of this
-/// transaction's commit (see [`super::Committed::safe_point`]). The other rows are not written by
-/// this statement, so both backends read them as committed before it. The row's first column
-/// is named `watermark`, which tells it from other statements' rows in one SQLite text.
+/// an advanced row, an [`Advanced`]: its new watermark, the lowest watermark of the other
+/// online instances and the other instance indexes' newest event (an index seek each, on
+/// `events (instance, ts)`), from which the commit's [`Committed`] is made. The other rows are
+/// not written by this statement, so both backends read them as committed before it. The
+/// row's first column is named `watermark`, which tells it from other statements' rows in one
+/// SQLite text.
 pub(crate) fn advance_watermark<'args, DB: Database>(
     dialect: &pool::Dialect,
     query: &mut QueryBuilder<'args, DB>,
@@ -330,15 +364,21 @@ pub(crate) fn advance_watermark<'args, DB: Database>(
               WHERE others.online AND others.idx <> ",
         )
         .push_bind(idx)
-        .push(")");
+        .push(
+            ") AS others_watermark, \
+             (SELECT max((SELECT max(e.ts) FROM events AS e WHERE e.instance = others.idx)) \
+              FROM sequencer_instances AS others WHERE others.idx <> ",
+        )
+        .push_bind(idx)
+        .push(") AS others_latest_event");
 }
 
 /// What the transaction of [`super::SequencerStore::write_events`] did.
 pub(crate) enum BatchOutcome {
-    /// Committed: each first's verdict, and the watermarks [`advance_watermark`] returned.
+    /// Committed: each first's verdict, and what [`advance_watermark`] returned.
     Written {
         verdicts: Vec<WriteResult>,
-        watermarks: (i64, Option<i64>),
+        advanced: Advanced,
     },
     /// The instance's row refused the advance (offline, or claimed by a newer incarnation),
     /// so nothing was written; `current` is the row's incarnation, read after.

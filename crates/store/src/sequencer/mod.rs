@@ -97,6 +97,12 @@ pub struct Committed<T> {
     /// holds), so they see this watermark and start above it. Instances marked offline
     /// meanwhile only make it lower than it could be, never unsafe.
     pub safe_point: Timestamp,
+    /// The newest event of any other instance index (online or not, any incarnation), read in
+    /// the same statement as `safe_point` (`None`: there is none). Every other instance's event
+    /// at or below `safe_point` was committed before that statement and is at or below this:
+    /// a reader that has read everything up to it lacks, up to `safe_point`, only the
+    /// caller's own events, which the caller wrote.
+    pub others_latest_event: Option<Timestamp>,
 }
 
 /// The number of times an instance's row has been claimed by [`SequencerStore::start_instance`].

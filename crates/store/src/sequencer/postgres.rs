@@ -76,9 +76,9 @@ pub(super) async fn write_batch(
     let mut tx = crate::pool::begin(writer, pool::POSTGRES.write_begin).await?;
     let mut advance = QueryBuilder::<Postgres>::new("");
     advance_watermark(&pool::POSTGRES, &mut advance, idx, incarnation, watermark);
-    let advanced: Option<(i64, Option<i64>)> =
+    let advanced: Option<common::AdvancedRow> =
         advance.build_query_as().fetch_optional(&mut *tx).await?;
-    let Some(watermarks) = advanced else {
+    let Some(advanced) = advanced else {
         let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
             .bind(idx)
             .fetch_optional(&mut *tx)
@@ -92,7 +92,7 @@ pub(super) async fn write_batch(
     tx.commit().await?;
     Ok(BatchOutcome::Written {
         verdicts,
-        watermarks,
+        advanced: advanced.into(),
     })
 }
 

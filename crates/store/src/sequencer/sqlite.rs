@@ -85,16 +85,16 @@ pub(super) async fn write_batch(
     );
     let mut open = OpenTransaction::acquire(writer).await?;
     let connection = open.connection();
-    let mut watermarks = None;
+    let mut advanced: Option<common::AdvancedRow> = None;
     let mut claimed: Vec<(i64, String)> = Vec::with_capacity(firsts.len());
     for row in claim.fetch_all(&mut *connection, true).await? {
         if row.column(0).name() == "watermark" {
-            watermarks = Some((row.try_get(0)?, row.try_get(1)?));
+            advanced = Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
         } else {
             claimed.push((row.try_get(0)?, row.try_get(1)?));
         }
     }
-    let Some(watermarks) = watermarks else {
+    let Some(advanced) = advanced else {
         sqlx::query("ROLLBACK").execute(&mut *connection).await?;
         let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
             .bind(idx)
@@ -167,7 +167,7 @@ pub(super) async fn write_batch(
     open.ended();
     Ok(BatchOutcome::Written {
         verdicts,
-        watermarks,
+        advanced: advanced.into(),
     })
 }
 

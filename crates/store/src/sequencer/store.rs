@@ -271,19 +271,14 @@ impl SequencerStore for SqlSequencerStore {
                 .write_batch(idx, incarnation, watermark, &firsts)
                 .await?
         });
-        let (verdicts, safe_point) = match outcome {
-            BatchOutcome::Written {
-                verdicts,
-                watermarks,
-            } => (verdicts, common::safe_point_of(watermarks)),
-            BatchOutcome::Refused { current } => {
-                return Err(common::refused_write(index, incarnation, current))
+        match outcome {
+            BatchOutcome::Written { verdicts, advanced } => {
+                Ok(advanced.committed(plan.results(events, &verdicts)))
             }
-        };
-        Ok(Committed {
-            results: plan.results(events, &verdicts),
-            safe_point,
-        })
+            BatchOutcome::Refused { current } => {
+                Err(common::refused_write(index, incarnation, current))
+            }
+        }
     }
 
     async fn advance_watermark(
@@ -293,12 +288,12 @@ impl SequencerStore for SqlSequencerStore {
         watermark: Timestamp,
     ) -> Result<Committed<()>, StoreError> {
         let idx = common::instance_column(index)?;
-        let safe_point = on_backend!(&self.pool, |writer, _, dialect| {
+        let advanced = on_backend!(&self.pool, |writer, _, dialect| {
             let mut advance = QueryBuilder::<Db>::new("");
             advance_watermark(dialect, &mut advance, idx, incarnation, watermark);
-            let advanced: Option<(i64, Option<i64>)> =
+            let advanced: Option<common::AdvancedRow> =
                 advance.build_query_as().fetch_optional(writer).await?;
-            let Some(watermarks) = advanced else {
+            let Some(advanced) = advanced else {
                 // Read after the refusal, outside its statement: a claim in between can only
                 // turn "fenced" into "superseded", and both mean nothing was written.
                 let current: Option<i64> = sqlx::query_scalar(CURRENT_INCARNATION)
@@ -307,12 +302,9 @@ impl SequencerStore for SqlSequencerStore {
                     .await?;
                 return Err(common::refused_write(index, incarnation, current));
             };
-            common::safe_point_of(watermarks)
+            common::Advanced::from(advanced)
         });
-        Ok(Committed {
-            results: (),
-            safe_point,
-        })
+        Ok(advanced.committed(()))
     }
 
     async fn instances(&self) -> Result<Vec<InstanceState>, StoreError> {
