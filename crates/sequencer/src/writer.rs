@@ -298,7 +298,6 @@ impl Writer {
             }));
         }
         let mut committed = None;
-        let mut sequenced = Vec::new();
         if !plan.events.is_empty() {
             let write = self.store.write_events(
                 self.settings.index,
@@ -317,7 +316,6 @@ impl Writer {
                         .zip(&plan.slots)
                         .zip(written.results.iter().copied())
                     {
-                        sequenced.push(result == WriteResult::Sequenced);
                         let outcome = match result {
                             WriteResult::Sequenced => {
                                 self.metrics.count("sequenced");
@@ -361,7 +359,7 @@ impl Writer {
         }
         // Answered first: a sender needs the commit, not the safe point.
         if let Some((watermark, written)) = committed {
-            let events = own_events(plan.events, &sequenced);
+            let events = own_events(plan.events, &written.results);
             self.committed(watermark, &written, events);
         }
     }
@@ -564,19 +562,13 @@ impl Writer {
     }
 }
 
-/// The events of a commit that were sequenced (`sequenced`, in the order of `events`; not the
-/// duplicates), as the reader tail keeps them.
-fn own_events(events: Vec<meridian_store::NewEvent>, sequenced: &[bool]) -> Vec<RoutedEvent> {
+/// The events of a commit that were sequenced (not the duplicates; `results` in the order of
+/// `events`), as the reader tail keeps them.
+fn own_events(events: Vec<meridian_store::NewEvent>, results: &[WriteResult]) -> Vec<RoutedEvent> {
     events
         .into_iter()
-        .zip(sequenced)
-        .filter(|(_, sequenced)| **sequenced)
-        .map(|(event, _)| RoutedEvent {
-            timestamp: event.timestamp,
-            sender: event.sender,
-            message_id: event.message_id,
-            recipients: event.recipients,
-            batch: event.batch,
-        })
+        .zip(results)
+        .filter(|(_, result)| **result == WriteResult::Sequenced)
+        .map(|(event, _)| event.into())
         .collect()
 }

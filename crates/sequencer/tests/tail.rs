@@ -131,13 +131,7 @@ impl World {
         self.context.tail.own_commit(OwnCommit {
             after: Some(t(after)),
             watermark: t(ts),
-            events: vec![RoutedEvent {
-                timestamp: event.timestamp,
-                sender: event.sender,
-                message_id: event.message_id,
-                recipients: event.recipients,
-                batch: event.batch,
-            }],
+            events: vec![RoutedEvent::from(event)],
             safe_point: committed.safe_point,
             others_latest_event: committed.others_latest_event,
         });

@@ -75,43 +75,24 @@ pub(crate) fn effective_watermark(events: &[NewEvent], watermark: Timestamp) -> 
         .fold(watermark, Timestamp::max)
 }
 
-/// The row [`advance_watermark`] returns for an advanced instance.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Advanced {
-    /// The instance's new watermark.
-    watermark: i64,
-    /// The lowest watermark of the other online instances (`None`: there are none).
-    others_watermark: Option<i64>,
-    /// The newest event of any other instance index, online or not (`None`: there is none).
-    others_latest_event: Option<i64>,
-}
-
-/// The row's columns, in order, as both backends decode them.
+/// The row [`advance_watermark`] returns for an advanced instance, as both backends decode
+/// it: the instance's new watermark, the lowest watermark of the other online instances
+/// (`None`: there are none) and the newest event of any other instance index, online or not
+/// (`None`: there is none).
 pub(crate) type AdvancedRow = (i64, Option<i64>, Option<i64>);
 
-impl From<AdvancedRow> for Advanced {
-    fn from((watermark, others_watermark, others_latest_event): AdvancedRow) -> Self {
-        Self {
-            watermark,
-            others_watermark,
-            others_latest_event,
-        }
-    }
-}
-
-impl Advanced {
-    /// What the committing call returns besides its results (see [`Committed`]): the safe
-    /// point as of the advance (the lower of the instance's new watermark and the other online
-    /// instances' lowest) and the other instances' newest event.
-    pub(crate) fn committed<T>(self, results: T) -> Committed<T> {
-        let safe_point = self
-            .others_watermark
-            .map_or(self.watermark, |others| others.min(self.watermark));
-        Committed {
-            results,
-            safe_point: Timestamp::from_i64(safe_point),
-            others_latest_event: self.others_latest_event.map(Timestamp::from_i64),
-        }
+/// What the committing call returns besides its results (see [`Committed`]): the safe point as
+/// of the advance (the lower of the instance's new watermark and the other online instances'
+/// lowest) and the other instances' newest event.
+pub(crate) fn committed<T>(
+    (watermark, others_watermark, others_latest_event): AdvancedRow,
+    results: T,
+) -> Committed<T> {
+    let safe_point = others_watermark.map_or(watermark, |others| others.min(watermark));
+    Committed {
+        results,
+        safe_point: Timestamp::from_i64(safe_point),
+        others_latest_event: others_latest_event.map(Timestamp::from_i64),
     }
 }
 
@@ -333,7 +314,7 @@ pub(crate) const CURRENT_INCARNATION: &str =
 
 /// Advances the watermark of `idx` to at least `watermark`, only while the row is online and
 /// still held by `incarnation`: the check every write of an instance makes first. Returns, for
-/// an advanced row, an [`Advanced`]: its new watermark, the lowest watermark of the other
+/// an advanced row, an [`AdvancedRow`]: its new watermark, the lowest watermark of the other
 /// online instances and the other instance indexes' newest event (an index seek each, on
 /// `events (instance, ts)`), from which the commit's [`Committed`] is made. The other rows are
 /// not written by this statement, so both backends read them as committed before it. The
@@ -378,7 +359,7 @@ pub(crate) enum BatchOutcome {
     /// Committed: each first's verdict, and what [`advance_watermark`] returned.
     Written {
         verdicts: Vec<WriteResult>,
-        advanced: Advanced,
+        advanced: AdvancedRow,
     },
     /// The instance's row refused the advance (offline, or claimed by a newer incarnation),
     /// so nothing was written; `current` is the row's incarnation, read after.

@@ -200,6 +200,19 @@ pub struct RoutedEvent {
     pub batch: Vec<u8>,
 }
 
+/// A written event as readers see it: what it was stored with, less its deduplication horizon.
+impl From<NewEvent> for RoutedEvent {
+    fn from(event: NewEvent) -> Self {
+        Self {
+            timestamp: event.timestamp,
+            sender: event.sender,
+            message_id: event.message_id,
+            recipients: event.recipients,
+            batch: event.batch,
+        }
+    }
+}
+
 /// Facts about the database that decide whether a sequencer may serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendStatus {

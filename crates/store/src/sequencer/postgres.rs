@@ -90,10 +90,7 @@ pub(super) async fn write_batch(
     let new = common::sequenced(firsts, &verdicts);
     insert_events(&mut tx, idx, &new).await?;
     tx.commit().await?;
-    Ok(BatchOutcome::Written {
-        verdicts,
-        advanced: advanced.into(),
-    })
+    Ok(BatchOutcome::Written { verdicts, advanced })
 }
 
 /// Inserts the message ids of `firsts` (one per key) and returns, in order, whether each was

@@ -165,10 +165,7 @@ pub(super) async fn write_batch(
     insert.statement("COMMIT");
     connection.run(insert).await?;
     open.ended();
-    Ok(BatchOutcome::Written {
-        verdicts,
-        advanced: advanced.into(),
-    })
+    Ok(BatchOutcome::Written { verdicts, advanced })
 }
 
 /// The kernel's clock, read without this process's `clock_gettime`: the modification time the

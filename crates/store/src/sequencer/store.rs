@@ -273,7 +273,7 @@ impl SequencerStore for SqlSequencerStore {
         });
         match outcome {
             BatchOutcome::Written { verdicts, advanced } => {
-                Ok(advanced.committed(plan.results(events, &verdicts)))
+                Ok(common::committed(advanced, plan.results(events, &verdicts)))
             }
             BatchOutcome::Refused { current } => {
                 Err(common::refused_write(index, incarnation, current))
@@ -302,9 +302,9 @@ impl SequencerStore for SqlSequencerStore {
                     .await?;
                 return Err(common::refused_write(index, incarnation, current));
             };
-            common::Advanced::from(advanced)
+            advanced
         });
-        Ok(advanced.committed(()))
+        Ok(common::committed(advanced, ()))
     }
 
     async fn instances(&self) -> Result<Vec<InstanceState>, StoreError> {
