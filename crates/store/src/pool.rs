@@ -367,7 +367,23 @@ impl CommitScript for SqlitePool {
         }
         let mut open = OpenTransaction::acquire(self).await?;
         let connection = open.connection();
-        let rows = script.fetch_all(&mut *connection, false).await?;
+        let rows = match script.fetch_all(&mut *connection, false).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                // A deposed writer's statements can fail on what its successor wrote (a
+                // unique key) before the text reaches the lease's row; the fence, not that
+                // symptom, is what the caller must hear (it demotes instead of stopping).
+                if let Some((node, epoch)) = lease {
+                    let found: Option<i64> =
+                        sqlx::query_scalar("SELECT epoch FROM replica_lease WHERE node = ?")
+                            .bind(&node)
+                            .fetch_optional(&mut *connection)
+                            .await?;
+                    crate::fencing::verdict(node, epoch, found)?;
+                }
+                return Err(error);
+            }
+        };
         if let Some((node, epoch)) = lease {
             let found = match rows.as_slice() {
                 [] => None,
@@ -1015,6 +1031,45 @@ mod tests {
             .await
             .expect("the next commit");
         assert_eq!(count_and_commits(&writer).await, (2, 2));
+    }
+
+    /// A deposed writer whose statement fails (here on a key its successor wrote) is told it
+    /// lost the lease, not the statement's error; a writer still holding it hears the error.
+    #[tokio::test]
+    async fn a_failed_fenced_sqlite_script_reports_a_lost_lease_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.db");
+        let writer = counting_store(&path).await;
+        sqlx::query(
+            "INSERT INTO replica_lease (node, epoch, holder, renewed_at_us) \
+             VALUES ('p1', 3, 'p1-b', 0)",
+        )
+        .execute(&writer)
+        .await
+        .expect("lease");
+        let fence = FenceSlot::default();
+        fence.activate("p1", crate::lease::Epoch(3));
+        writer
+            .commit_script(&fence, counting_commit(1))
+            .await
+            .expect("the successor's commit");
+        let held = writer
+            .commit_script(&fence, counting_commit(1))
+            .await
+            .expect_err("attempt 1 is recorded already");
+        assert!(held.to_string().contains("UNIQUE"), "{held}");
+
+        fence.activate("p1", crate::lease::Epoch(2));
+        let deposed = writer
+            .commit_script(&fence, counting_commit(1))
+            .await
+            .expect_err("a deposed writer");
+        assert!(
+            matches!(deposed, StoreError::LeaseLost { ref node, epoch: 2 } if node == "p1"),
+            "{deposed:?}"
+        );
+        assert_eq!(count_and_commits(&writer).await, (1, 1));
+        assert!(sqlite_write_lock_is_free(&path).await);
     }
 
     /// Dropped at every point of its life, a commit either happened whole or not at all, and
