@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::attribution::{self, Window};
 use crate::deployment::{Databases, Deployment, DeploymentSpec};
 use crate::fault::{Fault, Moment, PlannedFault, Recovery, Stage};
-use crate::machine_cpu::{self, CpuJiffies};
+use crate::machine_cpu::{self, CpuJiffies, MachineLoad};
 use crate::nemesis::{self, NemesisPlan, NemesisRun};
 use crate::workload::{
     self, Audit, BackgroundLoad, FailureAt, FinishedLoad, Live, LoadEnd, LoadSpec, TimelineBucket,
@@ -192,6 +192,8 @@ fn peak_rss_mib_by_role(deployment: &Deployment) -> BTreeMap<String, f64> {
 struct CpuSnapshot {
     nodes: Vec<(&'static str, u32, u64)>,
     load_client: Option<u64>,
+    /// The whole machine's counters; `None` without `/proc/stat`.
+    machine: Option<CpuJiffies>,
     committed: u64,
 }
 
@@ -212,8 +214,15 @@ impl CpuSnapshot {
         Self {
             nodes,
             load_client: machine_cpu::process_jiffies(std::process::id()),
+            machine: CpuJiffies::read(),
             committed: live.committed.load(Ordering::Relaxed),
         }
+    }
+
+    /// See [`ExperimentReport::machine_load`].
+    fn machine_since(&self, earlier: &Self) -> Option<MachineLoad> {
+        let spent = self.machine?.since(earlier.machine?);
+        MachineLoad::of(spent, self.committed.saturating_sub(earlier.committed))
     }
 
     /// See [`ExperimentReport::cpu_ms_per_transfer_by_role`]. A process that is not running at
@@ -282,6 +291,9 @@ pub struct ExperimentReport {
     /// the load to its end: the processes of each role together (all participants under
     /// `participant`), and the process running the load's client under [`LOAD_CLIENT`].
     pub cpu_ms_per_transfer_by_role: BTreeMap<String, f64>,
+    /// The whole machine's CPU over the same window: per committed transfer, and how busy
+    /// (and stolen) the CPUs were. `None` without `/proc/stat` or without a transfer.
+    pub machine_load: Option<MachineLoad>,
     /// Peers the running sequencer instances marked offline over the run, summed, read just
     /// before the nodes stop. In a run without faults every one is a wrongful mark.
     pub sequencer_peers_marked_offline: u64,
@@ -423,8 +435,9 @@ impl Experiment {
             _ => LoadEnd::Stop,
         };
         let ended = load.end(end).await;
-        let cpu_ms_per_transfer_by_role =
-            CpuSnapshot::take(deployment, &live).per_transfer_since(&cpu_at_start);
+        let cpu_at_end = CpuSnapshot::take(deployment, &live);
+        let cpu_ms_per_transfer_by_role = cpu_at_end.per_transfer_since(&cpu_at_start);
+        let machine_load = cpu_at_end.machine_since(&cpu_at_start);
         observer.load_ended();
         let Played {
             mut faults,
@@ -471,6 +484,7 @@ impl Experiment {
             interrupted: shutdown.is_cancelled(),
             peak_rss_mib_by_role: BTreeMap::new(),
             cpu_ms_per_transfer_by_role,
+            machine_load,
             sequencer_peers_marked_offline: 0,
             submission_stages: Vec::new(),
         })
@@ -915,6 +929,11 @@ mod tests {
                 ("mediator", 30, 50),
             ],
             load_client: Some(7),
+            machine: Some(CpuJiffies {
+                busy: 5_000,
+                idle: 9_000,
+                steal: 10,
+            }),
             committed: 1_000,
         };
         let end = CpuSnapshot {
@@ -926,6 +945,11 @@ mod tests {
                 ("mediator", 31, 5),
             ],
             load_client: Some(27),
+            machine: Some(CpuJiffies {
+                busy: 5_200,
+                idle: 9_190,
+                steal: 20,
+            }),
             committed: 1_800,
         };
         let per_transfer = end.per_transfer_since(&start);
@@ -938,11 +962,27 @@ mod tests {
                 ("sequencer".to_owned(), 0.5),
             ])
         );
+        // The machine: 200 busy jiffies (2 s) over 800 transfers, of 400 in all.
+        assert_eq!(
+            end.machine_since(&start),
+            Some(MachineLoad {
+                cpu_ms_per_transfer: 2.5,
+                busy_percent: 50.0,
+                steal_percent: 2.5,
+            })
+        );
+        let without_proc_stat = CpuSnapshot {
+            machine: None,
+            nodes: end.nodes.clone(),
+            ..end
+        };
+        assert_eq!(without_proc_stat.machine_since(&start), None);
         let idle = CpuSnapshot {
             committed: 1_000,
             ..end
         };
         assert!(idle.per_transfer_since(&start).is_empty());
+        assert_eq!(idle.machine_since(&start), None);
     }
 
     #[test]

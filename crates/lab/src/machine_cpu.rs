@@ -85,6 +85,33 @@ impl CpuJiffies {
     }
 }
 
+/// What the whole machine's CPUs did over a load: every process on it (the nodes, the load's
+/// client, a PostgreSQL server, HAProxy) and the kernel's own work (interrupts, I/O), which a
+/// sum over the nodes' processes leaves out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineLoad {
+    /// Busy CPU time per committed transfer, in ms.
+    pub cpu_ms_per_transfer: f64,
+    /// The share of the CPUs' time they were busy, in per cent: near 100 means the load
+    /// queued for CPU, and latencies measured then include that queueing.
+    pub busy_percent: f64,
+    /// The share the host took for other guests, in per cent.
+    pub steal_percent: f64,
+}
+
+impl MachineLoad {
+    /// From what the counters advanced over the load (`spent`) and the transfers it committed;
+    /// `None` for an empty window or no transfer.
+    pub fn of(spent: CpuJiffies, transfers: u64) -> Option<Self> {
+        let (busy_percent, steal_percent) = spent.shares_percent()?;
+        Some(Self {
+            cpu_ms_per_transfer: ms_per(spent.busy, transfers as f64)?,
+            busy_percent,
+            steal_percent,
+        })
+    }
+}
+
 /// CPU time (user and system) process `pid` has used so far, in jiffies; `None` once it is
 /// gone or where `/proc` is missing.
 pub fn process_jiffies(pid: u32) -> Option<u64> {

@@ -82,6 +82,16 @@ pub struct RunReport {
     /// change's CPU cost is best compared with `bench compare --metric
     /// node_cpu_ms_per_transfer`. `None` without committed transfers.
     pub node_cpu_ms_per_transfer: Option<f64>,
+    /// The whole machine's busy CPU per committed transfer, in ms: the nodes, the load's
+    /// client, a PostgreSQL server, HAProxy and the kernel's own work (interrupts, I/O
+    /// completions), which `node_cpu_ms_per_transfer` leaves out. `None` without
+    /// `/proc/stat` or without committed transfers.
+    pub machine_cpu_ms_per_transfer: Option<f64>,
+    /// How busy the machine's CPUs were over the load, in per cent: a latency measured near
+    /// 100 includes queueing for a CPU.
+    pub machine_busy_percent: Option<f64>,
+    /// The share of the CPUs' time the host gave to other guests, in per cent.
+    pub machine_steal_percent: Option<f64>,
     /// Peers the sequencer instances marked offline during the run (issue 14: none may be
     /// in a run without a fault).
     pub sequencer_peers_marked_offline: u64,
@@ -135,6 +145,9 @@ impl TimedRun {
             peak_rss_mib_by_role: report.peak_rss_mib_by_role,
             node_cpu_ms_per_transfer: node_cpu_ms_per_transfer(&report.cpu_ms_per_transfer_by_role),
             cpu_ms_per_transfer_by_role: report.cpu_ms_per_transfer_by_role,
+            machine_cpu_ms_per_transfer: report.machine_load.map(|m| m.cpu_ms_per_transfer),
+            machine_busy_percent: report.machine_load.map(|m| m.busy_percent),
+            machine_steal_percent: report.machine_load.map(|m| m.steal_percent),
             sequencer_peers_marked_offline: report.sequencer_peers_marked_offline,
             submission_stages: report.submission_stages,
         })

@@ -62,6 +62,21 @@ fn a_short_run_reports_throughput_rss_and_cpu_by_role_and_offline_marks_with_a_c
         (nodes - roles_ms - topology).abs() < 1e-6,
         "nodes {nodes} ms is the roles' sum: {report}"
     );
+    // The machine's figure holds the nodes' and the load client's CPU, and more (the
+    // kernel's own work), over the same window.
+    let machine = report["machine_cpu_ms_per_transfer"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no machine CPU per transfer: {report}"));
+    let load_client = cpu["load client"].as_f64().unwrap_or(0.0);
+    assert!(
+        machine >= 0.8 * (nodes + load_client),
+        "the machine's {machine} ms per transfer holds the processes' {} ms: {report}",
+        nodes + load_client
+    );
+    let busy = report["machine_busy_percent"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no machine busy share: {report}"));
+    assert!(busy > 0.0 && busy <= 100.0, "{busy} % busy: {report}");
     let marks = report["sequencer_peers_marked_offline"]
         .as_u64()
         .unwrap_or_else(|| panic!("no offline marks figure: {report}"));

@@ -99,6 +99,16 @@ pub async fn run(args: LedgerBenchArgs, shutdown: CancellationToken) -> anyhow::
             ),
             None => println!("  CPU per transfer (ms)   no transfer committed"),
         }
+        if let (Some(ms), Some(busy), Some(steal)) = (
+            report.machine_cpu_ms_per_transfer,
+            report.machine_busy_percent,
+            report.machine_steal_percent,
+        ) {
+            println!(
+                "  machine CPU             {ms:.3} ms per transfer (every process and the kernel), \
+                 CPUs {busy:.0} % busy, {steal:.0} % stolen"
+            );
+        }
         println!(
             "  offline marks (seq.)    {}",
             report.sequencer_peers_marked_offline

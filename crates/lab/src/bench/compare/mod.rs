@@ -191,6 +191,7 @@ const LEDGER_METRICS: &[Metric] = &[
     lower("latency_max_ms"),
     higher("committed"),
     lower("node_cpu_ms_per_transfer"),
+    lower("machine_cpu_ms_per_transfer"),
 ];
 
 /// `bench sequencer --json`'s numbers; the first is the default.
