@@ -24,20 +24,25 @@ use crate::StoreError;
 pub(crate) trait FencedConnection {
     /// Fails with [`StoreError::Passive`] or [`StoreError::LeaseLost`] unless `fence` is unset
     /// or the lease row still carries its epoch.
-    async fn check_fence(&mut self, fence: &FenceSlot) -> Result<(), StoreError>;
+    async fn check_fence(&mut self, fence: &FenceSlot) -> Result<(), StoreError> {
+        let Some((node, expected)) = fence.expected() else {
+            return Ok(());
+        };
+        let Some(epoch) = expected else {
+            return Err(StoreError::Passive { node });
+        };
+        self.check_epoch(node, epoch).await
+    }
+
+    /// Fails with [`StoreError::LeaseLost`] unless `node`'s lease row carries `epoch`.
+    async fn check_epoch(&mut self, node: String, epoch: Epoch) -> Result<(), StoreError>;
 }
 
 /// One body for both backends; only the epoch query differs (PostgreSQL's `FOR KEY SHARE`).
 macro_rules! fenced_connection {
     ($connection:ty, $epoch_query:literal) => {
         impl FencedConnection for $connection {
-            async fn check_fence(&mut self, fence: &FenceSlot) -> Result<(), StoreError> {
-                let Some((node, expected)) = fence.expected() else {
-                    return Ok(());
-                };
-                let Some(epoch) = expected else {
-                    return Err(StoreError::Passive { node });
-                };
+            async fn check_epoch(&mut self, node: String, epoch: Epoch) -> Result<(), StoreError> {
                 let found: Option<i64> = sqlx::query_scalar($epoch_query)
                     .bind(&node)
                     .fetch_optional(&mut *self)

@@ -374,12 +374,7 @@ impl CommitScript for SqlitePool {
                 // unique key) before the text reaches the lease's row; the fence, not that
                 // symptom, is what the caller must hear (it demotes instead of stopping).
                 if let Some((node, epoch)) = lease {
-                    let found: Option<i64> =
-                        sqlx::query_scalar("SELECT epoch FROM replica_lease WHERE node = ?")
-                            .bind(&node)
-                            .fetch_optional(&mut *connection)
-                            .await?;
-                    crate::fencing::verdict(node, epoch, found)?;
+                    connection.check_epoch(node, epoch).await?;
                 }
                 return Err(error);
             }
@@ -922,6 +917,20 @@ mod tests {
         writer
     }
 
+    /// A [`counting_store`] whose lease row names `p1` at epoch 3, held by `holder`.
+    async fn leased_counting_store(path: &Path, holder: &str) -> SqlitePool {
+        let writer = counting_store(path).await;
+        sqlx::query(
+            "INSERT INTO replica_lease (node, epoch, holder, renewed_at_us) \
+             VALUES ('p1', 3, ?, 0)",
+        )
+        .bind(holder)
+        .execute(&writer)
+        .await
+        .expect("lease");
+        writer
+    }
+
     /// One commit of the counting store: bumps the count, records `attempt`.
     fn counting_commit(attempt: i64) -> Script<'static, Sqlite> {
         let mut script = Script::<Sqlite>::transaction(&SQLITE);
@@ -960,14 +969,7 @@ mod tests {
     async fn a_sqlite_transaction_script_commits_only_under_its_fence() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.db");
-        let writer = counting_store(&path).await;
-        sqlx::query(
-            "INSERT INTO replica_lease (node, epoch, holder, renewed_at_us) \
-             VALUES ('p1', 3, 'p1-a', 0)",
-        )
-        .execute(&writer)
-        .await
-        .expect("lease");
+        let writer = leased_counting_store(&path, "p1-a").await;
         let fence = FenceSlot::default();
         writer
             .commit_script(&fence, counting_commit(1))
@@ -1039,14 +1041,7 @@ mod tests {
     async fn a_failed_fenced_sqlite_script_reports_a_lost_lease_first() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.db");
-        let writer = counting_store(&path).await;
-        sqlx::query(
-            "INSERT INTO replica_lease (node, epoch, holder, renewed_at_us) \
-             VALUES ('p1', 3, 'p1-b', 0)",
-        )
-        .execute(&writer)
-        .await
-        .expect("lease");
+        let writer = leased_counting_store(&path, "p1-b").await;
         let fence = FenceSlot::default();
         fence.activate("p1", crate::lease::Epoch(3));
         writer
