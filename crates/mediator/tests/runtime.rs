@@ -56,15 +56,17 @@ async fn the_mediator_decides_times_out_and_survives_a_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     mediator_stop.cancel();
     mediator.await.unwrap().unwrap();
-    p2.approve(c, "bob").await;
+    let bob_approved_c = p2.approve(c, "bob").await;
     let (mediator_stop, mediator) = start_mediator(&config);
     let why = "finished, not timed out";
     expect_approved([&mut p1, &mut p2], &mediator_public, c, why).await;
 
     // 4. What operators see, once the run that decided c is committed: the verdict goes out
-    // before the mediator's commit, and the status counts only what is stored.
+    // before the mediator's commit, and the status counts only what is stored. The restored
+    // checkpoint is already past c (alice's approval and time proofs came after it) with c
+    // still pending, so only a checkpoint at bob's approval says the deciding run is stored.
     wait_ready(mediator_admin).await;
-    wait_processed(mediator_admin, Timestamp::from_micros(c.as_micros() + 1)).await;
+    wait_processed(mediator_admin, bob_approved_c).await;
     let status = status(mediator_admin).await;
     assert_eq!(status["role"], "mediator");
     assert_eq!(status["pending_requests"], 0);
