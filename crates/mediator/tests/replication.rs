@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{expect_approved, start_mediator, wait_ready, Synchronizer};
+use common::{expect_approved, start_mediator, wait_processed, wait_ready, Synchronizer};
 use meridian_mediator::config::ReplicationConfig;
 use meridian_mediator::MediatorConfig;
 use meridian_testkit::free_port;
@@ -129,11 +129,14 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopped = Instant::now();
     stop_a.cancel();
-    p2.approve(c, "bob").await;
+    let bob_approved_c = p2.approve(c, "bob").await;
     expect_takeover(admin_b, stopped, "failover: replica B", "A stopped").await;
     task_a.await.unwrap().unwrap();
     let why = "finished by the new active, not timed out";
     expect_approved([&mut p1, &mut p2], &mediator_public, c, why).await;
+    // The verdict goes out before B's commit of the run that decided c: the pending count is
+    // read once B's stored checkpoint covers bob's approval.
+    wait_processed(admin_b, bob_approved_c).await;
     let (_, status_b) = get_json(admin_b, "/status").await;
     assert_eq!(status_b["replication"]["role"], "active", "{status_b}");
     let epoch_b = status_b["replication"]["epoch"].as_i64().unwrap();

@@ -11,7 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect_approved, start_mediator, wait_ready, Synchronizer, HASH};
+use common::{
+    expect_approved, start_mediator, status, wait_processed, wait_ready, Synchronizer, HASH,
+};
 use meridian_core::protocol::{RejectionCode, VerdictOutcome};
 use meridian_core::Timestamp;
 use meridian_testkit::cancel::SqliteWriteLock;
@@ -89,32 +91,6 @@ async fn the_mediator_decides_times_out_and_survives_a_restart() {
     mediator_stop.cancel();
     mediator.await.unwrap().unwrap();
     synchronizer.stop().await;
-}
-
-/// The mediator's `/status`.
-async fn status(admin_port: u16) -> serde_json::Value {
-    reqwest::get(format!("http://127.0.0.1:{admin_port}/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Waits until the mediator has processed and stored everything up to `timestamp`.
-async fn wait_processed(admin_port: u16, timestamp: Timestamp) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = status(admin_port).await;
-        if status["last_processed_us"].as_u64() >= Some(timestamp.as_micros()) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the mediator never processed {timestamp}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// `(stored, marked sent)` for the verdict of `request_id`, read from the mediator's database.

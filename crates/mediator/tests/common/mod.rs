@@ -104,6 +104,32 @@ pub async fn wait_ready(admin_port: u16) {
     panic!("{url} never became ready: {body}");
 }
 
+/// The mediator's `/status`.
+pub async fn status(admin_port: u16) -> serde_json::Value {
+    reqwest::get(format!("http://127.0.0.1:{admin_port}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until the mediator has processed and stored everything up to `timestamp`.
+pub async fn wait_processed(admin_port: u16, timestamp: Timestamp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = status(admin_port).await;
+        if status["last_processed_us"].as_u64() >= Some(timestamp.as_micros()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mediator never processed {timestamp}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub struct Participant {
     pub id: ParticipantId,
     pub key: SigningKey,
