@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{expect_approved, start_mediator, wait_processed, wait_ready, Synchronizer};
+use common::{expect_approved, start_mediator, status, wait_processed, wait_ready, Synchronizer};
 use meridian_mediator::config::ReplicationConfig;
 use meridian_mediator::MediatorConfig;
 use meridian_testkit::free_port;
@@ -25,14 +25,6 @@ fn replica(synchronizer: &Synchronizer, admin_port: u16, replica_id: &str) -> Me
         replication: Some(ReplicationConfig::new(replica_id)),
         ..synchronizer.mediator_config(admin_port)
     }
-}
-
-async fn get_json(port: u16, path: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-        .await
-        .unwrap();
-    let code = response.status().as_u16();
-    (code, response.json().await.unwrap())
 }
 
 async fn step_down(port: u16) -> u16 {
@@ -106,8 +98,8 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
         reason.to_string().contains(&format!("127.0.0.1:{admin_a}")),
         "names the active replica's endpoint: {reason}"
     );
-    let (_, status_a) = get_json(admin_a, "/status").await;
-    let (_, status_b) = get_json(admin_b, "/status").await;
+    let status_a = status(admin_a).await;
+    let status_b = status(admin_b).await;
     assert_eq!(status_a["role"], "mediator");
     assert_eq!(status_a["replication"]["role"], "active", "{status_a}");
     assert_eq!(status_a["replication"]["replica_id"], "mediator-a");
@@ -137,7 +129,7 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
     // The verdict goes out before B's commit of the run that decided c: the pending count is
     // read once B's stored checkpoint covers bob's approval.
     wait_processed(admin_b, bob_approved_c).await;
-    let (_, status_b) = get_json(admin_b, "/status").await;
+    let status_b = status(admin_b).await;
     assert_eq!(status_b["replication"]["role"], "active", "{status_b}");
     let epoch_b = status_b["replication"]["epoch"].as_i64().unwrap();
     assert!(
@@ -159,7 +151,7 @@ async fn a_passive_replica_takes_over_and_finishes_in_flight_requests() {
     expect_takeover(admin_a, asked, "switchover: replica A", after).await;
     wait_passive(admin_b, "mediator-a").await;
     expect_approved([&mut p1, &mut p2], &mediator_public, d, "request d").await;
-    let (_, status_a) = get_json(admin_a, "/status").await;
+    let status_a = status(admin_a).await;
     assert!(status_a["replication"]["epoch"].as_i64().unwrap() > epoch_b);
 
     // A hangs: its task is dropped mid-flight, so it neither renews nor releases the lease and
